@@ -1,0 +1,44 @@
+"""The Celery configuration shared by the client (which sends) and the workers (which run)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from orchestrator.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict:
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": settings.default_queue,
+        # A step's message is acknowledged only when the step is over, and a step whose worker
+        # process died is delivered again: at-least-once, made safe by step leases.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            # On Redis, lower numbers run first: high=0, normal=4, low=8.
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            "sep": ":",
+        },
+        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        "result_expires": settings.result_expires,
+        "broker_connection_retry_on_startup": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        **settings.extra_celery,
+    }
+
+
+def create_celery(settings: Settings, name: str = "canvasflow") -> Celery:
+    """A Celery app configured for canvasflow; tasks are registered by workers.app."""
+    app = Celery(name, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app

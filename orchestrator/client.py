@@ -1,0 +1,368 @@
+"""The Python client: register definitions, submit runs, read and wait for them.
+
+``from orchestrator import Client``::
+
+    client = Client()                      # Settings from CANVASFLOW_* variables
+    run = client.submit("docs/examples/data_processing.yaml", inputs={"rows": 50})
+    final = run.wait(timeout=60)
+    for step in final.steps: print(step.id, step.status, step.duration)
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from orchestrator import compiler
+from orchestrator.celery_app import create_celery
+from orchestrator.definition import Definition, Workflow, dump_definition, from_stored, load_definition, load_file
+from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
+from orchestrator.keys import Keys
+from orchestrator.runtime import RunState, dumps
+from orchestrator.settings import Settings
+from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus
+
+# Statuses at which a run waits for nothing but an operator: wait() returns on them too.
+RESTING = {str(s) for s in FINAL_RUN_STATUSES} | {RunStatus.PAUSED, RunStatus.COMPENSATION_FAILED}
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    status: str
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None
+    worker: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StepSnapshot:
+    id: str
+    status: str
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None
+    output: Any
+    error: str | None
+    traceback: str | None
+    worker: str | None
+    history: tuple[Attempt, ...]
+    compensation_error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    id: str
+    workflow: str
+    version: str
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    inputs: Mapping[str, Any]
+    priority: str
+    tags: tuple[str, ...]
+    error: str | None
+    failed_step: str | None
+    total: int
+    settled: int
+    current_steps: tuple[str, ...]
+    steps: tuple[StepSnapshot, ...]
+
+    @property
+    def progress(self) -> float:
+        return self.settled / self.total if self.total else 1.0
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    def step(self, step_id: str) -> StepSnapshot:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        return {s.id: s.status for s in self.steps}
+
+
+def _f(v: str | None) -> float | None:
+    return float(v) if v else None
+
+
+def _snapshot(run_id: str, run: Mapping[str, str], steps: Mapping[str, Mapping[str, str]],
+              attempts: list[dict[str, Any]], order: list[str]) -> RunSnapshot:
+    history: dict[str, list[Attempt]] = {}
+    for a in attempts:
+        history.setdefault(a["step"], []).append(
+            Attempt(a["attempt"], a["status"], a.get("started_at"), a.get("finished_at"),
+                    a.get("duration"), a.get("worker"), a.get("error")))
+    snaps = []
+    for sid in order:
+        f = steps.get(sid, {})
+        started, finished = _f(f.get("started_at")), _f(f.get("finished_at"))
+        out = f.get("output")
+        snaps.append(StepSnapshot(
+            id=sid, status=f.get("status", "PENDING"), attempts=int(f.get("attempts", 0)),
+            started_at=started, finished_at=finished,
+            duration=(finished - started) if started and finished else None,
+            output=json.loads(out) if out else None, error=f.get("error") or None,
+            traceback=f.get("traceback") or None, worker=f.get("worker") or None,
+            history=tuple(history.get(sid, ())), compensation_error=f.get("compensation_error") or None,
+        ))
+    return RunSnapshot(
+        id=run_id, workflow=run.get("workflow", ""), version=run.get("version", ""),
+        status=run["status"], created_at=float(run["created_at"]), started_at=_f(run.get("started_at")),
+        finished_at=_f(run.get("finished_at")), inputs=json.loads(run.get("inputs", "{}")),
+        priority=run.get("priority", "normal"), tags=tuple(json.loads(run.get("tags", "[]"))),
+        error=run.get("error") or None, failed_step=run.get("failed_step") or None,
+        total=int(run.get("total", len(order))), settled=int(run.get("settled", 0)),
+        current_steps=tuple(s.id for s in snaps if s.status in (StepStatus.RUNNING, StepStatus.RETRYING,
+                                                                StepStatus.COMPENSATING)),
+        steps=tuple(snaps),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Run handle
+# ---------------------------------------------------------------------------------------------
+
+
+class Run:
+    """A handle on one run; every call reads the live state."""
+
+    def __init__(self, client: Client, run_id: str) -> None:
+        self.client = client
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id}>"
+
+    def snapshot(self) -> RunSnapshot:
+        return self.client.snapshot(self.id)
+
+    def status(self) -> str:
+        st = self.client.state.status(self.id)
+        if st is None:
+            raise UnknownRun(self.id)
+        return st
+
+    def steps(self) -> tuple[StepSnapshot, ...]:
+        return self.snapshot().steps
+
+    def wait(self, timeout: float | None = None, *, until: Iterable[str] = RESTING) -> RunSnapshot:
+        """Block until the run is final (or paused / waiting on a failed compensation)."""
+        targets = set(until)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.client.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.client.keys.settled_channel(self.id))
+        try:
+            while True:
+                status = self.status()
+                if status in targets:
+                    return self.snapshot()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WaitTimeout(self.id, timeout or 0, status)
+                # A message means a transition happened; re-check at least every second anyway.
+                pubsub.get_message(timeout=min(1.0, remaining) if remaining is not None else 1.0)
+        finally:
+            pubsub.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Client
+# ---------------------------------------------------------------------------------------------
+
+
+class Client:
+    """Register workflows, submit and inspect runs."""
+
+    def __init__(self, settings: Settings | None = None, *, celery: Any = None,
+                 redis_client: redis.Redis | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.keys = Keys(self.settings.key_prefix)
+        self.redis = redis_client or redis.Redis.from_url(self.settings.redis_url, decode_responses=False)
+        self.state = RunState(self.redis, self.keys, state_ttl=self.settings.state_ttl,
+                              maxlen=self.settings.event_stream_maxlen)
+        self.celery = celery or create_celery(self.settings)
+
+    # -- plugins ------------------------------------------------------------------------------
+
+    def fleet(self) -> dict[str, dict[str, Any]]:
+        """Every worker's published catalog entry: {hostname: {plugins, queues, pid, started_at}}."""
+        raw = self.redis.hgetall(self.keys.catalog)
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def catalog(self) -> dict[str, dict[str, Any]] | None:
+        """The union of the fleet's plugin catalogs, or None when no worker has published one."""
+        fleet = self.fleet()
+        if not fleet:
+            return None
+        merged: dict[str, dict[str, Any]] = {}
+        for entry in fleet.values():
+            for plugin, methods in entry.get("plugins", {}).items():
+                merged.setdefault(plugin, {}).update(methods)
+        return merged
+
+    # -- definitions --------------------------------------------------------------------------
+
+    def load(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path,
+             *, check_plugins: bool = True) -> Definition:
+        """Any accepted form of a definition, validated (against the fleet's plugins when known)."""
+        catalog = self.catalog() if check_plugins else None
+        if isinstance(definition, Definition):
+            return load_definition(dump_definition(definition), source=f"workflow '{definition.id}'", catalog=catalog)
+        if isinstance(definition, Workflow):
+            return definition.build(catalog=catalog)
+        if isinstance(definition, Mapping):
+            return load_definition(definition, catalog=catalog)
+        path = Path(definition)
+        if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+            return load_file(path, catalog=catalog)
+        return self.get_definition(str(definition))
+
+    def register(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path) -> Definition:
+        """Store a definition version; returns it with its version set (kept: every version)."""
+        defn = self.load(definition)
+        body = dump_definition(defn)
+        key, vkey = self.keys.workflow(defn.id), self.keys.workflow_versions(defn.id)
+        versions = [v.decode() for v in self.redis.lrange(vkey, 0, -1)]
+        if defn.version is None:
+            # Unversioned: same body as the latest -> that version; else the next number.
+            if versions:
+                latest = json.loads(self.redis.hget(key, versions[-1]))
+                if {**latest, "version": None} == {**body, "version": None}:
+                    return from_stored(latest)
+            version = str(len(versions) + 1)
+            while version in versions:
+                version = str(int(version) + 1)
+            body["version"] = version
+        else:
+            version = defn.version
+            if version in versions:
+                existing = json.loads(self.redis.hget(key, version))
+                if existing != body:
+                    raise DefinitionError([("version", f"version {version} of '{defn.id}' is already "
+                                                       "registered with a different body: bump the version")])
+                return defn
+        pipe = self.redis.pipeline()
+        pipe.hset(key, version, json.dumps(body))
+        pipe.rpush(vkey, version)
+        pipe.sadd(self.keys.workflows, defn.id)
+        pipe.execute()
+        return from_stored(body)
+
+    def workflows(self) -> list[str]:
+        return sorted(m.decode() for m in self.redis.smembers(self.keys.workflows))
+
+    def versions(self, workflow_id: str) -> list[str]:
+        return [v.decode() for v in self.redis.lrange(self.keys.workflow_versions(workflow_id), 0, -1)]
+
+    def get_definition(self, workflow_id: str, version: str | None = None) -> Definition:
+        versions = self.versions(workflow_id)
+        if not versions:
+            raise UnknownWorkflow(workflow_id, known=self.workflows())
+        version = version or versions[-1]
+        raw = self.redis.hget(self.keys.workflow(workflow_id), version)
+        if raw is None:
+            raise UnknownWorkflow(workflow_id, version, known=[f"{workflow_id} {v}" for v in versions])
+        return from_stored(json.loads(raw))
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def submit(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path, *,
+               inputs: Mapping[str, Any] | None = None, priority: str | None = None,
+               tags: Iterable[str] = (), triggered_by: str = "api", trigger_type: str = "manual",
+               version: str | None = None) -> Run:
+        """Validate, record and dispatch a run; returns at once with a handle on it."""
+        if isinstance(definition, str) and version is not None:
+            defn = self.get_definition(definition, version)
+        else:
+            defn = self.load(definition)
+        if priority is not None and priority not in ("high", "normal", "low"):
+            raise DefinitionError([("priority", f"must be one of high, normal, low, not {priority!r}")])
+        run_inputs = {**defn.inputs, **(inputs or {})}
+        try:
+            inputs_json = json.dumps(run_inputs)
+        except (TypeError, ValueError) as exc:
+            raise DefinitionError([("inputs", f"must be JSON: {exc}")]) from None
+        run_id = secrets.token_hex(8)
+        prio = priority or defn.priority
+        body = dump_definition(defn)
+        fields = {
+            "workflow": defn.id, "version": defn.version or "", "name": defn.name or defn.id,
+            "definition": dumps(body), "inputs": inputs_json, "priority": prio,
+            "tags": dumps(sorted({*defn.tags, *tags})), "triggered_by": triggered_by,
+            "trigger_type": trigger_type, "sla_seconds": str(defn.sla_seconds or ""),
+        }
+        self.state.create(run_id, fields, defn.step_ids, defn.id)
+        ctx = compiler.RunContext(run_id, 1, prio, self.settings.hard_timeout_grace, defn.id,
+                                  defn.version or "", run_inputs if compiler.uses_inputs(defn) else None)
+        compiler.compile_run(defn, ctx, app=self.celery).apply_async()
+        return Run(self, run_id)
+
+    def get_run(self, run_id: str) -> Run:
+        if self.state.status(run_id) is None:
+            raise UnknownRun(run_id)
+        return Run(self, run_id)
+
+    def snapshot(self, run_id: str) -> RunSnapshot:
+        data = self.state.read(run_id)
+        if data is None:
+            raise UnknownRun(run_id)
+        run, steps, attempts = data
+        order = [s["id"] for s in json.loads(run["definition"])["steps"]]
+        return _snapshot(run_id, run, steps, attempts, order)
+
+    def list_runs(self, *, status: str | Iterable[str] | None = None, workflow: str | None = None,
+                  limit: int = 50) -> list[RunSnapshot]:
+        """Newest first, from the hot state (finished runs stay there for state_ttl)."""
+        wanted = {status} if isinstance(status, str) else set(status or ())
+        index = self.keys.runs_of(workflow) if workflow else self.keys.runs
+        out: list[RunSnapshot] = []
+        start = 0
+        while len(out) < limit:
+            ids = [i.decode() for i in self.redis.zrevrange(index, start, start + 4 * limit - 1)]
+            if not ids:
+                break
+            start += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for rid in ids:
+                pipe.hget(self.keys.run(rid), "status")
+            statuses = pipe.execute()
+            for rid, st in zip(ids, statuses, strict=True):
+                if st is None:
+                    self.redis.zrem(index, rid)  # expired from the hot state
+                    continue
+                if wanted and st.decode() not in wanted:
+                    continue
+                try:
+                    out.append(self.snapshot(rid))
+                except UnknownRun:
+                    continue
+                if len(out) >= limit:
+                    break
+        return out
+
+    def close(self) -> None:
+        self.redis.close()

@@ -1,0 +1,420 @@
+"""The compiler: a pure function from a definition (and the steps already settled) to canvas.
+
+The DAG is decomposed series-parallel: a linear run becomes a ``chain``, a fan-out/fan-in a
+``chord`` (``group`` header, join step as body), nested as deep as the DAG is. A DAG that is
+not series-parallel is split at the level boundary that orders the fewest unrelated pairs;
+those pairs are reported as lost parallelism (``canvasflow explain`` shows them).
+
+This is the only module that builds Celery canvas. It never freezes or applies anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import chain, chord, group
+from celery.canvas import Signature
+
+from orchestrator import expressions
+from orchestrator.definition import PRIORITIES, Definition, Step
+
+STEP_TASK = "canvasflow.step"
+MERGE_TASK = "canvasflow.merge"
+SETTLE_TASK = "canvasflow.settle"
+COMPENSATE_TASK = "canvasflow.compensate"
+COMPENSATED_TASK = "canvasflow.compensated"
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: a series-parallel tree over step ids
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leaf:
+    step: str
+
+
+@dataclass(frozen=True)
+class Series:
+    parts: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Parallel:
+    parts: tuple[Node, ...]
+
+
+Node = Leaf | Series | Parallel
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What will run and in which shape; ``lost`` lists (before, after) orderings the
+    definition does not ask for but the canvas imposes."""
+
+    tree: Node | None
+    lost: tuple[tuple[str, str], ...] = ()
+    order_edges: tuple[tuple[str, str], ...] = field(default=())
+
+
+def order_edges(defn: Definition, pending: list[str]) -> list[tuple[str, str]]:
+    """Edges (before, after) that order the pending steps: depends_on, plus list order in
+    sequential mode."""
+    pend = set(pending)
+    edges = [(d, s.id) for s in defn.steps if s.id in pend for d in s.depends_on if d in pend]
+    if defn.mode == "sequential":
+        edges += list(zip(pending, pending[1:], strict=False))
+    return edges
+
+
+def plan(defn: Definition, settled: Iterable[str] = ()) -> Plan:
+    """Decompose the steps that are not yet settled into a series-parallel tree."""
+    done = set(settled)
+    pending = [s.id for s in defn.steps if s.id not in done]
+    if not pending:
+        return Plan(None)
+    edges = order_edges(defn, pending)
+    bit = {sid: 1 << i for i, sid in enumerate(pending)}
+    parents: dict[str, list[str]] = {sid: [] for sid in pending}
+    for a, b in edges:
+        parents[b].append(a)
+    anc: dict[str, int] = {}
+    for sid in _topological(pending, parents):
+        mask = 0
+        for p in parents[sid]:
+            mask |= bit[p] | anc[p]
+        anc[sid] = mask
+    lost: list[tuple[str, str]] = []
+    tree = _decompose(pending, anc, bit, lost)
+    return Plan(tree, tuple(lost), tuple(edges))
+
+
+def _topological(nodes: list[str], parents: Mapping[str, list[str]]) -> list[str]:
+    remaining = {n: len(set(parents[n])) for n in nodes}
+    children: dict[str, list[str]] = {n: [] for n in nodes}
+    for n in nodes:
+        for p in set(parents[n]):
+            children[p].append(n)
+    ready = [n for n in nodes if remaining[n] == 0]
+    out: list[str] = []
+    while ready:
+        n = ready.pop(0)
+        out.append(n)
+        for c in children[n]:
+            remaining[c] -= 1
+            if remaining[c] == 0:
+                ready.append(c)
+    return out
+
+
+def _decompose(nodes: list[str], anc: dict[str, int], bit: dict[str, int], lost: list) -> Node:
+    if len(nodes) == 1:
+        return Leaf(nodes[0])
+    mask = 0
+    for n in nodes:
+        mask |= bit[n]
+    comps = _components(nodes, anc, bit, mask)
+    if len(comps) > 1:
+        return Parallel(tuple(_decompose(c, anc, bit, lost) for c in comps))
+    levels = _levels(nodes, anc, bit, mask)
+    # Exact series cuts: every node before the cut is an ancestor of every node after it.
+    cuts: list[int] = []
+    best: tuple[int, int] | None = None  # (lost pairs, cut) for the fallback
+    prefix = 0
+    for k in range(len(levels) - 1):
+        for n in levels[k]:
+            prefix |= bit[n]
+        after = [n for lvl in levels[k + 1:] for n in lvl]
+        missing = sum(bin(prefix & ~anc[n]).count("1") for n in after)
+        if missing == 0:
+            cuts.append(k)
+        elif best is None or missing < best[0]:
+            best = (missing, k)
+    if not cuts:
+        # Not series-parallel: synchronise at the cheapest level boundary and recurse.
+        assert best is not None
+        k = best[1]
+        before = [n for lvl in levels[: k + 1] for n in lvl]
+        after = [n for lvl in levels[k + 1:] for n in lvl]
+        bmask = sum(bit[n] for n in before)
+        for n in after:
+            for p in before:
+                if bmask & bit[p] and not anc[n] & bit[p]:
+                    lost.append((p, n))
+        cuts = [k]
+    segments: list[list[str]] = []
+    start = 0
+    for k in cuts + [len(levels) - 1]:
+        segments.append([n for lvl in levels[start : k + 1] for n in lvl])
+        start = k + 1
+    parts: list[Node] = []
+    for seg in segments:
+        sub = _decompose(seg, anc, bit, lost)
+        parts.extend(sub.parts if isinstance(sub, Series) else (sub,))
+    return Series(tuple(parts))
+
+
+def _components(nodes: list[str], anc: dict[str, int], bit: dict[str, int], mask: int) -> list[list[str]]:
+    """Weakly connected components of the order restricted to ``nodes``, in node order."""
+    parent = {n: n for n in nodes}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for n in nodes:
+        related = anc[n] & mask
+        for m in nodes:
+            if related & bit[m]:
+                parent[find(m)] = find(n)
+    groups: dict[str, list[str]] = {}
+    for n in nodes:
+        groups.setdefault(find(n), []).append(n)
+    return list(groups.values())
+
+
+def _levels(nodes: list[str], anc: dict[str, int], bit: dict[str, int], mask: int) -> list[list[str]]:
+    """Nodes grouped by longest-path depth within ``nodes`` (each level is an antichain)."""
+    depth: dict[str, int] = {}
+    remaining = list(nodes)
+    while remaining:
+        for n in list(remaining):
+            ups = [m for m in nodes if anc[n] & mask & bit[m]]
+            if all(m in depth for m in ups):
+                depth[n] = 1 + max((depth[m] for m in ups), default=-1)
+                remaining.remove(n)
+    levels: list[list[str]] = [[] for _ in range(max(depth.values()) + 1)]
+    for n in nodes:
+        levels[depth[n]].append(n)
+    return levels
+
+
+# ---------------------------------------------------------------------------------------------
+# Step specs: what a step task needs, carried in its message (no database read per step)
+# ---------------------------------------------------------------------------------------------
+
+
+def _all_paths(defn: Definition) -> list[tuple]:
+    paths: list[tuple] = []
+    for s in defn.steps:
+        if s.when:
+            paths.extend(expressions.parse(s.when).paths())
+        for _, tpl in expressions.iter_templates(s.params):
+            for e in tpl.expressions:
+                paths.extend(e.paths())
+    return paths
+
+
+def uses_inputs(defn: Definition) -> bool:
+    """Whether any step reads `inputs`; only then do the inputs travel in every message."""
+    return any(p[0] == "inputs" for p in _all_paths(defn))
+
+
+def referenced_outputs(defn: Definition) -> set[str]:
+    """Steps whose outputs some `when` or template reads: only those travel with the canvas."""
+    refs: set[str] = set()
+    for s in defn.steps:
+        exprs: list[expressions.Expression] = []
+        if s.when:
+            exprs.append(expressions.parse(s.when))
+        for _, tpl in expressions.iter_templates(s.params):
+            exprs.extend(tpl.expressions)
+        for e in exprs:
+            for chain_ in e.paths():
+                if len(chain_) >= 2 and chain_[0] == "steps" and (len(chain_) < 3 or chain_[2] == "output"):
+                    refs.add(str(chain_[1]))
+    return refs
+
+
+def step_spec(step: Step, keep_output: bool) -> dict[str, Any]:
+    """The compact JSON a step task receives; defaults are left out to keep messages small."""
+    spec: dict[str, Any] = {"id": step.id, "plugin": step.plugin, "method": step.method}
+    if step.params:
+        spec["params"] = dict(step.params)
+    if step.depends_on:
+        spec["deps"] = list(step.depends_on)
+    if step.join != "all":
+        spec["join"] = step.join
+    if step.when:
+        spec["when"] = step.when
+    if step.retries:
+        spec["retries"] = step.retries
+        spec["delay"] = [step.retry_delay, step.retry_backoff, step.retry_delay_max]
+    if step.timeout:
+        spec["timeout"] = step.timeout
+    if not step.critical:
+        spec["critical"] = False
+    if keep_output:
+        spec["keep"] = True
+    return spec
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Run-level facts every task of one dispatch carries."""
+
+    run_id: str
+    epoch: int
+    priority: str = "normal"
+    hard_timeout_grace: int = 10
+    workflow: str = ""
+    version: str = ""
+    inputs: Mapping[str, Any] | None = None
+
+    def header(self) -> dict[str, Any]:
+        hdr: dict[str, Any] = {"run": self.run_id, "epoch": self.epoch}
+        if self.workflow:
+            hdr["wf"] = self.workflow
+        if self.version:
+            hdr["version"] = self.version
+        if self.inputs is not None:
+            hdr["inputs"] = dict(self.inputs)
+        return hdr
+
+
+# ---------------------------------------------------------------------------------------------
+# Canvas
+# ---------------------------------------------------------------------------------------------
+
+
+def compile_run(
+    defn: Definition,
+    ctx: RunContext,
+    *,
+    settled: Mapping[str, tuple[str, Any]] | None = None,
+    app: Any = None,
+) -> Signature:
+    """The canvas that runs every step not in ``settled`` and then settles the run.
+
+    ``settled`` maps step id -> (status, output) for steps that already ran (resume, retry);
+    their outcomes are handed to the first tasks, so templates downstream still see them.
+    """
+    settled = dict(settled or {})
+    the_plan = plan(defn, settled)
+    keep = referenced_outputs(defn)
+    seed = {sid: [st, out if sid in keep else None] for sid, (st, out) in settled.items()}
+    priority = PRIORITIES[ctx.priority]
+    steps = {s.id: s for s in defn.steps}
+
+    def sig(name: str, args: tuple, queue: str = "default", **opts: Any) -> Signature:
+        options = {"queue": queue, "priority": priority, **opts}
+        return Signature(name, args=args, options=options, app=app)
+
+    def leaf(sid: str, first: bool) -> Signature:
+        step = steps[sid]
+        args: tuple = (step_spec(step, sid in keep), ctx.header())
+        if first:
+            args = (seed,) + args
+        opts: dict[str, Any] = {}
+        if step.timeout:
+            opts["soft_time_limit"] = step.timeout
+            opts["time_limit"] = step.timeout + ctx.hard_timeout_grace
+        return sig(STEP_TASK, args, step.queue, **opts)
+
+    def build(node: Node, first: bool) -> Signature:
+        if isinstance(node, Leaf):
+            return leaf(node.step, first)
+        if isinstance(node, Parallel):
+            return group([build(p, first) for p in node.parts], app=app)
+        return _series([build(p, first and i == 0) for i, p in enumerate(node.parts)])
+
+    def _series(items: list[Signature]) -> Signature:
+        out: list[Signature] = []
+        i = 0
+        while i < len(items):
+            item = items[i]
+            if isinstance(item, group) and i + 1 < len(items):
+                body = items[i + 1]
+                if isinstance(body, group):
+                    # A chord whose body is a group is a known trouble spot in Celery: join
+                    # explicitly with a merge task and let the next group follow it.
+                    out.append(chord(item, sig(MERGE_TASK, (ctx.header(),)), app=app))
+                    i += 1
+                    continue
+                out.append(chord(item, body, app=app))
+                i += 2
+                continue
+            out.append(item)
+            i += 1
+        return out[0] if len(out) == 1 else chain(*out, app=app)
+
+    settle = sig(SETTLE_TASK, (ctx.header(),))
+    if the_plan.tree is None:
+        return Signature(SETTLE_TASK, args=(seed, ctx.header()), options={"priority": priority, "queue": "default"}, app=app)
+    body = build(the_plan.tree, True)
+    return _series([body, settle]) if not isinstance(body, chain) else _series([*body.tasks, settle])
+
+
+def compile_compensation(
+    defn: Definition, ctx: RunContext, order: list[str], target: str, *, app: Any = None
+) -> Signature:
+    """A chain that runs the compensations of ``order`` (newest completion first), one at a
+    time, then moves the run to ``target`` (FAILED or CANCELLED)."""
+    priority = PRIORITIES[ctx.priority]
+    links: list[Signature] = []
+    for i, sid in enumerate(order):
+        comp = defn.step(sid).compensate
+        assert comp is not None
+        spec: dict[str, Any] = {"id": sid, "plugin": comp.plugin, "method": comp.method}
+        if comp.params:
+            spec["params"] = dict(comp.params)
+        if comp.retries:
+            spec["retries"] = comp.retries
+        opts: dict[str, Any] = {"queue": comp.queue or defn.step(sid).queue, "priority": priority}
+        if comp.timeout:
+            opts["soft_time_limit"] = comp.timeout
+            opts["time_limit"] = comp.timeout + ctx.hard_timeout_grace
+        args: tuple = (spec, ctx.header())
+        if i == 0:
+            args = (None,) + args
+        links.append(Signature(COMPENSATE_TASK, args=args, options=opts, app=app))
+    final_args: tuple = (ctx.header(), target)
+    if not links:
+        final_args = (None,) + final_args
+    links.append(Signature(COMPENSATED_TASK, args=final_args, options={"queue": "default", "priority": priority}, app=app))
+    return links[0] if len(links) == 1 else chain(*links, app=app)
+
+
+# ---------------------------------------------------------------------------------------------
+# explain
+# ---------------------------------------------------------------------------------------------
+
+
+def describe_plan(p: Plan) -> list[str]:
+    """The plan as indented lines of canvas, for ``canvasflow explain``."""
+    lines: list[str] = []
+
+    def walk(node: Node, depth: int, joined: bool = False) -> None:
+        pad = "  " * depth
+        if isinstance(node, Leaf):
+            lines.append(f"{pad}{node.step}")
+        elif isinstance(node, Parallel):
+            lines.append(f"{pad}group ({len(node.parts)} in parallel)")
+            for part in node.parts:
+                walk(part, depth + 1)
+        else:
+            parts = list(node.parts)
+            lines.append(f"{pad}chain ({len(parts)} links)")
+            i = 0
+            while i < len(parts):
+                part = parts[i]
+                if isinstance(part, Parallel) and i + 1 < len(parts) and not isinstance(parts[i + 1], Parallel):
+                    lines.append(f"{pad}  chord")
+                    lines.append(f"{pad}    header:")
+                    walk(part, depth + 3)
+                    lines.append(f"{pad}    body:")
+                    walk(parts[i + 1], depth + 3)
+                    i += 2
+                    continue
+                walk(part, depth + 1)
+                i += 1
+
+    if p.tree is None:
+        return ["(nothing left to run)"]
+    walk(p.tree, 0)
+    return lines

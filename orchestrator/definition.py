@@ -1,0 +1,416 @@
+"""Workflow definitions: the frozen model, the one marshmallow schema, files and the builder.
+
+YAML, JSON and the Python builder all end in :func:`load_definition`, so a user sees one set
+of error messages with one style of path (``steps[3].depends_on[0]: unknown step 'lod_data'``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from orchestrator.errors import DefinitionError
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+STEP_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+MODES = ("sequential", "parallel", "conditional")
+PRIORITIES = {"high": 0, "normal": 4, "low": 8}  # Redis transport: lower runs first
+MAX_RETRIES = 100
+
+# Step settings a workflow's `defaults` may set, with the built-in default of each.
+STEP_DEFAULTS: dict[str, Any] = {
+    "timeout": None,
+    "retries": 0,
+    "retry_delay": 1.0,
+    "retry_backoff": "fixed",
+    "retry_delay_max": 300.0,
+    "critical": True,
+    "queue": "default",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """The rollback step run when the workflow later fails or is cancelled."""
+
+    plugin: str
+    method: str = "run"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+    retries: int = 0
+    queue: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    plugin: str
+    method: str = "run"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    join: str = "all"
+    when: str | None = None
+    name: str | None = None
+    timeout: float | None = None
+    retries: int = 0
+    retry_delay: float = 1.0
+    retry_backoff: str = "fixed"
+    retry_delay_max: float = 300.0
+    critical: bool = True
+    queue: str = "default"
+    compensate: Compensation | None = None
+
+    def retry_countdown(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` after attempt ``attempt`` failed."""
+        if self.retry_backoff == "exponential":
+            return float(min(self.retry_delay * 2 ** (attempt - 1), self.retry_delay_max))
+        return float(min(self.retry_delay, self.retry_delay_max))
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A validated workflow definition (format version 1); build one with :class:`Workflow`."""
+
+    id: str
+    steps: tuple[Step, ...]
+    name: str | None = None
+    description: str | None = None
+    version: str | None = None
+    mode: str = "parallel"
+    sla_seconds: float | None = None
+    priority: str = "normal"
+    tags: tuple[str, ...] = ()
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def step(self, step_id: str) -> Step:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    @property
+    def step_ids(self) -> list[str]:
+        return [s.id for s in self.steps]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, as a user would write it (only fields that differ from defaults)."""
+        return dump_definition(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# The one schema
+# ---------------------------------------------------------------------------------------------
+
+
+class _StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+def _positive(msg: str) -> validate.Range:
+    return validate.Range(min=0, min_inclusive=False, error=msg)
+
+
+class CompensationSchema(_StrictSchema):
+    plugin = fields.String(required=True, validate=validate.Length(min=1))
+    method = fields.String(load_default="run", validate=validate.Length(min=1))
+    params = fields.Dict(keys=fields.String(), load_default=dict)
+    timeout = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
+    retries = fields.Integer(validate=validate.Range(min=0, max=MAX_RETRIES))
+    queue = fields.String(validate=validate.Regexp(QUEUE_PATTERN, error="invalid queue name"))
+
+
+class StepSchema(_StrictSchema):
+    id = fields.String(
+        required=True,
+        validate=validate.Regexp(STEP_ID_PATTERN, error="must match [A-Za-z0-9][A-Za-z0-9_.-]*"),
+    )
+    name = fields.String(allow_none=True)
+    plugin = fields.String(required=True, validate=validate.Length(min=1))
+    method = fields.String(load_default="run", validate=validate.Length(min=1))
+    params = fields.Dict(keys=fields.String(), load_default=dict)
+    depends_on = fields.List(fields.String(), load_default=list)
+    join = fields.String(load_default="all", validate=validate.OneOf(["all", "any"]))
+    when = fields.String(allow_none=True, validate=validate.Length(min=1))
+    timeout = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
+    retries = fields.Integer(validate=validate.Range(min=0, max=MAX_RETRIES))
+    retry_delay = fields.Float(validate=validate.Range(min=0))
+    retry_backoff = fields.String(validate=validate.OneOf(["fixed", "exponential"]))
+    retry_delay_max = fields.Float(validate=validate.Range(min=0))
+    critical = fields.Boolean()
+    queue = fields.String(validate=validate.Regexp(QUEUE_PATTERN, error="invalid queue name"))
+    compensate = fields.Nested(CompensationSchema, allow_none=True)
+
+
+class DefaultsSchema(_StrictSchema):
+    timeout = StepSchema._declared_fields["timeout"]
+    retries = StepSchema._declared_fields["retries"]
+    retry_delay = StepSchema._declared_fields["retry_delay"]
+    retry_backoff = StepSchema._declared_fields["retry_backoff"]
+    retry_delay_max = StepSchema._declared_fields["retry_delay_max"]
+    critical = StepSchema._declared_fields["critical"]
+    queue = StepSchema._declared_fields["queue"]
+
+
+class WorkflowSchema(_StrictSchema):
+    format = fields.Integer(validate=validate.OneOf([1], error="only format version 1 exists"))
+    id = fields.String(
+        required=True, validate=validate.Regexp(ID_PATTERN, error="must match [a-z0-9][a-z0-9_.-]*")
+    )
+    name = fields.String(allow_none=True)
+    description = fields.String(allow_none=True)
+    version = fields.String(allow_none=True)
+    mode = fields.String(load_default="parallel", validate=validate.OneOf(MODES))
+    sla_seconds = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
+    priority = fields.String(load_default="normal", validate=validate.OneOf(list(PRIORITIES)))
+    tags = fields.List(fields.String(), load_default=list)
+    inputs = fields.Dict(keys=fields.String(), load_default=dict)
+    defaults = fields.Nested(DefaultsSchema, load_default=dict)
+    steps = fields.List(
+        fields.Nested(StepSchema),
+        required=True,
+        validate=validate.Length(min=1, error="a workflow needs at least one step"),
+    )
+
+
+_SCHEMA = WorkflowSchema()
+
+
+def _flatten(errors: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Marshmallow's nested error dict as (path, message) pairs, e.g. ('steps[2].id', ...)."""
+    if isinstance(errors, Mapping):
+        for key, sub in errors.items():
+            if key == "_schema":
+                yield from _flatten(sub, path)
+            elif isinstance(key, int):
+                yield from _flatten(sub, f"{path}[{key}]")
+            else:
+                yield from _flatten(sub, f"{path}.{key}" if path else str(key))
+    elif isinstance(errors, list | tuple):
+        for item in errors:
+            if isinstance(item, str):
+                yield path, _humanise(item)
+            else:
+                yield from _flatten(item, path)
+    else:
+        yield path, _humanise(str(errors))
+
+
+def _humanise(message: str) -> str:
+    replacements = {
+        "Unknown field.": "unknown field",
+        "Missing data for required field.": "required",
+        "Not a valid string.": "must be a string (quote it in YAML)",
+        "Not a valid integer.": "must be a whole number",
+        "Not a valid number.": "must be a number",
+        "Not a valid boolean.": "must be true or false",
+        "Not a valid list.": "must be a list",
+        "Not a valid mapping type.": "must be a mapping",
+        "Invalid input type.": "must be a mapping",
+        "Field may not be null.": "may not be null",
+    }
+    if message in replacements:
+        return replacements[message]
+    if message.startswith("Must be one of:"):
+        return "must be one of " + message.removeprefix("Must be one of:").strip().rstrip(".")
+    if message.startswith("Must be greater than or equal to"):
+        return "must be >= " + message.rsplit(" ", 1)[-1].rstrip(".")
+    if message.startswith("Must be greater than or equal to") or message.startswith("Must be"):
+        return message[0].lower() + message[1:].rstrip(".")
+    return message.rstrip(".")
+
+
+def load_definition(
+    data: Any, *, source: str | None = None, catalog: Mapping[str, Any] | None = None
+) -> Definition:
+    """Validate a definition given as a dict and return the frozen model.
+
+    Every problem is reported at once, each with its path. ``catalog`` is the fleet's plugin
+    catalog (``{plugin: {method: {params, required, accepts_any}}}``); without it plugins are
+    not checked.
+    """
+    from orchestrator import validation  # the semantic checks live next door
+
+    if not isinstance(data, Mapping):
+        raise DefinitionError([("", f"a definition must be a mapping, not {type(data).__name__}")], source)
+    problems: list[tuple[str, str]] = []
+    try:
+        loaded = _SCHEMA.load(dict(data))
+    except ValidationError as exc:
+        problems.extend(_flatten(exc.messages))
+        loaded = None
+    problems.extend(validation.check(data, catalog))
+    if problems:
+        raise DefinitionError(_dedupe(problems), source)
+    assert loaded is not None
+    return _build(loaded)
+
+
+def from_stored(data: Mapping[str, Any]) -> Definition:
+    """A definition that was validated when it was stored: schema only, no semantic checks."""
+    return _build(_SCHEMA.load(dict(data)))
+
+
+def _dedupe(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in problems:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def _build(d: dict[str, Any]) -> Definition:
+    defaults = {**STEP_DEFAULTS, **d.get("defaults", {})}
+    steps = []
+    for s in d["steps"]:
+        settings = {k: s.get(k, defaults[k]) for k in STEP_DEFAULTS}
+        comp = s.get("compensate")
+        steps.append(
+            Step(
+                id=s["id"],
+                plugin=s["plugin"],
+                method=s["method"],
+                params=s["params"],
+                depends_on=tuple(s["depends_on"]),
+                join=s["join"],
+                when=s.get("when"),
+                name=s.get("name"),
+                compensate=Compensation(**comp) if comp else None,
+                **settings,
+            )
+        )
+    return Definition(
+        id=d["id"],
+        steps=tuple(steps),
+        name=d.get("name"),
+        description=d.get("description"),
+        version=d.get("version"),
+        mode=d["mode"],
+        sla_seconds=d.get("sla_seconds"),
+        priority=d["priority"],
+        tags=tuple(d["tags"]),
+        inputs=d["inputs"],
+        defaults=d.get("defaults", {}),
+    )
+
+
+def dump_definition(wf: Definition) -> dict[str, Any]:
+    """The inverse of load_definition: a plain dict that loads back to an equal Definition."""
+    out: dict[str, Any] = {"id": wf.id}
+    for key in ("name", "description", "version", "sla_seconds"):
+        if getattr(wf, key) is not None:
+            out[key] = getattr(wf, key)
+    out["mode"] = wf.mode
+    if wf.priority != "normal":
+        out["priority"] = wf.priority
+    if wf.tags:
+        out["tags"] = list(wf.tags)
+    if wf.inputs:
+        out["inputs"] = dict(wf.inputs)
+    if wf.defaults:
+        out["defaults"] = dict(wf.defaults)
+    defaults = {**STEP_DEFAULTS, **wf.defaults}
+    out["steps"] = []
+    for s in wf.steps:
+        d: dict[str, Any] = {"id": s.id, "plugin": s.plugin, "method": s.method}
+        if s.name:
+            d["name"] = s.name
+        if s.params:
+            d["params"] = dict(s.params)
+        if s.depends_on:
+            d["depends_on"] = list(s.depends_on)
+        if s.join != "all":
+            d["join"] = s.join
+        if s.when:
+            d["when"] = s.when
+        for k, default in defaults.items():
+            if getattr(s, k) != default:
+                d[k] = getattr(s, k)
+        if s.compensate:
+            c = s.compensate
+            cd: dict[str, Any] = {"plugin": c.plugin, "method": c.method}
+            if c.params:
+                cd["params"] = dict(c.params)
+            if c.timeout is not None:
+                cd["timeout"] = c.timeout
+            if c.retries:
+                cd["retries"] = c.retries
+            if c.queue:
+                cd["queue"] = c.queue
+            d["compensate"] = cd
+        out["steps"].append(d)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_text(text: str, *, source: str = "<string>", fmt: str | None = None) -> Any:
+    """YAML or JSON text to plain data; a syntax error says where it is."""
+    fmt = fmt or ("json" if source.endswith(".json") else "yaml")
+    try:
+        if fmt == "json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise DefinitionError([(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}")], source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DefinitionError([(where, f"invalid YAML: {problem}")], source) from None
+
+
+def load_file(path: str | Path, *, catalog: Mapping[str, Any] | None = None) -> Definition:
+    """Load and validate a .yaml/.yml/.json definition file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DefinitionError([("", f"cannot read file: {exc.strerror}")], str(p)) from None
+    return load_definition(parse_text(text, source=str(p)), source=str(p), catalog=catalog)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Python builder
+# ---------------------------------------------------------------------------------------------
+
+
+class Workflow:
+    """Build a definition in Python; ``.build()`` validates it through the same schema.
+
+    ``Workflow("etl", mode="sequential").step("a", plugin="builtin", method="echo").build()``
+    """
+
+    def __init__(self, id: str, **workflow_fields: Any) -> None:
+        self._data: dict[str, Any] = {"id": id, **workflow_fields, "steps": []}
+
+    def step(self, id: str, plugin: str, method: str = "run", **step_fields: Any) -> Workflow:
+        entry: dict[str, Any] = {"id": id, "plugin": plugin, "method": method, **step_fields}
+        if isinstance(entry.get("depends_on"), str):
+            entry["depends_on"] = [entry["depends_on"]]
+        self._data["steps"].append(entry)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._data, default=list))
+
+    def build(self, catalog: Mapping[str, Any] | None = None) -> Definition:
+        return load_definition(self.to_dict(), source=f"workflow '{self._data['id']}'", catalog=catalog)

@@ -1,0 +1,73 @@
+"""Every Redis key canvasflow uses, declared once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Step fields live in one hash per run as "<step>|<field>"; step ids may not contain "|".
+STEP_FIELD_SEP = "|"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "cf"
+
+    def run(self, run_id: str) -> str:
+        """Hash: the run's own fields (status, epoch, seq, inputs, definition, times...)."""
+        return f"{self.prefix}:run:{run_id}"
+
+    def steps(self, run_id: str) -> str:
+        """Hash: '<step>|status', '<step>|attempts', '<step>|output'... for every step."""
+        return f"{self.prefix}:run:{run_id}:steps"
+
+    def attempts(self, run_id: str) -> str:
+        """List: one JSON record per finished step attempt, in finishing order."""
+        return f"{self.prefix}:run:{run_id}:attempts"
+
+    def completed(self, run_id: str) -> str:
+        """List: steps in completion order (compensations run newest first). The Lua scripts
+        derive it as run(run_id) .. ':completed', next to ':steps' and ':attempts'."""
+        return f"{self.prefix}:run:{run_id}:completed"
+
+    def lease(self, run_id: str, step_id: str) -> str:
+        """String with TTL: which process is running the step right now."""
+        return f"{self.prefix}:lease:{run_id}:{step_id}"
+
+    def settled_channel(self, run_id: str) -> str:
+        """Pub/sub channel: a message when the run reaches a final or waiting status."""
+        return f"{self.prefix}:settled:{run_id}"
+
+    @property
+    def runs(self) -> str:
+        """Sorted set: every run id by creation time."""
+        return f"{self.prefix}:runs"
+
+    def runs_of(self, workflow_id: str) -> str:
+        return f"{self.prefix}:runs:wf:{workflow_id}"
+
+    @property
+    def events(self) -> str:
+        """Stream: every state change of every run, consumed by the recorder."""
+        return f"{self.prefix}:events"
+
+    @property
+    def workflows(self) -> str:
+        """Set: registered workflow ids."""
+        return f"{self.prefix}:workflows"
+
+    def workflow(self, workflow_id: str) -> str:
+        """Hash: version -> definition JSON."""
+        return f"{self.prefix}:wf:{workflow_id}"
+
+    def workflow_versions(self, workflow_id: str) -> str:
+        """List: versions in registration order (the last is the latest)."""
+        return f"{self.prefix}:wf:{workflow_id}:versions"
+
+    @property
+    def catalog(self) -> str:
+        """Hash: worker hostname -> JSON {plugins, queues, started_at, pid}."""
+        return f"{self.prefix}:catalog"
+
+
+def step_field(step_id: str, name: str) -> str:
+    return f"{step_id}{STEP_FIELD_SEP}{name}"

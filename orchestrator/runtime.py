@@ -1,0 +1,298 @@
+"""Hot state of runs in Redis, changed only through atomic Lua scripts that also append events.
+
+Every state change is one round trip: a script checks the run's status and epoch, writes the
+step or run fields, bumps the run's sequence number and appends the event to the stream.
+The step runtime on workers and the client both go through :class:`RunState`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+from orchestrator.keys import Keys, step_field
+from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, sources_of
+
+# Shared Lua: emit(type, step, status, data_json) appends one event with the next run seq.
+_EMIT = """
+local function emit(run_key, stream, maxlen, run_id, etype, step, status, ts, data)
+  local seq = redis.call('HINCRBY', run_key, 'seq', 1)
+  local args = {stream}
+  if tonumber(maxlen) > 0 then
+    table.insert(args, 'MAXLEN'); table.insert(args, '~'); table.insert(args, maxlen)
+  end
+  for _, v in ipairs({'*', 'run', run_id, 'seq', seq, 'type', etype, 'step', step,
+                      'status', status, 'ts', ts, 'data', data}) do table.insert(args, v) end
+  redis.call('XADD', unpack(args))
+  return seq
+end
+local function emit_batch(run_key, stream, maxlen, run_id, batch)
+  if batch == nil or batch == '' then return end
+  for _, e in ipairs(cjson.decode(batch)) do
+    emit(run_key, stream, maxlen, run_id, e[1], e[2], e[3], e[4], e[5])
+  end
+end
+"""
+
+# KEYS: run, steps, lease, stream. ARGV: run_id, step, epoch, intent, owner, now, lease_ttl,
+# maxlen, task_id, worker, reason
+_BEGIN = _EMIT + """
+local run_key, steps, lease, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local run_id, step, epoch, intent, owner, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local maxlen = ARGV[8]
+local st = redis.call('HGET', run_key, 'status')
+if not st then return {'gone'} end
+if redis.call('HGET', run_key, 'epoch') ~= epoch then return {'stale', st} end
+local ss = redis.call('HGET', steps, step .. '|status')
+if ss == 'COMPLETED' or ss == 'FAILED' or ss == 'SKIPPED' or ss == 'CANCELLED'
+   or ss == 'COMPENSATING' or ss == 'COMPENSATED' then
+  return {'settled', ss}
+end
+if ss == 'RUNNING' then
+  local holder = redis.call('GET', lease)
+  if holder and holder ~= owner then return {'leased', holder} end
+end
+local halt = redis.call('HGET', run_key, 'halt')
+if st == 'PAUSING' or st == 'PAUSED' then return {'paused', st} end
+if st == 'CANCELLING' or (halt and halt ~= '') or (st ~= 'RUNNING' and st ~= 'PENDING') then
+  redis.call('HSET', steps, step .. '|status', 'CANCELLED', step .. '|finished_at', now)
+  redis.call('HINCRBY', run_key, 'settled', 1)
+  emit(run_key, stream, maxlen, run_id, 'step_cancelled', step, 'CANCELLED', now, '{}')
+  return {'cancelled', st}
+end
+if st == 'PENDING' then
+  redis.call('HSET', run_key, 'status', 'RUNNING', 'started_at', now)
+  emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', 'RUNNING', now, '{}')
+end
+if intent ~= 'run' then
+  redis.call('HSET', steps, step .. '|status', 'SKIPPED', step .. '|finished_at', now,
+             step .. '|error', ARGV[11])
+  redis.call('HINCRBY', run_key, 'settled', 1)
+  emit(run_key, stream, maxlen, run_id, 'step_skipped', step, 'SKIPPED', now,
+       cjson.encode({reason = ARGV[11]}))
+  return {'skipped', st}
+end
+local attempt = redis.call('HINCRBY', steps, step .. '|attempts', 1)
+redis.call('HSET', steps, step .. '|status', 'RUNNING', step .. '|attempt_started_at', now,
+           step .. '|worker', ARGV[10], step .. '|task_id', ARGV[9])
+if attempt == 1 then redis.call('HSET', steps, step .. '|started_at', now) end
+redis.call('SET', lease, owner, 'EX', ARGV[7])
+emit(run_key, stream, maxlen, run_id, 'step_started', step, 'RUNNING', now,
+     cjson.encode({attempt = attempt, worker = ARGV[10], task_id = ARGV[9]}))
+return {'go', tostring(attempt)}
+"""
+
+# KEYS: run, steps, lease, stream, attempts. ARGV: run_id, step, epoch, status, owner, now,
+# maxlen, output_json, error, traceback, critical, attempt_record_json, batch_json, state_ttl
+_FINISH = _EMIT + """
+local run_key, steps, lease, stream, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local run_id, step, epoch, status, owner, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if not redis.call('HGET', run_key, 'status') then return 'gone' end
+local holder = redis.call('GET', lease)
+if holder and holder ~= owner then return 'lost' end
+local ss = redis.call('HGET', steps, step .. '|status')
+if ss ~= 'RUNNING' then return 'lost' end
+emit_batch(run_key, stream, maxlen, run_id, ARGV[13])
+redis.call('DEL', lease)
+redis.call('RPUSH', attempts, ARGV[12])
+redis.call('HSET', steps, step .. '|status', status, step .. '|error', ARGV[9],
+           step .. '|traceback', ARGV[10])
+local data = {}
+if status == 'RETRYING' then
+  emit(run_key, stream, maxlen, run_id, 'step_retrying', step, status, now, ARGV[12])
+  return 'ok'
+end
+redis.call('HSET', steps, step .. '|finished_at', now, step .. '|output', ARGV[8])
+redis.call('HINCRBY', run_key, 'settled', 1)
+if status == 'COMPLETED' then
+  redis.call('RPUSH', run_key .. ':completed', step)
+  emit(run_key, stream, maxlen, run_id, 'step_completed', step, status, now, ARGV[12])
+else
+  if ARGV[11] == '1' and not redis.call('HGET', run_key, 'halt') then
+    redis.call('HSET', run_key, 'halt', 'failed', 'failed_step', step, 'error', ARGV[9])
+  end
+  emit(run_key, stream, maxlen, run_id, 'step_failed', step, status, now, ARGV[12])
+end
+return 'ok'
+"""
+
+# KEYS: run, stream, runs-index. ARGV: run_id, target, now, maxlen, state_ttl, fields_json,
+# data_json, allowed sources...
+_TRANSITION = _EMIT + """
+local run_key, stream = KEYS[1], KEYS[2]
+local run_id, target, now, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local st = redis.call('HGET', run_key, 'status')
+if not st then return {'gone', ''} end
+local ok = false
+for i = 8, #ARGV do if ARGV[i] == st then ok = true end end
+if not ok then return {'refused', st} end
+redis.call('HSET', run_key, 'status', target)
+for k, v in pairs(cjson.decode(ARGV[6])) do
+  if v == cjson.null or v == '' then redis.call('HDEL', run_key, k) else redis.call('HSET', run_key, k, v) end
+end
+emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', target, now, ARGV[7])
+if target == 'COMPLETED' or target == 'FAILED' or target == 'CANCELLED' then
+  redis.call('HSET', run_key, 'finished_at', now)
+  redis.call('EXPIRE', run_key, ttl)
+  redis.call('EXPIRE', run_key .. ':steps', ttl)
+  redis.call('EXPIRE', run_key .. ':attempts', ttl)
+  redis.call('EXPIRE', run_key .. ':completed', ttl)
+end
+redis.call('PUBLISH', KEYS[3], target)
+return {'ok', st}
+"""
+
+# KEYS: run, steps, stream. ARGV: run_id, step, status, now, maxlen, fields_json, etype, data
+_STEP_SET = _EMIT + """
+local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
+if not redis.call('HGET', run_key, 'status') then return 0 end
+redis.call('HSET', steps, ARGV[2] .. '|status', ARGV[3])
+for k, v in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', steps, ARGV[2] .. '|' .. k, v) end
+emit(run_key, stream, ARGV[5], ARGV[1], ARGV[7], ARGV[2], ARGV[3], ARGV[4], ARGV[8])
+return 1
+"""
+
+# KEYS: run, stream. ARGV: run_id, maxlen, batch_json
+_EMIT_BATCH = _EMIT + """
+if not redis.call('HGET', KEYS[1], 'status') then return 0 end
+emit_batch(KEYS[1], KEYS[2], ARGV[2], ARGV[1], ARGV[3])
+return 1
+"""
+
+_REFRESH_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+def now() -> str:
+    return f"{time.time():.6f}"
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class RunState:
+    """All reads and writes of a run's hot state; one instance per process is enough."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, *, state_ttl: int, maxlen: int = 0):
+        self.r = client
+        self.keys = keys
+        self.state_ttl = state_ttl
+        self.maxlen = maxlen
+        self._begin = client.register_script(_BEGIN)
+        self._finish = client.register_script(_FINISH)
+        self._transition = client.register_script(_TRANSITION)
+        self._step_set = client.register_script(_STEP_SET)
+        self._emit_batch = client.register_script(_EMIT_BATCH)
+        self._refresh = client.register_script(_REFRESH_LEASE)
+
+    # -- creation -----------------------------------------------------------------------------
+
+    def create(self, run_id: str, fields: Mapping[str, Any], step_ids: Iterable[str], workflow_id: str) -> None:
+        """Write a PENDING run with PENDING steps and its run_created event, in one round trip."""
+        ts = now()
+        step_ids = list(step_ids)
+        run_fields = {k: v if isinstance(v, str) else dumps(v) for k, v in fields.items()}
+        run_fields.update(status=RunStatus.PENDING, created_at=ts, epoch="1", seq="1",
+                          total=str(len(step_ids)), settled="0")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.run(run_id), mapping=run_fields)
+        pipe.hset(self.keys.steps(run_id), mapping={step_field(s, "status"): "PENDING" for s in step_ids})
+        pipe.zadd(self.keys.runs, {run_id: float(ts)})
+        pipe.zadd(self.keys.runs_of(workflow_id), {run_id: float(ts)})
+        xargs: dict[str, Any] = {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
+        pipe.xadd(self.keys.events, {"run": run_id, "seq": 1, "type": "run_created", "step": "",
+                                     "status": "PENDING", "ts": ts,
+                                     "data": dumps({k: fields[k] for k in ("workflow", "version") if k in fields})},
+                  **xargs)
+        pipe.execute()
+
+    # -- the step runtime's calls -------------------------------------------------------------
+
+    def begin_step(self, run_id: str, step: str, epoch: int, *, intent: str, owner: str,
+                   lease_ttl: int, task_id: str, worker: str, reason: str = "") -> tuple[str, str]:
+        res = self._begin(
+            keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.lease(run_id, step), self.keys.events],
+            args=[run_id, step, str(epoch), intent, owner, now(), lease_ttl, self.maxlen, task_id, worker, reason],
+        )
+        verdict = _s(res[0])
+        return verdict, _s(res[1]) if len(res) > 1 else ""
+
+    def finish_step(self, run_id: str, step: str, epoch: int, *, status: str, owner: str,
+                    output: str = "null", error: str = "", traceback: str = "", critical: bool = True,
+                    attempt: Mapping[str, Any], batch: list | None = None) -> str:
+        res = self._finish(
+            keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.lease(run_id, step),
+                  self.keys.events, self.keys.attempts(run_id)],
+            args=[run_id, step, str(epoch), status, owner, now(), self.maxlen, output, error, traceback,
+                  "1" if critical else "0", dumps(attempt), dumps(batch) if batch else "", self.state_ttl],
+        )
+        return _s(res)
+
+    def refresh_lease(self, run_id: str, step: str, owner: str, ttl: int) -> bool:
+        return bool(self._refresh(keys=[self.keys.lease(run_id, step)], args=[owner, ttl]))
+
+    def emit(self, run_id: str, batch: list[list[Any]]) -> None:
+        """Append events [type, step, status, ts, data_json] with the run's next seqs."""
+        if batch:
+            self._emit_batch(keys=[self.keys.run(run_id), self.keys.events], args=[run_id, self.maxlen, dumps(batch)])
+
+    def set_step(self, run_id: str, step: str, status: str, etype: str, *,
+                 fields: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None) -> bool:
+        res = self._step_set(
+            keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.events],
+            args=[run_id, step, status, now(), self.maxlen, dumps(dict(fields or {})), etype, dumps(dict(data or {}))],
+        )
+        return bool(res)
+
+    def transition(self, run_id: str, target: RunStatus, *, fields: Mapping[str, Any] | None = None,
+                   data: Mapping[str, Any] | None = None, sources: Iterable[str] | None = None) -> tuple[bool, str]:
+        """Move the run to ``target`` if the transition table allows it from its current status.
+
+        Returns (done, status before). The check and the write are one atomic script.
+        """
+        allowed = list(sources) if sources is not None else sources_of(target)
+        res = self._transition(
+            keys=[self.keys.run(run_id), self.keys.events, self.keys.settled_channel(run_id)],
+            args=[run_id, str(target), now(), self.maxlen, self.state_ttl,
+                  dumps({k: v if isinstance(v, str) or v is None else dumps(v) for k, v in (fields or {}).items()}),
+                  dumps(dict(data or {})), *allowed],
+        )
+        return _s(res[0]) == "ok", _s(res[1])
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def read(self, run_id: str) -> tuple[dict[str, str], dict[str, dict[str, str]], list[dict[str, Any]]] | None:
+        """(run fields, {step: fields}, attempt records) in one round trip, or None if unknown."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.run(run_id))
+        pipe.hgetall(self.keys.steps(run_id))
+        pipe.lrange(self.keys.attempts(run_id), 0, -1)
+        run, steps, attempts = pipe.execute()
+        if not run:
+            return None
+        by_step: dict[str, dict[str, str]] = {}
+        for k, v in steps.items():
+            sid, _, name = _s(k).rpartition("|")
+            by_step.setdefault(sid, {})[name] = _s(v)
+        return ({_s(k): _s(v) for k, v in run.items()}, by_step, [json.loads(a) for a in attempts])
+
+    def status(self, run_id: str) -> str | None:
+        v = self.r.hget(self.keys.run(run_id), "status")
+        return _s(v) if v is not None else None
+
+    def completed_order(self, run_id: str) -> list[str]:
+        return [_s(x) for x in self.r.lrange(self.keys.completed(run_id), 0, -1)]
+
+    def is_final(self, status: str | None) -> bool:
+        return status in {str(s) for s in FINAL_RUN_STATUSES}
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))

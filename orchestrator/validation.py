@@ -1,0 +1,243 @@
+"""Semantic checks of a raw definition: ids, dependencies, cycles, expressions, plugins.
+
+Runs on the raw dict next to the marshmallow schema so that every problem is reported at
+once, even when the structure is partly wrong. Every check yields ``(path, message)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from orchestrator import expressions
+from orchestrator.errors import ExpressionError
+
+ROOT_NAMES = {"inputs", "steps", "run"}
+RUN_FIELDS = {"id", "workflow", "version"}
+STEP_FIELDS = {"output", "status"}
+
+
+def _steps(data: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
+    steps = data.get("steps")
+    if not isinstance(steps, list):
+        return []
+    return [(i, s) for i, s in enumerate(steps) if isinstance(s, Mapping)]
+
+
+def _deps(step: Mapping[str, Any]) -> list[Any]:
+    deps = step.get("depends_on") or []
+    return deps if isinstance(deps, list) else []
+
+
+def check(data: Mapping[str, Any], catalog: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    """Every semantic problem of a raw definition, each as (path, message)."""
+    steps = _steps(data)
+    problems: list[tuple[str, str]] = []
+    index: dict[str, int] = {}
+    for i, s in steps:
+        sid = s.get("id")
+        if not isinstance(sid, str):
+            continue
+        if sid in index:
+            problems.append((f"steps[{i}].id", f"duplicate step id '{sid}' (first used by steps[{index[sid]}])"))
+        else:
+            index[sid] = i
+    sequential = data.get("mode") == "sequential"
+    problems.extend(_check_dependencies(steps, index, sequential))
+    graph = {s["id"]: [d for d in _deps(s) if d in index] for _, s in steps if isinstance(s.get("id"), str)}
+    cycle = find_cycle(graph)
+    if cycle:
+        problems.append(("steps", "cycle: " + " -> ".join(cycle)))
+    else:
+        problems.extend(_check_expressions(steps, index, graph, sequential))
+    if catalog is not None:
+        problems.extend(_check_plugins(steps, catalog))
+    return problems
+
+
+def _check_dependencies(
+    steps: list[tuple[int, Mapping[str, Any]]], index: dict[str, int], sequential: bool
+) -> Iterator[tuple[str, str]]:
+    for i, s in steps:
+        seen: set[str] = set()
+        for j, dep in enumerate(_deps(s)):
+            path = f"steps[{i}].depends_on[{j}]"
+            if not isinstance(dep, str):
+                continue  # the schema reports the type
+            if dep not in index:
+                hint = _closest(dep, index)
+                yield path, f"unknown step '{dep}'" + (f" (did you mean '{hint}'?)" if hint else "")
+            elif dep == s.get("id"):
+                yield path, "a step cannot depend on itself"
+            elif sequential and index[dep] > i:
+                yield path, f"in sequential mode a step may only depend on earlier steps; '{dep}' comes later"
+            if dep in seen:
+                yield path, f"'{dep}' is listed twice"
+            seen.add(dep)
+
+
+def _closest(name: str, known: Mapping[str, Any]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
+    """A dependency cycle in run order, [a, b, c, a] (b depends on a ... a on c), or None."""
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(graph, white)
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        color[node] = grey
+        stack.append(node)
+        for dep in graph.get(node, []):
+            if color.get(dep) == grey:
+                cyc = stack[stack.index(dep):] + [dep]
+                return list(reversed(cyc))
+            if color.get(dep) == white:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        color[node] = black
+        return None
+
+    for node in graph:
+        if color[node] == white:
+            found = visit(node)
+            if found:
+                # Report in dependency order, starting from the first-declared step of the cycle.
+                body = found[:-1]
+                start = min(range(len(body)), key=lambda k: list(graph).index(body[k]))
+                body = body[start:] + body[:start]
+                return body + [body[0]]
+    return None
+
+
+def ancestors(graph: Mapping[str, list[str]]) -> dict[str, set[str]]:
+    """For each step, every step it depends on directly or transitively."""
+    memo: dict[str, set[str]] = {}
+
+    def of(node: str) -> set[str]:
+        if node not in memo:
+            acc: set[str] = set()
+            for dep in graph.get(node, []):
+                acc.add(dep)
+                acc |= of(dep)
+            memo[node] = acc
+        return memo[node]
+
+    for node in graph:
+        of(node)
+    return memo
+
+
+def _check_expressions(
+    steps: list[tuple[int, Mapping[str, Any]]],
+    index: dict[str, int],
+    graph: Mapping[str, list[str]],
+    sequential: bool,
+) -> Iterator[tuple[str, str]]:
+    anc = ancestors(graph)
+    for i, s in steps:
+        sid = s.get("id")
+        if not isinstance(sid, str):
+            continue
+        # In sequential mode every earlier step has settled before this one starts.
+        visible = set(anc.get(sid, set()))
+        if sequential:
+            visible |= {other for other, k in index.items() if k < i}
+        when = s.get("when")
+        if isinstance(when, str) and when.strip():
+            try:
+                expr = expressions.parse(when)
+            except ExpressionError as exc:
+                yield f"steps[{i}].when", exc.message
+            else:
+                yield from _check_paths(expr, f"steps[{i}].when", sid, visible, index)
+        params = s.get("params")
+        if isinstance(params, Mapping):
+            yield from _check_templates(params, f"steps[{i}].params", sid, visible, index)
+        comp = s.get("compensate")
+        if isinstance(comp, Mapping) and isinstance(comp.get("params"), Mapping):
+            # A compensation runs after its step completed, so it may read the step's own output.
+            yield from _check_templates(
+                comp["params"], f"steps[{i}].compensate.params", sid, visible | {sid}, index
+            )
+
+
+def _check_templates(
+    params: Mapping[str, Any], prefix: str, sid: str, visible: set[str], index: dict[str, int]
+) -> Iterator[tuple[str, str]]:
+    try:
+        found = list(expressions.iter_templates(params, prefix))
+    except ExpressionError as exc:
+        yield "", exc.message
+        return
+    for path, template in found:
+        for expr in template.expressions:
+            yield from _check_paths(expr, path, sid, visible, index)
+
+
+def _check_paths(
+    expr: expressions.Expression, path: str, sid: str, visible: set[str], index: dict[str, int]
+) -> Iterator[tuple[str, str]]:
+    for chain in expr.paths():
+        root = chain[0]
+        if root not in ROOT_NAMES:
+            yield path, f"unknown name '{root}' (names: inputs, steps.<id>.output, steps.<id>.status, run.id)"
+            continue
+        if root == "run" and len(chain) > 1 and chain[1] not in RUN_FIELDS:
+            yield path, f"run has no field '{chain[1]}' (fields: {', '.join(sorted(RUN_FIELDS))})"
+        if root != "steps":
+            continue
+        if len(chain) < 2:
+            yield path, "'steps' must be followed by a step id, e.g. steps.load.output"
+            continue
+        ref = chain[1]
+        if ref not in index:
+            hint = _closest(str(ref), index)
+            yield path, f"unknown step '{ref}'" + (f" (did you mean '{hint}'?)" if hint else "")
+        elif ref == sid and not path.split(".", 1)[-1].startswith("compensate"):
+            yield path, f"step '{sid}' cannot read its own output"
+        elif ref not in visible:
+            yield path, f"step '{ref}' is not upstream of '{sid}': add it to depends_on to read its {chain[2] if len(chain) > 2 else 'output'}"
+        elif len(chain) > 2 and chain[2] not in STEP_FIELDS:
+            yield path, f"steps.{ref} has no field '{chain[2]}' (fields: output, status)"
+
+
+def _check_plugins(
+    steps: list[tuple[int, Mapping[str, Any]]], catalog: Mapping[str, Any]
+) -> Iterator[tuple[str, str]]:
+    for i, s in steps:
+        yield from _check_call(s, f"steps[{i}]", catalog)
+        comp = s.get("compensate")
+        if isinstance(comp, Mapping):
+            yield from _check_call(comp, f"steps[{i}].compensate", catalog)
+
+
+def _check_call(s: Mapping[str, Any], path: str, catalog: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    plugin, method = s.get("plugin"), s.get("method", "run")
+    if not isinstance(plugin, str) or not isinstance(method, str):
+        return
+    methods = catalog.get(plugin)
+    if methods is None:
+        hint = _closest(plugin, catalog)
+        known = ", ".join(sorted(catalog)) or "none"
+        yield f"{path}.plugin", f"no plugin '{plugin}'" + (f" (did you mean '{hint}'?)" if hint else "") + f"; registered: {known}"
+        return
+    info = methods.get(method)
+    if info is None:
+        yield f"{path}.method", f"plugin '{plugin}' has no method '{method}' (methods: {', '.join(sorted(methods)) or 'none'})"
+        return
+    params = s.get("params") if isinstance(s.get("params"), Mapping) else {}
+    for name in info.get("required", []):
+        if name not in params:
+            yield f"{path}.params", f"missing required parameter '{name}' of {plugin}.{method} (parameters: {', '.join(info.get('params', []))})"
+    if not info.get("accepts_any"):
+        allowed = set(info.get("params", []))
+        for name in params:
+            if name not in allowed:
+                yield f"{path}.params.{name}", f"unknown parameter of {plugin}.{method} (parameters: {', '.join(info.get('params', [])) or 'none'})"

@@ -1,0 +1,98 @@
+"""The Celery app that workers run: ``celery -A workers.app worker -Q default,io``.
+
+Nothing is built at import time: the module attribute ``app`` is created on first access
+(PEP 562), from :class:`orchestrator.settings.Settings` read from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery, Task, signals
+
+from orchestrator.celery_app import create_celery
+from orchestrator.compiler import COMPENSATE_TASK, COMPENSATED_TASK, MERGE_TASK, SETTLE_TASK, STEP_TASK
+from orchestrator.keys import Keys
+from orchestrator.runtime import RunState
+from orchestrator.settings import Settings
+from workers import step as steps
+from workers.plugins import Registry
+
+log = logging.getLogger(__name__)
+
+
+def create_worker_app(settings: Settings | None = None, registry: Registry | None = None) -> Celery:
+    """A Celery app with canvasflow's tasks registered and the plugin catalog published."""
+    settings = settings or Settings.from_env()
+    app = create_celery(settings)
+    registry = registry or Registry.discover()
+    keys = Keys(settings.key_prefix)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
+    state = RunState(client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen)
+    rt = steps.Runtime(state, registry, settings.lease_ttl, settings.hard_timeout_grace)
+    app.canvasflow_runtime = rt  # type: ignore[attr-defined]
+    app.canvasflow_settings = settings  # type: ignore[attr-defined]
+
+    @app.task(name=STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def step(self: Task, incoming: Any, spec: dict, hdr: dict) -> Any:
+        return steps.run_step(self, rt, incoming, spec, hdr)
+
+    @app.task(name=MERGE_TASK)
+    def merge(incoming: Any, hdr: dict) -> Any:
+        return steps.merge(incoming)
+
+    @app.task(name=SETTLE_TASK, acks_late=True, reject_on_worker_lost=True)
+    def settle(incoming: Any, hdr: dict) -> str:
+        return str(steps.settle(rt, app, hdr))
+
+    @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def compensate(self: Task, prev: Any, spec: dict, hdr: dict) -> Any:
+        return steps.compensate(self, rt, prev, spec, hdr)
+
+    @app.task(name=COMPENSATED_TASK, acks_late=True, reject_on_worker_lost=True)
+    def compensated(prev: Any, hdr: dict, target: str) -> str:
+        return str(steps.compensated(rt, prev, hdr, target))
+
+    def publish_catalog(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", app) is not app:
+            return  # another app in this process (tests build several)
+        hostname = getattr(sender, "hostname", None) or os.uname().nodename
+        queues = []
+        try:
+            queues = sorted(q.name for q in app.amqp.queues.consume_from.values())
+        except Exception:
+            pass
+        entry = {"plugins": registry.catalog(), "queues": queues, "pid": os.getpid(), "started_at": time.time()}
+        client.hset(keys.catalog, hostname, json.dumps(entry))
+        log.info("canvasflow: published %d plugins for %s", len(entry["plugins"]), hostname)
+
+    def withdraw_catalog(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", app) is not app:
+            return
+        hostname = getattr(sender, "hostname", None)
+        if hostname:
+            try:
+                client.hdel(keys.catalog, hostname)
+            except redis.RedisError:
+                pass
+
+    signals.worker_ready.connect(publish_catalog, weak=False)
+    signals.worker_shutdown.connect(withdraw_catalog, weak=False)
+    return app
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    global _app
+    if name in ("app", "celery"):
+        if _app is None:
+            _app = create_worker_app()
+        return _app
+    raise AttributeError(name)

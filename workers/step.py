@@ -1,0 +1,301 @@
+"""The step runtime: the Celery tasks that run plugin steps, settle runs and compensate.
+
+Outcomes flow through the canvas as data: every step task returns ``{step: [status, output]}``
+for itself and everything upstream, so a failure or a skip never raises into a chord, and the
+settle task at the end of the canvas always runs. Nothing here relies on Celery's chord error
+propagation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+
+from orchestrator import compiler, expressions
+from orchestrator.definition import Definition, from_stored
+from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
+from orchestrator.runtime import RunState, dumps
+from orchestrator.states import RunStatus, StepStatus
+from workers.context import Heartbeat, StepContext
+from workers.plugins import Registry
+
+log = logging.getLogger(__name__)
+HOST = socket.gethostname()
+
+
+class Runtime:
+    """What the tasks of one worker process share: state access, plugins, heartbeat."""
+
+    def __init__(self, state: RunState, registry: Registry, lease_ttl: int, hard_timeout_grace: int) -> None:
+        self.state = state
+        self.registry = registry
+        self.lease_ttl = lease_ttl
+        self.hard_timeout_grace = hard_timeout_grace
+        self.heartbeat = Heartbeat(state, lease_ttl)
+        self._method_info = {name: methods for name, methods in registry.catalog().items()}
+
+
+def merge(incoming: Any, into: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
+    """Fold the outcome(s) a task receives (a dict, or a chord's list of them) into one dict."""
+    known = {} if into is None else into
+    if isinstance(incoming, Mapping):
+        known.update(incoming)
+    elif isinstance(incoming, list):
+        for item in incoming:
+            merge(item, known)
+    return known
+
+
+def join_verdict(spec: Mapping[str, Any], known: Mapping[str, list[Any]]) -> str:
+    """Empty when the step may run, else why it is skipped (DESIGN.md join rules)."""
+    deps = spec.get("deps")
+    if not deps:
+        return ""
+    statuses = {d: (known.get(d) or ["PENDING"])[0] for d in deps}
+    if spec.get("join") == "any":
+        if any(s == StepStatus.COMPLETED for s in statuses.values()):
+            return ""
+        listing = ", ".join(f"{d}: {s}" for d, s in statuses.items())
+        return f"join any: no dependency completed ({listing})"
+    for d, s in statuses.items():
+        if s in (StepStatus.SKIPPED, StepStatus.CANCELLED, StepStatus.PENDING):
+            return f"dependency '{d}' was {s.lower()}"
+    return ""
+
+
+def scope_for(hdr: Mapping[str, Any], known: Mapping[str, list[Any]]) -> dict[str, Any]:
+    return {
+        "inputs": hdr.get("inputs", {}),
+        "steps": {sid: {"status": v[0], "output": v[1]} for sid, v in known.items()},
+        "run": {"id": hdr["run"], "workflow": hdr.get("wf", ""), "version": hdr.get("version", "")},
+    }
+
+
+def check_params(rt: Runtime, plugin: str, method: str, params: Mapping[str, Any]) -> None:
+    info = rt._method_info.get(plugin, {}).get(method)
+    if info is None:
+        rt.registry.method(plugin, method)  # raises UnknownPlugin naming what exists
+        return
+    missing = [p for p in info["required"] if p not in params]
+    if missing:
+        raise StepError(f"{plugin}.{method}: missing required parameter(s) {', '.join(missing)}", retryable=False)
+    if not info["accepts_any"]:
+        extra = [p for p in params if p not in info["params"]]
+        if extra:
+            raise StepError(
+                f"{plugin}.{method}: unknown parameter(s) {', '.join(extra)} "
+                f"(takes: {', '.join(info['params']) or 'none'})",
+                retryable=False,
+            )
+
+
+def call_plugin(rt: Runtime, spec: Mapping[str, Any], params: Mapping[str, Any], ctx: StepContext) -> str:
+    """Run the plugin method; returns its output as JSON text (a non-JSON output is an error)."""
+    plugin, method = spec["plugin"], spec.get("method", "run")
+    check_params(rt, plugin, method, params)
+    fn = rt.registry.method(plugin, method)
+    output = fn(ctx, **params)
+    try:
+        return json.dumps(output, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StepError(f"output of {plugin}.{method} is not JSON: {exc}", retryable=False) from None
+
+
+def describe_failure(exc: BaseException, spec: Mapping[str, Any]) -> tuple[str, str, bool]:
+    """(error message, traceback text, retryable) for an exception raised by a step."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return f"timeout: step '{spec['id']}' ran past its timeout of {spec.get('timeout')}s", "", True
+    if isinstance(exc, StepError):
+        return str(exc), "", exc.retryable
+    if isinstance(exc, UnknownPlugin):
+        return f"{exc} on worker {HOST}", "", False
+    if isinstance(exc, EvaluationError):
+        return str(exc), "", False
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}", tb, True
+
+
+def retry_countdown(spec: Mapping[str, Any], attempt: int) -> float:
+    delay, backoff, cap = spec.get("delay", [1.0, "fixed", 300.0])
+    if backoff == "exponential":
+        return float(min(delay * 2 ** (attempt - 1), cap))
+    return float(min(delay, cap))
+
+
+def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
+    run_id, epoch, sid = hdr["run"], hdr["epoch"], spec["id"]
+    known = merge(incoming)
+    request = task.request
+    task_id = request.id or ""
+    owner = f"{HOST}:{os.getpid()}:{task_id}"
+
+    skip = join_verdict(spec, known)
+    when_error: str | None = None
+    scope: dict[str, Any] | None = None
+    if not skip and spec.get("when"):
+        scope = scope_for(hdr, known)
+        try:
+            if not expressions.parse(spec["when"]).evaluate(scope):
+                skip = f"when is false: {spec['when']}"
+        except EvaluationError as exc:
+            when_error = f"when: {exc}"
+
+    verdict, info = rt.state.begin_step(
+        run_id, sid, epoch, intent="skip" if skip else "run", owner=owner, lease_ttl=rt.lease_ttl,
+        task_id=task_id, worker=request.hostname or HOST, reason=skip,
+    )
+    if verdict == "skipped":
+        known[sid] = [StepStatus.SKIPPED, None]
+        return known
+    if verdict == "cancelled":
+        known[sid] = [StepStatus.CANCELLED, None]
+        return known
+    if verdict == "paused":
+        known[sid] = [StepStatus.PENDING, None]
+        return known
+    if verdict == "leased":
+        # Delivered again while the first copy still runs (visibility timeout): look again
+        # later; if the holder dies its lease expires and this copy takes over.
+        raise task.retry(countdown=max(1.0, rt.lease_ttl / 2), max_retries=None)
+    if verdict != "go":
+        # 'settled': a duplicate of a step that already finished and continued the canvas;
+        # 'stale'/'gone': a task from an earlier dispatch of the run, or a deleted run.
+        raise Ignore()
+
+    attempt = int(info)
+    ctx = StepContext(run_id, sid, attempt, hdr.get("wf", ""))
+    rt.heartbeat.add(ctx, owner)
+    started = ctx.started
+    output = "null"
+    error = tb = ""
+    retryable = False
+    status = StepStatus.COMPLETED
+    try:
+        if when_error:
+            raise StepError(when_error, retryable=False)
+        params = spec.get("params") or {}
+        if params:
+            params = expressions.render_value(params, scope or scope_for(hdr, known))
+        output = call_plugin(rt, spec, params, ctx)
+    except Retry:
+        raise
+    except BaseException as exc:  # a plugin may raise anything; SystemExit included
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        error, tb, retryable = describe_failure(exc, spec)
+        status = StepStatus.FAILED
+    finally:
+        rt.heartbeat.remove(ctx)
+
+    retries = spec.get("retries", 0)
+    if status is StepStatus.FAILED and retryable and attempt <= retries:
+        status = StepStatus.RETRYING
+    finished = time.time()
+    record = {"step": sid, "attempt": attempt, "status": str(status), "started_at": started,
+              "finished_at": finished, "duration": round(finished - started, 6),
+              "worker": request.hostname or HOST, "task_id": task_id, "error": error or None,
+              "stats": ctx.final_stats()}
+    result = rt.state.finish_step(
+        run_id, sid, epoch, status=str(status), owner=owner, output=output, error=error, traceback=tb,
+        critical=spec.get("critical", True), attempt=record, batch=ctx.drain() + [
+            ["stats", sid, "", f"{finished:.6f}", dumps(record["stats"])]],
+    )
+    if result != "ok":
+        raise Ignore()  # another copy took the step over after our lease lapsed
+    if status is StepStatus.RETRYING:
+        raise task.retry(countdown=retry_countdown(spec, attempt), max_retries=None)
+    known[sid] = [str(status), json.loads(output) if spec.get("keep") and status is StepStatus.COMPLETED else None]
+    return known
+
+
+def load_run_definition(run: Mapping[str, str]) -> Definition:
+    return from_stored(json.loads(run["definition"]))
+
+
+def settle(rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
+    """The last task of every dispatch: decide how the run ends (or pauses)."""
+    run_id, epoch = hdr["run"], hdr["epoch"]
+    data = rt.state.read(run_id)
+    if data is None:
+        return "gone"
+    run, steps, _ = data
+    if run.get("epoch") != str(epoch):
+        return "stale"
+    status, halt = run["status"], run.get("halt", "")
+    if status == RunStatus.PAUSING and not halt:
+        rt.state.transition(run_id, RunStatus.PAUSED, sources=[RunStatus.PAUSING])
+        return RunStatus.PAUSED
+    if status in (RunStatus.CANCELLING,) or halt:
+        target = RunStatus.CANCELLED if status == RunStatus.CANCELLING or halt == "cancelled" else RunStatus.FAILED
+        for sid, fields in steps.items():
+            if fields.get("status") in (StepStatus.PENDING, StepStatus.RETRYING):
+                rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled")
+        defn = load_run_definition(run)
+        order = [sid for sid in reversed(rt.state.completed_order(run_id))
+                 if steps.get(sid, {}).get("status") == StepStatus.COMPLETED and defn.step(sid).compensate]
+        if order:
+            done, _ = rt.state.transition(run_id, RunStatus.COMPENSATING, fields={"compensate_target": str(target)})
+            if done:
+                ctx = compiler.RunContext(run_id, int(epoch), defn.priority, rt.hard_timeout_grace)
+                compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
+            return RunStatus.COMPENSATING
+        rt.state.transition(run_id, target)
+        return target
+    rt.state.transition(run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING])
+    return RunStatus.COMPLETED
+
+
+def compensate(task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
+    if isinstance(prev, Mapping) and prev.get("failed"):
+        return prev  # an earlier compensation failed: the rest wait for an operator
+    run_id, sid = hdr["run"], spec["id"]
+    data = rt.state.read(run_id)
+    if data is None or data[0].get("epoch") != str(hdr["epoch"]):
+        raise Ignore()
+    run, steps, _ = data
+    rt.state.set_step(run_id, sid, StepStatus.COMPENSATING, "step_compensating")
+    scope = {
+        "inputs": json.loads(run.get("inputs", "{}")),
+        "steps": {s: {"status": f.get("status"), "output": json.loads(f["output"]) if f.get("output") else None}
+                  for s, f in steps.items()},
+        "run": {"id": run_id, "workflow": run.get("workflow", ""), "version": run.get("version", "")},
+    }
+    attempt = task.request.retries + 1
+    ctx = StepContext(run_id, sid, attempt, run.get("workflow", ""))
+    try:
+        params = expressions.render_value(spec.get("params") or {}, scope)
+        output = call_plugin(rt, spec, params, ctx)
+    except Retry:
+        raise
+    except Exception as exc:
+        error, tb, retryable = describe_failure(exc, spec)
+        rt.state.emit(run_id, ctx.drain())
+        if retryable and attempt <= spec.get("retries", 0):
+            raise task.retry(countdown=1.0, max_retries=None) from None
+        message = f"compensation of '{sid}' ({spec['plugin']}.{spec.get('method', 'run')}) failed: {error}"
+        rt.state.set_step(run_id, sid, StepStatus.COMPLETED, "step_compensation_failed",
+                          fields={"compensation_error": message, "compensation_traceback": tb},
+                          data={"error": message})
+        rt.state.transition(run_id, RunStatus.COMPENSATION_FAILED, fields={"error": message},
+                            sources=[RunStatus.COMPENSATING])
+        return {"failed": True, "step": sid, "error": message}
+    rt.state.emit(run_id, ctx.drain())
+    rt.state.set_step(run_id, sid, StepStatus.COMPENSATED, "step_compensated",
+                      fields={"compensation_output": output})
+    return {"ok": True}
+
+
+def compensated(rt: Runtime, prev: Any, hdr: Mapping[str, Any], target: str) -> str:
+    if isinstance(prev, Mapping) and prev.get("failed"):
+        return RunStatus.COMPENSATION_FAILED
+    rt.state.transition(hdr["run"], RunStatus(target), sources=[RunStatus.COMPENSATING])
+    return target
