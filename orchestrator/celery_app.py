@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 
 from orchestrator.settings import Settings
+
+
+class SenderRedisBackend(RedisBackend):
+    """The result backend of processes that only send canvas (the client, the web app).
+
+    Celery's Redis backend subscribes to the result channel of every task a process sends, so
+    that ``AsyncResult.get()`` can be woken. canvasflow never waits on task results (run state
+    lives in its own keys), so a sender skips that: one less network call and no subscription
+    left to unwind at exit.
+    """
+
+    def on_task_call(self, producer, task_id):  # noqa: D401 - Celery hook
+        return None
+
+    def on_result_fulfilled(self, result):  # nothing was subscribed, nothing to unsubscribe
+        return None
 
 
 def celery_config(settings: Settings) -> dict:
@@ -37,8 +54,14 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
-def create_celery(settings: Settings, name: str = "canvasflow") -> Celery:
-    """A Celery app configured for canvasflow; tasks are registered by workers.app."""
+def create_celery(settings: Settings, name: str = "canvasflow", *, sender: bool = False) -> Celery:
+    """A Celery app configured for canvasflow; tasks are registered by workers.app.
+
+    ``sender=True`` for processes that only send canvas (see :class:`SenderRedisBackend`).
+    """
     app = Celery(name, set_as_current=False)
-    app.conf.update(celery_config(settings))
+    conf = celery_config(settings)
+    if sender and conf["result_backend"].startswith(("redis://", "rediss://", "unix://")):
+        conf["result_backend"] = f"{__name__}:SenderRedisBackend+{conf['result_backend']}"
+    app.conf.update(conf)
     return app

@@ -204,7 +204,7 @@ class Client:
         self.redis = redis_client or redis.Redis.from_url(self.settings.redis_url, decode_responses=False)
         self.state = RunState(self.redis, self.keys, state_ttl=self.settings.state_ttl,
                               maxlen=self.settings.event_stream_maxlen)
-        self.celery = celery or create_celery(self.settings)
+        self.celery = celery or create_celery(self.settings, sender=True)
 
     # -- plugins ------------------------------------------------------------------------------
 

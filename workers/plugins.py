@@ -127,7 +127,11 @@ class Registry:
             except Exception:  # a broken third-party plugin must not take the worker down
                 log.exception("could not load plugin entry point %s = %s", ep.name, ep.value)
                 continue
-            reg.add(ep.name, loaded)
+            if isinstance(loaded, dict):  # an entry point may name a {name: class} mapping
+                for name, plugin_cls in loaded.items():
+                    reg.add(name, plugin_cls)
+            else:
+                reg.add(ep.name, loaded)
         with _lock:
             explicit = dict(_explicit)
         for name, plugin_cls in {**explicit, **(extra or {})}.items():

@@ -1,0 +1,323 @@
+"""The ``canvasflow`` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator import compiler
+from orchestrator.errors import CanvasflowError, ConfigurationError, DefinitionError
+from orchestrator.settings import Settings
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _redis_hint(settings: Settings, exc: Exception) -> str:
+    return (f"cannot reach Redis at {settings.redis_url} ({exc}); start Redis or set "
+            "CANVASFLOW_REDIS_URL")
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn canvasflow and connection errors into one clear line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DefinitionError as exc:
+            err.print(f"[red]{exc}[/]", highlight=False)
+            sys.exit(2)
+        except CanvasflowError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            sys.exit(1)
+        except redis.ConnectionError as exc:
+            err.print(f"[red]error:[/] {_redis_hint(Settings.from_env(), exc)}", highlight=False)
+            sys.exit(1)
+
+    return wrapper
+
+
+def make_client(settings: Settings | None = None) -> Any:
+    from orchestrator.client import Client
+
+    return Client(settings or Settings.from_env())
+
+
+def parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="-i/--input")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="canvasflow")
+def main() -> None:
+    """canvasflow: workflows compiled to Celery canvas, run by ordinary Celery workers."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--offline", is_flag=True, help="Do not check plugins against the fleet's catalog.")
+@handle_errors
+def validate(files: tuple[str, ...], offline: bool) -> None:
+    """Validate definition files; report every problem with its path (exit 2 if any)."""
+    from orchestrator.definition import load_file
+
+    catalog = None
+    if not offline:
+        try:
+            catalog = make_client().catalog()
+        except redis.RedisError as exc:
+            err.print(f"[yellow]note:[/] plugins not checked: {_redis_hint(Settings.from_env(), exc)}")
+        else:
+            if catalog is None:
+                err.print("[yellow]note:[/] plugins not checked: no worker has published its catalog yet")
+    failed = False
+    for f in files:
+        try:
+            d = load_file(f, catalog=catalog)
+        except DefinitionError as exc:
+            failed = True
+            err.print(f"[red]{exc}[/]", highlight=False)
+        else:
+            console.print(f"[green]ok[/] {f}: workflow '{d.id}' ({len(d.steps)} steps, {d.mode})")
+    if failed:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@handle_errors
+def explain(file: str) -> None:
+    """Show the Celery canvas a definition compiles to, and any parallelism it gives up."""
+    from orchestrator.definition import load_file
+
+    d = load_file(file)
+    p = compiler.plan(d)
+    console.print(f"workflow [bold]{d.id}[/] ({d.mode}, {len(d.steps)} steps) compiles to:")
+    for line in compiler.describe_plan(p):
+        console.print("  " + line, highlight=False)
+    console.print("  then canvasflow.settle (settles the run; compensations if it failed)")
+    if p.lost:
+        console.print(f"[yellow]not series-parallel:[/] {len(p.lost)} ordering(s) added that the definition does not ask for:")
+        for before, after in p.lost:
+            console.print(f"  '{after}' waits for '{before}' though it does not depend on it")
+    else:
+        console.print("[green]no parallelism given up[/]")
+
+
+@main.command()
+@click.argument("definition")
+@click.option("-i", "--input", "inputs", multiple=True, help="Run input key=value (value parsed as JSON if it can be).")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]))
+@click.option("--tag", "tags", multiple=True)
+@click.option("--follow/--no-follow", default=True, help="Show live per-step progress until the run ends.")
+@click.option("--timeout", type=float, default=None, help="Give up following after this many seconds.")
+@handle_errors
+def run(definition: str, inputs: tuple[str, ...], priority: str | None, tags: tuple[str, ...],
+        follow: bool, timeout: float | None) -> None:
+    """Submit a run of a definition file (or a registered workflow id)."""
+    from orchestrator.display import follow as follow_runs
+
+    client = make_client()
+    r = client.submit(definition, inputs=parse_inputs(inputs), priority=priority, tags=tags,
+                      triggered_by=os.environ.get("USER", "cli"), trigger_type="cli")
+    err.print(f"submitted run [bold]{r.id}[/]")
+    if not follow:
+        console.print(r.id)
+        return
+    snap = follow_runs(client, [r.id], timeout=timeout)[0]
+    console.print(f"run {snap.id} {snap.status}" + (f": {snap.error}" if snap.error else ""))
+    sys.exit(0 if snap.status == "COMPLETED" else 1)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+@handle_errors
+def status(run_id: str, as_json: bool) -> None:
+    """Show a run's status and its steps."""
+    from dataclasses import asdict
+
+    from orchestrator.display import print_summary
+
+    snap = make_client().snapshot(run_id)
+    if as_json:
+        click.echo(json.dumps(asdict(snap), default=str, indent=2))
+    else:
+        print_summary(snap, console)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("-Q", "--queues", default="default,io", show_default=True)
+@click.option("-c", "--concurrency", type=int, default=None)
+@click.option("-P", "--pool", default="prefork", show_default=True,
+              help="prefork enforces step timeouts; threads/solo do not (see docs).")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-n", "--hostname", default=None)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(queues: str, concurrency: int | None, pool: str, loglevel: str, hostname: str | None,
+           celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker for canvasflow steps (same as `celery -A workers.app worker`)."""
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues, "-P", pool,
+            "-l", loglevel]
+    if concurrency:
+        argv += ["-c", str(concurrency)]
+    if hostname:
+        argv += ["-n", hostname]
+    argv += list(celery_args)
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@handle_errors
+def plugins() -> None:
+    """List the plugins and methods the running workers publish."""
+    fleet = make_client().fleet()
+    if not fleet:
+        err.print("no worker has published a catalog: start one with `canvasflow worker`")
+        sys.exit(1)
+    table = Table(title=f"plugins on {len(fleet)} worker(s)")
+    for col in ("plugin", "method", "parameters", "workers"):
+        table.add_column(col)
+    rows: dict[tuple[str, str], tuple[dict, list[str]]] = {}
+    for host, entry in sorted(fleet.items()):
+        for plugin, methods in entry.get("plugins", {}).items():
+            for method, info in methods.items():
+                rows.setdefault((plugin, method), (info, []))[1].append(host)
+    for (plugin, method), (info, hosts) in sorted(rows.items()):
+        params = ", ".join(p + ("" if p in info["required"] else "?") for p in info["params"])
+        if info.get("accepts_any"):
+            params = (params + ", " if params else "") + "**"
+        table.add_row(plugin, method, params, ", ".join(hosts))
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------
+
+EXAMPLES = [
+    ("data_processing.yaml", "COMPLETED"),
+    ("parallel_media.yaml", "COMPLETED"),
+    ("conditional_analysis.yaml", "COMPLETED"),
+    ("transactional_update.yaml", "FAILED"),
+]
+
+
+def examples_dir() -> Path:
+    here = Path(__file__).resolve().parents[1] / "docs" / "examples"
+    if here.is_dir():
+        return here
+    raise ConfigurationError("docs/examples not found: run the demo from a source checkout (pip install -e .)")
+
+
+def write_sample_csv(path: Path, rows: int = 200) -> None:
+    """The data_processing example's input: ids, categories, values, a few gaps and repeats."""
+    import csv
+    import random
+
+    rnd = random.Random(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "category", "value1", "value2"])
+        for i in range(rows):
+            v2 = "" if i % 17 == 0 else f"{rnd.uniform(0, 100):.2f}"
+            w.writerow([i if i % 29 else i - 1, rnd.choice("abc"), f"{rnd.uniform(0, 10):.3f}", v2])
+
+
+@main.command()
+@click.option("--keep-running", is_flag=True, help="Leave the fleet up after the examples (Ctrl-C stops it).")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None)
+@handle_errors
+def demo(keep_running: bool, workdir: str | None) -> None:
+    """Start a private fleet (Redis, a worker) and run the four example workflows."""
+    from orchestrator.client import Client
+    from orchestrator.display import follow as follow_runs
+    from orchestrator.embedded import EmbeddedRedis
+    from orchestrator.fleet import Fleet
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="canvasflow-demo-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    embedded = None
+    env_settings = Settings.from_env()
+    if "CANVASFLOW_REDIS_URL" not in os.environ:
+        embedded = EmbeddedRedis(workdir=str(work))
+        embedded.start()
+        err.print(f"started a private Redis at {embedded.url}")
+        env_settings = env_settings.with_(redis_url=embedded.url, broker_url=embedded.url,
+                                          result_backend=embedded.url)
+    settings = env_settings.with_(database_url=env_settings.database_url if "CANVASFLOW_DATABASE_URL" in os.environ
+                                  else f"sqlite:///{work / 'canvasflow.db'}")
+    fleet = Fleet(settings, work / "logs")
+    try:
+        err.print("starting a worker (celery -A workers.app worker -c 2 -Q default,io)...")
+        host = fleet.start_worker("demo-worker")
+        err.print(f"worker {host} is ready; logs in {fleet.log_dir}")
+        client = Client(settings)
+        sample = work / "input" / "data.csv"
+        write_sample_csv(sample)
+        inputs = {
+            "data_processing": {"input_path": str(sample), "work_dir": str(work / "work"),
+                                "output_path": str(work / "output" / "processed_data.csv")},
+        }
+        runs = []
+        for filename, expected in EXAMPLES:
+            defn = client.register(examples_dir() / filename)
+            r = client.submit(defn.id, version=defn.version, inputs=inputs.get(defn.id, {}),
+                              triggered_by="demo", trigger_type="demo")
+            runs.append((r, expected))
+            err.print(f"submitted {defn.id} as run {r.id} (expect {expected})")
+        snaps = follow_runs(client, [r.id for r, _ in runs], timeout=120)
+        ok = True
+        for snap, (_, expected) in zip(snaps, runs, strict=True):
+            mark = "[green]as expected[/]" if snap.status == expected else f"[red]expected {expected}[/]"
+            steps = ", ".join(f"{s.id}={s.status}" for s in snap.steps)
+            console.print(f"{snap.workflow}: {snap.status} {mark} in {snap.duration or 0:.1f}s — {steps}",
+                          highlight=False)
+            ok &= snap.status == expected
+        if keep_running:
+            console.print(f"fleet running: Redis {settings.redis_url}; Ctrl-C to stop")
+            while all(fleet.alive().values()):
+                time.sleep(1)
+        sys.exit(0 if ok else 1)
+    finally:
+        fleet.stop()
+        if embedded:
+            embedded.stop()
+
+
+def _register_extensions() -> None:
+    """Commands of the audit store (and later web) packages that live in orchestrator."""
+    try:
+        from orchestrator.audit import cli as audit_cli
+    except ImportError:
+        return
+    audit_cli.register(main)
+
+
+_register_extensions()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Terminal views of runs: a live per-step table on a terminal, one line per change elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.client import RESTING, Client, RunSnapshot
+
+STYLE = {
+    "PENDING": "dim", "RUNNING": "cyan", "RETRYING": "yellow", "COMPLETED": "green",
+    "FAILED": "bold red", "SKIPPED": "dim", "CANCELLED": "magenta", "COMPENSATING": "yellow",
+    "COMPENSATED": "blue", "PAUSED": "yellow", "COMPENSATION_FAILED": "bold red",
+}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(seconds), 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s"
+
+
+def run_table(snap: RunSnapshot) -> Table:
+    pct = int(snap.progress * 100)
+    title = (f"{snap.workflow} {snap.version}  run {snap.id}  [{STYLE.get(snap.status, '')}]{snap.status}[/]"
+             f"  {snap.settled}/{snap.total} steps ({pct}%)  {fmt_duration(snap.duration)}")
+    table = Table(title=title, title_justify="left", expand=False)
+    for col in ("step", "status", "attempts", "duration", "detail"):
+        table.add_column(col)
+    for s in snap.steps:
+        now = time.time()
+        dur = s.duration if s.duration is not None else (now - s.started_at if s.started_at else None)
+        detail = s.compensation_error or s.error or ""
+        table.add_row(s.id, f"[{STYLE.get(s.status, '')}]{s.status}[/]", str(s.attempts or ""),
+                      fmt_duration(dur), detail[:80])
+    if snap.error:
+        table.caption = f"error: {snap.error}"
+    return table
+
+
+def follow(client: Client, run_ids: Iterable[str], *, timeout: float | None = None,
+           console: Console | None = None, interval: float = 0.2) -> list[RunSnapshot]:
+    """Show runs until each rests (final, paused, or waiting on a failed compensation)."""
+    console = console or Console()
+    ids = list(run_ids)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=8) as live:
+            while True:
+                snaps = [client.snapshot(i) for i in ids]
+                from rich.console import Group
+
+                live.update(Group(*(run_table(s) for s in snaps)))
+                if all(s.status in RESTING for s in snaps) or (deadline and time.monotonic() > deadline):
+                    return snaps
+                time.sleep(interval)
+    # Not a terminal (CI, pipes): one line per step change, flushed as it happens.
+    seen: dict[tuple[str, str], str] = {}
+    while True:
+        snaps = [client.snapshot(i) for i in ids]
+        for snap in snaps:
+            key = (snap.id, "")
+            if seen.get(key) != snap.status:
+                seen[key] = snap.status
+                print(f"[{snap.workflow}] run {snap.id}: {snap.status} "
+                      f"({snap.settled}/{snap.total} steps)", flush=True)
+            for s in snap.steps:
+                k = (snap.id, s.id)
+                label = f"{s.status}#{s.attempts}"
+                if seen.get(k) != label and s.status != "PENDING":
+                    seen[k] = label
+                    extra = f" attempt {s.attempts}" if s.attempts > 1 else ""
+                    err = f" - {s.error}" if s.error and s.status in ("FAILED", "RETRYING") else ""
+                    print(f"[{snap.workflow}]   {s.id}: {s.status}{extra}{err}", flush=True)
+        if all(s.status in RESTING for s in snaps) or (deadline and time.monotonic() > deadline):
+            return snaps
+        time.sleep(interval)
+
+
+def print_summary(snap: RunSnapshot, console: Console | None = None) -> None:
+    console = console or Console(file=sys.stdout)
+    console.print(run_table(snap))

@@ -1,0 +1,156 @@
+"""Shared fixtures: real Redis, real PostgreSQL, real Celery worker processes.
+
+A fixture that needs a service skips when the service is absent on a laptop, but fails under
+CI=true: CI must never pass by skipping what matters.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from orchestrator.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+REDIS_URL = os.environ.get("CANVASFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+POSTGRES_URL = os.environ.get(
+    "CANVASFLOW_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_test"
+)
+
+
+def need(what: str, reason: str) -> None:
+    """Skip on a laptop without the service; fail in CI."""
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI=true: {reason}")
+    pytest.skip(f"{what} not available: {reason}")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client.ping()
+        client.flushdb()
+        client.close()
+    except redis.RedisError as exc:
+        need("Redis", f"{REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def make_settings(redis_url: str, **overrides: object) -> Settings:
+    prefix = overrides.pop("key_prefix", f"t{uuid.uuid4().hex[:8]}")
+    return Settings(redis_url=redis_url, key_prefix=str(prefix), **overrides)  # type: ignore[arg-type]
+
+
+class WorkerProcess:
+    """A real `celery -A workers.app worker` subprocess, started the way a user starts it."""
+
+    def __init__(self, settings: Settings, name: str, queues: str = "default,io",
+                 concurrency: int = 2, pool: str = "prefork", extra_env: dict[str, str] | None = None,
+                 log_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.name = name
+        self.hostname = f"{name}@{os.uname().nodename}"
+        env = {**os.environ, **settings.as_env(), **(extra_env or {})}
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        log_dir = log_dir or Path(os.environ.get("CANVASFLOW_TEST_LOGS", "/tmp"))
+        self.log_path = log_dir / f"worker-{name}-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-n", self.hostname,
+             "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", "INFO", "--without-mingle",
+             "--without-gossip"],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> WorkerProcess:
+        from orchestrator.keys import Keys
+
+        client = redis.Redis.from_url(self.settings.redis_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if client.hexists(Keys(self.settings.key_prefix).catalog, self.hostname):
+                    return self
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        finally:
+            client.close()
+        raise RuntimeError(f"worker {self.name} did not become ready:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: main process and pool children."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def fleet_settings(redis_url: str) -> Settings:
+    """Settings shared by the session's worker and every test that uses it."""
+    return make_settings(redis_url, lease_ttl=3, visibility_timeout=60)
+
+
+@pytest.fixture(scope="session")
+def worker(fleet_settings: Settings) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(fleet_settings, f"session-{uuid.uuid4().hex[:6]}").wait_ready()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def client(fleet_settings: Settings, worker: WorkerProcess) -> Iterator[object]:
+    from orchestrator import Client
+
+    c = Client(fleet_settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def start_worker(redis_url: str) -> Iterator[object]:
+    """Start extra workers for a test; all are stopped at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, name: str | None = None, **kw: object) -> WorkerProcess:
+        w = WorkerProcess(settings, name or f"w-{uuid.uuid4().hex[:6]}", **kw)  # type: ignore[arg-type]
+        started.append(w)
+        return w.wait_ready()
+
+    yield start
+    for w in started:
+        w.stop()
