@@ -39,6 +39,11 @@ def celery_config(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
+            # kombu >= 5.6 sweeps for abandoned (unacked, past the timeout) messages only every
+            # interval x throttle seconds (100 s by default): sweep often enough that a step
+            # of a killed worker comes back soon after its visibility timeout.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
             # On Redis, lower numbers run first: high=0, normal=4, low=8.
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),

@@ -1,0 +1,191 @@
+"""The audit store's tables (SQLAlchemy Core), portable across SQLite and PostgreSQL.
+
+Times are unix seconds as doubles, exactly as the hot state in Redis keeps them, so a value
+read from Redis and from SQL compares equal. JSON is stored as text: the store never queries
+inside it, and text round-trips byte for byte on both databases.
+
+The migration in ``migrations/versions`` creates exactly these tables; a test compares the two.
+Each index below serves a named query in ``queries.py``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+ID = String(64)  # run ids, Celery task ids
+NAME = String(200)  # workflow and step ids, workers, actors
+STATUS = String(32)
+# SQLite makes only INTEGER PRIMARY KEY an alias of the rowid (auto-increment).
+AUTO_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+# One row per distinct definition body a run has used; ``digest`` is a hash of the body, so
+# unversioned definitions that changed between runs are both kept.
+workflow_definitions = Table(
+    "cf_workflow_definitions", metadata,
+    Column("workflow_id", NAME, nullable=False),
+    Column("digest", String(32), nullable=False),
+    Column("version", String(64), nullable=False, server_default=""),
+    Column("name", NAME),
+    Column("body", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    PrimaryKeyConstraint("workflow_id", "digest"),
+)
+
+runs = Table(
+    "cf_runs", metadata,
+    Column("id", ID, primary_key=True),
+    Column("workflow_id", NAME, nullable=False, server_default=""),
+    Column("version", String(64), nullable=False, server_default=""),
+    Column("definition_digest", String(32)),
+    Column("name", NAME),
+    Column("status", STATUS, nullable=False),
+    # seq of the event that set ``status``: an older event arriving late never overwrites it.
+    Column("status_seq", Integer, nullable=False, server_default="0"),
+    Column("inputs", Text),
+    Column("priority", String(16)),
+    Column("tags", Text),  # JSON list, for display; filtering uses cf_run_tags
+    Column("triggered_by", NAME),
+    Column("trigger_type", String(64)),
+    Column("sla_seconds", Double),
+    Column("created_at", Double, nullable=False),
+    Column("started_at", Double),
+    Column("finished_at", Double),
+    Column("duration", Double),
+    Column("error", Text),
+    Column("failed_step", NAME),
+    # Highest seq seen and how many distinct events were applied: equal when nothing is missing.
+    Column("last_seq", Integer, nullable=False, server_default="0"),
+    Column("event_count", Integer, nullable=False, server_default="0"),
+    Column("updated_at", Double, nullable=False),
+    Index("ix_cf_runs_created", "created_at", "id"),
+    Index("ix_cf_runs_status_created", "status", "created_at", "id"),
+    Index("ix_cf_runs_workflow_created", "workflow_id", "created_at", "id"),
+    Index("ix_cf_runs_triggered_by_created", "triggered_by", "created_at"),
+    Index("ix_cf_runs_finished", "finished_at"),
+)
+
+run_tags = Table(
+    "cf_run_tags", metadata,
+    Column("run_id", ID, nullable=False),
+    Column("tag", NAME, nullable=False),
+    PrimaryKeyConstraint("run_id", "tag"),
+    Index("ix_cf_run_tags_tag", "tag", "run_id"),
+)
+
+steps = Table(
+    "cf_steps", metadata,
+    Column("run_id", ID, nullable=False),
+    Column("step_id", NAME, nullable=False),
+    Column("position", Integer, nullable=False, server_default="0"),  # order in the definition
+    Column("plugin", NAME),
+    Column("method", NAME),
+    Column("queue", NAME),
+    Column("status", STATUS, nullable=False),
+    Column("status_seq", Integer, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("started_at", Double),
+    Column("finished_at", Double),
+    Column("duration", Double),
+    Column("worker", NAME),
+    Column("error", Text),
+    Column("reason", Text),  # why it was skipped
+    Column("compensation_error", Text),
+    Column("progress", Double),
+    Column("progress_message", Text),
+    Column("progress_seq", Integer, nullable=False, server_default="0"),
+    Column("progress_at", Double),
+    Column("stats", Text),
+    Column("stats_seq", Integer, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("run_id", "step_id"),
+)
+
+step_attempts = Table(
+    "cf_step_attempts", metadata,
+    Column("run_id", ID, nullable=False),
+    Column("step_id", NAME, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("status", STATUS, nullable=False),
+    Column("status_seq", Integer, nullable=False, server_default="0"),
+    Column("worker", NAME),
+    Column("queue", NAME),
+    Column("task_id", ID),
+    Column("started_at", Double),
+    Column("finished_at", Double),
+    Column("duration", Double),
+    Column("input", Text),  # rendered params, when the event carries them
+    Column("output", Text),  # full JSON output of a completed attempt, kept once
+    Column("output_size", Integer),
+    Column("error", Text),
+    Column("traceback", Text),
+    Column("stats", Text),
+    PrimaryKeyConstraint("run_id", "step_id", "attempt"),
+    Index("ix_cf_step_attempts_started", "started_at"),
+)
+
+step_logs = Table(
+    "cf_step_logs", metadata,
+    Column("run_id", ID, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("step_id", NAME, nullable=False, server_default=""),
+    Column("ts", Double, nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("entity_tag", NAME),
+    Column("entity_route", Text),
+    Column("entity_id", NAME),
+    Column("entity_type", NAME),
+    PrimaryKeyConstraint("run_id", "seq"),
+    Index("ix_cf_step_logs_step", "run_id", "step_id", "seq"),
+)
+
+# Append-only: every event of every run, keyed by (run, seq). The key is the idempotency key
+# of the whole pipeline: an event whose key is here has been applied.
+events = Table(
+    "cf_events", metadata,
+    Column("run_id", ID, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("type", String(40), nullable=False),
+    Column("step_id", NAME, nullable=False, server_default=""),
+    Column("status", STATUS, nullable=False, server_default=""),
+    Column("ts", Double, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("stream_id", String(40)),
+    Column("recorded_at", Double, nullable=False),
+    PrimaryKeyConstraint("run_id", "seq"),
+)
+
+audit_log = Table(
+    "cf_audit_log", metadata,
+    Column("id", AUTO_ID, primary_key=True, autoincrement=True),
+    Column("ts", Double, nullable=False),
+    Column("actor", NAME, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target_type", String(32), nullable=False),
+    Column("target_id", NAME, nullable=False),
+    Column("reason", Text),
+    Column("outcome", String(32), nullable=False),
+    Column("detail", Text),
+    Index("ix_cf_audit_log_target", "target_id", "ts"),
+    Index("ix_cf_audit_log_ts", "ts"),
+)
+
+# Child tables of a run, in the order prune deletes them.
+RUN_CHILDREN = (events, step_logs, step_attempts, steps, run_tags)

@@ -1,0 +1,24 @@
+"""Plain functions that tests run through the builtin `call` plugin on real workers."""
+
+from __future__ import annotations
+
+
+def returns_a_set() -> object:
+    return {1, 2, 3}
+
+
+def divide_by_zero() -> float:
+    return 1 / 0
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def fail_after(seconds: float, message: str = "boom") -> None:
+    import time
+
+    from orchestrator.errors import StepError
+
+    time.sleep(seconds)
+    raise StepError(message)
