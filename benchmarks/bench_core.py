@@ -281,7 +281,7 @@ SHAPES = {
     "fanout": (lambda n: n + 1, lambda n: n + 2),
     "diamonds": (lambda n: 5 * n, lambda n: 5 * n),
 }
-LABELS = {"chain": "chain of {n}", "fanout": "fan-out/fan-in {n} wide", "diamonds": "{n} diamonds a→{{b,c,d}}→e"}
+LABELS = {"chain": "chain {n}", "fanout": "fan-out {n}", "diamonds": "{n} diamonds"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,11 +321,12 @@ def report(results: dict[str, dict[str, Series]], sizes: dict[str, int], env: di
             f"{ratio:.2f}", "ok" if ratio <= TARGET else "OVER",
             f"{raw.median_commands / raw.steps:.1f}", f"{cf.median_commands / cf.steps:.1f}",
         ])
-    head = ["shape", "raw s", "canvasflow s", "raw steps/s", "cf steps/s", "ratio cf/raw",
-            f"≤{TARGET}", "raw Redis cmds/step", "cf Redis cmds/step"]
+    head = ["shape", "raw s", "cf s", "raw steps/s", "cf steps/s", "ratio cf/raw",
+            f"≤{TARGET}", "raw cmds/step", "cf cmds/step"]
     print()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    print(f"median of {rounds} round(s); ratio = canvasflow time / raw time")
+    print(f"median of {rounds} round(s); ratio = canvasflow time / raw time; cmds/step = Redis "
+          "commands per step, those run inside Lua scripts included")
     try:
         from rich.console import Console
         from rich.table import Table
@@ -333,7 +334,7 @@ def report(results: dict[str, dict[str, Series]], sizes: dict[str, int], env: di
         table = Table(*head)
         for row in rows:
             table.add_row(*row)
-        Console().print(table)
+        Console(width=max(120, Console().width)).print(table)
     except ImportError:
         widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
         for r in [head, *rows]:

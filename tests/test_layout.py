@@ -1,0 +1,78 @@
+"""The dependency rule of DESIGN.md, and the repository promises of the README."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FORBIDDEN = {
+    "orchestrator": {"web", "workers", "flask", "flask_socketio"},
+    "workers": {"web", "flask", "flask_socketio"},
+}
+CANVAS_NAMES = {"chain", "chord", "group", "signature", "Signature", "canvas"}
+
+
+def imports_of(path: Path) -> list[tuple[str, list[str]]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.extend((alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.module, [a.name for a in node.names]))
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_follow_the_dependency_rule(package: str) -> None:
+    offenders = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for module, _ in imports_of(path):
+            if module.split(".")[0] in FORBIDDEN[package]:
+                offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert offenders == []
+
+
+def test_only_the_compiler_and_step_runtime_build_canvas() -> None:
+    allowed = {"orchestrator/compiler.py", "workers/step.py", "workers/app.py"}
+    offenders = []
+    for package in ("orchestrator", "workers", "web"):
+        for path in sorted((ROOT / package).rglob("*.py")) if (ROOT / package).exists() else []:
+            rel = str(path.relative_to(ROOT))
+            for module, names in imports_of(path):
+                if module.startswith("celery") and (module == "celery.canvas" or CANVAS_NAMES & set(names)):
+                    if rel not in allowed:
+                        offenders.append(f"{rel} imports {names or module} from {module}")
+    assert offenders == []
+
+
+def test_each_top_level_package_says_what_it_may_import() -> None:
+    for package in FORBIDDEN:
+        text = (ROOT / package / "README.md").read_text()
+        assert "May import" in text and "Must not import" in text
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```(?:sh|bash|console)\n(.*?)\n```", text, flags=re.S)
+
+
+def test_readme_gives_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:
+    blocks = [b for b in readme_commands() if "pip install" in b]
+    assert len(blocks) == 2, blocks
+    demo, tests = blocks
+    assert "canvasflow demo" in demo and "\n" not in demo.strip()
+    assert "pytest" in tests and "\n" not in tests.strip()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests.strip() in [line.strip() for line in ci]
+
+
+def test_no_module_grows_past_the_style_limit() -> None:
+    big = [str(p.relative_to(ROOT)) for pkg in ("orchestrator", "workers", "web") if (ROOT / pkg).exists()
+           for p in (ROOT / pkg).rglob("*.py") if len(p.read_text().splitlines()) > 800]
+    assert big == []
