@@ -7,6 +7,7 @@ of error messages with one style of path (``steps[3].depends_on[0]: unknown step
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,7 @@ class CompensationSchema(_StrictSchema):
     method = fields.String(load_default="run", validate=validate.Length(min=1))
     params = fields.Dict(keys=fields.String(), load_default=dict)
     timeout = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
-    retries = fields.Integer(validate=validate.Range(min=0, max=MAX_RETRIES))
+    retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_RETRIES))
     queue = fields.String(validate=validate.Regexp(QUEUE_PATTERN, error="invalid queue name"))
 
 
@@ -146,7 +147,7 @@ class StepSchema(_StrictSchema):
     join = fields.String(load_default="all", validate=validate.OneOf(["all", "any"]))
     when = fields.String(allow_none=True, validate=validate.Length(min=1))
     timeout = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
-    retries = fields.Integer(validate=validate.Range(min=0, max=MAX_RETRIES))
+    retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_RETRIES))
     retry_delay = fields.Float(validate=validate.Range(min=0))
     retry_backoff = fields.String(validate=validate.OneOf(["fixed", "exponential"]))
     retry_delay_max = fields.Float(validate=validate.Range(min=0))
@@ -166,7 +167,7 @@ class DefaultsSchema(_StrictSchema):
 
 
 class WorkflowSchema(_StrictSchema):
-    format = fields.Integer(validate=validate.OneOf([1], error="only format version 1 exists"))
+    format = fields.Integer(strict=True, validate=validate.OneOf([1], error="only format version 1 exists"))
     id = fields.String(
         required=True, validate=validate.Regexp(ID_PATTERN, error="must match [a-z0-9][a-z0-9_.-]*")
     )
@@ -226,9 +227,12 @@ def _humanise(message: str) -> str:
         return replacements[message]
     if message.startswith("Must be one of:"):
         return "must be one of " + message.removeprefix("Must be one of:").strip().rstrip(".")
+    both = re.fullmatch(r"Must be greater than or equal to (\S+) and less than or equal to (\S+)\.", message)
+    if both:
+        return f"must be between {both.group(1)} and {both.group(2)}"
     if message.startswith("Must be greater than or equal to"):
         return "must be >= " + message.rsplit(" ", 1)[-1].rstrip(".")
-    if message.startswith("Must be greater than or equal to") or message.startswith("Must be"):
+    if message.startswith("Must be"):
         return message[0].lower() + message[1:].rstrip(".")
     return message.rstrip(".")
 
@@ -328,7 +332,7 @@ def dump_definition(wf: Definition) -> dict[str, Any]:
     out["steps"] = []
     for s in wf.steps:
         d: dict[str, Any] = {"id": s.id, "plugin": s.plugin, "method": s.method}
-        if s.name:
+        if s.name is not None:
             d["name"] = s.name
         if s.params:
             d["params"] = dict(s.params)

@@ -48,8 +48,7 @@ def check(data: Mapping[str, Any], catalog: Mapping[str, Any] | None = None) -> 
     cycle = find_cycle(graph)
     if cycle:
         problems.append(("steps", "cycle: " + " -> ".join(cycle)))
-    else:
-        problems.extend(_check_expressions(steps, index, graph, sequential))
+    problems.extend(_check_expressions(steps, index, graph, sequential))
     if catalog is not None:
         problems.extend(_check_plugins(steps, catalog))
     return problems
@@ -118,20 +117,20 @@ def find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
 
 def ancestors(graph: Mapping[str, list[str]]) -> dict[str, set[str]]:
     """For each step, every step it depends on directly or transitively."""
-    memo: dict[str, set[str]] = {}
-
-    def of(node: str) -> set[str]:
-        if node not in memo:
-            acc: set[str] = set()
-            for dep in graph.get(node, []):
-                acc.add(dep)
-                acc |= of(dep)
-            memo[node] = acc
-        return memo[node]
-
+    out: dict[str, set[str]] = {}
     for node in graph:
-        of(node)
-    return memo
+        # Iterative search with a visited set: terminates on cycles and deep chains alike.
+        seen: set[str] = set()
+        stack = list(graph.get(node, []))
+        while stack:
+            dep = stack.pop()
+            if dep in seen:
+                continue
+            seen.add(dep)
+            stack.extend(graph.get(dep, []))
+        seen.discard(node)
+        out[node] = seen
+    return out
 
 
 def _check_expressions(
@@ -171,14 +170,28 @@ def _check_expressions(
 def _check_templates(
     params: Mapping[str, Any], prefix: str, sid: str, visible: set[str], index: dict[str, int]
 ) -> Iterator[tuple[str, str]]:
-    try:
-        found = list(expressions.iter_templates(params, prefix))
-    except ExpressionError as exc:
-        yield "", exc.message
-        return
-    for path, template in found:
+    for path, text in _strings(params, prefix):
+        if "{{" not in text:
+            continue
+        try:
+            template = expressions.Template.parse(text)
+        except ExpressionError as exc:
+            yield path, exc.message
+            continue
         for expr in template.expressions:
             yield from _check_paths(expr, path, sid, visible, index)
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string inside params with its path: params.a, params.items[2], params.cfg.name."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
 
 
 def _check_paths(

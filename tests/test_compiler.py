@@ -19,7 +19,6 @@ import pytest
 from celery import chain, chord, group
 from celery.canvas import Signature
 
-from orchestrator import compiler
 from orchestrator.compiler import (
     COMPENSATE_TASK,
     COMPENSATED_TASK,

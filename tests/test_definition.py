@@ -208,8 +208,6 @@ def test_round_trip_keeps_a_step_that_overrides_a_workflow_default_back_to_the_b
     assert load_definition(d.to_dict()) == d
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: dump_definition drops a step name that is the empty "
-                   "string (`if s.name:`), so load_definition(d.to_dict()) != d")
 def test_round_trip_keeps_an_empty_step_name() -> None:
     d = load_definition(wf(step("a", name="")))
     assert d.step("a").name == ""
@@ -328,8 +326,6 @@ def test_retries_that_are_not_a_number_are_reported() -> None:
     assert only_problem(wf(step("a", retries="twice"))) == ("steps[0].retries", "must be a whole number")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: fields.Integer is not strict, so retries: 1.5 is silently "
-                   "truncated to 1 instead of being reported as 'must be a whole number'")
 def test_fractional_retries_are_reported_not_truncated() -> None:
     assert only_problem(wf(step("a", retries=1.5))) == ("steps[0].retries", "must be a whole number")
 
@@ -340,8 +336,6 @@ def test_negative_retries_are_reported_on_the_step() -> None:
     assert message.startswith("must be")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: definition._humanise turns marshmallow's two-sided Range "
-                   "message into 'must be >= 100' (it takes the last word) for retries -1 and 101")
 @pytest.mark.parametrize("value", [-1, 101])
 def test_retries_out_of_range_names_both_bounds(value: int) -> None:
     assert only_problem(wf(step("a", retries=value))) == ("steps[0].retries", "must be between 0 and 100")
@@ -459,8 +453,6 @@ def test_a_cycle_is_found_behind_an_acyclic_prefix() -> None:
     assert only_problem(data) == ("steps", "cycle: x -> y -> z -> x")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: validation.check skips every expression check when the "
-                   "graph has a cycle, so a `when` syntax error is hidden until the cycle is fixed")
 def test_a_cycle_does_not_hide_an_expression_error() -> None:
     found = problems(wf(step("a", depends_on=["b"], when="x = 1"), step("b", depends_on=["a"])))
     assert ("steps", "cycle: a -> b -> a") in found
@@ -558,9 +550,6 @@ def _template_error(text: str) -> str:
     return info.value.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: validation._check_templates yields ('', message) for a "
-                   "template syntax error and stops at the first one, so the path is not a path and "
-                   "later bad templates of the same step are never reported")
 def test_every_template_syntax_error_is_reported_at_its_own_path() -> None:
     found = problems(wf(step("a", params={"v": "{{ 1 + }}", "w": "{{ ) }}"})))
     assert found == [

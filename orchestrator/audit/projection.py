@@ -1,0 +1,397 @@
+"""Apply a batch of events to the SQL tables inside one transaction, idempotently.
+
+Idempotency: ``cf_events`` is keyed by (run, seq). Inside the transaction the run rows of the
+batch are locked first (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite writers are serialised
+by ``BEGIN IMMEDIATE``), then the keys already present are read; only events whose key is new
+are inserted and projected. So an event delivered twice — a recorder killed between commit
+and XACK, or two recorders racing over a claimed entry — changes nothing the second time.
+
+Order independence: several recorders share the stream, so the events of one run may be
+applied in any order across batches. Every projected field is written under a "newest wins"
+rule keyed by seq (``status_seq``, ``progress_seq``, ``stats_seq``) or is a min/max/first-set
+value, so the tables end up the same whatever order the events arrived in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, String, Table, bindparam, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from orchestrator.audit.events import Event, Lookups, clamp_fraction, clamp_level, clamp_message
+from orchestrator.audit.models import (
+    events,
+    run_tags,
+    runs,
+    step_attempts,
+    step_logs,
+    steps,
+    workflow_definitions,
+)
+
+FINAL_RUN = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+ERROR_RUN = frozenset({"FAILED", "COMPENSATION_FAILED", "CANCELLED"})
+ATTEMPT_EVENTS = frozenset({"step_retrying", "step_completed", "step_failed"})
+FINISHING = frozenset({"step_completed", "step_failed", "step_skipped", "step_cancelled"})
+CHUNK = 300  # rows per IN (...) list: well below every driver's parameter limit
+
+
+def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now: float) -> list[Event]:
+    """Write the events of ``batch`` not yet recorded; returns those (in (run, seq) order)."""
+    if not batch:
+        return []
+    run_ids = sorted({e.run for e in batch})
+    first_ts: dict[str, float] = {}
+    for e in batch:
+        first_ts[e.run] = min(first_ts.get(e.run, e.ts), e.ts)
+    insert_ignore(conn, runs, [{"id": r, "status": "PENDING", "status_seq": 0, "created_at": first_ts[r],
+                                "updated_at": now, "last_seq": 0, "event_count": 0} for r in run_ids])
+    run_rows: dict[str, dict[str, Any]] = {}
+    for chunk in chunks(run_ids):
+        q = select(runs).where(runs.c.id.in_(chunk)).order_by(runs.c.id).with_for_update()
+        for row in conn.execute(q).mappings():
+            run_rows[row["id"]] = dict(row)
+
+    existing: set[tuple[str, int]] = set()
+    for chunk in chunks(sorted({e.key for e in batch})):
+        q = select(events.c.run_id, events.c.seq).where(tuple_(events.c.run_id, events.c.seq).in_(chunk))
+        existing.update((r, s) for r, s in conn.execute(q))
+    seen: set[tuple[str, int]] = set()
+    new: list[Event] = []
+    for e in sorted(batch, key=lambda e: e.key):
+        if e.key not in existing and e.key not in seen:
+            seen.add(e.key)
+            new.append(e)
+    if not new:
+        return []
+
+    proj = _Projection(run_rows, lookups, now)
+    new_runs = sorted({e.run for e in new})
+    for chunk in chunks(new_runs):
+        for row in conn.execute(select(steps).where(steps.c.run_id.in_(chunk))).mappings():
+            proj.steps[(row["run_id"], row["step_id"])] = dict(row)
+    wanted = sorted({(e.run, e.step, n) for e in new if (n := _attempt_no(e)) is not None})
+    for chunk in chunks(wanted):
+        q = select(step_attempts).where(
+            tuple_(step_attempts.c.run_id, step_attempts.c.step_id, step_attempts.c.attempt).in_(chunk))
+        for row in conn.execute(q).mappings():
+            proj.attempts[(row["run_id"], row["step_id"], row["attempt"])] = dict(row)
+
+    for e in new:
+        proj.apply(e)
+    proj.write(conn, new)
+    return new
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    for chunk in chunks(rows):
+        conn.execute(dialect.insert(table).on_conflict_do_nothing(), [fit(table, r) for r in chunk])
+
+
+def fit(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """Cut strings to their column's length and drop NUL characters (PostgreSQL rejects both)."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, str):
+            if "\x00" in v:
+                v = v.replace("\x00", "\ufffd")
+            col = table.c[k]
+            if isinstance(col.type, String) and col.type.length and len(v) > col.type.length:
+                v = v[:col.type.length]
+        out[k] = v
+    return out
+
+
+def _attempt_no(e: Event) -> int | None:
+    if e.type != "step_started" and e.type not in ATTEMPT_EVENTS:
+        return None
+    n = e.data.get("attempt")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _lo(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _hi(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _str(v: Any) -> str | None:
+    if v is None:
+        return None
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _json(v: Any) -> str | None:
+    return None if v is None else json.dumps(v, separators=(",", ":"))
+
+
+class _Projection:
+    """The rows a batch touches, kept as dicts, changed event by event, written at the end."""
+
+    def __init__(self, run_rows: dict[str, dict[str, Any]], lookups: Lookups, now: float) -> None:
+        self.runs = run_rows
+        self.lookups = lookups
+        self.now = now
+        self.steps: dict[tuple[str, str], dict[str, Any]] = {}
+        self.attempts: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self.new_steps: set[tuple[str, str]] = set()
+        self.new_attempts: set[tuple[str, str, int]] = set()
+        self.dirty_steps: set[tuple[str, str]] = set()
+        self.dirty_attempts: set[tuple[str, str, int]] = set()
+        self.logs: list[dict[str, Any]] = []
+        self.tags: list[dict[str, Any]] = []
+        self.definitions: list[dict[str, Any]] = []
+
+    # -- rows ---------------------------------------------------------------------------------
+
+    def step(self, run_id: str, step_id: str) -> dict[str, Any]:
+        key = (run_id, step_id)
+        row = self.steps.get(key)
+        if row is None:
+            row = {c.name: None for c in steps.c}
+            row.update(run_id=run_id, step_id=step_id, position=0, status="PENDING", status_seq=0,
+                       attempts=0, progress_seq=0, stats_seq=0)
+            self.steps[key] = row
+            self.new_steps.add(key)
+        self.dirty_steps.add(key)
+        return row
+
+    def attempt(self, run_id: str, step: dict[str, Any], n: int) -> dict[str, Any]:
+        key = (run_id, step["step_id"], n)
+        row = self.attempts.get(key)
+        if row is None:
+            row = {c.name: None for c in step_attempts.c}
+            row.update(run_id=run_id, step_id=step["step_id"], attempt=n, status="RUNNING",
+                       status_seq=0, queue=step.get("queue"))
+            self.attempts[key] = row
+            self.new_attempts.add(key)
+        self.dirty_attempts.add(key)
+        step["attempts"] = max(step["attempts"] or 0, n)
+        return row
+
+    # -- events -------------------------------------------------------------------------------
+
+    def apply(self, e: Event) -> None:
+        run = self.runs[e.run]
+        run["last_seq"] = max(run["last_seq"] or 0, e.seq)
+        run["event_count"] = (run["event_count"] or 0) + 1
+        run["updated_at"] = self.now
+        if e.type == "run_created":
+            self.run_created(run, e)
+        elif e.type == "run_status_changed":
+            self.run_status(run, e, e.status)
+        elif e.step:
+            self.step_event(run, e)
+
+    def run_created(self, run: dict[str, Any], e: Event) -> None:
+        data, meta = e.data, self.lookups.runs.get(e.run) or {}
+        run["workflow_id"] = str(data.get("workflow") or meta.get("workflow") or run["workflow_id"] or "")
+        run["version"] = str(data.get("version") or meta.get("version") or run["version"] or "")
+        run["created_at"] = e.ts
+        for col in ("name", "inputs", "priority", "tags", "triggered_by", "trigger_type"):
+            if meta.get(col) is not None:
+                run[col] = meta[col]
+        run["sla_seconds"] = _num(meta.get("sla_seconds")) or run.get("sla_seconds")
+        try:
+            tags = json.loads(meta["tags"]) if meta.get("tags") else []
+        except ValueError:
+            tags = []
+        self.tags.extend({"run_id": e.run, "tag": str(t)} for t in tags if isinstance(t, str | int))
+        body_text = meta.get("definition")
+        if body_text:
+            try:
+                body = json.loads(body_text)
+            except ValueError:
+                body = None
+            if isinstance(body, dict):
+                self.definition(run, body, body_text, e.ts)
+        self.run_status(run, e, "PENDING")
+
+    def definition(self, run: dict[str, Any], body: dict[str, Any], text: str, ts: float) -> None:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+        run["definition_digest"] = digest
+        self.definitions.append({"workflow_id": run["workflow_id"], "digest": digest,
+                                 "version": run["version"], "name": body.get("name"), "body": text,
+                                 "created_at": ts})
+        default_queue = (body.get("defaults") or {}).get("queue") or "default"
+        for i, spec in enumerate(body.get("steps") or ()):
+            if not isinstance(spec, dict) or not spec.get("id"):
+                continue
+            row = self.step(run["id"], str(spec["id"]))
+            row.update(position=i, plugin=spec.get("plugin"), method=spec.get("method", "run"),
+                       queue=spec.get("queue") or default_queue)
+
+    def run_status(self, run: dict[str, Any], e: Event, status: str) -> None:
+        if status == "RUNNING":
+            run["started_at"] = _lo(run["started_at"], e.ts)
+        if e.seq <= run["status_seq"] or not status:
+            return
+        run["status"], run["status_seq"] = status, e.seq
+        run["finished_at"] = e.ts if status in FINAL_RUN else None
+        if status in ERROR_RUN:
+            data = e.data
+            looked = self.lookups.run_errors.get(e.run, (None, None))
+            error = data.get("error", looked[0])
+            failed = data.get("failed_step", looked[1])
+            run["error"] = _str(error) or run["error"]
+            run["failed_step"] = _str(failed) or run["failed_step"]
+        elif status == "RUNNING":
+            run["error"] = run["failed_step"] = None
+
+    def step_event(self, run: dict[str, Any], e: Event) -> None:
+        step = self.step(e.run, e.step)
+        data = e.data
+        t = e.type
+        if t == "log":
+            self.logs.append({
+                "run_id": e.run, "seq": e.seq, "step_id": e.step, "ts": e.ts,
+                "level": clamp_level(data.get("level")), "message": clamp_message(data.get("message")),
+                **{k: _str(data.get(k)) for k in ("entity_tag", "entity_route", "entity_id", "entity_type")},
+            })
+            return
+        if t == "progress":
+            frac = clamp_fraction(data.get("fraction"))
+            if frac is not None and e.seq > step["progress_seq"]:
+                msg = data.get("message")
+                step.update(progress=frac, progress_message=None if msg is None else str(msg)[:1000],
+                            progress_seq=e.seq, progress_at=e.ts)
+            return
+        if t == "stats":
+            if e.seq > step["stats_seq"]:
+                step.update(stats=_json(data), stats_seq=e.seq)
+            return
+        if t == "step_started":
+            self.started(step, e, data)
+        elif t in ATTEMPT_EVENTS:
+            self.attempt_over(step, e, data)
+        elif t == "step_skipped":
+            step["reason"] = _str(data.get("reason"))
+        elif t == "step_compensation_failed":
+            step["compensation_error"] = _str(data.get("error"))
+        if t in FINISHING:
+            step["finished_at"] = _hi(step["finished_at"], e.ts)
+        if e.status and e.seq > step["status_seq"]:
+            step["status"], step["status_seq"] = e.status, e.seq
+            if t in ("step_failed", "step_retrying"):
+                step["error"] = _str(data.get("error"))
+            elif t == "step_completed":
+                step["error"] = None
+
+    def started(self, step: dict[str, Any], e: Event, data: dict[str, Any]) -> None:
+        step["started_at"] = _lo(step["started_at"], e.ts)
+        n = _attempt_no(e)
+        if n is None:
+            return
+        latest = n >= (step["attempts"] or 0)
+        att = self.attempt(e.run, step, n)
+        att["started_at"] = _lo(att["started_at"], e.ts)
+        att["worker"] = _str(data.get("worker")) or att["worker"]
+        att["task_id"] = _str(data.get("task_id")) or att["task_id"]
+        if data.get("input") is not None:
+            att["input"] = _str(data["input"])
+        if e.seq > att["status_seq"]:
+            att["status"], att["status_seq"] = "RUNNING", e.seq
+        if latest:
+            step["worker"] = att["worker"]
+
+    def attempt_over(self, step: dict[str, Any], e: Event, data: dict[str, Any]) -> None:
+        n = _attempt_no(e)
+        if n is None:
+            return
+        latest = n >= (step["attempts"] or 0)
+        att = self.attempt(e.run, step, n)
+        started = _num(data.get("started_at"))
+        att["started_at"] = _lo(att["started_at"], started)
+        step["started_at"] = _lo(step["started_at"], started)
+        att["finished_at"] = _num(data.get("finished_at")) or e.ts
+        att["duration"] = _num(data.get("duration"))
+        att["worker"] = _str(data.get("worker")) or att["worker"]
+        att["task_id"] = _str(data.get("task_id")) or att["task_id"]
+        att["error"] = _str(data.get("error"))
+        att["stats"] = _json(data.get("stats")) if data.get("stats") is not None else att["stats"]
+        tb = data.get("traceback")
+        if tb is None and e.type == "step_failed":
+            tb = self.lookups.tracebacks.get((e.run, e.step))
+        att["traceback"] = _str(tb) or att["traceback"]
+        if e.type == "step_completed":
+            out = data.get("output") if "output" in data and not data.get("output_truncated") else None
+            out = _str(out) if out is not None else self.lookups.outputs.get((e.run, e.step))
+            att["output"], att["output_size"] = out, (len(out) if out is not None else None)
+        if e.seq > att["status_seq"]:
+            att["status"], att["status_seq"] = e.status or att["status"], e.seq
+        if latest:
+            step["worker"] = att["worker"]
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def write(self, conn: Connection, new: list[Event]) -> None:
+        now = self.now
+        _insert(conn, events, [{"run_id": e.run, "seq": e.seq, "type": e.type, "step_id": e.step,
+                                "status": e.status, "ts": e.ts, "data": e.data_json,
+                                "stream_id": e.stream_id, "recorded_at": now} for e in new])
+        _insert(conn, step_logs, self.logs)
+        insert_ignore(conn, run_tags, self.tags)
+        insert_ignore(conn, workflow_definitions, self.definitions)
+        for row in self.steps.values():
+            row["duration"] = (row["finished_at"] - row["started_at"]
+                               if row["finished_at"] is not None and row["started_at"] is not None else None)
+        _insert(conn, steps, [self.steps[k] for k in sorted(self.new_steps)])
+        _update(conn, steps, ("run_id", "step_id"),
+                [self.steps[k] for k in sorted(self.dirty_steps - self.new_steps)])
+        _insert(conn, step_attempts, [self.attempts[k] for k in sorted(self.new_attempts)])
+        _update(conn, step_attempts, ("run_id", "step_id", "attempt"),
+                [self.attempts[k] for k in sorted(self.dirty_attempts - self.new_attempts)])
+        touched = sorted({e.run for e in new})
+        rows = []
+        for rid in touched:
+            run = self.runs[rid]
+            start, end = run["started_at"], run["finished_at"]
+            run["duration"] = end - start if start is not None and end is not None else None
+            rows.append(run)
+        _update(conn, runs, ("id",), rows)
+
+
+def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    for chunk in chunks(rows, 1000):
+        conn.execute(table.insert(), [fit(table, r) for r in chunk])
+
+
+def _update(conn: Connection, table: Table, pk: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    cols = [c.name for c in table.c if c.name not in pk]
+    stmt = update(table).where(*[table.c[k] == bindparam(f"k_{k}") for k in pk]).values(
+        {c: bindparam(f"v_{c}") for c in cols})
+    params = []
+    for r in rows:
+        p = {f"v_{c}": v for c, v in fit(table, {c: r[c] for c in cols}).items()}
+        p.update({f"k_{k}": r[k] for k in pk})
+        params.append(p)
+    for chunk in chunks(params, 1000):
+        conn.execute(stmt, chunk)
