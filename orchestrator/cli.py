@@ -214,6 +214,95 @@ def plugins() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# operator control
+# ---------------------------------------------------------------------------------------------
+
+
+def _actor() -> str:
+    return os.environ.get("CANVASFLOW_ACTOR") or os.environ.get("USER") or "cli"
+
+
+def _report(result: Any) -> None:
+    console.print(f"{result.action}: run {result.run_id} {result.status_before} -> {result.status}",
+                  highlight=False)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default=None, help="Why; recorded in the audit log.")
+@handle_errors
+def pause(run_id: str, reason: str | None) -> None:
+    """Pause a run: no new step starts, running steps finish."""
+    _report(make_client().control.pause(run_id, actor=_actor(), reason=reason))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default=None)
+@handle_errors
+def resume(run_id: str, reason: str | None) -> None:
+    """Resume a paused run from where it stopped."""
+    _report(make_client().control.resume(run_id, actor=_actor(), reason=reason))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default=None)
+@click.option("--terminate/--no-terminate", default=True, show_default=True,
+              help="Terminate running steps (else let them finish).")
+@handle_errors
+def cancel(run_id: str, reason: str | None, terminate: bool) -> None:
+    """Cancel a run; completed steps are compensated newest first."""
+    _report(make_client().control.cancel(run_id, actor=_actor(), reason=reason, terminate=terminate))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--from-step", default=None, help="Step to run again with its descendants (default: first failed).")
+@click.option("--from-start", is_flag=True, help="Run every step again.")
+@click.option("--compensation", is_flag=True, help="Retry the failed compensation of a COMPENSATION_FAILED run.")
+@click.option("--reason", default=None)
+@handle_errors
+def retry(run_id: str, from_step: str | None, from_start: bool, compensation: bool, reason: str | None) -> None:
+    """Run a finished run again from a step, or retry its failed compensation."""
+    control = make_client().control
+    if compensation:
+        _report(control.retry_compensation(run_id, actor=_actor(), reason=reason))
+    else:
+        _report(control.retry(run_id, from_step=from_step, from_start=from_start, actor=_actor(), reason=reason))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default=None)
+@handle_errors
+def resolve(run_id: str, reason: str | None) -> None:
+    """Mark a COMPENSATION_FAILED run as handled by hand."""
+    _report(make_client().control.resolve(run_id, actor=_actor(), reason=reason))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("-i", "--input", "inputs", multiple=True, help="Override an input key=value.")
+@click.option("--reason", default=None)
+@handle_errors
+def clone(run_id: str, inputs: tuple[str, ...], reason: str | None) -> None:
+    """Start a new run of the same definition version with the same inputs."""
+    new = make_client().control.clone(run_id, inputs=parse_inputs(inputs), actor=_actor(), reason=reason)
+    console.print(new.id)
+
+
+@main.command()
+@click.argument("run_id")
+@handle_errors
+def export(run_id: str) -> None:
+    """Print one JSON document with everything about a run (canvasflow export ID > trace.json)."""
+    from orchestrator.export import export_run
+
+    click.echo(json.dumps(export_run(make_client(), run_id), indent=2, default=str))
+
+
+# ---------------------------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import redis
 
 from orchestrator import compiler
 from orchestrator.celery_app import create_celery
+from orchestrator.control import Control
 from orchestrator.definition import Definition, Workflow, dump_definition, from_stored, load_definition, load_file
 from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
 from orchestrator.keys import Keys
@@ -293,7 +294,7 @@ class Client:
     def submit(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path, *,
                inputs: Mapping[str, Any] | None = None, priority: str | None = None,
                tags: Iterable[str] = (), triggered_by: str = "api", trigger_type: str = "manual",
-               version: str | None = None) -> Run:
+               version: str | None = None, cloned_from: str | None = None) -> Run:
         """Validate, record and dispatch a run; returns at once with a handle on it."""
         if isinstance(definition, str) and version is not None:
             defn = self.get_definition(definition, version)
@@ -315,6 +316,8 @@ class Client:
             "tags": dumps(sorted({*defn.tags, *tags})), "triggered_by": triggered_by,
             "trigger_type": trigger_type, "sla_seconds": str(defn.sla_seconds or ""),
         }
+        if cloned_from:
+            fields["cloned_from"] = cloned_from
         self.state.create(run_id, fields, defn.step_ids, defn.id)
         ctx = compiler.RunContext(run_id, 1, prio, self.settings.hard_timeout_grace, defn.id,
                                   defn.version or "", run_inputs if compiler.uses_inputs(defn) else None)
@@ -363,6 +366,11 @@ class Client:
                 if len(out) >= limit:
                     break
         return out
+
+    @property
+    def control(self) -> Control:
+        """Operator actions: pause, resume, cancel, retry, retry_compensation, resolve, clone."""
+        return Control(self)
 
     def close(self) -> None:
         self.redis.close()

@@ -350,6 +350,12 @@ def compile_run(
     return _series([body, settle]) if not isinstance(body, chain) else _series([*body.tasks, settle])
 
 
+def compile_settle(ctx: RunContext, *, app: Any = None) -> Signature:
+    """A lone settle task for a new dispatch (cancel): it waits for running steps, then settles."""
+    return Signature(SETTLE_TASK, args=(None, ctx.header()),
+                     options={"queue": "default", "priority": PRIORITIES[ctx.priority]}, app=app)
+
+
 def compile_compensation(
     defn: Definition, ctx: RunContext, order: list[str], target: str, *, app: Any = None
 ) -> Signature:

@@ -46,6 +46,11 @@ class Keys:
         return f"{self.prefix}:runs:wf:{workflow_id}"
 
     @property
+    def sla_watch(self) -> str:
+        """Set: runs with an SLA that are not final yet (the SLA monitor's work list)."""
+        return f"{self.prefix}:sla"
+
+    @property
     def events(self) -> str:
         """Stream: every state change of every run, consumed by the recorder."""
         return f"{self.prefix}:events"

@@ -150,6 +150,11 @@ return {'ok', st}
 _STEP_SET = _EMIT + """
 local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
 if not redis.call('HGET', run_key, 'status') then return 0 end
+local settled_states = {COMPLETED=1, FAILED=1, SKIPPED=1, CANCELLED=1, COMPENSATING=1, COMPENSATED=1}
+local old = redis.call('HGET', steps, ARGV[2] .. '|status')
+local was, now_settled = settled_states[old or ''] ~= nil, settled_states[ARGV[3]] ~= nil
+if now_settled and not was then redis.call('HINCRBY', run_key, 'settled', 1) end
+if was and not now_settled then redis.call('HINCRBY', run_key, 'settled', -1) end
 redis.call('HSET', steps, ARGV[2] .. '|status', ARGV[3])
 for k, v in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', steps, ARGV[2] .. '|' .. k, v) end
 emit(run_key, stream, ARGV[5], ARGV[1], ARGV[7], ARGV[2], ARGV[3], ARGV[4], ARGV[8])
@@ -160,6 +165,88 @@ return 1
 _EMIT_BATCH = _EMIT + """
 if not redis.call('HGET', KEYS[1], 'status') then return 0 end
 emit_batch(KEYS[1], KEYS[2], ARGV[2], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: run, steps, stream, channel, completed, attempts. ARGV: run_id, now, maxlen, target,
+# action, reset_json, clear_json, data_json, sources...
+_RESTART = _EMIT + """
+local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
+local run_id, now, maxlen, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local st = redis.call('HGET', run_key, 'status')
+if not st then return {'gone', '', '0'} end
+local ok = false
+for i = 9, #ARGV do if ARGV[i] == st then ok = true end end
+if not ok then return {'refused', st, '0'} end
+local epoch = redis.call('HINCRBY', run_key, 'epoch', 1)
+redis.call('HSET', run_key, 'status', target)
+for _, f in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', run_key, f) end
+local settled_states = {COMPLETED=1, FAILED=1, SKIPPED=1, CANCELLED=1, COMPENSATING=1, COMPENSATED=1}
+for _, sid in ipairs(cjson.decode(ARGV[6])) do
+  local ss = redis.call('HGET', steps, sid .. '|status')
+  if ss and settled_states[ss] then redis.call('HINCRBY', run_key, 'settled', -1) end
+  redis.call('HSET', steps, sid .. '|status', 'PENDING')
+  redis.call('HDEL', steps, sid .. '|output', sid .. '|error', sid .. '|traceback', sid .. '|finished_at',
+             sid .. '|compensation_error', sid .. '|compensation_traceback', sid .. '|compensation_output')
+  redis.call('LREM', KEYS[5], 0, sid)
+end
+for i = 1, 6 do if i ~= 3 and i ~= 4 then redis.call('PERSIST', KEYS[i]) end end
+local data = cjson.decode(ARGV[8])
+data['epoch'] = epoch
+emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', target, now, cjson.encode(data))
+redis.call('PUBLISH', KEYS[4], target)
+return {'ok', st, tostring(epoch)}
+"""
+
+# KEYS: run, steps, stream, channel. ARGV: run_id, now, maxlen, terminate, lease_prefix,
+# data_json, sources...
+_CANCEL = _EMIT + """
+local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
+local run_id, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local st = redis.call('HGET', run_key, 'status')
+if not st then return {'gone', '', '0'} end
+local ok = false
+for i = 7, #ARGV do if ARGV[i] == st then ok = true end end
+if not ok then return {'refused', st, '0'} end
+local epoch = redis.call('HINCRBY', run_key, 'epoch', 1)
+redis.call('HSET', run_key, 'status', 'CANCELLING')
+emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', 'CANCELLING', now, ARGV[6])
+local out = {'ok', st, tostring(epoch)}
+if ARGV[4] == '1' then
+  local flat = redis.call('HGETALL', steps)
+  for i = 1, #flat, 2 do
+    local field, value = flat[i], flat[i + 1]
+    if value == 'RUNNING' and string.sub(field, -7) == '|status' then
+      local sid = string.sub(field, 1, -8)
+      table.insert(out, redis.call('HGET', steps, sid .. '|task_id') or '')
+      redis.call('HSET', steps, field, 'CANCELLED', sid .. '|finished_at', now,
+                 sid .. '|error', 'terminated: the run was cancelled')
+      redis.call('HINCRBY', run_key, 'settled', 1)
+      redis.call('DEL', ARGV[5] .. sid)
+      emit(run_key, stream, maxlen, run_id, 'step_cancelled', sid, 'CANCELLED', now, '{"terminated":true}')
+    end
+  end
+end
+redis.call('PUBLISH', KEYS[4], 'CANCELLING')
+return out
+"""
+
+# KEYS: run, stream. ARGV: run_id, now, maxlen, data_json. Appends an operator action; a run
+# that does not exist gets seq 0 (the action is still audited, by its action id).
+_AUDIT = _EMIT + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return emit(KEYS[1], KEYS[2], ARGV[3], ARGV[1], 'operator_action', '', '', ARGV[2], ARGV[4])
+end
+redis.call('XADD', KEYS[2], '*', 'run', ARGV[1], 'seq', 0, 'type', 'operator_action', 'step', '',
+           'status', '', 'ts', ARGV[2], 'data', ARGV[4])
+return 0
+"""
+
+# KEYS: run, stream. ARGV: run_id, now, maxlen, kind, data_json. Emits sla_<kind> once per run.
+_SLA_MARK = _EMIT + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'sla_' .. ARGV[4], ARGV[2]) == 0 then return 0 end
+emit(KEYS[1], KEYS[2], ARGV[3], ARGV[1], 'sla_' .. ARGV[4], '', '', ARGV[2], ARGV[5])
 return 1
 """
 
@@ -191,6 +278,10 @@ class RunState:
         self._step_set = client.register_script(_STEP_SET)
         self._emit_batch = client.register_script(_EMIT_BATCH)
         self._refresh = client.register_script(_REFRESH_LEASE)
+        self._restart = client.register_script(_RESTART)
+        self._cancel = client.register_script(_CANCEL)
+        self._audit = client.register_script(_AUDIT)
+        self._sla_mark = client.register_script(_SLA_MARK)
 
     # -- creation -----------------------------------------------------------------------------
 
@@ -206,6 +297,8 @@ class RunState:
         pipe.hset(self.keys.steps(run_id), mapping={step_field(s, "status"): "PENDING" for s in step_ids})
         pipe.zadd(self.keys.runs, {run_id: float(ts)})
         pipe.zadd(self.keys.runs_of(workflow_id), {run_id: float(ts)})
+        if fields.get("sla_seconds"):
+            pipe.sadd(self.keys.sla_watch, run_id)
         xargs: dict[str, Any] = {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
         pipe.xadd(self.keys.events, {"run": run_id, "seq": 1, "type": "run_created", "step": "",
                                      "status": "PENDING", "ts": ts,
@@ -265,6 +358,46 @@ class RunState:
                   dumps(dict(data or {})), *allowed],
         )
         return _s(res[0]) == "ok", _s(res[1])
+
+    def restart(self, run_id: str, target: RunStatus, *, sources: Iterable[str], reset: Iterable[str] = (),
+                clear: Iterable[str] = (), data: Mapping[str, Any] | None = None) -> tuple[str, str, int]:
+        """Atomically: check the status, bump the epoch, reset steps to PENDING, clear run fields.
+
+        Returns (verdict 'ok'|'refused'|'gone', status before, new epoch).
+        """
+        k = self.keys
+        res = self._restart(
+            keys=[k.run(run_id), k.steps(run_id), k.events, k.settled_channel(run_id), k.completed(run_id),
+                  k.attempts(run_id)],
+            args=[run_id, now(), self.maxlen, str(target), "", dumps(list(reset)), dumps(list(clear)),
+                  dumps(dict(data or {})), *sources],
+        )
+        return _s(res[0]), _s(res[1]), int(_s(res[2]))
+
+    def cancel(self, run_id: str, *, sources: Iterable[str], terminate: bool,
+               data: Mapping[str, Any] | None = None) -> tuple[str, str, int, list[str]]:
+        """Atomically move to CANCELLING with a new epoch; with ``terminate`` also mark running
+        steps CANCELLED and return their Celery task ids (to revoke)."""
+        k = self.keys
+        res = self._cancel(
+            keys=[k.run(run_id), k.steps(run_id), k.events, k.settled_channel(run_id)],
+            args=[run_id, now(), self.maxlen, "1" if terminate else "0", k.lease(run_id, ""),
+                  dumps(dict(data or {})), *sources],
+        )
+        return _s(res[0]), _s(res[1]), int(_s(res[2])), [_s(t) for t in res[3:] if t]
+
+    def audit(self, run_id: str, data: Mapping[str, Any]) -> int:
+        return int(self._audit(keys=[self.keys.run(run_id), self.keys.events],
+                               args=[run_id, now(), self.maxlen, dumps(dict(data))]))
+
+    def sla_mark(self, run_id: str, kind: str, data: Mapping[str, Any]) -> bool:
+        """Emit sla_warning / sla_breached for a run, at most once each."""
+        return bool(self._sla_mark(keys=[self.keys.run(run_id), self.keys.events],
+                                   args=[run_id, now(), self.maxlen, kind, dumps(dict(data))]))
+
+    def lease_holder(self, run_id: str, step: str) -> str | None:
+        v = self.r.get(self.keys.lease(run_id, step))
+        return _s(v) if v is not None else None
 
     # -- reads --------------------------------------------------------------------------------
 

@@ -59,6 +59,8 @@ RUN_TRANSITIONS: frozenset[tuple[RunStatus, RunStatus]] = frozenset(
     {
         (RunStatus.PENDING, RunStatus.RUNNING),
         (RunStatus.PENDING, RunStatus.CANCELLED),
+        (RunStatus.PENDING, RunStatus.PAUSING),
+        (RunStatus.PENDING, RunStatus.CANCELLING),
         (RunStatus.RUNNING, RunStatus.COMPLETED),
         (RunStatus.RUNNING, RunStatus.FAILED),
         (RunStatus.RUNNING, RunStatus.COMPENSATING),
@@ -81,6 +83,7 @@ RUN_TRANSITIONS: frozenset[tuple[RunStatus, RunStatus]] = frozenset(
         (RunStatus.COMPENSATION_FAILED, RunStatus.CANCELLED),
         (RunStatus.FAILED, RunStatus.RUNNING),  # retry
         (RunStatus.CANCELLED, RunStatus.RUNNING),  # retry
+        (RunStatus.COMPLETED, RunStatus.RUNNING),  # retry from a step
     }
 )
 

@@ -22,3 +22,13 @@ def fail_after(seconds: float, message: str = "boom") -> None:
 
     time.sleep(seconds)
     raise StepError(message)
+
+
+def fail_unless_exists(path: str) -> dict:
+    from pathlib import Path
+
+    from orchestrator.errors import StepError
+
+    if not Path(path).exists():
+        raise StepError(f"not fixed yet: {path} is missing")
+    return {"fixed": path}

@@ -46,9 +46,9 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     def merge(incoming: Any, hdr: dict) -> Any:
         return steps.merge(incoming)
 
-    @app.task(name=SETTLE_TASK, acks_late=True, reject_on_worker_lost=True)
-    def settle(incoming: Any, hdr: dict) -> str:
-        return str(steps.settle(rt, app, hdr))
+    @app.task(name=SETTLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def settle(self: Task, incoming: Any, hdr: dict) -> str:
+        return str(steps.settle(self, rt, app, hdr))
 
     @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
     def compensate(self: Task, prev: Any, spec: dict, hdr: dict) -> Any:

@@ -221,7 +221,7 @@ def load_run_definition(run: Mapping[str, str]) -> Definition:
     return from_stored(json.loads(run["definition"]))
 
 
-def settle(rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
+def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
     """The last task of every dispatch: decide how the run ends (or pauses)."""
     run_id, epoch = hdr["run"], hdr["epoch"]
     data = rt.state.read(run_id)
@@ -231,6 +231,15 @@ def settle(rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
     if run.get("epoch") != str(epoch):
         return "stale"
     status, halt = run["status"], run.get("halt", "")
+    # After a cancel (a lone settle with a new epoch) steps of the old dispatch may still be
+    # running: wait for them; a RUNNING step without a lease has lost its worker.
+    running = [sid for sid, f in steps.items() if f.get("status") == StepStatus.RUNNING]
+    alive = [sid for sid in running if rt.state.lease_holder(run_id, sid)]
+    if alive:
+        raise task.retry(countdown=0.5, max_retries=None)
+    for sid in running:
+        rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled",
+                          fields={"error": "its worker was lost while the run was being cancelled"})
     if status == RunStatus.PAUSING and not halt:
         rt.state.transition(run_id, RunStatus.PAUSED, sources=[RunStatus.PAUSING])
         return RunStatus.PAUSED

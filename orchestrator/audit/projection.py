@@ -167,6 +167,7 @@ class _Projection:
         self.logs: list[dict[str, Any]] = []
         self.tags: list[dict[str, Any]] = []
         self.definitions: list[dict[str, Any]] = []
+        self.queue_fixups: list[tuple[str, str]] = []
 
     # -- rows ---------------------------------------------------------------------------------
 
@@ -243,7 +244,10 @@ class _Projection:
         for i, spec in enumerate(body.get("steps") or ()):
             if not isinstance(spec, dict) or not spec.get("id"):
                 continue
-            row = self.step(run["id"], str(spec["id"]))
+            key = (run["id"], str(spec["id"]))
+            row = self.step(*key)
+            if key not in self.new_steps:  # attempts recorded before the run_created event
+                self.queue_fixups.append(key)
             row.update(position=i, plugin=spec.get("plugin"), method=spec.get("method", "run"),
                        queue=spec.get("queue") or default_queue)
 
@@ -311,8 +315,9 @@ class _Projection:
         latest = n >= (step["attempts"] or 0)
         att = self.attempt(e.run, step, n)
         att["started_at"] = _lo(att["started_at"], e.ts)
-        att["worker"] = _str(data.get("worker")) or att["worker"]
-        att["task_id"] = _str(data.get("task_id")) or att["task_id"]
+        # The attempt's own record (step_retrying/completed/failed) wins over step_started.
+        att["worker"] = att["worker"] or _str(data.get("worker"))
+        att["task_id"] = att["task_id"] or _str(data.get("task_id"))
         if data.get("input") is not None:
             att["input"] = _str(data["input"])
         if e.seq > att["status_seq"]:
@@ -364,9 +369,19 @@ class _Projection:
         _insert(conn, steps, [self.steps[k] for k in sorted(self.new_steps)])
         _update(conn, steps, ("run_id", "step_id"),
                 [self.steps[k] for k in sorted(self.dirty_steps - self.new_steps)])
+        for key in self.dirty_attempts:
+            row = self.attempts[key]
+            if row["queue"] is None:
+                row["queue"] = self.steps[key[:2]]["queue"]
         _insert(conn, step_attempts, [self.attempts[k] for k in sorted(self.new_attempts)])
         _update(conn, step_attempts, ("run_id", "step_id", "attempt"),
                 [self.attempts[k] for k in sorted(self.dirty_attempts - self.new_attempts)])
+        fixups = [{"k_run": r, "k_step": st, "v_queue": self.steps[(r, st)]["queue"]}
+                  for r, st in self.queue_fixups]
+        if fixups:
+            conn.execute(update(step_attempts).where(
+                step_attempts.c.run_id == bindparam("k_run"), step_attempts.c.step_id == bindparam("k_step"),
+                step_attempts.c.queue.is_(None)).values(queue=bindparam("v_queue")), fixups)
         touched = sorted({e.run for e in new})
         rows = []
         for rid in touched:

@@ -1,0 +1,305 @@
+"""Commands of the audit store: ``db upgrade``, ``recorder``, ``runs``, ``show``, ``logs``, ``prune``.
+
+``register(main)`` adds them to the ``canvasflow`` group; ``python -m orchestrator.audit.cli``
+runs them on their own. Heavy imports (SQLAlchemy, redis) happen inside the commands so the
+rest of the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+err = Console(stderr=True)
+
+STATUS_STYLE = {
+    "COMPLETED": "green", "FAILED": "red", "COMPENSATION_FAILED": "bold red", "CANCELLED": "yellow",
+    "RUNNING": "cyan", "RETRYING": "magenta", "SKIPPED": "dim", "PENDING": "dim",
+    "COMPENSATED": "yellow", "COMPENSATING": "yellow", "PAUSED": "blue", "PAUSING": "blue",
+    "CANCELLING": "yellow",
+}
+FINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def _settings(database_url: str | None) -> Any:
+    from orchestrator.settings import Settings
+
+    settings = Settings.from_env()
+    return settings.with_(database_url=database_url) if database_url else settings
+
+
+def _store(database_url: str | None, *, check: bool = True) -> Any:
+    from orchestrator.audit.store import AuditStore
+
+    store = AuditStore(_settings(database_url).database_url)
+    if check:
+        store.check()
+    return store
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from orchestrator.errors import CanvasflowError
+
+        try:
+            return fn(*args, **kwargs)
+        except CanvasflowError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            sys.exit(1)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return wrapper
+
+
+db_option = click.option("--database-url", "database_url", default=None, metavar="URL",
+                         help="Audit store URL (default: CANVASFLOW_DATABASE_URL, else sqlite:///canvasflow.db).")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _secs(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1000:.0f}ms" if v < 1 else f"{v:.2f}s" if v < 60 else f"{v / 60:.1f}m"
+
+
+def _status(s: str) -> Text:
+    return Text(s, style=STATUS_STYLE.get(s, ""))
+
+
+def _since(text: str | None) -> float | None:
+    if not text:
+        return None
+    from orchestrator.audit.queries import parse_duration
+
+    return time.time() - parse_duration(text)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@click.group("db")
+def db() -> None:
+    """The audit store's schema."""
+
+
+@db.command("upgrade")
+@db_option
+@_errors
+def db_upgrade(database_url: str | None) -> None:
+    """Create or migrate the audit store's tables (Alembic, safe to repeat)."""
+    store = _store(database_url, check=False)
+    before = store.revision()
+    after = store.upgrade()
+    what = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+    console.print(f"audit store {store.display_url}: {what} revision {after}", highlight=False)
+
+
+@click.command("recorder")
+@db_option
+@click.option("--group", default="cf-recorder", show_default=True, help="Consumer group name.")
+@click.option("--consumer", default=None, help="Consumer name (default: host:pid:random).")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--batch-latency", default=0.05, show_default=True, type=float, help="Seconds to fill a batch.")
+@click.option("--claim-idle", default=30.0, show_default=True, type=float,
+              help="Claim entries another consumer left pending this many seconds.")
+@click.option("--claim-interval", default=5.0, show_default=True, type=float)
+@click.option("--start-id", default="0", show_default=True, help="Where a new group starts reading.")
+@click.option("--no-trim", is_flag=True, help="Never trim the stream.")
+@click.option("--lag-interval", default=10.0, show_default=True, type=float, help="Print the lag this often.")
+@click.option("--upgrade/--no-upgrade", default=True, show_default=True, help="Migrate the store first.")
+@_errors
+def recorder(database_url: str | None, group: str, consumer: str | None, batch_size: int,
+             batch_latency: float, claim_idle: float, claim_interval: float, start_id: str,
+             no_trim: bool, lag_interval: float, upgrade: bool) -> None:
+    """Record the event stream into the audit store until SIGTERM/SIGINT."""
+    import logging
+
+    from orchestrator.audit.recorder import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code = serve(_settings(database_url), upgrade=upgrade, lag_interval=lag_interval,
+                 echo=lambda line: console.print(line, highlight=False),
+                 group=group, consumer=consumer, batch_size=batch_size, batch_latency=batch_latency,
+                 claim_idle=claim_idle, claim_interval=claim_interval, start_id=start_id,
+                 trim=not no_trim)
+    sys.exit(code)
+
+
+@click.command("runs")
+@db_option
+@click.option("--status", "statuses", multiple=True, help="Only runs in this status (repeatable).")
+@click.option("--workflow", default=None)
+@click.option("--tag", "tags", multiple=True, help="Only runs with this tag (repeatable: all of them).")
+@click.option("--triggered-by", default=None)
+@click.option("--since", default=None, help="Created within this long, like 24h or 7d.")
+@click.option("--search", default=None, help="Text in the run id, workflow id or name.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--cursor", default=None, help="The 'next page' cursor a previous call printed.")
+@_errors
+def runs_cmd(database_url: str | None, statuses: tuple[str, ...], workflow: str | None,
+             tags: tuple[str, ...], triggered_by: str | None, since: str | None, search: str | None,
+             limit: int, cursor: str | None) -> None:
+    """List recorded runs, newest first."""
+    from orchestrator.audit import queries
+
+    store = _store(database_url)
+    page = queries.list_runs(store, status=statuses or None, workflow=workflow, tags=tags,
+                             triggered_by=triggered_by, since=_since(since), search=search,
+                             limit=limit, cursor=cursor)
+    table = Table(box=None, header_style="bold")
+    for col in ("run", "workflow", "status", "created", "duration", "sla", "triggered by", "tags"):
+        table.add_column(col)
+    for r in page.items:
+        sla = "-" if r.sla_met is None else ("met" if r.sla_met else "[red]breached[/]")
+        table.add_row(r.id, f"{r.workflow} {r.version}".strip(), _status(r.status), _when(r.created_at),
+                      _secs(r.duration), sla, r.triggered_by or "-", ", ".join(r.tags))
+    console.print(table)
+    if not page.items:
+        console.print("no runs recorded match (is a recorder running? `canvasflow recorder`)")
+    if page.next_cursor:
+        console.print(f"more: --cursor {page.next_cursor}", highlight=False)
+
+
+def _bar(start: float | None, duration: float | None, t0: float, span: float, width: int = 30) -> str:
+    if start is None or span <= 0:
+        return ""
+    a = int((start - t0) / span * width)
+    b = max(a + 1, int((start - t0 + (duration or 0)) / span * width))
+    a, b = max(0, min(a, width - 1)), min(b, width)
+    return " " * a + "█" * (b - a)
+
+
+@click.command("show")
+@db_option
+@click.argument("run_id")
+@click.option("--lines", default=10, show_default=True, help="Last log lines to show.")
+@_errors
+def show(database_url: str | None, run_id: str, lines: int) -> None:
+    """A run's timeline: steps with status, durations, attempts, errors, last log lines."""
+    from orchestrator.audit import queries
+
+    d = queries.run_detail(_store(database_url), run_id, log_limit=lines)
+    r = d.run
+    console.print(Text.assemble((f"run {r.id}", "bold"), f"  {r.workflow} {r.version}  ", _status(r.status)))
+    console.print(f"created {_when(r.created_at)}  started {_when(r.started_at)}  finished {_when(r.finished_at)}"
+                  f"  duration {_secs(r.duration)}"
+                  + (f"  SLA {r.sla_seconds:g}s {'met' if r.sla_met else 'breached'}" if r.sla_met is not None else ""),
+                  highlight=False)
+    if r.error:
+        console.print(f"[red]error[/] ({r.failed_step or 'run'}): {r.error}", highlight=False)
+    if not r.complete:
+        console.print(f"[yellow]events recorded: {r.event_count} of {r.last_seq} (the recorder is catching up)[/]")
+    t0 = r.started_at or r.created_at
+    ends = [s.finished_at for s in d.steps if s.finished_at] + [r.finished_at or time.time()]
+    span = max(ends) - t0
+    table = Table(box=None, header_style="bold")
+    for col in ("step", "status", "attempts", "start", "duration", "timeline", "worker", "error / note"):
+        table.add_column(col, overflow="fold")
+    for s in d.steps:
+        note = s.error or s.reason or s.compensation_error or ""
+        if s.progress is not None and s.status not in FINAL:
+            note = f"{s.progress:.0%} {s.progress_message or ''} {note}".strip()
+        start = f"+{s.started_at - t0:.2f}s" if s.started_at is not None else "-"
+        table.add_row(s.id, _status(s.status), str(s.attempts), start, _secs(s.duration),
+                      Text(_bar(s.started_at, s.duration, t0, span), style=STATUS_STYLE.get(s.status, "")),
+                      s.worker or "-", note[:200])
+        if len(s.history) > 1 or any(a.error for a in s.history):
+            for a in s.history:
+                table.add_row(f"  #{a.number}", _status(a.status), "", "", _secs(a.duration), "",
+                              a.worker or "-", (a.error or "")[:200])
+    console.print(table)
+    if d.logs:
+        console.print(f"[bold]last {len(d.logs)} of {d.logs_total} log lines[/]")
+        for line in d.logs:
+            console.print(f"{_when(line.ts)} {line.level:<7} {line.step or '-'}: {line.message[:500]}",
+                          highlight=False, markup=False)
+
+
+@click.command("logs")
+@db_option
+@click.argument("run_id")
+@click.argument("step", required=False)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.option("--level", default=None, help="Only this level (INFO, ERROR...).")
+@click.option("--interval", default=0.5, show_default=True, type=float, help="Poll interval with --follow.")
+@_errors
+def logs_cmd(database_url: str | None, run_id: str, step: str | None, follow: bool, level: str | None,
+             interval: float) -> None:
+    """Print a run's (or one step's) log lines from the audit store."""
+    from orchestrator.audit import queries
+
+    store = _store(database_url)
+    run = queries.get_run(store, run_id)
+    after = 0
+    while True:
+        batch = queries.logs(store, run_id, step, after_seq=after, limit=1000, level=level)
+        for line in batch:
+            ent = " ".join(f"{k}={v}" for k, v in (("tag", line.entity_tag), ("route", line.entity_route),
+                                                     ("id", line.entity_id), ("type", line.entity_type)) if v)
+            console.print(f"{_when(line.ts)} {line.level:<7} {line.step or '-'}: {line.message}"
+                          + (f"  [{ent}]" if ent else ""), highlight=False, markup=False)
+            after = line.seq
+        if len(batch) == 1000:
+            continue
+        if not follow:
+            return
+        if run.status in FINAL and run.complete:
+            return
+        time.sleep(interval)
+        run = queries.get_run(store, run_id)
+
+
+@click.command("prune")
+@db_option
+@click.option("--older-than", required=True, help="Finished more than this long ago, like 30d.")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+@_errors
+def prune_cmd(database_url: str | None, older_than: str, batch_size: int, dry_run: bool) -> None:
+    """Delete finished runs (and all their rows) older than --older-than, in small batches."""
+    from orchestrator.audit import queries
+
+    seconds = queries.parse_duration(older_than)
+    res = queries.prune(_store(database_url), seconds, batch_size=batch_size, dry_run=dry_run)
+    if dry_run:
+        console.print(f"{res.runs} runs finished more than {older_than} ago would be removed")
+    else:
+        console.print(f"removed {res.runs} runs ({res.rows} rows) in {res.batches} batches")
+
+
+COMMANDS = (db, recorder, runs_cmd, show, logs_cmd, prune_cmd)
+
+
+def register(group: click.Group) -> None:
+    """Add the audit commands to the main ``canvasflow`` group."""
+    for cmd in COMMANDS:
+        if cmd.name not in group.commands:
+            group.add_command(cmd)
+
+
+@click.group()
+def main() -> None:
+    """canvasflow audit store commands."""
+
+
+register(main)
+
+if __name__ == "__main__":
+    main()

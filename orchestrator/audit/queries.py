@@ -1,0 +1,502 @@
+"""Reads of the audit store for the CLI now and the REST API later.
+
+Every function takes an :class:`AuditStore` and returns frozen dataclasses (or plain dicts for
+events), so callers never see SQLAlchemy rows. Lists are newest first with keyset pagination:
+``page.next_cursor`` goes back in as ``cursor=`` and stays correct while new runs arrive.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Integer, case, cast, delete, func, or_, select, tuple_
+
+from orchestrator.audit.models import (
+    RUN_CHILDREN,
+    audit_log,
+    events,
+    run_tags,
+    runs,
+    step_attempts,
+    step_logs,
+    steps,
+    workflow_definitions,
+)
+from orchestrator.audit.store import AuditStore
+from orchestrator.errors import StoreError, UnknownRun
+
+FINAL = ("COMPLETED", "FAILED", "CANCELLED")
+FAILED = ("FAILED", "COMPENSATION_FAILED")
+ENDED = ("COMPLETED", "FAILED", "COMPENSATION_FAILED")  # what failure rates are out of
+
+
+# ---------------------------------------------------------------------------------------------
+# Result types
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    id: str
+    workflow: str
+    version: str
+    name: str | None
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None
+    priority: str | None
+    tags: tuple[str, ...]
+    triggered_by: str | None
+    trigger_type: str | None
+    sla_seconds: float | None
+    error: str | None
+    failed_step: str | None
+    last_seq: int
+    event_count: int
+
+    @property
+    def complete(self) -> bool:
+        """True when every event up to the last one seen is recorded (no gap)."""
+        return self.event_count == self.last_seq
+
+    @property
+    def sla_met(self) -> bool | None:
+        if self.sla_seconds is None or self.duration is None or self.status == "CANCELLED":
+            return None
+        return self.status == "COMPLETED" and self.duration <= self.sla_seconds
+
+
+@dataclass(frozen=True)
+class Page:
+    items: tuple[Any, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    number: int
+    status: str
+    worker: str | None
+    queue: str | None
+    task_id: str | None
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None
+    input: Any
+    output: Any
+    output_size: int | None
+    error: str | None
+    traceback: str | None
+    stats: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    id: str
+    position: int
+    plugin: str | None
+    method: str | None
+    queue: str | None
+    status: str
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None
+    worker: str | None
+    error: str | None
+    reason: str | None
+    compensation_error: str | None
+    progress: float | None
+    progress_message: str | None
+    stats: dict[str, Any] | None
+    output: Any
+    history: tuple[AttemptRecord, ...]
+
+
+@dataclass(frozen=True)
+class LogLine:
+    seq: int
+    step: str
+    ts: float
+    level: str
+    message: str
+    entity_tag: str | None = None
+    entity_route: str | None = None
+    entity_id: str | None = None
+    entity_type: str | None = None
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    run: RunSummary
+    inputs: Any
+    definition: dict[str, Any] | None
+    steps: tuple[StepRecord, ...]
+    logs: tuple[LogLine, ...]  # the newest ``log_limit`` lines, oldest first
+    logs_total: int
+
+    def step(self, step_id: str) -> StepRecord:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+
+@dataclass(frozen=True)
+class WorkflowStats:
+    workflow: str
+    runs: int
+    ended: int
+    failed: int
+    failure_rate: float | None
+    avg_duration: float | None
+    p95_duration: float | None
+    sla_met: int
+    sla_breached: int
+
+
+@dataclass(frozen=True)
+class StepStats:
+    workflow: str
+    step: str
+    count: int
+    avg_duration: float | None
+    retry_rate: float | None
+
+
+@dataclass(frozen=True)
+class Analytics:
+    since: float
+    until: float
+    runs: int
+    ended: int
+    failed: int
+    failure_rate: float | None
+    sla_met: int
+    sla_breached: int
+    by_workflow: tuple[WorkflowStats, ...]
+    slowest_steps: tuple[StepStats, ...]
+    retries_by_step: tuple[StepStats, ...]
+    runs_per_hour: tuple[tuple[float, int], ...] = field(default_factory=tuple)
+
+    @property
+    def sla_compliance(self) -> float | None:
+        total = self.sla_met + self.sla_breached
+        return self.sla_met / total if total else None
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    runs: int
+    rows: int
+    batches: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _loads(text: str | None, default: Any = None) -> Any:
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _summary(row: Any) -> RunSummary:
+    tags = _loads(row.tags, [])
+    return RunSummary(
+        id=row.id, workflow=row.workflow_id, version=row.version, name=row.name, status=row.status,
+        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+        duration=row.duration, priority=row.priority,
+        tags=tuple(tags) if isinstance(tags, list) else (), triggered_by=row.triggered_by,
+        trigger_type=row.trigger_type, sla_seconds=row.sla_seconds, error=row.error,
+        failed_step=row.failed_step, last_seq=row.last_seq, event_count=row.event_count)
+
+
+def encode_cursor(created_at: float, run_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at, run_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ts, rid = json.loads(raw)
+        return float(ts), str(rid)
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"invalid cursor {cursor!r}: pass back the next_cursor of a page") from exc
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (PostgreSQL's percentile_cont)."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = (len(v) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'30d', '12h', '90m', '45s', '2w' (or plain seconds) -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a duration: use a number and a unit, like 30d, 12h or 90m")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------
+
+
+def list_runs(store: AuditStore, *, status: str | Iterable[str] | None = None, workflow: str | None = None,
+              tags: Iterable[str] = (), triggered_by: str | None = None, since: float | None = None,
+              until: float | None = None, search: str | None = None, limit: int = 50,
+              cursor: str | None = None) -> Page:
+    """Runs newest first; every filter is optional and they combine with AND."""
+    limit = max(1, min(int(limit), 1000))
+    q = select(runs)
+    statuses = [status] if isinstance(status, str) else list(status or ())
+    if statuses:
+        q = q.where(runs.c.status.in_([s.upper() for s in statuses]))
+    if workflow:
+        q = q.where(runs.c.workflow_id == workflow)
+    for tag in tags:
+        q = q.where(runs.c.id.in_(select(run_tags.c.run_id).where(run_tags.c.tag == tag)))
+    if triggered_by:
+        q = q.where(runs.c.triggered_by == triggered_by)
+    if since is not None:
+        q = q.where(runs.c.created_at >= since)
+    if until is not None:
+        q = q.where(runs.c.created_at < until)
+    if search:
+        s = search.strip().lower()
+        q = q.where(or_(runs.c.id.startswith(s, autoescape=True),
+                        func.lower(runs.c.workflow_id).contains(s, autoescape=True),
+                        func.lower(runs.c.name).contains(s, autoescape=True)))
+    if cursor:
+        ts, rid = decode_cursor(cursor)
+        q = q.where(tuple_(runs.c.created_at, runs.c.id) < tuple_(ts, rid))
+    q = q.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
+    with store.connect() as conn:
+        rows = conn.execute(q).all()
+    items = tuple(_summary(r) for r in rows[:limit])
+    nxt = encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
+    return Page(items, nxt)
+
+
+def get_run(store: AuditStore, run_id: str) -> RunSummary:
+    with store.connect() as conn:
+        row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+    if row is None:
+        raise UnknownRun(run_id)
+    return _summary(row)
+
+
+def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDetail:
+    """A run with its steps, every attempt, the newest log lines, progress and stats."""
+    with store.connect() as conn:
+        row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+        if row is None:
+            raise UnknownRun(run_id)
+        body = None
+        if row.definition_digest:
+            body = conn.execute(select(workflow_definitions.c.body).where(
+                workflow_definitions.c.workflow_id == row.workflow_id,
+                workflow_definitions.c.digest == row.definition_digest)).scalar()
+        step_rows = conn.execute(select(steps).where(steps.c.run_id == run_id)
+                                 .order_by(steps.c.position, steps.c.started_at, steps.c.step_id)).all()
+        att_rows = conn.execute(select(step_attempts).where(step_attempts.c.run_id == run_id)
+                                .order_by(step_attempts.c.step_id, step_attempts.c.attempt)).all()
+        log_rows = conn.execute(select(step_logs).where(step_logs.c.run_id == run_id)
+                                .order_by(step_logs.c.seq.desc()).limit(max(0, log_limit))).all()
+        total = conn.execute(select(func.count()).select_from(step_logs)
+                             .where(step_logs.c.run_id == run_id)).scalar_one()
+    history: dict[str, list[AttemptRecord]] = {}
+    for a in att_rows:
+        history.setdefault(a.step_id, []).append(AttemptRecord(
+            number=a.attempt, status=a.status, worker=a.worker, queue=a.queue, task_id=a.task_id,
+            started_at=a.started_at, finished_at=a.finished_at, duration=a.duration,
+            input=_loads(a.input), output=_loads(a.output), output_size=a.output_size, error=a.error,
+            traceback=a.traceback, stats=_loads(a.stats)))
+    step_records = []
+    for s in step_rows:
+        hist = tuple(history.get(s.step_id, ()))
+        done = [a for a in hist if a.status == "COMPLETED"]
+        step_records.append(StepRecord(
+            id=s.step_id, position=s.position, plugin=s.plugin, method=s.method, queue=s.queue,
+            status=s.status, attempts=s.attempts, started_at=s.started_at, finished_at=s.finished_at,
+            duration=s.duration, worker=s.worker, error=s.error, reason=s.reason,
+            compensation_error=s.compensation_error, progress=s.progress,
+            progress_message=s.progress_message, stats=_loads(s.stats),
+            output=done[-1].output if done else None, history=hist))
+    return RunDetail(run=_summary(row), inputs=_loads(row.inputs, {}), definition=_loads(body),
+                     steps=tuple(step_records), logs=tuple(_log(r) for r in reversed(log_rows)),
+                     logs_total=int(total))
+
+
+def _log(r: Any) -> LogLine:
+    return LogLine(seq=r.seq, step=r.step_id, ts=r.ts, level=r.level, message=r.message,
+                   entity_tag=r.entity_tag, entity_route=r.entity_route, entity_id=r.entity_id,
+                   entity_type=r.entity_type)
+
+
+def logs(store: AuditStore, run_id: str, step: str | None = None, *, after_seq: int = 0,
+         limit: int = 500, level: str | None = None) -> list[LogLine]:
+    """Log lines of a run (or one step) with seq > after_seq, oldest first; page with after_seq."""
+    q = select(step_logs).where(step_logs.c.run_id == run_id, step_logs.c.seq > after_seq)
+    if step is not None:
+        q = q.where(step_logs.c.step_id == step)
+    if level:
+        q = q.where(step_logs.c.level == level.upper())
+    q = q.order_by(step_logs.c.seq).limit(max(1, min(limit, 10_000)))
+    with store.connect() as conn:
+        return [_log(r) for r in conn.execute(q)]
+
+
+def events_after(store: AuditStore, run_id: str, after_seq: int = 0, *, limit: int = 1000) -> list[dict[str, Any]]:
+    """The events of a run with seq > after_seq, in order (what a reconnecting client missed)."""
+    q = (select(events).where(events.c.run_id == run_id, events.c.seq > after_seq)
+         .order_by(events.c.seq).limit(max(1, min(limit, 10_000))))
+    with store.connect() as conn:
+        return [{"run": r.run_id, "seq": r.seq, "type": r.type, "step": r.step_id, "status": r.status,
+                 "ts": r.ts, "data": _loads(r.data, {})} for r in conn.execute(q)]
+
+
+def audit_entries(store: AuditStore, target_id: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
+    """Operator actions, newest first (optionally on one target)."""
+    q = select(audit_log)
+    if target_id:
+        q = q.where(audit_log.c.target_id == target_id)
+    q = q.order_by(audit_log.c.ts.desc(), audit_log.c.id.desc()).limit(limit)
+    with store.connect() as conn:
+        return [{"id": r.id, "ts": r.ts, "actor": r.actor, "action": r.action, "target_type": r.target_type,
+                 "target_id": r.target_id, "reason": r.reason, "outcome": r.outcome,
+                 "detail": _loads(r.detail)} for r in conn.execute(q)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytics
+# ---------------------------------------------------------------------------------------------
+
+
+def analytics(store: AuditStore, since: float, until: float | None = None, *, top: int = 10) -> Analytics:
+    """Run outcomes, SLA compliance, durations and retries for runs created in [since, until).
+
+    Failure rate counts FAILED and COMPENSATION_FAILED out of the runs that ended (COMPLETED,
+    FAILED, COMPENSATION_FAILED); cancelled runs count in neither. A run meets its SLA when it
+    COMPLETED within sla_seconds; a finished run with an SLA that did not is a breach.
+    """
+    until = time.time() if until is None else until
+    period = (runs.c.created_at >= since, runs.c.created_at < until)
+    pg = store.dialect == "postgresql"
+    ended = func.sum(case((runs.c.status.in_(ENDED), 1), else_=0))
+    failed = func.sum(case((runs.c.status.in_(FAILED), 1), else_=0))
+    has_sla = runs.c.sla_seconds.is_not(None) & runs.c.duration.is_not(None) & (runs.c.status != "CANCELLED")
+    met = func.sum(case((has_sla & (runs.c.status == "COMPLETED") & (runs.c.duration <= runs.c.sla_seconds), 1),
+                        else_=0))
+    breached = func.sum(case((has_sla & ((runs.c.status != "COMPLETED") | (runs.c.duration > runs.c.sla_seconds)), 1),
+                             else_=0))
+    cols = [runs.c.workflow_id, func.count(), ended, failed, func.avg(runs.c.duration), met, breached]
+    if pg:
+        cols.append(func.percentile_cont(0.95).within_group(runs.c.duration.asc()))
+    done_attempts = (step_attempts.c.status == "COMPLETED") & step_attempts.c.duration.is_not(None)
+    slow_q = (select(runs.c.workflow_id, step_attempts.c.step_id, func.count(), func.avg(step_attempts.c.duration))
+              .select_from(step_attempts.join(runs, runs.c.id == step_attempts.c.run_id))
+              .where(*period, done_attempts)
+              .group_by(runs.c.workflow_id, step_attempts.c.step_id)
+              .order_by(func.avg(step_attempts.c.duration).desc(), step_attempts.c.step_id).limit(top))
+    started = func.sum(case((steps.c.attempts >= 1, 1), else_=0))
+    retried = func.sum(case((steps.c.attempts > 1, 1), else_=0))
+    retry_q = (select(runs.c.workflow_id, steps.c.step_id, started, retried)
+               .select_from(steps.join(runs, runs.c.id == steps.c.run_id))
+               .where(*period, steps.c.attempts >= 1)
+               .group_by(runs.c.workflow_id, steps.c.step_id))
+    hour = func.floor(runs.c.created_at / 3600) if pg else cast(runs.c.created_at / 3600, Integer)
+    hour_q = select(hour.label("h"), func.count()).where(*period).group_by("h").order_by("h")
+    with store.connect() as conn:
+        wf_rows = conn.execute(select(*cols).where(*period).group_by(runs.c.workflow_id)
+                               .order_by(runs.c.workflow_id)).all()
+        p95: dict[str, float | None] = {}
+        if not pg:
+            durations: dict[str, list[float]] = {}
+            for wf, d in conn.execute(select(runs.c.workflow_id, runs.c.duration)
+                                      .where(*period, runs.c.duration.is_not(None))):
+                durations.setdefault(wf, []).append(d)
+            p95 = {wf: percentile(v, 0.95) for wf, v in durations.items()}
+        slow_rows = conn.execute(slow_q).all()
+        retry_rows = conn.execute(retry_q).all()
+        hour_rows = conn.execute(hour_q).all()
+    by_wf = []
+    for r in wf_rows:
+        n_ended, n_failed = int(r[2] or 0), int(r[3] or 0)
+        by_wf.append(WorkflowStats(
+            workflow=r[0], runs=int(r[1]), ended=n_ended, failed=n_failed,
+            failure_rate=n_failed / n_ended if n_ended else None,
+            avg_duration=float(r[4]) if r[4] is not None else None,
+            p95_duration=(float(r[7]) if r[7] is not None else None) if pg else p95.get(r[0]),
+            sla_met=int(r[5] or 0), sla_breached=int(r[6] or 0)))
+    slowest = tuple(StepStats(workflow=w, step=s, count=int(n), avg_duration=float(avg), retry_rate=None)
+                    for w, s, n, avg in slow_rows)
+    retries = sorted((StepStats(workflow=w, step=s, count=int(n), avg_duration=None,
+                                retry_rate=int(k or 0) / int(n) if n else None)
+                      for w, s, n, k in retry_rows),
+                     key=lambda x: (-(x.retry_rate or 0), x.workflow, x.step))
+    total_ended = sum(w.ended for w in by_wf)
+    total_failed = sum(w.failed for w in by_wf)
+    return Analytics(
+        since=since, until=until, runs=sum(w.runs for w in by_wf), ended=total_ended, failed=total_failed,
+        failure_rate=total_failed / total_ended if total_ended else None,
+        sla_met=sum(w.sla_met for w in by_wf), sla_breached=sum(w.sla_breached for w in by_wf),
+        by_workflow=tuple(by_wf), slowest_steps=slowest,
+        retries_by_step=tuple(r for r in retries if r.retry_rate)[:top],
+        runs_per_hour=tuple((float(h) * 3600, int(n)) for h, n in hour_rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention
+# ---------------------------------------------------------------------------------------------
+
+
+def prune(store: AuditStore, older_than: float, *, batch_size: int = 500, now: float | None = None,
+          dry_run: bool = False) -> PruneResult:
+    """Delete runs that finished more than ``older_than`` seconds ago, with all their rows.
+
+    Each batch of ``batch_size`` runs is its own short transaction, so the recorder and readers
+    are never held up for long. Runs that are not final (running, paused, waiting on a failed
+    compensation) are never pruned, however old.
+    """
+    cutoff = (time.time() if now is None else now) - older_than
+    old = (runs.c.status.in_(FINAL), runs.c.finished_at < cutoff)
+    if dry_run:
+        with store.connect() as conn:
+            n = conn.execute(select(func.count()).select_from(runs).where(*old)).scalar_one()
+        return PruneResult(int(n), 0, 0)
+    total_runs = total_rows = batches = 0
+    while True:
+        with store.begin() as conn:
+            ids = list(conn.execute(select(runs.c.id).where(*old).order_by(runs.c.finished_at)
+                                    .limit(batch_size)).scalars())
+            if not ids:
+                break
+            for table in RUN_CHILDREN:
+                total_rows += conn.execute(delete(table).where(table.c.run_id.in_(ids))).rowcount or 0
+            total_runs += conn.execute(delete(runs).where(runs.c.id.in_(ids))).rowcount or 0
+        batches += 1
+    return PruneResult(total_runs, total_rows + total_runs, batches)

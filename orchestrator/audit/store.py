@@ -1,0 +1,218 @@
+"""The SQL audit store: engine, migrations, idempotent event batches, operator audit log.
+
+``AuditStore(url)`` works with ``sqlite:///path.db`` (the default, WAL mode) and
+``postgresql+psycopg://...``. Nothing connects until the store is first used; every database
+error reaches the caller as a :class:`StoreError` that names the URL (password masked) and
+says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, exc, insert, text
+from sqlalchemy.engine import URL, make_url
+
+from orchestrator.audit.events import Event, Lookups
+from orchestrator.audit.models import audit_log
+from orchestrator.audit.projection import apply_batch
+from orchestrator.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+HEAD = "0001"  # the newest migration; a test checks it against migrations/versions
+MIGRATIONS = "orchestrator.audit:migrations"
+VERSION_TABLE = "cf_alembic_version"
+_MIGRATION_LOCK = 7_411_270  # pg_advisory_xact_lock key: one upgrade at a time per database
+
+
+class StoreUnavailable(StoreError):
+    """Raised when the audit store cannot be reached or is busy; retrying later may succeed."""
+
+
+class StoreNotReady(StoreError):
+    """Raised when the database is reachable but its schema is missing or out of date."""
+
+
+def normalize_url(url: str | URL) -> URL:
+    """A SQLAlchemy URL, with bare ``postgresql://`` mapped to the psycopg 3 driver we ship."""
+    u = make_url(url) if isinstance(url, str) else url
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u
+
+
+def mask(url: str | URL) -> str:
+    try:
+        return normalize_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+class AuditStore:
+    """One database: ``upgrade()`` it, ``apply()`` event batches to it, read it with queries."""
+
+    def __init__(self, url: str | URL = "sqlite:///canvasflow.db", *, busy_timeout: float = 30.0,
+                 connect_timeout: float = 5.0, pool_size: int = 5, echo: bool = False) -> None:
+        try:
+            self.url = normalize_url(url)
+        except exc.ArgumentError as e:
+            raise StoreError(f"CANVASFLOW_DATABASE_URL {str(url)!r} is not a database URL: {e}") from None
+        self.display_url = mask(self.url)
+        self.dialect = self.url.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise StoreError(f"audit store {self.display_url}: only sqlite and postgresql are supported")
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.dialect == "sqlite":
+            db = self.url.database or ""
+            if db and db != ":memory:" and not db.startswith("file:"):
+                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
+        else:
+            kwargs.update(pool_size=pool_size, pool_pre_ping=True,
+                          connect_args={"connect_timeout": max(1, int(connect_timeout))})
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except Exception as e:  # a missing driver, a bad option in the URL
+            raise StoreError(f"cannot open the audit store at {self.display_url}: {e}") from None
+        if self.dialect == "sqlite":
+            _sqlite_pragmas(self.engine, busy_timeout)
+        # Writers take the database lock up front on SQLite (BEGIN IMMEDIATE), so two recorders
+        # never fail half-way through a batch on a lock upgrade.
+        self.writer = self.engine.execution_options(cf_immediate=True)
+
+    def __repr__(self) -> str:
+        return f"<AuditStore {self.display_url}>"
+
+    # -- connections --------------------------------------------------------------------------
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A read connection; database errors become StoreError."""
+        with self.errors(), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction, committed on success."""
+        with self.errors(), self.writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except (exc.OperationalError, exc.InterfaceError, exc.ProgrammingError) as e:
+            detail = _first_line(e)
+            if "no such table" in detail or ("does not exist" in detail and "relation" in detail):
+                raise self._not_ready(detail) from e
+            if isinstance(e, exc.ProgrammingError):
+                raise StoreError(f"audit store {self.display_url}: {detail}") from e
+            raise StoreUnavailable(
+                f"cannot use the audit store at {self.display_url}: {detail}. Check that the database "
+                "is running and reachable, and that CANVASFLOW_DATABASE_URL points at it.") from e
+
+    def _not_ready(self, detail: str) -> StoreNotReady:
+        return StoreNotReady(f"the audit store at {self.display_url} has no canvasflow tables or an old "
+                             f"schema ({detail}); run `canvasflow db upgrade` first")
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def upgrade(self, revision: str = "head") -> str:
+        """Run the Alembic migrations up to ``revision``; safe to call from several processes."""
+        from alembic import command
+        from alembic.config import Config
+
+        with self.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            cfg = Config()
+            cfg.set_main_option("script_location", MIGRATIONS)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        return self.revision() or ""
+
+    def revision(self) -> str | None:
+        """The schema revision the database is at, or None before the first upgrade."""
+        from alembic.migration import MigrationContext
+
+        with self.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            return ctx.get_current_revision()
+
+    def check(self) -> None:
+        """Raise StoreUnavailable / StoreNotReady unless the store is reachable and up to date."""
+        current = self.revision()
+        if current != HEAD:
+            raise self._not_ready(f"schema revision {current or 'none'}, expected {HEAD}")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def apply(self, batch: Sequence[Event], lookups: Lookups | None = None, *, retries: int = 3) -> list[Event]:
+        """Record a batch in one transaction; returns the events that were new.
+
+        Applying an event that is already recorded changes nothing. A deadlock or a lost race
+        with another recorder rolls the transaction back and tries again.
+        """
+        attempt = 0
+        while True:
+            try:
+                with self.errors(), self.writer.begin() as conn:
+                    return apply_batch(conn, batch, lookups or Lookups(), time.time())
+            except (exc.IntegrityError, StoreUnavailable) as e:
+                attempt += 1
+                transient = isinstance(e, exc.IntegrityError) or _is_conflict(e)
+                if not transient or attempt > retries:
+                    if isinstance(e, exc.IntegrityError):
+                        raise StoreError(f"audit store {self.display_url}: {e.orig}") from e
+                    raise
+                log.info("batch conflicted with another writer (%s); retrying", e)
+                time.sleep(0.01 * attempt)
+
+    def record_action(self, *, actor: str, action: str, target_id: str, target_type: str = "run",
+                      reason: str | None = None, outcome: str = "ok",
+                      detail: dict[str, Any] | None = None, ts: float | None = None) -> int:
+        """Append one operator action (who, what, on what, why, with what outcome)."""
+        row = {"ts": ts or time.time(), "actor": actor, "action": action, "target_type": target_type,
+               "target_id": target_id, "reason": reason, "outcome": outcome,
+               "detail": json.dumps(detail) if detail is not None else None}
+        with self.begin() as conn:
+            res = conn.execute(insert(audit_log).returning(audit_log.c.id), row)
+            return int(res.scalar_one())
+
+
+def _is_conflict(e: BaseException) -> bool:
+    msg = _first_line(e.__cause__).lower() if e.__cause__ else ""
+    return "deadlock" in msg or "could not serialize" in msg
+
+
+def _first_line(e: BaseException) -> str:
+    text_ = str(getattr(e, "orig", None) or e).strip()
+    return text_.splitlines()[0] if text_ else type(e).__name__
+
+
+def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin event issue BEGIN itself (pysqlite's implicit BEGIN is deferred).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        cur.execute("PRAGMA journal_mode = WAL")  # readers never wait for the recorder
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("cf_immediate")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,234 @@
+"""Operator actions on live runs: pause, resume, cancel, retry, clone, resolve.
+
+Each action is one atomic Lua script in Redis (check the status against the transition table,
+change it, bump the dispatch epoch when a new canvas is sent, append the event), so concurrent
+actions leave one consistent outcome. Every action — refused ones included — is appended to the
+event stream as ``operator_action`` and lands in the audit store's operator log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator import compiler
+from orchestrator.definition import Definition, from_stored
+from orchestrator.errors import CanvasflowError, ControlError, UnknownRun
+from orchestrator.states import SETTLED_STEP_STATUSES, RunStatus, StepStatus, sources_of
+
+if TYPE_CHECKING:
+    from orchestrator.client import Client, Run
+
+# Which statuses allow which action; derived from the one transition table where it can be.
+ALLOWED: dict[str, list[str]] = {
+    "pause": [s for s in sources_of(RunStatus.PAUSING)],
+    "resume": [RunStatus.PAUSED],
+    "cancel": [s for s in sources_of(RunStatus.CANCELLING)],
+    "retry": [RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.COMPLETED],
+    "retry_compensation": [RunStatus.COMPENSATION_FAILED],
+    "resolve": [RunStatus.COMPENSATION_FAILED],
+}
+# Run fields that a retry clears.
+RETRY_CLEARS = ["halt", "failed_step", "error", "finished_at", "compensate_target", "resolved_by"]
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: str
+    run_id: str
+    status_before: str
+    status: str
+    detail: Mapping[str, Any]
+
+
+class Control:
+    """The operator's verbs; ``actor`` and ``reason`` go to the audit log with the outcome."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.state = client.state
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _audit(self, run_id: str, action: str, actor: str, reason: str | None, outcome: str,
+               detail: Mapping[str, Any] | None = None) -> None:
+        self.state.audit(run_id, {
+            "action_id": uuid.uuid4().hex, "action": action, "actor": actor, "reason": reason or "",
+            "outcome": outcome, "at": time.time(), **({"detail": dict(detail)} if detail else {}),
+        })
+
+    def _refuse(self, action: str, run_id: str, status: str, actor: str, reason: str | None) -> CanvasflowError:
+        if not status:
+            self._audit(run_id, action, actor, reason, "refused: unknown run")
+            return UnknownRun(run_id)
+        exc = ControlError(action.replace("_", " "), run_id, status, ALLOWED[action])
+        self._audit(run_id, action, actor, reason, f"refused: {exc}")
+        return exc
+
+    def _load(self, run_id: str) -> tuple[dict[str, str], dict[str, dict[str, str]], Definition]:
+        data = self.state.read(run_id)
+        if data is None:
+            raise UnknownRun(run_id)
+        run, steps, _ = data
+        return run, steps, from_stored(json.loads(run["definition"]))
+
+    def _dispatch(self, run_id: str, epoch: int, run: Mapping[str, str], defn: Definition,
+                  steps: Mapping[str, Mapping[str, str]], reset: Iterable[str] = ()) -> None:
+        """Send the canvas for every step not settled (and not reset), seeded with the outcomes
+        of the settled ones."""
+        reset = set(reset)
+        settled = {}
+        for sid, f in steps.items():
+            if sid in reset or f.get("status") not in SETTLED_STEP_STATUSES:
+                continue
+            out = f.get("output")
+            settled[sid] = (f["status"], json.loads(out) if out else None)
+        inputs = json.loads(run.get("inputs", "{}"))
+        ctx = compiler.RunContext(run_id, epoch, run.get("priority", "normal"),
+                                  self.client.settings.hard_timeout_grace, defn.id, defn.version or "",
+                                  inputs if compiler.uses_inputs(defn) else None)
+        compiler.compile_run(defn, ctx, settled=settled, app=self.client.celery).apply_async()
+
+    # -- verbs --------------------------------------------------------------------------------
+
+    def pause(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
+        """No new step starts; running steps finish; the run goes PAUSING, then PAUSED."""
+        ok, before = self.state.transition(run_id, RunStatus.PAUSING, sources=ALLOWED["pause"],
+                                           data={"action": "pause", "actor": actor})
+        if not ok:
+            raise self._refuse("pause", run_id, before, actor, reason)
+        self._audit(run_id, "pause", actor, reason, "ok")
+        return ActionResult("pause", run_id, before, RunStatus.PAUSING, {})
+
+    def resume(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
+        """Continue a PAUSED run: compile what is left; no settled step runs again."""
+        run, steps, defn = self._load(run_id)
+        verdict, before, epoch = self.state.restart(run_id, RunStatus.RUNNING, sources=ALLOWED["resume"],
+                                                    data={"action": "resume", "actor": actor})
+        if verdict != "ok":
+            raise self._refuse("resume", run_id, before, actor, reason)
+        self._dispatch(run_id, epoch, run, defn, steps)
+        self._audit(run_id, "resume", actor, reason, "ok", {"epoch": epoch})
+        return ActionResult("resume", run_id, before, RunStatus.RUNNING, {"epoch": epoch})
+
+    def cancel(self, run_id: str, *, actor: str = "api", reason: str | None = None,
+               terminate: bool = True) -> ActionResult:
+        """Stop the run: queued steps never start, running ones are terminated (or, with
+        ``terminate=False``, finish), then completed steps are compensated newest first."""
+        verdict, before, epoch, task_ids = self.state.cancel(
+            run_id, sources=ALLOWED["cancel"], terminate=terminate,
+            data={"action": "cancel", "actor": actor, "reason": reason or ""})
+        if verdict != "ok":
+            raise self._refuse("cancel", run_id, before, actor, reason)
+        if task_ids:
+            self.client.celery.control.revoke(task_ids, terminate=True, signal="SIGTERM")
+        run = self.client.redis.hget(self.client.keys.run(run_id), "priority")
+        ctx = compiler.RunContext(run_id, epoch, (run or b"normal").decode())
+        compiler.compile_settle(ctx, app=self.client.celery).apply_async()
+        self._audit(run_id, "cancel", actor, reason, "ok", {"terminated": task_ids})
+        return ActionResult("cancel", run_id, before, RunStatus.CANCELLING, {"terminated": task_ids})
+
+    def retry(self, run_id: str, *, from_step: str | None = None, from_start: bool = False,
+              actor: str = "api", reason: str | None = None) -> ActionResult:
+        """Run a finished run again from a step (default: the first failed one) or the start:
+        that step and everything downstream run again, upstream outputs are kept, attempts are
+        numbered on."""
+        run, steps, defn = self._load(run_id)
+        status = run["status"]
+        if status not in ALLOWED["retry"]:
+            raise self._refuse("retry", run_id, status, actor, reason)
+        order = defn.step_ids
+        if from_start:
+            reset = list(order)
+        else:
+            if from_step is None:
+                failed = [s for s in order if steps.get(s, {}).get("status") == StepStatus.FAILED]
+                if not failed:
+                    exc = CanvasflowError(f"run {run_id} has no failed step: name one with from_step "
+                                          f"(steps: {', '.join(order)}) or retry from the start")
+                    self._audit(run_id, "retry", actor, reason, f"refused: {exc}")
+                    raise exc
+                from_step = failed[0]
+            if from_step not in order:
+                exc2 = CanvasflowError(f"run {run_id} has no step '{from_step}' (steps: {', '.join(order)})")
+                self._audit(run_id, "retry", actor, reason, f"refused: {exc2}")
+                raise exc2
+            downstream = descendants(defn, from_step)
+            unfinished = {s for s in order if steps.get(s, {}).get("status") in
+                          (StepStatus.CANCELLED, StepStatus.PENDING, StepStatus.RETRYING, StepStatus.RUNNING)}
+            reset = [s for s in order if s == from_step or s in downstream or s in unfinished]
+        verdict, before, epoch = self.state.restart(
+            run_id, RunStatus.RUNNING, sources=ALLOWED["retry"], reset=reset, clear=RETRY_CLEARS,
+            data={"action": "retry", "actor": actor, "from_step": from_step or "", "reset": reset})
+        if verdict != "ok":
+            raise self._refuse("retry", run_id, before, actor, reason)
+        self._dispatch(run_id, epoch, run, defn, steps, reset=reset)
+        self._audit(run_id, "retry", actor, reason, "ok", {"from_step": from_step, "reset": reset, "epoch": epoch})
+        return ActionResult("retry", run_id, before, RunStatus.RUNNING, {"reset": reset, "epoch": epoch})
+
+    def retry_compensation(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
+        """Run the compensations that have not succeeded yet, newest completion first."""
+        run, steps, defn = self._load(run_id)
+        target = run.get("compensate_target") or RunStatus.FAILED
+        verdict, before, epoch = self.state.restart(
+            run_id, RunStatus.COMPENSATING, sources=ALLOWED["retry_compensation"], clear=["error"],
+            data={"action": "retry_compensation", "actor": actor})
+        if verdict != "ok":
+            raise self._refuse("retry_compensation", run_id, before, actor, reason)
+        order = [s for s in reversed(self.state.completed_order(run_id))
+                 if steps.get(s, {}).get("status") == StepStatus.COMPLETED and defn.step(s).compensate]
+        ctx = compiler.RunContext(run_id, epoch, run.get("priority", "normal"), self.client.settings.hard_timeout_grace)
+        compiler.compile_compensation(defn, ctx, order, str(target), app=self.client.celery).apply_async()
+        self._audit(run_id, "retry_compensation", actor, reason, "ok", {"steps": order})
+        return ActionResult("retry_compensation", run_id, before, RunStatus.COMPENSATING, {"steps": order})
+
+    def resolve(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
+        """Mark a COMPENSATION_FAILED run as handled by hand: it ends FAILED (or CANCELLED)."""
+        run = self.client.redis.hget(self.client.keys.run(run_id), "compensate_target")
+        target = RunStatus((run or b"FAILED").decode())
+        ok, before = self.state.transition(run_id, target, sources=ALLOWED["resolve"],
+                                           fields={"resolved_by": actor},
+                                           data={"action": "resolve", "actor": actor, "reason": reason or ""})
+        if not ok:
+            raise self._refuse("resolve", run_id, before, actor, reason)
+        self._audit(run_id, "resolve", actor, reason, "ok")
+        return ActionResult("resolve", run_id, before, target, {})
+
+    def clone(self, run_id: str, *, inputs: Mapping[str, Any] | None = None, actor: str = "api",
+              reason: str | None = None) -> Run:
+        """A new run of the same definition version with the same inputs (optionally overridden)."""
+        try:
+            run, _, defn = self._load(run_id)
+        except UnknownRun:
+            self._audit(run_id, "clone", actor, reason, "refused: unknown run")
+            raise
+        merged = {**json.loads(run.get("inputs", "{}")), **(inputs or {})}
+        new = self.client.submit(defn, inputs=merged, priority=run.get("priority"), triggered_by=actor,
+                                 trigger_type="clone", tags=json.loads(run.get("tags", "[]")),
+                                 cloned_from=run_id)
+        self._audit(run_id, "clone", actor, reason, "ok", {"new_run": new.id})
+        return new
+
+
+def descendants(defn: Definition, step_id: str) -> set[str]:
+    """Every step that depends on ``step_id``, directly or not (list order in sequential mode)."""
+    ids = defn.step_ids
+    children: dict[str, list[str]] = {s: [] for s in ids}
+    for s in defn.steps:
+        for d in s.depends_on:
+            children[d].append(s.id)
+    if defn.mode == "sequential":
+        for a, b in zip(ids, ids[1:], strict=False):
+            children[a].append(b)
+    out: set[str] = set()
+    stack = list(children[step_id])
+    while stack:
+        n = stack.pop()
+        if n not in out:
+            out.add(n)
+            stack.extend(children[n])
+    return out

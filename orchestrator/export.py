@@ -1,0 +1,84 @@
+"""Export a run's whole trace as one JSON document (schema: docs/api.md "Trace format")."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import UnknownRun
+
+if TYPE_CHECKING:
+    from orchestrator.client import Client
+
+TRACE_FORMAT = "canvasflow.trace/1"
+RUN_FIELDS = ("workflow", "version", "name", "status", "priority", "triggered_by", "trigger_type",
+              "sla_seconds", "created_at", "started_at", "finished_at", "error", "failed_step",
+              "cloned_from", "resolved_by", "epoch")
+
+
+def _events_from_stream(client: Client, run_id: str) -> list[dict[str, Any]]:
+    """The run's events from the Redis stream (what the recorder has not trimmed yet)."""
+    out = []
+    last = "-"
+    while True:
+        batch = client.redis.xrange(client.keys.events, min=last, count=5000)
+        if last != "-" and batch:
+            batch = batch[1:]
+        if not batch:
+            break
+        for entry_id, fields in batch:
+            f = {k.decode(): v.decode() for k, v in fields.items()}
+            if f.get("run") == run_id:
+                out.append({"seq": int(f["seq"]), "type": f["type"], "step": f.get("step") or None,
+                            "status": f.get("status") or None, "ts": float(f["ts"]),
+                            "data": json.loads(f.get("data") or "{}")})
+        last = batch[-1][0].decode()
+    return sorted(out, key=lambda e: (e["seq"], e["ts"]))
+
+
+def export_run(client: Client, run_id: str, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Definition, inputs, every step attempt, logs, progress, events and operator actions."""
+    data = client.state.read(run_id)
+    if data is None:
+        raise UnknownRun(run_id)
+    run, steps, attempts = data
+    definition = json.loads(run["definition"])
+    if events is None:
+        events = _events_from_stream(client, run_id)
+    by_step: dict[str, dict[str, Any]] = {}
+    for sid in [s["id"] for s in definition["steps"]]:
+        f = steps.get(sid, {})
+        by_step[sid] = {
+            "id": sid, "status": f.get("status", "PENDING"), "attempts": [],
+            "started_at": float(f["started_at"]) if f.get("started_at") else None,
+            "finished_at": float(f["finished_at"]) if f.get("finished_at") else None,
+            "output": json.loads(f["output"]) if f.get("output") else None,
+            "error": f.get("error") or None, "traceback": f.get("traceback") or None,
+            "compensation_error": f.get("compensation_error") or None,
+            "logs": [], "progress": None, "stats": None,
+        }
+    for a in attempts:
+        if a.get("step") in by_step:
+            by_step[a["step"]]["attempts"].append(a)
+    for e in events:
+        step = by_step.get(e.get("step") or "")
+        if step is None:
+            continue
+        if e["type"] == "log":
+            step["logs"].append({"ts": e["ts"], **e["data"]})
+        elif e["type"] == "progress":
+            step["progress"] = e["data"]
+        elif e["type"] == "stats":
+            step["stats"] = e["data"]
+    return {
+        "format": TRACE_FORMAT,
+        "exported_at": time.time(),
+        "run": {"id": run_id, **{k: run.get(k) or None for k in RUN_FIELDS}},
+        "definition": definition,
+        "inputs": json.loads(run.get("inputs", "{}")),
+        "tags": json.loads(run.get("tags", "[]")),
+        "steps": list(by_step.values()),
+        "events": events,
+        "operator_actions": [e["data"] for e in events if e["type"] == "operator_action"],
+    }
