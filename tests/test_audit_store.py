@@ -24,9 +24,9 @@ from orchestrator.audit.models import (
 )
 from orchestrator.audit.store import HEAD, VERSION_TABLE
 from orchestrator.errors import StoreError, UnknownRun
+from tests.audit_helpers import RunEvents, dump_tables, run_meta
 
 pytest_plugins = ("tests.audit_fixtures",)
-from tests.audit_fixtures import RunEvents, dump_tables, run_meta
 
 
 def mixed_runs(n: int = 6, t0: float = 1_000_000.0) -> tuple[list[Event], Lookups]:
