@@ -23,7 +23,14 @@ import redis
 from orchestrator import compiler
 from orchestrator.celery_app import create_celery
 from orchestrator.control import Control
-from orchestrator.definition import Definition, Workflow, dump_definition, from_stored, load_definition, load_file
+from orchestrator.definition import (
+    Definition,
+    Workflow,
+    dump_definition,
+    from_stored,
+    load_definition,
+    load_file,
+)
 from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
 from orchestrator.keys import Keys
 from orchestrator.runtime import RunState, dumps

@@ -27,7 +27,7 @@ def _events_from_stream(client: Client, run_id: str) -> list[dict[str, Any]]:
             batch = batch[1:]
         if not batch:
             break
-        for entry_id, fields in batch:
+        for _entry_id, fields in batch:
             f = {k.decode(): v.decode() for k, v in fields.items()}
             if f.get("run") == run_id:
                 out.append({"seq": int(f["seq"]), "type": f["type"], "step": f.get("step") or None,

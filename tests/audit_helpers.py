@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
-from orchestrator.audit import AuditStore, Event
+from orchestrator.audit import AuditStore, Event, Lookups
 from orchestrator.audit.models import events, runs, step_attempts, step_logs, steps
 from orchestrator.audit.recorder import Recorder
 from orchestrator.keys import Keys
@@ -91,6 +91,38 @@ def run_meta(workflow: str, step_ids: list[str], *, tags: list[str] = (), sla: f
             "definition": json.dumps(definition(workflow, step_ids, sla)), "inputs": json.dumps({"n": 1}),
             "priority": "normal", "tags": json.dumps(sorted(tags)), "triggered_by": triggered_by,
             "trigger_type": "manual", "sla_seconds": "" if sla is None else str(sla)}
+
+
+def mixed_runs(n: int = 6, t0: float = 1_000_000.0) -> tuple[list[Event], Lookups]:
+    """Runs that succeed, retry, skip, fail and get cancelled, with logs, outputs and tracebacks."""
+    evs: list[Event] = []
+    lk = Lookups()
+    for i in range(n):
+        rid = f"run{i:03d}"
+        r = RunEvents(rid, t0 + i * 100).created("etl" if i % 2 else "report")
+        lk.runs[rid] = run_meta(r.events[0].data["workflow"], ["load", "check", "save"],
+                                tags=["nightly"] if i % 3 == 0 else ["adhoc"], sla=5.0)
+        r.status("RUNNING")
+        kind = i % 4
+        if kind == 0:
+            r.step("load", logs=3).step("check").step("save")
+            r.status("COMPLETED")
+        elif kind == 1:
+            r.step("load", attempts=3, seconds=2.0).step("check").skipped("save").status("COMPLETED")
+        elif kind == 2:
+            r.step("load").step("check", "FAILED", attempts=2).cancelled("save")
+            r.status("FAILED")
+            lk.run_errors[rid] = ("boom 2", "check")
+            lk.tracebacks[(rid, "check")] = "Traceback: boom"
+        else:
+            r.step("load", seconds=9.0).status("CANCELLING").cancelled("check").cancelled("save")
+            r.status("CANCELLED")
+            lk.run_errors[rid] = (None, None)
+        for e in r.events:
+            if e.type == "step_completed":
+                lk.outputs[(rid, e.step)] = json.dumps({"step": e.step, "rows": i})
+        evs.extend(r.events)
+    return evs, lk
 
 
 # -- comparing SQL with Redis -------------------------------------------------------------------

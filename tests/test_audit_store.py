@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
-from orchestrator.audit import AuditStore, Event, Lookups, StoreNotReady, StoreUnavailable
+from orchestrator.audit import AuditStore, StoreNotReady, StoreUnavailable
 from orchestrator.audit import queries as q
 from orchestrator.audit.models import (
     events,
@@ -24,41 +24,9 @@ from orchestrator.audit.models import (
 )
 from orchestrator.audit.store import HEAD, VERSION_TABLE
 from orchestrator.errors import StoreError, UnknownRun
-from tests.audit_helpers import RunEvents, dump_tables, run_meta
+from tests.audit_helpers import RunEvents, dump_tables, mixed_runs
 
 pytest_plugins = ("tests.audit_fixtures",)
-
-
-def mixed_runs(n: int = 6, t0: float = 1_000_000.0) -> tuple[list[Event], Lookups]:
-    """Runs that succeed, retry, skip, fail and get cancelled, with logs, outputs and tracebacks."""
-    evs: list[Event] = []
-    lk = Lookups()
-    for i in range(n):
-        rid = f"run{i:03d}"
-        r = RunEvents(rid, t0 + i * 100).created("etl" if i % 2 else "report")
-        lk.runs[rid] = run_meta(r.events[0].data["workflow"], ["load", "check", "save"],
-                                tags=["nightly"] if i % 3 == 0 else ["adhoc"], sla=5.0)
-        r.status("RUNNING")
-        kind = i % 4
-        if kind == 0:
-            r.step("load", logs=3).step("check").step("save")
-            r.status("COMPLETED")
-        elif kind == 1:
-            r.step("load", attempts=3, seconds=2.0).step("check").skipped("save").status("COMPLETED")
-        elif kind == 2:
-            r.step("load").step("check", "FAILED", attempts=2).cancelled("save")
-            r.status("FAILED")
-            lk.run_errors[rid] = ("boom 2", "check")
-            lk.tracebacks[(rid, "check")] = "Traceback: boom"
-        else:
-            r.step("load", seconds=9.0).status("CANCELLING").cancelled("check").cancelled("save")
-            r.status("CANCELLED")
-            lk.run_errors[rid] = (None, None)
-        for e in r.events:
-            if e.type == "step_completed":
-                lk.outputs[(rid, e.step)] = json.dumps({"step": e.step, "rows": i})
-        evs.extend(r.events)
-    return evs, lk
 
 
 # -- schema -----------------------------------------------------------------------------------
@@ -361,3 +329,14 @@ def test_parse_duration_reads_units():
     assert q.parse_duration("45") == 45
     with pytest.raises(ValueError, match="like 30d"):
         q.parse_duration("soon")
+
+
+def test_operator_actions_sent_through_the_event_stream_are_recorded_once(store):
+    r = RunEvents("acted").created()
+    r.emit("operator_action", actor="carol", action="cancel", reason="stuck", outcome="ok",
+           detail={"from": "RUNNING"})
+    store.apply(r.events)
+    store.apply(r.events)
+    (entry,) = q.audit_entries(store, "acted")
+    assert (entry["actor"], entry["action"], entry["reason"], entry["outcome"]) == ("carol", "cancel", "stuck", "ok")
+    assert entry["detail"] == {"from": "RUNNING"} and entry["ts"] == r.events[-1].ts

@@ -16,7 +16,13 @@ import redis
 from celery import Celery, Task, signals
 
 from orchestrator.celery_app import create_celery
-from orchestrator.compiler import COMPENSATE_TASK, COMPENSATED_TASK, MERGE_TASK, SETTLE_TASK, STEP_TASK
+from orchestrator.compiler import (
+    COMPENSATE_TASK,
+    COMPENSATED_TASK,
+    MERGE_TASK,
+    SETTLE_TASK,
+    STEP_TASK,
+)
 from orchestrator.keys import Keys
 from orchestrator.runtime import RunState
 from orchestrator.settings import Settings

@@ -67,10 +67,10 @@ db_option = click.option("--database-url", "database_url", default=None, metavar
                          help="Audit store URL (default: CANVASFLOW_DATABASE_URL, else sqlite:///canvasflow.db).")
 
 
-def _when(ts: float | None) -> str:
+def _when(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(ts).strftime(fmt)
 
 
 def _secs(v: float | None) -> str:
@@ -164,11 +164,13 @@ def runs_cmd(database_url: str | None, statuses: tuple[str, ...], workflow: str 
                              triggered_by=triggered_by, since=_since(since), search=search,
                              limit=limit, cursor=cursor)
     table = Table(box=None, header_style="bold")
-    for col in ("run", "workflow", "status", "created", "duration", "sla", "triggered by", "tags"):
-        table.add_column(col)
+    for col in ("run", "workflow", "status", "created", "duration", "sla"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("by", overflow="ellipsis", min_width=6)
+    table.add_column("tags", overflow="ellipsis", min_width=6)
     for r in page.items:
         sla = "-" if r.sla_met is None else ("met" if r.sla_met else "[red]breached[/]")
-        table.add_row(r.id, f"{r.workflow} {r.version}".strip(), _status(r.status), _when(r.created_at),
+        table.add_row(r.id, f"{r.workflow} {r.version}".strip(), _status(r.status), _when(r.created_at, "%m-%d %H:%M:%S"),
                       _secs(r.duration), sla, r.triggered_by or "-", ", ".join(r.tags))
     console.print(table)
     if not page.items:
@@ -177,7 +179,7 @@ def runs_cmd(database_url: str | None, statuses: tuple[str, ...], workflow: str 
         console.print(f"more: --cursor {page.next_cursor}", highlight=False)
 
 
-def _bar(start: float | None, duration: float | None, t0: float, span: float, width: int = 30) -> str:
+def _bar(start: float | None, duration: float | None, t0: float, span: float, width: int = 20) -> str:
     if start is None or span <= 0:
         return ""
     a = int((start - t0) / span * width)
@@ -210,8 +212,10 @@ def show(database_url: str | None, run_id: str, lines: int) -> None:
     ends = [s.finished_at for s in d.steps if s.finished_at] + [r.finished_at or time.time()]
     span = max(ends) - t0
     table = Table(box=None, header_style="bold")
-    for col in ("step", "status", "attempts", "start", "duration", "timeline", "worker", "error / note"):
-        table.add_column(col, overflow="fold")
+    for col in ("step", "status", "tries", "start", "duration", "timeline"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("worker", overflow="fold", max_width=24)
+    table.add_column("error / note", overflow="fold")
     for s in d.steps:
         note = s.error or s.reason or s.compensation_error or ""
         if s.progress is not None and s.status not in FINAL:

@@ -95,7 +95,8 @@ class Lookups:
 
 def clamp_message(message: Any) -> str:
     text = message if isinstance(message, str) else json.dumps(message) if message is not None else ""
-    if len(text) > MAX_MESSAGE:
+    # Room for the "… [truncated from N characters]" that workers/context.py already appended.
+    if len(text) > MAX_MESSAGE + 64:
         text = text[:MAX_MESSAGE] + f"… [truncated from {len(text)} characters]"
     return text
 

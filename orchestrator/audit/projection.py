@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestrator.audit.events import Event, Lookups, clamp_fraction, clamp_level, clamp_message
 from orchestrator.audit.models import (
+    audit_log,
     events,
     run_tags,
     runs,
@@ -168,6 +169,7 @@ class _Projection:
         self.tags: list[dict[str, Any]] = []
         self.definitions: list[dict[str, Any]] = []
         self.queue_fixups: list[tuple[str, str]] = []
+        self.audit: list[dict[str, Any]] = []
 
     # -- rows ---------------------------------------------------------------------------------
 
@@ -207,8 +209,21 @@ class _Projection:
             self.run_created(run, e)
         elif e.type == "run_status_changed":
             self.run_status(run, e, e.status)
+        elif e.type == "operator_action":
+            self.operator_action(e)
         elif e.step:
             self.step_event(run, e)
+
+    def operator_action(self, e: Event) -> None:
+        """An operator action that travelled through the stream (see docs/audit-store.md)."""
+        data = e.data
+        detail = data.get("detail")
+        self.audit.append({"ts": e.ts, "actor": str(data.get("actor") or "unknown"),
+                           "action": str(data.get("action") or "unknown"),
+                           "target_type": str(data.get("target_type") or "run"),
+                           "target_id": str(data.get("target_id") or e.run), "reason": _str(data.get("reason")),
+                           "outcome": str(data.get("outcome") or "ok"),
+                           "detail": None if detail is None else _json(detail)})
 
     def run_created(self, run: dict[str, Any], e: Event) -> None:
         data, meta = e.data, self.lookups.runs.get(e.run) or {}
@@ -339,6 +354,8 @@ class _Projection:
         att["worker"] = _str(data.get("worker")) or att["worker"]
         att["task_id"] = _str(data.get("task_id")) or att["task_id"]
         att["error"] = _str(data.get("error"))
+        if data.get("input") is not None:
+            att["input"] = _str(data["input"])
         att["stats"] = _json(data.get("stats")) if data.get("stats") is not None else att["stats"]
         tb = data.get("traceback")
         if tb is None and e.type == "step_failed":
@@ -361,6 +378,7 @@ class _Projection:
                                 "status": e.status, "ts": e.ts, "data": e.data_json,
                                 "stream_id": e.stream_id, "recorded_at": now} for e in new])
         _insert(conn, step_logs, self.logs)
+        _insert(conn, audit_log, self.audit)
         insert_ignore(conn, run_tags, self.tags)
         insert_ignore(conn, workflow_definitions, self.definitions)
         for row in self.steps.values():

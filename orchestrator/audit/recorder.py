@@ -130,7 +130,7 @@ class Recorder:
         self._ready = False
         self._held: list[tuple[str, dict[Any, Any]]] = []  # a batch read but not yet committed
         self._last_claim = 0.0
-        self._last_trim = 0.0
+        self._last_trim = time.monotonic()  # the first trim comes one interval after start
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class Recorder:
             kwargs: dict[str, Any] = {"count": self.batch_size - len(out)}
             if wait_ms > 0:
                 kwargs["block"] = wait_ms
-            resp = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, **kwargs)
+            resp: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, **kwargs)
             got = [(_s(i), f) for _, items in resp or [] for i, f in items]
             out.extend(got)
             if not out:
@@ -406,7 +406,7 @@ class Recorder:
         pending = int(info["pending"])
         last = _s(info["last-delivered-id"])
         undelivered = info.get("lag")
-        nxt = self.r.xrange(self.stream, min=f"({last}" if last != "0-0" else "-", count=1)
+        nxt: Any = self.r.xrange(self.stream, min=f"({last}" if last != "0-0" else "-", count=1)
         if undelivered is None:  # Redis < 7 has no lag field: 0 or at least one
             undelivered = len(nxt)
         oldest: str | None = _s(nxt[0][0]) if nxt else None
@@ -440,7 +440,27 @@ def _fields(e: Event) -> dict[str, Any]:
             "ts": f"{e.ts:.6f}", "data": e.data_json}
 
 
-# -- process entry point --------------------------------------------------------------------------
+# -- process entry points -------------------------------------------------------------------------
+
+
+def embed(settings: Any, *, hooks: Iterable[RecorderHook | Callable[[Sequence[Event]], None]] = (),
+          upgrade: bool = True, **options: Any) -> tuple[Recorder, threading.Event, threading.Thread]:
+    """Start a recorder thread in this process (the web process, the demo).
+
+    Returns (recorder, stop_event, thread): set the event and join the thread to stop it; the
+    batch in hand is committed and acknowledged first.
+    """
+    store = AuditStore(settings.database_url)
+    if upgrade:
+        store.upgrade()
+    else:
+        store.check()
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
+    rec = Recorder(store, client, Keys(settings.key_prefix), hooks=hooks, **options)
+    rec.setup()
+    stop = threading.Event()
+    return rec, stop, rec.start_thread(stop)
+
 
 
 def serve(settings: Any = None, *, upgrade: bool = True, lag_interval: float = 10.0,

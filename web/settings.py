@@ -1,0 +1,84 @@
+"""Settings of the web process, read from CANVASFLOW_WEB_* variables (next to orchestrator's Settings)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from orchestrator.errors import ConfigurationError
+
+ROLES = ("viewer", "operator", "admin")
+
+
+def _bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigurationError(f"{name}={raw!r}: expected true or false")
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """What the dashboard process needs beyond orchestrator.Settings; immutable."""
+
+    # Signs session cookies. Empty: a random key shared through Redis by every web process.
+    secret_key: str = ""
+    # Refuse every mutating request (403), whatever the user's role.
+    read_only: bool = False
+    # Role of a visitor who has not logged in: "" (log in first), viewer, operator or admin.
+    anonymous_role: str = ""
+    # When set, the user "admin" exists with this password (created or reset at start).
+    admin_password: str = ""
+    # Run the audit recorder inside the web process (the demo does; a fleet runs its own).
+    recorder: bool = False
+    # Emit sla_warning / sla_breached events (at most once per run, so every process may).
+    sla_monitor: bool = True
+    sla_interval: float = 1.0
+    # Relay the event stream to this process's Socket.IO clients.
+    relay: bool = True
+    # Flask-SocketIO message queue shared by web processes; "" = the Redis URL, "none" = off.
+    message_queue: str = ""
+    # Origins allowed to open Socket.IO connections besides the dashboard's own ("*" = any).
+    cors_origins: str = ""
+    session_hours: int = 12
+    # Step rows per page of the run detail; the page asks for more.
+    steps_page: int = 100
+
+    def __post_init__(self) -> None:
+        if self.anonymous_role not in ("", *ROLES):
+            raise ConfigurationError(f"CANVASFLOW_WEB_ANONYMOUS_ROLE={self.anonymous_role!r}: "
+                                     f"expected one of {', '.join(ROLES)} or empty")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> WebSettings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"CANVASFLOW_WEB_{f.name.upper()}"
+            if name not in env:
+                continue
+            raw = env[name]
+            try:
+                if f.type in ("bool", bool):
+                    values[f.name] = _bool(name, raw)
+                elif f.type in ("int", int):
+                    values[f.name] = int(raw)
+                elif f.type in ("float", float):
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise ConfigurationError(f"{name}={raw!r}: expected a number") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> WebSettings:
+        return replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        return {f"CANVASFLOW_WEB_{f.name.upper()}": str(getattr(self, f.name)).lower()
+                if isinstance(getattr(self, f.name), bool) else str(getattr(self, f.name))
+                for f in fields(self)}
