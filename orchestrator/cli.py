@@ -38,13 +38,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except DefinitionError as exc:
-            err.print(f"[red]{exc}[/]", highlight=False)
+            err.print(str(exc), style="red", markup=False, highlight=False)
             sys.exit(2)
         except CanvasflowError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False)
+            err.print(f"error: {exc}", style="red", markup=False, highlight=False)
             sys.exit(1)
         except redis.ConnectionError as exc:
-            err.print(f"[red]error:[/] {_redis_hint(Settings.from_env(), exc)}", highlight=False)
+            err.print(f"error: {_redis_hint(Settings.from_env(), exc)}", style="red", markup=False, highlight=False)
             sys.exit(1)
 
     return wrapper
@@ -98,7 +98,7 @@ def validate(files: tuple[str, ...], offline: bool) -> None:
             d = load_file(f, catalog=catalog)
         except DefinitionError as exc:
             failed = True
-            err.print(f"[red]{exc}[/]", highlight=False)
+            err.print(str(exc), style="red", markup=False, highlight=False)
         else:
             console.print(f"[green]ok[/] {f}: workflow '{d.id}' ({len(d.steps)} steps, {d.mode})")
     if failed:
@@ -181,6 +181,7 @@ def worker(queues: str, concurrency: int | None, pool: str, loglevel: str, hostn
     """Run a Celery worker for canvasflow steps (same as `celery -A workers.app worker`)."""
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues, "-P", pool,
             "-l", loglevel]
+    concurrency = concurrency or Settings.from_env().worker_concurrency
     if concurrency:
         argv += ["-c", str(concurrency)]
     if hostname:
@@ -198,13 +199,14 @@ def plugins() -> None:
         err.print("no worker has published a catalog: start one with `canvasflow worker`")
         sys.exit(1)
     table = Table(title=f"plugins on {len(fleet)} worker(s)")
-    for col in ("plugin", "method", "parameters", "workers"):
+    for col in ("plugin", "method", "parameters", "workers (queues)"):
         table.add_column(col)
     rows: dict[tuple[str, str], tuple[dict, list[str]]] = {}
     for host, entry in sorted(fleet.items()):
         for plugin, methods in entry.get("plugins", {}).items():
             for method, info in methods.items():
-                rows.setdefault((plugin, method), (info, []))[1].append(host)
+                queues = ",".join(entry.get("queues", []))
+                rows.setdefault((plugin, method), (info, []))[1].append(f"{host} ({queues})")
     for (plugin, method), (info, hosts) in sorted(rows.items()):
         params = ", ".join(p + ("" if p in info["required"] else "?") for p in info["params"])
         if info.get("accepts_any"):

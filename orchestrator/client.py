@@ -219,11 +219,17 @@ class Client:
     def fleet(self) -> dict[str, dict[str, Any]]:
         """Every worker's published catalog entry: {hostname: {plugins, queues, pid, started_at}}."""
         raw = self.redis.hgetall(self.keys.catalog)
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        fleet = {k.decode(): json.loads(v) for k, v in raw.items()}
+        pipe = self.redis.pipeline(transaction=False)
+        for host in fleet:
+            pipe.exists(self.keys.worker_alive(host))
+        for (host, entry), alive in zip(fleet.items(), pipe.execute(), strict=True):
+            entry["online"] = bool(alive)
+        return fleet
 
     def catalog(self) -> dict[str, dict[str, Any]] | None:
         """The union of the fleet's plugin catalogs, or None when no worker has published one."""
-        fleet = self.fleet()
+        fleet = {h: e for h, e in self.fleet().items() if e["online"]}
         if not fleet:
             return None
         merged: dict[str, dict[str, Any]] = {}
@@ -325,10 +331,18 @@ class Client:
         }
         if cloned_from:
             fields["cloned_from"] = cloned_from
-        self.state.create(run_id, fields, defn.step_ids, defn.id)
         ctx = compiler.RunContext(run_id, 1, prio, self.settings.hard_timeout_grace, defn.id,
-                                  defn.version or "", run_inputs if compiler.uses_inputs(defn) else None)
-        compiler.compile_run(defn, ctx, app=self.celery).apply_async()
+                                  defn.version or "", run_inputs if compiler.uses_inputs(defn) else None,
+                                  self.settings.default_queue)
+        canvas = compiler.compile_run(defn, ctx, app=self.celery)  # before any state is written
+        self.state.create(run_id, fields, defn.step_ids, defn.id)
+        try:
+            canvas.apply_async()
+        except Exception as exc:
+            # The run is recorded but nothing was queued: say so instead of leaving it PENDING.
+            self.state.transition(run_id, RunStatus.FAILED, sources=[RunStatus.PENDING],
+                                  fields={"error": f"could not dispatch the run: {exc}"})
+            raise
         return Run(self, run_id)
 
     def get_run(self, run_id: str) -> Run:

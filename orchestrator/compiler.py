@@ -265,6 +265,7 @@ class RunContext:
     workflow: str = ""
     version: str = ""
     inputs: Mapping[str, Any] | None = None
+    queue: str = "default"  # where canvasflow's own tasks (settle, merge, compensated) go
 
     def header(self) -> dict[str, Any]:
         hdr: dict[str, Any] = {"run": self.run_id, "epoch": self.epoch}
@@ -301,7 +302,7 @@ def compile_run(
     priority = PRIORITIES[ctx.priority]
     steps = {s.id: s for s in defn.steps}
 
-    def sig(name: str, args: tuple, queue: str = "default", **opts: Any) -> Signature:
+    def sig(name: str, args: tuple, queue: str = ctx.queue, **opts: Any) -> Signature:
         options = {"queue": queue, "priority": priority, **opts}
         return Signature(name, args=args, options=options, app=app)
 
@@ -345,7 +346,7 @@ def compile_run(
 
     settle = sig(SETTLE_TASK, (ctx.header(),))
     if the_plan.tree is None:
-        return Signature(SETTLE_TASK, args=(seed, ctx.header()), options={"priority": priority, "queue": "default"}, app=app)
+        return Signature(SETTLE_TASK, args=(seed, ctx.header()), options={"priority": priority, "queue": ctx.queue}, app=app)
     body = build(the_plan.tree, True)
     return _series([body, settle]) if not isinstance(body, chain) else _series([*body.tasks, settle])
 
@@ -353,7 +354,7 @@ def compile_run(
 def compile_settle(ctx: RunContext, *, app: Any = None) -> Signature:
     """A lone settle task for a new dispatch (cancel): it waits for running steps, then settles."""
     return Signature(SETTLE_TASK, args=(None, ctx.header()),
-                     options={"queue": "default", "priority": PRIORITIES[ctx.priority]}, app=app)
+                     options={"queue": ctx.queue, "priority": PRIORITIES[ctx.priority]}, app=app)
 
 
 def compile_compensation(
@@ -382,7 +383,7 @@ def compile_compensation(
     final_args: tuple = (ctx.header(), target)
     if not links:
         final_args = (None,) + final_args
-    links.append(Signature(COMPENSATED_TASK, args=final_args, options={"queue": "default", "priority": priority}, app=app))
+    links.append(Signature(COMPENSATED_TASK, args=final_args, options={"queue": ctx.queue, "priority": priority}, app=app))
     return links[0] if len(links) == 1 else chain(*links, app=app)
 
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import compiler
 from orchestrator.definition import Definition, from_stored
 from orchestrator.errors import CanvasflowError, ControlError, UnknownRun
+from orchestrator.runtime import RunState
+from orchestrator.settings import Settings
 from orchestrator.states import SETTLED_STEP_STATUSES, RunStatus, StepStatus, sources_of
 
 if TYPE_CHECKING:
@@ -78,20 +80,7 @@ class Control:
 
     def _dispatch(self, run_id: str, epoch: int, run: Mapping[str, str], defn: Definition,
                   steps: Mapping[str, Mapping[str, str]], reset: Iterable[str] = ()) -> None:
-        """Send the canvas for every step not settled (and not reset), seeded with the outcomes
-        of the settled ones."""
-        reset = set(reset)
-        settled = {}
-        for sid, f in steps.items():
-            if sid in reset or f.get("status") not in SETTLED_STEP_STATUSES:
-                continue
-            out = f.get("output")
-            settled[sid] = (f["status"], json.loads(out) if out else None)
-        inputs = json.loads(run.get("inputs", "{}"))
-        ctx = compiler.RunContext(run_id, epoch, run.get("priority", "normal"),
-                                  self.client.settings.hard_timeout_grace, defn.id, defn.version or "",
-                                  inputs if compiler.uses_inputs(defn) else None)
-        compiler.compile_run(defn, ctx, settled=settled, app=self.client.celery).apply_async()
+        dispatch_remaining(self.client.celery, self.client.settings, run_id, epoch, run, defn, steps, reset)
 
     # -- verbs --------------------------------------------------------------------------------
 
@@ -127,7 +116,7 @@ class Control:
         if task_ids:
             self.client.celery.control.revoke(task_ids, terminate=True, signal="SIGTERM")
         run = self.client.redis.hget(self.client.keys.run(run_id), "priority")
-        ctx = compiler.RunContext(run_id, epoch, (run or b"normal").decode())
+        ctx = compiler.RunContext(run_id, epoch, (run or b"normal").decode(), queue=self.client.settings.default_queue)
         compiler.compile_settle(ctx, app=self.client.celery).apply_async()
         self._audit(run_id, "cancel", actor, reason, "ok", {"terminated": task_ids})
         return ActionResult("cancel", run_id, before, RunStatus.CANCELLING, {"terminated": task_ids})
@@ -181,7 +170,7 @@ class Control:
             raise self._refuse("retry_compensation", run_id, before, actor, reason)
         order = [s for s in reversed(self.state.completed_order(run_id))
                  if steps.get(s, {}).get("status") == StepStatus.COMPLETED and defn.step(s).compensate]
-        ctx = compiler.RunContext(run_id, epoch, run.get("priority", "normal"), self.client.settings.hard_timeout_grace)
+        ctx = run_context(run_id, epoch, run, defn, self.client.settings)
         compiler.compile_compensation(defn, ctx, order, str(target), app=self.client.celery).apply_async()
         self._audit(run_id, "retry_compensation", actor, reason, "ok", {"steps": order})
         return ActionResult("retry_compensation", run_id, before, RunStatus.COMPENSATING, {"steps": order})
@@ -212,6 +201,46 @@ class Control:
                                  cloned_from=run_id)
         self._audit(run_id, "clone", actor, reason, "ok", {"new_run": new.id})
         return new
+
+
+def run_context(run_id: str, epoch: int, run: Mapping[str, str], defn: Definition, settings: Settings) -> compiler.RunContext:
+    inputs = json.loads(run.get("inputs", "{}"))
+    return compiler.RunContext(run_id, epoch, run.get("priority", "normal"), settings.hard_timeout_grace,
+                               defn.id, defn.version or "", inputs if compiler.uses_inputs(defn) else None,
+                               settings.default_queue)
+
+
+def dispatch_remaining(app: Any, settings: Settings, run_id: str, epoch: int, run: Mapping[str, str],
+                       defn: Definition, steps: Mapping[str, Mapping[str, str]], reset: Iterable[str] = ()) -> None:
+    """Send the canvas for every step not settled (and not reset), seeded with the outcomes of
+    the settled ones. Steps still running from an earlier dispatch are adopted when they end."""
+    reset = set(reset)
+    settled = {}
+    for sid, f in steps.items():
+        if sid in reset or f.get("status") not in SETTLED_STEP_STATUSES:
+            continue
+        out = f.get("output")
+        settled[sid] = (f["status"], json.loads(out) if out else None)
+    ctx = run_context(run_id, epoch, run, defn, settings)
+    compiler.compile_run(defn, ctx, settled=settled, app=app).apply_async()
+
+
+def redispatch(state: RunState, app: Any, settings: Settings, run_id: str, reason: str) -> bool:
+    """Re-send what is left of a live run whose canvas was broken (a step's process was killed
+    at its hard time limit, so Celery will not continue the chain or chord past it)."""
+    data = state.read(run_id)
+    if data is None:
+        return False
+    run, steps, _ = data
+    status = run["status"]
+    if status not in (RunStatus.RUNNING, RunStatus.PAUSING, RunStatus.PENDING):
+        return False  # a cancel already sent its own settle; a final run needs nothing
+    verdict, _, epoch = state.restart(run_id, RunStatus(status), sources=[status],
+                                      data={"action": "redispatch", "reason": reason})
+    if verdict != "ok":
+        return False
+    dispatch_remaining(app, settings, run_id, epoch, run, from_stored(json.loads(run["definition"])), steps)
+    return True
 
 
 def descendants(defn: Definition, step_id: str) -> set[str]:

@@ -31,7 +31,7 @@ STEP_DEFAULTS: dict[str, Any] = {
     "retries": 0,
     "retry_delay": 1.0,
     "retry_backoff": "fixed",
-    "retry_delay_max": 300.0,
+    "retry_delay_max": 120.0,  # keep below the broker's visibility timeout (operations.md)
     "critical": True,
     "queue": "default",
 }
@@ -68,7 +68,7 @@ class Step:
     retries: int = 0
     retry_delay: float = 1.0
     retry_backoff: str = "fixed"
-    retry_delay_max: float = 300.0
+    retry_delay_max: float = 120.0
     critical: bool = True
     queue: str = "default"
     compensate: Compensation | None = None
@@ -145,7 +145,7 @@ class StepSchema(_StrictSchema):
     params = fields.Dict(keys=fields.String(), load_default=dict)
     depends_on = fields.List(fields.String(), load_default=list)
     join = fields.String(load_default="all", validate=validate.OneOf(["all", "any"]))
-    when = fields.String(allow_none=True, validate=validate.Length(min=1))
+    when = fields.String(allow_none=True, validate=validate.Regexp(r"\S", error="may not be empty"))
     timeout = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
     retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_RETRIES))
     retry_delay = fields.Float(validate=validate.Range(min=0))
@@ -222,6 +222,7 @@ def _humanise(message: str) -> str:
         "Not a valid mapping type.": "must be a mapping",
         "Invalid input type.": "must be a mapping",
         "Field may not be null.": "may not be null",
+        "Shorter than minimum length 1.": "may not be empty",
     }
     if message in replacements:
         return replacements[message]

@@ -68,6 +68,10 @@ class Keys:
         """List: versions in registration order (the last is the latest)."""
         return f"{self.prefix}:wf:{workflow_id}:versions"
 
+    def worker_alive(self, hostname: str) -> str:
+        """String with TTL, refreshed on each Celery heartbeat: the worker is online."""
+        return f"{self.prefix}:alive:{hostname}"
+
     @property
     def catalog(self) -> str:
         """Hash: worker hostname -> JSON {plugins, queues, started_at, pid}."""

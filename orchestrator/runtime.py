@@ -50,6 +50,11 @@ if redis.call('HGET', run_key, 'epoch') ~= epoch then return {'stale', st} end
 local ss = redis.call('HGET', steps, step .. '|status')
 if ss == 'COMPLETED' or ss == 'FAILED' or ss == 'SKIPPED' or ss == 'CANCELLED'
    or ss == 'COMPENSATING' or ss == 'COMPENSATED' then
+  -- Settled by an earlier dispatch (it was running when the run was re-dispatched): this
+  -- dispatch adopts its outcome and carries on; a duplicate of the same dispatch is dropped.
+  if redis.call('HGET', steps, step .. '|epoch') ~= epoch then
+    return {'adopt', ss, redis.call('HGET', steps, step .. '|output') or 'null'}
+  end
   return {'settled', ss}
 end
 if ss == 'RUNNING' then
@@ -78,7 +83,7 @@ if intent ~= 'run' then
 end
 local attempt = redis.call('HINCRBY', steps, step .. '|attempts', 1)
 redis.call('HSET', steps, step .. '|status', 'RUNNING', step .. '|attempt_started_at', now,
-           step .. '|worker', ARGV[10], step .. '|task_id', ARGV[9])
+           step .. '|worker', ARGV[10], step .. '|task_id', ARGV[9], step .. '|epoch', epoch)
 if attempt == 1 then redis.call('HSET', steps, step .. '|started_at', now) end
 redis.call('SET', lease, owner, 'EX', ARGV[7])
 emit(run_key, stream, maxlen, run_id, 'step_started', step, 'RUNNING', now,
@@ -250,6 +255,26 @@ emit(KEYS[1], KEYS[2], ARGV[3], ARGV[1], 'sla_' .. ARGV[4], '', '', ARGV[2], ARG
 return 1
 """
 
+# KEYS: run, steps, lease, stream, attempts. ARGV: run_id, step, epoch, now, maxlen, error,
+# critical, attempt_record_json. Fails a RUNNING step of this epoch whatever holds its lease
+# (its process is gone: killed at the hard time limit).
+_KILLED = _EMIT + """
+local run_key, steps, lease, stream, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local run_id, step, epoch, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if not redis.call('HGET', run_key, 'status') then return 0 end
+if redis.call('HGET', steps, step .. '|status') ~= 'RUNNING' then return 0 end
+if redis.call('HGET', steps, step .. '|epoch') ~= epoch then return 0 end
+redis.call('DEL', lease)
+redis.call('RPUSH', attempts, ARGV[8])
+redis.call('HSET', steps, step .. '|status', 'FAILED', step .. '|error', ARGV[6], step .. '|finished_at', now)
+redis.call('HINCRBY', run_key, 'settled', 1)
+if ARGV[7] == '1' and not redis.call('HGET', run_key, 'halt') then
+  redis.call('HSET', run_key, 'halt', 'failed', 'failed_step', step, 'error', ARGV[6])
+end
+emit(run_key, stream, maxlen, run_id, 'step_failed', step, 'FAILED', now, ARGV[8])
+return 1
+"""
+
 _REFRESH_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -282,6 +307,7 @@ class RunState:
         self._cancel = client.register_script(_CANCEL)
         self._audit = client.register_script(_AUDIT)
         self._sla_mark = client.register_script(_SLA_MARK)
+        self._killed = client.register_script(_KILLED)
 
     # -- creation -----------------------------------------------------------------------------
 
@@ -309,13 +335,15 @@ class RunState:
     # -- the step runtime's calls -------------------------------------------------------------
 
     def begin_step(self, run_id: str, step: str, epoch: int, *, intent: str, owner: str,
-                   lease_ttl: int, task_id: str, worker: str, reason: str = "") -> tuple[str, str]:
+                   lease_ttl: int, task_id: str, worker: str, reason: str = "") -> tuple[str, ...]:
+        """(verdict, detail...): go/attempt, skipped, cancelled, paused, leased/holder,
+        settled/status, adopt/status/output, stale, gone."""
         res = self._begin(
             keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.lease(run_id, step), self.keys.events],
             args=[run_id, step, str(epoch), intent, owner, now(), lease_ttl, self.maxlen, task_id, worker, reason],
         )
-        verdict = _s(res[0])
-        return verdict, _s(res[1]) if len(res) > 1 else ""
+        out = tuple(_s(x) for x in res)
+        return out if len(out) > 1 else (out[0], "")
 
     def finish_step(self, run_id: str, step: str, epoch: int, *, status: str, owner: str,
                     output: str = "null", error: str = "", traceback: str = "", critical: bool = True,
@@ -327,6 +355,13 @@ class RunState:
                   "1" if critical else "0", dumps(attempt), dumps(batch) if batch else "", self.state_ttl],
         )
         return _s(res)
+
+    def fail_killed_step(self, run_id: str, step: str, epoch: int, *, error: str, critical: bool,
+                         attempt: Mapping[str, Any]) -> bool:
+        k = self.keys
+        return bool(self._killed(
+            keys=[k.run(run_id), k.steps(run_id), k.lease(run_id, step), k.events, k.attempts(run_id)],
+            args=[run_id, step, str(epoch), now(), self.maxlen, error, "1" if critical else "0", dumps(attempt)]))
 
     def refresh_lease(self, run_id: str, step: str, owner: str, ttl: int) -> bool:
         return bool(self._refresh(keys=[self.keys.lease(run_id, step)], args=[owner, ttl]))

@@ -44,7 +44,8 @@ def check(data: Mapping[str, Any], catalog: Mapping[str, Any] | None = None) -> 
             index[sid] = i
     sequential = data.get("mode") == "sequential"
     problems.extend(_check_dependencies(steps, index, sequential))
-    graph = {s["id"]: [d for d in _deps(s) if d in index] for _, s in steps if isinstance(s.get("id"), str)}
+    graph = {s["id"]: [d for d in _deps(s) if d in index and d != s["id"]]
+             for _, s in steps if isinstance(s.get("id"), str)}
     cycle = find_cycle(graph)
     if cycle:
         problems.append(("steps", "cycle: " + " -> ".join(cycle)))
@@ -149,7 +150,7 @@ def _check_expressions(
         if sequential:
             visible |= {other for other, k in index.items() if k < i}
         when = s.get("when")
-        if isinstance(when, str) and when.strip():
+        if isinstance(when, str) and when.strip():  # a blank one is the schema's to report
             try:
                 expr = expressions.parse(when)
             except ExpressionError as exc:
@@ -213,12 +214,12 @@ def _check_paths(
         if ref not in index:
             hint = _closest(str(ref), index)
             yield path, f"unknown step '{ref}'" + (f" (did you mean '{hint}'?)" if hint else "")
+        elif len(chain) > 2 and chain[2] not in STEP_FIELDS:
+            yield path, f"steps.{ref} has no field '{chain[2]}' (fields: output, status)"
         elif ref == sid and not path.split(".", 1)[-1].startswith("compensate"):
             yield path, f"step '{sid}' cannot read its own output"
         elif ref not in visible:
             yield path, f"step '{ref}' is not upstream of '{sid}': add it to depends_on to read its {chain[2] if len(chain) > 2 else 'output'}"
-        elif len(chain) > 2 and chain[2] not in STEP_FIELDS:
-            yield path, f"steps.{ref} has no field '{chain[2]}' (fields: output, status)"
 
 
 def _check_plugins(

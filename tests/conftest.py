@@ -22,7 +22,10 @@ from orchestrator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
-REDIS_URL = os.environ.get("CANVASFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+# Tests start a private redis-server of their own (a real Redis, on a free loopback port) so that
+# concurrent test runs on one machine cannot steal each other's queued steps; set
+# CANVASFLOW_TEST_REDIS_URL to use an existing server instead.
+REDIS_URL = os.environ.get("CANVASFLOW_TEST_REDIS_URL", "")
 POSTGRES_URL = os.environ.get(
     "CANVASFLOW_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_test"
 )
@@ -36,15 +39,29 @@ def need(what: str, reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_url() -> Iterator[str]:
+    server = None
+    url = REDIS_URL
+    if not url:
+        from orchestrator.embedded import EmbeddedRedis
+        from orchestrator.errors import ConfigurationError
+
+        try:
+            server = EmbeddedRedis()
+            server.start()
+        except ConfigurationError as exc:
+            need("Redis", str(exc))
+        url = server.url.rsplit("/", 1)[0] + "/13"
     try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
         client.ping()
         client.flushdb()
         client.close()
     except redis.RedisError as exc:
-        need("Redis", f"{REDIS_URL}: {exc}")
-    return REDIS_URL
+        need("Redis", f"{url}: {exc}")
+    yield url
+    if server is not None:
+        server.stop()
 
 
 @pytest.fixture

@@ -32,3 +32,18 @@ def fail_unless_exists(path: str) -> dict:
     if not Path(path).exists():
         raise StepError(f"not fixed yet: {path} is missing")
     return {"fixed": path}
+
+
+def ignores_soft_timeout(seconds: float) -> dict:
+    """A badly behaved plugin: swallows the soft time limit and keeps going (hangs)."""
+    import time
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            pass
+    return {"finished": True}

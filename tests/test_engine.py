@@ -277,3 +277,32 @@ def test_step_longer_than_the_visibility_timeout_runs_once(isolated: Settings, s
     snap = client.submit(Workflow("long").step("s", "builtin", "sleep", params={"seconds": 7})).wait(60)
     assert snap.status == "COMPLETED"
     assert snap.step("s").attempts == 1
+
+
+def test_plugin_that_hangs_past_the_soft_limit_is_killed_and_the_run_settles(
+        isolated: Settings, start_worker) -> None:
+    start_worker(isolated.with_(hard_timeout_grace=1), "reaper")
+    client = Client(isolated.with_(hard_timeout_grace=1))
+    wf = (Workflow("hang")
+          .step("hangs", "builtin", "call", timeout=1,
+                params={"function": "tests.helpers:ignores_soft_timeout", "args": [30]})
+          .step("side", "builtin", "sleep", params={"seconds": 0.5})
+          .step("after", "builtin", "echo", depends_on=["hangs", "side"]))
+    snap = client.submit(wf).wait(30)
+    assert snap.status == "FAILED"
+    assert snap.statuses == {"hangs": "FAILED", "side": "COMPLETED", "after": "CANCELLED"}
+    assert "killed at the hard limit" in snap.step("hangs").error
+
+
+def test_non_critical_step_killed_at_its_hard_limit_lets_the_rest_run(isolated: Settings, start_worker) -> None:
+    settings = isolated.with_(hard_timeout_grace=1)
+    start_worker(settings, "reaper2")
+    client = Client(settings)
+    wf = (Workflow("hang2")
+          .step("hangs", "builtin", "call", timeout=1, critical=False,
+                params={"function": "tests.helpers:ignores_soft_timeout", "args": [30]})
+          .step("slow", "builtin", "sleep", params={"seconds": 3})
+          .step("after", "builtin", "echo", depends_on=["hangs", "slow"]))
+    snap = client.submit(wf).wait(30)
+    assert snap.status == "COMPLETED"
+    assert snap.statuses == {"hangs": "FAILED", "slow": "COMPLETED", "after": "COMPLETED"}

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task, signals
+from celery.worker.request import Request
 
 from orchestrator.celery_app import create_celery
 from orchestrator.compiler import (
@@ -27,24 +28,37 @@ from orchestrator.keys import Keys
 from orchestrator.runtime import RunState
 from orchestrator.settings import Settings
 from workers import step as steps
+from workers.builtin import Builtin
 from workers.plugins import Registry
 
 log = logging.getLogger(__name__)
+ALIVE_TTL = 30
 
 
 def create_worker_app(settings: Settings | None = None, registry: Registry | None = None) -> Celery:
     """A Celery app with canvasflow's tasks registered and the plugin catalog published."""
     settings = settings or Settings.from_env()
     app = create_celery(settings)
-    registry = registry or Registry.discover()
+    registry = registry or Registry.discover(extra={"builtin": Builtin})
     keys = Keys(settings.key_prefix)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
     state = RunState(client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen)
-    rt = steps.Runtime(state, registry, settings.lease_ttl, settings.hard_timeout_grace)
+    rt = steps.Runtime(state, registry, settings)
+
+    class StepRequest(Request):
+        """Celery's request, plus canvasflow's recovery when a step is killed at its hard limit."""
+
+        def on_timeout(self, soft: bool, timeout: float) -> None:
+            super().on_timeout(soft, timeout)
+            if not soft:
+                try:
+                    steps.on_hard_timeout(rt, app, self.args, timeout)
+                except Exception:
+                    log.exception("canvasflow: could not recover from a hard time limit")
     app.canvasflow_runtime = rt  # type: ignore[attr-defined]
     app.canvasflow_settings = settings  # type: ignore[attr-defined]
 
-    @app.task(name=STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(name=STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, Request=StepRequest)
     def step(self: Task, incoming: Any, spec: dict, hdr: dict) -> Any:
         return steps.run_step(self, rt, incoming, spec, hdr)
 
@@ -75,6 +89,11 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             pass
         entry = {"plugins": registry.catalog(), "queues": queues, "pid": os.getpid(), "started_at": time.time()}
         client.hset(keys.catalog, hostname, json.dumps(entry))
+        client.set(keys.worker_alive(hostname), "1", ex=ALIVE_TTL)
+        pool_module = type(getattr(sender, "pool", None)).__module__
+        if not pool_module.endswith("prefork"):
+            log.warning("canvasflow: the %s pool does not enforce step timeouts; steps with a timeout "
+                        "need the prefork pool (-P prefork)", pool_module.rsplit(".", 1)[-1])
         log.info("canvasflow: published %d plugins for %s", len(entry["plugins"]), hostname)
 
     def withdraw_catalog(sender: Any = None, **_: Any) -> None:
@@ -87,7 +106,23 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             except redis.RedisError:
                 pass
 
+    last_beat = [0.0]
+
+    def heartbeat(sender: Any = None, **_: Any) -> None:
+        # Celery sends a heartbeat every 2 s; refreshing every 10 s is plenty for a 30 s TTL.
+        now = time.monotonic()
+        if now - last_beat[0] < ALIVE_TTL / 3:
+            return
+        last_beat[0] = now
+        hostname = getattr(getattr(sender, "eventer", None), "hostname", None)
+        if hostname:
+            try:
+                client.set(keys.worker_alive(hostname), "1", ex=ALIVE_TTL)
+            except redis.RedisError:
+                log.warning("canvasflow: could not refresh the liveness of %s", hostname)
+
     signals.worker_ready.connect(publish_catalog, weak=False)
+    signals.heartbeat_sent.connect(heartbeat, weak=False)
     signals.worker_shutdown.connect(withdraw_catalog, weak=False)
     return app
 

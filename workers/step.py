@@ -21,6 +21,8 @@ from celery import Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 
 from orchestrator import compiler, expressions
+from orchestrator.control import redispatch, run_context
+from orchestrator.settings import Settings
 from orchestrator.definition import Definition, from_stored
 from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.runtime import RunState, dumps
@@ -35,12 +37,13 @@ HOST = socket.gethostname()
 class Runtime:
     """What the tasks of one worker process share: state access, plugins, heartbeat."""
 
-    def __init__(self, state: RunState, registry: Registry, lease_ttl: int, hard_timeout_grace: int) -> None:
+    def __init__(self, state: RunState, registry: Registry, settings: Settings) -> None:
         self.state = state
         self.registry = registry
-        self.lease_ttl = lease_ttl
-        self.hard_timeout_grace = hard_timeout_grace
-        self.heartbeat = Heartbeat(state, lease_ttl)
+        self.settings = settings
+        self.lease_ttl = settings.lease_ttl
+        self.hard_timeout_grace = settings.hard_timeout_grace
+        self.heartbeat = Heartbeat(state, self.lease_ttl)
         self._method_info = {name: methods for name, methods in registry.catalog().items()}
 
 
@@ -125,7 +128,7 @@ def describe_failure(exc: BaseException, spec: Mapping[str, Any]) -> tuple[str, 
 
 
 def retry_countdown(spec: Mapping[str, Any], attempt: int) -> float:
-    delay, backoff, cap = spec.get("delay", [1.0, "fixed", 300.0])
+    delay, backoff, cap = spec.get("delay", [1.0, "fixed", 120.0])
     if backoff == "exponential":
         return float(min(delay * 2 ** (attempt - 1), cap))
     return float(min(delay, cap))
@@ -149,7 +152,7 @@ def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: 
         except EvaluationError as exc:
             when_error = f"when: {exc}"
 
-    verdict, info = rt.state.begin_step(
+    verdict, info, *rest = rt.state.begin_step(
         run_id, sid, epoch, intent="skip" if skip else "run", owner=owner, lease_ttl=rt.lease_ttl,
         task_id=task_id, worker=request.hostname or HOST, reason=skip,
     )
@@ -161,6 +164,9 @@ def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: 
         return known
     if verdict == "paused":
         known[sid] = [StepStatus.PENDING, None]
+        return known
+    if verdict == "adopt":
+        known[sid] = [info, json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None]
         return known
     if verdict == "leased":
         # Delivered again while the first copy still runs (visibility timeout): look again
@@ -217,6 +223,29 @@ def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: 
     return known
 
 
+def on_hard_timeout(rt: Runtime, app: Any, args: Any, limit: float) -> None:
+    """In the worker's main process, after Celery killed a step's pool process at its hard time
+    limit: record the failure, and re-send what is left (Celery will not continue the canvas)."""
+    try:
+        _, spec, hdr = args
+        run_id, sid, epoch = hdr["run"], spec["id"], hdr["epoch"]
+    except (TypeError, ValueError, KeyError):
+        return  # not a step task's arguments
+    error = (f"timeout: step '{sid}' did not stop at its timeout of {spec.get('timeout')}s and was "
+             f"killed at the hard limit ({limit:g}s)")
+    fields = rt.state.r.hmget(rt.state.keys.steps(run_id), f"{sid}|attempts", f"{sid}|attempt_started_at",
+                              f"{sid}|worker", f"{sid}|task_id")
+    attempts, started, worker, task_id = (v.decode() if v else "" for v in fields)
+    finished = time.time()
+    record = {"step": sid, "attempt": int(attempts or 1), "status": "FAILED",
+              "started_at": float(started) if started else None, "finished_at": finished,
+              "duration": round(finished - float(started), 6) if started else None,
+              "worker": worker or None, "task_id": task_id or None, "error": error, "killed": True}
+    if rt.state.fail_killed_step(run_id, sid, int(epoch), error=error, critical=spec.get("critical", True),
+                                 attempt=record):
+        redispatch(rt.state, app, rt.settings, run_id, reason=f"step '{sid}' killed at its hard time limit")
+
+
 def load_run_definition(run: Mapping[str, str]) -> Definition:
     return from_stored(json.loads(run["definition"]))
 
@@ -254,7 +283,7 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
         if order:
             done, _ = rt.state.transition(run_id, RunStatus.COMPENSATING, fields={"compensate_target": str(target)})
             if done:
-                ctx = compiler.RunContext(run_id, int(epoch), defn.priority, rt.hard_timeout_grace)
+                ctx = run_context(run_id, int(epoch), run, defn, rt.settings)
                 compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
             return RunStatus.COMPENSATING
         rt.state.transition(run_id, target)

@@ -50,12 +50,19 @@ def _store(database_url: str | None, *, check: bool = True) -> Any:
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import redis
+
         from orchestrator.errors import CanvasflowError
 
         try:
             return fn(*args, **kwargs)
         except CanvasflowError as exc:
             err.print(f"[red]error:[/] {exc}", highlight=False)
+            sys.exit(1)
+        except redis.ConnectionError as exc:
+            url = _settings(kwargs.get("database_url")).redis_url
+            err.print(f"[red]error:[/] cannot reach Redis at {url} ({exc}); start Redis or set "
+                      "CANVASFLOW_REDIS_URL", highlight=False)
             sys.exit(1)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
@@ -134,6 +141,7 @@ def recorder(database_url: str | None, group: str, consumer: str | None, batch_s
     from orchestrator.audit.recorder import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     code = serve(_settings(database_url), upgrade=upgrade, lag_interval=lag_interval,
                  echo=lambda line: console.print(line, highlight=False),
                  group=group, consumer=consumer, batch_size=batch_size, batch_latency=batch_latency,

@@ -40,6 +40,7 @@ ERROR_RUN = frozenset({"FAILED", "COMPENSATION_FAILED", "CANCELLED"})
 ATTEMPT_EVENTS = frozenset({"step_retrying", "step_completed", "step_failed"})
 FINISHING = frozenset({"step_completed", "step_failed", "step_skipped", "step_cancelled"})
 CHUNK = 300  # rows per IN (...) list: well below every driver's parameter limit
+COPY_FROM = 20  # PostgreSQL: insert this many rows or more with COPY
 
 
 def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now: float) -> list[Event]:
@@ -103,17 +104,23 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) ->
         conn.execute(dialect.insert(table).on_conflict_do_nothing(), [fit(table, r) for r in chunk])
 
 
+_LIMITS: dict[str, dict[str, int]] = {}
+
+
 def fit(table: Table, row: dict[str, Any]) -> dict[str, Any]:
     """Cut strings to their column's length and drop NUL characters (PostgreSQL rejects both)."""
-    out = {}
+    limits = _LIMITS.get(table.name)
+    if limits is None:
+        limits = _LIMITS[table.name] = {c.name: c.type.length or 0 for c in table.c
+                                        if isinstance(c.type, String)}
+    out = dict(row)
     for k, v in row.items():
-        if isinstance(v, str):
+        if v.__class__ is str:
             if "\x00" in v:
-                v = v.replace("\x00", "\ufffd")
-            col = table.c[k]
-            if isinstance(col.type, String) and col.type.length and len(v) > col.type.length:
-                v = v[:col.type.length]
-        out[k] = v
+                v = out[k] = v.replace("\x00", "\ufffd")
+            n = limits.get(k, 0)
+            if n and len(v) > n:
+                out[k] = v[:n]
     return out
 
 
@@ -411,6 +418,18 @@ class _Projection:
 
 
 def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql" and len(rows) >= COPY_FROM:
+        # COPY inside the same transaction: several times faster than psycopg's executemany,
+        # which sends one INSERT per row.
+        cols = list(rows[0])
+        raw = conn.connection.dbapi_connection
+        with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
+            for r in rows:
+                f = fit(table, r)
+                copy.write_row([f[c] for c in cols])
+        return
     for chunk in chunks(rows, 1000):
         conn.execute(table.insert(), [fit(table, r) for r in chunk])
 

@@ -278,7 +278,9 @@ def list_runs(store: AuditStore, *, status: str | Iterable[str] | None = None, w
     if workflow:
         q = q.where(runs.c.workflow_id == workflow)
     for tag in tags:
-        q = q.where(runs.c.id.in_(select(run_tags.c.run_id).where(run_tags.c.tag == tag)))
+        # EXISTS: walking runs newest first, each candidate is one primary-key probe.
+        q = q.where(select(run_tags.c.run_id).where(run_tags.c.run_id == runs.c.id,
+                                                    run_tags.c.tag == tag).exists())
     if triggered_by:
         q = q.where(runs.c.triggered_by == triggered_by)
     if since is not None:
@@ -286,10 +288,7 @@ def list_runs(store: AuditStore, *, status: str | Iterable[str] | None = None, w
     if until is not None:
         q = q.where(runs.c.created_at < until)
     if search:
-        s = search.strip().lower()
-        q = q.where(or_(runs.c.id.startswith(s, autoescape=True),
-                        func.lower(runs.c.workflow_id).contains(s, autoescape=True),
-                        func.lower(runs.c.name).contains(s, autoescape=True)))
+        q = q.where(_search(search))
     if cursor:
         ts, rid = decode_cursor(cursor)
         q = q.where(tuple_(runs.c.created_at, runs.c.id) < tuple_(ts, rid))
@@ -299,6 +298,32 @@ def list_runs(store: AuditStore, *, status: str | Iterable[str] | None = None, w
     items = tuple(_summary(r) for r in rows[:limit])
     nxt = encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
     return Page(items, nxt)
+
+
+def _hex_after(prefix: str) -> str | None:
+    """The smallest hex string above every string that starts with ``prefix``."""
+    digits = "0123456789abcdef"
+    p = prefix.rstrip("f")
+    if not p:
+        return None
+    return p[:-1] + digits[digits.index(p[-1]) + 1]
+
+
+def _search(text: str) -> Any:
+    """A run id (exact, or a hex prefix) or text in a workflow id or name.
+
+    Every branch is served by an index (the primary key range, and workflow ids looked up in
+    the small definitions table), so a search that matches little does not scan every run.
+    """
+    s = text.strip().lower()
+    wd = workflow_definitions
+    names = select(wd.c.workflow_id).where(or_(func.lower(wd.c.workflow_id).contains(s, autoescape=True),
+                                               func.lower(wd.c.name).contains(s, autoescape=True)))
+    conds = [runs.c.id == text.strip(), runs.c.workflow_id == text.strip(), runs.c.workflow_id.in_(names)]
+    if re.fullmatch(r"[0-9a-f]{1,64}", s):
+        upper = _hex_after(s)
+        conds.append((runs.c.id >= s) & (runs.c.id < upper) if upper else runs.c.id >= s)
+    return or_(*conds)
 
 
 def get_run(store: AuditStore, run_id: str) -> RunSummary:

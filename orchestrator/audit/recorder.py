@@ -483,8 +483,13 @@ def serve(settings: Any = None, *, upgrade: bool = True, lag_interval: float = 1
     echo(f"recorder {rec.consumer}: {settings.redis_url} stream {rec.stream} group {rec.group} "
          f"-> {store.display_url}")
     thread = rec.start_thread(stop)
+    code = 0
     try:
         while not stop.wait(lag_interval):
+            if not thread.is_alive():  # only a store that is not ready ends the loop
+                echo("recorder stopped: the audit store is not ready (see the error above)")
+                code = 1
+                break
             try:
                 lag = rec.lag()
                 rec.forget_idle_consumers()
@@ -501,7 +506,7 @@ def serve(settings: Any = None, *, upgrade: bool = True, lag_interval: float = 1
         client.close()
         store.dispose()
     echo(f"recorder {rec.consumer} stopped after {rec.stats.events} events")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

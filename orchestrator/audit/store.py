@@ -83,6 +83,7 @@ class AuditStore:
             raise StoreError(f"cannot open the audit store at {self.display_url}: {e}") from None
         if self.dialect == "sqlite":
             _sqlite_pragmas(self.engine, busy_timeout)
+
         # Writers take the database lock up front on SQLite (BEGIN IMMEDIATE), so two recorders
         # never fail half-way through a batch on a lock upgrade.
         self.writer = self.engine.execution_options(cf_immediate=True)
