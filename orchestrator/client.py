@@ -223,7 +223,7 @@ class Client:
         pipe = self.redis.pipeline(transaction=False)
         for host in fleet:
             pipe.exists(self.keys.worker_alive(host))
-        for (host, entry), alive in zip(fleet.items(), pipe.execute(), strict=True):
+        for entry, alive in zip(fleet.values(), pipe.execute(), strict=True):
             entry["online"] = bool(alive)
         return fleet
 

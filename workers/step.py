@@ -22,10 +22,10 @@ from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 
 from orchestrator import compiler, expressions
 from orchestrator.control import redispatch, run_context
-from orchestrator.settings import Settings
 from orchestrator.definition import Definition, from_stored
 from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.runtime import RunState, dumps
+from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
 from workers.context import Heartbeat, StepContext
 from workers.plugins import Registry
