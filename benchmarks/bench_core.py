@@ -3,7 +3,10 @@
     python benchmarks/bench_core.py [--quick] [--rounds N] [--redis-url URL] [--json PATH]
 
 Shapes (issue 2): a chain of 100 no-op steps, a 1000-wide fan-out/fan-in, 200 concurrent
-diamond workflows a -> {b, c, d} -> e. Each is timed built by hand with raw Celery canvas
+diamond workflows a -> {b, c, d} -> e. The fan-out is timed twice: as issue 2 words it (raw
+``chord(group(1000), noop)`` against canvasflow's ``start -> 1000 -> join``) and with raw Celery
+given the same shape (``chain(noop, chord(group(1000), noop))``), because the extra start step
+moves the sending of the 1000 header messages from the client into a worker process. Each is timed built by hand with raw Celery canvas
 (``bench.noop`` from ``benchmarks/raw_tasks.py``) and through canvasflow
 (``Client.submit`` of a definition of builtin ``echo`` steps, then ``Run.wait``), on ONE
 prefork worker subprocess (concurrency 2) that has both registered, so both sides share one
@@ -58,8 +61,8 @@ from raw_tasks import NOOP  # noqa: E402
 
 TARGET = 1.25
 QUEUE = "default"
-FULL = {"chain": 100, "fanout": 1000, "diamonds": 200}
-QUICK = {"chain": 30, "fanout": 200, "diamonds": 50}
+FULL = {"chain": 100, "fanout": 1000, "fanout_start": 1000, "diamonds": 200}
+QUICK = {"chain": 30, "fanout": 200, "fanout_start": 200, "diamonds": 50}
 WAIT_TIMEOUT = 600.0
 
 
@@ -124,6 +127,9 @@ class Worker:
             time.sleep(0.1)
         raise RuntimeError(f"worker did not become ready; log {self.log_path}:\n{self.log_tail()}")
 
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *self.children()]
+
     def children(self) -> list[int]:
         try:
             out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
@@ -159,6 +165,7 @@ class Series:
     steps: int = 0
     seconds: list[float] = field(default_factory=list)
     commands: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # CPU seconds: worker + client + redis
     by_command: list[dict[str, int]] = field(default_factory=list)
 
     @property
@@ -166,14 +173,29 @@ class Series:
         return statistics.median(self.seconds)
 
     @property
+    def median_cpu(self) -> float:
+        return statistics.median(self.cpu) if self.cpu else 0.0
+
+    @property
     def median_commands(self) -> float:
         return statistics.median(self.commands) if self.commands else 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Bench:
-    def __init__(self, settings: Settings, admin: redis.Redis) -> None:
+    def __init__(self, settings: Settings, admin: redis.Redis, worker: Worker, redis_pid: int | None) -> None:
         self.settings = settings
         self.admin = admin
+        self.worker = worker
+        self.redis_pid = redis_pid
         # Raw side: a plain Celery app on the same config, with Celery's ordinary Redis result
         # backend (it subscribes to the result of every task it sends, so .get() can wake).
         self.raw = create_celery(settings, name="bench-raw")
@@ -182,7 +204,7 @@ class Bench:
 
     # -- hygiene --------------------------------------------------------------------------------
 
-    def wait_idle(self, timeout: float = 30.0) -> None:
+    def wait_idle(self, timeout: float = 30.0, *, purge: bool = True) -> None:
         """Until no message is queued or unacknowledged (the worker is idle), then purge."""
         deadline = time.monotonic() + timeout
         while True:
@@ -197,6 +219,8 @@ class Bench:
                       f"{timeout:g}s; purging", file=sys.stderr)
                 break
             time.sleep(0.01)
+        if not purge:
+            return
         purged = self.raw.control.purge()
         if purged:
             print(f"  warning: purged {purged} stray message(s)", file=sys.stderr)
@@ -206,18 +230,27 @@ class Bench:
         stats = self.admin.info("commandstats")
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
 
+    def cpu(self) -> float:
+        """CPU seconds used so far by the worker (main process and pool), this client and the
+        private redis-server: unlike wall time, barely moved by other load on the machine."""
+        pids = self.worker.pids() + ([self.redis_pid] if self.redis_pid else [])
+        return sum(cpu_seconds(p) for p in pids) + time.process_time()
+
     def measure(self, fn: Callable[[int], None], size: int, series: Series | None) -> float:
         self.wait_idle()
         before = self.commandstats()
+        cpu0 = self.cpu()
         t0 = time.perf_counter()
         fn(size)
         elapsed = time.perf_counter() - t0
-        self.wait_idle()  # the work a run leaves behind (acks, results) belongs to it
+        self.wait_idle(purge=False)  # the work a run leaves behind (acks, results) belongs to it
+        cpu1 = self.cpu()
         after = self.commandstats()
         if series is not None:
             diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
             diff = {k: v for k, v in diff.items() if v > 0}
             series.seconds.append(elapsed)
+            series.cpu.append(cpu1 - cpu0)
             series.by_command.append(diff)
             series.commands.append(sum(diff.values()))
         return elapsed
@@ -242,6 +275,15 @@ class Bench:
         res = chord(header, self.noop(), app=self.raw).apply_async()
         got = self.get(res.id)
         assert isinstance(got, list) and len(got) == n, "raw chord body did not see every header result"
+
+    def raw_fanout_start(self, n: int) -> None:
+        # The same shape as canvasflow's fan-out (start -> n -> join): a worker, not the
+        # client, then sends the n header messages, as it does for canvasflow.
+        header = group([self.noop() for _ in range(n)], app=self.raw)
+        res = chain(self.noop(7, immutable=True), chord(header, self.noop(), app=self.raw),
+                    app=self.raw).apply_async()
+        got = self.get(res.id)
+        assert got == [7] * n, "raw chord body did not see every header result"
 
     def raw_diamonds(self, n: int) -> None:
         ids = []
@@ -268,6 +310,8 @@ class Bench:
     def cf_fanout(self, n: int) -> None:
         self.run_wait(self.client.submit(fanout_definition(n)), n + 2)
 
+    cf_fanout_start = cf_fanout
+
     def cf_diamonds(self, n: int) -> None:
         definition = diamond_definition()
         runs = [self.client.submit(definition) for _ in range(n)]
@@ -279,9 +323,11 @@ SHAPES = {
     # name: (raw steps, canvasflow steps) for a size n
     "chain": (lambda n: n, lambda n: n),
     "fanout": (lambda n: n + 1, lambda n: n + 2),
+    "fanout_start": (lambda n: n + 2, lambda n: n + 2),
     "diamonds": (lambda n: 5 * n, lambda n: 5 * n),
 }
-LABELS = {"chain": "chain {n}", "fanout": "fan-out {n}", "diamonds": "{n} diamonds"}
+LABELS = {"chain": "chain {n}", "fanout": "fan-out {n}", "fanout_start": "fan-out {n}, same shape",
+          "diamonds": "{n} diamonds"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,14 +365,17 @@ def report(results: dict[str, dict[str, Series]], sizes: dict[str, int], env: di
             f"{raw.median:.3f}", f"{cf.median:.3f}",
             f"{raw.steps / raw.median:,.0f}", f"{cf.steps / cf.median:,.0f}",
             f"{ratio:.2f}", "ok" if ratio <= TARGET else "OVER",
+            f"{raw.median_cpu / raw.steps * 1000:.2f}", f"{cf.median_cpu / cf.steps * 1000:.2f}",
+            f"{cf.median_cpu / raw.median_cpu:.2f}" if raw.median_cpu else "-",
             f"{raw.median_commands / raw.steps:.1f}", f"{cf.median_commands / cf.steps:.1f}",
         ])
     head = ["shape", "raw s", "cf s", "raw steps/s", "cf steps/s", "ratio cf/raw",
-            f"≤{TARGET}", "raw cmds/step", "cf cmds/step"]
+            f"≤{TARGET}", "raw CPU ms/step", "cf CPU ms/step", "CPU ratio", "raw cmds/step", "cf cmds/step"]
     print()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    print(f"median of {rounds} round(s); ratio = canvasflow time / raw time; cmds/step = Redis "
-          "commands per step, those run inside Lua scripts included")
+    print(f"median of {rounds} round(s); ratio = canvasflow time / raw time (the target); CPU = "
+          "worker + client + private redis-server CPU time; cmds/step = Redis commands per step, "
+          "those run inside Lua scripts included")
     try:
         from rich.console import Console
         from rich.table import Table
@@ -334,7 +383,7 @@ def report(results: dict[str, dict[str, Series]], sizes: dict[str, int], env: di
         table = Table(*head)
         for row in rows:
             table.add_row(*row)
-        Console(width=max(120, Console().width)).print(table)
+        Console(width=max(160, Console().width)).print(table)
     except ImportError:
         widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
         for r in [head, *rows]:
@@ -376,9 +425,10 @@ def top_commands(results: dict[str, dict[str, Series]], limit: int = 12) -> None
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 round at small sizes (a smoke run)")
-    ap.add_argument("--rounds", type=int, help="measured rounds per shape and side (default 3)")
+    ap.add_argument("--rounds", type=int, help="measured rounds per shape and side (default 5)")
     ap.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
-    ap.add_argument("--shapes", default="chain,fanout,diamonds", help="comma-separated subset")
+    ap.add_argument("--shapes", default="chain,fanout,fanout_start,diamonds",
+                    help="comma-separated subset of chain, fanout, fanout_start, diamonds")
     ap.add_argument("--chain", type=int, help="chain length (default 100)")
     ap.add_argument("--fanout", type=int, help="fan-out width (default 1000)")
     ap.add_argument("--diamonds", type=int, help="number of diamonds (default 200)")
@@ -389,10 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sizes = dict(QUICK if args.quick else FULL)
-    for shape in FULL:
+    for shape in ("chain", "fanout", "diamonds"):
         if getattr(args, shape):
             sizes[shape] = getattr(args, shape)
-    rounds = args.rounds or (1 if args.quick else 3)
+    sizes["fanout_start"] = sizes["fanout"]
+    rounds = args.rounds or (1 if args.quick else 5)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = set(shapes) - set(FULL)
     if unknown:
@@ -413,9 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         worker = Worker(settings, args.concurrency, args.worker_loglevel)
         worker.wait_ready(admin)
         print(f"worker pid {worker.proc.pid}, pool children {worker.children()}, log {worker.log_path}")
-        bench = Bench(settings, admin)
-        sides = {"raw": {"chain": bench.raw_chain, "fanout": bench.raw_fanout, "diamonds": bench.raw_diamonds},
-                 "cf": {"chain": bench.cf_chain, "fanout": bench.cf_fanout, "diamonds": bench.cf_diamonds}}
+        bench = Bench(settings, admin, worker, embedded.pid if embedded else None)
+        sides = {side: {shape: getattr(bench, f"{side}_{shape}") for shape in FULL} for side in ("raw", "cf")}
 
         print("warming up (not counted)…")
         for shape in shapes:
@@ -439,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({
                 "env": env, "sizes": sizes, "rounds": rounds, "target": TARGET,
                 "results": {shape: {side: {"steps": s.steps, "seconds": s.seconds, "median": s.median,
-                                           "redis_commands": s.commands} for side, s in sides_.items()}
+                                           "redis_commands": s.commands, "cpu_seconds": s.cpu}
+                                    for side, s in sides_.items()}
                             for shape, sides_ in results.items()},
             }, indent=2))
         if over:

@@ -16,6 +16,12 @@ Two phases per backend, each on a fresh key prefix and a fresh database schema:
 
 Redis defaults to redis://127.0.0.1:6379/14 and PostgreSQL to the test server (database
 ``canvasflow_bench``, created if missing); a schema is created per phase and dropped after.
+
+``--core`` instead runs ``benchmarks/bench_core.py`` (raw Celery vs canvasflow) on a private
+redis-server while a ``canvasflow recorder`` process records everything it does into a
+``--core-store`` (sqlite or postgresql), to see what the recorder costs the engine:
+
+    python benchmarks/bench_recorder.py --core [--core-store postgresql] [--core-args "--rounds 3"]
 """
 
 from __future__ import annotations
@@ -183,6 +189,42 @@ def live(backend: str, args: argparse.Namespace, client: redis.Redis, tmp: Path)
         cleanup(client, keys)
 
 
+def core(args: argparse.Namespace, tmp: Path) -> int:
+    """bench_core.py with a recorder process running against the same Redis."""
+    import shlex
+    import subprocess
+
+    from orchestrator.embedded import EmbeddedRedis
+
+    srv = EmbeddedRedis(workdir=str(tmp)).start()
+    drop = lambda: None  # noqa: E731
+    try:
+        if args.core_store == "sqlite":
+            db = f"sqlite:///{tmp / 'core.db'}"
+        else:
+            store, drop = make_store("postgresql", args.postgres_url, tmp)
+            db = store.url.render_as_string(hide_password=False)
+        env = {**os.environ, "CANVASFLOW_REDIS_URL": srv.url, "CANVASFLOW_KEY_PREFIX": "cfbench",
+               "CANVASFLOW_DATABASE_URL": db, "PYTHONPATH": str(HERE.parent)}
+        log = open(tmp / "recorder.log", "wb")  # noqa: SIM115
+        rec = subprocess.Popen([sys.executable, "-m", "orchestrator.audit.cli", "recorder", "--lag-interval", "5"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            print(f"recorder pid {rec.pid} -> {args.core_store}; running bench_core.py on {srv.url}", flush=True)
+            code = subprocess.call([sys.executable, str(HERE / "bench_core.py"), "--redis-url", srv.url,
+                                    *shlex.split(args.core_args)])
+        finally:
+            rec.terminate()
+            rec.wait(60)
+            log.close()
+        lines = (tmp / "recorder.log").read_text().strip().splitlines()
+        print("recorder: " + "\n          ".join(line for line in lines if line.startswith(("lag", "recorder")))[-2000:])
+        return code
+    finally:
+        drop()
+        srv.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=2000)
@@ -194,13 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postgres-url", default=DEFAULT_PG)
     ap.add_argument("--live-seconds", type=float, default=10.0)
     ap.add_argument("--live-rate", type=float, default=2000.0, help="events/s the live producer aims at")
+    ap.add_argument("--core", action="store_true", help="run bench_core.py with a recorder running")
+    ap.add_argument("--core-store", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--core-args", default="", help="arguments for bench_core.py")
     args = ap.parse_args(argv)
+    if args.core:
+        return core(args, Path(tempfile.mkdtemp(prefix="cf-bench-core-")))
     client = redis.Redis.from_url(args.redis_url)
     client.ping()
     tmp = Path(tempfile.mkdtemp(prefix="cf-bench-"))
     per_run = 3 + args.steps * (3 + args.logs)
     print(f"runs of {args.steps} steps x {args.logs} log lines = {per_run} events/run; "
-          f"batch size {args.batch_size}; Redis {args.redis_url}")
+          f"batch size {args.batch_size}; Redis {args.redis_url}; {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
     rows = []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         b = backlog(backend, args, client, tmp)
@@ -216,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {backend} | {b['events']} | {b['eps']:,.0f} | {b['p50'] * 1000:.1f} ms | {b['p99'] * 1000:.1f} ms "
               f"| {lv['rate']:,.0f} | {lv['batch_p50'] * 1000:.1f} ms | {lv['batch_p99'] * 1000:.1f} ms "
               f"| {lv['p50'] * 1000:.0f} ms | {lv['p99'] * 1000:.0f} ms |")
-    print(f"\n(producer through the Lua scripts: {statistics.mean(b['produce_eps'] for _, b, _ in rows):,.0f} "
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+    print(f"(producer through the Lua scripts: {statistics.mean(b['produce_eps'] for _, b, _ in rows):,.0f} "
           "events/s while nothing else ran)")
     return 0
 

@@ -48,8 +48,13 @@ def celery_config(settings: Settings) -> dict:
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),
             "sep": ":",
+            # Queues and bindings live under the key prefix, so two deployments (or test
+            # fleets) with different prefixes on one Redis database never take each other's
+            # messages.
+            "global_keyprefix": f"{settings.key_prefix}:celery:",
         },
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0},
+                                             "global_keyprefix": f"{settings.key_prefix}:celery:"},
         "result_expires": settings.result_expires,
         "broker_connection_retry_on_startup": True,
         "worker_send_task_events": True,

@@ -190,6 +190,15 @@ def worker(queues: str, concurrency: int | None, pool: str, loglevel: str, hostn
     os.execv(sys.executable, argv)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
+@click.pass_context
+def web(ctx: click.Context) -> None:
+    """Serve the dashboard: canvasflow web [--host H] [--port P] [--read-only] [--recorder];
+    also `web users add NAME --role R` and `web token NAME` (see `canvasflow web --help`)."""
+    os.execv(sys.executable, [sys.executable, "-m", "web", *ctx.args])
+
+
 @main.command()
 @handle_errors
 def plugins() -> None:
@@ -338,6 +347,34 @@ def write_sample_csv(path: Path, rows: int = 200) -> None:
             w.writerow([i if i % 29 else i - 1, rnd.choice("abc"), f"{rnd.uniform(0, 10):.3f}", v2])
 
 
+def start_dashboard(fleet: Any) -> tuple[str, str]:
+    """Start the web process (with the recorder inside) for the demo; returns (url, password)."""
+    import secrets
+    import socket
+    import urllib.request
+
+    password = os.environ.get("CANVASFLOW_WEB_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+    os.environ["CANVASFLOW_WEB_ADMIN_PASSWORD"] = password  # Fleet copies os.environ to children
+    port = int(os.environ.get("CANVASFLOW_WEB_PORT", "8080"))
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:  # taken: any free port will do
+            with socket.socket() as free:
+                free.bind(("127.0.0.1", 0))
+                port = free.getsockname()[1]
+    fleet.spawn("web", [sys.executable, "-m", "web", "--host", "127.0.0.1", "--port", str(port), "--recorder"])
+    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url + "api/v1/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return url, password
+        except OSError:
+            pass
+        if time.monotonic() > deadline or fleet.procs["web"].poll() is not None:
+            raise ConfigurationError(f"the dashboard did not start; see {fleet.logs['web']}")
+        time.sleep(0.2)
+
+
 @main.command()
 @click.option("--keep-running", is_flag=True, help="Leave the fleet up after the examples (Ctrl-C stops it).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None)
@@ -366,6 +403,8 @@ def demo(keep_running: bool, workdir: str | None) -> None:
         err.print("starting a worker (celery -A workers.app worker -c 2 -Q default,io)...")
         host = fleet.start_worker("demo-worker")
         err.print(f"worker {host} is ready; logs in {fleet.log_dir}")
+        url, password = start_dashboard(fleet)
+        err.print(f"dashboard: {url} (log in as admin / {password})")
         client = Client(settings)
         sample = work / "input" / "data.csv"
         write_sample_csv(sample)

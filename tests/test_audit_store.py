@@ -242,8 +242,13 @@ def test_list_runs_filters_combine_and_keyset_pages_cover_every_run_once(store):
     assert q.list_runs(store, triggered_by="nobody").items == ()
     t0 = 1_000_000.0
     assert {r.id for r in q.list_runs(store, since=t0 + 300, until=t0 + 500).items} == {"run003", "run004"}
-    assert {r.id for r in q.list_runs(store, search="run01").items} == {"run010", "run011"}
-    assert len(q.list_runs(store, search="REPO").items) == 6
+    assert {r.id for r in q.list_runs(store, search="run010").items} == {"run010"}
+    assert len(q.list_runs(store, search="REPO").items) == 6  # workflow "report", name "Report"
+    hexed = [RunEvents(rid, 2_000_000.0).created("other") for rid in ("9f3a01", "9f3b02", "9fff03", "a0")]
+    store.apply([e for r in hexed for e in r.events])
+    assert {r.id for r in q.list_runs(store, search="9F3").items} == {"9f3a01", "9f3b02"}
+    assert {r.id for r in q.list_runs(store, search="9f").items} == {"9f3a01", "9f3b02", "9fff03"}
+    assert {r.id for r in q.list_runs(store, search="9fff").items} == {"9fff03"}
     with pytest.raises(StoreError, match="invalid cursor"):
         q.list_runs(store, cursor="garbage!")
 
@@ -340,3 +345,23 @@ def test_operator_actions_sent_through_the_event_stream_are_recorded_once(store)
     (entry,) = q.audit_entries(store, "acted")
     assert (entry["actor"], entry["action"], entry["reason"], entry["outcome"]) == ("carol", "cancel", "stuck", "ok")
     assert entry["detail"] == {"from": "RUNNING"} and entry["ts"] == r.events[-1].ts
+
+
+def test_the_audit_package_imports_only_what_its_readme_allows():
+    import ast
+    from pathlib import Path
+
+    allowed_orchestrator = {"orchestrator.errors", "orchestrator.keys", "orchestrator.settings"}
+    forbidden = {"celery", "kombu", "web", "workers", "flask", "flask_socketio"}
+    offenders = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "orchestrator" / "audit").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                     else [])
+            for name in names:
+                top = name.split(".")[0]
+                inner = name.startswith("orchestrator.") and not name.startswith("orchestrator.audit")
+                if top in forbidden or (inner and name not in allowed_orchestrator):
+                    offenders.append(f"{path.name} imports {name}")
+    assert offenders == []

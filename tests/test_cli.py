@@ -180,6 +180,7 @@ def test_demo_runs_the_four_examples_on_a_private_redis_and_exits_0(tmp_path: Pa
                           text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "started a private Redis at redis://127.0.0.1:" in proc.stderr
+    assert "dashboard: http://127.0.0.1:" in proc.stderr and "log in as admin / " in proc.stderr
     assert proc.stdout.count("as expected") == 4
     assert (tmp_path / "output" / "processed_data.csv").exists()
 

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "orchestrator": {"web", "workers", "flask", "flask_socketio"},
     "workers": {"web", "flask", "flask_socketio"},
+    "web": {"workers"},
 }
 CANVAS_NAMES = {"chain", "chord", "group", "signature", "Signature", "canvas"}
 

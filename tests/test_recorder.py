@@ -334,3 +334,44 @@ def test_a_projection_that_cannot_take_an_event_sets_only_that_event_aside(
     with sqlite_store.connect() as conn:
         assert conn.execute(select(func.count()).select_from(step_attempts)).scalar_one() == 0
     redis_client.delete(keys.events, f"{keys.events}:dead")
+
+
+def test_an_embedded_recorder_records_in_a_thread_until_stopped(redis_url: str, tmp_path: Path) -> None:
+    from orchestrator.audit.recorder import embed
+    from orchestrator.settings import Settings
+
+    settings = Settings(redis_url=redis_url, key_prefix=f"t{uuid.uuid4().hex[:8]}",
+                        database_url=f"sqlite:///{tmp_path / 'embedded.db'}")
+    client = redis.Redis.from_url(redis_url)
+    state = RunState(client, Keys(settings.key_prefix), state_ttl=60)
+    seen: list[tuple[str, int]] = []
+    rec, stop, thread = embed(settings, hooks=[lambda batch: seen.extend(e.key for e in batch)], block=0.1)
+    try:
+        state.create("r1", {"workflow": "w", "version": "1"}, ["s"], "w")
+        state.emit("r1", [["log", "s", "", "1.0", json.dumps({"message": "hello"})]])
+        wait_for(lambda: len(seen) == 2, 30, "the embedded recorder to record both events")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert seen == [("r1", 1), ("r1", 2)]
+    assert [x.message for x in q.logs(rec.store, "r1")] == ["hello"]
+    rec.store.dispose()
+    client.delete(rec.stream, Keys(settings.key_prefix).run("r1"), Keys(settings.key_prefix).runs)
+    client.close()
+
+
+def test_a_recorder_restarted_under_its_fixed_name_takes_its_own_pending_entries_first(
+        redis_client: redis.Redis, sqlite_store: AuditStore, recorders: list[Recorder]) -> None:
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    for seq in range(1, 4):
+        redis_client.xadd(keys.events, {"run": "r", "seq": seq, "type": "log", "step": "s", "status": "",
+                                        "ts": "1.0", "data": json.dumps({"message": f"m{seq}"})})
+    redis_client.xgroup_create(keys.events, "fixed", id="0")
+    redis_client.xreadgroup("fixed", "recorder-0", {keys.events: ">"})  # read, then "crashed"
+    rec = new_recorder(recorders, sqlite_store, redis_client, keys, group="fixed", consumer="recorder-0",
+                       claim_idle=3600)
+    assert rec.run_once(block=0) == 3  # no claim needed: they were its own
+    assert rec.lag().caught_up and rec.stats.claimed == 0
+    assert [x.seq for x in q.logs(sqlite_store, "r")] == [1, 2, 3]
+    redis_client.delete(keys.events)

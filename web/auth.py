@@ -21,7 +21,19 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 from flask_smorest import abort
-from sqlalchemy import Boolean, Column, Double, Engine, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Double,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    delete,
+    insert,
+    select,
+    update,
+)
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from web.settings import ROLES
@@ -79,11 +91,15 @@ def _check_role(role: str) -> str:
 class Users:
     """The users and tokens tables."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, writer: Any = None) -> None:
         self.engine = engine
+        # SQLite: writers must take the lock up front (the store's BEGIN IMMEDIATE engine), or a
+        # read-then-write transaction fails at once while a recorder writes.
+        self.writer = writer if writer is not None else engine
 
     def setup(self) -> None:
-        metadata.create_all(self.engine, checkfirst=True)
+        with self.writer.begin() as conn:
+            metadata.create_all(conn, checkfirst=True)
 
     # -- users --------------------------------------------------------------------------------
 
@@ -107,7 +123,7 @@ class Users:
         if password is not None and len(password) < 8:
             raise AuthError("a password has at least 8 characters")
         now = time.time()
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             row = conn.execute(select(users_table.c.role).where(users_table.c.username == username)).first()
             if row is None:
                 if password is None:
@@ -125,7 +141,7 @@ class Users:
             return User(username, role or row.role)
 
     def delete(self, username: str) -> bool:
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(delete(tokens_table).where(tokens_table.c.username == username))
             return bool(conn.execute(delete(users_table).where(users_table.c.username == username)).rowcount)
 
@@ -145,7 +161,7 @@ class Users:
             raise AuthError(f"unknown user '{username}'")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = secrets.token_hex(6)
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(insert(tokens_table).values(id=token_id, username=username, name=name[:200],
                                                      digest=_digest(token), created_at=time.time()))
         return token_id, token
@@ -162,7 +178,7 @@ class Users:
         q = delete(tokens_table).where(tokens_table.c.id == token_id)
         if username is not None:
             q = q.where(tokens_table.c.username == username)
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             return bool(conn.execute(q).rowcount)
 
     def user_for_token(self, token: str) -> User | None:

@@ -143,7 +143,7 @@ def recorder(database_url: str | None, group: str, consumer: str | None, batch_s
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     code = serve(_settings(database_url), upgrade=upgrade, lag_interval=lag_interval,
-                 echo=lambda line: console.print(line, highlight=False),
+                 echo=lambda line: console.print(line, highlight=False, soft_wrap=True),
                  group=group, consumer=consumer, batch_size=batch_size, batch_latency=batch_latency,
                  claim_idle=claim_idle, claim_interval=claim_interval, start_id=start_id,
                  trim=not no_trim)

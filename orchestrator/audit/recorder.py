@@ -130,6 +130,7 @@ class Recorder:
         self._ready = False
         self._held: list[tuple[str, dict[Any, Any]]] = []  # a batch read but not yet committed
         self._last_claim = 0.0
+        self._check_own = consumer is not None  # a generated name has no history
         self._last_trim = time.monotonic()  # the first trim comes one interval after start
 
     # -- setup --------------------------------------------------------------------------------
@@ -159,6 +160,12 @@ class Recorder:
                 stop_event.wait(backoff)
             except StoreNotReady:
                 raise
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # group or stream deleted: recreate it; replays are harmless
+                    self._ready = False
+                backoff = min(5.0, backoff * 2 or 0.2)
+                log.warning("recorder: %s; retrying in %.1fs", exc, backoff)
+                stop_event.wait(backoff)
             except Exception:
                 backoff = min(5.0, backoff * 2 or 0.2)
                 log.exception("recorder: unexpected error; retrying in %.1fs", backoff)
@@ -178,7 +185,8 @@ class Recorder:
         """
         if not self._ready:
             self.setup()
-        entries = self._held or self._claim() or self._read(self.block if block is None else block)
+        entries = (self._held or self._own_pending() or self._claim()
+                   or self._read(self.block if block is None else block))
         if not entries:
             self._maybe_trim()
             return 0
@@ -198,17 +206,22 @@ class Recorder:
         self._maybe_trim()
         return len(entries)
 
-    def drain(self, max_batches: int | None = None) -> int:
-        """Process batches until the group has nothing pending or unread (tests, catch-up)."""
+    def drain(self, timeout: float | None = None) -> int:
+        """Process batches until the group has nothing pending or unread (catch-up, tests).
+
+        Entries another consumer holds are waited for until they can be claimed; ``timeout``
+        bounds the wait. Returns how many entries were processed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         total = 0
-        n = 0
-        while max_batches is None or n < max_batches:
-            n += 1
+        while True:
             got = self.run_once(block=0.0)
             total += got
-            if not got and self.lag().caught_up:
-                break
-        return total
+            if got:
+                continue
+            if self.lag().caught_up or (deadline is not None and time.monotonic() > deadline):
+                return total
+            time.sleep(0.05)  # pending elsewhere: wait until claim_idle lets us take it
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -233,6 +246,20 @@ class Recorder:
             if remaining <= 0 or (not got and wait_ms == 0):
                 break
             wait_ms = max(1, int(remaining * 1000))
+        return out
+
+    def _own_pending(self) -> list[tuple[str, dict[Any, Any]]]:
+        """After a restart under a fixed ``consumer`` name, its own unacknowledged entries first."""
+        if not self._check_own:
+            return []
+        resp: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=self.batch_size)
+        items = [(_s(i), f) for _, entries in resp or [] for i, f in entries]
+        gone = [i for i, f in items if not f]  # trimmed away while pending: nothing to record
+        if gone:
+            self.r.xack(self.stream, self.group, *gone)
+        out = [(i, f) for i, f in items if f]
+        if not out:
+            self._check_own = False
         return out
 
     def _claim(self) -> list[tuple[str, dict[Any, Any]]]:

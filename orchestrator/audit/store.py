@@ -79,7 +79,10 @@ class AuditStore:
                           connect_args={"connect_timeout": max(1, int(connect_timeout))})
         try:
             self.engine: Engine = create_engine(self.url, **kwargs)
-        except Exception as e:  # a missing driver, a bad option in the URL
+        except ModuleNotFoundError as e:
+            raise StoreError(f"cannot open the audit store at {self.display_url}: {e}; for PostgreSQL "
+                             "install the driver with pip install 'canvasflow[postgres]'") from None
+        except Exception as e:  # a bad option in the URL
             raise StoreError(f"cannot open the audit store at {self.display_url}: {e}") from None
         if self.dialect == "sqlite":
             _sqlite_pragmas(self.engine, busy_timeout)

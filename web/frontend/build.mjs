@@ -12,7 +12,7 @@ const watch = process.argv.includes("--watch");
 
 rmSync(outdir, { recursive: true, force: true });
 const options = {
-  entryPoints: { main: join(here, "src", "main.js"), app: join(here, "src", "app.css") },
+  entryPoints: { main: join(here, "src", "main.js") },
   outdir,
   bundle: true,
   splitting: true,

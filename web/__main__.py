@@ -1,0 +1,139 @@
+"""``python -m web``: serve the dashboard, or manage its users and tokens.
+
+    python -m web [serve] [--host 127.0.0.1] [--port 8080] [--read-only] [--recorder]
+    python -m web users add NAME --role {viewer,operator,admin} [--password-stdin]
+    python -m web users list | delete NAME
+    python -m web token NAME [--name LABEL]       # prints a new API token for NAME
+
+Settings come from CANVASFLOW_* (orchestrator.Settings) and CANVASFLOW_WEB_* (web.settings).
+Served by Werkzeug's threaded server with Flask-SocketIO in threading mode (WebSocket through
+simple-websocket); no eventlet or gevent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from orchestrator.errors import CanvasflowError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canvasflow web", description="The canvasflow dashboard.")
+    sub = p.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve the dashboard (the default)")
+    for target in (p, serve):
+        target.add_argument("--host", default=os.environ.get("CANVASFLOW_WEB_HOST", "127.0.0.1"))
+        target.add_argument("--port", type=int, default=int(os.environ.get("CANVASFLOW_WEB_PORT", "8080")))
+        target.add_argument("--read-only", action="store_true", help="refuse every change (403)")
+        target.add_argument("--recorder", action="store_true", help="run the audit recorder in this process")
+        target.add_argument("--anonymous-role", choices=["viewer", "operator", "admin"], default=None,
+                            help="role of visitors who have not logged in (default: they must log in)")
+        target.add_argument("--log-level", default=os.environ.get("CANVASFLOW_LOG_LEVEL", "WARNING"))
+    users = sub.add_parser("users", help="manage users")
+    usub = users.add_subparsers(dest="users_command", required=True)
+    add = usub.add_parser("add", help="create a user, or change its role / password")
+    add.add_argument("name")
+    add.add_argument("--role", choices=["viewer", "operator", "admin"], default=None)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    usub.add_parser("list", help="list users")
+    delete = usub.add_parser("delete", help="delete a user and its tokens")
+    delete.add_argument("name")
+    token = sub.add_parser("token", help="create an API token for a user and print it")
+    token.add_argument("name")
+    token.add_argument("--name", dest="label", default="cli")
+    return p
+
+
+def _users() -> Any:
+    from orchestrator.audit.store import AuditStore
+    from orchestrator.settings import Settings
+    from web.auth import Users
+
+    store = AuditStore(Settings.from_env().database_url)
+    store.upgrade()
+    users = Users(store.engine, store.writer)
+    users.setup()
+    return users
+
+
+def serve(args: argparse.Namespace) -> int:
+    from orchestrator.settings import Settings
+    from web.app import create_app
+    from web.settings import WebSettings
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {}
+    if args.read_only:
+        overrides["read_only"] = True
+    if args.recorder:
+        overrides["recorder"] = True
+    if args.anonymous_role:
+        overrides["anonymous_role"] = args.anonymous_role
+    web = WebSettings.from_env(**overrides)
+    app = create_app(Settings.from_env(), web)
+    services = app.extensions["canvasflow"]
+
+    def _stop(*_: Any) -> None:
+        services.stop()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    print(f"canvasflow dashboard: http://{args.host}:{args.port}/ "
+          f"({'read-only, ' if web.read_only else ''}{'with recorder, ' if web.recorder else ''}"
+          f"audit store {services.store.display_url if services.store else 'none'})", flush=True)
+    try:
+        services.socketio.run(app, host=args.host, port=args.port, allow_unsafe_werkzeug=True,
+                              log_output=args.log_level.upper() == "DEBUG", use_reloader=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        services.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in (None, "serve"):
+            return serve(args)
+        from web.auth import AuthError
+
+        users = _users()
+        if args.command == "token":
+            token_id, token = users.create_token(args.name, args.label)
+            print(token)
+            return 0
+        if args.users_command == "list":
+            for u in users.list():
+                print(f"{u['name']}\t{u['role']}{'  (disabled)' if u['disabled'] else ''}")
+            return 0
+        if args.users_command == "delete":
+            if not users.delete(args.name):
+                print(f"no user '{args.name}'", file=sys.stderr)
+                return 1
+            return 0
+        password = None
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        elif users.get(args.name) is None:
+            password = getpass.getpass(f"password for {args.name}: ")
+        try:
+            user = users.put(args.name, password=password, role=args.role)
+        except AuthError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{user.name}: {user.role}")
+        return 0
+    except CanvasflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,607 @@
+"""The REST API under /api/v1 (flask-smorest): runs, operator actions, events, workflows,
+analytics, users and tokens. Every error is JSON: ``{"code", "status", "message"}`` plus
+``errors`` (per-field messages) on a 400 and ``current_status``/``allowed`` on a 409."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flask_smorest
+import yaml
+from flask import Response, current_app, g, render_template, request, session
+from flask.views import MethodView
+from flask_smorest import abort
+from sqlalchemy import case, func, select
+from webargs.flaskparser import FlaskParser
+
+from orchestrator.audit import queries
+from orchestrator.audit.models import runs as runs_table
+from orchestrator.audit.models import steps as steps_table
+from orchestrator.control import ALLOWED
+from orchestrator.definition import dump_definition, parse_text
+from orchestrator.errors import (
+    CanvasflowError,
+    ControlError,
+    DefinitionError,
+    StoreError,
+    UnknownRun,
+    UnknownWorkflow,
+)
+from web import auth, schemas
+from web.detail import dag
+from web.runs import RunFilter
+
+ACTION_MESSAGES = {
+    "pause": "pausing: running steps finish, no new step starts, then the run is PAUSED",
+    "resume": "resumed: the steps that have not settled run now",
+    "cancel": "cancelling: queued steps will not start, then completed steps are compensated newest first",
+    "retry": "retrying: the step and everything downstream run again",
+    "retry_compensation": "retrying the compensations that have not succeeded",
+    "resolve": "resolved by hand",
+}
+
+
+class Parser(FlaskParser):
+    DEFAULT_VALIDATION_STATUS = 400  # the API promises 400 with per-field messages, not 422
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = Parser()
+
+
+class Api(flask_smorest.Api):
+    """JSON errors under /api, the HTML error page elsewhere."""
+
+    def handle_http_exception(self, error: Any) -> Any:
+        if not request.path.startswith("/api/"):
+            user = auth.current_user()
+            if error.code == 401:
+                from flask import redirect, url_for
+
+                return redirect(url_for("login.login", next=request.full_path.rstrip("?")))
+            return render_template("error.html", code=error.code, title=error.name,
+                                   message=(getattr(error, "data", None) or {}).get("message") or error.description,
+                                   user=user, page="error", **_shell()), error.code
+        payload, code, headers = super().handle_http_exception(error)
+        data = getattr(error, "data", None) or {}
+        payload.update(data.get("extra") or {})
+        if "message" not in payload:
+            payload["message"] = "invalid request: see errors" if code in (400, 422) else error.description
+        return payload, code, headers
+
+
+def _shell() -> dict[str, Any]:
+    ext = current_app.extensions["canvasflow"]
+    return {"read_only": ext.web.read_only}
+
+
+def ext() -> Any:
+    return current_app.extensions["canvasflow"]
+
+
+def user_name() -> str:
+    user = auth.current_user()
+    return user.name if user else "anonymous"
+
+
+blp = Blueprint("api", __name__, url_prefix="/api/v1", description="canvasflow REST API")
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------
+
+
+@blp.route("/runs")
+class Runs(MethodView):
+    @auth.require("viewer")
+    @blp.arguments(schemas.RunListArgs, location="query")
+    @blp.response(200, schemas.RunListSchema)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Runs newest first, filtered, one keyset page at a time, with the tab counts."""
+        flt = RunFilter(view=args["view"], statuses=tuple(args["status"]), workflow=args["workflow"],
+                        tags=tuple(args["tag"]), triggered_by=args["triggered_by"], since=args["since"],
+                        until=args["until"], search=args["search"], ids=tuple(args["ids"]))
+        try:
+            page = ext().views.list(flt, limit=args["limit"], cursor=args["cursor"])
+        except StoreError as exc:  # a malformed cursor
+            abort(400, errors={"query": {"cursor": [str(exc)]}})
+        return {"runs": page.items, "next_cursor": page.next_cursor, "counts": ext().views.counts(),
+                "source": page.source, "warnings": page.warnings}
+
+    @auth.require("operator", mutating=True)
+    @blp.arguments(schemas.SubmitBody)
+    @blp.response(201, schemas.RunSummarySchema)
+    def post(self, body: dict[str, Any]) -> Any:
+        """Submit a run of a registered workflow (by id) or of an inline definition."""
+        client = ext().client
+        common = {"inputs": body["inputs"], "priority": body["priority"], "tags": body["tags"],
+                  "triggered_by": user_name(), "trigger_type": "dashboard" if g.auth_via == "session" else "api"}
+        try:
+            if body["workflow"]:
+                defn = client.get_definition(body["workflow"], body["version"])
+                run = client.submit(defn, **common)
+            else:
+                inline = body["definition"]
+                if isinstance(inline, str):
+                    inline = parse_text(inline, source="definition")
+                if not isinstance(inline, dict):
+                    abort(400, errors={"json": {"definition": ["must be a mapping"]}})
+                run = client.submit(inline, **common)
+        except UnknownWorkflow as exc:
+            abort(400, message=str(exc), errors={"json": {"workflow": [str(exc)]}})
+        except DefinitionError as exc:
+            definition_error(exc)
+        summary = ext().views.summary(run.id)
+        return summary, 201, {"Location": f"/api/v1/runs/{run.id}"}
+
+
+def definition_error(exc: DefinitionError, field: str = "definition") -> None:
+    problems = [{"path": p, "message": m} for p, m in exc.problems]
+    errors: dict[str, list[str]] = {}
+    for p, m in exc.problems:
+        errors.setdefault(p or field, []).append(m)
+    abort(400, message=str(exc).splitlines()[0].rstrip(":"), errors={"json": errors}, extra={"problems": problems})
+
+
+def known_run(run_id: str) -> None:
+    if not ext().details.exists(run_id):
+        abort(404, message=f"unknown run '{run_id}'")
+
+
+@blp.route("/runs/<run_id>")
+class RunDetail(MethodView):
+    @auth.require("viewer")
+    @blp.arguments(schemas.DetailArgs, location="query")
+    @blp.response(200, schemas.RunDetailSchema)
+    def get(self, args: dict[str, Any], run_id: str) -> dict[str, Any]:
+        """A run with its steps (paged), attempts, logs, compensations and parallel branches."""
+        try:
+            return ext().details.detail(run_id, steps_offset=args["steps_offset"], steps_limit=args["steps_limit"],
+                                        log_limit=args["log_limit"])
+        except UnknownRun:
+            abort(404, message=f"unknown run '{run_id}'")
+            raise
+
+
+def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str, Any]:
+    """Check the role (auditing a refusal), run the action, map refusals to 404/409."""
+    try:
+        auth.check("operator", mutating=True)
+    except Exception:
+        user = auth.current_user()
+        if user is not None and ext().store is not None:
+            try:
+                ext().store.record_action(actor=user.name, action=action, target_id=run_id,
+                                          outcome=f"refused: {user.role} may not {action}")
+            except StoreError:
+                pass
+        raise
+    actor = user_name()
+    try:
+        result = call(actor)
+    except UnknownRun:
+        abort(404, message=f"unknown run '{run_id}'")
+    except ControlError as exc:
+        abort(409, message=str(exc), extra={"current_status": exc.status, "allowed": exc.allowed, "action": action})
+    except CanvasflowError as exc:
+        abort(409, message=str(exc), extra={"current_status": ext().client.state.status(run_id), "action": action})
+    if hasattr(result, "id") and not hasattr(result, "action"):  # clone returns the new run
+        return {"action": action, "run_id": result.id, "status_before": "", "status": "PENDING",
+                "detail": {"cloned_from": run_id}, "message": f"cloned as run {result.id}",
+                "run": ext().views.summary(result.id)}
+    return {"action": result.action, "run_id": run_id, "status_before": result.status_before,
+            "status": str(result.status), "detail": dict(result.detail), "message": ACTION_MESSAGES.get(action, "ok"),
+            "run": ext().views.summary(run_id)}
+
+
+@blp.route("/runs/<run_id>/pause", methods=["POST"])
+@blp.arguments(schemas.ActionBody, required=False)
+@blp.response(200, schemas.ActionResultSchema)
+def pause(body: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Pause: no new step starts; running steps finish (409 unless RUNNING or PENDING)."""
+    return run_action("pause", run_id, lambda actor: ext().client.control.pause(
+        run_id, actor=actor, reason=body.get("reason")))
+
+
+@blp.route("/runs/<run_id>/resume", methods=["POST"])
+@blp.arguments(schemas.ActionBody, required=False)
+@blp.response(200, schemas.ActionResultSchema)
+def resume(body: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Resume a PAUSED run from where it stopped."""
+    return run_action("resume", run_id, lambda actor: ext().client.control.resume(
+        run_id, actor=actor, reason=body.get("reason")))
+
+
+@blp.route("/runs/<run_id>/cancel", methods=["POST"])
+@blp.arguments(schemas.CancelBody, required=False)
+@blp.response(200, schemas.ActionResultSchema)
+def cancel(body: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Cancel: stop the run and compensate its completed steps, newest first."""
+    return run_action("cancel", run_id, lambda actor: ext().client.control.cancel(
+        run_id, actor=actor, reason=body.get("reason"), terminate=body.get("terminate", True)))
+
+
+@blp.route("/runs/<run_id>/retry", methods=["POST"])
+@blp.arguments(schemas.RetryBody, required=False)
+@blp.response(200, schemas.ActionResultSchema)
+def retry(body: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Retry a finished run from a step (default: the first failed), from the start, or retry
+    its failed compensation (``compensation: true``)."""
+    from_step = body.get("from_step")
+    if from_step:
+        data = ext().client.state.read(run_id)
+        if data is not None:
+            ids = [s["id"] for s in json.loads(data[0]["definition"])["steps"]]
+            if from_step not in ids:
+                abort(400, errors={"json": {"from_step": [f"no step '{from_step}' in this run (steps: {', '.join(ids)})"]}})
+    control = ext().client.control
+    if body.get("compensation"):
+        return run_action("retry_compensation", run_id, lambda actor: control.retry_compensation(
+            run_id, actor=actor, reason=body.get("reason")))
+    return run_action("retry", run_id, lambda actor: control.retry(
+        run_id, from_step=from_step, from_start=body.get("from_start", False), actor=actor, reason=body.get("reason")))
+
+
+@blp.route("/runs/<run_id>/resolve", methods=["POST"])
+@blp.arguments(schemas.ActionBody, required=False)
+@blp.response(200, schemas.ActionResultSchema)
+def resolve(body: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Mark a COMPENSATION_FAILED run as handled by hand (it ends FAILED or CANCELLED)."""
+    return run_action("resolve", run_id, lambda actor: ext().client.control.resolve(
+        run_id, actor=actor, reason=body.get("reason")))
+
+
+@blp.route("/runs/<run_id>/clone", methods=["POST"])
+@blp.arguments(schemas.CloneBody, required=False)
+@blp.response(201, schemas.ActionResultSchema)
+def clone(body: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Start a new run of the same definition version with the same (or overridden) inputs."""
+    return run_action("clone", run_id, lambda actor: ext().client.control.clone(
+        run_id, inputs=body.get("inputs"), actor=actor, reason=body.get("reason")))
+
+
+@blp.route("/runs/<run_id>/export")
+@auth.require("viewer")
+@blp.doc(responses={200: {"description": "the trace (docs/api.md, Trace format) as a JSON download"}})
+def export(run_id: str) -> Response:
+    """Everything about a run as one JSON document, as a file download."""
+    try:
+        trace = ext().details.export(run_id)
+    except UnknownRun:
+        abort(404, message=f"unknown run '{run_id}'")
+        raise
+    return Response(json.dumps(trace, indent=2, default=str), mimetype="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="canvasflow-run-{run_id}.json"'})
+
+
+@blp.route("/runs/<run_id>/events")
+@auth.require("viewer")
+@blp.arguments(schemas.EventsArgs, location="query")
+@blp.response(200, schemas.EventListSchema)
+def run_events(args: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The run's events with seq > after, in order: what a reconnecting client missed."""
+    known_run(run_id)
+    events = ext().details.events(run_id, args["after"], args["limit"])
+    latest = int(ext().client.redis.hget(ext().client.keys.run(run_id), "seq") or 0)
+    return {"run": run_id, "after": args["after"], "events": events,
+            "latest_seq": max([latest] + [e["seq"] for e in events])}
+
+
+@blp.route("/runs/<run_id>/logs")
+@auth.require("viewer")
+@blp.arguments(schemas.LogArgs, location="query")
+@blp.response(200, schemas.LogListSchema)
+def run_logs(args: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Log lines of the run (or one step), oldest first; page with ``after`` = next_after."""
+    known_run(run_id)
+    if ext().store is None:
+        return {"logs": [], "next_after": None}
+    lines = queries.logs(ext().store, run_id, args["step"], after_seq=args["after"], limit=args["limit"],
+                         level=args["level"])
+    out = [{"seq": x.seq, "step": x.step, "ts": x.ts, "level": x.level, "message": x.message,
+            "entity_tag": x.entity_tag, "entity_route": x.entity_route} for x in lines]
+    return {"logs": out, "next_after": out[-1]["seq"] if len(out) == args["limit"] else None}
+
+
+@blp.route("/runs/<run_id>/timeline")
+@auth.require("viewer")
+@blp.response(200, schemas.TimelineSchema)
+def run_timeline(run_id: str) -> dict[str, Any]:
+    """Gantt bars: one per step attempt and per compensation."""
+    try:
+        return ext().details.timeline(run_id)
+    except UnknownRun:
+        abort(404, message=f"unknown run '{run_id}'")
+        raise
+
+
+@blp.route("/runs/<run_id>/graph")
+@auth.require("viewer")
+@blp.response(200, schemas.GraphSchema)
+def run_graph(run_id: str) -> dict[str, Any]:
+    """The definition's DAG with each step's live status."""
+    try:
+        return ext().details.graph(run_id)
+    except UnknownRun:
+        abort(404, message=f"unknown run '{run_id}'")
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Workflows
+# ---------------------------------------------------------------------------------------------
+
+
+def workflow_summary(defn: Any, versions: list[str]) -> dict[str, Any]:
+    return {"id": defn.id, "name": defn.name, "description": defn.description, "versions": versions,
+            "latest": versions[-1] if versions else (defn.version or ""), "mode": defn.mode,
+            "steps": len(defn.steps), "tags": list(defn.tags), "sla_seconds": defn.sla_seconds,
+            "inputs": dict(defn.inputs)}
+
+
+def workflow_detail(defn: Any, versions: list[str]) -> dict[str, Any]:
+    body = dump_definition(defn)
+    return {**workflow_summary(defn, versions), "version": defn.version or "", "definition": body,
+            "yaml": yaml.safe_dump(body, sort_keys=False, allow_unicode=True), "graph": dag(body, {})}
+
+
+@blp.route("/workflows")
+@auth.require("viewer")
+@blp.response(200, schemas.WorkflowListSchema)
+def workflows() -> dict[str, Any]:
+    """Registered workflows with their versions (the latest described)."""
+    client = ext().client
+    out = []
+    for wid in client.workflows():
+        versions = client.versions(wid)
+        if versions:
+            out.append(workflow_summary(client.get_definition(wid, versions[-1]), versions))
+    return {"workflows": out}
+
+
+@blp.route("/workflows/<workflow_id>")
+class Workflow(MethodView):
+    @auth.require("viewer")
+    @blp.arguments(schemas.WorkflowArgs, location="query")
+    @blp.response(200, schemas.WorkflowDetailSchema)
+    def get(self, args: dict[str, Any], workflow_id: str) -> dict[str, Any]:
+        """One version (default: the latest) with its YAML and DAG."""
+        client = ext().client
+        try:
+            defn = client.get_definition(workflow_id, args["version"])
+        except UnknownWorkflow as exc:
+            abort(404, message=str(exc))
+            raise
+        return workflow_detail(defn, client.versions(workflow_id))
+
+    @auth.require("admin", mutating=True)
+    @blp.arguments(schemas.WorkflowPutBody)
+    @blp.response(200, schemas.WorkflowDetailSchema)
+    def put(self, body: dict[str, Any], workflow_id: str) -> dict[str, Any]:
+        """Register a new version (validated first; every problem reported with its path)."""
+        client = ext().client
+        try:
+            data = body["definition"] if body["definition"] is not None else parse_text(body["yaml"], source="yaml")
+        except DefinitionError as exc:
+            definition_error(exc, "yaml")
+        if not isinstance(data, dict):
+            abort(400, errors={"json": {"yaml": ["the definition must be a mapping"]}})
+        data = {"id": workflow_id, **data}
+        if data["id"] != workflow_id:
+            abort(400, errors={"json": {"id": [f"must be '{workflow_id}', the workflow id in the URL"]}})
+        try:
+            defn = client.register(data)
+        except DefinitionError as exc:
+            definition_error(exc)
+        if ext().store is not None:
+            try:
+                ext().store.record_action(actor=user_name(), action="register", target_type="workflow",
+                                          target_id=workflow_id, detail={"version": defn.version})
+            except StoreError:
+                pass
+        return workflow_detail(defn, client.versions(workflow_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytics, health, fleet
+# ---------------------------------------------------------------------------------------------
+
+PERIODS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else round(100.0 * x, 1)
+
+
+@blp.route("/analytics")
+@auth.require("viewer")
+@blp.arguments(schemas.AnalyticsArgs, location="query")
+@blp.response(200, schemas.AnalyticsSchema)
+def analytics(args: dict[str, Any]) -> dict[str, Any]:
+    """SLA compliance, failure rates, durations (avg, p95), slowest steps, retries, runs per hour."""
+    store = ext().store
+    if store is None:
+        abort(503, message="analytics need the audit store (CANVASFLOW_DATABASE_URL)")
+    until = time.time()
+    since = until - PERIODS[args["period"]]
+    try:
+        a = queries.analytics(store, since, until)
+        started = func.sum(case((steps_table.c.attempts >= 1, 1), else_=0))
+        retried = func.sum(case((steps_table.c.attempts > 1, 1), else_=0))
+        with store.connect() as conn:
+            n_started, n_retried = conn.execute(
+                select(started, retried).select_from(steps_table.join(runs_table, runs_table.c.id == steps_table.c.run_id))
+                .where(runs_table.c.created_at >= since, runs_table.c.created_at < until)).one()
+    except StoreError as exc:
+        abort(503, message=str(exc))
+        raise
+    judged = a.sla_met + a.sla_breached
+    return {
+        "period": args["period"], "since": since, "until": until, "runs": a.runs, "ended": a.ended,
+        "failed": a.failed, "failure_rate": _pct(a.failure_rate),
+        "sla_compliance": {"percent": round(100.0 * a.sla_met / judged, 1) if judged else None,
+                           "met": a.sla_met, "breached": a.sla_breached},
+        "by_workflow": [{"workflow": w.workflow, "runs": w.runs, "ended": w.ended, "failed": w.failed,
+                         "failure_rate": _pct(w.failure_rate), "avg_duration": w.avg_duration,
+                         "p95_duration": w.p95_duration, "sla_met": w.sla_met, "sla_breached": w.sla_breached}
+                        for w in a.by_workflow],
+        "slowest_steps": [{"workflow": s.workflow, "step": s.step, "avg_duration": s.avg_duration,
+                           "occurrences": s.count} for s in a.slowest_steps],
+        "retry_rate": {"overall": round(100.0 * int(n_retried or 0) / int(n_started), 1) if n_started else None,
+                       "top_steps": [{"workflow": s.workflow, "step": s.step, "retry_rate": _pct(s.retry_rate),
+                                      "occurrences": s.count} for s in a.retries_by_step]},
+        "runs_per_hour": [{"hour": h, "runs": n} for h, n in a.runs_per_hour],
+    }
+
+
+@blp.route("/health")
+def health() -> dict[str, Any]:
+    """Liveness of Redis, the audit store and the event relay (no authentication)."""
+    e = ext()
+    out: dict[str, Any] = {"redis": "ok", "audit_store": "ok", "read_only": e.web.read_only}
+    try:
+        e.client.redis.ping()
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        out["redis"] = f"error: {exc}"
+    if e.store is None:
+        out["audit_store"] = "none"
+    else:
+        try:
+            e.store.check()
+        except StoreError as exc:
+            out["audit_store"] = f"error: {exc}"
+    if e.relay is not None:
+        out["relay"] = {"delivered": e.relay.delivered, "errors": e.relay.errors, "last_id": e.relay.last_id}
+    ok = out["redis"] == "ok" and out["audit_store"] in ("ok", "none")
+    return out, 200 if ok else 503  # type: ignore[return-value]
+
+
+@blp.route("/workers")
+@auth.require("viewer")
+def fleet() -> dict[str, Any]:
+    """The workers that published a plugin catalog: {hostname: {plugins, queues, pid, started_at}}."""
+    return {"workers": ext().client.fleet()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentication, tokens, users
+# ---------------------------------------------------------------------------------------------
+
+
+@blp.route("/auth/login", methods=["POST"])
+@blp.arguments(schemas.LoginBody)
+@blp.response(200, schemas.MeSchema)
+def login(body: dict[str, Any]) -> dict[str, Any]:
+    """Log in with a password: sets the session cookie; send csrf_token as X-CSRF-Token."""
+    user = auth.users().verify(body["username"], body["password"])
+    if user is None:
+        abort(401, message="unknown user or wrong password")
+    session.clear()
+    session.permanent = True
+    session["user"] = user.name
+    return {**user.as_dict(), "via": "session", "read_only": ext().web.read_only, "csrf_token": auth.csrf_token()}
+
+
+@blp.route("/auth/logout", methods=["POST"])
+def logout() -> dict[str, Any]:
+    session.clear()
+    return {"message": "logged out"}
+
+
+@blp.route("/auth/me")
+@blp.response(200, schemas.MeSchema)
+def me() -> dict[str, Any]:
+    """Who the request authenticates as (401 if nobody)."""
+    user = auth.check("viewer")
+    return {**user.as_dict(), "via": g.auth_via, "read_only": ext().web.read_only,
+            "csrf_token": auth.csrf_token() if g.auth_via == "session" else None}
+
+
+@blp.route("/auth/tokens")
+class Tokens(MethodView):
+    @auth.require("viewer")
+    @blp.response(200, schemas.TokenSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """Your API tokens (admins: everyone's)."""
+        user = auth.current_user()
+        assert user is not None
+        return auth.users().tokens(None if user.can("admin") else user.name)
+
+    @auth.require("viewer", mutating=True)
+    @blp.arguments(schemas.TokenBody, required=False)
+    @blp.response(201, schemas.TokenSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A new API token with your role; the token is shown only in this response."""
+        user = auth.current_user()
+        assert user is not None
+        token_id, token = auth.users().create_token(user.name, body.get("name", "api"))
+        return {"id": token_id, "username": user.name, "name": body.get("name", "api"), "created_at": time.time(),
+                "token": token}
+
+
+@blp.route("/auth/tokens/<token_id>", methods=["DELETE"])
+@auth.require("viewer", mutating=True)
+@blp.response(204)
+def revoke_token(token_id: str) -> None:
+    user = auth.current_user()
+    assert user is not None
+    if not auth.users().revoke(token_id, None if user.can("admin") else user.name):
+        abort(404, message=f"unknown token '{token_id}'")
+
+
+@blp.route("/users")
+class UsersView(MethodView):
+    @auth.require("admin")
+    @blp.response(200, schemas.UserSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        return auth.users().list()
+
+    @auth.require("admin", mutating=True)
+    @blp.arguments(schemas.UserBody)
+    @blp.response(201, schemas.UserSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a user (or change an existing one's password / role)."""
+        try:
+            user = auth.users().put(body["name"], password=body["password"], role=body["role"])
+        except auth.AuthError as exc:
+            abort(400, errors={"json": {"password" if "password" in str(exc) else "name": [str(exc)]}})
+            raise
+        _audit_user("user_put", user.name, {"role": user.role})
+        return {"name": user.name, "role": user.role, "disabled": False, "created_at": time.time()}
+
+
+@blp.route("/users/<name>")
+class UserView(MethodView):
+    @auth.require("admin", mutating=True)
+    @blp.arguments(schemas.UserPatch)
+    @blp.response(200, schemas.UserSchema)
+    def patch(self, body: dict[str, Any], name: str) -> dict[str, Any]:
+        if auth.users().get(name) is None:
+            abort(404, message=f"unknown user '{name}'")
+        user = auth.users().put(name, password=body["password"], role=body["role"])
+        _audit_user("user_put", name, {"role": user.role})
+        return {"name": user.name, "role": user.role, "disabled": False, "created_at": time.time()}
+
+    @auth.require("admin", mutating=True)
+    @blp.response(204)
+    def delete(self, name: str) -> None:
+        if not auth.users().delete(name):
+            abort(404, message=f"unknown user '{name}'")
+        _audit_user("user_delete", name, None)
+
+
+def _audit_user(action: str, name: str, detail: dict[str, Any] | None) -> None:
+    if ext().store is not None:
+        try:
+            ext().store.record_action(actor=user_name(), action=action, target_type="user", target_id=name,
+                                      detail=detail)
+        except StoreError:
+            pass
+
+
+def allowed_actions() -> dict[str, list[str]]:
+    return {k: [str(s) for s in v] for k, v in ALLOWED.items()}

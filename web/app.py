@@ -1,0 +1,187 @@
+"""The app factory: ``create_app(settings, web)`` builds the Flask app, the REST API, Socket.IO
+and the background services of one web process (stream relay, SLA monitor, optionally the
+audit recorder). Nothing is built at import time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, request, url_for
+from flask_socketio import SocketIO
+
+from orchestrator.audit.store import AuditStore
+from orchestrator.client import Client
+from orchestrator.errors import StoreError
+from orchestrator.settings import Settings
+from web import api as api_module
+from web import auth, pages
+from web.detail import RunDetails
+from web.events import Live
+from web.runs import RunViews
+from web.settings import WebSettings
+from web.stream import SlaMonitor, StreamTail
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+DIST = HERE / "static" / "dist"
+FRONTEND_HINT = ("the dashboard's frontend is not built: install Node.js 18+ and run "
+                 "`npm ci && npm run build` in web/frontend (pip install -e . does it when node is on PATH)")
+
+
+@dataclass
+class Services:
+    """Everything one web process holds; ``app.extensions['canvasflow']``."""
+
+    settings: Settings
+    web: WebSettings
+    client: Client
+    store: AuditStore | None
+    users: auth.Users
+    views: RunViews
+    details: RunDetails
+    socketio: SocketIO | None = None
+    live: Live | None = None
+    relay: StreamTail | None = None
+    sla: SlaMonitor | None = None
+    recorder: Any = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+
+    def start(self) -> None:
+        """Start the background threads (idempotent)."""
+        if self.started:
+            return
+        self.started = True
+        if self.web.relay and self.live is not None:
+            import redis
+
+            r = redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+            self.relay = StreamTail(r, self.client.keys, self.live.deliver)
+            self.relay.start()
+        if self.web.sla_monitor:
+            self.sla = SlaMonitor(self.client.state, self.web.sla_interval)
+            self.sla.start()
+        if self.web.recorder and self.store is not None:
+            import redis
+
+            from orchestrator.audit.recorder import Recorder
+
+            r = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30, health_check_interval=30)
+            self.recorder = Recorder(self.store, r, self.client.keys)
+            self.recorder.start_thread(self.stop_event)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.relay is not None:
+            self.relay.stop()
+        if self.sla is not None:
+            self.sla.stop()
+
+
+def _secret_key(client: Client, web: WebSettings) -> str:
+    """The configured key, else one random key shared by all web processes through Redis."""
+    if web.secret_key:
+        return web.secret_key
+    key = f"{client.keys.prefix}:web:secret_key"
+    client.redis.set(key, secrets.token_urlsafe(48), nx=True)
+    return client.redis.get(key).decode()
+
+
+def _open_store(settings: Settings) -> AuditStore | None:
+    if not settings.database_url or settings.database_url.lower() == "none":
+        return None
+    store = AuditStore(settings.database_url)
+    try:
+        store.upgrade()
+    except StoreError as exc:
+        log.warning("audit store %s not usable yet (%s): history, logs and analytics will be missing",
+                    store.display_url, exc)
+    return store
+
+
+def create_app(settings: Settings | None = None, web: WebSettings | None = None, *, start: bool = True) -> Flask:
+    """The dashboard. ``start=False`` leaves the background threads to ``services.start()``."""
+    settings = settings or Settings.from_env()
+    web = web or WebSettings.from_env()
+    app = Flask(__name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates"))
+    client = Client(settings)
+    store = _open_store(settings)
+    users = auth.Users(store.engine, store.writer) if store is not None else auth.Users(_memory_engine())
+    try:
+        users.setup()
+        if web.admin_password:
+            users.put("admin", password=web.admin_password, role="admin")
+    except Exception as exc:  # noqa: BLE001 - the database may come later; logins fail until then
+        log.warning("users table not available: %s", exc)
+    views = RunViews(client, store)
+    services = Services(settings=settings, web=web, client=client, store=store, users=users, views=views,
+                        details=RunDetails(client, store, views))
+    app.extensions["canvasflow"] = services
+    app.config.update(
+        SECRET_KEY=_secret_key(client, web),
+        SESSION_COOKIE_NAME="canvasflow_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=web.session_hours),
+        API_TITLE="canvasflow", API_VERSION="v1", OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1", OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={"security": [{"bearer": []}, {"session": []}],
+                          "info": {"description": "canvasflow dashboard API; see docs/api.md"}},
+        JSON_SORT_KEYS=False,
+    )
+    api = api_module.Api(app)
+    api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    api.spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "canvasflow_session"})
+    api.register_blueprint(api_module.blp)
+    app.register_blueprint(auth.login_pages)
+    app.register_blueprint(pages.bp)
+
+    @app.before_request
+    def _identify() -> None:
+        if not request.path.startswith("/static/"):
+            auth.load_user()
+
+    @app.after_request
+    def _headers(resp: Any) -> Any:
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "same-origin")
+        if resp.mimetype == "text/html":
+            resp.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                    "img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'")
+        return resp
+
+    @app.context_processor
+    def _assets() -> dict[str, Any]:
+        def asset(name: str) -> str:
+            path = DIST / name
+            version = int(path.stat().st_mtime) if path.exists() else 0
+            return url_for("static", filename=f"dist/{name}", v=version)
+
+        return {"asset": asset, "frontend_missing": None if (DIST / "main.js").exists() else FRONTEND_HINT,
+                "read_only": web.read_only}
+
+    queue: str | None = None if web.message_queue.lower() == "none" else (web.message_queue or settings.redis_url)
+    cors: Any = [o.strip() for o in web.cors_origins.split(",") if o.strip()] or None
+    if web.cors_origins.strip() == "*":
+        cors = "*"
+    socketio = SocketIO(app, async_mode="threading", message_queue=queue, channel=f"{settings.key_prefix}-socketio",
+                        cors_allowed_origins=cors, ping_interval=10, ping_timeout=10, logger=False,
+                        engineio_logger=False)
+    services.socketio = socketio
+    services.live = Live(socketio, services)
+    if start:
+        services.start()
+    return app
+
+
+def _memory_engine() -> Any:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    return create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)

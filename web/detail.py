@@ -1,0 +1,393 @@
+"""One run in depth: steps with attempts, logs and compensations, parallel branches, the Gantt
+timeline, the DAG, and the exported trace. Live runs are read from the Redis hot state (one
+round trip), finished runs that left it from the audit store; logs and progress always come from
+the audit store, where the recorder puts them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import func, select
+
+from orchestrator import compiler
+from orchestrator.audit import queries
+from orchestrator.audit.models import step_logs
+from orchestrator.audit.models import steps as steps_table
+from orchestrator.audit.store import AuditStore
+from orchestrator.client import Client
+from orchestrator.definition import Definition, from_stored
+from orchestrator.errors import CanvasflowError, StoreError, UnknownRun
+from orchestrator.export import TRACE_FORMAT, export_run
+from web.runs import LIVE_FIELDS, RunViews, hot_base, summarize
+from web.stream import run_events
+
+SETTLED = ("COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATED")
+
+
+def _f(v: Any) -> float | None:
+    try:
+        return float(v) if v not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _json(v: str | None) -> Any:
+    if not v:
+        return None
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def _definition(body: Mapping[str, Any] | None) -> Definition | None:
+    if not body:
+        return None
+    try:
+        return from_stored(body)
+    except CanvasflowError:
+        return None
+
+
+def branches(defn: Definition | None, statuses: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The parallel groups the compiler makes of the definition: which steps run side by side."""
+    if defn is None:
+        return []
+    try:
+        tree = compiler.plan(defn).tree
+    except CanvasflowError:
+        return []
+    groups: list[dict[str, Any]] = []
+
+    def leaves(node: Any) -> list[str]:
+        if isinstance(node, compiler.Leaf):
+            return [node.step]
+        return [s for p in node.parts for s in leaves(p)]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, compiler.Leaf) or node is None:
+            return
+        if isinstance(node, compiler.Parallel):
+            n = len(groups) + 1
+            group = {"group": n, "branches": []}
+            groups.append(group)
+            for i, part in enumerate(node.parts, 1):
+                ids = leaves(part)
+                group["branches"].append({"branch": f"g{n}.b{i}", "steps": ids,
+                                          "status": branch_status([statuses.get(s, "PENDING") for s in ids])})
+        for part in node.parts:
+            walk(part)
+
+    walk(tree)
+    return groups
+
+
+def branch_status(statuses: list[str]) -> str:
+    if any(s in ("RUNNING", "RETRYING", "COMPENSATING") for s in statuses):
+        return "RUNNING"
+    if any(s == "FAILED" for s in statuses):
+        return "FAILED"
+    if all(s in SETTLED for s in statuses):
+        return "CANCELLED" if all(s == "CANCELLED" for s in statuses) else "COMPLETED"
+    return "PENDING"
+
+
+class RunDetails:
+    def __init__(self, client: Client, store: AuditStore | None, views: RunViews) -> None:
+        self.client = client
+        self.store = store
+        self.views = views
+
+    # -- sources ------------------------------------------------------------------------------
+
+    def _hot(self, run_id: str) -> dict[str, Any] | None:
+        data = self.client.state.read(run_id)
+        if data is None:
+            return None
+        run, steps, attempts = data
+        body = json.loads(run["definition"])
+        base = hot_base(run_id, [run.get(k) for k in LIVE_FIELDS])
+        assert base is not None
+        history: dict[str, list[dict[str, Any]]] = {}
+        for a in attempts:
+            history.setdefault(a.get("step", ""), []).append({
+                "attempt": a.get("attempt"), "status": a.get("status"), "started_at": a.get("started_at"),
+                "finished_at": a.get("finished_at"), "duration": a.get("duration"), "worker": a.get("worker"),
+                "error": a.get("error")})
+        out_steps = {}
+        for sid, f in steps.items():
+            started, finished = _f(f.get("started_at")), _f(f.get("finished_at"))
+            hist = history.get(sid, [])
+            if f.get("status") in ("RUNNING",) and f.get("attempt_started_at"):
+                hist = hist + [{"attempt": int(f.get("attempts") or 0), "status": "RUNNING",
+                                "started_at": _f(f.get("attempt_started_at")), "finished_at": None,
+                                "duration": None, "worker": f.get("worker") or None, "error": None}]
+            out_steps[sid] = {
+                "status": f.get("status", "PENDING"), "attempts": int(f.get("attempts") or 0),
+                "started_at": started, "finished_at": finished, "output": _json(f.get("output")),
+                "error": f.get("error") or None, "traceback": f.get("traceback") or None,
+                "worker": f.get("worker") or None, "compensation_error": f.get("compensation_error") or None,
+                "history": hist, "progress": None, "reason": f.get("error") if f.get("status") == "SKIPPED" else None,
+            }
+        meta = {"inputs": _json(run.get("inputs")) or {}, "resolved_by": run.get("resolved_by") or None,
+                "epoch": int(run.get("epoch") or 1)}
+        return {"base": base, "definition": body, "steps": out_steps, "meta": meta, "source": "hot"}
+
+    def _recorded(self, run_id: str) -> dict[str, Any]:
+        if self.store is None:
+            raise UnknownRun(run_id)
+        d = queries.run_detail(self.store, run_id, log_limit=0)
+        progress = self._sql_progress(run_id)
+        out_steps = {}
+        for s in d.steps:
+            out_steps[s.id] = {
+                "status": s.status, "attempts": s.attempts, "started_at": s.started_at,
+                "finished_at": s.finished_at, "output": s.output, "error": s.error, "traceback": None,
+                "worker": s.worker, "compensation_error": s.compensation_error, "reason": s.reason,
+                "progress": progress.get(s.id),
+                "history": [{"attempt": a.number, "status": a.status, "started_at": a.started_at,
+                             "finished_at": a.finished_at, "duration": a.duration, "worker": a.worker,
+                             "error": a.error} for a in s.history],
+            }
+            if s.history and s.history[-1].traceback:
+                out_steps[s.id]["traceback"] = s.history[-1].traceback
+        r = d.run
+        settled = sum(1 for s in d.steps if s.status in SETTLED or s.status == "COMPENSATING")
+        total = len((d.definition or {}).get("steps") or []) or len(d.steps)
+        base = {"id": r.id, "status": r.status, "workflow": r.workflow, "version": r.version, "name": r.name,
+                "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
+                "total": total, "settled": settled, "priority": r.priority, "tags": list(r.tags),
+                "triggered_by": r.triggered_by, "trigger_type": r.trigger_type, "sla_seconds": r.sla_seconds,
+                "error": r.error, "failed_step": r.failed_step, "seq": r.last_seq, "cloned_from": None}
+        return {"base": base, "definition": d.definition, "steps": out_steps,
+                "meta": {"inputs": d.inputs or {}, "resolved_by": None, "epoch": None}, "source": "audit"}
+
+    def _load(self, run_id: str) -> dict[str, Any]:
+        return self._hot(run_id) or self._recorded(run_id)
+
+    def _sql_progress(self, run_id: str) -> dict[str, dict[str, Any]]:
+        if self.store is None:
+            return {}
+        q = select(steps_table.c.step_id, steps_table.c.progress, steps_table.c.progress_message).where(
+            steps_table.c.run_id == run_id, steps_table.c.progress.is_not(None))
+        with self.store.connect() as conn:
+            return {sid: {"fraction": p, "message": m} for sid, p, m in conn.execute(q)}
+
+    def _logs(self, run_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+        if self.store is None or limit <= 0:
+            return [], 0
+        with self.store.connect() as conn:
+            rows = conn.execute(select(step_logs).where(step_logs.c.run_id == run_id)
+                                .order_by(step_logs.c.seq.desc()).limit(limit)).mappings().all()
+            total = conn.execute(select(func.count()).select_from(step_logs)
+                                 .where(step_logs.c.run_id == run_id)).scalar_one()
+        return [log_dict(r) for r in reversed(rows)], int(total)
+
+    # -- views --------------------------------------------------------------------------------
+
+    def detail(self, run_id: str, *, steps_offset: int = 0, steps_limit: int = 100, log_limit: int = 200) -> dict[str, Any]:
+        src = self._load(run_id)
+        now = time.time()
+        warnings: list[str] = []
+        logs: list[dict[str, Any]] = []
+        logs_total = 0
+        try:
+            if src["source"] == "hot":
+                progress = self._sql_progress(run_id)
+                for sid, p in progress.items():
+                    if sid in src["steps"]:
+                        src["steps"][sid]["progress"] = p
+            logs, logs_total = self._logs(run_id, log_limit)
+        except StoreError as exc:
+            warnings.append(f"audit store unavailable: logs and progress are missing ({exc})")
+        summary = summarize(src["base"], now)
+        body = src["definition"] or {}
+        defn = _definition(body)
+        specs = {s["id"]: s for s in body.get("steps", [])}
+        order = list(specs) or list(src["steps"])
+        statuses = {sid: src["steps"].get(sid, {}).get("status", "PENDING") for sid in order}
+        counts: dict[str, int] = {}
+        for st in statuses.values():
+            counts[st] = counts.get(st, 0) + 1
+        logs_by_step: dict[str, list[dict[str, Any]]] = {}
+        for line in logs:
+            logs_by_step.setdefault(line["step"], []).append(line)
+        page = order[steps_offset:steps_offset + steps_limit]
+        step_list = [self._step(i + steps_offset + 1, sid, specs.get(sid, {}), src["steps"].get(sid, {}),
+                                logs_by_step.get(sid, []), now) for i, sid in enumerate(page)]
+        actions = []
+        if self.store is not None:
+            try:
+                actions = queries.audit_entries(self.store, run_id, limit=50)
+            except StoreError:
+                pass
+        return {
+            **summary,
+            "definition": {"id": body.get("id", summary["workflow"]["id"]), "name": body.get("name"),
+                           "description": body.get("description"), "version": body.get("version"),
+                           "mode": body.get("mode", "parallel"), "steps": len(order),
+                           "sla_seconds": body.get("sla_seconds"), "tags": body.get("tags", [])},
+            "inputs": src["meta"]["inputs"], "resolved_by": src["meta"]["resolved_by"],
+            "epoch": src["meta"]["epoch"],
+            "steps": step_list, "steps_offset": steps_offset, "steps_total": len(order), "step_counts": counts,
+            "parallel_branches": branches(defn, statuses),
+            "logs_total": logs_total, "operator_actions": actions, "source": src["source"], "warnings": warnings,
+        }
+
+    @staticmethod
+    def _step(number: int, sid: str, spec: Mapping[str, Any], st: Mapping[str, Any],
+              logs: list[dict[str, Any]], now: float) -> dict[str, Any]:
+        started, finished = st.get("started_at"), st.get("finished_at")
+        status = st.get("status", "PENDING")
+        comp = spec.get("compensate")
+        comp_status = None
+        if status in ("COMPENSATING", "COMPENSATED"):
+            comp_status = status
+        elif st.get("compensation_error"):
+            comp_status = "FAILED"
+        attempts = int(st.get("attempts") or 0)
+        return {
+            "number": number, "id": sid, "name": spec.get("name") or sid,
+            "plugin": spec.get("plugin"), "method": spec.get("method", "run"), "status": status,
+            "depends_on": spec.get("depends_on", []), "when": spec.get("when"),
+            "critical": spec.get("critical", True), "queue": spec.get("queue", "default"),
+            "started_at": started, "finished_at": finished,
+            "duration": ((finished or now) - started) if started and status != "PENDING" else None,
+            "input": spec.get("params", {}), "output": st.get("output"), "error": st.get("error"),
+            "traceback": st.get("traceback"), "reason": st.get("reason"), "worker": st.get("worker"),
+            "attempts": attempts, "retry_count": max(0, attempts - 1), "max_retries": spec.get("retries", 0),
+            "history": st.get("history", []), "progress": st.get("progress"), "logs": logs,
+            "compensation": ({"plugin": comp.get("plugin"), "method": comp.get("method", "run"),
+                              "status": comp_status, "error": st.get("compensation_error")} if comp else None),
+        }
+
+    def events(self, run_id: str, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
+        return run_events(self.client.redis, self.client.keys, self.store, run_id, after, limit)
+
+    def exists(self, run_id: str) -> bool:
+        if self.client.state.status(run_id) is not None:
+            return True
+        if self.store is None:
+            return False
+        try:
+            queries.get_run(self.store, run_id)
+            return True
+        except (UnknownRun, StoreError):
+            return False
+
+    def timeline(self, run_id: str) -> dict[str, Any]:
+        """Bars for the Gantt chart: one per step attempt and per compensation, from the events."""
+        src = self._load(run_id)
+        summary = summarize(src["base"], time.time())
+        order = [s["id"] for s in (src["definition"] or {}).get("steps", [])] or list(src["steps"])
+        number = {sid: i + 1 for i, sid in enumerate(order)}
+        bars: list[dict[str, Any]] = []
+        open_: dict[tuple[str, str], dict[str, Any]] = {}
+        for e in self.events(run_id, 0, limit=200_000):
+            t, step, data = e["type"], e["step"], e["data"] or {}
+            if not step:
+                continue
+            if t == "step_started":
+                bar = {"step": step, "number": number.get(step, 0), "kind": "step",
+                       "attempt": data.get("attempt"), "status": "RUNNING", "start": e["ts"], "end": None,
+                       "worker": data.get("worker"), "error": None}
+                bars.append(bar)
+                open_[(step, "step")] = bar
+            elif t in ("step_completed", "step_failed", "step_retrying", "step_cancelled"):
+                bar = open_.pop((step, "step"), None)
+                if bar is None:
+                    if t != "step_cancelled":
+                        continue
+                    bar = {"step": step, "number": number.get(step, 0), "kind": "step", "attempt": None,
+                           "status": "CANCELLED", "start": e["ts"], "end": e["ts"], "worker": None, "error": None}
+                    bars.append(bar)
+                bar["end"] = e["ts"]
+                bar["status"] = e["status"] or t.removeprefix("step_").upper()
+                bar["error"] = data.get("error")
+            elif t == "step_compensating":
+                bar = {"step": step, "number": number.get(step, 0), "kind": "compensation", "attempt": None,
+                       "status": "COMPENSATING", "start": e["ts"], "end": None, "worker": None, "error": None}
+                bars.append(bar)
+                open_[(step, "compensation")] = bar
+            elif t in ("step_compensated", "step_compensation_failed"):
+                bar = open_.pop((step, "compensation"), None)
+                if bar is not None:
+                    bar["end"] = e["ts"]
+                    bar["status"] = "COMPENSATED" if t == "step_compensated" else "FAILED"
+                    bar["error"] = data.get("error")
+        for b in bars:
+            b["duration"] = (b["end"] - b["start"]) if b["end"] is not None else None
+        return {"run": summary, "steps": [{"id": s, "number": number[s]} for s in order], "bars": bars,
+                "now": time.time()}
+
+    def graph(self, run_id: str) -> dict[str, Any]:
+        src = self._load(run_id)
+        statuses = {sid: s.get("status", "PENDING") for sid, s in src["steps"].items()}
+        return {"run": summarize(src["base"], time.time()), **dag(src["definition"] or {}, statuses)}
+
+    def export(self, run_id: str) -> dict[str, Any]:
+        events = self.events(run_id, 0, limit=1_000_000)
+        try:
+            return export_run(self.client, run_id, events=events)
+        except UnknownRun:
+            pass
+        src = self._recorded(run_id)  # left the hot state: rebuild the trace from the audit store
+        d = self.detail(run_id, steps_limit=1_000_000, log_limit=0)
+        logs = queries.logs(self.store, run_id, limit=10_000) if self.store is not None else []
+        by_step: dict[str, list[dict[str, Any]]] = {}
+        for line in logs:
+            by_step.setdefault(line.step, []).append({"ts": line.ts, "level": line.level, "message": line.message})
+        base = src["base"]
+        return {
+            "format": TRACE_FORMAT, "exported_at": time.time(), "source": "audit",
+            "run": {"id": run_id, **{k: base.get(k) for k in ("workflow", "version", "name", "status", "priority",
+                                                              "triggered_by", "trigger_type", "sla_seconds",
+                                                              "created_at", "started_at", "finished_at", "error",
+                                                              "failed_step")}},
+            "definition": src["definition"], "inputs": src["meta"]["inputs"], "tags": base.get("tags", []),
+            "steps": [{"id": s["id"], "status": s["status"], "attempts": s["history"], "started_at": s["started_at"],
+                       "finished_at": s["finished_at"], "output": s["output"], "error": s["error"],
+                       "traceback": s["traceback"], "compensation_error": (s["compensation"] or {}).get("error"),
+                       "logs": by_step.get(s["id"], []), "progress": s["progress"], "stats": None}
+                      for s in d["steps"]],
+            "events": events,
+            "operator_actions": [e["data"] for e in events if e["type"] == "operator_action"],
+        }
+
+
+def dag(body: Mapping[str, Any], statuses: Mapping[str, str]) -> dict[str, Any]:
+    """Nodes (with a layer: the longest path from a root) and edges of a definition."""
+    specs = body.get("steps", [])
+    ids = [s["id"] for s in specs]
+    edges = [{"source": d, "target": s["id"], "kind": "depends_on"} for s in specs for d in s.get("depends_on", [])]
+    if body.get("mode") == "sequential":
+        have = {(e["source"], e["target"]) for e in edges}
+        edges += [{"source": a, "target": b, "kind": "order"} for a, b in zip(ids, ids[1:], strict=False)
+                  if (a, b) not in have]
+    parents: dict[str, list[str]] = {i: [] for i in ids}
+    for e in edges:
+        parents[e["target"]].append(e["source"])
+    layer: dict[str, int] = {}
+    for sid in ids:  # definitions are validated acyclic; list order may still put children first
+        stack = [sid]
+        while stack:
+            n = stack[-1]
+            todo = [p for p in parents[n] if p not in layer]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            layer[n] = 1 + max((layer[p] for p in parents[n]), default=-1)
+    nodes = [{"id": s["id"], "name": s.get("name") or s["id"], "plugin": s.get("plugin"),
+              "method": s.get("method", "run"), "status": statuses.get(s["id"], "PENDING"),
+              "layer": layer.get(s["id"], 0), "join": s.get("join", "all"), "when": s.get("when"),
+              "critical": s.get("critical", True), "compensate": bool(s.get("compensate"))} for s in specs]
+    return {"nodes": nodes, "edges": edges, "mode": body.get("mode", "parallel")}
+
+
+def log_dict(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {"seq": r["seq"], "step": r["step_id"], "ts": r["ts"], "level": r["level"], "message": r["message"],
+            "entity_tag": r.get("entity_tag"), "entity_route": r.get("entity_route")}

@@ -1,0 +1,133 @@
+"""Socket.IO: authenticated connections, subscriptions to runs, the live relay of the event
+stream, and the catch-up a reconnecting client asks for.
+
+Protocol (docs/api.md): a client connects (session cookie, or ``auth={"token": ...}``, or an
+``Authorization: Bearer`` header), then emits ``subscribe`` with ``{"runs": [ids]}`` and/or
+``{"all": true}`` and ``{"after": {run_id: last_seq}}``; the acknowledgement carries every event
+of those runs after those seqs. Live events arrive under their type's name (``step_completed``…)
+with ``run`` and ``seq``; a client applies an event only if its seq is the next one it expects,
+and asks ``subscribe`` again (with its ``after``) on a gap or a reconnect. The ``all`` room gets
+every event except the chatty ``log``, ``progress`` and ``stats``, batched: one ``events``
+message (a list, in stream order) per batch the relay reads, so a busy fleet costs one send per
+client per batch instead of one per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import request, session
+from flask_socketio import SocketIO, join_room, leave_room
+
+from web import auth
+
+log = logging.getLogger(__name__)
+
+NOT_FOR_ALL = frozenset({"log", "progress", "stats"})
+MAX_RUNS_PER_SUBSCRIBE = 200
+
+
+def run_room(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+class Live:
+    """The Socket.IO side of one web process."""
+
+    def __init__(self, socketio: SocketIO, services: Any) -> None:
+        self.socketio = socketio
+        self.services = services
+        self.clients: dict[str, dict[str, Any]] = {}
+        self.emitted = 0
+        socketio.on_event("connect", self.on_connect)
+        socketio.on_event("disconnect", self.on_disconnect)
+        socketio.on_event("subscribe", self.on_subscribe)
+        socketio.on_event("unsubscribe", self.on_unsubscribe)
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def on_connect(self, auth_data: Any = None) -> bool:
+        token = auth_data.get("token") if isinstance(auth_data, dict) else None
+        header = f"Bearer {token}" if token else request.headers.get("Authorization")
+        user, via = auth.identify(header, session.get("user"))
+        if user is None:
+            raise ConnectionRefusedError("unauthorized: log in, or pass auth={'token': ...}")
+        self.clients[request.sid] = {"user": user, "runs": set(), "all": False, "since": time.time()}
+        self.socketio.emit("hello", {"user": user.as_dict(), "via": via, "server_time": time.time()}, to=request.sid)
+        return True
+
+    def on_disconnect(self, *_: Any) -> None:
+        self.clients.pop(request.sid, None)
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def on_subscribe(self, data: Any = None) -> dict[str, Any]:
+        data = data if isinstance(data, dict) else {}
+        client = self.clients.get(request.sid)
+        if client is None:
+            return {"error": "not connected"}
+        runs = data.get("runs") or []
+        if not isinstance(runs, list) or not all(isinstance(r, str) for r in runs):
+            return {"error": "runs must be a list of run ids"}
+        if len(runs) > MAX_RUNS_PER_SUBSCRIBE:
+            return {"error": f"at most {MAX_RUNS_PER_SUBSCRIBE} runs per subscribe"}
+        after = data.get("after") if isinstance(data.get("after"), dict) else {}
+        if data.get("all"):
+            join_room("all")
+            client["all"] = True
+        missed: list[dict[str, Any]] = []
+        latest: dict[str, int] = {}
+        details = self.services.details
+        for rid in runs:
+            join_room(run_room(rid))
+            client["runs"].add(rid)
+            try:
+                seq = int(after.get(rid, -1))
+            except (TypeError, ValueError):
+                seq = -1
+            if seq >= 0:
+                events = details.events(rid, seq)
+                missed.extend(events)
+            raw = self.services.client.redis.hget(self.services.client.keys.run(rid), "seq")
+            latest[rid] = int(raw) if raw else max([e["seq"] for e in missed if e["run"] == rid], default=0)
+        return {"subscribed": sorted(client["runs"]), "all": client["all"], "events": missed, "latest": latest}
+
+    def on_unsubscribe(self, data: Any = None) -> dict[str, Any]:
+        data = data if isinstance(data, dict) else {}
+        client = self.clients.get(request.sid)
+        if client is None:
+            return {"error": "not connected"}
+        for rid in data.get("runs") or []:
+            leave_room(run_room(str(rid)))
+            client["runs"].discard(rid)
+        if data.get("all"):
+            leave_room("all")
+            client["all"] = False
+        return {"subscribed": sorted(client["runs"]), "all": client["all"]}
+
+    # -- relay --------------------------------------------------------------------------------
+
+    def deliver(self, batch: list[dict[str, Any]]) -> None:
+        """Emit a batch read from the stream to this process's subscribers, each event with the
+        run's current status and step counts (one Redis round trip per batch)."""
+        client = self.services.client
+        runs = list(dict.fromkeys(e["run"] for e in batch))
+        pipe = client.redis.pipeline(transaction=False)
+        for rid in runs:
+            pipe.hmget(client.keys.run(rid), "status", "settled", "total")
+        state = {}
+        for rid, (status, settled, total) in zip(runs, pipe.execute(), strict=True):
+            if status is not None:
+                state[rid] = {"status": status.decode(), "settled": int(settled or 0), "total": int(total or 0)}
+        for_all = []
+        for e in batch:
+            payload = {**e, "run_state": state.get(e["run"])}
+            self.socketio.emit(e["type"], payload, to=run_room(e["run"]), namespace="/", ignore_queue=True)
+            if e["type"] not in NOT_FOR_ALL:
+                for_all.append(payload)
+            self.emitted += 1
+        # The "all" room may have hundreds of clients: one message per batch, not per event.
+        if for_all:
+            self.socketio.emit("events", for_all, to="all", namespace="/", ignore_queue=True)

@@ -1,0 +1,86 @@
+// The Gantt chart: one bar per step attempt (and per compensation) on a time axis from the run's
+// start, coloured by status; parallel steps overlap; the SLA target is a dashed line.
+import { api } from "./api.js";
+import { chartOn, dispose, STATUS_COLORS } from "./charts.js";
+import { duration, esc } from "./util.js";
+
+function option(t) {
+  const origin = t.run.created_at;
+  const steps = t.steps;
+  const rowOf = new Map(steps.map((s, i) => [s.id, i]));
+  const end = (b) => (b.end ?? t.now) - origin;
+  const data = t.bars.map((b) => ({
+    value: [rowOf.get(b.step) ?? 0, b.start - origin, end(b), b.kind === "compensation" ? 1 : 0],
+    bar: b,
+    itemStyle: { color: b.kind === "compensation" ? STATUS_COLORS.COMPENSATING : (STATUS_COLORS[b.status] || "#888") },
+  }));
+  const maxX = Math.max(1, ...data.map((d) => d.value[2]), t.run.sla.target || 0);
+  const sla = t.run.sla.target ? [{ xAxis: t.run.sla.target, name: "SLA" }] : [];
+  const labels = steps.map((s) => `${s.number}. ${s.id}`);
+  return {
+    animation: false,
+    grid: { left: 190, right: 40, top: 30, bottom: 50 },
+    tooltip: {
+      formatter: (p) => {
+        const b = p.data.bar;
+        return `<b>${esc(b.step)}</b> ${b.kind === "compensation" ? "(compensation)" : `attempt ${b.attempt ?? "?"}`}<br>` +
+          `${esc(b.status)} · ${duration(b.duration ?? (t.now - b.start))}${b.end == null ? " (still running)" : ""}<br>` +
+          `${b.worker ? `worker ${esc(b.worker)}<br>` : ""}${b.error ? `<span style="color:#d64545">${esc(b.error)}</span>` : ""}`;
+      },
+    },
+    dataZoom: [{ type: "inside", xAxisIndex: 0 }, { type: "slider", xAxisIndex: 0, height: 18, bottom: 8 }],
+    xAxis: { type: "value", min: 0, max: maxX * 1.05, axisLabel: { formatter: (v) => duration(v) }, splitLine: { show: true } },
+    yAxis: { type: "category", data: labels, inverse: true, axisLabel: { width: 170, overflow: "truncate" } },
+    series: [{
+      type: "custom",
+      encode: { x: [1, 2], y: 0 },
+      data,
+      renderItem: (params, api_) => {
+        const row = api_.value(0);
+        const a = api_.coord([api_.value(1), row]);
+        const b = api_.coord([api_.value(2), row]);
+        const comp = api_.value(3) === 1;
+        const h = api_.size([0, 1])[1] * (comp ? 0.35 : 0.6);
+        const y = a[1] - h / 2 + (comp ? h * 0.9 : 0);
+        const rect = { x: a[0], y, width: Math.max(2, b[0] - a[0]), height: h };
+        return { type: "rect", shape: rect, style: api_.style() };
+      },
+      label: {
+        show: true, position: "right", fontSize: 10,
+        formatter: (p) => {
+          const bar = p.data.bar;
+          if (bar.kind === "compensation") return "rollback";
+          if (bar.status === "RETRYING") return `retry ${bar.attempt}`;
+          if (bar.end == null) return "running";
+          return "";
+        },
+      },
+      markLine: sla.length ? { symbol: "none", lineStyle: { type: "dashed", color: "#d64545" },
+        label: { formatter: `SLA ${duration(t.run.sla.target)}`, position: "insideEndTop" }, data: sla } : undefined,
+    }],
+  };
+}
+
+export async function mount(el, runId, openStep) {
+  const chart = chartOn(el);
+  let timeline = null;
+  async function refresh() {
+    const started = performance.now();
+    timeline = await api(`/runs/${runId}/timeline`);
+    const rows = Math.max(8, timeline.steps.length);
+    el.style.height = `${Math.min(20000, 80 + rows * 26)}px`;
+    chart.resize();
+    const fetched = performance.now();
+    chart.setOption(option(timeline), true);
+    // Painted: two animation frames after the synchronous update.
+    await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+    window.__cfGantt = { fetchMs: fetched - started, renderMs: performance.now() - fetched, bars: timeline.bars.length };
+    el.dataset.rendered = String(timeline.bars.length);
+  }
+  chart.on("click", (p) => {
+    const bar = p.data?.bar;
+    if (bar) openStep(bar.step, bar.number);
+  });
+  await refresh();
+  return { refresh, dispose: () => dispose(chart) };
+}

@@ -1,0 +1,107 @@
+// The Socket.IO connection: authenticated by the session cookie, reconnecting with backoff, and
+// re-synchronising after every (re)connect: per-run subscribers get every event after the last
+// seq they applied (the server replays them in the subscribe acknowledgement); "all" subscribers
+// are told to refetch. Events are applied in seq order exactly once.
+import { io } from "socket.io-client";
+import { setServerTime } from "./util.js";
+
+const EVENT_TYPES = [
+  "run_created", "run_status_changed", "step_started", "step_completed", "step_failed", "step_retrying",
+  "step_skipped", "step_cancelled", "step_compensating", "step_compensated", "step_compensation_failed",
+  "log", "progress", "stats", "operator_action", "sla_warning", "sla_breached",
+];
+
+class Live {
+  constructor() {
+    this.runs = new Map(); // run id -> {lastSeq, handlers:Set}
+    this.allHandlers = new Set();
+    this.resyncHandlers = new Set();
+    this.connected = false;
+    this.socket = io({
+      transports: ["websocket", "polling"],
+      reconnection: true, reconnectionDelay: 500, reconnectionDelayMax: 5000, randomizationFactor: 0.5,
+    });
+    this.socket.on("connect", () => this._onConnect());
+    this.socket.on("disconnect", () => this._status(false));
+    this.socket.on("connect_error", (err) => this._status(false, err?.message));
+    this.socket.on("hello", (h) => { setServerTime(h.server_time); });
+    for (const type of EVENT_TYPES) this.socket.on(type, (e) => this._event(e));
+    this.socket.on("events", (list) => { for (const e of list) this._event(e); }); // the "all" room's batches
+    window.__cfLive = this; // tests and benchmarks look at it
+    this.received = 0;
+  }
+
+  _status(ok, why) {
+    this.connected = ok;
+    const el = document.getElementById("conn");
+    if (el) {
+      el.hidden = false;
+      el.textContent = ok ? "live" : "reconnecting…";
+      el.className = `conn ${ok ? "ok" : "down"}`;
+      el.title = ok ? "live updates" : `disconnected${why ? `: ${why}` : ""}; retrying with backoff`;
+    }
+  }
+
+  _onConnect() {
+    this._status(true);
+    this._subscribe([...this.runs.keys()], this.allHandlers.size > 0);
+    for (const fn of this.resyncHandlers) fn();
+  }
+
+  _subscribe(ids, all) {
+    if (!this.socket.connected) return;
+    const after = {};
+    for (const id of ids) after[id] = this.runs.get(id)?.lastSeq ?? 0;
+    this.socket.emit("subscribe", { runs: ids, all, after }, (ack) => {
+      if (!ack || ack.error) return;
+      for (const e of ack.events || []) this._event(e);
+    });
+  }
+
+  _event(e) {
+    this.received += 1;
+    e.receivedAt = Date.now();
+    if (window.__cfLatencies) window.__cfLatencies.push(e.receivedAt / 1000 - e.ts); // benchmarks
+    const sub = this.runs.get(e.run);
+    if (sub) {
+      if (e.seq <= sub.lastSeq) return; // already applied
+      if (sub.lastSeq > 0 && e.seq > sub.lastSeq + 1 && !sub.resyncing) {
+        // A gap (a dropped message): ask for what is missing, in order.
+        sub.resyncing = true;
+        this.socket.emit("subscribe", { runs: [e.run], after: { [e.run]: sub.lastSeq } }, (ack) => {
+          sub.resyncing = false;
+          for (const m of ack?.events || []) this._event(m);
+          this._event(e);
+        });
+        return;
+      }
+      if (sub.resyncing) return;
+      sub.lastSeq = e.seq;
+      for (const fn of sub.handlers) fn(e);
+    }
+    if (!["log", "progress", "stats"].includes(e.type)) for (const fn of this.allHandlers) fn(e);
+  }
+
+  /** Follow one run from `lastSeq`; returns an unsubscribe function. */
+  followRun(runId, lastSeq, handler) {
+    let sub = this.runs.get(runId);
+    if (!sub) { sub = { lastSeq, handlers: new Set() }; this.runs.set(runId, sub); }
+    sub.lastSeq = Math.max(sub.lastSeq, lastSeq);
+    sub.handlers.add(handler);
+    this._subscribe([runId], this.allHandlers.size > 0);
+    return () => {
+      sub.handlers.delete(handler);
+      if (!sub.handlers.size) { this.runs.delete(runId); this.socket.emit("unsubscribe", { runs: [runId] }); }
+    };
+  }
+
+  /** Every run's status and step events; `resync` runs after each reconnect. */
+  followAll(handler, resync) {
+    this.allHandlers.add(handler);
+    if (resync) this.resyncHandlers.add(resync);
+    this._subscribe([], true);
+  }
+}
+
+let live = null;
+export const getLive = () => (live ||= new Live());

@@ -1,0 +1,25 @@
+// Entry point: every page loads this module; it starts the page's own module.
+import "./app.css";
+import { boot, toast } from "./util.js";
+
+const PAGES = {
+  runs: () => import("./runs.js"),
+  run: () => import("./run.js"),
+  analytics: () => import("./analytics.js"),
+  workflows: () => import("./workflows.js"),
+};
+
+async function start() {
+  const load = PAGES[boot.page];
+  if (!load) return;
+  try {
+    const mod = await load();
+    await mod.init();
+    document.body.dataset.ready = "1";
+  } catch (err) {
+    console.error(err);
+    toast(`the page failed to start: ${err.message}`, "error");
+  }
+}
+
+start();

@@ -1,0 +1,286 @@
+// The run page: header with live progress and actions, the step timeline (expandable input,
+// output, logs, errors, attempts, compensation), parallel branches, and the Gantt / DAG views.
+import { api, ApiError } from "./api.js";
+import { getLive } from "./live.js";
+import {
+  $, $$, boot, canOperate, duration, esc, FINAL, json, now, progressBar, slaBadge, statusBadge, throttle, time, toast,
+} from "./util.js";
+
+const runId = boot.runId;
+const state = { run: null, expanded: new Set(), offset: 0, view: boot.view || "timeline", showAllBranches: new Set() };
+let chart = null; // the Gantt or DAG module once loaded
+
+const ACTIONS = {
+  pause: { path: "pause", when: (r) => r.can_pause },
+  resume: { path: "resume", when: (r) => r.can_resume },
+  cancel: { path: "cancel", when: (r) => r.can_cancel, confirm: true },
+  retry: { path: "retry", when: (r) => r.can_retry && r.steps_failed, body: {} },
+  "retry-start": { path: "retry", when: (r) => r.can_retry, body: { from_start: true } },
+  "retry-compensation": { path: "retry", when: (r) => r.can_retry_compensation, body: { compensation: true } },
+  resolve: { path: "resolve", when: (r) => r.can_resolve },
+  clone: { path: "clone", when: () => true },
+};
+
+function syncAllowed(r) {
+  // Live events change the status before the next fetch; the buttons follow the status at once.
+  const allowed = boot.allowed || {};
+  for (const [action, key] of [["pause", "can_pause"], ["resume", "can_resume"], ["cancel", "can_cancel"],
+    ["retry", "can_retry"], ["retry_compensation", "can_retry_compensation"], ["resolve", "can_resolve"]]) {
+    if (allowed[action]) r[key] = allowed[action].includes(r.status);
+  }
+}
+
+function renderHead(r) {
+  syncAllowed(r);
+  $("#run-workflow").textContent = r.workflow.name || r.workflow.id;
+  $("#run-status").outerHTML = `<span id="run-status">${statusBadge(r.status)}</span>`;
+  const meta = [
+    `workflow <a href="/workflows/${esc(r.workflow.id)}">${esc(r.workflow.id)}</a> ${esc(r.workflow.version)}`,
+    `started ${time(r.started_at || r.created_at)}`,
+    `duration <span id="run-duration" data-started="${r.started_at ?? ""}" data-final="${FINAL.has(r.status) ? 1 : ""}">${duration(r.duration)}</span>`,
+    `SLA ${r.sla.target ? duration(r.sla.target) : "none"} ${slaBadge(r.sla)}`,
+    `triggered by ${esc(r.triggered_by || "–")} (${esc(r.trigger_type || "–")})`,
+    `priority ${esc(r.priority)}`,
+  ];
+  if (r.cloned_from) meta.push(`clone of <a href="/runs/${esc(r.cloned_from)}">${esc(r.cloned_from)}</a>`);
+  if (r.tags.length) meta.push(r.tags.map((t) => `<span class="tag">${esc(t)}</span>`).join(" "));
+  $("#run-meta").innerHTML = meta.map((m) => `<span>${m}</span>`).join("");
+  const p = r.progress;
+  $("#run-bar").style.width = `${p.percent}%`;
+  $("#run-bar").className = `bar s-${r.status}`;
+  $("#run-bar").parentElement.dataset.percent = String(p.percent);
+  $("#run-progress-text").textContent = `${p.settled}/${p.total} steps (${Math.round(p.percent)}%)` +
+    (p.current_steps.length ? ` — running: ${p.current_steps.join(", ")}` : "");
+  const err = $("#run-error");
+  err.hidden = !r.error;
+  err.textContent = r.error ? `${r.failed_step ? `step ${r.failed_step}: ` : ""}${r.error}` : "";
+  const sla = $("#sla-banner");
+  sla.hidden = !(r.sla.status === "at_risk" || r.sla.status === "breached");
+  if (!sla.hidden) {
+    const over = r.sla.elapsed - r.sla.target;
+    sla.className = `banner sla-${r.sla.status}`;
+    sla.textContent = r.sla.status === "breached"
+      ? `SLA breached: target ${duration(r.sla.target)}, now ${duration(r.sla.elapsed)} (+${duration(over)})`
+      : `SLA at risk: ${Math.round((100 * r.sla.elapsed) / r.sla.target)}% of the ${duration(r.sla.target)} target used`;
+  }
+  const operate = canOperate();
+  for (const btn of $$("#actions button[data-action]")) {
+    const a = ACTIONS[btn.dataset.action];
+    btn.hidden = !a.when(r);
+    btn.disabled = !operate;
+    btn.title = operate ? "" : (boot.readOnly ? "the dashboard is read-only" : `your role (${boot.user.role}) cannot change runs`);
+  }
+}
+
+function stepRow(s) {
+  const open = state.expanded.has(s.id);
+  const running = s.status === "RUNNING" || s.status === "RETRYING";
+  const dur = s.duration != null ? duration(s.duration) : s.status;
+  const retries = s.retry_count ? `<span class="retries" title="retries">retry ${s.retry_count}/${s.max_retries}</span>` : "";
+  const comp = s.compensation;
+  const compBadge = comp?.status ? `<span class="comp comp-${esc(comp.status)}">compensation ${esc(comp.status)}</span>` : "";
+  const prog = s.progress && running
+    ? `<div class="step-progress"><div class="progress"><div class="bar s-RUNNING" style="width:${Math.round(100 * s.progress.fraction)}%"></div>` +
+      `<span>${Math.round(100 * s.progress.fraction)}%</span></div> <small>${esc(s.progress.message || "")}</small></div>` : "";
+  const lastLog = running && s.logs.length ? `<div class="last-log">└ ${esc(s.logs[s.logs.length - 1].message)}</div>` : "";
+  let body = "";
+  if (open) {
+    const attempts = s.history.map((a) => `<li class="attempt s-${esc(a.status)}">attempt ${a.attempt ?? "?"}: ${statusBadge(a.status)}
+      ${a.started_at ? time(a.started_at) : ""} ${a.duration != null ? `(${duration(a.duration)})` : ""}
+      ${a.worker ? `<small class="muted">on ${esc(a.worker)}</small>` : ""}
+      ${a.error ? `<div class="error">${esc(a.error)}</div>` : ""}</li>`).join("");
+    const logs = s.logs.map((l) => `<li class="log l-${esc(l.level)}"><small>${time(l.ts)}</small> <b>${esc(l.level)}</b> ${esc(l.message)}</li>`).join("");
+    const retryBtn = canOperate() && state.run.can_retry
+      ? `<button data-retry-from="${esc(s.id)}">Retry from this step</button>` : "";
+    body = `<div class="step-body">
+      <div class="cols">
+        <div><h4>Input</h4>${json(s.input)}</div>
+        <div><h4>Output</h4>${json(s.output)}</div>
+      </div>
+      ${s.error ? `<h4>Error</h4><pre class="error">${esc(s.error)}</pre>` : ""}
+      ${s.traceback ? `<details><summary>Traceback</summary><pre>${esc(s.traceback)}</pre></details>` : ""}
+      ${s.reason ? `<p class="muted">Skipped: ${esc(s.reason)}</p>` : ""}
+      ${comp ? `<h4>Compensation</h4><p>${esc(comp.plugin)}.${esc(comp.method)} — ${esc(comp.status || "not run")}</p>
+        ${comp.error ? `<pre class="error">${esc(comp.error)}</pre>` : ""}` : ""}
+      <h4>Attempts</h4><ol class="attempts">${attempts || "<li class='muted'>none yet</li>"}</ol>
+      <h4>Logs</h4><ul class="logs">${logs || "<li class='muted'>none</li>"}</ul>
+      <p class="muted">${esc(s.plugin)}.${esc(s.method)} · queue ${esc(s.queue)}${s.critical ? "" : " · non-critical"}
+        ${s.depends_on.length ? ` · after ${esc(s.depends_on.join(", "))}` : ""}${s.when ? ` · when <code>${esc(s.when)}</code>` : ""}
+        ${s.worker ? ` · worker ${esc(s.worker)}` : ""}</p>
+      ${retryBtn}
+    </div>`;
+  }
+  return `<li class="step s-${esc(s.status)} ${comp?.status ? "compensated" : ""} ${open ? "open" : ""}" id="step-${esc(s.id)}" data-step="${esc(s.id)}" data-status="${esc(s.status)}">
+    <div class="step-head" role="button" tabindex="0">
+      <span class="num">${s.number}.</span> ${statusBadge(s.status)}
+      <span class="name">${esc(s.name)}</span> ${retries} ${compBadge}
+      <span class="when">${s.started_at ? time(s.started_at) : ""}${s.finished_at ? ` → ${time(s.finished_at)}` : ""}</span>
+      <span class="dur" data-started="${running ? s.started_at ?? "" : ""}">${running ? `RUNNING – ${duration(s.duration)}` : dur}</span>
+    </div>${prog}${lastLog}${body}</li>`;
+}
+
+function renderBranches(r) {
+  const groups = r.parallel_branches || [];
+  $("#branches").innerHTML = groups.map((g) => {
+    const all = state.showAllBranches.has(g.group);
+    const shown = all ? g.branches : g.branches.slice(0, 5);
+    const more = g.branches.length - shown.length;
+    return `<div class="branch-group" data-group="${g.group}"><h4>Parallel group ${g.group} · ${g.branches.length} branches</h4>
+      <div class="branch-cols">${shown.map((b) => `<div class="branch s-${esc(b.status)}" data-branch="${esc(b.branch)}">
+        <b>${esc(b.branch)}</b> ${statusBadge(b.status)}<ul>${b.steps.map((s) => `<li><a href="#step-${esc(s)}">${esc(s)}</a></li>`).join("")}</ul></div>`).join("")}
+      ${more > 0 ? `<button class="expand-branches" data-group="${g.group}">+${more} more branches</button>` : ""}
+      ${all && g.branches.length > 5 ? `<button class="collapse-branches" data-group="${g.group}">collapse</button>` : ""}</div></div>`;
+  }).join("");
+}
+
+function renderTimeline(r) {
+  $("#timeline").innerHTML = r.steps.map(stepRow).join("");
+  const pages = Math.ceil(r.steps_total / boot.stepsPage);
+  const pager = $("#steps-pager");
+  if (pages > 1) {
+    const page = Math.floor(r.steps_offset / boot.stepsPage) + 1;
+    pager.innerHTML = `<button data-page="-1" ${page === 1 ? "disabled" : ""}>‹ Previous</button>
+      <span>steps ${r.steps_offset + 1}–${r.steps_offset + r.steps.length} of ${r.steps_total} (page ${page}/${pages})</span>
+      <button data-page="1" ${page === pages ? "disabled" : ""}>Next ›</button>`;
+  } else pager.innerHTML = "";
+  $("#operator-actions").innerHTML = (r.operator_actions || []).map((a) =>
+    `<li>${time(a.ts)} <b>${esc(a.actor)}</b> ${esc(a.action)} — ${esc(a.outcome)}${a.reason ? `: “${esc(a.reason)}”` : ""}</li>`).join("") || "<li class='muted'>none</li>";
+}
+
+async function load() {
+  try {
+    const r = await api(`/runs/${runId}`, { query: { steps_offset: state.offset, steps_limit: boot.stepsPage } });
+    r.steps_failed = (r.step_counts.FAILED || 0) > 0;
+    state.run = r;
+    renderHead(r);
+    renderTimeline(r);
+    renderBranches(r);
+    document.body.dataset.seq = String(r.seq);
+    return r;
+  } catch (err) {
+    toast(err.message, "error");
+    return null;
+  }
+}
+
+const refresh = throttle(async () => {
+  await load();
+  if (chart) await chart.refresh();
+}, 1000); // statuses change at once from the events; the full detail follows at most once a second
+
+function onEvent(e) {
+  const r = state.run;
+  if (!r) return;
+  if (e.run_state) {
+    r.status = e.run_state.status;
+    r.progress.settled = e.run_state.settled;
+    r.progress.total = e.run_state.total;
+    r.progress.percent = e.run_state.total ? (100 * e.run_state.settled) / e.run_state.total : 0;
+  }
+  if (e.step) {
+    const li = $(`#step-${CSS.escape(e.step)}`);
+    if (li && e.status) { li.dataset.status = e.status; }
+  }
+  if (e.type === "sla_warning" || e.type === "sla_breached") toast(`${e.type.replace("_", " ")}: run ${runId}`, "warn");
+  renderHead(r);
+  refresh();
+}
+
+async function act(name, extra = {}) {
+  const a = ACTIONS[name];
+  let body = { ...(a.body || {}), ...extra };
+  if (a.confirm) {
+    const reason = await confirmDialog(`Cancel run ${runId}?`,
+      "Steps that have not started will not run, running steps are stopped, and completed steps are compensated (rolled back) newest first.");
+    if (reason === null) return;
+    body = { ...body, reason: reason || "cancelled from the dashboard" };
+  }
+  try {
+    const res = await api(`/runs/${runId}/${a.path}`, { method: "POST", body });
+    toast(res.message);
+    if (name === "clone") { window.location.href = `/runs/${res.run_id}`; return; }
+    refresh();
+  } catch (err) {
+    const extraInfo = err instanceof ApiError && err.payload.current_status ? ` (run is ${err.payload.current_status})` : "";
+    toast(`${err.message}${extraInfo}`, "error");
+  }
+}
+
+function confirmDialog(title, text) {
+  const dlg = $("#confirm");
+  $("#confirm-title").textContent = title;
+  $("#confirm-text").textContent = text;
+  $("#confirm-reason").value = "";
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok" ? $("#confirm-reason").value : null), { once: true });
+    dlg.showModal();
+  });
+}
+
+async function showView(view) {
+  state.view = view;
+  for (const v of ["timeline", "gantt", "dag"]) $(`#view-${v}`).hidden = v !== view;
+  for (const a of $$(".tabs.views a")) a.classList.toggle("on", a.dataset.view === view);
+  if (view === "gantt") chart = await import("./gantt.js").then((m) => m.mount($("#gantt"), runId, openStep));
+  else if (view === "dag") chart = await import("./dag.js").then((m) => m.mount($("#dag"), runId, openStep));
+  else { chart?.dispose?.(); chart = null; }
+}
+
+function openStep(stepId, number) {
+  history.pushState(null, "", `/runs/${runId}#step-${stepId}`);
+  state.expanded.add(stepId);
+  if (number) state.offset = Math.floor((number - 1) / boot.stepsPage) * boot.stepsPage;
+  showView("timeline").then(async () => {
+    await load();
+    $(`#step-${CSS.escape(stepId)}`)?.scrollIntoView({ block: "center" });
+  });
+}
+
+function tick() {
+  const d = $("#run-duration");
+  if (d && d.dataset.started && !d.dataset.final) d.textContent = duration(now() - parseFloat(d.dataset.started));
+  for (const el of $$("#timeline .dur[data-started]")) {
+    const started = parseFloat(el.dataset.started);
+    if (started) el.textContent = `RUNNING – ${duration(now() - started)}`;
+  }
+}
+
+export async function init() {
+  if (location.hash.startsWith("#step-")) state.expanded.add(decodeURIComponent(location.hash.slice(6)));
+  $("#timeline").addEventListener("click", (ev) => {
+    const retryFrom = ev.target.closest("button[data-retry-from]");
+    if (retryFrom) { act("retry", { from_step: retryFrom.dataset.retryFrom }); return; }
+    const head = ev.target.closest(".step-head");
+    if (!head) return;
+    const id = head.parentElement.dataset.step;
+    if (state.expanded.has(id)) state.expanded.delete(id); else state.expanded.add(id);
+    renderTimeline(state.run);
+  });
+  $("#branches").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-group]");
+    if (!b) return;
+    const g = Number(b.dataset.group);
+    if (state.showAllBranches.has(g)) state.showAllBranches.delete(g); else state.showAllBranches.add(g);
+    renderBranches(state.run);
+  });
+  $("#steps-pager").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-page]");
+    if (!b) return;
+    state.offset = Math.max(0, state.offset + Number(b.dataset.page) * boot.stepsPage);
+    load();
+  });
+  for (const btn of $$("#actions button[data-action]")) btn.addEventListener("click", () => act(btn.dataset.action));
+  for (const a of $$(".tabs.views a")) {
+    a.addEventListener("click", (ev) => {
+      ev.preventDefault();
+      history.pushState(null, "", a.getAttribute("href"));
+      showView(a.dataset.view);
+    });
+  }
+  const r = await load();
+  if (!r) return;
+  getLive().followRun(runId, r.seq, onEvent);
+  if (state.view !== "timeline") await showView(state.view);
+  if (state.expanded.size) $(`#step-${CSS.escape([...state.expanded][0])}`)?.scrollIntoView({ block: "center" });
+  setInterval(tick, 1000);
+}

@@ -1,0 +1,54 @@
+"""The HTML pages: server-rendered shells that the bundled JavaScript (static/dist) fills from
+the REST API and keeps live over Socket.IO."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
+
+from orchestrator.control import ALLOWED
+from web import auth
+
+bp = Blueprint("pages", __name__)
+
+
+def _page(template: str, page: str, **boot: Any) -> Any:
+    user = auth.current_user()
+    if user is None:
+        return redirect(url_for("login.login", next=request.full_path.rstrip("?")))
+    ext = current_app.extensions["canvasflow"]
+    data = {"page": page, "user": user.as_dict(), "csrf": auth.csrf_token() if g.auth_via == "session" else "",
+            "readOnly": ext.web.read_only, "stepsPage": ext.web.steps_page,
+            "allowed": {k: [str(x) for x in v] for k, v in ALLOWED.items()}, **boot}
+    return render_template(template, page=page, user=user, boot=json.dumps(data), **boot)
+
+
+@bp.route("/")
+def index() -> Any:
+    return redirect(url_for("pages.runs"))
+
+
+@bp.route("/runs")
+def runs() -> Any:
+    return _page("runs.html", "runs", view=request.args.get("view", "active"))
+
+
+@bp.route("/runs/<run_id>")
+@bp.route("/runs/<run_id>/<any(gantt, dag):view>")
+def run(run_id: str, view: str = "timeline") -> Any:
+    if auth.current_user() is not None and not current_app.extensions["canvasflow"].details.exists(run_id):
+        abort(404, description=f"There is no run '{run_id}' (it may have been pruned from the history).")
+    return _page("run.html", "run", runId=run_id, view=view)
+
+
+@bp.route("/analytics")
+def analytics() -> Any:
+    return _page("analytics.html", "analytics", period=request.args.get("period", "24h"))
+
+
+@bp.route("/workflows")
+@bp.route("/workflows/<workflow_id>")
+def workflows(workflow_id: str | None = None) -> Any:
+    return _page("workflows.html", "workflows", workflowId=workflow_id)

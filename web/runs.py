@@ -1,0 +1,408 @@
+"""Run lists and summaries for the API and the pages, composed from two sources.
+
+The audit store (SQL) answers "which runs" — filters, tabs, keyset pagination over any history —
+and the Redis hot state answers "how are they now" for the page of runs shown (status, steps
+settled, current steps), read in one pipelined round trip. Runs created after the newest one the
+recorder has written yet are taken from the Redis index, so a run appears the moment it is
+submitted even when the recorder lags or is not running. Without the audit store the list falls
+back to the hot state alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, or_, select, tuple_
+
+from orchestrator.audit.models import run_tags, runs, steps
+from orchestrator.audit.queries import decode_cursor, encode_cursor
+from orchestrator.audit.store import AuditStore
+from orchestrator.client import Client
+from orchestrator.control import ALLOWED
+from orchestrator.errors import StoreError
+from orchestrator.sla import WARNING_FRACTION, sla_status
+
+ACTIVE = ("RUNNING", "PAUSING", "PAUSED", "CANCELLING", "COMPENSATING")
+PENDING = ("PENDING",)
+COMPLETED = ("COMPLETED",)
+UNSUCCESSFUL = ("FAILED", "COMPENSATION_FAILED", "CANCELLED")
+VIEWS: dict[str, tuple[str, ...] | None] = {
+    "all": None, "active": ACTIVE, "pending": PENDING, "completed": COMPLETED, "failed": UNSUCCESSFUL,
+    "slow": None,
+}
+FINAL = ("COMPLETED", "FAILED", "CANCELLED")
+SETTLED_STEPS = ("COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATING", "COMPENSATED")
+LIVE_FIELDS = ("status", "workflow", "version", "name", "created_at", "started_at", "finished_at", "total",
+               "settled", "priority", "tags", "triggered_by", "trigger_type", "sla_seconds", "error",
+               "failed_step", "seq", "cloned_from")
+MERGE_WINDOW = 500  # unrecorded newest runs looked at on a first page
+
+# Server-side filter of a run's step hash: only the steps running right now, not their outputs.
+_CURRENT_STEPS = """
+local out = {}
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  local f, v = flat[i], flat[i + 1]
+  if string.sub(f, -7) == '|status' and (v == 'RUNNING' or v == 'RETRYING' or v == 'COMPENSATING') then
+    table.insert(out, string.sub(f, 1, -8))
+  end
+end
+return out
+"""
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
+
+
+def _f(v: Any) -> float | None:
+    s = _s(v)
+    try:
+        return float(s) if s else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    view: str = "all"
+    statuses: tuple[str, ...] = ()
+    workflow: str | None = None
+    tags: tuple[str, ...] = ()
+    triggered_by: str | None = None
+    since: float | None = None
+    until: float | None = None
+    search: str | None = None
+    ids: tuple[str, ...] = ()
+
+    def wanted_statuses(self) -> tuple[str, ...]:
+        view = VIEWS.get(self.view) or ()
+        if self.statuses and view:
+            return tuple(s for s in self.statuses if s in view)  # both must hold
+        return self.statuses or view
+
+    def matches(self, run: Mapping[str, Any], now: float) -> bool:
+        """The same filter, applied in Python to a run read from the hot state."""
+        wanted = self.wanted_statuses()
+        if (self.statuses or VIEWS.get(self.view)) and run["status"] not in wanted:
+            return False
+        if self.ids and run["id"] not in self.ids:
+            return False
+        if self.workflow and run["workflow"]["id"] != self.workflow:
+            return False
+        if self.tags and not set(self.tags) <= set(run["tags"]):
+            return False
+        if self.triggered_by and run["triggered_by"] != self.triggered_by:
+            return False
+        if self.since is not None and run["created_at"] < self.since:
+            return False
+        if self.until is not None and run["created_at"] >= self.until:
+            return False
+        if self.search:
+            s = self.search.strip().lower()
+            if not (run["id"].startswith(s) or s in run["workflow"]["id"].lower()
+                    or s in (run["workflow"]["name"] or "").lower()):
+                return False
+        if self.view == "slow":
+            sla = run["sla"]
+            return bool(sla["target"]) and sla["elapsed"] >= WARNING_FRACTION * sla["target"]
+        return True
+
+
+@dataclass
+class RunPage:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+    source: str = "audit"
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_sla_status(status: str, elapsed: float, target: float | None) -> str | None:
+    """Live runs: on_track / at_risk / breached. Finished: met or breached by time, missed when
+    the run ended without completing (analytics counts it a breach); cancelled runs are not judged."""
+    if not target:
+        return None
+    if status == "CANCELLED":
+        return None
+    if status in ("FAILED", "COMPENSATION_FAILED") and elapsed < target:
+        return "missed"
+    if status == "COMPLETED":
+        return "met" if elapsed <= target else "breached"
+    return sla_status(elapsed, target)
+
+
+def summarize(base: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """The run summary of the API from merged fields (SQL row and/or hot-state hash)."""
+    status = base["status"]
+    total = int(base.get("total") or 0)
+    settled = min(int(base.get("settled") or 0), total) if total else 0
+    created = float(base["created_at"])
+    started, finished = base.get("started_at"), base.get("finished_at")
+    end = finished if finished else now
+    target = base.get("sla_seconds") or None
+    elapsed = max(0.0, end - created)
+    current = list(base.get("current_steps") or ())
+    return {
+        "id": base["id"],
+        "workflow": {"id": base.get("workflow") or "", "name": base.get("name") or base.get("workflow") or "",
+                     "version": base.get("version") or ""},
+        "status": status,
+        "progress": {"current_steps": current, "current_step": min(settled + 1, total) if total else 0,
+                     "settled": settled, "total": total,
+                     "percent": round(100.0 * settled / total, 1) if total else (100.0 if status in FINAL else 0.0)},
+        "created_at": created, "started_at": started, "finished_at": finished,
+        "duration": (end - started) if started else None,
+        "sla": {"target": target, "elapsed": round(elapsed, 3), "status": run_sla_status(status, elapsed, target)},
+        "triggered_by": base.get("triggered_by"), "trigger_type": base.get("trigger_type"),
+        "priority": base.get("priority") or "normal", "tags": list(base.get("tags") or ()),
+        "error": base.get("error"), "failed_step": base.get("failed_step"),
+        "seq": int(base.get("seq") or 0), "cloned_from": base.get("cloned_from"),
+        "can_pause": status in ALLOWED["pause"], "can_resume": status in ALLOWED["resume"],
+        "can_cancel": status in ALLOWED["cancel"], "can_retry": status in ALLOWED["retry"],
+        "can_retry_compensation": status in ALLOWED["retry_compensation"],
+        "can_resolve": status in ALLOWED["resolve"],
+    }
+
+
+def hot_base(run_id: str, values: Sequence[Any]) -> dict[str, Any] | None:
+    """Fields of LIVE_FIELDS (in order) read from a run hash; None if the run is not there."""
+    f = dict(zip(LIVE_FIELDS, values, strict=True))
+    if f["status"] is None:
+        return None
+    try:
+        tags = json.loads(_s(f["tags"]) or "[]")
+    except ValueError:
+        tags = []
+    return {
+        "id": run_id, "status": _s(f["status"]), "workflow": _s(f["workflow"]), "version": _s(f["version"]),
+        "name": _s(f["name"]) or None, "created_at": _f(f["created_at"]) or 0.0,
+        "started_at": _f(f["started_at"]), "finished_at": _f(f["finished_at"]),
+        "total": int(_s(f["total"]) or 0), "settled": int(_s(f["settled"]) or 0),
+        "priority": _s(f["priority"]) or "normal", "tags": tags if isinstance(tags, list) else [],
+        "triggered_by": _s(f["triggered_by"]) or None, "trigger_type": _s(f["trigger_type"]) or None,
+        "sla_seconds": _f(f["sla_seconds"]), "error": _s(f["error"]) or None,
+        "failed_step": _s(f["failed_step"]) or None, "seq": int(_s(f["seq"]) or 0),
+        "cloned_from": _s(f["cloned_from"]) or None,
+    }
+
+
+class RunViews:
+    """Summaries and lists of runs."""
+
+    def __init__(self, client: Client, store: AuditStore | None) -> None:
+        self.client = client
+        self.store = store
+        self.r = client.redis
+        self.keys = client.keys
+        self._current = self.r.register_script(_CURRENT_STEPS)
+
+    # -- hot state ----------------------------------------------------------------------------
+
+    def hot(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Live fields of each run still in Redis, with its current steps; one round trip each way."""
+        ids = list(dict.fromkeys(run_ids))
+        if not ids:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hmget(self.keys.run(rid), LIVE_FIELDS)
+        out = {}
+        for rid, values in zip(ids, pipe.execute(), strict=True):
+            base = hot_base(rid, values)
+            if base is not None:
+                out[rid] = base
+        live = [rid for rid, b in out.items() if b["status"] not in FINAL and b["status"] != "PENDING"]
+        if live:
+            pipe = self.r.pipeline(transaction=False)
+            for rid in live:
+                self._current(keys=[self.keys.steps(rid)], client=pipe)
+            for rid, cur in zip(live, pipe.execute(), strict=True):
+                out[rid]["current_steps"] = sorted(_s(c) for c in cur)
+        return out
+
+    def summary(self, run_id: str) -> dict[str, Any] | None:
+        hot = self.hot([run_id]).get(run_id)
+        if hot is not None:
+            return summarize(hot, time.time())
+        if self.store is None:
+            return None
+        page = self.list(RunFilter(ids=(run_id,)), limit=1)
+        return page.items[0] if page.items else None
+
+    # -- lists --------------------------------------------------------------------------------
+
+    def list(self, flt: RunFilter, *, limit: int = 50, cursor: str | None = None) -> RunPage:
+        now = time.time()
+        if self.store is None:
+            return self._hot_list(flt, limit, cursor, now)
+        try:
+            rows, more = self._sql_page(flt, limit, cursor, now)
+            newest = None
+            if cursor is None and flt.until is None:
+                with self.store.connect() as conn:
+                    newest = conn.execute(select(func.max(runs.c.created_at))).scalar()
+            counts = self._sql_progress([r["id"] for r in rows])
+        except StoreError as exc:
+            page = self._hot_list(flt, limit, cursor, now)
+            page.warnings.append(f"audit store unavailable, showing live runs only: {exc}")
+            return page
+        hot = self.hot([r["id"] for r in rows])
+        bases = []
+        for row in rows:
+            h = hot.get(row["id"])
+            if h is not None:
+                bases.append({**row, **{k: v for k, v in h.items() if v not in (None, "")}})
+            else:
+                bases.append({**row, **counts.get(row["id"], {})})
+        if cursor is None and flt.until is None:
+            seen = {b["id"] for b in bases}
+            extra = self._unrecorded(newest, flt, now, seen)
+            if extra:
+                bases = sorted(extra + bases, key=lambda b: (b["created_at"], b["id"]), reverse=True)
+                more = more or len(bases) > limit
+                bases = bases[:limit]
+        items = [summarize(b, now) for b in bases]
+        nxt = encode_cursor(bases[-1]["created_at"], bases[-1]["id"]) if more and bases else None
+        return RunPage(items, nxt)
+
+    def _sql_query(self, flt: RunFilter, now: float) -> Select[Any]:
+        q = select(runs)
+        wanted = flt.wanted_statuses()
+        if flt.statuses or VIEWS.get(flt.view):
+            q = q.where(runs.c.status.in_(wanted or ("-",)))
+        if flt.ids:
+            q = q.where(runs.c.id.in_(flt.ids))
+        if flt.workflow:
+            q = q.where(runs.c.workflow_id == flt.workflow)
+        for tag in flt.tags:
+            q = q.where(runs.c.id.in_(select(run_tags.c.run_id).where(run_tags.c.tag == tag)))
+        if flt.triggered_by:
+            q = q.where(runs.c.triggered_by == flt.triggered_by)
+        if flt.since is not None:
+            q = q.where(runs.c.created_at >= flt.since)
+        if flt.until is not None:
+            q = q.where(runs.c.created_at < flt.until)
+        if flt.search:
+            s = flt.search.strip().lower()
+            q = q.where(or_(runs.c.id.startswith(s, autoescape=True),
+                            func.lower(runs.c.workflow_id).contains(s, autoescape=True),
+                            func.lower(runs.c.name).contains(s, autoescape=True)))
+        if flt.view == "slow":
+            elapsed = func.coalesce(runs.c.finished_at, now) - runs.c.created_at
+            q = q.where(runs.c.sla_seconds.is_not(None), runs.c.sla_seconds > 0,
+                        elapsed >= WARNING_FRACTION * runs.c.sla_seconds)
+        return q
+
+    def _sql_page(self, flt: RunFilter, limit: int, cursor: str | None, now: float) -> tuple[list[dict[str, Any]], bool]:
+        assert self.store is not None
+        q = self._sql_query(flt, now)
+        if cursor:
+            ts, rid = decode_cursor(cursor)
+            q = q.where(tuple_(runs.c.created_at, runs.c.id) < tuple_(ts, rid))
+        q = q.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
+        with self.store.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        out = []
+        for r in rows[:limit]:
+            try:
+                tags = json.loads(r["tags"] or "[]")
+            except ValueError:
+                tags = []
+            out.append({
+                "id": r["id"], "status": r["status"], "workflow": r["workflow_id"], "version": r["version"],
+                "name": r["name"], "created_at": r["created_at"], "started_at": r["started_at"],
+                "finished_at": r["finished_at"], "priority": r["priority"], "tags": tags,
+                "triggered_by": r["triggered_by"], "trigger_type": r["trigger_type"],
+                "sla_seconds": r["sla_seconds"], "error": r["error"], "failed_step": r["failed_step"],
+                "seq": r["last_seq"],
+            })
+        return out, len(rows) > limit
+
+    def _sql_progress(self, run_ids: list[str]) -> dict[str, dict[str, int]]:
+        """total / settled step counts of runs no longer in Redis (one grouped query)."""
+        if not run_ids or self.store is None:
+            return {}
+        settled = func.sum(case((steps.c.status.in_(SETTLED_STEPS), 1), else_=0))
+        q = (select(steps.c.run_id, func.count(), settled).where(steps.c.run_id.in_(run_ids))
+             .group_by(steps.c.run_id))
+        with self.store.connect() as conn:
+            return {rid: {"total": int(n), "settled": int(s or 0)} for rid, n, s in conn.execute(q)}
+
+    def _unrecorded(self, newest: float | None, flt: RunFilter, now: float, seen: set[str]) -> list[dict[str, Any]]:
+        low = f"({newest}" if newest is not None else "-inf"
+        ids = [_s(i) for i in self.r.zrevrangebyscore(self.keys.runs, "+inf", low, start=0, num=MERGE_WINDOW)]
+        ids = [i for i in ids if i not in seen]
+        hot = self.hot(ids)
+        return [b for rid in ids if (b := hot.get(rid)) is not None and flt.matches(summarize(b, now), now)]
+
+    def _hot_list(self, flt: RunFilter, limit: int, cursor: str | None, now: float) -> RunPage:
+        """Newest first from the Redis index alone (no audit store)."""
+        hi: Any = "+inf"
+        after: tuple[float, str] | None = None
+        if cursor:
+            after = decode_cursor(cursor)
+            hi = after[0]
+        out: list[dict[str, Any]] = []
+        start, scanned, more = 0, 0, False
+        while scanned < 20_000:
+            chunk = self.r.zrevrangebyscore(self.keys.runs, hi, "-inf", start=start, num=500, withscores=True)
+            if not chunk:
+                break
+            start += len(chunk)
+            scanned += len(chunk)
+            batch = [(_s(i), s) for i, s in chunk]
+            if after is not None:
+                batch = [(i, s) for i, s in batch if (s, i) < after]
+            hot = self.hot(i for i, _ in batch)
+            for rid, _ in batch:
+                b = hot.get(rid)
+                if b is None:
+                    continue
+                if flt.matches(summarize(b, now), now):
+                    if len(out) == limit:
+                        more = True
+                        break
+                    out.append(b)
+            if more:
+                break
+        out.sort(key=lambda b: (b["created_at"], b["id"]), reverse=True)
+        nxt = encode_cursor(out[-1]["created_at"], out[-1]["id"]) if more and out else None
+        return RunPage([summarize(b, now) for b in out], nxt, source="hot")
+
+    # -- counts -------------------------------------------------------------------------------
+
+    def counts(self, now: float | None = None) -> dict[str, Any]:
+        """Tab counts and today's figures (since 00:00 UTC)."""
+        now = time.time() if now is None else now
+        day = now - now % 86400
+        out: dict[str, Any] = {"active": 0, "pending": 0, "slow": 0, "completed_today": 0, "failed_today": 0,
+                               "sla_compliance_today": None}
+        if self.store is None:
+            return out
+        elapsed = func.coalesce(runs.c.finished_at, now) - runs.c.created_at
+        slow = and_(runs.c.sla_seconds.is_not(None), runs.c.sla_seconds > 0,
+                    elapsed >= WARNING_FRACTION * runs.c.sla_seconds)
+        try:
+            with self.store.connect() as conn:
+                for status, n in conn.execute(select(runs.c.status, func.count())
+                                              .where(runs.c.status.in_(ACTIVE + PENDING)).group_by(runs.c.status)):
+                    out["pending" if status == "PENDING" else "active"] += int(n)
+                out["slow"] = int(conn.execute(select(func.count()).select_from(runs).where(
+                    runs.c.status.in_(ACTIVE + PENDING), slow)).scalar_one())
+                for status, n in conn.execute(select(runs.c.status, func.count()).where(
+                        runs.c.finished_at >= day, runs.c.status.in_(COMPLETED + UNSUCCESSFUL))
+                        .group_by(runs.c.status)):
+                    out["completed_today" if status == "COMPLETED" else "failed_today"] += int(n)
+                has_sla = and_(runs.c.finished_at >= day, runs.c.sla_seconds.is_not(None),
+                               runs.c.status.in_(("COMPLETED", "FAILED", "COMPENSATION_FAILED")))
+                met = func.sum(case((and_(runs.c.status == "COMPLETED",
+                                          runs.c.finished_at - runs.c.created_at <= runs.c.sla_seconds), 1), else_=0))
+                n, k = conn.execute(select(func.count(), met).where(has_sla)).one()
+                out["sla_compliance_today"] = round(100.0 * int(k or 0) / int(n), 1) if n else None
+        except StoreError:
+            pass
+        return out

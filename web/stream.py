@@ -1,0 +1,198 @@
+"""Reading the event stream: the live tail a relay follows, and the catch-up of one run's events
+after a sequence number (the audit store for what is recorded, the stream for the rest).
+
+An event is ``{run, seq, type, step, status, ts, data}``; ``seq`` numbers each run's events from 1
+without gaps (orchestrator/runtime.py increments it in the same Lua call that appends the event), so
+a client that remembers the last seq it applied can always ask for exactly what it missed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from sqlalchemy import select
+
+from orchestrator.audit import queries
+from orchestrator.audit.models import events as events_table
+from orchestrator.audit.store import AuditStore
+from orchestrator.errors import StoreError
+from orchestrator.keys import Keys
+
+log = logging.getLogger(__name__)
+
+SCAN_CHUNK = 2000
+SCAN_MAX = 500_000  # entries read at most when scanning the stream for one run's events
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
+
+
+def parse_entry(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any] | None:
+    """A stream entry as an event dict, or None when it is not one (a foreign entry)."""
+    f = {_s(k): _s(v) for k, v in fields.items()}
+    try:
+        seq = int(f["seq"])
+        ts = float(f.get("ts") or 0)
+    except (KeyError, ValueError):
+        return None
+    try:
+        data = json.loads(f.get("data") or "{}")
+    except ValueError:
+        data = {"raw": f.get("data")}
+    return {"run": f.get("run", ""), "seq": seq, "type": f.get("type", ""), "step": f.get("step") or None,
+            "status": f.get("status") or None, "ts": ts, "data": data, "id": _s(entry_id)}
+
+
+def run_events(r: redis.Redis, keys: Keys, store: AuditStore | None, run_id: str, after: int = 0,
+               limit: int = 10_000) -> list[dict[str, Any]]:
+    """The run's events with seq > ``after``, in seq order, without gaps that exist anywhere."""
+    recorded: list[dict[str, Any]] = []
+    start_id: str | None = None
+    if store is not None:
+        try:
+            recorded = queries.events_after(store, run_id, after, limit=limit)
+            known = recorded[-1]["seq"] if recorded else after
+            with store.connect() as conn:
+                row = conn.execute(select(events_table.c.stream_id).where(
+                    events_table.c.run_id == run_id, events_table.c.seq <= known)
+                    .order_by(events_table.c.seq.desc()).limit(1)).first()
+            start_id = row.stream_id if row and row.stream_id else None
+        except StoreError as exc:
+            log.warning("events of %s: audit store unavailable (%s); reading the stream only", run_id, exc)
+            recorded = []
+    for e in recorded:
+        e["step"] = e["step"] or None
+        e["status"] = e["status"] or None
+    known = recorded[-1]["seq"] if recorded else after
+    if len(recorded) >= limit:
+        return recorded[:limit]
+    head = r.hmget(keys.run(run_id), "seq", "created_at")
+    latest = int(_s(head[0]) or 0) if head[0] is not None else None
+    if latest is not None and latest <= known:
+        return recorded
+    if start_id is None:
+        created = float(_s(head[1])) if head[1] is not None else None
+        start_id = f"{int(created * 1000) - 1000}-0" if created else "-"
+    tail: dict[int, dict[str, Any]] = {}
+    scanned = 0
+    cursor = start_id
+    while scanned < SCAN_MAX:
+        batch = r.xrange(keys.events, min=cursor, count=SCAN_CHUNK)
+        if cursor != start_id and batch:
+            batch = batch[1:] if _s(batch[0][0]) == cursor else batch
+        if not batch:
+            break
+        scanned += len(batch)
+        for entry_id, fields in batch:
+            if _s(fields.get(b"run", fields.get("run"))) != run_id:
+                continue
+            e = parse_entry(entry_id, fields)
+            if e is not None and e["seq"] > known:
+                e.pop("id", None)
+                tail[e["seq"]] = e
+        cursor = _s(batch[-1][0])
+        if latest is not None and max(tail, default=0) >= latest:
+            break
+    return (recorded + [tail[k] for k in sorted(tail)])[:limit]
+
+
+class StreamTail:
+    """Follows the stream from its end (XREAD, no consumer group: nothing is held back from the
+    recorder's trimming) and hands each batch of events to ``deliver``. After a Redis error it
+    resumes from the last id it saw, so nothing still in the stream is skipped."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, deliver: Callable[[list[dict[str, Any]]], None], *,
+                 block_ms: int = 1000, count: int = 500) -> None:
+        self.r = r
+        self.stream = keys.events
+        self.deliver = deliver
+        self.block_ms = block_ms
+        self.count = count
+        self.last_id: str | None = None
+        self.delivered = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start_id(self) -> str:
+        last = self.r.xrevrange(self.stream, count=1)
+        return _s(last[0][0]) if last else "0-0"
+
+    def step(self) -> int:
+        if self.last_id is None:
+            self.last_id = self._start_id()
+        resp = self.r.xread({self.stream: self.last_id}, count=self.count, block=self.block_ms)
+        out = []
+        for _, items in resp or []:
+            for entry_id, fields in items:
+                self.last_id = _s(entry_id)
+                e = parse_entry(entry_id, fields)
+                if e is not None:
+                    e.pop("id", None)
+                    out.append(e)
+        if out:
+            self.deliver(out)
+            self.delivered += len(out)
+        return len(out)
+
+    def run(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            try:
+                self.step()
+                backoff = 0.0
+            except redis.RedisError as exc:
+                self.errors += 1
+                backoff = min(5.0, backoff * 2 or 0.2)
+                log.warning("event relay: %s; retrying in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+            except Exception:
+                self.errors += 1
+                log.exception("event relay: delivering a batch failed")
+                self._stop.wait(0.2)
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name="canvasflow-relay", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+class SlaMonitor:
+    """Runs orchestrator.sla.check_once every ``interval`` seconds (at most once per run per event,
+    so several web processes may all run it)."""
+
+    def __init__(self, state: Any, interval: float = 1.0) -> None:
+        self.state = state
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        from orchestrator.sla import check_once
+
+        while not self._stop.wait(self.interval):
+            try:
+                check_once(self.state, time.time())
+            except Exception as exc:  # Redis away for a moment
+                log.warning("SLA monitor: %s", exc)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="canvasflow-sla", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
