@@ -51,13 +51,13 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # runnable as a script from anywhere
 
 import redis  # noqa: E402
 from celery import chain, chord, group  # noqa: E402
+from raw_tasks import NOOP  # noqa: E402
 
 from orchestrator import Client  # noqa: E402
 from orchestrator.celery_app import create_celery  # noqa: E402
 from orchestrator.embedded import EmbeddedRedis  # noqa: E402
 from orchestrator.keys import Keys  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
-from raw_tasks import NOOP  # noqa: E402
 
 TARGET = 1.25
 QUEUE = "default"
@@ -84,14 +84,25 @@ def chain_definition(n: int) -> dict[str, Any]:
 
 def fanout_definition(n: int) -> dict[str, Any]:
     wide = [echo(f"p{i}", ["start"]) for i in range(n)]
-    return {"id": "bench_fanout", "mode": "parallel",
-            "steps": [echo("start"), *wide, echo("join", [s["id"] for s in wide])]}
+    return {
+        "id": "bench_fanout",
+        "mode": "parallel",
+        "steps": [echo("start"), *wide, echo("join", [s["id"] for s in wide])],
+    }
 
 
 def diamond_definition() -> dict[str, Any]:
-    return {"id": "bench_diamond", "mode": "parallel",
-            "steps": [echo("a"), echo("b", ["a"]), echo("c", ["a"]), echo("d", ["a"]),
-                      echo("e", ["b", "c", "d"])]}
+    return {
+        "id": "bench_diamond",
+        "mode": "parallel",
+        "steps": [
+            echo("a"),
+            echo("b", ["a"]),
+            echo("c", ["a"]),
+            echo("d", ["a"]),
+            echo("e", ["b", "c", "d"]),
+        ],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,13 +118,36 @@ class Worker:
         self.hostname = f"bench-{uuid.uuid4().hex[:6]}@{platform.node()}"
         env = {**os.environ, **settings.as_env()}
         env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), env.get("PYTHONPATH", "")])
-        self.log_path = Path(tempfile.gettempdir()) / f"bench-core-worker-{uuid.uuid4().hex[:6]}.log"
+        self.log_path = (
+            Path(tempfile.gettempdir()) / f"bench-core-worker-{uuid.uuid4().hex[:6]}.log"
+        )
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "raw_tasks", "worker", "-n", self.hostname,
-             "-Q", QUEUE, "-c", str(concurrency), "-P", "prefork", "-l", loglevel,
-             "--without-mingle", "--without-gossip"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "raw_tasks",
+                "worker",
+                "-n",
+                self.hostname,
+                "-Q",
+                QUEUE,
+                "-c",
+                str(concurrency),
+                "-P",
+                "prefork",
+                "-l",
+                loglevel,
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            start_new_session=True,
         )
 
     def wait_ready(self, admin: redis.Redis, timeout: float = 60) -> None:
@@ -132,7 +166,9 @@ class Worker:
 
     def children(self) -> list[int]:
         try:
-            out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+            out = subprocess.run(
+                ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+            )
             return [int(p) for p in out.stdout.split()]
         except (OSError, ValueError):
             return []
@@ -191,7 +227,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Bench:
-    def __init__(self, settings: Settings, admin: redis.Redis, worker: Worker, redis_pid: int | None) -> None:
+    def __init__(
+        self, settings: Settings, admin: redis.Redis, worker: Worker, redis_pid: int | None
+    ) -> None:
         self.settings = settings
         self.admin = admin
         self.worker = worker
@@ -215,8 +253,10 @@ class Bench:
             if not any(pipe.execute()):
                 break
             if time.monotonic() > deadline:
-                print("  warning: queue/unacked not empty after "
-                      f"{timeout:g}s; purging", file=sys.stderr)
+                print(
+                    f"  warning: queue/unacked not empty after {timeout:g}s; purging",
+                    file=sys.stderr,
+                )
                 break
             time.sleep(0.01)
         if not purge:
@@ -274,23 +314,32 @@ class Bench:
         header = group([self.noop(i, immutable=True) for i in range(n)], app=self.raw)
         res = chord(header, self.noop(), app=self.raw).apply_async()
         got = self.get(res.id)
-        assert isinstance(got, list) and len(got) == n, "raw chord body did not see every header result"
+        assert isinstance(got, list) and len(got) == n, (
+            "raw chord body did not see every header result"
+        )
 
     def raw_fanout_start(self, n: int) -> None:
         # The same shape as canvasflow's fan-out (start -> n -> join): a worker, not the
         # client, then sends the n header messages, as it does for canvasflow.
         header = group([self.noop() for _ in range(n)], app=self.raw)
-        res = chain(self.noop(7, immutable=True), chord(header, self.noop(), app=self.raw),
-                    app=self.raw).apply_async()
+        res = chain(
+            self.noop(7, immutable=True), chord(header, self.noop(), app=self.raw), app=self.raw
+        ).apply_async()
         got = self.get(res.id)
         assert got == [7] * n, "raw chord body did not see every header result"
 
     def raw_diamonds(self, n: int) -> None:
         ids = []
         for i in range(n):
-            diamond = chain(self.noop(i, immutable=True),
-                            chord(group([self.noop(), self.noop(), self.noop()], app=self.raw), self.noop(),
-                                  app=self.raw), app=self.raw)
+            diamond = chain(
+                self.noop(i, immutable=True),
+                chord(
+                    group([self.noop(), self.noop(), self.noop()], app=self.raw),
+                    self.noop(),
+                    app=self.raw,
+                ),
+                app=self.raw,
+            )
             ids.append(diamond.apply_async().id)
         for i, task_id in enumerate(ids):
             got = self.get(task_id)
@@ -302,7 +351,8 @@ class Bench:
         final = run.wait(timeout=WAIT_TIMEOUT)
         bad = {s: st for s, st in final.statuses.items() if st != "COMPLETED"}
         assert final.status == "COMPLETED" and not bad and len(final.steps) == steps, (
-            f"run {run.id} ended {final.status} with {bad or len(final.steps)}")
+            f"run {run.id} ended {final.status} with {bad or len(final.steps)}"
+        )
 
     def cf_chain(self, n: int) -> None:
         self.run_wait(self.client.submit(chain_definition(n)), n)
@@ -326,8 +376,12 @@ SHAPES = {
     "fanout_start": (lambda n: n + 2, lambda n: n + 2),
     "diamonds": (lambda n: 5 * n, lambda n: 5 * n),
 }
-LABELS = {"chain": "chain {n}", "fanout": "fan-out {n}", "fanout_start": "fan-out {n}, same shape",
-          "diamonds": "{n} diamonds"}
+LABELS = {
+    "chain": "chain {n}",
+    "fanout": "fan-out {n}",
+    "fanout_start": "fan-out {n}, same shape",
+    "diamonds": "{n} diamonds",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,15 +397,19 @@ def versions(admin: redis.Redis) -> dict[str, str]:
             return "-"
 
     return {
-        "cpus": str(os.cpu_count()), "python": platform.python_version(), "celery": v("celery"),
-        "kombu": v("kombu"), "redis-py": v("redis"),
+        "cpus": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "celery": v("celery"),
+        "kombu": v("kombu"),
+        "redis-py": v("redis"),
         "redis-server": str(admin.info("server").get("redis_version")),
         "platform": platform.platform(),
     }
 
 
-def report(results: dict[str, dict[str, Series]], sizes: dict[str, int], env: dict[str, str],
-           rounds: int) -> list[str]:
+def report(
+    results: dict[str, dict[str, Series]], sizes: dict[str, int], env: dict[str, str], rounds: int
+) -> list[str]:
     """Print the table; return the shapes over the target."""
     rows = []
     over = []
@@ -360,22 +418,43 @@ def report(results: dict[str, dict[str, Series]], sizes: dict[str, int], env: di
         ratio = cf.median / raw.median
         if ratio > TARGET:
             over.append(shape)
-        rows.append([
-            LABELS[shape].format(n=sizes[shape]),
-            f"{raw.median:.3f}", f"{cf.median:.3f}",
-            f"{raw.steps / raw.median:,.0f}", f"{cf.steps / cf.median:,.0f}",
-            f"{ratio:.2f}", "ok" if ratio <= TARGET else "OVER",
-            f"{raw.median_cpu / raw.steps * 1000:.2f}", f"{cf.median_cpu / cf.steps * 1000:.2f}",
-            f"{cf.median_cpu / raw.median_cpu:.2f}" if raw.median_cpu else "-",
-            f"{raw.median_commands / raw.steps:.1f}", f"{cf.median_commands / cf.steps:.1f}",
-        ])
-    head = ["shape", "raw s", "cf s", "raw steps/s", "cf steps/s", "ratio cf/raw",
-            f"≤{TARGET}", "raw CPU ms/step", "cf CPU ms/step", "CPU ratio", "raw cmds/step", "cf cmds/step"]
+        rows.append(
+            [
+                LABELS[shape].format(n=sizes[shape]),
+                f"{raw.median:.3f}",
+                f"{cf.median:.3f}",
+                f"{raw.steps / raw.median:,.0f}",
+                f"{cf.steps / cf.median:,.0f}",
+                f"{ratio:.2f}",
+                "ok" if ratio <= TARGET else "OVER",
+                f"{raw.median_cpu / raw.steps * 1000:.2f}",
+                f"{cf.median_cpu / cf.steps * 1000:.2f}",
+                f"{cf.median_cpu / raw.median_cpu:.2f}" if raw.median_cpu else "-",
+                f"{raw.median_commands / raw.steps:.1f}",
+                f"{cf.median_commands / cf.steps:.1f}",
+            ]
+        )
+    head = [
+        "shape",
+        "raw s",
+        "cf s",
+        "raw steps/s",
+        "cf steps/s",
+        "ratio cf/raw",
+        f"≤{TARGET}",
+        "raw CPU ms/step",
+        "cf CPU ms/step",
+        "CPU ratio",
+        "raw cmds/step",
+        "cf cmds/step",
+    ]
     print()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    print(f"median of {rounds} round(s); ratio = canvasflow time / raw time (the target); CPU = "
-          "worker + client + private redis-server CPU time; cmds/step = Redis commands per step, "
-          "those run inside Lua scripts included")
+    print(
+        f"median of {rounds} round(s); ratio = canvasflow time / raw time (the target); CPU = "
+        "worker + client + private redis-server CPU time; cmds/step = Redis commands per step, "
+        "those run inside Lua scripts included"
+    )
     try:
         from rich.console import Console
         from rich.table import Table
@@ -391,13 +470,17 @@ def report(results: dict[str, dict[str, Series]], sizes: dict[str, int], env: di
     extra = []
     if "chain" in results:
         n = sizes["chain"]
-        extra.append(f"per chain link: raw {results['chain']['raw'].median / n * 1000:.2f} ms, "
-                     f"canvasflow {results['chain']['cf'].median / n * 1000:.2f} ms "
-                     "(DESIGN.md: raw 3.5–5.5 ms)")
+        extra.append(
+            f"per chain link: raw {results['chain']['raw'].median / n * 1000:.2f} ms, "
+            f"canvasflow {results['chain']['cf'].median / n * 1000:.2f} ms "
+            "(DESIGN.md: raw 3.5–5.5 ms)"
+        )
     if "diamonds" in results:
         n = sizes["diamonds"]
-        extra.append(f"diamonds/s: raw {n / results['diamonds']['raw'].median:.1f}, "
-                     f"canvasflow {n / results['diamonds']['cf'].median:.1f} (DESIGN.md: raw ~66/s)")
+        extra.append(
+            f"diamonds/s: raw {n / results['diamonds']['raw'].median:.1f}, "
+            f"canvasflow {n / results['diamonds']['cf'].median:.1f} (DESIGN.md: raw ~66/s)"
+        )
     for line in extra:
         print(line)
     return over
@@ -427,14 +510,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 round at small sizes (a smoke run)")
     ap.add_argument("--rounds", type=int, help="measured rounds per shape and side (default 5)")
     ap.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
-    ap.add_argument("--shapes", default="chain,fanout,fanout_start,diamonds",
-                    help="comma-separated subset of chain, fanout, fanout_start, diamonds")
+    ap.add_argument(
+        "--shapes",
+        default="chain,fanout,fanout_start,diamonds",
+        help="comma-separated subset of chain, fanout, fanout_start, diamonds",
+    )
     ap.add_argument("--chain", type=int, help="chain length (default 100)")
     ap.add_argument("--fanout", type=int, help="fan-out width (default 1000)")
     ap.add_argument("--diamonds", type=int, help="number of diamonds (default 200)")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--worker-loglevel", default="WARNING")
-    ap.add_argument("--commands", action="store_true", help="print Redis commands per step by command")
+    ap.add_argument(
+        "--commands", action="store_true", help="print Redis commands per step by command"
+    )
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
     args = ap.parse_args(argv)
 
@@ -457,15 +545,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             embedded = EmbeddedRedis().start()
             url = embedded.url
-        settings = Settings(redis_url=url, key_prefix="cfbench", worker_concurrency=args.concurrency)
+        settings = Settings(
+            redis_url=url, key_prefix="cfbench", worker_concurrency=args.concurrency
+        )
         admin = redis.Redis.from_url(url)
         env = versions(admin)
         print(f"redis {url} ({'private redis-server' if embedded else 'given'}); starting worker…")
         worker = Worker(settings, args.concurrency, args.worker_loglevel)
         worker.wait_ready(admin)
-        print(f"worker pid {worker.proc.pid}, pool children {worker.children()}, log {worker.log_path}")
+        print(
+            f"worker pid {worker.proc.pid}, pool children {worker.children()}, log {worker.log_path}"
+        )
         bench = Bench(settings, admin, worker, embedded.pid if embedded else None)
-        sides = {side: {shape: getattr(bench, f"{side}_{shape}") for shape in FULL} for side in ("raw", "cf")}
+        sides = {
+            side: {shape: getattr(bench, f"{side}_{shape}") for shape in FULL}
+            for side in ("raw", "cf")
+        }
 
         print("warming up (not counted)…")
         for shape in shapes:
@@ -475,7 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, dict[str, Series]] = {}
         for shape in shapes:
             raw_steps, cf_steps = SHAPES[shape]
-            results[shape] = {"raw": Series(raw_steps(sizes[shape])), "cf": Series(cf_steps(sizes[shape]))}
+            results[shape] = {
+                "raw": Series(raw_steps(sizes[shape])),
+                "cf": Series(cf_steps(sizes[shape])),
+            }
             for r in range(rounds):
                 order = ("raw", "cf") if r % 2 == 0 else ("cf", "raw")
                 for side in order:
@@ -486,13 +584,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.commands:
             top_commands(results)
         if args.json:
-            args.json.write_text(json.dumps({
-                "env": env, "sizes": sizes, "rounds": rounds, "target": TARGET,
-                "results": {shape: {side: {"steps": s.steps, "seconds": s.seconds, "median": s.median,
-                                           "redis_commands": s.commands, "cpu_seconds": s.cpu}
-                                    for side, s in sides_.items()}
-                            for shape, sides_ in results.items()},
-            }, indent=2))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "env": env,
+                        "sizes": sizes,
+                        "rounds": rounds,
+                        "target": TARGET,
+                        "results": {
+                            shape: {
+                                side: {
+                                    "steps": s.steps,
+                                    "seconds": s.seconds,
+                                    "median": s.median,
+                                    "redis_commands": s.commands,
+                                    "cpu_seconds": s.cpu,
+                                }
+                                for side, s in sides_.items()
+                            }
+                            for shape, sides_ in results.items()
+                        },
+                    },
+                    indent=2,
+                )
+            )
         if over:
             print(f"over the {TARGET}× target: {', '.join(over)}")
         return 0

@@ -189,6 +189,15 @@ def live(backend: str, args: argparse.Namespace, client: redis.Redis, tmp: Path)
         cleanup(client, keys)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def core(args: argparse.Namespace, tmp: Path) -> int:
     """bench_core.py with a recorder process running against the same Redis."""
     import shlex
@@ -214,9 +223,11 @@ def core(args: argparse.Namespace, tmp: Path) -> int:
             code = subprocess.call([sys.executable, str(HERE / "bench_core.py"), "--redis-url", srv.url,
                                     *shlex.split(args.core_args)])
         finally:
+            cpu = _cpu_seconds(rec.pid)
             rec.terminate()
             rec.wait(60)
             log.close()
+        print(f"recorder CPU: {cpu:.1f} s")
         lines = (tmp / "recorder.log").read_text().strip().splitlines()
         print("recorder: " + "\n          ".join(line for line in lines if line.startswith(("lag", "recorder")))[-2000:])
         return code

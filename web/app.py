@@ -137,6 +137,8 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "canvasflow_session"})
     api.register_blueprint(api_module.blp)
+    from web import inspect as fleet_inspect  # fleet inspection, /metrics, /healthz, /readyz
+    fleet_inspect.register(app, api)
     app.register_blueprint(auth.login_pages)
     app.register_blueprint(pages.bp)
 

@@ -73,9 +73,16 @@ def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now:
         return []
 
     proj = _Projection(run_rows, lookups, now)
-    new_runs = sorted({e.run for e in new})
-    for chunk in chunks(new_runs):
-        for row in conn.execute(select(steps).where(steps.c.run_id.in_(chunk))).mappings():
+    # Only the step rows this batch touches: a run may have a thousand steps.
+    wanted_steps = {(e.run, e.step) for e in new if e.step}
+    for e in new:
+        if e.type == "run_created":
+            body = proj.parsed_definition(e.run)
+            wanted_steps.update((e.run, str(s["id"])) for s in (body or {}).get("steps") or ()
+                                if isinstance(s, dict) and s.get("id"))
+    for chunk in chunks(sorted(wanted_steps)):
+        q = select(steps).where(tuple_(steps.c.run_id, steps.c.step_id).in_(chunk))
+        for row in conn.execute(q).mappings():
             proj.steps[(row["run_id"], row["step_id"])] = dict(row)
     wanted = sorted({(e.run, e.step, n) for e in new if (n := _attempt_no(e)) is not None})
     for chunk in chunks(wanted):
@@ -177,6 +184,7 @@ class _Projection:
         self.definitions: list[dict[str, Any]] = []
         self.queue_fixups: list[tuple[str, str]] = []
         self.audit: list[dict[str, Any]] = []
+        self.bodies: dict[str, dict[str, Any] | None] = {}
 
     # -- rows ---------------------------------------------------------------------------------
 
@@ -246,15 +254,21 @@ class _Projection:
         except ValueError:
             tags = []
         self.tags.extend({"run_id": e.run, "tag": str(t)} for t in tags if isinstance(t, str | int))
-        body_text = meta.get("definition")
-        if body_text:
+        body = self.parsed_definition(e.run)
+        if body is not None:
+            self.definition(run, body, meta["definition"], e.ts)
+        self.run_status(run, e, "PENDING")
+
+    def parsed_definition(self, run_id: str) -> dict[str, Any] | None:
+        """The definition from the run's hot state (read once per batch), or None."""
+        if run_id not in self.bodies:
+            text = (self.lookups.runs.get(run_id) or {}).get("definition")
             try:
-                body = json.loads(body_text)
+                body = json.loads(text) if text else None
             except ValueError:
                 body = None
-            if isinstance(body, dict):
-                self.definition(run, body, body_text, e.ts)
-        self.run_status(run, e, "PENDING")
+            self.bodies[run_id] = body if isinstance(body, dict) else None
+        return self.bodies[run_id]
 
     def definition(self, run: dict[str, Any], body: dict[str, Any], text: str, ts: float) -> None:
         digest = hashlib.sha256(text.encode()).hexdigest()[:32]

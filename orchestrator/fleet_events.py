@@ -1,0 +1,503 @@
+"""Persistent, bounded-memory Celery task history and worker liveness, from Celery events.
+
+:class:`FleetMonitor` runs two daemon threads in the process that embeds it (the web process):
+
+- a receiver (``app.events.Receiver``) that captures every ``task-*`` and ``worker-*`` event
+  the fleet sends (workers run with ``worker_send_task_events``, senders with
+  ``task_send_sent_event``) into a bounded queue — events past ``max_queue`` are dropped and
+  counted, never buffered without limit;
+- a writer that merges the queued events per task id and upserts them into one SQL table,
+  ``cf_celery_tasks``, in batches.
+
+The table lives next to the audit store's tables but in its own ``MetaData`` and is created with
+``create_all`` (see docs/flower-parity.md); the audit store's Alembic history does not know it.
+Memory stays flat however many tasks run: nothing per task is kept once its batch is written.
+
+Worker state (last heartbeat, active, processed, load average, software) is kept per worker in a
+Redis hash so that every web process, and a restarted one, sees the same fleet.
+
+Every canvasflow task carries its run header (``{'run': <id>, ...}``) and step tasks their spec
+(``{'id': <step>, 'plugin': ...}``) as positional arguments; the run and step ids are extracted
+from the arguments' repr so each task links to its run and step.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Double,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+tasks = Table(
+    "cf_celery_tasks", metadata,
+    Column("uuid", String(64), primary_key=True),
+    Column("name", String(200)),
+    Column("state", String(16), nullable=False),
+    Column("state_ts", Double, nullable=False),
+    Column("ts", Double, nullable=False),  # first time the task was seen (sent or received)
+    Column("worker", String(200)),
+    Column("queue", String(200)),
+    Column("args", Text),
+    Column("kwargs", Text),
+    Column("result", Text),
+    Column("exception", Text),
+    Column("traceback", Text),
+    Column("retries", Integer, nullable=False, server_default="0"),
+    Column("eta", String(64)),
+    Column("expires", String(64)),
+    Column("parent_id", String(64)),
+    Column("root_id", String(64)),
+    Column("run_id", String(64)),
+    Column("step_id", String(200)),
+    Column("sent_at", Double),
+    Column("received_at", Double),
+    Column("started_at", Double),
+    Column("succeeded_at", Double),
+    Column("failed_at", Double),
+    Column("retried_at", Double),
+    Column("revoked_at", Double),
+    Column("rejected_at", Double),
+    Column("runtime", Double),
+    Column("updated_at", Double, nullable=False),
+    Index("ix_cf_celery_tasks_ts", "ts", "uuid"),
+    Index("ix_cf_celery_tasks_state_ts", "state", "ts"),
+    Index("ix_cf_celery_tasks_worker_ts", "worker", "ts"),
+    Index("ix_cf_celery_tasks_worker_state", "worker", "state"),  # per-worker totals
+    Index("ix_cf_celery_tasks_name_ts", "name", "ts"),
+    Index("ix_cf_celery_tasks_run", "run_id"),
+    Index("ix_cf_celery_tasks_root", "root_id"),
+    Index("ix_cf_celery_tasks_parent", "parent_id"),
+)
+
+EVENT_STATE = {"sent": "PENDING", "received": "RECEIVED", "started": "STARTED", "failed": "FAILURE",
+               "retried": "RETRY", "succeeded": "SUCCESS", "revoked": "REVOKED", "rejected": "REJECTED"}
+STATES = tuple(dict.fromkeys(EVENT_STATE.values()))
+RANK = {"PENDING": 0, "RECEIVED": 1, "STARTED": 2, "RETRY": 3, "REJECTED": 4, "FAILURE": 5, "SUCCESS": 5,
+        "REVOKED": 6}
+TEXT_MAX = 16_384  # args/kwargs/result/traceback are cut here (Celery already cuts reprs at 1 KB)
+_RUN_RE = re.compile(r"\{'run': '([^']+)'")
+_STEP_RE = re.compile(r"\{'id': '([^']+)', 'plugin': ")
+
+
+def ensure_table(engine: Engine) -> None:
+    metadata.create_all(engine, checkfirst=True)
+
+
+def _cut(v: Any) -> str | None:
+    if v is None:
+        return None
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s if len(s) <= TEXT_MAX else s[:TEXT_MAX] + "…"
+
+
+def run_and_step(args: str | None) -> tuple[str | None, str | None]:
+    """The canvasflow run id and step id a task's args repr carries (None, None otherwise)."""
+    if not args or "'run'" not in args:
+        return None, None
+    try:
+        value = ast.literal_eval(args)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        run = next((a["run"] for a in items if isinstance(a, dict) and isinstance(a.get("run"), str)), None)
+        step = next((a["id"] for a in items if isinstance(a, dict) and "plugin" in a and "id" in a), None)
+        return run, step
+    except (ValueError, SyntaxError, TypeError, KeyError, MemoryError, RecursionError):
+        run_m, steps = _RUN_RE.search(args), _STEP_RE.findall(args)
+        return (run_m.group(1) if run_m else None), (steps[-1] if steps else None)
+
+
+def merge_event(row: dict[str, Any] | None, ev: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """Fold one ``task-*`` event into a task row (a new row when ``row`` is None)."""
+    kind = str(ev.get("type", ""))[5:]
+    ts = float(ev.get("timestamp") or now)
+    if row is None:
+        row = {c.name: None for c in tasks.c}
+        row.update(uuid=ev["uuid"], state=EVENT_STATE.get(kind, "PENDING"), state_ts=ts, ts=ts, retries=0)
+    else:
+        row = dict(row)
+        row["ts"] = min(row["ts"], ts)
+        state = EVENT_STATE.get(kind)
+        if state and (ts > row["state_ts"] or (ts == row["state_ts"] and RANK[state] >= RANK.get(row["state"], 0))):
+            row["state"], row["state_ts"] = state, ts
+    if kind in ("sent", "received"):
+        for k in ("name", "parent_id", "root_id"):
+            if ev.get(k):
+                row[k] = ev[k]
+        for k in ("eta", "expires"):
+            if ev.get(k):
+                row[k] = str(ev[k])
+        if ev.get("args") is not None:
+            row["args"] = _cut(ev["args"])
+            row["run_id"], row["step_id"] = run_and_step(ev["args"])
+        if ev.get("kwargs") is not None:
+            row["kwargs"] = _cut(ev["kwargs"])
+        row["retries"] = max(int(row["retries"] or 0), int(ev.get("retries") or 0))
+        if kind == "sent":
+            row["queue"] = ev.get("queue") or ev.get("routing_key") or row["queue"]
+    if kind in ("received", "started", "succeeded", "failed", "retried", "rejected", "revoked") and ev.get("hostname"):
+        if kind != "revoked" or not row["worker"]:
+            row["worker"] = ev["hostname"]
+    if kind == "succeeded":
+        row["result"] = _cut(ev.get("result"))
+        row["runtime"] = ev.get("runtime")
+    if kind in ("failed", "retried"):
+        row["exception"] = _cut(ev.get("exception"))
+        row["traceback"] = _cut(ev.get("traceback"))
+    if kind == "revoked" and ev.get("terminated"):
+        row["exception"] = row["exception"] or f"terminated (signal {ev.get('signum')})"
+    col = {"sent": "sent_at", "received": "received_at", "started": "started_at", "succeeded": "succeeded_at",
+           "failed": "failed_at", "retried": "retried_at", "revoked": "revoked_at", "rejected": "rejected_at"}.get(kind)
+    if col:
+        row[col] = ts
+    row["updated_at"] = now
+    return row
+
+
+def write_batch(engine: Engine, events: Sequence[Mapping[str, Any]], now: float | None = None) -> int:
+    """Upsert the tasks the events touch, in one transaction; returns how many rows changed."""
+    now = time.time() if now is None else now
+    by_id: dict[str, list[Mapping[str, Any]]] = {}
+    for ev in events:
+        if ev.get("uuid"):
+            by_id.setdefault(str(ev["uuid"]), []).append(ev)
+    if not by_id:
+        return 0
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                ids = list(by_id)
+                existing: dict[str, dict[str, Any]] = {}
+                for i in range(0, len(ids), 500):
+                    for r in conn.execute(select(tasks).where(tasks.c.uuid.in_(ids[i:i + 500]))):
+                        existing[r.uuid] = dict(r._mapping)
+                new: list[dict[str, Any]] = []
+                changed: list[dict[str, Any]] = []
+                for uid, evs in by_id.items():
+                    row = existing.get(uid)
+                    for ev in evs:
+                        row = merge_event(row, ev, now)
+                    if row is not None:
+                        (changed if uid in existing else new).append(row)
+                if new:
+                    conn.execute(insert(tasks), new)
+                for row in changed:
+                    conn.execute(update(tasks).where(tasks.c.uuid == row["uuid"]).values(row))
+                return len(new) + len(changed)
+        except sa_exc.IntegrityError:  # another web process inserted one of these tasks first
+            if attempt == 2:
+                raise
+    return 0
+
+
+def prune(engine: Engine, older_than: float) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(delete(tasks).where(tasks.c.ts < older_than)).rowcount or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries
+# ---------------------------------------------------------------------------------------------
+
+SORTABLE = {"ts": tasks.c.ts, "received": tasks.c.received_at, "started": tasks.c.started_at,
+            "runtime": tasks.c.runtime, "name": tasks.c.name, "state": tasks.c.state, "worker": tasks.c.worker}
+SEARCHABLE = {"name": tasks.c.name, "state": tasks.c.state, "worker": tasks.c.worker, "uuid": tasks.c.uuid,
+              "run": tasks.c.run_id, "step": tasks.c.step_id, "queue": tasks.c.queue, "args": tasks.c.args,
+              "kwargs": tasks.c.kwargs, "result": tasks.c.result, "exception": tasks.c.exception,
+              "root": tasks.c.root_id, "parent": tasks.c.parent_id}
+LIST_COLUMNS = [c for c in tasks.c if c.name not in ("traceback", "kwargs", "args", "result")]
+
+
+@dataclass
+class TaskQuery:
+    state: Sequence[str] = ()
+    worker: str | None = None
+    name: str | None = None
+    run: str | None = None
+    since: float | None = None  # on the received time (first-seen when never received)
+    until: float | None = None
+    search: str = ""
+    sort: str = "-ts"
+    limit: int = 50
+    cursor: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class BadQuery(ValueError):
+    pass
+
+
+def _encode(values: Sequence[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(values)).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        out = json.loads(raw)
+        assert isinstance(out, list) and len(out) == 2
+        return out
+    except Exception:  # noqa: BLE001 - any garbage is one error
+        raise BadQuery("cursor: not a cursor this API returned") from None
+
+
+def parse_search(text: str) -> list[Any]:
+    """``field:value`` terms (AND-ed; ``*`` is a wildcard); bare words match name, uuid or args."""
+    conds: list[Any] = []
+    for term in text.split():
+        key, sep, value = term.partition(":")
+        if sep and key in SEARCHABLE:
+            col = SEARCHABLE[key]
+            conds.append(col.like(value.replace("*", "%")) if "*" in value else col == value)
+        else:
+            like = f"%{term.replace('%', '').replace('*', '%')}%"
+            conds.append(or_(tasks.c.name.like(like), tasks.c.uuid.like(like), tasks.c.args.like(like)))
+    return conds
+
+
+def list_tasks(engine: Engine, q: TaskQuery) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of tasks, keyset-paginated on (sort key, uuid)."""
+    desc = q.sort.startswith("-")
+    key = q.sort.lstrip("-+")
+    if key not in SORTABLE:
+        raise BadQuery(f"sort: one of {', '.join(sorted(SORTABLE))} (prefix - for descending), not {key!r}")
+    col = SORTABLE[key]
+    # NOT NULL columns sort on the bare column, so the (filter, ts) indexes serve the page
+    sort_expr = col if not col.nullable else func.coalesce(col, -1.0 if key in ("received", "started", "runtime") else "")
+    conds: list[Any] = []
+    if q.state:
+        bad = [s for s in q.state if s.upper() not in STATES]
+        if bad:
+            raise BadQuery(f"state: one of {', '.join(STATES)}, not {', '.join(bad)}")
+        conds.append(tasks.c.state.in_([s.upper() for s in q.state]))
+    for value, c in ((q.worker, tasks.c.worker), (q.name, tasks.c.name), (q.run, tasks.c.run_id)):
+        if value:
+            conds.append(c == value)
+    when = func.coalesce(tasks.c.received_at, tasks.c.ts)
+    if q.since is not None:
+        conds.append(when >= q.since)
+    if q.until is not None:
+        conds.append(when < q.until)
+    conds.extend(parse_search(q.search))
+    if q.cursor:
+        value, uid = _decode(q.cursor)
+        conds.append(or_(sort_expr < value, and_(sort_expr == value, tasks.c.uuid < uid)) if desc
+                     else or_(sort_expr > value, and_(sort_expr == value, tasks.c.uuid > uid)))
+    order = [sort_expr.desc(), tasks.c.uuid.desc()] if desc else [sort_expr.asc(), tasks.c.uuid.asc()]
+    limit = max(1, min(int(q.limit), 1000))
+    stmt = select(*LIST_COLUMNS, sort_expr.label("_k")).where(*conds).order_by(*order).limit(limit + 1)
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(stmt)]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = _encode([rows[-1]["_k"], rows[-1]["uuid"]]) if more and rows else None
+    for r in rows:
+        r.pop("_k")
+    return rows, cursor
+
+
+def get_task(engine: Engine, uuid: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(tasks).where(tasks.c.uuid == uuid)).first()
+        if row is None:
+            return None
+        out = dict(row._mapping)
+        out["children"] = [r[0] for r in conn.execute(
+            select(tasks.c.uuid).where(tasks.c.parent_id == uuid).order_by(tasks.c.ts).limit(200))]
+    return out
+
+
+def counts(engine: Engine) -> dict[str, dict[str, int]]:
+    """{worker: {state: n}} over the whole history (the workers' succeeded/failed totals)."""
+    out: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for worker, state, n in conn.execute(select(tasks.c.worker, tasks.c.state, func.count())
+                                             .group_by(tasks.c.worker, tasks.c.state)):
+            out.setdefault(worker or "", {})[state] = int(n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The monitor: receiver thread + writer thread
+# ---------------------------------------------------------------------------------------------
+
+
+def heartbeat_expired(w: Mapping[str, Any], now: float) -> bool:
+    """Celery's rule: a worker is gone after two missed heartbeats (``freq`` * 2)."""
+    return now > float(w.get("timestamp") or 0) + 2 * float(w.get("freq") or 2.0) + 1.0
+
+
+class FleetMonitor:
+    """Capture Celery events into ``cf_celery_tasks`` and a Redis hash of worker state."""
+
+    def __init__(self, celery_app: Any, engine: Engine | None, redis_client: Any, workers_key: str, *,
+                 batch_size: int = 500, flush_interval: float = 0.5, max_queue: int = 20_000,
+                 retention: float = 7 * 86400.0) -> None:
+        self.app = celery_app
+        self.engine = engine
+        self.r = redis_client
+        self.workers_key = workers_key
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.retention = retention
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_queue)
+        self.stop_event = threading.Event()
+        self.dropped = 0
+        self.written = 0
+        self.errors = 0
+        self.connected = False
+        self._receiver: Any = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if self.engine is not None:
+            ensure_table(self.engine)
+        for target, name in ((self._receive_loop, "cf-fleet-events"), (self._write_loop, "cf-fleet-writer")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        for t in self._threads:
+            t.join(timeout)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        delay = 0.5
+        while not self.stop_event.is_set():
+            try:
+                with self.app.connection_for_read() as conn:
+                    self._receiver = self.app.events.Receiver(conn, handlers={"*": self.on_event})
+                    if self.stop_event.is_set():
+                        return
+                    self.connected = True
+                    delay = 0.5
+                    self._receiver.capture(limit=None, timeout=None, wakeup=True)
+            except Exception as exc:  # noqa: BLE001 - the broker went away: reconnect, slower each time
+                self.connected = False
+                self.errors += 1
+                if self.stop_event.is_set():
+                    return
+                log.warning("fleet event receiver: %s; reconnecting in %.1fs", exc, delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, 10.0)
+        self.connected = False
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("type", ""))
+        if kind.startswith("worker-"):
+            self._on_worker(kind, event)
+        elif kind.startswith("task-") and self.engine is not None:
+            try:
+                self.queue.put_nowait(event)
+            except queue.Full:
+                self.dropped += 1
+
+    def _on_worker(self, kind: str, ev: Mapping[str, Any]) -> None:
+        host = ev.get("hostname")
+        if not host:
+            return
+        state = {k: ev.get(k) for k in ("timestamp", "freq", "active", "processed", "loadavg", "sw_ident",
+                                        "sw_ver", "sw_sys", "pid", "clock")}
+        state["online"] = kind != "worker-offline"
+        state["last_event"] = kind
+        try:
+            self.r.hset(self.workers_key, host, json.dumps(state, default=str))
+        except Exception as exc:  # noqa: BLE001 - next heartbeat tries again
+            log.debug("worker state not saved: %s", exc)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        last_prune = 0.0
+        while not self.stop_event.is_set() or not self.queue.empty():
+            batch = self._take()
+            if batch and self.engine is not None:
+                try:
+                    self.written += write_batch(self.engine, batch)
+                except Exception as exc:  # noqa: BLE001 - keep the process up; the batch is lost
+                    self.errors += 1
+                    log.warning("task history batch of %d events not written: %s", len(batch), exc)
+            if self.engine is not None and time.time() - last_prune > 60:
+                last_prune = time.time()
+                try:
+                    prune(self.engine, time.time() - self.retention)
+                except Exception as exc:  # noqa: BLE001
+                    log.debug("task history prune failed: %s", exc)
+
+    def _take(self) -> list[dict[str, Any]]:
+        batch: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self.flush_interval
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self.queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every captured event is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while not self.queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(self.flush_interval + 0.1)
+
+
+def worker_states(redis_client: Any, workers_key: str, now: float | None = None,
+                  purge_after: float | None = None) -> dict[str, dict[str, Any]]:
+    """Every worker seen through events: {hostname: state}, ``online`` judged by heartbeat age;
+    workers offline for longer than ``purge_after`` seconds are forgotten."""
+    now = time.time() if now is None else now
+    out: dict[str, dict[str, Any]] = {}
+    gone: list[str] = []
+    for k, v in redis_client.hgetall(workers_key).items():
+        host = k.decode() if isinstance(k, bytes) else k
+        st = json.loads(v)
+        st["online"] = bool(st.get("online")) and not heartbeat_expired(st, now)
+        if not st["online"] and purge_after is not None and now - float(st.get("timestamp") or 0) > purge_after:
+            gone.append(host)
+            continue
+        out[host] = st
+    if gone:
+        redis_client.hdel(workers_key, *gone)
+    return out
+
+
+def forget_workers(redis_client: Any, workers_key: str, hosts: Iterable[str]) -> int:
+    hosts = list(hosts)
+    return int(redis_client.hdel(workers_key, *hosts)) if hosts else 0

@@ -1,0 +1,398 @@
+"""Fleet inspection under /api/v1/inspect — Flower's workers, tasks and queues, workflow-aware and
+persistent — plus one server-rendered Workers page.
+
+The task history is the ``cf_celery_tasks`` table that :class:`orchestrator.fleet_events.FleetMonitor`
+fills from Celery events in this process; worker details come from ``inspect`` with a short
+timeout. Control actions need the operator role and are written to the audit log.
+
+Settings (environment, read once at ``register``): ``CANVASFLOW_WEB_FLEET_EVENTS`` (default true:
+run the event monitor in this process), ``CANVASFLOW_WEB_WORKER_PURGE_AFTER`` (seconds an offline
+worker stays listed, default 86400), ``CANVASFLOW_WEB_TASK_RETENTION`` (seconds of task history,
+default 7 days).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from flask import Flask, current_app, render_template_string, request
+from flask_smorest import abort
+from marshmallow import Schema, fields, validate
+
+from orchestrator import fleet_events
+from orchestrator.fleet_events import FleetMonitor, TaskQuery
+from orchestrator.fleet_inspect import (
+    FleetError,
+    Inspector,
+    fleet_workers,
+    known_queues,
+    queue_lengths,
+)
+from web import auth
+from web.api import Blueprint
+
+blp = Blueprint("inspect", __name__, url_prefix="/api/v1/inspect",
+                description="Fleet inspection: workers, tasks, queues (Flower parity)")
+
+WORKER_ACTIONS = ("pool_grow", "pool_shrink", "pool_restart", "autoscale", "add_consumer", "cancel_consumer",
+                  "rate_limit", "time_limit", "shutdown")
+
+
+class Fleet:
+    """What this module keeps per app: ``app.extensions['canvasflow_fleet']``."""
+
+    def __init__(self, services: Any) -> None:
+        env = os.environ
+        self.services = services
+        self.workers_key = f"{services.client.keys.prefix}:inspect:workers"
+        self.purge_after = float(env.get("CANVASFLOW_WEB_WORKER_PURGE_AFTER", "86400"))
+        self.inspector = Inspector(services.client.celery)
+        engine = services.store.engine if services.store is not None else None
+        self.engine = engine
+        enabled = env.get("CANVASFLOW_WEB_FLEET_EVENTS", "true").strip().lower() not in ("0", "false", "no", "off")
+        self.monitor: FleetMonitor | None = None
+        if enabled:
+            import redis
+
+            r = redis.Redis.from_url(services.settings.redis_url, health_check_interval=30)
+            self.monitor = FleetMonitor(services.client.celery, services.store.writer if engine is not None else None,
+                                        r, self.workers_key,
+                                        retention=float(env.get("CANVASFLOW_WEB_TASK_RETENTION", str(7 * 86400))))
+            self.monitor.stop_event = services.stop_event
+        if engine is not None:
+            try:
+                fleet_events.ensure_table(services.store.writer)
+            except Exception:  # noqa: BLE001 - the database may come later; the monitor retries
+                pass
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        if self.engine is None:
+            return {}
+        try:
+            return fleet_events.counts(self.engine)
+        except Exception:  # noqa: BLE001 - totals are optional
+            return {}
+
+    def workers(self, live: bool = True) -> list[dict[str, Any]]:
+        return fleet_workers(self.services.client, self.inspector, self.workers_key, self.totals(),
+                             purge_after=self.purge_after, live=live)
+
+
+def register(app: Flask, api: Any) -> None:
+    """Add the inspect API, /metrics, /healthz, /readyz and the Workers page to ``app``."""
+    from web import metrics
+
+    services = app.extensions["canvasflow"]
+    fleet = Fleet(services)
+    app.extensions["canvasflow_fleet"] = fleet
+    api.register_blueprint(blp)
+    metrics.register(app)
+    app.add_url_rule("/workers", "fleet_workers_page", workers_page)
+    start, stop = services.start, services.stop
+
+    def start_all() -> None:
+        already = services.started
+        start()
+        if not already and fleet.monitor is not None:
+            fleet.monitor.start()
+
+    def stop_all() -> None:
+        stop()
+        if fleet.monitor is not None:
+            fleet.monitor.stop()
+
+    services.start, services.stop = start_all, stop_all
+
+
+def fleet() -> Fleet:
+    return current_app.extensions["canvasflow_fleet"]
+
+
+def _need_store() -> Any:
+    if fleet().engine is None:
+        abort(503, message="the task history needs the audit store (CANVASFLOW_DATABASE_URL)")
+    return fleet().engine
+
+
+def _audit(action: str, target_type: str, target: str, detail: dict[str, Any], outcome: str = "ok") -> None:
+    store = current_app.extensions["canvasflow"].store
+    user = auth.current_user()
+    if store is not None:
+        try:
+            store.record_action(actor=user.name if user else "?", action=action, target_type=target_type,
+                                target_id=target, outcome=outcome, detail=detail)
+        except Exception:  # noqa: BLE001 - the action happened; the audit write is best effort
+            current_app.logger.warning("audit log write failed for %s on %s", action, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------------------------
+
+
+@blp.route("/workers")
+@auth.require("viewer")
+def list_workers() -> dict[str, Any]:
+    """Every worker: online/offline, active, processed, succeeded/failed, load, pool, prefetch,
+    queues and plugins. ``?refresh=0`` skips the ``inspect`` round trip (events and catalog only)."""
+    live = request.args.get("refresh", "1") not in ("0", "false")
+    return {"workers": fleet().workers(live=live)}
+
+
+@blp.route("/workers/<name>")
+@auth.require("viewer")
+def worker_detail(name: str) -> dict[str, Any]:
+    """One worker: its list row plus pool, broker, queues, active/scheduled/reserved/revoked tasks,
+    registered tasks, configuration and rusage, from ``inspect`` (null when it does not answer)."""
+    rows = {w["name"]: w for w in fleet().workers(live=False)}
+    if name not in rows:
+        abort(404, message=f"no worker {name!r}")
+    row = rows[name]
+    detail = fleet().inspector.detail(name) if row["online"] else None
+    stats = (detail or {}).get("stats") or {}
+    return {**row, "answered_inspect": detail is not None,
+            "stats": stats, "broker": stats.get("broker"), "rusage": stats.get("rusage"),
+            "pool_detail": stats.get("pool"), "total": stats.get("total"),
+            "active_queues": (detail or {}).get("active_queues"),
+            "tasks": {k: (detail or {}).get(k) for k in ("active", "reserved", "scheduled", "revoked")},
+            "registered": (detail or {}).get("registered"), "conf": (detail or {}).get("conf")}
+
+
+class WorkerAction(Schema):
+    n = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1000))
+    min = fields.Integer(validate=validate.Range(min=0))
+    max = fields.Integer(validate=validate.Range(min=1))
+    queue = fields.String()
+    task = fields.String()
+    rate = fields.String(metadata={"description": "e.g. 10/m; '0' removes the limit"})
+    soft = fields.Float(allow_none=True)
+    hard = fields.Float(allow_none=True)
+    reload = fields.Boolean(load_default=False)
+    reason = fields.String(load_default=None, allow_none=True)
+
+
+@blp.route("/workers/<name>/<action>", methods=["POST"])
+@blp.arguments(WorkerAction)
+@auth.require("operator", mutating=True)
+def worker_action(body: dict[str, Any], name: str, action: str) -> dict[str, Any]:
+    """Remote control (operator): pool_grow, pool_shrink, pool_restart, autoscale (min, max),
+    add_consumer / cancel_consumer (queue), rate_limit (task, rate), time_limit (task, soft, hard),
+    shutdown. Audited. 504 when the worker does not answer."""
+    if action not in WORKER_ACTIONS:
+        abort(404, message=f"unknown worker action {action!r}; one of {', '.join(WORKER_ACTIONS)}")
+    params = {k: v for k, v in body.items() if k != "reason"}
+    if action == "autoscale" and ("min" not in params or "max" not in params):
+        abort(400, message="autoscale needs min and max", errors={"json": {"min": ["required"], "max": ["required"]}})
+    try:
+        reply = fleet().inspector.control(name, action, **params)
+    except FleetError as exc:
+        _audit(f"worker_{action}", "worker", name, params, outcome="refused")
+        abort(400, message=str(exc))
+        raise
+    if reply is None:
+        _audit(f"worker_{action}", "worker", name, params, outcome="no reply")
+        abort(504, message=f"worker {name!r} did not answer within {fleet().inspector.timeout}s")
+    ok = not (isinstance(reply, dict) and "error" in reply)
+    _audit(f"worker_{action}", "worker", name, {**params, "reply": reply}, outcome="ok" if ok else "error")
+    if not ok:
+        abort(409, message=str(reply["error"]), extra={"reply": reply})
+    return {"worker": name, "action": action, "reply": reply}
+
+
+@blp.route("/workers/<name>", methods=["DELETE"])
+@auth.require("operator", mutating=True)
+def forget_worker(name: str) -> dict[str, Any]:
+    """Forget an offline worker (purge it from the list); an online one is refused (409)."""
+    rows = {w["name"]: w for w in fleet().workers(live=False)}
+    if name in rows and rows[name]["online"]:
+        abort(409, message=f"worker {name!r} is online")
+    client = current_app.extensions["canvasflow"].client
+    n = fleet_events.forget_workers(client.redis, fleet().workers_key, [name])
+    n += int(client.redis.hdel(client.keys.catalog, name))
+    _audit("worker_forget", "worker", name, {})
+    return {"worker": name, "forgotten": bool(n)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Queues
+# ---------------------------------------------------------------------------------------------
+
+
+@blp.route("/queues")
+@auth.require("viewer")
+def queues() -> dict[str, Any]:
+    """Length of every queue the fleet consumes (plus the default), priority sub-queues counted."""
+    e = current_app.extensions["canvasflow"]
+    names = known_queues(e.client.fleet(), e.settings.default_queue)
+    names.update(q for q in request.args.getlist("queue") if q)
+    return {"queues": queue_lengths(e.client.redis, e.settings.key_prefix, names)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------
+
+
+def _num(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        abort(400, message=f"{name}: a unix time in seconds", errors={"query": {name: ["not a number"]}})
+        raise
+
+
+@blp.route("/tasks")
+@auth.require("viewer")
+def list_tasks() -> dict[str, Any]:
+    """Task history, newest first. Filters: state (repeatable or comma-separated), worker, name,
+    run, received_after / received_before (unix seconds); q: ``field:value`` terms (name, state,
+    worker, uuid, run, step, queue, args, kwargs, result, exception, root, parent; ``*`` wildcard)
+    and bare words; sort: ts|received|started|runtime|name|state|worker, ``-`` for descending;
+    limit (<= 1000) and cursor (from ``next_cursor``)."""
+    engine = _need_store()
+    a = request.args
+    states = [s for v in a.getlist("state") for s in v.split(",") if s]
+    try:
+        limit = int(a.get("limit", "50"))
+    except ValueError:
+        abort(400, message="limit: an integer", errors={"query": {"limit": ["not an integer"]}})
+        raise
+    q = TaskQuery(state=states, worker=a.get("worker"), name=a.get("name"), run=a.get("run"),
+                  since=_num("received_after"), until=_num("received_before"), search=a.get("q", ""),
+                  sort=a.get("sort", "-ts"), limit=limit, cursor=a.get("cursor"))
+    try:
+        rows, cursor = fleet_events.list_tasks(engine, q)
+    except fleet_events.BadQuery as exc:
+        abort(400, message=str(exc))
+        raise
+    mon = fleet().monitor
+    return {"tasks": rows, "next_cursor": cursor, "count": len(rows),
+            "monitor": None if mon is None else {"connected": mon.connected, "dropped": mon.dropped}}
+
+
+@blp.route("/tasks/<task_id>")
+@auth.require("viewer")
+def task_detail(task_id: str) -> dict[str, Any]:
+    """One task: args, kwargs, result, every event time, runtime, worker, retries, traceback,
+    parent/root/children, and the canvasflow run and step it belongs to."""
+    task = fleet_events.get_task(_need_store(), task_id)
+    if task is None:
+        abort(404, message=f"no task {task_id!r} in the history")
+    assert task is not None
+    if task.get("run_id"):
+        task["links"] = {"run": f"/api/v1/runs/{task['run_id']}", "page": f"/runs/{task['run_id']}"}
+    return task
+
+
+class RevokeBody(Schema):
+    terminate = fields.Boolean(load_default=False)
+    signal = fields.String(load_default="SIGTERM", validate=validate.OneOf(["SIGTERM", "SIGKILL", "SIGINT",
+                                                                             "SIGQUIT", "SIGUSR1"]))
+    reason = fields.String(load_default=None, allow_none=True)
+
+
+@blp.route("/tasks/<task_id>/revoke", methods=["POST"])
+@blp.arguments(RevokeBody)
+@auth.require("operator", mutating=True)
+def revoke(body: dict[str, Any], task_id: str) -> dict[str, Any]:
+    """Revoke a task (a worker that receives it discards it); ``terminate`` also kills it if it
+    is running. Audited. For a canvasflow step prefer cancelling its run."""
+    fleet().inspector.revoke(task_id, terminate=body["terminate"], signal=body["signal"])
+    _audit("task_terminate" if body["terminate"] else "task_revoke", "task", task_id,
+           {"signal": body["signal"], "reason": body["reason"]})
+    return {"task": task_id, "revoked": True, "terminate": body["terminate"], "at": time.time()}
+
+
+@blp.route("/tasks/<task_id>/terminate", methods=["POST"])
+@blp.arguments(RevokeBody)
+@auth.require("operator", mutating=True)
+def terminate(body: dict[str, Any], task_id: str) -> dict[str, Any]:
+    """Revoke and terminate (Flower's /api/task/revoke?terminate=true and abort)."""
+    fleet().inspector.revoke(task_id, terminate=True, signal=body["signal"])
+    _audit("task_terminate", "task", task_id, {"signal": body["signal"], "reason": body["reason"]})
+    return {"task": task_id, "revoked": True, "terminate": True, "at": time.time()}
+
+
+class SendBody(Schema):
+    name = fields.String(required=True, metadata={"description": "a task name registered on the workers"})
+    args = fields.List(fields.Raw(), load_default=list)
+    kwargs = fields.Dict(load_default=dict)
+    queue = fields.String(load_default=None, allow_none=True)
+    countdown = fields.Float(load_default=None, allow_none=True)
+    priority = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0, max=9))
+    reason = fields.String(load_default=None, allow_none=True)
+
+
+@blp.route("/tasks/send", methods=["POST"])
+@blp.arguments(SendBody)
+@auth.require("operator", mutating=True)
+def send_task(body: dict[str, Any]) -> dict[str, Any]:
+    """Send a task by name (Flower's send-task and async-apply); returns its id at once. Audited.
+    canvasflow steps are not meant to be sent by hand: submit or retry the run instead."""
+    opts = {k: body[k] for k in ("queue", "countdown", "priority") if body.get(k) is not None}
+    celery = current_app.extensions["canvasflow"].client.celery
+    result = celery.send_task(body["name"], args=body["args"], kwargs=body["kwargs"], **opts)
+    _audit("task_send", "task", result.id, {"name": body["name"], **opts, "reason": body["reason"]})
+    return {"task": result.id, "name": body["name"], "state": "PENDING"}
+
+
+@blp.route("/tasks/<task_id>/result")
+@auth.require("viewer")
+def task_result(task_id: str) -> dict[str, Any]:
+    """The task's state and result from the Celery result backend (Flower's /api/task/result)."""
+    celery = current_app.extensions["canvasflow"].client.celery
+    res = celery.AsyncResult(task_id)
+    state = res.state
+    out: dict[str, Any] = {"task": task_id, "state": state}
+    if state in ("SUCCESS", "FAILURE", "RETRY", "REVOKED"):
+        value = res.result
+        out["result"] = value if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+        if state == "FAILURE":
+            out["traceback"] = res.traceback
+    return out
+
+
+@blp.route("/task-types")
+@auth.require("viewer")
+def task_types() -> dict[str, Any]:
+    """Task names registered on the online workers (Flower's /api/task/types)."""
+    names: set[str] = set()
+    for tasks in fleet().inspector.call("registered").values():
+        names.update(t.split(" ")[0] for t in tasks or [])
+    return {"task-types": sorted(names)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The Workers page (server-rendered, no JavaScript)
+# ---------------------------------------------------------------------------------------------
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Workers · canvasflow</title>
+<style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse}
+td,th{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:left}.offline{color:#999}</style></head>
+<body><h1>Workers</h1><p><a href="/">runs</a> · <a href="/api/v1/inspect/workers">JSON</a> ·
+<a href="/api/v1/inspect/tasks">tasks JSON</a> · <a href="/metrics">metrics</a></p>
+<table><tr><th>worker</th><th>status</th><th>active</th><th>processed</th><th>succeeded</th><th>failed</th>
+<th>load</th><th>pool</th><th>prefetch</th><th>queues</th><th>plugins</th></tr>
+{% for w in workers %}<tr class="{{ w.status }}"><td>{{ w.name }}</td><td>{{ w.status }}</td>
+<td>{{ w.active if w.active is not none else '' }}</td><td>{{ w.processed if w.processed is not none else '' }}</td>
+<td>{{ w.succeeded }}</td><td>{{ w.failed }}</td><td>{{ (w.loadavg or [])|join(', ') }}</td>
+<td>{{ w.pool.implementation or '' }} {{ w.pool.concurrency or '' }}</td><td>{{ w.prefetch_count or '' }}</td>
+<td>{{ w.queues|join(', ') }}</td><td>{{ w.plugins|join(', ') }}</td></tr>{% endfor %}
+</table><h2>Queues</h2><table><tr><th>queue</th><th>messages</th><th>by priority</th></tr>
+{% for q, v in queues.items() %}<tr><td>{{ q }}</td><td>{{ v.total }}</td><td>{{ v.by_priority }}</td></tr>
+{% endfor %}</table></body></html>"""
+
+
+def workers_page() -> Any:
+    if auth.current_user() is None:
+        from flask import redirect, url_for
+
+        return redirect(url_for("login.login", next=request.full_path.rstrip("?")))
+    e = current_app.extensions["canvasflow"]
+    qs = queue_lengths(e.client.redis, e.settings.key_prefix, known_queues(e.client.fleet(), e.settings.default_queue))
+    return render_template_string(PAGE, workers=fleet().workers(), queues=qs)
