@@ -11,7 +11,7 @@ from orchestrator.errors import ConfigurationError
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def _parse_bool(name: str, raw: str) -> bool:
+def parse_bool(name: str, raw: str) -> bool:
     low = raw.strip().lower()
     if low in {"1", "true", "yes", "on"}:
         return True
@@ -73,7 +73,7 @@ class Settings:
                 except ValueError:
                     raise ConfigurationError(f"{name}={raw!r}: expected a whole number") from None
             elif f.type in ("bool", bool):
-                values[f.name] = _parse_bool(name, raw)
+                values[f.name] = parse_bool(name, raw)
             else:
                 values[f.name] = raw
         values.update(overrides)

@@ -7,17 +7,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from orchestrator.errors import ConfigurationError
+from orchestrator.settings import parse_bool
 
 ROLES = ("viewer", "operator", "admin")
-
-
-def _bool(name: str, raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in {"1", "true", "yes", "on"}:
-        return True
-    if low in {"0", "false", "no", "off", ""}:
-        return False
-    raise ConfigurationError(f"{name}={raw!r}: expected true or false")
 
 
 @dataclass(frozen=True)
@@ -63,7 +55,7 @@ class WebSettings:
             raw = env[name]
             try:
                 if f.type in ("bool", bool):
-                    values[f.name] = _bool(name, raw)
+                    values[f.name] = parse_bool(name, raw)
                 elif f.type in ("int", int):
                     values[f.name] = int(raw)
                 elif f.type in ("float", float):
