@@ -8,14 +8,18 @@ repository root on PYTHONPATH; settings come from CANVASFLOW_* variables like an
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from orchestrator.settings import Settings
 from workers.app import create_worker_app
 
 NOOP = "bench.noop"
+# A directory: every pool process runs under cProfile and writes child-<pid>.prof there when
+# the worker shuts down (for finding where a shape's time goes; off by default).
+PROFILE_DIR = os.environ.get("CANVASFLOW_BENCH_PROFILE", "")
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -25,7 +29,25 @@ def create_app(settings: Settings | None = None) -> Celery:
     def noop(value: Any = None, *args: Any, **kwargs: Any) -> Any:
         return value
 
+    if PROFILE_DIR:
+        _profile_pool_processes(PROFILE_DIR)
     return app
+
+
+def _profile_pool_processes(directory: str) -> None:
+    import cProfile
+
+    profiler = cProfile.Profile()
+
+    def start(**_: Any) -> None:
+        profiler.enable()
+
+    def stop(**_: Any) -> None:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(directory, f"child-{os.getpid()}.prof"))
+
+    signals.worker_process_init.connect(start, weak=False)
+    signals.worker_process_shutdown.connect(stop, weak=False)
 
 
 _app: Celery | None = None

@@ -378,8 +378,7 @@ class FleetMonitor:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        if self.engine is not None:
-            ensure_table(self.engine)
+        self._ensure_table()
         for target, name in ((self._receive_loop, "cf-fleet-events"), (self._write_loop, "cf-fleet-writer")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -391,6 +390,16 @@ class FleetMonitor:
             self._receiver.should_stop = True
         for t in self._threads:
             t.join(timeout)
+
+    def _ensure_table(self) -> bool:
+        if self.engine is None:
+            return False
+        try:
+            ensure_table(self.engine)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the database may come later (or a race with a peer)
+            log.warning("task history table not ready: %s", exc)
+            return False
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -450,6 +459,7 @@ class FleetMonitor:
                 except Exception as exc:  # noqa: BLE001 - keep the process up; the batch is lost
                     self.errors += 1
                     log.warning("task history batch of %d events not written: %s", len(batch), exc)
+                    self._ensure_table()
             if self.engine is not None and time.time() - last_prune > 60:
                 last_prune = time.time()
                 try:

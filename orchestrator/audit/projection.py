@@ -41,6 +41,8 @@ ATTEMPT_EVENTS = frozenset({"step_retrying", "step_completed", "step_failed"})
 FINISHING = frozenset({"step_completed", "step_failed", "step_skipped", "step_cancelled"})
 CHUNK = 300  # rows per IN (...) list: well below every driver's parameter limit
 COPY_FROM = 20  # PostgreSQL: insert this many rows or more with COPY
+# One expanding parameter for every IN list: the statement is compiled once and cached.
+KEYS: Any = bindparam("keys", expanding=True)
 
 
 def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now: float) -> list[Event]:
@@ -54,15 +56,15 @@ def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now:
     insert_ignore(conn, runs, [{"id": r, "status": "PENDING", "status_seq": 0, "created_at": first_ts[r],
                                 "updated_at": now, "last_seq": 0, "event_count": 0} for r in run_ids])
     run_rows: dict[str, dict[str, Any]] = {}
+    q = select(runs).where(runs.c.id.in_(KEYS)).order_by(runs.c.id).with_for_update()
     for chunk in chunks(run_ids):
-        q = select(runs).where(runs.c.id.in_(chunk)).order_by(runs.c.id).with_for_update()
-        for row in conn.execute(q).mappings():
+        for row in conn.execute(q, {"keys": list(chunk)}).mappings():
             run_rows[row["id"]] = dict(row)
 
     existing: set[tuple[str, int]] = set()
+    q = select(events.c.run_id, events.c.seq).where(tuple_(events.c.run_id, events.c.seq).in_(KEYS))
     for chunk in chunks(sorted({e.key for e in batch})):
-        q = select(events.c.run_id, events.c.seq).where(tuple_(events.c.run_id, events.c.seq).in_(chunk))
-        existing.update((r, s) for r, s in conn.execute(q))
+        existing.update((r, s) for r, s in conn.execute(q, {"keys": list(chunk)}))
     seen: set[tuple[str, int]] = set()
     new: list[Event] = []
     for e in sorted(batch, key=lambda e: e.key):
@@ -80,15 +82,15 @@ def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now:
             body = proj.parsed_definition(e.run)
             wanted_steps.update((e.run, str(s["id"])) for s in (body or {}).get("steps") or ()
                                 if isinstance(s, dict) and s.get("id"))
+    q = select(steps).where(tuple_(steps.c.run_id, steps.c.step_id).in_(KEYS))
     for chunk in chunks(sorted(wanted_steps)):
-        q = select(steps).where(tuple_(steps.c.run_id, steps.c.step_id).in_(chunk))
-        for row in conn.execute(q).mappings():
+        for row in conn.execute(q, {"keys": list(chunk)}).mappings():
             proj.steps[(row["run_id"], row["step_id"])] = dict(row)
     wanted = sorted({(e.run, e.step, n) for e in new if (n := _attempt_no(e)) is not None})
+    q = select(step_attempts).where(
+        tuple_(step_attempts.c.run_id, step_attempts.c.step_id, step_attempts.c.attempt).in_(KEYS))
     for chunk in chunks(wanted):
-        q = select(step_attempts).where(
-            tuple_(step_attempts.c.run_id, step_attempts.c.step_id, step_attempts.c.attempt).in_(chunk))
-        for row in conn.execute(q).mappings():
+        for row in conn.execute(q, {"keys": list(chunk)}).mappings():
             proj.attempts[(row["run_id"], row["step_id"], row["attempt"])] = dict(row)
 
     for e in new:
@@ -438,7 +440,7 @@ def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         # COPY inside the same transaction: several times faster than psycopg's executemany,
         # which sends one INSERT per row.
         cols = list(rows[0])
-        raw = conn.connection.dbapi_connection
+        raw: Any = conn.connection.dbapi_connection  # a psycopg connection: COPY needs the driver
         with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
             for r in rows:
                 f = fit(table, r)
