@@ -451,6 +451,21 @@ class RunState:
             by_step.setdefault(sid, {})[name] = _s(v)
         return ({_s(k): _s(v) for k, v in run.items()}, by_step, [json.loads(a) for a in attempts])
 
+    def head(self, run_id: str) -> tuple[str, str, str] | None:
+        """(status, epoch, halt) of a run in one HMGET, or None if unknown."""
+        status, epoch, halt = self.r.hmget(self.keys.run(run_id), "status", "epoch", "halt")
+        if status is None:
+            return None
+        return _s(status), _s(epoch), _s(halt)
+
+    def step_deps(self, run_id: str, step: str) -> list[str]:
+        """A step's depends_on, from the run's stored definition (long fan-in lists)."""
+        raw = self.r.hget(self.keys.run(run_id), "definition")
+        for s in json.loads(raw or "{}").get("steps", ()):
+            if s["id"] == step:
+                return list(s.get("depends_on") or ())
+        return []
+
     def status(self, run_id: str) -> str | None:
         v = self.r.hget(self.keys.run(run_id), "status")
         return _s(v) if v is not None else None

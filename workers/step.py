@@ -134,6 +134,14 @@ def retry_countdown(spec: Mapping[str, Any], attempt: int) -> float:
     return float(min(delay, cap))
 
 
+def _record(known: dict[str, list[Any]], spec: Mapping[str, Any], status: str,
+            output: Any = None) -> dict[str, list[Any]]:
+    """Add this step's outcome to what flows on, if a later step looks at it."""
+    if not spec.get("drop"):
+        known[spec["id"]] = [status, output]
+    return known
+
+
 def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
     run_id, epoch, sid = hdr["run"], hdr["epoch"], spec["id"]
     known = merge(incoming)
@@ -141,6 +149,8 @@ def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: 
     task_id = request.id or ""
     owner = f"{HOST}:{os.getpid()}:{task_id}"
 
+    if spec.get("deps") == "@":
+        spec = {**spec, "deps": rt.state.step_deps(run_id, sid)}
     skip = join_verdict(spec, known)
     when_error: str | None = None
     scope: dict[str, Any] | None = None
@@ -157,14 +167,11 @@ def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: 
         task_id=task_id, worker=request.hostname or HOST, reason=skip,
     )
     if verdict == "skipped":
-        known[sid] = [StepStatus.SKIPPED, None]
-        return known
+        return _record(known, spec, StepStatus.SKIPPED)
     if verdict == "cancelled":
-        known[sid] = [StepStatus.CANCELLED, None]
-        return known
+        return _record(known, spec, StepStatus.CANCELLED)
     if verdict == "paused":
-        known[sid] = [StepStatus.PENDING, None]
-        return known
+        return _record(known, spec, StepStatus.PENDING)
     if verdict == "adopt":
         known[sid] = [info, json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None]
         return known
@@ -219,8 +226,8 @@ def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: 
         raise Ignore()  # another copy took the step over after our lease lapsed
     if status is StepStatus.RETRYING:
         raise task.retry(countdown=retry_countdown(spec, attempt), max_retries=None)
-    known[sid] = [str(status), json.loads(output) if spec.get("keep") and status is StepStatus.COMPLETED else None]
-    return known
+    return _record(known, spec, str(status),
+                   json.loads(output) if spec.get("keep") and status is StepStatus.COMPLETED else None)
 
 
 def on_hard_timeout(rt: Runtime, app: Any, args: Any, limit: float) -> None:
@@ -253,6 +260,17 @@ def load_run_definition(run: Mapping[str, str]) -> Definition:
 def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
     """The last task of every dispatch: decide how the run ends (or pauses)."""
     run_id, epoch = hdr["run"], hdr["epoch"]
+    # The common end, a running run with nothing to wind down, needs three fields, not the
+    # whole state (a 1000-step run's steps and attempts are ~1 MB).
+    head = rt.state.head(run_id)
+    if head is None:
+        return "gone"
+    if head[1] != str(epoch):
+        return "stale"
+    if head[0] in (RunStatus.RUNNING, RunStatus.PENDING) and not head[2]:
+        done, _ = rt.state.transition(run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING])
+        if done:
+            return RunStatus.COMPLETED
     data = rt.state.read(run_id)
     if data is None:
         return "gone"
