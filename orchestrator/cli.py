@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import compiler
+from orchestrator.audit import cli as audit_cli
 from orchestrator.errors import CanvasflowError, ConfigurationError, DefinitionError
 from orchestrator.settings import Settings
 
@@ -438,16 +439,7 @@ def demo(keep_running: bool, workdir: str | None) -> None:
             embedded.stop()
 
 
-def _register_extensions() -> None:
-    """Commands of the audit store (and later web) packages that live in orchestrator."""
-    try:
-        from orchestrator.audit import cli as audit_cli
-    except ImportError:
-        return
-    audit_cli.register(main)
-
-
-_register_extensions()
+audit_cli.register(main)  # db upgrade, recorder, runs, show, logs, prune
 
 if __name__ == "__main__":
     main()

@@ -362,6 +362,7 @@ def compile_run(
     the_plan = plan(defn, settled)
     keep = referenced_outputs(defn)
     forward = forwarded_outcomes(defn)
+    final = _final_leaf(the_plan.tree)
     seed = {sid: [st, out if sid in keep else None] for sid, (st, out) in settled.items()}
     priority = PRIORITIES[ctx.priority]
     steps = {s.id: s for s in defn.steps}
@@ -372,7 +373,10 @@ def compile_run(
 
     def leaf(sid: str, first: bool) -> Signature:
         step = steps[sid]
-        args: tuple = (step_spec(step, sid in keep, sid in forward), ctx.header())
+        spec = step_spec(step, sid in keep, sid in forward)
+        if sid == final:
+            spec["settle"] = 1  # the last task of the canvas settles the run: one task less
+        args: tuple = (spec, ctx.header())
         if first:
             args = (seed,) + args
         opts: dict[str, Any] = {}
@@ -412,6 +416,8 @@ def compile_run(
     if the_plan.tree is None:
         return Signature(SETTLE_TASK, args=(seed, ctx.header()), options={"priority": priority, "queue": ctx.queue}, app=app)
     body = build(the_plan.tree, True)
+    if final is not None:
+        return body
     return _series([body, settle]) if not isinstance(body, chain) else _series([*body.tasks, settle])
 
 
@@ -419,6 +425,13 @@ def compile_settle(ctx: RunContext, *, app: Any = None) -> Signature:
     """A lone settle task for a new dispatch (cancel): it waits for running steps, then settles."""
     return Signature(SETTLE_TASK, args=(None, ctx.header()),
                      options={"queue": ctx.queue, "priority": PRIORITIES[ctx.priority]}, app=app)
+
+
+def _final_leaf(node: Node | None) -> str | None:
+    """The step that ends the canvas when one step does (else None: a settle task joins)."""
+    while isinstance(node, Series):
+        node = node.parts[-1]
+    return node.step if isinstance(node, Leaf) else None
 
 
 def compile_compensation(

@@ -146,9 +146,15 @@ def check_canvas(defn: Definition, canvas: Signature, settled: Mapping[str, Any]
     pending = [s.id for s in defn.steps if s.id not in settled]
     steps_in_canvas = [n for n in w.nodes if "#" not in n]
     assert sorted(steps_in_canvas) == sorted(pending), "every pending step runs exactly once"
-    # The run is settled by the very last task, after everything else.
-    assert w.nodes[-1].startswith(SETTLE_TASK + "#")
-    assert all((n, w.nodes[-1]) in w.before for n in w.nodes[:-1])
+    # The run is settled by the very last task, after everything else: a settle task, or the
+    # last step itself when one step ends the canvas (one task less per run).
+    last = w.nodes[-1]
+    if "#" in last:
+        assert last.startswith(SETTLE_TASK + "#")
+    else:
+        assert w.sigs[last].args[-2].get("settle") == 1
+    assert [n for n, sig in w.sigs.items() if sig.task == STEP_TASK and sig.args[-2].get("settle")] in ([], [last])
+    assert all((n, last) in w.before for n in w.nodes[:-1])
     # Every dependency (and list order in sequential mode) is respected.
     wanted = {(d, s.id) for s in defn.steps for d in s.depends_on if d in pending and s.id in pending}
     if defn.mode == "sequential":
@@ -268,20 +274,21 @@ def test_a_linear_chain_of_three_is_one_chain_ending_with_settle() -> None:
     d = dag({"a": [], "b": ["a"], "c": ["b"]})
     canvas = compile_run(d, CTX, app=APP)
     assert isinstance(canvas, chain)
-    assert [t.task for t in canvas.tasks] == [STEP_TASK, STEP_TASK, STEP_TASK, SETTLE_TASK]
-    assert [sid(t) for t in canvas.tasks[:3]] == ["a", "b", "c"]
-    first, second = canvas.tasks[0], canvas.tasks[1]
+    assert [t.task for t in canvas.tasks] == [STEP_TASK, STEP_TASK, STEP_TASK]
+    assert [sid(t) for t in canvas.tasks] == ["a", "b", "c"]
+    first, second, last = canvas.tasks
     assert first.args == ({}, {"id": "a", "plugin": "builtin", "method": "echo"}, HDR)
     assert second.args == ({"id": "b", "plugin": "builtin", "method": "echo", "deps": ["a"]}, HDR)
-    assert canvas.tasks[-1].args == (HDR,)
+    # c ends the canvas: it settles the run, and no later step reads its outcome
+    assert last.args == ({"id": "c", "plugin": "builtin", "method": "echo", "deps": ["b"], "drop": 1,
+                          "settle": 1}, HDR)
     check_canvas(d, canvas)
 
 
-def test_a_single_step_is_the_step_then_settle() -> None:
+def test_a_single_step_is_the_step_that_settles() -> None:
     d = dag({"only": []})
     canvas = compile_run(d, CTX, app=APP)
-    assert isinstance(canvas, chain)
-    assert [t.task for t in canvas.tasks] == [STEP_TASK, SETTLE_TASK]
+    assert canvas.task == STEP_TASK and canvas.args[1]["settle"] == 1
     check_canvas(d, canvas)
 
 
@@ -289,13 +296,13 @@ def test_a_diamond_is_chain_of_step_chord_and_settle() -> None:
     d = dag(DIAMOND)
     canvas = compile_run(d, CTX, app=APP)
     assert isinstance(canvas, chain)
-    a, fan, settle = canvas.tasks
+    a, fan = canvas.tasks
     assert sid(a) == "a"
     assert isinstance(fan, chord)
     assert [sid(t) for t in fan.tasks] == ["b", "c", "d"]
     assert sid(fan.body) == "e"
     assert fan.body.args[0]["deps"] == ["b", "c", "d"]
-    assert settle.task == SETTLE_TASK
+    assert fan.body.args[0]["settle"] == 1
     check_canvas(d, canvas)
 
 
@@ -313,8 +320,8 @@ def test_nested_series_parallel_nests_a_chain_inside_the_chord_header() -> None:
     d = dag({"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": ["c", "d"]})
     canvas = compile_run(d, CTX, app=APP)
     assert isinstance(canvas, chain)
-    a, fan, settle = canvas.tasks
-    assert sid(a) == "a" and settle.task == SETTLE_TASK
+    a, fan = canvas.tasks
+    assert sid(a) == "a" and fan.body.args[0]["settle"] == 1
     assert isinstance(fan, chord)
     branch, d_task = fan.tasks
     assert isinstance(branch, chain) and [sid(t) for t in branch.tasks] == ["b", "c"]
@@ -354,12 +361,10 @@ def test_a_fan_out_at_the_end_is_closed_by_settle() -> None:
     check_canvas(d, canvas)
 
 
-def test_a_fan_in_at_the_start_is_a_chord_then_settle() -> None:
+def test_a_fan_in_at_the_start_is_a_chord_whose_body_settles() -> None:
     d = dag({"a": [], "b": [], "c": ["a", "b"]})
     canvas = compile_run(d, CTX, app=APP)
-    assert isinstance(canvas, chain)
-    fan, settle = canvas.tasks
-    assert isinstance(fan, chord) and sid(fan.body) == "c" and settle.task == SETTLE_TASK
+    assert isinstance(canvas, chord) and sid(canvas.body) == "c" and canvas.body.args[0]["settle"] == 1
     check_canvas(d, canvas)
 
 
@@ -367,9 +372,9 @@ def test_sequential_mode_chains_in_list_order_and_keeps_only_explicit_deps_in_sp
     d = dag({"x": [], "a": [], "m": ["x"]}, mode="sequential")
     canvas = compile_run(d, CTX, app=APP)
     assert isinstance(canvas, chain)
-    assert [sid(t) for t in canvas.tasks[:-1]] == ["x", "a", "m"]
+    assert [sid(t) for t in canvas.tasks] == ["x", "a", "m"]
     # The implicit link to the previous step only orders: join rules follow explicit deps only.
-    specs = {sid(t): t.args[-2] for t in canvas.tasks[:-1]}
+    specs = {sid(t): t.args[-2] for t in canvas.tasks}
     assert "deps" not in specs["x"] and "deps" not in specs["a"]
     assert specs["m"]["deps"] == ["x"]
     check_canvas(d, canvas)
@@ -421,13 +426,13 @@ def test_settled_steps_are_left_out_and_seed_the_first_tasks() -> None:
     d = dag(DIAMOND, e={"params": {"rows": "{{ steps.a.output.rows }}"}})
     settled = {"a": ("COMPLETED", {"rows": 7})}
     canvas = compile_run(d, CTX, settled=settled, app=APP)
-    assert isinstance(canvas, chain)
-    fan, settle = canvas.tasks
+    fan = canvas
+    assert isinstance(fan, chord)
     assert [sid(t) for t in fan.tasks] == ["b", "c", "d"]
     for t in fan.tasks:
         assert t.args[0] == {"a": ["COMPLETED", {"rows": 7}]}
     assert len(fan.body.args) == 2  # e gets its incoming from the chord, not a seed
-    assert settle.task == SETTLE_TASK
+    assert fan.body.args[0]["settle"] == 1
     check_canvas(d, canvas, settled)
 
 
@@ -435,10 +440,8 @@ def test_the_seed_carries_outputs_only_for_steps_that_templates_read() -> None:
     d = dag({"a": [], "b": [], "c": ["a", "b"], "d": ["c"]},
             d={"params": {"v": "{{ steps.a.output }}"}, "when": "steps.b.status == 'COMPLETED'"})
     settled = {"a": ("COMPLETED", {"big": 1}), "b": ("COMPLETED", {"huge": 2}), "c": ("SKIPPED", None)}
-    canvas = compile_run(d, CTX, settled=settled, app=APP)
-    assert isinstance(canvas, chain)
-    first = canvas.tasks[0]
-    assert sid(first) == "d"
+    first = compile_run(d, CTX, settled=settled, app=APP)
+    assert sid(first) == "d" and first.args[1]["settle"] == 1
     assert first.args[0] == {"a": ["COMPLETED", {"big": 1}], "b": ["COMPLETED", None], "c": ["SKIPPED", None]}
     assert "keep" not in first.args[1]  # nobody reads d's output
 
@@ -490,7 +493,7 @@ def test_referenced_outputs_are_the_steps_that_when_or_templates_read() -> None:
           "params": {"x": "n={{ steps.c.output.n }}", "y": ["{{ steps['d'] }}"]}})
     assert referenced_outputs(d) == {"a", "c", "d"}
     canvas = compile_run(d, CTX, app=APP)
-    keeps = {sid(t): t.args[-2].get("keep", False) for t in canvas.tasks[0].tasks}
+    keeps = {sid(t): t.args[-2].get("keep", False) for t in canvas.tasks}
     assert keeps == {"a": True, "b": False, "c": True, "d": True}
 
 
@@ -511,7 +514,7 @@ def test_run_context_header_carries_only_what_is_set() -> None:
     assert full.header() == {"run": "r", "epoch": 2, "wf": "wf", "version": "1.0", "inputs": {"k": 1}}
     d = dag({"a": []})
     canvas = compile_run(d, full, app=APP)
-    assert canvas.tasks[0].args[-1] == full.header()
+    assert canvas.args[-1] == full.header()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,7 +536,10 @@ def test_a_steps_queue_goes_to_its_options_and_join_tasks_use_default() -> None:
     queues = {n: s.options["queue"] for n, s in w.sigs.items()}
     assert queues["b"] == "io" and queues["e"] == "cpu"
     assert queues["a"] == queues["c"] == queues["d"] == "default"
-    assert queues[w.nodes[-1]] == "default"
+    assert w.nodes[-1] == "e"  # e ends the canvas and settles the run on its own queue
+    plain = walk(compile_run(dag({"a": [], "b": []}, b={"queue": "io"}), CTX, app=APP))
+    assert plain.sigs[plain.nodes[-1]].task == SETTLE_TASK
+    assert plain.sigs[plain.nodes[-1]].options["queue"] == "default"  # a join task uses the default queue
     assert "queue" not in w.sigs["b"].args[-2]
 
 

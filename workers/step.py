@@ -143,6 +143,19 @@ def _record(known: dict[str, list[Any]], spec: Mapping[str, Any], status: str,
 
 
 def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
+    """Run one step; the step that ends the canvas (``settle`` in its spec) settles the run too."""
+    try:
+        known = _run_step(task, rt, incoming, spec, hdr)
+    except Ignore:
+        if spec.get("settle"):
+            settle(task, rt, task.app, hdr)  # a redelivered copy: its first may have died before settling
+        raise
+    if spec.get("settle"):
+        settle(task, rt, task.app, hdr)
+    return known
+
+
+def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
     run_id, epoch, sid = hdr["run"], hdr["epoch"], spec["id"]
     known = merge(incoming)
     request = task.request
@@ -185,6 +198,8 @@ def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: 
         raise Ignore()
 
     attempt = int(info)
+    params = spec.get("params") or {}
+    rendered: Any = None
     ctx = StepContext(run_id, sid, attempt, hdr.get("wf", ""))
     rt.heartbeat.add(ctx, owner)
     started = ctx.started
@@ -195,9 +210,9 @@ def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: 
     try:
         if when_error:
             raise StepError(when_error, retryable=False)
-        params = spec.get("params") or {}
         if params:
             params = expressions.render_value(params, scope or scope_for(hdr, known))
+            rendered = params
         output = call_plugin(rt, spec, params, ctx)
     except Retry:
         raise
@@ -217,6 +232,12 @@ def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: 
               "finished_at": finished, "duration": round(finished - started, 6),
               "worker": request.hostname or HOST, "task_id": task_id, "error": error or None,
               "stats": ctx.final_stats()}
+    if tb:
+        record["traceback"] = tb[:16384]
+    if rendered is not None:
+        # The rendered input, for the audit store and the dashboard (capped: it rides in an event).
+        text = dumps(rendered)
+        record["input"] = text if len(text) <= 8192 else text[:8192] + "…"
     result = rt.state.finish_step(
         run_id, sid, epoch, status=str(status), owner=owner, output=output, error=error, traceback=tb,
         critical=spec.get("critical", True), attempt=record, batch=ctx.drain() + [
