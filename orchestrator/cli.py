@@ -118,7 +118,10 @@ def explain(file: str) -> None:
     console.print(f"workflow [bold]{d.id}[/] ({d.mode}, {len(d.steps)} steps) compiles to:")
     for line in compiler.describe_plan(p):
         console.print("  " + line, highlight=False)
-    console.print("  then canvasflow.settle (settles the run; compensations if it failed)")
+    if isinstance(compiler.final_leaf(p.tree), str):
+        console.print("  the last step settles the run (compensations if it failed)")
+    else:
+        console.print("  then canvasflow.settle (settles the run; compensations if it failed)")
     if p.lost:
         console.print(f"[yellow]not series-parallel:[/] {len(p.lost)} ordering(s) added that the definition does not ask for:")
         for before, after in p.lost:

@@ -362,7 +362,7 @@ def compile_run(
     the_plan = plan(defn, settled)
     keep = referenced_outputs(defn)
     forward = forwarded_outcomes(defn)
-    final = _final_leaf(the_plan.tree)
+    final = final_leaf(the_plan.tree)
     seed = {sid: [st, out if sid in keep else None] for sid, (st, out) in settled.items()}
     priority = PRIORITIES[ctx.priority]
     steps = {s.id: s for s in defn.steps}
@@ -427,7 +427,7 @@ def compile_settle(ctx: RunContext, *, app: Any = None) -> Signature:
                      options={"queue": ctx.queue, "priority": PRIORITIES[ctx.priority]}, app=app)
 
 
-def _final_leaf(node: Node | None) -> str | None:
+def final_leaf(node: Node | None) -> str | None:
     """The step that ends the canvas when one step does (else None: a settle task joins)."""
     while isinstance(node, Series):
         node = node.parts[-1]
