@@ -33,7 +33,11 @@ end
 local function emit_batch(run_key, stream, maxlen, run_id, batch)
   if batch == nil or batch == '' then return end
   for _, e in ipairs(cjson.decode(batch)) do
-    emit(run_key, stream, maxlen, run_id, e[1], e[2], e[3], e[4], e[5])
+    -- data comes as JSON text or, from the step context's log buffer, as an object: encoding
+    -- it here keeps that work off the worker's GIL.
+    local data = e[5]
+    if type(data) == 'table' then data = cjson.encode(data) end
+    emit(run_key, stream, maxlen, run_id, e[1], e[2], e[3], e[4], data)
   end
 end
 """

@@ -13,13 +13,26 @@ import threading
 import time
 from typing import Any
 
-from orchestrator.runtime import RunState, dumps
+from orchestrator.runtime import RunState
 
 log = logging.getLogger(__name__)
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_MESSAGE = 64 * 1024  # longer log messages are cut (documented in docs/user-guide.md)
 FLUSH_INTERVAL = 0.25
+
+
+def _log_data(message: Any, level: Any, *entity: Any) -> dict[str, Any]:
+    """One log line as stored: text (str()-ed, cut to 64 KiB), a known level, entity fields."""
+    text = message if isinstance(message, str) else str(message)
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + f"… [truncated from {len(text)} characters]"
+    lvl = str(level).upper()
+    data = {"message": text, "level": lvl if lvl in LEVELS else "INFO"}
+    for key, value in zip(("entity_tag", "entity_route", "entity_id", "entity_type"), entity, strict=True):
+        if value is not None:
+            data[key] = str(value)
+    return data
 
 
 class StepContext:
@@ -33,7 +46,7 @@ class StepContext:
         self.step_id = step_id
         self.attempt = attempt
         self.workflow_id = workflow_id
-        self._buffer: list[list[Any]] = []
+        self._buffer: list[tuple[Any, ...]] = []
         self._progress: tuple[float, str | None] | None = None
         self._stats: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -49,20 +62,9 @@ class StepContext:
             entity_route: str | None = None, entity_id: str | None = None,
             entity_type: str | None = None) -> None:
         """Record a log line for this step; non-strings are str()-ed, long ones cut to 64 KiB."""
-        text = message if isinstance(message, str) else str(message)
-        if len(text) > MAX_MESSAGE:
-            text = text[:MAX_MESSAGE] + f"… [truncated from {len(text)} characters]"
-        lvl = str(level).upper()
-        if lvl not in LEVELS:
-            lvl = "INFO"
-        data = {"message": text, "level": lvl}
-        for k, v in (("entity_tag", entity_tag), ("entity_route", entity_route),
-                     ("entity_id", entity_id), ("entity_type", entity_type)):
-            if v is not None:
-                data[k] = str(v)
-        entry = ["log", self.step_id, "", f"{time.time():.6f}", data]
-        with self._lock:
-            self._buffer.append(entry)
+        # Only an append here (a plugin may log thousands of lines): checks, clamps and JSON
+        # happen when the heartbeat thread drains the buffer.
+        self._buffer.append((time.time(), message, level, entity_tag, entity_route, entity_id, entity_type))
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report how far the step is, 0..1 (values outside are clamped); the latest one wins."""
@@ -82,12 +84,11 @@ class StepContext:
         """Take the buffered events as [type, step, status, ts, data_json] rows."""
         with self._lock:
             rows, self._buffer = self._buffer, []
-        out = [[t, s, st, ts, dumps(d)] for t, s, st, ts, d in rows]
+        out: list[list[Any]] = [["log", self.step_id, "", f"{ts:.6f}", _log_data(*rest)] for ts, *rest in rows]
         if self._progress is not None:
             frac, msg = self._progress
             self._progress = None
-            out.append(["progress", self.step_id, "", f"{time.time():.6f}",
-                        dumps({"fraction": frac, "message": msg})])
+            out.append(["progress", self.step_id, "", f"{time.time():.6f}", {"fraction": frac, "message": msg}])
         return out
 
     def final_stats(self) -> dict[str, Any]:
