@@ -42,6 +42,13 @@ STEP_DEFAULTS: dict[str, Any] = {
 # ---------------------------------------------------------------------------------------------
 
 
+def backoff_seconds(delay: float, backoff: str, cap: float, attempt: int) -> float:
+    """The retry wait after attempt ``attempt`` (1-based) failed: fixed, or doubling, capped."""
+    if backoff == "exponential":
+        return float(min(delay * 2 ** (attempt - 1), cap))
+    return float(min(delay, cap))
+
+
 @dataclass(frozen=True)
 class Compensation:
     """The rollback step run when the workflow later fails or is cancelled."""
@@ -75,9 +82,7 @@ class Step:
 
     def retry_countdown(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1`` after attempt ``attempt`` failed."""
-        if self.retry_backoff == "exponential":
-            return float(min(self.retry_delay * 2 ** (attempt - 1), self.retry_delay_max))
-        return float(min(self.retry_delay, self.retry_delay_max))
+        return backoff_seconds(self.retry_delay, self.retry_backoff, self.retry_delay_max, attempt)
 
 
 @dataclass(frozen=True)

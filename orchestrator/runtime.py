@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from orchestrator.keys import Keys, step_field
-from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, sources_of
+from orchestrator.states import RunStatus, sources_of
 
 # Shared Lua: emit(type, step, status, data_json) appends one event with the next run seq.
 _EMIT = """
@@ -476,9 +476,6 @@ class RunState:
 
     def completed_order(self, run_id: str) -> list[str]:
         return [_s(x) for x in self.r.lrange(self.keys.completed(run_id), 0, -1)]
-
-    def is_final(self, status: str | None) -> bool:
-        return status in {str(s) for s in FINAL_RUN_STATUSES}
 
 
 def _s(v: Any) -> str:

@@ -22,7 +22,7 @@ from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 
 from orchestrator import compiler, expressions
 from orchestrator.control import redispatch, run_context
-from orchestrator.definition import Definition, from_stored
+from orchestrator.definition import Definition, backoff_seconds, from_stored
 from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
@@ -129,9 +129,7 @@ def describe_failure(exc: BaseException, spec: Mapping[str, Any]) -> tuple[str, 
 
 def retry_countdown(spec: Mapping[str, Any], attempt: int) -> float:
     delay, backoff, cap = spec.get("delay", [1.0, "fixed", 120.0])
-    if backoff == "exponential":
-        return float(min(delay * 2 ** (attempt - 1), cap))
-    return float(min(delay, cap))
+    return backoff_seconds(delay, backoff, cap, attempt)
 
 
 def _record(known: dict[str, list[Any]], spec: Mapping[str, Any], status: str,
