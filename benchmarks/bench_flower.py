@@ -1,17 +1,24 @@
 """Fleet inspection side by side with Celery Flower 2.2 (issue 6).
 
-    python benchmarks/bench_flower.py [--tasks 20000] [--flower /path/to/celery] [--json PATH]
+    flock /tmp/canvasflow-bench.lock .venv/bin/python benchmarks/bench_flower.py \
+        --tasks 20000,100000 [--flower /tmp/fv/bin/celery] [--json PATH]
 
 Starts a private redis-server, one canvasflow worker (prefork, concurrency 4), ``python -m web``
 (SQLite audit store, anonymous viewer) and ``celery flower`` from a separate environment (Flower
-must not be a canvasflow dependency: install it with ``python -m venv /tmp/fv &&
-/tmp/fv/bin/pip install flower==2.2.0`` and pass ``--flower /tmp/fv/bin/celery``). Both watch the
-same fleet; N no-op tasks (``canvasflow.merge``) are sent, and once both have seen them all:
+must not be a canvasflow dependency: install it with ``python3 -m venv /tmp/fv &&
+/tmp/fv/bin/pip install flower==2.2.0 'celery[redis]'`` — Flower alone lacks the Redis transport's
+``redis`` package — and pass ``--flower /tmp/fv/bin/celery``, the default). Both watch the
+same fleet. ``--tasks`` takes one size or several, ascending: no-op tasks (``canvasflow.merge``)
+are sent until the fleet has run that many in total, and at each size, once both have seen the
+last task:
 
 - GET workers, GET tasks?limit=100 and one task's detail, median of 20 calls, on each;
-- the resident memory (VmRSS) of each web process, idle and after the N tasks.
+- the resident memory (VmRSS) of each web process, idle, after the tasks and after the requests;
+- that Flower sees the same worker and the same tasks: its task-succeeded count equals
+  canvasflow's SUCCESS count, and a random sample of tasks has the same state and worker on both
+  (canvasflow workers stay ordinary Celery workers).
 
-Flower sees the same workers and tasks, which shows canvasflow workers stay ordinary Celery workers.
+Run it alone (``flock``): the figures are wall-clock and the machine is shared.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -26,6 +35,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -41,12 +51,13 @@ FLOWER_APP = """from celery import Celery
 app = Celery("flowerbench")
 app.conf.update({conf!r})
 """
+SAMPLE = 200  # tasks compared one by one between Flower and canvasflow at each size
 
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+            return round(int(line.split()[1]) / 1024, 1)
     return 0.0
 
 
@@ -54,7 +65,7 @@ def median_ms(url: str, n: int = 20) -> float:
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        r = requests.get(url, timeout=60)
+        r = requests.get(url, timeout=120)
         r.raise_for_status()
         times.append((time.perf_counter() - t) * 1000)
     return round(statistics.median(times), 1)
@@ -72,19 +83,62 @@ def wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-de
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def prom_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (Prometheus text format)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+    return {"cpu": cpu, "cpus": os.cpu_count(), "mem_gb": round(int(mem) / 1024 / 1024, 1),
+            "python": platform.python_version(), "kernel": platform.release()}
+
+
+def compare(cf: str, fl: str, host: str, ids: list[str]) -> dict[str, Any]:
+    """Does Flower see the same worker and the same tasks as canvasflow?"""
+    cf_metrics = requests.get(f"{cf}/metrics", timeout=60).text
+    fl_metrics = requests.get(f"{fl}/metrics", timeout=60).text
+    cf_success = prom_sum(cf_metrics, "canvasflow_celery_tasks", state="SUCCESS")
+    fl_success = prom_sum(fl_metrics, "flower_events_total", type="task-succeeded")
+    mismatches = []
+    for tid in random.sample(ids, min(SAMPLE, len(ids))):
+        a = requests.get(f"{cf}/api/v1/inspect/tasks/{tid}", timeout=10).json()
+        b = requests.get(f"{fl}/api/task/info/{tid}", timeout=10).json()
+        if (a.get("state"), a.get("worker")) != (b.get("state"), b.get("worker")):
+            mismatches.append({"task": tid, "canvasflow": [a.get("state"), a.get("worker")],
+                               "flower": [b.get("state"), b.get("worker")]})
+    cf_workers = {w["name"] for w in requests.get(f"{cf}/api/v1/inspect/workers", timeout=10).json()["workers"]}
+    fl_workers = set(requests.get(f"{fl}/api/workers", timeout=10).json())
+    return {"same_worker_seen": host in cf_workers and host in fl_workers,
+            "succeeded": {"canvasflow": int(cf_success), "flower": int(fl_success)},
+            "sampled": min(SAMPLE, len(ids)), "sample_mismatches": mismatches}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tasks", type=int, default=20000)
+    ap.add_argument("--tasks", default="20000", help="one size or several, comma-separated, ascending")
     ap.add_argument("--flower", default=os.environ.get("FLOWER_CELERY", "/tmp/fv/bin/celery"))
+    ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    sizes = sorted({int(s) for s in args.tasks.split(",") if s.strip()})
     tmp = Path(tempfile.mkdtemp(prefix="cf-flower-"))
     server = EmbeddedRedis()
     server.start()
     settings = Settings(redis_url=server.url, key_prefix=f"fb{uuid.uuid4().hex[:6]}",
                         database_url=f"sqlite:///{tmp / 'audit.db'}")
     fleet = Fleet(settings, tmp)
-    out: dict[str, object] = {"tasks": args.tasks}
+    flower_version = subprocess.run([str(Path(args.flower).parent / "python"), "-c",
+                                     "import flower, celery; print(flower.__version__, celery.__version__)"],
+                                    capture_output=True, text=True).stdout.split()
+    out: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(),
+                           "flower": flower_version[:1], "flower_celery": flower_version[1:],
+                           "concurrency": args.concurrency, "sizes": {}}
     try:
         cf_port, fl_port = 18080 + os.getpid() % 1000, 19080 + os.getpid() % 1000
         web = fleet.spawn("web", [sys.executable, "-m", "web", "--port", str(cf_port), "--anonymous-role", "viewer"])
@@ -98,39 +152,52 @@ def main() -> int:
         cf, fl = f"http://127.0.0.1:{cf_port}", f"http://127.0.0.1:{fl_port}"
         wait(lambda: requests.get(f"{cf}/healthz", timeout=2).ok, 30, "canvasflow web")
         wait(lambda: requests.get(f"{fl}/healthcheck", timeout=2).ok, 30, "flower")
-        host = fleet.start_worker("bench", queues="default", concurrency=4)
+        host = fleet.start_worker("bench", queues="default", concurrency=args.concurrency)
         wait(lambda: host in requests.get(f"{fl}/api/workers?refresh=1", timeout=10).json(), 30, "flower sees the worker")
         time.sleep(2)
-        out["rss_idle_mb"] = {"canvasflow": round(rss_mb(web.pid), 1), "flower": round(rss_mb(flower.pid), 1)}
+        out["rss_idle_mb"] = {"canvasflow": rss_mb(web.pid), "flower": rss_mb(flower.pid)}
         app = create_celery(settings, sender=True)
+        ids: list[str] = []
         t0 = time.time()
-        last = ""
-        with app.producer_or_acquire() as producer:
-            for _ in range(args.tasks):
-                last = app.send_task("canvasflow.merge", args=[{}, {}], producer=producer).id
-        out["send_seconds"] = round(time.time() - t0, 1)
+        for size in sizes:
+            res: dict[str, Any] = {}
+            t1 = time.time()
+            with app.producer_or_acquire() as producer:
+                for _ in range(size - len(ids)):
+                    ids.append(app.send_task("canvasflow.merge", args=[{}, {}], producer=producer).id)
+            last = ids[-1]
+            res["send_seconds"] = round(time.time() - t1, 1)
 
-        def cf_done() -> bool:
-            r = requests.get(f"{cf}/api/v1/inspect/tasks", params={"state": "SUCCESS", "q": f"uuid:{last}"}, timeout=10)
-            return bool(r.json()["tasks"])
+            def cf_done(last: str = last) -> bool:
+                r = requests.get(f"{cf}/api/v1/inspect/tasks/{last}", timeout=10)
+                return r.ok and r.json()["state"] == "SUCCESS"
 
-        wait(cf_done, 600, "canvasflow to record the last task")
-        wait(lambda: requests.get(f"{fl}/api/task/info/{last}", timeout=10).json().get("state") == "SUCCESS", 600,
-             "flower to see the last task")
-        time.sleep(3)
-        out["seconds_to_settle"] = round(time.time() - t0, 1)
-        out["rss_after_mb"] = {"canvasflow": round(rss_mb(web.pid), 1), "flower": round(rss_mb(flower.pid), 1)}
-        out["same_worker_seen"] = host in requests.get(f"{fl}/api/workers", timeout=10).json() and host in {
-            w["name"] for w in requests.get(f"{cf}/api/v1/inspect/workers", timeout=10).json()["workers"]}
-        out["ms"] = {
-            "workers": {"canvasflow": median_ms(f"{cf}/api/v1/inspect/workers?refresh=0"),
-                        "flower": median_ms(f"{fl}/api/workers")},
-            "tasks_limit_100": {"canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks?limit=100"),
-                                "flower": median_ms(f"{fl}/api/tasks?limit=100")},
-            "task_detail": {"canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks/{last}"),
-                            "flower": median_ms(f"{fl}/api/task/info/{last}")},
-        }
-        out["rss_after_requests_mb"] = {"canvasflow": round(rss_mb(web.pid), 1), "flower": round(rss_mb(flower.pid), 1)}
+            wait(cf_done, 3600, "canvasflow to record the last task")
+            wait(lambda last=last: requests.get(f"{fl}/api/task/info/{last}", timeout=10).json().get("state")
+                 == "SUCCESS", 3600, "flower to see the last task")
+            time.sleep(3)
+            res["seconds_to_settle"] = round(time.time() - t1, 1)
+            res["rss_after_tasks_mb"] = {"canvasflow": rss_mb(web.pid), "flower": rss_mb(flower.pid)}
+            res["ms"] = {
+                "workers": {"canvasflow": median_ms(f"{cf}/api/v1/inspect/workers?refresh=0"),
+                            "flower": median_ms(f"{fl}/api/workers")},
+                "tasks_limit_100": {"canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks?limit=100"),
+                                    "flower": median_ms(f"{fl}/api/tasks?limit=100")},
+                "task_detail": {"canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks/{last}"),
+                                "flower": median_ms(f"{fl}/api/task/info/{last}")},
+            }
+            res["rss_after_requests_mb"] = {"canvasflow": rss_mb(web.pid), "flower": rss_mb(flower.pid)}
+            res["same_fleet"] = compare(cf, fl, host, ids)
+            res["monitor_dropped"] = prom_sum(requests.get(f"{cf}/metrics", timeout=60).text,
+                                              "canvasflow_task_events_dropped_total")
+            res["targets"] = {
+                "tasks_limit_100_under_50ms": res["ms"]["tasks_limit_100"]["canvasflow"] < 50,
+                "rss_at_most_a_quarter_of_flower": res["rss_after_requests_mb"]["canvasflow"]
+                <= res["rss_after_requests_mb"]["flower"] / 4,
+            }
+            out["sizes"][str(size)] = res
+            print(json.dumps({str(size): res}), flush=True)
+        out["total_seconds"] = round(time.time() - t0, 1)
     finally:
         fleet.stop()
         server.stop()

@@ -144,8 +144,64 @@ class Proc:
         self.fh.close()
 
 
-def client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any) -> None:
+def light_client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any, count: Any) -> None:
+    """n Socket.IO connections (Engine.IO 4 over WebSocket, spoken directly with websocket-client)
+    served by ONE select loop, each subscribed to every run; reports each event's delivery latency
+    and the process's CPU seconds. python-socketio's Client starts a thread per received message,
+    so 200 of them on this 2-CPU machine measured the clients more than the server."""
+    import selectors
+
+    import websocket
+
+    ws_url = url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    conns = []
+
+    def until(ws: Any, prefix: str) -> str:
+        while True:
+            m = ws.recv()
+            if m == "2":
+                ws.send("3")
+            elif m.startswith("44"):
+                raise SystemExit(f"Socket.IO connection refused: {m}")
+            elif m.startswith(prefix):
+                return str(m)
+
+    for _ in range(n):
+        ws = websocket.create_connection(ws_url, timeout=60)
+        until(ws, "0")  # Engine.IO open
+        ws.send("40" + json.dumps({"token": token}))  # Socket.IO connect with auth
+        until(ws, "40")
+        ws.send("420" + json.dumps(["subscribe", {"all": True}]))
+        until(ws, "430")  # the acknowledgement
+        conns.append(ws)
+    sel = selectors.DefaultSelector()
+    for ws in conns:
+        sel.register(ws.sock, selectors.EVENT_READ, ws)
+    lat: list[float] = []
+    cpu0 = time.process_time()
+    ready.put(n)
+    while not stop.is_set():
+        for key, _ in sel.select(0.2):
+            ws = key.data
+            m = ws.recv()
+            now = time.time()
+            if m == "2":
+                ws.send("3")
+            elif m.startswith("42"):
+                data = json.loads(m[2:])[1]
+                for e in data if isinstance(data, list) else [data]:
+                    if isinstance(e, dict) and "ts" in e:
+                        lat.append(now - e["ts"])
+                count.value = len(lat)
+    out.put((lat, time.process_time() - cpu0))
+    out.close()
+    out.join_thread()
+    os._exit(0)
+
+
+def client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any, count: Any) -> None:
     """n python-socketio clients subscribed to every run; reports each event's delivery latency."""
+    cpu0 = time.process_time()
     lat: list[float] = []
     lock = threading.Lock()
     sios = []
@@ -157,6 +213,7 @@ def client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any
             items = data if isinstance(data, list) else [data]
             with lock:
                 lat.extend(now - e["ts"] for e in items if isinstance(e, dict) and "ts" in e)
+                count.value = len(lat)
 
         sio.on("*", on_any)
         sio.connect(url, auth={"token": token}, transports=["websocket"], wait_timeout=30)
@@ -165,10 +222,67 @@ def client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any
     ready.put(n)
     stop.wait(600)
     with lock:
-        out.put(list(lat))
+        out.put((list(lat), time.process_time() - cpu0))
     out.close()
     out.join_thread()
     os._exit(0)  # closing 50 clients one by one takes long; the sockets close with the process
+
+
+def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: int, nruns: int,
+           web_pid: int) -> dict[str, Any]:
+    """C clients subscribed to every run while R runs execute: every delivery's latency, waiting
+    until each client got every event (or 120 s), with the CPU seconds of server and clients."""
+    import multiprocessing as mp
+
+    import psutil
+
+    ctx_mp = mp.get_context("spawn")
+    ready, stop, out = ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Queue()
+    nproc = 4
+    target = light_client_process if args.fanout_client == "light" else client_process
+    counters = [ctx_mp.Value("q", 0, lock=False) for _ in range(nproc)]
+    workers = [ctx_mp.Process(target=target, args=(url, token, clients // nproc, ready, stop, out, counters[i]))
+               for i in range(nproc)]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.get(timeout=180)
+    small = {"mode": "sequential", "steps": [{"id": f"s{i}", "plugin": "builtin", "method": "sleep",
+                                              "params": {"seconds": 0.05}} for i in range(10)]}
+    http.put(f"{url}/api/v1/workflows/bench_small", json={"definition": small}, timeout=30).raise_for_status()
+    web = psutil.Process(web_pid)
+    cpu0 = sum(web.cpu_times()[:2])
+    t = time.perf_counter()
+    handles = [client.submit("bench_small") for _ in range(nruns)]
+    for h in handles:
+        h.wait(timeout=300)
+    elapsed = time.perf_counter() - t
+    # What every client must get: each run's events except the chatty ones the "all" room skips.
+    expected = 0
+    for h in handles:
+        events = http.get(f"{url}/api/v1/runs/{h.id}/events", params={"after": 0}, timeout=30).json()["events"]
+        expected += sum(1 for e in events if e["type"] not in ("log", "progress", "stats"))
+    expected *= (clients // nproc) * nproc
+    deadline = time.monotonic() + 120
+    while sum(c.value for c in counters) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    drained = time.perf_counter() - t
+    web_cpu = sum(web.cpu_times()[:2]) - cpu0
+    stop.set()
+    lat: list[float] = []
+    client_cpu = 0.0
+    for _ in workers:
+        got, cpu = out.get(timeout=120)
+        lat += got
+        client_cpu += cpu
+    for w in workers:
+        w.join(30)
+        if w.is_alive():
+            w.kill()
+    return {**summary(lat), "clients": (clients // nproc) * nproc, "client_processes": nproc,
+            "client": args.fanout_client, "runs": nruns, "runs_seconds": round(elapsed, 1),
+            "all_delivered_seconds": round(drained, 1), "deliveries": len(lat), "expected": expected,
+            "web_cpu_seconds": round(web_cpu, 1), "clients_cpu_seconds": round(client_cpu, 1)}
 
 
 def main() -> int:
@@ -177,7 +291,12 @@ def main() -> int:
     ap.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench")
     ap.add_argument("--json", default=None)
     ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--fanout-client", choices=["light", "socketio"], default="light",
+                    help="the many-clients phase: one select loop per process (default) or python-socketio "
+                         "Client objects (a thread per received message: client-bound on 2 CPUs)")
+    ap.add_argument("--skip", default="", help="comma-separated phases to skip: browser, fanout")
     args = ap.parse_args()
+    skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     active, finished, steps, clients, nruns = (100, 10_000, 100, 50, 10) if args.quick else (500, 100_000, 200, 200, 50)
     work = Path(tempfile.mkdtemp(prefix="cf-bench-web-"))
     embedded = EmbeddedRedis(workdir=str(work)).start()
@@ -244,72 +363,47 @@ def main() -> int:
         # 3 + 4 + page load in Chromium
         from playwright.sync_api import sync_playwright
 
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-            ctx = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
-            page_ = ctx.new_page()
-            page_.goto(f"{url}/login")
-            page_.fill("input[name=username]", "admin")
-            page_.fill("input[name=password]", PASSWORD)
-            page_.click("button[type=submit]")
-            page_.wait_for_selector("body[data-loaded]")
-            loads = []
-            for _ in range(10):
-                t = time.perf_counter()
-                page_.goto(f"{url}/runs?view=active")
+        if "browser" not in skip:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+                ctx = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+                page_ = ctx.new_page()
+                page_.goto(f"{url}/login")
+                page_.fill("input[name=username]", "admin")
+                page_.fill("input[name=password]", PASSWORD)
+                page_.click("button[type=submit]")
                 page_.wait_for_selector("body[data-loaded]")
-                loads.append(time.perf_counter() - t)
-            results["runs_page_load"] = summary(loads)
-            gantt = []
-            for _ in range(5):
-                page_.goto(f"{url}/runs/{big.id}/gantt")
-                page_.wait_for_selector("#gantt[data-rendered]")
-                g = page_.evaluate("window.__cfGantt")
-                gantt.append((g["fetchMs"] + g["renderMs"]) / 1000)
-            results["gantt_render"] = {**summary(gantt), "bars": g["bars"],
-                                       "render_only_ms": round(g["renderMs"], 1)}
-            # event -> browser: follow a running run of `steps` quick steps
-            follow = client.submit("bench_long")
-            page_.goto(f"{url}/runs/{follow.id}")
-            page_.wait_for_selector("body[data-ready='1']")
-            page_.evaluate("window.__cfLatencies = []")
-            follow.wait(timeout=300)
-            time.sleep(0.5)
-            lat = page_.evaluate("window.__cfLatencies")
-            results["event_to_browser"] = summary(lat)
-            browser.close()
+                loads = []
+                for _ in range(10):
+                    t = time.perf_counter()
+                    page_.goto(f"{url}/runs?view=active")
+                    page_.wait_for_selector("body[data-loaded]")
+                    loads.append(time.perf_counter() - t)
+                results["runs_page_load"] = summary(loads)
+                gantt = []
+                for _ in range(5):
+                    page_.goto(f"{url}/runs/{big.id}/gantt")
+                    page_.wait_for_selector("#gantt[data-rendered]")
+                    g = page_.evaluate("window.__cfGantt")
+                    gantt.append((g["fetchMs"] + g["renderMs"]) / 1000)
+                results["gantt_render"] = {**summary(gantt), "bars": g["bars"],
+                                           "render_only_ms": round(g["renderMs"], 1)}
+                # event -> browser: follow a running run of `steps` quick steps
+                follow = client.submit("bench_long")
+                page_.goto(f"{url}/runs/{follow.id}")
+                page_.wait_for_selector("body[data-ready='1']")
+                page_.evaluate("window.__cfLatencies = []; window.__cfRelayed = []")
+                follow.wait(timeout=300)
+                time.sleep(0.5)
+                lat = page_.evaluate("window.__cfLatencies")
+                results["event_to_browser"] = summary(lat)
+                # The share of it before the relay read the event (worker -> stream -> XREAD).
+                results["event_to_browser"]["stream_to_relay"] = summary(page_.evaluate("window.__cfRelayed"))
+                browser.close()
 
         # 5. many Socket.IO clients (in 4 client processes) while runs execute
-        import multiprocessing as mp
-
-        ctx_mp = mp.get_context("spawn")
-        ready, stop, out = ctx_mp.Queue(), ctx_mp.Event(), ctx_mp.Queue()
-        nproc = 4
-        workers = [ctx_mp.Process(target=client_process, args=(url, token, clients // nproc, ready, stop, out))
-                   for _ in range(nproc)]
-        for w in workers:
-            w.start()
-        for _ in workers:
-            ready.get(timeout=120)
-        small = {"mode": "sequential", "steps": [{"id": f"s{i}", "plugin": "builtin", "method": "sleep",
-                                                  "params": {"seconds": 0.05}} for i in range(10)]}
-        http.put(f"{url}/api/v1/workflows/bench_small", json={"definition": small}, timeout=30).raise_for_status()
-        t = time.perf_counter()
-        handles = [client.submit("bench_small") for _ in range(nruns)]
-        for h in handles:
-            h.wait(timeout=300)
-        elapsed = time.perf_counter() - t
-        time.sleep(1.5)
-        stop.set()
-        lat2: list[float] = []
-        for _ in workers:
-            lat2 += out.get(timeout=60)
-        for w in workers:
-            w.join(30)
-            if w.is_alive():
-                w.kill()
-        results["socketio_fanout"] = {**summary(lat2), "clients": clients, "client_processes": nproc, "runs": nruns,
-                                      "runs_seconds": round(elapsed, 1), "deliveries": len(lat2)}
+        if "fanout" not in skip:
+            results["socketio_fanout"] = fanout(args, url, http, client, token, clients, nruns, procs[-1].p.pid)
     finally:
         for proc in reversed(procs):
             proc.stop()

@@ -32,6 +32,9 @@ def celery_config(settings: Settings) -> dict:
         "result_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.default_queue,
+        # "normal" (orchestrator.definition.PRIORITIES): a message without a priority would
+        # otherwise take the Redis transport's default of 0, the "high" sub-queue.
+        "task_default_priority": 4,
         # A step's message is acknowledged only when the step is over, and a step whose worker
         # process died is delivered again: at-least-once, made safe by step leases.
         "task_acks_late": True,

@@ -346,6 +346,21 @@ class RunContext:
 # ---------------------------------------------------------------------------------------------
 
 
+def routing(ctx: RunContext, queue: str | None) -> dict[str, Any]:
+    """A task's queue and priority options, left out where they are the app's defaults.
+
+    ``ctx.queue`` is the app's ``task_default_queue`` and "normal" its ``task_default_priority``
+    (orchestrator.celery_app): a chain's first message carries every remaining link, so each
+    option left out is left out of every message of a 100-step chain a hundred times over.
+    """
+    options: dict[str, Any] = {}
+    if queue and queue != ctx.queue:
+        options["queue"] = queue
+    if ctx.priority != "normal":
+        options["priority"] = PRIORITIES[ctx.priority]
+    return options
+
+
 def compile_run(
     defn: Definition,
     ctx: RunContext,
@@ -364,12 +379,10 @@ def compile_run(
     forward = forwarded_outcomes(defn)
     final = final_leaf(the_plan.tree)
     seed = {sid: [st, out if sid in keep else None] for sid, (st, out) in settled.items()}
-    priority = PRIORITIES[ctx.priority]
     steps = {s.id: s for s in defn.steps}
 
     def sig(name: str, args: tuple, queue: str = ctx.queue, **opts: Any) -> Signature:
-        options = {"queue": queue, "priority": priority, **opts}
-        return Signature(name, args=args, options=options, app=app)
+        return Signature(name, args=args, options={**routing(ctx, queue), **opts}, app=app)
 
     def leaf(sid: str, first: bool) -> Signature:
         step = steps[sid]
@@ -414,7 +427,7 @@ def compile_run(
 
     settle = sig(SETTLE_TASK, (ctx.header(),))
     if the_plan.tree is None:
-        return Signature(SETTLE_TASK, args=(seed, ctx.header()), options={"priority": priority, "queue": ctx.queue}, app=app)
+        return Signature(SETTLE_TASK, args=(seed, ctx.header()), options=routing(ctx, ctx.queue), app=app)
     body = build(the_plan.tree, True)
     if final is not None:
         return body
@@ -423,8 +436,7 @@ def compile_run(
 
 def compile_settle(ctx: RunContext, *, app: Any = None) -> Signature:
     """A lone settle task for a new dispatch (cancel): it waits for running steps, then settles."""
-    return Signature(SETTLE_TASK, args=(None, ctx.header()),
-                     options={"queue": ctx.queue, "priority": PRIORITIES[ctx.priority]}, app=app)
+    return Signature(SETTLE_TASK, args=(None, ctx.header()), options=routing(ctx, ctx.queue), app=app)
 
 
 def final_leaf(node: Node | None) -> str | None:
@@ -439,7 +451,6 @@ def compile_compensation(
 ) -> Signature:
     """A chain that runs the compensations of ``order`` (newest completion first), one at a
     time, then moves the run to ``target`` (FAILED or CANCELLED)."""
-    priority = PRIORITIES[ctx.priority]
     links: list[Signature] = []
     for i, sid in enumerate(order):
         comp = defn.step(sid).compensate
@@ -449,7 +460,7 @@ def compile_compensation(
             spec["params"] = dict(comp.params)
         if comp.retries:
             spec["retries"] = comp.retries
-        opts: dict[str, Any] = {"queue": comp.queue or defn.step(sid).queue, "priority": priority}
+        opts: dict[str, Any] = routing(ctx, comp.queue or defn.step(sid).queue)
         if comp.timeout:
             opts["soft_time_limit"] = comp.timeout
             opts["time_limit"] = comp.timeout + ctx.hard_timeout_grace
@@ -460,7 +471,7 @@ def compile_compensation(
     final_args: tuple = (ctx.header(), target)
     if not links:
         final_args = (None,) + final_args
-    links.append(Signature(COMPENSATED_TASK, args=final_args, options={"queue": ctx.queue, "priority": priority}, app=app))
+    links.append(Signature(COMPENSATED_TASK, args=final_args, options=routing(ctx, ctx.queue), app=app))
     return links[0] if len(links) == 1 else chain(*links, app=app)
 
 

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import UnknownRun
+from orchestrator.logbatch import log_lines
 
 if TYPE_CHECKING:
     from orchestrator.client import Client
@@ -66,7 +67,7 @@ def export_run(client: Client, run_id: str, events: list[dict[str, Any]] | None 
         if step is None:
             continue
         if e["type"] == "log":
-            step["logs"].append({"ts": e["ts"], **e["data"]})
+            step["logs"].extend({**line, "ts": line["ts"] or e["ts"]} for line in log_lines(e["data"]))
         elif e["type"] == "progress":
             step["progress"] = e["data"]
         elif e["type"] == "stats":

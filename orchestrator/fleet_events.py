@@ -9,8 +9,8 @@
 - a writer that merges the queued events per task id and upserts them into one SQL table,
   ``cf_celery_tasks``, in batches.
 
-The table lives next to the audit store's tables but in its own ``MetaData`` and is created with
-``create_all`` (see docs/flower-parity.md); the audit store's Alembic history does not know it.
+The table is part of the audit store's schema (``orchestrator.audit.models.celery_tasks``,
+migration 0002), so ``AuditStore.upgrade()`` creates it and ``canvasflow prune`` trims it.
 Memory stays flat however many tasks run: nothing per task is kept once its batch is written.
 
 Worker state (last heartbeat, active, processed, load average, software) is kept per worker in a
@@ -31,73 +31,19 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Double,
-    Engine,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    and_,
-    delete,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
+
+from orchestrator.audit.models import celery_tasks
+from orchestrator.audit.store import prune_celery_tasks
 
 log = logging.getLogger(__name__)
 
-metadata = MetaData()
-tasks = Table(
-    "cf_celery_tasks", metadata,
-    Column("uuid", String(64), primary_key=True),
-    Column("name", String(200)),
-    Column("state", String(16), nullable=False),
-    Column("state_ts", Double, nullable=False),
-    Column("ts", Double, nullable=False),  # first time the task was seen (sent or received)
-    Column("worker", String(200)),
-    Column("queue", String(200)),
-    Column("args", Text),
-    Column("kwargs", Text),
-    Column("result", Text),
-    Column("exception", Text),
-    Column("traceback", Text),
-    Column("retries", Integer, nullable=False, server_default="0"),
-    Column("eta", String(64)),
-    Column("expires", String(64)),
-    Column("parent_id", String(64)),
-    Column("root_id", String(64)),
-    Column("run_id", String(64)),
-    Column("step_id", String(200)),
-    Column("sent_at", Double),
-    Column("received_at", Double),
-    Column("started_at", Double),
-    Column("succeeded_at", Double),
-    Column("failed_at", Double),
-    Column("retried_at", Double),
-    Column("revoked_at", Double),
-    Column("rejected_at", Double),
-    Column("runtime", Double),
-    Column("updated_at", Double, nullable=False),
-    Index("ix_cf_celery_tasks_ts", "ts", "uuid"),
-    Index("ix_cf_celery_tasks_state_ts", "state", "ts"),
-    Index("ix_cf_celery_tasks_worker_ts", "worker", "ts"),
-    Index("ix_cf_celery_tasks_worker_state", "worker", "state"),  # per-worker totals
-    Index("ix_cf_celery_tasks_name_ts", "name", "ts"),
-    Index("ix_cf_celery_tasks_run", "run_id"),
-    Index("ix_cf_celery_tasks_root", "root_id"),
-    Index("ix_cf_celery_tasks_parent", "parent_id"),
-)
+tasks = celery_tasks
 
 EVENT_STATE = {"sent": "PENDING", "received": "RECEIVED", "started": "STARTED", "failed": "FAILURE",
                "retried": "RETRY", "succeeded": "SUCCESS", "revoked": "REVOKED", "rejected": "REJECTED"}
@@ -107,10 +53,6 @@ RANK = {"PENDING": 0, "RECEIVED": 1, "STARTED": 2, "RETRY": 3, "REJECTED": 4, "F
 TEXT_MAX = 16_384  # args/kwargs/result/traceback are cut here (Celery already cuts reprs at 1 KB)
 _RUN_RE = re.compile(r"\{'run': '([^']+)'")
 _STEP_RE = re.compile(r"\{'id': '([^']+)', 'plugin': ")
-
-
-def ensure_table(engine: Engine) -> None:
-    metadata.create_all(engine, checkfirst=True)
 
 
 def _cut(v: Any) -> str | None:
@@ -219,8 +161,8 @@ def write_batch(engine: Engine, events: Sequence[Mapping[str, Any]], now: float 
 
 
 def prune(engine: Engine, older_than: float) -> int:
-    with engine.begin() as conn:
-        return int(conn.execute(delete(tasks).where(tasks.c.ts < older_than)).rowcount or 0)
+    """Delete the tasks first seen before ``older_than`` (unix seconds), in short batches."""
+    return prune_celery_tasks(engine, older_than)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,9 +302,13 @@ class FleetMonitor:
 
     def __init__(self, celery_app: Any, engine: Engine | None, redis_client: Any, workers_key: str, *,
                  batch_size: int = 500, flush_interval: float = 0.5, max_queue: int = 20_000,
-                 retention: float = 7 * 86400.0) -> None:
+                 retention: float = 7 * 86400.0, prepare: Callable[[], Any] | None = None) -> None:
         self.app = celery_app
         self.engine = engine
+        # Brings the schema up to date (``AuditStore.upgrade``) when a batch fails, e.g. because
+        # the database came up after this process.
+        self.prepare = prepare
+        self._prepared_at = -1e9
         self.r = redis_client
         self.workers_key = workers_key
         self.batch_size = batch_size
@@ -378,7 +324,6 @@ class FleetMonitor:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._ensure_table()
         for target, name in ((self._receive_loop, "cf-fleet-events"), (self._write_loop, "cf-fleet-writer")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -391,15 +336,14 @@ class FleetMonitor:
         for t in self._threads:
             t.join(timeout)
 
-    def _ensure_table(self) -> bool:
-        if self.engine is None:
-            return False
+    def _prepare(self) -> None:
+        if self.prepare is None or time.monotonic() - self._prepared_at < 30.0:
+            return
+        self._prepared_at = time.monotonic()
         try:
-            ensure_table(self.engine)
-            return True
-        except Exception as exc:  # noqa: BLE001 - the database may come later (or a race with a peer)
+            self.prepare()
+        except Exception as exc:  # noqa: BLE001 - the database may come later
             log.warning("task history table not ready: %s", exc)
-            return False
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -459,7 +403,7 @@ class FleetMonitor:
                 except Exception as exc:  # noqa: BLE001 - keep the process up; the batch is lost
                     self.errors += 1
                     log.warning("task history batch of %d events not written: %s", len(batch), exc)
-                    self._ensure_table()
+                    self._prepare()
             if self.engine is not None and time.time() - last_prune > 60:
                 last_prune = time.time()
                 try:

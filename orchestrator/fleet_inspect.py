@@ -83,6 +83,14 @@ class Inspector:
                 return None  # not answering: skip the other round trips
         return out
 
+    def details(self, hosts: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`detail` for several workers, one broadcast per command (as Flower's
+        ``/api/workers`` does); hosts that do not answer ``stats`` are left out."""
+        if not hosts:
+            return {}
+        replies = {cmd: self.call(cmd, hosts) for cmd in DETAIL_COMMANDS}
+        return {h: {cmd: replies[cmd].get(h) for cmd in DETAIL_COMMANDS} for h in hosts if h in replies["stats"]}
+
     def control(self, host: str, action: str, **params: Any) -> Any:
         """Run one control action on one worker and return its reply (None when it did not answer)."""
         ctl = self.app.control

@@ -30,13 +30,15 @@ local function emit(run_key, stream, maxlen, run_id, etype, step, status, ts, da
   redis.call('XADD', unpack(args))
   return seq
 end
-local function emit_batch(run_key, stream, maxlen, run_id, batch)
+-- batch: JSON list of [type, step, status, ts, data]. data is an object (encoded here), or the
+-- number k: its JSON text is ARGV[base + k], passed apart so that a big payload (a batch of
+-- log lines) is neither escaped into the list on the worker nor decoded here.
+local function emit_batch(run_key, stream, maxlen, run_id, batch, base)
   if batch == nil or batch == '' then return end
   for _, e in ipairs(cjson.decode(batch)) do
-    -- data comes as JSON text or, from the step context's log buffer, as an object: encoding
-    -- it here keeps that work off the worker's GIL.
     local data = e[5]
-    if type(data) == 'table' then data = cjson.encode(data) end
+    if type(data) == 'table' then data = cjson.encode(data)
+    elseif type(data) == 'number' then data = ARGV[base + data] end
     emit(run_key, stream, maxlen, run_id, e[1], e[2], e[3], e[4], data)
   end
 end
@@ -96,7 +98,8 @@ return {'go', tostring(attempt)}
 """
 
 # KEYS: run, steps, lease, stream, attempts. ARGV: run_id, step, epoch, status, owner, now,
-# maxlen, output_json, error, traceback, critical, attempt_record_json, batch_json, state_ttl
+# maxlen, output_json, error, traceback, critical, attempt_record_json, batch_json, state_ttl,
+# data texts of the batch...
 _FINISH = _EMIT + """
 local run_key, steps, lease, stream, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local run_id, step, epoch, status, owner, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
@@ -105,7 +108,7 @@ local holder = redis.call('GET', lease)
 if holder and holder ~= owner then return 'lost' end
 local ss = redis.call('HGET', steps, step .. '|status')
 if ss ~= 'RUNNING' then return 'lost' end
-emit_batch(run_key, stream, maxlen, run_id, ARGV[13])
+emit_batch(run_key, stream, maxlen, run_id, ARGV[13], 14)
 redis.call('DEL', lease)
 redis.call('RPUSH', attempts, ARGV[12])
 redis.call('HSET', steps, step .. '|status', status, step .. '|error', ARGV[9],
@@ -170,10 +173,10 @@ emit(run_key, stream, ARGV[5], ARGV[1], ARGV[7], ARGV[2], ARGV[3], ARGV[4], ARGV
 return 1
 """
 
-# KEYS: run, stream. ARGV: run_id, maxlen, batch_json
+# KEYS: run, stream. ARGV: run_id, maxlen, batch_json, data texts...
 _EMIT_BATCH = _EMIT + """
 if not redis.call('HGET', KEYS[1], 'status') then return 0 end
-emit_batch(KEYS[1], KEYS[2], ARGV[2], ARGV[1], ARGV[3])
+emit_batch(KEYS[1], KEYS[2], ARGV[2], ARGV[1], ARGV[3], 3)
 return 1
 """
 
@@ -293,6 +296,21 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def pack_batch(batch: list[list[Any]] | None) -> list[str]:
+    """[events JSON, data texts...] for emit_batch: a data given as text travels as its own
+    argument (the event names it by number), so it is not escaped into the list."""
+    if not batch:
+        return [""]
+    texts: list[str] = []
+    heads = []
+    for etype, step, status, ts, data in batch:
+        if isinstance(data, str):
+            texts.append(data)
+            data = len(texts)
+        heads.append([etype, step, status, ts, data])
+    return [dumps(heads), *texts]
+
+
 class RunState:
     """All reads and writes of a run's hot state; one instance per process is enough."""
 
@@ -352,11 +370,12 @@ class RunState:
     def finish_step(self, run_id: str, step: str, epoch: int, *, status: str, owner: str,
                     output: str = "null", error: str = "", traceback: str = "", critical: bool = True,
                     attempt: Mapping[str, Any], batch: list | None = None) -> str:
+        head, *texts = pack_batch(batch)
         res = self._finish(
             keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.lease(run_id, step),
                   self.keys.events, self.keys.attempts(run_id)],
             args=[run_id, step, str(epoch), status, owner, now(), self.maxlen, output, error, traceback,
-                  "1" if critical else "0", dumps(attempt), dumps(batch) if batch else "", self.state_ttl],
+                  "1" if critical else "0", dumps(attempt), head, self.state_ttl, *texts],
         )
         return _s(res)
 
@@ -373,7 +392,8 @@ class RunState:
     def emit(self, run_id: str, batch: list[list[Any]]) -> None:
         """Append events [type, step, status, ts, data_json] with the run's next seqs."""
         if batch:
-            self._emit_batch(keys=[self.keys.run(run_id), self.keys.events], args=[run_id, self.maxlen, dumps(batch)])
+            head, *texts = pack_batch(batch)
+            self._emit_batch(keys=[self.keys.run(run_id), self.keys.events], args=[run_id, self.maxlen, head, *texts])
 
     def set_step(self, run_id: str, step: str, status: str, etype: str, *,
                  fields: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None) -> bool:

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.audit import AuditStore
+from orchestrator.audit.store import HEAD
 from orchestrator.cli import main
 from tests.audit_helpers import mixed_runs
 
@@ -30,8 +31,8 @@ def invoke(*args: str, url: str | None = None) -> str:
 
 def test_db_upgrade_creates_then_reports_the_schema(tmp_path):
     url = f"sqlite:///{tmp_path / 'new.db'}"
-    assert "upgraded from empty to revision 0001" in invoke("db", "upgrade", url=url)
-    assert "already at revision 0001" in invoke("db", "upgrade", "--database-url", url)
+    assert f"upgraded from empty to revision {HEAD}" in invoke("db", "upgrade", url=url)
+    assert f"already at revision {HEAD}" in invoke("db", "upgrade", "--database-url", url)
 
 
 def test_runs_lists_newest_first_with_filters(db_url):

@@ -351,7 +351,7 @@ def test_the_audit_package_imports_only_what_its_readme_allows():
     import ast
     from pathlib import Path
 
-    allowed_orchestrator = {"orchestrator.errors", "orchestrator.keys", "orchestrator.settings"}
+    allowed_orchestrator = {"orchestrator.errors", "orchestrator.keys", "orchestrator.settings", "orchestrator.logbatch"}
     forbidden = {"celery", "kombu", "web", "workers", "flask", "flask_socketio"}
     offenders = []
     for path in sorted((Path(__file__).resolve().parents[1] / "orchestrator" / "audit").rglob("*.py")):
@@ -365,3 +365,32 @@ def test_the_audit_package_imports_only_what_its_readme_allows():
                 if top in forbidden or (inner and name not in allowed_orchestrator):
                     offenders.append(f"{path.name} imports {name}")
     assert offenders == []
+
+
+def test_a_batch_of_log_lines_is_one_event_and_pages_line_by_line(store):
+    import dataclasses
+
+    from orchestrator.logbatch import log_event_data
+
+    r = RunEvents("batched").created()
+    for first in (0, 7):  # two flushed batches of 7 lines, as the step context sends them
+        rows = [(1_000_000_000_000 + i, f"m{i}", "INFO" if i % 3 else "warning", "row", None, str(i), None)
+                for i in range(first, first + 7)]
+        r.events[-1:] = [dataclasses.replace(r.emit("log", "s"), data_json=log_event_data(rows))]
+    store.apply(r.events)
+    store.apply(r.events)  # applied twice: nothing changes
+    assert len(q.events_after(store, "batched")) == 3  # run_created + two log events
+    lines = q.logs(store, "batched", limit=100)
+    assert [x.message for x in lines] == [f"m{i}" for i in range(14)]
+    assert [(x.seq, x.line) for x in lines[5:9]] == [(2, 5), (2, 6), (3, 0), (3, 1)]
+    assert lines[3].level == "WARNING" and lines[4].level == "INFO"
+    assert (lines[4].entity_tag, lines[4].entity_id, lines[4].entity_route) == ("row", "4", None)
+    assert lines[0].ts == pytest.approx(1_000_000.0)
+    # A page may end inside a batch: the (seq, line) cursor resumes exactly there.
+    page, seen = q.logs(store, "batched", limit=4), []
+    while page:
+        seen += page
+        page = q.logs(store, "batched", after_seq=page[-1].seq, after_line=page[-1].line, limit=4)
+    assert [x.message for x in seen] == [f"m{i}" for i in range(14)]
+    assert q.run_detail(store, "batched", log_limit=3).logs_total == 14
+    assert [x.message for x in q.run_detail(store, "batched", log_limit=3).logs] == ["m11", "m12", "m13"]

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.web_helpers import ADMIN, OPERATOR, VIEWER
+from tests.web_helpers import ADMIN, OPERATOR, VIEWER, wait_for
 
 pytest_plugins = ("tests.web_fixtures",)
 pytestmark = pytest.mark.integration
@@ -63,9 +64,42 @@ def shots(tmp_path, request):
     return shot
 
 
+# Every status a step row ever showed, per step: a 0.8 s step may start and finish between two
+# polls of wait_for_function, so "it was RUNNING" is checked on this record, not on a poll.
+SEEN = """
+window.__cfSeen = {};
+const note = (el) => {
+  const d = el.dataset;
+  if (!d || !d.step || !d.status) return;
+  const seen = (window.__cfSeen[d.step] ||= []);
+  if (!seen.includes(d.status)) seen.push(d.status);
+};
+new MutationObserver((muts) => {
+  for (const m of muts) {
+    if (m.type === "attributes") note(m.target);
+    for (const n of m.addedNodes) {
+      if (n.nodeType !== 1) continue;
+      note(n);
+      n.querySelectorAll("li.step").forEach(note);
+    }
+  }
+}).observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ["data-status"]});
+"""
+
+
+@pytest.fixture(scope="module")
+def orchestrator_client_live(registered):
+    from orchestrator import Client
+
+    c = Client(registered.settings)
+    yield c
+    c.close()
+
+
 def login(browser, server, user):
     # bypass_csp: wait_for_function evaluates strings, which the CSP (rightly) forbids pages.
     context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+    context.add_init_script(SEEN)
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -96,7 +130,7 @@ def test_an_operator_runs_a_workflow_from_the_page_and_watches_it_advance_live(c
     run_id = page.url.rsplit("/", 1)[1]
     page.evaluate("window.__loads = performance.getEntriesByType('navigation').length")
     # Live, without reloading: the bar grows, steps start and complete, the run completes.
-    page.wait_for_function("document.querySelector('#step-transform')?.dataset.status === 'RUNNING'", timeout=20000)
+    page.wait_for_function("(window.__cfSeen.transform || []).includes('RUNNING')", timeout=20000)
     shots(page, "run-in-progress")
     page.wait_for_function("parseFloat(document.querySelector('#run-bar').parentElement.dataset.percent) >= 40",
                            timeout=20000)
@@ -104,8 +138,11 @@ def test_an_operator_runs_a_workflow_from_the_page_and_watches_it_advance_live(c
     assert page.get_attribute("#step-notify", "data-status") == "COMPLETED"
     assert page.inner_text("#run-progress-text").startswith("5/5")
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # never reloaded
+    assert page.evaluate("window.__cfSeen.transform")[-2:] == ["RUNNING", "COMPLETED"]
     page.click("#step-extract .step-head")
-    assert '"batch": 42' in page.inner_text("#step-extract .step-body")
+    # The input the plugin got: the template {{ inputs.batch }} rendered with the form's inputs.
+    assert page.get_attribute("#step-extract .step-input", "data-rendered") == "1"
+    assert '"batch": 42' in page.inner_text("#step-extract .step-input")
     shots(page, "run-completed")
     page.goto(f"{registered.url}/runs?view=completed")
     page.wait_for_selector(f"tr[data-run='{run_id}']")
@@ -167,8 +204,9 @@ def test_the_gantt_and_analytics_pages_draw_their_charts(chromium, registered, s
     page.wait_for_selector("#chart-sla canvas")
     assert int(page.inner_text("[data-kpi='Runs']")) >= 1
     shots(page, "analytics")
-    page.goto(f"{registered.url}/runs/0000000000000000")
-    assert "There is no run" in page.inner_text("main")
+    resp = page.goto(f"{registered.url}/runs/0000000000000000")
+    assert resp.status == 404 and "There is no run" in page.inner_text("main")
+    shots(page, "unknown-run-404")
     assert not page.errors
 
 
@@ -194,3 +232,199 @@ def test_a_viewer_sees_the_runs_but_every_action_is_refused(chromium, registered
     shots(page, "viewer-run")
     requests.post(f"{registered.url}/api/v1/runs/{run['id']}/cancel", json={"reason": "test over"},
                   headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def test_an_admin_manages_users_and_tokens_on_the_users_page_and_others_are_told_what_to_do(chromium, registered, shots):
+    page = login(chromium, registered, ADMIN)
+    page.on("dialog", lambda d: d.accept())
+    page.click("#nav-users")
+    page.wait_for_selector("body[data-loaded]")
+    assert page.url.endswith("/admin/users")
+    page.fill("#user-form input[name=name]", "ursula")
+    page.fill("#user-form input[name=password]", "short")
+    page.select_option("#user-form select[name=role]", "operator")
+    page.evaluate("document.querySelector('#user-form input[name=password]').removeAttribute('minlength')")
+    page.click("#user-form button[type=submit]")
+    page.wait_for_selector("#user-errors .error")
+    assert "at least 8" in page.inner_text("#user-errors")
+    page.fill("#user-form input[name=password]", "ursula-password")
+    page.click("#user-form button[type=submit]")
+    page.wait_for_selector("tr[data-user='ursula']")
+    assert page.eval_on_selector("tr[data-user='ursula'] select.role", "s => s.value") == "operator"
+    page.select_option("tr[data-user='ursula'] select.role", "viewer")
+    page.wait_for_function("document.querySelector('#audit-list').innerText.includes('user_update')")
+    page.select_option("#token-user", "ursula")
+    page.fill("#token-form input[name=name]", "ursula-script")
+    page.click("#token-form button[type=submit]")
+    page.wait_for_selector("#new-token:not([hidden])")
+    token = page.inner_text("#new-token-value").strip()
+    token_id = page.get_attribute("#new-token", "data-token")
+    assert token.startswith("cft_") and "shown only once" in page.inner_text("#new-token")
+    me = requests.get(f"{registered.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert me.json()["name"] == "ursula" and me.json()["role"] == "viewer"
+    shots(page, "users")
+    page.reload()
+    page.wait_for_selector(f"tr[data-token='{token_id}']")
+    assert token not in page.content()  # shown once: never again
+    page.click(f"button.revoke-token[data-token='{token_id}']")
+    page.wait_for_selector(f"tr[data-token='{token_id}']", state="detached")
+    assert requests.get(f"{registered.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"},
+                        timeout=10).status_code == 401
+    assert page.query_selector("button.delete-user[data-user='admin']") is None  # not yourself
+    page.click("button.delete-user[data-user='ursula']")
+    page.wait_for_selector("tr[data-user='ursula']", state="detached")
+    audit = page.inner_text("#audit-list")
+    for action in ("user_create", "user_update", "token_create", "token_revoke", "user_delete"):
+        assert f"admin {action}" in audit
+    shots(page, "users-after-changes")
+    assert not page.errors
+
+    viewer = login(chromium, registered, VIEWER)
+    assert viewer.query_selector("#nav-users") is None
+    resp = viewer.goto(f"{registered.url}/admin/users")
+    assert resp.status == 403
+    text = viewer.inner_text("main")
+    assert "needs the admin role" in text and "Ask an admin" in text and "victor" in text
+    shots(viewer, "users-refused")
+
+
+def test_a_step_running_over_an_hour_shows_hours_and_500_steps_are_paged(chromium, registered, orchestrator_client_live, shots):
+    from orchestrator.keys import step_field
+
+    token = registered.token(ADMIN)
+    body = {"mode": "sequential", "steps": [{"id": "sleepy", "plugin": "builtin", "method": "sleep",
+                                             "params": {"seconds": 60}}]
+            + [{"id": f"s{i:03d}", "plugin": "builtin", "method": "echo"} for i in range(1, 520)]}
+    auth = {"Authorization": f"Bearer {token}"}
+    r = requests.put(f"{registered.url}/api/v1/workflows/browser_wide", json={"definition": body}, headers=auth,
+                     timeout=30)
+    assert r.status_code == 200, r.text
+    run = requests.post(f"{registered.url}/api/v1/runs", json={"workflow": "browser_wide"}, headers=auth,
+                        timeout=10).json()
+    client = orchestrator_client_live
+    try:
+        wait_for(lambda: client.snapshot(run["id"]).step("sleepy").status == "RUNNING", 20, "the long step")
+        # As if it had started two hours ago (a real step that long would outlast the test).
+        started = time.time() - 7200
+        client.redis.hset(client.keys.steps(run["id"]), mapping={step_field("sleepy", "started_at"): f"{started:.6f}",
+                                                                   step_field("sleepy", "attempt_started_at"): f"{started:.6f}"})
+        page = login(chromium, registered, OPERATOR)
+        page.goto(f"{registered.url}/runs/{run['id']}")
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_function("/^RUNNING – 2:00:\\d\\d$/.test(document.querySelector('#step-sleepy .dur').innerText)",
+                               timeout=10000)
+        assert page.inner_text("#steps-pager").count("of 520") == 1
+        assert "steps 1–100 of 520 (page 1/6)" in page.inner_text("#steps-pager")
+        assert len(page.query_selector_all("#timeline li.step")) == 100
+        shots(page, "run-hours-and-pages")
+        page.click("#steps-pager button[data-page='1']")
+        page.wait_for_selector("#step-s100")
+        assert "steps 101–200 of 520 (page 2/6)" in page.inner_text("#steps-pager")
+        assert page.query_selector("#step-sleepy") is None
+        assert not page.errors
+    finally:
+        requests.post(f"{registered.url}/api/v1/runs/{run['id']}/cancel", json={"reason": "test over"},
+                      headers=auth, timeout=10)
+
+
+def test_a_dropped_socket_reconnects_with_backoff_and_replays_what_it_missed(chromium, registered, shots):
+    token = registered.token(ADMIN)
+    auth = {"Authorization": f"Bearer {token}"}
+    body = {"mode": "sequential", "steps": [
+        {"id": "chat", "plugin": "builtin", "method": "call",
+         "params": {"function": "tests.web_helpers:log_slowly", "kwargs": {"lines": 12, "every": 0.1}}}]
+        + [{"id": f"p{i}", "plugin": "builtin", "method": "sleep", "params": {"seconds": 0.4}} for i in range(10)]}
+    r = requests.put(f"{registered.url}/api/v1/workflows/browser_resync", json={"definition": body}, headers=auth,
+                     timeout=10)
+    assert r.status_code == 200, r.text
+    page = login(chromium, registered, OPERATOR)
+    run = requests.post(f"{registered.url}/api/v1/runs", json={"workflow": "browser_resync"}, headers=auth,
+                        timeout=10).json()
+    page.goto(f"{registered.url}/runs/{run['id']}#step-chat")
+    page.wait_for_selector("body[data-ready='1']")
+    # Every line of every log batch shows up live in the expanded step, once, in order.
+    page.wait_for_function("document.querySelectorAll('#step-chat .logs li.log').length === 12", timeout=20000)
+    messages = page.eval_on_selector_all("#step-chat .logs li.log .msg", "els => els.map(e => e.innerText)")
+    assert messages == [f"line {i} of 12" for i in range(12)]
+    assert page.eval_on_selector_all("#step-chat .logs li.log b", "els => els.map(e => e.innerText)")[3] == "WARNING"
+    shots(page, "live-log-lines")
+    page.wait_for_function("(window.__cfSeen.p1 || []).includes('RUNNING')", timeout=20000)
+    # Drop the connection (as a network blip would); the client retries after its backoff.
+    page.evaluate("""() => { const io = window.__cfLive.socket.io;
+        io.reconnectionDelay(1500); io.reconnectionDelayMax(1500); io.randomizationFactor(0); io.engine.close(); }""")
+    page.wait_for_selector("#conn.down")
+    assert "reconnecting" in page.inner_text("#conn")
+    shots(page, "reconnecting")
+    page.wait_for_selector("#conn.ok", timeout=15000)
+    page.wait_for_selector("#run-status [data-status='COMPLETED']", timeout=30000)
+    latest = requests.get(f"{registered.url}/api/v1/runs/{run['id']}/events", params={"after": 0}, headers=auth,
+                          timeout=10).json()["latest_seq"]
+    live = page.evaluate("(id) => { const l = window.__cfLive; return [l.connects, l.replayed, l.runs.get(id).lastSeq]; }",
+                         run["id"])
+    assert live[0] >= 2 and live[1] > 0, live  # reconnected, and the missed events came in the replay
+    assert live[2] == latest
+    assert all(page.get_attribute(f"#step-p{i}", "data-status") == "COMPLETED" for i in range(10))
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+    assert not page.errors
+
+
+def test_a_read_only_dashboard_shows_everything_and_refuses_every_change(chromium, registered, web_fleet, shots):
+    from tests.web_fixtures import start_live_server, stop_live_server
+
+    token = registered.token(OPERATOR)
+    slow = {"id": "browser_ro", "steps": [{"id": "wait", "plugin": "builtin", "method": "sleep", "params": {"seconds": 60}}]}
+    run = requests.post(f"{registered.url}/api/v1/runs", json={"definition": slow},
+                        headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    ro = start_live_server(web_fleet, "--read-only")
+    try:
+        context = chromium.new_context(viewport={"width": 1400, "height": 900})
+        first = context.new_page()
+        first.goto(f"{ro.url}/runs")
+        first.wait_for_selector("input[name=username]")
+        shots(first, "login")
+        context.close()
+        page = login(chromium, ro, ADMIN)
+        assert page.is_visible(".badge.ro")
+        page.goto(f"{ro.url}/runs/{run['id']}")
+        page.wait_for_selector("#actions button[data-action=cancel]:not([hidden])", timeout=20000)
+        assert page.is_disabled("#actions button[data-action=cancel]")
+        assert page.get_attribute("#actions button[data-action=cancel]", "title") == "the dashboard is read-only"
+        shots(page, "read-only-run")
+        page.goto(f"{ro.url}/admin/users")
+        page.wait_for_selector("body[data-loaded]")
+        assert "read-only" in page.inner_text("#users-read-only")
+        assert page.is_disabled("#user-form button[type=submit]")
+        assert page.query_selector("button.delete-user") is None
+        shots(page, "read-only-users")
+        r = requests.post(f"{ro.url}/api/v1/runs/{run['id']}/cancel", json={},
+                          headers={"Authorization": f"Bearer {registered.token(ADMIN)}"}, timeout=10)
+        assert r.status_code == 403 and "read-only" in r.json()["message"]
+        assert not page.errors
+    finally:
+        stop_live_server(ro)
+        requests.post(f"{registered.url}/api/v1/runs/{run['id']}/cancel", json={"reason": "test over"},
+                      headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def test_retry_attempts_are_listed_with_their_errors_on_the_run_page(chromium, registered, shots):
+    token = registered.token(OPERATOR)
+    flaky = {"id": "browser_flaky", "mode": "sequential", "steps": [
+        {"id": "flaky", "plugin": "builtin", "method": "fail", "retries": 2, "retry_delay": 0.1,
+         "params": {"message": "try again", "times": 1}},
+        {"id": "boom", "plugin": "builtin", "method": "fail", "params": {"message": "it broke"}}]}
+    run = requests.post(f"{registered.url}/api/v1/runs", json={"definition": flaky},
+                        headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    page = login(chromium, registered, OPERATOR)
+    page.goto(f"{registered.url}/runs/{run['id']}#step-flaky")
+    page.wait_for_selector("#run-status [data-status='FAILED']", timeout=30000)
+    page.wait_for_function("document.querySelectorAll('#step-flaky .attempts li.attempt').length === 2",
+                           timeout=10000)
+    attempts = page.eval_on_selector_all("#step-flaky .attempts li.attempt", "els => els.map(e => e.innerText)")
+    assert "RETRYING" in attempts[0] and "try again" in attempts[0]
+    assert "COMPLETED" in attempts[1] and "try again" not in attempts[1]
+    assert "retry 1/2" in page.inner_text("#step-flaky .step-head")
+    page.click("#step-boom .step-head")
+    assert "it broke" in page.inner_text("#step-boom .step-body .error")
+    assert "it broke" in page.inner_text("#run-error")
+    shots(page, "retry-attempts")
+    assert not page.errors

@@ -37,10 +37,18 @@ from orchestrator.compiler import (
     step_spec,
     uses_inputs,
 )
+from orchestrator.celery_app import celery_config
 from orchestrator.definition import Definition, Workflow, load_definition
+from orchestrator.settings import Settings
 
 APP = celery.Celery("canvasflow-tests", set_as_current=False)
+APP.conf.update({k: v for k, v in celery_config(Settings()).items() if k.startswith("task_default")})
 CTX = RunContext("run-1", 3)
+
+
+def routed(sig: Signature, option: str) -> Any:
+    """Where Celery sends a signature: its own option, else the app's default."""
+    return sig.options.get(option, APP.conf[f"task_default_{option}"])
 HDR = {"run": "run-1", "epoch": 3}
 
 
@@ -453,7 +461,7 @@ def test_when_everything_is_settled_only_settle_runs_with_the_seed() -> None:
     assert type(canvas) is Signature
     assert canvas.task == SETTLE_TASK
     assert canvas.args == ({"a": ["COMPLETED", 1], "b": ["FAILED", None]}, {"run": "r", "epoch": 1})
-    assert canvas.options["priority"] == 0 and canvas.options["queue"] == "default"
+    assert routed(canvas, "priority") == 0 and routed(canvas, "queue") == "default"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,19 +535,21 @@ def test_priority_maps_to_a_redis_message_priority_on_every_task(name: str, numb
     d = dag({"a": [], "b": [], "c": ["a", "b"], "d": ["a", "b"]})  # steps, a merge and settle
     w = walk(compile_run(d, RunContext("r", 1, priority=name), app=APP))
     assert {s.task for s in w.sigs.values()} == {STEP_TASK, MERGE_TASK, SETTLE_TASK}
-    assert {s.options["priority"] for s in w.sigs.values()} == {number}
+    assert {routed(s, "priority") for s in w.sigs.values()} == {number}
+    if name == "normal":  # the app's defaults are not repeated in every message
+        assert all("priority" not in s.options and "queue" not in s.options for s in w.sigs.values())
 
 
 def test_a_steps_queue_goes_to_its_options_and_join_tasks_use_default() -> None:
     d = dag(DIAMOND, b={"queue": "io"}, e={"queue": "cpu"})
     w = walk(compile_run(d, CTX, app=APP))
-    queues = {n: s.options["queue"] for n, s in w.sigs.items()}
+    queues = {n: routed(s, "queue") for n, s in w.sigs.items()}
     assert queues["b"] == "io" and queues["e"] == "cpu"
     assert queues["a"] == queues["c"] == queues["d"] == "default"
     assert w.nodes[-1] == "e"  # e ends the canvas and settles the run on its own queue
     plain = walk(compile_run(dag({"a": [], "b": []}, b={"queue": "io"}), CTX, app=APP))
     assert plain.sigs[plain.nodes[-1]].task == SETTLE_TASK
-    assert plain.sigs[plain.nodes[-1]].options["queue"] == "default"  # a join task uses the default queue
+    assert routed(plain.sigs[plain.nodes[-1]], "queue") == "default"  # a join task uses the default queue
     assert "queue" not in w.sigs["b"].args[-2]
 
 
@@ -583,10 +593,10 @@ def test_compensation_is_a_chain_in_the_given_order_ending_with_compensated() ->
                             "params": {"id": "{{ steps.backup.output.id }}"}}, hdr)
     assert done.args == (hdr, "FAILED")
     # queue: the compensation's own, else its step's; time limits from the compensation timeout.
-    assert [t.options["queue"] for t in canvas.tasks] == ["default", "db", "io", "default"]
+    assert [routed(t, "queue") for t in canvas.tasks] == ["default", "db", "io", "default"]
     assert migrate.options["soft_time_limit"] == 20 and migrate.options["time_limit"] == 30
     assert "soft_time_limit" not in deploy.options
-    assert {t.options["priority"] for t in canvas.tasks} == {8}
+    assert {routed(t, "priority") for t in canvas.tasks} == {8}
 
 
 def test_compensation_with_nothing_to_undo_is_just_compensated() -> None:

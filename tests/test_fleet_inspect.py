@@ -337,10 +337,16 @@ def test_send_task_result_and_task_types(env: Env) -> None:
     r = op.post("/inspect/tasks/send", {"name": "canvasflow.merge", "args": [[1, 2]], "kwargs": {"hdr": {}}})
     assert r.status_code == 200, r.json
     tid = r.json["task"]
-    state = wait_for(lambda: (s := op.get(f"/inspect/tasks/{tid}/result").json)["state"] in ("SUCCESS", "FAILURE")
-                     and s, 20, "the sent task to finish")
-    assert state["state"] in ("SUCCESS", "FAILURE")
-    wait_for(lambda: op.get(f"/inspect/tasks/{tid}").status_code == 200, 20, "the sent task in the history")
+    done = wait_for(lambda: (t := op.get(f"/inspect/tasks/{tid}")).status_code == 200
+                    and t.json["state"] == "SUCCESS" and t.json, 20, "the sent task to run")
+    assert done["name"] == "canvasflow.merge" and done["worker"] == env.workers["a"].hostname
+    # canvasflow's own tasks ignore their results (run state lives in its keys), so the result
+    # endpoint is read against a result stored in the backend the way any Celery task stores it
+    backend = env.client.celery.backend
+    other = str(uuid.uuid4())
+    backend.store_result(other, {"rows": 3}, "SUCCESS")
+    assert op.get(f"/inspect/tasks/{other}/result").json == {"task": other, "state": "SUCCESS", "result": {"rows": 3}}
+    assert op.get(f"/inspect/tasks/{tid}/result").json["state"] == "PENDING"  # ignore_result: never stored
 
 
 def test_the_event_queue_is_bounded_and_drops_are_counted() -> None:
@@ -350,3 +356,161 @@ def test_the_event_queue_is_bounded_and_drops_are_counted() -> None:
     for i in range(1000):
         mon.on_event({"type": "task-sent", "uuid": f"u{i}", "timestamp": float(i)})
     assert mon.queue.qsize() == 100 and mon.dropped == 900
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity gaps: workers?detail=1, settings, rate limits, heartbeat expiry, task-history metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_worker_is_online_within_its_heartbeat_window_and_offline_past_it() -> None:
+    from orchestrator.fleet_events import heartbeat_expired
+
+    hb = {"timestamp": 100.0, "freq": 2.0}
+    assert not heartbeat_expired(hb, 100.0 + 2 * 2.0 + 1.0)  # two missed heartbeats (+1 s drift) tolerated
+    assert heartbeat_expired(hb, 100.0 + 2 * 2.0 + 1.01)
+    assert heartbeat_expired({"timestamp": 100.0, "freq": 5.0}, 111.5) and not heartbeat_expired(
+        {"timestamp": 100.0, "freq": 5.0}, 110.5)
+
+
+def test_offline_workers_are_purged_after_the_configured_time(redis_url: str) -> None:
+    import json
+    import time
+
+    import redis
+
+    from orchestrator.fleet_events import worker_states
+
+    r = redis.Redis.from_url(redis_url)
+    key = f"fi{uuid.uuid4().hex[:8]}:inspect:workers"
+    now = time.time()
+    r.hset(key, mapping={"up@h": json.dumps({"timestamp": now, "freq": 2.0, "online": True}),
+                         "gone@h": json.dumps({"timestamp": now - 700, "freq": 2.0, "online": False}),
+                         "recent@h": json.dumps({"timestamp": now - 60, "freq": 2.0, "online": True})})
+    try:
+        states = worker_states(r, key, now=now, purge_after=600)
+        assert set(states) == {"up@h", "recent@h"} and states["up@h"]["online"] and not states["recent@h"]["online"]
+        assert not r.hexists(key, "gone@h")
+        assert set(worker_states(r, key, now=now + 560, purge_after=600)) == {"up@h"}  # up@h offline, not yet purged
+    finally:
+        r.delete(key)
+        r.close()
+
+
+def test_web_settings_configure_fleet_events_purge_time_and_retention(redis_url: str, tmp_path: Path) -> None:
+    from orchestrator.errors import ConfigurationError
+    from web import create_app
+    from web.settings import WebSettings
+
+    web = WebSettings.from_env({"CANVASFLOW_WEB_FLEET_EVENTS": "false", "CANVASFLOW_WEB_WORKER_PURGE_AFTER": "600",
+                                "CANVASFLOW_WEB_TASK_RETENTION": "3600"})
+    assert (web.fleet_events, web.worker_purge_after, web.task_retention) == (False, 600.0, 3600.0)
+    assert WebSettings().fleet_events and WebSettings().task_retention == 7 * 86400
+    with pytest.raises(ConfigurationError, match="CANVASFLOW_WEB_TASK_RETENTION"):
+        WebSettings(task_retention=0)
+    settings = make_settings(redis_url, key_prefix=f"fs{uuid.uuid4().hex[:8]}",
+                             database_url=f"sqlite:///{tmp_path / 'audit.db'}")
+    on = create_app(settings, WebSettings(admin_password=ADMIN[1], secret_key="t", worker_purge_after=600,
+                                          task_retention=3600), start=False)
+    fleet = on.extensions["canvasflow_fleet"]
+    assert fleet.purge_after == 600 and fleet.monitor is not None and fleet.monitor.retention == 3600
+    off = create_app(settings, web.with_(admin_password=ADMIN[1], secret_key="t"), start=False)
+    off.config["TESTING"] = True
+    assert off.extensions["canvasflow_fleet"].monitor is None
+    # without a monitor in this process the history written by another one is still served
+    r = Api(off, ADMIN).get("/inspect/tasks")
+    assert r.status_code == 200 and r.json["monitor"] is None
+
+
+@pytest.mark.integration
+def test_workers_detail_gives_every_worker_its_inspect_details_in_one_call(env: Env) -> None:
+    api = Api(env.app, VIEWER)
+    rows = {w["name"]: w for w in api.get("/inspect/workers?detail=1").json["workers"]}
+    a, b = rows[env.workers["a"].hostname], rows[env.workers["b"].hostname]
+    for w, queues in ((a, ["default", "io"]), (b, ["cpu"])):
+        assert w["answered_inspect"] and w["broker"] and w["rusage"] is not None and w["conf"]
+        assert sorted(q["name"] for q in w["active_queues"]) == queues
+        assert "canvasflow.step" in w["registered"]
+        assert set(w["tasks"]) == {"active", "reserved", "scheduled", "revoked"}
+        assert w["pool_detail"] and "max-concurrency" in w["pool_detail"]
+    one = api.get(f"/inspect/workers/{env.workers['b'].hostname}").json
+    assert set(one) == set(b)
+    assert "registered" not in api.get("/inspect/workers").json["workers"][0]
+
+
+@pytest.mark.integration
+def test_a_rate_limit_set_from_the_api_slows_the_task(env: Env) -> None:
+    op = Api(env.app, OPERATOR)
+    host = env.workers["b"].hostname
+    # 20/m: one token every 3 s (bucket of one), so the worker starts them 3 s apart
+    r = op.post(f"/inspect/workers/{host}/rate_limit", {"task": "canvasflow.merge", "rate": "20/m"})
+    assert r.status_code == 200, r.json
+    try:
+        celery = env.client.celery
+        ids = [celery.send_task("canvasflow.merge", args=[{}, {"n": i}], queue="cpu").id for i in range(3)]
+
+        def done() -> Any:
+            rows = [op.get(f"/inspect/tasks/{t}").json for t in ids]
+            return all(x.get("state") == "SUCCESS" and x.get("started_at") for x in rows) and rows
+
+        rows = wait_for(done, 60, "the rate-limited tasks to run", every=0.5)
+    finally:
+        assert op.post(f"/inspect/workers/{host}/rate_limit", {"task": "canvasflow.merge", "rate": "0"}
+                       ).status_code == 200
+    starts = sorted(x["started_at"] for x in rows)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    # a lower bound (the limit's spacing, less timer slack): a slow machine only widens the gaps
+    assert all(g >= 2.5 for g in gaps), gaps
+
+
+@pytest.mark.integration
+def test_a_killed_worker_goes_offline_when_its_heartbeats_stop(env: Env) -> None:
+    import json
+    import time
+
+    from orchestrator.fleet_events import heartbeat_expired
+
+    w = WorkerProcess(env.settings, f"fk{uuid.uuid4().hex[:4]}", queues="spare2", concurrency=1,
+                      log_dir=env.workers["a"].log_path.parent)
+    api = Api(env.app, VIEWER)
+    try:
+        w.wait_ready()
+        wait_for(lambda: {x["name"]: x for x in api.get("/inspect/workers?refresh=0").json["workers"]}
+                 .get(w.hostname, {}).get("online"), 20, "worker online")
+    finally:
+        w.kill()  # SIGKILL: no worker-offline event, only silence
+        w.stop()
+    row = wait_for(lambda: (x := {x["name"]: x for x in api.get("/inspect/workers?refresh=0").json["workers"]}
+                            .get(w.hostname)) and not x["online"] and x, 40, "worker offline")
+    fleet = env.app.extensions["canvasflow_fleet"]
+    raw = json.loads(env.client.redis.hget(fleet.workers_key, w.hostname))
+    # offline because the heartbeat window passed, not because the worker said goodbye
+    assert raw["last_event"] in ("worker-heartbeat", "worker-online") and raw["online"] is True
+    assert heartbeat_expired(raw, time.time()) and row["last_heartbeat"] == raw["timestamp"]
+    fleet_forget = Api(env.app, OPERATOR)
+    assert fleet_forget.http.delete(f"/api/v1/inspect/workers/{w.hostname}",
+                                    headers={"X-CSRF-Token": fleet_forget.csrf}).json["forgotten"] is True
+
+
+@pytest.mark.integration
+def test_metrics_task_history_gauge_matches_the_table(env: Env, finished_runs: list[str]) -> None:
+    from orchestrator.audit.models import celery_tasks
+
+    store = env.app.extensions["canvasflow"].store
+
+    def table() -> dict[str, int]:
+        with store.connect() as conn:
+            return {s: int(n) for s, n in conn.execute(select(celery_tasks.c.state, func.count())
+                                                       .group_by(celery_tasks.c.state))}
+
+    def stable_scrape() -> Any:
+        before = table()
+        fams = families(env.app.test_client().get("/metrics").get_data(as_text=True))
+        # the monitor may be writing: compare only a scrape the table did not move under
+        return before == table() and (before, fams)
+
+    counts, fams = wait_for(stable_scrape, 30, "a scrape while the history is still", every=0.2)
+    assert counts.get("SUCCESS", 0) > 0
+    assert {s.labels["state"]: int(s.value) for s in fams["canvasflow_celery_tasks"].samples} == counts
+    assert sample(fams, "canvasflow_task_events_dropped_total") == 0
+    assert sample(fams, "canvasflow_event_receiver_connected") == 1

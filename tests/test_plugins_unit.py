@@ -444,3 +444,31 @@ def test_transactional_update_example_fails_and_compensates_newest_first(registr
     healthy, steps, compensations = run_example(defn, registry, healthy=True)
     assert healthy == "COMPLETED" and compensations == [] and steps["commit"]["output"]["committed"]
 
+
+
+def test_buffered_log_lines_leave_as_one_event_with_bad_values_clamped():
+    import json
+
+    from orchestrator.logbatch import MAX_MESSAGE, log_lines
+    from workers.context import StepContext
+
+    ctx = StepContext("r", "s", 1)
+    ctx.log("plain")
+    ctx.log({"not": "text"}, level="loud", entity_id=7)
+    ctx.log("x" * 1_000_000, level="error", entity_tag="t")
+    ctx.log("listy", level=["WARNING"], entity_route=["a", "b"])
+    ctx.progress(3)
+    (log_event, progress) = ctx.drain()
+    assert log_event[:3] == ["log", "s", ""] and progress[0] == "progress"
+    data = json.loads(log_event[4])
+    assert data["n"] == 4 and "entity_type" not in data  # a column nobody used is left out
+    lines = log_lines(data)
+    assert [x["level"] for x in lines] == ["INFO", "INFO", "ERROR", "INFO"]
+    assert lines[1]["message"] == "{'not': 'text'}" and lines[1]["entity_id"] == "7"
+    assert len(lines[2]["message"]) < MAX_MESSAGE + 100
+    assert lines[2]["message"].endswith("[truncated from 1000000 characters]")
+    assert lines[3]["entity_route"] == "['a', 'b']" and lines[0]["entity_route"] is None
+    assert float(log_event[3]) == pytest.approx(lines[0]["ts"])
+    assert ctx.drain() == []  # drained once
+    # The one-line shape of events written before batches still reads.
+    assert log_lines({"message": "old", "level": "INFO"}) == [{"ts": None, "message": "old", "level": "INFO"}]

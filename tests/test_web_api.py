@@ -291,3 +291,61 @@ def test_users_tokens_csrf_and_read_only_mode(web_app, web_fleet, admin):
     assert r.status_code == 403 and "read-only" in r.json["message"]
     assert admin_ro.get("/runs").status_code == 200
     assert admin_ro.get("/auth/me").json["read_only"] is True
+
+
+def test_the_run_detail_shows_each_steps_rendered_input_and_each_attempts(workflows, operator, orchestrator_client, store):
+    run_id = operator.post("/runs", {"workflow": "web_flaky"}).json["id"]
+    wait_status(orchestrator_client, run_id, {"FAILED"})
+    sub = operator.post("/runs", {"definition": {"id": "web_render", "inputs": {"n": 5}, "steps": [
+        {"id": "a", "plugin": "builtin", "method": "echo", "params": {"n": "{{ inputs.n }}", "s": "n={{ inputs.n }}"}},
+        {"id": "b", "plugin": "builtin", "method": "echo", "depends_on": ["a"],
+         "params": {"from_a": "{{ steps.a.output.n }}"}}]}, "inputs": {"n": 7}}).json
+    wait_status(orchestrator_client, sub["id"], {"COMPLETED"})
+    for source in ("hot", "audit"):
+        if source == "audit":
+            wait_recorded(store, sub["id"], {"COMPLETED"})
+            orchestrator_client.redis.delete(orchestrator_client.keys.run(sub["id"]))  # as after state_ttl
+        d = operator.get(f"/runs/{sub['id']}").json
+        assert d["source"] == source
+        a, b = d["steps"]
+        assert a["input"] == {"n": 7, "s": "n=7"} and a["input_rendered"] is True
+        assert a["params"] == {"n": "{{ inputs.n }}", "s": "n={{ inputs.n }}"}
+        assert b["input"] == {"from_a": 7} and b["history"][0]["input"] == {"from_a": 7}
+    flaky = operator.get(f"/runs/{run_id}").json["steps"][0]
+    assert [a["input"] for a in flaky["history"]] == [{"message": "try again", "times": 1}] * 2
+    assert flaky["history"][0]["error"] and "try again" in flaky["history"][0]["error"]
+
+
+def test_admins_manage_users_and_tokens_and_every_change_is_audited_with_the_admin_as_actor(web_app, admin, operator):
+    http = web_app.test_client()
+    assert admin.post("/users", {"name": "uma", "password": "uma-password", "role": "operator"}).status_code == 201
+    r = admin.http.patch("/api/v1/users/uma", json={"role": "viewer"}, headers={"X-CSRF-Token": admin.csrf})
+    assert r.status_code == 200 and r.json["role"] == "viewer"
+    created = admin.post("/auth/tokens", {"name": "uma-ci", "username": "uma"})
+    assert created.status_code == 201 and created.json["username"] == "uma" and created.json["token"].startswith("cft_")
+    bearer = {"Authorization": f"Bearer {created.json['token']}"}
+    assert http.get("/api/v1/auth/me", headers=bearer).json["role"] == "viewer"
+    listed = admin.get("/auth/tokens").json
+    assert [t for t in listed if t["id"] == created.json["id"]][0].get("token") is None  # shown once only
+    # Operators may not manage users or make tokens for others; the refusals are audited too.
+    r = operator.post("/users", {"name": "eve", "password": "eve-password", "role": "admin"})
+    assert r.status_code == 403 and "admin role" in r.json["message"]
+    assert operator.post("/auth/tokens", {"username": "uma"}).status_code == 403
+    # An admin cannot lock the dashboard out by demoting or deleting themselves.
+    r = admin.http.patch("/api/v1/users/admin", json={"role": "viewer"}, headers={"X-CSRF-Token": admin.csrf})
+    assert r.status_code == 409 and "another admin" in r.json["message"]
+    assert admin.http.delete("/api/v1/users/admin", headers={"X-CSRF-Token": admin.csrf}).status_code == 409
+    r = admin.http.delete(f"/api/v1/auth/tokens/{created.json['id']}", headers={"X-CSRF-Token": admin.csrf})
+    assert r.status_code == 204 and http.get("/api/v1/auth/me", headers=bearer).status_code == 401
+    assert admin.http.delete("/api/v1/users/uma", headers={"X-CSRF-Token": admin.csrf}).status_code == 204
+    assert admin.http.delete("/api/v1/users/uma", headers={"X-CSRF-Token": admin.csrf}).status_code == 404
+    assert operator.get("/audit/users").status_code == 403
+    actions = admin.get("/audit/users").json["actions"]
+    mine = [(a["actor"], a["action"], a["target_id"], a["outcome"]) for a in reversed(actions)
+            if a["target_id"] in ("uma", "eve", created.json["id"], "admin") and a["action"] != "user_put"]
+    assert mine == [
+        ("admin", "user_create", "uma", "ok"), ("admin", "user_update", "uma", "ok"),
+        ("admin", "token_create", created.json["id"], "ok"),
+        ("olga", "user_create", "eve", "refused: operator"), ("olga", "token_create", "uma", "refused: operator"),
+        ("admin", "user_update", "admin", "refused: own account"), ("admin", "user_delete", "admin", "refused: own account"),
+        ("admin", "token_revoke", created.json["id"], "ok"), ("admin", "user_delete", "uma", "ok")]

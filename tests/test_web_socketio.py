@@ -76,6 +76,17 @@ def test_a_connection_without_credentials_is_refused(live_server):
         Listener(live_server.url, "cft_forged")
 
 
+def test_a_revoked_token_can_no_longer_connect(live_server):
+    s = requests.Session()
+    r = s.post(f"{live_server.url}/api/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10)
+    s.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    made = s.post(f"{live_server.url}/api/v1/auth/tokens", json={"name": "short-lived"}, timeout=10).json()
+    Listener(live_server.url, made["token"]).close()
+    assert s.delete(f"{live_server.url}/api/v1/auth/tokens/{made['id']}", timeout=10).status_code == 204
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        Listener(live_server.url, made["token"])
+
+
 def test_run_events_arrive_live_in_sequence_and_a_reconnecting_client_misses_nothing(live_server, http, token):
     first = Listener(live_server.url, token)
     try:
@@ -135,3 +146,54 @@ def test_the_all_room_gets_every_run_status_but_not_the_chatty_events(live_serve
     finally:
         everything.close()
         one.close()
+
+
+def test_log_batches_arrive_as_one_event_each_with_every_line_and_the_catch_up_matches(live_server, http, token):
+    from orchestrator import Client
+
+    admin_token = live_server.token(ADMIN)
+    body = {"mode": "sequential", "steps": [
+        {"id": "chat", "plugin": "builtin", "method": "call",
+         "params": {"function": "tests.web_helpers:log_slowly", "kwargs": {"lines": 12, "every": 0.1}}}]}
+    r = requests.put(f"{live_server.url}/api/v1/workflows/web_logs", json={"definition": body},
+                     headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    listener = Listener(live_server.url, token)
+    client = Client(live_server.settings)
+    try:
+        run_id = http.post(f"{live_server.url}/api/v1/runs", json={"workflow": "web_logs"}, timeout=10).json()["id"]
+        listener.sio.call("subscribe", {"runs": [run_id], "after": {run_id: 0}}, timeout=10)
+        wait_for(lambda: any(e["type"] == "run_status_changed" and e["status"] == "COMPLETED"
+                             for e in listener.of(run_id)), 30, "the run to complete")
+        # While the producers change shape, older events still arrive: one line, and columns.
+        client.state.emit(run_id, [["log", "chat", "", "1795000000.5", {"message": "old style", "level": "WARNING"}],
+                                   ["log", "chat", "", "1795000001.0",
+                                    {"n": 2, "ts": [1795000001000000, 1795000002000000],
+                                     "message": ["col a", "col b"], "level": "INFO"}]])
+        wait_for(lambda: sum(1 for n, e in listener.events if n == "log" and e["run"] == run_id
+                             and "col b" in str(e["data"])), 10, "the old-shape events")
+        with listener.lock:
+            logs = [e for n, e in listener.events if n == "log" and e["run"] == run_id]
+    finally:
+        listener.close()
+        client.close()
+    assert all(set(e["data"]) == {"lines"} and all(len(line) == 7 for line in e["data"]["lines"]) for e in logs)
+    live_lines = [line for e in logs for line in e["data"]["lines"]]
+    produced = [line[2] for line in live_lines[:-3]]
+    assert produced == [f"line {i} of 12" for i in range(12)]
+    assert len(logs) - 2 >= 2, "12 lines over 1.2 s should come as several flushed batches"
+    assert live_lines[3][1] == "WARNING" and live_lines[0][3] == "row" and live_lines[0][5] == "0"
+    assert [line[:3] for line in live_lines[-3:]] == [[1795000000.5, "WARNING", "old style"],
+                                                      [1795000001.0, "INFO", "col a"],
+                                                      [1795000002.0, "INFO", "col b"]]
+    # The catch-up a reconnecting client asks for has the very same events and lines.
+    caught = requests.get(f"{live_server.url}/api/v1/runs/{run_id}/events", params={"after": 0},
+                          headers=http.headers, timeout=10).json()["events"]
+    caught_logs = [e for e in caught if e["type"] == "log"]
+    assert [(e["seq"], e["data"]) for e in caught_logs] == [(e["seq"], e["data"]) for e in logs]
+    second = Listener(live_server.url, token)
+    try:
+        ack = second.sio.call("subscribe", {"runs": [run_id], "after": {run_id: 0}}, timeout=10)
+    finally:
+        second.close()
+    assert [(e["seq"], e["data"]) for e in ack["events"] if e["type"] == "log"] == [(e["seq"], e["data"]) for e in logs]

@@ -80,6 +80,7 @@ class LiveServer:
     proc: subprocess.Popen
     log_path: Path
     settings: Settings
+    log_file: Any = None
 
     def token(self, user: tuple[str, str]) -> str:
         s = requests.Session()
@@ -94,17 +95,17 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def live_server(web_fleet: WebFleet) -> Iterator[LiveServer]:
-    """`python -m web --recorder` as a subprocess on a free loopback port."""
+def start_live_server(web_fleet: WebFleet, *extra: str) -> LiveServer:
+    """`python -m web --recorder [extra...]` as a subprocess on a free loopback port, with the
+    operator and viewer users of the tests."""
     port = free_port()
     env = {**os.environ, **web_fleet.settings.as_env(), "CANVASFLOW_WEB_ADMIN_PASSWORD": ADMIN[1],
            "CANVASFLOW_WEB_SECRET_KEY": "live-test-secret", "PYTHONPATH": str(ROOT)}
     log_path = web_fleet.log_dir / f"web-{port}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_live_server
     proc = subprocess.Popen([sys.executable, "-m", "web", "--host", "127.0.0.1", "--port", str(port), "--recorder",
-                             "--log-level", "INFO"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
-                            start_new_session=True)
+                             "--log-level", "INFO", *extra], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=str(ROOT), start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -116,20 +117,34 @@ def live_server(web_fleet: WebFleet) -> Iterator[LiveServer]:
             return False
 
     wait_for(up, 30, "the web server")
-    s = requests.Session()
-    r = s.post(f"{url}/api/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10)
-    csrf = r.json()["csrf_token"]
-    for name, password, role in ((*OPERATOR, "operator"), (*VIEWER, "viewer")):
-        s.post(f"{url}/api/v1/users", json={"name": name, "password": password, "role": role},
-               headers={"X-CSRF-Token": csrf}, timeout=10).raise_for_status()
-    yield LiveServer(url, proc, log_path, web_fleet.settings)
-    proc.terminate()
+    server = LiveServer(url, proc, log_path, web_fleet.settings)
+    server.log_file = log
+    if "--read-only" not in extra:
+        s = requests.Session()
+        r = s.post(f"{url}/api/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10)
+        csrf = r.json()["csrf_token"]
+        for name, password, role in ((*OPERATOR, "operator"), (*VIEWER, "viewer")):
+            s.post(f"{url}/api/v1/users", json={"name": name, "password": password, "role": role},
+                   headers={"X-CSRF-Token": csrf}, timeout=10).raise_for_status()
+    return server
+
+
+def stop_live_server(server: LiveServer) -> None:
+    server.proc.terminate()
     try:
-        proc.wait(10)
+        server.proc.wait(10)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    log.close()
+        server.proc.kill()
+        server.proc.wait(5)
+    server.log_file.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(web_fleet: WebFleet) -> Iterator[LiveServer]:
+    """`python -m web --recorder` as a subprocess on a free loopback port."""
+    server = start_live_server(web_fleet)
+    yield server
+    stop_live_server(server)
 
 
 @pytest.fixture(scope="session")

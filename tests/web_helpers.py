@@ -72,3 +72,12 @@ def wait_recorded(store: Any, run_id: str, statuses: set[str], timeout: float = 
         return r if r.status in statuses and r.complete else None
 
     return wait_for(done, timeout, f"run {run_id} recorded as {sorted(statuses)}")
+
+
+def log_slowly(ctx: Any, lines: int = 12, every: float = 0.1) -> dict[str, int]:
+    """A step (run through builtin `call`) that logs `lines` lines over a while, so that the
+    heartbeat flushes them as several batches (several `log` events) while it runs."""
+    for i in range(lines):
+        ctx.log(f"line {i} of {lines}", level="WARNING" if i == 3 else "INFO", entity_tag="row", entity_id=str(i))
+        time.sleep(every)
+    return {"lines": lines}

@@ -18,6 +18,7 @@ from sqlalchemy import case, func, select
 from webargs.flaskparser import FlaskParser
 
 from orchestrator.audit import queries
+from orchestrator.audit.models import audit_log
 from orchestrator.audit.models import runs as runs_table
 from orchestrator.audit.models import steps as steps_table
 from orchestrator.control import ALLOWED
@@ -32,6 +33,7 @@ from orchestrator.errors import (
 )
 from web import auth, schemas
 from web.detail import dag
+from web.events import client_event
 from web.runs import RunFilter
 
 ACTION_MESSAGES = {
@@ -160,11 +162,21 @@ class RunDetail(MethodView):
     def get(self, args: dict[str, Any], run_id: str) -> dict[str, Any]:
         """A run with its steps (paged), attempts, logs, compensations and parallel branches."""
         try:
-            return ext().details.detail(run_id, steps_offset=args["steps_offset"], steps_limit=args["steps_limit"],
-                                        log_limit=args["log_limit"])
+            detail = ext().details.detail(run_id, steps_offset=args["steps_offset"],
+                                          steps_limit=args["steps_limit"], log_limit=args["log_limit"])
         except UnknownRun:
             abort(404, message=f"unknown run '{run_id}'")
             raise
+        return json_response(schemas.fast_dump(_DETAIL_SCHEMA, detail))
+
+
+_DETAIL_SCHEMA = schemas.RunDetailSchema()
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    """A JSON response without a second pass through marshmallow (the payload is dumped already)."""
+    return current_app.response_class(json.dumps(payload, separators=(",", ":"), default=str) + "\n",
+                                      status=status, mimetype="application/json")
 
 
 def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str, Any]:
@@ -175,8 +187,9 @@ def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str
         user = auth.current_user()
         if user is not None and ext().store is not None:
             try:
+                # outcome is at most 32 characters in the audit table; the rest goes in detail.
                 ext().store.record_action(actor=user.name, action=action, target_id=run_id,
-                                          outcome=f"refused: {user.role} may not {action}")
+                                          outcome=f"refused: {user.role}", detail={"needs": "operator"})
             except StoreError:
                 pass
         raise
@@ -285,7 +298,7 @@ def export(run_id: str) -> Response:
 def run_events(args: dict[str, Any], run_id: str) -> dict[str, Any]:
     """The run's events with seq > after, in order: what a reconnecting client missed."""
     known_run(run_id)
-    events = ext().details.events(run_id, args["after"], args["limit"])
+    events = [client_event(e) for e in ext().details.events(run_id, args["after"], args["limit"])]
     latest = int(ext().client.redis.hget(ext().client.keys.run(run_id), "seq") or 0)
     return {"run": run_id, "after": args["after"], "events": events,
             "latest_seq": max([latest] + [e["seq"] for e in events])}
@@ -300,11 +313,13 @@ def run_logs(args: dict[str, Any], run_id: str) -> dict[str, Any]:
     known_run(run_id)
     if ext().store is None:
         return {"logs": [], "next_after": None}
-    lines = queries.logs(ext().store, run_id, args["step"], after_seq=args["after"], limit=args["limit"],
-                         level=args["level"])
-    out = [{"seq": x.seq, "step": x.step, "ts": x.ts, "level": x.level, "message": x.message,
+    lines = queries.logs(ext().store, run_id, args["step"], after_seq=args["after"],
+                         after_line=args["after_line"], limit=args["limit"], level=args["level"])
+    out = [{"seq": x.seq, "line": x.line, "step": x.step, "ts": x.ts, "level": x.level, "message": x.message,
             "entity_tag": x.entity_tag, "entity_route": x.entity_route} for x in lines]
-    return {"logs": out, "next_after": out[-1]["seq"] if len(out) == args["limit"] else None}
+    more = len(out) == args["limit"]
+    return {"logs": out, "next_after": out[-1]["seq"] if more else None,
+            "next_after_line": out[-1]["line"] if more else None}
 
 
 @blp.route("/runs/<run_id>/timeline")
@@ -535,22 +550,35 @@ class Tokens(MethodView):
     @blp.arguments(schemas.TokenBody, required=False)
     @blp.response(201, schemas.TokenSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A new API token with your role; the token is shown only in this response."""
+        """A new API token with your role (admins: for any user, ``username``); the token is shown
+        only in this response."""
         user = auth.current_user()
         assert user is not None
-        token_id, token = auth.users().create_token(user.name, body.get("name", "api"))
-        return {"id": token_id, "username": user.name, "name": body.get("name", "api"), "created_at": time.time(),
-                "token": token}
+        owner = body.get("username") or user.name
+        if owner != user.name:
+            audited_check("admin", "token_create", "token", owner)
+        name = body.get("name", "api")
+        try:
+            token_id, token = auth.users().create_token(owner, name)
+        except auth.AuthError as exc:
+            abort(404, message=str(exc))
+            raise
+        audit("token_create", "token", token_id, {"user": owner, "name": name})
+        return {"id": token_id, "username": owner, "name": name, "created_at": time.time(), "token": token}
 
 
 @blp.route("/auth/tokens/<token_id>", methods=["DELETE"])
 @auth.require("viewer", mutating=True)
 @blp.response(204)
 def revoke_token(token_id: str) -> None:
+    """Revoke a token (your own; admins: anyone's). It stops working at once."""
     user = auth.current_user()
     assert user is not None
-    if not auth.users().revoke(token_id, None if user.can("admin") else user.name):
+    mine = None if user.can("admin") else user.name
+    owner = next((t["username"] for t in auth.users().tokens(mine) if t["id"] == token_id), None)
+    if owner is None or not auth.users().revoke(token_id, mine):
         abort(404, message=f"unknown token '{token_id}'")
+    audit("token_revoke", "token", token_id, {"user": owner})
 
 
 @blp.route("/users")
@@ -558,47 +586,100 @@ class UsersView(MethodView):
     @auth.require("admin")
     @blp.response(200, schemas.UserSchema(many=True))
     def get(self) -> list[dict[str, Any]]:
+        """Every user with its role (admin)."""
         return auth.users().list()
 
-    @auth.require("admin", mutating=True)
     @blp.arguments(schemas.UserBody)
     @blp.response(201, schemas.UserSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Create a user (or change an existing one's password / role)."""
+        """Create a user (or change an existing one's password / role) (admin)."""
+        name = body["name"].strip()
+        audited_check("admin", "user_create", "user", name)
+        existed = any(u["name"] == name for u in auth.users().list())
+        if existed:
+            _not_yourself(name, body["role"], "change")
         try:
-            user = auth.users().put(body["name"], password=body["password"], role=body["role"])
+            user = auth.users().put(name, password=body["password"], role=body["role"])
         except auth.AuthError as exc:
             abort(400, errors={"json": {"password" if "password" in str(exc) else "name": [str(exc)]}})
             raise
-        _audit_user("user_put", user.name, {"role": user.role})
+        audit("user_update" if existed else "user_create", "user", user.name,
+              {"role": user.role, "password_changed": body["password"] is not None})
         return {"name": user.name, "role": user.role, "disabled": False, "created_at": time.time()}
 
 
 @blp.route("/users/<name>")
 class UserView(MethodView):
-    @auth.require("admin", mutating=True)
     @blp.arguments(schemas.UserPatch)
     @blp.response(200, schemas.UserSchema)
     def patch(self, body: dict[str, Any], name: str) -> dict[str, Any]:
+        """Change a user's role and/or password (admin)."""
+        audited_check("admin", "user_update", "user", name)
         if auth.users().get(name) is None:
             abort(404, message=f"unknown user '{name}'")
+        _not_yourself(name, body["role"], "change")
         user = auth.users().put(name, password=body["password"], role=body["role"])
-        _audit_user("user_put", name, {"role": user.role})
+        audit("user_update", "user", name, {"role": user.role, "password_changed": body["password"] is not None})
         return {"name": user.name, "role": user.role, "disabled": False, "created_at": time.time()}
 
-    @auth.require("admin", mutating=True)
     @blp.response(204)
     def delete(self, name: str) -> None:
+        """Delete a user and revoke its tokens (admin)."""
+        audited_check("admin", "user_delete", "user", name)
+        _not_yourself(name, None, "delete")
         if not auth.users().delete(name):
             abort(404, message=f"unknown user '{name}'")
-        _audit_user("user_delete", name, None)
+        audit("user_delete", "user", name, None)
 
 
-def _audit_user(action: str, name: str, detail: dict[str, Any] | None) -> None:
+@blp.route("/audit/users")
+@auth.require("admin")
+@blp.response(200, schemas.AuditListSchema)
+def users_audit() -> dict[str, Any]:
+    """The latest 100 actions on users and tokens (admin), newest first: who did what."""
+    store = ext().store
+    if store is None:
+        return {"actions": []}
+    q = (select(audit_log).where(audit_log.c.target_type.in_(("user", "token")))
+         .order_by(audit_log.c.ts.desc(), audit_log.c.id.desc()).limit(100))
+    try:
+        with store.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+    except StoreError as exc:
+        abort(503, message=f"the audit store is unavailable: {exc}")
+        raise
+    return {"actions": [{"ts": r["ts"], "actor": r["actor"], "action": r["action"], "target_type": r["target_type"],
+                         "target_id": r["target_id"], "outcome": r["outcome"],
+                         "detail": json.loads(r["detail"]) if r["detail"] else None} for r in rows]}
+
+
+def _not_yourself(name: str, role: str | None, what: str) -> None:
+    """An admin may not delete or demote themselves: there must always be an admin left."""
+    user = auth.current_user()
+    if user is not None and user.name == name and (what == "delete" or (role is not None and role != "admin")):
+        audit(f"user_{'delete' if what == 'delete' else 'update'}", "user", name, {"role": role},
+              outcome="refused: own account")
+        abort(409, message=f"you cannot {'delete' if what == 'delete' else 'demote'} your own account "
+                           "(ask another admin, so that an admin is always left)")
+
+
+def audited_check(role: str, action: str, target_type: str, target_id: str) -> auth.User:
+    """``auth.check(role, mutating=True)``; a refusal of a known user is written to the audit log."""
+    try:
+        return auth.check(role, mutating=True)
+    except Exception:
+        user = auth.current_user()
+        if user is not None:
+            audit(action, target_type, target_id, {"needs": role, "role": user.role}, outcome=f"refused: {user.role}")
+        raise
+
+
+def audit(action: str, target_type: str, target_id: str, detail: dict[str, Any] | None,
+          outcome: str = "ok") -> None:
     if ext().store is not None:
         try:
-            ext().store.record_action(actor=user_name(), action=action, target_type="user", target_id=name,
-                                      detail=detail)
+            ext().store.record_action(actor=user_name(), action=action, target_type=target_type,
+                                      target_id=target_id, detail=detail, outcome=outcome)
         except StoreError:
             pass
 

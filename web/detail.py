@@ -5,6 +5,7 @@ the audit store, where the recorder puts them."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -54,13 +55,37 @@ def _definition(body: Mapping[str, Any] | None) -> Definition | None:
 
 def branches(defn: Definition | None, statuses: Mapping[str, str]) -> list[dict[str, Any]]:
     """The parallel groups the compiler makes of the definition: which steps run side by side."""
+    return _with_statuses(_groups(defn), statuses)
+
+
+def _with_statuses(groups: tuple[tuple[int, tuple[tuple[str, ...], ...]], ...],
+                   statuses: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [{"group": n, "branches": [{"branch": f"g{n}.b{i}", "steps": list(ids),
+                                       "status": branch_status([statuses.get(s, "PENDING") for s in ids])}
+                                      for i, ids in enumerate(parts, 1)]}
+            for n, parts in groups]
+
+
+@functools.lru_cache(maxsize=256)
+def _branches_of(body_text: str) -> tuple[tuple[int, tuple[tuple[str, ...], ...]], ...]:
+    """The branch structure of a stored definition (JSON text). A run's definition never changes,
+    and loading a 200-step definition plus the compiler's plan cost more than the rest of a run's
+    detail together, so the structure is computed once per definition."""
+    try:
+        body = json.loads(body_text)
+    except ValueError:
+        return ()
+    return _groups(_definition(body if isinstance(body, dict) else None))
+
+
+def _groups(defn: Definition | None) -> tuple[tuple[int, tuple[tuple[str, ...], ...]], ...]:
     if defn is None:
-        return []
+        return ()
     try:
         tree = compiler.plan(defn).tree
     except CanvasflowError:
-        return []
-    groups: list[dict[str, Any]] = []
+        return ()
+    groups: list[tuple[int, tuple[tuple[str, ...], ...]]] = []
 
     def leaves(node: Any) -> list[str]:
         if isinstance(node, compiler.Leaf):
@@ -71,18 +96,12 @@ def branches(defn: Definition | None, statuses: Mapping[str, str]) -> list[dict[
         if isinstance(node, compiler.Leaf) or node is None:
             return
         if isinstance(node, compiler.Parallel):
-            n = len(groups) + 1
-            group = {"group": n, "branches": []}
-            groups.append(group)
-            for i, part in enumerate(node.parts, 1):
-                ids = leaves(part)
-                group["branches"].append({"branch": f"g{n}.b{i}", "steps": ids,
-                                          "status": branch_status([statuses.get(s, "PENDING") for s in ids])})
+            groups.append((len(groups) + 1, tuple(tuple(leaves(part)) for part in node.parts)))
         for part in node.parts:
             walk(part)
 
     walk(tree)
-    return groups
+    return tuple(groups)
 
 
 def branch_status(statuses: list[str]) -> str:
@@ -116,7 +135,7 @@ class RunDetails:
             history.setdefault(a.get("step", ""), []).append({
                 "attempt": a.get("attempt"), "status": a.get("status"), "started_at": a.get("started_at"),
                 "finished_at": a.get("finished_at"), "duration": a.get("duration"), "worker": a.get("worker"),
-                "error": a.get("error")})
+                "error": a.get("error"), "input": _json(a.get("input"))})
         out_steps = {}
         for sid, f in steps.items():
             started, finished = _f(f.get("started_at")), _f(f.get("finished_at"))
@@ -124,7 +143,7 @@ class RunDetails:
             if f.get("status") in ("RUNNING",) and f.get("attempt_started_at"):
                 hist = hist + [{"attempt": int(f.get("attempts") or 0), "status": "RUNNING",
                                 "started_at": _f(f.get("attempt_started_at")), "finished_at": None,
-                                "duration": None, "worker": f.get("worker") or None, "error": None}]
+                                "duration": None, "worker": f.get("worker") or None, "error": None, "input": None}]
             out_steps[sid] = {
                 "status": f.get("status", "PENDING"), "attempts": int(f.get("attempts") or 0),
                 "started_at": started, "finished_at": finished, "output": _json(f.get("output")),
@@ -134,7 +153,8 @@ class RunDetails:
             }
         meta = {"inputs": _json(run.get("inputs")) or {}, "resolved_by": run.get("resolved_by") or None,
                 "epoch": int(run.get("epoch") or 1)}
-        return {"base": base, "definition": body, "steps": out_steps, "meta": meta, "source": "hot"}
+        return {"base": base, "definition": body, "definition_text": run["definition"], "steps": out_steps,
+                "meta": meta, "source": "hot"}
 
     def _recorded(self, run_id: str) -> dict[str, Any]:
         if self.store is None:
@@ -150,7 +170,7 @@ class RunDetails:
                 "progress": progress.get(s.id),
                 "history": [{"attempt": a.number, "status": a.status, "started_at": a.started_at,
                              "finished_at": a.finished_at, "duration": a.duration, "worker": a.worker,
-                             "error": a.error} for a in s.history],
+                             "error": a.error, "input": a.input} for a in s.history],
             }
             if s.history and s.history[-1].traceback:
                 out_steps[s.id]["traceback"] = s.history[-1].traceback
@@ -181,7 +201,8 @@ class RunDetails:
             return [], 0
         with self.store.connect() as conn:
             rows = conn.execute(select(step_logs).where(step_logs.c.run_id == run_id)
-                                .order_by(step_logs.c.seq.desc()).limit(limit)).mappings().all()
+                                .order_by(step_logs.c.seq.desc(), step_logs.c.line.desc())
+                                .limit(limit)).mappings().all()
             total = conn.execute(select(func.count()).select_from(step_logs)
                                  .where(step_logs.c.run_id == run_id)).scalar_one()
         return [log_dict(r) for r in reversed(rows)], int(total)
@@ -205,7 +226,7 @@ class RunDetails:
             warnings.append(f"audit store unavailable: logs and progress are missing ({exc})")
         summary = summarize(src["base"], now)
         body = src["definition"] or {}
-        defn = _definition(body)
+        text = src.get("definition_text") or json.dumps(body, sort_keys=True)
         specs = {s["id"]: s for s in body.get("steps", [])}
         order = list(specs) or list(src["steps"])
         statuses = {sid: src["steps"].get(sid, {}).get("status", "PENDING") for sid in order}
@@ -233,7 +254,7 @@ class RunDetails:
             "inputs": src["meta"]["inputs"], "resolved_by": src["meta"]["resolved_by"],
             "epoch": src["meta"]["epoch"],
             "steps": step_list, "steps_offset": steps_offset, "steps_total": len(order), "step_counts": counts,
-            "parallel_branches": branches(defn, statuses),
+            "parallel_branches": _with_statuses(_branches_of(text), statuses),
             "logs_total": logs_total, "operator_actions": actions, "source": src["source"], "warnings": warnings,
         }
 
@@ -249,6 +270,11 @@ class RunDetails:
         elif st.get("compensation_error"):
             comp_status = "FAILED"
         attempts = int(st.get("attempts") or 0)
+        history = st.get("history", [])
+        # The input the plugin really got (templates rendered) is in the attempt records; a step
+        # that has not run yet shows its params as the definition writes them.
+        rendered = next((a["input"] for a in reversed(history) if a.get("input") is not None), None)
+        params = spec.get("params", {})
         return {
             "number": number, "id": sid, "name": spec.get("name") or sid,
             "plugin": spec.get("plugin"), "method": spec.get("method", "run"), "status": status,
@@ -256,10 +282,11 @@ class RunDetails:
             "critical": spec.get("critical", True), "queue": spec.get("queue", "default"),
             "started_at": started, "finished_at": finished,
             "duration": ((finished or now) - started) if started and status != "PENDING" else None,
-            "input": spec.get("params", {}), "output": st.get("output"), "error": st.get("error"),
+            "input": params if rendered is None else rendered, "input_rendered": rendered is not None,
+            "params": params, "output": st.get("output"), "error": st.get("error"),
             "traceback": st.get("traceback"), "reason": st.get("reason"), "worker": st.get("worker"),
             "attempts": attempts, "retry_count": max(0, attempts - 1), "max_retries": spec.get("retries", 0),
-            "history": st.get("history", []), "progress": st.get("progress"), "logs": logs,
+            "history": history, "progress": st.get("progress"), "logs": logs,
             "compensation": ({"plugin": comp.get("plugin"), "method": comp.get("method", "run"),
                               "status": comp_status, "error": st.get("compensation_error")} if comp else None),
         }
@@ -389,5 +416,5 @@ def dag(body: Mapping[str, Any], statuses: Mapping[str, str]) -> dict[str, Any]:
 
 
 def log_dict(r: Mapping[str, Any]) -> dict[str, Any]:
-    return {"seq": r["seq"], "step": r["step_id"], "ts": r["ts"], "level": r["level"], "message": r["message"],
+    return {"seq": r["seq"], "line": r.get("line", 0), "step": r["step_id"], "ts": r["ts"], "level": r["level"], "message": r["message"],
             "entity_tag": r.get("entity_tag"), "entity_route": r.get("entity_route")}

@@ -27,6 +27,45 @@ log = logging.getLogger(__name__)
 
 NOT_FOR_ALL = frozenset({"log", "progress", "stats"})
 MAX_RUNS_PER_SUBSCRIBE = 200
+LINE_FIELDS = ("ts", "level", "message", "entity_tag", "entity_route", "entity_id", "entity_type")
+_ENTITIES = LINE_FIELDS[3:]
+
+
+def log_lines(data: Any, ts: float | None = None) -> list[list[Any]]:
+    """The lines of a ``log`` event's data as ``[ts, level, message, entity_tag, entity_route,
+    entity_id, entity_type]`` rows, whichever shape the producer wrote: a batch
+    ``{"lines": [[...], ...]}``, the columns ``{"n", "ts": [µs...], "message": [...], ...}``, or
+    the one-line ``{"message", "level", "entity_*"}`` of producers before batches (``ts``, the
+    event's time, stands in for a line without its own)."""
+    if not isinstance(data, dict):
+        return [[ts, "ERROR", f"unreadable log event: {data!r}"[:2000], None, None, None, None]]
+    try:
+        if "lines" in data:
+            out = []
+            for row in data["lines"]:
+                row = list(row)[:7] + [None] * (7 - min(7, len(row)))
+                out.append([ts if row[0] is None else float(row[0]), str(row[1] or "INFO"),
+                            "" if row[2] is None else str(row[2]), *row[3:]])
+            return out
+        if "n" in data:
+            n = int(data["n"])
+            cols = {k: data.get(k) for k in ("level", *_ENTITIES)}
+            cols = {k: v if isinstance(v, list) else [v] * n for k, v in cols.items()}
+            return [[us / 1e6, cols["level"][i] or "INFO", data["message"][i],
+                     *(cols[k][i] for k in _ENTITIES)] for i, us in enumerate(data["ts"])]
+        own = data.get("ts")
+        return [[ts if own is None else float(own), str(data.get("level") or "INFO"),
+                 str(data.get("message", "")), *(data.get(k) for k in _ENTITIES)]]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        return [[ts, "ERROR", f"unreadable log event ({type(exc).__name__}: {exc})", None, None, None, None]]
+
+
+def client_event(e: dict[str, Any]) -> dict[str, Any]:
+    """An event as clients get it (relay, catch-up, subscribe replay): a ``log`` event's data is
+    always ``{"lines": [...]}``, one row per line, whatever shape the producer wrote."""
+    if e.get("type") == "log":
+        return {**e, "data": {"lines": log_lines(e.get("data"), e.get("ts"))}}
+    return e
 
 
 def run_room(run_id: str) -> str:
@@ -89,7 +128,7 @@ class Live:
                 seq = -1
             if seq >= 0:
                 events = details.events(rid, seq)
-                missed.extend(events)
+                missed.extend(client_event(e) for e in events)
             raw = self.services.client.redis.hget(self.services.client.keys.run(rid), "seq")
             latest[rid] = int(raw) if raw else max([e["seq"] for e in missed if e["run"] == rid], default=0)
         return {"subscribed": sorted(client["runs"]), "all": client["all"], "events": missed, "latest": latest}
@@ -123,7 +162,7 @@ class Live:
                 state[rid] = {"status": status.decode(), "settled": int(settled or 0), "total": int(total or 0)}
         for_all = []
         for e in batch:
-            payload = {**e, "run_state": state.get(e["run"])}
+            payload = {**client_event(e), "run_state": state.get(e["run"]), "relayed_at": time.time()}
             self.socketio.emit(e["type"], payload, to=run_room(e["run"]), namespace="/", ignore_queue=True)
             if e["type"] not in NOT_FOR_ALL:
                 for_all.append(payload)

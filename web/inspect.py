@@ -5,15 +5,14 @@ The task history is the ``cf_celery_tasks`` table that :class:`orchestrator.flee
 fills from Celery events in this process; worker details come from ``inspect`` with a short
 timeout. Control actions need the operator role and are written to the audit log.
 
-Settings (environment, read once at ``register``): ``CANVASFLOW_WEB_FLEET_EVENTS`` (default true:
-run the event monitor in this process), ``CANVASFLOW_WEB_WORKER_PURGE_AFTER`` (seconds an offline
-worker stays listed, default 86400), ``CANVASFLOW_WEB_TASK_RETENTION`` (seconds of task history,
-default 7 days).
+Settings (``WebSettings``): ``fleet_events`` (``CANVASFLOW_WEB_FLEET_EVENTS``, default true: run
+the event monitor in this process), ``worker_purge_after`` (``CANVASFLOW_WEB_WORKER_PURGE_AFTER``,
+seconds an offline worker stays listed, default 86400), ``task_retention``
+(``CANVASFLOW_WEB_TASK_RETENTION``, seconds of task history, default 7 days).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -44,29 +43,24 @@ class Fleet:
     """What this module keeps per app: ``app.extensions['canvasflow_fleet']``."""
 
     def __init__(self, services: Any) -> None:
-        env = os.environ
+        web = services.web
         self.services = services
         self.workers_key = f"{services.client.keys.prefix}:inspect:workers"
-        self.purge_after = float(env.get("CANVASFLOW_WEB_WORKER_PURGE_AFTER", "86400"))
+        self.purge_after = web.worker_purge_after
         self.inspector = Inspector(services.client.celery)
-        engine = services.store.engine if services.store is not None else None
-        self.engine = engine
+        store = services.store
+        self.engine = store.engine if store is not None else None
         self._totals: tuple[float, dict[str, dict[str, int]]] = (-1e9, {})
-        enabled = env.get("CANVASFLOW_WEB_FLEET_EVENTS", "true").strip().lower() not in ("0", "false", "no", "off")
         self.monitor: FleetMonitor | None = None
-        if enabled:
+        if web.fleet_events:
             import redis
 
             r = redis.Redis.from_url(services.settings.redis_url, health_check_interval=30)
-            self.monitor = FleetMonitor(services.client.celery, services.store.writer if engine is not None else None,
-                                        r, self.workers_key,
-                                        retention=float(env.get("CANVASFLOW_WEB_TASK_RETENTION", str(7 * 86400))))
+            # the table comes with the audit store's migrations (create_app runs them)
+            self.monitor = FleetMonitor(services.client.celery, store.writer if store is not None else None,
+                                        r, self.workers_key, retention=web.task_retention,
+                                        prepare=store.upgrade if store is not None else None)
             self.monitor.stop_event = services.stop_event
-        if engine is not None:
-            try:
-                fleet_events.ensure_table(services.store.writer)
-            except Exception:  # noqa: BLE001 - the database may come later; the monitor retries
-                pass
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Per-worker task totals, cached for 2 s (a GROUP BY over the whole history)."""
@@ -143,9 +137,28 @@ def _audit(action: str, target_type: str, target: str, detail: dict[str, Any], o
 @auth.require("viewer")
 def list_workers() -> dict[str, Any]:
     """Every worker: online/offline, active, processed, succeeded/failed, load, pool, prefetch,
-    queues and plugins. ``?refresh=0`` skips the ``inspect`` round trip (events and catalog only)."""
-    live = request.args.get("refresh", "1") not in ("0", "false")
-    return {"workers": fleet().workers(live=live)}
+    queues and plugins. ``?refresh=0`` skips the ``inspect`` round trip (events and catalog only);
+    ``?detail=1`` adds to each online worker what ``/workers/<name>`` gives (pool, broker, queues,
+    tasks, registered, conf, rusage) in one call, like Flower's ``/api/workers``."""
+    a = request.args
+    live = a.get("refresh", "1") not in ("0", "false")
+    rows = fleet().workers(live=live)
+    if a.get("detail", "0") not in ("0", "false", ""):
+        details = fleet().inspector.details([w["name"] for w in rows if w["online"]])
+        rows = [_with_detail(w, details.get(w["name"])) for w in rows]
+    return {"workers": rows}
+
+
+def _with_detail(row: dict[str, Any], detail: dict[str, Any] | None) -> dict[str, Any]:
+    """A worker's list row plus its ``inspect`` details (null fields when it did not answer)."""
+    d = detail or {}
+    stats = d.get("stats") or {}
+    return {**row, "answered_inspect": detail is not None,
+            "stats": stats, "broker": stats.get("broker"), "rusage": stats.get("rusage"),
+            "pool_detail": stats.get("pool"), "total": stats.get("total"),
+            "active_queues": d.get("active_queues"),
+            "tasks": {k: d.get(k) for k in ("active", "reserved", "scheduled", "revoked")},
+            "registered": d.get("registered"), "conf": d.get("conf")}
 
 
 @blp.route("/workers/<name>")
@@ -157,14 +170,7 @@ def worker_detail(name: str) -> dict[str, Any]:
     if name not in rows:
         abort(404, message=f"no worker {name!r}")
     row = rows[name]
-    detail = fleet().inspector.detail(name) if row["online"] else None
-    stats = (detail or {}).get("stats") or {}
-    return {**row, "answered_inspect": detail is not None,
-            "stats": stats, "broker": stats.get("broker"), "rusage": stats.get("rusage"),
-            "pool_detail": stats.get("pool"), "total": stats.get("total"),
-            "active_queues": (detail or {}).get("active_queues"),
-            "tasks": {k: (detail or {}).get(k) for k in ("active", "reserved", "scheduled", "revoked")},
-            "registered": (detail or {}).get("registered"), "conf": (detail or {}).get("conf")}
+    return _with_detail(row, fleet().inspector.detail(name) if row["online"] else None)
 
 
 class WorkerAction(Schema):

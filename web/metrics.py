@@ -194,6 +194,8 @@ class CanvasflowCollector:
         if mon is not None:
             yield CounterMetricFamily("canvasflow_task_events_dropped", "Celery events dropped (queue full)",
                                       value=mon.dropped)
+            yield GaugeMetricFamily("canvasflow_task_events_queued", "Celery events received but not yet "
+                                    "written to the task history (bounded queue)", value=mon.queue.qsize())
             yield GaugeMetricFamily("canvasflow_event_receiver_connected", "1 when the Celery event receiver is "
                                     "connected", value=int(mon.connected))
 

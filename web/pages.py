@@ -52,3 +52,14 @@ def analytics() -> Any:
 @bp.route("/workflows/<workflow_id>")
 def workflows(workflow_id: str | None = None) -> Any:
     return _page("workflows.html", "workflows", workflowId=workflow_id)
+
+
+@bp.route("/admin/users")
+def users() -> Any:
+    """User and API token management (admins). Others get a 403 page that says what to do."""
+    user = auth.current_user()
+    if user is not None and not user.can("admin"):
+        abort(403, description=f"User management needs the admin role, and you are logged in as "
+                               f"'{user.name}' ({user.role}). Ask an admin to change your role, or log in "
+                               "as an admin.")
+    return _page("users.html", "users")

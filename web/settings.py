@@ -38,11 +38,21 @@ class WebSettings:
     session_hours: int = 12
     # Step rows per page of the run detail; the page asks for more.
     steps_page: int = 100
+    # Fleet inspection: capture Celery events into the task history and worker list in this
+    # process (one web process is enough; every process reads the shared history).
+    fleet_events: bool = True
+    # Seconds an offline worker stays listed before it is forgotten.
+    worker_purge_after: float = 86400.0
+    # Seconds of Celery task history kept (by first-seen time); older rows are pruned.
+    task_retention: float = 7 * 86400.0
 
     def __post_init__(self) -> None:
         if self.anonymous_role not in ("", *ROLES):
             raise ConfigurationError(f"CANVASFLOW_WEB_ANONYMOUS_ROLE={self.anonymous_role!r}: "
                                      f"expected one of {', '.join(ROLES)} or empty")
+        for name in ("worker_purge_after", "task_retention"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"CANVASFLOW_WEB_{name.upper()} must be a positive number of seconds")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> WebSettings:

@@ -58,23 +58,27 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     app.canvasflow_runtime = rt  # type: ignore[attr-defined]
     app.canvasflow_settings = settings  # type: ignore[attr-defined]
 
-    @app.task(name=STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, Request=StepRequest)
+    # ignore_result: run state lives in canvasflow's own keys and nothing waits on a Celery
+    # result, so the result backend write (a round trip per task) is skipped. Chords still
+    # work: Celery hands a header task's return value to the chord counter either way.
+    @app.task(name=STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, Request=StepRequest,
+              ignore_result=True)
     def step(self: Task, incoming: Any, spec: dict, hdr: dict) -> Any:
         return steps.run_step(self, rt, incoming, spec, hdr)
 
-    @app.task(name=MERGE_TASK)
+    @app.task(name=MERGE_TASK, ignore_result=True)
     def merge(incoming: Any, hdr: dict) -> Any:
         return steps.merge(incoming)
 
-    @app.task(name=SETTLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(name=SETTLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def settle(self: Task, incoming: Any, hdr: dict) -> str:
         return str(steps.settle(self, rt, app, hdr))
 
-    @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def compensate(self: Task, prev: Any, spec: dict, hdr: dict) -> Any:
         return steps.compensate(self, rt, prev, spec, hdr)
 
-    @app.task(name=COMPENSATED_TASK, acks_late=True, reject_on_worker_lost=True)
+    @app.task(name=COMPENSATED_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def compensated(prev: Any, hdr: dict, target: str) -> str:
         return str(steps.compensated(rt, prev, hdr, target))
 

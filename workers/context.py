@@ -11,28 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from time import time_ns
 from typing import Any
 
+from orchestrator.logbatch import LEVELS, MAX_MESSAGE, log_event_data  # noqa: F401 (re-exported)
 from orchestrator.runtime import RunState
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-MAX_MESSAGE = 64 * 1024  # longer log messages are cut (documented in docs/user-guide.md)
 FLUSH_INTERVAL = 0.25
-
-
-def _log_data(message: Any, level: Any, *entity: Any) -> dict[str, Any]:
-    """One log line as stored: text (str()-ed, cut to 64 KiB), a known level, entity fields."""
-    text = message if isinstance(message, str) else str(message)
-    if len(text) > MAX_MESSAGE:
-        text = text[:MAX_MESSAGE] + f"… [truncated from {len(text)} characters]"
-    lvl = str(level).upper()
-    data = {"message": text, "level": lvl if lvl in LEVELS else "INFO"}
-    for key, value in zip(("entity_tag", "entity_route", "entity_id", "entity_type"), entity, strict=True):
-        if value is not None:
-            data[key] = str(value)
-    return data
 
 
 class StepContext:
@@ -63,8 +50,8 @@ class StepContext:
             entity_type: str | None = None) -> None:
         """Record a log line for this step; non-strings are str()-ed, long ones cut to 64 KiB."""
         # Only an append here (a plugin may log thousands of lines): checks, clamps and JSON
-        # happen when the heartbeat thread drains the buffer.
-        self._buffer.append((time.time(), message, level, entity_tag, entity_route, entity_id, entity_type))
+        # happen when the heartbeat thread drains the buffer, in one event per batch.
+        self._buffer.append((time_ns() // 1000, message, level, entity_tag, entity_route, entity_id, entity_type))
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report how far the step is, 0..1 (values outside are clamped); the latest one wins."""
@@ -84,7 +71,9 @@ class StepContext:
         """Take the buffered events as [type, step, status, ts, data_json] rows."""
         with self._lock:
             rows, self._buffer = self._buffer, []
-        out: list[list[Any]] = [["log", self.step_id, "", f"{ts:.6f}", _log_data(*rest)] for ts, *rest in rows]
+        out: list[list[Any]] = []
+        if rows:
+            out.append(["log", self.step_id, "", f"{rows[0][0] / 1e6:.6f}", log_event_data(rows)])
         if self._progress is not None:
             frac, msg = self._progress
             self._progress = None

@@ -259,15 +259,15 @@ def logs_cmd(database_url: str | None, run_id: str, step: str | None, follow: bo
 
     store = _store(database_url)
     run = queries.get_run(store, run_id)
-    after = 0
+    after, after_line = 0, None
     while True:
-        batch = queries.logs(store, run_id, step, after_seq=after, limit=1000, level=level)
+        batch = queries.logs(store, run_id, step, after_seq=after, after_line=after_line, limit=1000, level=level)
         for line in batch:
             ent = " ".join(f"{k}={v}" for k, v in (("tag", line.entity_tag), ("route", line.entity_route),
                                                      ("id", line.entity_id), ("type", line.entity_type)) if v)
             console.print(f"{_when(line.ts)} {line.level:<7} {line.step or '-'}: {line.message}"
                           + (f"  [{ent}]" if ent else ""), highlight=False, markup=False)
-            after = line.seq
+            after, after_line = line.seq, line.line
         if len(batch) == 1000:
             continue
         if not follow:
@@ -285,15 +285,22 @@ def logs_cmd(database_url: str | None, run_id: str, step: str | None, follow: bo
 @click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
 @_errors
 def prune_cmd(database_url: str | None, older_than: str, batch_size: int, dry_run: bool) -> None:
-    """Delete finished runs (and all their rows) older than --older-than, in small batches."""
+    """Delete finished runs (and all their rows) older than --older-than, in small batches, and
+    the Celery task history (fleet inspection) first seen before then."""
     from orchestrator.audit import queries
+    from orchestrator.audit.store import prune_celery_tasks
 
     seconds = queries.parse_duration(older_than)
-    res = queries.prune(_store(database_url), seconds, batch_size=batch_size, dry_run=dry_run)
+    store = _store(database_url)
+    res = queries.prune(store, seconds, batch_size=batch_size, dry_run=dry_run)
+    with store.errors():
+        n_tasks = prune_celery_tasks(store.writer, time.time() - seconds, batch_size=batch_size, dry_run=dry_run)
     if dry_run:
         console.print(f"{res.runs} runs finished more than {older_than} ago would be removed")
+        console.print(f"{n_tasks} Celery tasks first seen more than {older_than} ago would be removed")
     else:
         console.print(f"removed {res.runs} runs ({res.rows} rows) in {res.batches} batches")
+        console.print(f"removed {n_tasks} Celery tasks from the task history")
 
 
 COMMANDS = (db, recorder, runs_cmd, show, logs_cmd, prune_cmd)

@@ -144,6 +144,8 @@ step_logs = Table(
     "cf_step_logs", metadata,
     Column("run_id", ID, nullable=False),
     Column("seq", Integer, nullable=False),
+    # One log event carries a batch of lines: line numbers them within the event.
+    Column("line", Integer, nullable=False, server_default="0"),
     Column("step_id", NAME, nullable=False, server_default=""),
     Column("ts", Double, nullable=False),
     Column("level", String(16), nullable=False),
@@ -152,7 +154,7 @@ step_logs = Table(
     Column("entity_route", Text),
     Column("entity_id", NAME),
     Column("entity_type", NAME),
-    PrimaryKeyConstraint("run_id", "seq"),
+    PrimaryKeyConstraint("run_id", "seq", "line", name="pk_cf_step_logs"),
     Index("ix_cf_step_logs_step", "run_id", "step_id", "seq"),
 )
 
@@ -189,3 +191,46 @@ audit_log = Table(
 
 # Child tables of a run, in the order prune deletes them.
 RUN_CHILDREN = (events, step_logs, step_attempts, steps, run_tags)
+
+# Celery task history (fleet inspection, Flower's task list), one row per Celery task id, written
+# in batches from Celery events by orchestrator.fleet_events; pruned by ``ts`` (first seen).
+celery_tasks = Table(
+    "cf_celery_tasks", metadata,
+    Column("uuid", ID, primary_key=True),
+    Column("name", NAME),
+    Column("state", String(16), nullable=False),
+    Column("state_ts", Double, nullable=False),
+    Column("ts", Double, nullable=False),  # first time the task was seen (sent or received)
+    Column("worker", NAME),
+    Column("queue", NAME),
+    Column("args", Text),
+    Column("kwargs", Text),
+    Column("result", Text),
+    Column("exception", Text),
+    Column("traceback", Text),
+    Column("retries", Integer, nullable=False, server_default="0"),
+    Column("eta", String(64)),
+    Column("expires", String(64)),
+    Column("parent_id", ID),
+    Column("root_id", ID),
+    Column("run_id", ID),
+    Column("step_id", NAME),
+    Column("sent_at", Double),
+    Column("received_at", Double),
+    Column("started_at", Double),
+    Column("succeeded_at", Double),
+    Column("failed_at", Double),
+    Column("retried_at", Double),
+    Column("revoked_at", Double),
+    Column("rejected_at", Double),
+    Column("runtime", Double),
+    Column("updated_at", Double, nullable=False),
+    Index("ix_cf_celery_tasks_ts", "ts", "uuid"),
+    Index("ix_cf_celery_tasks_state_ts", "state", "ts"),
+    Index("ix_cf_celery_tasks_worker_ts", "worker", "ts"),
+    Index("ix_cf_celery_tasks_worker_state", "worker", "state"),  # per-worker totals
+    Index("ix_cf_celery_tasks_name_ts", "name", "ts"),
+    Index("ix_cf_celery_tasks_run", "run_id"),
+    Index("ix_cf_celery_tasks_root", "root_id"),
+    Index("ix_cf_celery_tasks_parent", "parent_id"),
+)

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, String, Table, bindparam, select, tuple_, upd
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestrator.audit.events import Event, Lookups, clamp_fraction, clamp_level, clamp_message
+from orchestrator.logbatch import log_lines
 from orchestrator.audit.models import (
     audit_log,
     events,
@@ -311,11 +312,17 @@ class _Projection:
         data = e.data
         t = e.type
         if t == "log":
-            self.logs.append({
-                "run_id": e.run, "seq": e.seq, "step_id": e.step, "ts": e.ts,
-                "level": clamp_level(data.get("level")), "message": clamp_message(data.get("message")),
-                **{k: _str(data.get(k)) for k in ("entity_tag", "entity_route", "entity_id", "entity_type")},
-            })
+            # One event, a batch of lines (orchestrator/logbatch.py): one row per line.
+            try:
+                lines = log_lines(data)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                lines = [{"level": "ERROR", "message": f"unreadable log event ({type(exc).__name__}: {exc})"}]
+            for i, line in enumerate(lines):
+                self.logs.append({
+                    "run_id": e.run, "seq": e.seq, "line": i, "step_id": e.step, "ts": line.get("ts") or e.ts,
+                    "level": clamp_level(line.get("level")), "message": clamp_message(line.get("message")),
+                    **{k: _str(line.get(k)) for k in ("entity_tag", "entity_route", "entity_id", "entity_type")},
+                })
             return
         if t == "progress":
             frac = clamp_fraction(data.get("fraction"))

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Integer, case, cast, delete, func, or_, select, tuple_
+from sqlalchemy import Integer, and_, case, cast, delete, func, or_, select, tuple_
 
 from orchestrator.audit.models import (
     RUN_CHILDREN,
@@ -133,6 +133,7 @@ class LogLine:
     entity_route: str | None = None
     entity_id: str | None = None
     entity_type: str | None = None
+    line: int = 0  # a log event carries a batch of lines: (seq, line) orders and pages them
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,8 @@ def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDe
         att_rows = conn.execute(select(step_attempts).where(step_attempts.c.run_id == run_id)
                                 .order_by(step_attempts.c.step_id, step_attempts.c.attempt)).all()
         log_rows = conn.execute(select(step_logs).where(step_logs.c.run_id == run_id)
-                                .order_by(step_logs.c.seq.desc()).limit(max(0, log_limit))).all()
+                                .order_by(step_logs.c.seq.desc(), step_logs.c.line.desc())
+                                .limit(max(0, log_limit))).all()
         total = conn.execute(select(func.count()).select_from(step_logs)
                              .where(step_logs.c.run_id == run_id)).scalar_one()
     history: dict[str, list[AttemptRecord]] = {}
@@ -379,18 +381,24 @@ def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDe
 def _log(r: Any) -> LogLine:
     return LogLine(seq=r.seq, step=r.step_id, ts=r.ts, level=r.level, message=r.message,
                    entity_tag=r.entity_tag, entity_route=r.entity_route, entity_id=r.entity_id,
-                   entity_type=r.entity_type)
+                   entity_type=r.entity_type, line=r.line)
 
 
 def logs(store: AuditStore, run_id: str, step: str | None = None, *, after_seq: int = 0,
-         limit: int = 500, level: str | None = None) -> list[LogLine]:
-    """Log lines of a run (or one step) with seq > after_seq, oldest first; page with after_seq."""
-    q = select(step_logs).where(step_logs.c.run_id == run_id, step_logs.c.seq > after_seq)
+         after_line: int | None = None, limit: int = 500, level: str | None = None) -> list[LogLine]:
+    """Log lines of a run (or one step) after the cursor, oldest first.
+
+    The cursor is the last line read: ``after_seq`` and ``after_line`` (one event carries many
+    lines). Without ``after_line``, every line of events after ``after_seq``."""
+    after = step_logs.c.seq > after_seq
+    if after_line is not None:
+        after = or_(after, and_(step_logs.c.seq == after_seq, step_logs.c.line > after_line))
+    q = select(step_logs).where(step_logs.c.run_id == run_id, after)
     if step is not None:
         q = q.where(step_logs.c.step_id == step)
     if level:
         q = q.where(step_logs.c.level == level.upper())
-    q = q.order_by(step_logs.c.seq).limit(max(1, min(limit, 10_000)))
+    q = q.order_by(step_logs.c.seq, step_logs.c.line).limit(max(1, min(limit, 10_000)))
     with store.connect() as conn:
         return [_log(r) for r in conn.execute(q)]
 

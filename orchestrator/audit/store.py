@@ -16,17 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc, insert, text
+from sqlalchemy import Connection, Engine, create_engine, delete, event, exc, func, insert, select, text
 from sqlalchemy.engine import URL, make_url
 
 from orchestrator.audit.events import Event, Lookups
-from orchestrator.audit.models import audit_log
+from orchestrator.audit.models import audit_log, celery_tasks
 from orchestrator.audit.projection import apply_batch
 from orchestrator.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-HEAD = "0001"  # the newest migration; a test checks it against migrations/versions
+HEAD = "0003"  # the newest migration; a test checks it against migrations/versions
 MIGRATIONS = "orchestrator.audit:migrations"
 VERSION_TABLE = "cf_alembic_version"
 _MIGRATION_LOCK = 7_411_270  # pg_advisory_xact_lock key: one upgrade at a time per database
@@ -194,6 +194,23 @@ class AuditStore:
         with self.begin() as conn:
             res = conn.execute(insert(audit_log).returning(audit_log.c.id), row)
             return int(res.scalar_one())
+
+
+def prune_celery_tasks(engine: Engine, cutoff: float, *, batch_size: int = 500, dry_run: bool = False) -> int:
+    """Delete the Celery task history (``cf_celery_tasks``) first seen before ``cutoff`` (unix
+    seconds), ``batch_size`` rows per short transaction; returns how many rows went (or would go)."""
+    old = celery_tasks.c.ts < cutoff
+    if dry_run:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(celery_tasks).where(old)).scalar_one())
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            ids = select(celery_tasks.c.uuid).where(old).limit(batch_size).scalar_subquery()
+            n = int(conn.execute(delete(celery_tasks).where(celery_tasks.c.uuid.in_(ids))).rowcount or 0)
+        total += n
+        if n < batch_size:
+            return total
 
 
 def _is_conflict(e: BaseException) -> bool:

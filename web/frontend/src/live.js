@@ -29,6 +29,8 @@ class Live {
     this.socket.on("events", (list) => { for (const e of list) this._event(e); }); // the "all" room's batches
     window.__cfLive = this; // tests and benchmarks look at it
     this.received = 0;
+    this.connects = 0; // 1 + reconnects
+    this.replayed = 0; // events applied from a subscribe acknowledgement (missed while away)
   }
 
   _status(ok, why) {
@@ -43,6 +45,7 @@ class Live {
   }
 
   _onConnect() {
+    this.connects += 1;
     this._status(true);
     this._subscribe([...this.runs.keys()], this.allHandlers.size > 0);
     for (const fn of this.resyncHandlers) fn();
@@ -54,14 +57,19 @@ class Live {
     for (const id of ids) after[id] = this.runs.get(id)?.lastSeq ?? 0;
     this.socket.emit("subscribe", { runs: ids, all, after }, (ack) => {
       if (!ack || ack.error) return;
-      for (const e of ack.events || []) this._event(e);
+      for (const e of ack.events || []) this._event(e, true);
     });
   }
 
-  _event(e) {
+  _event(e, replayed = false) {
     this.received += 1;
     e.receivedAt = Date.now();
-    if (window.__cfLatencies) window.__cfLatencies.push(e.receivedAt / 1000 - e.ts); // benchmarks
+    // Benchmarks: the latency of live events only; a replayed one happened before we asked.
+    if (window.__cfLatencies && !replayed && !e.receivedBefore) {
+      window.__cfLatencies.push(e.receivedAt / 1000 - e.ts);
+      if (e.relayed_at) (window.__cfRelayed ||= []).push(e.relayed_at - e.ts); // of which: stream -> relay
+    }
+    e.receivedBefore = true;
     const sub = this.runs.get(e.run);
     if (sub) {
       if (e.seq <= sub.lastSeq) return; // already applied
@@ -70,12 +78,13 @@ class Live {
         sub.resyncing = true;
         this.socket.emit("subscribe", { runs: [e.run], after: { [e.run]: sub.lastSeq } }, (ack) => {
           sub.resyncing = false;
-          for (const m of ack?.events || []) this._event(m);
-          this._event(e);
+          for (const m of ack?.events || []) this._event(m, true);
+          this._event(e, true);
         });
         return;
       }
       if (sub.resyncing) return;
+      if (replayed) this.replayed += 1;
       sub.lastSeq = e.seq;
       for (const fn of sub.handlers) fn(e);
     }
@@ -105,3 +114,16 @@ class Live {
 
 let live = null;
 export const getLive = () => (live ||= new Live());
+
+/** The lines of a `log` event as {ts, level, message, entity_*} objects. The server sends
+ * `data.lines` rows ([ts, level, message, entity_tag, entity_route, entity_id, entity_type]);
+ * the one-line shape of older producers ({message, level, entity_*}) is read too. */
+export function logLines(e) {
+  const d = e.data || {};
+  const rows = Array.isArray(d.lines) ? d.lines
+    : [[d.ts ?? e.ts, d.level, d.message, d.entity_tag, d.entity_route, d.entity_id, d.entity_type]];
+  return rows.map(([ts, level, message, tag, route, id, type]) => ({
+    seq: e.seq, step: e.step, ts: ts ?? e.ts, level: level || "INFO", message: message ?? "",
+    entity_tag: tag ?? null, entity_route: route ?? null, entity_id: id ?? null, entity_type: type ?? null,
+  }));
+}

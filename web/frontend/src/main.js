@@ -7,6 +7,7 @@ const PAGES = {
   run: () => import("./run.js"),
   analytics: () => import("./analytics.js"),
   workflows: () => import("./workflows.js"),
+  users: () => import("./users.js"),
 };
 
 async function start() {

@@ -1,13 +1,17 @@
 // The run page: header with live progress and actions, the step timeline (expandable input,
 // output, logs, errors, attempts, compensation), parallel branches, and the Gantt / DAG views.
 import { api, ApiError } from "./api.js";
-import { getLive } from "./live.js";
+import { getLive, logLines } from "./live.js";
 import {
   $, $$, boot, canOperate, duration, esc, FINAL, json, now, progressBar, slaBadge, statusBadge, throttle, time, toast,
 } from "./util.js";
 
 const runId = boot.runId;
-const state = { run: null, expanded: new Set(), offset: 0, view: boot.view || "timeline", showAllBranches: new Set() };
+const state = {
+  run: null, expanded: new Set(), offset: 0, view: boot.view || "timeline", showAllBranches: new Set(),
+  liveLogs: new Map(), // step id -> lines that arrived live and the last fetch did not have yet
+};
+const LIVE_LOG_MAX = 500; // lines kept per step between fetches
 let chart = null; // the Gantt or DAG module once loaded
 
 const ACTIONS = {
@@ -72,8 +76,17 @@ function renderHead(r) {
   }
 }
 
+/** The step's lines from the last fetch plus the newer ones that arrived live since. */
+function stepLogs(s) {
+  const live = state.liveLogs.get(s.id);
+  if (!live || !live.length) return s.logs;
+  const fetched = s.logs.reduce((m, l) => Math.max(m, l.seq), 0);
+  return s.logs.concat(live.filter((l) => l.seq > fetched));
+}
+
 function stepRow(s) {
   const open = state.expanded.has(s.id);
+  const logLines = stepLogs(s);
   const running = s.status === "RUNNING" || s.status === "RETRYING";
   const dur = s.duration != null ? duration(s.duration) : s.status;
   const retries = s.retry_count ? `<span class="retries" title="retries">retry ${s.retry_count}/${s.max_retries}</span>` : "";
@@ -82,19 +95,22 @@ function stepRow(s) {
   const prog = s.progress && running
     ? `<div class="step-progress"><div class="progress"><div class="bar s-RUNNING" style="width:${Math.round(100 * s.progress.fraction)}%"></div>` +
       `<span>${Math.round(100 * s.progress.fraction)}%</span></div> <small>${esc(s.progress.message || "")}</small></div>` : "";
-  const lastLog = running && s.logs.length ? `<div class="last-log">└ ${esc(s.logs[s.logs.length - 1].message)}</div>` : "";
+  const lastLog = running && logLines.length ? `<div class="last-log">└ ${esc(logLines[logLines.length - 1].message)}</div>` : "";
   let body = "";
   if (open) {
     const attempts = s.history.map((a) => `<li class="attempt s-${esc(a.status)}">attempt ${a.attempt ?? "?"}: ${statusBadge(a.status)}
       ${a.started_at ? time(a.started_at) : ""} ${a.duration != null ? `(${duration(a.duration)})` : ""}
       ${a.worker ? `<small class="muted">on ${esc(a.worker)}</small>` : ""}
-      ${a.error ? `<div class="error">${esc(a.error)}</div>` : ""}</li>`).join("");
-    const logs = s.logs.map((l) => `<li class="log l-${esc(l.level)}"><small>${time(l.ts)}</small> <b>${esc(l.level)}</b> ${esc(l.message)}</li>`).join("");
+      ${a.error ? `<div class="error">${esc(a.error)}</div>` : ""}
+      ${a.input != null ? `<details class="attempt-input"><summary>input</summary>${json(a.input)}</details>` : ""}</li>`).join("");
+    const logs = logLines.map((l) => `<li class="log l-${esc(l.level)}" data-seq="${l.seq}"><small>${time(l.ts)}</small> <b>${esc(l.level)}</b> <span class="msg">${esc(l.message)}</span>` +
+      `${l.entity_tag || l.entity_id ? ` <small class="muted">${esc([l.entity_type, l.entity_tag, l.entity_id, l.entity_route].filter(Boolean).join(" · "))}</small>` : ""}</li>`).join("");
     const retryBtn = canOperate() && state.run.can_retry
       ? `<button data-retry-from="${esc(s.id)}">Retry from this step</button>` : "";
     body = `<div class="step-body">
       <div class="cols">
-        <div><h4>Input</h4>${json(s.input)}</div>
+        <div class="step-input" data-rendered="${s.input_rendered ? 1 : 0}"><h4>Input <small class="muted">${s.input_rendered
+          ? "rendered, as the plugin got it" : "params as written (the step has not run)"}</small></h4>${json(s.input)}</div>
         <div><h4>Output</h4>${json(s.output)}</div>
       </div>
       ${s.error ? `<h4>Error</h4><pre class="error">${esc(s.error)}</pre>` : ""}
@@ -168,18 +184,32 @@ const refresh = throttle(async () => {
   if (chart) await chart.refresh();
 }, 1000); // statuses change at once from the events; the full detail follows at most once a second
 
+function onLog(e) {
+  // One event per flushed batch: every line of it is shown at once, without a refetch.
+  const lines = state.liveLogs.get(e.step) || [];
+  lines.push(...logLines(e));
+  if (lines.length > LIVE_LOG_MAX) lines.splice(0, lines.length - LIVE_LOG_MAX);
+  state.liveLogs.set(e.step, lines);
+  const s = state.run.steps.find((x) => x.id === e.step);
+  const li = s && $(`#step-${CSS.escape(s.id)}`);
+  if (li) li.outerHTML = stepRow(s);
+}
+
 function onEvent(e) {
   const r = state.run;
   if (!r) return;
+  if (e.type === "log" && e.step) { onLog(e); return; }
   if (e.run_state) {
     r.status = e.run_state.status;
     r.progress.settled = e.run_state.settled;
     r.progress.total = e.run_state.total;
     r.progress.percent = e.run_state.total ? (100 * e.run_state.settled) / e.run_state.total : 0;
   }
-  if (e.step) {
+  if (e.step && e.status) {
+    const s = r.steps.find((x) => x.id === e.step);
+    if (s) s.status = e.status;
     const li = $(`#step-${CSS.escape(e.step)}`);
-    if (li && e.status) { li.dataset.status = e.status; }
+    if (li) li.dataset.status = e.status;
   }
   if (e.type === "sla_warning" || e.type === "sla_breached") toast(`${e.type.replace("_", " ")}: run ${runId}`, "warn");
   renderHead(r);
