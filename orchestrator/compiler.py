@@ -314,6 +314,8 @@ def step_spec(step: Step, keep_output: bool, forward: bool = True) -> dict[str, 
         spec["critical"] = False
     if keep_output:
         spec["keep"] = True
+    if step.compensate:
+        spec["comp"] = 1  # never on the fast path (workers/step.py): whether it ran must be known
     return spec
 
 

@@ -38,6 +38,18 @@ class Keys:
         return f"{self.prefix}:settled:{run_id}"
 
     @property
+    def control_channel(self) -> str:
+        """Pub/sub channel: '<run> <action> <flag>' whenever an operator action or a failure
+        changes what may start in a run (workers/watch.py listens)."""
+        return f"{self.prefix}:control"
+
+    @property
+    def controlled(self) -> str:
+        """Sorted set: run id -> time of the last such change, kept for a day (a worker process
+        that starts or reconnects reads it, so it misses no change)."""
+        return f"{self.prefix}:controlled"
+
+    @property
     def runs(self) -> str:
         """Sorted set: every run id by creation time."""
         return f"{self.prefix}:runs"

@@ -51,7 +51,7 @@ def log_event_data(rows: list[tuple[Any, ...]]) -> str:
     that value (an absent entity column means none). Checking and encoding columns takes a few
     C-level passes, so 10,000 lines cost a step a few milliseconds (docs/performance.md).
     """
-    ts, messages, levels, *entities = zip(*rows)
+    ts, messages, levels, *entities = zip(*rows, strict=True)
     if set(map(type, messages)) != {str} or max(map(len, messages)) > MAX_MESSAGE:
         messages = tuple(map(_text, messages))
     distinct, levels = _column(levels, _level)

@@ -17,8 +17,12 @@ import redis
 from orchestrator.keys import Keys, step_field
 from orchestrator.states import RunStatus, sources_of
 
+# How long a run stays in the "controlled" set after an operator action or a failure touched it
+# (workers/watch.py): its queued steps ask Redis before they start for at least this long.
+CONTROL_WINDOW = 24 * 3600
+
 # Shared Lua: emit(type, step, status, data_json) appends one event with the next run seq.
-_EMIT = """
+_EMIT = f"local CONTROL_WINDOW = {CONTROL_WINDOW}\n" + """
 local function emit(run_key, stream, maxlen, run_id, etype, step, status, ts, data)
   local seq = redis.call('HINCRBY', run_key, 'seq', 1)
   local args = {stream}
@@ -29,6 +33,14 @@ local function emit(run_key, stream, maxlen, run_id, etype, step, status, ts, da
                       'status', status, 'ts', ts, 'data', data}) do table.insert(args, v) end
   redis.call('XADD', unpack(args))
   return seq
+end
+-- An operator action or a failure changed what may start in the run: record it in the
+-- "controlled" set (kept CONTROL_WINDOW seconds) and tell every worker process
+-- (workers/watch.py), so none starts a step of the run before asking Redis first.
+local function controlled(zkey, channel, run_id, action, now, flag)
+  redis.call('ZADD', zkey, now, run_id)
+  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', tonumber(now) - CONTROL_WINDOW)
+  redis.call('PUBLISH', channel, run_id .. ' ' .. action .. ' ' .. (flag or ''))
 end
 -- batch: JSON list of [type, step, status, ts, data]. data is an object (encoded here), or the
 -- number k: its JSON text is ARGV[base + k], passed apart so that a big payload (a batch of
@@ -45,7 +57,9 @@ end
 """
 
 # KEYS: run, steps, lease, stream. ARGV: run_id, step, epoch, intent, owner, now, lease_ttl,
-# maxlen, task_id, worker, reason
+# maxlen, task_id, worker, reason. intent: run | skip | late ("late": the step has been running
+# since ``now`` without having asked, workers/step.py's fast path: only the epoch, a duplicate
+# and another holder can stop it now, a pause or a halt lets it finish like any running step).
 _BEGIN = _EMIT + """
 local run_key, steps, lease, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local run_id, step, epoch, intent, owner, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -68,8 +82,10 @@ if ss == 'RUNNING' then
   if holder and holder ~= owner then return {'leased', holder} end
 end
 local halt = redis.call('HGET', run_key, 'halt')
-if st == 'PAUSING' or st == 'PAUSED' then return {'paused', st} end
-if st == 'CANCELLING' or (halt and halt ~= '') or (st ~= 'RUNNING' and st ~= 'PENDING') then
+if intent == 'late' then
+  if st ~= 'RUNNING' and st ~= 'PENDING' and st ~= 'PAUSING' then return {'stale', st} end
+elseif st == 'PAUSING' or st == 'PAUSED' then return {'paused', st}
+elseif st == 'CANCELLING' or (halt and halt ~= '') or (st ~= 'RUNNING' and st ~= 'PENDING') then
   redis.call('HSET', steps, step .. '|status', 'CANCELLED', step .. '|finished_at', now)
   redis.call('HINCRBY', run_key, 'settled', 1)
   emit(run_key, stream, maxlen, run_id, 'step_cancelled', step, 'CANCELLED', now, '{}')
@@ -79,7 +95,7 @@ if st == 'PENDING' then
   redis.call('HSET', run_key, 'status', 'RUNNING', 'started_at', now)
   emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', 'RUNNING', now, '{}')
 end
-if intent ~= 'run' then
+if intent == 'skip' then
   redis.call('HSET', steps, step .. '|status', 'SKIPPED', step .. '|finished_at', now,
              step .. '|error', ARGV[11])
   redis.call('HINCRBY', run_key, 'settled', 1)
@@ -97,9 +113,9 @@ emit(run_key, stream, maxlen, run_id, 'step_started', step, 'RUNNING', now,
 return {'go', tostring(attempt)}
 """
 
-# KEYS: run, steps, lease, stream, attempts. ARGV: run_id, step, epoch, status, owner, now,
-# maxlen, output_json, error, traceback, critical, attempt_record_json, batch_json, state_ttl,
-# data texts of the batch...
+# KEYS: run, steps, lease, stream, attempts, controlled, control channel. ARGV: run_id, step,
+# epoch, status, owner, now, maxlen, output_json, error, traceback, critical,
+# attempt_record_json, batch_json, state_ttl, data texts of the batch...
 _FINISH = _EMIT + """
 local run_key, steps, lease, stream, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local run_id, step, epoch, status, owner, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
@@ -126,14 +142,67 @@ if status == 'COMPLETED' then
 else
   if ARGV[11] == '1' and not redis.call('HGET', run_key, 'halt') then
     redis.call('HSET', run_key, 'halt', 'failed', 'failed_step', step, 'error', ARGV[9])
+    controlled(KEYS[6], KEYS[7], run_id, 'halt', now)
   end
   emit(run_key, stream, maxlen, run_id, 'step_failed', step, status, now, ARGV[12])
 end
 return 'ok'
 """
 
-# KEYS: run, stream, runs-index. ARGV: run_id, target, now, maxlen, state_ttl, fields_json,
-# data_json, allowed sources...
+# One step, start and end in one round trip: the fast path of workers/step.py, for a step that
+# ran without asking first (its run untouched by operators and failures, as far as the worker
+# process knew). Records the attempt as begin + finish would have, unless the run moved on
+# meanwhile (another epoch: 'stale'), the step is settled ('settled') or another copy holds it
+# ('leased'): then nothing is written. Returns {'ok', attempt, run status, halt} otherwise.
+# KEYS: run, steps, lease, stream, attempts, controlled, control channel. ARGV: run_id, step,
+# epoch, status, started, now, maxlen, output_json, error, traceback, critical,
+# attempt_record_json (without "attempt"), worker, task_id, batch_json, data texts of the batch...
+_RUN_ONCE = _EMIT + """
+local run_key, steps, lease, stream, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local run_id, step, epoch, status, started, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local st = redis.call('HGET', run_key, 'status')
+if not st then return {'gone', ''} end
+if redis.call('HGET', run_key, 'epoch') ~= epoch then return {'stale', st} end
+local ss = redis.call('HGET', steps, step .. '|status')
+if ss == 'COMPLETED' or ss == 'FAILED' or ss == 'SKIPPED' or ss == 'CANCELLED'
+   or ss == 'COMPENSATING' or ss == 'COMPENSATED' then return {'settled', ss} end
+if ss == 'RUNNING' and redis.call('EXISTS', lease) == 1 then return {'leased', st} end
+if st == 'PENDING' then
+  redis.call('HSET', run_key, 'status', 'RUNNING', 'started_at', started)
+  emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', 'RUNNING', started, '{}')
+  st = 'RUNNING'
+end
+local attempt = redis.call('HINCRBY', steps, step .. '|attempts', 1)
+redis.call('HSET', steps, step .. '|attempt_started_at', started, step .. '|worker', ARGV[13],
+           step .. '|task_id', ARGV[14], step .. '|epoch', epoch, step .. '|status', status,
+           step .. '|error', ARGV[9], step .. '|traceback', ARGV[10])
+if attempt == 1 then redis.call('HSET', steps, step .. '|started_at', started) end
+emit(run_key, stream, maxlen, run_id, 'step_started', step, 'RUNNING', started,
+     cjson.encode({attempt = attempt, worker = ARGV[13], task_id = ARGV[14]}))
+emit_batch(run_key, stream, maxlen, run_id, ARGV[15], 15)
+local record = '{"attempt":' .. attempt .. ',' .. string.sub(ARGV[12], 2)
+redis.call('RPUSH', attempts, record)
+if status == 'RETRYING' then
+  emit(run_key, stream, maxlen, run_id, 'step_retrying', step, status, now, record)
+else
+  redis.call('HSET', steps, step .. '|finished_at', now, step .. '|output', ARGV[8])
+  redis.call('HINCRBY', run_key, 'settled', 1)
+  if status == 'COMPLETED' then
+    redis.call('RPUSH', run_key .. ':completed', step)
+    emit(run_key, stream, maxlen, run_id, 'step_completed', step, status, now, record)
+  else
+    if ARGV[11] == '1' and not redis.call('HGET', run_key, 'halt') then
+      redis.call('HSET', run_key, 'halt', 'failed', 'failed_step', step, 'error', ARGV[9])
+      controlled(KEYS[6], KEYS[7], run_id, 'halt', now)
+    end
+    emit(run_key, stream, maxlen, run_id, 'step_failed', step, status, now, record)
+  end
+end
+return {'ok', tostring(attempt), st, redis.call('HGET', run_key, 'halt') or ''}
+"""
+
+# KEYS: run, stream, settled channel, controlled, control channel. ARGV: run_id, target, now,
+# maxlen, state_ttl, fields_json, data_json, allowed sources...
 _TRANSITION = _EMIT + """
 local run_key, stream = KEYS[1], KEYS[2]
 local run_id, target, now, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -147,6 +216,7 @@ for k, v in pairs(cjson.decode(ARGV[6])) do
   if v == cjson.null or v == '' then redis.call('HDEL', run_key, k) else redis.call('HSET', run_key, k, v) end
 end
 emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', target, now, ARGV[7])
+if target == 'PAUSING' then controlled(KEYS[4], KEYS[5], run_id, 'pause', now) end
 if target == 'COMPLETED' or target == 'FAILED' or target == 'CANCELLED' then
   redis.call('HSET', run_key, 'finished_at', now)
   redis.call('EXPIRE', run_key, ttl)
@@ -180,7 +250,8 @@ emit_batch(KEYS[1], KEYS[2], ARGV[2], ARGV[1], ARGV[3], 3)
 return 1
 """
 
-# KEYS: run, steps, stream, channel, completed, attempts. ARGV: run_id, now, maxlen, target,
+# KEYS: run, steps, stream, channel, completed, attempts, controlled, control channel.
+# ARGV: run_id, now, maxlen, target,
 # action, reset_json, clear_json, data_json, sources...
 _RESTART = _EMIT + """
 local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
@@ -206,12 +277,13 @@ for i = 1, 6 do if i ~= 3 and i ~= 4 then redis.call('PERSIST', KEYS[i]) end end
 local data = cjson.decode(ARGV[8])
 data['epoch'] = epoch
 emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', target, now, cjson.encode(data))
+controlled(KEYS[7], KEYS[8], run_id, 'restart', now)
 redis.call('PUBLISH', KEYS[4], target)
 return {'ok', st, tostring(epoch)}
 """
 
-# KEYS: run, steps, stream, channel. ARGV: run_id, now, maxlen, terminate, lease_prefix,
-# data_json, sources...
+# KEYS: run, steps, stream, channel, controlled, control channel. ARGV: run_id, now, maxlen,
+# terminate, lease_prefix, data_json, sources...
 _CANCEL = _EMIT + """
 local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
 local run_id, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
@@ -223,6 +295,7 @@ if not ok then return {'refused', st, '0'} end
 local epoch = redis.call('HINCRBY', run_key, 'epoch', 1)
 redis.call('HSET', run_key, 'status', 'CANCELLING')
 emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', 'CANCELLING', now, ARGV[6])
+controlled(KEYS[5], KEYS[6], run_id, 'cancel', now, ARGV[4])
 local out = {'ok', st, tostring(epoch)}
 if ARGV[4] == '1' then
   local flat = redis.call('HGETALL', steps)
@@ -262,21 +335,32 @@ emit(KEYS[1], KEYS[2], ARGV[3], ARGV[1], 'sla_' .. ARGV[4], '', '', ARGV[2], ARG
 return 1
 """
 
-# KEYS: run, steps, lease, stream, attempts. ARGV: run_id, step, epoch, now, maxlen, error,
-# critical, attempt_record_json. Fails a RUNNING step of this epoch whatever holds its lease
-# (its process is gone: killed at the hard time limit).
+# KEYS: run, steps, lease, stream, attempts, controlled, control channel. ARGV: run_id, step,
+# epoch, now, maxlen, error, critical, attempt_record_json. Fails a RUNNING step of this epoch
+# whatever holds its lease, or a PENDING one of a fast-path task (its process is gone: killed
+# at the hard time limit).
 _KILLED = _EMIT + """
 local run_key, steps, lease, stream, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local run_id, step, epoch, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if not redis.call('HGET', run_key, 'status') then return 0 end
-if redis.call('HGET', steps, step .. '|status') ~= 'RUNNING' then return 0 end
-if redis.call('HGET', steps, step .. '|epoch') ~= epoch then return 0 end
+local ss = redis.call('HGET', steps, step .. '|status')
+if ss == 'RUNNING' then
+  if redis.call('HGET', steps, step .. '|epoch') ~= epoch then return 0 end
+elseif ss == 'PENDING' then
+  -- a fast-path step killed before Redis was told it ran (workers/step.py)
+  if redis.call('HGET', run_key, 'epoch') ~= epoch then return 0 end
+  redis.call('HINCRBY', steps, step .. '|attempts', 1)
+  redis.call('HSET', steps, step .. '|epoch', epoch)
+else
+  return 0
+end
 redis.call('DEL', lease)
 redis.call('RPUSH', attempts, ARGV[8])
 redis.call('HSET', steps, step .. '|status', 'FAILED', step .. '|error', ARGV[6], step .. '|finished_at', now)
 redis.call('HINCRBY', run_key, 'settled', 1)
 if ARGV[7] == '1' and not redis.call('HGET', run_key, 'halt') then
   redis.call('HSET', run_key, 'halt', 'failed', 'failed_step', step, 'error', ARGV[6])
+  controlled(KEYS[6], KEYS[7], run_id, 'halt', now)
 end
 emit(run_key, stream, maxlen, run_id, 'step_failed', step, 'FAILED', now, ARGV[8])
 return 1
@@ -321,6 +405,7 @@ class RunState:
         self.maxlen = maxlen
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
+        self._run_once = client.register_script(_RUN_ONCE)
         self._transition = client.register_script(_TRANSITION)
         self._step_set = client.register_script(_STEP_SET)
         self._emit_batch = client.register_script(_EMIT_BATCH)
@@ -357,12 +442,15 @@ class RunState:
     # -- the step runtime's calls -------------------------------------------------------------
 
     def begin_step(self, run_id: str, step: str, epoch: int, *, intent: str, owner: str,
-                   lease_ttl: int, task_id: str, worker: str, reason: str = "") -> tuple[str, ...]:
+                   lease_ttl: int, task_id: str, worker: str, reason: str = "",
+                   started: float | None = None) -> tuple[str, ...]:
         """(verdict, detail...): go/attempt, skipped, cancelled, paused, leased/holder,
-        settled/status, adopt/status/output, stale, gone."""
+        settled/status, adopt/status/output, stale, gone. ``intent="late"`` with ``started``:
+        the step has been running since then (the fast path's begin, from the heartbeat)."""
+        ts = f"{started:.6f}" if started is not None else now()
         res = self._begin(
             keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.lease(run_id, step), self.keys.events],
-            args=[run_id, step, str(epoch), intent, owner, now(), lease_ttl, self.maxlen, task_id, worker, reason],
+            args=[run_id, step, str(epoch), intent, owner, ts, lease_ttl, self.maxlen, task_id, worker, reason],
         )
         out = tuple(_s(x) for x in res)
         return out if len(out) > 1 else (out[0], "")
@@ -371,19 +459,38 @@ class RunState:
                     output: str = "null", error: str = "", traceback: str = "", critical: bool = True,
                     attempt: Mapping[str, Any], batch: list | None = None) -> str:
         head, *texts = pack_batch(batch)
+        k = self.keys
         res = self._finish(
-            keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.lease(run_id, step),
-                  self.keys.events, self.keys.attempts(run_id)],
+            keys=[k.run(run_id), k.steps(run_id), k.lease(run_id, step), k.events, k.attempts(run_id),
+                  k.controlled, k.control_channel],
             args=[run_id, step, str(epoch), status, owner, now(), self.maxlen, output, error, traceback,
                   "1" if critical else "0", dumps(attempt), head, self.state_ttl, *texts],
         )
         return _s(res)
 
+    def run_once(self, run_id: str, step: str, epoch: int, *, status: str, started: float,
+                 output: str = "null", error: str = "", traceback: str = "", critical: bool = True,
+                 attempt: Mapping[str, Any], worker: str, task_id: str,
+                 batch: list | None = None) -> tuple[str, ...]:
+        """Record a whole attempt (start and end) of a step that ran without begin_step:
+        ('ok', attempt, run status, halt) or (stale|settled|leased|gone, detail). ``attempt``
+        is the record without its number, which the script assigns."""
+        head, *texts = pack_batch(batch)
+        k = self.keys
+        res = self._run_once(
+            keys=[k.run(run_id), k.steps(run_id), k.lease(run_id, step), k.events, k.attempts(run_id),
+                  k.controlled, k.control_channel],
+            args=[run_id, step, str(epoch), status, f"{started:.6f}", now(), self.maxlen, output, error,
+                  traceback, "1" if critical else "0", dumps(attempt), worker, task_id, head, *texts],
+        )
+        return tuple(_s(x) for x in res)
+
     def fail_killed_step(self, run_id: str, step: str, epoch: int, *, error: str, critical: bool,
                          attempt: Mapping[str, Any]) -> bool:
         k = self.keys
         return bool(self._killed(
-            keys=[k.run(run_id), k.steps(run_id), k.lease(run_id, step), k.events, k.attempts(run_id)],
+            keys=[k.run(run_id), k.steps(run_id), k.lease(run_id, step), k.events, k.attempts(run_id),
+                  k.controlled, k.control_channel],
             args=[run_id, step, str(epoch), now(), self.maxlen, error, "1" if critical else "0", dumps(attempt)]))
 
     def refresh_lease(self, run_id: str, step: str, owner: str, ttl: int) -> bool:
@@ -411,7 +518,8 @@ class RunState:
         """
         allowed = list(sources) if sources is not None else sources_of(target)
         res = self._transition(
-            keys=[self.keys.run(run_id), self.keys.events, self.keys.settled_channel(run_id)],
+            keys=[self.keys.run(run_id), self.keys.events, self.keys.settled_channel(run_id),
+                  self.keys.controlled, self.keys.control_channel],
             args=[run_id, str(target), now(), self.maxlen, self.state_ttl,
                   dumps({k: v if isinstance(v, str) or v is None else dumps(v) for k, v in (fields or {}).items()}),
                   dumps(dict(data or {})), *allowed],
@@ -427,7 +535,7 @@ class RunState:
         k = self.keys
         res = self._restart(
             keys=[k.run(run_id), k.steps(run_id), k.events, k.settled_channel(run_id), k.completed(run_id),
-                  k.attempts(run_id)],
+                  k.attempts(run_id), k.controlled, k.control_channel],
             args=[run_id, now(), self.maxlen, str(target), "", dumps(list(reset)), dumps(list(clear)),
                   dumps(dict(data or {})), *sources],
         )
@@ -439,7 +547,8 @@ class RunState:
         steps CANCELLED and return their Celery task ids (to revoke)."""
         k = self.keys
         res = self._cancel(
-            keys=[k.run(run_id), k.steps(run_id), k.events, k.settled_channel(run_id)],
+            keys=[k.run(run_id), k.steps(run_id), k.events, k.settled_channel(run_id), k.controlled,
+                  k.control_channel],
             args=[run_id, now(), self.maxlen, "1" if terminate else "0", k.lease(run_id, ""),
                   dumps(dict(data or {})), *sources],
         )

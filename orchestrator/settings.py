@@ -44,6 +44,12 @@ class Settings:
     hard_timeout_grace: int = 10
     event_stream_maxlen: int = 0  # 0: never trimmed by producers (the recorder trims)
     worker_concurrency: int = 0  # 0: Celery's default (number of CPUs)
+    # Short steps of untouched runs start before telling Redis and record start and end in one
+    # round trip (workers/step.py, docs/design.md "The fast path"); false: every step asks first.
+    fast_steps: bool = True
+    # A fast-path step still running after this many milliseconds is shown RUNNING and leased
+    # (at the worker's next heartbeat tick, every 0.25 s).
+    fast_step_begin_ms: int = 50
     extra_celery: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -47,3 +47,43 @@ def ignores_soft_timeout(seconds: float) -> dict:
         except SoftTimeLimitExceeded:
             pass
     return {"finished": True}
+
+
+def record_call(redis_url: str, key: str, tag: str) -> dict:
+    """Leave a trace that the step's plugin ran: RPUSH ``tag`` to the list ``key``."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    try:
+        r.rpush(key, tag)
+    finally:
+        r.close()
+    return {"ran": tag}
+
+
+def wait_for_key(redis_url: str, key: str, timeout: float = 60) -> dict:
+    """Block until ``key`` exists in Redis (a test releases the step by setting it)."""
+    import time
+
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while not r.exists(key):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{key} was never set")
+            time.sleep(0.02)
+    finally:
+        r.close()
+    return {"released": key}
+
+
+def record_then_sleep(redis_url: str, key: str, tag: str, seconds: float) -> dict:
+    """Leave a trace, then sleep: a step that is certainly running once the trace is there."""
+    import time
+
+    record_call(redis_url, key, tag)
+    time.sleep(seconds)
+    record_call(redis_url, key, f"{tag}:end")
+    return {"slept": seconds}

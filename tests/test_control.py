@@ -190,7 +190,7 @@ def test_concurrent_actions_leave_one_consistent_outcome(client: Client, first: 
 
 
 def test_two_resumes_at_once_dispatch_once(client: Client) -> None:
-    run = client.submit(chain_of(5, 0.2))
+    run = client.submit(chain_of(5, 0.4))
     wait_for(lambda: client.snapshot(run.id).statuses["s1"] == "RUNNING")
     client.control.pause(run.id)
     assert run.wait(20).status == "PAUSED"

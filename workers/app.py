@@ -55,6 +55,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
                     steps.on_hard_timeout(rt, app, self.args, timeout)
                 except Exception:
                     log.exception("canvasflow: could not recover from a hard time limit")
+    rt.revoke = lambda task_id: app.control.revoke(task_id, terminate=True, signal="SIGTERM")
     app.canvasflow_runtime = rt  # type: ignore[attr-defined]
     app.canvasflow_settings = settings  # type: ignore[attr-defined]
 

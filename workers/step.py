@@ -4,6 +4,16 @@ Outcomes flow through the canvas as data: every step task returns ``{step: [stat
 for itself and everything upstream, so a failure or a skip never raises into a chord, and the
 settle task at the end of the canvas always runs. Nothing here relies on Celery's chord error
 propagation.
+
+Two paths run a step. The careful one asks Redis first (``begin_step``: is the run still
+running, is this a duplicate, take the lease), runs the plugin, then records the end
+(``finish_step``): two round trips. The fast path runs the plugin at once and records start and
+end together (``run_once``): one round trip, the most a no-op step costs in Redis. It is taken
+only when nothing can have changed the answer of ``begin_step``: the run is untouched as far as
+this process's control watch knows (workers/watch.py: no pause, cancel, retry, resume or
+failed critical step), the step has no compensation, and this is the first delivery of its
+message. A fast-path step still running after a moment is begun late by the heartbeat, so long
+steps are visible and leased as before. docs/design.md "The fast path" has the trade-offs.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import socket
 import time
 import traceback
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
@@ -27,8 +37,9 @@ from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
-from workers.context import Heartbeat, StepContext
+from workers.context import BEGUN, FRESH, Heartbeat, StepContext
 from workers.plugins import Registry
+from workers.watch import ControlWatch
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
@@ -43,7 +54,12 @@ class Runtime:
         self.settings = settings
         self.lease_ttl = settings.lease_ttl
         self.hard_timeout_grace = settings.hard_timeout_grace
-        self.heartbeat = Heartbeat(state, self.lease_ttl)
+        self.heartbeat = Heartbeat(state, self.lease_ttl, settings.fast_step_begin_ms / 1000)
+        self.fast_steps = settings.fast_steps
+        self.watch = ControlWatch(state.r, state.keys)
+        self.watch.listen(self.heartbeat.on_control)
+        # Set by workers.app: revoke(task_id) terminates a task of this app.
+        self.revoke: Any = None
         self._method_info = {name: methods for name, methods in registry.catalog().items()}
 
 
@@ -75,10 +91,16 @@ def join_verdict(spec: Mapping[str, Any], known: Mapping[str, list[Any]]) -> str
     return ""
 
 
+# In the outcomes that flow on: "an upstream step saw its run halting, paused or cancelled";
+# downstream steps then take the careful path whatever their process has heard. Not a step id
+# (those match [a-z0-9][a-z0-9_.-]*).
+HALTING = "!"
+
+
 def scope_for(hdr: Mapping[str, Any], known: Mapping[str, list[Any]]) -> dict[str, Any]:
     return {
         "inputs": hdr.get("inputs", {}),
-        "steps": {sid: {"status": v[0], "output": v[1]} for sid, v in known.items()},
+        "steps": {sid: {"status": v[0], "output": v[1]} for sid, v in known.items() if sid != HALTING},
         "run": {"id": hdr["run"], "workflow": hdr.get("wf", ""), "version": hdr.get("version", "")},
     }
 
@@ -153,11 +175,22 @@ def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: 
     return known
 
 
+def _fast_path(task: Task, rt: Runtime, spec: Mapping[str, Any], known: Mapping[str, Any], run_id: str) -> bool:
+    """Whether this step may run before telling Redis (module docstring)."""
+    if not rt.fast_steps or spec.get("comp") or HALTING in known:
+        return False
+    request = task.request
+    if request.retries or (request.delivery_info or {}).get("redelivered"):
+        return False
+    return rt.watch.clean(run_id)
+
+
 def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
     run_id, epoch, sid = hdr["run"], hdr["epoch"], spec["id"]
     known = merge(incoming)
     request = task.request
     task_id = request.id or ""
+    worker = request.hostname or HOST
     owner = f"{HOST}:{os.getpid()}:{task_id}"
 
     if spec.get("deps") == "@":
@@ -173,33 +206,33 @@ def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr:
         except EvaluationError as exc:
             when_error = f"when: {exc}"
 
-    verdict, info, *rest = rt.state.begin_step(
-        run_id, sid, epoch, intent="skip" if skip else "run", owner=owner, lease_ttl=rt.lease_ttl,
-        task_id=task_id, worker=request.hostname or HOST, reason=skip,
-    )
-    if verdict == "skipped":
-        return _record(known, spec, StepStatus.SKIPPED)
-    if verdict == "cancelled":
-        return _record(known, spec, StepStatus.CANCELLED)
-    if verdict == "paused":
-        return _record(known, spec, StepStatus.PENDING)
-    if verdict == "adopt":
-        known[sid] = [info, json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None]
-        return known
-    if verdict == "leased":
-        # Delivered again while the first copy still runs (visibility timeout): look again
-        # later; if the holder dies its lease expires and this copy takes over.
-        raise task.retry(countdown=max(1.0, rt.lease_ttl / 2), max_retries=None)
-    if verdict != "go":
-        # 'settled': a duplicate of a step that already finished and continued the canvas;
-        # 'stale'/'gone': a task from an earlier dispatch of the run, or a deleted run.
-        raise Ignore()
+    if not skip and _fast_path(task, rt, spec, known, run_id):
+        attempt = 1  # as far as anyone can know: a first delivery of an untouched run's step
+        ctx = StepContext(run_id, sid, attempt, hdr.get("wf", ""))
+        ctx.run_fresh()
 
-    attempt = int(info)
+        def begin_late() -> tuple[str, ...]:
+            return rt.state.begin_step(run_id, sid, epoch, intent="late", owner=owner, lease_ttl=rt.lease_ttl,
+                                       task_id=task_id, worker=worker, started=ctx.started)
+
+        def terminate() -> None:
+            if rt.revoke is not None:
+                rt.revoke(task_id)
+
+        rt.heartbeat.add(ctx, owner, begin=begin_late, terminate=terminate)
+    else:
+        verdict, info, *rest = rt.state.begin_step(
+            run_id, sid, epoch, intent="skip" if skip else "run", owner=owner, lease_ttl=rt.lease_ttl,
+            task_id=task_id, worker=worker, reason=skip,
+        )
+        if verdict != "go":
+            return _not_begun(task, rt, spec, known, verdict, info, rest)
+        attempt = int(info)
+        ctx = StepContext(run_id, sid, attempt, hdr.get("wf", ""))
+        rt.heartbeat.add(ctx, owner)
+
     params = spec.get("params") or {}
     rendered: Any = None
-    ctx = StepContext(run_id, sid, attempt, hdr.get("wf", ""))
-    rt.heartbeat.add(ctx, owner)
     started = ctx.started
     output = "null"
     error = tb = ""
@@ -220,33 +253,86 @@ def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr:
         error, tb, retryable = describe_failure(exc, spec)
         status = StepStatus.FAILED
     finally:
-        rt.heartbeat.remove(ctx)
+        phase = rt.heartbeat.remove(ctx)
 
+    attempt = ctx.attempt
     retries = spec.get("retries", 0)
     if status is StepStatus.FAILED and retryable and attempt <= retries:
         status = StepStatus.RETRYING
     finished = time.time()
-    record = {"step": sid, "attempt": attempt, "status": str(status), "started_at": started,
-              "finished_at": finished, "duration": round(finished - started, 6),
-              "worker": request.hostname or HOST, "task_id": task_id, "error": error or None,
-              "stats": ctx.final_stats()}
+    record: dict[str, Any] = {"step": sid, "status": str(status), "started_at": started,
+                              "finished_at": finished, "duration": round(finished - started, 6),
+                              "worker": worker, "task_id": task_id, "error": error or None,
+                              "stats": ctx.final_stats()}
     if tb:
         record["traceback"] = tb[:16384]
     if rendered is not None:
         # The rendered input, for the audit store and the dashboard (capped: it rides in an event).
         text = dumps(rendered)
         record["input"] = text if len(text) <= 8192 else text[:8192] + "…"
-    result = rt.state.finish_step(
-        run_id, sid, epoch, status=str(status), owner=owner, output=output, error=error, traceback=tb,
-        critical=spec.get("critical", True), attempt=record, batch=ctx.drain() + [
-            ["stats", sid, "", f"{finished:.6f}", dumps(record["stats"])]],
-    )
-    if result != "ok":
-        raise Ignore()  # another copy took the step over after our lease lapsed
+    batch = ctx.drain() + [["stats", sid, "", f"{finished:.6f}", dumps(record["stats"])]]
+    common = {"status": str(status), "output": output, "error": error, "traceback": tb,
+              "critical": spec.get("critical", True), "batch": batch}
+
+    if phase == FRESH:
+        verdict, *info = rt.state.run_once(run_id, sid, epoch, started=started, attempt=record,
+                                           worker=worker, task_id=task_id, **common)
+        if verdict != "ok":
+            _discard(rt, run_id, sid, record, verdict)
+        attempt = int(info[0])
+        if info[1] not in (RunStatus.RUNNING, RunStatus.PENDING) or info[2]:
+            # Paused, cancelled or failing while this step ran: what follows asks Redis first.
+            rt.watch.touch(run_id)
+            known[HALTING] = 1
+    elif phase == BEGUN:
+        result = rt.state.finish_step(run_id, sid, epoch, owner=owner, attempt={"attempt": attempt, **record},
+                                      **common)
+        if result != "ok":
+            raise Ignore()  # another copy took the step over after our lease lapsed
+    else:  # the late begin was refused, or the run was cancelled before Redis knew of the step
+        verdict, info_, *rest = ctx.verdict
+        if verdict == "adopt":
+            return _not_begun(task, rt, spec, known, verdict, info_, rest)
+        _discard(rt, run_id, sid, record, verdict)
     if status is StepStatus.RETRYING:
         raise task.retry(countdown=retry_countdown(spec, attempt), max_retries=None)
     return _record(known, spec, str(status),
                    json.loads(output) if spec.get("keep") and status is StepStatus.COMPLETED else None)
+
+
+def _not_begun(task: Task, rt: Runtime, spec: Mapping[str, Any], known: dict[str, list[Any]], verdict: str,
+               info: str, rest: list[str]) -> Any:
+    """What a step does when Redis said it may not (or need not) run."""
+    sid = spec["id"]
+    if verdict == "skipped":
+        return _record(known, spec, StepStatus.SKIPPED)
+    if verdict == "cancelled":
+        return _record(known, spec, StepStatus.CANCELLED)
+    if verdict == "paused":
+        return _record(known, spec, StepStatus.PENDING)
+    if verdict == "adopt":
+        known[sid] = [info, json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None]
+        return known
+    if verdict == "leased":
+        # Delivered again while the first copy still runs (visibility timeout): look again
+        # later; if the holder dies its lease expires and this copy takes over.
+        raise task.retry(countdown=max(1.0, rt.lease_ttl / 2), max_retries=None)
+    # 'settled': a duplicate of a step that already finished and continued the canvas;
+    # 'stale'/'gone': a task from an earlier dispatch of the run, or a deleted run.
+    raise Ignore()
+
+
+def _discard(rt: Runtime, run_id: str, sid: str, record: Mapping[str, Any], verdict: str) -> NoReturn:
+    """A fast-path step ran, but its run had moved on (another dispatch, a cancel) or another
+    copy owns the step: nothing is recorded as its outcome; the attempt is kept as an event."""
+    log.warning("canvasflow: step '%s' of run %s ran but its outcome is dropped (%s)", sid, run_id, verdict)
+    if verdict != "gone":
+        try:
+            rt.state.emit(run_id, [["step_discarded", sid, "", f"{time.time():.6f}",
+                                    dumps({**record, "reason": verdict})]])
+        except Exception:
+            log.warning("canvasflow: could not record the dropped attempt of %s/%s", run_id, sid, exc_info=True)
+    raise Ignore()
 
 
 def on_hard_timeout(rt: Runtime, app: Any, args: Any, limit: float) -> None:

@@ -24,7 +24,6 @@ from sqlalchemy import Connection, String, Table, bindparam, select, tuple_, upd
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestrator.audit.events import Event, Lookups, clamp_fraction, clamp_level, clamp_message
-from orchestrator.logbatch import log_lines
 from orchestrator.audit.models import (
     audit_log,
     events,
@@ -35,6 +34,7 @@ from orchestrator.audit.models import (
     steps,
     workflow_definitions,
 )
+from orchestrator.logbatch import log_lines
 
 FINAL_RUN = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 ERROR_RUN = frozenset({"FAILED", "COMPENSATION_FAILED", "CANCELLED"})
