@@ -251,8 +251,32 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
                                               "params": {"seconds": 0.05}} for i in range(10)]}
     http.put(f"{url}/api/v1/workflows/bench_small", json={"definition": small}, timeout=30).raise_for_status()
     web = psutil.Process(web_pid)
+    spies: list[subprocess.Popen] = []
+    dumps: list[threading.Thread] = []
+    if args.profile:
+        # Who holds the GIL (record --gil, without pausing the process), and now and then every
+        # thread's native stack (dump --native: a thread in take_gil is waiting for the GIL).
+        prof = Path(args.profile)
+        prof.mkdir(parents=True, exist_ok=True)
+        py_spy = str(Path(sys.executable).with_name("py-spy"))
+        spies = [subprocess.Popen([py_spy, "record", *flags, "--nonblocking", "--threads", "-r", "100", "-f", "raw",
+                                   "-p", str(web_pid), "-o", str(prof / f"fanout-{name}.txt")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                 for name, flags in (("gil", ["--gil"]), ("all", ["--idle"]))]
+
+        def dump_now_and_then() -> None:
+            for i in range(4):
+                time.sleep(3.0)
+                with open(prof / f"fanout-dump-{i}.txt", "wb") as fh:
+                    subprocess.run([py_spy, "dump", "--native", "-p", str(web_pid)], stdout=fh,
+                                   stderr=subprocess.STDOUT, timeout=60, check=False)
+
+        dumps.append(threading.Thread(target=dump_now_and_then, daemon=True))
+        time.sleep(1.0)
     cpu0 = sum(web.cpu_times()[:2])
     t = time.perf_counter()
+    for d in dumps:
+        d.start()
     handles = [client.submit("bench_small") for _ in range(nruns)]
     for h in handles:
         h.wait(timeout=300)
@@ -268,6 +292,11 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
         time.sleep(0.1)
     drained = time.perf_counter() - t
     web_cpu = sum(web.cpu_times()[:2]) - cpu0
+    for spy in spies:
+        spy.send_signal(2)  # py-spy writes its profile on SIGINT
+        spy.wait(60)
+    for d in dumps:
+        d.join(60)
     stop.set()
     lat: list[float] = []
     client_cpu = 0.0
@@ -295,9 +324,17 @@ def main() -> int:
                     help="the many-clients phase: one select loop per process (default) or python-socketio "
                          "Client objects (a thread per received message: client-bound on 2 CPUs)")
     ap.add_argument("--skip", default="", help="comma-separated phases to skip: browser, fanout")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="record the web process with py-spy (all threads, idle too) during the fan-out phase")
+    ap.add_argument("--clients", type=int, default=None, help="Socket.IO clients of the fan-out phase "
+                    "(default 200; 50 with --quick)")
+    ap.add_argument("--fanout-runs", type=int, default=None, help="runs executed during the fan-out phase "
+                    "(default 50; 10 with --quick)")
     args = ap.parse_args()
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     active, finished, steps, clients, nruns = (100, 10_000, 100, 50, 10) if args.quick else (500, 100_000, 200, 200, 50)
+    clients = args.clients or clients
+    nruns = args.fanout_runs or nruns
     work = Path(tempfile.mkdtemp(prefix="cf-bench-web-"))
     embedded = EmbeddedRedis(workdir=str(work)).start()
     if args.database_url.startswith("postgresql"):

@@ -22,18 +22,21 @@ STEPPED = {
 
 
 class Listener:
-    """A python-socketio client that records every event it gets."""
+    """A python-socketio client that records every message it gets, and every event of the
+    ``events`` batches (one message per room and relay window) as (type, event), in order."""
 
     def __init__(self, url: str, token: str | None) -> None:
         self.sio = socketio.Client(reconnection=False)
         self.events: list[tuple[str, dict]] = []
+        self.messages: list[tuple[str, Any]] = []
         self.lock = threading.Lock()
 
         @self.sio.on("*")
         def any_event(name: str, data: Any) -> None:
             with self.lock:
-                if name == "events":  # the "all" room's batches
-                    self.events.extend(("events", e) for e in data)
+                self.messages.append((name, data))
+                if name == "events":
+                    self.events.extend((e["type"], e) for e in data)
                 else:
                     self.events.append((name, data))
 
@@ -135,11 +138,13 @@ def test_the_all_room_gets_every_run_status_but_not_the_chatty_events(live_serve
                              for e in everything.of(run_id)), 30, "the completion in the all room")
         wait_for(lambda: any(e["type"] == "run_status_changed" and e["status"] == "COMPLETED"
                              for e in one.of(run_id)), 10, "the completion in the run room")
-        assert {n for n, e in everything.events if isinstance(e, dict) and e.get("run") == run_id} == {"events"}
+        with everything.lock:
+            names = {n for n, _ in everything.messages} - {"hello"}
+        assert names == {"events"}, names
         all_types = {e["type"] for e in everything.of(run_id)}
         assert {"run_created", "step_started", "step_completed", "run_status_changed"} <= all_types
         assert not all_types & {"log", "progress", "stats"}
-        assert "stats" in {e["type"] for e in one.of(run_id)}
+        assert all("duration" in e["data"]["stats"] for e in one.of(run_id) if e["type"] == "step_completed")
         seqs = [e["seq"] for e in everything.of(run_id)]
         assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
         assert one.sio.call("unsubscribe", {"runs": [run_id]}, timeout=10)["subscribed"] == []
@@ -197,3 +202,108 @@ def test_log_batches_arrive_as_one_event_each_with_every_line_and_the_catch_up_m
     finally:
         second.close()
     assert [(e["seq"], e["data"]) for e in ack["events"] if e["type"] == "log"] == [(e["seq"], e["data"]) for e in logs]
+
+
+def completed_run(live_server, http) -> tuple[str, int]:
+    """A finished web_stepped run and its last seq: events emitted on it afterwards are the only ones."""
+    run_id = submit(live_server, http)
+    wait_for(lambda: requests.get(f"{live_server.url}/api/v1/runs/{run_id}", headers=http.headers,
+                                  timeout=5).json()["status"] == "COMPLETED", 30, "the run to complete")
+    latest = requests.get(f"{live_server.url}/api/v1/runs/{run_id}/events", params={"after": 0},
+                          headers=http.headers, timeout=10).json()["latest_seq"]
+    return run_id, latest
+
+
+def append_together(settings, run_id: str, types: list[str]) -> None:
+    """Events appended to the stream in one Lua call: the relay reads them in one go."""
+    from orchestrator import Client
+
+    client = Client(settings)
+    try:
+        client.state.emit(run_id, [[t, "s0" if t != "operator_action" else "", "", f"{1795000000 + i}",
+                                    {"fraction": i / 10} if t == "progress" else
+                                    {"actor": "tester", "action": "note", "detail": {"i": i}}]
+                                   for i, t in enumerate(types)])
+    finally:
+        client.close()
+
+
+def test_events_that_arrive_together_come_as_one_batch_per_room_in_seq_order(live_server, http, token):
+    run_id, latest = completed_run(live_server, http)
+    watcher = Listener(live_server.url, token)
+    everything = Listener(live_server.url, token)
+    try:
+        ack = watcher.sio.call("subscribe", {"runs": [run_id], "after": {run_id: latest}}, timeout=10)
+        assert ack["events"] == [] and ack["latest"][run_id] == latest
+        everything.sio.call("subscribe", {"all": True}, timeout=10)
+        types = ["progress", "operator_action", "stats", "progress", "operator_action", "stats"]
+        append_together(live_server.settings, run_id, types)
+        wait_for(lambda: len(watcher.of(run_id)) == len(types), 10, "the run room's events")
+        wait_for(lambda: len(everything.of(run_id)) == 2, 10, "the all room's events")
+        with watcher.lock, everything.lock:
+            run_batches = [d for n, d in watcher.messages if n == "events"]
+            all_batches = [d for n, d in everything.messages if n == "events" and d[0]["run"] == run_id]
+    finally:
+        watcher.close()
+        everything.close()
+    assert len(run_batches) == 1, run_batches
+    (batch,) = run_batches
+    assert [e["seq"] for e in batch] == list(range(latest + 1, latest + 1 + len(types)))
+    assert [e["type"] for e in batch] == types
+    assert all(e["run"] == run_id and e["run_state"]["status"] == "COMPLETED" for e in batch)
+    # The "all" room: the same batch without the chatty events, as one message too.
+    assert len(all_batches) == 1
+    assert [(e["seq"], e["type"]) for e in all_batches[0]] == [(e["seq"], e["type"]) for e in batch
+                                                               if e["type"] == "operator_action"]
+
+
+def test_a_client_that_lost_a_batch_gets_it_back_in_order_from_the_replay(live_server, http, token):
+    run_id, latest = completed_run(live_server, http)
+    listener = Listener(live_server.url, token)
+    try:
+        listener.sio.call("subscribe", {"runs": [run_id], "after": {run_id: latest}}, timeout=10)
+        append_together(live_server.settings, run_id, ["progress", "stats", "progress"])
+        wait_for(lambda: len(listener.of(run_id)) == 3, 10, "the first batch")
+        append_together(live_server.settings, run_id, ["stats", "progress"])
+        wait_for(lambda: len(listener.of(run_id)) == 5, 10, "the second batch")
+        with listener.lock:
+            batches = [d for n, d in listener.messages if n == "events"]
+        assert [[e["seq"] for e in b] for b in batches] == [[latest + 1, latest + 2, latest + 3],
+                                                           [latest + 4, latest + 5]]
+        # Say the first batch was lost: its events are after the last seq applied before it, and
+        # the second batch starts with a gap. The client asks for what is missing.
+        ack = listener.sio.call("subscribe", {"runs": [run_id], "after": {run_id: latest}}, timeout=10)
+    finally:
+        listener.close()
+    replay = ack["events"]
+    assert [e["seq"] for e in replay] == [latest + 1, latest + 2, latest + 3, latest + 4, latest + 5]
+    assert [(e["seq"], e["type"], e["data"]) for e in replay] == [(e["seq"], e["type"], e["data"])
+                                                                  for b in batches for e in b]
+    assert ack["latest"][run_id] == latest + 5
+
+
+@pytest.mark.parametrize("server", ["gevent", "threading"])
+def test_either_server_relays_the_same_batches_and_stops_cleanly_on_sigterm(web_fleet, live_server, http, server):
+    from tests.web_fixtures import start_live_server, stop_live_server
+
+    assert requests.get(f"{live_server.url}/api/v1/health", timeout=10).json()["server"] == "gevent"  # the default
+    other = start_live_server(web_fleet, "--server", server)
+    try:
+        assert requests.get(f"{other.url}/api/v1/health", timeout=10).json()["server"] == server
+        run_id, latest = completed_run(other, http)
+        listener = Listener(other.url, other.token(OPERATOR))
+        try:
+            listener.sio.call("subscribe", {"runs": [run_id], "after": {run_id: latest}}, timeout=10)
+            append_together(other.settings, run_id, ["progress", "stats"])
+            wait_for(lambda: len(listener.of(run_id)) == 2, 10, f"the batch from the {server} server")
+            with listener.lock:
+                batches = [d for n, d in listener.messages if n == "events"]
+        finally:
+            listener.close()
+        assert [[(e["seq"], e["type"]) for e in b] for b in batches] == [[(latest + 1, "progress"),
+                                                                         (latest + 2, "stats")]]
+        assert requests.get(f"{other.url}/api/v1/health", timeout=10).json()["relay"]["messages"] >= 1
+    finally:
+        stop_live_server(other)
+    assert other.proc.returncode == 0, other.log()[-3000:]
+    assert f"({server}, with recorder" in other.log() and "Traceback" not in other.log(), other.log()[-3000:]

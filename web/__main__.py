@@ -6,21 +6,31 @@
     python -m web token NAME [--name LABEL]       # prints a new API token for NAME
 
 Settings come from CANVASFLOW_* (orchestrator.Settings) and CANVASFLOW_WEB_* (web.settings).
-Served by Werkzeug's threaded server with Flask-SocketIO in threading mode (WebSocket through
-simple-websocket); no eventlet or gevent.
+Served by gevent's WSGI server with Flask-SocketIO in gevent mode (WebSocket through
+simple-websocket); ``--server threading`` (or CANVASFLOW_WEB_SERVER=threading) serves with
+Werkzeug's threads instead. See web/serving.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import getpass
-import logging
-import os
-import signal
 import sys
-from typing import Any
 
-from orchestrator.errors import CanvasflowError
+if __name__ == "__main__":
+    # First, before redis, kombu, psycopg or Flask import socket, select or threading.
+    from web import serving
+
+    SERVER = serving.prepare(serving.choose(sys.argv[1:]))
+else:
+    SERVER = "threading"
+
+import argparse  # noqa: E402
+import getpass  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+from typing import Any  # noqa: E402
+
+from orchestrator.errors import CanvasflowError  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         target.add_argument("--anonymous-role", choices=["viewer", "operator", "admin"], default=None,
                             help="role of visitors who have not logged in (default: they must log in)")
         target.add_argument("--log-level", default=os.environ.get("CANVASFLOW_LOG_LEVEL", "WARNING"))
+        target.add_argument("--server", choices=["gevent", "threading"], default=None,
+                            help="gevent (default; $CANVASFLOW_WEB_SERVER) or Werkzeug's threads")
     users = sub.add_parser("users", help="manage users")
     usub = users.add_subparsers(dest="users_command", required=True)
     add = usub.add_parser("add", help="create a user, or change its role / password")
@@ -65,13 +77,17 @@ def _users() -> Any:
 def serve(args: argparse.Namespace) -> int:
     from orchestrator.settings import Settings
     from web.app import create_app
+    from web.serving import SERVERS
     from web.settings import WebSettings
 
+    if SERVER not in SERVERS:
+        print(f"error: CANVASFLOW_WEB_SERVER={SERVER!r}: expected one of {', '.join(SERVERS)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # One process runs the relay next to the recorder, fleet-event capture and page requests, all
-    # Python threads: with the default 5 ms GIL switch interval a relay thread woken by XREAD
-    # waited behind them (event -> browser p99 85-105 ms measured); 1 ms lets it through sooner.
-    sys.setswitchinterval(0.001)
+    if SERVER == "threading":
+        # The relay, recorder, fleet-event capture and page requests are Python threads here: with
+        # the default 5 ms GIL switch interval a relay thread woken by XREAD waited behind them.
+        sys.setswitchinterval(0.001)
     overrides: dict[str, Any] = {}
     if args.read_only:
         overrides["read_only"] = True
@@ -82,14 +98,19 @@ def serve(args: argparse.Namespace) -> int:
     web = WebSettings.from_env(**overrides)
     app = create_app(Settings.from_env(), web)
     services = app.extensions["canvasflow"]
+    if SERVER == "gevent":
+        import gevent
 
-    def _stop(*_: Any) -> None:
-        services.stop()
-        raise SystemExit(0)
+        # A greenlet, not a signal handler: stopping joins greenlets, which a handler may not.
+        gevent.signal_handler(signal.SIGTERM, lambda: services.socketio.stop())
+    else:
+        def _stop(*_: Any) -> None:
+            services.stop()
+            raise SystemExit(0)
 
-    signal.signal(signal.SIGTERM, _stop)
-    print(f"canvasflow dashboard: http://{args.host}:{args.port}/ "
-          f"({'read-only, ' if web.read_only else ''}{'with recorder, ' if web.recorder else ''}"
+        signal.signal(signal.SIGTERM, _stop)
+    print(f"canvasflow dashboard: http://{args.host}:{args.port}/ ({services.server}, "
+          f"{'read-only, ' if web.read_only else ''}{'with recorder, ' if web.recorder else ''}"
           f"audit store {services.store.display_url if services.store else 'none'})", flush=True)
     try:
         services.socketio.run(app, host=args.host, port=args.port, allow_unsafe_werkzeug=True,

@@ -477,7 +477,7 @@ def analytics(args: dict[str, Any]) -> dict[str, Any]:
 def health() -> dict[str, Any]:
     """Liveness of Redis, the audit store and the event relay (no authentication)."""
     e = ext()
-    out: dict[str, Any] = {"redis": "ok", "audit_store": "ok", "read_only": e.web.read_only}
+    out: dict[str, Any] = {"redis": "ok", "audit_store": "ok", "read_only": e.web.read_only, "server": e.server}
     try:
         e.client.redis.ping()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
@@ -490,7 +490,8 @@ def health() -> dict[str, Any]:
         except StoreError as exc:
             out["audit_store"] = f"error: {exc}"
     if e.relay is not None:
-        out["relay"] = {"delivered": e.relay.delivered, "errors": e.relay.errors, "last_id": e.relay.last_id}
+        out["relay"] = {"delivered": e.relay.delivered, "batches": e.relay.batches, "errors": e.relay.errors,
+                        "last_id": e.relay.last_id, "messages": e.live.messages if e.live is not None else 0}
     ok = out["redis"] == "ok" and out["audit_store"] in ("ok", "none")
     return out, 200 if ok else 503  # type: ignore[return-value]
 

@@ -24,6 +24,7 @@ from web import auth, pages
 from web.detail import RunDetails
 from web.events import Live
 from web.runs import RunViews
+from web.serving import async_mode
 from web.settings import WebSettings
 from web.stream import SlaMonitor, StreamTail
 
@@ -46,6 +47,7 @@ class Services:
     views: RunViews
     details: RunDetails
     socketio: SocketIO | None = None
+    server: str = "threading"  # Flask-SocketIO's async mode: gevent or threading (web/serving.py)
     live: Live | None = None
     relay: StreamTail | None = None
     sla: SlaMonitor | None = None
@@ -62,7 +64,7 @@ class Services:
             import redis
 
             r = redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
-            self.relay = StreamTail(r, self.client.keys, self.live.deliver)
+            self.relay = StreamTail(r, self.client.keys, self.live.deliver, window=self.web.relay_window)
             self.relay.start()
         if self.web.sla_monitor:
             self.sla = SlaMonitor(self.client.state, self.web.sla_interval)
@@ -172,7 +174,8 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
     cors: Any = [o.strip() for o in web.cors_origins.split(",") if o.strip()] or None
     if web.cors_origins.strip() == "*":
         cors = "*"
-    socketio = SocketIO(app, async_mode="threading", message_queue=queue, channel=f"{settings.key_prefix}-socketio",
+    services.server = async_mode()
+    socketio = SocketIO(app, async_mode=services.server, message_queue=queue, channel=f"{settings.key_prefix}-socketio",
                         cors_allowed_origins=cors, ping_interval=10, ping_timeout=10, logger=False,
                         engineio_logger=False)
     services.socketio = socketio

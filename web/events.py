@@ -4,12 +4,13 @@ stream, and the catch-up a reconnecting client asks for.
 Protocol (docs/api.md): a client connects (session cookie, or ``auth={"token": ...}``, or an
 ``Authorization: Bearer`` header), then emits ``subscribe`` with ``{"runs": [ids]}`` and/or
 ``{"all": true}`` and ``{"after": {run_id: last_seq}}``; the acknowledgement carries every event
-of those runs after those seqs. Live events arrive under their type's name (``step_completed``…)
-with ``run`` and ``seq``; a client applies an event only if its seq is the next one it expects,
-and asks ``subscribe`` again (with its ``after``) on a gap or a reconnect. The ``all`` room gets
-every event except the chatty ``log``, ``progress`` and ``stats``, batched: one ``events``
-message (a list, in stream order) per batch the relay reads, so a busy fleet costs one send per
-client per batch instead of one per event.
+of those runs after those seqs. Live events arrive in batches: one ``events`` message per room
+(``run:<id>``, ``all``) per relay delivery, a list in stream order, so each run's events in seq
+order. The relay coalesces deliveries over a few milliseconds (web/stream.py), so a busy fleet
+costs one send per client per window instead of one per event. A client applies an event only
+if its seq is the next one it expects, and asks ``subscribe`` again (with its ``after``) on a
+gap or a reconnect. The ``all`` room gets every event except the chatty ``log``, ``progress``
+and ``stats``.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class Live:
         self.socketio = socketio
         self.services = services
         self.clients: dict[str, dict[str, Any]] = {}
-        self.emitted = 0
+        self.emitted = 0  # events sent (each counted once, however many rooms it went to)
+        self.messages = 0  # Socket.IO messages emitted to rooms
         socketio.on_event("connect", self.on_connect)
         socketio.on_event("disconnect", self.on_disconnect)
         socketio.on_event("subscribe", self.on_subscribe)
@@ -149,10 +151,22 @@ class Live:
     # -- relay --------------------------------------------------------------------------------
 
     def deliver(self, batch: list[dict[str, Any]]) -> None:
-        """Emit a batch read from the stream to this process's subscribers, each event with the
-        run's current status and step counts (one Redis round trip per batch)."""
+        """Emit a batch read from the stream to this process's subscribers: ONE ``events`` message
+        per room (the run's room, and ``all``) carrying that room's events in stream order, each
+        with the run's current status and step counts (one Redis round trip per batch). A message
+        is encoded once per room and only for rooms somebody in this process joined."""
+        rooms = self.socketio.server.manager.rooms.get("/", {})
+        out: dict[str, list[dict[str, Any]]] = {}
+        for e in batch:
+            room = run_room(e["run"])
+            if rooms.get(room):
+                out.setdefault(room, []).append(e)
+            if rooms.get("all") and e["type"] not in NOT_FOR_ALL:
+                out.setdefault("all", []).append(e)
+        if not out:
+            return
         client = self.services.client
-        runs = list(dict.fromkeys(e["run"] for e in batch))
+        runs = list(dict.fromkeys(e["run"] for events in out.values() for e in events))
         pipe = client.redis.pipeline(transaction=False)
         for rid in runs:
             pipe.hmget(client.keys.run(rid), "status", "settled", "total")
@@ -160,13 +174,19 @@ class Live:
         for rid, (status, settled, total) in zip(runs, pipe.execute(), strict=True):
             if status is not None:
                 state[rid] = {"status": status.decode(), "settled": int(settled or 0), "total": int(total or 0)}
-        for_all = []
-        for e in batch:
-            payload = {**client_event(e), "run_state": state.get(e["run"]), "relayed_at": time.time()}
-            self.socketio.emit(e["type"], payload, to=run_room(e["run"]), namespace="/", ignore_queue=True)
-            if e["type"] not in NOT_FOR_ALL:
-                for_all.append(payload)
-            self.emitted += 1
-        # The "all" room may have hundreds of clients: one message per batch, not per event.
-        if for_all:
-            self.socketio.emit("events", for_all, to="all", namespace="/", ignore_queue=True)
+        now = time.time()
+        payloads: dict[int, dict[str, Any]] = {}
+
+        def payload(e: dict[str, Any]) -> dict[str, Any]:
+            p = payloads.get(id(e))
+            if p is None:
+                p = payloads[id(e)] = {**client_event(e), "run_state": state.get(e["run"]), "relayed_at": now}
+            return p
+
+        # The run rooms first: the few clients watching one run are not queued behind the many
+        # in "all" (which in a threaded server each cost a handoff to a writer thread).
+        for room in sorted(out, key=lambda r: r == "all"):
+            self.socketio.emit("events", [payload(e) for e in out[room]], to=room, namespace="/",
+                               ignore_queue=True)
+            self.messages += 1
+        self.emitted += len(payloads)

@@ -31,6 +31,9 @@ class WebSettings:
     sla_interval: float = 1.0
     # Relay the event stream to this process's Socket.IO clients.
     relay: bool = True
+    # Seconds the relay coalesces events over: a room gets at most one message per window, and an
+    # event after a quiet spell goes out at once (0 = every stream read is sent as it is).
+    relay_window: float = 0.01
     # Flask-SocketIO message queue shared by web processes; "" = the Redis URL, "none" = off.
     message_queue: str = ""
     # Origins allowed to open Socket.IO connections besides the dashboard's own ("*" = any).
@@ -50,6 +53,8 @@ class WebSettings:
         if self.anonymous_role not in ("", *ROLES):
             raise ConfigurationError(f"CANVASFLOW_WEB_ANONYMOUS_ROLE={self.anonymous_role!r}: "
                                      f"expected one of {', '.join(ROLES)} or empty")
+        if self.relay_window < 0:
+            raise ConfigurationError("CANVASFLOW_WEB_RELAY_WINDOW must be zero or a positive number of seconds")
         for name in ("worker_purge_after", "task_retention"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"CANVASFLOW_WEB_{name.upper()} must be a positive number of seconds")

@@ -1,19 +1,16 @@
 // The Socket.IO connection: authenticated by the session cookie, reconnecting with backoff, and
 // re-synchronising after every (re)connect: per-run subscribers get every event after the last
 // seq they applied (the server replays them in the subscribe acknowledgement); "all" subscribers
-// are told to refetch. Events are applied in seq order exactly once.
+// are told to refetch. Live events come in batches (one `events` message per room and relay
+// window, in stream order); each event is applied in seq order exactly once.
 import { io } from "socket.io-client";
 import { setServerTime } from "./util.js";
 
-const EVENT_TYPES = [
-  "run_created", "run_status_changed", "step_started", "step_completed", "step_failed", "step_retrying",
-  "step_skipped", "step_cancelled", "step_compensating", "step_compensated", "step_compensation_failed",
-  "log", "progress", "stats", "operator_action", "sla_warning", "sla_breached",
-];
+const CHATTY = new Set(["log", "progress", "stats"]); // not sent to the "all" room
 
 class Live {
   constructor() {
-    this.runs = new Map(); // run id -> {lastSeq, handlers:Set}
+    this.runs = new Map(); // run id -> {lastSeq, handlers:Set, joined, resyncing, pending}
     this.allHandlers = new Set();
     this.resyncHandlers = new Set();
     this.connected = false;
@@ -25,12 +22,12 @@ class Live {
     this.socket.on("disconnect", () => this._status(false));
     this.socket.on("connect_error", (err) => this._status(false, err?.message));
     this.socket.on("hello", (h) => { setServerTime(h.server_time); });
-    for (const type of EVENT_TYPES) this.socket.on(type, (e) => this._event(e));
-    this.socket.on("events", (list) => { for (const e of list) this._event(e); }); // the "all" room's batches
+    this.socket.on("events", (batch) => this._batch(batch));
     window.__cfLive = this; // tests and benchmarks look at it
     this.received = 0;
     this.connects = 0; // 1 + reconnects
     this.replayed = 0; // events applied from a subscribe acknowledgement (missed while away)
+    this.batches = 0; // `events` messages received
   }
 
   _status(ok, why) {
@@ -47,6 +44,9 @@ class Live {
   _onConnect() {
     this.connects += 1;
     this._status(true);
+    // A resync cut short by the disconnect never gets its acknowledgement; this subscribe replays
+    // everything after each run's last applied seq, the buffered events included.
+    for (const sub of this.runs.values()) { sub.resyncing = false; sub.pending = []; }
     this._subscribe([...this.runs.keys()], this.allHandlers.size > 0);
     for (const fn of this.resyncHandlers) fn();
   }
@@ -57,11 +57,18 @@ class Live {
     for (const id of ids) after[id] = this.runs.get(id)?.lastSeq ?? 0;
     this.socket.emit("subscribe", { runs: ids, all, after }, (ack) => {
       if (!ack || ack.error) return;
+      for (const id of ack.subscribed || []) if (this.runs.has(id)) this.runs.get(id).joined = true; // in its room
       for (const e of ack.events || []) this._event(e, true);
     });
   }
 
-  _event(e, replayed = false) {
+  /** A batch from one room, in stream order (so each run's events in seq order). */
+  _batch(batch) {
+    this.batches += 1;
+    for (const e of Array.isArray(batch) ? batch : [batch]) this._event(e);
+  }
+
+  _event(e, replayed = false, resynced = false) {
     this.received += 1;
     e.receivedAt = Date.now();
     // Benchmarks: the latency of live events only; a replayed one happened before we asked.
@@ -72,29 +79,36 @@ class Live {
     e.receivedBefore = true;
     const sub = this.runs.get(e.run);
     if (sub) {
+      // While a gap is being filled, later events wait and are applied after the replay, in order.
+      if (sub.resyncing) { sub.pending.push(e); return; }
       if (e.seq <= sub.lastSeq) return; // already applied
-      if (sub.lastSeq > 0 && e.seq > sub.lastSeq + 1 && !sub.resyncing) {
-        // A gap (a dropped message): ask for what is missing, in order.
-        sub.resyncing = true;
-        this.socket.emit("subscribe", { runs: [e.run], after: { [e.run]: sub.lastSeq } }, (ack) => {
-          sub.resyncing = false;
-          for (const m of ack?.events || []) this._event(m, true);
-          this._event(e, true);
-        });
-        return;
-      }
-      if (sub.resyncing) return;
+      // (Right after a resync the server has sent all it has: a gap left then is not asked again.)
+      if (sub.lastSeq > 0 && e.seq > sub.lastSeq + 1 && !resynced) { this._resync(e.run, sub, e); return; }
       if (replayed) this.replayed += 1;
       sub.lastSeq = e.seq;
       for (const fn of sub.handlers) fn(e);
     }
-    if (!["log", "progress", "stats"].includes(e.type)) for (const fn of this.allHandlers) fn(e);
+    if (!CHATTY.has(e.type)) for (const fn of this.allHandlers) fn(e);
+  }
+
+  /** A gap (a dropped message): ask for what is missing, then apply it and what came meanwhile. */
+  _resync(runId, sub, first) {
+    sub.resyncing = true;
+    sub.pending = [first];
+    this.socket.emit("subscribe", { runs: [runId], after: { [runId]: sub.lastSeq } }, (ack) => {
+      if (!sub.resyncing) return; // a reconnect took over
+      sub.resyncing = false;
+      const pending = sub.pending.sort((a, b) => a.seq - b.seq);
+      sub.pending = [];
+      for (const m of ack?.events || []) this._event(m, true);
+      for (const m of pending) this._event(m, false, true);
+    });
   }
 
   /** Follow one run from `lastSeq`; returns an unsubscribe function. */
   followRun(runId, lastSeq, handler) {
     let sub = this.runs.get(runId);
-    if (!sub) { sub = { lastSeq, handlers: new Set() }; this.runs.set(runId, sub); }
+    if (!sub) { sub = { lastSeq, handlers: new Set(), resyncing: false, pending: [] }; this.runs.set(runId, sub); }
     sub.lastSeq = Math.max(sub.lastSeq, lastSeq);
     sub.handlers.add(handler);
     this._subscribe([runId], this.allHandlers.size > 0);

@@ -23,7 +23,10 @@ async function loadUsers() {
     <td>${time(u.created_at)}</td>
     <td>${can && u.name !== me ? `<button class="danger delete-user" data-user="${esc(u.name)}">Delete</button>` : ""}</td>
   </tr>`).join("");
-  $("#token-user").innerHTML = users.map((u) => `<option ${u.name === me ? "selected" : ""}>${esc(u.name)}</option>`).join("");
+  // Keep the user picked for a token across the reload after every change (it may land later).
+  const picked = $("#token-user").value;
+  const keep = users.some((u) => u.name === picked) ? picked : me;
+  $("#token-user").innerHTML = users.map((u) => `<option ${u.name === keep ? "selected" : ""}>${esc(u.name)}</option>`).join("");
 }
 
 async function loadTokens() {

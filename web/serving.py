@@ -1,0 +1,61 @@
+"""Which server ``python -m web`` runs: gevent (the default) or Werkzeug's threads.
+
+- ``gevent``: gevent's WSGI server, WebSocket through simple-websocket, Flask-SocketIO in gevent
+  mode. Every connection, request and background service (relay, recorder, fleet-event capture)
+  is a greenlet of one OS thread, so an event sent to 200 sockets costs 200 greenlet switches.
+  It needs the standard library monkey-patched before redis, kombu, psycopg or Flask are imported:
+  :func:`prepare` does it first thing in ``web/__main__.py``.
+- ``threading``: Werkzeug's threaded server, Flask-SocketIO in threading mode. Each WebSocket
+  client holds four threads (request, reader, writer, pinger) and every message to every client is
+  a handoff to its writer thread; with hundreds of clients those handoffs, not the CPU, bound the
+  delivery rate (docs/performance.md, "Dashboard"). Kept as a fallback and for the in-process app
+  of the tests, which is never monkey-patched.
+
+Imports nothing but the standard library at module level: it runs before anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+SERVERS = ("gevent", "threading")
+DEFAULT = "gevent"
+ENV = "CANVASFLOW_WEB_SERVER"
+
+
+def choose(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """The server asked for: ``--server NAME`` (or ``--server=NAME``), else $CANVASFLOW_WEB_SERVER,
+    else gevent. Read before argparse runs, because the patching must precede every other import;
+    argparse validates the same option later."""
+    env = os.environ if env is None else env
+    name = env.get(ENV, "") or DEFAULT
+    for i, arg in enumerate(argv):
+        if arg == "--server" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif arg.startswith("--server="):
+            name = arg.split("=", 1)[1]
+    return name.strip().lower()
+
+
+def prepare(name: str) -> str:
+    """Monkey-patch the standard library for gevent; return the server that will really run
+    (``threading`` when gevent is not installed, with one line saying so)."""
+    if name != "gevent":
+        return name
+    try:
+        from gevent import monkey
+    except ImportError:
+        print("canvasflow web: gevent is not installed; serving with threads "
+              "(pip install gevent, or pass --server threading to silence this)", file=sys.stderr)
+        return "threading"
+    monkey.patch_all()
+    return "gevent"
+
+
+def async_mode() -> str:
+    """The Flask-SocketIO async mode that fits this process: gevent once the standard library is
+    patched for it, else threading (the tests' in-process app, scripts that call create_app)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return "gevent" if monkey is not None and monkey.is_module_patched("socket") else "threading"
