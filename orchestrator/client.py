@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,8 @@ from orchestrator.keys import Keys
 from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
 from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus
+
+PREPARED_CACHE = 128  # definitions a client keeps validated and planned
 
 # Statuses at which a run waits for nothing but an operator: wait() returns on them too.
 RESTING = {str(s) for s in FINAL_RUN_STATUSES} | {RunStatus.PAUSED, RunStatus.COMPENSATION_FAILED}
@@ -213,6 +217,9 @@ class Client:
         self.state = RunState(self.redis, self.keys, state_ttl=self.settings.state_ttl,
                               maxlen=self.settings.event_stream_maxlen)
         self.celery = celery or create_celery(self.settings, sender=True)
+        # Submitting one definition again and again (the common case) validates and plans it
+        # once per fleet catalog: (definition text, catalog) -> (definition, stored text, blueprint).
+        self._prepared: OrderedDict[tuple[str, str], tuple[Definition, str, compiler.Blueprint]] = OrderedDict()
 
     # -- plugins ------------------------------------------------------------------------------
 
@@ -229,21 +236,55 @@ class Client:
 
     def catalog(self) -> dict[str, dict[str, Any]] | None:
         """The union of the fleet's plugin catalogs, or None when no worker has published one."""
+        return self._catalog()[0]
+
+    def _catalog(self) -> tuple[dict[str, dict[str, Any]] | None, str]:
+        """(catalog, a fingerprint of it) from the workers online now."""
         fleet = {h: e for h, e in self.fleet().items() if e["online"]}
         if not fleet:
-            return None
+            return None, ""
         merged: dict[str, dict[str, Any]] = {}
         for entry in fleet.values():
             for plugin, methods in entry.get("plugins", {}).items():
                 merged.setdefault(plugin, {}).update(methods)
-        return merged
+        return merged, hashlib.sha1(json.dumps(merged, sort_keys=True).encode()).hexdigest()
+
+    def _prepare(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path
+                 ) -> tuple[Definition, str, compiler.Blueprint]:
+        """Validated definition, its stored JSON and its blueprint; cached for definitions given
+        as a mapping, a Workflow or a Definition (a file or a registered id is read every time)."""
+        if isinstance(definition, Definition):
+            text = dumps(dump_definition(definition))
+        elif isinstance(definition, Mapping | Workflow):
+            data = definition.to_dict() if isinstance(definition, Workflow) else definition
+            try:
+                text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+            except (TypeError, ValueError):
+                text = ""  # not JSON: validation will say where
+        else:
+            text = ""
+        catalog, fingerprint = self._catalog()
+        key = (text, fingerprint)
+        if text and key in self._prepared:
+            self._prepared.move_to_end(key)
+            return self._prepared[key]
+        defn = self._load(definition, catalog)
+        entry = (defn, dumps(dump_definition(defn)), compiler.blueprint(defn))
+        if text:
+            self._prepared[key] = entry
+            while len(self._prepared) > PREPARED_CACHE:
+                self._prepared.popitem(last=False)
+        return entry
 
     # -- definitions --------------------------------------------------------------------------
 
     def load(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path,
              *, check_plugins: bool = True) -> Definition:
         """Any accepted form of a definition, validated (against the fleet's plugins when known)."""
-        catalog = self.catalog() if check_plugins else None
+        return self._load(definition, self.catalog() if check_plugins else None)
+
+    def _load(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path,
+              catalog: Mapping[str, Any] | None) -> Definition:
         if isinstance(definition, Definition):
             return load_definition(dump_definition(definition), source=f"workflow '{definition.id}'", catalog=catalog)
         if isinstance(definition, Workflow):
@@ -311,8 +352,9 @@ class Client:
         """Validate, record and dispatch a run; returns at once with a handle on it."""
         if isinstance(definition, str) and version is not None:
             defn = self.get_definition(definition, version)
+            body, prepared = dumps(dump_definition(defn)), compiler.blueprint(defn)
         else:
-            defn = self.load(definition)
+            defn, body, prepared = self._prepare(definition)
         if priority is not None and priority not in ("high", "normal", "low"):
             raise DefinitionError([("priority", f"must be one of high, normal, low, not {priority!r}")])
         run_inputs = {**defn.inputs, **(inputs or {})}
@@ -322,19 +364,18 @@ class Client:
             raise DefinitionError([("inputs", f"must be JSON: {exc}")]) from None
         run_id = secrets.token_hex(8)
         prio = priority or defn.priority
-        body = dump_definition(defn)
         fields = {
             "workflow": defn.id, "version": defn.version or "", "name": defn.name or defn.id,
-            "definition": dumps(body), "inputs": inputs_json, "priority": prio,
+            "definition": body, "inputs": inputs_json, "priority": prio,
             "tags": dumps(sorted({*defn.tags, *tags})), "triggered_by": triggered_by,
             "trigger_type": trigger_type, "sla_seconds": str(defn.sla_seconds or ""),
         }
         if cloned_from:
             fields["cloned_from"] = cloned_from
         ctx = compiler.RunContext(run_id, 1, prio, self.settings.hard_timeout_grace, defn.id,
-                                  defn.version or "", run_inputs if compiler.uses_inputs(defn) else None,
+                                  defn.version or "", run_inputs if prepared.uses_inputs else None,
                                   self.settings.default_queue)
-        canvas = compiler.compile_run(defn, ctx, app=self.celery)  # before any state is written
+        canvas = compiler.compile_run(defn, ctx, app=self.celery, prepared=prepared)  # before any state is written
         self.state.create(run_id, fields, defn.step_ids, defn.id)
         try:
             canvas.apply_async()

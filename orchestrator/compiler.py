@@ -363,23 +363,51 @@ def routing(ctx: RunContext, queue: str | None) -> dict[str, Any]:
     return options
 
 
+@dataclass(frozen=True)
+class Blueprint:
+    """What compile_run derives from a definition alone (a fresh run's plan and step specs):
+    computed once per definition by a client that submits it again and again."""
+
+    plan: Plan
+    keep: frozenset[str]
+    forward: frozenset[str]
+    final: str | None
+    specs: Mapping[str, Mapping[str, Any]]
+    uses_inputs: bool
+
+
+def blueprint(defn: Definition, settled: Iterable[str] = ()) -> Blueprint:
+    the_plan = plan(defn, settled)
+    keep = frozenset(referenced_outputs(defn))
+    forward = frozenset(forwarded_outcomes(defn))
+    final = final_leaf(the_plan.tree)
+    specs = {}
+    for step in defn.steps:
+        spec = step_spec(step, step.id in keep, step.id in forward)
+        if step.id == final:
+            spec["settle"] = 1  # the last task of the canvas settles the run: one task less
+        specs[step.id] = spec
+    return Blueprint(the_plan, keep, forward, final, specs, uses_inputs(defn))
+
+
 def compile_run(
     defn: Definition,
     ctx: RunContext,
     *,
     settled: Mapping[str, tuple[str, Any]] | None = None,
     app: Any = None,
+    prepared: Blueprint | None = None,
 ) -> Signature:
     """The canvas that runs every step not in ``settled`` and then settles the run.
 
     ``settled`` maps step id -> (status, output) for steps that already ran (resume, retry);
     their outcomes are handed to the first tasks, so templates downstream still see them.
+    ``prepared`` is ``blueprint(defn)``, for a fresh run (nothing settled) of a definition
+    compiled before.
     """
     settled = dict(settled or {})
-    the_plan = plan(defn, settled)
-    keep = referenced_outputs(defn)
-    forward = forwarded_outcomes(defn)
-    final = final_leaf(the_plan.tree)
+    bp = prepared if prepared is not None and not settled else blueprint(defn, settled)
+    the_plan, keep, final = bp.plan, bp.keep, bp.final
     seed = {sid: [st, out if sid in keep else None] for sid, (st, out) in settled.items()}
     steps = {s.id: s for s in defn.steps}
 
@@ -388,10 +416,7 @@ def compile_run(
 
     def leaf(sid: str, first: bool) -> Signature:
         step = steps[sid]
-        spec = step_spec(step, sid in keep, sid in forward)
-        if sid == final:
-            spec["settle"] = 1  # the last task of the canvas settles the run: one task less
-        args: tuple = (spec, ctx.header())
+        args: tuple = (dict(bp.specs[sid]), ctx.header())
         if first:
             args = (seed,) + args
         opts: dict[str, Any] = {}

@@ -72,6 +72,8 @@ def export_run(client: Client, run_id: str, events: list[dict[str, Any]] | None 
             step["progress"] = e["data"]
         elif e["type"] == "stats":
             step["stats"] = e["data"]
+        elif e["type"] in ("step_completed", "step_failed", "step_retrying") and "stats" in e["data"]:
+            step["stats"] = e["data"]["stats"]
     return {
         "format": TRACE_FORMAT,
         "exported_at": time.time(),

@@ -228,12 +228,14 @@ redis.call('PUBLISH', KEYS[3], target)
 return {'ok', st}
 """
 
-# KEYS: run, steps, stream. ARGV: run_id, step, status, now, maxlen, fields_json, etype, data
+# KEYS: run, steps, stream. ARGV: run_id, step, status, now, maxlen, fields_json, etype, data,
+# expected status ('' for any: otherwise nothing changes unless the step has it)
 _STEP_SET = _EMIT + """
 local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
 if not redis.call('HGET', run_key, 'status') then return 0 end
 local settled_states = {COMPLETED=1, FAILED=1, SKIPPED=1, CANCELLED=1, COMPENSATING=1, COMPENSATED=1}
 local old = redis.call('HGET', steps, ARGV[2] .. '|status')
+if ARGV[9] ~= '' and old ~= ARGV[9] then return 0 end
 local was, now_settled = settled_states[old or ''] ~= nil, settled_states[ARGV[3]] ~= nil
 if now_settled and not was then redis.call('HINCRBY', run_key, 'settled', 1) end
 if was and not now_settled then redis.call('HINCRBY', run_key, 'settled', -1) end
@@ -503,10 +505,14 @@ class RunState:
             self._emit_batch(keys=[self.keys.run(run_id), self.keys.events], args=[run_id, self.maxlen, head, *texts])
 
     def set_step(self, run_id: str, step: str, status: str, etype: str, *,
-                 fields: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None) -> bool:
+                 fields: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
+                 expect: str = "") -> bool:
+        """Set a step's status (and fields) with its event; with ``expect``, only if the step
+        still has that status (False otherwise)."""
         res = self._step_set(
             keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.events],
-            args=[run_id, step, status, now(), self.maxlen, dumps(dict(fields or {})), etype, dumps(dict(data or {}))],
+            args=[run_id, step, status, now(), self.maxlen, dumps(dict(fields or {})), etype, dumps(dict(data or {})),
+                  expect],
         )
         return bool(res)
 

@@ -306,3 +306,33 @@ def test_non_critical_step_killed_at_its_hard_limit_lets_the_rest_run(isolated: 
     snap = client.submit(wf).wait(30)
     assert snap.status == "COMPLETED"
     assert snap.statuses == {"hangs": "FAILED", "slow": "COMPLETED", "after": "COMPLETED"}
+
+
+def test_a_definition_validated_once_is_checked_again_when_the_fleet_catalog_changes(redis_url, redis_client) -> None:
+    import json
+
+    from orchestrator.keys import Keys
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url)
+    keys = Keys(settings.key_prefix)
+    echo = {"params": [], "required": [], "accepts_any": True}
+
+    def publish(methods: dict) -> None:
+        redis_client.hset(keys.catalog, "w1@test", json.dumps({"plugins": {"builtin": methods}}))
+        redis_client.set(keys.worker_alive("w1@test"), "1")
+
+    wf = {"id": "cached", "steps": [{"id": "a", "plugin": "builtin", "method": "echo"}]}
+    client = Client(settings)
+    try:
+        publish({"echo": echo, "sleep": echo})
+        client.submit(wf)
+        client.submit(wf)  # the second submit reuses the validated definition
+        publish({"sleep": echo})  # the fleet no longer has builtin.echo
+        with pytest.raises(DefinitionError, match="echo"):
+            client.submit(wf)
+        publish({"echo": echo})
+        assert client.submit(wf).status() == "PENDING"  # no worker consumes this prefix
+    finally:
+        client.close()
+        redis_client.delete(*redis_client.keys(f"{settings.key_prefix}:*"))

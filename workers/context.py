@@ -100,6 +100,11 @@ class StepContext:
             out.append(["progress", self.step_id, "", f"{time.time():.6f}", {"fraction": frac, "message": msg}])
         return out
 
+    @property
+    def has_counters(self) -> bool:
+        """Whether the plugin set counters with ctx.stats()."""
+        return bool(self._stats)
+
     def final_stats(self) -> dict[str, Any]:
         return {**self._stats, "duration": round(time.time() - self.started, 6)}
 

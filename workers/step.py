@@ -270,7 +270,11 @@ def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr:
         # The rendered input, for the audit store and the dashboard (capped: it rides in an event).
         text = dumps(rendered)
         record["input"] = text if len(text) <= 8192 else text[:8192] + "…"
-    batch = ctx.drain() + [["stats", sid, "", f"{finished:.6f}", dumps(record["stats"])]]
+    batch = ctx.drain()
+    if ctx.has_counters:
+        # The attempt record carries the stats too; a step that set counters also gets a
+        # "stats" event (the live dashboard's per-step summary).
+        batch.append(["stats", sid, "", f"{finished:.6f}", dumps(record["stats"])])
     common = {"status": str(status), "output": output, "error": error, "traceback": tb,
               "critical": spec.get("critical", True), "batch": batch}
 
@@ -390,7 +394,8 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
     if alive:
         raise task.retry(countdown=0.5, max_retries=None)
     for sid in running:
-        rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled",
+        # only if still RUNNING: the step may have finished since the read above
+        rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=StepStatus.RUNNING,
                           fields={"error": "its worker was lost while the run was being cancelled"})
     if status == RunStatus.PAUSING and not halt:
         rt.state.transition(run_id, RunStatus.PAUSED, sources=[RunStatus.PAUSING])
@@ -399,7 +404,7 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
         target = RunStatus.CANCELLED if status == RunStatus.CANCELLING or halt == "cancelled" else RunStatus.FAILED
         for sid, fields in steps.items():
             if fields.get("status") in (StepStatus.PENDING, StepStatus.RETRYING):
-                rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled")
+                rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=fields["status"])
         defn = load_run_definition(run)
         order = [sid for sid in reversed(rt.state.completed_order(run_id))
                  if steps.get(sid, {}).get("status") == StepStatus.COMPLETED and defn.step(sid).compensate]

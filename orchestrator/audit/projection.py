@@ -387,6 +387,10 @@ class _Projection:
         if data.get("input") is not None:
             att["input"] = _str(data["input"])
         att["stats"] = _json(data.get("stats")) if data.get("stats") is not None else att["stats"]
+        if latest and data.get("stats") is not None and e.seq > step["stats_seq"]:
+            # the attempt's own record carries the step's final stats (a "stats" event only
+            # comes for steps whose plugin set counters)
+            step.update(stats=att["stats"], stats_seq=e.seq)
         tb = data.get("traceback")
         if tb is None and e.type == "step_failed":
             tb = self.lookups.tracebacks.get((e.run, e.step))
