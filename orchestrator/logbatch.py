@@ -33,6 +33,11 @@ def _level(level: Any) -> str:
 
 def _column(values: tuple[Any, ...], clean: Any) -> tuple[set[Any], tuple[Any, ...]]:
     """(distinct values, column) of one field; the column is cleaned when a value needs it."""
+    first = values[0]
+    if type(first) in _TEXT_TYPES and values.count(first) == len(values):
+        # the usual column: one value (often the very same object) on every line; count() is a
+        # C loop that compares by identity first, far cheaper than hashing every value
+        return {first}, values
     try:
         distinct = set(values)
         if {type(v) for v in distinct} <= _TEXT_TYPES:
@@ -43,15 +48,24 @@ def _column(values: tuple[Any, ...], clean: Any) -> tuple[set[Any], tuple[Any, .
     return set(values), values
 
 
+FIELDS = 7  # a buffered line: ts_us, message, level, entity_tag, entity_route, entity_id, entity_type
+
+
 def log_event_data(rows: list[tuple[Any, ...]]) -> str:
     """The JSON data of one ``log`` event for buffered lines ``(ts_us, message, level, entity...)``.
 
     Columns, not one object per line: ``{"n", "ts": [µs...], "message": [...], "level", and
     entity_tag/entity_route/entity_id/entity_type}``; a column whose lines all share one value is
-    that value (an absent entity column means none). Checking and encoding columns takes a few
-    C-level passes, so 10,000 lines cost a step a few milliseconds (docs/performance.md).
+    that value (an absent entity column means none).
     """
-    ts, messages, levels, *entities = zip(*rows, strict=True)
+    return log_event_data_flat([v for row in rows for v in row])
+
+
+def log_event_data_flat(flat: list[Any]) -> str:
+    """:func:`log_event_data` for lines kept as one flat list, FIELDS values a line (the step
+    context's buffer): each column is a C-level slice, and checking and encoding them takes a few
+    C-level passes, so 10,000 lines cost a step a few milliseconds (docs/performance.md)."""
+    ts, messages, levels, *entities = (tuple(flat[i::FIELDS]) for i in range(FIELDS))
     if set(map(type, messages)) != {str} or max(map(len, messages)) > MAX_MESSAGE:
         messages = tuple(map(_text, messages))
     distinct, levels = _column(levels, _level)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from time import time_ns
 from typing import Any
 
-from orchestrator.logbatch import LEVELS, MAX_MESSAGE, log_event_data  # noqa: F401 (re-exported)
+from orchestrator.logbatch import LEVELS, MAX_MESSAGE, log_event_data, log_event_data_flat  # noqa: F401 (re-exported)
 from orchestrator.runtime import RunState
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class StepContext:
         self.step_id = step_id
         self.attempt = attempt
         self.workflow_id = workflow_id
-        self._buffer: list[tuple[Any, ...]] = []
+        self._buffer: list[Any] = []  # log lines, logbatch.FIELDS values each, one flat list
         self._progress: tuple[float, str | None] | None = None
         self._stats: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -69,9 +69,9 @@ class StepContext:
             entity_route: str | None = None, entity_id: str | None = None,
             entity_type: str | None = None) -> None:
         """Record a log line for this step; non-strings are str()-ed, long ones cut to 64 KiB."""
-        # Only an append here (a plugin may log thousands of lines): checks, clamps and JSON
+        # Only an extend here (a plugin may log thousands of lines): checks, clamps and JSON
         # happen when the heartbeat thread drains the buffer, in one event per batch.
-        self._buffer.append((time_ns() // 1000, message, level, entity_tag, entity_route, entity_id, entity_type))
+        self._buffer.extend((time_ns() // 1000, message, level, entity_tag, entity_route, entity_id, entity_type))
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report how far the step is, 0..1 (values outside are clamped); the latest one wins."""
@@ -93,7 +93,7 @@ class StepContext:
             rows, self._buffer = self._buffer, []
         out: list[list[Any]] = []
         if rows:
-            out.append(["log", self.step_id, "", f"{rows[0][0] / 1e6:.6f}", log_event_data(rows)])
+            out.append(["log", self.step_id, "", f"{rows[0] / 1e6:.6f}", log_event_data_flat(rows)])
         if self._progress is not None:
             frac, msg = self._progress
             self._progress = None
