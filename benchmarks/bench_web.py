@@ -17,7 +17,11 @@ clients:
    compared with the browser's receive time (same machine clock);
 5. C Socket.IO clients subscribed to every run while R runs execute: per-event delivery latency.
 
---quick scales down (100 active, 10,000 finished, 100 steps, 50 clients, 10 runs).
+--quick scales down (100 active, 10,000 finished, 100 steps, 50 clients, 10 runs). Each
+``--variant`` (e.g. ``threads:server=threading``, ``gevent:server=gevent``, or ``before:path=DIR``
+for an older commit's web/ package) runs every phase against its own fresh web process, after
+one another in the same run, so their figures compare. ``--profile DIR`` records the web process
+with py-spy during phase 5.
 """
 
 from __future__ import annotations
@@ -128,10 +132,10 @@ def seed(settings: Settings, client: Client, active: int, finished: int) -> None
 
 
 class Proc:
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
         self.log = log
         self.fh = open(log, "wb")  # noqa: SIM115
-        self.p = subprocess.Popen(argv, env=env, stdout=self.fh, stderr=subprocess.STDOUT, cwd=str(ROOT),
+        self.p = subprocess.Popen(argv, env=env, stdout=self.fh, stderr=subprocess.STDOUT, cwd=str(cwd),
                                   start_new_session=True)
 
     def stop(self) -> None:
@@ -144,11 +148,57 @@ class Proc:
         self.fh.close()
 
 
-def light_client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any, count: Any) -> None:
-    """n Socket.IO connections (Engine.IO 4 over WebSocket, spoken directly with websocket-client)
-    served by ONE select loop, each subscribed to every run; reports each event's delivery latency
-    and the process's CPU seconds. python-socketio's Client starts a thread per received message,
-    so 200 of them on this 2-CPU machine measured the clients more than the server."""
+class Frames:
+    """The text messages in the server's WebSocket frames, read in bulk from the socket (a server
+    never masks its frames). websocket-client's own recv() reads each frame with several syscalls
+    and much Python; 200 connections on this 2-CPU machine then measured the clients more than the
+    server they share the CPUs with."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.buf = bytearray()
+        self.parts: list[bytes] = []
+
+    def read(self) -> list[str] | None:
+        chunk = self.ws.sock.recv(1 << 18)
+        if not chunk:
+            return None
+        self.buf += chunk
+        out = []
+        buf = self.buf
+        while len(buf) >= 2:
+            fin, opcode, n, head = buf[0] & 0x80, buf[0] & 0x0F, buf[1] & 0x7F, 2
+            if n == 126:
+                if len(buf) < 4:
+                    break
+                n, head = int.from_bytes(buf[2:4], "big"), 4
+            elif n == 127:
+                if len(buf) < 10:
+                    break
+                n, head = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < head + n:
+                break
+            payload = bytes(buf[head:head + n])
+            del buf[:head + n]
+            if opcode == 9:
+                self.ws.pong(payload)
+            elif opcode == 8:
+                return None
+            elif opcode in (0, 1):
+                self.parts.append(payload)
+                if fin:
+                    out.append(b"".join(self.parts).decode())
+                    self.parts = []
+        return out
+
+
+def light_client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any, count: Any,
+                         runs: list[str] | None = None) -> None:
+    """n Socket.IO connections (Engine.IO 4 over WebSocket, spoken directly: websocket-client for
+    the handshake and what clients send, frames parsed from bulk reads) served by ONE select loop,
+    each subscribed to every run (or to ``runs``); reports each event's delivery latency and the
+    process's CPU seconds. python-socketio's Client starts a thread per received message, so 200
+    of them on this 2-CPU machine measured the clients more than the server."""
     import selectors
 
     import websocket
@@ -166,37 +216,144 @@ def light_client_process(url: str, token: str, n: int, ready: Any, stop: Any, ou
             elif m.startswith(prefix):
                 return str(m)
 
+    subscribe = {"runs": runs} if runs else {"all": True}
     for _ in range(n):
         ws = websocket.create_connection(ws_url, timeout=60)
         until(ws, "0")  # Engine.IO open
         ws.send("40" + json.dumps({"token": token}))  # Socket.IO connect with auth
         until(ws, "40")
-        ws.send("420" + json.dumps(["subscribe", {"all": True}]))
+        ws.send("420" + json.dumps(["subscribe", subscribe]))
         until(ws, "430")  # the acknowledgement
-        conns.append(ws)
+        conns.append(Frames(ws))
     sel = selectors.DefaultSelector()
-    for ws in conns:
-        sel.register(ws.sock, selectors.EVENT_READ, ws)
+    for frames in conns:
+        sel.register(frames.ws.sock, selectors.EVENT_READ, frames)
     lat: list[float] = []
+    rows: list[tuple[str, int, str, float, float | None, float]] = []  # the first connection's, for split()
+    last = 0.0  # when the last event arrived
     cpu0 = time.process_time()
     ready.put(n)
     while not stop.is_set():
         for key, _ in sel.select(0.2):
-            ws = key.data
-            m = ws.recv()
+            frames = key.data
+            messages = frames.read()
             now = time.time()
-            if m == "2":
-                ws.send("3")
-            elif m.startswith("42"):
-                data = json.loads(m[2:])[1]
-                for e in data if isinstance(data, list) else [data]:
-                    if isinstance(e, dict) and "ts" in e:
-                        lat.append(now - e["ts"])
-                count.value = len(lat)
-    out.put((lat, time.process_time() - cpu0))
+            if messages is None:
+                sel.unregister(key.fileobj)
+                continue
+            for m in messages:
+                if m == "2":
+                    frames.ws.send("3")
+                elif m.startswith("42"):
+                    data = json.loads(m[2:])[1]
+                    for e in data if isinstance(data, list) else [data]:
+                        if isinstance(e, dict) and "ts" in e:
+                            lat.append(now - e["ts"])
+                            last = now
+                            if frames is conns[0]:
+                                rows.append((e["run"], e["seq"], e["type"], e["ts"], e.get("relayed_at"), now))
+            count.value = len(lat)
+    out.put((lat, time.process_time() - cpu0, rows, last))
     out.close()
     out.join_thread()
     os._exit(0)
+
+
+class StreamClock(threading.Thread):
+    """When each event reached the stream: Redis stamps every entry id with its own clock (ms).
+    With the event's ``ts`` (the worker's clock), ``relayed_at`` (the relay's) and the receive
+    time, that splits a delivery into worker -> stream, stream -> relay read, relay -> client
+    (one machine, one clock)."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(daemon=True)
+        self.r = client.redis
+        self.stream = client.keys.events
+        last = self.r.xrevrange(self.stream, count=1)
+        self.last_id = last[0][0].decode() if last else "0-0"
+        self.appended: dict[tuple[str, int], float] = {}
+        self.stop = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for _, items in self.r.xread({self.stream: self.last_id}, count=1000, block=100) or []:
+                for entry_id, fields in items:
+                    self.last_id = entry_id.decode()
+                    try:
+                        key = (fields[b"run"].decode(), int(fields[b"seq"]))
+                    except (KeyError, ValueError):
+                        continue
+                    self.appended[key] = int(self.last_id.split("-")[0]) / 1000
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(5)
+
+
+def split(rows: list[tuple[str, int, str, float, float | None, float]], clock: StreamClock) -> dict[str, Any]:
+    """Latency parts (ms) of received events: (run, seq, type, ts, relayed_at, received_at) rows.
+    Redis stamps entry ids in whole ms, so a part next to the stream is +-1 ms."""
+    parts: dict[str, list[float]] = {"worker_to_stream": [], "stream_to_relay": [], "relay_to_client": [],
+                                     "stream_to_client": []}
+    by_type: dict[str, list[float]] = {}
+    for run, seq, etype, ts, relayed, received in rows:
+        appended = clock.appended.get((run, seq))
+        if appended is None:
+            continue
+        parts["worker_to_stream"].append(appended - ts)
+        parts["stream_to_client"].append(received - appended)
+        by_type.setdefault(etype, []).append(appended - ts)
+        if relayed is not None:
+            parts["stream_to_relay"].append(relayed - appended)
+            parts["relay_to_client"].append(received - relayed)
+    out: dict[str, Any] = {k: summary(v) for k, v in parts.items() if v}
+    out["worker_to_stream_p95_by_type"] = {t: summary(v)["p95"] for t, v in sorted(by_type.items())}
+    return out
+
+
+class Watcher(threading.Thread):
+    """One more connection, in this process, subscribed to a few runs' rooms (as a browser on a
+    run page is) while the many clients follow every run: is it served as promptly?"""
+
+    def __init__(self, url: str, token: str, runs: list[str]) -> None:
+        super().__init__(daemon=True)
+        import websocket
+
+        ws = websocket.create_connection(url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket",
+                                         timeout=60)
+        for prefix, send in (("0", "40" + json.dumps({"token": token})),
+                             ("40", "420" + json.dumps(["subscribe", {"runs": runs}])), ("430", None)):
+            while not (m := ws.recv()).startswith(prefix):
+                if m == "2":
+                    ws.send("3")
+            if send:
+                ws.send(send)
+        self.frames = Frames(ws)
+        self.lat: list[float] = []
+        self.rows: list[tuple[str, int, str, float, float | None, float]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.frames.ws.sock, selectors.EVENT_READ)
+        while not self.stop.is_set():
+            if not sel.select(0.2):
+                continue
+            messages = self.frames.read()
+            now = time.time()
+            for m in messages or []:
+                if m == "2":
+                    self.frames.ws.send("3")
+                elif m.startswith("42"):
+                    data = json.loads(m[2:])[1]
+                    for e in data if isinstance(data, list) else [data]:  # a web/ before batches: one each
+                        self.lat.append(now - e["ts"])
+                        self.rows.append((e["run"], e["seq"], e["type"], e["ts"], e.get("relayed_at"), now))
+            if messages is None:
+                break
 
 
 def client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any, count: Any) -> None:
@@ -204,6 +361,7 @@ def client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any
     cpu0 = time.process_time()
     lat: list[float] = []
     lock = threading.Lock()
+    last = [0.0]
     sios = []
     for _ in range(n):
         sio = socketio.Client(reconnection=False)
@@ -214,6 +372,7 @@ def client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any
             with lock:
                 lat.extend(now - e["ts"] for e in items if isinstance(e, dict) and "ts" in e)
                 count.value = len(lat)
+                last[0] = now
 
         sio.on("*", on_any)
         sio.connect(url, auth={"token": token}, transports=["websocket"], wait_timeout=30)
@@ -222,14 +381,14 @@ def client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any
     ready.put(n)
     stop.wait(600)
     with lock:
-        out.put((list(lat), time.process_time() - cpu0))
+        out.put((list(lat), time.process_time() - cpu0, [], last[0]))
     out.close()
     out.join_thread()
     os._exit(0)  # closing 50 clients one by one takes long; the sockets close with the process
 
 
 def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: int, nruns: int,
-           web_pid: int) -> dict[str, Any]:
+           web_pid: int, label: str = "default") -> dict[str, Any]:
     """C clients subscribed to every run while R runs execute: every delivery's latency, waiting
     until each client got every event (or 120 s), with the CPU seconds of server and clients."""
     import multiprocessing as mp
@@ -247,8 +406,9 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
         w.start()
     for _ in workers:
         ready.get(timeout=180)
-    small = {"mode": "sequential", "steps": [{"id": f"s{i}", "plugin": "builtin", "method": "sleep",
-                                              "params": {"seconds": 0.05}} for i in range(10)]}
+    step = ({"plugin": "builtin", "method": "sleep", "params": {"seconds": args.fanout_step_seconds}}
+            if args.fanout_step_seconds > 0 else {"plugin": "builtin", "method": "echo"})
+    small = {"mode": "sequential", "steps": [{"id": f"s{i}", **step} for i in range(10)]}
     http.put(f"{url}/api/v1/workflows/bench_small", json={"definition": small}, timeout=30).raise_for_status()
     web = psutil.Process(web_pid)
     spies: list[subprocess.Popen] = []
@@ -256,7 +416,7 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
     if args.profile:
         # Who holds the GIL (record --gil, without pausing the process), and now and then every
         # thread's native stack (dump --native: a thread in take_gil is waiting for the GIL).
-        prof = Path(args.profile)
+        prof = Path(args.profile) / label
         prof.mkdir(parents=True, exist_ok=True)
         py_spy = str(Path(sys.executable).with_name("py-spy"))
         spies = [subprocess.Popen([py_spy, "record", *flags, "--nonblocking", "--threads", "-r", "100", "-f", "raw",
@@ -274,10 +434,16 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
         dumps.append(threading.Thread(target=dump_now_and_then, daemon=True))
         time.sleep(1.0)
     cpu0 = sum(web.cpu_times()[:2])
+    relay0 = http.get(f"{url}/api/v1/health", timeout=10).json().get("relay", {})
+    clock = StreamClock(client)
     t = time.perf_counter()
+    t_wall = time.time()
     for d in dumps:
         d.start()
     handles = [client.submit("bench_small") for _ in range(nruns)]
+    # The last runs submitted start last: a watcher on their rooms sees nearly all their events.
+    watcher = Watcher(url, token, [h.id for h in handles[-max(1, nruns // 5):]])
+    watcher.start()
     for h in handles:
         h.wait(timeout=300)
     elapsed = time.perf_counter() - t
@@ -290,28 +456,82 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
     deadline = time.monotonic() + 120
     while sum(c.value for c in counters) < expected and time.monotonic() < deadline:
         time.sleep(0.1)
-    drained = time.perf_counter() - t
     web_cpu = sum(web.cpu_times()[:2]) - cpu0
+    relay1 = http.get(f"{url}/api/v1/health", timeout=10).json().get("relay", {})
+    # Stream reads handed on, and Socket.IO messages emitted to rooms (not per client), by the relay.
+    relayed = {k: relay1[k] - relay0.get(k, 0) for k in ("batches", "messages") if k in relay1}
     for spy in spies:
         spy.send_signal(2)  # py-spy writes its profile on SIGINT
         spy.wait(60)
     for d in dumps:
         d.join(60)
     stop.set()
+    watcher.stop.set()
+    watcher.join(10)
+    clock.close()
     lat: list[float] = []
+    sampled: list[Any] = []
     client_cpu = 0.0
+    last = 0.0
     for _ in workers:
-        got, cpu = out.get(timeout=120)
+        got, cpu, rows, last_at = out.get(timeout=120)
         lat += got
         client_cpu += cpu
+        sampled += rows
+        last = max(last, last_at)
     for w in workers:
         w.join(30)
         if w.is_alive():
             w.kill()
     return {**summary(lat), "clients": (clients // nproc) * nproc, "client_processes": nproc,
-            "client": args.fanout_client, "runs": nruns, "runs_seconds": round(elapsed, 1),
-            "all_delivered_seconds": round(drained, 1), "deliveries": len(lat), "expected": expected,
-            "web_cpu_seconds": round(web_cpu, 1), "clients_cpu_seconds": round(client_cpu, 1)}
+            "client": args.fanout_client, "runs": nruns, "step_seconds": args.fanout_step_seconds,
+            "runs_seconds": round(elapsed, 1),
+            # From the first submit to the last event any client got (all of them, when
+            # deliveries == expected).
+            "all_delivered_seconds": round(last - t_wall, 1), "deliveries": len(lat), "expected": expected,
+            "web_cpu_seconds": round(web_cpu, 1), "clients_cpu_seconds": round(client_cpu, 1),
+            "relay": relayed, "run_room_watcher": {**summary(watcher.lat), **split(watcher.rows, clock)},
+            # One connection per client process, its deliveries split at the stream and the relay.
+            "parts_of_sampled_clients": split(sampled, clock)}
+
+
+def parse_variant(spec: str) -> dict[str, str]:
+    """``LABEL[:key=value,...]`` with keys server (gevent|threading), window (seconds), path (a
+    directory holding another ``web/`` package, e.g. an older commit's, run in place of this one),
+    recorder (``thread``: ``--recorder``, the default; ``process``: its own ``python -m
+    orchestrator.audit.recorder`` process) and fleet (``off``: no Celery event capture)."""
+    label, _, rest = spec.partition(":")
+    out = {"label": label}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in ("server", "window", "path", "recorder", "fleet"):
+            raise SystemExit(f"--variant {spec}: unknown key {key!r} (server, window, path, recorder, fleet)")
+        out[key] = value
+    return out
+
+
+def start_web(variant: dict[str, str], env: dict[str, str], port: int, work: Path) -> tuple[Proc, list[Proc]]:
+    """The web process of a variant, and the processes beside it (a separate recorder)."""
+    env = dict(env)
+    extra: list[Proc] = []
+    if variant.get("fleet") == "off":
+        env["CANVASFLOW_WEB_FLEET_EVENTS"] = "false"
+    recorder = ["--recorder"]
+    if variant.get("recorder") == "process":
+        recorder = []
+        extra.append(Proc([sys.executable, "-m", "orchestrator.audit.recorder"], env,
+                          work / f"recorder-{variant['label']}.log"))
+    if "server" in variant:
+        env["CANVASFLOW_WEB_SERVER"] = variant["server"]
+    if "window" in variant:
+        env["CANVASFLOW_WEB_RELAY_WINDOW"] = variant["window"]
+    cwd = ROOT
+    if "path" in variant:
+        # `python -m web` finds web/ in its working directory first; orchestrator/ comes from ROOT.
+        cwd = Path(variant["path"]).resolve()
+        env["PYTHONPATH"] = f"{cwd}{os.pathsep}{ROOT}"
+    return Proc([sys.executable, "-m", "web", "--port", str(port), *recorder], env,
+                work / f"web-{variant['label']}.log", cwd=cwd), extra
 
 
 def main() -> int:
@@ -330,8 +550,16 @@ def main() -> int:
                     "(default 200; 50 with --quick)")
     ap.add_argument("--fanout-runs", type=int, default=None, help="runs executed during the fan-out phase "
                     "(default 50; 10 with --quick)")
+    ap.add_argument("--fanout-step-seconds", type=float, default=0.05,
+                    help="each step of the fan-out phase's ten-step runs sleeps this long (0: echo, as fast as "
+                         "the worker goes)")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL[:server=S,window=W,path=DIR]",
+                    help="measure the web process configured so (repeatable; each gets a fresh web process, "
+                         "the same seeded data, worker and machine): e.g. --variant threads:server=threading "
+                         "--variant gevent:server=gevent. Default: one variant with the defaults")
     args = ap.parse_args()
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    variants = [parse_variant(v) for v in args.variant] or [{"label": "default"}]
     active, finished, steps, clients, nruns = (100, 10_000, 100, 50, 10) if args.quick else (500, 100_000, 200, 200, 50)
     clients = args.clients or clients
     nruns = args.fanout_runs or nruns
@@ -342,8 +570,10 @@ def main() -> int:
     settings = Settings(redis_url=embedded.url, database_url=args.database_url, key_prefix="bw", lease_ttl=5)
     client = Client(settings)
     results: dict[str, Any] = {"sizes": {"active": active, "finished": finished, "steps": steps, "clients": clients,
-                                         "runs": nruns}, "database": args.database_url.split(":")[0]}
+                                         "runs": nruns}, "database": args.database_url.split(":")[0],
+                               "cpus": os.cpu_count(), "variants": {}}
     procs: list[Proc] = []
+    big: Any = None
     try:
         seed(settings, client, active, finished)
         env = {**os.environ, **settings.as_env(), "PYTHONPATH": str(ROOT), "CANVASFLOW_WEB_ADMIN_PASSWORD": PASSWORD,
@@ -351,96 +581,18 @@ def main() -> int:
         procs.append(Proc([sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default,io", "-c", "2",
                            "-l", "WARNING", "--without-mingle", "--without-gossip", "-n", f"bw-{uuid.uuid4().hex[:4]}@%h"],
                           env, work / "worker.log"))
-        port = 18000 + os.getpid() % 1000
-        url = f"http://127.0.0.1:{port}"
-        procs.append(Proc([sys.executable, "-m", "web", "--port", str(port), "--recorder"], env, work / "web.log"))
-        deadline = time.time() + 60
-        while True:
+        for n, variant in enumerate(variants):
+            port = 18000 + (os.getpid() * 7 + n) % 1000
+            web, beside = start_web(variant, env, port, work)
             try:
-                if requests.get(f"{url}/api/v1/health", timeout=1).ok and client.fleet():
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                raise SystemExit(f"web or worker did not start; see {work}")
-            time.sleep(0.2)
-        http = requests.Session()
-        r = http.post(f"{url}/api/v1/auth/login", json={"username": "admin", "password": PASSWORD}, timeout=10)
-        http.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-        token = http.post(f"{url}/api/v1/auth/tokens", json={"name": "bench"}, timeout=10).json()["token"]
-
-        # 1. runs list API: the Active tab, the first and a deep page of the Completed history
-        def timed(path: str, n: int = 20) -> dict[str, float]:
-            out = []
-            for _ in range(n):
-                t = time.perf_counter()
-                resp = http.get(f"{url}/api/v1{path}", timeout=30)
-                out.append(time.perf_counter() - t)
-                assert resp.ok, resp.text
-            return summary(out)
-
-        results["api_runs_active"] = timed("/runs?view=active&limit=50")
-        page = http.get(f"{url}/api/v1/runs?view=completed&limit=50", timeout=30).json()
-        for _ in range(20):
-            page = http.get(f"{url}/api/v1/runs", params={"view": "completed", "limit": 50,
-                                                          "cursor": page["next_cursor"]}, timeout=30).json()
-        results["api_runs_completed_page_21"] = timed(f"/runs?view=completed&limit=50&cursor={page['next_cursor']}")
-
-        # 2. a real run of `steps` steps, then its detail
-        body = {"mode": "sequential", "steps": [{"id": f"step{i:03d}", "plugin": "builtin", "method": "echo",
-                                                 "params": {"i": i}} for i in range(steps)]}
-        http.put(f"{url}/api/v1/workflows/bench_long", json={"definition": body}, timeout=30).raise_for_status()
-        big = client.submit("bench_long")
-        big.wait(timeout=300)
-        time.sleep(1.0)  # the recorder writes the last batch
-        results["api_run_detail"] = timed(f"/runs/{big.id}?steps_limit={steps}", 30)
-        results["api_run_detail"]["steps"] = steps
-        print(json.dumps(results), flush=True)
-
-        # 3 + 4 + page load in Chromium
-        from playwright.sync_api import sync_playwright
-
-        if "browser" not in skip:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-                ctx = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
-                page_ = ctx.new_page()
-                page_.goto(f"{url}/login")
-                page_.fill("input[name=username]", "admin")
-                page_.fill("input[name=password]", PASSWORD)
-                page_.click("button[type=submit]")
-                page_.wait_for_selector("body[data-loaded]")
-                loads = []
-                for _ in range(10):
-                    t = time.perf_counter()
-                    page_.goto(f"{url}/runs?view=active")
-                    page_.wait_for_selector("body[data-loaded]")
-                    loads.append(time.perf_counter() - t)
-                results["runs_page_load"] = summary(loads)
-                gantt = []
-                for _ in range(5):
-                    page_.goto(f"{url}/runs/{big.id}/gantt")
-                    page_.wait_for_selector("#gantt[data-rendered]")
-                    g = page_.evaluate("window.__cfGantt")
-                    gantt.append((g["fetchMs"] + g["renderMs"]) / 1000)
-                results["gantt_render"] = {**summary(gantt), "bars": g["bars"],
-                                           "render_only_ms": round(g["renderMs"], 1)}
-                # event -> browser: follow a running run of `steps` quick steps
-                follow = client.submit("bench_long")
-                page_.goto(f"{url}/runs/{follow.id}")
-                page_.wait_for_selector("body[data-ready='1']")
-                page_.evaluate("window.__cfLatencies = []; window.__cfRelayed = []")
-                follow.wait(timeout=300)
-                time.sleep(0.5)
-                lat = page_.evaluate("window.__cfLatencies")
-                results["event_to_browser"] = summary(lat)
-                # The share of it before the relay read the event (worker -> stream -> XREAD).
-                results["event_to_browser"]["stream_to_relay"] = summary(page_.evaluate("window.__cfRelayed"))
-                browser.close()
-
-        # 5. many Socket.IO clients (in 4 client processes) while runs execute
-        if "fanout" not in skip:
-            results["socketio_fanout"] = fanout(args, url, http, client, token, clients, nruns, procs[-1].p.pid)
+                out, big = measure(args, variant, f"http://127.0.0.1:{port}", web, client, work, skip, steps,
+                                   clients, nruns, big)
+            finally:
+                web.stop()
+                for proc in beside:
+                    proc.stop()
+            results["variants"][variant["label"]] = out
+            print(json.dumps({variant["label"]: out}), flush=True)
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -450,6 +602,114 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Client, work: Path, skip: set[str],
+            steps: int, clients: int, nruns: int, big: Any) -> tuple[dict[str, Any], Any]:
+    """Every phase against one web process; returns its figures and the finished long run (made by
+    the first variant, reused by the others)."""
+    deadline = time.time() + 60
+    while True:
+        try:
+            if requests.get(f"{url}/api/v1/health", timeout=1).ok and client.fleet():
+                break
+        except requests.RequestException:
+            pass
+        if time.time() > deadline or web.p.poll() is not None:
+            raise SystemExit(f"web or worker did not start; see {work}")
+        time.sleep(0.2)
+    results: dict[str, Any] = {"variant": variant, "load_before": [round(x, 2) for x in os.getloadavg()],
+                               "server": requests.get(f"{url}/api/v1/health", timeout=5).json().get(
+                                   "server", "threading (no 'server' in /health)")}
+    http = requests.Session()
+    r = http.post(f"{url}/api/v1/auth/login", json={"username": "admin", "password": PASSWORD}, timeout=10)
+    http.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    token = http.post(f"{url}/api/v1/auth/tokens", json={"name": "bench"}, timeout=10).json()["token"]
+
+    # 1. runs list API: the Active tab, the first and a deep page of the Completed history
+    def timed(path: str, n: int = 20) -> dict[str, float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            resp = http.get(f"{url}/api/v1{path}", timeout=30)
+            out.append(time.perf_counter() - t)
+            assert resp.ok, resp.text
+        return summary(out)
+
+    results["api_runs_active"] = timed("/runs?view=active&limit=50")
+    page = http.get(f"{url}/api/v1/runs?view=completed&limit=50", timeout=30).json()
+    for _ in range(20):
+        page = http.get(f"{url}/api/v1/runs", params={"view": "completed", "limit": 50,
+                                                      "cursor": page["next_cursor"]}, timeout=30).json()
+    results["api_runs_completed_page_21"] = timed(f"/runs?view=completed&limit=50&cursor={page['next_cursor']}")
+
+    # 2. a real run of `steps` steps, then its detail
+    body = {"mode": "sequential", "steps": [{"id": f"step{i:03d}", "plugin": "builtin", "method": "echo",
+                                             "params": {"i": i}} for i in range(steps)]}
+    if big is None:
+        http.put(f"{url}/api/v1/workflows/bench_long", json={"definition": body}, timeout=30).raise_for_status()
+        big = client.submit("bench_long")
+        big.wait(timeout=300)
+        time.sleep(1.0)  # the recorder writes the last batch
+    results["api_run_detail"] = timed(f"/runs/{big.id}?steps_limit={steps}", 30)
+    results["api_run_detail"]["steps"] = steps
+
+    # 3 + 4 + page load in Chromium
+    from playwright.sync_api import sync_playwright
+
+    if "browser" not in skip:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            ctx = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+            page_ = ctx.new_page()
+            page_.goto(f"{url}/login")
+            page_.fill("input[name=username]", "admin")
+            page_.fill("input[name=password]", PASSWORD)
+            page_.click("button[type=submit]")
+            page_.wait_for_selector("body[data-loaded]")
+            loads = []
+            for _ in range(10):
+                t = time.perf_counter()
+                page_.goto(f"{url}/runs?view=active")
+                page_.wait_for_selector("body[data-loaded]")
+                loads.append(time.perf_counter() - t)
+            results["runs_page_load"] = summary(loads)
+            gantt = []
+            for _ in range(5):
+                page_.goto(f"{url}/runs/{big.id}/gantt")
+                page_.wait_for_selector("#gantt[data-rendered]")
+                g = page_.evaluate("window.__cfGantt")
+                gantt.append((g["fetchMs"] + g["renderMs"]) / 1000)
+            results["gantt_render"] = {**summary(gantt), "bars": g["bars"],
+                                       "render_only_ms": round(g["renderMs"], 1)}
+            # event -> browser: follow running runs of `steps` quick steps (three, for a p99 of
+            # several hundred events rather than of one run's luck)
+            lat: list[float] = []
+            relayed: list[float] = []
+            rows: list[Any] = []
+            clock = StreamClock(client)
+            for _ in range(3):
+                follow = client.submit("bench_long")
+                page_.goto(f"{url}/runs/{follow.id}")
+                page_.wait_for_selector("body[data-ready='1']")
+                page_.evaluate("window.__cfLatencies = []; window.__cfRelayed = []; window.__cfEvents = []")
+                follow.wait(timeout=300)
+                time.sleep(0.5)
+                lat += page_.evaluate("window.__cfLatencies")
+                relayed += page_.evaluate("window.__cfRelayed")
+                rows += page_.evaluate("window.__cfEvents")  # empty from a web/ before 2026-12
+            clock.close()
+            # From the worker's timestamp of the event; and (worker ts -> relay read) of it.
+            results["event_to_browser"] = {**summary(lat), "ts_to_relay": summary(relayed),
+                                           **({"parts": split(rows, clock)} if rows else {})}
+            browser.close()
+
+    # 5. many Socket.IO clients (in 4 client processes) while runs execute
+    if "fanout" not in skip:
+        results["socketio_fanout"] = fanout(args, url, http, client, token, clients, nruns, web.p.pid,
+                                            variant["label"])
+    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    return results, big
 
 
 if __name__ == "__main__":

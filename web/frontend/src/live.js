@@ -75,6 +75,7 @@ class Live {
     if (window.__cfLatencies && !replayed && !e.receivedBefore) {
       window.__cfLatencies.push(e.receivedAt / 1000 - e.ts);
       if (e.relayed_at) (window.__cfRelayed ||= []).push(e.relayed_at - e.ts); // of which: stream -> relay
+      if (window.__cfEvents) window.__cfEvents.push([e.run, e.seq, e.type, e.ts, e.relayed_at ?? null, e.receivedAt / 1000]);
     }
     e.receivedBefore = true;
     const sub = this.runs.get(e.run);
