@@ -216,7 +216,9 @@ def core(args: argparse.Namespace, tmp: Path) -> int:
         env = {**os.environ, "CANVASFLOW_REDIS_URL": srv.url, "CANVASFLOW_KEY_PREFIX": "cfbench",
                "CANVASFLOW_DATABASE_URL": db, "PYTHONPATH": str(HERE.parent)}
         log = open(tmp / "recorder.log", "wb")  # noqa: SIM115
-        rec = subprocess.Popen([sys.executable, "-m", "orchestrator.audit.cli", "recorder", "--lag-interval", "5"],
+        argv = [sys.executable, "-m", "orchestrator.audit.cli", "recorder", "--lag-interval", "5",
+                *shlex.split(args.core_recorder_args)]
+        rec = subprocess.Popen(argv,
                                env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             print(f"recorder pid {rec.pid} -> {args.core_store}; running bench_core.py on {srv.url}", flush=True)
@@ -250,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--core", action="store_true", help="run bench_core.py with a recorder running")
     ap.add_argument("--core-store", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--core-args", default="", help="arguments for bench_core.py")
+    ap.add_argument("--core-recorder-args", default="", help="arguments for `canvasflow recorder` (--core)")
     args = ap.parse_args(argv)
     if args.core:
         return core(args, Path(tempfile.mkdtemp(prefix="cf-bench-core-")))

@@ -319,6 +319,69 @@ def step_spec(step: Step, keep_output: bool, forward: bool = True) -> dict[str, 
     return spec
 
 
+# The step task's wire format. A chain's first message carries every remaining link, and
+# every link is re-encoded at each hop, so a step's signature is kept as small as Celery lets
+# it be: the spec is a list [id, plugin, method, flags, {the rest}] (the dict only when there is
+# a rest), and the run header is not in the step's arguments at all: it travels once, as "@",
+# in the outcomes that flow from step to step (the first steps get it in their seed).
+FLAGS = (("drop", 1), ("keep", 2), ("settle", 4), ("comp", 8))
+NONCRITICAL = 16
+HEADER = "@"
+
+
+def wire_spec(spec: Mapping[str, Any]) -> list[Any]:
+    """A step spec (step_spec's dict) as the list a step task receives."""
+    flags = sum(bit for name, bit in FLAGS if spec.get(name))
+    if spec.get("critical") is False:
+        flags |= NONCRITICAL
+    rest = {k: v for k, v in spec.items()
+            if k not in ("id", "plugin", "method", "critical") and k not in dict(FLAGS)}
+    out: list[Any] = [spec["id"], spec["plugin"], spec["method"], flags]
+    if rest:
+        out.append(rest)
+    return out
+
+
+def read_spec(wire: Any) -> dict[str, Any]:
+    """The spec dict of a step task's argument (a wire list, or the dict of older messages)."""
+    if isinstance(wire, Mapping):
+        return dict(wire)
+    sid, plugin, method, flags, *rest = wire
+    spec: dict[str, Any] = {"id": sid, "plugin": plugin, "method": method}
+    if rest:
+        spec.update(rest[0])
+    for name, bit in FLAGS:
+        if flags & bit:
+            spec[name] = 1
+    if flags & NONCRITICAL:
+        spec["critical"] = False
+    return spec
+
+
+def wire_header(hdr: Mapping[str, Any]) -> list[Any]:
+    """The run header as it rides in the outcomes: [run, epoch, workflow, version, inputs]."""
+    out: list[Any] = [hdr["run"], hdr["epoch"], hdr.get("wf", "")]
+    if "inputs" in hdr:
+        out += [hdr.get("version", ""), hdr["inputs"]]
+    elif hdr.get("version"):
+        out.append(hdr["version"])
+    return out
+
+
+def read_header(wire: Any) -> dict[str, Any]:
+    """The run header dict from its wire list (or the dict older messages carried)."""
+    if isinstance(wire, Mapping):
+        return dict(wire)
+    hdr: dict[str, Any] = {"run": wire[0], "epoch": wire[1]}
+    if len(wire) > 2 and wire[2]:
+        hdr["wf"] = wire[2]
+    if len(wire) > 3 and wire[3]:
+        hdr["version"] = wire[3]
+    if len(wire) > 4:
+        hdr["inputs"] = wire[4]
+    return hdr
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Run-level facts every task of one dispatch carries."""
@@ -372,7 +435,7 @@ class Blueprint:
     keep: frozenset[str]
     forward: frozenset[str]
     final: str | None
-    specs: Mapping[str, Mapping[str, Any]]
+    specs: Mapping[str, list[Any]]  # wire_spec lists
     uses_inputs: bool
 
 
@@ -386,7 +449,7 @@ def blueprint(defn: Definition, settled: Iterable[str] = ()) -> Blueprint:
         spec = step_spec(step, step.id in keep, step.id in forward)
         if step.id == final:
             spec["settle"] = 1  # the last task of the canvas settles the run: one task less
-        specs[step.id] = spec
+        specs[step.id] = wire_spec(spec)
     return Blueprint(the_plan, keep, forward, final, specs, uses_inputs(defn))
 
 
@@ -408,17 +471,18 @@ def compile_run(
     settled = dict(settled or {})
     bp = prepared if prepared is not None and not settled else blueprint(defn, settled)
     the_plan, keep, final = bp.plan, bp.keep, bp.final
-    seed = {sid: [st, out if sid in keep else None] for sid, (st, out) in settled.items()}
+    seed: dict[str, Any] = {sid: [st, out if sid in keep else None] for sid, (st, out) in settled.items()}
     steps = {s.id: s for s in defn.steps}
+    step_seed = {HEADER: wire_header(ctx.header()), **seed}
 
     def sig(name: str, args: tuple, queue: str = ctx.queue, **opts: Any) -> Signature:
         return Signature(name, args=args, options={**routing(ctx, queue), **opts}, app=app)
 
     def leaf(sid: str, first: bool) -> Signature:
         step = steps[sid]
-        args: tuple = (dict(bp.specs[sid]), ctx.header())
+        args: tuple = (list(bp.specs[sid]),)
         if first:
-            args = (seed,) + args
+            args = (step_seed,) + args
         opts: dict[str, Any] = {}
         if step.timeout:
             opts["soft_time_limit"] = step.timeout

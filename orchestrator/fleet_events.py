@@ -16,9 +16,11 @@ Memory stays flat however many tasks run: nothing per task is kept once its batc
 Worker state (last heartbeat, active, processed, load average, software) is kept per worker in a
 Redis hash so that every web process, and a restarted one, sees the same fleet.
 
-Every canvasflow task carries its run header (``{'run': <id>, ...}``) and step tasks their spec
-(``{'id': <step>, 'plugin': ...}``) as positional arguments; the run and step ids are extracted
-from the arguments' repr so each task links to its run and step.
+Every canvasflow task carries its run: a step task in the outcomes it receives
+(``{'@': [<run>, <epoch>, ...], ...}``, orchestrator/compiler.py's wire format) with its spec
+(``[<step>, <plugin>, <method>, <flags>, ...]``), other tasks as a header argument
+(``{'run': <id>, ...}``, also what step tasks of older versions carried with a dict spec). The
+run and step ids are extracted from the arguments' repr so each task links to its run and step.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ STATES = tuple(dict.fromkeys(EVENT_STATE.values()))
 RANK = {"PENDING": 0, "RECEIVED": 1, "STARTED": 2, "RETRY": 3, "REJECTED": 4, "FAILURE": 5, "SUCCESS": 5,
         "REVOKED": 6}
 TEXT_MAX = 16_384  # args/kwargs/result/traceback are cut here (Celery already cuts reprs at 1 KB)
-_RUN_RE = re.compile(r"\{'run': '([^']+)'")
-_STEP_RE = re.compile(r"\{'id': '([^']+)', 'plugin': ")
+_RUN_RE = re.compile(r"\{'run': '([^']+)'|\{'@': \['([^']+)'")
+_STEP_RE = re.compile(r"\{'id': '([^']+)', 'plugin': |\['([^']+)', '[^']*', '[^']*', \d+[,\]]")
 
 
 def _cut(v: Any) -> str | None:
@@ -64,17 +66,37 @@ def _cut(v: Any) -> str | None:
 
 def run_and_step(args: str | None) -> tuple[str | None, str | None]:
     """The canvasflow run id and step id a task's args repr carries (None, None otherwise)."""
-    if not args or "'run'" not in args:
+    if not args or ("'run'" not in args and "'@'" not in args):
         return None, None
     try:
         value = ast.literal_eval(args)
         items = value if isinstance(value, (list, tuple)) else [value]
-        run = next((a["run"] for a in items if isinstance(a, dict) and isinstance(a.get("run"), str)), None)
-        step = next((a["id"] for a in items if isinstance(a, dict) and "plugin" in a and "id" in a), None)
+        run = next((_run_of(a) for a in items if _run_of(a)), None)
+        step = next((_step_of(a) for a in items if _step_of(a)), None)
         return run, step
     except (ValueError, SyntaxError, TypeError, KeyError, MemoryError, RecursionError):
         run_m, steps = _RUN_RE.search(args), _STEP_RE.findall(args)
-        return (run_m.group(1) if run_m else None), (steps[-1] if steps else None)
+        run_id = (run_m.group(1) or run_m.group(2)) if run_m else None
+        return run_id, (next(a or b for a, b in reversed(steps)) if steps else None)
+
+
+def _run_of(arg: Any) -> str | None:
+    if isinstance(arg, dict):
+        if isinstance(arg.get("run"), str):
+            return arg["run"]
+        hdr = arg.get("@")
+        if isinstance(hdr, list) and hdr and isinstance(hdr[0], str):
+            return hdr[0]
+    return None
+
+
+def _step_of(arg: Any) -> str | None:
+    if isinstance(arg, dict) and "plugin" in arg and isinstance(arg.get("id"), str):
+        return arg["id"]
+    if (isinstance(arg, list) and len(arg) >= 4 and all(isinstance(v, str) for v in arg[:3])
+            and isinstance(arg[3], int)):
+        return arg[0]
+    return None
 
 
 def merge_event(row: dict[str, Any] | None, ev: Mapping[str, Any], now: float) -> dict[str, Any]:

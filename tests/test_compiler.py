@@ -19,9 +19,11 @@ import pytest
 from celery import chain, chord, group
 from celery.canvas import Signature
 
+from orchestrator.celery_app import celery_config
 from orchestrator.compiler import (
     COMPENSATE_TASK,
     COMPENSATED_TASK,
+    HEADER,
     MERGE_TASK,
     SETTLE_TASK,
     STEP_TASK,
@@ -33,11 +35,14 @@ from orchestrator.compiler import (
     compile_run,
     describe_plan,
     plan,
+    read_header,
+    read_spec,
     referenced_outputs,
     step_spec,
     uses_inputs,
+    wire_header,
+    wire_spec,
 )
-from orchestrator.celery_app import celery_config
 from orchestrator.definition import Definition, Workflow, load_definition
 from orchestrator.settings import Settings
 
@@ -73,10 +78,22 @@ def P(*parts: Any) -> Parallel:
     return Parallel(tuple(Leaf(p) if isinstance(p, str) else p for p in parts))
 
 
+def spec(sig: Signature) -> dict[str, Any]:
+    """The spec a canvasflow.step signature carries, read back from its wire list."""
+    assert sig.task == STEP_TASK, sig
+    assert isinstance(sig.args[-1], list), sig.args
+    return read_spec(sig.args[-1])
+
+
 def sid(sig: Signature) -> str:
     """The step id of a canvasflow.step signature."""
-    assert sig.task == STEP_TASK, sig
-    return sig.args[-2]["id"]
+    return spec(sig)["id"]
+
+
+def seed_of(sig: Signature) -> dict[str, Any]:
+    """The outcomes an entry step is seeded with, without the run header that rides along."""
+    assert sig.args[0][HEADER] == wire_header(HDR)
+    return {k: v for k, v in sig.args[0].items() if k != HEADER}
 
 
 @dataclass
@@ -160,8 +177,8 @@ def check_canvas(defn: Definition, canvas: Signature, settled: Mapping[str, Any]
     if "#" in last:
         assert last.startswith(SETTLE_TASK + "#")
     else:
-        assert w.sigs[last].args[-2].get("settle") == 1
-    assert [n for n, sig in w.sigs.items() if sig.task == STEP_TASK and sig.args[-2].get("settle")] in ([], [last])
+        assert spec(w.sigs[last]).get("settle") == 1
+    assert [n for n, sig in w.sigs.items() if sig.task == STEP_TASK and spec(sig).get("settle")] in ([], [last])
     assert all((n, last) in w.before for n in w.nodes[:-1])
     # Every dependency (and list order in sequential mode) is respected.
     wanted = {(d, s.id) for s in defn.steps for d in s.depends_on if d in pending and s.id in pending}
@@ -178,9 +195,9 @@ def check_canvas(defn: Definition, canvas: Signature, settled: Mapping[str, Any]
     # Entry tasks carry the seed of settled outcomes as their first argument; no other task does.
     for name, sig in w.sigs.items():
         if sig.task == STEP_TASK:
-            assert len(sig.args) == (3 if name in w.entries else 2), (name, sig.args)
+            assert len(sig.args) == (2 if name in w.entries else 1), (name, sig.args)
             if name in w.entries:
-                assert isinstance(sig.args[0], dict)
+                assert isinstance(sig.args[0], dict) and HEADER in sig.args[0]
     # A pure function of its input: nothing is frozen (no task ids assigned).
     assert all("task_id" not in sig.options for sig in w.sigs.values())
     return w
@@ -285,18 +302,18 @@ def test_a_linear_chain_of_three_is_one_chain_ending_with_settle() -> None:
     assert [t.task for t in canvas.tasks] == [STEP_TASK, STEP_TASK, STEP_TASK]
     assert [sid(t) for t in canvas.tasks] == ["a", "b", "c"]
     first, second, last = canvas.tasks
-    assert first.args == ({}, {"id": "a", "plugin": "builtin", "method": "echo"}, HDR)
-    assert second.args == ({"id": "b", "plugin": "builtin", "method": "echo", "deps": ["a"]}, HDR)
-    # c ends the canvas: it settles the run, and no later step reads its outcome
-    assert last.args == ({"id": "c", "plugin": "builtin", "method": "echo", "deps": ["b"], "drop": 1,
-                          "settle": 1}, HDR)
+    assert first.args == ({HEADER: ["run-1", 3, ""]}, ["a", "builtin", "echo", 0])
+    assert second.args == (["b", "builtin", "echo", 0, {"deps": ["a"]}],)
+    # c ends the canvas: it settles the run, and no later step reads its outcome (drop 1 + settle 4)
+    assert last.args == (["c", "builtin", "echo", 5, {"deps": ["b"]}],)
+    assert spec(last) == {"id": "c", "plugin": "builtin", "method": "echo", "deps": ["b"], "drop": 1, "settle": 1}
     check_canvas(d, canvas)
 
 
 def test_a_single_step_is_the_step_that_settles() -> None:
     d = dag({"only": []})
     canvas = compile_run(d, CTX, app=APP)
-    assert canvas.task == STEP_TASK and canvas.args[1]["settle"] == 1
+    assert canvas.task == STEP_TASK and spec(canvas)["settle"] == 1
     check_canvas(d, canvas)
 
 
@@ -309,8 +326,8 @@ def test_a_diamond_is_chain_of_step_chord_and_settle() -> None:
     assert isinstance(fan, chord)
     assert [sid(t) for t in fan.tasks] == ["b", "c", "d"]
     assert sid(fan.body) == "e"
-    assert fan.body.args[0]["deps"] == ["b", "c", "d"]
-    assert fan.body.args[0]["settle"] == 1
+    assert spec(fan.body)["deps"] == ["b", "c", "d"]
+    assert spec(fan.body)["settle"] == 1
     check_canvas(d, canvas)
 
 
@@ -319,7 +336,7 @@ def test_pure_parallel_is_a_chord_with_settle_as_body() -> None:
     canvas = compile_run(d, CTX, app=APP)
     assert isinstance(canvas, chord)
     assert [sid(t) for t in canvas.tasks] == ["a", "b", "c"]
-    assert all(t.args[0] == {} for t in canvas.tasks)  # every branch starts the run: seeded
+    assert all(seed_of(t) == {} for t in canvas.tasks)  # every branch starts the run: seeded
     assert canvas.body.task == SETTLE_TASK
     check_canvas(d, canvas)
 
@@ -329,7 +346,7 @@ def test_nested_series_parallel_nests_a_chain_inside_the_chord_header() -> None:
     canvas = compile_run(d, CTX, app=APP)
     assert isinstance(canvas, chain)
     a, fan = canvas.tasks
-    assert sid(a) == "a" and fan.body.args[0]["settle"] == 1
+    assert sid(a) == "a" and spec(fan.body)["settle"] == 1
     assert isinstance(fan, chord)
     branch, d_task = fan.tasks
     assert isinstance(branch, chain) and [sid(t) for t in branch.tasks] == ["b", "c"]
@@ -372,7 +389,7 @@ def test_a_fan_out_at_the_end_is_closed_by_settle() -> None:
 def test_a_fan_in_at_the_start_is_a_chord_whose_body_settles() -> None:
     d = dag({"a": [], "b": [], "c": ["a", "b"]})
     canvas = compile_run(d, CTX, app=APP)
-    assert isinstance(canvas, chord) and sid(canvas.body) == "c" and canvas.body.args[0]["settle"] == 1
+    assert isinstance(canvas, chord) and sid(canvas.body) == "c" and spec(canvas.body)["settle"] == 1
     check_canvas(d, canvas)
 
 
@@ -382,7 +399,7 @@ def test_sequential_mode_chains_in_list_order_and_keeps_only_explicit_deps_in_sp
     assert isinstance(canvas, chain)
     assert [sid(t) for t in canvas.tasks] == ["x", "a", "m"]
     # The implicit link to the previous step only orders: join rules follow explicit deps only.
-    specs = {sid(t): t.args[-2] for t in canvas.tasks}
+    specs = {sid(t): spec(t) for t in canvas.tasks}
     assert "deps" not in specs["x"] and "deps" not in specs["a"]
     assert specs["m"]["deps"] == ["x"]
     check_canvas(d, canvas)
@@ -438,9 +455,9 @@ def test_settled_steps_are_left_out_and_seed_the_first_tasks() -> None:
     assert isinstance(fan, chord)
     assert [sid(t) for t in fan.tasks] == ["b", "c", "d"]
     for t in fan.tasks:
-        assert t.args[0] == {"a": ["COMPLETED", {"rows": 7}]}
-    assert len(fan.body.args) == 2  # e gets its incoming from the chord, not a seed
-    assert fan.body.args[0]["settle"] == 1
+        assert seed_of(t) == {"a": ["COMPLETED", {"rows": 7}]}
+    assert len(fan.body.args) == 1  # e gets its incoming from the chord, not a seed
+    assert spec(fan.body)["settle"] == 1
     check_canvas(d, canvas, settled)
 
 
@@ -449,9 +466,9 @@ def test_the_seed_carries_outputs_only_for_steps_that_templates_read() -> None:
             d={"params": {"v": "{{ steps.a.output }}"}, "when": "steps.b.status == 'COMPLETED'"})
     settled = {"a": ("COMPLETED", {"big": 1}), "b": ("COMPLETED", {"huge": 2}), "c": ("SKIPPED", None)}
     first = compile_run(d, CTX, settled=settled, app=APP)
-    assert sid(first) == "d" and first.args[1]["settle"] == 1
-    assert first.args[0] == {"a": ["COMPLETED", {"big": 1}], "b": ["COMPLETED", None], "c": ["SKIPPED", None]}
-    assert "keep" not in first.args[1]  # nobody reads d's output
+    assert sid(first) == "d" and spec(first)["settle"] == 1
+    assert seed_of(first) == {"a": ["COMPLETED", {"big": 1}], "b": ["COMPLETED", None], "c": ["SKIPPED", None]}
+    assert "keep" not in spec(first)  # nobody reads d's output
 
 
 def test_when_everything_is_settled_only_settle_runs_with_the_seed() -> None:
@@ -487,6 +504,11 @@ def test_step_spec_carries_every_setting_that_differs_from_the_defaults() -> Non
         "when": "steps.a.status == 'COMPLETED'", "retries": 2, "delay": [3.0, "exponential", 30.0],
         "timeout": 9.0, "critical": False, "keep": True,
     }
+    # what a step task receives reads back to the same spec, flags and all
+    for extra in ({}, {"drop": 1, "settle": 1, "comp": 1}):
+        full = {**step_spec(d.step("b"), True), **extra}
+        assert read_spec(wire_spec(full)) == full
+    assert read_spec({"id": "old", "plugin": "p", "method": "m"})["id"] == "old"  # an older message's dict
 
 
 def test_retry_delay_travels_only_with_retries() -> None:
@@ -501,7 +523,7 @@ def test_referenced_outputs_are_the_steps_that_when_or_templates_read() -> None:
           "params": {"x": "n={{ steps.c.output.n }}", "y": ["{{ steps['d'] }}"]}})
     assert referenced_outputs(d) == {"a", "c", "d"}
     canvas = compile_run(d, CTX, app=APP)
-    keeps = {sid(t): t.args[-2].get("keep", False) for t in canvas.tasks}
+    keeps = {sid(t): spec(t).get("keep", False) for t in canvas.tasks}
     assert keeps == {"a": True, "b": False, "c": True, "d": True}
 
 
@@ -522,7 +544,10 @@ def test_run_context_header_carries_only_what_is_set() -> None:
     assert full.header() == {"run": "r", "epoch": 2, "wf": "wf", "version": "1.0", "inputs": {"k": 1}}
     d = dag({"a": []})
     canvas = compile_run(d, full, app=APP)
-    assert canvas.args[-1] == full.header()
+    assert canvas.args[0][HEADER] == ["r", 2, "wf", "1.0", {"k": 1}]
+    assert read_header(canvas.args[0][HEADER]) == full.header()
+    assert read_header(wire_header(RunContext("r", 2, version="2").header())) == {"run": "r", "epoch": 2,
+                                                                                  "version": "2"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,7 +575,7 @@ def test_a_steps_queue_goes_to_its_options_and_join_tasks_use_default() -> None:
     plain = walk(compile_run(dag({"a": [], "b": []}, b={"queue": "io"}), CTX, app=APP))
     assert plain.sigs[plain.nodes[-1]].task == SETTLE_TASK
     assert routed(plain.sigs[plain.nodes[-1]], "queue") == "default"  # a join task uses the default queue
-    assert "queue" not in w.sigs["b"].args[-2]
+    assert "queue" not in spec(w.sigs["b"])
 
 
 def test_a_timeout_becomes_soft_and_hard_time_limits() -> None:

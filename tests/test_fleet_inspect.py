@@ -111,6 +111,11 @@ def test_args_repr_links_a_task_to_its_run_and_step() -> None:
     cut = args[:-20] + "..."  # a repr Celery truncated still links by pattern
     assert run_and_step("(" + cut)[0] is None or run_and_step("(" + cut) == ("r1", "load")
     assert run_and_step("(1, 2)") == (None, None)
+    # today's step tasks: the run header rides in the outcomes, the spec is a list
+    now = "({'@': ['r2', 1, 'wf'], 'a': ['COMPLETED', None]}, ['load', 'builtin', 'echo', 0, {'deps': ['a']}])"
+    assert run_and_step(now) == ("r2", "load")
+    assert run_and_step(now[:-12]) == ("r2", "load")  # a repr Celery cut short
+    assert run_and_step("({'@': ['r3', 2, '']}, {'run': 'r3', 'epoch': 2})") == ("r3", None)  # a merge task
 
 
 def test_events_fold_into_one_row_whatever_their_order() -> None:

@@ -64,7 +64,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     # work: Celery hands a header task's return value to the chord counter either way.
     @app.task(name=STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, Request=StepRequest,
               ignore_result=True)
-    def step(self: Task, incoming: Any, spec: dict, hdr: dict) -> Any:
+    def step(self: Task, incoming: Any, spec: Any, hdr: dict | None = None) -> Any:
         return steps.run_step(self, rt, incoming, spec, hdr)
 
     @app.task(name=MERGE_TASK, ignore_result=True)

@@ -95,12 +95,13 @@ def join_verdict(spec: Mapping[str, Any], known: Mapping[str, list[Any]]) -> str
 # downstream steps then take the careful path whatever their process has heard. Not a step id
 # (those match [a-z0-9][a-z0-9_.-]*).
 HALTING = "!"
+NOT_STEPS = frozenset({HALTING, compiler.HEADER})
 
 
 def scope_for(hdr: Mapping[str, Any], known: Mapping[str, list[Any]]) -> dict[str, Any]:
     return {
         "inputs": hdr.get("inputs", {}),
-        "steps": {sid: {"status": v[0], "output": v[1]} for sid, v in known.items() if sid != HALTING},
+        "steps": {sid: {"status": v[0], "output": v[1]} for sid, v in known.items() if sid not in NOT_STEPS},
         "run": {"id": hdr["run"], "workflow": hdr.get("wf", ""), "version": hdr.get("version", "")},
     }
 
@@ -162,8 +163,18 @@ def _record(known: dict[str, list[Any]], spec: Mapping[str, Any], status: str,
     return known
 
 
-def run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
-    """Run one step; the step that ends the canvas (``settle`` in its spec) settles the run too."""
+def run_step(task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str, Any] | None = None) -> Any:
+    """Run one step; the step that ends the canvas (``settle`` in its spec) settles the run too.
+
+    ``wire`` is the spec as the compiler sends it (compiler.wire_spec); the run header comes in
+    the incoming outcomes (``"@"``), or as ``hdr`` from messages of older versions.
+    """
+    spec = compiler.read_spec(wire)
+    if hdr is None:
+        incoming = merge(incoming)
+        hdr = compiler.read_header(incoming[compiler.HEADER])
+    else:
+        hdr = dict(hdr)
     try:
         known = _run_step(task, rt, incoming, spec, hdr)
     except Ignore:
@@ -343,9 +354,11 @@ def on_hard_timeout(rt: Runtime, app: Any, args: Any, limit: float) -> None:
     """In the worker's main process, after Celery killed a step's pool process at its hard time
     limit: record the failure, and re-send what is left (Celery will not continue the canvas)."""
     try:
-        _, spec, hdr = args
+        incoming, wire, *old = args
+        spec = compiler.read_spec(wire)
+        hdr = compiler.read_header(old[0] if old else merge(incoming)[compiler.HEADER])
         run_id, sid, epoch = hdr["run"], spec["id"], hdr["epoch"]
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, IndexError):
         return  # not a step task's arguments
     error = (f"timeout: step '{sid}' did not stop at its timeout of {spec.get('timeout')}s and was "
              f"killed at the hard limit ({limit:g}s)")

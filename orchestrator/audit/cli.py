@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -131,12 +132,18 @@ def db_upgrade(database_url: str | None) -> None:
 @click.option("--no-trim", is_flag=True, help="Never trim the stream.")
 @click.option("--lag-interval", default=10.0, show_default=True, type=float, help="Print the lag this often.")
 @click.option("--upgrade/--no-upgrade", default=True, show_default=True, help="Migrate the store first.")
+@click.option("--nice", "niceness", default=0, show_default=True, type=click.IntRange(0, 19),
+              help="Lower the recorder's CPU priority by this much, so that workers sharing its machine "
+                   "come first; it catches up when they leave CPU time (docs/operations.md).")
 @_errors
 def recorder(database_url: str | None, group: str, consumer: str | None, batch_size: int,
              batch_latency: float, claim_idle: float, claim_interval: float, start_id: str,
-             no_trim: bool, lag_interval: float, upgrade: bool) -> None:
+             no_trim: bool, lag_interval: float, upgrade: bool, niceness: int) -> None:
     """Record the event stream into the audit store until SIGTERM/SIGINT."""
     import logging
+
+    if niceness:
+        os.nice(niceness)
 
     from orchestrator.audit.recorder import serve
 

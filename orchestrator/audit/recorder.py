@@ -226,27 +226,25 @@ class Recorder:
     # -- reading ------------------------------------------------------------------------------
 
     def _read(self, block: float) -> list[tuple[str, dict[Any, Any]]]:
-        """Up to batch_size entries; after the first arrives, wait at most batch_latency more."""
-        out: list[tuple[str, dict[Any, Any]]] = []
-        deadline: float | None = None
-        wait_ms = int(block * 1000)
-        while len(out) < self.batch_size:
-            kwargs: dict[str, Any] = {"count": self.batch_size - len(out)}
-            if wait_ms > 0:
-                kwargs["block"] = wait_ms
-            resp: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, **kwargs)
-            got = [(_s(i), f) for _, items in resp or [] for i, f in items]
-            out.extend(got)
-            if not out:
-                return out
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + self.batch_latency
-            remaining = deadline - now
-            if remaining <= 0 or (not got and wait_ms == 0):
-                break
-            wait_ms = max(1, int(remaining * 1000))
+        """Up to batch_size entries; after the first arrives, wait at most batch_latency more.
+
+        The wait is one sleep and one more read, not a blocking read per arriving event: under a
+        trickle of events (a chain of short steps) that woke the recorder hundreds of times a
+        second for batches of a few events, and its CPU competed with the workers'.
+        """
+        kwargs: dict[str, Any] = {"count": self.batch_size}
+        if block > 0:
+            kwargs["block"] = max(1, int(block * 1000))
+        out = self._xread(kwargs)
+        if not out or len(out) >= self.batch_size or self.batch_latency <= 0:
+            return out
+        time.sleep(self.batch_latency)
+        out.extend(self._xread({"count": self.batch_size - len(out)}))
         return out
+
+    def _xread(self, kwargs: dict[str, Any]) -> list[tuple[str, dict[Any, Any]]]:
+        resp: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, **kwargs)
+        return [(_s(i), f) for _, items in resp or [] for i, f in items]
 
     def _own_pending(self) -> list[tuple[str, dict[Any, Any]]]:
         """After a restart under a fixed ``consumer`` name, its own unacknowledged entries first."""
