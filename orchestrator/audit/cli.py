@@ -124,7 +124,8 @@ def db_upgrade(database_url: str | None) -> None:
 @click.option("--group", default="cf-recorder", show_default=True, help="Consumer group name.")
 @click.option("--consumer", default=None, help="Consumer name (default: host:pid:random).")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--batch-latency", default=0.05, show_default=True, type=float, help="Seconds to fill a batch.")
+@click.option("--batch-latency", default=0.25, show_default=True, type=float,
+              help="Seconds a batch may wait to fill (how stale the SQL store may be; live views do not wait).")
 @click.option("--claim-idle", default=30.0, show_default=True, type=float,
               help="Claim entries another consumer left pending this many seconds.")
 @click.option("--claim-interval", default=5.0, show_default=True, type=float)

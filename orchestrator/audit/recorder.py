@@ -38,6 +38,12 @@ from orchestrator.keys import Keys, step_field
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "cf-recorder"
+# How long a batch may wait to fill once its first event is there. Live subscribers do not wait
+# for it (web/stream.py reads the stream itself); it bounds how stale the SQL store is, and
+# longer windows mean bigger, cheaper batches: a recorder sharing two CPUs with a worker slowed
+# a 100-step chain by about 0.1-0.25x at 50 ms and by about 0.0-0.15x at 250 ms
+# (docs/performance.md "What a recorder on the same 2 CPUs costs the engine").
+BATCH_LATENCY = 0.25
 RUN_META = ("workflow", "version", "name", "definition", "inputs", "priority", "tags",
             "triggered_by", "trigger_type", "sla_seconds")
 
@@ -105,7 +111,7 @@ class Recorder:
 
     def __init__(self, store: AuditStore, client: redis.Redis, keys: Keys | str = "cf", *,
                  group: str = DEFAULT_GROUP, consumer: str | None = None, batch_size: int = 500,
-                 batch_latency: float = 0.05, block: float = 1.0, claim_idle: float = 30.0,
+                 batch_latency: float = BATCH_LATENCY, block: float = 1.0, claim_idle: float = 30.0,
                  claim_interval: float = 5.0, trim: bool = True, trim_interval: float = 5.0,
                  start_id: str = "0", hooks: Iterable[RecorderHook | Callable[[Sequence[Event]], None]] = ()
                  ) -> None:
