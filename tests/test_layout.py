@@ -77,3 +77,21 @@ def test_no_module_grows_past_the_style_limit() -> None:
     big = [str(p.relative_to(ROOT)) for pkg in ("orchestrator", "workers", "web") if (ROOT / pkg).exists()
            for p in (ROOT / pkg).rglob("*.py") if len(p.read_text().splitlines()) > 800]
     assert big == []
+
+
+def test_docker_compose_runs_the_same_fleet_as_the_procfile() -> None:
+    # No Docker engine runs here; the Procfile fleet is started by tests/test_cli.py. This keeps
+    # the compose file from drifting away from it: the same processes, loopback-only ports.
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert {"redis", "postgres", "worker", "recorder", "web"} <= set(compose)
+    procfile = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines()
+                    if line and not line.startswith("#"))
+    assert "celery -A workers.app worker -Q default,io" in compose["worker"]["command"]
+    assert "-A workers.app worker" in procfile["worker"] and "-Q default,io" in procfile["worker"]
+    assert "python -m web" in compose["web"]["command"] and "python -m web" in procfile["web"]
+    assert "canvasflow recorder" in compose["recorder"]["command"]
+    for service in compose.values():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), port
