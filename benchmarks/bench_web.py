@@ -387,6 +387,20 @@ def client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any
     os._exit(0)  # closing 50 clients one by one takes long; the sockets close with the process
 
 
+def profile(args: Any, phase: str, label: str, pid: int) -> list[subprocess.Popen]:
+    """py-spy on the web process during one phase (--profile DIR): who holds the GIL (--gil), and
+    every thread, idle ones too; SIGINT makes each write its collapsed stacks."""
+    if not args.profile:
+        return []
+    prof = Path(args.profile) / label
+    prof.mkdir(parents=True, exist_ok=True)
+    py_spy = str(Path(sys.executable).with_name("py-spy"))
+    return [subprocess.Popen([py_spy, "record", *flags, "--nonblocking", "--threads", "-r", "100", "-f", "raw",
+                              "-p", str(pid), "-o", str(prof / f"{phase}-{name}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            for name, flags in (("gil", ["--gil"]), ("all", ["--idle"]))]
+
+
 def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: int, nruns: int,
            web_pid: int, label: str = "default") -> dict[str, Any]:
     """C clients subscribed to every run while R runs execute: every delivery's latency, waiting
@@ -417,12 +431,8 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
         # Who holds the GIL (record --gil, without pausing the process), and now and then every
         # thread's native stack (dump --native: a thread in take_gil is waiting for the GIL).
         prof = Path(args.profile) / label
-        prof.mkdir(parents=True, exist_ok=True)
         py_spy = str(Path(sys.executable).with_name("py-spy"))
-        spies = [subprocess.Popen([py_spy, "record", *flags, "--nonblocking", "--threads", "-r", "100", "-f", "raw",
-                                   "-p", str(web_pid), "-o", str(prof / f"fanout-{name}.txt")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-                 for name, flags in (("gil", ["--gil"]), ("all", ["--idle"]))]
+        spies = profile(args, "fanout", label, web_pid)
 
         def dump_now_and_then() -> None:
             for i in range(4):
@@ -688,6 +698,7 @@ def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Cli
             relayed: list[float] = []
             rows: list[Any] = []
             clock = StreamClock(client)
+            spies = profile(args, "browser", variant["label"], web.p.pid)
             for _ in range(3):
                 follow = client.submit("bench_long")
                 page_.goto(f"{url}/runs/{follow.id}")
@@ -699,6 +710,9 @@ def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Cli
                 relayed += page_.evaluate("window.__cfRelayed")
                 rows += page_.evaluate("window.__cfEvents")  # empty from a web/ before 2026-12
             clock.close()
+            for spy in spies:
+                spy.send_signal(2)
+                spy.wait(60)
             # From the worker's timestamp of the event; and (worker ts -> relay read) of it.
             results["event_to_browser"] = {**summary(lat), "ts_to_relay": summary(relayed),
                                            **({"parts": split(rows, clock)} if rows else {})}

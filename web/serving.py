@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 SERVERS = ("gevent", "threading")
 DEFAULT = "gevent"
@@ -59,3 +62,15 @@ def async_mode() -> str:
     patched for it, else threading (the tests' in-process app, scripts that call create_app)."""
     monkey = sys.modules.get("gevent.monkey")
     return "gevent" if monkey is not None and monkey.is_module_patched("socket") else "threading"
+
+
+def off_the_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in gevent's pool of native threads when this process runs gevent, else here.
+    For pure CPU work that releases the GIL (scrypt password hashes, ~50-100 ms): run on the
+    loop, it would hold up every socket, the relay included, until it returned. ``fn`` must not
+    touch gevent objects (sockets, locks, queues) of the loop."""
+    if async_mode() != "gevent":
+        return fn(*args)
+    import gevent
+
+    return gevent.get_hub().threadpool.apply(fn, args)  # type: ignore[no-any-return]
