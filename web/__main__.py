@@ -76,12 +76,12 @@ def _users() -> Any:
 
 def serve(args: argparse.Namespace) -> int:
     from orchestrator.settings import Settings
+    from web import serving
     from web.app import create_app
-    from web.serving import SERVERS
     from web.settings import WebSettings
 
-    if SERVER not in SERVERS:
-        print(f"error: CANVASFLOW_WEB_SERVER={SERVER!r}: expected one of {', '.join(SERVERS)}", file=sys.stderr)
+    if SERVER not in serving.SERVERS:
+        print(f"error: CANVASFLOW_WEB_SERVER={SERVER!r}: expected one of {', '.join(serving.SERVERS)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if SERVER == "threading":
@@ -114,7 +114,8 @@ def serve(args: argparse.Namespace) -> int:
           f"audit store {services.store.display_url if services.store else 'none'})", flush=True)
     try:
         services.socketio.run(app, host=args.host, port=args.port, allow_unsafe_werkzeug=True,
-                              log_output=args.log_level.upper() == "DEBUG", use_reloader=False)
+                              log_output=args.log_level.upper() == "DEBUG", use_reloader=False,
+                              **serving.handler_options(SERVER))
     except KeyboardInterrupt:
         pass
     finally:

@@ -74,3 +74,38 @@ def off_the_loop(fn: Callable[..., T], *args: Any) -> T:
     import gevent
 
     return gevent.get_hub().threadpool.apply(fn, args)  # type: ignore[no-any-return]
+
+
+def _no_delay(sock: Any) -> None:
+    import socket
+
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not TCP (a unix socket), or already closed
+        pass
+
+
+def handler_options(server: str) -> dict[str, Any]:
+    """The ``socketio.run()`` keyword that makes the server set TCP_NODELAY on every connection.
+
+    gevent's WSGI handler sends a response's headers and its body in two writes; with Nagle's
+    algorithm the body then waits for the client's delayed ACK of the headers, ~40 ms a request
+    (measured: the runs list 102 ms under threads, 150 ms under gevent, 114 ms with this). Small
+    WebSocket frames written back to back would wait the same way."""
+    if server == "gevent":
+        from gevent import pywsgi
+
+        class NoDelayHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
+            def handle(self) -> None:
+                _no_delay(self.socket)
+                super().handle()
+
+        return {"handler_class": NoDelayHandler}
+    from werkzeug.serving import WSGIRequestHandler
+
+    class NoDelayRequestHandler(WSGIRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            _no_delay(self.connection)
+
+    return {"request_handler": NoDelayRequestHandler}
