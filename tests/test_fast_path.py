@@ -16,19 +16,9 @@ from orchestrator.embedded import EmbeddedRedis
 from orchestrator.keys import Keys
 from orchestrator.runtime import RunState
 from tests.conftest import WorkerProcess, make_settings
+from tests.web_helpers import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in time")
-        time.sleep(interval)
 
 
 def scripts_run(r: redis.Redis) -> int:
