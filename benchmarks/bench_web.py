@@ -21,7 +21,9 @@ clients:
 ``--variant`` (e.g. ``threads:server=threading``, ``gevent:server=gevent``, or ``before:path=DIR``
 for an older commit's web/ package) runs every phase against its own fresh web process, after
 one another in the same run, so their figures compare. ``--profile DIR`` records the web process
-with py-spy during phase 5.
+with py-spy during phases 4 and 5. ``--trace-loop MS`` (gevent variants) records in the web process
+every stretch of at least MS ms in which one greenlet kept the loop (nothing else ran: no relay
+delivery, no other request), where it ended and, for a request, which; phase 4 reports them.
 """
 
 from __future__ import annotations
@@ -520,7 +522,89 @@ def parse_variant(spec: str) -> dict[str, str]:
     return out
 
 
-def start_web(variant: dict[str, str], env: dict[str, str], port: int, work: Path) -> tuple[Proc, list[Proc]]:
+# Run in the web process in place of `python -m web` (--trace-loop): patch, install a greenlet
+# switch tracer, then run web/__main__ as `-m web` would (its own patching is then a no-op).
+# A stretch is the time between two switches: what one greenlet ran without yielding. Each one
+# of at least CF_TRACE_LOOP_MS is appended to CF_TRACE_LOOP_OUT as a JSON line: wall time, ms,
+# the request it served (the WSGI handler's method and path, when it was one), where it resumed
+# and where it yielded (innermost frames last).
+LOOP_TRACER = r"""
+import json, os, sys, time, weakref
+from gevent import monkey
+monkey.patch_all()
+import greenlet
+from gevent.hub import Hub as _Hub
+_min = float(os.environ["CF_TRACE_LOOP_MS"]) / 1000
+_out = open(os.environ["CF_TRACE_LOOP_OUT"], "a", buffering=1)
+_clock = time.perf_counter
+_last = [_clock()]
+_parked = weakref.WeakKeyDictionary()
+def _where(f, n=14):
+    out = []
+    while f is not None and len(out) < n:
+        out.append(f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno} {f.f_code.co_name}")
+        f = f.f_back
+    return out[::-1]
+def _request(f):
+    while f is not None:
+        h = f.f_locals.get("self")
+        if getattr(h, "command", None) and getattr(h, "path", None):
+            return f"{h.command} {h.path}"
+        f = f.f_back
+    return None
+def _trace(event, args):
+    if event not in ("switch", "throw"):
+        return
+    origin, target = args
+    now = _clock()
+    ran = now - _last[0]
+    _last[0] = now
+    if isinstance(origin, _Hub):  # the loop itself: its time includes waiting for I/O
+        return
+    f = origin.gr_frame
+    if ran >= _min and f is not None:
+        start = _parked.get(origin)
+        _out.write(json.dumps({"t": time.time() - (_clock() - now), "ms": round(ran * 1000, 2),
+                               "greenlet": type(origin).__name__, "request": _request(f),
+                               "resumed": start, "yielded": _where(f)}) + "\n")
+    if f is not None:
+        try:
+            _parked[origin] = f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno} {f.f_code.co_name}"
+        except TypeError:
+            pass
+greenlet.settrace(_trace)
+import runpy
+runpy.run_module("web", run_name="__main__", alter_sys=True)
+"""
+
+
+def loop_stretches(path: Path, since: float, until: float) -> dict[str, Any]:
+    """What --trace-loop recorded between two wall times: counts of loop-holding stretches by
+    length, and the longest ones with what they were."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if since <= row["t"] <= until:
+                rows.append(row)
+    rows.sort(key=lambda r: -r["ms"])
+    out: dict[str, Any] = {f">={ms}ms": sum(1 for r in rows if r["ms"] >= ms) for ms in (5, 10, 20, 50)}
+    out["max_ms"] = rows[0]["ms"] if rows else 0.0
+    by_request: dict[str, list[float]] = {}
+    for r in rows:
+        key = r["request"].split("?")[0] if r["request"] else f"({r['greenlet']}) {r['yielded'][-1]}"
+        by_request.setdefault(key, []).append(r["ms"])
+    out["by_what"] = {k: {"n": len(v), "max_ms": max(v), "sum_ms": round(sum(v), 1)}
+                      for k, v in sorted(by_request.items(), key=lambda kv: -max(kv[1]))[:12]}
+    out["longest"] = rows[:8]
+    return out
+
+
+def start_web(variant: dict[str, str], env: dict[str, str], port: int, work: Path,
+              trace_loop: float | None = None) -> tuple[Proc, list[Proc]]:
     """The web process of a variant, and the processes beside it (a separate recorder)."""
     env = dict(env)
     extra: list[Proc] = []
@@ -540,7 +624,12 @@ def start_web(variant: dict[str, str], env: dict[str, str], port: int, work: Pat
         # `python -m web` finds web/ in its working directory first; orchestrator/ comes from ROOT.
         cwd = Path(variant["path"]).resolve()
         env["PYTHONPATH"] = f"{cwd}{os.pathsep}{ROOT}"
-    return Proc([sys.executable, "-m", "web", "--port", str(port), *recorder], env,
+    start = ["-m", "web"]
+    if trace_loop is not None and variant.get("server", "gevent") == "gevent":
+        env["CF_TRACE_LOOP_MS"] = str(trace_loop)
+        env["CF_TRACE_LOOP_OUT"] = str(work / f"loop-{variant['label']}.jsonl")
+        start = ["-c", LOOP_TRACER]
+    return Proc([sys.executable, *start, "--port", str(port), *recorder], env,
                 work / f"web-{variant['label']}.log", cwd=cwd), extra
 
 
@@ -555,7 +644,11 @@ def main() -> int:
                          "Client objects (a thread per received message: client-bound on 2 CPUs)")
     ap.add_argument("--skip", default="", help="comma-separated phases to skip: browser, fanout")
     ap.add_argument("--profile", default=None, metavar="DIR",
-                    help="record the web process with py-spy (all threads, idle too) during the fan-out phase")
+                    help="record the web process with py-spy (all threads, idle too) during the browser and "
+                         "fan-out phases")
+    ap.add_argument("--trace-loop", type=float, default=None, metavar="MS",
+                    help="gevent variants: record every stretch of MS ms or more in which one greenlet held "
+                         "the web process's loop; phase 4 reports them (event_to_browser.loop)")
     ap.add_argument("--clients", type=int, default=None, help="Socket.IO clients of the fan-out phase "
                     "(default 200; 50 with --quick)")
     ap.add_argument("--fanout-runs", type=int, default=None, help="runs executed during the fan-out phase "
@@ -593,7 +686,7 @@ def main() -> int:
                           env, work / "worker.log"))
         for n, variant in enumerate(variants):
             port = 18000 + (os.getpid() * 7 + n) % 1000
-            web, beside = start_web(variant, env, port, work)
+            web, beside = start_web(variant, env, port, work, args.trace_loop)
             try:
                 out, big = measure(args, variant, f"http://127.0.0.1:{port}", web, client, work, skip, steps,
                                    clients, nruns, big)
@@ -699,6 +792,7 @@ def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Cli
             rows: list[Any] = []
             clock = StreamClock(client)
             spies = profile(args, "browser", variant["label"], web.p.pid)
+            follow_from = time.time()
             for _ in range(3):
                 follow = client.submit("bench_long")
                 page_.goto(f"{url}/runs/{follow.id}")
@@ -716,6 +810,9 @@ def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Cli
             # From the worker's timestamp of the event; and (worker ts -> relay read) of it.
             results["event_to_browser"] = {**summary(lat), "ts_to_relay": summary(relayed),
                                            **({"parts": split(rows, clock)} if rows else {})}
+            if args.trace_loop is not None:
+                results["event_to_browser"]["loop"] = loop_stretches(work / f"loop-{variant['label']}.jsonl",
+                                                                     follow_from, time.time())
             browser.close()
 
     # 5. many Socket.IO clients (in 4 client processes) while runs execute

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
 
+from tests.conftest import ROOT
 from tests.web_helpers import (
     ADMIN,
     OPERATOR,
@@ -16,6 +21,7 @@ from tests.web_helpers import (
     wait_recorded,
     wait_status,
 )
+from web.detail import STEPS_PER_STRETCH
 
 pytest_plugins = ("tests.web_fixtures",)
 pytestmark = pytest.mark.integration
@@ -349,3 +355,76 @@ def test_admins_manage_users_and_tokens_and_every_change_is_audited_with_the_adm
         ("olga", "user_create", "eve", "refused: operator"), ("olga", "token_create", "uma", "refused: operator"),
         ("admin", "user_update", "admin", "refused: own account"), ("admin", "user_delete", "admin", "refused: own account"),
         ("admin", "token_revoke", created.json["id"], "ok"), ("admin", "user_delete", "uma", "ok")]
+
+
+# In a process patched for gevent as `python -m web` is: a greenlet parked on a socket stands for
+# the relay in XREAD; its data comes while the run detail builds the page's steps (pure Python,
+# no I/O between them). Prints what happened, in order.
+DETAIL_UNDER_GEVENT = textwrap.dedent("""
+    import json, socket, sys
+    from web import serving
+    serving.prepare("gevent")
+    import gevent
+    from orchestrator.settings import Settings
+    from web import create_app
+    from web.detail import RunDetails
+    from web.settings import WebSettings
+
+    app = create_app(Settings.from_env(), WebSettings(secret_key="cooperate-test"), start=False)
+    _, token = app.extensions["canvasflow"].users.create_token(sys.argv[2], "cooperate-test")
+    log = []
+    relay_side, stream_side = socket.socketpair()
+    relay = gevent.spawn(lambda: (relay_side.recv(1), log.append("relay")))
+    gevent.sleep(0.01)
+    build = RunDetails._step
+
+    def step(number, *rest):
+        if number == 1:
+            stream_side.send(b"x")  # the stream answers the relay's XREAD now
+        log.append(number)
+        return build(number, *rest)
+
+    RunDetails._step = staticmethod(step)
+    r = app.test_client().get(f"/api/v1/runs/{sys.argv[1]}?steps_limit=150", headers={"Authorization": f"Bearer {token}"})
+    log.append(["response", r.status_code, len(r.get_json()["steps"])])
+    relay.join(5)
+    print(json.dumps(log))
+""")
+
+
+def test_a_long_run_detail_lets_a_relay_delivery_that_fell_due_meanwhile_out_before_it_finishes(
+        web_fleet, admin, operator, orchestrator_client):
+    body = {"mode": "sequential", "steps": [{"id": f"s{i:03d}", "plugin": "builtin", "method": "echo",
+                                             "params": {"i": i}} for i in range(150)]}
+    run_id = operator.post("/runs", {"definition": {"id": "web_long_detail", **body}}).json["id"]
+    wait_status(orchestrator_client, run_id, {"COMPLETED"}, timeout=90)
+    env = {**os.environ, **web_fleet.settings.as_env(), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", DETAIL_UNDER_GEVENT, run_id, ADMIN[0]], env=env, cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = json.loads(out.stdout.strip().splitlines()[-1])
+    assert log[-1] == ["response", 200, 150]
+    steps = [x for x in log if isinstance(x, int)]
+    assert steps == list(range(1, 151))
+    # The relay ran while the steps were being built, within the first stretch of them.
+    assert 1 < log.index("relay") <= STEPS_PER_STRETCH + 1 < len(steps)
+
+
+def test_a_live_runs_detail_reads_the_same_fields_as_the_run_state(operator, orchestrator_client, web_app):
+    sub = operator.post("/runs", {"definition": {"id": "web_read_same", "mode": "sequential", "steps": [
+        {"id": "a", "plugin": "builtin", "method": "echo", "params": {"text": 'héllo / ✓ "quoted"', "n": 1.5}},
+        {"id": "b", "plugin": "builtin", "method": "fail", "params": {"message": "broke: ✗"}}]}}).json
+    wait_status(orchestrator_client, sub["id"], {"FAILED"})
+    details = web_app.extensions["canvasflow"].details
+    assert details._read(sub["id"]) == orchestrator_client.state.read(sub["id"])
+    a, b = operator.get(f"/runs/{sub['id']}").json["steps"]
+    assert a["output"] == {"text": 'héllo / ✓ "quoted"', "n": 1.5} and "broke: ✗" in b["error"]
+    assert details._read("0000000000000000") is None
+
+
+def test_the_runs_list_dumps_as_its_schema_does(operator):
+    from web import schemas
+
+    page = operator.get("/runs?view=all&limit=5").json
+    assert page["runs"]
+    assert schemas.RunListSchema().dump(page) == page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -25,6 +26,48 @@ def test_the_server_is_gevent_unless_the_option_or_the_environment_says_threadin
 def test_a_process_gevent_has_not_patched_serves_socketio_with_threads():
     assert serving.async_mode() == "threading"
     assert serving.off_the_loop(sum, [1, 2, 3]) == 6  # no loop to keep free: runs here
+    assert serving.cooperate() is None  # threads are preempted: nothing to yield to
+
+
+# A greenlet parked on a socket (as the relay is in XREAD) whose data has come, and another that
+# computes in five stretches, calling `pause` between them: what order do they run in?
+YIELDS = textwrap.dedent("""
+    import json, socket, sys, time
+    from web import serving
+    serving.prepare("gevent")
+    import gevent
+
+    def burn():
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.002:
+            pass
+
+    orders = {}
+    for name, pause in (("cooperate", serving.cooperate), ("sleep(0)", lambda: time.sleep(0))):
+        log = []
+        waiting, peer = socket.socketpair()
+        reader = gevent.spawn(lambda: (waiting.recv(1), log.append("reader")))
+        gevent.sleep(0.01)  # the reader is parked in recv now
+        def compute():
+            for i in range(5):
+                burn()
+                log.append(i)
+                pause()
+        worker = gevent.spawn(compute)
+        peer.send(b"x")
+        gevent.joinall([reader, worker])
+        orders[name] = log
+    print(json.dumps(orders))
+""")
+
+
+def test_cooperate_lets_a_greenlet_whose_socket_is_ready_run_between_two_stretches_where_sleep_0_does_not():
+    out = subprocess.run([sys.executable, "-c", YIELDS], cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    orders = json.loads(out.stdout)
+    assert orders["cooperate"] == [0, "reader", 1, 2, 3, 4]
+    # time.sleep(0) only lets greenlets that are already runnable go: I/O waits for the end.
+    assert orders["sleep(0)"] == [0, 1, 2, 3, 4, "reader"]
 
 
 def nodelay_app(environ, start_response):

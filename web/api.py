@@ -35,6 +35,7 @@ from web import auth, schemas
 from web.detail import dag
 from web.events import client_event
 from web.runs import RunFilter
+from web.serving import cooperate
 
 ACTION_MESSAGES = {
     "pause": "pausing: running steps finish, no new step starts, then the run is PAUSED",
@@ -102,7 +103,7 @@ class Runs(MethodView):
     @auth.require("viewer")
     @blp.arguments(schemas.RunListArgs, location="query")
     @blp.response(200, schemas.RunListSchema)
-    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+    def get(self, args: dict[str, Any]) -> Response:
         """Runs newest first, filtered, one keyset page at a time, with the tab counts."""
         flt = RunFilter(view=args["view"], statuses=tuple(args["status"]), workflow=args["workflow"],
                         tags=tuple(args["tag"]), triggered_by=args["triggered_by"], since=args["since"],
@@ -111,8 +112,11 @@ class Runs(MethodView):
             page = ext().views.list(flt, limit=args["limit"], cursor=args["cursor"])
         except StoreError as exc:  # a malformed cursor
             abort(400, errors={"query": {"cursor": [str(exc)]}})
-        return {"runs": page.items, "next_cursor": page.next_cursor, "counts": ext().views.counts(),
-                "source": page.source, "warnings": page.warnings}
+        payload = schemas.fast_dump(_LIST_SCHEMA, {"runs": page.items, "next_cursor": page.next_cursor,
+                                                   "counts": ext().views.counts(), "source": page.source,
+                                                   "warnings": page.warnings})
+        cooperate()
+        return json_response(payload)
 
     @auth.require("operator", mutating=True)
     @blp.arguments(schemas.SubmitBody)
@@ -167,10 +171,13 @@ class RunDetail(MethodView):
         except UnknownRun:
             abort(404, message=f"unknown run '{run_id}'")
             raise
-        return json_response(schemas.fast_dump(_DETAIL_SCHEMA, detail))
+        payload = schemas.fast_dump(_DETAIL_SCHEMA, detail)
+        cooperate()
+        return json_response(payload)
 
 
 _DETAIL_SCHEMA = schemas.RunDetailSchema()
+_LIST_SCHEMA = schemas.RunListSchema()
 
 
 def json_response(payload: Any, status: int = 200) -> Response:

@@ -76,6 +76,34 @@ def off_the_loop(fn: Callable[..., T], *args: Any) -> T:
     return gevent.get_hub().threadpool.apply(fn, args)  # type: ignore[no-any-return]
 
 
+_LAST = -2  # libev's EV_MINPRI: of the watchers due in one loop turn, invoked last
+
+
+def cooperate() -> None:
+    """Under gevent, let every greenlet that can run now run (a relay whose XREAD has been answered,
+    a socket with a frame to read), then carry on; elsewhere nothing (threads are preempted anyway).
+
+    gevent never preempts: a request computing for 30 ms holds every socket and the relay for
+    30 ms. Long CPU work (a 200-step run's detail, a page of runs) calls this between its parts,
+    so no stretch lasts more than a few ms. Not ``time.sleep(0)``: patched, that queues the
+    greenlet as a loop callback and gevent runs queued callbacks back to back, ~50 at a time,
+    before it polls for I/O again, so a greenlet waiting on a socket (the relay) stays parked
+    until the request ends (tests/test_web_serving.py shows both). A zero timer ends the loop
+    turn: the loop polls, runs what became ready, then resumes the caller; at libev's lowest
+    priority the timer comes after what the poll found (at the default one, libev ran it first
+    and the relay waited for the caller's next stretch)."""
+    if async_mode() != "gevent":
+        return
+    import gevent
+
+    hub = gevent.get_hub()
+    timer = hub.loop.timer(0, priority=_LAST)
+    try:
+        hub.wait(timer)
+    finally:
+        timer.close()
+
+
 def _no_delay(sock: Any) -> None:
     import socket
 

@@ -10,8 +10,20 @@ const runId = boot.runId;
 const state = {
   run: null, expanded: new Set(), offset: 0, view: boot.view || "timeline", showAllBranches: new Set(),
   liveLogs: new Map(), // step id -> lines that arrived live and the last fetch did not have yet
+  // While a run is followed, its step events are applied here rather than refetched (GET
+  // /runs/{id} of a 200-step run is the web process's longest request). What the events do not
+  // carry (outputs, compensations, the run's own fields) is fetched when it is needed.
+  applied: [], // events applied since the last fetch: one that read the run before them gets them again
+  stale: new Set(), // steps changed by events since the last fetch: their output is not known yet
+  statuses: new Map(), // step id -> status: the page's steps from each fetch, any step from events
+  branchesOf: new Map(), // step id -> the parallel branches it belongs to
 };
 const LIVE_LOG_MAX = 500; // lines kept per step between fetches
+const APPLIED_MAX = 5000;
+const CURRENT = new Set(["RUNNING", "RETRYING", "COMPENSATING"]); // the header's "running: …"
+const STEP_EVENTS = new Set(["step_started", "step_completed", "step_failed", "step_retrying", "step_skipped"]);
+// Events that change nothing the page shows, or only what they carry themselves.
+const SELF_CONTAINED = new Set([...STEP_EVENTS, "progress", "stats", "step_discarded", "log"]);
 let chart = null; // the Gantt or DAG module once loaded
 
 const ACTIONS = {
@@ -167,6 +179,15 @@ async function load() {
   try {
     const r = await api(`/runs/${runId}`, { query: { steps_offset: state.offset, steps_limit: boot.stepsPage } });
     r.steps_failed = (r.step_counts.FAILED || 0) > 0;
+    state.statuses = new Map(r.steps.map((s) => [s.id, s.status]));
+    state.branchesOf = new Map();
+    for (const g of r.parallel_branches || []) {
+      for (const b of g.branches) for (const id of b.steps) (state.branchesOf.get(id) || state.branchesOf.set(id, []).get(id)).push(b);
+    }
+    // r is the run as of its event r.seq (read in one step): what came after is applied again.
+    state.applied = state.applied.filter((e) => e.seq > r.seq);
+    state.stale = new Set();
+    for (const e of state.applied) applyEvent(r, e);
     state.run = r;
     renderHead(r);
     renderTimeline(r);
@@ -182,7 +203,7 @@ async function load() {
 const refresh = throttle(async () => {
   await load();
   if (chart) await chart.refresh();
-}, 1000); // statuses change at once from the events; the full detail follows at most once a second
+}, 1000); // when an event needs the full detail (see applyEvent), at most once a second
 
 function onLog(e) {
   // One event per flushed batch: every line of it is shown at once, without a refetch.
@@ -195,25 +216,104 @@ function onLog(e) {
   if (li) li.outerHTML = stepRow(s);
 }
 
-function onEvent(e) {
-  const r = state.run;
-  if (!r) return;
-  if (e.type === "log" && e.step) { onLog(e); return; }
+/** What a step_* event says about its step, as the next fetch would show it (web/detail.py). */
+function applyStep(s, e) {
+  const d = e.data || {};
+  s.status = e.status;
+  // The placeholder of the attempt that was running (the server adds one the same way).
+  const history = s.history.filter((a) => !(a.status === "RUNNING" && a.finished_at == null));
+  if (e.type === "step_started") {
+    s.attempts = d.attempt ?? s.attempts + 1;
+    if (s.attempts === 1 || s.started_at == null) s.started_at = e.ts;
+    s.finished_at = null;
+    if (d.worker) s.worker = d.worker;
+    history.push({ attempt: s.attempts, status: "RUNNING", started_at: e.ts, finished_at: null, duration: null,
+      worker: d.worker ?? null, error: null, input: null });
+  } else if (e.type === "step_skipped") {
+    s.finished_at = e.ts;
+    s.reason = d.reason ?? null;
+    s.error = d.reason ?? null;
+  } else { // completed, failed, retrying: the data is the attempt record
+    let input = d.input ?? null;
+    if (typeof input === "string") { try { input = JSON.parse(input); } catch { /* cut short: shown as text */ } }
+    history.push({ attempt: d.attempt ?? s.attempts, status: e.status, started_at: d.started_at ?? null,
+      finished_at: d.finished_at ?? null, duration: d.duration ?? null, worker: d.worker ?? null,
+      error: d.error ?? null, input });
+    if (input != null) { s.input = input; s.input_rendered = true; }
+    if (d.worker) s.worker = d.worker;
+    s.error = d.error ?? null;
+    s.traceback = d.traceback ?? null;
+    if (e.type !== "step_retrying") s.finished_at = e.ts;
+  }
+  s.history = history;
+  s.retry_count = Math.max(0, s.attempts - 1);
+  s.duration = s.started_at != null && s.status !== "PENDING" ? (s.finished_at ?? now()) - s.started_at : null;
+}
+
+/** The status of a parallel branch from its steps' (web/detail.py branch_status); null if one is unknown. */
+function branchStatus(ids) {
+  const st = ids.map((id) => state.statuses.get(id));
+  if (st.some((x) => x === undefined)) return null;
+  if (st.some((x) => CURRENT.has(x))) return "RUNNING";
+  if (st.includes("FAILED")) return "FAILED";
+  const settled = ["COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATED"];
+  if (st.every((x) => settled.includes(x))) return st.every((x) => x === "CANCELLED") ? "CANCELLED" : "COMPLETED";
+  return "PENDING";
+}
+
+/** Apply one event to the run `r`; returns what changed: {step, branches, fetch} (fetch: the page
+ * cannot show it without the full detail). */
+function applyEvent(r, e) {
+  const out = { step: null, branches: false, fetch: !SELF_CONTAINED.has(e.type) };
   if (e.run_state) {
     r.status = e.run_state.status;
     r.progress.settled = e.run_state.settled;
     r.progress.total = e.run_state.total;
     r.progress.percent = e.run_state.total ? (100 * e.run_state.settled) / e.run_state.total : 0;
+  } else if (e.type === "run_status_changed" && e.status) r.status = e.status;
+  if (!e.step) return out;
+  const s = r.steps.find((x) => x.id === e.step);
+  if (e.type === "progress") {
+    if (s) { s.progress = { fraction: e.data?.fraction ?? 0, message: e.data?.message ?? null }; out.step = s; }
+    return out;
   }
-  if (e.step && e.status) {
-    const s = r.steps.find((x) => x.id === e.step);
-    if (s) s.status = e.status;
-    const li = $(`#step-${CSS.escape(e.step)}`);
-    if (li) li.dataset.status = e.status;
+  if (!e.status) return out;
+  state.statuses.set(e.step, e.status);
+  const current = new Set(r.progress.current_steps);
+  if (CURRENT.has(e.status)) current.add(e.step); else current.delete(e.step);
+  r.progress.current_steps = [...current].sort();
+  if (e.status === "FAILED") r.steps_failed = true;
+  for (const b of state.branchesOf.get(e.step) || []) {
+    const status = branchStatus(b.steps);
+    if (status === null) out.fetch = true; else b.status = status;
+    out.branches = true;
   }
+  if (s) {
+    if (STEP_EVENTS.has(e.type)) applyStep(s, e); else s.status = e.status;
+    state.stale.add(s.id);
+    out.step = s;
+    // An open step shows its output and traceback, which no event carries.
+    if (state.expanded.has(s.id) && e.type !== "step_started") out.fetch = true;
+  }
+  return out;
+}
+
+function onEvent(e) {
+  const r = state.run;
+  if (!r) return;
+  if (e.type === "log" && e.step) { onLog(e); return; }
+  state.applied.push(e);
+  if (state.applied.length > APPLIED_MAX) state.applied.splice(0, state.applied.length - APPLIED_MAX);
+  const changed = applyEvent(r, e);
+  if (changed.step) {
+    const li = $(`#step-${CSS.escape(changed.step.id)}`);
+    if (li) li.outerHTML = stepRow(changed.step);
+  }
+  if (changed.branches) renderBranches(r);
   if (e.type === "sla_warning" || e.type === "sla_breached") toast(`${e.type.replace("_", " ")}: run ${runId}`, "warn");
   renderHead(r);
-  refresh();
+  // The Gantt and the DAG are drawn from their own endpoints: they follow every step event.
+  if (changed.fetch || (chart && e.step)) refresh();
 }
 
 async function act(name, extra = {}) {
@@ -285,6 +385,7 @@ export async function init() {
     const id = head.parentElement.dataset.step;
     if (state.expanded.has(id)) state.expanded.delete(id); else state.expanded.add(id);
     renderTimeline(state.run);
+    if (state.expanded.has(id) && state.stale.has(id)) refresh(); // its output came after the last fetch
   });
   $("#branches").addEventListener("click", (ev) => {
     const b = ev.target.closest("button[data-group]");
