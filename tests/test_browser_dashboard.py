@@ -36,11 +36,18 @@ LONG = {
                "compensate": {"plugin": "builtin", "method": "echo", "params": {"undo": i}}} for i in range(8)],
 }
 
+FOLLOW = {
+    "name": "Followed", "mode": "sequential",
+    "steps": [{"id": f"w{i}", "plugin": "builtin", "method": "sleep", "params": {"seconds": 0.3}} for i in range(8)]
+    + [{"id": "answer", "plugin": "builtin", "method": "echo", "params": {"answer": 42}},
+       {"id": "echoed", "plugin": "builtin", "method": "echo", "params": {"echoed": "yes"}}],
+}
+
 
 @pytest.fixture(scope="module")
 def registered(live_server):
     token = live_server.token(ADMIN)
-    for wid, body in (("browser_pipeline", LIVE), ("browser_long", LONG)):
+    for wid, body in (("browser_pipeline", LIVE), ("browser_long", LONG), ("browser_follow", FOLLOW)):
         r = requests.put(f"{live_server.url}/api/v1/workflows/{wid}", json={"definition": body},
                          headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert r.status_code == 200, r.text
@@ -474,4 +481,55 @@ def test_retry_attempts_are_listed_with_their_errors_on_the_run_page(chromium, r
     assert "it broke" in page.inner_text("#step-boom .step-body .error")
     assert "it broke" in page.inner_text("#run-error")
     shots(page, "retry-attempts")
+    assert not page.errors
+
+
+
+def test_a_followed_run_shows_finished_steps_from_its_events_and_fetches_outputs_only_when_shown(chromium, registered,
+                                                                                                 shots):
+    import re
+
+    token = registered.token(OPERATOR)
+    auth = {"Authorization": f"Bearer {token}"}
+    page = login(chromium, registered, OPERATOR)
+
+    def follow(anchor=""):
+        run = requests.post(f"{registered.url}/api/v1/runs", json={"workflow": "browser_follow"}, headers=auth,
+                            timeout=10).json()
+        page.goto(f"{registered.url}/runs/{run['id']}{anchor}")
+        page.wait_for_selector("body[data-ready='1']")
+        return run["id"], re.compile(rf"/api/v1/runs/{run['id']}\?")
+
+    # 1. Following a run does not fetch its detail again for each step event (about 20 here).
+    run_id, detail = follow()
+    fetched = []
+    page.on("request", lambda req: fetched.append(req.url) if detail.search(req.url) else None)
+    page.wait_for_selector("#run-status [data-status='COMPLETED']", timeout=30000)
+    page.wait_for_function("document.querySelector('#step-echoed')?.dataset.status === 'COMPLETED'")
+    assert len(fetched) <= 3, fetched  # the run's own status changes; the final one at least
+
+    # 2. With every detail fetch held back, the rows still show each step's times, duration and
+    # attempts as they finish; an open step gets its output from the fetch that follows.
+    held = []
+    run_id, detail = follow("#step-answer")
+    page.route(detail, lambda route: held.append(route))
+    page.wait_for_selector("#run-status [data-status='COMPLETED']", timeout=30000)
+    page.wait_for_function("document.querySelector('#step-echoed')?.dataset.status === 'COMPLETED'")
+    for i in range(8):
+        head = page.inner_text(f"#step-w{i} .step-head")
+        assert "→" in page.inner_text(f"#step-w{i} .when"), head
+        dur = page.inner_text(f"#step-w{i} .dur")
+        assert re.fullmatch(r"[\d.]+ ?m?s", dur), (i, dur)  # a duration, not a status
+    assert "COMPLETED" in page.inner_text("#step-answer .attempts")
+    assert len(held) >= 1  # the open step settled, and the run: the page asked for what events lack
+    for route in held:
+        route.continue_()
+    page.unroute(detail)
+    page.wait_for_function("document.querySelector('#step-answer .step-body').innerText.includes('42')",
+                           timeout=10000)
+    # A step opened after it finished shows its output too (fetched on opening).
+    page.click("#step-echoed .step-head")
+    page.wait_for_function("document.querySelector('#step-echoed .step-body')?.innerText.includes('yes')",
+                           timeout=10000)
+    shots(page, "followed-run")
     assert not page.errors
