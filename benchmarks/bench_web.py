@@ -573,6 +573,15 @@ def _trace(event, args):
         except TypeError:
             pass
 greenlet.settrace(_trace)
+import gc
+_gc_start = [0.0]
+def _gc(phase, info):  # a collection runs in whichever greenlet allocated: it holds the loop too
+    if phase == "start":
+        _gc_start[0] = _clock()
+    elif _clock() - _gc_start[0] >= _min / 5:
+        _out.write(json.dumps({"t": time.time(), "gc": info["generation"], "collected": info["collected"],
+                               "gc_ms": round((_clock() - _gc_start[0]) * 1000, 2)}) + "\n")
+gc.callbacks.append(_gc)
 import runpy
 runpy.run_module("web", run_name="__main__", alter_sys=True)
 """
@@ -581,7 +590,8 @@ runpy.run_module("web", run_name="__main__", alter_sys=True)
 def loop_stretches(path: Path, since: float, until: float) -> dict[str, Any]:
     """What --trace-loop recorded between two wall times: counts of loop-holding stretches by
     length, and the longest ones with what they were."""
-    rows = []
+    rows: list[dict[str, Any]] = []
+    collections: list[dict[str, Any]] = []
     if path.exists():
         for line in path.read_text().splitlines():
             try:
@@ -589,7 +599,7 @@ def loop_stretches(path: Path, since: float, until: float) -> dict[str, Any]:
             except ValueError:
                 continue
             if since <= row["t"] <= until:
-                rows.append(row)
+                (collections if "gc" in row else rows).append(row)
     rows.sort(key=lambda r: -r["ms"])
     out: dict[str, Any] = {f">={ms}ms": sum(1 for r in rows if r["ms"] >= ms) for ms in (5, 10, 20, 50)}
     out["max_ms"] = rows[0]["ms"] if rows else 0.0
@@ -600,6 +610,9 @@ def loop_stretches(path: Path, since: float, until: float) -> dict[str, Any]:
     out["by_what"] = {k: {"n": len(v), "max_ms": max(v), "sum_ms": round(sum(v), 1)}
                       for k, v in sorted(by_request.items(), key=lambda kv: -max(kv[1]))[:12]}
     out["longest"] = rows[:8]
+    # Garbage collections of at least a fifth of MS, by generation: (count, longest ms).
+    out["gc"] = {str(g): [sum(1 for c in collections if c["gc"] == g),
+                          max((c["gc_ms"] for c in collections if c["gc"] == g), default=0.0)] for g in (0, 1, 2)}
     return out
 
 

@@ -11,6 +11,9 @@
   delivery rate (docs/performance.md, "Dashboard"). Kept as a fallback and for the in-process app
   of the tests, which is never monkey-patched.
 
+gevent never preempts, so long CPU work in web/ (the run detail, the runs list) calls
+:func:`cooperate` between its parts; it does nothing under threads.
+
 Imports nothing but the standard library at module level: it runs before anything else.
 """
 
