@@ -211,9 +211,8 @@ function onLog(e) {
   lines.push(...logLines(e));
   if (lines.length > LIVE_LOG_MAX) lines.splice(0, lines.length - LIVE_LOG_MAX);
   state.liveLogs.set(e.step, lines);
-  const s = state.run.steps.find((x) => x.id === e.step);
-  const li = s && $(`#step-${CSS.escape(s.id)}`);
-  if (li) li.outerHTML = stepRow(s);
+  dirty.rows.add(e.step);
+  redraw();
 }
 
 /** What a step_* event says about its step, as the next fetch would show it (web/detail.py). */
@@ -298,6 +297,32 @@ function applyEvent(r, e) {
   return out;
 }
 
+// What events changed, drawn once per frame however many came (a batch may carry dozens, and
+// drawing each one held the next batch up; a page without frames, hidden, draws on the timer).
+const dirty = { rows: new Set(), branches: false, head: false, scheduled: false };
+
+function draw() {
+  if (!dirty.scheduled) return;
+  dirty.scheduled = false;
+  const r = state.run;
+  for (const id of dirty.rows) {
+    const s = r.steps.find((x) => x.id === id);
+    const li = s && $(`#step-${CSS.escape(id)}`);
+    if (li) li.outerHTML = stepRow(s);
+  }
+  if (dirty.branches) renderBranches(r);
+  if (dirty.head) renderHead(r);
+  dirty.rows.clear();
+  dirty.branches = dirty.head = false;
+}
+
+function redraw() {
+  if (dirty.scheduled) return;
+  dirty.scheduled = true;
+  requestAnimationFrame(draw);
+  setTimeout(draw, 250);
+}
+
 function onEvent(e) {
   const r = state.run;
   if (!r) return;
@@ -305,13 +330,11 @@ function onEvent(e) {
   state.applied.push(e);
   if (state.applied.length > APPLIED_MAX) state.applied.splice(0, state.applied.length - APPLIED_MAX);
   const changed = applyEvent(r, e);
-  if (changed.step) {
-    const li = $(`#step-${CSS.escape(changed.step.id)}`);
-    if (li) li.outerHTML = stepRow(changed.step);
-  }
-  if (changed.branches) renderBranches(r);
+  if (changed.step) dirty.rows.add(changed.step.id);
+  dirty.branches ||= changed.branches;
+  dirty.head = true;
+  redraw();
   if (e.type === "sla_warning" || e.type === "sla_breached") toast(`${e.type.replace("_", " ")}: run ${runId}`, "warn");
-  renderHead(r);
   // The Gantt and the DAG are drawn from their own endpoints: they follow every step event.
   if (changed.fetch || (chart && e.step)) refresh();
 }
