@@ -20,7 +20,20 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Column, Connection, Integer, String, Table, Text, and_, bindparam, func, select, tuple_, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestrator.audit.events import Event, Lookups, clamp_fraction, clamp_level, clamp_message
