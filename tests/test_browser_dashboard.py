@@ -203,6 +203,18 @@ def test_the_gantt_and_analytics_pages_draw_their_charts(chromium, registered, s
     gantt = page.evaluate("window.__cfGantt")
     assert gantt["bars"] >= 1
     shots(page, "gantt")
+    # Finished in ~3 s against a 2-minute SLA: the chart opens on the bars, not on the SLA line
+    # (which would leave every bar a sliver), and says the line is one drag away.
+    headers = {"Authorization": f"Bearer {token}"}
+    detail = wait_for(lambda: (d := requests.get(f"{registered.url}/api/v1/runs/{run['id']}", headers=headers,
+                                                 timeout=10).json())["status"] == "COMPLETED" and d,
+                      30, "the pipeline run to complete")
+    page.reload()
+    page.wait_for_function("window.__cfGantt && window.__cfGantt.bars >= 5", timeout=20000)
+    gantt = page.evaluate("window.__cfGantt")
+    assert gantt["sla"] == 120 and gantt["axisMax"] >= 120 and not gantt["slaInView"]
+    assert detail["duration"] <= gantt["end"] < 60, (detail["duration"], gantt)
+    shots(page, "gantt-finished")
     page.click(".tabs.views a[data-view=dag]")
     page.wait_for_selector("#dag[data-rendered='5']", timeout=10000)
     shots(page, "dag")

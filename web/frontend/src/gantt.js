@@ -14,8 +14,14 @@ function option(t) {
     bar: b,
     itemStyle: { color: b.kind === "compensation" ? STATUS_COLORS.COMPENSATING : (STATUS_COLORS[b.status] || "#888") },
   }));
-  const maxX = Math.max(1, ...data.map((d) => d.value[2]), t.run.sla.target || 0);
-  const sla = t.run.sla.target ? [{ xAxis: t.run.sla.target, name: "SLA" }] : [];
+  const target = t.run.sla.target || 0;
+  const dataEnd = Math.max(1, ...data.map((d) => d.value[2]));
+  const axisMax = Math.max(dataEnd, target) * 1.05;
+  // An SLA far past the bars (a 2-minute target, a run 3 s in) would shrink every bar to a sliver:
+  // open on the bars and leave the SLA line one drag of the slider away, saying so.
+  const view = target > dataEnd * 2 ? Math.min(axisMax, dataEnd * 1.15) : axisMax;
+  const sla = target ? [{ xAxis: target, name: "SLA" }] : [];
+  const zoom = { xAxisIndex: 0, filterMode: "none", startValue: 0, endValue: view };
   const labels = steps.map((s) => `${s.number}. ${s.id}`);
   return {
     animation: false,
@@ -28,8 +34,12 @@ function option(t) {
           `${b.worker ? `worker ${esc(b.worker)}<br>` : ""}${b.error ? `<span style="color:#d64545">${esc(b.error)}</span>` : ""}`;
       },
     },
-    dataZoom: [{ type: "inside", xAxisIndex: 0 }, { type: "slider", xAxisIndex: 0, height: 18, bottom: 8 }],
-    xAxis: { type: "value", min: 0, max: maxX * 1.05, axisLabel: { formatter: (v) => duration(v) }, splitLine: { show: true } },
+    dataZoom: [{ type: "inside", ...zoom }, { type: "slider", ...zoom, height: 18, bottom: 8 }],
+    title: view < target ? {
+      text: `SLA ${duration(target)} is past the right edge: drag the slider's right handle to see it`,
+      right: 40, top: 4, textStyle: { color: "#d64545", fontSize: 11, fontWeight: "normal" },
+    } : undefined,
+    xAxis: { type: "value", min: 0, max: axisMax, axisLabel: { formatter: (v) => duration(v) }, splitLine: { show: true } },
     yAxis: { type: "category", data: labels, inverse: true, axisLabel: { width: 170, overflow: "truncate" } },
     series: [{
       type: "custom",
@@ -58,12 +68,18 @@ function option(t) {
       markLine: sla.length ? { symbol: "none", lineStyle: { type: "dashed", color: "#d64545" },
         label: { formatter: `SLA ${duration(t.run.sla.target)}`, position: "insideEndTop" }, data: sla } : undefined,
     }],
+    view: { end: view, axisMax, sla: target, slaInView: Boolean(target) && target <= view },
   };
 }
 
 export async function mount(el, runId, openStep) {
   const chart = chartOn(el);
   let timeline = null;
+  let zoomed = null; // the window the user chose: kept across refreshes
+  chart.on("datazoom", () => {
+    const z = chart.getOption().dataZoom?.[0];
+    if (z && z.startValue != null && z.endValue != null) zoomed = { startValue: z.startValue, endValue: z.endValue };
+  });
   async function refresh() {
     const started = performance.now();
     timeline = await api(`/runs/${runId}/timeline`);
@@ -71,10 +87,15 @@ export async function mount(el, runId, openStep) {
     el.style.height = `${Math.min(20000, 80 + rows * 26)}px`;
     chart.resize();
     const fetched = performance.now();
-    chart.setOption(option(timeline), true);
+    const opt = option(timeline);
+    const view = opt.view;
+    delete opt.view;
+    if (zoomed) opt.dataZoom = opt.dataZoom.map((z) => ({ ...z, ...zoomed }));
+    chart.setOption(opt, true);
     // Painted: two animation frames after the synchronous update.
     await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
-    window.__cfGantt = { fetchMs: fetched - started, renderMs: performance.now() - fetched, bars: timeline.bars.length };
+    window.__cfGantt = { fetchMs: fetched - started, renderMs: performance.now() - fetched, bars: timeline.bars.length,
+      ...view, zoomed: Boolean(zoomed) };
     el.dataset.rendered = String(timeline.bars.length);
   }
   chart.on("click", (p) => {
