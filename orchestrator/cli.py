@@ -380,11 +380,15 @@ def start_dashboard(fleet: Any) -> tuple[str, str]:
 
 
 @main.command()
-@click.option("--keep-running", is_flag=True, help="Leave the fleet up after the examples (Ctrl-C stops it).")
+@click.option("--keep-running/--exit", default=None,
+              help="After the examples, leave the fleet and the dashboard up until Ctrl-C, or exit "
+                   "with their outcome. Default: keep running in a terminal, exit otherwise.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None)
 @handle_errors
-def demo(keep_running: bool, workdir: str | None) -> None:
-    """Start a private fleet (Redis, a worker) and run the four example workflows."""
+def demo(keep_running: bool | None, workdir: str | None) -> None:
+    """Start a private fleet (Redis, a worker, the dashboard) and run the four example workflows."""
+    if keep_running is None:
+        keep_running = sys.stdin.isatty() and sys.stdout.isatty()
     from orchestrator.client import Client
     from orchestrator.display import follow as follow_runs
     from orchestrator.embedded import EmbeddedRedis
@@ -432,9 +436,17 @@ def demo(keep_running: bool, workdir: str | None) -> None:
                           highlight=False)
             ok &= snap.status == expected
         if keep_running:
-            console.print(f"fleet running: Redis {settings.redis_url}; Ctrl-C to stop")
-            while all(fleet.alive().values()):
-                time.sleep(1)
+            console.print(f"fleet running: dashboard {url} (admin / {password}), Redis {settings.redis_url}, "
+                          f"audit store {settings.database_url}; Ctrl-C stops it", highlight=False)
+            try:
+                while all((alive := fleet.alive()).values()):
+                    time.sleep(0.5)
+                gone = ", ".join(name for name, up in alive.items() if not up)
+                err.print(f"{gone} stopped; see the logs in {fleet.log_dir}; stopping the rest",
+                          style="red", highlight=False)
+                sys.exit(1)
+            except KeyboardInterrupt:
+                err.print("stopping the fleet")
         sys.exit(0 if ok else 1)
     finally:
         fleet.stop()

@@ -186,6 +186,46 @@ def test_demo_runs_the_four_examples_on_a_private_redis_and_exits_0(tmp_path: Pa
 
 
 @pytest.mark.integration
+def test_demo_kept_running_serves_its_runs_on_the_dashboard_until_ctrl_c(tmp_path: Path) -> None:
+    import re
+
+    import requests
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CANVASFLOW_")}
+    env["PYTHONPATH"] = str(ROOT)
+    err_log = tmp_path / "demo.err"
+    with err_log.open("wb") as err, subprocess.Popen([*CLI, "demo", "--workdir", str(tmp_path / "w"), "--keep-running"],
+                                                     env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                                                     cwd=tmp_path) as proc:
+        try:
+            out = []
+            for line in proc.stdout:  # type: ignore[union-attr]
+                out.append(line)
+                if line.startswith("fleet running"):
+                    break
+            text = "".join(out)
+            assert text.count("as expected") == 4, text + err_log.read_text()
+            m = re.search(r"dashboard (http://127\.0\.0\.1:\d+/) \(admin / (\S+)\)", text)
+            assert m, text
+            url, password = m.groups()
+            with requests.Session() as s:
+                csrf = re.search(r'name="csrf" value="([^"]+)"', s.get(f"{url}login", timeout=10).text).group(1)
+                r = s.post(f"{url}login", data={"username": "admin", "password": password, "csrf": csrf}, timeout=10)
+                assert r.status_code == 200 and "Log out" in r.text, r.text[:500]
+                runs = s.get(f"{url}api/v1/runs", params={"limit": 10}, timeout=10).json()["runs"]
+            assert {r["workflow"]["id"] for r in runs} >= {"data_processing", "parallel_media",
+                                                          "conditional_analysis", "transactional_update"}
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+            assert proc.wait(60) == 0, err_log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "stopping the fleet" in err_log.read_text()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}api/v1/health", timeout=5)
+
+
+@pytest.mark.integration
 def test_procfile_fleet_started_with_honcho_runs_a_workflow(tmp_path: Path) -> None:
     honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or shutil.which("honcho")
     assert honcho, "honcho is a test dependency"
