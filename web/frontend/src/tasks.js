@@ -7,7 +7,7 @@ import { workerUrl } from "./workers.js";
 
 const POLL_MS = 5000;
 const FIELDS = ["q", "state", "worker", "name", "run", "received_after", "received_before"];
-const state = { filters: {}, sort: "-ts", cursor: null, pages: [], next: null, timer: null };
+const state = { filters: {}, sort: "-ts", limit: 50, cursor: null, pages: [], next: null, timer: null };
 
 const toTs = (v) => (v ? new Date(v).getTime() / 1000 : undefined);
 
@@ -30,13 +30,14 @@ function query() {
   const f = state.filters;
   return { q: f.q, state: f.state, worker: f.worker, name: f.name, run: f.run,
     received_after: toTs(f.received_after), received_before: toTs(f.received_before),
-    sort: state.sort, limit: 50, cursor: state.cursor || undefined };
+    sort: state.sort, limit: state.limit, cursor: state.cursor || undefined };
 }
 
 function syncUrl() {
   const qs = new URLSearchParams();
   for (const k of FIELDS) if (state.filters[k]) qs.set(k, state.filters[k]);
   if (state.sort !== "-ts") qs.set("sort", state.sort);
+  if (state.limit !== 50) qs.set("limit", state.limit);
   const s = qs.toString();
   history.replaceState(null, "", `/tasks${s ? `?${s}` : ""}`);
 }
@@ -91,6 +92,7 @@ function fromUrl(form) {
     if (v) { state.filters[k] = v; if (form.elements[k]) form.elements[k].value = v; }
   }
   state.sort = qs.get("sort") || "-ts";
+  state.limit = Math.min(1000, Math.max(1, Number(qs.get("limit")) || 50));
 }
 
 export async function init() {
