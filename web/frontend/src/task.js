@@ -56,6 +56,7 @@ function renderRun(t) {
   el.innerHTML = `canvasflow run <a id="task-run-link" href="/runs/${esc(t.run_id)}"><code>${esc(t.run_id)}</code></a>
     ${r ? `<span id="run-status">${statusBadge(r.status)}</span> (${esc(r.workflow.name || r.workflow.id)})` : ""}
     ${stepLink}${state.step ? ` <span id="step-status">${statusBadge(state.step.status)}</span>` : ""}
+    ${state.step && state.step.status === "FAILED" && t.state === "SUCCESS" ? `<div class="hint">The Celery task succeeded: a canvasflow step records its failure as data, so the step's status is what counts.</div>` : ""}
     ${r?.error ? `<div class="error">${esc(r.failed_step ? `step ${r.failed_step}: ` : "")}${esc(r.error)}</div>` : ""}`;
 }
 
