@@ -317,3 +317,28 @@ def test_a_viewer_sees_the_worker_and_task_controls_refused(chromium, fleet_serv
     shots(page, "viewer-task")
     assert http.get(f"/runs/{run_id}")["status"] == "FAILED"
     assert not page.errors
+
+
+def test_a_read_only_dashboard_shows_the_fleet_and_refuses_its_controls(chromium, web_fleet, shots):
+    from tests.web_fixtures import start_live_server, stop_live_server
+
+    host = web_fleet.worker.hostname
+    ro = start_live_server(web_fleet, "--read-only")
+    try:
+        page = login(chromium, ro, ADMIN)
+        page.wait_for_selector(f"#workers-body tr[data-worker='{host}'][data-status='online']")
+        page.goto(f"{ro.url}/workers/{host}")
+        page.wait_for_selector("#pool-concurrency")
+        assert page.is_disabled("#pool-grow") and "read-only" in page.get_attribute("#pool-grow", "title")
+        assert "read-only" in page.inner_text("#controls-refused")
+        shots(page, "read-only-worker")
+        status = page.evaluate("""async (name) => {
+            const csrf = JSON.parse(document.getElementById('cf-boot').textContent).csrf;
+            const r = await fetch(`/api/v1/inspect/workers/${encodeURIComponent(name)}/pool_grow`, {method: 'POST',
+                headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}, body: '{"n": 1}'});
+            return [r.status, (await r.json()).message];
+        }""", host)
+        assert status[0] == 403 and "read-only" in status[1]
+        assert not page.errors
+    finally:
+        stop_live_server(ro)
