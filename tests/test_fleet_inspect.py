@@ -345,6 +345,7 @@ def test_send_task_result_and_task_types(env: Env) -> None:
     done = wait_for(lambda: (t := op.get(f"/inspect/tasks/{tid}")).status_code == 200
                     and t.json["state"] == "SUCCESS" and t.json, 20, "the sent task to run")
     assert done["name"] == "canvasflow.merge" and done["worker"] == env.workers["a"].hostname
+    assert done["resend"] == {"args": [[1, 2]], "kwargs": {"hdr": {}}}  # what "Send again" sends
     # canvasflow's own tasks ignore their results (run state lives in its keys), so the result
     # endpoint is read against a result stored in the backend the way any Celery task stores it
     backend = env.client.celery.backend
@@ -352,6 +353,17 @@ def test_send_task_result_and_task_types(env: Env) -> None:
     backend.store_result(other, {"rows": 3}, "SUCCESS")
     assert op.get(f"/inspect/tasks/{other}/result").json == {"task": other, "state": "SUCCESS", "result": {"rows": 3}}
     assert op.get(f"/inspect/tasks/{tid}/result").json["state"] == "PENDING"  # ignore_result: never stored
+
+
+def test_a_tasks_arguments_are_read_back_from_their_reprs_for_sending_it_again() -> None:
+    from web.inspect import resend_arguments
+
+    assert resend_arguments("(1, 'a', {'k': [None, True]})", "{'x': 1.5}") == {
+        "args": [1, "a", {"k": [None, True]}], "kwargs": {"x": 1.5}}
+    assert resend_arguments(None, None) == {"args": [], "kwargs": {}}
+    assert resend_arguments("({'rows': [1, 2, ...", "{}") is None  # cut short by Celery
+    assert resend_arguments("(<object at 0x1>,)", "{}") is None  # not a literal
+    assert resend_arguments("({1, 2},)", "{}") is None  # a set: not JSON
 
 
 def test_the_event_queue_is_bounded_and_drops_are_counted() -> None:

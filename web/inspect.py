@@ -1,5 +1,5 @@
 """Fleet inspection under /api/v1/inspect — Flower's workers, tasks and queues, workflow-aware and
-persistent — plus one server-rendered Workers page.
+persistent. The dashboard's Workers and Tasks pages (web/pages.py) are drawn from it.
 
 The task history is the ``cf_celery_tasks`` table that :class:`orchestrator.fleet_events.FleetMonitor`
 fills from Celery events in this process; worker details come from ``inspect`` with a short
@@ -13,10 +13,12 @@ seconds an offline worker stays listed, default 86400), ``task_retention``
 
 from __future__ import annotations
 
+import ast
+import json
 import time
 from typing import Any
 
-from flask import Flask, current_app, render_template_string, request
+from flask import Flask, current_app, request
 from flask_smorest import abort
 from marshmallow import Schema, fields, validate
 
@@ -82,7 +84,7 @@ class Fleet:
 
 
 def register(app: Flask, api: Any) -> None:
-    """Add the inspect API, /metrics, /healthz, /readyz and the Workers page to ``app``."""
+    """Add the inspect API, /metrics, /healthz and /readyz to ``app``."""
     from web import metrics
 
     services = app.extensions["canvasflow"]
@@ -90,7 +92,6 @@ def register(app: Flask, api: Any) -> None:
     app.extensions["canvasflow_fleet"] = fleet
     api.register_blueprint(blp)
     metrics.register(app)
-    app.add_url_rule("/workers", "fleet_workers_page", workers_page)
     start, stop = services.start, services.stop
 
     def start_all() -> None:
@@ -299,7 +300,23 @@ def task_detail(task_id: str) -> dict[str, Any]:
     assert task is not None
     if task.get("run_id"):
         task["links"] = {"run": f"/api/v1/runs/{task['run_id']}", "page": f"/runs/{task['run_id']}"}
+    task["resend"] = resend_arguments(task.get("args"), task.get("kwargs"))
     return task
+
+
+def resend_arguments(args: str | None, kwargs: str | None) -> dict[str, Any] | None:
+    """The task's args and kwargs as JSON for ``/tasks/send``, read back from the reprs its
+    events carried; None when they cannot be (cut short by Celery, or not plain literals)."""
+    try:
+        a = ast.literal_eval(args) if args else ()
+        kw = ast.literal_eval(kwargs) if kwargs else {}
+        if not isinstance(a, (list, tuple)) or not isinstance(kw, dict):
+            return None
+        out = {"args": list(a), "kwargs": kw}
+        json.dumps(out)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return out
 
 
 class RevokeBody(Schema):
@@ -378,34 +395,3 @@ def task_types() -> dict[str, Any]:
     for tasks in fleet().inspector.call("registered").values():
         names.update(t.split(" ")[0] for t in tasks or [])
     return {"task-types": sorted(names)}
-
-
-# ---------------------------------------------------------------------------------------------
-# The Workers page (server-rendered, no JavaScript)
-# ---------------------------------------------------------------------------------------------
-
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Workers · canvasflow</title>
-<style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse}
-td,th{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:left}.offline{color:#999}</style></head>
-<body><h1>Workers</h1><p><a href="/">runs</a> · <a href="/api/v1/inspect/workers">JSON</a> ·
-<a href="/api/v1/inspect/tasks">tasks JSON</a> · <a href="/metrics">metrics</a></p>
-<table><tr><th>worker</th><th>status</th><th>active</th><th>processed</th><th>succeeded</th><th>failed</th>
-<th>load</th><th>pool</th><th>prefetch</th><th>queues</th><th>plugins</th></tr>
-{% for w in workers %}<tr class="{{ w.status }}"><td>{{ w.name }}</td><td>{{ w.status }}</td>
-<td>{{ w.active if w.active is not none else '' }}</td><td>{{ w.processed if w.processed is not none else '' }}</td>
-<td>{{ w.succeeded }}</td><td>{{ w.failed }}</td><td>{{ (w.loadavg or [])|join(', ') }}</td>
-<td>{{ w.pool.implementation or '' }} {{ w.pool.concurrency or '' }}</td><td>{{ w.prefetch_count or '' }}</td>
-<td>{{ w.queues|join(', ') }}</td><td>{{ w.plugins|join(', ') }}</td></tr>{% endfor %}
-</table><h2>Queues</h2><table><tr><th>queue</th><th>messages</th><th>by priority</th></tr>
-{% for q, v in queues.items() %}<tr><td>{{ q }}</td><td>{{ v.total }}</td><td>{{ v.by_priority }}</td></tr>
-{% endfor %}</table></body></html>"""
-
-
-def workers_page() -> Any:
-    if auth.current_user() is None:
-        from flask import redirect, url_for
-
-        return redirect(url_for("login.login", next=request.full_path.rstrip("?")))
-    e = current_app.extensions["canvasflow"]
-    qs = queue_lengths(e.client.redis, e.settings.key_prefix, known_queues(e.client.fleet(), e.settings.default_queue))
-    return render_template_string(PAGE, workers=fleet().workers(), queues=qs)

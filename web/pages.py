@@ -8,8 +8,10 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
 
+from orchestrator import fleet_events
 from orchestrator.control import ALLOWED
 from web import auth
+from web import inspect as fleet_api
 
 bp = Blueprint("pages", __name__)
 
@@ -63,3 +65,35 @@ def users() -> Any:
                                f"'{user.name}' ({user.role}). Ask an admin to change your role, or log in "
                                "as an admin.")
     return _page("users.html", "users")
+
+
+# Fleet inspection (Flower's pages), drawn from /api/v1/inspect.
+
+
+@bp.route("/workers")
+def workers() -> Any:
+    return _page("workers.html", "workers")
+
+
+@bp.route("/workers/<name>")
+def worker(name: str) -> Any:
+    if auth.current_user() is not None and name not in {w["name"] for w in fleet_api.fleet().workers(live=False)}:
+        abort(404, description=f"There is no worker '{name}': it never sent a heartbeat to this fleet, or it "
+                               "was forgotten (offline workers are purged after a while). The Workers page "
+                               "lists the fleet.")
+    return _page("worker.html", "worker", workerName=name)
+
+
+@bp.route("/tasks")
+def tasks() -> Any:
+    return _page("tasks.html", "tasks")
+
+
+@bp.route("/tasks/<task_id>")
+def task(task_id: str) -> Any:
+    engine = fleet_api.fleet().engine
+    if auth.current_user() is not None and engine is not None and fleet_events.get_task(engine, task_id) is None:
+        abort(404, description=f"There is no task '{task_id}' in the history: it may be older than the "
+                               "retention (CANVASFLOW_WEB_TASK_RETENTION), or it was sent while no web process "
+                               "was capturing events. Search the Tasks page for it.")
+    return _page("task.html", "task", taskId=task_id)

@@ -8,6 +8,10 @@ const PAGES = {
   analytics: () => import("./analytics.js"),
   workflows: () => import("./workflows.js"),
   users: () => import("./users.js"),
+  workers: () => import("./workers.js"),
+  worker: () => import("./worker.js"),
+  tasks: () => import("./tasks.js"),
+  task: () => import("./task.js"),
 };
 
 async function start() {

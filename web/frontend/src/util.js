@@ -89,3 +89,38 @@ export function throttle(fn, wait) {
 
 export const canOperate = () => !boot.readOnly && ["operator", "admin"].includes(boot.user?.role);
 export const isAdmin = () => !boot.readOnly && boot.user?.role === "admin";
+
+/** Why this user cannot change anything here ("" when they can): shown as the title of the
+ * disabled buttons and in the page's refusal banner. */
+export function refusal(what) {
+  if (boot.readOnly) return `the dashboard is read-only: ${what} is refused (restart it without --read-only to allow it)`;
+  if (canOperate()) return "";
+  return `your role (${boot.user?.role}) cannot ${what}: it needs the operator role. Ask an admin to change your role, or log in as an operator.`;
+}
+
+/** The page's <dialog id="confirm">: resolves to the reason typed in, or null when declined. */
+export function confirmDialog(title, text, yes = "Confirm") {
+  const dlg = document.getElementById("confirm");
+  $("#confirm-title").textContent = title;
+  $("#confirm-text").textContent = text;
+  $("#confirm-yes").textContent = yes;
+  $("#confirm-reason").value = "";
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok" ? $("#confirm-reason").value : null), { once: true });
+    dlg.showModal();
+  });
+}
+
+/** A Celery task state (PENDING, STARTED, SUCCESS, FAILURE, …) as a badge. */
+export const taskState = (s) => `<span class="status t-${esc(s)}" data-state="${esc(s)}">${esc(s)}</span>`;
+
+/** A key/value table of a flat-ish object; nested values are shown as JSON. */
+export function kvTable(obj, id = "") {
+  if (!obj || typeof obj !== "object" || !Object.keys(obj).length) return `<p class="muted">nothing reported</p>`;
+  const rows = Object.keys(obj).sort().map((k) => {
+    const v = obj[k];
+    const shown = v !== null && typeof v === "object" ? `<code>${esc(JSON.stringify(v))}</code>` : esc(v);
+    return `<tr data-key="${esc(k)}"><th>${esc(k)}</th><td>${shown}</td></tr>`;
+  }).join("");
+  return `<table class="grid kv"${id ? ` id="${esc(id)}"` : ""}><tbody>${rows}</tbody></table>`;
+}
