@@ -355,6 +355,20 @@ def test_send_task_result_and_task_types(env: Env) -> None:
     assert op.get(f"/inspect/tasks/{tid}/result").json["state"] == "PENDING"  # ignore_result: never stored
 
 
+def test_apply_waits_for_the_result_and_answers_202_for_a_task_still_unfinished(env: Env) -> None:
+    op = Api(env.app, OPERATOR)
+    r = op.post("/inspect/tasks/apply", {"name": "celery.accumulate", "args": [1, 2], "timeout": 20})
+    assert r.status_code == 200, r.json
+    assert r.json["state"] == "SUCCESS" and r.json["result"] == [1, 2] and r.json["name"] == "celery.accumulate"
+    # canvasflow.merge stores no result: the wait ends at the timeout with the task's id to ask later
+    r = op.post("/inspect/tasks/apply", {"name": "canvasflow.merge", "args": [[1]], "kwargs": {"hdr": {}},
+                                         "timeout": 0.3})
+    assert r.status_code == 202 and r.json["state"] == "PENDING" and r.json["task"], r.json
+    bad = op.post("/inspect/tasks/apply", {"name": "celery.accumulate", "timeout": 600})
+    assert bad.status_code == 400 and "timeout" in str(bad.json), bad.json
+    assert Api(env.app, VIEWER).post("/inspect/tasks/apply", {"name": "celery.accumulate"}).status_code == 403
+
+
 def test_a_tasks_arguments_are_read_back_from_their_reprs_for_sending_it_again() -> None:
     from web.inspect import resend_arguments
 

@@ -371,11 +371,36 @@ def send_task(body: dict[str, Any]) -> dict[str, Any]:
     return {"task": result.id, "name": body["name"], "state": "PENDING"}
 
 
-@blp.route("/tasks/<task_id>/result")
-@auth.require("viewer")
-def task_result(task_id: str) -> dict[str, Any]:
-    """The task's state and result from the Celery result backend (Flower's /api/task/result)."""
+class ApplyBody(SendBody):
+    timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=60.0),
+                           metadata={"description": "seconds to wait for the result (at most 60)"})
+
+
+@blp.route("/tasks/apply", methods=["POST"])
+@blp.arguments(ApplyBody)
+@auth.require("operator", mutating=True)
+def apply_task(body: dict[str, Any]) -> Any:
+    """Send a task by name and wait for its result (Flower's /api/task/apply). Audited. A task
+    still unfinished after ``timeout`` seconds answers 202 with its id and state: it keeps
+    running; ask ``/tasks/<id>/result`` later."""
+    opts = {k: body[k] for k in ("queue", "countdown", "priority") if body.get(k) is not None}
     celery = current_app.extensions["canvasflow"].client.celery
+    result = celery.send_task(body["name"], args=body["args"], kwargs=body["kwargs"], **opts)
+    _audit("task_apply", "task", result.id, {"name": body["name"], **opts, "reason": body["reason"]})
+    deadline = time.monotonic() + body["timeout"]
+    while True:
+        out = _result(celery, result.id)
+        if out["state"] in READY or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)  # cooperative under gevent (patched), a thread's nap under threads
+    out["name"] = body["name"]
+    return out if out["state"] in READY else (out, 202)
+
+
+READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+def _result(celery: Any, task_id: str) -> dict[str, Any]:
     res = celery.AsyncResult(task_id)
     state = res.state
     out: dict[str, Any] = {"task": task_id, "state": state}
@@ -385,6 +410,13 @@ def task_result(task_id: str) -> dict[str, Any]:
         if state == "FAILURE":
             out["traceback"] = res.traceback
     return out
+
+
+@blp.route("/tasks/<task_id>/result")
+@auth.require("viewer")
+def task_result(task_id: str) -> dict[str, Any]:
+    """The task's state and result from the Celery result backend (Flower's /api/task/result)."""
+    return _result(current_app.extensions["canvasflow"].client.celery, task_id)
 
 
 @blp.route("/task-types")
