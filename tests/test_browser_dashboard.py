@@ -4,14 +4,12 @@ tmp_path (and CANVASFLOW_TEST_LOGS/screenshots when set)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.web_fixtures import browser_login
 from tests.web_helpers import ADMIN, OPERATOR, VIEWER, wait_for
 
 pytest_plugins = ("tests.web_fixtures",)
@@ -54,23 +52,6 @@ def registered(live_server):
     return live_server
 
 
-@pytest.fixture
-def shots(tmp_path, request):
-    """Screenshot helper: tmp_path/<name>.png, copied to CANVASFLOW_TEST_LOGS/screenshots too."""
-    extra = os.environ.get("CANVASFLOW_TEST_LOGS")
-
-    def shot(page, name):
-        path = tmp_path / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
-        if extra:
-            dest = Path(extra) / "screenshots" / request.node.name
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, dest / path.name)
-        return path
-
-    return shot
-
-
 # Every status a step row ever showed, per step: a 0.8 s step may start and finish between two
 # polls of wait_for_function, so "it was RUNNING" is checked on this record, not on a poll.
 SEEN = """
@@ -104,20 +85,7 @@ def orchestrator_client_live(registered):
 
 
 def login(browser, server, user):
-    # bypass_csp: wait_for_function evaluates strings, which the CSP (rightly) forbids pages.
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
-    context.add_init_script(SEEN)
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{server.url}/runs")
-    assert "/login" in page.url
-    page.fill("input[name=username]", user[0])
-    page.fill("input[name=password]", user[1])
-    page.click("button[type=submit]")
-    page.wait_for_selector("body[data-ready='1']")
-    page.errors = errors
-    return page
+    return browser_login(browser, server, user, init_script=SEEN)
 
 
 def test_an_operator_runs_a_workflow_from_the_page_and_watches_it_advance_live(chromium, registered, shots):

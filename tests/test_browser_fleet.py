@@ -5,14 +5,13 @@ CANVASFLOW_TEST_LOGS/screenshots when set)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
 
+from tests.web_fixtures import browser_login
 from tests.web_helpers import ADMIN, OPERATOR, VIEWER, wait_for
 
 pytest_plugins = ("tests.web_fixtures",)
@@ -81,36 +80,18 @@ def echo_run(http):
     return run_id
 
 
-@pytest.fixture
-def shots(tmp_path, request):
-    extra = os.environ.get("CANVASFLOW_TEST_LOGS")
-
-    def shot(page, name):
-        path = tmp_path / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
-        if extra:
-            dest = Path(extra) / "screenshots" / request.node.name
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, dest / path.name)
-        return path
-
-    return shot
-
-
 def login(browser, server, user, path="/workers"):
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
-    context.set_default_timeout(15000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{server.url}{path}")
-    assert "/login" in page.url
-    page.fill("input[name=username]", user[0])
-    page.fill("input[name=password]", user[1])
-    page.click("button[type=submit]")
-    page.wait_for_selector("body[data-ready='1']")
-    page.errors = errors
-    return page
+    return browser_login(browser, server, user, path, timeout_ms=15000)
+
+
+def post_from_page(page, path, body):
+    """POST to the API from inside the page (its session and CSRF token): [status, message]."""
+    return page.evaluate("""async ([path, body]) => {
+        const csrf = JSON.parse(document.getElementById('cf-boot').textContent).csrf;
+        const r = await fetch(path, {method: 'POST',
+            headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}, body: JSON.stringify(body)});
+        return [r.status, (await r.json()).message];
+    }""", [path, body])
 
 
 def concurrency(page) -> str:
@@ -299,12 +280,7 @@ def test_a_viewer_sees_the_worker_and_task_controls_refused(chromium, fleet_serv
         assert page.is_disabled(sel), sel
         assert "viewer" in page.get_attribute(sel, "title")
     assert page.is_visible("#controls-refused") and "operator role" in page.inner_text("#controls-refused")
-    status = page.evaluate("""async (name) => {
-        const csrf = JSON.parse(document.getElementById('cf-boot').textContent).csrf;
-        const r = await fetch(`/api/v1/inspect/workers/${encodeURIComponent(name)}/pool_grow`, {method: 'POST',
-            headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}, body: '{"n": 1}'});
-        return [r.status, (await r.json()).message];
-    }""", host)
+    status = post_from_page(page, f"/api/v1/inspect/workers/{quote(host, safe='')}/pool_grow", {"n": 1})
     assert status[0] == 403 and "viewer" in status[1]
     shots(page, "viewer-worker")
     page.goto(f"{fleet_server.url}/workers")
@@ -332,12 +308,7 @@ def test_a_read_only_dashboard_shows_the_fleet_and_refuses_its_controls(chromium
         assert page.is_disabled("#pool-grow") and "read-only" in page.get_attribute("#pool-grow", "title")
         assert "read-only" in page.inner_text("#controls-refused")
         shots(page, "read-only-worker")
-        status = page.evaluate("""async (name) => {
-            const csrf = JSON.parse(document.getElementById('cf-boot').textContent).csrf;
-            const r = await fetch(`/api/v1/inspect/workers/${encodeURIComponent(name)}/pool_grow`, {method: 'POST',
-                headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}, body: '{"n": 1}'});
-            return [r.status, (await r.json()).message];
-        }""", host)
+        status = post_from_page(page, f"/api/v1/inspect/workers/{quote(host, safe='')}/pool_grow", {"n": 1})
         assert status[0] == 403 and "read-only" in status[1]
         assert not page.errors
     finally:

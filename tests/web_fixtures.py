@@ -161,3 +161,43 @@ def chromium() -> Iterator[Any]:
                                     args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """Screenshot helper: tmp_path/<name>.png, copied to CANVASFLOW_TEST_LOGS/screenshots too."""
+    extra = os.environ.get("CANVASFLOW_TEST_LOGS")
+
+    def shot(page: Any, name: str) -> Path:
+        path = tmp_path / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        if extra:
+            dest = Path(extra) / "screenshots" / request.node.name
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, dest / path.name)
+        return path
+
+    return shot
+
+
+def browser_login(browser: Any, server: LiveServer, user: tuple[str, str], path: str = "/runs", *,
+                  init_script: str | None = None, timeout_ms: float | None = None) -> Any:
+    """A new browser context logged in as ``user`` through the login page, on ``path``; the page's
+    JavaScript errors collect in ``page.errors``."""
+    # bypass_csp: wait_for_function evaluates strings, which the CSP (rightly) forbids pages.
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+    if timeout_ms is not None:
+        context.set_default_timeout(timeout_ms)
+    if init_script:
+        context.add_init_script(init_script)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{server.url}{path}")
+    assert "/login" in page.url
+    page.fill("input[name=username]", user[0])
+    page.fill("input[name=password]", user[1])
+    page.click("button[type=submit]")
+    page.wait_for_selector("body[data-ready='1']")
+    page.errors = errors
+    return page

@@ -364,11 +364,16 @@ class SendBody(Schema):
 def send_task(body: dict[str, Any]) -> dict[str, Any]:
     """Send a task by name (Flower's send-task and async-apply); returns its id at once. Audited.
     canvasflow steps are not meant to be sent by hand: submit or retry the run instead."""
+    return {"task": _send(body, "task_send"), "name": body["name"], "state": "PENDING"}
+
+
+def _send(body: dict[str, Any], action: str) -> str:
+    """Send the task ``body`` names (SendBody), audited as ``action``; returns its id."""
     opts = {k: body[k] for k in ("queue", "countdown", "priority") if body.get(k) is not None}
     celery = current_app.extensions["canvasflow"].client.celery
     result = celery.send_task(body["name"], args=body["args"], kwargs=body["kwargs"], **opts)
-    _audit("task_send", "task", result.id, {"name": body["name"], **opts, "reason": body["reason"]})
-    return {"task": result.id, "name": body["name"], "state": "PENDING"}
+    _audit(action, "task", result.id, {"name": body["name"], **opts, "reason": body["reason"]})
+    return str(result.id)
 
 
 class ApplyBody(SendBody):
@@ -383,13 +388,11 @@ def apply_task(body: dict[str, Any]) -> Any:
     """Send a task by name and wait for its result (Flower's /api/task/apply). Audited. A task
     still unfinished after ``timeout`` seconds answers 202 with its id and state: it keeps
     running; ask ``/tasks/<id>/result`` later."""
-    opts = {k: body[k] for k in ("queue", "countdown", "priority") if body.get(k) is not None}
+    task_id = _send(body, "task_apply")
     celery = current_app.extensions["canvasflow"].client.celery
-    result = celery.send_task(body["name"], args=body["args"], kwargs=body["kwargs"], **opts)
-    _audit("task_apply", "task", result.id, {"name": body["name"], **opts, "reason": body["reason"]})
     deadline = time.monotonic() + body["timeout"]
     while True:
-        out = _result(celery, result.id)
+        out = _result(celery, task_id)
         if out["state"] in READY or time.monotonic() >= deadline:
             break
         time.sleep(0.05)  # cooperative under gevent (patched), a thread's nap under threads

@@ -23,7 +23,7 @@ function option(t) {
   const sla = target ? [{ xAxis: target, name: "SLA" }] : [];
   const zoom = { xAxisIndex: 0, filterMode: "none", startValue: 0, endValue: view };
   const labels = steps.map((s) => `${s.number}. ${s.id}`);
-  return {
+  const opt = {
     animation: false,
     grid: { left: 190, right: 40, top: 30, bottom: 50 },
     tooltip: {
@@ -68,8 +68,8 @@ function option(t) {
       markLine: sla.length ? { symbol: "none", lineStyle: { type: "dashed", color: "#d64545" },
         label: { formatter: `SLA ${duration(t.run.sla.target)}`, position: "insideEndTop" }, data: sla } : undefined,
     }],
-    view: { end: view, axisMax, sla: target, slaInView: Boolean(target) && target <= view },
   };
+  return { opt, view: { end: view, axisMax, sla: target, slaInView: Boolean(target) && target <= view } };
 }
 
 export async function mount(el, runId, openStep) {
@@ -87,9 +87,7 @@ export async function mount(el, runId, openStep) {
     el.style.height = `${Math.min(20000, 80 + rows * 26)}px`;
     chart.resize();
     const fetched = performance.now();
-    const opt = option(timeline);
-    const view = opt.view;
-    delete opt.view;
+    const { opt, view } = option(timeline);
     if (zoomed) opt.dataZoom = opt.dataZoom.map((z) => ({ ...z, ...zoomed }));
     chart.setOption(opt, true);
     // Painted: two animation frames after the synchronous update.

@@ -3,7 +3,7 @@
 import { api, ApiError } from "./api.js";
 import { getLive, logLines } from "./live.js";
 import {
-  $, $$, boot, canOperate, duration, esc, FINAL, json, now, progressBar, slaBadge, statusBadge, throttle, time, toast,
+  $, $$, boot, canOperate, confirmDialog, duration, esc, FINAL, json, now, progressBar, slaBadge, statusBadge, throttle, time, toast,
 } from "./util.js";
 
 const runId = boot.runId;
@@ -344,7 +344,8 @@ async function act(name, extra = {}) {
   let body = { ...(a.body || {}), ...extra };
   if (a.confirm) {
     const reason = await confirmDialog(`Cancel run ${runId}?`,
-      "Steps that have not started will not run, running steps are stopped, and completed steps are compensated (rolled back) newest first.");
+      "Steps that have not started will not run, running steps are stopped, and completed steps are compensated (rolled back) newest first.",
+      "Cancel the run", "Keep running");
     if (reason === null) return;
     body = { ...body, reason: reason || "cancelled from the dashboard" };
   }
@@ -357,17 +358,6 @@ async function act(name, extra = {}) {
     const extraInfo = err instanceof ApiError && err.payload.current_status ? ` (run is ${err.payload.current_status})` : "";
     toast(`${err.message}${extraInfo}`, "error");
   }
-}
-
-function confirmDialog(title, text) {
-  const dlg = $("#confirm");
-  $("#confirm-title").textContent = title;
-  $("#confirm-text").textContent = text;
-  $("#confirm-reason").value = "";
-  return new Promise((resolve) => {
-    dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok" ? $("#confirm-reason").value : null), { once: true });
-    dlg.showModal();
-  });
 }
 
 async function showView(view) {

@@ -99,11 +99,12 @@ export function refusal(what) {
 }
 
 /** The page's <dialog id="confirm">: resolves to the reason typed in, or null when declined. */
-export function confirmDialog(title, text, yes = "Confirm") {
+export function confirmDialog(title, text, yes = "Confirm", no = "Keep it") {
   const dlg = document.getElementById("confirm");
   $("#confirm-title").textContent = title;
   $("#confirm-text").textContent = text;
   $("#confirm-yes").textContent = yes;
+  $("#confirm-no").textContent = no;
   $("#confirm-reason").value = "";
   return new Promise((resolve) => {
     dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok" ? $("#confirm-reason").value : null), { once: true });
