@@ -113,7 +113,7 @@ def keyed(conn: Connection, table: Table, cols: tuple[Column[Any], ...], keys: S
     PostgreSQL joins the table with ``unnest`` of one array per column: one statement text for
     any number of keys (psycopg converts it once), planned as index lookups. A row-value
     ``IN ((..), (..), ...)`` list of a few hundred keys was a new statement for every length and
-    took PostgreSQL 10-22 ms a batch to plan and run (most of the recorder's SQL time). Other
+    took PostgreSQL 15-30 ms a batch to plan and run (most of the recorder's SQL time). Other
     dialects keep the IN list, in chunks.
     """
     if not keys:
