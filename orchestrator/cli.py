@@ -441,9 +441,8 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
             try:
                 while all((alive := fleet.alive()).values()):
                     time.sleep(0.5)
-                gone = ", ".join(name for name, up in alive.items() if not up)
-                err.print(f"{gone} stopped; see the logs in {fleet.log_dir}; stopping the rest",
-                          style="red", highlight=False)
+                gone = "; ".join(f"{name} stopped (its log: {fleet.logs[name]})" for name, up in alive.items() if not up)
+                err.print(f"{gone}; stopping the rest", style="red", highlight=False, soft_wrap=True)
                 sys.exit(1)
             except KeyboardInterrupt:
                 err.print("stopping the fleet")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -185,12 +188,10 @@ def test_demo_runs_the_four_examples_on_a_private_redis_and_exits_0(tmp_path: Pa
     assert (tmp_path / "output" / "processed_data.csv").exists()
 
 
-@pytest.mark.integration
-def test_demo_kept_running_serves_its_runs_on_the_dashboard_until_ctrl_c(tmp_path: Path) -> None:
-    import re
-
-    import requests
-
+@contextlib.contextmanager
+def kept_running_demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str, str, Path]]:
+    """``canvasflow demo --keep-running`` past its examples: (process, dashboard url, admin
+    password, its stderr file); killed if the test leaves it running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CANVASFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
     err_log = tmp_path / "demo.err"
@@ -207,22 +208,50 @@ def test_demo_kept_running_serves_its_runs_on_the_dashboard_until_ctrl_c(tmp_pat
             assert text.count("as expected") == 4, text + err_log.read_text()
             m = re.search(r"dashboard (http://127\.0\.0\.1:\d+/) \(admin / (\S+)\)", text)
             assert m, text
-            url, password = m.groups()
-            with requests.Session() as s:
-                csrf = re.search(r'name="csrf" value="([^"]+)"', s.get(f"{url}login", timeout=10).text).group(1)
-                r = s.post(f"{url}login", data={"username": "admin", "password": password, "csrf": csrf}, timeout=10)
-                assert r.status_code == 200 and "Log out" in r.text, r.text[:500]
-                runs = s.get(f"{url}api/v1/runs", params={"limit": 10}, timeout=10).json()["runs"]
-            assert {r["workflow"]["id"] for r in runs} >= {"data_processing", "parallel_media",
-                                                          "conditional_analysis", "transactional_update"}
-            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-            assert proc.wait(60) == 0, err_log.read_text()
+            yield proc, m.group(1), m.group(2), err_log
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+@pytest.mark.integration
+def test_demo_kept_running_serves_its_runs_on_the_dashboard_until_ctrl_c(tmp_path: Path) -> None:
+    import requests
+
+    with kept_running_demo(tmp_path) as (proc, url, password, err_log):
+        with requests.Session() as s:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', s.get(f"{url}login", timeout=10).text).group(1)
+            r = s.post(f"{url}login", data={"username": "admin", "password": password, "csrf": csrf}, timeout=10)
+            assert r.status_code == 200 and "Log out" in r.text, r.text[:500]
+            runs = s.get(f"{url}api/v1/runs", params={"limit": 10}, timeout=10).json()["runs"]
+        assert {r["workflow"]["id"] for r in runs} >= {"data_processing", "parallel_media",
+                                                      "conditional_analysis", "transactional_update"}
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(60) == 0, err_log.read_text()
     assert "stopping the fleet" in err_log.read_text()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}api/v1/health", timeout=5)
+
+
+@pytest.mark.integration
+def test_a_kept_running_demo_whose_dashboard_dies_says_so_stops_the_rest_and_exits_1(tmp_path: Path) -> None:
+    with kept_running_demo(tmp_path) as (proc, url, _, err_log):
+        port = url.rsplit(":", 1)[1].strip("/")
+        web = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _cmdline(d).count(port)
+               and "web" in _cmdline(d) and "--recorder" in _cmdline(d)]
+        assert len(web) == 1, web
+        os.kill(web[0], signal.SIGKILL)
+        assert proc.wait(60) == 1, err_log.read_text()
+    text = err_log.read_text()
+    assert f"web stopped (its log: {tmp_path / 'w' / 'logs' / 'web.log'}); stopping the rest" in text, text
+    assert (tmp_path / "w" / "logs" / "web.log").exists()
+
+
+def _cmdline(proc_dir: Path) -> list[str]:
+    try:
+        return (proc_dir / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
 @pytest.mark.integration
