@@ -62,7 +62,9 @@ class Event:
     @classmethod
     def from_stream(cls, stream_id: Any, fields: Mapping[Any, Any]) -> Event:
         sid = _text(stream_id)
-        f = {_text(k): _text(v) for k, v in fields.items()}
+        # Inlined _text: this runs for every field of every event the recorder reads.
+        f = {(k.decode("utf-8", "replace") if k.__class__ is bytes else str(k)):
+             (v.decode("utf-8", "replace") if v.__class__ is bytes else str(v)) for k, v in fields.items()}
         run = f.get("run", "")
         if not run:
             raise BadEvent(sid, "no 'run' field")

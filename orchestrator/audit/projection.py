@@ -73,8 +73,7 @@ def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now:
     for row in keyed(conn, runs, (runs.c.id,), [(r,) for r in run_ids], lock=True):
         run_rows[row["id"]] = dict(row)
 
-    existing = {(r["run_id"], r["seq"]) for r in keyed(conn, events, (events.c.run_id, events.c.seq),
-                                                        sorted({e.key for e in batch}), only_keys=True)}
+    existing = recorded(conn, batch, run_rows)
     seen: set[tuple[str, int]] = set()
     new: list[Event] = []
     for e in sorted(batch, key=lambda e: e.key):
@@ -103,6 +102,32 @@ def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now:
         proj.apply(e)
     proj.write(conn, new)
     return new
+
+
+def recorded(conn: Connection, batch: Sequence[Event], run_rows: dict[str, dict[str, Any]]) -> set[tuple[str, int]]:
+    """The keys of ``batch`` already in ``cf_events``, mostly without reading it.
+
+    A run row's ``last_seq`` is the highest seq recorded for the run and ``event_count`` how
+    many of its events are recorded (the locked row, so no other writer moves them now): an
+    event above ``last_seq`` is new, and when ``event_count == last_seq`` every seq up to
+    ``last_seq`` is recorded. Only the rest (a run whose events arrived out of order across
+    recorders, or with an event set aside) is looked up — one statement less per batch.
+    """
+    known: set[tuple[str, int]] = set()
+    ask: list[tuple[str, int]] = []
+    for e in batch:
+        run = run_rows[e.run]
+        last = run["last_seq"] or 0
+        if e.seq > last:
+            continue
+        if (run["event_count"] or 0) == last:
+            known.add(e.key)
+        else:
+            ask.append(e.key)
+    if ask:
+        known.update((r["run_id"], r["seq"]) for r in keyed(conn, events, (events.c.run_id, events.c.seq),
+                                                          sorted(set(ask)), only_keys=True))
+    return known
 
 
 def keyed(conn: Connection, table: Table, cols: tuple[Column[Any], ...], keys: Sequence[tuple[Any, ...]],
@@ -154,23 +179,30 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) ->
         conn.execute(dialect.insert(table).on_conflict_do_nothing(), [fit(table, r) for r in chunk])
 
 
-_LIMITS: dict[str, dict[str, int]] = {}
+_LIMITS: dict[str, tuple[tuple[str, int], ...]] = {}
 
 
 def fit(table: Table, row: dict[str, Any]) -> dict[str, Any]:
-    """Cut strings to their column's length and drop NUL characters (PostgreSQL rejects both)."""
+    """Cut strings to their column's length and drop NUL characters (PostgreSQL rejects both).
+
+    Returns ``row`` itself when nothing needs changing (the common case: no copy per row).
+    """
     limits = _LIMITS.get(table.name)
     if limits is None:
-        limits = _LIMITS[table.name] = {c.name: c.type.length or 0 for c in table.c
-                                        if isinstance(c.type, String)}
-    out = dict(row)
+        limits = _LIMITS[table.name] = tuple((c.name, c.type.length) for c in table.c
+                                             if isinstance(c.type, String) and c.type.length)
+    out = row
     for k, v in row.items():
-        if v.__class__ is str:
-            if "\x00" in v:
-                v = out[k] = v.replace("\x00", "\ufffd")
-            n = limits.get(k, 0)
-            if n and len(v) > n:
-                out[k] = v[:n]
+        if v.__class__ is str and "\x00" in v:
+            if out is row:
+                out = dict(row)
+            out[k] = v.replace("\x00", "\ufffd")
+    for k, n in limits:
+        v = out.get(k)
+        if v.__class__ is str and len(v) > n:
+            if out is row:
+                out = dict(row)
+            out[k] = v[:n]
     return out
 
 
