@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -57,6 +57,17 @@ CHUNK = 300  # rows per IN (...) list: well below every driver's parameter limit
 COPY_FROM = 20  # PostgreSQL: insert this many rows or more with COPY
 # One expanding parameter for every IN list: the statement is compiled once and cached.
 KEYS: Any = bindparam("keys", expanding=True)
+# The statements a batch runs, built once per process: building one (select/update/insert and
+# their clauses) and computing its cache key every batch was a good part of the fixed cost of
+# a batch (docs/performance.md, Recorder).
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _STATEMENTS[key] = build()
+    return stmt
 
 
 def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now: float) -> list[Event]:
@@ -143,17 +154,23 @@ def keyed(conn: Connection, table: Table, cols: tuple[Column[Any], ...], keys: S
     """
     if not keys:
         return
-    if conn.dialect.name == "postgresql":
-        k = _unnest(cols)
+    pg = conn.dialect.name == "postgresql"
+
+    def build() -> Any:
         q = select(*cols) if only_keys else select(table)
-        q = q.join(k, and_(*[c == k.c[f"k{i}"] for i, c in enumerate(cols)]))
-        q = q.order_by(*cols).with_for_update(of=table) if lock else q
+        if pg:
+            k = _unnest(cols)
+            q = q.join(k, and_(*[c == k.c[f"k{i}"] for i, c in enumerate(cols)]))
+            return q.order_by(*cols).with_for_update(of=table) if lock else q
+        target = cols[0] if len(cols) == 1 else tuple_(*cols)
+        q = q.where(target.in_(KEYS))
+        return q.order_by(*cols).with_for_update() if lock else q
+
+    q = statement(("keyed", pg, table.name, tuple(c.name for c in cols), lock, only_keys), build)
+    if pg:
         params = {f"a{i}": [key[i] for key in keys] for i in range(len(cols))}
         yield from conn.execute(q, params).mappings()
         return
-    target = cols[0] if len(cols) == 1 else tuple_(*cols)
-    q = (select(*cols) if only_keys else select(table)).where(target.in_(KEYS))
-    q = q.order_by(*cols).with_for_update() if lock else q
     for chunk in chunks(keys):
         values = [key[0] for key in chunk] if len(cols) == 1 else list(chunk)
         yield from conn.execute(q, {"keys": values}).mappings()
@@ -175,8 +192,10 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) ->
     if not rows:
         return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = statement(("insert_ignore", dialect.__name__, table.name),
+                     lambda: dialect.insert(table).on_conflict_do_nothing())
     for chunk in chunks(rows):
-        conn.execute(dialect.insert(table).on_conflict_do_nothing(), [fit(table, r) for r in chunk])
+        conn.execute(stmt, [fit(table, r) for r in chunk])
 
 
 _LIMITS: dict[str, tuple[tuple[str, int], ...]] = {}
@@ -529,16 +548,17 @@ def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
                 f = fit(table, r)
                 copy.write_row([f[c] for c in cols])
         return
+    stmt = statement(("insert", table.name), table.insert)
     for chunk in chunks(rows, 1000):
-        conn.execute(table.insert(), [fit(table, r) for r in chunk])
+        conn.execute(stmt, [fit(table, r) for r in chunk])
 
 
 def _update(conn: Connection, table: Table, pk: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     cols = [c.name for c in table.c if c.name not in pk]
-    stmt = update(table).where(*[table.c[k] == bindparam(f"k_{k}") for k in pk]).values(
-        {c: bindparam(f"v_{c}") for c in cols})
+    stmt = statement(("update", table.name, pk), lambda: update(table).where(
+        *[table.c[k] == bindparam(f"k_{k}") for k in pk]).values({c: bindparam(f"v_{c}") for c in cols}))
     params = []
     for r in rows:
         p = {f"v_{c}": v for c, v in fit(table, {c: r[c] for c in cols}).items()}
