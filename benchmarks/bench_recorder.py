@@ -198,6 +198,19 @@ def _cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def _postgres_cpu() -> float:
+    """CPU seconds of every ``postgres`` process on this machine (the server the store uses)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" in text:
+            total += _cpu_seconds(int(stat.parent.name))
+    return total
+
+
 def core(args: argparse.Namespace, tmp: Path) -> int:
     """bench_core.py with a recorder process running against the same Redis."""
     import shlex
@@ -222,14 +235,17 @@ def core(args: argparse.Namespace, tmp: Path) -> int:
                                env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             print(f"recorder pid {rec.pid} -> {args.core_store}; running bench_core.py on {srv.url}", flush=True)
+            pg0 = _postgres_cpu()
             code = subprocess.call([sys.executable, str(HERE / "bench_core.py"), "--redis-url", srv.url,
                                     *shlex.split(args.core_args)])
         finally:
             cpu = _cpu_seconds(rec.pid)
+            pg = _postgres_cpu() - pg0
             rec.terminate()
             rec.wait(60)
             log.close()
-        print(f"recorder CPU: {cpu:.1f} s")
+        print(f"recorder CPU: {cpu:.1f} s" + (f"; PostgreSQL server CPU meanwhile: {pg:.1f} s "
+                                               "(every postgres process)" if args.core_store == "postgresql" else ""))
         lines = (tmp / "recorder.log").read_text().strip().splitlines()
         print("recorder: " + "\n          ".join(line for line in lines if line.startswith(("lag", "recorder")))[-2000:])
         return code
