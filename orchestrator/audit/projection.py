@@ -104,7 +104,10 @@ def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now:
                                 if isinstance(s, dict) and s.get("id"))
     for row in keyed(conn, steps, (steps.c.run_id, steps.c.step_id), sorted(wanted_steps)):
         proj.steps[(row["run_id"], row["step_id"])] = dict(row)
-    wanted = sorted({(e.run, e.step, n) for e in new if (n := _attempt_no(e)) is not None})
+    # An attempt row is written together with its step row, whose ``attempts`` is then at least
+    # its number: attempts above it (a step that started and ended within this batch) are new.
+    wanted = sorted({(e.run, e.step, n) for e in new if (n := _attempt_no(e)) is not None
+                     and n <= ((proj.steps.get((e.run, e.step)) or {}).get("attempts") or 0)})
     a = step_attempts.c
     for row in keyed(conn, step_attempts, (a.run_id, a.step_id, a.attempt), wanted):
         proj.attempts[(row["run_id"], row["step_id"], row["attempt"])] = dict(row)
