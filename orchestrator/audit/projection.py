@@ -278,10 +278,11 @@ class _Projection:
         self.dirty_attempts: set[tuple[str, str, int]] = set()
         self.logs: list[dict[str, Any]] = []
         self.tags: list[dict[str, Any]] = []
-        self.definitions: list[dict[str, Any]] = []
+        self.definitions: dict[tuple[str, str], dict[str, Any]] = {}
         self.queue_fixups: list[tuple[str, str]] = []
         self.audit: list[dict[str, Any]] = []
         self.bodies: dict[str, dict[str, Any] | None] = {}
+        self.texts: dict[str | None, tuple[dict[str, Any] | None, str]] = {}  # text -> (body, digest)
 
     # -- rows ---------------------------------------------------------------------------------
 
@@ -360,19 +361,23 @@ class _Projection:
         """The definition from the run's hot state (read once per batch), or None."""
         if run_id not in self.bodies:
             text = (self.lookups.runs.get(run_id) or {}).get("definition")
-            try:
-                body = json.loads(text) if text else None
-            except ValueError:
-                body = None
-            self.bodies[run_id] = body if isinstance(body, dict) else None
+            if text not in self.texts:  # a batch of many runs of one workflow: one parse
+                try:
+                    body = json.loads(text) if text else None
+                except ValueError:
+                    body = None
+                self.texts[text] = (body if isinstance(body, dict) else None,
+                                    hashlib.sha256(text.encode()).hexdigest()[:32] if text else "")
+            self.bodies[run_id] = self.texts[text][0]
         return self.bodies[run_id]
 
     def definition(self, run: dict[str, Any], body: dict[str, Any], text: str, ts: float) -> None:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+        digest = self.texts[text][1]
         run["definition_digest"] = digest
-        self.definitions.append({"workflow_id": run["workflow_id"], "digest": digest,
-                                 "version": run["version"], "name": body.get("name"), "body": text,
-                                 "created_at": ts})
+        # The first run of the batch with this definition stands for it (as the first insert would).
+        self.definitions.setdefault((run["workflow_id"], digest), {
+            "workflow_id": run["workflow_id"], "digest": digest, "version": run["version"],
+            "name": body.get("name"), "body": text, "created_at": ts})
         default_queue = (body.get("defaults") or {}).get("queue") or "default"
         for i, spec in enumerate(body.get("steps") or ()):
             if not isinstance(spec, dict) or not spec.get("id"):
@@ -508,7 +513,7 @@ class _Projection:
         _insert(conn, step_logs, self.logs)
         _insert(conn, audit_log, self.audit)
         insert_ignore(conn, run_tags, self.tags)
-        insert_ignore(conn, workflow_definitions, self.definitions)
+        insert_ignore(conn, workflow_definitions, list(self.definitions.values()))
         for row in self.steps.values():
             row["duration"] = (row["finished_at"] - row["started_at"]
                                if row["finished_at"] is not None and row["started_at"] is not None else None)
