@@ -110,3 +110,37 @@ def test_the_gevent_server_sends_without_waiting_for_acks():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_password_is_hashed_before_the_user_write_takes_the_sqlite_lock(tmp_path, monkeypatch):
+    # The hash runs off gevent's loop and yields it; a SQLite write lock held across that yield
+    # made the embedded recorder's BEGIN IMMEDIATE busy-wait in C and hold the loop, and the
+    # request with it, until the busy timeout. Another writer must get the lock while it hashes.
+    import sqlite3
+
+    from orchestrator.audit import AuditStore
+    from web import auth
+
+    path = tmp_path / "audit.db"
+    store = AuditStore(f"sqlite:///{path}")
+    store.upgrade()
+    users = auth.Users(store.engine, store.writer)
+    users.setup()
+    hashed = []
+
+    def hash_while_another_writer_writes(fn, *args):
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # "database is locked" if put() held the lock
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        hashed.append(fn.__name__)
+        return fn(*args)
+
+    monkeypatch.setattr(auth, "off_the_loop", hash_while_another_writer_writes)
+    users.put("ann", password="first-password", role="operator")
+    users.put("ann", password="second-password")
+    assert hashed == ["generate_password_hash", "generate_password_hash"]
+    assert users.verify("ann", "second-password") == auth.User("ann", "operator")
+    store.dispose()

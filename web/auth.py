@@ -131,19 +131,24 @@ class Users:
             raise AuthError("a user name is 1 to 200 characters")
         if password is not None and len(password) < 8:
             raise AuthError("a password has at least 8 characters")
+        # Hash before the write transaction: off_the_loop yields gevent's loop for the ~50-100 ms
+        # of scrypt, and a SQLite write lock held across that yield let the embedded recorder's
+        # BEGIN IMMEDIATE busy-wait in C, holding the whole loop (this request included) until
+        # SQLite's busy timeout.
+        pw_hash = None if password is None else off_the_loop(generate_password_hash, password)
         now = time.time()
         with self.writer.begin() as conn:
             row = conn.execute(select(users_table.c.role).where(users_table.c.username == username)).first()
             if row is None:
-                if password is None:
+                if pw_hash is None:
                     raise AuthError(f"new user '{username}' needs a password")
                 conn.execute(insert(users_table).values(
-                    username=username, password_hash=off_the_loop(generate_password_hash, password),
+                    username=username, password_hash=pw_hash,
                     role=_check_role(role or "viewer"), disabled=False, created_at=now, updated_at=now))
                 return User(username, role or "viewer")
             values: dict[str, Any] = {"updated_at": now, "disabled": False}
-            if password is not None:
-                values["password_hash"] = off_the_loop(generate_password_hash, password)
+            if pw_hash is not None:
+                values["password_hash"] = pw_hash
             if role is not None:
                 values["role"] = _check_role(role)
             conn.execute(update(users_table).where(users_table.c.username == username).values(**values))
