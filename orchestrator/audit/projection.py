@@ -281,7 +281,6 @@ class _Projection:
         self.definitions: dict[tuple[str, str], dict[str, Any]] = {}
         self.queue_fixups: list[tuple[str, str]] = []
         self.audit: list[dict[str, Any]] = []
-        self.bodies: dict[str, dict[str, Any] | None] = {}
         self.texts: dict[str | None, tuple[dict[str, Any] | None, str]] = {}  # text -> (body, digest)
 
     # -- rows ---------------------------------------------------------------------------------
@@ -358,18 +357,16 @@ class _Projection:
         self.run_status(run, e, "PENDING")
 
     def parsed_definition(self, run_id: str) -> dict[str, Any] | None:
-        """The definition from the run's hot state (read once per batch), or None."""
-        if run_id not in self.bodies:
-            text = (self.lookups.runs.get(run_id) or {}).get("definition")
-            if text not in self.texts:  # a batch of many runs of one workflow: one parse
-                try:
-                    body = json.loads(text) if text else None
-                except ValueError:
-                    body = None
-                self.texts[text] = (body if isinstance(body, dict) else None,
-                                    hashlib.sha256(text.encode()).hexdigest()[:32] if text else "")
-            self.bodies[run_id] = self.texts[text][0]
-        return self.bodies[run_id]
+        """The definition from the run's hot state (parsed once per text and batch), or None."""
+        text = (self.lookups.runs.get(run_id) or {}).get("definition")
+        if text not in self.texts:  # a batch of many runs of one workflow: one parse
+            try:
+                body = json.loads(text) if text else None
+            except ValueError:
+                body = None
+            self.texts[text] = (body if isinstance(body, dict) else None,
+                                hashlib.sha256(text.encode()).hexdigest()[:32] if text else "")
+        return self.texts[text][0]
 
     def definition(self, run: dict[str, Any], body: dict[str, Any], text: str, ts: float) -> None:
         digest = self.texts[text][1]
