@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from orchestrator import compiler
+from orchestrator import callallow, compiler
 from orchestrator.celery_app import create_celery
 from orchestrator.control import Control
 from orchestrator.definition import (
@@ -247,6 +247,10 @@ class Client:
         for entry in fleet.values():
             for plugin, methods in entry.get("plugins", {}).items():
                 merged.setdefault(plugin, {}).update(methods)
+        if "call" in merged.get("builtin", {}):
+            # Who may run what: validation checks builtin.call against each queue's workers.
+            merged["builtin"]["call"] = {**merged["builtin"]["call"],
+                                         "allow": callallow.fleet_allow(fleet.values())}
         return merged, hashlib.sha1(json.dumps(merged, sort_keys=True).encode()).hexdigest()
 
     def _prepare(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from orchestrator.callallow import parse_allow
 from orchestrator.errors import ConfigurationError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -50,6 +51,9 @@ class Settings:
     # A fast-path step still running after this many milliseconds is shown RUNNING and leased
     # (at the worker's next heartbeat tick, every 0.25 s).
     fast_step_begin_ms: int = 50
+    # Modules whose functions builtin.call may run on this worker ("a.b" that module, "a.*" a
+    # and below; orchestrator/callallow.py). Empty: call is refused (docs/operations.md).
+    call_allow: tuple[str, ...] = ()
     extra_celery: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,6 +61,7 @@ class Settings:
             object.__setattr__(self, "broker_url", self.redis_url)
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.redis_url)
+        object.__setattr__(self, "call_allow", parse_allow(self.call_allow))
         for name in ("visibility_timeout", "lease_ttl", "state_ttl"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"CANVASFLOW_{name.upper()} must be a positive number")
@@ -94,5 +99,6 @@ class Settings:
         for f in fields(self):
             if f.name == "extra_celery":
                 continue
-            out[f"CANVASFLOW_{f.name.upper()}"] = str(getattr(self, f.name))
+            value = getattr(self, f.name)
+            out[f"CANVASFLOW_{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
         return out

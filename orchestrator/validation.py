@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from orchestrator import expressions
+from orchestrator import callallow, expressions
 from orchestrator.errors import ExpressionError
 
 ROOT_NAMES = {"inputs", "steps", "run"}
@@ -52,6 +52,7 @@ def check(data: Mapping[str, Any], catalog: Mapping[str, Any] | None = None) -> 
     problems.extend(_check_expressions(steps, index, graph, sequential))
     if catalog is not None:
         problems.extend(_check_plugins(steps, catalog))
+    problems.extend(callallow.check_steps(data, catalog))  # who may run what (builtin.call)
     return problems
 
 

@@ -71,6 +71,11 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+# The modules whose functions tests run through builtin.call on real workers: each worker that
+# runs them is started with CANVASFLOW_CALL_ALLOW set to this, as a user would start theirs.
+TEST_CALL_ALLOW = "tests.helpers,tests.web_helpers,tests.audit_steps"
+
+
 def make_settings(redis_url: str, **overrides: object) -> Settings:
     prefix = overrides.pop("key_prefix", f"t{uuid.uuid4().hex[:8]}")
     return Settings(redis_url=redis_url, key_prefix=str(prefix), **overrides)  # type: ignore[arg-type]
@@ -139,7 +144,7 @@ class WorkerProcess:
 @pytest.fixture(scope="session")
 def fleet_settings(redis_url: str) -> Settings:
     """Settings shared by the session's worker and every test that uses it."""
-    return make_settings(redis_url, lease_ttl=3, visibility_timeout=60)
+    return make_settings(redis_url, lease_ttl=3, visibility_timeout=60, call_allow=TEST_CALL_ALLOW)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import redis
 from orchestrator import Client, DefinitionError, Workflow
 from orchestrator.cli import write_sample_csv
 from orchestrator.settings import Settings
+from tests.conftest import TEST_CALL_ALLOW
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
@@ -249,7 +250,8 @@ def isolated(redis_url: str) -> Settings:
     r = redis.Redis.from_url(url)
     r.flushdb()
     r.close()
-    return Settings(redis_url=url, key_prefix="iso", visibility_timeout=4, lease_ttl=2)
+    return Settings(redis_url=url, key_prefix="iso", visibility_timeout=4, lease_ttl=2,
+                    call_allow=TEST_CALL_ALLOW)
 
 
 def test_worker_killed_mid_step_reruns_the_step_on_a_second_worker(isolated: Settings, start_worker) -> None:

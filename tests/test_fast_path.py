@@ -15,7 +15,7 @@ from orchestrator import Client, Workflow
 from orchestrator.embedded import EmbeddedRedis
 from orchestrator.keys import Keys
 from orchestrator.runtime import RunState
-from tests.conftest import WorkerProcess, make_settings
+from tests.conftest import TEST_CALL_ALLOW, WorkerProcess, make_settings
 from tests.web_helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -140,7 +140,7 @@ def test_a_worker_process_that_starts_after_a_cancel_still_knows_of_it(client: C
 
 def test_a_step_cancelled_before_redis_knew_it_ran_is_terminated(redis_url: str, start_worker) -> None:
     # Late begin effectively off: the step stays on the fast path for its whole run.
-    settings = make_settings(redis_url, fast_step_begin_ms=600_000)
+    settings = make_settings(redis_url, fast_step_begin_ms=600_000, call_allow=TEST_CALL_ALLOW)
     worker = start_worker(settings, concurrency=1)
     client = Client(settings)
     trace = f"trace:{uuid.uuid4().hex}"

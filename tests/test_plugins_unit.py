@@ -121,15 +121,20 @@ def test_fail_with_times_fails_only_the_first_attempts():
         Builtin().fail(RecordingCtx(), times="2")
 
 
+def allowing(*modules: str) -> Builtin:
+    """The builtin plugin as a worker started with CANVASFLOW_CALL_ALLOW=<modules> builds it."""
+    return Builtin(call_allow=modules)
+
+
 def test_call_imports_and_calls_a_function():
-    b, ctx = Builtin(), RecordingCtx(step_id="s9")
+    b, ctx = allowing("json", __name__, "os.path"), RecordingCtx(step_id="s9")
     assert b.call(ctx, function="json:dumps", args=[{"a": 1}]) == '{"a": 1}'
     assert b.call(ctx, function=f"{__name__}:add", args=[2], kwargs={"b": 3}) == 5
     assert b.call(ctx, function="os.path:join", args=["a", "b"]) == "a/b"
 
 
 def test_call_passes_ctx_to_a_function_that_accepts_it():
-    assert Builtin().call(RecordingCtx(step_id="s9"), function=f"{__name__}:with_ctx",
+    assert allowing(__name__).call(RecordingCtx(step_id="s9"), function=f"{__name__}:with_ctx",
                           kwargs={"x": 1}) == {"x": 1, "step": "s9"}
 
 
@@ -140,21 +145,23 @@ def test_call_passes_ctx_to_a_function_that_accepts_it():
     (42, "expected 'module:function'"),
     ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
     ("json:no_such_function", "has no attribute 'no_such_function'"),
-    ("json:__doc__", "is not callable"),
+    ("json:__doc__", "names starting with '_'"),
+    ("json:JSONDecodeError.args", "attribute paths are not followed"),
 ])
 def test_call_reports_a_bad_function_spec_clearly(spec, message):
     with pytest.raises(StepError, match=message) as info:
-        Builtin().call(RecordingCtx(), function=spec)
+        allowing("json", "no_such_module_xyz").call(RecordingCtx(), function=spec)
     assert info.value.retryable is False
 
 
 def test_call_turns_errors_and_non_json_results_into_step_errors():
+    b = allowing("json", "builtins")
     with pytest.raises(StepError, match="json:loads raised JSONDecodeError"):
-        Builtin().call(RecordingCtx(), function="json:loads", args=["{bad"])
+        b.call(RecordingCtx(), function="json:loads", args=["{bad"])
     with pytest.raises(StepError, match="not JSON"):
-        Builtin().call(RecordingCtx(), function="builtins:set", args=[[1]])
+        b.call(RecordingCtx(), function="builtins:set", args=[[1]])
     with pytest.raises(StepError, match="args must be a list"):
-        Builtin().call(RecordingCtx(), function="json:dumps", args="x")
+        b.call(RecordingCtx(), function="json:dumps", args="x")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from orchestrator.settings import Settings
-from tests.conftest import ROOT, WorkerProcess, make_settings, need
+from tests.conftest import ROOT, TEST_CALL_ALLOW, WorkerProcess, make_settings, need
 from tests.web_helpers import ADMIN, OPERATOR, VIEWER, free_port, wait_for
 
 CHROMIUM = os.environ.get("CANVASFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -41,7 +41,8 @@ class WebFleet:
 def web_fleet(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebFleet]:
     tmp = tmp_path_factory.mktemp("web")
     settings = make_settings(redis_url, key_prefix=f"w{uuid.uuid4().hex[:8]}", lease_ttl=3,
-                             visibility_timeout=60, database_url=f"sqlite:///{tmp / 'audit.db'}")
+                             visibility_timeout=60, database_url=f"sqlite:///{tmp / 'audit.db'}",
+                             call_allow=TEST_CALL_ALLOW)
     log_dir = Path(os.environ.get("CANVASFLOW_TEST_LOGS", str(tmp)))
     log_dir.mkdir(parents=True, exist_ok=True)
     worker = WorkerProcess(settings, f"web-{uuid.uuid4().hex[:6]}", concurrency=4, log_dir=log_dir).wait_ready()

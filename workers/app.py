@@ -16,6 +16,7 @@ import redis
 from celery import Celery, Task, signals
 from celery.worker.request import Request
 
+from orchestrator import callallow
 from orchestrator.celery_app import create_celery
 from orchestrator.compiler import (
     COMPENSATE_TASK,
@@ -40,6 +41,8 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     settings = settings or Settings.from_env()
     app = create_celery(settings)
     registry = registry or Registry.discover(extra={"builtin": Builtin})
+    if "builtin" in registry.names():
+        registry.configure("builtin", call_allow=settings.call_allow)
     keys = Keys(settings.key_prefix)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
     state = RunState(client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen)
@@ -92,14 +95,17 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             queues = sorted(q.name for q in app.amqp.queues.consume_from.values())
         except Exception:
             pass
-        entry = {"plugins": registry.catalog(), "queues": queues, "pid": os.getpid(), "started_at": time.time()}
+        # call_allow: validation at submit refuses a builtin.call this worker would refuse.
+        entry = {"plugins": registry.catalog(), "queues": queues, "pid": os.getpid(), "started_at": time.time(),
+                 "call_allow": list(settings.call_allow)}
         client.hset(keys.catalog, hostname, json.dumps(entry))
         client.set(keys.worker_alive(hostname), "1", ex=ALIVE_TTL)
         pool_module = type(getattr(sender, "pool", None)).__module__
         if not pool_module.endswith("prefork"):
             log.warning("canvasflow: the %s pool does not enforce step timeouts; steps with a timeout "
                         "need the prefork pool (-P prefork)", pool_module.rsplit(".", 1)[-1])
-        log.info("canvasflow: published %d plugins for %s", len(entry["plugins"]), hostname)
+        log.info("canvasflow: published %d plugins for %s; builtin.call: %s", len(entry["plugins"]), hostname,
+                 callallow.describe(settings.call_allow))
 
     def withdraw_catalog(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is not app:

@@ -10,9 +10,12 @@ import importlib
 import inspect
 import json
 import math
+import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from orchestrator import callallow
 from orchestrator.errors import StepError
 from workers.plugins import plugin
 
@@ -23,27 +26,38 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _resolve(spec: Any) -> Any:
-    """The object named by ``"package.module:qualname"``, or a StepError saying what is wrong."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise StepError(f"function must be a string 'module:function', got {spec!r}: "
-                        "expected 'module:function'", retryable=False)
-    module_name, qualname = (part.strip() for part in spec.split(":"))
-    if not module_name or not qualname:
-        raise StepError(f"function {spec!r}: expected 'module:function'", retryable=False)
+def _resolve(spec: Any, allow: tuple[str, ...]) -> Any:
+    """The function named by ``"package.module:name"`` if the allow-list permits it, or a
+    StepError saying what is wrong. The module is checked before it is imported (importing
+    runs code), and only a callable the module itself defines is returned."""
     try:
-        obj: Any = importlib.import_module(module_name)
+        module_name, name = callallow.parse_function(spec)
+    except ValueError as exc:
+        raise StepError(str(exc), retryable=False) from None
+    if not callallow.allows(allow, module_name):
+        raise StepError(callallow.refusal(spec, module_name, allow), retryable=False)
+    try:
+        module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, but also a SyntaxError in the user's module
         raise StepError(f"cannot import module '{module_name}' for {spec!r}: "
                         f"{type(exc).__name__}: {exc}", retryable=False) from exc
-    for attr in qualname.split("."):
-        try:
-            obj = getattr(obj, attr)
-        except AttributeError:
-            raise StepError(f"module '{module_name}' has no attribute '{qualname}' "
-                            f"(looked up {attr!r})", retryable=False) from None
-    if not callable(obj):
+    # The module's own namespace only: no module __getattr__, no fallback to builtins.
+    namespace = vars(module)
+    if name not in namespace:
+        raise StepError(f"module '{module_name}' has no attribute '{name}'", retryable=False)
+    obj = namespace[name]
+    if inspect.ismodule(obj) or not callable(obj):
         raise StepError(f"{spec!r} is not callable (it is a {type(obj).__name__})", retryable=False)
+    # A name the module imported from elsewhere (`from os import system`, `eval`, a class of
+    # subprocess) would smuggle a module past the allow-list: its home must be this very module
+    # (os.path is posixpath) or an allowed one.
+    home = getattr(obj, "__module__", None)
+    if not isinstance(home, str) or (sys.modules.get(home) is not module
+                                     and not callallow.allows(allow, home)):
+        raise StepError(f"builtin.call may not run {spec!r}: '{name}' is not defined in "
+                        f"'{module_name}' but comes from module '{home}', which is not in this "
+                        f"worker's call allow-list ({callallow.describe(allow)}); call it by its "
+                        "own module name if that module is meant to be allowed", retryable=False)
     return obj
 
 
@@ -57,6 +71,10 @@ def _accepts_ctx(fn: Any) -> bool:
 @plugin("builtin")
 class Builtin:
     """Generic steps every worker can run: echo, sleep, fail, call."""
+
+    def __init__(self, call_allow: Iterable[str] = ()) -> None:
+        # The worker passes Settings.call_allow (workers/app.py); unconfigured, call runs nothing.
+        self.call_allow = callallow.parse_allow(call_allow)
 
     def echo(self, ctx: Any, **params: Any) -> dict[str, Any]:
         """Return the (rendered) params unchanged as the step's output."""
@@ -90,7 +108,7 @@ class Builtin:
 
     def call(self, ctx: Any, function: str, args: Any = None, kwargs: Any = None) -> Any:
         """Import `function` ("module:function"), call it with args/kwargs and return its value."""
-        fn = _resolve(function)
+        fn = _resolve(function, self.call_allow)
         args = [] if args is None else args
         kwargs = {} if kwargs is None else kwargs
         if not isinstance(args, list | tuple):

@@ -138,6 +138,13 @@ class Registry:
             reg.add(name, plugin_cls)
         return reg
 
+    def configure(self, name: str, **kwargs: Any) -> None:
+        """Build plugin ``name``'s one instance with ``kwargs`` (settings a plugin needs)."""
+        cls = self._classes.get(name)
+        if cls is None:
+            raise UnknownPlugin(name, self.names())
+        self._instances[name] = cls(**kwargs)
+
     def names(self) -> list[str]:
         return sorted(self._classes)
 
