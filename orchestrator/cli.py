@@ -17,7 +17,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import compiler
+from orchestrator import callallow, compiler
 from orchestrator.audit import cli as audit_cli
 from orchestrator.errors import CanvasflowError, ConfigurationError, DefinitionError
 from orchestrator.settings import Settings
@@ -226,6 +226,9 @@ def plugins() -> None:
             params = (params + ", " if params else "") + "**"
         table.add_row(plugin, method, params, ", ".join(hosts))
     console.print(table)
+    for host, entry in sorted(fleet.items()):
+        console.print(f"builtin.call on {host}: {callallow.describe(entry.get('call_allow') or [])}",
+                      highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,6 +330,9 @@ EXAMPLES = [
     ("conditional_analysis.yaml", "COMPLETED"),
     ("transactional_update.yaml", "FAILED"),
 ]
+# The modules whose functions the examples run through builtin.call: none, they use plugins.
+# The demo's worker gets exactly this list, whatever CANVASFLOW_CALL_ALLOW says outside.
+DEMO_CALL_ALLOW: tuple[str, ...] = ()
 
 
 def examples_dir() -> Path:
@@ -405,7 +411,7 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
         env_settings = env_settings.with_(redis_url=embedded.url, broker_url=embedded.url,
                                           result_backend=embedded.url)
     settings = env_settings.with_(database_url=env_settings.database_url if "CANVASFLOW_DATABASE_URL" in os.environ
-                                  else f"sqlite:///{work / 'canvasflow.db'}")
+                                  else f"sqlite:///{work / 'canvasflow.db'}", call_allow=DEMO_CALL_ALLOW)
     fleet = Fleet(settings, work / "logs")
     try:
         err.print("starting a worker (celery -A workers.app worker -c 2 -Q default,io)...")

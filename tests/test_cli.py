@@ -140,6 +140,7 @@ def test_status_shows_a_run_and_an_unknown_run_is_a_clear_error(fleet_settings, 
 def test_plugins_lists_the_fleet_catalog(fleet_settings, worker) -> None:
     proc = cli("plugins", settings=fleet_settings, check=True)
     assert "builtin" in proc.stdout and "csv_loader" in proc.stdout and worker.hostname in proc.stdout
+    assert f"builtin.call on {worker.hostname}: CANVASFLOW_CALL_ALLOW={','.join(fleet_settings.call_allow)}" in proc.stdout
 
 
 def test_a_redis_that_cannot_be_reached_is_one_clear_line(tmp_path: Path) -> None:
@@ -194,6 +195,7 @@ def kept_running_demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str, s
     password, its stderr file); killed if the test leaves it running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CANVASFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
+    env["CANVASFLOW_CALL_ALLOW"] = "os"  # the demo declares its own allow-list (none) instead
     err_log = tmp_path / "demo.err"
     with err_log.open("wb") as err, subprocess.Popen([*CLI, "demo", "--workdir", str(tmp_path / "w"), "--keep-running"],
                                                      env=env, stdout=subprocess.PIPE, stderr=err, text=True,
@@ -224,6 +226,8 @@ def test_demo_kept_running_serves_its_runs_on_the_dashboard_until_ctrl_c(tmp_pat
             r = s.post(f"{url}login", data={"username": "admin", "password": password, "csrf": csrf}, timeout=10)
             assert r.status_code == 200 and "Log out" in r.text, r.text[:500]
             runs = s.get(f"{url}api/v1/runs", params={"limit": 10}, timeout=10).json()["runs"]
+            workers = s.get(f"{url}api/v1/workers", timeout=10).json()["workers"]
+        assert [w["call_allow"] for w in workers.values()] == [[]]  # the examples call no function
         assert {r["workflow"]["id"] for r in runs} >= {"data_processing", "parallel_media",
                                                       "conditional_analysis", "transactional_update"}
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
