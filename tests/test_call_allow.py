@@ -20,7 +20,10 @@ from orchestrator.errors import ConfigurationError, StepError
 from orchestrator.keys import Keys
 from orchestrator.settings import Settings
 from tests.conftest import make_settings
+from tests.web_helpers import ADMIN, Api
 from workers.builtin import Builtin
+
+pytest_plugins = ("tests.web_fixtures",)
 
 
 class Ctx:
@@ -294,3 +297,17 @@ def test_a_call_past_validation_is_refused_on_the_worker_without_running(redis_u
     assert "comes from module 'builtins'" in snap.step("re_eval").error
     assert "is not callable (it is a module)" in snap.step("module_object").error
     assert {snap.step(s).status for s in ("re_system", "re_eval", "module_object")} == {"FAILED"}
+
+
+@pytest.mark.integration
+def test_the_drill_posted_to_the_api_is_a_400_naming_each_path_and_nothing_runs(web_app, tmp_path: Path):
+    admin, proof = Api(web_app, ADMIN), tmp_path / "proof.txt"
+    r = admin.post("/runs", {"definition": {"id": "drill_api", "steps": drill_steps(proof)}})
+    assert r.status_code == 400, r.json
+    problems = {p["path"]: p["message"] for p in r.json["problems"]}
+    assert set(problems) == {"steps[0].params.function", "steps[1].params.function",
+                             "steps[2].params.function", "steps[3].compensate.params.function"}
+    assert problems["steps[1].params.function"].startswith("builtin.call may not run 'os:getenv'")
+    r = admin.put("/workflows/drill_api", {"definition": {"id": "drill_api", "steps": drill_steps(proof)[:1]}})
+    assert r.status_code == 400 and [p["path"] for p in r.json["problems"]] == ["steps[0].params.function"]
+    assert not proof.exists()
