@@ -73,7 +73,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 # The modules whose functions tests run through builtin.call on real workers: each worker that
 # runs them is started with CANVASFLOW_CALL_ALLOW set to this, as a user would start theirs.
-TEST_CALL_ALLOW = "tests.helpers,tests.web_helpers,tests.audit_steps"
+TEST_CALL_ALLOW = ("tests.helpers", "tests.web_helpers", "tests.audit_steps")
 
 
 def make_settings(redis_url: str, **overrides: object) -> Settings:
