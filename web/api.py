@@ -1,6 +1,10 @@
 """The REST API under /api/v1 (flask-smorest): runs, operator actions, events, workflows,
 analytics, users and tokens. Every error is JSON: ``{"code", "status", "message"}`` plus
-``errors`` (per-field messages) on a 400 and ``current_status``/``allowed`` on a 409."""
+``errors`` (per-field messages) on a 400 and ``current_status``/``allowed`` on a 409.
+
+Every view declares who may call it with ``@auth.require(role, ...)`` or ``@auth.public(...)``
+(and ``errors=`` for the error statuses only it knows of); web/rest.py checks that before the
+arguments are parsed and documents the responses (docs/api.md, "Declaring a route")."""
 
 from __future__ import annotations
 
@@ -9,13 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flask_smorest
 import yaml
-from flask import Response, current_app, g, render_template, request, session
+from flask import Response, current_app, g, session
 from flask.views import MethodView
 from flask_smorest import abort
 from sqlalchemy import case, func, select
-from webargs.flaskparser import FlaskParser
 
 from orchestrator.audit import queries
 from orchestrator.audit.models import audit_log
@@ -34,6 +36,7 @@ from orchestrator.errors import (
 from web import auth, schemas
 from web.detail import dag
 from web.events import client_event
+from web.rest import Api, Blueprint
 from web.runs import RunFilter
 from web.serving import cooperate
 
@@ -45,40 +48,6 @@ ACTION_MESSAGES = {
     "retry_compensation": "retrying the compensations that have not succeeded",
     "resolve": "resolved by hand",
 }
-
-
-class Parser(FlaskParser):
-    DEFAULT_VALIDATION_STATUS = 400  # the API promises 400 with per-field messages, not 422
-
-
-class Blueprint(flask_smorest.Blueprint):
-    ARGUMENTS_PARSER = Parser()
-
-
-class Api(flask_smorest.Api):
-    """JSON errors under /api, the HTML error page elsewhere."""
-
-    def handle_http_exception(self, error: Any) -> Any:
-        if not request.path.startswith("/api/"):
-            user = auth.current_user()
-            if error.code == 401:
-                from flask import redirect, url_for
-
-                return redirect(url_for("login.login", next=request.full_path.rstrip("?")))
-            return render_template("error.html", code=error.code, title=error.name,
-                                   message=(getattr(error, "data", None) or {}).get("message") or error.description,
-                                   user=user, page="error", **_shell()), error.code
-        payload, code, headers = super().handle_http_exception(error)
-        data = getattr(error, "data", None) or {}
-        payload.update(data.get("extra") or {})
-        if "message" not in payload:
-            payload["message"] = "invalid request: see errors" if code in (400, 422) else error.description
-        return payload, code, headers
-
-
-def _shell() -> dict[str, Any]:
-    ext = current_app.extensions["canvasflow"]
-    return {"read_only": ext.web.read_only}
 
 
 def ext() -> Any:
@@ -187,19 +156,7 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 
 def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str, Any]:
-    """Check the role (auditing a refusal), run the action, map refusals to 404/409."""
-    try:
-        auth.check("operator", mutating=True)
-    except Exception:
-        user = auth.current_user()
-        if user is not None and ext().store is not None:
-            try:
-                # outcome is at most 32 characters in the audit table; the rest goes in detail.
-                ext().store.record_action(actor=user.name, action=action, target_id=run_id,
-                                          outcome=f"refused: {user.role}", detail={"needs": "operator"})
-            except StoreError:
-                pass
-        raise
+    """Run the action (the role was checked by the route's declaration), map refusals to 404/409."""
     actor = user_name()
     try:
         result = call(actor)
@@ -219,6 +176,7 @@ def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str
 
 
 @blp.route("/runs/<run_id>/pause", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="pause")
 @blp.arguments(schemas.ActionBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
 def pause(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -228,6 +186,7 @@ def pause(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 
 @blp.route("/runs/<run_id>/resume", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="resume")
 @blp.arguments(schemas.ActionBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
 def resume(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -237,6 +196,7 @@ def resume(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 
 @blp.route("/runs/<run_id>/cancel", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="cancel")
 @blp.arguments(schemas.CancelBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
 def cancel(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -246,6 +206,7 @@ def cancel(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 
 @blp.route("/runs/<run_id>/retry", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="retry")
 @blp.arguments(schemas.RetryBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
 def retry(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -267,6 +228,7 @@ def retry(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 
 @blp.route("/runs/<run_id>/resolve", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="resolve")
 @blp.arguments(schemas.ActionBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
 def resolve(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -276,6 +238,7 @@ def resolve(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 
 @blp.route("/runs/<run_id>/clone", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="clone")
 @blp.arguments(schemas.CloneBody, required=False)
 @blp.response(201, schemas.ActionResultSchema)
 def clone(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -481,6 +444,9 @@ def analytics(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/health")
+@auth.public()
+@blp.doc(responses={200: {"description": "Redis and the audit store answer"},
+                    503: {"description": "Redis or the audit store does not answer (the same fields)"}})
 def health() -> dict[str, Any]:
     """Liveness of Redis, the audit store and the event relay (no authentication)."""
     e = ext()
@@ -516,6 +482,7 @@ def fleet() -> dict[str, Any]:
 
 
 @blp.route("/auth/login", methods=["POST"])
+@auth.public(errors=(401,))
 @blp.arguments(schemas.LoginBody)
 @blp.response(200, schemas.MeSchema)
 def login(body: dict[str, Any]) -> dict[str, Any]:
@@ -530,16 +497,19 @@ def login(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/auth/logout", methods=["POST"])
+@auth.public()
 def logout() -> dict[str, Any]:
     session.clear()
     return {"message": "logged out"}
 
 
 @blp.route("/auth/me")
+@auth.require("viewer")
 @blp.response(200, schemas.MeSchema)
 def me() -> dict[str, Any]:
     """Who the request authenticates as (401 if nobody)."""
-    user = auth.check("viewer")
+    user = auth.current_user()
+    assert user is not None
     return {**user.as_dict(), "via": g.auth_via, "read_only": ext().web.read_only,
             "csrf_token": auth.csrf_token() if g.auth_via == "session" else None}
 
@@ -554,7 +524,7 @@ class Tokens(MethodView):
         assert user is not None
         return auth.users().tokens(None if user.can("admin") else user.name)
 
-    @auth.require("viewer", mutating=True)
+    @auth.require("viewer", mutating=True, errors=(404,))
     @blp.arguments(schemas.TokenBody, required=False)
     @blp.response(201, schemas.TokenSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -597,12 +567,12 @@ class UsersView(MethodView):
         """Every user with its role (admin)."""
         return auth.users().list()
 
+    @auth.require("admin", mutating=True, errors=(409,), audit="user_create", target_type="user", target="name")
     @blp.arguments(schemas.UserBody)
     @blp.response(201, schemas.UserSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a user (or change an existing one's password / role) (admin)."""
         name = body["name"].strip()
-        audited_check("admin", "user_create", "user", name)
         existed = any(u["name"] == name for u in auth.users().list())
         if existed:
             _not_yourself(name, body["role"], "change")
@@ -618,11 +588,11 @@ class UsersView(MethodView):
 
 @blp.route("/users/<name>")
 class UserView(MethodView):
+    @auth.require("admin", mutating=True, errors=(409,), audit="user_update", target_type="user")
     @blp.arguments(schemas.UserPatch)
     @blp.response(200, schemas.UserSchema)
     def patch(self, body: dict[str, Any], name: str) -> dict[str, Any]:
         """Change a user's role and/or password (admin)."""
-        audited_check("admin", "user_update", "user", name)
         if auth.users().get(name) is None:
             abort(404, message=f"unknown user '{name}'")
         _not_yourself(name, body["role"], "change")
@@ -630,10 +600,10 @@ class UserView(MethodView):
         audit("user_update", "user", name, {"role": user.role, "password_changed": body["password"] is not None})
         return {"name": user.name, "role": user.role, "disabled": False, "created_at": time.time()}
 
+    @auth.require("admin", mutating=True, errors=(409,), audit="user_delete", target_type="user")
     @blp.response(204)
     def delete(self, name: str) -> None:
         """Delete a user and revoke its tokens (admin)."""
-        audited_check("admin", "user_delete", "user", name)
         _not_yourself(name, None, "delete")
         if not auth.users().delete(name):
             abort(404, message=f"unknown user '{name}'")

@@ -20,7 +20,7 @@ from orchestrator.client import Client
 from orchestrator.errors import StoreError
 from orchestrator.settings import Settings
 from web import api as api_module
-from web import auth, pages
+from web import auth, pages, rest
 from web.detail import RunDetails
 from web.events import Live
 from web.runs import RunViews
@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
                           "info": {"description": "canvasflow dashboard API; see docs/api.md"}},
         JSON_SORT_KEYS=False,
     )
-    api = api_module.Api(app)
+    api = rest.Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "canvasflow_session"})
     api.register_blueprint(api_module.blp)
@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
     def _identify() -> None:
         if not request.path.startswith("/static/"):
             auth.load_user()
+            rest.guard()  # the route's declared role, before its arguments are read
 
     @app.after_request
     def _headers(resp: Any) -> Any:

@@ -46,6 +46,26 @@ def _split_lists(data: Any, names: tuple[str, ...]) -> Any:
     return out
 
 
+class ProblemSchema(Schema):
+    path = fields.String(metadata={"description": "where, e.g. steps[1].depends_on[0]"})
+    message = fields.String()
+
+
+class ErrorSchema(Schema):
+    """Every error under /api: code, status and message, and what else the status explains."""
+
+    code = fields.Integer()
+    status = fields.String()
+    message = fields.String()
+    errors = fields.Dict(metadata={"description": "400: {\"query\"|\"json\": {field: [messages]}}"})
+    problems = fields.List(fields.Nested(ProblemSchema),
+                           metadata={"description": "400 on an invalid definition: every problem with its path"})
+    current_status = fields.String(allow_none=True, metadata={"description": "409: the run's status now"})
+    allowed = fields.List(fields.String(), metadata={"description": "409: the statuses the action is allowed in"})
+    action = fields.String(metadata={"description": "409: the action refused"})
+    reply = fields.Raw(metadata={"description": "409 of a worker action: the worker's reply"})
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------------
