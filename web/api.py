@@ -36,7 +36,7 @@ from orchestrator.errors import (
 from web import auth, schemas
 from web.detail import dag
 from web.events import client_event
-from web.rest import Api, Blueprint
+from web.rest import Blueprint
 from web.runs import RunFilter
 from web.serving import cooperate
 

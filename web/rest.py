@@ -19,8 +19,8 @@ from typing import Any
 import flask_smorest
 import redis
 from flask import current_app, render_template, request
-from werkzeug.exceptions import HTTPException, ServiceUnavailable
 from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import ServiceUnavailable
 
 from orchestrator.errors import StoreError
 from web import auth, schemas
