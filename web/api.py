@@ -37,7 +37,7 @@ from web import auth, schemas
 from web.detail import dag
 from web.events import client_event
 from web.rest import Blueprint
-from web.runs import RunFilter
+from web.runs import REDIS_UNREACHABLE, RunFilter
 from web.serving import cooperate
 
 ACTION_MESSAGES = {
@@ -268,10 +268,10 @@ def export(run_id: str) -> Response:
 def run_events(args: dict[str, Any], run_id: str) -> dict[str, Any]:
     """The run's events with seq > after, in order: what a reconnecting client missed."""
     known_run(run_id)
-    events = [client_event(e) for e in ext().details.events(run_id, args["after"], args["limit"])]
-    latest = int(ext().client.redis.hget(ext().client.keys.run(run_id), "seq") or 0)
+    events, latest, warnings = ext().details.events_or_recorded(run_id, args["after"], args["limit"])
+    events = [client_event(e) for e in events]
     return {"run": run_id, "after": args["after"], "events": events,
-            "latest_seq": max([latest] + [e["seq"] for e in events])}
+            "latest_seq": max([latest, args["after"]] + [e["seq"] for e in events]), "warnings": warnings}
 
 
 @blp.route("/runs/<run_id>/logs")
@@ -281,15 +281,16 @@ def run_events(args: dict[str, Any], run_id: str) -> dict[str, Any]:
 def run_logs(args: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Log lines of the run (or one step), oldest first; page with ``after`` = next_after."""
     known_run(run_id)
+    warnings = [] if ext().views.redis_ok() else [REDIS_UNREACHABLE]
     if ext().store is None:
-        return {"logs": [], "next_after": None}
+        return {"logs": [], "next_after": None, "next_after_line": None, "warnings": warnings}
     lines = queries.logs(ext().store, run_id, args["step"], after_seq=args["after"],
                          after_line=args["after_line"], limit=args["limit"], level=args["level"])
     out = [{"seq": x.seq, "line": x.line, "step": x.step, "ts": x.ts, "level": x.level, "message": x.message,
             "entity_tag": x.entity_tag, "entity_route": x.entity_route} for x in lines]
     more = len(out) == args["limit"]
     return {"logs": out, "next_after": out[-1]["seq"] if more else None,
-            "next_after_line": out[-1]["line"] if more else None}
+            "next_after_line": out[-1]["line"] if more else None, "warnings": warnings}
 
 
 @blp.route("/runs/<run_id>/timeline")

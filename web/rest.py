@@ -99,6 +99,10 @@ class Api(flask_smorest.Api):
 
     def register_blueprint(self, blp: Any, **options: Any) -> None:
         super().register_blueprint(blp, **options)
+        known = self.spec.components.schemas
+        for name, extra in schemas.OPENAPI_EXTRAS.items():
+            if name in known:
+                known[name].update(extra)
         # A path parameter names something that may not exist (run, user, token...): 404.
         for path, operations in self.spec._paths.items():
             if "{" in path:
