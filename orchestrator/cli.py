@@ -320,6 +320,35 @@ def export(run_id: str) -> None:
     click.echo(json.dumps(export_run(make_client(), run_id), indent=2, default=str))
 
 
+@main.command()
+@click.option("--stall-seconds", type=click.IntRange(1), default=None,
+              help="Re-dispatch a run with no lease, no queued message and no event for this long "
+                   "[default: CANVASFLOW_WATCHDOG_STALL_SECONDS, 120].")
+@click.option("--interval", type=click.FloatRange(0.1), default=None,
+              help="Seconds between checks [default: a quarter of the stall time, at most 10].")
+@click.option("--once", is_flag=True, help="Check once, print what was done, and exit.")
+@handle_errors
+def watchdog(stall_seconds: int | None, interval: float | None, once: bool) -> None:
+    """Re-dispatch stalled runs until SIGTERM/SIGINT (one per fleet is enough; several are safe)."""
+    import logging
+    import signal
+    import threading
+
+    from orchestrator.watchdog import Watchdog
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dog = Watchdog(make_client(), stall_seconds=stall_seconds)
+    if once:
+        rep = dog.check_once()
+        console.print(f"{rep.live} live run(s); stalled: {', '.join(rep.candidates) or 'none'}; "
+                      f"re-dispatched: {', '.join(rep.redispatched) or 'none'}", highlight=False)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    dog.run_forever(stop, interval)
+
+
 # ---------------------------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ class Settings:
     # Modules whose functions builtin.call may run on this worker ("a.b" that module, "a.*" a
     # and below; orchestrator/callallow.py). Empty: call is refused (docs/operations.md).
     call_allow: tuple[str, ...] = ()
+    # The watchdog (`canvasflow watchdog`) re-dispatches a live run that has had no lease, no
+    # queued message and no event for this many seconds (docs/operations.md, "Watchdog").
+    watchdog_stall_seconds: int = 120
     extra_celery: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,7 +65,7 @@ class Settings:
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.redis_url)
         object.__setattr__(self, "call_allow", parse_allow(self.call_allow))
-        for name in ("visibility_timeout", "lease_ttl", "state_ttl"):
+        for name in ("visibility_timeout", "lease_ttl", "state_ttl", "watchdog_stall_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"CANVASFLOW_{name.upper()} must be a positive number")
 

@@ -323,6 +323,8 @@ class _Projection:
             self.run_status(run, e, e.status)
         elif e.type == "operator_action":
             self.operator_action(e)
+        elif e.type == "run_redispatched":
+            self.redispatched(e)
         elif e.step:
             self.step_event(run, e)
 
@@ -336,6 +338,15 @@ class _Projection:
                            "target_id": str(data.get("target_id") or e.run), "reason": _str(data.get("reason")),
                            "outcome": str(data.get("outcome") or "ok"),
                            "detail": None if detail is None else _json(detail)})
+
+    def redispatched(self, e: Event) -> None:
+        """The watchdog re-sent a stalled run (orchestrator/watchdog.py): an action in the audit
+        log, by the watchdog, so that an operator sees why a step ran again."""
+        data = e.data
+        self.audit.append({"ts": e.ts, "actor": str(data.get("watchdog") or "watchdog"), "action": "redispatch",
+                           "target_type": "run", "target_id": e.run, "reason": _str(data.get("reason")),
+                           "outcome": "ok", "detail": _json({k: data.get(k) for k in
+                                                             ("epoch", "status", "stalled_for", "steps")})})
 
     def run_created(self, run: dict[str, Any], e: Event) -> None:
         data, meta = e.data, self.lookups.runs.get(e.run) or {}
