@@ -292,11 +292,29 @@ def retry(run_id: str, from_step: str | None, from_start: bool, compensation: bo
 
 @main.command()
 @click.argument("run_id")
-@click.option("--reason", default=None)
+@click.option("--as", "as_", type=click.Choice(["failed", "cancelled"]), default=None,
+              help="How the run ends (required for a run whose state was lost).")
+@click.option("--reason", default=None, help="Why; recorded in the audit log (required for a lost run).")
+@click.option("--database-url", default=None, help="The audit store [default: CANVASFLOW_DATABASE_URL].")
 @handle_errors
-def resolve(run_id: str, reason: str | None) -> None:
-    """Mark a COMPENSATION_FAILED run as handled by hand."""
-    _report(make_client().control.resolve(run_id, actor=_actor(), reason=reason))
+def resolve(run_id: str, as_: str | None, reason: str | None, database_url: str | None) -> None:
+    """End a run by hand: a COMPENSATION_FAILED run, or one whose state Redis lost (shown
+    "state lost": not final in the audit store, unknown to Redis)."""
+    client = make_client()
+    if client.state.status(run_id) is not None:
+        _report(client.control.resolve(run_id, actor=_actor(), reason=reason, as_=as_))
+        return
+    from orchestrator.audit.store import AuditStore
+    from orchestrator.lost import resolve_lost
+
+    if not as_ or not (reason or "").strip():
+        raise click.UsageError(f"run {run_id} is not in Redis: resolving a run whose state was lost needs "
+                               "--as failed|cancelled and --reason TEXT")
+    store = AuditStore(database_url or client.settings.database_url)
+    try:
+        _report(resolve_lost(store, client.state, run_id, as_=as_, actor=_actor(), reason=str(reason)))
+    finally:
+        store.dispose()
 
 
 @main.command()

@@ -178,10 +178,13 @@ class Control:
         self._audit(run_id, "retry_compensation", actor, reason, "ok", {"steps": order})
         return ActionResult("retry_compensation", run_id, before, RunStatus.COMPENSATING, {"steps": order})
 
-    def resolve(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
-        """Mark a COMPENSATION_FAILED run as handled by hand: it ends FAILED (or CANCELLED)."""
+    def resolve(self, run_id: str, *, actor: str = "api", reason: str | None = None,
+                as_: str | None = None) -> ActionResult:
+        """Mark a COMPENSATION_FAILED run as handled by hand: it ends FAILED (or CANCELLED) —
+        ``as_`` ("failed" / "cancelled") or, by default, what the compensation was for. (A run
+        whose hot state was lost is resolved in the audit store: orchestrator/lost.py.)"""
         run = self.client.redis.hget(self.client.keys.run(run_id), "compensate_target")
-        target = RunStatus((run or b"FAILED").decode())
+        target = RunStatus(as_.upper()) if as_ else RunStatus((run or b"FAILED").decode())
         ok, before = self.state.transition(run_id, target, sources=ALLOWED["resolve"],
                                            fields={"resolved_by": actor},
                                            data={"action": "resolve", "actor": actor, "reason": reason or ""})
