@@ -292,11 +292,29 @@ def retry(run_id: str, from_step: str | None, from_start: bool, compensation: bo
 
 @main.command()
 @click.argument("run_id")
-@click.option("--reason", default=None)
+@click.option("--as", "as_", type=click.Choice(["failed", "cancelled"]), default=None,
+              help="How the run ends (required for a run whose state was lost).")
+@click.option("--reason", default=None, help="Why; recorded in the audit log (required for a lost run).")
+@click.option("--database-url", default=None, help="The audit store [default: CANVASFLOW_DATABASE_URL].")
 @handle_errors
-def resolve(run_id: str, reason: str | None) -> None:
-    """Mark a COMPENSATION_FAILED run as handled by hand."""
-    _report(make_client().control.resolve(run_id, actor=_actor(), reason=reason))
+def resolve(run_id: str, as_: str | None, reason: str | None, database_url: str | None) -> None:
+    """End a run by hand: a COMPENSATION_FAILED run, or one whose state Redis lost (shown
+    "state lost": not final in the audit store, unknown to Redis)."""
+    client = make_client()
+    if client.state.status(run_id) is not None:
+        _report(client.control.resolve(run_id, actor=_actor(), reason=reason, as_=as_))
+        return
+    from orchestrator.audit.store import AuditStore
+    from orchestrator.lost import resolve_lost
+
+    if not as_ or not (reason or "").strip():
+        raise click.UsageError(f"run {run_id} is not in Redis: resolving a run whose state was lost needs "
+                               "--as failed|cancelled and --reason TEXT")
+    store = AuditStore(database_url or client.settings.database_url)
+    try:
+        _report(resolve_lost(store, client.state, run_id, as_=as_, actor=_actor(), reason=str(reason)))
+    finally:
+        store.dispose()
 
 
 @main.command()
@@ -318,6 +336,35 @@ def export(run_id: str) -> None:
     from orchestrator.export import export_run
 
     click.echo(json.dumps(export_run(make_client(), run_id), indent=2, default=str))
+
+
+@main.command()
+@click.option("--stall-seconds", type=click.IntRange(1), default=None,
+              help="Re-dispatch a run with no lease, no queued message and no event for this long "
+                   "[default: CANVASFLOW_WATCHDOG_STALL_SECONDS, 120].")
+@click.option("--interval", type=click.FloatRange(0.1), default=None,
+              help="Seconds between checks [default: a quarter of the stall time, at most 10].")
+@click.option("--once", is_flag=True, help="Check once, print what was done, and exit.")
+@handle_errors
+def watchdog(stall_seconds: int | None, interval: float | None, once: bool) -> None:
+    """Re-dispatch stalled runs until SIGTERM/SIGINT (one per fleet is enough; several are safe)."""
+    import logging
+    import signal
+    import threading
+
+    from orchestrator.watchdog import Watchdog
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dog = Watchdog(make_client(), stall_seconds=stall_seconds)
+    if once:
+        rep = dog.check_once()
+        console.print(f"{rep.live} live run(s); stalled: {', '.join(rep.candidates) or 'none'}; "
+                      f"re-dispatched: {', '.join(rep.redispatched) or 'none'}", highlight=False)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    dog.run_forever(stop, interval)
 
 
 # ---------------------------------------------------------------------------------------------

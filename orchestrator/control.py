@@ -71,9 +71,12 @@ class Control:
         self._audit(run_id, action, actor, reason, f"refused: {exc}")
         return exc
 
-    def _load(self, run_id: str) -> tuple[dict[str, str], dict[str, dict[str, str]], Definition]:
+    def _load(self, run_id: str, action: str = "", actor: str = "", reason: str | None = None,
+              ) -> tuple[dict[str, str], dict[str, dict[str, str]], Definition]:
         data = self.state.read(run_id)
         if data is None:
+            if action:  # an action on an unknown run is audited too (docs/design.md, Operator control)
+                self._audit(run_id, action, actor, reason, "refused: unknown run")
             raise UnknownRun(run_id)
         run, steps, _ = data
         return run, steps, from_stored(json.loads(run["definition"]))
@@ -95,7 +98,7 @@ class Control:
 
     def resume(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
         """Continue a PAUSED run: compile what is left; no settled step runs again."""
-        run, steps, defn = self._load(run_id)
+        run, steps, defn = self._load(run_id, "resume", actor, reason)
         verdict, before, epoch = self.state.restart(run_id, RunStatus.RUNNING, sources=ALLOWED["resume"],
                                                     data={"action": "resume", "actor": actor})
         if verdict != "ok":
@@ -126,7 +129,7 @@ class Control:
         """Run a finished run again from a step (default: the first failed one) or the start:
         that step and everything downstream run again, upstream outputs are kept, attempts are
         numbered on."""
-        run, steps, defn = self._load(run_id)
+        run, steps, defn = self._load(run_id, "retry", actor, reason)
         status = run["status"]
         if status not in ALLOWED["retry"]:
             raise self._refuse("retry", run_id, status, actor, reason)
@@ -161,7 +164,7 @@ class Control:
 
     def retry_compensation(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
         """Run the compensations that have not succeeded yet, newest completion first."""
-        run, steps, defn = self._load(run_id)
+        run, steps, defn = self._load(run_id, "retry_compensation", actor, reason)
         target = run.get("compensate_target") or RunStatus.FAILED
         verdict, before, epoch = self.state.restart(
             run_id, RunStatus.COMPENSATING, sources=ALLOWED["retry_compensation"], clear=["error"],
@@ -175,10 +178,13 @@ class Control:
         self._audit(run_id, "retry_compensation", actor, reason, "ok", {"steps": order})
         return ActionResult("retry_compensation", run_id, before, RunStatus.COMPENSATING, {"steps": order})
 
-    def resolve(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
-        """Mark a COMPENSATION_FAILED run as handled by hand: it ends FAILED (or CANCELLED)."""
+    def resolve(self, run_id: str, *, actor: str = "api", reason: str | None = None,
+                as_: str | None = None) -> ActionResult:
+        """Mark a COMPENSATION_FAILED run as handled by hand: it ends FAILED (or CANCELLED) —
+        ``as_`` ("failed" / "cancelled") or, by default, what the compensation was for. (A run
+        whose hot state was lost is resolved in the audit store: orchestrator/lost.py.)"""
         run = self.client.redis.hget(self.client.keys.run(run_id), "compensate_target")
-        target = RunStatus((run or b"FAILED").decode())
+        target = RunStatus(as_.upper()) if as_ else RunStatus((run or b"FAILED").decode())
         ok, before = self.state.transition(run_id, target, sources=ALLOWED["resolve"],
                                            fields={"resolved_by": actor},
                                            data={"action": "resolve", "actor": actor, "reason": reason or ""})

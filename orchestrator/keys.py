@@ -58,6 +58,19 @@ class Keys:
         return f"{self.prefix}:runs:wf:{workflow_id}"
 
     @property
+    def live(self) -> str:
+        """Sorted set: run id -> time it started or restarted, for every run that is not final
+        (added at submit and on every restart, removed when the run ends): the watchdog's work
+        list, so finding stalled runs never scans the history."""
+        return f"{self.prefix}:live"
+
+    @property
+    def watchdog(self) -> str:
+        """Hash: run id -> "<status>:<seq> <time>": what the watchdog last saw a live run at and since
+        when (shared by every watchdog process, so a restart or a second watchdog loses nothing)."""
+        return f"{self.prefix}:watchdog"
+
+    @property
     def sla_watch(self) -> str:
         """Set: runs with an SLA that are not final yet (the SLA monitor's work list)."""
         return f"{self.prefix}:sla"

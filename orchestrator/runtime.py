@@ -238,8 +238,8 @@ end
 return {'ok', tostring(attempt), st, redis.call('HGET', run_key, 'halt') or ''}
 """
 
-# KEYS: run, stream, settled channel, controlled, control channel. ARGV: run_id, target, now,
-# maxlen, state_ttl, fields_json, data_json, allowed sources...
+# KEYS: run, stream, settled channel, controlled, control channel, live set. ARGV: run_id,
+# target, now, maxlen, state_ttl, fields_json, data_json, allowed sources...
 _TRANSITION = _EMIT + """
 local run_key, stream = KEYS[1], KEYS[2]
 local run_id, target, now, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -255,6 +255,7 @@ end
 emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', target, now, ARGV[7])
 if target == 'PAUSING' then controlled(KEYS[4], KEYS[5], run_id, 'pause', now) end
 if target == 'COMPLETED' or target == 'FAILED' or target == 'CANCELLED' then
+  redis.call('ZREM', KEYS[6], run_id)  -- the live set (watchdog)
   redis.call('HSET', run_key, 'finished_at', now)
   redis.call('EXPIRE', run_key, ttl)
   redis.call('EXPIRE', run_key .. ':steps', ttl)
@@ -289,7 +290,7 @@ emit_batch(KEYS[1], KEYS[2], ARGV[2], ARGV[1], ARGV[3], 3)
 return 1
 """
 
-# KEYS: run, steps, stream, channel, completed, attempts, controlled, control channel.
+# KEYS: run, steps, stream, channel, completed, attempts, controlled, control channel, live set.
 # ARGV: run_id, now, maxlen, target,
 # action, reset_json, clear_json, data_json, sources...
 _RESTART = _EMIT + """
@@ -317,6 +318,7 @@ local data = cjson.decode(ARGV[8])
 data['epoch'] = epoch
 emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', target, now, cjson.encode(data))
 controlled(KEYS[7], KEYS[8], run_id, 'restart', now)
+redis.call('ZADD', KEYS[9], now, run_id)  -- live again (a retry of a finished run): the watchdog
 redis.call('PUBLISH', KEYS[4], target)
 return {'ok', st, tostring(epoch)}
 """
@@ -468,6 +470,7 @@ class RunState:
         pipe.hset(self.keys.run(run_id), mapping=run_fields)
         pipe.hset(self.keys.steps(run_id), mapping={step_field(s, "status"): "PENDING" for s in step_ids})
         pipe.zadd(self.keys.runs, {run_id: float(ts)})
+        pipe.zadd(self.keys.live, {run_id: float(ts)})  # the watchdog's work list until it ends
         pipe.zadd(self.keys.runs_of(workflow_id), {run_id: float(ts)})
         if fields.get("sla_seconds"):
             pipe.sadd(self.keys.sla_watch, run_id)
@@ -562,7 +565,7 @@ class RunState:
         allowed = list(sources) if sources is not None else sources_of(target)
         res = self._transition(
             keys=[self.keys.run(run_id), self.keys.events, self.keys.settled_channel(run_id),
-                  self.keys.controlled, self.keys.control_channel],
+                  self.keys.controlled, self.keys.control_channel, self.keys.live],
             args=[run_id, str(target), now(), self.maxlen, self.state_ttl,
                   dumps({k: v if isinstance(v, str) or v is None else dumps(v) for k, v in (fields or {}).items()}),
                   dumps(dict(data or {})), *allowed],
@@ -578,7 +581,7 @@ class RunState:
         k = self.keys
         res = self._restart(
             keys=[k.run(run_id), k.steps(run_id), k.events, k.settled_channel(run_id), k.completed(run_id),
-                  k.attempts(run_id), k.controlled, k.control_channel],
+                  k.attempts(run_id), k.controlled, k.control_channel, k.live],
             args=[run_id, now(), self.maxlen, str(target), "", dumps(list(reset)), dumps(list(clear)),
                   dumps(dict(data or {})), *sources],
         )

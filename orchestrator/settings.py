@@ -63,6 +63,9 @@ class Settings:
     # (workers/guard.py). 0 turns a check off.
     message_max_depth: int = 200
     message_max_bytes: int = 64 * 1024 * 1024
+    # The watchdog (`canvasflow watchdog`) re-dispatches a live run that has had no lease, no
+    # queued message and no event for this many seconds (docs/operations.md, "Watchdog").
+    watchdog_stall_seconds: int = 120
     extra_celery: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,7 +74,7 @@ class Settings:
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.redis_url)
         object.__setattr__(self, "call_allow", parse_allow(self.call_allow))
-        for name in ("visibility_timeout", "lease_ttl", "state_ttl"):
+        for name in ("visibility_timeout", "lease_ttl", "state_ttl", "watchdog_stall_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"CANVASFLOW_{name.upper()} must be a positive number")
 

@@ -266,6 +266,7 @@ def test_procfile_fleet_started_with_honcho_runs_a_workflow(tmp_path: Path) -> N
     url = f"redis://127.0.0.1:{port}/0"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANVASFLOW_")},
            "CANVASFLOW_REDIS_PORT": str(port), "CANVASFLOW_KEY_PREFIX": "procfile",
+           "CANVASFLOW_REDIS_DIR": str(tmp_path),  # where Redis writes its append-only file
            "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = (tmp_path / "honcho.log").open("wb")
     proc = subprocess.Popen([honcho, "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)], env=env,
@@ -285,6 +286,9 @@ def test_procfile_fleet_started_with_honcho_runs_a_workflow(tmp_path: Path) -> N
         snap = Client(settings).submit(Workflow("pf").step("a", "builtin", "echo", params={"x": 1})
                                        .step("b", "builtin", "echo", depends_on=["a"])).wait(30)
         assert snap.status == "COMPLETED"
+        # Redis persists (a restart keeps runs in flight) and the watchdog runs with the fleet.
+        assert redis.Redis.from_url(url).config_get("appendonly") == {"appendonly": "yes"}
+        assert any("watchdog" in _cmdline(p) for p in Path("/proc").iterdir() if p.name.isdigit())
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)

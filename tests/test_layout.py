@@ -92,6 +92,10 @@ def test_docker_compose_runs_the_same_fleet_as_the_procfile() -> None:
     assert "-A workers.app worker" in procfile["worker"] and "-Q default,io" in procfile["worker"]
     assert "python -m web" in compose["web"]["command"] and "python -m web" in procfile["web"]
     assert "canvasflow recorder" in compose["recorder"]["command"]
+    assert "canvasflow watchdog" in compose["watchdog"]["command"] and "cli watchdog" in procfile["watchdog"]
+    # Redis persists runs in flight (docs/operations.md, "Redis persistence").
+    assert "--appendonly yes --appendfsync everysec" in procfile["redis"]
+    assert " ".join(compose["redis"]["command"]).endswith("--appendonly yes --appendfsync everysec")
     for service in compose.values():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), port

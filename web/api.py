@@ -229,12 +229,25 @@ def retry(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 @blp.route("/runs/<run_id>/resolve", methods=["POST"])
 @auth.require("operator", mutating=True, errors=(409,), audit="resolve")
-@blp.arguments(schemas.ActionBody, required=False)
+@blp.arguments(schemas.ResolveBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
 def resolve(body: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Mark a COMPENSATION_FAILED run as handled by hand (it ends FAILED or CANCELLED)."""
-    return run_action("resolve", run_id, lambda actor: ext().client.control.resolve(
-        run_id, actor=actor, reason=body.get("reason")))
+    """End a run by hand, as FAILED or CANCELLED, with a reason (audited): a COMPENSATION_FAILED
+    run, or a run whose state was lost (not final in the audit store, unknown to Redis)."""
+    as_, reason = body.get("as_"), body.get("reason")
+    if ext().client.state.status(run_id) is not None or ext().store is None:
+        return run_action("resolve", run_id, lambda actor: ext().client.control.resolve(
+            run_id, actor=actor, reason=reason, as_=as_))
+    from orchestrator.lost import resolve_lost
+
+    def lost(actor: str) -> Any:
+        missing = {k: ["required to resolve a run whose state was lost"]
+                   for k, v in (("as", as_), ("reason", (reason or "").strip())) if not v}
+        if missing:
+            abort(400, errors={"json": missing})
+        return resolve_lost(ext().store, ext().client.state, run_id, as_=str(as_), actor=actor, reason=str(reason))
+
+    return run_action("resolve", run_id, lost)
 
 
 @blp.route("/runs/<run_id>/clone", methods=["POST"])

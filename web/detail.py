@@ -214,7 +214,9 @@ class RunDetails:
                 "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
                 "total": total, "settled": settled, "priority": r.priority, "tags": list(r.tags),
                 "triggered_by": r.triggered_by, "trigger_type": r.trigger_type, "sla_seconds": r.sla_seconds,
-                "error": r.error, "failed_step": r.failed_step, "seq": r.last_seq, "cloned_from": None}
+                "error": r.error, "failed_step": r.failed_step, "seq": r.last_seq, "cloned_from": None,
+                # not final in SQL, unknown to Redis (only asked after _hot found nothing)
+                "state_lost": r.status not in ("COMPLETED", "FAILED", "CANCELLED")}
         return {"base": base, "definition": d.definition, "steps": out_steps,
                 "meta": {"inputs": d.inputs or {}, "resolved_by": None, "epoch": None}, "source": "audit"}
 

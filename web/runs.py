@@ -151,6 +151,16 @@ def summarize(base: Mapping[str, Any], now: float) -> dict[str, Any]:
     target = base.get("sla_seconds") or None
     elapsed = max(0.0, end - created)
     current = list(base.get("current_steps") or ())
+    if base.get("state_lost"):
+        # Redis lost the run (orchestrator/lost.py): only resolving it by hand can end it.
+        return {**_summary(base, status, total, settled, created, started, finished, end, target, elapsed,
+                           current), "state_lost": True, "can_pause": False, "can_resume": False,
+                "can_cancel": False, "can_retry": False, "can_retry_compensation": False, "can_resolve": True}
+    return _summary(base, status, total, settled, created, started, finished, end, target, elapsed, current)
+
+
+def _summary(base: Mapping[str, Any], status: str, total: int, settled: int, created: float, started: Any,
+             finished: Any, end: float, target: Any, elapsed: float, current: list[str]) -> dict[str, Any]:
     return {
         "id": base["id"],
         "workflow": {"id": base.get("workflow") or "", "name": base.get("name") or base.get("workflow") or "",
@@ -169,7 +179,7 @@ def summarize(base: Mapping[str, Any], now: float) -> dict[str, Any]:
         "can_pause": status in ALLOWED["pause"], "can_resume": status in ALLOWED["resume"],
         "can_cancel": status in ALLOWED["cancel"], "can_retry": status in ALLOWED["retry"],
         "can_retry_compensation": status in ALLOWED["retry_compensation"],
-        "can_resolve": status in ALLOWED["resolve"],
+        "can_resolve": status in ALLOWED["resolve"], "state_lost": False,
     }
 
 
@@ -275,7 +285,10 @@ class RunViews:
             if h is not None:
                 bases.append({**row, **{k: v for k, v in h.items() if v not in (None, "")}})
             else:
-                bases.append({**row, **counts.get(row["id"], {})})
+                # Not final in SQL and unknown to Redis: its hot state was lost (orchestrator/lost.py).
+                # While Redis is unreachable nothing can be said about it, so it is not flagged.
+                lost = not warnings and row["status"] not in FINAL
+                bases.append({**row, **counts.get(row["id"], {}), "state_lost": lost})
         if cursor is None and flt.until is None and not warnings:
             seen = {b["id"] for b in bases}
             extra = self._unrecorded(newest, flt, now, seen)

@@ -155,6 +155,8 @@ class RunSummarySchema(Schema):
     can_retry = fields.Boolean()
     can_retry_compensation = fields.Boolean()
     can_resolve = fields.Boolean()
+    state_lost = fields.Boolean(metadata={"description": "not final in the audit store but unknown to Redis "
+                                                         "(lost with a Redis restart): resolve it by hand"})
 
 
 class CountsSchema(Schema):
@@ -272,6 +274,13 @@ class RunDetailSchema(RunSummarySchema):
 
 class ActionBody(Schema):
     reason = fields.String(load_default=None, validate=validate.Length(max=2000))
+
+
+class ResolveBody(ActionBody):
+    as_ = fields.String(data_key="as", load_default=None, validate=validate.OneOf(["failed", "cancelled"]),
+                        metadata={"description": "how the run ends: failed or cancelled (required for a run "
+                                                 "whose state was lost; default for COMPENSATION_FAILED: "
+                                                 "what the compensation was for)"})
 
 
 class CancelBody(ActionBody):

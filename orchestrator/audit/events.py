@@ -72,7 +72,9 @@ class Event:
             seq = int(f.get("seq", ""))
         except ValueError:
             raise BadEvent(sid, f"seq {f.get('seq')!r} is not a number") from None
-        if seq < 1:
+        if seq < 1 and not (seq == 0 and f.get("type") == "operator_action"):
+            # seq 0 is how an operator action on a run Redis does not know is appended
+            # (orchestrator/runtime.py _AUDIT): recorded in the audit log, not as a run event.
             raise BadEvent(sid, f"seq {seq} is not positive")
         try:
             ts = float(f.get("ts") or 0.0)

@@ -74,6 +74,10 @@ def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now:
     """Write the events of ``batch`` not yet recorded; returns those (in (run, seq) order)."""
     if not batch:
         return []
+    orphans = [e for e in batch if e.seq == 0]
+    if orphans:
+        batch = [e for e in batch if e.seq != 0]
+        return unknown_run_actions(conn, orphans) + apply_batch(conn, batch, lookups, now)
     run_ids = sorted({e.run for e in batch})
     first_ts: dict[str, float] = {}
     for e in batch:
@@ -115,6 +119,28 @@ def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now:
     for e in new:
         proj.apply(e)
     proj.write(conn, new)
+    return new
+
+
+def unknown_run_actions(conn: Connection, batch: Sequence[Event]) -> list[Event]:
+    """Operator actions on runs Redis did not know (seq 0): rows of the audit log only — no run
+    row, which would show a run that never existed. Idempotent by (run, time, action, actor):
+    the time is the action's own, so a redelivered entry finds its row."""
+    rows = [dict(fit(audit_log, _Projection.action_row(e))) for e in batch]
+    for row in rows:
+        detail = json.loads(row["detail"]) if row["detail"] else {}
+        row["detail"] = _json({**(detail if isinstance(detail, dict) else {"detail": detail}), "unknown_run": True})
+    a = audit_log.c
+    have = {(r.target_id, r.ts, r.action, r.actor) for r in conn.execute(
+        select(a.target_id, a.ts, a.action, a.actor).where(a.target_id.in_(sorted({e.run for e in batch}))))}
+    new, fresh = [], []
+    for e, row in zip(batch, rows, strict=True):
+        key = (row["target_id"], row["ts"], row["action"], row["actor"])
+        if key not in have:
+            have.add(key)
+            new.append(e)
+            fresh.append(row)
+    _insert(conn, audit_log, fresh)
     return new
 
 
@@ -323,19 +349,34 @@ class _Projection:
             self.run_status(run, e, e.status)
         elif e.type == "operator_action":
             self.operator_action(e)
+        elif e.type == "run_redispatched":
+            self.redispatched(e)
         elif e.step:
             self.step_event(run, e)
 
     def operator_action(self, e: Event) -> None:
         """An operator action that travelled through the stream (see docs/audit-store.md)."""
+        self.audit.append(self.action_row(e))
+
+    @staticmethod
+    def action_row(e: Event) -> dict[str, Any]:
         data = e.data
         detail = data.get("detail")
-        self.audit.append({"ts": e.ts, "actor": str(data.get("actor") or "unknown"),
-                           "action": str(data.get("action") or "unknown"),
-                           "target_type": str(data.get("target_type") or "run"),
-                           "target_id": str(data.get("target_id") or e.run), "reason": _str(data.get("reason")),
-                           "outcome": str(data.get("outcome") or "ok"),
-                           "detail": None if detail is None else _json(detail)})
+        return {"ts": e.ts, "actor": str(data.get("actor") or "unknown"),
+                "action": str(data.get("action") or "unknown"),
+                "target_type": str(data.get("target_type") or "run"),
+                "target_id": str(data.get("target_id") or e.run), "reason": _str(data.get("reason")),
+                "outcome": str(data.get("outcome") or "ok"),
+                "detail": None if detail is None else _json(detail)}
+
+    def redispatched(self, e: Event) -> None:
+        """The watchdog re-sent a stalled run (orchestrator/watchdog.py): an action in the audit
+        log, by the watchdog, so that an operator sees why a step ran again."""
+        data = e.data
+        self.audit.append({"ts": e.ts, "actor": str(data.get("watchdog") or "watchdog"), "action": "redispatch",
+                           "target_type": "run", "target_id": e.run, "reason": _str(data.get("reason")),
+                           "outcome": "ok", "detail": _json({k: data.get(k) for k in
+                                                             ("epoch", "status", "stalled_for", "steps")})})
 
     def run_created(self, run: dict[str, Any], e: Event) -> None:
         data, meta = e.data, self.lookups.runs.get(e.run) or {}

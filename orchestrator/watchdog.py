@@ -1,0 +1,309 @@
+"""The watchdog: finds live runs that stalled and re-dispatches what is left of them.
+
+A run stalls when its canvas is gone while the run is not final: Redis lost the queued message
+(no persistence, a purge, a worker killed and its unacknowledged message dropped), or Celery did
+not continue a chain. Nothing on the step path can notice that, because nothing runs any more.
+
+``check_once`` reads the live set (``cf:live``: runs not final, maintained by the Lua scripts
+that create, restart and end runs) and remembers, in ``cf:watchdog``, the event sequence number
+each run had and since when. A run whose seq has not moved for ``watchdog_stall_seconds``, that
+holds no step lease, and of which no broker message mentions the id (queued, or delivered and
+not yet acknowledged — a retry waiting for its countdown, or a message a dead worker held, which
+the transport restores after its visibility timeout) is claimed by one Lua call that compares
+the seq it was judged at: so of several watchdogs judging the same run, one re-dispatches it.
+The claim bumps the dispatch epoch (whatever is left of the old canvas becomes inert) and
+appends a ``run_redispatched`` event, which the recorder writes to the operator audit log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator import compiler
+from orchestrator.control import dispatch_remaining, run_context
+from orchestrator.definition import Definition, from_stored
+from orchestrator.fleet_inspect import broker_prefix, queue_keys
+from orchestrator.runtime import _EMIT, dumps, now
+from orchestrator.settings import Settings
+from orchestrator.states import RunStatus, StepStatus
+
+log = logging.getLogger("canvasflow.watchdog")
+
+# Statuses in which a run waits for an operator, not for a message: never stalled.
+WAITING = frozenset({RunStatus.PAUSED, RunStatus.COMPENSATION_FAILED})
+FINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+# Statuses the watchdog knows how to re-dispatch (what the compiler builds for each).
+REDISPATCHABLE = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSING, RunStatus.CANCELLING,
+                            RunStatus.COMPENSATING})
+# At most this many broker messages are decoded per tick looking for stalled runs' ids.
+SCAN_LIMIT = 200_000
+
+# KEYS: steps. ARGV: lease key prefix ("<prefix>:lease:<run>:"). 1 if any RUNNING or
+# COMPENSATING step of the run holds a live lease.
+_LEASED = """
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  local f, v = flat[i], flat[i + 1]
+  if string.sub(f, -7) == '|status' and (v == 'RUNNING' or v == 'COMPENSATING') then
+    if redis.call('EXISTS', ARGV[1] .. string.sub(f, 1, -8)) == 1 then return 1 end
+  end
+end
+return 0
+"""
+
+# KEYS: run, stream, controlled, control channel, watchdog hash. ARGV: run_id, now, maxlen,
+# expected seq, expected status, data_json. Claims a stalled run for re-dispatch if it has not
+# moved since it was judged (same seq, same status): bumps the epoch, appends run_redispatched.
+# Returns {'ok', status, epoch} or {'moved' | 'gone', status, '0'}.
+_CLAIM = _EMIT + """
+local run_key, stream = KEYS[1], KEYS[2]
+local run_id, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local st = redis.call('HGET', run_key, 'status')
+if not st then return {'gone', '', '0'} end
+if st ~= ARGV[5] or redis.call('HGET', run_key, 'seq') ~= ARGV[4] then return {'moved', st, '0'} end
+local epoch = redis.call('HINCRBY', run_key, 'epoch', 1)
+local data = cjson.decode(ARGV[6])
+data['epoch'] = epoch
+emit(run_key, stream, maxlen, run_id, 'run_redispatched', '', st, now, cjson.encode(data))
+controlled(KEYS[3], KEYS[4], run_id, 'restart', now)
+redis.call('HDEL', KEYS[5], run_id)
+return {'ok', st, tostring(epoch)}
+"""
+
+
+@dataclass
+class TickReport:
+    """What one ``check_once`` saw and did."""
+
+    live: int = 0
+    candidates: list[str] = field(default_factory=list)
+    redispatched: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # no longer in Redis, or already final
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
+
+
+class Watchdog:
+    """Finds stalled live runs and re-dispatches them; safe to run several at once."""
+
+    def __init__(self, client: Any, *, stall_seconds: float | None = None, name: str | None = None) -> None:
+        self.client = client
+        self.settings: Settings = client.settings
+        self.r = client.redis
+        self.keys = client.keys
+        self.state = client.state
+        self.stall = float(stall_seconds if stall_seconds is not None else self.settings.watchdog_stall_seconds)
+        self.name = name or f"watchdog@{socket.gethostname()}:{os.getpid()}"
+        self._leased = self.r.register_script(_LEASED)
+        self._claim = self.r.register_script(_CLAIM)
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    def check_once(self, at: float | None = None) -> TickReport:
+        t = time.time() if at is None else at
+        report = TickReport()
+        ids = [_s(i) for i in self.r.zrange(self.keys.live, 0, -1)]
+        report.live = len(ids)
+        if not ids:
+            return report
+        pipe = self.r.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hmget(self.keys.run(rid), "status", "seq")
+        heads = pipe.execute()
+        seen_raw = self.r.hmget(self.keys.watchdog, ids)
+        stale, remember, forget = [], {}, []
+        candidates: dict[str, tuple[str, str, float]] = {}
+        for rid, (status, seq), seen in zip(ids, heads, seen_raw, strict=True):
+            st, sq = _s(status), _s(seq)
+            if not st or st in FINAL:
+                stale.append(rid)  # expired, lost with Redis, or ended before the live set existed
+                continue
+            if st in WAITING or st not in REDISPATCHABLE:
+                forget.append(rid)  # the clock starts again when an operator moves it
+                continue
+            mark = f"{st}:{sq}"
+            old_mark, _, since = _s(seen).rpartition(" ")
+            if old_mark != mark:
+                remember[rid] = f"{mark} {t:.3f}"
+            elif t - float(since or t) >= self.stall:
+                candidates[rid] = (st, sq, t - float(since))
+        pipe = self.r.pipeline(transaction=False)
+        if stale:
+            pipe.zrem(self.keys.live, *stale)
+        if stale or forget:
+            pipe.hdel(self.keys.watchdog, *stale, *forget)
+        if remember:
+            pipe.hset(self.keys.watchdog, mapping=remember)
+        pipe.execute()
+        report.dropped = stale
+        report.candidates = sorted(candidates)
+        if not candidates:
+            return report
+        alive = self._alive(candidates)
+        if alive:
+            # Progress of another kind (a lease, a message): judge again after another stall period.
+            self.r.hset(self.keys.watchdog, mapping={rid: f"{candidates[rid][0]}:{candidates[rid][1]} {t:.3f}"
+                                                     for rid in alive})
+        for rid in sorted(set(candidates) - alive):
+            st, sq, stalled_for = candidates[rid]
+            if self.redispatch(rid, st, sq, stalled_for):
+                report.redispatched.append(rid)
+        return report
+
+    def _alive(self, candidates: Mapping[str, tuple[str, str, float]]) -> set[str]:
+        """The candidates that hold a step lease or have a message in the broker."""
+        alive = set()
+        pipe = self.r.pipeline(transaction=False)
+        for rid in candidates:
+            self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")], client=pipe)
+        for rid, leased in zip(candidates, pipe.execute(), strict=True):
+            if int(leased):
+                alive.add(rid)
+        rest = [rid for rid in candidates if rid not in alive]
+        if rest:
+            alive |= self.mentioned(rest, self._queues(rest))
+        return alive
+
+    def _queues(self, run_ids: Iterable[str]) -> set[str]:
+        queues = {self.settings.default_queue}
+        pipe = self.r.pipeline(transaction=False)
+        for rid in run_ids:
+            pipe.hget(self.keys.run(rid), "definition")
+        for raw in pipe.execute():
+            try:
+                body = json.loads(raw or "{}")
+            except ValueError:
+                continue
+            default = (body.get("defaults") or {}).get("queue")
+            for s in body.get("steps") or ():
+                if isinstance(s, dict):
+                    queues.add(s.get("queue") or default or self.settings.default_queue)
+                    comp = s.get("compensate")
+                    if isinstance(comp, dict) and comp.get("queue"):
+                        queues.add(comp["queue"])
+        return queues
+
+    def mentioned(self, run_ids: Iterable[str], queues: Iterable[str]) -> set[str]:
+        """The runs of ``run_ids`` whose id appears in a message queued on one of ``queues`` or
+        delivered and not acknowledged yet (kombu's ``unacked`` hash)."""
+        wanted = {rid: rid.encode() for rid in run_ids}
+        found: set[str] = set()
+        scanned = 0
+
+        def look(raw: bytes) -> None:
+            nonlocal scanned
+            scanned += 1
+            body = message_text(raw)
+            for rid, b in wanted.items():
+                if rid not in found and b in body:
+                    found.add(rid)
+
+        for q in sorted(set(queues)):
+            for _, key in queue_keys(self.settings.key_prefix, q):
+                start = 0
+                while scanned < SCAN_LIMIT and len(found) < len(wanted):
+                    chunk = self.r.lrange(key, start, start + 999)
+                    if not chunk:
+                        break
+                    start += len(chunk)
+                    for raw in chunk:
+                        look(raw)
+        unacked = broker_prefix(self.settings.key_prefix) + "unacked"
+        for _, raw in self.r.hscan_iter(unacked, count=500):
+            if len(found) == len(wanted) or scanned >= SCAN_LIMIT:
+                break
+            look(raw)
+        if scanned >= SCAN_LIMIT:
+            # Too many messages to be sure: count every candidate as alive rather than duplicate work.
+            log.warning("watchdog: more than %d broker messages, not judging %d run(s) this time",
+                        SCAN_LIMIT, len(wanted) - len(found))
+            return set(wanted)
+        return found
+
+    # -- re-dispatch --------------------------------------------------------------------------
+
+    def redispatch(self, run_id: str, status: str, seq: str, stalled_for: float) -> bool:
+        """Claim the run (if it is still at ``seq``) and send what is left of it."""
+        data = self.state.read(run_id)
+        if data is None:
+            return False
+        run, steps, _ = data
+        defn = from_stored(json.loads(run["definition"]))
+        left = [s for s in defn.step_ids if steps.get(s, {}).get("status") not in
+                (StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED,
+                 StepStatus.COMPENSATED)]
+        reason = (f"no lease, no queued message and no event for {stalled_for:.0f}s "
+                  f"(CANVASFLOW_WATCHDOG_STALL_SECONDS={self.stall:g})")
+        k = self.keys
+        res = self._claim(keys=[k.run(run_id), k.events, k.controlled, k.control_channel, k.watchdog],
+                          args=[run_id, now(), self.state.maxlen, seq, status,
+                                dumps({"watchdog": self.name, "reason": reason, "stalled_for": round(stalled_for, 1),
+                                       "status": status, "steps": left})])
+        if _s(res[0]) != "ok":
+            return False
+        epoch = int(_s(res[2]))
+        log.warning("watchdog %s: run %s (%s) stalled for %.0fs: re-dispatched with epoch %d (steps left: %s)",
+                    self.name, run_id, status, stalled_for, epoch, ", ".join(left) or "none")
+        self._send(run_id, epoch, status, run, defn, steps)
+        return True
+
+    def _send(self, run_id: str, epoch: int, status: str, run: Mapping[str, str], defn: Definition,
+              steps: Mapping[str, Mapping[str, str]]) -> None:
+        app = self.client.celery
+        if status == RunStatus.CANCELLING:
+            # What the cancel sent: a lone settle that marks what never started and compensates.
+            compiler.compile_settle(run_context(run_id, epoch, run, defn, self.settings), app=app).apply_async()
+        elif status == RunStatus.COMPENSATING:
+            order = [s for s in reversed(self.state.completed_order(run_id))
+                     if steps.get(s, {}).get("status") in (StepStatus.COMPLETED, StepStatus.COMPENSATING)
+                     and defn.step(s).compensate]
+            target = run.get("compensate_target") or RunStatus.FAILED
+            ctx = run_context(run_id, epoch, run, defn, self.settings)
+            compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
+        else:
+            dispatch_remaining(app, self.settings, run_id, epoch, run, defn, steps)
+
+    # -- the process --------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event, interval: float | None = None) -> None:
+        every = interval if interval is not None else max(0.5, min(10.0, self.stall / 4))
+        log.info("watchdog %s: checking live runs every %.1fs, stalled after %gs", self.name, every, self.stall)
+        while not stop.is_set():
+            try:
+                rep = self.check_once()
+                if rep.redispatched:
+                    log.info("watchdog: re-dispatched %s", ", ".join(rep.redispatched))
+            except Exception:  # a Redis hiccup must not end the process: log it, try again
+                log.exception("watchdog: check failed")
+            stop.wait(every)
+
+
+def message_text(raw: bytes) -> bytes:
+    """A kombu Redis message (JSON, its body base64) as bytes in which a run id can be found;
+    an unacked entry is ``[message, exchange, routing_key]``."""
+    try:
+        msg = json.loads(raw)
+    except ValueError:
+        return raw
+    if isinstance(msg, list) and msg:
+        msg = msg[0]
+    if not isinstance(msg, dict):
+        return raw
+    body = msg.get("body", "")
+    if (msg.get("properties") or {}).get("body_encoding") == "base64" and isinstance(body, str):
+        try:
+            return base64.b64decode(body) + raw
+        except ValueError:
+            return raw
+    return raw
