@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
-from flask import Response, current_app, g, session
+from flask import Response, current_app, g, request, session
 from flask.views import MethodView
 from flask_smorest import abort
 from sqlalchemy import case, func, select
@@ -33,6 +33,7 @@ from orchestrator.errors import (
     UnknownRun,
     UnknownWorkflow,
 )
+from web import audit as web_audit
 from web import auth, schemas
 from web.detail import dag
 from web.events import client_event
@@ -100,6 +101,7 @@ class Runs(MethodView):
                 defn = client.get_definition(body["workflow"], body["version"])
                 run = client.submit(defn, **common)
             else:
+                require_inline_permission()
                 inline = body["definition"]
                 if isinstance(inline, str):
                     inline = parse_text(inline, source="definition")
@@ -112,6 +114,22 @@ class Runs(MethodView):
             definition_error(exc)
         summary = ext().views.summary(run.id)
         return summary, 201, {"Location": f"/api/v1/runs/{run.id}"}
+
+
+INLINE_REFUSED = ("'{name}' may run registered workflows only (send \"workflow\": an id): submitting an inline "
+                  "definition runs code of the sender's choosing, and needs the submit_inline permission, which "
+                  "an admin grants (PUT /api/v1/users/{name}/permissions/submit_inline)")
+
+
+def require_inline_permission() -> None:
+    """An inline definition is a permission of its own (submit_inline): admins, and users an admin
+    granted it. The refusal is audited."""
+    user = auth.current_user()
+    assert user is not None
+    if not user.may("submit_inline"):
+        web_audit.record("submit_inline", "run", "-", {"needs": "submit_inline", "role": user.role},
+                         outcome="refused: no permission", what="the refusal was not recorded")
+        abort(403, message=INLINE_REFUSED.format(name=user.name))
 
 
 def definition_error(exc: DefinitionError, field: str = "definition") -> None:
@@ -396,12 +414,8 @@ class Workflow(MethodView):
             defn = client.register(data)
         except DefinitionError as exc:
             definition_error(exc)
-        if ext().store is not None:
-            try:
-                ext().store.record_action(actor=user_name(), action="register", target_type="workflow",
-                                          target_id=workflow_id, detail={"version": defn.version})
-            except StoreError:
-                pass
+        web_audit.record_after("register", "workflow", workflow_id, {"version": defn.version},
+                               what=f"workflow '{workflow_id}' version {defn.version} was registered")
         return workflow_detail(defn, client.versions(workflow_id))
 
 
@@ -496,23 +510,31 @@ def fleet() -> dict[str, Any]:
 
 
 @blp.route("/auth/login", methods=["POST"])
-@auth.public(errors=(401,))
+@auth.public(errors=(401, 429))
 @blp.arguments(schemas.LoginBody)
 @blp.response(200, schemas.MeSchema)
 def login(body: dict[str, Any]) -> dict[str, Any]:
-    """Log in with a password: sets the session cookie; send csrf_token as X-CSRF-Token."""
-    user = auth.users().verify(body["username"], body["password"])
+    """Log in with a password: sets the session cookie; send csrf_token as X-CSRF-Token. Failed
+    logins are throttled per account and per address (429 with Retry-After)."""
+    from web import throttle
+
+    try:
+        user = throttle.attempt(body["username"], body["password"])
+    except throttle.Throttled as exc:
+        abort(429, message=exc.message, headers={"Retry-After": str(exc.retry_after)})
+        raise
     if user is None:
         abort(401, message="unknown user or wrong password")
-    session.clear()
-    session.permanent = True
-    session["user"] = user.name
-    return {**user.as_dict(), "via": "session", "read_only": ext().web.read_only, "csrf_token": auth.csrf_token()}
+    csrf = auth.start_session(user)
+    return {**user.as_dict(), "via": "session", "read_only": ext().web.read_only, "csrf_token": csrf}
 
 
 @blp.route("/auth/logout", methods=["POST"])
-@auth.public()
+@auth.public(errors=(403,))
 def logout() -> dict[str, Any]:
+    """End this browser's session; needs the session's X-CSRF-Token (so no other page can)."""
+    if session.get("user") and not auth.csrf_matches(request.headers.get("X-CSRF-Token")):
+        abort(403, message="missing or wrong X-CSRF-Token header (reload the page)")
     session.clear()
     return {"message": "logged out"}
 
@@ -551,11 +573,12 @@ class Tokens(MethodView):
             audited_check("admin", "token_create", "token", owner)
         name = body.get("name", "api")
         try:
-            token_id, token = auth.users().create_token(owner, name)
+            with web_audit.recorded(f"the token for '{owner}'"):
+                token_id, token = auth.users().create_token(owner, name, audit=lambda tid: web_audit.entry(
+                    "token_create", "token", tid, {"user": owner, "name": name}))
         except auth.AuthError as exc:
             abort(404, message=str(exc))
             raise
-        audit("token_create", "token", token_id, {"user": owner, "name": name})
         return {"id": token_id, "username": owner, "name": name, "created_at": time.time(), "token": token}
 
 
@@ -568,9 +591,11 @@ def revoke_token(token_id: str) -> None:
     assert user is not None
     mine = None if user.can("admin") else user.name
     owner = next((t["username"] for t in auth.users().tokens(mine) if t["id"] == token_id), None)
-    if owner is None or not auth.users().revoke(token_id, mine):
+    with web_audit.recorded(f"the revocation of token '{token_id}'"):
+        gone = owner is not None and auth.users().revoke(
+            token_id, mine, audit=web_audit.entry("token_revoke", "token", token_id, {"user": owner}))
+    if not gone:
         abort(404, message=f"unknown token '{token_id}'")
-    audit("token_revoke", "token", token_id, {"user": owner})
 
 
 @blp.route("/users")
@@ -591,13 +616,15 @@ class UsersView(MethodView):
         if existed:
             _not_yourself(name, body["role"], "change")
         try:
-            user = auth.users().put(name, password=body["password"], role=body["role"])
+            with web_audit.recorded(f"the change of user '{name}'"):
+                user = auth.users().put(name, password=body["password"], role=body["role"], audit=web_audit.entry(
+                    "user_update" if existed else "user_create", "user", name,
+                    {"role": body["role"], "password_changed": body["password"] is not None}))
         except auth.AuthError as exc:
             abort(400, errors={"json": {"password" if "password" in str(exc) else "name": [str(exc)]}})
             raise
-        audit("user_update" if existed else "user_create", "user", user.name,
-              {"role": user.role, "password_changed": body["password"] is not None})
-        return {"name": user.name, "role": user.role, "disabled": False, "created_at": time.time()}
+        auth.restamp_session(user)
+        return auth.users().row(user.name)
 
 
 @blp.route("/users/<name>")
@@ -606,22 +633,34 @@ class UserView(MethodView):
     @blp.arguments(schemas.UserPatch)
     @blp.response(200, schemas.UserSchema)
     def patch(self, body: dict[str, Any], name: str) -> dict[str, Any]:
-        """Change a user's role and/or password (admin)."""
-        if auth.users().get(name) is None:
+        """Change a user's role and/or password, or disable / enable it (admin). A password or role
+        change, or disabling, ends the user's sessions and API tokens at once."""
+        audited_check("admin", "user_update", "user", name)
+        if not auth.users().exists(name):
             abort(404, message=f"unknown user '{name}'")
         _not_yourself(name, body["role"], "change")
-        user = auth.users().put(name, password=body["password"], role=body["role"])
-        audit("user_update", "user", name, {"role": user.role, "password_changed": body["password"] is not None})
-        return {"name": user.name, "role": user.role, "disabled": False, "created_at": time.time()}
+        if body.get("disabled") is True:
+            _not_yourself(name, None, "disable")
+        user: auth.User | None = None
+        with web_audit.recorded(f"the change of user '{name}'"):
+            if body["password"] is not None or body["role"] is not None:
+                user = auth.users().put(name, password=body["password"], role=body["role"], audit=web_audit.entry(
+                    "user_update", "user", name, {"role": body["role"], "password_changed": body["password"] is not None}))
+            if body.get("disabled") is not None:
+                user = auth.users().set_disabled(name, body["disabled"], audit=web_audit.entry(
+                    "user_disable" if body["disabled"] else "user_enable", "user", name, None))
+        auth.restamp_session(user)
+        return auth.users().row(name)
 
     @auth.require("admin", mutating=True, errors=(409,), audit="user_delete", target_type="user")
     @blp.response(204)
     def delete(self, name: str) -> None:
         """Delete a user and revoke its tokens (admin)."""
         _not_yourself(name, None, "delete")
-        if not auth.users().delete(name):
+        with web_audit.recorded(f"the deletion of user '{name}'"):
+            gone = auth.users().delete(name, audit=web_audit.entry("user_delete", "user", name, None))
+        if not gone:
             abort(404, message=f"unknown user '{name}'")
-        audit("user_delete", "user", name, None)
 
 
 @blp.route("/audit/users")
@@ -632,7 +671,7 @@ def users_audit() -> dict[str, Any]:
     store = ext().store
     if store is None:
         return {"actions": []}
-    q = (select(audit_log).where(audit_log.c.target_type.in_(("user", "token")))
+    q = (select(audit_log).where(audit_log.c.target_type.in_(("user", "token", "address")))
          .order_by(audit_log.c.ts.desc(), audit_log.c.id.desc()).limit(100))
     try:
         with store.connect() as conn:
@@ -648,11 +687,11 @@ def users_audit() -> dict[str, Any]:
 def _not_yourself(name: str, role: str | None, what: str) -> None:
     """An admin may not delete or demote themselves: there must always be an admin left."""
     user = auth.current_user()
-    if user is not None and user.name == name and (what == "delete" or (role is not None and role != "admin")):
-        audit(f"user_{'delete' if what == 'delete' else 'update'}", "user", name, {"role": role},
-              outcome="refused: own account")
-        abort(409, message=f"you cannot {'delete' if what == 'delete' else 'demote'} your own account "
-                           "(ask another admin, so that an admin is always left)")
+    if user is not None and user.name == name and (what in ("delete", "disable") or (role is not None and role != "admin")):
+        verb = what if what in ("delete", "disable") else "demote"
+        web_audit.record(f"user_{'update' if what == 'change' else what}", "user", name, {"role": role},
+                         outcome="refused: own account", what="the refusal was not recorded")
+        abort(409, message=f"you cannot {verb} your own account (ask another admin, so that an admin is always left)")
 
 
 def audited_check(role: str, action: str, target_type: str, target_id: str) -> auth.User:
@@ -662,18 +701,9 @@ def audited_check(role: str, action: str, target_type: str, target_id: str) -> a
     except Exception:
         user = auth.current_user()
         if user is not None:
-            audit(action, target_type, target_id, {"needs": role, "role": user.role}, outcome=f"refused: {user.role}")
+            web_audit.record(action, target_type, target_id, {"needs": role, "role": user.role},
+                             outcome=f"refused: {user.role}", what="the refusal was not recorded")
         raise
-
-
-def audit(action: str, target_type: str, target_id: str, detail: dict[str, Any] | None,
-          outcome: str = "ok") -> None:
-    if ext().store is not None:
-        try:
-            ext().store.record_action(actor=user_name(), action=action, target_type=target_type,
-                                      target_id=target_id, detail=detail, outcome=outcome)
-        except StoreError:
-            pass
 
 
 def allowed_actions() -> dict[str, list[str]]:

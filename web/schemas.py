@@ -472,6 +472,10 @@ class UserSchema(Schema):
     role = fields.String()
     disabled = fields.Boolean()
     created_at = fields.Float()
+    permissions = fields.List(fields.String(), metadata={"description": "what the user may do beyond its role "
+                                                                        "(admins: every permission)"})
+    granted = fields.List(fields.String(), metadata={"description": "permissions an admin granted (PUT "
+                                                                    "/users/{name}/permissions/{permission})"})
 
 
 PASSWORD_RULE = "a password has at least 8 characters"
@@ -492,6 +496,9 @@ class UserBody(Schema):
 class UserPatch(Schema):
     password = fields.String(load_default=None, allow_none=False, validate=validate.Length(min=8, error=PASSWORD_RULE))
     role = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(list(ROLES)))
+    disabled = fields.Boolean(load_default=None, allow_none=False,
+                              metadata={"description": "true: the user cannot log in and its sessions and "
+                                                       "tokens stop working; false: enabled again"})
 
 
 class LoginBody(Schema):
@@ -502,6 +509,7 @@ class LoginBody(Schema):
 class MeSchema(Schema):
     name = fields.String(allow_none=True)
     role = fields.String(allow_none=True)
+    permissions = fields.List(fields.String(), metadata={"description": "e.g. submit_inline"})
     via = fields.String()
     read_only = fields.Boolean()
     csrf_token = fields.String(allow_none=True)
@@ -575,3 +583,32 @@ def _project(plan: list[tuple[str, str, Any]], obj: Any) -> dict[str, Any]:
             v = [_project(p, x) for x in v] if many else _project(p, v)
         out[key] = v
     return out
+
+
+class LockoutSchema(Schema):
+    scope = fields.String(metadata={"description": "user (an account) or address (a client address)"})
+    subject = fields.String(metadata={"description": "the user name as typed, or the address"})
+    failures = fields.Integer()
+    locked_until = fields.Float()
+    retry_after = fields.Integer(metadata={"description": "seconds until the lock ends by itself"})
+    first_failure_at = fields.Float()
+    last_failure_at = fields.Float()
+
+
+class LockoutListSchema(Schema):
+    lockouts = fields.List(fields.Nested(LockoutSchema))
+
+
+class UnlockBody(Schema):
+    username = fields.String(load_default=None, validate=validate.Length(1, 256))
+    address = fields.String(load_default=None, validate=validate.Length(1, 256))
+    reason = fields.String(load_default=None, allow_none=True)
+
+
+class UnlockedSchema(Schema):
+    scope = fields.String()
+    subject = fields.String()
+
+
+class UnlockResultSchema(Schema):
+    unlocked = fields.List(fields.Nested(UnlockedSchema))
