@@ -70,8 +70,11 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     # ignore_result: run state lives in canvasflow's own keys and nothing waits on a Celery
     # result, so the result backend write (a round trip per task) is skipped. Chords still
     # work: Celery hands a header task's return value to the chord counter either way.
+    # max_retries=None on the task: ``self.retry(max_retries=None)`` means "the task's own
+    # limit", Celery's default 3, and a step with more retries, or a settle waiting for running
+    # steps, would stop with MaxRetriesExceededError and strand its run. Steps count their own.
     @app.task(name=STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, Request=StepRequest,
-              ignore_result=True)
+              ignore_result=True, max_retries=None)
     def step(self: Task, incoming: Any, spec: Any, hdr: dict | None = None) -> Any:
         with broker.hand_back_on_outage(self):
             return steps.run_step(self, rt, incoming, spec, hdr)
@@ -80,12 +83,14 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     def merge(incoming: Any, hdr: dict) -> Any:
         return steps.merge(incoming)
 
-    @app.task(name=SETTLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    @app.task(name=SETTLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+              max_retries=None)
     def settle(self: Task, incoming: Any, hdr: dict) -> str:
         with broker.hand_back_on_outage(self):
             return str(steps.safe_settle(self, rt, app, hdr))
 
-    @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+              max_retries=None)
     def compensate(self: Task, prev: Any, spec: dict, hdr: dict) -> Any:
         with broker.hand_back_on_outage(self):
             return steps.compensate(self, rt, prev, spec, hdr)

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry, SoftTimeLimitExceeded
 
 from orchestrator import compiler, expressions
 from orchestrator.control import redispatch, run_context
@@ -198,8 +198,10 @@ def run_step(task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str
 
 def unexpected(exc: BaseException) -> bool:
     """An exception that is a failure of the step, not Celery's control flow (retry, ignore,
-    reject), a Redis outage (the message goes back, workers/broker.py) or a shutdown."""
-    return not isinstance(exc, Retry | Ignore | Reject | KeyboardInterrupt) and not is_transient(exc)
+    reject, a retry refused past max_retries: Celery's business as before), a Redis outage (the
+    message goes back, workers/broker.py) or a shutdown."""
+    return (not isinstance(exc, Retry | Ignore | Reject | MaxRetriesExceededError | KeyboardInterrupt)
+            and not is_transient(exc))
 
 
 def _text(exc: BaseException) -> str:
