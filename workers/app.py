@@ -28,7 +28,7 @@ from orchestrator.compiler import (
 from orchestrator.keys import Keys
 from orchestrator.runtime import RunState
 from orchestrator.settings import Settings
-from workers import broker
+from workers import broker, guard
 from workers import step as steps
 from workers.builtin import Builtin
 from workers.plugins import Registry
@@ -99,6 +99,13 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     def compensated(self: Task, prev: Any, hdr: dict, target: str) -> str:
         with broker.hand_back_on_outage(self):
             return str(steps.compensated(rt, prev, hdr, target))
+
+    # Every message of these tasks is checked before Celery handles it (workers/guard.py). The
+    # guard writes from the main process, with the state as it is (not patient: it must not
+    # stall the consumer; it hands the message back if Redis does not answer).
+    message_guard = guard.Guard(state, app, settings)
+    for task in (step, merge, settle, compensate, compensated):
+        task.Strategy = message_guard.strategy
 
     def publish_catalog(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is not app:

@@ -36,7 +36,7 @@ from orchestrator.definition import Definition, backoff_seconds, from_stored
 from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
-from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus
+from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus, sources_of
 from workers.context import BEGUN, FRESH, Heartbeat, StepContext
 from workers.broker import is_transient
 from workers.plugins import Registry
@@ -497,7 +497,9 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
                 ctx = run_context(run_id, int(epoch), run, defn, rt.settings)
                 compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
             return RunStatus.COMPENSATING
-        rt.state.transition(run_id, target)
+        # PENDING too: a run whose first step failed before it began (refused by the message
+        # guard, or broken on the step path) never became RUNNING.
+        rt.state.transition(run_id, target, sources=[*sources_of(target), RunStatus.PENDING])
         return target
     rt.state.transition(run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING])
     return RunStatus.COMPLETED
