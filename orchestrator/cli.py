@@ -410,8 +410,13 @@ def start_dashboard(fleet: Any) -> tuple[str, str]:
     import socket
     import urllib.request
 
+    from orchestrator.embedded import secret_key_file
+
     password = os.environ.get("CANVASFLOW_WEB_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
     os.environ["CANVASFLOW_WEB_ADMIN_PASSWORD"] = password  # Fleet copies os.environ to children
+    # The demo's own signing key, in a 0600 file of its workdir (a fleet must configure one).
+    os.environ.pop("CANVASFLOW_WEB_SECRET_KEY", None)
+    os.environ["CANVASFLOW_WEB_SECRET_KEY_FILE"] = str(secret_key_file(fleet.log_dir.parent / "web-secret.key"))
     port = int(os.environ.get("CANVASFLOW_WEB_PORT", "8080"))
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", port)) == 0:  # taken: any free port will do

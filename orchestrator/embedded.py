@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -194,3 +195,21 @@ def _tail(path: str, lines: int = 10) -> str:
     except OSError:
         return "  (no log written)"
     return "\n".join(f"  {line}" for line in text) or "  (log is empty)"
+
+
+def secret_key_file(path: str | os.PathLike[str]) -> Path:
+    """A file holding a random session signing key, readable by its owner only (0600), for the
+    demo's dashboard: made once, reused (so logins survive a restart of the same workdir)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL and the mode at creation: the key is never readable by others, not even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        if path.read_text(encoding="utf-8").strip():
+            return path
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(secrets.token_urlsafe(48) + "\n")
+    return path

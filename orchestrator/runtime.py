@@ -45,6 +45,19 @@ end
 -- batch: JSON list of [type, step, status, ts, data]. data is an object (encoded here), or the
 -- number k: its JSON text is ARGV[base + k], passed apart so that a big payload (a batch of
 -- log lines) is neither escaped into the list on the worker nor decoded here.
+-- A RUNNING step whose lease is gone lost its attempt (its worker died, or was cut off from
+-- Redis too long); a new attempt is about to take over. Say so once per lost attempt, so the
+-- audit store closes it instead of keeping it RUNNING for ever.
+local function lost_attempt(run_key, steps, stream, maxlen, run_id, step, now)
+  local n = redis.call('HGET', steps, step .. '|attempts') or '0'
+  if redis.call('HGET', steps, step .. '|lost') == n then return end
+  redis.call('HSET', steps, step .. '|lost', n)
+  emit(run_key, stream, maxlen, run_id, 'attempt_lost', step, 'LOST', now, cjson.encode({
+    attempt = tonumber(n), worker = redis.call('HGET', steps, step .. '|worker') or '',
+    task_id = redis.call('HGET', steps, step .. '|task_id') or '',
+    started_at = tonumber(redis.call('HGET', steps, step .. '|attempt_started_at') or ''),
+    reason = 'its worker stopped renewing the lease (killed, or cut off from Redis) before it finished'}))
+end
 local function emit_batch(run_key, stream, maxlen, run_id, batch, base)
   if batch == nil or batch == '' then return end
   for _, e in ipairs(cjson.decode(batch)) do
@@ -80,6 +93,13 @@ end
 if ss == 'RUNNING' then
   local holder = redis.call('GET', lease)
   if holder and holder ~= owner then return {'leased', holder} end
+  if intent ~= 'skip' and redis.call('HGET', steps, step .. '|owner') == owner then
+    -- Our own begin again (retried after its reply was lost, or our message handed back and
+    -- delivered to this process again): the same attempt, nothing recorded twice.
+    redis.call('SET', lease, owner, 'EX', ARGV[7])
+    return {'go', redis.call('HGET', steps, step .. '|attempts') or '1'}
+  end
+  lost_attempt(run_key, steps, stream, maxlen, run_id, step, now)
 end
 local halt = redis.call('HGET', run_key, 'halt')
 if intent == 'late' then
@@ -105,7 +125,8 @@ if intent == 'skip' then
 end
 local attempt = redis.call('HINCRBY', steps, step .. '|attempts', 1)
 redis.call('HSET', steps, step .. '|status', 'RUNNING', step .. '|attempt_started_at', now,
-           step .. '|worker', ARGV[10], step .. '|task_id', ARGV[9], step .. '|epoch', epoch)
+           step .. '|worker', ARGV[10], step .. '|task_id', ARGV[9], step .. '|epoch', epoch,
+           step .. '|owner', owner)
 if attempt == 1 then redis.call('HSET', steps, step .. '|started_at', now) end
 redis.call('SET', lease, owner, 'EX', ARGV[7])
 emit(run_key, stream, maxlen, run_id, 'step_started', step, 'RUNNING', now,
@@ -123,7 +144,12 @@ if not redis.call('HGET', run_key, 'status') then return 'gone' end
 local holder = redis.call('GET', lease)
 if holder and holder ~= owner then return 'lost' end
 local ss = redis.call('HGET', steps, step .. '|status')
-if ss ~= 'RUNNING' then return 'lost' end
+if ss ~= 'RUNNING' then
+  -- The same finish again (retried after its reply was lost): already done, not a second
+  -- transition.
+  if ss == status and redis.call('HGET', steps, step .. '|owner') == owner then return 'ok' end
+  return 'lost'
+end
 emit_batch(run_key, stream, maxlen, run_id, ARGV[13], 14)
 redis.call('DEL', lease)
 redis.call('RPUSH', attempts, ARGV[12])
@@ -164,9 +190,20 @@ local st = redis.call('HGET', run_key, 'status')
 if not st then return {'gone', ''} end
 if redis.call('HGET', run_key, 'epoch') ~= epoch then return {'stale', st} end
 local ss = redis.call('HGET', steps, step .. '|status')
+if (ss == status or ss == 'COMPENSATING' or ss == 'COMPENSATED')
+   and redis.call('HGET', steps, step .. '|task_id') == ARGV[14]
+   and redis.call('HGET', steps, step .. '|attempt_started_at') == started
+   and redis.call('HGET', steps, step .. '|epoch') == epoch then
+  -- This very attempt recorded already (the call retried after its reply was lost): the
+  -- start time and task id identify it; nothing is recorded twice.
+  return {'ok', redis.call('HGET', steps, step .. '|attempts'), st, redis.call('HGET', run_key, 'halt') or ''}
+end
 if ss == 'COMPLETED' or ss == 'FAILED' or ss == 'SKIPPED' or ss == 'CANCELLED'
    or ss == 'COMPENSATING' or ss == 'COMPENSATED' then return {'settled', ss} end
-if ss == 'RUNNING' and redis.call('EXISTS', lease) == 1 then return {'leased', st} end
+if ss == 'RUNNING' then
+  if redis.call('EXISTS', lease) == 1 then return {'leased', st} end
+  lost_attempt(run_key, steps, stream, maxlen, run_id, step, now)
+end
 if st == 'PENDING' then
   redis.call('HSET', run_key, 'status', 'RUNNING', 'started_at', started)
   emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', 'RUNNING', started, '{}')

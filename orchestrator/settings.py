@@ -54,6 +54,15 @@ class Settings:
     # Modules whose functions builtin.call may run on this worker ("a.b" that module, "a.*" a
     # and below; orchestrator/callallow.py). Empty: call is refused (docs/operations.md).
     call_allow: tuple[str, ...] = ()
+    # A step (start, finish, settle, the message continuing its canvas) that cannot reach Redis
+    # retries with backoff for this long; past it its message is handed back unacknowledged
+    # (workers/broker.py, docs/operations.md "Redis outages").
+    redis_retry_seconds: int = 60
+    # A worker refuses (fails the step, dead-letters the message) a message nested deeper or
+    # larger than this before running it: such a message could kill the worker process
+    # (workers/guard.py). 0 turns a check off.
+    message_max_depth: int = 200
+    message_max_bytes: int = 64 * 1024 * 1024
     # The watchdog (`canvasflow watchdog`) re-dispatches a live run that has had no lease, no
     # queued message and no event for this many seconds (docs/operations.md, "Watchdog").
     watchdog_stall_seconds: int = 120

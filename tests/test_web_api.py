@@ -280,7 +280,8 @@ def test_users_tokens_csrf_and_read_only_mode(web_app, web_fleet, admin):
     bearer = {"Authorization": f"Bearer {token}"}
     http = web_app.test_client()
     assert http.get("/api/v1/auth/me", headers=bearer).json == {"name": "tina", "role": "operator", "via": "token",
-                                                                 "read_only": False, "csrf_token": None}
+                                                                 "read_only": False, "csrf_token": None,
+                                                                 "permissions": []}
     # A Bearer request needs no CSRF token; a session request does.
     r = http.post("/api/v1/runs/ffffffffffffffff/pause", json={}, headers=bearer)
     assert r.status_code == 404

@@ -70,6 +70,8 @@ def web_app(web_fleet: WebFleet) -> Iterator[Any]:
     app.config["TESTING"] = True
     users = app.extensions["canvasflow"].users
     users.put(OPERATOR[0], password=OPERATOR[1], role="operator")
+    # The dashboard tests' operator submits inline definitions, which takes this permission.
+    users.set_permission(OPERATOR[0], "submit_inline", True)
     users.put(VIEWER[0], password=VIEWER[1], role="viewer")
     yield app
     app.extensions["canvasflow"].stop()
@@ -127,6 +129,8 @@ def start_live_server(web_fleet: WebFleet, *extra: str) -> LiveServer:
         for name, password, role in ((*OPERATOR, "operator"), (*VIEWER, "viewer")):
             s.post(f"{url}/api/v1/users", json={"name": name, "password": password, "role": role},
                    headers={"X-CSRF-Token": csrf}, timeout=10).raise_for_status()
+        s.put(f"{url}/api/v1/users/{OPERATOR[0]}/permissions/submit_inline", headers={"X-CSRF-Token": csrf},
+              timeout=10).raise_for_status()
     return server
 
 

@@ -1,6 +1,10 @@
 """The REST API under /api/v1 (flask-smorest): runs, operator actions, events, workflows,
 analytics, users and tokens. Every error is JSON: ``{"code", "status", "message"}`` plus
-``errors`` (per-field messages) on a 400 and ``current_status``/``allowed`` on a 409."""
+``errors`` (per-field messages) on a 400 and ``current_status``/``allowed`` on a 409.
+
+Every view declares who may call it with ``@auth.require(role, ...)`` or ``@auth.public(...)``
+(and ``errors=`` for the error statuses only it knows of); web/rest.py checks that before the
+arguments are parsed and documents the responses (docs/api.md, "Declaring a route")."""
 
 from __future__ import annotations
 
@@ -9,13 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flask_smorest
 import yaml
-from flask import Response, current_app, g, render_template, request, session
+from flask import Response, current_app, g, request, session
 from flask.views import MethodView
 from flask_smorest import abort
 from sqlalchemy import case, func, select
-from webargs.flaskparser import FlaskParser
 
 from orchestrator.audit import queries
 from orchestrator.audit.models import audit_log
@@ -31,10 +33,12 @@ from orchestrator.errors import (
     UnknownRun,
     UnknownWorkflow,
 )
+from web import audit as web_audit
 from web import auth, schemas
 from web.detail import dag
 from web.events import client_event
-from web.runs import RunFilter
+from web.rest import Blueprint
+from web.runs import REDIS_UNREACHABLE, RunFilter
 from web.serving import cooperate
 
 ACTION_MESSAGES = {
@@ -45,40 +49,6 @@ ACTION_MESSAGES = {
     "retry_compensation": "retrying the compensations that have not succeeded",
     "resolve": "resolved by hand",
 }
-
-
-class Parser(FlaskParser):
-    DEFAULT_VALIDATION_STATUS = 400  # the API promises 400 with per-field messages, not 422
-
-
-class Blueprint(flask_smorest.Blueprint):
-    ARGUMENTS_PARSER = Parser()
-
-
-class Api(flask_smorest.Api):
-    """JSON errors under /api, the HTML error page elsewhere."""
-
-    def handle_http_exception(self, error: Any) -> Any:
-        if not request.path.startswith("/api/"):
-            user = auth.current_user()
-            if error.code == 401:
-                from flask import redirect, url_for
-
-                return redirect(url_for("login.login", next=request.full_path.rstrip("?")))
-            return render_template("error.html", code=error.code, title=error.name,
-                                   message=(getattr(error, "data", None) or {}).get("message") or error.description,
-                                   user=user, page="error", **_shell()), error.code
-        payload, code, headers = super().handle_http_exception(error)
-        data = getattr(error, "data", None) or {}
-        payload.update(data.get("extra") or {})
-        if "message" not in payload:
-            payload["message"] = "invalid request: see errors" if code in (400, 422) else error.description
-        return payload, code, headers
-
-
-def _shell() -> dict[str, Any]:
-    ext = current_app.extensions["canvasflow"]
-    return {"read_only": ext.web.read_only}
 
 
 def ext() -> Any:
@@ -131,6 +101,7 @@ class Runs(MethodView):
                 defn = client.get_definition(body["workflow"], body["version"])
                 run = client.submit(defn, **common)
             else:
+                require_inline_permission()
                 inline = body["definition"]
                 if isinstance(inline, str):
                     inline = parse_text(inline, source="definition")
@@ -143,6 +114,22 @@ class Runs(MethodView):
             definition_error(exc)
         summary = ext().views.summary(run.id)
         return summary, 201, {"Location": f"/api/v1/runs/{run.id}"}
+
+
+INLINE_REFUSED = ("'{name}' may run registered workflows only (send \"workflow\": an id): submitting an inline "
+                  "definition runs code of the sender's choosing, and needs the submit_inline permission, which "
+                  "an admin grants (PUT /api/v1/users/{name}/permissions/submit_inline)")
+
+
+def require_inline_permission() -> None:
+    """An inline definition is a permission of its own (submit_inline): admins, and users an admin
+    granted it. The refusal is audited."""
+    user = auth.current_user()
+    assert user is not None
+    if not user.may("submit_inline"):
+        web_audit.record("submit_inline", "run", "-", {"needs": "submit_inline", "role": user.role},
+                         outcome="refused: no permission", what="the refusal was not recorded")
+        abort(403, message=INLINE_REFUSED.format(name=user.name))
 
 
 def definition_error(exc: DefinitionError, field: str = "definition") -> None:
@@ -187,19 +174,7 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 
 def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str, Any]:
-    """Check the role (auditing a refusal), run the action, map refusals to 404/409."""
-    try:
-        auth.check("operator", mutating=True)
-    except Exception:
-        user = auth.current_user()
-        if user is not None and ext().store is not None:
-            try:
-                # outcome is at most 32 characters in the audit table; the rest goes in detail.
-                ext().store.record_action(actor=user.name, action=action, target_id=run_id,
-                                          outcome=f"refused: {user.role}", detail={"needs": "operator"})
-            except StoreError:
-                pass
-        raise
+    """Run the action (the role was checked by the route's declaration), map refusals to 404/409."""
     actor = user_name()
     try:
         result = call(actor)
@@ -219,6 +194,7 @@ def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str
 
 
 @blp.route("/runs/<run_id>/pause", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="pause")
 @blp.arguments(schemas.ActionBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
 def pause(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -228,6 +204,7 @@ def pause(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 
 @blp.route("/runs/<run_id>/resume", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="resume")
 @blp.arguments(schemas.ActionBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
 def resume(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -237,6 +214,7 @@ def resume(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 
 @blp.route("/runs/<run_id>/cancel", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="cancel")
 @blp.arguments(schemas.CancelBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
 def cancel(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -246,6 +224,7 @@ def cancel(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 
 @blp.route("/runs/<run_id>/retry", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="retry")
 @blp.arguments(schemas.RetryBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
 def retry(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -267,16 +246,9 @@ def retry(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 
 @blp.route("/runs/<run_id>/resolve", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="resolve")
 @blp.arguments(schemas.ResolveBody, required=False)
 @blp.response(200, schemas.ActionResultSchema)
-@blp.doc(responses={
-    400: {"description": "bad body, or a run whose state was lost resolved without `as` and `reason`"},
-    401: {"description": "not logged in"},
-    403: {"description": "not an operator, or the CSRF token is missing (session logins)"},
-    404: {"description": "unknown run: neither Redis nor the audit store knows it"},
-    409: {"description": "the run cannot be resolved: Redis knows it and it is not COMPENSATION_FAILED, "
-                        "or it is already final (`current_status`, `allowed`)"},
-})
 def resolve(body: dict[str, Any], run_id: str) -> dict[str, Any]:
     """End a run by hand, as FAILED or CANCELLED, with a reason (audited): a COMPENSATION_FAILED
     run, or a run whose state was lost (not final in the audit store, unknown to Redis)."""
@@ -297,6 +269,7 @@ def resolve(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 
 @blp.route("/runs/<run_id>/clone", methods=["POST"])
+@auth.require("operator", mutating=True, errors=(409,), audit="clone")
 @blp.arguments(schemas.CloneBody, required=False)
 @blp.response(201, schemas.ActionResultSchema)
 def clone(body: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -326,10 +299,10 @@ def export(run_id: str) -> Response:
 def run_events(args: dict[str, Any], run_id: str) -> dict[str, Any]:
     """The run's events with seq > after, in order: what a reconnecting client missed."""
     known_run(run_id)
-    events = [client_event(e) for e in ext().details.events(run_id, args["after"], args["limit"])]
-    latest = int(ext().client.redis.hget(ext().client.keys.run(run_id), "seq") or 0)
+    events, latest, warnings = ext().details.events_or_recorded(run_id, args["after"], args["limit"])
+    events = [client_event(e) for e in events]
     return {"run": run_id, "after": args["after"], "events": events,
-            "latest_seq": max([latest] + [e["seq"] for e in events])}
+            "latest_seq": max([latest, args["after"]] + [e["seq"] for e in events]), "warnings": warnings}
 
 
 @blp.route("/runs/<run_id>/logs")
@@ -339,15 +312,16 @@ def run_events(args: dict[str, Any], run_id: str) -> dict[str, Any]:
 def run_logs(args: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Log lines of the run (or one step), oldest first; page with ``after`` = next_after."""
     known_run(run_id)
+    warnings = [] if ext().views.redis_ok() else [REDIS_UNREACHABLE]
     if ext().store is None:
-        return {"logs": [], "next_after": None}
+        return {"logs": [], "next_after": None, "next_after_line": None, "warnings": warnings}
     lines = queries.logs(ext().store, run_id, args["step"], after_seq=args["after"],
                          after_line=args["after_line"], limit=args["limit"], level=args["level"])
     out = [{"seq": x.seq, "line": x.line, "step": x.step, "ts": x.ts, "level": x.level, "message": x.message,
             "entity_tag": x.entity_tag, "entity_route": x.entity_route} for x in lines]
     more = len(out) == args["limit"]
     return {"logs": out, "next_after": out[-1]["seq"] if more else None,
-            "next_after_line": out[-1]["line"] if more else None}
+            "next_after_line": out[-1]["line"] if more else None, "warnings": warnings}
 
 
 @blp.route("/runs/<run_id>/timeline")
@@ -440,12 +414,8 @@ class Workflow(MethodView):
             defn = client.register(data)
         except DefinitionError as exc:
             definition_error(exc)
-        if ext().store is not None:
-            try:
-                ext().store.record_action(actor=user_name(), action="register", target_type="workflow",
-                                          target_id=workflow_id, detail={"version": defn.version})
-            except StoreError:
-                pass
+        web_audit.record_after("register", "workflow", workflow_id, {"version": defn.version},
+                               what=f"workflow '{workflow_id}' version {defn.version} was registered")
         return workflow_detail(defn, client.versions(workflow_id))
 
 
@@ -502,6 +472,9 @@ def analytics(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/health")
+@auth.public()
+@blp.doc(responses={200: {"description": "Redis and the audit store answer"},
+                    503: {"description": "Redis or the audit store does not answer (the same fields)"}})
 def health() -> dict[str, Any]:
     """Liveness of Redis, the audit store and the event relay (no authentication)."""
     e = ext()
@@ -537,30 +510,42 @@ def fleet() -> dict[str, Any]:
 
 
 @blp.route("/auth/login", methods=["POST"])
+@auth.public(errors=(401, 429))
 @blp.arguments(schemas.LoginBody)
 @blp.response(200, schemas.MeSchema)
 def login(body: dict[str, Any]) -> dict[str, Any]:
-    """Log in with a password: sets the session cookie; send csrf_token as X-CSRF-Token."""
-    user = auth.users().verify(body["username"], body["password"])
+    """Log in with a password: sets the session cookie; send csrf_token as X-CSRF-Token. Failed
+    logins are throttled per account and per address (429 with Retry-After)."""
+    from web import throttle
+
+    try:
+        user = throttle.attempt(body["username"], body["password"])
+    except throttle.Throttled as exc:
+        abort(429, message=exc.message, headers={"Retry-After": str(exc.retry_after)})
+        raise
     if user is None:
         abort(401, message="unknown user or wrong password")
-    session.clear()
-    session.permanent = True
-    session["user"] = user.name
-    return {**user.as_dict(), "via": "session", "read_only": ext().web.read_only, "csrf_token": auth.csrf_token()}
+    csrf = auth.start_session(user)
+    return {**user.as_dict(), "via": "session", "read_only": ext().web.read_only, "csrf_token": csrf}
 
 
 @blp.route("/auth/logout", methods=["POST"])
+@auth.public(errors=(403,))
 def logout() -> dict[str, Any]:
+    """End this browser's session; needs the session's X-CSRF-Token (so no other page can)."""
+    if session.get("user") and not auth.csrf_matches(request.headers.get("X-CSRF-Token")):
+        abort(403, message="missing or wrong X-CSRF-Token header (reload the page)")
     session.clear()
     return {"message": "logged out"}
 
 
 @blp.route("/auth/me")
+@auth.require("viewer")
 @blp.response(200, schemas.MeSchema)
 def me() -> dict[str, Any]:
     """Who the request authenticates as (401 if nobody)."""
-    user = auth.check("viewer")
+    user = auth.current_user()
+    assert user is not None
     return {**user.as_dict(), "via": g.auth_via, "read_only": ext().web.read_only,
             "csrf_token": auth.csrf_token() if g.auth_via == "session" else None}
 
@@ -575,7 +560,7 @@ class Tokens(MethodView):
         assert user is not None
         return auth.users().tokens(None if user.can("admin") else user.name)
 
-    @auth.require("viewer", mutating=True)
+    @auth.require("viewer", mutating=True, errors=(404,))
     @blp.arguments(schemas.TokenBody, required=False)
     @blp.response(201, schemas.TokenSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -588,11 +573,12 @@ class Tokens(MethodView):
             audited_check("admin", "token_create", "token", owner)
         name = body.get("name", "api")
         try:
-            token_id, token = auth.users().create_token(owner, name)
+            with web_audit.recorded(f"the token for '{owner}'"):
+                token_id, token = auth.users().create_token(owner, name, audit=lambda tid: web_audit.entry(
+                    "token_create", "token", tid, {"user": owner, "name": name}))
         except auth.AuthError as exc:
             abort(404, message=str(exc))
             raise
-        audit("token_create", "token", token_id, {"user": owner, "name": name})
         return {"id": token_id, "username": owner, "name": name, "created_at": time.time(), "token": token}
 
 
@@ -605,9 +591,11 @@ def revoke_token(token_id: str) -> None:
     assert user is not None
     mine = None if user.can("admin") else user.name
     owner = next((t["username"] for t in auth.users().tokens(mine) if t["id"] == token_id), None)
-    if owner is None or not auth.users().revoke(token_id, mine):
+    with web_audit.recorded(f"the revocation of token '{token_id}'"):
+        gone = owner is not None and auth.users().revoke(
+            token_id, mine, audit=web_audit.entry("token_revoke", "token", token_id, {"user": owner}))
+    if not gone:
         abort(404, message=f"unknown token '{token_id}'")
-    audit("token_revoke", "token", token_id, {"user": owner})
 
 
 @blp.route("/users")
@@ -618,47 +606,61 @@ class UsersView(MethodView):
         """Every user with its role (admin)."""
         return auth.users().list()
 
+    @auth.require("admin", mutating=True, errors=(409,), audit="user_create", target_type="user", target="name")
     @blp.arguments(schemas.UserBody)
     @blp.response(201, schemas.UserSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a user (or change an existing one's password / role) (admin)."""
         name = body["name"].strip()
-        audited_check("admin", "user_create", "user", name)
         existed = any(u["name"] == name for u in auth.users().list())
         if existed:
             _not_yourself(name, body["role"], "change")
         try:
-            user = auth.users().put(name, password=body["password"], role=body["role"])
+            with web_audit.recorded(f"the change of user '{name}'"):
+                user = auth.users().put(name, password=body["password"], role=body["role"], audit=web_audit.entry(
+                    "user_update" if existed else "user_create", "user", name,
+                    {"role": body["role"], "password_changed": body["password"] is not None}))
         except auth.AuthError as exc:
             abort(400, errors={"json": {"password" if "password" in str(exc) else "name": [str(exc)]}})
             raise
-        audit("user_update" if existed else "user_create", "user", user.name,
-              {"role": user.role, "password_changed": body["password"] is not None})
-        return {"name": user.name, "role": user.role, "disabled": False, "created_at": time.time()}
+        auth.restamp_session(user)
+        return auth.users().row(user.name)
 
 
 @blp.route("/users/<name>")
 class UserView(MethodView):
+    @auth.require("admin", mutating=True, errors=(409,), audit="user_update", target_type="user")
     @blp.arguments(schemas.UserPatch)
     @blp.response(200, schemas.UserSchema)
     def patch(self, body: dict[str, Any], name: str) -> dict[str, Any]:
-        """Change a user's role and/or password (admin)."""
+        """Change a user's role and/or password, or disable / enable it (admin). A password or role
+        change, or disabling, ends the user's sessions and API tokens at once."""
         audited_check("admin", "user_update", "user", name)
-        if auth.users().get(name) is None:
+        if not auth.users().exists(name):
             abort(404, message=f"unknown user '{name}'")
         _not_yourself(name, body["role"], "change")
-        user = auth.users().put(name, password=body["password"], role=body["role"])
-        audit("user_update", "user", name, {"role": user.role, "password_changed": body["password"] is not None})
-        return {"name": user.name, "role": user.role, "disabled": False, "created_at": time.time()}
+        if body.get("disabled") is True:
+            _not_yourself(name, None, "disable")
+        user: auth.User | None = None
+        with web_audit.recorded(f"the change of user '{name}'"):
+            if body["password"] is not None or body["role"] is not None:
+                user = auth.users().put(name, password=body["password"], role=body["role"], audit=web_audit.entry(
+                    "user_update", "user", name, {"role": body["role"], "password_changed": body["password"] is not None}))
+            if body.get("disabled") is not None:
+                user = auth.users().set_disabled(name, body["disabled"], audit=web_audit.entry(
+                    "user_disable" if body["disabled"] else "user_enable", "user", name, None))
+        auth.restamp_session(user)
+        return auth.users().row(name)
 
+    @auth.require("admin", mutating=True, errors=(409,), audit="user_delete", target_type="user")
     @blp.response(204)
     def delete(self, name: str) -> None:
         """Delete a user and revoke its tokens (admin)."""
-        audited_check("admin", "user_delete", "user", name)
         _not_yourself(name, None, "delete")
-        if not auth.users().delete(name):
+        with web_audit.recorded(f"the deletion of user '{name}'"):
+            gone = auth.users().delete(name, audit=web_audit.entry("user_delete", "user", name, None))
+        if not gone:
             abort(404, message=f"unknown user '{name}'")
-        audit("user_delete", "user", name, None)
 
 
 @blp.route("/audit/users")
@@ -669,7 +671,7 @@ def users_audit() -> dict[str, Any]:
     store = ext().store
     if store is None:
         return {"actions": []}
-    q = (select(audit_log).where(audit_log.c.target_type.in_(("user", "token")))
+    q = (select(audit_log).where(audit_log.c.target_type.in_(("user", "token", "address")))
          .order_by(audit_log.c.ts.desc(), audit_log.c.id.desc()).limit(100))
     try:
         with store.connect() as conn:
@@ -685,11 +687,11 @@ def users_audit() -> dict[str, Any]:
 def _not_yourself(name: str, role: str | None, what: str) -> None:
     """An admin may not delete or demote themselves: there must always be an admin left."""
     user = auth.current_user()
-    if user is not None and user.name == name and (what == "delete" or (role is not None and role != "admin")):
-        audit(f"user_{'delete' if what == 'delete' else 'update'}", "user", name, {"role": role},
-              outcome="refused: own account")
-        abort(409, message=f"you cannot {'delete' if what == 'delete' else 'demote'} your own account "
-                           "(ask another admin, so that an admin is always left)")
+    if user is not None and user.name == name and (what in ("delete", "disable") or (role is not None and role != "admin")):
+        verb = what if what in ("delete", "disable") else "demote"
+        web_audit.record(f"user_{'update' if what == 'change' else what}", "user", name, {"role": role},
+                         outcome="refused: own account", what="the refusal was not recorded")
+        abort(409, message=f"you cannot {verb} your own account (ask another admin, so that an admin is always left)")
 
 
 def audited_check(role: str, action: str, target_type: str, target_id: str) -> auth.User:
@@ -699,18 +701,9 @@ def audited_check(role: str, action: str, target_type: str, target_id: str) -> a
     except Exception:
         user = auth.current_user()
         if user is not None:
-            audit(action, target_type, target_id, {"needs": role, "role": user.role}, outcome=f"refused: {user.role}")
+            web_audit.record(action, target_type, target_id, {"needs": role, "role": user.role},
+                             outcome=f"refused: {user.role}", what="the refusal was not recorded")
         raise
-
-
-def audit(action: str, target_type: str, target_id: str, detail: dict[str, Any] | None,
-          outcome: str = "ok") -> None:
-    if ext().store is not None:
-        try:
-            ext().store.record_action(actor=user_name(), action=action, target_type=target_type,
-                                      target_id=target_id, detail=detail, outcome=outcome)
-        except StoreError:
-            pass
 
 
 def allowed_actions() -> dict[str, list[str]]:

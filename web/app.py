@@ -6,27 +6,35 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, request, url_for
+from flask import Flask, has_request_context, request, url_for
+from flask.sessions import SecureCookieSessionInterface
 from flask_socketio import SocketIO
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from orchestrator.audit.models import audit_log
 from orchestrator.audit.store import AuditStore
 from orchestrator.client import Client
 from orchestrator.errors import StoreError
 from orchestrator.settings import Settings
+from web import (
+    accounts,  # noqa: F401 - adds the permission and lockout routes to api.blp
+    auth,
+    pages,
+    rest,
+)
 from web import api as api_module
-from web import auth, pages
 from web.detail import RunDetails
 from web.events import Live
 from web.runs import RunViews
 from web.serving import async_mode
 from web.settings import WebSettings
 from web.stream import SlaMonitor, StreamTail
+from web.throttle import Throttle
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -46,6 +54,7 @@ class Services:
     users: auth.Users
     views: RunViews
     details: RunDetails
+    throttle: Throttle
     socketio: SocketIO | None = None
     server: str = "threading"  # Flask-SocketIO's async mode: gevent or threading (web/serving.py)
     live: Live | None = None
@@ -86,13 +95,23 @@ class Services:
             self.sla.stop()
 
 
-def _secret_key(client: Client, web: WebSettings) -> str:
-    """The configured key, else one random key shared by all web processes through Redis."""
-    if web.secret_key:
-        return web.secret_key
-    key = f"{client.keys.prefix}:web:secret_key"
-    client.redis.set(key, secrets.token_urlsafe(48), nx=True)
-    return client.redis.get(key).decode()
+def _forget_shared_key(client: Client) -> None:
+    """Delete the signing key that versions before 2026-12 kept in Redis (``<prefix>:web:secret_key``):
+    anyone who could read Redis forged sessions with it. Nothing reads it any more."""
+    try:
+        if client.redis.delete(f"{client.keys.prefix}:web:secret_key"):
+            log.warning("deleted the session signing key an older version kept in Redis; sessions it signed "
+                        "are no longer valid")
+    except Exception as exc:  # noqa: BLE001 - Redis may come later; the key is unused either way
+        log.info("could not check Redis for an old signing key: %s", exc)
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Session cookies are Secure when configured, and whenever the request came over HTTPS
+    (directly, or through a proxy trusted with CANVASFLOW_WEB_PROXY_FIX)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
 
 
 def _open_store(settings: Settings) -> AuditStore | None:
@@ -111,10 +130,15 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
     """The dashboard. ``start=False`` leaves the background threads to ``services.start()``."""
     settings = settings or Settings.from_env()
     web = web or WebSettings.from_env()
+    secret_key = web.signing_key()  # first: without one nothing else is worth starting
     app = Flask(__name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates"))
     client = Client(settings)
     store = _open_store(settings)
-    users = auth.Users(store.engine, store.writer) if store is not None else auth.Users(_memory_engine())
+    if store is not None:
+        users = auth.Users(store.engine, store.writer, audit_log)
+    else:
+        users = auth.Users(_memory_engine())
+    login_throttle = Throttle(users.engine, users.writer, web, users.audit_table)
     try:
         users.setup()
         if web.admin_password:
@@ -123,11 +147,18 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
         log.warning("users table not available: %s", exc)
     views = RunViews(client, store)
     services = Services(settings=settings, web=web, client=client, store=store, users=users, views=views,
-                        details=RunDetails(client, store, views))
+                        details=RunDetails(client, store, views), throttle=login_throttle)
     app.extensions["canvasflow"] = services
+    _forget_shared_key(client)
+    app.session_interface = _SessionInterface()
+    if web.proxy_fix:
+        # Before Socket.IO wraps wsgi_app, so that its handshakes see the client's scheme too.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=web.proxy_fix, x_proto=web.proxy_fix,  # type: ignore[method-assign]
+                                x_host=web.proxy_fix)
     app.config.update(
-        SECRET_KEY=_secret_key(client, web),
+        SECRET_KEY=secret_key,
         SESSION_COOKIE_NAME="canvasflow_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=web.cookie_secure,
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=web.session_hours),
         API_TITLE="canvasflow", API_VERSION="v1", OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api/v1", OPENAPI_JSON_PATH="openapi.json",
@@ -135,7 +166,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
                           "info": {"description": "canvasflow dashboard API; see docs/api.md"}},
         JSON_SORT_KEYS=False,
     )
-    api = api_module.Api(app)
+    api = rest.Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "canvasflow_session"})
     api.register_blueprint(api_module.blp)
@@ -148,6 +179,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
     def _identify() -> None:
         if not request.path.startswith("/static/"):
             auth.load_user()
+            rest.guard()  # the route's declared role, before its arguments are read
 
     @app.after_request
     def _headers(resp: Any) -> Any:
@@ -168,7 +200,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
             return url_for("static", filename=f"dist/{name}", v=version)
 
         return {"asset": asset, "frontend_missing": None if (DIST / "main.js").exists() else FRONTEND_HINT,
-                "read_only": web.read_only}
+                "read_only": web.read_only, "csrf_token": auth.csrf_token}
 
     queue: str | None = None if web.message_queue.lower() == "none" else (web.message_queue or settings.redis_url)
     cors: Any = [o.strip() for o in web.cors_origins.split(",") if o.strip()] or None

@@ -5,7 +5,14 @@ Users and tokens live in two tables of the audit store's database (``cf_web_user
 ``cf_web_tokens``), created on start if missing, so they survive restarts like the history does.
 Passwords are hashed with werkzeug.security (scrypt); API tokens are random 256-bit strings of
 which only a SHA-256 digest is kept. A browser authenticates with the login page (a signed
-session cookie, CSRF token on every mutating request); scripts send ``Authorization: Bearer``.
+session cookie, CSRF token on every mutating request, the login form and logout included); scripts
+send ``Authorization: Bearer``.
+
+Each user has a *generation*, stored with it and stamped into its sessions and tokens: changing the
+password or the role, disabling or deleting the user moves it on, so every session and token issued
+before stops working at the next request. Beyond the role, an admin may grant permissions
+(``submit_inline``: run a definition sent with the request rather than a registered workflow).
+Failed logins are throttled per account and per address (web/throttle.py).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache, wraps
+from functools import cache
 from typing import Any
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
@@ -26,6 +33,7 @@ from sqlalchemy import (
     Column,
     Double,
     Engine,
+    Integer,
     MetaData,
     String,
     Table,
@@ -34,10 +42,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from werkzeug.exceptions import HTTPException
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from web.serving import off_the_loop
-from web.settings import ROLES
+from web.settings import PERMISSIONS, ROLES
 
 metadata = MetaData()
 
@@ -56,6 +65,12 @@ users_table = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
+    # Moves on with every password, role or disabled change: sessions and tokens stamped with an
+    # older one are refused. Random at creation, so a user re-created under a deleted one's name
+    # never revives the old sessions.
+    Column("generation", Integer, nullable=False, server_default="0"),
+    # Permissions granted beyond the role, comma-separated (PERMISSIONS).
+    Column("permissions", String(200), nullable=False, server_default=""),
 )
 tokens_table = Table(
     "cf_web_tokens", metadata,
@@ -65,6 +80,7 @@ tokens_table = Table(
     Column("digest", String(64), nullable=False, unique=True),
     Column("created_at", Double, nullable=False),
     Column("last_used_at", Double),
+    Column("generation", Integer, nullable=False, server_default="0"),  # the user's, when issued
 )
 
 TOKEN_PREFIX = "cft_"
@@ -75,12 +91,38 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 class User:
     name: str
     role: str
+    permissions: frozenset[str] = frozenset()
+    generation: int = 0
 
     def can(self, role: str) -> bool:
         return ROLES.index(self.role) >= ROLES.index(role)
 
+    def may(self, permission: str) -> bool:
+        """Admins have every permission; others those an admin granted them."""
+        return self.role == "admin" or permission in self.permissions
+
+    @property
+    def effective_permissions(self) -> list[str]:
+        return [p for p in PERMISSIONS if self.may(p)]
+
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role}
+        return {"name": self.name, "role": self.role, "permissions": self.effective_permissions}
+
+
+def _perms(raw: str | None) -> frozenset[str]:
+    return frozenset(p for p in (raw or "").split(",") if p)
+
+
+def _user(row: Any) -> User:
+    return User(row.username, row.role, _perms(row.permissions), int(row.generation))
+
+
+def _new_generation() -> int:
+    return secrets.randbelow(2**30)
+
+
+def _next_generation(current: int) -> int:
+    return (int(current) + 1) % 2**31
 
 
 class AuthError(ValueError):
@@ -97,14 +139,36 @@ def _check_role(role: str) -> str:
     return role
 
 
+def check_permission(permission: str) -> str:
+    if permission not in PERMISSIONS:
+        raise AuthError(f"unknown permission {permission!r}; permissions are: {', '.join(PERMISSIONS)}")
+    return permission
+
+
+Audit = dict[str, Any]  # a row of the audit log (web/audit.py makes them), written with the change
+
+
 class Users:
     """The users and tokens tables."""
 
-    def __init__(self, engine: Engine, writer: Any = None) -> None:
+    def __init__(self, engine: Engine, writer: Any = None, audit_table: Table | None = None) -> None:
         self.engine = engine
         # SQLite: writers must take the lock up front (the store's BEGIN IMMEDIATE engine), or a
         # read-then-write transaction fails at once while a recorder writes.
         self.writer = writer if writer is not None else engine
+        # The audit log, in the same database: a change and its audit row commit together, so a
+        # change the log cannot record does not happen (None: no audit store, nothing to record).
+        self.audit_table = audit_table
+
+    def _audit(self, conn: Any, audit: Audit | None) -> None:
+        if audit is not None and self.audit_table is not None:
+            conn.execute(insert(self.audit_table).values(**audit))
+
+    def record(self, audit: Audit) -> None:
+        """Write one audit row on its own (a refusal, say)."""
+        if self.audit_table is not None:
+            with self.writer.begin() as conn:
+                self._audit(conn, audit)
 
     def setup(self) -> None:
         with self.writer.begin() as conn:
@@ -113,19 +177,37 @@ class Users:
     # -- users --------------------------------------------------------------------------------
 
     def get(self, username: str) -> User | None:
+        """The user if it exists and is not disabled."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(users_table.c.username, users_table.c.role).where(
+            row = conn.execute(select(users_table).where(
                 users_table.c.username == username, users_table.c.disabled.is_(False))).first()
-        return User(row.username, row.role) if row else None
+        return _user(row) if row else None
+
+    def exists(self, username: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(users_table.c.username).where(users_table.c.username == username)).first() \
+                is not None
 
     def list(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(users_table).order_by(users_table.c.username)).mappings().all()
-        return [{"name": r["username"], "role": r["role"], "disabled": bool(r["disabled"]),
-                 "created_at": r["created_at"]} for r in rows]
+            rows = conn.execute(select(users_table).order_by(users_table.c.username)).all()
+        return [self.describe(r) for r in rows]
 
-    def put(self, username: str, *, password: str | None = None, role: str | None = None) -> User:
-        """Create the user (password and role required) or change its password and/or role."""
+    @staticmethod
+    def describe(row: Any) -> dict[str, Any]:
+        return {"name": row.username, "role": row.role, "disabled": bool(row.disabled),
+                "created_at": row.created_at, "permissions": _user(row).effective_permissions,
+                "granted": sorted(_perms(row.permissions))}
+
+    def row(self, username: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(users_table).where(users_table.c.username == username)).first()
+        return self.describe(row) if row else None
+
+    def put(self, username: str, *, password: str | None = None, role: str | None = None,
+            audit: Audit | None = None) -> User:
+        """Create the user (password and role required) or change its password and/or role (which
+        ends its sessions and tokens)."""
         username = username.strip()
         if not username or len(username) > 200:
             raise AuthError("a user name is 1 to 200 characters")
@@ -138,26 +220,65 @@ class Users:
         pw_hash = None if password is None else off_the_loop(generate_password_hash, password)
         now = time.time()
         with self.writer.begin() as conn:
-            row = conn.execute(select(users_table.c.role).where(users_table.c.username == username)).first()
+            row = conn.execute(select(users_table).where(users_table.c.username == username)).first()
             if row is None:
                 if pw_hash is None:
                     raise AuthError(f"new user '{username}' needs a password")
+                gen = _new_generation()
                 conn.execute(insert(users_table).values(
-                    username=username, password_hash=pw_hash,
-                    role=_check_role(role or "viewer"), disabled=False, created_at=now, updated_at=now))
-                return User(username, role or "viewer")
+                    username=username, password_hash=pw_hash, role=_check_role(role or "viewer"), disabled=False,
+                    created_at=now, updated_at=now, generation=gen, permissions=""))
+                self._audit(conn, audit)
+                return User(username, role or "viewer", frozenset(), gen)
             values: dict[str, Any] = {"updated_at": now, "disabled": False}
             if pw_hash is not None:
                 values["password_hash"] = pw_hash
             if role is not None:
                 values["role"] = _check_role(role)
+            gen = int(row.generation)
+            if pw_hash is not None or (role is not None and role != row.role) or row.disabled:
+                gen = values["generation"] = _next_generation(gen)
             conn.execute(update(users_table).where(users_table.c.username == username).values(**values))
-            return User(username, role or row.role)
+            self._audit(conn, audit)
+            return User(username, role or row.role, _perms(row.permissions), gen)
 
-    def delete(self, username: str) -> bool:
+    def set_disabled(self, username: str, disabled: bool, audit: Audit | None = None) -> User | None:
+        """Disable (its sessions and tokens stop working) or enable a user; None if unknown."""
+        with self.writer.begin() as conn:
+            row = conn.execute(select(users_table).where(users_table.c.username == username)).first()
+            if row is None:
+                return None
+            gen = _next_generation(row.generation)
+            conn.execute(update(users_table).where(users_table.c.username == username).values(
+                disabled=disabled, generation=gen, updated_at=time.time()))
+            self._audit(conn, audit)
+            return User(username, row.role, _perms(row.permissions), gen)
+
+    def set_permission(self, username: str, permission: str, granted: bool, audit: Audit | None = None) -> bool:
+        """Grant or withdraw a permission; False if the user does not exist. It applies from the
+        user's next request (permissions are read on each one)."""
+        check_permission(permission)
+        with self.writer.begin() as conn:
+            row = conn.execute(select(users_table).where(users_table.c.username == username)).first()
+            if row is None:
+                return False
+            perms = set(_perms(row.permissions))
+            if granted:
+                perms.add(permission)
+            else:
+                perms.discard(permission)
+            conn.execute(update(users_table).where(users_table.c.username == username).values(
+                permissions=",".join(p for p in PERMISSIONS if p in perms), updated_at=time.time()))
+            self._audit(conn, audit)
+            return True
+
+    def delete(self, username: str, audit: Audit | None = None) -> bool:
         with self.writer.begin() as conn:
             conn.execute(delete(tokens_table).where(tokens_table.c.username == username))
-            return bool(conn.execute(delete(users_table).where(users_table.c.username == username)).rowcount)
+            gone = bool(conn.execute(delete(users_table).where(users_table.c.username == username)).rowcount)
+            if gone:
+                self._audit(conn, audit)
+            return gone
 
     def verify(self, username: str, password: str) -> User | None:
         with self.engine.connect() as conn:
@@ -166,19 +287,25 @@ class Users:
             off_the_loop(check_password_hash, _dummy_hash(), password)  # same time either way
             return None
         ok = off_the_loop(check_password_hash, row.password_hash, password)
-        return User(row.username, row.role) if ok else None
+        return _user(row) if ok else None
 
     # -- tokens -------------------------------------------------------------------------------
 
-    def create_token(self, username: str, name: str = "api") -> tuple[str, str]:
-        """A new API token for the user; returns (token id, token). Only the digest is stored."""
-        if self.get(username) is None:
-            raise AuthError(f"unknown user '{username}'")
+    def create_token(self, username: str, name: str = "api", audit: Callable[[str], Audit] | None = None
+                     ) -> tuple[str, str]:
+        """A new API token for the user; returns (token id, token). Only the digest is stored.
+        ``audit(token_id)`` gives the audit row written with it."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = secrets.token_hex(6)
         with self.writer.begin() as conn:
+            row = conn.execute(select(users_table.c.generation).where(
+                users_table.c.username == username, users_table.c.disabled.is_(False))).first()
+            if row is None:
+                raise AuthError(f"unknown user '{username}'")
             conn.execute(insert(tokens_table).values(id=token_id, username=username, name=name[:200],
-                                                     digest=_digest(token), created_at=time.time()))
+                                                     digest=_digest(token), created_at=time.time(),
+                                                     generation=row.generation))
+            self._audit(conn, audit(token_id) if audit is not None else None)
         return token_id, token
 
     def tokens(self, username: str | None = None) -> list[dict[str, Any]]:
@@ -189,22 +316,27 @@ class Users:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
-    def revoke(self, token_id: str, username: str | None = None) -> bool:
+    def revoke(self, token_id: str, username: str | None = None, audit: Audit | None = None) -> bool:
         q = delete(tokens_table).where(tokens_table.c.id == token_id)
         if username is not None:
             q = q.where(tokens_table.c.username == username)
         with self.writer.begin() as conn:
-            return bool(conn.execute(q).rowcount)
+            gone = bool(conn.execute(q).rowcount)
+            if gone:
+                self._audit(conn, audit)
+            return gone
 
     def user_for_token(self, token: str) -> User | None:
+        """The token's user, if the token exists and was issued in the user's current generation."""
         if not token.startswith(TOKEN_PREFIX):
             return None
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(users_table.c.username, users_table.c.role)
+                select(users_table)
                 .select_from(tokens_table.join(users_table, users_table.c.username == tokens_table.c.username))
-                .where(tokens_table.c.digest == _digest(token), users_table.c.disabled.is_(False))).first()
-        return User(row.username, row.role) if row else None
+                .where(tokens_table.c.digest == _digest(token), users_table.c.disabled.is_(False),
+                       tokens_table.c.generation == users_table.c.generation)).first()
+        return _user(row) if row else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,8 +348,10 @@ def users() -> Users:
     return current_app.extensions["canvasflow"].users
 
 
-def identify(authorization: str | None, session_user: str | None) -> tuple[User | None, str]:
-    """The user behind a Bearer token or a session, else the anonymous role; and how."""
+def identify(authorization: str | None, session_user: str | None,
+             session_generation: int | None = None) -> tuple[User | None, str]:
+    """The user behind a Bearer token or a session, else the anonymous role; and how. A session
+    from before the user's last password, role or disabled change is "expired"."""
     ext = current_app.extensions["canvasflow"]
     if authorization:
         scheme, _, token = authorization.partition(" ")
@@ -226,16 +360,43 @@ def identify(authorization: str | None, session_user: str | None) -> tuple[User 
         return None, "invalid"
     if session_user:
         user = ext.users.get(session_user)
-        if user is not None:
+        if user is not None and user.generation == session_generation:
             return user, "session"
+        return None, "expired"
     if ext.web.anonymous_role:
         return User("anonymous", ext.web.anonymous_role), "anonymous"
     return None, "none"
 
 
 def load_user() -> None:
-    user, via = identify(request.headers.get("Authorization"), session.get("user"))
+    user, via = identify(request.headers.get("Authorization"), session.get("user"), session.get("gen"))
+    if via == "expired":
+        session.clear()  # the browser gets a cookie without the dead login
     g.user, g.auth_via = user, via
+
+
+def start_session(user: User) -> str:
+    """Log ``user`` in on this browser: a fresh session stamped with the user's generation; returns
+    its CSRF token."""
+    session.clear()
+    session.permanent = True
+    session["user"] = user.name
+    session["gen"] = user.generation
+    return csrf_token()
+
+
+def restamp_session(user: User | None) -> None:
+    """After an admin changed their own account from this session, keep this session alive (the
+    change ended every other one)."""
+    me = current_user()
+    if user is not None and me is not None and g.get("auth_via") == "session" and me.name == user.name:
+        session["gen"] = user.generation
+
+
+def csrf_matches(sent: str | None) -> bool:
+    """The sent token equals this session's; never when either is missing or empty."""
+    expected = str(session.get("csrf") or "")
+    return bool(sent) and bool(expected) and hmac.compare_digest(str(sent), expected)
 
 
 def current_user() -> User | None:
@@ -252,27 +413,101 @@ def _refuse(code: int, message: str) -> Any:
     abort(code, message=message)
 
 
-def require(role: str = "viewer", *, mutating: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Guard an API view: 401 without a user, 403 for a lesser role or a read-only dashboard,
-    403 for a session request without the CSRF token."""
+@dataclass(frozen=True)
+class Access:
+    """What a route declares (``require`` / ``public``); ``rest.guard`` enforces it."""
 
+    role: str | None  # None: public
+    mutating: bool = False
+    errors: tuple[int, ...] = ()  # error statuses only the route itself knows of (OpenAPI)
+    audit: str | None = None  # action written to the audit log when a known user is refused
+    target_type: str = "run"
+    target: str | None = None  # JSON body field naming the target when the path names none
+
+
+ACCESS = "_cf_access"
+
+
+def _declare(access: Access) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            check(role, mutating=mutating)
-            return fn(*args, **kwargs)
-
-        wrapper._cf_role = role  # type: ignore[attr-defined]  # the OpenAPI notes read it
-        return wrapper
+        setattr(fn, ACCESS, access)
+        # flask-smorest's doc info (copied by its decorators, whichever side of them this is)
+        fn._apidoc = {**getattr(fn, "_apidoc", {}),  # type: ignore[attr-defined]
+                      "access": {"role": access.role, "mutating": access.mutating, "errors": access.errors}}
+        return fn
 
     return deco
+
+
+def require(role: str = "viewer", *, mutating: bool = False, errors: tuple[int, ...] = (), audit: str | None = None,
+            target_type: str = "run", target: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare the role an API view needs; ``rest.guard`` checks it before the view's arguments
+    are parsed: 401 without a user, 403 for a lesser role, a read-only dashboard (``mutating``) or
+    a session request without the CSRF token. ``errors``: the other error statuses the view
+    answers (documented in the OpenAPI). ``audit``: write a refusal of a known user to the audit
+    log as this action, on the path's first parameter (or the body field ``target``)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    return _declare(Access(role, mutating, tuple(errors), audit, target_type, target))
+
+
+def public(*, errors: tuple[int, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare an API view that anyone may call (login, health); ``errors`` as for ``require``."""
+    return _declare(Access(None, False, tuple(errors)))
+
+
+def handler_of(endpoint: str | None, method: str) -> Callable[..., Any] | None:
+    """The function that serves ``method`` on ``endpoint`` (a MethodView's method or the view)."""
+    view = current_app.view_functions.get(endpoint) if endpoint else None
+    cls = getattr(view, "view_class", None)
+    if cls is not None:
+        name = "get" if method == "HEAD" else method.lower()
+        return getattr(cls, name, None)
+    return view
+
+
+def access_of(handler: Callable[..., Any] | None) -> Access | None:
+    return getattr(handler, ACCESS, None)
+
+
+def enforce(handler: Callable[..., Any]) -> None:
+    """Check the handler's declared access; a refusal of a known user is audited if declared."""
+    access = access_of(handler)
+    if access is None or access.role is None or request.method == "OPTIONS":
+        return
+    try:
+        check(access.role, mutating=access.mutating)
+    except HTTPException:
+        user = current_user()
+        if user is not None and access.audit:
+            _audit_refusal(access, user)
+        raise
+
+
+def _audit_refusal(access: Access, user: User) -> None:
+    store = current_app.extensions["canvasflow"].store
+    if store is None:
+        return
+    args = request.view_args or {}
+    target = next(iter(args.values()), None)
+    if target is None and access.target:
+        body = request.get_json(silent=True)
+        target = body.get(access.target) if isinstance(body, dict) else None
+    # outcome is at most 32 characters in the audit table; the rest goes in detail.
+    store.record_action(actor=user.name, action=access.audit, target_type=access.target_type,
+                        target_id=str(target if target is not None else "")[:200],
+                        outcome=f"refused: {user.role}", detail={"needs": access.role, "role": user.role})
 
 
 def check(role: str, *, mutating: bool = False) -> User:
     user = current_user()
     if user is None:
         if g.get("auth_via") == "token":
-            _refuse(401, "invalid or revoked API token")
+            _refuse(401, "invalid or revoked API token (tokens end when their user's password or role changes, "
+                         "or the user is disabled or deleted)")
+        if g.get("auth_via") == "expired":
+            _refuse(401, "your session ended (your password or role changed, or your account was disabled): "
+                         "log in again")
         _refuse(401, "authentication required: log in, or send Authorization: Bearer <token>")
         raise AssertionError  # abort raised
     if mutating and current_app.extensions["canvasflow"].web.read_only:
@@ -280,10 +515,15 @@ def check(role: str, *, mutating: bool = False) -> User:
     if not user.can(role):
         _refuse(403, f"'{user.name}' is a {user.role}; this needs the {role} role")
     if mutating and g.get("auth_via") == "session" and request.method not in SAFE_METHODS:
-        sent = request.headers.get("X-CSRF-Token", "")
-        if not sent or not hmac.compare_digest(sent, str(session.get("csrf", ""))):
+        if not csrf_matches(request.headers.get("X-CSRF-Token")):
             _refuse(403, "missing or wrong X-CSRF-Token header (reload the page)")
     return user
+
+
+def check_permission_of(user: User, permission: str, message: str) -> None:
+    """403 with ``message`` unless the user has the permission (admins have them all)."""
+    if not user.may(permission):
+        _refuse(403, message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,26 +541,33 @@ def _safe_next(target: str | None) -> str:
 
 @login_pages.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    error = None
+    from web import throttle
+
+    error, status, headers = None, 200, {}
     if request.method == "POST":
-        form_csrf = request.form.get("csrf", "")
-        if not hmac.compare_digest(form_csrf, str(session.get("csrf", ""))):
-            error = "The form expired; please try again."
+        # Login CSRF: without this check a page elsewhere could log the browser in as the
+        # attacker's account. The token comes from the session that GET /login started.
+        if not csrf_matches(request.form.get("csrf")):
+            error, status = "The form expired or was not sent from this page; please try again.", 400
         else:
-            user = users().verify(request.form.get("username", ""), request.form.get("password", ""))
-            if user is None:
-                error = "Unknown user or wrong password."
+            try:
+                user = throttle.attempt(request.form.get("username", ""), request.form.get("password", ""))
+            except throttle.Throttled as exc:
+                error, status, headers = exc.message, 429, {"Retry-After": str(exc.retry_after)}
             else:
-                session.clear()
-                session.permanent = True
-                session["user"] = user.name
-                csrf_token()
-                return redirect(_safe_next(request.args.get("next")))
+                if user is None:
+                    error, status = "Unknown user or wrong password.", 401
+                else:
+                    start_session(user)
+                    return redirect(_safe_next(request.args.get("next")))
     return render_template("login.html", error=error, csrf=csrf_token(), page="login",
-                           next=request.args.get("next", "")), (401 if error else 200)
+                           next=request.args.get("next", "")), status, headers
 
 
-@login_pages.route("/logout", methods=["POST", "GET"])
+@login_pages.route("/logout", methods=["POST"])
 def logout() -> Any:
+    """Log out (POST with the form's CSRF token, so that no other page can log the browser out)."""
+    if session.get("user") and not csrf_matches(request.form.get("csrf") or request.headers.get("X-CSRF-Token")):
+        abort(403, message="missing or wrong CSRF token: log out with the dashboard's Log out button")
     session.clear()
     return redirect(url_for("login.login"))

@@ -22,7 +22,7 @@ from orchestrator.client import Client
 from orchestrator.definition import Definition, from_stored
 from orchestrator.errors import CanvasflowError, StoreError, UnknownRun
 from orchestrator.export import TRACE_FORMAT, export_run
-from web.runs import LIVE_FIELDS, RunViews, hot_base, summarize
+from web.runs import LIVE_FIELDS, REDIS_DOWN, REDIS_UNREACHABLE, RunViews, hot_base, summarize
 from web.serving import cooperate
 from web.stream import run_events
 
@@ -221,7 +221,13 @@ class RunDetails:
                 "meta": {"inputs": d.inputs or {}, "resolved_by": None, "epoch": None}, "source": "audit"}
 
     def _load(self, run_id: str) -> dict[str, Any]:
-        return self._hot(run_id) or self._recorded(run_id)
+        try:
+            hot = self._hot(run_id)
+        except REDIS_DOWN:
+            if self.store is None:
+                raise  # nothing to fall back on: the API answers 503
+            return {**self._recorded(run_id), "warnings": [REDIS_UNREACHABLE]}
+        return hot or self._recorded(run_id)
 
     def _sql_progress(self, run_id: str) -> dict[str, dict[str, Any]]:
         if self.store is None:
@@ -250,7 +256,7 @@ class RunDetails:
         src = self._load(run_id)
         cooperate()
         now = time.time()
-        warnings: list[str] = []
+        warnings: list[str] = list(src.get("warnings", ()))
         logs: list[dict[str, Any]] = []
         logs_total = 0
         try:
@@ -337,9 +343,29 @@ class RunDetails:
     def events(self, run_id: str, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
         return run_events(self.client.redis, self.client.keys, self.store, run_id, after, limit)
 
+    def events_or_recorded(self, run_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], int, list[str]]:
+        """(events after ``after``, the run's latest seq, warnings): with Redis unreachable, the
+        events the audit store recorded (the newest may be missing, and a warning says so)."""
+        try:
+            events = self.events(run_id, after, limit)
+            latest = int(self.client.redis.hget(self.client.keys.run(run_id), "seq") or 0)
+            return events, latest, []
+        except REDIS_DOWN:
+            if self.store is None:
+                raise
+        events = queries.events_after(self.store, run_id, after, limit=limit)
+        for e in events:
+            e["step"] = e["step"] or None
+            e["status"] = e["status"] or None
+        return events, 0, [REDIS_UNREACHABLE]
+
     def exists(self, run_id: str) -> bool:
-        if self.client.state.status(run_id) is not None:
-            return True
+        try:
+            if self.client.state.status(run_id) is not None:
+                return True
+        except REDIS_DOWN:
+            if self.store is None:
+                raise
         if self.store is None:
             return False
         try:

@@ -32,7 +32,7 @@ from orchestrator.fleet_inspect import (
     queue_lengths,
 )
 from web import auth
-from web.api import Blueprint
+from web.rest import Blueprint
 
 blp = Blueprint("inspect", __name__, url_prefix="/api/v1/inspect",
                 description="Fleet inspection: workers, tasks, queues (Flower parity)")
@@ -189,7 +189,7 @@ class WorkerAction(Schema):
 
 @blp.route("/workers/<name>/<action>", methods=["POST"])
 @blp.arguments(WorkerAction)
-@auth.require("operator", mutating=True)
+@auth.require("operator", mutating=True, errors=(409, 504), audit="worker_action", target_type="worker")
 def worker_action(body: dict[str, Any], name: str, action: str) -> dict[str, Any]:
     """Remote control (operator): pool_grow, pool_shrink, pool_restart, autoscale (min, max),
     add_consumer / cancel_consumer (queue), rate_limit (task, rate), time_limit (task, soft, hard),
@@ -216,7 +216,7 @@ def worker_action(body: dict[str, Any], name: str, action: str) -> dict[str, Any
 
 
 @blp.route("/workers/<name>", methods=["DELETE"])
-@auth.require("operator", mutating=True)
+@auth.require("operator", mutating=True, errors=(409,))
 def forget_worker(name: str) -> dict[str, Any]:
     """Forget an offline worker (purge it from the list); an online one is refused (409)."""
     rows = {w["name"]: w for w in fleet().workers(live=False)}
@@ -261,7 +261,7 @@ def _num(name: str) -> float | None:
 
 
 @blp.route("/tasks")
-@auth.require("viewer")
+@auth.require("viewer", errors=(400,))
 def list_tasks() -> dict[str, Any]:
     """Task history, newest first. Filters: state (repeatable or comma-separated), worker, name,
     run, received_after / received_before (unix seconds); q: ``field:value`` terms (name, state,

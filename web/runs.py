@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from sqlalchemy import Select, and_, case, func, or_, select, tuple_
 
 from orchestrator.audit.models import run_tags, runs, steps
@@ -41,6 +42,9 @@ LIVE_FIELDS = ("status", "workflow", "version", "name", "created_at", "started_a
                "settled", "priority", "tags", "triggered_by", "trigger_type", "sla_seconds", "error",
                "failed_step", "seq", "cloned_from")
 MERGE_WINDOW = 500  # unrecorded newest runs looked at on a first page
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+REDIS_UNREACHABLE = ("Redis is unreachable: this is the audit store's record, which may be stale "
+                     "(live status, the newest runs and events not yet recorded are missing)")
 
 # Server-side filter of a run's step hash: only the steps running right now, not their outputs.
 _CURRENT_STEPS = """
@@ -213,6 +217,13 @@ class RunViews:
 
     # -- hot state ----------------------------------------------------------------------------
 
+    def redis_ok(self) -> bool:
+        try:
+            self.r.ping()
+        except REDIS_DOWN:
+            return False
+        return True
+
     def hot(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Live fields of each run still in Redis, with its current steps; one round trip each way."""
         ids = list(dict.fromkeys(run_ids))
@@ -262,7 +273,11 @@ class RunViews:
             page.warnings.append(f"audit store unavailable, showing live runs only: {exc}")
             return page
         cooperate()  # each part below is a few ms of Python for a page of 50: let the relay in between
-        hot = self.hot([r["id"] for r in rows])
+        warnings: list[str] = []
+        try:
+            hot = self.hot([r["id"] for r in rows])
+        except REDIS_DOWN:
+            hot, warnings = {}, [REDIS_UNREACHABLE]
         cooperate()
         bases = []
         for row in rows:
@@ -271,8 +286,10 @@ class RunViews:
                 bases.append({**row, **{k: v for k, v in h.items() if v not in (None, "")}})
             else:
                 # Not final in SQL and unknown to Redis: its hot state was lost (orchestrator/lost.py).
-                bases.append({**row, **counts.get(row["id"], {}), "state_lost": row["status"] not in FINAL})
-        if cursor is None and flt.until is None:
+                # While Redis is unreachable nothing can be said about it, so it is not flagged.
+                lost = not warnings and row["status"] not in FINAL
+                bases.append({**row, **counts.get(row["id"], {}), "state_lost": lost})
+        if cursor is None and flt.until is None and not warnings:
             seen = {b["id"] for b in bases}
             extra = self._unrecorded(newest, flt, now, seen)
             if extra:
@@ -282,7 +299,7 @@ class RunViews:
         cooperate()
         items = [summarize(b, now) for b in bases]
         nxt = encode_cursor(bases[-1]["created_at"], bases[-1]["id"]) if more and bases else None
-        return RunPage(items, nxt)
+        return RunPage(items, nxt, warnings=warnings)
 
     def _sql_query(self, flt: RunFilter, now: float) -> Select[Any]:
         q = select(runs)

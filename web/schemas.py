@@ -4,6 +4,7 @@ messages) and response shapes (they drive the OpenAPI document at /api/v1/openap
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
@@ -15,21 +16,40 @@ RUN_STATUSES = ("PENDING", "RUNNING", "PAUSING", "PAUSED", "CANCELLING", "CANCEL
                 "COMPLETED", "FAILED", "COMPENSATION_FAILED")
 
 
-class Timestamp(fields.Field):
-    """Unix seconds, or an ISO 8601 date/time (UTC unless it says otherwise)."""
+MAX_SEQ = 2**63 - 1  # sequence numbers are SQL BIGINTs: a larger "after" is a 400, not an overflow
+SEQ_RANGE = validate.Range(0, MAX_SEQ, error=f"a sequence number: 0 to {MAX_SEQ}")
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+# What a Timestamp accepts, exactly (the OpenAPI pattern and the check are this one expression):
+# empty (no bound), unix seconds, or an ISO 8601 date or date-time with an optional offset.
+_DAY = r"((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-9]))"
+_TIME = r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?"
+TIMESTAMP_PATTERN = rf"^(|-?[0-9]{{1,12}}(\.[0-9]{{1,9}})?|[1-9][0-9]{{3}}-{_DAY}{_TIME})$"
+_TIMESTAMP_RE = re.compile(TIMESTAMP_PATTERN)
+
+
+class Timestamp(fields.Field):
+    """Unix seconds, or an ISO 8601 date/time (UTC unless it says otherwise); empty means none."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        meta = {"type": "string", "pattern": TIMESTAMP_PATTERN, **kwargs.pop("metadata", {})}
+        super().__init__(allow_none=True, metadata=meta, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        text = str(value).strip()
+        text = str(value)
+        if not _TIMESTAMP_RE.match(text):
+            raise ValidationError("expected unix seconds or an ISO 8601 date like 2026-01-31T12:00:00Z")
+        if not text:
+            return None
         try:
             return float(text)
         except ValueError:
             pass
         try:
             when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValidationError("expected unix seconds or an ISO 8601 date like 2026-01-31T12:00:00Z") from None
+        except ValueError as exc:  # 29 February of a year that has none
+            raise ValidationError(f"not a date: {exc}") from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.UTC)
         return when.timestamp()
@@ -44,6 +64,26 @@ def _split_lists(data: Any, names: tuple[str, ...]) -> Any:
         if k in out:
             out[k] = [p.strip() for v in out[k] for p in str(v).split(",") if p.strip()]
     return out
+
+
+class ProblemSchema(Schema):
+    path = fields.String(metadata={"description": "where, e.g. steps[1].depends_on[0]"})
+    message = fields.String()
+
+
+class ErrorSchema(Schema):
+    """Every error under /api: code, status and message, and what else the status explains."""
+
+    code = fields.Integer()
+    status = fields.String()
+    message = fields.String()
+    errors = fields.Dict(metadata={"description": "400: {\"query\"|\"json\": {field: [messages]}}"})
+    problems = fields.List(fields.Nested(ProblemSchema),
+                           metadata={"description": "400 on an invalid definition: every problem with its path"})
+    current_status = fields.String(allow_none=True, metadata={"description": "409: the run's status now"})
+    allowed = fields.List(fields.String(), metadata={"description": "409: the statuses the action is allowed in"})
+    action = fields.String(metadata={"description": "409: the action refused"})
+    reply = fields.Raw(metadata={"description": "409 of a worker action: the worker's reply"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +177,7 @@ class RunListSchema(Schema):
 
 
 class DetailArgs(Schema):
-    steps_offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    steps_offset = fields.Integer(load_default=0, validate=validate.Range(0, MAX_SEQ))
     steps_limit = fields.Integer(load_default=100, validate=validate.Range(1, 2000))
     log_limit = fields.Integer(load_default=200, validate=validate.Range(0, 5000))
 
@@ -268,25 +308,32 @@ class ActionResultSchema(Schema):
     run = fields.Nested(RunSummarySchema, allow_none=True)
 
 
+def _one_of(*names: str) -> dict[str, Any]:
+    """OpenAPI for "exactly one of these fields" (marshmallow states it in a validates_schema)."""
+    return {"oneOf": [{"required": [n]} for n in names]}
+
+
 class SubmitBody(Schema):
-    workflow = fields.String(load_default=None, metadata={"description": "a registered workflow id"})
-    version = fields.String(load_default=None)
-    definition = fields.Raw(load_default=None,
-                            metadata={"description": "an inline definition: an object, or YAML/JSON text"})
+    workflow = fields.String(load_default=None, allow_none=False, validate=validate.Length(min=1),
+                             metadata={"description": "a registered workflow id"})
+    version = fields.String(load_default=None, allow_none=False)
+    definition = fields.Raw(load_default=None, allow_none=False, metadata={
+        "description": "an inline definition: an object, or YAML/JSON text",
+        "oneOf": [{"type": "object"}, {"type": "string"}]})
     inputs = fields.Dict(load_default=dict)
-    priority = fields.String(load_default=None, validate=validate.OneOf(["high", "normal", "low"]))
+    priority = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(["high", "normal", "low"]))
     tags = fields.List(fields.String(validate=validate.Length(1, 200)), load_default=list)
 
     @validates_schema
     def one_source(self, data: dict[str, Any], **_: Any) -> None:
-        if bool(data.get("workflow")) == (data.get("definition") is not None):
+        if (data.get("workflow") is not None) == (data.get("definition") is not None):
             raise ValidationError("give either workflow (a registered id) or definition (inline)", "workflow")
         if data.get("definition") is not None and not isinstance(data["definition"], (dict, str)):
             raise ValidationError("an object or YAML/JSON text", "definition")
 
 
 class EventsArgs(Schema):
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0),
+    after = fields.Integer(load_default=0, validate=SEQ_RANGE,
                            metadata={"description": "the last seq the client has applied"})
     limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10_000))
 
@@ -306,13 +353,14 @@ class EventListSchema(Schema):
     after = fields.Integer()
     events = fields.List(fields.Nested(EventSchema))
     latest_seq = fields.Integer()
+    warnings = fields.List(fields.String(), metadata={"description": "e.g. Redis unreachable: recorded events only"})
 
 
 class LogArgs(Schema):
     step = fields.String(load_default=None)
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    after = fields.Integer(load_default=0, validate=SEQ_RANGE)
     # A log event carries a batch of lines: (after, after_line) is the last line read.
-    after_line = fields.Integer(load_default=None, validate=validate.Range(min=0))
+    after_line = fields.Integer(load_default=None, validate=SEQ_RANGE)
     limit = fields.Integer(load_default=500, validate=validate.Range(1, 5000))
     level = fields.String(load_default=None, validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]))
 
@@ -321,6 +369,7 @@ class LogListSchema(Schema):
     logs = fields.List(fields.Nested(LogSchema))
     next_after = fields.Integer(allow_none=True)
     next_after_line = fields.Integer(allow_none=True)
+    warnings = fields.List(fields.String(), metadata={"description": "e.g. Redis unreachable: may be stale"})
 
 
 class BarSchema(Schema):
@@ -384,13 +433,18 @@ class WorkflowDetailSchema(WorkflowSummarySchema):
 
 
 class WorkflowPutBody(Schema):
-    yaml = fields.String(load_default=None, metadata={"description": "the definition as YAML (or JSON) text"})
-    definition = fields.Dict(load_default=None, metadata={"description": "the definition as an object"})
+    yaml = fields.String(load_default=None, allow_none=False,
+                         metadata={"description": "the definition as YAML (or JSON) text"})
+    definition = fields.Dict(load_default=None, allow_none=False, metadata={"description": "the definition as an object"})
 
     @validates_schema
     def one_form(self, data: dict[str, Any], **_: Any) -> None:
         if (data.get("yaml") is None) == (data.get("definition") is None):
             raise ValidationError("give either yaml (text) or definition (an object)", "yaml")
+
+
+# Schema-level OpenAPI that marshmallow fields cannot say, by component name (web/rest.py adds it).
+OPENAPI_EXTRAS = {"SubmitBody": _one_of("workflow", "definition"), "WorkflowPutBody": _one_of("yaml", "definition")}
 
 
 class AnalyticsArgs(Schema):
@@ -418,20 +472,33 @@ class UserSchema(Schema):
     role = fields.String()
     disabled = fields.Boolean()
     created_at = fields.Float()
+    permissions = fields.List(fields.String(), metadata={"description": "what the user may do beyond its role "
+                                                                        "(admins: every permission)"})
+    granted = fields.List(fields.String(), metadata={"description": "permissions an admin granted (PUT "
+                                                                    "/users/{name}/permissions/{permission})"})
 
 
 PASSWORD_RULE = "a password has at least 8 characters"
 
 
+# A user name has no surrounding white space (the handler once stripped it, refusing "  " late).
+USER_NAME = validate.Regexp(r"^\S(.*\S)?$", error="1 to 200 characters, not starting or ending with a space")
+
+
 class UserBody(Schema):
-    name = fields.String(required=True, validate=validate.Length(1, 200))
-    password = fields.String(load_default=None, validate=validate.Length(min=8, error=PASSWORD_RULE))
-    role = fields.String(load_default=None, validate=validate.OneOf(list(ROLES)))
+    name = fields.String(required=True, validate=[validate.Length(1, 200), USER_NAME])
+    password = fields.String(required=True, validate=validate.Length(min=8, error=PASSWORD_RULE),
+                             metadata={"description": "required: POST creates (or resets) a user; "
+                                                      "PATCH /users/{name} changes only the role"})
+    role = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(list(ROLES)))
 
 
 class UserPatch(Schema):
-    password = fields.String(load_default=None, validate=validate.Length(min=8, error=PASSWORD_RULE))
-    role = fields.String(load_default=None, validate=validate.OneOf(list(ROLES)))
+    password = fields.String(load_default=None, allow_none=False, validate=validate.Length(min=8, error=PASSWORD_RULE))
+    role = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(list(ROLES)))
+    disabled = fields.Boolean(load_default=None, allow_none=False,
+                              metadata={"description": "true: the user cannot log in and its sessions and "
+                                                       "tokens stop working; false: enabled again"})
 
 
 class LoginBody(Schema):
@@ -442,6 +509,7 @@ class LoginBody(Schema):
 class MeSchema(Schema):
     name = fields.String(allow_none=True)
     role = fields.String(allow_none=True)
+    permissions = fields.List(fields.String(), metadata={"description": "e.g. submit_inline"})
     via = fields.String()
     read_only = fields.Boolean()
     csrf_token = fields.String(allow_none=True)
@@ -515,3 +583,32 @@ def _project(plan: list[tuple[str, str, Any]], obj: Any) -> dict[str, Any]:
             v = [_project(p, x) for x in v] if many else _project(p, v)
         out[key] = v
     return out
+
+
+class LockoutSchema(Schema):
+    scope = fields.String(metadata={"description": "user (an account) or address (a client address)"})
+    subject = fields.String(metadata={"description": "the user name as typed, or the address"})
+    failures = fields.Integer()
+    locked_until = fields.Float()
+    retry_after = fields.Integer(metadata={"description": "seconds until the lock ends by itself"})
+    first_failure_at = fields.Float()
+    last_failure_at = fields.Float()
+
+
+class LockoutListSchema(Schema):
+    lockouts = fields.List(fields.Nested(LockoutSchema))
+
+
+class UnlockBody(Schema):
+    username = fields.String(load_default=None, validate=validate.Length(1, 256))
+    address = fields.String(load_default=None, validate=validate.Length(1, 256))
+    reason = fields.String(load_default=None, allow_none=True)
+
+
+class UnlockedSchema(Schema):
+    scope = fields.String()
+    subject = fields.String()
+
+
+class UnlockResultSchema(Schema):
+    unlocked = fields.List(fields.Nested(UnlockedSchema))

@@ -28,6 +28,7 @@ from orchestrator.compiler import (
 from orchestrator.keys import Keys
 from orchestrator.runtime import RunState
 from orchestrator.settings import Settings
+from workers import broker
 from workers import step as steps
 from workers.builtin import Builtin
 from workers.plugins import Registry
@@ -40,13 +41,17 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     """A Celery app with canvasflow's tasks registered and the plugin catalog published."""
     settings = settings or Settings.from_env()
     app = create_celery(settings)
+    app.conf.update(broker.worker_celery_options(settings))
     registry = registry or Registry.discover(extra={"builtin": Builtin})
     if "builtin" in registry.names():
         registry.configure("builtin", call_allow=settings.call_allow)
     keys = Keys(settings.key_prefix)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
-    state = RunState(client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen)
-    rt = steps.Runtime(state, registry, settings)
+    # The catalog and liveness writes run in the worker's main process: they must not wait
+    # through an outage. The step path's own client does (broker.Patient).
+    step_client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
+    state = RunState(step_client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen)
+    rt = steps.Runtime(broker.Patient(state, settings.redis_retry_seconds), registry, settings)  # type: ignore[arg-type]
 
     class StepRequest(Request):
         """Celery's request, plus canvasflow's recovery when a step is killed at its hard limit."""
@@ -68,7 +73,8 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     @app.task(name=STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, Request=StepRequest,
               ignore_result=True)
     def step(self: Task, incoming: Any, spec: Any, hdr: dict | None = None) -> Any:
-        return steps.run_step(self, rt, incoming, spec, hdr)
+        with broker.hand_back_on_outage(self):
+            return steps.run_step(self, rt, incoming, spec, hdr)
 
     @app.task(name=MERGE_TASK, ignore_result=True)
     def merge(incoming: Any, hdr: dict) -> Any:
@@ -76,15 +82,18 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
 
     @app.task(name=SETTLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def settle(self: Task, incoming: Any, hdr: dict) -> str:
-        return str(steps.settle(self, rt, app, hdr))
+        with broker.hand_back_on_outage(self):
+            return str(steps.safe_settle(self, rt, app, hdr))
 
     @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def compensate(self: Task, prev: Any, spec: dict, hdr: dict) -> Any:
-        return steps.compensate(self, rt, prev, spec, hdr)
+        with broker.hand_back_on_outage(self):
+            return steps.compensate(self, rt, prev, spec, hdr)
 
-    @app.task(name=COMPENSATED_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-    def compensated(prev: Any, hdr: dict, target: str) -> str:
-        return str(steps.compensated(rt, prev, hdr, target))
+    @app.task(name=COMPENSATED_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def compensated(self: Task, prev: Any, hdr: dict, target: str) -> str:
+        with broker.hand_back_on_outage(self):
+            return str(steps.compensated(rt, prev, hdr, target))
 
     def publish_catalog(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is not app:

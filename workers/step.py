@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 from orchestrator import compiler, expressions
 from orchestrator.control import redispatch, run_context
@@ -36,8 +36,9 @@ from orchestrator.definition import Definition, backoff_seconds, from_stored
 from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
-from orchestrator.states import RunStatus, StepStatus
+from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus
 from workers.context import BEGUN, FRESH, Heartbeat, StepContext
+from workers.broker import is_transient
 from workers.plugins import Registry
 from workers.watch import ControlWatch
 
@@ -54,7 +55,10 @@ class Runtime:
         self.settings = settings
         self.lease_ttl = settings.lease_ttl
         self.hard_timeout_grace = settings.hard_timeout_grace
-        self.heartbeat = Heartbeat(state, self.lease_ttl, settings.fast_step_begin_ms / 1000)
+        # The heartbeat loops anyway: it takes the state as it is, not the patient stand-in
+        # (workers/broker.py) that retries each call through a Redis outage.
+        self.heartbeat = Heartbeat(getattr(state, "target", state), self.lease_ttl,
+                                   settings.fast_step_begin_ms / 1000)
         self.fast_steps = settings.fast_steps
         self.watch = ControlWatch(state.r, state.keys)
         self.watch.listen(self.heartbeat.on_control)
@@ -179,11 +183,75 @@ def run_step(task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str
         known = _run_step(task, rt, incoming, spec, hdr)
     except Ignore:
         if spec.get("settle"):
-            settle(task, rt, task.app, hdr)  # a redelivered copy: its first may have died before settling
+            safe_settle(task, rt, task.app, hdr)  # a redelivered copy: its first may have died before settling
         raise
+    except BaseException as exc:
+        if not unexpected(exc):
+            raise
+        # Whatever broke (a template result too big to encode, a bug, a bad record), the step
+        # fails with the error and the run goes on to its end: never a stranded run.
+        known = fail_step(task, rt, spec, hdr, merge(incoming), exc)
     if spec.get("settle"):
-        settle(task, rt, task.app, hdr)
+        safe_settle(task, rt, task.app, hdr)
     return known
+
+
+def unexpected(exc: BaseException) -> bool:
+    """An exception that is a failure of the step, not Celery's control flow (retry, ignore,
+    reject), a Redis outage (the message goes back, workers/broker.py) or a shutdown."""
+    return not isinstance(exc, Retry | Ignore | Reject | KeyboardInterrupt) and not is_transient(exc)
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ raises: its type must do
+        text = ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 2000 else text[:2000] + "…"
+
+
+def fail_step(task: Task, rt: Runtime, spec: Mapping[str, Any], hdr: Mapping[str, Any],
+              known: dict[str, list[Any]], exc: BaseException) -> dict[str, list[Any]]:
+    """Record ``exc``, raised on the step path outside the plugin, as the step's failure (if the
+    step is not settled already) and return the outcome that flows on."""
+    run_id, sid, epoch = hdr["run"], spec["id"], int(hdr["epoch"])
+    error = f"step '{sid}' failed on worker {HOST} outside its plugin: {_text(exc)}"
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-16384:]
+    log.error("canvasflow: %s/%s: %s\n%s", run_id, sid, error, tb)
+    fields = rt.state.r.hmget(rt.state.keys.steps(run_id), f"{sid}|status", f"{sid}|attempts",
+                              f"{sid}|attempt_started_at")
+    status, attempts, started = (v.decode() if v else "" for v in fields)
+    request = task.request
+    finished = time.time()
+    record = {"step": sid, "attempt": int(attempts or 0) + (status != StepStatus.RUNNING), "status": "FAILED",
+              "started_at": float(started) if started and status == StepStatus.RUNNING else finished,
+              "finished_at": finished, "worker": request.hostname or HOST, "task_id": request.id or None,
+              "error": error, "traceback": tb}
+    if rt.state.fail_killed_step(run_id, sid, epoch, error=error, critical=spec.get("critical", True),
+                                 attempt=record):
+        if spec.get("critical", True):
+            rt.watch.touch(run_id)
+            known[HALTING] = 1
+        return _record(known, spec, StepStatus.FAILED)
+    # Settled already (the error came after the outcome was written): that outcome flows on.
+    now_status = rt.state.r.hget(rt.state.keys.steps(run_id), f"{sid}|status")
+    return _record(known, spec, now_status.decode() if now_status else StepStatus.FAILED)
+
+
+def safe_settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
+    """``settle``, and if it breaks on anything but an outage, the run still ends: FAILED with why."""
+    try:
+        return settle(task, rt, app, hdr)
+    except BaseException as exc:
+        if not unexpected(exc):
+            raise
+        error = f"canvasflow could not settle the run on worker {HOST}: {_text(exc)}"
+        log.exception("canvasflow: run %s: %s", hdr["run"], error)
+        done, before = rt.state.transition(hdr["run"], RunStatus.FAILED, fields={"error": error},
+                                           sources=[s for s in RunStatus
+                                                    if s not in FINAL_RUN_STATUSES and s != RunStatus.COMPENSATION_FAILED])
+        return RunStatus.FAILED if done else before
 
 
 def _fast_path(task: Task, rt: Runtime, spec: Mapping[str, Any], known: Mapping[str, Any], run_id: str) -> bool:

@@ -37,7 +37,7 @@ from orchestrator.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-HEAD = "0003"  # the newest migration; a test checks it against migrations/versions
+HEAD = "0004"  # the newest migration; a test checks it against migrations/versions
 MIGRATIONS = "orchestrator.audit:migrations"
 VERSION_TABLE = "cf_alembic_version"
 _MIGRATION_LOCK = 7_411_270  # pg_advisory_xact_lock key: one upgrade at a time per database

@@ -1,0 +1,51 @@
+"""Drill item 4: a Redis restart while runs are in flight strands none of them and kills no worker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import Client, Workflow
+from tests.conftest import WorkerProcess, make_settings
+from tests.restartable_redis import RestartableRedis
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    server = RestartableRedis(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_twenty_runs_in_flight_all_complete_across_a_three_second_redis_restart(
+        own_redis: RestartableRedis) -> None:
+    settings = make_settings(own_redis.url, lease_ttl=5, visibility_timeout=60)
+    worker = WorkerProcess(settings, f"blip-{uuid.uuid4().hex[:6]}").wait_ready()
+    client = Client(settings)
+    try:
+        wf = (Workflow("blip", mode="sequential")
+              .step("a", plugin="builtin", method="sleep", params={"seconds": 0.2})
+              .step("b", plugin="builtin", method="sleep", params={"seconds": 0.2})
+              .step("c", plugin="builtin", method="echo", params={"x": 1})
+              .build())
+        runs = [client.submit(wf) for _ in range(20)]
+        time.sleep(1.0)  # some runs are mid-step, some queued, some done
+        own_redis.stop()
+        time.sleep(3.0)
+        own_redis.start()
+        client.close()
+        client = Client(settings)
+        final = {r.id: client.get_run(r.id).wait(90).status for r in runs}
+        assert sorted(final.values()) == ["COMPLETED"] * 20, (final, worker.log()[-4000:])
+        assert worker.proc.poll() is None, worker.log()[-4000:]
+        # and the worker still takes new work
+        assert client.submit(wf).wait(60).status == "COMPLETED"
+    finally:
+        client.close()
+        worker.stop()
