@@ -276,8 +276,30 @@ class Watchdog:
 
     # -- the process --------------------------------------------------------------------------
 
+    def seed_live(self, chunk: int = 1000) -> int:
+        """Add to the live set the runs that are not final but missing from it (runs started
+        before the live set existed); returns how many. Reads the run index once."""
+        added, start = 0, 0
+        while True:
+            ids = [_s(i) for i in self.r.zrange(self.keys.runs, start, start + chunk - 1, withscores=False)]
+            if not ids:
+                return added
+            start += len(ids)
+            pipe = self.r.pipeline(transaction=False)
+            for rid in ids:
+                pipe.hmget(self.keys.run(rid), "status", "created_at")
+            missing = {rid: float(_s(created) or 0) for rid, (status, created) in zip(ids, pipe.execute(), strict=True)
+                       if status is not None and _s(status) not in FINAL}
+            if missing:
+                added += int(self.r.zadd(self.keys.live, missing, nx=True))
+
     def run_forever(self, stop: threading.Event, interval: float | None = None) -> None:
         every = interval if interval is not None else max(0.5, min(10.0, self.stall / 4))
+        try:
+            if n := self.seed_live():
+                log.info("watchdog: %d live run(s) from before the live set were added to it", n)
+        except Exception:
+            log.exception("watchdog: could not seed the live set")
         log.info("watchdog %s: checking live runs every %.1fs, stalled after %gs", self.name, every, self.stall)
         while not stop.is_set():
             try:

@@ -14,24 +14,11 @@ from sqlalchemy import select
 from orchestrator.audit import queries
 from orchestrator.audit.models import audit_log, events
 from tests.conftest import ROOT
+from tests.lost_helpers import NOWHERE, lose
 from tests.web_helpers import ADMIN, OPERATOR, VIEWER, Api, wait_recorded
 
 pytest_plugins = ("tests.web_fixtures",)
 pytestmark = pytest.mark.integration
-
-# A queue no worker consumes: the run stays PENDING with its message queued until Redis "loses" it.
-NOWHERE = {"id": "lost_run", "steps": [{"id": "a", "plugin": "builtin", "method": "echo", "queue": "nowhere"},
-                                       {"id": "b", "plugin": "builtin", "method": "echo", "depends_on": ["a"]}]}
-
-
-def lose(client: Any, run_id: str) -> None:
-    """What a Redis restart without persistence does to a run in flight."""
-    k = client.keys
-    client.redis.delete(k.run(run_id), k.steps(run_id), k.attempts(run_id), k.completed(run_id),
-                        f"{k.prefix}:celery:nowhere")
-    client.redis.zrem(k.live, run_id)
-    client.redis.zrem(k.runs, run_id)
-
 
 def lost_run(web_app: Any, client: Any) -> str:
     store = web_app.extensions["canvasflow"].store

@@ -158,6 +158,15 @@ def test_runs_are_in_the_live_set_until_they_end_and_again_when_retried(
     assert client.redis.zscore(client.keys.live, run.id) is None
 
 
+def test_live_runs_from_before_the_live_set_are_added_to_it_when_a_watchdog_starts(
+        settings: Settings, client: Client) -> None:
+    run = client.submit(two_steps("stall_seed"))  # no worker: stays PENDING
+    client.redis.zrem(client.keys.live, run.id)
+    assert Watchdog(client).seed_live() == 1
+    assert client.redis.zscore(client.keys.live, run.id) is not None
+    assert Watchdog(client).seed_live() == 0
+
+
 def test_watchdog_setting_must_be_positive() -> None:
     from orchestrator.errors import ConfigurationError
 

@@ -3,7 +3,8 @@
 import { api, ApiError } from "./api.js";
 import { getLive, logLines } from "./live.js";
 import {
-  $, $$, boot, canOperate, confirmDialog, duration, esc, FINAL, json, now, progressBar, slaBadge, statusBadge, throttle, time, toast,
+  $, $$, boot, canOperate, confirmDialog, duration, esc, FINAL, json, LOST_EXPLANATION, lostBadge, now, progressBar, slaBadge,
+  statusBadge, throttle, time, toast,
 } from "./util.js";
 
 const runId = boot.runId;
@@ -33,12 +34,16 @@ const ACTIONS = {
   retry: { path: "retry", when: (r) => r.can_retry && r.steps_failed, body: {} },
   "retry-start": { path: "retry", when: (r) => r.can_retry, body: { from_start: true } },
   "retry-compensation": { path: "retry", when: (r) => r.can_retry_compensation, body: { compensation: true } },
-  resolve: { path: "resolve", when: (r) => r.can_resolve },
+  resolve: { path: "resolve", when: (r) => r.can_resolve && !r.state_lost },
+  // A run whose state Redis lost: only a resolution by hand ends it (with a reason, audited).
+  "resolve-failed": { path: "resolve", when: (r) => r.state_lost, lost: "failed" },
+  "resolve-cancelled": { path: "resolve", when: (r) => r.state_lost, lost: "cancelled" },
   clone: { path: "clone", when: () => true },
 };
 
 function syncAllowed(r) {
   // Live events change the status before the next fetch; the buttons follow the status at once.
+  if (r.state_lost) return; // its status is stale: only the resolve buttons apply
   const allowed = boot.allowed || {};
   for (const [action, key] of [["pause", "can_pause"], ["resume", "can_resume"], ["cancel", "can_cancel"],
     ["retry", "can_retry"], ["retry_compensation", "can_retry_compensation"], ["resolve", "can_resolve"]]) {
@@ -49,7 +54,10 @@ function syncAllowed(r) {
 function renderHead(r) {
   syncAllowed(r);
   $("#run-workflow").textContent = r.workflow.name || r.workflow.id;
-  $("#run-status").outerHTML = `<span id="run-status">${statusBadge(r.status)}</span>`;
+  $("#run-status").outerHTML = `<span id="run-status">${statusBadge(r.status)}${lostBadge(r)}</span>`;
+  const lost = $("#lost-banner");
+  lost.hidden = !r.state_lost;
+  if (r.state_lost) lost.textContent = `State lost: ${LOST_EXPLANATION}`;
   const meta = [
     `workflow <a href="/workflows/${esc(r.workflow.id)}">${esc(r.workflow.id)}</a> ${esc(r.workflow.version)}`,
     `started ${time(r.started_at || r.created_at)}`,
@@ -342,7 +350,14 @@ function onEvent(e) {
 async function act(name, extra = {}) {
   const a = ACTIONS[name];
   let body = { ...(a.body || {}), ...extra };
-  if (a.confirm) {
+  if (a.lost) {
+    const reason = await confirmDialog(`Resolve run ${runId} as ${a.lost}?`,
+      `${LOST_EXPLANATION} Resolving ends it as ${a.lost.toUpperCase()} in the audit store; the reason goes to the audit log.`,
+      `Resolve as ${a.lost}`, "Leave it");
+    if (reason === null) return;
+    if (!reason.trim()) { toast("a reason is required to resolve a run whose state was lost", "error"); return; }
+    body = { as: a.lost, reason };
+  } else if (a.confirm) {
     const reason = await confirmDialog(`Cancel run ${runId}?`,
       "Steps that have not started will not run, running steps are stopped, and completed steps are compensated (rolled back) newest first.",
       "Cancel the run", "Keep running");

@@ -2,7 +2,8 @@
 import { api, ApiError } from "./api.js";
 import { getLive } from "./live.js";
 import {
-  $, $$, boot, canOperate, duration, esc, FINAL, now, progressBar, slaBadge, statusBadge, throttle, time, toast,
+  $, $$, boot, canOperate, duration, esc, FINAL, lostBadge, now, progressBar, slaBadge, statusBadge, throttle, time,
+  toast,
 } from "./util.js";
 
 const state = { view: boot.view || "active", filters: {}, runs: new Map(), order: [], cursor: null };
@@ -22,7 +23,7 @@ function row(r) {
         <small class="muted current">${esc(r.progress.current_steps.join(", "))}</small></td>
     <td class="d" data-started="${r.started_at ?? ""}" data-finished="${r.finished_at ?? ""}">${duration(r.duration)}</td>
     <td class="sla-cell">${slaBadge(r.sla)}</td>
-    <td class="st">${statusBadge(r.status)}</td>
+    <td class="st">${statusBadge(r.status)}${lostBadge(r)}</td>
     <td>${esc(r.triggered_by || "–")}<br><small class="muted">${time(r.created_at)}</small></td>
     <td><span class="prio prio-${esc(r.priority)}">${esc(r.priority)}</span></td>
     <td class="quick">${actions.join(" ")}</td></tr>`;

@@ -125,3 +125,10 @@ export function kvTable(obj, id = "") {
   }).join("");
   return `<table class="grid kv"${id ? ` id="${esc(id)}"` : ""}><tbody>${rows}</tbody></table>`;
 }
+
+/** The "state lost" badge: the audit store shows the run live, Redis no longer knows it. */
+export const LOST_EXPLANATION = "Redis no longer knows this run (it restarted without persistence, or its data was " +
+  "lost) while the audit store still shows it unfinished: nothing will ever run or end it. " +
+  "An operator resolves it as failed or cancelled, with a reason.";
+export const lostBadge = (r) => (r.state_lost
+  ? ` <span class="status state-lost" data-state-lost="1" title="${esc(LOST_EXPLANATION)}">state lost</span>` : "");
