@@ -421,7 +421,7 @@ def load_file(path: str | Path, *, catalog: Mapping[str, Any] | None = None,
     try:
         size = p.stat().st_size
         if size > lim.max_definition_bytes:  # refused before it is read into memory
-            limits_.refuse([("", f"the definition is {size} bytes: at most {lim.max_definition_bytes} are "
+            limits_.refuse([("", f"{size} bytes of definition: at most {lim.max_definition_bytes} are "
                                  f"allowed ({limits_.env_name('max_definition_bytes')})")], str(p))
         text = p.read_text(encoding="utf-8")
     except OSError as exc:

@@ -84,7 +84,7 @@ def current(limits: Limits | None = None) -> Limits:
 
 
 def _over(what: str, size: int, limit: int, setting: str, unit: str = "bytes") -> str:
-    return f"{what} is {size} {unit}: at most {limit} are allowed ({env_name(setting)})"
+    return f"{size} {unit}{' of ' + what if what else ''}: at most {limit} are allowed ({env_name(setting)})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def check_definition(data: Mapping[str, Any], limits: Limits | None = None) -> l
     steps = data.get("steps")
     too_many = isinstance(steps, list) and len(steps) > lim.max_steps
     if too_many:
-        problems.append(("steps", _over("the workflow", len(steps), lim.max_steps, "max_steps", "steps")))
+        problems.append(("steps", _over("", len(steps), lim.max_steps, "max_steps", "steps")))
     for key, value in data.items():
         if key == "steps" and isinstance(value, list) and not too_many:
             for i, step in enumerate(value):
@@ -142,7 +142,7 @@ def check_definition(data: Mapping[str, Any], limits: Limits | None = None) -> l
         return problems  # sizes of a structure this deep are not worth measuring
     size = json_size(data)
     if size is not None and size > lim.max_definition_bytes:
-        problems.append(("", _over("the definition", size, lim.max_definition_bytes, "max_definition_bytes")))
+        problems.append(("", _over("definition", size, lim.max_definition_bytes, "max_definition_bytes")))
     elif isinstance(data.get("inputs"), Mapping):
         problems.extend(check_inputs(data["inputs"], lim))
     return problems
@@ -168,11 +168,11 @@ def _step_depth(step: Any, path: str, limit: int) -> Iterator[tuple[str, str]]:
 
 def check_inputs(inputs: Any, limits: Limits | None = None, path: str = "inputs") -> list[tuple[str, str]]:
     """Run inputs (or a definition's default inputs): depth, then compact JSON size."""
-    return check_payload(inputs, path, limits, what="the inputs")
+    return check_payload(inputs, path, limits, what="inputs as JSON")
 
 
 def check_payload(value: Any, path: str, limits: Limits | None = None, *,
-                  what: str = "the payload") -> list[tuple[str, str]]:
+                  what: str = "payload as JSON") -> list[tuple[str, str]]:
     """Any JSON value a user sends that will ride in messages (inputs, an event's payload):
     at most max_depth containers deep and max_inputs_bytes as compact JSON."""
     lim = current(limits)
@@ -198,7 +198,7 @@ def check_text(text: str, limits: Limits | None = None, source: str | None = Non
         return
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > lim.max_definition_bytes:
-        refuse([("", _over("the definition", size, lim.max_definition_bytes, "max_definition_bytes"))], source)
+        refuse([("", _over("definition", size, lim.max_definition_bytes, "max_definition_bytes"))], source)
 
 
 # ---------------------------------------------------------------------------------------------
