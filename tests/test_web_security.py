@@ -7,6 +7,7 @@ audit log, so that the other dashboard tests' users and address are never locked
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sqlite3
@@ -408,3 +409,89 @@ def test_every_new_route_and_response_is_in_the_openapi_document(app: Any) -> No
         assert {"403", "503"} <= set(paths[f"/api/v1/inspect/tasks/{route}"]["post"]["responses"])
     assert "403" in paths["/api/v1/runs"]["post"]["responses"]
     assert "disabled" in spec["components"]["schemas"]["UserPatch"]["properties"]
+
+
+# -- the dashboard ---------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_an_admin_grants_inline_submission_lifts_a_lockout_and_logs_out_with_the_pages_buttons(
+        chromium: Any, live_server: Any, shots: Any) -> None:
+    import requests
+
+    from tests.web_fixtures import browser_login
+
+    url = live_server.url
+    admin_token = {"Authorization": f"Bearer {live_server.token(ADMIN)}"}
+    requests.post(f"{url}/api/v1/users", json={"name": "ines", "password": "ines-password", "role": "operator"},
+                  headers=admin_token, timeout=10).raise_for_status()
+    ines = {"Authorization": f"Bearer {live_server.token(('ines', 'ines-password'))}"}
+
+    def submit_inline() -> int:
+        return requests.post(f"{url}/api/v1/runs", json={"definition": INLINE}, headers=ines, timeout=10).status_code
+
+    assert submit_inline() == 403
+    for _ in range(5):  # lock "ines" out (5 failures per account)
+        requests.post(f"{url}/api/v1/auth/login", json={"username": "ines", "password": "wrong-password"}, timeout=10)
+    page = browser_login(chromium, live_server, ADMIN, "/admin/users")
+    page.on("dialog", lambda d: d.accept())
+    page.wait_for_selector("body[data-loaded]")
+    page.wait_for_selector("#lockouts-table tr[data-lockout='ines']")
+    assert "registered workflows only" in page.inner_text("tr[data-user='ines'] td.perms")
+    assert "all" in page.inner_text("tr[data-user='admin'] td.perms")
+    page.click("tr[data-user='ines'] button.toggle-inline")
+    page.wait_for_selector("tr[data-user='ines'] button.toggle-inline[data-granted='1']")
+    assert submit_inline() == 201
+    shots(page, "users-permissions-and-lockouts")
+    page.click("#lockouts-table button.unlock[data-subject='ines']")
+    page.wait_for_selector("#lockouts-table tr[data-lockout='ines']", state="detached")
+    assert requests.post(f"{url}/api/v1/auth/login", json={"username": "ines", "password": "ines-password"},
+                         timeout=10).status_code == 200
+    page.click("tr[data-user='ines'] button.toggle-inline")
+    page.wait_for_selector("tr[data-user='ines'] button.toggle-inline:not([data-granted='1'])")
+    assert submit_inline() == 403
+    page.click("tr[data-user='ines'] button.toggle-disabled")
+    page.wait_for_selector("tr[data-user='ines'] button.toggle-disabled[data-disabled='1']")
+    assert requests.get(f"{url}/api/v1/auth/me", headers=ines, timeout=10).status_code == 401
+    audit = page.inner_text("#audit-list")
+    for action in ("permission_grant", "login_unlock", "permission_revoke", "user_disable", "login_lockout"):
+        assert action in audit, audit
+    assert not page.errors
+    # the Log out button posts the session's token
+    page.click("#logout")
+    page.wait_for_url("**/login")
+    assert page.evaluate("fetch('/api/v1/auth/me').then(r => r.status)") == 401
+    # leave the shared server's address count as it was for the other tests
+    requests.post(f"{url}/api/v1/auth/lockouts/unlock", json={"address": "127.0.0.1"}, headers=admin_token, timeout=10)
+
+
+def test_a_store_whose_users_tables_an_older_dashboard_made_keeps_its_users_and_tokens(tmp_path: Path) -> None:
+    from werkzeug.security import generate_password_hash
+
+    from orchestrator.audit.store import HEAD, AuditStore
+    from web.auth import Users
+
+    db = tmp_path / "old.db"
+    store = AuditStore(f"sqlite:///{db}")
+    store.upgrade("0003")
+    with sqlite3.connect(db) as conn:  # what web/auth.py's create_all made before revision 0004
+        conn.executescript("""
+            CREATE TABLE cf_web_users (username VARCHAR(200) NOT NULL PRIMARY KEY, password_hash VARCHAR(300) NOT NULL,
+                role VARCHAR(16) NOT NULL, disabled BOOLEAN NOT NULL, created_at FLOAT NOT NULL, updated_at FLOAT NOT NULL);
+            CREATE TABLE cf_web_tokens (id VARCHAR(16) NOT NULL PRIMARY KEY, username VARCHAR(200) NOT NULL,
+                name VARCHAR(200) NOT NULL, digest VARCHAR(64) NOT NULL UNIQUE, created_at FLOAT NOT NULL,
+                last_used_at FLOAT);
+            CREATE INDEX ix_cf_web_tokens_username ON cf_web_tokens (username);""")
+    old = Users(store.engine, store.writer)
+    with store.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO cf_web_users VALUES ('olde', ?, 'operator', 0, 1, 1)",
+                             (generate_password_hash("olde-password"),))
+        conn.exec_driver_sql("INSERT INTO cf_web_tokens VALUES ('t1', 'olde', 'ci', ?, 1, NULL)",
+                             (hashlib.sha256(b"cft_old-token").hexdigest(),))
+    assert store.upgrade() == HEAD
+    user = old.verify("olde", "olde-password")
+    assert user is not None and user.role == "operator" and user.permissions == frozenset()
+    assert old.user_for_token("cft_old-token") == user
+    old.put("olde", password="new-password")
+    assert old.user_for_token("cft_old-token") is None  # the password change ends it
+    store.dispose()

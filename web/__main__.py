@@ -78,7 +78,6 @@ def _users() -> Any:
     from orchestrator.audit.models import audit_log
     from orchestrator.audit.store import AuditStore
     from orchestrator.settings import Settings
-    from web import throttle  # noqa: F401 - its table is part of the users' metadata
     from web.auth import Users
 
     store = AuditStore(Settings.from_env().database_url)

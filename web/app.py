@@ -21,9 +21,12 @@ from orchestrator.audit.store import AuditStore
 from orchestrator.client import Client
 from orchestrator.errors import StoreError
 from orchestrator.settings import Settings
+from web import (
+    accounts,  # noqa: F401 - adds the permission and lockout routes to api.blp
+    auth,
+    pages,
+)
 from web import api as api_module
-from web import accounts  # noqa: F401 - adds the permission and lockout routes to api.blp
-from web import auth, pages
 from web.detail import RunDetails
 from web.events import Live
 from web.runs import RunViews
