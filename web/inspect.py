@@ -33,6 +33,7 @@ from orchestrator.fleet_inspect import (
 )
 from web import auth
 from web.api import Blueprint
+from web.serving import cooperate
 
 blp = Blueprint("inspect", __name__, url_prefix="/api/v1/inspect",
                 description="Fleet inspection: workers, tasks, queues (Flower parity)")
@@ -61,7 +62,8 @@ class Fleet:
             # the table comes with the audit store's migrations (create_app runs them)
             self.monitor = FleetMonitor(services.client.celery, store.writer if store is not None else None,
                                         r, self.workers_key, retention=web.task_retention,
-                                        prepare=store.upgrade if store is not None else None)
+                                        prepare=store.upgrade if store is not None else None,
+                                        pause=cooperate)
             self.monitor.stop_event = services.stop_event
 
     def totals(self) -> dict[str, dict[str, int]]:
