@@ -79,11 +79,12 @@ class Runs(MethodView):
                         tags=tuple(args["tag"]), triggered_by=args["triggered_by"], since=args["since"],
                         until=args["until"], search=args["search"], ids=tuple(args["ids"]))
         try:
-            page = ext().views.list(flt, limit=args["limit"], cursor=args["cursor"])
+            page = ext().views.list(flt, limit=args["limit"], cursor=args["cursor"], with_counts=True)
         except StoreError as exc:  # a malformed cursor
             abort(400, errors={"query": {"cursor": [str(exc)]}})
         payload = schemas.fast_dump(_LIST_SCHEMA, {"runs": page.items, "next_cursor": page.next_cursor,
-                                                   "counts": ext().views.counts(), "source": page.source,
+                                                   "counts": page.counts if page.counts is not None
+                                                   else ext().views.counts(), "source": page.source,
                                                    "warnings": page.warnings})
         cooperate()
         return json_response(payload)

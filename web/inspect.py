@@ -35,6 +35,7 @@ from orchestrator.fleet_inspect import (
 from web import audit as web_audit
 from web import auth
 from web.rest import Blueprint
+from web.serving import cooperate
 from web.settings import NEVER_SENT, TASK_ALLOW_SETTING, task_allowed
 
 blp = Blueprint("inspect", __name__, url_prefix="/api/v1/inspect",
@@ -64,7 +65,8 @@ class Fleet:
             # the table comes with the audit store's migrations (create_app runs them)
             self.monitor = FleetMonitor(services.client.celery, store.writer if store is not None else None,
                                         r, self.workers_key, retention=web.task_retention,
-                                        prepare=store.upgrade if store is not None else None)
+                                        prepare=store.upgrade if store is not None else None,
+                                        pause=cooperate)
             self.monitor.stop_event = services.stop_event
 
     def totals(self) -> dict[str, dict[str, int]]:
