@@ -458,10 +458,14 @@ def _audit_refusal(access: Access, user: User) -> None:
     if target is None and access.target:
         body = request.get_json(silent=True)
         target = body.get(access.target) if isinstance(body, dict) else None
-    # outcome is at most 32 characters in the audit table; the rest goes in detail.
-    store.record_action(actor=user.name, action=access.audit, target_type=access.target_type,
-                        target_id=str(target if target is not None else "")[:200],
-                        outcome=f"refused: {user.role}", detail={"needs": access.role, "role": user.role})
+    # A refusal that cannot be written fails the request with 503 (web/audit.py): an audit write
+    # is never dropped silently. Imported here: web.audit imports this module.
+    from web import audit as web_audit
+
+    assert access.audit is not None
+    web_audit.record(access.audit, access.target_type, str(target if target is not None else "")[:200],
+                     {"needs": access.role, "role": user.role}, outcome=f"refused: {user.role}",
+                     what="the refusal was not recorded")
 
 
 def check(role: str, *, mutating: bool = False) -> User:
