@@ -49,3 +49,32 @@ def test_twenty_runs_in_flight_all_complete_across_a_three_second_redis_restart(
     finally:
         client.close()
         worker.stop()
+
+
+def test_a_step_whose_redis_outage_outlasts_the_retry_budget_hands_its_message_back_and_completes_later(
+        own_redis: RestartableRedis) -> None:
+    settings = make_settings(own_redis.url, lease_ttl=3, visibility_timeout=5, redis_retry_seconds=2)
+    worker = WorkerProcess(settings, f"budget-{uuid.uuid4().hex[:6]}", concurrency=1).wait_ready()
+    client = Client(settings)
+    try:
+        wf = (Workflow("outlasted", mode="sequential")
+              .step("long", plugin="builtin", method="sleep", params={"seconds": 2})
+              .step("after", plugin="builtin", method="echo", params={"x": 1})
+              .build())
+        run = client.submit(wf)
+        deadline = time.monotonic() + 30
+        while client.snapshot(run.id).step("long").status != "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        own_redis.stop()
+        time.sleep(6.0)  # the step ends meanwhile and retries its finish for 2 s only
+        own_redis.start()
+        client.close()
+        client = Client(settings)
+        snap = client.get_run(run.id).wait(90)
+        assert snap.status == "COMPLETED", worker.log()[-4000:]
+        assert snap.statuses == {"long": "COMPLETED", "after": "COMPLETED"}
+        assert "handing its message back" in worker.log()
+        assert worker.proc.poll() is None
+    finally:
+        client.close()
+        worker.stop()

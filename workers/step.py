@@ -199,8 +199,9 @@ def run_step(task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str
 def unexpected(exc: BaseException) -> bool:
     """An exception that is a failure of the step, not Celery's control flow (retry, ignore,
     reject, a retry refused past max_retries: Celery's business as before), a Redis outage (the
-    message goes back, workers/broker.py) or a shutdown."""
-    return (not isinstance(exc, Retry | Ignore | Reject | MaxRetriesExceededError | KeyboardInterrupt)
+    message goes back, workers/broker.py) or a shutdown (SystemExit when the pool process is
+    told to stop: its message is not acknowledged and runs again)."""
+    return (isinstance(exc, Exception) and not isinstance(exc, Retry | Ignore | Reject | MaxRetriesExceededError)
             and not is_transient(exc))
 
 
