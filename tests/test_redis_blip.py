@@ -78,3 +78,24 @@ def test_a_step_whose_redis_outage_outlasts_the_retry_budget_hands_its_message_b
     finally:
         client.close()
         worker.stop()
+
+
+def test_an_idle_worker_survives_repeated_redis_restarts_and_takes_new_work(own_redis: RestartableRedis) -> None:
+    settings = make_settings(own_redis.url, lease_ttl=3)
+    worker = WorkerProcess(settings, f"idle-{uuid.uuid4().hex[:6]}").wait_ready()
+    try:
+        for pause in (0.5, 3.0, 0.1):
+            own_redis.stop()
+            time.sleep(pause)
+            own_redis.start()
+            time.sleep(1.0)
+            assert worker.proc.poll() is None, worker.log()[-4000:]
+        client = Client(settings)
+        try:
+            wf = Workflow("after_restarts").step("a", plugin="builtin", method="echo", params={"x": 1}).build()
+            assert client.submit(wf).wait(60).status == "COMPLETED"
+        finally:
+            client.close()
+        assert "Unrecoverable error" not in worker.log()
+    finally:
+        worker.stop()
