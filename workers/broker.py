@@ -133,9 +133,7 @@ def worker_celery_options(settings: Settings) -> dict[str, Any]:
                              "interval_step": 0.5, "interval_max": MAX_DELAY},
             "global_keyprefix": f"{settings.key_prefix}:celery:",
         },
-        # Keep consuming after the broker connection comes back (Celery's default is to retry
-        # the connection; stated here because a worker that exits on a Redis restart is the bug
-        # this module exists for).
+        # Keep consuming after the broker connection comes back (Celery's default; stated here
+        # because a worker that exits on a Redis restart is what this module exists to prevent).
         "broker_connection_retry": True,
-        "broker_connection_max_retries": None,
     }

@@ -403,6 +403,14 @@ def _not_begun(task: Task, rt: Runtime, spec: Mapping[str, Any], known: dict[str
         # Delivered again while the first copy still runs (visibility timeout): look again
         # later; if the holder dies its lease expires and this copy takes over.
         raise task.retry(countdown=max(1.0, rt.lease_ttl / 2), max_retries=None)
+    if verdict == "settled" and len(rest) > 1 and rest[1] and rest[1] == task.request.id \
+            and (task.request.delivery_info or {}).get("redelivered"):
+        # The very task that settled the step, delivered again: its first run may have recorded
+        # the outcome but failed to publish what follows (Redis away past the retry budget, the
+        # worker killed in between). Its outcome flows on again; a copy of what follows is
+        # dropped like any duplicate (and Celery counts a chord part once per task id).
+        known[sid] = [info, json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None]
+        return known
     # 'settled': a duplicate of a step that already finished and continued the canvas;
     # 'stale'/'gone': a task from an earlier dispatch of the run, or a deleted run.
     raise Ignore()
