@@ -37,8 +37,8 @@ from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
 from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus, sources_of
-from workers.context import BEGUN, FRESH, Heartbeat, StepContext
 from workers.broker import is_transient
+from workers.context import BEGUN, FRESH, Heartbeat, StepContext
 from workers.plugins import Registry
 from workers.watch import ControlWatch
 
