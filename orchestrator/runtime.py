@@ -88,7 +88,9 @@ if ss == 'COMPLETED' or ss == 'FAILED' or ss == 'SKIPPED' or ss == 'CANCELLED'
   if redis.call('HGET', steps, step .. '|epoch') ~= epoch then
     return {'adopt', ss, redis.call('HGET', steps, step .. '|output') or 'null'}
   end
-  return {'settled', ss}
+  -- with what a copy of the very task that settled it needs to continue the canvas again
+  return {'settled', ss, redis.call('HGET', steps, step .. '|output') or 'null',
+          redis.call('HGET', steps, step .. '|task_id') or ''}
 end
 if ss == 'RUNNING' then
   local holder = redis.call('GET', lease)

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from celery import Celery, Task, signals
 from celery.worker.request import Request
+from celery.worker.state import task_ready
 
 from orchestrator import callallow
 from orchestrator.celery_app import create_celery
@@ -54,7 +55,21 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     rt = steps.Runtime(broker.Patient(state, settings.redis_retry_seconds), registry, settings)  # type: ignore[arg-type]
 
     class StepRequest(Request):
-        """Celery's request, plus canvasflow's recovery when a step is killed at its hard limit."""
+        """Celery's request, plus canvasflow's recovery when a step is killed at its hard limit,
+        and a message handed back (not acknowledged) when what follows could not be published."""
+
+        def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+            exc = getattr(exc_info, "exception", None)
+            exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback
+            if self.task.acks_late and exc is not None and broker.is_transient(exc):
+                # Celery acknowledges a task that failed, and a failure to publish the next link
+                # past the retry budget is one: the run would stop there. Requeue instead; the
+                # copy re-sends the continuation (step.py, 'settled' by the same task).
+                log.error("canvasflow: %s[%s]: %s; handing its message back", self.task.name, self.id, exc)
+                task_ready(self)
+                self.reject(requeue=True)
+                return
+            super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
         def on_timeout(self, soft: bool, timeout: float) -> None:
             super().on_timeout(soft, timeout)
@@ -84,13 +99,13 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
         return steps.merge(incoming)
 
     @app.task(name=SETTLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-              max_retries=None)
+              max_retries=None, Request=StepRequest)
     def settle(self: Task, incoming: Any, hdr: dict) -> str:
         with broker.hand_back_on_outage(self):
             return str(steps.safe_settle(self, rt, app, hdr))
 
     @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-              max_retries=None)
+              max_retries=None, Request=StepRequest)
     def compensate(self: Task, prev: Any, spec: dict, hdr: dict) -> Any:
         with broker.hand_back_on_outage(self):
             return steps.compensate(self, rt, prev, spec, hdr)

@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from celery.exceptions import Reject
-from kombu.exceptions import OperationalError
+from celery.exceptions import OperationalError, Reject
 
 from orchestrator.errors import CanvasflowError
 from orchestrator.settings import Settings
@@ -40,10 +39,17 @@ class RedisUnavailable(CanvasflowError, ConnectionError):
         super().__init__(f"Redis unreachable for {seconds:g}s during {what}: {cause}")
         self.what = what
         self.seconds = seconds
+        self.cause = str(cause)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions travel from the pool process to the worker's main process pickled; one that
+        # cannot be rebuilt there is an "Unrecoverable error" that stops the whole worker.
+        return (type(self), (self.what, self.seconds, self.cause))
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT) and not isinstance(exc, RedisUnavailable)
+    """A connection error, or an outage that outlasted the budget (RedisUnavailable)."""
+    return isinstance(exc, TRANSIENT)
 
 
 def patiently(fn: Callable[..., Any], budget: float, what: str) -> Callable[..., Any]:
@@ -80,7 +86,8 @@ def hand_back_on_outage(task: Any) -> Iterator[None]:
         yield
     except TRANSIENT as exc:
         log.error("canvasflow: %s[%s]: %s; handing its message back", task.name, task.request.id, exc)
-        raise Reject(exc, requeue=True) from exc
+        # The reason as text: Celery pickles the Reject to the main process.
+        raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
 
 
 class Patient:
@@ -126,9 +133,7 @@ def worker_celery_options(settings: Settings) -> dict[str, Any]:
                              "interval_step": 0.5, "interval_max": MAX_DELAY},
             "global_keyprefix": f"{settings.key_prefix}:celery:",
         },
-        # Keep consuming after the broker connection comes back (Celery's default is to retry
-        # the connection; stated here because a worker that exits on a Redis restart is the bug
-        # this module exists for).
+        # Keep consuming after the broker connection comes back (Celery's default; stated here
+        # because a worker that exits on a Redis restart is what this module exists to prevent).
         "broker_connection_retry": True,
-        "broker_connection_max_retries": None,
     }

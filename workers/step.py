@@ -37,8 +37,8 @@ from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
 from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus, sources_of
-from workers.context import BEGUN, FRESH, Heartbeat, StepContext
 from workers.broker import is_transient
+from workers.context import BEGUN, FRESH, Heartbeat, StepContext
 from workers.plugins import Registry
 from workers.watch import ControlWatch
 
@@ -199,8 +199,9 @@ def run_step(task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str
 def unexpected(exc: BaseException) -> bool:
     """An exception that is a failure of the step, not Celery's control flow (retry, ignore,
     reject, a retry refused past max_retries: Celery's business as before), a Redis outage (the
-    message goes back, workers/broker.py) or a shutdown."""
-    return (not isinstance(exc, Retry | Ignore | Reject | MaxRetriesExceededError | KeyboardInterrupt)
+    message goes back, workers/broker.py) or a shutdown (SystemExit when the pool process is
+    told to stop: its message is not acknowledged and runs again)."""
+    return (isinstance(exc, Exception) and not isinstance(exc, Retry | Ignore | Reject | MaxRetriesExceededError)
             and not is_transient(exc))
 
 
@@ -402,6 +403,14 @@ def _not_begun(task: Task, rt: Runtime, spec: Mapping[str, Any], known: dict[str
         # Delivered again while the first copy still runs (visibility timeout): look again
         # later; if the holder dies its lease expires and this copy takes over.
         raise task.retry(countdown=max(1.0, rt.lease_ttl / 2), max_retries=None)
+    if verdict == "settled" and len(rest) > 1 and rest[1] and rest[1] == task.request.id \
+            and (task.request.delivery_info or {}).get("redelivered"):
+        # The very task that settled the step, delivered again: its first run may have recorded
+        # the outcome but failed to publish what follows (Redis away past the retry budget, the
+        # worker killed in between). Its outcome flows on again; a copy of what follows is
+        # dropped like any duplicate (and Celery counts a chord part once per task id).
+        known[sid] = [info, json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None]
+        return known
     # 'settled': a duplicate of a step that already finished and continued the canvas;
     # 'stale'/'gone': a task from an earlier dispatch of the run, or a deleted run.
     raise Ignore()

@@ -255,7 +255,7 @@ def fit(table: Table, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _attempt_no(e: Event) -> int | None:
-    if e.type != "step_started" and e.type not in ATTEMPT_EVENTS:
+    if e.type not in ("step_started", "attempt_lost") and e.type not in ATTEMPT_EVENTS:
         return None
     n = e.data.get("attempt")
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
@@ -472,6 +472,11 @@ class _Projection:
             if e.seq > step["stats_seq"]:
                 step.update(stats=_json(data), stats_seq=e.seq)
             return
+        if t == "attempt_lost":
+            # An attempt whose worker died (or was cut off) while it ran; a new attempt took
+            # over. Closes that attempt's row; the step's own status is the new attempt's.
+            self.attempt_lost(step, e, data)
+            return
         if t == "step_started":
             self.started(step, e, data)
         elif t in ATTEMPT_EVENTS:
@@ -506,6 +511,21 @@ class _Projection:
             att["status"], att["status_seq"] = "RUNNING", e.seq
         if latest:
             step["worker"] = att["worker"]
+
+    def attempt_lost(self, step: dict[str, Any], e: Event, data: dict[str, Any]) -> None:
+        n = _attempt_no(e)
+        if n is None:
+            return
+        att = self.attempt(e.run, step, n)
+        att["started_at"] = _lo(att["started_at"], _num(data.get("started_at")))
+        att["worker"] = att["worker"] or _str(data.get("worker"))
+        att["task_id"] = att["task_id"] or _str(data.get("task_id"))
+        if e.seq > att["status_seq"]:
+            att["status"], att["status_seq"] = "LOST", e.seq
+            att["finished_at"] = e.ts
+            att["error"] = _str(data.get("reason")) or "attempt lost"
+            if att["started_at"] is not None:
+                att["duration"] = round(e.ts - att["started_at"], 6)
 
     def attempt_over(self, step: dict[str, Any], e: Event, data: dict[str, Any]) -> None:
         n = _attempt_no(e)
