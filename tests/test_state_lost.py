@@ -110,6 +110,9 @@ def test_an_operator_resolves_a_lost_run_from_the_cli_as_a_user_would(web_app, w
         return subprocess.run([sys.executable, "-m", "orchestrator.cli", "resolve", *args], env=env, cwd=str(ROOT),
                               capture_output=True, text=True, timeout=60)
 
+    status = subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", rid], env=env, cwd=str(ROOT),
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 1 and "its state was lost" in status.stderr and "canvasflow resolve" in status.stderr
     usage = cli(rid)
     assert usage.returncode == 2 and "--as failed|cancelled and --reason" in usage.stderr
     done = cli(rid, "--as", "failed", "--reason", "lost in the drill")
