@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -50,7 +51,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 
 import redis  # noqa: E402
 import requests  # noqa: E402
-from bench_web import fresh_postgres, pct  # noqa: E402
+from bench_web import LOOP_TRACER, fresh_postgres, loop_stretches, pct  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from orchestrator import Client  # noqa: E402
@@ -64,6 +65,37 @@ from orchestrator.settings import Settings  # noqa: E402
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_drills"
 PASSWORD = "drill-password"
 DRILLS = ("worker_kill", "redis_restart", "recorder", "soak")
+
+# --profile: the web process under cProfile (all greenlets: one thread), with the server-side wall
+# time of every GET /api/v1/runs, so a client's latency splits into handler time and the rest.
+WEB_PROFILER = r"""
+import atexit, cProfile, json, os, sys, time
+from gevent import monkey
+monkey.patch_all()
+_dir = os.environ["CF_PROFILE_DIR"]
+_prof = cProfile.Profile()
+atexit.register(lambda: (_prof.disable(), _prof.dump_stats(os.path.join(_dir, "web.prof"))))
+_log = open(os.path.join(_dir, "requests.jsonl"), "a", buffering=1)
+import web.app as _app
+_create = _app.create_app
+def create_app(*a, **k):
+    app = _create(*a, **k)
+    inner = app.wsgi_app
+    def timed(environ, start_response):
+        t = time.perf_counter()
+        try:
+            return inner(environ, start_response)
+        finally:
+            if environ.get("PATH_INFO") == "/api/v1/runs":
+                _log.write(json.dumps({"t": time.time(), "ms": round((time.perf_counter() - t) * 1000, 2),
+                                       "q": environ.get("QUERY_STRING")}) + "\n")
+    app.wsgi_app = timed
+    return app
+_app.create_app = create_app
+_prof.enable()
+import runpy
+runpy.run_module("web", run_name="__main__", alter_sys=True)
+"""
 
 
 def free_port() -> int:
@@ -153,10 +185,19 @@ class Rig:
     def recorder(self, name: str = "recorder") -> None:
         self.fleet.spawn(name, [sys.executable, "-m", "orchestrator.audit.recorder"])
 
-    def web(self, name: str, port: int, path: Path | None = None) -> str:
+    def web(self, name: str, port: int, path: Path | None = None, profile: Path | None = None,
+            trace_loop: float | None = None) -> str:
         """``python -m web`` (gevent) on ``port``; ``path``: a checkout whose web/ and orchestrator/
-        it runs instead of this one's (the comparison of --compare)."""
+        it runs instead of this one's (the comparison of --compare); ``profile``: a directory for
+        WEB_PROFILER's output."""
         argv = [sys.executable, "-m", "web", "--port", str(port)]
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            os.environ["CF_PROFILE_DIR"] = str(profile)
+            argv[1:3] = ["-c", WEB_PROFILER]
+        elif trace_loop is not None:
+            os.environ.update(CF_TRACE_LOOP_MS=str(trace_loop), CF_TRACE_LOOP_OUT=str(self.work / "loop.jsonl"))
+            argv[1:3] = ["-c", LOOP_TRACER]
         if path is None:
             self.fleet.spawn(name, argv)
         else:
@@ -449,7 +490,8 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
         rig.recorder()
         rig.worker("first")
         rig.worker("second")
-        targets = {"now": rig.web("web", free_port())}
+        targets = {"now": rig.web("web", free_port(), profile=Path(args.profile) if args.profile else None,
+                                  trace_loop=args.trace_loop)}
         if args.compare:
             targets["before"] = rig.web("web-before", free_port(), Path(args.compare).resolve())
         sessions = {}
@@ -459,32 +501,18 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
             r.raise_for_status()
             sessions[label] = http
         wf = workflow("drill_soak", 3, 0.0)
-        ids: list[str] = []
-        stop = threading.Event()
-
-        def submit() -> None:
-            # The fleet's pace, not the client's: at most --soak-inflight runs unfinished at once.
-            client = Client(rig.settings)
-            done_key = client.keys.run
-            try:
-                while len(ids) < args.soak_runs and not stop.is_set():
-                    pipe = client.redis.pipeline(transaction=False)
-                    window = ids[-args.soak_inflight:]
-                    for rid in window:
-                        pipe.hget(done_key(rid), "status")
-                    active = sum(1 for s in pipe.execute() if s not in (b"COMPLETED", b"FAILED"))
-                    for _ in range(min(args.soak_inflight - active, args.soak_runs - len(ids), 50)):
-                        ids.append(client.submit(wf).id)
-                    time.sleep(0.05)
-            finally:
-                client.close()
-
-        t = threading.Thread(target=submit, daemon=True)
+        # The submitter is a process of its own: in this one its CPU (the GIL) would be counted in
+        # the latencies measured here.
+        ctx = multiprocessing.get_context("spawn")
+        out: Any = ctx.Queue()
+        progress = ctx.Value("i", 0)
+        t = ctx.Process(target=soak_submitter, args=(rig.settings, wf, args.soak_runs, args.soak_inflight, out,
+                                                     progress), daemon=True)
         t0 = time.monotonic()
         t.start()
         lat: dict[str, dict[str, list[float]]] = {label: {"active": [], "all": []} for label in targets}
         sizes: list[int] = []
-        while t.is_alive() or len(ids) < args.soak_runs:
+        while t.is_alive() and progress.value < args.soak_runs:
             for view in ("active", "all"):
                 for label, http in sessions.items():
                     start = time.perf_counter()
@@ -495,6 +523,10 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
                         sizes.append(len(resp.json()["runs"]))
             time.sleep(args.soak_poll)
         elapsed = time.monotonic() - t0
+        if args.trace_loop is not None:
+            row.figures["loop"] = loop_stretches(rig.work / "loop.jsonl", time.time() - elapsed, time.time())
+        ids = out.get(timeout=120)
+        t.join(30)
         status = wait_all(rig, ids, 300)
         rig.recorder_caught_up(120)
         v = verdict(rig, ids, status, audit=True)
@@ -517,9 +549,27 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
         row.notes.insert(0, note)
         row.notes.insert(1, f"{len(ids) / elapsed:.0f} runs/s for {elapsed:.0f} s, ≤ {args.soak_inflight} in flight")
     finally:
-        stop.set()
         rig.close()
     return row
+
+
+def soak_submitter(settings: Settings, wf: dict[str, Any], n: int, inflight: int, out: Any, progress: Any) -> None:
+    """Submit ``n`` runs at the fleet's pace (at most ``inflight`` unfinished); put their ids on ``out``."""
+    client = Client(settings)
+    ids: list[str] = []
+    try:
+        while len(ids) < n:
+            pipe = client.redis.pipeline(transaction=False)
+            for rid in ids[-inflight:]:
+                pipe.hget(client.keys.run(rid), "status")
+            active = sum(1 for s in pipe.execute() if s not in (b"COMPLETED", b"FAILED"))
+            for _ in range(min(inflight - active, n - len(ids), 50)):
+                ids.append(client.submit(wf).id)
+            progress.value = len(ids)
+            time.sleep(0.05)
+    finally:
+        out.put(ids)
+        client.close()
 
 
 RUNNERS = {"worker_kill": drill_worker_kill, "redis_restart": drill_redis_restart, "recorder": drill_recorder,
@@ -553,6 +603,12 @@ def main() -> int:
     ap.add_argument("--compare", default=None, metavar="DIR",
                     help="soak: also serve the run list from DIR's code (a checkout of an older commit) and "
                          "request both alternately, for a before/after ratio in one run")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="soak: run the web process under cProfile (DIR/web.prof) and log the server-side "
+                         "time of each run-list request (DIR/requests.jsonl)")
+    ap.add_argument("--trace-loop", type=float, default=None, metavar="MS",
+                    help="soak: record every stretch of MS ms or more in which one greenlet held the web "
+                         "process's loop (benchmarks/bench_web.py's tracer); reported under figures.loop")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     chosen = [d.strip() for d in args.drills.split(",") if d.strip()]

@@ -15,14 +15,14 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from orchestrator import callallow, compiler
+from orchestrator import callallow, compiler, limits
 from orchestrator.celery_app import create_celery
 from orchestrator.control import Control
 from orchestrator.definition import (
@@ -40,6 +40,10 @@ from orchestrator.settings import Settings
 from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus
 
 PREPARED_CACHE = 128  # definitions a client keeps validated and planned
+
+
+def inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 # Statuses at which a run waits for nothing but an operator: wait() returns on them too.
 RESTING = {str(s) for s in FINAL_RUN_STATUSES} | {RunStatus.PAUSED, RunStatus.COMPENSATION_FAILED}
@@ -210,8 +214,13 @@ class Client:
     """Register workflows, submit and inspect runs."""
 
     def __init__(self, settings: Settings | None = None, *, celery: Any = None,
-                 redis_client: redis.Redis | None = None) -> None:
+                 redis_client: redis.Redis | None = None,
+                 cpu: Callable[..., Any] | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        # Runs the CPU-heavy, I/O-free parts of register and submit (validating, planning, the
+        # JSON of a big definition): ``cpu(fn, *args)``. The web process passes one that runs
+        # them off its gevent loop under a deadline (web/serving.py); elsewhere: right here.
+        self.cpu = cpu or inline
         self.keys = Keys(self.settings.key_prefix)
         self.redis = redis_client or redis.Redis.from_url(self.settings.redis_url, decode_responses=False)
         self.state = RunState(self.redis, self.keys, state_ttl=self.settings.state_ttl,
@@ -257,47 +266,61 @@ class Client:
                  ) -> tuple[Definition, str, compiler.Blueprint]:
         """Validated definition, its stored JSON and its blueprint; cached for definitions given
         as a mapping, a Workflow or a Definition (a file or a registered id is read every time)."""
-        if isinstance(definition, Definition):
-            text = dumps(dump_definition(definition))
-        elif isinstance(definition, Mapping | Workflow):
-            data = definition.to_dict() if isinstance(definition, Workflow) else definition
-            try:
-                text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-            except (TypeError, ValueError):
-                text = ""  # not JSON: validation will say where
-        else:
-            text = ""
+        pure = isinstance(definition, Definition | Mapping | Workflow)  # no I/O to load it
+        text = self.cpu(self._cache_text, definition) if pure else ""
         catalog, fingerprint = self._catalog()
         key = (text, fingerprint)
         if text and key in self._prepared:
             self._prepared.move_to_end(key)
             return self._prepared[key]
-        defn = self._load(definition, catalog)
-        entry = (defn, dumps(dump_definition(defn)), compiler.blueprint(defn))
+        # A file is read and a registered id is looked up (I/O): those stay where they are.
+        entry = self.cpu(self._compile_entry, definition, catalog) if pure else self._compile_entry(definition, catalog)
         if text:
             self._prepared[key] = entry
             while len(self._prepared) > PREPARED_CACHE:
                 self._prepared.popitem(last=False)
         return entry
 
+    def _cache_text(self, definition: Definition | Workflow | Mapping[str, Any]) -> str:
+        if isinstance(definition, Definition):
+            return dumps(dump_definition(definition))
+        try:
+            if isinstance(definition, Workflow):
+                definition = definition.to_dict()
+            # Limits first: json.dumps of a value nested thousands deep ends in a RecursionError.
+            limits.refuse(limits.check_definition(definition, self.settings.limits))
+            return json.dumps(definition, sort_keys=True, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError):
+            return ""  # not JSON, or not within the limits: validation will say where
+
+    def _compile_entry(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path,
+                       catalog: Mapping[str, Any] | None) -> tuple[Definition, str, compiler.Blueprint]:
+        defn = self._load(definition, catalog)
+        return defn, dumps(dump_definition(defn)), compiler.blueprint(defn)
+
     # -- definitions --------------------------------------------------------------------------
 
     def load(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path,
              *, check_plugins: bool = True) -> Definition:
         """Any accepted form of a definition, validated (against the fleet's plugins when known)."""
-        return self._load(definition, self.catalog() if check_plugins else None)
+        catalog = self.catalog() if check_plugins else None
+        if isinstance(definition, Definition | Mapping | Workflow):
+            return self.cpu(self._load, definition, catalog)  # type: ignore[no-any-return]
+        return self._load(definition, catalog)
 
     def _load(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path,
               catalog: Mapping[str, Any] | None) -> Definition:
+        lim = self.settings.limits
         if isinstance(definition, Definition):
-            return load_definition(dump_definition(definition), source=f"workflow '{definition.id}'", catalog=catalog)
+            return load_definition(dump_definition(definition), source=f"workflow '{definition.id}'",
+                                   catalog=catalog, limits=lim)
         if isinstance(definition, Workflow):
-            return definition.build(catalog=catalog)
+            return definition.build(catalog=catalog, limits=lim)
         if isinstance(definition, Mapping):
-            return load_definition(definition, catalog=catalog)
+            return load_definition(definition, catalog=catalog, limits=lim)
         path = Path(definition)
         if path.suffix in (".yaml", ".yml", ".json") or path.exists():
-            return load_file(path, catalog=catalog)
+            return load_file(path, catalog=catalog, limits=lim)
         return self.get_definition(str(definition))
 
     def register(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path) -> Definition:
@@ -362,6 +385,7 @@ class Client:
         if priority is not None and priority not in ("high", "normal", "low"):
             raise DefinitionError([("priority", f"must be one of high, normal, low, not {priority!r}")])
         run_inputs = {**defn.inputs, **(inputs or {})}
+        limits.refuse(limits.check_inputs(run_inputs, self.settings.limits))
         try:
             inputs_json = json.dumps(run_inputs)
         except (TypeError, ValueError) as exc:

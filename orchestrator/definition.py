@@ -16,11 +16,14 @@ from typing import Any
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from orchestrator import limits as limits_
 from orchestrator.errors import DefinitionError
+from orchestrator.limits import Limits
 
-ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
-STEP_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+# \Z, not $: "$" also matches before a trailing newline, so "etl\n" passed as an id.
+ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*\Z"
+STEP_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z"
+QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*\Z"
 MODES = ("sequential", "parallel", "conditional")
 PRIORITIES = {"high": 0, "normal": 4, "low": 8}  # Redis transport: lower runs first
 MAX_RETRIES = 100
@@ -121,6 +124,23 @@ class Definition:
 # ---------------------------------------------------------------------------------------------
 
 
+class Name(validate.Validator):
+    """An id or a name: no control characters, bidi controls or lone surrogates (said once,
+    plainly), then the field's own pattern when it has one."""
+
+    def __init__(self, pattern: str | None = None, error: str = "", *, non_empty: bool = False) -> None:
+        self.pattern = validate.Regexp(pattern, error=error) if pattern else None
+        self.non_empty = non_empty
+
+    def __call__(self, value: Any) -> Any:
+        why = limits_.forbidden_character(value) if isinstance(value, str) else None
+        if why:
+            raise ValidationError(why)
+        if self.non_empty and not value:
+            raise ValidationError("may not be empty")
+        return self.pattern(value) if self.pattern else value
+
+
 class _StrictSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -131,24 +151,21 @@ def _positive(msg: str) -> validate.Range:
 
 
 class CompensationSchema(_StrictSchema):
-    plugin = fields.String(required=True, validate=validate.Length(min=1))
-    method = fields.String(load_default="run", validate=validate.Length(min=1))
+    plugin = fields.String(required=True, validate=Name(non_empty=True))
+    method = fields.String(load_default="run", validate=Name(non_empty=True))
     params = fields.Dict(keys=fields.String(), load_default=dict)
     timeout = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
     retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_RETRIES))
-    queue = fields.String(validate=validate.Regexp(QUEUE_PATTERN, error="invalid queue name"))
+    queue = fields.String(validate=Name(QUEUE_PATTERN, "invalid queue name"))
 
 
 class StepSchema(_StrictSchema):
-    id = fields.String(
-        required=True,
-        validate=validate.Regexp(STEP_ID_PATTERN, error="must match [A-Za-z0-9][A-Za-z0-9_.-]*"),
-    )
-    name = fields.String(allow_none=True)
-    plugin = fields.String(required=True, validate=validate.Length(min=1))
-    method = fields.String(load_default="run", validate=validate.Length(min=1))
+    id = fields.String(required=True, validate=Name(STEP_ID_PATTERN, "must match [A-Za-z0-9][A-Za-z0-9_.-]*"))
+    name = fields.String(allow_none=True, validate=Name())
+    plugin = fields.String(required=True, validate=Name(non_empty=True))
+    method = fields.String(load_default="run", validate=Name(non_empty=True))
     params = fields.Dict(keys=fields.String(), load_default=dict)
-    depends_on = fields.List(fields.String(), load_default=list)
+    depends_on = fields.List(fields.String(validate=Name()), load_default=list)
     join = fields.String(load_default="all", validate=validate.OneOf(["all", "any"]))
     when = fields.String(allow_none=True, validate=validate.Regexp(r"\S", error="may not be empty"))
     timeout = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
@@ -157,7 +174,7 @@ class StepSchema(_StrictSchema):
     retry_backoff = fields.String(validate=validate.OneOf(["fixed", "exponential"]))
     retry_delay_max = fields.Float(validate=validate.Range(min=0))
     critical = fields.Boolean()
-    queue = fields.String(validate=validate.Regexp(QUEUE_PATTERN, error="invalid queue name"))
+    queue = fields.String(validate=Name(QUEUE_PATTERN, "invalid queue name"))
     compensate = fields.Nested(CompensationSchema, allow_none=True)
 
 
@@ -173,16 +190,14 @@ class DefaultsSchema(_StrictSchema):
 
 class WorkflowSchema(_StrictSchema):
     format = fields.Integer(strict=True, validate=validate.OneOf([1], error="only format version 1 exists"))
-    id = fields.String(
-        required=True, validate=validate.Regexp(ID_PATTERN, error="must match [a-z0-9][a-z0-9_.-]*")
-    )
-    name = fields.String(allow_none=True)
+    id = fields.String(required=True, validate=Name(ID_PATTERN, "must match [a-z0-9][a-z0-9_.-]*"))
+    name = fields.String(allow_none=True, validate=Name())
     description = fields.String(allow_none=True)
-    version = fields.String(allow_none=True)
+    version = fields.String(allow_none=True, validate=Name())
     mode = fields.String(load_default="parallel", validate=validate.OneOf(MODES))
     sla_seconds = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
     priority = fields.String(load_default="normal", validate=validate.OneOf(list(PRIORITIES)))
-    tags = fields.List(fields.String(), load_default=list)
+    tags = fields.List(fields.String(validate=Name()), load_default=list)
     inputs = fields.Dict(keys=fields.String(), load_default=dict)
     defaults = fields.Nested(DefaultsSchema, load_default=dict)
     steps = fields.List(
@@ -244,18 +259,21 @@ def _humanise(message: str) -> str:
 
 
 def load_definition(
-    data: Any, *, source: str | None = None, catalog: Mapping[str, Any] | None = None
+    data: Any, *, source: str | None = None, catalog: Mapping[str, Any] | None = None,
+    limits: Limits | None = None,
 ) -> Definition:
     """Validate a definition given as a dict and return the frozen model.
 
     Every problem is reported at once, each with its path. ``catalog`` is the fleet's plugin
     catalog (``{plugin: {method: {params, required, accepts_any}}}``); without it plugins are
-    not checked.
+    not checked. ``limits`` (default: the CANVASFLOW_MAX_* settings) are checked first: a
+    definition over one is refused (LimitExceeded) before anything else walks it.
     """
     from orchestrator import validation  # the semantic checks live next door
 
     if not isinstance(data, Mapping):
         raise DefinitionError([("", f"a definition must be a mapping, not {type(data).__name__}")], source)
+    limits_.refuse(limits_.check_definition(data, limits), source)
     problems: list[tuple[str, str]] = []
     try:
         loaded = _SCHEMA.load(dict(data))
@@ -372,13 +390,20 @@ def dump_definition(wf: Definition) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_text(text: str, *, source: str = "<string>", fmt: str | None = None) -> Any:
-    """YAML or JSON text to plain data; a syntax error says where it is."""
+def parse_text(text: str, *, source: str = "<string>", fmt: str | None = None,
+               limits: Limits | None = None) -> Any:
+    """YAML or JSON text to plain data; a syntax error says where it is. Text over
+    max_definition_bytes is refused unread, YAML aliases and nesting are bounded (limits.py)."""
     fmt = fmt or ("json" if source.endswith(".json") else "yaml")
+    lim = limits_.current(limits)
+    limits_.check_text(text, lim, source)
     try:
         if fmt == "json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return limits_.load_yaml(text, lim)
+    except RecursionError:  # JSON nested thousands deep: the C parser gives up before the limits can
+        raise limits_.LimitExceeded([("", f"nested deeper than {lim.max_depth} levels "
+                                          f"({limits_.env_name('max_depth')})")], source) from None
     except json.JSONDecodeError as exc:
         raise DefinitionError([(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}")], source) from None
     except yaml.YAMLError as exc:
@@ -388,14 +413,20 @@ def parse_text(text: str, *, source: str = "<string>", fmt: str | None = None) -
         raise DefinitionError([(where, f"invalid YAML: {problem}")], source) from None
 
 
-def load_file(path: str | Path, *, catalog: Mapping[str, Any] | None = None) -> Definition:
+def load_file(path: str | Path, *, catalog: Mapping[str, Any] | None = None,
+              limits: Limits | None = None) -> Definition:
     """Load and validate a .yaml/.yml/.json definition file."""
     p = Path(path)
+    lim = limits_.current(limits)
     try:
+        size = p.stat().st_size
+        if size > lim.max_definition_bytes:  # refused before it is read into memory
+            limits_.refuse([("", f"{size} bytes of definition: at most {lim.max_definition_bytes} are "
+                                 f"allowed ({limits_.env_name('max_definition_bytes')})")], str(p))
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise DefinitionError([("", f"cannot read file: {exc.strerror}")], str(p)) from None
-    return load_definition(parse_text(text, source=str(p)), source=str(p), catalog=catalog)
+    return load_definition(parse_text(text, source=str(p), limits=lim), source=str(p), catalog=catalog, limits=lim)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,5 +453,9 @@ class Workflow:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._data, default=list))
 
-    def build(self, catalog: Mapping[str, Any] | None = None) -> Definition:
-        return load_definition(self.to_dict(), source=f"workflow '{self._data['id']}'", catalog=catalog)
+    def build(self, catalog: Mapping[str, Any] | None = None, limits: Limits | None = None) -> Definition:
+        source = f"workflow '{self._data['id']}'"
+        # Limits before the JSON round trip: a params value that contains itself (or is nested
+        # thousands deep) would end it with a RecursionError instead of a message.
+        limits_.refuse(limits_.check_definition(self._data, limits), source)
+        return load_definition(self.to_dict(), source=source, catalog=catalog, limits=limits)

@@ -28,6 +28,11 @@ class DefinitionError(CanvasflowError, ValueError):
         return [f"{p}: {m}" if p else m for p, m in self.problems]
 
 
+class LimitExceeded(DefinitionError):
+    """Raised when a definition, run inputs or an event payload is larger or deeper than a limit
+    (orchestrator.limits); refused before anything expensive looks at it."""
+
+
 class ExpressionError(DefinitionError):
     """Raised when a `when` expression or `{{ }}` template cannot be parsed."""
 

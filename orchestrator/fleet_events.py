@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 
 from orchestrator.audit.models import celery_tasks
@@ -146,8 +146,26 @@ def merge_event(row: dict[str, Any] | None, ev: Mapping[str, Any], now: float) -
     return row
 
 
-def write_batch(engine: Engine, events: Sequence[Mapping[str, Any]], now: float | None = None) -> int:
-    """Upsert the tasks the events touch, in one transaction; returns how many rows changed."""
+# Columns a task row updates (all but its key), and the statements that write many rows at once.
+_UPDATED = [c.name for c in tasks.c if c.name != "uuid"]
+_UPDATE_MANY = (update(tasks).where(tasks.c.uuid == bindparam("k_uuid"))
+                .values({c: bindparam(f"k_{c}") for c in _UPDATED}))
+# PostgreSQL: the rows travel as one JSON parameter and the server unpacks them. Sent as ordinary
+# parameters (psycopg's pipelined executemany) 500 rows of 30 columns cost ~100-200 ms of Python
+# in the web process, and under gevent that holds every socket and request for as long
+# (docs/performance.md, "The run list under load").
+_PG_INSERT = text(f"INSERT INTO {tasks.name} SELECT * FROM json_populate_recordset(NULL::{tasks.name}, CAST(:rows AS json))")
+_PG_UPDATE = text(f"UPDATE {tasks.name} AS t SET " + ", ".join(f"{c} = r.{c}" for c in _UPDATED)
+                  + f" FROM json_populate_recordset(NULL::{tasks.name}, CAST(:rows AS json)) AS r WHERE t.uuid = r.uuid")
+MERGE_CHUNK = 50  # events merged between two calls of write_batch's ``pause``
+
+
+def write_batch(engine: Engine, events: Sequence[Mapping[str, Any]], now: float | None = None,
+                pause: Callable[[], Any] | None = None) -> int:
+    """Upsert the tasks the events touch, in one transaction; returns how many rows changed.
+
+    ``pause`` is called between parts of the work (every MERGE_CHUNK events merged, around the
+    writes): the web process passes ``web.serving.cooperate`` so its loop is not held for long."""
     now = time.time() if now is None else now
     by_id: dict[str, list[Mapping[str, Any]]] = {}
     for ev in events:
@@ -155,6 +173,7 @@ def write_batch(engine: Engine, events: Sequence[Mapping[str, Any]], now: float 
             by_id.setdefault(str(ev["uuid"]), []).append(ev)
     if not by_id:
         return 0
+    pg = engine.dialect.name == "postgresql"
     for attempt in range(3):
         try:
             with engine.begin() as conn:
@@ -165,16 +184,27 @@ def write_batch(engine: Engine, events: Sequence[Mapping[str, Any]], now: float 
                         existing[r.uuid] = dict(r._mapping)
                 new: list[dict[str, Any]] = []
                 changed: list[dict[str, Any]] = []
+                merged = 0
                 for uid, evs in by_id.items():
                     row = existing.get(uid)
                     for ev in evs:
                         row = merge_event(row, ev, now)
                     if row is not None:
                         (changed if uid in existing else new).append(row)
-                if new:
-                    conn.execute(insert(tasks), new)
-                for row in changed:
-                    conn.execute(update(tasks).where(tasks.c.uuid == row["uuid"]).values(row))
+                    merged += len(evs)
+                    if pause is not None and merged >= MERGE_CHUNK:
+                        merged = 0
+                        pause()
+                if pg:
+                    if new:
+                        conn.execute(_PG_INSERT, {"rows": json.dumps(new)})
+                    if changed:
+                        conn.execute(_PG_UPDATE, {"rows": json.dumps(changed)})
+                else:
+                    if new:
+                        conn.execute(insert(tasks), new)
+                    if changed:
+                        conn.execute(_UPDATE_MANY, [{f"k_{k}": v for k, v in row.items()} for row in changed])
                 return len(new) + len(changed)
         except sa_exc.IntegrityError:  # another web process inserted one of these tasks first
             if attempt == 2:
@@ -324,8 +354,11 @@ class FleetMonitor:
 
     def __init__(self, celery_app: Any, engine: Engine | None, redis_client: Any, workers_key: str, *,
                  batch_size: int = 500, flush_interval: float = 0.5, max_queue: int = 20_000,
-                 retention: float = 7 * 86400.0, prepare: Callable[[], Any] | None = None) -> None:
+                 retention: float = 7 * 86400.0, prepare: Callable[[], Any] | None = None,
+                 pause: Callable[[], Any] | None = None) -> None:
         self.app = celery_app
+        # Called between parts of a batch (write_batch): the web process's cooperate().
+        self.pause = pause
         self.engine = engine
         # Brings the schema up to date (``AuditStore.upgrade``) when a batch fails, e.g. because
         # the database came up after this process.
@@ -421,7 +454,7 @@ class FleetMonitor:
             batch = self._take()
             if batch and self.engine is not None:
                 try:
-                    self.written += write_batch(self.engine, batch)
+                    self.written += write_batch(self.engine, batch, pause=self.pause)
                 except Exception as exc:  # noqa: BLE001 - keep the process up; the batch is lost
                     self.errors += 1
                     log.warning("task history batch of %d events not written: %s", len(batch), exc)

@@ -98,6 +98,12 @@ class Keys:
         return f"{self.prefix}:alive:{hostname}"
 
     @property
+    def dead_messages(self) -> str:
+        """List: JSON records of task messages a worker refused to run (too deep or too big,
+        workers/guard.py), newest last, the last 1000 kept."""
+        return f"{self.prefix}:dead:messages"
+
+    @property
     def catalog(self) -> str:
         """Hash: worker hostname -> JSON {plugins, queues, started_at, pid}."""
         return f"{self.prefix}:catalog"

@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.callallow import parse_allow
 from orchestrator.errors import ConfigurationError
+from orchestrator.limits import Limits
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -67,6 +68,8 @@ class Settings:
     # queued message and no event for this many seconds (docs/operations.md, "Watchdog").
     watchdog_stall_seconds: int = 120
     extra_celery: dict[str, Any] = field(default_factory=dict)
+    # What a definition, run inputs or an event payload may be (CANVASFLOW_MAX_*; limits.py).
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         if not self.broker_url:
@@ -83,8 +86,9 @@ class Settings:
         """Read CANVASFLOW_<FIELD> for every field; bad values raise ConfigurationError."""
         env = dict(os.environ if env is None else env)
         values: dict[str, Any] = {}
+        values["limits"] = Limits.from_env(env)
         for f in fields(cls):
-            if f.name == "extra_celery":
+            if f.name in ("extra_celery", "limits"):
                 continue
             name = f"CANVASFLOW_{f.name.upper()}"
             if name not in env:
@@ -107,9 +111,9 @@ class Settings:
 
     def as_env(self) -> dict[str, str]:
         """The CANVASFLOW_* variables that reproduce these settings in a child process."""
-        out = {}
+        out = self.limits.as_env()
         for f in fields(self):
-            if f.name == "extra_celery":
+            if f.name in ("extra_celery", "limits"):
                 continue
             value = getattr(self, f.name)
             out[f"CANVASFLOW_{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)

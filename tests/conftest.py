@@ -86,7 +86,7 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, name: str, queues: str = "default,io",
                  concurrency: int = 2, pool: str = "prefork", extra_env: dict[str, str] | None = None,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, include: str = "") -> None:
         self.settings = settings
         self.name = name
         self.hostname = f"{name}@{os.uname().nodename}"
@@ -98,7 +98,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-n", self.hostname,
              "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", "INFO", "--without-mingle",
-             "--without-gossip"],
+             "--without-gossip", *(["-I", include] if include else [])],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True,
         )
 

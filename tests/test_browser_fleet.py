@@ -246,8 +246,8 @@ def test_a_failed_step_is_retried_from_its_task_page_and_the_run_then_completes(
 
 
 def test_a_failed_plain_celery_task_is_sent_again_with_its_arguments(chromium, fleet_server, http, shots):
-    # canvasflow.merge needs its `hdr` argument: without it the task fails on the worker
-    sent = http.post("/inspect/tasks/send", {"name": "canvasflow.merge", "args": [{"x": ["COMPLETED", 1]}]})["task"]
+    # a harmless task the fleet allows (CANVASFLOW_WEB_INSPECT_TASK_ALLOW), which fails on the worker
+    sent = http.post("/inspect/tasks/send", {"name": "tests.inspect_tasks.fail", "args": ["no hdr today"]})["task"]
     wait_for(lambda: (ts := http.get("/inspect/tasks", q=f"uuid:{sent}")["tasks"]) and ts[0]["state"] == "FAILURE",
              20, "the task to fail", every=0.2)
     page = login(chromium, fleet_server, OPERATOR)
@@ -262,7 +262,7 @@ def test_a_failed_plain_celery_task_is_sent_again_with_its_arguments(chromium, f
     row = wait_for(lambda: (t := requests.get(f"{fleet_server.url}/api/v1/inspect/tasks/{again}", headers=http.headers,
                                               timeout=10)).status_code == 200 and t.json()["state"] == "FAILURE"
                    and t.json(), 20, "the resent task to run", every=0.2)
-    assert row["name"] == "canvasflow.merge" and row["args"] == http.get(f"/inspect/tasks/{sent}")["args"]
+    assert row["name"] == "tests.inspect_tasks.fail" and row["args"] == http.get(f"/inspect/tasks/{sent}")["args"]
     shots(page, "task-sent-again")
     assert not page.errors
 

@@ -174,7 +174,10 @@ def test_run_once_records_nothing_for_a_run_that_moved_on(redis_client: redis.Re
     assert state.run_once("r1", "a", 2, **common)[0] == "stale"  # another epoch
     ok = state.run_once("r1", "a", 1, **common)
     assert ok[:3] == ("ok", "1", "RUNNING")
-    assert state.run_once("r1", "a", 1, **common)[0] == "settled"  # a duplicate changes nothing
+    # another delivery of the step (its own start time) changes nothing...
+    assert state.run_once("r1", "a", 1, **{**common, "started": 1.5})[0] == "settled"
+    # ...and the very same write again (retried after its reply was lost) is that attempt: 'ok', no-op
+    assert state.run_once("r1", "a", 1, **common)[:2] == ("ok", "1")
     run, steps, attempts = state.read("r1")
     assert run["status"] == "RUNNING" and run["settled"] == "1"
     assert steps["a"]["status"] == "COMPLETED" and steps["a"]["output"] == '{"x":1}'

@@ -40,7 +40,8 @@ def make_app(settings: Any) -> Any:
     from web import create_app
     from web.settings import WebSettings
 
-    app = create_app(settings, WebSettings(admin_password=ADMIN[1], secret_key="t", recorder=True))
+    app = create_app(settings, WebSettings(admin_password=ADMIN[1], secret_key="t", recorder=True,
+                                           inspect_task_allow="tests.inspect_tasks.*"))
     app.config["TESTING"] = True
     users = app.extensions["canvasflow"].users
     users.put(OPERATOR[0], password=OPERATOR[1], role="operator")
@@ -63,7 +64,8 @@ def env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[En
     app = make_app(settings)  # first, so its event receiver sees the workers come online
     wait_for(lambda: app.extensions["canvasflow_fleet"].monitor.connected, 10, "event receiver")
     tag = uuid.uuid4().hex[:4]
-    workers = {"a": WorkerProcess(settings, f"fa{tag}", queues="default,io", concurrency=2, log_dir=tmp),
+    workers = {"a": WorkerProcess(settings, f"fa{tag}", queues="default,io", concurrency=2, log_dir=tmp,
+                                  include="tests.inspect_tasks"),
                "b": WorkerProcess(settings, f"fb{tag}", queues="cpu", concurrency=1, log_dir=tmp)}
     client = Client(settings)
     try:
@@ -339,34 +341,34 @@ def test_rate_and_time_limits_are_set_through_the_api(env: Env) -> None:
 def test_send_task_result_and_task_types(env: Env) -> None:
     op = Api(env.app, OPERATOR)
     assert "canvasflow.step" in op.get("/inspect/task-types").json["task-types"]
-    r = op.post("/inspect/tasks/send", {"name": "canvasflow.merge", "args": [[1, 2]], "kwargs": {"hdr": {}}})
+    # canvasflow's own tasks are never sent by hand (tests/test_web_security.py has the rules)
+    assert op.post("/inspect/tasks/send", {"name": "canvasflow.merge", "args": [[1, 2]]}).status_code == 403
+    r = op.post("/inspect/tasks/send", {"name": "tests.inspect_tasks.add", "args": [1, 2], "kwargs": {}})
     assert r.status_code == 200, r.json
     tid = r.json["task"]
     done = wait_for(lambda: (t := op.get(f"/inspect/tasks/{tid}")).status_code == 200
                     and t.json["state"] == "SUCCESS" and t.json, 20, "the sent task to run")
-    assert done["name"] == "canvasflow.merge" and done["worker"] == env.workers["a"].hostname
-    assert done["resend"] == {"args": [[1, 2]], "kwargs": {"hdr": {}}}  # what "Send again" sends
-    # canvasflow's own tasks ignore their results (run state lives in its keys), so the result
-    # endpoint is read against a result stored in the backend the way any Celery task stores it
+    assert done["name"] == "tests.inspect_tasks.add" and done["worker"] == env.workers["a"].hostname
+    assert done["resend"] == {"args": [1, 2], "kwargs": {}}  # what "Send again" sends
+    assert op.get(f"/inspect/tasks/{tid}/result").json == {"task": tid, "state": "SUCCESS", "result": 3}
+    # a result stored in the backend the way any Celery task stores it
     backend = env.client.celery.backend
     other = str(uuid.uuid4())
     backend.store_result(other, {"rows": 3}, "SUCCESS")
     assert op.get(f"/inspect/tasks/{other}/result").json == {"task": other, "state": "SUCCESS", "result": {"rows": 3}}
-    assert op.get(f"/inspect/tasks/{tid}/result").json["state"] == "PENDING"  # ignore_result: never stored
 
 
 def test_apply_waits_for_the_result_and_answers_202_for_a_task_still_unfinished(env: Env) -> None:
     op = Api(env.app, OPERATOR)
-    r = op.post("/inspect/tasks/apply", {"name": "celery.accumulate", "args": [1, 2], "timeout": 20})
+    r = op.post("/inspect/tasks/apply", {"name": "tests.inspect_tasks.add", "args": [1, 2], "timeout": 20})
     assert r.status_code == 200, r.json
-    assert r.json["state"] == "SUCCESS" and r.json["result"] == [1, 2] and r.json["name"] == "celery.accumulate"
-    # canvasflow.merge stores no result: the wait ends at the timeout with the task's id to ask later
-    r = op.post("/inspect/tasks/apply", {"name": "canvasflow.merge", "args": [[1]], "kwargs": {"hdr": {}},
-                                         "timeout": 0.3})
-    assert r.status_code == 202 and r.json["state"] == "PENDING" and r.json["task"], r.json
-    bad = op.post("/inspect/tasks/apply", {"name": "celery.accumulate", "timeout": 600})
+    assert r.json["state"] == "SUCCESS" and r.json["result"] == 3 and r.json["name"] == "tests.inspect_tasks.add"
+    # a task still running when the wait ends: 202 with the task's id to ask later
+    r = op.post("/inspect/tasks/apply", {"name": "tests.inspect_tasks.nap", "args": [2], "timeout": 0.3})
+    assert r.status_code == 202 and r.json["state"] in ("PENDING", "STARTED") and r.json["task"], r.json
+    bad = op.post("/inspect/tasks/apply", {"name": "tests.inspect_tasks.add", "timeout": 600})
     assert bad.status_code == 400 and "timeout" in str(bad.json), bad.json
-    assert Api(env.app, VIEWER).post("/inspect/tasks/apply", {"name": "celery.accumulate"}).status_code == 403
+    assert Api(env.app, VIEWER).post("/inspect/tasks/apply", {"name": "tests.inspect_tasks.add"}).status_code == 403
 
 
 def test_a_tasks_arguments_are_read_back_from_their_reprs_for_sending_it_again() -> None:

@@ -13,7 +13,14 @@ from sqlalchemy import MetaData, func, insert, inspect, select
 from orchestrator.audit import AuditStore
 from orchestrator.audit.models import celery_tasks, metadata
 from orchestrator.audit.store import HEAD, VERSION_TABLE, prune_celery_tasks
-from orchestrator.fleet_events import TaskQuery, get_task, list_tasks, write_batch
+from orchestrator.fleet_events import (
+    MERGE_CHUNK,
+    TaskQuery,
+    get_task,
+    list_tasks,
+    merge_event,
+    write_batch,
+)
 
 pytest_plugins = ("tests.audit_fixtures",)
 
@@ -71,6 +78,27 @@ def test_events_are_folded_into_rows_and_paged_newest_first(store: AuditStore) -
     assert {t["uuid"] for t in ok} == {"u0", "u1", "u2"}
     detail = get_task(store.engine, "u1")
     assert detail is not None and (detail["state"], detail["sent_at"], detail["succeeded_at"]) == ("SUCCESS", 101.0, 201.0)
+
+
+def test_a_batch_keeps_every_value_exactly_as_merged_on_insert_and_on_update(store: AuditStore) -> None:
+    # PostgreSQL receives a batch as one JSON document (fleet_events._PG_INSERT / _PG_UPDATE):
+    # quotes, backslashes, non-ASCII text, NULLs and floats must come back as merged in Python.
+    args = "({'@': ['run\\x', 1]}, ['st\"ep', 'p', 'm', 0])  — é ✓ 'quoted'"
+    sent = [{"type": "task-sent", "uuid": f"v{i}", "timestamp": 1_700_000_000.123456 + i / 7, "name": "canvasflow.step",
+             "args": args, "kwargs": "{'k': None}", "queue": "io", "retries": i, "eta": None}
+            for i in range(120)]
+    done = [{"type": "task-succeeded", "uuid": f"v{i}", "timestamp": 1_700_000_100.000001 + i, "hostname": "w@h",
+             "result": "{'out': \"\\n\"}", "runtime": 0.1 + i / 3} for i in range(0, 120, 2)]
+    expected: dict[str, dict[str, object]] = {}
+    for ev in sent + done:
+        expected[ev["uuid"]] = merge_event(expected.get(ev["uuid"]), ev, 5.0)
+    pauses: list[int] = []
+    assert write_batch(store.writer, sent, now=5.0, pause=lambda: pauses.append(1)) == 120
+    assert write_batch(store.writer, done, now=5.0) == 60
+    assert len(pauses) == 120 // MERGE_CHUNK
+    with store.connect() as conn:
+        got = {r.uuid: dict(r._mapping) for r in conn.execute(select(celery_tasks))}
+    assert got == expected
 
 
 def test_prune_removes_task_history_older_than_the_cutoff_in_batches(store: AuditStore) -> None:

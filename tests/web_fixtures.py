@@ -24,6 +24,8 @@ from orchestrator.settings import Settings
 from tests.conftest import ROOT, TEST_CALL_ALLOW, WorkerProcess, make_settings, need
 from tests.web_helpers import ADMIN, OPERATOR, VIEWER, free_port, wait_for
 
+# Harmless tasks the workers load, which POST /api/v1/inspect/tasks/send may send when allowed.
+INSPECT_TASKS = "tests.inspect_tasks"
 CHROMIUM = os.environ.get("CANVASFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -45,7 +47,8 @@ def web_fleet(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
                              call_allow=TEST_CALL_ALLOW)
     log_dir = Path(os.environ.get("CANVASFLOW_TEST_LOGS", str(tmp)))
     log_dir.mkdir(parents=True, exist_ok=True)
-    worker = WorkerProcess(settings, f"web-{uuid.uuid4().hex[:6]}", concurrency=4, log_dir=log_dir).wait_ready()
+    worker = WorkerProcess(settings, f"web-{uuid.uuid4().hex[:6]}", concurrency=4, log_dir=log_dir,
+                           include=INSPECT_TASKS).wait_ready()
     yield WebFleet(settings, worker, log_dir)
     worker.stop()
 
@@ -103,7 +106,8 @@ def start_live_server(web_fleet: WebFleet, *extra: str) -> LiveServer:
     operator and viewer users of the tests."""
     port = free_port()
     env = {**os.environ, **web_fleet.settings.as_env(), "CANVASFLOW_WEB_ADMIN_PASSWORD": ADMIN[1],
-           "CANVASFLOW_WEB_SECRET_KEY": "live-test-secret", "PYTHONPATH": str(ROOT)}
+           "CANVASFLOW_WEB_SECRET_KEY": "live-test-secret", "PYTHONPATH": str(ROOT),
+           "CANVASFLOW_WEB_INSPECT_TASK_ALLOW": f"{INSPECT_TASKS}.*"}
     log_path = web_fleet.log_dir / f"web-{port}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_live_server
     proc = subprocess.Popen([sys.executable, "-m", "web", "--host", "127.0.0.1", "--port", str(port), "--recorder",

@@ -3,6 +3,8 @@
     python -m web [serve] [--host 127.0.0.1] [--port 8080] [--read-only] [--recorder]
     python -m web users add NAME --role {viewer,operator,admin} [--password-stdin]
     python -m web users list | delete NAME
+    python -m web users grant|revoke NAME submit_inline   # a permission beyond the role
+    python -m web users unlock NAME [--address]     # lift a login lockout
     python -m web token NAME [--name LABEL]       # prints a new API token for NAME
 
 Settings come from CANVASFLOW_* (orchestrator.Settings) and CANVASFLOW_WEB_* (web.settings).
@@ -32,6 +34,7 @@ import signal  # noqa: E402
 from typing import Any  # noqa: E402
 
 from orchestrator.errors import CanvasflowError  # noqa: E402
+from web.settings import PERMISSIONS  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     usub.add_parser("list", help="list users")
     delete = usub.add_parser("delete", help="delete a user and its tokens")
     delete.add_argument("name")
+    for verb, text in (("grant", "grant a permission beyond the role (admins have all)"),
+                       ("revoke", "withdraw a permission")):
+        perm = usub.add_parser(verb, help=text)
+        perm.add_argument("name")
+        perm.add_argument("permission", choices=list(PERMISSIONS))
+    unlock = usub.add_parser("unlock", help="lift a login lockout and forget the failed logins")
+    unlock.add_argument("name", help="the user name (or, with --address, the client address)")
+    unlock.add_argument("--address", action="store_true", help="NAME is a client address")
     token = sub.add_parser("token", help="create an API token for a user and print it")
     token.add_argument("name")
     token.add_argument("--name", dest="label", default="cli")
@@ -64,15 +75,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _users() -> Any:
+    from orchestrator.audit.models import audit_log
     from orchestrator.audit.store import AuditStore
     from orchestrator.settings import Settings
     from web.auth import Users
 
     store = AuditStore(Settings.from_env().database_url)
     store.upgrade()
-    users = Users(store.engine, store.writer)
+    users = Users(store.engine, store.writer, audit_log)
     users.setup()
     return users
+
+
+def _cli_audit(action: str, target_type: str, target: str, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The audit row of a change made on the server with this command (actor ``cli:<login>``)."""
+    import json
+    import time
+
+    try:
+        who = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        who = str(os.getuid())
+    return {"ts": time.time(), "actor": f"cli:{who}"[:200], "action": action, "target_type": target_type,
+            "target_id": target[:200], "reason": None, "outcome": "ok",
+            "detail": json.dumps(detail) if detail is not None else None}
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -147,9 +173,29 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{u['name']}\t{u['role']}{'  (disabled)' if u['disabled'] else ''}")
             return 0
         if args.users_command == "delete":
-            if not users.delete(args.name):
+            if not users.delete(args.name, audit=_cli_audit("user_delete", "user", args.name)):
                 print(f"no user '{args.name}'", file=sys.stderr)
                 return 1
+            return 0
+        if args.users_command in ("grant", "revoke"):
+            granted = args.users_command == "grant"
+            action = "permission_grant" if granted else "permission_revoke"
+            if not users.set_permission(args.name, args.permission, granted,
+                                        audit=_cli_audit(action, "user", args.name, {"permission": args.permission})):
+                print(f"no user '{args.name}'", file=sys.stderr)
+                return 1
+            print(f"{args.name}: {', '.join(users.row(args.name)['permissions']) or 'no permissions'}")
+            return 0
+        if args.users_command == "unlock":
+            from web.settings import WebSettings
+            from web.throttle import Throttle
+
+            scope = "address" if args.address else "user"
+            t = Throttle(users.engine, users.writer, WebSettings(), users.audit_table)
+            if not t.unlock(scope, args.name, audit=_cli_audit("login_unlock", scope, args.name)):
+                print(f"no failed logins on record for {scope} '{args.name}'", file=sys.stderr)
+                return 1
+            print(f"unlocked {scope} '{args.name}'")
             return 0
         password = None
         if args.password_stdin:
@@ -157,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         elif users.get(args.name) is None:
             password = getpass.getpass(f"password for {args.name}: ")
         try:
-            user = users.put(args.name, password=password, role=args.role)
+            user = users.put(args.name, password=password, role=args.role, audit=_cli_audit(
+                "user_update" if users.exists(args.name) else "user_create", "user", args.name,
+                {"role": args.role, "password_changed": password is not None}))
         except AuthError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -79,11 +79,12 @@ class Runs(MethodView):
                         tags=tuple(args["tag"]), triggered_by=args["triggered_by"], since=args["since"],
                         until=args["until"], search=args["search"], ids=tuple(args["ids"]))
         try:
-            page = ext().views.list(flt, limit=args["limit"], cursor=args["cursor"])
+            page = ext().views.list(flt, limit=args["limit"], cursor=args["cursor"], with_counts=True)
         except StoreError as exc:  # a malformed cursor
             abort(400, errors={"query": {"cursor": [str(exc)]}})
         payload = schemas.fast_dump(_LIST_SCHEMA, {"runs": page.items, "next_cursor": page.next_cursor,
-                                                   "counts": ext().views.counts(), "source": page.source,
+                                                   "counts": page.counts if page.counts is not None
+                                                   else ext().views.counts(), "source": page.source,
                                                    "warnings": page.warnings})
         cooperate()
         return json_response(payload)
@@ -91,6 +92,8 @@ class Runs(MethodView):
     @auth.require("operator", mutating=True)
     @blp.arguments(schemas.SubmitBody)
     @blp.response(201, schemas.RunSummarySchema)
+    @blp.alt_response(403, description="the role is too low, or an inline definition without the submit_inline "
+                                       "permission (granted by an admin)")
     def post(self, body: dict[str, Any]) -> Any:
         """Submit a run of a registered workflow (by id) or of an inline definition."""
         client = ext().client

@@ -28,27 +28,16 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 from flask_smorest import abort
-from sqlalchemy import (
-    Boolean,
-    Column,
-    Double,
-    Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    delete,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Engine, Table, delete, insert, select, update
 from werkzeug.exceptions import HTTPException
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from orchestrator.audit.models import WEB_TABLES
+from orchestrator.audit.models import metadata as store_metadata
+from orchestrator.audit.models import web_tokens as tokens_table
+from orchestrator.audit.models import web_users as users_table
 from web.serving import off_the_loop
 from web.settings import PERMISSIONS, ROLES
-
-metadata = MetaData()
 
 
 @cache
@@ -56,32 +45,6 @@ def _dummy_hash() -> str:
     """A hash to check a password against when the user does not exist (made once, when needed)."""
     return generate_password_hash(secrets.token_urlsafe(16))
 
-
-users_table = Table(
-    "cf_web_users", metadata,
-    Column("username", String(200), primary_key=True),
-    Column("password_hash", String(300), nullable=False),
-    Column("role", String(16), nullable=False),
-    Column("disabled", Boolean, nullable=False, default=False),
-    Column("created_at", Double, nullable=False),
-    Column("updated_at", Double, nullable=False),
-    # Moves on with every password, role or disabled change: sessions and tokens stamped with an
-    # older one are refused. Random at creation, so a user re-created under a deleted one's name
-    # never revives the old sessions.
-    Column("generation", Integer, nullable=False, server_default="0"),
-    # Permissions granted beyond the role, comma-separated (PERMISSIONS).
-    Column("permissions", String(200), nullable=False, server_default=""),
-)
-tokens_table = Table(
-    "cf_web_tokens", metadata,
-    Column("id", String(16), primary_key=True),
-    Column("username", String(200), nullable=False, index=True),
-    Column("name", String(200), nullable=False),
-    Column("digest", String(64), nullable=False, unique=True),
-    Column("created_at", Double, nullable=False),
-    Column("last_used_at", Double),
-    Column("generation", Integer, nullable=False, server_default="0"),  # the user's, when issued
-)
 
 TOKEN_PREFIX = "cft_"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -171,8 +134,10 @@ class Users:
                 self._audit(conn, audit)
 
     def setup(self) -> None:
+        """Create the tables where the store's migrations did not (the in-memory database of a
+        dashboard without an audit store)."""
         with self.writer.begin() as conn:
-            metadata.create_all(conn, checkfirst=True)
+            store_metadata.create_all(conn, tables=list(WEB_TABLES), checkfirst=True)
 
     # -- users --------------------------------------------------------------------------------
 
@@ -493,10 +458,14 @@ def _audit_refusal(access: Access, user: User) -> None:
     if target is None and access.target:
         body = request.get_json(silent=True)
         target = body.get(access.target) if isinstance(body, dict) else None
-    # outcome is at most 32 characters in the audit table; the rest goes in detail.
-    store.record_action(actor=user.name, action=access.audit, target_type=access.target_type,
-                        target_id=str(target if target is not None else "")[:200],
-                        outcome=f"refused: {user.role}", detail={"needs": access.role, "role": user.role})
+    # A refusal that cannot be written fails the request with 503 (web/audit.py): an audit write
+    # is never dropped silently. Imported here: web.audit imports this module.
+    from web import audit as web_audit
+
+    assert access.audit is not None
+    web_audit.record(access.audit, access.target_type, str(target if target is not None else "")[:200],
+                     {"needs": access.role, "role": user.role}, outcome=f"refused: {user.role}",
+                     what="the refusal was not recorded")
 
 
 def check(role: str, *, mutating: bool = False) -> User:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import time
+import uuid
 from typing import Any
 
 from flask import Flask, current_app, request
@@ -31,8 +32,11 @@ from orchestrator.fleet_inspect import (
     known_queues,
     queue_lengths,
 )
+from web import audit as web_audit
 from web import auth
 from web.rest import Blueprint
+from web.serving import cooperate
+from web.settings import NEVER_SENT, TASK_ALLOW_SETTING, task_allowed
 
 blp = Blueprint("inspect", __name__, url_prefix="/api/v1/inspect",
                 description="Fleet inspection: workers, tasks, queues (Flower parity)")
@@ -61,7 +65,8 @@ class Fleet:
             # the table comes with the audit store's migrations (create_app runs them)
             self.monitor = FleetMonitor(services.client.celery, store.writer if store is not None else None,
                                         r, self.workers_key, retention=web.task_retention,
-                                        prepare=store.upgrade if store is not None else None)
+                                        prepare=store.upgrade if store is not None else None,
+                                        pause=cooperate)
             self.monitor.stop_event = services.stop_event
 
     def totals(self) -> dict[str, dict[str, int]]:
@@ -119,14 +124,10 @@ def _need_store() -> Any:
 
 
 def _audit(action: str, target_type: str, target: str, detail: dict[str, Any], outcome: str = "ok") -> None:
-    store = current_app.extensions["canvasflow"].store
-    user = auth.current_user()
-    if store is not None:
-        try:
-            store.record_action(actor=user.name if user else "?", action=action, target_type=target_type,
-                                target_id=target, outcome=outcome, detail=detail)
-        except Exception:  # noqa: BLE001 - the action happened; the audit write is best effort
-            current_app.logger.warning("audit log write failed for %s on %s", action, target)
+    """Record a control action whose outcome is known only once it is taken: when the log cannot
+    take it the request fails with 503 saying so (never a silently missing record)."""
+    web_audit.record_after(action, target_type, target, detail, outcome=outcome,
+                           what=f"{action} on {target_type} {target!r} was done ({outcome})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,9 +333,9 @@ class RevokeBody(Schema):
 def revoke(body: dict[str, Any], task_id: str) -> dict[str, Any]:
     """Revoke a task (a worker that receives it discards it); ``terminate`` also kills it if it
     is running. Audited. For a canvasflow step prefer cancelling its run."""
+    web_audit.record("task_terminate" if body["terminate"] else "task_revoke", "task", task_id,
+                     {"signal": body["signal"], "reason": body["reason"]}, what=f"task {task_id!r} was not revoked")
     fleet().inspector.revoke(task_id, terminate=body["terminate"], signal=body["signal"])
-    _audit("task_terminate" if body["terminate"] else "task_revoke", "task", task_id,
-           {"signal": body["signal"], "reason": body["reason"]})
     return {"task": task_id, "revoked": True, "terminate": body["terminate"], "at": time.time()}
 
 
@@ -343,8 +344,9 @@ def revoke(body: dict[str, Any], task_id: str) -> dict[str, Any]:
 @auth.require("operator", mutating=True)
 def terminate(body: dict[str, Any], task_id: str) -> dict[str, Any]:
     """Revoke and terminate (Flower's /api/task/revoke?terminate=true and abort)."""
+    web_audit.record("task_terminate", "task", task_id, {"signal": body["signal"], "reason": body["reason"]},
+                     what=f"task {task_id!r} was not terminated")
     fleet().inspector.revoke(task_id, terminate=True, signal=body["signal"])
-    _audit("task_terminate", "task", task_id, {"signal": body["signal"], "reason": body["reason"]})
     return {"task": task_id, "revoked": True, "terminate": True, "at": time.time()}
 
 
@@ -368,12 +370,31 @@ def send_task(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _send(body: dict[str, Any], action: str) -> str:
-    """Send the task ``body`` names (SendBody), audited as ``action``; returns its id."""
+    """Send the task ``body`` names (SendBody), if the allow-list lets it, audited as ``action``
+    before it is sent; returns its id."""
+    name = body["name"]
+    web = current_app.extensions["canvasflow"].web
+    if not task_allowed(web.task_allow, name):
+        web_audit.record(action, "task", name, {"name": name, "reason": body["reason"]}, outcome="refused: not allowed",
+                         what="the refusal was not recorded")
+        abort(403, message=_send_refusal(name, web.task_allow))
     opts = {k: body[k] for k in ("queue", "countdown", "priority") if body.get(k) is not None}
+    task_id = str(uuid.uuid4())
+    web_audit.record(action, "task", task_id, {"name": name, **opts, "reason": body["reason"]},
+                     what=f"task {name!r} was not sent")
     celery = current_app.extensions["canvasflow"].client.celery
-    result = celery.send_task(body["name"], args=body["args"], kwargs=body["kwargs"], **opts)
-    _audit(action, "task", result.id, {"name": body["name"], **opts, "reason": body["reason"]})
-    return str(result.id)
+    celery.send_task(name, args=body["args"], kwargs=body["kwargs"], task_id=task_id, **opts)
+    return task_id
+
+
+def _send_refusal(name: str, allow: tuple[str, ...]) -> str:
+    if name.startswith(NEVER_SENT) or name in ("canvasflow", "celery"):
+        return (f"task {name!r} is one of canvasflow's or Celery's own tasks, which are never sent by hand (a forged "
+                "step or chord message could run anything a worker can); submit, retry or cancel the run instead")
+    listed = f"{TASK_ALLOW_SETTING}={','.join(allow)}" if allow else f"{TASK_ALLOW_SETTING} is empty"
+    return (f"task {name!r} may not be sent from the dashboard: {listed}. Sending tasks by name runs them on the "
+            f"workers with the arguments given, so a fleet lists the harmless ones in {TASK_ALLOW_SETTING} "
+            "(exact names or 'prefix.*')")
 
 
 class ApplyBody(SendBody):

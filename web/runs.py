@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from sqlalchemy import Select, and_, case, func, or_, select, tuple_
+from sqlalchemy import Connection, Select, and_, case, func, or_, select, tuple_
 
 from orchestrator.audit.models import run_tags, runs, steps
 from orchestrator.audit.queries import decode_cursor, encode_cursor
@@ -41,23 +41,67 @@ SETTLED_STEPS = ("COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATING", 
 LIVE_FIELDS = ("status", "workflow", "version", "name", "created_at", "started_at", "finished_at", "total",
                "settled", "priority", "tags", "triggered_by", "trigger_type", "sla_seconds", "error",
                "failed_step", "seq", "cloned_from")
-MERGE_WINDOW = 500  # unrecorded newest runs looked at on a first page
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 REDIS_UNREACHABLE = ("Redis is unreachable: this is the audit store's record, which may be stale "
                      "(live status, the newest runs and events not yet recorded are missing)")
+MERGE_WINDOW = 500  # unrecorded newest runs looked at per page
+# Runs that have no current steps: waiting to start, or over.
+_RESTING = ("PENDING", *FINAL)
+# The columns of cf_runs a summary uses (not inputs, which can be large).
+_ROW_COLUMNS = ("id", "status", "workflow_id", "version", "name", "created_at", "started_at", "finished_at",
+                "priority", "tags", "triggered_by", "trigger_type", "sla_seconds", "error", "failed_step", "last_seq")
 
-# Server-side filter of a run's step hash: only the steps running right now, not their outputs.
-_CURRENT_STEPS = """
-local out = {}
-local flat = redis.call('HGETALL', KEYS[1])
-for i = 1, #flat, 2 do
-  local f, v = flat[i], flat[i + 1]
-  if string.sub(f, -7) == '|status' and (v == 'RUNNING' or v == 'RETRYING' or v == 'COMPENSATING') then
-    table.insert(out, string.sub(f, 1, -8))
+# The live fields of a page of runs, and of the runs newer than the recorder's newest row, in one
+# round trip. Under load every round trip of a request waits for its turn on the web process's
+# loop, so the list costs one Redis call, not one per part (docs/performance.md, "The run list
+# under load"). Keys are built from templates that orchestrator.keys made (ARGV 1-3).
+#
+# ARGV: run key prefix, steps key suffix, the runs index, low and high score of the unrecorded
+#       window ("(<newest>" or "-inf", "<cursor score>" or "+inf"), window size (0: none), number
+#       of fields, the fields (status first), then the ids of the page.
+# Returns {page, extra}: page = {{values}, {current steps}} per id given, in order (values all
+#       false for a run not in Redis); extra = {{id, {values}, {current steps}}} for each run of the
+#       window that is not on the page, newest first. Current steps: the steps RUNNING, RETRYING
+#       or COMPENSATING of a run that is neither waiting nor over (LIVE_LUA).
+_LIST_LIVE = """
+local run_prefix, steps_suffix, index = ARGV[1], ARGV[2], ARGV[3]
+local low, high, window, nf = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local fields = {}
+for i = 1, nf do fields[i] = ARGV[7 + i] end
+%(resting)s
+local function current(id)
+  local out = {}
+  local flat = redis.call('HGETALL', run_prefix .. id .. steps_suffix)
+  for i = 1, #flat, 2 do
+    local f, v = flat[i], flat[i + 1]
+    if string.sub(f, -7) == '|status' and (v == 'RUNNING' or v == 'RETRYING' or v == 'COMPENSATING') then
+      table.insert(out, string.sub(f, 1, -8))
+    end
+  end
+  return out
+end
+local function read(id)
+  local v = redis.call('HMGET', run_prefix .. id, unpack(fields))
+  local st = v[1]
+  if st and not resting[st] then return {v, current(id)} end
+  return {v, {}}
+end
+local page, seen = {}, {}
+for i = 8 + nf, #ARGV do
+  seen[ARGV[i]] = true
+  table.insert(page, read(ARGV[i]))
+end
+local extra = {}
+if window > 0 then
+  for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', index, high, low, 'LIMIT', 0, window)) do
+    if not seen[id] then
+      local r = read(id)
+      if r[1][1] then table.insert(extra, {id, r[1], r[2]}) end
+    end
   end
 end
-return out
-"""
+return {page, extra}
+""".replace("%(resting)s", "local resting = {" + ", ".join(f"[{v!r}] = true" for v in _RESTING) + "}")
 
 
 def _s(v: Any) -> str:
@@ -124,6 +168,7 @@ class RunPage:
     next_cursor: str | None
     source: str = "audit"
     warnings: list[str] = field(default_factory=list)
+    counts: dict[str, Any] | None = None  # the tab counts, when asked for with the page
 
 
 def run_sla_status(status: str, elapsed: float, target: float | None) -> str | None:
@@ -213,7 +258,9 @@ class RunViews:
         self.store = store
         self.r = client.redis
         self.keys = client.keys
-        self._current = self.r.register_script(_CURRENT_STEPS)
+        self._live = self.r.register_script(_LIST_LIVE)
+        probe = "\x00"
+        self._key_args = [self.keys.run(""), self.keys.steps(probe)[len(self.keys.run(probe)):], self.keys.runs]
 
     # -- hot state ----------------------------------------------------------------------------
 
@@ -224,27 +271,31 @@ class RunViews:
             return False
         return True
 
-    def hot(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Live fields of each run still in Redis, with its current steps; one round trip each way."""
-        ids = list(dict.fromkeys(run_ids))
-        if not ids:
-            return {}
-        pipe = self.r.pipeline(transaction=False)
-        for rid in ids:
-            pipe.hmget(self.keys.run(rid), LIVE_FIELDS)
-        out = {}
-        for rid, values in zip(ids, pipe.execute(), strict=True):
+    def _read_live(self, ids: list[str], low: str = "-inf", high: str = "+inf", window: int = 0
+                   ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """(live fields of each of ``ids`` still in Redis, the runs of the index between ``low``
+        and ``high`` not among ``ids``, newest first, at most ``window``): one round trip."""
+        page, extra = self._live(args=[*self._key_args, low, high, window, len(LIVE_FIELDS), *LIVE_FIELDS, *ids])
+        out: dict[str, dict[str, Any]] = {}
+        for rid, (values, current) in zip(ids, page, strict=True):
             base = hot_base(rid, values)
             if base is not None:
+                if base["status"] not in _RESTING:
+                    base["current_steps"] = sorted(_s(c) for c in current)
                 out[rid] = base
-        live = [rid for rid, b in out.items() if b["status"] not in FINAL and b["status"] != "PENDING"]
-        if live:
-            pipe = self.r.pipeline(transaction=False)
-            for rid in live:
-                self._current(keys=[self.keys.steps(rid)], client=pipe)
-            for rid, cur in zip(live, pipe.execute(), strict=True):
-                out[rid]["current_steps"] = sorted(_s(c) for c in cur)
-        return out
+        more = []
+        for rid, values, current in extra:
+            base = hot_base(_s(rid), values)
+            if base is not None:
+                if base["status"] not in _RESTING:
+                    base["current_steps"] = sorted(_s(c) for c in current)
+                more.append(base)
+        return out, more
+
+    def hot(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Live fields of each run still in Redis, with its current steps; one round trip."""
+        ids = list(dict.fromkeys(run_ids))
+        return self._read_live(ids)[0] if ids else {}
 
     def summary(self, run_id: str) -> dict[str, Any] | None:
         hot = self.hot([run_id]).get(run_id)
@@ -257,27 +308,35 @@ class RunViews:
 
     # -- lists --------------------------------------------------------------------------------
 
-    def list(self, flt: RunFilter, *, limit: int = 50, cursor: str | None = None) -> RunPage:
+    def list(self, flt: RunFilter, *, limit: int = 50, cursor: str | None = None,
+             with_counts: bool = False) -> RunPage:
+        """One keyset page, newest first: one SQL connection (the page with its step counts and
+        the newest recorded run in one query; the tab counts in a second when ``with_counts``) and
+        one Redis call (the page's live fields and the runs newer than the newest recorded one)."""
         now = time.time()
         if self.store is None:
             return self._hot_list(flt, limit, cursor, now)
+        after = decode_cursor(cursor) if cursor else None  # a bad cursor is the caller's error
+        counts = None
         try:
-            rows, more = self._sql_page(flt, limit, cursor, now)
-            newest = None
-            if cursor is None and flt.until is None:
-                with self.store.connect() as conn:
-                    newest = conn.execute(select(func.max(runs.c.created_at))).scalar()
-            counts = self._sql_progress([r["id"] for r in rows])
+            with self.store.connect() as conn:
+                rows, more, newest = self._sql_page(conn, flt, limit, after, now)
+                if with_counts:
+                    counts = self._counts(conn, now)
         except StoreError as exc:
             page = self._hot_list(flt, limit, cursor, now)
             page.warnings.append(f"audit store unavailable, showing live runs only: {exc}")
             return page
         cooperate()  # each part below is a few ms of Python for a page of 50: let the relay in between
+        # Runs created after the newest recorded one are in Redis only (the recorder lags, or is
+        # not running): every page merges those that sort before its cursor.
+        low = f"({newest!r}" if newest is not None else "-inf"
+        high = repr(after[0]) if after is not None else "+inf"
         warnings: list[str] = []
         try:
-            hot = self.hot([r["id"] for r in rows])
+            hot, unrecorded = self._read_live([r["id"] for r in rows], low, high, MERGE_WINDOW)
         except REDIS_DOWN:
-            hot, warnings = {}, [REDIS_UNREACHABLE]
+            hot, unrecorded, warnings = {}, [], [REDIS_UNREACHABLE]
         cooperate()
         bases = []
         for row in rows:
@@ -287,19 +346,17 @@ class RunViews:
             else:
                 # Not final in SQL and unknown to Redis: its hot state was lost (orchestrator/lost.py).
                 # While Redis is unreachable nothing can be said about it, so it is not flagged.
-                lost = not warnings and row["status"] not in FINAL
-                bases.append({**row, **counts.get(row["id"], {}), "state_lost": lost})
-        if cursor is None and flt.until is None and not warnings:
-            seen = {b["id"] for b in bases}
-            extra = self._unrecorded(newest, flt, now, seen)
-            if extra:
-                bases = sorted(extra + bases, key=lambda b: (b["created_at"], b["id"]), reverse=True)
-                more = more or len(bases) > limit
-                bases = bases[:limit]
+                bases.append({**row, "state_lost": not warnings and row["status"] not in FINAL})
+        extra = [b for b in unrecorded if (after is None or (b["created_at"], b["id"]) < after)
+                 and flt.matches(summarize(b, now), now)]
+        if extra:
+            bases = sorted(extra + bases, key=lambda b: (b["created_at"], b["id"]), reverse=True)
+            more = more or len(bases) > limit
+            bases = bases[:limit]
         cooperate()
         items = [summarize(b, now) for b in bases]
         nxt = encode_cursor(bases[-1]["created_at"], bases[-1]["id"]) if more and bases else None
-        return RunPage(items, nxt, warnings=warnings)
+        return RunPage(items, nxt, warnings=warnings, counts=counts)
 
     def _sql_query(self, flt: RunFilter, now: float) -> Select[Any]:
         q = select(runs)
@@ -329,15 +386,23 @@ class RunViews:
                         elapsed >= WARNING_FRACTION * runs.c.sla_seconds)
         return q
 
-    def _sql_page(self, flt: RunFilter, limit: int, cursor: str | None, now: float) -> tuple[list[dict[str, Any]], bool]:
-        assert self.store is not None
-        q = self._sql_query(flt, now)
-        if cursor:
-            ts, rid = decode_cursor(cursor)
-            q = q.where(tuple_(runs.c.created_at, runs.c.id) < tuple_(ts, rid))
+    def _sql_page(self, conn: Connection, flt: RunFilter, limit: int, after: tuple[float, str] | None, now: float
+                  ) -> tuple[list[dict[str, Any]], bool, float | None]:
+        """(rows of the page with their step counts, whether more follow, the newest created_at
+        recorded): one statement; a second only when the page is empty."""
+        total = select(func.count()).where(steps.c.run_id == runs.c.id).scalar_subquery()
+        settled = (select(func.count()).where(steps.c.run_id == runs.c.id, steps.c.status.in_(SETTLED_STEPS))
+                   .scalar_subquery())
+        newest_runs = runs.alias("newest_runs")
+        newest = select(func.max(newest_runs.c.created_at)).scalar_subquery()
+        q = self._sql_query(flt, now).with_only_columns(
+            *(runs.c[c] for c in _ROW_COLUMNS), total.label("n_steps"), settled.label("n_settled"),
+            newest.label("newest"))
+        if after is not None:
+            q = q.where(tuple_(runs.c.created_at, runs.c.id) < tuple_(*after))
         q = q.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
-        with self.store.connect() as conn:
-            rows = conn.execute(q).mappings().all()
+        rows = conn.execute(q).mappings().all()
+        newest_at = rows[0]["newest"] if rows else conn.execute(select(func.max(runs.c.created_at))).scalar()
         out = []
         for r in rows[:limit]:
             try:
@@ -350,26 +415,9 @@ class RunViews:
                 "finished_at": r["finished_at"], "priority": r["priority"], "tags": tags,
                 "triggered_by": r["triggered_by"], "trigger_type": r["trigger_type"],
                 "sla_seconds": r["sla_seconds"], "error": r["error"], "failed_step": r["failed_step"],
-                "seq": r["last_seq"],
+                "seq": r["last_seq"], "total": int(r["n_steps"] or 0), "settled": int(r["n_settled"] or 0),
             })
-        return out, len(rows) > limit
-
-    def _sql_progress(self, run_ids: list[str]) -> dict[str, dict[str, int]]:
-        """total / settled step counts of runs no longer in Redis (one grouped query)."""
-        if not run_ids or self.store is None:
-            return {}
-        settled = func.sum(case((steps.c.status.in_(SETTLED_STEPS), 1), else_=0))
-        q = (select(steps.c.run_id, func.count(), settled).where(steps.c.run_id.in_(run_ids))
-             .group_by(steps.c.run_id))
-        with self.store.connect() as conn:
-            return {rid: {"total": int(n), "settled": int(s or 0)} for rid, n, s in conn.execute(q)}
-
-    def _unrecorded(self, newest: float | None, flt: RunFilter, now: float, seen: set[str]) -> list[dict[str, Any]]:
-        low = f"({newest}" if newest is not None else "-inf"
-        ids = [_s(i) for i in self.r.zrevrangebyscore(self.keys.runs, "+inf", low, start=0, num=MERGE_WINDOW)]
-        ids = [i for i in ids if i not in seen]
-        hot = self.hot(ids)
-        return [b for rid in ids if (b := hot.get(rid)) is not None and flt.matches(summarize(b, now), now)]
+        return out, len(rows) > limit, newest_at
 
     def _hot_list(self, flt: RunFilter, limit: int, cursor: str | None, now: float) -> RunPage:
         """Newest first from the Redis index alone (no audit store)."""
@@ -410,31 +458,39 @@ class RunViews:
     def counts(self, now: float | None = None) -> dict[str, Any]:
         """Tab counts and today's figures (since 00:00 UTC)."""
         now = time.time() if now is None else now
-        day = now - now % 86400
-        out: dict[str, Any] = {"active": 0, "pending": 0, "slow": 0, "completed_today": 0, "failed_today": 0,
-                               "sla_compliance_today": None}
         if self.store is None:
-            return out
-        elapsed = func.coalesce(runs.c.finished_at, now) - runs.c.created_at
-        slow = and_(runs.c.sla_seconds.is_not(None), runs.c.sla_seconds > 0,
-                    elapsed >= WARNING_FRACTION * runs.c.sla_seconds)
+            return _no_counts()
         try:
             with self.store.connect() as conn:
-                for status, n in conn.execute(select(runs.c.status, func.count())
-                                              .where(runs.c.status.in_(ACTIVE + PENDING)).group_by(runs.c.status)):
-                    out["pending" if status == "PENDING" else "active"] += int(n)
-                out["slow"] = int(conn.execute(select(func.count()).select_from(runs).where(
-                    runs.c.status.in_(ACTIVE + PENDING), slow)).scalar_one())
-                for status, n in conn.execute(select(runs.c.status, func.count()).where(
-                        runs.c.finished_at >= day, runs.c.status.in_(COMPLETED + UNSUCCESSFUL))
-                        .group_by(runs.c.status)):
-                    out["completed_today" if status == "COMPLETED" else "failed_today"] += int(n)
-                has_sla = and_(runs.c.finished_at >= day, runs.c.sla_seconds.is_not(None),
-                               runs.c.status.in_(("COMPLETED", "FAILED", "COMPENSATION_FAILED")))
-                met = func.sum(case((and_(runs.c.status == "COMPLETED",
-                                          runs.c.finished_at - runs.c.created_at <= runs.c.sla_seconds), 1), else_=0))
-                n, k = conn.execute(select(func.count(), met).where(has_sla)).one()
-                out["sla_compliance_today"] = round(100.0 * int(k or 0) / int(n), 1) if n else None
+                return self._counts(conn, now)
         except StoreError:
-            pass
-        return out
+            return _no_counts()
+
+    def _counts(self, conn: Connection, now: float) -> dict[str, Any]:
+        """The tab counts in one statement over the live runs and the runs finished today."""
+        day = now - now % 86400
+        elapsed = func.coalesce(runs.c.finished_at, now) - runs.c.created_at
+        live = runs.c.status.in_(ACTIVE + PENDING)
+        today = runs.c.finished_at >= day
+        slow = and_(live, runs.c.sla_seconds.is_not(None), runs.c.sla_seconds > 0,
+                    elapsed >= WARNING_FRACTION * runs.c.sla_seconds)
+        has_sla = and_(today, runs.c.sla_seconds.is_not(None),
+                       runs.c.status.in_(("COMPLETED", "FAILED", "COMPENSATION_FAILED")))
+        met = and_(has_sla, runs.c.status == "COMPLETED", runs.c.finished_at - runs.c.created_at <= runs.c.sla_seconds)
+
+        def n(cond: Any) -> Any:
+            return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+        row = conn.execute(select(
+            n(runs.c.status.in_(ACTIVE)), n(runs.c.status.in_(PENDING)), n(slow),
+            n(and_(today, runs.c.status.in_(COMPLETED))), n(and_(today, runs.c.status.in_(UNSUCCESSFUL))),
+            n(has_sla), n(met)).where(or_(live, today))).one()
+        active, pending, slow_n, completed, failed, with_sla, met_n = (int(x) for x in row)
+        return {"active": active, "pending": pending, "slow": slow_n, "completed_today": completed,
+                "failed_today": failed,
+                "sla_compliance_today": round(100.0 * met_n / with_sla, 1) if with_sla else None}
+
+
+def _no_counts() -> dict[str, Any]:
+    return {"active": 0, "pending": 0, "slow": 0, "completed_today": 0, "failed_today": 0,
+            "sla_compliance_today": None}

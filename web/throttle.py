@@ -22,11 +22,7 @@ from typing import Any
 from flask import current_app, request
 from flask_smorest import abort
 from sqlalchemy import (
-    Column,
-    Double,
     Engine,
-    Integer,
-    String,
     Table,
     and_,
     delete,
@@ -37,18 +33,10 @@ from sqlalchemy import (
     update,
 )
 
+from orchestrator.audit.models import web_login_throttle as throttle_table
 from web import auth
 from web.settings import WebSettings
 
-throttle_table = Table(
-    "cf_web_login_throttle", auth.metadata,
-    Column("scope", String(16), primary_key=True),   # "user" or "address"
-    Column("subject", String(256), primary_key=True),  # the user name as typed, or the address
-    Column("failures", Integer, nullable=False),
-    Column("first_failure_at", Double, nullable=False),
-    Column("last_failure_at", Double, nullable=False),
-    Column("locked_until", Double),
-)
 SCOPES = ("user", "address")
 
 

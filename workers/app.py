@@ -28,7 +28,7 @@ from orchestrator.compiler import (
 from orchestrator.keys import Keys
 from orchestrator.runtime import RunState
 from orchestrator.settings import Settings
-from workers import broker
+from workers import broker, guard
 from workers import step as steps
 from workers.builtin import Builtin
 from workers.plugins import Registry
@@ -70,8 +70,11 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     # ignore_result: run state lives in canvasflow's own keys and nothing waits on a Celery
     # result, so the result backend write (a round trip per task) is skipped. Chords still
     # work: Celery hands a header task's return value to the chord counter either way.
+    # max_retries=None on the task: ``self.retry(max_retries=None)`` means "the task's own
+    # limit", Celery's default 3, and a step with more retries, or a settle waiting for running
+    # steps, would stop with MaxRetriesExceededError and strand its run. Steps count their own.
     @app.task(name=STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, Request=StepRequest,
-              ignore_result=True)
+              ignore_result=True, max_retries=None)
     def step(self: Task, incoming: Any, spec: Any, hdr: dict | None = None) -> Any:
         with broker.hand_back_on_outage(self):
             return steps.run_step(self, rt, incoming, spec, hdr)
@@ -80,12 +83,14 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     def merge(incoming: Any, hdr: dict) -> Any:
         return steps.merge(incoming)
 
-    @app.task(name=SETTLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    @app.task(name=SETTLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+              max_retries=None)
     def settle(self: Task, incoming: Any, hdr: dict) -> str:
         with broker.hand_back_on_outage(self):
             return str(steps.safe_settle(self, rt, app, hdr))
 
-    @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+              max_retries=None)
     def compensate(self: Task, prev: Any, spec: dict, hdr: dict) -> Any:
         with broker.hand_back_on_outage(self):
             return steps.compensate(self, rt, prev, spec, hdr)
@@ -94,6 +99,13 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     def compensated(self: Task, prev: Any, hdr: dict, target: str) -> str:
         with broker.hand_back_on_outage(self):
             return str(steps.compensated(rt, prev, hdr, target))
+
+    # Every message of these tasks is checked before Celery handles it (workers/guard.py). The
+    # guard writes from the main process, with the state as it is (not patient: it must not
+    # stall the consumer; it hands the message back if Redis does not answer).
+    message_guard = guard.Guard(state, app, settings)
+    for task in (step, merge, settle, compensate, compensated):
+        task.Strategy = message_guard.strategy
 
     def publish_catalog(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is not app:

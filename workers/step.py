@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry, SoftTimeLimitExceeded
 
 from orchestrator import compiler, expressions
 from orchestrator.control import redispatch, run_context
@@ -36,7 +36,7 @@ from orchestrator.definition import Definition, backoff_seconds, from_stored
 from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
-from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus
+from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus, sources_of
 from workers.context import BEGUN, FRESH, Heartbeat, StepContext
 from workers.broker import is_transient
 from workers.plugins import Registry
@@ -198,8 +198,10 @@ def run_step(task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str
 
 def unexpected(exc: BaseException) -> bool:
     """An exception that is a failure of the step, not Celery's control flow (retry, ignore,
-    reject), a Redis outage (the message goes back, workers/broker.py) or a shutdown."""
-    return not isinstance(exc, Retry | Ignore | Reject | KeyboardInterrupt) and not is_transient(exc)
+    reject, a retry refused past max_retries: Celery's business as before), a Redis outage (the
+    message goes back, workers/broker.py) or a shutdown."""
+    return (not isinstance(exc, Retry | Ignore | Reject | MaxRetriesExceededError | KeyboardInterrupt)
+            and not is_transient(exc))
 
 
 def _text(exc: BaseException) -> str:
@@ -495,7 +497,9 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
                 ctx = run_context(run_id, int(epoch), run, defn, rt.settings)
                 compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
             return RunStatus.COMPENSATING
-        rt.state.transition(run_id, target)
+        # PENDING too: a run whose first step failed before it began (refused by the message
+        # guard, or broken on the step path) never became RUNNING.
+        rt.state.transition(run_id, target, sources=[*sources_of(target), RunStatus.PENDING])
         return target
     rt.state.transition(run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING])
     return RunStatus.COMPLETED

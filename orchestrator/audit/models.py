@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Double,
     Index,
@@ -234,3 +235,43 @@ celery_tasks = Table(
     Index("ix_cf_celery_tasks_root", "root_id"),
     Index("ix_cf_celery_tasks_parent", "parent_id"),
 )
+
+
+# The dashboard's accounts (web/auth.py, web/throttle.py use them; declared here because the
+# migrations create them with the rest of the store). Users and tokens: a user's generation moves
+# on with every password, role or disabled change, and a session or token from an older one is
+# refused; ``permissions`` lists what an admin granted beyond the role, comma-separated.
+web_users = Table(
+    "cf_web_users", metadata,
+    Column("username", NAME, primary_key=True),
+    Column("password_hash", String(300), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("generation", Integer, nullable=False, server_default="0"),
+    Column("permissions", String(200), nullable=False, server_default=""),
+)
+web_tokens = Table(
+    "cf_web_tokens", metadata,
+    Column("id", String(16), primary_key=True),
+    Column("username", NAME, nullable=False),
+    Column("name", NAME, nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),  # SHA-256 of the token; never the token
+    Column("created_at", Double, nullable=False),
+    Column("last_used_at", Double),
+    Column("generation", Integer, nullable=False, server_default="0"),  # the user's, when issued
+    Index("ix_cf_web_tokens_username", "username"),
+)
+# Failed logins per account ("user", the name as typed) and per client address ("address").
+web_login_throttle = Table(
+    "cf_web_login_throttle", metadata,
+    Column("scope", String(16), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("first_failure_at", Double, nullable=False),
+    Column("last_failure_at", Double, nullable=False),
+    Column("locked_until", Double),
+    PrimaryKeyConstraint("scope", "subject", name="pk_cf_web_login_throttle"),
+)
+WEB_TABLES = (web_users, web_tokens, web_login_throttle)

@@ -1,5 +1,6 @@
-// Users and API tokens (admins): list, create, change role, delete users; create (shown once)
-// and revoke tokens. Every change goes through the REST API, which writes the audit log.
+// Users and API tokens (admins): list, create, change role, grant or withdraw submit_inline,
+// disable, delete users; create (shown once) and revoke tokens; lift login lockouts. Every change
+// goes through the REST API, which writes the audit log.
 import { api, ApiError } from "./api.js";
 import { $, boot, esc, isAdmin, time, toast } from "./util.js";
 
@@ -20,13 +21,34 @@ async function loadUsers() {
     <td><select class="role" data-user="${esc(u.name)}" ${can && u.name !== me ? "" : "disabled"}
       title="${u.name === me ? "you cannot change your own role" : ""}">${ROLES.map((r) =>
       `<option ${r === u.role ? "selected" : ""}>${r}</option>`).join("")}</select></td>
+    <td class="perms">${permissionCell(u, can)}</td>
     <td>${time(u.created_at)}</td>
-    <td>${can && u.name !== me ? `<button class="danger delete-user" data-user="${esc(u.name)}">Delete</button>` : ""}</td>
+    <td>${can && u.name !== me ? `<button class="toggle-disabled" data-user="${esc(u.name)}"
+      data-disabled="${u.disabled ? "1" : ""}">${u.disabled ? "Enable" : "Disable"}</button>
+      <button class="danger delete-user" data-user="${esc(u.name)}">Delete</button>` : ""}</td>
   </tr>`).join("");
   // Keep the user picked for a token across the reload after every change (it may land later).
   const picked = $("#token-user").value;
   const keep = users.some((u) => u.name === picked) ? picked : me;
   $("#token-user").innerHTML = users.map((u) => `<option ${u.name === keep ? "selected" : ""}>${esc(u.name)}</option>`).join("");
+}
+
+function permissionCell(u, can) {
+  if (u.role === "admin") return '<span class="muted" title="admins have every permission">all</span>';
+  const has = (u.granted || []).includes("submit_inline");
+  const label = has ? "submit_inline ✓" : "registered workflows only";
+  if (!can) return esc(label);
+  return `${esc(label)} <button class="toggle-inline" data-user="${esc(u.name)}" data-granted="${has ? "1" : ""}"
+    title="${has ? "withdraw: the user may run registered workflows only" : "let the user submit inline definitions (code of their choosing)"}">${has ? "Withdraw" : "Allow inline"}</button>`;
+}
+
+async function loadLockouts() {
+  const { lockouts } = await api("/auth/lockouts");
+  $("#lockouts-table tbody").innerHTML = lockouts.map((l) => `<tr data-lockout="${esc(l.subject)}">
+    <td>${l.scope === "user" ? "account" : "address"} <code>${esc(l.subject)}</code></td>
+    <td>${l.failures}</td><td>${l.retry_after} s</td>
+    <td>${isAdmin() ? `<button class="unlock" data-scope="${esc(l.scope)}" data-subject="${esc(l.subject)}">Unlock</button>` : ""}</td>
+  </tr>`).join("") || `<tr><td colspan="4" class="muted">Nobody is locked out.</td></tr>`;
 }
 
 async function loadTokens() {
@@ -46,7 +68,7 @@ async function loadAudit() {
     "<li class='muted'>none yet</li>";
 }
 
-const reload = () => Promise.all([loadUsers(), loadTokens(), loadAudit()]);
+const reload = () => Promise.all([loadUsers(), loadTokens(), loadLockouts(), loadAudit()]);
 
 async function attempt(fn, errorsEl) {
   if (errorsEl) errorsEl.innerHTML = "";
@@ -87,6 +109,28 @@ export async function init() {
     }
   });
   $("#users-table").addEventListener("click", async (ev) => {
+    const inline = ev.target.closest("button.toggle-inline");
+    if (inline) {
+      const name = inline.dataset.user;
+      const grant = !inline.dataset.granted;
+      if (grant && !window.confirm(`Let ${name} submit inline definitions? An inline definition runs code of the ` +
+                                   "sender's choosing on the workers.")) return;
+      const path = `/users/${encodeURIComponent(name)}/permissions/submit_inline`;
+      if (await attempt(() => api(path, { method: grant ? "PUT" : "DELETE" }))) {
+        toast(grant ? `${name} may submit inline definitions` : `${name} runs registered workflows only`);
+      }
+      return;
+    }
+    const dis = ev.target.closest("button.toggle-disabled");
+    if (dis) {
+      const name = dis.dataset.user;
+      const disable = !dis.dataset.disabled;
+      if (disable && !window.confirm(`Disable ${name}? Their sessions and API tokens stop working at once.`)) return;
+      if (await attempt(() => api(`/users/${encodeURIComponent(name)}`, { method: "PATCH", body: { disabled: disable } }))) {
+        toast(`${name} ${disable ? "disabled" : "enabled"}`);
+      }
+      return;
+    }
     const b = ev.target.closest("button.delete-user");
     if (!b) return;
     const name = b.dataset.user;
@@ -102,6 +146,14 @@ export async function init() {
       $("#new-token").hidden = false;
       $("#new-token-value").textContent = created.token;
       $("#new-token").dataset.token = created.id;
+    }
+  });
+  $("#lockouts-table").addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button.unlock");
+    if (!b) return;
+    const key = b.dataset.scope === "user" ? "username" : "address";
+    if (await attempt(() => api("/auth/lockouts/unlock", { method: "POST", body: { [key]: b.dataset.subject } }))) {
+      toast(`${b.dataset.subject} unlocked`);
     }
   });
   $("#tokens-table").addEventListener("click", async (ev) => {

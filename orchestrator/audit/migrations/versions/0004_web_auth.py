@@ -30,7 +30,7 @@ def upgrade() -> None:
     if not inspector.has_table("cf_web_users"):
         op.create_table(
             "cf_web_users",
-            sa.Column("username", NAME, primary_key=True),
+            sa.Column("username", NAME, nullable=False),
             sa.Column("password_hash", sa.String(300), nullable=False),
             sa.Column("role", sa.String(16), nullable=False),
             sa.Column("disabled", sa.Boolean, nullable=False),
@@ -38,6 +38,7 @@ def upgrade() -> None:
             sa.Column("updated_at", sa.Double, nullable=False),
             sa.Column("generation", sa.Integer, nullable=False, server_default="0"),
             sa.Column("permissions", sa.String(200), nullable=False, server_default=""),
+            sa.PrimaryKeyConstraint("username", name="pk_cf_web_users"),
         )
     else:
         have = {c["name"] for c in inspector.get_columns("cf_web_users")}
@@ -49,14 +50,17 @@ def upgrade() -> None:
     if not inspector.has_table("cf_web_tokens"):
         op.create_table(
             "cf_web_tokens",
-            sa.Column("id", sa.String(16), primary_key=True),
-            sa.Column("username", NAME, nullable=False, index=True),
+            sa.Column("id", sa.String(16), nullable=False),
+            sa.Column("username", NAME, nullable=False),
             sa.Column("name", NAME, nullable=False),
-            sa.Column("digest", sa.String(64), nullable=False, unique=True),
+            sa.Column("digest", sa.String(64), nullable=False),
             sa.Column("created_at", sa.Double, nullable=False),
             sa.Column("last_used_at", sa.Double),
             sa.Column("generation", sa.Integer, nullable=False, server_default="0"),
+            sa.PrimaryKeyConstraint("id", name="pk_cf_web_tokens"),
+            sa.UniqueConstraint("digest", name="uq_cf_web_tokens_digest"),
         )
+        op.create_index("ix_cf_web_tokens_username", "cf_web_tokens", ["username"])
     elif "generation" not in {c["name"] for c in inspector.get_columns("cf_web_tokens")}:
         with op.batch_alter_table("cf_web_tokens") as batch:
             batch.add_column(sa.Column("generation", sa.Integer, nullable=False, server_default="0"))

@@ -1,0 +1,193 @@
+"""The message guard: no message can kill a worker.
+
+A message nested hundreds of levels deep makes the prefork pool's pickler raise RecursionError
+in the worker's *main* process (celery/concurrency/asynpool.py ``send_job``): the worker dies,
+the unacknowledged message goes back to the queue, and the next worker dies on it too. So every
+message of canvasflow's tasks is checked where it arrives, in the consumer, before Celery builds
+a request for it: a message deeper than ``CANVASFLOW_MESSAGE_MAX_DEPTH`` or larger than
+``CANVASFLOW_MESSAGE_MAX_BYTES`` is kept in the dead-letter list (``<prefix>:dead:messages``),
+its step recorded FAILED (the run then goes on to its final status as its definition says) and
+the message acknowledged, never redelivered. Validation refuses such definitions at submit time
+too; this is the worker's own line of defence against anything that reaches the queue anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from celery.worker.strategy import default as default_strategy
+
+from orchestrator import compiler
+from orchestrator.control import redispatch
+from orchestrator.runtime import RunState, dumps
+from orchestrator.settings import Settings
+from orchestrator.states import FINAL_RUN_STATUSES, RunStatus
+
+log = logging.getLogger(__name__)
+
+# What the dead-letter list keeps of a refused message's body, and how many messages it keeps.
+DEAD_BODY_CAP = 1024 * 1024
+DEAD_LIST_MAX = 1000
+_HEADER = re.compile(rb'"@":\s*\["([0-9A-Za-z_.-]+)",\s*(\d+)')
+
+
+def depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded JSON) nests deeper than ``limit`` containers; iterative, and
+    stops at the first path that is too deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+    return False
+
+
+def check(body: bytes | str, max_depth: int, max_bytes: int) -> tuple[str, Any]:
+    """(why the message is refused or "", its decoded body if it was decoded)."""
+    size = len(body)
+    if max_bytes and size > max_bytes:
+        return (f"message of {size} bytes is larger than {max_bytes} bytes "
+                f"(CANVASFLOW_MESSAGE_MAX_BYTES)"), None
+    if not max_depth:
+        return "", None
+    # A message cannot nest deeper than it has opening brackets: most are done here, at C speed.
+    opening = (body.count(b"[") + body.count(b"{")) if isinstance(body, bytes) else (body.count("[") + body.count("{"))
+    if opening <= max_depth:
+        return "", None
+    too_deep = (f"message nested deeper than {max_depth} levels (CANVASFLOW_MESSAGE_MAX_DEPTH); a parameter "
+                f"or output that deep cannot be handled")
+    try:
+        decoded = json.loads(body)
+    except RecursionError:
+        return too_deep, None
+    except ValueError:
+        return "", None  # not JSON: Celery's own handling of an undecodable message applies
+    return (too_deep if depth_over(decoded, max_depth) else ""), decoded
+
+
+def _identify(task_name: str, body: bytes | str, decoded: Any) -> tuple[str, int, str, bool]:
+    """(run id, epoch, step id, critical) of a canvasflow message, as far as it can be read."""
+    run_id, epoch, step, critical = "", 0, "", True
+    if isinstance(decoded, list) and decoded and isinstance(decoded[0], list):
+        args = decoded[0]
+        try:
+            if task_name == compiler.STEP_TASK and len(args) >= 2:
+                spec = compiler.read_spec(args[1])
+                step, critical = str(spec["id"]), spec.get("critical", True) is not False
+                hdr = args[2] if len(args) > 2 and args[2] else _header_of(args[0])
+            else:
+                hdr = next((a for a in reversed(args) if isinstance(a, dict) and "run" in a), None) \
+                    or _header_of(args[0])
+            if hdr:
+                hdr = compiler.read_header(hdr)
+                run_id, epoch = str(hdr["run"]), int(hdr["epoch"])
+        except (TypeError, ValueError, KeyError, IndexError):
+            pass
+    if not run_id:
+        raw = body if isinstance(body, bytes) else body.encode()
+        m = _HEADER.search(raw[:DEAD_BODY_CAP])
+        if m:
+            run_id, epoch = m.group(1).decode(), int(m.group(2))
+    return run_id, epoch, step, critical
+
+
+def _header_of(incoming: Any) -> Any:
+    if isinstance(incoming, dict):
+        return incoming.get(compiler.HEADER)
+    if isinstance(incoming, list):
+        for item in incoming:
+            if isinstance(item, dict) and compiler.HEADER in item:
+                return item[compiler.HEADER]
+    return None
+
+
+class Guard:
+    """Checks messages in the worker's main process and disposes of those it refuses."""
+
+    def __init__(self, state: RunState, app: Any, settings: Settings) -> None:
+        self.state = state
+        self.app = app
+        self.settings = settings
+        self.hostname = ""
+
+    def strategy(self, task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
+        """A Celery task Strategy: Celery's default one behind the check."""
+        inner = default_strategy(task, app, consumer, **kwargs)
+        self.hostname = consumer.hostname
+        max_depth, max_bytes = self.settings.message_max_depth, self.settings.message_max_bytes
+
+        def task_message_handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
+                                 **kw: Any) -> Any:
+            raw = message.body
+            why, decoded = check(raw, max_depth, max_bytes) if raw is not None else ("", None)
+            if why:
+                return self.refuse(task.name, message, raw, decoded, why)
+            return inner(message, body, ack, reject, callbacks, **kw)
+
+        return task_message_handler
+
+    def refuse(self, task_name: str, message: Any, raw: bytes | str, decoded: Any, why: str) -> None:
+        headers = getattr(message, "headers", None) or {}
+        if decoded is None and len(raw) <= 4 * max(self.settings.message_max_bytes, DEAD_BODY_CAP):
+            try:  # too big to run is not too big to read which step it was for
+                decoded = json.loads(raw)
+            except (ValueError, RecursionError):
+                pass
+        run_id, epoch, step, critical = _identify(task_name, raw, decoded)
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        record = {"task": task_name, "id": headers.get("id"), "reason": why, "run": run_id or None,
+                  "epoch": epoch or None, "step": step or None, "worker": self.hostname, "at": time.time(),
+                  "size": len(raw), "headers": {k: headers.get(k) for k in ("root_id", "parent_id", "retries")},
+                  "delivery_info": {k: (getattr(message, "delivery_info", None) or {}).get(k)
+                                    for k in ("exchange", "routing_key", "priority")},
+                  "body": text[:DEAD_BODY_CAP], "truncated": len(text) > DEAD_BODY_CAP}
+        log.error("canvasflow: refused %s[%s] of run %s step %s: %s; dead-lettered to %s", task_name,
+                  record["id"], run_id or "?", step or "?", why, self.state.keys.dead_messages)
+        try:
+            pipe = self.state.r.pipeline(transaction=False)
+            pipe.rpush(self.state.keys.dead_messages, dumps(record))
+            pipe.ltrim(self.state.keys.dead_messages, -DEAD_LIST_MAX, -1)
+            pipe.execute()
+        except Exception:
+            # Not kept anywhere yet: hand the message back rather than lose it (it is refused
+            # again, harmlessly, once Redis answers).
+            log.exception("canvasflow: could not dead-letter %s[%s]; handing it back", task_name, record["id"])
+            message.reject(requeue=True)
+            return
+        try:
+            self.record_failure(run_id, epoch, step, critical, why, record)
+        except Exception:
+            log.exception("canvasflow: could not record the refused message of run %s as a failure", run_id)
+        message.ack()
+
+    def record_failure(self, run_id: str, epoch: int, step: str, critical: bool, why: str,
+                       record: dict[str, Any]) -> None:
+        if not run_id:
+            return
+        error = f"the worker refused the step's message: {why}; kept in {self.state.keys.dead_messages}"
+        if step:
+            attempt = {"step": step, "attempt": 1, "status": "FAILED", "started_at": record["at"],
+                       "finished_at": time.time(), "worker": record["worker"], "task_id": record["id"],
+                       "error": error, "refused": True}
+            n = self.state.r.hget(self.state.keys.steps(run_id), f"{step}|attempts")
+            attempt["attempt"] = int(n or 0) + 1
+            if self.state.fail_killed_step(run_id, step, epoch, error=error, critical=critical, attempt=attempt):
+                # Celery will not continue this canvas past a message nobody ran: send what is left.
+                redispatch(self.state, self.app, self.settings, run_id, reason=f"step '{step}' message refused")
+                return
+        # Not a step's message (settle, compensation), or the step could not be failed: the run
+        # cannot go on as dispatched; it ends FAILED with why.
+        self.state.transition(run_id, RunStatus.FAILED, fields={"error": error},
+                              sources=[s for s in RunStatus
+                                       if s not in FINAL_RUN_STATUSES and s != RunStatus.COMPENSATION_FAILED])
