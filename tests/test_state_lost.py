@@ -46,6 +46,9 @@ def test_a_run_unknown_to_redis_but_live_in_the_audit_store_is_listed_and_shown_
     assert listed[rid]["state_lost"] is True
     assert listed[rid]["status"] == "PENDING"
     assert listed[rid]["can_resolve"] and not listed[rid]["can_cancel"] and not listed[rid]["can_pause"]
+    cancel = operator.post(f"/runs/{rid}/cancel", {"reason": "try the usual way"})
+    assert cancel.status_code == 404 and cancel.json["state_lost"] is True
+    assert "its state was lost" in cancel.json["message"] and f"/runs/{rid}/resolve" in cancel.json["message"]
     detail = operator.get(f"/runs/{rid}").json
     assert detail["state_lost"] is True and detail["source"] == "audit"
     live = orchestrator_client.submit({"id": "not_lost", "steps": [{"id": "a", "plugin": "builtin", "method": "echo"}]})
