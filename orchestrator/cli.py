@@ -19,7 +19,7 @@ from rich.table import Table
 
 from orchestrator import callallow, compiler
 from orchestrator.audit import cli as audit_cli
-from orchestrator.errors import CanvasflowError, ConfigurationError, DefinitionError
+from orchestrator.errors import CanvasflowError, ConfigurationError, DefinitionError, UnknownRun
 from orchestrator.settings import Settings
 
 console = Console()
@@ -165,11 +165,39 @@ def status(run_id: str, as_json: bool) -> None:
 
     from orchestrator.display import print_summary
 
-    snap = make_client().snapshot(run_id)
+    client = make_client()
+    try:
+        snap = client.snapshot(run_id)
+    except UnknownRun:
+        _explain_lost(client, run_id)
+        raise
     if as_json:
         click.echo(json.dumps(asdict(snap), default=str, indent=2))
     else:
         print_summary(snap, console)
+
+
+def _explain_lost(client: Any, run_id: str) -> None:
+    """A run Redis does not know may still be live in the audit store: say so, and what to do."""
+    from sqlalchemy.engine import make_url
+
+    from orchestrator.audit.store import AuditStore
+    from orchestrator.errors import StoreError
+    from orchestrator.lost import lost_status
+
+    url = make_url(client.settings.database_url)
+    if url.drivername.startswith("sqlite") and not (url.database and Path(url.database).exists()):
+        return  # no audit store here (and asking SQLite would create an empty file)
+    store = AuditStore(url)
+    try:
+        status = lost_status(store, client.state, run_id)
+    except StoreError:
+        return  # no audit store to ask: the plain "unknown run" stands
+    finally:
+        store.dispose()
+    if status:
+        raise CanvasflowError(f"run {run_id} is {status} in the audit store but Redis no longer knows it: its state "
+                              f"was lost; end it with: canvasflow resolve {run_id} --as failed|cancelled --reason TEXT")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -88,6 +88,7 @@ class TickReport:
     candidates: list[str] = field(default_factory=list)
     redispatched: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # no longer in Redis, or already final
+    failed: list[str] = field(default_factory=list)  # re-dispatch raised (logged)
 
 
 def _s(v: Any) -> str:
@@ -157,8 +158,14 @@ class Watchdog:
                                                      for rid in alive})
         for rid in sorted(set(candidates) - alive):
             st, sq, stalled_for = candidates[rid]
-            if self.redispatch(rid, st, sq, stalled_for):
-                report.redispatched.append(rid)
+            try:
+                if self.redispatch(rid, st, sq, stalled_for):
+                    report.redispatched.append(rid)
+            except Exception:
+                # One run that cannot be re-sent (a broker error after the claim: it is judged
+                # again after another stall period) must not keep the others waiting.
+                log.exception("watchdog: re-dispatching run %s failed", rid)
+                report.failed.append(rid)
         return report
 
     def _alive(self, candidates: Mapping[str, tuple[str, str, float]]) -> set[str]:

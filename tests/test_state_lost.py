@@ -46,6 +46,9 @@ def test_a_run_unknown_to_redis_but_live_in_the_audit_store_is_listed_and_shown_
     assert listed[rid]["state_lost"] is True
     assert listed[rid]["status"] == "PENDING"
     assert listed[rid]["can_resolve"] and not listed[rid]["can_cancel"] and not listed[rid]["can_pause"]
+    cancel = operator.post(f"/runs/{rid}/cancel", {"reason": "try the usual way"})
+    assert cancel.status_code == 404 and cancel.json["state_lost"] is True
+    assert "its state was lost" in cancel.json["message"] and f"/runs/{rid}/resolve" in cancel.json["message"]
     detail = operator.get(f"/runs/{rid}").json
     assert detail["state_lost"] is True and detail["source"] == "audit"
     live = orchestrator_client.submit({"id": "not_lost", "steps": [{"id": "a", "plugin": "builtin", "method": "echo"}]})
@@ -110,6 +113,9 @@ def test_an_operator_resolves_a_lost_run_from_the_cli_as_a_user_would(web_app, w
         return subprocess.run([sys.executable, "-m", "orchestrator.cli", "resolve", *args], env=env, cwd=str(ROOT),
                               capture_output=True, text=True, timeout=60)
 
+    status = subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", rid], env=env, cwd=str(ROOT),
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 1 and "its state was lost" in status.stderr and "canvasflow resolve" in status.stderr
     usage = cli(rid)
     assert usage.returncode == 2 and "--as failed|cancelled and --reason" in usage.stderr
     done = cli(rid, "--as", "failed", "--reason", "lost in the drill")

@@ -167,6 +167,19 @@ def test_live_runs_from_before_the_live_set_are_added_to_it_when_a_watchdog_star
     assert Watchdog(client).seed_live() == 0
 
 
+def test_a_run_that_cannot_be_redispatched_does_not_keep_the_others_stalled(
+        settings: Settings, client: Client, start_worker) -> None:
+    broken, fine = client.submit(two_steps("stall_broken")), client.submit(two_steps("stall_fine"))
+    lose_broker_messages(client.redis, settings)
+    client.redis.hset(client.keys.run(broken.id), "definition", "{not json")
+    dog, t = Watchdog(client, stall_seconds=5), time.time()
+    dog.check_once(at=t)
+    report = dog.check_once(at=t + 60)
+    assert report.failed == [broken.id] and report.redispatched == [fine.id]
+    start_worker(settings, "after_broken")
+    assert fine.wait(60).status == "COMPLETED"
+
+
 def test_watchdog_setting_must_be_positive() -> None:
     from orchestrator.errors import ConfigurationError
 

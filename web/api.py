@@ -182,6 +182,11 @@ def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str
     try:
         result = call(actor)
     except UnknownRun:
+        lost = _lost_status(run_id)
+        if lost:  # Redis lost it, the audit store has it live: say what to do instead
+            abort(404, message=f"run '{run_id}' is {lost} in the audit store but Redis no longer knows it (its state "
+                               f"was lost): resolve it with POST /api/v1/runs/{run_id}/resolve {{\"as\", \"reason\"}}",
+                  extra={"state_lost": True, "current_status": lost})
         abort(404, message=f"unknown run '{run_id}'")
     except ControlError as exc:
         abort(409, message=str(exc), extra={"current_status": exc.status, "allowed": exc.allowed, "action": action})
@@ -194,6 +199,18 @@ def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str
     return {"action": result.action, "run_id": run_id, "status_before": result.status_before,
             "status": str(result.status), "detail": dict(result.detail), "message": ACTION_MESSAGES.get(action, "ok"),
             "run": ext().views.summary(run_id)}
+
+
+def _lost_status(run_id: str) -> str | None:
+    """The recorded status of a run whose state Redis lost, or None (no audit store, not lost)."""
+    if ext().store is None:
+        return None
+    from orchestrator.lost import lost_status
+
+    try:
+        return lost_status(ext().store, ext().client.state, run_id)
+    except StoreError:
+        return None
 
 
 @blp.route("/runs/<run_id>/pause", methods=["POST"])
