@@ -4,6 +4,7 @@ analytics, users and tokens. Every error is JSON: ``{"code", "status", "message"
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -133,7 +134,7 @@ class Runs(MethodView):
             else:
                 inline = body["definition"]
                 if isinstance(inline, str):
-                    inline = parse_text(inline, source="definition")
+                    inline = parse_definition(inline, "definition")
                 if not isinstance(inline, dict):
                     abort(400, errors={"json": {"definition": ["must be a mapping"]}})
                 run = client.submit(inline, **common)
@@ -143,6 +144,12 @@ class Runs(MethodView):
             definition_error(exc)
         summary = ext().views.summary(run.id)
         return summary, 201, {"Location": f"/api/v1/runs/{run.id}"}
+
+
+def parse_definition(text: str, source: str) -> Any:
+    """YAML/JSON text of a request, parsed off the loop and within the limits (web/limits.py)."""
+    client = ext().client
+    return client.cpu(functools.partial(parse_text, source=source, limits=client.settings.limits), text)
 
 
 def definition_error(exc: DefinitionError, field: str = "definition") -> None:
@@ -407,7 +414,7 @@ class Workflow(MethodView):
         """Register a new version (validated first; every problem reported with its path)."""
         client = ext().client
         try:
-            data = body["definition"] if body["definition"] is not None else parse_text(body["yaml"], source="yaml")
+            data = body["definition"] if body["definition"] is not None else parse_definition(body["yaml"], "yaml")
         except DefinitionError as exc:
             definition_error(exc, "yaml")
         if not isinstance(data, dict):

@@ -24,6 +24,7 @@ from web import auth, pages
 from web.detail import RunDetails
 from web.events import Live
 from web.runs import RunViews
+from web import limits as web_limits
 from web.serving import async_mode
 from web.settings import WebSettings
 from web.stream import SlaMonitor, StreamTail
@@ -112,7 +113,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
     settings = settings or Settings.from_env()
     web = web or WebSettings.from_env()
     app = Flask(__name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates"))
-    client = Client(settings)
+    client = Client(settings, cpu=web_limits.cpu_runner(web))
     store = _open_store(settings)
     users = auth.Users(store.engine, store.writer) if store is not None else auth.Users(_memory_engine())
     try:
@@ -134,7 +135,9 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
         API_SPEC_OPTIONS={"security": [{"bearer": []}, {"session": []}],
                           "info": {"description": "canvasflow dashboard API; see docs/api.md"}},
         JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=web.max_request_bytes,
     )
+    web_limits.register(app, web)
     api = api_module.Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "canvasflow_session"})

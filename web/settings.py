@@ -48,6 +48,10 @@ class WebSettings:
     worker_purge_after: float = 86400.0
     # Seconds of Celery task history kept (by first-seen time); older rows are pruned.
     task_retention: float = 7 * 86400.0
+    # Largest request body accepted (413 past it), and seconds the CPU-heavy part of a request
+    # (parsing, validating, planning a definition; run off the gevent loop) may take (503 past it).
+    max_request_bytes: int = 8 * 1024 * 1024
+    cpu_deadline: float = 30.0
 
     def __post_init__(self) -> None:
         if self.anonymous_role not in ("", *ROLES):
@@ -55,7 +59,7 @@ class WebSettings:
                                      f"expected one of {', '.join(ROLES)} or empty")
         if self.relay_window < 0:
             raise ConfigurationError("CANVASFLOW_WEB_RELAY_WINDOW must be zero or a positive number of seconds")
-        for name in ("worker_purge_after", "task_retention"):
+        for name in ("worker_purge_after", "task_retention", "max_request_bytes", "cpu_deadline"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"CANVASFLOW_WEB_{name.upper()} must be a positive number of seconds")
 
