@@ -241,3 +241,12 @@ def test_a_lone_surrogate_sent_as_json_text_is_refused() -> None:
     text = '{"id": "wf", "steps": [{"id": "s", "name": "x\\udc00", "plugin": "builtin", "method": "echo"}]}'
     problems = refusal(lambda: load_definition(parse_text(text, fmt="json")))
     assert problems == [("steps[0].name", f"contains a lone surrogate, U+DC00, at position 1: {WHY}")]
+
+
+def test_did_you_mean_hints_stop_after_a_budget_so_many_unknown_names_stay_cheap() -> None:
+    steps = [{"id": f"step{i}", **ECHO, "depends_on": [f"stepp{i}"]} for i in range(200)]
+    problems = refusal(lambda: load_definition({"id": "wf", "steps": steps}))
+    hinted = [m for _, m in problems if "did you mean" in m]
+    assert len(problems) == 200 and len(hinted) == 50
+    assert problems[0] == ("steps[0].depends_on[0]", "unknown step 'stepp0' (did you mean 'step0'?)")
+    assert problems[-1] == ("steps[199].depends_on[0]", "unknown step 'stepp199'")

@@ -180,3 +180,25 @@ def test_json_nested_deeper_than_python_reads_is_a_400(live_server: LiveServer, 
                      headers={**admin_headers, "Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     assert "nested too deeply" in r.json()["message"]
+
+
+def test_a_computation_past_its_deadline_is_refused_and_its_thread_ends() -> None:
+    import threading
+
+    from web.serving import CpuDeadline, within
+
+    ended = threading.Event()
+
+    def spin() -> None:
+        try:
+            while True:  # pure Python: the async exception lands at the next bytecode boundary
+                pass
+        finally:
+            ended.set()
+
+    with pytest.raises(CpuDeadline, match=r"took longer than 0.2 s of computing \(CANVASFLOW_WEB_CPU_DEADLINE\)"):
+        within(0.2, spin)
+    assert ended.wait(30), "the abandoned computation is still running"
+    assert within(5, sum, [1, 2, 3]) == 6
+    with pytest.raises(ZeroDivisionError):  # the computation's own errors reach the caller as they are
+        within(5, lambda: 1 / 0)
