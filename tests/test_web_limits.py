@@ -114,6 +114,29 @@ def test_healthz_answers_while_a_big_definition_is_validated(live_server: LiveSe
     assert payload["problems"][0] == {"path": "steps[9999].depends_on[0]", "message": "unknown step 'nowhere'"}
 
 
+def test_sigterm_stops_the_server_while_a_big_definition_is_being_validated(web_fleet: Any) -> None:
+    from tests.web_fixtures import start_live_server, stop_live_server
+
+    server = start_live_server(web_fleet)
+    try:
+        definition = heavy_definition()
+        definition["steps"][-1]["depends_on"] = ["nowhere"]
+        before = cpu_seconds(server.proc.pid)
+        sock = send_raw(server, "PUT", "/api/v1/workflows/heavy", json.dumps({"definition": definition}).encode(),
+                        bearer(server, ADMIN))
+        wait_for(lambda: cpu_seconds(server.proc.pid) > before + 1.0, 120, "the server to validate")
+        server.proc.terminate()
+        assert server.proc.wait(120) is not None
+        # It stopped without finishing the validation first: the request was never answered.
+        try:
+            assert sock.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        sock.close()
+    finally:
+        stop_live_server(server)
+
+
 def test_validation_past_the_cpu_deadline_is_a_503_that_says_so(slow_server: LiveServer) -> None:
     headers = bearer(slow_server, ADMIN)
     r = requests.put(f"{slow_server.url}/api/v1/workflows/heavy", json={"definition": heavy_definition()},
