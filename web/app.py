@@ -20,11 +20,10 @@ from orchestrator.client import Client
 from orchestrator.errors import StoreError
 from orchestrator.settings import Settings
 from web import api as api_module
-from web import auth, pages
+from web import auth, limits, pages
 from web.detail import RunDetails
 from web.events import Live
 from web.runs import RunViews
-from web import limits as web_limits
 from web.serving import async_mode
 from web.settings import WebSettings
 from web.stream import SlaMonitor, StreamTail
@@ -113,7 +112,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
     settings = settings or Settings.from_env()
     web = web or WebSettings.from_env()
     app = Flask(__name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates"))
-    client = Client(settings, cpu=web_limits.cpu_runner(web))
+    client = Client(settings, cpu=limits.cpu_runner(web))
     store = _open_store(settings)
     users = auth.Users(store.engine, store.writer) if store is not None else auth.Users(_memory_engine())
     try:
@@ -137,7 +136,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
         JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=web.max_request_bytes,
     )
-    web_limits.register(app, web)
+    limits.register(app, web)
     api = api_module.Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "canvasflow_session"})
