@@ -287,11 +287,11 @@ class Client:
         try:
             if isinstance(definition, Workflow):
                 definition = definition.to_dict()
-            # Limits first: json.dumps of a value nested thousands deep ends in a RecursionError.
-            limits.refuse(limits.check_definition(definition, self.settings.limits))
             return json.dumps(definition, sort_keys=True, separators=(",", ":"))
         except (TypeError, ValueError, RecursionError):
-            return ""  # not JSON, or not within the limits: validation will say where
+            # Not JSON, circular, or nested thousands deep: not cached, and validation (limits
+            # first) will say where.
+            return ""
 
     def _compile_entry(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path,
                        catalog: Mapping[str, Any] | None) -> tuple[Definition, str, compiler.Blueprint]:

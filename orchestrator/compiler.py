@@ -208,13 +208,14 @@ def _split(nodes: list[str], g: _Graph, lost: list) -> tuple[type, list[list[str
     if len(nodes) == 1:
         return Leaf, []
     bit, anc, desc = g.bit, g.anc, g.desc
+    inside = set(nodes)
+    comps = _components(nodes, g, inside)
+    if len(comps) > 1:
+        return Parallel, comps
     mask = 0
     for n in nodes:
         mask |= bit[n]
-    comps = _components(nodes, g, mask)
-    if len(comps) > 1:
-        return Parallel, comps
-    levels = _levels(nodes, g, mask)
+    levels = _levels(nodes, g, inside)
     # Exact series cuts: every node before the cut is an ancestor of every node after it,
     # i.e. the prefix is inside the intersection of the ancestor sets of the suffix.
     suffix_common = [mask] * (len(levels) + 1)
@@ -267,49 +268,45 @@ def _split(nodes: list[str], g: _Graph, lost: list) -> tuple[type, list[list[str
     return Series, segments
 
 
-def _components(nodes: list[str], g: _Graph, mask: int) -> list[list[str]]:
+def _components(nodes: list[str], g: _Graph, inside: set[str]) -> list[list[str]]:
     """Weakly connected components of the order restricted to ``nodes``, in node order.
 
-    A flood fill over bit masks: each node is expanded once, so a 1000-wide fan-out costs
-    about a thousand big-int operations instead of a million pair checks.
+    ``nodes`` is convex, so two of its steps are related exactly when direct edges inside it
+    join them: a union-find over those edges, linear in their number (a flood fill over bit
+    masks cost a mask-wide operation per component, quadratic for a wide fan-out).
     """
-    anc, desc = g.anc, g.desc
-    remaining = mask
-    found: list[int] = []
-    while remaining:
-        comp = frontier = remaining & -remaining
-        while frontier:
-            grown = 0
-            for m in g.members(frontier):
-                grown |= anc[m] | desc[m]
-            frontier = grown & mask & ~comp
-            comp |= frontier
-        found.append(comp)
-        remaining &= ~comp
-    if len(found) == 1:
-        return [nodes]
-    which: dict[str, int] = {}
-    for i, comp in enumerate(found):
-        for m in g.members(comp):
-            which[m] = i
-    groups: dict[int, list[str]] = {}
+    root = {n: n for n in nodes}
+
+    def find(n: str) -> str:
+        while root[n] != n:
+            root[n] = root[root[n]]
+            n = root[n]
+        return n
+
     for n in nodes:
-        groups.setdefault(which[n], []).append(n)
+        for p in g.parents[n]:
+            if p in inside:
+                a, b = find(n), find(p)
+                if a != b:
+                    root[a] = b
+    groups: dict[str, list[str]] = {}
+    for n in nodes:
+        groups.setdefault(find(n), []).append(n)
     return list(groups.values())
 
 
-def _levels(nodes: list[str], g: _Graph, mask: int) -> list[list[str]]:
+def _levels(nodes: list[str], g: _Graph, inside: set[str]) -> list[list[str]]:
     """Nodes grouped by longest-path depth within ``nodes`` (each level is an antichain).
 
-    ``nodes`` is convex (see _decompose), so a longest chain among them steps along direct
-    edges only: one pass over the parents in topological order, not over ancestor sets.
+    ``nodes`` is convex (see _split), so a longest chain among them steps along direct edges
+    only: one pass over the parents in topological order, not over ancestor sets.
     """
-    bit, parents = g.bit, g.parents
+    parents = g.parents
     depth: dict[str, int] = {}
     for n in sorted(nodes, key=g.pos.__getitem__):
         d = 0
         for p in parents[n]:
-            if bit[p] & mask:
+            if p in inside:
                 d = max(d, depth[p] + 1)
         depth[n] = d
     levels: list[list[str]] = [[] for _ in range(max(depth.values()) + 1)]

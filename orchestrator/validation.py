@@ -7,6 +7,7 @@ once, even when the structure is partly wrong. Every check yields ``(path, messa
 from __future__ import annotations
 
 from collections.abc import Container, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from orchestrator import callallow, expressions
@@ -31,6 +32,14 @@ def _deps(step: Mapping[str, Any]) -> list[Any]:
 
 def check(data: Mapping[str, Any], catalog: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
     """Every semantic problem of a raw definition, each as (path, message)."""
+    token = _hints.set([MAX_HINTS])
+    try:
+        return _check(data, catalog)
+    finally:
+        _hints.reset(token)
+
+
+def _check(data: Mapping[str, Any], catalog: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     steps = _steps(data)
     problems: list[tuple[str, str]] = []
     index: dict[str, int] = {}
@@ -77,9 +86,20 @@ def _check_dependencies(
             seen.add(dep)
 
 
+# "Did you mean" hints one check() may compute: each compares a name with every known one, so
+# 10,000 steps naming 10,000 unknown steps would otherwise cost 10^8 string comparisons.
+MAX_HINTS = 50
+_hints: ContextVar[list[int] | None] = ContextVar("canvasflow_hints", default=None)
+
+
 def _closest(name: str, known: Mapping[str, Any]) -> str | None:
     import difflib
 
+    budget = _hints.get()
+    if budget is not None:
+        if budget[0] <= 0:
+            return None
+        budget[0] -= 1
     match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return match[0] if match else None
 

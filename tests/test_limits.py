@@ -241,3 +241,31 @@ def test_a_lone_surrogate_sent_as_json_text_is_refused() -> None:
     text = '{"id": "wf", "steps": [{"id": "s", "name": "x\\udc00", "plugin": "builtin", "method": "echo"}]}'
     problems = refusal(lambda: load_definition(parse_text(text, fmt="json")))
     assert problems == [("steps[0].name", f"contains a lone surrogate, U+DC00, at position 1: {WHY}")]
+
+
+def test_did_you_mean_hints_stop_after_a_budget_so_many_unknown_names_stay_cheap() -> None:
+    steps = [{"id": f"step{i}", **ECHO, "depends_on": [f"stepp{i}"]} for i in range(200)]
+    problems = refusal(lambda: load_definition({"id": "wf", "steps": steps}))
+    hinted = [m for _, m in problems if "did you mean" in m]
+    assert len(problems) == 200 and len(hinted) == 50
+    assert problems[0] == ("steps[0].depends_on[0]", "unknown step 'stepp0' (did you mean 'step0'?)")
+    assert problems[-1] == ("steps[199].depends_on[0]", "unknown step 'stepp199'")
+
+
+def test_the_client_refuses_deep_or_circular_definitions_with_a_message_not_a_recursion_error(redis_url: str) -> None:
+    from orchestrator.client import Client
+    from tests.conftest import make_settings
+
+    client = Client(make_settings(redis_url))
+    deep: Any = 1
+    for _ in range(5000):
+        deep = [deep]
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    for params in ({"deep": deep}, {"loop": loop}):
+        with pytest.raises(LimitExceeded, match="nested deeper than 32 levels"):
+            client.submit({"id": "wf", "steps": [{"id": "s", **ECHO, "params": params}]})
+    with pytest.raises(LimitExceeded, match="inputs as JSON"):
+        client.submit({"id": "wf", "steps": [{"id": "s", **ECHO}]}, inputs={"blob": "x" * 2**20})
+    assert client.list_runs() == []  # nothing was recorded or queued
+    client.close()

@@ -8,6 +8,7 @@ arguments are parsed and documents the responses (docs/api.md, "Declaring a rout
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -107,7 +108,7 @@ class Runs(MethodView):
                 require_inline_permission()
                 inline = body["definition"]
                 if isinstance(inline, str):
-                    inline = parse_text(inline, source="definition")
+                    inline = parse_definition(inline, "definition")
                 if not isinstance(inline, dict):
                     abort(400, errors={"json": {"definition": ["must be a mapping"]}})
                 run = client.submit(inline, **common)
@@ -133,6 +134,12 @@ def require_inline_permission() -> None:
         web_audit.record("submit_inline", "run", "-", {"needs": "submit_inline", "role": user.role},
                          outcome="refused: no permission", what="the refusal was not recorded")
         abort(403, message=INLINE_REFUSED.format(name=user.name))
+
+
+def parse_definition(text: str, source: str) -> Any:
+    """YAML/JSON text of a request, parsed off the loop and within the limits (web/limits.py)."""
+    client = ext().client
+    return client.cpu(functools.partial(parse_text, source=source, limits=client.settings.limits), text)
 
 
 def definition_error(exc: DefinitionError, field: str = "definition") -> None:
@@ -422,7 +429,7 @@ class Workflow(MethodView):
         """Register a new version (validated first; every problem reported with its path)."""
         client = ext().client
         try:
-            data = body["definition"] if body["definition"] is not None else parse_text(body["yaml"], source="yaml")
+            data = body["definition"] if body["definition"] is not None else parse_definition(body["yaml"], "yaml")
         except DefinitionError as exc:
             definition_error(exc, "yaml")
         if not isinstance(data, dict):

@@ -24,6 +24,7 @@ from orchestrator.settings import Settings
 from web import (
     accounts,  # noqa: F401 - adds the permission and lockout routes to api.blp
     auth,
+    limits,
     pages,
     rest,
 )
@@ -132,7 +133,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
     web = web or WebSettings.from_env()
     secret_key = web.signing_key()  # first: without one nothing else is worth starting
     app = Flask(__name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates"))
-    client = Client(settings)
+    client = Client(settings, cpu=limits.cpu_runner(web))
     store = _open_store(settings)
     if store is not None:
         users = auth.Users(store.engine, store.writer, audit_log)
@@ -165,7 +166,9 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
         API_SPEC_OPTIONS={"security": [{"bearer": []}, {"session": []}],
                           "info": {"description": "canvasflow dashboard API; see docs/api.md"}},
         JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=web.max_request_bytes,
     )
+    limits.register(app, web)
     api = rest.Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "canvasflow_session"})

@@ -79,6 +79,97 @@ def off_the_loop(fn: Callable[..., T], *args: Any) -> T:
     return gevent.get_hub().threadpool.apply(fn, args)  # type: ignore[no-any-return]
 
 
+class CpuDeadline(Exception):
+    """Raised when CPU-heavy request work (parsing, validating, planning a definition) did not
+    finish within CANVASFLOW_WEB_CPU_DEADLINE seconds; it has been abandoned (web answers 503)."""
+
+    def __init__(self, deadline: float, what: str = "") -> None:
+        self.deadline = deadline
+        super().__init__(f"{what or 'this request'} took longer than {deadline:g} s of computing "
+                         "(CANVASFLOW_WEB_CPU_DEADLINE) and was abandoned; submit a smaller definition "
+                         "or raise the deadline")
+
+
+class _Abandoned(BaseException):
+    """Raised inside an abandoned computation's thread to end it (never seen by callers)."""
+
+
+def _thread_ident() -> Callable[[], int]:
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        return monkey.get_original("_thread", "get_ident")  # type: ignore[no-any-return]
+    import threading
+
+    return threading.get_ident
+
+
+def within(deadline: float, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a native thread (gevent's pool under gevent, a new thread otherwise),
+    waited for at most ``deadline`` seconds; past it, :class:`CpuDeadline`.
+
+    For pure CPU work of requests that would otherwise hold gevent's loop for seconds (a 5 MB
+    definition once held every other request for ten minutes, and SIGTERM with them): the loop
+    keeps serving while it runs, since the GIL switches threads every few ms. A computation past
+    its deadline is ended by an exception raised in its thread (it runs Python, so it stops at
+    its next bytecode boundary) rather than left to burn a core. ``fn`` must not touch gevent
+    objects (sockets, locks, queues) of the loop."""
+    import ctypes
+    import threading
+
+    state: dict[str, Any] = {}
+    guard = threading.Lock() if async_mode() != "gevent" else _original_lock()
+    get_ident = _thread_ident()
+
+    def work() -> Any:
+        try:
+            with guard:
+                state["ident"] = get_ident()
+            try:
+                return ("ok", fn(*args))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller as it is
+                return ("error", exc)
+            finally:
+                with guard:
+                    state["done"] = True
+        except _Abandoned:
+            return ("abandoned", None)
+
+    def abandon() -> None:
+        with guard:
+            if "ident" in state and "done" not in state:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(state["ident"]),
+                                                           ctypes.py_object(_Abandoned))
+
+    if async_mode() == "gevent":
+        import gevent
+
+        pending = gevent.get_hub().threadpool.spawn(work)
+        try:
+            outcome = pending.get(timeout=deadline)
+        except gevent.Timeout:
+            abandon()
+            raise CpuDeadline(deadline) from None
+    else:
+        box: list[Any] = []
+        thread = threading.Thread(target=lambda: box.append(work()), daemon=True, name="canvasflow-cpu")
+        thread.start()
+        thread.join(deadline)
+        if not box:
+            abandon()
+            raise CpuDeadline(deadline)
+        outcome = box[0]
+    kind, value = outcome
+    if kind == "error":
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def _original_lock() -> Any:
+    """A lock of the real threads: the computation's thread and the loop's both take it."""
+    monkey = sys.modules["gevent.monkey"]
+    return monkey.get_original("threading", "Lock")()
+
+
 _LAST = -2  # libev's EV_MINPRI: of the watchers due in one loop turn, invoked last
 
 

@@ -107,6 +107,10 @@ class WebSettings:
     login_window: float = 900.0
     login_lockout: float = 60.0
     login_lockout_max: float = 3600.0
+    # Largest request body accepted (413 past it), and seconds the CPU-heavy part of a request
+    # (parsing, validating, planning a definition; run off the gevent loop) may take (503 past it).
+    max_request_bytes: int = 8 * 1024 * 1024
+    cpu_deadline: float = 30.0
 
     def __post_init__(self) -> None:
         if self.anonymous_role not in ("", *ROLES):
@@ -114,7 +118,8 @@ class WebSettings:
                                      f"expected one of {', '.join(ROLES)} or empty")
         if self.relay_window < 0:
             raise ConfigurationError("CANVASFLOW_WEB_RELAY_WINDOW must be zero or a positive number of seconds")
-        for name in ("worker_purge_after", "task_retention", "login_window", "login_lockout", "login_lockout_max"):
+        for name in ("worker_purge_after", "task_retention", "login_window", "login_lockout", "login_lockout_max",
+                     "max_request_bytes", "cpu_deadline"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"CANVASFLOW_WEB_{name.upper()} must be a positive number of seconds")
         for name in ("login_max_failures", "login_max_failures_address"):
