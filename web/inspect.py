@@ -402,6 +402,8 @@ class ApplyBody(SendBody):
 @blp.route("/tasks/apply", methods=["POST"])
 @blp.arguments(ApplyBody)
 @auth.require("operator", mutating=True)
+@blp.doc(responses={200: {"description": "the task is done: its state and result"},
+                    202: {"description": "still running after `timeout` seconds: its id and state"}})
 def apply_task(body: dict[str, Any]) -> Any:
     """Send a task by name and wait for its result (Flower's /api/task/apply). Audited. A task
     still unfinished after ``timeout`` seconds answers 202 with its id and state: it keeps
