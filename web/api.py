@@ -329,7 +329,7 @@ def run_events(args: dict[str, Any], run_id: str) -> dict[str, Any]:
     events, latest, warnings = ext().details.events_or_recorded(run_id, args["after"], args["limit"])
     events = [client_event(e) for e in events]
     return {"run": run_id, "after": args["after"], "events": events,
-            "latest_seq": max([latest, args["after"]] + [e["seq"] for e in events]), "warnings": warnings}
+            "latest_seq": max([latest] + [e["seq"] for e in events]), "warnings": warnings}
 
 
 @blp.route("/runs/<run_id>/logs")

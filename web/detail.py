@@ -357,7 +357,8 @@ class RunDetails:
         for e in events:
             e["step"] = e["step"] or None
             e["status"] = e["status"] or None
-        return events, 0, [REDIS_UNREACHABLE]
+        latest = queries.get_run(self.store, run_id).last_seq  # the latest the recorder wrote
+        return events, int(latest or 0), [REDIS_UNREACHABLE]
 
     def exists(self, run_id: str) -> bool:
         try:

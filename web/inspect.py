@@ -22,6 +22,7 @@ from typing import Any
 from flask import Flask, current_app, request
 from flask_smorest import abort
 from marshmallow import Schema, fields, validate
+from werkzeug.routing import BaseConverter
 
 from orchestrator import fleet_events
 from orchestrator.fleet_events import FleetMonitor, TaskQuery
@@ -37,10 +38,12 @@ from web import auth
 from web.rest import Blueprint
 from web.serving import cooperate
 from web.settings import NEVER_SENT, TASK_ALLOW_SETTING, task_allowed
+from web.schemas import StrictBoolean, StrictFloat, StrictInteger
 
 blp = Blueprint("inspect", __name__, url_prefix="/api/v1/inspect",
                 description="Fleet inspection: workers, tasks, queues (Flower parity)")
 
+MAX_COUNTDOWN = 365 * 86400  # Celery turns a countdown into a datetime: a huge one overflows
 WORKER_ACTIONS = ("pool_grow", "pool_shrink", "pool_restart", "autoscale", "add_consumer", "cancel_consumer",
                   "rate_limit", "time_limit", "shutdown")
 
@@ -88,10 +91,23 @@ class Fleet:
                              purge_after=self.purge_after, live=live)
 
 
+class TaskId(BaseConverter):
+    """A task id in a path: anything but ``send`` and ``apply``, so that /tasks/send is only the
+    POST it is (and its 405 says ``Allow: POST``, not a GET of a task named "send")."""
+
+    regex = r"(?!(?:send|apply)(?:/|$))[^/]+"
+
+
+def _task_id_schema(_: Any) -> dict[str, Any]:
+    return {"type": "string", "pattern": r"^(?!(send|apply)$)[^/]+$"}
+
+
 def register(app: Flask, api: Any) -> None:
     """Add the inspect API, /metrics, /healthz and /readyz to ``app``."""
     from web import metrics
 
+    app.url_map.converters["task_id"] = TaskId
+    api.register_converter(TaskId, _task_id_schema)
     services = app.extensions["canvasflow"]
     fleet = Fleet(services)
     app.extensions["canvasflow_fleet"] = fleet
@@ -176,15 +192,15 @@ def worker_detail(name: str) -> dict[str, Any]:
 
 
 class WorkerAction(Schema):
-    n = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1000))
-    min = fields.Integer(validate=validate.Range(min=0))
-    max = fields.Integer(validate=validate.Range(min=1))
+    n = StrictInteger(load_default=1, validate=validate.Range(min=1, max=1000))
+    min = StrictInteger(validate=validate.Range(min=0))
+    max = StrictInteger(validate=validate.Range(min=1))
     queue = fields.String()
     task = fields.String()
     rate = fields.String(metadata={"description": "e.g. 10/m; '0' removes the limit"})
-    soft = fields.Float(allow_none=True)
-    hard = fields.Float(allow_none=True)
-    reload = fields.Boolean(load_default=False)
+    soft = StrictFloat(allow_none=True)
+    hard = StrictFloat(allow_none=True)
+    reload = StrictBoolean(load_default=False)
     reason = fields.String(load_default=None, allow_none=True)
 
 
@@ -290,7 +306,7 @@ def list_tasks() -> dict[str, Any]:
             "monitor": None if mon is None else {"connected": mon.connected, "dropped": mon.dropped}}
 
 
-@blp.route("/tasks/<task_id>")
+@blp.route("/tasks/<task_id:task_id>")
 @auth.require("viewer")
 def task_detail(task_id: str) -> dict[str, Any]:
     """One task: args, kwargs, result, every event time, runtime, worker, retries, traceback,
@@ -321,13 +337,13 @@ def resend_arguments(args: str | None, kwargs: str | None) -> dict[str, Any] | N
 
 
 class RevokeBody(Schema):
-    terminate = fields.Boolean(load_default=False)
+    terminate = StrictBoolean(load_default=False)
     signal = fields.String(load_default="SIGTERM", validate=validate.OneOf(["SIGTERM", "SIGKILL", "SIGINT",
                                                                              "SIGQUIT", "SIGUSR1"]))
     reason = fields.String(load_default=None, allow_none=True)
 
 
-@blp.route("/tasks/<task_id>/revoke", methods=["POST"])
+@blp.route("/tasks/<task_id:task_id>/revoke", methods=["POST"])
 @blp.arguments(RevokeBody)
 @auth.require("operator", mutating=True)
 def revoke(body: dict[str, Any], task_id: str) -> dict[str, Any]:
@@ -339,7 +355,7 @@ def revoke(body: dict[str, Any], task_id: str) -> dict[str, Any]:
     return {"task": task_id, "revoked": True, "terminate": body["terminate"], "at": time.time()}
 
 
-@blp.route("/tasks/<task_id>/terminate", methods=["POST"])
+@blp.route("/tasks/<task_id:task_id>/terminate", methods=["POST"])
 @blp.arguments(RevokeBody)
 @auth.require("operator", mutating=True)
 def terminate(body: dict[str, Any], task_id: str) -> dict[str, Any]:
@@ -351,12 +367,14 @@ def terminate(body: dict[str, Any], task_id: str) -> dict[str, Any]:
 
 
 class SendBody(Schema):
-    name = fields.String(required=True, metadata={"description": "a task name registered on the workers"})
-    args = fields.List(fields.Raw(), load_default=list)
+    name = fields.String(required=True, validate=validate.Length(min=1),
+                         metadata={"description": "a task name registered on the workers"})
+    args = fields.List(fields.Raw(allow_none=True), load_default=list)
     kwargs = fields.Dict(load_default=dict)
     queue = fields.String(load_default=None, allow_none=True)
-    countdown = fields.Float(load_default=None, allow_none=True)
-    priority = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0, max=9))
+    countdown = StrictFloat(load_default=None, allow_none=True, validate=validate.Range(0, MAX_COUNTDOWN),
+                             metadata={"description": "seconds before it may run (at most a year)"})
+    priority = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=0, max=9))
     reason = fields.String(load_default=None, allow_none=True)
 
 
@@ -398,13 +416,15 @@ def _send_refusal(name: str, allow: tuple[str, ...]) -> str:
 
 
 class ApplyBody(SendBody):
-    timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=60.0),
+    timeout = StrictFloat(load_default=10.0, validate=validate.Range(min=0.1, max=60.0),
                            metadata={"description": "seconds to wait for the result (at most 60)"})
 
 
 @blp.route("/tasks/apply", methods=["POST"])
 @blp.arguments(ApplyBody)
 @auth.require("operator", mutating=True)
+@blp.doc(responses={200: {"description": "the task is done: its state and result"},
+                    202: {"description": "still running after `timeout` seconds: its id and state"}})
 def apply_task(body: dict[str, Any]) -> Any:
     """Send a task by name and wait for its result (Flower's /api/task/apply). Audited. A task
     still unfinished after ``timeout`` seconds answers 202 with its id and state: it keeps
@@ -436,7 +456,7 @@ def _result(celery: Any, task_id: str) -> dict[str, Any]:
     return out
 
 
-@blp.route("/tasks/<task_id>/result")
+@blp.route("/tasks/<task_id:task_id>/result")
 @auth.require("viewer")
 def task_result(task_id: str) -> dict[str, Any]:
     """The task's state and result from the Celery result backend (Flower's /api/task/result)."""

@@ -66,6 +66,8 @@ def _add_access_doc(doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> 
     if not any(str(k).startswith("2") for k in responses):
         # a view that returns a plain dict without a response schema: still a documented 200
         responses["200"] = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    if (doc_info.get("access") or {}).get("role", "") is None:
+        doc["security"] = []  # public: no credentials needed (the document's default asks for them)
     for code in doc_info.get("error_codes", ()):
         responses.setdefault(str(code), UNAVAILABLE if code == 503 else http.HTTPStatus(code).name)
     return doc

@@ -55,6 +55,33 @@ class Timestamp(fields.Field):
         return when.timestamp()
 
 
+class StrictBoolean(fields.Boolean):
+    """true or false, as the document says: not 0, 1, "yes" or "on" (marshmallow's Boolean takes those)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class StrictInteger(fields.Integer):
+    """A JSON body's integer: not 2.5, "2" or true (marshmallow's Integer takes those)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid", input=value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictFloat(fields.Float):
+    """A JSON body's number: not "2.5" or true."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.make_error("invalid", input=value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 def _split_lists(data: Any, names: tuple[str, ...]) -> Any:
     """Accept ?status=A,B as well as ?status=A&status=B."""
     if not hasattr(data, "getlist"):
@@ -284,13 +311,13 @@ class ResolveBody(ActionBody):
 
 
 class CancelBody(ActionBody):
-    terminate = fields.Boolean(load_default=True, metadata={"description": "revoke running steps"})
+    terminate = StrictBoolean(load_default=True, metadata={"description": "revoke running steps"})
 
 
 class RetryBody(ActionBody):
     from_step = fields.String(load_default=None, metadata={"description": "default: the first failed step"})
-    from_start = fields.Boolean(load_default=False)
-    compensation = fields.Boolean(load_default=False,
+    from_start = StrictBoolean(load_default=False)
+    compensation = StrictBoolean(load_default=False,
                                   metadata={"description": "retry the failed compensation instead"})
 
 
