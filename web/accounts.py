@@ -25,6 +25,8 @@ def _known_permission(permission: str) -> None:
 @blp.route("/users/<name>/permissions/<permission>")
 class UserPermission(MethodView):
     @blp.response(200, schemas.UserSchema)
+    @blp.alt_response(401, description="not logged in, or an invalid token")
+    @blp.alt_response(403, description="needs the admin role (or a session request without X-CSRF-Token, or read-only)")
     @blp.alt_response(404, description="unknown user or permission")
     @blp.alt_response(503, description="the audit log is unavailable: nothing was changed")
     def put(self, name: str, permission: str) -> dict[str, Any]:
@@ -33,6 +35,8 @@ class UserPermission(MethodView):
         return _set(name, permission, True)
 
     @blp.response(200, schemas.UserSchema)
+    @blp.alt_response(401, description="not logged in, or an invalid token")
+    @blp.alt_response(403, description="needs the admin role (or a session request without X-CSRF-Token, or read-only)")
     @blp.alt_response(404, description="unknown user or permission")
     @blp.alt_response(503, description="the audit log is unavailable: nothing was changed")
     def delete(self, name: str, permission: str) -> dict[str, Any]:
@@ -59,6 +63,9 @@ def _set(name: str, permission: str, granted: bool) -> dict[str, Any]:
 @blp.route("/auth/lockouts")
 @auth.require("admin")
 @blp.response(200, schemas.LockoutListSchema)
+@blp.alt_response(401, description="not logged in, or an invalid token")
+@blp.alt_response(403, description="needs the admin role")
+@blp.alt_response(503, description="the throttle's table is unavailable")
 def lockouts() -> dict[str, Any]:
     """Accounts and addresses locked out by failed logins now (admin), the longest lock first."""
     try:
@@ -72,6 +79,8 @@ def lockouts() -> dict[str, Any]:
 @blp.route("/auth/lockouts/unlock", methods=["POST"])
 @blp.arguments(schemas.UnlockBody)
 @blp.response(200, schemas.UnlockResultSchema)
+@blp.alt_response(401, description="not logged in, or an invalid token")
+@blp.alt_response(403, description="needs the admin role (or a session request without X-CSRF-Token, or read-only)")
 @blp.alt_response(404, description="neither the account nor the address has failed logins on record")
 @blp.alt_response(503, description="the audit log is unavailable: nothing was unlocked")
 def unlock(body: dict[str, Any]) -> dict[str, Any]:

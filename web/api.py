@@ -124,6 +124,7 @@ class Runs(MethodView):
     @blp.response(201, schemas.RunSummarySchema)
     @blp.alt_response(403, description="the role is too low, or an inline definition without the submit_inline "
                                        "permission (granted by an admin)")
+    @blp.alt_response(503, description="a refusal could not be written to the audit log (Retry-After)")
     def post(self, body: dict[str, Any]) -> Any:
         """Submit a run of a registered workflow (by id) or of an inline definition."""
         client = ext().client
@@ -420,6 +421,7 @@ class Workflow(MethodView):
     @auth.require("admin", mutating=True)
     @blp.arguments(schemas.WorkflowPutBody)
     @blp.response(200, schemas.WorkflowDetailSchema)
+    @blp.alt_response(503, description="registered, but the audit log is unavailable and does not show it")
     def put(self, body: dict[str, Any], workflow_id: str) -> dict[str, Any]:
         """Register a new version (validated first; every problem reported with its path)."""
         client = ext().client
@@ -531,8 +533,10 @@ def fleet() -> dict[str, Any]:
 @blp.route("/auth/login", methods=["POST"])
 @blp.arguments(schemas.LoginBody)
 @blp.response(200, schemas.MeSchema)
+@blp.alt_response(401, description="unknown user or wrong password")
 @blp.alt_response(429, description="too many failed logins for the account or the address: try again "
                                    "after Retry-After seconds, or have an admin unlock it")
+@blp.alt_response(503, description="the user store is unavailable (Retry-After)")
 def login(body: dict[str, Any]) -> dict[str, Any]:
     """Log in with a password: sets the session cookie; send csrf_token as X-CSRF-Token. Failed
     logins are throttled per account and per address (429 with Retry-After)."""
@@ -581,6 +585,7 @@ class Tokens(MethodView):
     @auth.require("viewer", mutating=True)
     @blp.arguments(schemas.TokenBody, required=False)
     @blp.response(201, schemas.TokenSchema)
+    @blp.alt_response(503, description="the audit log is unavailable: nothing was changed (Retry-After)")
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """A new API token with your role (admins: for any user, ``username``); the token is shown
         only in this response."""
@@ -603,6 +608,7 @@ class Tokens(MethodView):
 @blp.route("/auth/tokens/<token_id>", methods=["DELETE"])
 @auth.require("viewer", mutating=True)
 @blp.response(204)
+@blp.alt_response(503, description="the audit log is unavailable: nothing was changed (Retry-After)")
 def revoke_token(token_id: str) -> None:
     """Revoke a token (your own; admins: anyone's). It stops working at once."""
     user = auth.current_user()
@@ -626,6 +632,7 @@ class UsersView(MethodView):
 
     @blp.arguments(schemas.UserBody)
     @blp.response(201, schemas.UserSchema)
+    @blp.alt_response(503, description="the audit log is unavailable: nothing was changed (Retry-After)")
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a user (or change an existing one's password / role) (admin)."""
         name = body["name"].strip()
@@ -649,6 +656,7 @@ class UsersView(MethodView):
 class UserView(MethodView):
     @blp.arguments(schemas.UserPatch)
     @blp.response(200, schemas.UserSchema)
+    @blp.alt_response(503, description="the audit log is unavailable: nothing was changed (Retry-After)")
     def patch(self, body: dict[str, Any], name: str) -> dict[str, Any]:
         """Change a user's role and/or password, or disable / enable it (admin). A password or role
         change, or disabling, ends the user's sessions and API tokens at once."""
@@ -670,6 +678,7 @@ class UserView(MethodView):
         return auth.users().row(name)
 
     @blp.response(204)
+    @blp.alt_response(503, description="the audit log is unavailable: nothing was changed (Retry-After)")
     def delete(self, name: str) -> None:
         """Delete a user and revoke its tokens (admin)."""
         audited_check("admin", "user_delete", "user", name)
