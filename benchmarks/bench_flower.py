@@ -141,6 +141,7 @@ def main() -> int:
                            "concurrency": args.concurrency, "sizes": {}}
     try:
         cf_port, fl_port = 18080 + os.getpid() % 1000, 19080 + os.getpid() % 1000
+        os.environ.setdefault("CANVASFLOW_WEB_SECRET_KEY", "bench-flower-signing-key")  # Fleet copies os.environ
         web = fleet.spawn("web", [sys.executable, "-m", "web", "--port", str(cf_port), "--anonymous-role", "viewer"])
         conf = {k: v for k, v in celery_config(settings).items() if k.startswith(("broker", "result"))}
         (tmp / "flowerbench.py").write_text(FLOWER_APP.format(conf=conf))

@@ -267,6 +267,7 @@ def test_procfile_fleet_started_with_honcho_runs_a_workflow(tmp_path: Path) -> N
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANVASFLOW_")},
            "CANVASFLOW_REDIS_PORT": str(port), "CANVASFLOW_KEY_PREFIX": "procfile",
            "CANVASFLOW_REDIS_DIR": str(tmp_path),  # where Redis writes its append-only file
+           "CANVASFLOW_WEB_SECRET_KEY": "procfile-test-signing-key",  # the web refuses to start without one
            "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = (tmp_path / "honcho.log").open("wb")
     proc = subprocess.Popen([honcho, "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)], env=env,

@@ -72,10 +72,13 @@ def web_app(web_fleet: WebFleet) -> Iterator[Any]:
                                                      recorder=True))
     app.config["TESTING"] = True
     users = app.extensions["canvasflow"].users
-    users.put(OPERATOR[0], password=OPERATOR[1], role="operator")
+    # The live servers share this database: setting a password again would end their sessions
+    # and tokens, so only missing users are created.
+    for name, password, role in ((*OPERATOR, "operator"), (*VIEWER, "viewer")):
+        if not users.exists(name):
+            users.put(name, password=password, role=role)
     # The dashboard tests' operator submits inline definitions, which takes this permission.
     users.set_permission(OPERATOR[0], "submit_inline", True)
-    users.put(VIEWER[0], password=VIEWER[1], role="viewer")
     yield app
     app.extensions["canvasflow"].stop()
 
@@ -130,9 +133,13 @@ def start_live_server(web_fleet: WebFleet, *extra: str) -> LiveServer:
         s = requests.Session()
         r = s.post(f"{url}/api/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10)
         csrf = r.json()["csrf_token"]
+        # Only missing users: setting a password again would end the sessions and tokens other
+        # fixtures (sharing this database) hold.
+        known = {u["name"] for u in s.get(f"{url}/api/v1/users", timeout=10).json()}
         for name, password, role in ((*OPERATOR, "operator"), (*VIEWER, "viewer")):
-            s.post(f"{url}/api/v1/users", json={"name": name, "password": password, "role": role},
-                   headers={"X-CSRF-Token": csrf}, timeout=10).raise_for_status()
+            if name not in known:
+                s.post(f"{url}/api/v1/users", json={"name": name, "password": password, "role": role},
+                       headers={"X-CSRF-Token": csrf}, timeout=10).raise_for_status()
         s.put(f"{url}/api/v1/users/{OPERATOR[0]}/permissions/submit_inline", headers={"X-CSRF-Token": csrf},
               timeout=10).raise_for_status()
     return server

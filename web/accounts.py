@@ -8,6 +8,7 @@ from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import abort
+from sqlalchemy import exc
 
 from web import audit as web_audit
 from web import auth, schemas
@@ -56,8 +57,12 @@ def _set(name: str, permission: str, granted: bool) -> dict[str, Any]:
 @blp.response(200, schemas.LockoutListSchema)
 def lockouts() -> dict[str, Any]:
     """Accounts and addresses locked out by failed logins now (admin), the longest lock first."""
-    with web_audit.recorded("the lockout list"):
+    try:
         return {"lockouts": throttle().lockouts()}
+    except exc.SQLAlchemyError as e:
+        abort(503, message=f"the login throttle's table is unavailable: {str(e).splitlines()[0]}",
+              headers={"Retry-After": "5"})
+        raise
 
 
 @blp.route("/auth/lockouts/unlock", methods=["POST"])

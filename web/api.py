@@ -93,8 +93,6 @@ class Runs(MethodView):
     @auth.require("operator", mutating=True)
     @blp.arguments(schemas.SubmitBody)
     @blp.response(201, schemas.RunSummarySchema)
-    @blp.alt_response(403, description="the role is too low, or an inline definition without the submit_inline "
-                                       "permission (granted by an admin)")
     def post(self, body: dict[str, Any]) -> Any:
         """Submit a run of a registered workflow (by id) or of an inline definition."""
         client = ext().client

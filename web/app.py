@@ -142,7 +142,9 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
     login_throttle = Throttle(users.engine, users.writer, web, users.audit_table)
     try:
         users.setup()
-        if web.admin_password:
+        # Reset only when it does not hold already: a reset ends admin's sessions and tokens, and
+        # every web process of a fleet starts with the same setting.
+        if web.admin_password and getattr(users.verify("admin", web.admin_password), "role", None) != "admin":
             users.put("admin", password=web.admin_password, role="admin")
     except Exception as exc:  # noqa: BLE001 - the database may come later; logins fail until then
         log.warning("users table not available: %s", exc)

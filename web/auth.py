@@ -127,12 +127,6 @@ class Users:
         if audit is not None and self.audit_table is not None:
             conn.execute(insert(self.audit_table).values(**audit))
 
-    def record(self, audit: Audit) -> None:
-        """Write one audit row on its own (a refusal, say)."""
-        if self.audit_table is not None:
-            with self.writer.begin() as conn:
-                self._audit(conn, audit)
-
     def setup(self) -> None:
         """Create the tables where the store's migrations did not (the in-memory database of a
         dashboard without an audit store)."""
@@ -487,12 +481,6 @@ def check(role: str, *, mutating: bool = False) -> User:
         if not csrf_matches(request.headers.get("X-CSRF-Token")):
             _refuse(403, "missing or wrong X-CSRF-Token header (reload the page)")
     return user
-
-
-def check_permission_of(user: User, permission: str, message: str) -> None:
-    """403 with ``message`` unless the user has the permission (admins have them all)."""
-    if not user.may(permission):
-        _refuse(403, message)
 
 
 # ---------------------------------------------------------------------------------------------

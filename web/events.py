@@ -92,7 +92,7 @@ class Live:
     def on_connect(self, auth_data: Any = None) -> bool:
         token = auth_data.get("token") if isinstance(auth_data, dict) else None
         header = f"Bearer {token}" if token else request.headers.get("Authorization")
-        user, via = auth.identify(header, session.get("user"))
+        user, via = auth.identify(header, session.get("user"), session.get("gen"))
         if user is None:
             raise ConnectionRefusedError("unauthorized: log in, or pass auth={'token': ...}")
         self.clients[request.sid] = {"user": user, "runs": set(), "all": False, "since": time.time()}

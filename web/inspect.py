@@ -36,9 +36,9 @@ from orchestrator.fleet_inspect import (
 from web import audit as web_audit
 from web import auth
 from web.rest import Blueprint
+from web.schemas import StrictBoolean, StrictFloat, StrictInteger
 from web.serving import cooperate
 from web.settings import NEVER_SENT, TASK_ALLOW_SETTING, task_allowed
-from web.schemas import StrictBoolean, StrictFloat, StrictInteger
 
 blp = Blueprint("inspect", __name__, url_prefix="/api/v1/inspect",
                 description="Fleet inspection: workers, tasks, queues (Flower parity)")

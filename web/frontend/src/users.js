@@ -14,23 +14,25 @@ function problem(err) {
 
 async function loadUsers() {
   const users = await api("/users");
-  const me = boot.user.name;
-  const can = isAdmin();
-  $("#users-table tbody").innerHTML = users.map((u) => `<tr data-user="${esc(u.name)}">
-    <td><b>${esc(u.name)}</b>${u.name === me ? ' <small class="muted">(you)</small>' : ""}</td>
-    <td><select class="role" data-user="${esc(u.name)}" ${can && u.name !== me ? "" : "disabled"}
-      title="${u.name === me ? "you cannot change your own role" : ""}">${ROLES.map((r) =>
-      `<option ${r === u.role ? "selected" : ""}>${r}</option>`).join("")}</select></td>
-    <td class="perms">${permissionCell(u, can)}</td>
-    <td>${time(u.created_at)}</td>
-    <td>${can && u.name !== me ? `<button class="toggle-disabled" data-user="${esc(u.name)}"
-      data-disabled="${u.disabled ? "1" : ""}">${u.disabled ? "Enable" : "Disable"}</button>
-      <button class="danger delete-user" data-user="${esc(u.name)}">Delete</button>` : ""}</td>
-  </tr>`).join("");
-  // Keep the user picked for a token across the reload after every change (it may land later).
-  const picked = $("#token-user").value;
-  const keep = users.some((u) => u.name === picked) ? picked : me;
-  $("#token-user").innerHTML = users.map((u) => `<option ${u.name === keep ? "selected" : ""}>${esc(u.name)}</option>`).join("");
+  return () => {
+    const me = boot.user.name;
+    const can = isAdmin();
+    $("#users-table tbody").innerHTML = users.map((u) => `<tr data-user="${esc(u.name)}">
+      <td><b>${esc(u.name)}</b>${u.name === me ? ' <small class="muted">(you)</small>' : ""}</td>
+      <td><select class="role" data-user="${esc(u.name)}" ${can && u.name !== me ? "" : "disabled"}
+        title="${u.name === me ? "you cannot change your own role" : ""}">${ROLES.map((r) =>
+        `<option ${r === u.role ? "selected" : ""}>${r}</option>`).join("")}</select></td>
+      <td class="perms">${permissionCell(u, can)}</td>
+      <td>${time(u.created_at)}</td>
+      <td>${can && u.name !== me ? `<button class="toggle-disabled" data-user="${esc(u.name)}"
+        data-disabled="${u.disabled ? "1" : ""}">${u.disabled ? "Enable" : "Disable"}</button>
+        <button class="danger delete-user" data-user="${esc(u.name)}">Delete</button>` : ""}</td>
+    </tr>`).join("");
+    // Keep the user picked for a token across the reload after every change (it may land later).
+    const picked = $("#token-user").value;
+    const keep = users.some((u) => u.name === picked) ? picked : me;
+    $("#token-user").innerHTML = users.map((u) => `<option ${u.name === keep ? "selected" : ""}>${esc(u.name)}</option>`).join("");
+  };
 }
 
 function permissionCell(u, can) {
@@ -44,31 +46,42 @@ function permissionCell(u, can) {
 
 async function loadLockouts() {
   const { lockouts } = await api("/auth/lockouts");
-  $("#lockouts-table tbody").innerHTML = lockouts.map((l) => `<tr data-lockout="${esc(l.subject)}">
-    <td>${l.scope === "user" ? "account" : "address"} <code>${esc(l.subject)}</code></td>
-    <td>${l.failures}</td><td>${l.retry_after} s</td>
-    <td>${isAdmin() ? `<button class="unlock" data-scope="${esc(l.scope)}" data-subject="${esc(l.subject)}">Unlock</button>` : ""}</td>
-  </tr>`).join("") || `<tr><td colspan="4" class="muted">Nobody is locked out.</td></tr>`;
+  return () => {
+    $("#lockouts-table tbody").innerHTML = lockouts.map((l) => `<tr data-lockout="${esc(l.subject)}">
+      <td>${l.scope === "user" ? "account" : "address"} <code>${esc(l.subject)}</code></td>
+      <td>${l.failures}</td><td>${l.retry_after} s</td>
+      <td>${isAdmin() ? `<button class="unlock" data-scope="${esc(l.scope)}" data-subject="${esc(l.subject)}">Unlock</button>` : ""}</td>
+    </tr>`).join("") || `<tr><td colspan="4" class="muted">Nobody is locked out.</td></tr>`;
+  };
 }
 
 async function loadTokens() {
   const tokens = await api("/auth/tokens");
-  $("#tokens-table tbody").innerHTML = tokens.map((t) => `<tr data-token="${esc(t.id)}">
-    <td><code>${esc(t.id)}</code></td><td>${esc(t.username)}</td><td>${esc(t.name)}</td>
-    <td>${time(t.created_at)}</td><td>${t.last_used_at ? time(t.last_used_at) : "never"}</td>
-    <td>${isAdmin() ? `<button class="danger revoke-token" data-token="${esc(t.id)}">Revoke</button>` : ""}</td>
-  </tr>`).join("") || `<tr><td colspan="6" class="muted">No tokens.</td></tr>`;
+  return () => {
+    $("#tokens-table tbody").innerHTML = tokens.map((t) => `<tr data-token="${esc(t.id)}">
+      <td><code>${esc(t.id)}</code></td><td>${esc(t.username)}</td><td>${esc(t.name)}</td>
+      <td>${time(t.created_at)}</td><td>${t.last_used_at ? time(t.last_used_at) : "never"}</td>
+      <td>${isAdmin() ? `<button class="danger revoke-token" data-token="${esc(t.id)}">Revoke</button>` : ""}</td>
+    </tr>`).join("") || `<tr><td colspan="6" class="muted">No tokens.</td></tr>`;
+  };
 }
 
 async function loadAudit() {
   const { actions } = await api("/audit/users");
-  $("#audit-list").innerHTML = actions.map((a) => `<li>${time(a.ts)} <b>${esc(a.actor)}</b> ${esc(a.action)}
-    ${esc(a.target_type)} <code>${esc(a.target_id)}</code> — ${esc(a.outcome)}
-    ${a.detail ? `<small class="muted">${esc(JSON.stringify(a.detail))}</small>` : ""}</li>`).join("") ||
-    "<li class='muted'>none yet</li>";
+  return () => {
+    $("#audit-list").innerHTML = actions.map((a) => `<li>${time(a.ts)} <b>${esc(a.actor)}</b> ${esc(a.action)}
+      ${esc(a.target_type)} <code>${esc(a.target_id)}</code> — ${esc(a.outcome)}
+      ${a.detail ? `<small class="muted">${esc(JSON.stringify(a.detail))}</small>` : ""}</li>`).join("") ||
+      "<li class='muted'>none yet</li>";
+  };
 }
 
-const reload = () => Promise.all([loadUsers(), loadTokens(), loadLockouts(), loadAudit()]);
+// Fetch every section, then draw them all at once: a change shows in the tables and in the audit
+// list together, never one before the other.
+const reload = async () => {
+  const draws = await Promise.all([loadUsers(), loadTokens(), loadLockouts(), loadAudit()]);
+  for (const draw of draws) draw();
+};
 
 async function attempt(fn, errorsEl) {
   if (errorsEl) errorsEl.innerHTML = "";
