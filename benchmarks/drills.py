@@ -435,9 +435,11 @@ def drill_redis_restart(args: argparse.Namespace, database: str) -> Row:
         v = verdict(rig, ids, status, audit=True)
         fill(row, v, ids, status)
         row.notes.insert(0, f"down {down:.1f} s, {running} runs RUNNING then")
-        alive = {n: p.poll() is None for n, p in rig.fleet.procs.items()}
-        if not all(alive.values()):
-            row.notes.append("exited: " + ", ".join(n for n, a in alive.items() if not a))
+        for name, proc in rig.fleet.procs.items():
+            if proc.poll() is not None:
+                why = [ln for ln in rig.fleet.logs[name].read_text(errors="replace").splitlines()
+                       if "Unrecoverable error" in ln or "CRITICAL" in ln][:1]
+                row.notes.append(f"process '{name}' exited" + (f" ({why[0].split(': ', 1)[-1][:120]})" if why else ""))
     finally:
         rig.close()
     return row
@@ -469,7 +471,12 @@ def drill_recorder(args: argparse.Namespace, database: str) -> Row:
         time.sleep(args.recorder_down)
         rig.recorder("rec2")
         time.sleep(2)
-        rig.kill("rec2", signal.SIGKILL)  # killed: its batch in hand stays pending for another to claim
+        # Killed while it holds a batch read and not yet acknowledged: those entries stay pending
+        # until another recorder claims them (after claim_idle, 30 s).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not int(rig.r.xpending(rig.client.keys.events, "cf-recorder")["pending"]):
+            time.sleep(0.002)
+        rig.kill("rec2", signal.SIGKILL)
         orphaned = int(rig.r.xpending(rig.client.keys.events, "cf-recorder")["pending"])
         time.sleep(args.recorder_down)
         rig.recorder("rec3")
