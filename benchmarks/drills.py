@@ -104,6 +104,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -429,9 +435,11 @@ def drill_redis_restart(args: argparse.Namespace, database: str) -> Row:
         v = verdict(rig, ids, status, audit=True)
         fill(row, v, ids, status)
         row.notes.insert(0, f"down {down:.1f} s, {running} runs RUNNING then")
-        alive = {n: p.poll() is None for n, p in rig.fleet.procs.items()}
-        if not all(alive.values()):
-            row.notes.append("exited: " + ", ".join(n for n, a in alive.items() if not a))
+        for name, proc in rig.fleet.procs.items():
+            if proc.poll() is not None:
+                why = [ln for ln in rig.fleet.logs[name].read_text(errors="replace").splitlines()
+                       if "Unrecoverable error" in ln or "CRITICAL" in ln][:1]
+                row.notes.append(f"process '{name}' exited" + (f" ({why[0].split(': ', 1)[-1][:120]})" if why else ""))
     finally:
         rig.close()
     return row
@@ -463,7 +471,12 @@ def drill_recorder(args: argparse.Namespace, database: str) -> Row:
         time.sleep(args.recorder_down)
         rig.recorder("rec2")
         time.sleep(2)
-        rig.kill("rec2", signal.SIGKILL)  # killed: its batch in hand stays pending for another to claim
+        # Killed while it holds a batch read and not yet acknowledged: those entries stay pending
+        # until another recorder claims them (after claim_idle, 30 s).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not int(rig.r.xpending(rig.client.keys.events, "cf-recorder")["pending"]):
+            time.sleep(0.002)
+        rig.kill("rec2", signal.SIGKILL)
         orphaned = int(rig.r.xpending(rig.client.keys.events, "cf-recorder")["pending"])
         time.sleep(args.recorder_down)
         rig.recorder("rec3")
@@ -490,6 +503,8 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
         rig.recorder()
         rig.worker("first")
         rig.worker("second")
+        if args.no_fleet_events:
+            os.environ["CANVASFLOW_WEB_FLEET_EVENTS"] = "false"
         targets = {"now": rig.web("web", free_port(), profile=Path(args.profile) if args.profile else None,
                                   trace_loop=args.trace_loop)}
         if args.compare:
@@ -509,6 +524,8 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
         t = ctx.Process(target=soak_submitter, args=(rig.settings, wf, args.soak_runs, args.soak_inflight, out,
                                                      progress), daemon=True)
         t0 = time.monotonic()
+        web_procs = {"now": rig.fleet.procs["web"], **({"before": rig.fleet.procs["web-before"]} if args.compare else {})}
+        cpu0 = {label: cpu_seconds(p.pid) for label, p in web_procs.items()}
         t.start()
         lat: dict[str, dict[str, list[float]]] = {label: {"active": [], "all": []} for label in targets}
         sizes: list[int] = []
@@ -523,15 +540,30 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
                         sizes.append(len(resp.json()["runs"]))
             time.sleep(args.soak_poll)
         elapsed = time.monotonic() - t0
+        row.figures["web_cpu_percent"] = {label: round(100 * (cpu_seconds(p.pid) - cpu0[label]) / elapsed)
+                                          for label, p in web_procs.items()}
+        row.figures["load_average"] = os.getloadavg()[0]
         if args.trace_loop is not None:
             row.figures["loop"] = loop_stretches(rig.work / "loop.jsonl", time.time() - elapsed, time.time())
         ids = out.get(timeout=120)
         t.join(30)
         status = wait_all(rig, ids, 300)
         rig.recorder_caught_up(120)
+        # The same requests once the fleet is idle: what the list costs without the load.
+        idle: dict[str, list[float]] = {label: [] for label in targets}
+        for _ in range(30):
+            for label, http in sessions.items():
+                start = time.perf_counter()
+                http.get(f"{targets[label]}/api/v1/runs", params={"view": "all", "limit": 50},
+                         timeout=30).raise_for_status()
+                idle[label].append(time.perf_counter() - start)
         v = verdict(rig, ids, status, audit=True)
         fill(row, v, ids, status)
         figures: dict[str, Any] = {}
+        for label, values in idle.items():
+            ms = sorted(x * 1000 for x in values)
+            figures[f"{label}_idle_all"] = {"n": len(ms), "p50": round(pct(ms, 0.5), 1),
+                                            "p95": round(pct(ms, 0.95), 1), "max": round(ms[-1], 1)}
         for label in targets:
             for view, values in lat[label].items():
                 ms = sorted(x * 1000 for x in values)
@@ -546,8 +578,12 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
         if "before_active" in figures:
             b = figures["before_active"]
             note += f", before {b['p50']}/{b['p95']}/{b['p99']} ms"
+        note += f"; idle afterwards p50 {figures['now_idle_all']['p50']} ms"
+        if "before_idle_all" in figures:
+            note += f" (before {figures['before_idle_all']['p50']} ms)"
         row.notes.insert(0, note)
-        row.notes.insert(1, f"{len(ids) / elapsed:.0f} runs/s for {elapsed:.0f} s, ≤ {args.soak_inflight} in flight")
+        row.notes.insert(1, f"{len(ids) / elapsed:.0f} runs/s for {elapsed:.0f} s, ≤ {args.soak_inflight} in flight, "
+                            f"web process CPU {row.figures['web_cpu_percent']['now']} %")
     finally:
         rig.close()
     return row
@@ -603,6 +639,8 @@ def main() -> int:
     ap.add_argument("--compare", default=None, metavar="DIR",
                     help="soak: also serve the run list from DIR's code (a checkout of an older commit) and "
                          "request both alternately, for a before/after ratio in one run")
+    ap.add_argument("--no-fleet-events", action="store_true",
+                    help="soak: web processes without the Celery task history capture (what it costs them)")
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="soak: run the web process under cProfile (DIR/web.prof) and log the server-side "
                          "time of each run-list request (DIR/requests.jsonl)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from sqlalchemy import Connection, Select, and_, case, func, or_, select, tuple_
+from sqlalchemy import Connection, Select, and_, case, func, or_, select, true, tuple_
 
 from orchestrator.audit.models import run_tags, runs, steps
 from orchestrator.audit.queries import decode_cursor, encode_cursor
@@ -310,9 +310,9 @@ class RunViews:
 
     def list(self, flt: RunFilter, *, limit: int = 50, cursor: str | None = None,
              with_counts: bool = False) -> RunPage:
-        """One keyset page, newest first: one SQL connection (the page with its step counts and
-        the newest recorded run in one query; the tab counts in a second when ``with_counts``) and
-        one Redis call (the page's live fields and the runs newer than the newest recorded one)."""
+        """One keyset page, newest first, in one SQL statement (the page with its step counts, the
+        newest recorded run and, ``with_counts``, the tab counts) and one Redis call (the page's
+        live fields and the runs newer than the newest recorded one)."""
         now = time.time()
         if self.store is None:
             return self._hot_list(flt, limit, cursor, now)
@@ -320,9 +320,7 @@ class RunViews:
         counts = None
         try:
             with self.store.connect() as conn:
-                rows, more, newest = self._sql_page(conn, flt, limit, after, now)
-                if with_counts:
-                    counts = self._counts(conn, now)
+                rows, more, newest, counts = self._sql_page(conn, flt, limit, after, now, with_counts)
         except StoreError as exc:
             page = self._hot_list(flt, limit, cursor, now)
             page.warnings.append(f"audit store unavailable, showing live runs only: {exc}")
@@ -386,10 +384,10 @@ class RunViews:
                         elapsed >= WARNING_FRACTION * runs.c.sla_seconds)
         return q
 
-    def _sql_page(self, conn: Connection, flt: RunFilter, limit: int, after: tuple[float, str] | None, now: float
-                  ) -> tuple[list[dict[str, Any]], bool, float | None]:
+    def _sql_page(self, conn: Connection, flt: RunFilter, limit: int, after: tuple[float, str] | None, now: float,
+                  with_counts: bool) -> tuple[list[dict[str, Any]], bool, float | None, dict[str, Any] | None]:
         """(rows of the page with their step counts, whether more follow, the newest created_at
-        recorded): one statement; a second only when the page is empty."""
+        recorded, the tab counts or None): one statement; a second only when the page is empty."""
         total = select(func.count()).where(steps.c.run_id == runs.c.id).scalar_subquery()
         settled = (select(func.count()).where(steps.c.run_id == runs.c.id, steps.c.status.in_(SETTLED_STEPS))
                    .scalar_subquery())
@@ -398,11 +396,20 @@ class RunViews:
         q = self._sql_query(flt, now).with_only_columns(
             *(runs.c[c] for c in _ROW_COLUMNS), total.label("n_steps"), settled.label("n_settled"),
             newest.label("newest"))
+        if with_counts:
+            # One row of aggregates joined to every row of the page: no round trip of its own.
+            tabs = self._counts_query(now).subquery("tabs")
+            q = q.join(tabs, true()).add_columns(*tabs.c)
         if after is not None:
             q = q.where(tuple_(runs.c.created_at, runs.c.id) < tuple_(*after))
         q = q.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
         rows = conn.execute(q).mappings().all()
-        newest_at = rows[0]["newest"] if rows else conn.execute(select(func.max(runs.c.created_at))).scalar()
+        if rows:
+            newest_at = rows[0]["newest"]
+            counts = _tab_counts(tuple(rows[0][c] for c in _COUNTS)) if with_counts else None
+        else:
+            newest_at = conn.execute(select(func.max(runs.c.created_at))).scalar()
+            counts = self._counts(conn, now) if with_counts else None
         out = []
         for r in rows[:limit]:
             try:
@@ -417,7 +424,7 @@ class RunViews:
                 "sla_seconds": r["sla_seconds"], "error": r["error"], "failed_step": r["failed_step"],
                 "seq": r["last_seq"], "total": int(r["n_steps"] or 0), "settled": int(r["n_settled"] or 0),
             })
-        return out, len(rows) > limit, newest_at
+        return out, len(rows) > limit, newest_at, counts
 
     def _hot_list(self, flt: RunFilter, limit: int, cursor: str | None, now: float) -> RunPage:
         """Newest first from the Redis index alone (no audit store)."""
@@ -467,6 +474,9 @@ class RunViews:
             return _no_counts()
 
     def _counts(self, conn: Connection, now: float) -> dict[str, Any]:
+        return _tab_counts(tuple(conn.execute(self._counts_query(now)).one()))
+
+    def _counts_query(self, now: float) -> Select[Any]:
         """The tab counts in one statement over the live runs and the runs finished today."""
         day = now - now % 86400
         elapsed = func.coalesce(runs.c.finished_at, now) - runs.c.created_at
@@ -478,17 +488,21 @@ class RunViews:
                        runs.c.status.in_(("COMPLETED", "FAILED", "COMPENSATION_FAILED")))
         met = and_(has_sla, runs.c.status == "COMPLETED", runs.c.finished_at - runs.c.created_at <= runs.c.sla_seconds)
 
-        def n(cond: Any) -> Any:
-            return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+        def n(cond: Any, name: str) -> Any:
+            return func.coalesce(func.sum(case((cond, 1), else_=0)), 0).label(name)
 
-        row = conn.execute(select(
-            n(runs.c.status.in_(ACTIVE)), n(runs.c.status.in_(PENDING)), n(slow),
-            n(and_(today, runs.c.status.in_(COMPLETED))), n(and_(today, runs.c.status.in_(UNSUCCESSFUL))),
-            n(has_sla), n(met)).where(or_(live, today))).one()
-        active, pending, slow_n, completed, failed, with_sla, met_n = (int(x) for x in row)
-        return {"active": active, "pending": pending, "slow": slow_n, "completed_today": completed,
-                "failed_today": failed,
-                "sla_compliance_today": round(100.0 * met_n / with_sla, 1) if with_sla else None}
+        conds = (runs.c.status.in_(ACTIVE), runs.c.status.in_(PENDING), slow,
+                 and_(today, runs.c.status.in_(COMPLETED)), and_(today, runs.c.status.in_(UNSUCCESSFUL)), has_sla, met)
+        return select(*(n(c, name) for c, name in zip(conds, _COUNTS, strict=True))).where(or_(live, today))
+
+
+_COUNTS = ("tab_active", "tab_pending", "tab_slow", "tab_completed", "tab_failed", "tab_with_sla", "tab_sla_met")
+
+
+def _tab_counts(row: tuple[Any, ...]) -> dict[str, Any]:
+    active, pending, slow, completed, failed, with_sla, met = (int(x or 0) for x in row)
+    return {"active": active, "pending": pending, "slow": slow, "completed_today": completed,
+            "failed_today": failed, "sla_compliance_today": round(100.0 * met / with_sla, 1) if with_sla else None}
 
 
 def _no_counts() -> dict[str, Any]:

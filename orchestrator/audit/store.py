@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 HEAD = "0004"  # the newest migration; a test checks it against migrations/versions
 MIGRATIONS = "orchestrator.audit:migrations"
 VERSION_TABLE = "cf_alembic_version"
+# PostgreSQL: a pooled connection idle this long is pinged before use (_ping_when_idle).
+PING_IDLE = 10.0
+# SQLite: how long the driver waits for a lock before a writer sleeps in Python and tries again.
+SQLITE_LOCK_POLL = 0.005
 _MIGRATION_LOCK = 7_411_270  # pg_advisory_xact_lock key: one upgrade at a time per database
 
 
@@ -84,10 +88,11 @@ class AuditStore:
             db = self.url.database or ""
             if db and db != ":memory:" and not db.startswith("file:"):
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
+            # The driver's own wait for a lock is short: a longer one (busy_timeout) is a loop in
+            # _sqlite_pragmas that sleeps in Python, so a gevent process keeps serving meanwhile.
+            kwargs["connect_args"] = {"timeout": SQLITE_LOCK_POLL, "check_same_thread": False}
         else:
-            kwargs.update(pool_size=pool_size, pool_pre_ping=True,
-                          connect_args={"connect_timeout": max(1, int(connect_timeout))})
+            kwargs.update(pool_size=pool_size, connect_args={"connect_timeout": max(1, int(connect_timeout))})
         try:
             self.engine: Engine = create_engine(self.url, **kwargs)
         except ModuleNotFoundError as e:
@@ -97,6 +102,8 @@ class AuditStore:
             raise StoreError(f"cannot open the audit store at {self.display_url}: {e}") from None
         if self.dialect == "sqlite":
             _sqlite_pragmas(self.engine, busy_timeout)
+        else:
+            _ping_when_idle(self.engine)
 
         # Writers take the database lock up front on SQLite (BEGIN IMMEDIATE), so two recorders
         # never fail half-way through a batch on a lock upgrade.
@@ -234,17 +241,61 @@ def _first_line(e: BaseException) -> str:
     return text_.splitlines()[0] if text_ else type(e).__name__
 
 
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled PostgreSQL connection before use only if it sat idle for PING_IDLE seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: a round trip before every query of a
+    request, and under load each round trip of the web process waits for its turn on the loop (the
+    run list spent as long on its ping as on its query). A connection used within the last few
+    seconds is alive unless the server went away just then; that query fails, the pool discards
+    the connection (a disconnect error) and the next checkout connects anew."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_conn: Any, record: Any) -> None:
+        record.info["cf_used"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["cf_used"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("cf_used", 0.0) < PING_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as e:  # noqa: BLE001 - whatever the driver raises, the connection is gone
+            raise exc.DisconnectionError(f"stale connection: {e}") from e  # the pool connects anew
+
+
 def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's begin event issue BEGIN itself (pysqlite's implicit BEGIN is deferred).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")  # the first switch to WAL locks
         cur.execute("PRAGMA journal_mode = WAL")  # readers never wait for the recorder
+        cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_LOCK_POLL * 1000)}")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("cf_immediate")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if not immediate:
+            conn.exec_driver_sql("BEGIN")
+            return
+        # A writer waits here for another process's write (the recorder's batch). SQLite's own
+        # busy wait sleeps in C, holding the only thread of a gevent process, every request and
+        # socket with it: wait in short polls and sleep between them in Python instead (under
+        # gevent the sleep lets the loop run).
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except exc.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(SQLITE_LOCK_POLL)
