@@ -47,6 +47,31 @@ def with_params(defn: Definition, step_id: str, params: dict) -> Definition:
                                                  for s in defn.steps))
 
 
+@pytest.mark.parametrize(("text", "depth"), [
+    ('{"a": 1}', 1),
+    ('[[{"a": [1, 2]}], {}]', 4),
+    ('{"s": "[[[[{{{{"}', 1),               # brackets inside strings do not count
+    ('{"s": "quote \\" [[[ \\\\", "t": [[]]}', 3),  # nor after escaped quotes and backslashes
+    ("[]", 1),
+    ("7", 0),
+])
+def test_the_guard_measures_nesting_from_the_raw_bytes(text: str, depth: int) -> None:
+    from workers.guard import nesting
+
+    assert json.loads(text) is not None or text == "null"
+    assert nesting(text.encode()) == depth
+
+
+def test_the_guard_passes_a_message_with_many_brackets_but_little_depth() -> None:
+    from workers.guard import check
+
+    wide = json.dumps([[{f"s{i}": ["COMPLETED", None] for i in range(1000)}, ["j", "builtin", "echo", 1]], {}, {}])
+    assert check(wide.encode(), 200, 1 << 20) == ("", None)
+    assert "CANVASFLOW_MESSAGE_MAX_DEPTH" in check(json.dumps(nested(201)).encode(), 200, 1 << 20)[0]
+    assert check(json.dumps(nested(198)).encode(), 200, 1 << 20)[0] == ""
+    assert "CANVASFLOW_MESSAGE_MAX_BYTES" in check(b"[" + b"1," * 100 + b"1]", 200, 100)[0]
+
+
 @pytest.fixture
 def guard_settings(redis_url: str) -> Settings:
     return make_settings(redis_url, lease_ttl=3)

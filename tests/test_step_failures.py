@@ -72,3 +72,23 @@ def test_a_fault_while_settling_still_ends_the_run_with_the_reason(
     assert set(snap.statuses.values()) == {"COMPLETED"}
     assert f"injected fault: {stage}" in snap.error
     assert "could not settle" in snap.error
+
+
+def test_a_fault_while_compensating_leaves_the_run_waiting_in_compensation_failed_with_why(
+        fault_settings: Settings, start_worker) -> None:
+    start_worker(fault_settings, concurrency=1)
+    client = Client(fault_settings)
+    wf = (Workflow("fault_compensate", mode="sequential")
+          .step("arm", plugin="builtin", method="call",
+                params={"function": "tests.faults:arm", "kwargs": {"stage": "set_step"}})
+          .step("victim", plugin="builtin", method="echo", params={"x": 1},
+                compensate={"plugin": "builtin", "method": "echo"})
+          .step("boom", plugin="builtin", method="fail", params={"message": "boom"})
+          .build())
+    try:
+        snap = client.submit(wf).wait(60)
+    finally:
+        client.close()
+    assert snap.status == "COMPENSATION_FAILED", snap
+    assert "injected fault: set_step" in snap.error
+    assert "outside its plugin" in snap.error

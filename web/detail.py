@@ -404,6 +404,12 @@ class RunDetails:
                 bar["end"] = e["ts"]
                 bar["status"] = e["status"] or t.removeprefix("step_").upper()
                 bar["error"] = data.get("error")
+            elif t == "attempt_lost":
+                # its worker died mid-step: close that attempt's bar (a new attempt's follows)
+                bar = open_.get((step, "step"))
+                if bar is not None and bar["attempt"] in (None, data.get("attempt")):
+                    open_.pop((step, "step"))
+                    bar.update(end=e["ts"], status="LOST", error=data.get("reason"))
             elif t == "step_compensating":
                 bar = {"step": step, "number": number.get(step, 0), "kind": "compensation", "attempt": None,
                        "status": "COMPENSATING", "start": e["ts"], "end": None, "worker": None, "error": None}

@@ -108,7 +108,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
               max_retries=None, Request=StepRequest)
     def compensate(self: Task, prev: Any, spec: dict, hdr: dict) -> Any:
         with broker.hand_back_on_outage(self):
-            return steps.compensate(self, rt, prev, spec, hdr)
+            return steps.safe_compensate(self, rt, prev, spec, hdr)
 
     @app.task(name=COMPENSATED_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def compensated(self: Task, prev: Any, hdr: dict, target: str) -> str:

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import time
+from itertools import accumulate
 from typing import Any
 
 from celery.worker.strategy import default as default_strategy
@@ -35,26 +36,23 @@ DEAD_LIST_MAX = 1000
 _HEADER = re.compile(rb'"@":\s*\["([0-9A-Za-z_.-]+)",\s*(\d+)')
 
 
-def depth_over(value: Any, limit: int) -> bool:
-    """Whether ``value`` (decoded JSON) nests deeper than ``limit`` containers; iterative, and
-    stops at the first path that is too deep."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list | tuple):
-            children = node
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
-    return False
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def nesting(raw: bytes) -> int:
+    """How deep a JSON text nests, from its bytes, without decoding it: strings removed (they
+    may hold brackets), then the running count of the brackets left. Escapes go first (escaped
+    backslashes, then escaped quotes: JSON reads backslashes in pairs from the left), so every
+    quote left opens or closes a string; every other piece between quotes is outside one."""
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.split(b'"')[::2])
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
 def check(body: bytes | str, max_depth: int, max_bytes: int) -> tuple[str, Any]:
-    """(why the message is refused or "", its decoded body if it was decoded)."""
+    """(why the message is refused or "", its decoded body: None, decoded only when refused)."""
     size = len(body)
     if max_bytes and size > max_bytes:
         return (f"message of {size} bytes is larger than {max_bytes} bytes "
@@ -67,13 +65,8 @@ def check(body: bytes | str, max_depth: int, max_bytes: int) -> tuple[str, Any]:
         return "", None
     too_deep = (f"message nested deeper than {max_depth} levels (CANVASFLOW_MESSAGE_MAX_DEPTH); a parameter "
                 f"or output that deep cannot be handled")
-    try:
-        decoded = json.loads(body)
-    except RecursionError:
-        return too_deep, None
-    except ValueError:
-        return "", None  # not JSON: Celery's own handling of an undecodable message applies
-    return (too_deep if depth_over(decoded, max_depth) else ""), decoded
+    raw = body if isinstance(body, bytes) else body.encode()
+    return (too_deep if nesting(raw) > max_depth else ""), None
 
 
 def _identify(task_name: str, body: bytes | str, decoded: Any) -> tuple[str, int, str, bool]:

@@ -514,6 +514,21 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
     return RunStatus.COMPLETED
 
 
+def safe_compensate(task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
+    """``compensate``; if it breaks outside the plugin (an outage aside), the run waits for an
+    operator in COMPENSATION_FAILED with why, as when the compensation itself fails."""
+    try:
+        return compensate(task, rt, prev, spec, hdr)
+    except Exception as exc:
+        if not unexpected(exc):
+            raise
+        message = f"compensation of '{spec['id']}' broke on worker {HOST} outside its plugin: {_text(exc)}"
+        log.exception("canvasflow: run %s: %s", hdr["run"], message)
+        rt.state.transition(hdr["run"], RunStatus.COMPENSATION_FAILED, fields={"error": message},
+                            sources=[RunStatus.COMPENSATING])
+        return {"failed": True, "step": spec["id"], "error": message}
+
+
 def compensate(task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
     if isinstance(prev, Mapping) and prev.get("failed"):
         return prev  # an earlier compensation failed: the rest wait for an operator
