@@ -225,3 +225,10 @@ def test_a_computation_past_its_deadline_is_refused_and_its_thread_ends() -> Non
     assert within(5, sum, [1, 2, 3]) == 6
     with pytest.raises(ZeroDivisionError):  # the computation's own errors reach the caller as they are
         within(5, lambda: 1 / 0)
+
+
+def test_the_openapi_document_lists_413_and_503_for_submitting_and_registering(web_app: Any) -> None:
+    spec = web_app.test_client().get("/api/v1/openapi.json").json
+    for path, method in (("/api/v1/runs", "post"), ("/api/v1/workflows/{workflow_id}", "put")):
+        responses = spec["paths"][path][method]["responses"]
+        assert {"413", "503"} <= set(responses), (path, sorted(responses))

@@ -93,6 +93,8 @@ class Runs(MethodView):
     @auth.require("operator", mutating=True)
     @blp.arguments(schemas.SubmitBody)
     @blp.response(201, schemas.RunSummarySchema)
+    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")  # web/limits.py
+    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def post(self, body: dict[str, Any]) -> Any:
         """Submit a run of a registered workflow (by id) or of an inline definition."""
         client = ext().client
@@ -423,6 +425,8 @@ class Workflow(MethodView):
     @auth.require("admin", mutating=True)
     @blp.arguments(schemas.WorkflowPutBody)
     @blp.response(200, schemas.WorkflowDetailSchema)
+    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")  # web/limits.py
+    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def put(self, body: dict[str, Any], workflow_id: str) -> dict[str, Any]:
         """Register a new version (validated first; every problem reported with its path)."""
         client = ext().client
