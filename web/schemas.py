@@ -343,12 +343,13 @@ def _one_of(*names: str) -> dict[str, Any]:
 class SubmitBody(Schema):
     workflow = fields.String(load_default=None, allow_none=False, validate=validate.Length(min=1),
                              metadata={"description": "a registered workflow id"})
-    version = fields.String(load_default=None, allow_none=False)
+    # null means "the default" (the latest version, normal priority), as the dashboard sends it.
+    version = fields.String(load_default=None, allow_none=True)
     definition = fields.Raw(load_default=None, allow_none=False, metadata={
         "description": "an inline definition: an object, or YAML/JSON text",
         "oneOf": [{"type": "object"}, {"type": "string"}]})
     inputs = fields.Dict(load_default=dict)
-    priority = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(["high", "normal", "low"]))
+    priority = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(["high", "normal", "low"]))
     tags = fields.List(fields.String(validate=validate.Length(1, 200)), load_default=list)
 
     @validates_schema
