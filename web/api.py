@@ -286,6 +286,8 @@ def resolve(body: dict[str, Any], run_id: str) -> dict[str, Any]:
     from orchestrator.lost import resolve_lost
 
     def lost(actor: str) -> Any:
+        if ext().views.summary(run_id) is None:  # known to neither: 404 before judging the body
+            raise UnknownRun(run_id)
         missing = {k: ["required to resolve a run whose state was lost"]
                    for k, v in (("as", as_), ("reason", (reason or "").strip())) if not v}
         if missing:

@@ -472,7 +472,8 @@ class WorkflowPutBody(Schema):
 
 
 # Schema-level OpenAPI that marshmallow fields cannot say, by component name (web/rest.py adds it).
-OPENAPI_EXTRAS = {"SubmitBody": _one_of("workflow", "definition"), "WorkflowPutBody": _one_of("yaml", "definition")}
+OPENAPI_EXTRAS = {"SubmitBody": _one_of("workflow", "definition"), "WorkflowPutBody": _one_of("yaml", "definition"),
+                  "UnlockBody": {"anyOf": [{"required": ["username"]}, {"required": ["address"]}]}}
 
 
 class AnalyticsArgs(Schema):
@@ -524,7 +525,7 @@ class UserBody(Schema):
 class UserPatch(Schema):
     password = fields.String(load_default=None, allow_none=False, validate=validate.Length(min=8, error=PASSWORD_RULE))
     role = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(list(ROLES)))
-    disabled = fields.Boolean(load_default=None, allow_none=False,
+    disabled = StrictBoolean(load_default=None, allow_none=False,
                               metadata={"description": "true: the user cannot log in and its sessions and "
                                                        "tokens stop working; false: enabled again"})
 
@@ -628,8 +629,9 @@ class LockoutListSchema(Schema):
 
 
 class UnlockBody(Schema):
-    username = fields.String(load_default=None, validate=validate.Length(1, 256))
-    address = fields.String(load_default=None, validate=validate.Length(1, 256))
+    # At least one of the two (OPENAPI_EXTRAS says so too); null is not "absent".
+    username = fields.String(load_default=None, allow_none=False, validate=validate.Length(1, 256))
+    address = fields.String(load_default=None, allow_none=False, validate=validate.Length(1, 256))
     reason = fields.String(load_default=None, allow_none=True)
 
 
