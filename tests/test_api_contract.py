@@ -249,6 +249,9 @@ SCHEMATHESIS = {
     # CANVASFLOW_TEST_CONTRACT_EXAMPLES=100 CANVASFLOW_TEST_CONTRACT_SEED=7 pytest -k openapi_contract
     "seed": int(os.environ.get("CANVASFLOW_TEST_CONTRACT_SEED", "13")),
     "generation": {"max-examples": int(os.environ.get("CANVASFLOW_TEST_CONTRACT_EXAMPLES", "10")), "database": "none"},
+    # /inspect/tasks/apply waits up to its body's `timeout` (at most 60 s) for a task to finish
+    "request-timeout": 75,
+    "cache": {"enabled": False},  # no state carried between runs (nor a .schemathesis/ in the checkout)
     "checks": {"enabled": True},  # every check schemathesis has (max_response_time needs a limit: none)
     # A definition (inline, or registered by PUT) and a workflow id are checked beyond what a JSON
     # schema can say (plugins exist, no cycles, the id is registered...): a 400 that lists every

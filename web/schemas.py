@@ -343,13 +343,13 @@ def _one_of(*names: str) -> dict[str, Any]:
 class SubmitBody(Schema):
     workflow = fields.String(load_default=None, allow_none=False, validate=validate.Length(min=1),
                              metadata={"description": "a registered workflow id"})
-    # null means "the default" (the latest version, normal priority), as the dashboard sends it.
-    version = fields.String(load_default=None, allow_none=True)
+    version = fields.String(load_default=None, metadata={"description": "default (or null): the latest"})
     definition = fields.Raw(load_default=None, allow_none=False, metadata={
         "description": "an inline definition: an object, or YAML/JSON text",
         "oneOf": [{"type": "object"}, {"type": "string"}]})
     inputs = fields.Dict(load_default=dict)
-    priority = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(["high", "normal", "low"]))
+    # null: the definition's own priority (the dashboard's run form sends null for "default")
+    priority = fields.String(load_default=None, validate=validate.OneOf(["high", "normal", "low"]))
     tags = fields.List(fields.String(validate=validate.Length(1, 200)), load_default=list)
 
     @validates_schema
