@@ -155,7 +155,8 @@ class _Frame:
     __slots__ = ("kind", "parts", "waiting", "parent", "slot")
 
     def __init__(self, kind: type, size: int, parent: _Frame | None, slot: int) -> None:
-        self.kind, self.parts, self.waiting = kind, [None] * size, size
+        self.kind, self.waiting = kind, size
+        self.parts: list[Node | None] = [None] * size  # filled in as the parts are finished
         self.parent, self.slot = parent, slot
 
 
@@ -170,7 +171,7 @@ def _decompose(nodes: list[str], g: _Graph, lost: list) -> Node:
         part, parent, slot = todo.pop()
         kind, subsets = _split(part, g, lost)
         if kind is Leaf:
-            done: Node | _Frame = Leaf(part[0])
+            done: Node = Leaf(part[0])
         else:
             frame = _Frame(kind, len(subsets), parent, slot)
             todo.extend((sub, frame, i) for i, sub in reversed(list(enumerate(subsets))))
@@ -189,10 +190,11 @@ def _decompose(nodes: list[str], g: _Graph, lost: list) -> Node:
 
 
 def _finish(frame: _Frame) -> Node:
+    done = [p for p in frame.parts if p is not None]  # all of them, once the frame is finished
     if frame.kind is Parallel:
-        return Parallel(tuple(frame.parts))
+        return Parallel(tuple(done))
     parts: list[Node] = []
-    for sub in frame.parts:
+    for sub in done:
         parts.extend(sub.parts if isinstance(sub, Series) else (sub,))
     return Series(tuple(parts))
 

@@ -127,9 +127,10 @@ def check_definition(data: Mapping[str, Any], limits: Limits | None = None) -> l
     lim = current(limits)
     problems: list[tuple[str, str]] = []
     steps = data.get("steps")
-    too_many = isinstance(steps, list) and len(steps) > lim.max_steps
+    n_steps = len(steps) if isinstance(steps, list) else 0
+    too_many = n_steps > lim.max_steps
     if too_many:
-        problems.append(("steps", _over("", len(steps), lim.max_steps, "max_steps", "steps")))
+        problems.append(("steps", _over("", n_steps, lim.max_steps, "max_steps", "steps")))
     for key, value in data.items():
         if key == "steps" and isinstance(value, list) and not too_many:
             for i, step in enumerate(value):
@@ -267,7 +268,7 @@ class LimitedLoader(yaml.SafeLoader):
                         None, None,
                         f"aliases expand to more than {self.limits.max_yaml_alias_nodes} nodes "
                         f"({env_name('max_yaml_alias_nodes')})", event.start_mark)
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)  # type: ignore[no-any-return,return-value]
         self._depth += 1
         if self._depth > self.limits.max_depth + STRUCTURE:
             mark = self.peek_event().start_mark
@@ -277,6 +278,7 @@ class LimitedLoader(yaml.SafeLoader):
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        assert node is not None  # PyYAML's composer gives None only at the end of the stream
         self._sizes[id(node)] = self._size(node)
         return node  # type: ignore[no-any-return]
 
