@@ -59,6 +59,7 @@ RUN_TRANSITIONS: frozenset[tuple[RunStatus, RunStatus]] = frozenset(
     {
         (RunStatus.PENDING, RunStatus.RUNNING),
         (RunStatus.PENDING, RunStatus.CANCELLED),
+        (RunStatus.PENDING, RunStatus.FAILED),  # its first step failed before it began (refused, broke)
         (RunStatus.PENDING, RunStatus.PAUSING),
         (RunStatus.PENDING, RunStatus.CANCELLING),
         (RunStatus.RUNNING, RunStatus.COMPLETED),
@@ -90,6 +91,13 @@ RUN_TRANSITIONS: frozenset[tuple[RunStatus, RunStatus]] = frozenset(
 
 def can_transition(current: str, target: str) -> bool:
     return (RunStatus(current), RunStatus(target)) in RUN_TRANSITIONS
+
+
+# Where the engine ends a run FAILED when it cannot go on at all (its settle broke, the worker
+# refused a message that was not a step's): any live status. COMPENSATION_FAILED is left to the
+# operator it waits for. Not operator transitions: callers pass these as ``sources``.
+ABANDON_SOURCES: tuple[RunStatus, ...] = tuple(
+    s for s in RunStatus if s not in FINAL_RUN_STATUSES and s is not RunStatus.COMPENSATION_FAILED)
 
 
 def sources_of(target: RunStatus) -> list[str]:

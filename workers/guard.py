@@ -26,7 +26,7 @@ from orchestrator import compiler
 from orchestrator.control import redispatch
 from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
-from orchestrator.states import FINAL_RUN_STATUSES, RunStatus
+from orchestrator.states import ABANDON_SOURCES, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,4 @@ class Guard:
                 return
         # Not a step's message (settle, compensation), or the step could not be failed: the run
         # cannot go on as dispatched; it ends FAILED with why.
-        self.state.transition(run_id, RunStatus.FAILED, fields={"error": error},
-                              sources=[s for s in RunStatus
-                                       if s not in FINAL_RUN_STATUSES and s != RunStatus.COMPENSATION_FAILED])
+        self.state.transition(run_id, RunStatus.FAILED, fields={"error": error}, sources=ABANDON_SOURCES)

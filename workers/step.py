@@ -36,7 +36,7 @@ from orchestrator.definition import Definition, backoff_seconds, from_stored
 from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
-from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus, sources_of
+from orchestrator.states import ABANDON_SOURCES, RunStatus, StepStatus
 from workers.broker import is_transient
 from workers.context import BEGUN, FRESH, Heartbeat, StepContext
 from workers.plugins import Registry
@@ -252,8 +252,7 @@ def safe_settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> st
         error = f"canvasflow could not settle the run on worker {HOST}: {_text(exc)}"
         log.exception("canvasflow: run %s: %s", hdr["run"], error)
         done, before = rt.state.transition(hdr["run"], RunStatus.FAILED, fields={"error": error},
-                                           sources=[s for s in RunStatus
-                                                    if s not in FINAL_RUN_STATUSES and s != RunStatus.COMPENSATION_FAILED])
+                                           sources=ABANDON_SOURCES)
         return RunStatus.FAILED if done else before
 
 
@@ -506,9 +505,7 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
                 ctx = run_context(run_id, int(epoch), run, defn, rt.settings)
                 compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
             return RunStatus.COMPENSATING
-        # PENDING too: a run whose first step failed before it began (refused by the message
-        # guard, or broken on the step path) never became RUNNING.
-        rt.state.transition(run_id, target, sources=[*sources_of(target), RunStatus.PENDING])
+        rt.state.transition(run_id, target)
         return target
     rt.state.transition(run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING])
     return RunStatus.COMPLETED
