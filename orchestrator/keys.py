@@ -104,6 +104,12 @@ class Keys:
         return f"{self.prefix}:dead:messages"
 
     @property
+    def legacy_web_secret(self) -> str:
+        """String: the session signing key versions before 2026-12 kept here; only ever deleted
+        now (web/app.py), since anyone who could read Redis forged sessions with it."""
+        return f"{self.prefix}:web:secret_key"
+
+    @property
     def catalog(self) -> str:
         """Hash: worker hostname -> JSON {plugins, queues, started_at, pid}."""
         return f"{self.prefix}:catalog"

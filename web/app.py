@@ -100,7 +100,7 @@ def _forget_shared_key(client: Client) -> None:
     """Delete the signing key that versions before 2026-12 kept in Redis (``<prefix>:web:secret_key``):
     anyone who could read Redis forged sessions with it. Nothing reads it any more."""
     try:
-        if client.redis.delete(f"{client.keys.prefix}:web:secret_key"):
+        if client.redis.delete(client.keys.legacy_web_secret):
             log.warning("deleted the session signing key an older version kept in Redis; sessions it signed "
                         "are no longer valid")
     except Exception as exc:  # noqa: BLE001 - Redis may come later; the key is unused either way

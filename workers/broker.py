@@ -22,6 +22,7 @@ from celery.exceptions import OperationalError, Reject
 from kombu.transport import redis as kombu_redis
 
 from orchestrator.errors import CanvasflowError
+from orchestrator.fleet_inspect import broker_prefix
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def worker_celery_options(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": {
             "retry_policy": {"timeout": float(seconds), "max_retries": None, "interval_start": 0,
                              "interval_step": 0.5, "interval_max": MAX_DELAY},
-            "global_keyprefix": f"{settings.key_prefix}:celery:",
+            "global_keyprefix": broker_prefix(settings.key_prefix),  # as in orchestrator/celery_app.py
         },
         # Keep consuming after the broker connection comes back (Celery's default; stated here
         # because a worker that exits on a Redis restart is what this module exists to prevent).
