@@ -36,28 +36,40 @@ def _stale() -> bool:
     main = DIST / "main.js"
     if not main.exists():
         return True
-    sources = [FRONTEND / "package.json", FRONTEND / "package-lock.json", FRONTEND / "build.mjs",
-               *(FRONTEND / "src").rglob("*")]
+    sources = [
+        FRONTEND / "package.json",
+        FRONTEND / "package-lock.json",
+        FRONTEND / "build.mjs",
+        *(FRONTEND / "src").rglob("*"),
+    ]
     return _newest(sources) > main.stat().st_mtime
 
 
 def build_frontend() -> None:
-    if os.environ.get("CANVASFLOW_SKIP_FRONTEND") == "1" or not (FRONTEND / "package.json").exists():
+    if (
+        os.environ.get("CANVASFLOW_SKIP_FRONTEND") == "1"
+        or not (FRONTEND / "package.json").exists()
+    ):
         return
     if not _stale():
         return
     required = os.environ.get("CANVASFLOW_REQUIRE_FRONTEND") == "1"
     npm = shutil.which("npm")
     if npm is None:
-        msg = "npm not found: the dashboard will not have its scripts. Install Node.js 18+ and run " \
-              "`npm ci && npm run build` in web/frontend, or reinstall."
+        msg = (
+            "npm not found: the dashboard will not have its scripts. Install Node.js 18+ and run "
+            "`npm ci && npm run build` in web/frontend, or reinstall."
+        )
         if required:
             raise SystemExit(msg)
         _say(msg)
         return
     installed = FRONTEND / "node_modules" / ".package-lock.json"
     steps = []
-    if not installed.exists() or installed.stat().st_mtime < (FRONTEND / "package-lock.json").stat().st_mtime:
+    if (
+        not installed.exists()
+        or installed.stat().st_mtime < (FRONTEND / "package-lock.json").stat().st_mtime
+    ):
         steps.append([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"])
     steps.append([npm, "run", "build", "--silent"])
     for argv in steps:

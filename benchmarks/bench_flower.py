@@ -87,16 +87,35 @@ def prom_sum(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels`` (Prometheus text format)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    mem = next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
-    return {"cpu": cpu, "cpus": os.cpu_count(), "mem_gb": round(int(mem) / 1024 / 1024, 1),
-            "python": platform.python_version(), "kernel": platform.release()}
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        ln.split()[1]
+        for ln in Path("/proc/meminfo").read_text().splitlines()
+        if ln.startswith("MemTotal")
+    )
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "mem_gb": round(int(mem) / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 def compare(cf: str, fl: str, host: str, ids: list[str]) -> dict[str, Any]:
@@ -110,18 +129,31 @@ def compare(cf: str, fl: str, host: str, ids: list[str]) -> dict[str, Any]:
         a = requests.get(f"{cf}/api/v1/inspect/tasks/{tid}", timeout=10).json()
         b = requests.get(f"{fl}/api/task/info/{tid}", timeout=10).json()
         if (a.get("state"), a.get("worker")) != (b.get("state"), b.get("worker")):
-            mismatches.append({"task": tid, "canvasflow": [a.get("state"), a.get("worker")],
-                               "flower": [b.get("state"), b.get("worker")]})
-    cf_workers = {w["name"] for w in requests.get(f"{cf}/api/v1/inspect/workers", timeout=10).json()["workers"]}
+            mismatches.append(
+                {
+                    "task": tid,
+                    "canvasflow": [a.get("state"), a.get("worker")],
+                    "flower": [b.get("state"), b.get("worker")],
+                }
+            )
+    cf_workers = {
+        w["name"]
+        for w in requests.get(f"{cf}/api/v1/inspect/workers", timeout=10).json()["workers"]
+    }
     fl_workers = set(requests.get(f"{fl}/api/workers", timeout=10).json())
-    return {"same_worker_seen": host in cf_workers and host in fl_workers,
-            "succeeded": {"canvasflow": int(cf_success), "flower": int(fl_success)},
-            "sampled": min(SAMPLE, len(ids)), "sample_mismatches": mismatches}
+    return {
+        "same_worker_seen": host in cf_workers and host in fl_workers,
+        "succeeded": {"canvasflow": int(cf_success), "flower": int(fl_success)},
+        "sampled": min(SAMPLE, len(ids)),
+        "sample_mismatches": mismatches,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tasks", default="20000", help="one size or several, comma-separated, ascending")
+    ap.add_argument(
+        "--tasks", default="20000", help="one size or several, comma-separated, ascending"
+    )
     ap.add_argument("--flower", default=os.environ.get("FLOWER_CELERY", "/tmp/fv/bin/celery"))
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--json", default="")
@@ -130,31 +162,68 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cf-flower-"))
     server = EmbeddedRedis()
     server.start()
-    settings = Settings(redis_url=server.url, key_prefix=f"fb{uuid.uuid4().hex[:6]}",
-                        database_url=f"sqlite:///{tmp / 'audit.db'}")
+    settings = Settings(
+        redis_url=server.url,
+        key_prefix=f"fb{uuid.uuid4().hex[:6]}",
+        database_url=f"sqlite:///{tmp / 'audit.db'}",
+    )
     fleet = Fleet(settings, tmp)
-    flower_version = subprocess.run([str(Path(args.flower).parent / "python"), "-c",
-                                     "import flower, celery; print(flower.__version__, celery.__version__)"],
-                                    capture_output=True, text=True).stdout.split()
-    out: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(),
-                           "flower": flower_version[:1], "flower_celery": flower_version[1:],
-                           "concurrency": args.concurrency, "sizes": {}}
+    flower_version = subprocess.run(
+        [
+            str(Path(args.flower).parent / "python"),
+            "-c",
+            "import flower, celery; print(flower.__version__, celery.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    out: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine(),
+        "flower": flower_version[:1],
+        "flower_celery": flower_version[1:],
+        "concurrency": args.concurrency,
+        "sizes": {},
+    }
     try:
         cf_port, fl_port = 18080 + os.getpid() % 1000, 19080 + os.getpid() % 1000
-        os.environ.setdefault("CANVASFLOW_WEB_SECRET_KEY", "bench-flower-signing-key")  # Fleet copies os.environ
-        web = fleet.spawn("web", [sys.executable, "-m", "web", "--port", str(cf_port), "--anonymous-role", "viewer"])
-        conf = {k: v for k, v in celery_config(settings).items() if k.startswith(("broker", "result"))}
+        os.environ.setdefault(
+            "CANVASFLOW_WEB_SECRET_KEY", "bench-flower-signing-key"
+        )  # Fleet copies os.environ
+        web = fleet.spawn(
+            "web",
+            [sys.executable, "-m", "web", "--port", str(cf_port), "--anonymous-role", "viewer"],
+        )
+        conf = {
+            k: v for k, v in celery_config(settings).items() if k.startswith(("broker", "result"))
+        }
         (tmp / "flowerbench.py").write_text(FLOWER_APP.format(conf=conf))
         env = {**os.environ, "PYTHONPATH": str(tmp), "FLOWER_UNAUTHENTICATED_API": "true"}
-        flower = subprocess.Popen([args.flower, "-A", "flowerbench", "flower", f"--port={fl_port}",
-                                   "--address=127.0.0.1"], env=env, cwd=tmp, start_new_session=True,
-                                  stdout=open(tmp / "flower.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        flower = subprocess.Popen(
+            [
+                args.flower,
+                "-A",
+                "flowerbench",
+                "flower",
+                f"--port={fl_port}",
+                "--address=127.0.0.1",
+            ],
+            env=env,
+            cwd=tmp,
+            start_new_session=True,
+            stdout=open(tmp / "flower.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )  # noqa: SIM115
         fleet.procs["flower"] = flower
         cf, fl = f"http://127.0.0.1:{cf_port}", f"http://127.0.0.1:{fl_port}"
         wait(lambda: requests.get(f"{cf}/healthz", timeout=2).ok, 30, "canvasflow web")
         wait(lambda: requests.get(f"{fl}/healthcheck", timeout=2).ok, 30, "flower")
         host = fleet.start_worker("bench", queues="default", concurrency=args.concurrency)
-        wait(lambda: host in requests.get(f"{fl}/api/workers?refresh=1", timeout=10).json(), 30, "flower sees the worker")
+        wait(
+            lambda: host in requests.get(f"{fl}/api/workers?refresh=1", timeout=10).json(),
+            30,
+            "flower sees the worker",
+        )
         time.sleep(2)
         out["rss_idle_mb"] = {"canvasflow": rss_mb(web.pid), "flower": rss_mb(flower.pid)}
         app = create_celery(settings, sender=True)
@@ -165,7 +234,9 @@ def main() -> int:
             t1 = time.time()
             with app.producer_or_acquire() as producer:
                 for _ in range(size - len(ids)):
-                    ids.append(app.send_task("canvasflow.merge", args=[{}, {}], producer=producer).id)
+                    ids.append(
+                        app.send_task("canvasflow.merge", args=[{}, {}], producer=producer).id
+                    )
             last = ids[-1]
             res["send_seconds"] = round(time.time() - t1, 1)
 
@@ -174,23 +245,43 @@ def main() -> int:
                 return r.ok and r.json()["state"] == "SUCCESS"
 
             wait(cf_done, 3600, "canvasflow to record the last task")
-            wait(lambda last=last: requests.get(f"{fl}/api/task/info/{last}", timeout=10).json().get("state")
-                 == "SUCCESS", 3600, "flower to see the last task")
+            wait(
+                lambda last=last: (
+                    requests.get(f"{fl}/api/task/info/{last}", timeout=10).json().get("state")
+                    == "SUCCESS"
+                ),
+                3600,
+                "flower to see the last task",
+            )
             time.sleep(3)
             res["seconds_to_settle"] = round(time.time() - t1, 1)
-            res["rss_after_tasks_mb"] = {"canvasflow": rss_mb(web.pid), "flower": rss_mb(flower.pid)}
-            res["ms"] = {
-                "workers": {"canvasflow": median_ms(f"{cf}/api/v1/inspect/workers?refresh=0"),
-                            "flower": median_ms(f"{fl}/api/workers")},
-                "tasks_limit_100": {"canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks?limit=100"),
-                                    "flower": median_ms(f"{fl}/api/tasks?limit=100")},
-                "task_detail": {"canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks/{last}"),
-                                "flower": median_ms(f"{fl}/api/task/info/{last}")},
+            res["rss_after_tasks_mb"] = {
+                "canvasflow": rss_mb(web.pid),
+                "flower": rss_mb(flower.pid),
             }
-            res["rss_after_requests_mb"] = {"canvasflow": rss_mb(web.pid), "flower": rss_mb(flower.pid)}
+            res["ms"] = {
+                "workers": {
+                    "canvasflow": median_ms(f"{cf}/api/v1/inspect/workers?refresh=0"),
+                    "flower": median_ms(f"{fl}/api/workers"),
+                },
+                "tasks_limit_100": {
+                    "canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks?limit=100"),
+                    "flower": median_ms(f"{fl}/api/tasks?limit=100"),
+                },
+                "task_detail": {
+                    "canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks/{last}"),
+                    "flower": median_ms(f"{fl}/api/task/info/{last}"),
+                },
+            }
+            res["rss_after_requests_mb"] = {
+                "canvasflow": rss_mb(web.pid),
+                "flower": rss_mb(flower.pid),
+            }
             res["same_fleet"] = compare(cf, fl, host, ids)
-            res["monitor_dropped"] = prom_sum(requests.get(f"{cf}/metrics", timeout=60).text,
-                                              "canvasflow_task_events_dropped_total")
+            res["monitor_dropped"] = prom_sum(
+                requests.get(f"{cf}/metrics", timeout=60).text,
+                "canvasflow_task_events_dropped_total",
+            )
             res["targets"] = {
                 "tasks_limit_100_under_50ms": res["ms"]["tasks_limit_100"]["canvasflow"] < 50,
                 "rss_at_most_a_quarter_of_flower": res["rss_after_requests_mb"]["canvasflow"]

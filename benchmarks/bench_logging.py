@@ -27,9 +27,14 @@ from orchestrator.runtime import RunState
 from workers.context import Heartbeat, StepContext
 
 
-def _no_log(message: object, level: str = "INFO", entity_tag: str | None = None,
-            entity_route: str | None = None, entity_id: str | None = None,
-            entity_type: str | None = None) -> None:
+def _no_log(
+    message: object,
+    level: str = "INFO",
+    entity_tag: str | None = None,
+    entity_route: str | None = None,
+    entity_id: str | None = None,
+    entity_type: str | None = None,
+) -> None:
     """The baseline's stand-in for ctx.log: the same signature (a ``**kwargs`` one would cost
     a dict per call and make the baseline slower than logging), doing nothing."""
     return None
@@ -60,7 +65,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--lines", type=int, default=10_000)
-    ap.add_argument("--parts", type=int, default=9, help="repetitions of each part's timing per round")
+    ap.add_argument(
+        "--parts", type=int, default=9, help="repetitions of each part's timing per round"
+    )
     args = ap.parse_args()
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
@@ -90,17 +97,21 @@ def main() -> None:
         for i, what in ((0, "wall"), (1, "CPU")):
             p = statistics.median(r[i] for r in plain)
             lg = statistics.median(r[i] for r in logged)
-            print(f"end to end, {what}: step without logs {p * 1000:.1f} ms, with {args.lines} log lines "
-                  f"{lg * 1000:.1f} ms: cost {(lg - p) * 1000:.1f} ms = {100 * (lg - p) / p:.2f} % "
-                  f"(median of {args.rounds}; rounds: "
-                  f"{', '.join(f'{100 * (b[i] - a[i]) / a[i]:+.1f}' for a, b in zip(plain, logged, strict=True))} %)")
+            print(
+                f"end to end, {what}: step without logs {p * 1000:.1f} ms, with {args.lines} log lines "
+                f"{lg * 1000:.1f} ms: cost {(lg - p) * 1000:.1f} ms = {100 * (lg - p) / p:.2f} % "
+                f"(median of {args.rounds}; rounds: "
+                f"{', '.join(f'{100 * (b[i] - a[i]) / a[i]:+.1f}' for a, b in zip(plain, logged, strict=True))} %)"
+            )
         print(f"{events} log events reached Redis")
         shares = [100 * pt["total"] / (pl[1] * 1000) for pt, pl in zip(parts, plain, strict=True)]
         med = {k: statistics.median(pt[k] for pt in parts) for k in parts[0]}
-        print(f"by part ({args.lines} lines, CPU ms, median over rounds of the median of {args.parts}): "
-              f"ctx.log calls {med['calls']:.2f}, drain into one event {med['drain']:.2f}, send {med['send']:.2f}: "
-              f"total {med['total']:.2f} ms; against each round's step without logs: "
-              f"{statistics.median(shares):.2f} % (rounds {min(shares):.2f}–{max(shares):.2f} %)")
+        print(
+            f"by part ({args.lines} lines, CPU ms, median over rounds of the median of {args.parts}): "
+            f"ctx.log calls {med['calls']:.2f}, drain into one event {med['drain']:.2f}, send {med['send']:.2f}: "
+            f"total {med['total']:.2f} ms; against each round's step without logs: "
+            f"{statistics.median(shares):.2f} % (rounds {min(shares):.2f}–{max(shares):.2f} %)"
+        )
 
 
 def by_part(state: RunState, lines: int, reps: int) -> dict[str, float]:
@@ -123,8 +134,10 @@ def by_part(state: RunState, lines: int, reps: int) -> dict[str, float]:
         cpu = time.process_time()
         state.emit("r", batch)
         sends.append(time.process_time() - cpu)
-    ms = {name: statistics.median(v) * 1000 for name, v in
-          (("calls", calls), ("base", base), ("drain", drains), ("send", sends))}
+    ms = {
+        name: statistics.median(v) * 1000
+        for name, v in (("calls", calls), ("base", base), ("drain", drains), ("send", sends))
+    }
     out = {"calls": ms["calls"] - ms["base"], "drain": ms["drain"], "send": ms["send"]}
     out["total"] = sum(out.values())
     return out

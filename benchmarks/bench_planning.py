@@ -36,11 +36,17 @@ ECHO = {"plugin": "builtin", "method": "echo"}
 
 
 def sequential(n: int) -> dict[str, Any]:
-    return {"id": "bench", "mode": "sequential", "steps": [{"id": f"s{i}", **ECHO} for i in range(n)]}
+    return {
+        "id": "bench",
+        "mode": "sequential",
+        "steps": [{"id": f"s{i}", **ECHO} for i in range(n)],
+    }
 
 
 def chain(n: int) -> dict[str, Any]:
-    steps = [{"id": f"s{i}", **ECHO, **({"depends_on": [f"s{i - 1}"]} if i else {})} for i in range(n)]
+    steps = [
+        {"id": f"s{i}", **ECHO, **({"depends_on": [f"s{i - 1}"]} if i else {})} for i in range(n)
+    ]
     return {"id": "bench", "steps": steps}
 
 
@@ -50,8 +56,14 @@ def reversed_chain(n: int) -> dict[str, Any]:
 
 def fanout(n: int) -> dict[str, Any]:
     middle = [{"id": f"m{i}", **ECHO, "depends_on": ["start"]} for i in range(n - 2)]
-    return {"id": "bench", "steps": [{"id": "start", **ECHO}, *middle,
-                                     {"id": "join", **ECHO, "depends_on": [m["id"] for m in middle]}]}
+    return {
+        "id": "bench",
+        "steps": [
+            {"id": "start", **ECHO},
+            *middle,
+            {"id": "join", **ECHO, "depends_on": [m["id"] for m in middle]},
+        ],
+    }
 
 
 def diamonds(n: int) -> dict[str, Any]:
@@ -59,8 +71,12 @@ def diamonds(n: int) -> dict[str, Any]:
     prev: list[str] = []
     for d in range(n // 4):
         top, left, right, bottom = (f"d{d}{x}" for x in "tlrb")
-        steps += [{"id": top, **ECHO, "depends_on": prev}, {"id": left, **ECHO, "depends_on": [top]},
-                  {"id": right, **ECHO, "depends_on": [top]}, {"id": bottom, **ECHO, "depends_on": [left, right]}]
+        steps += [
+            {"id": top, **ECHO, "depends_on": prev},
+            {"id": left, **ECHO, "depends_on": [top]},
+            {"id": right, **ECHO, "depends_on": [top]},
+            {"id": bottom, **ECHO, "depends_on": [left, right]},
+        ]
         prev = [bottom]
     return {"id": "bench", "steps": steps}
 
@@ -74,8 +90,12 @@ def zigzag(n: int) -> dict[str, Any]:
 
 
 SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {
-    "sequential": sequential, "chain": chain, "reversed": reversed_chain, "fanout": fanout,
-    "diamonds": diamonds, "zigzag": zigzag,
+    "sequential": sequential,
+    "chain": chain,
+    "reversed": reversed_chain,
+    "fanout": fanout,
+    "diamonds": diamonds,
+    "zigzag": zigzag,
 }
 
 
@@ -89,7 +109,9 @@ def best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="1000,2000,4000,8000")
     ap.add_argument("--shapes", default="sequential,chain,reversed,fanout,diamonds,zigzag")
     ap.add_argument("--repeat", type=int, default=3)
@@ -97,23 +119,30 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     limits = Limits(max_steps=max(sizes))
     ctx = compiler.RunContext("bench", 1)
-    print(f"{'shape':<11}{'steps':>7}{'load s':>9}{'plan s':>9}{'compile s':>11}{'total s':>9}"
-          f"{'plan ratio':>12}{'total ratio':>13}")
+    print(
+        f"{'shape':<11}{'steps':>7}{'load s':>9}{'plan s':>9}{'compile s':>11}{'total s':>9}"
+        f"{'plan ratio':>12}{'total ratio':>13}"
+    )
     for shape in args.shapes.split(","):
         base: tuple[float, float] | None = None
         for n in sizes:
             data = SHAPES[shape](n)
             if shape == "zigzag" and n > 3000:
-                print(f"{shape:<11}{n:>7}   skipped: quadratic, one level is cut off per split "
-                      "(docs/performance.md)")
+                print(
+                    f"{shape:<11}{n:>7}   skipped: quadratic, one level is cut off per split "
+                    "(docs/performance.md)"
+                )
                 continue
             t_load, defn = best(lambda data=data: load_definition(data, limits=limits), args.repeat)
             t_plan, _ = best(lambda defn=defn: compiler.plan(defn), args.repeat)
             t_comp, _ = best(lambda defn=defn: compiler.compile_run(defn, ctx), args.repeat)
             total = t_load + t_comp
             base = base or (t_plan, total)
-            print(f"{shape:<11}{n:>7}{t_load:>9.3f}{t_plan:>9.3f}{t_comp:>11.3f}{total:>9.3f}"
-                  f"{t_plan / base[0]:>12.1f}{total / base[1]:>13.1f}", flush=True)
+            print(
+                f"{shape:<11}{n:>7}{t_load:>9.3f}{t_plan:>9.3f}{t_comp:>11.3f}{total:>9.3f}"
+                f"{t_plan / base[0]:>12.1f}{total / base[1]:>13.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

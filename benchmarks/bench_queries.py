@@ -43,8 +43,9 @@ from orchestrator.audit.models import (  # noqa: E402
     workflow_definitions,
 )
 
-DEFAULT_PG = os.environ.get("CANVASFLOW_BENCH_DATABASE_URL",
-                            "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench")
+DEFAULT_PG = os.environ.get(
+    "CANVASFLOW_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench"
+)
 WORKFLOWS = [f"wf{i:02d}" for i in range(20)]
 TAGS = ["etl", "nightly", "adhoc", "billing", "ml", "reports", "backfill", "critical", "eu", "us"]
 T_END = 1_790_000_000.0
@@ -59,14 +60,27 @@ def pct(values: list[float], p: float) -> float:
 def generate(args: argparse.Namespace) -> Any:
     """Yield (table, rows) chunks of synthetic history."""
     rng = random.Random(42)
-    chunk: dict[str, list[dict[str, Any]]] = {"runs": [], "tags": [], "steps": [], "attempts": [], "logs": []}
+    chunk: dict[str, list[dict[str, Any]]] = {
+        "runs": [],
+        "tags": [],
+        "steps": [],
+        "attempts": [],
+        "logs": [],
+    }
     for i in range(args.runs):
         rid = f"{i:016x}"
         wf = WORKFLOWS[i % len(WORKFLOWS)]
         created = T_END - SPAN + SPAN * i / args.runs
         roll = rng.random()
-        status = ("COMPLETED" if roll < 0.8 else "FAILED" if roll < 0.9 else "CANCELLED" if roll < 0.95
-                  else "RUNNING")
+        status = (
+            "COMPLETED"
+            if roll < 0.8
+            else "FAILED"
+            if roll < 0.9
+            else "CANCELLED"
+            if roll < 0.95
+            else "RUNNING"
+        )
         t = created + 0.05
         run_tag = sorted(rng.sample(TAGS, rng.choice((1, 2))))
         for j in range(args.steps):
@@ -77,32 +91,91 @@ def generate(args: argparse.Namespace) -> Any:
             for a in range(1, n + 1):
                 d = rng.lognormvariate(-2.5, 1.0) * (1 + j % 5)
                 last = a == n
-                st = ("FAILED" if status == "FAILED" and j == args.steps - 1 else "COMPLETED") if last else "RETRYING"
-                chunk["attempts"].append({
-                    "run_id": rid, "step_id": sid, "attempt": a, "status": st, "status_seq": 3 + j * 4 + a,
-                    "worker": f"worker{rng.randrange(8)}@host", "queue": "default", "task_id": f"{rid}{j:04d}",
-                    "started_at": t, "finished_at": t + d, "duration": d,
-                    "output": json.dumps({"rows": rng.randrange(1000)}) if st == "COMPLETED" else None,
-                    "output_size": 12 if st == "COMPLETED" else None,
-                    "error": None if st == "COMPLETED" else "boom", "stats": '{"items":10}'})
+                st = (
+                    ("FAILED" if status == "FAILED" and j == args.steps - 1 else "COMPLETED")
+                    if last
+                    else "RETRYING"
+                )
+                chunk["attempts"].append(
+                    {
+                        "run_id": rid,
+                        "step_id": sid,
+                        "attempt": a,
+                        "status": st,
+                        "status_seq": 3 + j * 4 + a,
+                        "worker": f"worker{rng.randrange(8)}@host",
+                        "queue": "default",
+                        "task_id": f"{rid}{j:04d}",
+                        "started_at": t,
+                        "finished_at": t + d,
+                        "duration": d,
+                        "output": json.dumps({"rows": rng.randrange(1000)})
+                        if st == "COMPLETED"
+                        else None,
+                        "output_size": 12 if st == "COMPLETED" else None,
+                        "error": None if st == "COMPLETED" else "boom",
+                        "stats": '{"items":10}',
+                    }
+                )
                 t += d
-            chunk["steps"].append({
-                "run_id": rid, "step_id": sid, "position": j, "plugin": "builtin", "method": "echo",
-                "queue": "default", "status": st, "status_seq": 4 + j * 4, "attempts": n,
-                "started_at": started, "finished_at": t, "duration": t - started, "worker": "worker1@host",
-                "progress": 1.0, "progress_seq": 2 + j * 4, "stats": '{"items":10}', "stats_seq": 3 + j * 4})
+            chunk["steps"].append(
+                {
+                    "run_id": rid,
+                    "step_id": sid,
+                    "position": j,
+                    "plugin": "builtin",
+                    "method": "echo",
+                    "queue": "default",
+                    "status": st,
+                    "status_seq": 4 + j * 4,
+                    "attempts": n,
+                    "started_at": started,
+                    "finished_at": t,
+                    "duration": t - started,
+                    "worker": "worker1@host",
+                    "progress": 1.0,
+                    "progress_seq": 2 + j * 4,
+                    "stats": '{"items":10}',
+                    "stats_seq": 3 + j * 4,
+                }
+            )
         for k in range(args.logs):
-            chunk["logs"].append({"run_id": rid, "seq": 10_000 + k, "step_id": f"step_{k % args.steps:02d}",
-                                  "ts": created + k * 0.01, "level": "INFO", "message": f"processed batch {k}",
-                                  "entity_tag": "batch", "entity_id": str(k)})
+            chunk["logs"].append(
+                {
+                    "run_id": rid,
+                    "seq": 10_000 + k,
+                    "step_id": f"step_{k % args.steps:02d}",
+                    "ts": created + k * 0.01,
+                    "level": "INFO",
+                    "message": f"processed batch {k}",
+                    "entity_tag": "batch",
+                    "entity_id": str(k),
+                }
+            )
         finished = t if status != "RUNNING" else None
-        chunk["runs"].append({
-            "id": rid, "workflow_id": wf, "version": "1", "name": wf.upper(), "status": status, "status_seq": 99,
-            "inputs": "{}", "priority": "normal", "tags": json.dumps(run_tag),
-            "triggered_by": f"user{i % 50}", "trigger_type": "manual", "sla_seconds": 30.0,
-            "created_at": created, "started_at": created + 0.05, "finished_at": finished,
-            "duration": finished - created - 0.05 if finished else None, "last_seq": 99, "event_count": 99,
-            "updated_at": created})
+        chunk["runs"].append(
+            {
+                "id": rid,
+                "workflow_id": wf,
+                "version": "1",
+                "name": wf.upper(),
+                "status": status,
+                "status_seq": 99,
+                "inputs": "{}",
+                "priority": "normal",
+                "tags": json.dumps(run_tag),
+                "triggered_by": f"user{i % 50}",
+                "trigger_type": "manual",
+                "sla_seconds": 30.0,
+                "created_at": created,
+                "started_at": created + 0.05,
+                "finished_at": finished,
+                "duration": finished - created - 0.05 if finished else None,
+                "last_seq": 99,
+                "event_count": 99,
+                "updated_at": created,
+            }
+        )
         chunk["tags"].extend({"run_id": rid, "tag": tag} for tag in run_tag)
         if len(chunk["runs"]) >= 2000:
             yield chunk
@@ -110,7 +183,13 @@ def generate(args: argparse.Namespace) -> Any:
     yield chunk
 
 
-TABLES = {"runs": runs, "tags": run_tags, "steps": steps, "attempts": step_attempts, "logs": step_logs}
+TABLES = {
+    "runs": runs,
+    "tags": run_tags,
+    "steps": steps,
+    "attempts": step_attempts,
+    "logs": step_logs,
+}
 
 
 def load(store: AuditStore, args: argparse.Namespace) -> None:
@@ -126,17 +205,33 @@ def load(store: AuditStore, args: argparse.Namespace) -> None:
                 if store.dialect == "postgresql":
                     cols = [c.name for c in table.c]
                     raw = conn.connection.dbapi_connection
-                    with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as cp:
+                    with (
+                        raw.cursor() as cur,
+                        cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as cp,
+                    ):
                         for r in rows:
                             cp.write_row([r.get(c) for c in cols])
                 else:
-                    conn.execute(table.insert(), [{c.name: r.get(c.name) for c in table.c} for r in rows])
+                    conn.execute(
+                        table.insert(), [{c.name: r.get(c.name) for c in table.c} for r in rows]
+                    )
         print(f"\r  loaded {total:,} rows ({time.perf_counter() - t0:.0f}s)", end="", flush=True)
     print()
     with store.begin() as conn:
-        conn.execute(workflow_definitions.insert(), [
-            {"workflow_id": wf, "digest": f"d{wf}", "version": "1", "name": wf.upper(),
-             "body": json.dumps({"id": wf, "steps": []}), "created_at": T_END - SPAN} for wf in WORKFLOWS])
+        conn.execute(
+            workflow_definitions.insert(),
+            [
+                {
+                    "workflow_id": wf,
+                    "digest": f"d{wf}",
+                    "version": "1",
+                    "name": wf.upper(),
+                    "body": json.dumps({"id": wf, "steps": []}),
+                    "created_at": T_END - SPAN,
+                }
+                for wf in WORKFLOWS
+            ],
+        )
         conn.execute(text("ANALYZE"))
 
 
@@ -166,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
 
         url = make_url(args.postgres_url)
         plain = url.set(drivername="postgresql")
-        with psycopg.connect(plain.set(database="postgres").render_as_string(hide_password=False),
-                             autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone():
+        with psycopg.connect(
+            plain.set(database="postgres").render_as_string(hide_password=False), autocommit=True
+        ) as conn:
+            if not conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)
+            ).fetchone():
                 conn.execute(f'CREATE DATABASE "{url.database}"')
         with psycopg.connect(plain.render_as_string(hide_password=False), autocommit=True) as conn:
             conn.execute("CREATE SCHEMA IF NOT EXISTS benchq")
@@ -204,13 +302,36 @@ def main(argv: list[str] | None = None) -> int:
         ("list: status=FAILED", lambda: q.list_runs(store, status="FAILED", limit=50)),
         ("list: workflow", lambda: q.list_runs(store, workflow=rng.choice(WORKFLOWS), limit=50)),
         ("list: tag", lambda: q.list_runs(store, tags=[rng.choice(TAGS)], limit=50)),
-        ("list: triggered_by", lambda: q.list_runs(store, triggered_by=f"user{rng.randrange(50)}", limit=50)),
-        ("list: time range (1 day ago)", lambda: q.list_runs(store, since=day - 86400, until=day, limit=50)),
-        ("list: status+workflow+tag", lambda: q.list_runs(store, status="FAILED", workflow=rng.choice(WORKFLOWS),
-                                                          tags=[rng.choice(TAGS)], limit=50)),
-        ("list: free text, a workflow", lambda: q.list_runs(store, search=rng.choice(WORKFLOWS), limit=50)),
-        ("list: free text, run id prefix", lambda: q.list_runs(store, search=next(it)[:10], limit=50)),
-        ("list: free text, no match", lambda: q.list_runs(store, search="nothing-like-this", limit=50)),
+        (
+            "list: triggered_by",
+            lambda: q.list_runs(store, triggered_by=f"user{rng.randrange(50)}", limit=50),
+        ),
+        (
+            "list: time range (1 day ago)",
+            lambda: q.list_runs(store, since=day - 86400, until=day, limit=50),
+        ),
+        (
+            "list: status+workflow+tag",
+            lambda: q.list_runs(
+                store,
+                status="FAILED",
+                workflow=rng.choice(WORKFLOWS),
+                tags=[rng.choice(TAGS)],
+                limit=50,
+            ),
+        ),
+        (
+            "list: free text, a workflow",
+            lambda: q.list_runs(store, search=rng.choice(WORKFLOWS), limit=50),
+        ),
+        (
+            "list: free text, run id prefix",
+            lambda: q.list_runs(store, search=next(it)[:10], limit=50),
+        ),
+        (
+            "list: free text, no match",
+            lambda: q.list_runs(store, search="nothing-like-this", limit=50),
+        ),
         ("list: page 11 (keyset)", lambda: q.list_runs(store, limit=50, cursor=cursor10)),
         ("run detail (20 steps, logs)", lambda: q.run_detail(store, next(it))),
         ("logs of a run", lambda: q.logs(store, next(it), limit=500)),
@@ -222,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         fn()  # warm
         p50, p95 = timed(fn, args.samples)
         print(f"| {name} | {p50 * 1000:.1f} ms | {p95 * 1000:.1f} ms |", flush=True)
-    for label, since in (("analytics: last 24 h", T_END - 86400), ("analytics: last 7 days", T_END - 7 * 86400)):
+    for label, since in (
+        ("analytics: last 24 h", T_END - 86400),
+        ("analytics: last 7 days", T_END - 7 * 86400),
+    ):
         p50, p95 = timed(lambda s=since: q.analytics(store, s, T_END), max(3, args.samples // 40))
         print(f"| {label} | {p50 * 1000:.0f} ms | {p95 * 1000:.0f} ms |", flush=True)
     if not args.keep:

@@ -49,8 +49,9 @@ from orchestrator.keys import Keys  # noqa: E402
 from orchestrator.runtime import RunState, dumps, now  # noqa: E402
 from orchestrator.states import RunStatus  # noqa: E402
 
-DEFAULT_PG = os.environ.get("CANVASFLOW_BENCH_DATABASE_URL",
-                            "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench")
+DEFAULT_PG = os.environ.get(
+    "CANVASFLOW_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench"
+)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -67,28 +68,91 @@ class Producer:
         self.state = RunState(client, keys, state_ttl=3600)
         self.steps = [f"s{i}" for i in range(steps)]
         self.logs = logs
-        self.definition = dumps({"id": "bench", "version": "1", "mode": "sequential",
-                                 "steps": [{"id": s, "plugin": "builtin", "method": "echo"} for s in self.steps]})
+        self.definition = dumps(
+            {
+                "id": "bench",
+                "version": "1",
+                "mode": "sequential",
+                "steps": [{"id": s, "plugin": "builtin", "method": "echo"} for s in self.steps],
+            }
+        )
 
     def run(self) -> int:
         rid = uuid.uuid4().hex[:16]
         st = self.state
-        st.create(rid, {"workflow": "bench", "version": "1", "name": "bench", "definition": self.definition,
-                        "inputs": "{}", "priority": "normal", "tags": '["bench"]', "triggered_by": "bench",
-                        "trigger_type": "bench", "sla_seconds": "60"}, self.steps, "bench")
+        st.create(
+            rid,
+            {
+                "workflow": "bench",
+                "version": "1",
+                "name": "bench",
+                "definition": self.definition,
+                "inputs": "{}",
+                "priority": "normal",
+                "tags": '["bench"]',
+                "triggered_by": "bench",
+                "trigger_type": "bench",
+                "sla_seconds": "60",
+            },
+            self.steps,
+            "bench",
+        )
         for sid in self.steps:
-            st.begin_step(rid, sid, 1, intent="run", owner="bench", lease_ttl=30, task_id=rid + sid,
-                          worker="bench@host", reason="")
+            st.begin_step(
+                rid,
+                sid,
+                1,
+                intent="run",
+                owner="bench",
+                lease_ttl=30,
+                task_id=rid + sid,
+                worker="bench@host",
+                reason="",
+            )
             if self.logs:
-                st.emit(rid, [["log", sid, "", now(), dumps({"message": f"processed item {i}", "level": "INFO",
-                                                               "entity_tag": "item", "entity_id": str(i)})]
-                              for i in range(self.logs)])
+                st.emit(
+                    rid,
+                    [
+                        [
+                            "log",
+                            sid,
+                            "",
+                            now(),
+                            dumps(
+                                {
+                                    "message": f"processed item {i}",
+                                    "level": "INFO",
+                                    "entity_tag": "item",
+                                    "entity_id": str(i),
+                                }
+                            ),
+                        ]
+                        for i in range(self.logs)
+                    ],
+                )
             t = time.time()
-            rec = {"step": sid, "attempt": 1, "status": "COMPLETED", "started_at": t, "finished_at": t,
-                   "duration": 0.001, "worker": "bench@host", "task_id": rid + sid, "error": None,
-                   "stats": {"items": self.logs, "duration": 0.001}}
-            st.finish_step(rid, sid, 1, status="COMPLETED", owner="bench", output=dumps({"rows": 42, "step": sid}),
-                           attempt=rec, batch=[["stats", sid, "", now(), dumps(rec["stats"])]])
+            rec = {
+                "step": sid,
+                "attempt": 1,
+                "status": "COMPLETED",
+                "started_at": t,
+                "finished_at": t,
+                "duration": 0.001,
+                "worker": "bench@host",
+                "task_id": rid + sid,
+                "error": None,
+                "stats": {"items": self.logs, "duration": 0.001},
+            }
+            st.finish_step(
+                rid,
+                sid,
+                1,
+                status="COMPLETED",
+                owner="bench",
+                output=dumps({"rows": 42, "step": sid}),
+                attempt=rec,
+                batch=[["stats", sid, "", now(), dumps(rec["stats"])]],
+            )
         st.transition(rid, RunStatus.COMPLETED, sources=[RunStatus.RUNNING])
         return 3 + len(self.steps) * (3 + self.logs)
 
@@ -105,7 +169,9 @@ def make_store(backend: str, pg_url: str, tmp: Path) -> tuple[AuditStore, Any]:
     plain = url.set(drivername="postgresql")
     admin = plain.set(database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone():
+        if not conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)
+        ).fetchone():
             conn.execute(f'CREATE DATABASE "{url.database}"')
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     dsn = plain.render_as_string(hide_password=False)
@@ -126,10 +192,12 @@ def cleanup(client: redis.Redis, keys: Keys) -> None:
     for pattern in (f"{keys.prefix}:*",):
         batch = list(client.scan_iter(pattern, count=1000))
         for i in range(0, len(batch), 1000):
-            client.delete(*batch[i:i + 1000])
+            client.delete(*batch[i : i + 1000])
 
 
-def backlog(backend: str, args: argparse.Namespace, client: redis.Redis, tmp: Path) -> dict[str, Any]:
+def backlog(
+    backend: str, args: argparse.Namespace, client: redis.Redis, tmp: Path
+) -> dict[str, Any]:
     keys = Keys(f"bench{uuid.uuid4().hex[:6]}")
     producer = Producer(client, keys, args.steps, args.logs)
     t0 = time.perf_counter()
@@ -142,8 +210,14 @@ def backlog(backend: str, args: argparse.Namespace, client: redis.Redis, tmp: Pa
         done = rec.drain()
         elapsed = time.perf_counter() - t0
         assert done == produced and rec.stats.events == produced, (done, produced, rec.stats)
-        return {"events": produced, "produce_eps": produced / produce_s, "eps": produced / elapsed,
-                "batches": rec.stats.batches, "p50": pct(rec.latencies, 0.5), "p99": pct(rec.latencies, 0.99)}
+        return {
+            "events": produced,
+            "produce_eps": produced / produce_s,
+            "eps": produced / elapsed,
+            "batches": rec.stats.batches,
+            "p50": pct(rec.latencies, 0.5),
+            "p99": pct(rec.latencies, 0.99),
+        }
     finally:
         drop()
         cleanup(client, keys)
@@ -181,9 +255,15 @@ def live(backend: str, args: argparse.Namespace, client: redis.Redis, tmp: Path)
             time.sleep(0.05)
         stop.set()
         thread.join(10)
-        return {"events": produced, "rate": rate, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
-                "batch_p50": pct(rec.latencies, 0.5), "batch_p99": pct(rec.latencies, 0.99),
-                "recorded": rec.stats.events}
+        return {
+            "events": produced,
+            "rate": rate,
+            "p50": pct(lat, 0.5),
+            "p99": pct(lat, 0.99),
+            "batch_p50": pct(rec.latencies, 0.5),
+            "batch_p99": pct(rec.latencies, 0.99),
+            "recorded": rec.stats.events,
+        }
     finally:
         drop()
         cleanup(client, keys)
@@ -226,28 +306,60 @@ def core(args: argparse.Namespace, tmp: Path) -> int:
         else:
             store, drop = make_store("postgresql", args.postgres_url, tmp)
             db = store.url.render_as_string(hide_password=False)
-        env = {**os.environ, "CANVASFLOW_REDIS_URL": srv.url, "CANVASFLOW_KEY_PREFIX": "cfbench",
-               "CANVASFLOW_DATABASE_URL": db, "PYTHONPATH": str(HERE.parent)}
+        env = {
+            **os.environ,
+            "CANVASFLOW_REDIS_URL": srv.url,
+            "CANVASFLOW_KEY_PREFIX": "cfbench",
+            "CANVASFLOW_DATABASE_URL": db,
+            "PYTHONPATH": str(HERE.parent),
+        }
         log = open(tmp / "recorder.log", "wb")  # noqa: SIM115
-        argv = [sys.executable, "-m", "orchestrator.audit.cli", "recorder", "--lag-interval", "5",
-                *shlex.split(args.core_recorder_args)]
-        rec = subprocess.Popen(argv,
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+        argv = [
+            sys.executable,
+            "-m",
+            "orchestrator.audit.cli",
+            "recorder",
+            "--lag-interval",
+            "5",
+            *shlex.split(args.core_recorder_args),
+        ]
+        rec = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            print(f"recorder pid {rec.pid} -> {args.core_store}; running bench_core.py on {srv.url}", flush=True)
+            print(
+                f"recorder pid {rec.pid} -> {args.core_store}; running bench_core.py on {srv.url}",
+                flush=True,
+            )
             pg0 = _postgres_cpu()
-            code = subprocess.call([sys.executable, str(HERE / "bench_core.py"), "--redis-url", srv.url,
-                                    *shlex.split(args.core_args)])
+            code = subprocess.call(
+                [
+                    sys.executable,
+                    str(HERE / "bench_core.py"),
+                    "--redis-url",
+                    srv.url,
+                    *shlex.split(args.core_args),
+                ]
+            )
         finally:
             cpu = _cpu_seconds(rec.pid)
             pg = _postgres_cpu() - pg0
             rec.terminate()
             rec.wait(60)
             log.close()
-        print(f"recorder CPU: {cpu:.1f} s" + (f"; PostgreSQL server CPU meanwhile: {pg:.1f} s "
-                                               "(every postgres process)" if args.core_store == "postgresql" else ""))
+        print(
+            f"recorder CPU: {cpu:.1f} s"
+            + (
+                f"; PostgreSQL server CPU meanwhile: {pg:.1f} s (every postgres process)"
+                if args.core_store == "postgresql"
+                else ""
+            )
+        )
         lines = (tmp / "recorder.log").read_text().strip().splitlines()
-        print("recorder: " + "\n          ".join(line for line in lines if line.startswith(("lag", "recorder")))[-2000:])
+        print(
+            "recorder: "
+            + "\n          ".join(line for line in lines if line.startswith(("lag", "recorder")))[
+                -2000:
+            ]
+        )
         return code
     finally:
         drop()
@@ -261,14 +373,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--logs", type=int, default=10, help="log lines per step")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--backends", default="sqlite,postgresql")
-    ap.add_argument("--redis-url", default=os.environ.get("CANVASFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    ap.add_argument(
+        "--redis-url",
+        default=os.environ.get("CANVASFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+    )
     ap.add_argument("--postgres-url", default=DEFAULT_PG)
     ap.add_argument("--live-seconds", type=float, default=10.0)
-    ap.add_argument("--live-rate", type=float, default=2000.0, help="events/s the live producer aims at")
+    ap.add_argument(
+        "--live-rate", type=float, default=2000.0, help="events/s the live producer aims at"
+    )
     ap.add_argument("--core", action="store_true", help="run bench_core.py with a recorder running")
     ap.add_argument("--core-store", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--core-args", default="", help="arguments for bench_core.py")
-    ap.add_argument("--core-recorder-args", default="", help="arguments for `canvasflow recorder` (--core)")
+    ap.add_argument(
+        "--core-recorder-args", default="", help="arguments for `canvasflow recorder` (--core)"
+    )
     args = ap.parse_args(argv)
     if args.core:
         return core(args, Path(tempfile.mkdtemp(prefix="cf-bench-core-")))
@@ -276,27 +395,38 @@ def main(argv: list[str] | None = None) -> int:
     client.ping()
     tmp = Path(tempfile.mkdtemp(prefix="cf-bench-"))
     per_run = 3 + args.steps * (3 + args.logs)
-    print(f"runs of {args.steps} steps x {args.logs} log lines = {per_run} events/run; "
-          f"batch size {args.batch_size}; Redis {args.redis_url}; {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"runs of {args.steps} steps x {args.logs} log lines = {per_run} events/run; "
+        f"batch size {args.batch_size}; Redis {args.redis_url}; {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     rows = []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         b = backlog(backend, args, client, tmp)
         lv = live(backend, args, client, tmp)
         rows.append((backend, b, lv))
-        print(f"  {backend}: backlog {b['eps']:.0f} events/s; live {lv['rate']:.0f} events/s "
-              f"e2e p50 {lv['p50'] * 1000:.0f} ms", flush=True)
+        print(
+            f"  {backend}: backlog {b['eps']:.0f} events/s; live {lv['rate']:.0f} events/s "
+            f"e2e p50 {lv['p50'] * 1000:.0f} ms",
+            flush=True,
+        )
     print()
-    print("| store | backlog events | drain events/s | batch p50 | batch p99 | live events/s "
-          "| live batch p50 | live batch p99 | event->commit p50 | event->commit p99 |")
+    print(
+        "| store | backlog events | drain events/s | batch p50 | batch p99 | live events/s "
+        "| live batch p50 | live batch p99 | event->commit p50 | event->commit p99 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for backend, b, lv in rows:
-        print(f"| {backend} | {b['events']} | {b['eps']:,.0f} | {b['p50'] * 1000:.1f} ms | {b['p99'] * 1000:.1f} ms "
-              f"| {lv['rate']:,.0f} | {lv['batch_p50'] * 1000:.1f} ms | {lv['batch_p99'] * 1000:.1f} ms "
-              f"| {lv['p50'] * 1000:.0f} ms | {lv['p99'] * 1000:.0f} ms |")
+        print(
+            f"| {backend} | {b['events']} | {b['eps']:,.0f} | {b['p50'] * 1000:.1f} ms | {b['p99'] * 1000:.1f} ms "
+            f"| {lv['rate']:,.0f} | {lv['batch_p50'] * 1000:.1f} ms | {lv['batch_p99'] * 1000:.1f} ms "
+            f"| {lv['p50'] * 1000:.0f} ms | {lv['p99'] * 1000:.0f} ms |"
+        )
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
-    print(f"(producer through the Lua scripts: {statistics.mean(b['produce_eps'] for _, b, _ in rows):,.0f} "
-          "events/s while nothing else ran)")
+    print(
+        f"(producer through the Lua scripts: {statistics.mean(b['produce_eps'] for _, b, _ in rows):,.0f} "
+        "events/s while nothing else ran)"
+    )
     return 0
 
 

@@ -52,11 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     sql: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
 
     @event.listens_for(store.engine, "before_cursor_execute")
-    def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+    def before(
+        conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
         conn.info["cf_t0"] = time.perf_counter()
 
     @event.listens_for(store.engine, "after_cursor_execute")
-    def after(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+    def after(
+        conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
         kind = " ".join(statement.split()[:4])[:70] + (" [many]" if many else "")
         sql[kind][0] += 1
         sql[kind][1] += time.perf_counter() - conn.info["cf_t0"]
@@ -67,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         done = rec.drain()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         assert done == produced, (done, produced)
-        print(f"{args.backend}: {done} events in {rec.stats.batches} batches; drain {wall:.2f} s wall; "
-              f"recorder CPU {cpu:.2f} s = {cpu / done * 1e6:.0f} us an event, "
-              f"{cpu / rec.stats.batches * 1e3:.1f} ms a batch")
+        print(
+            f"{args.backend}: {done} events in {rec.stats.batches} batches; drain {wall:.2f} s wall; "
+            f"recorder CPU {cpu:.2f} s = {cpu / done * 1e6:.0f} us an event, "
+            f"{cpu / rec.stats.batches * 1e3:.1f} ms a batch"
+        )
         print("SQL time by statement (COPY is not a cursor execute and is not listed):")
         for kind, (n, t) in sorted(sql.items(), key=lambda kv: -kv[1][1]):
             print(f"  {t * 1000:8.0f} ms  {int(n):5d} x  {kind}")

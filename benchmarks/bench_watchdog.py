@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]
@@ -56,12 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in (int(x) for x in args.runs.split(",")):
             client = Client(Settings(redis_url=url, key_prefix=f"bw{uuid.uuid4().hex[:6]}"))
             for i in range(n):
-                client.state.create(f"{i:016x}", {"workflow": "bench", "definition": DEFINITION}, ["a"], "bench")
+                client.state.create(
+                    f"{i:016x}", {"workflow": "bench", "definition": DEFINITION}, ["a"], "bench"
+                )
             dog = Watchdog(client, stall_seconds=3600)
             dog.check_once()
             keys = client.keys
 
-            def floor() -> None:
+            def floor(client: Client = client, keys: Any = keys) -> None:
                 ids = client.redis.zrange(keys.live, 0, -1)
                 pipe = client.redis.pipeline(transaction=False)
                 for rid in ids:
@@ -74,14 +77,20 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
         client = Client(Settings(redis_url=url, key_prefix=f"bw{uuid.uuid4().hex[:6]}"))
         key = queue_keys(client.settings.key_prefix, "default")[0][1]
-        body = '{"body": "' + "QUJD" * 100 + '", "properties": {"body_encoding": "base64"}, "headers": {}}'
+        body = (
+            '{"body": "'
+            + "QUJD" * 100
+            + '", "properties": {"body_encoding": "base64"}, "headers": {}}'
+        )
         for i in range(0, args.queued, 1000):
             client.redis.rpush(key, *([body] * min(1000, args.queued - i)))
         ids = [f"{i:016x}" for i in range(10)]
         dog = Watchdog(client, stall_seconds=3600)
         scan = median_ms(lambda: dog.mentioned(ids, ["default"]))
-        print(f"message scan: 10 stalled candidates, {args.queued} queued messages: {scan:.1f}ms "
-              f"({1000 * scan / max(1, args.queued):.1f}us per message)")
+        print(
+            f"message scan: 10 stalled candidates, {args.queued} queued messages: {scan:.1f}ms "
+            f"({1000 * scan / max(1, args.queued):.1f}us per message)"
+        )
         client.close()
     finally:
         if embedded:

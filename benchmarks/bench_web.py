@@ -57,8 +57,16 @@ from orchestrator.embedded import EmbeddedRedis  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 from orchestrator.states import RunStatus  # noqa: E402
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PASSWORD = "bench-password"
 
 
@@ -73,8 +81,13 @@ def pct(values: list[float], q: float) -> float:
 
 def summary(values: list[float], unit: float = 1000.0) -> dict[str, float]:
     """p50 / p95 / p99 / max in ms."""
-    return {"n": len(values), "p50": round(pct(values, 0.5) * unit, 1), "p95": round(pct(values, 0.95) * unit, 1),
-            "p99": round(pct(values, 0.99) * unit, 1), "max": round(max(values) * unit, 1) if values else float("nan")}
+    return {
+        "n": len(values),
+        "p50": round(pct(values, 0.5) * unit, 1),
+        "p95": round(pct(values, 0.95) * unit, 1),
+        "p99": round(pct(values, 0.99) * unit, 1),
+        "max": round(max(values) * unit, 1) if values else float("nan"),
+    }
 
 
 def fresh_postgres(url: str) -> None:
@@ -90,8 +103,13 @@ def seed(settings: Settings, client: Client, active: int, finished: int) -> None
     store = AuditStore(settings.database_url)
     store.upgrade()
     now = time.time()
-    wf_body = {"id": "seeded", "name": "Seeded workflow", "mode": "sequential", "sla_seconds": 600,
-               "steps": [{"id": f"s{i}", "plugin": "builtin", "method": "echo"} for i in range(5)]}
+    wf_body = {
+        "id": "seeded",
+        "name": "Seeded workflow",
+        "mode": "sequential",
+        "sla_seconds": 600,
+        "steps": [{"id": f"s{i}", "plugin": "builtin", "method": "echo"} for i in range(5)],
+    }
     t0 = time.perf_counter()
     batch = 5000
     for start in range(0, finished, batch):
@@ -100,15 +118,41 @@ def seed(settings: Settings, client: Client, active: int, finished: int) -> None
             rid = f"f{i:015d}"
             created = now - 86400 * 20 * (i / max(1, finished)) - 60
             failed = i % 9 == 0
-            rows.append({"id": rid, "workflow_id": f"wf{i % 7}", "version": "1", "name": f"Workflow {i % 7}",
-                         "status": "FAILED" if failed else "COMPLETED", "status_seq": 10, "priority": "normal",
-                         "tags": "[]", "triggered_by": "seed", "trigger_type": "bench", "sla_seconds": 30.0,
-                         "created_at": created, "started_at": created + 0.01, "finished_at": created + 2 + i % 40,
-                         "duration": 2.0 + i % 40, "last_seq": 10, "event_count": 10, "updated_at": now})
+            rows.append(
+                {
+                    "id": rid,
+                    "workflow_id": f"wf{i % 7}",
+                    "version": "1",
+                    "name": f"Workflow {i % 7}",
+                    "status": "FAILED" if failed else "COMPLETED",
+                    "status_seq": 10,
+                    "priority": "normal",
+                    "tags": "[]",
+                    "triggered_by": "seed",
+                    "trigger_type": "bench",
+                    "sla_seconds": 30.0,
+                    "created_at": created,
+                    "started_at": created + 0.01,
+                    "finished_at": created + 2 + i % 40,
+                    "duration": 2.0 + i % 40,
+                    "last_seq": 10,
+                    "event_count": 10,
+                    "updated_at": now,
+                }
+            )
             for k in range(3):
-                steps.append({"run_id": rid, "step_id": f"s{k}", "position": k, "status": "COMPLETED",
-                              "attempts": 1, "started_at": created + k, "finished_at": created + k + 0.5,
-                              "duration": 0.5})
+                steps.append(
+                    {
+                        "run_id": rid,
+                        "step_id": f"s{k}",
+                        "position": k,
+                        "status": "COMPLETED",
+                        "attempts": 1,
+                        "started_at": created + k,
+                        "finished_at": created + k + 0.5,
+                        "duration": 0.5,
+                    }
+                )
         with store.begin() as conn:
             conn.execute(insert(runs_table), rows)
             conn.execute(insert(steps_table), steps)
@@ -116,16 +160,43 @@ def seed(settings: Settings, client: Client, active: int, finished: int) -> None
     rows = []
     for _ in range(active):
         rid = secrets.token_hex(8)
-        fields = {"workflow": "seeded", "version": "1", "name": "Seeded workflow", "definition": json.dumps(wf_body),
-                  "inputs": "{}", "priority": "normal", "tags": "[]", "triggered_by": "seed",
-                  "trigger_type": "bench", "sla_seconds": "600"}
+        fields = {
+            "workflow": "seeded",
+            "version": "1",
+            "name": "Seeded workflow",
+            "definition": json.dumps(wf_body),
+            "inputs": "{}",
+            "priority": "normal",
+            "tags": "[]",
+            "triggered_by": "seed",
+            "trigger_type": "bench",
+            "sla_seconds": "600",
+        }
         client.state.create(rid, fields, [f"s{k}" for k in range(5)], "seeded")
         created = float(client.redis.hget(client.keys.run(rid), "created_at"))
-        client.state.transition(rid, RunStatus.RUNNING, fields={"started_at": f"{now:.6f}"}, sources=["PENDING"])
-        rows.append({"id": rid, "workflow_id": "seeded", "version": "1", "name": "Seeded workflow", "status": "RUNNING",
-                     "status_seq": 2, "priority": "normal", "tags": "[]", "triggered_by": "seed",
-                     "trigger_type": "bench", "sla_seconds": 600.0, "created_at": created,
-                     "started_at": now, "last_seq": 2, "event_count": 2, "updated_at": now})
+        client.state.transition(
+            rid, RunStatus.RUNNING, fields={"started_at": f"{now:.6f}"}, sources=["PENDING"]
+        )
+        rows.append(
+            {
+                "id": rid,
+                "workflow_id": "seeded",
+                "version": "1",
+                "name": "Seeded workflow",
+                "status": "RUNNING",
+                "status_seq": 2,
+                "priority": "normal",
+                "tags": "[]",
+                "triggered_by": "seed",
+                "trigger_type": "bench",
+                "sla_seconds": 600.0,
+                "created_at": created,
+                "started_at": now,
+                "last_seq": 2,
+                "event_count": 2,
+                "updated_at": now,
+            }
+        )
     with store.begin() as conn:
         conn.execute(insert(runs_table), rows)
     # The seeded runs' events are in SQL already: drop them from the stream so the recorder starts clean.
@@ -137,8 +208,14 @@ class Proc:
     def __init__(self, argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
         self.log = log
         self.fh = open(log, "wb")  # noqa: SIM115
-        self.p = subprocess.Popen(argv, env=env, stdout=self.fh, stderr=subprocess.STDOUT, cwd=str(cwd),
-                                  start_new_session=True)
+        self.p = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            cwd=str(cwd),
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         if self.p.poll() is None:
@@ -180,8 +257,8 @@ class Frames:
                 n, head = int.from_bytes(buf[2:10], "big"), 10
             if len(buf) < head + n:
                 break
-            payload = bytes(buf[head:head + n])
-            del buf[:head + n]
+            payload = bytes(buf[head : head + n])
+            del buf[: head + n]
             if opcode == 9:
                 self.ws.pong(payload)
             elif opcode == 8:
@@ -194,8 +271,16 @@ class Frames:
         return out
 
 
-def light_client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any, count: Any,
-                         runs: list[str] | None = None) -> None:
+def light_client_process(
+    url: str,
+    token: str,
+    n: int,
+    ready: Any,
+    stop: Any,
+    out: Any,
+    count: Any,
+    runs: list[str] | None = None,
+) -> None:
     """n Socket.IO connections (Engine.IO 4 over WebSocket, spoken directly: websocket-client for
     the handshake and what clients send, frames parsed from bulk reads) served by ONE select loop,
     each subscribed to every run (or to ``runs``); reports each event's delivery latency and the
@@ -231,7 +316,9 @@ def light_client_process(url: str, token: str, n: int, ready: Any, stop: Any, ou
     for frames in conns:
         sel.register(frames.ws.sock, selectors.EVENT_READ, frames)
     lat: list[float] = []
-    rows: list[tuple[str, int, str, float, float | None, float]] = []  # the first connection's, for split()
+    rows: list[
+        tuple[str, int, str, float, float | None, float]
+    ] = []  # the first connection's, for split()
     last = 0.0  # when the last event arrived
     cpu0 = time.process_time()
     ready.put(n)
@@ -253,7 +340,16 @@ def light_client_process(url: str, token: str, n: int, ready: Any, stop: Any, ou
                             lat.append(now - e["ts"])
                             last = now
                             if frames is conns[0]:
-                                rows.append((e["run"], e["seq"], e["type"], e["ts"], e.get("relayed_at"), now))
+                                rows.append(
+                                    (
+                                        e["run"],
+                                        e["seq"],
+                                        e["type"],
+                                        e["ts"],
+                                        e.get("relayed_at"),
+                                        now,
+                                    )
+                                )
             count.value = len(lat)
     out.put((lat, time.process_time() - cpu0, rows, last))
     out.close()
@@ -293,11 +389,17 @@ class StreamClock(threading.Thread):
         self.join(5)
 
 
-def split(rows: list[tuple[str, int, str, float, float | None, float]], clock: StreamClock) -> dict[str, Any]:
+def split(
+    rows: list[tuple[str, int, str, float, float | None, float]], clock: StreamClock
+) -> dict[str, Any]:
     """Latency parts (ms) of received events: (run, seq, type, ts, relayed_at, received_at) rows.
     Redis stamps entry ids in whole ms, so a part next to the stream is +-1 ms."""
-    parts: dict[str, list[float]] = {"worker_to_stream": [], "stream_to_relay": [], "relay_to_client": [],
-                                     "stream_to_client": []}
+    parts: dict[str, list[float]] = {
+        "worker_to_stream": [],
+        "stream_to_relay": [],
+        "relay_to_client": [],
+        "stream_to_client": [],
+    }
     by_type: dict[str, list[float]] = {}
     for run, seq, etype, ts, relayed, received in rows:
         appended = clock.appended.get((run, seq))
@@ -322,10 +424,14 @@ class Watcher(threading.Thread):
         super().__init__(daemon=True)
         import websocket
 
-        ws = websocket.create_connection(url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket",
-                                         timeout=60)
-        for prefix, send in (("0", "40" + json.dumps({"token": token})),
-                             ("40", "420" + json.dumps(["subscribe", {"runs": runs}])), ("430", None)):
+        ws = websocket.create_connection(
+            url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=60
+        )
+        for prefix, send in (
+            ("0", "40" + json.dumps({"token": token})),
+            ("40", "420" + json.dumps(["subscribe", {"runs": runs}])),
+            ("430", None),
+        ):
             while not (m := ws.recv()).startswith(prefix):
                 if m == "2":
                     ws.send("3")
@@ -351,14 +457,20 @@ class Watcher(threading.Thread):
                     self.frames.ws.send("3")
                 elif m.startswith("42"):
                     data = json.loads(m[2:])[1]
-                    for e in data if isinstance(data, list) else [data]:  # a web/ before batches: one each
+                    for e in (
+                        data if isinstance(data, list) else [data]
+                    ):  # a web/ before batches: one each
                         self.lat.append(now - e["ts"])
-                        self.rows.append((e["run"], e["seq"], e["type"], e["ts"], e.get("relayed_at"), now))
+                        self.rows.append(
+                            (e["run"], e["seq"], e["type"], e["ts"], e.get("relayed_at"), now)
+                        )
             if messages is None:
                 break
 
 
-def client_process(url: str, token: str, n: int, ready: Any, stop: Any, out: Any, count: Any) -> None:
+def client_process(
+    url: str, token: str, n: int, ready: Any, stop: Any, out: Any, count: Any
+) -> None:
     """n python-socketio clients subscribed to every run; reports each event's delivery latency."""
     cpu0 = time.process_time()
     lat: list[float] = []
@@ -397,14 +509,41 @@ def profile(args: Any, phase: str, label: str, pid: int) -> list[subprocess.Pope
     prof = Path(args.profile) / label
     prof.mkdir(parents=True, exist_ok=True)
     py_spy = str(Path(sys.executable).with_name("py-spy"))
-    return [subprocess.Popen([py_spy, "record", *flags, "--nonblocking", "--threads", "-r", "100", "-f", "raw",
-                              "-p", str(pid), "-o", str(prof / f"{phase}-{name}.txt")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            for name, flags in (("gil", ["--gil"]), ("all", ["--idle"]))]
+    return [
+        subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                *flags,
+                "--nonblocking",
+                "--threads",
+                "-r",
+                "100",
+                "-f",
+                "raw",
+                "-p",
+                str(pid),
+                "-o",
+                str(prof / f"{phase}-{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        for name, flags in (("gil", ["--gil"]), ("all", ["--idle"]))
+    ]
 
 
-def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: int, nruns: int,
-           web_pid: int, label: str = "default") -> dict[str, Any]:
+def fanout(
+    args: Any,
+    url: str,
+    http: Any,
+    client: Client,
+    token: str,
+    clients: int,
+    nruns: int,
+    web_pid: int,
+    label: str = "default",
+) -> dict[str, Any]:
     """C clients subscribed to every run while R runs execute: every delivery's latency, waiting
     until each client got every event (or 120 s), with the CPU seconds of server and clients."""
     import multiprocessing as mp
@@ -416,16 +555,25 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
     nproc = 4
     target = light_client_process if args.fanout_client == "light" else client_process
     counters = [ctx_mp.Value("q", 0, lock=False) for _ in range(nproc)]
-    workers = [ctx_mp.Process(target=target, args=(url, token, clients // nproc, ready, stop, out, counters[i]))
-               for i in range(nproc)]
+    workers = [
+        ctx_mp.Process(
+            target=target, args=(url, token, clients // nproc, ready, stop, out, counters[i])
+        )
+        for i in range(nproc)
+    ]
     for w in workers:
         w.start()
     for _ in workers:
         ready.get(timeout=180)
-    step = ({"plugin": "builtin", "method": "sleep", "params": {"seconds": args.fanout_step_seconds}}
-            if args.fanout_step_seconds > 0 else {"plugin": "builtin", "method": "echo"})
+    step = (
+        {"plugin": "builtin", "method": "sleep", "params": {"seconds": args.fanout_step_seconds}}
+        if args.fanout_step_seconds > 0
+        else {"plugin": "builtin", "method": "echo"}
+    )
     small = {"mode": "sequential", "steps": [{"id": f"s{i}", **step} for i in range(10)]}
-    http.put(f"{url}/api/v1/workflows/bench_small", json={"definition": small}, timeout=30).raise_for_status()
+    http.put(
+        f"{url}/api/v1/workflows/bench_small", json={"definition": small}, timeout=30
+    ).raise_for_status()
     web = psutil.Process(web_pid)
     spies: list[subprocess.Popen] = []
     dumps: list[threading.Thread] = []
@@ -440,8 +588,13 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
             for i in range(4):
                 time.sleep(3.0)
                 with open(prof / f"fanout-dump-{i}.txt", "wb") as fh:
-                    subprocess.run([py_spy, "dump", "--native", "-p", str(web_pid)], stdout=fh,
-                                   stderr=subprocess.STDOUT, timeout=60, check=False)
+                    subprocess.run(
+                        [py_spy, "dump", "--native", "-p", str(web_pid)],
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                        timeout=60,
+                        check=False,
+                    )
 
         dumps.append(threading.Thread(target=dump_now_and_then, daemon=True))
         time.sleep(1.0)
@@ -454,7 +607,7 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
         d.start()
     handles = [client.submit("bench_small") for _ in range(nruns)]
     # The last runs submitted start last: a watcher on their rooms sees nearly all their events.
-    watcher = Watcher(url, token, [h.id for h in handles[-max(1, nruns // 5):]])
+    watcher = Watcher(url, token, [h.id for h in handles[-max(1, nruns // 5) :]])
     watcher.start()
     for h in handles:
         h.wait(timeout=300)
@@ -462,7 +615,9 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
     # What every client must get: each run's events except the chatty ones the "all" room skips.
     expected = 0
     for h in handles:
-        events = http.get(f"{url}/api/v1/runs/{h.id}/events", params={"after": 0}, timeout=30).json()["events"]
+        events = http.get(
+            f"{url}/api/v1/runs/{h.id}/events", params={"after": 0}, timeout=30
+        ).json()["events"]
         expected += sum(1 for e in events if e["type"] not in ("log", "progress", "stats"))
     expected *= (clients // nproc) * nproc
     deadline = time.monotonic() + 120
@@ -495,16 +650,26 @@ def fanout(args: Any, url: str, http: Any, client: Client, token: str, clients: 
         w.join(30)
         if w.is_alive():
             w.kill()
-    return {**summary(lat), "clients": (clients // nproc) * nproc, "client_processes": nproc,
-            "client": args.fanout_client, "runs": nruns, "step_seconds": args.fanout_step_seconds,
-            "runs_seconds": round(elapsed, 1),
-            # From the first submit to the last event any client got (all of them, when
-            # deliveries == expected).
-            "all_delivered_seconds": round(last - t_wall, 1), "deliveries": len(lat), "expected": expected,
-            "web_cpu_seconds": round(web_cpu, 1), "clients_cpu_seconds": round(client_cpu, 1),
-            "relay": relayed, "run_room_watcher": {**summary(watcher.lat), **split(watcher.rows, clock)},
-            # One connection per client process, its deliveries split at the stream and the relay.
-            "parts_of_sampled_clients": split(sampled, clock)}
+    return {
+        **summary(lat),
+        "clients": (clients // nproc) * nproc,
+        "client_processes": nproc,
+        "client": args.fanout_client,
+        "runs": nruns,
+        "step_seconds": args.fanout_step_seconds,
+        "runs_seconds": round(elapsed, 1),
+        # From the first submit to the last event any client got (all of them, when
+        # deliveries == expected).
+        "all_delivered_seconds": round(last - t_wall, 1),
+        "deliveries": len(lat),
+        "expected": expected,
+        "web_cpu_seconds": round(web_cpu, 1),
+        "clients_cpu_seconds": round(client_cpu, 1),
+        "relay": relayed,
+        "run_room_watcher": {**summary(watcher.lat), **split(watcher.rows, clock)},
+        # One connection per client process, its deliveries split at the stream and the relay.
+        "parts_of_sampled_clients": split(sampled, clock),
+    }
 
 
 def parse_variant(spec: str) -> dict[str, str]:
@@ -517,7 +682,9 @@ def parse_variant(spec: str) -> dict[str, str]:
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         if key not in ("server", "window", "path", "recorder", "fleet"):
-            raise SystemExit(f"--variant {spec}: unknown key {key!r} (server, window, path, recorder, fleet)")
+            raise SystemExit(
+                f"--variant {spec}: unknown key {key!r} (server, window, path, recorder, fleet)"
+            )
         out[key] = value
     return out
 
@@ -601,23 +768,39 @@ def loop_stretches(path: Path, since: float, until: float) -> dict[str, Any]:
             if since <= row["t"] <= until:
                 (collections if "gc" in row else rows).append(row)
     rows.sort(key=lambda r: -r["ms"])
-    out: dict[str, Any] = {f">={ms}ms": sum(1 for r in rows if r["ms"] >= ms) for ms in (5, 10, 20, 50)}
+    out: dict[str, Any] = {
+        f">={ms}ms": sum(1 for r in rows if r["ms"] >= ms) for ms in (5, 10, 20, 50)
+    }
     out["max_ms"] = rows[0]["ms"] if rows else 0.0
     by_request: dict[str, list[float]] = {}
     for r in rows:
-        key = r["request"].split("?")[0] if r["request"] else f"({r['greenlet']}) {r['yielded'][-1]}"
+        key = (
+            r["request"].split("?")[0] if r["request"] else f"({r['greenlet']}) {r['yielded'][-1]}"
+        )
         by_request.setdefault(key, []).append(r["ms"])
-    out["by_what"] = {k: {"n": len(v), "max_ms": max(v), "sum_ms": round(sum(v), 1)}
-                      for k, v in sorted(by_request.items(), key=lambda kv: -max(kv[1]))[:12]}
+    out["by_what"] = {
+        k: {"n": len(v), "max_ms": max(v), "sum_ms": round(sum(v), 1)}
+        for k, v in sorted(by_request.items(), key=lambda kv: -max(kv[1]))[:12]
+    }
     out["longest"] = rows[:8]
     # Garbage collections of at least a fifth of MS, by generation: (count, longest ms).
-    out["gc"] = {str(g): [sum(1 for c in collections if c["gc"] == g),
-                          max((c["gc_ms"] for c in collections if c["gc"] == g), default=0.0)] for g in (0, 1, 2)}
+    out["gc"] = {
+        str(g): [
+            sum(1 for c in collections if c["gc"] == g),
+            max((c["gc_ms"] for c in collections if c["gc"] == g), default=0.0),
+        ]
+        for g in (0, 1, 2)
+    }
     return out
 
 
-def start_web(variant: dict[str, str], env: dict[str, str], port: int, work: Path,
-              trace_loop: float | None = None) -> tuple[Proc, list[Proc]]:
+def start_web(
+    variant: dict[str, str],
+    env: dict[str, str],
+    port: int,
+    work: Path,
+    trace_loop: float | None = None,
+) -> tuple[Proc, list[Proc]]:
     """The web process of a variant, and the processes beside it (a separate recorder)."""
     env = dict(env)
     extra: list[Proc] = []
@@ -626,8 +809,13 @@ def start_web(variant: dict[str, str], env: dict[str, str], port: int, work: Pat
     recorder = ["--recorder"]
     if variant.get("recorder") == "process":
         recorder = []
-        extra.append(Proc([sys.executable, "-m", "orchestrator.audit.recorder"], env,
-                          work / f"recorder-{variant['label']}.log"))
+        extra.append(
+            Proc(
+                [sys.executable, "-m", "orchestrator.audit.recorder"],
+                env,
+                work / f"recorder-{variant['label']}.log",
+            )
+        )
     if "server" in variant:
         env["CANVASFLOW_WEB_SERVER"] = variant["server"]
     if "window" in variant:
@@ -642,67 +830,153 @@ def start_web(variant: dict[str, str], env: dict[str, str], port: int, work: Pat
         env["CF_TRACE_LOOP_MS"] = str(trace_loop)
         env["CF_TRACE_LOOP_OUT"] = str(work / f"loop-{variant['label']}.jsonl")
         start = ["-c", LOOP_TRACER]
-    return Proc([sys.executable, *start, "--port", str(port), *recorder], env,
-                work / f"web-{variant['label']}.log", cwd=cwd), extra
+    return Proc(
+        [sys.executable, *start, "--port", str(port), *recorder],
+        env,
+        work / f"web-{variant['label']}.log",
+        cwd=cwd,
+    ), extra
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench")
+    ap.add_argument(
+        "--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench"
+    )
     ap.add_argument("--json", default=None)
     ap.add_argument("--chromium", default="/usr/bin/chromium")
-    ap.add_argument("--fanout-client", choices=["light", "socketio"], default="light",
-                    help="the many-clients phase: one select loop per process (default) or python-socketio "
-                         "Client objects (a thread per received message: client-bound on 2 CPUs)")
+    ap.add_argument(
+        "--fanout-client",
+        choices=["light", "socketio"],
+        default="light",
+        help="the many-clients phase: one select loop per process (default) or python-socketio "
+        "Client objects (a thread per received message: client-bound on 2 CPUs)",
+    )
     ap.add_argument("--skip", default="", help="comma-separated phases to skip: browser, fanout")
-    ap.add_argument("--profile", default=None, metavar="DIR",
-                    help="record the web process with py-spy (all threads, idle too) during the browser and "
-                         "fan-out phases")
-    ap.add_argument("--trace-loop", type=float, default=None, metavar="MS",
-                    help="gevent variants: record every stretch of MS ms or more in which one greenlet held "
-                         "the web process's loop; phase 4 reports them (event_to_browser.loop)")
-    ap.add_argument("--clients", type=int, default=None, help="Socket.IO clients of the fan-out phase "
-                    "(default 200; 50 with --quick)")
-    ap.add_argument("--fanout-runs", type=int, default=None, help="runs executed during the fan-out phase "
-                    "(default 50; 10 with --quick)")
-    ap.add_argument("--fanout-step-seconds", type=float, default=0.05,
-                    help="each step of the fan-out phase's ten-step runs sleeps this long (0: echo, as fast as "
-                         "the worker goes)")
-    ap.add_argument("--variant", action="append", default=[], metavar="LABEL[:server=S,window=W,path=DIR]",
-                    help="measure the web process configured so (repeatable; each gets a fresh web process, "
-                         "the same seeded data, worker and machine): e.g. --variant threads:server=threading "
-                         "--variant gevent:server=gevent. Default: one variant with the defaults")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="record the web process with py-spy (all threads, idle too) during the browser and "
+        "fan-out phases",
+    )
+    ap.add_argument(
+        "--trace-loop",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="gevent variants: record every stretch of MS ms or more in which one greenlet held "
+        "the web process's loop; phase 4 reports them (event_to_browser.loop)",
+    )
+    ap.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        help="Socket.IO clients of the fan-out phase (default 200; 50 with --quick)",
+    )
+    ap.add_argument(
+        "--fanout-runs",
+        type=int,
+        default=None,
+        help="runs executed during the fan-out phase (default 50; 10 with --quick)",
+    )
+    ap.add_argument(
+        "--fanout-step-seconds",
+        type=float,
+        default=0.05,
+        help="each step of the fan-out phase's ten-step runs sleeps this long (0: echo, as fast as "
+        "the worker goes)",
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL[:server=S,window=W,path=DIR]",
+        help="measure the web process configured so (repeatable; each gets a fresh web process, "
+        "the same seeded data, worker and machine): e.g. --variant threads:server=threading "
+        "--variant gevent:server=gevent. Default: one variant with the defaults",
+    )
     args = ap.parse_args()
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     variants = [parse_variant(v) for v in args.variant] or [{"label": "default"}]
-    active, finished, steps, clients, nruns = (100, 10_000, 100, 50, 10) if args.quick else (500, 100_000, 200, 200, 50)
+    active, finished, steps, clients, nruns = (
+        (100, 10_000, 100, 50, 10) if args.quick else (500, 100_000, 200, 200, 50)
+    )
     clients = args.clients or clients
     nruns = args.fanout_runs or nruns
     work = Path(tempfile.mkdtemp(prefix="cf-bench-web-"))
     embedded = EmbeddedRedis(workdir=str(work)).start()
     if args.database_url.startswith("postgresql"):
         fresh_postgres(args.database_url)
-    settings = Settings(redis_url=embedded.url, database_url=args.database_url, key_prefix="bw", lease_ttl=5)
+    settings = Settings(
+        redis_url=embedded.url, database_url=args.database_url, key_prefix="bw", lease_ttl=5
+    )
     client = Client(settings)
-    results: dict[str, Any] = {"sizes": {"active": active, "finished": finished, "steps": steps, "clients": clients,
-                                         "runs": nruns}, "database": args.database_url.split(":")[0],
-                               "cpus": os.cpu_count(), "variants": {}}
+    results: dict[str, Any] = {
+        "sizes": {
+            "active": active,
+            "finished": finished,
+            "steps": steps,
+            "clients": clients,
+            "runs": nruns,
+        },
+        "database": args.database_url.split(":")[0],
+        "cpus": os.cpu_count(),
+        "variants": {},
+    }
     procs: list[Proc] = []
     big: Any = None
     try:
         seed(settings, client, active, finished)
-        env = {**os.environ, **settings.as_env(), "PYTHONPATH": str(ROOT), "CANVASFLOW_WEB_ADMIN_PASSWORD": PASSWORD,
-               "CANVASFLOW_WEB_SECRET_KEY": "bench"}
-        procs.append(Proc([sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default,io", "-c", "2",
-                           "-l", "WARNING", "--without-mingle", "--without-gossip", "-n", f"bw-{uuid.uuid4().hex[:4]}@%h"],
-                          env, work / "worker.log"))
+        env = {
+            **os.environ,
+            **settings.as_env(),
+            "PYTHONPATH": str(ROOT),
+            "CANVASFLOW_WEB_ADMIN_PASSWORD": PASSWORD,
+            "CANVASFLOW_WEB_SECRET_KEY": "bench",
+        }
+        procs.append(
+            Proc(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.app",
+                    "worker",
+                    "-Q",
+                    "default,io",
+                    "-c",
+                    "2",
+                    "-l",
+                    "WARNING",
+                    "--without-mingle",
+                    "--without-gossip",
+                    "-n",
+                    f"bw-{uuid.uuid4().hex[:4]}@%h",
+                ],
+                env,
+                work / "worker.log",
+            )
+        )
         for n, variant in enumerate(variants):
             port = 18000 + (os.getpid() * 7 + n) % 1000
             web, beside = start_web(variant, env, port, work, args.trace_loop)
             try:
-                out, big = measure(args, variant, f"http://127.0.0.1:{port}", web, client, work, skip, steps,
-                                   clients, nruns, big)
+                out, big = measure(
+                    args,
+                    variant,
+                    f"http://127.0.0.1:{port}",
+                    web,
+                    client,
+                    work,
+                    skip,
+                    steps,
+                    clients,
+                    nruns,
+                    big,
+                )
             finally:
                 web.stop()
                 for proc in beside:
@@ -720,8 +994,19 @@ def main() -> int:
     return 0
 
 
-def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Client, work: Path, skip: set[str],
-            steps: int, clients: int, nruns: int, big: Any) -> tuple[dict[str, Any], Any]:
+def measure(
+    args: Any,
+    variant: dict[str, str],
+    url: str,
+    web: Proc,
+    client: Client,
+    work: Path,
+    skip: set[str],
+    steps: int,
+    clients: int,
+    nruns: int,
+    big: Any,
+) -> tuple[dict[str, Any], Any]:
     """Every phase against one web process; returns its figures and the finished long run (made by
     the first variant, reused by the others)."""
     deadline = time.time() + 60
@@ -734,13 +1019,21 @@ def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Cli
         if time.time() > deadline or web.p.poll() is not None:
             raise SystemExit(f"web or worker did not start; see {work}")
         time.sleep(0.2)
-    results: dict[str, Any] = {"variant": variant, "load_before": [round(x, 2) for x in os.getloadavg()],
-                               "server": requests.get(f"{url}/api/v1/health", timeout=5).json().get(
-                                   "server", "threading (no 'server' in /health)")}
+    results: dict[str, Any] = {
+        "variant": variant,
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "server": requests.get(f"{url}/api/v1/health", timeout=5)
+        .json()
+        .get("server", "threading (no 'server' in /health)"),
+    }
     http = requests.Session()
-    r = http.post(f"{url}/api/v1/auth/login", json={"username": "admin", "password": PASSWORD}, timeout=10)
+    r = http.post(
+        f"{url}/api/v1/auth/login", json={"username": "admin", "password": PASSWORD}, timeout=10
+    )
     http.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-    token = http.post(f"{url}/api/v1/auth/tokens", json={"name": "bench"}, timeout=10).json()["token"]
+    token = http.post(f"{url}/api/v1/auth/tokens", json={"name": "bench"}, timeout=10).json()[
+        "token"
+    ]
 
     # 1. runs list API: the Active tab, the first and a deep page of the Completed history
     def timed(path: str, n: int = 20) -> dict[str, float]:
@@ -755,15 +1048,27 @@ def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Cli
     results["api_runs_active"] = timed("/runs?view=active&limit=50")
     page = http.get(f"{url}/api/v1/runs?view=completed&limit=50", timeout=30).json()
     for _ in range(20):
-        page = http.get(f"{url}/api/v1/runs", params={"view": "completed", "limit": 50,
-                                                      "cursor": page["next_cursor"]}, timeout=30).json()
-    results["api_runs_completed_page_21"] = timed(f"/runs?view=completed&limit=50&cursor={page['next_cursor']}")
+        page = http.get(
+            f"{url}/api/v1/runs",
+            params={"view": "completed", "limit": 50, "cursor": page["next_cursor"]},
+            timeout=30,
+        ).json()
+    results["api_runs_completed_page_21"] = timed(
+        f"/runs?view=completed&limit=50&cursor={page['next_cursor']}"
+    )
 
     # 2. a real run of `steps` steps, then its detail
-    body = {"mode": "sequential", "steps": [{"id": f"step{i:03d}", "plugin": "builtin", "method": "echo",
-                                             "params": {"i": i}} for i in range(steps)]}
+    body = {
+        "mode": "sequential",
+        "steps": [
+            {"id": f"step{i:03d}", "plugin": "builtin", "method": "echo", "params": {"i": i}}
+            for i in range(steps)
+        ],
+    }
     if big is None:
-        http.put(f"{url}/api/v1/workflows/bench_long", json={"definition": body}, timeout=30).raise_for_status()
+        http.put(
+            f"{url}/api/v1/workflows/bench_long", json={"definition": body}, timeout=30
+        ).raise_for_status()
         big = client.submit("bench_long")
         big.wait(timeout=300)
         time.sleep(1.0)  # the recorder writes the last batch
@@ -796,8 +1101,11 @@ def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Cli
                 page_.wait_for_selector("#gantt[data-rendered]")
                 g = page_.evaluate("window.__cfGantt")
                 gantt.append((g["fetchMs"] + g["renderMs"]) / 1000)
-            results["gantt_render"] = {**summary(gantt), "bars": g["bars"],
-                                       "render_only_ms": round(g["renderMs"], 1)}
+            results["gantt_render"] = {
+                **summary(gantt),
+                "bars": g["bars"],
+                "render_only_ms": round(g["renderMs"], 1),
+            }
             # event -> browser: follow running runs of `steps` quick steps (three, for a p99 of
             # several hundred events rather than of one run's luck)
             lat: list[float] = []
@@ -810,7 +1118,9 @@ def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Cli
                 follow = client.submit("bench_long")
                 page_.goto(f"{url}/runs/{follow.id}")
                 page_.wait_for_selector("body[data-ready='1']")
-                page_.evaluate("window.__cfLatencies = []; window.__cfRelayed = []; window.__cfEvents = []")
+                page_.evaluate(
+                    "window.__cfLatencies = []; window.__cfRelayed = []; window.__cfEvents = []"
+                )
                 follow.wait(timeout=300)
                 time.sleep(0.5)
                 lat += page_.evaluate("window.__cfLatencies")
@@ -821,17 +1131,22 @@ def measure(args: Any, variant: dict[str, str], url: str, web: Proc, client: Cli
                 spy.send_signal(2)
                 spy.wait(60)
             # From the worker's timestamp of the event; and (worker ts -> relay read) of it.
-            results["event_to_browser"] = {**summary(lat), "ts_to_relay": summary(relayed),
-                                           **({"parts": split(rows, clock)} if rows else {})}
+            results["event_to_browser"] = {
+                **summary(lat),
+                "ts_to_relay": summary(relayed),
+                **({"parts": split(rows, clock)} if rows else {}),
+            }
             if args.trace_loop is not None:
-                results["event_to_browser"]["loop"] = loop_stretches(work / f"loop-{variant['label']}.jsonl",
-                                                                     follow_from, time.time())
+                results["event_to_browser"]["loop"] = loop_stretches(
+                    work / f"loop-{variant['label']}.jsonl", follow_from, time.time()
+                )
             browser.close()
 
     # 5. many Socket.IO clients (in 4 client processes) while runs execute
     if "fanout" not in skip:
-        results["socketio_fanout"] = fanout(args, url, http, client, token, clients, nruns, web.p.pid,
-                                            variant["label"])
+        results["socketio_fanout"] = fanout(
+            args, url, http, client, token, clients, nruns, web.p.pid, variant["label"]
+        )
     results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     return results, big
 

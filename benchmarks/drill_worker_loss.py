@@ -30,16 +30,24 @@ def main() -> None:
     ap.add_argument("--visibility-timeout", type=int, default=Settings().visibility_timeout)
     ap.add_argument("--lease-ttl", type=int, default=Settings().lease_ttl)
     ap.add_argument("--step", type=float, default=3.0, help="seconds the step sleeps")
-    ap.add_argument("--no-kill", action="store_true", help="kill nothing: a long step must run once")
+    ap.add_argument(
+        "--no-kill", action="store_true", help="kill nothing: a long step must run once"
+    )
     args = ap.parse_args()
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(redis_url=server.url, key_prefix="drill",
-                            visibility_timeout=args.visibility_timeout, lease_ttl=args.lease_ttl)
+        settings = Settings(
+            redis_url=server.url,
+            key_prefix="drill",
+            visibility_timeout=args.visibility_timeout,
+            lease_ttl=args.lease_ttl,
+        )
         fleet = Fleet(settings, Path(tmp) / "logs")
         try:
             fleet.start_worker("first")
             client = Client(settings)
-            run = client.submit(Workflow("drill").step("s", "builtin", "sleep", params={"seconds": args.step}))
+            run = client.submit(
+                Workflow("drill").step("s", "builtin", "sleep", params={"seconds": args.step})
+            )
             while client.snapshot(run.id).step("s").status != "RUNNING":
                 time.sleep(0.05)
             if not args.no_kill:
@@ -52,8 +60,10 @@ def main() -> None:
             step = snap.step("s")
             print(f"run {snap.status}; step attempts: {step.attempts}")
             for a in step.history:
-                print(f"  attempt {a.number}: {a.status} on {a.worker}, started {a.started_at - step.started_at:.1f} s "
-                      "after the first")
+                print(
+                    f"  attempt {a.number}: {a.status} on {a.worker}, started {a.started_at - step.started_at:.1f} s "
+                    "after the first"
+                )
         finally:
             fleet.stop()
 

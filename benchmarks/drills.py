@@ -127,11 +127,28 @@ class AofRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.dir),
-             "--logfile", str(self.dir / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -142,7 +159,9 @@ class AofRedis:
                     return
             except (redis.RedisError, OSError):
                 time.sleep(0.05)
-        raise SystemExit(f"redis-server on port {self.port} did not start; see {self.dir / 'redis.log'}")
+        raise SystemExit(
+            f"redis-server on port {self.port} did not start; see {self.dir / 'redis.log'}"
+        )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -175,12 +194,22 @@ class Rig:
             fresh_postgres(self.database_url)
         else:
             self.database_url = f"sqlite:///{self.work / 'audit.db'}"
-        self.settings = Settings(redis_url=self.redis.url, database_url=self.database_url, key_prefix="dr",
-                                 visibility_timeout=args.visibility_timeout, lease_ttl=args.lease_ttl)
+        self.settings = Settings(
+            redis_url=self.redis.url,
+            database_url=self.database_url,
+            key_prefix="dr",
+            visibility_timeout=args.visibility_timeout,
+            lease_ttl=args.lease_ttl,
+        )
         self.store = AuditStore(self.database_url)
         self.store.upgrade()
-        os.environ.update({"CANVASFLOW_WEB_ADMIN_PASSWORD": PASSWORD, "CANVASFLOW_WEB_SECRET_KEY": "drills",
-                           "CANVASFLOW_LOG_LEVEL": "WARNING"})
+        os.environ.update(
+            {
+                "CANVASFLOW_WEB_ADMIN_PASSWORD": PASSWORD,
+                "CANVASFLOW_WEB_SECRET_KEY": "drills",
+                "CANVASFLOW_LOG_LEVEL": "WARNING",
+            }
+        )
         self.fleet = Fleet(self.settings, self.work / "logs")
         self.client = Client(self.settings)
         self.r = self.client.redis
@@ -191,8 +220,14 @@ class Rig:
     def recorder(self, name: str = "recorder") -> None:
         self.fleet.spawn(name, [sys.executable, "-m", "orchestrator.audit.recorder"])
 
-    def web(self, name: str, port: int, path: Path | None = None, profile: Path | None = None,
-            trace_loop: float | None = None) -> str:
+    def web(
+        self,
+        name: str,
+        port: int,
+        path: Path | None = None,
+        profile: Path | None = None,
+        trace_loop: float | None = None,
+    ) -> str:
         """``python -m web`` (gevent) on ``port``; ``path``: a checkout whose web/ and orchestrator/
         it runs instead of this one's (the comparison of --compare); ``profile``: a directory for
         WEB_PROFILER's output."""
@@ -202,15 +237,23 @@ class Rig:
             os.environ["CF_PROFILE_DIR"] = str(profile)
             argv[1:3] = ["-c", WEB_PROFILER]
         elif trace_loop is not None:
-            os.environ.update(CF_TRACE_LOOP_MS=str(trace_loop), CF_TRACE_LOOP_OUT=str(self.work / "loop.jsonl"))
+            os.environ.update(
+                CF_TRACE_LOOP_MS=str(trace_loop), CF_TRACE_LOOP_OUT=str(self.work / "loop.jsonl")
+            )
             argv[1:3] = ["-c", LOOP_TRACER]
         if path is None:
             self.fleet.spawn(name, argv)
         else:
             env = {**self.fleet._env(), "PYTHONPATH": str(path)}
             log = open(self.work / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-            self.fleet.procs[name] = subprocess.Popen(argv, env=env, cwd=str(path), stdout=log,
-                                                      stderr=subprocess.STDOUT, start_new_session=True)
+            self.fleet.procs[name] = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=str(path),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             log.close()
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -223,7 +266,9 @@ class Rig:
             if self.fleet.procs[name].poll() is not None:
                 break
             time.sleep(0.2)
-        raise SystemExit(f"web process {name} did not start; see {self.work / 'logs' / (name + '.log')}")
+        raise SystemExit(
+            f"web process {name} did not start; see {self.work / 'logs' / (name + '.log')}"
+        )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.fleet.procs.pop(name)
@@ -242,7 +287,11 @@ class Rig:
             except redis.RedisError:
                 groups = []
             for g in groups:
-                if g["name"] in (b"cf-recorder", "cf-recorder") and g["pending"] == 0 and g.get("lag") == 0:
+                if (
+                    g["name"] in (b"cf-recorder", "cf-recorder")
+                    and g["pending"] == 0
+                    and g.get("lag") == 0
+                ):
                     return True
             time.sleep(0.5)
         return False
@@ -259,7 +308,11 @@ def workflow(wid: str, steps: int, seconds: float) -> dict[str, Any]:
         step = {"plugin": "builtin", "method": "sleep", "params": {"seconds": seconds}}
     else:
         step = {"plugin": "builtin", "method": "echo", "params": {"n": 1}}
-    return {"id": wid, "mode": "sequential", "steps": [{"id": f"s{i}", **step} for i in range(steps)]}
+    return {
+        "id": wid,
+        "mode": "sequential",
+        "steps": [{"id": f"s{i}", **step} for i in range(steps)],
+    }
 
 
 def wait_all(rig: Rig, run_ids: list[str], timeout: float) -> dict[str, str]:
@@ -272,7 +325,10 @@ def wait_all(rig: Rig, run_ids: list[str], timeout: float) -> dict[str, str]:
             pipe = rig.r.pipeline(transaction=False)
             for rid in run_ids:
                 pipe.hget(rig.client.keys.run(rid), "status")
-            status = {rid: (s.decode() if s else "MISSING") for rid, s in zip(run_ids, pipe.execute(), strict=True)}
+            status = {
+                rid: (s.decode() if s else "MISSING")
+                for rid, s in zip(run_ids, pipe.execute(), strict=True)
+            }
         except redis.RedisError:
             pass
         if status and all(s in resting for s in status.values()) or time.monotonic() > deadline:
@@ -290,7 +346,9 @@ class Verdict:
     events_extra: int
     attempts_missing: int
     attempts_extra: int
-    attempts_abandoned: dict[str, int] = field(default_factory=dict)  # SQL status of attempts Redis never listed
+    attempts_abandoned: dict[str, int] = field(
+        default_factory=dict
+    )  # SQL status of attempts Redis never listed
 
 
 def verdict(rig: Rig, run_ids: list[str], status: dict[str, str], audit: bool) -> Verdict:
@@ -312,7 +370,9 @@ def verdict(rig: Rig, run_ids: list[str], status: dict[str, str], audit: bool) -
                 reruns += 1
         twice += sum(1 for n in done.values() if n > 1)
         hot_attempts[rid] = {(a["step"], int(a["attempt"])) for a in attempts}
-    v = Verdict({r for r, s in status.items() if s == "COMPLETED"}, twice, reruns, set(), 0, 0, 0, 0)
+    v = Verdict(
+        {r for r, s in status.items() if s == "COMPLETED"}, twice, reruns, set(), 0, 0, 0, 0
+    )
     if not audit:
         return v
     sql_events: dict[str, tuple[int, int]] = {}
@@ -320,13 +380,24 @@ def verdict(rig: Rig, run_ids: list[str], status: dict[str, str], audit: bool) -
     sql_attempt_status: dict[tuple[str, str, int], str] = {}
     with rig.store.connect() as conn:
         for chunk in range(0, len(run_ids), 500):
-            ids = run_ids[chunk:chunk + 500]
-            q = (select(events_table.c.run_id, func.count(), func.count(func.distinct(events_table.c.seq)))
-                 .where(events_table.c.run_id.in_(ids), events_table.c.seq > 0).group_by(events_table.c.run_id))
+            ids = run_ids[chunk : chunk + 500]
+            q = (
+                select(
+                    events_table.c.run_id,
+                    func.count(),
+                    func.count(func.distinct(events_table.c.seq)),
+                )
+                .where(events_table.c.run_id.in_(ids), events_table.c.seq > 0)
+                .group_by(events_table.c.run_id)
+            )
             for rid, n, distinct in conn.execute(q):
                 sql_events[rid] = (int(n), int(distinct))
-            q2 = select(step_attempts.c.run_id, step_attempts.c.step_id, step_attempts.c.attempt,
-                        step_attempts.c.status).where(step_attempts.c.run_id.in_(ids))
+            q2 = select(
+                step_attempts.c.run_id,
+                step_attempts.c.step_id,
+                step_attempts.c.attempt,
+                step_attempts.c.status,
+            ).where(step_attempts.c.run_id.in_(ids))
             for rid, sid, n, st in conn.execute(q2):
                 sql_attempts.setdefault(rid, []).append((sid, int(n)))
                 sql_attempt_status[(rid, sid, int(n))] = st
@@ -362,17 +433,29 @@ def fill(row: Row, v: Verdict, run_ids: list[str], status: dict[str, str]) -> No
         if s != "COMPLETED":
             stuck[s] = stuck.get(s, 0) + 1
     if stuck:
-        row.notes.append("not completed: " + ", ".join(f"{n} {s}" for s, n in sorted(stuck.items())))
-    row.notes.append(f"SQL: {v.events_missing} events / {v.attempts_missing} attempts missing, "
-                     f"{v.events_extra} / {v.attempts_extra} extra")
+        row.notes.append(
+            "not completed: " + ", ".join(f"{n} {s}" for s, n in sorted(stuck.items()))
+        )
+    row.notes.append(
+        f"SQL: {v.events_missing} events / {v.attempts_missing} attempts missing, "
+        f"{v.events_extra} / {v.attempts_extra} extra"
+    )
     if v.attempts_abandoned:
-        row.notes.append("attempts in SQL that never ended: " + ", ".join(
-            f"{n} {s}" for s, n in sorted(v.attempts_abandoned.items())))
+        row.notes.append(
+            "attempts in SQL that never ended: "
+            + ", ".join(f"{n} {s}" for s, n in sorted(v.attempts_abandoned.items()))
+        )
     if v.reruns:
         row.notes.append(f"{v.reruns} re-run attempts")
-    row.figures.update(events_missing=v.events_missing, events_extra=v.events_extra,
-                       attempts_missing=v.attempts_missing, attempts_extra=v.attempts_extra,
-                       steps_completed_twice=v.twice, reruns=v.reruns, statuses=stuck)
+    row.figures.update(
+        events_missing=v.events_missing,
+        events_extra=v.events_extra,
+        attempts_missing=v.attempts_missing,
+        attempts_extra=v.attempts_extra,
+        steps_completed_twice=v.twice,
+        reruns=v.reruns,
+        statuses=stuck,
+    )
 
 
 # -- the drills ---------------------------------------------------------------------------------
@@ -391,8 +474,12 @@ def drill_worker_kill(args: argparse.Namespace, database: str) -> Row:
         deadline = time.monotonic() + 60
         held = 0
         while time.monotonic() < deadline and held < 2:
-            held = sum(1 for rid in ids for s in rig.client.snapshot(rid).steps
-                       if s.status == "RUNNING" and (s.worker or "").startswith(first))
+            held = sum(
+                1
+                for rid in ids
+                for s in rig.client.snapshot(rid).steps
+                if s.status == "RUNNING" and (s.worker or "").startswith(first)
+            )
             time.sleep(0.1)
         killed_at = time.time()
         rig.kill("first")
@@ -402,12 +489,22 @@ def drill_worker_kill(args: argparse.Namespace, database: str) -> Row:
         rig.recorder_caught_up(90)
         v = verdict(rig, ids, status, audit=True)
         fill(row, v, ids, status)
-        late = [a["started_at"] - killed_at for rid in ids for a in (rig.client.state.read(rid) or ({}, {}, []))[2]
-                if int(a.get("attempt", 1)) > 1 and a.get("started_at")]
-        row.notes.insert(0, f"{held} steps running on the killed worker; re-run "
-                            f"{min(late):.0f}-{max(late):.0f} s after the kill" if late else
-                            f"{held} steps running on the killed worker; none re-run")
-        row.notes.append(f"visibility_timeout {args.visibility_timeout} s, lease_ttl {args.lease_ttl} s")
+        late = [
+            a["started_at"] - killed_at
+            for rid in ids
+            for a in (rig.client.state.read(rid) or ({}, {}, []))[2]
+            if int(a.get("attempt", 1)) > 1 and a.get("started_at")
+        ]
+        row.notes.insert(
+            0,
+            f"{held} steps running on the killed worker; re-run "
+            f"{min(late):.0f}-{max(late):.0f} s after the kill"
+            if late
+            else f"{held} steps running on the killed worker; none re-run",
+        )
+        row.notes.append(
+            f"visibility_timeout {args.visibility_timeout} s, lease_ttl {args.lease_ttl} s"
+        )
     finally:
         rig.close()
     return row
@@ -437,9 +534,15 @@ def drill_redis_restart(args: argparse.Namespace, database: str) -> Row:
         row.notes.insert(0, f"down {down:.1f} s, {running} runs RUNNING then")
         for name, proc in rig.fleet.procs.items():
             if proc.poll() is not None:
-                why = [ln for ln in rig.fleet.logs[name].read_text(errors="replace").splitlines()
-                       if "Unrecoverable error" in ln or "CRITICAL" in ln][:1]
-                row.notes.append(f"process '{name}' exited" + (f" ({why[0].split(': ', 1)[-1][:120]})" if why else ""))
+                why = [
+                    ln
+                    for ln in rig.fleet.logs[name].read_text(errors="replace").splitlines()
+                    if "Unrecoverable error" in ln or "CRITICAL" in ln
+                ][:1]
+                row.notes.append(
+                    f"process '{name}' exited"
+                    + (f" ({why[0].split(': ', 1)[-1][:120]})" if why else "")
+                )
     finally:
         rig.close()
     return row
@@ -474,7 +577,9 @@ def drill_recorder(args: argparse.Namespace, database: str) -> Row:
         # Killed while it holds a batch read and not yet acknowledged: those entries stay pending
         # until another recorder claims them (after claim_idle, 30 s).
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not int(rig.r.xpending(rig.client.keys.events, "cf-recorder")["pending"]):
+        while time.monotonic() < deadline and not int(
+            rig.r.xpending(rig.client.keys.events, "cf-recorder")["pending"]
+        ):
             time.sleep(0.002)
         rig.kill("rec2", signal.SIGKILL)
         orphaned = int(rig.r.xpending(rig.client.keys.events, "cf-recorder")["pending"])
@@ -482,15 +587,21 @@ def drill_recorder(args: argparse.Namespace, database: str) -> Row:
         rig.recorder("rec3")
         t.join()
         status = wait_all(rig, ids, 120)
-        caught = rig.recorder_caught_up(120)  # claim_idle is 30 s: the killed one's entries come back after it
+        caught = rig.recorder_caught_up(
+            120
+        )  # claim_idle is 30 s: the killed one's entries come back after it
         v = verdict(rig, ids, status, audit=True)
         fill(row, v, ids, status)
         with rig.store.connect() as conn:
-            recorded = conn.execute(select(func.count()).select_from(runs_table)
-                                    .where(runs_table.c.id.in_(ids))).scalar_one()
-        row.notes.insert(0, f"stopped {args.recorder_down:g} s, then SIGKILLed holding {orphaned} unacknowledged "
-                            f"entries and down {args.recorder_down:g} s; "
-                            f"{recorded} runs in SQL{'' if caught else ', recorder NOT caught up'}")
+            recorded = conn.execute(
+                select(func.count()).select_from(runs_table).where(runs_table.c.id.in_(ids))
+            ).scalar_one()
+        row.notes.insert(
+            0,
+            f"stopped {args.recorder_down:g} s, then SIGKILLed holding {orphaned} unacknowledged "
+            f"entries and down {args.recorder_down:g} s; "
+            f"{recorded} runs in SQL{'' if caught else ', recorder NOT caught up'}",
+        )
     finally:
         rig.close()
     return row
@@ -505,14 +616,24 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
         rig.worker("second")
         if args.no_fleet_events:
             os.environ["CANVASFLOW_WEB_FLEET_EVENTS"] = "false"
-        targets = {"now": rig.web("web", free_port(), profile=Path(args.profile) if args.profile else None,
-                                  trace_loop=args.trace_loop)}
+        targets = {
+            "now": rig.web(
+                "web",
+                free_port(),
+                profile=Path(args.profile) if args.profile else None,
+                trace_loop=args.trace_loop,
+            )
+        }
         if args.compare:
             targets["before"] = rig.web("web-before", free_port(), Path(args.compare).resolve())
         sessions = {}
         for label, url in targets.items():
             http = requests.Session()
-            r = http.post(f"{url}/api/v1/auth/login", json={"username": "admin", "password": PASSWORD}, timeout=30)
+            r = http.post(
+                f"{url}/api/v1/auth/login",
+                json={"username": "admin", "password": PASSWORD},
+                timeout=30,
+            )
             r.raise_for_status()
             sessions[label] = http
         wf = workflow("drill_soak", 3, 0.0)
@@ -521,30 +642,46 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
         ctx = multiprocessing.get_context("spawn")
         out: Any = ctx.Queue()
         progress = ctx.Value("i", 0)
-        t = ctx.Process(target=soak_submitter, args=(rig.settings, wf, args.soak_runs, args.soak_inflight, out,
-                                                     progress), daemon=True)
+        t = ctx.Process(
+            target=soak_submitter,
+            args=(rig.settings, wf, args.soak_runs, args.soak_inflight, out, progress),
+            daemon=True,
+        )
         t0 = time.monotonic()
-        web_procs = {"now": rig.fleet.procs["web"], **({"before": rig.fleet.procs["web-before"]} if args.compare else {})}
+        web_procs = {
+            "now": rig.fleet.procs["web"],
+            **({"before": rig.fleet.procs["web-before"]} if args.compare else {}),
+        }
         cpu0 = {label: cpu_seconds(p.pid) for label, p in web_procs.items()}
         t.start()
-        lat: dict[str, dict[str, list[float]]] = {label: {"active": [], "all": []} for label in targets}
+        lat: dict[str, dict[str, list[float]]] = {
+            label: {"active": [], "all": []} for label in targets
+        }
         sizes: list[int] = []
         while t.is_alive() and progress.value < args.soak_runs:
             for view in ("active", "all"):
                 for label, http in sessions.items():
                     start = time.perf_counter()
-                    resp = http.get(f"{targets[label]}/api/v1/runs", params={"view": view, "limit": 50}, timeout=30)
+                    resp = http.get(
+                        f"{targets[label]}/api/v1/runs",
+                        params={"view": view, "limit": 50},
+                        timeout=30,
+                    )
                     lat[label][view].append(time.perf_counter() - start)
                     resp.raise_for_status()
                     if view == "active" and label == "now":
                         sizes.append(len(resp.json()["runs"]))
             time.sleep(args.soak_poll)
         elapsed = time.monotonic() - t0
-        row.figures["web_cpu_percent"] = {label: round(100 * (cpu_seconds(p.pid) - cpu0[label]) / elapsed)
-                                          for label, p in web_procs.items()}
+        row.figures["web_cpu_percent"] = {
+            label: round(100 * (cpu_seconds(p.pid) - cpu0[label]) / elapsed)
+            for label, p in web_procs.items()
+        }
         row.figures["load_average"] = os.getloadavg()[0]
         if args.trace_loop is not None:
-            row.figures["loop"] = loop_stretches(rig.work / "loop.jsonl", time.time() - elapsed, time.time())
+            row.figures["loop"] = loop_stretches(
+                rig.work / "loop.jsonl", time.time() - elapsed, time.time()
+            )
         ids = out.get(timeout=120)
         t.join(30)
         status = wait_all(rig, ids, 300)
@@ -554,22 +691,31 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
         for _ in range(30):
             for label, http in sessions.items():
                 start = time.perf_counter()
-                http.get(f"{targets[label]}/api/v1/runs", params={"view": "all", "limit": 50},
-                         timeout=30).raise_for_status()
+                http.get(
+                    f"{targets[label]}/api/v1/runs", params={"view": "all", "limit": 50}, timeout=30
+                ).raise_for_status()
                 idle[label].append(time.perf_counter() - start)
         v = verdict(rig, ids, status, audit=True)
         fill(row, v, ids, status)
         figures: dict[str, Any] = {}
         for label, values in idle.items():
             ms = sorted(x * 1000 for x in values)
-            figures[f"{label}_idle_all"] = {"n": len(ms), "p50": round(pct(ms, 0.5), 1),
-                                            "p95": round(pct(ms, 0.95), 1), "max": round(ms[-1], 1)}
+            figures[f"{label}_idle_all"] = {
+                "n": len(ms),
+                "p50": round(pct(ms, 0.5), 1),
+                "p95": round(pct(ms, 0.95), 1),
+                "max": round(ms[-1], 1),
+            }
         for label in targets:
             for view, values in lat[label].items():
                 ms = sorted(x * 1000 for x in values)
-                figures[f"{label}_{view}"] = {"n": len(ms), "p50": round(pct(ms, 0.5), 1),
-                                              "p95": round(pct(ms, 0.95), 1), "p99": round(pct(ms, 0.99), 1),
-                                              "max": round(ms[-1], 1) if ms else None}
+                figures[f"{label}_{view}"] = {
+                    "n": len(ms),
+                    "p50": round(pct(ms, 0.5), 1),
+                    "p95": round(pct(ms, 0.95), 1),
+                    "p99": round(pct(ms, 0.99), 1),
+                    "max": round(ms[-1], 1) if ms else None,
+                }
         row.figures["run_list_ms"] = figures
         row.figures["submitted_per_s"] = round(len(ids) / elapsed, 1)
         row.figures["active_page_rows_mean"] = round(sum(sizes) / max(1, len(sizes)), 1)
@@ -582,14 +728,19 @@ def drill_soak(args: argparse.Namespace, database: str) -> Row:
         if "before_idle_all" in figures:
             note += f" (before {figures['before_idle_all']['p50']} ms)"
         row.notes.insert(0, note)
-        row.notes.insert(1, f"{len(ids) / elapsed:.0f} runs/s for {elapsed:.0f} s, ≤ {args.soak_inflight} in flight, "
-                            f"web process CPU {row.figures['web_cpu_percent']['now']} %")
+        row.notes.insert(
+            1,
+            f"{len(ids) / elapsed:.0f} runs/s for {elapsed:.0f} s, ≤ {args.soak_inflight} in flight, "
+            f"web process CPU {row.figures['web_cpu_percent']['now']} %",
+        )
     finally:
         rig.close()
     return row
 
 
-def soak_submitter(settings: Settings, wf: dict[str, Any], n: int, inflight: int, out: Any, progress: Any) -> None:
+def soak_submitter(
+    settings: Settings, wf: dict[str, Any], n: int, inflight: int, out: Any, progress: Any
+) -> None:
     """Submit ``n`` runs at the fleet's pace (at most ``inflight`` unfinished); put their ids on ``out``."""
     client = Client(settings)
     ids: list[str] = []
@@ -608,21 +759,32 @@ def soak_submitter(settings: Settings, wf: dict[str, Any], n: int, inflight: int
         client.close()
 
 
-RUNNERS = {"worker_kill": drill_worker_kill, "redis_restart": drill_redis_restart, "recorder": drill_recorder,
-           "soak": drill_soak}
+RUNNERS = {
+    "worker_kill": drill_worker_kill,
+    "redis_restart": drill_redis_restart,
+    "recorder": drill_recorder,
+    "soak": drill_soak,
+}
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| drill | tried | survived | lost | duplicated | notes |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| drill | tried | survived | lost | duplicated | notes |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.drill} | {r.tried:,} | {r.survived:,} | {r.lost:,} | {r.duplicated:,} | "
-                     f"{'; '.join(r.notes)} |")
+        lines.append(
+            f"| {r.drill} | {r.tried:,} | {r.survived:,} | {r.lost:,} | {r.duplicated:,} | "
+            f"{'; '.join(r.notes)} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--drills", default=",".join(DRILLS), help=f"comma-separated, of: {', '.join(DRILLS)}")
+    ap.add_argument(
+        "--drills", default=",".join(DRILLS), help=f"comma-separated, of: {', '.join(DRILLS)}"
+    )
     ap.add_argument("--database", choices=["postgresql", "sqlite", "both"], default="postgresql")
     ap.add_argument("--postgres-url", default=PG_URL, help="dropped and re-created by each drill")
     ap.add_argument("--visibility-timeout", type=int, default=10)
@@ -634,19 +796,39 @@ def main() -> int:
     ap.add_argument("--recorder-interval", type=float, default=0.05, help="seconds between submits")
     ap.add_argument("--recorder-down", type=float, default=3.0)
     ap.add_argument("--soak-runs", type=int, default=5000)
-    ap.add_argument("--soak-inflight", type=int, default=200, help="runs unfinished at once, at most")
-    ap.add_argument("--soak-poll", type=float, default=0.1, help="pause between two run-list requests")
-    ap.add_argument("--compare", default=None, metavar="DIR",
-                    help="soak: also serve the run list from DIR's code (a checkout of an older commit) and "
-                         "request both alternately, for a before/after ratio in one run")
-    ap.add_argument("--no-fleet-events", action="store_true",
-                    help="soak: web processes without the Celery task history capture (what it costs them)")
-    ap.add_argument("--profile", default=None, metavar="DIR",
-                    help="soak: run the web process under cProfile (DIR/web.prof) and log the server-side "
-                         "time of each run-list request (DIR/requests.jsonl)")
-    ap.add_argument("--trace-loop", type=float, default=None, metavar="MS",
-                    help="soak: record every stretch of MS ms or more in which one greenlet held the web "
-                         "process's loop (benchmarks/bench_web.py's tracer); reported under figures.loop")
+    ap.add_argument(
+        "--soak-inflight", type=int, default=200, help="runs unfinished at once, at most"
+    )
+    ap.add_argument(
+        "--soak-poll", type=float, default=0.1, help="pause between two run-list requests"
+    )
+    ap.add_argument(
+        "--compare",
+        default=None,
+        metavar="DIR",
+        help="soak: also serve the run list from DIR's code (a checkout of an older commit) and "
+        "request both alternately, for a before/after ratio in one run",
+    )
+    ap.add_argument(
+        "--no-fleet-events",
+        action="store_true",
+        help="soak: web processes without the Celery task history capture (what it costs them)",
+    )
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="soak: run the web process under cProfile (DIR/web.prof) and log the server-side "
+        "time of each run-list request (DIR/requests.jsonl)",
+    )
+    ap.add_argument(
+        "--trace-loop",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="soak: record every stretch of MS ms or more in which one greenlet held the web "
+        "process's loop (benchmarks/bench_web.py's tracer); reported under figures.loop",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     chosen = [d.strip() for d in args.drills.split(",") if d.strip()]
@@ -659,12 +841,16 @@ def main() -> int:
         for database in databases:
             say(f"{drill} on {database}")
             row = RUNNERS[drill](args, database)
-            say(f"{row.drill}: {row.survived}/{row.tried} survived, {row.lost} lost, {row.duplicated} duplicated; "
-                f"{'; '.join(row.notes)}")
+            say(
+                f"{row.drill}: {row.survived}/{row.tried} survived, {row.lost} lost, {row.duplicated} duplicated; "
+                f"{'; '.join(row.notes)}"
+            )
             rows.append(row)
     print()
-    print(f"`python benchmarks/drills.py {' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d')}, "
-          f"load average {os.getloadavg()[0]:.1f}:\n")
+    print(
+        f"`python benchmarks/drills.py {' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d')}, "
+        f"load average {os.getloadavg()[0]:.1f}:\n"
+    )
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=2, default=list))

@@ -15,7 +15,22 @@ from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
 
 __all__ = [
-    "CanvasflowError", "Client", "CompileError", "ControlError", "Definition", "DefinitionError",
-    "Run", "RunSnapshot", "RunStatus", "Settings", "StepError", "StepSnapshot", "StepStatus",
-    "UnknownRun", "UnknownWorkflow", "Workflow", "load_definition", "load_file",
+    "CanvasflowError",
+    "Client",
+    "CompileError",
+    "ControlError",
+    "Definition",
+    "DefinitionError",
+    "Run",
+    "RunSnapshot",
+    "RunStatus",
+    "Settings",
+    "StepError",
+    "StepSnapshot",
+    "StepStatus",
+    "UnknownRun",
+    "UnknownWorkflow",
+    "Workflow",
+    "load_definition",
+    "load_file",
 ]

@@ -52,7 +52,8 @@ def parse_allow(raw: str | Iterable[str]) -> tuple[str, ...]:
                 f"{SETTING}: {entry!r} is not a module name or a module prefix; expected names "
                 "like 'mypackage.jobs' (that module only) or 'mypackage.*' (mypackage and every "
                 "module below it), separated by commas. '*' (every module) is not allowed: list "
-                "the modules whose functions definitions may call")
+                "the modules whose functions definitions may call"
+            )
         if entry not in entries:
             entries.append(entry)
     return tuple(entries)
@@ -81,18 +82,23 @@ def describe(allow: Iterable[str]) -> str:
 def parse_function(spec: Any) -> tuple[str, str]:
     """``(module, name)`` of a ``"module:name"`` spec; ValueError says what is wrong with it."""
     if isinstance(spec, str) and "{{" in spec:
-        raise ValueError(f"function {spec!r} is a template: builtin.call runs only functions "
-                         "named literally ('module:function'), so that what a run may execute is "
-                         "checked against the workers' allow-list before it starts")
+        raise ValueError(
+            f"function {spec!r} is a template: builtin.call runs only functions "
+            "named literally ('module:function'), so that what a run may execute is "
+            "checked against the workers' allow-list before it starts"
+        )
     if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ValueError(f"function must be a string 'module:function', got {spec!r}: "
-                         "expected 'module:function'")
+        raise ValueError(
+            f"function must be a string 'module:function', got {spec!r}: expected 'module:function'"
+        )
     module, name = (part.strip() for part in spec.split(":"))
     if not module or not name:
         raise ValueError(f"function {spec!r}: expected 'module:function'")
     if not _MODULE.match(module):
-        raise ValueError(f"function {spec!r}: '{module}' is not a module name "
-                         "(expected dotted identifiers like mypackage.jobs)")
+        raise ValueError(
+            f"function {spec!r}: '{module}' is not a module name "
+            "(expected dotted identifiers like mypackage.jobs)"
+        )
     if not _NAME.match(name):
         if "." in name:
             why = "attribute paths are not followed; name a function the module defines"
@@ -104,13 +110,16 @@ def parse_function(spec: Any) -> tuple[str, str]:
     return module, name
 
 
-def refusal(spec: str, module: str, allow: Iterable[str],
-            where: str = "this worker's call allow-list") -> str:
+def refusal(
+    spec: str, module: str, allow: Iterable[str], where: str = "this worker's call allow-list"
+) -> str:
     """The message for a function whose module is not allowed: what, the setting, the way out."""
-    return (f"builtin.call may not run {spec!r}: module '{module}' is not in {where} "
-            f"({describe(allow)}). To allow it, add '{module}' to {SETTING} (comma-separated) "
-            "in the environment of the workers that run the step, or give the step a plugin "
-            "instead (docs/operations.md, CANVASFLOW_CALL_ALLOW)")
+    return (
+        f"builtin.call may not run {spec!r}: module '{module}' is not in {where} "
+        f"({describe(allow)}). To allow it, add '{module}' to {SETTING} (comma-separated) "
+        "in the environment of the workers that run the step, or give the step a plugin "
+        "instead (docs/operations.md, CANVASFLOW_CALL_ALLOW)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +140,9 @@ def fleet_allow(entries: Iterable[Mapping[str, Any]]) -> dict[str, list[list[str
     return {q: sorted(lists) for q, lists in sorted(by_queue.items())}
 
 
-def check_steps(data: Mapping[str, Any], catalog: Mapping[str, Any] | None
-                ) -> Iterator[tuple[str, str]]:
+def check_steps(
+    data: Mapping[str, Any], catalog: Mapping[str, Any] | None
+) -> Iterator[tuple[str, str]]:
     """``(path, message)`` for every ``builtin.call`` step (or compensation) whose function is
     malformed, a template, or (with a catalog) not allowed on the workers of its queue."""
     steps = data.get("steps")
@@ -152,8 +162,13 @@ def check_steps(data: Mapping[str, Any], catalog: Mapping[str, Any] | None
             yield from _check_one(comp, f"steps[{i}].compensate", comp_queue, catalog, call_info)
 
 
-def _check_one(step: Mapping[str, Any], path: str, queue: str, catalog: Mapping[str, Any] | None,
-               call_info: Any) -> Iterator[tuple[str, str]]:
+def _check_one(
+    step: Mapping[str, Any],
+    path: str,
+    queue: str,
+    catalog: Mapping[str, Any] | None,
+    call_info: Any,
+) -> Iterator[tuple[str, str]]:
     if step.get("plugin") != "builtin" or step.get("method", "run") != "call":
         return
     params = step.get("params")

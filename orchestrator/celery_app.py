@@ -56,8 +56,10 @@ def celery_config(settings: Settings) -> dict:
             # messages.
             "global_keyprefix": f"{settings.key_prefix}:celery:",
         },
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0},
-                                             "global_keyprefix": f"{settings.key_prefix}:celery:"},
+        "result_backend_transport_options": {
+            "retry_policy": {"timeout": 5.0},
+            "global_keyprefix": f"{settings.key_prefix}:celery:",
+        },
         "result_expires": settings.result_expires,
         "broker_connection_retry_on_startup": True,
         "worker_send_task_events": True,

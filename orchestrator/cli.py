@@ -27,8 +27,10 @@ err = Console(stderr=True)
 
 
 def _redis_hint(settings: Settings, exc: Exception) -> str:
-    return (f"cannot reach Redis at {settings.redis_url} ({exc}); start Redis or set "
-            "CANVASFLOW_REDIS_URL")
+    return (
+        f"cannot reach Redis at {settings.redis_url} ({exc}); start Redis or set "
+        "CANVASFLOW_REDIS_URL"
+    )
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,7 +47,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print(f"error: {exc}", style="red", markup=False, highlight=False)
             sys.exit(1)
         except redis.ConnectionError as exc:
-            err.print(f"error: {_redis_hint(Settings.from_env(), exc)}", style="red", markup=False, highlight=False)
+            err.print(
+                f"error: {_redis_hint(Settings.from_env(), exc)}",
+                style="red",
+                markup=False,
+                highlight=False,
+            )
             sys.exit(1)
 
     return wrapper
@@ -89,10 +96,14 @@ def validate(files: tuple[str, ...], offline: bool) -> None:
         try:
             catalog = make_client().catalog()
         except redis.RedisError as exc:
-            err.print(f"[yellow]note:[/] plugins not checked: {_redis_hint(Settings.from_env(), exc)}")
+            err.print(
+                f"[yellow]note:[/] plugins not checked: {_redis_hint(Settings.from_env(), exc)}"
+            )
         else:
             if catalog is None:
-                err.print("[yellow]note:[/] plugins not checked: no worker has published its catalog yet")
+                err.print(
+                    "[yellow]note:[/] plugins not checked: no worker has published its catalog yet"
+                )
     failed = False
     for f in files:
         try:
@@ -123,7 +134,9 @@ def explain(file: str) -> None:
     else:
         console.print("  then canvasflow.settle (settles the run; compensations if it failed)")
     if p.lost:
-        console.print(f"[yellow]not series-parallel:[/] {len(p.lost)} ordering(s) added that the definition does not ask for:")
+        console.print(
+            f"[yellow]not series-parallel:[/] {len(p.lost)} ordering(s) added that the definition does not ask for:"
+        )
         for before, after in p.lost:
             console.print(f"  '{after}' waits for '{before}' though it does not depend on it")
     else:
@@ -132,20 +145,42 @@ def explain(file: str) -> None:
 
 @main.command()
 @click.argument("definition")
-@click.option("-i", "--input", "inputs", multiple=True, help="Run input key=value (value parsed as JSON if it can be).")
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    help="Run input key=value (value parsed as JSON if it can be).",
+)
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]))
 @click.option("--tag", "tags", multiple=True)
-@click.option("--follow/--no-follow", default=True, help="Show live per-step progress until the run ends.")
-@click.option("--timeout", type=float, default=None, help="Give up following after this many seconds.")
+@click.option(
+    "--follow/--no-follow", default=True, help="Show live per-step progress until the run ends."
+)
+@click.option(
+    "--timeout", type=float, default=None, help="Give up following after this many seconds."
+)
 @handle_errors
-def run(definition: str, inputs: tuple[str, ...], priority: str | None, tags: tuple[str, ...],
-        follow: bool, timeout: float | None) -> None:
+def run(
+    definition: str,
+    inputs: tuple[str, ...],
+    priority: str | None,
+    tags: tuple[str, ...],
+    follow: bool,
+    timeout: float | None,
+) -> None:
     """Submit a run of a definition file (or a registered workflow id)."""
     from orchestrator.display import follow as follow_runs
 
     client = make_client()
-    r = client.submit(definition, inputs=parse_inputs(inputs), priority=priority, tags=tags,
-                      triggered_by=os.environ.get("USER", "cli"), trigger_type="cli")
+    r = client.submit(
+        definition,
+        inputs=parse_inputs(inputs),
+        priority=priority,
+        tags=tags,
+        triggered_by=os.environ.get("USER", "cli"),
+        trigger_type="cli",
+    )
     err.print(f"submitted run [bold]{r.id}[/]")
     if not follow:
         console.print(r.id)
@@ -196,23 +231,48 @@ def _explain_lost(client: Any, run_id: str) -> None:
     finally:
         store.dispose()
     if status:
-        raise CanvasflowError(f"run {run_id} is {status} in the audit store but Redis no longer knows it: its state "
-                              f"was lost; end it with: canvasflow resolve {run_id} --as failed|cancelled --reason TEXT")
+        raise CanvasflowError(
+            f"run {run_id} is {status} in the audit store but Redis no longer knows it: its state "
+            f"was lost; end it with: canvasflow resolve {run_id} --as failed|cancelled --reason TEXT"
+        )
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("-Q", "--queues", default="default,io", show_default=True)
 @click.option("-c", "--concurrency", type=int, default=None)
-@click.option("-P", "--pool", default="prefork", show_default=True,
-              help="prefork enforces step timeouts; threads/solo do not (see docs).")
+@click.option(
+    "-P",
+    "--pool",
+    default="prefork",
+    show_default=True,
+    help="prefork enforces step timeouts; threads/solo do not (see docs).",
+)
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("-n", "--hostname", default=None)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(queues: str, concurrency: int | None, pool: str, loglevel: str, hostname: str | None,
-           celery_args: tuple[str, ...]) -> None:
+def worker(
+    queues: str,
+    concurrency: int | None,
+    pool: str,
+    loglevel: str,
+    hostname: str | None,
+    celery_args: tuple[str, ...],
+) -> None:
     """Run a Celery worker for canvasflow steps (same as `celery -A workers.app worker`)."""
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues, "-P", pool,
-            "-l", loglevel]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        queues,
+        "-P",
+        pool,
+        "-l",
+        loglevel,
+    ]
     concurrency = concurrency or Settings.from_env().worker_concurrency
     if concurrency:
         argv += ["-c", str(concurrency)]
@@ -222,8 +282,13 @@ def worker(queues: str, concurrency: int | None, pool: str, loglevel: str, hostn
     os.execv(sys.executable, argv)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                               "help_option_names": []})
+@main.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    }
+)
 @click.pass_context
 def web(ctx: click.Context) -> None:
     """Serve the dashboard: canvasflow web [--host H] [--port P] [--read-only] [--recorder];
@@ -255,8 +320,11 @@ def plugins() -> None:
         table.add_row(plugin, method, params, ", ".join(hosts))
     console.print(table)
     for host, entry in sorted(fleet.items()):
-        console.print(f"builtin.call on {host}: {callallow.describe(entry.get('call_allow') or [])}",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"builtin.call on {host}: {callallow.describe(entry.get('call_allow') or [])}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +337,10 @@ def _actor() -> str:
 
 
 def _report(result: Any) -> None:
-    console.print(f"{result.action}: run {result.run_id} {result.status_before} -> {result.status}",
-                  highlight=False)
+    console.print(
+        f"{result.action}: run {result.run_id} {result.status_before} -> {result.status}",
+        highlight=False,
+    )
 
 
 @main.command()
@@ -294,36 +364,65 @@ def resume(run_id: str, reason: str | None) -> None:
 @main.command()
 @click.argument("run_id")
 @click.option("--reason", default=None)
-@click.option("--terminate/--no-terminate", default=True, show_default=True,
-              help="Terminate running steps (else let them finish).")
+@click.option(
+    "--terminate/--no-terminate",
+    default=True,
+    show_default=True,
+    help="Terminate running steps (else let them finish).",
+)
 @handle_errors
 def cancel(run_id: str, reason: str | None, terminate: bool) -> None:
     """Cancel a run; completed steps are compensated newest first."""
-    _report(make_client().control.cancel(run_id, actor=_actor(), reason=reason, terminate=terminate))
+    _report(
+        make_client().control.cancel(run_id, actor=_actor(), reason=reason, terminate=terminate)
+    )
 
 
 @main.command()
 @click.argument("run_id")
-@click.option("--from-step", default=None, help="Step to run again with its descendants (default: first failed).")
+@click.option(
+    "--from-step",
+    default=None,
+    help="Step to run again with its descendants (default: first failed).",
+)
 @click.option("--from-start", is_flag=True, help="Run every step again.")
-@click.option("--compensation", is_flag=True, help="Retry the failed compensation of a COMPENSATION_FAILED run.")
+@click.option(
+    "--compensation",
+    is_flag=True,
+    help="Retry the failed compensation of a COMPENSATION_FAILED run.",
+)
 @click.option("--reason", default=None)
 @handle_errors
-def retry(run_id: str, from_step: str | None, from_start: bool, compensation: bool, reason: str | None) -> None:
+def retry(
+    run_id: str, from_step: str | None, from_start: bool, compensation: bool, reason: str | None
+) -> None:
     """Run a finished run again from a step, or retry its failed compensation."""
     control = make_client().control
     if compensation:
         _report(control.retry_compensation(run_id, actor=_actor(), reason=reason))
     else:
-        _report(control.retry(run_id, from_step=from_step, from_start=from_start, actor=_actor(), reason=reason))
+        _report(
+            control.retry(
+                run_id, from_step=from_step, from_start=from_start, actor=_actor(), reason=reason
+            )
+        )
 
 
 @main.command()
 @click.argument("run_id")
-@click.option("--as", "as_", type=click.Choice(["failed", "cancelled"]), default=None,
-              help="How the run ends (required for a run whose state was lost).")
-@click.option("--reason", default=None, help="Why; recorded in the audit log (required for a lost run).")
-@click.option("--database-url", default=None, help="The audit store [default: CANVASFLOW_DATABASE_URL].")
+@click.option(
+    "--as",
+    "as_",
+    type=click.Choice(["failed", "cancelled"]),
+    default=None,
+    help="How the run ends (required for a run whose state was lost).",
+)
+@click.option(
+    "--reason", default=None, help="Why; recorded in the audit log (required for a lost run)."
+)
+@click.option(
+    "--database-url", default=None, help="The audit store [default: CANVASFLOW_DATABASE_URL]."
+)
 @handle_errors
 def resolve(run_id: str, as_: str | None, reason: str | None, database_url: str | None) -> None:
     """End a run by hand: a COMPENSATION_FAILED run, or one whose state Redis lost (shown
@@ -336,11 +435,15 @@ def resolve(run_id: str, as_: str | None, reason: str | None, database_url: str 
     from orchestrator.lost import resolve_lost
 
     if not as_ or not (reason or "").strip():
-        raise click.UsageError(f"run {run_id} is not in Redis: resolving a run whose state was lost needs "
-                               "--as failed|cancelled and --reason TEXT")
+        raise click.UsageError(
+            f"run {run_id} is not in Redis: resolving a run whose state was lost needs "
+            "--as failed|cancelled and --reason TEXT"
+        )
     store = AuditStore(database_url or client.settings.database_url)
     try:
-        _report(resolve_lost(store, client.state, run_id, as_=as_, actor=_actor(), reason=str(reason)))
+        _report(
+            resolve_lost(store, client.state, run_id, as_=as_, actor=_actor(), reason=str(reason))
+        )
     finally:
         store.dispose()
 
@@ -352,7 +455,9 @@ def resolve(run_id: str, as_: str | None, reason: str | None, database_url: str 
 @handle_errors
 def clone(run_id: str, inputs: tuple[str, ...], reason: str | None) -> None:
     """Start a new run of the same definition version with the same inputs."""
-    new = make_client().control.clone(run_id, inputs=parse_inputs(inputs), actor=_actor(), reason=reason)
+    new = make_client().control.clone(
+        run_id, inputs=parse_inputs(inputs), actor=_actor(), reason=reason
+    )
     console.print(new.id)
 
 
@@ -367,11 +472,19 @@ def export(run_id: str) -> None:
 
 
 @main.command()
-@click.option("--stall-seconds", type=click.IntRange(1), default=None,
-              help="Re-dispatch a run with no lease, no queued message and no event for this long "
-                   "[default: CANVASFLOW_WATCHDOG_STALL_SECONDS, 120].")
-@click.option("--interval", type=click.FloatRange(0.1), default=None,
-              help="Seconds between checks [default: a quarter of the stall time, at most 10].")
+@click.option(
+    "--stall-seconds",
+    type=click.IntRange(1),
+    default=None,
+    help="Re-dispatch a run with no lease, no queued message and no event for this long "
+    "[default: CANVASFLOW_WATCHDOG_STALL_SECONDS, 120].",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1),
+    default=None,
+    help="Seconds between checks [default: a quarter of the stall time, at most 10].",
+)
 @click.option("--once", is_flag=True, help="Check once, print what was done, and exit.")
 @handle_errors
 def watchdog(stall_seconds: int | None, interval: float | None, once: bool) -> None:
@@ -382,12 +495,17 @@ def watchdog(stall_seconds: int | None, interval: float | None, once: bool) -> N
 
     from orchestrator.watchdog import Watchdog
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     dog = Watchdog(make_client(), stall_seconds=stall_seconds)
     if once:
         rep = dog.check_once()
-        console.print(f"{rep.live} live run(s); stalled: {', '.join(rep.candidates) or 'none'}; "
-                      f"re-dispatched: {', '.join(rep.redispatched) or 'none'}", highlight=False)
+        console.print(
+            f"{rep.live} live run(s); stalled: {', '.join(rep.candidates) or 'none'}; "
+            f"re-dispatched: {', '.join(rep.redispatched) or 'none'}",
+            highlight=False,
+        )
         return
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -414,7 +532,9 @@ def examples_dir() -> Path:
     here = Path(__file__).resolve().parents[1] / "docs" / "examples"
     if here.is_dir():
         return here
-    raise ConfigurationError("docs/examples not found: run the demo from a source checkout (pip install -e .)")
+    raise ConfigurationError(
+        "docs/examples not found: run the demo from a source checkout (pip install -e .)"
+    )
 
 
 def write_sample_csv(path: Path, rows: int = 200) -> None:
@@ -444,14 +564,19 @@ def start_dashboard(fleet: Any) -> tuple[str, str]:
     os.environ["CANVASFLOW_WEB_ADMIN_PASSWORD"] = password  # Fleet copies os.environ to children
     # The demo's own signing key, in a 0600 file of its workdir (a fleet must configure one).
     os.environ.pop("CANVASFLOW_WEB_SECRET_KEY", None)
-    os.environ["CANVASFLOW_WEB_SECRET_KEY_FILE"] = str(secret_key_file(fleet.log_dir.parent / "web-secret.key"))
+    os.environ["CANVASFLOW_WEB_SECRET_KEY_FILE"] = str(
+        secret_key_file(fleet.log_dir.parent / "web-secret.key")
+    )
     port = int(os.environ.get("CANVASFLOW_WEB_PORT", "8080"))
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", port)) == 0:  # taken: any free port will do
             with socket.socket() as free:
                 free.bind(("127.0.0.1", 0))
                 port = free.getsockname()[1]
-    fleet.spawn("web", [sys.executable, "-m", "web", "--host", "127.0.0.1", "--port", str(port), "--recorder"])
+    fleet.spawn(
+        "web",
+        [sys.executable, "-m", "web", "--host", "127.0.0.1", "--port", str(port), "--recorder"],
+    )
     url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 30
     while True:
         try:
@@ -466,9 +591,12 @@ def start_dashboard(fleet: Any) -> tuple[str, str]:
 
 
 @main.command()
-@click.option("--keep-running/--exit", default=None,
-              help="After the examples, leave the fleet and the dashboard up until Ctrl-C, or exit "
-                   "with their outcome. Default: keep running in a terminal, exit otherwise.")
+@click.option(
+    "--keep-running/--exit",
+    default=None,
+    help="After the examples, leave the fleet and the dashboard up until Ctrl-C, or exit "
+    "with their outcome. Default: keep running in a terminal, exit otherwise.",
+)
 @click.option("--workdir", type=click.Path(file_okay=False), default=None)
 @handle_errors
 def demo(keep_running: bool | None, workdir: str | None) -> None:
@@ -488,10 +616,15 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
         embedded = EmbeddedRedis(workdir=str(work))
         embedded.start()
         err.print(f"started a private Redis at {embedded.url}")
-        env_settings = env_settings.with_(redis_url=embedded.url, broker_url=embedded.url,
-                                          result_backend=embedded.url)
-    settings = env_settings.with_(database_url=env_settings.database_url if "CANVASFLOW_DATABASE_URL" in os.environ
-                                  else f"sqlite:///{work / 'canvasflow.db'}", call_allow=DEMO_CALL_ALLOW)
+        env_settings = env_settings.with_(
+            redis_url=embedded.url, broker_url=embedded.url, result_backend=embedded.url
+        )
+    settings = env_settings.with_(
+        database_url=env_settings.database_url
+        if "CANVASFLOW_DATABASE_URL" in os.environ
+        else f"sqlite:///{work / 'canvasflow.db'}",
+        call_allow=DEMO_CALL_ALLOW,
+    )
     fleet = Fleet(settings, work / "logs")
     try:
         err.print("starting a worker (celery -A workers.app worker -c 2 -Q default,io)...")
@@ -503,32 +636,55 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
         sample = work / "input" / "data.csv"
         write_sample_csv(sample)
         inputs = {
-            "data_processing": {"input_path": str(sample), "work_dir": str(work / "work"),
-                                "output_path": str(work / "output" / "processed_data.csv")},
+            "data_processing": {
+                "input_path": str(sample),
+                "work_dir": str(work / "work"),
+                "output_path": str(work / "output" / "processed_data.csv"),
+            },
         }
         runs = []
         for filename, expected in EXAMPLES:
             defn = client.register(examples_dir() / filename)
-            r = client.submit(defn.id, version=defn.version, inputs=inputs.get(defn.id, {}),
-                              triggered_by="demo", trigger_type="demo")
+            r = client.submit(
+                defn.id,
+                version=defn.version,
+                inputs=inputs.get(defn.id, {}),
+                triggered_by="demo",
+                trigger_type="demo",
+            )
             runs.append((r, expected))
             err.print(f"submitted {defn.id} as run {r.id} (expect {expected})")
         snaps = follow_runs(client, [r.id for r, _ in runs], timeout=120)
         ok = True
         for snap, (_, expected) in zip(snaps, runs, strict=True):
-            mark = "[green]as expected[/]" if snap.status == expected else f"[red]expected {expected}[/]"
+            mark = (
+                "[green]as expected[/]"
+                if snap.status == expected
+                else f"[red]expected {expected}[/]"
+            )
             steps = ", ".join(f"{s.id}={s.status}" for s in snap.steps)
-            console.print(f"{snap.workflow}: {snap.status} {mark} in {snap.duration or 0:.1f}s — {steps}",
-                          highlight=False)
+            console.print(
+                f"{snap.workflow}: {snap.status} {mark} in {snap.duration or 0:.1f}s — {steps}",
+                highlight=False,
+            )
             ok &= snap.status == expected
         if keep_running:
-            console.print(f"fleet running: dashboard {url} (admin / {password}), Redis {settings.redis_url}, "
-                          f"audit store {settings.database_url}; Ctrl-C stops it", highlight=False)
+            console.print(
+                f"fleet running: dashboard {url} (admin / {password}), Redis {settings.redis_url}, "
+                f"audit store {settings.database_url}; Ctrl-C stops it",
+                highlight=False,
+            )
             try:
                 while all((alive := fleet.alive()).values()):
                     time.sleep(0.5)
-                gone = "; ".join(f"{name} stopped (its log: {fleet.logs[name]})" for name, up in alive.items() if not up)
-                err.print(f"{gone}; stopping the rest", style="red", highlight=False, soft_wrap=True)
+                gone = "; ".join(
+                    f"{name} stopped (its log: {fleet.logs[name]})"
+                    for name, up in alive.items()
+                    if not up
+                )
+                err.print(
+                    f"{gone}; stopping the rest", style="red", highlight=False, soft_wrap=True
+                )
                 sys.exit(1)
             except KeyboardInterrupt:
                 err.print("stopping the fleet")

@@ -45,6 +45,7 @@ PREPARED_CACHE = 128  # definitions a client keeps validated and planned
 def inline(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
+
 # Statuses at which a run waits for nothing but an operator: wait() returns on them too.
 RESTING = {str(s) for s in FINAL_RUN_STATUSES} | {RunStatus.PAUSED, RunStatus.COMPENSATION_FAILED}
 
@@ -125,35 +126,67 @@ def _f(v: str | None) -> float | None:
     return float(v) if v else None
 
 
-def _snapshot(run_id: str, run: Mapping[str, str], steps: Mapping[str, Mapping[str, str]],
-              attempts: list[dict[str, Any]], order: list[str]) -> RunSnapshot:
+def _snapshot(
+    run_id: str,
+    run: Mapping[str, str],
+    steps: Mapping[str, Mapping[str, str]],
+    attempts: list[dict[str, Any]],
+    order: list[str],
+) -> RunSnapshot:
     history: dict[str, list[Attempt]] = {}
     for a in attempts:
         history.setdefault(a["step"], []).append(
-            Attempt(a["attempt"], a["status"], a.get("started_at"), a.get("finished_at"),
-                    a.get("duration"), a.get("worker"), a.get("error")))
+            Attempt(
+                a["attempt"],
+                a["status"],
+                a.get("started_at"),
+                a.get("finished_at"),
+                a.get("duration"),
+                a.get("worker"),
+                a.get("error"),
+            )
+        )
     snaps = []
     for sid in order:
         f = steps.get(sid, {})
         started, finished = _f(f.get("started_at")), _f(f.get("finished_at"))
         out = f.get("output")
-        snaps.append(StepSnapshot(
-            id=sid, status=f.get("status", "PENDING"), attempts=int(f.get("attempts", 0)),
-            started_at=started, finished_at=finished,
-            duration=(finished - started) if started and finished else None,
-            output=json.loads(out) if out else None, error=f.get("error") or None,
-            traceback=f.get("traceback") or None, worker=f.get("worker") or None,
-            history=tuple(history.get(sid, ())), compensation_error=f.get("compensation_error") or None,
-        ))
+        snaps.append(
+            StepSnapshot(
+                id=sid,
+                status=f.get("status", "PENDING"),
+                attempts=int(f.get("attempts", 0)),
+                started_at=started,
+                finished_at=finished,
+                duration=(finished - started) if started and finished else None,
+                output=json.loads(out) if out else None,
+                error=f.get("error") or None,
+                traceback=f.get("traceback") or None,
+                worker=f.get("worker") or None,
+                history=tuple(history.get(sid, ())),
+                compensation_error=f.get("compensation_error") or None,
+            )
+        )
     return RunSnapshot(
-        id=run_id, workflow=run.get("workflow", ""), version=run.get("version", ""),
-        status=run["status"], created_at=float(run["created_at"]), started_at=_f(run.get("started_at")),
-        finished_at=_f(run.get("finished_at")), inputs=json.loads(run.get("inputs", "{}")),
-        priority=run.get("priority", "normal"), tags=tuple(json.loads(run.get("tags", "[]"))),
-        error=run.get("error") or None, failed_step=run.get("failed_step") or None,
-        total=int(run.get("total", len(order))), settled=int(run.get("settled", 0)),
-        current_steps=tuple(s.id for s in snaps if s.status in (StepStatus.RUNNING, StepStatus.RETRYING,
-                                                                StepStatus.COMPENSATING)),
+        id=run_id,
+        workflow=run.get("workflow", ""),
+        version=run.get("version", ""),
+        status=run["status"],
+        created_at=float(run["created_at"]),
+        started_at=_f(run.get("started_at")),
+        finished_at=_f(run.get("finished_at")),
+        inputs=json.loads(run.get("inputs", "{}")),
+        priority=run.get("priority", "normal"),
+        tags=tuple(json.loads(run.get("tags", "[]"))),
+        error=run.get("error") or None,
+        failed_step=run.get("failed_step") or None,
+        total=int(run.get("total", len(order))),
+        settled=int(run.get("settled", 0)),
+        current_steps=tuple(
+            s.id
+            for s in snaps
+            if s.status in (StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.COMPENSATING)
+        ),
         steps=tuple(snaps),
     )
 
@@ -213,22 +246,35 @@ class Run:
 class Client:
     """Register workflows, submit and inspect runs."""
 
-    def __init__(self, settings: Settings | None = None, *, celery: Any = None,
-                 redis_client: redis.Redis | None = None,
-                 cpu: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        celery: Any = None,
+        redis_client: redis.Redis | None = None,
+        cpu: Callable[..., Any] | None = None,
+    ) -> None:
         self.settings = settings or Settings.from_env()
         # Runs the CPU-heavy, I/O-free parts of register and submit (validating, planning, the
         # JSON of a big definition): ``cpu(fn, *args)``. The web process passes one that runs
         # them off its gevent loop under a deadline (web/serving.py); elsewhere: right here.
         self.cpu = cpu or inline
         self.keys = Keys(self.settings.key_prefix)
-        self.redis = redis_client or redis.Redis.from_url(self.settings.redis_url, decode_responses=False)
-        self.state = RunState(self.redis, self.keys, state_ttl=self.settings.state_ttl,
-                              maxlen=self.settings.event_stream_maxlen)
+        self.redis = redis_client or redis.Redis.from_url(
+            self.settings.redis_url, decode_responses=False
+        )
+        self.state = RunState(
+            self.redis,
+            self.keys,
+            state_ttl=self.settings.state_ttl,
+            maxlen=self.settings.event_stream_maxlen,
+        )
         self.celery = celery or create_celery(self.settings, sender=True)
         # Submitting one definition again and again (the common case) validates and plans it
         # once per fleet catalog: (definition text, catalog) -> (definition, stored text, blueprint).
-        self._prepared: OrderedDict[tuple[str, str], tuple[Definition, str, compiler.Blueprint]] = OrderedDict()
+        self._prepared: OrderedDict[tuple[str, str], tuple[Definition, str, compiler.Blueprint]] = (
+            OrderedDict()
+        )
 
     # -- plugins ------------------------------------------------------------------------------
 
@@ -258,12 +304,15 @@ class Client:
                 merged.setdefault(plugin, {}).update(methods)
         if "call" in merged.get("builtin", {}):
             # Who may run what: validation checks builtin.call against each queue's workers.
-            merged["builtin"]["call"] = {**merged["builtin"]["call"],
-                                         "allow": callallow.fleet_allow(fleet.values())}
+            merged["builtin"]["call"] = {
+                **merged["builtin"]["call"],
+                "allow": callallow.fleet_allow(fleet.values()),
+            }
         return merged, hashlib.sha1(json.dumps(merged, sort_keys=True).encode()).hexdigest()
 
-    def _prepare(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path
-                 ) -> tuple[Definition, str, compiler.Blueprint]:
+    def _prepare(
+        self, definition: Definition | Workflow | Mapping[str, Any] | str | Path
+    ) -> tuple[Definition, str, compiler.Blueprint]:
         """Validated definition, its stored JSON and its blueprint; cached for definitions given
         as a mapping, a Workflow or a Definition (a file or a registered id is read every time)."""
         pure = isinstance(definition, Definition | Mapping | Workflow)  # no I/O to load it
@@ -274,7 +323,11 @@ class Client:
             self._prepared.move_to_end(key)
             return self._prepared[key]
         # A file is read and a registered id is looked up (I/O): those stay where they are.
-        entry = self.cpu(self._compile_entry, definition, catalog) if pure else self._compile_entry(definition, catalog)
+        entry = (
+            self.cpu(self._compile_entry, definition, catalog)
+            if pure
+            else self._compile_entry(definition, catalog)
+        )
         if text:
             self._prepared[key] = entry
             while len(self._prepared) > PREPARED_CACHE:
@@ -293,27 +346,41 @@ class Client:
             # first) will say where.
             return ""
 
-    def _compile_entry(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path,
-                       catalog: Mapping[str, Any] | None) -> tuple[Definition, str, compiler.Blueprint]:
+    def _compile_entry(
+        self,
+        definition: Definition | Workflow | Mapping[str, Any] | str | Path,
+        catalog: Mapping[str, Any] | None,
+    ) -> tuple[Definition, str, compiler.Blueprint]:
         defn = self._load(definition, catalog)
         return defn, dumps(dump_definition(defn)), compiler.blueprint(defn)
 
     # -- definitions --------------------------------------------------------------------------
 
-    def load(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path,
-             *, check_plugins: bool = True) -> Definition:
+    def load(
+        self,
+        definition: Definition | Workflow | Mapping[str, Any] | str | Path,
+        *,
+        check_plugins: bool = True,
+    ) -> Definition:
         """Any accepted form of a definition, validated (against the fleet's plugins when known)."""
         catalog = self.catalog() if check_plugins else None
         if isinstance(definition, Definition | Mapping | Workflow):
             return self.cpu(self._load, definition, catalog)  # type: ignore[no-any-return]
         return self._load(definition, catalog)
 
-    def _load(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path,
-              catalog: Mapping[str, Any] | None) -> Definition:
+    def _load(
+        self,
+        definition: Definition | Workflow | Mapping[str, Any] | str | Path,
+        catalog: Mapping[str, Any] | None,
+    ) -> Definition:
         lim = self.settings.limits
         if isinstance(definition, Definition):
-            return load_definition(dump_definition(definition), source=f"workflow '{definition.id}'",
-                                   catalog=catalog, limits=lim)
+            return load_definition(
+                dump_definition(definition),
+                source=f"workflow '{definition.id}'",
+                catalog=catalog,
+                limits=lim,
+            )
         if isinstance(definition, Workflow):
             return definition.build(catalog=catalog, limits=lim)
         if isinstance(definition, Mapping):
@@ -323,7 +390,9 @@ class Client:
             return load_file(path, catalog=catalog, limits=lim)
         return self.get_definition(str(definition))
 
-    def register(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path) -> Definition:
+    def register(
+        self, definition: Definition | Workflow | Mapping[str, Any] | str | Path
+    ) -> Definition:
         """Store a definition version; returns it with its version set (kept: every version)."""
         defn = self.load(definition)
         body = dump_definition(defn)
@@ -344,8 +413,15 @@ class Client:
             if version in versions:
                 existing = json.loads(self.redis.hget(key, version))
                 if existing != body:
-                    raise DefinitionError([("version", f"version {version} of '{defn.id}' is already "
-                                                       "registered with a different body: bump the version")])
+                    raise DefinitionError(
+                        [
+                            (
+                                "version",
+                                f"version {version} of '{defn.id}' is already "
+                                "registered with a different body: bump the version",
+                            )
+                        ]
+                    )
                 return defn
         pipe = self.redis.pipeline()
         pipe.hset(key, version, json.dumps(body))
@@ -358,7 +434,9 @@ class Client:
         return sorted(m.decode() for m in self.redis.smembers(self.keys.workflows))
 
     def versions(self, workflow_id: str) -> list[str]:
-        return [v.decode() for v in self.redis.lrange(self.keys.workflow_versions(workflow_id), 0, -1)]
+        return [
+            v.decode() for v in self.redis.lrange(self.keys.workflow_versions(workflow_id), 0, -1)
+        ]
 
     def get_definition(self, workflow_id: str, version: str | None = None) -> Definition:
         versions = self.versions(workflow_id)
@@ -367,15 +445,25 @@ class Client:
         version = version or versions[-1]
         raw = self.redis.hget(self.keys.workflow(workflow_id), version)
         if raw is None:
-            raise UnknownWorkflow(workflow_id, version, known=[f"{workflow_id} {v}" for v in versions])
+            raise UnknownWorkflow(
+                workflow_id, version, known=[f"{workflow_id} {v}" for v in versions]
+            )
         return from_stored(json.loads(raw))
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def submit(self, definition: Definition | Workflow | Mapping[str, Any] | str | Path, *,
-               inputs: Mapping[str, Any] | None = None, priority: str | None = None,
-               tags: Iterable[str] = (), triggered_by: str = "api", trigger_type: str = "manual",
-               version: str | None = None, cloned_from: str | None = None) -> Run:
+    def submit(
+        self,
+        definition: Definition | Workflow | Mapping[str, Any] | str | Path,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        priority: str | None = None,
+        tags: Iterable[str] = (),
+        triggered_by: str = "api",
+        trigger_type: str = "manual",
+        version: str | None = None,
+        cloned_from: str | None = None,
+    ) -> Run:
         """Validate, record and dispatch a run; returns at once with a handle on it."""
         if isinstance(definition, str) and version is not None:
             defn = self.get_definition(definition, version)
@@ -383,7 +471,9 @@ class Client:
         else:
             defn, body, prepared = self._prepare(definition)
         if priority is not None and priority not in ("high", "normal", "low"):
-            raise DefinitionError([("priority", f"must be one of high, normal, low, not {priority!r}")])
+            raise DefinitionError(
+                [("priority", f"must be one of high, normal, low, not {priority!r}")]
+            )
         run_inputs = {**defn.inputs, **(inputs or {})}
         limits.refuse(limits.check_inputs(run_inputs, self.settings.limits))
         try:
@@ -393,24 +483,43 @@ class Client:
         run_id = secrets.token_hex(8)
         prio = priority or defn.priority
         fields = {
-            "workflow": defn.id, "version": defn.version or "", "name": defn.name or defn.id,
-            "definition": body, "inputs": inputs_json, "priority": prio,
-            "tags": dumps(sorted({*defn.tags, *tags})), "triggered_by": triggered_by,
-            "trigger_type": trigger_type, "sla_seconds": str(defn.sla_seconds or ""),
+            "workflow": defn.id,
+            "version": defn.version or "",
+            "name": defn.name or defn.id,
+            "definition": body,
+            "inputs": inputs_json,
+            "priority": prio,
+            "tags": dumps(sorted({*defn.tags, *tags})),
+            "triggered_by": triggered_by,
+            "trigger_type": trigger_type,
+            "sla_seconds": str(defn.sla_seconds or ""),
         }
         if cloned_from:
             fields["cloned_from"] = cloned_from
-        ctx = compiler.RunContext(run_id, 1, prio, self.settings.hard_timeout_grace, defn.id,
-                                  defn.version or "", run_inputs if prepared.uses_inputs else None,
-                                  self.settings.default_queue)
-        canvas = compiler.compile_run(defn, ctx, app=self.celery, prepared=prepared)  # before any state is written
+        ctx = compiler.RunContext(
+            run_id,
+            1,
+            prio,
+            self.settings.hard_timeout_grace,
+            defn.id,
+            defn.version or "",
+            run_inputs if prepared.uses_inputs else None,
+            self.settings.default_queue,
+        )
+        canvas = compiler.compile_run(
+            defn, ctx, app=self.celery, prepared=prepared
+        )  # before any state is written
         self.state.create(run_id, fields, defn.step_ids, defn.id)
         try:
             canvas.apply_async()
         except Exception as exc:
             # The run is recorded but nothing was queued: say so instead of leaving it PENDING.
-            self.state.transition(run_id, RunStatus.FAILED, sources=[RunStatus.PENDING],
-                                  fields={"error": f"could not dispatch the run: {exc}"})
+            self.state.transition(
+                run_id,
+                RunStatus.FAILED,
+                sources=[RunStatus.PENDING],
+                fields={"error": f"could not dispatch the run: {exc}"},
+            )
             raise
         return Run(self, run_id)
 
@@ -427,8 +536,13 @@ class Client:
         order = [s["id"] for s in json.loads(run["definition"])["steps"]]
         return _snapshot(run_id, run, steps, attempts, order)
 
-    def list_runs(self, *, status: str | Iterable[str] | None = None, workflow: str | None = None,
-                  limit: int = 50) -> list[RunSnapshot]:
+    def list_runs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+    ) -> list[RunSnapshot]:
         """Newest first, from the hot state (finished runs stay there for state_ttl)."""
         wanted = {status} if isinstance(status, str) else set(status or ())
         index = self.keys.runs_of(workflow) if workflow else self.keys.runs

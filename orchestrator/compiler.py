@@ -134,8 +134,9 @@ class _Graph:
         return out
 
 
-def _topological(nodes: list[str], parents: Mapping[str, list[str]],
-                 children: Mapping[str, list[str]]) -> list[str]:
+def _topological(
+    nodes: list[str], parents: Mapping[str, list[str]], children: Mapping[str, list[str]]
+) -> list[str]:
     remaining = {n: len(parents[n]) for n in nodes}
     ready = deque(n for n in nodes if remaining[n] == 0)
     out: list[str] = []
@@ -252,7 +253,7 @@ def _split(nodes: list[str], g: _Graph, lost: list) -> tuple[type, list[list[str
         assert best is not None
         k = best[1]
         before = [n for lvl in levels[: k + 1] for n in lvl]
-        after = [n for lvl in levels[k + 1:] for n in lvl]
+        after = [n for lvl in levels[k + 1 :] for n in lvl]
         bmask = 0
         for n in before:
             bmask |= bit[n]
@@ -349,7 +350,11 @@ def referenced_outputs(defn: Definition) -> set[str]:
             exprs.extend(tpl.expressions)
         for e in exprs:
             for chain_ in e.paths():
-                if len(chain_) >= 2 and chain_[0] == "steps" and (len(chain_) < 3 or chain_[2] == "output"):
+                if (
+                    len(chain_) >= 2
+                    and chain_[0] == "steps"
+                    and (len(chain_) < 3 or chain_[2] == "output")
+                ):
                     refs.add(str(chain_[1]))
     return refs
 
@@ -406,8 +411,11 @@ def wire_spec(spec: Mapping[str, Any]) -> list[Any]:
     flags = sum(bit for name, bit in FLAGS if spec.get(name))
     if spec.get("critical") is False:
         flags |= NONCRITICAL
-    rest = {k: v for k, v in spec.items()
-            if k not in ("id", "plugin", "method", "critical") and k not in dict(FLAGS)}
+    rest = {
+        k: v
+        for k, v in spec.items()
+        if k not in ("id", "plugin", "method", "critical") and k not in dict(FLAGS)
+    }
     out: list[Any] = [spec["id"], spec["plugin"], spec["method"], flags]
     if rest:
         out.append(rest)
@@ -543,7 +551,9 @@ def compile_run(
     settled = dict(settled or {})
     bp = prepared if prepared is not None and not settled else blueprint(defn, settled)
     the_plan, keep, final = bp.plan, bp.keep, bp.final
-    seed: dict[str, Any] = {sid: [st, out if sid in keep else None] for sid, (st, out) in settled.items()}
+    seed: dict[str, Any] = {
+        sid: [st, out if sid in keep else None] for sid, (st, out) in settled.items()
+    }
     steps = {s.id: s for s in defn.steps}
     step_seed = {HEADER: wire_header(ctx.header()), **seed}
 
@@ -590,16 +600,22 @@ def compile_run(
 
     settle = sig(SETTLE_TASK, (ctx.header(),))
     if the_plan.tree is None:
-        return Signature(SETTLE_TASK, args=(seed, ctx.header()), options=routing(ctx, ctx.queue), app=app)
+        return Signature(
+            SETTLE_TASK, args=(seed, ctx.header()), options=routing(ctx, ctx.queue), app=app
+        )
     body = build(the_plan.tree, True)
     if final is not None:
         return body
-    return _series([body, settle]) if not isinstance(body, chain) else _series([*body.tasks, settle])
+    return (
+        _series([body, settle]) if not isinstance(body, chain) else _series([*body.tasks, settle])
+    )
 
 
 def compile_settle(ctx: RunContext, *, app: Any = None) -> Signature:
     """A lone settle task for a new dispatch (cancel): it waits for running steps, then settles."""
-    return Signature(SETTLE_TASK, args=(None, ctx.header()), options=routing(ctx, ctx.queue), app=app)
+    return Signature(
+        SETTLE_TASK, args=(None, ctx.header()), options=routing(ctx, ctx.queue), app=app
+    )
 
 
 def final_leaf(node: Node | None) -> str | None:
@@ -634,7 +650,9 @@ def compile_compensation(
     final_args: tuple = (ctx.header(), target)
     if not links:
         final_args = (None,) + final_args
-    links.append(Signature(COMPENSATED_TASK, args=final_args, options=routing(ctx, ctx.queue), app=app))
+    links.append(
+        Signature(COMPENSATED_TASK, args=final_args, options=routing(ctx, ctx.queue), app=app)
+    )
     return links[0] if len(links) == 1 else chain(*links, app=app)
 
 
@@ -661,7 +679,11 @@ def describe_plan(p: Plan) -> list[str]:
             i = 0
             while i < len(parts):
                 part = parts[i]
-                if isinstance(part, Parallel) and i + 1 < len(parts) and not isinstance(parts[i + 1], Parallel):
+                if (
+                    isinstance(part, Parallel)
+                    and i + 1 < len(parts)
+                    and not isinstance(parts[i + 1], Parallel)
+                ):
                     lines.append(f"{pad}  chord")
                     lines.append(f"{pad}    header:")
                     walk(part, depth + 3)

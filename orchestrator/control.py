@@ -56,14 +56,31 @@ class Control:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _audit(self, run_id: str, action: str, actor: str, reason: str | None, outcome: str,
-               detail: Mapping[str, Any] | None = None) -> None:
-        self.state.audit(run_id, {
-            "action_id": uuid.uuid4().hex, "action": action, "actor": actor, "reason": reason or "",
-            "outcome": outcome, "at": time.time(), **({"detail": dict(detail)} if detail else {}),
-        })
+    def _audit(
+        self,
+        run_id: str,
+        action: str,
+        actor: str,
+        reason: str | None,
+        outcome: str,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.state.audit(
+            run_id,
+            {
+                "action_id": uuid.uuid4().hex,
+                "action": action,
+                "actor": actor,
+                "reason": reason or "",
+                "outcome": outcome,
+                "at": time.time(),
+                **({"detail": dict(detail)} if detail else {}),
+            },
+        )
 
-    def _refuse(self, action: str, run_id: str, status: str, actor: str, reason: str | None) -> CanvasflowError:
+    def _refuse(
+        self, action: str, run_id: str, status: str, actor: str, reason: str | None
+    ) -> CanvasflowError:
         if not status:
             self._audit(run_id, action, actor, reason, "refused: unknown run")
             return UnknownRun(run_id)
@@ -71,26 +88,46 @@ class Control:
         self._audit(run_id, action, actor, reason, f"refused: {exc}")
         return exc
 
-    def _load(self, run_id: str, action: str = "", actor: str = "", reason: str | None = None,
-              ) -> tuple[dict[str, str], dict[str, dict[str, str]], Definition]:
+    def _load(
+        self,
+        run_id: str,
+        action: str = "",
+        actor: str = "",
+        reason: str | None = None,
+    ) -> tuple[dict[str, str], dict[str, dict[str, str]], Definition]:
         data = self.state.read(run_id)
         if data is None:
-            if action:  # an action on an unknown run is audited too (docs/design.md, Operator control)
+            if (
+                action
+            ):  # an action on an unknown run is audited too (docs/design.md, Operator control)
                 self._audit(run_id, action, actor, reason, "refused: unknown run")
             raise UnknownRun(run_id)
         run, steps, _ = data
         return run, steps, from_stored(json.loads(run["definition"]))
 
-    def _dispatch(self, run_id: str, epoch: int, run: Mapping[str, str], defn: Definition,
-                  steps: Mapping[str, Mapping[str, str]], reset: Iterable[str] = ()) -> None:
-        dispatch_remaining(self.client.celery, self.client.settings, run_id, epoch, run, defn, steps, reset)
+    def _dispatch(
+        self,
+        run_id: str,
+        epoch: int,
+        run: Mapping[str, str],
+        defn: Definition,
+        steps: Mapping[str, Mapping[str, str]],
+        reset: Iterable[str] = (),
+    ) -> None:
+        dispatch_remaining(
+            self.client.celery, self.client.settings, run_id, epoch, run, defn, steps, reset
+        )
 
     # -- verbs --------------------------------------------------------------------------------
 
     def pause(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
         """No new step starts; running steps finish; the run goes PAUSING, then PAUSED."""
-        ok, before = self.state.transition(run_id, RunStatus.PAUSING, sources=ALLOWED["pause"],
-                                           data={"action": "pause", "actor": actor})
+        ok, before = self.state.transition(
+            run_id,
+            RunStatus.PAUSING,
+            sources=ALLOWED["pause"],
+            data={"action": "pause", "actor": actor},
+        )
         if not ok:
             raise self._refuse("pause", run_id, before, actor, reason)
         self._audit(run_id, "pause", actor, reason, "ok")
@@ -99,33 +136,52 @@ class Control:
     def resume(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
         """Continue a PAUSED run: compile what is left; no settled step runs again."""
         run, steps, defn = self._load(run_id, "resume", actor, reason)
-        verdict, before, epoch = self.state.restart(run_id, RunStatus.RUNNING, sources=ALLOWED["resume"],
-                                                    data={"action": "resume", "actor": actor})
+        verdict, before, epoch = self.state.restart(
+            run_id,
+            RunStatus.RUNNING,
+            sources=ALLOWED["resume"],
+            data={"action": "resume", "actor": actor},
+        )
         if verdict != "ok":
             raise self._refuse("resume", run_id, before, actor, reason)
         self._dispatch(run_id, epoch, run, defn, steps)
         self._audit(run_id, "resume", actor, reason, "ok", {"epoch": epoch})
         return ActionResult("resume", run_id, before, RunStatus.RUNNING, {"epoch": epoch})
 
-    def cancel(self, run_id: str, *, actor: str = "api", reason: str | None = None,
-               terminate: bool = True) -> ActionResult:
+    def cancel(
+        self, run_id: str, *, actor: str = "api", reason: str | None = None, terminate: bool = True
+    ) -> ActionResult:
         """Stop the run: queued steps never start, running ones are terminated (or, with
         ``terminate=False``, finish), then completed steps are compensated newest first."""
         verdict, before, epoch, task_ids = self.state.cancel(
-            run_id, sources=ALLOWED["cancel"], terminate=terminate,
-            data={"action": "cancel", "actor": actor, "reason": reason or ""})
+            run_id,
+            sources=ALLOWED["cancel"],
+            terminate=terminate,
+            data={"action": "cancel", "actor": actor, "reason": reason or ""},
+        )
         if verdict != "ok":
             raise self._refuse("cancel", run_id, before, actor, reason)
         if task_ids:
             self.client.celery.control.revoke(task_ids, terminate=True, signal="SIGTERM")
         run = self.client.redis.hget(self.client.keys.run(run_id), "priority")
-        ctx = compiler.RunContext(run_id, epoch, (run or b"normal").decode(), queue=self.client.settings.default_queue)
+        ctx = compiler.RunContext(
+            run_id, epoch, (run or b"normal").decode(), queue=self.client.settings.default_queue
+        )
         compiler.compile_settle(ctx, app=self.client.celery).apply_async()
         self._audit(run_id, "cancel", actor, reason, "ok", {"terminated": task_ids})
-        return ActionResult("cancel", run_id, before, RunStatus.CANCELLING, {"terminated": task_ids})
+        return ActionResult(
+            "cancel", run_id, before, RunStatus.CANCELLING, {"terminated": task_ids}
+        )
 
-    def retry(self, run_id: str, *, from_step: str | None = None, from_start: bool = False,
-              actor: str = "api", reason: str | None = None) -> ActionResult:
+    def retry(
+        self,
+        run_id: str,
+        *,
+        from_step: str | None = None,
+        from_start: bool = False,
+        actor: str = "api",
+        reason: str | None = None,
+    ) -> ActionResult:
         """Run a finished run again from a step (default: the first failed one) or the start:
         that step and everything downstream run again, upstream outputs are kept, attempts are
         numbered on."""
@@ -140,61 +196,112 @@ class Control:
             if from_step is None:
                 failed = [s for s in order if steps.get(s, {}).get("status") == StepStatus.FAILED]
                 if not failed:
-                    exc = CanvasflowError(f"run {run_id} has no failed step: name one with from_step "
-                                          f"(steps: {', '.join(order)}) or retry from the start")
+                    exc = CanvasflowError(
+                        f"run {run_id} has no failed step: name one with from_step "
+                        f"(steps: {', '.join(order)}) or retry from the start"
+                    )
                     self._audit(run_id, "retry", actor, reason, f"refused: {exc}")
                     raise exc
                 from_step = failed[0]
             if from_step not in order:
-                exc2 = CanvasflowError(f"run {run_id} has no step '{from_step}' (steps: {', '.join(order)})")
+                exc2 = CanvasflowError(
+                    f"run {run_id} has no step '{from_step}' (steps: {', '.join(order)})"
+                )
                 self._audit(run_id, "retry", actor, reason, f"refused: {exc2}")
                 raise exc2
             downstream = descendants(defn, from_step)
-            unfinished = {s for s in order if steps.get(s, {}).get("status") in
-                          (StepStatus.CANCELLED, StepStatus.PENDING, StepStatus.RETRYING, StepStatus.RUNNING)}
+            unfinished = {
+                s
+                for s in order
+                if steps.get(s, {}).get("status")
+                in (
+                    StepStatus.CANCELLED,
+                    StepStatus.PENDING,
+                    StepStatus.RETRYING,
+                    StepStatus.RUNNING,
+                )
+            }
             reset = [s for s in order if s == from_step or s in downstream or s in unfinished]
         verdict, before, epoch = self.state.restart(
-            run_id, RunStatus.RUNNING, sources=ALLOWED["retry"], reset=reset, clear=RETRY_CLEARS,
-            data={"action": "retry", "actor": actor, "from_step": from_step or "", "reset": reset})
+            run_id,
+            RunStatus.RUNNING,
+            sources=ALLOWED["retry"],
+            reset=reset,
+            clear=RETRY_CLEARS,
+            data={"action": "retry", "actor": actor, "from_step": from_step or "", "reset": reset},
+        )
         if verdict != "ok":
             raise self._refuse("retry", run_id, before, actor, reason)
         self._dispatch(run_id, epoch, run, defn, steps, reset=reset)
-        self._audit(run_id, "retry", actor, reason, "ok", {"from_step": from_step, "reset": reset, "epoch": epoch})
-        return ActionResult("retry", run_id, before, RunStatus.RUNNING, {"reset": reset, "epoch": epoch})
+        self._audit(
+            run_id,
+            "retry",
+            actor,
+            reason,
+            "ok",
+            {"from_step": from_step, "reset": reset, "epoch": epoch},
+        )
+        return ActionResult(
+            "retry", run_id, before, RunStatus.RUNNING, {"reset": reset, "epoch": epoch}
+        )
 
-    def retry_compensation(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
+    def retry_compensation(
+        self, run_id: str, *, actor: str = "api", reason: str | None = None
+    ) -> ActionResult:
         """Run the compensations that have not succeeded yet, newest completion first."""
         run, steps, defn = self._load(run_id, "retry_compensation", actor, reason)
         target = run.get("compensate_target") or RunStatus.FAILED
         verdict, before, epoch = self.state.restart(
-            run_id, RunStatus.COMPENSATING, sources=ALLOWED["retry_compensation"], clear=["error"],
-            data={"action": "retry_compensation", "actor": actor})
+            run_id,
+            RunStatus.COMPENSATING,
+            sources=ALLOWED["retry_compensation"],
+            clear=["error"],
+            data={"action": "retry_compensation", "actor": actor},
+        )
         if verdict != "ok":
             raise self._refuse("retry_compensation", run_id, before, actor, reason)
-        order = [s for s in reversed(self.state.completed_order(run_id))
-                 if steps.get(s, {}).get("status") == StepStatus.COMPLETED and defn.step(s).compensate]
+        order = [
+            s
+            for s in reversed(self.state.completed_order(run_id))
+            if steps.get(s, {}).get("status") == StepStatus.COMPLETED and defn.step(s).compensate
+        ]
         ctx = run_context(run_id, epoch, run, defn, self.client.settings)
-        compiler.compile_compensation(defn, ctx, order, str(target), app=self.client.celery).apply_async()
+        compiler.compile_compensation(
+            defn, ctx, order, str(target), app=self.client.celery
+        ).apply_async()
         self._audit(run_id, "retry_compensation", actor, reason, "ok", {"steps": order})
-        return ActionResult("retry_compensation", run_id, before, RunStatus.COMPENSATING, {"steps": order})
+        return ActionResult(
+            "retry_compensation", run_id, before, RunStatus.COMPENSATING, {"steps": order}
+        )
 
-    def resolve(self, run_id: str, *, actor: str = "api", reason: str | None = None,
-                as_: str | None = None) -> ActionResult:
+    def resolve(
+        self, run_id: str, *, actor: str = "api", reason: str | None = None, as_: str | None = None
+    ) -> ActionResult:
         """Mark a COMPENSATION_FAILED run as handled by hand: it ends FAILED (or CANCELLED) —
         ``as_`` ("failed" / "cancelled") or, by default, what the compensation was for. (A run
         whose hot state was lost is resolved in the audit store: orchestrator/lost.py.)"""
         run = self.client.redis.hget(self.client.keys.run(run_id), "compensate_target")
         target = RunStatus(as_.upper()) if as_ else RunStatus((run or b"FAILED").decode())
-        ok, before = self.state.transition(run_id, target, sources=ALLOWED["resolve"],
-                                           fields={"resolved_by": actor},
-                                           data={"action": "resolve", "actor": actor, "reason": reason or ""})
+        ok, before = self.state.transition(
+            run_id,
+            target,
+            sources=ALLOWED["resolve"],
+            fields={"resolved_by": actor},
+            data={"action": "resolve", "actor": actor, "reason": reason or ""},
+        )
         if not ok:
             raise self._refuse("resolve", run_id, before, actor, reason)
         self._audit(run_id, "resolve", actor, reason, "ok")
         return ActionResult("resolve", run_id, before, target, {})
 
-    def clone(self, run_id: str, *, inputs: Mapping[str, Any] | None = None, actor: str = "api",
-              reason: str | None = None) -> Run:
+    def clone(
+        self,
+        run_id: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        actor: str = "api",
+        reason: str | None = None,
+    ) -> Run:
         """A new run of the same definition version with the same inputs (optionally overridden)."""
         try:
             run, _, defn = self._load(run_id)
@@ -202,22 +309,45 @@ class Control:
             self._audit(run_id, "clone", actor, reason, "refused: unknown run")
             raise
         merged = {**json.loads(run.get("inputs", "{}")), **(inputs or {})}
-        new = self.client.submit(defn, inputs=merged, priority=run.get("priority"), triggered_by=actor,
-                                 trigger_type="clone", tags=json.loads(run.get("tags", "[]")),
-                                 cloned_from=run_id)
+        new = self.client.submit(
+            defn,
+            inputs=merged,
+            priority=run.get("priority"),
+            triggered_by=actor,
+            trigger_type="clone",
+            tags=json.loads(run.get("tags", "[]")),
+            cloned_from=run_id,
+        )
         self._audit(run_id, "clone", actor, reason, "ok", {"new_run": new.id})
         return new
 
 
-def run_context(run_id: str, epoch: int, run: Mapping[str, str], defn: Definition, settings: Settings) -> compiler.RunContext:
+def run_context(
+    run_id: str, epoch: int, run: Mapping[str, str], defn: Definition, settings: Settings
+) -> compiler.RunContext:
     inputs = json.loads(run.get("inputs", "{}"))
-    return compiler.RunContext(run_id, epoch, run.get("priority", "normal"), settings.hard_timeout_grace,
-                               defn.id, defn.version or "", inputs if compiler.uses_inputs(defn) else None,
-                               settings.default_queue)
+    return compiler.RunContext(
+        run_id,
+        epoch,
+        run.get("priority", "normal"),
+        settings.hard_timeout_grace,
+        defn.id,
+        defn.version or "",
+        inputs if compiler.uses_inputs(defn) else None,
+        settings.default_queue,
+    )
 
 
-def dispatch_remaining(app: Any, settings: Settings, run_id: str, epoch: int, run: Mapping[str, str],
-                       defn: Definition, steps: Mapping[str, Mapping[str, str]], reset: Iterable[str] = ()) -> None:
+def dispatch_remaining(
+    app: Any,
+    settings: Settings,
+    run_id: str,
+    epoch: int,
+    run: Mapping[str, str],
+    defn: Definition,
+    steps: Mapping[str, Mapping[str, str]],
+    reset: Iterable[str] = (),
+) -> None:
     """Send the canvas for every step not settled (and not reset), seeded with the outcomes of
     the settled ones. Steps still running from an earlier dispatch are adopted when they end."""
     reset = set(reset)
@@ -241,11 +371,14 @@ def redispatch(state: RunState, app: Any, settings: Settings, run_id: str, reaso
     status = run["status"]
     if status not in (RunStatus.RUNNING, RunStatus.PAUSING, RunStatus.PENDING):
         return False  # a cancel already sent its own settle; a final run needs nothing
-    verdict, _, epoch = state.restart(run_id, RunStatus(status), sources=[status],
-                                      data={"action": "redispatch", "reason": reason})
+    verdict, _, epoch = state.restart(
+        run_id, RunStatus(status), sources=[status], data={"action": "redispatch", "reason": reason}
+    )
     if verdict != "ok":
         return False
-    dispatch_remaining(app, settings, run_id, epoch, run, from_stored(json.loads(run["definition"])), steps)
+    dispatch_remaining(
+        app, settings, run_id, epoch, run, from_stored(json.loads(run["definition"])), steps
+    )
     return True
 
 

@@ -128,7 +128,9 @@ class Name(validate.Validator):
     """An id or a name: no control characters, bidi controls or lone surrogates (said once,
     plainly), then the field's own pattern when it has one."""
 
-    def __init__(self, pattern: str | None = None, error: str = "", *, non_empty: bool = False) -> None:
+    def __init__(
+        self, pattern: str | None = None, error: str = "", *, non_empty: bool = False
+    ) -> None:
         self.pattern = validate.Regexp(pattern, error=error) if pattern else None
         self.non_empty = non_empty
 
@@ -154,13 +156,17 @@ class CompensationSchema(_StrictSchema):
     plugin = fields.String(required=True, validate=Name(non_empty=True))
     method = fields.String(load_default="run", validate=Name(non_empty=True))
     params = fields.Dict(keys=fields.String(), load_default=dict)
-    timeout = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
+    timeout = fields.Float(
+        allow_none=True, validate=_positive("must be a positive number of seconds")
+    )
     retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_RETRIES))
     queue = fields.String(validate=Name(QUEUE_PATTERN, "invalid queue name"))
 
 
 class StepSchema(_StrictSchema):
-    id = fields.String(required=True, validate=Name(STEP_ID_PATTERN, "must match [A-Za-z0-9][A-Za-z0-9_.-]*"))
+    id = fields.String(
+        required=True, validate=Name(STEP_ID_PATTERN, "must match [A-Za-z0-9][A-Za-z0-9_.-]*")
+    )
     name = fields.String(allow_none=True, validate=Name())
     plugin = fields.String(required=True, validate=Name(non_empty=True))
     method = fields.String(load_default="run", validate=Name(non_empty=True))
@@ -168,7 +174,9 @@ class StepSchema(_StrictSchema):
     depends_on = fields.List(fields.String(validate=Name()), load_default=list)
     join = fields.String(load_default="all", validate=validate.OneOf(["all", "any"]))
     when = fields.String(allow_none=True, validate=validate.Regexp(r"\S", error="may not be empty"))
-    timeout = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
+    timeout = fields.Float(
+        allow_none=True, validate=_positive("must be a positive number of seconds")
+    )
     retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_RETRIES))
     retry_delay = fields.Float(validate=validate.Range(min=0))
     retry_backoff = fields.String(validate=validate.OneOf(["fixed", "exponential"]))
@@ -189,13 +197,17 @@ class DefaultsSchema(_StrictSchema):
 
 
 class WorkflowSchema(_StrictSchema):
-    format = fields.Integer(strict=True, validate=validate.OneOf([1], error="only format version 1 exists"))
+    format = fields.Integer(
+        strict=True, validate=validate.OneOf([1], error="only format version 1 exists")
+    )
     id = fields.String(required=True, validate=Name(ID_PATTERN, "must match [a-z0-9][a-z0-9_.-]*"))
     name = fields.String(allow_none=True, validate=Name())
     description = fields.String(allow_none=True)
     version = fields.String(allow_none=True, validate=Name())
     mode = fields.String(load_default="parallel", validate=validate.OneOf(MODES))
-    sla_seconds = fields.Float(allow_none=True, validate=_positive("must be a positive number of seconds"))
+    sla_seconds = fields.Float(
+        allow_none=True, validate=_positive("must be a positive number of seconds")
+    )
     priority = fields.String(load_default="normal", validate=validate.OneOf(list(PRIORITIES)))
     tags = fields.List(fields.String(validate=Name()), load_default=list)
     inputs = fields.Dict(keys=fields.String(), load_default=dict)
@@ -248,7 +260,9 @@ def _humanise(message: str) -> str:
         return replacements[message]
     if message.startswith("Must be one of:"):
         return "must be one of " + message.removeprefix("Must be one of:").strip().rstrip(".")
-    both = re.fullmatch(r"Must be greater than or equal to (\S+) and less than or equal to (\S+)\.", message)
+    both = re.fullmatch(
+        r"Must be greater than or equal to (\S+) and less than or equal to (\S+)\.", message
+    )
     if both:
         return f"must be between {both.group(1)} and {both.group(2)}"
     if message.startswith("Must be greater than or equal to"):
@@ -259,7 +273,10 @@ def _humanise(message: str) -> str:
 
 
 def load_definition(
-    data: Any, *, source: str | None = None, catalog: Mapping[str, Any] | None = None,
+    data: Any,
+    *,
+    source: str | None = None,
+    catalog: Mapping[str, Any] | None = None,
     limits: Limits | None = None,
 ) -> Definition:
     """Validate a definition given as a dict and return the frozen model.
@@ -272,7 +289,9 @@ def load_definition(
     from orchestrator import validation  # the semantic checks live next door
 
     if not isinstance(data, Mapping):
-        raise DefinitionError([("", f"a definition must be a mapping, not {type(data).__name__}")], source)
+        raise DefinitionError(
+            [("", f"a definition must be a mapping, not {type(data).__name__}")], source
+        )
     limits_.refuse(limits_.check_definition(data, limits), source)
     problems: list[tuple[str, str]] = []
     try:
@@ -390,8 +409,9 @@ def dump_definition(wf: Definition) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_text(text: str, *, source: str = "<string>", fmt: str | None = None,
-               limits: Limits | None = None) -> Any:
+def parse_text(
+    text: str, *, source: str = "<string>", fmt: str | None = None, limits: Limits | None = None
+) -> Any:
     """YAML or JSON text to plain data; a syntax error says where it is. Text over
     max_definition_bytes is refused unread, YAML aliases and nesting are bounded (limits.py)."""
     fmt = fmt or ("json" if source.endswith(".json") else "yaml")
@@ -401,11 +421,17 @@ def parse_text(text: str, *, source: str = "<string>", fmt: str | None = None,
         if fmt == "json":
             return json.loads(text)
         return limits_.load_yaml(text, lim)
-    except RecursionError:  # JSON nested thousands deep: the C parser gives up before the limits can
-        raise limits_.LimitExceeded([("", f"nested deeper than {lim.max_depth} levels "
-                                          f"({limits_.env_name('max_depth')})")], source) from None
+    except (
+        RecursionError
+    ):  # JSON nested thousands deep: the C parser gives up before the limits can
+        raise limits_.LimitExceeded(
+            [("", f"nested deeper than {lim.max_depth} levels ({limits_.env_name('max_depth')})")],
+            source,
+        ) from None
     except json.JSONDecodeError as exc:
-        raise DefinitionError([(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}")], source) from None
+        raise DefinitionError(
+            [(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}")], source
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -413,20 +439,31 @@ def parse_text(text: str, *, source: str = "<string>", fmt: str | None = None,
         raise DefinitionError([(where, f"invalid YAML: {problem}")], source) from None
 
 
-def load_file(path: str | Path, *, catalog: Mapping[str, Any] | None = None,
-              limits: Limits | None = None) -> Definition:
+def load_file(
+    path: str | Path, *, catalog: Mapping[str, Any] | None = None, limits: Limits | None = None
+) -> Definition:
     """Load and validate a .yaml/.yml/.json definition file."""
     p = Path(path)
     lim = limits_.current(limits)
     try:
         size = p.stat().st_size
         if size > lim.max_definition_bytes:  # refused before it is read into memory
-            limits_.refuse([("", f"{size} bytes of definition: at most {lim.max_definition_bytes} are "
-                                 f"allowed ({limits_.env_name('max_definition_bytes')})")], str(p))
+            limits_.refuse(
+                [
+                    (
+                        "",
+                        f"{size} bytes of definition: at most {lim.max_definition_bytes} are "
+                        f"allowed ({limits_.env_name('max_definition_bytes')})",
+                    )
+                ],
+                str(p),
+            )
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise DefinitionError([("", f"cannot read file: {exc.strerror}")], str(p)) from None
-    return load_definition(parse_text(text, source=str(p), limits=lim), source=str(p), catalog=catalog, limits=lim)
+    return load_definition(
+        parse_text(text, source=str(p), limits=lim), source=str(p), catalog=catalog, limits=lim
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,7 +490,9 @@ class Workflow:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._data, default=list))
 
-    def build(self, catalog: Mapping[str, Any] | None = None, limits: Limits | None = None) -> Definition:
+    def build(
+        self, catalog: Mapping[str, Any] | None = None, limits: Limits | None = None
+    ) -> Definition:
         source = f"workflow '{self._data['id']}'"
         # Limits before the JSON round trip: a params value that contains itself (or is nested
         # thousands deep) would end it with a RecursionError instead of a message.

@@ -13,9 +13,17 @@ from rich.table import Table
 from orchestrator.client import RESTING, Client, RunSnapshot
 
 STYLE = {
-    "PENDING": "dim", "RUNNING": "cyan", "RETRYING": "yellow", "COMPLETED": "green",
-    "FAILED": "bold red", "SKIPPED": "dim", "CANCELLED": "magenta", "COMPENSATING": "yellow",
-    "COMPENSATED": "blue", "PAUSED": "yellow", "COMPENSATION_FAILED": "bold red",
+    "PENDING": "dim",
+    "RUNNING": "cyan",
+    "RETRYING": "yellow",
+    "COMPLETED": "green",
+    "FAILED": "bold red",
+    "SKIPPED": "dim",
+    "CANCELLED": "magenta",
+    "COMPENSATING": "yellow",
+    "COMPENSATED": "blue",
+    "PAUSED": "yellow",
+    "COMPENSATION_FAILED": "bold red",
 }
 
 
@@ -35,24 +43,39 @@ def fmt_duration(seconds: float | None) -> str:
 
 def run_table(snap: RunSnapshot) -> Table:
     pct = int(snap.progress * 100)
-    title = (f"{snap.workflow} {snap.version}  run {snap.id}  [{STYLE.get(snap.status, '')}]{snap.status}[/]"
-             f"  {snap.settled}/{snap.total} steps ({pct}%)  {fmt_duration(snap.duration)}")
+    title = (
+        f"{snap.workflow} {snap.version}  run {snap.id}  [{STYLE.get(snap.status, '')}]{snap.status}[/]"
+        f"  {snap.settled}/{snap.total} steps ({pct}%)  {fmt_duration(snap.duration)}"
+    )
     table = Table(title=title, title_justify="left", expand=False)
     for col in ("step", "status", "attempts", "duration", "detail"):
         table.add_column(col)
     for s in snap.steps:
         now = time.time()
-        dur = s.duration if s.duration is not None else (now - s.started_at if s.started_at else None)
+        dur = (
+            s.duration if s.duration is not None else (now - s.started_at if s.started_at else None)
+        )
         detail = s.compensation_error or s.error or ""
-        table.add_row(s.id, f"[{STYLE.get(s.status, '')}]{s.status}[/]", str(s.attempts or ""),
-                      fmt_duration(dur), detail[:80])
+        table.add_row(
+            s.id,
+            f"[{STYLE.get(s.status, '')}]{s.status}[/]",
+            str(s.attempts or ""),
+            fmt_duration(dur),
+            detail[:80],
+        )
     if snap.error:
         table.caption = f"error: {snap.error}"
     return table
 
 
-def follow(client: Client, run_ids: Iterable[str], *, timeout: float | None = None,
-           console: Console | None = None, interval: float = 0.2) -> list[RunSnapshot]:
+def follow(
+    client: Client,
+    run_ids: Iterable[str],
+    *,
+    timeout: float | None = None,
+    console: Console | None = None,
+    interval: float = 0.2,
+) -> list[RunSnapshot]:
     """Show runs until each rests (final, paused, or waiting on a failed compensation)."""
     console = console or Console()
     ids = list(run_ids)
@@ -64,7 +87,9 @@ def follow(client: Client, run_ids: Iterable[str], *, timeout: float | None = No
                 from rich.console import Group
 
                 live.update(Group(*(run_table(s) for s in snaps)))
-                if all(s.status in RESTING for s in snaps) or (deadline and time.monotonic() > deadline):
+                if all(s.status in RESTING for s in snaps) or (
+                    deadline and time.monotonic() > deadline
+                ):
                     return snaps
                 time.sleep(interval)
     # Not a terminal (CI, pipes): one line per step change, flushed as it happens.
@@ -75,8 +100,11 @@ def follow(client: Client, run_ids: Iterable[str], *, timeout: float | None = No
             key = (snap.id, "")
             if seen.get(key) != snap.status:
                 seen[key] = snap.status
-                print(f"[{snap.workflow}] run {snap.id}: {snap.status} "
-                      f"({snap.settled}/{snap.total} steps)", flush=True)
+                print(
+                    f"[{snap.workflow}] run {snap.id}: {snap.status} "
+                    f"({snap.settled}/{snap.total} steps)",
+                    flush=True,
+                )
             for s in snap.steps:
                 k = (snap.id, s.id)
                 label = f"{s.status}#{s.attempts}"

@@ -109,7 +109,11 @@ class ControlError(CanvasflowError):
         self.run_id = run_id
         self.status = status
         self.allowed = sorted(allowed)
-        hint = f"; '{action}' is allowed when the run is {', '.join(self.allowed)}" if self.allowed else ""
+        hint = (
+            f"; '{action}' is allowed when the run is {', '.join(self.allowed)}"
+            if self.allowed
+            else ""
+        )
         super().__init__(f"cannot {action} run {run_id}: it is {status}{hint}")
 
 

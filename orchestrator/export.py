@@ -13,9 +13,24 @@ if TYPE_CHECKING:
     from orchestrator.client import Client
 
 TRACE_FORMAT = "canvasflow.trace/1"
-RUN_FIELDS = ("workflow", "version", "name", "status", "priority", "triggered_by", "trigger_type",
-              "sla_seconds", "created_at", "started_at", "finished_at", "error", "failed_step",
-              "cloned_from", "resolved_by", "epoch")
+RUN_FIELDS = (
+    "workflow",
+    "version",
+    "name",
+    "status",
+    "priority",
+    "triggered_by",
+    "trigger_type",
+    "sla_seconds",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "failed_step",
+    "cloned_from",
+    "resolved_by",
+    "epoch",
+)
 
 
 def _events_from_stream(client: Client, run_id: str) -> list[dict[str, Any]]:
@@ -31,14 +46,23 @@ def _events_from_stream(client: Client, run_id: str) -> list[dict[str, Any]]:
         for _entry_id, fields in batch:
             f = {k.decode(): v.decode() for k, v in fields.items()}
             if f.get("run") == run_id:
-                out.append({"seq": int(f["seq"]), "type": f["type"], "step": f.get("step") or None,
-                            "status": f.get("status") or None, "ts": float(f["ts"]),
-                            "data": json.loads(f.get("data") or "{}")})
+                out.append(
+                    {
+                        "seq": int(f["seq"]),
+                        "type": f["type"],
+                        "step": f.get("step") or None,
+                        "status": f.get("status") or None,
+                        "ts": float(f["ts"]),
+                        "data": json.loads(f.get("data") or "{}"),
+                    }
+                )
         last = batch[-1][0].decode()
     return sorted(out, key=lambda e: (e["seq"], e["ts"]))
 
 
-def export_run(client: Client, run_id: str, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def export_run(
+    client: Client, run_id: str, events: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Definition, inputs, every step attempt, logs, progress, events and operator actions."""
     data = client.state.read(run_id)
     if data is None:
@@ -51,13 +75,18 @@ def export_run(client: Client, run_id: str, events: list[dict[str, Any]] | None 
     for sid in [s["id"] for s in definition["steps"]]:
         f = steps.get(sid, {})
         by_step[sid] = {
-            "id": sid, "status": f.get("status", "PENDING"), "attempts": [],
+            "id": sid,
+            "status": f.get("status", "PENDING"),
+            "attempts": [],
             "started_at": float(f["started_at"]) if f.get("started_at") else None,
             "finished_at": float(f["finished_at"]) if f.get("finished_at") else None,
             "output": json.loads(f["output"]) if f.get("output") else None,
-            "error": f.get("error") or None, "traceback": f.get("traceback") or None,
+            "error": f.get("error") or None,
+            "traceback": f.get("traceback") or None,
             "compensation_error": f.get("compensation_error") or None,
-            "logs": [], "progress": None, "stats": None,
+            "logs": [],
+            "progress": None,
+            "stats": None,
         }
     for a in attempts:
         if a.get("step") in by_step:
@@ -67,12 +96,16 @@ def export_run(client: Client, run_id: str, events: list[dict[str, Any]] | None 
         if step is None:
             continue
         if e["type"] == "log":
-            step["logs"].extend({**line, "ts": line["ts"] or e["ts"]} for line in log_lines(e["data"]))
+            step["logs"].extend(
+                {**line, "ts": line["ts"] or e["ts"]} for line in log_lines(e["data"])
+            )
         elif e["type"] == "progress":
             step["progress"] = e["data"]
         elif e["type"] == "stats":
             step["stats"] = e["data"]
-        elif e["type"] in ("step_completed", "step_failed", "step_retrying") and "stats" in e["data"]:
+        elif (
+            e["type"] in ("step_completed", "step_failed", "step_retrying") and "stats" in e["data"]
+        ):
             step["stats"] = e["data"]["stats"]
     return {
         "format": TRACE_FORMAT,

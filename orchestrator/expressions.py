@@ -17,8 +17,16 @@ from typing import Any, NamedTuple
 
 from orchestrator.errors import EvaluationError, ExpressionError
 
-__all__ = ["MAX_DEPTH", "MAX_LENGTH", "Expression", "Template", "is_template", "iter_templates",
-           "parse", "render_value"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_LENGTH",
+    "Expression",
+    "Template",
+    "is_template",
+    "iter_templates",
+    "parse",
+    "render_value",
+]
 
 MAX_LENGTH = 2000
 MAX_DEPTH = 50
@@ -35,8 +43,20 @@ _TOKEN_PATTERN = r"""
   | (?P<bad>.)
 """
 # Characters people type out of habit from other languages get a pointer to our spelling.
-_CHAR_HINTS = {"=": "use '==' to compare", "!": "use 'not' or '!='", "&": "use 'and'", "|": "use 'or'"}
-_CONSTANTS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
+_CHAR_HINTS = {
+    "=": "use '==' to compare",
+    "!": "use 'not' or '!='",
+    "&": "use 'and'",
+    "|": "use 'or'",
+}
+_CONSTANTS = {
+    "true": True,
+    "false": False,
+    "null": None,
+    "True": True,
+    "False": False,
+    "None": None,
+}
 _KEYWORDS = frozenset({"and", "or", "not", "in"})
 _COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">="})
 
@@ -142,13 +162,19 @@ class _Parser:
             return _fail(self.src, "unexpected end of expression", tok.start)
         hint = "use '==' or '!='" if tok.value == "is" and tok.kind == "name" else ""
         what = self.src[tok.start : tok.end]
-        return _fail(self.src, f"unexpected {'string ' + what if tok.kind == 'str' else repr(what)}",
-                     tok.start, hint)
+        return _fail(
+            self.src,
+            f"unexpected {'string ' + what if tok.kind == 'str' else repr(what)}",
+            tok.start,
+            hint,
+        )
 
     def expect(self, value: str) -> _Tok:
         if not self.is_op(value):
             tok = self.peek()
-            found = "end of expression" if tok.kind == "end" else repr(self.src[tok.start : tok.end])
+            found = (
+                "end of expression" if tok.kind == "end" else repr(self.src[tok.start : tok.end])
+            )
             raise _fail(self.src, f"expected {value!r} but found {found}", tok.start)
         return self.advance()
 
@@ -156,7 +182,9 @@ class _Parser:
         # Bounding nesting bounds recursion in the parser and in the built closures alike.
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise _fail(self.src, f"expression is nested more than {MAX_DEPTH} levels deep", tok.start)
+            raise _fail(
+                self.src, f"expression is nested more than {MAX_DEPTH} levels deep", tok.start
+            )
 
     def nested(self, tok: _Tok) -> Any:
         self.enter(tok)
@@ -211,8 +239,12 @@ class _Parser:
         self.i += 2 if op == "not in" else 1
         right = self.additive()
         if self.comparison_op() is not None:
-            raise _fail(self.src, "chained comparisons are not supported", self.peek().start,
-                        "combine them with 'and', e.g. 'a < b and b < c'")
+            raise _fail(
+                self.src,
+                "chained comparisons are not supported",
+                self.peek().start,
+                "combine them with 'and', e.g. 'a < b and b < c'",
+            )
         return Compare(op, left, right)
 
     def additive(self) -> Any:
@@ -277,7 +309,9 @@ class _Parser:
 
     def check_name(self, tok: _Tok) -> None:
         if tok.value.startswith("_"):
-            raise _fail(self.src, f"names starting with '_' are not allowed ({tok.value!r})", tok.start)
+            raise _fail(
+                self.src, f"names starting with '_' are not allowed ({tok.value!r})", tok.start
+            )
 
     def primary(self) -> Any:
         tok = self.advance()
@@ -348,11 +382,22 @@ def _numeric(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
     return run
 
 
-_ARITH = {"+": _add, "-": _numeric("-", operator.sub), "*": _numeric("*", operator.mul),
-          "/": _numeric("/", operator.truediv), "//": _numeric("//", operator.floordiv),
-          "%": _numeric("%", operator.mod)}
-_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-          "in": lambda a, b: a in b, "not in": lambda a, b: a not in b}
+_ARITH = {
+    "+": _add,
+    "-": _numeric("-", operator.sub),
+    "*": _numeric("*", operator.mul),
+    "/": _numeric("/", operator.truediv),
+    "//": _numeric("//", operator.floordiv),
+    "%": _numeric("%", operator.mod),
+}
+_ORDER = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "in": lambda a, b: a in b,
+    "not in": lambda a, b: a not in b,
+}
 
 
 def _missing_key(label: str, key: Any, mapping: Mapping) -> EvaluationError:
@@ -375,8 +420,9 @@ def _step(cur: Any, key: Any, attr: bool, label: str) -> Any:
         raise EvaluationError(f"{label} is {_describe(cur)}, not an object")
     if isinstance(cur, (list, tuple, str)):
         if not isinstance(key, int) or isinstance(key, bool):
-            raise EvaluationError(f"{label} is {_describe(cur)}; its index must be an integer, "
-                                  f"not {_describe(key)}")
+            raise EvaluationError(
+                f"{label} is {_describe(cur)}; its index must be an integer, not {_describe(key)}"
+            )
         try:
             return cur[key]
         except IndexError:
@@ -408,7 +454,9 @@ def _build(node: Any) -> Fn:
     if kind is BoolOp:
         return _build_bool(node.op, tuple(_build(n) for n in node.operands))
     if kind is Arith:
-        return _build_arith(_build(node.first), tuple((_ARITH[op], _build(n)) for op, n in node.rest))
+        return _build_arith(
+            _build(node.first), tuple((_ARITH[op], _build(n)) for op, n in node.rest)
+        )
     if kind is Compare:
         return _build_compare(node.op, _build(node.left), _build(node.right))
     raise AssertionError(f"unknown node {node!r}")  # pragma: no cover
@@ -427,8 +475,9 @@ def _build_name(name: str) -> Fn:
 
 def _build_access(node: Access) -> Fn:
     root = _build(node.root)
-    steps = tuple((s.attr, s.key, None if s.expr is None else _build(s.expr), s.label)
-                  for s in node.steps)
+    steps = tuple(
+        (s.attr, s.key, None if s.expr is None else _build(s.expr), s.label) for s in node.steps
+    )
 
     def run(scope: Mapping[str, Any]) -> Any:
         cur = root(scope)
@@ -504,7 +553,9 @@ def _build_compare(op: str, left: Fn, right: Fn) -> Fn:
         except TypeError:
             if op in ("in", "not in"):
                 raise EvaluationError(f"cannot test {_tname(a)} {op} {_tname(b)}") from None
-            raise EvaluationError(f"cannot compare {_tname(a)} and {_tname(b)} with '{op}'") from None
+            raise EvaluationError(
+                f"cannot compare {_tname(a)} and {_tname(b)} with '{op}'"
+            ) from None
 
     return run
 
@@ -583,16 +634,19 @@ class Expression:
 def parse(source: str) -> Expression:
     """Parse expression text into an Expression (cached); raises ExpressionError."""
     if not isinstance(source, str):
-        raise ExpressionError(f"an expression must be a string, not {_tname(source)}",
-                              expression=repr(source))
+        raise ExpressionError(
+            f"an expression must be a string, not {_tname(source)}", expression=repr(source)
+        )
     return _parse_cached(source)
 
 
 @functools.lru_cache(maxsize=4096)
 def _parse_cached(source: str) -> Expression:
     if len(source) > MAX_LENGTH:
-        raise ExpressionError(f"expression is {len(source)} characters long; the limit is {MAX_LENGTH}",
-                              expression=source)
+        raise ExpressionError(
+            f"expression is {len(source)} characters long; the limit is {MAX_LENGTH}",
+            expression=source,
+        )
     tree = _Parser(source).parse()
     paths: list[tuple] = []
     _collect_paths(tree, paths)
@@ -678,8 +732,9 @@ class Template:
             return _evaluate_marker(self._whole, scope)
         if not self._exprs:
             return self.text
-        return "".join(p if type(p) is str else _format(_evaluate_marker(p, scope))
-                       for p in self._parts)
+        return "".join(
+            p if type(p) is str else _format(_evaluate_marker(p, scope)) for p in self._parts
+        )
 
 
 def _evaluate_marker(expr: Expression, scope: Mapping[str, Any]) -> Any:
@@ -711,8 +766,9 @@ def _parse_template(text: str) -> Template:
         except ExpressionError as exc:
             # Re-anchor the column to the template text so the user can find the marker.
             col = offset + (exc.position or 1)
-            raise ExpressionError(f"{exc.message}, in template {_short(text)!r}",
-                                  expression=text, position=col) from None
+            raise ExpressionError(
+                f"{exc.message}, in template {_short(text)!r}", expression=text, position=col
+            ) from None
         i = end + 2
 
 
@@ -751,8 +807,9 @@ def iter_templates(value: Any, path: str = "") -> Iterator[tuple[str, Template]]
             except ExpressionError as exc:
                 if not path:
                     raise
-                raise ExpressionError(f"{path}: {exc.message}", expression=exc.expression,
-                                      position=exc.position) from None
+                raise ExpressionError(
+                    f"{path}: {exc.message}", expression=exc.expression, position=exc.position
+                ) from None
             yield path, template
     elif isinstance(value, Mapping):
         for key, item in value.items():

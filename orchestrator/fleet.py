@@ -39,19 +39,43 @@ class Fleet:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"{name}.log"
         fh = open(path, "ab")  # noqa: SIM115 - the child owns it; closed when we stop
-        proc = subprocess.Popen(argv, env=self._env(), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, env=self._env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
         fh.close()
         self.procs[name] = proc
         self.logs[name] = path
         return proc
 
-    def start_worker(self, name: str = "worker", queues: str = "default,io", concurrency: int = 2,
-                     timeout: float = 60) -> str:
+    def start_worker(
+        self,
+        name: str = "worker",
+        queues: str = "default,io",
+        concurrency: int = 2,
+        timeout: float = 60,
+    ) -> str:
         hostname = f"{name}@{os.uname().nodename}"
-        self.spawn(name, [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-n", hostname,
-                          "-Q", queues, "-c", str(concurrency), "-l", "INFO", "--without-mingle",
-                          "--without-gossip"])
+        self.spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "worker",
+                "-n",
+                hostname,
+                "-Q",
+                queues,
+                "-c",
+                str(concurrency),
+                "-l",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+        )
         client = redis.Redis.from_url(self.settings.redis_url)
         deadline = time.monotonic() + timeout
         try:
@@ -64,7 +88,9 @@ class Fleet:
         finally:
             client.close()
         tail = self.logs[name].read_text(errors="replace")[-2000:]
-        raise ConfigurationError(f"worker '{name}' did not start; its log ({self.logs[name]}) ends with:\n{tail}")
+        raise ConfigurationError(
+            f"worker '{name}' did not start; its log ({self.logs[name]}) ends with:\n{tail}"
+        )
 
     def alive(self) -> dict[str, bool]:
         return {n: p.poll() is None for n, p in self.procs.items()}

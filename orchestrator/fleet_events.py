@@ -47,11 +47,27 @@ log = logging.getLogger(__name__)
 
 tasks = celery_tasks
 
-EVENT_STATE = {"sent": "PENDING", "received": "RECEIVED", "started": "STARTED", "failed": "FAILURE",
-               "retried": "RETRY", "succeeded": "SUCCESS", "revoked": "REVOKED", "rejected": "REJECTED"}
+EVENT_STATE = {
+    "sent": "PENDING",
+    "received": "RECEIVED",
+    "started": "STARTED",
+    "failed": "FAILURE",
+    "retried": "RETRY",
+    "succeeded": "SUCCESS",
+    "revoked": "REVOKED",
+    "rejected": "REJECTED",
+}
 STATES = tuple(dict.fromkeys(EVENT_STATE.values()))
-RANK = {"PENDING": 0, "RECEIVED": 1, "STARTED": 2, "RETRY": 3, "REJECTED": 4, "FAILURE": 5, "SUCCESS": 5,
-        "REVOKED": 6}
+RANK = {
+    "PENDING": 0,
+    "RECEIVED": 1,
+    "STARTED": 2,
+    "RETRY": 3,
+    "REJECTED": 4,
+    "FAILURE": 5,
+    "SUCCESS": 5,
+    "REVOKED": 6,
+}
 TEXT_MAX = 16_384  # args/kwargs/result/traceback are cut here (Celery already cuts reprs at 1 KB)
 _RUN_RE = re.compile(r"\{'run': '([^']+)'|\{'@': \['([^']+)'")
 _STEP_RE = re.compile(r"\{'id': '([^']+)', 'plugin': |\['([^']+)', '[^']*', '[^']*', \d+[,\]]")
@@ -93,8 +109,12 @@ def _run_of(arg: Any) -> str | None:
 def _step_of(arg: Any) -> str | None:
     if isinstance(arg, dict) and "plugin" in arg and isinstance(arg.get("id"), str):
         return arg["id"]
-    if (isinstance(arg, list) and len(arg) >= 4 and all(isinstance(v, str) for v in arg[:3])
-            and isinstance(arg[3], int)):
+    if (
+        isinstance(arg, list)
+        and len(arg) >= 4
+        and all(isinstance(v, str) for v in arg[:3])
+        and isinstance(arg[3], int)
+    ):
         return arg[0]
     return None
 
@@ -105,12 +125,17 @@ def merge_event(row: dict[str, Any] | None, ev: Mapping[str, Any], now: float) -
     ts = float(ev.get("timestamp") or now)
     if row is None:
         row = {c.name: None for c in tasks.c}
-        row.update(uuid=ev["uuid"], state=EVENT_STATE.get(kind, "PENDING"), state_ts=ts, ts=ts, retries=0)
+        row.update(
+            uuid=ev["uuid"], state=EVENT_STATE.get(kind, "PENDING"), state_ts=ts, ts=ts, retries=0
+        )
     else:
         row = dict(row)
         row["ts"] = min(row["ts"], ts)
         state = EVENT_STATE.get(kind)
-        if state and (ts > row["state_ts"] or (ts == row["state_ts"] and RANK[state] >= RANK.get(row["state"], 0))):
+        if state and (
+            ts > row["state_ts"]
+            or (ts == row["state_ts"] and RANK[state] >= RANK.get(row["state"], 0))
+        ):
             row["state"], row["state_ts"] = state, ts
     if kind in ("sent", "received"):
         for k in ("name", "parent_id", "root_id"):
@@ -127,7 +152,15 @@ def merge_event(row: dict[str, Any] | None, ev: Mapping[str, Any], now: float) -
         row["retries"] = max(int(row["retries"] or 0), int(ev.get("retries") or 0))
         if kind == "sent":
             row["queue"] = ev.get("queue") or ev.get("routing_key") or row["queue"]
-    if kind in ("received", "started", "succeeded", "failed", "retried", "rejected", "revoked") and ev.get("hostname"):
+    if kind in (
+        "received",
+        "started",
+        "succeeded",
+        "failed",
+        "retried",
+        "rejected",
+        "revoked",
+    ) and ev.get("hostname"):
         if kind != "revoked" or not row["worker"]:
             row["worker"] = ev["hostname"]
     if kind == "succeeded":
@@ -138,8 +171,16 @@ def merge_event(row: dict[str, Any] | None, ev: Mapping[str, Any], now: float) -
         row["traceback"] = _cut(ev.get("traceback"))
     if kind == "revoked" and ev.get("terminated"):
         row["exception"] = row["exception"] or f"terminated (signal {ev.get('signum')})"
-    col = {"sent": "sent_at", "received": "received_at", "started": "started_at", "succeeded": "succeeded_at",
-           "failed": "failed_at", "retried": "retried_at", "revoked": "revoked_at", "rejected": "rejected_at"}.get(kind)
+    col = {
+        "sent": "sent_at",
+        "received": "received_at",
+        "started": "started_at",
+        "succeeded": "succeeded_at",
+        "failed": "failed_at",
+        "retried": "retried_at",
+        "revoked": "revoked_at",
+        "rejected": "rejected_at",
+    }.get(kind)
     if col:
         row[col] = ts
     row["updated_at"] = now
@@ -148,20 +189,32 @@ def merge_event(row: dict[str, Any] | None, ev: Mapping[str, Any], now: float) -
 
 # Columns a task row updates (all but its key), and the statements that write many rows at once.
 _UPDATED = [c.name for c in tasks.c if c.name != "uuid"]
-_UPDATE_MANY = (update(tasks).where(tasks.c.uuid == bindparam("k_uuid"))
-                .values({c: bindparam(f"k_{c}") for c in _UPDATED}))
+_UPDATE_MANY = (
+    update(tasks)
+    .where(tasks.c.uuid == bindparam("k_uuid"))
+    .values({c: bindparam(f"k_{c}") for c in _UPDATED})
+)
 # PostgreSQL: the rows travel as one JSON parameter and the server unpacks them. Sent as ordinary
 # parameters (psycopg's pipelined executemany) 500 rows of 30 columns cost ~100-200 ms of Python
 # in the web process, and under gevent that holds every socket and request for as long
 # (docs/performance.md, "The run list under load").
-_PG_INSERT = text(f"INSERT INTO {tasks.name} SELECT * FROM json_populate_recordset(NULL::{tasks.name}, CAST(:rows AS json))")
-_PG_UPDATE = text(f"UPDATE {tasks.name} AS t SET " + ", ".join(f"{c} = r.{c}" for c in _UPDATED)
-                  + f" FROM json_populate_recordset(NULL::{tasks.name}, CAST(:rows AS json)) AS r WHERE t.uuid = r.uuid")
+_PG_INSERT = text(
+    f"INSERT INTO {tasks.name} SELECT * FROM json_populate_recordset(NULL::{tasks.name}, CAST(:rows AS json))"
+)
+_PG_UPDATE = text(
+    f"UPDATE {tasks.name} AS t SET "
+    + ", ".join(f"{c} = r.{c}" for c in _UPDATED)
+    + f" FROM json_populate_recordset(NULL::{tasks.name}, CAST(:rows AS json)) AS r WHERE t.uuid = r.uuid"
+)
 MERGE_CHUNK = 50  # events merged between two calls of write_batch's ``pause``
 
 
-def write_batch(engine: Engine, events: Sequence[Mapping[str, Any]], now: float | None = None,
-                pause: Callable[[], Any] | None = None) -> int:
+def write_batch(
+    engine: Engine,
+    events: Sequence[Mapping[str, Any]],
+    now: float | None = None,
+    pause: Callable[[], Any] | None = None,
+) -> int:
     """Upsert the tasks the events touch, in one transaction; returns how many rows changed.
 
     ``pause`` is called between parts of the work (every MERGE_CHUNK events merged, around the
@@ -180,7 +233,7 @@ def write_batch(engine: Engine, events: Sequence[Mapping[str, Any]], now: float 
                 ids = list(by_id)
                 existing: dict[str, dict[str, Any]] = {}
                 for i in range(0, len(ids), 500):
-                    for r in conn.execute(select(tasks).where(tasks.c.uuid.in_(ids[i:i + 500]))):
+                    for r in conn.execute(select(tasks).where(tasks.c.uuid.in_(ids[i : i + 500]))):
                         existing[r.uuid] = dict(r._mapping)
                 new: list[dict[str, Any]] = []
                 changed: list[dict[str, Any]] = []
@@ -204,7 +257,9 @@ def write_batch(engine: Engine, events: Sequence[Mapping[str, Any]], now: float 
                     if new:
                         conn.execute(insert(tasks), new)
                     if changed:
-                        conn.execute(_UPDATE_MANY, [{f"k_{k}": v for k, v in row.items()} for row in changed])
+                        conn.execute(
+                            _UPDATE_MANY, [{f"k_{k}": v for k, v in row.items()} for row in changed]
+                        )
                 return len(new) + len(changed)
         except sa_exc.IntegrityError:  # another web process inserted one of these tasks first
             if attempt == 2:
@@ -221,12 +276,30 @@ def prune(engine: Engine, older_than: float) -> int:
 # Queries
 # ---------------------------------------------------------------------------------------------
 
-SORTABLE = {"ts": tasks.c.ts, "received": tasks.c.received_at, "started": tasks.c.started_at,
-            "runtime": tasks.c.runtime, "name": tasks.c.name, "state": tasks.c.state, "worker": tasks.c.worker}
-SEARCHABLE = {"name": tasks.c.name, "state": tasks.c.state, "worker": tasks.c.worker, "uuid": tasks.c.uuid,
-              "run": tasks.c.run_id, "step": tasks.c.step_id, "queue": tasks.c.queue, "args": tasks.c.args,
-              "kwargs": tasks.c.kwargs, "result": tasks.c.result, "exception": tasks.c.exception,
-              "root": tasks.c.root_id, "parent": tasks.c.parent_id}
+SORTABLE = {
+    "ts": tasks.c.ts,
+    "received": tasks.c.received_at,
+    "started": tasks.c.started_at,
+    "runtime": tasks.c.runtime,
+    "name": tasks.c.name,
+    "state": tasks.c.state,
+    "worker": tasks.c.worker,
+}
+SEARCHABLE = {
+    "name": tasks.c.name,
+    "state": tasks.c.state,
+    "worker": tasks.c.worker,
+    "uuid": tasks.c.uuid,
+    "run": tasks.c.run_id,
+    "step": tasks.c.step_id,
+    "queue": tasks.c.queue,
+    "args": tasks.c.args,
+    "kwargs": tasks.c.kwargs,
+    "result": tasks.c.result,
+    "exception": tasks.c.exception,
+    "root": tasks.c.root_id,
+    "parent": tasks.c.parent_id,
+}
 LIST_COLUMNS = [c for c in tasks.c if c.name not in ("traceback", "kwargs", "args", "result")]
 
 
@@ -273,7 +346,9 @@ def parse_search(text: str) -> list[Any]:
             conds.append(col.like(value.replace("*", "%")) if "*" in value else col == value)
         else:
             like = f"%{term.replace('%', '').replace('*', '%')}%"
-            conds.append(or_(tasks.c.name.like(like), tasks.c.uuid.like(like), tasks.c.args.like(like)))
+            conds.append(
+                or_(tasks.c.name.like(like), tasks.c.uuid.like(like), tasks.c.args.like(like))
+            )
     return conds
 
 
@@ -282,10 +357,16 @@ def list_tasks(engine: Engine, q: TaskQuery) -> tuple[list[dict[str, Any]], str 
     desc = q.sort.startswith("-")
     key = q.sort.lstrip("-+")
     if key not in SORTABLE:
-        raise BadQuery(f"sort: one of {', '.join(sorted(SORTABLE))} (prefix - for descending), not {key!r}")
+        raise BadQuery(
+            f"sort: one of {', '.join(sorted(SORTABLE))} (prefix - for descending), not {key!r}"
+        )
     col = SORTABLE[key]
     # NOT NULL columns sort on the bare column, so the (filter, ts) indexes serve the page
-    sort_expr = col if not col.nullable else func.coalesce(col, -1.0 if key in ("received", "started", "runtime") else "")
+    sort_expr = (
+        col
+        if not col.nullable
+        else func.coalesce(col, -1.0 if key in ("received", "started", "runtime") else "")
+    )
     conds: list[Any] = []
     if q.state:
         bad = [s for s in q.state if s.upper() not in STATES]
@@ -303,11 +384,18 @@ def list_tasks(engine: Engine, q: TaskQuery) -> tuple[list[dict[str, Any]], str 
     conds.extend(parse_search(q.search))
     if q.cursor:
         value, uid = _decode(q.cursor)
-        conds.append(or_(sort_expr < value, and_(sort_expr == value, tasks.c.uuid < uid)) if desc
-                     else or_(sort_expr > value, and_(sort_expr == value, tasks.c.uuid > uid)))
-    order = [sort_expr.desc(), tasks.c.uuid.desc()] if desc else [sort_expr.asc(), tasks.c.uuid.asc()]
+        conds.append(
+            or_(sort_expr < value, and_(sort_expr == value, tasks.c.uuid < uid))
+            if desc
+            else or_(sort_expr > value, and_(sort_expr == value, tasks.c.uuid > uid))
+        )
+    order = (
+        [sort_expr.desc(), tasks.c.uuid.desc()] if desc else [sort_expr.asc(), tasks.c.uuid.asc()]
+    )
     limit = max(1, min(int(q.limit), 1000))
-    stmt = select(*LIST_COLUMNS, sort_expr.label("_k")).where(*conds).order_by(*order).limit(limit + 1)
+    stmt = (
+        select(*LIST_COLUMNS, sort_expr.label("_k")).where(*conds).order_by(*order).limit(limit + 1)
+    )
     with engine.connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(stmt)]
     more = len(rows) > limit
@@ -324,8 +412,15 @@ def get_task(engine: Engine, uuid: str) -> dict[str, Any] | None:
         if row is None:
             return None
         out = dict(row._mapping)
-        out["children"] = [r[0] for r in conn.execute(
-            select(tasks.c.uuid).where(tasks.c.parent_id == uuid).order_by(tasks.c.ts).limit(200))]
+        out["children"] = [
+            r[0]
+            for r in conn.execute(
+                select(tasks.c.uuid)
+                .where(tasks.c.parent_id == uuid)
+                .order_by(tasks.c.ts)
+                .limit(200)
+            )
+        ]
     return out
 
 
@@ -333,8 +428,11 @@ def counts(engine: Engine) -> dict[str, dict[str, int]]:
     """{worker: {state: n}} over the whole history (the workers' succeeded/failed totals)."""
     out: dict[str, dict[str, int]] = {}
     with engine.connect() as conn:
-        for worker, state, n in conn.execute(select(tasks.c.worker, tasks.c.state, func.count())
-                                             .group_by(tasks.c.worker, tasks.c.state)):
+        for worker, state, n in conn.execute(
+            select(tasks.c.worker, tasks.c.state, func.count()).group_by(
+                tasks.c.worker, tasks.c.state
+            )
+        ):
             out.setdefault(worker or "", {})[state] = int(n)
     return out
 
@@ -352,10 +450,20 @@ def heartbeat_expired(w: Mapping[str, Any], now: float) -> bool:
 class FleetMonitor:
     """Capture Celery events into ``cf_celery_tasks`` and a Redis hash of worker state."""
 
-    def __init__(self, celery_app: Any, engine: Engine | None, redis_client: Any, workers_key: str, *,
-                 batch_size: int = 500, flush_interval: float = 0.5, max_queue: int = 20_000,
-                 retention: float = 7 * 86400.0, prepare: Callable[[], Any] | None = None,
-                 pause: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        celery_app: Any,
+        engine: Engine | None,
+        redis_client: Any,
+        workers_key: str,
+        *,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        max_queue: int = 20_000,
+        retention: float = 7 * 86400.0,
+        prepare: Callable[[], Any] | None = None,
+        pause: Callable[[], Any] | None = None,
+    ) -> None:
         self.app = celery_app
         # Called between parts of a batch (write_batch): the web process's cooperate().
         self.pause = pause
@@ -379,7 +487,10 @@ class FleetMonitor:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for target, name in ((self._receive_loop, "cf-fleet-events"), (self._write_loop, "cf-fleet-writer")):
+        for target, name in (
+            (self._receive_loop, "cf-fleet-events"),
+            (self._write_loop, "cf-fleet-writer"),
+        ):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -437,8 +548,21 @@ class FleetMonitor:
         host = ev.get("hostname")
         if not host:
             return
-        state = {k: ev.get(k) for k in ("timestamp", "freq", "active", "processed", "loadavg", "sw_ident",
-                                        "sw_ver", "sw_sys", "pid", "clock")}
+        state = {
+            k: ev.get(k)
+            for k in (
+                "timestamp",
+                "freq",
+                "active",
+                "processed",
+                "loadavg",
+                "sw_ident",
+                "sw_ver",
+                "sw_sys",
+                "pid",
+                "clock",
+            )
+        }
         state["online"] = kind != "worker-offline"
         state["last_event"] = kind
         try:
@@ -487,8 +611,9 @@ class FleetMonitor:
         time.sleep(self.flush_interval + 0.1)
 
 
-def worker_states(redis_client: Any, workers_key: str, now: float | None = None,
-                  purge_after: float | None = None) -> dict[str, dict[str, Any]]:
+def worker_states(
+    redis_client: Any, workers_key: str, now: float | None = None, purge_after: float | None = None
+) -> dict[str, dict[str, Any]]:
     """Every worker seen through events: {hostname: state}, ``online`` judged by heartbeat age;
     workers offline for longer than ``purge_after`` seconds are forgotten."""
     now = time.time() if now is None else now
@@ -498,7 +623,11 @@ def worker_states(redis_client: Any, workers_key: str, now: float | None = None,
         host = k.decode() if isinstance(k, bytes) else k
         st = json.loads(v)
         st["online"] = bool(st.get("online")) and not heartbeat_expired(st, now)
-        if not st["online"] and purge_after is not None and now - float(st.get("timestamp") or 0) > purge_after:
+        if (
+            not st["online"]
+            and purge_after is not None
+            and now - float(st.get("timestamp") or 0) > purge_after
+        ):
             gone.append(host)
             continue
         out[host] = st

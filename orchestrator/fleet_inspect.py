@@ -16,7 +16,16 @@ from orchestrator.fleet_events import worker_states
 
 PRIORITY_STEPS = range(10)
 INSPECT_TIMEOUT = 1.0
-DETAIL_COMMANDS = ("stats", "active", "reserved", "scheduled", "revoked", "active_queues", "conf", "registered")
+DETAIL_COMMANDS = (
+    "stats",
+    "active",
+    "reserved",
+    "scheduled",
+    "revoked",
+    "active_queues",
+    "conf",
+    "registered",
+)
 
 
 class FleetError(CanvasflowError):
@@ -32,7 +41,9 @@ def queue_keys(key_prefix: str, queue: str, sep: str = ":") -> list[tuple[int, s
     return [(p, base if p == 0 else f"{base}{sep}{p}") for p in PRIORITY_STEPS]
 
 
-def queue_lengths(redis_client: Any, key_prefix: str, queues: Iterable[str]) -> dict[str, dict[str, int]]:
+def queue_lengths(
+    redis_client: Any, key_prefix: str, queues: Iterable[str]
+) -> dict[str, dict[str, int]]:
     """{queue: {"total": n, "by_priority": {"0": n, ...}}} for each queue (absent lists count 0)."""
     names = sorted(set(queues))
     pipe = redis_client.pipeline(transaction=False)
@@ -62,7 +73,9 @@ class Inspector:
         self.timeout = timeout
 
     def _inspect(self, destination: Sequence[str] | None) -> Any:
-        return self.app.control.inspect(list(destination) if destination else None, timeout=self.timeout)
+        return self.app.control.inspect(
+            list(destination) if destination else None, timeout=self.timeout
+        )
 
     def call(self, command: str, destination: Sequence[str] | None = None) -> dict[str, Any]:
         return getattr(self._inspect(destination), command)() or {}
@@ -73,7 +86,10 @@ class Inspector:
             return {}
         stats = self.call("stats", hosts)
         queues = self.call("active_queues", hosts)
-        return {h: {"stats": stats.get(h), "active_queues": queues.get(h)} for h in set(stats) | set(queues)}
+        return {
+            h: {"stats": stats.get(h), "active_queues": queues.get(h)}
+            for h in set(stats) | set(queues)
+        }
 
     def detail(self, host: str) -> dict[str, Any] | None:
         out: dict[str, Any] = {}
@@ -89,7 +105,11 @@ class Inspector:
         if not hosts:
             return {}
         replies = {cmd: self.call(cmd, hosts) for cmd in DETAIL_COMMANDS}
-        return {h: {cmd: replies[cmd].get(h) for cmd in DETAIL_COMMANDS} for h in hosts if h in replies["stats"]}
+        return {
+            h: {cmd: replies[cmd].get(h) for cmd in DETAIL_COMMANDS}
+            for h in hosts
+            if h in replies["stats"]
+        }
 
     def control(self, host: str, action: str, **params: Any) -> Any:
         """Run one control action on one worker and return its reply (None when it did not answer)."""
@@ -111,7 +131,9 @@ class Inspector:
         elif action == "rate_limit":
             replies = ctl.rate_limit(_need(params, "task"), str(_need(params, "rate")), **common)
         elif action == "time_limit":
-            replies = ctl.time_limit(_need(params, "task"), soft=params.get("soft"), hard=params.get("hard"), **common)
+            replies = ctl.time_limit(
+                _need(params, "task"), soft=params.get("soft"), hard=params.get("hard"), **common
+            )
         elif action == "shutdown":
             ctl.shutdown(destination=dest)
             return {"ok": "shutdown sent"}
@@ -132,9 +154,13 @@ def _need(params: Mapping[str, Any], key: str) -> Any:
     return params[key]
 
 
-def worker_rows(fleet: Mapping[str, Mapping[str, Any]], events: Mapping[str, Mapping[str, Any]],
-                live: Mapping[str, Mapping[str, Any]], totals: Mapping[str, Mapping[str, int]],
-                now: float | None = None) -> list[dict[str, Any]]:
+def worker_rows(
+    fleet: Mapping[str, Mapping[str, Any]],
+    events: Mapping[str, Mapping[str, Any]],
+    live: Mapping[str, Mapping[str, Any]],
+    totals: Mapping[str, Mapping[str, int]],
+    now: float | None = None,
+) -> list[dict[str, Any]]:
     """The worker list: the plugin catalog, event state (heartbeats), ``inspect`` replies and the
     task history's per-worker totals, merged per hostname."""
     now = time.time() if now is None else now
@@ -145,38 +171,60 @@ def worker_rows(fleet: Mapping[str, Mapping[str, Any]], events: Mapping[str, Map
         pool = stats.get("pool") or {}
         online = bool(ev["online"]) if ev else bool(cat.get("online"))
         tot = totals.get(host, {})
-        rows.append({
-            "name": host,
-            "online": online,
-            "status": "online" if online else "offline",
-            "last_heartbeat": ev.get("timestamp"),
-            "active": ev.get("active") if ev.get("active") is not None else None,
-            "processed": ev.get("processed"),
-            "succeeded": tot.get("SUCCESS", 0),
-            "failed": tot.get("FAILURE", 0),
-            "retried": tot.get("RETRY", 0),
-            "loadavg": ev.get("loadavg") or stats.get("rusage", {}).get("loadavg"),
-            "pool": {"implementation": pool.get("implementation"), "concurrency": len(pool["processes"]) if isinstance(pool.get("processes"), list)
-                     else pool.get("max-concurrency"), "max_concurrency": pool.get("max-concurrency"),
-                     "processes": pool.get("processes"),
-                     "autoscaler": stats.get("autoscaler") or None},
-            "prefetch_count": stats.get("prefetch_count"),
-            "queues": sorted(q["name"] for q in info["active_queues"]) if info.get("active_queues") is not None
-            else sorted(cat.get("queues") or []),
-            "plugins": sorted((cat.get("plugins") or {}).keys()),
-            "pid": cat.get("pid") or stats.get("pid"),
-            "started_at": cat.get("started_at"),
-            "software": {"ident": ev.get("sw_ident"), "version": ev.get("sw_ver"), "system": ev.get("sw_sys")},
-            "answered_inspect": bool(stats),
-        })
+        rows.append(
+            {
+                "name": host,
+                "online": online,
+                "status": "online" if online else "offline",
+                "last_heartbeat": ev.get("timestamp"),
+                "active": ev.get("active") if ev.get("active") is not None else None,
+                "processed": ev.get("processed"),
+                "succeeded": tot.get("SUCCESS", 0),
+                "failed": tot.get("FAILURE", 0),
+                "retried": tot.get("RETRY", 0),
+                "loadavg": ev.get("loadavg") or stats.get("rusage", {}).get("loadavg"),
+                "pool": {
+                    "implementation": pool.get("implementation"),
+                    "concurrency": len(pool["processes"])
+                    if isinstance(pool.get("processes"), list)
+                    else pool.get("max-concurrency"),
+                    "max_concurrency": pool.get("max-concurrency"),
+                    "processes": pool.get("processes"),
+                    "autoscaler": stats.get("autoscaler") or None,
+                },
+                "prefetch_count": stats.get("prefetch_count"),
+                "queues": sorted(q["name"] for q in info["active_queues"])
+                if info.get("active_queues") is not None
+                else sorted(cat.get("queues") or []),
+                "plugins": sorted((cat.get("plugins") or {}).keys()),
+                "pid": cat.get("pid") or stats.get("pid"),
+                "started_at": cat.get("started_at"),
+                "software": {
+                    "ident": ev.get("sw_ident"),
+                    "version": ev.get("sw_ver"),
+                    "system": ev.get("sw_sys"),
+                },
+                "answered_inspect": bool(stats),
+            }
+        )
     return rows
 
 
-def fleet_workers(client: Any, inspector: Inspector | None, workers_key: str, totals: Mapping[str, Any],
-                  *, purge_after: float | None = None, live: bool = True) -> list[dict[str, Any]]:
+def fleet_workers(
+    client: Any,
+    inspector: Inspector | None,
+    workers_key: str,
+    totals: Mapping[str, Any],
+    *,
+    purge_after: float | None = None,
+    live: bool = True,
+) -> list[dict[str, Any]]:
     fleet = client.fleet()
     events = worker_states(client.redis, workers_key, purge_after=purge_after)
-    online = [h for h in set(fleet) | set(events)
-              if (events[h]["online"] if h in events else fleet[h].get("online"))]
+    online = [
+        h
+        for h in set(fleet) | set(events)
+        if (events[h]["online"] if h in events else fleet[h].get("online"))
+    ]
     info = inspector.summary(online) if inspector is not None and live else {}
     return worker_rows(fleet, events, info, totals)

@@ -53,7 +53,9 @@ class Limits:
         for f in fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigurationError(f"{env_name(f.name)}={value!r}: expected a positive whole number")
+                raise ConfigurationError(
+                    f"{env_name(f.name)}={value!r}: expected a positive whole number"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
@@ -67,7 +69,9 @@ class Limits:
             try:
                 values[f.name] = int(raw)
             except ValueError:
-                raise ConfigurationError(f"{env_name(f.name)}={raw!r}: expected a whole number") from None
+                raise ConfigurationError(
+                    f"{env_name(f.name)}={raw!r}: expected a whole number"
+                ) from None
         return cls(**values)
 
     def as_env(self) -> dict[str, str]:
@@ -102,7 +106,9 @@ def too_deep(value: Any, path: str, limit: int) -> tuple[str, str] | None:
     while stack:
         item, where, depth = stack.pop()
         if isinstance(item, Mapping):
-            children: Iterator[tuple[Any, str]] = ((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+            children: Iterator[tuple[Any, str]] = (
+                (v, f"{where}.{k}" if where else str(k)) for k, v in item.items()
+            )
         elif isinstance(item, list | tuple):
             children = ((v, f"{where}[{i}]") for i, v in enumerate(item))
         else:
@@ -116,12 +122,16 @@ def too_deep(value: Any, path: str, limit: int) -> tuple[str, str] | None:
 def json_size(value: Any) -> int | None:
     """Bytes of ``value`` as compact UTF-8 JSON; None when it is not JSON (the schema says why)."""
     try:
-        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+        return len(
+            json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        )
     except (TypeError, ValueError, RecursionError):
         return None
 
 
-def check_definition(data: Mapping[str, Any], limits: Limits | None = None) -> list[tuple[str, str]]:
+def check_definition(
+    data: Mapping[str, Any], limits: Limits | None = None
+) -> list[tuple[str, str]]:
     """Every limit a raw definition exceeds, as (path, message); depth counts from each field's
     value (a step's params, the inputs, a compensation's params ...)."""
     lim = current(limits)
@@ -143,7 +153,9 @@ def check_definition(data: Mapping[str, Any], limits: Limits | None = None) -> l
         return problems  # sizes of a structure this deep are not worth measuring
     size = json_size(data)
     if size is not None and size > lim.max_definition_bytes:
-        problems.append(("", _over("definition", size, lim.max_definition_bytes, "max_definition_bytes")))
+        problems.append(
+            ("", _over("definition", size, lim.max_definition_bytes, "max_definition_bytes"))
+        )
     elif isinstance(data.get("inputs"), Mapping):
         problems.extend(check_inputs(data["inputs"], lim))
     return problems
@@ -167,13 +179,16 @@ def _step_depth(step: Any, path: str, limit: int) -> Iterator[tuple[str, str]]:
             yield found
 
 
-def check_inputs(inputs: Any, limits: Limits | None = None, path: str = "inputs") -> list[tuple[str, str]]:
+def check_inputs(
+    inputs: Any, limits: Limits | None = None, path: str = "inputs"
+) -> list[tuple[str, str]]:
     """Run inputs (or a definition's default inputs): depth, then compact JSON size."""
     return check_payload(inputs, path, limits, what="inputs as JSON")
 
 
-def check_payload(value: Any, path: str, limits: Limits | None = None, *,
-                  what: str = "payload as JSON") -> list[tuple[str, str]]:
+def check_payload(
+    value: Any, path: str, limits: Limits | None = None, *, what: str = "payload as JSON"
+) -> list[tuple[str, str]]:
     """Any JSON value a user sends that will ride in messages (inputs, an event's payload):
     at most max_depth containers deep and max_inputs_bytes as compact JSON."""
     lim = current(limits)
@@ -199,7 +214,10 @@ def check_text(text: str, limits: Limits | None = None, source: str | None = Non
         return
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > lim.max_definition_bytes:
-        refuse([("", _over("definition", size, lim.max_definition_bytes, "max_definition_bytes"))], source)
+        refuse(
+            [("", _over("definition", size, lim.max_definition_bytes, "max_definition_bytes"))],
+            source,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,9 +243,11 @@ def forbidden_character(text: str) -> str | None:
         else:
             continue
         label = unicodedata.name(ch, "")
-        return (f"contains {kind}, U+{code:04X}{' ' + label if label else ''}, at position {i}: "
-                "ids and names may not contain control characters, bidirectional controls or "
-                "lone surrogates")
+        return (
+            f"contains {kind}, U+{code:04X}{' ' + label if label else ''}, at position {i}: "
+            "ids and names may not contain control characters, bidirectional controls or "
+            "lone surrogates"
+        )
     return None
 
 
@@ -260,20 +280,32 @@ class LimitedLoader(yaml.SafeLoader):
             if target is not None:
                 size = self._sizes.get(id(target))
                 if size is None:
-                    raise ComposerError(None, None, f"alias *{event.anchor} refers to a node that contains it",
-                                        event.start_mark)
+                    raise ComposerError(
+                        None,
+                        None,
+                        f"alias *{event.anchor} refers to a node that contains it",
+                        event.start_mark,
+                    )
                 self._expanded += size
                 if self._expanded > self.limits.max_yaml_alias_nodes:
                     raise ComposerError(
-                        None, None,
+                        None,
+                        None,
                         f"aliases expand to more than {self.limits.max_yaml_alias_nodes} nodes "
-                        f"({env_name('max_yaml_alias_nodes')})", event.start_mark)
+                        f"({env_name('max_yaml_alias_nodes')})",
+                        event.start_mark,
+                    )
             return super().compose_node(parent, index)  # type: ignore[no-any-return,return-value]
         self._depth += 1
         if self._depth > self.limits.max_depth + STRUCTURE:
             mark = self.peek_event().start_mark
-            raise ComposerError(None, None, f"nested deeper than {self.limits.max_depth + STRUCTURE} levels "
-                                            f"({env_name('max_depth')})", mark)
+            raise ComposerError(
+                None,
+                None,
+                f"nested deeper than {self.limits.max_depth + STRUCTURE} levels "
+                f"({env_name('max_depth')})",
+                mark,
+            )
         try:
             node = super().compose_node(parent, index)
         finally:

@@ -48,7 +48,9 @@ def _column(values: tuple[Any, ...], clean: Any) -> tuple[set[Any], tuple[Any, .
     return set(values), values
 
 
-FIELDS = 7  # a buffered line: ts_us, message, level, entity_tag, entity_route, entity_id, entity_type
+FIELDS = (
+    7  # a buffered line: ts_us, message, level, entity_tag, entity_route, entity_id, entity_type
+)
 
 
 def log_event_data(rows: list[tuple[Any, ...]]) -> str:
@@ -72,8 +74,12 @@ def log_event_data_flat(flat: list[Any]) -> str:
     if not distinct <= _LEVEL_SET:
         levels = tuple(map(_level, levels))
         distinct = set(levels)
-    data: dict[str, Any] = {"n": len(ts), "ts": ts, "message": messages,
-                            "level": next(iter(distinct)) if len(distinct) == 1 else levels}
+    data: dict[str, Any] = {
+        "n": len(ts),
+        "ts": ts,
+        "message": messages,
+        "level": next(iter(distinct)) if len(distinct) == 1 else levels,
+    }
     for name, column in zip(_ENTITIES, entities, strict=True):
         distinct, column = _column(column, lambda v: None if v is None else str(v))
         if distinct != {None}:
@@ -89,5 +95,7 @@ def log_lines(data: dict[str, Any]) -> list[dict[str, Any]]:
     n = int(data["n"])
     cols = {k: data.get(k) for k in ("level", *_ENTITIES)}
     cols = {k: v if isinstance(v, list) else [v] * n for k, v in cols.items()}
-    return [{"ts": us / 1e6, "message": data["message"][i], **{k: v[i] for k, v in cols.items()}}
-            for i, us in enumerate(data["ts"])]
+    return [
+        {"ts": us / 1e6, "message": data["message"][i], **{k: v[i] for k, v in cols.items()}}
+        for i, us in enumerate(data["ts"])
+    ]

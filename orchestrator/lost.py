@@ -41,8 +41,10 @@ class RunNotLost(ControlError):
 
     def __init__(self, run_id: str, status: str):
         CanvasflowError.__init__(
-            self, f"cannot resolve run {run_id} as lost: Redis still knows it ({status}); "
-                  "pause, cancel or retry it instead")
+            self,
+            f"cannot resolve run {run_id} as lost: Redis still knows it ({status}); "
+            "pause, cancel or retry it instead",
+        )
         self.action, self.run_id, self.status, self.allowed = "resolve", run_id, status, []
 
 
@@ -71,8 +73,9 @@ def lost_status(store: AuditStore, state: RunState, run_id: str) -> str | None:
     return status if status is not None and status not in FINAL else None
 
 
-def resolve_lost(store: AuditStore, state: RunState, run_id: str, *, as_: str, actor: str,
-                 reason: str) -> Resolution:
+def resolve_lost(
+    store: AuditStore, state: RunState, run_id: str, *, as_: str, actor: str, reason: str
+) -> Resolution:
     """End a lost run in the audit store as FAILED or CANCELLED, audited with who and why.
 
     UnknownRun if neither SQL nor Redis knows it; RunNotLost if Redis knows it; ControlError
@@ -102,37 +105,104 @@ def resolve_lost(store: AuditStore, state: RunState, run_id: str, *, as_: str, a
         if row is None:
             raise UnknownRun(run_id)
         raise ControlError("resolve", run_id, before, RESOLVABLE)
-    return Resolution("resolve", run_id, before, target.value, {"as": target.value, "state_lost": True})
+    return Resolution(
+        "resolve", run_id, before, target.value, {"as": target.value, "state_lost": True}
+    )
 
 
-def _write(conn: Any, row: Any, target: RunStatus, actor: str, reason: str, as_: str, now: float) -> None:
+def _write(
+    conn: Any, row: Any, target: RunStatus, actor: str, reason: str, as_: str, now: float
+) -> None:
     """What the recorder would have written for a run_resolved event with the next seq."""
     run_id, before = row["id"], row["status"]
     seq = (row["last_seq"] or 0) + 1
     error = f"state lost: resolved as {target.value} by {actor}: {reason}"
-    data = {"action": "resolve", "actor": actor, "reason": reason, "as": target.value,
-            "status_before": before, "state_lost": True}
-    conn.execute(events.insert().values(run_id=run_id, seq=seq, type="run_resolved", step_id="",
-                                        status=target.value, ts=now, data=json.dumps(data), stream_id=None,
-                                        recorded_at=now))
+    data = {
+        "action": "resolve",
+        "actor": actor,
+        "reason": reason,
+        "as": target.value,
+        "status_before": before,
+        "state_lost": True,
+    }
+    conn.execute(
+        events.insert().values(
+            run_id=run_id,
+            seq=seq,
+            type="run_resolved",
+            step_id="",
+            status=target.value,
+            ts=now,
+            data=json.dumps(data),
+            stream_id=None,
+            recorded_at=now,
+        )
+    )
     started = row["started_at"]
-    conn.execute(update(runs).where(runs.c.id == run_id).values(
-        status=target.value, status_seq=seq, finished_at=now, error=error,
-        duration=(now - started) if started is not None else None, last_seq=seq,
-        event_count=(row["event_count"] or 0) + 1, updated_at=now))
-    conn.execute(update(steps).where(steps.c.run_id == run_id, steps.c.status.in_(UNFINISHED_STEPS)).values(
-        status="CANCELLED", status_seq=seq, finished_at=now, error="state lost: the run was resolved by hand"))
-    conn.execute(audit_log.insert().values(**_audit(run_id, actor, reason, as_, "ok", now,
-                                                    {"as": target.value, "status_before": before,
-                                                     "state_lost": True})))
+    conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id)
+        .values(
+            status=target.value,
+            status_seq=seq,
+            finished_at=now,
+            error=error,
+            duration=(now - started) if started is not None else None,
+            last_seq=seq,
+            event_count=(row["event_count"] or 0) + 1,
+            updated_at=now,
+        )
+    )
+    conn.execute(
+        update(steps)
+        .where(steps.c.run_id == run_id, steps.c.status.in_(UNFINISHED_STEPS))
+        .values(
+            status="CANCELLED",
+            status_seq=seq,
+            finished_at=now,
+            error="state lost: the run was resolved by hand",
+        )
+    )
+    conn.execute(
+        audit_log.insert().values(
+            **_audit(
+                run_id,
+                actor,
+                reason,
+                as_,
+                "ok",
+                now,
+                {"as": target.value, "status_before": before, "state_lost": True},
+            )
+        )
+    )
 
 
-def _audit(run_id: str, actor: str, reason: str, as_: str, outcome: str, ts: float,
-           detail: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"ts": ts, "actor": actor, "action": "resolve", "target_type": "run", "target_id": run_id,
-            "reason": reason, "outcome": outcome[:32], "detail": json.dumps(detail or {"as": as_, "state_lost": True})}
+def _audit(
+    run_id: str,
+    actor: str,
+    reason: str,
+    as_: str,
+    outcome: str,
+    ts: float,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "ts": ts,
+        "actor": actor,
+        "action": "resolve",
+        "target_type": "run",
+        "target_id": run_id,
+        "reason": reason,
+        "outcome": outcome[:32],
+        "detail": json.dumps(detail or {"as": as_, "state_lost": True}),
+    }
 
 
-def _refused(store: AuditStore, run_id: str, actor: str, reason: str, as_: str, outcome: str) -> None:
+def _refused(
+    store: AuditStore, run_id: str, actor: str, reason: str, as_: str, outcome: str
+) -> None:
     with store.begin() as conn:
-        conn.execute(audit_log.insert().values(**_audit(run_id, actor, reason, as_, outcome, time.time())))
+        conn.execute(
+            audit_log.insert().values(**_audit(run_id, actor, reason, as_, outcome, time.time()))
+        )

@@ -22,7 +22,9 @@ from orchestrator.states import RunStatus, sources_of
 CONTROL_WINDOW = 24 * 3600
 
 # Shared Lua: emit(type, step, status, data_json) appends one event with the next run seq.
-_EMIT = f"local CONTROL_WINDOW = {CONTROL_WINDOW}\n" + """
+_EMIT = (
+    f"local CONTROL_WINDOW = {CONTROL_WINDOW}\n"
+    + """
 local function emit(run_key, stream, maxlen, run_id, etype, step, status, ts, data)
   local seq = redis.call('HINCRBY', run_key, 'seq', 1)
   local args = {stream}
@@ -68,12 +70,15 @@ local function emit_batch(run_key, stream, maxlen, run_id, batch, base)
   end
 end
 """
+)
 
 # KEYS: run, steps, lease, stream. ARGV: run_id, step, epoch, intent, owner, now, lease_ttl,
 # maxlen, task_id, worker, reason. intent: run | skip | late ("late": the step has been running
 # since ``now`` without having asked, workers/step.py's fast path: only the epoch, a duplicate
 # and another holder can stop it now, a pause or a halt lets it finish like any running step).
-_BEGIN = _EMIT + """
+_BEGIN = (
+    _EMIT
+    + """
 local run_key, steps, lease, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local run_id, step, epoch, intent, owner, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local maxlen = ARGV[8]
@@ -135,11 +140,14 @@ emit(run_key, stream, maxlen, run_id, 'step_started', step, 'RUNNING', now,
      cjson.encode({attempt = attempt, worker = ARGV[10], task_id = ARGV[9]}))
 return {'go', tostring(attempt)}
 """
+)
 
 # KEYS: run, steps, lease, stream, attempts, controlled, control channel. ARGV: run_id, step,
 # epoch, status, owner, now, maxlen, output_json, error, traceback, critical,
 # attempt_record_json, batch_json, state_ttl, data texts of the batch...
-_FINISH = _EMIT + """
+_FINISH = (
+    _EMIT
+    + """
 local run_key, steps, lease, stream, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local run_id, step, epoch, status, owner, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if not redis.call('HGET', run_key, 'status') then return 'gone' end
@@ -176,6 +184,7 @@ else
 end
 return 'ok'
 """
+)
 
 # One step, start and end in one round trip: the fast path of workers/step.py, for a step that
 # ran without asking first (its run untouched by operators and failures, as far as the worker
@@ -185,7 +194,9 @@ return 'ok'
 # KEYS: run, steps, lease, stream, attempts, controlled, control channel. ARGV: run_id, step,
 # epoch, status, started, now, maxlen, output_json, error, traceback, critical,
 # attempt_record_json (without "attempt"), worker, task_id, batch_json, data texts of the batch...
-_RUN_ONCE = _EMIT + """
+_RUN_ONCE = (
+    _EMIT
+    + """
 local run_key, steps, lease, stream, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local run_id, step, epoch, status, started, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local st = redis.call('HGET', run_key, 'status')
@@ -239,10 +250,13 @@ else
 end
 return {'ok', tostring(attempt), st, redis.call('HGET', run_key, 'halt') or ''}
 """
+)
 
 # KEYS: run, stream, settled channel, controlled, control channel, live set. ARGV: run_id,
 # target, now, maxlen, state_ttl, fields_json, data_json, allowed sources...
-_TRANSITION = _EMIT + """
+_TRANSITION = (
+    _EMIT
+    + """
 local run_key, stream = KEYS[1], KEYS[2]
 local run_id, target, now, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local st = redis.call('HGET', run_key, 'status')
@@ -267,10 +281,13 @@ end
 redis.call('PUBLISH', KEYS[3], target)
 return {'ok', st}
 """
+)
 
 # KEYS: run, steps, stream. ARGV: run_id, step, status, now, maxlen, fields_json, etype, data,
 # expected status ('' for any: otherwise nothing changes unless the step has it)
-_STEP_SET = _EMIT + """
+_STEP_SET = (
+    _EMIT
+    + """
 local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
 if not redis.call('HGET', run_key, 'status') then return 0 end
 local settled_states = {COMPLETED=1, FAILED=1, SKIPPED=1, CANCELLED=1, COMPENSATING=1, COMPENSATED=1}
@@ -284,18 +301,24 @@ for k, v in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', steps, ARGV[2] ..
 emit(run_key, stream, ARGV[5], ARGV[1], ARGV[7], ARGV[2], ARGV[3], ARGV[4], ARGV[8])
 return 1
 """
+)
 
 # KEYS: run, stream. ARGV: run_id, maxlen, batch_json, data texts...
-_EMIT_BATCH = _EMIT + """
+_EMIT_BATCH = (
+    _EMIT
+    + """
 if not redis.call('HGET', KEYS[1], 'status') then return 0 end
 emit_batch(KEYS[1], KEYS[2], ARGV[2], ARGV[1], ARGV[3], 3)
 return 1
 """
+)
 
 # KEYS: run, steps, stream, channel, completed, attempts, controlled, control channel, live set.
 # ARGV: run_id, now, maxlen, target,
 # action, reset_json, clear_json, data_json, sources...
-_RESTART = _EMIT + """
+_RESTART = (
+    _EMIT
+    + """
 local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
 local run_id, now, maxlen, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local st = redis.call('HGET', run_key, 'status')
@@ -324,10 +347,13 @@ redis.call('ZADD', KEYS[9], now, run_id)  -- live again (a retry of a finished r
 redis.call('PUBLISH', KEYS[4], target)
 return {'ok', st, tostring(epoch)}
 """
+)
 
 # KEYS: run, steps, stream, channel, controlled, control channel. ARGV: run_id, now, maxlen,
 # terminate, lease_prefix, data_json, sources...
-_CANCEL = _EMIT + """
+_CANCEL = (
+    _EMIT
+    + """
 local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
 local run_id, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local st = redis.call('HGET', run_key, 'status')
@@ -358,10 +384,13 @@ end
 redis.call('PUBLISH', KEYS[4], 'CANCELLING')
 return out
 """
+)
 
 # KEYS: run, stream. ARGV: run_id, now, maxlen, data_json. Appends an operator action; a run
 # that does not exist gets seq 0 (the action is still audited, by its action id).
-_AUDIT = _EMIT + """
+_AUDIT = (
+    _EMIT
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return emit(KEYS[1], KEYS[2], ARGV[3], ARGV[1], 'operator_action', '', '', ARGV[2], ARGV[4])
 end
@@ -369,20 +398,26 @@ redis.call('XADD', KEYS[2], '*', 'run', ARGV[1], 'seq', 0, 'type', 'operator_act
            'status', '', 'ts', ARGV[2], 'data', ARGV[4])
 return 0
 """
+)
 
 # KEYS: run, stream. ARGV: run_id, now, maxlen, kind, data_json. Emits sla_<kind> once per run.
-_SLA_MARK = _EMIT + """
+_SLA_MARK = (
+    _EMIT
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HSETNX', KEYS[1], 'sla_' .. ARGV[4], ARGV[2]) == 0 then return 0 end
 emit(KEYS[1], KEYS[2], ARGV[3], ARGV[1], 'sla_' .. ARGV[4], '', '', ARGV[2], ARGV[5])
 return 1
 """
+)
 
 # KEYS: run, steps, lease, stream, attempts, controlled, control channel. ARGV: run_id, step,
 # epoch, now, maxlen, error, critical, attempt_record_json. Fails a RUNNING step of this epoch
 # whatever holds its lease, or a PENDING one of a fast-path task (its process is gone: killed
 # at the hard time limit).
-_KILLED = _EMIT + """
+_KILLED = (
+    _EMIT
+    + """
 local run_key, steps, lease, stream, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local run_id, step, epoch, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if not redis.call('HGET', run_key, 'status') then return 0 end
@@ -408,6 +443,7 @@ end
 emit(run_key, stream, maxlen, run_id, 'step_failed', step, 'FAILED', now, ARGV[8])
 return 1
 """
+)
 
 _REFRESH_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
@@ -461,81 +497,225 @@ class RunState:
 
     # -- creation -----------------------------------------------------------------------------
 
-    def create(self, run_id: str, fields: Mapping[str, Any], step_ids: Iterable[str], workflow_id: str) -> None:
+    def create(
+        self, run_id: str, fields: Mapping[str, Any], step_ids: Iterable[str], workflow_id: str
+    ) -> None:
         """Write a PENDING run with PENDING steps and its run_created event, in one round trip."""
         ts = now()
         step_ids = list(step_ids)
         run_fields = {k: v if isinstance(v, str) else dumps(v) for k, v in fields.items()}
-        run_fields.update(status=RunStatus.PENDING, created_at=ts, epoch="1", seq="1",
-                          total=str(len(step_ids)), settled="0")
+        run_fields.update(
+            status=RunStatus.PENDING,
+            created_at=ts,
+            epoch="1",
+            seq="1",
+            total=str(len(step_ids)),
+            settled="0",
+        )
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.keys.run(run_id), mapping=run_fields)
-        pipe.hset(self.keys.steps(run_id), mapping={step_field(s, "status"): "PENDING" for s in step_ids})
+        pipe.hset(
+            self.keys.steps(run_id), mapping={step_field(s, "status"): "PENDING" for s in step_ids}
+        )
         pipe.zadd(self.keys.runs, {run_id: float(ts)})
         pipe.zadd(self.keys.live, {run_id: float(ts)})  # the watchdog's work list until it ends
         pipe.zadd(self.keys.runs_of(workflow_id), {run_id: float(ts)})
         if fields.get("sla_seconds"):
             pipe.sadd(self.keys.sla_watch, run_id)
         xargs: dict[str, Any] = {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
-        pipe.xadd(self.keys.events, {"run": run_id, "seq": 1, "type": "run_created", "step": "",
-                                     "status": "PENDING", "ts": ts,
-                                     "data": dumps({k: fields[k] for k in ("workflow", "version") if k in fields})},
-                  **xargs)
+        pipe.xadd(
+            self.keys.events,
+            {
+                "run": run_id,
+                "seq": 1,
+                "type": "run_created",
+                "step": "",
+                "status": "PENDING",
+                "ts": ts,
+                "data": dumps({k: fields[k] for k in ("workflow", "version") if k in fields}),
+            },
+            **xargs,
+        )
         pipe.execute()
 
     # -- the step runtime's calls -------------------------------------------------------------
 
-    def begin_step(self, run_id: str, step: str, epoch: int, *, intent: str, owner: str,
-                   lease_ttl: int, task_id: str, worker: str, reason: str = "",
-                   started: float | None = None) -> tuple[str, ...]:
+    def begin_step(
+        self,
+        run_id: str,
+        step: str,
+        epoch: int,
+        *,
+        intent: str,
+        owner: str,
+        lease_ttl: int,
+        task_id: str,
+        worker: str,
+        reason: str = "",
+        started: float | None = None,
+    ) -> tuple[str, ...]:
         """(verdict, detail...): go/attempt, skipped, cancelled, paused, leased/holder,
         settled/status, adopt/status/output, stale, gone. ``intent="late"`` with ``started``:
         the step has been running since then (the fast path's begin, from the heartbeat)."""
         ts = f"{started:.6f}" if started is not None else now()
         res = self._begin(
-            keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.lease(run_id, step), self.keys.events],
-            args=[run_id, step, str(epoch), intent, owner, ts, lease_ttl, self.maxlen, task_id, worker, reason],
+            keys=[
+                self.keys.run(run_id),
+                self.keys.steps(run_id),
+                self.keys.lease(run_id, step),
+                self.keys.events,
+            ],
+            args=[
+                run_id,
+                step,
+                str(epoch),
+                intent,
+                owner,
+                ts,
+                lease_ttl,
+                self.maxlen,
+                task_id,
+                worker,
+                reason,
+            ],
         )
         out = tuple(_s(x) for x in res)
         return out if len(out) > 1 else (out[0], "")
 
-    def finish_step(self, run_id: str, step: str, epoch: int, *, status: str, owner: str,
-                    output: str = "null", error: str = "", traceback: str = "", critical: bool = True,
-                    attempt: Mapping[str, Any], batch: list | None = None) -> str:
+    def finish_step(
+        self,
+        run_id: str,
+        step: str,
+        epoch: int,
+        *,
+        status: str,
+        owner: str,
+        output: str = "null",
+        error: str = "",
+        traceback: str = "",
+        critical: bool = True,
+        attempt: Mapping[str, Any],
+        batch: list | None = None,
+    ) -> str:
         head, *texts = pack_batch(batch)
         k = self.keys
         res = self._finish(
-            keys=[k.run(run_id), k.steps(run_id), k.lease(run_id, step), k.events, k.attempts(run_id),
-                  k.controlled, k.control_channel],
-            args=[run_id, step, str(epoch), status, owner, now(), self.maxlen, output, error, traceback,
-                  "1" if critical else "0", dumps(attempt), head, self.state_ttl, *texts],
+            keys=[
+                k.run(run_id),
+                k.steps(run_id),
+                k.lease(run_id, step),
+                k.events,
+                k.attempts(run_id),
+                k.controlled,
+                k.control_channel,
+            ],
+            args=[
+                run_id,
+                step,
+                str(epoch),
+                status,
+                owner,
+                now(),
+                self.maxlen,
+                output,
+                error,
+                traceback,
+                "1" if critical else "0",
+                dumps(attempt),
+                head,
+                self.state_ttl,
+                *texts,
+            ],
         )
         return _s(res)
 
-    def run_once(self, run_id: str, step: str, epoch: int, *, status: str, started: float,
-                 output: str = "null", error: str = "", traceback: str = "", critical: bool = True,
-                 attempt: Mapping[str, Any], worker: str, task_id: str,
-                 batch: list | None = None) -> tuple[str, ...]:
+    def run_once(
+        self,
+        run_id: str,
+        step: str,
+        epoch: int,
+        *,
+        status: str,
+        started: float,
+        output: str = "null",
+        error: str = "",
+        traceback: str = "",
+        critical: bool = True,
+        attempt: Mapping[str, Any],
+        worker: str,
+        task_id: str,
+        batch: list | None = None,
+    ) -> tuple[str, ...]:
         """Record a whole attempt (start and end) of a step that ran without begin_step:
         ('ok', attempt, run status, halt) or (stale|settled|leased|gone, detail). ``attempt``
         is the record without its number, which the script assigns."""
         head, *texts = pack_batch(batch)
         k = self.keys
         res = self._run_once(
-            keys=[k.run(run_id), k.steps(run_id), k.lease(run_id, step), k.events, k.attempts(run_id),
-                  k.controlled, k.control_channel],
-            args=[run_id, step, str(epoch), status, f"{started:.6f}", now(), self.maxlen, output, error,
-                  traceback, "1" if critical else "0", dumps(attempt), worker, task_id, head, *texts],
+            keys=[
+                k.run(run_id),
+                k.steps(run_id),
+                k.lease(run_id, step),
+                k.events,
+                k.attempts(run_id),
+                k.controlled,
+                k.control_channel,
+            ],
+            args=[
+                run_id,
+                step,
+                str(epoch),
+                status,
+                f"{started:.6f}",
+                now(),
+                self.maxlen,
+                output,
+                error,
+                traceback,
+                "1" if critical else "0",
+                dumps(attempt),
+                worker,
+                task_id,
+                head,
+                *texts,
+            ],
         )
         return tuple(_s(x) for x in res)
 
-    def fail_killed_step(self, run_id: str, step: str, epoch: int, *, error: str, critical: bool,
-                         attempt: Mapping[str, Any]) -> bool:
+    def fail_killed_step(
+        self,
+        run_id: str,
+        step: str,
+        epoch: int,
+        *,
+        error: str,
+        critical: bool,
+        attempt: Mapping[str, Any],
+    ) -> bool:
         k = self.keys
-        return bool(self._killed(
-            keys=[k.run(run_id), k.steps(run_id), k.lease(run_id, step), k.events, k.attempts(run_id),
-                  k.controlled, k.control_channel],
-            args=[run_id, step, str(epoch), now(), self.maxlen, error, "1" if critical else "0", dumps(attempt)]))
+        return bool(
+            self._killed(
+                keys=[
+                    k.run(run_id),
+                    k.steps(run_id),
+                    k.lease(run_id, step),
+                    k.events,
+                    k.attempts(run_id),
+                    k.controlled,
+                    k.control_channel,
+                ],
+                args=[
+                    run_id,
+                    step,
+                    str(epoch),
+                    now(),
+                    self.maxlen,
+                    error,
+                    "1" if critical else "0",
+                    dumps(attempt),
+                ],
+            )
+        )
 
     def refresh_lease(self, run_id: str, step: str, owner: str, ttl: int) -> bool:
         return bool(self._refresh(keys=[self.keys.lease(run_id, step)], args=[owner, ttl]))
@@ -544,72 +724,170 @@ class RunState:
         """Append events [type, step, status, ts, data_json] with the run's next seqs."""
         if batch:
             head, *texts = pack_batch(batch)
-            self._emit_batch(keys=[self.keys.run(run_id), self.keys.events], args=[run_id, self.maxlen, head, *texts])
+            self._emit_batch(
+                keys=[self.keys.run(run_id), self.keys.events],
+                args=[run_id, self.maxlen, head, *texts],
+            )
 
-    def set_step(self, run_id: str, step: str, status: str, etype: str, *,
-                 fields: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
-                 expect: str = "") -> bool:
+    def set_step(
+        self,
+        run_id: str,
+        step: str,
+        status: str,
+        etype: str,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        expect: str = "",
+    ) -> bool:
         """Set a step's status (and fields) with its event; with ``expect``, only if the step
         still has that status (False otherwise)."""
         res = self._step_set(
             keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.events],
-            args=[run_id, step, status, now(), self.maxlen, dumps(dict(fields or {})), etype, dumps(dict(data or {})),
-                  expect],
+            args=[
+                run_id,
+                step,
+                status,
+                now(),
+                self.maxlen,
+                dumps(dict(fields or {})),
+                etype,
+                dumps(dict(data or {})),
+                expect,
+            ],
         )
         return bool(res)
 
-    def transition(self, run_id: str, target: RunStatus, *, fields: Mapping[str, Any] | None = None,
-                   data: Mapping[str, Any] | None = None, sources: Iterable[str] | None = None) -> tuple[bool, str]:
+    def transition(
+        self,
+        run_id: str,
+        target: RunStatus,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        sources: Iterable[str] | None = None,
+    ) -> tuple[bool, str]:
         """Move the run to ``target`` if the transition table allows it from its current status.
 
         Returns (done, status before). The check and the write are one atomic script.
         """
         allowed = list(sources) if sources is not None else sources_of(target)
         res = self._transition(
-            keys=[self.keys.run(run_id), self.keys.events, self.keys.settled_channel(run_id),
-                  self.keys.controlled, self.keys.control_channel, self.keys.live],
-            args=[run_id, str(target), now(), self.maxlen, self.state_ttl,
-                  dumps({k: v if isinstance(v, str) or v is None else dumps(v) for k, v in (fields or {}).items()}),
-                  dumps(dict(data or {})), *allowed],
+            keys=[
+                self.keys.run(run_id),
+                self.keys.events,
+                self.keys.settled_channel(run_id),
+                self.keys.controlled,
+                self.keys.control_channel,
+                self.keys.live,
+            ],
+            args=[
+                run_id,
+                str(target),
+                now(),
+                self.maxlen,
+                self.state_ttl,
+                dumps(
+                    {
+                        k: v if isinstance(v, str) or v is None else dumps(v)
+                        for k, v in (fields or {}).items()
+                    }
+                ),
+                dumps(dict(data or {})),
+                *allowed,
+            ],
         )
         return _s(res[0]) == "ok", _s(res[1])
 
-    def restart(self, run_id: str, target: RunStatus, *, sources: Iterable[str], reset: Iterable[str] = (),
-                clear: Iterable[str] = (), data: Mapping[str, Any] | None = None) -> tuple[str, str, int]:
+    def restart(
+        self,
+        run_id: str,
+        target: RunStatus,
+        *,
+        sources: Iterable[str],
+        reset: Iterable[str] = (),
+        clear: Iterable[str] = (),
+        data: Mapping[str, Any] | None = None,
+    ) -> tuple[str, str, int]:
         """Atomically: check the status, bump the epoch, reset steps to PENDING, clear run fields.
 
         Returns (verdict 'ok'|'refused'|'gone', status before, new epoch).
         """
         k = self.keys
         res = self._restart(
-            keys=[k.run(run_id), k.steps(run_id), k.events, k.settled_channel(run_id), k.completed(run_id),
-                  k.attempts(run_id), k.controlled, k.control_channel, k.live],
-            args=[run_id, now(), self.maxlen, str(target), "", dumps(list(reset)), dumps(list(clear)),
-                  dumps(dict(data or {})), *sources],
+            keys=[
+                k.run(run_id),
+                k.steps(run_id),
+                k.events,
+                k.settled_channel(run_id),
+                k.completed(run_id),
+                k.attempts(run_id),
+                k.controlled,
+                k.control_channel,
+                k.live,
+            ],
+            args=[
+                run_id,
+                now(),
+                self.maxlen,
+                str(target),
+                "",
+                dumps(list(reset)),
+                dumps(list(clear)),
+                dumps(dict(data or {})),
+                *sources,
+            ],
         )
         return _s(res[0]), _s(res[1]), int(_s(res[2]))
 
-    def cancel(self, run_id: str, *, sources: Iterable[str], terminate: bool,
-               data: Mapping[str, Any] | None = None) -> tuple[str, str, int, list[str]]:
+    def cancel(
+        self,
+        run_id: str,
+        *,
+        sources: Iterable[str],
+        terminate: bool,
+        data: Mapping[str, Any] | None = None,
+    ) -> tuple[str, str, int, list[str]]:
         """Atomically move to CANCELLING with a new epoch; with ``terminate`` also mark running
         steps CANCELLED and return their Celery task ids (to revoke)."""
         k = self.keys
         res = self._cancel(
-            keys=[k.run(run_id), k.steps(run_id), k.events, k.settled_channel(run_id), k.controlled,
-                  k.control_channel],
-            args=[run_id, now(), self.maxlen, "1" if terminate else "0", k.lease(run_id, ""),
-                  dumps(dict(data or {})), *sources],
+            keys=[
+                k.run(run_id),
+                k.steps(run_id),
+                k.events,
+                k.settled_channel(run_id),
+                k.controlled,
+                k.control_channel,
+            ],
+            args=[
+                run_id,
+                now(),
+                self.maxlen,
+                "1" if terminate else "0",
+                k.lease(run_id, ""),
+                dumps(dict(data or {})),
+                *sources,
+            ],
         )
         return _s(res[0]), _s(res[1]), int(_s(res[2])), [_s(t) for t in res[3:] if t]
 
     def audit(self, run_id: str, data: Mapping[str, Any]) -> int:
-        return int(self._audit(keys=[self.keys.run(run_id), self.keys.events],
-                               args=[run_id, now(), self.maxlen, dumps(dict(data))]))
+        return int(
+            self._audit(
+                keys=[self.keys.run(run_id), self.keys.events],
+                args=[run_id, now(), self.maxlen, dumps(dict(data))],
+            )
+        )
 
     def sla_mark(self, run_id: str, kind: str, data: Mapping[str, Any]) -> bool:
         """Emit sla_warning / sla_breached for a run, at most once each."""
-        return bool(self._sla_mark(keys=[self.keys.run(run_id), self.keys.events],
-                                   args=[run_id, now(), self.maxlen, kind, dumps(dict(data))]))
+        return bool(
+            self._sla_mark(
+                keys=[self.keys.run(run_id), self.keys.events],
+                args=[run_id, now(), self.maxlen, kind, dumps(dict(data))],
+            )
+        )
 
     def lease_holder(self, run_id: str, step: str) -> str | None:
         v = self.r.get(self.keys.lease(run_id, step))
@@ -617,7 +895,9 @@ class RunState:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def read(self, run_id: str) -> tuple[dict[str, str], dict[str, dict[str, str]], list[dict[str, Any]]] | None:
+    def read(
+        self, run_id: str
+    ) -> tuple[dict[str, str], dict[str, dict[str, str]], list[dict[str, Any]]] | None:
         """(run fields, {step: fields}, attempt records) in one round trip, or None if unknown."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(self.keys.run(run_id))

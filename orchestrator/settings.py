@@ -116,5 +116,7 @@ class Settings:
             if f.name in ("extra_celery", "limits"):
                 continue
             value = getattr(self, f.name)
-            out[f"CANVASFLOW_{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+            out[f"CANVASFLOW_{f.name.upper()}"] = (
+                ",".join(value) if isinstance(value, tuple) else str(value)
+            )
         return out

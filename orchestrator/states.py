@@ -38,9 +38,7 @@ class StepStatus(StrEnum):
         return self in SETTLED_STEP_STATUSES
 
 
-FINAL_RUN_STATUSES = frozenset(
-    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}
-)
+FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 # COMPENSATION_FAILED is not final: an operator retries the compensation or resolves the run.
 SETTLED_STEP_STATUSES = frozenset(
     {
@@ -59,7 +57,10 @@ RUN_TRANSITIONS: frozenset[tuple[RunStatus, RunStatus]] = frozenset(
     {
         (RunStatus.PENDING, RunStatus.RUNNING),
         (RunStatus.PENDING, RunStatus.CANCELLED),
-        (RunStatus.PENDING, RunStatus.FAILED),  # its first step failed before it began (refused, broke)
+        (
+            RunStatus.PENDING,
+            RunStatus.FAILED,
+        ),  # its first step failed before it began (refused, broke)
         (RunStatus.PENDING, RunStatus.PAUSING),
         (RunStatus.PENDING, RunStatus.CANCELLING),
         (RunStatus.RUNNING, RunStatus.COMPLETED),
@@ -97,7 +98,8 @@ def can_transition(current: str, target: str) -> bool:
 # refused a message that was not a step's): any live status. COMPENSATION_FAILED is left to the
 # operator it waits for. Not operator transitions: callers pass these as ``sources``.
 ABANDON_SOURCES: tuple[RunStatus, ...] = tuple(
-    s for s in RunStatus if s not in FINAL_RUN_STATUSES and s is not RunStatus.COMPENSATION_FAILED)
+    s for s in RunStatus if s not in FINAL_RUN_STATUSES and s is not RunStatus.COMPENSATION_FAILED
+)
 
 
 def sources_of(target: RunStatus) -> list[str]:

@@ -30,7 +30,9 @@ def _deps(step: Mapping[str, Any]) -> list[Any]:
     return deps if isinstance(deps, list) else []
 
 
-def check(data: Mapping[str, Any], catalog: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+def check(
+    data: Mapping[str, Any], catalog: Mapping[str, Any] | None = None
+) -> list[tuple[str, str]]:
     """Every semantic problem of a raw definition, each as (path, message)."""
     token = _hints.set([MAX_HINTS])
     try:
@@ -48,13 +50,18 @@ def _check(data: Mapping[str, Any], catalog: Mapping[str, Any] | None) -> list[t
         if not isinstance(sid, str):
             continue
         if sid in index:
-            problems.append((f"steps[{i}].id", f"duplicate step id '{sid}' (first used by steps[{index[sid]}])"))
+            problems.append(
+                (f"steps[{i}].id", f"duplicate step id '{sid}' (first used by steps[{index[sid]}])")
+            )
         else:
             index[sid] = i
     sequential = data.get("mode") == "sequential"
     problems.extend(_check_dependencies(steps, index, sequential))
-    graph = {s["id"]: [d for d in _deps(s) if d in index and d != s["id"]]
-             for _, s in steps if isinstance(s.get("id"), str)}
+    graph = {
+        s["id"]: [d for d in _deps(s) if d in index and d != s["id"]]
+        for _, s in steps
+        if isinstance(s.get("id"), str)
+    }
     cycle = find_cycle(graph)
     if cycle:
         problems.append(("steps", "cycle: " + " -> ".join(cycle)))
@@ -80,7 +87,10 @@ def _check_dependencies(
             elif dep == s.get("id"):
                 yield path, "a step cannot depend on itself"
             elif sequential and index[dep] > i:
-                yield path, f"in sequential mode a step may only depend on earlier steps; '{dep}' comes later"
+                yield (
+                    path,
+                    f"in sequential mode a step may only depend on earlier steps; '{dep}' comes later",
+                )
             if dep in seen:
                 yield path, f"'{dep}' is listed twice"
             seen.add(dep)
@@ -119,7 +129,7 @@ def find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
         while todo:
             for dep in todo[-1]:
                 if color.get(dep) == grey:
-                    cyc = path[path.index(dep):] + [dep]
+                    cyc = path[path.index(dep) :] + [dep]
                     return list(reversed(cyc))
                 if color.get(dep) == white:
                     color[dep] = grey
@@ -210,8 +220,16 @@ class _Visible:
     """The steps whose outcome ``sid`` may read: its upstream, and in sequential mode every
     earlier step (they have settled before it starts). A membership test, never a set."""
 
-    def __init__(self, sid: str, i: int, upstream: Upstream, index: dict[str, int], sequential: bool) -> None:
-        self.sid, self.i, self.upstream, self.index, self.sequential = sid, i, upstream, index, sequential
+    def __init__(
+        self, sid: str, i: int, upstream: Upstream, index: dict[str, int], sequential: bool
+    ) -> None:
+        self.sid, self.i, self.upstream, self.index, self.sequential = (
+            sid,
+            i,
+            upstream,
+            index,
+            sequential,
+        )
 
     def __contains__(self, ref: object) -> bool:
         if not isinstance(ref, str):
@@ -290,12 +308,19 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
 
 
 def _check_paths(
-    expr: expressions.Expression, path: str, sid: str, visible: Container[str], index: dict[str, int]
+    expr: expressions.Expression,
+    path: str,
+    sid: str,
+    visible: Container[str],
+    index: dict[str, int],
 ) -> Iterator[tuple[str, str]]:
     for chain in expr.paths():
         root = chain[0]
         if root not in ROOT_NAMES:
-            yield path, f"unknown name '{root}' (names: inputs, steps.<id>.output, steps.<id>.status, run.id)"
+            yield (
+                path,
+                f"unknown name '{root}' (names: inputs, steps.<id>.output, steps.<id>.status, run.id)",
+            )
             continue
         if root == "run" and len(chain) > 1 and chain[1] not in RUN_FIELDS:
             yield path, f"run has no field '{chain[1]}' (fields: {', '.join(sorted(RUN_FIELDS))})"
@@ -313,7 +338,10 @@ def _check_paths(
         elif ref == sid and not path.split(".", 1)[-1].startswith("compensate"):
             yield path, f"step '{sid}' cannot read its own output"
         elif ref not in visible:
-            yield path, f"step '{ref}' is not upstream of '{sid}': add it to depends_on to read its {chain[2] if len(chain) > 2 else 'output'}"
+            yield (
+                path,
+                f"step '{ref}' is not upstream of '{sid}': add it to depends_on to read its {chain[2] if len(chain) > 2 else 'output'}",
+            )
 
 
 def _check_plugins(
@@ -326,7 +354,9 @@ def _check_plugins(
             yield from _check_call(comp, f"steps[{i}].compensate", catalog)
 
 
-def _check_call(s: Mapping[str, Any], path: str, catalog: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+def _check_call(
+    s: Mapping[str, Any], path: str, catalog: Mapping[str, Any]
+) -> Iterator[tuple[str, str]]:
     plugin, method = s.get("plugin"), s.get("method", "run")
     if not isinstance(plugin, str) or not isinstance(method, str):
         return
@@ -334,18 +364,32 @@ def _check_call(s: Mapping[str, Any], path: str, catalog: Mapping[str, Any]) -> 
     if methods is None:
         hint = _closest(plugin, catalog)
         known = ", ".join(sorted(catalog)) or "none"
-        yield f"{path}.plugin", f"no plugin '{plugin}'" + (f" (did you mean '{hint}'?)" if hint else "") + f"; registered: {known}"
+        yield (
+            f"{path}.plugin",
+            f"no plugin '{plugin}'"
+            + (f" (did you mean '{hint}'?)" if hint else "")
+            + f"; registered: {known}",
+        )
         return
     info = methods.get(method)
     if info is None:
-        yield f"{path}.method", f"plugin '{plugin}' has no method '{method}' (methods: {', '.join(sorted(methods)) or 'none'})"
+        yield (
+            f"{path}.method",
+            f"plugin '{plugin}' has no method '{method}' (methods: {', '.join(sorted(methods)) or 'none'})",
+        )
         return
     params = s.get("params") if isinstance(s.get("params"), Mapping) else {}
     for name in info.get("required", []):
         if name not in params:
-            yield f"{path}.params", f"missing required parameter '{name}' of {plugin}.{method} (parameters: {', '.join(info.get('params', []))})"
+            yield (
+                f"{path}.params",
+                f"missing required parameter '{name}' of {plugin}.{method} (parameters: {', '.join(info.get('params', []))})",
+            )
     if not info.get("accepts_any"):
         allowed = set(info.get("params", []))
         for name in params:
             if name not in allowed:
-                yield f"{path}.params.{name}", f"unknown parameter of {plugin}.{method} (parameters: {', '.join(info.get('params', [])) or 'none'})"
+                yield (
+                    f"{path}.params.{name}",
+                    f"unknown parameter of {plugin}.{method} (parameters: {', '.join(info.get('params', [])) or 'none'})",
+                )

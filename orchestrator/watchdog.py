@@ -42,8 +42,15 @@ log = logging.getLogger("canvasflow.watchdog")
 WAITING = frozenset({RunStatus.PAUSED, RunStatus.COMPENSATION_FAILED})
 FINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 # Statuses the watchdog knows how to re-dispatch (what the compiler builds for each).
-REDISPATCHABLE = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSING, RunStatus.CANCELLING,
-                            RunStatus.COMPENSATING})
+REDISPATCHABLE = frozenset(
+    {
+        RunStatus.PENDING,
+        RunStatus.RUNNING,
+        RunStatus.PAUSING,
+        RunStatus.CANCELLING,
+        RunStatus.COMPENSATING,
+    }
+)
 # At most this many broker messages are decoded per tick looking for stalled runs' ids.
 SCAN_LIMIT = 200_000
 
@@ -64,7 +71,9 @@ return 0
 # expected seq, expected status, data_json. Claims a stalled run for re-dispatch if it has not
 # moved since it was judged (same seq, same status): bumps the epoch, appends run_redispatched.
 # Returns {'ok', status, epoch} or {'moved' | 'gone', status, '0'}.
-_CLAIM = _EMIT + """
+_CLAIM = (
+    _EMIT
+    + """
 local run_key, stream = KEYS[1], KEYS[2]
 local run_id, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local st = redis.call('HGET', run_key, 'status')
@@ -78,6 +87,7 @@ controlled(KEYS[3], KEYS[4], run_id, 'restart', now)
 redis.call('HDEL', KEYS[5], run_id)
 return {'ok', st, tostring(epoch)}
 """
+)
 
 
 @dataclass
@@ -98,13 +108,17 @@ def _s(v: Any) -> str:
 class Watchdog:
     """Finds stalled live runs and re-dispatches them; safe to run several at once."""
 
-    def __init__(self, client: Any, *, stall_seconds: float | None = None, name: str | None = None) -> None:
+    def __init__(
+        self, client: Any, *, stall_seconds: float | None = None, name: str | None = None
+    ) -> None:
         self.client = client
         self.settings: Settings = client.settings
         self.r = client.redis
         self.keys = client.keys
         self.state = client.state
-        self.stall = float(stall_seconds if stall_seconds is not None else self.settings.watchdog_stall_seconds)
+        self.stall = float(
+            stall_seconds if stall_seconds is not None else self.settings.watchdog_stall_seconds
+        )
         self.name = name or f"watchdog@{socket.gethostname()}:{os.getpid()}"
         self._leased = self.r.register_script(_LEASED)
         self._claim = self.r.register_script(_CLAIM)
@@ -154,8 +168,12 @@ class Watchdog:
         alive = self._alive(candidates)
         if alive:
             # Progress of another kind (a lease, a message): judge again after another stall period.
-            self.r.hset(self.keys.watchdog, mapping={rid: f"{candidates[rid][0]}:{candidates[rid][1]} {t:.3f}"
-                                                     for rid in alive})
+            self.r.hset(
+                self.keys.watchdog,
+                mapping={
+                    rid: f"{candidates[rid][0]}:{candidates[rid][1]} {t:.3f}" for rid in alive
+                },
+            )
         for rid in sorted(set(candidates) - alive):
             st, sq, stalled_for = candidates[rid]
             try:
@@ -233,8 +251,11 @@ class Watchdog:
             look(raw)
         if scanned >= SCAN_LIMIT:
             # Too many messages to be sure: count every candidate as alive rather than duplicate work.
-            log.warning("watchdog: more than %d broker messages, not judging %d run(s) this time",
-                        SCAN_LIMIT, len(wanted) - len(found))
+            log.warning(
+                "watchdog: more than %d broker messages, not judging %d run(s) this time",
+                SCAN_LIMIT,
+                len(wanted) - len(found),
+            )
             return set(wanted)
         return found
 
@@ -247,34 +268,79 @@ class Watchdog:
             return False
         run, steps, _ = data
         defn = from_stored(json.loads(run["definition"]))
-        left = [s for s in defn.step_ids if steps.get(s, {}).get("status") not in
-                (StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED,
-                 StepStatus.COMPENSATED)]
-        reason = (f"no lease, no queued message and no event for {stalled_for:.0f}s "
-                  f"(CANVASFLOW_WATCHDOG_STALL_SECONDS={self.stall:g})")
+        left = [
+            s
+            for s in defn.step_ids
+            if steps.get(s, {}).get("status")
+            not in (
+                StepStatus.COMPLETED,
+                StepStatus.FAILED,
+                StepStatus.SKIPPED,
+                StepStatus.CANCELLED,
+                StepStatus.COMPENSATED,
+            )
+        ]
+        reason = (
+            f"no lease, no queued message and no event for {stalled_for:.0f}s "
+            f"(CANVASFLOW_WATCHDOG_STALL_SECONDS={self.stall:g})"
+        )
         k = self.keys
-        res = self._claim(keys=[k.run(run_id), k.events, k.controlled, k.control_channel, k.watchdog],
-                          args=[run_id, now(), self.state.maxlen, seq, status,
-                                dumps({"watchdog": self.name, "reason": reason, "stalled_for": round(stalled_for, 1),
-                                       "status": status, "steps": left})])
+        res = self._claim(
+            keys=[k.run(run_id), k.events, k.controlled, k.control_channel, k.watchdog],
+            args=[
+                run_id,
+                now(),
+                self.state.maxlen,
+                seq,
+                status,
+                dumps(
+                    {
+                        "watchdog": self.name,
+                        "reason": reason,
+                        "stalled_for": round(stalled_for, 1),
+                        "status": status,
+                        "steps": left,
+                    }
+                ),
+            ],
+        )
         if _s(res[0]) != "ok":
             return False
         epoch = int(_s(res[2]))
-        log.warning("watchdog %s: run %s (%s) stalled for %.0fs: re-dispatched with epoch %d (steps left: %s)",
-                    self.name, run_id, status, stalled_for, epoch, ", ".join(left) or "none")
+        log.warning(
+            "watchdog %s: run %s (%s) stalled for %.0fs: re-dispatched with epoch %d (steps left: %s)",
+            self.name,
+            run_id,
+            status,
+            stalled_for,
+            epoch,
+            ", ".join(left) or "none",
+        )
         self._send(run_id, epoch, status, run, defn, steps)
         return True
 
-    def _send(self, run_id: str, epoch: int, status: str, run: Mapping[str, str], defn: Definition,
-              steps: Mapping[str, Mapping[str, str]]) -> None:
+    def _send(
+        self,
+        run_id: str,
+        epoch: int,
+        status: str,
+        run: Mapping[str, str],
+        defn: Definition,
+        steps: Mapping[str, Mapping[str, str]],
+    ) -> None:
         app = self.client.celery
         if status == RunStatus.CANCELLING:
             # What the cancel sent: a lone settle that marks what never started and compensates.
-            compiler.compile_settle(run_context(run_id, epoch, run, defn, self.settings), app=app).apply_async()
+            compiler.compile_settle(
+                run_context(run_id, epoch, run, defn, self.settings), app=app
+            ).apply_async()
         elif status == RunStatus.COMPENSATING:
-            order = [s for s in reversed(self.state.completed_order(run_id))
-                     if steps.get(s, {}).get("status") in (StepStatus.COMPLETED, StepStatus.COMPENSATING)
-                     and defn.step(s).compensate]
+            order = [
+                s
+                for s in reversed(self.state.completed_order(run_id))
+                if steps.get(s, {}).get("status") in (StepStatus.COMPLETED, StepStatus.COMPENSATING)
+                and defn.step(s).compensate
+            ]
             target = run.get("compensate_target") or RunStatus.FAILED
             ctx = run_context(run_id, epoch, run, defn, self.settings)
             compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
@@ -288,15 +354,21 @@ class Watchdog:
         before the live set existed); returns how many. Reads the run index once."""
         added, start = 0, 0
         while True:
-            ids = [_s(i) for i in self.r.zrange(self.keys.runs, start, start + chunk - 1, withscores=False)]
+            ids = [
+                _s(i)
+                for i in self.r.zrange(self.keys.runs, start, start + chunk - 1, withscores=False)
+            ]
             if not ids:
                 return added
             start += len(ids)
             pipe = self.r.pipeline(transaction=False)
             for rid in ids:
                 pipe.hmget(self.keys.run(rid), "status", "created_at")
-            missing = {rid: float(_s(created) or 0) for rid, (status, created) in zip(ids, pipe.execute(), strict=True)
-                       if status is not None and _s(status) not in FINAL}
+            missing = {
+                rid: float(_s(created) or 0)
+                for rid, (status, created) in zip(ids, pipe.execute(), strict=True)
+                if status is not None and _s(status) not in FINAL
+            }
             if missing:
                 added += int(self.r.zadd(self.keys.live, missing, nx=True))
 
@@ -307,7 +379,12 @@ class Watchdog:
                 log.info("watchdog: %d live run(s) from before the live set were added to it", n)
         except Exception:
             log.exception("watchdog: could not seed the live set")
-        log.info("watchdog %s: checking live runs every %.1fs, stalled after %gs", self.name, every, self.stall)
+        log.info(
+            "watchdog %s: checking live runs every %.1fs, stalled after %gs",
+            self.name,
+            every,
+            self.stall,
+        )
         while not stop.is_set():
             try:
                 rep = self.check_once()

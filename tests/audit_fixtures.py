@@ -25,10 +25,14 @@ def postgres_url() -> str:
     import psycopg
 
     url = make_url(POSTGRES_URL)
-    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    admin = url.set(drivername="postgresql", database="postgres").render_as_string(
+        hide_password=False
+    )
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)
+            ).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{url.database}"')
     except psycopg.Error as exc:
@@ -37,8 +41,11 @@ def postgres_url() -> str:
 
 
 def _pg_schema_url(base: str, schema: str) -> str:
-    return make_url(base).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False)
+    return (
+        make_url(base)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -72,5 +79,3 @@ def sqlite_store(tmp_path: Path) -> Iterator[AuditStore]:
     s.upgrade()
     yield s
     s.dispose()
-
-

@@ -84,9 +84,17 @@ def make_settings(redis_url: str, **overrides: object) -> Settings:
 class WorkerProcess:
     """A real `celery -A workers.app worker` subprocess, started the way a user starts it."""
 
-    def __init__(self, settings: Settings, name: str, queues: str = "default,io",
-                 concurrency: int = 2, pool: str = "prefork", extra_env: dict[str, str] | None = None,
-                 log_dir: Path | None = None, include: str = "") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        queues: str = "default,io",
+        concurrency: int = 2,
+        pool: str = "prefork",
+        extra_env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+        include: str = "",
+    ) -> None:
         self.settings = settings
         self.name = name
         self.hostname = f"{name}@{os.uname().nodename}"
@@ -96,10 +104,32 @@ class WorkerProcess:
         self.log_path = log_dir / f"worker-{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-n", self.hostname,
-             "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", "INFO", "--without-mingle",
-             "--without-gossip", *(["-I", include] if include else [])],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "worker",
+                "-n",
+                self.hostname,
+                "-Q",
+                queues,
+                "-c",
+                str(concurrency),
+                "-P",
+                pool,
+                "-l",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+                *(["-I", include] if include else []),
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 30) -> WorkerProcess:

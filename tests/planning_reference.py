@@ -51,8 +51,13 @@ def _topological(nodes: list[str], parents: Mapping[str, list[str]]) -> list[str
     return out
 
 
-def _decompose(nodes: list[str], anc: dict[str, int], bit: dict[str, int], lost: list,
-               desc: dict[str, int] | None = None) -> Node:
+def _decompose(
+    nodes: list[str],
+    anc: dict[str, int],
+    bit: dict[str, int],
+    lost: list,
+    desc: dict[str, int] | None = None,
+) -> Node:
     if len(nodes) == 1:
         return Leaf(nodes[0])
     if desc is None:
@@ -87,13 +92,13 @@ def _decompose(nodes: list[str], anc: dict[str, int], bit: dict[str, int], lost:
         for k in range(len(levels) - 1):
             for n in levels[k]:
                 prefix |= bit[n]
-            missing = sum((prefix & ~anc[n]).bit_count() for lvl in levels[k + 1:] for n in lvl)
+            missing = sum((prefix & ~anc[n]).bit_count() for lvl in levels[k + 1 :] for n in lvl)
             if best is None or missing < best[0]:
                 best = (missing, k)
         assert best is not None
         k = best[1]
         before = [n for lvl in levels[: k + 1] for n in lvl]
-        after = [n for lvl in levels[k + 1:] for n in lvl]
+        after = [n for lvl in levels[k + 1 :] for n in lvl]
         bmask = sum(bit[n] for n in before)
         for n in after:
             for p in before:
@@ -127,8 +132,9 @@ def _descendants(nodes: list[str], anc: dict[str, int], bit: dict[str, int]) -> 
     return desc
 
 
-def _components(nodes: list[str], anc: dict[str, int], desc: dict[str, int], bit: dict[str, int],
-                mask: int) -> list[list[str]]:
+def _components(
+    nodes: list[str], anc: dict[str, int], desc: dict[str, int], bit: dict[str, int], mask: int
+) -> list[list[str]]:
     """Weakly connected components of the order restricted to ``nodes``, in node order.
 
     A flood fill over bit masks: each node is expanded once, so a 1000-wide fan-out costs
@@ -163,7 +169,9 @@ def _components(nodes: list[str], anc: dict[str, int], desc: dict[str, int], bit
     return list(groups.values())
 
 
-def _levels(nodes: list[str], anc: dict[str, int], bit: dict[str, int], mask: int) -> list[list[str]]:
+def _levels(
+    nodes: list[str], anc: dict[str, int], bit: dict[str, int], mask: int
+) -> list[list[str]]:
     """Nodes grouped by longest-path depth within ``nodes`` (each level is an antichain)."""
     index = {bit[n].bit_length() - 1: n for n in nodes}
     depth: dict[str, int] = {}

@@ -33,7 +33,8 @@ def events_of(r: redis.Redis, keys: Keys, run_id: str) -> list[dict[str, str]]:
 
 
 def test_a_new_attempt_of_a_step_whose_lease_lapsed_reports_the_old_one_lost_once(
-        redis_client: redis.Redis) -> None:
+    redis_client: redis.Redis,
+) -> None:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     state = RunState(redis_client, keys, state_ttl=60)
     state.create("r1", {"workflow": "w"}, ["a"], "w")
@@ -43,7 +44,9 @@ def test_a_new_attempt_of_a_step_whose_lease_lapsed_reports_the_old_one_lost_onc
     assert state.begin_step("r1", "a", 1, owner="first", **go)[:2] == ("go", "1")
     assert state.begin_step("r1", "a", 1, owner="second", **go)[0] == "leased"
     redis_client.delete(keys.lease("r1", "a"))  # the first worker died: its lease lapsed
-    assert state.begin_step("r1", "a", 1, owner="second", **{**go, "worker": "w2", "task_id": "t1"})[:2] == ("go", "2")
+    assert state.begin_step(
+        "r1", "a", 1, owner="second", **{**go, "worker": "w2", "task_id": "t1"}
+    )[:2] == ("go", "2")
     lost = [e for e in events_of(redis_client, keys, "r1") if e["type"] == "attempt_lost"]
     assert len(lost) == 1
     data = json.loads(lost[0]["data"])
@@ -74,27 +77,42 @@ def recorders() -> Iterator[list[Recorder]]:
 
 @pytest.mark.integration
 def test_the_attempt_of_a_sigkilled_worker_is_closed_lost_in_the_audit_store(
-        redis_url: str, store: AuditStore, start_worker, recorders: list[Recorder]) -> None:
+    redis_url: str, store: AuditStore, start_worker, recorders: list[Recorder]
+) -> None:
     settings = make_settings(redis_url, lease_ttl=2, visibility_timeout=4)
     first = start_worker(settings, concurrency=1)
     client = Client(settings)
     try:
-        run = client.submit(Workflow("killed_mid_step").step("s", "builtin", "sleep", params={"seconds": 3}))
-        wait_for(lambda: client.snapshot(run.id).step("s").status == "RUNNING", 30, "the step running")
+        run = client.submit(
+            Workflow("killed_mid_step").step("s", "builtin", "sleep", params={"seconds": 3})
+        )
+        wait_for(
+            lambda: client.snapshot(run.id).step("s").status == "RUNNING", 30, "the step running"
+        )
         first.kill()
         start_worker(settings, concurrency=1)  # its restore sweep brings the message back
         snap = run.wait(90)
         assert snap.status == "COMPLETED"
         assert snap.step("s").attempts == 2
 
-        rec = Recorder(store, client.redis, client.keys, group=f"g-{uuid.uuid4().hex[:8]}", start_id="0", block=0.1)
+        rec = Recorder(
+            store,
+            client.redis,
+            client.keys,
+            group=f"g-{uuid.uuid4().hex[:8]}",
+            start_id="0",
+            block=0.1,
+        )
         rec.setup()
         recorders.append(rec)
         rec.drain()
         a = step_attempts.c
         with store.engine.connect() as conn:
-            rows = conn.execute(select(a.attempt, a.status, a.error, a.worker, a.finished_at)
-                                .where(a.run_id == run.id).order_by(a.attempt)).all()
+            rows = conn.execute(
+                select(a.attempt, a.status, a.error, a.worker, a.finished_at)
+                .where(a.run_id == run.id)
+                .order_by(a.attempt)
+            ).all()
         assert [(r.attempt, r.status) for r in rows] == [(1, "LOST"), (2, "COMPLETED")]
         assert "lease" in rows[0].error and rows[0].finished_at is not None
         assert rows[0].worker == first.hostname

@@ -35,7 +35,9 @@ pytest_plugins = ("tests.audit_fixtures",)
 def test_upgrade_creates_the_schema_that_the_models_declare(store):
     assert store.revision() == HEAD
     with store.engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "version_table": VERSION_TABLE})
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
+        )
         assert compare_metadata(ctx, metadata) == []
 
 
@@ -104,7 +106,10 @@ def test_events_redelivered_while_their_run_has_gaps_are_recognised_as_recorded(
     assert store.apply(evs, lk) == []
     with store.connect() as conn:
         assert conn.execute(select(func.count()).select_from(events)).scalar_one() == len(evs)
-        assert conn.execute(select(runs.c.event_count, runs.c.last_seq)).one() == (len(evs), len(evs))
+        assert conn.execute(select(runs.c.event_count, runs.c.last_seq)).one() == (
+            len(evs),
+            len(evs),
+        )
 
 
 def test_events_applied_in_any_order_and_batching_give_the_same_tables(store, tmp_path):
@@ -115,7 +120,7 @@ def test_events_applied_in_any_order_and_batching_give_the_same_tables(store, tm
     shuffled = evs[:]
     random.Random(7).shuffle(shuffled)
     for i in range(0, len(shuffled), 7):
-        store.apply(shuffled[i:i + 7], lk)
+        store.apply(shuffled[i : i + 7], lk)
     assert dump_tables(store) == dump_tables(reference)
     reference.dispose()
 
@@ -129,7 +134,7 @@ def test_concurrent_writers_with_overlapping_batches_record_every_event_once(sto
         random.Random(seed).shuffle(mine)
         try:
             for i in range(0, len(mine), 25):
-                store.apply(mine[i:i + 25], lk)
+                store.apply(mine[i : i + 25], lk)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -155,7 +160,9 @@ def test_a_run_with_retries_skips_and_failures_is_projected_into_runs_steps_and_
 
     ok = q.run_detail(store, "run000")
     assert ok.run.status == "COMPLETED" and ok.run.complete
-    assert ok.run.tags == ("nightly",) and ok.run.triggered_by == "tests" and ok.run.sla_seconds == 5.0
+    assert (
+        ok.run.tags == ("nightly",) and ok.run.triggered_by == "tests" and ok.run.sla_seconds == 5.0
+    )
     assert ok.inputs == {"n": 1} and ok.definition["id"] == "report"
     assert [s.id for s in ok.steps] == ["load", "check", "save"]
     assert {s.status for s in ok.steps} == {"COMPLETED"}
@@ -169,10 +176,18 @@ def test_a_run_with_retries_skips_and_failures_is_projected_into_runs_steps_and_
 
     retried = q.run_detail(store, "run001")
     load = retried.step("load")
-    assert load.attempts == 3 and [a.status for a in load.history] == ["RETRYING", "RETRYING", "COMPLETED"]
+    assert load.attempts == 3 and [a.status for a in load.history] == [
+        "RETRYING",
+        "RETRYING",
+        "COMPLETED",
+    ]
     assert [a.error for a in load.history] == ["boom 1", "boom 2", None]
-    assert load.error is None and load.duration == pytest.approx(retried.step("load").finished_at - load.started_at)
-    assert retried.step("save").status == "SKIPPED" and retried.step("save").reason == "when is false"
+    assert load.error is None and load.duration == pytest.approx(
+        retried.step("load").finished_at - load.started_at
+    )
+    assert (
+        retried.step("save").status == "SKIPPED" and retried.step("save").reason == "when is false"
+    )
 
     failed = q.run_detail(store, "run002")
     assert failed.run.status == "FAILED"
@@ -184,7 +199,9 @@ def test_a_run_with_retries_skips_and_failures_is_projected_into_runs_steps_and_
 
     cancelled = q.run_detail(store, "run003")
     assert cancelled.run.status == "CANCELLED" and cancelled.run.finished_at is not None
-    assert cancelled.run.duration == pytest.approx(cancelled.run.finished_at - cancelled.run.started_at)
+    assert cancelled.run.duration == pytest.approx(
+        cancelled.run.finished_at - cancelled.run.started_at
+    )
 
 
 def test_bad_log_and_progress_values_are_clamped_not_fatal(store):
@@ -222,7 +239,11 @@ def test_logs_page_by_sequence_and_filter_by_step(store):
     assert [x.message for x in first + second] == [f"m{i}" for i in range(20)]
     assert {x.step for x in q.logs(store, "logs", "a", limit=100)} == {"a"}
     assert q.run_detail(store, "logs", log_limit=5).logs_total == 30
-    assert [x.message for x in q.run_detail(store, "logs", log_limit=3).logs] == ["m27", "m28", "m29"]
+    assert [x.message for x in q.run_detail(store, "logs", log_limit=3).logs] == [
+        "m27",
+        "m28",
+        "m29",
+    ]
 
 
 def test_an_unknown_run_is_an_unknown_run_error(store):
@@ -248,17 +269,37 @@ def test_list_runs_filters_combine_and_keyset_pages_cover_every_run_once(store):
             break
     assert seen == [r.id for r in everything]
 
-    assert {r.id for r in q.list_runs(store, status="FAILED").items} == {"run002", "run006", "run010"}
-    assert {r.status for r in q.list_runs(store, status=["failed", "CANCELLED"]).items} == {"FAILED", "CANCELLED"}
+    assert {r.id for r in q.list_runs(store, status="FAILED").items} == {
+        "run002",
+        "run006",
+        "run010",
+    }
+    assert {r.status for r in q.list_runs(store, status=["failed", "CANCELLED"]).items} == {
+        "FAILED",
+        "CANCELLED",
+    }
     assert {r.workflow for r in q.list_runs(store, workflow="etl").items} == {"etl"}
-    assert {r.id for r in q.list_runs(store, tags=["nightly"]).items} == {"run000", "run003", "run006", "run009"}
-    assert {r.id for r in q.list_runs(store, tags=["nightly"], workflow="etl").items} == {"run003", "run009"}
+    assert {r.id for r in q.list_runs(store, tags=["nightly"]).items} == {
+        "run000",
+        "run003",
+        "run006",
+        "run009",
+    }
+    assert {r.id for r in q.list_runs(store, tags=["nightly"], workflow="etl").items} == {
+        "run003",
+        "run009",
+    }
     assert q.list_runs(store, triggered_by="nobody").items == ()
     t0 = 1_000_000.0
-    assert {r.id for r in q.list_runs(store, since=t0 + 300, until=t0 + 500).items} == {"run003", "run004"}
+    assert {r.id for r in q.list_runs(store, since=t0 + 300, until=t0 + 500).items} == {
+        "run003",
+        "run004",
+    }
     assert {r.id for r in q.list_runs(store, search="run010").items} == {"run010"}
     assert len(q.list_runs(store, search="REPO").items) == 6  # workflow "report", name "Report"
-    hexed = [RunEvents(rid, 2_000_000.0).created("other") for rid in ("9f3a01", "9f3b02", "9fff03", "a0")]
+    hexed = [
+        RunEvents(rid, 2_000_000.0).created("other") for rid in ("9f3a01", "9f3b02", "9fff03", "a0")
+    ]
     store.apply([e for r in hexed for e in r.events])
     assert {r.id for r in q.list_runs(store, search="9F3").items} == {"9f3a01", "9f3b02"}
     assert {r.id for r in q.list_runs(store, search="9f").items} == {"9f3a01", "9f3b02", "9fff03"}
@@ -329,14 +370,23 @@ def test_prune_keeps_runs_that_finished_recently(store):
 
 
 def test_operator_actions_are_recorded_with_actor_reason_and_outcome(store):
-    first = store.record_action(actor="alice", action="cancel", target_id="run1", reason="wrong inputs",
-                                ts=100.0)
-    store.record_action(actor="bob", action="retry", target_id="run1", outcome="refused",
-                        detail={"status": "RUNNING"}, ts=200.0)
+    first = store.record_action(
+        actor="alice", action="cancel", target_id="run1", reason="wrong inputs", ts=100.0
+    )
+    store.record_action(
+        actor="bob",
+        action="retry",
+        target_id="run1",
+        outcome="refused",
+        detail={"status": "RUNNING"},
+        ts=200.0,
+    )
     store.record_action(actor="bob", action="pause", target_id="run2", ts=300.0)
     got = q.audit_entries(store, "run1")
-    assert [(e["actor"], e["action"], e["outcome"]) for e in got] == [("bob", "retry", "refused"),
-                                                                     ("alice", "cancel", "ok")]
+    assert [(e["actor"], e["action"], e["outcome"]) for e in got] == [
+        ("bob", "retry", "refused"),
+        ("alice", "cancel", "ok"),
+    ]
     assert got[1]["id"] == first and got[1]["reason"] == "wrong inputs"
     assert got[0]["detail"] == {"status": "RUNNING"}
     assert len(q.audit_entries(store)) == 3
@@ -352,12 +402,23 @@ def test_parse_duration_reads_units():
 
 def test_operator_actions_sent_through_the_event_stream_are_recorded_once(store):
     r = RunEvents("acted").created()
-    r.emit("operator_action", actor="carol", action="cancel", reason="stuck", outcome="ok",
-           detail={"from": "RUNNING"})
+    r.emit(
+        "operator_action",
+        actor="carol",
+        action="cancel",
+        reason="stuck",
+        outcome="ok",
+        detail={"from": "RUNNING"},
+    )
     store.apply(r.events)
     store.apply(r.events)
     (entry,) = q.audit_entries(store, "acted")
-    assert (entry["actor"], entry["action"], entry["reason"], entry["outcome"]) == ("carol", "cancel", "stuck", "ok")
+    assert (entry["actor"], entry["action"], entry["reason"], entry["outcome"]) == (
+        "carol",
+        "cancel",
+        "stuck",
+        "ok",
+    )
     assert entry["detail"] == {"from": "RUNNING"} and entry["ts"] == r.events[-1].ts
 
 
@@ -365,17 +426,30 @@ def test_the_audit_package_imports_only_what_its_readme_allows():
     import ast
     from pathlib import Path
 
-    allowed_orchestrator = {"orchestrator.errors", "orchestrator.keys", "orchestrator.settings", "orchestrator.logbatch"}
+    allowed_orchestrator = {
+        "orchestrator.errors",
+        "orchestrator.keys",
+        "orchestrator.settings",
+        "orchestrator.logbatch",
+    }
     forbidden = {"celery", "kombu", "web", "workers", "flask", "flask_socketio"}
     offenders = []
-    for path in sorted((Path(__file__).resolve().parents[1] / "orchestrator" / "audit").rglob("*.py")):
+    for path in sorted(
+        (Path(__file__).resolve().parents[1] / "orchestrator" / "audit").rglob("*.py")
+    ):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
-                     else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                else []
+            )
             for name in names:
                 top = name.split(".")[0]
-                inner = name.startswith("orchestrator.") and not name.startswith("orchestrator.audit")
+                inner = name.startswith("orchestrator.") and not name.startswith(
+                    "orchestrator.audit"
+                )
                 if top in forbidden or (inner and name not in allowed_orchestrator):
                     offenders.append(f"{path.name} imports {name}")
     assert offenders == []
@@ -388,8 +462,18 @@ def test_a_batch_of_log_lines_is_one_event_and_pages_line_by_line(store):
 
     r = RunEvents("batched").created()
     for first in (0, 7):  # two flushed batches of 7 lines, as the step context sends them
-        rows = [(1_000_000_000_000 + i, f"m{i}", "INFO" if i % 3 else "warning", "row", None, str(i), None)
-                for i in range(first, first + 7)]
+        rows = [
+            (
+                1_000_000_000_000 + i,
+                f"m{i}",
+                "INFO" if i % 3 else "warning",
+                "row",
+                None,
+                str(i),
+                None,
+            )
+            for i in range(first, first + 7)
+        ]
         r.events[-1:] = [dataclasses.replace(r.emit("log", "s"), data_json=log_event_data(rows))]
     store.apply(r.events)
     store.apply(r.events)  # applied twice: nothing changes
@@ -407,4 +491,8 @@ def test_a_batch_of_log_lines_is_one_event_and_pages_line_by_line(store):
         page = q.logs(store, "batched", after_seq=page[-1].seq, after_line=page[-1].line, limit=4)
     assert [x.message for x in seen] == [f"m{i}" for i in range(14)]
     assert q.run_detail(store, "batched", log_limit=3).logs_total == 14
-    assert [x.message for x in q.run_detail(store, "batched", log_limit=3).logs] == ["m11", "m12", "m13"]
+    assert [x.message for x in q.run_detail(store, "batched", log_limit=3).logs] == [
+        "m11",
+        "m12",
+        "m13",
+    ]

@@ -18,10 +18,19 @@ from orchestrator.audit.store import SQLITE_LOCK_POLL, StoreUnavailable
 
 pytest_plugins = ("tests.audit_fixtures",)
 
-ROW = {"ts": 1.0, "actor": "test", "action": "pause", "target_type": "run", "target_id": "r1", "outcome": "ok"}
+ROW = {
+    "ts": 1.0,
+    "actor": "test",
+    "action": "pause",
+    "target_type": "run",
+    "target_id": "r1",
+    "outcome": "ok",
+}
 
 
-def test_a_sqlite_writer_waits_for_another_writer_in_short_python_sleeps(tmp_path: Path, monkeypatch) -> None:
+def test_a_sqlite_writer_waits_for_another_writer_in_short_python_sleeps(
+    tmp_path: Path, monkeypatch
+) -> None:
     path = tmp_path / "audit.db"
     store = AuditStore(f"sqlite:///{path}")
     store.upgrade()
@@ -65,7 +74,8 @@ def test_a_sqlite_writer_gives_up_after_busy_timeout_with_a_clear_error(tmp_path
 
 @pytest.mark.postgres
 def test_a_postgres_connection_is_pinged_only_after_sitting_idle_and_a_dead_one_is_replaced(
-        postgres_url: str, monkeypatch) -> None:
+    postgres_url: str, monkeypatch
+) -> None:
     store = AuditStore(postgres_url, pool_size=1)
     pings: list[int] = []
     ping = store.engine.dialect.do_ping

@@ -19,7 +19,9 @@ from workers.broker import RedisTransport
 def _channel_with_an_unacked_message(conn: Connection) -> object:
     channel = conn.default_channel
     channel.queue_declare("cf-transport-test")
-    channel.basic_publish(channel.prepare_message("x"), exchange="", routing_key="cf-transport-test")
+    channel.basic_publish(
+        channel.prepare_message("x"), exchange="", routing_key="cf-transport-test"
+    )
     message = channel.basic_get("cf-transport-test", no_ack=False)
     assert message is not None and channel.qos._delivered  # held, unacknowledged
     return channel
@@ -40,7 +42,9 @@ def _no_unacked(redis_client) -> object:
     redis_client.delete(*keys)
 
 
-def test_kombus_own_transport_dies_with_an_attribute_error_when_closing_after_the_connection_went(redis_url: str) -> None:
+def test_kombus_own_transport_dies_with_an_attribute_error_when_closing_after_the_connection_went(
+    redis_url: str,
+) -> None:
     conn = Connection(redis_url, transport=kombu_redis.Transport)
     channel = _channel_with_an_unacked_message(conn)
     channel._pool = None  # the pool went with the connection
@@ -49,7 +53,9 @@ def test_kombus_own_transport_dies_with_an_attribute_error_when_closing_after_th
         conn.maybe_close_channel(channel)  # ignores connection errors only
 
 
-def test_the_workers_transport_closes_quietly_and_leaves_the_message_to_be_restored(redis_url: str, redis_client) -> None:
+def test_the_workers_transport_closes_quietly_and_leaves_the_message_to_be_restored(
+    redis_url: str, redis_client
+) -> None:
     conn = Connection(redis_url, transport=RedisTransport)
     channel = _channel_with_an_unacked_message(conn)
     channel._pool = None
@@ -62,6 +68,9 @@ def test_the_worker_app_uses_it_for_a_redis_broker_and_leaves_other_brokers_alon
     app = create_worker_app(Settings(redis_url="redis://127.0.0.1:6379/0"))
     with app.connection_for_write() as conn:
         assert isinstance(conn.transport, RedisTransport)
-    other = create_worker_app(Settings(redis_url="redis://127.0.0.1:6379/0",
-                                       broker_url="amqp://guest:guest@127.0.0.1:5672//"))
+    other = create_worker_app(
+        Settings(
+            redis_url="redis://127.0.0.1:6379/0", broker_url="amqp://guest:guest@127.0.0.1:5672//"
+        )
+    )
     assert not other.conf.broker_transport

@@ -16,38 +16,73 @@ pytest_plugins = ("tests.web_fixtures",)
 pytestmark = pytest.mark.integration
 
 LIVE = {
-    "name": "Browser pipeline", "mode": "sequential", "sla_seconds": 120,
+    "name": "Browser pipeline",
+    "mode": "sequential",
+    "sla_seconds": 120,
     "inputs": {"batch": 7},
     "steps": [
-        {"id": "extract", "plugin": "builtin", "method": "echo", "params": {"batch": "{{ inputs.batch }}"},
-         "compensate": {"plugin": "builtin", "method": "echo", "params": {"undo": "extract"}}},
-        {"id": "transform", "plugin": "builtin", "method": "sleep", "params": {"seconds": 0.8},
-         "compensate": {"plugin": "builtin", "method": "echo", "params": {"undo": "transform"}}},
+        {
+            "id": "extract",
+            "plugin": "builtin",
+            "method": "echo",
+            "params": {"batch": "{{ inputs.batch }}"},
+            "compensate": {"plugin": "builtin", "method": "echo", "params": {"undo": "extract"}},
+        },
+        {
+            "id": "transform",
+            "plugin": "builtin",
+            "method": "sleep",
+            "params": {"seconds": 0.8},
+            "compensate": {"plugin": "builtin", "method": "echo", "params": {"undo": "transform"}},
+        },
         {"id": "load", "plugin": "builtin", "method": "sleep", "params": {"seconds": 0.8}},
         {"id": "publish", "plugin": "builtin", "method": "sleep", "params": {"seconds": 0.8}},
         {"id": "notify", "plugin": "builtin", "method": "echo", "params": {"done": True}},
     ],
 }
 LONG = {
-    "name": "Long saga", "mode": "sequential",
-    "steps": [{"id": f"part{i}", "plugin": "builtin", "method": "sleep", "params": {"seconds": 1.0},
-               "compensate": {"plugin": "builtin", "method": "echo", "params": {"undo": i}}} for i in range(8)],
+    "name": "Long saga",
+    "mode": "sequential",
+    "steps": [
+        {
+            "id": f"part{i}",
+            "plugin": "builtin",
+            "method": "sleep",
+            "params": {"seconds": 1.0},
+            "compensate": {"plugin": "builtin", "method": "echo", "params": {"undo": i}},
+        }
+        for i in range(8)
+    ],
 }
 
 FOLLOW = {
-    "name": "Followed", "mode": "sequential",
-    "steps": [{"id": f"w{i}", "plugin": "builtin", "method": "sleep", "params": {"seconds": 0.3}} for i in range(8)]
-    + [{"id": "answer", "plugin": "builtin", "method": "echo", "params": {"answer": 42}},
-       {"id": "echoed", "plugin": "builtin", "method": "echo", "params": {"echoed": "yes"}}],
+    "name": "Followed",
+    "mode": "sequential",
+    "steps": [
+        {"id": f"w{i}", "plugin": "builtin", "method": "sleep", "params": {"seconds": 0.3}}
+        for i in range(8)
+    ]
+    + [
+        {"id": "answer", "plugin": "builtin", "method": "echo", "params": {"answer": 42}},
+        {"id": "echoed", "plugin": "builtin", "method": "echo", "params": {"echoed": "yes"}},
+    ],
 }
 
 
 @pytest.fixture(scope="module")
 def registered(live_server):
     token = live_server.token(ADMIN)
-    for wid, body in (("browser_pipeline", LIVE), ("browser_long", LONG), ("browser_follow", FOLLOW)):
-        r = requests.put(f"{live_server.url}/api/v1/workflows/{wid}", json={"definition": body},
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    for wid, body in (
+        ("browser_pipeline", LIVE),
+        ("browser_long", LONG),
+        ("browser_follow", FOLLOW),
+    ):
+        r = requests.put(
+            f"{live_server.url}/api/v1/workflows/{wid}",
+            json={"definition": body},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         assert r.status_code == 200, r.text
     return live_server
 
@@ -88,7 +123,9 @@ def login(browser, server, user):
     return browser_login(browser, server, user, init_script=SEEN)
 
 
-def test_an_operator_runs_a_workflow_from_the_page_and_watches_it_advance_live(chromium, registered, shots):
+def test_an_operator_runs_a_workflow_from_the_page_and_watches_it_advance_live(
+    chromium, registered, shots
+):
     page = login(chromium, registered, OPERATOR)
     page.goto(f"{registered.url}/workflows/browser_pipeline")
     page.wait_for_selector("#run-form")
@@ -107,8 +144,10 @@ def test_an_operator_runs_a_workflow_from_the_page_and_watches_it_advance_live(c
     # Live, without reloading: the bar grows, steps start and complete, the run completes.
     page.wait_for_function("(window.__cfSeen.transform || []).includes('RUNNING')", timeout=20000)
     shots(page, "run-in-progress")
-    page.wait_for_function("parseFloat(document.querySelector('#run-bar').parentElement.dataset.percent) >= 40",
-                           timeout=20000)
+    page.wait_for_function(
+        "parseFloat(document.querySelector('#run-bar').parentElement.dataset.percent) >= 40",
+        timeout=20000,
+    )
     page.wait_for_selector("#run-status [data-status='COMPLETED']", timeout=30000)
     assert page.get_attribute("#step-notify", "data-status") == "COMPLETED"
     assert page.inner_text("#run-progress-text").startswith("5/5")
@@ -125,7 +164,9 @@ def test_an_operator_runs_a_workflow_from_the_page_and_watches_it_advance_live(c
     assert not page.errors
 
 
-def test_pause_resume_and_cancel_with_confirmation_from_the_page_show_compensations(chromium, registered, shots):
+def test_pause_resume_and_cancel_with_confirmation_from_the_page_show_compensations(
+    chromium, registered, shots
+):
     page = login(chromium, registered, OPERATOR)
     page.goto(f"{registered.url}/workflows/browser_long")
     page.wait_for_selector("#run-form")
@@ -138,7 +179,9 @@ def test_pause_resume_and_cancel_with_confirmation_from_the_page_show_compensati
     shots(page, "paused")
     page.click("#actions button[data-action=resume]")
     page.wait_for_selector("#run-status [data-status='RUNNING']", timeout=20000)
-    page.wait_for_function("document.querySelector('#step-part1')?.dataset.status === 'COMPLETED'", timeout=20000)
+    page.wait_for_function(
+        "document.querySelector('#step-part1')?.dataset.status === 'COMPLETED'", timeout=20000
+    )
     # Cancel asks first; "Keep running" changes nothing.
     page.click("#actions button[data-action=cancel]")
     page.wait_for_selector("#confirm[open]")
@@ -154,8 +197,10 @@ def test_pause_resume_and_cancel_with_confirmation_from_the_page_show_compensati
     page.wait_for_selector("#step-part0.compensated", timeout=10000)
     assert "compensation COMPENSATED" in page.inner_text("#step-part0")
     page.click("#ops summary")
-    page.wait_for_function("document.querySelector('#operator-actions').innerText.includes('wrong batch')",
-                           timeout=15000)
+    page.wait_for_function(
+        "document.querySelector('#operator-actions').innerText.includes('wrong batch')",
+        timeout=15000,
+    )
     shots(page, "cancelled-with-compensations")
     assert not page.errors
 
@@ -163,8 +208,12 @@ def test_pause_resume_and_cancel_with_confirmation_from_the_page_show_compensati
 def test_the_gantt_and_analytics_pages_draw_their_charts(chromium, registered, shots):
     page = login(chromium, registered, ADMIN)
     token = registered.token(ADMIN)
-    run = requests.post(f"{registered.url}/api/v1/runs", json={"workflow": "browser_pipeline"},
-                        headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    run = requests.post(
+        f"{registered.url}/api/v1/runs",
+        json={"workflow": "browser_pipeline"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()
     page.goto(f"{registered.url}/runs/{run['id']}/gantt")
     page.wait_for_selector("#gantt[data-rendered]", timeout=20000)
     page.wait_for_selector("#gantt canvas")
@@ -174,9 +223,19 @@ def test_the_gantt_and_analytics_pages_draw_their_charts(chromium, registered, s
     # Finished in ~3 s against a 2-minute SLA: the chart opens on the bars, not on the SLA line
     # (which would leave every bar a sliver), and says the line is one drag away.
     headers = {"Authorization": f"Bearer {token}"}
-    detail = wait_for(lambda: (d := requests.get(f"{registered.url}/api/v1/runs/{run['id']}", headers=headers,
-                                                 timeout=10).json())["status"] == "COMPLETED" and d,
-                      30, "the pipeline run to complete")
+    detail = wait_for(
+        lambda: (
+            (
+                d := requests.get(
+                    f"{registered.url}/api/v1/runs/{run['id']}", headers=headers, timeout=10
+                ).json()
+            )["status"]
+            == "COMPLETED"
+            and d
+        ),
+        30,
+        "the pipeline run to complete",
+    )
     page.reload()
     page.wait_for_function("window.__cfGantt && window.__cfGantt.bars >= 5", timeout=20000)
     gantt = page.evaluate("window.__cfGantt")
@@ -199,8 +258,12 @@ def test_the_gantt_and_analytics_pages_draw_their_charts(chromium, registered, s
 
 def test_a_viewer_sees_the_runs_but_every_action_is_refused(chromium, registered, shots):
     token = registered.token(OPERATOR)
-    run = requests.post(f"{registered.url}/api/v1/runs", json={"workflow": "browser_long"},
-                        headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    run = requests.post(
+        f"{registered.url}/api/v1/runs",
+        json={"workflow": "browser_long"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()
     page = login(chromium, registered, VIEWER)
     page.goto(f"{registered.url}/runs?view=active")
     page.wait_for_selector(f"tr[data-run='{run['id']}']", timeout=20000)
@@ -210,18 +273,27 @@ def test_a_viewer_sees_the_runs_but_every_action_is_refused(chromium, registered
     page.wait_for_selector("#actions button[data-action=cancel]:not([hidden])", timeout=20000)
     assert page.is_disabled("#actions button[data-action=cancel]")
     assert "viewer" in page.get_attribute("#actions button[data-action=cancel]", "title")
-    status = page.evaluate("""async (id) => {
+    status = page.evaluate(
+        """async (id) => {
         const csrf = JSON.parse(document.getElementById('cf-boot').textContent).csrf;
         const r = await fetch(`/api/v1/runs/${id}/cancel`, {method: 'POST', headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}, body: '{}'});
         return [r.status, (await r.json()).message];
-    }""", run["id"])
+    }""",
+        run["id"],
+    )
     assert status[0] == 403 and "viewer" in status[1]
     shots(page, "viewer-run")
-    requests.post(f"{registered.url}/api/v1/runs/{run['id']}/cancel", json={"reason": "test over"},
-                  headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    requests.post(
+        f"{registered.url}/api/v1/runs/{run['id']}/cancel",
+        json={"reason": "test over"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
 
 
-def test_an_admin_manages_users_and_tokens_on_the_users_page_and_others_are_told_what_to_do(chromium, registered, shots):
+def test_an_admin_manages_users_and_tokens_on_the_users_page_and_others_are_told_what_to_do(
+    chromium, registered, shots
+):
     page = login(chromium, registered, ADMIN)
     page.on("dialog", lambda d: d.accept())
     page.click("#nav-users")
@@ -230,7 +302,9 @@ def test_an_admin_manages_users_and_tokens_on_the_users_page_and_others_are_told
     page.fill("#user-form input[name=name]", "ursula")
     page.fill("#user-form input[name=password]", "short")
     page.select_option("#user-form select[name=role]", "operator")
-    page.evaluate("document.querySelector('#user-form input[name=password]').removeAttribute('minlength')")
+    page.evaluate(
+        "document.querySelector('#user-form input[name=password]').removeAttribute('minlength')"
+    )
     page.click("#user-form button[type=submit]")
     page.wait_for_selector("#user-errors .error")
     assert "at least 8" in page.inner_text("#user-errors")
@@ -239,7 +313,9 @@ def test_an_admin_manages_users_and_tokens_on_the_users_page_and_others_are_told
     page.wait_for_selector("tr[data-user='ursula']")
     assert page.eval_on_selector("tr[data-user='ursula'] select.role", "s => s.value") == "operator"
     page.select_option("tr[data-user='ursula'] select.role", "viewer")
-    page.wait_for_function("document.querySelector('#audit-list').innerText.includes('user_update')")
+    page.wait_for_function(
+        "document.querySelector('#audit-list').innerText.includes('user_update')"
+    )
     page.select_option("#token-user", "ursula")
     page.fill("#token-form input[name=name]", "ursula-script")
     page.click("#token-form button[type=submit]")
@@ -247,7 +323,9 @@ def test_an_admin_manages_users_and_tokens_on_the_users_page_and_others_are_told
     token = page.inner_text("#new-token-value").strip()
     token_id = page.get_attribute("#new-token", "data-token")
     assert token.startswith("cft_") and "shown only once" in page.inner_text("#new-token")
-    me = requests.get(f"{registered.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    me = requests.get(
+        f"{registered.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
     assert me.json()["name"] == "ursula" and me.json()["role"] == "viewer"
     shots(page, "users")
     page.reload()
@@ -255,8 +333,14 @@ def test_an_admin_manages_users_and_tokens_on_the_users_page_and_others_are_told
     assert token not in page.content()  # shown once: never again
     page.click(f"button.revoke-token[data-token='{token_id}']")
     page.wait_for_selector(f"tr[data-token='{token_id}']", state="detached")
-    assert requests.get(f"{registered.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"},
-                        timeout=10).status_code == 401
+    assert (
+        requests.get(
+            f"{registered.url}/api/v1/auth/me",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        ).status_code
+        == 401
+    )
     assert page.query_selector("button.delete-user[data-user='admin']") is None  # not yourself
     page.click("button.delete-user[data-user='ursula']")
     page.wait_for_selector("tr[data-user='ursula']", state="detached")
@@ -275,31 +359,53 @@ def test_an_admin_manages_users_and_tokens_on_the_users_page_and_others_are_told
     shots(viewer, "users-refused")
 
 
-def test_a_step_running_over_an_hour_shows_hours_and_500_steps_are_paged(chromium, registered, orchestrator_client_live, shots):
+def test_a_step_running_over_an_hour_shows_hours_and_500_steps_are_paged(
+    chromium, registered, orchestrator_client_live, shots
+):
     from orchestrator.keys import step_field
 
     token = registered.token(ADMIN)
-    body = {"mode": "sequential", "steps": [{"id": "sleepy", "plugin": "builtin", "method": "sleep",
-                                             "params": {"seconds": 60}}]
-            + [{"id": f"s{i:03d}", "plugin": "builtin", "method": "echo"} for i in range(1, 520)]}
+    body = {
+        "mode": "sequential",
+        "steps": [
+            {"id": "sleepy", "plugin": "builtin", "method": "sleep", "params": {"seconds": 60}}
+        ]
+        + [{"id": f"s{i:03d}", "plugin": "builtin", "method": "echo"} for i in range(1, 520)],
+    }
     auth = {"Authorization": f"Bearer {token}"}
-    r = requests.put(f"{registered.url}/api/v1/workflows/browser_wide", json={"definition": body}, headers=auth,
-                     timeout=30)
+    r = requests.put(
+        f"{registered.url}/api/v1/workflows/browser_wide",
+        json={"definition": body},
+        headers=auth,
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
-    run = requests.post(f"{registered.url}/api/v1/runs", json={"workflow": "browser_wide"}, headers=auth,
-                        timeout=10).json()
+    run = requests.post(
+        f"{registered.url}/api/v1/runs", json={"workflow": "browser_wide"}, headers=auth, timeout=10
+    ).json()
     client = orchestrator_client_live
     try:
-        wait_for(lambda: client.snapshot(run["id"]).step("sleepy").status == "RUNNING", 20, "the long step")
+        wait_for(
+            lambda: client.snapshot(run["id"]).step("sleepy").status == "RUNNING",
+            20,
+            "the long step",
+        )
         # As if it had started two hours ago (a real step that long would outlast the test).
         started = time.time() - 7200
-        client.redis.hset(client.keys.steps(run["id"]), mapping={step_field("sleepy", "started_at"): f"{started:.6f}",
-                                                                   step_field("sleepy", "attempt_started_at"): f"{started:.6f}"})
+        client.redis.hset(
+            client.keys.steps(run["id"]),
+            mapping={
+                step_field("sleepy", "started_at"): f"{started:.6f}",
+                step_field("sleepy", "attempt_started_at"): f"{started:.6f}",
+            },
+        )
         page = login(chromium, registered, OPERATOR)
         page.goto(f"{registered.url}/runs/{run['id']}")
         page.wait_for_selector("body[data-ready='1']")
-        page.wait_for_function("/^RUNNING – 2:00:\\d\\d$/.test(document.querySelector('#step-sleepy .dur').innerText)",
-                               timeout=10000)
+        page.wait_for_function(
+            "/^RUNNING – 2:00:\\d\\d$/.test(document.querySelector('#step-sleepy .dur').innerText)",
+            timeout=10000,
+        )
         assert page.inner_text("#steps-pager").count("of 520") == 1
         assert "steps 1–100 of 520 (page 1/6)" in page.inner_text("#steps-pager")
         assert len(page.query_selector_all("#timeline li.step")) == 100
@@ -310,30 +416,67 @@ def test_a_step_running_over_an_hour_shows_hours_and_500_steps_are_paged(chromiu
         assert page.query_selector("#step-sleepy") is None
         assert not page.errors
     finally:
-        requests.post(f"{registered.url}/api/v1/runs/{run['id']}/cancel", json={"reason": "test over"},
-                      headers=auth, timeout=10)
+        requests.post(
+            f"{registered.url}/api/v1/runs/{run['id']}/cancel",
+            json={"reason": "test over"},
+            headers=auth,
+            timeout=10,
+        )
 
 
-def test_a_dropped_socket_reconnects_with_backoff_and_replays_what_it_missed(chromium, registered, shots):
+def test_a_dropped_socket_reconnects_with_backoff_and_replays_what_it_missed(
+    chromium, registered, shots
+):
     token = registered.token(ADMIN)
     auth = {"Authorization": f"Bearer {token}"}
-    body = {"mode": "sequential", "steps": [
-        {"id": "chat", "plugin": "builtin", "method": "call",
-         "params": {"function": "tests.web_helpers:log_slowly", "kwargs": {"lines": 12, "every": 0.1}}}]
-        + [{"id": f"p{i}", "plugin": "builtin", "method": "sleep", "params": {"seconds": 0.4}} for i in range(10)]}
-    r = requests.put(f"{registered.url}/api/v1/workflows/browser_resync", json={"definition": body}, headers=auth,
-                     timeout=10)
+    body = {
+        "mode": "sequential",
+        "steps": [
+            {
+                "id": "chat",
+                "plugin": "builtin",
+                "method": "call",
+                "params": {
+                    "function": "tests.web_helpers:log_slowly",
+                    "kwargs": {"lines": 12, "every": 0.1},
+                },
+            }
+        ]
+        + [
+            {"id": f"p{i}", "plugin": "builtin", "method": "sleep", "params": {"seconds": 0.4}}
+            for i in range(10)
+        ],
+    }
+    r = requests.put(
+        f"{registered.url}/api/v1/workflows/browser_resync",
+        json={"definition": body},
+        headers=auth,
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     page = login(chromium, registered, OPERATOR)
-    run = requests.post(f"{registered.url}/api/v1/runs", json={"workflow": "browser_resync"}, headers=auth,
-                        timeout=10).json()
+    run = requests.post(
+        f"{registered.url}/api/v1/runs",
+        json={"workflow": "browser_resync"},
+        headers=auth,
+        timeout=10,
+    ).json()
     page.goto(f"{registered.url}/runs/{run['id']}#step-chat")
     page.wait_for_selector("body[data-ready='1']")
     # Every line of every log batch shows up live in the expanded step, once, in order.
-    page.wait_for_function("document.querySelectorAll('#step-chat .logs li.log').length === 12", timeout=20000)
-    messages = page.eval_on_selector_all("#step-chat .logs li.log .msg", "els => els.map(e => e.innerText)")
+    page.wait_for_function(
+        "document.querySelectorAll('#step-chat .logs li.log').length === 12", timeout=20000
+    )
+    messages = page.eval_on_selector_all(
+        "#step-chat .logs li.log .msg", "els => els.map(e => e.innerText)"
+    )
     assert messages == [f"line {i} of 12" for i in range(12)]
-    assert page.eval_on_selector_all("#step-chat .logs li.log b", "els => els.map(e => e.innerText)")[3] == "WARNING"
+    assert (
+        page.eval_on_selector_all("#step-chat .logs li.log b", "els => els.map(e => e.innerText)")[
+            3
+        ]
+        == "WARNING"
+    )
     shots(page, "live-log-lines")
     page.wait_for_function("(window.__cfSeen.p1 || []).includes('RUNNING')", timeout=20000)
     # Drop the connection (as a network blip would); the client retries after its backoff.
@@ -344,11 +487,19 @@ def test_a_dropped_socket_reconnects_with_backoff_and_replays_what_it_missed(chr
     shots(page, "reconnecting")
     page.wait_for_selector("#conn.ok", timeout=15000)
     page.wait_for_selector("#run-status [data-status='COMPLETED']", timeout=30000)
-    latest = requests.get(f"{registered.url}/api/v1/runs/{run['id']}/events", params={"after": 0}, headers=auth,
-                          timeout=10).json()["latest_seq"]
-    live = page.evaluate("(id) => { const l = window.__cfLive; return [l.connects, l.replayed, l.runs.get(id).lastSeq]; }",
-                         run["id"])
-    assert live[0] >= 2 and live[1] > 0, live  # reconnected, and the missed events came in the replay
+    latest = requests.get(
+        f"{registered.url}/api/v1/runs/{run['id']}/events",
+        params={"after": 0},
+        headers=auth,
+        timeout=10,
+    ).json()["latest_seq"]
+    live = page.evaluate(
+        "(id) => { const l = window.__cfLive; return [l.connects, l.replayed, l.runs.get(id).lastSeq]; }",
+        run["id"],
+    )
+    assert live[0] >= 2 and live[1] > 0, (
+        live
+    )  # reconnected, and the missed events came in the replay
     assert live[2] == latest
     assert all(page.get_attribute(f"#step-p{i}", "data-status") == "COMPLETED" for i in range(10))
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
@@ -356,23 +507,35 @@ def test_a_dropped_socket_reconnects_with_backoff_and_replays_what_it_missed(chr
 
 
 def test_the_page_applies_batches_in_seq_order_and_fills_a_lost_batch_from_the_replay(
-        chromium, registered, orchestrator_client_live):
+    chromium, registered, orchestrator_client_live
+):
     token = registered.token(OPERATOR)
     auth = {"Authorization": f"Bearer {token}"}
     client = orchestrator_client_live
-    run = requests.post(f"{registered.url}/api/v1/runs", json={"workflow": "browser_pipeline"}, headers=auth,
-                        timeout=10).json()
+    run = requests.post(
+        f"{registered.url}/api/v1/runs",
+        json={"workflow": "browser_pipeline"},
+        headers=auth,
+        timeout=10,
+    ).json()
     wait_for(lambda: client.state.status(run["id"]) == "COMPLETED", 30, "the run to complete")
     page = login(chromium, registered, OPERATOR)
     page.goto(f"{registered.url}/runs/{run['id']}")
     page.wait_for_selector("body[data-ready='1']")
-    latest = requests.get(f"{registered.url}/api/v1/runs/{run['id']}/events", params={"after": 0}, headers=auth,
-                          timeout=10).json()["latest_seq"]
-    page.wait_for_function("(id) => window.__cfLive.runs.get(id)?.joined", arg=run["id"], timeout=10000)
+    latest = requests.get(
+        f"{registered.url}/api/v1/runs/{run['id']}/events",
+        params={"after": 0},
+        headers=auth,
+        timeout=10,
+    ).json()["latest_seq"]
+    page.wait_for_function(
+        "(id) => window.__cfLive.runs.get(id)?.joined", arg=run["id"], timeout=10000
+    )
     assert page.evaluate("(id) => window.__cfLive.runs.get(id).lastSeq", run["id"]) == latest
     # Record what a follower of the run is handed, and lose the next batch of this run on the way
     # in (as a dropped message would be lost).
-    page.evaluate("""(id) => {
+    page.evaluate(
+        """(id) => {
         const live = window.__cfLive, batch = live._batch.bind(live);
         window.__cfApplied = []; window.__cfLost = [];
         live._batch = (b) => {
@@ -380,35 +543,67 @@ def test_the_page_applies_batches_in_seq_order_and_fills_a_lost_batch_from_the_r
           batch(b);
         };
         live.runs.get(id).handlers.add((e) => window.__cfApplied.push([e.seq, e.type]));
-    }""", run["id"])
+    }""",
+        run["id"],
+    )
 
     def append(types):  # one Lua call: the relay reads, and sends, them as one batch
-        client.state.emit(run["id"], [[t, "extract", "", f"{time.time():.6f}", {"fraction": 0.5} if t == "progress"
-                                       else {"rows": 1}] for t in types])
+        client.state.emit(
+            run["id"],
+            [
+                [
+                    t,
+                    "extract",
+                    "",
+                    f"{time.time():.6f}",
+                    {"fraction": 0.5} if t == "progress" else {"rows": 1},
+                ]
+                for t in types
+            ],
+        )
 
     append(["progress", "stats", "progress"])
     page.wait_for_function("window.__cfLost.length === 1", timeout=10000)
     assert page.evaluate("window.__cfLost") == [[latest + 1, latest + 2, latest + 3]]
     assert page.evaluate("window.__cfApplied") == []
-    append(["stats", "progress"])  # arrives with a gap: the page asks for what it lacks, then applies this
+    append(
+        ["stats", "progress"]
+    )  # arrives with a gap: the page asks for what it lacks, then applies this
     page.wait_for_function("window.__cfApplied.length === 5", timeout=10000)
-    assert page.evaluate("window.__cfApplied") == [[latest + 1, "progress"], [latest + 2, "stats"],
-                                                   [latest + 3, "progress"], [latest + 4, "stats"],
-                                                   [latest + 5, "progress"]]
-    live = page.evaluate("(id) => { const l = window.__cfLive; return [l.runs.get(id).lastSeq, l.replayed]; }",
-                         run["id"])
+    assert page.evaluate("window.__cfApplied") == [
+        [latest + 1, "progress"],
+        [latest + 2, "stats"],
+        [latest + 3, "progress"],
+        [latest + 4, "stats"],
+        [latest + 5, "progress"],
+    ]
+    live = page.evaluate(
+        "(id) => { const l = window.__cfLive; return [l.runs.get(id).lastSeq, l.replayed]; }",
+        run["id"],
+    )
     # The three lost events came from the replay (the two after them were in it too, or live).
     assert live[0] == latest + 5 and live[1] >= 3, live
     assert not page.errors
 
 
-def test_a_read_only_dashboard_shows_everything_and_refuses_every_change(chromium, registered, web_fleet, shots):
+def test_a_read_only_dashboard_shows_everything_and_refuses_every_change(
+    chromium, registered, web_fleet, shots
+):
     from tests.web_fixtures import start_live_server, stop_live_server
 
     token = registered.token(OPERATOR)
-    slow = {"id": "browser_ro", "steps": [{"id": "wait", "plugin": "builtin", "method": "sleep", "params": {"seconds": 60}}]}
-    run = requests.post(f"{registered.url}/api/v1/runs", json={"definition": slow},
-                        headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    slow = {
+        "id": "browser_ro",
+        "steps": [
+            {"id": "wait", "plugin": "builtin", "method": "sleep", "params": {"seconds": 60}}
+        ],
+    }
+    run = requests.post(
+        f"{registered.url}/api/v1/runs",
+        json={"definition": slow},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()
     ro = start_live_server(web_fleet, "--read-only")
     try:
         context = chromium.new_context(viewport={"width": 1400, "height": 900})
@@ -422,7 +617,10 @@ def test_a_read_only_dashboard_shows_everything_and_refuses_every_change(chromiu
         page.goto(f"{ro.url}/runs/{run['id']}")
         page.wait_for_selector("#actions button[data-action=cancel]:not([hidden])", timeout=20000)
         assert page.is_disabled("#actions button[data-action=cancel]")
-        assert page.get_attribute("#actions button[data-action=cancel]", "title") == "the dashboard is read-only"
+        assert (
+            page.get_attribute("#actions button[data-action=cancel]", "title")
+            == "the dashboard is read-only"
+        )
         shots(page, "read-only-run")
         page.goto(f"{ro.url}/admin/users")
         page.wait_for_selector("body[data-loaded]")
@@ -430,30 +628,61 @@ def test_a_read_only_dashboard_shows_everything_and_refuses_every_change(chromiu
         assert page.is_disabled("#user-form button[type=submit]")
         assert page.query_selector("button.delete-user") is None
         shots(page, "read-only-users")
-        r = requests.post(f"{ro.url}/api/v1/runs/{run['id']}/cancel", json={},
-                          headers={"Authorization": f"Bearer {registered.token(ADMIN)}"}, timeout=10)
+        r = requests.post(
+            f"{ro.url}/api/v1/runs/{run['id']}/cancel",
+            json={},
+            headers={"Authorization": f"Bearer {registered.token(ADMIN)}"},
+            timeout=10,
+        )
         assert r.status_code == 403 and "read-only" in r.json()["message"]
         assert not page.errors
     finally:
         stop_live_server(ro)
-        requests.post(f"{registered.url}/api/v1/runs/{run['id']}/cancel", json={"reason": "test over"},
-                      headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        requests.post(
+            f"{registered.url}/api/v1/runs/{run['id']}/cancel",
+            json={"reason": "test over"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
 
 
 def test_retry_attempts_are_listed_with_their_errors_on_the_run_page(chromium, registered, shots):
     token = registered.token(OPERATOR)
-    flaky = {"id": "browser_flaky", "mode": "sequential", "steps": [
-        {"id": "flaky", "plugin": "builtin", "method": "fail", "retries": 2, "retry_delay": 0.1,
-         "params": {"message": "try again", "times": 1}},
-        {"id": "boom", "plugin": "builtin", "method": "fail", "params": {"message": "it broke"}}]}
-    run = requests.post(f"{registered.url}/api/v1/runs", json={"definition": flaky},
-                        headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    flaky = {
+        "id": "browser_flaky",
+        "mode": "sequential",
+        "steps": [
+            {
+                "id": "flaky",
+                "plugin": "builtin",
+                "method": "fail",
+                "retries": 2,
+                "retry_delay": 0.1,
+                "params": {"message": "try again", "times": 1},
+            },
+            {
+                "id": "boom",
+                "plugin": "builtin",
+                "method": "fail",
+                "params": {"message": "it broke"},
+            },
+        ],
+    }
+    run = requests.post(
+        f"{registered.url}/api/v1/runs",
+        json={"definition": flaky},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()
     page = login(chromium, registered, OPERATOR)
     page.goto(f"{registered.url}/runs/{run['id']}#step-flaky")
     page.wait_for_selector("#run-status [data-status='FAILED']", timeout=30000)
-    page.wait_for_function("document.querySelectorAll('#step-flaky .attempts li.attempt').length === 2",
-                           timeout=10000)
-    attempts = page.eval_on_selector_all("#step-flaky .attempts li.attempt", "els => els.map(e => e.innerText)")
+    page.wait_for_function(
+        "document.querySelectorAll('#step-flaky .attempts li.attempt').length === 2", timeout=10000
+    )
+    attempts = page.eval_on_selector_all(
+        "#step-flaky .attempts li.attempt", "els => els.map(e => e.innerText)"
+    )
     assert "RETRYING" in attempts[0] and "try again" in attempts[0]
     assert "COMPLETED" in attempts[1] and "try again" not in attempts[1]
     assert "retry 1/2" in page.inner_text("#step-flaky .step-head")
@@ -464,9 +693,9 @@ def test_retry_attempts_are_listed_with_their_errors_on_the_run_page(chromium, r
     assert not page.errors
 
 
-
-def test_a_followed_run_shows_finished_steps_from_its_events_and_fetches_outputs_only_when_shown(chromium, registered,
-                                                                                                 shots):
+def test_a_followed_run_shows_finished_steps_from_its_events_and_fetches_outputs_only_when_shown(
+    chromium, registered, shots
+):
     import re
 
     token = registered.token(OPERATOR)
@@ -474,8 +703,12 @@ def test_a_followed_run_shows_finished_steps_from_its_events_and_fetches_outputs
     page = login(chromium, registered, OPERATOR)
 
     def follow(anchor=""):
-        run = requests.post(f"{registered.url}/api/v1/runs", json={"workflow": "browser_follow"}, headers=auth,
-                            timeout=10).json()
+        run = requests.post(
+            f"{registered.url}/api/v1/runs",
+            json={"workflow": "browser_follow"},
+            headers=auth,
+            timeout=10,
+        ).json()
         page.goto(f"{registered.url}/runs/{run['id']}{anchor}")
         page.wait_for_selector("body[data-ready='1']")
         return run["id"], re.compile(rf"/api/v1/runs/{run['id']}\?")
@@ -505,11 +738,14 @@ def test_a_followed_run_shows_finished_steps_from_its_events_and_fetches_outputs
     for route in held:
         route.continue_()
     page.unroute(detail)
-    page.wait_for_function("document.querySelector('#step-answer .step-body').innerText.includes('42')",
-                           timeout=10000)
+    page.wait_for_function(
+        "document.querySelector('#step-answer .step-body').innerText.includes('42')", timeout=10000
+    )
     # A step opened after it finished shows its output too (fetched on opening).
     page.click("#step-echoed .step-head")
-    page.wait_for_function("document.querySelector('#step-echoed .step-body')?.innerText.includes('yes')",
-                           timeout=10000)
+    page.wait_for_function(
+        "document.querySelector('#step-echoed .step-body')?.innerText.includes('yes')",
+        timeout=10000,
+    )
     shots(page, "followed-run")
     assert not page.errors

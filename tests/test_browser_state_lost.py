@@ -36,14 +36,17 @@ def client(web_fleet: Any) -> Iterator[Any]:
 
 
 def test_an_operator_sees_a_lost_run_badged_and_resolves_it_with_a_reason_from_the_page(
-        chromium, live_server, client, store, shots) -> None:
+    chromium, live_server, client, store, shots
+) -> None:
     run = client.submit(NOWHERE)
     wait_recorded(store, run.id, {"PENDING"})  # the live server's recorder wrote it to SQL
     lose(client, run.id)
     page = browser_login(chromium, live_server, OPERATOR, "/runs?view=pending")
     row = f"#runs-body tr[data-run='{run.id}']"
     page.wait_for_selector(f"{row} [data-state-lost]", timeout=20000)
-    assert "Redis no longer knows this run" in page.get_attribute(f"{row} [data-state-lost]", "title")
+    assert "Redis no longer knows this run" in page.get_attribute(
+        f"{row} [data-state-lost]", "title"
+    )
     shots(page, "list-with-lost-run")
     page.click(f"{row} a[href='/runs/{run.id}']")
     page.wait_for_selector("#run-status [data-state-lost]", timeout=20000)
@@ -59,7 +62,9 @@ def test_an_operator_sees_a_lost_run_badged_and_resolves_it_with_a_reason_from_t
     page.click("#actions button[data-action=resolve-failed]")
     page.wait_for_selector("#confirm[open]")
     page.click("#confirm-yes")
-    page.wait_for_function("document.body.innerText.includes('a reason is required')", timeout=10000)
+    page.wait_for_function(
+        "document.body.innerText.includes('a reason is required')", timeout=10000
+    )
     assert queries.get_run(store, run.id).status == "PENDING"
     page.click("#actions button[data-action=resolve-failed]")
     page.wait_for_selector("#confirm[open]")
@@ -71,7 +76,9 @@ def test_an_operator_sees_a_lost_run_badged_and_resolves_it_with_a_reason_from_t
     assert page.query_selector("#run-status [data-state-lost]") is None
     page.click("#ops summary")
     page.wait_for_function(
-        "document.querySelector('#operator-actions').innerText.includes('lost when Redis restarted')", timeout=15000)
+        "document.querySelector('#operator-actions').innerText.includes('lost when Redis restarted')",
+        timeout=15000,
+    )
     shots(page, "resolved")
     run_row = queries.get_run(store, run.id)
     assert run_row.status == "FAILED" and "lost when Redis restarted" in run_row.error

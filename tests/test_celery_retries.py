@@ -10,8 +10,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_step_with_more_than_three_retries_gets_them_all_and_completes(client: Client) -> None:
-    wf = Workflow("five_retries").step("flaky", "builtin", "fail", params={"message": "not yet", "times": 4},
-                                       retries=5, retry_delay=0.05)
+    wf = Workflow("five_retries").step(
+        "flaky",
+        "builtin",
+        "fail",
+        params={"message": "not yet", "times": 4},
+        retries=5,
+        retry_delay=0.05,
+    )
     snap = client.submit(wf).wait(60)
     assert snap.status == "COMPLETED", snap
     assert snap.step("flaky").attempts == 5

@@ -58,12 +58,19 @@ steps:
 """
 
 
-def cli(*args: str, settings: Settings | None = None, env: dict | None = None, timeout: float = 120,
-        check: bool = False) -> subprocess.CompletedProcess:
+def cli(
+    *args: str,
+    settings: Settings | None = None,
+    env: dict | None = None,
+    timeout: float = 120,
+    check: bool = False,
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(settings.as_env() if settings else {}), **(env or {})}
     full_env["PYTHONPATH"] = str(ROOT)
     full_env.setdefault("COLUMNS", "200")
-    proc = subprocess.run([*CLI, *args], env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [*CLI, *args], env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -91,7 +98,9 @@ def test_validate_accepts_the_examples(tmp_path: Path) -> None:
 
 
 def test_validate_of_a_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
-    proc = cli("validate", "--offline", write(tmp_path, "syntax.yaml", "id: x\nsteps: [\n  - a: b\n"))
+    proc = cli(
+        "validate", "--offline", write(tmp_path, "syntax.yaml", "id: x\nsteps: [\n  - a: b\n")
+    )
     assert proc.returncode == 2
     assert "line 3, column" in proc.stderr and "invalid YAML" in proc.stderr
 
@@ -109,8 +118,18 @@ def test_explain_names_the_parallelism_a_non_series_parallel_dag_gives_up(tmp_pa
 
 
 @pytest.mark.integration
-def test_run_follow_shows_each_step_and_exits_0_when_the_run_completes(tmp_path: Path, fleet_settings, worker) -> None:
-    proc = cli("run", write(tmp_path, "d.yaml", DIAMOND), "-i", "n=3", "--follow", settings=fleet_settings, check=True)
+def test_run_follow_shows_each_step_and_exits_0_when_the_run_completes(
+    tmp_path: Path, fleet_settings, worker
+) -> None:
+    proc = cli(
+        "run",
+        write(tmp_path, "d.yaml", DIAMOND),
+        "-i",
+        "n=3",
+        "--follow",
+        settings=fleet_settings,
+        check=True,
+    )
     assert "submitted run" in proc.stderr
     for step in "abcd":
         assert f"  {step}: COMPLETED" in proc.stdout
@@ -118,8 +137,14 @@ def test_run_follow_shows_each_step_and_exits_0_when_the_run_completes(tmp_path:
 
 
 @pytest.mark.integration
-def test_run_of_a_failing_workflow_exits_1_with_the_error(tmp_path: Path, fleet_settings, worker) -> None:
-    path = write(tmp_path, "f.yaml", "id: f\nsteps:\n  - {id: x, plugin: builtin, method: fail, params: {message: nope}}\n")
+def test_run_of_a_failing_workflow_exits_1_with_the_error(
+    tmp_path: Path, fleet_settings, worker
+) -> None:
+    path = write(
+        tmp_path,
+        "f.yaml",
+        "id: f\nsteps:\n  - {id: x, plugin: builtin, method: fail, params: {message: nope}}\n",
+    )
     proc = cli("run", path, settings=fleet_settings)
     assert proc.returncode == 1
     assert "FAILED: nope" in proc.stdout
@@ -139,13 +164,22 @@ def test_status_shows_a_run_and_an_unknown_run_is_a_clear_error(fleet_settings, 
 @pytest.mark.integration
 def test_plugins_lists_the_fleet_catalog(fleet_settings, worker) -> None:
     proc = cli("plugins", settings=fleet_settings, check=True)
-    assert "builtin" in proc.stdout and "csv_loader" in proc.stdout and worker.hostname in proc.stdout
-    assert f"builtin.call on {worker.hostname}: CANVASFLOW_CALL_ALLOW={','.join(fleet_settings.call_allow)}" in proc.stdout
+    assert (
+        "builtin" in proc.stdout and "csv_loader" in proc.stdout and worker.hostname in proc.stdout
+    )
+    assert (
+        f"builtin.call on {worker.hostname}: CANVASFLOW_CALL_ALLOW={','.join(fleet_settings.call_allow)}"
+        in proc.stdout
+    )
 
 
 def test_a_redis_that_cannot_be_reached_is_one_clear_line(tmp_path: Path) -> None:
     port = free_port()
-    proc = cli("run", write(tmp_path, "d.yaml", DIAMOND), env={"CANVASFLOW_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    proc = cli(
+        "run",
+        write(tmp_path, "d.yaml", DIAMOND),
+        env={"CANVASFLOW_REDIS_URL": f"redis://127.0.0.1:{port}/0"},
+    )
     assert proc.returncode == 1
     assert f"cannot reach Redis at redis://127.0.0.1:{port}/0" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -156,15 +190,23 @@ def test_canvasflow_worker_command_starts_a_worker_that_runs_steps(redis_url: st
     settings = Settings(redis_url=redis_url.rsplit("/", 1)[0] + "/11", key_prefix="wcmd")
     redis.Redis.from_url(settings.redis_url).flushdb()
     env = {**os.environ, **settings.as_env(), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([*CLI, "worker", "-c", "1", "-n", "clitest@%h"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*CLI, "worker", "-c", "1", "-n", "clitest@%h"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         client = Client(settings)
         deadline = time.monotonic() + 30
         while not client.fleet():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
-        assert client.submit(Workflow("w").step("e", "builtin", "echo")).wait(30).status == "COMPLETED"
+        assert (
+            client.submit(Workflow("w").step("e", "builtin", "echo")).wait(30).status == "COMPLETED"
+        )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
@@ -180,8 +222,14 @@ def free_port() -> int:
 def test_demo_runs_the_four_examples_on_a_private_redis_and_exits_0(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CANVASFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([*CLI, "demo", "--workdir", str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=180, cwd=tmp_path)
+    proc = subprocess.run(
+        [*CLI, "demo", "--workdir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "started a private Redis at redis://127.0.0.1:" in proc.stderr
     assert "dashboard: http://127.0.0.1:" in proc.stderr and "log in as admin / " in proc.stderr
@@ -197,9 +245,17 @@ def kept_running_demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str, s
     env["PYTHONPATH"] = str(ROOT)
     env["CANVASFLOW_CALL_ALLOW"] = "os"  # the demo declares its own allow-list (none) instead
     err_log = tmp_path / "demo.err"
-    with err_log.open("wb") as err, subprocess.Popen([*CLI, "demo", "--workdir", str(tmp_path / "w"), "--keep-running"],
-                                                     env=env, stdout=subprocess.PIPE, stderr=err, text=True,
-                                                     cwd=tmp_path) as proc:
+    with (
+        err_log.open("wb") as err,
+        subprocess.Popen(
+            [*CLI, "demo", "--workdir", str(tmp_path / "w"), "--keep-running"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=tmp_path,
+        ) as proc,
+    ):
         try:
             out = []
             for line in proc.stdout:  # type: ignore[union-attr]
@@ -222,14 +278,24 @@ def test_demo_kept_running_serves_its_runs_on_the_dashboard_until_ctrl_c(tmp_pat
 
     with kept_running_demo(tmp_path) as (proc, url, password, err_log):
         with requests.Session() as s:
-            csrf = re.search(r'name="csrf" value="([^"]+)"', s.get(f"{url}login", timeout=10).text).group(1)
-            r = s.post(f"{url}login", data={"username": "admin", "password": password, "csrf": csrf}, timeout=10)
+            csrf = re.search(
+                r'name="csrf" value="([^"]+)"', s.get(f"{url}login", timeout=10).text
+            ).group(1)
+            r = s.post(
+                f"{url}login",
+                data={"username": "admin", "password": password, "csrf": csrf},
+                timeout=10,
+            )
             assert r.status_code == 200 and "Log out" in r.text, r.text[:500]
             runs = s.get(f"{url}api/v1/runs", params={"limit": 10}, timeout=10).json()["runs"]
             workers = s.get(f"{url}api/v1/workers", timeout=10).json()["workers"]
         assert [w["call_allow"] for w in workers.values()] == [[]]  # the examples call no function
-        assert {r["workflow"]["id"] for r in runs} >= {"data_processing", "parallel_media",
-                                                      "conditional_analysis", "transactional_update"}
+        assert {r["workflow"]["id"] for r in runs} >= {
+            "data_processing",
+            "parallel_media",
+            "conditional_analysis",
+            "transactional_update",
+        }
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(60) == 0, err_log.read_text()
     assert "stopping the fleet" in err_log.read_text()
@@ -238,16 +304,26 @@ def test_demo_kept_running_serves_its_runs_on_the_dashboard_until_ctrl_c(tmp_pat
 
 
 @pytest.mark.integration
-def test_a_kept_running_demo_whose_dashboard_dies_says_so_stops_the_rest_and_exits_1(tmp_path: Path) -> None:
+def test_a_kept_running_demo_whose_dashboard_dies_says_so_stops_the_rest_and_exits_1(
+    tmp_path: Path,
+) -> None:
     with kept_running_demo(tmp_path) as (proc, url, _, err_log):
         port = url.rsplit(":", 1)[1].strip("/")
-        web = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _cmdline(d).count(port)
-               and "web" in _cmdline(d) and "--recorder" in _cmdline(d)]
+        web = [
+            int(d.name)
+            for d in Path("/proc").iterdir()
+            if d.name.isdigit()
+            and _cmdline(d).count(port)
+            and "web" in _cmdline(d)
+            and "--recorder" in _cmdline(d)
+        ]
         assert len(web) == 1, web
         os.kill(web[0], signal.SIGKILL)
         assert proc.wait(60) == 1, err_log.read_text()
     text = err_log.read_text()
-    assert f"web stopped (its log: {tmp_path / 'w' / 'logs' / 'web.log'}); stopping the rest" in text, text
+    assert (
+        f"web stopped (its log: {tmp_path / 'w' / 'logs' / 'web.log'}); stopping the rest" in text
+    ), text
     assert (tmp_path / "w" / "logs" / "web.log").exists()
 
 
@@ -264,14 +340,23 @@ def test_procfile_fleet_started_with_honcho_runs_a_workflow(tmp_path: Path) -> N
     assert honcho, "honcho is a test dependency"
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANVASFLOW_")},
-           "CANVASFLOW_REDIS_PORT": str(port), "CANVASFLOW_KEY_PREFIX": "procfile",
-           "CANVASFLOW_REDIS_DIR": str(tmp_path),  # where Redis writes its append-only file
-           "CANVASFLOW_WEB_SECRET_KEY": "procfile-test-signing-key",  # the web refuses to start without one
-           "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CANVASFLOW_")},
+        "CANVASFLOW_REDIS_PORT": str(port),
+        "CANVASFLOW_KEY_PREFIX": "procfile",
+        "CANVASFLOW_REDIS_DIR": str(tmp_path),  # where Redis writes its append-only file
+        "CANVASFLOW_WEB_SECRET_KEY": "procfile-test-signing-key",  # the web refuses to start without one
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     log = (tmp_path / "honcho.log").open("wb")
-    proc = subprocess.Popen([honcho, "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [honcho, "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         settings = Settings(redis_url=url, key_prefix="procfile")
         deadline = time.monotonic() + 60
@@ -284,8 +369,15 @@ def test_procfile_fleet_started_with_honcho_runs_a_workflow(tmp_path: Path) -> N
             assert proc.poll() is None, (tmp_path / "honcho.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "honcho.log").read_text()
             time.sleep(0.2)
-        snap = Client(settings).submit(Workflow("pf").step("a", "builtin", "echo", params={"x": 1})
-                                       .step("b", "builtin", "echo", depends_on=["a"])).wait(30)
+        snap = (
+            Client(settings)
+            .submit(
+                Workflow("pf")
+                .step("a", "builtin", "echo", params={"x": 1})
+                .step("b", "builtin", "echo", depends_on=["a"])
+            )
+            .wait(30)
+        )
         assert snap.status == "COMPLETED"
         # Redis persists (a restart keeps runs in flight) and the watchdog runs with the fleet.
         assert redis.Redis.from_url(url).config_get("appendonly") == {"appendonly": "yes"}

@@ -47,13 +47,17 @@ from orchestrator.definition import Definition, Workflow, load_definition
 from orchestrator.settings import Settings
 
 APP = celery.Celery("canvasflow-tests", set_as_current=False)
-APP.conf.update({k: v for k, v in celery_config(Settings()).items() if k.startswith("task_default")})
+APP.conf.update(
+    {k: v for k, v in celery_config(Settings()).items() if k.startswith("task_default")}
+)
 CTX = RunContext("run-1", 3)
 
 
 def routed(sig: Signature, option: str) -> Any:
     """Where Celery sends a signature: its own option, else the app's default."""
     return sig.options.get(option, APP.conf[f"task_default_{option}"])
+
+
 HDR = {"run": "run-1", "epoch": 3}
 
 
@@ -62,7 +66,9 @@ HDR = {"run": "run-1", "epoch": 3}
 # ---------------------------------------------------------------------------------------------
 
 
-def dag(edges: Mapping[str, Iterable[str]], *, mode: str = "parallel", **step_fields: Any) -> Definition:
+def dag(
+    edges: Mapping[str, Iterable[str]], *, mode: str = "parallel", **step_fields: Any
+) -> Definition:
     """A definition from {step: [deps]} in insertion order; every step is a builtin.echo."""
     w = Workflow("wf", mode=mode)
     for sid, deps in edges.items():
@@ -178,10 +184,14 @@ def check_canvas(defn: Definition, canvas: Signature, settled: Mapping[str, Any]
         assert last.startswith(SETTLE_TASK + "#")
     else:
         assert spec(w.sigs[last]).get("settle") == 1
-    assert [n for n, sig in w.sigs.items() if sig.task == STEP_TASK and spec(sig).get("settle")] in ([], [last])
+    assert [
+        n for n, sig in w.sigs.items() if sig.task == STEP_TASK and spec(sig).get("settle")
+    ] in ([], [last])
     assert all((n, last) in w.before for n in w.nodes[:-1])
     # Every dependency (and list order in sequential mode) is respected.
-    wanted = {(d, s.id) for s in defn.steps for d in s.depends_on if d in pending and s.id in pending}
+    wanted = {
+        (d, s.id) for s in defn.steps for d in s.depends_on if d in pending and s.id in pending
+    }
     if defn.mode == "sequential":
         wanted |= set(zip(pending, pending[1:], strict=False))
     missing = wanted - w.before
@@ -190,7 +200,9 @@ def check_canvas(defn: Definition, canvas: Signature, settled: Mapping[str, Any]
     step_before = {(a, b) for a, b in w.before if "#" not in a and "#" not in b}
     imposed = step_before - closure(wanted)
     the_plan = plan(defn, settled)
-    assert imposed <= set(the_plan.lost), f"unreported lost parallelism: {sorted(imposed - set(the_plan.lost))}"
+    assert imposed <= set(the_plan.lost), (
+        f"unreported lost parallelism: {sorted(imposed - set(the_plan.lost))}"
+    )
     assert set(the_plan.lost) <= step_before, "reported lost pairs are really ordered"
     # Entry tasks carry the seed of settled outcomes as their first argument; no other task does.
     for name, sig in w.sigs.items():
@@ -280,7 +292,11 @@ def test_a_plan_leaves_out_settled_steps() -> None:
 
 
 def test_a_1000_wide_fan_out_plans_and_compiles() -> None:
-    edges = {"root": []} | {f"w{i}": ["root"] for i in range(1000)} | {"sink": [f"w{i}" for i in range(1000)]}
+    edges = (
+        {"root": []}
+        | {f"w{i}": ["root"] for i in range(1000)}
+        | {"sink": [f"w{i}" for i in range(1000)]}
+    )
     d = dag(edges)
     p = plan(d)
     assert isinstance(p.tree, Series) and len(p.tree.parts) == 3
@@ -306,7 +322,14 @@ def test_a_linear_chain_of_three_is_one_chain_ending_with_settle() -> None:
     assert second.args == (["b", "builtin", "echo", 0, {"deps": ["a"]}],)
     # c ends the canvas: it settles the run, and no later step reads its outcome (drop 1 + settle 4)
     assert last.args == (["c", "builtin", "echo", 5, {"deps": ["b"]}],)
-    assert spec(last) == {"id": "c", "plugin": "builtin", "method": "echo", "deps": ["b"], "drop": 1, "settle": 1}
+    assert spec(last) == {
+        "id": "c",
+        "plugin": "builtin",
+        "method": "echo",
+        "deps": ["b"],
+        "drop": 1,
+        "settle": 1,
+    }
     check_canvas(d, canvas)
 
 
@@ -389,7 +412,9 @@ def test_a_fan_out_at_the_end_is_closed_by_settle() -> None:
 def test_a_fan_in_at_the_start_is_a_chord_whose_body_settles() -> None:
     d = dag({"a": [], "b": [], "c": ["a", "b"]})
     canvas = compile_run(d, CTX, app=APP)
-    assert isinstance(canvas, chord) and sid(canvas.body) == "c" and spec(canvas.body)["settle"] == 1
+    assert (
+        isinstance(canvas, chord) and sid(canvas.body) == "c" and spec(canvas.body)["settle"] == 1
+    )
     check_canvas(d, canvas)
 
 
@@ -462,19 +487,33 @@ def test_settled_steps_are_left_out_and_seed_the_first_tasks() -> None:
 
 
 def test_the_seed_carries_outputs_only_for_steps_that_templates_read() -> None:
-    d = dag({"a": [], "b": [], "c": ["a", "b"], "d": ["c"]},
-            d={"params": {"v": "{{ steps.a.output }}"}, "when": "steps.b.status == 'COMPLETED'"})
-    settled = {"a": ("COMPLETED", {"big": 1}), "b": ("COMPLETED", {"huge": 2}), "c": ("SKIPPED", None)}
+    d = dag(
+        {"a": [], "b": [], "c": ["a", "b"], "d": ["c"]},
+        d={"params": {"v": "{{ steps.a.output }}"}, "when": "steps.b.status == 'COMPLETED'"},
+    )
+    settled = {
+        "a": ("COMPLETED", {"big": 1}),
+        "b": ("COMPLETED", {"huge": 2}),
+        "c": ("SKIPPED", None),
+    }
     first = compile_run(d, CTX, settled=settled, app=APP)
     assert sid(first) == "d" and spec(first)["settle"] == 1
-    assert seed_of(first) == {"a": ["COMPLETED", {"big": 1}], "b": ["COMPLETED", None], "c": ["SKIPPED", None]}
+    assert seed_of(first) == {
+        "a": ["COMPLETED", {"big": 1}],
+        "b": ["COMPLETED", None],
+        "c": ["SKIPPED", None],
+    }
     assert "keep" not in spec(first)  # nobody reads d's output
 
 
 def test_when_everything_is_settled_only_settle_runs_with_the_seed() -> None:
     d = dag({"a": [], "b": ["a"]}, b={"params": {"x": "{{ steps.a.output }}"}})
-    canvas = compile_run(d, RunContext("r", 1, priority="high"),
-                         settled={"a": ("COMPLETED", 1), "b": ("FAILED", 2)}, app=APP)
+    canvas = compile_run(
+        d,
+        RunContext("r", 1, priority="high"),
+        settled={"a": ("COMPLETED", 1), "b": ("FAILED", 2)},
+        app=APP,
+    )
     assert type(canvas) is Signature
     assert canvas.task == SETTLE_TASK
     assert canvas.args == ({"a": ["COMPLETED", 1], "b": ["FAILED", None]}, {"run": "r", "epoch": 1})
@@ -492,23 +531,51 @@ def test_step_spec_omits_defaults() -> None:
 
 
 def test_step_spec_carries_every_setting_that_differs_from_the_defaults() -> None:
-    d = load_definition({"id": "w", "steps": [
-        {"id": "a", "plugin": "p"},
-        {"id": "b", "plugin": "p", "method": "m", "params": {"x": 1}, "depends_on": ["a"], "join": "any",
-         "when": "steps.a.status == 'COMPLETED'", "retries": 2, "retry_delay": 3,
-         "retry_backoff": "exponential", "retry_delay_max": 30, "timeout": 9, "critical": False,
-         "queue": "io"},
-    ]})
+    d = load_definition(
+        {
+            "id": "w",
+            "steps": [
+                {"id": "a", "plugin": "p"},
+                {
+                    "id": "b",
+                    "plugin": "p",
+                    "method": "m",
+                    "params": {"x": 1},
+                    "depends_on": ["a"],
+                    "join": "any",
+                    "when": "steps.a.status == 'COMPLETED'",
+                    "retries": 2,
+                    "retry_delay": 3,
+                    "retry_backoff": "exponential",
+                    "retry_delay_max": 30,
+                    "timeout": 9,
+                    "critical": False,
+                    "queue": "io",
+                },
+            ],
+        }
+    )
     assert step_spec(d.step("b"), True) == {
-        "id": "b", "plugin": "p", "method": "m", "params": {"x": 1}, "deps": ["a"], "join": "any",
-        "when": "steps.a.status == 'COMPLETED'", "retries": 2, "delay": [3.0, "exponential", 30.0],
-        "timeout": 9.0, "critical": False, "keep": True,
+        "id": "b",
+        "plugin": "p",
+        "method": "m",
+        "params": {"x": 1},
+        "deps": ["a"],
+        "join": "any",
+        "when": "steps.a.status == 'COMPLETED'",
+        "retries": 2,
+        "delay": [3.0, "exponential", 30.0],
+        "timeout": 9.0,
+        "critical": False,
+        "keep": True,
     }
     # what a step task receives reads back to the same spec, flags and all
     for extra in ({}, {"drop": 1, "settle": 1, "comp": 1}):
         full = {**step_spec(d.step("b"), True), **extra}
         assert read_spec(wire_spec(full)) == full
-    assert read_spec({"id": "old", "plugin": "p", "method": "m"})["id"] == "old"  # an older message's dict
+    assert (
+        read_spec({"id": "old", "plugin": "p", "method": "m"})["id"] == "old"
+    )  # an older message's dict
 
 
 def test_retry_delay_travels_only_with_retries() -> None:
@@ -517,10 +584,19 @@ def test_retry_delay_travels_only_with_retries() -> None:
 
 
 def test_referenced_outputs_are_the_steps_that_when_or_templates_read() -> None:
-    d = dag({
-        "a": [], "b": [], "c": [], "d": [], "e": ["a", "b", "c", "d"],
-    }, e={"when": "steps.a.output.ok and steps.b.status == 'COMPLETED'",
-          "params": {"x": "n={{ steps.c.output.n }}", "y": ["{{ steps['d'] }}"]}})
+    d = dag(
+        {
+            "a": [],
+            "b": [],
+            "c": [],
+            "d": [],
+            "e": ["a", "b", "c", "d"],
+        },
+        e={
+            "when": "steps.a.output.ok and steps.b.status == 'COMPLETED'",
+            "params": {"x": "n={{ steps.c.output.n }}", "y": ["{{ steps['d'] }}"]},
+        },
+    )
     assert referenced_outputs(d) == {"a", "c", "d"}
     canvas = compile_run(d, CTX, app=APP)
     keeps = {sid(t): spec(t).get("keep", False) for t in canvas.tasks}
@@ -541,13 +617,22 @@ def test_uses_inputs_sees_when_and_templates() -> None:
 def test_run_context_header_carries_only_what_is_set() -> None:
     assert RunContext("r", 2).header() == {"run": "r", "epoch": 2}
     full = RunContext("r", 2, workflow="wf", version="1.0", inputs={"k": 1})
-    assert full.header() == {"run": "r", "epoch": 2, "wf": "wf", "version": "1.0", "inputs": {"k": 1}}
+    assert full.header() == {
+        "run": "r",
+        "epoch": 2,
+        "wf": "wf",
+        "version": "1.0",
+        "inputs": {"k": 1},
+    }
     d = dag({"a": []})
     canvas = compile_run(d, full, app=APP)
     assert canvas.args[0][HEADER] == ["r", 2, "wf", "1.0", {"k": 1}]
     assert read_header(canvas.args[0][HEADER]) == full.header()
-    assert read_header(wire_header(RunContext("r", 2, version="2").header())) == {"run": "r", "epoch": 2,
-                                                                                  "version": "2"}
+    assert read_header(wire_header(RunContext("r", 2, version="2").header())) == {
+        "run": "r",
+        "epoch": 2,
+        "version": "2",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,7 +647,9 @@ def test_priority_maps_to_a_redis_message_priority_on_every_task(name: str, numb
     assert {s.task for s in w.sigs.values()} == {STEP_TASK, MERGE_TASK, SETTLE_TASK}
     assert {routed(s, "priority") for s in w.sigs.values()} == {number}
     if name == "normal":  # the app's defaults are not repeated in every message
-        assert all("priority" not in s.options and "queue" not in s.options for s in w.sigs.values())
+        assert all(
+            "priority" not in s.options and "queue" not in s.options for s in w.sigs.values()
+        )
 
 
 def test_a_steps_queue_goes_to_its_options_and_join_tasks_use_default() -> None:
@@ -574,7 +661,9 @@ def test_a_steps_queue_goes_to_its_options_and_join_tasks_use_default() -> None:
     assert w.nodes[-1] == "e"  # e ends the canvas and settles the run on its own queue
     plain = walk(compile_run(dag({"a": [], "b": []}, b={"queue": "io"}), CTX, app=APP))
     assert plain.sigs[plain.nodes[-1]].task == SETTLE_TASK
-    assert routed(plain.sigs[plain.nodes[-1]], "queue") == "default"  # a join task uses the default queue
+    assert (
+        routed(plain.sigs[plain.nodes[-1]], "queue") == "default"
+    )  # a join task uses the default queue
     assert "queue" not in spec(w.sigs["b"])
 
 
@@ -592,30 +681,75 @@ def test_a_timeout_becomes_soft_and_hard_time_limits() -> None:
 
 
 def saga() -> Definition:
-    return load_definition({"id": "saga", "steps": [
-        {"id": "backup", "plugin": "backup", "method": "create", "queue": "io",
-         "compensate": {"plugin": "backup", "method": "restore",
-                        "params": {"id": "{{ steps.backup.output.id }}"}}},
-        {"id": "migrate", "plugin": "migration", "depends_on": ["backup"],
-         "compensate": {"plugin": "migration", "method": "revert", "retries": 2, "timeout": 20,
-                        "queue": "db"}},
-        {"id": "deploy", "plugin": "deployment", "depends_on": ["migrate"],
-         "compensate": {"plugin": "deployment", "method": "rollback"}},
-    ]})
+    return load_definition(
+        {
+            "id": "saga",
+            "steps": [
+                {
+                    "id": "backup",
+                    "plugin": "backup",
+                    "method": "create",
+                    "queue": "io",
+                    "compensate": {
+                        "plugin": "backup",
+                        "method": "restore",
+                        "params": {"id": "{{ steps.backup.output.id }}"},
+                    },
+                },
+                {
+                    "id": "migrate",
+                    "plugin": "migration",
+                    "depends_on": ["backup"],
+                    "compensate": {
+                        "plugin": "migration",
+                        "method": "revert",
+                        "retries": 2,
+                        "timeout": 20,
+                        "queue": "db",
+                    },
+                },
+                {
+                    "id": "deploy",
+                    "plugin": "deployment",
+                    "depends_on": ["migrate"],
+                    "compensate": {"plugin": "deployment", "method": "rollback"},
+                },
+            ],
+        }
+    )
 
 
 def test_compensation_is_a_chain_in_the_given_order_ending_with_compensated() -> None:
     d = saga()
-    canvas = compile_compensation(d, RunContext("r", 2, priority="low", hard_timeout_grace=10),
-                                  ["deploy", "migrate", "backup"], "FAILED", app=APP)
+    canvas = compile_compensation(
+        d,
+        RunContext("r", 2, priority="low", hard_timeout_grace=10),
+        ["deploy", "migrate", "backup"],
+        "FAILED",
+        app=APP,
+    )
     hdr = {"run": "r", "epoch": 2}
     assert isinstance(canvas, chain)
     assert [t.task for t in canvas.tasks] == [COMPENSATE_TASK] * 3 + [COMPENSATED_TASK]
     deploy, migrate, backup, done = canvas.tasks
-    assert deploy.args == (None, {"id": "deploy", "plugin": "deployment", "method": "rollback"}, hdr)
-    assert migrate.args == ({"id": "migrate", "plugin": "migration", "method": "revert", "retries": 2}, hdr)
-    assert backup.args == ({"id": "backup", "plugin": "backup", "method": "restore",
-                            "params": {"id": "{{ steps.backup.output.id }}"}}, hdr)
+    assert deploy.args == (
+        None,
+        {"id": "deploy", "plugin": "deployment", "method": "rollback"},
+        hdr,
+    )
+    assert migrate.args == (
+        {"id": "migrate", "plugin": "migration", "method": "revert", "retries": 2},
+        hdr,
+    )
+    assert backup.args == (
+        {
+            "id": "backup",
+            "plugin": "backup",
+            "method": "restore",
+            "params": {"id": "{{ steps.backup.output.id }}"},
+        },
+        hdr,
+    )
     assert done.args == (hdr, "FAILED")
     # queue: the compensation's own, else its step's; time limits from the compensation timeout.
     assert [routed(t, "queue") for t in canvas.tasks] == ["default", "db", "io", "default"]
@@ -661,7 +795,9 @@ def test_describe_plan_shows_the_diamond_as_chain_with_a_chord() -> None:
 def test_describe_plan_of_nested_and_parallel_shapes() -> None:
     assert describe_plan(plan(dag({"a": [], "b": []}))) == ["group (2 in parallel)", "  a", "  b"]
     assert describe_plan(plan(dag({"a": []}))) == ["a"]
-    assert describe_plan(plan(dag({"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": ["c", "d"]}))) == [
+    assert describe_plan(
+        plan(dag({"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": ["c", "d"]}))
+    ) == [
         "chain (3 links)",
         "  a",
         "  chord",

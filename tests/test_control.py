@@ -48,7 +48,9 @@ def chain_of(n: int, seconds: float) -> Workflow:
     return wf
 
 
-def test_pause_in_a_chain_lets_the_running_step_finish_and_resume_runs_each_step_once(client: Client) -> None:
+def test_pause_in_a_chain_lets_the_running_step_finish_and_resume_runs_each_step_once(
+    client: Client,
+) -> None:
     run = client.submit(chain_of(10, 0.3))
     wait_for(lambda: client.snapshot(run.id).statuses["s2"] == "RUNNING")
     client.control.pause(run.id, actor="alice", reason="maintenance")
@@ -67,7 +69,9 @@ def test_pause_in_a_chain_lets_the_running_step_finish_and_resume_runs_each_step
     assert len(starts[0]) == 10
 
 
-def test_pause_during_a_fan_out_then_resume_runs_the_join_once_after_all_branches(client: Client) -> None:
+def test_pause_during_a_fan_out_then_resume_runs_the_join_once_after_all_branches(
+    client: Client,
+) -> None:
     wf = Workflow("fan20").step("start", "builtin", "echo")
     for i in range(20):
         wf = wf.step(f"b{i}", "builtin", "sleep", depends_on=["start"], params={"seconds": 0.2})
@@ -89,31 +93,60 @@ def test_pause_during_a_fan_out_then_resume_runs_the_join_once_after_all_branche
 
 
 def test_cancel_terminates_a_long_step_and_compensates_newest_first(client: Client) -> None:
-    wf = (Workflow("cancelme", mode="sequential")
-          .step("one", "builtin", "echo", compensate={"plugin": "builtin", "method": "echo", "params": {"undo": 1}})
-          .step("two", "builtin", "echo", compensate={"plugin": "builtin", "method": "echo", "params": {"undo": 2}})
-          .step("long", "builtin", "sleep", params={"seconds": 60})
-          .step("never", "builtin", "echo"))
+    wf = (
+        Workflow("cancelme", mode="sequential")
+        .step(
+            "one",
+            "builtin",
+            "echo",
+            compensate={"plugin": "builtin", "method": "echo", "params": {"undo": 1}},
+        )
+        .step(
+            "two",
+            "builtin",
+            "echo",
+            compensate={"plugin": "builtin", "method": "echo", "params": {"undo": 2}},
+        )
+        .step("long", "builtin", "sleep", params={"seconds": 60})
+        .step("never", "builtin", "echo")
+    )
     run = client.submit(wf)
     wait_for(lambda: client.snapshot(run.id).statuses["long"] == "RUNNING")
     client.control.cancel(run.id, actor="bob", reason="wrong inputs")
     final = run.wait(15)  # the 60 s step was terminated, not waited for
     assert final.status == "CANCELLED"
-    assert final.statuses == {"one": "COMPENSATED", "two": "COMPENSATED", "long": "CANCELLED", "never": "CANCELLED"}
+    assert final.statuses == {
+        "one": "COMPENSATED",
+        "two": "COMPENSATED",
+        "long": "CANCELLED",
+        "never": "CANCELLED",
+    }
     order = [e["step"] for e in events_of(client, run.id, "step_compensated")]
     assert order == ["two", "one"]
     actions = [e["data"] for e in events_of(client, run.id, "operator_action")]
     assert [(a["action"], a["actor"], a["reason"], a["outcome"]) for a in actions] == [
-        ("cancel", "bob", "wrong inputs", "ok")]
+        ("cancel", "bob", "wrong inputs", "ok")
+    ]
 
 
-def test_failing_compensation_waits_for_an_operator_and_its_retry_completes(client: Client, tmp_path: Path) -> None:
+def test_failing_compensation_waits_for_an_operator_and_its_retry_completes(
+    client: Client, tmp_path: Path
+) -> None:
     marker = tmp_path / "fixed"
-    wf = (Workflow("compfail", mode="sequential")
-          .step("make", "builtin", "echo",
-                compensate={"plugin": "builtin", "method": "call",
-                            "params": {"function": "tests.helpers:fail_unless_exists", "args": [str(marker)]}})
-          .step("boom", "builtin", "fail", params={"message": "bad deploy"}))
+    wf = (
+        Workflow("compfail", mode="sequential")
+        .step(
+            "make",
+            "builtin",
+            "echo",
+            compensate={
+                "plugin": "builtin",
+                "method": "call",
+                "params": {"function": "tests.helpers:fail_unless_exists", "args": [str(marker)]},
+            },
+        )
+        .step("boom", "builtin", "fail", params={"message": "bad deploy"})
+    )
     run = client.submit(wf)
     snap = run.wait(20)
     assert snap.status == "COMPENSATION_FAILED"
@@ -128,15 +161,30 @@ def test_failing_compensation_waits_for_an_operator_and_its_retry_completes(clie
 
 
 def test_retry_from_the_failed_step_reruns_only_it_and_its_descendants(client: Client) -> None:
-    wf = (Workflow("retryfrom")
-          .step("a", "builtin", "echo", params={"v": 1})
-          .step("side", "builtin", "echo", depends_on=["a"])
-          .step("flaky", "builtin", "fail", depends_on=["a"], params={"times": 1, "message": "first time"})
-          .step("after", "builtin", "echo", depends_on=["flaky"], params={"v": "{{ steps.a.output.v }}"}))
+    wf = (
+        Workflow("retryfrom")
+        .step("a", "builtin", "echo", params={"v": 1})
+        .step("side", "builtin", "echo", depends_on=["a"])
+        .step(
+            "flaky",
+            "builtin",
+            "fail",
+            depends_on=["a"],
+            params={"times": 1, "message": "first time"},
+        )
+        .step(
+            "after", "builtin", "echo", depends_on=["flaky"], params={"v": "{{ steps.a.output.v }}"}
+        )
+    )
     run = client.submit(wf)
     first = run.wait(20)
     assert first.status == "FAILED"
-    assert first.statuses == {"a": "COMPLETED", "side": "COMPLETED", "flaky": "FAILED", "after": "CANCELLED"}
+    assert first.statuses == {
+        "a": "COMPLETED",
+        "side": "COMPLETED",
+        "flaky": "FAILED",
+        "after": "CANCELLED",
+    }
     result = client.control.retry(run.id, actor="dave")
     assert result.detail["reset"] == ["flaky", "after"]
     final = run.wait(20)
@@ -164,7 +212,9 @@ def test_illegal_actions_are_refused_with_the_current_state_and_audited(client: 
 
 
 @pytest.mark.parametrize("first,second", [("pause", "cancel"), ("cancel", "cancel")])
-def test_concurrent_actions_leave_one_consistent_outcome(client: Client, first: str, second: str) -> None:
+def test_concurrent_actions_leave_one_consistent_outcome(
+    client: Client, first: str, second: str
+) -> None:
     run = client.submit(chain_of(6, 0.3))
     wait_for(lambda: client.snapshot(run.id).statuses["s1"] == "RUNNING")
     results: list[object] = []
@@ -216,8 +266,9 @@ def test_two_resumes_at_once_dispatch_once(client: Client) -> None:
 
 
 def test_clone_starts_the_same_version_with_overridden_inputs(client: Client) -> None:
-    wf = Workflow("clonable", inputs={"n": 1, "m": 2}).step("a", "builtin", "echo",
-                                                          params={"n": "{{ inputs.n }}", "m": "{{ inputs.m }}"})
+    wf = Workflow("clonable", inputs={"n": 1, "m": 2}).step(
+        "a", "builtin", "echo", params={"n": "{{ inputs.n }}", "m": "{{ inputs.m }}"}
+    )
     run = client.submit(wf)
     run.wait(20)
     new = client.control.clone(run.id, inputs={"n": 10}, actor="frank")
@@ -228,9 +279,11 @@ def test_clone_starts_the_same_version_with_overridden_inputs(client: Client) ->
 
 
 def test_export_holds_definition_attempts_logs_events_and_actions(client: Client) -> None:
-    wf = (Workflow("exportme")
-          .step("a", "builtin", "fail", params={"times": 1}, retries=1, retry_delay=0.1)
-          .step("b", "builtin", "sleep", depends_on=["a"], params={"seconds": 0.3}))
+    wf = (
+        Workflow("exportme")
+        .step("a", "builtin", "fail", params={"times": 1}, retries=1, retry_delay=0.1)
+        .step("b", "builtin", "sleep", depends_on=["a"], params={"seconds": 0.3})
+    )
     run = client.submit(wf)
     run.wait(20)
     with pytest.raises(ControlError):
@@ -280,7 +333,9 @@ def test_high_priority_runs_overtake_queued_low_priority_ones(solo: Settings, st
     assert overtaken >= 3, [s.step("s").started_at - high_start for s in snaps[:-1]]
 
 
-def test_worker_killed_while_a_paused_run_resumes_does_not_strand_it(redis_url: str, start_worker) -> None:
+def test_worker_killed_while_a_paused_run_resumes_does_not_strand_it(
+    redis_url: str, start_worker
+) -> None:
     url = redis_url.rsplit("/", 1)[0] + "/9"
     redis.Redis.from_url(url).flushdb()
     settings = Settings(redis_url=url, key_prefix="pk", visibility_timeout=4, lease_ttl=2)

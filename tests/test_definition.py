@@ -120,16 +120,41 @@ steps:
 def etl_builder() -> Workflow:
     return (
         Workflow(
-            "etl", name="ETL", description="load, check, save", version="1.2.0", mode="sequential",
-            sla_seconds=120, priority="high", tags=("etl", "nightly"),
-            inputs={"file_path": "input/data.csv"}, defaults={"timeout": 30, "retries": 1},
+            "etl",
+            name="ETL",
+            description="load, check, save",
+            version="1.2.0",
+            mode="sequential",
+            sla_seconds=120,
+            priority="high",
+            tags=("etl", "nightly"),
+            inputs={"file_path": "input/data.csv"},
+            defaults={"timeout": 30, "retries": 1},
         )
-        .step("load", "csv_loader", "load_file", params={"file_path": "{{ inputs.file_path }}"},
-              retries=2, retry_delay=5, retry_backoff="exponential", queue="io")
-        .step("check", "builtin", "echo", depends_on="load", when="steps.load.output.rows > 0",
-              critical=False, params={"rows": "{{ steps.load.output.rows }}"},
-              compensate={"plugin": "builtin", "method": "echo",
-                          "params": {"batch": "{{ steps.load.output.batch_id }}"}})
+        .step(
+            "load",
+            "csv_loader",
+            "load_file",
+            params={"file_path": "{{ inputs.file_path }}"},
+            retries=2,
+            retry_delay=5,
+            retry_backoff="exponential",
+            queue="io",
+        )
+        .step(
+            "check",
+            "builtin",
+            "echo",
+            depends_on="load",
+            when="steps.load.output.rows > 0",
+            critical=False,
+            params={"rows": "{{ steps.load.output.rows }}"},
+            compensate={
+                "plugin": "builtin",
+                "method": "echo",
+                "params": {"batch": "{{ steps.load.output.batch_id }}"},
+            },
+        )
         .step("save", "builtin", "echo", depends_on=["check"], join="any", timeout=10)
     )
 
@@ -165,7 +190,12 @@ def test_the_builder_reports_errors_through_the_same_schema_with_its_source() ->
 def test_the_model_holds_every_field_of_the_yaml() -> None:
     d = load_definition(parse_text(ETL_YAML))
     assert (d.id, d.name, d.description, d.version) == ("etl", "ETL", "load, check, save", "1.2.0")
-    assert (d.mode, d.sla_seconds, d.priority, d.tags) == ("sequential", 120.0, "high", ("etl", "nightly"))
+    assert (d.mode, d.sla_seconds, d.priority, d.tags) == (
+        "sequential",
+        120.0,
+        "high",
+        ("etl", "nightly"),
+    )
     assert d.inputs == {"file_path": "input/data.csv"}
     assert d.step_ids == ["load", "check", "save"]
     check = d.step("check")
@@ -173,7 +203,8 @@ def test_the_model_holds_every_field_of_the_yaml() -> None:
     assert check.when == "steps.load.output.rows > 0"
     assert check.critical is False
     assert check.compensate == Compensation(
-        plugin="builtin", method="echo", params={"batch": "{{ steps.load.output.batch_id }}"})
+        plugin="builtin", method="echo", params={"batch": "{{ steps.load.output.batch_id }}"}
+    )
     assert d.step("save").join == "any"
     with pytest.raises(KeyError):
         d.step("nope")
@@ -200,11 +231,22 @@ def test_to_dict_leaves_out_what_equals_the_defaults() -> None:
     }
 
 
-def test_round_trip_keeps_a_step_that_overrides_a_workflow_default_back_to_the_builtin_value() -> None:
-    d = load_definition(wf(step("a"), step("b", queue="default", critical=True, timeout=None),
-                           defaults={"queue": "io", "critical": False, "timeout": 5}))
+def test_round_trip_keeps_a_step_that_overrides_a_workflow_default_back_to_the_builtin_value() -> (
+    None
+):
+    d = load_definition(
+        wf(
+            step("a"),
+            step("b", queue="default", critical=True, timeout=None),
+            defaults={"queue": "io", "critical": False, "timeout": 5},
+        )
+    )
     assert d.step("a").queue == "io" and d.step("a").critical is False and d.step("a").timeout == 5
-    assert d.step("b").queue == "default" and d.step("b").critical is True and d.step("b").timeout is None
+    assert (
+        d.step("b").queue == "default"
+        and d.step("b").critical is True
+        and d.step("b").timeout is None
+    )
     assert load_definition(d.to_dict()) == d
 
 
@@ -228,23 +270,49 @@ def test_from_stored_loads_without_semantic_checks() -> None:
 def test_a_step_without_settings_gets_the_builtin_defaults() -> None:
     s = load_definition(wf(step("a"))).step("a")
     assert {k: getattr(s, k) for k in STEP_DEFAULTS} == STEP_DEFAULTS
-    assert (s.method, s.params, s.depends_on, s.join, s.when, s.compensate) == ("echo", {}, (), "all", None, None)
+    assert (s.method, s.params, s.depends_on, s.join, s.when, s.compensate) == (
+        "echo",
+        {},
+        (),
+        "all",
+        None,
+        None,
+    )
     d = load_definition(wf(step("a")))
     assert (d.mode, d.priority, d.tags, d.inputs, d.defaults) == ("parallel", "normal", (), {}, {})
 
 
 def test_workflow_defaults_apply_to_every_step_and_a_step_overrides_them() -> None:
-    d = load_definition(wf(
-        step("a"),
-        step("b", timeout=5, retries=0, queue="cpu", critical=True),
-        defaults={"timeout": 30, "retries": 2, "retry_delay": 3, "retry_backoff": "exponential",
-                  "retry_delay_max": 60, "critical": False, "queue": "io"},
-    ))
+    d = load_definition(
+        wf(
+            step("a"),
+            step("b", timeout=5, retries=0, queue="cpu", critical=True),
+            defaults={
+                "timeout": 30,
+                "retries": 2,
+                "retry_delay": 3,
+                "retry_backoff": "exponential",
+                "retry_delay_max": 60,
+                "critical": False,
+                "queue": "io",
+            },
+        )
+    )
     a, b = d.step("a"), d.step("b")
-    assert (a.timeout, a.retries, a.retry_delay, a.retry_backoff, a.retry_delay_max, a.critical, a.queue) == (
-        30, 2, 3, "exponential", 60, False, "io")
+    assert (
+        a.timeout,
+        a.retries,
+        a.retry_delay,
+        a.retry_backoff,
+        a.retry_delay_max,
+        a.critical,
+        a.queue,
+    ) == (30, 2, 3, "exponential", 60, False, "io")
     assert (b.timeout, b.retries, b.queue, b.critical) == (5, 0, "cpu", True)
-    assert (b.retry_delay, b.retry_backoff) == (3, "exponential")  # not overridden: still the defaults
+    assert (b.retry_delay, b.retry_backoff) == (
+        3,
+        "exponential",
+    )  # not overridden: still the defaults
 
 
 def test_method_defaults_to_run() -> None:
@@ -293,7 +361,10 @@ def test_a_workflow_id_of_the_wrong_type_is_reported() -> None:
 
 
 def test_a_step_id_must_match_its_pattern() -> None:
-    assert only_problem(wf(step("bad id"))) == ("steps[0].id", "must match [A-Za-z0-9][A-Za-z0-9_.-]*")
+    assert only_problem(wf(step("bad id"))) == (
+        "steps[0].id",
+        "must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+    )
 
 
 def test_a_step_without_id_is_reported_with_its_index() -> None:
@@ -309,8 +380,13 @@ def test_an_unknown_step_field_is_reported_with_its_path() -> None:
 
 
 def test_an_unknown_compensation_or_defaults_field_is_reported() -> None:
-    found = problems(wf(step("a", compensate={"plugin": "p", "undo": 1}), defaults={"colour": "red"}))
-    assert sorted(found) == [("defaults.colour", "unknown field"), ("steps[0].compensate.undo", "unknown field")]
+    found = problems(
+        wf(step("a", compensate={"plugin": "p", "undo": 1}), defaults={"colour": "red"})
+    )
+    assert sorted(found) == [
+        ("defaults.colour", "unknown field"),
+        ("steps[0].compensate.undo", "unknown field"),
+    ]
 
 
 def test_a_timeout_that_is_not_a_number_is_reported() -> None:
@@ -319,15 +395,24 @@ def test_a_timeout_that_is_not_a_number_is_reported() -> None:
 
 @pytest.mark.parametrize("value", [0, -1])
 def test_a_timeout_must_be_positive(value: int) -> None:
-    assert only_problem(wf(step("a", timeout=value))) == ("steps[0].timeout", "must be a positive number of seconds")
+    assert only_problem(wf(step("a", timeout=value))) == (
+        "steps[0].timeout",
+        "must be a positive number of seconds",
+    )
 
 
 def test_retries_that_are_not_a_number_are_reported() -> None:
-    assert only_problem(wf(step("a", retries="twice"))) == ("steps[0].retries", "must be a whole number")
+    assert only_problem(wf(step("a", retries="twice"))) == (
+        "steps[0].retries",
+        "must be a whole number",
+    )
 
 
 def test_fractional_retries_are_reported_not_truncated() -> None:
-    assert only_problem(wf(step("a", retries=1.5))) == ("steps[0].retries", "must be a whole number")
+    assert only_problem(wf(step("a", retries=1.5))) == (
+        "steps[0].retries",
+        "must be a whole number",
+    )
 
 
 def test_negative_retries_are_reported_on_the_step() -> None:
@@ -338,7 +423,10 @@ def test_negative_retries_are_reported_on_the_step() -> None:
 
 @pytest.mark.parametrize("value", [-1, 101])
 def test_retries_out_of_range_names_both_bounds(value: int) -> None:
-    assert only_problem(wf(step("a", retries=value))) == ("steps[0].retries", "must be between 0 and 100")
+    assert only_problem(wf(step("a", retries=value))) == (
+        "steps[0].retries",
+        "must be between 0 and 100",
+    )
 
 
 def test_a_negative_retry_delay_is_reported() -> None:
@@ -346,7 +434,10 @@ def test_a_negative_retry_delay_is_reported() -> None:
 
 
 def test_critical_must_be_a_boolean() -> None:
-    assert only_problem(wf(step("a", critical="maybe"))) == ("steps[0].critical", "must be true or false")
+    assert only_problem(wf(step("a", critical="maybe"))) == (
+        "steps[0].critical",
+        "must be true or false",
+    )
 
 
 def test_depends_on_must_be_a_list() -> None:
@@ -363,25 +454,37 @@ def test_a_definition_that_is_not_a_mapping_is_refused() -> None:
 
 def test_a_bad_mode_is_reported() -> None:
     assert only_problem(wf(step("a"), mode="fast")) == (
-        "mode", "must be one of sequential, parallel, conditional")
+        "mode",
+        "must be one of sequential, parallel, conditional",
+    )
 
 
 def test_a_bad_priority_is_reported() -> None:
-    assert only_problem(wf(step("a"), priority="urgent")) == ("priority", "must be one of high, normal, low")
+    assert only_problem(wf(step("a"), priority="urgent")) == (
+        "priority",
+        "must be one of high, normal, low",
+    )
 
 
 def test_a_bad_join_is_reported() -> None:
     assert only_problem(wf(step("a"), step("b", depends_on=["a"], join="some"))) == (
-        "steps[1].join", "must be one of all, any")
+        "steps[1].join",
+        "must be one of all, any",
+    )
 
 
 def test_a_bad_retry_backoff_is_reported() -> None:
     assert only_problem(wf(step("a", retry_backoff="linear"))) == (
-        "steps[0].retry_backoff", "must be one of fixed, exponential")
+        "steps[0].retry_backoff",
+        "must be one of fixed, exponential",
+    )
 
 
 def test_a_bad_queue_name_is_reported() -> None:
-    assert only_problem(wf(step("a", queue="no spaces"))) == ("steps[0].queue", "invalid queue name")
+    assert only_problem(wf(step("a", queue="no spaces"))) == (
+        "steps[0].queue",
+        "invalid queue name",
+    )
 
 
 def test_only_format_version_1_exists() -> None:
@@ -404,25 +507,35 @@ def test_missing_steps_are_required() -> None:
 
 def test_a_duplicate_step_id_names_the_first_use() -> None:
     assert only_problem(wf(step("a"), step("b"), step("a"))) == (
-        "steps[2].id", "duplicate step id 'a' (first used by steps[0])")
+        "steps[2].id",
+        "duplicate step id 'a' (first used by steps[0])",
+    )
 
 
 def test_unknown_dependency_is_reported_with_its_path() -> None:
-    assert only_problem(wf(step("load_data"), step("b"), step("c"), step("d", depends_on=["b", "zzz"]))) == (
-        "steps[3].depends_on[1]", "unknown step 'zzz'")
+    assert only_problem(
+        wf(step("load_data"), step("b"), step("c"), step("d", depends_on=["b", "zzz"]))
+    ) == ("steps[3].depends_on[1]", "unknown step 'zzz'")
 
 
 def test_unknown_dependency_suggests_the_closest_step_id() -> None:
     data = wf(step("load_data"), step("b"), step("c"), step("validate", depends_on=["lod_data"]))
-    assert only_problem(data) == ("steps[3].depends_on[0]", "unknown step 'lod_data' (did you mean 'load_data'?)")
+    assert only_problem(data) == (
+        "steps[3].depends_on[0]",
+        "unknown step 'lod_data' (did you mean 'load_data'?)",
+    )
     with pytest.raises(DefinitionError) as info:
         load_definition(data)
-    assert "steps[3].depends_on[0]: unknown step 'lod_data' (did you mean 'load_data'?)" in str(info.value)
+    assert "steps[3].depends_on[0]: unknown step 'lod_data' (did you mean 'load_data'?)" in str(
+        info.value
+    )
 
 
 def test_a_dependency_listed_twice_is_reported() -> None:
     assert only_problem(wf(step("a"), step("b", depends_on=["a", "a"]))) == (
-        "steps[1].depends_on[1]", "'a' is listed twice")
+        "steps[1].depends_on[1]",
+        "'a' is listed twice",
+    )
 
 
 def test_a_self_dependency_is_reported() -> None:
@@ -434,7 +547,8 @@ def test_sequential_mode_refuses_a_dependency_on_a_later_step() -> None:
     data = wf(step("a", depends_on=["b"]), step("b"), mode="sequential")
     assert only_problem(data) == (
         "steps[0].depends_on[0]",
-        "in sequential mode a step may only depend on earlier steps; 'b' comes later")
+        "in sequential mode a step may only depend on earlier steps; 'b' comes later",
+    )
     # The same dependency is fine in a DAG mode.
     assert load_definition({**data, "mode": "parallel"}).step("a").depends_on == ("b",)
 
@@ -448,8 +562,12 @@ def test_a_cycle_is_reported_in_run_order_from_the_first_declared_step() -> None
 
 
 def test_a_cycle_is_found_behind_an_acyclic_prefix() -> None:
-    data = wf(step("start"), step("x", depends_on=["start", "z"]), step("y", depends_on=["x"]),
-              step("z", depends_on=["y"]))
+    data = wf(
+        step("start"),
+        step("x", depends_on=["start", "z"]),
+        step("y", depends_on=["x"]),
+        step("z", depends_on=["y"]),
+    )
     assert only_problem(data) == ("steps", "cycle: x -> y -> z -> x")
 
 
@@ -467,7 +585,8 @@ def test_a_cycle_does_not_hide_an_expression_error() -> None:
 def test_a_when_syntax_error_is_reported_with_its_column_and_hint() -> None:
     assert only_problem(wf(step("a"), step("b", depends_on=["a"], when="steps.a.output = 1"))) == (
         "steps[1].when",
-        "unexpected '=' at column 16 in 'steps.a.output = 1'; use '==' to compare")
+        "unexpected '=' at column 16 in 'steps.a.output = 1'; use '==' to compare",
+    )
 
 
 def test_a_when_with_an_unknown_name_is_reported() -> None:
@@ -481,52 +600,90 @@ def test_a_when_on_an_unknown_step_suggests_the_closest() -> None:
 
 
 def test_a_when_may_read_inputs_run_and_upstream_status() -> None:
-    d = load_definition(wf(
-        step("a"),
-        step("b", depends_on=["a"], when="steps.a.status == 'COMPLETED' and inputs.go and run.id != ''"),
-    ))
+    d = load_definition(
+        wf(
+            step("a"),
+            step(
+                "b",
+                depends_on=["a"],
+                when="steps.a.status == 'COMPLETED' and inputs.go and run.id != ''",
+            ),
+        )
+    )
     assert d.step("b").when is not None
 
 
 def test_a_step_cannot_read_its_own_output() -> None:
-    assert only_problem(wf(step("a", when="steps.a.output"))) == ("steps[0].when", "step 'a' cannot read its own output")
+    assert only_problem(wf(step("a", when="steps.a.output"))) == (
+        "steps[0].when",
+        "step 'a' cannot read its own output",
+    )
 
 
 def test_a_template_referencing_an_unknown_step_is_reported() -> None:
-    data = wf(step("a"), step("b", depends_on=["a"], params={"rows": "{{ steps.nope.output.rows }}"}))
+    data = wf(
+        step("a"), step("b", depends_on=["a"], params={"rows": "{{ steps.nope.output.rows }}"})
+    )
     assert only_problem(data) == ("steps[1].params.rows", "unknown step 'nope'")
 
 
 def test_a_template_path_goes_into_nested_params() -> None:
-    data = wf(step("a"), step("b", depends_on=["a"], params={"cfg": {"items": ["ok", "{{ steps.nope.output }}"]}}))
+    data = wf(
+        step("a"),
+        step("b", depends_on=["a"], params={"cfg": {"items": ["ok", "{{ steps.nope.output }}"]}}),
+    )
     assert only_problem(data) == ("steps[1].params.cfg.items[1]", "unknown step 'nope'")
 
 
 def test_a_template_reading_a_step_that_is_not_upstream_is_reported() -> None:
-    data = wf(step("a"), step("b"), step("c", depends_on=["b"], params={"v": "{{ steps.a.output }}"}))
+    data = wf(
+        step("a"), step("b"), step("c", depends_on=["b"], params={"v": "{{ steps.a.output }}"})
+    )
     assert only_problem(data) == (
-        "steps[2].params.v", "step 'a' is not upstream of 'c': add it to depends_on to read its output")
+        "steps[2].params.v",
+        "step 'a' is not upstream of 'c': add it to depends_on to read its output",
+    )
 
 
 def test_a_transitive_ancestor_is_upstream() -> None:
-    d = load_definition(wf(step("a"), step("b", depends_on=["a"]),
-                           step("c", depends_on=["b"], params={"v": "{{ steps.a.output }}"})))
+    d = load_definition(
+        wf(
+            step("a"),
+            step("b", depends_on=["a"]),
+            step("c", depends_on=["b"], params={"v": "{{ steps.a.output }}"}),
+        )
+    )
     assert d.step("c").params == {"v": "{{ steps.a.output }}"}
 
 
 def test_in_sequential_mode_every_earlier_step_is_upstream() -> None:
-    d = load_definition(wf(step("a"), step("b"), step("c", params={"v": "{{ steps.a.output.x }}"},
-                                                        when="steps.b.status == 'COMPLETED'"),
-                           mode="sequential"))
+    d = load_definition(
+        wf(
+            step("a"),
+            step("b"),
+            step("c", params={"v": "{{ steps.a.output.x }}"}, when="steps.b.status == 'COMPLETED'"),
+            mode="sequential",
+        )
+    )
     assert d.mode == "sequential"
     # ...but a later one is not.
-    found = problems(wf(step("a", params={"v": "{{ steps.b.output }}"}), step("b"), mode="sequential"))
-    assert found == [("steps[0].params.v", "step 'b' is not upstream of 'a': add it to depends_on to read its output")]
+    found = problems(
+        wf(step("a", params={"v": "{{ steps.b.output }}"}), step("b"), mode="sequential")
+    )
+    assert found == [
+        (
+            "steps[0].params.v",
+            "step 'b' is not upstream of 'a': add it to depends_on to read its output",
+        )
+    ]
 
 
 def test_an_unknown_step_field_in_a_template_is_reported() -> None:
     data = wf(step("x"), step("b", depends_on=["x"], params={"v": "{{ steps.x.bogus }}"}))
-    assert only_problem(data) == ("steps[1].params.v", "steps.x has no field 'bogus' (fields: output, status)")
+    assert only_problem(data) == (
+        "steps[1].params.v",
+        "steps.x has no field 'bogus' (fields: output, status)",
+    )
 
 
 def test_an_unknown_run_field_and_a_bare_steps_are_reported() -> None:
@@ -541,7 +698,8 @@ def test_a_template_syntax_error_is_reported_with_its_path() -> None:
     with pytest.raises(DefinitionError) as info:
         load_definition(wf(step("a", params={"v": "{{ 1 + }}"})))
     assert info.value.messages == [
-        "steps[0].params.v: unexpected end of expression at column 4 in '1 +', in template '{{ 1 + }}'"]
+        "steps[0].params.v: unexpected end of expression at column 4 in '1 +', in template '{{ 1 + }}'"
+    ]
 
 
 def _template_error(text: str) -> str:
@@ -559,17 +717,31 @@ def test_every_template_syntax_error_is_reported_at_its_own_path() -> None:
 
 
 def test_compensate_params_may_read_the_steps_own_output() -> None:
-    d = load_definition(wf(step("a", compensate={
-        "plugin": "builtin", "method": "echo", "params": {"batch": "{{ steps.a.output.batch_id }}"}})))
+    d = load_definition(
+        wf(
+            step(
+                "a",
+                compensate={
+                    "plugin": "builtin",
+                    "method": "echo",
+                    "params": {"batch": "{{ steps.a.output.batch_id }}"},
+                },
+            )
+        )
+    )
     assert d.step("a").compensate is not None
     assert d.step("a").compensate.params == {"batch": "{{ steps.a.output.batch_id }}"}
 
 
 def test_compensate_params_may_not_read_a_step_that_is_not_upstream() -> None:
-    data = wf(step("a", compensate={"plugin": "builtin", "params": {"v": "{{ steps.b.output }}"}}), step("b"))
+    data = wf(
+        step("a", compensate={"plugin": "builtin", "params": {"v": "{{ steps.b.output }}"}}),
+        step("b"),
+    )
     assert only_problem(data) == (
         "steps[0].compensate.params.v",
-        "step 'b' is not upstream of 'a': add it to depends_on to read its output")
+        "step 'b' is not upstream of 'a': add it to depends_on to read its output",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,35 +750,53 @@ def test_compensate_params_may_not_read_a_step_that_is_not_upstream() -> None:
 
 
 def test_without_a_catalog_plugins_are_not_checked() -> None:
-    assert load_definition(wf(step("a", plugin="nowhere", method="nothing"))).step("a").plugin == "nowhere"
+    assert (
+        load_definition(wf(step("a", plugin="nowhere", method="nothing"))).step("a").plugin
+        == "nowhere"
+    )
 
 
 def test_an_unknown_plugin_is_reported_with_a_suggestion_and_the_registered_ones() -> None:
-    data = wf(step("a"), step("b", plugin="csv_lodaer", method="load_file", params={"file_path": "x"}))
+    data = wf(
+        step("a"), step("b", plugin="csv_lodaer", method="load_file", params={"file_path": "x"})
+    )
     assert only_problem(data, CATALOG) == (
-        "steps[1].plugin", "no plugin 'csv_lodaer' (did you mean 'csv_loader'?); registered: builtin, csv_loader")
+        "steps[1].plugin",
+        "no plugin 'csv_lodaer' (did you mean 'csv_loader'?); registered: builtin, csv_loader",
+    )
 
 
 def test_an_unknown_method_is_reported() -> None:
     assert only_problem(wf(step("a", plugin="csv_loader", method="lod")), CATALOG) == (
-        "steps[0].method", "plugin 'csv_loader' has no method 'lod' (methods: load_file)")
+        "steps[0].method",
+        "plugin 'csv_loader' has no method 'lod' (methods: load_file)",
+    )
 
 
 def test_the_default_method_run_is_checked_too() -> None:
     assert only_problem({"id": "w", "steps": [{"id": "a", "plugin": "builtin"}]}, CATALOG) == (
-        "steps[0].method", "plugin 'builtin' has no method 'run' (methods: echo, sleep)")
+        "steps[0].method",
+        "plugin 'builtin' has no method 'run' (methods: echo, sleep)",
+    )
 
 
 def test_a_missing_required_parameter_is_reported() -> None:
-    assert only_problem(wf(step("a", plugin="csv_loader", method="load_file", params={"delimiter": ","})), CATALOG) == (
+    assert only_problem(
+        wf(step("a", plugin="csv_loader", method="load_file", params={"delimiter": ","})), CATALOG
+    ) == (
         "steps[0].params",
-        "missing required parameter 'file_path' of csv_loader.load_file (parameters: file_path, delimiter)")
+        "missing required parameter 'file_path' of csv_loader.load_file (parameters: file_path, delimiter)",
+    )
 
 
 def test_an_unknown_parameter_is_reported_at_its_own_path() -> None:
-    data = wf(step("a", plugin="csv_loader", method="load_file", params={"file_path": "x", "sep": ";"}))
+    data = wf(
+        step("a", plugin="csv_loader", method="load_file", params={"file_path": "x", "sep": ";"})
+    )
     assert only_problem(data, CATALOG) == (
-        "steps[0].params.sep", "unknown parameter of csv_loader.load_file (parameters: file_path, delimiter)")
+        "steps[0].params.sep",
+        "unknown parameter of csv_loader.load_file (parameters: file_path, delimiter)",
+    )
 
 
 def test_a_method_that_accepts_any_params_takes_anything() -> None:
@@ -617,14 +807,20 @@ def test_a_method_that_accepts_any_params_takes_anything() -> None:
 def test_a_compensation_is_checked_against_the_catalog() -> None:
     data = wf(step("a", compensate={"plugin": "builtin", "method": "undo"}))
     assert only_problem(data, CATALOG) == (
-        "steps[0].compensate.method", "plugin 'builtin' has no method 'undo' (methods: echo, sleep)")
+        "steps[0].compensate.method",
+        "plugin 'builtin' has no method 'undo' (methods: echo, sleep)",
+    )
 
 
 def test_the_builder_checks_against_a_catalog() -> None:
     with pytest.raises(DefinitionError) as info:
         Workflow("w").step("a", "builtin", "sleep").build(catalog=CATALOG)
     assert info.value.problems == [
-        ("steps[0].params", "missing required parameter 'seconds' of builtin.sleep (parameters: seconds)")]
+        (
+            "steps[0].params",
+            "missing required parameter 'seconds' of builtin.sleep (parameters: seconds)",
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,16 +842,21 @@ def test_many_problems_are_reported_at_once_in_one_error() -> None:
     }
     with pytest.raises(DefinitionError) as info:
         load_definition(data, catalog=CATALOG)
-    assert sorted(info.value.problems) == sorted([
-        ("id", "must match [a-z0-9][a-z0-9_.-]*"),
-        ("bogus", "unknown field"),
-        ("mode", "must be one of sequential, parallel, conditional"),
-        ("steps[0].timeout", "must be a number"),
-        ("steps[1].id", "duplicate step id 'a' (first used by steps[0])"),
-        ("steps[1].depends_on[0]", "unknown step 'zz'"),
-        ("steps[2].when", f"unknown name 'stepz' {NAMES_HINT}"),
-        ("steps[3].plugin", "no plugin 'csv_lodaer' (did you mean 'csv_loader'?); registered: builtin, csv_loader"),
-    ])
+    assert sorted(info.value.problems) == sorted(
+        [
+            ("id", "must match [a-z0-9][a-z0-9_.-]*"),
+            ("bogus", "unknown field"),
+            ("mode", "must be one of sequential, parallel, conditional"),
+            ("steps[0].timeout", "must be a number"),
+            ("steps[1].id", "duplicate step id 'a' (first used by steps[0])"),
+            ("steps[1].depends_on[0]", "unknown step 'zz'"),
+            ("steps[2].when", f"unknown name 'stepz' {NAMES_HINT}"),
+            (
+                "steps[3].plugin",
+                "no plugin 'csv_lodaer' (did you mean 'csv_loader'?); registered: builtin, csv_loader",
+            ),
+        ]
+    )
     text = str(info.value)
     assert text.startswith("invalid workflow definition:\n  ")
     assert all(line in text for line in info.value.messages)
@@ -678,7 +879,7 @@ def test_a_yaml_syntax_error_reports_line_and_column(tmp_path: Path) -> None:
     path.write_text("id: x\nsteps:\n  - id: a\n   plugin: b\n")
     with pytest.raises(DefinitionError) as info:
         load_file(path)
-    (where, message), = info.value.problems
+    ((where, message),) = info.value.problems
     assert where == "line 4, column 4"
     assert message.startswith("invalid YAML: ")
     assert info.value.source == str(path)
@@ -713,7 +914,9 @@ def test_load_file_checks_against_a_catalog(tmp_path: Path) -> None:
     path.write_text("id: w\nsteps:\n  - {id: a, plugin: nothing}\n")
     with pytest.raises(DefinitionError) as info:
         load_file(path, catalog=CATALOG)
-    assert info.value.problems == [("steps[0].plugin", "no plugin 'nothing'; registered: builtin, csv_loader")]
+    assert info.value.problems == [
+        ("steps[0].plugin", "no plugin 'nothing'; registered: builtin, csv_loader")
+    ]
 
 
 def test_there_are_examples_to_load() -> None:

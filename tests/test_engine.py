@@ -24,15 +24,29 @@ def run(client: Client, wf: Workflow, timeout: float = 30, **kw):
 # -- the four examples --------------------------------------------------------------------------
 
 
-def test_data_processing_example_completes_every_step_on_real_files(client: Client, tmp_path: Path) -> None:
+def test_data_processing_example_completes_every_step_on_real_files(
+    client: Client, tmp_path: Path
+) -> None:
     sample = tmp_path / "in.csv"
     write_sample_csv(sample, rows=120)
     out = tmp_path / "out" / "final.csv"
-    snap = client.submit(EXAMPLES / "data_processing.yaml", inputs={
-        "input_path": str(sample), "work_dir": str(tmp_path / "work"), "output_path": str(out)}).wait(60)
+    snap = client.submit(
+        EXAMPLES / "data_processing.yaml",
+        inputs={
+            "input_path": str(sample),
+            "work_dir": str(tmp_path / "work"),
+            "output_path": str(out),
+        },
+    ).wait(60)
     assert snap.status == "COMPLETED", snap
     assert set(snap.statuses.values()) == {"COMPLETED"}
-    assert list(snap.statuses) == ["load_data", "validate_data", "clean_data", "transform_data", "save_results"]
+    assert list(snap.statuses) == [
+        "load_data",
+        "validate_data",
+        "clean_data",
+        "transform_data",
+        "save_results",
+    ]
     assert out.exists() and out.read_text().count("\n") > 50
     assert snap.step("load_data").output["rows"] == 120
     # sequential: each step started after the previous one finished
@@ -57,10 +71,18 @@ def test_parallel_media_example_fans_out_then_joins(client: Client) -> None:
 def test_conditional_example_takes_one_branch_and_or_join_reports(client: Client) -> None:
     snap = client.submit(EXAMPLES / "conditional_analysis.yaml").wait(60)
     assert snap.status == "COMPLETED"
-    assert snap.statuses == {"inspect": "COMPLETED", "process_small": "COMPLETED", "process_large": "SKIPPED",
-                             "viz_small": "COMPLETED", "viz_large": "SKIPPED", "report": "COMPLETED"}
+    assert snap.statuses == {
+        "inspect": "COMPLETED",
+        "process_small": "COMPLETED",
+        "process_large": "SKIPPED",
+        "viz_small": "COMPLETED",
+        "viz_large": "SKIPPED",
+        "report": "COMPLETED",
+    }
     big = client.submit(EXAMPLES / "conditional_analysis.yaml", inputs={"rows": 5000}).wait(60)
-    assert big.statuses["process_small"] == "SKIPPED" and big.statuses["process_large"] == "COMPLETED"
+    assert (
+        big.statuses["process_small"] == "SKIPPED" and big.statuses["process_large"] == "COMPLETED"
+    )
     assert big.statuses["report"] == "COMPLETED"
 
 
@@ -74,8 +96,11 @@ def test_transactional_example_fails_and_compensates_newest_first(client: Client
     for sid in ("backup", "migrate", "deploy"):
         assert snap.statuses[sid] == "COMPENSATED"
     events = client.redis.xrange(client.keys.events)
-    compensated = [e[1][b"step"].decode() for e in events
-                   if e[1][b"run"].decode() == snap.id and e[1][b"type"] == b"step_compensated"]
+    compensated = [
+        e[1][b"step"].decode()
+        for e in events
+        if e[1][b"run"].decode() == snap.id and e[1][b"type"] == b"step_compensated"
+    ]
     assert compensated == ["deploy", "migrate", "backup"]
 
 
@@ -83,8 +108,9 @@ def test_transactional_example_fails_and_compensates_newest_first(client: Client
 
 
 def test_step_failing_twice_succeeds_on_third_attempt_and_records_three(client: Client) -> None:
-    wf = Workflow("flaky").step("f", "builtin", "fail", params={"times": 2, "message": "flaky"},
-                                retries=2, retry_delay=0.1)
+    wf = Workflow("flaky").step(
+        "f", "builtin", "fail", params={"times": 2, "message": "flaky"}, retries=2, retry_delay=0.1
+    )
     snap = run(client, wf)
     step = snap.step("f")
     assert snap.status == "COMPLETED"
@@ -95,8 +121,15 @@ def test_step_failing_twice_succeeds_on_third_attempt_and_records_three(client: 
 
 
 def test_exponential_backoff_spaces_retries(client: Client) -> None:
-    wf = Workflow("backoff").step("f", "builtin", "fail", params={"times": 2}, retries=2,
-                                  retry_delay=0.2, retry_backoff="exponential")
+    wf = Workflow("backoff").step(
+        "f",
+        "builtin",
+        "fail",
+        params={"times": 2},
+        retries=2,
+        retry_delay=0.2,
+        retry_backoff="exponential",
+    )
     h = run(client, wf).step("f").history
     gap1 = h[1].started_at - h[0].finished_at
     gap2 = h[2].started_at - h[1].finished_at
@@ -113,9 +146,13 @@ def test_step_past_its_timeout_fails_with_a_timeout_error(client: Client) -> Non
 
 
 def test_non_critical_failure_lets_the_run_complete(client: Client) -> None:
-    wf = (Workflow("tolerant")
-          .step("a", "builtin", "fail", params={"message": "optional enrichment down"}, critical=False)
-          .step("b", "builtin", "echo", depends_on=["a"], params={"saw": "{{ steps.a.status }}"}))
+    wf = (
+        Workflow("tolerant")
+        .step(
+            "a", "builtin", "fail", params={"message": "optional enrichment down"}, critical=False
+        )
+        .step("b", "builtin", "echo", depends_on=["a"], params={"saw": "{{ steps.a.status }}"})
+    )
     snap = run(client, wf)
     assert snap.status == "COMPLETED"
     assert snap.statuses == {"a": "FAILED", "b": "COMPLETED"}
@@ -124,14 +161,21 @@ def test_non_critical_failure_lets_the_run_complete(client: Client) -> None:
 
 
 def test_critical_failure_stops_everything_downstream(client: Client) -> None:
-    wf = (Workflow("failfast")
-          .step("a", "builtin", "echo")
-          .step("bad", "builtin", "call", depends_on=["a"],
-                params={"function": "tests.helpers:fail_after", "args": [0.3]})
-          .step("slow", "builtin", "sleep", depends_on=["a"], params={"seconds": 1})
-          .step("after_bad", "builtin", "echo", depends_on=["bad"])
-          .step("join", "builtin", "echo", depends_on=["bad", "slow"])
-          .step("last", "builtin", "echo", depends_on=["join"]))
+    wf = (
+        Workflow("failfast")
+        .step("a", "builtin", "echo")
+        .step(
+            "bad",
+            "builtin",
+            "call",
+            depends_on=["a"],
+            params={"function": "tests.helpers:fail_after", "args": [0.3]},
+        )
+        .step("slow", "builtin", "sleep", depends_on=["a"], params={"seconds": 1})
+        .step("after_bad", "builtin", "echo", depends_on=["bad"])
+        .step("join", "builtin", "echo", depends_on=["bad", "slow"])
+        .step("last", "builtin", "echo", depends_on=["join"])
+    )
     snap = run(client, wf)
     assert snap.status == "FAILED"
     assert snap.error == "boom" and snap.failed_step == "bad"
@@ -143,42 +187,65 @@ def test_critical_failure_stops_everything_downstream(client: Client) -> None:
 
 
 def test_when_false_skips_and_the_skip_propagates_by_join_rules(client: Client) -> None:
-    wf = (Workflow("cond", mode="conditional")
-          .step("a", "builtin", "echo", params={"n": 1})
-          .step("no", "builtin", "echo", depends_on=["a"], when="steps.a.output.n > 5")
-          .step("yes", "builtin", "echo", depends_on=["a"], when="steps.a.output.n == 1")
-          .step("all_join", "builtin", "echo", depends_on=["no", "yes"])
-          .step("any_join", "builtin", "echo", depends_on=["no", "yes"], join="any")
-          .step("after_skip", "builtin", "echo", depends_on=["no"], join="any"))
+    wf = (
+        Workflow("cond", mode="conditional")
+        .step("a", "builtin", "echo", params={"n": 1})
+        .step("no", "builtin", "echo", depends_on=["a"], when="steps.a.output.n > 5")
+        .step("yes", "builtin", "echo", depends_on=["a"], when="steps.a.output.n == 1")
+        .step("all_join", "builtin", "echo", depends_on=["no", "yes"])
+        .step("any_join", "builtin", "echo", depends_on=["no", "yes"], join="any")
+        .step("after_skip", "builtin", "echo", depends_on=["no"], join="any")
+    )
     snap = run(client, wf)
     assert snap.status == "COMPLETED"
-    assert snap.statuses == {"a": "COMPLETED", "no": "SKIPPED", "yes": "COMPLETED", "all_join": "SKIPPED",
-                             "any_join": "COMPLETED", "after_skip": "SKIPPED"}
+    assert snap.statuses == {
+        "a": "COMPLETED",
+        "no": "SKIPPED",
+        "yes": "COMPLETED",
+        "all_join": "SKIPPED",
+        "any_join": "COMPLETED",
+        "after_skip": "SKIPPED",
+    }
     assert "when is false" in snap.step("no").error
 
 
 def test_or_join_runs_after_one_branch(client: Client) -> None:
-    wf = (Workflow("orjoin")
-          .step("fast", "builtin", "echo")
-          .step("never", "builtin", "echo", when="inputs.go")
-          .step("either", "builtin", "echo", depends_on=["fast", "never"], join="any"))
+    wf = (
+        Workflow("orjoin")
+        .step("fast", "builtin", "echo")
+        .step("never", "builtin", "echo", when="inputs.go")
+        .step("either", "builtin", "echo", depends_on=["fast", "never"], join="any")
+    )
     snap = run(client, wf, inputs={"go": False})
     assert snap.statuses == {"fast": "COMPLETED", "never": "SKIPPED", "either": "COMPLETED"}
 
 
 def test_sequential_mode_runs_next_step_after_a_skipped_one(client: Client) -> None:
-    wf = (Workflow("seq", mode="sequential")
-          .step("a", "builtin", "echo", when="false")
-          .step("b", "builtin", "echo"))
+    wf = (
+        Workflow("seq", mode="sequential")
+        .step("a", "builtin", "echo", when="false")
+        .step("b", "builtin", "echo")
+    )
     assert run(client, wf).statuses == {"a": "SKIPPED", "b": "COMPLETED"}
 
 
 def test_template_passes_an_integer_as_an_integer(client: Client) -> None:
-    wf = (Workflow("types")
-          .step("a", "builtin", "echo", params={"rows": 42, "name": "x"})
-          .step("b", "builtin", "echo", depends_on=["a"],
-                params={"rows": "{{ steps.a.output.rows }}", "label": "rows={{ steps.a.output.rows }}",
-                        "run": "{{ run.id }}", "n": "{{ inputs.n * 2 }}"}))
+    wf = (
+        Workflow("types")
+        .step("a", "builtin", "echo", params={"rows": 42, "name": "x"})
+        .step(
+            "b",
+            "builtin",
+            "echo",
+            depends_on=["a"],
+            params={
+                "rows": "{{ steps.a.output.rows }}",
+                "label": "rows={{ steps.a.output.rows }}",
+                "run": "{{ run.id }}",
+                "n": "{{ inputs.n * 2 }}",
+            },
+        )
+    )
     snap = run(client, wf, inputs={"n": 21})
     out = snap.step("b").output
     assert out["rows"] == 42 and isinstance(out["rows"], int)
@@ -188,11 +255,13 @@ def test_template_passes_an_integer_as_an_integer(client: Client) -> None:
 
 
 def test_not_series_parallel_dag_respects_every_dependency(client: Client) -> None:
-    wf = (Workflow("ndag")
-          .step("a", "builtin", "sleep", params={"seconds": 0.1})
-          .step("b", "builtin", "sleep", params={"seconds": 0.1})
-          .step("c", "builtin", "echo", depends_on=["a", "b"])
-          .step("d", "builtin", "echo", depends_on=["b"]))
+    wf = (
+        Workflow("ndag")
+        .step("a", "builtin", "sleep", params={"seconds": 0.1})
+        .step("b", "builtin", "sleep", params={"seconds": 0.1})
+        .step("c", "builtin", "echo", depends_on=["a", "b"])
+        .step("d", "builtin", "echo", depends_on=["b"])
+    )
     snap = run(client, wf)
     assert snap.status == "COMPLETED"
     for step, deps in {"c": ["a", "b"], "d": ["b"]}.items():
@@ -204,7 +273,9 @@ def test_not_series_parallel_dag_respects_every_dependency(client: Client) -> No
 
 
 def test_non_json_output_fails_the_step_and_the_worker_keeps_running(client: Client) -> None:
-    wf = Workflow("nonjson").step("s", "builtin", "call", params={"function": "tests.helpers:returns_a_set"})
+    wf = Workflow("nonjson").step(
+        "s", "builtin", "call", params={"function": "tests.helpers:returns_a_set"}
+    )
     snap = run(client, wf)
     assert snap.status == "FAILED"
     assert "not JSON" in snap.step("s").error
@@ -212,7 +283,9 @@ def test_non_json_output_fails_the_step_and_the_worker_keeps_running(client: Cli
 
 
 def test_plugin_raising_an_unexpected_exception_records_type_and_traceback(client: Client) -> None:
-    wf = Workflow("raises").step("s", "builtin", "call", params={"function": "tests.helpers:divide_by_zero"})
+    wf = Workflow("raises").step(
+        "s", "builtin", "call", params={"function": "tests.helpers:divide_by_zero"}
+    )
     step = run(client, wf).step("s")
     assert step.status == "FAILED"
     assert "ZeroDivisionError" in step.error
@@ -227,14 +300,18 @@ def test_unknown_plugin_is_refused_at_submit_naming_what_exists(client: Client) 
 
 def test_missing_required_parameter_is_refused_at_submit(client: Client) -> None:
     wf = Workflow("missing").step("s", "csv_loader", "load_file", params={})
-    with pytest.raises(DefinitionError, match=r"steps\[0\]\.params: missing required parameter 'file_path'"):
+    with pytest.raises(
+        DefinitionError, match=r"steps\[0\]\.params: missing required parameter 'file_path'"
+    ):
         client.submit(wf)
 
 
 def test_when_that_fails_at_run_time_fails_the_step_with_the_expression(client: Client) -> None:
-    wf = (Workflow("badwhen")
-          .step("a", "builtin", "echo", params={"x": 1})
-          .step("b", "builtin", "echo", depends_on=["a"], when="steps.a.output.missing > 1"))
+    wf = (
+        Workflow("badwhen")
+        .step("a", "builtin", "echo", params={"x": 1})
+        .step("b", "builtin", "echo", depends_on=["a"], when="steps.a.output.missing > 1")
+    )
     step = run(client, wf).step("b")
     assert step.status == "FAILED"
     assert "has no key 'missing'" in step.error
@@ -250,15 +327,25 @@ def isolated(redis_url: str) -> Settings:
     r = redis.Redis.from_url(url)
     r.flushdb()
     r.close()
-    return Settings(redis_url=url, key_prefix="iso", visibility_timeout=4, lease_ttl=2,
-                    call_allow=TEST_CALL_ALLOW)
+    return Settings(
+        redis_url=url,
+        key_prefix="iso",
+        visibility_timeout=4,
+        lease_ttl=2,
+        call_allow=TEST_CALL_ALLOW,
+    )
 
 
-def test_worker_killed_mid_step_reruns_the_step_on_a_second_worker(isolated: Settings, start_worker) -> None:
+def test_worker_killed_mid_step_reruns_the_step_on_a_second_worker(
+    isolated: Settings, start_worker
+) -> None:
     first = start_worker(isolated, "doomed")
     client = Client(isolated)
-    r = client.submit(Workflow("survive").step("long", "builtin", "sleep", params={"seconds": 2})
-                      .step("after", "builtin", "echo", depends_on=["long"]))
+    r = client.submit(
+        Workflow("survive")
+        .step("long", "builtin", "sleep", params={"seconds": 2})
+        .step("after", "builtin", "echo", depends_on=["long"])
+    )
     deadline = time.monotonic() + 20
     while client.snapshot(r.id).step("long").status != "RUNNING":
         assert time.monotonic() < deadline
@@ -273,44 +360,68 @@ def test_worker_killed_mid_step_reruns_the_step_on_a_second_worker(isolated: Set
     assert snap.step("after").status == "COMPLETED"
 
 
-def test_step_longer_than_the_visibility_timeout_runs_once(isolated: Settings, start_worker) -> None:
+def test_step_longer_than_the_visibility_timeout_runs_once(
+    isolated: Settings, start_worker
+) -> None:
     start_worker(isolated, "patient")
     client = Client(isolated)
-    snap = client.submit(Workflow("long").step("s", "builtin", "sleep", params={"seconds": 7})).wait(60)
+    snap = client.submit(
+        Workflow("long").step("s", "builtin", "sleep", params={"seconds": 7})
+    ).wait(60)
     assert snap.status == "COMPLETED"
     assert snap.step("s").attempts == 1
 
 
 def test_plugin_that_hangs_past_the_soft_limit_is_killed_and_the_run_settles(
-        isolated: Settings, start_worker) -> None:
+    isolated: Settings, start_worker
+) -> None:
     start_worker(isolated.with_(hard_timeout_grace=1), "reaper")
     client = Client(isolated.with_(hard_timeout_grace=1))
-    wf = (Workflow("hang")
-          .step("hangs", "builtin", "call", timeout=1,
-                params={"function": "tests.helpers:ignores_soft_timeout", "args": [30]})
-          .step("side", "builtin", "sleep", params={"seconds": 0.5})
-          .step("after", "builtin", "echo", depends_on=["hangs", "side"]))
+    wf = (
+        Workflow("hang")
+        .step(
+            "hangs",
+            "builtin",
+            "call",
+            timeout=1,
+            params={"function": "tests.helpers:ignores_soft_timeout", "args": [30]},
+        )
+        .step("side", "builtin", "sleep", params={"seconds": 0.5})
+        .step("after", "builtin", "echo", depends_on=["hangs", "side"])
+    )
     snap = client.submit(wf).wait(30)
     assert snap.status == "FAILED"
     assert snap.statuses == {"hangs": "FAILED", "side": "COMPLETED", "after": "CANCELLED"}
     assert "killed at the hard limit" in snap.step("hangs").error
 
 
-def test_non_critical_step_killed_at_its_hard_limit_lets_the_rest_run(isolated: Settings, start_worker) -> None:
+def test_non_critical_step_killed_at_its_hard_limit_lets_the_rest_run(
+    isolated: Settings, start_worker
+) -> None:
     settings = isolated.with_(hard_timeout_grace=1)
     start_worker(settings, "reaper2")
     client = Client(settings)
-    wf = (Workflow("hang2")
-          .step("hangs", "builtin", "call", timeout=1, critical=False,
-                params={"function": "tests.helpers:ignores_soft_timeout", "args": [30]})
-          .step("slow", "builtin", "sleep", params={"seconds": 3})
-          .step("after", "builtin", "echo", depends_on=["hangs", "slow"]))
+    wf = (
+        Workflow("hang2")
+        .step(
+            "hangs",
+            "builtin",
+            "call",
+            timeout=1,
+            critical=False,
+            params={"function": "tests.helpers:ignores_soft_timeout", "args": [30]},
+        )
+        .step("slow", "builtin", "sleep", params={"seconds": 3})
+        .step("after", "builtin", "echo", depends_on=["hangs", "slow"])
+    )
     snap = client.submit(wf).wait(30)
     assert snap.status == "COMPLETED"
     assert snap.statuses == {"hangs": "FAILED", "slow": "COMPLETED", "after": "COMPLETED"}
 
 
-def test_a_definition_validated_once_is_checked_again_when_the_fleet_catalog_changes(redis_url, redis_client) -> None:
+def test_a_definition_validated_once_is_checked_again_when_the_fleet_catalog_changes(
+    redis_url, redis_client
+) -> None:
     import json
 
     from orchestrator.keys import Keys

@@ -173,7 +173,7 @@ def test_literals(source, expected):
 
 def test_string_escapes():
     assert ev(r"'a\nb\tc\\d\'e\"f'") == "a\nb\tc\\d'e\"f"
-    assert ev(r'"it\'s \"quoted\""') == "it's \"quoted\""
+    assert ev(r'"it\'s \"quoted\""') == 'it\'s "quoted"'
 
 
 def test_list_literal_is_a_fresh_list_each_time():
@@ -463,7 +463,10 @@ def test_whole_string_template_keeps_integer_type():
 
 
 def test_whole_string_template_keeps_dict_list_none_and_bool_types():
-    assert Template.parse("{{steps.load_data.output}}").render(SCOPE) == {"rows": 42, "name": "orders"}
+    assert Template.parse("{{steps.load_data.output}}").render(SCOPE) == {
+        "rows": 42,
+        "name": "orders",
+    }
     assert Template.parse("{{ inputs.tags }}").render(SCOPE) == ["a", "b"]
     assert Template.parse("{{ null }}").render(SCOPE) is None
     assert Template.parse("{{ inputs.flag }}").render(SCOPE) is False
@@ -587,7 +590,10 @@ def test_iter_templates_yields_dotted_and_indexed_paths():
 
 
 def test_iter_templates_without_prefix_starts_at_the_top_level_keys():
-    assert [p for p, _ in iter_templates({"a": {"b": "{{ c }}"}, "l": ["{{ d }}"]})] == ["a.b", "l[0]"]
+    assert [p for p, _ in iter_templates({"a": {"b": "{{ c }}"}, "l": ["{{ d }}"]})] == [
+        "a.b",
+        "l[0]",
+    ]
     assert [p for p, _ in iter_templates("{{ x }}")] == [""]
 
 

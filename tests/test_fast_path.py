@@ -56,7 +56,9 @@ def private_redis():
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast_steps", "fast_steps_off"])
-def test_a_step_of_an_untouched_run_costs_one_script_call_and_asking_first_costs_two(private_redis, fast):
+def test_a_step_of_an_untouched_run_costs_one_script_call_and_asking_first_costs_two(
+    private_redis, fast
+):
     settings = make_settings(private_redis, fast_steps=fast)
     worker = WorkerProcess(settings, f"fp-{uuid.uuid4().hex[:6]}", concurrency=1).wait_ready()
     client = Client(settings)
@@ -64,7 +66,10 @@ def test_a_step_of_an_untouched_run_costs_one_script_call_and_asking_first_costs
         warm = client.submit(echo_chain("warm", 3))
         assert warm.wait(30).status == "COMPLETED"
         # with fast_steps off no process watches (nothing would ask it)
-        wait_for(lambda: watchers(client.redis, client.keys) == int(fast), what="the pool process's control watch")
+        wait_for(
+            lambda: watchers(client.redis, client.keys) == int(fast),
+            what="the pool process's control watch",
+        )
         before = scripts_run(client.redis)
         run = client.submit(echo_chain("counted", 10))
         snap = run.wait(30)
@@ -93,18 +98,37 @@ def test_a_long_fast_path_step_is_shown_running_and_leased_while_it_runs(client:
     assert float(started[0]["ts"]) <= snap.step("nap").started_at + 0.001
 
 
-def blocked_then_fanout(name: str, redis_url: str, release: str, trace: str, queue: str = "default") -> Workflow:
+def blocked_then_fanout(
+    name: str, redis_url: str, release: str, trace: str, queue: str = "default"
+) -> Workflow:
     wf = Workflow(name, mode="parallel").step(
-        "gate", "builtin", "call", queue="io",
-        params={"function": "tests.helpers:wait_for_key", "kwargs": {"redis_url": redis_url, "key": release}})
+        "gate",
+        "builtin",
+        "call",
+        queue="io",
+        params={
+            "function": "tests.helpers:wait_for_key",
+            "kwargs": {"redis_url": redis_url, "key": release},
+        },
+    )
     for i in range(6):
-        wf = wf.step(f"f{i}", "builtin", "call", depends_on=["gate"], queue=queue,
-                     params={"function": "tests.helpers:record_call",
-                             "kwargs": {"redis_url": redis_url, "key": trace, "tag": f"f{i}"}})
+        wf = wf.step(
+            f"f{i}",
+            "builtin",
+            "call",
+            depends_on=["gate"],
+            queue=queue,
+            params={
+                "function": "tests.helpers:record_call",
+                "kwargs": {"redis_url": redis_url, "key": trace, "tag": f"f{i}"},
+            },
+        )
     return wf
 
 
-def test_steps_queued_after_a_cancel_never_run_their_plugins(client: Client, redis_url: str) -> None:
+def test_steps_queued_after_a_cancel_never_run_their_plugins(
+    client: Client, redis_url: str
+) -> None:
     release, trace = f"release:{uuid.uuid4().hex}", f"trace:{uuid.uuid4().hex}"
     run = client.submit(blocked_then_fanout("cancel_fanout", redis_url, release, trace))
     wait_for(lambda: client.snapshot(run.id).statuses["gate"] == "RUNNING", what="the gate running")
@@ -118,10 +142,13 @@ def test_steps_queued_after_a_cancel_never_run_their_plugins(client: Client, red
     assert client.redis.lrange(trace, 0, -1) == []
 
 
-def test_a_worker_process_that_starts_after_a_cancel_still_knows_of_it(client: Client, redis_url: str,
-                                                                       fleet_settings, start_worker) -> None:
+def test_a_worker_process_that_starts_after_a_cancel_still_knows_of_it(
+    client: Client, redis_url: str, fleet_settings, start_worker
+) -> None:
     release, trace = f"release:{uuid.uuid4().hex}", f"trace:{uuid.uuid4().hex}"
-    run = client.submit(blocked_then_fanout("cancel_late_worker", redis_url, release, trace, queue="late"))
+    run = client.submit(
+        blocked_then_fanout("cancel_late_worker", redis_url, release, trace, queue="late")
+    )
     wait_for(lambda: client.snapshot(run.id).statuses["gate"] == "RUNNING", what="the gate running")
     client.control.cancel(run.id, actor="test", terminate=False)
     # A worker for the fan-out's queue that never heard the cancel on the channel: its control
@@ -130,7 +157,10 @@ def test_a_worker_process_that_starts_after_a_cancel_still_knows_of_it(client: C
     start_worker(fleet_settings, queues="late", concurrency=1)
     warm = client.submit(echo_chain("warm_late", 2, queue="late"))
     assert warm.wait(30).status == "COMPLETED"
-    wait_for(lambda: watchers(client.redis, client.keys) > subscribed, what="the new worker's control watch")
+    wait_for(
+        lambda: watchers(client.redis, client.keys) > subscribed,
+        what="the new worker's control watch",
+    )
     client.redis.set(release, "1")
     snap = run.wait(30)
     assert snap.status == "CANCELLED"
@@ -138,7 +168,9 @@ def test_a_worker_process_that_starts_after_a_cancel_still_knows_of_it(client: C
     assert client.redis.lrange(trace, 0, -1) == []
 
 
-def test_a_step_cancelled_before_redis_knew_it_ran_is_terminated(redis_url: str, start_worker) -> None:
+def test_a_step_cancelled_before_redis_knew_it_ran_is_terminated(
+    redis_url: str, start_worker
+) -> None:
     # Late begin effectively off: the step stays on the fast path for its whole run.
     settings = make_settings(redis_url, fast_step_begin_ms=600_000, call_allow=TEST_CALL_ALLOW)
     worker = start_worker(settings, concurrency=1)
@@ -146,17 +178,30 @@ def test_a_step_cancelled_before_redis_knew_it_ran_is_terminated(redis_url: str,
     trace = f"trace:{uuid.uuid4().hex}"
     try:
         assert client.submit(echo_chain("warm_term", 2)).wait(30).status == "COMPLETED"
-        wait_for(lambda: watchers(client.redis, client.keys) == 1, what="the pool process's control watch")
-        wf = Workflow("term_fresh").step("nap", "builtin", "call", params={
-            "function": "tests.helpers:record_then_sleep",
-            "kwargs": {"redis_url": redis_url, "key": trace, "tag": "nap", "seconds": 60}})
+        wait_for(
+            lambda: watchers(client.redis, client.keys) == 1,
+            what="the pool process's control watch",
+        )
+        wf = Workflow("term_fresh").step(
+            "nap",
+            "builtin",
+            "call",
+            params={
+                "function": "tests.helpers:record_then_sleep",
+                "kwargs": {"redis_url": redis_url, "key": trace, "tag": "nap", "seconds": 60},
+            },
+        )
         run = client.submit(wf)
         wait_for(lambda: client.redis.lrange(trace, 0, -1) == [b"nap"], what="the step running")
-        assert client.snapshot(run.id).statuses["nap"] == "PENDING"  # running, but Redis was not told
+        assert (
+            client.snapshot(run.id).statuses["nap"] == "PENDING"
+        )  # running, but Redis was not told
         client.control.cancel(run.id, actor="test", terminate=True)
         snap = run.wait(30)
         assert snap.status == "CANCELLED" and snap.step("nap").status == "CANCELLED"
-        wait_for(lambda: "Terminating" in worker.log(), what="the worker terminating the step's task")
+        wait_for(
+            lambda: "Terminating" in worker.log(), what="the worker terminating the step's task"
+        )
         assert client.redis.lrange(trace, 0, -1) == [b"nap"]  # it never reached its end
         # the pool process was replaced and the worker still runs steps
         assert client.submit(echo_chain("after_term", 2)).wait(30).status == "COMPLETED"
@@ -169,8 +214,14 @@ def test_run_once_records_nothing_for_a_run_that_moved_on(redis_client: redis.Re
     state = RunState(redis_client, keys, state_ttl=60)
     state.create("r1", {"workflow": "w"}, ["a", "b"], "w")
     record = {"step": "a", "status": "COMPLETED", "started_at": 1.0, "finished_at": 2.0}
-    common = {"status": "COMPLETED", "started": 1.0, "attempt": record, "worker": "w1", "task_id": "t1",
-              "output": '{"x":1}'}
+    common = {
+        "status": "COMPLETED",
+        "started": 1.0,
+        "attempt": record,
+        "worker": "w1",
+        "task_id": "t1",
+        "output": '{"x":1}',
+    }
     assert state.run_once("r1", "a", 2, **common)[0] == "stale"  # another epoch
     ok = state.run_once("r1", "a", 1, **common)
     assert ok[:3] == ("ok", "1", "RUNNING")
@@ -186,5 +237,7 @@ def test_run_once_records_nothing_for_a_run_that_moved_on(redis_client: redis.Re
     assert types == ["run_created", "run_status_changed", "step_started", "step_completed"]
     failed = state.run_once("r1", "b", 1, **{**common, "status": "FAILED", "error": "boom"})
     assert failed[3] == "failed"  # a critical failure halts the run...
-    assert redis_client.zscore(keys.controlled, "r1") is not None  # ...and marks it for every worker
+    assert (
+        redis_client.zscore(keys.controlled, "r1") is not None
+    )  # ...and marks it for every worker
     redis_client.delete(*redis_client.keys(f"{keys.prefix}:*"))

@@ -29,10 +29,23 @@ LOCK = "/tmp/canvasflow-bench.lock"
 @pytest.mark.integration
 def test_a_real_flower_on_the_same_fleet_sees_the_same_workers_and_tasks(tmp_path: Path) -> None:
     if not Path(FLOWER).exists():
-        need("Flower 2.2", f"no {FLOWER}; install it in its own virtualenv (see this module's docstring)")
+        need(
+            "Flower 2.2",
+            f"no {FLOWER}; install it in its own virtualenv (see this module's docstring)",
+        )
     out = tmp_path / "bench.json"
-    argv = [sys.executable, str(ROOT / "benchmarks" / "bench_flower.py"), "--tasks", "150,400",
-            "--concurrency", "2", "--flower", FLOWER, "--json", str(out)]
+    argv = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_flower.py"),
+        "--tasks",
+        "150,400",
+        "--concurrency",
+        "2",
+        "--flower",
+        FLOWER,
+        "--json",
+        str(out),
+    ]
     if shutil.which("flock"):
         argv = ["flock", LOCK, *argv]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)

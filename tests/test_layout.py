@@ -46,7 +46,9 @@ def test_only_the_compiler_and_step_runtime_build_canvas() -> None:
         for path in sorted((ROOT / package).rglob("*.py")) if (ROOT / package).exists() else []:
             rel = str(path.relative_to(ROOT))
             for module, names in imports_of(path):
-                if module.startswith("celery") and (module == "celery.canvas" or CANVAS_NAMES & set(names)):
+                if module.startswith("celery") and (
+                    module == "celery.canvas" or CANVAS_NAMES & set(names)
+                ):
                     if rel not in allowed:
                         offenders.append(f"{rel} imports {names or module} from {module}")
     assert offenders == []
@@ -74,8 +76,13 @@ def test_readme_gives_exactly_two_setup_commands_and_ci_runs_the_test_one() -> N
 
 
 def test_no_module_grows_past_the_style_limit() -> None:
-    big = [str(p.relative_to(ROOT)) for pkg in ("orchestrator", "workers", "web") if (ROOT / pkg).exists()
-           for p in (ROOT / pkg).rglob("*.py") if len(p.read_text().splitlines()) > 800]
+    big = [
+        str(p.relative_to(ROOT))
+        for pkg in ("orchestrator", "workers", "web")
+        if (ROOT / pkg).exists()
+        for p in (ROOT / pkg).rglob("*.py")
+        if len(p.read_text().splitlines()) > 800
+    ]
     assert big == []
 
 
@@ -86,13 +93,19 @@ def test_docker_compose_runs_the_same_fleet_as_the_procfile() -> None:
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     assert {"redis", "postgres", "worker", "recorder", "web"} <= set(compose)
-    procfile = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines()
-                    if line and not line.startswith("#"))
+    procfile = dict(
+        line.split(":", 1)
+        for line in (ROOT / "Procfile").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert "celery -A workers.app worker -Q default,io" in compose["worker"]["command"]
     assert "-A workers.app worker" in procfile["worker"] and "-Q default,io" in procfile["worker"]
     assert "python -m web" in compose["web"]["command"] and "python -m web" in procfile["web"]
     assert "canvasflow recorder" in compose["recorder"]["command"]
-    assert "canvasflow watchdog" in compose["watchdog"]["command"] and "cli watchdog" in procfile["watchdog"]
+    assert (
+        "canvasflow watchdog" in compose["watchdog"]["command"]
+        and "cli watchdog" in procfile["watchdog"]
+    )
     # Redis persists runs in flight (docs/operations.md, "Redis persistence").
     assert "--appendonly yes --appendfsync everysec" in procfile["redis"]
     assert " ".join(compose["redis"]["command"]).endswith("--appendonly yes --appendfsync everysec")

@@ -31,30 +31,58 @@ def submit_unvalidated(client: Client, defn: Definition) -> str:
     """What Client.submit does after validation: record the run and send its canvas. Validation
     refuses such a definition (another layer); this is the message reaching a worker anyway."""
     run_id = secrets.token_hex(8)
-    ctx = compiler.RunContext(run_id, 1, "normal", client.settings.hard_timeout_grace, defn.id, "", None,
-                              client.settings.default_queue)
+    ctx = compiler.RunContext(
+        run_id,
+        1,
+        "normal",
+        client.settings.hard_timeout_grace,
+        defn.id,
+        "",
+        None,
+        client.settings.default_queue,
+    )
     canvas = compiler.compile_run(defn, ctx, app=client.celery)
-    shallow = dataclasses.replace(defn, steps=tuple(dataclasses.replace(s, params={}) for s in defn.steps))
-    client.state.create(run_id, {"workflow": defn.id, "version": "", "name": defn.id,
-                                 "definition": dumps(dump_definition(shallow)), "inputs": "{}",
-                                 "priority": "normal", "tags": "[]"}, defn.step_ids, defn.id)
+    shallow = dataclasses.replace(
+        defn, steps=tuple(dataclasses.replace(s, params={}) for s in defn.steps)
+    )
+    client.state.create(
+        run_id,
+        {
+            "workflow": defn.id,
+            "version": "",
+            "name": defn.id,
+            "definition": dumps(dump_definition(shallow)),
+            "inputs": "{}",
+            "priority": "normal",
+            "tags": "[]",
+        },
+        defn.step_ids,
+        defn.id,
+    )
     canvas.apply_async()
     return run_id
 
 
 def with_params(defn: Definition, step_id: str, params: dict) -> Definition:
-    return dataclasses.replace(defn, steps=tuple(dataclasses.replace(s, params=params) if s.id == step_id else s
-                                                 for s in defn.steps))
+    return dataclasses.replace(
+        defn,
+        steps=tuple(
+            dataclasses.replace(s, params=params) if s.id == step_id else s for s in defn.steps
+        ),
+    )
 
 
-@pytest.mark.parametrize(("text", "depth"), [
-    ('{"a": 1}', 1),
-    ('[[{"a": [1, 2]}], {}]', 4),
-    ('{"s": "[[[[{{{{"}', 1),               # brackets inside strings do not count
-    ('{"s": "quote \\" [[[ \\\\", "t": [[]]}', 3),  # nor after escaped quotes and backslashes
-    ("[]", 1),
-    ("7", 0),
-])
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ('{"a": 1}', 1),
+        ('[[{"a": [1, 2]}], {}]', 4),
+        ('{"s": "[[[[{{{{"}', 1),  # brackets inside strings do not count
+        ('{"s": "quote \\" [[[ \\\\", "t": [[]]}', 3),  # nor after escaped quotes and backslashes
+        ("[]", 1),
+        ("7", 0),
+    ],
+)
 def test_the_guard_measures_nesting_from_the_raw_bytes(text: str, depth: int) -> None:
     from workers.guard import nesting
 
@@ -65,9 +93,13 @@ def test_the_guard_measures_nesting_from_the_raw_bytes(text: str, depth: int) ->
 def test_the_guard_passes_a_message_with_many_brackets_but_little_depth() -> None:
     from workers.guard import check
 
-    wide = json.dumps([[{f"s{i}": ["COMPLETED", None] for i in range(1000)}, ["j", "builtin", "echo", 1]], {}, {}])
+    wide = json.dumps(
+        [[{f"s{i}": ["COMPLETED", None] for i in range(1000)}, ["j", "builtin", "echo", 1]], {}, {}]
+    )
     assert check(wide.encode(), 200, 1 << 20) == ("", None)
-    assert "CANVASFLOW_MESSAGE_MAX_DEPTH" in check(json.dumps(nested(201)).encode(), 200, 1 << 20)[0]
+    assert (
+        "CANVASFLOW_MESSAGE_MAX_DEPTH" in check(json.dumps(nested(201)).encode(), 200, 1 << 20)[0]
+    )
     assert check(json.dumps(nested(198)).encode(), 200, 1 << 20)[0] == ""
     assert "CANVASFLOW_MESSAGE_MAX_BYTES" in check(b"[" + b"1," * 100 + b"1]", 200, 100)[0]
 
@@ -78,25 +110,32 @@ def guard_settings(redis_url: str) -> Settings:
 
 
 def chain_of_two(wf_id: str) -> Definition:
-    return (Workflow(wf_id, mode="sequential")
-            .step("deep", plugin="builtin", method="echo", params={"x": 1})
-            .step("after", plugin="builtin", method="echo", params={"y": 2})
-            .build())
+    return (
+        Workflow(wf_id, mode="sequential")
+        .step("deep", plugin="builtin", method="echo", params={"x": 1})
+        .step("after", plugin="builtin", method="echo", params={"y": 2})
+        .build()
+    )
 
 
 def test_a_message_nested_500_levels_deep_fails_its_step_is_dead_lettered_and_the_worker_lives(
-        guard_settings: Settings, start_worker) -> None:
+    guard_settings: Settings, start_worker
+) -> None:
     worker = start_worker(guard_settings, concurrency=1)
     client = Client(guard_settings)
     try:
-        run_id = submit_unvalidated(client, with_params(chain_of_two("deep_msg"), "deep", {"x": nested(500)}))
+        run_id = submit_unvalidated(
+            client, with_params(chain_of_two("deep_msg"), "deep", {"x": nested(500)})
+        )
         snap = client.get_run(run_id).wait(60)
         assert snap.status == "FAILED", (snap, worker.log()[-3000:])
         assert snap.statuses == {"deep": "FAILED", "after": "CANCELLED"}
         assert "nested deeper than 200 levels" in snap.step("deep").error
         assert "CANVASFLOW_MESSAGE_MAX_DEPTH" in snap.step("deep").error
         dead = [json.loads(x) for x in client.redis.lrange(client.keys.dead_messages, 0, -1)]
-        assert [(d["run"], d["step"], d["task"]) for d in dead] == [(run_id, "deep", "canvasflow.step")]
+        assert [(d["run"], d["step"], d["task"]) for d in dead] == [
+            (run_id, "deep", "canvasflow.step")
+        ]
         assert "nested deeper" in dead[0]["reason"]
         assert worker.proc.poll() is None, worker.log()[-3000:]
         # acknowledged, not redelivered: nothing is left in the broker's unacked set or queues
@@ -109,7 +148,9 @@ def test_a_message_nested_500_levels_deep_fails_its_step_is_dead_lettered_and_th
         client.close()
 
 
-def test_a_message_over_the_size_limit_is_refused_the_same_way(redis_url: str, start_worker) -> None:
+def test_a_message_over_the_size_limit_is_refused_the_same_way(
+    redis_url: str, start_worker
+) -> None:
     settings = make_settings(redis_url, lease_ttl=3, message_max_bytes=20_000)
     worker = start_worker(settings, concurrency=1)
     client = Client(settings)
@@ -122,20 +163,25 @@ def test_a_message_over_the_size_limit_is_refused_the_same_way(redis_url: str, s
         assert "CANVASFLOW_MESSAGE_MAX_BYTES" in snap.step("deep").error
         dead = [json.loads(x) for x in client.redis.lrange(client.keys.dead_messages, 0, -1)]
         assert [d["run"] for d in dead] == [run_id]
-        assert dead[0]["size"] > 20_000 and "a" * 50_000 in dead[0]["body"]  # kept whole: under 1 MiB
+        assert (
+            dead[0]["size"] > 20_000 and "a" * 50_000 in dead[0]["body"]
+        )  # kept whole: under 1 MiB
         assert worker.proc.poll() is None
         assert client.submit(chain_of_two("after_big")).wait(60).status == "COMPLETED"
     finally:
         client.close()
 
 
-def test_a_non_critical_step_refused_by_the_guard_lets_the_run_go_on(guard_settings: Settings,
-                                                                    start_worker) -> None:
+def test_a_non_critical_step_refused_by_the_guard_lets_the_run_go_on(
+    guard_settings: Settings, start_worker
+) -> None:
     start_worker(guard_settings, concurrency=1)
     client = Client(guard_settings)
     try:
         defn = with_params(chain_of_two(f"soft_{uuid.uuid4().hex[:4]}"), "deep", {"x": nested(300)})
-        defn = dataclasses.replace(defn, steps=(dataclasses.replace(defn.steps[0], critical=False), defn.steps[1]))
+        defn = dataclasses.replace(
+            defn, steps=(dataclasses.replace(defn.steps[0], critical=False), defn.steps[1])
+        )
         snap = client.get_run(submit_unvalidated(client, defn)).wait(60)
         assert snap.status == "COMPLETED"
         assert snap.statuses == {"deep": "FAILED", "after": "COMPLETED"}

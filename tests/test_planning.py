@@ -24,7 +24,9 @@ BIG = Limits(max_steps=20000)
 
 
 def chain_steps(n: int) -> list[dict[str, Any]]:
-    return [{"id": f"s{i}", **ECHO, **({"depends_on": [f"s{i - 1}"]} if i else {})} for i in range(n)]
+    return [
+        {"id": f"s{i}", **ECHO, **({"depends_on": [f"s{i - 1}"]} if i else {})} for i in range(n)
+    ]
 
 
 def zigzag(levels: int) -> Definition:
@@ -46,7 +48,9 @@ def test_random_dags_plan_exactly_as_the_reference_planner(seed: int) -> None:
 
 
 @pytest.mark.parametrize("levels", [2, 3, 9, 40])
-def test_not_series_parallel_ladders_report_the_same_lost_pairs_in_the_same_order(levels: int) -> None:
+def test_not_series_parallel_ladders_report_the_same_lost_pairs_in_the_same_order(
+    levels: int,
+) -> None:
     d = zigzag(levels)
     got = plan(d)
     assert got.lost and got == reference_plan(d)
@@ -64,8 +68,10 @@ def test_a_chain_declared_newest_first_validates_and_plans_without_recursion() -
 
 def test_a_sequential_definition_of_4000_steps_may_read_any_earlier_step() -> None:
     # Each step reads a step far before it, which only list order makes visible.
-    steps = [{"id": f"s{i}", **ECHO, "params": {"prev": f"{{{{ steps.s{(i - 1) // 2}.output }}}}"}}
-             for i in range(4000)]
+    steps = [
+        {"id": f"s{i}", **ECHO, "params": {"prev": f"{{{{ steps.s{(i - 1) // 2}.output }}}}"}}
+        for i in range(4000)
+    ]
     steps[0]["params"] = {}
     d = load_definition({"id": "long", "mode": "sequential", "steps": steps}, limits=BIG)
     assert len(plan(d).tree.parts) == 4000

@@ -48,14 +48,23 @@ def recorders(redis_url: str) -> Iterator[list[Recorder]]:
     client.close()
 
 
-def new_recorder(made: list[Recorder], store: AuditStore, client: redis.Redis, keys: Keys,
-                 group: str | None = None, start_id: str | None = None, **kw) -> Recorder:
+def new_recorder(
+    made: list[Recorder],
+    store: AuditStore,
+    client: redis.Redis,
+    keys: Keys,
+    group: str | None = None,
+    start_id: str | None = None,
+    **kw,
+) -> Recorder:
     """A recorder on its own group that starts where the (shared) stream ends now."""
     if start_id is None:
         last = client.xrevrange(keys.events, count=1)
         start_id = last[0][0].decode() if last else "0"
     kw.setdefault("block", 0.1)
-    rec = Recorder(store, client, keys, group=group or f"g-{uuid.uuid4().hex[:8]}", start_id=start_id, **kw)
+    rec = Recorder(
+        store, client, keys, group=group or f"g-{uuid.uuid4().hex[:8]}", start_id=start_id, **kw
+    )
     rec.setup()
     made.append(rec)
     return rec
@@ -69,26 +78,46 @@ def stream_end(client: redis.Redis, keys: Keys) -> str:
 def mixed_workflows() -> list[Workflow]:
     chatty = {"function": "tests.audit_steps:chatty", "kwargs": {"lines": 12}}
     return [
-        Workflow("audit_ok", sla_seconds=60).step("a", "builtin", "echo", params={"n": 1})
+        Workflow("audit_ok", sla_seconds=60)
+        .step("a", "builtin", "echo", params={"n": 1})
         .step("b", "builtin", "call", depends_on=["a"], params=chatty),
-        Workflow("audit_retry").step("f", "builtin", "fail", params={"times": 1, "message": "flaky"},
-                                     retries=2, retry_delay=0.1),
-        Workflow("audit_skip", mode="conditional").step("a", "builtin", "echo", params={"n": 1})
+        Workflow("audit_retry").step(
+            "f",
+            "builtin",
+            "fail",
+            params={"times": 1, "message": "flaky"},
+            retries=2,
+            retry_delay=0.1,
+        ),
+        Workflow("audit_skip", mode="conditional")
+        .step("a", "builtin", "echo", params={"n": 1})
         .step("no", "builtin", "echo", depends_on=["a"], when="steps.a.output.n > 5")
         .step("after", "builtin", "echo", depends_on=["no"]),
-        Workflow("audit_fail").step("a", "builtin", "echo")
+        Workflow("audit_fail")
+        .step("a", "builtin", "echo")
         .step("bad", "builtin", "fail", depends_on=["a"], params={"message": "broken"})
         .step("never", "builtin", "echo", depends_on=["bad"]),
-        Workflow("audit_tolerant").step("a", "builtin", "fail", critical=False)
+        Workflow("audit_tolerant")
+        .step("a", "builtin", "fail", critical=False)
         .step("b", "builtin", "echo", depends_on=["a"]),
-        Workflow("audit_saga").step("a", "builtin", "echo", params={"id": 7},
-                                    compensate={"plugin": "builtin", "method": "echo", "params": {"undo": 7}})
+        Workflow("audit_saga")
+        .step(
+            "a",
+            "builtin",
+            "echo",
+            params={"id": 7},
+            compensate={"plugin": "builtin", "method": "echo", "params": {"undo": 7}},
+        )
         .step("bad", "builtin", "fail", depends_on=["a"]),
     ]
 
 
 def submit_all(client: Client, wfs: list[Workflow], times: int = 1) -> set[str]:
-    handles = [client.submit(wf, triggered_by="audit-tests", tags=["audit"]) for _ in range(times) for wf in wfs]
+    handles = [
+        client.submit(wf, triggered_by="audit-tests", tags=["audit"])
+        for _ in range(times)
+        for wf in wfs
+    ]
     for h in handles:
         h.wait(60)
     return {h.id for h in handles}
@@ -102,7 +131,9 @@ def assert_complete(store: AuditStore, client: Client, run_ids: set[str]) -> Non
         snap = client.snapshot(rid)
         detail = q.run_detail(store, rid)
         for s in snap.steps:
-            assert detail.step(s.id).output == (s.output if s.status in ("COMPLETED", "COMPENSATED") else None)
+            assert detail.step(s.id).output == (
+                s.output if s.status in ("COMPLETED", "COMPENSATED") else None
+            )
             assert len(detail.step(s.id).history) == len(s.history) or s.status == "RUNNING"
 
 
@@ -111,7 +142,8 @@ def assert_complete(store: AuditStore, client: Client, run_ids: set[str]) -> Non
 
 @pytest.mark.integration
 def test_after_a_mixed_set_of_runs_sql_and_redis_agree_and_every_event_is_recorded_once(
-        client: Client, store: AuditStore, recorders: list[Recorder]) -> None:
+    client: Client, store: AuditStore, recorders: list[Recorder]
+) -> None:
     rec = new_recorder(recorders, store, client.redis, client.keys, trim=False)
     stop = threading.Event()
     thread = rec.start_thread(stop)
@@ -122,10 +154,19 @@ def test_after_a_mixed_set_of_runs_sql_and_redis_agree_and_every_event_is_record
         stop.set()
         thread.join(10)
     assert_complete(store, client, run_ids)
-    statuses = {r.workflow: r.status for r in q.list_runs(store, tags=["audit"], limit=100).items
-                if r.id in run_ids}
-    assert statuses == {"audit_ok": "COMPLETED", "audit_retry": "COMPLETED", "audit_skip": "COMPLETED",
-                        "audit_fail": "FAILED", "audit_tolerant": "COMPLETED", "audit_saga": "FAILED"}
+    statuses = {
+        r.workflow: r.status
+        for r in q.list_runs(store, tags=["audit"], limit=100).items
+        if r.id in run_ids
+    }
+    assert statuses == {
+        "audit_ok": "COMPLETED",
+        "audit_retry": "COMPLETED",
+        "audit_skip": "COMPLETED",
+        "audit_fail": "FAILED",
+        "audit_tolerant": "COMPLETED",
+        "audit_saga": "FAILED",
+    }
     by_wf = {r.workflow: r.id for r in q.list_runs(store, limit=100).items if r.id in run_ids}
     ok = q.run_detail(store, by_wf["audit_ok"])
     assert ok.step("b").stats["items"] == 12 and "duration" in ok.step("b").stats
@@ -148,18 +189,38 @@ def test_after_a_mixed_set_of_runs_sql_and_redis_agree_and_every_event_is_record
 
 @pytest.mark.integration
 def test_recorder_down_while_runs_execute_catches_up_and_history_survives_restarts(
-        client: Client, sqlite_store: AuditStore, recorders: list[Recorder]) -> None:
+    client: Client, sqlite_store: AuditStore, recorders: list[Recorder]
+) -> None:
     start = stream_end(client.redis, client.keys)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    wf = (Workflow("audit_batch").step("a", "builtin", "echo", params={"x": 1})
-          .step("b", "builtin", "call", depends_on=["a"],
-                params={"function": "tests.audit_steps:chatty", "kwargs": {"lines": 5}}))
+    wf = (
+        Workflow("audit_batch")
+        .step("a", "builtin", "echo", params={"x": 1})
+        .step(
+            "b",
+            "builtin",
+            "call",
+            depends_on=["a"],
+            params={"function": "tests.audit_steps:chatty", "kwargs": {"lines": 5}},
+        )
+    )
     run_ids = submit_all(client, [wf], times=50)  # nobody is recording yet
 
     relayed: list[tuple[str, int]] = []
     hooks = [lambda batch: relayed.extend(e.key for e in batch), lambda batch: 1 / 0]
-    two = [new_recorder(recorders, sqlite_store, client.redis, client.keys, group=group, start_id=start,
-                        hooks=hooks, batch_size=100) for _ in range(2)]
+    two = [
+        new_recorder(
+            recorders,
+            sqlite_store,
+            client.redis,
+            client.keys,
+            group=group,
+            start_id=start,
+            hooks=hooks,
+            batch_size=100,
+        )
+        for _ in range(2)
+    ]
     for r in two:  # each takes a first batch, then both run side by side
         assert r.run_once(block=0) == 100
     stop = threading.Event()
@@ -171,12 +232,19 @@ def test_recorder_down_while_runs_execute_catches_up_and_history_survives_restar
         for t in threads:
             t.join(10)
     assert_complete(sqlite_store, client, run_ids)
-    assert len(relayed) == len(set(relayed)) == len(stream_events(client.redis, client.keys, run_ids))
+    assert (
+        len(relayed) == len(set(relayed)) == len(stream_events(client.redis, client.keys, run_ids))
+    )
 
-    before = (q.list_runs(sqlite_store, limit=100), [q.run_detail(sqlite_store, r) for r in sorted(run_ids)])
+    before = (
+        q.list_runs(sqlite_store, limit=100),
+        [q.run_detail(sqlite_store, r) for r in sorted(run_ids)],
+    )
     # Restart everything but Redis: a new store object and a new recorder in the same group.
     reopened = AuditStore(str(sqlite_store.url))
-    again = new_recorder(recorders, reopened, client.redis, client.keys, group=group, start_id=start)
+    again = new_recorder(
+        recorders, reopened, client.redis, client.keys, group=group, start_id=start
+    )
     assert again.drain() == 0
     after = (q.list_runs(reopened, limit=100), [q.run_detail(reopened, r) for r in sorted(run_ids)])
     assert after == before
@@ -185,17 +253,40 @@ def test_recorder_down_while_runs_execute_catches_up_and_history_survives_restar
 
 @pytest.mark.integration
 def test_recorder_killed_with_sigkill_mid_batch_then_restarted_loses_and_duplicates_nothing(
-        client: Client, fleet_settings, sqlite_store: AuditStore, recorders: list[Recorder],
-        tmp_path: Path) -> None:
+    client: Client,
+    fleet_settings,
+    sqlite_store: AuditStore,
+    recorders: list[Recorder],
+    tmp_path: Path,
+) -> None:
     start = stream_end(client.redis, client.keys)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    wf = Workflow("audit_kill").step("a", "builtin", "call",
-                                     params={"function": "tests.audit_steps:chatty", "kwargs": {"lines": 20}})
+    wf = Workflow("audit_kill").step(
+        "a",
+        "builtin",
+        "call",
+        params={"function": "tests.audit_steps:chatty", "kwargs": {"lines": 20}},
+    )
     run_ids = submit_all(client, [wf], times=15)
     url = str(sqlite_store.url)
-    args = ["--group", group, "--start-id", start, "--batch-size", "50", "--claim-idle", "0.5",
-            "--claim-interval", "0.2", "--lag-interval", "0.5", "--no-upgrade"]
-    watcher = new_recorder(recorders, sqlite_store, client.redis, client.keys, group=group, start_id=start)
+    args = [
+        "--group",
+        group,
+        "--start-id",
+        start,
+        "--batch-size",
+        "50",
+        "--claim-idle",
+        "0.5",
+        "--claim-interval",
+        "0.2",
+        "--lag-interval",
+        "0.5",
+        "--no-upgrade",
+    ]
+    watcher = new_recorder(
+        recorders, sqlite_store, client.redis, client.keys, group=group, start_id=start
+    )
 
     # Hold the SQLite write lock so that the recorder reads a batch and then blocks inside its
     # transaction: the SIGKILL lands mid-batch, after XREADGROUP and before any commit.
@@ -203,8 +294,13 @@ def test_recorder_killed_with_sigkill_mid_batch_then_restarted_loses_and_duplica
     lock.execute("BEGIN IMMEDIATE")
     first = RecorderProcess(fleet_settings, url, *args, log_dir=tmp_path)
     try:
-        wait_for(lambda: group_pending(client.redis, client.keys, group) > 0 or first.proc.poll() is not None,
-                 30, "the recorder to read a batch")
+        wait_for(
+            lambda: (
+                group_pending(client.redis, client.keys, group) > 0 or first.proc.poll() is not None
+            ),
+            30,
+            "the recorder to read a batch",
+        )
         assert first.proc.poll() is None, first.log()
         first.kill()
     finally:
@@ -213,13 +309,20 @@ def test_recorder_killed_with_sigkill_mid_batch_then_restarted_loses_and_duplica
     stranded = group_pending(client.redis, client.keys, group)
     assert stranded > 0
     with sqlite_store.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(events)
-                            .where(events.c.run_id.in_(sorted(run_ids)))).scalar_one() == 0
+        assert (
+            conn.execute(
+                select(func.count()).select_from(events).where(events.c.run_id.in_(sorted(run_ids)))
+            ).scalar_one()
+            == 0
+        )
 
     second = RecorderProcess(fleet_settings, url, *args, log_dir=tmp_path)
     try:
-        wait_for(lambda: watcher.lag().caught_up or second.proc.poll() is not None, 60,
-                 "the restarted recorder to catch up")
+        wait_for(
+            lambda: watcher.lag().caught_up or second.proc.poll() is not None,
+            60,
+            "the restarted recorder to catch up",
+        )
     finally:
         code = second.stop()
     assert code == 0, second.log()
@@ -229,19 +332,31 @@ def test_recorder_killed_with_sigkill_mid_batch_then_restarted_loses_and_duplica
 
 @pytest.mark.integration
 def test_a_batch_committed_but_never_acknowledged_is_applied_again_without_duplicates(
-        client: Client, sqlite_store: AuditStore, recorders: list[Recorder]) -> None:
+    client: Client, sqlite_store: AuditStore, recorders: list[Recorder]
+) -> None:
     start = stream_end(client.redis, client.keys)
     group = f"g-{uuid.uuid4().hex[:8]}"
     run_ids = submit_all(client, mixed_workflows()[:3])
-    doomed = new_recorder(recorders, sqlite_store, client.redis, client.keys, group=group, start_id=start)
+    doomed = new_recorder(
+        recorders, sqlite_store, client.redis, client.keys, group=group, start_id=start
+    )
     # The doomed recorder reads everything and commits it, then "dies" before XACK.
-    entries = client.redis.xreadgroup(group, "doomed", {client.keys.events: ">"}, count=100_000)[0][1]
+    entries = client.redis.xreadgroup(group, "doomed", {client.keys.events: ">"}, count=100_000)[0][
+        1
+    ]
     batch = [Event.from_stream(i, f) for i, f in entries]
     assert len(sqlite_store.apply(batch, doomed.lookups(batch))) == len(batch)
     assert group_pending(client.redis, client.keys, group) == len(entries)
 
-    heir = new_recorder(recorders, sqlite_store, client.redis, client.keys, group=group, start_id=start,
-                        claim_idle=0.0)
+    heir = new_recorder(
+        recorders,
+        sqlite_store,
+        client.redis,
+        client.keys,
+        group=group,
+        start_id=start,
+        claim_idle=0.0,
+    )
     heir.drain()
     assert heir.stats.claimed == len(entries)
     assert heir.stats.duplicates == len(entries) and heir.stats.events == 0
@@ -254,11 +369,24 @@ def test_a_batch_committed_but_never_acknowledged_is_applied_again_without_dupli
 
 @pytest.mark.integration
 def test_bad_log_and_progress_input_from_a_plugin_is_clamped_and_the_run_completes(
-        client: Client, sqlite_store: AuditStore, recorders: list[Recorder]) -> None:
+    client: Client, sqlite_store: AuditStore, recorders: list[Recorder]
+) -> None:
     rec = new_recorder(recorders, sqlite_store, client.redis, client.keys)
-    wf = (Workflow("audit_bad_input")
-          .step("high", "builtin", "call", params={"function": "tests.audit_steps:log_badly", "args": [7.5]})
-          .step("low", "builtin", "call", params={"function": "tests.audit_steps:log_badly", "args": [-3]}))
+    wf = (
+        Workflow("audit_bad_input")
+        .step(
+            "high",
+            "builtin",
+            "call",
+            params={"function": "tests.audit_steps:log_badly", "args": [7.5]},
+        )
+        .step(
+            "low",
+            "builtin",
+            "call",
+            params={"function": "tests.audit_steps:log_badly", "args": [-3]},
+        )
+    )
     run_ids = submit_all(client, [wf])
     rec.drain()
     (rid,) = run_ids
@@ -279,7 +407,8 @@ def test_bad_log_and_progress_input_from_a_plugin_is_clamped_and_the_run_complet
 
 
 def test_stream_is_trimmed_only_below_what_every_group_acknowledged(
-        redis_client: redis.Redis, sqlite_store: AuditStore, recorders: list[Recorder]) -> None:
+    redis_client: redis.Redis, sqlite_store: AuditStore, recorders: list[Recorder]
+) -> None:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     state = RunState(redis_client, keys, state_ttl=60)
     for i in range(10):
@@ -309,14 +438,27 @@ def test_stream_is_trimmed_only_below_what_every_group_acknowledged(
 
 
 def test_a_projection_that_cannot_take_an_event_sets_only_that_event_aside(
-        redis_client: redis.Redis, sqlite_store: AuditStore, recorders: list[Recorder],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    redis_client: redis.Redis,
+    sqlite_store: AuditStore,
+    recorders: list[Recorder],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from orchestrator.audit import projection
 
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     for seq in range(1, 6):
-        redis_client.xadd(keys.events, {"run": "r", "seq": seq, "type": "log", "step": "s", "status": "",
-                                        "ts": "1.0", "data": json.dumps({"message": f"m{seq}"})})
+        redis_client.xadd(
+            keys.events,
+            {
+                "run": "r",
+                "seq": seq,
+                "type": "log",
+                "step": "s",
+                "status": "",
+                "ts": "1.0",
+                "data": json.dumps({"message": f"m{seq}"}),
+            },
+        )
     real = projection._Projection.step_event
 
     def explode_on_three(self, run, e):
@@ -336,16 +478,23 @@ def test_a_projection_that_cannot_take_an_event_sets_only_that_event_aside(
     redis_client.delete(keys.events, f"{keys.events}:dead")
 
 
-def test_an_embedded_recorder_records_in_a_thread_until_stopped(redis_url: str, tmp_path: Path) -> None:
+def test_an_embedded_recorder_records_in_a_thread_until_stopped(
+    redis_url: str, tmp_path: Path
+) -> None:
     from orchestrator.audit.recorder import embed
     from orchestrator.settings import Settings
 
-    settings = Settings(redis_url=redis_url, key_prefix=f"t{uuid.uuid4().hex[:8]}",
-                        database_url=f"sqlite:///{tmp_path / 'embedded.db'}")
+    settings = Settings(
+        redis_url=redis_url,
+        key_prefix=f"t{uuid.uuid4().hex[:8]}",
+        database_url=f"sqlite:///{tmp_path / 'embedded.db'}",
+    )
     client = redis.Redis.from_url(redis_url)
     state = RunState(client, Keys(settings.key_prefix), state_ttl=60)
     seen: list[tuple[str, int]] = []
-    rec, stop, thread = embed(settings, hooks=[lambda batch: seen.extend(e.key for e in batch)], block=0.1)
+    rec, stop, thread = embed(
+        settings, hooks=[lambda batch: seen.extend(e.key for e in batch)], block=0.1
+    )
     try:
         state.create("r1", {"workflow": "w", "version": "1"}, ["s"], "w")
         state.emit("r1", [["log", "s", "", "1.0", json.dumps({"message": "hello"})]])
@@ -362,15 +511,33 @@ def test_an_embedded_recorder_records_in_a_thread_until_stopped(redis_url: str, 
 
 
 def test_a_recorder_restarted_under_its_fixed_name_takes_its_own_pending_entries_first(
-        redis_client: redis.Redis, sqlite_store: AuditStore, recorders: list[Recorder]) -> None:
+    redis_client: redis.Redis, sqlite_store: AuditStore, recorders: list[Recorder]
+) -> None:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     for seq in range(1, 4):
-        redis_client.xadd(keys.events, {"run": "r", "seq": seq, "type": "log", "step": "s", "status": "",
-                                        "ts": "1.0", "data": json.dumps({"message": f"m{seq}"})})
+        redis_client.xadd(
+            keys.events,
+            {
+                "run": "r",
+                "seq": seq,
+                "type": "log",
+                "step": "s",
+                "status": "",
+                "ts": "1.0",
+                "data": json.dumps({"message": f"m{seq}"}),
+            },
+        )
     redis_client.xgroup_create(keys.events, "fixed", id="0")
     redis_client.xreadgroup("fixed", "recorder-0", {keys.events: ">"})  # read, then "crashed"
-    rec = new_recorder(recorders, sqlite_store, redis_client, keys, group="fixed", consumer="recorder-0",
-                       claim_idle=3600)
+    rec = new_recorder(
+        recorders,
+        sqlite_store,
+        redis_client,
+        keys,
+        group="fixed",
+        consumer="recorder-0",
+        claim_idle=3600,
+    )
     assert rec.run_once(block=0) == 3  # no claim needed: they were its own
     assert rec.lag().caught_up and rec.stats.claimed == 0
     assert [x.seq for x in q.logs(sqlite_store, "r")] == [1, 2, 3]

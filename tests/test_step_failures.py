@@ -12,11 +12,15 @@ from tests.conftest import TEST_CALL_ALLOW, make_settings
 pytestmark = pytest.mark.integration
 
 
-def test_a_template_result_too_large_to_encode_fails_its_step_and_the_run_ends(client: Client) -> None:
-    wf = (Workflow("huge_template", mode="sequential")
-          .step("square", plugin="builtin", method="echo", params={"x": "{{ inputs.a * inputs.a }}"})
-          .step("after", plugin="builtin", method="echo", params={"y": 1})
-          .build())
+def test_a_template_result_too_large_to_encode_fails_its_step_and_the_run_ends(
+    client: Client,
+) -> None:
+    wf = (
+        Workflow("huge_template", mode="sequential")
+        .step("square", plugin="builtin", method="echo", params={"x": "{{ inputs.a * inputs.a }}"})
+        .step("after", plugin="builtin", method="echo", params={"y": 1})
+        .build()
+    )
     snap = client.submit(wf, inputs={"a": 10**2500}).wait(60)
     assert snap.status == "FAILED", snap
     assert snap.statuses == {"square": "FAILED", "after": "CANCELLED"}
@@ -32,21 +36,31 @@ def fault_settings(redis_url: str) -> Settings:
 def faulty(stage: str, *, careful: bool) -> Workflow:
     """arm (breaks ``stage`` in this worker process) -> victim -> after."""
     victim = {"compensate": {"plugin": "builtin", "method": "echo"}} if careful else {}
-    return (Workflow(f"fault_{stage}", mode="sequential")
-            .step("arm", plugin="builtin", method="call",
-                  params={"function": "tests.faults:arm", "kwargs": {"stage": stage}})
-            .step("victim", plugin="builtin", method="echo", params={"x": 1}, **victim)
-            .step("after", plugin="builtin", method="echo", params={"y": 2})
-            .build())
+    return (
+        Workflow(f"fault_{stage}", mode="sequential")
+        .step(
+            "arm",
+            plugin="builtin",
+            method="call",
+            params={"function": "tests.faults:arm", "kwargs": {"stage": stage}},
+        )
+        .step("victim", plugin="builtin", method="echo", params={"x": 1}, **victim)
+        .step("after", plugin="builtin", method="echo", params={"y": 2})
+        .build()
+    )
 
 
-@pytest.mark.parametrize(("stage", "careful"), [
-    ("begin_step", True),   # the careful path asks Redis before the plugin runs
-    ("finish_step", True),  # ... and records the end after it
-    ("run_once", False),    # the fast path records start and end in one write
-])
+@pytest.mark.parametrize(
+    ("stage", "careful"),
+    [
+        ("begin_step", True),  # the careful path asks Redis before the plugin runs
+        ("finish_step", True),  # ... and records the end after it
+        ("run_once", False),  # the fast path records start and end in one write
+    ],
+)
 def test_a_fault_while_recording_a_step_fails_that_step_and_the_run(
-        stage: str, careful: bool, fault_settings: Settings, start_worker) -> None:
+    stage: str, careful: bool, fault_settings: Settings, start_worker
+) -> None:
     start_worker(fault_settings, concurrency=1)
     client = Client(fault_settings)
     try:
@@ -61,7 +75,8 @@ def test_a_fault_while_recording_a_step_fails_that_step_and_the_run(
 
 @pytest.mark.parametrize("stage", ["settle", "transition"])
 def test_a_fault_while_settling_still_ends_the_run_with_the_reason(
-        stage: str, fault_settings: Settings, start_worker) -> None:
+    stage: str, fault_settings: Settings, start_worker
+) -> None:
     start_worker(fault_settings, concurrency=1)
     client = Client(fault_settings)
     try:
@@ -75,16 +90,28 @@ def test_a_fault_while_settling_still_ends_the_run_with_the_reason(
 
 
 def test_a_fault_while_compensating_leaves_the_run_waiting_in_compensation_failed_with_why(
-        fault_settings: Settings, start_worker) -> None:
+    fault_settings: Settings, start_worker
+) -> None:
     start_worker(fault_settings, concurrency=1)
     client = Client(fault_settings)
-    wf = (Workflow("fault_compensate", mode="sequential")
-          .step("arm", plugin="builtin", method="call",
-                params={"function": "tests.faults:arm", "kwargs": {"stage": "set_step"}})
-          .step("victim", plugin="builtin", method="echo", params={"x": 1},
-                compensate={"plugin": "builtin", "method": "echo"})
-          .step("boom", plugin="builtin", method="fail", params={"message": "boom"})
-          .build())
+    wf = (
+        Workflow("fault_compensate", mode="sequential")
+        .step(
+            "arm",
+            plugin="builtin",
+            method="call",
+            params={"function": "tests.faults:arm", "kwargs": {"stage": "set_step"}},
+        )
+        .step(
+            "victim",
+            plugin="builtin",
+            method="echo",
+            params={"x": 1},
+            compensate={"plugin": "builtin", "method": "echo"},
+        )
+        .step("boom", plugin="builtin", method="fail", params={"message": "boom"})
+        .build()
+    )
     try:
         snap = client.submit(wf).wait(60)
     finally:

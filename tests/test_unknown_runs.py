@@ -34,7 +34,9 @@ def client(settings: Settings) -> Iterator[Client]:
 
 
 def drain(store: AuditStore, client: Client) -> Recorder:
-    rec = Recorder(store, client.redis, client.keys, group=f"g-{uuid.uuid4().hex[:8]}", start_id="0", block=0.1)
+    rec = Recorder(
+        store, client.redis, client.keys, group=f"g-{uuid.uuid4().hex[:8]}", start_id="0", block=0.1
+    )
     rec.setup()
     rec.drain()
     client.redis.xgroup_destroy(client.keys.events, rec.group)
@@ -43,29 +45,41 @@ def drain(store: AuditStore, client: Client) -> Recorder:
 
 def audit_rows(store: AuditStore, target: str) -> list[dict]:
     with store.connect() as conn:
-        return [dict(r) for r in conn.execute(select(audit_log).where(audit_log.c.target_id == target)
-                                              .order_by(audit_log.c.id)).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(audit_log).where(audit_log.c.target_id == target).order_by(audit_log.c.id)
+            ).mappings()
+        ]
 
 
 def test_operator_actions_on_an_unknown_run_land_in_the_audit_log_not_the_dead_letter_stream(
-        client: Client, store: AuditStore) -> None:
+    client: Client, store: AuditStore
+) -> None:
     for action in ("pause", "cancel", "resume", "retry", "clone"):
         with pytest.raises(UnknownRun):
-            getattr(client.control, action)("0123456789abcdef", actor="alice", reason=f"drill {action}")
+            getattr(client.control, action)(
+                "0123456789abcdef", actor="alice", reason=f"drill {action}"
+            )
     rec = drain(store, client)
     assert rec.stats.dead == 0
     assert client.redis.xlen(f"{client.keys.events}:dead") == 0
     rows = audit_rows(store, "0123456789abcdef")
     assert [(r["action"], r["actor"], r["outcome"], r["reason"]) for r in rows] == [
-        (a, "alice", "refused: unknown run", f"drill {a}") for a in ("pause", "cancel", "resume", "retry", "clone")]
-    assert all('"unknown_run": true' in r["detail"] or '"unknown_run":true' in r["detail"] for r in rows)
+        (a, "alice", "refused: unknown run", f"drill {a}")
+        for a in ("pause", "cancel", "resume", "retry", "clone")
+    ]
+    assert all(
+        '"unknown_run": true' in r["detail"] or '"unknown_run":true' in r["detail"] for r in rows
+    )
 
 
 def test_an_unknown_run_action_delivered_twice_is_audited_once_and_makes_no_run_row(
-        client: Client, store: AuditStore) -> None:
+    client: Client, store: AuditStore
+) -> None:
     with pytest.raises(UnknownRun):
         client.control.cancel("feedfacefeedface", actor="bob")
-    (sid, fields), = client.redis.xrange(client.keys.events)
+    ((sid, fields),) = client.redis.xrange(client.keys.events)
     event = Event.from_stream(sid, fields)
     assert event.seq == 0
     assert store.apply([event]) == [event]
@@ -82,5 +96,3 @@ def test_a_stream_entry_with_seq_zero_that_is_not_an_operator_action_is_still_re
 
     with pytest.raises(BadEvent, match="seq 0 is not positive"):
         Event.from_stream("1-0", {b"run": b"r", b"seq": b"0", b"type": b"step_started"})
-
-

@@ -40,8 +40,14 @@ def watchdogs(settings: Settings) -> Iterator[object]:
 
     def start(*args: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, **settings.as_env(), "PYTHONPATH": str(ROOT)}
-        p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "watchdog", *args], env=env, cwd=str(ROOT),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "watchdog", *args],
+            env=env,
+            cwd=str(ROOT),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         procs.append(p)
         return p
 
@@ -58,15 +64,24 @@ def watchdogs(settings: Settings) -> Iterator[object]:
 def lose_broker_messages(r: redis.Redis, settings: Settings) -> None:
     """What a Redis restart without persistence (or a purge) does to queued and unacked messages."""
     keys = list(r.scan_iter(match=broker_prefix(settings.key_prefix) + "*"))
-    messages = [k for k in keys if not k.decode().endswith(("_kombu.binding.default", "_kombu.binding.io"))
-                and "binding" not in k.decode() and r.type(k) in (b"list", b"hash", b"zset")]
+    messages = [
+        k
+        for k in keys
+        if not k.decode().endswith(("_kombu.binding.default", "_kombu.binding.io"))
+        and "binding" not in k.decode()
+        and r.type(k) in (b"list", b"hash", b"zset")
+    ]
     if messages:
         r.delete(*messages)
 
 
 def redispatch_events(r: redis.Redis, settings: Settings, run_id: str) -> list[dict[bytes, bytes]]:
     stream = f"{settings.key_prefix}:events"
-    return [f for _, f in r.xrange(stream) if f[b"run"] == run_id.encode() and f[b"type"] == b"run_redispatched"]
+    return [
+        f
+        for _, f in r.xrange(stream)
+        if f[b"run"] == run_id.encode() and f[b"type"] == b"run_redispatched"
+    ]
 
 
 def wait_until(predicate, timeout: float = 30, what: str = "condition") -> None:
@@ -77,15 +92,21 @@ def wait_until(predicate, timeout: float = 30, what: str = "condition") -> None:
 
 
 def two_steps(name: str) -> Workflow:
-    return (Workflow(name).step("long", "builtin", "sleep", params={"seconds": 2})
-            .step("after", "builtin", "echo", params={"x": 1}, depends_on=["long"]))
+    return (
+        Workflow(name)
+        .step("long", "builtin", "sleep", params={"seconds": 2})
+        .step("after", "builtin", "echo", params={"x": 1}, depends_on=["long"])
+    )
 
 
 def test_run_whose_worker_died_with_its_message_is_redispatched_by_the_watchdog_and_completes(
-        settings: Settings, client: Client, start_worker, watchdogs) -> None:
+    settings: Settings, client: Client, start_worker, watchdogs
+) -> None:
     doomed = start_worker(settings, "doomed")
     run = client.submit(two_steps("stall_killed"))
-    wait_until(lambda: client.snapshot(run.id).step("long").status == "RUNNING", what="the step to run")
+    wait_until(
+        lambda: client.snapshot(run.id).step("long").status == "RUNNING", what="the step to run"
+    )
     doomed.kill()
     lose_broker_messages(client.redis, settings)  # the unacked message will never come back now
     rescuer = start_worker(settings, "rescuer")
@@ -98,11 +119,14 @@ def test_run_whose_worker_died_with_its_message_is_redispatched_by_the_watchdog_
     events = redispatch_events(client.redis, settings, run.id)
     assert len(events) == 1
     assert b"no lease, no queued message" in events[0][b"data"]
-    assert client.redis.zscore(client.keys.live, run.id) is None  # a finished run leaves the live set
+    assert (
+        client.redis.zscore(client.keys.live, run.id) is None
+    )  # a finished run leaves the live set
 
 
 def test_two_watchdogs_at_once_redispatch_a_stalled_run_once(
-        settings: Settings, client: Client, start_worker, watchdogs) -> None:
+    settings: Settings, client: Client, start_worker, watchdogs
+) -> None:
     run = client.submit(two_steps("stall_twice"))
     lose_broker_messages(client.redis, settings)  # submitted, then its first message vanished
     watchdogs("--stall-seconds", "1", "--interval", "0.1")
@@ -116,18 +140,27 @@ def test_two_watchdogs_at_once_redispatch_a_stalled_run_once(
 
 
 def test_of_two_watchdogs_judging_the_same_stall_only_the_first_claim_redispatches(
-        settings: Settings, client: Client) -> None:
+    settings: Settings, client: Client
+) -> None:
     run = client.submit(two_steps("stall_claim"))
     lose_broker_messages(client.redis, settings)
     status, seq = (v.decode() for v in client.redis.hmget(client.keys.run(run.id), "status", "seq"))
-    first, second = Watchdog(client, stall_seconds=1, name="a"), Watchdog(client, stall_seconds=1, name="b")
+    first, second = (
+        Watchdog(client, stall_seconds=1, name="a"),
+        Watchdog(client, stall_seconds=1, name="b"),
+    )
     assert first.redispatch(run.id, status, seq, 5.0) is True
     assert second.redispatch(run.id, status, seq, 5.0) is False
-    assert [e[b"data"].count(b'"watchdog":"a"') for e in redispatch_events(client.redis, settings, run.id)] == [1]
+    assert [
+        e[b"data"].count(b'"watchdog":"a"')
+        for e in redispatch_events(client.redis, settings, run.id)
+    ] == [1]
     assert client.redis.hget(client.keys.run(run.id), "epoch") == b"2"
 
 
-def test_run_with_a_queued_message_or_a_live_lease_is_not_stalled(settings: Settings, client: Client) -> None:
+def test_run_with_a_queued_message_or_a_live_lease_is_not_stalled(
+    settings: Settings, client: Client
+) -> None:
     run = client.submit(two_steps("stall_queued"))  # no worker: the message waits in its queue
     dog = Watchdog(client, stall_seconds=5)
     t = time.time()
@@ -144,9 +177,12 @@ def test_run_with_a_queued_message_or_a_live_lease_is_not_stalled(settings: Sett
 
 
 def test_runs_are_in_the_live_set_until_they_end_and_again_when_retried(
-        settings: Settings, client: Client, start_worker) -> None:
+    settings: Settings, client: Client, start_worker
+) -> None:
     first = start_worker(settings, "plain")
-    run = client.submit(Workflow("live_set").step("a", "builtin", "fail", params={"message": "no", "times": 1}))
+    run = client.submit(
+        Workflow("live_set").step("a", "builtin", "fail", params={"message": "no", "times": 1})
+    )
     assert client.redis.zscore(client.keys.live, run.id) is not None
     assert run.wait(30).status == "FAILED"
     assert client.redis.zscore(client.keys.live, run.id) is None
@@ -159,7 +195,8 @@ def test_runs_are_in_the_live_set_until_they_end_and_again_when_retried(
 
 
 def test_live_runs_from_before_the_live_set_are_added_to_it_when_a_watchdog_starts(
-        settings: Settings, client: Client) -> None:
+    settings: Settings, client: Client
+) -> None:
     run = client.submit(two_steps("stall_seed"))  # no worker: stays PENDING
     client.redis.zrem(client.keys.live, run.id)
     assert Watchdog(client).seed_live() == 1
@@ -168,7 +205,8 @@ def test_live_runs_from_before_the_live_set_are_added_to_it_when_a_watchdog_star
 
 
 def test_a_run_that_cannot_be_redispatched_does_not_keep_the_others_stalled(
-        settings: Settings, client: Client, start_worker) -> None:
+    settings: Settings, client: Client, start_worker
+) -> None:
     broken, fine = client.submit(two_steps("stall_broken")), client.submit(two_steps("stall_fine"))
     lose_broker_messages(client.redis, settings)
     client.redis.hset(client.keys.run(broken.id), "definition", "{not json")

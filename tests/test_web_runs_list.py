@@ -45,16 +45,39 @@ def views(redis_url: str, store: AuditStore) -> Iterator[tuple[RunViews, dict[st
 
 
 def sql_row(rid: str, status: str, created: float, **extra: Any) -> dict[str, Any]:
-    return {"id": rid, "workflow_id": "listed", "version": "1", "name": "Listed", "status": status,
-            "status_seq": 3, "priority": "normal", "tags": json.dumps(["t"]), "triggered_by": "test",
-            "trigger_type": "api", "sla_seconds": None, "created_at": created, "last_seq": 3, "event_count": 3,
-            "updated_at": created, **extra}
+    return {
+        "id": rid,
+        "workflow_id": "listed",
+        "version": "1",
+        "name": "Listed",
+        "status": status,
+        "status_seq": 3,
+        "priority": "normal",
+        "tags": json.dumps(["t"]),
+        "triggered_by": "test",
+        "trigger_type": "api",
+        "sla_seconds": None,
+        "created_at": created,
+        "last_seq": 3,
+        "event_count": 3,
+        "updated_at": created,
+        **extra,
+    }
 
 
 def hot_run(client: Client, rid: str) -> float:
-    fields = {"workflow": "listed", "version": "1", "name": "Listed", "definition": "{}", "inputs": "{}",
-              "priority": "normal", "tags": json.dumps(["t"]), "triggered_by": "test", "trigger_type": "api",
-              "sla_seconds": ""}
+    fields = {
+        "workflow": "listed",
+        "version": "1",
+        "name": "Listed",
+        "definition": "{}",
+        "inputs": "{}",
+        "priority": "normal",
+        "tags": json.dumps(["t"]),
+        "triggered_by": "test",
+        "trigger_type": "api",
+        "sla_seconds": "",
+    }
     client.state.create(rid, fields, STEPS, "listed")
     return float(client.redis.hget(client.keys.run(rid), "created_at"))
 
@@ -69,24 +92,48 @@ def seed(client: Client, store: AuditStore) -> dict[str, Any]:
         created = now - 600 + i
         status = "FAILED" if i == 2 else "COMPLETED"
         sla = {0: 0.5, 1: 0.5, 3: 10.0}.get(i)  # two breached (1 s runs), one met
-        rows.append(sql_row(rid, status, created, started_at=created, finished_at=created + 1, duration=1.0,
-                            sla_seconds=sla))
+        rows.append(
+            sql_row(
+                rid,
+                status,
+                created,
+                started_at=created,
+                finished_at=created + 1,
+                duration=1.0,
+                sla_seconds=sla,
+            )
+        )
         settled = 2 if i == 2 else 3
         for k, sid in enumerate(STEPS):
-            step_rows.append({"run_id": rid, "step_id": sid, "position": k, "attempts": 1,
-                              "status": "COMPLETED" if k < settled else "PENDING"})
+            step_rows.append(
+                {
+                    "run_id": rid,
+                    "step_id": sid,
+                    "position": k,
+                    "attempts": 1,
+                    "status": "COMPLETED" if k < settled else "PENDING",
+                }
+            )
         out["created"][rid], out["settled"][rid] = created, settled
     # Four runs in both: SQL still says RUNNING; Redis has moved on for two of them.
     for i in range(4):
         rid = f"both{i:012d}"
         created = hot_run(client, rid)
-        client.state.transition(rid, RunStatus.RUNNING, fields={"started_at": f"{created:.6f}"}, sources=["PENDING"])
+        client.state.transition(
+            rid, RunStatus.RUNNING, fields={"started_at": f"{created:.6f}"}, sources=["PENDING"]
+        )
         if i < 2:
-            client.state.transition(rid, RunStatus.COMPLETED, fields={"finished_at": f"{created + 1:.6f}",
-                                                                      "settled": "3"}, sources=["RUNNING"])
+            client.state.transition(
+                rid,
+                RunStatus.COMPLETED,
+                fields={"finished_at": f"{created + 1:.6f}", "settled": "3"},
+                sources=["RUNNING"],
+            )
         else:
             client.redis.hset(client.keys.steps(rid), step_field("s1", "status"), "RUNNING")
-        rows.append(sql_row(rid, "RUNNING", created, started_at=created, finished_at=None, duration=None))
+        rows.append(
+            sql_row(rid, "RUNNING", created, started_at=created, finished_at=None, duration=None)
+        )
         out["created"][rid] = created
     with store.begin() as conn:
         conn.execute(insert(runs_table), rows)
@@ -96,8 +143,9 @@ def seed(client: Client, store: AuditStore) -> dict[str, Any]:
         rid = f"hot{i:013d}"
         created = hot_run(client, rid)
         if i:
-            client.state.transition(rid, RunStatus.RUNNING, fields={"started_at": f"{created:.6f}"},
-                                    sources=["PENDING"])
+            client.state.transition(
+                rid, RunStatus.RUNNING, fields={"started_at": f"{created:.6f}"}, sources=["PENDING"]
+            )
             client.redis.hset(client.keys.steps(rid), step_field("s0", "status"), "RUNNING")
         out["created"][rid] = created
     out["newest_first"] = sorted(out["created"], key=lambda r: (out["created"][r], r), reverse=True)
@@ -123,35 +171,55 @@ def test_every_run_is_listed_once_newest_first_across_pages_of_any_size(views) -
         assert [r["id"] for r in got] == seeded["newest_first"], limit
 
 
-def test_the_hot_state_wins_over_a_stale_row_and_finished_runs_show_their_recorded_progress(views) -> None:
+def test_the_hot_state_wins_over_a_stale_row_and_finished_runs_show_their_recorded_progress(
+    views,
+) -> None:
     v, seeded = views
     by_id = {r["id"]: r for r in v.list(RunFilter(), limit=50).items}
     assert {rid: r["status"] for rid, r in by_id.items()} == {
         **{f"sql{i:013d}": "FAILED" if i == 2 else "COMPLETED" for i in range(6)},
-        "both000000000000": "COMPLETED", "both000000000001": "COMPLETED",
-        "both000000000002": "RUNNING", "both000000000003": "RUNNING",
-        "hot0000000000000": "PENDING", "hot0000000000001": "RUNNING", "hot0000000000002": "RUNNING"}
+        "both000000000000": "COMPLETED",
+        "both000000000001": "COMPLETED",
+        "both000000000002": "RUNNING",
+        "both000000000003": "RUNNING",
+        "hot0000000000000": "PENDING",
+        "hot0000000000001": "RUNNING",
+        "hot0000000000002": "RUNNING",
+    }
     for rid, settled in seeded["settled"].items():
         assert (by_id[rid]["progress"]["settled"], by_id[rid]["progress"]["total"]) == (settled, 3)
     assert by_id["both000000000002"]["progress"]["current_steps"] == ["s1"]
     assert by_id["hot0000000000001"]["progress"]["current_steps"] == ["s0"]
     assert by_id["sql0000000000000"]["progress"]["current_steps"] == []
     assert by_id["both000000000000"]["progress"]["settled"] == 3
-    assert by_id["hot0000000000000"]["workflow"] == {"id": "listed", "name": "Listed", "version": "1"}
+    assert by_id["hot0000000000000"]["workflow"] == {
+        "id": "listed",
+        "name": "Listed",
+        "version": "1",
+    }
     assert by_id["hot0000000000000"]["tags"] == ["t"]
 
 
-def test_tabs_filter_by_the_recorded_status_and_merge_in_the_unrecorded_runs_that_match(views) -> None:
+def test_tabs_filter_by_the_recorded_status_and_merge_in_the_unrecorded_runs_that_match(
+    views,
+) -> None:
     v, seeded = views
     active = [r["id"] for r in walk(v, RunFilter(view="active"), 2)]
     # SQL's RUNNING rows (two of which Redis has since completed) and the unrecorded RUNNING runs.
-    assert active == [rid for rid in seeded["newest_first"] if rid.startswith("both")
-                      or rid in ("hot0000000000001", "hot0000000000002")]
+    assert active == [
+        rid
+        for rid in seeded["newest_first"]
+        if rid.startswith("both") or rid in ("hot0000000000001", "hot0000000000002")
+    ]
     assert [r["id"] for r in walk(v, RunFilter(view="pending"), 50)] == ["hot0000000000000"]
     assert [r["id"] for r in walk(v, RunFilter(view="failed"), 50)] == ["sql0000000000002"]
-    assert [r["id"] for r in v.list(RunFilter(search="sql0000000000003"), limit=5).items] == ["sql0000000000003"]
-    assert [r["id"] for r in v.list(RunFilter(ids=("both000000000001", "sql0000000000004")), limit=5).items] == [
-        "both000000000001", "sql0000000000004"]
+    assert [r["id"] for r in v.list(RunFilter(search="sql0000000000003"), limit=5).items] == [
+        "sql0000000000003"
+    ]
+    assert [
+        r["id"]
+        for r in v.list(RunFilter(ids=("both000000000001", "sql0000000000004")), limit=5).items
+    ] == ["both000000000001", "sql0000000000004"]
 
 
 def test_the_tab_counts_come_from_the_audit_store_with_a_page_or_without_one(views) -> None:
@@ -162,6 +230,11 @@ def test_the_tab_counts_come_from_the_audit_store_with_a_page_or_without_one(vie
         assert (counts["completed_today"], counts["failed_today"]) == (5, 1)
         assert counts["sla_compliance_today"] == 33.3
     # Asked for with a page, they come in the page's statement; with an empty page, on their own.
-    for flt in (RunFilter(), RunFilter(view="active"), RunFilter(view="pending"), RunFilter(search="nothing")):
+    for flt in (
+        RunFilter(),
+        RunFilter(view="active"),
+        RunFilter(view="pending"),
+        RunFilter(search="nothing"),
+    ):
         assert v.list(flt, limit=2, with_counts=True).counts == counts
     assert v.list(RunFilter(), limit=2).counts is None

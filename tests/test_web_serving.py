@@ -19,7 +19,9 @@ def test_the_server_is_gevent_unless_the_option_or_the_environment_says_threadin
     assert serving.choose([], {}) == "gevent"
     assert serving.choose([], {"CANVASFLOW_WEB_SERVER": "threading"}) == "threading"
     assert serving.choose(["--port", "80", "--server", "threading"], {}) == "threading"
-    assert serving.choose(["--server=Threading"], {"CANVASFLOW_WEB_SERVER": "gevent"}) == "threading"
+    assert (
+        serving.choose(["--server=Threading"], {"CANVASFLOW_WEB_SERVER": "gevent"}) == "threading"
+    )
     assert serving.choose(["users", "list"], {"CANVASFLOW_WEB_SERVER": "gevent"}) == "gevent"
 
 
@@ -62,7 +64,9 @@ YIELDS = textwrap.dedent("""
 
 
 def test_cooperate_lets_a_greenlet_whose_socket_is_ready_run_between_two_stretches_where_sleep_0_does_not():
-    out = subprocess.run([sys.executable, "-c", YIELDS], cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", YIELDS], cwd=str(ROOT), capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     orders = json.loads(out.stdout)
     assert orders["cooperate"] == [0, "reader", 1, 2, 3, 4]
@@ -80,7 +84,9 @@ def nodelay_app(environ, start_response):
 def test_the_threaded_server_sends_without_waiting_for_acks():
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, nodelay_app, threaded=True, **serving.handler_options("threading"))
+    server = make_server(
+        "127.0.0.1", 0, nodelay_app, threaded=True, **serving.handler_options("threading")
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -102,7 +108,9 @@ def test_the_gevent_server_sends_without_waiting_for_acks():
         print(server.server_port, serving.async_mode(), flush=True)
         server.serve_forever()
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=str(ROOT), stdout=subprocess.PIPE, text=True
+    )
     try:
         port, mode = proc.stdout.readline().split()
         assert mode == "gevent"

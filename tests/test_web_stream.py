@@ -18,15 +18,29 @@ def keys() -> Keys:
 
 
 def append(r: redis.Redis, keys: Keys, run: str, seq: int, etype: str = "progress") -> str:
-    entry = r.xadd(keys.events, {"run": run, "seq": seq, "type": etype, "step": "a", "status": "",
-                                 "ts": f"{1795000000 + seq}", "data": '{"fraction": 0.5}'})
+    entry = r.xadd(
+        keys.events,
+        {
+            "run": run,
+            "seq": seq,
+            "type": etype,
+            "step": "a",
+            "status": "",
+            "ts": f"{1795000000 + seq}",
+            "data": '{"fraction": 0.5}',
+        },
+    )
     return entry.decode()
 
 
-def test_the_tail_starts_at_the_end_and_hands_on_each_event_once_in_stream_order(redis_client, keys):
+def test_the_tail_starts_at_the_end_and_hands_on_each_event_once_in_stream_order(
+    redis_client, keys
+):
     append(redis_client, keys, "old", 1)
     batches: list[list[tuple[str, int]]] = []
-    tail = StreamTail(redis_client, keys, lambda b: batches.append([(e["run"], e["seq"]) for e in b]), block_ms=50)
+    tail = StreamTail(
+        redis_client, keys, lambda b: batches.append([(e["run"], e["seq"]) for e in b]), block_ms=50
+    )
     assert tail.step() == 0  # what was there before it started is the replay's business
     for seq in (1, 2, 3):
         append(redis_client, keys, "r1", seq)
@@ -36,10 +50,13 @@ def test_the_tail_starts_at_the_end_and_hands_on_each_event_once_in_stream_order
     assert tail.step() == 0 and len(batches) == 1
 
 
-def test_an_event_within_the_window_of_the_last_delivery_waits_for_what_comes_with_it(redis_client, keys):
+def test_an_event_within_the_window_of_the_last_delivery_waits_for_what_comes_with_it(
+    redis_client, keys
+):
     batches: list[list[int]] = []
-    tail = StreamTail(redis_client, keys, lambda b: batches.append([e["seq"] for e in b]), block_ms=50,
-                      window=2.0)
+    tail = StreamTail(
+        redis_client, keys, lambda b: batches.append([e["seq"] for e in b]), block_ms=50, window=2.0
+    )
     tail.step()
     append(redis_client, keys, "r", 1)
     assert tail.step() == 1  # after a quiet spell: out at once, alone
@@ -59,7 +76,9 @@ def test_an_event_within_the_window_of_the_last_delivery_waits_for_what_comes_wi
 
 def test_without_a_window_every_read_is_handed_on_as_it_is(redis_client, keys):
     batches: list[list[int]] = []
-    tail = StreamTail(redis_client, keys, lambda b: batches.append([e["seq"] for e in b]), block_ms=50)
+    tail = StreamTail(
+        redis_client, keys, lambda b: batches.append([e["seq"] for e in b]), block_ms=50
+    )
     tail.step()
     for seq in (1, 2):
         append(redis_client, keys, "r", seq)
@@ -69,8 +88,14 @@ def test_without_a_window_every_read_is_handed_on_as_it_is(redis_client, keys):
 
 def test_a_backlog_larger_than_one_read_is_handed_on_in_reads_of_count(redis_client, keys):
     batches: list[list[int]] = []
-    tail = StreamTail(redis_client, keys, lambda b: batches.append([e["seq"] for e in b]), block_ms=50,
-                      count=3, window=0.05)
+    tail = StreamTail(
+        redis_client,
+        keys,
+        lambda b: batches.append([e["seq"] for e in b]),
+        block_ms=50,
+        count=3,
+        window=0.05,
+    )
     tail.step()
     for seq in range(1, 8):
         append(redis_client, keys, "r", seq)

@@ -27,9 +27,17 @@ from tests.web_helpers import ADMIN, OPERATOR, VIEWER, free_port, wait_for
 # Harmless tasks the workers load, which POST /api/v1/inspect/tasks/send may send when allowed.
 INSPECT_TASKS = "tests.inspect_tasks"
 CHROMIUM = os.environ.get("CANVASFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 @dataclass
@@ -42,13 +50,23 @@ class WebFleet:
 @pytest.fixture(scope="session")
 def web_fleet(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebFleet]:
     tmp = tmp_path_factory.mktemp("web")
-    settings = make_settings(redis_url, key_prefix=f"w{uuid.uuid4().hex[:8]}", lease_ttl=3,
-                             visibility_timeout=60, database_url=f"sqlite:///{tmp / 'audit.db'}",
-                             call_allow=TEST_CALL_ALLOW)
+    settings = make_settings(
+        redis_url,
+        key_prefix=f"w{uuid.uuid4().hex[:8]}",
+        lease_ttl=3,
+        visibility_timeout=60,
+        database_url=f"sqlite:///{tmp / 'audit.db'}",
+        call_allow=TEST_CALL_ALLOW,
+    )
     log_dir = Path(os.environ.get("CANVASFLOW_TEST_LOGS", str(tmp)))
     log_dir.mkdir(parents=True, exist_ok=True)
-    worker = WorkerProcess(settings, f"web-{uuid.uuid4().hex[:6]}", concurrency=4, log_dir=log_dir,
-                           include=INSPECT_TASKS).wait_ready()
+    worker = WorkerProcess(
+        settings,
+        f"web-{uuid.uuid4().hex[:6]}",
+        concurrency=4,
+        log_dir=log_dir,
+        include=INSPECT_TASKS,
+    ).wait_ready()
     yield WebFleet(settings, worker, log_dir)
     worker.stop()
 
@@ -68,8 +86,10 @@ def web_app(web_fleet: WebFleet) -> Iterator[Any]:
     from web import create_app
     from web.settings import WebSettings
 
-    app = create_app(web_fleet.settings, WebSettings(admin_password=ADMIN[1], secret_key="test-secret",
-                                                     recorder=True))
+    app = create_app(
+        web_fleet.settings,
+        WebSettings(admin_password=ADMIN[1], secret_key="test-secret", recorder=True),
+    )
     app.config["TESTING"] = True
     users = app.extensions["canvasflow"].users
     # The live servers share this database: setting a password again would end their sessions
@@ -93,10 +113,18 @@ class LiveServer:
 
     def token(self, user: tuple[str, str]) -> str:
         s = requests.Session()
-        r = s.post(f"{self.url}/api/v1/auth/login", json={"username": user[0], "password": user[1]}, timeout=10)
+        r = s.post(
+            f"{self.url}/api/v1/auth/login",
+            json={"username": user[0], "password": user[1]},
+            timeout=10,
+        )
         r.raise_for_status()
-        r = s.post(f"{self.url}/api/v1/auth/tokens", json={"name": "test"},
-                   headers={"X-CSRF-Token": r.json()["csrf_token"]}, timeout=10)
+        r = s.post(
+            f"{self.url}/api/v1/auth/tokens",
+            json={"name": "test"},
+            headers={"X-CSRF-Token": r.json()["csrf_token"]},
+            timeout=10,
+        )
         r.raise_for_status()
         return str(r.json()["token"])
 
@@ -108,14 +136,36 @@ def start_live_server(web_fleet: WebFleet, *extra: str) -> LiveServer:
     """`python -m web --recorder [extra...]` as a subprocess on a free loopback port, with the
     operator and viewer users of the tests."""
     port = free_port()
-    env = {**os.environ, **web_fleet.settings.as_env(), "CANVASFLOW_WEB_ADMIN_PASSWORD": ADMIN[1],
-           "CANVASFLOW_WEB_SECRET_KEY": "live-test-secret", "PYTHONPATH": str(ROOT),
-           "CANVASFLOW_WEB_INSPECT_TASK_ALLOW": f"{INSPECT_TASKS}.*"}
+    env = {
+        **os.environ,
+        **web_fleet.settings.as_env(),
+        "CANVASFLOW_WEB_ADMIN_PASSWORD": ADMIN[1],
+        "CANVASFLOW_WEB_SECRET_KEY": "live-test-secret",
+        "PYTHONPATH": str(ROOT),
+        "CANVASFLOW_WEB_INSPECT_TASK_ALLOW": f"{INSPECT_TASKS}.*",
+    }
     log_path = web_fleet.log_dir / f"web-{port}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_live_server
-    proc = subprocess.Popen([sys.executable, "-m", "web", "--host", "127.0.0.1", "--port", str(port), "--recorder",
-                             "--log-level", "INFO", *extra], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=str(ROOT), start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "web",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--recorder",
+            "--log-level",
+            "INFO",
+            *extra,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(ROOT),
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -131,17 +181,28 @@ def start_live_server(web_fleet: WebFleet, *extra: str) -> LiveServer:
     server.log_file = log
     if "--read-only" not in extra:
         s = requests.Session()
-        r = s.post(f"{url}/api/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10)
+        r = s.post(
+            f"{url}/api/v1/auth/login",
+            json={"username": ADMIN[0], "password": ADMIN[1]},
+            timeout=10,
+        )
         csrf = r.json()["csrf_token"]
         # Only missing users: setting a password again would end the sessions and tokens other
         # fixtures (sharing this database) hold.
         known = {u["name"] for u in s.get(f"{url}/api/v1/users", timeout=10).json()}
         for name, password, role in ((*OPERATOR, "operator"), (*VIEWER, "viewer")):
             if name not in known:
-                s.post(f"{url}/api/v1/users", json={"name": name, "password": password, "role": role},
-                       headers={"X-CSRF-Token": csrf}, timeout=10).raise_for_status()
-        s.put(f"{url}/api/v1/users/{OPERATOR[0]}/permissions/submit_inline", headers={"X-CSRF-Token": csrf},
-              timeout=10).raise_for_status()
+                s.post(
+                    f"{url}/api/v1/users",
+                    json={"name": name, "password": password, "role": role},
+                    headers={"X-CSRF-Token": csrf},
+                    timeout=10,
+                ).raise_for_status()
+        s.put(
+            f"{url}/api/v1/users/{OPERATOR[0]}/permissions/submit_inline",
+            headers={"X-CSRF-Token": csrf},
+            timeout=10,
+        ).raise_for_status()
     return server
 
 
@@ -167,14 +228,19 @@ def live_server(web_fleet: WebFleet) -> Iterator[LiveServer]:
 def chromium() -> Iterator[Any]:
     """Debian's Chromium driven by Playwright; Playwright never downloads a browser here."""
     if not (ROOT / "web" / "static" / "dist" / "main.js").exists():
-        need("the dashboard bundle (web/static/dist)", "install with npm on PATH: pip install -e . builds it")
+        need(
+            "the dashboard bundle (web/static/dist)",
+            "install with npm on PATH: pip install -e . builds it",
+        )
     if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
         need("Chromium", f"{CHROMIUM} not found: apt-get install chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-                                    args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+            args=CHROMIUM_ARGS,
+        )
         yield browser
         browser.close()
 
@@ -196,8 +262,15 @@ def shots(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     return shot
 
 
-def browser_login(browser: Any, server: LiveServer, user: tuple[str, str], path: str = "/runs", *,
-                  init_script: str | None = None, timeout_ms: float | None = None) -> Any:
+def browser_login(
+    browser: Any,
+    server: LiveServer,
+    user: tuple[str, str],
+    path: str = "/runs",
+    *,
+    init_script: str | None = None,
+    timeout_ms: float | None = None,
+) -> Any:
     """A new browser context logged in as ``user`` through the login page, on ``path``; the page's
     JavaScript errors collect in ``page.errors``."""
     # bypass_csp: wait_for_function evaluates strings, which the CSP (rightly) forbids pages.

@@ -12,7 +12,12 @@ OPERATOR = ("olga", "operator-password")
 VIEWER = ("victor", "viewer-password")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition", every: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    what: str = "condition",
+    every: float = 0.05,
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -36,7 +41,9 @@ class Api:
         self.http = app.test_client()
         self.csrf = ""
         if user is not None:
-            r = self.http.post("/api/v1/auth/login", json={"username": user[0], "password": user[1]})
+            r = self.http.post(
+                "/api/v1/auth/login", json={"username": user[0], "password": user[1]}
+            )
             assert r.status_code == 200, r.json
             self.csrf = r.json["csrf_token"]
 
@@ -44,8 +51,12 @@ class Api:
         return self.http.get(f"/api/v1{path}", **kw)
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Any:
-        return self.http.post(f"/api/v1{path}", json=body if body is not None else {},
-                              headers={"X-CSRF-Token": self.csrf, **kw.pop("headers", {})}, **kw)
+        return self.http.post(
+            f"/api/v1{path}",
+            json=body if body is not None else {},
+            headers={"X-CSRF-Token": self.csrf, **kw.pop("headers", {})},
+            **kw,
+        )
 
     def put(self, path: str, body: Any) -> Any:
         return self.http.put(f"/api/v1{path}", json=body, headers={"X-CSRF-Token": self.csrf})
@@ -56,8 +67,11 @@ def register(client: Any, body: dict[str, Any]) -> str:
 
 
 def wait_status(client: Any, run_id: str, statuses: set[str], timeout: float = 30) -> str:
-    return wait_for(lambda: (s := client.state.status(run_id)) in statuses and s, timeout,
-                    f"run {run_id} to reach {sorted(statuses)}")
+    return wait_for(
+        lambda: (s := client.state.status(run_id)) in statuses and s,
+        timeout,
+        f"run {run_id} to reach {sorted(statuses)}",
+    )
 
 
 def wait_recorded(store: Any, run_id: str, statuses: set[str], timeout: float = 30) -> Any:
@@ -78,6 +92,11 @@ def log_slowly(ctx: Any, lines: int = 12, every: float = 0.1) -> dict[str, int]:
     """A step (run through builtin `call`) that logs `lines` lines over a while, so that the
     heartbeat flushes them as several batches (several `log` events) while it runs."""
     for i in range(lines):
-        ctx.log(f"line {i} of {lines}", level="WARNING" if i == 3 else "INFO", entity_tag="row", entity_id=str(i))
+        ctx.log(
+            f"line {i} of {lines}",
+            level="WARNING" if i == 3 else "INFO",
+            entity_tag="row",
+            entity_id=str(i),
+        )
         time.sleep(every)
     return {"lines": lines}

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None, web: WebSettings | None = None, *, start: bool = True) -> Flask:
+def create_app(
+    settings: Settings | None = None, web: WebSettings | None = None, *, start: bool = True
+) -> Flask:
     """Build the dashboard app (imports Flask only when called)."""
     from web.app import create_app as factory
 

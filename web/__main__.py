@@ -43,25 +43,43 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the dashboard (the default)")
     for target in (p, serve):
         target.add_argument("--host", default=os.environ.get("CANVASFLOW_WEB_HOST", "127.0.0.1"))
-        target.add_argument("--port", type=int, default=int(os.environ.get("CANVASFLOW_WEB_PORT", "8080")))
+        target.add_argument(
+            "--port", type=int, default=int(os.environ.get("CANVASFLOW_WEB_PORT", "8080"))
+        )
         target.add_argument("--read-only", action="store_true", help="refuse every change (403)")
-        target.add_argument("--recorder", action="store_true", help="run the audit recorder in this process")
-        target.add_argument("--anonymous-role", choices=["viewer", "operator", "admin"], default=None,
-                            help="role of visitors who have not logged in (default: they must log in)")
-        target.add_argument("--log-level", default=os.environ.get("CANVASFLOW_LOG_LEVEL", "WARNING"))
-        target.add_argument("--server", choices=["gevent", "threading"], default=None,
-                            help="gevent (default; $CANVASFLOW_WEB_SERVER) or Werkzeug's threads")
+        target.add_argument(
+            "--recorder", action="store_true", help="run the audit recorder in this process"
+        )
+        target.add_argument(
+            "--anonymous-role",
+            choices=["viewer", "operator", "admin"],
+            default=None,
+            help="role of visitors who have not logged in (default: they must log in)",
+        )
+        target.add_argument(
+            "--log-level", default=os.environ.get("CANVASFLOW_LOG_LEVEL", "WARNING")
+        )
+        target.add_argument(
+            "--server",
+            choices=["gevent", "threading"],
+            default=None,
+            help="gevent (default; $CANVASFLOW_WEB_SERVER) or Werkzeug's threads",
+        )
     users = sub.add_parser("users", help="manage users")
     usub = users.add_subparsers(dest="users_command", required=True)
     add = usub.add_parser("add", help="create a user, or change its role / password")
     add.add_argument("name")
     add.add_argument("--role", choices=["viewer", "operator", "admin"], default=None)
-    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
     usub.add_parser("list", help="list users")
     delete = usub.add_parser("delete", help="delete a user and its tokens")
     delete.add_argument("name")
-    for verb, text in (("grant", "grant a permission beyond the role (admins have all)"),
-                       ("revoke", "withdraw a permission")):
+    for verb, text in (
+        ("grant", "grant a permission beyond the role (admins have all)"),
+        ("revoke", "withdraw a permission"),
+    ):
         perm = usub.add_parser(verb, help=text)
         perm.add_argument("name")
         perm.add_argument("permission", choices=list(PERMISSIONS))
@@ -87,7 +105,9 @@ def _users() -> Any:
     return users
 
 
-def _cli_audit(action: str, target_type: str, target: str, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+def _cli_audit(
+    action: str, target_type: str, target: str, detail: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The audit row of a change made on the server with this command (actor ``cli:<login>``)."""
     import json
     import time
@@ -96,9 +116,16 @@ def _cli_audit(action: str, target_type: str, target: str, detail: dict[str, Any
         who = getpass.getuser()
     except Exception:  # noqa: BLE001 - no login name in some containers
         who = str(os.getuid())
-    return {"ts": time.time(), "actor": f"cli:{who}"[:200], "action": action, "target_type": target_type,
-            "target_id": target[:200], "reason": None, "outcome": "ok",
-            "detail": json.dumps(detail) if detail is not None else None}
+    return {
+        "ts": time.time(),
+        "actor": f"cli:{who}"[:200],
+        "action": action,
+        "target_type": target_type,
+        "target_id": target[:200],
+        "reason": None,
+        "outcome": "ok",
+        "detail": json.dumps(detail) if detail is not None else None,
+    }
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -108,9 +135,14 @@ def serve(args: argparse.Namespace) -> int:
     from web.settings import WebSettings
 
     if SERVER not in serving.SERVERS:
-        print(f"error: CANVASFLOW_WEB_SERVER={SERVER!r}: expected one of {', '.join(serving.SERVERS)}", file=sys.stderr)
+        print(
+            f"error: CANVASFLOW_WEB_SERVER={SERVER!r}: expected one of {', '.join(serving.SERVERS)}",
+            file=sys.stderr,
+        )
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if SERVER == "threading":
         # The relay, recorder, fleet-event capture and page requests are Python threads here: with
         # the default 5 ms GIL switch interval a relay thread woken by XREAD waited behind them.
@@ -137,18 +169,28 @@ def serve(args: argparse.Namespace) -> int:
         # A greenlet, not a signal handler: stopping joins greenlets, which a handler may not.
         gevent.signal_handler(signal.SIGTERM, lambda: services.socketio.stop())
     else:
+
         def _stop(*_: Any) -> None:
             services.stop()
             raise SystemExit(0)
 
         signal.signal(signal.SIGTERM, _stop)
-    print(f"canvasflow dashboard: http://{args.host}:{args.port}/ ({services.server}, "
-          f"{'read-only, ' if web.read_only else ''}{'with recorder, ' if web.recorder else ''}"
-          f"audit store {services.store.display_url if services.store else 'none'})", flush=True)
+    print(
+        f"canvasflow dashboard: http://{args.host}:{args.port}/ ({services.server}, "
+        f"{'read-only, ' if web.read_only else ''}{'with recorder, ' if web.recorder else ''}"
+        f"audit store {services.store.display_url if services.store else 'none'})",
+        flush=True,
+    )
     try:
-        services.socketio.run(app, host=args.host, port=args.port, allow_unsafe_werkzeug=True,
-                              log_output=args.log_level.upper() == "DEBUG", use_reloader=False,
-                              **serving.handler_options(SERVER))
+        services.socketio.run(
+            app,
+            host=args.host,
+            port=args.port,
+            allow_unsafe_werkzeug=True,
+            log_output=args.log_level.upper() == "DEBUG",
+            use_reloader=False,
+            **serving.handler_options(SERVER),
+        )
     except KeyboardInterrupt:
         pass
     finally:
@@ -180,11 +222,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.users_command in ("grant", "revoke"):
             granted = args.users_command == "grant"
             action = "permission_grant" if granted else "permission_revoke"
-            if not users.set_permission(args.name, args.permission, granted,
-                                        audit=_cli_audit(action, "user", args.name, {"permission": args.permission})):
+            if not users.set_permission(
+                args.name,
+                args.permission,
+                granted,
+                audit=_cli_audit(action, "user", args.name, {"permission": args.permission}),
+            ):
                 print(f"no user '{args.name}'", file=sys.stderr)
                 return 1
-            print(f"{args.name}: {', '.join(users.row(args.name)['permissions']) or 'no permissions'}")
+            print(
+                f"{args.name}: {', '.join(users.row(args.name)['permissions']) or 'no permissions'}"
+            )
             return 0
         if args.users_command == "unlock":
             from web.settings import WebSettings
@@ -203,9 +251,17 @@ def main(argv: list[str] | None = None) -> int:
         elif users.get(args.name) is None:
             password = getpass.getpass(f"password for {args.name}: ")
         try:
-            user = users.put(args.name, password=password, role=args.role, audit=_cli_audit(
-                "user_update" if users.exists(args.name) else "user_create", "user", args.name,
-                {"role": args.role, "password_changed": password is not None}))
+            user = users.put(
+                args.name,
+                password=password,
+                role=args.role,
+                audit=_cli_audit(
+                    "user_update" if users.exists(args.name) else "user_create",
+                    "user",
+                    args.name,
+                    {"role": args.role, "password_changed": password is not None},
+                ),
+            )
         except AuthError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

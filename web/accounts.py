@@ -19,7 +19,10 @@ from web.throttle import throttle
 
 def _known_permission(permission: str) -> None:
     if permission not in PERMISSIONS:
-        abort(404, message=f"unknown permission '{permission}'; permissions are: {', '.join(PERMISSIONS)}")
+        abort(
+            404,
+            message=f"unknown permission '{permission}'; permissions are: {', '.join(PERMISSIONS)}",
+        )
 
 
 @blp.route("/users/<name>/permissions/<permission>")
@@ -42,9 +45,15 @@ def _set(name: str, permission: str, granted: bool) -> dict[str, Any]:
     action = "permission_grant" if granted else "permission_revoke"
     audited_check("admin", action, "user", name)
     _known_permission(permission)
-    with web_audit.recorded(f"the {'grant' if granted else 'withdrawal'} of {permission} to '{name}'"):
-        found = auth.users().set_permission(name, permission, granted,
-                                            audit=web_audit.entry(action, "user", name, {"permission": permission}))
+    with web_audit.recorded(
+        f"the {'grant' if granted else 'withdrawal'} of {permission} to '{name}'"
+    ):
+        found = auth.users().set_permission(
+            name,
+            permission,
+            granted,
+            audit=web_audit.entry(action, "user", name, {"permission": permission}),
+        )
     if not found:
         abort(404, message=f"unknown user '{name}'")
     row = auth.users().row(name)
@@ -60,13 +69,23 @@ def lockouts() -> dict[str, Any]:
     try:
         return {"lockouts": throttle().lockouts()}
     except exc.SQLAlchemyError as e:
-        abort(503, message=f"the login throttle's table is unavailable: {str(e).splitlines()[0]}",
-              headers={"Retry-After": "5"})
+        abort(
+            503,
+            message=f"the login throttle's table is unavailable: {str(e).splitlines()[0]}",
+            headers={"Retry-After": "5"},
+        )
         raise
 
 
 @blp.route("/auth/lockouts/unlock", methods=["POST"])
-@auth.require("admin", mutating=True, errors=(404,), audit="login_unlock", target_type="user", target="username")
+@auth.require(
+    "admin",
+    mutating=True,
+    errors=(404,),
+    audit="login_unlock",
+    target_type="user",
+    target="username",
+)
 @blp.arguments(schemas.UnlockBody)
 @blp.response(200, schemas.UnlockResultSchema)
 def unlock(body: dict[str, Any]) -> dict[str, Any]:
@@ -75,18 +94,24 @@ def unlock(body: dict[str, Any]) -> dict[str, Any]:
     target = body.get("username") or body.get("address") or ""
     audited_check("admin", "login_unlock", "user" if body.get("username") else "address", target)
     if not body.get("username") and not body.get("address"):
-        abort(400, message="send username and/or address: what to unlock",
-              errors={"json": {"username": ["username or address is required"]}})
+        abort(
+            400,
+            message="send username and/or address: what to unlock",
+            errors={"json": {"username": ["username or address is required"]}},
+        )
     done = []
     for scope, subject in (("user", body.get("username")), ("address", body.get("address"))):
         if not subject:
             continue
         with web_audit.recorded(f"the unlock of {scope} '{subject}'"):
-            if throttle().unlock(scope, subject, audit=web_audit.entry(
-                    "login_unlock", scope, subject, None, reason=body.get("reason"))):
+            if throttle().unlock(
+                scope,
+                subject,
+                audit=web_audit.entry(
+                    "login_unlock", scope, subject, None, reason=body.get("reason")
+                ),
+            ):
                 done.append({"scope": scope, "subject": subject})
     if not done:
         abort(404, message=f"no failed logins on record for {target!r}: nothing to unlock")
     return {"unlocked": done}
-
-

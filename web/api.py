@@ -76,17 +76,33 @@ class Runs(MethodView):
     @blp.response(200, schemas.RunListSchema)
     def get(self, args: dict[str, Any]) -> Response:
         """Runs newest first, filtered, one keyset page at a time, with the tab counts."""
-        flt = RunFilter(view=args["view"], statuses=tuple(args["status"]), workflow=args["workflow"],
-                        tags=tuple(args["tag"]), triggered_by=args["triggered_by"], since=args["since"],
-                        until=args["until"], search=args["search"], ids=tuple(args["ids"]))
+        flt = RunFilter(
+            view=args["view"],
+            statuses=tuple(args["status"]),
+            workflow=args["workflow"],
+            tags=tuple(args["tag"]),
+            triggered_by=args["triggered_by"],
+            since=args["since"],
+            until=args["until"],
+            search=args["search"],
+            ids=tuple(args["ids"]),
+        )
         try:
-            page = ext().views.list(flt, limit=args["limit"], cursor=args["cursor"], with_counts=True)
+            page = ext().views.list(
+                flt, limit=args["limit"], cursor=args["cursor"], with_counts=True
+            )
         except StoreError as exc:  # a malformed cursor
             abort(400, errors={"query": {"cursor": [str(exc)]}})
-        payload = schemas.fast_dump(_LIST_SCHEMA, {"runs": page.items, "next_cursor": page.next_cursor,
-                                                   "counts": page.counts if page.counts is not None
-                                                   else ext().views.counts(), "source": page.source,
-                                                   "warnings": page.warnings})
+        payload = schemas.fast_dump(
+            _LIST_SCHEMA,
+            {
+                "runs": page.items,
+                "next_cursor": page.next_cursor,
+                "counts": page.counts if page.counts is not None else ext().views.counts(),
+                "source": page.source,
+                "warnings": page.warnings,
+            },
+        )
         cooperate()
         return json_response(payload)
 
@@ -98,8 +114,13 @@ class Runs(MethodView):
     def post(self, body: dict[str, Any]) -> Any:
         """Submit a run of a registered workflow (by id) or of an inline definition."""
         client = ext().client
-        common = {"inputs": body["inputs"], "priority": body["priority"], "tags": body["tags"],
-                  "triggered_by": user_name(), "trigger_type": "dashboard" if g.auth_via == "session" else "api"}
+        common = {
+            "inputs": body["inputs"],
+            "priority": body["priority"],
+            "tags": body["tags"],
+            "triggered_by": user_name(),
+            "trigger_type": "dashboard" if g.auth_via == "session" else "api",
+        }
         try:
             if body["workflow"]:
                 defn = client.get_definition(body["workflow"], body["version"])
@@ -120,9 +141,11 @@ class Runs(MethodView):
         return summary, 201, {"Location": f"/api/v1/runs/{run.id}"}
 
 
-INLINE_REFUSED = ("'{name}' may run registered workflows only (send \"workflow\": an id): submitting an inline "
-                  "definition runs code of the sender's choosing, and needs the submit_inline permission, which "
-                  "an admin grants (PUT /api/v1/users/{name}/permissions/submit_inline)")
+INLINE_REFUSED = (
+    "'{name}' may run registered workflows only (send \"workflow\": an id): submitting an inline "
+    "definition runs code of the sender's choosing, and needs the submit_inline permission, which "
+    "an admin grants (PUT /api/v1/users/{name}/permissions/submit_inline)"
+)
 
 
 def require_inline_permission() -> None:
@@ -131,15 +154,23 @@ def require_inline_permission() -> None:
     user = auth.current_user()
     assert user is not None
     if not user.may("submit_inline"):
-        web_audit.record("submit_inline", "run", "-", {"needs": "submit_inline", "role": user.role},
-                         outcome="refused: no permission", what="the refusal was not recorded")
+        web_audit.record(
+            "submit_inline",
+            "run",
+            "-",
+            {"needs": "submit_inline", "role": user.role},
+            outcome="refused: no permission",
+            what="the refusal was not recorded",
+        )
         abort(403, message=INLINE_REFUSED.format(name=user.name))
 
 
 def parse_definition(text: str, source: str) -> Any:
     """YAML/JSON text of a request, parsed off the loop and within the limits (web/limits.py)."""
     client = ext().client
-    return client.cpu(functools.partial(parse_text, source=source, limits=client.settings.limits), text)
+    return client.cpu(
+        functools.partial(parse_text, source=source, limits=client.settings.limits), text
+    )
 
 
 def definition_error(exc: DefinitionError, field: str = "definition") -> None:
@@ -147,7 +178,12 @@ def definition_error(exc: DefinitionError, field: str = "definition") -> None:
     errors: dict[str, list[str]] = {}
     for p, m in exc.problems:
         errors.setdefault(p or field, []).append(m)
-    abort(400, message=str(exc).splitlines()[0].rstrip(":"), errors={"json": errors}, extra={"problems": problems})
+    abort(
+        400,
+        message=str(exc).splitlines()[0].rstrip(":"),
+        errors={"json": errors},
+        extra={"problems": problems},
+    )
 
 
 def known_run(run_id: str) -> None:
@@ -163,8 +199,12 @@ class RunDetail(MethodView):
     def get(self, args: dict[str, Any], run_id: str) -> dict[str, Any]:
         """A run with its steps (paged), attempts, logs, compensations and parallel branches."""
         try:
-            detail = ext().details.detail(run_id, steps_offset=args["steps_offset"],
-                                          steps_limit=args["steps_limit"], log_limit=args["log_limit"])
+            detail = ext().details.detail(
+                run_id,
+                steps_offset=args["steps_offset"],
+                steps_limit=args["steps_limit"],
+                log_limit=args["log_limit"],
+            )
         except UnknownRun:
             abort(404, message=f"unknown run '{run_id}'")
             raise
@@ -179,8 +219,11 @@ _LIST_SCHEMA = schemas.RunListSchema()
 
 def json_response(payload: Any, status: int = 200) -> Response:
     """A JSON response without a second pass through marshmallow (the payload is dumped already)."""
-    return current_app.response_class(json.dumps(payload, separators=(",", ":"), default=str) + "\n",
-                                      status=status, mimetype="application/json")
+    return current_app.response_class(
+        json.dumps(payload, separators=(",", ":"), default=str) + "\n",
+        status=status,
+        mimetype="application/json",
+    )
 
 
 def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str, Any]:
@@ -191,21 +234,44 @@ def run_action(action: str, run_id: str, call: Callable[[str], Any]) -> dict[str
     except UnknownRun:
         lost = _lost_status(run_id)
         if lost:  # Redis lost it, the audit store has it live: say what to do instead
-            abort(404, message=f"run '{run_id}' is {lost} in the audit store but Redis no longer knows it (its state "
-                               f"was lost): resolve it with POST /api/v1/runs/{run_id}/resolve {{\"as\", \"reason\"}}",
-                  extra={"state_lost": True, "current_status": lost})
+            abort(
+                404,
+                message=f"run '{run_id}' is {lost} in the audit store but Redis no longer knows it (its state "
+                f'was lost): resolve it with POST /api/v1/runs/{run_id}/resolve {{"as", "reason"}}',
+                extra={"state_lost": True, "current_status": lost},
+            )
         abort(404, message=f"unknown run '{run_id}'")
     except ControlError as exc:
-        abort(409, message=str(exc), extra={"current_status": exc.status, "allowed": exc.allowed, "action": action})
+        abort(
+            409,
+            message=str(exc),
+            extra={"current_status": exc.status, "allowed": exc.allowed, "action": action},
+        )
     except CanvasflowError as exc:
-        abort(409, message=str(exc), extra={"current_status": ext().client.state.status(run_id), "action": action})
+        abort(
+            409,
+            message=str(exc),
+            extra={"current_status": ext().client.state.status(run_id), "action": action},
+        )
     if hasattr(result, "id") and not hasattr(result, "action"):  # clone returns the new run
-        return {"action": action, "run_id": result.id, "status_before": "", "status": "PENDING",
-                "detail": {"cloned_from": run_id}, "message": f"cloned as run {result.id}",
-                "run": ext().views.summary(result.id)}
-    return {"action": result.action, "run_id": run_id, "status_before": result.status_before,
-            "status": str(result.status), "detail": dict(result.detail), "message": ACTION_MESSAGES.get(action, "ok"),
-            "run": ext().views.summary(run_id)}
+        return {
+            "action": action,
+            "run_id": result.id,
+            "status_before": "",
+            "status": "PENDING",
+            "detail": {"cloned_from": run_id},
+            "message": f"cloned as run {result.id}",
+            "run": ext().views.summary(result.id),
+        }
+    return {
+        "action": result.action,
+        "run_id": run_id,
+        "status_before": result.status_before,
+        "status": str(result.status),
+        "detail": dict(result.detail),
+        "message": ACTION_MESSAGES.get(action, "ok"),
+        "run": ext().views.summary(run_id),
+    }
 
 
 def _lost_status(run_id: str) -> str | None:
@@ -226,8 +292,11 @@ def _lost_status(run_id: str) -> str | None:
 @blp.response(200, schemas.ActionResultSchema)
 def pause(body: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Pause: no new step starts; running steps finish (409 unless RUNNING or PENDING)."""
-    return run_action("pause", run_id, lambda actor: ext().client.control.pause(
-        run_id, actor=actor, reason=body.get("reason")))
+    return run_action(
+        "pause",
+        run_id,
+        lambda actor: ext().client.control.pause(run_id, actor=actor, reason=body.get("reason")),
+    )
 
 
 @blp.route("/runs/<run_id>/resume", methods=["POST"])
@@ -236,8 +305,11 @@ def pause(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 @blp.response(200, schemas.ActionResultSchema)
 def resume(body: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Resume a PAUSED run from where it stopped."""
-    return run_action("resume", run_id, lambda actor: ext().client.control.resume(
-        run_id, actor=actor, reason=body.get("reason")))
+    return run_action(
+        "resume",
+        run_id,
+        lambda actor: ext().client.control.resume(run_id, actor=actor, reason=body.get("reason")),
+    )
 
 
 @blp.route("/runs/<run_id>/cancel", methods=["POST"])
@@ -246,8 +318,13 @@ def resume(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 @blp.response(200, schemas.ActionResultSchema)
 def cancel(body: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Cancel: stop the run and compensate its completed steps, newest first."""
-    return run_action("cancel", run_id, lambda actor: ext().client.control.cancel(
-        run_id, actor=actor, reason=body.get("reason"), terminate=body.get("terminate", True)))
+    return run_action(
+        "cancel",
+        run_id,
+        lambda actor: ext().client.control.cancel(
+            run_id, actor=actor, reason=body.get("reason"), terminate=body.get("terminate", True)
+        ),
+    )
 
 
 @blp.route("/runs/<run_id>/retry", methods=["POST"])
@@ -263,13 +340,36 @@ def retry(body: dict[str, Any], run_id: str) -> dict[str, Any]:
         if data is not None:
             ids = [s["id"] for s in json.loads(data[0]["definition"])["steps"]]
             if from_step not in ids:
-                abort(400, errors={"json": {"from_step": [f"no step '{from_step}' in this run (steps: {', '.join(ids)})"]}})
+                abort(
+                    400,
+                    errors={
+                        "json": {
+                            "from_step": [
+                                f"no step '{from_step}' in this run (steps: {', '.join(ids)})"
+                            ]
+                        }
+                    },
+                )
     control = ext().client.control
     if body.get("compensation"):
-        return run_action("retry_compensation", run_id, lambda actor: control.retry_compensation(
-            run_id, actor=actor, reason=body.get("reason")))
-    return run_action("retry", run_id, lambda actor: control.retry(
-        run_id, from_step=from_step, from_start=body.get("from_start", False), actor=actor, reason=body.get("reason")))
+        return run_action(
+            "retry_compensation",
+            run_id,
+            lambda actor: control.retry_compensation(
+                run_id, actor=actor, reason=body.get("reason")
+            ),
+        )
+    return run_action(
+        "retry",
+        run_id,
+        lambda actor: control.retry(
+            run_id,
+            from_step=from_step,
+            from_start=body.get("from_start", False),
+            actor=actor,
+            reason=body.get("reason"),
+        ),
+    )
 
 
 @blp.route("/runs/<run_id>/resolve", methods=["POST"])
@@ -281,18 +381,26 @@ def resolve(body: dict[str, Any], run_id: str) -> dict[str, Any]:
     run, or a run whose state was lost (not final in the audit store, unknown to Redis)."""
     as_, reason = body.get("as_"), body.get("reason")
     if ext().client.state.status(run_id) is not None or ext().store is None:
-        return run_action("resolve", run_id, lambda actor: ext().client.control.resolve(
-            run_id, actor=actor, reason=reason, as_=as_))
+        return run_action(
+            "resolve",
+            run_id,
+            lambda actor: ext().client.control.resolve(run_id, actor=actor, reason=reason, as_=as_),
+        )
     from orchestrator.lost import resolve_lost
 
     def lost(actor: str) -> Any:
         if ext().views.summary(run_id) is None:  # known to neither: 404 before judging the body
             raise UnknownRun(run_id)
-        missing = {k: ["required to resolve a run whose state was lost"]
-                   for k, v in (("as", as_), ("reason", (reason or "").strip())) if not v}
+        missing = {
+            k: ["required to resolve a run whose state was lost"]
+            for k, v in (("as", as_), ("reason", (reason or "").strip()))
+            if not v
+        }
         if missing:
             abort(400, errors={"json": missing})
-        return resolve_lost(ext().store, ext().client.state, run_id, as_=str(as_), actor=actor, reason=str(reason))
+        return resolve_lost(
+            ext().store, ext().client.state, run_id, as_=str(as_), actor=actor, reason=str(reason)
+        )
 
     return run_action("resolve", run_id, lost)
 
@@ -303,13 +411,20 @@ def resolve(body: dict[str, Any], run_id: str) -> dict[str, Any]:
 @blp.response(201, schemas.ActionResultSchema)
 def clone(body: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Start a new run of the same definition version with the same (or overridden) inputs."""
-    return run_action("clone", run_id, lambda actor: ext().client.control.clone(
-        run_id, inputs=body.get("inputs"), actor=actor, reason=body.get("reason")))
+    return run_action(
+        "clone",
+        run_id,
+        lambda actor: ext().client.control.clone(
+            run_id, inputs=body.get("inputs"), actor=actor, reason=body.get("reason")
+        ),
+    )
 
 
 @blp.route("/runs/<run_id>/export")
 @auth.require("viewer")
-@blp.doc(responses={200: {"description": "the trace (docs/api.md, Trace format) as a JSON download"}})
+@blp.doc(
+    responses={200: {"description": "the trace (docs/api.md, Trace format) as a JSON download"}}
+)
 def export(run_id: str) -> Response:
     """Everything about a run as one JSON document, as a file download."""
     try:
@@ -317,8 +432,11 @@ def export(run_id: str) -> Response:
     except UnknownRun:
         abort(404, message=f"unknown run '{run_id}'")
         raise
-    return Response(json.dumps(trace, indent=2, default=str), mimetype="application/json",
-                    headers={"Content-Disposition": f'attachment; filename="canvasflow-run-{run_id}.json"'})
+    return Response(
+        json.dumps(trace, indent=2, default=str),
+        mimetype="application/json",
+        headers={"Content-Disposition": f'attachment; filename="canvasflow-run-{run_id}.json"'},
+    )
 
 
 @blp.route("/runs/<run_id>/events")
@@ -328,10 +446,17 @@ def export(run_id: str) -> Response:
 def run_events(args: dict[str, Any], run_id: str) -> dict[str, Any]:
     """The run's events with seq > after, in order: what a reconnecting client missed."""
     known_run(run_id)
-    events, latest, warnings = ext().details.events_or_recorded(run_id, args["after"], args["limit"])
+    events, latest, warnings = ext().details.events_or_recorded(
+        run_id, args["after"], args["limit"]
+    )
     events = [client_event(e) for e in events]
-    return {"run": run_id, "after": args["after"], "events": events,
-            "latest_seq": max([latest] + [e["seq"] for e in events]), "warnings": warnings}
+    return {
+        "run": run_id,
+        "after": args["after"],
+        "events": events,
+        "latest_seq": max([latest] + [e["seq"] for e in events]),
+        "warnings": warnings,
+    }
 
 
 @blp.route("/runs/<run_id>/logs")
@@ -344,13 +469,35 @@ def run_logs(args: dict[str, Any], run_id: str) -> dict[str, Any]:
     warnings = [] if ext().views.redis_ok() else [REDIS_UNREACHABLE]
     if ext().store is None:
         return {"logs": [], "next_after": None, "next_after_line": None, "warnings": warnings}
-    lines = queries.logs(ext().store, run_id, args["step"], after_seq=args["after"],
-                         after_line=args["after_line"], limit=args["limit"], level=args["level"])
-    out = [{"seq": x.seq, "line": x.line, "step": x.step, "ts": x.ts, "level": x.level, "message": x.message,
-            "entity_tag": x.entity_tag, "entity_route": x.entity_route} for x in lines]
+    lines = queries.logs(
+        ext().store,
+        run_id,
+        args["step"],
+        after_seq=args["after"],
+        after_line=args["after_line"],
+        limit=args["limit"],
+        level=args["level"],
+    )
+    out = [
+        {
+            "seq": x.seq,
+            "line": x.line,
+            "step": x.step,
+            "ts": x.ts,
+            "level": x.level,
+            "message": x.message,
+            "entity_tag": x.entity_tag,
+            "entity_route": x.entity_route,
+        }
+        for x in lines
+    ]
     more = len(out) == args["limit"]
-    return {"logs": out, "next_after": out[-1]["seq"] if more else None,
-            "next_after_line": out[-1]["line"] if more else None, "warnings": warnings}
+    return {
+        "logs": out,
+        "next_after": out[-1]["seq"] if more else None,
+        "next_after_line": out[-1]["line"] if more else None,
+        "warnings": warnings,
+    }
 
 
 @blp.route("/runs/<run_id>/timeline")
@@ -383,16 +530,29 @@ def run_graph(run_id: str) -> dict[str, Any]:
 
 
 def workflow_summary(defn: Any, versions: list[str]) -> dict[str, Any]:
-    return {"id": defn.id, "name": defn.name, "description": defn.description, "versions": versions,
-            "latest": versions[-1] if versions else (defn.version or ""), "mode": defn.mode,
-            "steps": len(defn.steps), "tags": list(defn.tags), "sla_seconds": defn.sla_seconds,
-            "inputs": dict(defn.inputs)}
+    return {
+        "id": defn.id,
+        "name": defn.name,
+        "description": defn.description,
+        "versions": versions,
+        "latest": versions[-1] if versions else (defn.version or ""),
+        "mode": defn.mode,
+        "steps": len(defn.steps),
+        "tags": list(defn.tags),
+        "sla_seconds": defn.sla_seconds,
+        "inputs": dict(defn.inputs),
+    }
 
 
 def workflow_detail(defn: Any, versions: list[str]) -> dict[str, Any]:
     body = dump_definition(defn)
-    return {**workflow_summary(defn, versions), "version": defn.version or "", "definition": body,
-            "yaml": yaml.safe_dump(body, sort_keys=False, allow_unicode=True), "graph": dag(body, {})}
+    return {
+        **workflow_summary(defn, versions),
+        "version": defn.version or "",
+        "definition": body,
+        "yaml": yaml.safe_dump(body, sort_keys=False, allow_unicode=True),
+        "graph": dag(body, {}),
+    }
 
 
 @blp.route("/workflows")
@@ -433,20 +593,32 @@ class Workflow(MethodView):
         """Register a new version (validated first; every problem reported with its path)."""
         client = ext().client
         try:
-            data = body["definition"] if body["definition"] is not None else parse_definition(body["yaml"], "yaml")
+            data = (
+                body["definition"]
+                if body["definition"] is not None
+                else parse_definition(body["yaml"], "yaml")
+            )
         except DefinitionError as exc:
             definition_error(exc, "yaml")
         if not isinstance(data, dict):
             abort(400, errors={"json": {"yaml": ["the definition must be a mapping"]}})
         data = {"id": workflow_id, **data}
         if data["id"] != workflow_id:
-            abort(400, errors={"json": {"id": [f"must be '{workflow_id}', the workflow id in the URL"]}})
+            abort(
+                400,
+                errors={"json": {"id": [f"must be '{workflow_id}', the workflow id in the URL"]}},
+            )
         try:
             defn = client.register(data)
         except DefinitionError as exc:
             definition_error(exc)
-        web_audit.record_after("register", "workflow", workflow_id, {"version": defn.version},
-                               what=f"workflow '{workflow_id}' version {defn.version} was registered")
+        web_audit.record_after(
+            "register",
+            "workflow",
+            workflow_id,
+            {"version": defn.version},
+            what=f"workflow '{workflow_id}' version {defn.version} was registered",
+        )
         return workflow_detail(defn, client.versions(workflow_id))
 
 
@@ -478,38 +650,85 @@ def analytics(args: dict[str, Any]) -> dict[str, Any]:
         retried = func.sum(case((steps_table.c.attempts > 1, 1), else_=0))
         with store.connect() as conn:
             n_started, n_retried = conn.execute(
-                select(started, retried).select_from(steps_table.join(runs_table, runs_table.c.id == steps_table.c.run_id))
-                .where(runs_table.c.created_at >= since, runs_table.c.created_at < until)).one()
+                select(started, retried)
+                .select_from(steps_table.join(runs_table, runs_table.c.id == steps_table.c.run_id))
+                .where(runs_table.c.created_at >= since, runs_table.c.created_at < until)
+            ).one()
     except StoreError as exc:
         abort(503, message=str(exc))
         raise
     judged = a.sla_met + a.sla_breached
     return {
-        "period": args["period"], "since": since, "until": until, "runs": a.runs, "ended": a.ended,
-        "failed": a.failed, "failure_rate": _pct(a.failure_rate),
-        "sla_compliance": {"percent": round(100.0 * a.sla_met / judged, 1) if judged else None,
-                           "met": a.sla_met, "breached": a.sla_breached},
-        "by_workflow": [{"workflow": w.workflow, "runs": w.runs, "ended": w.ended, "failed": w.failed,
-                         "failure_rate": _pct(w.failure_rate), "avg_duration": w.avg_duration,
-                         "p95_duration": w.p95_duration, "sla_met": w.sla_met, "sla_breached": w.sla_breached}
-                        for w in a.by_workflow],
-        "slowest_steps": [{"workflow": s.workflow, "step": s.step, "avg_duration": s.avg_duration,
-                           "occurrences": s.count} for s in a.slowest_steps],
-        "retry_rate": {"overall": round(100.0 * int(n_retried or 0) / int(n_started), 1) if n_started else None,
-                       "top_steps": [{"workflow": s.workflow, "step": s.step, "retry_rate": _pct(s.retry_rate),
-                                      "occurrences": s.count} for s in a.retries_by_step]},
+        "period": args["period"],
+        "since": since,
+        "until": until,
+        "runs": a.runs,
+        "ended": a.ended,
+        "failed": a.failed,
+        "failure_rate": _pct(a.failure_rate),
+        "sla_compliance": {
+            "percent": round(100.0 * a.sla_met / judged, 1) if judged else None,
+            "met": a.sla_met,
+            "breached": a.sla_breached,
+        },
+        "by_workflow": [
+            {
+                "workflow": w.workflow,
+                "runs": w.runs,
+                "ended": w.ended,
+                "failed": w.failed,
+                "failure_rate": _pct(w.failure_rate),
+                "avg_duration": w.avg_duration,
+                "p95_duration": w.p95_duration,
+                "sla_met": w.sla_met,
+                "sla_breached": w.sla_breached,
+            }
+            for w in a.by_workflow
+        ],
+        "slowest_steps": [
+            {
+                "workflow": s.workflow,
+                "step": s.step,
+                "avg_duration": s.avg_duration,
+                "occurrences": s.count,
+            }
+            for s in a.slowest_steps
+        ],
+        "retry_rate": {
+            "overall": round(100.0 * int(n_retried or 0) / int(n_started), 1)
+            if n_started
+            else None,
+            "top_steps": [
+                {
+                    "workflow": s.workflow,
+                    "step": s.step,
+                    "retry_rate": _pct(s.retry_rate),
+                    "occurrences": s.count,
+                }
+                for s in a.retries_by_step
+            ],
+        },
         "runs_per_hour": [{"hour": h, "runs": n} for h, n in a.runs_per_hour],
     }
 
 
 @blp.route("/health")
 @auth.public()
-@blp.doc(responses={200: {"description": "Redis and the audit store answer"},
-                    503: {"description": "Redis or the audit store does not answer (the same fields)"}})
+@blp.doc(
+    responses={
+        200: {"description": "Redis and the audit store answer"},
+        503: {"description": "Redis or the audit store does not answer (the same fields)"},
+    }
+)
 def health() -> dict[str, Any]:
     """Liveness of Redis, the audit store and the event relay (no authentication)."""
     e = ext()
-    out: dict[str, Any] = {"redis": "ok", "audit_store": "ok", "read_only": e.web.read_only, "server": e.server}
+    out: dict[str, Any] = {
+        "redis": "ok",
+        "audit_store": "ok",
+        "read_only": e.web.read_only,
+        "server": e.server,
+    }
     try:
         e.client.redis.ping()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
@@ -522,8 +741,13 @@ def health() -> dict[str, Any]:
         except StoreError as exc:
             out["audit_store"] = f"error: {exc}"
     if e.relay is not None:
-        out["relay"] = {"delivered": e.relay.delivered, "batches": e.relay.batches, "errors": e.relay.errors,
-                        "last_id": e.relay.last_id, "messages": e.live.messages if e.live is not None else 0}
+        out["relay"] = {
+            "delivered": e.relay.delivered,
+            "batches": e.relay.batches,
+            "errors": e.relay.errors,
+            "last_id": e.relay.last_id,
+            "messages": e.live.messages if e.live is not None else 0,
+        }
     ok = out["redis"] == "ok" and out["audit_store"] in ("ok", "none")
     return out, 200 if ok else 503  # type: ignore[return-value]
 
@@ -557,7 +781,12 @@ def login(body: dict[str, Any]) -> dict[str, Any]:
     if user is None:
         abort(401, message="unknown user or wrong password")
     csrf = auth.start_session(user)
-    return {**user.as_dict(), "via": "session", "read_only": ext().web.read_only, "csrf_token": csrf}
+    return {
+        **user.as_dict(),
+        "via": "session",
+        "read_only": ext().web.read_only,
+        "csrf_token": csrf,
+    }
 
 
 @blp.route("/auth/logout", methods=["POST"])
@@ -577,8 +806,12 @@ def me() -> dict[str, Any]:
     """Who the request authenticates as (401 if nobody)."""
     user = auth.current_user()
     assert user is not None
-    return {**user.as_dict(), "via": g.auth_via, "read_only": ext().web.read_only,
-            "csrf_token": auth.csrf_token() if g.auth_via == "session" else None}
+    return {
+        **user.as_dict(),
+        "via": g.auth_via,
+        "read_only": ext().web.read_only,
+        "csrf_token": auth.csrf_token() if g.auth_via == "session" else None,
+    }
 
 
 @blp.route("/auth/tokens")
@@ -605,12 +838,23 @@ class Tokens(MethodView):
         name = body.get("name", "api")
         try:
             with web_audit.recorded(f"the token for '{owner}'"):
-                token_id, token = auth.users().create_token(owner, name, audit=lambda tid: web_audit.entry(
-                    "token_create", "token", tid, {"user": owner, "name": name}))
+                token_id, token = auth.users().create_token(
+                    owner,
+                    name,
+                    audit=lambda tid: web_audit.entry(
+                        "token_create", "token", tid, {"user": owner, "name": name}
+                    ),
+                )
         except auth.AuthError as exc:
             abort(404, message=str(exc))
             raise
-        return {"id": token_id, "username": owner, "name": name, "created_at": time.time(), "token": token}
+        return {
+            "id": token_id,
+            "username": owner,
+            "name": name,
+            "created_at": time.time(),
+            "token": token,
+        }
 
 
 @blp.route("/auth/tokens/<token_id>", methods=["DELETE"])
@@ -624,7 +868,10 @@ def revoke_token(token_id: str) -> None:
     owner = next((t["username"] for t in auth.users().tokens(mine) if t["id"] == token_id), None)
     with web_audit.recorded(f"the revocation of token '{token_id}'"):
         gone = owner is not None and auth.users().revoke(
-            token_id, mine, audit=web_audit.entry("token_revoke", "token", token_id, {"user": owner}))
+            token_id,
+            mine,
+            audit=web_audit.entry("token_revoke", "token", token_id, {"user": owner}),
+        )
     if not gone:
         abort(404, message=f"unknown token '{token_id}'")
 
@@ -637,7 +884,14 @@ class UsersView(MethodView):
         """Every user with its role (admin)."""
         return auth.users().list()
 
-    @auth.require("admin", mutating=True, errors=(409,), audit="user_create", target_type="user", target="name")
+    @auth.require(
+        "admin",
+        mutating=True,
+        errors=(409,),
+        audit="user_create",
+        target_type="user",
+        target="name",
+    )
     @blp.arguments(schemas.UserBody)
     @blp.response(201, schemas.UserSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -648,11 +902,21 @@ class UsersView(MethodView):
             _not_yourself(name, body["role"], "change")
         try:
             with web_audit.recorded(f"the change of user '{name}'"):
-                user = auth.users().put(name, password=body["password"], role=body["role"], audit=web_audit.entry(
-                    "user_update" if existed else "user_create", "user", name,
-                    {"role": body["role"], "password_changed": body["password"] is not None}))
+                user = auth.users().put(
+                    name,
+                    password=body["password"],
+                    role=body["role"],
+                    audit=web_audit.entry(
+                        "user_update" if existed else "user_create",
+                        "user",
+                        name,
+                        {"role": body["role"], "password_changed": body["password"] is not None},
+                    ),
+                )
         except auth.AuthError as exc:
-            abort(400, errors={"json": {"password" if "password" in str(exc) else "name": [str(exc)]}})
+            abort(
+                400, errors={"json": {"password" if "password" in str(exc) else "name": [str(exc)]}}
+            )
             raise
         auth.restamp_session(user)
         return auth.users().row(user.name)
@@ -675,11 +939,25 @@ class UserView(MethodView):
         user: auth.User | None = None
         with web_audit.recorded(f"the change of user '{name}'"):
             if body["password"] is not None or body["role"] is not None:
-                user = auth.users().put(name, password=body["password"], role=body["role"], audit=web_audit.entry(
-                    "user_update", "user", name, {"role": body["role"], "password_changed": body["password"] is not None}))
+                user = auth.users().put(
+                    name,
+                    password=body["password"],
+                    role=body["role"],
+                    audit=web_audit.entry(
+                        "user_update",
+                        "user",
+                        name,
+                        {"role": body["role"], "password_changed": body["password"] is not None},
+                    ),
+                )
             if body.get("disabled") is not None:
-                user = auth.users().set_disabled(name, body["disabled"], audit=web_audit.entry(
-                    "user_disable" if body["disabled"] else "user_enable", "user", name, None))
+                user = auth.users().set_disabled(
+                    name,
+                    body["disabled"],
+                    audit=web_audit.entry(
+                        "user_disable" if body["disabled"] else "user_enable", "user", name, None
+                    ),
+                )
         auth.restamp_session(user)
         return auth.users().row(name)
 
@@ -689,7 +967,9 @@ class UserView(MethodView):
         """Delete a user and revoke its tokens (admin)."""
         _not_yourself(name, None, "delete")
         with web_audit.recorded(f"the deletion of user '{name}'"):
-            gone = auth.users().delete(name, audit=web_audit.entry("user_delete", "user", name, None))
+            gone = auth.users().delete(
+                name, audit=web_audit.entry("user_delete", "user", name, None)
+            )
         if not gone:
             abort(404, message=f"unknown user '{name}'")
 
@@ -702,27 +982,55 @@ def users_audit() -> dict[str, Any]:
     store = ext().store
     if store is None:
         return {"actions": []}
-    q = (select(audit_log).where(audit_log.c.target_type.in_(("user", "token", "address")))
-         .order_by(audit_log.c.ts.desc(), audit_log.c.id.desc()).limit(100))
+    q = (
+        select(audit_log)
+        .where(audit_log.c.target_type.in_(("user", "token", "address")))
+        .order_by(audit_log.c.ts.desc(), audit_log.c.id.desc())
+        .limit(100)
+    )
     try:
         with store.connect() as conn:
             rows = conn.execute(q).mappings().all()
     except StoreError as exc:
         abort(503, message=f"the audit store is unavailable: {exc}")
         raise
-    return {"actions": [{"ts": r["ts"], "actor": r["actor"], "action": r["action"], "target_type": r["target_type"],
-                         "target_id": r["target_id"], "outcome": r["outcome"],
-                         "detail": json.loads(r["detail"]) if r["detail"] else None} for r in rows]}
+    return {
+        "actions": [
+            {
+                "ts": r["ts"],
+                "actor": r["actor"],
+                "action": r["action"],
+                "target_type": r["target_type"],
+                "target_id": r["target_id"],
+                "outcome": r["outcome"],
+                "detail": json.loads(r["detail"]) if r["detail"] else None,
+            }
+            for r in rows
+        ]
+    }
 
 
 def _not_yourself(name: str, role: str | None, what: str) -> None:
     """An admin may not delete or demote themselves: there must always be an admin left."""
     user = auth.current_user()
-    if user is not None and user.name == name and (what in ("delete", "disable") or (role is not None and role != "admin")):
+    if (
+        user is not None
+        and user.name == name
+        and (what in ("delete", "disable") or (role is not None and role != "admin"))
+    ):
         verb = what if what in ("delete", "disable") else "demote"
-        web_audit.record(f"user_{'update' if what == 'change' else what}", "user", name, {"role": role},
-                         outcome="refused: own account", what="the refusal was not recorded")
-        abort(409, message=f"you cannot {verb} your own account (ask another admin, so that an admin is always left)")
+        web_audit.record(
+            f"user_{'update' if what == 'change' else what}",
+            "user",
+            name,
+            {"role": role},
+            outcome="refused: own account",
+            what="the refusal was not recorded",
+        )
+        abort(
+            409,
+            message=f"you cannot {verb} your own account (ask another admin, so that an admin is always left)",
+        )
 
 
 def audited_check(role: str, action: str, target_type: str, target_id: str) -> auth.User:
@@ -732,8 +1040,14 @@ def audited_check(role: str, action: str, target_type: str, target_id: str) -> a
     except Exception:
         user = auth.current_user()
         if user is not None:
-            web_audit.record(action, target_type, target_id, {"needs": role, "role": user.role},
-                             outcome=f"refused: {user.role}", what="the refusal was not recorded")
+            web_audit.record(
+                action,
+                target_type,
+                target_id,
+                {"needs": role, "role": user.role},
+                outcome=f"refused: {user.role}",
+                what="the refusal was not recorded",
+            )
         raise
 
 

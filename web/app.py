@@ -40,8 +40,10 @@ from web.throttle import Throttle
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 DIST = HERE / "static" / "dist"
-FRONTEND_HINT = ("the dashboard's frontend is not built: install Node.js 18+ and run "
-                 "`npm ci && npm run build` in web/frontend (pip install -e . does it when node is on PATH)")
+FRONTEND_HINT = (
+    "the dashboard's frontend is not built: install Node.js 18+ and run "
+    "`npm ci && npm run build` in web/frontend (pip install -e . does it when node is on PATH)"
+)
 
 
 @dataclass
@@ -74,7 +76,9 @@ class Services:
             import redis
 
             r = redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
-            self.relay = StreamTail(r, self.client.keys, self.live.deliver, window=self.web.relay_window)
+            self.relay = StreamTail(
+                r, self.client.keys, self.live.deliver, window=self.web.relay_window
+            )
             self.relay.start()
         if self.web.sla_monitor:
             self.sla = SlaMonitor(self.client.state, self.web.sla_interval)
@@ -84,7 +88,9 @@ class Services:
 
             from orchestrator.audit.recorder import Recorder
 
-            r = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30, health_check_interval=30)
+            r = redis.Redis.from_url(
+                self.settings.redis_url, socket_timeout=30, health_check_interval=30
+            )
             self.recorder = Recorder(self.store, r, self.client.keys)
             self.recorder.start_thread(self.stop_event)
 
@@ -101,8 +107,10 @@ def _forget_shared_key(client: Client) -> None:
     anyone who could read Redis forged sessions with it. Nothing reads it any more."""
     try:
         if client.redis.delete(client.keys.legacy_web_secret):
-            log.warning("deleted the session signing key an older version kept in Redis; sessions it signed "
-                        "are no longer valid")
+            log.warning(
+                "deleted the session signing key an older version kept in Redis; sessions it signed "
+                "are no longer valid"
+            )
     except Exception as exc:  # noqa: BLE001 - Redis may come later; the key is unused either way
         log.info("could not check Redis for an old signing key: %s", exc)
 
@@ -112,7 +120,9 @@ class _SessionInterface(SecureCookieSessionInterface):
     (directly, or through a proxy trusted with CANVASFLOW_WEB_PROXY_FIX)."""
 
     def get_cookie_secure(self, app: Flask) -> bool:
-        return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (
+            has_request_context() and request.is_secure
+        )
 
 
 def _open_store(settings: Settings) -> AuditStore | None:
@@ -122,17 +132,24 @@ def _open_store(settings: Settings) -> AuditStore | None:
     try:
         store.upgrade()
     except StoreError as exc:
-        log.warning("audit store %s not usable yet (%s): history, logs and analytics will be missing",
-                    store.display_url, exc)
+        log.warning(
+            "audit store %s not usable yet (%s): history, logs and analytics will be missing",
+            store.display_url,
+            exc,
+        )
     return store
 
 
-def create_app(settings: Settings | None = None, web: WebSettings | None = None, *, start: bool = True) -> Flask:
+def create_app(
+    settings: Settings | None = None, web: WebSettings | None = None, *, start: bool = True
+) -> Flask:
     """The dashboard. ``start=False`` leaves the background threads to ``services.start()``."""
     settings = settings or Settings.from_env()
     web = web or WebSettings.from_env()
     secret_key = web.signing_key()  # first: without one nothing else is worth starting
-    app = Flask(__name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates"))
+    app = Flask(
+        __name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates")
+    )
     client = Client(settings, cpu=limits.cpu_runner(web))
     store = _open_store(settings)
     if store is not None:
@@ -144,38 +161,63 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
         users.setup()
         # Reset only when it does not hold already: a reset ends admin's sessions and tokens, and
         # every web process of a fleet starts with the same setting.
-        if web.admin_password and getattr(users.verify("admin", web.admin_password), "role", None) != "admin":
+        if (
+            web.admin_password
+            and getattr(users.verify("admin", web.admin_password), "role", None) != "admin"
+        ):
             users.put("admin", password=web.admin_password, role="admin")
     except Exception as exc:  # noqa: BLE001 - the database may come later; logins fail until then
         log.warning("users table not available: %s", exc)
     views = RunViews(client, store)
-    services = Services(settings=settings, web=web, client=client, store=store, users=users, views=views,
-                        details=RunDetails(client, store, views), throttle=login_throttle)
+    services = Services(
+        settings=settings,
+        web=web,
+        client=client,
+        store=store,
+        users=users,
+        views=views,
+        details=RunDetails(client, store, views),
+        throttle=login_throttle,
+    )
     app.extensions["canvasflow"] = services
     _forget_shared_key(client)
     app.session_interface = _SessionInterface()
     if web.proxy_fix:
         # Before Socket.IO wraps wsgi_app, so that its handshakes see the client's scheme too.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=web.proxy_fix, x_proto=web.proxy_fix,  # type: ignore[method-assign]
-                                x_host=web.proxy_fix)
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app,
+            x_for=web.proxy_fix,
+            x_proto=web.proxy_fix,  # type: ignore[method-assign]
+            x_host=web.proxy_fix,
+        )
     app.config.update(
         SECRET_KEY=secret_key,
-        SESSION_COOKIE_NAME="canvasflow_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_NAME="canvasflow_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=web.cookie_secure,
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=web.session_hours),
-        API_TITLE="canvasflow", API_VERSION="v1", OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/api/v1", OPENAPI_JSON_PATH="openapi.json",
-        API_SPEC_OPTIONS={"security": [{"bearer": []}, {"session": []}],
-                          "info": {"description": "canvasflow dashboard API; see docs/api.md"}},
+        API_TITLE="canvasflow",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "security": [{"bearer": []}, {"session": []}],
+            "info": {"description": "canvasflow dashboard API; see docs/api.md"},
+        },
         JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=web.max_request_bytes,
     )
     limits.register(app, web)
     api = rest.Api(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    api.spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "canvasflow_session"})
+    api.spec.components.security_scheme(
+        "session", {"type": "apiKey", "in": "cookie", "name": "canvasflow_session"}
+    )
     api.register_blueprint(api_module.blp)
     from web import inspect as fleet_inspect  # fleet inspection, /metrics, /healthz, /readyz
+
     fleet_inspect.register(app, api)
     app.register_blueprint(auth.login_pages)
     app.register_blueprint(pages.bp)
@@ -192,9 +234,11 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
         resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Referrer-Policy", "same-origin")
         if resp.mimetype == "text/html":
-            resp.headers.setdefault("Content-Security-Policy",
-                                    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                    "img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'")
+            resp.headers.setdefault(
+                "Content-Security-Policy",
+                "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                "img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'",
+            )
         return resp
 
     @app.context_processor
@@ -204,17 +248,31 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None,
             version = int(path.stat().st_mtime) if path.exists() else 0
             return url_for("static", filename=f"dist/{name}", v=version)
 
-        return {"asset": asset, "frontend_missing": None if (DIST / "main.js").exists() else FRONTEND_HINT,
-                "read_only": web.read_only, "csrf_token": auth.csrf_token}
+        return {
+            "asset": asset,
+            "frontend_missing": None if (DIST / "main.js").exists() else FRONTEND_HINT,
+            "read_only": web.read_only,
+            "csrf_token": auth.csrf_token,
+        }
 
-    queue: str | None = None if web.message_queue.lower() == "none" else (web.message_queue or settings.redis_url)
+    queue: str | None = (
+        None if web.message_queue.lower() == "none" else (web.message_queue or settings.redis_url)
+    )
     cors: Any = [o.strip() for o in web.cors_origins.split(",") if o.strip()] or None
     if web.cors_origins.strip() == "*":
         cors = "*"
     services.server = async_mode()
-    socketio = SocketIO(app, async_mode=services.server, message_queue=queue, channel=f"{settings.key_prefix}-socketio",
-                        cors_allowed_origins=cors, ping_interval=10, ping_timeout=10, logger=False,
-                        engineio_logger=False)
+    socketio = SocketIO(
+        app,
+        async_mode=services.server,
+        message_queue=queue,
+        channel=f"{settings.key_prefix}-socketio",
+        cors_allowed_origins=cors,
+        ping_interval=10,
+        ping_timeout=10,
+        logger=False,
+        engineio_logger=False,
+    )
     services.socketio = socketio
     services.live = Live(socketio, services)
     if start:
@@ -226,4 +284,6 @@ def _memory_engine() -> Any:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import StaticPool
 
-    return create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
+    return create_engine(
+        "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
+    )

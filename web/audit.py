@@ -27,12 +27,27 @@ def _actor() -> str:
     return user.name if user else "anonymous"
 
 
-def entry(action: str, target_type: str, target_id: str, detail: dict[str, Any] | None = None, *,
-          outcome: str = "ok", actor: str | None = None, reason: str | None = None) -> dict[str, Any]:
+def entry(
+    action: str,
+    target_type: str,
+    target_id: str,
+    detail: dict[str, Any] | None = None,
+    *,
+    outcome: str = "ok",
+    actor: str | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
     """One audit-log row (cf_audit_log), to write with the change it records."""
-    return {"ts": time.time(), "actor": (actor or _actor())[:200], "action": action, "target_type": target_type,
-            "target_id": str(target_id)[:200], "reason": reason, "outcome": outcome[:32],
-            "detail": json.dumps(detail, default=str) if detail is not None else None}
+    return {
+        "ts": time.time(),
+        "actor": (actor or _actor())[:200],
+        "action": action,
+        "target_type": target_type,
+        "target_id": str(target_id)[:200],
+        "reason": reason,
+        "outcome": outcome[:32],
+        "detail": json.dumps(detail, default=str) if detail is not None else None,
+    }
 
 
 def _first_line(e: BaseException) -> str:
@@ -41,8 +56,11 @@ def _first_line(e: BaseException) -> str:
 
 def unavailable(what: str, e: BaseException) -> None:
     """Fail the request: 503, saying that ``what`` did not happen because it could not be audited."""
-    abort(503, message=f"the audit log is unavailable, so {what}: {_first_line(e)}",
-          headers={"Retry-After": RETRY_AFTER})
+    abort(
+        503,
+        message=f"the audit log is unavailable, so {what}: {_first_line(e)}",
+        headers={"Retry-After": RETRY_AFTER},
+    )
 
 
 @contextmanager
@@ -55,8 +73,16 @@ def recorded(what: str) -> Iterator[None]:
         unavailable(f"{what} was not made", e)
 
 
-def record(action: str, target_type: str, target_id: str, detail: dict[str, Any] | None = None, *,
-           outcome: str = "ok", reason: str | None = None, what: str | None = None) -> None:
+def record(
+    action: str,
+    target_type: str,
+    target_id: str,
+    detail: dict[str, Any] | None = None,
+    *,
+    outcome: str = "ok",
+    reason: str | None = None,
+    what: str | None = None,
+) -> None:
     """Write one audit row now (before the action it records, or for a refusal); 503 when it
     cannot be written. Without an audit store there is no audit log to write to."""
     store = current_app.extensions["canvasflow"].store
@@ -64,22 +90,46 @@ def record(action: str, target_type: str, target_id: str, detail: dict[str, Any]
         return
     row = entry(action, target_type, target_id, detail, outcome=outcome, reason=reason)
     try:
-        store.record_action(actor=row["actor"], action=action, target_type=target_type, target_id=row["target_id"],
-                            detail=detail, outcome=row["outcome"], reason=reason, ts=row["ts"])
+        store.record_action(
+            actor=row["actor"],
+            action=action,
+            target_type=target_type,
+            target_id=row["target_id"],
+            detail=detail,
+            outcome=row["outcome"],
+            reason=reason,
+            ts=row["ts"],
+        )
     except (exc.SQLAlchemyError, StoreError) as e:
         unavailable(what or f"'{action}' on {target_type} '{target_id}' was not done", e)
 
 
-def record_after(action: str, target_type: str, target_id: str, detail: dict[str, Any] | None = None, *,
-                 outcome: str = "ok", what: str) -> None:
+def record_after(
+    action: str,
+    target_type: str,
+    target_id: str,
+    detail: dict[str, Any] | None = None,
+    *,
+    outcome: str = "ok",
+    what: str,
+) -> None:
     """Write the audit row of an action already taken that could not be recorded first (its
     outcome was unknown); 503 saying ``what`` happened but is not in the log."""
     store = current_app.extensions["canvasflow"].store
     if store is None:
         return
     try:
-        store.record_action(actor=_actor(), action=action, target_type=target_type, target_id=str(target_id),
-                            detail=detail, outcome=outcome[:32])
+        store.record_action(
+            actor=_actor(),
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            detail=detail,
+            outcome=outcome[:32],
+        )
     except (exc.SQLAlchemyError, StoreError) as e:
-        abort(503, message=f"{what}, but the audit log is unavailable and does not show it: {_first_line(e)}",
-              headers={"Retry-After": RETRY_AFTER})
+        abort(
+            503,
+            message=f"{what}, but the audit log is unavailable and does not show it: {_first_line(e)}",
+            headers={"Retry-After": RETRY_AFTER},
+        )

@@ -104,7 +104,9 @@ def _check_role(role: str) -> str:
 
 def check_permission(permission: str) -> str:
     if permission not in PERMISSIONS:
-        raise AuthError(f"unknown permission {permission!r}; permissions are: {', '.join(PERMISSIONS)}")
+        raise AuthError(
+            f"unknown permission {permission!r}; permissions are: {', '.join(PERMISSIONS)}"
+        )
     return permission
 
 
@@ -114,7 +116,9 @@ Audit = dict[str, Any]  # a row of the audit log (web/audit.py makes them), writ
 class Users:
     """The users and tokens tables."""
 
-    def __init__(self, engine: Engine, writer: Any = None, audit_table: Table | None = None) -> None:
+    def __init__(
+        self, engine: Engine, writer: Any = None, audit_table: Table | None = None
+    ) -> None:
         self.engine = engine
         # SQLite: writers must take the lock up front (the store's BEGIN IMMEDIATE engine), or a
         # read-then-write transaction fails at once while a recorder writes.
@@ -138,14 +142,21 @@ class Users:
     def get(self, username: str) -> User | None:
         """The user if it exists and is not disabled."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(users_table).where(
-                users_table.c.username == username, users_table.c.disabled.is_(False))).first()
+            row = conn.execute(
+                select(users_table).where(
+                    users_table.c.username == username, users_table.c.disabled.is_(False)
+                )
+            ).first()
         return _user(row) if row else None
 
     def exists(self, username: str) -> bool:
         with self.engine.connect() as conn:
-            return conn.execute(select(users_table.c.username).where(users_table.c.username == username)).first() \
+            return (
+                conn.execute(
+                    select(users_table.c.username).where(users_table.c.username == username)
+                ).first()
                 is not None
+            )
 
     def list(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -154,17 +165,30 @@ class Users:
 
     @staticmethod
     def describe(row: Any) -> dict[str, Any]:
-        return {"name": row.username, "role": row.role, "disabled": bool(row.disabled),
-                "created_at": row.created_at, "permissions": _user(row).effective_permissions,
-                "granted": sorted(_perms(row.permissions))}
+        return {
+            "name": row.username,
+            "role": row.role,
+            "disabled": bool(row.disabled),
+            "created_at": row.created_at,
+            "permissions": _user(row).effective_permissions,
+            "granted": sorted(_perms(row.permissions)),
+        }
 
     def row(self, username: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(users_table).where(users_table.c.username == username)).first()
+            row = conn.execute(
+                select(users_table).where(users_table.c.username == username)
+            ).first()
         return self.describe(row) if row else None
 
-    def put(self, username: str, *, password: str | None = None, role: str | None = None,
-            audit: Audit | None = None) -> User:
+    def put(
+        self,
+        username: str,
+        *,
+        password: str | None = None,
+        role: str | None = None,
+        audit: Audit | None = None,
+    ) -> User:
         """Create the user (password and role required) or change its password and/or role (which
         ends its sessions and tokens)."""
         username = username.strip()
@@ -179,14 +203,25 @@ class Users:
         pw_hash = None if password is None else off_the_loop(generate_password_hash, password)
         now = time.time()
         with self.writer.begin() as conn:
-            row = conn.execute(select(users_table).where(users_table.c.username == username)).first()
+            row = conn.execute(
+                select(users_table).where(users_table.c.username == username)
+            ).first()
             if row is None:
                 if pw_hash is None:
                     raise AuthError(f"new user '{username}' needs a password")
                 gen = _new_generation()
-                conn.execute(insert(users_table).values(
-                    username=username, password_hash=pw_hash, role=_check_role(role or "viewer"), disabled=False,
-                    created_at=now, updated_at=now, generation=gen, permissions=""))
+                conn.execute(
+                    insert(users_table).values(
+                        username=username,
+                        password_hash=pw_hash,
+                        role=_check_role(role or "viewer"),
+                        disabled=False,
+                        created_at=now,
+                        updated_at=now,
+                        generation=gen,
+                        permissions="",
+                    )
+                )
                 self._audit(conn, audit)
                 return User(username, role or "viewer", frozenset(), gen)
             values: dict[str, Any] = {"updated_at": now, "disabled": False}
@@ -197,28 +232,41 @@ class Users:
             gen = int(row.generation)
             if pw_hash is not None or (role is not None and role != row.role) or row.disabled:
                 gen = values["generation"] = _next_generation(gen)
-            conn.execute(update(users_table).where(users_table.c.username == username).values(**values))
+            conn.execute(
+                update(users_table).where(users_table.c.username == username).values(**values)
+            )
             self._audit(conn, audit)
             return User(username, role or row.role, _perms(row.permissions), gen)
 
-    def set_disabled(self, username: str, disabled: bool, audit: Audit | None = None) -> User | None:
+    def set_disabled(
+        self, username: str, disabled: bool, audit: Audit | None = None
+    ) -> User | None:
         """Disable (its sessions and tokens stop working) or enable a user; None if unknown."""
         with self.writer.begin() as conn:
-            row = conn.execute(select(users_table).where(users_table.c.username == username)).first()
+            row = conn.execute(
+                select(users_table).where(users_table.c.username == username)
+            ).first()
             if row is None:
                 return None
             gen = _next_generation(row.generation)
-            conn.execute(update(users_table).where(users_table.c.username == username).values(
-                disabled=disabled, generation=gen, updated_at=time.time()))
+            conn.execute(
+                update(users_table)
+                .where(users_table.c.username == username)
+                .values(disabled=disabled, generation=gen, updated_at=time.time())
+            )
             self._audit(conn, audit)
             return User(username, row.role, _perms(row.permissions), gen)
 
-    def set_permission(self, username: str, permission: str, granted: bool, audit: Audit | None = None) -> bool:
+    def set_permission(
+        self, username: str, permission: str, granted: bool, audit: Audit | None = None
+    ) -> bool:
         """Grant or withdraw a permission; False if the user does not exist. It applies from the
         user's next request (permissions are read on each one)."""
         check_permission(permission)
         with self.writer.begin() as conn:
-            row = conn.execute(select(users_table).where(users_table.c.username == username)).first()
+            row = conn.execute(
+                select(users_table).where(users_table.c.username == username)
+            ).first()
             if row is None:
                 return False
             perms = set(_perms(row.permissions))
@@ -226,22 +274,32 @@ class Users:
                 perms.add(permission)
             else:
                 perms.discard(permission)
-            conn.execute(update(users_table).where(users_table.c.username == username).values(
-                permissions=",".join(p for p in PERMISSIONS if p in perms), updated_at=time.time()))
+            conn.execute(
+                update(users_table)
+                .where(users_table.c.username == username)
+                .values(
+                    permissions=",".join(p for p in PERMISSIONS if p in perms),
+                    updated_at=time.time(),
+                )
+            )
             self._audit(conn, audit)
             return True
 
     def delete(self, username: str, audit: Audit | None = None) -> bool:
         with self.writer.begin() as conn:
             conn.execute(delete(tokens_table).where(tokens_table.c.username == username))
-            gone = bool(conn.execute(delete(users_table).where(users_table.c.username == username)).rowcount)
+            gone = bool(
+                conn.execute(delete(users_table).where(users_table.c.username == username)).rowcount
+            )
             if gone:
                 self._audit(conn, audit)
             return gone
 
     def verify(self, username: str, password: str) -> User | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(users_table).where(users_table.c.username == username)).first()
+            row = conn.execute(
+                select(users_table).where(users_table.c.username == username)
+            ).first()
         if row is None or row.disabled:
             off_the_loop(check_password_hash, _dummy_hash(), password)  # same time either way
             return None
@@ -250,32 +308,50 @@ class Users:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    def create_token(self, username: str, name: str = "api", audit: Callable[[str], Audit] | None = None
-                     ) -> tuple[str, str]:
+    def create_token(
+        self, username: str, name: str = "api", audit: Callable[[str], Audit] | None = None
+    ) -> tuple[str, str]:
         """A new API token for the user; returns (token id, token). Only the digest is stored.
         ``audit(token_id)`` gives the audit row written with it."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = secrets.token_hex(6)
         with self.writer.begin() as conn:
-            row = conn.execute(select(users_table.c.generation).where(
-                users_table.c.username == username, users_table.c.disabled.is_(False))).first()
+            row = conn.execute(
+                select(users_table.c.generation).where(
+                    users_table.c.username == username, users_table.c.disabled.is_(False)
+                )
+            ).first()
             if row is None:
                 raise AuthError(f"unknown user '{username}'")
-            conn.execute(insert(tokens_table).values(id=token_id, username=username, name=name[:200],
-                                                     digest=_digest(token), created_at=time.time(),
-                                                     generation=row.generation))
+            conn.execute(
+                insert(tokens_table).values(
+                    id=token_id,
+                    username=username,
+                    name=name[:200],
+                    digest=_digest(token),
+                    created_at=time.time(),
+                    generation=row.generation,
+                )
+            )
             self._audit(conn, audit(token_id) if audit is not None else None)
         return token_id, token
 
     def tokens(self, username: str | None = None) -> list[dict[str, Any]]:
-        q = select(tokens_table.c.id, tokens_table.c.username, tokens_table.c.name, tokens_table.c.created_at,
-                   tokens_table.c.last_used_at).order_by(tokens_table.c.created_at)
+        q = select(
+            tokens_table.c.id,
+            tokens_table.c.username,
+            tokens_table.c.name,
+            tokens_table.c.created_at,
+            tokens_table.c.last_used_at,
+        ).order_by(tokens_table.c.created_at)
         if username is not None:
             q = q.where(tokens_table.c.username == username)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
-    def revoke(self, token_id: str, username: str | None = None, audit: Audit | None = None) -> bool:
+    def revoke(
+        self, token_id: str, username: str | None = None, audit: Audit | None = None
+    ) -> bool:
         q = delete(tokens_table).where(tokens_table.c.id == token_id)
         if username is not None:
             q = q.where(tokens_table.c.username == username)
@@ -292,9 +368,17 @@ class Users:
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(users_table)
-                .select_from(tokens_table.join(users_table, users_table.c.username == tokens_table.c.username))
-                .where(tokens_table.c.digest == _digest(token), users_table.c.disabled.is_(False),
-                       tokens_table.c.generation == users_table.c.generation)).first()
+                .select_from(
+                    tokens_table.join(
+                        users_table, users_table.c.username == tokens_table.c.username
+                    )
+                )
+                .where(
+                    tokens_table.c.digest == _digest(token),
+                    users_table.c.disabled.is_(False),
+                    tokens_table.c.generation == users_table.c.generation,
+                )
+            ).first()
         return _user(row) if row else None
 
 
@@ -307,8 +391,9 @@ def users() -> Users:
     return current_app.extensions["canvasflow"].users
 
 
-def identify(authorization: str | None, session_user: str | None,
-             session_generation: int | None = None) -> tuple[User | None, str]:
+def identify(
+    authorization: str | None, session_user: str | None, session_generation: int | None = None
+) -> tuple[User | None, str]:
     """The user behind a Bearer token or a session, else the anonymous role; and how. A session
     from before the user's last password, role or disabled change is "expired"."""
     ext = current_app.extensions["canvasflow"]
@@ -328,7 +413,9 @@ def identify(authorization: str | None, session_user: str | None,
 
 
 def load_user() -> None:
-    user, via = identify(request.headers.get("Authorization"), session.get("user"), session.get("gen"))
+    user, via = identify(
+        request.headers.get("Authorization"), session.get("user"), session.get("gen")
+    )
     if via == "expired":
         session.clear()  # the browser gets a cookie without the dead login
     g.user, g.auth_via = user, via
@@ -348,7 +435,12 @@ def restamp_session(user: User | None) -> None:
     """After an admin changed their own account from this session, keep this session alive (the
     change ended every other one)."""
     me = current_user()
-    if user is not None and me is not None and g.get("auth_via") == "session" and me.name == user.name:
+    if (
+        user is not None
+        and me is not None
+        and g.get("auth_via") == "session"
+        and me.name == user.name
+    ):
         session["gen"] = user.generation
 
 
@@ -391,15 +483,24 @@ def _declare(access: Access) -> Callable[[Callable[..., Any]], Callable[..., Any
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         setattr(fn, ACCESS, access)
         # flask-smorest's doc info (copied by its decorators, whichever side of them this is)
-        fn._apidoc = {**getattr(fn, "_apidoc", {}),  # type: ignore[attr-defined]
-                      "access": {"role": access.role, "mutating": access.mutating, "errors": access.errors}}
+        fn._apidoc = {
+            **getattr(fn, "_apidoc", {}),  # type: ignore[attr-defined]
+            "access": {"role": access.role, "mutating": access.mutating, "errors": access.errors},
+        }
         return fn
 
     return deco
 
 
-def require(role: str = "viewer", *, mutating: bool = False, errors: tuple[int, ...] = (), audit: str | None = None,
-            target_type: str = "run", target: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def require(
+    role: str = "viewer",
+    *,
+    mutating: bool = False,
+    errors: tuple[int, ...] = (),
+    audit: str | None = None,
+    target_type: str = "run",
+    target: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare the role an API view needs; ``rest.guard`` checks it before the view's arguments
     are parsed: 401 without a user, 403 for a lesser role, a read-only dashboard (``mutating``) or
     a session request without the CSRF token. ``errors``: the other error statuses the view
@@ -457,20 +558,31 @@ def _audit_refusal(access: Access, user: User) -> None:
     from web import audit as web_audit
 
     assert access.audit is not None
-    web_audit.record(access.audit, access.target_type, str(target if target is not None else "")[:200],
-                     {"needs": access.role, "role": user.role}, outcome=f"refused: {user.role}",
-                     what="the refusal was not recorded")
+    web_audit.record(
+        access.audit,
+        access.target_type,
+        str(target if target is not None else "")[:200],
+        {"needs": access.role, "role": user.role},
+        outcome=f"refused: {user.role}",
+        what="the refusal was not recorded",
+    )
 
 
 def check(role: str, *, mutating: bool = False) -> User:
     user = current_user()
     if user is None:
         if g.get("auth_via") == "token":
-            _refuse(401, "invalid or revoked API token (tokens end when their user's password or role changes, "
-                         "or the user is disabled or deleted)")
+            _refuse(
+                401,
+                "invalid or revoked API token (tokens end when their user's password or role changes, "
+                "or the user is disabled or deleted)",
+            )
         if g.get("auth_via") == "expired":
-            _refuse(401, "your session ended (your password or role changed, or your account was disabled): "
-                         "log in again")
+            _refuse(
+                401,
+                "your session ended (your password or role changed, or your account was disabled): "
+                "log in again",
+            )
         _refuse(401, "authentication required: log in, or send Authorization: Bearer <token>")
         raise AssertionError  # abort raised
     if mutating and current_app.extensions["canvasflow"].web.read_only:
@@ -505,10 +617,15 @@ def login() -> Any:
         # Login CSRF: without this check a page elsewhere could log the browser in as the
         # attacker's account. The token comes from the session that GET /login started.
         if not csrf_matches(request.form.get("csrf")):
-            error, status = "The form expired or was not sent from this page; please try again.", 400
+            error, status = (
+                "The form expired or was not sent from this page; please try again.",
+                400,
+            )
         else:
             try:
-                user = throttle.attempt(request.form.get("username", ""), request.form.get("password", ""))
+                user = throttle.attempt(
+                    request.form.get("username", ""), request.form.get("password", "")
+                )
             except throttle.Throttled as exc:
                 error, status, headers = exc.message, 429, {"Retry-After": str(exc.retry_after)}
             else:
@@ -517,14 +634,27 @@ def login() -> Any:
                 else:
                     start_session(user)
                     return redirect(_safe_next(request.args.get("next")))
-    return render_template("login.html", error=error, csrf=csrf_token(), page="login",
-                           next=request.args.get("next", "")), status, headers
+    return (
+        render_template(
+            "login.html",
+            error=error,
+            csrf=csrf_token(),
+            page="login",
+            next=request.args.get("next", ""),
+        ),
+        status,
+        headers,
+    )
 
 
 @login_pages.route("/logout", methods=["POST"])
 def logout() -> Any:
     """Log out (POST with the form's CSRF token, so that no other page can log the browser out)."""
-    if session.get("user") and not csrf_matches(request.form.get("csrf") or request.headers.get("X-CSRF-Token")):
-        abort(403, message="missing or wrong CSRF token: log out with the dashboard's Log out button")
+    if session.get("user") and not csrf_matches(
+        request.form.get("csrf") or request.headers.get("X-CSRF-Token")
+    ):
+        abort(
+            403, message="missing or wrong CSRF token: log out with the dashboard's Log out button"
+        )
     session.clear()
     return redirect(url_for("login.login"))

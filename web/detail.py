@@ -75,12 +75,23 @@ def branches(defn: Definition | None, statuses: Mapping[str, str]) -> list[dict[
     return _with_statuses(_groups(defn), statuses)
 
 
-def _with_statuses(groups: tuple[tuple[int, tuple[tuple[str, ...], ...]], ...],
-                   statuses: Mapping[str, str]) -> list[dict[str, Any]]:
-    return [{"group": n, "branches": [{"branch": f"g{n}.b{i}", "steps": list(ids),
-                                       "status": branch_status([statuses.get(s, "PENDING") for s in ids])}
-                                      for i, ids in enumerate(parts, 1)]}
-            for n, parts in groups]
+def _with_statuses(
+    groups: tuple[tuple[int, tuple[tuple[str, ...], ...]], ...], statuses: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "group": n,
+            "branches": [
+                {
+                    "branch": f"g{n}.b{i}",
+                    "steps": list(ids),
+                    "status": branch_status([statuses.get(s, "PENDING") for s in ids]),
+                }
+                for i, ids in enumerate(parts, 1)
+            ],
+        }
+        for n, parts in groups
+    ]
 
 
 @functools.lru_cache(maxsize=256)
@@ -140,7 +151,9 @@ class RunDetails:
 
     # -- sources ------------------------------------------------------------------------------
 
-    def _read(self, run_id: str) -> tuple[dict[str, str], dict[str, dict[str, str]], list[dict[str, Any]]] | None:
+    def _read(
+        self, run_id: str
+    ) -> tuple[dict[str, str], dict[str, dict[str, str]], list[dict[str, Any]]] | None:
         """What RunState.read returns: (run fields, {step: fields}, attempt records), or None."""
         keys = self.client.keys
         texts = self._read_hot(keys=[keys.run(run_id), keys.steps(run_id), keys.attempts(run_id)])
@@ -165,29 +178,62 @@ class RunDetails:
         assert base is not None
         history: dict[str, list[dict[str, Any]]] = {}
         for a in attempts:
-            history.setdefault(a.get("step", ""), []).append({
-                "attempt": a.get("attempt"), "status": a.get("status"), "started_at": a.get("started_at"),
-                "finished_at": a.get("finished_at"), "duration": a.get("duration"), "worker": a.get("worker"),
-                "error": a.get("error"), "input_json": a.get("input")})
+            history.setdefault(a.get("step", ""), []).append(
+                {
+                    "attempt": a.get("attempt"),
+                    "status": a.get("status"),
+                    "started_at": a.get("started_at"),
+                    "finished_at": a.get("finished_at"),
+                    "duration": a.get("duration"),
+                    "worker": a.get("worker"),
+                    "error": a.get("error"),
+                    "input_json": a.get("input"),
+                }
+            )
         out_steps = {}
         for sid, f in steps.items():
             started, finished = _f(f.get("started_at")), _f(f.get("finished_at"))
             hist = history.get(sid, [])
             if f.get("status") in ("RUNNING",) and f.get("attempt_started_at"):
-                hist = hist + [{"attempt": int(f.get("attempts") or 0), "status": "RUNNING",
-                                "started_at": _f(f.get("attempt_started_at")), "finished_at": None,
-                                "duration": None, "worker": f.get("worker") or None, "error": None, "input": None}]
+                hist = hist + [
+                    {
+                        "attempt": int(f.get("attempts") or 0),
+                        "status": "RUNNING",
+                        "started_at": _f(f.get("attempt_started_at")),
+                        "finished_at": None,
+                        "duration": None,
+                        "worker": f.get("worker") or None,
+                        "error": None,
+                        "input": None,
+                    }
+                ]
             out_steps[sid] = {
-                "status": f.get("status", "PENDING"), "attempts": int(f.get("attempts") or 0),
-                "started_at": started, "finished_at": finished, "output_json": f.get("output"),
-                "error": f.get("error") or None, "traceback": f.get("traceback") or None,
-                "worker": f.get("worker") or None, "compensation_error": f.get("compensation_error") or None,
-                "history": hist, "progress": None, "reason": f.get("error") if f.get("status") == "SKIPPED" else None,
+                "status": f.get("status", "PENDING"),
+                "attempts": int(f.get("attempts") or 0),
+                "started_at": started,
+                "finished_at": finished,
+                "output_json": f.get("output"),
+                "error": f.get("error") or None,
+                "traceback": f.get("traceback") or None,
+                "worker": f.get("worker") or None,
+                "compensation_error": f.get("compensation_error") or None,
+                "history": hist,
+                "progress": None,
+                "reason": f.get("error") if f.get("status") == "SKIPPED" else None,
             }
-        meta = {"inputs": _json(run.get("inputs")) or {}, "resolved_by": run.get("resolved_by") or None,
-                "epoch": int(run.get("epoch") or 1)}
-        return {"base": base, "definition": body, "definition_text": run["definition"], "steps": out_steps,
-                "meta": meta, "source": "hot"}
+        meta = {
+            "inputs": _json(run.get("inputs")) or {},
+            "resolved_by": run.get("resolved_by") or None,
+            "epoch": int(run.get("epoch") or 1),
+        }
+        return {
+            "base": base,
+            "definition": body,
+            "definition_text": run["definition"],
+            "steps": out_steps,
+            "meta": meta,
+            "source": "hot",
+        }
 
     def _recorded(self, run_id: str) -> dict[str, Any]:
         if self.store is None:
@@ -197,28 +243,66 @@ class RunDetails:
         out_steps = {}
         for s in d.steps:
             out_steps[s.id] = {
-                "status": s.status, "attempts": s.attempts, "started_at": s.started_at,
-                "finished_at": s.finished_at, "output": s.output, "error": s.error, "traceback": None,
-                "worker": s.worker, "compensation_error": s.compensation_error, "reason": s.reason,
+                "status": s.status,
+                "attempts": s.attempts,
+                "started_at": s.started_at,
+                "finished_at": s.finished_at,
+                "output": s.output,
+                "error": s.error,
+                "traceback": None,
+                "worker": s.worker,
+                "compensation_error": s.compensation_error,
+                "reason": s.reason,
                 "progress": progress.get(s.id),
-                "history": [{"attempt": a.number, "status": a.status, "started_at": a.started_at,
-                             "finished_at": a.finished_at, "duration": a.duration, "worker": a.worker,
-                             "error": a.error, "input": a.input} for a in s.history],
+                "history": [
+                    {
+                        "attempt": a.number,
+                        "status": a.status,
+                        "started_at": a.started_at,
+                        "finished_at": a.finished_at,
+                        "duration": a.duration,
+                        "worker": a.worker,
+                        "error": a.error,
+                        "input": a.input,
+                    }
+                    for a in s.history
+                ],
             }
             if s.history and s.history[-1].traceback:
                 out_steps[s.id]["traceback"] = s.history[-1].traceback
         r = d.run
         settled = sum(1 for s in d.steps if s.status in SETTLED or s.status == "COMPENSATING")
         total = len((d.definition or {}).get("steps") or []) or len(d.steps)
-        base = {"id": r.id, "status": r.status, "workflow": r.workflow, "version": r.version, "name": r.name,
-                "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
-                "total": total, "settled": settled, "priority": r.priority, "tags": list(r.tags),
-                "triggered_by": r.triggered_by, "trigger_type": r.trigger_type, "sla_seconds": r.sla_seconds,
-                "error": r.error, "failed_step": r.failed_step, "seq": r.last_seq, "cloned_from": None,
-                # not final in SQL, unknown to Redis (only asked after _hot found nothing)
-                "state_lost": r.status not in ("COMPLETED", "FAILED", "CANCELLED")}
-        return {"base": base, "definition": d.definition, "steps": out_steps,
-                "meta": {"inputs": d.inputs or {}, "resolved_by": None, "epoch": None}, "source": "audit"}
+        base = {
+            "id": r.id,
+            "status": r.status,
+            "workflow": r.workflow,
+            "version": r.version,
+            "name": r.name,
+            "created_at": r.created_at,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+            "total": total,
+            "settled": settled,
+            "priority": r.priority,
+            "tags": list(r.tags),
+            "triggered_by": r.triggered_by,
+            "trigger_type": r.trigger_type,
+            "sla_seconds": r.sla_seconds,
+            "error": r.error,
+            "failed_step": r.failed_step,
+            "seq": r.last_seq,
+            "cloned_from": None,
+            # not final in SQL, unknown to Redis (only asked after _hot found nothing)
+            "state_lost": r.status not in ("COMPLETED", "FAILED", "CANCELLED"),
+        }
+        return {
+            "base": base,
+            "definition": d.definition,
+            "steps": out_steps,
+            "meta": {"inputs": d.inputs or {}, "resolved_by": None, "epoch": None},
+            "source": "audit",
+        }
 
     def _load(self, run_id: str) -> dict[str, Any]:
         try:
@@ -232,8 +316,9 @@ class RunDetails:
     def _sql_progress(self, run_id: str) -> dict[str, dict[str, Any]]:
         if self.store is None:
             return {}
-        q = select(steps_table.c.step_id, steps_table.c.progress, steps_table.c.progress_message).where(
-            steps_table.c.run_id == run_id, steps_table.c.progress.is_not(None))
+        q = select(
+            steps_table.c.step_id, steps_table.c.progress, steps_table.c.progress_message
+        ).where(steps_table.c.run_id == run_id, steps_table.c.progress.is_not(None))
         with self.store.connect() as conn:
             return {sid: {"fraction": p, "message": m} for sid, p, m in conn.execute(q)}
 
@@ -241,16 +326,26 @@ class RunDetails:
         if self.store is None or limit <= 0:
             return [], 0
         with self.store.connect() as conn:
-            rows = conn.execute(select(step_logs).where(step_logs.c.run_id == run_id)
-                                .order_by(step_logs.c.seq.desc(), step_logs.c.line.desc())
-                                .limit(limit)).mappings().all()
-            total = conn.execute(select(func.count()).select_from(step_logs)
-                                 .where(step_logs.c.run_id == run_id)).scalar_one()
+            rows = (
+                conn.execute(
+                    select(step_logs)
+                    .where(step_logs.c.run_id == run_id)
+                    .order_by(step_logs.c.seq.desc(), step_logs.c.line.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+            total = conn.execute(
+                select(func.count()).select_from(step_logs).where(step_logs.c.run_id == run_id)
+            ).scalar_one()
         return [log_dict(r) for r in reversed(rows)], int(total)
 
     # -- views --------------------------------------------------------------------------------
 
-    def detail(self, run_id: str, *, steps_offset: int = 0, steps_limit: int = 100, log_limit: int = 200) -> dict[str, Any]:
+    def detail(
+        self, run_id: str, *, steps_offset: int = 0, steps_limit: int = 100, log_limit: int = 200
+    ) -> dict[str, Any]:
         """The run page's data. Under gevent it yields to the loop between its parts (cooperate):
         the relay and the other sockets wait for a few ms at most, not for the whole detail."""
         src = self._load(run_id)
@@ -280,13 +375,21 @@ class RunDetails:
         logs_by_step: dict[str, list[dict[str, Any]]] = {}
         for line in logs:
             logs_by_step.setdefault(line["step"], []).append(line)
-        page = order[steps_offset:steps_offset + steps_limit]
+        page = order[steps_offset : steps_offset + steps_limit]
         step_list = []
         for i, sid in enumerate(page):
             if i and i % STEPS_PER_STRETCH == 0:
                 cooperate()
-            step_list.append(self._step(i + steps_offset + 1, sid, specs.get(sid, {}),
-                                        _decoded(src["steps"].get(sid, {})), logs_by_step.get(sid, []), now))
+            step_list.append(
+                self._step(
+                    i + steps_offset + 1,
+                    sid,
+                    specs.get(sid, {}),
+                    _decoded(src["steps"].get(sid, {})),
+                    logs_by_step.get(sid, []),
+                    now,
+                )
+            )
         cooperate()
         actions = []
         if self.store is not None:
@@ -296,20 +399,39 @@ class RunDetails:
                 pass
         return {
             **summary,
-            "definition": {"id": body.get("id", summary["workflow"]["id"]), "name": body.get("name"),
-                           "description": body.get("description"), "version": body.get("version"),
-                           "mode": body.get("mode", "parallel"), "steps": len(order),
-                           "sla_seconds": body.get("sla_seconds"), "tags": body.get("tags", [])},
-            "inputs": src["meta"]["inputs"], "resolved_by": src["meta"]["resolved_by"],
+            "definition": {
+                "id": body.get("id", summary["workflow"]["id"]),
+                "name": body.get("name"),
+                "description": body.get("description"),
+                "version": body.get("version"),
+                "mode": body.get("mode", "parallel"),
+                "steps": len(order),
+                "sla_seconds": body.get("sla_seconds"),
+                "tags": body.get("tags", []),
+            },
+            "inputs": src["meta"]["inputs"],
+            "resolved_by": src["meta"]["resolved_by"],
             "epoch": src["meta"]["epoch"],
-            "steps": step_list, "steps_offset": steps_offset, "steps_total": len(order), "step_counts": counts,
+            "steps": step_list,
+            "steps_offset": steps_offset,
+            "steps_total": len(order),
+            "step_counts": counts,
             "parallel_branches": _with_statuses(_branches_of(text), statuses),
-            "logs_total": logs_total, "operator_actions": actions, "source": src["source"], "warnings": warnings,
+            "logs_total": logs_total,
+            "operator_actions": actions,
+            "source": src["source"],
+            "warnings": warnings,
         }
 
     @staticmethod
-    def _step(number: int, sid: str, spec: Mapping[str, Any], st: Mapping[str, Any],
-              logs: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    def _step(
+        number: int,
+        sid: str,
+        spec: Mapping[str, Any],
+        st: Mapping[str, Any],
+        logs: list[dict[str, Any]],
+        now: float,
+    ) -> dict[str, Any]:
         started, finished = st.get("started_at"), st.get("finished_at")
         status = st.get("status", "PENDING")
         comp = spec.get("compensate")
@@ -325,25 +447,51 @@ class RunDetails:
         rendered = next((a["input"] for a in reversed(history) if a.get("input") is not None), None)
         params = spec.get("params", {})
         return {
-            "number": number, "id": sid, "name": spec.get("name") or sid,
-            "plugin": spec.get("plugin"), "method": spec.get("method", "run"), "status": status,
-            "depends_on": spec.get("depends_on", []), "when": spec.get("when"),
-            "critical": spec.get("critical", True), "queue": spec.get("queue", "default"),
-            "started_at": started, "finished_at": finished,
+            "number": number,
+            "id": sid,
+            "name": spec.get("name") or sid,
+            "plugin": spec.get("plugin"),
+            "method": spec.get("method", "run"),
+            "status": status,
+            "depends_on": spec.get("depends_on", []),
+            "when": spec.get("when"),
+            "critical": spec.get("critical", True),
+            "queue": spec.get("queue", "default"),
+            "started_at": started,
+            "finished_at": finished,
             "duration": ((finished or now) - started) if started and status != "PENDING" else None,
-            "input": params if rendered is None else rendered, "input_rendered": rendered is not None,
-            "params": params, "output": st.get("output"), "error": st.get("error"),
-            "traceback": st.get("traceback"), "reason": st.get("reason"), "worker": st.get("worker"),
-            "attempts": attempts, "retry_count": max(0, attempts - 1), "max_retries": spec.get("retries", 0),
-            "history": history, "progress": st.get("progress"), "logs": logs,
-            "compensation": ({"plugin": comp.get("plugin"), "method": comp.get("method", "run"),
-                              "status": comp_status, "error": st.get("compensation_error")} if comp else None),
+            "input": params if rendered is None else rendered,
+            "input_rendered": rendered is not None,
+            "params": params,
+            "output": st.get("output"),
+            "error": st.get("error"),
+            "traceback": st.get("traceback"),
+            "reason": st.get("reason"),
+            "worker": st.get("worker"),
+            "attempts": attempts,
+            "retry_count": max(0, attempts - 1),
+            "max_retries": spec.get("retries", 0),
+            "history": history,
+            "progress": st.get("progress"),
+            "logs": logs,
+            "compensation": (
+                {
+                    "plugin": comp.get("plugin"),
+                    "method": comp.get("method", "run"),
+                    "status": comp_status,
+                    "error": st.get("compensation_error"),
+                }
+                if comp
+                else None
+            ),
         }
 
     def events(self, run_id: str, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
         return run_events(self.client.redis, self.client.keys, self.store, run_id, after, limit)
 
-    def events_or_recorded(self, run_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], int, list[str]]:
+    def events_or_recorded(
+        self, run_id: str, after: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int, list[str]]:
         """(events after ``after``, the run's latest seq, warnings): with Redis unreachable, the
         events the audit store recorded (the newest may be missing, and a warning says so)."""
         try:
@@ -388,9 +536,17 @@ class RunDetails:
             if not step:
                 continue
             if t == "step_started":
-                bar = {"step": step, "number": number.get(step, 0), "kind": "step",
-                       "attempt": data.get("attempt"), "status": "RUNNING", "start": e["ts"], "end": None,
-                       "worker": data.get("worker"), "error": None}
+                bar = {
+                    "step": step,
+                    "number": number.get(step, 0),
+                    "kind": "step",
+                    "attempt": data.get("attempt"),
+                    "status": "RUNNING",
+                    "start": e["ts"],
+                    "end": None,
+                    "worker": data.get("worker"),
+                    "error": None,
+                }
                 bars.append(bar)
                 open_[(step, "step")] = bar
             elif t in ("step_completed", "step_failed", "step_retrying", "step_cancelled"):
@@ -398,8 +554,17 @@ class RunDetails:
                 if bar is None:
                     if t != "step_cancelled":
                         continue
-                    bar = {"step": step, "number": number.get(step, 0), "kind": "step", "attempt": None,
-                           "status": "CANCELLED", "start": e["ts"], "end": e["ts"], "worker": None, "error": None}
+                    bar = {
+                        "step": step,
+                        "number": number.get(step, 0),
+                        "kind": "step",
+                        "attempt": None,
+                        "status": "CANCELLED",
+                        "start": e["ts"],
+                        "end": e["ts"],
+                        "worker": None,
+                        "error": None,
+                    }
                     bars.append(bar)
                 bar["end"] = e["ts"]
                 bar["status"] = e["status"] or t.removeprefix("step_").upper()
@@ -411,8 +576,17 @@ class RunDetails:
                     open_.pop((step, "step"))
                     bar.update(end=e["ts"], status="LOST", error=data.get("reason"))
             elif t == "step_compensating":
-                bar = {"step": step, "number": number.get(step, 0), "kind": "compensation", "attempt": None,
-                       "status": "COMPENSATING", "start": e["ts"], "end": None, "worker": None, "error": None}
+                bar = {
+                    "step": step,
+                    "number": number.get(step, 0),
+                    "kind": "compensation",
+                    "attempt": None,
+                    "status": "COMPENSATING",
+                    "start": e["ts"],
+                    "end": None,
+                    "worker": None,
+                    "error": None,
+                }
                 bars.append(bar)
                 open_[(step, "compensation")] = bar
             elif t in ("step_compensated", "step_compensation_failed"):
@@ -423,13 +597,20 @@ class RunDetails:
                     bar["error"] = data.get("error")
         for b in bars:
             b["duration"] = (b["end"] - b["start"]) if b["end"] is not None else None
-        return {"run": summary, "steps": [{"id": s, "number": number[s]} for s in order], "bars": bars,
-                "now": time.time()}
+        return {
+            "run": summary,
+            "steps": [{"id": s, "number": number[s]} for s in order],
+            "bars": bars,
+            "now": time.time(),
+        }
 
     def graph(self, run_id: str) -> dict[str, Any]:
         src = self._load(run_id)
         statuses = {sid: s.get("status", "PENDING") for sid, s in src["steps"].items()}
-        return {"run": summarize(src["base"], time.time()), **dag(src["definition"] or {}, statuses)}
+        return {
+            "run": summarize(src["base"], time.time()),
+            **dag(src["definition"] or {}, statuses),
+        }
 
     def export(self, run_id: str) -> dict[str, Any]:
         events = self.events(run_id, 0, limit=1_000_000)
@@ -442,20 +623,55 @@ class RunDetails:
         logs = queries.logs(self.store, run_id, limit=10_000) if self.store is not None else []
         by_step: dict[str, list[dict[str, Any]]] = {}
         for line in logs:
-            by_step.setdefault(line.step, []).append({"ts": line.ts, "level": line.level, "message": line.message})
+            by_step.setdefault(line.step, []).append(
+                {"ts": line.ts, "level": line.level, "message": line.message}
+            )
         base = src["base"]
         return {
-            "format": TRACE_FORMAT, "exported_at": time.time(), "source": "audit",
-            "run": {"id": run_id, **{k: base.get(k) for k in ("workflow", "version", "name", "status", "priority",
-                                                              "triggered_by", "trigger_type", "sla_seconds",
-                                                              "created_at", "started_at", "finished_at", "error",
-                                                              "failed_step")}},
-            "definition": src["definition"], "inputs": src["meta"]["inputs"], "tags": base.get("tags", []),
-            "steps": [{"id": s["id"], "status": s["status"], "attempts": s["history"], "started_at": s["started_at"],
-                       "finished_at": s["finished_at"], "output": s["output"], "error": s["error"],
-                       "traceback": s["traceback"], "compensation_error": (s["compensation"] or {}).get("error"),
-                       "logs": by_step.get(s["id"], []), "progress": s["progress"], "stats": None}
-                      for s in d["steps"]],
+            "format": TRACE_FORMAT,
+            "exported_at": time.time(),
+            "source": "audit",
+            "run": {
+                "id": run_id,
+                **{
+                    k: base.get(k)
+                    for k in (
+                        "workflow",
+                        "version",
+                        "name",
+                        "status",
+                        "priority",
+                        "triggered_by",
+                        "trigger_type",
+                        "sla_seconds",
+                        "created_at",
+                        "started_at",
+                        "finished_at",
+                        "error",
+                        "failed_step",
+                    )
+                },
+            },
+            "definition": src["definition"],
+            "inputs": src["meta"]["inputs"],
+            "tags": base.get("tags", []),
+            "steps": [
+                {
+                    "id": s["id"],
+                    "status": s["status"],
+                    "attempts": s["history"],
+                    "started_at": s["started_at"],
+                    "finished_at": s["finished_at"],
+                    "output": s["output"],
+                    "error": s["error"],
+                    "traceback": s["traceback"],
+                    "compensation_error": (s["compensation"] or {}).get("error"),
+                    "logs": by_step.get(s["id"], []),
+                    "progress": s["progress"],
+                    "stats": None,
+                }
+                for s in d["steps"]
+            ],
             "events": events,
             "operator_actions": [e["data"] for e in events if e["type"] == "operator_action"],
         }
@@ -468,8 +684,12 @@ def _decoded(st: Mapping[str, Any]) -> Mapping[str, Any]:
         return st
     out = {k: v for k, v in st.items() if k != "output_json"}
     out["output"] = _json(st["output_json"])
-    out["history"] = [{**{k: v for k, v in a.items() if k != "input_json"}, "input": _json(a["input_json"])}
-                      if "input_json" in a else a for a in st.get("history", ())]
+    out["history"] = [
+        {**{k: v for k, v in a.items() if k != "input_json"}, "input": _json(a["input_json"])}
+        if "input_json" in a
+        else a
+        for a in st.get("history", ())
+    ]
     return out
 
 
@@ -477,11 +697,18 @@ def dag(body: Mapping[str, Any], statuses: Mapping[str, str]) -> dict[str, Any]:
     """Nodes (with a layer: the longest path from a root) and edges of a definition."""
     specs = body.get("steps", [])
     ids = [s["id"] for s in specs]
-    edges = [{"source": d, "target": s["id"], "kind": "depends_on"} for s in specs for d in s.get("depends_on", [])]
+    edges = [
+        {"source": d, "target": s["id"], "kind": "depends_on"}
+        for s in specs
+        for d in s.get("depends_on", [])
+    ]
     if body.get("mode") == "sequential":
         have = {(e["source"], e["target"]) for e in edges}
-        edges += [{"source": a, "target": b, "kind": "order"} for a, b in zip(ids, ids[1:], strict=False)
-                  if (a, b) not in have]
+        edges += [
+            {"source": a, "target": b, "kind": "order"}
+            for a, b in zip(ids, ids[1:], strict=False)
+            if (a, b) not in have
+        ]
     parents: dict[str, list[str]] = {i: [] for i in ids}
     for e in edges:
         parents[e["target"]].append(e["source"])
@@ -496,13 +723,32 @@ def dag(body: Mapping[str, Any], statuses: Mapping[str, str]) -> dict[str, Any]:
                 continue
             stack.pop()
             layer[n] = 1 + max((layer[p] for p in parents[n]), default=-1)
-    nodes = [{"id": s["id"], "name": s.get("name") or s["id"], "plugin": s.get("plugin"),
-              "method": s.get("method", "run"), "status": statuses.get(s["id"], "PENDING"),
-              "layer": layer.get(s["id"], 0), "join": s.get("join", "all"), "when": s.get("when"),
-              "critical": s.get("critical", True), "compensate": bool(s.get("compensate"))} for s in specs]
+    nodes = [
+        {
+            "id": s["id"],
+            "name": s.get("name") or s["id"],
+            "plugin": s.get("plugin"),
+            "method": s.get("method", "run"),
+            "status": statuses.get(s["id"], "PENDING"),
+            "layer": layer.get(s["id"], 0),
+            "join": s.get("join", "all"),
+            "when": s.get("when"),
+            "critical": s.get("critical", True),
+            "compensate": bool(s.get("compensate")),
+        }
+        for s in specs
+    ]
     return {"nodes": nodes, "edges": edges, "mode": body.get("mode", "parallel")}
 
 
 def log_dict(r: Mapping[str, Any]) -> dict[str, Any]:
-    return {"seq": r["seq"], "line": r.get("line", 0), "step": r["step_id"], "ts": r["ts"], "level": r["level"], "message": r["message"],
-            "entity_tag": r.get("entity_tag"), "entity_route": r.get("entity_route")}
+    return {
+        "seq": r["seq"],
+        "line": r.get("line", 0),
+        "step": r["step_id"],
+        "ts": r["ts"],
+        "level": r["level"],
+        "message": r["message"],
+        "entity_tag": r.get("entity_tag"),
+        "entity_route": r.get("entity_route"),
+    }

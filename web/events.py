@@ -45,20 +45,49 @@ def log_lines(data: Any, ts: float | None = None) -> list[list[Any]]:
             out = []
             for row in data["lines"]:
                 row = list(row)[:7] + [None] * (7 - min(7, len(row)))
-                out.append([ts if row[0] is None else float(row[0]), str(row[1] or "INFO"),
-                            "" if row[2] is None else str(row[2]), *row[3:]])
+                out.append(
+                    [
+                        ts if row[0] is None else float(row[0]),
+                        str(row[1] or "INFO"),
+                        "" if row[2] is None else str(row[2]),
+                        *row[3:],
+                    ]
+                )
             return out
         if "n" in data:
             n = int(data["n"])
             cols = {k: data.get(k) for k in ("level", *_ENTITIES)}
             cols = {k: v if isinstance(v, list) else [v] * n for k, v in cols.items()}
-            return [[us / 1e6, cols["level"][i] or "INFO", data["message"][i],
-                     *(cols[k][i] for k in _ENTITIES)] for i, us in enumerate(data["ts"])]
+            return [
+                [
+                    us / 1e6,
+                    cols["level"][i] or "INFO",
+                    data["message"][i],
+                    *(cols[k][i] for k in _ENTITIES),
+                ]
+                for i, us in enumerate(data["ts"])
+            ]
         own = data.get("ts")
-        return [[ts if own is None else float(own), str(data.get("level") or "INFO"),
-                 str(data.get("message", "")), *(data.get(k) for k in _ENTITIES)]]
+        return [
+            [
+                ts if own is None else float(own),
+                str(data.get("level") or "INFO"),
+                str(data.get("message", "")),
+                *(data.get(k) for k in _ENTITIES),
+            ]
+        ]
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        return [[ts, "ERROR", f"unreadable log event ({type(exc).__name__}: {exc})", None, None, None, None]]
+        return [
+            [
+                ts,
+                "ERROR",
+                f"unreadable log event ({type(exc).__name__}: {exc})",
+                None,
+                None,
+                None,
+                None,
+            ]
+        ]
 
 
 def client_event(e: dict[str, Any]) -> dict[str, Any]:
@@ -95,8 +124,17 @@ class Live:
         user, via = auth.identify(header, session.get("user"), session.get("gen"))
         if user is None:
             raise ConnectionRefusedError("unauthorized: log in, or pass auth={'token': ...}")
-        self.clients[request.sid] = {"user": user, "runs": set(), "all": False, "since": time.time()}
-        self.socketio.emit("hello", {"user": user.as_dict(), "via": via, "server_time": time.time()}, to=request.sid)
+        self.clients[request.sid] = {
+            "user": user,
+            "runs": set(),
+            "all": False,
+            "since": time.time(),
+        }
+        self.socketio.emit(
+            "hello",
+            {"user": user.as_dict(), "via": via, "server_time": time.time()},
+            to=request.sid,
+        )
         return True
 
     def on_disconnect(self, *_: Any) -> None:
@@ -132,8 +170,15 @@ class Live:
                 events = details.events(rid, seq)
                 missed.extend(client_event(e) for e in events)
             raw = self.services.client.redis.hget(self.services.client.keys.run(rid), "seq")
-            latest[rid] = int(raw) if raw else max([e["seq"] for e in missed if e["run"] == rid], default=0)
-        return {"subscribed": sorted(client["runs"]), "all": client["all"], "events": missed, "latest": latest}
+            latest[rid] = (
+                int(raw) if raw else max([e["seq"] for e in missed if e["run"] == rid], default=0)
+            )
+        return {
+            "subscribed": sorted(client["runs"]),
+            "all": client["all"],
+            "events": missed,
+            "latest": latest,
+        }
 
     def on_unsubscribe(self, data: Any = None) -> dict[str, Any]:
         data = data if isinstance(data, dict) else {}
@@ -173,20 +218,29 @@ class Live:
         state = {}
         for rid, (status, settled, total) in zip(runs, pipe.execute(), strict=True):
             if status is not None:
-                state[rid] = {"status": status.decode(), "settled": int(settled or 0), "total": int(total or 0)}
+                state[rid] = {
+                    "status": status.decode(),
+                    "settled": int(settled or 0),
+                    "total": int(total or 0),
+                }
         now = time.time()
         payloads: dict[int, dict[str, Any]] = {}
 
         def payload(e: dict[str, Any]) -> dict[str, Any]:
             p = payloads.get(id(e))
             if p is None:
-                p = payloads[id(e)] = {**client_event(e), "run_state": state.get(e["run"]), "relayed_at": now}
+                p = payloads[id(e)] = {
+                    **client_event(e),
+                    "run_state": state.get(e["run"]),
+                    "relayed_at": now,
+                }
             return p
 
         # The run rooms first: the few clients watching one run are not queued behind the many
         # in "all" (which in a threaded server each cost a handoff to a writer thread).
         for room in sorted(out, key=lambda r: r == "all"):
-            self.socketio.emit("events", [payload(e) for e in out[room]], to=room, namespace="/",
-                               ignore_queue=True)
+            self.socketio.emit(
+                "events", [payload(e) for e in out[room]], to=room, namespace="/", ignore_queue=True
+            )
             self.messages += 1
         self.emitted += len(payloads)

@@ -40,12 +40,25 @@ from web.schemas import StrictBoolean, StrictFloat, StrictInteger
 from web.serving import cooperate
 from web.settings import NEVER_SENT, TASK_ALLOW_SETTING, task_allowed
 
-blp = Blueprint("inspect", __name__, url_prefix="/api/v1/inspect",
-                description="Fleet inspection: workers, tasks, queues (Flower parity)")
+blp = Blueprint(
+    "inspect",
+    __name__,
+    url_prefix="/api/v1/inspect",
+    description="Fleet inspection: workers, tasks, queues (Flower parity)",
+)
 
 MAX_COUNTDOWN = 365 * 86400  # Celery turns a countdown into a datetime: a huge one overflows
-WORKER_ACTIONS = ("pool_grow", "pool_shrink", "pool_restart", "autoscale", "add_consumer", "cancel_consumer",
-                  "rate_limit", "time_limit", "shutdown")
+WORKER_ACTIONS = (
+    "pool_grow",
+    "pool_shrink",
+    "pool_restart",
+    "autoscale",
+    "add_consumer",
+    "cancel_consumer",
+    "rate_limit",
+    "time_limit",
+    "shutdown",
+)
 
 
 class Fleet:
@@ -66,10 +79,15 @@ class Fleet:
 
             r = redis.Redis.from_url(services.settings.redis_url, health_check_interval=30)
             # the table comes with the audit store's migrations (create_app runs them)
-            self.monitor = FleetMonitor(services.client.celery, store.writer if store is not None else None,
-                                        r, self.workers_key, retention=web.task_retention,
-                                        prepare=store.upgrade if store is not None else None,
-                                        pause=cooperate)
+            self.monitor = FleetMonitor(
+                services.client.celery,
+                store.writer if store is not None else None,
+                r,
+                self.workers_key,
+                retention=web.task_retention,
+                prepare=store.upgrade if store is not None else None,
+                pause=cooperate,
+            )
             self.monitor.stop_event = services.stop_event
 
     def totals(self) -> dict[str, dict[str, int]]:
@@ -87,8 +105,14 @@ class Fleet:
         return value
 
     def workers(self, live: bool = True) -> list[dict[str, Any]]:
-        return fleet_workers(self.services.client, self.inspector, self.workers_key, self.totals(),
-                             purge_after=self.purge_after, live=live)
+        return fleet_workers(
+            self.services.client,
+            self.inspector,
+            self.workers_key,
+            self.totals(),
+            purge_after=self.purge_after,
+            live=live,
+        )
 
 
 class TaskId(BaseConverter):
@@ -139,11 +163,19 @@ def _need_store() -> Any:
     return fleet().engine
 
 
-def _audit(action: str, target_type: str, target: str, detail: dict[str, Any], outcome: str = "ok") -> None:
+def _audit(
+    action: str, target_type: str, target: str, detail: dict[str, Any], outcome: str = "ok"
+) -> None:
     """Record a control action whose outcome is known only once it is taken: when the log cannot
     take it the request fails with 503 saying so (never a silently missing record)."""
-    web_audit.record_after(action, target_type, target, detail, outcome=outcome,
-                           what=f"{action} on {target_type} {target!r} was done ({outcome})")
+    web_audit.record_after(
+        action,
+        target_type,
+        target,
+        detail,
+        outcome=outcome,
+        what=f"{action} on {target_type} {target!r} was done ({outcome})",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,12 +203,19 @@ def _with_detail(row: dict[str, Any], detail: dict[str, Any] | None) -> dict[str
     """A worker's list row plus its ``inspect`` details (null fields when it did not answer)."""
     d = detail or {}
     stats = d.get("stats") or {}
-    return {**row, "answered_inspect": detail is not None,
-            "stats": stats, "broker": stats.get("broker"), "rusage": stats.get("rusage"),
-            "pool_detail": stats.get("pool"), "total": stats.get("total"),
-            "active_queues": d.get("active_queues"),
-            "tasks": {k: d.get(k) for k in ("active", "reserved", "scheduled", "revoked")},
-            "registered": d.get("registered"), "conf": d.get("conf")}
+    return {
+        **row,
+        "answered_inspect": detail is not None,
+        "stats": stats,
+        "broker": stats.get("broker"),
+        "rusage": stats.get("rusage"),
+        "pool_detail": stats.get("pool"),
+        "total": stats.get("total"),
+        "active_queues": d.get("active_queues"),
+        "tasks": {k: d.get(k) for k in ("active", "reserved", "scheduled", "revoked")},
+        "registered": d.get("registered"),
+        "conf": d.get("conf"),
+    }
 
 
 @blp.route("/workers/<name>")
@@ -206,7 +245,9 @@ class WorkerAction(Schema):
 
 @blp.route("/workers/<name>/<action>", methods=["POST"])
 @blp.arguments(WorkerAction)
-@auth.require("operator", mutating=True, errors=(409, 504), audit="worker_action", target_type="worker")
+@auth.require(
+    "operator", mutating=True, errors=(409, 504), audit="worker_action", target_type="worker"
+)
 def worker_action(body: dict[str, Any], name: str, action: str) -> dict[str, Any]:
     """Remote control (operator): pool_grow, pool_shrink, pool_restart, autoscale (min, max),
     add_consumer / cancel_consumer (queue), rate_limit (task, rate), time_limit (task, soft, hard),
@@ -215,7 +256,11 @@ def worker_action(body: dict[str, Any], name: str, action: str) -> dict[str, Any
         abort(404, message=f"unknown worker action {action!r}; one of {', '.join(WORKER_ACTIONS)}")
     params = {k: v for k, v in body.items() if k != "reason"}
     if action == "autoscale" and ("min" not in params or "max" not in params):
-        abort(400, message="autoscale needs min and max", errors={"json": {"min": ["required"], "max": ["required"]}})
+        abort(
+            400,
+            message="autoscale needs min and max",
+            errors={"json": {"min": ["required"], "max": ["required"]}},
+        )
     try:
         reply = fleet().inspector.control(name, action, **params)
     except FleetError as exc:
@@ -226,7 +271,13 @@ def worker_action(body: dict[str, Any], name: str, action: str) -> dict[str, Any
         _audit(f"worker_{action}", "worker", name, params, outcome="no reply")
         abort(504, message=f"worker {name!r} did not answer within {fleet().inspector.timeout}s")
     ok = not (isinstance(reply, dict) and "error" in reply)
-    _audit(f"worker_{action}", "worker", name, {**params, "reply": reply}, outcome="ok" if ok else "error")
+    _audit(
+        f"worker_{action}",
+        "worker",
+        name,
+        {**params, "reply": reply},
+        outcome="ok" if ok else "error",
+    )
     if not ok:
         abort(409, message=str(reply["error"]), extra={"reply": reply})
     return {"worker": name, "action": action, "reply": reply}
@@ -273,7 +324,11 @@ def _num(name: str) -> float | None:
     try:
         return float(raw)
     except ValueError:
-        abort(400, message=f"{name}: a unix time in seconds", errors={"query": {name: ["not a number"]}})
+        abort(
+            400,
+            message=f"{name}: a unix time in seconds",
+            errors={"query": {name: ["not a number"]}},
+        )
         raise
 
 
@@ -293,17 +348,30 @@ def list_tasks() -> dict[str, Any]:
     except ValueError:
         abort(400, message="limit: an integer", errors={"query": {"limit": ["not an integer"]}})
         raise
-    q = TaskQuery(state=states, worker=a.get("worker"), name=a.get("name"), run=a.get("run"),
-                  since=_num("received_after"), until=_num("received_before"), search=a.get("q", ""),
-                  sort=a.get("sort", "-ts"), limit=limit, cursor=a.get("cursor"))
+    q = TaskQuery(
+        state=states,
+        worker=a.get("worker"),
+        name=a.get("name"),
+        run=a.get("run"),
+        since=_num("received_after"),
+        until=_num("received_before"),
+        search=a.get("q", ""),
+        sort=a.get("sort", "-ts"),
+        limit=limit,
+        cursor=a.get("cursor"),
+    )
     try:
         rows, cursor = fleet_events.list_tasks(engine, q)
     except fleet_events.BadQuery as exc:
         abort(400, message=str(exc))
         raise
     mon = fleet().monitor
-    return {"tasks": rows, "next_cursor": cursor, "count": len(rows),
-            "monitor": None if mon is None else {"connected": mon.connected, "dropped": mon.dropped}}
+    return {
+        "tasks": rows,
+        "next_cursor": cursor,
+        "count": len(rows),
+        "monitor": None if mon is None else {"connected": mon.connected, "dropped": mon.dropped},
+    }
 
 
 @blp.route("/tasks/<task_id:task_id>")
@@ -338,8 +406,10 @@ def resend_arguments(args: str | None, kwargs: str | None) -> dict[str, Any] | N
 
 class RevokeBody(Schema):
     terminate = StrictBoolean(load_default=False)
-    signal = fields.String(load_default="SIGTERM", validate=validate.OneOf(["SIGTERM", "SIGKILL", "SIGINT",
-                                                                             "SIGQUIT", "SIGUSR1"]))
+    signal = fields.String(
+        load_default="SIGTERM",
+        validate=validate.OneOf(["SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT", "SIGUSR1"]),
+    )
     reason = fields.String(load_default=None, allow_none=True)
 
 
@@ -349,8 +419,13 @@ class RevokeBody(Schema):
 def revoke(body: dict[str, Any], task_id: str) -> dict[str, Any]:
     """Revoke a task (a worker that receives it discards it); ``terminate`` also kills it if it
     is running. Audited. For a canvasflow step prefer cancelling its run."""
-    web_audit.record("task_terminate" if body["terminate"] else "task_revoke", "task", task_id,
-                     {"signal": body["signal"], "reason": body["reason"]}, what=f"task {task_id!r} was not revoked")
+    web_audit.record(
+        "task_terminate" if body["terminate"] else "task_revoke",
+        "task",
+        task_id,
+        {"signal": body["signal"], "reason": body["reason"]},
+        what=f"task {task_id!r} was not revoked",
+    )
     fleet().inspector.revoke(task_id, terminate=body["terminate"], signal=body["signal"])
     return {"task": task_id, "revoked": True, "terminate": body["terminate"], "at": time.time()}
 
@@ -360,21 +435,35 @@ def revoke(body: dict[str, Any], task_id: str) -> dict[str, Any]:
 @auth.require("operator", mutating=True)
 def terminate(body: dict[str, Any], task_id: str) -> dict[str, Any]:
     """Revoke and terminate (Flower's /api/task/revoke?terminate=true and abort)."""
-    web_audit.record("task_terminate", "task", task_id, {"signal": body["signal"], "reason": body["reason"]},
-                     what=f"task {task_id!r} was not terminated")
+    web_audit.record(
+        "task_terminate",
+        "task",
+        task_id,
+        {"signal": body["signal"], "reason": body["reason"]},
+        what=f"task {task_id!r} was not terminated",
+    )
     fleet().inspector.revoke(task_id, terminate=True, signal=body["signal"])
     return {"task": task_id, "revoked": True, "terminate": True, "at": time.time()}
 
 
 class SendBody(Schema):
-    name = fields.String(required=True, validate=validate.Length(min=1),
-                         metadata={"description": "a task name registered on the workers"})
+    name = fields.String(
+        required=True,
+        validate=validate.Length(min=1),
+        metadata={"description": "a task name registered on the workers"},
+    )
     args = fields.List(fields.Raw(allow_none=True), load_default=list)
     kwargs = fields.Dict(load_default=dict)
     queue = fields.String(load_default=None, allow_none=True)
-    countdown = StrictFloat(load_default=None, allow_none=True, validate=validate.Range(0, MAX_COUNTDOWN),
-                             metadata={"description": "seconds before it may run (at most a year)"})
-    priority = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=0, max=9))
+    countdown = StrictFloat(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(0, MAX_COUNTDOWN),
+        metadata={"description": "seconds before it may run (at most a year)"},
+    )
+    priority = StrictInteger(
+        load_default=None, allow_none=True, validate=validate.Range(min=0, max=9)
+    )
     reason = fields.String(load_default=None, allow_none=True)
 
 
@@ -393,13 +482,24 @@ def _send(body: dict[str, Any], action: str) -> str:
     name = body["name"]
     web = current_app.extensions["canvasflow"].web
     if not task_allowed(web.task_allow, name):
-        web_audit.record(action, "task", name, {"name": name, "reason": body["reason"]}, outcome="refused: not allowed",
-                         what="the refusal was not recorded")
+        web_audit.record(
+            action,
+            "task",
+            name,
+            {"name": name, "reason": body["reason"]},
+            outcome="refused: not allowed",
+            what="the refusal was not recorded",
+        )
         abort(403, message=_send_refusal(name, web.task_allow))
     opts = {k: body[k] for k in ("queue", "countdown", "priority") if body.get(k) is not None}
     task_id = str(uuid.uuid4())
-    web_audit.record(action, "task", task_id, {"name": name, **opts, "reason": body["reason"]},
-                     what=f"task {name!r} was not sent")
+    web_audit.record(
+        action,
+        "task",
+        task_id,
+        {"name": name, **opts, "reason": body["reason"]},
+        what=f"task {name!r} was not sent",
+    )
     celery = current_app.extensions["canvasflow"].client.celery
     celery.send_task(name, args=body["args"], kwargs=body["kwargs"], task_id=task_id, **opts)
     return task_id
@@ -407,24 +507,37 @@ def _send(body: dict[str, Any], action: str) -> str:
 
 def _send_refusal(name: str, allow: tuple[str, ...]) -> str:
     if name.startswith(NEVER_SENT) or name in ("canvasflow", "celery"):
-        return (f"task {name!r} is one of canvasflow's or Celery's own tasks, which are never sent by hand (a forged "
-                "step or chord message could run anything a worker can); submit, retry or cancel the run instead")
-    listed = f"{TASK_ALLOW_SETTING}={','.join(allow)}" if allow else f"{TASK_ALLOW_SETTING} is empty"
-    return (f"task {name!r} may not be sent from the dashboard: {listed}. Sending tasks by name runs them on the "
-            f"workers with the arguments given, so a fleet lists the harmless ones in {TASK_ALLOW_SETTING} "
-            "(exact names or 'prefix.*')")
+        return (
+            f"task {name!r} is one of canvasflow's or Celery's own tasks, which are never sent by hand (a forged "
+            "step or chord message could run anything a worker can); submit, retry or cancel the run instead"
+        )
+    listed = (
+        f"{TASK_ALLOW_SETTING}={','.join(allow)}" if allow else f"{TASK_ALLOW_SETTING} is empty"
+    )
+    return (
+        f"task {name!r} may not be sent from the dashboard: {listed}. Sending tasks by name runs them on the "
+        f"workers with the arguments given, so a fleet lists the harmless ones in {TASK_ALLOW_SETTING} "
+        "(exact names or 'prefix.*')"
+    )
 
 
 class ApplyBody(SendBody):
-    timeout = StrictFloat(load_default=10.0, validate=validate.Range(min=0.1, max=60.0),
-                           metadata={"description": "seconds to wait for the result (at most 60)"})
+    timeout = StrictFloat(
+        load_default=10.0,
+        validate=validate.Range(min=0.1, max=60.0),
+        metadata={"description": "seconds to wait for the result (at most 60)"},
+    )
 
 
 @blp.route("/tasks/apply", methods=["POST"])
 @blp.arguments(ApplyBody)
 @auth.require("operator", mutating=True)
-@blp.doc(responses={200: {"description": "the task is done: its state and result"},
-                    202: {"description": "still running after `timeout` seconds: its id and state"}})
+@blp.doc(
+    responses={
+        200: {"description": "the task is done: its state and result"},
+        202: {"description": "still running after `timeout` seconds: its id and state"},
+    }
+)
 def apply_task(body: dict[str, Any]) -> Any:
     """Send a task by name and wait for its result (Flower's /api/task/apply). Audited. A task
     still unfinished after ``timeout`` seconds answers 202 with its id and state: it keeps
@@ -450,7 +563,11 @@ def _result(celery: Any, task_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {"task": task_id, "state": state}
     if state in ("SUCCESS", "FAILURE", "RETRY", "REVOKED"):
         value = res.result
-        out["result"] = value if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+        out["result"] = (
+            value
+            if isinstance(value, (dict, list, str, int, float, bool, type(None)))
+            else repr(value)
+        )
         if state == "FAILURE":
             out["traceback"] = res.traceback
     return out

@@ -56,10 +56,17 @@ def register(app: Flask, web: WebSettings) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: Any) -> Any:
         size = request.content_length
-        what = f"the request body is {size} bytes" if size is not None else "the request body is larger than that"
-        return _error(413, "Payload Too Large",
-                      f"{what}: at most {limit} bytes ({_human(limit)}) are accepted "
-                      "(CANVASFLOW_WEB_MAX_REQUEST_BYTES)")
+        what = (
+            f"the request body is {size} bytes"
+            if size is not None
+            else "the request body is larger than that"
+        )
+        return _error(
+            413,
+            "Payload Too Large",
+            f"{what}: at most {limit} bytes ({_human(limit)}) are accepted "
+            "(CANVASFLOW_WEB_MAX_REQUEST_BYTES)",
+        )
 
     @app.errorhandler(CpuDeadline)
     def too_slow(exc: CpuDeadline) -> Any:
@@ -70,6 +77,10 @@ def register(app: Flask, web: WebSettings) -> None:
         # Python's JSON parser gives up on a body nested some thousand levels deep with a
         # RecursionError (not a ValueError), before the definition's own depth limit can speak.
         if request.path.startswith("/api/") and request.is_json:
-            return _error(400, "Bad Request", "the JSON body is nested too deeply to be read "
-                                              "(at most CANVASFLOW_MAX_DEPTH levels are accepted in a definition)")
+            return _error(
+                400,
+                "Bad Request",
+                "the JSON body is nested too deeply to be read "
+                "(at most CANVASFLOW_MAX_DEPTH levels are accepted in a definition)",
+            )
         raise exc

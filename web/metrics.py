@@ -35,9 +35,17 @@ STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 18
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "COMPENSATION_FAILED")
 
 
-def _histogram(conn: Any, value: Any, keys: Sequence[Any], where: Any, buckets: Sequence[float],
-               select_from: Any = None) -> list[tuple[tuple[str, ...], list[tuple[str, float]], float]]:
-    cols = [*keys, func.count(), func.sum(value)] + [func.sum(case((value <= b, 1), else_=0)) for b in buckets]
+def _histogram(
+    conn: Any,
+    value: Any,
+    keys: Sequence[Any],
+    where: Any,
+    buckets: Sequence[float],
+    select_from: Any = None,
+) -> list[tuple[tuple[str, ...], list[tuple[str, float]], float]]:
+    cols = [*keys, func.count(), func.sum(value)] + [
+        func.sum(case((value <= b, 1), else_=0)) for b in buckets
+    ]
     q = select(*cols).where(where).group_by(*keys)
     if select_from is not None:
         q = q.select_from(select_from)
@@ -46,7 +54,9 @@ def _histogram(conn: Any, value: Any, keys: Sequence[Any], where: Any, buckets: 
     for r in conn.execute(q):
         labels = tuple(str(v or "") for v in r[:n])
         count, total = int(r[n]), float(r[n + 1] or 0.0)
-        pts = [(repr(float(b)), float(r[n + 2 + i] or 0)) for i, b in enumerate(buckets)] + [("+Inf", float(count))]
+        pts = [(repr(float(b)), float(r[n + 2 + i] or 0)) for i, b in enumerate(buckets)] + [
+            ("+Inf", float(count))
+        ]
         out.append((labels, pts, total))
     return out
 
@@ -60,8 +70,11 @@ class CanvasflowCollector:
     def collect(self) -> Iterator[Metric]:
         e = self.app.extensions["canvasflow"]
         fleet = self.app.extensions.get("canvasflow_fleet")
-        errors = GaugeMetricFamily("canvasflow_scrape_error", "1 when a source could not be read this scrape",
-                                   labels=["source"])
+        errors = GaugeMetricFamily(
+            "canvasflow_scrape_error",
+            "1 when a source could not be read this scrape",
+            labels=["source"],
+        )
         for source, fn in (("store", self._store), ("redis", self._redis), ("tasks", self._tasks)):
             try:
                 yield from fn(e, fleet)
@@ -74,34 +87,70 @@ class CanvasflowCollector:
     def _store(self, e: Any, fleet: Any) -> Iterator[Metric]:
         if e.store is None:
             return
-        submitted = CounterMetricFamily("canvasflow_runs_submitted", "Runs recorded in the audit store",
-                                        labels=["workflow"])
-        started = CounterMetricFamily("canvasflow_runs_started", "Runs that started", labels=["workflow"])
-        finished = CounterMetricFamily("canvasflow_runs_finished", "Runs that reached a final status",
-                                       labels=["workflow", "status"])
-        active = GaugeMetricFamily("canvasflow_runs_active", "Runs not final yet, by status",
-                                   labels=["workflow", "status"])
-        sla = CounterMetricFamily("canvasflow_sla_breaches", "Finished runs that missed their SLA "
-                                  "(not COMPLETED within sla_seconds; cancelled runs excluded)", labels=["workflow"])
-        run_h = HistogramMetricFamily("canvasflow_run_duration_seconds", "Duration of finished runs",
-                                      labels=["workflow"])
-        step_h = HistogramMetricFamily("canvasflow_step_duration_seconds", "Duration of step attempts",
-                                       labels=["plugin", "method"])
-        retries = CounterMetricFamily("canvasflow_step_retries", "Step attempts after the first",
-                                      labels=["plugin", "method"])
-        failures = CounterMetricFamily("canvasflow_step_failures", "Steps that ended FAILED",
-                                       labels=["plugin", "method"])
-        attempt_failures = CounterMetricFamily("canvasflow_step_attempt_failures", "Step attempts that failed "
-                                               "(including those retried)", labels=["plugin", "method"])
-        has_sla = runs.c.sla_seconds.is_not(None) & runs.c.duration.is_not(None) & (runs.c.status != "CANCELLED")
-        breached = has_sla & ((runs.c.status != "COMPLETED") | (runs.c.duration > runs.c.sla_seconds))
-        joined = step_attempts.join(steps, and_(steps.c.run_id == step_attempts.c.run_id,
-                                                steps.c.step_id == step_attempts.c.step_id))
+        submitted = CounterMetricFamily(
+            "canvasflow_runs_submitted", "Runs recorded in the audit store", labels=["workflow"]
+        )
+        started = CounterMetricFamily(
+            "canvasflow_runs_started", "Runs that started", labels=["workflow"]
+        )
+        finished = CounterMetricFamily(
+            "canvasflow_runs_finished",
+            "Runs that reached a final status",
+            labels=["workflow", "status"],
+        )
+        active = GaugeMetricFamily(
+            "canvasflow_runs_active", "Runs not final yet, by status", labels=["workflow", "status"]
+        )
+        sla = CounterMetricFamily(
+            "canvasflow_sla_breaches",
+            "Finished runs that missed their SLA "
+            "(not COMPLETED within sla_seconds; cancelled runs excluded)",
+            labels=["workflow"],
+        )
+        run_h = HistogramMetricFamily(
+            "canvasflow_run_duration_seconds", "Duration of finished runs", labels=["workflow"]
+        )
+        step_h = HistogramMetricFamily(
+            "canvasflow_step_duration_seconds",
+            "Duration of step attempts",
+            labels=["plugin", "method"],
+        )
+        retries = CounterMetricFamily(
+            "canvasflow_step_retries", "Step attempts after the first", labels=["plugin", "method"]
+        )
+        failures = CounterMetricFamily(
+            "canvasflow_step_failures", "Steps that ended FAILED", labels=["plugin", "method"]
+        )
+        attempt_failures = CounterMetricFamily(
+            "canvasflow_step_attempt_failures",
+            "Step attempts that failed (including those retried)",
+            labels=["plugin", "method"],
+        )
+        has_sla = (
+            runs.c.sla_seconds.is_not(None)
+            & runs.c.duration.is_not(None)
+            & (runs.c.status != "CANCELLED")
+        )
+        breached = has_sla & (
+            (runs.c.status != "COMPLETED") | (runs.c.duration > runs.c.sla_seconds)
+        )
+        joined = step_attempts.join(
+            steps,
+            and_(
+                steps.c.run_id == step_attempts.c.run_id, steps.c.step_id == step_attempts.c.step_id
+            ),
+        )
         with e.store.connect() as conn:
             per_wf: dict[str, list[int]] = {}
             for wf, status, n, n_started, n_breached in conn.execute(
-                    select(runs.c.workflow_id, runs.c.status, func.count(), func.count(runs.c.started_at),
-                           func.sum(case((breached, 1), else_=0))).group_by(runs.c.workflow_id, runs.c.status)):
+                select(
+                    runs.c.workflow_id,
+                    runs.c.status,
+                    func.count(),
+                    func.count(runs.c.started_at),
+                    func.sum(case((breached, 1), else_=0)),
+                ).group_by(runs.c.workflow_id, runs.c.status)
+            ):
                 acc = per_wf.setdefault(wf or "", [0, 0, 0])
                 acc[0] += int(n)
                 acc[1] += int(n_started)
@@ -111,24 +160,53 @@ class CanvasflowCollector:
                 submitted.add_metric([wf], n)
                 started.add_metric([wf], n_started)
                 sla.add_metric([wf], n_breached)
-            for labels, pts, total in _histogram(conn, runs.c.duration, [runs.c.workflow_id],
-                                                 runs.c.duration.is_not(None) & runs.c.finished_at.is_not(None),
-                                                 RUN_BUCKETS):
+            for labels, pts, total in _histogram(
+                conn,
+                runs.c.duration,
+                [runs.c.workflow_id],
+                runs.c.duration.is_not(None) & runs.c.finished_at.is_not(None),
+                RUN_BUCKETS,
+            ):
                 run_h.add_metric(list(labels), pts, total)
-            for labels, pts, total in _histogram(conn, step_attempts.c.duration, [steps.c.plugin, steps.c.method],
-                                                 step_attempts.c.duration.is_not(None), STEP_BUCKETS, joined):
+            for labels, pts, total in _histogram(
+                conn,
+                step_attempts.c.duration,
+                [steps.c.plugin, steps.c.method],
+                step_attempts.c.duration.is_not(None),
+                STEP_BUCKETS,
+                joined,
+            ):
                 step_h.add_metric(list(labels), pts, total)
             for plugin, method, n_retry, n_failed in conn.execute(
-                    select(steps.c.plugin, steps.c.method, func.sum(case((step_attempts.c.attempt > 1, 1), else_=0)),
-                           func.sum(case((step_attempts.c.status == "FAILED", 1), else_=0)))
-                    .select_from(joined).group_by(steps.c.plugin, steps.c.method)):
+                select(
+                    steps.c.plugin,
+                    steps.c.method,
+                    func.sum(case((step_attempts.c.attempt > 1, 1), else_=0)),
+                    func.sum(case((step_attempts.c.status == "FAILED", 1), else_=0)),
+                )
+                .select_from(joined)
+                .group_by(steps.c.plugin, steps.c.method)
+            ):
                 retries.add_metric([plugin or "", method or ""], int(n_retry or 0))
                 attempt_failures.add_metric([plugin or "", method or ""], int(n_failed or 0))
-            for plugin, method, n in conn.execute(select(steps.c.plugin, steps.c.method, func.count())
-                                                  .where(steps.c.status == "FAILED")
-                                                  .group_by(steps.c.plugin, steps.c.method)):
+            for plugin, method, n in conn.execute(
+                select(steps.c.plugin, steps.c.method, func.count())
+                .where(steps.c.status == "FAILED")
+                .group_by(steps.c.plugin, steps.c.method)
+            ):
                 failures.add_metric([plugin or "", method or ""], int(n))
-        yield from (submitted, started, finished, active, sla, run_h, step_h, retries, failures, attempt_failures)
+        yield from (
+            submitted,
+            started,
+            finished,
+            active,
+            sla,
+            run_h,
+            step_h,
+            retries,
+            failures,
+            attempt_failures,
+        )
 
     def _redis(self, e: Any, fleet: Any) -> Iterator[Metric]:
         client = e.client
@@ -139,26 +217,46 @@ class CanvasflowCollector:
 
             for h, st in worker_states(client.redis, fleet.workers_key).items():
                 online[h] = st["online"]
-        workers = GaugeMetricFamily("canvasflow_workers_online", "Workers online (heartbeat within its window)")
+        workers = GaugeMetricFamily(
+            "canvasflow_workers_online", "Workers online (heartbeat within its window)"
+        )
         workers.add_metric([], sum(online.values()))
-        per_worker = GaugeMetricFamily("canvasflow_worker_up", "1 when the worker is online", labels=["worker"])
+        per_worker = GaugeMetricFamily(
+            "canvasflow_worker_up", "1 when the worker is online", labels=["worker"]
+        )
         for h, up in sorted(online.items()):
             per_worker.add_metric([h], int(up))
-        qlen = GaugeMetricFamily("canvasflow_queue_length", "Messages waiting in the broker queue "
-                                 "(all priority sub-queues)", labels=["queue"])
-        qpri = GaugeMetricFamily("canvasflow_queue_length_by_priority", "Messages waiting, per priority step",
-                                 labels=["queue", "priority"])
-        for q, v in queue_lengths(client.redis, e.settings.key_prefix,
-                                  known_queues(catalog, e.settings.default_queue)).items():
+        qlen = GaugeMetricFamily(
+            "canvasflow_queue_length",
+            "Messages waiting in the broker queue (all priority sub-queues)",
+            labels=["queue"],
+        )
+        qpri = GaugeMetricFamily(
+            "canvasflow_queue_length_by_priority",
+            "Messages waiting, per priority step",
+            labels=["queue", "priority"],
+        )
+        for q, v in queue_lengths(
+            client.redis, e.settings.key_prefix, known_queues(catalog, e.settings.default_queue)
+        ).items():
             qlen.add_metric([q], v["total"])
             for p, n in v["by_priority"].items():
                 qpri.add_metric([q, p], n)
-        lag = GaugeMetricFamily("canvasflow_recorder_lag", "Event stream entries not yet delivered to the "
-                                "consumer group (XINFO GROUPS lag)", labels=["group"])
-        pending = GaugeMetricFamily("canvasflow_recorder_pending", "Entries delivered to the group but not "
-                                    "acknowledged (not committed to SQL yet)", labels=["group"])
-        uncommitted = GaugeMetricFamily("canvasflow_recorder_uncommitted", "lag + pending: entries the "
-                                        "recorder has not committed", labels=["group"])
+        lag = GaugeMetricFamily(
+            "canvasflow_recorder_lag",
+            "Event stream entries not yet delivered to the consumer group (XINFO GROUPS lag)",
+            labels=["group"],
+        )
+        pending = GaugeMetricFamily(
+            "canvasflow_recorder_pending",
+            "Entries delivered to the group but not acknowledged (not committed to SQL yet)",
+            labels=["group"],
+        )
+        uncommitted = GaugeMetricFamily(
+            "canvasflow_recorder_uncommitted",
+            "lag + pending: entries the recorder has not committed",
+            labels=["group"],
+        )
         length = GaugeMetricFamily("canvasflow_event_stream_length", "Entries in the event stream")
         try:
             groups = client.redis.xinfo_groups(client.keys.events)
@@ -185,19 +283,31 @@ class CanvasflowCollector:
             for states in counts(fleet.engine).values():
                 for s, n in states.items():
                     by_state[s] = by_state.get(s, 0) + n
-            g = GaugeMetricFamily("canvasflow_celery_tasks", "Celery tasks in the task history by state",
-                                  labels=["state"])
+            g = GaugeMetricFamily(
+                "canvasflow_celery_tasks",
+                "Celery tasks in the task history by state",
+                labels=["state"],
+            )
             for s, n in sorted(by_state.items()):
                 g.add_metric([s], n)
             yield g
         mon = fleet.monitor
         if mon is not None:
-            yield CounterMetricFamily("canvasflow_task_events_dropped", "Celery events dropped (queue full)",
-                                      value=mon.dropped)
-            yield GaugeMetricFamily("canvasflow_task_events_queued", "Celery events received but not yet "
-                                    "written to the task history (bounded queue)", value=mon.queue.qsize())
-            yield GaugeMetricFamily("canvasflow_event_receiver_connected", "1 when the Celery event receiver is "
-                                    "connected", value=int(mon.connected))
+            yield CounterMetricFamily(
+                "canvasflow_task_events_dropped",
+                "Celery events dropped (queue full)",
+                value=mon.dropped,
+            )
+            yield GaugeMetricFamily(
+                "canvasflow_task_events_queued",
+                "Celery events received but not yet written to the task history (bounded queue)",
+                value=mon.queue.qsize(),
+            )
+            yield GaugeMetricFamily(
+                "canvasflow_event_receiver_connected",
+                "1 when the Celery event receiver is connected",
+                value=int(mon.connected),
+            )
 
 
 def register(app: Flask) -> None:
@@ -209,7 +319,9 @@ def register(app: Flask) -> None:
 
 @bp.route("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(current_app.extensions["canvasflow_metrics"]), mimetype=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(current_app.extensions["canvasflow_metrics"]), mimetype=CONTENT_TYPE_LATEST
+    )
 
 
 @bp.route("/healthz")
@@ -237,8 +349,11 @@ def readyz() -> Any:
             checks["store"] = {"ok": False, "error": str(exc)}
     try:
         fleet = current_app.extensions.get("canvasflow_fleet")
-        names = [w["name"] for w in fleet.workers(live=False) if w["online"]] if fleet is not None else \
-            [h for h, v in e.client.fleet().items() if v.get("online")]
+        names = (
+            [w["name"] for w in fleet.workers(live=False) if w["online"]]
+            if fleet is not None
+            else [h for h, v in e.client.fleet().items() if v.get("online")]
+        )
         checks["workers"] = {"ok": bool(names), "online": len(names)}
         if not names:
             checks["workers"]["error"] = "no worker online"

@@ -21,9 +21,15 @@ def _page(template: str, page: str, **boot: Any) -> Any:
     if user is None:
         return redirect(url_for("login.login", next=request.full_path.rstrip("?")))
     ext = current_app.extensions["canvasflow"]
-    data = {"page": page, "user": user.as_dict(), "csrf": auth.csrf_token() if g.auth_via == "session" else "",
-            "readOnly": ext.web.read_only, "stepsPage": ext.web.steps_page,
-            "allowed": {k: [str(x) for x in v] for k, v in ALLOWED.items()}, **boot}
+    data = {
+        "page": page,
+        "user": user.as_dict(),
+        "csrf": auth.csrf_token() if g.auth_via == "session" else "",
+        "readOnly": ext.web.read_only,
+        "stepsPage": ext.web.steps_page,
+        "allowed": {k: [str(x) for x in v] for k, v in ALLOWED.items()},
+        **boot,
+    }
     return render_template(template, page=page, user=user, boot=json.dumps(data), **boot)
 
 
@@ -40,8 +46,13 @@ def runs() -> Any:
 @bp.route("/runs/<run_id>")
 @bp.route("/runs/<run_id>/<any(gantt, dag):view>")
 def run(run_id: str, view: str = "timeline") -> Any:
-    if auth.current_user() is not None and not current_app.extensions["canvasflow"].details.exists(run_id):
-        abort(404, description=f"There is no run '{run_id}' (it may have been pruned from the history).")
+    if auth.current_user() is not None and not current_app.extensions["canvasflow"].details.exists(
+        run_id
+    ):
+        abort(
+            404,
+            description=f"There is no run '{run_id}' (it may have been pruned from the history).",
+        )
     return _page("run.html", "run", runId=run_id, view=view)
 
 
@@ -61,9 +72,12 @@ def users() -> Any:
     """User and API token management (admins). Others get a 403 page that says what to do."""
     user = auth.current_user()
     if user is not None and not user.can("admin"):
-        abort(403, description=f"User management needs the admin role, and you are logged in as "
-                               f"'{user.name}' ({user.role}). Ask an admin to change your role, or log in "
-                               "as an admin.")
+        abort(
+            403,
+            description=f"User management needs the admin role, and you are logged in as "
+            f"'{user.name}' ({user.role}). Ask an admin to change your role, or log in "
+            "as an admin.",
+        )
     return _page("users.html", "users")
 
 
@@ -77,10 +91,15 @@ def workers() -> Any:
 
 @bp.route("/workers/<name>")
 def worker(name: str) -> Any:
-    if auth.current_user() is not None and name not in {w["name"] for w in fleet_api.fleet().workers(live=False)}:
-        abort(404, description=f"There is no worker '{name}': it never sent a heartbeat to this fleet, or it "
-                               "was forgotten (offline workers are purged after a while). The Workers page "
-                               "lists the fleet.")
+    if auth.current_user() is not None and name not in {
+        w["name"] for w in fleet_api.fleet().workers(live=False)
+    }:
+        abort(
+            404,
+            description=f"There is no worker '{name}': it never sent a heartbeat to this fleet, or it "
+            "was forgotten (offline workers are purged after a while). The Workers page "
+            "lists the fleet.",
+        )
     return _page("worker.html", "worker", workerName=name)
 
 
@@ -92,8 +111,15 @@ def tasks() -> Any:
 @bp.route("/tasks/<task_id>")
 def task(task_id: str) -> Any:
     engine = fleet_api.fleet().engine
-    if auth.current_user() is not None and engine is not None and fleet_events.get_task(engine, task_id) is None:
-        abort(404, description=f"There is no task '{task_id}' in the history: it may be older than the "
-                               "retention (CANVASFLOW_WEB_TASK_RETENTION), or it was sent while no web process "
-                               "was capturing events. Search the Tasks page for it.")
+    if (
+        auth.current_user() is not None
+        and engine is not None
+        and fleet_events.get_task(engine, task_id) is None
+    ):
+        abort(
+            404,
+            description=f"There is no task '{task_id}' in the history: it may be older than the "
+            "retention (CANVASFLOW_WEB_TASK_RETENTION), or it was sent while no web process "
+            "was capturing events. Search the Tasks page for it.",
+        )
     return _page("task.html", "task", taskId=task_id)

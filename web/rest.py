@@ -42,7 +42,9 @@ def _json_body(doc_info: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _note_access_doc(doc: dict[str, Any], doc_info: dict[str, Any], *, app: Any, **_: Any) -> dict[str, Any]:
+def _note_access_doc(
+    doc: dict[str, Any], doc_info: dict[str, Any], *, app: Any, **_: Any
+) -> dict[str, Any]:
     """The error statuses a route can answer, from its declared access and its arguments (runs
     first: flask-smorest's own callbacks consume the arguments' doc info)."""
     access = doc_info.get("access") or {}
@@ -65,7 +67,10 @@ def _add_access_doc(doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> 
     responses = doc.setdefault("responses", {})
     if not any(str(k).startswith("2") for k in responses):
         # a view that returns a plain dict without a response schema: still a documented 200
-        responses["200"] = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+        responses["200"] = {
+            "description": "OK",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
     if (doc_info.get("access") or {}).get("role", "") is None:
         doc["security"] = []  # public: no credentials needed (the document's default asks for them)
     for code in doc_info.get("error_codes", ()):
@@ -73,9 +78,11 @@ def _add_access_doc(doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> 
     return doc
 
 
-UNAVAILABLE = {"description": "Redis or the audit store is unreachable (or the server is overloaded); retry later",
-               "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
-               "content": {"application/json": {"schema": schemas.ErrorSchema}}}
+UNAVAILABLE = {
+    "description": "Redis or the audit store is unreachable (or the server is overloaded); retry later",
+    "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    "content": {"application/json": {"schema": schemas.ErrorSchema}},
+}
 
 
 class Blueprint(flask_smorest.Blueprint):
@@ -91,7 +98,9 @@ class Api(flask_smorest.Api):
     """JSON errors under /api, the HTML error page elsewhere."""
 
     ERROR_SCHEMA = schemas.ErrorSchema
-    DEFAULT_ERROR_RESPONSE_NAME = None  # every status is listed per route, none hides behind "default"
+    DEFAULT_ERROR_RESPONSE_NAME = (
+        None  # every status is listed per route, none hides behind "default"
+    )
 
     def init_app(self, app: Any, *args: Any, **kwargs: Any) -> None:
         super().init_app(app, *args, **kwargs)
@@ -110,15 +119,21 @@ class Api(flask_smorest.Api):
             if "{" in path:
                 for op in operations.values():
                     if isinstance(op, dict) and "responses" in op:
-                        op["responses"].setdefault("404", self.spec.components.get_ref("response", "NOT_FOUND"))
+                        op["responses"].setdefault(
+                            "404", self.spec.components.get_ref("response", "NOT_FOUND")
+                        )
 
     def handle_unavailable(self, exc: Exception) -> Any:
         """Redis or the audit store unreachable: 503 with Retry-After, never a 500."""
         what = "the audit store" if isinstance(exc, StoreError) else "Redis"
-        current_app.logger.warning("%s %s: %s unreachable (%s)", request.method, request.path, what, exc)
+        current_app.logger.warning(
+            "%s %s: %s unreachable (%s)", request.method, request.path, what, exc
+        )
         err = ServiceUnavailable()
-        err.data = {"message": f"{what} is unreachable; try again in a few seconds ({type(exc).__name__})",
-                    "headers": {"Retry-After": str(RETRY_AFTER)}}
+        err.data = {
+            "message": f"{what} is unreachable; try again in a few seconds ({type(exc).__name__})",
+            "headers": {"Retry-After": str(RETRY_AFTER)},
+        }
         return self.handle_http_exception(err)
 
     def handle_http_exception(self, error: Any) -> Any:
@@ -129,14 +144,22 @@ class Api(flask_smorest.Api):
 
                 return redirect(url_for("login.login", next=request.full_path.rstrip("?")))
             ext = current_app.extensions["canvasflow"]
-            return render_template("error.html", code=error.code, title=error.name,
-                                   message=(getattr(error, "data", None) or {}).get("message") or error.description,
-                                   user=user, page="error", read_only=ext.web.read_only), error.code
+            return render_template(
+                "error.html",
+                code=error.code,
+                title=error.name,
+                message=(getattr(error, "data", None) or {}).get("message") or error.description,
+                user=user,
+                page="error",
+                read_only=ext.web.read_only,
+            ), error.code
         payload, code, headers = super().handle_http_exception(error)
         data = getattr(error, "data", None) or {}
         payload.update(data.get("extra") or {})
         if "message" not in payload:
-            payload["message"] = "invalid request: see errors" if code in (400, 422) else error.description
+            payload["message"] = (
+                "invalid request: see errors" if code in (400, 422) else error.description
+            )
         # werkzeug's own headers: Allow on a 405, Retry-After where the exception carries one.
         own = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
         headers = {**own, **(headers or {})}
@@ -158,9 +181,15 @@ def guard() -> None:
     has_body = bool(request.content_length) or request.headers.get("Transfer-Encoding") is not None
     if not has_body:
         if body.get("required", True):
-            flask_smorest.abort(400, message="this request needs a JSON body (Content-Type: application/json)",
-                                errors={"json": {"_schema": ["missing body"]}})
+            flask_smorest.abort(
+                400,
+                message="this request needs a JSON body (Content-Type: application/json)",
+                errors={"json": {"_schema": ["missing body"]}},
+            )
         return
     if not request.is_json:
-        flask_smorest.abort(415, message=f"the body must be JSON (Content-Type: application/json), "
-                                         f"not {request.mimetype or 'none'}")
+        flask_smorest.abort(
+            415,
+            message=f"the body must be JSON (Content-Type: application/json), "
+            f"not {request.mimetype or 'none'}",
+        )

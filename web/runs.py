@@ -33,23 +33,62 @@ PENDING = ("PENDING",)
 COMPLETED = ("COMPLETED",)
 UNSUCCESSFUL = ("FAILED", "COMPENSATION_FAILED", "CANCELLED")
 VIEWS: dict[str, tuple[str, ...] | None] = {
-    "all": None, "active": ACTIVE, "pending": PENDING, "completed": COMPLETED, "failed": UNSUCCESSFUL,
+    "all": None,
+    "active": ACTIVE,
+    "pending": PENDING,
+    "completed": COMPLETED,
+    "failed": UNSUCCESSFUL,
     "slow": None,
 }
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
 SETTLED_STEPS = ("COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATING", "COMPENSATED")
-LIVE_FIELDS = ("status", "workflow", "version", "name", "created_at", "started_at", "finished_at", "total",
-               "settled", "priority", "tags", "triggered_by", "trigger_type", "sla_seconds", "error",
-               "failed_step", "seq", "cloned_from")
+LIVE_FIELDS = (
+    "status",
+    "workflow",
+    "version",
+    "name",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "total",
+    "settled",
+    "priority",
+    "tags",
+    "triggered_by",
+    "trigger_type",
+    "sla_seconds",
+    "error",
+    "failed_step",
+    "seq",
+    "cloned_from",
+)
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-REDIS_UNREACHABLE = ("Redis is unreachable: this is the audit store's record, which may be stale "
-                     "(live status, the newest runs and events not yet recorded are missing)")
+REDIS_UNREACHABLE = (
+    "Redis is unreachable: this is the audit store's record, which may be stale "
+    "(live status, the newest runs and events not yet recorded are missing)"
+)
 MERGE_WINDOW = 500  # unrecorded newest runs looked at per page
 # Runs that have no current steps: waiting to start, or over.
 _RESTING = ("PENDING", *FINAL)
 # The columns of cf_runs a summary uses (not inputs, which can be large).
-_ROW_COLUMNS = ("id", "status", "workflow_id", "version", "name", "created_at", "started_at", "finished_at",
-                "priority", "tags", "triggered_by", "trigger_type", "sla_seconds", "error", "failed_step", "last_seq")
+_ROW_COLUMNS = (
+    "id",
+    "status",
+    "workflow_id",
+    "version",
+    "name",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "priority",
+    "tags",
+    "triggered_by",
+    "trigger_type",
+    "sla_seconds",
+    "error",
+    "failed_step",
+    "last_seq",
+)
 
 # The live fields of a page of runs, and of the runs newer than the recorder's newest row, in one
 # round trip. Under load every round trip of a request waits for its turn on the web process's
@@ -101,7 +140,9 @@ if window > 0 then
   end
 end
 return {page, extra}
-""".replace("%(resting)s", "local resting = {" + ", ".join(f"[{v!r}] = true" for v in _RESTING) + "}")
+""".replace(
+    "%(resting)s", "local resting = {" + ", ".join(f"[{v!r}] = true" for v in _RESTING) + "}"
+)
 
 
 def _s(v: Any) -> str:
@@ -153,8 +194,11 @@ class RunFilter:
             return False
         if self.search:
             s = self.search.strip().lower()
-            if not (run["id"].startswith(s) or s in run["workflow"]["id"].lower()
-                    or s in (run["workflow"]["name"] or "").lower()):
+            if not (
+                run["id"].startswith(s)
+                or s in run["workflow"]["id"].lower()
+                or s in (run["workflow"]["name"] or "").lower()
+            ):
                 return False
         if self.view == "slow":
             sla = run["sla"]
@@ -198,33 +242,87 @@ def summarize(base: Mapping[str, Any], now: float) -> dict[str, Any]:
     current = list(base.get("current_steps") or ())
     if base.get("state_lost"):
         # Redis lost the run (orchestrator/lost.py): only resolving it by hand can end it.
-        return {**_summary(base, status, total, settled, created, started, finished, end, target, elapsed,
-                           current), "state_lost": True, "can_pause": False, "can_resume": False,
-                "can_cancel": False, "can_retry": False, "can_retry_compensation": False, "can_resolve": True}
-    return _summary(base, status, total, settled, created, started, finished, end, target, elapsed, current)
+        return {
+            **_summary(
+                base,
+                status,
+                total,
+                settled,
+                created,
+                started,
+                finished,
+                end,
+                target,
+                elapsed,
+                current,
+            ),
+            "state_lost": True,
+            "can_pause": False,
+            "can_resume": False,
+            "can_cancel": False,
+            "can_retry": False,
+            "can_retry_compensation": False,
+            "can_resolve": True,
+        }
+    return _summary(
+        base, status, total, settled, created, started, finished, end, target, elapsed, current
+    )
 
 
-def _summary(base: Mapping[str, Any], status: str, total: int, settled: int, created: float, started: Any,
-             finished: Any, end: float, target: Any, elapsed: float, current: list[str]) -> dict[str, Any]:
+def _summary(
+    base: Mapping[str, Any],
+    status: str,
+    total: int,
+    settled: int,
+    created: float,
+    started: Any,
+    finished: Any,
+    end: float,
+    target: Any,
+    elapsed: float,
+    current: list[str],
+) -> dict[str, Any]:
     return {
         "id": base["id"],
-        "workflow": {"id": base.get("workflow") or "", "name": base.get("name") or base.get("workflow") or "",
-                     "version": base.get("version") or ""},
+        "workflow": {
+            "id": base.get("workflow") or "",
+            "name": base.get("name") or base.get("workflow") or "",
+            "version": base.get("version") or "",
+        },
         "status": status,
-        "progress": {"current_steps": current, "current_step": min(settled + 1, total) if total else 0,
-                     "settled": settled, "total": total,
-                     "percent": round(100.0 * settled / total, 1) if total else (100.0 if status in FINAL else 0.0)},
-        "created_at": created, "started_at": started, "finished_at": finished,
+        "progress": {
+            "current_steps": current,
+            "current_step": min(settled + 1, total) if total else 0,
+            "settled": settled,
+            "total": total,
+            "percent": round(100.0 * settled / total, 1)
+            if total
+            else (100.0 if status in FINAL else 0.0),
+        },
+        "created_at": created,
+        "started_at": started,
+        "finished_at": finished,
         "duration": (end - started) if started else None,
-        "sla": {"target": target, "elapsed": round(elapsed, 3), "status": run_sla_status(status, elapsed, target)},
-        "triggered_by": base.get("triggered_by"), "trigger_type": base.get("trigger_type"),
-        "priority": base.get("priority") or "normal", "tags": list(base.get("tags") or ()),
-        "error": base.get("error"), "failed_step": base.get("failed_step"),
-        "seq": int(base.get("seq") or 0), "cloned_from": base.get("cloned_from"),
-        "can_pause": status in ALLOWED["pause"], "can_resume": status in ALLOWED["resume"],
-        "can_cancel": status in ALLOWED["cancel"], "can_retry": status in ALLOWED["retry"],
+        "sla": {
+            "target": target,
+            "elapsed": round(elapsed, 3),
+            "status": run_sla_status(status, elapsed, target),
+        },
+        "triggered_by": base.get("triggered_by"),
+        "trigger_type": base.get("trigger_type"),
+        "priority": base.get("priority") or "normal",
+        "tags": list(base.get("tags") or ()),
+        "error": base.get("error"),
+        "failed_step": base.get("failed_step"),
+        "seq": int(base.get("seq") or 0),
+        "cloned_from": base.get("cloned_from"),
+        "can_pause": status in ALLOWED["pause"],
+        "can_resume": status in ALLOWED["resume"],
+        "can_cancel": status in ALLOWED["cancel"],
+        "can_retry": status in ALLOWED["retry"],
         "can_retry_compensation": status in ALLOWED["retry_compensation"],
-        "can_resolve": status in ALLOWED["resolve"], "state_lost": False,
+        "can_resolve": status in ALLOWED["resolve"],
+        "state_lost": False,
     }
 
 
@@ -238,14 +336,24 @@ def hot_base(run_id: str, values: Sequence[Any]) -> dict[str, Any] | None:
     except ValueError:
         tags = []
     return {
-        "id": run_id, "status": _s(f["status"]), "workflow": _s(f["workflow"]), "version": _s(f["version"]),
-        "name": _s(f["name"]) or None, "created_at": _f(f["created_at"]) or 0.0,
-        "started_at": _f(f["started_at"]), "finished_at": _f(f["finished_at"]),
-        "total": int(_s(f["total"]) or 0), "settled": int(_s(f["settled"]) or 0),
-        "priority": _s(f["priority"]) or "normal", "tags": tags if isinstance(tags, list) else [],
-        "triggered_by": _s(f["triggered_by"]) or None, "trigger_type": _s(f["trigger_type"]) or None,
-        "sla_seconds": _f(f["sla_seconds"]), "error": _s(f["error"]) or None,
-        "failed_step": _s(f["failed_step"]) or None, "seq": int(_s(f["seq"]) or 0),
+        "id": run_id,
+        "status": _s(f["status"]),
+        "workflow": _s(f["workflow"]),
+        "version": _s(f["version"]),
+        "name": _s(f["name"]) or None,
+        "created_at": _f(f["created_at"]) or 0.0,
+        "started_at": _f(f["started_at"]),
+        "finished_at": _f(f["finished_at"]),
+        "total": int(_s(f["total"]) or 0),
+        "settled": int(_s(f["settled"]) or 0),
+        "priority": _s(f["priority"]) or "normal",
+        "tags": tags if isinstance(tags, list) else [],
+        "triggered_by": _s(f["triggered_by"]) or None,
+        "trigger_type": _s(f["trigger_type"]) or None,
+        "sla_seconds": _f(f["sla_seconds"]),
+        "error": _s(f["error"]) or None,
+        "failed_step": _s(f["failed_step"]) or None,
+        "seq": int(_s(f["seq"]) or 0),
         "cloned_from": _s(f["cloned_from"]) or None,
     }
 
@@ -260,7 +368,11 @@ class RunViews:
         self.keys = client.keys
         self._live = self.r.register_script(_LIST_LIVE)
         probe = "\x00"
-        self._key_args = [self.keys.run(""), self.keys.steps(probe)[len(self.keys.run(probe)):], self.keys.runs]
+        self._key_args = [
+            self.keys.run(""),
+            self.keys.steps(probe)[len(self.keys.run(probe)) :],
+            self.keys.runs,
+        ]
 
     # -- hot state ----------------------------------------------------------------------------
 
@@ -271,11 +383,14 @@ class RunViews:
             return False
         return True
 
-    def _read_live(self, ids: list[str], low: str = "-inf", high: str = "+inf", window: int = 0
-                   ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    def _read_live(
+        self, ids: list[str], low: str = "-inf", high: str = "+inf", window: int = 0
+    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
         """(live fields of each of ``ids`` still in Redis, the runs of the index between ``low``
         and ``high`` not among ``ids``, newest first, at most ``window``): one round trip."""
-        page, extra = self._live(args=[*self._key_args, low, high, window, len(LIVE_FIELDS), *LIVE_FIELDS, *ids])
+        page, extra = self._live(
+            args=[*self._key_args, low, high, window, len(LIVE_FIELDS), *LIVE_FIELDS, *ids]
+        )
         out: dict[str, dict[str, Any]] = {}
         for rid, (values, current) in zip(ids, page, strict=True):
             base = hot_base(rid, values)
@@ -308,8 +423,14 @@ class RunViews:
 
     # -- lists --------------------------------------------------------------------------------
 
-    def list(self, flt: RunFilter, *, limit: int = 50, cursor: str | None = None,
-             with_counts: bool = False) -> RunPage:
+    def list(
+        self,
+        flt: RunFilter,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        with_counts: bool = False,
+    ) -> RunPage:
         """One keyset page, newest first, in one SQL statement (the page with its step counts, the
         newest recorded run and, ``with_counts``, the tab counts) and one Redis call (the page's
         live fields and the runs newer than the newest recorded one)."""
@@ -320,7 +441,9 @@ class RunViews:
         counts = None
         try:
             with self.store.connect() as conn:
-                rows, more, newest, counts = self._sql_page(conn, flt, limit, after, now, with_counts)
+                rows, more, newest, counts = self._sql_page(
+                    conn, flt, limit, after, now, with_counts
+                )
         except StoreError as exc:
             page = self._hot_list(flt, limit, cursor, now)
             page.warnings.append(f"audit store unavailable, showing live runs only: {exc}")
@@ -345,8 +468,12 @@ class RunViews:
                 # Not final in SQL and unknown to Redis: its hot state was lost (orchestrator/lost.py).
                 # While Redis is unreachable nothing can be said about it, so it is not flagged.
                 bases.append({**row, "state_lost": not warnings and row["status"] not in FINAL})
-        extra = [b for b in unrecorded if (after is None or (b["created_at"], b["id"]) < after)
-                 and flt.matches(summarize(b, now), now)]
+        extra = [
+            b
+            for b in unrecorded
+            if (after is None or (b["created_at"], b["id"]) < after)
+            and flt.matches(summarize(b, now), now)
+        ]
         if extra:
             bases = sorted(extra + bases, key=lambda b: (b["created_at"], b["id"]), reverse=True)
             more = more or len(bases) > limit
@@ -375,27 +502,47 @@ class RunViews:
             q = q.where(runs.c.created_at < flt.until)
         if flt.search:
             s = flt.search.strip().lower()
-            q = q.where(or_(runs.c.id.startswith(s, autoescape=True),
-                            func.lower(runs.c.workflow_id).contains(s, autoescape=True),
-                            func.lower(runs.c.name).contains(s, autoescape=True)))
+            q = q.where(
+                or_(
+                    runs.c.id.startswith(s, autoescape=True),
+                    func.lower(runs.c.workflow_id).contains(s, autoescape=True),
+                    func.lower(runs.c.name).contains(s, autoescape=True),
+                )
+            )
         if flt.view == "slow":
             elapsed = func.coalesce(runs.c.finished_at, now) - runs.c.created_at
-            q = q.where(runs.c.sla_seconds.is_not(None), runs.c.sla_seconds > 0,
-                        elapsed >= WARNING_FRACTION * runs.c.sla_seconds)
+            q = q.where(
+                runs.c.sla_seconds.is_not(None),
+                runs.c.sla_seconds > 0,
+                elapsed >= WARNING_FRACTION * runs.c.sla_seconds,
+            )
         return q
 
-    def _sql_page(self, conn: Connection, flt: RunFilter, limit: int, after: tuple[float, str] | None, now: float,
-                  with_counts: bool) -> tuple[list[dict[str, Any]], bool, float | None, dict[str, Any] | None]:
+    def _sql_page(
+        self,
+        conn: Connection,
+        flt: RunFilter,
+        limit: int,
+        after: tuple[float, str] | None,
+        now: float,
+        with_counts: bool,
+    ) -> tuple[list[dict[str, Any]], bool, float | None, dict[str, Any] | None]:
         """(rows of the page with their step counts, whether more follow, the newest created_at
         recorded, the tab counts or None): one statement; a second only when the page is empty."""
         total = select(func.count()).where(steps.c.run_id == runs.c.id).scalar_subquery()
-        settled = (select(func.count()).where(steps.c.run_id == runs.c.id, steps.c.status.in_(SETTLED_STEPS))
-                   .scalar_subquery())
+        settled = (
+            select(func.count())
+            .where(steps.c.run_id == runs.c.id, steps.c.status.in_(SETTLED_STEPS))
+            .scalar_subquery()
+        )
         newest_runs = runs.alias("newest_runs")
         newest = select(func.max(newest_runs.c.created_at)).scalar_subquery()
         q = self._sql_query(flt, now).with_only_columns(
-            *(runs.c[c] for c in _ROW_COLUMNS), total.label("n_steps"), settled.label("n_settled"),
-            newest.label("newest"))
+            *(runs.c[c] for c in _ROW_COLUMNS),
+            total.label("n_steps"),
+            settled.label("n_settled"),
+            newest.label("newest"),
+        )
         if with_counts:
             # One row of aggregates joined to every row of the page: no round trip of its own.
             tabs = self._counts_query(now).subquery("tabs")
@@ -416,14 +563,28 @@ class RunViews:
                 tags = json.loads(r["tags"] or "[]")
             except ValueError:
                 tags = []
-            out.append({
-                "id": r["id"], "status": r["status"], "workflow": r["workflow_id"], "version": r["version"],
-                "name": r["name"], "created_at": r["created_at"], "started_at": r["started_at"],
-                "finished_at": r["finished_at"], "priority": r["priority"], "tags": tags,
-                "triggered_by": r["triggered_by"], "trigger_type": r["trigger_type"],
-                "sla_seconds": r["sla_seconds"], "error": r["error"], "failed_step": r["failed_step"],
-                "seq": r["last_seq"], "total": int(r["n_steps"] or 0), "settled": int(r["n_settled"] or 0),
-            })
+            out.append(
+                {
+                    "id": r["id"],
+                    "status": r["status"],
+                    "workflow": r["workflow_id"],
+                    "version": r["version"],
+                    "name": r["name"],
+                    "created_at": r["created_at"],
+                    "started_at": r["started_at"],
+                    "finished_at": r["finished_at"],
+                    "priority": r["priority"],
+                    "tags": tags,
+                    "triggered_by": r["triggered_by"],
+                    "trigger_type": r["trigger_type"],
+                    "sla_seconds": r["sla_seconds"],
+                    "error": r["error"],
+                    "failed_step": r["failed_step"],
+                    "seq": r["last_seq"],
+                    "total": int(r["n_steps"] or 0),
+                    "settled": int(r["n_settled"] or 0),
+                }
+            )
         return out, len(rows) > limit, newest_at, counts
 
     def _hot_list(self, flt: RunFilter, limit: int, cursor: str | None, now: float) -> RunPage:
@@ -436,7 +597,9 @@ class RunViews:
         out: list[dict[str, Any]] = []
         start, scanned, more = 0, 0, False
         while scanned < 20_000:
-            chunk = self.r.zrevrangebyscore(self.keys.runs, hi, "-inf", start=start, num=500, withscores=True)
+            chunk = self.r.zrevrangebyscore(
+                self.keys.runs, hi, "-inf", start=start, num=500, withscores=True
+            )
             if not chunk:
                 break
             start += len(chunk)
@@ -482,29 +645,69 @@ class RunViews:
         elapsed = func.coalesce(runs.c.finished_at, now) - runs.c.created_at
         live = runs.c.status.in_(ACTIVE + PENDING)
         today = runs.c.finished_at >= day
-        slow = and_(live, runs.c.sla_seconds.is_not(None), runs.c.sla_seconds > 0,
-                    elapsed >= WARNING_FRACTION * runs.c.sla_seconds)
-        has_sla = and_(today, runs.c.sla_seconds.is_not(None),
-                       runs.c.status.in_(("COMPLETED", "FAILED", "COMPENSATION_FAILED")))
-        met = and_(has_sla, runs.c.status == "COMPLETED", runs.c.finished_at - runs.c.created_at <= runs.c.sla_seconds)
+        slow = and_(
+            live,
+            runs.c.sla_seconds.is_not(None),
+            runs.c.sla_seconds > 0,
+            elapsed >= WARNING_FRACTION * runs.c.sla_seconds,
+        )
+        has_sla = and_(
+            today,
+            runs.c.sla_seconds.is_not(None),
+            runs.c.status.in_(("COMPLETED", "FAILED", "COMPENSATION_FAILED")),
+        )
+        met = and_(
+            has_sla,
+            runs.c.status == "COMPLETED",
+            runs.c.finished_at - runs.c.created_at <= runs.c.sla_seconds,
+        )
 
         def n(cond: Any, name: str) -> Any:
             return func.coalesce(func.sum(case((cond, 1), else_=0)), 0).label(name)
 
-        conds = (runs.c.status.in_(ACTIVE), runs.c.status.in_(PENDING), slow,
-                 and_(today, runs.c.status.in_(COMPLETED)), and_(today, runs.c.status.in_(UNSUCCESSFUL)), has_sla, met)
-        return select(*(n(c, name) for c, name in zip(conds, _COUNTS, strict=True))).where(or_(live, today))
+        conds = (
+            runs.c.status.in_(ACTIVE),
+            runs.c.status.in_(PENDING),
+            slow,
+            and_(today, runs.c.status.in_(COMPLETED)),
+            and_(today, runs.c.status.in_(UNSUCCESSFUL)),
+            has_sla,
+            met,
+        )
+        return select(*(n(c, name) for c, name in zip(conds, _COUNTS, strict=True))).where(
+            or_(live, today)
+        )
 
 
-_COUNTS = ("tab_active", "tab_pending", "tab_slow", "tab_completed", "tab_failed", "tab_with_sla", "tab_sla_met")
+_COUNTS = (
+    "tab_active",
+    "tab_pending",
+    "tab_slow",
+    "tab_completed",
+    "tab_failed",
+    "tab_with_sla",
+    "tab_sla_met",
+)
 
 
 def _tab_counts(row: tuple[Any, ...]) -> dict[str, Any]:
     active, pending, slow, completed, failed, with_sla, met = (int(x or 0) for x in row)
-    return {"active": active, "pending": pending, "slow": slow, "completed_today": completed,
-            "failed_today": failed, "sla_compliance_today": round(100.0 * met / with_sla, 1) if with_sla else None}
+    return {
+        "active": active,
+        "pending": pending,
+        "slow": slow,
+        "completed_today": completed,
+        "failed_today": failed,
+        "sla_compliance_today": round(100.0 * met / with_sla, 1) if with_sla else None,
+    }
 
 
 def _no_counts() -> dict[str, Any]:
-    return {"active": 0, "pending": 0, "slow": 0, "completed_today": 0, "failed_today": 0,
-            "sla_compliance_today": None}
+    return {
+        "active": 0,
+        "pending": 0,
+        "slow": 0,
+        "completed_today": 0,
+        "failed_today": 0,
+        "sla_compliance_today": None,
+    }

@@ -12,8 +12,18 @@ from marshmallow import Schema, ValidationError, fields, pre_load, validate, val
 from web.runs import VIEWS
 from web.settings import ROLES
 
-RUN_STATUSES = ("PENDING", "RUNNING", "PAUSING", "PAUSED", "CANCELLING", "CANCELLED", "COMPENSATING",
-                "COMPLETED", "FAILED", "COMPENSATION_FAILED")
+RUN_STATUSES = (
+    "PENDING",
+    "RUNNING",
+    "PAUSING",
+    "PAUSED",
+    "CANCELLING",
+    "CANCELLED",
+    "COMPENSATING",
+    "COMPLETED",
+    "FAILED",
+    "COMPENSATION_FAILED",
+)
 
 
 MAX_SEQ = 2**63 - 1  # sequence numbers are SQL BIGINTs: a larger "after" is a 400, not an overflow
@@ -39,7 +49,9 @@ class Timestamp(fields.Field):
             return float(value)
         text = str(value)
         if not _TIMESTAMP_RE.match(text):
-            raise ValidationError("expected unix seconds or an ISO 8601 date like 2026-01-31T12:00:00Z")
+            raise ValidationError(
+                "expected unix seconds or an ISO 8601 date like 2026-01-31T12:00:00Z"
+            )
         if not text:
             return None
         try:
@@ -104,11 +116,17 @@ class ErrorSchema(Schema):
     code = fields.Integer()
     status = fields.String()
     message = fields.String()
-    errors = fields.Dict(metadata={"description": "400: {\"query\"|\"json\": {field: [messages]}}"})
-    problems = fields.List(fields.Nested(ProblemSchema),
-                           metadata={"description": "400 on an invalid definition: every problem with its path"})
-    current_status = fields.String(allow_none=True, metadata={"description": "409: the run's status now"})
-    allowed = fields.List(fields.String(), metadata={"description": "409: the statuses the action is allowed in"})
+    errors = fields.Dict(metadata={"description": '400: {"query"|"json": {field: [messages]}}'})
+    problems = fields.List(
+        fields.Nested(ProblemSchema),
+        metadata={"description": "400 on an invalid definition: every problem with its path"},
+    )
+    current_status = fields.String(
+        allow_none=True, metadata={"description": "409: the run's status now"}
+    )
+    allowed = fields.List(
+        fields.String(), metadata={"description": "409: the statuses the action is allowed in"}
+    )
     action = fields.String(metadata={"description": "409: the action refused"})
     reply = fields.Raw(metadata={"description": "409 of a worker action: the worker's reply"})
 
@@ -119,19 +137,29 @@ class ErrorSchema(Schema):
 
 
 class RunListArgs(Schema):
-    view = fields.String(load_default="all", validate=validate.OneOf(list(VIEWS)),
-                         metadata={"description": "tab: all, active, pending, completed, failed, slow"})
+    view = fields.String(
+        load_default="all",
+        validate=validate.OneOf(list(VIEWS)),
+        metadata={"description": "tab: all, active, pending, completed, failed, slow"},
+    )
     status = fields.List(fields.String(validate=validate.OneOf(RUN_STATUSES)), load_default=list)
     workflow = fields.String(load_default=None)
-    tag = fields.List(fields.String(), load_default=list, metadata={"description": "runs having every tag"})
+    tag = fields.List(
+        fields.String(), load_default=list, metadata={"description": "runs having every tag"}
+    )
     triggered_by = fields.String(load_default=None)
     since = Timestamp(load_default=None, metadata={"description": "created at or after"})
     until = Timestamp(load_default=None, metadata={"description": "created before"})
-    search = fields.String(load_default=None, validate=validate.Length(max=200),
-                           metadata={"description": "run id prefix, or part of the workflow id or name"})
+    search = fields.String(
+        load_default=None,
+        validate=validate.Length(max=200),
+        metadata={"description": "run id prefix, or part of the workflow id or name"},
+    )
     ids = fields.List(fields.String(), load_default=list)
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
-    cursor = fields.String(load_default=None, metadata={"description": "next_cursor of the previous page"})
+    cursor = fields.String(
+        load_default=None, metadata={"description": "next_cursor of the previous page"}
+    )
 
     @pre_load
     def lists(self, data: Any, **_: Any) -> Any:
@@ -146,7 +174,9 @@ class WorkflowRefSchema(Schema):
 
 class ProgressSchema(Schema):
     current_steps = fields.List(fields.String())
-    current_step = fields.Integer(metadata={"description": "1-based position of the next step to settle"})
+    current_step = fields.Integer(
+        metadata={"description": "1-based position of the next step to settle"}
+    )
     settled = fields.Integer()
     total = fields.Integer()
     percent = fields.Float()
@@ -155,7 +185,9 @@ class ProgressSchema(Schema):
 class SlaSchema(Schema):
     target = fields.Float(allow_none=True, metadata={"description": "seconds"})
     elapsed = fields.Float()
-    status = fields.String(allow_none=True, metadata={"description": "on_track, at_risk (>= 90 %), breached"})
+    status = fields.String(
+        allow_none=True, metadata={"description": "on_track, at_risk (>= 90 %), breached"}
+    )
 
 
 class RunSummarySchema(Schema):
@@ -182,8 +214,12 @@ class RunSummarySchema(Schema):
     can_retry = fields.Boolean()
     can_retry_compensation = fields.Boolean()
     can_resolve = fields.Boolean()
-    state_lost = fields.Boolean(metadata={"description": "not final in the audit store but unknown to Redis "
-                                                         "(lost with a Redis restart): resolve it by hand"})
+    state_lost = fields.Boolean(
+        metadata={
+            "description": "not final in the audit store but unknown to Redis "
+            "(lost with a Redis restart): resolve it by hand"
+        }
+    )
 
 
 class CountsSchema(Schema):
@@ -217,7 +253,9 @@ class AttemptSchema(Schema):
     duration = fields.Float(allow_none=True)
     worker = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
-    input = fields.Raw(allow_none=True, metadata={"description": "the params this attempt ran with, rendered"})
+    input = fields.Raw(
+        allow_none=True, metadata={"description": "the params this attempt ran with, rendered"}
+    )
 
 
 class LogSchema(Schema):
@@ -236,7 +274,9 @@ class LogSchema(Schema):
 class CompensationSchema(Schema):
     plugin = fields.String()
     method = fields.String()
-    status = fields.String(allow_none=True, metadata={"description": "COMPENSATING, COMPENSATED, FAILED or null"})
+    status = fields.String(
+        allow_none=True, metadata={"description": "COMPENSATING, COMPENSATED, FAILED or null"}
+    )
     error = fields.String(allow_none=True)
 
 
@@ -254,10 +294,18 @@ class StepSchema(Schema):
     started_at = fields.Float(allow_none=True)
     finished_at = fields.Float(allow_none=True)
     duration = fields.Float(allow_none=True)
-    input = fields.Raw(allow_none=True, metadata={
-        "description": "the input of the latest attempt, templates rendered; before a step ran, its params"})
-    input_rendered = fields.Boolean(metadata={"description": "false while input is still the params as written"})
-    params = fields.Raw(allow_none=True, metadata={"description": "the step's params as the definition writes them"})
+    input = fields.Raw(
+        allow_none=True,
+        metadata={
+            "description": "the input of the latest attempt, templates rendered; before a step ran, its params"
+        },
+    )
+    input_rendered = fields.Boolean(
+        metadata={"description": "false while input is still the params as written"}
+    )
+    params = fields.Raw(
+        allow_none=True, metadata={"description": "the step's params as the definition writes them"}
+    )
     output = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
     traceback = fields.String(allow_none=True)
@@ -304,10 +352,16 @@ class ActionBody(Schema):
 
 
 class ResolveBody(ActionBody):
-    as_ = fields.String(data_key="as", load_default=None, validate=validate.OneOf(["failed", "cancelled"]),
-                        metadata={"description": "how the run ends: failed or cancelled (required for a run "
-                                                 "whose state was lost; default for COMPENSATION_FAILED: "
-                                                 "what the compensation was for)"})
+    as_ = fields.String(
+        data_key="as",
+        load_default=None,
+        validate=validate.OneOf(["failed", "cancelled"]),
+        metadata={
+            "description": "how the run ends: failed or cancelled (required for a run "
+            "whose state was lost; default for COMPENSATION_FAILED: "
+            "what the compensation was for)"
+        },
+    )
 
 
 class CancelBody(ActionBody):
@@ -315,14 +369,19 @@ class CancelBody(ActionBody):
 
 
 class RetryBody(ActionBody):
-    from_step = fields.String(load_default=None, metadata={"description": "default: the first failed step"})
+    from_step = fields.String(
+        load_default=None, metadata={"description": "default: the first failed step"}
+    )
     from_start = StrictBoolean(load_default=False)
-    compensation = StrictBoolean(load_default=False,
-                                  metadata={"description": "retry the failed compensation instead"})
+    compensation = StrictBoolean(
+        load_default=False, metadata={"description": "retry the failed compensation instead"}
+    )
 
 
 class CloneBody(ActionBody):
-    inputs = fields.Dict(load_default=dict, metadata={"description": "inputs overriding the original run's"})
+    inputs = fields.Dict(
+        load_default=dict, metadata={"description": "inputs overriding the original run's"}
+    )
 
 
 class ActionResultSchema(Schema):
@@ -341,12 +400,23 @@ def _one_of(*names: str) -> dict[str, Any]:
 
 
 class SubmitBody(Schema):
-    workflow = fields.String(load_default=None, allow_none=False, validate=validate.Length(min=1),
-                             metadata={"description": "a registered workflow id"})
-    version = fields.String(load_default=None, metadata={"description": "default (or null): the latest"})
-    definition = fields.Raw(load_default=None, allow_none=False, metadata={
-        "description": "an inline definition: an object, or YAML/JSON text",
-        "oneOf": [{"type": "object"}, {"type": "string"}]})
+    workflow = fields.String(
+        load_default=None,
+        allow_none=False,
+        validate=validate.Length(min=1),
+        metadata={"description": "a registered workflow id"},
+    )
+    version = fields.String(
+        load_default=None, metadata={"description": "default (or null): the latest"}
+    )
+    definition = fields.Raw(
+        load_default=None,
+        allow_none=False,
+        metadata={
+            "description": "an inline definition: an object, or YAML/JSON text",
+            "oneOf": [{"type": "object"}, {"type": "string"}],
+        },
+    )
     inputs = fields.Dict(load_default=dict)
     # null: the definition's own priority (the dashboard's run form sends null for "default")
     priority = fields.String(load_default=None, validate=validate.OneOf(["high", "normal", "low"]))
@@ -355,14 +425,19 @@ class SubmitBody(Schema):
     @validates_schema
     def one_source(self, data: dict[str, Any], **_: Any) -> None:
         if (data.get("workflow") is not None) == (data.get("definition") is not None):
-            raise ValidationError("give either workflow (a registered id) or definition (inline)", "workflow")
+            raise ValidationError(
+                "give either workflow (a registered id) or definition (inline)", "workflow"
+            )
         if data.get("definition") is not None and not isinstance(data["definition"], (dict, str)):
             raise ValidationError("an object or YAML/JSON text", "definition")
 
 
 class EventsArgs(Schema):
-    after = fields.Integer(load_default=0, validate=SEQ_RANGE,
-                           metadata={"description": "the last seq the client has applied"})
+    after = fields.Integer(
+        load_default=0,
+        validate=SEQ_RANGE,
+        metadata={"description": "the last seq the client has applied"},
+    )
     limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10_000))
 
 
@@ -381,7 +456,9 @@ class EventListSchema(Schema):
     after = fields.Integer()
     events = fields.List(fields.Nested(EventSchema))
     latest_seq = fields.Integer()
-    warnings = fields.List(fields.String(), metadata={"description": "e.g. Redis unreachable: recorded events only"})
+    warnings = fields.List(
+        fields.String(), metadata={"description": "e.g. Redis unreachable: recorded events only"}
+    )
 
 
 class LogArgs(Schema):
@@ -390,14 +467,19 @@ class LogArgs(Schema):
     # A log event carries a batch of lines: (after, after_line) is the last line read.
     after_line = fields.Integer(load_default=None, validate=SEQ_RANGE)
     limit = fields.Integer(load_default=500, validate=validate.Range(1, 5000))
-    level = fields.String(load_default=None, validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]))
+    level = fields.String(
+        load_default=None,
+        validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
+    )
 
 
 class LogListSchema(Schema):
     logs = fields.List(fields.Nested(LogSchema))
     next_after = fields.Integer(allow_none=True)
     next_after_line = fields.Integer(allow_none=True)
-    warnings = fields.List(fields.String(), metadata={"description": "e.g. Redis unreachable: may be stale"})
+    warnings = fields.List(
+        fields.String(), metadata={"description": "e.g. Redis unreachable: may be stale"}
+    )
 
 
 class BarSchema(Schema):
@@ -461,9 +543,14 @@ class WorkflowDetailSchema(WorkflowSummarySchema):
 
 
 class WorkflowPutBody(Schema):
-    yaml = fields.String(load_default=None, allow_none=False,
-                         metadata={"description": "the definition as YAML (or JSON) text"})
-    definition = fields.Dict(load_default=None, allow_none=False, metadata={"description": "the definition as an object"})
+    yaml = fields.String(
+        load_default=None,
+        allow_none=False,
+        metadata={"description": "the definition as YAML (or JSON) text"},
+    )
+    definition = fields.Dict(
+        load_default=None, allow_none=False, metadata={"description": "the definition as an object"}
+    )
 
     @validates_schema
     def one_form(self, data: dict[str, Any], **_: Any) -> None:
@@ -472,8 +559,11 @@ class WorkflowPutBody(Schema):
 
 
 # Schema-level OpenAPI that marshmallow fields cannot say, by component name (web/rest.py adds it).
-OPENAPI_EXTRAS = {"SubmitBody": _one_of("workflow", "definition"), "WorkflowPutBody": _one_of("yaml", "definition"),
-                  "UnlockBody": {"anyOf": [{"required": ["username"]}, {"required": ["address"]}]}}
+OPENAPI_EXTRAS = {
+    "SubmitBody": _one_of("workflow", "definition"),
+    "WorkflowPutBody": _one_of("yaml", "definition"),
+    "UnlockBody": {"anyOf": [{"required": ["username"]}, {"required": ["address"]}]},
+}
 
 
 class AnalyticsArgs(Schema):
@@ -501,33 +591,54 @@ class UserSchema(Schema):
     role = fields.String()
     disabled = fields.Boolean()
     created_at = fields.Float()
-    permissions = fields.List(fields.String(), metadata={"description": "what the user may do beyond its role "
-                                                                        "(admins: every permission)"})
-    granted = fields.List(fields.String(), metadata={"description": "permissions an admin granted (PUT "
-                                                                    "/users/{name}/permissions/{permission})"})
+    permissions = fields.List(
+        fields.String(),
+        metadata={"description": "what the user may do beyond its role (admins: every permission)"},
+    )
+    granted = fields.List(
+        fields.String(),
+        metadata={
+            "description": "permissions an admin granted (PUT "
+            "/users/{name}/permissions/{permission})"
+        },
+    )
 
 
 PASSWORD_RULE = "a password has at least 8 characters"
 
 
 # A user name has no surrounding white space (the handler once stripped it, refusing "  " late).
-USER_NAME = validate.Regexp(r"^\S(.*\S)?$", error="1 to 200 characters, not starting or ending with a space")
+USER_NAME = validate.Regexp(
+    r"^\S(.*\S)?$", error="1 to 200 characters, not starting or ending with a space"
+)
 
 
 class UserBody(Schema):
     name = fields.String(required=True, validate=[validate.Length(1, 200), USER_NAME])
-    password = fields.String(required=True, validate=validate.Length(min=8, error=PASSWORD_RULE),
-                             metadata={"description": "required: POST creates (or resets) a user; "
-                                                      "PATCH /users/{name} changes only the role"})
+    password = fields.String(
+        required=True,
+        validate=validate.Length(min=8, error=PASSWORD_RULE),
+        metadata={
+            "description": "required: POST creates (or resets) a user; "
+            "PATCH /users/{name} changes only the role"
+        },
+    )
     role = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(list(ROLES)))
 
 
 class UserPatch(Schema):
-    password = fields.String(load_default=None, allow_none=False, validate=validate.Length(min=8, error=PASSWORD_RULE))
+    password = fields.String(
+        load_default=None, allow_none=False, validate=validate.Length(min=8, error=PASSWORD_RULE)
+    )
     role = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(list(ROLES)))
-    disabled = StrictBoolean(load_default=None, allow_none=False,
-                              metadata={"description": "true: the user cannot log in and its sessions and "
-                                                       "tokens stop working; false: enabled again"})
+    disabled = StrictBoolean(
+        load_default=None,
+        allow_none=False,
+        metadata={
+            "description": "true: the user cannot log in and its sessions and "
+            "tokens stop working; false: enabled again"
+        },
+    )
 
 
 class LoginBody(Schema):
@@ -546,8 +657,11 @@ class MeSchema(Schema):
 
 class TokenBody(Schema):
     name = fields.String(load_default="api", validate=validate.Length(1, 200))
-    username = fields.String(load_default=None, validate=validate.Length(1, 200),
-                             metadata={"description": "admins: the user the token is for (default: you)"})
+    username = fields.String(
+        load_default=None,
+        validate=validate.Length(1, 200),
+        metadata={"description": "admins: the user the token is for (default: you)"},
+    )
 
 
 class AuditEntrySchema(Schema):
@@ -615,7 +729,9 @@ def _project(plan: list[tuple[str, str, Any]], obj: Any) -> dict[str, Any]:
 
 
 class LockoutSchema(Schema):
-    scope = fields.String(metadata={"description": "user (an account) or address (a client address)"})
+    scope = fields.String(
+        metadata={"description": "user (an account) or address (a client address)"}
+    )
     subject = fields.String(metadata={"description": "the user name as typed, or the address"})
     failures = fields.Integer()
     locked_until = fields.Float()

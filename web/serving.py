@@ -53,8 +53,11 @@ def prepare(name: str) -> str:
     try:
         from gevent import monkey
     except ImportError:
-        print("canvasflow web: gevent is not installed; serving with threads "
-              "(pip install gevent, or pass --server threading to silence this)", file=sys.stderr)
+        print(
+            "canvasflow web: gevent is not installed; serving with threads "
+            "(pip install gevent, or pass --server threading to silence this)",
+            file=sys.stderr,
+        )
         return "threading"
     monkey.patch_all()
     return "gevent"
@@ -85,9 +88,11 @@ class CpuDeadline(Exception):
 
     def __init__(self, deadline: float, what: str = "") -> None:
         self.deadline = deadline
-        super().__init__(f"{what or 'this request'} took longer than {deadline:g} s of computing "
-                         "(CANVASFLOW_WEB_CPU_DEADLINE) and was abandoned; submit a smaller definition "
-                         "or raise the deadline")
+        super().__init__(
+            f"{what or 'this request'} took longer than {deadline:g} s of computing "
+            "(CANVASFLOW_WEB_CPU_DEADLINE) and was abandoned; submit a smaller definition "
+            "or raise the deadline"
+        )
 
 
 class _Abandoned(BaseException):
@@ -137,8 +142,9 @@ def within(deadline: float, fn: Callable[..., T], *args: Any) -> T:
     def abandon() -> None:
         with guard:
             if "ident" in state and "done" not in state:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(state["ident"]),
-                                                           ctypes.py_object(_Abandoned))
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(state["ident"]), ctypes.py_object(_Abandoned)
+                )
 
     if async_mode() == "gevent":
         import gevent
@@ -151,7 +157,9 @@ def within(deadline: float, fn: Callable[..., T], *args: Any) -> T:
             raise CpuDeadline(deadline) from None
     else:
         box: list[Any] = []
-        thread = threading.Thread(target=lambda: box.append(work()), daemon=True, name="canvasflow-cpu")
+        thread = threading.Thread(
+            target=lambda: box.append(work()), daemon=True, name="canvasflow-cpu"
+        )
         thread.start()
         thread.join(deadline)
         if not box:

@@ -20,7 +20,8 @@ MISSING_SECRET = (
     "the dashboard needs a session signing key: set CANVASFLOW_WEB_SECRET_KEY (the same value for every "
     "web process of the fleet) or CANVASFLOW_WEB_SECRET_KEY_FILE (a file holding it), e.g. "
     "python -c 'import secrets; print(secrets.token_urlsafe(48))' > web.key && chmod 600 web.key; "
-    "only `canvasflow demo` makes one up by itself")
+    "only `canvasflow demo` makes one up by itself"
+)
 _TASK_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z_][A-Za-z0-9_\-]*)*(?:\.\*)?\Z")
 
 
@@ -35,7 +36,8 @@ def parse_task_allow(raw: str) -> tuple[str, ...]:
             raise ConfigurationError(
                 f"{TASK_ALLOW_SETTING}: {entry!r} is not a task name or a name prefix; expected names like "
                 "'myapp.tasks.cleanup' (that task only) or 'myapp.tasks.*' (every task whose name starts with "
-                "'myapp.tasks.'), separated by commas ('*' alone is not allowed)")
+                "'myapp.tasks.'), separated by commas ('*' alone is not allowed)"
+            )
         entries.append(entry)
     return tuple(entries)
 
@@ -114,19 +116,36 @@ class WebSettings:
 
     def __post_init__(self) -> None:
         if self.anonymous_role not in ("", *ROLES):
-            raise ConfigurationError(f"CANVASFLOW_WEB_ANONYMOUS_ROLE={self.anonymous_role!r}: "
-                                     f"expected one of {', '.join(ROLES)} or empty")
+            raise ConfigurationError(
+                f"CANVASFLOW_WEB_ANONYMOUS_ROLE={self.anonymous_role!r}: "
+                f"expected one of {', '.join(ROLES)} or empty"
+            )
         if self.relay_window < 0:
-            raise ConfigurationError("CANVASFLOW_WEB_RELAY_WINDOW must be zero or a positive number of seconds")
-        for name in ("worker_purge_after", "task_retention", "login_window", "login_lockout", "login_lockout_max",
-                     "max_request_bytes", "cpu_deadline"):
+            raise ConfigurationError(
+                "CANVASFLOW_WEB_RELAY_WINDOW must be zero or a positive number of seconds"
+            )
+        for name in (
+            "worker_purge_after",
+            "task_retention",
+            "login_window",
+            "login_lockout",
+            "login_lockout_max",
+            "max_request_bytes",
+            "cpu_deadline",
+        ):
             if getattr(self, name) <= 0:
-                raise ConfigurationError(f"CANVASFLOW_WEB_{name.upper()} must be a positive number of seconds")
+                raise ConfigurationError(
+                    f"CANVASFLOW_WEB_{name.upper()} must be a positive number of seconds"
+                )
         for name in ("login_max_failures", "login_max_failures_address"):
             if getattr(self, name) < 1:
-                raise ConfigurationError(f"CANVASFLOW_WEB_{name.upper()} must be a positive number of failures")
+                raise ConfigurationError(
+                    f"CANVASFLOW_WEB_{name.upper()} must be a positive number of failures"
+                )
         if self.proxy_fix < 0:
-            raise ConfigurationError("CANVASFLOW_WEB_PROXY_FIX must be the number of proxies to trust (0: none)")
+            raise ConfigurationError(
+                "CANVASFLOW_WEB_PROXY_FIX must be the number of proxies to trust (0: none)"
+            )
         parse_task_allow(self.inspect_task_allow)  # a bad entry fails at start, not on first use
 
     @property
@@ -143,10 +162,14 @@ class WebSettings:
                 with open(self.secret_key_file, encoding="utf-8") as fh:
                     key = fh.readline().strip()
             except OSError as exc:
-                raise ConfigurationError(f"CANVASFLOW_WEB_SECRET_KEY_FILE={self.secret_key_file!r}: cannot read "
-                                         f"it ({exc.strerror})") from None
+                raise ConfigurationError(
+                    f"CANVASFLOW_WEB_SECRET_KEY_FILE={self.secret_key_file!r}: cannot read "
+                    f"it ({exc.strerror})"
+                ) from None
             if not key:
-                raise ConfigurationError(f"CANVASFLOW_WEB_SECRET_KEY_FILE={self.secret_key_file!r} is empty")
+                raise ConfigurationError(
+                    f"CANVASFLOW_WEB_SECRET_KEY_FILE={self.secret_key_file!r} is empty"
+                )
             return key
         raise ConfigurationError(MISSING_SECRET)
 
@@ -177,6 +200,9 @@ class WebSettings:
         return replace(self, **changes)
 
     def as_env(self) -> dict[str, str]:
-        return {f"CANVASFLOW_WEB_{f.name.upper()}": str(getattr(self, f.name)).lower()
-                if isinstance(getattr(self, f.name), bool) else str(getattr(self, f.name))
-                for f in fields(self)}
+        return {
+            f"CANVASFLOW_WEB_{f.name.upper()}": str(getattr(self, f.name)).lower()
+            if isinstance(getattr(self, f.name), bool)
+            else str(getattr(self, f.name))
+            for f in fields(self)
+        }

@@ -46,12 +46,26 @@ def parse_entry(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any] | None:
         data = json.loads(f.get("data") or "{}")
     except ValueError:
         data = {"raw": f.get("data")}
-    return {"run": f.get("run", ""), "seq": seq, "type": f.get("type", ""), "step": f.get("step") or None,
-            "status": f.get("status") or None, "ts": ts, "data": data, "id": _s(entry_id)}
+    return {
+        "run": f.get("run", ""),
+        "seq": seq,
+        "type": f.get("type", ""),
+        "step": f.get("step") or None,
+        "status": f.get("status") or None,
+        "ts": ts,
+        "data": data,
+        "id": _s(entry_id),
+    }
 
 
-def run_events(r: redis.Redis, keys: Keys, store: AuditStore | None, run_id: str, after: int = 0,
-               limit: int = 10_000) -> list[dict[str, Any]]:
+def run_events(
+    r: redis.Redis,
+    keys: Keys,
+    store: AuditStore | None,
+    run_id: str,
+    after: int = 0,
+    limit: int = 10_000,
+) -> list[dict[str, Any]]:
     """The run's events with seq > ``after``, in seq order, without gaps that exist anywhere."""
     recorded: list[dict[str, Any]] = []
     start_id: str | None = None
@@ -60,12 +74,17 @@ def run_events(r: redis.Redis, keys: Keys, store: AuditStore | None, run_id: str
             recorded = queries.events_after(store, run_id, after, limit=limit)
             known = recorded[-1]["seq"] if recorded else after
             with store.connect() as conn:
-                row = conn.execute(select(events_table.c.stream_id).where(
-                    events_table.c.run_id == run_id, events_table.c.seq <= known)
-                    .order_by(events_table.c.seq.desc()).limit(1)).first()
+                row = conn.execute(
+                    select(events_table.c.stream_id)
+                    .where(events_table.c.run_id == run_id, events_table.c.seq <= known)
+                    .order_by(events_table.c.seq.desc())
+                    .limit(1)
+                ).first()
             start_id = row.stream_id if row and row.stream_id else None
         except StoreError as exc:
-            log.warning("events of %s: audit store unavailable (%s); reading the stream only", run_id, exc)
+            log.warning(
+                "events of %s: audit store unavailable (%s); reading the stream only", run_id, exc
+            )
             recorded = []
     for e in recorded:
         e["step"] = e["step"] or None
@@ -114,8 +133,16 @@ class StreamTail:
     stream costs each Socket.IO room at most one message per window, whatever the event rate, and
     a quiet one adds no latency."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, deliver: Callable[[list[dict[str, Any]]], None], *,
-                 block_ms: int = 1000, count: int = 500, window: float = 0.0) -> None:
+    def __init__(
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        deliver: Callable[[list[dict[str, Any]]], None],
+        *,
+        block_ms: int = 1000,
+        count: int = 500,
+        window: float = 0.0,
+    ) -> None:
         self.r = r
         self.stream = keys.events
         self.deliver = deliver

@@ -46,8 +46,10 @@ class Throttled(Exception):
     def __init__(self, scope: str, subject: str, retry_after: int) -> None:
         self.scope, self.subject, self.retry_after = scope, subject, retry_after
         who = "this account" if scope == "user" else "your address"
-        self.message = (f"too many failed logins for {who}: try again in {retry_after} s "
-                        f"(or ask an admin to unlock it)")
+        self.message = (
+            f"too many failed logins for {who}: try again in {retry_after} s "
+            f"(or ask an admin to unlock it)"
+        )
         super().__init__(self.message)
 
 
@@ -62,19 +64,35 @@ class Lock:
 class Throttle:
     """The throttle table of one database (the audit store's, or the in-memory one)."""
 
-    def __init__(self, engine: Engine, writer: Any, web: WebSettings, audit_table: Table | None = None) -> None:
+    def __init__(
+        self, engine: Engine, writer: Any, web: WebSettings, audit_table: Table | None = None
+    ) -> None:
         self.engine, self.writer, self.web, self.audit_table = engine, writer, web, audit_table
 
     def _limit(self, scope: str) -> int:
-        return self.web.login_max_failures if scope == "user" else self.web.login_max_failures_address
+        return (
+            self.web.login_max_failures if scope == "user" else self.web.login_max_failures_address
+        )
 
     def locked(self, subjects: dict[str, str], now: float) -> Lock | None:
         """The lock that holds one of ``{scope: subject}`` now, the longest first."""
-        cond = or_(*(and_(throttle_table.c.scope == sc, throttle_table.c.subject == su) for sc, su in subjects.items()))
+        cond = or_(
+            *(
+                and_(throttle_table.c.scope == sc, throttle_table.c.subject == su)
+                for sc, su in subjects.items()
+            )
+        )
         with self.engine.connect() as conn:
-            rows = conn.execute(select(throttle_table).where(cond, throttle_table.c.locked_until > now)
-                                .order_by(throttle_table.c.locked_until.desc())).all()
-        return Lock(rows[0].scope, rows[0].subject, rows[0].failures, rows[0].locked_until) if rows else None
+            rows = conn.execute(
+                select(throttle_table)
+                .where(cond, throttle_table.c.locked_until > now)
+                .order_by(throttle_table.c.locked_until.desc())
+            ).all()
+        return (
+            Lock(rows[0].scope, rows[0].subject, rows[0].failures, rows[0].locked_until)
+            if rows
+            else None
+        )
 
     def failed(self, subjects: dict[str, str], now: float, audit: Any = None) -> Lock | None:
         """Count a failure for each subject; returns the lock it engaged, if any. ``audit(lock)``
@@ -88,9 +106,15 @@ class Throttle:
                     if lock is not None and audit is not None and self.audit_table is not None:
                         conn.execute(insert(self.audit_table).values(**audit(lock)))
                     # old, unlocked counts are forgotten (the table stays small)
-                    conn.execute(delete(throttle_table).where(
-                        throttle_table.c.last_failure_at < now - self.web.login_window,
-                        or_(throttle_table.c.locked_until.is_(None), throttle_table.c.locked_until < now)))
+                    conn.execute(
+                        delete(throttle_table).where(
+                            throttle_table.c.last_failure_at < now - self.web.login_window,
+                            or_(
+                                throttle_table.c.locked_until.is_(None),
+                                throttle_table.c.locked_until < now,
+                            ),
+                        )
+                    )
                     return lock
             except exc.IntegrityError:  # two first failures raced to insert the row: count again
                 if attempt == 2:
@@ -107,8 +131,15 @@ class Throttle:
         limit = self._limit(scope)
         until = None
         if failures >= limit:
-            until = now + min(self.web.login_lockout * 2 ** min(failures - limit, 30), self.web.login_lockout_max)
-        values = {"failures": failures, "first_failure_at": first, "last_failure_at": now, "locked_until": until}
+            until = now + min(
+                self.web.login_lockout * 2 ** min(failures - limit, 30), self.web.login_lockout_max
+            )
+        values = {
+            "failures": failures,
+            "first_failure_at": first,
+            "last_failure_at": now,
+            "locked_until": until,
+        }
         if row is None:
             conn.execute(insert(throttle_table).values(scope=scope, subject=subject, **values))
         else:
@@ -117,24 +148,44 @@ class Throttle:
 
     def succeeded(self, username: str) -> None:
         with self.writer.begin() as conn:
-            conn.execute(delete(throttle_table).where(throttle_table.c.scope == "user",
-                                                      throttle_table.c.subject == username))
+            conn.execute(
+                delete(throttle_table).where(
+                    throttle_table.c.scope == "user", throttle_table.c.subject == username
+                )
+            )
 
     def lockouts(self, now: float | None = None) -> list[dict[str, Any]]:
         """Accounts and addresses locked out now, the longest lock first."""
         now = time.time() if now is None else now
         with self.engine.connect() as conn:
-            rows = conn.execute(select(throttle_table).where(throttle_table.c.locked_until > now)
-                                .order_by(throttle_table.c.locked_until.desc())).all()
-        return [{"scope": r.scope, "subject": r.subject, "failures": r.failures, "locked_until": r.locked_until,
-                 "retry_after": retry_after(r.locked_until, now), "first_failure_at": r.first_failure_at,
-                 "last_failure_at": r.last_failure_at} for r in rows]
+            rows = conn.execute(
+                select(throttle_table)
+                .where(throttle_table.c.locked_until > now)
+                .order_by(throttle_table.c.locked_until.desc())
+            ).all()
+        return [
+            {
+                "scope": r.scope,
+                "subject": r.subject,
+                "failures": r.failures,
+                "locked_until": r.locked_until,
+                "retry_after": retry_after(r.locked_until, now),
+                "first_failure_at": r.first_failure_at,
+                "last_failure_at": r.last_failure_at,
+            }
+            for r in rows
+        ]
 
     def unlock(self, scope: str, subject: str, audit: dict[str, Any] | None = None) -> bool:
         """Forget the failures of an account or address (lifting its lock); False if it had none."""
         with self.writer.begin() as conn:
-            gone = bool(conn.execute(delete(throttle_table).where(
-                throttle_table.c.scope == scope, throttle_table.c.subject == subject)).rowcount)
+            gone = bool(
+                conn.execute(
+                    delete(throttle_table).where(
+                        throttle_table.c.scope == scope, throttle_table.c.subject == subject
+                    )
+                ).rowcount
+            )
             if gone and audit is not None and self.audit_table is not None:
                 conn.execute(insert(self.audit_table).values(**audit))
             return gone
@@ -168,16 +219,31 @@ def attempt(username: str, password: str) -> auth.User | None:
             raise Throttled(lock.scope, lock.subject, retry_after(lock.locked_until, now))
         user = auth.users().verify(username, password)
         if user is None:
-            lock = t.failed(subjects, now, audit=lambda lk: audit_log.entry(
-                "login_lockout", lk.scope, lk.subject, {"failures": lk.failures, "locked_until": lk.locked_until,
-                                                        "address": subjects["address"]},
-                actor=username[:200] or "?", outcome="locked"))
+            lock = t.failed(
+                subjects,
+                now,
+                audit=lambda lk: audit_log.entry(
+                    "login_lockout",
+                    lk.scope,
+                    lk.subject,
+                    {
+                        "failures": lk.failures,
+                        "locked_until": lk.locked_until,
+                        "address": subjects["address"],
+                    },
+                    actor=username[:200] or "?",
+                    outcome="locked",
+                ),
+            )
             if lock is not None:
                 raise Throttled(lock.scope, lock.subject, retry_after(lock.locked_until, now))
             return None
         t.succeeded(user.name)
         return user
     except exc.SQLAlchemyError as e:
-        abort(503, message=f"the user store is unavailable, so nobody can log in right now: {str(e).splitlines()[0]}",
-              headers={"Retry-After": "5"})
+        abort(
+            503,
+            message=f"the user store is unavailable, so nobody can log in right now: {str(e).splitlines()[0]}",
+            headers={"Retry-After": "5"},
+        )
         raise

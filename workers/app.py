@@ -50,22 +50,30 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
     # The catalog and liveness writes run in the worker's main process: they must not wait
     # through an outage. The step path's own client does (broker.Patient).
-    step_client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
-    state = RunState(step_client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen)
+    step_client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=30, health_check_interval=30
+    )
+    state = RunState(
+        step_client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen
+    )
     rt = steps.Runtime(broker.Patient(state, settings.redis_retry_seconds), registry, settings)  # type: ignore[arg-type]
 
     class StepRequest(Request):
         """Celery's request, plus canvasflow's recovery when a step is killed at its hard limit,
         and a message handed back (not acknowledged) when what follows could not be published."""
 
-        def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        def on_failure(
+            self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+        ) -> None:
             exc = getattr(exc_info, "exception", None)
             exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback
             if self.task.acks_late and exc is not None and broker.is_transient(exc):
                 # Celery acknowledges a task that failed, and a failure to publish the next link
                 # past the retry budget is one: the run would stop there. Requeue instead; the
                 # copy re-sends the continuation (step.py, 'settled' by the same task).
-                log.error("canvasflow: %s[%s]: %s; handing its message back", self.task.name, self.id, exc)
+                log.error(
+                    "canvasflow: %s[%s]: %s; handing its message back", self.task.name, self.id, exc
+                )
                 task_ready(self)
                 self.reject(requeue=True)
                 return
@@ -78,6 +86,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
                     steps.on_hard_timeout(rt, app, self.args, timeout)
                 except Exception:
                     log.exception("canvasflow: could not recover from a hard time limit")
+
     rt.revoke = lambda task_id: app.control.revoke(task_id, terminate=True, signal="SIGTERM")
     app.canvasflow_runtime = rt  # type: ignore[attr-defined]
     app.canvasflow_settings = settings  # type: ignore[attr-defined]
@@ -88,8 +97,15 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     # max_retries=None on the task: ``self.retry(max_retries=None)`` means "the task's own
     # limit", Celery's default 3, and a step with more retries, or a settle waiting for running
     # steps, would stop with MaxRetriesExceededError and strand its run. Steps count their own.
-    @app.task(name=STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, Request=StepRequest,
-              ignore_result=True, max_retries=None)
+    @app.task(
+        name=STEP_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        Request=StepRequest,
+        ignore_result=True,
+        max_retries=None,
+    )
     def step(self: Task, incoming: Any, spec: Any, hdr: dict | None = None) -> Any:
         with broker.hand_back_on_outage(self):
             return steps.run_step(self, rt, incoming, spec, hdr)
@@ -98,19 +114,39 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     def merge(incoming: Any, hdr: dict) -> Any:
         return steps.merge(incoming)
 
-    @app.task(name=SETTLE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-              max_retries=None, Request=StepRequest)
+    @app.task(
+        name=SETTLE_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        max_retries=None,
+        Request=StepRequest,
+    )
     def settle(self: Task, incoming: Any, hdr: dict) -> str:
         with broker.hand_back_on_outage(self):
             return str(steps.safe_settle(self, rt, app, hdr))
 
-    @app.task(name=COMPENSATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-              max_retries=None, Request=StepRequest)
+    @app.task(
+        name=COMPENSATE_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        max_retries=None,
+        Request=StepRequest,
+    )
     def compensate(self: Task, prev: Any, spec: dict, hdr: dict) -> Any:
         with broker.hand_back_on_outage(self):
             return steps.safe_compensate(self, rt, prev, spec, hdr)
 
-    @app.task(name=COMPENSATED_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    @app.task(
+        name=COMPENSATED_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+    )
     def compensated(self: Task, prev: Any, hdr: dict, target: str) -> str:
         with broker.hand_back_on_outage(self):
             return str(steps.compensated(rt, prev, hdr, target))
@@ -132,16 +168,28 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
         except Exception:
             pass
         # call_allow: validation at submit refuses a builtin.call this worker would refuse.
-        entry = {"plugins": registry.catalog(), "queues": queues, "pid": os.getpid(), "started_at": time.time(),
-                 "call_allow": list(settings.call_allow)}
+        entry = {
+            "plugins": registry.catalog(),
+            "queues": queues,
+            "pid": os.getpid(),
+            "started_at": time.time(),
+            "call_allow": list(settings.call_allow),
+        }
         client.hset(keys.catalog, hostname, json.dumps(entry))
         client.set(keys.worker_alive(hostname), "1", ex=ALIVE_TTL)
         pool_module = type(getattr(sender, "pool", None)).__module__
         if not pool_module.endswith("prefork"):
-            log.warning("canvasflow: the %s pool does not enforce step timeouts; steps with a timeout "
-                        "need the prefork pool (-P prefork)", pool_module.rsplit(".", 1)[-1])
-        log.info("canvasflow: published %d plugins for %s; builtin.call: %s", len(entry["plugins"]), hostname,
-                 callallow.describe(settings.call_allow))
+            log.warning(
+                "canvasflow: the %s pool does not enforce step timeouts; steps with a timeout "
+                "need the prefork pool (-P prefork)",
+                pool_module.rsplit(".", 1)[-1],
+            )
+        log.info(
+            "canvasflow: published %d plugins for %s; builtin.call: %s",
+            len(entry["plugins"]),
+            hostname,
+            callallow.describe(settings.call_allow),
+        )
 
     def withdraw_catalog(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is not app:

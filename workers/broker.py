@@ -28,8 +28,13 @@ from orchestrator.settings import Settings
 log = logging.getLogger(__name__)
 
 # BusyLoadingError (a restarted Redis reading its AOF back) is a ConnectionError subclass.
-TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OperationalError,
-                                              ConnectionError, TimeoutError)
+TRANSIENT: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OperationalError,
+    ConnectionError,
+    TimeoutError,
+)
 FIRST_DELAY = 0.05
 MAX_DELAY = 2.0
 
@@ -71,8 +76,12 @@ def patiently(fn: Callable[..., Any], budget: float, what: str) -> Callable[...,
                 if time.monotonic() + delay > deadline:
                     raise RedisUnavailable(what, budget, exc) from exc
                 if not warned:
-                    log.warning("canvasflow: Redis unreachable during %s (%s); retrying for up to %gs",
-                                what, exc, budget)
+                    log.warning(
+                        "canvasflow: Redis unreachable during %s (%s); retrying for up to %gs",
+                        what,
+                        exc,
+                        budget,
+                    )
                     warned = True
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_DELAY)
@@ -87,7 +96,9 @@ def hand_back_on_outage(task: Any) -> Iterator[None]:
     try:
         yield
     except TRANSIENT as exc:
-        log.error("canvasflow: %s[%s]: %s; handing its message back", task.name, task.request.id, exc)
+        log.error(
+            "canvasflow: %s[%s]: %s; handing its message back", task.name, task.request.id, exc
+        )
         # The reason as text: Celery pickles the Reject to the main process.
         raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
 
@@ -155,9 +166,16 @@ def worker_celery_options(settings: Settings) -> dict[str, Any]:
         # The chord counter and the result backend: the Redis backend's ensure() retries for
         # this long before giving up (its default is 20 tries 1 s apart).
         "result_backend_transport_options": {
-            "retry_policy": {"timeout": float(seconds), "max_retries": None, "interval_start": 0,
-                             "interval_step": 0.5, "interval_max": MAX_DELAY},
-            "global_keyprefix": broker_prefix(settings.key_prefix),  # as in orchestrator/celery_app.py
+            "retry_policy": {
+                "timeout": float(seconds),
+                "max_retries": None,
+                "interval_start": 0,
+                "interval_step": 0.5,
+                "interval_max": MAX_DELAY,
+            },
+            "global_keyprefix": broker_prefix(
+                settings.key_prefix
+            ),  # as in orchestrator/celery_app.py
         },
         # Keep consuming after the broker connection comes back (Celery's default; stated here
         # because a worker that exits on a Redis restart is what this module exists to prevent).

@@ -39,8 +39,10 @@ def _resolve(spec: Any, allow: tuple[str, ...]) -> Any:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, but also a SyntaxError in the user's module
-        raise StepError(f"cannot import module '{module_name}' for {spec!r}: "
-                        f"{type(exc).__name__}: {exc}", retryable=False) from exc
+        raise StepError(
+            f"cannot import module '{module_name}' for {spec!r}: {type(exc).__name__}: {exc}",
+            retryable=False,
+        ) from exc
     # The module's own namespace only: no module __getattr__, no fallback to builtins.
     namespace = vars(module)
     if name not in namespace:
@@ -52,12 +54,16 @@ def _resolve(spec: Any, allow: tuple[str, ...]) -> Any:
     # subprocess) would smuggle a module past the allow-list: its home must be this very module
     # (os.path is posixpath) or an allowed one.
     home = getattr(obj, "__module__", None)
-    if not isinstance(home, str) or (sys.modules.get(home) is not module
-                                     and not callallow.allows(allow, home)):
-        raise StepError(f"builtin.call may not run {spec!r}: '{name}' is not defined in "
-                        f"'{module_name}' but comes from module '{home}', which is not in this "
-                        f"worker's call allow-list ({callallow.describe(allow)}); call it by its "
-                        "own module name if that module is meant to be allowed", retryable=False)
+    if not isinstance(home, str) or (
+        sys.modules.get(home) is not module and not callallow.allows(allow, home)
+    ):
+        raise StepError(
+            f"builtin.call may not run {spec!r}: '{name}' is not defined in "
+            f"'{module_name}' but comes from module '{home}', which is not in this "
+            f"worker's call allow-list ({callallow.describe(allow)}); call it by its "
+            "own module name if that module is meant to be allowed",
+            retryable=False,
+        )
     return obj
 
 
@@ -83,7 +89,9 @@ class Builtin:
     def sleep(self, ctx: Any, seconds: Any) -> dict[str, Any]:
         """Sleep `seconds`, reporting progress and stopping early when the run is cancelled."""
         if not _is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
-            raise StepError(f"seconds must be a non-negative number, got {seconds!r}", retryable=False)
+            raise StepError(
+                f"seconds must be a non-negative number, got {seconds!r}", retryable=False
+            )
         start = time.monotonic()
         deadline = start + seconds
         while True:
@@ -100,8 +108,9 @@ class Builtin:
         """Fail with `message`; with `times`, only attempts 1..times fail and the next succeeds."""
         if times is not None:
             if not isinstance(times, int) or isinstance(times, bool) or times < 0:
-                raise StepError(f"times must be a non-negative whole number, got {times!r}",
-                                retryable=False)
+                raise StepError(
+                    f"times must be a non-negative whole number, got {times!r}", retryable=False
+                )
             if ctx.attempt > times:
                 return {"attempt": ctx.attempt}
         raise StepError(str(message))
@@ -114,7 +123,9 @@ class Builtin:
         if not isinstance(args, list | tuple):
             raise StepError(f"args must be a list, got {type(args).__name__}", retryable=False)
         if not isinstance(kwargs, dict):
-            raise StepError(f"kwargs must be a mapping, got {type(kwargs).__name__}", retryable=False)
+            raise StepError(
+                f"kwargs must be a mapping, got {type(kwargs).__name__}", retryable=False
+            )
         if _accepts_ctx(fn) and "ctx" not in kwargs:
             kwargs = {**kwargs, "ctx": ctx}
         try:
@@ -126,6 +137,7 @@ class Builtin:
         try:
             json.dumps(result)
         except (TypeError, ValueError) as exc:
-            raise StepError(f"{function} returned a value that is not JSON: {exc}",
-                            retryable=False) from None
+            raise StepError(
+                f"{function} returned a value that is not JSON: {exc}", retryable=False
+            ) from None
         return result

@@ -42,8 +42,21 @@ FINISHING = 4  # the step's own thread is recording its end in one round trip
 class StepContext:
     """What a plugin method sees of its run: ids, attempt, and the action-logger calls."""
 
-    __slots__ = ("run_id", "step_id", "attempt", "workflow_id", "_buffer", "_progress", "_stats",
-                 "_lock", "_cancelled", "started", "phase", "verdict", "_phase_changed")
+    __slots__ = (
+        "run_id",
+        "step_id",
+        "attempt",
+        "workflow_id",
+        "_buffer",
+        "_progress",
+        "_stats",
+        "_lock",
+        "_cancelled",
+        "started",
+        "phase",
+        "verdict",
+        "_phase_changed",
+    )
 
     def __init__(self, run_id: str, step_id: str, attempt: int, workflow_id: str = "") -> None:
         self.run_id = run_id
@@ -65,20 +78,30 @@ class StepContext:
         """True once the run is being cancelled: long loops should stop early."""
         return self._cancelled
 
-    def log(self, message: Any, level: str = "INFO", entity_tag: str | None = None,
-            entity_route: str | None = None, entity_id: str | None = None,
-            entity_type: str | None = None) -> None:
+    def log(
+        self,
+        message: Any,
+        level: str = "INFO",
+        entity_tag: str | None = None,
+        entity_route: str | None = None,
+        entity_id: str | None = None,
+        entity_type: str | None = None,
+    ) -> None:
         """Record a log line for this step; non-strings are str()-ed, long ones cut to 64 KiB."""
         # Only an extend here (a plugin may log thousands of lines): checks, clamps and JSON
         # happen when the heartbeat thread drains the buffer, in one event per batch.
-        self._buffer.extend((time_ns() // 1000, message, level, entity_tag, entity_route, entity_id, entity_type))
+        self._buffer.extend(
+            (time_ns() // 1000, message, level, entity_tag, entity_route, entity_id, entity_type)
+        )
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report how far the step is, 0..1 (values outside are clamped); the latest one wins."""
         try:
             f = float(fraction)
         except (TypeError, ValueError):
-            raise ValueError(f"ctx.progress() takes a number between 0 and 1, not {fraction!r}") from None
+            raise ValueError(
+                f"ctx.progress() takes a number between 0 and 1, not {fraction!r}"
+            ) from None
         if f != f:  # NaN
             f = 0.0
         self._progress = (min(1.0, max(0.0, f)), None if message is None else str(message)[:1000])
@@ -97,7 +120,15 @@ class StepContext:
         if self._progress is not None:
             frac, msg = self._progress
             self._progress = None
-            out.append(["progress", self.step_id, "", f"{time.time():.6f}", {"fraction": frac, "message": msg}])
+            out.append(
+                [
+                    "progress",
+                    self.step_id,
+                    "",
+                    f"{time.time():.6f}",
+                    {"fraction": frac, "message": msg},
+                ]
+            )
         return out
 
     @property
@@ -169,8 +200,13 @@ class StepContext:
 class _Active:
     __slots__ = ("owner", "ctx", "last", "begin", "terminate")
 
-    def __init__(self, owner: str, ctx: StepContext, begin: Callable[[], tuple[str, ...]] | None,
-                 terminate: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        owner: str,
+        ctx: StepContext,
+        begin: Callable[[], tuple[str, ...]] | None,
+        terminate: Callable[[], None] | None,
+    ) -> None:
         self.owner, self.ctx, self.last = owner, ctx, time.time()
         self.begin, self.terminate = begin, terminate
 
@@ -189,15 +225,23 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
-    def add(self, ctx: StepContext, owner: str, *, begin: Callable[[], tuple[str, ...]] | None = None,
-            terminate: Callable[[], None] | None = None) -> None:
+    def add(
+        self,
+        ctx: StepContext,
+        owner: str,
+        *,
+        begin: Callable[[], tuple[str, ...]] | None = None,
+        terminate: Callable[[], None] | None = None,
+    ) -> None:
         """Watch a running step; ``begin`` (fast path) tells Redis late, ``terminate`` stops the
         step's task when its run is cancelled before Redis knew it was running."""
         with self._lock:
             self._active[(ctx.run_id, ctx.step_id)] = _Active(owner, ctx, begin, terminate)
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._loop, name="canvasflow-heartbeat", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name="canvasflow-heartbeat", daemon=True
+                )
                 self._thread.start()
 
     def remove(self, ctx: StepContext) -> int:
@@ -235,7 +279,11 @@ class Heartbeat:
             for a in active:
                 ctx = a.ctx
                 try:
-                    if ctx.phase == FRESH and a.begin is not None and now - ctx.started >= self.begin_after:
+                    if (
+                        ctx.phase == FRESH
+                        and a.begin is not None
+                        and now - ctx.started >= self.begin_after
+                    ):
                         ctx._begin_late(a.begin)
                         a.last = now
                     if not flush or ctx.phase in (FRESH, BEGINNING, FINISHING):
@@ -246,9 +294,13 @@ class Heartbeat:
                     if now - a.last >= refresh_every:
                         a.last = now
                         if ctx.phase == BEGUN:
-                            self.state.refresh_lease(ctx.run_id, ctx.step_id, a.owner, self.lease_ttl)
+                            self.state.refresh_lease(
+                                ctx.run_id, ctx.step_id, a.owner, self.lease_ttl
+                            )
                         status = self.state.status(ctx.run_id)
                         if status in ("CANCELLING", None):
                             ctx._cancelled = True
                 except Exception:  # Redis away for a moment: the step goes on, we try again
-                    log.warning("heartbeat for %s/%s failed", ctx.run_id, ctx.step_id, exc_info=True)
+                    log.warning(
+                        "heartbeat for %s/%s failed", ctx.run_id, ctx.step_id, exc_info=True
+                    )

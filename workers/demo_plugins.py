@@ -36,7 +36,9 @@ def _check_cancel(ctx: Any) -> None:
         raise StepError("cancelled", retryable=False)
 
 
-def _read_csv(path: str, delimiter: str = ",", has_header: bool = True) -> tuple[list[str], list[list[str]]]:
+def _read_csv(
+    path: str, delimiter: str = ",", has_header: bool = True
+) -> tuple[list[str], list[list[str]]]:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh, delimiter=delimiter))
@@ -95,7 +97,9 @@ def _numeric_columns(header: list[str], rows: list[list[str]]) -> set[int]:
 
 def _column(header: list[str], name: str, path: str) -> int:
     if name not in header:
-        raise StepError(f"{path} has no column '{name}' (columns: {', '.join(header)})", retryable=False)
+        raise StepError(
+            f"{path} has no column '{name}' (columns: {', '.join(header)})", retryable=False
+        )
     return header.index(name)
 
 
@@ -121,8 +125,9 @@ def _interpolate(rows: list[list[str]], col: int) -> int:
     return filled
 
 
-def _simulate_batch(ctx: Any, kind: str, output_directory: str, names: list[str],
-                    seconds: float) -> dict[str, Any]:
+def _simulate_batch(
+    ctx: Any, kind: str, output_directory: str, names: list[str], seconds: float
+) -> dict[str, Any]:
     """Pretend to process `names`, spreading `seconds` over them with progress and a log each."""
     if not isinstance(seconds, int | float) or seconds < 0:
         raise StepError(f"seconds must be a non-negative number, got {seconds!r}", retryable=False)
@@ -132,8 +137,13 @@ def _simulate_batch(ctx: Any, kind: str, output_directory: str, names: list[str]
         time.sleep(seconds / max(len(names), 1))
         target = os.path.join(output_directory, name)
         outputs.append(target)
-        ctx.log(f"processed {name}", entity_tag=kind, entity_route=target, entity_id=name,
-                entity_type=kind)
+        ctx.log(
+            f"processed {name}",
+            entity_tag=kind,
+            entity_route=target,
+            entity_id=name,
+            entity_type=kind,
+        )
         ctx.progress(done / len(names), f"{done}/{len(names)} {kind} files")
     ctx.stats(items_processed=len(names), items_failed=0)
     return {"processed": len(names), "outputs": outputs, "output_directory": output_directory}
@@ -141,7 +151,9 @@ def _simulate_batch(ctx: Any, kind: str, output_directory: str, names: list[str]
 
 def _count(value: Any, what: str = "count") -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise StepError(f"{what} must be a non-negative whole number, got {value!r}", retryable=False)
+        raise StepError(
+            f"{what} must be a non-negative whole number, got {value!r}", retryable=False
+        )
     return value
 
 
@@ -154,13 +166,19 @@ def _count(value: Any, what: str = "count") -> int:
 class CsvLoader:
     """Read CSV files (and write a sample one for the demo)."""
 
-    def load_file(self, ctx: Any, file_path: str, delimiter: str = ",", has_header: bool = True) -> dict[str, Any]:
+    def load_file(
+        self, ctx: Any, file_path: str, delimiter: str = ",", has_header: bool = True
+    ) -> dict[str, Any]:
         """Read a CSV file; output its path, row count, columns and a content-hash batch id."""
         header, rows = _read_csv(file_path, delimiter, has_header)
         with open(file_path, "rb") as fh:
             batch_id = "batch-" + hashlib.sha1(fh.read()).hexdigest()[:10]
-        ctx.log(f"loaded {len(rows)} rows, {len(header)} columns from {file_path}",
-                entity_tag="row_batch", entity_route=file_path, entity_id=batch_id)
+        ctx.log(
+            f"loaded {len(rows)} rows, {len(header)} columns from {file_path}",
+            entity_tag="row_batch",
+            entity_route=file_path,
+            entity_id=batch_id,
+        )
         ctx.stats(items_processed=len(rows))
         ctx.progress(1.0)
         return {"path": file_path, "rows": len(rows), "columns": header, "batch_id": batch_id}
@@ -181,7 +199,9 @@ class CsvLoader:
                 v2 = ""
             out.append([i + 1, rng.choice(["alpha", "beta", "gamma", "delta"]), v1, v2])
         size = _write_csv(file_path, ["id", "category", "value1", "value2"], out)
-        ctx.log(f"wrote sample CSV with {len(out)} rows", entity_tag="row_batch", entity_route=file_path)
+        ctx.log(
+            f"wrote sample CSV with {len(out)} rows", entity_tag="row_batch", entity_route=file_path
+        )
         return {"path": file_path, "rows": len(out), "bytes": size}
 
 
@@ -189,28 +209,45 @@ class CsvLoader:
 class DataValidator:
     """Check a CSV's columns and rows."""
 
-    def validate_schema(self, ctx: Any, path: str, required_columns: list[str] | None = None,
-                        strict_mode: bool = True) -> dict[str, Any]:
+    def validate_schema(
+        self,
+        ctx: Any,
+        path: str,
+        required_columns: list[str] | None = None,
+        strict_mode: bool = True,
+    ) -> dict[str, Any]:
         """Count invalid rows; in strict mode missing columns or ragged rows fail the step."""
         header, rows = _read_csv(path)
         missing = [c for c in (required_columns or []) if c not in header]
         ragged = sum(1 for r in rows if len(r) != len(header))
         with_missing = sum(1 for r in rows if len(r) == len(header) and "" in r)
-        ctx.log(f"{len(rows)} rows: {ragged} malformed, {with_missing} with missing values",
-                level="WARNING" if ragged or with_missing else "INFO",
-                entity_tag="row_batch", entity_route=path)
+        ctx.log(
+            f"{len(rows)} rows: {ragged} malformed, {with_missing} with missing values",
+            level="WARNING" if ragged or with_missing else "INFO",
+            entity_tag="row_batch",
+            entity_route=path,
+        )
         ctx.stats(items_processed=len(rows), items_failed=ragged)
         if strict_mode and (missing or ragged):
-            problems = ([f"missing columns {missing}"] if missing else []) + \
-                ([f"{ragged} rows with the wrong number of fields"] if ragged else [])
+            problems = ([f"missing columns {missing}"] if missing else []) + (
+                [f"{ragged} rows with the wrong number of fields"] if ragged else []
+            )
             raise StepError(f"{path} is invalid: " + "; ".join(problems), retryable=False)
-        return {"path": path, "rows": len(rows), "columns": header, "missing_columns": missing,
-                "invalid_rows": ragged, "rows_with_missing_values": with_missing,
-                "valid_rows": len(rows) - ragged - with_missing}
+        return {
+            "path": path,
+            "rows": len(rows),
+            "columns": header,
+            "missing_columns": missing,
+            "invalid_rows": ragged,
+            "rows_with_missing_values": with_missing,
+            "valid_rows": len(rows) - ragged - with_missing,
+        }
 
     def discard(self, ctx: Any, batch: str) -> dict[str, Any]:
         """Compensation: mark a loaded batch as discarded."""
-        ctx.log(f"discarded batch {batch}", level="WARNING", entity_tag="row_batch", entity_id=batch)
+        ctx.log(
+            f"discarded batch {batch}", level="WARNING", entity_tag="row_batch", entity_id=batch
+        )
         return {"discarded": batch}
 
 
@@ -218,12 +255,20 @@ class DataValidator:
 class DataCleaner:
     """Remove duplicates and handle missing values."""
 
-    def clean_dataset(self, ctx: Any, path: str, output_path: str, remove_duplicates: bool = True,
-                      handle_missing: str = "drop") -> dict[str, Any]:
+    def clean_dataset(
+        self,
+        ctx: Any,
+        path: str,
+        output_path: str,
+        remove_duplicates: bool = True,
+        handle_missing: str = "drop",
+    ) -> dict[str, Any]:
         """Write a cleaned copy: handle_missing is drop, interpolate or zero."""
         if handle_missing not in ("drop", "interpolate", "zero"):
-            raise StepError(f"handle_missing must be drop, interpolate or zero, got {handle_missing!r}",
-                            retryable=False)
+            raise StepError(
+                f"handle_missing must be drop, interpolate or zero, got {handle_missing!r}",
+                retryable=False,
+            )
         header, rows = _read_csv(path)
         rows_in = len(rows)
         rows = [r for r in rows if len(r) == len(header)]
@@ -245,21 +290,32 @@ class DataCleaner:
                     if r[col] == "":
                         r[col] = "0" if col in numeric else "unknown"
         _write_csv(output_path, header, rows)
-        ctx.log(f"cleaned {rows_in} -> {len(rows)} rows ({duplicates} duplicates, {missing} "
-                f"missing values {handle_missing})", entity_tag="row_batch", entity_route=output_path)
+        ctx.log(
+            f"cleaned {rows_in} -> {len(rows)} rows ({duplicates} duplicates, {missing} "
+            f"missing values {handle_missing})",
+            entity_tag="row_batch",
+            entity_route=output_path,
+        )
         ctx.stats(items_processed=rows_in, items_failed=malformed)
         ctx.progress(1.0)
-        return {"path": output_path, "rows_in": rows_in, "rows_out": len(rows),
-                "duplicates_removed": duplicates, "missing_values": missing,
-                "malformed_dropped": malformed, "handle_missing": handle_missing}
+        return {
+            "path": output_path,
+            "rows_in": rows_in,
+            "rows_out": len(rows),
+            "duplicates_removed": duplicates,
+            "missing_values": missing,
+            "malformed_dropped": malformed,
+            "handle_missing": handle_missing,
+        }
 
 
 @plugin("data_transformer")
 class DataTransformer:
     """Normalize numeric columns and encode categorical ones."""
 
-    def apply_transformations(self, ctx: Any, path: str, output_path: str,
-                              transformations: list[dict[str, Any]]) -> dict[str, Any]:
+    def apply_transformations(
+        self, ctx: Any, path: str, output_path: str, transformations: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """Apply {"type": "normalize", "columns": [...]} / {"type": "encode", "column": ...}."""
         if not isinstance(transformations, list):
             raise StepError("transformations must be a list", retryable=False)
@@ -273,8 +329,10 @@ class DataTransformer:
                     col = _column(header, name, path)
                     values = [_float(r[col]) for r in rows]
                     if any(v is None for v in values):
-                        raise StepError(f"column '{name}' is not numeric (clean the data first)",
-                                        retryable=False)
+                        raise StepError(
+                            f"column '{name}' is not numeric (clean the data first)",
+                            retryable=False,
+                        )
                     lo, hi = min(values, default=0.0), max(values, default=0.0)  # type: ignore[type-var]
                     for r, v in zip(rows, values, strict=True):
                         r[col] = f"{(v - lo) / (hi - lo) if hi > lo else 0.0:.6f}"  # type: ignore[operator]
@@ -287,12 +345,18 @@ class DataTransformer:
                 encodings[header[col]] = codes
                 applied.append(f"encode:{header[col]}")
             else:
-                raise StepError(f"transformations[{n - 1}]: unknown type {kind!r} "
-                                "(supported: normalize, encode)", retryable=False)
+                raise StepError(
+                    f"transformations[{n - 1}]: unknown type {kind!r} "
+                    "(supported: normalize, encode)",
+                    retryable=False,
+                )
             ctx.progress(n / len(transformations))
         _write_csv(output_path, header, rows)
-        ctx.log(f"applied {', '.join(applied) or 'nothing'}", entity_tag="row_batch",
-                entity_route=output_path)
+        ctx.log(
+            f"applied {', '.join(applied) or 'nothing'}",
+            entity_tag="row_batch",
+            entity_route=output_path,
+        )
         ctx.stats(items_processed=len(rows))
         return {"path": output_path, "rows": len(rows), "applied": applied, "encodings": encodings}
 
@@ -301,7 +365,9 @@ class DataTransformer:
 class CsvWriter:
     """Publish a CSV to its final place."""
 
-    def save_file(self, ctx: Any, path: str, output_path: str, include_metadata: bool = True) -> dict[str, Any]:
+    def save_file(
+        self, ctx: Any, path: str, output_path: str, include_metadata: bool = True
+    ) -> dict[str, Any]:
         """Copy the file to output_path (atomically), plus output_path.meta.json when asked."""
         header, rows = _read_csv(path)
 
@@ -315,10 +381,21 @@ class CsvWriter:
             meta_path = output_path + ".meta.json"
             with open(output_path, "rb") as fh:
                 digest = hashlib.sha256(fh.read()).hexdigest()
-            meta = {"source": path, "rows": len(rows), "columns": header, "bytes": size,
-                    "sha256": digest, "run_id": ctx.run_id, "step_id": ctx.step_id}
+            meta = {
+                "source": path,
+                "rows": len(rows),
+                "columns": header,
+                "bytes": size,
+                "sha256": digest,
+                "run_id": ctx.run_id,
+                "step_id": ctx.step_id,
+            }
             _write_atomic(meta_path, lambda fh: json.dump(meta, fh, indent=2))
-        ctx.log(f"saved {len(rows)} rows ({size} bytes)", entity_tag="row_batch", entity_route=output_path)
+        ctx.log(
+            f"saved {len(rows)} rows ({size} bytes)",
+            entity_tag="row_batch",
+            entity_route=output_path,
+        )
         ctx.stats(items_processed=len(rows))
         return {"path": output_path, "rows": len(rows), "bytes": size, "metadata": meta_path}
 
@@ -332,33 +409,66 @@ class CsvWriter:
 class ImageProcessor:
     """Simulated image conversion."""
 
-    def batch_process(self, ctx: Any, input_directory: str, output_directory: str, format: str = "jpg",
-                      quality: int = 85, count: int = 5, seconds: float = 0.5) -> dict[str, Any]:
+    def batch_process(
+        self,
+        ctx: Any,
+        input_directory: str,
+        output_directory: str,
+        format: str = "jpg",
+        quality: int = 85,
+        count: int = 5,
+        seconds: float = 0.5,
+    ) -> dict[str, Any]:
         """'Convert' `count` images over `seconds`."""
         names = [f"image_{i:03d}.{format}" for i in range(1, _count(count) + 1)]
-        return {**_simulate_batch(ctx, "image", output_directory, names, seconds), "quality": quality}
+        return {
+            **_simulate_batch(ctx, "image", output_directory, names, seconds),
+            "quality": quality,
+        }
 
 
 @plugin("video_processor")
 class VideoProcessor:
     """Simulated video transcoding."""
 
-    def batch_process(self, ctx: Any, input_directory: str, output_directory: str, codec: str = "h264",
-                      bitrate: str = "2M", count: int = 3, seconds: float = 0.8) -> dict[str, Any]:
+    def batch_process(
+        self,
+        ctx: Any,
+        input_directory: str,
+        output_directory: str,
+        codec: str = "h264",
+        bitrate: str = "2M",
+        count: int = 3,
+        seconds: float = 0.8,
+    ) -> dict[str, Any]:
         """'Transcode' `count` videos over `seconds`."""
         names = [f"video_{i:03d}.{codec}.mp4" for i in range(1, _count(count) + 1)]
-        return {**_simulate_batch(ctx, "video", output_directory, names, seconds), "bitrate": bitrate}
+        return {
+            **_simulate_batch(ctx, "video", output_directory, names, seconds),
+            "bitrate": bitrate,
+        }
 
 
 @plugin("audio_processor")
 class AudioProcessor:
     """Simulated audio encoding."""
 
-    def batch_process(self, ctx: Any, input_directory: str, output_directory: str, format: str = "mp3",
-                      bitrate: str = "320k", count: int = 4, seconds: float = 0.4) -> dict[str, Any]:
+    def batch_process(
+        self,
+        ctx: Any,
+        input_directory: str,
+        output_directory: str,
+        format: str = "mp3",
+        bitrate: str = "320k",
+        count: int = 4,
+        seconds: float = 0.4,
+    ) -> dict[str, Any]:
         """'Encode' `count` audio files over `seconds`."""
         names = [f"audio_{i:03d}.{format}" for i in range(1, _count(count) + 1)]
-        return {**_simulate_batch(ctx, "audio", output_directory, names, seconds), "bitrate": bitrate}
+        return {
+            **_simulate_batch(ctx, "audio", output_directory, names, seconds),
+            "bitrate": bitrate,
+        }
 
 
 def _outputs(value: Any) -> list[str]:
@@ -376,15 +486,21 @@ class Manifest:
         groups = {"images": _outputs(images), "videos": _outputs(videos), "audio": _outputs(audio)}
         items = [name for names in groups.values() for name in names]
         ctx.log(f"manifest lists {len(items)} files", entity_tag="manifest")
-        return {"manifest_id": "mf-" + _short_id(ctx.run_id, *items), "items": items,
-                "counts": {k: len(v) for k, v in groups.items()}, "total": len(items)}
+        return {
+            "manifest_id": "mf-" + _short_id(ctx.run_id, *items),
+            "items": items,
+            "counts": {k: len(v) for k, v in groups.items()},
+            "total": len(items),
+        }
 
 
 @plugin("archiver")
 class Archiver:
     """Simulated packaging."""
 
-    def archive(self, ctx: Any, manifest: Any, archive_name: str = "media_package.zip") -> dict[str, Any]:
+    def archive(
+        self, ctx: Any, manifest: Any, archive_name: str = "media_package.zip"
+    ) -> dict[str, Any]:
         """'Pack' every item of a manifest (the output of manifest.build) into one archive."""
         items = manifest.get("items", []) if isinstance(manifest, dict) else _outputs(manifest)
         for done, item in enumerate(items, 1):
@@ -426,9 +542,13 @@ class SmallProcessor:
         """Mean, min and max of the dataset."""
         values = _series(0, _count(rows, "rows"))
         ctx.stats(items_processed=len(values))
-        return {"algorithm": "basic_stats", "rows": len(values),
-                "mean": round(sum(values) / len(values), 4) if values else None,
-                "min": min(values, default=None), "max": max(values, default=None)}
+        return {
+            "algorithm": "basic_stats",
+            "rows": len(values),
+            "mean": round(sum(values) / len(values), 4) if values else None,
+            "min": min(values, default=None),
+            "max": max(values, default=None),
+        }
 
 
 @plugin("large_processor")
@@ -445,12 +565,21 @@ class LargeProcessor:
             part = _series(bounds[k], bounds[k + 1])
             partials.append({"rows": len(part), "sum": sum(part)})
             time.sleep(0.05)
-            ctx.log(f"chunk {k + 1}/{chunks}: {len(part)} rows", entity_tag="chunk", entity_id=str(k + 1))
+            ctx.log(
+                f"chunk {k + 1}/{chunks}: {len(part)} rows",
+                entity_tag="chunk",
+                entity_id=str(k + 1),
+            )
             ctx.progress((k + 1) / chunks)
         ctx.stats(items_processed=rows)
         total = sum(p["sum"] for p in partials)
-        return {"algorithm": "chunked_stats", "rows": rows, "chunks": chunks,
-                "mean": round(total / rows, 4) if rows else None, "partials": partials}
+        return {
+            "algorithm": "chunked_stats",
+            "rows": rows,
+            "chunks": chunks,
+            "mean": round(total / rows, 4) if rows else None,
+            "partials": partials,
+        }
 
 
 @plugin("visualizer")
@@ -497,9 +626,18 @@ class Deployment:
         for done, host in enumerate(hosts, 1):
             _check_cancel(ctx)
             time.sleep(0.1)
-            ctx.log(f"{release} deployed on {host}", entity_tag="host", entity_id=host, entity_route=release)
+            ctx.log(
+                f"{release} deployed on {host}",
+                entity_tag="host",
+                entity_id=host,
+                entity_route=release,
+            )
             ctx.progress(done / len(hosts))
-        return {"release": release, "deployment_id": "dep-" + _short_id(ctx.run_id, release), "hosts": hosts}
+        return {
+            "release": release,
+            "deployment_id": "dep-" + _short_id(ctx.run_id, release),
+            "hosts": hosts,
+        }
 
     def rollback(self, ctx: Any, release: str) -> dict[str, Any]:
         """Compensation: take `release` off the hosts again."""
@@ -552,15 +690,37 @@ class Verifier:
         """Health-check `release`; expect_healthy=false simulates a failing service."""
         ctx.progress(0.5, "health check")
         if not expect_healthy:
-            ctx.log(f"health check of {release} returned 503", level="ERROR", entity_tag="release",
-                    entity_id=release)
+            ctx.log(
+                f"health check of {release} returned 503",
+                level="ERROR",
+                entity_tag="release",
+                entity_id=release,
+            )
             raise StepError(f"verification failed: health check returned 503 for {release}")
         return {"release": release, "healthy": True, "status_code": 200}
 
 
 DEMO_PLUGINS: dict[str, type] = {
     cls.canvasflow_plugin_name: cls  # type: ignore[attr-defined]
-    for cls in (CsvLoader, DataValidator, DataCleaner, DataTransformer, CsvWriter, ImageProcessor,
-                VideoProcessor, AudioProcessor, Manifest, Archiver, DataInspector, SmallProcessor,
-                LargeProcessor, Visualizer, ReportGenerator, Deployment, Backup, Migration, Verifier)
+    for cls in (
+        CsvLoader,
+        DataValidator,
+        DataCleaner,
+        DataTransformer,
+        CsvWriter,
+        ImageProcessor,
+        VideoProcessor,
+        AudioProcessor,
+        Manifest,
+        Archiver,
+        DataInspector,
+        SmallProcessor,
+        LargeProcessor,
+        Visualizer,
+        ReportGenerator,
+        Deployment,
+        Backup,
+        Migration,
+        Verifier,
+    )
 }

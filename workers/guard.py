@@ -55,16 +55,24 @@ def check(body: bytes | str, max_depth: int, max_bytes: int) -> tuple[str, Any]:
     """(why the message is refused or "", its decoded body: None, decoded only when refused)."""
     size = len(body)
     if max_bytes and size > max_bytes:
-        return (f"message of {size} bytes is larger than {max_bytes} bytes "
-                f"(CANVASFLOW_MESSAGE_MAX_BYTES)"), None
+        return (
+            f"message of {size} bytes is larger than {max_bytes} bytes "
+            f"(CANVASFLOW_MESSAGE_MAX_BYTES)"
+        ), None
     if not max_depth:
         return "", None
     # A message cannot nest deeper than it has opening brackets: most are done here, at C speed.
-    opening = (body.count(b"[") + body.count(b"{")) if isinstance(body, bytes) else (body.count("[") + body.count("{"))
+    opening = (
+        (body.count(b"[") + body.count(b"{"))
+        if isinstance(body, bytes)
+        else (body.count("[") + body.count("{"))
+    )
     if opening <= max_depth:
         return "", None
-    too_deep = (f"message nested deeper than {max_depth} levels (CANVASFLOW_MESSAGE_MAX_DEPTH); a parameter "
-                f"or output that deep cannot be handled")
+    too_deep = (
+        f"message nested deeper than {max_depth} levels (CANVASFLOW_MESSAGE_MAX_DEPTH); a parameter "
+        f"or output that deep cannot be handled"
+    )
     raw = body if isinstance(body, bytes) else body.encode()
     return (too_deep if nesting(raw) > max_depth else ""), None
 
@@ -80,8 +88,9 @@ def _identify(task_name: str, body: bytes | str, decoded: Any) -> tuple[str, int
                 step, critical = str(spec["id"]), spec.get("critical", True) is not False
                 hdr = args[2] if len(args) > 2 and args[2] else _header_of(args[0])
             else:
-                hdr = next((a for a in reversed(args) if isinstance(a, dict) and "run" in a), None) \
-                    or _header_of(args[0])
+                hdr = next(
+                    (a for a in reversed(args) if isinstance(a, dict) and "run" in a), None
+                ) or _header_of(args[0])
             if hdr:
                 hdr = compiler.read_header(hdr)
                 run_id, epoch = str(hdr["run"]), int(hdr["epoch"])
@@ -120,8 +129,9 @@ class Guard:
         self.hostname = consumer.hostname
         max_depth, max_bytes = self.settings.message_max_depth, self.settings.message_max_bytes
 
-        def task_message_handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
-                                 **kw: Any) -> Any:
+        def task_message_handler(
+            message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any
+        ) -> Any:
             raw = message.body
             why, decoded = check(raw, max_depth, max_bytes) if raw is not None else ("", None)
             if why:
@@ -130,7 +140,9 @@ class Guard:
 
         return task_message_handler
 
-    def refuse(self, task_name: str, message: Any, raw: bytes | str, decoded: Any, why: str) -> None:
+    def refuse(
+        self, task_name: str, message: Any, raw: bytes | str, decoded: Any, why: str
+    ) -> None:
         headers = getattr(message, "headers", None) or {}
         if decoded is None and len(raw) <= 4 * max(self.settings.message_max_bytes, DEAD_BODY_CAP):
             try:  # too big to run is not too big to read which step it was for
@@ -139,14 +151,33 @@ class Guard:
                 pass
         run_id, epoch, step, critical = _identify(task_name, raw, decoded)
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        record = {"task": task_name, "id": headers.get("id"), "reason": why, "run": run_id or None,
-                  "epoch": epoch or None, "step": step or None, "worker": self.hostname, "at": time.time(),
-                  "size": len(raw), "headers": {k: headers.get(k) for k in ("root_id", "parent_id", "retries")},
-                  "delivery_info": {k: (getattr(message, "delivery_info", None) or {}).get(k)
-                                    for k in ("exchange", "routing_key", "priority")},
-                  "body": text[:DEAD_BODY_CAP], "truncated": len(text) > DEAD_BODY_CAP}
-        log.error("canvasflow: refused %s[%s] of run %s step %s: %s; dead-lettered to %s", task_name,
-                  record["id"], run_id or "?", step or "?", why, self.state.keys.dead_messages)
+        record = {
+            "task": task_name,
+            "id": headers.get("id"),
+            "reason": why,
+            "run": run_id or None,
+            "epoch": epoch or None,
+            "step": step or None,
+            "worker": self.hostname,
+            "at": time.time(),
+            "size": len(raw),
+            "headers": {k: headers.get(k) for k in ("root_id", "parent_id", "retries")},
+            "delivery_info": {
+                k: (getattr(message, "delivery_info", None) or {}).get(k)
+                for k in ("exchange", "routing_key", "priority")
+            },
+            "body": text[:DEAD_BODY_CAP],
+            "truncated": len(text) > DEAD_BODY_CAP,
+        }
+        log.error(
+            "canvasflow: refused %s[%s] of run %s step %s: %s; dead-lettered to %s",
+            task_name,
+            record["id"],
+            run_id or "?",
+            step or "?",
+            why,
+            self.state.keys.dead_messages,
+        )
         try:
             pipe = self.state.r.pipeline(transaction=False)
             pipe.rpush(self.state.keys.dead_messages, dumps(record))
@@ -155,30 +186,55 @@ class Guard:
         except Exception:
             # Not kept anywhere yet: hand the message back rather than lose it (it is refused
             # again, harmlessly, once Redis answers).
-            log.exception("canvasflow: could not dead-letter %s[%s]; handing it back", task_name, record["id"])
+            log.exception(
+                "canvasflow: could not dead-letter %s[%s]; handing it back", task_name, record["id"]
+            )
             message.reject(requeue=True)
             return
         try:
             self.record_failure(run_id, epoch, step, critical, why, record)
         except Exception:
-            log.exception("canvasflow: could not record the refused message of run %s as a failure", run_id)
+            log.exception(
+                "canvasflow: could not record the refused message of run %s as a failure", run_id
+            )
         message.ack()
 
-    def record_failure(self, run_id: str, epoch: int, step: str, critical: bool, why: str,
-                       record: dict[str, Any]) -> None:
+    def record_failure(
+        self, run_id: str, epoch: int, step: str, critical: bool, why: str, record: dict[str, Any]
+    ) -> None:
         if not run_id:
             return
-        error = f"the worker refused the step's message: {why}; kept in {self.state.keys.dead_messages}"
+        error = (
+            f"the worker refused the step's message: {why}; kept in {self.state.keys.dead_messages}"
+        )
         if step:
-            attempt = {"step": step, "attempt": 1, "status": "FAILED", "started_at": record["at"],
-                       "finished_at": time.time(), "worker": record["worker"], "task_id": record["id"],
-                       "error": error, "refused": True}
+            attempt = {
+                "step": step,
+                "attempt": 1,
+                "status": "FAILED",
+                "started_at": record["at"],
+                "finished_at": time.time(),
+                "worker": record["worker"],
+                "task_id": record["id"],
+                "error": error,
+                "refused": True,
+            }
             n = self.state.r.hget(self.state.keys.steps(run_id), f"{step}|attempts")
             attempt["attempt"] = int(n or 0) + 1
-            if self.state.fail_killed_step(run_id, step, epoch, error=error, critical=critical, attempt=attempt):
+            if self.state.fail_killed_step(
+                run_id, step, epoch, error=error, critical=critical, attempt=attempt
+            ):
                 # Celery will not continue this canvas past a message nobody ran: send what is left.
-                redispatch(self.state, self.app, self.settings, run_id, reason=f"step '{step}' message refused")
+                redispatch(
+                    self.state,
+                    self.app,
+                    self.settings,
+                    run_id,
+                    reason=f"step '{step}' message refused",
+                )
                 return
         # Not a step's message (settle, compensation), or the step could not be failed: the run
         # cannot go on as dispatched; it ends FAILED with why.
-        self.state.transition(run_id, RunStatus.FAILED, fields={"error": error}, sources=ABANDON_SOURCES)
+        self.state.transition(
+            run_id, RunStatus.FAILED, fields={"error": error}, sources=ABANDON_SOURCES
+        )

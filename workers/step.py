@@ -57,8 +57,9 @@ class Runtime:
         self.hard_timeout_grace = settings.hard_timeout_grace
         # The heartbeat loops anyway: it takes the state as it is, not the patient stand-in
         # (workers/broker.py) that retries each call through a Redis outage.
-        self.heartbeat = Heartbeat(getattr(state, "target", state), self.lease_ttl,
-                                   settings.fast_step_begin_ms / 1000)
+        self.heartbeat = Heartbeat(
+            getattr(state, "target", state), self.lease_ttl, settings.fast_step_begin_ms / 1000
+        )
         self.fast_steps = settings.fast_steps
         self.watch = ControlWatch(state.r, state.keys)
         self.watch.listen(self.heartbeat.on_control)
@@ -105,7 +106,11 @@ NOT_STEPS = frozenset({HALTING, compiler.HEADER})
 def scope_for(hdr: Mapping[str, Any], known: Mapping[str, list[Any]]) -> dict[str, Any]:
     return {
         "inputs": hdr.get("inputs", {}),
-        "steps": {sid: {"status": v[0], "output": v[1]} for sid, v in known.items() if sid not in NOT_STEPS},
+        "steps": {
+            sid: {"status": v[0], "output": v[1]}
+            for sid, v in known.items()
+            if sid not in NOT_STEPS
+        },
         "run": {"id": hdr["run"], "workflow": hdr.get("wf", ""), "version": hdr.get("version", "")},
     }
 
@@ -117,7 +122,10 @@ def check_params(rt: Runtime, plugin: str, method: str, params: Mapping[str, Any
         return
     missing = [p for p in info["required"] if p not in params]
     if missing:
-        raise StepError(f"{plugin}.{method}: missing required parameter(s) {', '.join(missing)}", retryable=False)
+        raise StepError(
+            f"{plugin}.{method}: missing required parameter(s) {', '.join(missing)}",
+            retryable=False,
+        )
     if not info["accepts_any"]:
         extra = [p for p in params if p not in info["params"]]
         if extra:
@@ -128,7 +136,9 @@ def check_params(rt: Runtime, plugin: str, method: str, params: Mapping[str, Any
             )
 
 
-def call_plugin(rt: Runtime, spec: Mapping[str, Any], params: Mapping[str, Any], ctx: StepContext) -> str:
+def call_plugin(
+    rt: Runtime, spec: Mapping[str, Any], params: Mapping[str, Any], ctx: StepContext
+) -> str:
     """Run the plugin method; returns its output as JSON text (a non-JSON output is an error)."""
     plugin, method = spec["plugin"], spec.get("method", "run")
     check_params(rt, plugin, method, params)
@@ -137,13 +147,19 @@ def call_plugin(rt: Runtime, spec: Mapping[str, Any], params: Mapping[str, Any],
     try:
         return json.dumps(output, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise StepError(f"output of {plugin}.{method} is not JSON: {exc}", retryable=False) from None
+        raise StepError(
+            f"output of {plugin}.{method} is not JSON: {exc}", retryable=False
+        ) from None
 
 
 def describe_failure(exc: BaseException, spec: Mapping[str, Any]) -> tuple[str, str, bool]:
     """(error message, traceback text, retryable) for an exception raised by a step."""
     if isinstance(exc, SoftTimeLimitExceeded):
-        return f"timeout: step '{spec['id']}' ran past its timeout of {spec.get('timeout')}s", "", True
+        return (
+            f"timeout: step '{spec['id']}' ran past its timeout of {spec.get('timeout')}s",
+            "",
+            True,
+        )
     if isinstance(exc, StepError):
         return str(exc), "", exc.retryable
     if isinstance(exc, UnknownPlugin):
@@ -159,15 +175,18 @@ def retry_countdown(spec: Mapping[str, Any], attempt: int) -> float:
     return backoff_seconds(delay, backoff, cap, attempt)
 
 
-def _record(known: dict[str, list[Any]], spec: Mapping[str, Any], status: str,
-            output: Any = None) -> dict[str, list[Any]]:
+def _record(
+    known: dict[str, list[Any]], spec: Mapping[str, Any], status: str, output: Any = None
+) -> dict[str, list[Any]]:
     """Add this step's outcome to what flows on, if a later step looks at it."""
     if not spec.get("drop"):
         known[spec["id"]] = [status, output]
     return known
 
 
-def run_step(task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str, Any] | None = None) -> Any:
+def run_step(
+    task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str, Any] | None = None
+) -> Any:
     """Run one step; the step that ends the canvas (``settle`` in its spec) settles the run too.
 
     ``wire`` is the spec as the compiler sends it (compiler.wire_spec); the run header comes in
@@ -183,7 +202,9 @@ def run_step(task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str
         known = _run_step(task, rt, incoming, spec, hdr)
     except Ignore:
         if spec.get("settle"):
-            safe_settle(task, rt, task.app, hdr)  # a redelivered copy: its first may have died before settling
+            safe_settle(
+                task, rt, task.app, hdr
+            )  # a redelivered copy: its first may have died before settling
         raise
     except BaseException as exc:
         if not unexpected(exc):
@@ -201,8 +222,11 @@ def unexpected(exc: BaseException) -> bool:
     reject, a retry refused past max_retries: Celery's business as before), a Redis outage (the
     message goes back, workers/broker.py) or a shutdown (SystemExit when the pool process is
     told to stop: its message is not acknowledged and runs again)."""
-    return (isinstance(exc, Exception) and not isinstance(exc, Retry | Ignore | Reject | MaxRetriesExceededError)
-            and not is_transient(exc))
+    return (
+        isinstance(exc, Exception)
+        and not isinstance(exc, Retry | Ignore | Reject | MaxRetriesExceededError)
+        and not is_transient(exc)
+    )
 
 
 def _text(exc: BaseException) -> str:
@@ -214,25 +238,40 @@ def _text(exc: BaseException) -> str:
     return text if len(text) <= 2000 else text[:2000] + "…"
 
 
-def fail_step(task: Task, rt: Runtime, spec: Mapping[str, Any], hdr: Mapping[str, Any],
-              known: dict[str, list[Any]], exc: BaseException) -> dict[str, list[Any]]:
+def fail_step(
+    task: Task,
+    rt: Runtime,
+    spec: Mapping[str, Any],
+    hdr: Mapping[str, Any],
+    known: dict[str, list[Any]],
+    exc: BaseException,
+) -> dict[str, list[Any]]:
     """Record ``exc``, raised on the step path outside the plugin, as the step's failure (if the
     step is not settled already) and return the outcome that flows on."""
     run_id, sid, epoch = hdr["run"], spec["id"], int(hdr["epoch"])
     error = f"step '{sid}' failed on worker {HOST} outside its plugin: {_text(exc)}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-16384:]
     log.error("canvasflow: %s/%s: %s\n%s", run_id, sid, error, tb)
-    fields = rt.state.r.hmget(rt.state.keys.steps(run_id), f"{sid}|status", f"{sid}|attempts",
-                              f"{sid}|attempt_started_at")
+    fields = rt.state.r.hmget(
+        rt.state.keys.steps(run_id), f"{sid}|status", f"{sid}|attempts", f"{sid}|attempt_started_at"
+    )
     status, attempts, started = (v.decode() if v else "" for v in fields)
     request = task.request
     finished = time.time()
-    record = {"step": sid, "attempt": int(attempts or 0) + (status != StepStatus.RUNNING), "status": "FAILED",
-              "started_at": float(started) if started and status == StepStatus.RUNNING else finished,
-              "finished_at": finished, "worker": request.hostname or HOST, "task_id": request.id or None,
-              "error": error, "traceback": tb}
-    if rt.state.fail_killed_step(run_id, sid, epoch, error=error, critical=spec.get("critical", True),
-                                 attempt=record):
+    record = {
+        "step": sid,
+        "attempt": int(attempts or 0) + (status != StepStatus.RUNNING),
+        "status": "FAILED",
+        "started_at": float(started) if started and status == StepStatus.RUNNING else finished,
+        "finished_at": finished,
+        "worker": request.hostname or HOST,
+        "task_id": request.id or None,
+        "error": error,
+        "traceback": tb,
+    }
+    if rt.state.fail_killed_step(
+        run_id, sid, epoch, error=error, critical=spec.get("critical", True), attempt=record
+    ):
         if spec.get("critical", True):
             rt.watch.touch(run_id)
             known[HALTING] = 1
@@ -251,12 +290,15 @@ def safe_settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> st
             raise
         error = f"canvasflow could not settle the run on worker {HOST}: {_text(exc)}"
         log.exception("canvasflow: run %s: %s", hdr["run"], error)
-        done, before = rt.state.transition(hdr["run"], RunStatus.FAILED, fields={"error": error},
-                                           sources=ABANDON_SOURCES)
+        done, before = rt.state.transition(
+            hdr["run"], RunStatus.FAILED, fields={"error": error}, sources=ABANDON_SOURCES
+        )
         return RunStatus.FAILED if done else before
 
 
-def _fast_path(task: Task, rt: Runtime, spec: Mapping[str, Any], known: Mapping[str, Any], run_id: str) -> bool:
+def _fast_path(
+    task: Task, rt: Runtime, spec: Mapping[str, Any], known: Mapping[str, Any], run_id: str
+) -> bool:
     """Whether this step may run before telling Redis (module docstring)."""
     if not rt.fast_steps or spec.get("comp") or HALTING in known:
         return False
@@ -266,7 +308,9 @@ def _fast_path(task: Task, rt: Runtime, spec: Mapping[str, Any], known: Mapping[
     return rt.watch.clean(run_id)
 
 
-def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
+def _run_step(
+    task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]
+) -> Any:
     run_id, epoch, sid = hdr["run"], hdr["epoch"], spec["id"]
     known = merge(incoming)
     request = task.request
@@ -293,8 +337,17 @@ def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr:
         ctx.run_fresh()
 
         def begin_late() -> tuple[str, ...]:
-            return rt.state.begin_step(run_id, sid, epoch, intent="late", owner=owner, lease_ttl=rt.lease_ttl,
-                                       task_id=task_id, worker=worker, started=ctx.started)
+            return rt.state.begin_step(
+                run_id,
+                sid,
+                epoch,
+                intent="late",
+                owner=owner,
+                lease_ttl=rt.lease_ttl,
+                task_id=task_id,
+                worker=worker,
+                started=ctx.started,
+            )
 
         def terminate() -> None:
             if rt.revoke is not None:
@@ -303,8 +356,15 @@ def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr:
         rt.heartbeat.add(ctx, owner, begin=begin_late, terminate=terminate)
     else:
         verdict, info, *rest = rt.state.begin_step(
-            run_id, sid, epoch, intent="skip" if skip else "run", owner=owner, lease_ttl=rt.lease_ttl,
-            task_id=task_id, worker=worker, reason=skip,
+            run_id,
+            sid,
+            epoch,
+            intent="skip" if skip else "run",
+            owner=owner,
+            lease_ttl=rt.lease_ttl,
+            task_id=task_id,
+            worker=worker,
+            reason=skip,
         )
         if verdict != "go":
             return _not_begun(task, rt, spec, known, verdict, info, rest)
@@ -341,10 +401,17 @@ def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr:
     if status is StepStatus.FAILED and retryable and attempt <= retries:
         status = StepStatus.RETRYING
     finished = time.time()
-    record: dict[str, Any] = {"step": sid, "status": str(status), "started_at": started,
-                              "finished_at": finished, "duration": round(finished - started, 6),
-                              "worker": worker, "task_id": task_id, "error": error or None,
-                              "stats": ctx.final_stats()}
+    record: dict[str, Any] = {
+        "step": sid,
+        "status": str(status),
+        "started_at": started,
+        "finished_at": finished,
+        "duration": round(finished - started, 6),
+        "worker": worker,
+        "task_id": task_id,
+        "error": error or None,
+        "stats": ctx.final_stats(),
+    }
     if tb:
         record["traceback"] = tb[:16384]
     if rendered is not None:
@@ -356,12 +423,26 @@ def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr:
         # The attempt record carries the stats too; a step that set counters also gets a
         # "stats" event (the live dashboard's per-step summary).
         batch.append(["stats", sid, "", f"{finished:.6f}", dumps(record["stats"])])
-    common = {"status": str(status), "output": output, "error": error, "traceback": tb,
-              "critical": spec.get("critical", True), "batch": batch}
+    common = {
+        "status": str(status),
+        "output": output,
+        "error": error,
+        "traceback": tb,
+        "critical": spec.get("critical", True),
+        "batch": batch,
+    }
 
     if phase == FRESH:
-        verdict, *info = rt.state.run_once(run_id, sid, epoch, started=started, attempt=record,
-                                           worker=worker, task_id=task_id, **common)
+        verdict, *info = rt.state.run_once(
+            run_id,
+            sid,
+            epoch,
+            started=started,
+            attempt=record,
+            worker=worker,
+            task_id=task_id,
+            **common,
+        )
         if verdict != "ok":
             _discard(rt, run_id, sid, record, verdict)
         attempt = int(info[0])
@@ -370,8 +451,9 @@ def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr:
             rt.watch.touch(run_id)
             known[HALTING] = 1
     elif phase == BEGUN:
-        result = rt.state.finish_step(run_id, sid, epoch, owner=owner, attempt={"attempt": attempt, **record},
-                                      **common)
+        result = rt.state.finish_step(
+            run_id, sid, epoch, owner=owner, attempt={"attempt": attempt, **record}, **common
+        )
         if result != "ok":
             raise Ignore()  # another copy took the step over after our lease lapsed
     else:  # the late begin was refused, or the run was cancelled before Redis knew of the step
@@ -381,12 +463,23 @@ def _run_step(task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr:
         _discard(rt, run_id, sid, record, verdict)
     if status is StepStatus.RETRYING:
         raise task.retry(countdown=retry_countdown(spec, attempt), max_retries=None)
-    return _record(known, spec, str(status),
-                   json.loads(output) if spec.get("keep") and status is StepStatus.COMPLETED else None)
+    return _record(
+        known,
+        spec,
+        str(status),
+        json.loads(output) if spec.get("keep") and status is StepStatus.COMPLETED else None,
+    )
 
 
-def _not_begun(task: Task, rt: Runtime, spec: Mapping[str, Any], known: dict[str, list[Any]], verdict: str,
-               info: str, rest: list[str]) -> Any:
+def _not_begun(
+    task: Task,
+    rt: Runtime,
+    spec: Mapping[str, Any],
+    known: dict[str, list[Any]],
+    verdict: str,
+    info: str,
+    rest: list[str],
+) -> Any:
     """What a step does when Redis said it may not (or need not) run."""
     sid = spec["id"]
     if verdict == "skipped":
@@ -396,35 +489,65 @@ def _not_begun(task: Task, rt: Runtime, spec: Mapping[str, Any], known: dict[str
     if verdict == "paused":
         return _record(known, spec, StepStatus.PENDING)
     if verdict == "adopt":
-        known[sid] = [info, json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None]
+        known[sid] = [
+            info,
+            json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None,
+        ]
         return known
     if verdict == "leased":
         # Delivered again while the first copy still runs (visibility timeout): look again
         # later; if the holder dies its lease expires and this copy takes over.
         raise task.retry(countdown=max(1.0, rt.lease_ttl / 2), max_retries=None)
-    if verdict == "settled" and len(rest) > 1 and rest[1] and rest[1] == task.request.id \
-            and (task.request.delivery_info or {}).get("redelivered"):
+    if (
+        verdict == "settled"
+        and len(rest) > 1
+        and rest[1]
+        and rest[1] == task.request.id
+        and (task.request.delivery_info or {}).get("redelivered")
+    ):
         # The very task that settled the step, delivered again: its first run may have recorded
         # the outcome but failed to publish what follows (Redis away past the retry budget, the
         # worker killed in between). Its outcome flows on again; a copy of what follows is
         # dropped like any duplicate (and Celery counts a chord part once per task id).
-        known[sid] = [info, json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None]
+        known[sid] = [
+            info,
+            json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None,
+        ]
         return known
     # 'settled': a duplicate of a step that already finished and continued the canvas;
     # 'stale'/'gone': a task from an earlier dispatch of the run, or a deleted run.
     raise Ignore()
 
 
-def _discard(rt: Runtime, run_id: str, sid: str, record: Mapping[str, Any], verdict: str) -> NoReturn:
+def _discard(
+    rt: Runtime, run_id: str, sid: str, record: Mapping[str, Any], verdict: str
+) -> NoReturn:
     """A fast-path step ran, but its run had moved on (another dispatch, a cancel) or another
     copy owns the step: nothing is recorded as its outcome; the attempt is kept as an event."""
-    log.warning("canvasflow: step '%s' of run %s ran but its outcome is dropped (%s)", sid, run_id, verdict)
+    log.warning(
+        "canvasflow: step '%s' of run %s ran but its outcome is dropped (%s)", sid, run_id, verdict
+    )
     if verdict != "gone":
         try:
-            rt.state.emit(run_id, [["step_discarded", sid, "", f"{time.time():.6f}",
-                                    dumps({**record, "reason": verdict})]])
+            rt.state.emit(
+                run_id,
+                [
+                    [
+                        "step_discarded",
+                        sid,
+                        "",
+                        f"{time.time():.6f}",
+                        dumps({**record, "reason": verdict}),
+                    ]
+                ],
+            )
         except Exception:
-            log.warning("canvasflow: could not record the dropped attempt of %s/%s", run_id, sid, exc_info=True)
+            log.warning(
+                "canvasflow: could not record the dropped attempt of %s/%s",
+                run_id,
+                sid,
+                exc_info=True,
+            )
     raise Ignore()
 
 
@@ -438,19 +561,37 @@ def on_hard_timeout(rt: Runtime, app: Any, args: Any, limit: float) -> None:
         run_id, sid, epoch = hdr["run"], spec["id"], hdr["epoch"]
     except (TypeError, ValueError, KeyError, IndexError):
         return  # not a step task's arguments
-    error = (f"timeout: step '{sid}' did not stop at its timeout of {spec.get('timeout')}s and was "
-             f"killed at the hard limit ({limit:g}s)")
-    fields = rt.state.r.hmget(rt.state.keys.steps(run_id), f"{sid}|attempts", f"{sid}|attempt_started_at",
-                              f"{sid}|worker", f"{sid}|task_id")
+    error = (
+        f"timeout: step '{sid}' did not stop at its timeout of {spec.get('timeout')}s and was "
+        f"killed at the hard limit ({limit:g}s)"
+    )
+    fields = rt.state.r.hmget(
+        rt.state.keys.steps(run_id),
+        f"{sid}|attempts",
+        f"{sid}|attempt_started_at",
+        f"{sid}|worker",
+        f"{sid}|task_id",
+    )
     attempts, started, worker, task_id = (v.decode() if v else "" for v in fields)
     finished = time.time()
-    record = {"step": sid, "attempt": int(attempts or 1), "status": "FAILED",
-              "started_at": float(started) if started else None, "finished_at": finished,
-              "duration": round(finished - float(started), 6) if started else None,
-              "worker": worker or None, "task_id": task_id or None, "error": error, "killed": True}
-    if rt.state.fail_killed_step(run_id, sid, int(epoch), error=error, critical=spec.get("critical", True),
-                                 attempt=record):
-        redispatch(rt.state, app, rt.settings, run_id, reason=f"step '{sid}' killed at its hard time limit")
+    record = {
+        "step": sid,
+        "attempt": int(attempts or 1),
+        "status": "FAILED",
+        "started_at": float(started) if started else None,
+        "finished_at": finished,
+        "duration": round(finished - float(started), 6) if started else None,
+        "worker": worker or None,
+        "task_id": task_id or None,
+        "error": error,
+        "killed": True,
+    }
+    if rt.state.fail_killed_step(
+        run_id, sid, int(epoch), error=error, critical=spec.get("critical", True), attempt=record
+    ):
+        redispatch(
+            rt.state, app, rt.settings, run_id, reason=f"step '{sid}' killed at its hard time limit"
+        )
 
 
 def load_run_definition(run: Mapping[str, str]) -> Definition:
@@ -468,7 +609,9 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
     if head[1] != str(epoch):
         return "stale"
     if head[0] in (RunStatus.RUNNING, RunStatus.PENDING) and not head[2]:
-        done, _ = rt.state.transition(run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING])
+        done, _ = rt.state.transition(
+            run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING]
+        )
         if done:
             return RunStatus.COMPLETED
     data = rt.state.read(run_id)
@@ -486,21 +629,39 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
         raise task.retry(countdown=0.5, max_retries=None)
     for sid in running:
         # only if still RUNNING: the step may have finished since the read above
-        rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=StepStatus.RUNNING,
-                          fields={"error": "its worker was lost while the run was being cancelled"})
+        rt.state.set_step(
+            run_id,
+            sid,
+            StepStatus.CANCELLED,
+            "step_cancelled",
+            expect=StepStatus.RUNNING,
+            fields={"error": "its worker was lost while the run was being cancelled"},
+        )
     if status == RunStatus.PAUSING and not halt:
         rt.state.transition(run_id, RunStatus.PAUSED, sources=[RunStatus.PAUSING])
         return RunStatus.PAUSED
     if status in (RunStatus.CANCELLING,) or halt:
-        target = RunStatus.CANCELLED if status == RunStatus.CANCELLING or halt == "cancelled" else RunStatus.FAILED
+        target = (
+            RunStatus.CANCELLED
+            if status == RunStatus.CANCELLING or halt == "cancelled"
+            else RunStatus.FAILED
+        )
         for sid, fields in steps.items():
             if fields.get("status") in (StepStatus.PENDING, StepStatus.RETRYING):
-                rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=fields["status"])
+                rt.state.set_step(
+                    run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=fields["status"]
+                )
         defn = load_run_definition(run)
-        order = [sid for sid in reversed(rt.state.completed_order(run_id))
-                 if steps.get(sid, {}).get("status") == StepStatus.COMPLETED and defn.step(sid).compensate]
+        order = [
+            sid
+            for sid in reversed(rt.state.completed_order(run_id))
+            if steps.get(sid, {}).get("status") == StepStatus.COMPLETED
+            and defn.step(sid).compensate
+        ]
         if order:
-            done, _ = rt.state.transition(run_id, RunStatus.COMPENSATING, fields={"compensate_target": str(target)})
+            done, _ = rt.state.transition(
+                run_id, RunStatus.COMPENSATING, fields={"compensate_target": str(target)}
+            )
             if done:
                 ctx = run_context(run_id, int(epoch), run, defn, rt.settings)
                 compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
@@ -511,7 +672,9 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
     return RunStatus.COMPLETED
 
 
-def safe_compensate(task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
+def safe_compensate(
+    task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: dict[str, Any]
+) -> Any:
     """``compensate``; if it breaks outside the plugin (an outage aside), the run waits for an
     operator in COMPENSATION_FAILED with why, as when the compensation itself fails."""
     try:
@@ -521,12 +684,18 @@ def safe_compensate(task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hd
             raise
         message = f"compensation of '{spec['id']}' broke on worker {HOST} outside its plugin: {_text(exc)}"
         log.exception("canvasflow: run %s: %s", hdr["run"], message)
-        rt.state.transition(hdr["run"], RunStatus.COMPENSATION_FAILED, fields={"error": message},
-                            sources=[RunStatus.COMPENSATING])
+        rt.state.transition(
+            hdr["run"],
+            RunStatus.COMPENSATION_FAILED,
+            fields={"error": message},
+            sources=[RunStatus.COMPENSATING],
+        )
         return {"failed": True, "step": spec["id"], "error": message}
 
 
-def compensate(task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: dict[str, Any]) -> Any:
+def compensate(
+    task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: dict[str, Any]
+) -> Any:
     if isinstance(prev, Mapping) and prev.get("failed"):
         return prev  # an earlier compensation failed: the rest wait for an operator
     run_id, sid = hdr["run"], spec["id"]
@@ -537,9 +706,18 @@ def compensate(task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: di
     rt.state.set_step(run_id, sid, StepStatus.COMPENSATING, "step_compensating")
     scope = {
         "inputs": json.loads(run.get("inputs", "{}")),
-        "steps": {s: {"status": f.get("status"), "output": json.loads(f["output"]) if f.get("output") else None}
-                  for s, f in steps.items()},
-        "run": {"id": run_id, "workflow": run.get("workflow", ""), "version": run.get("version", "")},
+        "steps": {
+            s: {
+                "status": f.get("status"),
+                "output": json.loads(f["output"]) if f.get("output") else None,
+            }
+            for s, f in steps.items()
+        },
+        "run": {
+            "id": run_id,
+            "workflow": run.get("workflow", ""),
+            "version": run.get("version", ""),
+        },
     }
     attempt = task.request.retries + 1
     ctx = StepContext(run_id, sid, attempt, run.get("workflow", ""))
@@ -554,15 +732,29 @@ def compensate(task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: di
         if retryable and attempt <= spec.get("retries", 0):
             raise task.retry(countdown=1.0, max_retries=None) from None
         message = f"compensation of '{sid}' ({spec['plugin']}.{spec.get('method', 'run')}) failed: {error}"
-        rt.state.set_step(run_id, sid, StepStatus.COMPLETED, "step_compensation_failed",
-                          fields={"compensation_error": message, "compensation_traceback": tb},
-                          data={"error": message})
-        rt.state.transition(run_id, RunStatus.COMPENSATION_FAILED, fields={"error": message},
-                            sources=[RunStatus.COMPENSATING])
+        rt.state.set_step(
+            run_id,
+            sid,
+            StepStatus.COMPLETED,
+            "step_compensation_failed",
+            fields={"compensation_error": message, "compensation_traceback": tb},
+            data={"error": message},
+        )
+        rt.state.transition(
+            run_id,
+            RunStatus.COMPENSATION_FAILED,
+            fields={"error": message},
+            sources=[RunStatus.COMPENSATING],
+        )
         return {"failed": True, "step": sid, "error": message}
     rt.state.emit(run_id, ctx.drain())
-    rt.state.set_step(run_id, sid, StepStatus.COMPENSATED, "step_compensated",
-                      fields={"compensation_output": output})
+    rt.state.set_step(
+        run_id,
+        sid,
+        StepStatus.COMPENSATED,
+        "step_compensated",
+        fields={"compensation_output": output},
+    )
     return {"ok": True}
 
 

@@ -70,7 +70,9 @@ class ControlWatch:
             self._pid = os.getpid()
             self._ready.clear()
             self._touched = {}
-            self._thread = threading.Thread(target=self._run, name="canvasflow-control-watch", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="canvasflow-control-watch", daemon=True
+            )
             self._thread.start()
 
     def _run(self) -> None:
@@ -99,8 +101,11 @@ class ControlWatch:
                         self._prune()
             except Exception:  # Redis away: every step asks first until we are back
                 self._ready.clear()
-                log.warning("canvasflow: control watch lost its subscription; retrying in %.1fs", delay,
-                            exc_info=log.isEnabledFor(logging.DEBUG))
+                log.warning(
+                    "canvasflow: control watch lost its subscription; retrying in %.1fs",
+                    delay,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:

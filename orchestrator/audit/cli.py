@@ -24,9 +24,18 @@ console = Console()
 err = Console(stderr=True)
 
 STATUS_STYLE = {
-    "COMPLETED": "green", "FAILED": "red", "COMPENSATION_FAILED": "bold red", "CANCELLED": "yellow",
-    "RUNNING": "cyan", "RETRYING": "magenta", "SKIPPED": "dim", "PENDING": "dim",
-    "COMPENSATED": "yellow", "COMPENSATING": "yellow", "PAUSED": "blue", "PAUSING": "blue",
+    "COMPLETED": "green",
+    "FAILED": "red",
+    "COMPENSATION_FAILED": "bold red",
+    "CANCELLED": "yellow",
+    "RUNNING": "cyan",
+    "RETRYING": "magenta",
+    "SKIPPED": "dim",
+    "PENDING": "dim",
+    "COMPENSATED": "yellow",
+    "COMPENSATING": "yellow",
+    "PAUSED": "blue",
+    "PAUSING": "blue",
     "CANCELLING": "yellow",
 }
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
@@ -62,8 +71,11 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
         except redis.ConnectionError as exc:
             url = _settings(kwargs.get("database_url")).redis_url
-            err.print(f"[red]error:[/] cannot reach Redis at {url} ({exc}); start Redis or set "
-                      "CANVASFLOW_REDIS_URL", highlight=False)
+            err.print(
+                f"[red]error:[/] cannot reach Redis at {url} ({exc}); start Redis or set "
+                "CANVASFLOW_REDIS_URL",
+                highlight=False,
+            )
             sys.exit(1)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
@@ -71,8 +83,13 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-db_option = click.option("--database-url", "database_url", default=None, metavar="URL",
-                         help="Audit store URL (default: CANVASFLOW_DATABASE_URL, else sqlite:///canvasflow.db).")
+db_option = click.option(
+    "--database-url",
+    "database_url",
+    default=None,
+    metavar="URL",
+    help="Audit store URL (default: CANVASFLOW_DATABASE_URL, else sqlite:///canvasflow.db).",
+)
 
 
 def _when(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
@@ -124,22 +141,55 @@ def db_upgrade(database_url: str | None) -> None:
 @click.option("--group", default="cf-recorder", show_default=True, help="Consumer group name.")
 @click.option("--consumer", default=None, help="Consumer name (default: host:pid:random).")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--batch-latency", default=0.25, show_default=True, type=float,
-              help="Seconds a batch may wait to fill (how stale the SQL store may be; live views do not wait).")
-@click.option("--claim-idle", default=30.0, show_default=True, type=float,
-              help="Claim entries another consumer left pending this many seconds.")
+@click.option(
+    "--batch-latency",
+    default=0.25,
+    show_default=True,
+    type=float,
+    help="Seconds a batch may wait to fill (how stale the SQL store may be; live views do not wait).",
+)
+@click.option(
+    "--claim-idle",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Claim entries another consumer left pending this many seconds.",
+)
 @click.option("--claim-interval", default=5.0, show_default=True, type=float)
-@click.option("--start-id", default="0", show_default=True, help="Where a new group starts reading.")
+@click.option(
+    "--start-id", default="0", show_default=True, help="Where a new group starts reading."
+)
 @click.option("--no-trim", is_flag=True, help="Never trim the stream.")
-@click.option("--lag-interval", default=10.0, show_default=True, type=float, help="Print the lag this often.")
-@click.option("--upgrade/--no-upgrade", default=True, show_default=True, help="Migrate the store first.")
-@click.option("--nice", "niceness", default=0, show_default=True, type=click.IntRange(0, 19),
-              help="Lower the recorder's CPU priority by this much, so that workers sharing its machine "
-                   "come first; it catches up when they leave CPU time (docs/operations.md).")
+@click.option(
+    "--lag-interval", default=10.0, show_default=True, type=float, help="Print the lag this often."
+)
+@click.option(
+    "--upgrade/--no-upgrade", default=True, show_default=True, help="Migrate the store first."
+)
+@click.option(
+    "--nice",
+    "niceness",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 19),
+    help="Lower the recorder's CPU priority by this much, so that workers sharing its machine "
+    "come first; it catches up when they leave CPU time (docs/operations.md).",
+)
 @_errors
-def recorder(database_url: str | None, group: str, consumer: str | None, batch_size: int,
-             batch_latency: float, claim_idle: float, claim_interval: float, start_id: str,
-             no_trim: bool, lag_interval: float, upgrade: bool, niceness: int) -> None:
+def recorder(
+    database_url: str | None,
+    group: str,
+    consumer: str | None,
+    batch_size: int,
+    batch_latency: float,
+    claim_idle: float,
+    claim_interval: float,
+    start_id: str,
+    no_trim: bool,
+    lag_interval: float,
+    upgrade: bool,
+    niceness: int,
+) -> None:
     """Record the event stream into the audit store until SIGTERM/SIGINT."""
     import logging
 
@@ -148,13 +198,24 @@ def recorder(database_url: str | None, group: str, consumer: str | None, batch_s
 
     from orchestrator.audit.recorder import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    code = serve(_settings(database_url), upgrade=upgrade, lag_interval=lag_interval,
-                 echo=lambda line: console.print(line, highlight=False, soft_wrap=True),
-                 group=group, consumer=consumer, batch_size=batch_size, batch_latency=batch_latency,
-                 claim_idle=claim_idle, claim_interval=claim_interval, start_id=start_id,
-                 trim=not no_trim)
+    code = serve(
+        _settings(database_url),
+        upgrade=upgrade,
+        lag_interval=lag_interval,
+        echo=lambda line: console.print(line, highlight=False, soft_wrap=True),
+        group=group,
+        consumer=consumer,
+        batch_size=batch_size,
+        batch_latency=batch_latency,
+        claim_idle=claim_idle,
+        claim_interval=claim_interval,
+        start_id=start_id,
+        trim=not no_trim,
+    )
     sys.exit(code)
 
 
@@ -162,23 +223,41 @@ def recorder(database_url: str | None, group: str, consumer: str | None, batch_s
 @db_option
 @click.option("--status", "statuses", multiple=True, help="Only runs in this status (repeatable).")
 @click.option("--workflow", default=None)
-@click.option("--tag", "tags", multiple=True, help="Only runs with this tag (repeatable: all of them).")
+@click.option(
+    "--tag", "tags", multiple=True, help="Only runs with this tag (repeatable: all of them)."
+)
 @click.option("--triggered-by", default=None)
 @click.option("--since", default=None, help="Created within this long, like 24h or 7d.")
 @click.option("--search", default=None, help="Text in the run id, workflow id or name.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--cursor", default=None, help="The 'next page' cursor a previous call printed.")
 @_errors
-def runs_cmd(database_url: str | None, statuses: tuple[str, ...], workflow: str | None,
-             tags: tuple[str, ...], triggered_by: str | None, since: str | None, search: str | None,
-             limit: int, cursor: str | None) -> None:
+def runs_cmd(
+    database_url: str | None,
+    statuses: tuple[str, ...],
+    workflow: str | None,
+    tags: tuple[str, ...],
+    triggered_by: str | None,
+    since: str | None,
+    search: str | None,
+    limit: int,
+    cursor: str | None,
+) -> None:
     """List recorded runs, newest first."""
     from orchestrator.audit import queries
 
     store = _store(database_url)
-    page = queries.list_runs(store, status=statuses or None, workflow=workflow, tags=tags,
-                             triggered_by=triggered_by, since=_since(since), search=search,
-                             limit=limit, cursor=cursor)
+    page = queries.list_runs(
+        store,
+        status=statuses or None,
+        workflow=workflow,
+        tags=tags,
+        triggered_by=triggered_by,
+        since=_since(since),
+        search=search,
+        limit=limit,
+        cursor=cursor,
+    )
     table = Table(box=None, header_style="bold")
     for col in ("run", "workflow", "status", "created", "duration", "sla"):
         table.add_column(col, no_wrap=True)
@@ -186,8 +265,16 @@ def runs_cmd(database_url: str | None, statuses: tuple[str, ...], workflow: str 
     table.add_column("tags", overflow="ellipsis", min_width=6)
     for r in page.items:
         sla = "-" if r.sla_met is None else ("met" if r.sla_met else "[red]breached[/]")
-        table.add_row(r.id, f"{r.workflow} {r.version}".strip(), _status(r.status), _when(r.created_at, "%m-%d %H:%M:%S"),
-                      _secs(r.duration), sla, r.triggered_by or "-", ", ".join(r.tags))
+        table.add_row(
+            r.id,
+            f"{r.workflow} {r.version}".strip(),
+            _status(r.status),
+            _when(r.created_at, "%m-%d %H:%M:%S"),
+            _secs(r.duration),
+            sla,
+            r.triggered_by or "-",
+            ", ".join(r.tags),
+        )
     console.print(table)
     if not page.items:
         console.print("no runs recorded match (is a recorder running? `canvasflow recorder`)")
@@ -195,7 +282,9 @@ def runs_cmd(database_url: str | None, statuses: tuple[str, ...], workflow: str 
         console.print(f"more: --cursor {page.next_cursor}", highlight=False)
 
 
-def _bar(start: float | None, duration: float | None, t0: float, span: float, width: int = 20) -> str:
+def _bar(
+    start: float | None, duration: float | None, t0: float, span: float, width: int = 20
+) -> str:
     if start is None or span <= 0:
         return ""
     a = int((start - t0) / span * width)
@@ -215,15 +304,25 @@ def show(database_url: str | None, run_id: str, lines: int) -> None:
 
     d = queries.run_detail(_store(database_url), run_id, log_limit=lines)
     r = d.run
-    console.print(Text.assemble((f"run {r.id}", "bold"), f"  {r.workflow} {r.version}  ", _status(r.status)))
-    console.print(f"created {_when(r.created_at)}  started {_when(r.started_at)}  finished {_when(r.finished_at)}"
-                  f"  duration {_secs(r.duration)}"
-                  + (f"  SLA {r.sla_seconds:g}s {'met' if r.sla_met else 'breached'}" if r.sla_met is not None else ""),
-                  highlight=False)
+    console.print(
+        Text.assemble((f"run {r.id}", "bold"), f"  {r.workflow} {r.version}  ", _status(r.status))
+    )
+    console.print(
+        f"created {_when(r.created_at)}  started {_when(r.started_at)}  finished {_when(r.finished_at)}"
+        f"  duration {_secs(r.duration)}"
+        + (
+            f"  SLA {r.sla_seconds:g}s {'met' if r.sla_met else 'breached'}"
+            if r.sla_met is not None
+            else ""
+        ),
+        highlight=False,
+    )
     if r.error:
         console.print(f"[red]error[/] ({r.failed_step or 'run'}): {r.error}", highlight=False)
     if not r.complete:
-        console.print(f"[yellow]events recorded: {r.event_count} of {r.last_seq} (the recorder is catching up)[/]")
+        console.print(
+            f"[yellow]events recorded: {r.event_count} of {r.last_seq} (the recorder is catching up)[/]"
+        )
     t0 = r.started_at or r.created_at
     ends = [s.finished_at for s in d.steps if s.finished_at] + [r.finished_at or time.time()]
     span = max(ends) - t0
@@ -237,19 +336,37 @@ def show(database_url: str | None, run_id: str, lines: int) -> None:
         if s.progress is not None and s.status not in FINAL:
             note = f"{s.progress:.0%} {s.progress_message or ''} {note}".strip()
         start = f"+{s.started_at - t0:.2f}s" if s.started_at is not None else "-"
-        table.add_row(s.id, _status(s.status), str(s.attempts), start, _secs(s.duration),
-                      Text(_bar(s.started_at, s.duration, t0, span), style=STATUS_STYLE.get(s.status, "")),
-                      s.worker or "-", note[:200])
+        table.add_row(
+            s.id,
+            _status(s.status),
+            str(s.attempts),
+            start,
+            _secs(s.duration),
+            Text(_bar(s.started_at, s.duration, t0, span), style=STATUS_STYLE.get(s.status, "")),
+            s.worker or "-",
+            note[:200],
+        )
         if len(s.history) > 1 or any(a.error for a in s.history):
             for a in s.history:
-                table.add_row(f"  #{a.number}", _status(a.status), "", "", _secs(a.duration), "",
-                              a.worker or "-", (a.error or "")[:200])
+                table.add_row(
+                    f"  #{a.number}",
+                    _status(a.status),
+                    "",
+                    "",
+                    _secs(a.duration),
+                    "",
+                    a.worker or "-",
+                    (a.error or "")[:200],
+                )
     console.print(table)
     if d.logs:
         console.print(f"[bold]last {len(d.logs)} of {d.logs_total} log lines[/]")
         for line in d.logs:
-            console.print(f"{_when(line.ts)} {line.level:<7} {line.step or '-'}: {line.message[:500]}",
-                          highlight=False, markup=False)
+            console.print(
+                f"{_when(line.ts)} {line.level:<7} {line.step or '-'}: {line.message[:500]}",
+                highlight=False,
+                markup=False,
+            )
 
 
 @click.command("logs")
@@ -258,10 +375,18 @@ def show(database_url: str | None, run_id: str, lines: int) -> None:
 @click.argument("step", required=False)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
 @click.option("--level", default=None, help="Only this level (INFO, ERROR...).")
-@click.option("--interval", default=0.5, show_default=True, type=float, help="Poll interval with --follow.")
+@click.option(
+    "--interval", default=0.5, show_default=True, type=float, help="Poll interval with --follow."
+)
 @_errors
-def logs_cmd(database_url: str | None, run_id: str, step: str | None, follow: bool, level: str | None,
-             interval: float) -> None:
+def logs_cmd(
+    database_url: str | None,
+    run_id: str,
+    step: str | None,
+    follow: bool,
+    level: str | None,
+    interval: float,
+) -> None:
     """Print a run's (or one step's) log lines from the audit store."""
     from orchestrator.audit import queries
 
@@ -269,12 +394,26 @@ def logs_cmd(database_url: str | None, run_id: str, step: str | None, follow: bo
     run = queries.get_run(store, run_id)
     after, after_line = 0, None
     while True:
-        batch = queries.logs(store, run_id, step, after_seq=after, after_line=after_line, limit=1000, level=level)
+        batch = queries.logs(
+            store, run_id, step, after_seq=after, after_line=after_line, limit=1000, level=level
+        )
         for line in batch:
-            ent = " ".join(f"{k}={v}" for k, v in (("tag", line.entity_tag), ("route", line.entity_route),
-                                                     ("id", line.entity_id), ("type", line.entity_type)) if v)
-            console.print(f"{_when(line.ts)} {line.level:<7} {line.step or '-'}: {line.message}"
-                          + (f"  [{ent}]" if ent else ""), highlight=False, markup=False)
+            ent = " ".join(
+                f"{k}={v}"
+                for k, v in (
+                    ("tag", line.entity_tag),
+                    ("route", line.entity_route),
+                    ("id", line.entity_id),
+                    ("type", line.entity_type),
+                )
+                if v
+            )
+            console.print(
+                f"{_when(line.ts)} {line.level:<7} {line.step or '-'}: {line.message}"
+                + (f"  [{ent}]" if ent else ""),
+                highlight=False,
+                markup=False,
+            )
             after, after_line = line.seq, line.line
         if len(batch) == 1000:
             continue
@@ -302,10 +441,14 @@ def prune_cmd(database_url: str | None, older_than: str, batch_size: int, dry_ru
     store = _store(database_url)
     res = queries.prune(store, seconds, batch_size=batch_size, dry_run=dry_run)
     with store.errors():
-        n_tasks = prune_celery_tasks(store.writer, time.time() - seconds, batch_size=batch_size, dry_run=dry_run)
+        n_tasks = prune_celery_tasks(
+            store.writer, time.time() - seconds, batch_size=batch_size, dry_run=dry_run
+        )
     if dry_run:
         console.print(f"{res.runs} runs finished more than {older_than} ago would be removed")
-        console.print(f"{n_tasks} Celery tasks first seen more than {older_than} ago would be removed")
+        console.print(
+            f"{n_tasks} Celery tasks first seen more than {older_than} ago would be removed"
+        )
     else:
         console.print(f"removed {res.runs} runs ({res.rows} rows) in {res.batches} batches")
         console.print(f"removed {n_tasks} Celery tasks from the task history")

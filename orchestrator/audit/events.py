@@ -56,15 +56,26 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         """The event as the Socket.IO relay and the REST API show it."""
-        return {"run": self.run, "seq": self.seq, "type": self.type, "step": self.step,
-                "status": self.status, "ts": self.ts, "data": self.data}
+        return {
+            "run": self.run,
+            "seq": self.seq,
+            "type": self.type,
+            "step": self.step,
+            "status": self.status,
+            "ts": self.ts,
+            "data": self.data,
+        }
 
     @classmethod
     def from_stream(cls, stream_id: Any, fields: Mapping[Any, Any]) -> Event:
         sid = _text(stream_id)
         # Inlined _text: this runs for every field of every event the recorder reads.
-        f = {(k.decode("utf-8", "replace") if k.__class__ is bytes else str(k)):
-             (v.decode("utf-8", "replace") if v.__class__ is bytes else str(v)) for k, v in fields.items()}
+        f = {
+            (k.decode("utf-8", "replace") if k.__class__ is bytes else str(k)): (
+                v.decode("utf-8", "replace") if v.__class__ is bytes else str(v)
+            )
+            for k, v in fields.items()
+        }
         run = f.get("run", "")
         if not run:
             raise BadEvent(sid, "no 'run' field")
@@ -82,8 +93,16 @@ class Event:
             ts = 0.0
         if not math.isfinite(ts) or ts <= 0:
             ts = int(sid.split("-")[0]) / 1000 if sid[:1].isdigit() else 0.0
-        return cls(run=run, seq=seq, type=f.get("type", "") or "unknown", step=f.get("step", ""),
-                   status=f.get("status", ""), ts=ts, data_json=f.get("data") or "{}", stream_id=sid)
+        return cls(
+            run=run,
+            seq=seq,
+            type=f.get("type", "") or "unknown",
+            step=f.get("step", ""),
+            status=f.get("status", ""),
+            ts=ts,
+            data_json=f.get("data") or "{}",
+            stream_id=sid,
+        )
 
 
 @dataclass
@@ -98,7 +117,9 @@ class Lookups:
 
 
 def clamp_message(message: Any) -> str:
-    text = message if isinstance(message, str) else json.dumps(message) if message is not None else ""
+    text = (
+        message if isinstance(message, str) else json.dumps(message) if message is not None else ""
+    )
     # Room for the "… [truncated from N characters]" that workers/context.py already appended.
     if len(text) > MAX_MESSAGE + 64:
         text = text[:MAX_MESSAGE] + f"… [truncated from {len(text)} characters]"

@@ -40,7 +40,8 @@ AUTO_ID = BigInteger().with_variant(Integer(), "sqlite")
 # One row per distinct definition body a run has used; ``digest`` is a hash of the body, so
 # unversioned definitions that changed between runs are both kept.
 workflow_definitions = Table(
-    "cf_workflow_definitions", metadata,
+    "cf_workflow_definitions",
+    metadata,
     Column("workflow_id", NAME, nullable=False),
     Column("digest", String(32), nullable=False),
     Column("version", String(64), nullable=False, server_default=""),
@@ -51,7 +52,8 @@ workflow_definitions = Table(
 )
 
 runs = Table(
-    "cf_runs", metadata,
+    "cf_runs",
+    metadata,
     Column("id", ID, primary_key=True),
     Column("workflow_id", NAME, nullable=False, server_default=""),
     Column("version", String(64), nullable=False, server_default=""),
@@ -84,7 +86,8 @@ runs = Table(
 )
 
 run_tags = Table(
-    "cf_run_tags", metadata,
+    "cf_run_tags",
+    metadata,
     Column("run_id", ID, nullable=False),
     Column("tag", NAME, nullable=False),
     PrimaryKeyConstraint("run_id", "tag"),
@@ -92,7 +95,8 @@ run_tags = Table(
 )
 
 steps = Table(
-    "cf_steps", metadata,
+    "cf_steps",
+    metadata,
     Column("run_id", ID, nullable=False),
     Column("step_id", NAME, nullable=False),
     Column("position", Integer, nullable=False, server_default="0"),  # order in the definition
@@ -119,7 +123,8 @@ steps = Table(
 )
 
 step_attempts = Table(
-    "cf_step_attempts", metadata,
+    "cf_step_attempts",
+    metadata,
     Column("run_id", ID, nullable=False),
     Column("step_id", NAME, nullable=False),
     Column("attempt", Integer, nullable=False),
@@ -142,7 +147,8 @@ step_attempts = Table(
 )
 
 step_logs = Table(
-    "cf_step_logs", metadata,
+    "cf_step_logs",
+    metadata,
     Column("run_id", ID, nullable=False),
     Column("seq", Integer, nullable=False),
     # One log event carries a batch of lines: line numbers them within the event.
@@ -162,7 +168,8 @@ step_logs = Table(
 # Append-only: every event of every run, keyed by (run, seq). The key is the idempotency key
 # of the whole pipeline: an event whose key is here has been applied.
 events = Table(
-    "cf_events", metadata,
+    "cf_events",
+    metadata,
     Column("run_id", ID, nullable=False),
     Column("seq", Integer, nullable=False),
     Column("type", String(40), nullable=False),
@@ -176,7 +183,8 @@ events = Table(
 )
 
 audit_log = Table(
-    "cf_audit_log", metadata,
+    "cf_audit_log",
+    metadata,
     Column("id", AUTO_ID, primary_key=True, autoincrement=True),
     Column("ts", Double, nullable=False),
     Column("actor", NAME, nullable=False),
@@ -196,7 +204,8 @@ RUN_CHILDREN = (events, step_logs, step_attempts, steps, run_tags)
 # Celery task history (fleet inspection, Flower's task list), one row per Celery task id, written
 # in batches from Celery events by orchestrator.fleet_events; pruned by ``ts`` (first seen).
 celery_tasks = Table(
-    "cf_celery_tasks", metadata,
+    "cf_celery_tasks",
+    metadata,
     Column("uuid", ID, primary_key=True),
     Column("name", NAME),
     Column("state", String(16), nullable=False),
@@ -242,7 +251,8 @@ celery_tasks = Table(
 # on with every password, role or disabled change, and a session or token from an older one is
 # refused; ``permissions`` lists what an admin granted beyond the role, comma-separated.
 web_users = Table(
-    "cf_web_users", metadata,
+    "cf_web_users",
+    metadata,
     Column("username", NAME, primary_key=True),
     Column("password_hash", String(300), nullable=False),
     Column("role", String(16), nullable=False),
@@ -253,11 +263,14 @@ web_users = Table(
     Column("permissions", String(200), nullable=False, server_default=""),
 )
 web_tokens = Table(
-    "cf_web_tokens", metadata,
+    "cf_web_tokens",
+    metadata,
     Column("id", String(16), primary_key=True),
     Column("username", NAME, nullable=False),
     Column("name", NAME, nullable=False),
-    Column("digest", String(64), nullable=False, unique=True),  # SHA-256 of the token; never the token
+    Column(
+        "digest", String(64), nullable=False, unique=True
+    ),  # SHA-256 of the token; never the token
     Column("created_at", Double, nullable=False),
     Column("last_used_at", Double),
     Column("generation", Integer, nullable=False, server_default="0"),  # the user's, when issued
@@ -265,7 +278,8 @@ web_tokens = Table(
 )
 # Failed logins per account ("user", the name as typed) and per client address ("address").
 web_login_throttle = Table(
-    "cf_web_login_throttle", metadata,
+    "cf_web_login_throttle",
+    metadata,
     Column("scope", String(16), nullable=False),
     Column("subject", String(256), nullable=False),
     Column("failures", Integer, nullable=False),

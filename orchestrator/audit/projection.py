@@ -70,7 +70,9 @@ def statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
     return stmt
 
 
-def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now: float) -> list[Event]:
+def apply_batch(
+    conn: Connection, batch: Sequence[Event], lookups: Lookups, now: float
+) -> list[Event]:
     """Write the events of ``batch`` not yet recorded; returns those (in (run, seq) order)."""
     if not batch:
         return []
@@ -82,8 +84,22 @@ def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now:
     first_ts: dict[str, float] = {}
     for e in batch:
         first_ts[e.run] = min(first_ts.get(e.run, e.ts), e.ts)
-    insert_ignore(conn, runs, [{"id": r, "status": "PENDING", "status_seq": 0, "created_at": first_ts[r],
-                                "updated_at": now, "last_seq": 0, "event_count": 0} for r in run_ids])
+    insert_ignore(
+        conn,
+        runs,
+        [
+            {
+                "id": r,
+                "status": "PENDING",
+                "status_seq": 0,
+                "created_at": first_ts[r],
+                "updated_at": now,
+                "last_seq": 0,
+                "event_count": 0,
+            }
+            for r in run_ids
+        ],
+    )
     run_rows: dict[str, dict[str, Any]] = {}
     for row in keyed(conn, runs, (runs.c.id,), [(r,) for r in run_ids], lock=True):
         run_rows[row["id"]] = dict(row)
@@ -104,14 +120,23 @@ def apply_batch(conn: Connection, batch: Sequence[Event], lookups: Lookups, now:
     for e in new:
         if e.type == "run_created":
             body = proj.parsed_definition(e.run)
-            wanted_steps.update((e.run, str(s["id"])) for s in (body or {}).get("steps") or ()
-                                if isinstance(s, dict) and s.get("id"))
+            wanted_steps.update(
+                (e.run, str(s["id"]))
+                for s in (body or {}).get("steps") or ()
+                if isinstance(s, dict) and s.get("id")
+            )
     for row in keyed(conn, steps, (steps.c.run_id, steps.c.step_id), sorted(wanted_steps)):
         proj.steps[(row["run_id"], row["step_id"])] = dict(row)
     # An attempt row is written together with its step row, whose ``attempts`` is then at least
     # its number: attempts above it (a step that started and ended within this batch) are new.
-    wanted = sorted({(e.run, e.step, n) for e in new if (n := _attempt_no(e)) is not None
-                     and n <= ((proj.steps.get((e.run, e.step)) or {}).get("attempts") or 0)})
+    wanted = sorted(
+        {
+            (e.run, e.step, n)
+            for e in new
+            if (n := _attempt_no(e)) is not None
+            and n <= ((proj.steps.get((e.run, e.step)) or {}).get("attempts") or 0)
+        }
+    )
     a = step_attempts.c
     for row in keyed(conn, step_attempts, (a.run_id, a.step_id, a.attempt), wanted):
         proj.attempts[(row["run_id"], row["step_id"], row["attempt"])] = dict(row)
@@ -129,10 +154,18 @@ def unknown_run_actions(conn: Connection, batch: Sequence[Event]) -> list[Event]
     rows = [dict(fit(audit_log, _Projection.action_row(e))) for e in batch]
     for row in rows:
         detail = json.loads(row["detail"]) if row["detail"] else {}
-        row["detail"] = _json({**(detail if isinstance(detail, dict) else {"detail": detail}), "unknown_run": True})
+        row["detail"] = _json(
+            {**(detail if isinstance(detail, dict) else {"detail": detail}), "unknown_run": True}
+        )
     a = audit_log.c
-    have = {(r.target_id, r.ts, r.action, r.actor) for r in conn.execute(
-        select(a.target_id, a.ts, a.action, a.actor).where(a.target_id.in_(sorted({e.run for e in batch}))))}
+    have = {
+        (r.target_id, r.ts, r.action, r.actor)
+        for r in conn.execute(
+            select(a.target_id, a.ts, a.action, a.actor).where(
+                a.target_id.in_(sorted({e.run for e in batch}))
+            )
+        )
+    }
     new, fresh = [], []
     for e, row in zip(batch, rows, strict=True):
         key = (row["target_id"], row["ts"], row["action"], row["actor"])
@@ -144,7 +177,9 @@ def unknown_run_actions(conn: Connection, batch: Sequence[Event]) -> list[Event]
     return new
 
 
-def recorded(conn: Connection, batch: Sequence[Event], run_rows: dict[str, dict[str, Any]]) -> set[tuple[str, int]]:
+def recorded(
+    conn: Connection, batch: Sequence[Event], run_rows: dict[str, dict[str, Any]]
+) -> set[tuple[str, int]]:
     """The keys of ``batch`` already in ``cf_events``, mostly without reading it.
 
     A run row's ``last_seq`` is the highest seq recorded for the run and ``event_count`` how
@@ -165,13 +200,24 @@ def recorded(conn: Connection, batch: Sequence[Event], run_rows: dict[str, dict[
         else:
             ask.append(e.key)
     if ask:
-        known.update((r["run_id"], r["seq"]) for r in keyed(conn, events, (events.c.run_id, events.c.seq),
-                                                          sorted(set(ask)), only_keys=True))
+        known.update(
+            (r["run_id"], r["seq"])
+            for r in keyed(
+                conn, events, (events.c.run_id, events.c.seq), sorted(set(ask)), only_keys=True
+            )
+        )
     return known
 
 
-def keyed(conn: Connection, table: Table, cols: tuple[Column[Any], ...], keys: Sequence[tuple[Any, ...]],
-          *, lock: bool = False, only_keys: bool = False) -> Iterable[Any]:
+def keyed(
+    conn: Connection,
+    table: Table,
+    cols: tuple[Column[Any], ...],
+    keys: Sequence[tuple[Any, ...]],
+    *,
+    lock: bool = False,
+    only_keys: bool = False,
+) -> Iterable[Any]:
     """The rows of ``table`` whose ``cols`` equal one of ``keys`` (row mappings; ``only_keys``:
     just those columns; ``lock``: FOR UPDATE, in key order).
 
@@ -206,14 +252,16 @@ def keyed(conn: Connection, table: Table, cols: tuple[Column[Any], ...], keys: S
 
 
 def _unnest(cols: tuple[Column[Any], ...]) -> Any:
-    arrays = [bindparam(f"a{i}", type_=postgresql.ARRAY(Integer if isinstance(c.type, Integer) else Text))
-              for i, c in enumerate(cols)]
+    arrays = [
+        bindparam(f"a{i}", type_=postgresql.ARRAY(Integer if isinstance(c.type, Integer) else Text))
+        for i, c in enumerate(cols)
+    ]
     return func.unnest(*arrays).table_valued(*[f"k{i}" for i in range(len(cols))]).render_derived()
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -221,8 +269,10 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) ->
     if not rows:
         return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = statement(("insert_ignore", dialect.__name__, table.name),
-                     lambda: dialect.insert(table).on_conflict_do_nothing())
+    stmt = statement(
+        ("insert_ignore", dialect.__name__, table.name),
+        lambda: dialect.insert(table).on_conflict_do_nothing(),
+    )
     for chunk in chunks(rows):
         conn.execute(stmt, [fit(table, r) for r in chunk])
 
@@ -237,8 +287,9 @@ def fit(table: Table, row: dict[str, Any]) -> dict[str, Any]:
     """
     limits = _LIMITS.get(table.name)
     if limits is None:
-        limits = _LIMITS[table.name] = tuple((c.name, c.type.length) for c in table.c
-                                             if isinstance(c.type, String) and c.type.length)
+        limits = _LIMITS[table.name] = tuple(
+            (c.name, c.type.length) for c in table.c if isinstance(c.type, String) and c.type.length
+        )
     out = row
     for k, v in row.items():
         if v.__class__ is str and "\x00" in v:
@@ -307,7 +358,9 @@ class _Projection:
         self.definitions: dict[tuple[str, str], dict[str, Any]] = {}
         self.queue_fixups: list[tuple[str, str]] = []
         self.audit: list[dict[str, Any]] = []
-        self.texts: dict[str | None, tuple[dict[str, Any] | None, str]] = {}  # text -> (body, digest)
+        self.texts: dict[
+            str | None, tuple[dict[str, Any] | None, str]
+        ] = {}  # text -> (body, digest)
 
     # -- rows ---------------------------------------------------------------------------------
 
@@ -316,8 +369,16 @@ class _Projection:
         row = self.steps.get(key)
         if row is None:
             row = {c.name: None for c in steps.c}
-            row.update(run_id=run_id, step_id=step_id, position=0, status="PENDING", status_seq=0,
-                       attempts=0, progress_seq=0, stats_seq=0)
+            row.update(
+                run_id=run_id,
+                step_id=step_id,
+                position=0,
+                status="PENDING",
+                status_seq=0,
+                attempts=0,
+                progress_seq=0,
+                stats_seq=0,
+            )
             self.steps[key] = row
             self.new_steps.add(key)
         self.dirty_steps.add(key)
@@ -328,8 +389,14 @@ class _Projection:
         row = self.attempts.get(key)
         if row is None:
             row = {c.name: None for c in step_attempts.c}
-            row.update(run_id=run_id, step_id=step["step_id"], attempt=n, status="RUNNING",
-                       status_seq=0, queue=step.get("queue"))
+            row.update(
+                run_id=run_id,
+                step_id=step["step_id"],
+                attempt=n,
+                status="RUNNING",
+                status_seq=0,
+                queue=step.get("queue"),
+            )
             self.attempts[key] = row
             self.new_attempts.add(key)
         self.dirty_attempts.add(key)
@@ -362,25 +429,41 @@ class _Projection:
     def action_row(e: Event) -> dict[str, Any]:
         data = e.data
         detail = data.get("detail")
-        return {"ts": e.ts, "actor": str(data.get("actor") or "unknown"),
-                "action": str(data.get("action") or "unknown"),
-                "target_type": str(data.get("target_type") or "run"),
-                "target_id": str(data.get("target_id") or e.run), "reason": _str(data.get("reason")),
-                "outcome": str(data.get("outcome") or "ok"),
-                "detail": None if detail is None else _json(detail)}
+        return {
+            "ts": e.ts,
+            "actor": str(data.get("actor") or "unknown"),
+            "action": str(data.get("action") or "unknown"),
+            "target_type": str(data.get("target_type") or "run"),
+            "target_id": str(data.get("target_id") or e.run),
+            "reason": _str(data.get("reason")),
+            "outcome": str(data.get("outcome") or "ok"),
+            "detail": None if detail is None else _json(detail),
+        }
 
     def redispatched(self, e: Event) -> None:
         """The watchdog re-sent a stalled run (orchestrator/watchdog.py): an action in the audit
         log, by the watchdog, so that an operator sees why a step ran again."""
         data = e.data
-        self.audit.append({"ts": e.ts, "actor": str(data.get("watchdog") or "watchdog"), "action": "redispatch",
-                           "target_type": "run", "target_id": e.run, "reason": _str(data.get("reason")),
-                           "outcome": "ok", "detail": _json({k: data.get(k) for k in
-                                                             ("epoch", "status", "stalled_for", "steps")})})
+        self.audit.append(
+            {
+                "ts": e.ts,
+                "actor": str(data.get("watchdog") or "watchdog"),
+                "action": "redispatch",
+                "target_type": "run",
+                "target_id": e.run,
+                "reason": _str(data.get("reason")),
+                "outcome": "ok",
+                "detail": _json(
+                    {k: data.get(k) for k in ("epoch", "status", "stalled_for", "steps")}
+                ),
+            }
+        )
 
     def run_created(self, run: dict[str, Any], e: Event) -> None:
         data, meta = e.data, self.lookups.runs.get(e.run) or {}
-        run["workflow_id"] = str(data.get("workflow") or meta.get("workflow") or run["workflow_id"] or "")
+        run["workflow_id"] = str(
+            data.get("workflow") or meta.get("workflow") or run["workflow_id"] or ""
+        )
         run["version"] = str(data.get("version") or meta.get("version") or run["version"] or "")
         run["created_at"] = e.ts
         for col in ("name", "inputs", "priority", "tags", "triggered_by", "trigger_type"):
@@ -405,17 +488,27 @@ class _Projection:
                 body = json.loads(text) if text else None
             except ValueError:
                 body = None
-            self.texts[text] = (body if isinstance(body, dict) else None,
-                                hashlib.sha256(text.encode()).hexdigest()[:32] if text else "")
+            self.texts[text] = (
+                body if isinstance(body, dict) else None,
+                hashlib.sha256(text.encode()).hexdigest()[:32] if text else "",
+            )
         return self.texts[text][0]
 
     def definition(self, run: dict[str, Any], body: dict[str, Any], text: str, ts: float) -> None:
         digest = self.texts[text][1]
         run["definition_digest"] = digest
         # The first run of the batch with this definition stands for it (as the first insert would).
-        self.definitions.setdefault((run["workflow_id"], digest), {
-            "workflow_id": run["workflow_id"], "digest": digest, "version": run["version"],
-            "name": body.get("name"), "body": text, "created_at": ts})
+        self.definitions.setdefault(
+            (run["workflow_id"], digest),
+            {
+                "workflow_id": run["workflow_id"],
+                "digest": digest,
+                "version": run["version"],
+                "name": body.get("name"),
+                "body": text,
+                "created_at": ts,
+            },
+        )
         default_queue = (body.get("defaults") or {}).get("queue") or "default"
         for i, spec in enumerate(body.get("steps") or ()):
             if not isinstance(spec, dict) or not spec.get("id"):
@@ -424,8 +517,12 @@ class _Projection:
             row = self.step(*key)
             if key not in self.new_steps:  # attempts recorded before the run_created event
                 self.queue_fixups.append(key)
-            row.update(position=i, plugin=spec.get("plugin"), method=spec.get("method", "run"),
-                       queue=spec.get("queue") or default_queue)
+            row.update(
+                position=i,
+                plugin=spec.get("plugin"),
+                method=spec.get("method", "run"),
+                queue=spec.get("queue") or default_queue,
+            )
 
     def run_status(self, run: dict[str, Any], e: Event, status: str) -> None:
         if status == "RUNNING":
@@ -453,20 +550,39 @@ class _Projection:
             try:
                 lines = log_lines(data)
             except (KeyError, IndexError, TypeError, ValueError) as exc:
-                lines = [{"level": "ERROR", "message": f"unreadable log event ({type(exc).__name__}: {exc})"}]
+                lines = [
+                    {
+                        "level": "ERROR",
+                        "message": f"unreadable log event ({type(exc).__name__}: {exc})",
+                    }
+                ]
             for i, line in enumerate(lines):
-                self.logs.append({
-                    "run_id": e.run, "seq": e.seq, "line": i, "step_id": e.step, "ts": line.get("ts") or e.ts,
-                    "level": clamp_level(line.get("level")), "message": clamp_message(line.get("message")),
-                    **{k: _str(line.get(k)) for k in ("entity_tag", "entity_route", "entity_id", "entity_type")},
-                })
+                self.logs.append(
+                    {
+                        "run_id": e.run,
+                        "seq": e.seq,
+                        "line": i,
+                        "step_id": e.step,
+                        "ts": line.get("ts") or e.ts,
+                        "level": clamp_level(line.get("level")),
+                        "message": clamp_message(line.get("message")),
+                        **{
+                            k: _str(line.get(k))
+                            for k in ("entity_tag", "entity_route", "entity_id", "entity_type")
+                        },
+                    }
+                )
             return
         if t == "progress":
             frac = clamp_fraction(data.get("fraction"))
             if frac is not None and e.seq > step["progress_seq"]:
                 msg = data.get("message")
-                step.update(progress=frac, progress_message=None if msg is None else str(msg)[:1000],
-                            progress_seq=e.seq, progress_at=e.ts)
+                step.update(
+                    progress=frac,
+                    progress_message=None if msg is None else str(msg)[:1000],
+                    progress_seq=e.seq,
+                    progress_at=e.ts,
+                )
             return
         if t == "stats":
             if e.seq > step["stats_seq"]:
@@ -553,7 +669,11 @@ class _Projection:
             tb = self.lookups.tracebacks.get((e.run, e.step))
         att["traceback"] = _str(tb) or att["traceback"]
         if e.type == "step_completed":
-            out = data.get("output") if "output" in data and not data.get("output_truncated") else None
+            out = (
+                data.get("output")
+                if "output" in data and not data.get("output_truncated")
+                else None
+            )
             out = _str(out) if out is not None else self.lookups.outputs.get((e.run, e.step))
             att["output"], att["output_size"] = out, (len(out) if out is not None else None)
         if e.seq > att["status_seq"]:
@@ -565,32 +685,67 @@ class _Projection:
 
     def write(self, conn: Connection, new: list[Event]) -> None:
         now = self.now
-        _insert(conn, events, [{"run_id": e.run, "seq": e.seq, "type": e.type, "step_id": e.step,
-                                "status": e.status, "ts": e.ts, "data": e.data_json,
-                                "stream_id": e.stream_id, "recorded_at": now} for e in new])
+        _insert(
+            conn,
+            events,
+            [
+                {
+                    "run_id": e.run,
+                    "seq": e.seq,
+                    "type": e.type,
+                    "step_id": e.step,
+                    "status": e.status,
+                    "ts": e.ts,
+                    "data": e.data_json,
+                    "stream_id": e.stream_id,
+                    "recorded_at": now,
+                }
+                for e in new
+            ],
+        )
         _insert(conn, step_logs, self.logs)
         _insert(conn, audit_log, self.audit)
         insert_ignore(conn, run_tags, self.tags)
         insert_ignore(conn, workflow_definitions, list(self.definitions.values()))
         for row in self.steps.values():
-            row["duration"] = (row["finished_at"] - row["started_at"]
-                               if row["finished_at"] is not None and row["started_at"] is not None else None)
+            row["duration"] = (
+                row["finished_at"] - row["started_at"]
+                if row["finished_at"] is not None and row["started_at"] is not None
+                else None
+            )
         _insert(conn, steps, [self.steps[k] for k in sorted(self.new_steps)])
-        _update(conn, steps, ("run_id", "step_id"),
-                [self.steps[k] for k in sorted(self.dirty_steps - self.new_steps)])
+        _update(
+            conn,
+            steps,
+            ("run_id", "step_id"),
+            [self.steps[k] for k in sorted(self.dirty_steps - self.new_steps)],
+        )
         for key in self.dirty_attempts:
             row = self.attempts[key]
             if row["queue"] is None:
                 row["queue"] = self.steps[key[:2]]["queue"]
         _insert(conn, step_attempts, [self.attempts[k] for k in sorted(self.new_attempts)])
-        _update(conn, step_attempts, ("run_id", "step_id", "attempt"),
-                [self.attempts[k] for k in sorted(self.dirty_attempts - self.new_attempts)])
-        fixups = [{"k_run": r, "k_step": st, "v_queue": self.steps[(r, st)]["queue"]}
-                  for r, st in self.queue_fixups]
+        _update(
+            conn,
+            step_attempts,
+            ("run_id", "step_id", "attempt"),
+            [self.attempts[k] for k in sorted(self.dirty_attempts - self.new_attempts)],
+        )
+        fixups = [
+            {"k_run": r, "k_step": st, "v_queue": self.steps[(r, st)]["queue"]}
+            for r, st in self.queue_fixups
+        ]
         if fixups:
-            conn.execute(update(step_attempts).where(
-                step_attempts.c.run_id == bindparam("k_run"), step_attempts.c.step_id == bindparam("k_step"),
-                step_attempts.c.queue.is_(None)).values(queue=bindparam("v_queue")), fixups)
+            conn.execute(
+                update(step_attempts)
+                .where(
+                    step_attempts.c.run_id == bindparam("k_run"),
+                    step_attempts.c.step_id == bindparam("k_step"),
+                    step_attempts.c.queue.is_(None),
+                )
+                .values(queue=bindparam("v_queue")),
+                fixups,
+            )
         touched = sorted({e.run for e in new})
         rows = []
         for rid in touched:
@@ -609,7 +764,10 @@ def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         # which sends one INSERT per row.
         cols = list(rows[0])
         raw: Any = conn.connection.dbapi_connection  # a psycopg connection: COPY needs the driver
-        with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
+        with (
+            raw.cursor() as cur,
+            cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy,
+        ):
             for r in rows:
                 f = fit(table, r)
                 copy.write_row([f[c] for c in cols])
@@ -619,12 +777,20 @@ def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         conn.execute(stmt, [fit(table, r) for r in chunk])
 
 
-def _update(conn: Connection, table: Table, pk: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+def _update(
+    conn: Connection, table: Table, pk: tuple[str, ...], rows: list[dict[str, Any]]
+) -> None:
     if not rows:
         return
     cols = [c.name for c in table.c if c.name not in pk]
-    stmt = statement(("update", table.name, pk), lambda: update(table).where(
-        *[table.c[k] == bindparam(f"k_{k}") for k in pk]).values({c: bindparam(f"v_{c}") for c in cols}))
+    stmt = statement(
+        ("update", table.name, pk),
+        lambda: (
+            update(table)
+            .where(*[table.c[k] == bindparam(f"k_{k}") for k in pk])
+            .values({c: bindparam(f"v_{c}") for c in cols})
+        ),
+    )
     params = []
     for r in rows:
         p = {f"v_{c}": v for c, v in fit(table, {c: r[c] for c in cols}).items()}

@@ -219,12 +219,25 @@ def _loads(text: str | None, default: Any = None) -> Any:
 def _summary(row: Any) -> RunSummary:
     tags = _loads(row.tags, [])
     return RunSummary(
-        id=row.id, workflow=row.workflow_id, version=row.version, name=row.name, status=row.status,
-        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
-        duration=row.duration, priority=row.priority,
-        tags=tuple(tags) if isinstance(tags, list) else (), triggered_by=row.triggered_by,
-        trigger_type=row.trigger_type, sla_seconds=row.sla_seconds, error=row.error,
-        failed_step=row.failed_step, last_seq=row.last_seq, event_count=row.event_count)
+        id=row.id,
+        workflow=row.workflow_id,
+        version=row.version,
+        name=row.name,
+        status=row.status,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration=row.duration,
+        priority=row.priority,
+        tags=tuple(tags) if isinstance(tags, list) else (),
+        triggered_by=row.triggered_by,
+        trigger_type=row.trigger_type,
+        sla_seconds=row.sla_seconds,
+        error=row.error,
+        failed_step=row.failed_step,
+        last_seq=row.last_seq,
+        event_count=row.event_count,
+    )
 
 
 def encode_cursor(created_at: float, run_id: str) -> str:
@@ -257,7 +270,9 @@ def parse_duration(text: str) -> float:
     """'30d', '12h', '90m', '45s', '2w' (or plain seconds) -> seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text))
     if not m:
-        raise ValueError(f"{text!r} is not a duration: use a number and a unit, like 30d, 12h or 90m")
+        raise ValueError(
+            f"{text!r} is not a duration: use a number and a unit, like 30d, 12h or 90m"
+        )
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
@@ -266,10 +281,19 @@ def parse_duration(text: str) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def list_runs(store: AuditStore, *, status: str | Iterable[str] | None = None, workflow: str | None = None,
-              tags: Iterable[str] = (), triggered_by: str | None = None, since: float | None = None,
-              until: float | None = None, search: str | None = None, limit: int = 50,
-              cursor: str | None = None) -> Page:
+def list_runs(
+    store: AuditStore,
+    *,
+    status: str | Iterable[str] | None = None,
+    workflow: str | None = None,
+    tags: Iterable[str] = (),
+    triggered_by: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    search: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
     """Runs newest first; every filter is optional and they combine with AND."""
     limit = max(1, min(int(limit), 1000))
     q = select(runs)
@@ -280,8 +304,11 @@ def list_runs(store: AuditStore, *, status: str | Iterable[str] | None = None, w
         q = q.where(runs.c.workflow_id == workflow)
     for tag in tags:
         # EXISTS: walking runs newest first, each candidate is one primary-key probe.
-        q = q.where(select(run_tags.c.run_id).where(run_tags.c.run_id == runs.c.id,
-                                                    run_tags.c.tag == tag).exists())
+        q = q.where(
+            select(run_tags.c.run_id)
+            .where(run_tags.c.run_id == runs.c.id, run_tags.c.tag == tag)
+            .exists()
+        )
     if triggered_by:
         q = q.where(runs.c.triggered_by == triggered_by)
     if since is not None:
@@ -318,9 +345,17 @@ def _search(text: str) -> Any:
     """
     s = text.strip().lower()
     wd = workflow_definitions
-    names = select(wd.c.workflow_id).where(or_(func.lower(wd.c.workflow_id).contains(s, autoescape=True),
-                                               func.lower(wd.c.name).contains(s, autoescape=True)))
-    conds = [runs.c.id == text.strip(), runs.c.workflow_id == text.strip(), runs.c.workflow_id.in_(names)]
+    names = select(wd.c.workflow_id).where(
+        or_(
+            func.lower(wd.c.workflow_id).contains(s, autoescape=True),
+            func.lower(wd.c.name).contains(s, autoescape=True),
+        )
+    )
+    conds = [
+        runs.c.id == text.strip(),
+        runs.c.workflow_id == text.strip(),
+        runs.c.workflow_id.in_(names),
+    ]
     if re.fullmatch(r"[0-9a-f]{1,64}", s):
         upper = _hex_after(s)
         conds.append((runs.c.id >= s) & (runs.c.id < upper) if upper else runs.c.id >= s)
@@ -343,49 +378,113 @@ def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDe
             raise UnknownRun(run_id)
         body = None
         if row.definition_digest:
-            body = conn.execute(select(workflow_definitions.c.body).where(
-                workflow_definitions.c.workflow_id == row.workflow_id,
-                workflow_definitions.c.digest == row.definition_digest)).scalar()
-        step_rows = conn.execute(select(steps).where(steps.c.run_id == run_id)
-                                 .order_by(steps.c.position, steps.c.started_at, steps.c.step_id)).all()
-        att_rows = conn.execute(select(step_attempts).where(step_attempts.c.run_id == run_id)
-                                .order_by(step_attempts.c.step_id, step_attempts.c.attempt)).all()
-        log_rows = conn.execute(select(step_logs).where(step_logs.c.run_id == run_id)
-                                .order_by(step_logs.c.seq.desc(), step_logs.c.line.desc())
-                                .limit(max(0, log_limit))).all()
-        total = conn.execute(select(func.count()).select_from(step_logs)
-                             .where(step_logs.c.run_id == run_id)).scalar_one()
+            body = conn.execute(
+                select(workflow_definitions.c.body).where(
+                    workflow_definitions.c.workflow_id == row.workflow_id,
+                    workflow_definitions.c.digest == row.definition_digest,
+                )
+            ).scalar()
+        step_rows = conn.execute(
+            select(steps)
+            .where(steps.c.run_id == run_id)
+            .order_by(steps.c.position, steps.c.started_at, steps.c.step_id)
+        ).all()
+        att_rows = conn.execute(
+            select(step_attempts)
+            .where(step_attempts.c.run_id == run_id)
+            .order_by(step_attempts.c.step_id, step_attempts.c.attempt)
+        ).all()
+        log_rows = conn.execute(
+            select(step_logs)
+            .where(step_logs.c.run_id == run_id)
+            .order_by(step_logs.c.seq.desc(), step_logs.c.line.desc())
+            .limit(max(0, log_limit))
+        ).all()
+        total = conn.execute(
+            select(func.count()).select_from(step_logs).where(step_logs.c.run_id == run_id)
+        ).scalar_one()
     history: dict[str, list[AttemptRecord]] = {}
     for a in att_rows:
-        history.setdefault(a.step_id, []).append(AttemptRecord(
-            number=a.attempt, status=a.status, worker=a.worker, queue=a.queue, task_id=a.task_id,
-            started_at=a.started_at, finished_at=a.finished_at, duration=a.duration,
-            input=_loads(a.input), output=_loads(a.output), output_size=a.output_size, error=a.error,
-            traceback=a.traceback, stats=_loads(a.stats)))
+        history.setdefault(a.step_id, []).append(
+            AttemptRecord(
+                number=a.attempt,
+                status=a.status,
+                worker=a.worker,
+                queue=a.queue,
+                task_id=a.task_id,
+                started_at=a.started_at,
+                finished_at=a.finished_at,
+                duration=a.duration,
+                input=_loads(a.input),
+                output=_loads(a.output),
+                output_size=a.output_size,
+                error=a.error,
+                traceback=a.traceback,
+                stats=_loads(a.stats),
+            )
+        )
     step_records = []
     for s in step_rows:
         hist = tuple(history.get(s.step_id, ()))
         done = [a for a in hist if a.status == "COMPLETED"]
-        step_records.append(StepRecord(
-            id=s.step_id, position=s.position, plugin=s.plugin, method=s.method, queue=s.queue,
-            status=s.status, attempts=s.attempts, started_at=s.started_at, finished_at=s.finished_at,
-            duration=s.duration, worker=s.worker, error=s.error, reason=s.reason,
-            compensation_error=s.compensation_error, progress=s.progress,
-            progress_message=s.progress_message, stats=_loads(s.stats),
-            output=done[-1].output if done else None, history=hist))
-    return RunDetail(run=_summary(row), inputs=_loads(row.inputs, {}), definition=_loads(body),
-                     steps=tuple(step_records), logs=tuple(_log(r) for r in reversed(log_rows)),
-                     logs_total=int(total))
+        step_records.append(
+            StepRecord(
+                id=s.step_id,
+                position=s.position,
+                plugin=s.plugin,
+                method=s.method,
+                queue=s.queue,
+                status=s.status,
+                attempts=s.attempts,
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+                duration=s.duration,
+                worker=s.worker,
+                error=s.error,
+                reason=s.reason,
+                compensation_error=s.compensation_error,
+                progress=s.progress,
+                progress_message=s.progress_message,
+                stats=_loads(s.stats),
+                output=done[-1].output if done else None,
+                history=hist,
+            )
+        )
+    return RunDetail(
+        run=_summary(row),
+        inputs=_loads(row.inputs, {}),
+        definition=_loads(body),
+        steps=tuple(step_records),
+        logs=tuple(_log(r) for r in reversed(log_rows)),
+        logs_total=int(total),
+    )
 
 
 def _log(r: Any) -> LogLine:
-    return LogLine(seq=r.seq, step=r.step_id, ts=r.ts, level=r.level, message=r.message,
-                   entity_tag=r.entity_tag, entity_route=r.entity_route, entity_id=r.entity_id,
-                   entity_type=r.entity_type, line=r.line)
+    return LogLine(
+        seq=r.seq,
+        step=r.step_id,
+        ts=r.ts,
+        level=r.level,
+        message=r.message,
+        entity_tag=r.entity_tag,
+        entity_route=r.entity_route,
+        entity_id=r.entity_id,
+        entity_type=r.entity_type,
+        line=r.line,
+    )
 
 
-def logs(store: AuditStore, run_id: str, step: str | None = None, *, after_seq: int = 0,
-         after_line: int | None = None, limit: int = 500, level: str | None = None) -> list[LogLine]:
+def logs(
+    store: AuditStore,
+    run_id: str,
+    step: str | None = None,
+    *,
+    after_seq: int = 0,
+    after_line: int | None = None,
+    limit: int = 500,
+    level: str | None = None,
+) -> list[LogLine]:
     """Log lines of a run (or one step) after the cursor, oldest first.
 
     The cursor is the last line read: ``after_seq`` and ``after_line`` (one event carries many
@@ -403,25 +502,54 @@ def logs(store: AuditStore, run_id: str, step: str | None = None, *, after_seq: 
         return [_log(r) for r in conn.execute(q)]
 
 
-def events_after(store: AuditStore, run_id: str, after_seq: int = 0, *, limit: int = 1000) -> list[dict[str, Any]]:
+def events_after(
+    store: AuditStore, run_id: str, after_seq: int = 0, *, limit: int = 1000
+) -> list[dict[str, Any]]:
     """The events of a run with seq > after_seq, in order (what a reconnecting client missed)."""
-    q = (select(events).where(events.c.run_id == run_id, events.c.seq > after_seq)
-         .order_by(events.c.seq).limit(max(1, min(limit, 10_000))))
+    q = (
+        select(events)
+        .where(events.c.run_id == run_id, events.c.seq > after_seq)
+        .order_by(events.c.seq)
+        .limit(max(1, min(limit, 10_000)))
+    )
     with store.connect() as conn:
-        return [{"run": r.run_id, "seq": r.seq, "type": r.type, "step": r.step_id, "status": r.status,
-                 "ts": r.ts, "data": _loads(r.data, {})} for r in conn.execute(q)]
+        return [
+            {
+                "run": r.run_id,
+                "seq": r.seq,
+                "type": r.type,
+                "step": r.step_id,
+                "status": r.status,
+                "ts": r.ts,
+                "data": _loads(r.data, {}),
+            }
+            for r in conn.execute(q)
+        ]
 
 
-def audit_entries(store: AuditStore, target_id: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
+def audit_entries(
+    store: AuditStore, target_id: str | None = None, *, limit: int = 100
+) -> list[dict[str, Any]]:
     """Operator actions, newest first (optionally on one target)."""
     q = select(audit_log)
     if target_id:
         q = q.where(audit_log.c.target_id == target_id)
     q = q.order_by(audit_log.c.ts.desc(), audit_log.c.id.desc()).limit(limit)
     with store.connect() as conn:
-        return [{"id": r.id, "ts": r.ts, "actor": r.actor, "action": r.action, "target_type": r.target_type,
-                 "target_id": r.target_id, "reason": r.reason, "outcome": r.outcome,
-                 "detail": _loads(r.detail)} for r in conn.execute(q)]
+        return [
+            {
+                "id": r.id,
+                "ts": r.ts,
+                "actor": r.actor,
+                "action": r.action,
+                "target_type": r.target_type,
+                "target_id": r.target_id,
+                "reason": r.reason,
+                "outcome": r.outcome,
+                "detail": _loads(r.detail),
+            }
+            for r in conn.execute(q)
+        ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +557,9 @@ def audit_entries(store: AuditStore, target_id: str | None = None, *, limit: int
 # ---------------------------------------------------------------------------------------------
 
 
-def analytics(store: AuditStore, since: float, until: float | None = None, *, top: int = 10) -> Analytics:
+def analytics(
+    store: AuditStore, since: float, until: float | None = None, *, top: int = 10
+) -> Analytics:
     """Run outcomes, SLA compliance, durations and retries for runs created in [since, until).
 
     Failure rate counts FAILED and COMPENSATION_FAILED out of the runs that ended (COMPLETED,
@@ -441,36 +571,73 @@ def analytics(store: AuditStore, since: float, until: float | None = None, *, to
     pg = store.dialect == "postgresql"
     ended = func.sum(case((runs.c.status.in_(ENDED), 1), else_=0))
     failed = func.sum(case((runs.c.status.in_(FAILED), 1), else_=0))
-    has_sla = runs.c.sla_seconds.is_not(None) & runs.c.duration.is_not(None) & (runs.c.status != "CANCELLED")
-    met = func.sum(case((has_sla & (runs.c.status == "COMPLETED") & (runs.c.duration <= runs.c.sla_seconds), 1),
-                        else_=0))
-    breached = func.sum(case((has_sla & ((runs.c.status != "COMPLETED") | (runs.c.duration > runs.c.sla_seconds)), 1),
-                             else_=0))
-    cols = [runs.c.workflow_id, func.count(), ended, failed, func.avg(runs.c.duration), met, breached]
+    has_sla = (
+        runs.c.sla_seconds.is_not(None)
+        & runs.c.duration.is_not(None)
+        & (runs.c.status != "CANCELLED")
+    )
+    met = func.sum(
+        case(
+            (has_sla & (runs.c.status == "COMPLETED") & (runs.c.duration <= runs.c.sla_seconds), 1),
+            else_=0,
+        )
+    )
+    breached = func.sum(
+        case(
+            (
+                has_sla & ((runs.c.status != "COMPLETED") | (runs.c.duration > runs.c.sla_seconds)),
+                1,
+            ),
+            else_=0,
+        )
+    )
+    cols = [
+        runs.c.workflow_id,
+        func.count(),
+        ended,
+        failed,
+        func.avg(runs.c.duration),
+        met,
+        breached,
+    ]
     if pg:
         cols.append(func.percentile_cont(0.95).within_group(runs.c.duration.asc()))
     done_attempts = (step_attempts.c.status == "COMPLETED") & step_attempts.c.duration.is_not(None)
-    slow_q = (select(runs.c.workflow_id, step_attempts.c.step_id, func.count(), func.avg(step_attempts.c.duration))
-              .select_from(step_attempts.join(runs, runs.c.id == step_attempts.c.run_id))
-              .where(*period, done_attempts)
-              .group_by(runs.c.workflow_id, step_attempts.c.step_id)
-              .order_by(func.avg(step_attempts.c.duration).desc(), step_attempts.c.step_id).limit(top))
+    slow_q = (
+        select(
+            runs.c.workflow_id,
+            step_attempts.c.step_id,
+            func.count(),
+            func.avg(step_attempts.c.duration),
+        )
+        .select_from(step_attempts.join(runs, runs.c.id == step_attempts.c.run_id))
+        .where(*period, done_attempts)
+        .group_by(runs.c.workflow_id, step_attempts.c.step_id)
+        .order_by(func.avg(step_attempts.c.duration).desc(), step_attempts.c.step_id)
+        .limit(top)
+    )
     started = func.sum(case((steps.c.attempts >= 1, 1), else_=0))
     retried = func.sum(case((steps.c.attempts > 1, 1), else_=0))
-    retry_q = (select(runs.c.workflow_id, steps.c.step_id, started, retried)
-               .select_from(steps.join(runs, runs.c.id == steps.c.run_id))
-               .where(*period, steps.c.attempts >= 1)
-               .group_by(runs.c.workflow_id, steps.c.step_id))
+    retry_q = (
+        select(runs.c.workflow_id, steps.c.step_id, started, retried)
+        .select_from(steps.join(runs, runs.c.id == steps.c.run_id))
+        .where(*period, steps.c.attempts >= 1)
+        .group_by(runs.c.workflow_id, steps.c.step_id)
+    )
     hour = func.floor(runs.c.created_at / 3600) if pg else cast(runs.c.created_at / 3600, Integer)
     hour_q = select(hour.label("h"), func.count()).where(*period).group_by("h").order_by("h")
     with store.connect() as conn:
-        wf_rows = conn.execute(select(*cols).where(*period).group_by(runs.c.workflow_id)
-                               .order_by(runs.c.workflow_id)).all()
+        wf_rows = conn.execute(
+            select(*cols).where(*period).group_by(runs.c.workflow_id).order_by(runs.c.workflow_id)
+        ).all()
         p95: dict[str, float | None] = {}
         if not pg:
             durations: dict[str, list[float]] = {}
-            for wf, d in conn.execute(select(runs.c.workflow_id, runs.c.duration)
-                                      .where(*period, runs.c.duration.is_not(None))):
+            for wf, d in conn.execute(
+                select(runs.c.workflow_id, runs.c.duration).where(
+                    *period, runs.c.duration.is_not(None)
+                )
+            ):
                 durations.setdefault(wf, []).append(d)
             p95 = {wf: percentile(v, 0.95) for wf, v in durations.items()}
         slow_rows = conn.execute(slow_q).all()
@@ -479,27 +646,52 @@ def analytics(store: AuditStore, since: float, until: float | None = None, *, to
     by_wf = []
     for r in wf_rows:
         n_ended, n_failed = int(r[2] or 0), int(r[3] or 0)
-        by_wf.append(WorkflowStats(
-            workflow=r[0], runs=int(r[1]), ended=n_ended, failed=n_failed,
-            failure_rate=n_failed / n_ended if n_ended else None,
-            avg_duration=float(r[4]) if r[4] is not None else None,
-            p95_duration=(float(r[7]) if r[7] is not None else None) if pg else p95.get(r[0]),
-            sla_met=int(r[5] or 0), sla_breached=int(r[6] or 0)))
-    slowest = tuple(StepStats(workflow=w, step=s, count=int(n), avg_duration=float(avg), retry_rate=None)
-                    for w, s, n, avg in slow_rows)
-    retries = sorted((StepStats(workflow=w, step=s, count=int(n), avg_duration=None,
-                                retry_rate=int(k or 0) / int(n) if n else None)
-                      for w, s, n, k in retry_rows),
-                     key=lambda x: (-(x.retry_rate or 0), x.workflow, x.step))
+        by_wf.append(
+            WorkflowStats(
+                workflow=r[0],
+                runs=int(r[1]),
+                ended=n_ended,
+                failed=n_failed,
+                failure_rate=n_failed / n_ended if n_ended else None,
+                avg_duration=float(r[4]) if r[4] is not None else None,
+                p95_duration=(float(r[7]) if r[7] is not None else None) if pg else p95.get(r[0]),
+                sla_met=int(r[5] or 0),
+                sla_breached=int(r[6] or 0),
+            )
+        )
+    slowest = tuple(
+        StepStats(workflow=w, step=s, count=int(n), avg_duration=float(avg), retry_rate=None)
+        for w, s, n, avg in slow_rows
+    )
+    retries = sorted(
+        (
+            StepStats(
+                workflow=w,
+                step=s,
+                count=int(n),
+                avg_duration=None,
+                retry_rate=int(k or 0) / int(n) if n else None,
+            )
+            for w, s, n, k in retry_rows
+        ),
+        key=lambda x: (-(x.retry_rate or 0), x.workflow, x.step),
+    )
     total_ended = sum(w.ended for w in by_wf)
     total_failed = sum(w.failed for w in by_wf)
     return Analytics(
-        since=since, until=until, runs=sum(w.runs for w in by_wf), ended=total_ended, failed=total_failed,
+        since=since,
+        until=until,
+        runs=sum(w.runs for w in by_wf),
+        ended=total_ended,
+        failed=total_failed,
         failure_rate=total_failed / total_ended if total_ended else None,
-        sla_met=sum(w.sla_met for w in by_wf), sla_breached=sum(w.sla_breached for w in by_wf),
-        by_workflow=tuple(by_wf), slowest_steps=slowest,
+        sla_met=sum(w.sla_met for w in by_wf),
+        sla_breached=sum(w.sla_breached for w in by_wf),
+        by_workflow=tuple(by_wf),
+        slowest_steps=slowest,
         retries_by_step=tuple(r for r in retries if r.retry_rate)[:top],
-        runs_per_hour=tuple((float(h) * 3600, int(n)) for h, n in hour_rows))
+        runs_per_hour=tuple((float(h) * 3600, int(n)) for h, n in hour_rows),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,8 +699,14 @@ def analytics(store: AuditStore, since: float, until: float | None = None, *, to
 # ---------------------------------------------------------------------------------------------
 
 
-def prune(store: AuditStore, older_than: float, *, batch_size: int = 500, now: float | None = None,
-          dry_run: bool = False) -> PruneResult:
+def prune(
+    store: AuditStore,
+    older_than: float,
+    *,
+    batch_size: int = 500,
+    now: float | None = None,
+    dry_run: bool = False,
+) -> PruneResult:
     """Delete runs that finished more than ``older_than`` seconds ago, with all their rows.
 
     Each batch of ``batch_size`` runs is its own short transaction, so the recorder and readers
@@ -524,12 +722,17 @@ def prune(store: AuditStore, older_than: float, *, batch_size: int = 500, now: f
     total_runs = total_rows = batches = 0
     while True:
         with store.begin() as conn:
-            ids = list(conn.execute(select(runs.c.id).where(*old).order_by(runs.c.finished_at)
-                                    .limit(batch_size)).scalars())
+            ids = list(
+                conn.execute(
+                    select(runs.c.id).where(*old).order_by(runs.c.finished_at).limit(batch_size)
+                ).scalars()
+            )
             if not ids:
                 break
             for table in RUN_CHILDREN:
-                total_rows += conn.execute(delete(table).where(table.c.run_id.in_(ids))).rowcount or 0
+                total_rows += (
+                    conn.execute(delete(table).where(table.c.run_id.in_(ids))).rowcount or 0
+                )
             total_runs += conn.execute(delete(runs).where(runs.c.id.in_(ids))).rowcount or 0
         batches += 1
     return PruneResult(total_runs, total_rows + total_runs, batches)

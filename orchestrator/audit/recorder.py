@@ -44,8 +44,18 @@ DEFAULT_GROUP = "cf-recorder"
 # a 100-step chain by about 0.1-0.25x at 50 ms and by about 0.0-0.15x at 250 ms
 # (docs/performance.md "What a recorder on the same 2 CPUs costs the engine").
 BATCH_LATENCY = 0.25
-RUN_META = ("workflow", "version", "name", "definition", "inputs", "priority", "tags",
-            "triggered_by", "trigger_type", "sla_seconds")
+RUN_META = (
+    "workflow",
+    "version",
+    "name",
+    "definition",
+    "inputs",
+    "priority",
+    "tags",
+    "triggered_by",
+    "trigger_type",
+    "sla_seconds",
+)
 
 
 class RecorderHook:
@@ -109,12 +119,24 @@ def _next_id(stream_id: str) -> str:
 class Recorder:
     """A consumer of the event stream that writes batches to an AuditStore."""
 
-    def __init__(self, store: AuditStore, client: redis.Redis, keys: Keys | str = "cf", *,
-                 group: str = DEFAULT_GROUP, consumer: str | None = None, batch_size: int = 500,
-                 batch_latency: float = BATCH_LATENCY, block: float = 1.0, claim_idle: float = 30.0,
-                 claim_interval: float = 5.0, trim: bool = True, trim_interval: float = 5.0,
-                 start_id: str = "0", hooks: Iterable[RecorderHook | Callable[[Sequence[Event]], None]] = ()
-                 ) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        client: redis.Redis,
+        keys: Keys | str = "cf",
+        *,
+        group: str = DEFAULT_GROUP,
+        consumer: str | None = None,
+        batch_size: int = 500,
+        batch_latency: float = BATCH_LATENCY,
+        block: float = 1.0,
+        claim_idle: float = 30.0,
+        claim_interval: float = 5.0,
+        trim: bool = True,
+        trim_interval: float = 5.0,
+        start_id: str = "0",
+        hooks: Iterable[RecorderHook | Callable[[Sequence[Event]], None]] = (),
+    ) -> None:
         self.store = store
         self.r = client
         self.keys = keys if isinstance(keys, Keys) else Keys(keys)
@@ -167,7 +189,9 @@ class Recorder:
             except StoreNotReady:
                 raise
             except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):  # group or stream deleted: recreate it; replays are harmless
+                if "NOGROUP" in str(
+                    exc
+                ):  # group or stream deleted: recreate it; replays are harmless
                     self._ready = False
                 backoff = min(5.0, backoff * 2 or 0.2)
                 log.warning("recorder: %s; retrying in %.1fs", exc, backoff)
@@ -179,8 +203,9 @@ class Recorder:
 
     def start_thread(self, stop_event: threading.Event) -> threading.Thread:
         """Run the recorder in a daemon thread (the web process and the demo embed it so)."""
-        t = threading.Thread(target=self.run_forever, args=(stop_event,), name="canvasflow-recorder",
-                             daemon=True)
+        t = threading.Thread(
+            target=self.run_forever, args=(stop_event,), name="canvasflow-recorder", daemon=True
+        )
         t.start()
         return t
 
@@ -191,8 +216,12 @@ class Recorder:
         """
         if not self._ready:
             self.setup()
-        entries = (self._held or self._own_pending() or self._claim()
-                   or self._read(self.block if block is None else block))
+        entries = (
+            self._held
+            or self._own_pending()
+            or self._claim()
+            or self._read(self.block if block is None else block)
+        )
         if not entries:
             self._maybe_trim()
             return 0
@@ -256,7 +285,9 @@ class Recorder:
         """After a restart under a fixed ``consumer`` name, its own unacknowledged entries first."""
         if not self._check_own:
             return []
-        resp: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=self.batch_size)
+        resp: Any = self.r.xreadgroup(
+            self.group, self.consumer, {self.stream: "0"}, count=self.batch_size
+        )
         items = [(_s(i), f) for _, entries in resp or [] for i, f in entries]
         gone = [i for i, f in items if not f]  # trimmed away while pending: nothing to record
         if gone:
@@ -275,9 +306,14 @@ class Recorder:
         out: list[tuple[str, dict[Any, Any]]] = []
         cursor = "0-0"
         while len(out) < self.batch_size:
-            resp = self.r.xautoclaim(self.stream, self.group, self.consumer,
-                                     min_idle_time=int(self.claim_idle * 1000), start_id=cursor,
-                                     count=self.batch_size - len(out))
+            resp = self.r.xautoclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=int(self.claim_idle * 1000),
+                start_id=cursor,
+                count=self.batch_size - len(out),
+            )
             cursor = _s(resp[0])
             for item in resp[1]:
                 if item is None or item[1] is None:
@@ -290,7 +326,9 @@ class Recorder:
                 break
         if out:
             self.stats.claimed += len(out)
-            log.info("recorder %s claimed %d pending entries of dead consumers", self.consumer, len(out))
+            log.info(
+                "recorder %s claimed %d pending entries of dead consumers", self.consumer, len(out)
+            )
         return out
 
     # -- recording ----------------------------------------------------------------------------
@@ -308,7 +346,7 @@ class Recorder:
         ids = [sid for sid, _ in entries]
         pipe = self.r.pipeline(transaction=False)
         for i in range(0, len(ids), 1000):
-            pipe.xack(self.stream, self.group, *ids[i:i + 1000])
+            pipe.xack(self.stream, self.group, *ids[i : i + 1000])
         pipe.execute()
         self.stats.batches += 1
         self.stats.events += len(new)
@@ -344,9 +382,13 @@ class Recorder:
             return
         pipe = self.r.pipeline(transaction=False)
         for sid, fields, reason in bad:
-            log.error("recorder: stream entry %s set aside in %s: %s", sid, self.dead_stream, reason)
-            pipe.xadd(self.dead_stream, {**{_s(k): v for k, v in fields.items()},
-                                         "stream_id": sid, "error": reason[:2000]})
+            log.error(
+                "recorder: stream entry %s set aside in %s: %s", sid, self.dead_stream, reason
+            )
+            pipe.xadd(
+                self.dead_stream,
+                {**{_s(k): v for k, v in fields.items()}, "stream_id": sid, "error": reason[:2000]},
+            )
         pipe.execute()
         self.stats.dead += len(bad)
 
@@ -367,20 +409,29 @@ class Recorder:
             elif e.type == "step_failed" and "traceback" not in e.data:
                 pipe.hget(self.keys.steps(e.run), step_field(e.step, "traceback"))
                 calls.append(("traceback", (e.run, e.step)))
-            elif e.type == "run_status_changed" and e.status in ("FAILED", "COMPENSATION_FAILED", "CANCELLED"):
+            elif e.type == "run_status_changed" and e.status in (
+                "FAILED",
+                "COMPENSATION_FAILED",
+                "CANCELLED",
+            ):
                 pipe.hmget(self.keys.run(e.run), ["error", "failed_step"])
                 calls.append(("error", e.run))
         if not calls:
             return out
         for (kind, key), value in zip(calls, pipe.execute(), strict=True):
             if kind == "run":
-                out.runs[key] = {k: _s(v) for k, v in zip(RUN_META, value, strict=True) if v is not None}
+                out.runs[key] = {
+                    k: _s(v) for k, v in zip(RUN_META, value, strict=True) if v is not None
+                }
             elif kind == "output":
                 out.outputs[key] = None if value is None else _s(value)
             elif kind == "traceback":
                 out.tracebacks[key] = _s(value) if value else None
             else:
-                out.run_errors[key] = (_s(value[0]) if value[0] else None, _s(value[1]) if value[1] else None)
+                out.run_errors[key] = (
+                    _s(value[0]) if value[0] else None,
+                    _s(value[1]) if value[1] else None,
+                )
         return out
 
     # -- trimming and lag ---------------------------------------------------------------------
@@ -467,15 +518,27 @@ class Recorder:
 
 
 def _fields(e: Event) -> dict[str, Any]:
-    return {"run": e.run, "seq": str(e.seq), "type": e.type, "step": e.step, "status": e.status,
-            "ts": f"{e.ts:.6f}", "data": e.data_json}
+    return {
+        "run": e.run,
+        "seq": str(e.seq),
+        "type": e.type,
+        "step": e.step,
+        "status": e.status,
+        "ts": f"{e.ts:.6f}",
+        "data": e.data_json,
+    }
 
 
 # -- process entry points -------------------------------------------------------------------------
 
 
-def embed(settings: Any, *, hooks: Iterable[RecorderHook | Callable[[Sequence[Event]], None]] = (),
-          upgrade: bool = True, **options: Any) -> tuple[Recorder, threading.Event, threading.Thread]:
+def embed(
+    settings: Any,
+    *,
+    hooks: Iterable[RecorderHook | Callable[[Sequence[Event]], None]] = (),
+    upgrade: bool = True,
+    **options: Any,
+) -> tuple[Recorder, threading.Event, threading.Thread]:
     """Start a recorder thread in this process (the web process, the demo).
 
     Returns (recorder, stop_event, thread): set the event and join the thread to stop it; the
@@ -493,9 +556,14 @@ def embed(settings: Any, *, hooks: Iterable[RecorderHook | Callable[[Sequence[Ev
     return rec, stop, rec.start_thread(stop)
 
 
-
-def serve(settings: Any = None, *, upgrade: bool = True, lag_interval: float = 10.0,
-          echo: Callable[[str], None] = print, **options: Any) -> int:
+def serve(
+    settings: Any = None,
+    *,
+    upgrade: bool = True,
+    lag_interval: float = 10.0,
+    echo: Callable[[str], None] = print,
+    **options: Any,
+) -> int:
     """Run a recorder until SIGTERM or SIGINT; print the lag every ``lag_interval`` seconds."""
     from orchestrator.settings import Settings
 
@@ -511,8 +579,10 @@ def serve(settings: Any = None, *, upgrade: bool = True, lag_interval: float = 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     rec.setup()
-    echo(f"recorder {rec.consumer}: {settings.redis_url} stream {rec.stream} group {rec.group} "
-         f"-> {store.display_url}")
+    echo(
+        f"recorder {rec.consumer}: {settings.redis_url} stream {rec.stream} group {rec.group} "
+        f"-> {store.display_url}"
+    )
     thread = rec.start_thread(stop)
     code = 0
     try:
@@ -528,9 +598,11 @@ def serve(settings: Any = None, *, upgrade: bool = True, lag_interval: float = 1
                 echo(f"lag: unknown ({exc})")
                 continue
             st = rec.stats
-            echo(f"lag: {lag.pending} pending, {lag.undelivered} unread, oldest {lag.oldest_age:.1f}s; "
-                 f"recorded {st.events} events in {st.batches} batches, {st.duplicates} duplicates, "
-                 f"{st.claimed} claimed, {st.trimmed} trimmed, {st.dead} set aside")
+            echo(
+                f"lag: {lag.pending} pending, {lag.undelivered} unread, oldest {lag.oldest_age:.1f}s; "
+                f"recorded {st.events} events in {st.batches} batches, {st.duplicates} duplicates, "
+                f"{st.claimed} claimed, {st.trimmed} trimmed, {st.dead} set aside"
+            )
     finally:
         stop.set()
         thread.join(30)

@@ -73,16 +73,27 @@ def mask(url: str | URL) -> str:
 class AuditStore:
     """One database: ``upgrade()`` it, ``apply()`` event batches to it, read it with queries."""
 
-    def __init__(self, url: str | URL = "sqlite:///canvasflow.db", *, busy_timeout: float = 30.0,
-                 connect_timeout: float = 5.0, pool_size: int = 5, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str | URL = "sqlite:///canvasflow.db",
+        *,
+        busy_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        pool_size: int = 5,
+        echo: bool = False,
+    ) -> None:
         try:
             self.url = normalize_url(url)
         except exc.ArgumentError as e:
-            raise StoreError(f"CANVASFLOW_DATABASE_URL {str(url)!r} is not a database URL: {e}") from None
+            raise StoreError(
+                f"CANVASFLOW_DATABASE_URL {str(url)!r} is not a database URL: {e}"
+            ) from None
         self.display_url = mask(self.url)
         self.dialect = self.url.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
-            raise StoreError(f"audit store {self.display_url}: only sqlite and postgresql are supported")
+            raise StoreError(
+                f"audit store {self.display_url}: only sqlite and postgresql are supported"
+            )
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if self.dialect == "sqlite":
             db = self.url.database or ""
@@ -92,12 +103,16 @@ class AuditStore:
             # _sqlite_pragmas that sleeps in Python, so a gevent process keeps serving meanwhile.
             kwargs["connect_args"] = {"timeout": SQLITE_LOCK_POLL, "check_same_thread": False}
         else:
-            kwargs.update(pool_size=pool_size, connect_args={"connect_timeout": max(1, int(connect_timeout))})
+            kwargs.update(
+                pool_size=pool_size, connect_args={"connect_timeout": max(1, int(connect_timeout))}
+            )
         try:
             self.engine: Engine = create_engine(self.url, **kwargs)
         except ModuleNotFoundError as e:
-            raise StoreError(f"cannot open the audit store at {self.display_url}: {e}; for PostgreSQL "
-                             "install the driver with pip install 'canvasflow[postgres]'") from None
+            raise StoreError(
+                f"cannot open the audit store at {self.display_url}: {e}; for PostgreSQL "
+                "install the driver with pip install 'canvasflow[postgres]'"
+            ) from None
         except Exception as e:  # a bad option in the URL
             raise StoreError(f"cannot open the audit store at {self.display_url}: {e}") from None
         if self.dialect == "sqlite":
@@ -140,11 +155,14 @@ class AuditStore:
                 raise StoreError(f"audit store {self.display_url}: {detail}") from e
             raise StoreUnavailable(
                 f"cannot use the audit store at {self.display_url}: {detail}. Check that the database "
-                "is running and reachable, and that CANVASFLOW_DATABASE_URL points at it.") from e
+                "is running and reachable, and that CANVASFLOW_DATABASE_URL points at it."
+            ) from e
 
     def _not_ready(self, detail: str) -> StoreNotReady:
-        return StoreNotReady(f"the audit store at {self.display_url} has no canvasflow tables or an old "
-                             f"schema ({detail}); run `canvasflow db upgrade` first")
+        return StoreNotReady(
+            f"the audit store at {self.display_url} has no canvasflow tables or an old "
+            f"schema ({detail}); run `canvasflow db upgrade` first"
+        )
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -181,7 +199,9 @@ class AuditStore:
 
     # -- writes -------------------------------------------------------------------------------
 
-    def apply(self, batch: Sequence[Event], lookups: Lookups | None = None, *, retries: int = 3) -> list[Event]:
+    def apply(
+        self, batch: Sequence[Event], lookups: Lookups | None = None, *, retries: int = 3
+    ) -> list[Event]:
         """Record a batch in one transaction; returns the events that were new.
 
         Applying an event that is already recorded changes nothing. A deadlock or a lost race
@@ -202,30 +222,52 @@ class AuditStore:
                 log.info("batch conflicted with another writer (%s); retrying", e)
                 time.sleep(0.01 * attempt)
 
-    def record_action(self, *, actor: str, action: str, target_id: str, target_type: str = "run",
-                      reason: str | None = None, outcome: str = "ok",
-                      detail: dict[str, Any] | None = None, ts: float | None = None) -> int:
+    def record_action(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target_id: str,
+        target_type: str = "run",
+        reason: str | None = None,
+        outcome: str = "ok",
+        detail: dict[str, Any] | None = None,
+        ts: float | None = None,
+    ) -> int:
         """Append one operator action (who, what, on what, why, with what outcome)."""
-        row = {"ts": ts or time.time(), "actor": actor, "action": action, "target_type": target_type,
-               "target_id": target_id, "reason": reason, "outcome": outcome,
-               "detail": json.dumps(detail) if detail is not None else None}
+        row = {
+            "ts": ts or time.time(),
+            "actor": actor,
+            "action": action,
+            "target_type": target_type,
+            "target_id": target_id,
+            "reason": reason,
+            "outcome": outcome,
+            "detail": json.dumps(detail) if detail is not None else None,
+        }
         with self.begin() as conn:
             res = conn.execute(insert(audit_log).returning(audit_log.c.id), row)
             return int(res.scalar_one())
 
 
-def prune_celery_tasks(engine: Engine, cutoff: float, *, batch_size: int = 500, dry_run: bool = False) -> int:
+def prune_celery_tasks(
+    engine: Engine, cutoff: float, *, batch_size: int = 500, dry_run: bool = False
+) -> int:
     """Delete the Celery task history (``cf_celery_tasks``) first seen before ``cutoff`` (unix
     seconds), ``batch_size`` rows per short transaction; returns how many rows went (or would go)."""
     old = celery_tasks.c.ts < cutoff
     if dry_run:
         with engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(celery_tasks).where(old)).scalar_one())
+            return int(
+                conn.execute(select(func.count()).select_from(celery_tasks).where(old)).scalar_one()
+            )
     total = 0
     while True:
         with engine.begin() as conn:
             ids = select(celery_tasks.c.uuid).where(old).limit(batch_size).scalar_subquery()
-            n = int(conn.execute(delete(celery_tasks).where(celery_tasks.c.uuid.in_(ids))).rowcount or 0)
+            n = int(
+                conn.execute(delete(celery_tasks).where(celery_tasks.c.uuid.in_(ids))).rowcount or 0
+            )
         total += n
         if n < batch_size:
             return total
@@ -275,7 +317,9 @@ def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
         # Let SQLAlchemy's begin event issue BEGIN itself (pysqlite's implicit BEGIN is deferred).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")  # the first switch to WAL locks
+        cur.execute(
+            f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}"
+        )  # the first switch to WAL locks
         cur.execute("PRAGMA journal_mode = WAL")  # readers never wait for the recorder
         cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_LOCK_POLL * 1000)}")
         cur.close()

@@ -153,8 +153,12 @@ def upgrade() -> None:
 
     op.create_table(
         "cf_audit_log",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True,
-                  nullable=False),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
         sa.Column("ts", sa.Double, nullable=False),
         sa.Column("actor", NAME, nullable=False),
         sa.Column("action", sa.String(64), nullable=False),
@@ -170,6 +174,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("cf_audit_log", "cf_events", "cf_step_logs", "cf_step_attempts", "cf_steps",
-                  "cf_run_tags", "cf_runs", "cf_workflow_definitions"):
+    for table in (
+        "cf_audit_log",
+        "cf_events",
+        "cf_step_logs",
+        "cf_step_attempts",
+        "cf_steps",
+        "cf_run_tags",
+        "cf_runs",
+        "cf_workflow_definitions",
+    ):
         op.drop_table(table)

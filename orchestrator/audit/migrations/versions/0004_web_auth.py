@@ -44,9 +44,13 @@ def upgrade() -> None:
         have = {c["name"] for c in inspector.get_columns("cf_web_users")}
         with op.batch_alter_table("cf_web_users") as batch:
             if "generation" not in have:
-                batch.add_column(sa.Column("generation", sa.Integer, nullable=False, server_default="0"))
+                batch.add_column(
+                    sa.Column("generation", sa.Integer, nullable=False, server_default="0")
+                )
             if "permissions" not in have:
-                batch.add_column(sa.Column("permissions", sa.String(200), nullable=False, server_default=""))
+                batch.add_column(
+                    sa.Column("permissions", sa.String(200), nullable=False, server_default="")
+                )
     if not inspector.has_table("cf_web_tokens"):
         op.create_table(
             "cf_web_tokens",
@@ -63,7 +67,9 @@ def upgrade() -> None:
         op.create_index("ix_cf_web_tokens_username", "cf_web_tokens", ["username"])
     elif "generation" not in {c["name"] for c in inspector.get_columns("cf_web_tokens")}:
         with op.batch_alter_table("cf_web_tokens") as batch:
-            batch.add_column(sa.Column("generation", sa.Integer, nullable=False, server_default="0"))
+            batch.add_column(
+                sa.Column("generation", sa.Integer, nullable=False, server_default="0")
+            )
     if inspector.has_table("cf_web_login_throttle"):  # made by a web process's create_all before
         return
     op.create_table(
