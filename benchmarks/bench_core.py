@@ -16,7 +16,7 @@ prefork worker subprocess (concurrency 2) that has both registered, so both side
 Celery configuration. A run is timed from building the canvas / submitting to the moment the
 waiting client has the final result.
 
-By default a private redis-server is started (orchestrator.embedded.EmbeddedRedis) so the
+By default a private redis-server is started (orchestrator.cli.embedded.EmbeddedRedis) so the
 machine's shared Redis is not disturbed; ``--redis-url`` uses another one (give it a database
 nobody else uses: the benchmark purges the ``default`` queue).
 
@@ -57,8 +57,8 @@ from celery import chain, chord, group  # noqa: E402
 from raw_tasks import NOOP  # noqa: E402
 
 from orchestrator import Client  # noqa: E402
-from orchestrator.celery_app import create_celery  # noqa: E402
-from orchestrator.embedded import EmbeddedRedis  # noqa: E402
+from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
+from orchestrator.engine.celery_app import create_celery  # noqa: E402
 from orchestrator.keys import Keys  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 

@@ -42,9 +42,9 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.celery_app import celery_config, create_celery  # noqa: E402
-from orchestrator.embedded import EmbeddedRedis  # noqa: E402
-from orchestrator.fleet import Fleet  # noqa: E402
+from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
+from orchestrator.cli.launcher import Fleet  # noqa: E402
+from orchestrator.engine.celery_app import celery_config, create_celery  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 FLOWER_APP = """from celery import Celery

@@ -21,9 +21,9 @@ import time
 
 import redis
 
-from orchestrator.embedded import EmbeddedRedis
+from orchestrator.cli.embedded import EmbeddedRedis
+from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
-from orchestrator.runtime import RunState
 from workers.context import Heartbeat, StepContext
 
 

@@ -28,9 +28,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]
 
-from orchestrator import compiler  # noqa: E402
-from orchestrator.definition import load_definition  # noqa: E402
-from orchestrator.limits import Limits  # noqa: E402
+from orchestrator.engine import compiler  # noqa: E402
+from orchestrator.model.definition import load_definition  # noqa: E402
+from orchestrator.model.limits import Limits  # noqa: E402
 
 ECHO = {"plugin": "builtin", "method": "echo"}
 

@@ -45,9 +45,9 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from orchestrator.audit import AuditStore  # noqa: E402
 from orchestrator.audit.recorder import Recorder  # noqa: E402
+from orchestrator.engine.runstate import RunState, dumps, now  # noqa: E402
+from orchestrator.engine.states import RunStatus  # noqa: E402
 from orchestrator.keys import Keys  # noqa: E402
-from orchestrator.runtime import RunState, dumps, now  # noqa: E402
-from orchestrator.states import RunStatus  # noqa: E402
 
 DEFAULT_PG = os.environ.get(
     "CANVASFLOW_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench"
@@ -296,7 +296,7 @@ def core(args: argparse.Namespace, tmp: Path) -> int:
     import shlex
     import subprocess
 
-    from orchestrator.embedded import EmbeddedRedis
+    from orchestrator.cli.embedded import EmbeddedRedis
 
     srv = EmbeddedRedis(workdir=str(tmp)).start()
     drop = lambda: None  # noqa: E731

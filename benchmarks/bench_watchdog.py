@@ -24,10 +24,10 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]
 
 from orchestrator import Client  # noqa: E402
-from orchestrator.embedded import EmbeddedRedis  # noqa: E402
-from orchestrator.fleet_inspect import queue_keys  # noqa: E402
+from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
+from orchestrator.engine.watchdog import Watchdog  # noqa: E402
+from orchestrator.fleet.inspect import queue_keys  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
-from orchestrator.watchdog import Watchdog  # noqa: E402
 
 DEFINITION = '{"id":"bench","steps":[{"id":"a","plugin":"builtin","method":"echo"}]}'
 

@@ -53,9 +53,9 @@ from orchestrator import Client  # noqa: E402
 from orchestrator.audit.models import runs as runs_table  # noqa: E402
 from orchestrator.audit.models import steps as steps_table  # noqa: E402
 from orchestrator.audit.store import AuditStore  # noqa: E402
-from orchestrator.embedded import EmbeddedRedis  # noqa: E402
+from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
+from orchestrator.engine.states import RunStatus  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
-from orchestrator.states import RunStatus  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from orchestrator import Client, Workflow
-from orchestrator.embedded import EmbeddedRedis
-from orchestrator.fleet import Fleet
+from orchestrator.cli.embedded import EmbeddedRedis
+from orchestrator.cli.launcher import Fleet
 from orchestrator.settings import Settings
 
 

@@ -59,7 +59,7 @@ from orchestrator.audit.models import events as events_table  # noqa: E402
 from orchestrator.audit.models import runs as runs_table  # noqa: E402
 from orchestrator.audit.models import step_attempts  # noqa: E402
 from orchestrator.audit.store import AuditStore  # noqa: E402
-from orchestrator.fleet import Fleet  # noqa: E402
+from orchestrator.cli.launcher import Fleet  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_drills"
@@ -116,7 +116,7 @@ def say(msg: str) -> None:
 
 class AofRedis:
     """redis-server with appendonly on a fixed port: stop() and start() again keep the data
-    (orchestrator.embedded.EmbeddedRedis runs without persistence on a fresh port each time)."""
+    (orchestrator.cli.embedded.EmbeddedRedis runs without persistence on a fresh port each time)."""
 
     def __init__(self, work: Path) -> None:
         self.port = free_port()

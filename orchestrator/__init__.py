@@ -1,7 +1,7 @@
 """canvasflow's orchestrator: definitions, validation, compiler, run state, client API."""
 
-from orchestrator.client import Client, Run, RunSnapshot, StepSnapshot
-from orchestrator.definition import Definition, Workflow, load_definition, load_file
+from orchestrator.engine.client import Client, Run, RunSnapshot, StepSnapshot
+from orchestrator.engine.states import RunStatus, StepStatus
 from orchestrator.errors import (
     CanvasflowError,
     CompileError,
@@ -11,8 +11,8 @@ from orchestrator.errors import (
     UnknownRun,
     UnknownWorkflow,
 )
+from orchestrator.model.definition import Definition, Workflow, load_definition, load_file
 from orchestrator.settings import Settings
-from orchestrator.states import RunStatus, StepStatus
 
 __all__ = [
     "CanvasflowError",

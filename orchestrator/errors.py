@@ -30,7 +30,7 @@ class DefinitionError(CanvasflowError, ValueError):
 
 class LimitExceeded(DefinitionError):
     """Raised when a definition, run inputs or an event payload is larger or deeper than a limit
-    (orchestrator.limits); refused before anything expensive looks at it."""
+    (orchestrator.model.limits); refused before anything expensive looks at it."""
 
 
 class ExpressionError(DefinitionError):

@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from orchestrator.callallow import parse_allow
 from orchestrator.errors import ConfigurationError
-from orchestrator.limits import Limits
+from orchestrator.model.callallow import parse_allow
+from orchestrator.model.limits import Limits
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -53,7 +53,7 @@ class Settings:
     # (at the worker's next heartbeat tick, every 0.25 s).
     fast_step_begin_ms: int = 50
     # Modules whose functions builtin.call may run on this worker ("a.b" that module, "a.*" a
-    # and below; orchestrator/callallow.py). Empty: call is refused (docs/operations.md).
+    # and below; orchestrator/model/callallow.py). Empty: call is refused (docs/operations.md).
     call_allow: tuple[str, ...] = ()
     # A step (start, finish, settle, the message continuing its canvas) that cannot reach Redis
     # retries with backoff for this long; past it its message is handed back unacknowledged

@@ -43,7 +43,7 @@ def redis_url() -> Iterator[str]:
     server = None
     url = REDIS_URL
     if not url:
-        from orchestrator.embedded import EmbeddedRedis
+        from orchestrator.cli.embedded import EmbeddedRedis
         from orchestrator.errors import ConfigurationError
 
         try:

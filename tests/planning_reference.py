@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from orchestrator.compiler import Leaf, Node, Parallel, Plan, Series, order_edges
-from orchestrator.definition import Definition
+from orchestrator.engine.compiler import Leaf, Node, Parallel, Plan, Series, order_edges
+from orchestrator.model.definition import Definition
 
 
 def reference_plan(defn: Definition, settled: Iterable[str] = ()) -> Plan:

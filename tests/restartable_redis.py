@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from orchestrator.embedded import _free_port, find_redis_server
+from orchestrator.cli.embedded import _free_port, find_redis_server
 
 
 class RestartableRedis:

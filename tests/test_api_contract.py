@@ -228,7 +228,7 @@ def test_the_document_lists_each_routes_errors_and_no_default(admin):
 
 @pytest.fixture
 def redis_that_stops(tmp_path: Path) -> Iterator[Any]:
-    from orchestrator.embedded import EmbeddedRedis
+    from orchestrator.cli.embedded import EmbeddedRedis
     from orchestrator.errors import ConfigurationError
 
     server = EmbeddedRedis()

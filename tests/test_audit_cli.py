@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from orchestrator.audit import AuditStore
 from orchestrator.audit.store import HEAD
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from tests.audit_helpers import mixed_runs
 
 

@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from orchestrator import Client, DefinitionError, Workflow
-from orchestrator.callallow import allows, check_steps, fleet_allow, parse_allow
 from orchestrator.errors import ConfigurationError, StepError
 from orchestrator.keys import Keys
+from orchestrator.model.callallow import allows, check_steps, fleet_allow, parse_allow
 from orchestrator.settings import Settings
 from tests.conftest import make_settings
 from tests.web_helpers import ADMIN, Api

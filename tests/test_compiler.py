@@ -19,8 +19,8 @@ import pytest
 from celery import chain, chord, group
 from celery.canvas import Signature
 
-from orchestrator.celery_app import celery_config
-from orchestrator.compiler import (
+from orchestrator.engine.celery_app import celery_config
+from orchestrator.engine.compiler import (
     COMPENSATE_TASK,
     COMPENSATED_TASK,
     HEADER,
@@ -43,7 +43,7 @@ from orchestrator.compiler import (
     wire_header,
     wire_spec,
 )
-from orchestrator.definition import Definition, Workflow, load_definition
+from orchestrator.model.definition import Definition, Workflow, load_definition
 from orchestrator.settings import Settings
 
 APP = celery.Celery("canvasflow-tests", set_as_current=False)

@@ -12,10 +12,10 @@ import pytest
 import redis
 
 from orchestrator import Client, ControlError, UnknownRun, Workflow
+from orchestrator.engine.export import export_run
+from orchestrator.engine.sla import check_once
 from orchestrator.errors import CanvasflowError
-from orchestrator.export import export_run
 from orchestrator.settings import Settings
-from orchestrator.sla import check_once
 
 pytestmark = pytest.mark.integration
 

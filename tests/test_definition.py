@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator import expressions
-from orchestrator.definition import (
+from orchestrator.errors import CanvasflowError, DefinitionError, ExpressionError
+from orchestrator.model import expressions
+from orchestrator.model.definition import (
     STEP_DEFAULTS,
     Compensation,
     Definition,
@@ -25,7 +26,6 @@ from orchestrator.definition import (
     load_file,
     parse_text,
 )
-from orchestrator.errors import CanvasflowError, DefinitionError, ExpressionError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.yaml"))

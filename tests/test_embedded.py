@@ -10,8 +10,8 @@ import socket
 import pytest
 import redis
 
-from orchestrator import embedded
-from orchestrator.embedded import EmbeddedRedis, find_redis_server
+from orchestrator.cli import embedded
+from orchestrator.cli.embedded import EmbeddedRedis, find_redis_server
 from orchestrator.errors import ConfigurationError
 
 pytestmark = pytest.mark.skipif(

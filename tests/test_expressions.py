@@ -1,4 +1,4 @@
-"""Specs for the `when` / `{{ }}` expression language in orchestrator.expressions."""
+"""Specs for the `when` / `{{ }}` expression language in orchestrator.model.expressions."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import expressions
 from orchestrator.errors import DefinitionError, EvaluationError, ExpressionError
-from orchestrator.expressions import (
+from orchestrator.model import expressions
+from orchestrator.model.expressions import (
     MAX_DEPTH,
     MAX_LENGTH,
     Expression,

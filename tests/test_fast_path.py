@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from orchestrator import Client, Workflow
-from orchestrator.embedded import EmbeddedRedis
+from orchestrator.cli.embedded import EmbeddedRedis
+from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
-from orchestrator.runtime import RunState
 from tests.conftest import TEST_CALL_ALLOW, WorkerProcess, make_settings
 from tests.web_helpers import wait_for
 

@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from orchestrator.audit.models import runs, step_attempts, steps
-from orchestrator.fleet_events import merge_event, run_and_step
-from orchestrator.fleet_inspect import queue_keys
+from orchestrator.fleet.events import merge_event, run_and_step
+from orchestrator.fleet.inspect import queue_keys
 from tests.conftest import WorkerProcess, make_settings
 from tests.web_helpers import ADMIN, OPERATOR, VIEWER, Api, wait_for, wait_recorded
 
@@ -629,7 +629,7 @@ def test_a_tasks_arguments_are_read_back_from_their_reprs_for_sending_it_again()
 
 
 def test_the_event_queue_is_bounded_and_drops_are_counted() -> None:
-    from orchestrator.fleet_events import FleetMonitor
+    from orchestrator.fleet.events import FleetMonitor
 
     mon = FleetMonitor(None, object(), None, "k", max_queue=100)  # type: ignore[arg-type]
     for i in range(1000):
@@ -643,7 +643,7 @@ def test_the_event_queue_is_bounded_and_drops_are_counted() -> None:
 
 
 def test_a_worker_is_online_within_its_heartbeat_window_and_offline_past_it() -> None:
-    from orchestrator.fleet_events import heartbeat_expired
+    from orchestrator.fleet.events import heartbeat_expired
 
     hb = {"timestamp": 100.0, "freq": 2.0}
     assert not heartbeat_expired(
@@ -661,7 +661,7 @@ def test_offline_workers_are_purged_after_the_configured_time(redis_url: str) ->
 
     import redis
 
-    from orchestrator.fleet_events import worker_states
+    from orchestrator.fleet.events import worker_states
 
     r = redis.Redis.from_url(redis_url)
     key = f"fi{uuid.uuid4().hex[:8]}:inspect:workers"
@@ -785,7 +785,7 @@ def test_a_killed_worker_goes_offline_when_its_heartbeats_stop(env: Env) -> None
     import json
     import time
 
-    from orchestrator.fleet_events import heartbeat_expired
+    from orchestrator.fleet.events import heartbeat_expired
 
     w = WorkerProcess(
         env.settings,

@@ -13,7 +13,7 @@ from sqlalchemy import MetaData, func, insert, inspect, select
 from orchestrator.audit import AuditStore
 from orchestrator.audit.models import celery_tasks, metadata
 from orchestrator.audit.store import HEAD, VERSION_TABLE, prune_celery_tasks
-from orchestrator.fleet_events import (
+from orchestrator.fleet.events import (
     MERGE_CHUNK,
     TaskQuery,
     get_task,
@@ -177,7 +177,7 @@ def test_prune_removes_task_history_older_than_the_cutoff_in_batches(store: Audi
 
 
 def test_canvasflow_prune_older_than_also_prunes_the_task_history(tmp_path) -> None:
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     s = AuditStore(url)

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.definition import Workflow, load_definition, load_file, parse_text
 from orchestrator.errors import ConfigurationError, DefinitionError, LimitExceeded
-from orchestrator.limits import Limits, check_inputs, check_payload, load_yaml
+from orchestrator.model.definition import Workflow, load_definition, load_file, parse_text
+from orchestrator.model.limits import Limits, check_inputs, check_payload, load_yaml
 from orchestrator.settings import Settings
 
 ECHO = {"plugin": "builtin", "method": "echo"}
@@ -336,7 +336,7 @@ def test_did_you_mean_hints_stop_after_a_budget_so_many_unknown_names_stay_cheap
 def test_the_client_refuses_deep_or_circular_definitions_with_a_message_not_a_recursion_error(
     redis_url: str,
 ) -> None:
-    from orchestrator.client import Client
+    from orchestrator.engine.client import Client
     from tests.conftest import make_settings
 
     client = Client(make_settings(redis_url))

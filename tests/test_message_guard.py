@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 
-from orchestrator import Client, Workflow, compiler
-from orchestrator.definition import Definition, dump_definition
-from orchestrator.runtime import dumps
+from orchestrator import Client, Workflow
+from orchestrator.engine import compiler
+from orchestrator.engine.runstate import dumps
+from orchestrator.model.definition import Definition, dump_definition
 from orchestrator.settings import Settings
 from tests.conftest import make_settings
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.compiler import Leaf, Series, plan
-from orchestrator.definition import Definition, load_definition
-from orchestrator.limits import Limits
-from orchestrator.validation import find_cycle
+from orchestrator.engine.compiler import Leaf, Series, plan
+from orchestrator.model.definition import Definition, load_definition
+from orchestrator.model.limits import Limits
+from orchestrator.model.validation import find_cycle
 from tests.planning_reference import reference_plan
 from tests.test_compiler import dag, random_dag
 

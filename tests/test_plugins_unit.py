@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.definition import Definition, load_file
 from orchestrator.errors import StepError
-from orchestrator.expressions import parse, render_value
+from orchestrator.model.definition import Definition, load_file
+from orchestrator.model.expressions import parse, render_value
 from workers.builtin import Builtin
 from workers.demo_plugins import DEMO_PLUGINS
 from workers.plugins import Registry, describe

@@ -18,8 +18,8 @@ from orchestrator.audit import AuditStore, Event
 from orchestrator.audit import queries as q
 from orchestrator.audit.models import events, step_attempts
 from orchestrator.audit.recorder import Recorder
+from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
-from orchestrator.runtime import RunState
 from tests.audit_helpers import (
     RecorderProcess,
     assert_store_matches_redis,

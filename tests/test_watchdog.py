@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from orchestrator import Client, Workflow
-from orchestrator.fleet_inspect import broker_prefix
+from orchestrator.engine.watchdog import Watchdog
+from orchestrator.fleet.inspect import broker_prefix
 from orchestrator.settings import Settings
-from orchestrator.watchdog import Watchdog
 from tests.conftest import ROOT, TEST_CALL_ALLOW, make_settings
 
 pytestmark = pytest.mark.integration

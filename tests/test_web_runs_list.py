@@ -20,8 +20,8 @@ from orchestrator import Client
 from orchestrator.audit import AuditStore
 from orchestrator.audit.models import runs as runs_table
 from orchestrator.audit.models import steps as steps_table
+from orchestrator.engine.states import RunStatus
 from orchestrator.keys import step_field
-from orchestrator.states import RunStatus
 from tests.conftest import make_settings
 from web.runs import RunFilter, RunViews
 

@@ -169,7 +169,7 @@ def test_the_signing_key_never_lives_in_redis_and_an_old_one_there_is_deleted(
 ) -> None:
     import redis
 
-    from orchestrator.embedded import secret_key_file
+    from orchestrator.cli.embedded import secret_key_file
     from web import create_app
     from web.settings import WebSettings
 
@@ -584,7 +584,7 @@ def test_an_audit_write_that_fails_fails_the_request_with_503_and_the_change_is_
 
 
 def _queued(app: Any, queue: str) -> int:
-    from orchestrator.fleet_inspect import queue_lengths
+    from orchestrator.fleet.inspect import queue_lengths
 
     ext = app.extensions["canvasflow"]
     return int(queue_lengths(ext.client.redis, ext.settings.key_prefix, [queue])[queue]["total"])

@@ -24,8 +24,7 @@ from orchestrator.audit import queries
 from orchestrator.audit.models import audit_log
 from orchestrator.audit.models import runs as runs_table
 from orchestrator.audit.models import steps as steps_table
-from orchestrator.control import ALLOWED
-from orchestrator.definition import dump_definition, parse_text
+from orchestrator.engine.control import ALLOWED
 from orchestrator.errors import (
     CanvasflowError,
     ControlError,
@@ -34,6 +33,7 @@ from orchestrator.errors import (
     UnknownRun,
     UnknownWorkflow,
 )
+from orchestrator.model.definition import dump_definition, parse_text
 from web import audit as web_audit
 from web import auth, schemas
 from web.detail import dag
@@ -278,7 +278,7 @@ def _lost_status(run_id: str) -> str | None:
     """The recorded status of a run whose state Redis lost, or None (no audit store, not lost)."""
     if ext().store is None:
         return None
-    from orchestrator.lost import lost_status
+    from orchestrator.engine.lost import lost_status
 
     try:
         return lost_status(ext().store, ext().client.state, run_id)
@@ -386,7 +386,7 @@ def resolve(body: dict[str, Any], run_id: str) -> dict[str, Any]:
             run_id,
             lambda actor: ext().client.control.resolve(run_id, actor=actor, reason=reason, as_=as_),
         )
-    from orchestrator.lost import resolve_lost
+    from orchestrator.engine.lost import resolve_lost
 
     def lost(actor: str) -> Any:
         if ext().views.summary(run_id) is None:  # known to neither: 404 before judging the body

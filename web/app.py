@@ -18,7 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from orchestrator.audit.models import audit_log
 from orchestrator.audit.store import AuditStore
-from orchestrator.client import Client
+from orchestrator.engine.client import Client
 from orchestrator.errors import StoreError
 from orchestrator.settings import Settings
 from web import (

@@ -13,15 +13,15 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from orchestrator import compiler
 from orchestrator.audit import queries
 from orchestrator.audit.models import step_logs
 from orchestrator.audit.models import steps as steps_table
 from orchestrator.audit.store import AuditStore
-from orchestrator.client import Client
-from orchestrator.definition import Definition, from_stored
+from orchestrator.engine import compiler
+from orchestrator.engine.client import Client
+from orchestrator.engine.export import TRACE_FORMAT, export_run
 from orchestrator.errors import CanvasflowError, StoreError, UnknownRun
-from orchestrator.export import TRACE_FORMAT, export_run
+from orchestrator.model.definition import Definition, from_stored
 from web.runs import LIVE_FIELDS, REDIS_DOWN, REDIS_UNREACHABLE, RunViews, hot_base, summarize
 from web.serving import cooperate
 from web.stream import run_events

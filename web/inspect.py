@@ -1,7 +1,7 @@
 """Fleet inspection under /api/v1/inspect — Flower's workers, tasks and queues, workflow-aware and
 persistent. The dashboard's Workers and Tasks pages (web/pages.py) are drawn from it.
 
-The task history is the ``cf_celery_tasks`` table that :class:`orchestrator.fleet_events.FleetMonitor`
+The task history is the ``cf_celery_tasks`` table that :class:`orchestrator.fleet.events.FleetMonitor`
 fills from Celery events in this process; worker details come from ``inspect`` with a short
 timeout. Control actions need the operator role and are written to the audit log.
 
@@ -24,9 +24,9 @@ from flask_smorest import abort
 from marshmallow import Schema, fields, validate
 from werkzeug.routing import BaseConverter
 
-from orchestrator import fleet_events
-from orchestrator.fleet_events import FleetMonitor, TaskQuery
-from orchestrator.fleet_inspect import (
+from orchestrator.fleet import events as fleet_events
+from orchestrator.fleet.events import FleetMonitor, TaskQuery
+from orchestrator.fleet.inspect import (
     FleetError,
     Inspector,
     fleet_workers,

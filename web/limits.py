@@ -3,7 +3,7 @@ its definition may take off the gevent loop (503). Every refusal is JSON with th
 setting that raises it, like every other API error.
 
 The limits on the definition itself (depth, steps, bytes, YAML aliases) are orchestrator's
-(orchestrator/limits.py) and give 400 with per-path problems like any invalid definition.
+(orchestrator/model/limits.py) and give 400 with per-path problems like any invalid definition.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from prometheus_client.core import (
 from sqlalchemy import and_, case, func, select
 
 from orchestrator.audit.models import runs, step_attempts, steps
-from orchestrator.fleet_inspect import known_queues, queue_lengths
+from orchestrator.fleet.inspect import known_queues, queue_lengths
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -213,7 +213,7 @@ class CanvasflowCollector:
         catalog = client.fleet()
         online = {h: bool(v.get("online")) for h, v in catalog.items()}
         if fleet is not None:
-            from orchestrator.fleet_events import worker_states
+            from orchestrator.fleet.events import worker_states
 
             for h, st in worker_states(client.redis, fleet.workers_key).items():
                 online[h] = st["online"]
@@ -277,7 +277,7 @@ class CanvasflowCollector:
         if fleet is None:
             return
         if fleet.engine is not None:
-            from orchestrator.fleet_events import counts
+            from orchestrator.fleet.events import counts
 
             by_state: dict[str, int] = {}
             for states in counts(fleet.engine).values():

@@ -8,8 +8,8 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
 
-from orchestrator import fleet_events
-from orchestrator.control import ALLOWED
+from orchestrator.engine.control import ALLOWED
+from orchestrator.fleet import events as fleet_events
 from web import auth
 from web import inspect as fleet_api
 

@@ -22,10 +22,10 @@ from sqlalchemy import Connection, Select, and_, case, func, or_, select, true, 
 from orchestrator.audit.models import run_tags, runs, steps
 from orchestrator.audit.queries import decode_cursor, encode_cursor
 from orchestrator.audit.store import AuditStore
-from orchestrator.client import Client
-from orchestrator.control import ALLOWED
+from orchestrator.engine.client import Client
+from orchestrator.engine.control import ALLOWED
+from orchestrator.engine.sla import WARNING_FRACTION, sla_status
 from orchestrator.errors import StoreError
-from orchestrator.sla import WARNING_FRACTION, sla_status
 from web.serving import cooperate
 
 ACTIVE = ("RUNNING", "PAUSING", "PAUSED", "CANCELLING", "COMPENSATING")
@@ -241,7 +241,7 @@ def summarize(base: Mapping[str, Any], now: float) -> dict[str, Any]:
     elapsed = max(0.0, end - created)
     current = list(base.get("current_steps") or ())
     if base.get("state_lost"):
-        # Redis lost the run (orchestrator/lost.py): only resolving it by hand can end it.
+        # Redis lost the run (orchestrator/engine/lost.py): only resolving it by hand can end it.
         return {
             **_summary(
                 base,
@@ -465,7 +465,7 @@ class RunViews:
             if h is not None:
                 bases.append({**row, **{k: v for k, v in h.items() if v not in (None, "")}})
             else:
-                # Not final in SQL and unknown to Redis: its hot state was lost (orchestrator/lost.py).
+                # Not final in SQL and unknown to Redis: its hot state was lost (orchestrator/engine/lost.py).
                 # While Redis is unreachable nothing can be said about it, so it is not flagged.
                 bases.append({**row, "state_lost": not warnings and row["status"] not in FINAL})
         extra = [

@@ -2,7 +2,7 @@
 after a sequence number (the audit store for what is recorded, the stream for the rest).
 
 An event is ``{run, seq, type, step, status, ts, data}``; ``seq`` numbers each run's events from 1
-without gaps (orchestrator/runtime.py increments it in the same Lua call that appends the event), so
+without gaps (orchestrator/engine/runstate.py increments it in the same Lua call that appends the event), so
 a client that remembers the last seq it applied can always ask for exactly what it missed.
 """
 
@@ -217,7 +217,7 @@ class StreamTail:
 
 
 class SlaMonitor:
-    """Runs orchestrator.sla.check_once every ``interval`` seconds (at most once per run per event,
+    """Runs orchestrator.engine.sla.check_once every ``interval`` seconds (at most once per run per event,
     so several web processes may all run it)."""
 
     def __init__(self, state: Any, interval: float = 1.0) -> None:
@@ -227,7 +227,7 @@ class SlaMonitor:
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
-        from orchestrator.sla import check_once
+        from orchestrator.engine.sla import check_once
 
         while not self._stop.wait(self.interval):
             try:

@@ -17,17 +17,17 @@ from celery import Celery, Task, signals
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from orchestrator import callallow
-from orchestrator.celery_app import create_celery
-from orchestrator.compiler import (
+from orchestrator.engine.celery_app import create_celery
+from orchestrator.engine.compiler import (
     COMPENSATE_TASK,
     COMPENSATED_TASK,
     MERGE_TASK,
     SETTLE_TASK,
     STEP_TASK,
 )
+from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
-from orchestrator.runtime import RunState
+from orchestrator.model import callallow
 from orchestrator.settings import Settings
 from workers import broker, guard
 from workers import step as steps

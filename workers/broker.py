@@ -5,7 +5,7 @@ fail nor vanish: its state writes retry with bounded backoff until Redis is back
 that continues its canvas is published with a retry budget as long, and when the budget
 (``CANVASFLOW_REDIS_RETRY_SECONDS``) runs out the task raises :class:`RedisUnavailable`, which the
 task shell turns into ``Reject(requeue=True)``: the message is not acknowledged and comes back.
-Repeated writes are safe: the state scripts recognise their own attempt (orchestrator/runtime.py).
+Repeated writes are safe: the state scripts recognise their own attempt (orchestrator/engine/runstate.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from celery.exceptions import OperationalError, Reject
 from kombu.transport import redis as kombu_redis
 
 from orchestrator.errors import CanvasflowError
-from orchestrator.fleet_inspect import broker_prefix
+from orchestrator.fleet.inspect import broker_prefix
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def worker_celery_options(settings: Settings) -> dict[str, Any]:
             },
             "global_keyprefix": broker_prefix(
                 settings.key_prefix
-            ),  # as in orchestrator/celery_app.py
+            ),  # as in orchestrator/engine/celery_app.py
         },
         # Keep consuming after the broker connection comes back (Celery's default; stated here
         # because a worker that exits on a Redis restart is what this module exists to prevent).

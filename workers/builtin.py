@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from orchestrator import callallow
 from orchestrator.errors import StepError
+from orchestrator.model import callallow
 from workers.plugins import plugin
 
 SLICE_SECONDS = 0.1  # sleep granularity: bounds both cancel latency and progress-event rate

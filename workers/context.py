@@ -21,8 +21,8 @@ from collections.abc import Callable
 from time import time_ns
 from typing import Any
 
+from orchestrator.engine.runstate import RunState
 from orchestrator.logbatch import LEVELS, MAX_MESSAGE, log_event_data, log_event_data_flat  # noqa: F401 (re-exported)
-from orchestrator.runtime import RunState
 
 log = logging.getLogger(__name__)
 

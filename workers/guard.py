@@ -22,11 +22,11 @@ from typing import Any
 
 from celery.worker.strategy import default as default_strategy
 
-from orchestrator import compiler
-from orchestrator.control import redispatch
-from orchestrator.runtime import RunState, dumps
+from orchestrator.engine import compiler
+from orchestrator.engine.control import redispatch
+from orchestrator.engine.runstate import RunState, dumps
+from orchestrator.engine.states import ABANDON_SOURCES, RunStatus
 from orchestrator.settings import Settings
-from orchestrator.states import ABANDON_SOURCES, RunStatus
 
 log = logging.getLogger(__name__)
 

@@ -30,13 +30,14 @@ from typing import Any, NoReturn
 from celery import Task
 from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry, SoftTimeLimitExceeded
 
-from orchestrator import compiler, expressions
-from orchestrator.control import redispatch, run_context
-from orchestrator.definition import Definition, backoff_seconds, from_stored
+from orchestrator.engine import compiler
+from orchestrator.engine.control import redispatch, run_context
+from orchestrator.engine.runstate import RunState, dumps
+from orchestrator.engine.states import ABANDON_SOURCES, RunStatus, StepStatus
 from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
-from orchestrator.runtime import RunState, dumps
+from orchestrator.model import expressions
+from orchestrator.model.definition import Definition, backoff_seconds, from_stored
 from orchestrator.settings import Settings
-from orchestrator.states import ABANDON_SOURCES, RunStatus, StepStatus
 from workers.broker import is_transient
 from workers.context import BEGUN, FRESH, Heartbeat, StepContext
 from workers.plugins import Registry

@@ -4,7 +4,7 @@ The step runtime's fast path (workers/step.py) runs a step first and records its
 in one round trip afterwards. That is only safe for a run nothing has happened to: no pause,
 cancel, retry, resume, re-dispatch, and no failed critical step. The Lua scripts that make
 those changes add the run to a sorted set and publish it on the control channel
-(orchestrator/runtime.py ``controlled``); this watcher, one thread per process, subscribes to
+(orchestrator/engine/runstate.py ``controlled``); this watcher, one thread per process, subscribes to
 the channel, then reads the set (so nothing published in between is missed), and answers
 ``clean(run_id)``. While it is not subscribed — at process start, after a lost connection —
 every run counts as touched, so every step asks Redis before it starts.
@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import redis
 
+from orchestrator.engine.runstate import CONTROL_WINDOW
 from orchestrator.keys import Keys
-from orchestrator.runtime import CONTROL_WINDOW
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Events as the recorder reads them from the Redis Stream, and the clamp rules applied to them.
 
 A stream entry has the fields run, seq, type, step, status, ts, data (JSON text); see
-orchestrator/runtime.py. ``(run, seq)`` identifies an event everywhere: in the stream, in the
+orchestrator/engine/runstate.py. ``(run, seq)`` identifies an event everywhere: in the stream, in the
 ``cf_events`` table and in what the recorder hands to its hooks.
 """
 
@@ -85,7 +85,7 @@ class Event:
             raise BadEvent(sid, f"seq {f.get('seq')!r} is not a number") from None
         if seq < 1 and not (seq == 0 and f.get("type") == "operator_action"):
             # seq 0 is how an operator action on a run Redis does not know is appended
-            # (orchestrator/runtime.py _AUDIT): recorded in the audit log, not as a run event.
+            # (orchestrator/engine/runstate.py _AUDIT): recorded in the audit log, not as a run event.
             raise BadEvent(sid, f"seq {seq} is not positive")
         try:
             ts = float(f.get("ts") or 0.0)

@@ -202,7 +202,7 @@ audit_log = Table(
 RUN_CHILDREN = (events, step_logs, step_attempts, steps, run_tags)
 
 # Celery task history (fleet inspection, Flower's task list), one row per Celery task id, written
-# in batches from Celery events by orchestrator.fleet_events; pruned by ``ts`` (first seen).
+# in batches from Celery events by orchestrator.fleet.events; pruned by ``ts`` (first seen).
 celery_tasks = Table(
     "cf_celery_tasks",
     metadata,

@@ -441,7 +441,7 @@ class _Projection:
         }
 
     def redispatched(self, e: Event) -> None:
-        """The watchdog re-sent a stalled run (orchestrator/watchdog.py): an action in the audit
+        """The watchdog re-sent a stalled run (orchestrator/engine/watchdog.py): an action in the audit
         log, by the watchdog, so that an operator sees why a step ran again."""
         data = e.data
         self.audit.append(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from orchestrator.runtime import RunState, _s
-from orchestrator.states import FINAL_RUN_STATUSES
+from orchestrator.engine.runstate import RunState, _s
+from orchestrator.engine.states import FINAL_RUN_STATUSES
 
 WARNING_FRACTION = 0.9
 

@@ -17,9 +17,10 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import callallow, compiler
 from orchestrator.audit import cli as audit_cli
+from orchestrator.engine import compiler
 from orchestrator.errors import CanvasflowError, ConfigurationError, DefinitionError, UnknownRun
+from orchestrator.model import callallow
 from orchestrator.settings import Settings
 
 console = Console()
@@ -59,7 +60,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def make_client(settings: Settings | None = None) -> Any:
-    from orchestrator.client import Client
+    from orchestrator.engine.client import Client
 
     return Client(settings or Settings.from_env())
 
@@ -89,7 +90,7 @@ def main() -> None:
 @handle_errors
 def validate(files: tuple[str, ...], offline: bool) -> None:
     """Validate definition files; report every problem with its path (exit 2 if any)."""
-    from orchestrator.definition import load_file
+    from orchestrator.model.definition import load_file
 
     catalog = None
     if not offline:
@@ -122,7 +123,7 @@ def validate(files: tuple[str, ...], offline: bool) -> None:
 @handle_errors
 def explain(file: str) -> None:
     """Show the Celery canvas a definition compiles to, and any parallelism it gives up."""
-    from orchestrator.definition import load_file
+    from orchestrator.model.definition import load_file
 
     d = load_file(file)
     p = compiler.plan(d)
@@ -170,7 +171,7 @@ def run(
     timeout: float | None,
 ) -> None:
     """Submit a run of a definition file (or a registered workflow id)."""
-    from orchestrator.display import follow as follow_runs
+    from orchestrator.cli.display import follow as follow_runs
 
     client = make_client()
     r = client.submit(
@@ -198,7 +199,7 @@ def status(run_id: str, as_json: bool) -> None:
     """Show a run's status and its steps."""
     from dataclasses import asdict
 
-    from orchestrator.display import print_summary
+    from orchestrator.cli.display import print_summary
 
     client = make_client()
     try:
@@ -217,8 +218,8 @@ def _explain_lost(client: Any, run_id: str) -> None:
     from sqlalchemy.engine import make_url
 
     from orchestrator.audit.store import AuditStore
+    from orchestrator.engine.lost import lost_status
     from orchestrator.errors import StoreError
-    from orchestrator.lost import lost_status
 
     url = make_url(client.settings.database_url)
     if url.drivername.startswith("sqlite") and not (url.database and Path(url.database).exists()):
@@ -432,7 +433,7 @@ def resolve(run_id: str, as_: str | None, reason: str | None, database_url: str 
         _report(client.control.resolve(run_id, actor=_actor(), reason=reason, as_=as_))
         return
     from orchestrator.audit.store import AuditStore
-    from orchestrator.lost import resolve_lost
+    from orchestrator.engine.lost import resolve_lost
 
     if not as_ or not (reason or "").strip():
         raise click.UsageError(
@@ -466,7 +467,7 @@ def clone(run_id: str, inputs: tuple[str, ...], reason: str | None) -> None:
 @handle_errors
 def export(run_id: str) -> None:
     """Print one JSON document with everything about a run (canvasflow export ID > trace.json)."""
-    from orchestrator.export import export_run
+    from orchestrator.engine.export import export_run
 
     click.echo(json.dumps(export_run(make_client(), run_id), indent=2, default=str))
 
@@ -493,7 +494,7 @@ def watchdog(stall_seconds: int | None, interval: float | None, once: bool) -> N
     import signal
     import threading
 
-    from orchestrator.watchdog import Watchdog
+    from orchestrator.engine.watchdog import Watchdog
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -558,7 +559,7 @@ def start_dashboard(fleet: Any) -> tuple[str, str]:
     import socket
     import urllib.request
 
-    from orchestrator.embedded import secret_key_file
+    from orchestrator.cli.embedded import secret_key_file
 
     password = os.environ.get("CANVASFLOW_WEB_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
     os.environ["CANVASFLOW_WEB_ADMIN_PASSWORD"] = password  # Fleet copies os.environ to children
@@ -603,10 +604,10 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
     """Start a private fleet (Redis, a worker, the dashboard) and run the four example workflows."""
     if keep_running is None:
         keep_running = sys.stdin.isatty() and sys.stdout.isatty()
-    from orchestrator.client import Client
-    from orchestrator.display import follow as follow_runs
-    from orchestrator.embedded import EmbeddedRedis
-    from orchestrator.fleet import Fleet
+    from orchestrator.cli.display import follow as follow_runs
+    from orchestrator.cli.embedded import EmbeddedRedis
+    from orchestrator.cli.launcher import Fleet
+    from orchestrator.engine.client import Client
 
     work = Path(workdir or tempfile.mkdtemp(prefix="canvasflow-demo-")).resolve()
     work.mkdir(parents=True, exist_ok=True)

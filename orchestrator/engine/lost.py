@@ -25,9 +25,9 @@ from sqlalchemy import select, update
 
 from orchestrator.audit.models import audit_log, events, runs, steps
 from orchestrator.audit.store import AuditStore
+from orchestrator.engine.runstate import RunState
+from orchestrator.engine.states import RunStatus
 from orchestrator.errors import CanvasflowError, ControlError, UnknownRun
-from orchestrator.runtime import RunState
-from orchestrator.states import RunStatus
 
 FINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 TARGETS = {"failed": RunStatus.FAILED, "cancelled": RunStatus.CANCELLED}

@@ -22,10 +22,15 @@ from typing import Any
 
 import redis
 
-from orchestrator import callallow, compiler, limits
-from orchestrator.celery_app import create_celery
-from orchestrator.control import Control
-from orchestrator.definition import (
+from orchestrator.engine import compiler
+from orchestrator.engine.celery_app import create_celery
+from orchestrator.engine.control import Control
+from orchestrator.engine.runstate import RunState, dumps
+from orchestrator.engine.states import FINAL_RUN_STATUSES, RunStatus, StepStatus
+from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
+from orchestrator.keys import Keys
+from orchestrator.model import callallow, limits
+from orchestrator.model.definition import (
     Definition,
     Workflow,
     dump_definition,
@@ -33,11 +38,7 @@ from orchestrator.definition import (
     load_definition,
     load_file,
 )
-from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
-from orchestrator.keys import Keys
-from orchestrator.runtime import RunState, dumps
 from orchestrator.settings import Settings
-from orchestrator.states import FINAL_RUN_STATUSES, RunStatus, StepStatus
 
 PREPARED_CACHE = 128  # definitions a client keeps validated and planned
 

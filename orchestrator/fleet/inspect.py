@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.errors import CanvasflowError
-from orchestrator.fleet_events import worker_states
+from orchestrator.fleet.events import worker_states
 
 PRIORITY_STEPS = range(10)
 INSPECT_TIMEOUT = 1.0

@@ -17,7 +17,7 @@ Worker state (last heartbeat, active, processed, load average, software) is kept
 Redis hash so that every web process, and a restarted one, sees the same fleet.
 
 Every canvasflow task carries its run: a step task in the outcomes it receives
-(``{'@': [<run>, <epoch>, ...], ...}``, orchestrator/compiler.py's wire format) with its spec
+(``{'@': [<run>, <epoch>, ...], ...}``, orchestrator/engine/compiler.py's wire format) with its spec
 (``[<step>, <plugin>, <method>, <flags>, ...]``), other tasks as a header argument
 (``{'run': <id>, ...}``, also what step tasks of older versions carried with a dict spec). The
 run and step ids are extracted from the arguments' repr so each task links to its run and step.

@@ -18,8 +18,8 @@ from typing import Any
 from celery import chain, chord, group
 from celery.canvas import Signature
 
-from orchestrator import expressions
-from orchestrator.definition import PRIORITIES, Definition, Step
+from orchestrator.model import expressions
+from orchestrator.model.definition import PRIORITIES, Definition, Step
 
 STEP_TASK = "canvasflow.step"
 MERGE_TASK = "canvasflow.merge"
@@ -495,7 +495,7 @@ def routing(ctx: RunContext, queue: str | None) -> dict[str, Any]:
     """A task's queue and priority options, left out where they are the app's defaults.
 
     ``ctx.queue`` is the app's ``task_default_queue`` and "normal" its ``task_default_priority``
-    (orchestrator.celery_app): a chain's first message carries every remaining link, so each
+    (orchestrator.engine.celery_app): a chain's first message carries every remaining link, so each
     option left out is left out of every message of a 100-step chain a hundred times over.
     """
     options: dict[str, Any] = {}

@@ -28,13 +28,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator import compiler
-from orchestrator.control import dispatch_remaining, run_context
-from orchestrator.definition import Definition, from_stored
-from orchestrator.fleet_inspect import broker_prefix, queue_keys
-from orchestrator.runtime import _EMIT, dumps, now
+from orchestrator.engine import compiler
+from orchestrator.engine.control import dispatch_remaining, run_context
+from orchestrator.engine.runstate import _EMIT, dumps, now
+from orchestrator.engine.states import RunStatus, StepStatus
+from orchestrator.fleet.inspect import broker_prefix, queue_keys
+from orchestrator.model.definition import Definition, from_stored
 from orchestrator.settings import Settings
-from orchestrator.states import RunStatus, StepStatus
 
 log = logging.getLogger("canvasflow.watchdog")
 

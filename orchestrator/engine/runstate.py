@@ -14,8 +14,8 @@ from typing import Any
 
 import redis
 
+from orchestrator.engine.states import RunStatus, sources_of
 from orchestrator.keys import Keys, step_field
-from orchestrator.states import RunStatus, sources_of
 
 # How long a run stays in the "controlled" set after an operator action or a failure touched it
 # (workers/watch.py): its queued steps ask Redis before they start for at least this long.

@@ -10,8 +10,8 @@ from collections.abc import Container, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
 
-from orchestrator import callallow, expressions
 from orchestrator.errors import ExpressionError
+from orchestrator.model import callallow, expressions
 
 ROOT_NAMES = {"inputs", "steps", "run"}
 RUN_FIELDS = {"id", "workflow", "version"}

@@ -15,15 +15,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import compiler
-from orchestrator.definition import Definition, from_stored
+from orchestrator.engine import compiler
+from orchestrator.engine.runstate import RunState
+from orchestrator.engine.states import SETTLED_STEP_STATUSES, RunStatus, StepStatus, sources_of
 from orchestrator.errors import CanvasflowError, ControlError, UnknownRun
-from orchestrator.runtime import RunState
+from orchestrator.model.definition import Definition, from_stored
 from orchestrator.settings import Settings
-from orchestrator.states import SETTLED_STEP_STATUSES, RunStatus, StepStatus, sources_of
 
 if TYPE_CHECKING:
-    from orchestrator.client import Client, Run
+    from orchestrator.engine.client import Client, Run
 
 # Which statuses allow which action; derived from the one transition table where it can be.
 ALLOWED: dict[str, list[str]] = {
@@ -279,7 +279,7 @@ class Control:
     ) -> ActionResult:
         """Mark a COMPENSATION_FAILED run as handled by hand: it ends FAILED (or CANCELLED) —
         ``as_`` ("failed" / "cancelled") or, by default, what the compensation was for. (A run
-        whose hot state was lost is resolved in the audit store: orchestrator/lost.py.)"""
+        whose hot state was lost is resolved in the audit store: orchestrator/engine/lost.py.)"""
         run = self.client.redis.hget(self.client.keys.run(run_id), "compensate_target")
         target = RunStatus(as_.upper()) if as_ else RunStatus((run or b"FAILED").decode())
         ok, before = self.state.transition(

@@ -10,7 +10,7 @@ from orchestrator.errors import UnknownRun
 from orchestrator.logbatch import log_lines
 
 if TYPE_CHECKING:
-    from orchestrator.client import Client
+    from orchestrator.engine.client import Client
 
 TRACE_FORMAT = "canvasflow.trace/1"
 RUN_FIELDS = (

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.client import RESTING, Client, RunSnapshot
+from orchestrator.engine.client import RESTING, Client, RunSnapshot
 
 STYLE = {
     "PENDING": "dim",

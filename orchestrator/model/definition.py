@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from orchestrator import limits as limits_
 from orchestrator.errors import DefinitionError
-from orchestrator.limits import Limits
+from orchestrator.model import limits as limits_
+from orchestrator.model.limits import Limits
 
 # \Z, not $: "$" also matches before a trailing newline, so "etl\n" passed as an id.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*\Z"
@@ -286,7 +286,7 @@ def load_definition(
     not checked. ``limits`` (default: the CANVASFLOW_MAX_* settings) are checked first: a
     definition over one is refused (LimitExceeded) before anything else walks it.
     """
-    from orchestrator import validation  # the semantic checks live next door
+    from orchestrator.model import validation  # the semantic checks live next door
 
     if not isinstance(data, Mapping):
         raise DefinitionError(

@@ -32,7 +32,7 @@ def celery_config(settings: Settings) -> dict:
         "result_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.default_queue,
-        # "normal" (orchestrator.definition.PRIORITIES): a message without a priority would
+        # "normal" (orchestrator.model.definition.PRIORITIES): a message without a priority would
         # otherwise take the Redis transport's default of 0, the "high" sub-queue.
         "task_default_priority": 4,
         # A step's message is acknowledged only when the step is over, and a step whose worker

@@ -51,7 +51,7 @@ SETTLED_STEP_STATUSES = frozenset(
     }
 )
 
-# Legal run transitions: (from, to). The Lua scripts in orchestrator/runtime.py receive the
+# Legal run transitions: (from, to). The Lua scripts in orchestrator/engine/runstate.py receive the
 # relevant rows of this table as arguments, so Redis enforces exactly what this table says.
 RUN_TRANSITIONS: frozenset[tuple[RunStatus, RunStatus]] = frozenset(
     {

@@ -1,0 +1,1 @@
+"""The `canvasflow` command line: commands, display, the embedded fleet."""

@@ -1,0 +1,1 @@
+"""The engine: statuses, the compiler, the run state, dispatch, control, the client."""

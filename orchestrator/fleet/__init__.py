@@ -1,0 +1,1 @@
+"""Fleet monitoring (Flower features): worker events and inspection."""

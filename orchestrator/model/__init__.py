@@ -1,0 +1,1 @@
+"""The definition model: the document, its validation, the expression language, the limits."""
