@@ -169,8 +169,9 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
         except Exception:
             pass
         # call_allow: validation at submit refuses a builtin.call this worker would refuse.
+        catalog = registry.catalog()
         entry = {
-            "plugins": registry.catalog(),
+            "plugins": catalog,
             "queues": queues,
             "pid": os.getpid(),
             "started_at": time.time(),
@@ -187,7 +188,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             )
         log.info(
             "canvasflow: published %d plugins for %s; builtin.call: %s",
-            len(entry["plugins"]),
+            len(catalog),
             hostname,
             callallow.describe(settings.call_allow),
         )
