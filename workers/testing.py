@@ -225,7 +225,9 @@ def soft_time_limit(seconds: float | None) -> Iterator[None]:
 
 
 def _async_raise(thread_id: int, kind: type[BaseException] | None) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(kind))
+    """Raise ``kind`` in the thread at its next instruction; None (NULL) drops a pending one."""
+    exc = ctypes.py_object(kind) if kind is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
 
 
 def _registry(plugins: Plugins) -> Registry:
