@@ -39,6 +39,68 @@ def test_package_imports_follow_the_dependency_rule(package: str) -> None:
     assert offenders == []
 
 
+# --- orchestrator's layers (issue 14 item 6): each sub-package's README says what it may import.
+BASE = {"errors", "keys", "logbatch"}
+# layer -> the parts of orchestrator it may import, and the libraries it must not.
+LAYERS: dict[str, tuple[set[str], set[str]]] = {
+    "errors": (set(), {"celery", "kombu", "redis", "sqlalchemy"}),
+    "keys": (set(), {"celery", "kombu", "redis", "sqlalchemy"}),
+    "logbatch": (set(), {"celery", "kombu", "redis", "sqlalchemy"}),
+    "model": (
+        {"errors", "model"},
+        {"celery", "kombu", "redis", "sqlalchemy", "alembic", "click", "rich"},
+    ),
+    "settings": ({"errors", "model"}, {"celery", "kombu", "redis", "sqlalchemy"}),
+    "audit": (BASE | {"settings", "audit"}, {"celery", "kombu"}),
+    "fleet": (BASE | {"settings", "audit", "fleet"}, {"click", "rich"}),
+    "engine": (BASE | {"model", "settings", "audit", "fleet", "engine"}, {"click", "rich"}),
+    "cli": (BASE | {"model", "settings", "audit", "fleet", "engine", "cli", "__init__"}, set()),
+}
+
+
+def layer_of(path: Path) -> str:
+    parts = path.relative_to(ROOT / "orchestrator").parts
+    return parts[0] if len(parts) > 1 else path.stem
+
+
+def orchestrator_targets(module: str, names: list[str]) -> set[str]:
+    """The layers an import reaches: `from orchestrator import X` is the facade unless X is a module."""
+    parts = module.split(".")
+    if parts[0] != "orchestrator":
+        return set()
+    if len(parts) > 1:
+        return {parts[1]}
+    modules = {p.stem for p in (ROOT / "orchestrator").glob("*.py")} | {
+        p.name for p in (ROOT / "orchestrator").iterdir() if (p / "__init__.py").exists()
+    }
+    return {n if n in modules else "__init__" for n in names or ["__init__"]}
+
+
+def test_orchestrator_layers_import_only_what_their_readme_allows() -> None:
+    offenders = []
+    for path in sorted((ROOT / "orchestrator").rglob("*.py")):
+        layer = layer_of(path)
+        if layer == "__init__" or "migrations" in path.parts:
+            continue
+        allowed, forbidden = LAYERS[layer]
+        for module, names in imports_of(path):
+            rel = path.relative_to(ROOT)
+            if module.split(".")[0] in forbidden:
+                offenders.append(f"{rel} ({layer}) imports {module}")
+            for target in orchestrator_targets(module, names) - allowed - {layer}:
+                offenders.append(f"{rel} ({layer}) imports orchestrator.{target} via {module}")
+    assert offenders == []
+
+
+def test_every_orchestrator_layer_has_a_readme_and_a_rule() -> None:
+    packages = {p.name for p in (ROOT / "orchestrator").iterdir() if (p / "__init__.py").exists()}
+    modules = {p.stem for p in (ROOT / "orchestrator").glob("*.py")} - {"__init__"}
+    assert packages | modules == set(LAYERS)
+    for package in packages:
+        text = (ROOT / "orchestrator" / package / "README.md").read_text()
+        assert "May import" in text and "Must not import" in text, package
+
+
 def test_only_the_compiler_and_step_runtime_build_canvas() -> None:
     allowed = {"orchestrator/engine/compiler.py", "workers/step.py", "workers/app.py"}
     offenders = []
