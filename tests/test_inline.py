@@ -6,9 +6,16 @@ real workers and inline in tests/test_inline_parity.py; here each semantic is ch
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import tomllib
+import weakref
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +25,8 @@ from orchestrator import Settings, StepError, Workflow
 from orchestrator.errors import ConfigurationError, DefinitionError, PluginError
 from workers.testing import InlineRunner, run_inline
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "docs" / "examples"
 
 # What the plugins below did, in order: inline, plugins run in the test's own process.
 CALLS: list[tuple[str, ...]] = []
@@ -146,15 +154,19 @@ def test_missing_lua_support_says_what_to_install(monkeypatch: pytest.MonkeyPatc
         InlineRunner()
 
 
-def test_closing_the_runner_ends_its_threads() -> None:
+def test_closing_the_runner_ends_its_threads_and_lets_its_app_go() -> None:
     before = set(threading.enumerate())
     with InlineRunner(PLUGINS) as r:
         r(Workflow("threads").step("a", "builtin", "sleep", params={"seconds": 0.2}))
         mine = [t for t in set(threading.enumerate()) - before if t.name.startswith("canvasflow-")]
         assert {t.name for t in mine} == {"canvasflow-heartbeat", "canvasflow-control-watch"}
+        kept = [weakref.ref(r.app), weakref.ref(r.redis)]
+    del r
     for t in mine:
         t.join(10)
     assert [t for t in mine if t.is_alive()] == []
+    gc.collect()
+    assert [ref() for ref in kept] == [None, None]
 
 
 # -- failures, retries, timeouts ----------------------------------------------------------------
@@ -440,3 +452,41 @@ def test_the_saga_example_compensates_newest_first() -> None:
         if e[1][b"run"].decode() == snap.id and e[1][b"type"] == b"step_compensated"
     ]
     assert compensated == ["deploy", "migrate", "backup"]
+
+
+# -- the user guide's example, with the pytest fixture ------------------------------------------
+
+
+def test_the_user_guides_testing_example_runs_as_a_user_runs_it() -> None:
+    """docs/examples/testing is a plugin author's project: its tests run in their own pytest, with
+    the fixture from the distribution's pytest11 entry point (or, before canvasflow is installed
+    again with it, the same module named with -p)."""
+    example = EXAMPLES / "testing"
+    installed = any(ep.value == "workers.pytest_plugin" for ep in entry_points(group="pytest11"))
+    plugin = [] if installed else ["-p", "workers.pytest_plugin"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, str(example)],
+        cwd=example,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+def test_the_user_guide_shows_the_example_as_it_runs() -> None:
+    guide = (ROOT / "docs" / "user-guide.md").read_text()
+    for name in ("test_greet.py", "greet.yaml", "acme_plugins/greeter.py"):
+        text = (EXAMPLES / "testing" / name).read_text()
+        if name == "greet.yaml":
+            text = text.split("\n", 1)[1]  # the guide says where the file is instead
+        assert text in guide, name
+
+
+def test_the_distribution_registers_the_fixture_and_its_extra() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["pytest11"] == {"canvasflow": "workers.pytest_plugin"}
+    assert project["optional-dependencies"]["testing"] == ["fakeredis[lua]>=2.20"]
+    assert "canvasflow[testing]" in project["optional-dependencies"]["test"]
