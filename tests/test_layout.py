@@ -174,3 +174,126 @@ def test_docker_compose_runs_the_same_fleet_as_the_procfile() -> None:
     for service in compose.values():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), port
+
+
+# --- import graph (issue 14 item 4)
+
+GRAPH_PACKAGES = ("orchestrator", "workers", "web")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports, at module level or inside functions (including
+    ``if TYPE_CHECKING:`` blocks: a circle a type checker needs is a circle of the design)."""
+    paths = {
+        module_name(p): p
+        for package in GRAPH_PACKAGES
+        for p in sorted((ROOT / package).rglob("*.py"))
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        is_package = path.name == "__init__.py"
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolved against this module's package
+                    package = name.split(".")
+                    package = package[: len(package) - node.level + (1 if is_package else 0)]
+                    base = ".".join([*package, *([base] if base else [])])
+                # ``from pkg import mod`` imports the module pkg.mod; ``from mod import name``
+                # imports mod (the package's __init__ when mod is a package).
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in paths else base
+                    for alias in node.names
+                ]
+            else:
+                continue
+            edges.update(t for t in targets if t in paths and t != name)
+        graph[name] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The circles of the graph: for every strongly connected component of more than one module
+    (Tarjan), shortest circles through its members until each member is on one."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for component in components:
+        covered: set[str] = set()
+        for start in sorted(component):
+            if start not in covered:
+                cycle = cycle_through(graph, component, start)
+                covered.update(cycle)
+                cycles.append(cycle)
+    return sorted(cycles)
+
+
+def cycle_through(graph: dict[str, set[str]], component: set[str], start: str) -> list[str]:
+    """The shortest circle from ``start`` back to it inside its strongly connected component."""
+    paths = {start: [start]}
+    queue = [start]
+    while queue:  # breadth first: the shortest way back to start
+        v = queue.pop(0)
+        for w in sorted(graph[v] & component):
+            if w == start:
+                return [*paths[v], start]
+            if w not in paths:
+                paths[w] = [*paths[v], w]
+                queue.append(w)
+    raise AssertionError(f"{start} is on no circle of {sorted(component)}")
+
+
+def test_the_import_graph_finds_a_circle_and_names_it() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert import_cycles(graph) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+    # Two circles through one module: each is named, not only the first found.
+    graph = {"a": {"b", "c"}, "b": {"a"}, "c": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "a"], ["c", "a", "c"]]
+
+
+def test_the_import_graph_sees_function_level_and_relative_imports() -> None:
+    graph = import_graph()
+    assert "orchestrator.engine.runstate" in graph["orchestrator.engine.client"]
+    assert "orchestrator.engine.client" in graph["orchestrator"]  # from .engine.client import
+
+
+def test_no_module_of_orchestrator_workers_or_web_is_part_of_an_import_circle() -> None:
+    cycles = import_cycles(import_graph())
+    assert cycles == [], "import circles: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -25,6 +25,7 @@ from orchestrator.engine.compiler import (
     SETTLE_TASK,
     STEP_TASK,
 )
+from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
 from orchestrator.model import callallow
@@ -79,7 +80,8 @@ def create_worker_app(
     state = RunState(
         step_client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen
     )
-    rt = steps.Runtime(broker.Patient(state, settings.redis_retry_seconds), registry, settings)  # type: ignore[arg-type]
+    patient = broker.Patient(state, settings.redis_retry_seconds)
+    rt = steps.Runtime(patient, registry, settings, Dispatcher(app, settings, patient))  # type: ignore[arg-type]
 
     class StepRequest(Request):
         """Celery's request, plus canvasflow's recovery when a step is killed at its hard limit,
@@ -106,7 +108,7 @@ def create_worker_app(
             super().on_timeout(soft, timeout)
             if not soft:
                 try:
-                    steps.on_hard_timeout(rt, app, self.args, timeout)
+                    steps.on_hard_timeout(rt, self.args, timeout)
                 except Exception:
                     log.exception("canvasflow: could not recover from a hard time limit")
 
@@ -153,7 +155,7 @@ def create_worker_app(
     )
     def settle(self: Task, incoming: Any, hdr: dict) -> str:
         with broker.hand_back_on_outage(self):
-            return str(steps.safe_settle(self, rt, app, hdr))
+            return str(steps.safe_settle(self, rt, hdr))
 
     @app.task(
         shared=False,
@@ -184,7 +186,7 @@ def create_worker_app(
     # Every message of these tasks is checked before Celery handles it (workers/guard.py). The
     # guard writes from the main process, with the state as it is (not patient: it must not
     # stall the consumer; it hands the message back if Redis does not answer).
-    message_guard = guard.Guard(state, app, settings)
+    message_guard = guard.Guard(state, Dispatcher(app, settings, state), settings)
     for task in (step, merge, settle, compensate, compensated):
         task.Strategy = message_guard.strategy
 

@@ -25,6 +25,7 @@ import redis
 from orchestrator.engine import compiler
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.control import Control
+from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState, dumps
 from orchestrator.engine.states import FINAL_RUN_STATUSES, RunStatus, StepStatus
 from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
@@ -271,6 +272,8 @@ class Client:
             maxlen=self.settings.event_stream_maxlen,
         )
         self.celery = celery or create_celery(self.settings, sender=True)
+        self.dispatcher = Dispatcher(self.celery, self.settings, self.state)
+        self._control = Control(self.state, self.dispatcher)
         # Submitting one definition again and again (the common case) validates and plans it
         # once per fleet catalog: (definition text, catalog) -> (definition, stored text, blueprint).
         self._prepared: OrderedDict[tuple[str, str], tuple[Definition, str, compiler.Blueprint]] = (
@@ -497,31 +500,7 @@ class Client:
         }
         if cloned_from:
             fields["cloned_from"] = cloned_from
-        ctx = compiler.RunContext(
-            run_id,
-            1,
-            prio,
-            self.settings.hard_timeout_grace,
-            defn.id,
-            defn.version or "",
-            run_inputs if prepared.uses_inputs else None,
-            self.settings.default_queue,
-        )
-        canvas = compiler.compile_run(
-            defn, ctx, app=self.celery, prepared=prepared
-        )  # before any state is written
-        self.state.create(run_id, fields, defn.step_ids, defn.id)
-        try:
-            canvas.apply_async()
-        except Exception as exc:
-            # The run is recorded but nothing was queued: say so instead of leaving it PENDING.
-            self.state.transition(
-                run_id,
-                RunStatus.FAILED,
-                sources=[RunStatus.PENDING],
-                fields={"error": f"could not dispatch the run: {exc}"},
-            )
-            raise
+        self.dispatcher.start(run_id, defn, fields, run_inputs, prepared=prepared)
         return Run(self, run_id)
 
     def get_run(self, run_id: str) -> Run:
@@ -572,10 +551,37 @@ class Client:
                     break
         return out
 
+    def clone(
+        self,
+        run_id: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        actor: str = "api",
+        reason: str | None = None,
+    ) -> Run:
+        """A new run of the same definition version with the same inputs (optionally overridden);
+        audited on the cloned run like an operator action."""
+        data = self.state.read(run_id)
+        if data is None:
+            self.control.audit(run_id, "clone", actor, reason, "refused: unknown run")
+            raise UnknownRun(run_id)
+        run = data[0]
+        new = self.submit(
+            from_stored(json.loads(run["definition"])),
+            inputs={**json.loads(run.get("inputs", "{}")), **(inputs or {})},
+            priority=run.get("priority"),
+            triggered_by=actor,
+            trigger_type="clone",
+            tags=json.loads(run.get("tags", "[]")),
+            cloned_from=run_id,
+        )
+        self.control.audit(run_id, "clone", actor, reason, "ok", {"new_run": new.id})
+        return new
+
     @property
     def control(self) -> Control:
-        """Operator actions: pause, resume, cancel, retry, retry_compensation, resolve, clone."""
-        return Control(self)
+        """Operator actions: pause, resume, cancel, retry, retry_compensation, resolve."""
+        return self._control
 
     def close(self) -> None:
         self.redis.close()

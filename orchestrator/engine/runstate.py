@@ -919,6 +919,10 @@ class RunState:
             return None
         return _s(status), _s(epoch), _s(halt)
 
+    def run_fields(self, run_id: str, *names: str) -> list[str]:
+        """Some fields of a run in one HMGET ("" for a missing field or an unknown run)."""
+        return [_s(v) for v in self.r.hmget(self.keys.run(run_id), *names)]
+
     def step_deps(self, run_id: str, step: str) -> list[str]:
         """A step's depends_on, from the run's stored definition (long fan-in lists)."""
         raw = self.r.hget(self.keys.run(run_id), "definition")
