@@ -1,7 +1,7 @@
 """Query latency of the audit store at scale: 100k runs, 2M step attempts (slow: minutes).
 
     python benchmarks/bench_queries.py [--runs 100000] [--steps 20] [--logs 10]
-        [--backend postgresql|sqlite] [--postgres-url URL] [--samples 200] [--keep]
+        [--backend postgresql|sqlite] [--postgres-url URL] [--samples 200] [--keep] [--smoke]
 
 Data is generated directly with bulk inserts (COPY on PostgreSQL), not through the recorder:
 ``--runs`` runs over 30 days across 20 workflows, ``--steps`` steps each with one attempt (5%
@@ -269,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sqlite-path", default=None)
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--keep", action="store_true", help="keep (and reuse) the generated data")
+    ap.add_argument(
+        "--smoke", action="store_true", help="200 runs, 3 samples: does the script still run?"
+    )
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.runs, args.samples = 200, 3
 
     if args.backend == "postgresql":
         import psycopg
