@@ -154,7 +154,7 @@ class Producer:
                 attempt=rec,
                 batch=[["stats", sid, "", now(), dumps(rec["stats"])]],
             )
-        st.transition(rid, RunStatus.COMPLETED, sources=[RunStatus.RUNNING])
+        st.transition(rid, RunStatus.COMPLETED)
         return 3 + len(self.steps) * (3 + self.logs)
 
 

@@ -183,9 +183,7 @@ def seed(settings: Settings, client: Client, active: int, finished: int) -> None
         }
         client.state.create(rid, fields, [f"s{k}" for k in range(5)], "seeded")
         created = float(client.redis.hget(client.keys.run(rid), "created_at"))
-        client.state.transition(
-            rid, RunStatus.RUNNING, fields={"started_at": f"{now:.6f}"}, sources=["PENDING"]
-        )
+        client.state.transition(rid, RunStatus.RUNNING, fields={"started_at": f"{now:.6f}"})
         rows.append(
             {
                 "id": rid,

@@ -848,7 +848,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.smoke:
         args.visibility_timeout, args.lease_ttl, args.claim_idle = 3, 3, 2.0
-        args.worker_runs, args.redis_runs, args.redis_down = 2, 3, 1.0
+        # 4 runs: the first worker's two pool processes hold a step each when it is killed
+        args.worker_runs, args.redis_runs, args.redis_down = 4, 3, 1.0
         args.recorder_runs, args.recorder_down = 100, 1.0
         args.soak_runs, args.soak_inflight = 20, 10
     chosen = [d.strip() for d in args.drills.split(",") if d.strip()]

@@ -2,10 +2,10 @@
 docs/performance.md runs it (``python benchmarks/NAME.py`` from the repository root, on a real
 Redis, real workers and PostgreSQL where the script uses them), and what it prints is checked.
 The figures of a smoke run say nothing about speed; that they are there, and add up, says the
-script still measures what it did (bench_queries.py died on its first COPY for weeks unnoticed).
+script still measures what it did (bench_queries.py died on its first COPY for days unnoticed).
 
-The scripts run in parallel, started together by the module's first test, so the module takes
-about as long as the slowest of them.
+The scripts the selected tests need start together, in parallel, when the first of those tests
+runs, so the module takes about as long as the slowest of them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -36,7 +37,8 @@ FLOWER = os.environ.get("FLOWER_CELERY", "/tmp/fv/bin/celery")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # A hang guard, not a speed check: on a quiet 2-CPU machine the slowest script takes about a
 # minute; under the load of several test suites at once, several.
-TIMEOUT = 280.0
+TIMEOUT = 240.0
+NO_PARAMS = SimpleNamespace(params={})  # the callspec of a test that is not parametrized
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,6 @@ def drill(name: str) -> Script:
 
 
 SCRIPTS: dict[str, Script] = {
-    # The slowest first: they start first.
     "bench_web": Script(
         (
             "bench_web.py",
@@ -144,15 +145,17 @@ class Ran:
 class Runs:
     """The scripts started in parallel; ``get`` waits for one and checks that it exited 0."""
 
-    def __init__(self, redis_url: str, tmp: Path) -> None:
+    def __init__(self, redis_url: str, tmp: Path, wanted: set[str]) -> None:
         self.tmp = tmp
         self.redis_url = redis_url
         self.missing: dict[str, str] = {}
         self.databases: list[str] = []
-        self.pool = ThreadPoolExecutor(max_workers=len(SCRIPTS))
+        self.pool = ThreadPoolExecutor(max_workers=max(1, len(wanted)))
         self.futures: dict[str, Future[tuple[int, str, Path]]] = {}
         postgres = self._postgres_reachable()
         for name, script in SCRIPTS.items():
+            if name not in wanted:
+                continue
             why = self._lacks(script, postgres)
             if why:
                 self.missing[name] = why
@@ -237,8 +240,16 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
-    started = Runs(redis_url, tmp_path_factory.mktemp("benchmarks"))
+def runs(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Runs]:
+    """The scripts of the tests selected in this module, all started at once."""
+    wanted = {
+        item.callspec.params["script"]
+        for item in request.session.items
+        if item.module is request.module and "script" in getattr(item, "callspec", NO_PARAMS).params
+    }
+    started = Runs(redis_url, tmp_path_factory.mktemp("benchmarks"), wanted)
     yield started
     started.close()
 
@@ -251,34 +262,36 @@ def positive(*values: Any) -> bool:
     return all(isinstance(v, (int, float)) and v > 0 for v in values)
 
 
+# Steps of each bench_core.py shape at --smoke: a chain of 3, 4 -> join, start -> 4 -> join and
+# two diamonds of 5.
+CORE_STEPS = {"chain": 3, "fanout": 5, "fanout_start": 6, "diamonds": 10}
+
+
 def core_figures(figures: dict[str, Any]) -> None:
     """bench_core.py's JSON: every shape timed on both sides, the same number of steps each."""
-    assert set(figures["results"]) == {"chain", "fanout", "fanout_start", "diamonds"}
+    assert set(figures["results"]) == set(CORE_STEPS)
     for shape, sides in figures["results"].items():
         raw, cf = sides["raw"], sides["cf"]
-        assert (
-            raw["steps"]
-            == cf["steps"]
-            == {
-                "chain": 3,
-                "fanout": 5,
-                "fanout_start": 6,
-                "diamonds": 10,
-            }[shape]
-        )
+        assert raw["steps"] == cf["steps"] == CORE_STEPS[shape], shape
         for side in (raw, cf):
             assert positive(side["median"], *side["cpu_seconds"], *side["redis_commands"]), shape
         assert cf["median"] / raw["median"] > 0
 
 
-def test_bench_core_times_every_shape_on_raw_celery_and_on_canvasflow(runs: Runs) -> None:
-    ran = runs.get("bench_core")
+@pytest.mark.parametrize("script", ["bench_core"])
+def test_bench_core_times_every_shape_on_raw_celery_and_on_canvasflow(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
     core_figures(ran.json)
     assert "ratio cf/raw" in ran.out and "per chain link: raw" in ran.out
 
 
-def test_bench_recorder_core_runs_the_core_benchmark_beside_a_recorder(runs: Runs) -> None:
-    ran = runs.get("bench_recorder_core")
+@pytest.mark.parametrize("script", ["bench_recorder_core"])
+def test_bench_recorder_core_runs_the_core_benchmark_beside_a_recorder(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
     core_figures(ran.json)
     cpu = re.search(
         r"recorder CPU: ([\d.]+) s; PostgreSQL server CPU meanwhile: ([\d.]+) s", ran.out
@@ -287,17 +300,21 @@ def test_bench_recorder_core_runs_the_core_benchmark_beside_a_recorder(runs: Run
     assert re.search(r"recorder: recorder \S+: redis://\S+ stream \S+ group cf-recorder", ran.out)
 
 
-def test_bench_recorder_drains_a_backlog_and_keeps_up_live_on_both_stores(runs: Runs) -> None:
-    rows = runs.get("bench_recorder").table()
+@pytest.mark.parametrize("script", ["bench_recorder"])
+def test_bench_recorder_drains_a_backlog_and_keeps_up_live_on_both_stores(
+    runs: Runs, script: str
+) -> None:
+    rows = runs.get(script).table()
     assert [r[0] for r in rows] == ["sqlite", "postgresql"]
     for store, backlog, *figures in rows:
         assert backlog == str(3 * (3 + 2 * (3 + 2))), store  # 3 runs of 2 steps with 2 logs
         assert positive(*(numbers(" ".join(figures)))), (store, figures)
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_bench_recorder_sql_times_a_drain_by_statement(runs: Runs, backend: str) -> None:
-    out = runs.get(f"bench_recorder_sql_{backend}").out
+@pytest.mark.parametrize("script", ["bench_recorder_sql_postgresql", "bench_recorder_sql_sqlite"])
+def test_bench_recorder_sql_times_a_drain_by_statement(runs: Runs, script: str) -> None:
+    out = runs.get(script).out
+    backend = script.rsplit("_", 1)[1]
     drain = re.search(
         rf"{backend}: (\d+) events in (\d+) batches; drain ([\d.]+) s wall; "
         r"recorder CPU ([\d.]+) s = (\d+) us an event",
@@ -309,11 +326,11 @@ def test_bench_recorder_sql_times_a_drain_by_statement(runs: Runs, backend: str)
     assert re.search(r"ms +\d+ x  INSERT INTO cf_runs", out)
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+@pytest.mark.parametrize("script", ["bench_queries_postgresql", "bench_queries_sqlite"])
 def test_bench_queries_loads_generated_history_and_times_every_query(
-    runs: Runs, backend: str
+    runs: Runs, script: str
 ) -> None:
-    ran = runs.get(f"bench_queries_{backend}")
+    ran = runs.get(script)
     loaded = re.search(r"200 runs, ([\d,]+) step attempts", ran.out)
     assert loaded and int(loaded[1].replace(",", "")) >= 200 * 20, ran.out[-3000:]
     rows = ran.table()
@@ -324,8 +341,11 @@ def test_bench_queries_loads_generated_history_and_times_every_query(
         assert positive(*numbers(p50), *numbers(p95)), query
 
 
-def test_bench_watchdog_compares_a_check_with_the_floor_of_reading_live_runs(runs: Runs) -> None:
-    out = runs.get("bench_watchdog").out
+@pytest.mark.parametrize("script", ["bench_watchdog"])
+def test_bench_watchdog_compares_a_check_with_the_floor_of_reading_live_runs(
+    runs: Runs, script: str
+) -> None:
+    out = runs.get(script).out
     rows = re.findall(r"^ +(\d+) +([\d.]+)ms +([\d.]+)ms +([\d.]+)$", out, re.M)
     assert [int(r[0]) for r in rows] == [20, 40], out
     for _, check, floor, ratio in rows:
@@ -335,8 +355,9 @@ def test_bench_watchdog_compares_a_check_with_the_floor_of_reading_live_runs(run
     assert scan and positive(float(scan[1]))
 
 
-def test_bench_logging_measures_log_lines_end_to_end_and_by_part(runs: Runs) -> None:
-    out = runs.get("bench_logging").out
+@pytest.mark.parametrize("script", ["bench_logging"])
+def test_bench_logging_measures_log_lines_end_to_end_and_by_part(runs: Runs, script: str) -> None:
+    out = runs.get(script).out
     wall = re.search(r"wall: step without logs ([\d.]+) ms, with 1000 log lines ([\d.]+) ms", out)
     assert wall and positive(float(wall[1]), float(wall[2])), out
     events = re.search(r"(\d+) log events reached Redis", out)
@@ -345,8 +366,9 @@ def test_bench_logging_measures_log_lines_end_to_end_and_by_part(runs: Runs) -> 
     assert parts and positive(float(parts[1]), float(parts[2]))
 
 
-def test_bench_planning_times_load_plan_and_compile_of_every_shape(runs: Runs) -> None:
-    out = runs.get("bench_planning").out
+@pytest.mark.parametrize("script", ["bench_planning"])
+def test_bench_planning_times_load_plan_and_compile_of_every_shape(runs: Runs, script: str) -> None:
+    out = runs.get(script).out
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
     shapes = ["sequential", "chain", "reversed", "fanout", "diamonds", "zigzag"]
     assert [(r[0], r[1]) for r in rows] == [(s, n) for s in shapes for n in ("40", "80")], out
@@ -358,8 +380,9 @@ def test_bench_planning_times_load_plan_and_compile_of_every_shape(runs: Runs) -
             assert plan_ratio == total_ratio == 1.0
 
 
-def test_bench_guard_times_the_message_guard_on_three_messages(runs: Runs) -> None:
-    out = runs.get("bench_guard").out
+@pytest.mark.parametrize("script", ["bench_guard"])
+def test_bench_guard_times_the_message_guard_on_three_messages(runs: Runs, script: str) -> None:
+    out = runs.get(script).out
     rows = re.findall(
         r"(\d+) bytes +([\d.]+) us/message +([\d.]+)x a json.loads +refused=(\w+)", out
     )
@@ -368,20 +391,22 @@ def test_bench_guard_times_the_message_guard_on_three_messages(runs: Runs) -> No
         assert positive(int(size), float(micros))
 
 
-def test_bench_flower_sees_the_same_fleet_as_a_real_flower(runs: Runs) -> None:
-    figures = runs.get("bench_flower").json
+@pytest.mark.parametrize("script", ["bench_flower"])
+def test_bench_flower_sees_the_same_fleet_as_a_real_flower(runs: Runs, script: str) -> None:
+    figures = runs.get(script).json
     assert figures["flower"] == ["2.2.0"]
     size = figures["sizes"]["30"]
     same = size["same_fleet"]
-    assert same["same_worker_seen"] and same["sample_mismatches"] == []
-    assert same["succeeded"] == {"canvasflow": 30, "flower": 30}
+    assert same["same_worker_seen"] and same["sample_mismatches"] == [], size
+    assert same["succeeded"] == {"canvasflow": 30, "flower": 30}, size
     for what, both in size["ms"].items():
         assert positive(both["canvasflow"], both["flower"]), what
     assert positive(*size["rss_after_requests_mb"].values())
 
 
-def test_bench_web_measures_every_dashboard_phase(runs: Runs) -> None:
-    figures = runs.get("bench_web").json
+@pytest.mark.parametrize("script", ["bench_web"])
+def test_bench_web_measures_every_dashboard_phase(runs: Runs, script: str) -> None:
+    figures = runs.get(script).json
     v = figures["variants"]["default"]
     for phase in ("api_runs_active", "api_runs_completed_page_21", "api_run_detail"):
         assert v[phase]["n"] >= 2 and positive(v[phase]["p50"], v[phase]["max"]), phase
@@ -391,8 +416,9 @@ def test_bench_web_measures_every_dashboard_phase(runs: Runs) -> None:
     assert fanout["deliveries"] == fanout["expected"] > 0 and positive(fanout["p50"])
 
 
-def test_drill_worker_loss_runs_the_step_of_a_killed_worker_again(runs: Runs) -> None:
-    out = runs.get("drill_worker_loss").out
+@pytest.mark.parametrize("script", ["drill_worker_loss"])
+def test_drill_worker_loss_runs_the_step_of_a_killed_worker_again(runs: Runs, script: str) -> None:
+    out = runs.get(script).out
     assert "run COMPLETED; step attempts: 2" in out, out
     again = re.search(
         r"attempt 2: COMPLETED on second@\S+, started ([\d.]+) s after the first", out
@@ -400,13 +426,15 @@ def test_drill_worker_loss_runs_the_step_of_a_killed_worker_again(runs: Runs) ->
     assert again and positive(float(again[1]))
 
 
-@pytest.mark.parametrize("name", ["worker_kill", "redis_restart", "recorder", "soak"])
-def test_drills_lose_and_duplicate_nothing(runs: Runs, name: str) -> None:
-    ran = runs.get(f"drills_{name}")
+@pytest.mark.parametrize(
+    "script", ["drills_worker_kill", "drills_redis_restart", "drills_recorder", "drills_soak"]
+)
+def test_drills_lose_and_duplicate_nothing(runs: Runs, script: str) -> None:
+    ran = runs.get(script)
     [row] = ran.json
     assert row["tried"] == row["survived"] > 0, row
     assert row["lost"] == row["duplicated"] == 0, row
     assert f"| {row['drill']} | {row['tried']} |" in ran.out
-    if name == "soak":
+    if script == "drills_soak":
         active = row["figures"]["run_list_ms"]["now_active"]
         assert active["n"] > 0 and positive(active["p50"], active["p95"])
