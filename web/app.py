@@ -21,11 +21,12 @@ from orchestrator.engine.client import Client
 from orchestrator.errors import StoreError
 from orchestrator.settings import Settings
 from web import (
-    accounts,  # noqa: F401 - adds the permission and lockout routes to api.blp
+    accounts,  # noqa: F401 - adds the account routes to api.blp
     auth,
     limits,
     pages,
     rest,
+    workflows,  # noqa: F401 - adds the workflow and analytics routes to api.blp
 )
 from web import api as api_module
 from web.detail import RunDetails

@@ -29,7 +29,7 @@ import socket
 import time
 import traceback
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry, SoftTimeLimitExceeded
@@ -236,52 +236,46 @@ def _may_run_first(
     ) and rt.watch.clean(run_id)
 
 
+class _Who(NamedTuple):
+    """Who runs this attempt: the Celery task, its worker, and the owner its begin and lease
+    carry (so the same process asking again is recognised)."""
+
+    task_id: str
+    worker: str
+    owner: str
+
+
+def _who(task: Task) -> _Who:
+    request = task.request
+    task_id = request.id or ""
+    return _Who(task_id, request.hostname or HOST, f"{HOST}:{os.getpid()}:{task_id}")
+
+
 def _run_step(
     task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]
 ) -> Any:
     run_id, epoch, sid = hdr["run"], hdr["epoch"], spec["id"]
     known = core.merge(incoming)
-    request = task.request
-    task_id = request.id or ""
-    worker = request.hostname or HOST
-    owner = f"{HOST}:{os.getpid()}:{task_id}"
-
+    who = _who(task)
     if spec.get("deps") == "@":
         spec = {**spec, "deps": rt.state.step_deps(run_id, sid)}
     entry = core.admit(spec, hdr, known)
-    if isinstance(entry, core.Go) and _may_run_first(task, rt, spec, known, run_id):
-        ctx = _start_first(rt, hdr, sid, owner, task_id, worker)
-    else:
-        reason = entry.reason if isinstance(entry, core.Skip) else ""
-        verdict, info, *rest = rt.state.begin_step(
-            run_id,
-            sid,
-            epoch,
-            intent="skip" if reason else "run",
-            owner=owner,
-            lease_ttl=rt.lease_ttl,
-            task_id=task_id,
-            worker=worker,
-            reason=reason,
-        )
-        if verdict != "go":
-            return _not_begun(task, rt, spec, known, verdict, info, rest)
-        ctx = StepContext(run_id, sid, int(info), hdr.get("wf", ""))
-        rt.heartbeat.add(ctx, owner)
+    ctx = _begin(task, rt, spec, hdr, known, entry, who)
+    if not isinstance(ctx, StepContext):
+        return ctx  # Redis said the step may not (or need not) run: what flows on instead
     go = entry if isinstance(entry, core.Go) else core.Go()  # begin_step never says go to a skip
 
     started = ctx.started
     rendered, output, failure, phase = _attempt(rt, spec, hdr, known, go, ctx)
-    attempt = ctx.attempt
-    end = core.conclude(failure, spec, attempt)
+    end = core.conclude(failure, spec, ctx.attempt)
     finished = time.time()
     record = core.attempt_record(
         spec,
         end.status,
         started=started,
         finished=finished,
-        worker=worker,
-        task_id=task_id,
+        worker=who.worker,
+        task_id=who.task_id,
         failure=failure,
         stats=ctx.final_stats(),
         rendered=rendered,
@@ -301,46 +295,99 @@ def _run_step(
     }
 
     if phase == FRESH:
-        verdict, *answer = rt.state.run_once(
+        end = _record_fresh(rt, spec, hdr, known, ctx, end, record, common, who)
+    elif phase == BEGUN:
+        result = rt.state.finish_step(
             run_id,
             sid,
             epoch,
-            started=started,
-            attempt=record,
-            worker=worker,
-            task_id=task_id,
+            owner=who.owner,
+            attempt={"attempt": ctx.attempt, **record},
             **common,
-        )
-        if verdict != "ok":
-            _discard(rt, run_id, sid, record, verdict)
-        attempt = int(answer[0])
-        if isinstance(end, core.Retry) and attempt != ctx.attempt:
-            # Redis numbered the attempt (a step retried long after its run was last touched
-            # counts on): the wait follows that number, as after begin_step.
-            end = core.Retry(core.retry_countdown(spec, attempt))
-        if core.halting(answer[1], answer[2]):
-            # Paused, cancelled or failing while this step ran: what follows asks Redis first.
-            rt.watch.touch(run_id)
-            known[core.HALTING] = 1
-    elif phase == BEGUN:
-        result = rt.state.finish_step(
-            run_id, sid, epoch, owner=owner, attempt={"attempt": attempt, **record}, **common
         )
         if result != "ok":
             raise Ignore()  # another copy took the step over after our lease lapsed
     else:  # the late begin was refused, or the run was cancelled before Redis knew of the step
-        verdict, info_, *rest = ctx.verdict
+        verdict, info, *rest = ctx.verdict
         if verdict == "adopt":
-            return _not_begun(task, rt, spec, known, verdict, info_, rest)
+            return _not_begun(task, rt, spec, known, verdict, info, rest)
         _discard(rt, run_id, sid, record, verdict)
     if isinstance(end, core.Retry):
         raise task.retry(countdown=end.countdown, max_retries=None)
     return core.flow_on(known, spec, str(end.status), core.kept_output(spec, end.status, output))
 
 
-def _start_first(
-    rt: Runtime, hdr: Mapping[str, Any], sid: str, owner: str, task_id: str, worker: str
-) -> StepContext:
+def _begin(
+    task: Task,
+    rt: Runtime,
+    spec: Mapping[str, Any],
+    hdr: Mapping[str, Any],
+    known: core.Outcomes,
+    entry: core.Go | core.Skip,
+    who: _Who,
+) -> StepContext | core.Outcomes:
+    """Start the step: on the fast path at once, else by asking Redis (``begin_step``, which
+    also records a skip). Returns its context, or what flows on when Redis said no."""
+    run_id, sid = hdr["run"], spec["id"]
+    if isinstance(entry, core.Go) and _may_run_first(task, rt, spec, known, run_id):
+        return _start_first(rt, hdr, sid, who)
+    reason = entry.reason if isinstance(entry, core.Skip) else ""
+    verdict, info, *rest = rt.state.begin_step(
+        run_id,
+        sid,
+        hdr["epoch"],
+        intent="skip" if reason else "run",
+        owner=who.owner,
+        lease_ttl=rt.lease_ttl,
+        task_id=who.task_id,
+        worker=who.worker,
+        reason=reason,
+    )
+    if verdict != "go":
+        return _not_begun(task, rt, spec, known, verdict, info, rest)
+    ctx = StepContext(run_id, sid, int(info), hdr.get("wf", ""))
+    rt.heartbeat.add(ctx, who.owner)
+    return ctx
+
+
+def _record_fresh(
+    rt: Runtime,
+    spec: Mapping[str, Any],
+    hdr: Mapping[str, Any],
+    known: core.Outcomes,
+    ctx: StepContext,
+    end: core.End,
+    record: Mapping[str, Any],
+    common: Mapping[str, Any],
+    who: _Who,
+) -> core.End:
+    """Record a fast-path attempt, start and end in one script (``run_once``)."""
+    run_id, sid = hdr["run"], spec["id"]
+    verdict, *answer = rt.state.run_once(
+        run_id,
+        sid,
+        hdr["epoch"],
+        started=ctx.started,
+        attempt=record,
+        worker=who.worker,
+        task_id=who.task_id,
+        **common,
+    )
+    if verdict != "ok":
+        _discard(rt, run_id, sid, record, verdict)
+    attempt = int(answer[0])
+    if isinstance(end, core.Retry) and attempt != ctx.attempt:
+        # Redis numbered the attempt (a step retried long after its run was last touched counts
+        # on): the wait follows that number, as after begin_step.
+        end = core.Retry(core.retry_countdown(spec, attempt))
+    if core.halting(answer[1], answer[2]):
+        # Paused, cancelled or failing while this step ran: what follows asks Redis first.
+        rt.watch.touch(run_id)
+        known[core.HALTING] = 1
+    return end
+
+
+def _start_first(rt: Runtime, hdr: Mapping[str, Any], sid: str, who: _Who) -> StepContext:
     """Put a step on the fast path: as far as anyone can know, this is attempt 1 (a first
     delivery of an untouched run's step); the heartbeat begins it late if it runs long."""
     run_id, epoch = hdr["run"], hdr["epoch"]
@@ -353,18 +400,18 @@ def _start_first(
             sid,
             epoch,
             intent="late",
-            owner=owner,
+            owner=who.owner,
             lease_ttl=rt.lease_ttl,
-            task_id=task_id,
-            worker=worker,
+            task_id=who.task_id,
+            worker=who.worker,
             started=ctx.started,
         )
 
     def terminate() -> None:
         if rt.revoke is not None:
-            rt.revoke(task_id)
+            rt.revoke(who.task_id)
 
-    rt.heartbeat.add(ctx, owner, begin=begin_late, terminate=terminate)
+    rt.heartbeat.add(ctx, who.owner, begin=begin_late, terminate=terminate)
     return ctx
 
 
@@ -411,7 +458,7 @@ def _not_begun(
     verdict: str,
     info: str,
     rest: list[str],
-) -> Any:
+) -> core.Outcomes:
     """What a step does when Redis said it may not (or need not) run."""
     request = task.request
     then = core.not_begun(
@@ -530,6 +577,18 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     )
     if isinstance(plan, core.Wait):
         raise task.retry(countdown=plan.countdown, max_retries=None)
+    return _carry_out(rt, run_id, int(epoch), run, defn, plan)
+
+
+def _carry_out(
+    rt: Runtime,
+    run_id: str,
+    epoch: int,
+    run: Mapping[str, str],
+    defn: Definition | None,
+    plan: core.SettlePlan,
+) -> str:
+    """Write what the settle plan says, in its order."""
     for sid in plan.lost:
         # only if still RUNNING: the step may have finished since the read above
         rt.state.set_step(
@@ -556,7 +615,7 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
         )
         if done:
             rt.dispatcher.compensations(
-                run_id, int(epoch), run, defn, list(plan.compensate), str(plan.final)
+                run_id, epoch, run, defn, list(plan.compensate), str(plan.final)
             )
         return RunStatus.COMPENSATING
     rt.state.transition(run_id, plan.final)
