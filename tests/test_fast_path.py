@@ -13,6 +13,7 @@ import redis
 
 from orchestrator import Client, Workflow
 from orchestrator.cli.embedded import EmbeddedRedis
+from orchestrator.engine.records import RunRecord
 from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
 from tests.conftest import TEST_CALL_ALLOW, WorkerProcess, make_settings
@@ -212,7 +213,7 @@ def test_a_step_cancelled_before_redis_knew_it_ran_is_terminated(
 def test_run_once_records_nothing_for_a_run_that_moved_on(redis_client: redis.Redis) -> None:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     state = RunState(redis_client, keys, state_ttl=60)
-    state.create("r1", {"workflow": "w"}, ["a", "b"], "w")
+    state.create(RunRecord.from_hash("r1", {"workflow": "w"}), ["a", "b"])
     record = {"step": "a", "status": "COMPLETED", "started_at": 1.0, "finished_at": 2.0}
     common = {
         "status": "COMPLETED",
@@ -230,8 +231,8 @@ def test_run_once_records_nothing_for_a_run_that_moved_on(redis_client: redis.Re
     # ...and the very same write again (retried after its reply was lost) is that attempt: 'ok', no-op
     assert state.run_once("r1", "a", 1, **common)[:2] == ("ok", "1")
     run, steps, attempts = state.read("r1")
-    assert run["status"] == "RUNNING" and run["settled"] == "1"
-    assert steps["a"]["status"] == "COMPLETED" and steps["a"]["output"] == '{"x":1}'
+    assert run.status == "RUNNING" and run.settled == 1
+    assert steps["a"].status == "COMPLETED" and steps["a"].output_json == '{"x":1}'
     assert attempts == [{"attempt": 1, **record}]
     types = [f[b"type"].decode() for _, f in redis_client.xrange(keys.events)]
     assert types == ["run_created", "run_status_changed", "step_started", "step_completed"]

@@ -32,8 +32,9 @@ from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry, So
 
 from orchestrator.engine import compiler
 from orchestrator.engine.control import redispatch, run_context
+from orchestrator.engine.records import RunRecord
 from orchestrator.engine.runstate import RunState, dumps
-from orchestrator.engine.states import ABANDON_SOURCES, RunStatus, StepStatus
+from orchestrator.engine.states import Move, RunStatus, StepStatus
 from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.model import expressions
 from orchestrator.model.definition import Definition, backoff_seconds, from_stored
@@ -253,17 +254,17 @@ def fail_step(
     error = f"step '{sid}' failed on worker {HOST} outside its plugin: {_text(exc)}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-16384:]
     log.error("canvasflow: %s/%s: %s\n%s", run_id, sid, error, tb)
-    fields = rt.state.r.hmget(
-        rt.state.keys.steps(run_id), f"{sid}|status", f"{sid}|attempts", f"{sid}|attempt_started_at"
-    )
-    status, attempts, started = (v.decode() if v else "" for v in fields)
+    current = rt.state.step(run_id, sid, "status", "attempts", "attempt_started_at")
+    running = current.status == StepStatus.RUNNING
     request = task.request
     finished = time.time()
     record = {
         "step": sid,
-        "attempt": int(attempts or 0) + (status != StepStatus.RUNNING),
+        "attempt": current.attempts + (not running),
         "status": "FAILED",
-        "started_at": float(started) if started and status == StepStatus.RUNNING else finished,
+        "started_at": current.attempt_started_at
+        if running and current.attempt_started_at
+        else finished,
         "finished_at": finished,
         "worker": request.hostname or HOST,
         "task_id": request.id or None,
@@ -278,8 +279,7 @@ def fail_step(
             known[HALTING] = 1
         return _record(known, spec, StepStatus.FAILED)
     # Settled already (the error came after the outcome was written): that outcome flows on.
-    now_status = rt.state.r.hget(rt.state.keys.steps(run_id), f"{sid}|status")
-    return _record(known, spec, now_status.decode() if now_status else StepStatus.FAILED)
+    return _record(known, spec, rt.state.step(run_id, sid, "status").status)
 
 
 def safe_settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
@@ -292,7 +292,7 @@ def safe_settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> st
         error = f"canvasflow could not settle the run on worker {HOST}: {_text(exc)}"
         log.exception("canvasflow: run %s: %s", hdr["run"], error)
         done, before = rt.state.transition(
-            hdr["run"], RunStatus.FAILED, fields={"error": error}, sources=ABANDON_SOURCES
+            hdr["run"], Move.ABANDON, RunStatus.FAILED, fields={"error": error}
         )
         return RunStatus.FAILED if done else before
 
@@ -566,24 +566,18 @@ def on_hard_timeout(rt: Runtime, app: Any, args: Any, limit: float) -> None:
         f"timeout: step '{sid}' did not stop at its timeout of {spec.get('timeout')}s and was "
         f"killed at the hard limit ({limit:g}s)"
     )
-    fields = rt.state.r.hmget(
-        rt.state.keys.steps(run_id),
-        f"{sid}|attempts",
-        f"{sid}|attempt_started_at",
-        f"{sid}|worker",
-        f"{sid}|task_id",
-    )
-    attempts, started, worker, task_id = (v.decode() if v else "" for v in fields)
+    current = rt.state.step(run_id, sid, "attempts", "attempt_started_at", "worker", "task_id")
+    started = current.attempt_started_at
     finished = time.time()
     record = {
         "step": sid,
-        "attempt": int(attempts or 1),
+        "attempt": current.attempts or 1,
         "status": "FAILED",
-        "started_at": float(started) if started else None,
+        "started_at": started,
         "finished_at": finished,
-        "duration": round(finished - float(started), 6) if started else None,
-        "worker": worker or None,
-        "task_id": task_id or None,
+        "duration": round(finished - started, 6) if started else None,
+        "worker": current.worker,
+        "task_id": current.task_id,
         "error": error,
         "killed": True,
     }
@@ -595,8 +589,8 @@ def on_hard_timeout(rt: Runtime, app: Any, args: Any, limit: float) -> None:
         )
 
 
-def load_run_definition(run: Mapping[str, str]) -> Definition:
-    return from_stored(json.loads(run["definition"]))
+def load_run_definition(run: RunRecord) -> Definition:
+    return from_stored(run.definition)
 
 
 def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
@@ -610,21 +604,19 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
     if head[1] != str(epoch):
         return "stale"
     if head[0] in (RunStatus.RUNNING, RunStatus.PENDING) and not head[2]:
-        done, _ = rt.state.transition(
-            run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING]
-        )
+        done, _ = rt.state.transition(run_id, Move.SETTLE, RunStatus.COMPLETED)
         if done:
             return RunStatus.COMPLETED
     data = rt.state.read(run_id)
     if data is None:
         return "gone"
     run, steps, _ = data
-    if run.get("epoch") != str(epoch):
+    if run.epoch != int(epoch):
         return "stale"
-    status, halt = run["status"], run.get("halt", "")
+    status, halt = run.status, run.halt
     # After a cancel (a lone settle with a new epoch) steps of the old dispatch may still be
     # running: wait for them; a RUNNING step without a lease has lost its worker.
-    running = [sid for sid, f in steps.items() if f.get("status") == StepStatus.RUNNING]
+    running = [sid for sid, step in steps.items() if step.status == StepStatus.RUNNING]
     alive = [sid for sid in running if rt.state.lease_holder(run_id, sid)]
     if alive:
         raise task.retry(countdown=0.5, max_retries=None)
@@ -639,7 +631,7 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
             fields={"error": "its worker was lost while the run was being cancelled"},
         )
     if status == RunStatus.PAUSING and not halt:
-        rt.state.transition(run_id, RunStatus.PAUSED, sources=[RunStatus.PAUSING])
+        rt.state.transition(run_id, Move.SETTLE, RunStatus.PAUSED)
         return RunStatus.PAUSED
     if status in (RunStatus.CANCELLING,) or halt:
         target = (
@@ -647,29 +639,33 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
             if status == RunStatus.CANCELLING or halt == "cancelled"
             else RunStatus.FAILED
         )
-        for sid, fields in steps.items():
-            if fields.get("status") in (StepStatus.PENDING, StepStatus.RETRYING):
+        for sid, step in steps.items():
+            if step.status in (StepStatus.PENDING, StepStatus.RETRYING):
                 rt.state.set_step(
-                    run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=fields["status"]
+                    run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=step.status
                 )
         defn = load_run_definition(run)
         order = [
             sid
             for sid in reversed(rt.state.completed_order(run_id))
-            if steps.get(sid, {}).get("status") == StepStatus.COMPLETED
+            if sid in steps
+            and steps[sid].status == StepStatus.COMPLETED
             and defn.step(sid).compensate
         ]
         if order:
             done, _ = rt.state.transition(
-                run_id, RunStatus.COMPENSATING, fields={"compensate_target": str(target)}
+                run_id,
+                Move.SETTLE,
+                RunStatus.COMPENSATING,
+                fields={"compensate_target": str(target)},
             )
             if done:
                 ctx = run_context(run_id, int(epoch), run, defn, rt.settings)
                 compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
             return RunStatus.COMPENSATING
-        rt.state.transition(run_id, target)
+        rt.state.transition(run_id, Move.SETTLE, target)
         return target
-    rt.state.transition(run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING])
+    rt.state.transition(run_id, Move.SETTLE, RunStatus.COMPLETED)
     return RunStatus.COMPLETED
 
 
@@ -687,9 +683,9 @@ def safe_compensate(
         log.exception("canvasflow: run %s: %s", hdr["run"], message)
         rt.state.transition(
             hdr["run"],
+            Move.COMPENSATED,
             RunStatus.COMPENSATION_FAILED,
             fields={"error": message},
-            sources=[RunStatus.COMPENSATING],
         )
         return {"failed": True, "step": spec["id"], "error": message}
 
@@ -701,27 +697,17 @@ def compensate(
         return prev  # an earlier compensation failed: the rest wait for an operator
     run_id, sid = hdr["run"], spec["id"]
     data = rt.state.read(run_id)
-    if data is None or data[0].get("epoch") != str(hdr["epoch"]):
+    if data is None or data.run.epoch != int(hdr["epoch"]):
         raise Ignore()
     run, steps, _ = data
     rt.state.set_step(run_id, sid, StepStatus.COMPENSATING, "step_compensating")
     scope = {
-        "inputs": json.loads(run.get("inputs", "{}")),
-        "steps": {
-            s: {
-                "status": f.get("status"),
-                "output": json.loads(f["output"]) if f.get("output") else None,
-            }
-            for s, f in steps.items()
-        },
-        "run": {
-            "id": run_id,
-            "workflow": run.get("workflow", ""),
-            "version": run.get("version", ""),
-        },
+        "inputs": run.inputs,
+        "steps": {s: {"status": step.status, "output": step.output} for s, step in steps.items()},
+        "run": {"id": run_id, "workflow": run.workflow, "version": run.version},
     }
     attempt = task.request.retries + 1
-    ctx = StepContext(run_id, sid, attempt, run.get("workflow", ""))
+    ctx = StepContext(run_id, sid, attempt, run.workflow)
     try:
         params = expressions.render_value(spec.get("params") or {}, scope)
         output = call_plugin(rt, spec, params, ctx)
@@ -742,10 +728,7 @@ def compensate(
             data={"error": message},
         )
         rt.state.transition(
-            run_id,
-            RunStatus.COMPENSATION_FAILED,
-            fields={"error": message},
-            sources=[RunStatus.COMPENSATING],
+            run_id, Move.COMPENSATED, RunStatus.COMPENSATION_FAILED, fields={"error": message}
         )
         return {"failed": True, "step": sid, "error": message}
     rt.state.emit(run_id, ctx.drain())
@@ -754,7 +737,7 @@ def compensate(
         sid,
         StepStatus.COMPENSATED,
         "step_compensated",
-        fields={"compensation_output": output},
+        fields={"compensation_output_json": output},
     )
     return {"ok": True}
 
@@ -762,5 +745,5 @@ def compensate(
 def compensated(rt: Runtime, prev: Any, hdr: Mapping[str, Any], target: str) -> str:
     if isinstance(prev, Mapping) and prev.get("failed"):
         return RunStatus.COMPENSATION_FAILED
-    rt.state.transition(hdr["run"], RunStatus(target), sources=[RunStatus.COMPENSATING])
+    rt.state.transition(hdr["run"], Move.COMPENSATED, RunStatus(target))
     return target

@@ -8,7 +8,6 @@ event stream as ``operator_action`` and lands in the audit store's operator log.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -16,8 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.engine import compiler
+from orchestrator.engine.records import RunRecord, StepRecord
 from orchestrator.engine.runstate import RunState
-from orchestrator.engine.states import SETTLED_STEP_STATUSES, RunStatus, StepStatus, sources_of
+from orchestrator.engine.states import SETTLED_STEP_STATUSES, Move, RunStatus, StepStatus, sources
 from orchestrator.errors import CanvasflowError, ControlError, UnknownRun
 from orchestrator.model.definition import Definition, from_stored
 from orchestrator.settings import Settings
@@ -25,14 +25,17 @@ from orchestrator.settings import Settings
 if TYPE_CHECKING:
     from orchestrator.engine.client import Client, Run
 
-# Which statuses allow which action; derived from the one transition table where it can be.
+# Which statuses allow which action: the operator's moves of the transition table.
 ALLOWED: dict[str, list[str]] = {
-    "pause": [s for s in sources_of(RunStatus.PAUSING)],
-    "resume": [RunStatus.PAUSED],
-    "cancel": [s for s in sources_of(RunStatus.CANCELLING)],
-    "retry": [RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.COMPLETED],
-    "retry_compensation": [RunStatus.COMPENSATION_FAILED],
-    "resolve": [RunStatus.COMPENSATION_FAILED],
+    str(m): sources(m)
+    for m in (
+        Move.PAUSE,
+        Move.RESUME,
+        Move.CANCEL,
+        Move.RETRY,
+        Move.RETRY_COMPENSATION,
+        Move.RESOLVE,
+    )
 }
 # Run fields that a retry clears.
 RETRY_CLEARS = ["halt", "failed_step", "error", "finished_at", "compensate_target", "resolved_by"]
@@ -94,7 +97,7 @@ class Control:
         action: str = "",
         actor: str = "",
         reason: str | None = None,
-    ) -> tuple[dict[str, str], dict[str, dict[str, str]], Definition]:
+    ) -> tuple[RunRecord, dict[str, StepRecord], Definition]:
         data = self.state.read(run_id)
         if data is None:
             if (
@@ -103,15 +106,15 @@ class Control:
                 self._audit(run_id, action, actor, reason, "refused: unknown run")
             raise UnknownRun(run_id)
         run, steps, _ = data
-        return run, steps, from_stored(json.loads(run["definition"]))
+        return run, steps, from_stored(run.definition)
 
     def _dispatch(
         self,
         run_id: str,
         epoch: int,
-        run: Mapping[str, str],
+        run: RunRecord,
         defn: Definition,
-        steps: Mapping[str, Mapping[str, str]],
+        steps: Mapping[str, StepRecord],
         reset: Iterable[str] = (),
     ) -> None:
         dispatch_remaining(
@@ -123,10 +126,7 @@ class Control:
     def pause(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
         """No new step starts; running steps finish; the run goes PAUSING, then PAUSED."""
         ok, before = self.state.transition(
-            run_id,
-            RunStatus.PAUSING,
-            sources=ALLOWED["pause"],
-            data={"action": "pause", "actor": actor},
+            run_id, Move.PAUSE, RunStatus.PAUSING, data={"action": "pause", "actor": actor}
         )
         if not ok:
             raise self._refuse("pause", run_id, before, actor, reason)
@@ -137,10 +137,7 @@ class Control:
         """Continue a PAUSED run: compile what is left; no settled step runs again."""
         run, steps, defn = self._load(run_id, "resume", actor, reason)
         verdict, before, epoch = self.state.restart(
-            run_id,
-            RunStatus.RUNNING,
-            sources=ALLOWED["resume"],
-            data={"action": "resume", "actor": actor},
+            run_id, Move.RESUME, RunStatus.RUNNING, data={"action": "resume", "actor": actor}
         )
         if verdict != "ok":
             raise self._refuse("resume", run_id, before, actor, reason)
@@ -155,7 +152,6 @@ class Control:
         ``terminate=False``, finish), then completed steps are compensated newest first."""
         verdict, before, epoch, task_ids = self.state.cancel(
             run_id,
-            sources=ALLOWED["cancel"],
             terminate=terminate,
             data={"action": "cancel", "actor": actor, "reason": reason or ""},
         )
@@ -163,9 +159,12 @@ class Control:
             raise self._refuse("cancel", run_id, before, actor, reason)
         if task_ids:
             self.client.celery.control.revoke(task_ids, terminate=True, signal="SIGTERM")
-        run = self.client.redis.hget(self.client.keys.run(run_id), "priority")
+        (run,) = self.state.runs([run_id], "priority")
         ctx = compiler.RunContext(
-            run_id, epoch, (run or b"normal").decode(), queue=self.client.settings.default_queue
+            run_id,
+            epoch,
+            run.priority if run else "normal",
+            queue=self.client.settings.default_queue,
         )
         compiler.compile_settle(ctx, app=self.client.celery).apply_async()
         self._audit(run_id, "cancel", actor, reason, "ok", {"terminated": task_ids})
@@ -186,7 +185,7 @@ class Control:
         that step and everything downstream run again, upstream outputs are kept, attempts are
         numbered on."""
         run, steps, defn = self._load(run_id, "retry", actor, reason)
-        status = run["status"]
+        status = run.status
         if status not in ALLOWED["retry"]:
             raise self._refuse("retry", run_id, status, actor, reason)
         order = defn.step_ids
@@ -194,7 +193,7 @@ class Control:
             reset = list(order)
         else:
             if from_step is None:
-                failed = [s for s in order if steps.get(s, {}).get("status") == StepStatus.FAILED]
+                failed = [s for s in order if s in steps and steps[s].status == StepStatus.FAILED]
                 if not failed:
                     exc = CanvasflowError(
                         f"run {run_id} has no failed step: name one with from_step "
@@ -213,7 +212,8 @@ class Control:
             unfinished = {
                 s
                 for s in order
-                if steps.get(s, {}).get("status")
+                if s in steps
+                and steps[s].status
                 in (
                     StepStatus.CANCELLED,
                     StepStatus.PENDING,
@@ -224,8 +224,8 @@ class Control:
             reset = [s for s in order if s == from_step or s in downstream or s in unfinished]
         verdict, before, epoch = self.state.restart(
             run_id,
+            Move.RETRY,
             RunStatus.RUNNING,
-            sources=ALLOWED["retry"],
             reset=reset,
             clear=RETRY_CLEARS,
             data={"action": "retry", "actor": actor, "from_step": from_step or "", "reset": reset},
@@ -250,11 +250,11 @@ class Control:
     ) -> ActionResult:
         """Run the compensations that have not succeeded yet, newest completion first."""
         run, steps, defn = self._load(run_id, "retry_compensation", actor, reason)
-        target = run.get("compensate_target") or RunStatus.FAILED
+        target = run.compensate_target or RunStatus.FAILED
         verdict, before, epoch = self.state.restart(
             run_id,
+            Move.RETRY_COMPENSATION,
             RunStatus.COMPENSATING,
-            sources=ALLOWED["retry_compensation"],
             clear=["error"],
             data={"action": "retry_compensation", "actor": actor},
         )
@@ -263,7 +263,7 @@ class Control:
         order = [
             s
             for s in reversed(self.state.completed_order(run_id))
-            if steps.get(s, {}).get("status") == StepStatus.COMPLETED and defn.step(s).compensate
+            if s in steps and steps[s].status == StepStatus.COMPLETED and defn.step(s).compensate
         ]
         ctx = run_context(run_id, epoch, run, defn, self.client.settings)
         compiler.compile_compensation(
@@ -280,12 +280,13 @@ class Control:
         """Mark a COMPENSATION_FAILED run as handled by hand: it ends FAILED (or CANCELLED) —
         ``as_`` ("failed" / "cancelled") or, by default, what the compensation was for. (A run
         whose hot state was lost is resolved in the audit store: orchestrator/engine/lost.py.)"""
-        run = self.client.redis.hget(self.client.keys.run(run_id), "compensate_target")
-        target = RunStatus(as_.upper()) if as_ else RunStatus((run or b"FAILED").decode())
+        (run,) = self.state.runs([run_id], "compensate_target")
+        compensated_for = (run.compensate_target if run else None) or RunStatus.FAILED
+        target = RunStatus(as_.upper() if as_ else compensated_for)
         ok, before = self.state.transition(
             run_id,
+            Move.RESOLVE,
             target,
-            sources=ALLOWED["resolve"],
             fields={"resolved_by": actor},
             data={"action": "resolve", "actor": actor, "reason": reason or ""},
         )
@@ -308,14 +309,14 @@ class Control:
         except UnknownRun:
             self._audit(run_id, "clone", actor, reason, "refused: unknown run")
             raise
-        merged = {**json.loads(run.get("inputs", "{}")), **(inputs or {})}
+        merged = {**run.inputs, **(inputs or {})}
         new = self.client.submit(
             defn,
             inputs=merged,
-            priority=run.get("priority"),
+            priority=run.priority,
             triggered_by=actor,
             trigger_type="clone",
-            tags=json.loads(run.get("tags", "[]")),
+            tags=run.tags,
             cloned_from=run_id,
         )
         self._audit(run_id, "clone", actor, reason, "ok", {"new_run": new.id})
@@ -323,13 +324,13 @@ class Control:
 
 
 def run_context(
-    run_id: str, epoch: int, run: Mapping[str, str], defn: Definition, settings: Settings
+    run_id: str, epoch: int, run: RunRecord, defn: Definition, settings: Settings
 ) -> compiler.RunContext:
-    inputs = json.loads(run.get("inputs", "{}"))
+    inputs = run.inputs
     return compiler.RunContext(
         run_id,
         epoch,
-        run.get("priority", "normal"),
+        run.priority,
         settings.hard_timeout_grace,
         defn.id,
         defn.version or "",
@@ -343,20 +344,19 @@ def dispatch_remaining(
     settings: Settings,
     run_id: str,
     epoch: int,
-    run: Mapping[str, str],
+    run: RunRecord,
     defn: Definition,
-    steps: Mapping[str, Mapping[str, str]],
+    steps: Mapping[str, StepRecord],
     reset: Iterable[str] = (),
 ) -> None:
     """Send the canvas for every step not settled (and not reset), seeded with the outcomes of
     the settled ones. Steps still running from an earlier dispatch are adopted when they end."""
     reset = set(reset)
     settled = {}
-    for sid, f in steps.items():
-        if sid in reset or f.get("status") not in SETTLED_STEP_STATUSES:
+    for sid, step in steps.items():
+        if sid in reset or step.status not in SETTLED_STEP_STATUSES:
             continue
-        out = f.get("output")
-        settled[sid] = (f["status"], json.loads(out) if out else None)
+        settled[sid] = (step.status, step.output)
     ctx = run_context(run_id, epoch, run, defn, settings)
     compiler.compile_run(defn, ctx, settled=settled, app=app).apply_async()
 
@@ -368,17 +368,18 @@ def redispatch(state: RunState, app: Any, settings: Settings, run_id: str, reaso
     if data is None:
         return False
     run, steps, _ = data
-    status = run["status"]
+    status = run.status
     if status not in (RunStatus.RUNNING, RunStatus.PAUSING, RunStatus.PENDING):
         return False  # a cancel already sent its own settle; a final run needs nothing
     verdict, _, epoch = state.restart(
-        run_id, RunStatus(status), sources=[status], data={"action": "redispatch", "reason": reason}
+        run_id,
+        Move.REDISPATCH,
+        RunStatus(status),
+        data={"action": "redispatch", "reason": reason},
     )
     if verdict != "ok":
         return False
-    dispatch_remaining(
-        app, settings, run_id, epoch, run, from_stored(json.loads(run["definition"])), steps
-    )
+    dispatch_remaining(app, settings, run_id, epoch, run, from_stored(run.definition), steps)
     return True
 
 
