@@ -45,10 +45,10 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from orchestrator.audit import AuditStore  # noqa: E402
 from orchestrator.audit.recorder import Recorder  # noqa: E402
-from orchestrator.engine.records import RunRecord  # noqa: E402
 from orchestrator.engine.runstate import RunState, dumps, now  # noqa: E402
 from orchestrator.engine.states import Move, RunStatus  # noqa: E402
 from orchestrator.keys import Keys  # noqa: E402
+from orchestrator.records import RunRecord  # noqa: E402
 
 DEFAULT_PG = os.environ.get(
     "CANVASFLOW_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench"

@@ -25,9 +25,9 @@ sys.path[:0] = [str(HERE.parent)]
 
 from orchestrator import Client  # noqa: E402
 from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
-from orchestrator.engine.records import RunRecord  # noqa: E402
 from orchestrator.engine.watchdog import Watchdog  # noqa: E402
 from orchestrator.fleet.inspect import queue_keys  # noqa: E402
+from orchestrator.records import RunRecord  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 DEFINITION = '{"id":"bench","steps":[{"id":"a","plugin":"builtin","method":"echo"}]}'

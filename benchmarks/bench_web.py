@@ -54,8 +54,8 @@ from orchestrator.audit.models import runs as runs_table  # noqa: E402
 from orchestrator.audit.models import steps as steps_table  # noqa: E402
 from orchestrator.audit.store import AuditStore  # noqa: E402
 from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
-from orchestrator.engine.records import RunRecord  # noqa: E402
 from orchestrator.engine.states import Move, RunStatus  # noqa: E402
+from orchestrator.records import RunRecord  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 CHROMIUM_ARGS = [

@@ -93,8 +93,10 @@ def log_lines(data: dict[str, Any]) -> list[dict[str, Any]]:
     if "n" not in data:
         return [{"ts": None, **data}]
     n = int(data["n"])
-    cols = {k: data.get(k) for k in ("level", *_ENTITIES)}
-    cols = {k: v if isinstance(v, list) else [v] * n for k, v in cols.items()}
+    cols: dict[str, list[Any]] = {
+        k: v if isinstance(v, list) else [v] * n
+        for k, v in ((k, data.get(k)) for k in ("level", *_ENTITIES))
+    }
     return [
         {"ts": us / 1e6, "message": data["message"][i], **{k: v[i] for k, v in cols.items()}}
         for i, us in enumerate(data["ts"])

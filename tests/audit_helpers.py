@@ -18,8 +18,8 @@ from sqlalchemy import select
 from orchestrator.audit import AuditStore, Event, Lookups
 from orchestrator.audit.models import events, runs, step_attempts, step_logs, steps
 from orchestrator.audit.recorder import Recorder
-from orchestrator.engine.records import RunRecord
 from orchestrator.keys import Keys
+from orchestrator.records import RunRecord
 from orchestrator.settings import Settings
 from tests.conftest import ROOT
 

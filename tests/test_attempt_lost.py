@@ -15,9 +15,9 @@ from orchestrator import Client, Workflow
 from orchestrator.audit import AuditStore
 from orchestrator.audit.models import step_attempts
 from orchestrator.audit.recorder import Recorder
-from orchestrator.engine.records import RunRecord
 from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
+from orchestrator.records import RunRecord
 from tests.audit_helpers import wait_for
 from tests.conftest import make_settings
 

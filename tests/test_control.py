@@ -271,7 +271,7 @@ def test_clone_starts_the_same_version_with_overridden_inputs(client: Client) ->
     )
     run = client.submit(wf)
     run.wait(20)
-    new = client.control.clone(run.id, inputs={"n": 10}, actor="frank")
+    new = client.clone(run.id, inputs={"n": 10}, actor="frank")
     snap = new.wait(20)
     assert snap.status == "COMPLETED"
     assert snap.step("a").output == {"n": 10, "m": 2}

@@ -928,3 +928,29 @@ def test_every_example_loads_and_round_trips(path: Path) -> None:
     d = load_file(path)
     assert d.id == path.stem
     assert load_definition(d.to_dict()) == d
+
+
+def test_descendants_are_every_step_downstream_of_one_through_any_path() -> None:
+    defn = (
+        Workflow("diamond")
+        .step("a", "builtin", "echo")
+        .step("b", "builtin", "echo", depends_on="a")
+        .step("c", "builtin", "echo", depends_on="a")
+        .step("d", "builtin", "echo", depends_on=["b", "c"])
+        .step("lone", "builtin", "echo")
+        .build()
+    )
+    assert defn.descendants("a") == {"b", "c", "d"}
+    assert defn.descendants("b") == {"d"}
+    assert defn.descendants("d") == set() and defn.descendants("lone") == set()
+
+
+def test_in_sequential_mode_every_later_step_is_a_descendant() -> None:
+    defn = (
+        Workflow("seq", mode="sequential")
+        .step("a", "builtin", "echo")
+        .step("b", "builtin", "echo")
+        .step("c", "builtin", "echo")
+        .build()
+    )
+    assert defn.descendants("a") == {"b", "c"} and defn.descendants("c") == set()

@@ -13,9 +13,9 @@ import redis
 
 from orchestrator import Client, Workflow
 from orchestrator.cli.embedded import EmbeddedRedis
-from orchestrator.engine.records import RunRecord
 from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
+from orchestrator.records import RunRecord
 from tests.conftest import TEST_CALL_ALLOW, WorkerProcess, make_settings
 from tests.web_helpers import wait_for
 

@@ -39,6 +39,69 @@ def test_package_imports_follow_the_dependency_rule(package: str) -> None:
     assert offenders == []
 
 
+# --- orchestrator's layers (issue 14 item 6): each sub-package's README says what it may import.
+BASE = {"errors", "keys", "logbatch", "records"}
+# layer -> the parts of orchestrator it may import, and the libraries it must not.
+LAYERS: dict[str, tuple[set[str], set[str]]] = {
+    "errors": (set(), {"celery", "kombu", "redis", "sqlalchemy"}),
+    "keys": (set(), {"celery", "kombu", "redis", "sqlalchemy"}),
+    "logbatch": (set(), {"celery", "kombu", "redis", "sqlalchemy"}),
+    "records": ({"keys"}, {"celery", "kombu", "redis", "sqlalchemy"}),
+    "model": (
+        {"errors", "model"},
+        {"celery", "kombu", "redis", "sqlalchemy", "alembic", "click", "rich"},
+    ),
+    "settings": ({"errors", "model"}, {"celery", "kombu", "redis", "sqlalchemy"}),
+    "audit": (BASE | {"settings", "audit"}, {"celery", "kombu"}),
+    "fleet": (BASE | {"settings", "audit", "fleet"}, {"click", "rich"}),
+    "engine": (BASE | {"model", "settings", "audit", "fleet", "engine"}, {"click", "rich"}),
+    "cli": (BASE | {"model", "settings", "audit", "fleet", "engine", "cli", "__init__"}, set()),
+}
+
+
+def layer_of(path: Path) -> str:
+    parts = path.relative_to(ROOT / "orchestrator").parts
+    return parts[0] if len(parts) > 1 else path.stem
+
+
+def orchestrator_targets(module: str, names: list[str]) -> set[str]:
+    """The layers an import reaches: `from orchestrator import X` is the facade unless X is a module."""
+    parts = module.split(".")
+    if parts[0] != "orchestrator":
+        return set()
+    if len(parts) > 1:
+        return {parts[1]}
+    modules = {p.stem for p in (ROOT / "orchestrator").glob("*.py")} | {
+        p.name for p in (ROOT / "orchestrator").iterdir() if (p / "__init__.py").exists()
+    }
+    return {n if n in modules else "__init__" for n in names or ["__init__"]}
+
+
+def test_orchestrator_layers_import_only_what_their_readme_allows() -> None:
+    offenders = []
+    for path in sorted((ROOT / "orchestrator").rglob("*.py")):
+        layer = layer_of(path)
+        if layer == "__init__" or "migrations" in path.parts:
+            continue
+        allowed, forbidden = LAYERS[layer]
+        for module, names in imports_of(path):
+            rel = path.relative_to(ROOT)
+            if module.split(".")[0] in forbidden:
+                offenders.append(f"{rel} ({layer}) imports {module}")
+            for target in orchestrator_targets(module, names) - allowed - {layer}:
+                offenders.append(f"{rel} ({layer}) imports orchestrator.{target} via {module}")
+    assert offenders == []
+
+
+def test_every_orchestrator_layer_has_a_readme_and_a_rule() -> None:
+    packages = {p.name for p in (ROOT / "orchestrator").iterdir() if (p / "__init__.py").exists()}
+    modules = {p.stem for p in (ROOT / "orchestrator").glob("*.py")} - {"__init__"}
+    assert packages | modules == set(LAYERS)
+    for package in packages:
+        text = (ROOT / "orchestrator" / package / "README.md").read_text()
+        assert "May import" in text and "Must not import" in text, package
+
+
 def test_only_the_compiler_and_step_runtime_build_canvas() -> None:
     allowed = {"orchestrator/engine/compiler.py", "workers/step.py", "workers/app.py"}
     offenders = []
@@ -112,3 +175,126 @@ def test_docker_compose_runs_the_same_fleet_as_the_procfile() -> None:
     for service in compose.values():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), port
+
+
+# --- import graph (issue 14 item 4)
+
+GRAPH_PACKAGES = ("orchestrator", "workers", "web")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports, at module level or inside functions (including
+    ``if TYPE_CHECKING:`` blocks: a circle a type checker needs is a circle of the design)."""
+    paths = {
+        module_name(p): p
+        for package in GRAPH_PACKAGES
+        for p in sorted((ROOT / package).rglob("*.py"))
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        is_package = path.name == "__init__.py"
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolved against this module's package
+                    package = name.split(".")
+                    package = package[: len(package) - node.level + (1 if is_package else 0)]
+                    base = ".".join([*package, *([base] if base else [])])
+                # ``from pkg import mod`` imports the module pkg.mod; ``from mod import name``
+                # imports mod (the package's __init__ when mod is a package).
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in paths else base
+                    for alias in node.names
+                ]
+            else:
+                continue
+            edges.update(t for t in targets if t in paths and t != name)
+        graph[name] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The circles of the graph: for every strongly connected component of more than one module
+    (Tarjan), shortest circles through its members until each member is on one."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for component in components:
+        covered: set[str] = set()
+        for start in sorted(component):
+            if start not in covered:
+                cycle = cycle_through(graph, component, start)
+                covered.update(cycle)
+                cycles.append(cycle)
+    return sorted(cycles)
+
+
+def cycle_through(graph: dict[str, set[str]], component: set[str], start: str) -> list[str]:
+    """The shortest circle from ``start`` back to it inside its strongly connected component."""
+    paths = {start: [start]}
+    queue = [start]
+    while queue:  # breadth first: the shortest way back to start
+        v = queue.pop(0)
+        for w in sorted(graph[v] & component):
+            if w == start:
+                return [*paths[v], start]
+            if w not in paths:
+                paths[w] = [*paths[v], w]
+                queue.append(w)
+    raise AssertionError(f"{start} is on no circle of {sorted(component)}")
+
+
+def test_the_import_graph_finds_a_circle_and_names_it() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert import_cycles(graph) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+    # Two circles through one module: each is named, not only the first found.
+    graph = {"a": {"b", "c"}, "b": {"a"}, "c": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "a"], ["c", "a", "c"]]
+
+
+def test_the_import_graph_sees_function_level_and_relative_imports() -> None:
+    graph = import_graph()
+    assert "orchestrator.engine.runstate" in graph["orchestrator.engine.client"]
+    assert "orchestrator.engine.client" in graph["orchestrator"]  # from .engine.client import
+
+
+def test_no_module_of_orchestrator_workers_or_web_is_part_of_an_import_circle() -> None:
+    cycles = import_cycles(import_graph())
+    assert cycles == [], "import circles: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -13,9 +13,9 @@ import pytest
 
 from orchestrator import Client, Workflow
 from orchestrator.engine import compiler
-from orchestrator.engine.records import RunRecord
 from orchestrator.engine.runstate import dumps
 from orchestrator.model.definition import Definition, dump_definition
+from orchestrator.records import RunRecord
 from orchestrator.settings import Settings
 from tests.conftest import make_settings
 

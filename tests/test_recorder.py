@@ -18,9 +18,9 @@ from orchestrator.audit import AuditStore, Event
 from orchestrator.audit import queries as q
 from orchestrator.audit.models import events, step_attempts
 from orchestrator.audit.recorder import Recorder
-from orchestrator.engine.records import RunRecord
 from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
+from orchestrator.records import RunRecord
 from tests.audit_helpers import (
     RecorderProcess,
     assert_store_matches_redis,

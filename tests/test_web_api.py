@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from orchestrator.engine.records import RunRecord, split_steps
+from orchestrator.records import RunRecord, split_steps
 from tests.conftest import ROOT
 from tests.web_helpers import (
     ADMIN,

@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from orchestrator.engine.records import RunRecord
+from orchestrator.records import RunRecord
 from tests.web_helpers import OPERATOR, Api
 
 pytest_plugins = ("tests.web_fixtures",)

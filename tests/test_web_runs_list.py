@@ -20,9 +20,9 @@ from orchestrator import Client
 from orchestrator.audit import AuditStore
 from orchestrator.audit.models import runs as runs_table
 from orchestrator.audit.models import steps as steps_table
-from orchestrator.engine.records import RunRecord
 from orchestrator.engine.states import Move, RunStatus
 from orchestrator.keys import step_field
+from orchestrator.records import RunRecord
 from tests.conftest import make_settings
 from web.runs import RunFilter, RunViews
 

@@ -414,7 +414,7 @@ def clone(body: dict[str, Any], run_id: str) -> dict[str, Any]:
     return run_action(
         "clone",
         run_id,
-        lambda actor: ext().client.control.clone(
+        lambda actor: ext().client.clone(
             run_id, inputs=body.get("inputs"), actor=actor, reason=body.get("reason")
         ),
     )
@@ -774,7 +774,7 @@ def login(body: dict[str, Any]) -> dict[str, Any]:
     from web import throttle
 
     try:
-        user = throttle.attempt(body["username"], body["password"])
+        user = throttle.attempt(body["username"], body["password"], auth.users().verify)
     except throttle.Throttled as exc:
         abort(429, message=exc.message, headers={"Retry-After": str(exc.retry_after)})
         raise

@@ -12,18 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import current_app
+from flask import current_app, g
 from flask_smorest import abort
 from sqlalchemy import exc
 
 from orchestrator.errors import StoreError
-from web import auth
 
 RETRY_AFTER = "5"
 
 
 def _actor() -> str:
-    user = auth.current_user()
+    # The request's user as web.auth set it (web.auth records its refusals here: no import back).
+    user = g.get("user")
     return user.name if user else "anonymous"
 
 

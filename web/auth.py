@@ -36,6 +36,8 @@ from orchestrator.audit.models import WEB_TABLES
 from orchestrator.audit.models import metadata as store_metadata
 from orchestrator.audit.models import web_tokens as tokens_table
 from orchestrator.audit.models import web_users as users_table
+from web import audit as web_audit
+from web import throttle
 from web.serving import off_the_loop
 from web.settings import PERMISSIONS, ROLES
 
@@ -554,9 +556,7 @@ def _audit_refusal(access: Access, user: User) -> None:
         body = request.get_json(silent=True)
         target = body.get(access.target) if isinstance(body, dict) else None
     # A refusal that cannot be written fails the request with 503 (web/audit.py): an audit write
-    # is never dropped silently. Imported here: web.audit imports this module.
-    from web import audit as web_audit
-
+    # is never dropped silently.
     assert access.audit is not None
     web_audit.record(
         access.audit,
@@ -610,8 +610,6 @@ def _safe_next(target: str | None) -> str:
 
 @login_pages.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    from web import throttle
-
     error, status, headers = None, 200, {}
     if request.method == "POST":
         # Login CSRF: without this check a page elsewhere could log the browser in as the
@@ -624,7 +622,9 @@ def login() -> Any:
         else:
             try:
                 user = throttle.attempt(
-                    request.form.get("username", ""), request.form.get("password", "")
+                    request.form.get("username", ""),
+                    request.form.get("password", ""),
+                    users().verify,
                 )
             except throttle.Throttled as exc:
                 error, status, headers = exc.message, 429, {"Retry-After": str(exc.retry_after)}

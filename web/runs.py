@@ -24,9 +24,9 @@ from orchestrator.audit.queries import decode_cursor, encode_cursor
 from orchestrator.audit.store import AuditStore
 from orchestrator.engine.client import Client
 from orchestrator.engine.control import ALLOWED
-from orchestrator.engine.records import RunRecord
 from orchestrator.engine.sla import WARNING_FRACTION, sla_status
 from orchestrator.errors import StoreError
+from orchestrator.records import RunRecord
 from web.serving import cooperate
 
 ACTIVE = ("RUNNING", "PAUSING", "PAUSED", "CANCELLING", "COMPENSATING")

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from flask import current_app, request
 from flask_smorest import abort
@@ -34,10 +35,18 @@ from sqlalchemy import (
 )
 
 from orchestrator.audit.models import web_login_throttle as throttle_table
-from web import auth
+from web import audit as audit_log
 from web.settings import WebSettings
 
 SCOPES = ("user", "address")
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+UserT = TypeVar("UserT", bound=_Named)
 
 
 class Throttled(Exception):
@@ -204,12 +213,12 @@ def client_address() -> str:
     return (request.remote_addr or "unknown")[:256]
 
 
-def attempt(username: str, password: str) -> auth.User | None:
-    """Check a login against the throttle and the password: the user, None for a wrong password,
-    Throttled when the account or address is locked (now, or by this failure); 503 when the
-    user store cannot be reached."""
-    from web import audit as audit_log
-
+def attempt(
+    username: str, password: str, verify: Callable[[str, str], UserT | None]
+) -> UserT | None:
+    """Check a login against the throttle and the password (``verify``, web.auth's: it imports
+    this module): the user, None for a wrong password, Throttled when the account or address is
+    locked (now, or by this failure); 503 when the user store cannot be reached."""
     t = throttle()
     subjects = {"user": username[:256], "address": client_address()}
     now = time.time()
@@ -217,7 +226,7 @@ def attempt(username: str, password: str) -> auth.User | None:
         lock = t.locked(subjects, now)
         if lock is not None:
             raise Throttled(lock.scope, lock.subject, retry_after(lock.locked_until, now))
-        user = auth.users().verify(username, password)
+        user = verify(username, password)
         if user is None:
             lock = t.failed(
                 subjects,

@@ -25,6 +25,7 @@ from orchestrator.engine.compiler import (
     SETTLE_TASK,
     STEP_TASK,
 )
+from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
 from orchestrator.model import callallow
@@ -56,7 +57,8 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     state = RunState(
         step_client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen
     )
-    rt = steps.Runtime(broker.Patient(state, settings.redis_retry_seconds), registry, settings)  # type: ignore[arg-type]
+    patient = broker.Patient(state, settings.redis_retry_seconds)
+    rt = steps.Runtime(patient, registry, settings, Dispatcher(app, settings, patient))  # type: ignore[arg-type]
 
     class StepRequest(Request):
         """Celery's request, plus canvasflow's recovery when a step is killed at its hard limit,
@@ -83,7 +85,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             super().on_timeout(soft, timeout)
             if not soft:
                 try:
-                    steps.on_hard_timeout(rt, app, self.args, timeout)
+                    steps.on_hard_timeout(rt, self.args, timeout)
                 except Exception:
                     log.exception("canvasflow: could not recover from a hard time limit")
 
@@ -125,7 +127,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     )
     def settle(self: Task, incoming: Any, hdr: dict) -> str:
         with broker.hand_back_on_outage(self):
-            return str(steps.safe_settle(self, rt, app, hdr))
+            return str(steps.safe_settle(self, rt, hdr))
 
     @app.task(
         name=COMPENSATE_TASK,
@@ -154,7 +156,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     # Every message of these tasks is checked before Celery handles it (workers/guard.py). The
     # guard writes from the main process, with the state as it is (not patient: it must not
     # stall the consumer; it hands the message back if Redis does not answer).
-    message_guard = guard.Guard(state, app, settings)
+    message_guard = guard.Guard(state, Dispatcher(app, settings, state), settings)
     for task in (step, merge, settle, compensate, compensated):
         task.Strategy = message_guard.strategy
 
@@ -168,8 +170,9 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
         except Exception:
             pass
         # call_allow: validation at submit refuses a builtin.call this worker would refuse.
+        catalog = registry.catalog()
         entry = {
-            "plugins": registry.catalog(),
+            "plugins": catalog,
             "queues": queues,
             "pid": os.getpid(),
             "started_at": time.time(),
@@ -186,7 +189,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             )
         log.info(
             "canvasflow: published %d plugins for %s; builtin.call: %s",
-            len(entry["plugins"]),
+            len(catalog),
             hostname,
             callallow.describe(settings.call_allow),
         )

@@ -701,7 +701,7 @@ class Verifier:
 
 
 DEMO_PLUGINS: dict[str, type] = {
-    cls.canvasflow_plugin_name: cls  # type: ignore[attr-defined]
+    cls.canvasflow_plugin_name: cls  # type: ignore[attr-defined,union-attr]
     for cls in (
         CsvLoader,
         DataValidator,

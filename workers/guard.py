@@ -23,7 +23,7 @@ from typing import Any
 from celery.worker.strategy import default as default_strategy
 
 from orchestrator.engine import compiler
-from orchestrator.engine.control import redispatch
+from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState, dumps
 from orchestrator.engine.states import Move, RunStatus
 from orchestrator.settings import Settings
@@ -117,9 +117,9 @@ def _header_of(incoming: Any) -> Any:
 class Guard:
     """Checks messages in the worker's main process and disposes of those it refuses."""
 
-    def __init__(self, state: RunState, app: Any, settings: Settings) -> None:
+    def __init__(self, state: RunState, dispatcher: Dispatcher, settings: Settings) -> None:
         self.state = state
-        self.app = app
+        self.dispatcher = dispatcher
         self.settings = settings
         self.hostname = ""
 
@@ -224,13 +224,7 @@ class Guard:
                 run_id, step, epoch, error=error, critical=critical, attempt=attempt
             ):
                 # Celery will not continue this canvas past a message nobody ran: send what is left.
-                redispatch(
-                    self.state,
-                    self.app,
-                    self.settings,
-                    run_id,
-                    reason=f"step '{step}' message refused",
-                )
+                self.dispatcher.redispatch(run_id, reason=f"step '{step}' message refused")
                 return
         # Not a step's message (settle, compensation), or the step could not be failed: the run
         # cannot go on as dispatched; it ends FAILED with why.

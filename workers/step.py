@@ -31,13 +31,13 @@ from celery import Task
 from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry, SoftTimeLimitExceeded
 
 from orchestrator.engine import compiler
-from orchestrator.engine.control import redispatch, run_context
-from orchestrator.engine.records import RunRecord
+from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState, dumps
 from orchestrator.engine.states import Move, RunStatus, StepStatus
 from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
 from orchestrator.model import expressions
 from orchestrator.model.definition import Definition, backoff_seconds, from_stored
+from orchestrator.records import RunRecord
 from orchestrator.settings import Settings
 from workers.broker import is_transient
 from workers.context import BEGUN, FRESH, Heartbeat, StepContext
@@ -51,8 +51,11 @@ HOST = socket.gethostname()
 class Runtime:
     """What the tasks of one worker process share: state access, plugins, heartbeat."""
 
-    def __init__(self, state: RunState, registry: Registry, settings: Settings) -> None:
+    def __init__(
+        self, state: RunState, registry: Registry, settings: Settings, dispatcher: Dispatcher
+    ) -> None:
         self.state = state
+        self.dispatcher = dispatcher
         self.registry = registry
         self.settings = settings
         self.lease_ttl = settings.lease_ttl
@@ -205,7 +208,7 @@ def run_step(
     except Ignore:
         if spec.get("settle"):
             safe_settle(
-                task, rt, task.app, hdr
+                task, rt, hdr
             )  # a redelivered copy: its first may have died before settling
         raise
     except BaseException as exc:
@@ -215,7 +218,7 @@ def run_step(
         # fails with the error and the run goes on to its end: never a stranded run.
         known = fail_step(task, rt, spec, hdr, merge(incoming), exc)
     if spec.get("settle"):
-        safe_settle(task, rt, task.app, hdr)
+        safe_settle(task, rt, hdr)
     return known
 
 
@@ -282,10 +285,10 @@ def fail_step(
     return _record(known, spec, rt.state.step(run_id, sid, "status").status)
 
 
-def safe_settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
+def safe_settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     """``settle``, and if it breaks on anything but an outage, the run still ends: FAILED with why."""
     try:
-        return settle(task, rt, app, hdr)
+        return settle(task, rt, hdr)
     except BaseException as exc:
         if not unexpected(exc):
             raise
@@ -552,7 +555,7 @@ def _discard(
     raise Ignore()
 
 
-def on_hard_timeout(rt: Runtime, app: Any, args: Any, limit: float) -> None:
+def on_hard_timeout(rt: Runtime, args: Any, limit: float) -> None:
     """In the worker's main process, after Celery killed a step's pool process at its hard time
     limit: record the failure, and re-send what is left (Celery will not continue the canvas)."""
     try:
@@ -584,16 +587,14 @@ def on_hard_timeout(rt: Runtime, app: Any, args: Any, limit: float) -> None:
     if rt.state.fail_killed_step(
         run_id, sid, int(epoch), error=error, critical=spec.get("critical", True), attempt=record
     ):
-        redispatch(
-            rt.state, app, rt.settings, run_id, reason=f"step '{sid}' killed at its hard time limit"
-        )
+        rt.dispatcher.redispatch(run_id, reason=f"step '{sid}' killed at its hard time limit")
 
 
 def load_run_definition(run: RunRecord) -> Definition:
     return from_stored(run.definition)
 
 
-def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
+def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     """The last task of every dispatch: decide how the run ends (or pauses)."""
     run_id, epoch = hdr["run"], hdr["epoch"]
     # The common end, a running run with nothing to wind down, needs three fields, not the
@@ -660,8 +661,7 @@ def settle(task: Task, rt: Runtime, app: Any, hdr: Mapping[str, Any]) -> str:
                 fields={"compensate_target": str(target)},
             )
             if done:
-                ctx = run_context(run_id, int(epoch), run, defn, rt.settings)
-                compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
+                rt.dispatcher.compensations(run_id, int(epoch), run, defn, order, str(target))
             return RunStatus.COMPENSATING
         rt.state.transition(run_id, Move.SETTLE, target)
         return target

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from orchestrator.engine.records import RunRecord
 from orchestrator.errors import StoreError
+from orchestrator.records import RunRecord
 
 # The same rules as workers/context.py, applied again so that an event written by any producer
 # (an older worker, a script calling XADD) cannot put an oversized or malformed row in SQL.

@@ -47,8 +47,8 @@ from orchestrator.audit.models import (
     steps,
     workflow_definitions,
 )
-from orchestrator.engine.records import RunRecord
 from orchestrator.logbatch import log_lines
+from orchestrator.records import RunRecord
 
 FINAL_RUN = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 ERROR_RUN = frozenset({"FAILED", "COMPENSATION_FAILED", "CANCELLED"})

@@ -32,10 +32,9 @@ import redis
 
 from orchestrator.audit.events import BadEvent, Event, Lookups
 from orchestrator.audit.store import AuditStore, StoreNotReady, StoreUnavailable
-from orchestrator.engine.records import RunRecord, StepRecord
-from orchestrator.engine.runstate import Reads
 from orchestrator.errors import StoreError
 from orchestrator.keys import Keys
+from orchestrator.records import Reads, RunRecord, StepRecord
 
 log = logging.getLogger(__name__)
 

@@ -141,7 +141,7 @@ class EmbeddedRedis:
         return self
 
     def _wait_ready(self, log: str) -> None:
-        assert self._proc is not None
+        assert self._proc is not None and self._port is not None
         client = redis.Redis(host="127.0.0.1", port=self._port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + READY_TIMEOUT
         try:

@@ -456,9 +456,7 @@ def resolve(run_id: str, as_: str | None, reason: str | None, database_url: str 
 @handle_errors
 def clone(run_id: str, inputs: tuple[str, ...], reason: str | None) -> None:
     """Start a new run of the same definition version with the same inputs."""
-    new = make_client().control.clone(
-        run_id, inputs=parse_inputs(inputs), actor=_actor(), reason=reason
-    )
+    new = make_client().clone(run_id, inputs=parse_inputs(inputs), actor=_actor(), reason=reason)
     console.print(new.id)
 
 

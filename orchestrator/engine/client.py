@@ -25,9 +25,9 @@ import redis
 from orchestrator.engine import compiler
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.control import Control
-from orchestrator.engine.records import HotRun, RunRecord, StepRecord
+from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState, dumps
-from orchestrator.engine.states import ACTIVE_STEP_STATUSES, FINAL_RUN_STATUSES, Move, RunStatus
+from orchestrator.engine.states import ACTIVE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
 from orchestrator.keys import Keys
 from orchestrator.model import callallow, limits
@@ -39,6 +39,7 @@ from orchestrator.model.definition import (
     load_definition,
     load_file,
 )
+from orchestrator.records import HotRun, RunRecord, StepRecord
 from orchestrator.settings import Settings
 
 PREPARED_CACHE = 128  # definitions a client keeps validated and planned
@@ -259,6 +260,8 @@ class Client:
             maxlen=self.settings.event_stream_maxlen,
         )
         self.celery = celery or create_celery(self.settings, sender=True)
+        self.dispatcher = Dispatcher(self.celery, self.settings, self.state)
+        self._control = Control(self.state, self.dispatcher)
         # Submitting one definition again and again (the common case) validates and plans it
         # once per fleet catalog: (definition text, catalog) -> (definition, stored text, blueprint).
         self._prepared: OrderedDict[tuple[str, str], tuple[Definition, str, compiler.Blueprint]] = (
@@ -469,48 +472,22 @@ class Client:
             inputs_json = json.dumps(run_inputs)
         except (TypeError, ValueError) as exc:
             raise DefinitionError([("inputs", f"must be JSON: {exc}")]) from None
-        run_id = secrets.token_hex(8)
-        prio = priority or defn.priority
         record = RunRecord(
-            id=run_id,
+            id=secrets.token_hex(8),
             workflow=defn.id,
             version=defn.version or "",
             name=defn.name or defn.id,
             definition_json=body,
             inputs_json=inputs_json,
-            priority=prio,
+            priority=priority or defn.priority,
             tags_json=dumps(sorted({*defn.tags, *tags})),
             triggered_by=triggered_by,
             trigger_type=trigger_type,
             sla_seconds=defn.sla_seconds or None,
             cloned_from=cloned_from,
         )
-        ctx = compiler.RunContext(
-            run_id,
-            1,
-            prio,
-            self.settings.hard_timeout_grace,
-            defn.id,
-            defn.version or "",
-            run_inputs if prepared.uses_inputs else None,
-            self.settings.default_queue,
-        )
-        canvas = compiler.compile_run(
-            defn, ctx, app=self.celery, prepared=prepared
-        )  # before any state is written
-        self.state.create(record, defn.step_ids)
-        try:
-            canvas.apply_async()
-        except Exception as exc:
-            # The run is recorded but nothing was queued: say so instead of leaving it PENDING.
-            self.state.transition(
-                run_id,
-                Move.ABANDON,
-                RunStatus.FAILED,
-                fields={"error": f"could not dispatch the run: {exc}"},
-            )
-            raise
-        return Run(self, run_id)
+        self.dispatcher.start(record, defn, run_inputs, prepared=prepared)
+        return Run(self, record.id)
 
     def get_run(self, run_id: str) -> Run:
         if self.state.status(run_id) is None:
@@ -554,10 +531,37 @@ class Client:
                     break
         return out
 
+    def clone(
+        self,
+        run_id: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        actor: str = "api",
+        reason: str | None = None,
+    ) -> Run:
+        """A new run of the same definition version with the same inputs (optionally overridden);
+        audited on the cloned run like an operator action."""
+        data = self.state.read(run_id)
+        if data is None:
+            self.control.audit(run_id, "clone", actor, reason, "refused: unknown run")
+            raise UnknownRun(run_id)
+        run = data.run
+        new = self.submit(
+            from_stored(run.definition),
+            inputs={**run.inputs, **(inputs or {})},
+            priority=run.priority,
+            triggered_by=actor,
+            trigger_type="clone",
+            tags=run.tags,
+            cloned_from=run_id,
+        )
+        self.control.audit(run_id, "clone", actor, reason, "ok", {"new_run": new.id})
+        return new
+
     @property
     def control(self) -> Control:
-        """Operator actions: pause, resume, cancel, retry, retry_compensation, resolve, clone."""
-        return Control(self)
+        """Operator actions: pause, resume, cancel, retry, retry_compensation, resolve."""
+        return self._control
 
     def close(self) -> None:
         self.redis.close()

@@ -1,29 +1,26 @@
-"""Operator actions on live runs: pause, resume, cancel, retry, clone, resolve.
+"""Operator actions on live runs: pause, resume, cancel, retry, retry compensation, resolve.
 
 Each action is one atomic Lua script in Redis (check the status against the transition table,
 change it, bump the dispatch epoch when a new canvas is sent, append the event), so concurrent
-actions leave one consistent outcome. Every action — refused ones included — is appended to the
-event stream as ``operator_action`` and lands in the audit store's operator log.
+actions leave one consistent outcome; the canvas it then needs is sent by the dispatcher. Every
+action — refused ones included — is appended to the event stream as ``operator_action`` and
+lands in the audit store's operator log. (Cloning a run submits a new one: ``Client.clone``.)
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from orchestrator.engine import compiler
-from orchestrator.engine.records import RunRecord, StepRecord
+from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState
-from orchestrator.engine.states import SETTLED_STEP_STATUSES, Move, RunStatus, StepStatus, sources
+from orchestrator.engine.states import Move, RunStatus, StepStatus, sources
 from orchestrator.errors import CanvasflowError, ControlError, UnknownRun
 from orchestrator.model.definition import Definition, from_stored
-from orchestrator.settings import Settings
-
-if TYPE_CHECKING:
-    from orchestrator.engine.client import Client, Run
+from orchestrator.records import RunRecord, StepRecord
 
 # Which statuses allow which action: the operator's moves of the transition table.
 ALLOWED: dict[str, list[str]] = {
@@ -53,13 +50,11 @@ class ActionResult:
 class Control:
     """The operator's verbs; ``actor`` and ``reason`` go to the audit log with the outcome."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.state = client.state
+    def __init__(self, state: RunState, dispatcher: Dispatcher) -> None:
+        self.state = state
+        self.dispatcher = dispatcher
 
-    # -- helpers ------------------------------------------------------------------------------
-
-    def _audit(
+    def audit(
         self,
         run_id: str,
         action: str,
@@ -68,6 +63,7 @@ class Control:
         outcome: str,
         detail: Mapping[str, Any] | None = None,
     ) -> None:
+        """Append an operator action, taken or refused, to the run's events (the audit log)."""
         self.state.audit(
             run_id,
             {
@@ -81,45 +77,28 @@ class Control:
             },
         )
 
+    # -- helpers ------------------------------------------------------------------------------
+
     def _refuse(
         self, action: str, run_id: str, status: str, actor: str, reason: str | None
     ) -> CanvasflowError:
         if not status:
-            self._audit(run_id, action, actor, reason, "refused: unknown run")
+            self.audit(run_id, action, actor, reason, "refused: unknown run")
             return UnknownRun(run_id)
         exc = ControlError(action.replace("_", " "), run_id, status, ALLOWED[action])
-        self._audit(run_id, action, actor, reason, f"refused: {exc}")
+        self.audit(run_id, action, actor, reason, f"refused: {exc}")
         return exc
 
     def _load(
-        self,
-        run_id: str,
-        action: str = "",
-        actor: str = "",
-        reason: str | None = None,
+        self, run_id: str, action: str, actor: str, reason: str | None
     ) -> tuple[RunRecord, dict[str, StepRecord], Definition]:
         data = self.state.read(run_id)
         if data is None:
-            if (
-                action
-            ):  # an action on an unknown run is audited too (docs/design.md, Operator control)
-                self._audit(run_id, action, actor, reason, "refused: unknown run")
+            # An action on an unknown run is audited too (docs/design.md, Operator control).
+            self.audit(run_id, action, actor, reason, "refused: unknown run")
             raise UnknownRun(run_id)
         run, steps, _ = data
         return run, steps, from_stored(run.definition)
-
-    def _dispatch(
-        self,
-        run_id: str,
-        epoch: int,
-        run: RunRecord,
-        defn: Definition,
-        steps: Mapping[str, StepRecord],
-        reset: Iterable[str] = (),
-    ) -> None:
-        dispatch_remaining(
-            self.client.celery, self.client.settings, run_id, epoch, run, defn, steps, reset
-        )
 
     # -- verbs --------------------------------------------------------------------------------
 
@@ -130,7 +109,7 @@ class Control:
         )
         if not ok:
             raise self._refuse("pause", run_id, before, actor, reason)
-        self._audit(run_id, "pause", actor, reason, "ok")
+        self.audit(run_id, "pause", actor, reason, "ok")
         return ActionResult("pause", run_id, before, RunStatus.PAUSING, {})
 
     def resume(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
@@ -141,8 +120,8 @@ class Control:
         )
         if verdict != "ok":
             raise self._refuse("resume", run_id, before, actor, reason)
-        self._dispatch(run_id, epoch, run, defn, steps)
-        self._audit(run_id, "resume", actor, reason, "ok", {"epoch": epoch})
+        self.dispatcher.remaining(run_id, epoch, run, defn, steps)
+        self.audit(run_id, "resume", actor, reason, "ok", {"epoch": epoch})
         return ActionResult("resume", run_id, before, RunStatus.RUNNING, {"epoch": epoch})
 
     def cancel(
@@ -158,16 +137,10 @@ class Control:
         if verdict != "ok":
             raise self._refuse("cancel", run_id, before, actor, reason)
         if task_ids:
-            self.client.celery.control.revoke(task_ids, terminate=True, signal="SIGTERM")
+            self.dispatcher.revoke(task_ids)
         (run,) = self.state.runs([run_id], "priority")
-        ctx = compiler.RunContext(
-            run_id,
-            epoch,
-            run.priority if run else "normal",
-            queue=self.client.settings.default_queue,
-        )
-        compiler.compile_settle(ctx, app=self.client.celery).apply_async()
-        self._audit(run_id, "cancel", actor, reason, "ok", {"terminated": task_ids})
+        self.dispatcher.settle(run_id, epoch, run.priority if run else "normal")
+        self.audit(run_id, "cancel", actor, reason, "ok", {"terminated": task_ids})
         return ActionResult(
             "cancel", run_id, before, RunStatus.CANCELLING, {"terminated": task_ids}
         )
@@ -199,16 +172,16 @@ class Control:
                         f"run {run_id} has no failed step: name one with from_step "
                         f"(steps: {', '.join(order)}) or retry from the start"
                     )
-                    self._audit(run_id, "retry", actor, reason, f"refused: {exc}")
+                    self.audit(run_id, "retry", actor, reason, f"refused: {exc}")
                     raise exc
                 from_step = failed[0]
             if from_step not in order:
                 exc2 = CanvasflowError(
                     f"run {run_id} has no step '{from_step}' (steps: {', '.join(order)})"
                 )
-                self._audit(run_id, "retry", actor, reason, f"refused: {exc2}")
+                self.audit(run_id, "retry", actor, reason, f"refused: {exc2}")
                 raise exc2
-            downstream = descendants(defn, from_step)
+            downstream = defn.descendants(from_step)
             unfinished = {
                 s
                 for s in order
@@ -232,8 +205,8 @@ class Control:
         )
         if verdict != "ok":
             raise self._refuse("retry", run_id, before, actor, reason)
-        self._dispatch(run_id, epoch, run, defn, steps, reset=reset)
-        self._audit(
+        self.dispatcher.remaining(run_id, epoch, run, defn, steps, reset=reset)
+        self.audit(
             run_id,
             "retry",
             actor,
@@ -265,11 +238,8 @@ class Control:
             for s in reversed(self.state.completed_order(run_id))
             if s in steps and steps[s].status == StepStatus.COMPLETED and defn.step(s).compensate
         ]
-        ctx = run_context(run_id, epoch, run, defn, self.client.settings)
-        compiler.compile_compensation(
-            defn, ctx, order, str(target), app=self.client.celery
-        ).apply_async()
-        self._audit(run_id, "retry_compensation", actor, reason, "ok", {"steps": order})
+        self.dispatcher.compensations(run_id, epoch, run, defn, order, str(target))
+        self.audit(run_id, "retry_compensation", actor, reason, "ok", {"steps": order})
         return ActionResult(
             "retry_compensation", run_id, before, RunStatus.COMPENSATING, {"steps": order}
         )
@@ -281,8 +251,8 @@ class Control:
         ``as_`` ("failed" / "cancelled") or, by default, what the compensation was for. (A run
         whose hot state was lost is resolved in the audit store: orchestrator/engine/lost.py.)"""
         (run,) = self.state.runs([run_id], "compensate_target")
-        compensated_for = (run.compensate_target if run else None) or RunStatus.FAILED
-        target = RunStatus(as_.upper() if as_ else compensated_for)
+        planned = run.compensate_target if run else None
+        target = RunStatus(as_.upper()) if as_ else RunStatus(planned or RunStatus.FAILED)
         ok, before = self.state.transition(
             run_id,
             Move.RESOLVE,
@@ -292,112 +262,5 @@ class Control:
         )
         if not ok:
             raise self._refuse("resolve", run_id, before, actor, reason)
-        self._audit(run_id, "resolve", actor, reason, "ok")
+        self.audit(run_id, "resolve", actor, reason, "ok")
         return ActionResult("resolve", run_id, before, target, {})
-
-    def clone(
-        self,
-        run_id: str,
-        *,
-        inputs: Mapping[str, Any] | None = None,
-        actor: str = "api",
-        reason: str | None = None,
-    ) -> Run:
-        """A new run of the same definition version with the same inputs (optionally overridden)."""
-        try:
-            run, _, defn = self._load(run_id)
-        except UnknownRun:
-            self._audit(run_id, "clone", actor, reason, "refused: unknown run")
-            raise
-        merged = {**run.inputs, **(inputs or {})}
-        new = self.client.submit(
-            defn,
-            inputs=merged,
-            priority=run.priority,
-            triggered_by=actor,
-            trigger_type="clone",
-            tags=run.tags,
-            cloned_from=run_id,
-        )
-        self._audit(run_id, "clone", actor, reason, "ok", {"new_run": new.id})
-        return new
-
-
-def run_context(
-    run_id: str, epoch: int, run: RunRecord, defn: Definition, settings: Settings
-) -> compiler.RunContext:
-    inputs = run.inputs
-    return compiler.RunContext(
-        run_id,
-        epoch,
-        run.priority,
-        settings.hard_timeout_grace,
-        defn.id,
-        defn.version or "",
-        inputs if compiler.uses_inputs(defn) else None,
-        settings.default_queue,
-    )
-
-
-def dispatch_remaining(
-    app: Any,
-    settings: Settings,
-    run_id: str,
-    epoch: int,
-    run: RunRecord,
-    defn: Definition,
-    steps: Mapping[str, StepRecord],
-    reset: Iterable[str] = (),
-) -> None:
-    """Send the canvas for every step not settled (and not reset), seeded with the outcomes of
-    the settled ones. Steps still running from an earlier dispatch are adopted when they end."""
-    reset = set(reset)
-    settled = {}
-    for sid, step in steps.items():
-        if sid in reset or step.status not in SETTLED_STEP_STATUSES:
-            continue
-        settled[sid] = (step.status, step.output)
-    ctx = run_context(run_id, epoch, run, defn, settings)
-    compiler.compile_run(defn, ctx, settled=settled, app=app).apply_async()
-
-
-def redispatch(state: RunState, app: Any, settings: Settings, run_id: str, reason: str) -> bool:
-    """Re-send what is left of a live run whose canvas was broken (a step's process was killed
-    at its hard time limit, so Celery will not continue the chain or chord past it)."""
-    data = state.read(run_id)
-    if data is None:
-        return False
-    run, steps, _ = data
-    status = run.status
-    if status not in (RunStatus.RUNNING, RunStatus.PAUSING, RunStatus.PENDING):
-        return False  # a cancel already sent its own settle; a final run needs nothing
-    verdict, _, epoch = state.restart(
-        run_id,
-        Move.REDISPATCH,
-        RunStatus(status),
-        data={"action": "redispatch", "reason": reason},
-    )
-    if verdict != "ok":
-        return False
-    dispatch_remaining(app, settings, run_id, epoch, run, from_stored(run.definition), steps)
-    return True
-
-
-def descendants(defn: Definition, step_id: str) -> set[str]:
-    """Every step that depends on ``step_id``, directly or not (list order in sequential mode)."""
-    ids = defn.step_ids
-    children: dict[str, list[str]] = {s: [] for s in ids}
-    for s in defn.steps:
-        for d in s.depends_on:
-            children[d].append(s.id)
-    if defn.mode == "sequential":
-        for a, b in zip(ids, ids[1:], strict=False):
-            children[a].append(b)
-    out: set[str] = set()
-    stack = list(children[step_id])
-    while stack:
-        n = stack.pop()
-        if n not in out:
-            out.add(n)
-            stack.extend(children[n])
-    return out

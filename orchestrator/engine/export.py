@@ -6,9 +6,9 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.engine.records import StepRecord
 from orchestrator.errors import UnknownRun
 from orchestrator.logbatch import log_lines
+from orchestrator.records import StepRecord
 
 if TYPE_CHECKING:
     from orchestrator.engine.client import Client

@@ -19,20 +19,19 @@ from typing import Any
 
 import redis
 
-from orchestrator.engine.records import (
-    STEP_FIELDS,
+from orchestrator.engine.states import NEW_EPOCH_MOVES, Move, RunStatus, lua_constants
+from orchestrator.keys import Keys, step_field
+from orchestrator.records import (
     HotRun,
+    Reads,
     RunRecord,
     StepRecord,
     encode_run_fields,
     encode_step_fields,
     run_field_names,
     split_steps,
-    step_field_names,
     text,
 )
-from orchestrator.engine.states import NEW_EPOCH_MOVES, Move, RunStatus, lua_constants
-from orchestrator.keys import Keys, step_field
 
 # How long a run stays in the "controlled" set after an operator action or a failure touched it
 # (workers/watch.py): its queued steps ask Redis before they start for at least this long.
@@ -605,42 +604,3 @@ class RunState:
             if values[0] is not None
         }
         return out, [record(text(rid), values, current) for rid, values, current in extra]
-
-
-class Reads:
-    """Reads of several runs' and steps' fields, sent in one round trip by :meth:`execute`."""
-
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        self.keys = keys
-        self._pipe = client.pipeline(transaction=False)
-        self._decoders: list[Any] = []
-
-    def run(self, run_id: str, *attrs: str) -> None:
-        """RunRecord attributes of a run (all of its fields when none are named); its status is
-        always read, to tell a run that is not in Redis (None)."""
-        if attrs:
-            names = run_field_names(["status", *(a for a in attrs if a != "status")])
-            self._pipe.hmget(self.keys.run(run_id), names)
-            self._decoders.append(
-                lambda v: (
-                    None
-                    if v[0] is None
-                    else RunRecord.from_hash(run_id, dict(zip(names, v, strict=True)))
-                )
-            )
-        else:
-            self._pipe.hgetall(self.keys.run(run_id))
-            self._decoders.append(lambda v: RunRecord.from_hash(run_id, v) if v else None)
-
-    def step(self, run_id: str, step_id: str, *attrs: str) -> None:
-        """StepRecord attributes of one step (all of them when none are named)."""
-        names = step_field_names(attrs) if attrs else list(STEP_FIELDS)
-        self._pipe.hmget(self.keys.steps(run_id), [step_field(step_id, n) for n in names])
-        self._decoders.append(
-            lambda v: StepRecord.from_hash(step_id, dict(zip(names, v, strict=True)))
-        )
-
-    def execute(self) -> list[RunRecord | StepRecord | None]:
-        """One record per read, in order (a run read that found no run: None)."""
-        replies = self._pipe.execute() if self._decoders else []
-        return [decode(v) for decode, v in zip(self._decoders, replies, strict=True)]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from orchestrator.engine.records import text
 from orchestrator.engine.runstate import RunState
 from orchestrator.engine.states import FINAL_RUN_STATUSES
+from orchestrator.records import text
 
 WARNING_FRACTION = 0.9
 

@@ -28,9 +28,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.engine import compiler
-from orchestrator.engine.control import dispatch_remaining, run_context
-from orchestrator.engine.records import RunRecord, StepRecord, text
 from orchestrator.engine.states import (
     FINAL_RUN_STATUSES,
     SETTLED_STEP_STATUSES,
@@ -40,7 +37,8 @@ from orchestrator.engine.states import (
     sources,
 )
 from orchestrator.fleet.inspect import queue_keys
-from orchestrator.model.definition import Definition, from_stored
+from orchestrator.model.definition import from_stored
+from orchestrator.records import text
 from orchestrator.settings import Settings
 
 log = logging.getLogger("canvasflow.watchdog")
@@ -76,6 +74,7 @@ class Watchdog:
         self.r = client.redis
         self.keys = client.keys
         self.state = client.state
+        self.dispatcher = client.dispatcher
         self.stall = float(
             stall_seconds if stall_seconds is not None else self.settings.watchdog_stall_seconds
         )
@@ -248,37 +247,8 @@ class Watchdog:
             epoch,
             ", ".join(left) or "none",
         )
-        self._send(run_id, epoch, status, run, defn, steps)
+        self.dispatcher.resend(run_id, epoch, status, run, defn, steps)
         return True
-
-    def _send(
-        self,
-        run_id: str,
-        epoch: int,
-        status: str,
-        run: RunRecord,
-        defn: Definition,
-        steps: Mapping[str, StepRecord],
-    ) -> None:
-        app = self.client.celery
-        if status == RunStatus.CANCELLING:
-            # What the cancel sent: a lone settle that marks what never started and compensates.
-            compiler.compile_settle(
-                run_context(run_id, epoch, run, defn, self.settings), app=app
-            ).apply_async()
-        elif status == RunStatus.COMPENSATING:
-            order = [
-                s
-                for s in reversed(self.state.completed_order(run_id))
-                if s in steps
-                and steps[s].status in (StepStatus.COMPLETED, StepStatus.COMPENSATING)
-                and defn.step(s).compensate
-            ]
-            target = run.compensate_target or RunStatus.FAILED
-            ctx = run_context(run_id, epoch, run, defn, self.settings)
-            compiler.compile_compensation(defn, ctx, order, str(target), app=app).apply_async()
-        else:
-            dispatch_remaining(app, self.settings, run_id, epoch, run, defn, steps)
 
     # -- the process --------------------------------------------------------------------------
 

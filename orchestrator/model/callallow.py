@@ -148,17 +148,21 @@ def check_steps(
     steps = data.get("steps")
     if not isinstance(steps, list):
         return
-    defaults = data.get("defaults") if isinstance(data.get("defaults"), Mapping) else {}
-    default_queue = defaults.get("queue") if isinstance(defaults.get("queue"), str) else "default"
+    raw_defaults = data.get("defaults")
+    defaults: Mapping[str, Any] = raw_defaults if isinstance(raw_defaults, Mapping) else {}
+    raw_queue = defaults.get("queue")
+    default_queue: str = raw_queue if isinstance(raw_queue, str) else "default"
     call_info = catalog.get("builtin", {}).get("call") if catalog is not None else None
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping):
             continue
-        queue = step.get("queue") if isinstance(step.get("queue"), str) else default_queue
+        step_queue = step.get("queue")
+        queue: str = step_queue if isinstance(step_queue, str) else default_queue
         yield from _check_one(step, f"steps[{i}]", queue, catalog, call_info)
         comp = step.get("compensate")
         if isinstance(comp, Mapping):
-            comp_queue = comp.get("queue") if isinstance(comp.get("queue"), str) else queue
+            own_queue = comp.get("queue")
+            comp_queue: str = own_queue if isinstance(own_queue, str) else queue
             yield from _check_one(comp, f"steps[{i}].compensate", comp_queue, catalog, call_info)
 
 

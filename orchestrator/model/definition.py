@@ -114,6 +114,26 @@ class Definition:
     def step_ids(self) -> list[str]:
         return [s.id for s in self.steps]
 
+    def descendants(self, step_id: str) -> set[str]:
+        """Every step that depends on ``step_id``, directly or not (list order in sequential
+        mode): what a retry from that step runs again."""
+        ids = self.step_ids
+        children: dict[str, list[str]] = {s: [] for s in ids}
+        for s in self.steps:
+            for d in s.depends_on:
+                children[d].append(s.id)
+        if self.mode == "sequential":
+            for a, b in zip(ids, ids[1:], strict=False):
+                children[a].append(b)
+        out: set[str] = set()
+        stack = list(children[step_id])
+        while stack:
+            n = stack.pop()
+            if n not in out:
+                out.add(n)
+                stack.extend(children[n])
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, as a user would write it (only fields that differ from defaults)."""
         return dump_definition(self)

@@ -378,7 +378,8 @@ def _check_call(
             f"plugin '{plugin}' has no method '{method}' (methods: {', '.join(sorted(methods)) or 'none'})",
         )
         return
-    params = s.get("params") if isinstance(s.get("params"), Mapping) else {}
+    raw_params = s.get("params")
+    params: Mapping[str, Any] = raw_params if isinstance(raw_params, Mapping) else {}
     for name in info.get("required", []):
         if name not in params:
             yield (

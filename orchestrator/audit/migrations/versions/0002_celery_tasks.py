@@ -71,7 +71,7 @@ def upgrade() -> None:
         )
         existing: set[str] = set()
     else:
-        existing = {ix["name"] for ix in inspector.get_indexes(TABLE)}
+        existing = {ix["name"] for ix in inspector.get_indexes(TABLE) if ix["name"]}
     for name, columns in INDEXES.items():
         if name not in existing:
             op.create_index(name, TABLE, columns)

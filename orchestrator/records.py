@@ -1,4 +1,5 @@
-"""How a run and its steps lie in Redis: the one codec of the run hash and the step fields.
+"""How a run and its steps lie in Redis: the one codec of the run hash and the step fields,
+and the batched reads of them.
 
 rq's ``Job.to_dict``/``restore`` is the model: :class:`RunRecord` and :class:`StepRecord` are
 the only code that knows the field names, how each value is written and how it reads back.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, NamedTuple
 
-from orchestrator.keys import STEP_FIELD_SEP
+from orchestrator.keys import STEP_FIELD_SEP, Keys, step_field
 
 
 def text(v: Any) -> str:
@@ -255,3 +256,43 @@ class HotRun(NamedTuple):
     run: RunRecord
     steps: dict[str, StepRecord]
     attempts: list[dict[str, Any]]
+
+
+class Reads:
+    """Reads of several runs' and steps' fields, decoded into records, sent in one round trip
+    by :meth:`execute` (``client``: a redis.Redis)."""
+
+    def __init__(self, client: Any, keys: Keys) -> None:
+        self.keys = keys
+        self._pipe = client.pipeline(transaction=False)
+        self._decoders: list[Any] = []
+
+    def run(self, run_id: str, *attrs: str) -> None:
+        """RunRecord attributes of a run (all of its fields when none are named); its status is
+        always read, to tell a run that is not in Redis (None)."""
+        if attrs:
+            names = run_field_names(["status", *(a for a in attrs if a != "status")])
+            self._pipe.hmget(self.keys.run(run_id), names)
+            self._decoders.append(
+                lambda v: (
+                    None
+                    if v[0] is None
+                    else RunRecord.from_hash(run_id, dict(zip(names, v, strict=True)))
+                )
+            )
+        else:
+            self._pipe.hgetall(self.keys.run(run_id))
+            self._decoders.append(lambda v: RunRecord.from_hash(run_id, v) if v else None)
+
+    def step(self, run_id: str, step_id: str, *attrs: str) -> None:
+        """StepRecord attributes of one step (all of them when none are named)."""
+        names = step_field_names(attrs) if attrs else list(STEP_FIELDS)
+        self._pipe.hmget(self.keys.steps(run_id), [step_field(step_id, n) for n in names])
+        self._decoders.append(
+            lambda v: StepRecord.from_hash(step_id, dict(zip(names, v, strict=True)))
+        )
+
+    def execute(self) -> list[RunRecord | StepRecord | None]:
+        """One record per read, in order (a run read that found no run: None)."""
+        replies = self._pipe.execute() if self._decoders else []
+        return [decode(v) for decode, v in zip(self._decoders, replies, strict=True)]

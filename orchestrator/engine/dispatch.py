@@ -1,0 +1,186 @@
+"""Sending a run's canvas: every message that starts or continues a run leaves from here.
+
+A run is dispatched first when it is submitted, and again when an operator resumes, retries,
+cancels or retries its compensation, when its settle starts compensations, when a step of it is
+killed at its hard time limit or refused by the message guard, and when the watchdog finds it
+stalled. Each case is one method of :class:`Dispatcher`: the compiler builds the canvas, the
+dispatcher gives it the run's context (epoch, priority, header, queues) and sends it, so what
+is sent in each case is decided in one place. Callers move the run (in Lua) before they ask
+for a send; the dispatcher writes state only where the send decides it: a new run's record, a
+first send that failed, and the claim of a broken run it re-sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from orchestrator.engine import compiler
+from orchestrator.engine.runstate import RunState
+from orchestrator.engine.states import SETTLED_STEP_STATUSES, Move, RunStatus, StepStatus
+from orchestrator.model.definition import Definition, from_stored
+from orchestrator.records import RunRecord, StepRecord
+from orchestrator.settings import Settings
+
+# A run in these statuses is running its steps: when its canvas breaks, they are sent again.
+RUNNING_STATUSES = (RunStatus.RUNNING, RunStatus.PAUSING, RunStatus.PENDING)
+
+
+class Dispatcher:
+    """Sends the canvas of runs through one Celery app."""
+
+    def __init__(self, app: Any, settings: Settings, state: RunState) -> None:
+        self.app = app
+        self.settings = settings
+        self.state = state
+
+    def context(
+        self, run_id: str, epoch: int, run: RunRecord, defn: Definition
+    ) -> compiler.RunContext:
+        """What every task of one dispatch carries, from the run's stored fields."""
+        return self._context(
+            run_id, epoch, run.priority, defn, run.inputs, compiler.uses_inputs(defn)
+        )
+
+    def _context(
+        self,
+        run_id: str,
+        epoch: int,
+        priority: str,
+        defn: Definition,
+        inputs: Mapping[str, Any],
+        uses_inputs: bool,
+    ) -> compiler.RunContext:
+        return compiler.RunContext(
+            run_id,
+            epoch,
+            priority,
+            self.settings.hard_timeout_grace,
+            defn.id,
+            defn.version or "",
+            inputs if uses_inputs else None,
+            self.settings.default_queue,
+        )
+
+    # -- the cases ----------------------------------------------------------------------------
+
+    def start(
+        self,
+        run: RunRecord,
+        defn: Definition,
+        inputs: Mapping[str, Any],
+        *,
+        prepared: compiler.Blueprint | None = None,
+    ) -> None:
+        """A new run: compile it (before anything is written: a definition that cannot compile
+        leaves no run behind), record it PENDING, send it. A send that fails ends the run FAILED
+        with why, and raises."""
+        bp = prepared or compiler.blueprint(defn)
+        run_id = run.id
+        ctx = self._context(run_id, 1, run.priority, defn, inputs, bp.uses_inputs)
+        canvas = compiler.compile_run(defn, ctx, app=self.app, prepared=bp)
+        self.state.create(run, defn.step_ids)
+        try:
+            canvas.apply_async()
+        except Exception as exc:
+            # The run is recorded but nothing was queued: say so instead of leaving it PENDING.
+            self.state.transition(
+                run_id,
+                Move.ABANDON,
+                RunStatus.FAILED,
+                fields={"error": f"could not dispatch the run: {exc}"},
+            )
+            raise
+
+    def remaining(
+        self,
+        run_id: str,
+        epoch: int,
+        run: RunRecord,
+        defn: Definition,
+        steps: Mapping[str, StepRecord],
+        reset: Iterable[str] = (),
+    ) -> None:
+        """Every step not settled (or ``reset``), seeded with the outcomes of the settled ones
+        (resume, retry, re-dispatch). Steps still running from an earlier dispatch are adopted
+        when they end."""
+        reset = set(reset)
+        settled = {}
+        for sid, step in steps.items():
+            if sid in reset or step.status not in SETTLED_STEP_STATUSES:
+                continue
+            settled[sid] = (step.status, step.output)
+        ctx = self.context(run_id, epoch, run, defn)
+        compiler.compile_run(defn, ctx, settled=settled, app=self.app).apply_async()
+
+    def settle(self, run_id: str, epoch: int, priority: str) -> None:
+        """A lone settle (cancel): it waits for running steps, closes what never started and
+        compensates. It reads nothing but the run id and epoch from its header."""
+        ctx = compiler.RunContext(run_id, epoch, priority, queue=self.settings.default_queue)
+        compiler.compile_settle(ctx, app=self.app).apply_async()
+
+    def compensations(
+        self,
+        run_id: str,
+        epoch: int,
+        run: RunRecord,
+        defn: Definition,
+        order: list[str],
+        target: str,
+    ) -> None:
+        """The compensations of ``order`` (newest completion first), one at a time, then the
+        run moves to ``target``."""
+        ctx = self.context(run_id, epoch, run, defn)
+        compiler.compile_compensation(defn, ctx, order, target, app=self.app).apply_async()
+
+    def redispatch(self, run_id: str, reason: str) -> bool:
+        """Re-send what is left of a live run whose canvas broke (a step's process was killed at
+        its hard time limit, or its message refused: Celery will not continue the chain or chord
+        past it), with a new epoch. False when there is nothing to send."""
+        data = self.state.read(run_id)
+        if data is None:
+            return False
+        run, steps, _ = data
+        status = run.status
+        if status not in RUNNING_STATUSES:
+            return False  # a cancel already sent its own settle; a final run needs nothing
+        verdict, _, epoch = self.state.restart(
+            run_id,
+            Move.REDISPATCH,
+            RunStatus(status),
+            data={"action": "redispatch", "reason": reason},
+        )
+        if verdict != "ok":
+            return False
+        self.remaining(run_id, epoch, run, from_stored(run.definition), steps)
+        return True
+
+    def resend(
+        self,
+        run_id: str,
+        epoch: int,
+        status: str,
+        run: RunRecord,
+        defn: Definition,
+        steps: Mapping[str, StepRecord],
+    ) -> None:
+        """What a stalled run in ``status`` was waiting for (the watchdog, after its claim)."""
+        if status == RunStatus.CANCELLING:
+            self.settle(run_id, epoch, run.priority)
+        elif status == RunStatus.COMPENSATING:
+            # A compensation that was running when the canvas was lost is run again.
+            order = [
+                s
+                for s in reversed(self.state.completed_order(run_id))
+                if s in steps
+                and steps[s].status in (StepStatus.COMPLETED, StepStatus.COMPENSATING)
+                and defn.step(s).compensate
+            ]
+            target = run.compensate_target or RunStatus.FAILED
+            self.compensations(run_id, epoch, run, defn, order, str(target))
+        else:
+            self.remaining(run_id, epoch, run, defn, steps)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        """Terminate running step tasks (SIGTERM to their pool processes): a cancel's first act."""
+        self.app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
