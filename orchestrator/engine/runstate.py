@@ -110,7 +110,7 @@ class RunState:
         """Write a PENDING run with PENDING steps and its run_created event, in one round trip."""
         ts = now()
         run_id, step_ids = run.id, list(step_ids)
-        fields = run.to_hash()
+        fields: dict[Any, Any] = run.to_hash()
         fields.update(
             status=RunStatus.PENDING,
             created_at=ts,

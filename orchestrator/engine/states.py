@@ -286,7 +286,7 @@ def table_markdown() -> str:
     for row in RUN_TABLE:
         to = ", ".join(row.targets) or "(unchanged)"
         out.append(f"| {row.move} | {', '.join(row.sources)} | {to} | {row.why} |")
-    out += ["", "| step from | to | why |", "|---|---|---|"]
+    out += ["", "| step: from | to | why |", "|---|---|---|"]
     for row in STEP_TABLE:
         out.append(f"| {', '.join(row.sources)} | {', '.join(row.targets)} | {row.why} |")
     return "\n".join(out)
