@@ -73,9 +73,14 @@ def test_the_python_check_accepts_exactly_the_step_tables_pairs() -> None:
 def test_a_settled_step_only_goes_back_to_pending_or_into_its_compensation() -> None:
     for source, target in STEP_PAIRS:
         if source.is_settled and step_may(source, target):
-            assert target in (StepStatus.PENDING, StepStatus.COMPENSATING, StepStatus.COMPENSATED) or (
-                source == StepStatus.COMPENSATING and target == StepStatus.COMPLETED
-            ), (source, target)
+            assert target in (
+                StepStatus.PENDING,
+                StepStatus.COMPENSATING,
+                StepStatus.COMPENSATED,
+            ) or (source == StepStatus.COMPENSATING and target == StepStatus.COMPLETED), (
+                source,
+                target,
+            )
 
 
 def test_only_a_retry_moves_a_final_run() -> None:
