@@ -18,12 +18,8 @@ import yaml
 from flask import Response, current_app, g, request, session
 from flask.views import MethodView
 from flask_smorest import abort
-from sqlalchemy import case, func, select
 
 from orchestrator.audit import queries
-from orchestrator.audit.models import audit_log
-from orchestrator.audit.models import runs as runs_table
-from orchestrator.audit.models import steps as steps_table
 from orchestrator.engine.control import ALLOWED
 from orchestrator.errors import (
     CanvasflowError,
@@ -36,7 +32,7 @@ from orchestrator.errors import (
 from orchestrator.model.definition import dump_definition, parse_text
 from web import audit as web_audit
 from web import auth, schemas
-from web.detail import dag
+from web.detail import dag, log_dict
 from web.events import client_event
 from web.rest import Blueprint
 from web.runs import REDIS_UNREACHABLE, RunFilter
@@ -478,19 +474,7 @@ def run_logs(args: dict[str, Any], run_id: str) -> dict[str, Any]:
         limit=args["limit"],
         level=args["level"],
     )
-    out = [
-        {
-            "seq": x.seq,
-            "line": x.line,
-            "step": x.step,
-            "ts": x.ts,
-            "level": x.level,
-            "message": x.message,
-            "entity_tag": x.entity_tag,
-            "entity_route": x.entity_route,
-        }
-        for x in lines
-    ]
+    out = [log_dict(x) for x in lines]
     more = len(out) == args["limit"]
     return {
         "logs": out,
@@ -646,14 +630,6 @@ def analytics(args: dict[str, Any]) -> dict[str, Any]:
     since = until - PERIODS[args["period"]]
     try:
         a = queries.analytics(store, since, until)
-        started = func.sum(case((steps_table.c.attempts >= 1, 1), else_=0))
-        retried = func.sum(case((steps_table.c.attempts > 1, 1), else_=0))
-        with store.connect() as conn:
-            n_started, n_retried = conn.execute(
-                select(started, retried)
-                .select_from(steps_table.join(runs_table, runs_table.c.id == steps_table.c.run_id))
-                .where(runs_table.c.created_at >= since, runs_table.c.created_at < until)
-            ).one()
     except StoreError as exc:
         abort(503, message=str(exc))
         raise
@@ -695,9 +671,7 @@ def analytics(args: dict[str, Any]) -> dict[str, Any]:
             for s in a.slowest_steps
         ],
         "retry_rate": {
-            "overall": round(100.0 * int(n_retried or 0) / int(n_started), 1)
-            if n_started
-            else None,
+            "overall": _pct(a.retry_rate),
             "top_steps": [
                 {
                     "workflow": s.workflow,
@@ -982,15 +956,8 @@ def users_audit() -> dict[str, Any]:
     store = ext().store
     if store is None:
         return {"actions": []}
-    q = (
-        select(audit_log)
-        .where(audit_log.c.target_type.in_(("user", "token", "address")))
-        .order_by(audit_log.c.ts.desc(), audit_log.c.id.desc())
-        .limit(100)
-    )
     try:
-        with store.connect() as conn:
-            rows = conn.execute(q).mappings().all()
+        rows = queries.audit_entries(store, target_types=("user", "token", "address"), limit=100)
     except StoreError as exc:
         abort(503, message=f"the audit store is unavailable: {exc}")
         raise
@@ -1003,7 +970,7 @@ def users_audit() -> dict[str, Any]:
                 "target_type": r["target_type"],
                 "target_id": r["target_id"],
                 "outcome": r["outcome"],
-                "detail": json.loads(r["detail"]) if r["detail"] else None,
+                "detail": r["detail"],
             }
             for r in rows
         ]

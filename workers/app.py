@@ -17,6 +17,7 @@ from celery import Celery, Task, signals
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
+from orchestrator.engine import stepcore
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.compiler import (
     COMPENSATE_TASK,
@@ -39,8 +40,29 @@ log = logging.getLogger(__name__)
 ALIVE_TTL = 30
 
 
-def create_worker_app(settings: Settings | None = None, registry: Registry | None = None) -> Celery:
-    """A Celery app with canvasflow's tasks registered and the plugin catalog published."""
+def catalog_entry(registry: Registry, settings: Settings, queues: list[str]) -> dict[str, Any]:
+    """What a worker publishes about itself: its plugins, the queues it consumes, and its
+    builtin.call allow-list (so that validation at submit refuses a call it would refuse)."""
+    return {
+        "plugins": registry.catalog(),
+        "queues": queues,
+        "pid": os.getpid(),
+        "started_at": time.time(),
+        "call_allow": list(settings.call_allow),
+    }
+
+
+def create_worker_app(
+    settings: Settings | None = None,
+    registry: Registry | None = None,
+    *,
+    redis_client: redis.Redis | None = None,
+) -> Celery:
+    """A Celery app with canvasflow's tasks registered and the plugin catalog published.
+
+    ``redis_client`` replaces the connections to ``settings.redis_url`` (the in-process runner,
+    workers/testing.py, passes a fake Redis).
+    """
     settings = settings or Settings.from_env()
     app = create_celery(settings)
     app.conf.update(broker.worker_celery_options(settings))
@@ -48,10 +70,12 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     if "builtin" in registry.names():
         registry.configure("builtin", call_allow=settings.call_allow)
     keys = Keys(settings.key_prefix)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
     # The catalog and liveness writes run in the worker's main process: they must not wait
     # through an outage. The step path's own client does (broker.Patient).
-    step_client = redis.Redis.from_url(
+    client = redis_client or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=30, health_check_interval=30
+    )
+    step_client = redis_client or redis.Redis.from_url(
         settings.redis_url, socket_timeout=30, health_check_interval=30
     )
     state = RunState(
@@ -99,7 +123,11 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     # max_retries=None on the task: ``self.retry(max_retries=None)`` means "the task's own
     # limit", Celery's default 3, and a step with more retries, or a settle waiting for running
     # steps, would stop with MaxRetriesExceededError and strand its run. Steps count their own.
+    # shared=False: these tasks close over this app's runtime; shared, Celery would keep them
+    # for ever and add them to every app created after (a process that builds several apps,
+    # tests and the in-process runner, would never let one go).
     @app.task(
+        shared=False,
         name=STEP_TASK,
         bind=True,
         acks_late=True,
@@ -112,11 +140,12 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
         with broker.hand_back_on_outage(self):
             return steps.run_step(self, rt, incoming, spec, hdr)
 
-    @app.task(name=MERGE_TASK, ignore_result=True)
+    @app.task(shared=False, name=MERGE_TASK, ignore_result=True)
     def merge(incoming: Any, hdr: dict) -> Any:
-        return steps.merge(incoming)
+        return stepcore.merge(incoming)
 
     @app.task(
+        shared=False,
         name=SETTLE_TASK,
         bind=True,
         acks_late=True,
@@ -130,6 +159,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             return str(steps.safe_settle(self, rt, hdr))
 
     @app.task(
+        shared=False,
         name=COMPENSATE_TASK,
         bind=True,
         acks_late=True,
@@ -143,6 +173,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             return steps.safe_compensate(self, rt, prev, spec, hdr)
 
     @app.task(
+        shared=False,
         name=COMPENSATED_TASK,
         bind=True,
         acks_late=True,
@@ -169,15 +200,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             queues = sorted(q.name for q in app.amqp.queues.consume_from.values())
         except Exception:
             pass
-        # call_allow: validation at submit refuses a builtin.call this worker would refuse.
-        catalog = registry.catalog()
-        entry = {
-            "plugins": catalog,
-            "queues": queues,
-            "pid": os.getpid(),
-            "started_at": time.time(),
-            "call_allow": list(settings.call_allow),
-        }
+        entry = catalog_entry(registry, settings, queues)
         client.hset(keys.catalog, hostname, json.dumps(entry))
         client.set(keys.worker_alive(hostname), "1", ex=ALIVE_TTL)
         pool_module = type(getattr(sender, "pool", None)).__module__
@@ -189,7 +212,7 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             )
         log.info(
             "canvasflow: published %d plugins for %s; builtin.call: %s",
-            len(catalog),
+            len(entry["plugins"]),
             hostname,
             callallow.describe(settings.call_allow),
         )
@@ -219,9 +242,12 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
             except redis.RedisError:
                 log.warning("canvasflow: could not refresh the liveness of %s", hostname)
 
-    signals.worker_ready.connect(publish_catalog, weak=False)
-    signals.heartbeat_sent.connect(heartbeat, weak=False)
-    signals.worker_shutdown.connect(withdraw_catalog, weak=False)
+    # Weak receivers held by the app: they go when the app goes (an app of a test, or of the
+    # in-process runner), instead of keeping it and its Redis client alive for ever.
+    app.canvasflow_receivers = (publish_catalog, heartbeat, withdraw_catalog)  # type: ignore[attr-defined]
+    signals.worker_ready.connect(publish_catalog)
+    signals.heartbeat_sent.connect(heartbeat)
+    signals.worker_shutdown.connect(withdraw_catalog)
     return app
 
 

@@ -224,6 +224,7 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._stopped = threading.Event()
 
     def add(
         self,
@@ -237,12 +238,18 @@ class Heartbeat:
         step's task when its run is cancelled before Redis knew it was running."""
         with self._lock:
             self._active[(ctx.run_id, ctx.step_id)] = _Active(owner, ctx, begin, terminate)
+            if self._stopped.is_set():
+                return
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(
                     target=self._loop, name="canvasflow-heartbeat", daemon=True
                 )
                 self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (a worker process just exits; the in-process runner closes)."""
+        self._stopped.set()
 
     def remove(self, ctx: StepContext) -> int:
         """Stop watching; returns the phase the step ends in (StepContext.claim_end)."""
@@ -268,8 +275,7 @@ class Heartbeat:
         # events every FLUSH_INTERVAL (one event per batch of log lines).
         tick = min(FLUSH_INTERVAL, max(0.01, self.begin_after))
         last_flush = time.monotonic()
-        while True:
-            time.sleep(tick)
+        while not self._stopped.wait(tick):
             flush = time.monotonic() - last_flush >= FLUSH_INTERVAL - tick / 2
             if flush:
                 last_flush = time.monotonic()

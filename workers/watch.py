@@ -41,6 +41,7 @@ class ControlWatch:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._stopped = threading.Event()
 
     def listen(self, fn: Listener) -> None:
         """Call ``fn(run_id, action, flag)`` for every change published (in the watcher's thread)."""
@@ -50,6 +51,12 @@ class ControlWatch:
         """True when this process knows for sure that nothing has touched the run."""
         self._ensure_started()
         return self._ready.is_set() and run_id not in self._touched
+
+    def stop(self) -> None:
+        """End the thread within a second (the in-process runner closes); every run counts as
+        touched from then on."""
+        self._stopped.set()
+        self._ready.clear()
 
     def touch(self, run_id: str) -> None:
         """Count a run as touched from now on (a step saw it halting before the news came)."""
@@ -62,6 +69,8 @@ class ControlWatch:
     def _ensure_started(self) -> None:
         # The prefork pool forks worker processes after the app is built: each process needs
         # its own thread and connection.
+        if self._stopped.is_set():
+            return
         if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
             return
         with self._lock:
@@ -77,7 +86,7 @@ class ControlWatch:
 
     def _run(self) -> None:
         delay = 0.5
-        while True:
+        while not self._stopped.is_set():
             pubsub = self._client.pubsub()
             try:
                 pubsub.subscribe(self._keys.control_channel)
@@ -92,7 +101,7 @@ class ControlWatch:
                 self._ready.set()
                 delay = 0.5
                 last_prune = time.monotonic()
-                while True:
+                while not self._stopped.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._handle(_s(message.get("data")))
@@ -106,7 +115,7 @@ class ControlWatch:
                     delay,
                     exc_info=log.isEnabledFor(logging.DEBUG),
                 )
-                time.sleep(delay)
+                self._stopped.wait(delay)
                 delay = min(delay * 2, 10.0)
             finally:
                 try:
