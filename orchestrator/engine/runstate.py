@@ -1,7 +1,7 @@
 """Hot state of runs in Redis: :class:`RunState` owns its layout and every read and write of it.
 
 The keys come from orchestrator/keys.py, the fields and their encoding from the one codec
-(orchestrator/engine/records.py); nothing else in the package reads or writes a run's keys
+(orchestrator/records.py); nothing else in the package reads or writes a run's keys
 (tests/test_layout.py). Every state change is one atomic Lua script (orchestrator/engine/lua/):
 it checks the run's status and epoch and the transition table, writes the step or run fields,
 bumps the run's sequence number and appends the event to the stream, in one round trip.
@@ -76,9 +76,7 @@ def pack_batch(batch: list[list[Any]] | None) -> list[str]:
 class RunState:
     """All reads and writes of a run's hot state; one instance per process is enough."""
 
-    def __init__(
-        self, client: redis.Redis, keys: Keys, *, state_ttl: int = 7 * 24 * 3600, maxlen: int = 0
-    ):
+    def __init__(self, client: redis.Redis, keys: Keys, *, state_ttl: int, maxlen: int = 0):
         self.r = client
         self.keys = keys
         self.state_ttl = state_ttl
