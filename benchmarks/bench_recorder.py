@@ -47,8 +47,9 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from orchestrator.audit import AuditStore  # noqa: E402
 from orchestrator.audit.recorder import Recorder  # noqa: E402
 from orchestrator.engine.runstate import RunState, dumps, now  # noqa: E402
-from orchestrator.engine.states import RunStatus  # noqa: E402
+from orchestrator.engine.states import Move, RunStatus  # noqa: E402
 from orchestrator.keys import Keys  # noqa: E402
+from orchestrator.records import RunRecord  # noqa: E402
 
 DEFAULT_PG = os.environ.get(
     "CANVASFLOW_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench"
@@ -82,21 +83,22 @@ class Producer:
         rid = uuid.uuid4().hex[:16]
         st = self.state
         st.create(
-            rid,
-            {
-                "workflow": "bench",
-                "version": "1",
-                "name": "bench",
-                "definition": self.definition,
-                "inputs": "{}",
-                "priority": "normal",
-                "tags": '["bench"]',
-                "triggered_by": "bench",
-                "trigger_type": "bench",
-                "sla_seconds": "60",
-            },
+            RunRecord.from_hash(
+                rid,
+                {
+                    "workflow": "bench",
+                    "version": "1",
+                    "name": "bench",
+                    "definition": self.definition,
+                    "inputs": "{}",
+                    "priority": "normal",
+                    "tags": '["bench"]',
+                    "triggered_by": "bench",
+                    "trigger_type": "bench",
+                    "sla_seconds": "60",
+                },
+            ),
             self.steps,
-            "bench",
         )
         for sid in self.steps:
             st.begin_step(
@@ -154,7 +156,7 @@ class Producer:
                 attempt=rec,
                 batch=[["stats", sid, "", now(), dumps(rec["stats"])]],
             )
-        st.transition(rid, RunStatus.COMPLETED)
+        st.transition(rid, Move.SETTLE, RunStatus.COMPLETED)
         return 3 + len(self.steps) * (3 + self.logs)
 
 

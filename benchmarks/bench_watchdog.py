@@ -28,6 +28,7 @@ from orchestrator import Client  # noqa: E402
 from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
 from orchestrator.engine.watchdog import Watchdog  # noqa: E402
 from orchestrator.fleet.inspect import queue_keys  # noqa: E402
+from orchestrator.records import RunRecord  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 DEFINITION = '{"id":"bench","steps":[{"id":"a","plugin":"builtin","method":"echo"}]}'
@@ -64,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             client = Client(Settings(redis_url=url, key_prefix=f"bw{uuid.uuid4().hex[:6]}"))
             for i in range(n):
                 client.state.create(
-                    f"{i:016x}", {"workflow": "bench", "definition": DEFINITION}, ["a"], "bench"
+                    RunRecord.from_hash(
+                        f"{i:016x}", {"workflow": "bench", "definition": DEFINITION}
+                    ),
+                    ["a"],
                 )
             dog = Watchdog(client, stall_seconds=3600)
             dog.check_once()

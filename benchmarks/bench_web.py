@@ -57,7 +57,8 @@ from orchestrator.audit.models import runs as runs_table  # noqa: E402
 from orchestrator.audit.models import steps as steps_table  # noqa: E402
 from orchestrator.audit.store import AuditStore  # noqa: E402
 from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
-from orchestrator.engine.states import RunStatus  # noqa: E402
+from orchestrator.engine.states import Move, RunStatus  # noqa: E402
+from orchestrator.records import RunRecord  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 CHROMIUM_ARGS = [
@@ -181,9 +182,11 @@ def seed(settings: Settings, client: Client, active: int, finished: int) -> None
             "trigger_type": "bench",
             "sla_seconds": "600",
         }
-        client.state.create(rid, fields, [f"s{k}" for k in range(5)], "seeded")
+        client.state.create(RunRecord.from_hash(rid, fields), [f"s{k}" for k in range(5)])
         created = float(client.redis.hget(client.keys.run(rid), "created_at"))
-        client.state.transition(rid, RunStatus.RUNNING, fields={"started_at": f"{now:.6f}"})
+        client.state.transition(
+            rid, Move.BEGIN, RunStatus.RUNNING, fields={"started_at": f"{now:.6f}"}
+        )
         rows.append(
             {
                 "id": rid,

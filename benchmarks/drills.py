@@ -366,7 +366,7 @@ def verdict(rig: Rig, run_ids: list[str], status: dict[str, str], audit: bool) -
         if data is None:
             continue
         run, _, attempts = data
-        hot_seq[rid] = int(run.get("seq", 0))
+        hot_seq[rid] = run.seq
         done: dict[str, int] = {}
         for a in attempts:
             if a.get("status") == "COMPLETED":

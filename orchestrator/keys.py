@@ -110,6 +110,27 @@ class Keys:
         return f"{self.prefix}:web:secret_key"
 
     @property
+    def broker(self) -> str:
+        """Prefix of the Celery broker's and result backend's keys (``global_keyprefix``): queues,
+        bindings, kombu's ``unacked`` hash and task results live under the deployment's prefix."""
+        return f"{self.prefix}:celery:"
+
+    @property
+    def broker_unacked(self) -> str:
+        """Hash: messages delivered and not acknowledged yet (kombu's Redis transport)."""
+        return f"{self.broker}unacked"
+
+    @property
+    def inspect_workers(self) -> str:
+        """Hash: hostname -> JSON of what the dashboard's Celery event capture knows of a worker."""
+        return f"{self.prefix}:inspect:workers"
+
+    @property
+    def socketio_channel(self) -> str:
+        """Pub/sub channel of Flask-SocketIO's Redis message queue (the web processes)."""
+        return f"{self.prefix}-socketio"
+
+    @property
     def catalog(self) -> str:
         """Hash: worker hostname -> JSON {plugins, queues, started_at, pid}."""
         return f"{self.prefix}:catalog"

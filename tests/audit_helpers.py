@@ -19,6 +19,7 @@ from orchestrator.audit import AuditStore, Event, Lookups
 from orchestrator.audit.models import events, runs, step_attempts, step_logs, steps
 from orchestrator.audit.recorder import Recorder
 from orchestrator.keys import Keys
+from orchestrator.records import RunRecord
 from orchestrator.settings import Settings
 from tests.conftest import ROOT
 
@@ -167,11 +168,14 @@ def mixed_runs(n: int = 6, t0: float = 1_000_000.0) -> tuple[list[Event], Lookup
     for i in range(n):
         rid = f"run{i:03d}"
         r = RunEvents(rid, t0 + i * 100).created("etl" if i % 2 else "report")
-        lk.runs[rid] = run_meta(
-            r.events[0].data["workflow"],
-            ["load", "check", "save"],
-            tags=["nightly"] if i % 3 == 0 else ["adhoc"],
-            sla=5.0,
+        lk.runs[rid] = RunRecord.from_hash(
+            rid,
+            run_meta(
+                r.events[0].data["workflow"],
+                ["load", "check", "save"],
+                tags=["nightly"] if i % 3 == 0 else ["adhoc"],
+                sla=5.0,
+            ),
         )
         r.status("RUNNING")
         kind = i % 4

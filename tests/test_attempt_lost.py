@@ -17,6 +17,7 @@ from orchestrator.audit.models import step_attempts
 from orchestrator.audit.recorder import Recorder
 from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
+from orchestrator.records import RunRecord
 from tests.audit_helpers import wait_for
 from tests.conftest import make_settings
 
@@ -37,7 +38,7 @@ def test_a_new_attempt_of_a_step_whose_lease_lapsed_reports_the_old_one_lost_onc
 ) -> None:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     state = RunState(redis_client, keys, state_ttl=60)
-    state.create("r1", {"workflow": "w"}, ["a"], "w")
+    state.create(RunRecord.from_hash("r1", {"workflow": "w"}), ["a"])
     go = dict(intent="run", lease_ttl=30, worker="w1", task_id="t1")
     assert state.begin_step("r1", "a", 1, owner="first", **go)[:2] == ("go", "1")
     # the same owner again (its reply lost, or its message handed back to it): same attempt
@@ -59,7 +60,7 @@ def test_a_new_attempt_of_a_step_whose_lease_lapsed_reports_the_old_one_lost_onc
     types = [e["type"] for e in events_of(redis_client, keys, "r1")]
     assert types.count("step_completed") == 1 and types.count("attempt_lost") == 1
     run, _, attempts = state.read("r1")
-    assert run["settled"] == "1" and len(attempts) == 1
+    assert run.settled == 1 and len(attempts) == 1
     assert state.finish_step("r1", "a", 1, **{**finish, "owner": "first"}) == "lost"
     redis_client.delete(*redis_client.keys(f"{keys.prefix}:*"))
 

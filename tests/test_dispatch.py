@@ -27,6 +27,7 @@ from orchestrator.errors import CanvasflowError
 from orchestrator.fleet.inspect import queue_keys
 from orchestrator.keys import Keys
 from orchestrator.model.definition import Definition, Workflow, dump_definition
+from orchestrator.records import RunRecord, StepRecord
 from orchestrator.settings import Settings
 from tests.conftest import make_settings
 
@@ -78,12 +79,14 @@ class Env:
 
     def new_run(self, defn: Definition, inputs: dict[str, Any] | None = None, **fields: str) -> str:
         run_id = secrets.token_hex(8)
-        self.dispatcher.start(run_id, defn, run_fields(defn, inputs, **fields), inputs or {})
+        self.dispatcher.start(run_record(run_id, defn, inputs, **fields), defn, inputs or {})
         return run_id
 
 
-def run_fields(defn: Definition, inputs: dict[str, Any] | None, **extra: str) -> dict[str, str]:
-    return {
+def run_record(
+    run_id: str, defn: Definition, inputs: dict[str, Any] | None, **extra: str
+) -> RunRecord:
+    fields = {
         "workflow": defn.id,
         "version": defn.version or "",
         "definition": dumps(dump_definition(defn)),
@@ -91,6 +94,11 @@ def run_fields(defn: Definition, inputs: dict[str, Any] | None, **extra: str) ->
         "priority": "normal",
         **extra,
     }
+    return RunRecord.from_hash(run_id, fields)
+
+
+def step_records(steps: dict[str, dict[str, str]]) -> dict[str, StepRecord]:
+    return {sid: StepRecord.from_hash(sid, fields) for sid, fields in steps.items()}
 
 
 @pytest.fixture
@@ -164,12 +172,12 @@ def test_a_run_whose_send_fails_ends_failed_with_why(redis_url: str) -> None:
     )
     defn = three_links()
     with pytest.raises(Exception) as raised:
-        Dispatcher(app, settings, state).start("feedfeedfeedfeed", defn, run_fields(defn, {}), {})
+        Dispatcher(app, settings, state).start(run_record("feedfeedfeedfeed", defn, {}), defn, {})
     assert not isinstance(raised.value, CanvasflowError)  # the broker's own error, unchanged
     run = state.read("feedfeedfeedfeed")
     assert run is not None
-    assert run[0]["status"] == RunStatus.FAILED
-    assert run[0]["error"].startswith("could not dispatch the run: ")
+    assert run.run.status == RunStatus.FAILED
+    assert run.run.error.startswith("could not dispatch the run: ")
     for key in r.scan_iter(f"{settings.key_prefix}:*"):
         r.delete(key)
     r.close()
@@ -177,13 +185,15 @@ def test_a_run_whose_send_fails_ends_failed_with_why(redis_url: str) -> None:
 
 def test_remaining_sends_the_unsettled_steps_seeded_with_the_settled_outcomes(env: Env) -> None:
     defn = three_links()
-    run = run_fields(defn, {"mode": "slow"})
+    run = run_record("r1", defn, {"mode": "slow"})
     # A run paused after its first step (resume), or retried from it (reset).
-    steps = {
-        "extract": {"status": "COMPLETED", "output": '{"rows": 3}'},
-        "transform": {"status": "PENDING"},
-        "load": {"status": "PENDING"},
-    }
+    steps = step_records(
+        {
+            "extract": {"status": "COMPLETED", "output": '{"rows": 3}'},
+            "transform": {"status": "PENDING"},
+            "load": {"status": "PENDING"},
+        }
+    )
     env.dispatcher.remaining("r1", 4, run, defn, steps)
     (first,) = env.sent()
     assert compiler.read_spec(first.args[1])["id"] == "transform"
@@ -211,7 +221,7 @@ def test_a_lone_settle_carries_the_run_and_epoch_only(env: Env) -> None:
 def test_compensations_run_one_at_a_time_in_the_order_given_then_end_the_run(env: Env) -> None:
     defn = three_links()
     env.dispatcher.compensations(
-        "r3", 2, run_fields(defn, {"mode": "x"}), defn, ["load", "transform"], "CANCELLED"
+        "r3", 2, run_record("r3", defn, {"mode": "x"}), defn, ["load", "transform"], "CANCELLED"
     )
     (msg,) = env.sent()
     assert msg.task == COMPENSATE_TASK and msg.args[1]["id"] == "load"
@@ -236,7 +246,7 @@ def test_redispatch_sends_nothing_for_an_unknown_or_cancelling_run(env: Env) -> 
     assert env.dispatcher.redispatch("0000000000000000", reason="test") is False
     run_id = env.new_run(three_links())
     env.sent()
-    verdict, *_ = env.state.cancel(run_id, sources=[RunStatus.PENDING], terminate=False)
+    verdict, *_ = env.state.cancel(run_id, terminate=False)
     assert verdict == "ok"
     assert env.dispatcher.redispatch(run_id, reason="test") is False
     assert env.sent() == []
@@ -259,12 +269,14 @@ def test_resend_sends_what_a_stalled_run_in_each_status_waits_for(
     env.sent()
     # load completed last, then transform's compensation began when the canvas was lost.
     env.redis.rpush(env.state.keys.completed(run_id), "extract", "transform", "load")
-    steps = {
-        "extract": {"status": "COMPLETED", "output": '{"rows": 3}'},
-        "transform": {"status": "COMPENSATING"},
-        "load": {"status": "COMPENSATED" if status == RunStatus.COMPENSATING else "PENDING"},
-    }
-    run = {**run_fields(defn, {}), "compensate_target": "CANCELLED"}
+    steps = step_records(
+        {
+            "extract": {"status": "COMPLETED", "output": '{"rows": 3}'},
+            "transform": {"status": "COMPENSATING"},
+            "load": {"status": "COMPENSATED" if status == RunStatus.COMPENSATING else "PENDING"},
+        }
+    )
+    run = run_record(run_id, defn, {}, compensate_target="CANCELLED")
     env.dispatcher.resend(run_id, 3, status, run, defn, steps)
     (msg,) = env.sent()
     assert msg.task == first_task and msg.header["epoch"] == 3

@@ -15,6 +15,7 @@ from orchestrator import Client, Workflow
 from orchestrator.cli.embedded import EmbeddedRedis
 from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
+from orchestrator.records import RunRecord
 from tests.conftest import TEST_CALL_ALLOW, WorkerProcess, make_settings
 from tests.web_helpers import wait_for
 
@@ -77,8 +78,9 @@ def test_a_step_of_an_untouched_run_costs_one_script_call_and_asking_first_costs
         assert snap.status == "COMPLETED"
         assert [s.output for s in snap.steps] == [{"i": i} for i in range(10)]
         assert all(s.attempts == 1 and s.started_at <= s.finished_at for s in snap.steps)
-        # ten steps, plus the run's final transition (settled by the last step)
-        assert after - before == (10 if fast else 20) + 1
+        # ten steps, plus the run's final transition (settled by the last step) and the
+        # snapshot wait() returns (RunState.read is one script)
+        assert after - before == (10 if fast else 20) + 2
         types = [e["type"] for e in events_of(client, run.id) if e["step"] == "s4"]
         assert types == ["step_started", "step_completed"]
     finally:
@@ -212,7 +214,7 @@ def test_a_step_cancelled_before_redis_knew_it_ran_is_terminated(
 def test_run_once_records_nothing_for_a_run_that_moved_on(redis_client: redis.Redis) -> None:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     state = RunState(redis_client, keys, state_ttl=60)
-    state.create("r1", {"workflow": "w"}, ["a", "b"], "w")
+    state.create(RunRecord.from_hash("r1", {"workflow": "w"}), ["a", "b"])
     record = {"step": "a", "status": "COMPLETED", "started_at": 1.0, "finished_at": 2.0}
     common = {
         "status": "COMPLETED",
@@ -230,8 +232,8 @@ def test_run_once_records_nothing_for_a_run_that_moved_on(redis_client: redis.Re
     # ...and the very same write again (retried after its reply was lost) is that attempt: 'ok', no-op
     assert state.run_once("r1", "a", 1, **common)[:2] == ("ok", "1")
     run, steps, attempts = state.read("r1")
-    assert run["status"] == "RUNNING" and run["settled"] == "1"
-    assert steps["a"]["status"] == "COMPLETED" and steps["a"]["output"] == '{"x":1}'
+    assert run.status == "RUNNING" and run.settled == 1
+    assert steps["a"].status == "COMPLETED" and steps["a"].output_json == '{"x":1}'
     assert attempts == [{"attempt": 1, **record}]
     types = [f[b"type"].decode() for _, f in redis_client.xrange(keys.events)]
     assert types == ["run_created", "run_status_changed", "step_started", "step_completed"]

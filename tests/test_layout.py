@@ -40,12 +40,13 @@ def test_package_imports_follow_the_dependency_rule(package: str) -> None:
 
 
 # --- orchestrator's layers (issue 14 item 6): each sub-package's README says what it may import.
-BASE = {"errors", "keys", "logbatch"}
+BASE = {"errors", "keys", "logbatch", "records"}
 # layer -> the parts of orchestrator it may import, and the libraries it must not.
 LAYERS: dict[str, tuple[set[str], set[str]]] = {
     "errors": (set(), {"celery", "kombu", "redis", "sqlalchemy"}),
     "keys": (set(), {"celery", "kombu", "redis", "sqlalchemy"}),
     "logbatch": (set(), {"celery", "kombu", "redis", "sqlalchemy"}),
+    "records": ({"keys"}, {"celery", "kombu", "redis", "sqlalchemy"}),
     "model": (
         {"errors", "model"},
         {"celery", "kombu", "redis", "sqlalchemy", "alembic", "click", "rich"},
@@ -372,3 +373,182 @@ def test_the_web_read_boundary_catches_each_way_around_it() -> None:
     assert web_sql_offenders("runs.py", "from sqlalchemy.exc import SQLAlchemyError") == []
     assert web_sql_offenders("auth.py", "from orchestrator.audit.models import web_users") == []
     assert web_sql_offenders("auth.py", "with self.engine.connect() as c: pass") == []
+
+
+# --- run state (issue 14 item 1) ------------------------------------------------------------
+# RunState owns the Redis layout of a run: keys.py declares the keys, records.py the fields and
+# their codec (and the batched reads the recorder uses), runstate.py every read and write.
+RUN_STATE_OWNERS = {"orchestrator/engine/runstate.py", "orchestrator/records.py"}
+KEY_BUILDER = "orchestrator/keys.py"
+# Keys.<method>(run_id...): the keys of one run, which only the owners may address.
+RUN_KEY_METHODS = {"run", "steps", "attempts", "completed", "lease"}
+KEY_PATTERNS = (":run:", ":lease:", ":steps", ":attempts", ":completed")
+
+
+def python_sources() -> list[tuple[str, ast.Module]]:
+    out = []
+    for package in ("orchestrator", "workers", "web"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "migrations" not in path.parts:
+                rel = str(path.relative_to(ROOT))
+                out.append((rel, ast.parse(path.read_text(), filename=rel)))
+    return out
+
+
+def docstrings(tree: ast.Module) -> set[int]:
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef))]
+    return {
+        id(n.body[0].value)
+        for n in nodes
+        if n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+        and isinstance(n.body[0].value.value, str)
+    }
+
+
+def name_of(node: ast.AST) -> str:
+    """The last name of ``x``, ``a.b.x`` or ``a.b.x(...)``; '' for anything else."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def hand_built_keys(tree: ast.Module) -> list[str]:
+    """Keys made from the key prefix by string formatting or concatenation, key patterns
+    written out, and step fields ("<step>|<field>") formatted by hand."""
+    found = []
+    skip = docstrings(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            parts = node.values
+            for left, right in zip(parts, parts[1:], strict=False):
+                if (
+                    isinstance(left, ast.FormattedValue)
+                    and "prefix" in name_of(left.value)
+                    and isinstance(right, ast.Constant)
+                    and str(right.value)[:1] in ":-"
+                ):
+                    found.append(f"line {node.lineno}: a key formatted from {name_of(left.value)}")
+                if (
+                    isinstance(left, ast.FormattedValue)
+                    and isinstance(right, ast.Constant)
+                    and str(right.value).startswith("|")
+                ):
+                    found.append(f"line {node.lineno}: a step field formatted by hand")
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            if "prefix" in name_of(node.left) and isinstance(node.right, ast.Constant):
+                found.append(f"line {node.lineno}: a key added to {name_of(node.left)}")
+        elif (
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+        ):
+            if any(p in node.value for p in KEY_PATTERNS):
+                found.append(f"line {node.lineno}: a run key pattern written out: {node.value!r}")
+    return found
+
+
+def run_state_access(tree: ast.Module) -> list[str]:
+    """A run's keys addressed (keys.run(...), keys.steps(...)...), step fields named through
+    keys.step_field, and Lua registered: each is the run state's business."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = name_of(node.func.value)
+            if node.func.attr in RUN_KEY_METHODS and owner == "keys":
+                found.append(f"line {node.lineno}: keys.{node.func.attr}(...)")
+            if node.func.attr == "register_script":
+                found.append(f"line {node.lineno}: a Lua script registered")
+        if isinstance(node, ast.Name | ast.alias) and (
+            getattr(node, "id", None) or getattr(node, "name", None)
+        ) in ("step_field", "STEP_FIELD_SEP"):
+            found.append(f"line {getattr(node, 'lineno', '?')}: the step field separator")
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "redis.call(" in node.value
+        ):
+            found.append(f"line {node.lineno}: Lua in a Python string")
+    return found
+
+
+def test_only_keys_py_builds_a_canvasflow_key() -> None:
+    offenders = [
+        f"{rel}: {what}"
+        for rel, tree in python_sources()
+        if rel != KEY_BUILDER
+        for what in hand_built_keys(tree)
+    ]
+    assert offenders == []
+
+
+def test_only_the_run_state_reads_or_writes_a_runs_keys() -> None:
+    offenders = [
+        f"{rel}: {what}"
+        for rel, tree in python_sources()
+        if rel not in RUN_STATE_OWNERS | {KEY_BUILDER}
+        for what in run_state_access(tree)
+    ]
+    assert offenders == []
+
+
+def test_the_run_state_rules_catch_what_they_are_for() -> None:
+    code = ast.parse(
+        "f'{settings.key_prefix}:celery:'\n"
+        "f'{self.prefix}:run:{rid}'\n"
+        "key_prefix + ':x'\n"
+        "r.hgetall('cf:run:' + rid)\n"
+        "r.hget(client.keys.run(rid), 'status')\n"
+        "r.hmget(state.keys.steps(rid), f'{sid}|status')\n"
+        "from orchestrator.keys import step_field\n"
+        "client.register_script('return 1')\n"
+        "LUA = \"redis.call('GET', KEYS[1])\"\n"
+    )
+
+    def lines(found: list[str]) -> list[int]:
+        return sorted({int(w.split(":")[0].removeprefix("line ")) for w in found})
+
+    assert lines(hand_built_keys(code)) == [1, 2, 3, 4, 6]
+    assert lines(run_state_access(code)) == [5, 6, 7, 8, 9]
+
+
+# --- Lua in .lua files (issue 14 item 3) ----------------------------------------------------
+LUA_DIR = ROOT / "orchestrator" / "engine" / "lua"
+
+
+def test_no_python_module_holds_lua() -> None:
+    offenders = [
+        f"{rel}: line {node.lineno}"
+        for rel, tree in python_sources()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and "redis.call(" in node.value
+    ]
+    assert offenders == []
+
+
+def test_each_lua_script_says_its_keys_arguments_and_return_value() -> None:
+    scripts = sorted(LUA_DIR.glob("*.lua"))
+    assert scripts
+    for path in scripts:
+        head = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("--"):
+                break
+            head.append(line)
+        text = "\n".join(head)
+        if path.name == "common.lua":  # the included piece, not a script
+            assert "include" in text
+            continue
+        assert "-- KEYS:" in text and "-- Returns" in text, path.name
+        assert "-- ARGV:" in text or "ARGV" not in path.read_text(), path.name
+
+
+def test_the_lua_files_ship_in_the_wheel() -> None:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    data = config["tool"]["setuptools"]["package-data"]
+    assert "lua/*.lua" in data["orchestrator.engine"]

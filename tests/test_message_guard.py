@@ -15,6 +15,7 @@ from orchestrator import Client, Workflow
 from orchestrator.engine import compiler
 from orchestrator.engine.runstate import dumps
 from orchestrator.model.definition import Definition, dump_definition
+from orchestrator.records import RunRecord
 from orchestrator.settings import Settings
 from tests.conftest import make_settings
 
@@ -47,18 +48,19 @@ def submit_unvalidated(client: Client, defn: Definition) -> str:
         defn, steps=tuple(dataclasses.replace(s, params={}) for s in defn.steps)
     )
     client.state.create(
-        run_id,
-        {
-            "workflow": defn.id,
-            "version": "",
-            "name": defn.id,
-            "definition": dumps(dump_definition(shallow)),
-            "inputs": "{}",
-            "priority": "normal",
-            "tags": "[]",
-        },
+        RunRecord.from_hash(
+            run_id,
+            {
+                "workflow": defn.id,
+                "version": "",
+                "name": defn.id,
+                "definition": dumps(dump_definition(shallow)),
+                "inputs": "{}",
+                "priority": "normal",
+                "tags": "[]",
+            },
+        ),
         defn.step_ids,
-        defn.id,
     )
     canvas.apply_async()
     return run_id

@@ -20,6 +20,7 @@ from orchestrator.audit.models import events, step_attempts
 from orchestrator.audit.recorder import Recorder
 from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
+from orchestrator.records import RunRecord
 from tests.audit_helpers import (
     RecorderProcess,
     assert_store_matches_redis,
@@ -412,7 +413,7 @@ def test_stream_is_trimmed_only_below_what_every_group_acknowledged(
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     state = RunState(redis_client, keys, state_ttl=60)
     for i in range(10):
-        state.create(f"r{i}", {"workflow": "w", "version": "1"}, ["s"], "w")
+        state.create(RunRecord.from_hash(f"r{i}", {"workflow": "w", "version": "1"}), ["s"])
         state.emit(f"r{i}", [["log", "s", "", "1.0", json.dumps({"message": "hi"})]])
     total = redis_client.xlen(keys.events)
     redis_client.xgroup_create(keys.events, "slow", id="0")
@@ -496,7 +497,7 @@ def test_an_embedded_recorder_records_in_a_thread_until_stopped(
         settings, hooks=[lambda batch: seen.extend(e.key for e in batch)], block=0.1
     )
     try:
-        state.create("r1", {"workflow": "w", "version": "1"}, ["s"], "w")
+        state.create(RunRecord.from_hash("r1", {"workflow": "w", "version": "1"}), ["s"])
         state.emit("r1", [["log", "s", "", "1.0", json.dumps({"message": "hello"})]])
         wait_for(lambda: len(seen) == 2, 30, "the embedded recorder to record both events")
     finally:

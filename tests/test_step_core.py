@@ -333,9 +333,8 @@ def test_the_attempt_record_carries_what_the_audit_store_shows_capped() -> None:
 @pytest.mark.parametrize("status", ["RUNNING", "PENDING", "RETRYING", ""])
 def test_a_step_broken_outside_its_plugin_is_recorded_as_the_attempt_it_was_in(status) -> None:
     record = core.broken_record(
-        "x", status, "2" if status else "", "5.5", now=9.0, worker="w", task_id="", error="E",
-        tb="T",
-    )  # fmt: skip
+        "x", status, 2 if status else 0, 5.5, now=9.0, worker="w", task_id="", error="E", tb="T"
+    )
     running = status == "RUNNING"
     attempts = 2 if status else 0
     assert record["attempt"] == (attempts if running else attempts + 1)
@@ -349,14 +348,14 @@ def test_a_step_killed_at_its_hard_limit_is_recorded_with_what_redis_knew() -> N
     assert error == (
         "timeout: step 'x' did not stop at its timeout of 2s and was killed at the hard limit (2.5s)"
     )
-    known = core.killed_record("x", "3", "10", "w", "t", now=12.5, error=error)
+    known = core.killed_record("x", 3, 10.0, "w", "t", now=12.5, error=error)
     assert (known["attempt"], known["duration"], known["worker"], known["killed"]) == (
         3,
         2.5,
         "w",
         True,
     )
-    unknown = core.killed_record("x", "", "", "", "", now=12.5, error=error)
+    unknown = core.killed_record("x", 0, None, None, None, now=12.5, error=error)
     assert (unknown["attempt"], unknown["started_at"], unknown["worker"]) == (1, None, None)
 
 

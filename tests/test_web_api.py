@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from orchestrator.records import RunRecord, split_steps
 from tests.conftest import ROOT
 from tests.web_helpers import (
     ADMIN,
@@ -653,11 +654,14 @@ def test_a_live_runs_detail_reads_the_same_fields_as_the_run_state(
         },
     ).json
     wait_status(orchestrator_client, sub["id"], {"FAILED"})
-    details = web_app.extensions["canvasflow"].details
-    assert details._read(sub["id"]) == orchestrator_client.state.read(sub["id"])
+    # RunState.read takes the hashes as JSON made by Lua: it reads what HGETALL reads.
+    state, keys = orchestrator_client.state, orchestrator_client.keys
+    hot = state.read(sub["id"])
+    assert hot.run == RunRecord.from_hash(sub["id"], state.r.hgetall(keys.run(sub["id"])))
+    assert hot.steps == split_steps(state.r.hgetall(keys.steps(sub["id"])))
     a, b = operator.get(f"/runs/{sub['id']}").json["steps"]
     assert a["output"] == {"text": 'héllo / ✓ "quoted"', "n": 1.5} and "broke: ✗" in b["error"]
-    assert details._read("0000000000000000") is None
+    assert state.read("0000000000000000") is None
 
 
 def test_the_runs_list_dumps_as_its_schema_does(operator):

@@ -7,6 +7,7 @@ import secrets
 
 import pytest
 
+from orchestrator.records import RunRecord
 from tests.web_helpers import OPERATOR, Api
 
 pytest_plugins = ("tests.web_fixtures",)
@@ -20,10 +21,10 @@ def test_the_timeline_shows_a_lost_attempt_closed_and_the_attempt_that_took_over
     run_id = secrets.token_hex(8)
     definition = {"id": "lost_bar", "steps": [{"id": "a", "plugin": "builtin", "method": "echo"}]}
     state.create(
-        run_id,
-        {"workflow": "lost_bar", "definition": json.dumps(definition), "inputs": "{}"},
+        RunRecord.from_hash(
+            run_id, {"workflow": "lost_bar", "definition": json.dumps(definition), "inputs": "{}"}
+        ),
         ["a"],
-        "lost_bar",
     )
     go = dict(intent="run", lease_ttl=30, task_id="t1")
     assert state.begin_step(run_id, "a", 1, owner="dead", worker="w1", **go)[0] == "go"

@@ -20,8 +20,9 @@ from orchestrator import Client
 from orchestrator.audit import AuditStore
 from orchestrator.audit.models import runs as runs_table
 from orchestrator.audit.models import steps as steps_table
-from orchestrator.engine.states import RunStatus
+from orchestrator.engine.states import Move, RunStatus
 from orchestrator.keys import step_field
+from orchestrator.records import RunRecord
 from tests.conftest import make_settings
 from web.runs import RunFilter, RunViews
 
@@ -78,7 +79,7 @@ def hot_run(client: Client, rid: str) -> float:
         "trigger_type": "api",
         "sla_seconds": "",
     }
-    client.state.create(rid, fields, STEPS, "listed")
+    client.state.create(RunRecord.from_hash(rid, fields), STEPS)
     return float(client.redis.hget(client.keys.run(rid), "created_at"))
 
 
@@ -120,14 +121,14 @@ def seed(client: Client, store: AuditStore) -> dict[str, Any]:
         rid = f"both{i:012d}"
         created = hot_run(client, rid)
         client.state.transition(
-            rid, RunStatus.RUNNING, fields={"started_at": f"{created:.6f}"}, sources=["PENDING"]
+            rid, Move.BEGIN, RunStatus.RUNNING, fields={"started_at": f"{created:.6f}"}
         )
         if i < 2:
             client.state.transition(
                 rid,
+                Move.SETTLE,
                 RunStatus.COMPLETED,
                 fields={"finished_at": f"{created + 1:.6f}", "settled": "3"},
-                sources=["RUNNING"],
             )
         else:
             client.redis.hset(client.keys.steps(rid), step_field("s1", "status"), "RUNNING")
@@ -144,7 +145,7 @@ def seed(client: Client, store: AuditStore) -> dict[str, Any]:
         created = hot_run(client, rid)
         if i:
             client.state.transition(
-                rid, RunStatus.RUNNING, fields={"started_at": f"{created:.6f}"}, sources=["PENDING"]
+                rid, Move.BEGIN, RunStatus.RUNNING, fields={"started_at": f"{created:.6f}"}
             )
             client.redis.hset(client.keys.steps(rid), step_field("s0", "status"), "RUNNING")
         out["created"][rid] = created

@@ -334,7 +334,7 @@ def retry(body: dict[str, Any], run_id: str) -> dict[str, Any]:
     if from_step:
         data = ext().client.state.read(run_id)
         if data is not None:
-            ids = [s["id"] for s in json.loads(data[0]["definition"])["steps"]]
+            ids = data.run.step_ids
             if from_step not in ids:
                 abort(
                     400,

@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from orchestrator.audit.store import AuditStore
 from orchestrator.engine.client import Client
 from orchestrator.errors import StoreError
+from orchestrator.keys import Keys
 from orchestrator.settings import Settings
 from web import (
     accounts,  # noqa: F401 - adds the account routes to api.blp
@@ -264,7 +265,7 @@ def create_app(
         app,
         async_mode=services.server,
         message_queue=queue,
-        channel=f"{settings.key_prefix}-socketio",
+        channel=Keys(settings.key_prefix).socketio_channel,
         cors_allowed_origins=cors,
         ping_interval=10,
         ping_timeout=10,

@@ -18,34 +18,12 @@ from orchestrator.engine.client import Client
 from orchestrator.engine.export import TRACE_FORMAT, export_run
 from orchestrator.errors import CanvasflowError, StoreError, UnknownRun
 from orchestrator.model.definition import Definition, from_stored
-from web.runs import LIVE_FIELDS, REDIS_DOWN, REDIS_UNREACHABLE, RunViews, hot_base, summarize
+from web.runs import REDIS_DOWN, REDIS_UNREACHABLE, RunViews, hot_base, summarize
 from web.serving import cooperate
 from web.stream import run_events
 
 SETTLED = ("COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATED")
 STEPS_PER_STRETCH = 50  # steps built between two cooperate() calls (~0.5 ms on this machine)
-
-# A live run's hash, step hash and attempt list, atomically, as three JSON texts. The same data
-# as RunState.read's HGETALL/HGETALL/LRANGE, but parsed by json.loads in C: redis-py's Python
-# parser took ~2 us per element, and a finished 200-step run's steps hash alone has ~4,400 of
-# them (9 of a detail's 15 ms, all of it holding gevent's loop).
-_READ_HOT = """
-local run = redis.call('HGETALL', KEYS[1])
-if #run == 0 then return false end
-local flat = redis.call('HGETALL', KEYS[2])
-local r, s = {}, {}
-for i = 1, #run, 2 do r[run[i]] = run[i + 1] end
-for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
-local attempts = redis.call('LRANGE', KEYS[3], 0, -1)
-return {cjson.encode(r), next(s) and cjson.encode(s) or '{}', '[' .. table.concat(attempts, ',') .. ']'}
-"""
-
-
-def _f(v: Any) -> float | None:
-    try:
-        return float(v) if v not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _json(v: str | None) -> Any:
@@ -143,35 +121,17 @@ class RunDetails:
         self.client = client
         self.store = store
         self.views = views
-        self._read_hot = client.redis.register_script(_READ_HOT)
 
     # -- sources ------------------------------------------------------------------------------
-
-    def _read(
-        self, run_id: str
-    ) -> tuple[dict[str, str], dict[str, dict[str, str]], list[dict[str, Any]]] | None:
-        """What RunState.read returns: (run fields, {step: fields}, attempt records), or None."""
-        keys = self.client.keys
-        texts = self._read_hot(keys=[keys.run(run_id), keys.steps(run_id), keys.attempts(run_id)])
-        if not texts:
-            return None
-        run, flat, attempts = (json.loads(t) for t in texts)
-        steps: dict[str, dict[str, str]] = {}
-        for k, v in flat.items():
-            sid, _, name = k.rpartition("|")
-            steps.setdefault(sid, {})[name] = v
-        return run, steps, attempts
 
     def _hot(self, run_id: str) -> dict[str, Any] | None:
         """A live run from Redis. Outputs and attempt inputs stay JSON texts (``output_json``,
         ``input_json``): only the steps of the page asked for are decoded (see ``_decoded``)."""
-        data = self._read(run_id)
+        data = self.client.state.read(run_id)
         if data is None:
             return None
         run, steps, attempts = data
-        body = json.loads(run["definition"])
-        base = hot_base(run_id, [run.get(k) for k in LIVE_FIELDS])
-        assert base is not None
+        base = hot_base(run)
         history: dict[str, list[dict[str, Any]]] = {}
         for a in attempts:
             history.setdefault(a.get("step", ""), []).append(
@@ -187,45 +147,44 @@ class RunDetails:
                 }
             )
         out_steps = {}
-        for sid, f in steps.items():
-            started, finished = _f(f.get("started_at")), _f(f.get("finished_at"))
+        for sid, step in steps.items():
             hist = history.get(sid, [])
-            if f.get("status") in ("RUNNING",) and f.get("attempt_started_at"):
+            if step.status == "RUNNING" and step.attempt_started_at:
                 hist = hist + [
                     {
-                        "attempt": int(f.get("attempts") or 0),
+                        "attempt": step.attempts,
                         "status": "RUNNING",
-                        "started_at": _f(f.get("attempt_started_at")),
+                        "started_at": step.attempt_started_at,
                         "finished_at": None,
                         "duration": None,
-                        "worker": f.get("worker") or None,
+                        "worker": step.worker,
                         "error": None,
                         "input": None,
                     }
                 ]
             out_steps[sid] = {
-                "status": f.get("status", "PENDING"),
-                "attempts": int(f.get("attempts") or 0),
-                "started_at": started,
-                "finished_at": finished,
-                "output_json": f.get("output"),
-                "error": f.get("error") or None,
-                "traceback": f.get("traceback") or None,
-                "worker": f.get("worker") or None,
-                "compensation_error": f.get("compensation_error") or None,
+                "status": step.status,
+                "attempts": step.attempts,
+                "started_at": step.started_at,
+                "finished_at": step.finished_at,
+                "output_json": step.output_json,
+                "error": step.error,
+                "traceback": step.traceback,
+                "worker": step.worker,
+                "compensation_error": step.compensation_error,
                 "history": hist,
                 "progress": None,
-                "reason": f.get("error") if f.get("status") == "SKIPPED" else None,
+                "reason": step.error if step.status == "SKIPPED" else None,
             }
         meta = {
-            "inputs": _json(run.get("inputs")) or {},
-            "resolved_by": run.get("resolved_by") or None,
-            "epoch": int(run.get("epoch") or 1),
+            "inputs": _json(run.inputs_json) or {},
+            "resolved_by": run.resolved_by,
+            "epoch": run.epoch or 1,
         }
         return {
             "base": base,
-            "definition": body,
-            "definition_text": run["definition"],
+            "definition": run.definition,
+            "definition_text": run.definition_json,
             "steps": out_steps,
             "meta": meta,
             "source": "hot",
@@ -470,7 +429,7 @@ class RunDetails:
         }
 
     def events(self, run_id: str, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
-        return run_events(self.client.redis, self.client.keys, self.store, run_id, after, limit)
+        return run_events(self.client.state, self.store, run_id, after, limit)
 
     def events_or_recorded(
         self, run_id: str, after: int, limit: int
@@ -479,7 +438,8 @@ class RunDetails:
         events the audit store recorded (the newest may be missing, and a warning says so)."""
         try:
             events = self.events(run_id, after, limit)
-            latest = int(self.client.redis.hget(self.client.keys.run(run_id), "seq") or 0)
+            (run,) = self.client.state.runs([run_id], "seq")
+            latest = run.seq if run else 0
             return events, latest, []
         except REDIS_DOWN:
             if self.store is None:

@@ -169,9 +169,9 @@ class Live:
             if seq >= 0:
                 events = details.events(rid, seq)
                 missed.extend(client_event(e) for e in events)
-            raw = self.services.client.redis.hget(self.services.client.keys.run(rid), "seq")
+            (hot,) = self.services.client.state.runs([rid], "seq")
             latest[rid] = (
-                int(raw) if raw else max([e["seq"] for e in missed if e["run"] == rid], default=0)
+                hot.seq if hot else max([e["seq"] for e in missed if e["run"] == rid], default=0)
             )
         return {
             "subscribed": sorted(client["runs"]),
@@ -212,17 +212,11 @@ class Live:
             return
         client = self.services.client
         runs = list(dict.fromkeys(e["run"] for events in out.values() for e in events))
-        pipe = client.redis.pipeline(transaction=False)
-        for rid in runs:
-            pipe.hmget(client.keys.run(rid), "status", "settled", "total")
-        state = {}
-        for rid, (status, settled, total) in zip(runs, pipe.execute(), strict=True):
-            if status is not None:
-                state[rid] = {
-                    "status": status.decode(),
-                    "settled": int(settled or 0),
-                    "total": int(total or 0),
-                }
+        state = {
+            rid: {"status": hot.status, "settled": hot.settled, "total": hot.total}
+            for rid, hot in zip(runs, client.state.runs(runs, "settled", "total"), strict=True)
+            if hot is not None
+        }
         now = time.time()
         payloads: dict[int, dict[str, Any]] = {}
 

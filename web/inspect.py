@@ -67,7 +67,7 @@ class Fleet:
     def __init__(self, services: Any) -> None:
         web = services.web
         self.services = services
-        self.workers_key = f"{services.client.keys.prefix}:inspect:workers"
+        self.workers_key = services.client.keys.inspect_workers
         self.purge_after = web.worker_purge_after
         self.inspector = Inspector(services.client.celery)
         store = services.store

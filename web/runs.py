@@ -10,9 +10,8 @@ back to the hot state alone.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ from orchestrator.engine.client import Client
 from orchestrator.engine.control import ALLOWED
 from orchestrator.engine.sla import WARNING_FRACTION, sla_status
 from orchestrator.errors import StoreError
+from orchestrator.records import RunRecord
 from web.serving import cooperate
 
 VIEWS: dict[str, tuple[str, ...] | None] = {
@@ -44,6 +44,7 @@ VIEWS: dict[str, tuple[str, ...] | None] = {
     "slow": None,
 }
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
+# What a summary takes from a run's hot state (RunRecord attributes).
 LIVE_FIELDS = (
     "status",
     "workflow",
@@ -55,7 +56,7 @@ LIVE_FIELDS = (
     "total",
     "settled",
     "priority",
-    "tags",
+    "tags_json",
     "triggered_by",
     "trigger_type",
     "sla_seconds",
@@ -72,71 +73,10 @@ REDIS_UNREACHABLE = (
 MERGE_WINDOW = 500  # unrecorded newest runs looked at per page
 # Runs that have no current steps: waiting to start, or over.
 _RESTING = ("PENDING", *FINAL)
-# The live fields of a page of runs, and of the runs newer than the recorder's newest row, in one
-# round trip. Under load every round trip of a request waits for its turn on the web process's
-# loop, so the list costs one Redis call, not one per part (docs/performance.md, "The run list
-# under load"). Keys are built from templates that orchestrator.keys made (ARGV 1-3).
-#
-# ARGV: run key prefix, steps key suffix, the runs index, low and high score of the unrecorded
-#       window ("(<newest>" or "-inf", "<cursor score>" or "+inf"), window size (0: none), number
-#       of fields, the fields (status first), then the ids of the page.
-# Returns {page, extra}: page = {{values}, {current steps}} per id given, in order (values all
-#       false for a run not in Redis); extra = {{id, {values}, {current steps}}} for each run of the
-#       window that is not on the page, newest first. Current steps: the steps RUNNING, RETRYING
-#       or COMPENSATING of a run that is neither waiting nor over (LIVE_LUA).
-_LIST_LIVE = """
-local run_prefix, steps_suffix, index = ARGV[1], ARGV[2], ARGV[3]
-local low, high, window, nf = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local fields = {}
-for i = 1, nf do fields[i] = ARGV[7 + i] end
-%(resting)s
-local function current(id)
-  local out = {}
-  local flat = redis.call('HGETALL', run_prefix .. id .. steps_suffix)
-  for i = 1, #flat, 2 do
-    local f, v = flat[i], flat[i + 1]
-    if string.sub(f, -7) == '|status' and (v == 'RUNNING' or v == 'RETRYING' or v == 'COMPENSATING') then
-      table.insert(out, string.sub(f, 1, -8))
-    end
-  end
-  return out
-end
-local function read(id)
-  local v = redis.call('HMGET', run_prefix .. id, unpack(fields))
-  local st = v[1]
-  if st and not resting[st] then return {v, current(id)} end
-  return {v, {}}
-end
-local page, seen = {}, {}
-for i = 8 + nf, #ARGV do
-  seen[ARGV[i]] = true
-  table.insert(page, read(ARGV[i]))
-end
-local extra = {}
-if window > 0 then
-  for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', index, high, low, 'LIMIT', 0, window)) do
-    if not seen[id] then
-      local r = read(id)
-      if r[1][1] then table.insert(extra, {id, r[1], r[2]}) end
-    end
-  end
-end
-return {page, extra}
-""".replace(
-    "%(resting)s", "local resting = {" + ", ".join(f"[{v!r}] = true" for v in _RESTING) + "}"
-)
 
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
-
-
-def _f(v: Any) -> float | None:
-    s = _s(v)
-    try:
-        return float(s) if s else None
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -322,35 +262,28 @@ def _summary(
     }
 
 
-def hot_base(run_id: str, values: Sequence[Any]) -> dict[str, Any] | None:
-    """Fields of LIVE_FIELDS (in order) read from a run hash; None if the run is not there."""
-    f = dict(zip(LIVE_FIELDS, values, strict=True))
-    if f["status"] is None:
-        return None
-    try:
-        tags = json.loads(_s(f["tags"]) or "[]")
-    except ValueError:
-        tags = []
+def hot_base(run: RunRecord) -> dict[str, Any]:
+    """The summary fields (LIVE_FIELDS) of a run read from the hot state."""
     return {
-        "id": run_id,
-        "status": _s(f["status"]),
-        "workflow": _s(f["workflow"]),
-        "version": _s(f["version"]),
-        "name": _s(f["name"]) or None,
-        "created_at": _f(f["created_at"]) or 0.0,
-        "started_at": _f(f["started_at"]),
-        "finished_at": _f(f["finished_at"]),
-        "total": int(_s(f["total"]) or 0),
-        "settled": int(_s(f["settled"]) or 0),
-        "priority": _s(f["priority"]) or "normal",
-        "tags": tags if isinstance(tags, list) else [],
-        "triggered_by": _s(f["triggered_by"]) or None,
-        "trigger_type": _s(f["trigger_type"]) or None,
-        "sla_seconds": _f(f["sla_seconds"]),
-        "error": _s(f["error"]) or None,
-        "failed_step": _s(f["failed_step"]) or None,
-        "seq": int(_s(f["seq"]) or 0),
-        "cloned_from": _s(f["cloned_from"]) or None,
+        "id": run.id,
+        "status": run.status,
+        "workflow": run.workflow,
+        "version": run.version,
+        "name": run.name,
+        "created_at": run.created_at or 0.0,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "total": run.total,
+        "settled": run.settled,
+        "priority": run.priority or "normal",
+        "tags": run.tags,
+        "triggered_by": run.triggered_by,
+        "trigger_type": run.trigger_type,
+        "sla_seconds": run.sla_seconds,
+        "error": run.error,
+        "failed_step": run.failed_step,
+        "seq": run.seq,
+        "cloned_from": run.cloned_from,
     }
 
 
@@ -362,13 +295,6 @@ class RunViews:
         self.store = store
         self.r = client.redis
         self.keys = client.keys
-        self._live = self.r.register_script(_LIST_LIVE)
-        probe = "\x00"
-        self._key_args = [
-            self.keys.run(""),
-            self.keys.steps(probe)[len(self.keys.run(probe)) :],
-            self.keys.runs,
-        ]
 
     # -- hot state ----------------------------------------------------------------------------
 
@@ -384,24 +310,17 @@ class RunViews:
     ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
         """(live fields of each of ``ids`` still in Redis, the runs of the index between ``low``
         and ``high`` not among ``ids``, newest first, at most ``window``): one round trip."""
-        page, extra = self._live(
-            args=[*self._key_args, low, high, window, len(LIVE_FIELDS), *LIVE_FIELDS, *ids]
+        page, extra = self.client.state.live_page(
+            ids, LIVE_FIELDS, low=low, high=high, window=window
         )
-        out: dict[str, dict[str, Any]] = {}
-        for rid, (values, current) in zip(ids, page, strict=True):
-            base = hot_base(rid, values)
-            if base is not None:
-                if base["status"] not in _RESTING:
-                    base["current_steps"] = sorted(_s(c) for c in current)
-                out[rid] = base
-        more = []
-        for rid, values, current in extra:
-            base = hot_base(_s(rid), values)
-            if base is not None:
-                if base["status"] not in _RESTING:
-                    base["current_steps"] = sorted(_s(c) for c in current)
-                more.append(base)
-        return out, more
+
+        def base(run: RunRecord, current: list[str]) -> dict[str, Any]:
+            out = hot_base(run)
+            if run.status not in _RESTING:
+                out["current_steps"] = current
+            return out
+
+        return {rid: base(*hot) for rid, hot in page.items()}, [base(*hot) for hot in extra]
 
     def hot(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Live fields of each run still in Redis, with its current steps; one round trip."""

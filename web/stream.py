@@ -19,6 +19,7 @@ import redis
 
 from orchestrator.audit import queries
 from orchestrator.audit.store import AuditStore
+from orchestrator.engine.runstate import RunState
 from orchestrator.errors import StoreError
 from orchestrator.keys import Keys
 
@@ -57,8 +58,7 @@ def parse_entry(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any] | None:
 
 
 def run_events(
-    r: redis.Redis,
-    keys: Keys,
+    state: RunState,
     store: AuditStore | None,
     run_id: str,
     after: int = 0,
@@ -82,13 +82,14 @@ def run_events(
     known = recorded[-1]["seq"] if recorded else after
     if len(recorded) >= limit:
         return recorded[:limit]
-    head = r.hmget(keys.run(run_id), "seq", "created_at")
-    latest = int(_s(head[0]) or 0) if head[0] is not None else None
+    (head,) = state.runs([run_id], "seq", "created_at")
+    latest = head.seq if head is not None else None
     if latest is not None and latest <= known:
         return recorded
     if start_id is None:
-        created = float(_s(head[1])) if head[1] is not None else None
+        created = head.created_at if head is not None else None
         start_id = f"{int(created * 1000) - 1000}-0" if created else "-"
+    r, keys = state.r, state.keys
     tail: dict[int, dict[str, Any]] = {}
     scanned = 0
     cursor = start_id

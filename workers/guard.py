@@ -25,7 +25,7 @@ from celery.worker.strategy import default as default_strategy
 from orchestrator.engine import compiler
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState, dumps
-from orchestrator.engine.states import ABANDON_SOURCES, RunStatus
+from orchestrator.engine.states import Move, RunStatus
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -219,8 +219,7 @@ class Guard:
                 "error": error,
                 "refused": True,
             }
-            n = self.state.r.hget(self.state.keys.steps(run_id), f"{step}|attempts")
-            attempt["attempt"] = int(n or 0) + 1
+            attempt["attempt"] = self.state.step(run_id, step, "attempts").attempts + 1
             if self.state.fail_killed_step(
                 run_id, step, epoch, error=error, critical=critical, attempt=attempt
             ):
@@ -229,6 +228,4 @@ class Guard:
                 return
         # Not a step's message (settle, compensation), or the step could not be failed: the run
         # cannot go on as dispatched; it ends FAILED with why.
-        self.state.transition(
-            run_id, RunStatus.FAILED, fields={"error": error}, sources=ABANDON_SOURCES
-        )
+        self.state.transition(run_id, Move.ABANDON, RunStatus.FAILED, fields={"error": error})

@@ -38,10 +38,11 @@ from orchestrator.engine import compiler
 from orchestrator.engine import stepcore as core
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState, dumps
-from orchestrator.engine.states import ABANDON_SOURCES, RunStatus, StepStatus
+from orchestrator.engine.states import Move, RunStatus, StepStatus
 from orchestrator.errors import StepError
 from orchestrator.model import expressions
 from orchestrator.model.definition import Definition, from_stored
+from orchestrator.records import RunRecord
 from orchestrator.settings import Settings
 from workers.broker import is_transient
 from workers.context import BEGUN, FRESH, Heartbeat, StepContext
@@ -182,16 +183,13 @@ def fail_step(
     error = f"step '{sid}' failed on worker {HOST} outside its plugin: {_text(exc)}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-16384:]
     log.error("canvasflow: %s/%s: %s\n%s", run_id, sid, error, tb)
-    fields = rt.state.r.hmget(
-        rt.state.keys.steps(run_id), f"{sid}|status", f"{sid}|attempts", f"{sid}|attempt_started_at"
-    )
-    status, attempts, started = (v.decode() if v else "" for v in fields)
     request = task.request
+    current = rt.state.step(run_id, sid, "status", "attempts", "attempt_started_at")
     record = core.broken_record(
         sid,
-        status,
-        attempts,
-        started,
+        current.status,
+        current.attempts,
+        current.attempt_started_at,
         now=time.time(),
         worker=request.hostname or HOST,
         task_id=request.id or "",
@@ -206,8 +204,7 @@ def fail_step(
             known[core.HALTING] = 1
         return core.flow_on(known, spec, StepStatus.FAILED)
     # Settled already (the error came after the outcome was written): that outcome flows on.
-    now_status = rt.state.r.hget(rt.state.keys.steps(run_id), f"{sid}|status")
-    return core.flow_on(known, spec, now_status.decode() if now_status else StepStatus.FAILED)
+    return core.flow_on(known, spec, rt.state.step(run_id, sid, "status").status)
 
 
 def safe_settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
@@ -220,7 +217,7 @@ def safe_settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
         error = f"canvasflow could not settle the run on worker {HOST}: {_text(exc)}"
         log.exception("canvasflow: run %s: %s", hdr["run"], error)
         done, before = rt.state.transition(
-            hdr["run"], RunStatus.FAILED, fields={"error": error}, sources=ABANDON_SOURCES
+            hdr["run"], Move.ABANDON, RunStatus.FAILED, fields={"error": error}
         )
         return RunStatus.FAILED if done else before
 
@@ -520,16 +517,15 @@ def on_hard_timeout(rt: Runtime, args: Any, limit: float) -> None:
     except (TypeError, ValueError, KeyError, IndexError):
         return  # not a step task's arguments
     error = core.hard_timeout_error(spec, limit)
-    fields = rt.state.r.hmget(
-        rt.state.keys.steps(run_id),
-        f"{sid}|attempts",
-        f"{sid}|attempt_started_at",
-        f"{sid}|worker",
-        f"{sid}|task_id",
-    )
-    attempts, started, worker, task_id = (v.decode() if v else "" for v in fields)
+    current = rt.state.step(run_id, sid, "attempts", "attempt_started_at", "worker", "task_id")
     record = core.killed_record(
-        sid, attempts, started, worker, task_id, now=time.time(), error=error
+        sid,
+        current.attempts,
+        current.attempt_started_at,
+        current.worker,
+        current.task_id,
+        now=time.time(),
+        error=error,
     )
     if rt.state.fail_killed_step(
         run_id, sid, int(epoch), error=error, critical=spec.get("critical", True), attempt=record
@@ -537,8 +533,8 @@ def on_hard_timeout(rt: Runtime, args: Any, limit: float) -> None:
         rt.dispatcher.redispatch(run_id, reason=f"step '{sid}' killed at its hard time limit")
 
 
-def load_run_definition(run: Mapping[str, str]) -> Definition:
-    return from_stored(json.loads(run["definition"]))
+def load_run_definition(run: RunRecord) -> Definition:
+    return from_stored(run.definition)
 
 
 def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
@@ -550,19 +546,17 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     if at_once in ("gone", "stale"):
         return at_once
     if at_once == "complete":
-        done, _ = rt.state.transition(
-            run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING]
-        )
+        done, _ = rt.state.transition(run_id, Move.SETTLE, RunStatus.COMPLETED)
         if done:
             return RunStatus.COMPLETED
     data = rt.state.read(run_id)
     if data is None:
         return "gone"
     run, steps, _ = data
-    if run.get("epoch") != str(epoch):
+    if run.epoch != int(epoch):
         return "stale"
-    status, halt = run["status"], run.get("halt", "")
-    statuses = {sid: f.get("status", "") for sid, f in steps.items()}
+    status, halt = run.status, run.halt or ""
+    statuses = {sid: step.status for sid, step in steps.items()}
     # After a cancel (a lone settle with a new epoch) steps of the old dispatch may still be
     # running: the plan waits for them; a RUNNING step without a lease has lost its worker.
     alive = [sid for sid in core.running(statuses) if rt.state.lease_holder(run_id, sid)]
@@ -600,25 +594,26 @@ def _carry_out(
             fields={"error": "its worker was lost while the run was being cancelled"},
         )
     if plan.final is RunStatus.PAUSED:
-        rt.state.transition(run_id, RunStatus.PAUSED, sources=[RunStatus.PAUSING])
+        rt.state.transition(run_id, Move.SETTLE, RunStatus.PAUSED)
         return RunStatus.PAUSED
     if plan.final is RunStatus.COMPLETED:
-        rt.state.transition(
-            run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING]
-        )
+        rt.state.transition(run_id, Move.SETTLE, RunStatus.COMPLETED)
         return RunStatus.COMPLETED
     for sid, before in plan.cancel:
         rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=before)
     if plan.compensate and defn is not None:
         done, _ = rt.state.transition(
-            run_id, RunStatus.COMPENSATING, fields={"compensate_target": str(plan.final)}
+            run_id,
+            Move.SETTLE,
+            RunStatus.COMPENSATING,
+            fields={"compensate_target": str(plan.final)},
         )
         if done:
             rt.dispatcher.compensations(
                 run_id, epoch, run, defn, list(plan.compensate), str(plan.final)
             )
         return RunStatus.COMPENSATING
-    rt.state.transition(run_id, plan.final)
+    rt.state.transition(run_id, Move.SETTLE, plan.final)
     return plan.final
 
 
@@ -635,10 +630,7 @@ def safe_compensate(
         message = f"compensation of '{spec['id']}' broke on worker {HOST} outside its plugin: {_text(exc)}"
         log.exception("canvasflow: run %s: %s", hdr["run"], message)
         rt.state.transition(
-            hdr["run"],
-            RunStatus.COMPENSATION_FAILED,
-            fields={"error": message},
-            sources=[RunStatus.COMPENSATING],
+            hdr["run"], Move.COMPENSATED, RunStatus.COMPENSATION_FAILED, fields={"error": message}
         )
         return {"failed": True, "step": spec["id"], "error": message}
 
@@ -650,27 +642,17 @@ def compensate(
         return prev  # an earlier compensation failed: the rest wait for an operator
     run_id, sid = hdr["run"], spec["id"]
     data = rt.state.read(run_id)
-    if data is None or data[0].get("epoch") != str(hdr["epoch"]):
+    if data is None or data.run.epoch != int(hdr["epoch"]):
         raise Ignore()
     run, steps, _ = data
     rt.state.set_step(run_id, sid, StepStatus.COMPENSATING, "step_compensating")
     scope = {
-        "inputs": json.loads(run.get("inputs", "{}")),
-        "steps": {
-            s: {
-                "status": f.get("status"),
-                "output": json.loads(f["output"]) if f.get("output") else None,
-            }
-            for s, f in steps.items()
-        },
-        "run": {
-            "id": run_id,
-            "workflow": run.get("workflow", ""),
-            "version": run.get("version", ""),
-        },
+        "inputs": run.inputs,
+        "steps": {s: {"status": step.status, "output": step.output} for s, step in steps.items()},
+        "run": {"id": run_id, "workflow": run.workflow, "version": run.version},
     }
     attempt = task.request.retries + 1
-    ctx = StepContext(run_id, sid, attempt, run.get("workflow", ""))
+    ctx = StepContext(run_id, sid, attempt, run.workflow)
     try:
         params = expressions.render_value(spec.get("params") or {}, scope)
         output = call_plugin(rt, spec, params, ctx)
@@ -692,10 +674,7 @@ def compensate(
             data={"error": message},
         )
         rt.state.transition(
-            run_id,
-            RunStatus.COMPENSATION_FAILED,
-            fields={"error": message},
-            sources=[RunStatus.COMPENSATING],
+            run_id, Move.COMPENSATED, RunStatus.COMPENSATION_FAILED, fields={"error": message}
         )
         return {"failed": True, "step": sid, "error": message}
     rt.state.emit(run_id, ctx.drain())
@@ -704,7 +683,7 @@ def compensate(
         sid,
         StepStatus.COMPENSATED,
         "step_compensated",
-        fields={"compensation_output": output},
+        fields={"compensation_output_json": output},
     )
     return {"ok": True}
 
@@ -712,5 +691,5 @@ def compensate(
 def compensated(rt: Runtime, prev: Any, hdr: Mapping[str, Any], target: str) -> str:
     if isinstance(prev, Mapping) and prev.get("failed"):
         return RunStatus.COMPENSATION_FAILED
-    rt.state.transition(hdr["run"], RunStatus(target), sources=[RunStatus.COMPENSATING])
+    rt.state.transition(hdr["run"], Move.COMPENSATED, RunStatus(target))
     return target

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any
 
 from orchestrator.errors import StoreError
+from orchestrator.records import RunRecord
 
 # The same rules as workers/context.py, applied again so that an event written by any producer
 # (an older worker, a script calling XADD) cannot put an oversized or malformed row in SQL.
@@ -110,7 +111,7 @@ class Lookups:
     """What the store needs from the hot state to apply a batch, read by the recorder in one
     Redis round trip before the SQL transaction: nothing here is read inside it."""
 
-    runs: dict[str, dict[str, str]] = field(default_factory=dict)  # run hash of created runs
+    runs: dict[str, RunRecord] = field(default_factory=dict)  # created runs (RUN_META fields)
     outputs: dict[tuple[str, str], str | None] = field(default_factory=dict)
     tracebacks: dict[tuple[str, str], str | None] = field(default_factory=dict)
     run_errors: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)

@@ -48,6 +48,7 @@ from orchestrator.audit.models import (
     workflow_definitions,
 )
 from orchestrator.logbatch import log_lines
+from orchestrator.records import RunRecord
 
 FINAL_RUN = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 ERROR_RUN = frozenset({"FAILED", "COMPENSATION_FAILED", "CANCELLED"})
@@ -460,29 +461,28 @@ class _Projection:
         )
 
     def run_created(self, run: dict[str, Any], e: Event) -> None:
-        data, meta = e.data, self.lookups.runs.get(e.run) or {}
-        run["workflow_id"] = str(
-            data.get("workflow") or meta.get("workflow") or run["workflow_id"] or ""
-        )
-        run["version"] = str(data.get("version") or meta.get("version") or run["version"] or "")
+        data, hot = e.data, self.lookups.runs.get(e.run)
+        meta = hot or RunRecord(e.run)  # the run left Redis: what the event says
+        run["workflow_id"] = str(data.get("workflow") or meta.workflow or run["workflow_id"] or "")
+        run["version"] = str(data.get("version") or meta.version or run["version"] or "")
         run["created_at"] = e.ts
-        for col in ("name", "inputs", "priority", "tags", "triggered_by", "trigger_type"):
-            if meta.get(col) is not None:
-                run[col] = meta[col]
-        run["sla_seconds"] = _num(meta.get("sla_seconds")) or run.get("sla_seconds")
-        try:
-            tags = json.loads(meta["tags"]) if meta.get("tags") else []
-        except ValueError:
-            tags = []
+        if hot is not None:
+            run.update(name=hot.name, inputs=hot.inputs_json, priority=hot.priority)
+            run.update(
+                tags=hot.tags_json, triggered_by=hot.triggered_by, trigger_type=hot.trigger_type
+            )
+        run["sla_seconds"] = _num(meta.sla_seconds) or run.get("sla_seconds")
+        tags = meta.tags
         self.tags.extend({"run_id": e.run, "tag": str(t)} for t in tags if isinstance(t, str | int))
         body = self.parsed_definition(e.run)
         if body is not None:
-            self.definition(run, body, meta["definition"], e.ts)
+            self.definition(run, body, meta.definition_json, e.ts)
         self.run_status(run, e, "PENDING")
 
     def parsed_definition(self, run_id: str) -> dict[str, Any] | None:
         """The definition from the run's hot state (parsed once per text and batch), or None."""
-        text = (self.lookups.runs.get(run_id) or {}).get("definition")
+        hot = self.lookups.runs.get(run_id)
+        text = hot.definition_json if hot else None
         if text not in self.texts:  # a batch of many runs of one workflow: one parse
             try:
                 body = json.loads(text) if text else None

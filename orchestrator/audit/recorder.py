@@ -33,7 +33,8 @@ import redis
 from orchestrator.audit.events import BadEvent, Event, Lookups
 from orchestrator.audit.store import AuditStore, StoreNotReady, StoreUnavailable
 from orchestrator.errors import StoreError
-from orchestrator.keys import Keys, step_field
+from orchestrator.keys import Keys
+from orchestrator.records import Reads, RunRecord, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,15 @@ DEFAULT_GROUP = "cf-recorder"
 # a 100-step chain by about 0.1-0.25x at 50 ms and by about 0.0-0.15x at 250 ms
 # (docs/performance.md "What a recorder on the same 2 CPUs costs the engine").
 BATCH_LATENCY = 0.25
+# What the store takes from the run's hot state when a run is created.
 RUN_META = (
     "workflow",
     "version",
     "name",
-    "definition",
-    "inputs",
+    "definition_json",
+    "inputs_json",
     "priority",
-    "tags",
+    "tags_json",
     "triggered_by",
     "trigger_type",
     "sla_seconds",
@@ -396,41 +398,38 @@ class Recorder:
         """Read what the events do not carry (run fields, outputs, errors) in one round trip."""
         out = Lookups()
         calls: list[tuple[str, Any]] = []
-        pipe = self.r.pipeline(transaction=False)
+        reads = Reads(self.r, self.keys)
         for e in batch:
             if e.type == "run_created":
-                pipe.hmget(self.keys.run(e.run), list(RUN_META))
+                reads.run(e.run, *RUN_META)
                 calls.append(("run", e.run))
             elif e.type == "step_completed":
                 data = e.data
                 if "output" not in data or data.get("output_truncated"):
-                    pipe.hget(self.keys.steps(e.run), step_field(e.step, "output"))
+                    reads.step(e.run, e.step, "output_json")
                     calls.append(("output", (e.run, e.step)))
             elif e.type == "step_failed" and "traceback" not in e.data:
-                pipe.hget(self.keys.steps(e.run), step_field(e.step, "traceback"))
+                reads.step(e.run, e.step, "traceback")
                 calls.append(("traceback", (e.run, e.step)))
             elif e.type == "run_status_changed" and e.status in (
                 "FAILED",
                 "COMPENSATION_FAILED",
                 "CANCELLED",
             ):
-                pipe.hmget(self.keys.run(e.run), ["error", "failed_step"])
+                reads.run(e.run, "error", "failed_step")
                 calls.append(("error", e.run))
-        if not calls:
-            return out
-        for (kind, key), value in zip(calls, pipe.execute(), strict=True):
+        for (kind, key), record in zip(calls, reads.execute(), strict=True):
             if kind == "run":
-                out.runs[key] = {
-                    k: _s(v) for k, v in zip(RUN_META, value, strict=True) if v is not None
-                }
-            elif kind == "output":
-                out.outputs[key] = None if value is None else _s(value)
-            elif kind == "traceback":
-                out.tracebacks[key] = _s(value) if value else None
+                if isinstance(record, RunRecord):
+                    out.runs[key] = record
+            elif isinstance(record, StepRecord):
+                if kind == "output":
+                    out.outputs[key] = record.output_json
+                else:
+                    out.tracebacks[key] = record.traceback
             else:
                 out.run_errors[key] = (
-                    _s(value[0]) if value[0] else None,
-                    _s(value[1]) if value[1] else None,
+                    (record.error, record.failed_step) if record is not None else (None, None)
                 )
         return out
 

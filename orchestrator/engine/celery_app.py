@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from celery.backends.redis import RedisBackend
 
+from orchestrator.keys import Keys
 from orchestrator.settings import Settings
 
 
@@ -54,11 +55,11 @@ def celery_config(settings: Settings) -> dict:
             # Queues and bindings live under the key prefix, so two deployments (or test
             # fleets) with different prefixes on one Redis database never take each other's
             # messages.
-            "global_keyprefix": f"{settings.key_prefix}:celery:",
+            "global_keyprefix": Keys(settings.key_prefix).broker,
         },
         "result_backend_transport_options": {
             "retry_policy": {"timeout": 5.0},
-            "global_keyprefix": f"{settings.key_prefix}:celery:",
+            "global_keyprefix": Keys(settings.key_prefix).broker,
         },
         "result_expires": settings.result_expires,
         "broker_connection_retry_on_startup": True,

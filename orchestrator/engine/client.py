@@ -27,7 +27,7 @@ from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.control import Control
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState, dumps
-from orchestrator.engine.states import FINAL_RUN_STATUSES, RunStatus, StepStatus
+from orchestrator.engine.states import ACTIVE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
 from orchestrator.keys import Keys
 from orchestrator.model import callallow, limits
@@ -39,6 +39,7 @@ from orchestrator.model.definition import (
     load_definition,
     load_file,
 )
+from orchestrator.records import HotRun, RunRecord, StepRecord
 from orchestrator.settings import Settings
 
 PREPARED_CACHE = 128  # definitions a client keeps validated and planned
@@ -124,17 +125,9 @@ class RunSnapshot:
         return {s.id: s.status for s in self.steps}
 
 
-def _f(v: str | None) -> float | None:
-    return float(v) if v else None
-
-
-def _snapshot(
-    run_id: str,
-    run: Mapping[str, str],
-    steps: Mapping[str, Mapping[str, str]],
-    attempts: list[dict[str, Any]],
-    order: list[str],
-) -> RunSnapshot:
+def _snapshot(hot: HotRun) -> RunSnapshot:
+    run, steps, attempts = hot
+    order = run.step_ids
     history: dict[str, list[Attempt]] = {}
     for a in attempts:
         history.setdefault(a["step"], []).append(
@@ -150,45 +143,40 @@ def _snapshot(
         )
     snaps = []
     for sid in order:
-        f = steps.get(sid, {})
-        started, finished = _f(f.get("started_at")), _f(f.get("finished_at"))
-        out = f.get("output")
+        step = steps.get(sid) or StepRecord(sid)
+        started, finished = step.started_at, step.finished_at
         snaps.append(
             StepSnapshot(
                 id=sid,
-                status=f.get("status", "PENDING"),
-                attempts=int(f.get("attempts", 0)),
+                status=step.status,
+                attempts=step.attempts,
                 started_at=started,
                 finished_at=finished,
                 duration=(finished - started) if started and finished else None,
-                output=json.loads(out) if out else None,
-                error=f.get("error") or None,
-                traceback=f.get("traceback") or None,
-                worker=f.get("worker") or None,
+                output=step.output,
+                error=step.error,
+                traceback=step.traceback,
+                worker=step.worker,
                 history=tuple(history.get(sid, ())),
-                compensation_error=f.get("compensation_error") or None,
+                compensation_error=step.compensation_error,
             )
         )
     return RunSnapshot(
-        id=run_id,
-        workflow=run.get("workflow", ""),
-        version=run.get("version", ""),
-        status=run["status"],
-        created_at=float(run["created_at"]),
-        started_at=_f(run.get("started_at")),
-        finished_at=_f(run.get("finished_at")),
-        inputs=json.loads(run.get("inputs", "{}")),
-        priority=run.get("priority", "normal"),
-        tags=tuple(json.loads(run.get("tags", "[]"))),
-        error=run.get("error") or None,
-        failed_step=run.get("failed_step") or None,
-        total=int(run.get("total", len(order))),
-        settled=int(run.get("settled", 0)),
-        current_steps=tuple(
-            s.id
-            for s in snaps
-            if s.status in (StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.COMPENSATING)
-        ),
+        id=run.id,
+        workflow=run.workflow,
+        version=run.version,
+        status=run.status,
+        created_at=run.created_at or 0.0,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        inputs=run.inputs,
+        priority=run.priority,
+        tags=tuple(run.tags),
+        error=run.error,
+        failed_step=run.failed_step,
+        total=run.total,
+        settled=run.settled,
+        current_steps=tuple(s.id for s in snaps if s.status in ACTIVE_STEP_STATUSES),
         steps=tuple(snaps),
     )
 
@@ -484,24 +472,22 @@ class Client:
             inputs_json = json.dumps(run_inputs)
         except (TypeError, ValueError) as exc:
             raise DefinitionError([("inputs", f"must be JSON: {exc}")]) from None
-        run_id = secrets.token_hex(8)
-        prio = priority or defn.priority
-        fields = {
-            "workflow": defn.id,
-            "version": defn.version or "",
-            "name": defn.name or defn.id,
-            "definition": body,
-            "inputs": inputs_json,
-            "priority": prio,
-            "tags": dumps(sorted({*defn.tags, *tags})),
-            "triggered_by": triggered_by,
-            "trigger_type": trigger_type,
-            "sla_seconds": str(defn.sla_seconds or ""),
-        }
-        if cloned_from:
-            fields["cloned_from"] = cloned_from
-        self.dispatcher.start(run_id, defn, fields, run_inputs, prepared=prepared)
-        return Run(self, run_id)
+        record = RunRecord(
+            id=secrets.token_hex(8),
+            workflow=defn.id,
+            version=defn.version or "",
+            name=defn.name or defn.id,
+            definition_json=body,
+            inputs_json=inputs_json,
+            priority=priority or defn.priority,
+            tags_json=dumps(sorted({*defn.tags, *tags})),
+            triggered_by=triggered_by,
+            trigger_type=trigger_type,
+            sla_seconds=defn.sla_seconds or None,
+            cloned_from=cloned_from,
+        )
+        self.dispatcher.start(record, defn, run_inputs, prepared=prepared)
+        return Run(self, record.id)
 
     def get_run(self, run_id: str) -> Run:
         if self.state.status(run_id) is None:
@@ -512,9 +498,7 @@ class Client:
         data = self.state.read(run_id)
         if data is None:
             raise UnknownRun(run_id)
-        run, steps, attempts = data
-        order = [s["id"] for s in json.loads(run["definition"])["steps"]]
-        return _snapshot(run_id, run, steps, attempts, order)
+        return _snapshot(data)
 
     def list_runs(
         self,
@@ -533,15 +517,11 @@ class Client:
             if not ids:
                 break
             start += len(ids)
-            pipe = self.redis.pipeline(transaction=False)
-            for rid in ids:
-                pipe.hget(self.keys.run(rid), "status")
-            statuses = pipe.execute()
-            for rid, st in zip(ids, statuses, strict=True):
-                if st is None:
+            for rid, run in zip(ids, self.state.runs(ids, "status"), strict=True):
+                if run is None:
                     self.redis.zrem(index, rid)  # expired from the hot state
                     continue
-                if wanted and st.decode() not in wanted:
+                if wanted and run.status not in wanted:
                     continue
                 try:
                     out.append(self.snapshot(rid))
@@ -565,14 +545,14 @@ class Client:
         if data is None:
             self.control.audit(run_id, "clone", actor, reason, "refused: unknown run")
             raise UnknownRun(run_id)
-        run = data[0]
+        run = data.run
         new = self.submit(
-            from_stored(json.loads(run["definition"])),
-            inputs={**json.loads(run.get("inputs", "{}")), **(inputs or {})},
-            priority=run.get("priority"),
+            from_stored(run.definition),
+            inputs={**run.inputs, **(inputs or {})},
+            priority=run.priority,
             triggered_by=actor,
             trigger_type="clone",
-            tags=json.loads(run.get("tags", "[]")),
+            tags=run.tags,
             cloned_from=run_id,
         )
         self.control.audit(run_id, "clone", actor, reason, "ok", {"new_run": new.id})

@@ -9,7 +9,6 @@ lands in the audit store's operator log. (Cloning a run submits a new one: ``Cli
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -18,18 +17,22 @@ from typing import Any
 
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState
-from orchestrator.engine.states import RunStatus, StepStatus, sources_of
+from orchestrator.engine.states import Move, RunStatus, StepStatus, sources
 from orchestrator.errors import CanvasflowError, ControlError, UnknownRun
 from orchestrator.model.definition import Definition, from_stored
+from orchestrator.records import RunRecord, StepRecord
 
-# Which statuses allow which action; derived from the one transition table where it can be.
+# Which statuses allow which action: the operator's moves of the transition table.
 ALLOWED: dict[str, list[str]] = {
-    "pause": [s for s in sources_of(RunStatus.PAUSING)],
-    "resume": [RunStatus.PAUSED],
-    "cancel": [s for s in sources_of(RunStatus.CANCELLING)],
-    "retry": [RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.COMPLETED],
-    "retry_compensation": [RunStatus.COMPENSATION_FAILED],
-    "resolve": [RunStatus.COMPENSATION_FAILED],
+    str(m): sources(m)
+    for m in (
+        Move.PAUSE,
+        Move.RESUME,
+        Move.CANCEL,
+        Move.RETRY,
+        Move.RETRY_COMPENSATION,
+        Move.RESOLVE,
+    )
 }
 # Run fields that a retry clears.
 RETRY_CLEARS = ["halt", "failed_step", "error", "finished_at", "compensate_target", "resolved_by"]
@@ -88,24 +91,21 @@ class Control:
 
     def _load(
         self, run_id: str, action: str, actor: str, reason: str | None
-    ) -> tuple[dict[str, str], dict[str, dict[str, str]], Definition]:
+    ) -> tuple[RunRecord, dict[str, StepRecord], Definition]:
         data = self.state.read(run_id)
         if data is None:
             # An action on an unknown run is audited too (docs/design.md, Operator control).
             self.audit(run_id, action, actor, reason, "refused: unknown run")
             raise UnknownRun(run_id)
         run, steps, _ = data
-        return run, steps, from_stored(json.loads(run["definition"]))
+        return run, steps, from_stored(run.definition)
 
     # -- verbs --------------------------------------------------------------------------------
 
     def pause(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
         """No new step starts; running steps finish; the run goes PAUSING, then PAUSED."""
         ok, before = self.state.transition(
-            run_id,
-            RunStatus.PAUSING,
-            sources=ALLOWED["pause"],
-            data={"action": "pause", "actor": actor},
+            run_id, Move.PAUSE, RunStatus.PAUSING, data={"action": "pause", "actor": actor}
         )
         if not ok:
             raise self._refuse("pause", run_id, before, actor, reason)
@@ -116,10 +116,7 @@ class Control:
         """Continue a PAUSED run: compile what is left; no settled step runs again."""
         run, steps, defn = self._load(run_id, "resume", actor, reason)
         verdict, before, epoch = self.state.restart(
-            run_id,
-            RunStatus.RUNNING,
-            sources=ALLOWED["resume"],
-            data={"action": "resume", "actor": actor},
+            run_id, Move.RESUME, RunStatus.RUNNING, data={"action": "resume", "actor": actor}
         )
         if verdict != "ok":
             raise self._refuse("resume", run_id, before, actor, reason)
@@ -134,7 +131,6 @@ class Control:
         ``terminate=False``, finish), then completed steps are compensated newest first."""
         verdict, before, epoch, task_ids = self.state.cancel(
             run_id,
-            sources=ALLOWED["cancel"],
             terminate=terminate,
             data={"action": "cancel", "actor": actor, "reason": reason or ""},
         )
@@ -142,8 +138,8 @@ class Control:
             raise self._refuse("cancel", run_id, before, actor, reason)
         if task_ids:
             self.dispatcher.revoke(task_ids)
-        (priority,) = self.state.run_fields(run_id, "priority")
-        self.dispatcher.settle(run_id, epoch, priority or "normal")
+        (run,) = self.state.runs([run_id], "priority")
+        self.dispatcher.settle(run_id, epoch, run.priority if run else "normal")
         self.audit(run_id, "cancel", actor, reason, "ok", {"terminated": task_ids})
         return ActionResult(
             "cancel", run_id, before, RunStatus.CANCELLING, {"terminated": task_ids}
@@ -162,7 +158,7 @@ class Control:
         that step and everything downstream run again, upstream outputs are kept, attempts are
         numbered on."""
         run, steps, defn = self._load(run_id, "retry", actor, reason)
-        status = run["status"]
+        status = run.status
         if status not in ALLOWED["retry"]:
             raise self._refuse("retry", run_id, status, actor, reason)
         order = defn.step_ids
@@ -170,7 +166,7 @@ class Control:
             reset = list(order)
         else:
             if from_step is None:
-                failed = [s for s in order if steps.get(s, {}).get("status") == StepStatus.FAILED]
+                failed = [s for s in order if s in steps and steps[s].status == StepStatus.FAILED]
                 if not failed:
                     exc = CanvasflowError(
                         f"run {run_id} has no failed step: name one with from_step "
@@ -189,7 +185,8 @@ class Control:
             unfinished = {
                 s
                 for s in order
-                if steps.get(s, {}).get("status")
+                if s in steps
+                and steps[s].status
                 in (
                     StepStatus.CANCELLED,
                     StepStatus.PENDING,
@@ -200,8 +197,8 @@ class Control:
             reset = [s for s in order if s == from_step or s in downstream or s in unfinished]
         verdict, before, epoch = self.state.restart(
             run_id,
+            Move.RETRY,
             RunStatus.RUNNING,
-            sources=ALLOWED["retry"],
             reset=reset,
             clear=RETRY_CLEARS,
             data={"action": "retry", "actor": actor, "from_step": from_step or "", "reset": reset},
@@ -226,11 +223,11 @@ class Control:
     ) -> ActionResult:
         """Run the compensations that have not succeeded yet, newest completion first."""
         run, steps, defn = self._load(run_id, "retry_compensation", actor, reason)
-        target = run.get("compensate_target") or RunStatus.FAILED
+        target = run.compensate_target or RunStatus.FAILED
         verdict, before, epoch = self.state.restart(
             run_id,
+            Move.RETRY_COMPENSATION,
             RunStatus.COMPENSATING,
-            sources=ALLOWED["retry_compensation"],
             clear=["error"],
             data={"action": "retry_compensation", "actor": actor},
         )
@@ -239,7 +236,7 @@ class Control:
         order = [
             s
             for s in reversed(self.state.completed_order(run_id))
-            if steps.get(s, {}).get("status") == StepStatus.COMPLETED and defn.step(s).compensate
+            if s in steps and steps[s].status == StepStatus.COMPLETED and defn.step(s).compensate
         ]
         self.dispatcher.compensations(run_id, epoch, run, defn, order, str(target))
         self.audit(run_id, "retry_compensation", actor, reason, "ok", {"steps": order})
@@ -253,12 +250,13 @@ class Control:
         """Mark a COMPENSATION_FAILED run as handled by hand: it ends FAILED (or CANCELLED) —
         ``as_`` ("failed" / "cancelled") or, by default, what the compensation was for. (A run
         whose hot state was lost is resolved in the audit store: orchestrator/engine/lost.py.)"""
-        (planned,) = self.state.run_fields(run_id, "compensate_target")
+        (run,) = self.state.runs([run_id], "compensate_target")
+        planned = run.compensate_target if run else None
         target = RunStatus(as_.upper()) if as_ else RunStatus(planned or RunStatus.FAILED)
         ok, before = self.state.transition(
             run_id,
+            Move.RESOLVE,
             target,
-            sources=ALLOWED["resolve"],
             fields={"resolved_by": actor},
             data={"action": "resolve", "actor": actor, "reason": reason or ""},
         )

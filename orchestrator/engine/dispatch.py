@@ -12,14 +12,14 @@ first send that failed, and the claim of a broken run it re-sends.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from orchestrator.engine import compiler
 from orchestrator.engine.runstate import RunState
-from orchestrator.engine.states import SETTLED_STEP_STATUSES, RunStatus, StepStatus
+from orchestrator.engine.states import SETTLED_STEP_STATUSES, Move, RunStatus, StepStatus
 from orchestrator.model.definition import Definition, from_stored
+from orchestrator.records import RunRecord, StepRecord
 from orchestrator.settings import Settings
 
 # A run in these statuses is running its steps: when its canvas breaks, they are sent again.
@@ -35,12 +35,11 @@ class Dispatcher:
         self.state = state
 
     def context(
-        self, run_id: str, epoch: int, run: Mapping[str, str], defn: Definition
+        self, run_id: str, epoch: int, run: RunRecord, defn: Definition
     ) -> compiler.RunContext:
         """What every task of one dispatch carries, from the run's stored fields."""
-        inputs = json.loads(run.get("inputs", "{}"))
         return self._context(
-            run_id, epoch, run.get("priority", "normal"), defn, inputs, compiler.uses_inputs(defn)
+            run_id, epoch, run.priority, defn, run.inputs, compiler.uses_inputs(defn)
         )
 
     def _context(
@@ -67,9 +66,8 @@ class Dispatcher:
 
     def start(
         self,
-        run_id: str,
+        run: RunRecord,
         defn: Definition,
-        fields: Mapping[str, str],
         inputs: Mapping[str, Any],
         *,
         prepared: compiler.Blueprint | None = None,
@@ -78,17 +76,18 @@ class Dispatcher:
         leaves no run behind), record it PENDING, send it. A send that fails ends the run FAILED
         with why, and raises."""
         bp = prepared or compiler.blueprint(defn)
-        ctx = self._context(run_id, 1, fields["priority"], defn, inputs, bp.uses_inputs)
+        run_id = run.id
+        ctx = self._context(run_id, 1, run.priority, defn, inputs, bp.uses_inputs)
         canvas = compiler.compile_run(defn, ctx, app=self.app, prepared=bp)
-        self.state.create(run_id, fields, defn.step_ids, defn.id)
+        self.state.create(run, defn.step_ids)
         try:
             canvas.apply_async()
         except Exception as exc:
             # The run is recorded but nothing was queued: say so instead of leaving it PENDING.
             self.state.transition(
                 run_id,
+                Move.ABANDON,
                 RunStatus.FAILED,
-                sources=[RunStatus.PENDING],
                 fields={"error": f"could not dispatch the run: {exc}"},
             )
             raise
@@ -97,9 +96,9 @@ class Dispatcher:
         self,
         run_id: str,
         epoch: int,
-        run: Mapping[str, str],
+        run: RunRecord,
         defn: Definition,
-        steps: Mapping[str, Mapping[str, str]],
+        steps: Mapping[str, StepRecord],
         reset: Iterable[str] = (),
     ) -> None:
         """Every step not settled (or ``reset``), seeded with the outcomes of the settled ones
@@ -107,11 +106,10 @@ class Dispatcher:
         when they end."""
         reset = set(reset)
         settled = {}
-        for sid, f in steps.items():
-            if sid in reset or f.get("status") not in SETTLED_STEP_STATUSES:
+        for sid, step in steps.items():
+            if sid in reset or step.status not in SETTLED_STEP_STATUSES:
                 continue
-            out = f.get("output")
-            settled[sid] = (f["status"], json.loads(out) if out else None)
+            settled[sid] = (step.status, step.output)
         ctx = self.context(run_id, epoch, run, defn)
         compiler.compile_run(defn, ctx, settled=settled, app=self.app).apply_async()
 
@@ -125,7 +123,7 @@ class Dispatcher:
         self,
         run_id: str,
         epoch: int,
-        run: Mapping[str, str],
+        run: RunRecord,
         defn: Definition,
         order: list[str],
         target: str,
@@ -143,18 +141,18 @@ class Dispatcher:
         if data is None:
             return False
         run, steps, _ = data
-        status = run["status"]
+        status = run.status
         if status not in RUNNING_STATUSES:
             return False  # a cancel already sent its own settle; a final run needs nothing
         verdict, _, epoch = self.state.restart(
             run_id,
+            Move.REDISPATCH,
             RunStatus(status),
-            sources=[status],
             data={"action": "redispatch", "reason": reason},
         )
         if verdict != "ok":
             return False
-        self.remaining(run_id, epoch, run, from_stored(json.loads(run["definition"])), steps)
+        self.remaining(run_id, epoch, run, from_stored(run.definition), steps)
         return True
 
     def resend(
@@ -162,22 +160,23 @@ class Dispatcher:
         run_id: str,
         epoch: int,
         status: str,
-        run: Mapping[str, str],
+        run: RunRecord,
         defn: Definition,
-        steps: Mapping[str, Mapping[str, str]],
+        steps: Mapping[str, StepRecord],
     ) -> None:
         """What a stalled run in ``status`` was waiting for (the watchdog, after its claim)."""
         if status == RunStatus.CANCELLING:
-            self.settle(run_id, epoch, run.get("priority", "normal"))
+            self.settle(run_id, epoch, run.priority)
         elif status == RunStatus.COMPENSATING:
             # A compensation that was running when the canvas was lost is run again.
             order = [
                 s
                 for s in reversed(self.state.completed_order(run_id))
-                if steps.get(s, {}).get("status") in (StepStatus.COMPLETED, StepStatus.COMPENSATING)
+                if s in steps
+                and steps[s].status in (StepStatus.COMPLETED, StepStatus.COMPENSATING)
                 and defn.step(s).compensate
             ]
-            target = run.get("compensate_target") or RunStatus.FAILED
+            target = run.compensate_target or RunStatus.FAILED
             self.compensations(run_id, epoch, run, defn, order, str(target))
         else:
             self.remaining(run_id, epoch, run, defn, steps)

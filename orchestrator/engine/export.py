@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import UnknownRun
 from orchestrator.logbatch import log_lines
+from orchestrator.records import StepRecord
 
 if TYPE_CHECKING:
     from orchestrator.engine.client import Client
@@ -68,22 +69,21 @@ def export_run(
     if data is None:
         raise UnknownRun(run_id)
     run, steps, attempts = data
-    definition = json.loads(run["definition"])
     if events is None:
         events = _events_from_stream(client, run_id)
     by_step: dict[str, dict[str, Any]] = {}
-    for sid in [s["id"] for s in definition["steps"]]:
-        f = steps.get(sid, {})
+    for sid in run.step_ids:
+        step = steps.get(sid) or StepRecord(sid)
         by_step[sid] = {
             "id": sid,
-            "status": f.get("status", "PENDING"),
+            "status": step.status,
             "attempts": [],
-            "started_at": float(f["started_at"]) if f.get("started_at") else None,
-            "finished_at": float(f["finished_at"]) if f.get("finished_at") else None,
-            "output": json.loads(f["output"]) if f.get("output") else None,
-            "error": f.get("error") or None,
-            "traceback": f.get("traceback") or None,
-            "compensation_error": f.get("compensation_error") or None,
+            "started_at": step.started_at,
+            "finished_at": step.finished_at,
+            "output": step.output,
+            "error": step.error,
+            "traceback": step.traceback,
+            "compensation_error": step.compensation_error,
             "logs": [],
             "progress": None,
             "stats": None,
@@ -110,10 +110,10 @@ def export_run(
     return {
         "format": TRACE_FORMAT,
         "exported_at": time.time(),
-        "run": {"id": run_id, **{k: run.get(k) or None for k in RUN_FIELDS}},
-        "definition": definition,
-        "inputs": json.loads(run.get("inputs", "{}")),
-        "tags": json.loads(run.get("tags", "[]")),
+        "run": {"id": run_id, **{k: getattr(run, k) or None for k in RUN_FIELDS}},
+        "definition": run.definition,
+        "inputs": run.inputs,
+        "tags": run.tags,
         "steps": list(by_step.values()),
         "events": events,
         "operator_actions": [e["data"] for e in events if e["type"] == "operator_action"],

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 
-from orchestrator.engine.runstate import RunState, _s
+from orchestrator.engine.runstate import RunState
 from orchestrator.engine.states import FINAL_RUN_STATUSES
+from orchestrator.records import text
 
 WARNING_FRACTION = 0.9
 
@@ -30,29 +31,26 @@ def check_once(state: RunState, now: float | None = None) -> list[tuple[str, str
     """Emit due SLA events for every watched run; returns the (run, kind) pairs emitted."""
     now = time.time() if now is None else now
     keys = state.keys
-    ids = [_s(i) for i in state.r.smembers(keys.sla_watch)]
+    ids = [text(i) for i in state.r.smembers(keys.sla_watch)]
     if not ids:
         return []
-    pipe = state.r.pipeline(transaction=False)
-    for rid in ids:
-        pipe.hmget(keys.run(rid), "status", "sla_seconds", "created_at", "finished_at")
     emitted: list[tuple[str, str]] = []
     finals = {str(s) for s in FINAL_RUN_STATUSES}
     done: list[str] = []
-    for rid, (status, target, created, finished) in zip(ids, pipe.execute(), strict=True):
-        if status is None:
+    runs = state.runs(ids, "status", "sla_seconds", "created_at", "finished_at")
+    for rid, run in zip(ids, runs, strict=True):
+        if run is None:
             done.append(rid)
             continue
-        target_f = float(_s(target) or 0)
-        end = float(_s(finished)) if finished else now
-        elapsed = end - float(_s(created))
-        kind = sla_status(elapsed, target_f)
-        data = {"elapsed": round(elapsed, 3), "sla_seconds": target_f}
+        target = run.sla_seconds or 0.0
+        elapsed = (run.finished_at or now) - (run.created_at or 0.0)
+        kind = sla_status(elapsed, target)
+        data = {"elapsed": round(elapsed, 3), "sla_seconds": target}
         if kind in ("at_risk", "breached") and state.sla_mark(rid, "warning", data):
             emitted.append((rid, "sla_warning"))
         if kind == "breached" and state.sla_mark(rid, "breached", data):
             emitted.append((rid, "sla_breached"))
-        if _s(status) in finals:
+        if run.status in finals:
             done.append(rid)
     if done:
         state.r.srem(keys.sla_watch, *done)

@@ -266,8 +266,8 @@ def attempt_record(
 def broken_record(
     sid: str,
     status: str,
-    attempts: str,
-    started: str,
+    attempts: int,
+    started: float | None,
     *,
     now: float,
     worker: str,
@@ -275,14 +275,15 @@ def broken_record(
     error: str,
     tb: str,
 ) -> dict[str, Any]:
-    """The attempt of a step that broke outside its plugin, from the step's fields in Redis:
-    the attempt it is in if it is RUNNING, else the one that never began."""
+    """The attempt of a step that broke outside its plugin, from the step's fields in Redis
+    (its status, attempts so far, when its attempt started): the attempt it is in if it is
+    RUNNING, else the one that never began."""
     running = status == StepStatus.RUNNING
     return {
         "step": sid,
-        "attempt": int(attempts or 0) + (not running),
+        "attempt": attempts + (not running),
         "status": "FAILED",
-        "started_at": float(started) if started and running else now,
+        "started_at": started if started and running else now,
         "finished_at": now,
         "worker": worker,
         "task_id": task_id or None,
@@ -299,16 +300,23 @@ def hard_timeout_error(spec: Mapping[str, Any], limit: float) -> str:
 
 
 def killed_record(
-    sid: str, attempts: str, started: str, worker: str, task_id: str, *, now: float, error: str
+    sid: str,
+    attempts: int,
+    started: float | None,
+    worker: str | None,
+    task_id: str | None,
+    *,
+    now: float,
+    error: str,
 ) -> dict[str, Any]:
     """The attempt of a step whose pool process was killed at its hard time limit."""
     return {
         "step": sid,
-        "attempt": int(attempts or 1),
+        "attempt": attempts or 1,
         "status": "FAILED",
-        "started_at": float(started) if started else None,
+        "started_at": started,
         "finished_at": now,
-        "duration": round(now - float(started), 6) if started else None,
+        "duration": round(now - started, 6) if started else None,
         "worker": worker or None,
         "task_id": task_id or None,
         "error": error,

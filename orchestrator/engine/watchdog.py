@@ -28,64 +28,28 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.engine.runstate import _EMIT, dumps, now
-from orchestrator.engine.states import RunStatus, StepStatus
-from orchestrator.fleet.inspect import broker_prefix, queue_keys
+from orchestrator.engine.states import (
+    FINAL_RUN_STATUSES,
+    SETTLED_STEP_STATUSES,
+    Move,
+    RunStatus,
+    StepStatus,
+    sources,
+)
+from orchestrator.fleet.inspect import queue_keys
 from orchestrator.model.definition import from_stored
+from orchestrator.records import text
 from orchestrator.settings import Settings
 
 log = logging.getLogger("canvasflow.watchdog")
 
 # Statuses in which a run waits for an operator, not for a message: never stalled.
 WAITING = frozenset({RunStatus.PAUSED, RunStatus.COMPENSATION_FAILED})
-FINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
-# Statuses the watchdog knows how to re-dispatch (what the compiler builds for each).
-REDISPATCHABLE = frozenset(
-    {
-        RunStatus.PENDING,
-        RunStatus.RUNNING,
-        RunStatus.PAUSING,
-        RunStatus.CANCELLING,
-        RunStatus.COMPENSATING,
-    }
-)
+FINAL = FINAL_RUN_STATUSES
+# Statuses the watchdog may re-dispatch: the redispatch move of the transition table.
+REDISPATCHABLE = frozenset(sources(Move.REDISPATCH))
 # At most this many broker messages are decoded per tick looking for stalled runs' ids.
 SCAN_LIMIT = 200_000
-
-# KEYS: steps. ARGV: lease key prefix ("<prefix>:lease:<run>:"). 1 if any RUNNING or
-# COMPENSATING step of the run holds a live lease.
-_LEASED = """
-local flat = redis.call('HGETALL', KEYS[1])
-for i = 1, #flat, 2 do
-  local f, v = flat[i], flat[i + 1]
-  if string.sub(f, -7) == '|status' and (v == 'RUNNING' or v == 'COMPENSATING') then
-    if redis.call('EXISTS', ARGV[1] .. string.sub(f, 1, -8)) == 1 then return 1 end
-  end
-end
-return 0
-"""
-
-# KEYS: run, stream, controlled, control channel, watchdog hash. ARGV: run_id, now, maxlen,
-# expected seq, expected status, data_json. Claims a stalled run for re-dispatch if it has not
-# moved since it was judged (same seq, same status): bumps the epoch, appends run_redispatched.
-# Returns {'ok', status, epoch} or {'moved' | 'gone', status, '0'}.
-_CLAIM = (
-    _EMIT
-    + """
-local run_key, stream = KEYS[1], KEYS[2]
-local run_id, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
-local st = redis.call('HGET', run_key, 'status')
-if not st then return {'gone', '', '0'} end
-if st ~= ARGV[5] or redis.call('HGET', run_key, 'seq') ~= ARGV[4] then return {'moved', st, '0'} end
-local epoch = redis.call('HINCRBY', run_key, 'epoch', 1)
-local data = cjson.decode(ARGV[6])
-data['epoch'] = epoch
-emit(run_key, stream, maxlen, run_id, 'run_redispatched', '', st, now, cjson.encode(data))
-controlled(KEYS[3], KEYS[4], run_id, 'restart', now)
-redis.call('HDEL', KEYS[5], run_id)
-return {'ok', st, tostring(epoch)}
-"""
-)
 
 
 @dataclass
@@ -97,10 +61,6 @@ class TickReport:
     redispatched: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # no longer in Redis, or already final
     failed: list[str] = field(default_factory=list)  # re-dispatch raised (logged)
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
 
 
 class Watchdog:
@@ -119,27 +79,22 @@ class Watchdog:
             stall_seconds if stall_seconds is not None else self.settings.watchdog_stall_seconds
         )
         self.name = name or f"watchdog@{socket.gethostname()}:{os.getpid()}"
-        self._leased = self.r.register_script(_LEASED)
-        self._claim = self.r.register_script(_CLAIM)
 
     # -- one pass -----------------------------------------------------------------------------
 
     def check_once(self, at: float | None = None) -> TickReport:
         t = time.time() if at is None else at
         report = TickReport()
-        ids = [_s(i) for i in self.r.zrange(self.keys.live, 0, -1)]
+        ids = [text(i) for i in self.r.zrange(self.keys.live, 0, -1)]
         report.live = len(ids)
         if not ids:
             return report
-        pipe = self.r.pipeline(transaction=False)
-        for rid in ids:
-            pipe.hmget(self.keys.run(rid), "status", "seq")
-        heads = pipe.execute()
+        heads = self.state.runs(ids, "status", "seq")
         seen_raw = self.r.hmget(self.keys.watchdog, ids)
         stale, remember, forget = [], {}, []
         candidates: dict[str, tuple[str, str, float]] = {}
-        for rid, (status, seq), seen in zip(ids, heads, seen_raw, strict=True):
-            st, sq = _s(status), _s(seq)
+        for rid, head, seen in zip(ids, heads, seen_raw, strict=True):
+            st, sq = (head.status, str(head.seq)) if head else ("", "")
             if not st or st in FINAL:
                 stale.append(rid)  # expired, lost with Redis, or ended before the live set existed
                 continue
@@ -147,7 +102,7 @@ class Watchdog:
                 forget.append(rid)  # the clock starts again when an operator moves it
                 continue
             mark = f"{st}:{sq}"
-            old_mark, _, since = _s(seen).rpartition(" ")
+            old_mark, _, since = text(seen).rpartition(" ")
             if old_mark != mark:
                 remember[rid] = f"{mark} {t:.3f}"
             elif t - float(since or t) >= self.stall:
@@ -187,13 +142,7 @@ class Watchdog:
 
     def _alive(self, candidates: Mapping[str, tuple[str, str, float]]) -> set[str]:
         """The candidates that hold a step lease or have a message in the broker."""
-        alive = set()
-        pipe = self.r.pipeline(transaction=False)
-        for rid in candidates:
-            self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")], client=pipe)
-        for rid, leased in zip(candidates, pipe.execute(), strict=True):
-            if int(leased):
-                alive.add(rid)
+        alive = self.state.leased(candidates)
         rest = [rid for rid in candidates if rid not in alive]
         if rest:
             alive |= self.mentioned(rest, self._queues(rest))
@@ -201,12 +150,9 @@ class Watchdog:
 
     def _queues(self, run_ids: Iterable[str]) -> set[str]:
         queues = {self.settings.default_queue}
-        pipe = self.r.pipeline(transaction=False)
-        for rid in run_ids:
-            pipe.hget(self.keys.run(rid), "definition")
-        for raw in pipe.execute():
+        for run in self.state.runs(run_ids, "definition_json"):
             try:
-                body = json.loads(raw or "{}")
+                body = run.definition if run else {}
             except ValueError:
                 continue
             default = (body.get("defaults") or {}).get("queue")
@@ -243,8 +189,7 @@ class Watchdog:
                     start += len(chunk)
                     for raw in chunk:
                         look(raw)
-        unacked = broker_prefix(self.settings.key_prefix) + "unacked"
-        for _, raw in self.r.hscan_iter(unacked, count=500):
+        for _, raw in self.r.hscan_iter(self.keys.broker_unacked, count=500):
             if len(found) == len(wanted) or scanned >= SCAN_LIMIT:
                 break
             look(raw)
@@ -266,46 +211,33 @@ class Watchdog:
         if data is None:
             return False
         run, steps, _ = data
-        defn = from_stored(json.loads(run["definition"]))
+        defn = from_stored(run.definition)
+        # COMPENSATING counts as left: its compensation is what is sent again.
         left = [
             s
             for s in defn.step_ids
-            if steps.get(s, {}).get("status")
-            not in (
-                StepStatus.COMPLETED,
-                StepStatus.FAILED,
-                StepStatus.SKIPPED,
-                StepStatus.CANCELLED,
-                StepStatus.COMPENSATED,
-            )
+            if s not in steps
+            or steps[s].status not in SETTLED_STEP_STATUSES
+            or steps[s].status == StepStatus.COMPENSATING
         ]
         reason = (
             f"no lease, no queued message and no event for {stalled_for:.0f}s "
             f"(CANVASFLOW_WATCHDOG_STALL_SECONDS={self.stall:g})"
         )
-        k = self.keys
-        res = self._claim(
-            keys=[k.run(run_id), k.events, k.controlled, k.control_channel, k.watchdog],
-            args=[
-                run_id,
-                now(),
-                self.state.maxlen,
-                seq,
-                status,
-                dumps(
-                    {
-                        "watchdog": self.name,
-                        "reason": reason,
-                        "stalled_for": round(stalled_for, 1),
-                        "status": status,
-                        "steps": left,
-                    }
-                ),
-            ],
+        verdict, epoch = self.state.claim_stalled(
+            run_id,
+            status,
+            seq,
+            {
+                "watchdog": self.name,
+                "reason": reason,
+                "stalled_for": round(stalled_for, 1),
+                "status": status,
+                "steps": left,
+            },
         )
-        if _s(res[0]) != "ok":
+        if verdict != "ok":
             return False
-        epoch = int(_s(res[2]))
         log.warning(
             "watchdog %s: run %s (%s) stalled for %.0fs: re-dispatched with epoch %d (steps left: %s)",
             self.name,
@@ -326,19 +258,16 @@ class Watchdog:
         added, start = 0, 0
         while True:
             ids = [
-                _s(i)
+                text(i)
                 for i in self.r.zrange(self.keys.runs, start, start + chunk - 1, withscores=False)
             ]
             if not ids:
                 return added
             start += len(ids)
-            pipe = self.r.pipeline(transaction=False)
-            for rid in ids:
-                pipe.hmget(self.keys.run(rid), "status", "created_at")
             missing = {
-                rid: float(_s(created) or 0)
-                for rid, (status, created) in zip(ids, pipe.execute(), strict=True)
-                if status is not None and _s(status) not in FINAL
+                rid: run.created_at or 0.0
+                for rid, run in zip(ids, self.state.runs(ids, "status", "created_at"), strict=True)
+                if run is not None and run.status not in FINAL
             }
             if missing:
                 added += int(self.r.zadd(self.keys.live, missing, nx=True))

@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator.errors import CanvasflowError
 from orchestrator.fleet.events import worker_states
+from orchestrator.keys import Keys
 
 PRIORITY_STEPS = range(10)
 INSPECT_TIMEOUT = 1.0
@@ -33,7 +34,7 @@ class FleetError(CanvasflowError):
 
 
 def broker_prefix(key_prefix: str) -> str:
-    return f"{key_prefix}:celery:"
+    return Keys(key_prefix).broker
 
 
 def queue_keys(key_prefix: str, queue: str, sep: str = ":") -> list[tuple[int, str]]:

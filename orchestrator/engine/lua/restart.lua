@@ -1,0 +1,31 @@
+-- restart: a new dispatch of the run (resume, retry, retry of the compensation, re-dispatch):
+-- if the move may take the run to target, bump the epoch, set the status, reset the given
+-- steps to PENDING, clear the given run fields, and keep the run's keys and live entry.
+-- KEYS: run, steps, stream, settled channel, completed, attempts, controlled, control channel,
+--   live set
+-- ARGV: run_id, now, maxlen, move, target, reset_json (step ids), clear_json (run fields),
+--   data_json (of the run_status_changed event; the new epoch is added)
+-- Returns {'ok' | 'refused' | 'gone', status before, new epoch ('0' unless ok)}.
+-- include: common.lua
+local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
+local run_id, now, maxlen, move, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if move == 'cancel' then return {'refused', redis.call('HGET', run_key, 'status') or '', '0'} end
+local st, epoch = new_epoch(run_key, move, target)
+if not st then return epoch end
+for _, f in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', run_key, f) end
+for _, sid in ipairs(cjson.decode(ARGV[6])) do
+  local ss = redis.call('HGET', steps, sid .. '|status')
+  if is_settled(ss) then redis.call('HINCRBY', run_key, 'settled', -1) end
+  move_step(steps, sid, ss, 'PENDING')
+  redis.call('HDEL', steps, sid .. '|output', sid .. '|error', sid .. '|traceback', sid .. '|finished_at',
+             sid .. '|compensation_error', sid .. '|compensation_traceback', sid .. '|compensation_output')
+  redis.call('LREM', KEYS[5], 0, sid)
+end
+for i = 1, 6 do if i ~= 3 and i ~= 4 then redis.call('PERSIST', KEYS[i]) end end
+local data = cjson.decode(ARGV[8])
+data['epoch'] = epoch
+emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', target, now, cjson.encode(data))
+controlled(KEYS[7], KEYS[8], run_id, 'restart', now)
+redis.call('ZADD', KEYS[9], now, run_id)  -- live again (a retry of a finished run): the watchdog
+redis.call('PUBLISH', KEYS[4], target)
+return {'ok', st, tostring(epoch)}
