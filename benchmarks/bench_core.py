@@ -1,6 +1,6 @@
 """Core engine vs raw Celery: the same shapes, the same Redis, the same worker, one run.
 
-    python benchmarks/bench_core.py [--quick] [--rounds N] [--redis-url URL] [--json PATH]
+    python benchmarks/bench_core.py [--quick | --smoke] [--rounds N] [--redis-url URL] [--json PATH]
 
 Shapes (issue 2): a chain of 100 no-op steps, a 1000-wide fan-out/fan-in, 200 concurrent
 diamond workflows a -> {b, c, d} -> e. Each side runs the same shape. The fan-out is timed in
@@ -66,6 +66,9 @@ TARGET = 1.25
 QUEUE = "default"
 FULL = {"chain": 100, "fanout": 1000, "fanout_start": 1000, "diamonds": 200}
 QUICK = {"chain": 30, "fanout": 200, "fanout_start": 200, "diamonds": 50}
+# --smoke: every shape through the real worker in seconds (tests/test_benchmarks_smoke.py); its
+# figures say the script works, not how fast anything is.
+SMOKE = {"chain": 3, "fanout": 4, "fanout_start": 4, "diamonds": 2}
 # Not run unless named in --shapes: the unequal comparison kept for re-running older figures.
 EXTRA = ("fanout_mixed",)
 WAIT_TIMEOUT = 600.0
@@ -521,6 +524,9 @@ def top_commands(results: dict[str, dict[str, Series]], limit: int = 12) -> None
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 round at small sizes (a smoke run)")
+    ap.add_argument(
+        "--smoke", action="store_true", help="1 round at tiny sizes: does the script still run?"
+    )
     ap.add_argument("--rounds", type=int, help="measured rounds per shape and side (default 5)")
     ap.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
     ap.add_argument(
@@ -539,12 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
     args = ap.parse_args(argv)
 
-    sizes = dict(QUICK if args.quick else FULL)
+    sizes = dict(SMOKE if args.smoke else QUICK if args.quick else FULL)
     for shape in ("chain", "fanout", "diamonds"):
         if getattr(args, shape):
             sizes[shape] = getattr(args, shape)
     sizes["fanout_start"] = sizes["fanout_mixed"] = sizes["fanout"]
-    rounds = args.rounds or (1 if args.quick else 5)
+    rounds = args.rounds or (1 if args.quick or args.smoke else 5)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = set(shapes) - set(FULL) - set(EXTRA)
     if unknown:
@@ -575,10 +581,11 @@ def main(argv: list[str] | None = None) -> int:
             for side in ("raw", "cf")
         }
 
-        print("warming up (not counted)…")
-        for shape in shapes:
-            for side in ("raw", "cf"):
-                bench.measure(sides[side][shape], QUICK.get(shape, QUICK["fanout"]), None)
+        if not args.smoke:  # a smoke run skips it: the warm-up is the code of a measured round
+            print("warming up (not counted)…")
+            for shape in shapes:
+                for side in ("raw", "cf"):
+                    bench.measure(sides[side][shape], QUICK.get(shape, QUICK["fanout"]), None)
 
         results: dict[str, dict[str, Series]] = {}
         for shape in shapes:

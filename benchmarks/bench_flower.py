@@ -1,7 +1,7 @@
 """Fleet inspection side by side with Celery Flower 2.2 (issue 6).
 
     flock /tmp/canvasflow-bench.lock .venv/bin/python benchmarks/bench_flower.py \
-        --tasks 20000,100000 [--flower /tmp/fv/bin/celery] [--json PATH]
+        --tasks 20000,100000 [--flower /tmp/fv/bin/celery] [--json PATH] [--smoke]
 
 Starts a private redis-server, one canvasflow worker (prefork, concurrency 4), ``python -m web``
 (SQLite audit store, anonymous viewer) and ``celery flower`` from a separate environment (Flower
@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +53,12 @@ app = Celery("flowerbench")
 app.conf.update({conf!r})
 """
 SAMPLE = 200  # tasks compared one by one between Flower and canvasflow at each size
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:
@@ -157,7 +164,15 @@ def main() -> int:
     ap.add_argument("--flower", default=os.environ.get("FLOWER_CELERY", "/tmp/fv/bin/celery"))
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--json", default="")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="30 tasks, 3 calls a figure, concurrency 2: does the script still run?",
+    )
     args = ap.parse_args()
+    calls = 20
+    if args.smoke:
+        args.tasks, args.concurrency, calls = "30", 2, 3
     sizes = sorted({int(s) for s in args.tasks.split(",") if s.strip()})
     tmp = Path(tempfile.mkdtemp(prefix="cf-flower-"))
     server = EmbeddedRedis()
@@ -186,7 +201,7 @@ def main() -> int:
         "sizes": {},
     }
     try:
-        cf_port, fl_port = 18080 + os.getpid() % 1000, 19080 + os.getpid() % 1000
+        cf_port, fl_port = free_port(), free_port()
         os.environ.setdefault(
             "CANVASFLOW_WEB_SECRET_KEY", "bench-flower-signing-key"
         )  # Fleet copies os.environ
@@ -261,16 +276,16 @@ def main() -> int:
             }
             res["ms"] = {
                 "workers": {
-                    "canvasflow": median_ms(f"{cf}/api/v1/inspect/workers?refresh=0"),
-                    "flower": median_ms(f"{fl}/api/workers"),
+                    "canvasflow": median_ms(f"{cf}/api/v1/inspect/workers?refresh=0", calls),
+                    "flower": median_ms(f"{fl}/api/workers", calls),
                 },
                 "tasks_limit_100": {
-                    "canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks?limit=100"),
-                    "flower": median_ms(f"{fl}/api/tasks?limit=100"),
+                    "canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks?limit=100", calls),
+                    "flower": median_ms(f"{fl}/api/tasks?limit=100", calls),
                 },
                 "task_detail": {
-                    "canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks/{last}"),
-                    "flower": median_ms(f"{fl}/api/task/info/{last}"),
+                    "canvasflow": median_ms(f"{cf}/api/v1/inspect/tasks/{last}", calls),
+                    "flower": median_ms(f"{fl}/api/task/info/{last}", calls),
                 },
             }
             res["rss_after_requests_mb"] = {

@@ -1,6 +1,6 @@
 """What the message guard (workers/guard.py) costs per message, in the worker's main process.
 
-    PYTHONPATH=. python benchmarks/bench_guard.py
+    PYTHONPATH=. python benchmarks/bench_guard.py [--smoke]
 
 Prints microseconds per check, and the ratio to decoding the same message (which Celery does
 anyway), for a typical step message (fewer brackets than the depth limit: two bytes.count
@@ -10,6 +10,7 @@ refused 300-deep message.
 
 from __future__ import annotations
 
+import argparse
 import json
 import timeit
 
@@ -24,6 +25,11 @@ def nested(depth: int) -> dict:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--smoke", action="store_true", help="1 %% of the calls: does the script still run?"
+    )
+    scale = 100 if ap.parse_args().smoke else 1
     link = {
         "task": "canvasflow.step",
         "args": [["t", "builtin", "echo", 5, {"params": {"y": 2}}]],
@@ -57,6 +63,7 @@ def main() -> None:
         ("300 deep (refused)", deep, 500),
     ):
         raw = json.dumps(body).encode()
+        n //= scale
         seconds = timeit.timeit(lambda raw=raw: check(raw, 200, 64 << 20), number=n) / n
         # Celery decodes every message's JSON anyway: the guard's cost next to that decode.
         decode = timeit.timeit(lambda raw=raw: json.loads(raw), number=n) / n

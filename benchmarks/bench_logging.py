@@ -10,7 +10,7 @@ Two measurements in one run:
   the ctx.log calls (less the same loop calling a no-op), the heartbeat's drain of the buffer
   into one event, and sending it. Their sum against one second is the figure to quote.
 
-Usage: python benchmarks/bench_logging.py [--rounds 7] [--lines 10000] [--parts 9]
+Usage: python benchmarks/bench_logging.py [--rounds 7] [--lines 10000] [--parts 9] [--smoke]
 """
 
 from __future__ import annotations
@@ -68,16 +68,25 @@ def main() -> None:
     ap.add_argument(
         "--parts", type=int, default=9, help="repetitions of each part's timing per round"
     )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one round of a 0.1 s step with 1,000 lines: does the script still run?",
+    )
     args = ap.parse_args()
+    seconds = 1.0
+    if args.smoke:
+        args.rounds, args.lines, args.parts, seconds = 1, 1000, 1, 0.1
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
         state = RunState(client, Keys("bench"), state_ttl=600)
         client.hset(Keys("bench").run("r"), mapping={"status": "RUNNING", "seq": 0})
         hb = Heartbeat(state, lease_ttl=15)
-        # calibrate the work to about one second
+        # calibrate the work to about one second (a tenth with --smoke)
+        calibration = int(20_000_000 * seconds)
         t = time.perf_counter()
-        busy(20_000_000, args.lines, None)
-        units = int(20_000_000 / (time.perf_counter() - t))
+        busy(calibration, args.lines, None)
+        units = int(calibration * seconds / (time.perf_counter() - t))
         plain, logged, parts = [], [], []
         warm = StepContext("r", "warm", 1)
         hb.add(warm, "owner")

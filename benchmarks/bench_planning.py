@@ -1,6 +1,7 @@
 """Planning cost by shape and size: does validating and planning grow (near) linearly?
 
     python benchmarks/bench_planning.py [--sizes 1000,2000,4000,8000] [--shapes ...] [--repeat 3]
+        [--smoke]
 
 For each shape and size it times, best of ``--repeat``, what a submit does before anything is
 queued: ``load`` (schema and semantic validation, limits included), ``plan`` (the
@@ -115,7 +116,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,2000,4000,8000")
     ap.add_argument("--shapes", default="sequential,chain,reversed,fanout,diamonds,zigzag")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--smoke", action="store_true", help="sizes 40 and 80, once: does the script still run?"
+    )
     args = ap.parse_args()
+    if args.smoke:
+        args.sizes, args.repeat = "40,80", 1
     sizes = [int(s) for s in args.sizes.split(",")]
     limits = Limits(max_steps=max(sizes))
     ctx = compiler.RunContext("bench", 1)

@@ -1,7 +1,7 @@
 """Query latency of the audit store at scale: 100k runs, 2M step attempts (slow: minutes).
 
     python benchmarks/bench_queries.py [--runs 100000] [--steps 20] [--logs 10]
-        [--backend postgresql|sqlite] [--postgres-url URL] [--samples 200] [--keep]
+        [--backend postgresql|sqlite] [--postgres-url URL] [--samples 200] [--keep] [--smoke]
 
 Data is generated directly with bulk inserts (COPY on PostgreSQL), not through the recorder:
 ``--runs`` runs over 30 days across 20 workflows, ``--steps`` steps each with one attempt (5%
@@ -29,7 +29,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]
 
-from sqlalchemy import func, select, text  # noqa: E402
+from sqlalchemy import Table, func, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from orchestrator.audit import AuditStore  # noqa: E402
@@ -192,6 +192,23 @@ TABLES = {
 }
 
 
+def columns(table: Table, row: dict[str, Any]) -> list[str]:
+    """The model's columns that the generator fills, in table order; the others take their
+    server default. A key the table lacks, or a required column without a default that the
+    generator leaves out, stops the load before any row is sent (the model changed: teach
+    ``generate`` the column)."""
+    unknown = sorted(set(row) - set(table.c.keys()))
+    missing = [
+        c.name for c in table.c if not c.nullable and c.server_default is None and c.name not in row
+    ]
+    if unknown or missing:
+        raise SystemExit(
+            f"{table.name}: the generator fills unknown columns {unknown} and leaves out "
+            f"required columns {missing}; update generate() in {Path(__file__).name}"
+        )
+    return [c.name for c in table.c if c.name in row]
+
+
 def load(store: AuditStore, args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     total = 0
@@ -201,20 +218,18 @@ def load(store: AuditStore, args: argparse.Namespace) -> None:
                 if not rows:
                     continue
                 table = TABLES[name]
+                cols = columns(table, rows[0])
                 total += len(rows)
                 if store.dialect == "postgresql":
-                    cols = [c.name for c in table.c]
                     raw = conn.connection.dbapi_connection
                     with (
                         raw.cursor() as cur,
                         cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as cp,
                     ):
                         for r in rows:
-                            cp.write_row([r.get(c) for c in cols])
+                            cp.write_row([r[c] for c in cols])
                 else:
-                    conn.execute(
-                        table.insert(), [{c.name: r.get(c.name) for c in table.c} for r in rows]
-                    )
+                    conn.execute(table.insert(), [{c: r[c] for c in cols} for r in rows])
         print(f"\r  loaded {total:,} rows ({time.perf_counter() - t0:.0f}s)", end="", flush=True)
     print()
     with store.begin() as conn:
@@ -254,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sqlite-path", default=None)
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--keep", action="store_true", help="keep (and reuse) the generated data")
+    ap.add_argument(
+        "--smoke", action="store_true", help="200 runs, 3 samples: does the script still run?"
+    )
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.runs, args.samples = 200, 3
 
     if args.backend == "postgresql":
         import psycopg

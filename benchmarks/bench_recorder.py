@@ -2,6 +2,7 @@
 
     python benchmarks/bench_recorder.py [--runs 2000] [--steps 4] [--logs 10]
         [--backends sqlite,postgresql] [--redis-url URL] [--postgres-url URL] [--live-seconds 10]
+        [--smoke]
 
 Events are produced the way workers produce them: through ``RunState`` (the same Lua scripts),
 for runs of ``--steps`` sequential steps that each log ``--logs`` lines, so the mix is run
@@ -153,7 +154,7 @@ class Producer:
                 attempt=rec,
                 batch=[["stats", sid, "", now(), dumps(rec["stats"])]],
             )
-        st.transition(rid, RunStatus.COMPLETED, sources=[RunStatus.RUNNING])
+        st.transition(rid, RunStatus.COMPLETED)
         return 3 + len(self.steps) * (3 + self.logs)
 
 
@@ -382,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--live-rate", type=float, default=2000.0, help="events/s the live producer aims at"
     )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes (3 runs of 2 steps, 1 s live): does the script still run?",
+    )
     ap.add_argument("--core", action="store_true", help="run bench_core.py with a recorder running")
     ap.add_argument("--core-store", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--core-args", default="", help="arguments for bench_core.py")
@@ -389,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         "--core-recorder-args", default="", help="arguments for `canvasflow recorder` (--core)"
     )
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.runs, args.steps, args.logs, args.live_seconds = 3, 2, 2, 1.0
     if args.core:
         return core(args, Path(tempfile.mkdtemp(prefix="cf-bench-core-")))
     client = redis.Redis.from_url(args.redis_url)

@@ -1,7 +1,7 @@
 """Where a recorder's drain spends its time: SQL time per statement, CPU per event.
 
     python benchmarks/bench_recorder_sql.py [--backend postgresql|sqlite] [--runs 150] [--steps 100]
-        [--batch-size 500]
+        [--batch-size 500] [--redis-url URL] [--postgres-url URL] [--smoke]
 
 Produces ``--runs`` runs of ``--steps`` sequential steps without logs through the real Lua
 scripts (the mix a chain of fast-path steps makes: step started + completed, run transitions),
@@ -42,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     ap.add_argument("--postgres-url", default=br.DEFAULT_PG)
+    ap.add_argument(
+        "--smoke", action="store_true", help="3 runs of 5 steps: does the script still run?"
+    )
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.runs, args.steps = 3, 5
 
     client = redis.Redis.from_url(args.redis_url)
     keys = Keys(f"sqlprof{uuid.uuid4().hex[:6]}")

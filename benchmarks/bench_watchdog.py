@@ -1,6 +1,7 @@
 """What one watchdog check costs: N live runs, nothing stalled, against the floor of reading them.
 
     python benchmarks/bench_watchdog.py [--runs 1000,10000] [--queued 10000] [--redis-url URL]
+        [--smoke]
 
 For each N: N runs are created PENDING (RunState.create, as a submit does) under a fresh key
 prefix, one check records them, then ``check_once`` is timed in steady state (nothing changed,
@@ -46,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="1000,10000")
     ap.add_argument("--queued", type=int, default=10000)
     ap.add_argument("--redis-url", default="")
+    ap.add_argument(
+        "--smoke", action="store_true", help="20 and 40 runs, 100 queued: does it still run?"
+    )
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.runs, args.queued = "20,40", 100
     embedded = None
     url = args.redis_url
     if not url:

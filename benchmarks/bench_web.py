@@ -1,6 +1,6 @@
 """Dashboard benchmark: page load, run detail, Gantt render, event latency, many Socket.IO clients.
 
-    python benchmarks/bench_web.py [--quick] [--database-url URL] [--json PATH]
+    python benchmarks/bench_web.py [--quick | --smoke] [--database-url URL] [--json PATH]
 
 Sets up (issue 5): a private redis-server, PostgreSQL (default ``canvasflow_bench`` on
 127.0.0.1:5432, dropped and re-created; SQLite with ``--database-url sqlite:///...``), N active
@@ -17,7 +17,9 @@ clients:
    compared with the browser's receive time (same machine clock);
 5. C Socket.IO clients subscribed to every run while R runs execute: per-event delivery latency.
 
---quick scales down (100 active, 10,000 finished, 100 steps, 50 clients, 10 runs). Each
+--quick scales down (100 active, 10,000 finished, 100 steps, 50 clients, 10 runs); --smoke
+further (5 active, 1,100 finished, 5 steps, 4 clients, 2 runs, every sample a tenth as often),
+to check in seconds that every phase still runs. Each
 ``--variant`` (e.g. ``threads:server=threading``, ``gevent:server=gevent``, or ``before:path=DIR``
 for an older commit's web/ package) runs every phase against its own fresh web process, after
 one another in the same run, so their figures compare. ``--profile DIR`` records the web process
@@ -32,6 +34,7 @@ import argparse
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -88,6 +91,12 @@ def summary(values: list[float], unit: float = 1000.0) -> dict[str, float]:
         "p99": round(pct(values, 0.99) * unit, 1),
         "max": round(max(values) * unit, 1) if values else float("nan"),
     }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def fresh_postgres(url: str) -> None:
@@ -174,9 +183,7 @@ def seed(settings: Settings, client: Client, active: int, finished: int) -> None
         }
         client.state.create(rid, fields, [f"s{k}" for k in range(5)], "seeded")
         created = float(client.redis.hget(client.keys.run(rid), "created_at"))
-        client.state.transition(
-            rid, RunStatus.RUNNING, fields={"started_at": f"{now:.6f}"}, sources=["PENDING"]
-        )
+        client.state.transition(rid, RunStatus.RUNNING, fields={"started_at": f"{now:.6f}"})
         rows.append(
             {
                 "id": rid,
@@ -841,6 +848,7 @@ def start_web(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: does every phase still run?")
     ap.add_argument(
         "--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_bench"
     )
@@ -901,7 +909,11 @@ def main() -> int:
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     variants = [parse_variant(v) for v in args.variant] or [{"label": "default"}]
     active, finished, steps, clients, nruns = (
-        (100, 10_000, 100, 50, 10) if args.quick else (500, 100_000, 200, 200, 50)
+        (5, 1_100, 5, 4, 2)
+        if args.smoke
+        else (100, 10_000, 100, 50, 10)
+        if args.quick
+        else (500, 100_000, 200, 200, 50)
     )
     clients = args.clients or clients
     nruns = args.fanout_runs or nruns
@@ -960,8 +972,8 @@ def main() -> int:
                 work / "worker.log",
             )
         )
-        for n, variant in enumerate(variants):
-            port = 18000 + (os.getpid() * 7 + n) % 1000
+        for variant in variants:
+            port = free_port()
             web, beside = start_web(variant, env, port, work, args.trace_loop)
             try:
                 out, big = measure(
@@ -1035,10 +1047,14 @@ def measure(
         "token"
     ]
 
+    def times(n: int) -> int:
+        """How often to sample: ``n``, a tenth of it with --smoke."""
+        return max(1, n // 10) if args.smoke else n
+
     # 1. runs list API: the Active tab, the first and a deep page of the Completed history
     def timed(path: str, n: int = 20) -> dict[str, float]:
         out = []
-        for _ in range(n):
+        for _ in range(times(n)):
             t = time.perf_counter()
             resp = http.get(f"{url}/api/v1{path}", timeout=30)
             out.append(time.perf_counter() - t)
@@ -1057,11 +1073,14 @@ def measure(
         f"/runs?view=completed&limit=50&cursor={page['next_cursor']}"
     )
 
-    # 2. a real run of `steps` steps, then its detail
+    # 2. a real run of `steps` steps, then its detail. With --smoke each step sleeps a second,
+    # so that phase 4's page is open while the run it follows still sends events.
     body = {
         "mode": "sequential",
         "steps": [
-            {"id": f"step{i:03d}", "plugin": "builtin", "method": "echo", "params": {"i": i}}
+            {"id": f"step{i:03d}", "plugin": "builtin", "method": "sleep", "params": {"seconds": 1}}
+            if args.smoke
+            else {"id": f"step{i:03d}", "plugin": "builtin", "method": "echo", "params": {"i": i}}
             for i in range(steps)
         ],
     }
@@ -1089,14 +1108,14 @@ def measure(
             page_.click("button[type=submit]")
             page_.wait_for_selector("body[data-loaded]")
             loads = []
-            for _ in range(10):
+            for _ in range(times(10)):
                 t = time.perf_counter()
                 page_.goto(f"{url}/runs?view=active")
                 page_.wait_for_selector("body[data-loaded]")
                 loads.append(time.perf_counter() - t)
             results["runs_page_load"] = summary(loads)
             gantt = []
-            for _ in range(5):
+            for _ in range(times(5)):
                 page_.goto(f"{url}/runs/{big.id}/gantt")
                 page_.wait_for_selector("#gantt[data-rendered]")
                 g = page_.evaluate("window.__cfGantt")
@@ -1114,7 +1133,7 @@ def measure(
             clock = StreamClock(client)
             spies = profile(args, "browser", variant["label"], web.p.pid)
             follow_from = time.time()
-            for _ in range(3):
+            for _ in range(times(3)):
                 follow = client.submit("bench_long")
                 page_.goto(f"{url}/runs/{follow.id}")
                 page_.wait_for_selector("body[data-ready='1']")

@@ -8,6 +8,9 @@ minutes; pass smaller values to see the mechanism quickly:
     python benchmarks/drill_worker_loss.py                                 # defaults
     python benchmarks/drill_worker_loss.py --visibility-timeout 8 --lease-ttl 15
     python benchmarks/drill_worker_loss.py --visibility-timeout 4 --step 12 --no-kill  # long step runs once
+    python benchmarks/drill_worker_loss.py --smoke        # 3 s timeouts: does it still run?
+
+It exits 1 when the run did not complete.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from orchestrator.cli.launcher import Fleet
 from orchestrator.settings import Settings
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--visibility-timeout", type=int, default=Settings().visibility_timeout)
     ap.add_argument("--lease-ttl", type=int, default=Settings().lease_ttl)
@@ -33,7 +36,14 @@ def main() -> None:
     ap.add_argument(
         "--no-kill", action="store_true", help="kill nothing: a long step must run once"
     )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="visibility timeout and lease 3 s, a 3 s step: does the drill still run?",
+    )
     args = ap.parse_args()
+    if args.smoke:
+        args.visibility_timeout, args.lease_ttl, args.step = 3, 3, 3.0
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             redis_url=server.url,
@@ -66,7 +76,8 @@ def main() -> None:
                 )
         finally:
             fleet.stop()
+    return 0 if snap.status == "COMPLETED" else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -4,6 +4,7 @@
     python benchmarks/drills.py --drills worker_kill,recorder --database sqlite
     python benchmarks/drills.py --drills soak --soak-runs 500     # a short soak while developing
     python benchmarks/drills.py --drills soak --compare DIR       # the run list of DIR's code too
+    python benchmarks/drills.py --smoke                           # tiny: does every drill still run?
 
 Slow (minutes), not part of CI. Each drill gets a fleet of its own: a private redis-server with
 AOF on a fixed port (so it can be stopped and started again in place), a fresh audit store
@@ -35,7 +36,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,7 +51,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 
 import redis  # noqa: E402
 import requests  # noqa: E402
-from bench_web import LOOP_TRACER, fresh_postgres, loop_stretches, pct  # noqa: E402
+from bench_web import LOOP_TRACER, free_port, fresh_postgres, loop_stretches, pct  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from orchestrator import Client  # noqa: E402
@@ -96,12 +96,6 @@ _prof.enable()
 import runpy
 runpy.run_module("web", run_name="__main__", alter_sys=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -218,7 +212,18 @@ class Rig:
         return self.fleet.start_worker(name, concurrency=concurrency)
 
     def recorder(self, name: str = "recorder") -> None:
-        self.fleet.spawn(name, [sys.executable, "-m", "orchestrator.audit.recorder"])
+        """``canvasflow recorder``, taking over a dead recorder's entries after ``--claim-idle``."""
+        self.fleet.spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "recorder",
+                "--claim-idle",
+                str(self.args.claim_idle),
+            ],
+        )
 
     def web(
         self,
@@ -575,7 +580,7 @@ def drill_recorder(args: argparse.Namespace, database: str) -> Row:
         rig.recorder("rec2")
         time.sleep(2)
         # Killed while it holds a batch read and not yet acknowledged: those entries stay pending
-        # until another recorder claims them (after claim_idle, 30 s).
+        # until another recorder claims them (after --claim-idle, 30 s).
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not int(
             rig.r.xpending(rig.client.keys.events, "cf-recorder")["pending"]
@@ -587,9 +592,8 @@ def drill_recorder(args: argparse.Namespace, database: str) -> Row:
         rig.recorder("rec3")
         t.join()
         status = wait_all(rig, ids, 120)
-        caught = rig.recorder_caught_up(
-            120
-        )  # claim_idle is 30 s: the killed one's entries come back after it
+        # The killed one's entries come back after --claim-idle.
+        caught = rig.recorder_caught_up(120)
         v = verdict(rig, ids, status, audit=True)
         fill(row, v, ids, status)
         with rig.store.connect() as conn:
@@ -795,6 +799,12 @@ def main() -> int:
     ap.add_argument("--recorder-runs", type=int, default=200)
     ap.add_argument("--recorder-interval", type=float, default=0.05, help="seconds between submits")
     ap.add_argument("--recorder-down", type=float, default=3.0)
+    ap.add_argument(
+        "--claim-idle",
+        type=float,
+        default=30.0,
+        help="a recorder takes over entries a dead one left pending this many seconds",
+    )
     ap.add_argument("--soak-runs", type=int, default=5000)
     ap.add_argument(
         "--soak-inflight", type=int, default=200, help="runs unfinished at once, at most"
@@ -830,7 +840,18 @@ def main() -> int:
         "process's loop (benchmarks/bench_web.py's tracer); reported under figures.loop",
     )
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="each drill at a tiny size with 3 s timeouts: does every drill still run?",
+    )
     args = ap.parse_args()
+    if args.smoke:
+        args.visibility_timeout, args.lease_ttl, args.claim_idle = 3, 3, 2.0
+        # 4 runs: the first worker's two pool processes hold a step each when it is killed
+        args.worker_runs, args.redis_runs, args.redis_down = 4, 3, 1.0
+        args.recorder_runs, args.recorder_down = 100, 1.0
+        args.soak_runs, args.soak_inflight = 20, 10
     chosen = [d.strip() for d in args.drills.split(",") if d.strip()]
     unknown = [d for d in chosen if d not in RUNNERS]
     if unknown:

@@ -212,6 +212,26 @@ def test_events_fold_into_one_row_whatever_their_order() -> None:
     assert (row["sent_at"], row["received_at"], row["succeeded_at"]) == (1.0, 2.0, 3.0)
 
 
+def test_a_sent_event_stamped_after_the_workers_events_keeps_the_task_finished() -> None:
+    # The client dispatches task-sent after publishing the message; a worker can run the task
+    # first, so the sent event arrives last with the latest timestamp (seen under load).
+    evs = [
+        {"type": "task-received", "uuid": "u", "timestamp": 2.0, "hostname": "w1", "name": "t"},
+        {"type": "task-succeeded", "uuid": "u", "timestamp": 3.0, "hostname": "w1"},
+        {"type": "task-sent", "uuid": "u", "timestamp": 4.0, "name": "t", "queue": "q"},
+    ]
+    row = None
+    for ev in evs:
+        row = merge_event(row, ev, 10.0)
+    assert row is not None
+    assert (row["state"], row["sent_at"], row["queue"]) == ("SUCCESS", 4.0, "q")
+    # A retry's new message is sent again: the task waits PENDING until a worker takes it.
+    retried = merge_event(
+        row | {"state": "RETRY", "state_ts": 5.0}, evs[2] | {"timestamp": 6.0}, 10.0
+    )
+    assert retried["state"] == "PENDING"
+
+
 def test_queue_keys_include_the_priority_sub_queues() -> None:
     keys = [k for _, k in queue_keys("cf", "io")]
     assert keys[0] == "cf:celery:io" and keys[1] == "cf:celery:io:1" and keys[9] == "cf:celery:io:9"

@@ -297,3 +297,78 @@ def test_the_import_graph_sees_function_level_and_relative_imports() -> None:
 def test_no_module_of_orchestrator_workers_or_web_is_part_of_an_import_circle() -> None:
     cycles = import_cycles(import_graph())
     assert cycles == [], "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+# --- web read boundary (issue 14 item 7)
+# The web reads the audit store only through orchestrator.audit.queries. The one exception is the
+# dashboard's own account tables: web/auth.py and web/throttle.py write users, tokens and login
+# counts together with their audit row in one transaction, so they keep their statements, on the
+# tables declared for them in orchestrator/audit/models.py and on nothing else.
+
+ACCOUNT_MODULES = {"auth.py": {"web_users", "web_tokens"}, "throttle.py": {"web_login_throttle"}}
+WEB_AUDIT_IMPORTS = {
+    "orchestrator.audit",
+    "orchestrator.audit.queries",  # the package: its modules are its own business
+    "orchestrator.audit.store",  # AuditStore, its errors, append_action
+    "orchestrator.audit.recorder",  # the recorder embedded in the web process
+}
+SQL_CALLS = {"connect", "begin", "exec_driver_sql"}
+
+
+def web_sql_offenders(name: str, source: str) -> list[str]:
+    """What in one module of web/ reads or writes the audit store other than through its queries."""
+    tables = ACCOUNT_MODULES.get(name)
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found = [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found = [(node.module, [a.name for a in node.names])]
+        else:
+            found = []
+        for module, names in found:
+            if module == "orchestrator.audit.models":
+                if tables is None or not set(names) <= tables:
+                    out.append(f"{name} imports {names or module} from {module}")
+            elif module.startswith("orchestrator.audit.") and module not in WEB_AUDIT_IMPORTS:
+                out.append(f"{name} imports {module}")
+            elif module == "sqlalchemy" and tables is not None:
+                if "text" in names:
+                    out.append(f"{name} imports text from sqlalchemy (raw SQL)")
+            elif module.split(".")[0] == "sqlalchemy" and module != "sqlalchemy.exc":
+                if names != ["exc"]:
+                    out.append(f"{name} imports {names or module} from {module}")
+        if (
+            tables is None
+            and isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in SQL_CALLS
+        ):
+            out.append(f"{name}:{node.lineno} calls .{node.func.attr}() on a database")
+    return out
+
+
+def test_the_web_reads_the_audit_store_only_through_its_queries() -> None:
+    offenders = [
+        offence
+        for path in sorted((ROOT / "web").glob("*.py"))
+        for offence in web_sql_offenders(path.name, path.read_text())
+    ]
+    assert offenders == [], (
+        "add the read to orchestrator/audit/queries (docs/design.md, 'The web's read boundary'): "
+        + "; ".join(offenders)
+    )
+
+
+def test_the_web_read_boundary_catches_each_way_around_it() -> None:
+    assert web_sql_offenders("runs.py", "from orchestrator.audit.models import runs") != []
+    assert web_sql_offenders("runs.py", "from sqlalchemy import select") != []
+    assert web_sql_offenders("runs.py", "import sqlalchemy") != []
+    assert web_sql_offenders("runs.py", "from orchestrator.audit.queries.runs import logs") != []
+    assert web_sql_offenders("runs.py", "with store.connect() as c: pass") != []
+    assert web_sql_offenders("auth.py", "from orchestrator.audit.models import runs") != []
+    assert web_sql_offenders("auth.py", "from sqlalchemy import select, text") != []
+    assert web_sql_offenders("runs.py", "from sqlalchemy import exc") == []
+    assert web_sql_offenders("runs.py", "from sqlalchemy.exc import SQLAlchemyError") == []
+    assert web_sql_offenders("auth.py", "from orchestrator.audit.models import web_users") == []
+    assert web_sql_offenders("auth.py", "with self.engine.connect() as c: pass") == []

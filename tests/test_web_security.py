@@ -706,7 +706,7 @@ def test_a_store_whose_users_tables_an_older_dashboard_made_keeps_its_users_and_
                 name VARCHAR(200) NOT NULL, digest VARCHAR(64) NOT NULL UNIQUE, created_at FLOAT NOT NULL,
                 last_used_at FLOAT);
             CREATE INDEX ix_cf_web_tokens_username ON cf_web_tokens (username);""")
-    old = Users(store.engine, store.writer)
+    old = Users(store, audited=False)
     with store.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO cf_web_users VALUES ('olde', ?, 'operator', 0, 1, 1)",

@@ -132,8 +132,7 @@ def test_a_password_is_hashed_before_the_user_write_takes_the_sqlite_lock(tmp_pa
     path = tmp_path / "audit.db"
     store = AuditStore(f"sqlite:///{path}")
     store.upgrade()
-    users = auth.Users(store.engine, store.writer)
-    users.setup()
+    users = auth.Users(store, audited=False)
     hashed = []
 
     def hash_while_another_writer_writes(fn, *args):

@@ -93,16 +93,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _users() -> Any:
-    from orchestrator.audit.models import audit_log
     from orchestrator.audit.store import AuditStore
     from orchestrator.settings import Settings
     from web.auth import Users
 
     store = AuditStore(Settings.from_env().database_url)
     store.upgrade()
-    users = Users(store.engine, store.writer, audit_log)
-    users.setup()
-    return users
+    return Users(store)
 
 
 def _cli_audit(
@@ -239,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             from web.throttle import Throttle
 
             scope = "address" if args.address else "user"
-            t = Throttle(users.engine, users.writer, WebSettings(), users.audit_table)
+            t = Throttle(users.store, WebSettings())
             if not t.unlock(scope, args.name, audit=_cli_audit("login_unlock", scope, args.name)):
                 print(f"no failed logins on record for {scope} '{args.name}'", file=sys.stderr)
                 return 1

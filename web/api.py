@@ -1,6 +1,9 @@
-"""The REST API under /api/v1 (flask-smorest): runs, operator actions, events, workflows,
-analytics, users and tokens. Every error is JSON: ``{"code", "status", "message"}`` plus
-``errors`` (per-field messages) on a 400 and ``current_status``/``allowed`` on a 409.
+"""The REST API under /api/v1 (flask-smorest): its blueprint, what its routes share, and the
+routes on runs (list, submit, detail, operator actions, events, logs, timeline, graph, export),
+health and the workers. web/workflows.py (workflows, analytics) and web/accounts.py (login,
+tokens, users, permissions, lockouts) add theirs to the same blueprint. Every error is JSON:
+``{"code", "status", "message"}`` plus ``errors`` (per-field messages) on a 400 and
+``current_status``/``allowed`` on a 409.
 
 Every view declares who may call it with ``@auth.require(role, ...)`` or ``@auth.public(...)``
 (and ``errors=`` for the error statuses only it knows of); web/rest.py checks that before the
@@ -10,21 +13,14 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-from flask import Response, current_app, g, request, session
+from flask import Response, current_app, g
 from flask.views import MethodView
 from flask_smorest import abort
-from sqlalchemy import case, func, select
 
 from orchestrator.audit import queries
-from orchestrator.audit.models import audit_log
-from orchestrator.audit.models import runs as runs_table
-from orchestrator.audit.models import steps as steps_table
-from orchestrator.engine.control import ALLOWED
 from orchestrator.errors import (
     CanvasflowError,
     ControlError,
@@ -33,10 +29,10 @@ from orchestrator.errors import (
     UnknownRun,
     UnknownWorkflow,
 )
-from orchestrator.model.definition import dump_definition, parse_text
+from orchestrator.model.definition import parse_text
 from web import audit as web_audit
 from web import auth, schemas
-from web.detail import dag
+from web.detail import log_dict
 from web.events import client_event
 from web.rest import Blueprint
 from web.runs import REDIS_UNREACHABLE, RunFilter
@@ -478,19 +474,7 @@ def run_logs(args: dict[str, Any], run_id: str) -> dict[str, Any]:
         limit=args["limit"],
         level=args["level"],
     )
-    out = [
-        {
-            "seq": x.seq,
-            "line": x.line,
-            "step": x.step,
-            "ts": x.ts,
-            "level": x.level,
-            "message": x.message,
-            "entity_tag": x.entity_tag,
-            "entity_route": x.entity_route,
-        }
-        for x in lines
-    ]
+    out = [log_dict(x) for x in lines]
     more = len(out) == args["limit"]
     return {
         "logs": out,
@@ -525,191 +509,8 @@ def run_graph(run_id: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Workflows
+# Health, fleet
 # ---------------------------------------------------------------------------------------------
-
-
-def workflow_summary(defn: Any, versions: list[str]) -> dict[str, Any]:
-    return {
-        "id": defn.id,
-        "name": defn.name,
-        "description": defn.description,
-        "versions": versions,
-        "latest": versions[-1] if versions else (defn.version or ""),
-        "mode": defn.mode,
-        "steps": len(defn.steps),
-        "tags": list(defn.tags),
-        "sla_seconds": defn.sla_seconds,
-        "inputs": dict(defn.inputs),
-    }
-
-
-def workflow_detail(defn: Any, versions: list[str]) -> dict[str, Any]:
-    body = dump_definition(defn)
-    return {
-        **workflow_summary(defn, versions),
-        "version": defn.version or "",
-        "definition": body,
-        "yaml": yaml.safe_dump(body, sort_keys=False, allow_unicode=True),
-        "graph": dag(body, {}),
-    }
-
-
-@blp.route("/workflows")
-@auth.require("viewer")
-@blp.response(200, schemas.WorkflowListSchema)
-def workflows() -> dict[str, Any]:
-    """Registered workflows with their versions (the latest described)."""
-    client = ext().client
-    out = []
-    for wid in client.workflows():
-        versions = client.versions(wid)
-        if versions:
-            out.append(workflow_summary(client.get_definition(wid, versions[-1]), versions))
-    return {"workflows": out}
-
-
-@blp.route("/workflows/<workflow_id>")
-class Workflow(MethodView):
-    @auth.require("viewer")
-    @blp.arguments(schemas.WorkflowArgs, location="query")
-    @blp.response(200, schemas.WorkflowDetailSchema)
-    def get(self, args: dict[str, Any], workflow_id: str) -> dict[str, Any]:
-        """One version (default: the latest) with its YAML and DAG."""
-        client = ext().client
-        try:
-            defn = client.get_definition(workflow_id, args["version"])
-        except UnknownWorkflow as exc:
-            abort(404, message=str(exc))
-            raise
-        return workflow_detail(defn, client.versions(workflow_id))
-
-    @auth.require("admin", mutating=True)
-    @blp.arguments(schemas.WorkflowPutBody)
-    @blp.response(200, schemas.WorkflowDetailSchema)
-    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")  # web/limits.py
-    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
-    def put(self, body: dict[str, Any], workflow_id: str) -> dict[str, Any]:
-        """Register a new version (validated first; every problem reported with its path)."""
-        client = ext().client
-        try:
-            data = (
-                body["definition"]
-                if body["definition"] is not None
-                else parse_definition(body["yaml"], "yaml")
-            )
-        except DefinitionError as exc:
-            definition_error(exc, "yaml")
-        if not isinstance(data, dict):
-            abort(400, errors={"json": {"yaml": ["the definition must be a mapping"]}})
-        data = {"id": workflow_id, **data}
-        if data["id"] != workflow_id:
-            abort(
-                400,
-                errors={"json": {"id": [f"must be '{workflow_id}', the workflow id in the URL"]}},
-            )
-        try:
-            defn = client.register(data)
-        except DefinitionError as exc:
-            definition_error(exc)
-        web_audit.record_after(
-            "register",
-            "workflow",
-            workflow_id,
-            {"version": defn.version},
-            what=f"workflow '{workflow_id}' version {defn.version} was registered",
-        )
-        return workflow_detail(defn, client.versions(workflow_id))
-
-
-# ---------------------------------------------------------------------------------------------
-# Analytics, health, fleet
-# ---------------------------------------------------------------------------------------------
-
-PERIODS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
-
-
-def _pct(x: float | None) -> float | None:
-    return None if x is None else round(100.0 * x, 1)
-
-
-@blp.route("/analytics")
-@auth.require("viewer")
-@blp.arguments(schemas.AnalyticsArgs, location="query")
-@blp.response(200, schemas.AnalyticsSchema)
-def analytics(args: dict[str, Any]) -> dict[str, Any]:
-    """SLA compliance, failure rates, durations (avg, p95), slowest steps, retries, runs per hour."""
-    store = ext().store
-    if store is None:
-        abort(503, message="analytics need the audit store (CANVASFLOW_DATABASE_URL)")
-    until = time.time()
-    since = until - PERIODS[args["period"]]
-    try:
-        a = queries.analytics(store, since, until)
-        started = func.sum(case((steps_table.c.attempts >= 1, 1), else_=0))
-        retried = func.sum(case((steps_table.c.attempts > 1, 1), else_=0))
-        with store.connect() as conn:
-            n_started, n_retried = conn.execute(
-                select(started, retried)
-                .select_from(steps_table.join(runs_table, runs_table.c.id == steps_table.c.run_id))
-                .where(runs_table.c.created_at >= since, runs_table.c.created_at < until)
-            ).one()
-    except StoreError as exc:
-        abort(503, message=str(exc))
-        raise
-    judged = a.sla_met + a.sla_breached
-    return {
-        "period": args["period"],
-        "since": since,
-        "until": until,
-        "runs": a.runs,
-        "ended": a.ended,
-        "failed": a.failed,
-        "failure_rate": _pct(a.failure_rate),
-        "sla_compliance": {
-            "percent": round(100.0 * a.sla_met / judged, 1) if judged else None,
-            "met": a.sla_met,
-            "breached": a.sla_breached,
-        },
-        "by_workflow": [
-            {
-                "workflow": w.workflow,
-                "runs": w.runs,
-                "ended": w.ended,
-                "failed": w.failed,
-                "failure_rate": _pct(w.failure_rate),
-                "avg_duration": w.avg_duration,
-                "p95_duration": w.p95_duration,
-                "sla_met": w.sla_met,
-                "sla_breached": w.sla_breached,
-            }
-            for w in a.by_workflow
-        ],
-        "slowest_steps": [
-            {
-                "workflow": s.workflow,
-                "step": s.step,
-                "avg_duration": s.avg_duration,
-                "occurrences": s.count,
-            }
-            for s in a.slowest_steps
-        ],
-        "retry_rate": {
-            "overall": round(100.0 * int(n_retried or 0) / int(n_started), 1)
-            if n_started
-            else None,
-            "top_steps": [
-                {
-                    "workflow": s.workflow,
-                    "step": s.step,
-                    "retry_rate": _pct(s.retry_rate),
-                    "occurrences": s.count,
-                }
-                for s in a.retries_by_step
-            ],
-        },
-        "runs_per_hour": [{"hour": h, "runs": n} for h, n in a.runs_per_hour],
-    }
 
 
 @blp.route("/health")
@@ -757,299 +558,3 @@ def health() -> dict[str, Any]:
 def fleet() -> dict[str, Any]:
     """The workers that published a plugin catalog: {hostname: {plugins, queues, pid, started_at}}."""
     return {"workers": ext().client.fleet()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Authentication, tokens, users
-# ---------------------------------------------------------------------------------------------
-
-
-@blp.route("/auth/login", methods=["POST"])
-@auth.public(errors=(401, 429))
-@blp.arguments(schemas.LoginBody)
-@blp.response(200, schemas.MeSchema)
-def login(body: dict[str, Any]) -> dict[str, Any]:
-    """Log in with a password: sets the session cookie; send csrf_token as X-CSRF-Token. Failed
-    logins are throttled per account and per address (429 with Retry-After)."""
-    from web import throttle
-
-    try:
-        user = throttle.attempt(body["username"], body["password"], auth.users().verify)
-    except throttle.Throttled as exc:
-        abort(429, message=exc.message, headers={"Retry-After": str(exc.retry_after)})
-        raise
-    if user is None:
-        abort(401, message="unknown user or wrong password")
-    csrf = auth.start_session(user)
-    return {
-        **user.as_dict(),
-        "via": "session",
-        "read_only": ext().web.read_only,
-        "csrf_token": csrf,
-    }
-
-
-@blp.route("/auth/logout", methods=["POST"])
-@auth.public(errors=(403,))
-def logout() -> dict[str, Any]:
-    """End this browser's session; needs the session's X-CSRF-Token (so no other page can)."""
-    if session.get("user") and not auth.csrf_matches(request.headers.get("X-CSRF-Token")):
-        abort(403, message="missing or wrong X-CSRF-Token header (reload the page)")
-    session.clear()
-    return {"message": "logged out"}
-
-
-@blp.route("/auth/me")
-@auth.require("viewer")
-@blp.response(200, schemas.MeSchema)
-def me() -> dict[str, Any]:
-    """Who the request authenticates as (401 if nobody)."""
-    user = auth.current_user()
-    assert user is not None
-    return {
-        **user.as_dict(),
-        "via": g.auth_via,
-        "read_only": ext().web.read_only,
-        "csrf_token": auth.csrf_token() if g.auth_via == "session" else None,
-    }
-
-
-@blp.route("/auth/tokens")
-class Tokens(MethodView):
-    @auth.require("viewer")
-    @blp.response(200, schemas.TokenSchema(many=True))
-    def get(self) -> list[dict[str, Any]]:
-        """Your API tokens (admins: everyone's)."""
-        user = auth.current_user()
-        assert user is not None
-        return auth.users().tokens(None if user.can("admin") else user.name)
-
-    @auth.require("viewer", mutating=True, errors=(404,))
-    @blp.arguments(schemas.TokenBody, required=False)
-    @blp.response(201, schemas.TokenSchema)
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A new API token with your role (admins: for any user, ``username``); the token is shown
-        only in this response."""
-        user = auth.current_user()
-        assert user is not None
-        owner = body.get("username") or user.name
-        if owner != user.name:
-            audited_check("admin", "token_create", "token", owner)
-        name = body.get("name", "api")
-        try:
-            with web_audit.recorded(f"the token for '{owner}'"):
-                token_id, token = auth.users().create_token(
-                    owner,
-                    name,
-                    audit=lambda tid: web_audit.entry(
-                        "token_create", "token", tid, {"user": owner, "name": name}
-                    ),
-                )
-        except auth.AuthError as exc:
-            abort(404, message=str(exc))
-            raise
-        return {
-            "id": token_id,
-            "username": owner,
-            "name": name,
-            "created_at": time.time(),
-            "token": token,
-        }
-
-
-@blp.route("/auth/tokens/<token_id>", methods=["DELETE"])
-@auth.require("viewer", mutating=True)
-@blp.response(204)
-def revoke_token(token_id: str) -> None:
-    """Revoke a token (your own; admins: anyone's). It stops working at once."""
-    user = auth.current_user()
-    assert user is not None
-    mine = None if user.can("admin") else user.name
-    owner = next((t["username"] for t in auth.users().tokens(mine) if t["id"] == token_id), None)
-    with web_audit.recorded(f"the revocation of token '{token_id}'"):
-        gone = owner is not None and auth.users().revoke(
-            token_id,
-            mine,
-            audit=web_audit.entry("token_revoke", "token", token_id, {"user": owner}),
-        )
-    if not gone:
-        abort(404, message=f"unknown token '{token_id}'")
-
-
-@blp.route("/users")
-class UsersView(MethodView):
-    @auth.require("admin")
-    @blp.response(200, schemas.UserSchema(many=True))
-    def get(self) -> list[dict[str, Any]]:
-        """Every user with its role (admin)."""
-        return auth.users().list()
-
-    @auth.require(
-        "admin",
-        mutating=True,
-        errors=(409,),
-        audit="user_create",
-        target_type="user",
-        target="name",
-    )
-    @blp.arguments(schemas.UserBody)
-    @blp.response(201, schemas.UserSchema)
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Create a user (or change an existing one's password / role) (admin)."""
-        name = body["name"].strip()
-        existed = any(u["name"] == name for u in auth.users().list())
-        if existed:
-            _not_yourself(name, body["role"], "change")
-        try:
-            with web_audit.recorded(f"the change of user '{name}'"):
-                user = auth.users().put(
-                    name,
-                    password=body["password"],
-                    role=body["role"],
-                    audit=web_audit.entry(
-                        "user_update" if existed else "user_create",
-                        "user",
-                        name,
-                        {"role": body["role"], "password_changed": body["password"] is not None},
-                    ),
-                )
-        except auth.AuthError as exc:
-            abort(
-                400, errors={"json": {"password" if "password" in str(exc) else "name": [str(exc)]}}
-            )
-            raise
-        auth.restamp_session(user)
-        return auth.users().row(user.name)
-
-
-@blp.route("/users/<name>")
-class UserView(MethodView):
-    @auth.require("admin", mutating=True, errors=(409,), audit="user_update", target_type="user")
-    @blp.arguments(schemas.UserPatch)
-    @blp.response(200, schemas.UserSchema)
-    def patch(self, body: dict[str, Any], name: str) -> dict[str, Any]:
-        """Change a user's role and/or password, or disable / enable it (admin). A password or role
-        change, or disabling, ends the user's sessions and API tokens at once."""
-        audited_check("admin", "user_update", "user", name)
-        if not auth.users().exists(name):
-            abort(404, message=f"unknown user '{name}'")
-        _not_yourself(name, body["role"], "change")
-        if body.get("disabled") is True:
-            _not_yourself(name, None, "disable")
-        user: auth.User | None = None
-        with web_audit.recorded(f"the change of user '{name}'"):
-            if body["password"] is not None or body["role"] is not None:
-                user = auth.users().put(
-                    name,
-                    password=body["password"],
-                    role=body["role"],
-                    audit=web_audit.entry(
-                        "user_update",
-                        "user",
-                        name,
-                        {"role": body["role"], "password_changed": body["password"] is not None},
-                    ),
-                )
-            if body.get("disabled") is not None:
-                user = auth.users().set_disabled(
-                    name,
-                    body["disabled"],
-                    audit=web_audit.entry(
-                        "user_disable" if body["disabled"] else "user_enable", "user", name, None
-                    ),
-                )
-        auth.restamp_session(user)
-        return auth.users().row(name)
-
-    @auth.require("admin", mutating=True, errors=(409,), audit="user_delete", target_type="user")
-    @blp.response(204)
-    def delete(self, name: str) -> None:
-        """Delete a user and revoke its tokens (admin)."""
-        _not_yourself(name, None, "delete")
-        with web_audit.recorded(f"the deletion of user '{name}'"):
-            gone = auth.users().delete(
-                name, audit=web_audit.entry("user_delete", "user", name, None)
-            )
-        if not gone:
-            abort(404, message=f"unknown user '{name}'")
-
-
-@blp.route("/audit/users")
-@auth.require("admin")
-@blp.response(200, schemas.AuditListSchema)
-def users_audit() -> dict[str, Any]:
-    """The latest 100 actions on users and tokens (admin), newest first: who did what."""
-    store = ext().store
-    if store is None:
-        return {"actions": []}
-    q = (
-        select(audit_log)
-        .where(audit_log.c.target_type.in_(("user", "token", "address")))
-        .order_by(audit_log.c.ts.desc(), audit_log.c.id.desc())
-        .limit(100)
-    )
-    try:
-        with store.connect() as conn:
-            rows = conn.execute(q).mappings().all()
-    except StoreError as exc:
-        abort(503, message=f"the audit store is unavailable: {exc}")
-        raise
-    return {
-        "actions": [
-            {
-                "ts": r["ts"],
-                "actor": r["actor"],
-                "action": r["action"],
-                "target_type": r["target_type"],
-                "target_id": r["target_id"],
-                "outcome": r["outcome"],
-                "detail": json.loads(r["detail"]) if r["detail"] else None,
-            }
-            for r in rows
-        ]
-    }
-
-
-def _not_yourself(name: str, role: str | None, what: str) -> None:
-    """An admin may not delete or demote themselves: there must always be an admin left."""
-    user = auth.current_user()
-    if (
-        user is not None
-        and user.name == name
-        and (what in ("delete", "disable") or (role is not None and role != "admin"))
-    ):
-        verb = what if what in ("delete", "disable") else "demote"
-        web_audit.record(
-            f"user_{'update' if what == 'change' else what}",
-            "user",
-            name,
-            {"role": role},
-            outcome="refused: own account",
-            what="the refusal was not recorded",
-        )
-        abort(
-            409,
-            message=f"you cannot {verb} your own account (ask another admin, so that an admin is always left)",
-        )
-
-
-def audited_check(role: str, action: str, target_type: str, target_id: str) -> auth.User:
-    """``auth.check(role, mutating=True)``; a refusal of a known user is written to the audit log."""
-    try:
-        return auth.check(role, mutating=True)
-    except Exception:
-        user = auth.current_user()
-        if user is not None:
-            web_audit.record(
-                action,
-                target_type,
-                target_id,
-                {"needs": role, "role": user.role},
-                outcome=f"refused: {user.role}",
-                what="the refusal was not recorded",
-            )
-        raise
-
-
-def allowed_actions() -> dict[str, list[str]]:
-    return {k: [str(s) for s in v] for k, v in ALLOWED.items()}

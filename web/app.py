@@ -16,17 +16,17 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from orchestrator.audit.models import audit_log
 from orchestrator.audit.store import AuditStore
 from orchestrator.engine.client import Client
 from orchestrator.errors import StoreError
 from orchestrator.settings import Settings
 from web import (
-    accounts,  # noqa: F401 - adds the permission and lockout routes to api.blp
+    accounts,  # noqa: F401 - adds the account routes to api.blp
     auth,
     limits,
     pages,
     rest,
+    workflows,  # noqa: F401 - adds the workflow and analytics routes to api.blp
 )
 from web import api as api_module
 from web.detail import RunDetails
@@ -152,13 +152,11 @@ def create_app(
     )
     client = Client(settings, cpu=limits.cpu_runner(web))
     store = _open_store(settings)
-    if store is not None:
-        users = auth.Users(store.engine, store.writer, audit_log)
-    else:
-        users = auth.Users(_memory_engine())
-    login_throttle = Throttle(users.engine, users.writer, web, users.audit_table)
+    # Without an audit store, accounts live in a private in-memory one (nothing to audit them in).
+    account_store = store if store is not None else _memory_store()
+    users = auth.Users(account_store, audited=store is not None)
+    login_throttle = Throttle(account_store, web, audited=store is not None)
     try:
-        users.setup()
         # Reset only when it does not hold already: a reset ends admin's sessions and tokens, and
         # every web process of a fleet starts with the same setting.
         if (
@@ -280,10 +278,7 @@ def create_app(
     return app
 
 
-def _memory_engine() -> Any:
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import StaticPool
-
-    return create_engine(
-        "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
-    )
+def _memory_store() -> AuditStore:
+    store = AuditStore("sqlite://")
+    store.upgrade()
+    return store

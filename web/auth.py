@@ -2,7 +2,8 @@
 definitions and users (admin).
 
 Users and tokens live in two tables of the audit store's database (``cf_web_users``,
-``cf_web_tokens``), created on start if missing, so they survive restarts like the history does.
+``cf_web_tokens``; its migration 0004 creates them), so they survive restarts like the history
+does.
 Passwords are hashed with werkzeug.security (scrypt); API tokens are random 256-bit strings of
 which only a SHA-256 digest is kept. A browser authenticates with the login page (a signed
 session cookie, CSRF token on every mutating request, the login form and logout included); scripts
@@ -28,14 +29,13 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 from flask_smorest import abort
-from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from werkzeug.exceptions import HTTPException
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from orchestrator.audit.models import WEB_TABLES
-from orchestrator.audit.models import metadata as store_metadata
 from orchestrator.audit.models import web_tokens as tokens_table
 from orchestrator.audit.models import web_users as users_table
+from orchestrator.audit.store import AuditStore, append_action
 from web import audit as web_audit
 from web import throttle
 from web.serving import off_the_loop
@@ -116,28 +116,21 @@ Audit = dict[str, Any]  # a row of the audit log (web/audit.py makes them), writ
 
 
 class Users:
-    """The users and tokens tables."""
+    """The users and tokens tables of an audit store's database (its migrations create them)."""
 
-    def __init__(
-        self, engine: Engine, writer: Any = None, audit_table: Table | None = None
-    ) -> None:
-        self.engine = engine
+    def __init__(self, store: AuditStore, *, audited: bool = True) -> None:
+        self.store = store
+        self.engine = store.engine
         # SQLite: writers must take the lock up front (the store's BEGIN IMMEDIATE engine), or a
         # read-then-write transaction fails at once while a recorder writes.
-        self.writer = writer if writer is not None else engine
-        # The audit log, in the same database: a change and its audit row commit together, so a
-        # change the log cannot record does not happen (None: no audit store, nothing to record).
-        self.audit_table = audit_table
+        self.writer = store.writer
+        # Changes are written to the audit log in the same transaction: a change the log cannot
+        # record does not happen (audited=False: the in-memory store of a dashboard without one).
+        self.audited = audited
 
     def _audit(self, conn: Any, audit: Audit | None) -> None:
-        if audit is not None and self.audit_table is not None:
-            conn.execute(insert(self.audit_table).values(**audit))
-
-    def setup(self) -> None:
-        """Create the tables where the store's migrations did not (the in-memory database of a
-        dashboard without an audit store)."""
-        with self.writer.begin() as conn:
-            store_metadata.create_all(conn, tables=list(WEB_TABLES), checkfirst=True)
+        if audit is not None and self.audited:
+            append_action(conn, audit)
 
     # -- users --------------------------------------------------------------------------------
 

@@ -11,11 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import func, select
-
 from orchestrator.audit import queries
-from orchestrator.audit.models import step_logs
-from orchestrator.audit.models import steps as steps_table
 from orchestrator.audit.store import AuditStore
 from orchestrator.engine import compiler
 from orchestrator.engine.client import Client
@@ -239,7 +235,6 @@ class RunDetails:
         if self.store is None:
             raise UnknownRun(run_id)
         d = queries.run_detail(self.store, run_id, log_limit=0)
-        progress = self._sql_progress(run_id)
         out_steps = {}
         for s in d.steps:
             out_steps[s.id] = {
@@ -253,7 +248,9 @@ class RunDetails:
                 "worker": s.worker,
                 "compensation_error": s.compensation_error,
                 "reason": s.reason,
-                "progress": progress.get(s.id),
+                "progress": None
+                if s.progress is None
+                else {"fraction": s.progress, "message": s.progress_message},
                 "history": [
                     {
                         "attempt": a.number,
@@ -316,30 +313,16 @@ class RunDetails:
     def _sql_progress(self, run_id: str) -> dict[str, dict[str, Any]]:
         if self.store is None:
             return {}
-        q = select(
-            steps_table.c.step_id, steps_table.c.progress, steps_table.c.progress_message
-        ).where(steps_table.c.run_id == run_id, steps_table.c.progress.is_not(None))
-        with self.store.connect() as conn:
-            return {sid: {"fraction": p, "message": m} for sid, p, m in conn.execute(q)}
+        return {
+            sid: {"fraction": fraction, "message": message}
+            for sid, (fraction, message) in queries.step_progress(self.store, run_id).items()
+        }
 
     def _logs(self, run_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
         if self.store is None or limit <= 0:
             return [], 0
-        with self.store.connect() as conn:
-            rows = (
-                conn.execute(
-                    select(step_logs)
-                    .where(step_logs.c.run_id == run_id)
-                    .order_by(step_logs.c.seq.desc(), step_logs.c.line.desc())
-                    .limit(limit)
-                )
-                .mappings()
-                .all()
-            )
-            total = conn.execute(
-                select(func.count()).select_from(step_logs).where(step_logs.c.run_id == run_id)
-            ).scalar_one()
-        return [log_dict(r) for r in reversed(rows)], int(total)
+        lines, total = queries.recent_logs(self.store, run_id, limit)
+        return [log_dict(x) for x in lines], total
 
     # -- views --------------------------------------------------------------------------------
 
@@ -741,14 +724,14 @@ def dag(body: Mapping[str, Any], statuses: Mapping[str, str]) -> dict[str, Any]:
     return {"nodes": nodes, "edges": edges, "mode": body.get("mode", "parallel")}
 
 
-def log_dict(r: Mapping[str, Any]) -> dict[str, Any]:
+def log_dict(x: queries.LogLine) -> dict[str, Any]:
     return {
-        "seq": r["seq"],
-        "line": r.get("line", 0),
-        "step": r["step_id"],
-        "ts": r["ts"],
-        "level": r["level"],
-        "message": r["message"],
-        "entity_tag": r.get("entity_tag"),
-        "entity_route": r.get("entity_route"),
+        "seq": x.seq,
+        "line": x.line,
+        "step": x.step,
+        "ts": x.ts,
+        "level": x.level,
+        "message": x.message,
+        "entity_tag": x.entity_tag,
+        "entity_route": x.entity_route,
     }

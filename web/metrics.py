@@ -22,9 +22,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from sqlalchemy import and_, case, func, select
 
-from orchestrator.audit.models import runs, step_attempts, steps
+from orchestrator.audit import queries
 from orchestrator.fleet.inspect import known_queues, queue_lengths
 
 log = logging.getLogger(__name__)
@@ -35,30 +34,11 @@ STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 18
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "COMPENSATION_FAILED")
 
 
-def _histogram(
-    conn: Any,
-    value: Any,
-    keys: Sequence[Any],
-    where: Any,
-    buckets: Sequence[float],
-    select_from: Any = None,
-) -> list[tuple[tuple[str, ...], list[tuple[str, float]], float]]:
-    cols = [*keys, func.count(), func.sum(value)] + [
-        func.sum(case((value <= b, 1), else_=0)) for b in buckets
+def _points(h: queries.Histogram, bounds: Sequence[float]) -> list[tuple[str, float]]:
+    """A histogram's cumulative buckets as Prometheus writes them."""
+    return [(repr(float(b)), float(n)) for b, n in zip(bounds, h.at_most, strict=True)] + [
+        ("+Inf", float(h.count))
     ]
-    q = select(*cols).where(where).group_by(*keys)
-    if select_from is not None:
-        q = q.select_from(select_from)
-    out = []
-    n = len(keys)
-    for r in conn.execute(q):
-        labels = tuple(str(v or "") for v in r[:n])
-        count, total = int(r[n]), float(r[n + 1] or 0.0)
-        pts = [(repr(float(b)), float(r[n + 2 + i] or 0)) for i, b in enumerate(buckets)] + [
-            ("+Inf", float(count))
-        ]
-        out.append((labels, pts, total))
-    return out
 
 
 class CanvasflowCollector:
@@ -126,75 +106,27 @@ class CanvasflowCollector:
             "Step attempts that failed (including those retried)",
             labels=["plugin", "method"],
         )
-        has_sla = (
-            runs.c.sla_seconds.is_not(None)
-            & runs.c.duration.is_not(None)
-            & (runs.c.status != "CANCELLED")
-        )
-        breached = has_sla & (
-            (runs.c.status != "COMPLETED") | (runs.c.duration > runs.c.sla_seconds)
-        )
-        joined = step_attempts.join(
-            steps,
-            and_(
-                steps.c.run_id == step_attempts.c.run_id, steps.c.step_id == step_attempts.c.step_id
-            ),
-        )
-        with e.store.connect() as conn:
-            per_wf: dict[str, list[int]] = {}
-            for wf, status, n, n_started, n_breached in conn.execute(
-                select(
-                    runs.c.workflow_id,
-                    runs.c.status,
-                    func.count(),
-                    func.count(runs.c.started_at),
-                    func.sum(case((breached, 1), else_=0)),
-                ).group_by(runs.c.workflow_id, runs.c.status)
-            ):
-                acc = per_wf.setdefault(wf or "", [0, 0, 0])
-                acc[0] += int(n)
-                acc[1] += int(n_started)
-                acc[2] += int(n_breached or 0)
-                (finished if status in FINAL else active).add_metric([wf or "", status], int(n))
-            for wf, (n, n_started, n_breached) in sorted(per_wf.items()):
-                submitted.add_metric([wf], n)
-                started.add_metric([wf], n_started)
-                sla.add_metric([wf], n_breached)
-            for labels, pts, total in _histogram(
-                conn,
-                runs.c.duration,
-                [runs.c.workflow_id],
-                runs.c.duration.is_not(None) & runs.c.finished_at.is_not(None),
-                RUN_BUCKETS,
-            ):
-                run_h.add_metric(list(labels), pts, total)
-            for labels, pts, total in _histogram(
-                conn,
-                step_attempts.c.duration,
-                [steps.c.plugin, steps.c.method],
-                step_attempts.c.duration.is_not(None),
-                STEP_BUCKETS,
-                joined,
-            ):
-                step_h.add_metric(list(labels), pts, total)
-            for plugin, method, n_retry, n_failed in conn.execute(
-                select(
-                    steps.c.plugin,
-                    steps.c.method,
-                    func.sum(case((step_attempts.c.attempt > 1, 1), else_=0)),
-                    func.sum(case((step_attempts.c.status == "FAILED", 1), else_=0)),
-                )
-                .select_from(joined)
-                .group_by(steps.c.plugin, steps.c.method)
-            ):
-                retries.add_metric([plugin or "", method or ""], int(n_retry or 0))
-                attempt_failures.add_metric([plugin or "", method or ""], int(n_failed or 0))
-            for plugin, method, n in conn.execute(
-                select(steps.c.plugin, steps.c.method, func.count())
-                .where(steps.c.status == "FAILED")
-                .group_by(steps.c.plugin, steps.c.method)
-            ):
-                failures.add_metric([plugin or "", method or ""], int(n))
+        totals = queries.metric_totals(e.store, run_bounds=RUN_BUCKETS, step_bounds=STEP_BUCKETS)
+        per_wf: dict[str, list[int]] = {}
+        for t in totals.runs:
+            acc = per_wf.setdefault(t.workflow, [0, 0, 0])
+            acc[0] += t.runs
+            acc[1] += t.started
+            acc[2] += t.sla_breached
+            (finished if t.status in FINAL else active).add_metric([t.workflow, t.status], t.runs)
+        for wf, (n, n_started, n_breached) in sorted(per_wf.items()):
+            submitted.add_metric([wf], n)
+            started.add_metric([wf], n_started)
+            sla.add_metric([wf], n_breached)
+        for h in totals.run_durations:
+            run_h.add_metric(list(h.labels), _points(h, RUN_BUCKETS), h.total)
+        for h in totals.step_durations:
+            step_h.add_metric(list(h.labels), _points(h, STEP_BUCKETS), h.total)
+        for (plugin, method), (n_retry, n_failed) in totals.attempts.items():
+            retries.add_metric([plugin, method], n_retry)
+            attempt_failures.add_metric([plugin, method], n_failed)
+        for (plugin, method), n in totals.failed_steps.items():
+            failures.add_metric([plugin, method], n)
         yield from (
             submitted,
             started,

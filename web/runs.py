@@ -17,10 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from sqlalchemy import Connection, Select, and_, case, func, or_, select, true, tuple_
 
-from orchestrator.audit.models import run_tags, runs, steps
-from orchestrator.audit.queries import decode_cursor, encode_cursor
+from orchestrator.audit import queries
+from orchestrator.audit.queries import (
+    ACTIVE,
+    COMPLETED,
+    PENDING,
+    UNSUCCESSFUL,
+    RunSelection,
+    decode_cursor,
+    encode_cursor,
+)
 from orchestrator.audit.store import AuditStore
 from orchestrator.engine.client import Client
 from orchestrator.engine.control import ALLOWED
@@ -28,10 +35,6 @@ from orchestrator.engine.sla import WARNING_FRACTION, sla_status
 from orchestrator.errors import StoreError
 from web.serving import cooperate
 
-ACTIVE = ("RUNNING", "PAUSING", "PAUSED", "CANCELLING", "COMPENSATING")
-PENDING = ("PENDING",)
-COMPLETED = ("COMPLETED",)
-UNSUCCESSFUL = ("FAILED", "COMPENSATION_FAILED", "CANCELLED")
 VIEWS: dict[str, tuple[str, ...] | None] = {
     "all": None,
     "active": ACTIVE,
@@ -41,7 +44,6 @@ VIEWS: dict[str, tuple[str, ...] | None] = {
     "slow": None,
 }
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
-SETTLED_STEPS = ("COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATING", "COMPENSATED")
 LIVE_FIELDS = (
     "status",
     "workflow",
@@ -70,26 +72,6 @@ REDIS_UNREACHABLE = (
 MERGE_WINDOW = 500  # unrecorded newest runs looked at per page
 # Runs that have no current steps: waiting to start, or over.
 _RESTING = ("PENDING", *FINAL)
-# The columns of cf_runs a summary uses (not inputs, which can be large).
-_ROW_COLUMNS = (
-    "id",
-    "status",
-    "workflow_id",
-    "version",
-    "name",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "priority",
-    "tags",
-    "triggered_by",
-    "trigger_type",
-    "sla_seconds",
-    "error",
-    "failed_step",
-    "last_seq",
-)
-
 # The live fields of a page of runs, and of the runs newer than the recorder's newest row, in one
 # round trip. Under load every round trip of a request waits for its turn on the web process's
 # loop, so the list costs one Redis call, not one per part (docs/performance.md, "The run list
@@ -174,6 +156,20 @@ class RunFilter:
         if self.statuses and view:
             return tuple(s for s in self.statuses if s in view)  # both must hold
         return self.statuses or view
+
+    def selection(self) -> RunSelection:
+        """The same filter, for the audit store."""
+        return RunSelection(
+            statuses=self.wanted_statuses() if self.statuses or VIEWS.get(self.view) else None,
+            ids=self.ids,
+            workflow=self.workflow,
+            tags=self.tags,
+            triggered_by=self.triggered_by,
+            since=self.since,
+            until=self.until,
+            search=self.search,
+            slow=WARNING_FRACTION if self.view == "slow" else None,
+        )
 
     def matches(self, run: Mapping[str, Any], now: float) -> bool:
         """The same filter, applied in Python to a run read from the hot state."""
@@ -438,16 +434,20 @@ class RunViews:
         if self.store is None:
             return self._hot_list(flt, limit, cursor, now)
         after = decode_cursor(cursor) if cursor else None  # a bad cursor is the caller's error
-        counts = None
         try:
-            with self.store.connect() as conn:
-                rows, more, newest, counts = self._sql_page(
-                    conn, flt, limit, after, now, with_counts
-                )
+            recorded = queries.run_list_page(
+                self.store,
+                flt.selection(),
+                limit=limit,
+                after=after,
+                now=now,
+                counts_slow=WARNING_FRACTION if with_counts else None,
+            )
         except StoreError as exc:
             page = self._hot_list(flt, limit, cursor, now)
             page.warnings.append(f"audit store unavailable, showing live runs only: {exc}")
             return page
+        rows, more, newest = recorded.rows, recorded.more, recorded.newest
         cooperate()  # each part below is a few ms of Python for a page of 50: let the relay in between
         # Runs created after the newest recorded one are in Redis only (the recorder lags, or is
         # not running): every page merges those that sort before its cursor.
@@ -481,111 +481,7 @@ class RunViews:
         cooperate()
         items = [summarize(b, now) for b in bases]
         nxt = encode_cursor(bases[-1]["created_at"], bases[-1]["id"]) if more and bases else None
-        return RunPage(items, nxt, warnings=warnings, counts=counts)
-
-    def _sql_query(self, flt: RunFilter, now: float) -> Select[Any]:
-        q = select(runs)
-        wanted = flt.wanted_statuses()
-        if flt.statuses or VIEWS.get(flt.view):
-            q = q.where(runs.c.status.in_(wanted or ("-",)))
-        if flt.ids:
-            q = q.where(runs.c.id.in_(flt.ids))
-        if flt.workflow:
-            q = q.where(runs.c.workflow_id == flt.workflow)
-        for tag in flt.tags:
-            q = q.where(runs.c.id.in_(select(run_tags.c.run_id).where(run_tags.c.tag == tag)))
-        if flt.triggered_by:
-            q = q.where(runs.c.triggered_by == flt.triggered_by)
-        if flt.since is not None:
-            q = q.where(runs.c.created_at >= flt.since)
-        if flt.until is not None:
-            q = q.where(runs.c.created_at < flt.until)
-        if flt.search:
-            s = flt.search.strip().lower()
-            q = q.where(
-                or_(
-                    runs.c.id.startswith(s, autoescape=True),
-                    func.lower(runs.c.workflow_id).contains(s, autoescape=True),
-                    func.lower(runs.c.name).contains(s, autoescape=True),
-                )
-            )
-        if flt.view == "slow":
-            elapsed = func.coalesce(runs.c.finished_at, now) - runs.c.created_at
-            q = q.where(
-                runs.c.sla_seconds.is_not(None),
-                runs.c.sla_seconds > 0,
-                elapsed >= WARNING_FRACTION * runs.c.sla_seconds,
-            )
-        return q
-
-    def _sql_page(
-        self,
-        conn: Connection,
-        flt: RunFilter,
-        limit: int,
-        after: tuple[float, str] | None,
-        now: float,
-        with_counts: bool,
-    ) -> tuple[list[dict[str, Any]], bool, float | None, dict[str, Any] | None]:
-        """(rows of the page with their step counts, whether more follow, the newest created_at
-        recorded, the tab counts or None): one statement; a second only when the page is empty."""
-        total = select(func.count()).where(steps.c.run_id == runs.c.id).scalar_subquery()
-        settled = (
-            select(func.count())
-            .where(steps.c.run_id == runs.c.id, steps.c.status.in_(SETTLED_STEPS))
-            .scalar_subquery()
-        )
-        newest_runs = runs.alias("newest_runs")
-        newest = select(func.max(newest_runs.c.created_at)).scalar_subquery()
-        q = self._sql_query(flt, now).with_only_columns(
-            *(runs.c[c] for c in _ROW_COLUMNS),
-            total.label("n_steps"),
-            settled.label("n_settled"),
-            newest.label("newest"),
-        )
-        if with_counts:
-            # One row of aggregates joined to every row of the page: no round trip of its own.
-            tabs = self._counts_query(now).subquery("tabs")
-            q = q.join(tabs, true()).add_columns(*tabs.c)
-        if after is not None:
-            q = q.where(tuple_(runs.c.created_at, runs.c.id) < tuple_(*after))
-        q = q.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
-        rows = conn.execute(q).mappings().all()
-        if rows:
-            newest_at = rows[0]["newest"]
-            counts = _tab_counts(tuple(rows[0][c] for c in _COUNTS)) if with_counts else None
-        else:
-            newest_at = conn.execute(select(func.max(runs.c.created_at))).scalar()
-            counts = self._counts(conn, now) if with_counts else None
-        out = []
-        for r in rows[:limit]:
-            try:
-                tags = json.loads(r["tags"] or "[]")
-            except ValueError:
-                tags = []
-            out.append(
-                {
-                    "id": r["id"],
-                    "status": r["status"],
-                    "workflow": r["workflow_id"],
-                    "version": r["version"],
-                    "name": r["name"],
-                    "created_at": r["created_at"],
-                    "started_at": r["started_at"],
-                    "finished_at": r["finished_at"],
-                    "priority": r["priority"],
-                    "tags": tags,
-                    "triggered_by": r["triggered_by"],
-                    "trigger_type": r["trigger_type"],
-                    "sla_seconds": r["sla_seconds"],
-                    "error": r["error"],
-                    "failed_step": r["failed_step"],
-                    "seq": r["last_seq"],
-                    "total": int(r["n_steps"] or 0),
-                    "settled": int(r["n_settled"] or 0),
-                }
-            )
-        return out, len(rows) > limit, newest_at, counts
+        return RunPage(items, nxt, warnings=warnings, counts=recorded.counts)
 
     def _hot_list(self, flt: RunFilter, limit: int, cursor: str | None, now: float) -> RunPage:
         """Newest first from the Redis index alone (no audit store)."""
@@ -631,75 +527,9 @@ class RunViews:
         if self.store is None:
             return _no_counts()
         try:
-            with self.store.connect() as conn:
-                return self._counts(conn, now)
+            return queries.tab_counts(self.store, now, WARNING_FRACTION)
         except StoreError:
             return _no_counts()
-
-    def _counts(self, conn: Connection, now: float) -> dict[str, Any]:
-        return _tab_counts(tuple(conn.execute(self._counts_query(now)).one()))
-
-    def _counts_query(self, now: float) -> Select[Any]:
-        """The tab counts in one statement over the live runs and the runs finished today."""
-        day = now - now % 86400
-        elapsed = func.coalesce(runs.c.finished_at, now) - runs.c.created_at
-        live = runs.c.status.in_(ACTIVE + PENDING)
-        today = runs.c.finished_at >= day
-        slow = and_(
-            live,
-            runs.c.sla_seconds.is_not(None),
-            runs.c.sla_seconds > 0,
-            elapsed >= WARNING_FRACTION * runs.c.sla_seconds,
-        )
-        has_sla = and_(
-            today,
-            runs.c.sla_seconds.is_not(None),
-            runs.c.status.in_(("COMPLETED", "FAILED", "COMPENSATION_FAILED")),
-        )
-        met = and_(
-            has_sla,
-            runs.c.status == "COMPLETED",
-            runs.c.finished_at - runs.c.created_at <= runs.c.sla_seconds,
-        )
-
-        def n(cond: Any, name: str) -> Any:
-            return func.coalesce(func.sum(case((cond, 1), else_=0)), 0).label(name)
-
-        conds = (
-            runs.c.status.in_(ACTIVE),
-            runs.c.status.in_(PENDING),
-            slow,
-            and_(today, runs.c.status.in_(COMPLETED)),
-            and_(today, runs.c.status.in_(UNSUCCESSFUL)),
-            has_sla,
-            met,
-        )
-        return select(*(n(c, name) for c, name in zip(conds, _COUNTS, strict=True))).where(
-            or_(live, today)
-        )
-
-
-_COUNTS = (
-    "tab_active",
-    "tab_pending",
-    "tab_slow",
-    "tab_completed",
-    "tab_failed",
-    "tab_with_sla",
-    "tab_sla_met",
-)
-
-
-def _tab_counts(row: tuple[Any, ...]) -> dict[str, Any]:
-    active, pending, slow, completed, failed, with_sla, met = (int(x or 0) for x in row)
-    return {
-        "active": active,
-        "pending": pending,
-        "slow": slow,
-        "completed_today": completed,
-        "failed_today": failed,
-        "sla_compliance_today": round(100.0 * met / with_sla, 1) if with_sla else None,
-    }
 
 
 def _no_counts() -> dict[str, Any]:

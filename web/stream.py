@@ -16,10 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from sqlalchemy import select
 
 from orchestrator.audit import queries
-from orchestrator.audit.models import events as events_table
 from orchestrator.audit.store import AuditStore
 from orchestrator.errors import StoreError
 from orchestrator.keys import Keys
@@ -71,16 +69,8 @@ def run_events(
     start_id: str | None = None
     if store is not None:
         try:
-            recorded = queries.events_after(store, run_id, after, limit=limit)
-            known = recorded[-1]["seq"] if recorded else after
-            with store.connect() as conn:
-                row = conn.execute(
-                    select(events_table.c.stream_id)
-                    .where(events_table.c.run_id == run_id, events_table.c.seq <= known)
-                    .order_by(events_table.c.seq.desc())
-                    .limit(1)
-                ).first()
-            start_id = row.stream_id if row and row.stream_id else None
+            found = queries.recorded_events(store, run_id, after, limit=limit)
+            recorded, start_id = found.events, found.stream_id
         except StoreError as exc:
             log.warning(
                 "events of %s: audit store unavailable (%s); reading the stream only", run_id, exc

@@ -22,19 +22,10 @@ from typing import Any, Protocol, TypeVar
 
 from flask import current_app, request
 from flask_smorest import abort
-from sqlalchemy import (
-    Engine,
-    Table,
-    and_,
-    delete,
-    exc,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import and_, delete, exc, insert, or_, select, update
 
 from orchestrator.audit.models import web_login_throttle as throttle_table
+from orchestrator.audit.store import AuditStore, append_action
 from web import audit as audit_log
 from web.settings import WebSettings
 
@@ -71,12 +62,10 @@ class Lock:
 
 
 class Throttle:
-    """The throttle table of one database (the audit store's, or the in-memory one)."""
+    """The throttle table of an audit store's database (the real one, or the in-memory one)."""
 
-    def __init__(
-        self, engine: Engine, writer: Any, web: WebSettings, audit_table: Table | None = None
-    ) -> None:
-        self.engine, self.writer, self.web, self.audit_table = engine, writer, web, audit_table
+    def __init__(self, store: AuditStore, web: WebSettings, *, audited: bool = True) -> None:
+        self.engine, self.writer, self.web, self.audited = store.engine, store.writer, web, audited
 
     def _limit(self, scope: str) -> int:
         return (
@@ -112,8 +101,8 @@ class Throttle:
                     lock = None
                     for scope, subject in subjects.items():
                         lock = self._count(conn, scope, subject, now) or lock
-                    if lock is not None and audit is not None and self.audit_table is not None:
-                        conn.execute(insert(self.audit_table).values(**audit(lock)))
+                    if lock is not None and audit is not None and self.audited:
+                        append_action(conn, audit(lock))
                     # old, unlocked counts are forgotten (the table stays small)
                     conn.execute(
                         delete(throttle_table).where(
@@ -195,8 +184,8 @@ class Throttle:
                     )
                 ).rowcount
             )
-            if gone and audit is not None and self.audit_table is not None:
-                conn.execute(insert(self.audit_table).values(**audit))
+            if gone and audit is not None and self.audited:
+                append_action(conn, audit)
             return gone
 
 

@@ -17,6 +17,7 @@ from celery import Celery, Task, signals
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
+from orchestrator.engine import stepcore
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.compiler import (
     COMPENSATE_TASK,
@@ -141,7 +142,7 @@ def create_worker_app(
 
     @app.task(shared=False, name=MERGE_TASK, ignore_result=True)
     def merge(incoming: Any, hdr: dict) -> Any:
-        return steps.merge(incoming)
+        return stepcore.merge(incoming)
 
     @app.task(
         shared=False,

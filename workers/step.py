@@ -14,6 +14,10 @@ this process's control watch knows (workers/watch.py: no pause, cancel, retry, r
 failed critical step), the step has no compensation, and this is the first delivery of its
 message. A fast-path step still running after a moment is begun late by the heartbeat, so long
 steps are visible and leased as before. docs/design.md "The fast path" has the trade-offs.
+
+This module is the shell: it loads (the message, the run's hot state), asks the step core
+(orchestrator/engine/stepcore.py: join, when, retry or fail, the settle plan) and writes
+(RunState calls, Celery retries and sends). The rules live in the core, tested without I/O.
 """
 
 from __future__ import annotations
@@ -25,18 +29,19 @@ import socket
 import time
 import traceback
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry, SoftTimeLimitExceeded
 
 from orchestrator.engine import compiler
+from orchestrator.engine import stepcore as core
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState, dumps
 from orchestrator.engine.states import ABANDON_SOURCES, RunStatus, StepStatus
-from orchestrator.errors import EvaluationError, StepError, UnknownPlugin
+from orchestrator.errors import StepError
 from orchestrator.model import expressions
-from orchestrator.model.definition import Definition, backoff_seconds, from_stored
+from orchestrator.model.definition import Definition, from_stored
 from orchestrator.settings import Settings
 from workers.broker import is_transient
 from workers.context import BEGUN, FRESH, Heartbeat, StepContext
@@ -70,53 +75,6 @@ class Runtime:
         # Set by workers.app: revoke(task_id) terminates a task of this app.
         self.revoke: Any = None
         self._method_info = {name: methods for name, methods in registry.catalog().items()}
-
-
-def merge(incoming: Any, into: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
-    """Fold the outcome(s) a task receives (a dict, or a chord's list of them) into one dict."""
-    known = {} if into is None else into
-    if isinstance(incoming, Mapping):
-        known.update(incoming)
-    elif isinstance(incoming, list):
-        for item in incoming:
-            merge(item, known)
-    return known
-
-
-def join_verdict(spec: Mapping[str, Any], known: Mapping[str, list[Any]]) -> str:
-    """Empty when the step may run, else why it is skipped (DESIGN.md join rules)."""
-    deps = spec.get("deps")
-    if not deps:
-        return ""
-    statuses = {d: (known.get(d) or ["PENDING"])[0] for d in deps}
-    if spec.get("join") == "any":
-        if any(s == StepStatus.COMPLETED for s in statuses.values()):
-            return ""
-        listing = ", ".join(f"{d}: {s}" for d, s in statuses.items())
-        return f"join any: no dependency completed ({listing})"
-    for d, s in statuses.items():
-        if s in (StepStatus.SKIPPED, StepStatus.CANCELLED, StepStatus.PENDING):
-            return f"dependency '{d}' was {s.lower()}"
-    return ""
-
-
-# In the outcomes that flow on: "an upstream step saw its run halting, paused or cancelled";
-# downstream steps then take the careful path whatever their process has heard. Not a step id
-# (those match [a-z0-9][a-z0-9_.-]*).
-HALTING = "!"
-NOT_STEPS = frozenset({HALTING, compiler.HEADER})
-
-
-def scope_for(hdr: Mapping[str, Any], known: Mapping[str, list[Any]]) -> dict[str, Any]:
-    return {
-        "inputs": hdr.get("inputs", {}),
-        "steps": {
-            sid: {"status": v[0], "output": v[1]}
-            for sid, v in known.items()
-            if sid not in NOT_STEPS
-        },
-        "run": {"id": hdr["run"], "workflow": hdr.get("wf", ""), "version": hdr.get("version", "")},
-    }
 
 
 def check_params(rt: Runtime, plugin: str, method: str, params: Mapping[str, Any]) -> None:
@@ -156,38 +114,6 @@ def call_plugin(
         ) from None
 
 
-def describe_failure(exc: BaseException, spec: Mapping[str, Any]) -> tuple[str, str, bool]:
-    """(error message, traceback text, retryable) for an exception raised by a step."""
-    if isinstance(exc, SoftTimeLimitExceeded):
-        return (
-            f"timeout: step '{spec['id']}' ran past its timeout of {spec.get('timeout')}s",
-            "",
-            True,
-        )
-    if isinstance(exc, StepError):
-        return str(exc), "", exc.retryable
-    if isinstance(exc, UnknownPlugin):
-        return f"{exc} on worker {HOST}", "", False
-    if isinstance(exc, EvaluationError):
-        return str(exc), "", False
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return f"{type(exc).__name__}: {exc}", tb, True
-
-
-def retry_countdown(spec: Mapping[str, Any], attempt: int) -> float:
-    delay, backoff, cap = spec.get("delay", [1.0, "fixed", 120.0])
-    return backoff_seconds(delay, backoff, cap, attempt)
-
-
-def _record(
-    known: dict[str, list[Any]], spec: Mapping[str, Any], status: str, output: Any = None
-) -> dict[str, list[Any]]:
-    """Add this step's outcome to what flows on, if a later step looks at it."""
-    if not spec.get("drop"):
-        known[spec["id"]] = [status, output]
-    return known
-
-
 def run_step(
     task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str, Any] | None = None
 ) -> Any:
@@ -198,8 +124,8 @@ def run_step(
     """
     spec = compiler.read_spec(wire)
     if hdr is None:
-        incoming = merge(incoming)
-        hdr = compiler.read_header(incoming[compiler.HEADER])
+        incoming = core.merge(incoming)
+        hdr = compiler.read_header(incoming[core.HEADER])
     else:
         hdr = dict(hdr)
     try:
@@ -215,7 +141,7 @@ def run_step(
             raise
         # Whatever broke (a template result too big to encode, a bug, a bad record), the step
         # fails with the error and the run goes on to its end: never a stranded run.
-        known = fail_step(task, rt, spec, hdr, merge(incoming), exc)
+        known = fail_step(task, rt, spec, hdr, core.merge(incoming), exc)
     if spec.get("settle"):
         safe_settle(task, rt, hdr)
     return known
@@ -247,9 +173,9 @@ def fail_step(
     rt: Runtime,
     spec: Mapping[str, Any],
     hdr: Mapping[str, Any],
-    known: dict[str, list[Any]],
+    known: core.Outcomes,
     exc: BaseException,
-) -> dict[str, list[Any]]:
+) -> core.Outcomes:
     """Record ``exc``, raised on the step path outside the plugin, as the step's failure (if the
     step is not settled already) and return the outcome that flows on."""
     run_id, sid, epoch = hdr["run"], spec["id"], int(hdr["epoch"])
@@ -261,28 +187,27 @@ def fail_step(
     )
     status, attempts, started = (v.decode() if v else "" for v in fields)
     request = task.request
-    finished = time.time()
-    record = {
-        "step": sid,
-        "attempt": int(attempts or 0) + (status != StepStatus.RUNNING),
-        "status": "FAILED",
-        "started_at": float(started) if started and status == StepStatus.RUNNING else finished,
-        "finished_at": finished,
-        "worker": request.hostname or HOST,
-        "task_id": request.id or None,
-        "error": error,
-        "traceback": tb,
-    }
+    record = core.broken_record(
+        sid,
+        status,
+        attempts,
+        started,
+        now=time.time(),
+        worker=request.hostname or HOST,
+        task_id=request.id or "",
+        error=error,
+        tb=tb,
+    )
     if rt.state.fail_killed_step(
         run_id, sid, epoch, error=error, critical=spec.get("critical", True), attempt=record
     ):
         if spec.get("critical", True):
             rt.watch.touch(run_id)
-            known[HALTING] = 1
-        return _record(known, spec, StepStatus.FAILED)
+            known[core.HALTING] = 1
+        return core.flow_on(known, spec, StepStatus.FAILED)
     # Settled already (the error came after the outcome was written): that outcome flows on.
     now_status = rt.state.r.hget(rt.state.keys.steps(run_id), f"{sid}|status")
-    return _record(known, spec, now_status.decode() if now_status else StepStatus.FAILED)
+    return core.flow_on(known, spec, now_status.decode() if now_status else StepStatus.FAILED)
 
 
 def safe_settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
@@ -300,226 +225,255 @@ def safe_settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
         return RunStatus.FAILED if done else before
 
 
-def _fast_path(
+def _may_run_first(
     task: Task, rt: Runtime, spec: Mapping[str, Any], known: Mapping[str, Any], run_id: str
 ) -> bool:
     """Whether this step may run before telling Redis (module docstring)."""
-    if not rt.fast_steps or spec.get("comp") or HALTING in known:
-        return False
     request = task.request
-    if request.retries or (request.delivery_info or {}).get("redelivered"):
-        return False
-    return rt.watch.clean(run_id)
+    first = not request.retries and not (request.delivery_info or {}).get("redelivered")
+    return core.may_run_first(
+        spec, known, enabled=rt.fast_steps, first_delivery=first
+    ) and rt.watch.clean(run_id)
+
+
+class _Who(NamedTuple):
+    """Who runs this attempt: the Celery task, its worker, and the owner its begin and lease
+    carry (so the same process asking again is recognised)."""
+
+    task_id: str
+    worker: str
+    owner: str
+
+
+def _who(task: Task) -> _Who:
+    request = task.request
+    task_id = request.id or ""
+    return _Who(task_id, request.hostname or HOST, f"{HOST}:{os.getpid()}:{task_id}")
 
 
 def _run_step(
     task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]
 ) -> Any:
     run_id, epoch, sid = hdr["run"], hdr["epoch"], spec["id"]
-    known = merge(incoming)
-    request = task.request
-    task_id = request.id or ""
-    worker = request.hostname or HOST
-    owner = f"{HOST}:{os.getpid()}:{task_id}"
-
+    known = core.merge(incoming)
+    who = _who(task)
     if spec.get("deps") == "@":
         spec = {**spec, "deps": rt.state.step_deps(run_id, sid)}
-    skip = join_verdict(spec, known)
-    when_error: str | None = None
-    scope: dict[str, Any] | None = None
-    if not skip and spec.get("when"):
-        scope = scope_for(hdr, known)
-        try:
-            if not expressions.parse(spec["when"]).evaluate(scope):
-                skip = f"when is false: {spec['when']}"
-        except EvaluationError as exc:
-            when_error = f"when: {exc}"
+    entry = core.admit(spec, hdr, known)
+    ctx = _begin(task, rt, spec, hdr, known, entry, who)
+    if not isinstance(ctx, StepContext):
+        return ctx  # Redis said the step may not (or need not) run: what flows on instead
+    go = entry if isinstance(entry, core.Go) else core.Go()  # begin_step never says go to a skip
 
-    if not skip and _fast_path(task, rt, spec, known, run_id):
-        attempt = 1  # as far as anyone can know: a first delivery of an untouched run's step
-        ctx = StepContext(run_id, sid, attempt, hdr.get("wf", ""))
-        ctx.run_fresh()
-
-        def begin_late() -> tuple[str, ...]:
-            return rt.state.begin_step(
-                run_id,
-                sid,
-                epoch,
-                intent="late",
-                owner=owner,
-                lease_ttl=rt.lease_ttl,
-                task_id=task_id,
-                worker=worker,
-                started=ctx.started,
-            )
-
-        def terminate() -> None:
-            if rt.revoke is not None:
-                rt.revoke(task_id)
-
-        rt.heartbeat.add(ctx, owner, begin=begin_late, terminate=terminate)
-    else:
-        verdict, info, *rest = rt.state.begin_step(
-            run_id,
-            sid,
-            epoch,
-            intent="skip" if skip else "run",
-            owner=owner,
-            lease_ttl=rt.lease_ttl,
-            task_id=task_id,
-            worker=worker,
-            reason=skip,
-        )
-        if verdict != "go":
-            return _not_begun(task, rt, spec, known, verdict, info, rest)
-        attempt = int(info)
-        ctx = StepContext(run_id, sid, attempt, hdr.get("wf", ""))
-        rt.heartbeat.add(ctx, owner)
-
-    params = spec.get("params") or {}
-    rendered: Any = None
     started = ctx.started
-    output = "null"
-    error = tb = ""
-    retryable = False
-    status = StepStatus.COMPLETED
-    try:
-        if when_error:
-            raise StepError(when_error, retryable=False)
-        if params:
-            params = expressions.render_value(params, scope or scope_for(hdr, known))
-            rendered = params
-        output = call_plugin(rt, spec, params, ctx)
-    except Retry:
-        raise
-    except BaseException as exc:  # a plugin may raise anything; SystemExit included
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        error, tb, retryable = describe_failure(exc, spec)
-        status = StepStatus.FAILED
-    finally:
-        phase = rt.heartbeat.remove(ctx)
-
-    attempt = ctx.attempt
-    retries = spec.get("retries", 0)
-    if status is StepStatus.FAILED and retryable and attempt <= retries:
-        status = StepStatus.RETRYING
+    rendered, output, failure, phase = _attempt(rt, spec, hdr, known, go, ctx)
+    end = core.conclude(failure, spec, ctx.attempt)
     finished = time.time()
-    record: dict[str, Any] = {
-        "step": sid,
-        "status": str(status),
-        "started_at": started,
-        "finished_at": finished,
-        "duration": round(finished - started, 6),
-        "worker": worker,
-        "task_id": task_id,
-        "error": error or None,
-        "stats": ctx.final_stats(),
-    }
-    if tb:
-        record["traceback"] = tb[:16384]
-    if rendered is not None:
-        # The rendered input, for the audit store and the dashboard (capped: it rides in an event).
-        text = dumps(rendered)
-        record["input"] = text if len(text) <= 8192 else text[:8192] + "…"
+    record = core.attempt_record(
+        spec,
+        end.status,
+        started=started,
+        finished=finished,
+        worker=who.worker,
+        task_id=who.task_id,
+        failure=failure,
+        stats=ctx.final_stats(),
+        rendered=rendered,
+    )
     batch = ctx.drain()
     if ctx.has_counters:
         # The attempt record carries the stats too; a step that set counters also gets a
         # "stats" event (the live dashboard's per-step summary).
         batch.append(["stats", sid, "", f"{finished:.6f}", dumps(record["stats"])])
     common = {
-        "status": str(status),
+        "status": str(end.status),
         "output": output,
-        "error": error,
-        "traceback": tb,
+        "error": failure.error if failure else "",
+        "traceback": failure.traceback if failure else "",
         "critical": spec.get("critical", True),
         "batch": batch,
     }
 
     if phase == FRESH:
-        verdict, *info = rt.state.run_once(
+        end = _record_fresh(rt, spec, hdr, known, ctx, end, record, common, who)
+    elif phase == BEGUN:
+        result = rt.state.finish_step(
             run_id,
             sid,
             epoch,
-            started=started,
-            attempt=record,
-            worker=worker,
-            task_id=task_id,
+            owner=who.owner,
+            attempt={"attempt": ctx.attempt, **record},
             **common,
-        )
-        if verdict != "ok":
-            _discard(rt, run_id, sid, record, verdict)
-        attempt = int(info[0])
-        if info[1] not in (RunStatus.RUNNING, RunStatus.PENDING) or info[2]:
-            # Paused, cancelled or failing while this step ran: what follows asks Redis first.
-            rt.watch.touch(run_id)
-            known[HALTING] = 1
-    elif phase == BEGUN:
-        result = rt.state.finish_step(
-            run_id, sid, epoch, owner=owner, attempt={"attempt": attempt, **record}, **common
         )
         if result != "ok":
             raise Ignore()  # another copy took the step over after our lease lapsed
     else:  # the late begin was refused, or the run was cancelled before Redis knew of the step
-        verdict, info_, *rest = ctx.verdict
+        verdict, info, *rest = ctx.verdict
         if verdict == "adopt":
-            return _not_begun(task, rt, spec, known, verdict, info_, rest)
+            return _not_begun(task, rt, spec, known, verdict, info, rest)
         _discard(rt, run_id, sid, record, verdict)
-    if status is StepStatus.RETRYING:
-        raise task.retry(countdown=retry_countdown(spec, attempt), max_retries=None)
-    return _record(
-        known,
-        spec,
-        str(status),
-        json.loads(output) if spec.get("keep") and status is StepStatus.COMPLETED else None,
+    if isinstance(end, core.Retry):
+        raise task.retry(countdown=end.countdown, max_retries=None)
+    return core.flow_on(known, spec, str(end.status), core.kept_output(spec, end.status, output))
+
+
+def _begin(
+    task: Task,
+    rt: Runtime,
+    spec: Mapping[str, Any],
+    hdr: Mapping[str, Any],
+    known: core.Outcomes,
+    entry: core.Go | core.Skip,
+    who: _Who,
+) -> StepContext | core.Outcomes:
+    """Start the step: on the fast path at once, else by asking Redis (``begin_step``, which
+    also records a skip). Returns its context, or what flows on when Redis said no."""
+    run_id, sid = hdr["run"], spec["id"]
+    if isinstance(entry, core.Go) and _may_run_first(task, rt, spec, known, run_id):
+        return _start_first(rt, hdr, sid, who)
+    reason = entry.reason if isinstance(entry, core.Skip) else ""
+    verdict, info, *rest = rt.state.begin_step(
+        run_id,
+        sid,
+        hdr["epoch"],
+        intent="skip" if reason else "run",
+        owner=who.owner,
+        lease_ttl=rt.lease_ttl,
+        task_id=who.task_id,
+        worker=who.worker,
+        reason=reason,
     )
+    if verdict != "go":
+        return _not_begun(task, rt, spec, known, verdict, info, rest)
+    ctx = StepContext(run_id, sid, int(info), hdr.get("wf", ""))
+    rt.heartbeat.add(ctx, who.owner)
+    return ctx
+
+
+def _record_fresh(
+    rt: Runtime,
+    spec: Mapping[str, Any],
+    hdr: Mapping[str, Any],
+    known: core.Outcomes,
+    ctx: StepContext,
+    end: core.End,
+    record: Mapping[str, Any],
+    common: Mapping[str, Any],
+    who: _Who,
+) -> core.End:
+    """Record a fast-path attempt, start and end in one script (``run_once``)."""
+    run_id, sid = hdr["run"], spec["id"]
+    verdict, *answer = rt.state.run_once(
+        run_id,
+        sid,
+        hdr["epoch"],
+        started=ctx.started,
+        attempt=record,
+        worker=who.worker,
+        task_id=who.task_id,
+        **common,
+    )
+    if verdict != "ok":
+        _discard(rt, run_id, sid, record, verdict)
+    attempt = int(answer[0])
+    if isinstance(end, core.Retry) and attempt != ctx.attempt:
+        # Redis numbered the attempt (a step retried long after its run was last touched counts
+        # on): the wait follows that number, as after begin_step.
+        end = core.Retry(core.retry_countdown(spec, attempt))
+    if core.halting(answer[1], answer[2]):
+        # Paused, cancelled or failing while this step ran: what follows asks Redis first.
+        rt.watch.touch(run_id)
+        known[core.HALTING] = 1
+    return end
+
+
+def _start_first(rt: Runtime, hdr: Mapping[str, Any], sid: str, who: _Who) -> StepContext:
+    """Put a step on the fast path: as far as anyone can know, this is attempt 1 (a first
+    delivery of an untouched run's step); the heartbeat begins it late if it runs long."""
+    run_id, epoch = hdr["run"], hdr["epoch"]
+    ctx = StepContext(run_id, sid, 1, hdr.get("wf", ""))
+    ctx.run_fresh()
+
+    def begin_late() -> tuple[str, ...]:
+        return rt.state.begin_step(
+            run_id,
+            sid,
+            epoch,
+            intent="late",
+            owner=who.owner,
+            lease_ttl=rt.lease_ttl,
+            task_id=who.task_id,
+            worker=who.worker,
+            started=ctx.started,
+        )
+
+    def terminate() -> None:
+        if rt.revoke is not None:
+            rt.revoke(who.task_id)
+
+    rt.heartbeat.add(ctx, who.owner, begin=begin_late, terminate=terminate)
+    return ctx
+
+
+def _attempt(
+    rt: Runtime,
+    spec: Mapping[str, Any],
+    hdr: Mapping[str, Any],
+    known: Mapping[str, list[Any]],
+    go: core.Go,
+    ctx: StepContext,
+) -> tuple[Any, str, core.Failure | None, int]:
+    """Render the params and call the plugin: (rendered params or None, output JSON, failure
+    or None, the phase the step ends in)."""
+    params = spec.get("params") or {}
+    rendered: Any = None
+    try:
+        if go.error:
+            raise StepError(go.error, retryable=False)
+        if params:
+            params = expressions.render_value(params, go.scope or core.scope_for(hdr, known))
+            rendered = params
+        output, failure = call_plugin(rt, spec, params, ctx), None
+    except Retry:
+        raise
+    except BaseException as exc:  # a plugin may raise anything; SystemExit included
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        output, failure = "null", _failure(exc, spec)
+    finally:
+        phase = rt.heartbeat.remove(ctx)
+    return rendered, output, failure, phase
+
+
+def _failure(exc: BaseException, spec: Mapping[str, Any]) -> core.Failure:
+    timed_out = isinstance(exc, SoftTimeLimitExceeded)
+    return core.describe_failure(exc, spec, host=HOST, timed_out=timed_out)
 
 
 def _not_begun(
     task: Task,
     rt: Runtime,
     spec: Mapping[str, Any],
-    known: dict[str, list[Any]],
+    known: core.Outcomes,
     verdict: str,
     info: str,
     rest: list[str],
-) -> Any:
+) -> core.Outcomes:
     """What a step does when Redis said it may not (or need not) run."""
-    sid = spec["id"]
-    if verdict == "skipped":
-        return _record(known, spec, StepStatus.SKIPPED)
-    if verdict == "cancelled":
-        return _record(known, spec, StepStatus.CANCELLED)
-    if verdict == "paused":
-        return _record(known, spec, StepStatus.PENDING)
-    if verdict == "adopt":
-        known[sid] = [
-            info,
-            json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None,
-        ]
-        return known
-    if verdict == "leased":
-        # Delivered again while the first copy still runs (visibility timeout): look again
-        # later; if the holder dies its lease expires and this copy takes over.
-        raise task.retry(countdown=max(1.0, rt.lease_ttl / 2), max_retries=None)
-    if (
-        verdict == "settled"
-        and len(rest) > 1
-        and rest[1]
-        and rest[1] == task.request.id
-        and (task.request.delivery_info or {}).get("redelivered")
-    ):
-        # The very task that settled the step, delivered again: its first run may have recorded
-        # the outcome but failed to publish what follows (Redis away past the retry budget, the
-        # worker killed in between). Its outcome flows on again; a copy of what follows is
-        # dropped like any duplicate (and Celery counts a chord part once per task id).
-        known[sid] = [
-            info,
-            json.loads(rest[0]) if spec.get("keep") and info == StepStatus.COMPLETED else None,
-        ]
-        return known
-    # 'settled': a duplicate of a step that already finished and continued the canvas;
-    # 'stale'/'gone': a task from an earlier dispatch of the run, or a deleted run.
+    request = task.request
+    then = core.not_begun(
+        verdict,
+        info,
+        rest,
+        spec,
+        lease_ttl=rt.lease_ttl,
+        task_id=request.id or "",
+        redelivered=bool((request.delivery_info or {}).get("redelivered")),
+    )
+    if isinstance(then, core.Flow):
+        return core.flow_on(known, spec, then.status, then.output, always=then.always)
+    if isinstance(then, core.Retry):
+        raise task.retry(countdown=then.countdown, max_retries=None)
     raise Ignore()
 
 
@@ -561,14 +515,11 @@ def on_hard_timeout(rt: Runtime, args: Any, limit: float) -> None:
     try:
         incoming, wire, *old = args
         spec = compiler.read_spec(wire)
-        hdr = compiler.read_header(old[0] if old else merge(incoming)[compiler.HEADER])
+        hdr = compiler.read_header(old[0] if old else core.merge(incoming)[core.HEADER])
         run_id, sid, epoch = hdr["run"], spec["id"], hdr["epoch"]
     except (TypeError, ValueError, KeyError, IndexError):
         return  # not a step task's arguments
-    error = (
-        f"timeout: step '{sid}' did not stop at its timeout of {spec.get('timeout')}s and was "
-        f"killed at the hard limit ({limit:g}s)"
-    )
+    error = core.hard_timeout_error(spec, limit)
     fields = rt.state.r.hmget(
         rt.state.keys.steps(run_id),
         f"{sid}|attempts",
@@ -577,19 +528,9 @@ def on_hard_timeout(rt: Runtime, args: Any, limit: float) -> None:
         f"{sid}|task_id",
     )
     attempts, started, worker, task_id = (v.decode() if v else "" for v in fields)
-    finished = time.time()
-    record = {
-        "step": sid,
-        "attempt": int(attempts or 1),
-        "status": "FAILED",
-        "started_at": float(started) if started else None,
-        "finished_at": finished,
-        "duration": round(finished - float(started), 6) if started else None,
-        "worker": worker or None,
-        "task_id": task_id or None,
-        "error": error,
-        "killed": True,
-    }
+    record = core.killed_record(
+        sid, attempts, started, worker, task_id, now=time.time(), error=error
+    )
     if rt.state.fail_killed_step(
         run_id, sid, int(epoch), error=error, critical=spec.get("critical", True), attempt=record
     ):
@@ -605,12 +546,10 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     run_id, epoch = hdr["run"], hdr["epoch"]
     # The common end, a running run with nothing to wind down, needs three fields, not the
     # whole state (a 1000-step run's steps and attempts are ~1 MB).
-    head = rt.state.head(run_id)
-    if head is None:
-        return "gone"
-    if head[1] != str(epoch):
-        return "stale"
-    if head[0] in (RunStatus.RUNNING, RunStatus.PENDING) and not head[2]:
+    at_once = core.settle_head(rt.state.head(run_id), epoch)
+    if at_once in ("gone", "stale"):
+        return at_once
+    if at_once == "complete":
         done, _ = rt.state.transition(
             run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING]
         )
@@ -623,13 +562,34 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     if run.get("epoch") != str(epoch):
         return "stale"
     status, halt = run["status"], run.get("halt", "")
+    statuses = {sid: f.get("status", "") for sid, f in steps.items()}
     # After a cancel (a lone settle with a new epoch) steps of the old dispatch may still be
-    # running: wait for them; a RUNNING step without a lease has lost its worker.
-    running = [sid for sid, f in steps.items() if f.get("status") == StepStatus.RUNNING]
-    alive = [sid for sid in running if rt.state.lease_holder(run_id, sid)]
-    if alive:
-        raise task.retry(countdown=0.5, max_retries=None)
-    for sid in running:
+    # running: the plan waits for them; a RUNNING step without a lease has lost its worker.
+    alive = [sid for sid in core.running(statuses) if rt.state.lease_holder(run_id, sid)]
+    defn = load_run_definition(run) if not alive and core.unwind_target(status, halt) else None
+    plan = core.settle_plan(
+        status,
+        halt,
+        statuses,
+        alive=alive,
+        completed=rt.state.completed_order(run_id) if defn else (),
+        compensable=[s.id for s in defn.steps if s.compensate] if defn else (),
+    )
+    if isinstance(plan, core.Wait):
+        raise task.retry(countdown=plan.countdown, max_retries=None)
+    return _carry_out(rt, run_id, int(epoch), run, defn, plan)
+
+
+def _carry_out(
+    rt: Runtime,
+    run_id: str,
+    epoch: int,
+    run: Mapping[str, str],
+    defn: Definition | None,
+    plan: core.SettlePlan,
+) -> str:
+    """Write what the settle plan says, in its order."""
+    for sid in plan.lost:
         # only if still RUNNING: the step may have finished since the read above
         rt.state.set_step(
             run_id,
@@ -639,38 +599,27 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
             expect=StepStatus.RUNNING,
             fields={"error": "its worker was lost while the run was being cancelled"},
         )
-    if status == RunStatus.PAUSING and not halt:
+    if plan.final is RunStatus.PAUSED:
         rt.state.transition(run_id, RunStatus.PAUSED, sources=[RunStatus.PAUSING])
         return RunStatus.PAUSED
-    if status in (RunStatus.CANCELLING,) or halt:
-        target = (
-            RunStatus.CANCELLED
-            if status == RunStatus.CANCELLING or halt == "cancelled"
-            else RunStatus.FAILED
+    if plan.final is RunStatus.COMPLETED:
+        rt.state.transition(
+            run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING]
         )
-        for sid, fields in steps.items():
-            if fields.get("status") in (StepStatus.PENDING, StepStatus.RETRYING):
-                rt.state.set_step(
-                    run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=fields["status"]
-                )
-        defn = load_run_definition(run)
-        order = [
-            sid
-            for sid in reversed(rt.state.completed_order(run_id))
-            if steps.get(sid, {}).get("status") == StepStatus.COMPLETED
-            and defn.step(sid).compensate
-        ]
-        if order:
-            done, _ = rt.state.transition(
-                run_id, RunStatus.COMPENSATING, fields={"compensate_target": str(target)}
+        return RunStatus.COMPLETED
+    for sid, before in plan.cancel:
+        rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=before)
+    if plan.compensate and defn is not None:
+        done, _ = rt.state.transition(
+            run_id, RunStatus.COMPENSATING, fields={"compensate_target": str(plan.final)}
+        )
+        if done:
+            rt.dispatcher.compensations(
+                run_id, epoch, run, defn, list(plan.compensate), str(plan.final)
             )
-            if done:
-                rt.dispatcher.compensations(run_id, int(epoch), run, defn, order, str(target))
-            return RunStatus.COMPENSATING
-        rt.state.transition(run_id, target)
-        return target
-    rt.state.transition(run_id, RunStatus.COMPLETED, sources=[RunStatus.RUNNING, RunStatus.PENDING])
-    return RunStatus.COMPLETED
+        return RunStatus.COMPENSATING
+    rt.state.transition(run_id, plan.final)
+    return plan.final
 
 
 def safe_compensate(
@@ -728,11 +677,12 @@ def compensate(
     except Retry:
         raise
     except Exception as exc:
-        error, tb, retryable = describe_failure(exc, spec)
+        failure = _failure(exc, spec)
         rt.state.emit(run_id, ctx.drain())
-        if retryable and attempt <= spec.get("retries", 0):
-            raise task.retry(countdown=1.0, max_retries=None) from None
-        message = f"compensation of '{sid}' ({spec['plugin']}.{spec.get('method', 'run')}) failed: {error}"
+        end = core.conclude_compensation(failure, spec, attempt)
+        if isinstance(end, core.Retry):
+            raise task.retry(countdown=end.countdown, max_retries=None) from None
+        message, tb = end.error, failure.traceback
         rt.state.set_step(
             run_id,
             sid,

@@ -5,7 +5,7 @@ read from Redis and from SQL compares equal. JSON is stored as text: the store n
 inside it, and text round-trips byte for byte on both databases.
 
 The migration in ``migrations/versions`` creates exactly these tables; a test compares the two.
-Each index below serves a named query in ``queries.py``.
+Each index below serves a named query in ``queries/``.
 """
 
 from __future__ import annotations

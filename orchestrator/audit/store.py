@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
 
 from orchestrator.audit.events import Event, Lookups
 from orchestrator.audit.models import audit_log, celery_tasks
@@ -37,7 +38,7 @@ from orchestrator.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-HEAD = "0004"  # the newest migration; a test checks it against migrations/versions
+HEAD = "0005"  # the newest migration; a test checks it against migrations/versions
 MIGRATIONS = "orchestrator.audit:migrations"
 VERSION_TABLE = "cf_alembic_version"
 # PostgreSQL: a pooled connection idle this long is pinged before use (_ping_when_idle).
@@ -99,6 +100,10 @@ class AuditStore:
             db = self.url.database or ""
             if db and db != ":memory:" and not db.startswith("file:"):
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            if db in ("", ":memory:"):
+                # One connection for every thread (and greenlet): each new one would be a new,
+                # empty database (the dashboard's accounts when it has no audit store).
+                kwargs["poolclass"] = StaticPool
             # The driver's own wait for a lock is short: a longer one (busy_timeout) is a loop in
             # _sqlite_pragmas that sleeps in Python, so a gevent process keeps serving meanwhile.
             kwargs["connect_args"] = {"timeout": SQLITE_LOCK_POLL, "check_same_thread": False}
@@ -246,8 +251,13 @@ class AuditStore:
             "detail": json.dumps(detail) if detail is not None else None,
         }
         with self.begin() as conn:
-            res = conn.execute(insert(audit_log).returning(audit_log.c.id), row)
-            return int(res.scalar_one())
+            return append_action(conn, row)
+
+
+def append_action(conn: Connection, row: dict[str, Any]) -> int:
+    """Append one row to the operator audit log in the caller's transaction, so that a change and
+    its record commit together (web/auth.py, web/throttle.py); returns its id."""
+    return int(conn.execute(insert(audit_log).returning(audit_log.c.id), row).scalar_one())
 
 
 def prune_celery_tasks(

@@ -31,7 +31,7 @@ class Fleet:
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, **self.settings.as_env()}
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return env
 

@@ -528,7 +528,7 @@ DEMO_CALL_ALLOW: tuple[str, ...] = ()
 
 
 def examples_dir() -> Path:
-    here = Path(__file__).resolve().parents[1] / "docs" / "examples"
+    here = Path(__file__).resolve().parents[2] / "docs" / "examples"
     if here.is_dir():
         return here
     raise ConfigurationError(

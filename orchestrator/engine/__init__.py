@@ -1,1 +1,1 @@
-"""The engine: statuses, the compiler, the run state, dispatch, control, the client."""
+"""The engine: statuses, the compiler, the step core, the run state, dispatch, control, the client."""

@@ -18,6 +18,7 @@ from typing import Any
 from celery import chain, chord, group
 from celery.canvas import Signature
 
+from orchestrator.engine import stepcore
 from orchestrator.model import expressions
 from orchestrator.model.definition import PRIORITIES, Definition, Step
 
@@ -403,7 +404,7 @@ def step_spec(step: Step, keep_output: bool, forward: bool = True) -> dict[str, 
 # in the outcomes that flow from step to step (the first steps get it in their seed).
 FLAGS = (("drop", 1), ("keep", 2), ("settle", 4), ("comp", 8))
 NONCRITICAL = 16
-HEADER = "@"
+HEADER = stepcore.HEADER  # the run header's key in the outcomes
 
 
 def wire_spec(spec: Mapping[str, Any]) -> list[Any]:

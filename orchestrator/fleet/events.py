@@ -132,9 +132,16 @@ def merge_event(row: dict[str, Any] | None, ev: Mapping[str, Any], now: float) -
         row = dict(row)
         row["ts"] = min(row["ts"], ts)
         state = EVENT_STATE.get(kind)
-        if state and (
-            ts > row["state_ts"]
-            or (ts == row["state_ts"] and RANK[state] >= RANK.get(row["state"], 0))
+        # A client stamps task-sent after publishing, so a fast worker's events can be stamped
+        # earlier: sent never takes a task back to PENDING, unless it is a retry's new message.
+        resent = kind != "sent" or row["state"] in ("PENDING", "RETRY")
+        if (
+            state
+            and resent
+            and (
+                ts > row["state_ts"]
+                or (ts == row["state_ts"] and RANK[state] >= RANK.get(row["state"], 0))
+            )
         ):
             row["state"], row["state_ts"] = state, ts
     if kind in ("sent", "received"):

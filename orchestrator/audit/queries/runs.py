@@ -1,22 +1,19 @@
-"""Reads of the audit store for the CLI now and the REST API later.
+"""Runs, steps, attempts, logs, events and operator actions: the records of one run and lists
+of runs (the CLI's, with every filter), and pruning what is old.
 
-Every function takes an :class:`AuditStore` and returns frozen dataclasses (or plain dicts for
-events), so callers never see SQLAlchemy rows. Lists are newest first with keyset pagination:
-``page.next_cursor`` goes back in as ``cursor=`` and stays correct while new runs arrive.
+Lists are newest first with keyset pagination: ``page.next_cursor`` goes back in as ``cursor=``
+and stays correct while new runs arrive.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import math
 import re
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, case, cast, delete, func, or_, select, tuple_
+from sqlalchemy import and_, delete, func, or_, select, tuple_
 
 from orchestrator.audit.models import (
     RUN_CHILDREN,
@@ -29,17 +26,9 @@ from orchestrator.audit.models import (
     steps,
     workflow_definitions,
 )
+from orchestrator.audit.queries.common import FINAL, decode_cursor, encode_cursor, loads
 from orchestrator.audit.store import AuditStore
-from orchestrator.errors import StoreError, UnknownRun
-
-FINAL = ("COMPLETED", "FAILED", "CANCELLED")
-FAILED = ("FAILED", "COMPENSATION_FAILED")
-ENDED = ("COMPLETED", "FAILED", "COMPENSATION_FAILED")  # what failure rates are out of
-
-
-# ---------------------------------------------------------------------------------------------
-# Result types
-# ---------------------------------------------------------------------------------------------
+from orchestrator.errors import UnknownRun
 
 
 @dataclass(frozen=True)
@@ -153,71 +142,14 @@ class RunDetail:
 
 
 @dataclass(frozen=True)
-class WorkflowStats:
-    workflow: str
-    runs: int
-    ended: int
-    failed: int
-    failure_rate: float | None
-    avg_duration: float | None
-    p95_duration: float | None
-    sla_met: int
-    sla_breached: int
-
-
-@dataclass(frozen=True)
-class StepStats:
-    workflow: str
-    step: str
-    count: int
-    avg_duration: float | None
-    retry_rate: float | None
-
-
-@dataclass(frozen=True)
-class Analytics:
-    since: float
-    until: float
-    runs: int
-    ended: int
-    failed: int
-    failure_rate: float | None
-    sla_met: int
-    sla_breached: int
-    by_workflow: tuple[WorkflowStats, ...]
-    slowest_steps: tuple[StepStats, ...]
-    retries_by_step: tuple[StepStats, ...]
-    runs_per_hour: tuple[tuple[float, int], ...] = field(default_factory=tuple)
-
-    @property
-    def sla_compliance(self) -> float | None:
-        total = self.sla_met + self.sla_breached
-        return self.sla_met / total if total else None
-
-
-@dataclass(frozen=True)
 class PruneResult:
     runs: int
     rows: int
     batches: int
 
 
-# ---------------------------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _loads(text: str | None, default: Any = None) -> Any:
-    if text is None:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _summary(row: Any) -> RunSummary:
-    tags = _loads(row.tags, [])
+    tags = loads(row.tags, [])
     return RunSummary(
         id=row.id,
         workflow=row.workflow_id,
@@ -238,47 +170,6 @@ def _summary(row: Any) -> RunSummary:
         last_seq=row.last_seq,
         event_count=row.event_count,
     )
-
-
-def encode_cursor(created_at: float, run_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at, run_id]).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        ts, rid = json.loads(raw)
-        return float(ts), str(rid)
-    except (ValueError, TypeError) as exc:
-        raise StoreError(f"invalid cursor {cursor!r}: pass back the next_cursor of a page") from exc
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (PostgreSQL's percentile_cont)."""
-    if not values:
-        return None
-    v = sorted(values)
-    k = (len(v) - 1) * q
-    lo, hi = math.floor(k), math.ceil(k)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> float:
-    """'30d', '12h', '90m', '45s', '2w' (or plain seconds) -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text))
-    if not m:
-        raise ValueError(
-            f"{text!r} is not a duration: use a number and a unit, like 30d, 12h or 90m"
-        )
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Runs
-# ---------------------------------------------------------------------------------------------
 
 
 def list_runs(
@@ -394,15 +285,7 @@ def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDe
             .where(step_attempts.c.run_id == run_id)
             .order_by(step_attempts.c.step_id, step_attempts.c.attempt)
         ).all()
-        log_rows = conn.execute(
-            select(step_logs)
-            .where(step_logs.c.run_id == run_id)
-            .order_by(step_logs.c.seq.desc(), step_logs.c.line.desc())
-            .limit(max(0, log_limit))
-        ).all()
-        total = conn.execute(
-            select(func.count()).select_from(step_logs).where(step_logs.c.run_id == run_id)
-        ).scalar_one()
+        newest_logs, total = _recent_logs(conn, run_id, log_limit)
     history: dict[str, list[AttemptRecord]] = {}
     for a in att_rows:
         history.setdefault(a.step_id, []).append(
@@ -415,12 +298,12 @@ def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDe
                 started_at=a.started_at,
                 finished_at=a.finished_at,
                 duration=a.duration,
-                input=_loads(a.input),
-                output=_loads(a.output),
+                input=loads(a.input),
+                output=loads(a.output),
                 output_size=a.output_size,
                 error=a.error,
                 traceback=a.traceback,
-                stats=_loads(a.stats),
+                stats=loads(a.stats),
             )
         )
     step_records = []
@@ -445,18 +328,18 @@ def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDe
                 compensation_error=s.compensation_error,
                 progress=s.progress,
                 progress_message=s.progress_message,
-                stats=_loads(s.stats),
+                stats=loads(s.stats),
                 output=done[-1].output if done else None,
                 history=hist,
             )
         )
     return RunDetail(
         run=_summary(row),
-        inputs=_loads(row.inputs, {}),
-        definition=_loads(body),
+        inputs=loads(row.inputs, {}),
+        definition=loads(body),
         steps=tuple(step_records),
-        logs=tuple(_log(r) for r in reversed(log_rows)),
-        logs_total=int(total),
+        logs=newest_logs,
+        logs_total=total,
     )
 
 
@@ -473,6 +356,34 @@ def _log(r: Any) -> LogLine:
         entity_type=r.entity_type,
         line=r.line,
     )
+
+
+def _recent_logs(conn: Any, run_id: str, limit: int) -> tuple[tuple[LogLine, ...], int]:
+    rows = conn.execute(
+        select(step_logs)
+        .where(step_logs.c.run_id == run_id)
+        .order_by(step_logs.c.seq.desc(), step_logs.c.line.desc())
+        .limit(max(0, limit))
+    ).all()
+    total = conn.execute(
+        select(func.count()).select_from(step_logs).where(step_logs.c.run_id == run_id)
+    ).scalar_one()
+    return tuple(_log(r) for r in reversed(rows)), int(total)
+
+
+def recent_logs(store: AuditStore, run_id: str, limit: int) -> tuple[tuple[LogLine, ...], int]:
+    """(the newest ``limit`` log lines of a run, oldest first; how many lines it has in all)."""
+    with store.connect() as conn:
+        return _recent_logs(conn, run_id, limit)
+
+
+def step_progress(store: AuditStore, run_id: str) -> dict[str, tuple[float, str | None]]:
+    """{step: (fraction, message)} for the steps of a run that reported progress."""
+    q = select(steps.c.step_id, steps.c.progress, steps.c.progress_message).where(
+        steps.c.run_id == run_id, steps.c.progress.is_not(None)
+    )
+    with store.connect() as conn:
+        return {sid: (fraction, message) for sid, fraction, message in conn.execute(q)}
 
 
 def logs(
@@ -502,38 +413,73 @@ def logs(
         return [_log(r) for r in conn.execute(q)]
 
 
-def events_after(
-    store: AuditStore, run_id: str, after_seq: int = 0, *, limit: int = 1000
-) -> list[dict[str, Any]]:
-    """The events of a run with seq > after_seq, in order (what a reconnecting client missed)."""
+def _events_after(conn: Any, run_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
     q = (
         select(events)
         .where(events.c.run_id == run_id, events.c.seq > after_seq)
         .order_by(events.c.seq)
         .limit(max(1, min(limit, 10_000)))
     )
+    return [
+        {
+            "run": r.run_id,
+            "seq": r.seq,
+            "type": r.type,
+            "step": r.step_id,
+            "status": r.status,
+            "ts": r.ts,
+            "data": loads(r.data, {}),
+        }
+        for r in conn.execute(q)
+    ]
+
+
+def events_after(
+    store: AuditStore, run_id: str, after_seq: int = 0, *, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """The events of a run with seq > after_seq, in order (what a reconnecting client missed)."""
     with store.connect() as conn:
-        return [
-            {
-                "run": r.run_id,
-                "seq": r.seq,
-                "type": r.type,
-                "step": r.step_id,
-                "status": r.status,
-                "ts": r.ts,
-                "data": _loads(r.data, {}),
-            }
-            for r in conn.execute(q)
-        ]
+        return _events_after(conn, run_id, after_seq, limit)
+
+
+@dataclass(frozen=True)
+class RecordedEvents:
+    events: list[dict[str, Any]]  # as events_after returns them
+    # The stream entry of the newest recorded event up to the last of ``events`` (or up to
+    # after_seq when there are none): where a reader of the stream takes over.
+    stream_id: str | None
+
+
+def recorded_events(
+    store: AuditStore, run_id: str, after_seq: int = 0, *, limit: int = 1000
+) -> RecordedEvents:
+    """The recorded events after ``after_seq`` and where in the stream the unrecorded rest begins."""
+    with store.connect() as conn:
+        found = _events_after(conn, run_id, after_seq, limit)
+        known = found[-1]["seq"] if found else after_seq
+        stream_id = conn.execute(
+            select(events.c.stream_id)
+            .where(events.c.run_id == run_id, events.c.seq <= known)
+            .order_by(events.c.seq.desc())
+            .limit(1)
+        ).scalar()
+    return RecordedEvents(found, stream_id or None)
 
 
 def audit_entries(
-    store: AuditStore, target_id: str | None = None, *, limit: int = 100
+    store: AuditStore,
+    target_id: str | None = None,
+    *,
+    target_types: Iterable[str] = (),
+    limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Operator actions, newest first (optionally on one target)."""
+    """Operator actions, newest first (optionally on one target, or on targets of some types)."""
     q = select(audit_log)
     if target_id:
         q = q.where(audit_log.c.target_id == target_id)
+    kinds = list(target_types)
+    if kinds:
+        q = q.where(audit_log.c.target_type.in_(kinds))
     q = q.order_by(audit_log.c.ts.desc(), audit_log.c.id.desc()).limit(limit)
     with store.connect() as conn:
         return [
@@ -546,157 +492,10 @@ def audit_entries(
                 "target_id": r.target_id,
                 "reason": r.reason,
                 "outcome": r.outcome,
-                "detail": _loads(r.detail),
+                "detail": loads(r.detail),
             }
             for r in conn.execute(q)
         ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Analytics
-# ---------------------------------------------------------------------------------------------
-
-
-def analytics(
-    store: AuditStore, since: float, until: float | None = None, *, top: int = 10
-) -> Analytics:
-    """Run outcomes, SLA compliance, durations and retries for runs created in [since, until).
-
-    Failure rate counts FAILED and COMPENSATION_FAILED out of the runs that ended (COMPLETED,
-    FAILED, COMPENSATION_FAILED); cancelled runs count in neither. A run meets its SLA when it
-    COMPLETED within sla_seconds; a finished run with an SLA that did not is a breach.
-    """
-    until = time.time() if until is None else until
-    period = (runs.c.created_at >= since, runs.c.created_at < until)
-    pg = store.dialect == "postgresql"
-    ended = func.sum(case((runs.c.status.in_(ENDED), 1), else_=0))
-    failed = func.sum(case((runs.c.status.in_(FAILED), 1), else_=0))
-    has_sla = (
-        runs.c.sla_seconds.is_not(None)
-        & runs.c.duration.is_not(None)
-        & (runs.c.status != "CANCELLED")
-    )
-    met = func.sum(
-        case(
-            (has_sla & (runs.c.status == "COMPLETED") & (runs.c.duration <= runs.c.sla_seconds), 1),
-            else_=0,
-        )
-    )
-    breached = func.sum(
-        case(
-            (
-                has_sla & ((runs.c.status != "COMPLETED") | (runs.c.duration > runs.c.sla_seconds)),
-                1,
-            ),
-            else_=0,
-        )
-    )
-    cols = [
-        runs.c.workflow_id,
-        func.count(),
-        ended,
-        failed,
-        func.avg(runs.c.duration),
-        met,
-        breached,
-    ]
-    if pg:
-        cols.append(func.percentile_cont(0.95).within_group(runs.c.duration.asc()))
-    done_attempts = (step_attempts.c.status == "COMPLETED") & step_attempts.c.duration.is_not(None)
-    slow_q = (
-        select(
-            runs.c.workflow_id,
-            step_attempts.c.step_id,
-            func.count(),
-            func.avg(step_attempts.c.duration),
-        )
-        .select_from(step_attempts.join(runs, runs.c.id == step_attempts.c.run_id))
-        .where(*period, done_attempts)
-        .group_by(runs.c.workflow_id, step_attempts.c.step_id)
-        .order_by(func.avg(step_attempts.c.duration).desc(), step_attempts.c.step_id)
-        .limit(top)
-    )
-    started = func.sum(case((steps.c.attempts >= 1, 1), else_=0))
-    retried = func.sum(case((steps.c.attempts > 1, 1), else_=0))
-    retry_q = (
-        select(runs.c.workflow_id, steps.c.step_id, started, retried)
-        .select_from(steps.join(runs, runs.c.id == steps.c.run_id))
-        .where(*period, steps.c.attempts >= 1)
-        .group_by(runs.c.workflow_id, steps.c.step_id)
-    )
-    hour = func.floor(runs.c.created_at / 3600) if pg else cast(runs.c.created_at / 3600, Integer)
-    hour_q = select(hour.label("h"), func.count()).where(*period).group_by("h").order_by("h")
-    with store.connect() as conn:
-        wf_rows = conn.execute(
-            select(*cols).where(*period).group_by(runs.c.workflow_id).order_by(runs.c.workflow_id)
-        ).all()
-        p95: dict[str, float | None] = {}
-        if not pg:
-            durations: dict[str, list[float]] = {}
-            for wf, d in conn.execute(
-                select(runs.c.workflow_id, runs.c.duration).where(
-                    *period, runs.c.duration.is_not(None)
-                )
-            ):
-                durations.setdefault(wf, []).append(d)
-            p95 = {wf: percentile(v, 0.95) for wf, v in durations.items()}
-        slow_rows = conn.execute(slow_q).all()
-        retry_rows = conn.execute(retry_q).all()
-        hour_rows = conn.execute(hour_q).all()
-    by_wf = []
-    for r in wf_rows:
-        n_ended, n_failed = int(r[2] or 0), int(r[3] or 0)
-        by_wf.append(
-            WorkflowStats(
-                workflow=r[0],
-                runs=int(r[1]),
-                ended=n_ended,
-                failed=n_failed,
-                failure_rate=n_failed / n_ended if n_ended else None,
-                avg_duration=float(r[4]) if r[4] is not None else None,
-                p95_duration=(float(r[7]) if r[7] is not None else None) if pg else p95.get(r[0]),
-                sla_met=int(r[5] or 0),
-                sla_breached=int(r[6] or 0),
-            )
-        )
-    slowest = tuple(
-        StepStats(workflow=w, step=s, count=int(n), avg_duration=float(avg), retry_rate=None)
-        for w, s, n, avg in slow_rows
-    )
-    retries = sorted(
-        (
-            StepStats(
-                workflow=w,
-                step=s,
-                count=int(n),
-                avg_duration=None,
-                retry_rate=int(k or 0) / int(n) if n else None,
-            )
-            for w, s, n, k in retry_rows
-        ),
-        key=lambda x: (-(x.retry_rate or 0), x.workflow, x.step),
-    )
-    total_ended = sum(w.ended for w in by_wf)
-    total_failed = sum(w.failed for w in by_wf)
-    return Analytics(
-        since=since,
-        until=until,
-        runs=sum(w.runs for w in by_wf),
-        ended=total_ended,
-        failed=total_failed,
-        failure_rate=total_failed / total_ended if total_ended else None,
-        sla_met=sum(w.sla_met for w in by_wf),
-        sla_breached=sum(w.sla_breached for w in by_wf),
-        by_workflow=tuple(by_wf),
-        slowest_steps=slowest,
-        retries_by_step=tuple(r for r in retries if r.retry_rate)[:top],
-        runs_per_hour=tuple((float(h) * 3600, int(n)) for h, n in hour_rows),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Retention
-# ---------------------------------------------------------------------------------------------
 
 
 def prune(

@@ -1,0 +1,440 @@
+"""Every script in benchmarks/ still runs: each one is run at its ``--smoke`` size the way
+docs/performance.md runs it (``python benchmarks/NAME.py`` from the repository root, on a real
+Redis, real workers and PostgreSQL where the script uses them), and what it prints is checked.
+The figures of a smoke run say nothing about speed; that they are there, and add up, says the
+script still measures what it did (bench_queries.py died on its first COPY for days unnoticed).
+
+The scripts the selected tests need start together, in parallel, when the first of those tests
+runs, so the module takes about as long as the slowest of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import POSTGRES_URL, need
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOWER = os.environ.get("FLOWER_CELERY", "/tmp/fv/bin/celery")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# A hang guard, not a speed check: on a quiet 2-CPU machine the slowest script takes about a
+# minute; under the load of several test suites at once, several.
+TIMEOUT = 240.0
+NO_PARAMS = SimpleNamespace(params={})  # the callspec of a test that is not parametrized
+
+
+@dataclass(frozen=True)
+class Script:
+    """How the test runs one script: its arguments ({json}, {pg}, {redis} filled in) and what
+    it needs besides Python."""
+
+    argv: tuple[str, ...]
+    postgres: bool = False
+    flower: bool = False
+    chromium: bool = False
+
+
+def drill(name: str) -> Script:
+    return Script(
+        ("drills.py", "--smoke", "--drills", name, "--postgres-url", "{pg}", "--json", "{json}"),
+        postgres=True,
+    )
+
+
+SCRIPTS: dict[str, Script] = {
+    "bench_web": Script(
+        (
+            "bench_web.py",
+            "--smoke",
+            "--database-url",
+            "{pg}",
+            "--chromium",
+            CHROMIUM,
+            "--json",
+            "{json}",
+        ),
+        postgres=True,
+        chromium=True,
+    ),
+    "drills_soak": drill("soak"),
+    "drills_worker_kill": drill("worker_kill"),
+    "drills_recorder": drill("recorder"),
+    "drills_redis_restart": drill("redis_restart"),
+    "bench_flower": Script(
+        ("bench_flower.py", "--smoke", "--flower", FLOWER, "--json", "{json}"), flower=True
+    ),
+    "bench_recorder_core": Script(
+        (
+            "bench_recorder.py",
+            "--core",
+            "--core-store",
+            "postgresql",
+            "--postgres-url",
+            "{pg}",
+            "--core-args",
+            "--smoke --json {json}",
+        ),
+        postgres=True,
+    ),
+    "bench_core": Script(("bench_core.py", "--smoke", "--json", "{json}")),
+    "drill_worker_loss": Script(("drill_worker_loss.py", "--smoke")),
+    "bench_recorder": Script(
+        ("bench_recorder.py", "--smoke", "--redis-url", "{redis}", "--postgres-url", "{pg}"),
+        postgres=True,
+    ),
+    "bench_queries_postgresql": Script(
+        ("bench_queries.py", "--smoke", "--postgres-url", "{pg}"), postgres=True
+    ),
+    "bench_queries_sqlite": Script(
+        ("bench_queries.py", "--smoke", "--backend", "sqlite", "--sqlite-path", "{tmp}/q.db")
+    ),
+    "bench_recorder_sql_postgresql": Script(
+        ("bench_recorder_sql.py", "--smoke", "--redis-url", "{redis}", "--postgres-url", "{pg}"),
+        postgres=True,
+    ),
+    "bench_recorder_sql_sqlite": Script(
+        ("bench_recorder_sql.py", "--smoke", "--backend", "sqlite", "--redis-url", "{redis}")
+    ),
+    "bench_watchdog": Script(("bench_watchdog.py", "--smoke")),
+    "bench_logging": Script(("bench_logging.py", "--smoke")),
+    "bench_planning": Script(("bench_planning.py", "--smoke")),
+    "bench_guard": Script(("bench_guard.py", "--smoke")),
+}
+
+
+def test_every_script_in_benchmarks_has_a_smoke_run_here() -> None:
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")} - {"raw_tasks.py"}
+    assert scripts == {s.argv[0] for s in SCRIPTS.values()}
+    for name in scripts:
+        assert "--smoke" in (ROOT / "benchmarks" / name).read_text(), name
+
+
+@dataclass
+class Ran:
+    out: str
+    json: Any
+
+    def table(self) -> list[list[str]]:
+        """The rows of the Markdown table it printed, cells stripped, header and rule left out."""
+        rows = [
+            [c.strip() for c in line.strip().strip("|").split("|")]
+            for line in self.out.splitlines()
+            if line.startswith("|") and not line.startswith("|---")
+        ]
+        return rows[1:]
+
+
+class Runs:
+    """The scripts started in parallel; ``get`` waits for one and checks that it exited 0."""
+
+    def __init__(self, redis_url: str, tmp: Path, wanted: set[str]) -> None:
+        self.tmp = tmp
+        self.redis_url = redis_url
+        self.missing: dict[str, str] = {}
+        self.databases: list[str] = []
+        self.pool = ThreadPoolExecutor(max_workers=max(1, len(wanted)))
+        self.futures: dict[str, Future[tuple[int, str, Path]]] = {}
+        postgres = self._postgres_reachable()
+        for name, script in SCRIPTS.items():
+            if name not in wanted:
+                continue
+            why = self._lacks(script, postgres)
+            if why:
+                self.missing[name] = why
+                continue
+            self.futures[name] = self.pool.submit(self._run, name, script)
+
+    def _postgres_reachable(self) -> str:
+        import psycopg
+
+        admin = make_url(POSTGRES_URL).set(drivername="postgresql", database="postgres")
+        try:
+            with psycopg.connect(admin.render_as_string(hide_password=False), connect_timeout=3):
+                return ""
+        except psycopg.Error as exc:
+            return f"PostgreSQL: {exc}"
+
+    @staticmethod
+    def _lacks(script: Script, postgres_error: str) -> str:
+        if script.postgres and postgres_error:
+            return postgres_error
+        if script.flower and not Path(FLOWER).exists():
+            return (
+                f"Flower 2.2: no {FLOWER} (python3 -m venv /tmp/fv && "
+                "/tmp/fv/bin/pip install flower==2.2.0 'celery[redis]')"
+            )
+        if script.chromium and not Path(CHROMIUM).exists():
+            return f"Chromium: no {CHROMIUM} (apt-get install chromium)"
+        return ""
+
+    def _run(self, name: str, script: Script) -> tuple[int, str, Path]:
+        work = self.tmp / name
+        work.mkdir()
+        database = f"canvasflow_smoke_{name}_{uuid.uuid4().hex[:6]}"
+        if script.postgres:
+            self.databases.append(database)
+        values = {
+            "json": str(work / "out.json"),
+            "pg": str(make_url(POSTGRES_URL).set(database=database).render_as_string(False)),
+            "redis": self.redis_url,
+            "tmp": str(work),
+        }
+        argv = [sys.executable, f"benchmarks/{script.argv[0]}"]
+        argv += [arg.format(**values) for arg in script.argv[1:]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CANVASFLOW_")}
+        env["PYTHONPATH"] = str(ROOT)  # this checkout's code, whatever is installed
+        env["TMPDIR"] = str(work)  # the scripts' own temporary files land here
+        with open(work / "output.txt", "w+") as log:
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+            )
+            try:
+                code = proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                # SIGINT: the script's finally blocks stop the servers and workers it started.
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                code = -1
+            log.seek(0)
+            return code, log.read(), work / "out.json"
+
+    def get(self, name: str) -> Ran:
+        if name in self.missing:
+            need(name, self.missing[name])
+        code, out, json_path = self.futures[name].result()
+        assert code == 0, f"{name} exited {code}:\n{out[-6000:]}"
+        return Ran(out, json.loads(json_path.read_text()) if json_path.exists() else None)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        if not self.databases:
+            return
+        import psycopg
+
+        admin = make_url(POSTGRES_URL).set(drivername="postgresql", database="postgres")
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+            for database in self.databases:
+                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def runs(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Runs]:
+    """The scripts of the tests selected in this module, all started at once."""
+    wanted = {
+        item.callspec.params["script"]
+        for item in request.session.items
+        if item.module is request.module and "script" in getattr(item, "callspec", NO_PARAMS).params
+    }
+    started = Runs(redis_url, tmp_path_factory.mktemp("benchmarks"), wanted)
+    yield started
+    started.close()
+
+
+def numbers(text: str) -> list[float]:
+    return [float(x.replace(",", "")) for x in re.findall(r"-?\d[\d,]*\.?\d*", text)]
+
+
+def positive(*values: Any) -> bool:
+    return all(isinstance(v, (int, float)) and v > 0 for v in values)
+
+
+# Steps of each bench_core.py shape at --smoke: a chain of 3, 4 -> join, start -> 4 -> join and
+# two diamonds of 5.
+CORE_STEPS = {"chain": 3, "fanout": 5, "fanout_start": 6, "diamonds": 10}
+
+
+def core_figures(figures: dict[str, Any]) -> None:
+    """bench_core.py's JSON: every shape timed on both sides, the same number of steps each."""
+    assert set(figures["results"]) == set(CORE_STEPS)
+    for shape, sides in figures["results"].items():
+        raw, cf = sides["raw"], sides["cf"]
+        assert raw["steps"] == cf["steps"] == CORE_STEPS[shape], shape
+        for side in (raw, cf):
+            assert positive(side["median"], *side["cpu_seconds"], *side["redis_commands"]), shape
+        assert cf["median"] / raw["median"] > 0
+
+
+@pytest.mark.parametrize("script", ["bench_core"])
+def test_bench_core_times_every_shape_on_raw_celery_and_on_canvasflow(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    core_figures(ran.json)
+    assert "ratio cf/raw" in ran.out and "per chain link: raw" in ran.out
+
+
+@pytest.mark.parametrize("script", ["bench_recorder_core"])
+def test_bench_recorder_core_runs_the_core_benchmark_beside_a_recorder(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    core_figures(ran.json)
+    cpu = re.search(
+        r"recorder CPU: ([\d.]+) s; PostgreSQL server CPU meanwhile: ([\d.]+) s", ran.out
+    )
+    assert cpu and positive(float(cpu[1])), ran.out[-3000:]
+    assert re.search(r"recorder: recorder \S+: redis://\S+ stream \S+ group cf-recorder", ran.out)
+
+
+@pytest.mark.parametrize("script", ["bench_recorder"])
+def test_bench_recorder_drains_a_backlog_and_keeps_up_live_on_both_stores(
+    runs: Runs, script: str
+) -> None:
+    rows = runs.get(script).table()
+    assert [r[0] for r in rows] == ["sqlite", "postgresql"]
+    for store, backlog, *figures in rows:
+        assert backlog == str(3 * (3 + 2 * (3 + 2))), store  # 3 runs of 2 steps with 2 logs
+        assert positive(*(numbers(" ".join(figures)))), (store, figures)
+
+
+@pytest.mark.parametrize("script", ["bench_recorder_sql_postgresql", "bench_recorder_sql_sqlite"])
+def test_bench_recorder_sql_times_a_drain_by_statement(runs: Runs, script: str) -> None:
+    out = runs.get(script).out
+    backend = script.rsplit("_", 1)[1]
+    drain = re.search(
+        rf"{backend}: (\d+) events in (\d+) batches; drain ([\d.]+) s wall; "
+        r"recorder CPU ([\d.]+) s = (\d+) us an event",
+        out,
+    )
+    assert drain, out[-3000:]
+    assert int(drain[1]) == 3 * (3 + 5 * 3)  # 3 runs of 5 steps, no logs
+    assert positive(int(drain[2]), float(drain[3]), int(drain[5]))
+    assert re.search(r"ms +\d+ x  INSERT INTO cf_runs", out)
+
+
+@pytest.mark.parametrize("script", ["bench_queries_postgresql", "bench_queries_sqlite"])
+def test_bench_queries_loads_generated_history_and_times_every_query(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    loaded = re.search(r"200 runs, ([\d,]+) step attempts", ran.out)
+    assert loaded and int(loaded[1].replace(",", "")) >= 200 * 20, ran.out[-3000:]
+    rows = ran.table()
+    assert (
+        len(rows) == 16 and rows[0][0] == "list: newest 50" and rows[-1][0].startswith("analytics")
+    )
+    for query, p50, p95 in rows:
+        assert positive(*numbers(p50), *numbers(p95)), query
+
+
+@pytest.mark.parametrize("script", ["bench_watchdog"])
+def test_bench_watchdog_compares_a_check_with_the_floor_of_reading_live_runs(
+    runs: Runs, script: str
+) -> None:
+    out = runs.get(script).out
+    rows = re.findall(r"^ +(\d+) +([\d.]+)ms +([\d.]+)ms +([\d.]+)$", out, re.M)
+    assert [int(r[0]) for r in rows] == [20, 40], out
+    for _, check, floor, ratio in rows:
+        assert positive(float(check), float(floor))
+        assert float(ratio) == pytest.approx(float(check) / float(floor), abs=0.02)
+    scan = re.search(r"10 stalled candidates, 100 queued messages: ([\d.]+)ms", out)
+    assert scan and positive(float(scan[1]))
+
+
+@pytest.mark.parametrize("script", ["bench_logging"])
+def test_bench_logging_measures_log_lines_end_to_end_and_by_part(runs: Runs, script: str) -> None:
+    out = runs.get(script).out
+    wall = re.search(r"wall: step without logs ([\d.]+) ms, with 1000 log lines ([\d.]+) ms", out)
+    assert wall and positive(float(wall[1]), float(wall[2])), out
+    events = re.search(r"(\d+) log events reached Redis", out)
+    assert events and int(events[1]) >= 1
+    parts = re.search(r"ctx.log calls [-\d.]+, drain into one event ([\d.]+), send ([\d.]+)", out)
+    assert parts and positive(float(parts[1]), float(parts[2]))
+
+
+@pytest.mark.parametrize("script", ["bench_planning"])
+def test_bench_planning_times_load_plan_and_compile_of_every_shape(runs: Runs, script: str) -> None:
+    out = runs.get(script).out
+    rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
+    shapes = ["sequential", "chain", "reversed", "fanout", "diamonds", "zigzag"]
+    assert [(r[0], r[1]) for r in rows] == [(s, n) for s in shapes for n in ("40", "80")], out
+    for shape, size, *figures in rows:
+        load, plan, compile_, total, plan_ratio, total_ratio = map(float, figures)
+        assert positive(load, compile_, total) and plan >= 0, (shape, size)
+        assert total == pytest.approx(load + compile_, abs=0.002)
+        if size == "40":
+            assert plan_ratio == total_ratio == 1.0
+
+
+@pytest.mark.parametrize("script", ["bench_guard"])
+def test_bench_guard_times_the_message_guard_on_three_messages(runs: Runs, script: str) -> None:
+    out = runs.get(script).out
+    rows = re.findall(
+        r"(\d+) bytes +([\d.]+) us/message +([\d.]+)x a json.loads +refused=(\w+)", out
+    )
+    assert [r[3] for r in rows] == ["False", "False", "True"], out
+    for size, micros, _ratio, _ in rows:
+        assert positive(int(size), float(micros))
+
+
+@pytest.mark.parametrize("script", ["bench_flower"])
+def test_bench_flower_sees_the_same_fleet_as_a_real_flower(runs: Runs, script: str) -> None:
+    figures = runs.get(script).json
+    assert figures["flower"] == ["2.2.0"]
+    size = figures["sizes"]["30"]
+    same = size["same_fleet"]
+    assert same["same_worker_seen"] and same["sample_mismatches"] == [], size
+    assert same["succeeded"] == {"canvasflow": 30, "flower": 30}, size
+    for what, both in size["ms"].items():
+        assert positive(both["canvasflow"], both["flower"]), what
+    assert positive(*size["rss_after_requests_mb"].values())
+
+
+@pytest.mark.parametrize("script", ["bench_web"])
+def test_bench_web_measures_every_dashboard_phase(runs: Runs, script: str) -> None:
+    figures = runs.get(script).json
+    v = figures["variants"]["default"]
+    for phase in ("api_runs_active", "api_runs_completed_page_21", "api_run_detail"):
+        assert v[phase]["n"] >= 2 and positive(v[phase]["p50"], v[phase]["max"]), phase
+    assert positive(v["runs_page_load"]["p50"]) and v["gantt_render"]["bars"] == 5
+    assert v["event_to_browser"]["n"] > 0 and positive(v["event_to_browser"]["p50"])
+    fanout = v["socketio_fanout"]
+    assert fanout["deliveries"] == fanout["expected"] > 0 and positive(fanout["p50"])
+
+
+@pytest.mark.parametrize("script", ["drill_worker_loss"])
+def test_drill_worker_loss_runs_the_step_of_a_killed_worker_again(runs: Runs, script: str) -> None:
+    out = runs.get(script).out
+    assert "run COMPLETED; step attempts: 2" in out, out
+    again = re.search(
+        r"attempt 2: COMPLETED on second@\S+, started ([\d.]+) s after the first", out
+    )
+    assert again and positive(float(again[1]))
+
+
+@pytest.mark.parametrize(
+    "script", ["drills_worker_kill", "drills_redis_restart", "drills_recorder", "drills_soak"]
+)
+def test_drills_lose_and_duplicate_nothing(runs: Runs, script: str) -> None:
+    ran = runs.get(script)
+    [row] = ran.json
+    assert row["tried"] == row["survived"] > 0, row
+    assert row["lost"] == row["duplicated"] == 0, row
+    assert f"| {row['drill']} | {row['tried']} |" in ran.out
+    if script == "drills_soak":
+        active = row["figures"]["run_list_ms"]["now_active"]
+        assert active["n"] > 0 and positive(active["p50"], active["p95"])
