@@ -14,6 +14,7 @@ from sqlalchemy import event
 
 from orchestrator.audit import AuditStore
 from orchestrator.audit import queries as q
+from orchestrator.records import RunRecord
 from tests.audit_helpers import RunEvents, mixed_runs, run_meta
 
 pytest_plugins = ("tests.audit_fixtures",)
@@ -29,9 +30,13 @@ def history(store: AuditStore) -> AuditStore:
     evs, lk = mixed_runs(8, t0=T0)
     live = RunEvents("live0000", T0 + 1_000).created("etl")
     live.status("RUNNING").step("load")
-    lk.runs["live0000"] = run_meta("etl", ["load", "check", "save"], tags=["nightly"], sla=5.0)
+    lk.runs["live0000"] = RunRecord.from_hash(
+        "live0000", run_meta("etl", ["load", "check", "save"], tags=["nightly"], sla=5.0)
+    )
     waiting = RunEvents("wait0000", T0 + 1_100).created("report")
-    lk.runs["wait0000"] = run_meta("report", ["load"], sla=5.0, triggered_by="cron")
+    lk.runs["wait0000"] = RunRecord.from_hash(
+        "wait0000", run_meta("report", ["load"], sla=5.0, triggered_by="cron")
+    )
     store.apply([*evs, *live.events, *waiting.events], lk)
     return store
 

@@ -422,39 +422,6 @@ def test_operator_actions_sent_through_the_event_stream_are_recorded_once(store)
     assert entry["detail"] == {"from": "RUNNING"} and entry["ts"] == r.events[-1].ts
 
 
-def test_the_audit_package_imports_only_what_its_readme_allows():
-    import ast
-    from pathlib import Path
-
-    allowed_orchestrator = {
-        "orchestrator.errors",
-        "orchestrator.keys",
-        "orchestrator.settings",
-        "orchestrator.logbatch",
-    }
-    forbidden = {"celery", "kombu", "web", "workers", "flask", "flask_socketio"}
-    offenders = []
-    for path in sorted(
-        (Path(__file__).resolve().parents[1] / "orchestrator" / "audit").rglob("*.py")
-    ):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module]
-                if isinstance(node, ast.ImportFrom) and node.module and not node.level
-                else []
-            )
-            for name in names:
-                top = name.split(".")[0]
-                inner = name.startswith("orchestrator.") and not name.startswith(
-                    "orchestrator.audit"
-                )
-                if top in forbidden or (inner and name not in allowed_orchestrator):
-                    offenders.append(f"{path.name} imports {name}")
-    assert offenders == []
-
-
 def test_a_batch_of_log_lines_is_one_event_and_pages_line_by_line(store):
     import dataclasses
 

@@ -258,6 +258,23 @@ def test_timeouts_hold_outside_the_main_thread_too(runner: InlineRunner) -> None
     assert out and out[0].step("s").error.startswith("timeout:")
 
 
+def test_a_steps_time_limit_leaves_out_the_compensations_its_settle_runs(
+    runner: InlineRunner,
+) -> None:
+    # 'last' ends the canvas, so it settles the run: inline, the compensations run inside its
+    # task, but on a worker they would run after it, not within its 1 s.
+    slow_undo = {"plugin": "builtin", "method": "sleep", "params": {"seconds": 1.5}}
+    wf = (
+        Workflow("late", mode="sequential")
+        .step("a", "ledger", "write", params={"key": "a"}, compensate=slow_undo)
+        .step("bad", "ledger", "explode")
+        .step("last", "builtin", "echo", timeout=1)
+    )
+    snap = runner(wf)
+    assert snap.status == "FAILED"
+    assert snap.statuses == {"a": "COMPENSATED", "bad": "FAILED", "last": "CANCELLED"}
+
+
 # -- criticality, fail fast, compensation -------------------------------------------------------
 
 

@@ -223,11 +223,25 @@ def test_a_held_in_workflow_ends_the_same_inline_as_on_real_workers(
 
 
 def test_the_fail_fast_difference_is_only_the_branch_a_fleet_had_started(
-    client: Client, inline: InlineRunner, tmp_path: Path
+    client: Client, inline: InlineRunner
 ) -> None:
-    definition, _ = CASES["fail_fast"](tmp_path)
-    assert client.submit(definition).wait(60).statuses["slow"] == "COMPLETED"
-    assert inline(definition).statuses["slow"] == "CANCELLED"
+    # 'bad' fails after 2 s: long enough for a worker with two slots to have started 'slow'.
+    wf = (
+        Workflow("failfast_wide")
+        .step("a", "builtin", "echo")
+        .step(
+            "bad",
+            "builtin",
+            "call",
+            depends_on=["a"],
+            params={"function": "tests.helpers:fail_after", "args": [2]},
+        )
+        .step("slow", "builtin", "sleep", depends_on=["a"], params={"seconds": 0.5})
+        .step("join", "builtin", "echo", depends_on=["bad", "slow"])
+    )
+    on_workers, here = client.submit(wf).wait(60), inline(wf)
+    assert on_workers.statuses == {**here.statuses, "slow": "COMPLETED"}
+    assert here.statuses["slow"] == "CANCELLED"
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))

@@ -138,6 +138,13 @@ def test_readme_gives_exactly_two_setup_commands_and_ci_runs_the_test_one() -> N
     assert tests.strip() in [line.strip() for line in ci]
 
 
+def test_ci_checks_lint_format_and_types_before_the_tests() -> None:
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    checks = [".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy"]
+    tests = next(i for i, line in enumerate(lines) if line.endswith("-m pytest"))
+    assert all(check in lines[:tests] for check in checks)
+
+
 def test_no_module_grows_past_the_style_limit() -> None:
     big = [
         str(p.relative_to(ROOT))

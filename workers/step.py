@@ -578,7 +578,7 @@ def _carry_out(
     rt: Runtime,
     run_id: str,
     epoch: int,
-    run: Mapping[str, str],
+    run: RunRecord,
     defn: Definition | None,
     plan: core.SettlePlan,
 ) -> str:

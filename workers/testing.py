@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import inspect
 import signal
 import socket
 import threading
@@ -31,7 +33,6 @@ from celery import states
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from orchestrator.engine.client import RESTING, Client, RunSnapshot
-from orchestrator.engine.compiler import COMPENSATE_TASK, COMPENSATED_TASK, SETTLE_TASK, STEP_TASK
 from orchestrator.errors import CanvasflowError, ConfigurationError, PluginError
 from orchestrator.model.definition import Definition, Workflow, parse_text
 from orchestrator.settings import Settings
@@ -43,7 +44,6 @@ HOSTNAME = f"inline@{socket.gethostname()}"
 # The step's soft time limit rides in the eager request's headers, which Celery keeps when it
 # re-applies a task for a retry (the limit itself it takes from the task class, not the call).
 SOFT_LIMIT_HEADER = "canvasflow-soft-time-limit"
-_TASKS = (STEP_TASK, SETTLE_TASK, COMPENSATE_TASK, COMPENSATED_TASK)
 
 Plugins = Iterable[type] | Mapping[str, type] | None
 DefinitionLike = Definition | Workflow | Mapping[str, Any] | str | Path
@@ -86,7 +86,6 @@ class InlineRunner:
         fake = _fakeredis()
         self.retry_delays = retry_delays
         base = settings or Settings()
-        annotation = {"@apply": self._around_apply, "@run": self._around_run}
         self.settings = base.with_(
             redis_url="redis://canvasflow-inline/0",
             broker_url="memory://",
@@ -94,7 +93,7 @@ class InlineRunner:
             extra_celery={
                 **base.extra_celery,
                 "task_always_eager": True,
-                "task_annotations": {name: annotation for name in _TASKS},
+                "task_annotations": [_Annotations(self)],
             },
         )
         self.registry = _registry(plugins)
@@ -135,9 +134,25 @@ class InlineRunner:
     ) -> None:
         self.close()
 
-    # Celery task annotations ("@name" wraps the task class's method), on this runner's app only.
 
-    def _around_apply(self, apply: Callable[..., Any]) -> Callable[..., Any]:
+class _Annotations:
+    """Celery task annotations (``task_annotations``) for the runner's own app: ``@apply`` and
+    ``@run`` wrap those methods of each of its task classes as the class is bound."""
+
+    def __init__(self, runner: InlineRunner) -> None:
+        self.runner = runner
+
+    def annotate(self, task: type) -> dict[str, Any] | None:
+        if str(getattr(task, "name", "")).startswith("celery."):
+            return None
+        bound = not isinstance(inspect.getattr_static(task, "run"), staticmethod)
+        return {"@apply": self.around_apply, "@run": functools.partial(self.around_run, bound)}
+
+    def annotate_any(self) -> None:
+        return None
+
+    @staticmethod
+    def around_apply(apply: Callable[..., Any]) -> Callable[..., Any]:
         def inline_apply(task: Any, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
             limit = options.get("soft_time_limit")
             if limit:
@@ -152,15 +167,15 @@ class InlineRunner:
 
         return inline_apply
 
-    def _around_run(self, run: Callable[..., Any]) -> Callable[..., Any]:
+    def around_run(self, bound: bool, run: Callable[..., Any]) -> Callable[..., Any]:
         def inline_run(task: Any, *args: Any, **kwargs: Any) -> Any:
             limit = (task.request.headers or {}).get(SOFT_LIMIT_HEADER)
             try:
                 with soft_time_limit(limit):
-                    return run(task, *args, **kwargs)
+                    return run(task, *args, **kwargs) if bound else run(*args, **kwargs)
             except Retry as exc:
                 # Celery's eager mode runs a retry at once; asked to, wait its countdown first.
-                if self.retry_delays and isinstance(exc.when, int | float):
+                if self.runner.retry_delays and isinstance(exc.when, int | float):
                     time.sleep(exc.when)
                 raise
 
@@ -178,50 +193,93 @@ class _InlineClient(Client):
         return {HOSTNAME: {**self._entry, "online": True}}
 
 
+class _Clock:
+    """A task's soft time limit while it runs. Eager mode runs what a task sends inside it (the
+    compensations its settle starts, say): the outer clock stops meanwhile, since on a worker
+    that work would run after the task, not within its time."""
+
+    def __init__(self, seconds: float | None, stack: list[_Clock]) -> None:
+        self.seconds = seconds
+        self.left = seconds or 0.0
+        self.stack = stack
+        self.thread = threading.get_ident()
+        self.in_main = threading.current_thread() is threading.main_thread()
+        self.timer: threading.Timer | None = None
+        self.since = 0.0
+        self.generation = 0
+        self.fired = False
+
+    def start(self) -> None:
+        if self.seconds:
+            self.since = time.monotonic()
+            self.generation += 1
+            self.timer = threading.Timer(max(self.left, 0.0), self._fire, (self.generation,))
+            self.timer.daemon = True
+            self.timer.start()
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.left -= time.monotonic() - self.since
+
+    def _fire(self, generation: int) -> None:
+        with _clock_lock:
+            if self.timer is None or generation != self.generation or self.stack[-1] is not self:
+                return  # stopped meanwhile
+            self.fired = True
+            if self.in_main:
+                signal.pthread_kill(self.thread, signal.SIGUSR1)
+            else:
+                _async_raise(self.thread, SoftTimeLimitExceeded)
+
+
+class _Clocks(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[_Clock] = []
+        self.previous: Any = None
+
+
+_clocks = _Clocks()
+_clock_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def soft_time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise ``SoftTimeLimitExceeded`` in this thread after ``seconds``, as a prefork worker
-    does: in the main thread by a signal (SIGUSR1, billiard's own), which also interrupts a
-    blocking call; in any other thread at its next Python instruction (a blocking call ends
-    first)."""
-    if not seconds:
-        yield
-        return
-    lock = threading.Lock()
-    armed = True
-    target = threading.get_ident()
-    in_main = threading.current_thread() is threading.main_thread()
-
-    def expired(signum: int, frame: Any) -> None:
-        nonlocal armed
-        if armed:
-            armed = False
-            raise SoftTimeLimitExceeded(f"soft time limit ({seconds}s) exceeded")
-
-    def fire() -> None:
-        with lock:
-            if not armed:
-                return
-            if in_main:
-                signal.pthread_kill(target, signal.SIGUSR1)
-            else:
-                _async_raise(target, SoftTimeLimitExceeded)
-
-    previous = signal.signal(signal.SIGUSR1, expired) if in_main else None
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
+    """Raise ``SoftTimeLimitExceeded`` in this thread after ``seconds`` (None: no limit) as a
+    prefork worker does: in the main thread by a signal (SIGUSR1, billiard's own), which also
+    interrupts a blocking call; in another thread at its next Python instruction (a blocking
+    call ends first). Nested, only the innermost clock runs."""
+    stack = _clocks.stack
+    clock = _Clock(seconds, stack)
+    with _clock_lock:
+        if stack:
+            stack[-1].stop()
+        elif clock.in_main:
+            _clocks.previous = signal.signal(signal.SIGUSR1, _expired)
+        stack.append(clock)
+        clock.start()
     try:
         yield
     finally:
-        with lock:
-            armed = False
-            if not in_main:
-                _async_raise(target, None)  # drop one set but not raised yet
-        timer.cancel()
-        if in_main:
-            # signal.signal runs a pending handler first: a late signal finds it disarmed.
+        with _clock_lock:
+            clock.stop()
+            if clock.fired and not clock.in_main:
+                _async_raise(clock.thread, None)  # drop one set but not raised yet
+            stack.pop()
+            if stack:
+                stack[-1].start()
+        if not stack and clock.in_main:
+            # signal.signal runs a pending handler first: a late signal finds no clock.
+            previous = _clocks.previous
             signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_DFL)
+
+
+def _expired(signum: int, frame: Any) -> None:
+    stack = _clocks.stack
+    if stack and stack[-1].fired:
+        stack[-1].fired = False
+        raise SoftTimeLimitExceeded(f"soft time limit ({stack[-1].seconds}s) exceeded")
 
 
 def _async_raise(thread_id: int, kind: type[BaseException] | None) -> None:

@@ -39,7 +39,7 @@ from orchestrator.model.definition import (
     load_definition,
     load_file,
 )
-from orchestrator.records import HotRun, RunRecord, StepRecord
+from orchestrator.records import HotRun, RunRecord, StepRecord, text
 from orchestrator.settings import Settings
 
 PREPARED_CACHE = 128  # definitions a client keeps validated and planned
@@ -273,7 +273,7 @@ class Client:
     def fleet(self) -> dict[str, dict[str, Any]]:
         """Every worker's published catalog entry: {hostname: {plugins, queues, pid, started_at}}."""
         raw = self.redis.hgetall(self.keys.catalog)
-        fleet = {k.decode(): json.loads(v) for k, v in raw.items()}
+        fleet = {text(k): json.loads(v) for k, v in raw.items()}
         pipe = self.redis.pipeline(transaction=False)
         for host in fleet:
             pipe.exists(self.keys.worker_alive(host))
@@ -389,11 +389,11 @@ class Client:
         defn = self.load(definition)
         body = dump_definition(defn)
         key, vkey = self.keys.workflow(defn.id), self.keys.workflow_versions(defn.id)
-        versions = [v.decode() for v in self.redis.lrange(vkey, 0, -1)]
+        versions = [text(v) for v in self.redis.lrange(vkey, 0, -1)]
         if defn.version is None:
             # Unversioned: same body as the latest -> that version; else the next number.
             if versions:
-                latest = json.loads(self.redis.hget(key, versions[-1]))
+                latest = json.loads(text(self.redis.hget(key, versions[-1])))
                 if {**latest, "version": None} == {**body, "version": None}:
                     return from_stored(latest)
             version = str(len(versions) + 1)
@@ -403,7 +403,7 @@ class Client:
         else:
             version = defn.version
             if version in versions:
-                existing = json.loads(self.redis.hget(key, version))
+                existing = json.loads(text(self.redis.hget(key, version)))
                 if existing != body:
                     raise DefinitionError(
                         [
@@ -423,12 +423,10 @@ class Client:
         return from_stored(body)
 
     def workflows(self) -> list[str]:
-        return sorted(m.decode() for m in self.redis.smembers(self.keys.workflows))
+        return sorted(text(m) for m in self.redis.smembers(self.keys.workflows))
 
     def versions(self, workflow_id: str) -> list[str]:
-        return [
-            v.decode() for v in self.redis.lrange(self.keys.workflow_versions(workflow_id), 0, -1)
-        ]
+        return [text(v) for v in self.redis.lrange(self.keys.workflow_versions(workflow_id), 0, -1)]
 
     def get_definition(self, workflow_id: str, version: str | None = None) -> Definition:
         versions = self.versions(workflow_id)
@@ -513,7 +511,7 @@ class Client:
         out: list[RunSnapshot] = []
         start = 0
         while len(out) < limit:
-            ids = [i.decode() for i in self.redis.zrevrange(index, start, start + 4 * limit - 1)]
+            ids = [text(i) for i in self.redis.zrevrange(index, start, start + 4 * limit - 1)]
             if not ids:
                 break
             start += len(ids)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import UnknownRun
 from orchestrator.logbatch import log_lines
-from orchestrator.records import StepRecord
+from orchestrator.records import StepRecord, text
 
 if TYPE_CHECKING:
     from orchestrator.engine.client import Client
@@ -45,7 +45,7 @@ def _events_from_stream(client: Client, run_id: str) -> list[dict[str, Any]]:
         if not batch:
             break
         for _entry_id, fields in batch:
-            f = {k.decode(): v.decode() for k, v in fields.items()}
+            f = {text(k): text(v) for k, v in (fields or {}).items()}
             if f.get("run") == run_id:
                 out.append(
                     {
@@ -57,7 +57,7 @@ def _events_from_stream(client: Client, run_id: str) -> list[dict[str, Any]]:
                         "data": json.loads(f.get("data") or "{}"),
                     }
                 )
-        last = batch[-1][0].decode()
+        last = text(batch[-1][0])
     return sorted(out, key=lambda e: (e["seq"], e["ts"]))
 
 
@@ -92,21 +92,21 @@ def export_run(
         if a.get("step") in by_step:
             by_step[a["step"]]["attempts"].append(a)
     for e in events:
-        step = by_step.get(e.get("step") or "")
-        if step is None:
+        entry = by_step.get(e.get("step") or "")
+        if entry is None:
             continue
         if e["type"] == "log":
-            step["logs"].extend(
+            entry["logs"].extend(
                 {**line, "ts": line["ts"] or e["ts"]} for line in log_lines(e["data"])
             )
         elif e["type"] == "progress":
-            step["progress"] = e["data"]
+            entry["progress"] = e["data"]
         elif e["type"] == "stats":
-            step["stats"] = e["data"]
+            entry["stats"] = e["data"]
         elif (
             e["type"] in ("step_completed", "step_failed", "step_retrying") and "stats" in e["data"]
         ):
-            step["stats"] = e["data"]["stats"]
+            entry["stats"] = e["data"]["stats"]
     return {
         "format": TRACE_FORMAT,
         "exported_at": time.time(),
