@@ -102,6 +102,19 @@ class RunState:
         self._read = load("read_run")
         self._list_live = load("list_live")
 
+    def _attempt_keys(self, run_id: str, step: str) -> list[str]:
+        """The KEYS of the scripts that end an attempt (finish_step, run_once, fail_killed)."""
+        k = self.keys
+        return [
+            k.run(run_id),
+            k.steps(run_id),
+            k.lease(run_id, step),
+            k.events,
+            k.attempts(run_id),
+            k.controlled,
+            k.control_channel,
+        ]
+
     # -- creation -----------------------------------------------------------------------------
 
     def create(self, run: RunRecord, step_ids: Iterable[str]) -> None:
@@ -203,17 +216,8 @@ class RunState:
         batch: list | None = None,
     ) -> str:
         head, *texts = pack_batch(batch)
-        k = self.keys
         res = self._finish(
-            keys=[
-                k.run(run_id),
-                k.steps(run_id),
-                k.lease(run_id, step),
-                k.events,
-                k.attempts(run_id),
-                k.controlled,
-                k.control_channel,
-            ],
+            keys=self._attempt_keys(run_id, step),
             args=[
                 run_id,
                 step,
@@ -255,17 +259,8 @@ class RunState:
         ('ok', attempt, run status, halt) or (stale|settled|leased|gone, detail). ``attempt``
         is the record without its number, which the script assigns."""
         head, *texts = pack_batch(batch)
-        k = self.keys
         res = self._run_once(
-            keys=[
-                k.run(run_id),
-                k.steps(run_id),
-                k.lease(run_id, step),
-                k.events,
-                k.attempts(run_id),
-                k.controlled,
-                k.control_channel,
-            ],
+            keys=self._attempt_keys(run_id, step),
             args=[
                 run_id,
                 step,
@@ -297,18 +292,9 @@ class RunState:
         critical: bool,
         attempt: Mapping[str, Any],
     ) -> bool:
-        k = self.keys
         return bool(
             self._killed(
-                keys=[
-                    k.run(run_id),
-                    k.steps(run_id),
-                    k.lease(run_id, step),
-                    k.events,
-                    k.attempts(run_id),
-                    k.controlled,
-                    k.control_channel,
-                ],
+                keys=self._attempt_keys(run_id, step),
                 args=[
                     run_id,
                     step,
