@@ -87,6 +87,10 @@ class InlineRunner:
         self.retry_delays = retry_delays
         base = settings or Settings()
         self.settings = base.with_(
+            # Every step asks Redis before it runs. On the fast path a step learns that its run
+            # was halted (fail fast, cancel) from the control watch, a thread; inline the next
+            # step starts at once, so whether it ran would depend on that thread's timing.
+            fast_steps=False,
             redis_url="redis://canvasflow-inline/0",
             broker_url="memory://",
             result_backend="cache+memory://",
