@@ -350,7 +350,9 @@ def test_bench_watchdog_compares_a_check_with_the_floor_of_reading_live_runs(
     assert [int(r[0]) for r in rows] == [20, 40], out
     for _, check, floor, ratio in rows:
         assert positive(float(check), float(floor))
-        assert float(ratio) == pytest.approx(float(check) / float(floor), abs=0.02)
+        # the times are printed to 0.1 ms and the ratio to 0.01: it lies within what they allow
+        c, f, q = float(check), float(floor), float(ratio)
+        assert (c - 0.05) / (f + 0.05) - 0.005 <= q <= (c + 0.05) / max(f - 0.05, 1e-9) + 0.005
     scan = re.search(r"10 stalled candidates, 100 queued messages: ([\d.]+)ms", out)
     assert scan and positive(float(scan[1]))
 
