@@ -169,9 +169,10 @@ def test_critical_failure_stops_everything_downstream(client: Client) -> None:
             "builtin",
             "call",
             depends_on=["a"],
-            params={"function": "tests.helpers:fail_after", "args": [0.3]},
+            # 1.5 s: long enough for the second slot to have started 'slow' on a loaded machine
+            params={"function": "tests.helpers:fail_after", "args": [1.5]},
         )
-        .step("slow", "builtin", "sleep", depends_on=["a"], params={"seconds": 1})
+        .step("slow", "builtin", "sleep", depends_on=["a"], params={"seconds": 3})
         .step("after_bad", "builtin", "echo", depends_on=["bad"])
         .step("join", "builtin", "echo", depends_on=["bad", "slow"])
         .step("last", "builtin", "echo", depends_on=["join"])
