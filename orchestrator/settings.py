@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigurationError
@@ -120,3 +124,130 @@ class Settings:
                 ",".join(value) if isinstance(value, tuple) else str(value)
             )
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The running demo's fleet file
+# ---------------------------------------------------------------------------------------------
+
+# The settings that point a process at a fleet. The demo writes them to its fleet file; a CLI
+# process with none of them set uses the file's (and with any of them set, its own).
+FLEET_SETTINGS = ("redis_url", "broker_url", "result_backend", "database_url", "key_prefix")
+FLEET_VARIABLES = tuple(f"CANVASFLOW_{name.upper()}" for name in FLEET_SETTINGS)
+
+
+def state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """canvasflow's per-user state directory: $XDG_STATE_HOME/canvasflow, else
+    ~/.local/state/canvasflow (the XDG base directory default)."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):  # the XDG spec: a relative value is ignored
+        home = env.get("HOME") or os.path.expanduser("~")
+        base = os.path.join(home, ".local", "state")
+    return Path(base) / "canvasflow"
+
+
+def demo_file(env: Mapping[str, str] | None = None) -> Path:
+    return state_dir(env) / "demo.json"
+
+
+@dataclass(frozen=True)
+class DemoFleet:
+    """What a running ``canvasflow demo`` left in its fleet file: where its fleet is. It holds
+    no secret (the dashboard's password stays with the demo's own output)."""
+
+    pid: int
+    env: Mapping[str, str]  # CANVASFLOW_* variables of FLEET_VARIABLES
+    dashboard_url: str = ""
+    path: Path | None = None
+
+    def note(self) -> str:
+        """The one line a CLI command prints when it uses this fleet."""
+        redis_url = self.env.get("CANVASFLOW_REDIS_URL", "")
+        store = self.env.get("CANVASFLOW_DATABASE_URL", "")
+        return (
+            f"using the running demo's fleet (pid {self.pid}): {redis_url}, audit store {store}; "
+            "set CANVASFLOW_REDIS_URL to use another"
+        )
+
+
+def write_demo_file(
+    settings: Settings,
+    dashboard_url: str,
+    *,
+    pid: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Path:
+    """Record a running demo's fleet in the user's state directory (0600, replaced atomically:
+    the newest demo wins); remove it with :func:`remove_demo_file`."""
+    path = demo_file(env)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    body = {
+        "pid": os.getpid() if pid is None else pid,
+        "dashboard_url": dashboard_url,
+        "env": {
+            f"CANVASFLOW_{name.upper()}": str(getattr(settings, name)) for name in FLEET_SETTINGS
+        },
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(body, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def remove_demo_file(pid: int | None = None, env: Mapping[str, str] | None = None) -> None:
+    """Remove the fleet file if it is this demo's (a newer demo may have replaced it)."""
+    path = demo_file(env)
+    found = _read_demo_file(path)
+    if found is not None and found.pid == (os.getpid() if pid is None else pid):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def running_demo(env: Mapping[str, str] | None = None) -> DemoFleet | None:
+    """The demo whose fleet file is in the state directory, if its process is alive."""
+    found = _read_demo_file(demo_file(env))
+    return found if found is not None and _demo_alive(found.pid) else None
+
+
+def _read_demo_file(path: Path) -> DemoFleet | None:
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        pid = int(body["pid"])
+        fleet_env = {k: str(v) for k, v in dict(body["env"]).items() if k in FLEET_VARIABLES and v}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # none, or not one we wrote: as if no demo ran
+    if not fleet_env.get("CANVASFLOW_REDIS_URL"):
+        return None
+    return DemoFleet(pid, fleet_env, str(body.get("dashboard_url") or ""), path)
+
+
+def _demo_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's (the file is ours, though: a reused pid)
+    # A pid the kernel gave to another process since: on Linux its command line says so.
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the pid
+    return b"demo" in argv
+
+
+def cli_settings(env: Mapping[str, str] | None = None) -> tuple[Settings, DemoFleet | None]:
+    """The settings of a CLI command: from CANVASFLOW_* variables; when none of the variables
+    that point at a fleet is set and a demo is running, that demo's fleet (and the demo)."""
+    env = dict(os.environ if env is None else env)
+    if not any(name in env for name in FLEET_VARIABLES):
+        demo = running_demo(env)
+        if demo is not None:
+            return Settings.from_env({**env, **demo.env}), demo
+    return Settings.from_env(env), None

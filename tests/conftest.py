@@ -6,10 +6,13 @@ CI=true: CI must never pass by skipping what matters.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +24,12 @@ import redis
 from orchestrator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+# A demo that a test starts records its fleet in $XDG_STATE_HOME/canvasflow/demo.json, where CLI
+# commands without settings look for it: never in the user's own state directory, where their
+# commands (or another test run's) would find a test's fleet.
+_STATE_HOME = tempfile.mkdtemp(prefix="canvasflow-test-state-")
+os.environ["XDG_STATE_HOME"] = _STATE_HOME
+atexit.register(shutil.rmtree, _STATE_HOME, True)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # Tests start a private redis-server of their own (a real Redis, on a free loopback port) so that
 # concurrent test runs on one machine cannot steal each other's queued steps; set

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from orchestrator import Client, DefinitionError, Workflow
-from orchestrator.cli.main import write_sample_csv
+from orchestrator.cli.demo import write_sample_csv
 from orchestrator.settings import Settings
 from tests.conftest import TEST_CALL_ALLOW
 

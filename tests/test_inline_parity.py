@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from orchestrator import Client, DefinitionError, RunSnapshot, Settings, Workflow
-from orchestrator.cli.main import write_sample_csv
+from orchestrator.cli.demo import write_sample_csv
 from tests.conftest import TEST_CALL_ALLOW
 from workers.testing import InlineRunner
 

@@ -39,13 +39,32 @@ STATUS_STYLE = {
     "CANCELLING": "yellow",
 }
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
+SETTINGS_META = "canvasflow.settings"
+
+
+def fleet_settings() -> Any:
+    """The command's Settings: CANVASFLOW_* variables, or the running demo's fleet when none
+    that points at a fleet is set (said once per command on stderr: the user did not choose
+    it). Kept in the click context, so each invocation reads its own environment."""
+    from orchestrator.settings import cli_settings
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and SETTINGS_META in ctx.meta:
+        return ctx.meta[SETTINGS_META]
+    settings, demo = cli_settings()
+    if demo is not None:
+        err.print(demo.note(), style="dim", highlight=False, markup=False, soft_wrap=True)
+    if ctx is not None:
+        ctx.meta[SETTINGS_META] = settings
+    return settings
 
 
 def _settings(database_url: str | None) -> Any:
     from orchestrator.settings import Settings
 
-    settings = Settings.from_env()
-    return settings.with_(database_url=database_url) if database_url else settings
+    if database_url:  # chosen on the command line: no demo is looked for
+        return Settings.from_env().with_(database_url=database_url)
+    return fleet_settings()
 
 
 def _store(database_url: str | None, *, check: bool = True) -> Any:

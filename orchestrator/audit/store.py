@@ -193,8 +193,26 @@ class AuditStore:
             ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
             return ctx.get_current_revision()
 
+    def missing_file(self) -> Path | None:
+        """The SQLite file of this store when it does not exist (connecting would create it,
+        empty), else None."""
+        db = (self.url.database or "") if self.dialect == "sqlite" else ""
+        if not db or db == ":memory:" or db.startswith("file:"):
+            return None
+        path = Path(db).expanduser().resolve()
+        return None if path.exists() else path
+
     def check(self) -> None:
-        """Raise StoreUnavailable / StoreNotReady unless the store is reachable and up to date."""
+        """Raise StoreUnavailable / StoreNotReady unless the store is reachable and up to date.
+        A missing SQLite file is reported, not created."""
+        missing = self.missing_file()
+        if missing is not None:
+            raise StoreNotReady(
+                f"no audit store at {self.display_url}: {missing} does not exist. Point "
+                "CANVASFLOW_DATABASE_URL (or --database-url) at your fleet's store (while "
+                "`canvasflow demo` runs, commands without settings use its store), or create an "
+                "empty one there with `canvasflow db upgrade`"
+            )
         current = self.revision()
         if current != HEAD:
             raise self._not_ready(f"schema revision {current or 'none'}, expected {HEAD}")

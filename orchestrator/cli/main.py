@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -18,8 +19,15 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.audit import cli as audit_cli
+from orchestrator.cli.demo import (
+    DEMO_CALL_ALLOW,
+    EXAMPLES,
+    examples_dir,
+    start_dashboard,
+    write_sample_csv,
+)
 from orchestrator.engine import compiler
-from orchestrator.errors import CanvasflowError, ConfigurationError, DefinitionError, UnknownRun
+from orchestrator.errors import CanvasflowError, DefinitionError, UnknownRun
 from orchestrator.model import callallow
 from orchestrator.settings import Settings
 
@@ -49,7 +57,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
         except redis.ConnectionError as exc:
             err.print(
-                f"error: {_redis_hint(Settings.from_env(), exc)}",
+                f"error: {_redis_hint(audit_cli.fleet_settings(), exc)}",
                 style="red",
                 markup=False,
                 highlight=False,
@@ -62,7 +70,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def make_client(settings: Settings | None = None) -> Any:
     from orchestrator.engine.client import Client
 
-    return Client(settings or Settings.from_env())
+    return Client(settings or audit_cli.fleet_settings())
 
 
 def parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -98,7 +106,7 @@ def validate(files: tuple[str, ...], offline: bool) -> None:
             catalog = make_client().catalog()
         except redis.RedisError as exc:
             err.print(
-                f"[yellow]note:[/] plugins not checked: {_redis_hint(Settings.from_env(), exc)}"
+                f"[yellow]note:[/] plugins not checked: {_redis_hint(audit_cli.fleet_settings(), exc)}"
             )
         else:
             if catalog is None:
@@ -516,78 +524,6 @@ def watchdog(stall_seconds: int | None, interval: float | None, once: bool) -> N
 # demo
 # ---------------------------------------------------------------------------------------------
 
-EXAMPLES = [
-    ("data_processing.yaml", "COMPLETED"),
-    ("parallel_media.yaml", "COMPLETED"),
-    ("conditional_analysis.yaml", "COMPLETED"),
-    ("transactional_update.yaml", "FAILED"),
-]
-# The modules whose functions the examples run through builtin.call: none, they use plugins.
-# The demo's worker gets exactly this list, whatever CANVASFLOW_CALL_ALLOW says outside.
-DEMO_CALL_ALLOW: tuple[str, ...] = ()
-
-
-def examples_dir() -> Path:
-    here = Path(__file__).resolve().parents[2] / "docs" / "examples"
-    if here.is_dir():
-        return here
-    raise ConfigurationError(
-        "docs/examples not found: run the demo from a source checkout (pip install -e .)"
-    )
-
-
-def write_sample_csv(path: Path, rows: int = 200) -> None:
-    """The data_processing example's input: ids, categories, values, a few gaps and repeats."""
-    import csv
-    import random
-
-    rnd = random.Random(1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "category", "value1", "value2"])
-        for i in range(rows):
-            v2 = "" if i % 17 == 0 else f"{rnd.uniform(0, 100):.2f}"
-            w.writerow([i if i % 29 else i - 1, rnd.choice("abc"), f"{rnd.uniform(0, 10):.3f}", v2])
-
-
-def start_dashboard(fleet: Any) -> tuple[str, str]:
-    """Start the web process (with the recorder inside) for the demo; returns (url, password)."""
-    import secrets
-    import socket
-    import urllib.request
-
-    from orchestrator.cli.embedded import secret_key_file
-
-    password = os.environ.get("CANVASFLOW_WEB_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
-    os.environ["CANVASFLOW_WEB_ADMIN_PASSWORD"] = password  # Fleet copies os.environ to children
-    # The demo's own signing key, in a 0600 file of its workdir (a fleet must configure one).
-    os.environ.pop("CANVASFLOW_WEB_SECRET_KEY", None)
-    os.environ["CANVASFLOW_WEB_SECRET_KEY_FILE"] = str(
-        secret_key_file(fleet.log_dir.parent / "web-secret.key")
-    )
-    port = int(os.environ.get("CANVASFLOW_WEB_PORT", "8080"))
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", port)) == 0:  # taken: any free port will do
-            with socket.socket() as free:
-                free.bind(("127.0.0.1", 0))
-                port = free.getsockname()[1]
-    fleet.spawn(
-        "web",
-        [sys.executable, "-m", "web", "--host", "127.0.0.1", "--port", str(port), "--recorder"],
-    )
-    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url + "api/v1/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return url, password
-        except OSError:
-            pass
-        if time.monotonic() > deadline or fleet.procs["web"].poll() is not None:
-            raise ConfigurationError(f"the dashboard did not start; see {fleet.logs['web']}")
-        time.sleep(0.2)
-
 
 @main.command()
 @click.option(
@@ -602,35 +538,42 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
     """Start a private fleet (Redis, a worker, the dashboard) and run the four example workflows."""
     if keep_running is None:
         keep_running = sys.stdin.isatty() and sys.stdout.isatty()
+    from orchestrator.cli.demo import StopSignal, export_line, shield_cleanup, stop_on_signals
     from orchestrator.cli.display import follow as follow_runs
     from orchestrator.cli.embedded import EmbeddedRedis
     from orchestrator.cli.launcher import Fleet
     from orchestrator.engine.client import Client
+    from orchestrator.settings import remove_demo_file, write_demo_file
 
+    stop_on_signals()
     work = Path(workdir or tempfile.mkdtemp(prefix="canvasflow-demo-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     embedded = None
     env_settings = Settings.from_env()
     if "CANVASFLOW_REDIS_URL" not in os.environ:
         embedded = EmbeddedRedis(workdir=str(work))
-        embedded.start()
-        err.print(f"started a private Redis at {embedded.url}")
-        env_settings = env_settings.with_(
-            redis_url=embedded.url, broker_url=embedded.url, result_backend=embedded.url
-        )
-    settings = env_settings.with_(
-        database_url=env_settings.database_url
-        if "CANVASFLOW_DATABASE_URL" in os.environ
-        else f"sqlite:///{work / 'canvasflow.db'}",
-        call_allow=DEMO_CALL_ALLOW,
-    )
-    fleet = Fleet(settings, work / "logs")
+    fleet = Fleet(env_settings, work / "logs")
     try:
+        if embedded is not None:
+            embedded.start()
+            err.print(f"started a private Redis at {embedded.url}")
+            env_settings = env_settings.with_(
+                redis_url=embedded.url, broker_url=embedded.url, result_backend=embedded.url
+            )
+        settings = env_settings.with_(
+            database_url=env_settings.database_url
+            if "CANVASFLOW_DATABASE_URL" in os.environ
+            else f"sqlite:///{work / 'canvasflow.db'}",
+            call_allow=DEMO_CALL_ALLOW,
+        )
+        fleet.settings = settings
         err.print("starting a worker (celery -A workers.app worker -c 2 -Q default,io)...")
         host = fleet.start_worker("demo-worker")
         err.print(f"worker {host} is ready; logs in {fleet.log_dir}")
         url, password = start_dashboard(fleet)
         err.print(f"dashboard: {url} (log in as admin / {password})")
+        # From here until it stops, CLI commands without settings use this fleet.
+        write_demo_file(settings, url)
         client = Client(settings)
         sample = work / "input" / "data.csv"
         write_sample_csv(sample)
@@ -673,6 +616,13 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
                 f"audit store {settings.database_url}; Ctrl-C stops it",
                 highlight=False,
             )
+            console.print(
+                "commands in other shells find this fleet while it runs; to choose it "
+                f"explicitly:\n  {export_line(settings)}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
             try:
                 while all((alive := fleet.alive()).values()):
                     time.sleep(0.5)
@@ -685,10 +635,14 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
                     f"{gone}; stopping the rest", style="red", highlight=False, soft_wrap=True
                 )
                 sys.exit(1)
-            except KeyboardInterrupt:
-                err.print("stopping the fleet")
+            except KeyboardInterrupt as exc:
+                why = f" ({exc})" if isinstance(exc, StopSignal) else ""
+                with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+                    err.print(f"stopping the fleet{why}")
         sys.exit(0 if ok else 1)
     finally:
+        shield_cleanup()
+        remove_demo_file()
         fleet.stop()
         if embedded:
             embedded.stop()
