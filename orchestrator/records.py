@@ -95,6 +95,9 @@ class RunRecord:
     resolved_by: str | None = None
     sla_warning: float | None = None  # when the SLA warning was emitted
     sla_breached: float | None = None
+    # What the submit warned about (a JSON list of lines, e.g. no live worker on a step's
+    # queue); absent when it warned about nothing.
+    warnings_json: str | None = None
 
     @classmethod
     def from_hash(cls, run_id: str, values: Mapping[Any, Any]) -> RunRecord:
@@ -113,6 +116,14 @@ class RunRecord:
     @property
     def inputs(self) -> dict[str, Any]:
         return json.loads(self.inputs_json) if self.inputs_json else {}
+
+    @property
+    def warnings(self) -> list[str]:
+        try:
+            lines = json.loads(self.warnings_json) if self.warnings_json else []
+        except ValueError:
+            return []
+        return [str(w) for w in lines] if isinstance(lines, list) else []
 
     @property
     def tags(self) -> list[str]:

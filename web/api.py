@@ -104,7 +104,7 @@ class Runs(MethodView):
 
     @auth.require("operator", mutating=True)
     @blp.arguments(schemas.SubmitBody)
-    @blp.response(201, schemas.RunSummarySchema)
+    @blp.response(201, schemas.SubmittedRunSchema)
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")  # web/limits.py
     @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def post(self, body: dict[str, Any]) -> Any:
@@ -133,7 +133,7 @@ class Runs(MethodView):
             abort(400, message=str(exc), errors={"json": {"workflow": [str(exc)]}})
         except DefinitionError as exc:
             definition_error(exc)
-        summary = ext().views.summary(run.id)
+        summary = {**ext().views.summary(run.id), "warnings": list(run.warnings)}
         return summary, 201, {"Location": f"/api/v1/runs/{run.id}"}
 
 

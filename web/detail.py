@@ -16,6 +16,7 @@ from orchestrator.audit.store import AuditStore
 from orchestrator.engine import compiler
 from orchestrator.engine.client import Client
 from orchestrator.engine.export import TRACE_FORMAT, export_run
+from orchestrator.engine.states import FINAL_RUN_STATUSES
 from orchestrator.errors import CanvasflowError, StoreError, UnknownRun
 from orchestrator.model.definition import Definition, from_stored
 from web.runs import REDIS_DOWN, REDIS_UNREACHABLE, RunViews, hot_base, summarize
@@ -180,6 +181,7 @@ class RunDetails:
             "inputs": _json(run.inputs_json) or {},
             "resolved_by": run.resolved_by,
             "epoch": run.epoch or 1,
+            "submit_warnings": run.warnings,
         }
         return {
             "base": base,
@@ -294,6 +296,9 @@ class RunDetails:
         cooperate()
         now = time.time()
         warnings: list[str] = list(src.get("warnings", ()))
+        if src["base"]["status"] not in FINAL_RUN_STATUSES:
+            # What its submit warned about (no live worker on a queue), while it can still matter.
+            warnings[:0] = [f"at submit, {w}" for w in src["meta"].get("submit_warnings", ())]
         logs: list[dict[str, Any]] = []
         logs_total = 0
         try:

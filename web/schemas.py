@@ -222,6 +222,16 @@ class RunSummarySchema(Schema):
     )
 
 
+class SubmittedRunSchema(RunSummarySchema):
+    warnings = fields.List(
+        fields.String(),
+        metadata={
+            "description": "what the submit warns about: a queue the run needs that no live "
+            "worker consumes (the run waits PENDING there until one does); [] when nothing"
+        },
+    )
+
+
 class CountsSchema(Schema):
     active = fields.Integer()
     pending = fields.Integer()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,29 @@ def make_client(settings: Settings | None = None) -> Any:
     from orchestrator.engine.client import Client
 
     return Client(settings or audit_cli.fleet_settings())
+
+
+CLIENT_LOGGER = "orchestrator.engine.client"
+
+
+@contextlib.contextmanager
+def _printed_here(logger: str) -> Iterator[None]:
+    """The warnings this logger gives during the block are printed by the command (with the
+    run they are about): not a second time by Python's last-resort handler."""
+    log = logging.getLogger(logger)
+    propagate, quiet = log.propagate, logging.NullHandler()
+    log.addHandler(quiet)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(quiet)
+        log.propagate = propagate
+
+
+def _print_warnings(lines: Iterable[str]) -> None:
+    for line in lines:
+        err.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
 
 
 def parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -182,15 +206,17 @@ def run(
     from orchestrator.cli.display import follow as follow_runs
 
     client = make_client()
-    r = client.submit(
-        definition,
-        inputs=parse_inputs(inputs),
-        priority=priority,
-        tags=tags,
-        triggered_by=os.environ.get("USER", "cli"),
-        trigger_type="cli",
-    )
+    with _printed_here(CLIENT_LOGGER):
+        r = client.submit(
+            definition,
+            inputs=parse_inputs(inputs),
+            priority=priority,
+            tags=tags,
+            triggered_by=os.environ.get("USER", "cli"),
+            trigger_type="cli",
+        )
     err.print(f"submitted run [bold]{r.id}[/]")
+    _print_warnings(r.warnings)
     if not follow:
         console.print(r.id)
         return
@@ -464,7 +490,11 @@ def resolve(run_id: str, as_: str | None, reason: str | None, database_url: str 
 @handle_errors
 def clone(run_id: str, inputs: tuple[str, ...], reason: str | None) -> None:
     """Start a new run of the same definition version with the same inputs."""
-    new = make_client().clone(run_id, inputs=parse_inputs(inputs), actor=_actor(), reason=reason)
+    with _printed_here(CLIENT_LOGGER):
+        new = make_client().clone(
+            run_id, inputs=parse_inputs(inputs), actor=_actor(), reason=reason
+        )
+    _print_warnings(new.warnings)
     console.print(new.id)
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ from orchestrator.records import HotRun, RunRecord, StepRecord, text
 from orchestrator.settings import Settings
 
 PREPARED_CACHE = 128  # definitions a client keeps validated and planned
+# How old a read of the fleet's live workers a submit may reuse (the one its validation made).
+FLEET_FRESH_SECONDS = 1.0
+MAX_NAMED = 5  # steps a warning names before "and N more"
+
+log = logging.getLogger(__name__)
 
 
 def inline(fn: Callable[..., Any], *args: Any) -> Any:
@@ -187,11 +193,13 @@ def _snapshot(hot: HotRun) -> RunSnapshot:
 
 
 class Run:
-    """A handle on one run; every call reads the live state."""
+    """A handle on one run; every call reads the live state. ``warnings``: what its submit
+    warned about (no live worker on a queue it needs), empty for a handle from get_run."""
 
-    def __init__(self, client: Client, run_id: str) -> None:
+    def __init__(self, client: Client, run_id: str, warnings: Iterable[str] = ()) -> None:
         self.client = client
         self.id = run_id
+        self.warnings = tuple(warnings)
 
     def __repr__(self) -> str:
         return f"<Run {self.id}>"
@@ -267,6 +275,7 @@ class Client:
         self._prepared: OrderedDict[tuple[str, str], tuple[Definition, str, compiler.Blueprint]] = (
             OrderedDict()
         )
+        self._seen_online: tuple[float, dict[str, dict[str, Any]]] = (-FLEET_FRESH_SECONDS, {})
 
     # -- plugins ------------------------------------------------------------------------------
 
@@ -285,9 +294,23 @@ class Client:
         """The union of the fleet's plugin catalogs, or None when no worker has published one."""
         return self._catalog()[0]
 
+    def _online(self) -> dict[str, dict[str, Any]]:
+        """The catalog entries of the workers online now (remembered for the submit that asks)."""
+        fleet = {h: e for h, e in self.fleet().items() if e["online"]}
+        self._seen_online = (time.monotonic(), fleet)
+        return fleet
+
+    def live_queues(self) -> set[str]:
+        """The queues that a worker online now consumes, from the catalog each worker publishes
+        with its queues and refreshes with its heartbeats (workers/app.py)."""
+        seen, fleet = self._seen_online
+        if time.monotonic() - seen > FLEET_FRESH_SECONDS:
+            fleet = self._online()
+        return {str(q) for entry in fleet.values() for q in entry.get("queues") or ()}
+
     def _catalog(self) -> tuple[dict[str, dict[str, Any]] | None, str]:
         """(catalog, a fingerprint of it) from the workers online now."""
-        fleet = {h: e for h, e in self.fleet().items() if e["online"]}
+        fleet = self._online()
         if not fleet:
             return None, ""
         merged: dict[str, dict[str, Any]] = {}
@@ -484,8 +507,24 @@ class Client:
             sla_seconds=defn.sla_seconds or None,
             cloned_from=cloned_from,
         )
+        warnings = self._unserved(defn, record.id)
+        if warnings:
+            record = replace(record, warnings_json=json.dumps(warnings))
         self.dispatcher.start(record, defn, run_inputs, prepared=prepared)
-        return Run(self, record.id)
+        return Run(self, record.id, warnings)
+
+    def _unserved(self, defn: Definition, run_id: str) -> list[str]:
+        """Warnings for the queues of ``defn`` that no live worker consumes (logged; the submit
+        goes on: a worker may start later). A failed check warns about nothing."""
+        try:
+            live = self.live_queues()
+        except (redis.RedisError, ValueError) as exc:
+            log.debug("run %s: live workers not checked: %s", run_id, exc)
+            return []
+        warnings = unserved_queues(defn, live, self.settings.default_queue)
+        for line in warnings:
+            log.warning("run %s of %s: %s", run_id, defn.id, line)
+        return warnings
 
     def get_run(self, run_id: str) -> Run:
         if self.state.status(run_id) is None:
@@ -563,3 +602,32 @@ class Client:
 
     def close(self) -> None:
         self.redis.close()
+
+
+def unserved_queues(defn: Definition, live: set[str], default_queue: str) -> list[str]:
+    """One line for each queue that a run of ``defn`` needs and no live worker consumes: the
+    queues of its steps, and the default queue, where canvasflow's own tasks settle the run."""
+    needs: dict[str, list[str]] = {}
+    for step in defn.steps:
+        needs.setdefault(step.queue or default_queue, []).append(step.id)
+    needs.setdefault(default_queue, [])
+    out = []
+    for queue, steps in needs.items():
+        if queue in live:
+            continue
+        start = f"start one with `canvasflow worker -Q {queue}`"
+        if not steps:
+            out.append(
+                f"no live worker consumes queue '{queue}', where canvasflow's own tasks settle "
+                f"the run: it does not finish until one does; {start}"
+            )
+            continue
+        names = ", ".join(steps[:MAX_NAMED]) + (
+            f" and {len(steps) - MAX_NAMED} more" if len(steps) > MAX_NAMED else ""
+        )
+        many = len(steps) > 1
+        out.append(
+            f"no live worker consumes queue '{queue}' (step{'s' if many else ''} {names}): "
+            f"{'they wait' if many else 'it waits'} PENDING until one does; {start}"
+        )
+    return out

@@ -150,7 +150,10 @@ class RunState:
                 "step": "",
                 "status": "PENDING",
                 "ts": ts,
-                "data": dumps({"workflow": run.workflow, "version": run.version}),
+                "data": dumps(
+                    {"workflow": run.workflow, "version": run.version}
+                    | ({"warnings": run.warnings} if run.warnings_json else {})
+                ),
             },
             **xargs,
         )

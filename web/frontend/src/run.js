@@ -78,6 +78,11 @@ function renderHead(r) {
   const err = $("#run-error");
   err.hidden = !r.error;
   err.textContent = r.error ? `${r.failed_step ? `step ${r.failed_step}: ` : ""}${r.error}` : "";
+  if (Array.isArray(r.warnings)) {
+    // The detail's warnings: no live worker on a queue the run needs (while it is not over),
+    // Redis unreachable, audit store missing. Live events carry none: the last fetch's stay.
+    $("#run-warnings").innerHTML = r.warnings.map((w) => `<p class="banner">${esc(w)}</p>`).join("");
+  }
   const sla = $("#sla-banner");
   sla.hidden = !(r.sla.status === "at_risk" || r.sla.status === "breached");
   if (!sla.hidden) {
