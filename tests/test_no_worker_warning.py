@@ -240,3 +240,24 @@ def test_the_api_submit_with_live_workers_on_every_queue_has_no_warnings(
         "the run to complete",
     )
     assert api.get(f"{base}/runs/{run_id}", timeout=30).json()["warnings"] == []
+
+
+@pytest.mark.integration
+def test_a_worker_publishes_its_queues_again_when_redis_lost_them(client: Any, worker: Any) -> None:
+    # A Redis restarted empty (or flushed) under running workers: their catalog is gone, and
+    # every submit would warn about queues that a worker does consume.
+    client.redis.delete(client.keys.catalog)
+    assert client.live_queues() == set()
+    # Workers refresh their liveness every 10 s (workers/app.py ALIVE_TTL / 3), and the catalog
+    # with it.
+    wait_for(
+        lambda: (
+            {"default", "io"} <= set(client._online().get(worker.hostname, {}).get("queues", ()))
+        ),
+        60,
+        "the worker to publish its catalog again",
+        every=0.5,
+    )
+    run = client.submit(load_yaml(ON_IO))
+    assert run.warnings == ()
+    assert run.wait(60).status == "COMPLETED"

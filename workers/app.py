@@ -201,7 +201,8 @@ def create_worker_app(
         except Exception:
             pass
         entry = catalog_entry(registry, settings, queues)
-        client.hset(keys.catalog, hostname, json.dumps(entry))
+        published[hostname] = json.dumps(entry)
+        client.hset(keys.catalog, hostname, published[hostname])
         client.set(keys.worker_alive(hostname), "1", ex=ALIVE_TTL)
         pool_module = type(getattr(sender, "pool", None)).__module__
         if not pool_module.endswith("prefork"):
@@ -222,12 +223,14 @@ def create_worker_app(
             return
         hostname = getattr(sender, "hostname", None)
         if hostname:
+            published.pop(hostname, None)
             try:
                 client.hdel(keys.catalog, hostname)
             except redis.RedisError:
                 pass
 
     last_beat = [0.0]
+    published: dict[str, str] = {}  # hostname -> the catalog entry it published
 
     def heartbeat(sender: Any = None, **_: Any) -> None:
         # Celery sends a heartbeat every 2 s; refreshing every 10 s is plenty for a 30 s TTL.
@@ -238,7 +241,13 @@ def create_worker_app(
         hostname = getattr(getattr(sender, "eventer", None), "hostname", None)
         if hostname:
             try:
-                client.set(keys.worker_alive(hostname), "1", ex=ALIVE_TTL)
+                pipe = client.pipeline(transaction=False)
+                pipe.set(keys.worker_alive(hostname), "1", ex=ALIVE_TTL)
+                if hostname in published:
+                    # A Redis that restarted empty lost the catalog: without it this worker's
+                    # queues look unserved to every submit, and plugins go unchecked.
+                    pipe.hsetnx(keys.catalog, hostname, published[hostname])
+                pipe.execute()
             except redis.RedisError:
                 log.warning("canvasflow: could not refresh the liveness of %s", hostname)
 
