@@ -215,16 +215,12 @@ def status(run_id: str, as_json: bool) -> None:
 
 def _explain_lost(client: Any, run_id: str) -> None:
     """A run Redis does not know may still be live in the audit store: say so, and what to do."""
-    from sqlalchemy.engine import make_url
-
-    from orchestrator.audit.store import AuditStore
     from orchestrator.engine.lost import lost_status
     from orchestrator.errors import StoreError
 
-    url = make_url(client.settings.database_url)
-    if url.drivername.startswith("sqlite") and not (url.database and Path(url.database).exists()):
-        return  # no audit store here (and asking SQLite would create an empty file)
-    store = AuditStore(url)
+    store = _existing_store(client.settings.database_url)
+    if store is None:
+        return  # no audit store here
     try:
         status = lost_status(store, client.state, run_id)
     except StoreError:
@@ -460,14 +456,47 @@ def clone(run_id: str, inputs: tuple[str, ...], reason: str | None) -> None:
     console.print(new.id)
 
 
+def _existing_store(database_url: str) -> Any:
+    """The audit store at ``database_url``, or None for a SQLite file that does not exist (asking
+    SQLite would create an empty one in the working directory)."""
+    from sqlalchemy.engine import make_url
+
+    from orchestrator.audit.store import AuditStore
+
+    url = make_url(database_url)
+    if url.drivername.startswith("sqlite") and not (url.database and Path(url.database).exists()):
+        return None
+    return AuditStore(url)
+
+
 @main.command()
 @click.argument("run_id")
+@click.option(
+    "--database-url", default=None, help="The audit store [default: CANVASFLOW_DATABASE_URL]."
+)
 @handle_errors
-def export(run_id: str) -> None:
-    """Print one JSON document with everything about a run (canvasflow export ID > trace.json)."""
+def export(run_id: str, database_url: str | None) -> None:
+    """Print one JSON document with everything about a run (canvasflow export ID > trace.json):
+    the same document as the dashboard's export."""
     from orchestrator.engine.export import export_run
 
-    click.echo(json.dumps(export_run(make_client(), run_id), indent=2, default=str))
+    client = make_client()
+    url = database_url or client.settings.database_url
+    store = _existing_store(url)
+    if store is None:
+        err.print(
+            f"note: no audit store at {url}: only the events still in the Redis stream are "
+            "exported (set CANVASFLOW_DATABASE_URL or --database-url to the fleet's store)",
+            style="yellow",
+            markup=False,
+            highlight=False,
+        )
+    try:
+        trace = export_run(client, run_id, store)
+    finally:
+        if store is not None:
+            store.dispose()
+    click.echo(json.dumps(trace, indent=2, default=str))
 
 
 @main.command()
