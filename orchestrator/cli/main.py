@@ -14,18 +14,18 @@ from typing import Any, NoReturn
 
 import click
 import redis
-from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from orchestrator.audit import cli as audit_cli
+from orchestrator.audit.cli import CliConsole, Col, print_fitted
 from orchestrator.engine import compiler
 from orchestrator.engine.states import FINAL_RUN_STATUSES, RunStatus
 from orchestrator.errors import CanvasflowError, ConfigurationError, DefinitionError, UnknownRun
 from orchestrator.model import callallow
 from orchestrator.settings import Settings
 
-console = Console()
-err = Console(stderr=True)
+console = CliConsole()  # as wide as the terminal; piped, never cut (orchestrator/audit/cli.py)
+err = CliConsole(stderr=True)
 # Exit codes of following a run that has not ended (`run --follow`, `status --follow`).
 EXIT_FOLLOW_TIMEOUT = 124  # --timeout reached, as timeout(1) exits
 EXIT_FOLLOW_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
@@ -363,21 +363,27 @@ def plugins() -> None:
     if not fleet:
         err.print("no worker has published a catalog: start one with `canvasflow worker`")
         sys.exit(1)
-    table = Table(title=f"plugins on {len(fleet)} worker(s)")
-    for col in ("plugin", "method", "parameters", "workers (queues)"):
-        table.add_column(col)
+    console.print(f"plugins on {len(fleet)} worker(s)", highlight=False)
     rows: dict[tuple[str, str], tuple[dict, list[str]]] = {}
     for host, entry in sorted(fleet.items()):
         for plugin, methods in entry.get("plugins", {}).items():
             for method, info in methods.items():
                 queues = ",".join(entry.get("queues", []))
                 rows.setdefault((plugin, method), (info, []))[1].append(f"{host} ({queues})")
+    table_rows: list[list[Any]] = []
     for (plugin, method), (info, hosts) in sorted(rows.items()):
         params = ", ".join(p + ("" if p in info["required"] else "?") for p in info["params"])
         if info.get("accepts_any"):
             params = (params + ", " if params else "") + "**"
-        table.add_row(plugin, method, params, ", ".join(hosts))
-    console.print(table)
+        # One worker a line: a worker name is never folded.
+        table_rows.append([plugin, method, Text(params), Text("\n".join(hosts))])
+    cols = [
+        Col("plugin"),
+        Col("method"),
+        Col("parameters", no_wrap=False, min_width=12),
+        Col("workers (queues)"),
+    ]
+    print_fitted(console, cols, table_rows)
     for host, entry in sorted(fleet.items()):
         console.print(
             f"builtin.call on {host}: {callallow.describe(entry.get('call_allow') or [])}",
