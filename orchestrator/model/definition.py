@@ -250,7 +250,9 @@ def _flatten(
     ``schema`` is the schema that reported ``errors``: an unknown field is compared with the
     fields it knows, so ``steps[0].retry`` suggests ``retries``."""
     if isinstance(errors, Mapping):
-        for key, sub in errors.items():
+        # Marshmallow finds unknown fields through a set, so their order changes from one
+        # process to the next: after the other problems of the level, by name.
+        for key, sub in sorted(errors.items(), key=_unknown_last):
             if key == "_schema":
                 yield from _flatten(sub, path, schema)
             elif isinstance(key, int):
@@ -269,6 +271,11 @@ def _flatten(
                 yield from _flatten(item, path, schema)
     else:
         yield path, _humanise(str(errors), path)
+
+
+def _unknown_last(item: tuple[Any, Any]) -> tuple[bool, str]:
+    unknown = item[1] == ["Unknown field."]
+    return unknown, str(item[0]) if unknown else ""
 
 
 def _nested(schema: Schema | None, key: str) -> Schema | None:
