@@ -156,6 +156,21 @@ def test_validate_accepts_depends_on_written_as_one_step_id(tmp_path: Path) -> N
 
 
 @pytest.mark.integration
+def test_a_run_with_depends_on_written_as_one_step_id_runs_it_after_that_step(
+    tmp_path: Path, fleet_settings, worker
+) -> None:
+    proc = cli(
+        "run",
+        write(tmp_path, "one.yaml", ONE_DEPENDENCY),
+        "--follow",
+        settings=fleet_settings,
+        check=True,
+    )
+    assert "  fetch: COMPLETED" in proc.stdout and "  store: COMPLETED" in proc.stdout
+    assert proc.stdout.index("  fetch: COMPLETED") < proc.stdout.index("  store: COMPLETED")
+
+
+@pytest.mark.integration
 def test_validate_against_the_fleet_names_the_closest_plugins_not_all_twenty(
     tmp_path: Path, fleet_settings, worker
 ) -> None:
