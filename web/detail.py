@@ -15,12 +15,12 @@ from orchestrator.audit import queries
 from orchestrator.audit.store import AuditStore
 from orchestrator.engine import compiler
 from orchestrator.engine.client import Client
-from orchestrator.engine.export import TRACE_FORMAT, export_run
+from orchestrator.engine.export import export_run
+from orchestrator.engine.runevents import run_events
 from orchestrator.errors import CanvasflowError, StoreError, UnknownRun
 from orchestrator.model.definition import Definition, from_stored
 from web.runs import REDIS_DOWN, REDIS_UNREACHABLE, RunViews, hot_base, summarize
 from web.serving import cooperate
-from web.stream import run_events
 
 SETTLED = ("COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATED")
 STEPS_PER_STRETCH = 50  # steps built between two cooperate() calls (~0.5 ms on this machine)
@@ -556,68 +556,8 @@ class RunDetails:
         }
 
     def export(self, run_id: str) -> dict[str, Any]:
-        events = self.events(run_id, 0, limit=1_000_000)
-        try:
-            return export_run(self.client, run_id, events=events)
-        except UnknownRun:
-            pass
-        src = self._recorded(run_id)  # left the hot state: rebuild the trace from the audit store
-        d = self.detail(run_id, steps_limit=1_000_000, log_limit=0)
-        logs = queries.logs(self.store, run_id, limit=10_000) if self.store is not None else []
-        by_step: dict[str, list[dict[str, Any]]] = {}
-        for line in logs:
-            by_step.setdefault(line.step, []).append(
-                {"ts": line.ts, "level": line.level, "message": line.message}
-            )
-        base = src["base"]
-        return {
-            "format": TRACE_FORMAT,
-            "exported_at": time.time(),
-            "source": "audit",
-            "run": {
-                "id": run_id,
-                **{
-                    k: base.get(k)
-                    for k in (
-                        "workflow",
-                        "version",
-                        "name",
-                        "status",
-                        "priority",
-                        "triggered_by",
-                        "trigger_type",
-                        "sla_seconds",
-                        "created_at",
-                        "started_at",
-                        "finished_at",
-                        "error",
-                        "failed_step",
-                    )
-                },
-            },
-            "definition": src["definition"],
-            "inputs": src["meta"]["inputs"],
-            "tags": base.get("tags", []),
-            "steps": [
-                {
-                    "id": s["id"],
-                    "status": s["status"],
-                    "attempts": s["history"],
-                    "started_at": s["started_at"],
-                    "finished_at": s["finished_at"],
-                    "output": s["output"],
-                    "error": s["error"],
-                    "traceback": s["traceback"],
-                    "compensation_error": (s["compensation"] or {}).get("error"),
-                    "logs": by_step.get(s["id"], []),
-                    "progress": s["progress"],
-                    "stats": None,
-                }
-                for s in d["steps"]
-            ],
-            "events": events,
-            "operator_actions": [e["data"] for e in events if e["type"] == "operator_action"],
-        }
+        """The trace: the same document as ``canvasflow export`` (orchestrator/engine/export.py)."""
+        return export_run(self.client, run_id, self.store)
 
 
 def _decoded(st: Mapping[str, Any]) -> Mapping[str, Any]:

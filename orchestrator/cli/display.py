@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from rich.console import Console
 from rich.live import Live
@@ -41,7 +41,10 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m{s:02d}s"
 
 
-def run_table(snap: RunSnapshot) -> Table:
+PAUSED_HINT = "paused: still following until `canvasflow resume {run}` (Ctrl-C stops following)"
+
+
+def run_table(snap: RunSnapshot, *, paused_hint: bool = False) -> Table:
     pct = int(snap.progress * 100)
     title = (
         f"{snap.workflow} {snap.version}  run {snap.id}  [{STYLE.get(snap.status, '')}]{snap.status}[/]"
@@ -65,6 +68,8 @@ def run_table(snap: RunSnapshot) -> Table:
         )
     if snap.error:
         table.caption = f"error: {snap.error}"
+    elif paused_hint and snap.status == "PAUSED":
+        table.caption = PAUSED_HINT.format(run=snap.id)
     return table
 
 
@@ -75,19 +80,23 @@ def follow(
     timeout: float | None = None,
     console: Console | None = None,
     interval: float = 0.2,
+    until: Collection[str] = RESTING,
 ) -> list[RunSnapshot]:
-    """Show runs until each rests (final, paused, or waiting on a failed compensation)."""
+    """Show runs until each is in a status of ``until`` (by default: until each rests — final,
+    paused, or waiting on a failed compensation), or ``timeout`` seconds have passed. A run that
+    pauses while ``until`` does not hold PAUSED is followed on, through its resume."""
     console = console or Console()
     ids = list(run_ids)
     deadline = None if timeout is None else time.monotonic() + timeout
     if console.is_terminal:
+        from rich.console import Group
+
+        hint = "PAUSED" not in until
         with Live(console=console, refresh_per_second=8) as live:
             while True:
                 snaps = [client.snapshot(i) for i in ids]
-                from rich.console import Group
-
-                live.update(Group(*(run_table(s) for s in snaps)))
-                if all(s.status in RESTING for s in snaps) or (
+                live.update(Group(*(run_table(s, paused_hint=hint) for s in snaps)))
+                if all(s.status in until for s in snaps) or (
                     deadline and time.monotonic() > deadline
                 ):
                     return snaps
@@ -105,6 +114,8 @@ def follow(
                     f"({snap.settled}/{snap.total} steps)",
                     flush=True,
                 )
+                if snap.status == "PAUSED" and "PAUSED" not in until:
+                    print(f"[{snap.workflow}]   {PAUSED_HINT.format(run=snap.id)}", flush=True)
             for s in snap.steps:
                 k = (snap.id, s.id)
                 label = f"{s.status}#{s.attempts}"
@@ -113,7 +124,7 @@ def follow(
                     extra = f" attempt {s.attempts}" if s.attempts > 1 else ""
                     err = f" - {s.error}" if s.error and s.status in ("FAILED", "RETRYING") else ""
                     print(f"[{snap.workflow}]   {s.id}: {s.status}{extra}{err}", flush=True)
-        if all(s.status in RESTING for s in snaps) or (deadline and time.monotonic() > deadline):
+        if all(s.status in until for s in snaps) or (deadline and time.monotonic() > deadline):
             return snaps
         time.sleep(interval)
 

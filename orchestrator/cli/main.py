@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import redis
@@ -19,12 +19,16 @@ from rich.table import Table
 
 from orchestrator.audit import cli as audit_cli
 from orchestrator.engine import compiler
+from orchestrator.engine.states import FINAL_RUN_STATUSES, RunStatus
 from orchestrator.errors import CanvasflowError, ConfigurationError, DefinitionError, UnknownRun
 from orchestrator.model import callallow
 from orchestrator.settings import Settings
 
 console = Console()
 err = Console(stderr=True)
+# Exit codes of following a run that has not ended (`run --follow`, `status --follow`).
+EXIT_FOLLOW_TIMEOUT = 124  # --timeout reached, as timeout(1) exits
+EXIT_FOLLOW_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 def _redis_hint(settings: Settings, exc: Exception) -> str:
@@ -156,10 +160,15 @@ def explain(file: str) -> None:
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]))
 @click.option("--tag", "tags", multiple=True)
 @click.option(
-    "--follow/--no-follow", default=True, help="Show live per-step progress until the run ends."
+    "--follow/--no-follow",
+    default=True,
+    help="Show live per-step progress until the run ends, through pauses and resumes.",
 )
 @click.option(
-    "--timeout", type=float, default=None, help="Give up following after this many seconds."
+    "--timeout",
+    type=float,
+    default=None,
+    help=f"Stop following after this many seconds (exit {EXIT_FOLLOW_TIMEOUT}; the run goes on).",
 )
 @handle_errors
 def run(
@@ -170,9 +179,9 @@ def run(
     follow: bool,
     timeout: float | None,
 ) -> None:
-    """Submit a run of a definition file (or a registered workflow id)."""
-    from orchestrator.cli.display import follow as follow_runs
-
+    """Submit a run of a definition file (or a registered workflow id). Exit code when
+    following: 0 COMPLETED, 1 FAILED, CANCELLED or COMPENSATION_FAILED, 124 --timeout reached,
+    130 Ctrl-C (the run goes on)."""
     client = make_client()
     r = client.submit(
         definition,
@@ -186,17 +195,66 @@ def run(
     if not follow:
         console.print(r.id)
         return
-    snap = follow_runs(client, [r.id], timeout=timeout)[0]
-    console.print(f"run {snap.id} {snap.status}" + (f": {snap.error}" if snap.error else ""))
+    follow_to_end(client, r.id, timeout)
+
+
+# Where following a run stops: it ended, or it waits on an operator for a failed compensation.
+# PAUSED is not among them: a paused run is followed on until it is resumed and ends.
+FOLLOW_UNTIL = frozenset(str(s) for s in FINAL_RUN_STATUSES) | {str(RunStatus.COMPENSATION_FAILED)}
+
+
+def follow_to_end(client: Any, run_id: str, timeout: float | None) -> NoReturn:
+    """Follow one run until it ends and exit with its outcome; Ctrl-C or ``timeout`` stop the
+    following only, and say so (docs/user-guide.md, "canvasflow run": the exit codes)."""
+    from orchestrator.cli.display import follow as follow_runs
+
+    try:
+        snap = follow_runs(client, [run_id], timeout=timeout, until=FOLLOW_UNTIL)[0]
+    except KeyboardInterrupt:
+        _stopped_following(client, run_id, "stopped following")
+        sys.exit(EXIT_FOLLOW_INTERRUPTED)
+    if snap.status not in FOLLOW_UNTIL:
+        _stopped_following(client, run_id, f"stopped following after {timeout:g} s")
+        sys.exit(EXIT_FOLLOW_TIMEOUT)
+    console.print(
+        f"run {snap.id} {snap.status}" + (f": {snap.error}" if snap.error else ""),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     sys.exit(0 if snap.status == "COMPLETED" else 1)
+
+
+def _stopped_following(client: Any, run_id: str, what: str) -> None:
+    status = client.state.status(run_id) or "unknown to Redis"
+    still = "" if status in FOLLOW_UNTIL else "still "
+    err.print(
+        f"{what}; run {run_id} is {still}{status} — `canvasflow status {run_id}`"
+        + (f" (or `canvasflow status {run_id} --follow`)" if still else ""),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @main.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Follow the run like `canvasflow run` does, until it ends (same exit codes).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help=f"With --follow: stop following after this many seconds (exit {EXIT_FOLLOW_TIMEOUT}).",
+)
 @handle_errors
-def status(run_id: str, as_json: bool) -> None:
-    """Show a run's status and its steps."""
+def status(run_id: str, as_json: bool, follow: bool, timeout: float | None) -> None:
+    """Show a run's status and its steps; --follow follows it to its end."""
     from dataclasses import asdict
 
     from orchestrator.cli.display import print_summary
@@ -207,6 +265,10 @@ def status(run_id: str, as_json: bool) -> None:
     except UnknownRun:
         _explain_lost(client, run_id)
         raise
+    if follow:
+        if as_json:
+            raise click.UsageError("--follow and --json do not go together")
+        follow_to_end(client, run_id, timeout)
     if as_json:
         click.echo(json.dumps(asdict(snap), default=str, indent=2))
     else:
@@ -215,16 +277,12 @@ def status(run_id: str, as_json: bool) -> None:
 
 def _explain_lost(client: Any, run_id: str) -> None:
     """A run Redis does not know may still be live in the audit store: say so, and what to do."""
-    from sqlalchemy.engine import make_url
-
-    from orchestrator.audit.store import AuditStore
     from orchestrator.engine.lost import lost_status
     from orchestrator.errors import StoreError
 
-    url = make_url(client.settings.database_url)
-    if url.drivername.startswith("sqlite") and not (url.database and Path(url.database).exists()):
-        return  # no audit store here (and asking SQLite would create an empty file)
-    store = AuditStore(url)
+    store = _existing_store(client.settings.database_url)
+    if store is None:
+        return  # no audit store here
     try:
         status = lost_status(store, client.state, run_id)
     except StoreError:
@@ -460,14 +518,47 @@ def clone(run_id: str, inputs: tuple[str, ...], reason: str | None) -> None:
     console.print(new.id)
 
 
+def _existing_store(database_url: str) -> Any:
+    """The audit store at ``database_url``, or None for a SQLite file that does not exist (asking
+    SQLite would create an empty one in the working directory)."""
+    from sqlalchemy.engine import make_url
+
+    from orchestrator.audit.store import AuditStore
+
+    url = make_url(database_url)
+    if url.drivername.startswith("sqlite") and not (url.database and Path(url.database).exists()):
+        return None
+    return AuditStore(url)
+
+
 @main.command()
 @click.argument("run_id")
+@click.option(
+    "--database-url", default=None, help="The audit store [default: CANVASFLOW_DATABASE_URL]."
+)
 @handle_errors
-def export(run_id: str) -> None:
-    """Print one JSON document with everything about a run (canvasflow export ID > trace.json)."""
+def export(run_id: str, database_url: str | None) -> None:
+    """Print one JSON document with everything about a run (canvasflow export ID > trace.json):
+    the same document as the dashboard's export."""
     from orchestrator.engine.export import export_run
 
-    click.echo(json.dumps(export_run(make_client(), run_id), indent=2, default=str))
+    client = make_client()
+    url = database_url or client.settings.database_url
+    store = _existing_store(url)
+    if store is None:
+        err.print(
+            f"note: no audit store at {url}: only the events still in the Redis stream are "
+            "exported (set CANVASFLOW_DATABASE_URL or --database-url to the fleet's store)",
+            style="yellow",
+            markup=False,
+            highlight=False,
+        )
+    try:
+        trace = export_run(client, run_id, store)
+    finally:
+        if store is not None:
+            store.dispose()
+    click.echo(json.dumps(trace, indent=2, default=str))
 
 
 @main.command()
