@@ -6,6 +6,8 @@ untracked, locally built bundle would hide a missing one), and installed into a 
 its dependencies come from this test run's environment (a directory of links to its
 site-packages, canvasflow's own files left out) so that nothing else is downloaded. pip builds
 the project with build isolation, as the README's command does, which fetches setuptools.
+The README installs editable (the demo reads its examples from docs/examples); a second test
+builds the wheel that `pip install .` installs and checks that the bundle is in it.
 
 Marked ``fresh_install`` (`pytest -m fresh_install`); it runs in CI with the rest.
 """
@@ -162,6 +164,8 @@ def test_a_fresh_venv_without_node_installs_and_runs_the_demo_with_a_styled_live
         from tests.conftest import need
 
         need("Chromium", f"{CHROMIUM} not found: apt-get install chromium")
+    readme = (ROOT / "README.md").read_text()
+    assert README_INSTALL in readme, "the README's quick start changed: make this test follow it"
     src = _tracked_copy(tmp_path / "canvasflow")
     venv, env = _venv_without_node(tmp_path)
     _pip(venv, env, "install", "--no-deps", "-q", "-e", str(src))  # README: pip install -e .
