@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 
-from orchestrator.audit.models import celery_tasks
+from orchestrator.audit.models import celery_tasks, step_attempts
 from orchestrator.audit.store import prune_celery_tasks
 
 log = logging.getLogger(__name__)
@@ -93,29 +93,40 @@ def run_and_step(args: str | None) -> tuple[str | None, str | None]:
     except (ValueError, SyntaxError, TypeError, KeyError, MemoryError, RecursionError):
         run_m, steps = _RUN_RE.search(args), _STEP_RE.findall(args)
         run_id = (run_m.group(1) or run_m.group(2)) if run_m else None
-        return run_id, (next(a or b for a, b in reversed(steps)) if steps else None)
+        step = next(a or b for a, b in reversed(steps)) if steps else None
+        return (run_id if _is_id(run_id) else None), (step if _is_id(step) else None)
 
 
 def _run_of(arg: Any) -> str | None:
     if isinstance(arg, dict):
-        if isinstance(arg.get("run"), str):
-            return arg["run"]
+        if _is_id(arg.get("run")):
+            return str(arg["run"])
         hdr = arg.get("@")
-        if isinstance(hdr, list) and hdr and isinstance(hdr[0], str):
-            return hdr[0]
+        if isinstance(hdr, list) and hdr and _is_id(hdr[0]):
+            return str(hdr[0])
+    elif isinstance(arg, (list, tuple)):
+        # A fan-in step (a chord body) gets its branches' outcomes as one list: the run header
+        # rides in them, one level down.
+        return next((r for r in map(_run_of, arg) if r), None)
     return None
 
 
+def _is_id(v: Any) -> bool:
+    """A run or step id (never the repr of a missing one)."""
+    return isinstance(v, str) and v not in ("", "None", "null")
+
+
 def _step_of(arg: Any) -> str | None:
-    if isinstance(arg, dict) and "plugin" in arg and isinstance(arg.get("id"), str):
-        return arg["id"]
+    if isinstance(arg, dict) and "plugin" in arg and _is_id(arg.get("id")):
+        return str(arg["id"])
     if (
         isinstance(arg, list)
         and len(arg) >= 4
         and all(isinstance(v, str) for v in arg[:3])
         and isinstance(arg[3], int)
+        and _is_id(arg[0])
     ):
-        return arg[0]
+        return str(arg[0])
     return None
 
 
@@ -255,6 +266,7 @@ def write_batch(
                     if pause is not None and merged >= MERGE_CHUNK:
                         merged = 0
                         pause()
+                _fill_from_attempts(conn, new + changed)
                 if pg:
                     if new:
                         conn.execute(_PG_INSERT, {"rows": json.dumps(new)})
@@ -272,6 +284,27 @@ def write_batch(
             if attempt == 2:
                 raise
     return 0
+
+
+STEP_TASK = "canvasflow.step"
+
+
+def _fill_from_attempts(conn: Any, rows: list[dict[str, Any]]) -> None:
+    """Give step tasks whose arguments did not name their run or step (a fan-in step's repr that
+    Celery cut at 1 KB before the spec) the ids the audit store recorded for their task id."""
+    missing = {
+        r["uuid"]: r
+        for r in rows
+        if r.get("name") == STEP_TASK and (r.get("run_id") is None or r.get("step_id") is None)
+    }
+    if not missing:
+        return
+    a = step_attempts.c
+    for uid, run_id, step_id in conn.execute(
+        select(a.task_id, a.run_id, a.step_id).where(a.task_id.in_(list(missing))).distinct()
+    ):
+        row = missing[uid]
+        row["run_id"], row["step_id"] = run_id, step_id
 
 
 def prune(engine: Engine, older_than: float) -> int:
