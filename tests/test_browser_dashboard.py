@@ -247,7 +247,7 @@ def test_the_gantt_and_analytics_pages_draw_their_charts(chromium, registered, s
     shots(page, "dag")
     page.goto(f"{registered.url}/analytics?period=24h")
     page.wait_for_selector("body[data-loaded]", timeout=20000)
-    page.wait_for_selector("#chart-sla canvas")
+    page.wait_for_selector("#chart-sla svg")
     assert int(page.inner_text("[data-kpi='Runs']")) >= 1
     shots(page, "analytics")
     resp = page.goto(f"{registered.url}/runs/0000000000000000")
