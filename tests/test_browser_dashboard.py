@@ -685,7 +685,7 @@ def test_retry_attempts_are_listed_with_their_errors_on_the_run_page(chromium, r
     )
     assert "RETRYING" in attempts[0] and "try again" in attempts[0]
     assert "COMPLETED" in attempts[1] and "try again" not in attempts[1]
-    assert "retry 1/2" in page.inner_text("#step-flaky .step-head")
+    assert "attempt 2/3" in page.inner_text("#step-flaky .step-head")
     page.click("#step-boom .step-head")
     assert "it broke" in page.inner_text("#step-boom .step-body .error")
     assert "it broke" in page.inner_text("#run-error")

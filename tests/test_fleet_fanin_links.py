@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 from orchestrator.audit import AuditStore
 from orchestrator.audit.models import celery_tasks, step_attempts
 from orchestrator.audit.store import HEAD
-from orchestrator.fleet.events import merge_event, run_and_step, write_batch
+from orchestrator.fleet.events import link_step_tasks, merge_event, run_and_step, write_batch
 from tests.conftest import WorkerProcess, make_settings
 from tests.test_fleet_inspect import make_app
 from tests.web_helpers import VIEWER, Api, wait_for, wait_recorded
@@ -75,6 +75,39 @@ def test_a_step_task_whose_repr_was_cut_takes_its_run_and_step_from_the_recorded
             )
         ).one()
     assert tuple(got) == ("r9", "build_manifest")
+
+
+def test_a_step_task_written_before_its_attempt_was_recorded_is_linked_later(
+    store: AuditStore,
+) -> None:
+    ev = {
+        "type": "task-succeeded",
+        "uuid": "t-late",
+        "name": "canvasflow.step",
+        "timestamp": time.time(),
+    }
+    received = {**ev, "type": "task-received", "args": CHORD_BODY[:60] + "..."}
+    write_batch(store.engine, [received, ev])
+    assert link_step_tasks(store.engine, time.time() - 60) == 0  # nothing recorded yet
+    with store.begin() as conn:
+        conn.execute(
+            insert(step_attempts),
+            {
+                "run_id": "r9",
+                "step_id": "fh_manifest",
+                "attempt": 1,
+                "status": "COMPLETED",
+                "task_id": "t-late",
+            },
+        )
+    assert link_step_tasks(store.engine, time.time() - 60) == 1
+    with store.connect() as conn:
+        got = conn.execute(
+            select(celery_tasks.c.run_id, celery_tasks.c.step_id).where(
+                celery_tasks.c.uuid == "t-late"
+            )
+        ).one()
+    assert tuple(got) == ("r9", "fh_manifest")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -307,6 +307,36 @@ def _fill_from_attempts(conn: Any, rows: list[dict[str, Any]]) -> None:
         row["run_id"], row["step_id"] = run_id, step_id
 
 
+LINK_EVERY = 2.0  # seconds between two passes of link_step_tasks while tasks are being written
+LINK_WINDOW = 600.0  # tasks first seen this recently are linked late; older ones are left alone
+
+
+def link_step_tasks(engine: Engine, since: float) -> int:
+    """Give step tasks first seen after ``since`` that still miss their run or step (their repr
+    was cut, and the recorder had not yet written their attempt when their events were merged)
+    the ids of the attempt recorded under their task id; returns how many rows changed."""
+    t, a = tasks.c, step_attempts.c
+    with engine.begin() as conn:
+        found = conn.execute(
+            select(t.uuid, a.run_id, a.step_id)
+            .join(step_attempts, a.task_id == t.uuid)
+            .where(
+                t.name == STEP_TASK,
+                t.ts >= since,
+                or_(t.run_id.is_(None), t.step_id.is_(None)),
+            )
+            .distinct()
+        ).all()
+        if found:
+            conn.execute(
+                update(tasks)
+                .where(t.uuid == bindparam("k_uuid"))
+                .values(run_id=bindparam("v_run"), step_id=bindparam("v_step")),
+                [{"k_uuid": u, "v_run": r, "v_step": st} for u, r, st in found],
+            )
+    return len(found)
+
+
 def prune(engine: Engine, older_than: float) -> int:
     """Delete the tasks first seen before ``older_than`` (unix seconds), in short batches."""
     return prune_celery_tasks(engine, older_than)
@@ -614,15 +644,26 @@ class FleetMonitor:
 
     def _write_loop(self) -> None:
         last_prune = 0.0
+        last_write = last_link = 0.0
         while not self.stop_event.is_set() or not self.queue.empty():
             batch = self._take()
             if batch and self.engine is not None:
                 try:
                     self.written += write_batch(self.engine, batch, pause=self.pause)
+                    last_write = time.time()
                 except Exception as exc:  # noqa: BLE001 - keep the process up; the batch is lost
                     self.errors += 1
                     log.warning("task history batch of %d events not written: %s", len(batch), exc)
                     self._prepare()
+            now = time.time()
+            # A few seconds after tasks were written: link the step tasks the recorder had not
+            # yet recorded then (an idle dashboard does not query).
+            if self.engine is not None and now - last_write < 30 and now - last_link > LINK_EVERY:
+                last_link = now
+                try:
+                    link_step_tasks(self.engine, now - LINK_WINDOW)
+                except Exception as exc:  # noqa: BLE001
+                    log.debug("linking step tasks failed: %s", exc)
             if self.engine is not None and time.time() - last_prune > 60:
                 last_prune = time.time()
                 try:
