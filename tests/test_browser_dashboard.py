@@ -247,7 +247,7 @@ def test_the_gantt_and_analytics_pages_draw_their_charts(chromium, registered, s
     shots(page, "dag")
     page.goto(f"{registered.url}/analytics?period=24h")
     page.wait_for_selector("body[data-loaded]", timeout=20000)
-    page.wait_for_selector("#chart-sla canvas")
+    page.wait_for_selector("#chart-sla svg")
     assert int(page.inner_text("[data-kpi='Runs']")) >= 1
     shots(page, "analytics")
     resp = page.goto(f"{registered.url}/runs/0000000000000000")
@@ -685,7 +685,7 @@ def test_retry_attempts_are_listed_with_their_errors_on_the_run_page(chromium, r
     )
     assert "RETRYING" in attempts[0] and "try again" in attempts[0]
     assert "COMPLETED" in attempts[1] and "try again" not in attempts[1]
-    assert "retry 1/2" in page.inner_text("#step-flaky .step-head")
+    assert "attempt 2/3" in page.inner_text("#step-flaky .step-head")
     page.click("#step-boom .step-head")
     assert "it broke" in page.inner_text("#step-boom .step-body .error")
     assert "it broke" in page.inner_text("#run-error")

@@ -105,6 +105,101 @@ def test_validate_of_a_yaml_syntax_error_names_line_and_column(tmp_path: Path) -
     assert "line 3, column" in proc.stderr and "invalid YAML" in proc.stderr
 
 
+MISSPELT = """
+id: typos
+descripton: a workflow with the slips a new user makes
+steps:
+  - id: fetch
+    plugin: builtin
+    method: echo
+    retry: 2
+  - id: store
+    plugin: builtin
+    method: echo
+    depends_on: fech
+"""
+
+ONE_DEPENDENCY = """
+id: one_dependency
+steps:
+  - {id: fetch, plugin: builtin, method: echo}
+  - id: store
+    plugin: builtin
+    method: echo
+    depends_on: fetch
+"""
+
+UNKNOWN_PLUGINS = """
+id: unknown_plugins
+steps:
+  - {id: a, plugin: csv_lodaer, method: load_file}
+  - {id: b, plugin: processor, method: process}
+  - {id: c, plugin: data_validator, method: validate}
+  - {id: d, plugin: zzz}
+"""
+
+
+def test_validate_suggests_the_known_field_for_a_misspelt_one(tmp_path: Path) -> None:
+    proc = cli("validate", "--offline", write(tmp_path, "typos.yaml", MISSPELT))
+    assert proc.returncode == 2, proc.stderr
+    assert "steps[0].retry: unknown field (did you mean 'retries'?)" in proc.stderr
+    assert "descripton: unknown field (did you mean 'description'?)" in proc.stderr
+    assert "steps[1].depends_on[0]: unknown step 'fech' (did you mean 'fetch'?)" in proc.stderr
+
+
+def test_validate_accepts_depends_on_written_as_one_step_id(tmp_path: Path) -> None:
+    proc = cli("validate", "--offline", write(tmp_path, "one.yaml", ONE_DEPENDENCY))
+    assert proc.returncode == 0, proc.stderr
+    assert "workflow 'one_dependency' (2 steps, parallel)" in proc.stdout
+    explained = cli("explain", write(tmp_path, "one.yaml", ONE_DEPENDENCY), check=True)
+    assert "fetch" in explained.stdout and "store" in explained.stdout
+
+
+@pytest.mark.integration
+def test_a_run_with_depends_on_written_as_one_step_id_runs_it_after_that_step(
+    tmp_path: Path, fleet_settings, worker
+) -> None:
+    proc = cli(
+        "run",
+        write(tmp_path, "one.yaml", ONE_DEPENDENCY),
+        "--follow",
+        settings=fleet_settings,
+        check=True,
+    )
+    assert "  fetch: COMPLETED" in proc.stdout and "  store: COMPLETED" in proc.stdout
+    assert proc.stdout.index("  fetch: COMPLETED") < proc.stdout.index("  store: COMPLETED")
+
+
+@pytest.mark.integration
+def test_validate_against_the_fleet_names_the_closest_plugins_not_all_twenty(
+    tmp_path: Path, fleet_settings, worker
+) -> None:
+    proc = cli(
+        "validate", write(tmp_path, "plugins.yaml", UNKNOWN_PLUGINS), settings=fleet_settings
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line.strip() for line in proc.stderr.splitlines()]
+    assert "steps[0].plugin: no plugin 'csv_lodaer' (did you mean 'csv_loader'?)" in lines
+    assert (
+        "steps[1].plugin: no plugin 'processor' (did you mean 'audio_processor', "
+        "'image_processor' or 'large_processor'?)" in lines
+    )
+    assert (
+        "steps[2].method: plugin 'data_validator' has no method 'validate' "
+        "(did you mean 'validate_schema'?)" in lines
+    )
+    # The demo fleet has twenty plugins; the count follows what the workers publish.
+    assert any(
+        re.fullmatch(
+            r"steps\[3\]\.plugin: no plugin 'zzz'; none of the \d+ registered plugins has a "
+            r"similar name \(`canvasflow plugins` lists them\)",
+            line,
+        )
+        for line in lines
+    ), lines
+    assert "archiver" not in proc.stderr and "registered:" not in proc.stderr
+
+
 def test_explain_shows_a_chord_for_a_diamond(tmp_path: Path) -> None:
     proc = cli("explain", write(tmp_path, "d.yaml", DIAMOND), check=True)
     assert "chord" in proc.stdout and "header:" in proc.stdout and "body:" in proc.stdout

@@ -194,6 +194,56 @@ def test_retry_from_the_failed_step_reruns_only_it_and_its_descendants(client: C
     assert final.step("after").output == {"v": 1}  # upstream output kept
 
 
+def saga(wid: str) -> Workflow:
+    """backup -> migrate -> deploy (each with a compensation) -> verify, which fails once."""
+    wf = Workflow(wid, mode="sequential")
+    for sid in ("backup", "migrate", "deploy"):
+        wf = wf.step(
+            sid,
+            "builtin",
+            "echo",
+            params={"did": sid},
+            compensate={"plugin": "builtin", "method": "echo", "params": {"undo": sid}},
+        )
+    return wf.step("verify", "builtin", "fail", params={"times": 1, "message": "smoke test"})
+
+
+def test_retrying_a_compensated_saga_reruns_the_steps_whose_effects_were_undone(
+    client: Client,
+) -> None:
+    run = client.submit(saga("saga_retry"))
+    first = run.wait(30)
+    assert first.status == "FAILED"
+    assert first.statuses == {
+        "backup": "COMPENSATED",
+        "migrate": "COMPENSATED",
+        "deploy": "COMPENSATED",
+        "verify": "FAILED",
+    }
+    result = client.control.retry(run.id, actor="erin")  # from the failed step, verify
+    assert result.detail["reset"] == ["backup", "migrate", "deploy", "verify"]
+    final = run.wait(30)
+    assert final.status == "COMPLETED"
+    assert set(final.statuses.values()) == {"COMPLETED"}
+    for sid in ("backup", "migrate", "deploy"):
+        assert final.step(sid).attempts == 2 and final.step(sid).output == {"did": sid}
+    assert final.step("verify").attempts == 2  # numbered on: fail(times=1) passes
+    begun = [e["step"] for e in events_of(client, run.id, "step_started")]
+    assert begun == ["backup", "migrate", "deploy", "verify"] * 2  # in order, from the earliest
+    retry = [
+        e["data"]
+        for e in events_of(client, run.id, "operator_action")
+        if e["data"].get("action") == "retry"
+    ][-1]
+    assert retry["detail"]["attempts_before"] == {
+        "backup": 1,
+        "migrate": 1,
+        "deploy": 1,
+        "verify": 1,
+    }
+    assert retry["detail"]["status_before"] == "FAILED" and retry["detail"]["ended_at"]
+
+
 def test_illegal_actions_are_refused_with_the_current_state_and_audited(client: Client) -> None:
     run = client.submit(Workflow("done").step("a", "builtin", "echo"))
     run.wait(20)

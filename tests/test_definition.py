@@ -384,8 +384,15 @@ def test_an_unknown_compensation_or_defaults_field_is_reported() -> None:
         wf(step("a", compensate={"plugin": "p", "undo": 1}), defaults={"colour": "red"})
     )
     assert sorted(found) == [
-        ("defaults.colour", "unknown field"),
-        ("steps[0].compensate.undo", "unknown field"),
+        (
+            "defaults.colour",
+            "unknown field (fields: timeout, retries, retry_delay, retry_backoff, "
+            "retry_delay_max, critical, queue)",
+        ),
+        (
+            "steps[0].compensate.undo",
+            "unknown field (fields: plugin, method, params, timeout, retries, queue)",
+        ),
     ]
 
 
@@ -440,8 +447,11 @@ def test_critical_must_be_a_boolean() -> None:
     )
 
 
-def test_depends_on_must_be_a_list() -> None:
-    assert only_problem(wf(step("a", depends_on=3))) == ("steps[0].depends_on", "must be a list")
+def test_depends_on_must_be_a_step_id_or_a_list_of_them() -> None:
+    assert only_problem(wf(step("a", depends_on=3))) == (
+        "steps[0].depends_on",
+        "must be a step id or a list of step ids",
+    )
 
 
 def test_a_step_that_is_not_a_mapping_is_reported() -> None:
@@ -756,13 +766,13 @@ def test_without_a_catalog_plugins_are_not_checked() -> None:
     )
 
 
-def test_an_unknown_plugin_is_reported_with_a_suggestion_and_the_registered_ones() -> None:
+def test_an_unknown_plugin_is_reported_with_a_suggestion_only() -> None:
     data = wf(
         step("a"), step("b", plugin="csv_lodaer", method="load_file", params={"file_path": "x"})
     )
     assert only_problem(data, CATALOG) == (
         "steps[1].plugin",
-        "no plugin 'csv_lodaer' (did you mean 'csv_loader'?); registered: builtin, csv_loader",
+        "no plugin 'csv_lodaer' (did you mean 'csv_loader'?)",
     )
 
 
@@ -824,6 +834,132 @@ def test_the_builder_checks_against_a_catalog() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Messages that say what to write instead (issue 17, item 8)
+# ---------------------------------------------------------------------------------------------
+
+# Twenty plugins, as on the demo fleet: a message must not list them all.
+BIG_CATALOG: dict[str, Any] = {
+    name: {"run": {"params": [], "required": [], "accepts_any": True}}
+    for name in (
+        "archiver audio_processor backup builtin csv_loader csv_writer data_cleaner "
+        "data_inspector data_transformer data_validator deployment image_processor "
+        "large_processor manifest migration report_generator small_processor verifier "
+        "video_processor visualizer"
+    ).split()
+}
+
+
+def test_a_misspelt_step_field_suggests_the_known_one() -> None:
+    assert only_problem(wf(step("a", retry=2))) == (
+        "steps[0].retry",
+        "unknown field (did you mean 'retries'?)",
+    )
+
+
+def test_a_misspelt_workflow_field_suggests_the_known_one() -> None:
+    assert only_problem(wf(step("a"), descripton="x")) == (
+        "descripton",
+        "unknown field (did you mean 'description'?)",
+    )
+
+
+def test_a_misspelt_defaults_or_compensation_field_suggests_the_known_one() -> None:
+    found = problems(wf(step("a", compensate={"plugin": "p", "param": {}}), defaults={"timout": 3}))
+    assert sorted(found) == [
+        ("defaults.timout", "unknown field (did you mean 'timeout'?)"),
+        ("steps[0].compensate.param", "unknown field (did you mean 'params'?)"),
+    ]
+
+
+def test_a_step_setting_written_at_the_workflow_level_points_to_defaults() -> None:
+    assert only_problem(wf(step("a"), retries=2)) == (
+        "retries",
+        "unknown field ('retries' is a step setting: under defaults it applies to every step)",
+    )
+
+
+def test_an_unknown_step_field_like_no_known_one_is_just_unknown() -> None:
+    assert only_problem(wf(step("a", colour="blue"))) == ("steps[0].colour", "unknown field")
+
+
+def test_depends_on_written_as_one_step_id_means_a_list_of_it_as_in_the_builder() -> None:
+    text = "id: w\nsteps:\n  - {id: fetch, plugin: builtin, method: echo}\n" + (
+        "  - {id: store, plugin: builtin, method: echo, depends_on: fetch}\n"
+    )
+    d = load_definition(parse_text(text))
+    assert d.step("store").depends_on == ("fetch",)
+    built = (
+        Workflow("w")
+        .step("fetch", "builtin", "echo")
+        .step("store", "builtin", "echo", depends_on="fetch")
+        .build()
+    )
+    assert d == built
+    assert d.to_dict()["steps"][1]["depends_on"] == ["fetch"]
+
+
+def test_depends_on_written_as_one_unknown_step_id_is_checked_like_a_list() -> None:
+    assert only_problem(wf(step("fetch"), step("store", depends_on="fech"))) == (
+        "steps[1].depends_on[0]",
+        "unknown step 'fech' (did you mean 'fetch'?)",
+    )
+
+
+def test_depends_on_written_as_a_comma_separated_string_says_to_write_a_list() -> None:
+    assert only_problem(wf(step("a"), step("b"), step("c", depends_on="a, b"))) == (
+        "steps[2].depends_on[0]",
+        "unknown step 'a, b' (to depend on several steps write a list: [a, b])",
+    )
+
+
+def test_an_unknown_plugin_names_at_most_three_close_ones_not_all_twenty() -> None:
+    assert only_problem(wf(step("a", plugin="processor", method="run")), BIG_CATALOG) == (
+        "steps[0].plugin",
+        "no plugin 'processor' (did you mean 'audio_processor', 'image_processor' or "
+        "'large_processor'?)",
+    )
+
+
+def test_an_unknown_plugin_like_a_known_one_names_it() -> None:
+    assert only_problem(wf(step("a", plugin="csv_lodaer", method="run")), BIG_CATALOG) == (
+        "steps[0].plugin",
+        "no plugin 'csv_lodaer' (did you mean 'csv_loader'?)",
+    )
+
+
+def test_an_unknown_plugin_that_is_part_of_known_names_names_them() -> None:
+    assert only_problem(wf(step("a", plugin="csv", method="run")), BIG_CATALOG) == (
+        "steps[0].plugin",
+        "no plugin 'csv' (did you mean 'csv_loader' or 'csv_writer'?)",
+    )
+
+
+def test_an_unknown_plugin_like_none_of_twenty_says_where_to_see_them() -> None:
+    assert only_problem(wf(step("a", plugin="zzz", method="run")), BIG_CATALOG) == (
+        "steps[0].plugin",
+        "no plugin 'zzz'; none of the 20 registered plugins has a similar name "
+        "(`canvasflow plugins` lists them)",
+    )
+
+
+def test_an_unknown_method_of_a_known_plugin_names_the_close_one() -> None:
+    catalog = {"data_validator": {"validate_schema": {}, "discard": {}}}
+    data = wf(step("a", plugin="data_validator", method="validate"))
+    assert only_problem(data, catalog) == (
+        "steps[0].method",
+        "plugin 'data_validator' has no method 'validate' (did you mean 'validate_schema'?)",
+    )
+
+
+def test_an_unknown_parameter_like_a_known_one_names_it() -> None:
+    data = wf(step("a", plugin="builtin", method="sleep", params={"seconds": 1, "secs": 1}))
+    assert only_problem(data, CATALOG) == (
+        "steps[0].params.secs",
+        "unknown parameter of builtin.sleep (did you mean 'seconds'?)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Many problems at once
 # ---------------------------------------------------------------------------------------------
 
@@ -851,10 +987,7 @@ def test_many_problems_are_reported_at_once_in_one_error() -> None:
             ("steps[1].id", "duplicate step id 'a' (first used by steps[0])"),
             ("steps[1].depends_on[0]", "unknown step 'zz'"),
             ("steps[2].when", f"unknown name 'stepz' {NAMES_HINT}"),
-            (
-                "steps[3].plugin",
-                "no plugin 'csv_lodaer' (did you mean 'csv_loader'?); registered: builtin, csv_loader",
-            ),
+            ("steps[3].plugin", "no plugin 'csv_lodaer' (did you mean 'csv_loader'?)"),
         ]
     )
     text = str(info.value)

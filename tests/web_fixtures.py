@@ -230,7 +230,7 @@ def chromium() -> Iterator[Any]:
     if not (ROOT / "web" / "static" / "dist" / "main.js").exists():
         need(
             "the dashboard bundle (web/static/dist)",
-            "install with npm on PATH: pip install -e . builds it",
+            "it is committed: `git checkout -- web/static/dist`, or `npm run build` in web/frontend",
         )
     if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
         need("Chromium", f"{CHROMIUM} not found: apt-get install chromium")

@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 DIST = HERE / "static" / "dist"
 FRONTEND_HINT = (
-    "the dashboard's frontend is not built: install Node.js 18+ and run "
-    "`npm ci && npm run build` in web/frontend (pip install -e . does it when node is on PATH)"
+    "the dashboard's bundle (web/static/dist) is missing from this checkout, though it is "
+    "committed: restore it with `git checkout -- web/static/dist`, or rebuild it with "
+    "`npm ci && npm run build` in web/frontend (Node.js 18+)"
 )
 
 

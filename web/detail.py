@@ -8,20 +8,27 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator.audit import queries
 from orchestrator.audit.store import AuditStore
 from orchestrator.engine import compiler
 from orchestrator.engine.client import Client
-from orchestrator.engine.export import TRACE_FORMAT, export_run
+from orchestrator.engine.export import export_run
+from orchestrator.engine.runevents import run_events
 from orchestrator.engine.states import FINAL_RUN_STATUSES
 from orchestrator.errors import CanvasflowError, StoreError, UnknownRun
 from orchestrator.model.definition import Definition, from_stored
-from web.runs import REDIS_DOWN, REDIS_UNREACHABLE, RunViews, hot_base, summarize
+from web.runs import (
+    REDIS_DOWN,
+    REDIS_UNREACHABLE,
+    RunViews,
+    hot_base,
+    run_sla_status,
+    summarize,
+)
 from web.serving import cooperate
-from web.stream import run_events
 
 SETTLED = ("COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATED")
 STEPS_PER_STRETCH = 50  # steps built between two cooperate() calls (~0.5 ms on this machine)
@@ -58,7 +65,8 @@ def _with_statuses(
             "group": n,
             "branches": [
                 {
-                    "branch": f"g{n}.b{i}",
+                    "branch": f"g{n}.b{i}",  # a stable key; `name` is what a person reads
+                    "name": branch_name(ids),
                     "steps": list(ids),
                     "status": branch_status([statuses.get(s, "PENDING") for s in ids]),
                 }
@@ -107,14 +115,92 @@ def _groups(defn: Definition | None) -> tuple[tuple[int, tuple[tuple[str, ...], 
     return tuple(groups)
 
 
+BRANCH_NAME_STEPS = 3  # a longer branch is named by its first and last step and its length
+
+
+def branch_name(ids: tuple[str, ...] | list[str]) -> str:
+    """A branch as a person reads it: its steps in order (``resize → upload``), or its first and
+    last step and how many there are (``fetch → … → store · 5 steps``)."""
+    if len(ids) <= BRANCH_NAME_STEPS:
+        return " → ".join(ids)
+    return f"{ids[0]} → … → {ids[-1]} · {len(ids)} steps"
+
+
 def branch_status(statuses: list[str]) -> str:
+    """A parallel branch's status from its steps', in this order (docs/user-guide.md, "Parallel
+    branches"): RUNNING if one runs, retries or compensates; FAILED if one failed; PENDING while
+    one has not settled; then, every step settled: their status when they all have the same
+    one (all SKIPPED: SKIPPED); COMPENSATED if one was compensated; CANCELLED if one was
+    cancelled; else COMPLETED (some completed, the rest skipped)."""
     if any(s in ("RUNNING", "RETRYING", "COMPENSATING") for s in statuses):
         return "RUNNING"
-    if any(s == "FAILED" for s in statuses):
+    if "FAILED" in statuses:
         return "FAILED"
-    if all(s in SETTLED for s in statuses):
-        return "CANCELLED" if all(s == "CANCELLED" for s in statuses) else "COMPLETED"
-    return "PENDING"
+    if not statuses or not all(s in SETTLED for s in statuses):
+        return "PENDING"
+    if len(set(statuses)) == 1:
+        return statuses[0]
+    for status in ("COMPENSATED", "CANCELLED"):
+        if status in statuses:
+            return status
+    return "COMPLETED"
+
+
+def operator_retries(actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operator's retries of a run that were carried out, oldest first (from the audit log,
+    which lists actions newest first)."""
+    return [
+        a
+        for a in reversed(actions)
+        if a.get("action") == "retry" and a.get("outcome") == "ok" and a.get("detail")
+    ]
+
+
+def step_retries(
+    sid: str, attempts: int, max_retries: int, retries: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """An operator's retries of a step apart from its own: ``operator_retries`` counts the
+    operator's retries that ran it again, ``attempt`` is its attempt within the latest dispatch
+    that ran it, out of ``attempts_allowed`` (1 + its configured ``retries``)."""
+    mine = [r for r in retries if sid in (r["detail"].get("reset") or ())]
+    base = int((mine[-1]["detail"].get("attempts_before") or {}).get(sid) or 0) if mine else 0
+    return {
+        "operator_retries": len(mine),
+        "attempt": max(0, attempts - base),
+        "attempts_allowed": 1 + max_retries,
+    }
+
+
+def retry_sla(
+    summary: Mapping[str, Any], retries: list[dict[str, Any]], now: float
+) -> dict[str, Any]:
+    """A retried run's SLA figures. An operator's retry does not restart the run's SLA clock
+    (``elapsed`` runs from the run's creation, so a breach stays a breach); next to it are the
+    first dispatch's own figure (``first``: creation to the end it reached before the first
+    retry) and the latest retry's (``retry``: from that retry to now or the run's end)."""
+    target = summary["sla"]["target"]
+    if not retries:
+        return {"first": None, "retry": None}
+    created = float(summary["created_at"])
+    first_end = retries[0]["detail"].get("ended_at") or retries[0]["ts"]
+    first_status = retries[0]["detail"].get("status_before") or "FAILED"
+    first_elapsed = max(0.0, float(first_end) - created)
+    last = retries[-1]
+    end = summary["finished_at"] or now
+    retry_elapsed = max(0.0, float(end) - float(last["ts"]))
+    return {
+        "first": {
+            "elapsed": round(first_elapsed, 3),
+            "status": run_sla_status(first_status, first_elapsed, target),
+            "ended_at": first_end,
+        },
+        "retry": {
+            "elapsed": round(retry_elapsed, 3),
+            "status": run_sla_status(summary["status"], retry_elapsed, target),
+            "started_at": last["ts"],
+            "count": len(retries),
+        },
+    }
 
 
 class RunDetails:
@@ -322,6 +408,13 @@ class RunDetails:
         logs_by_step: dict[str, list[dict[str, Any]]] = {}
         for line in logs:
             logs_by_step.setdefault(line["step"], []).append(line)
+        actions = []
+        if self.store is not None:
+            try:
+                actions = queries.audit_entries(self.store, run_id, limit=50)
+            except StoreError:
+                pass
+        retries = operator_retries(actions)
         page = order[steps_offset : steps_offset + steps_limit]
         step_list = []
         for i, sid in enumerate(page):
@@ -335,15 +428,11 @@ class RunDetails:
                     _decoded(src["steps"].get(sid, {})),
                     logs_by_step.get(sid, []),
                     now,
+                    retries,
                 )
             )
         cooperate()
-        actions = []
-        if self.store is not None:
-            try:
-                actions = queries.audit_entries(self.store, run_id, limit=50)
-            except StoreError:
-                pass
+        summary["sla"] = {**summary["sla"], **retry_sla(summary, retries, now)}
         return {
             **summary,
             "definition": {
@@ -378,6 +467,7 @@ class RunDetails:
         st: Mapping[str, Any],
         logs: list[dict[str, Any]],
         now: float,
+        retries: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
         started, finished = st.get("started_at"), st.get("finished_at")
         status = st.get("status", "PENDING")
@@ -418,6 +508,7 @@ class RunDetails:
             "attempts": attempts,
             "retry_count": max(0, attempts - 1),
             "max_retries": spec.get("retries", 0),
+            **step_retries(sid, attempts, int(spec.get("retries", 0) or 0), retries),
             "history": history,
             "progress": st.get("progress"),
             "logs": logs,
@@ -561,68 +652,8 @@ class RunDetails:
         }
 
     def export(self, run_id: str) -> dict[str, Any]:
-        events = self.events(run_id, 0, limit=1_000_000)
-        try:
-            return export_run(self.client, run_id, events=events)
-        except UnknownRun:
-            pass
-        src = self._recorded(run_id)  # left the hot state: rebuild the trace from the audit store
-        d = self.detail(run_id, steps_limit=1_000_000, log_limit=0)
-        logs = queries.logs(self.store, run_id, limit=10_000) if self.store is not None else []
-        by_step: dict[str, list[dict[str, Any]]] = {}
-        for line in logs:
-            by_step.setdefault(line.step, []).append(
-                {"ts": line.ts, "level": line.level, "message": line.message}
-            )
-        base = src["base"]
-        return {
-            "format": TRACE_FORMAT,
-            "exported_at": time.time(),
-            "source": "audit",
-            "run": {
-                "id": run_id,
-                **{
-                    k: base.get(k)
-                    for k in (
-                        "workflow",
-                        "version",
-                        "name",
-                        "status",
-                        "priority",
-                        "triggered_by",
-                        "trigger_type",
-                        "sla_seconds",
-                        "created_at",
-                        "started_at",
-                        "finished_at",
-                        "error",
-                        "failed_step",
-                    )
-                },
-            },
-            "definition": src["definition"],
-            "inputs": src["meta"]["inputs"],
-            "tags": base.get("tags", []),
-            "steps": [
-                {
-                    "id": s["id"],
-                    "status": s["status"],
-                    "attempts": s["history"],
-                    "started_at": s["started_at"],
-                    "finished_at": s["finished_at"],
-                    "output": s["output"],
-                    "error": s["error"],
-                    "traceback": s["traceback"],
-                    "compensation_error": (s["compensation"] or {}).get("error"),
-                    "logs": by_step.get(s["id"], []),
-                    "progress": s["progress"],
-                    "stats": None,
-                }
-                for s in d["steps"]
-            ],
-            "events": events,
-            "operator_actions": [e["data"] for e in events if e["type"] == "operator_action"],
-        }
+        """The trace: the same document as ``canvasflow export`` (orchestrator/engine/export.py)."""
+        return export_run(self.client, run_id, self.store)
 
 
 def _decoded(st: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -40,7 +40,8 @@ def index() -> Any:
 
 @bp.route("/runs")
 def runs() -> Any:
-    return _page("runs.html", "runs", view=request.args.get("view", "active"))
+    # No view asked for: the page lands on Active, or on All when nothing is active (runs.js).
+    return _page("runs.html", "runs", view=request.args.get("view"))
 
 
 @bp.route("/runs/<run_id>")

@@ -190,6 +190,31 @@ class SlaSchema(Schema):
     )
 
 
+class SlaFigureSchema(Schema):
+    elapsed = fields.Float()
+    status = fields.String(allow_none=True)
+    ended_at = fields.Float(allow_none=True)
+    started_at = fields.Float(allow_none=True)
+    count = fields.Integer()
+
+
+class RunSlaSchema(SlaSchema):
+    """A run's SLA in its detail: an operator retry does not restart the clock (``elapsed`` is
+    from the run's creation); a retried run also has the first dispatch's figure and the latest
+    retry's own."""
+
+    first = fields.Nested(
+        SlaFigureSchema,
+        allow_none=True,
+        metadata={"description": "creation to the end reached before the first operator retry"},
+    )
+    retry = fields.Nested(
+        SlaFigureSchema,
+        allow_none=True,
+        metadata={"description": "the latest operator retry to now or the run's end"},
+    )
+
+
 class RunSummarySchema(Schema):
     id = fields.String()
     workflow = fields.Nested(WorkflowRefSchema)
@@ -324,6 +349,9 @@ class StepSchema(Schema):
     attempts = fields.Integer()
     retry_count = fields.Integer()
     max_retries = fields.Integer()
+    operator_retries = fields.Integer()  # operator retries of the run that ran this step again
+    attempt = fields.Integer()  # its attempt within the latest dispatch that ran it
+    attempts_allowed = fields.Integer()  # 1 + its configured retries
     history = fields.List(fields.Nested(AttemptSchema))
     progress = fields.Dict(allow_none=True)
     logs = fields.List(fields.Nested(LogSchema))
@@ -332,6 +360,7 @@ class StepSchema(Schema):
 
 class BranchSchema(Schema):
     branch = fields.String()
+    name = fields.String()
     steps = fields.List(fields.String())
     status = fields.String()
 
@@ -342,6 +371,7 @@ class BranchGroupSchema(Schema):
 
 
 class RunDetailSchema(RunSummarySchema):
+    sla = fields.Nested(RunSlaSchema)
     definition = fields.Dict()
     inputs = fields.Raw()
     resolved_by = fields.String(allow_none=True)

@@ -1,14 +1,10 @@
-"""Reading the event stream: the live tail a relay follows, and the catch-up of one run's events
-after a sequence number (the audit store for what is recorded, the stream for the rest).
-
-An event is ``{run, seq, type, step, status, ts, data}``; ``seq`` numbers each run's events from 1
-without gaps (orchestrator/engine/runstate.py increments it in the same Lua call that appends the event), so
-a client that remembers the last seq it applied can always ask for exactly what it missed.
+"""Reading the event stream: the live tail a relay follows. The catch-up of one run's events
+after a sequence number (the audit store for what is recorded, the stream for the rest) is
+``run_events`` of orchestrator/engine/runevents.py, which the trace export shares.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,100 +13,13 @@ from typing import Any
 
 import redis
 
-from orchestrator.audit import queries
-from orchestrator.audit.store import AuditStore
-from orchestrator.engine.runstate import RunState
-from orchestrator.errors import StoreError
+from orchestrator.engine.runevents import parse_entry, run_events
 from orchestrator.keys import Keys
+from orchestrator.records import text
+
+__all__ = ["StreamTail", "parse_entry", "run_events"]
 
 log = logging.getLogger(__name__)
-
-SCAN_CHUNK = 2000
-SCAN_MAX = 500_000  # entries read at most when scanning the stream for one run's events
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
-
-
-def parse_entry(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any] | None:
-    """A stream entry as an event dict, or None when it is not one (a foreign entry)."""
-    f = {_s(k): _s(v) for k, v in fields.items()}
-    try:
-        seq = int(f["seq"])
-        ts = float(f.get("ts") or 0)
-    except (KeyError, ValueError):
-        return None
-    try:
-        data = json.loads(f.get("data") or "{}")
-    except ValueError:
-        data = {"raw": f.get("data")}
-    return {
-        "run": f.get("run", ""),
-        "seq": seq,
-        "type": f.get("type", ""),
-        "step": f.get("step") or None,
-        "status": f.get("status") or None,
-        "ts": ts,
-        "data": data,
-        "id": _s(entry_id),
-    }
-
-
-def run_events(
-    state: RunState,
-    store: AuditStore | None,
-    run_id: str,
-    after: int = 0,
-    limit: int = 10_000,
-) -> list[dict[str, Any]]:
-    """The run's events with seq > ``after``, in seq order, without gaps that exist anywhere."""
-    recorded: list[dict[str, Any]] = []
-    start_id: str | None = None
-    if store is not None:
-        try:
-            found = queries.recorded_events(store, run_id, after, limit=limit)
-            recorded, start_id = found.events, found.stream_id
-        except StoreError as exc:
-            log.warning(
-                "events of %s: audit store unavailable (%s); reading the stream only", run_id, exc
-            )
-            recorded = []
-    for e in recorded:
-        e["step"] = e["step"] or None
-        e["status"] = e["status"] or None
-    known = recorded[-1]["seq"] if recorded else after
-    if len(recorded) >= limit:
-        return recorded[:limit]
-    (head,) = state.runs([run_id], "seq", "created_at")
-    latest = head.seq if head is not None else None
-    if latest is not None and latest <= known:
-        return recorded
-    if start_id is None:
-        created = head.created_at if head is not None else None
-        start_id = f"{int(created * 1000) - 1000}-0" if created else "-"
-    r, keys = state.r, state.keys
-    tail: dict[int, dict[str, Any]] = {}
-    scanned = 0
-    cursor = start_id
-    while scanned < SCAN_MAX:
-        batch = r.xrange(keys.events, min=cursor, count=SCAN_CHUNK)
-        if cursor != start_id and batch:
-            batch = batch[1:] if _s(batch[0][0]) == cursor else batch
-        if not batch:
-            break
-        scanned += len(batch)
-        for entry_id, fields in batch:
-            if _s(fields.get(b"run", fields.get("run"))) != run_id:
-                continue
-            e = parse_entry(entry_id, fields)
-            if e is not None and e["seq"] > known:
-                e.pop("id", None)
-                tail[e["seq"]] = e
-        cursor = _s(batch[-1][0])
-        if latest is not None and max(tail, default=0) >= latest:
-            break
-    return (recorded + [tail[k] for k in sorted(tail)])[:limit]
 
 
 class StreamTail:
@@ -150,14 +59,14 @@ class StreamTail:
 
     def _start_id(self) -> str:
         last = self.r.xrevrange(self.stream, count=1)
-        return _s(last[0][0]) if last else "0-0"
+        return text(last[0][0]) if last else "0-0"
 
     def _read(self, count: int, block: int | None) -> list[dict[str, Any]]:
         resp = self.r.xread({self.stream: self.last_id}, count=count, block=block)
         out = []
         for _, items in resp or []:
             for entry_id, fields in items:
-                self.last_id = _s(entry_id)
+                self.last_id = text(entry_id)
                 e = parse_entry(entry_id, fields)
                 if e is not None:
                     e.pop("id", None)

@@ -13,15 +13,154 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
-err = Console(stderr=True)
+# Piped output (a file, `grep`, CI logs) is never cut or wrapped: a run id or worker name cut to
+# fit 80 columns, or an error broken mid-sentence, is what a pipe must not get.
+PIPED_WIDTH = 10_000
+
+
+class CliConsole(Console):
+    """A rich console that is as wide as the terminal, and as wide as its lines when piped
+    (whatever COLUMNS says: that is the width of a terminal, and there is none)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fixed_width = kwargs.get("width") is not None
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        if not self._fixed_width and not self.is_terminal:
+            return ConsoleDimensions(PIPED_WIDTH, super().size.height)
+        return super().size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+        self._fixed_width = True
+
+    @property
+    def width(self) -> int:
+        return self.size.width
+
+    @width.setter
+    def width(self, width: int) -> None:
+        self._width = width
+        self._fixed_width = True
+
+
+console = CliConsole()
+err = CliConsole(stderr=True)
+
+
+@dataclass(frozen=True)
+class Col:
+    """A column of :func:`fitted_table`. ``drop``: the order in which columns that matter less
+    leave the table when it is wider than the terminal (1 first; None: always in it); a column
+    with ``below`` is then shown under the table, row by row, instead of being left out."""
+
+    header: str
+    drop: int | None = None
+    below: bool = False
+    no_wrap: bool = True  # ids, names, statuses, times: one line each, never cut
+    overflow: str = "fold"
+    min_width: int | None = None
+    max_width: int | None = None
+
+
+def _plain(cell: RenderableType) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
+def _cell_width(cell: RenderableType) -> int:
+    return max((len(line) for line in _plain(cell).splitlines()), default=0)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    table: Table
+    left_out: list[str]  # headers of the columns not shown
+    below: list[tuple[str, list[tuple[str, RenderableType]]]]  # (row label, [(header, cell)])
+
+
+def fitted_table(
+    width: int,
+    cols: list[Col],
+    rows: list[list[RenderableType]],
+    labels: list[str] | None = None,
+    **table_options: Any,
+) -> Fitted:
+    """A table for ``target``'s width: a ``no_wrap`` column is as wide as its widest cell (never
+    cut), the others fold down to their ``min_width``; while even that is wider than the terminal,
+    the columns with a ``drop`` rank leave the table, lowest rank first. ``labels`` name the rows
+    for the columns shown below it (default: the first cell)."""
+    widest = [max([len(c.header)] + [_cell_width(r[i]) for r in rows]) for i, c in enumerate(cols)]
+    # A folding column needs its min_width, or less when its widest cell is narrower.
+    floor = [
+        None if c.no_wrap else min(w, c.min_width or w) for c, w in zip(cols, widest, strict=True)
+    ]
+    least = [w if f is None else f for w, f in zip(widest, floor, strict=True)]
+    keep = list(range(len(cols)))
+    gone: list[int] = []
+    table_options.setdefault("box", None)
+    per_column = 2 if table_options["box"] is None else 3  # padding either side (and a rule)
+    while sum(least[i] + per_column for i in keep) + (per_column - 2) > width:
+        droppable = sorted((d, i) for i in keep if (d := cols[i].drop) is not None)
+        if not droppable:
+            break
+        keep.remove(droppable[0][1])
+        gone.append(droppable[0][1])
+    table = Table(header_style="bold", **table_options)
+    for i in keep:
+        c = cols[i]
+        table.add_column(
+            c.header,
+            no_wrap=c.no_wrap,
+            overflow="fold" if c.no_wrap else c.overflow,  # type: ignore[arg-type]
+            min_width=widest[i] if c.no_wrap else floor[i],
+            max_width=None if c.no_wrap else c.max_width,
+        )
+    for r in rows:
+        table.add_row(*(r[i] for i in keep))
+    moved = sorted(i for i in gone if cols[i].below)
+    below = []
+    for n, r in enumerate(rows):
+        cells = [(cols[i].header, r[i]) for i in moved if _plain(r[i]).strip() not in ("", "-")]
+        if cells:
+            below.append((labels[n] if labels else _plain(r[0]).strip(), cells))
+    return Fitted(table, [cols[i].header for i in gone if not cols[i].below], below)
+
+
+def print_fitted(
+    target: Console,
+    cols: list[Col],
+    rows: list[list[RenderableType]],
+    labels: list[str] | None = None,
+) -> None:
+    """Print :func:`fitted_table`, then what left it: the columns shown below it, and a note
+    naming the ones left out."""
+    fitted = fitted_table(target.width, cols, rows, labels)
+    target.print(fitted.table)
+    for label, cells in fitted.below:
+        target.print(Text(label, style="bold"))
+        for header, cell in cells:
+            target.print(
+                Text.assemble(f"  {header}: ", cell if isinstance(cell, Text) else str(cell))
+            )
+    if fitted.left_out and rows:
+        target.print(
+            f"({', '.join(fitted.left_out)} left out at {target.width} columns: widen the "
+            "terminal, or pipe the output, which is never cut)",
+            style="dim",
+            highlight=False,
+        )
+
 
 STATUS_STYLE = {
     "COMPLETED": "green",
@@ -277,24 +416,30 @@ def runs_cmd(
         limit=limit,
         cursor=cursor,
     )
-    table = Table(box=None, header_style="bold")
-    for col in ("run", "workflow", "status", "created", "duration", "sla"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("by", overflow="ellipsis", min_width=6)
-    table.add_column("tags", overflow="ellipsis", min_width=6)
-    for r in page.items:
-        sla = "-" if r.sla_met is None else ("met" if r.sla_met else "[red]breached[/]")
-        table.add_row(
+    cols = [
+        Col("run"),
+        Col("workflow", no_wrap=False, min_width=20),
+        Col("status"),
+        Col("created"),
+        Col("duration", drop=4),
+        Col("sla", drop=3),
+        Col("by", drop=2, no_wrap=False, overflow="ellipsis", min_width=6),
+        Col("tags", drop=1, no_wrap=False, overflow="ellipsis", min_width=6),
+    ]
+    rows: list[list[RenderableType]] = [
+        [
             r.id,
             f"{r.workflow} {r.version}".strip(),
             _status(r.status),
             _when(r.created_at, "%m-%d %H:%M:%S"),
             _secs(r.duration),
-            sla,
-            r.triggered_by or "-",
-            ", ".join(r.tags),
-        )
-    console.print(table)
+            "-" if r.sla_met is None else ("met" if r.sla_met else Text("breached", style="red")),
+            Text(r.triggered_by or "-"),
+            Text(", ".join(r.tags)),
+        ]
+        for r in page.items
+    ]
+    print_fitted(console, cols, rows)
     if not page.items:
         console.print("no runs recorded match (is a recorder running? `canvasflow recorder`)")
     if page.next_cursor:
@@ -345,39 +490,56 @@ def show(database_url: str | None, run_id: str, lines: int) -> None:
     t0 = r.started_at or r.created_at
     ends = [s.finished_at for s in d.steps if s.finished_at] + [r.finished_at or time.time()]
     span = max(ends) - t0
-    table = Table(box=None, header_style="bold")
-    for col in ("step", "status", "tries", "start", "duration", "timeline"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("worker", overflow="fold", max_width=24)
-    table.add_column("error / note", overflow="fold")
+    # Step ids and worker names stay whole on one line; the note folds; at a narrow width the
+    # timeline bar, then the start offset and the tries go first.
+    cols = [
+        Col("step"),
+        Col("status"),
+        Col("tries", drop=3),
+        Col("start", drop=2),
+        Col("duration"),
+        Col("timeline", drop=1),
+        Col("worker", drop=5, below=True),
+        Col("error / note", drop=4, below=True, no_wrap=False, min_width=16),
+    ]
+    rows: list[list[RenderableType]] = []
+    labels: list[str] = []
     for s in d.steps:
         note = s.error or s.reason or s.compensation_error or ""
         if s.progress is not None and s.status not in FINAL:
             note = f"{s.progress:.0%} {s.progress_message or ''} {note}".strip()
         start = f"+{s.started_at - t0:.2f}s" if s.started_at is not None else "-"
-        table.add_row(
-            s.id,
-            _status(s.status),
-            str(s.attempts),
-            start,
-            _secs(s.duration),
-            Text(_bar(s.started_at, s.duration, t0, span), style=STATUS_STYLE.get(s.status, "")),
-            s.worker or "-",
-            note[:200],
+        labels.append(s.id)
+        rows.append(
+            [
+                s.id,
+                _status(s.status),
+                str(s.attempts),
+                start,
+                _secs(s.duration),
+                Text(
+                    _bar(s.started_at, s.duration, t0, span), style=STATUS_STYLE.get(s.status, "")
+                ),
+                s.worker or "-",
+                Text(note[:200]),
+            ]
         )
         if len(s.history) > 1 or any(a.error for a in s.history):
             for a in s.history:
-                table.add_row(
-                    f"  #{a.number}",
-                    _status(a.status),
-                    "",
-                    "",
-                    _secs(a.duration),
-                    "",
-                    a.worker or "-",
-                    (a.error or "")[:200],
+                labels.append(f"{s.id} #{a.number}")
+                rows.append(
+                    [
+                        f"  #{a.number}",
+                        _status(a.status),
+                        "",
+                        "",
+                        _secs(a.duration),
+                        "",
+                        a.worker or "-",
+                        Text((a.error or "")[:200]),
+                    ]
                 )
-    console.print(table)
+    print_fitted(console, cols, rows, labels)
     if d.logs:
         console.print(f"[bold]last {len(d.logs)} of {d.logs_total} log lines[/]")
         for line in d.logs:

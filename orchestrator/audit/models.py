@@ -144,6 +144,7 @@ step_attempts = Table(
     Column("stats", Text),
     PrimaryKeyConstraint("run_id", "step_id", "attempt"),
     Index("ix_cf_step_attempts_started", "started_at"),
+    Index("ix_cf_step_attempts_task", "task_id"),  # a task history row's step (migration 0006)
 )
 
 step_logs = Table(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from orchestrator.audit.cli import PIPED_WIDTH, CliConsole, Col, fitted_table
 from orchestrator.engine.client import RESTING, Client, RunSnapshot
 
 STYLE = {
@@ -41,30 +43,48 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m{s:02d}s"
 
 
-def run_table(snap: RunSnapshot) -> Table:
+PAUSED_HINT = "paused: still following until `canvasflow resume {run}` (Ctrl-C stops following)"
+
+
+def run_table(snap: RunSnapshot, *, paused_hint: bool = False, width: int = PIPED_WIDTH) -> Table:
+    """The run's steps as a table ``width`` columns wide at most: step ids and statuses whole on
+    one line, the detail (an error) folded; at a narrow width the attempts, then the duration,
+    leave it."""
     pct = int(snap.progress * 100)
     title = (
         f"{snap.workflow} {snap.version}  run {snap.id}  [{STYLE.get(snap.status, '')}]{snap.status}[/]"
         f"  {snap.settled}/{snap.total} steps ({pct}%)  {fmt_duration(snap.duration)}"
     )
-    table = Table(title=title, title_justify="left", expand=False)
-    for col in ("step", "status", "attempts", "duration", "detail"):
-        table.add_column(col)
+    cols = [
+        Col("step"),
+        Col("status"),
+        Col("attempts", drop=1),
+        Col("duration", drop=2),
+        Col("detail", no_wrap=False, min_width=16),
+    ]
+    rows: list[list[RenderableType]] = []
+    now = time.time()
     for s in snap.steps:
-        now = time.time()
         dur = (
             s.duration if s.duration is not None else (now - s.started_at if s.started_at else None)
         )
         detail = s.compensation_error or s.error or ""
-        table.add_row(
-            s.id,
-            f"[{STYLE.get(s.status, '')}]{s.status}[/]",
-            str(s.attempts or ""),
-            fmt_duration(dur),
-            detail[:80],
+        rows.append(
+            [
+                s.id,
+                Text(s.status, style=STYLE.get(s.status, "")),
+                str(s.attempts or ""),
+                fmt_duration(dur),
+                Text(detail[:200]),
+            ]
         )
+    table = fitted_table(
+        width, cols, rows, box=box.HEAVY_HEAD, title=title, title_justify="left", expand=False
+    ).table
     if snap.error:
         table.caption = f"error: {snap.error}"
+    elif paused_hint and snap.status == "PAUSED":
+        table.caption = PAUSED_HINT.format(run=snap.id)
     return table
 
 
@@ -75,19 +95,25 @@ def follow(
     timeout: float | None = None,
     console: Console | None = None,
     interval: float = 0.2,
+    until: Collection[str] = RESTING,
 ) -> list[RunSnapshot]:
-    """Show runs until each rests (final, paused, or waiting on a failed compensation)."""
-    console = console or Console()
+    """Show runs until each is in a status of ``until`` (by default: until each rests — final,
+    paused, or waiting on a failed compensation), or ``timeout`` seconds have passed. A run that
+    pauses while ``until`` does not hold PAUSED is followed on, through its resume."""
+    console = console or CliConsole()
     ids = list(run_ids)
     deadline = None if timeout is None else time.monotonic() + timeout
     if console.is_terminal:
+        from rich.console import Group
+
+        hint = "PAUSED" not in until
         with Live(console=console, refresh_per_second=8) as live:
             while True:
                 snaps = [client.snapshot(i) for i in ids]
-                from rich.console import Group
-
-                live.update(Group(*(run_table(s) for s in snaps)))
-                if all(s.status in RESTING for s in snaps) or (
+                live.update(
+                    Group(*(run_table(s, paused_hint=hint, width=console.width) for s in snaps))
+                )
+                if all(s.status in until for s in snaps) or (
                     deadline and time.monotonic() > deadline
                 ):
                     return snaps
@@ -105,6 +131,8 @@ def follow(
                     f"({snap.settled}/{snap.total} steps)",
                     flush=True,
                 )
+                if snap.status == "PAUSED" and "PAUSED" not in until:
+                    print(f"[{snap.workflow}]   {PAUSED_HINT.format(run=snap.id)}", flush=True)
             for s in snap.steps:
                 k = (snap.id, s.id)
                 label = f"{s.status}#{s.attempts}"
@@ -113,11 +141,11 @@ def follow(
                     extra = f" attempt {s.attempts}" if s.attempts > 1 else ""
                     err = f" - {s.error}" if s.error and s.status in ("FAILED", "RETRYING") else ""
                     print(f"[{snap.workflow}]   {s.id}: {s.status}{extra}{err}", flush=True)
-        if all(s.status in RESTING for s in snaps) or (deadline and time.monotonic() > deadline):
+        if all(s.status in until for s in snaps) or (deadline and time.monotonic() > deadline):
             return snaps
         time.sleep(interval)
 
 
 def print_summary(snap: RunSnapshot, console: Console | None = None) -> None:
-    console = console or Console(file=sys.stdout)
-    console.print(run_table(snap))
+    console = console or CliConsole()
+    console.print(run_table(snap, width=console.width))

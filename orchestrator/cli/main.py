@@ -12,14 +12,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import redis
-from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from orchestrator.audit import cli as audit_cli
+from orchestrator.audit.cli import CliConsole, Col, print_fitted
 from orchestrator.cli.demo import (
     DEMO_CALL_ALLOW,
     EXAMPLES,
@@ -28,12 +28,16 @@ from orchestrator.cli.demo import (
     write_sample_csv,
 )
 from orchestrator.engine import compiler
+from orchestrator.engine.states import FINAL_RUN_STATUSES, RunStatus
 from orchestrator.errors import CanvasflowError, DefinitionError, UnknownRun
 from orchestrator.model import callallow
 from orchestrator.settings import Settings
 
-console = Console()
-err = Console(stderr=True)
+console = CliConsole()  # as wide as the terminal; piped, never cut (orchestrator/audit/cli.py)
+err = CliConsole(stderr=True)
+# Exit codes of following a run that has not ended (`run --follow`, `status --follow`).
+EXIT_FOLLOW_TIMEOUT = 124  # --timeout reached, as timeout(1) exits
+EXIT_FOLLOW_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 def _redis_hint(settings: Settings, exc: Exception) -> str:
@@ -188,10 +192,15 @@ def explain(file: str) -> None:
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]))
 @click.option("--tag", "tags", multiple=True)
 @click.option(
-    "--follow/--no-follow", default=True, help="Show live per-step progress until the run ends."
+    "--follow/--no-follow",
+    default=True,
+    help="Show live per-step progress until the run ends, through pauses and resumes.",
 )
 @click.option(
-    "--timeout", type=float, default=None, help="Give up following after this many seconds."
+    "--timeout",
+    type=float,
+    default=None,
+    help=f"Stop following after this many seconds (exit {EXIT_FOLLOW_TIMEOUT}; the run goes on).",
 )
 @handle_errors
 def run(
@@ -202,9 +211,9 @@ def run(
     follow: bool,
     timeout: float | None,
 ) -> None:
-    """Submit a run of a definition file (or a registered workflow id)."""
-    from orchestrator.cli.display import follow as follow_runs
-
+    """Submit a run of a definition file (or a registered workflow id). Exit code when
+    following: 0 COMPLETED, 1 FAILED, CANCELLED or COMPENSATION_FAILED, 124 --timeout reached,
+    130 Ctrl-C (the run goes on)."""
     client = make_client()
     with _printed_here(CLIENT_LOGGER):
         r = client.submit(
@@ -220,17 +229,66 @@ def run(
     if not follow:
         console.print(r.id)
         return
-    snap = follow_runs(client, [r.id], timeout=timeout)[0]
-    console.print(f"run {snap.id} {snap.status}" + (f": {snap.error}" if snap.error else ""))
+    follow_to_end(client, r.id, timeout)
+
+
+# Where following a run stops: it ended, or it waits on an operator for a failed compensation.
+# PAUSED is not among them: a paused run is followed on until it is resumed and ends.
+FOLLOW_UNTIL = frozenset(str(s) for s in FINAL_RUN_STATUSES) | {str(RunStatus.COMPENSATION_FAILED)}
+
+
+def follow_to_end(client: Any, run_id: str, timeout: float | None) -> NoReturn:
+    """Follow one run until it ends and exit with its outcome; Ctrl-C or ``timeout`` stop the
+    following only, and say so (docs/user-guide.md, "canvasflow run": the exit codes)."""
+    from orchestrator.cli.display import follow as follow_runs
+
+    try:
+        snap = follow_runs(client, [run_id], timeout=timeout, until=FOLLOW_UNTIL)[0]
+    except KeyboardInterrupt:
+        _stopped_following(client, run_id, "stopped following")
+        sys.exit(EXIT_FOLLOW_INTERRUPTED)
+    if snap.status not in FOLLOW_UNTIL:
+        _stopped_following(client, run_id, f"stopped following after {timeout:g} s")
+        sys.exit(EXIT_FOLLOW_TIMEOUT)
+    console.print(
+        f"run {snap.id} {snap.status}" + (f": {snap.error}" if snap.error else ""),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     sys.exit(0 if snap.status == "COMPLETED" else 1)
+
+
+def _stopped_following(client: Any, run_id: str, what: str) -> None:
+    status = client.state.status(run_id) or "unknown to Redis"
+    still = "" if status in FOLLOW_UNTIL else "still "
+    err.print(
+        f"{what}; run {run_id} is {still}{status} — `canvasflow status {run_id}`"
+        + (f" (or `canvasflow status {run_id} --follow`)" if still else ""),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @main.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Follow the run like `canvasflow run` does, until it ends (same exit codes).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help=f"With --follow: stop following after this many seconds (exit {EXIT_FOLLOW_TIMEOUT}).",
+)
 @handle_errors
-def status(run_id: str, as_json: bool) -> None:
-    """Show a run's status and its steps."""
+def status(run_id: str, as_json: bool, follow: bool, timeout: float | None) -> None:
+    """Show a run's status and its steps; --follow follows it to its end."""
     from dataclasses import asdict
 
     from orchestrator.cli.display import print_summary
@@ -241,6 +299,10 @@ def status(run_id: str, as_json: bool) -> None:
     except UnknownRun:
         _explain_lost(client, run_id)
         raise
+    if follow:
+        if as_json:
+            raise click.UsageError("--follow and --json do not go together")
+        follow_to_end(client, run_id, timeout)
     if as_json:
         click.echo(json.dumps(asdict(snap), default=str, indent=2))
     else:
@@ -249,16 +311,12 @@ def status(run_id: str, as_json: bool) -> None:
 
 def _explain_lost(client: Any, run_id: str) -> None:
     """A run Redis does not know may still be live in the audit store: say so, and what to do."""
-    from sqlalchemy.engine import make_url
-
-    from orchestrator.audit.store import AuditStore
     from orchestrator.engine.lost import lost_status
     from orchestrator.errors import StoreError
 
-    url = make_url(client.settings.database_url)
-    if url.drivername.startswith("sqlite") and not (url.database and Path(url.database).exists()):
-        return  # no audit store here (and asking SQLite would create an empty file)
-    store = AuditStore(url)
+    store = _existing_store(client.settings.database_url)
+    if store is None:
+        return  # no audit store here
     try:
         status = lost_status(store, client.state, run_id)
     except StoreError:
@@ -339,21 +397,27 @@ def plugins() -> None:
     if not fleet:
         err.print("no worker has published a catalog: start one with `canvasflow worker`")
         sys.exit(1)
-    table = Table(title=f"plugins on {len(fleet)} worker(s)")
-    for col in ("plugin", "method", "parameters", "workers (queues)"):
-        table.add_column(col)
+    console.print(f"plugins on {len(fleet)} worker(s)", highlight=False)
     rows: dict[tuple[str, str], tuple[dict, list[str]]] = {}
     for host, entry in sorted(fleet.items()):
         for plugin, methods in entry.get("plugins", {}).items():
             for method, info in methods.items():
                 queues = ",".join(entry.get("queues", []))
                 rows.setdefault((plugin, method), (info, []))[1].append(f"{host} ({queues})")
+    table_rows: list[list[Any]] = []
     for (plugin, method), (info, hosts) in sorted(rows.items()):
         params = ", ".join(p + ("" if p in info["required"] else "?") for p in info["params"])
         if info.get("accepts_any"):
             params = (params + ", " if params else "") + "**"
-        table.add_row(plugin, method, params, ", ".join(hosts))
-    console.print(table)
+        # One worker a line: a worker name is never folded.
+        table_rows.append([plugin, method, Text(params), Text("\n".join(hosts))])
+    cols = [
+        Col("plugin"),
+        Col("method"),
+        Col("parameters", no_wrap=False, min_width=12),
+        Col("workers (queues)"),
+    ]
+    print_fitted(console, cols, table_rows)
     for host, entry in sorted(fleet.items()):
         console.print(
             f"builtin.call on {host}: {callallow.describe(entry.get('call_allow') or [])}",
@@ -498,14 +562,47 @@ def clone(run_id: str, inputs: tuple[str, ...], reason: str | None) -> None:
     console.print(new.id)
 
 
+def _existing_store(database_url: str) -> Any:
+    """The audit store at ``database_url``, or None for a SQLite file that does not exist (asking
+    SQLite would create an empty one in the working directory)."""
+    from sqlalchemy.engine import make_url
+
+    from orchestrator.audit.store import AuditStore
+
+    url = make_url(database_url)
+    if url.drivername.startswith("sqlite") and not (url.database and Path(url.database).exists()):
+        return None
+    return AuditStore(url)
+
+
 @main.command()
 @click.argument("run_id")
+@click.option(
+    "--database-url", default=None, help="The audit store [default: CANVASFLOW_DATABASE_URL]."
+)
 @handle_errors
-def export(run_id: str) -> None:
-    """Print one JSON document with everything about a run (canvasflow export ID > trace.json)."""
+def export(run_id: str, database_url: str | None) -> None:
+    """Print one JSON document with everything about a run (canvasflow export ID > trace.json):
+    the same document as the dashboard's export."""
     from orchestrator.engine.export import export_run
 
-    click.echo(json.dumps(export_run(make_client(), run_id), indent=2, default=str))
+    client = make_client()
+    url = database_url or client.settings.database_url
+    store = _existing_store(url)
+    if store is None:
+        err.print(
+            f"note: no audit store at {url}: only the events still in the Redis stream are "
+            "exported (set CANVASFLOW_DATABASE_URL or --database-url to the fleet's store)",
+            style="yellow",
+            markup=False,
+            highlight=False,
+        )
+    try:
+        trace = export_run(client, run_id, store)
+    finally:
+        if store is not None:
+            store.dispose()
+    click.echo(json.dumps(trace, indent=2, default=str))
 
 
 @main.command()

@@ -156,7 +156,9 @@ class Control:
     ) -> ActionResult:
         """Run a finished run again from a step (default: the first failed one) or the start:
         that step and everything downstream run again, upstream outputs are kept, attempts are
-        numbered on."""
+        numbered on. Steps whose compensation ran (COMPENSATED: their effects were undone) run
+        again too, whichever step the retry starts from: the retried run must not build on, or
+        end COMPLETED with, work that was rolled back."""
         run, steps, defn = self._load(run_id, "retry", actor, reason)
         status = run.status
         if status not in ALLOWED["retry"]:
@@ -194,7 +196,15 @@ class Control:
                     StepStatus.RUNNING,
                 )
             }
-            reset = [s for s in order if s == from_step or s in downstream or s in unfinished]
+            undone = {s for s in order if s in steps and steps[s].status == StepStatus.COMPENSATED}
+            reset = [
+                s
+                for s in order
+                if s == from_step or s in downstream or s in unfinished or s in undone
+            ]
+        # What the run page needs to tell an operator's retries from a step's own (Celery)
+        # retries, and to show the first dispatch's SLA figure next to the retry's.
+        before_attempts = {s: steps[s].attempts for s in reset if s in steps}
         verdict, before, epoch = self.state.restart(
             run_id,
             Move.RETRY,
@@ -212,7 +222,14 @@ class Control:
             actor,
             reason,
             "ok",
-            {"from_step": from_step, "reset": reset, "epoch": epoch},
+            {
+                "from_step": from_step,
+                "reset": reset,
+                "epoch": epoch,
+                "attempts_before": before_attempts,
+                "ended_at": run.finished_at,
+                "status_before": before,
+            },
         )
         return ActionResult(
             "retry", run_id, before, RunStatus.RUNNING, {"reset": reset, "epoch": epoch}

@@ -1,4 +1,11 @@
-"""Export a run's whole trace as one JSON document (schema: docs/api.md "Trace format")."""
+"""Export a run's whole trace as one JSON document (schema: docs/api.md "Trace format").
+
+The one export of the project: ``canvasflow export`` and ``GET /api/v1/runs/{id}/export`` both
+call :func:`export_run`, so the file a user downloads and the one the CLI prints hold the same
+fields from the same sources. Events come from the audit store (what the recorder wrote: the
+stream is trimmed behind it) and from the Redis stream (what it has not recorded yet); steps and
+attempts come from the hot state while Redis has the run, else from the audit store.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,16 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+import redis
+
+from orchestrator.audit import queries
+from orchestrator.engine.runevents import all_events, recorded_events
 from orchestrator.errors import UnknownRun
 from orchestrator.logbatch import log_lines
-from orchestrator.records import StepRecord, text
+from orchestrator.records import StepRecord
 
 if TYPE_CHECKING:
+    from orchestrator.audit.store import AuditStore
     from orchestrator.engine.client import Client
 
 TRACE_FORMAT = "canvasflow.trace/1"
@@ -32,65 +44,162 @@ RUN_FIELDS = (
     "resolved_by",
     "epoch",
 )
+ATTEMPT_FIELDS = (
+    "step",
+    "attempt",
+    "status",
+    "started_at",
+    "finished_at",
+    "duration",
+    "worker",
+    "task_id",
+    "error",
+    "traceback",
+    "input",
+    "stats",
+)
+EVENT_FIELDS = ("seq", "type", "step", "status", "ts", "data")
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+REDIS_UNREACHABLE = (
+    "Redis is unreachable: the trace is rebuilt from the audit store alone, without the events "
+    "the recorder had not written yet"
+)
 
 
-def _events_from_stream(client: Client, run_id: str) -> list[dict[str, Any]]:
-    """The run's events from the Redis stream (what the recorder has not trimmed yet)."""
-    out = []
-    last = "-"
-    while True:
-        batch = client.redis.xrange(client.keys.events, min=last, count=5000)
-        if last != "-" and batch:
-            batch = batch[1:]
-        if not batch:
-            break
-        for _entry_id, fields in batch:
-            f = {text(k): text(v) for k, v in (fields or {}).items()}
-            if f.get("run") == run_id:
-                out.append(
-                    {
-                        "seq": int(f["seq"]),
-                        "type": f["type"],
-                        "step": f.get("step") or None,
-                        "status": f.get("status") or None,
-                        "ts": float(f["ts"]),
-                        "data": json.loads(f.get("data") or "{}"),
-                    }
-                )
-        last = text(batch[-1][0])
-    return sorted(out, key=lambda e: (e["seq"], e["ts"]))
+def _decoded(v: Any) -> Any:
+    """An attempt's rendered input, which the hot state keeps as JSON text."""
+    if not isinstance(v, str):
+        return v
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v  # cut short at INPUT_CAP: the text as it is
 
 
-def export_run(
-    client: Client, run_id: str, events: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """Definition, inputs, every step attempt, logs, progress, events and operator actions."""
+def _step(sid: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": sid,
+        "status": fields.get("status") or "PENDING",
+        "attempts": fields.get("attempts") or [],
+        "started_at": fields.get("started_at"),
+        "finished_at": fields.get("finished_at"),
+        "output": fields.get("output"),
+        "error": fields.get("error"),
+        "traceback": fields.get("traceback"),
+        "compensation_error": fields.get("compensation_error"),
+        "logs": [],
+        "progress": None,
+        "stats": fields.get("stats"),
+    }
+
+
+def _from_hot(client: Client, run_id: str) -> dict[str, Any] | None:
+    """The run, its steps and attempts from the hot state; None when Redis no longer has it."""
     data = client.state.read(run_id)
     if data is None:
-        raise UnknownRun(run_id)
+        return None
     run, steps, attempts = data
-    if events is None:
-        events = _events_from_stream(client, run_id)
     by_step: dict[str, dict[str, Any]] = {}
     for sid in run.step_ids:
-        step = steps.get(sid) or StepRecord(sid)
-        by_step[sid] = {
-            "id": sid,
-            "status": step.status,
-            "attempts": [],
-            "started_at": step.started_at,
-            "finished_at": step.finished_at,
-            "output": step.output,
-            "error": step.error,
-            "traceback": step.traceback,
-            "compensation_error": step.compensation_error,
-            "logs": [],
-            "progress": None,
-            "stats": None,
-        }
+        s = steps.get(sid) or StepRecord(sid)
+        by_step[sid] = _step(
+            sid,
+            status=s.status,
+            started_at=s.started_at,
+            finished_at=s.finished_at,
+            output=s.output,
+            error=s.error,
+            traceback=s.traceback,
+            compensation_error=s.compensation_error,
+        )
     for a in attempts:
-        if a.get("step") in by_step:
-            by_step[a["step"]]["attempts"].append(a)
+        entry = by_step.get(a.get("step") or "")
+        if entry is not None:
+            att = {k: a.get(k) for k in ATTEMPT_FIELDS}
+            att["input"] = _decoded(att["input"])
+            entry["attempts"].append(att)
+    return {
+        "source": "hot",
+        "run": {"id": run_id, **{k: getattr(run, k) or None for k in RUN_FIELDS}},
+        "definition": run.definition,
+        "inputs": run.inputs,
+        "tags": list(run.tags),
+        "steps": by_step,
+    }
+
+
+def _from_store(store: AuditStore, run_id: str) -> dict[str, Any]:
+    """The same from the audit store, for a run that left the hot state (or with Redis down)."""
+    d = queries.run_detail(store, run_id, log_limit=0)
+    r = d.run
+    recorded = {s.id: s for s in d.steps}
+    order = [s["id"] for s in (d.definition or {}).get("steps") or []] or list(recorded)
+    by_step: dict[str, dict[str, Any]] = {}
+    for sid in order + [s for s in recorded if s not in order]:
+        s = recorded.get(sid)
+        if s is None:
+            by_step[sid] = _step(sid)
+            continue
+        by_step[sid] = _step(
+            sid,
+            status=s.status,
+            started_at=s.started_at,
+            finished_at=s.finished_at,
+            output=s.output,
+            error=s.error,
+            traceback=s.history[-1].traceback if s.history else None,
+            compensation_error=s.compensation_error,
+            attempts=[
+                {
+                    "step": sid,
+                    "attempt": a.number,
+                    "status": a.status,
+                    "started_at": a.started_at,
+                    "finished_at": a.finished_at,
+                    "duration": a.duration,
+                    "worker": a.worker,
+                    "task_id": a.task_id,
+                    "error": a.error,
+                    "traceback": a.traceback,
+                    "input": a.input,
+                    "stats": a.stats,
+                }
+                for a in s.history
+            ],
+        )
+    fields = {k: getattr(r, k, None) for k in RUN_FIELDS}
+    fields["workflow"] = r.workflow
+    return {
+        "source": "audit",
+        "run": {"id": run_id, **{k: v if v != "" else None for k, v in fields.items()}},
+        "definition": d.definition,
+        "inputs": d.inputs or {},
+        "tags": list(r.tags),
+        "steps": by_step,
+    }
+
+
+def export_run(client: Client, run_id: str, store: AuditStore | None = None) -> dict[str, Any]:
+    """Definition, inputs, every step attempt, logs, progress, events and operator actions.
+
+    ``store`` is the audit store (None: the fleet has none, and only what the Redis stream still
+    holds is exported). Raises UnknownRun when neither Redis nor the store knows the run, and
+    StoreError when the store cannot be read (a trace without its events must not pass for one).
+    """
+    warnings: list[str] = []
+    try:
+        events = all_events(client.state, store, run_id)
+        src = _from_hot(client, run_id)
+    except REDIS_DOWN:
+        if store is None:
+            raise
+        events, src = recorded_events(store, run_id), None
+        warnings.append(REDIS_UNREACHABLE)
+    if src is None:
+        if store is None:
+            raise UnknownRun(run_id)
+        src = _from_store(store, run_id)
+    by_step = src["steps"]
     for e in events:
         entry = by_step.get(e.get("step") or "")
         if entry is None:
@@ -107,13 +216,16 @@ def export_run(
             e["type"] in ("step_completed", "step_failed", "step_retrying") and "stats" in e["data"]
         ):
             entry["stats"] = e["data"]["stats"]
+    events = [{k: e.get(k) for k in EVENT_FIELDS} for e in events]
     return {
         "format": TRACE_FORMAT,
         "exported_at": time.time(),
-        "run": {"id": run_id, **{k: getattr(run, k) or None for k in RUN_FIELDS}},
-        "definition": run.definition,
-        "inputs": run.inputs,
-        "tags": run.tags,
+        "source": src["source"],
+        "warnings": warnings,
+        "run": src["run"],
+        "definition": src["definition"],
+        "inputs": src["inputs"],
+        "tags": src["tags"],
         "steps": list(by_step.values()),
         "events": events,
         "operator_actions": [e["data"] for e in events if e["type"] == "operator_action"],

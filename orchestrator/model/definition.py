@@ -242,27 +242,66 @@ class WorkflowSchema(_StrictSchema):
 _SCHEMA = WorkflowSchema()
 
 
-def _flatten(errors: Any, path: str = "") -> Iterator[tuple[str, str]]:
-    """Marshmallow's nested error dict as (path, message) pairs, e.g. ('steps[2].id', ...)."""
+def _flatten(
+    errors: Any, path: str = "", schema: Schema | None = None
+) -> Iterator[tuple[str, str]]:
+    """Marshmallow's nested error dict as (path, message) pairs, e.g. ('steps[2].id', ...).
+
+    ``schema`` is the schema that reported ``errors``: an unknown field is compared with the
+    fields it knows, so ``steps[0].retry`` suggests ``retries``."""
     if isinstance(errors, Mapping):
-        for key, sub in errors.items():
+        # Marshmallow finds unknown fields through a set, so their order changes from one
+        # process to the next: after the other problems of the level, by name.
+        for key, sub in sorted(errors.items(), key=_unknown_last):
             if key == "_schema":
-                yield from _flatten(sub, path)
+                yield from _flatten(sub, path, schema)
             elif isinstance(key, int):
-                yield from _flatten(sub, f"{path}[{key}]")
+                yield from _flatten(sub, f"{path}[{key}]", schema)
             else:
-                yield from _flatten(sub, f"{path}.{key}" if path else str(key))
+                child = f"{path}.{key}" if path else str(key)
+                if schema is not None and sub == ["Unknown field."]:
+                    yield child, _unknown_field(str(key), schema)
+                else:
+                    yield from _flatten(sub, child, _nested(schema, str(key)))
     elif isinstance(errors, list | tuple):
         for item in errors:
             if isinstance(item, str):
-                yield path, _humanise(item)
+                yield path, _humanise(item, path)
             else:
-                yield from _flatten(item, path)
+                yield from _flatten(item, path, schema)
     else:
-        yield path, _humanise(str(errors))
+        yield path, _humanise(str(errors), path)
 
 
-def _humanise(message: str) -> str:
+def _unknown_last(item: tuple[Any, Any]) -> tuple[bool, str]:
+    unknown = item[1] == ["Unknown field."]
+    return unknown, str(item[0]) if unknown else ""
+
+
+def _nested(schema: Schema | None, key: str) -> Schema | None:
+    """The schema of field ``key`` of ``schema`` (through a list of them), if it has one."""
+    field_ = schema.fields.get(key) if schema is not None else None
+    if isinstance(field_, fields.List):
+        field_ = field_.inner
+    if isinstance(field_, fields.Nested) and isinstance(field_.schema, Schema):
+        return field_.schema
+    return None
+
+
+def _unknown_field(key: str, schema: Schema) -> str:
+    from orchestrator.model import validation
+
+    if isinstance(schema, WorkflowSchema) and key in STEP_DEFAULTS:
+        return f"unknown field ('{key}' is a step setting: under defaults it applies to every step)"
+    hint = validation.did_you_mean(validation.suggest(key, schema.fields, 1))
+    if not hint and len(schema.fields) <= validation.MAX_LISTED:
+        hint = f" (fields: {', '.join(schema.fields)})"
+    return "unknown field" + hint
+
+
+def _humanise(message: str, path: str = "") -> str:
+    if message == "Not a valid list." and path.endswith(".depends_on"):
+        return "must be a step id or a list of step ids"
     replacements = {
         "Unknown field.": "unknown field",
         "Missing data for required field.": "required",
@@ -313,17 +352,36 @@ def load_definition(
             [("", f"a definition must be a mapping, not {type(data).__name__}")], source
         )
     limits_.refuse(limits_.check_definition(data, limits), source)
+    data = _one_dependency_is_a_list(data)
     problems: list[tuple[str, str]] = []
     try:
         loaded = _SCHEMA.load(dict(data))
     except ValidationError as exc:
-        problems.extend(_flatten(exc.messages))
+        problems.extend(_flatten(exc.messages, schema=_SCHEMA))
         loaded = None
     problems.extend(validation.check(data, catalog))
     if problems:
         raise DefinitionError(_dedupe(problems), source)
     assert loaded is not None
     return _build(loaded)
+
+
+def _one_dependency_is_a_list(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``depends_on: fetch`` means ``[fetch]`` in a file, as it does in the Python builder."""
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not any(
+        isinstance(s, Mapping) and isinstance(s.get("depends_on"), str) for s in steps
+    ):
+        return data
+    return {
+        **data,
+        "steps": [
+            {**s, "depends_on": [s["depends_on"]]}
+            if isinstance(s, Mapping) and isinstance(s.get("depends_on"), str)
+            else s
+            for s in steps
+        ],
+    }
 
 
 def from_stored(data: Mapping[str, Any]) -> Definition:

@@ -6,7 +6,8 @@ once, even when the structure is partly wrong. Every check yields ``(path, messa
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator, Mapping
+import re
+from collections.abc import Container, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -82,8 +83,12 @@ def _check_dependencies(
             if not isinstance(dep, str):
                 continue  # the schema reports the type
             if dep not in index:
-                hint = _closest(dep, index)
-                yield path, f"unknown step '{dep}'" + (f" (did you mean '{hint}'?)" if hint else "")
+                several = [d for d in re.split(r"[\s,]+", dep.strip(" []")) if d]
+                if len(several) > 1 and all(d in index for d in several):
+                    hint = f" (to depend on several steps write a list: [{', '.join(several)}])"
+                else:
+                    hint = did_you_mean(_suggest(dep, index, 1))
+                yield path, f"unknown step '{dep}'" + hint
             elif dep == s.get("id"):
                 yield path, "a step cannot depend on itself"
             elif sequential and index[dep] > i:
@@ -102,16 +107,60 @@ MAX_HINTS = 50
 _hints: ContextVar[list[int] | None] = ContextVar("canvasflow_hints", default=None)
 
 
-def _closest(name: str, known: Mapping[str, Any]) -> str | None:
-    import difflib
+def _closest(name: str, known: Iterable[str]) -> str | None:
+    match = _suggest(name, known, 1)
+    return match[0] if match else None
 
+
+def _suggest(name: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` known names close to ``name``: spelling first (difflib), then names that
+    contain it or that it contains (``csv`` -> ``csv_loader``). Counts against the hint budget."""
     budget = _hints.get()
     if budget is not None:
         if budget[0] <= 0:
-            return None
+            return []
         budget[0] -= 1
-    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return match[0] if match else None
+    return suggest(name, known, n)
+
+
+def suggest(name: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` of ``known`` that ``name`` was probably meant to be, closest first: those
+    spelt alike (difflib ratio at least 0.6 and near the best one, so 'csv_lodaer' names
+    'csv_loader' alone), else those that contain it or that it contains."""
+    import difflib
+
+    names = list(known)
+    matcher = difflib.SequenceMatcher(b=name)
+    scored = []
+    for k in names:
+        matcher.set_seq1(k)
+        if matcher.real_quick_ratio() >= 0.6 and matcher.quick_ratio() >= 0.6:
+            ratio = matcher.ratio()
+            if ratio >= 0.6:
+                scored.append((-ratio, k))
+    if scored:
+        scored.sort()
+        best = -scored[0][0]
+        return [k for r, k in scored if -r >= best - 0.1][:n]
+    folded = name.lower()
+    if len(folded) < 3:
+        return []
+    return [
+        k for k in sorted(names) if len(k) >= 3 and (folded in k.lower() or k.lower() in folded)
+    ][:n]
+
+
+def did_you_mean(names: list[str]) -> str:
+    """`` (did you mean 'a'?)``, `` (did you mean 'a', 'b' or 'c'?)``, or "" for no names."""
+    if not names:
+        return ""
+    quoted = [f"'{n}'" for n in names]
+    text = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return f" (did you mean {text}?)"
+
+
+# A catalog with more names than this is not listed in a message; the closest ones are named.
+MAX_LISTED = 8
 
 
 def find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
@@ -362,20 +411,14 @@ def _check_call(
         return
     methods = catalog.get(plugin)
     if methods is None:
-        hint = _closest(plugin, catalog)
-        known = ", ".join(sorted(catalog)) or "none"
-        yield (
-            f"{path}.plugin",
-            f"no plugin '{plugin}'"
-            + (f" (did you mean '{hint}'?)" if hint else "")
-            + f"; registered: {known}",
-        )
+        yield f"{path}.plugin", f"no plugin '{plugin}'" + _alternatives(plugin, catalog, "plugins")
         return
     info = methods.get(method)
     if info is None:
         yield (
             f"{path}.method",
-            f"plugin '{plugin}' has no method '{method}' (methods: {', '.join(sorted(methods)) or 'none'})",
+            f"plugin '{plugin}' has no method '{method}'"
+            + _alternatives(method, methods, "methods"),
         )
         return
     raw_params = s.get("params")
@@ -390,7 +433,27 @@ def _check_call(
         allowed = set(info.get("params", []))
         for name in params:
             if name not in allowed:
+                close = _suggest(name, allowed, 1)
                 yield (
                     f"{path}.params.{name}",
-                    f"unknown parameter of {plugin}.{method} (parameters: {', '.join(info.get('params', [])) or 'none'})",
+                    f"unknown parameter of {plugin}.{method}"
+                    + (
+                        did_you_mean(close)
+                        or f" (parameters: {', '.join(info.get('params', [])) or 'none'})"
+                    ),
                 )
+
+
+def _alternatives(name: str, known: Mapping[str, Any], what: str) -> str:
+    """What to write instead of an unknown plugin or method: the closest names (at most three),
+    else every name when there are few, else how many there are and where to see them."""
+    close = _suggest(name, known)
+    if close:
+        return did_you_mean(close)
+    if len(known) <= MAX_LISTED:
+        listing = ", ".join(sorted(known)) or "none"
+        return f"; registered: {listing}" if what == "plugins" else f" (methods: {listing})"
+    whose = "registered plugins" if what == "plugins" else "methods of the plugin"
+    return (
+        f"; none of the {len(known)} {whose} has a similar name (`canvasflow plugins` lists them)"
+    )

@@ -1,4 +1,5 @@
 // fetch() wrapper for /api/v1: JSON in and out, the CSRF header, errors as ApiError.
+import { connState } from "./conn.js";
 import { boot } from "./util.js";
 
 export class ApiError extends Error {
@@ -38,7 +39,15 @@ export async function api(path, { method = "GET", body, query } = {}) {
     headers["Content-Type"] = "application/json";
     if (boot.csrf) headers["X-CSRF-Token"] = boot.csrf;
   }
-  const resp = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "same-origin" });
+  let resp;
+  try {
+    resp = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "same-origin" });
+  } catch (err) {
+    connState("poll", false, "the server does not answer");
+    throw new ApiError(0, { message: `the server does not answer (${err.message})` });
+  }
+  // A gateway's 502/504: the dashboard behind it is gone. (A 503 comes from the dashboard itself.)
+  connState("poll", resp.status !== 502 && resp.status !== 504, `HTTP ${resp.status}`);
   let payload = null;
   if (resp.status !== 204) {
     try { payload = await resp.json(); } catch { payload = null; }

@@ -4,20 +4,19 @@ import { BarChart, CustomChart, GaugeChart, GraphChart, LineChart } from "echart
 import {
   DataZoomComponent, GridComponent, LegendComponent, MarkLineComponent, TitleComponent, TooltipComponent,
 } from "echarts/components";
-import { CanvasRenderer } from "echarts/renderers";
+import { CanvasRenderer, SVGRenderer } from "echarts/renderers";
 
 echarts.use([BarChart, CustomChart, GaugeChart, GraphChart, LineChart, DataZoomComponent, GridComponent,
-  LegendComponent, MarkLineComponent, TitleComponent, TooltipComponent, CanvasRenderer]);
+  LegendComponent, MarkLineComponent, TitleComponent, TooltipComponent, CanvasRenderer, SVGRenderer]);
 
 export { echarts };
 
-export const STATUS_COLORS = {
-  COMPLETED: "#2e9d57", FAILED: "#d64545", RETRYING: "#e8912d", RUNNING: "#3b82f6", PENDING: "#b8bec8",
-  SKIPPED: "#9aa3ad", CANCELLED: "#7b7f86", COMPENSATING: "#e9c229", COMPENSATED: "#d9b310",
-};
+export { STATUS_COLORS } from "./colors.js";
 
-export function chartOn(el) {
-  const chart = echarts.getInstanceByDom(el) || echarts.init(el, null, { renderer: "canvas" });
+/** A chart on ``el``; ``renderer: "svg"`` where the page (and its tests) must measure the text
+ * the chart draws (the SLA gauge's tick labels). */
+export function chartOn(el, { renderer = "canvas" } = {}) {
+  const chart = echarts.getInstanceByDom(el) || echarts.init(el, null, { renderer });
   const resize = () => chart.resize();
   window.addEventListener("resize", resize);
   chart.__cfResize = resize;

@@ -4,6 +4,7 @@
 // are told to refetch. Live events come in batches (one `events` message per room and relay
 // window, in stream order); each event is applied in seq order exactly once.
 import { io } from "socket.io-client";
+import { connState, updatesBy } from "./conn.js";
 import { setServerTime } from "./util.js";
 
 const CHATTY = new Set(["log", "progress", "stats"]); // not sent to the "all" room
@@ -14,6 +15,7 @@ class Live {
     this.allHandlers = new Set();
     this.resyncHandlers = new Set();
     this.connected = false;
+    updatesBy("socket");
     this.socket = io({
       transports: ["websocket", "polling"],
       reconnection: true, reconnectionDelay: 500, reconnectionDelayMax: 5000, randomizationFactor: 0.5,
@@ -32,13 +34,7 @@ class Live {
 
   _status(ok, why) {
     this.connected = ok;
-    const el = document.getElementById("conn");
-    if (el) {
-      el.hidden = false;
-      el.textContent = ok ? "live" : "reconnecting…";
-      el.className = `conn ${ok ? "ok" : "down"}`;
-      el.title = ok ? "live updates" : `disconnected${why ? `: ${why}` : ""}; retrying with backoff`;
-    }
+    connState("socket", ok, why);
   }
 
   _onConnect() {

@@ -1,5 +1,6 @@
 // Entry point: every page loads this module; it starts the page's own module.
 import "./app.css";
+import { updatesBy } from "./conn.js";
 import { boot, toast } from "./util.js";
 
 const PAGES = {
@@ -14,9 +15,13 @@ const PAGES = {
   task: () => import("./task.js"),
 };
 
+// The pages that poll the API to stay current (runs and run follow Socket.IO: live.js).
+const POLLED = new Set(["analytics", "workers", "worker", "tasks", "task"]);
+
 async function start() {
   const load = PAGES[boot.page];
   if (!load) return;
+  if (POLLED.has(boot.page)) updatesBy("poll");
   try {
     const mod = await load();
     await mod.init();

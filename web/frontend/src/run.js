@@ -63,6 +63,7 @@ function renderHead(r) {
     `started ${time(r.started_at || r.created_at)}`,
     `duration <span id="run-duration" data-started="${r.started_at ?? ""}" data-final="${FINAL.has(r.status) ? 1 : ""}">${duration(r.duration)}</span>`,
     `SLA ${r.sla.target ? duration(r.sla.target) : "none"} ${slaBadge(r.sla)}`,
+    ...slaRetry(r.sla),
     `triggered by ${esc(r.triggered_by || "–")} (${esc(r.trigger_type || "–")})`,
     `priority ${esc(r.priority)}`,
   ];
@@ -101,6 +102,27 @@ function renderHead(r) {
   }
 }
 
+/** A retried run: its SLA clock was not restarted (the badge above is the whole run's); the first
+ * dispatch's figure and the latest retry's are shown beside it. */
+function slaRetry(sla) {
+  if (!sla.target || !sla.first || !sla.retry) return [];
+  const fig = (f) => `${duration(f.elapsed)} ${slaBadge({ ...f, target: sla.target })}`;
+  return [
+    `<span id="sla-first" title="from the run's start to the end it reached before the first operator retry">first run ${fig(sla.first)}</span>`,
+    `<span id="sla-retry" title="from the latest operator retry (${sla.retry.count} in all)">retry ${fig(sla.retry)}</span>`,
+  ];
+}
+
+/** An operator's retries of a step, and its attempt within the latest dispatch out of 1 + its
+ * configured retries (Celery retries): two different counts, never one "retry n/m". */
+function retryLabels(s) {
+  const op = s.operator_retries
+    ? `<span class="op-retries" title="the run was retried by an operator with this step among those run again">operator retry ${s.operator_retries}</span>` : "";
+  const own = s.attempt > 1
+    ? `<span class="retries" title="attempt in this dispatch, of 1 + the step's retries: ${s.max_retries}">attempt ${s.attempt}/${s.attempts_allowed}</span>` : "";
+  return `${op} ${own}`;
+}
+
 /** The step's lines from the last fetch plus the newer ones that arrived live since. */
 function stepLogs(s) {
   const live = state.liveLogs.get(s.id);
@@ -114,7 +136,7 @@ function stepRow(s) {
   const logLines = stepLogs(s);
   const running = s.status === "RUNNING" || s.status === "RETRYING";
   const dur = s.duration != null ? duration(s.duration) : s.status;
-  const retries = s.retry_count ? `<span class="retries" title="retries">retry ${s.retry_count}/${s.max_retries}</span>` : "";
+  const retries = retryLabels(s);
   const comp = s.compensation;
   const compBadge = comp?.status ? `<span class="comp comp-${esc(comp.status)}">compensation ${esc(comp.status)}</span>` : "";
   const prog = s.progress && running
@@ -168,7 +190,7 @@ function renderBranches(r) {
     const more = g.branches.length - shown.length;
     return `<div class="branch-group" data-group="${g.group}"><h4>Parallel group ${g.group} · ${g.branches.length} branches</h4>
       <div class="branch-cols">${shown.map((b) => `<div class="branch s-${esc(b.status)}" data-branch="${esc(b.branch)}">
-        <b>${esc(b.branch)}</b> ${statusBadge(b.status)}<ul>${b.steps.map((s) => `<li><a href="#step-${esc(s)}">${esc(s)}</a></li>`).join("")}</ul></div>`).join("")}
+        <b class="branch-name" title="${esc(b.steps.join(" → "))}">${esc(b.name || b.steps.join(" → "))}</b> ${statusBadge(b.status)}<ul>${b.steps.map((s) => `<li><a href="#step-${esc(s)}">${esc(s)}</a></li>`).join("")}</ul></div>`).join("")}
       ${more > 0 ? `<button class="expand-branches" data-group="${g.group}">+${more} more branches</button>` : ""}
       ${all && g.branches.length > 5 ? `<button class="collapse-branches" data-group="${g.group}">collapse</button>` : ""}</div></div>`;
   }).join("");
@@ -192,6 +214,7 @@ async function load() {
   try {
     const r = await api(`/runs/${runId}`, { query: { steps_offset: state.offset, steps_limit: boot.stepsPage } });
     r.steps_failed = (r.step_counts.FAILED || 0) > 0;
+    for (const s of r.steps) s.attempt_base = Math.max(0, s.attempts - (s.attempt ?? s.attempts));
     state.statuses = new Map(r.steps.map((s) => [s.id, s.status]));
     state.branchesOf = new Map();
     for (const g of r.parallel_branches || []) {
@@ -259,18 +282,21 @@ function applyStep(s, e) {
   }
   s.history = history;
   s.retry_count = Math.max(0, s.attempts - 1);
+  s.attempt = Math.max(0, s.attempts - (s.attempt_base ?? 0));
   s.duration = s.started_at != null && s.status !== "PENDING" ? (s.finished_at ?? now()) - s.started_at : null;
 }
 
-/** The status of a parallel branch from its steps' (web/detail.py branch_status); null if one is unknown. */
+/** The status of a parallel branch from its steps' (the rule of web/detail.py branch_status); null if one is unknown. */
 function branchStatus(ids) {
   const st = ids.map((id) => state.statuses.get(id));
   if (st.some((x) => x === undefined)) return null;
   if (st.some((x) => CURRENT.has(x))) return "RUNNING";
   if (st.includes("FAILED")) return "FAILED";
   const settled = ["COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATED"];
-  if (st.every((x) => settled.includes(x))) return st.every((x) => x === "CANCELLED") ? "CANCELLED" : "COMPLETED";
-  return "PENDING";
+  if (!st.length || !st.every((x) => settled.includes(x))) return "PENDING";
+  if (st.every((x) => x === st[0])) return st[0];
+  for (const x of ["COMPENSATED", "CANCELLED"]) if (st.includes(x)) return x;
+  return "COMPLETED";
 }
 
 /** Apply one event to the run `r`; returns what changed: {step, branches, fetch} (fetch: the page

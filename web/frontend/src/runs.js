@@ -6,7 +6,13 @@ import {
   toast,
 } from "./util.js";
 
-const state = { view: boot.view || "active", filters: {}, runs: new Map(), order: [], cursor: null };
+// Without ?view= the page lands on Active, or on All when nothing is active: after the demo (or
+// a quiet night) the runs are there to see, not an empty tab.
+const state = { view: boot.view || "active", landing: !boot.view, filters: {}, runs: new Map(), order: [], cursor: null };
+
+function markTab() {
+  for (const b of $$("#tabs button")) b.classList.toggle("on", b.dataset.view === state.view);
+}
 
 function row(r) {
   const actions = [];
@@ -54,7 +60,15 @@ function query(cursor) {
 
 async function load(append = false) {
   try {
-    const page = await api("/runs", { query: query(append ? state.cursor : undefined) });
+    let page = await api("/runs", { query: query(append ? state.cursor : undefined) });
+    if (state.landing) {
+      state.landing = false;
+      if (state.view === "active" && !page.runs.length) {
+        state.view = "all";
+        markTab();
+        page = await api("/runs", { query: query(undefined) });
+      }
+    }
     if (!append) { state.runs.clear(); state.order = []; }
     for (const r of page.runs) {
       if (!state.runs.has(r.id)) state.order.push(r.id);
@@ -117,11 +131,12 @@ async function quick(ev) {
 }
 
 export async function init() {
+  markTab();
   for (const b of $$("#tabs button")) {
-    b.classList.toggle("on", b.dataset.view === state.view);
     b.addEventListener("click", () => {
       state.view = b.dataset.view;
-      for (const x of $$("#tabs button")) x.classList.toggle("on", x === b);
+      state.landing = false;
+      markTab();
       history.replaceState(null, "", `/runs?view=${state.view}`);
       load(false);
     });

@@ -38,7 +38,7 @@ async function show(id, version) {
       <button type="submit" class="primary" ${canOperate() ? "" : "disabled title='needs the operator role'"}>Run</button>
       <div id="run-errors"></div>
     </form>
-    <div id="wf-dag" class="chart"></div>
+    <div id="wf-dag"></div>
     <details open><summary>YAML</summary><pre id="wf-yaml">${esc(w.yaml)}</pre></details>
     ${isAdmin() ? `<form id="register-form" class="card"><h3>Register a new version</h3>
       <textarea name="yaml" rows="14" spellcheck="false">${esc(w.yaml)}</textarea>
@@ -46,10 +46,8 @@ async function show(id, version) {
   $("#versions").addEventListener("change", (ev) => show(id, ev.target.value));
   $("#run-form").addEventListener("submit", (ev) => submit(ev, w));
   $("#register-form")?.addEventListener("submit", (ev) => register(ev, id));
-  const { dagOption } = await import("./dag.js");
-  const { chartOn } = await import("./charts.js");
-  const chart = chartOn($("#wf-dag"));
-  chart.setOption(dagOption(w.graph), true);
+  const { drawDag } = await import("./dag.js");
+  drawDag($("#wf-dag"), w.graph, null);
   await list();
 }
 
