@@ -20,7 +20,6 @@ from orchestrator.engine.client import unserved_queues
 from orchestrator.model.definition import load_definition
 from orchestrator.settings import Settings
 from tests.conftest import ROOT, make_settings
-from tests.web_fixtures import browser_login
 from tests.web_helpers import OPERATOR, wait_for
 
 pytest_plugins = ("tests.web_fixtures",)
@@ -205,6 +204,8 @@ def test_the_api_returns_the_warning_and_the_run_page_shows_it(
         detail = api.get(f"{base}/runs/{run_id}", timeout=30).json()
         assert detail["status"] in ("PENDING", "RUNNING")
         assert detail["warnings"] == [f"at submit, {body['warnings'][0]}"], detail["warnings"]
+
+        from tests.web_fixtures import browser_login
 
         page = browser_login(chromium, live_server, OPERATOR, f"/runs/{run_id}")
         banner = page.wait_for_selector("#run-warnings .banner")
