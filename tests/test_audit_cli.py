@@ -67,3 +67,27 @@ def test_an_unknown_run_and_a_missing_schema_are_one_line_errors(db_url, tmp_pat
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     result = CliRunner().invoke(main, ["runs"], env={"CANVASFLOW_DATABASE_URL": empty})
     assert result.exit_code == 1 and "canvasflow db upgrade" in result.output
+
+
+def test_show_on_an_80_column_terminal_breaks_its_header_between_fields(db_url, monkeypatch):
+    # The walk of issue 17 found "finished 2026-12-03 \n17:06:57" at 80 columns.
+    from orchestrator.audit import cli as audit_cli
+
+    monkeypatch.setattr(audit_cli, "console", audit_cli.CliConsole(width=80))
+    lines = invoke("show", "run002", url=db_url).splitlines()
+    header = lines[1:3]
+    assert header[0].startswith("created ") and header[1].startswith(("finished ", "duration "))
+    fields = "  ".join(header).split("  ")
+    for name in ("created", "started", "finished", "duration"):
+        (field,) = [f for f in fields if f.startswith(name + " ")]
+        assert field in header[0] or field in header[1], (field, header)
+    assert all(len(line) <= 80 for line in header)
+
+
+def test_fields_line_starts_a_new_line_between_fields_only():
+    from orchestrator.audit.cli import fields_line
+
+    fields = ["transactional_update 1.0.0", "run d58a528ae24967df", "FAILED", "6/6 steps (100%)"]
+    assert fields_line([*fields, "577 ms"], 80).plain == "  ".join(fields) + "\n577 ms"
+    assert fields_line([*fields, "", "577 ms"], 10_000).plain == "  ".join([*fields, "577 ms"])
+    assert fields_line(["a" * 30, "b"], 20).plain == "a" * 30 + "\nb"

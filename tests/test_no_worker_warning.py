@@ -262,3 +262,31 @@ def test_a_worker_publishes_its_queues_again_when_redis_lost_them(client: Any, w
     run = client.submit(load_yaml(ON_IO))
     assert run.warnings == ()
     assert run.wait(60).status == "COMPLETED"
+
+
+@pytest.mark.integration
+def test_the_run_page_of_a_run_no_worker_began_says_created_not_started(
+    operator_api: tuple[requests.Session, str], live_server: Any, chromium: Any, shots: Any
+) -> None:
+    # Walking issue 17's first hour: a run waiting PENDING for a worker read "started 05:11 PM".
+    api, base = operator_api
+    only_nobody = {
+        "id": "only_nobody",
+        "steps": [{"id": "c", "plugin": "builtin", "method": "echo", "queue": "nobody"}],
+    }
+    r = api.post(f"{base}/runs", json={"definition": only_nobody}, timeout=30)
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    try:
+        from tests.web_fixtures import browser_login
+
+        page = browser_login(chromium, live_server, OPERATOR, f"/runs/{run_id}")
+        page.wait_for_selector("#run-warnings .banner")
+        meta = page.inner_text("#run-meta")
+        assert "not started yet" in meta and "created " in meta, meta
+        assert "started " not in meta.replace("not started yet", ""), meta
+        shots(page, "run-page-not-started")
+        assert page.errors == []
+        page.context.close()
+    finally:
+        api.post(f"{base}/runs/{run_id}/cancel", json={"reason": "test over"}, timeout=30)

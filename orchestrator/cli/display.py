@@ -6,12 +6,11 @@ import time
 from collections.abc import Collection, Iterable
 
 from rich import box
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
-from orchestrator.audit.cli import PIPED_WIDTH, CliConsole, Col, fitted_table
+from orchestrator.audit.cli import PIPED_WIDTH, CliConsole, Col, fields_line, fitted_table
 from orchestrator.engine.client import RESTING, Client, RunSnapshot
 
 STYLE = {
@@ -46,14 +45,23 @@ def fmt_duration(seconds: float | None) -> str:
 PAUSED_HINT = "paused: still following until `canvasflow resume {run}` (Ctrl-C stops following)"
 
 
-def run_table(snap: RunSnapshot, *, paused_hint: bool = False, width: int = PIPED_WIDTH) -> Table:
-    """The run's steps as a table ``width`` columns wide at most: step ids and statuses whole on
-    one line, the detail (an error) folded; at a narrow width the attempts, then the duration,
-    leave it."""
+def run_table(snap: RunSnapshot, *, paused_hint: bool = False, width: int = PIPED_WIDTH) -> Group:
+    """The run as a header line, its steps as a table and the run's error (or the paused hint)
+    under it, ``width`` columns wide at most: the header breaks between its fields only, step
+    ids and statuses stay whole on one line, the detail (an error) folds; at a narrow width the
+    attempts, then the duration, leave the table."""
     pct = int(snap.progress * 100)
-    title = (
-        f"{snap.workflow} {snap.version}  run {snap.id}  [{STYLE.get(snap.status, '')}]{snap.status}[/]"
-        f"  {snap.settled}/{snap.total} steps ({pct}%)  {fmt_duration(snap.duration)}"
+    # Not the table's title: a title wraps at the table's width, which cut "5/5 steps (100%)"
+    # and "577 ms" in two on an 80-column terminal.
+    header = fields_line(
+        [
+            f"{snap.workflow} {snap.version}".strip(),
+            f"run {snap.id}",
+            Text(snap.status, style=STYLE.get(snap.status, "")),
+            f"{snap.settled}/{snap.total} steps ({pct}%)",
+            fmt_duration(snap.duration),
+        ],
+        width,
     )
     cols = [
         Col("step"),
@@ -78,14 +86,14 @@ def run_table(snap: RunSnapshot, *, paused_hint: bool = False, width: int = PIPE
                 Text(detail[:200]),
             ]
         )
-    table = fitted_table(
-        width, cols, rows, box=box.HEAVY_HEAD, title=title, title_justify="left", expand=False
-    ).table
+    table = fitted_table(width, cols, rows, box=box.HEAVY_HEAD, expand=False).table
+    parts: list[RenderableType] = [header, table]
+    # Under the table, not its caption: a caption wraps at the table's width, not the terminal's.
     if snap.error:
-        table.caption = f"error: {snap.error}"
+        parts.append(Text.assemble(("error", "red"), f": {snap.error}"))
     elif paused_hint and snap.status == "PAUSED":
-        table.caption = PAUSED_HINT.format(run=snap.id)
-    return table
+        parts.append(Text(PAUSED_HINT.format(run=snap.id), style="yellow"))
+    return Group(*parts)
 
 
 def follow(
@@ -104,8 +112,6 @@ def follow(
     ids = list(run_ids)
     deadline = None if timeout is None else time.monotonic() + timeout
     if console.is_terminal:
-        from rich.console import Group
-
         hint = "PAUSED" not in until
         with Live(console=console, refresh_per_second=8) as live:
             while True:

@@ -60,7 +60,8 @@ function renderHead(r) {
   if (r.state_lost) lost.textContent = `State lost: ${LOST_EXPLANATION}`;
   const meta = [
     `workflow <a href="/workflows/${esc(r.workflow.id)}">${esc(r.workflow.id)}</a> ${esc(r.workflow.version)}`,
-    `started ${time(r.started_at || r.created_at)}`,
+    // A run no worker has begun says so: its creation time labelled "started" read as if it ran.
+    r.started_at ? `started ${time(r.started_at)}` : `created ${time(r.created_at)} · not started yet`,
     `duration <span id="run-duration" data-started="${r.started_at ?? ""}" data-final="${FINAL.has(r.status) ? 1 : ""}">${duration(r.duration)}</span>`,
     `SLA ${r.sla.target ? duration(r.sla.target) : "none"} ${slaBadge(r.sla)}`,
     ...slaRetry(r.sla),
