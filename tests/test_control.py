@@ -244,6 +244,38 @@ def test_retrying_a_compensated_saga_reruns_the_steps_whose_effects_were_undone(
     assert retry["detail"]["status_before"] == "FAILED" and retry["detail"]["ended_at"]
 
 
+def test_a_retry_reruns_what_was_built_on_a_compensated_step_even_without_a_compensation(
+    client: Client,
+) -> None:
+    # plan has no compensation: it stays COMPLETED through the rollback, but its output was
+    # computed from backup's, which was undone and is made again by the retry.
+    undo = {"plugin": "builtin", "method": "echo", "params": {"undo": 1}}
+    wf = (
+        Workflow("saga_between", mode="parallel")
+        .step("backup", "builtin", "echo", params={"id": "{{ run.id }}"}, compensate=undo)
+        .step("plan", "builtin", "echo", depends_on=["backup"], params={"of": "backup"})
+        .step("deploy", "builtin", "echo", depends_on=["plan"], compensate=undo)
+        .step("verify", "builtin", "fail", depends_on=["deploy"], params={"times": 1})
+    )
+    run = client.submit(wf)
+    assert run.wait(30).statuses == {
+        "backup": "COMPENSATED",
+        "plan": "COMPLETED",
+        "deploy": "COMPENSATED",
+        "verify": "FAILED",
+    }
+    result = client.control.retry(run.id, actor="erin")  # from verify
+    assert result.detail["reset"] == ["backup", "plan", "deploy", "verify"]
+    final = run.wait(30)
+    assert final.status == "COMPLETED"
+    assert {s.id: s.attempts for s in final.steps} == {
+        "backup": 2,
+        "plan": 2,
+        "deploy": 2,
+        "verify": 2,
+    }
+
+
 def test_illegal_actions_are_refused_with_the_current_state_and_audited(client: Client) -> None:
     run = client.submit(Workflow("done").step("a", "builtin", "echo"))
     run.wait(20)
