@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -160,6 +162,7 @@ class DemoFleet:
     env: Mapping[str, str]  # CANVASFLOW_* variables of FLEET_VARIABLES
     dashboard_url: str = ""
     path: Path | None = None
+    written_at: float | None = None  # the file's mtime: a process started later is not the demo
 
     def note(self) -> str:
         """The one line a CLI command prints when it uses this fleet."""
@@ -189,12 +192,17 @@ def write_demo_file(
             f"CANVASFLOW_{name.upper()}": str(getattr(settings, name)) for name in FLEET_SETTINGS
         },
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(body, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    # A new file of a name nobody could guess or plant a symlink at (mkstemp: O_EXCL, 0600).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(body, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 
@@ -210,23 +218,40 @@ def remove_demo_file(pid: int | None = None, env: Mapping[str, str] | None = Non
 def running_demo(env: Mapping[str, str] | None = None) -> DemoFleet | None:
     """The demo whose fleet file is in the state directory, if its process is alive."""
     found = _read_demo_file(demo_file(env))
-    return found if found is not None and _demo_alive(found.pid) else None
+    return found if found is not None and _demo_alive(found.pid, found.written_at) else None
+
+
+DEMO_FILE_MAX = 64 * 1024  # a fleet file is a few hundred bytes: more is not one we wrote
+
+
+def _private(st: os.stat_result) -> bool:
+    """Ours, and nobody else may write to it (what points our commands at a fleet must be)."""
+    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _read_demo_file(path: Path) -> DemoFleet | None:
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
+        # A file another user could have written or swapped (theirs, a symlink, in a directory
+        # others may write to) would point this user's commands at any Redis and database.
+        if not _private(os.lstat(path.parent)):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not (stat.S_ISREG(st.st_mode) and _private(st)) or st.st_size > DEMO_FILE_MAX:
+                return None
+            body = json.loads(fh.read(DEMO_FILE_MAX).decode("utf-8"))
         pid = int(body["pid"])
         fleet_env = {k: str(v) for k, v in dict(body["env"]).items() if k in FLEET_VARIABLES and v}
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None  # none, or not one we wrote: as if no demo ran
     if not fleet_env.get("CANVASFLOW_REDIS_URL"):
         return None
-    return DemoFleet(pid, fleet_env, str(body.get("dashboard_url") or ""), path)
+    return DemoFleet(pid, fleet_env, str(body.get("dashboard_url") or ""), path, st.st_mtime)
 
 
-def _demo_alive(pid: int) -> bool:
-    if pid <= 0:
+def _demo_alive(pid: int, written_at: float | None = None) -> bool:
+    if not 0 < pid < 2**31:
         return False
     try:
         os.kill(pid, 0)
@@ -234,12 +259,31 @@ def _demo_alive(pid: int) -> bool:
         return False
     except PermissionError:
         pass  # alive, another user's (the file is ours, though: a reused pid)
-    # A pid the kernel gave to another process since: on Linux its command line says so.
+    # A pid the kernel gave to another process since: on Linux its command line says so, and
+    # it started after the demo wrote its file (the demo starts before it writes).
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return True  # no /proc: trust the pid
-    return b"demo" in argv
+    if b"demo" not in argv:
+        return False
+    started = _started_at(pid)
+    return started is None or written_at is None or started <= written_at + 2  # clock ticks
+
+
+def _started_at(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from /proc; None if unknown."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat_line.rsplit(")", 1)[1].split()[19])  # field 22, after "(comm)"
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def cli_settings(env: Mapping[str, str] | None = None) -> tuple[Settings, DemoFleet | None]:

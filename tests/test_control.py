@@ -244,6 +244,65 @@ def test_retrying_a_compensated_saga_reruns_the_steps_whose_effects_were_undone(
     assert retry["detail"]["status_before"] == "FAILED" and retry["detail"]["ended_at"]
 
 
+def test_a_retry_reruns_what_was_built_on_a_compensated_step_even_without_a_compensation(
+    client: Client,
+) -> None:
+    # plan has no compensation: it stays COMPLETED through the rollback, but its output was
+    # computed from backup's, which was undone and is made again by the retry.
+    undo = {"plugin": "builtin", "method": "echo", "params": {"undo": 1}}
+    wf = (
+        Workflow("saga_between", mode="parallel")
+        .step("backup", "builtin", "echo", params={"id": "{{ run.id }}"}, compensate=undo)
+        .step("plan", "builtin", "echo", depends_on=["backup"], params={"of": "backup"})
+        .step("deploy", "builtin", "echo", depends_on=["plan"], compensate=undo)
+        .step("verify", "builtin", "fail", depends_on=["deploy"], params={"times": 1})
+    )
+    run = client.submit(wf)
+    assert run.wait(30).statuses == {
+        "backup": "COMPENSATED",
+        "plan": "COMPLETED",
+        "deploy": "COMPENSATED",
+        "verify": "FAILED",
+    }
+    result = client.control.retry(run.id, actor="erin")  # from verify
+    assert result.detail["reset"] == ["backup", "plan", "deploy", "verify"]
+    final = run.wait(30)
+    assert final.status == "COMPLETED"
+    assert {s.id: s.attempts for s in final.steps} == {
+        "backup": 2,
+        "plan": 2,
+        "deploy": 2,
+        "verify": 2,
+    }
+
+
+def test_an_event_of_an_unexpected_shape_does_not_break_the_export(client: Client) -> None:
+    run = client.submit(Workflow("odd_events").step("a", "builtin", "echo"))
+    assert run.wait(20).status == "COMPLETED"
+    # Events another version (or anyone who can write to Redis) appended for this run: data
+    # that is not an object, a log batch whose columns do not line up.
+    odd = [
+        ("log", "5"),
+        ("log", '{"n": "x", "ts": 1, "message": 2}'),
+        ("log", '{"n": 2, "ts": [1, 2], "message": ["only one"]}'),
+        ("progress", "[1, 2]"),
+        ("stats", '"text"'),
+        ("step_completed", "null"),
+    ]
+    first = client.redis.hincrby(client.keys.run(run.id), "seq", len(odd)) - len(odd) + 1
+    for seq, (etype, data) in enumerate(odd, first):
+        client.redis.xadd(
+            client.keys.events,
+            {"run": run.id, "seq": seq, "type": etype, "step": "a", "ts": 1.0, "data": data},
+        )
+    doc = export_run(client, run.id)
+    assert [e["seq"] for e in doc["events"]][-len(odd) :] == list(range(first, first + len(odd)))
+    (step,) = doc["steps"]
+    assert step["status"] == "COMPLETED" and step["output"] == {}
+    unreadable = [x["message"] for x in step["logs"] if x["message"].startswith("unreadable")]
+    assert len(unreadable) == 2  # the two batches that do not line up, as the store records them
+
+
 def test_illegal_actions_are_refused_with_the_current_state_and_audited(client: Client) -> None:
     run = client.submit(Workflow("done").step("a", "builtin", "echo"))
     run.wait(20)

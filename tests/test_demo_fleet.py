@@ -355,6 +355,123 @@ def test_a_fleet_file_that_is_not_ours_is_ignored(tmp_path: Path) -> None:
         assert running_demo(env) is None, text
 
 
+def test_a_hostile_or_truncated_fleet_file_never_breaks_a_command(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    path = demo_file(env)
+    path.parent.mkdir(parents=True)
+    hostile = [
+        json.dumps({"pid": 10**30, "env": {"CANVASFLOW_REDIS_URL": "redis://x/0"}}),
+        json.dumps({"pid": -(10**30), "env": {"CANVASFLOW_REDIS_URL": "redis://x/0"}}),
+        "[" * 100_000 + "]" * 100_000,  # nested past the parser's recursion limit
+        json.dumps({"pid": 1, "env": {"CANVASFLOW_REDIS_URL": "redis://x/0"}})[:20],  # cut
+        json.dumps({"pid": 1, "env": "CANVASFLOW_REDIS_URL"}),
+    ]
+    for text in hostile:
+        path.write_text(text)
+        assert running_demo(env) is None, text[:60]
+        assert cli_settings(env) == (Settings.from_env(env), None)
+
+
+@pytest.fixture
+def demo_like() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process whose command line says "demo", as the demo's does."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "demo"])
+    try:
+        deadline = time.monotonic() + 30  # until it has exec'd
+        while b"demo" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_fleet_file_another_user_could_have_written_is_not_used(
+    tmp_path: Path, demo_like: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = _env(tmp_path)
+    fleet = Settings(redis_url="redis://127.0.0.1:4242/0")
+    path = write_demo_file(fleet, "", pid=demo_like.pid, env=env)
+    assert running_demo(env) is not None  # ours, private, its demo alive: used
+
+    path.chmod(0o620)  # another member of the group may have rewritten it
+    assert running_demo(env) is None
+    path.chmod(0o600)
+    path.parent.chmod(0o777)  # anyone may have swapped it
+    assert running_demo(env) is None
+    path.parent.chmod(0o700)
+
+    elsewhere = tmp_path / "planted.json"
+    path.rename(elsewhere)
+    path.symlink_to(elsewhere)  # a link to a file of someone else's choosing
+    assert running_demo(env) is None
+    path.unlink()
+    elsewhere.rename(path)
+    assert running_demo(env) is not None
+
+    with monkeypatch.context() as m:  # the file belongs to another user
+        m.setattr(os, "getuid", lambda: os.stat(path).st_uid + 1)
+        assert running_demo(env) is None
+
+
+def test_a_pid_reused_after_the_demo_wrote_its_file_is_not_the_demo(
+    tmp_path: Path, demo_like: subprocess.Popen[bytes]
+) -> None:
+    env = _env(tmp_path)
+    path = write_demo_file(
+        Settings(redis_url="redis://127.0.0.1:4242/0"), "", pid=demo_like.pid, env=env
+    )
+    assert running_demo(env) is not None
+    # The file is an hour older than the process that now holds its pid (and says "demo").
+    written = time.time() - 3600
+    os.utime(path, (written, written))
+    assert running_demo(env) is None
+
+
+def test_writing_the_fleet_file_follows_no_planted_link(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    path = demo_file(env)
+    path.parent.mkdir(parents=True, mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    # The temporary name the writer used to choose (its pid), and any such name it could pick.
+    path.with_name(f".{path.name}.{os.getpid()}.tmp").symlink_to(victim)
+    write_demo_file(Settings(redis_url="redis://127.0.0.1:4242/0"), "", env=env)
+    assert victim.read_text() == "precious\n"
+    assert not path.is_symlink() and json.loads(path.read_text())["pid"] == os.getpid()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_second_signal_while_the_demo_stops_does_not_cut_the_stop_short(
+    first: signal.Signals,
+) -> None:
+    from orchestrator.cli.demo import stop_on_signals
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    stopped, cut_short = [], []
+    try:
+        stop_on_signals()
+        try:
+            os.kill(os.getpid(), first)
+            time.sleep(5)  # the handler raises here, at once
+        except KeyboardInterrupt:
+            # The demo's stop (its except and finally) runs now: more signals change nothing.
+            try:
+                for again in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                    os.kill(os.getpid(), again)
+                    time.sleep(0.01)  # room for a handler to run
+            except KeyboardInterrupt as exc:
+                cut_short.append(repr(exc))
+            stopped.append(first)
+        assert stopped == [first]
+        assert cut_short == []
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def test_checking_a_missing_sqlite_store_says_where_and_creates_nothing(tmp_path: Path) -> None:
     store = AuditStore(f"sqlite:///{tmp_path / 'nowhere.db'}")
     try:

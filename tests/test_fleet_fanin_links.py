@@ -270,3 +270,42 @@ def test_migration_0006_turns_none_text_into_null_and_fills_recoverable_links(
         }
     finally:
         s.dispose()
+
+
+def test_migration_0006_reads_a_big_task_table_a_page_at_a_time(store_url: str) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    n = 1_250  # more than two of the migration's pages (500 rows)
+    s = AuditStore(store_url)
+    selects: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        flat = " ".join(statement.split()).lower()
+        if flat.startswith("select") and "from cf_celery_tasks" in flat:
+            selects.append(flat)
+
+    try:
+        assert s.upgrade("0005") == "0005"
+        with s.begin() as conn:
+            conn.execute(
+                insert(celery_tasks),
+                [
+                    task_row(f"t{i:05d}", args=CHORD_BODY, run_id="None", step_id="None")
+                    for i in range(n)
+                ],
+            )
+        event.listen(Engine, "before_cursor_execute", seen)
+        try:
+            assert s.upgrade() == HEAD
+        finally:
+            event.remove(Engine, "before_cursor_execute", seen)
+        with s.connect() as conn:
+            got = conn.execute(
+                select(celery_tasks.c.run_id, celery_tasks.c.step_id).distinct()
+            ).all()
+        assert got == [("r9", "build_manifest")]  # every page repaired, across page ends
+        # Never the whole table in one read: each read of it is one bounded page.
+        assert len(selects) >= 3 and all(" limit " in q for q in selects), selects
+    finally:
+        s.dispose()

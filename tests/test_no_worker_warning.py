@@ -290,3 +290,38 @@ def test_the_run_page_of_a_run_no_worker_began_says_created_not_started(
         page.context.close()
     finally:
         api.post(f"{base}/runs/{run_id}/cancel", json={"reason": "test over"}, timeout=30)
+
+
+PLUGINS = '{"plugins": {"builtin": {"echo": {"accepts_any": true}}}, '
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        PLUGINS + '"queues": 5}',  # queues not a list
+        PLUGINS + '"queues": "default"}',  # a string: not seven queues of one letter
+        PLUGINS + '"queues": [{"q": 1}, null, "io"]}',
+        "[1, 2]",  # not an object
+        "not json",
+    ],
+)
+def test_a_catalog_entry_workers_do_not_write_never_fails_a_submit(
+    empty_fleet: Settings, redis_client: Any, hostile: str
+) -> None:
+    from orchestrator import Client
+    from orchestrator.keys import Keys
+
+    keys = Keys(empty_fleet.key_prefix)
+    redis_client.hset(keys.catalog, "odd@host", hostile)
+    redis_client.set(keys.worker_alive("odd@host"), "1", ex=60)
+    client = Client(empty_fleet)
+    try:
+        run = client.submit(THREE_QUEUES)
+        assert run.status() == "PENDING"
+        # Only the well-formed queue of the entry counts as served.
+        expected = {"io"} if "io" in hostile else set()
+        served = {q for q in ("default", "io", "nobody") if f"queue '{q}'" not in str(run.warnings)}
+        assert served == expected
+    finally:
+        client.close()

@@ -107,12 +107,19 @@ class StopSignal(KeyboardInterrupt):
 
 
 def _raise_stop(signum: int, _frame: Any) -> None:
+    # The first signal starts the stop; a second one (a user who presses Ctrl-C again, a
+    # SIGHUP after the SIGTERM) must not land in the ``finally`` before it has shielded itself
+    # and cut the stop short, leaving the fleet's processes behind.
+    shield_cleanup()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise StopSignal(signum)
 
 
 def stop_on_signals() -> None:
-    """From now on SIGTERM and SIGHUP stop the demo the way Ctrl-C does (its ``finally``)."""
-    for sig in STOP_SIGNALS:
+    """From now on SIGTERM and SIGHUP stop the demo the way Ctrl-C does (its ``finally``), and
+    whichever of them comes first, later ones are ignored while it stops."""
+    for sig in (*STOP_SIGNALS, signal.SIGINT):
         signal.signal(sig, _raise_stop)
 
 

@@ -282,7 +282,16 @@ class Client:
     def fleet(self) -> dict[str, dict[str, Any]]:
         """Every worker's published catalog entry: {hostname: {plugins, queues, pid, started_at}}."""
         raw = self.redis.hgetall(self.keys.catalog)
-        fleet = {text(k): json.loads(v) for k, v in raw.items()}
+        fleet: dict[str, dict[str, Any]] = {}
+        for k, v in raw.items():
+            try:
+                entry = json.loads(v)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict):
+                fleet[text(k)] = entry
+            else:  # not what a worker publishes (workers/app.py): no submit may fail on it
+                log.warning("the catalog entry of %s is not a JSON object: ignored", text(k))
         pipe = self.redis.pipeline(transaction=False)
         for host in fleet:
             pipe.exists(self.keys.worker_alive(host))
@@ -306,7 +315,15 @@ class Client:
         seen, fleet = self._seen_online
         if time.monotonic() - seen > FLEET_FRESH_SECONDS:
             fleet = self._online()
-        return {str(q) for entry in fleet.values() for q in entry.get("queues") or ()}
+        # An entry that is not what workers/app.py publishes (another version, a hand edit)
+        # counts as consuming nothing; it must not fail the submit that reads it.
+        return {
+            q
+            for entry in fleet.values()
+            if isinstance(entry, dict) and isinstance(entry.get("queues"), list)
+            for q in entry["queues"]
+            if isinstance(q, str)
+        }
 
     def _catalog(self) -> tuple[dict[str, dict[str, Any]] | None, str]:
         """(catalog, a fingerprint of it) from the workers online now."""
@@ -518,7 +535,7 @@ class Client:
         goes on: a worker may start later). A failed check warns about nothing."""
         try:
             live = self.live_queues()
-        except (redis.RedisError, ValueError) as exc:
+        except Exception as exc:  # a warning must never fail or block the submit it is for
             log.debug("run %s: live workers not checked: %s", run_id, exc)
             return []
         warnings = unserved_queues(defn, live, self.settings.default_queue)

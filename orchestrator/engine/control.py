@@ -157,8 +157,9 @@ class Control:
         """Run a finished run again from a step (default: the first failed one) or the start:
         that step and everything downstream run again, upstream outputs are kept, attempts are
         numbered on. Steps whose compensation ran (COMPENSATED: their effects were undone) run
-        again too, whichever step the retry starts from: the retried run must not build on, or
-        end COMPLETED with, work that was rolled back."""
+        again too, whichever step the retry starts from, and so does everything downstream of
+        them: the retried run must not build on, or end COMPLETED with, work that was rolled
+        back."""
         run, steps, defn = self._load(run_id, "retry", actor, reason)
         status = run.status
         if status not in ALLOWED["retry"]:
@@ -197,6 +198,10 @@ class Control:
                 )
             }
             undone = {s for s in order if s in steps and steps[s].status == StepStatus.COMPENSATED}
+            # What was built on undone work (a step without a compensation of its own, between
+            # two that had one) must not be kept either: its output came from what was undone.
+            for s in list(undone):
+                undone |= defn.descendants(s)
             reset = [
                 s
                 for s in order

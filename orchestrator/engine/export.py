@@ -202,12 +202,21 @@ def export_run(client: Client, run_id: str, store: AuditStore | None = None) -> 
     by_step = src["steps"]
     for e in events:
         entry = by_step.get(e.get("step") or "")
-        if entry is None:
-            continue
+        if entry is None or not isinstance(e["data"], dict):
+            continue  # an event of another shape stays in "events" as it is, folded nowhere
         if e["type"] == "log":
-            entry["logs"].extend(
-                {**line, "ts": line["ts"] or e["ts"]} for line in log_lines(e["data"])
-            )
+            try:
+                lines = log_lines(e["data"])
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                # As the audit store's projection records it (its raw event is exported too).
+                lines = [
+                    {
+                        "ts": None,
+                        "level": "ERROR",
+                        "message": f"unreadable log event ({type(exc).__name__}: {exc})",
+                    }
+                ]
+            entry["logs"].extend({**line, "ts": line.get("ts") or e["ts"]} for line in lines)
         elif e["type"] == "progress":
             entry["progress"] = e["data"]
         elif e["type"] == "stats":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -115,13 +116,27 @@ def upgrade() -> None:
     t = tasks.c
     for col in (t.run_id, t.step_id):
         bind.execute(sa.update(tasks).where(col.in_(NOT_AN_ID)).values({col.name: None}))
-    rows = bind.execute(
-        sa.select(t.uuid, t.name, t.args, t.run_id, t.step_id).where(
-            sa.or_(t.run_id.is_(None), t.step_id.is_(None)),
-            # only canvasflow's tasks can name a run: other tasks' rows are not read
-            sa.or_(t.name == STEP_TASK, t.args.like("%'run'%"), t.args.like("%'@'%")),
-        )
-    ).all()
+    # The rows to read, a page at a time in primary-key order: a task table of millions of rows
+    # is never held in memory at once (each row's arguments are parsed in Python).
+    wanted = sa.and_(
+        sa.or_(t.run_id.is_(None), t.step_id.is_(None)),
+        # only canvasflow's tasks can name a run: other tasks' rows are not read
+        sa.or_(t.name == STEP_TASK, t.args.like("%'run'%"), t.args.like("%'@'%")),
+    )
+    after: str | None = None
+    while True:
+        page = sa.select(t.uuid, t.name, t.args, t.run_id, t.step_id).where(wanted)
+        if after is not None:
+            page = page.where(t.uuid > after)
+        rows = bind.execute(page.order_by(t.uuid).limit(BATCH)).all()
+        if not rows:
+            return
+        after = rows[-1][0]
+        _repair(bind, rows)
+
+
+def _repair(bind: Any, rows: Sequence[Any]) -> None:
+    t = tasks.c
     fixes: dict[str, dict[str, Any]] = {}
     unresolved: list[str] = []
     for uid, name, args, run_id, step_id in rows:
@@ -131,11 +146,10 @@ def upgrade() -> None:
             fixes[uid] = {"k_uuid": uid, "v_run": new_run, "v_step": new_step}
         if name == STEP_TASK and (new_run is None or new_step is None):
             unresolved.append(uid)
-    a = attempts.c
-    for i in range(0, len(unresolved), BATCH):
-        chunk = unresolved[i : i + BATCH]
+    if unresolved:
+        a = attempts.c
         for uid, run_id, step_id in bind.execute(
-            sa.select(a.task_id, a.run_id, a.step_id).where(a.task_id.in_(chunk)).distinct()
+            sa.select(a.task_id, a.run_id, a.step_id).where(a.task_id.in_(unresolved)).distinct()
         ):
             fixes[uid] = {"k_uuid": uid, "v_run": run_id, "v_step": step_id}
     if fixes:
