@@ -376,7 +376,8 @@ def test_bench_planning_times_load_plan_and_compile_of_every_shape(runs: Runs, s
     assert [(r[0], r[1]) for r in rows] == [(s, n) for s in shapes for n in ("40", "80")], out
     for shape, size, *figures in rows:
         load, plan, compile_, total, plan_ratio, total_ratio = map(float, figures)
-        assert positive(load, compile_, total) and plan >= 0, (shape, size)
+        # Printed to the ms: compiling 40 steps can round to 0.0 on a fast moment.
+        assert positive(load, total) and plan >= 0 and compile_ >= 0, (shape, size)
         assert total == pytest.approx(load + compile_, abs=0.002)
         if size == "40":
             assert plan_ratio == total_ratio == 1.0

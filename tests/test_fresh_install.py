@@ -25,12 +25,12 @@ import sysconfig
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 from tests.conftest import ROOT
-from tests.web_fixtures import CHROMIUM, CHROMIUM_ARGS
 from tests.web_helpers import free_port
 
 pytest_plugins = ("tests.web_fixtures",)
@@ -158,12 +158,8 @@ def _demo(venv: Path, env: dict[str, str], cwd: Path) -> Iterator[tuple[str, str
 
 
 def test_a_fresh_venv_without_node_installs_and_runs_the_demo_with_a_styled_live_dashboard(
-    tmp_path: Path, shots: object
+    tmp_path: Path, shots: object, chromium: Any
 ) -> None:
-    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
-        from tests.conftest import need
-
-        need("Chromium", f"{CHROMIUM} not found: apt-get install chromium")
     readme = (ROOT / "README.md").read_text()
     assert README_INSTALL in readme, "the README's quick start changed: make this test follow it"
     src = _tracked_copy(tmp_path / "canvasflow")
@@ -184,19 +180,16 @@ def test_a_fresh_venv_without_node_installs_and_runs_the_demo_with_a_styled_live
     ).stdout.split()
     assert all(p.startswith(str(src)) for p in where), where
 
-    from playwright.sync_api import sync_playwright
-
-    with _demo(venv, env, tmp_path) as (url, password), sync_playwright() as p:
+    # The session's browser (tests/web_fixtures.py): a second sync_playwright() in the same
+    # process fails once another browser test has started one.
+    with _demo(venv, env, tmp_path) as (url, password):
         assert requests.get(f"{url}static/dist/main.css", timeout=10).status_code == 200
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-            args=CHROMIUM_ARGS,
+        context = chromium.new_context(
+            viewport={"width": 1400, "height": 900},
+            bypass_csp=True,  # wait_for_function evaluates strings, which the CSP forbids
         )
         try:
-            page = browser.new_context(
-                viewport={"width": 1400, "height": 900},
-                bypass_csp=True,  # wait_for_function evaluates strings, which the CSP forbids
-            ).new_page()
+            page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url)  # the address the demo printed
@@ -235,7 +228,7 @@ def test_a_fresh_venv_without_node_installs_and_runs_the_demo_with_a_styled_live
             shots(page, "fresh-install-dashboard")  # type: ignore[operator]
             assert errors == []
         finally:
-            browser.close()
+            context.close()
 
 
 def test_the_wheel_ships_the_dashboard_bundle_without_node(tmp_path: Path) -> None:
