@@ -28,8 +28,9 @@ from orchestrator.audit.recorder import Recorder
 from orchestrator.records import RunRecord
 from tests.audit_helpers import RunEvents, dump_tables, run_meta, wait_for
 from tests.test_cli import cli
+from tests.web_helpers import OPERATOR, Api, wait_recorded, wait_status
 
-pytest_plugins = ("tests.audit_fixtures",)
+pytest_plugins = ("tests.audit_fixtures", "tests.web_fixtures")
 
 # The operator retries this long after the run ended; each step takes milliseconds, so a step
 # duration below it can only be the retry's attempt (a logical bound, not a timing).
@@ -298,3 +299,35 @@ def test_after_an_operator_retry_a_steps_duration_is_its_new_attempts_everywhere
         and b"attempts_before" in f[b"data"]
     ]
     assert events and events[-1]["attempts_before"] == {"backup": 1, "migrate": 1, "verify": 1}
+
+
+@pytest.mark.integration
+def test_the_api_run_detail_shows_the_retried_steps_new_duration_and_both_attempts(
+    web_app, orchestrator_client
+) -> None:
+    operator = Api(web_app, OPERATOR)
+    run = orchestrator_client.submit(saga("retry_times_api"))
+    wait_status(orchestrator_client, run.id, {"FAILED"}, 60)
+    time.sleep(RETRY_AFTER)
+    r = operator.post(f"/runs/{run.id}/retry", {})
+    assert r.status_code == 200, r.json
+    wait_status(orchestrator_client, run.id, {"COMPLETED"}, 60)
+    d = operator.get(f"/runs/{run.id}").json
+    by_id = {s["id"]: s for s in d["steps"]}
+    for sid in SAGA_STEPS:
+        s = by_id[sid]
+        assert s["duration"] is not None and s["duration"] < RETRY_AFTER, (sid, s)
+        first, second = s["history"]  # the first run's attempt is kept
+        assert s["started_at"] == pytest.approx(second["started_at"])
+        assert first["started_at"] < second["started_at"] - RETRY_AFTER + 0.5
+    # the timeline draws both attempts of backup, the first one where it ran
+    bars = operator.get(f"/runs/{run.id}/timeline").json["bars"]
+    backup = [b for b in bars if b["step"] == "backup" and b["kind"] == "step"]
+    assert len(backup) == 2 and backup[1]["start"] - backup[0]["start"] >= RETRY_AFTER
+    # and the store the dashboard reads once the run has left Redis agrees
+    store = web_app.extensions["canvasflow"].store
+    wait_recorded(store, run.id, {"COMPLETED"}, 60)
+    recorded = q.run_detail(store, run.id)
+    for sid in SAGA_STEPS:
+        assert recorded.step(sid).duration < RETRY_AFTER
+        assert recorded.step(sid).started_at == pytest.approx(by_id[sid]["started_at"])
