@@ -65,13 +65,14 @@ class RunEvents:
         outcome: str = "COMPLETED",
         *,
         attempts: int = 1,
+        first: int = 1,
         seconds: float = 1.0,
         logs: int = 0,
         worker: str = "w1@host",
         error: str = "boom",
     ) -> RunEvents:
-        for n in range(1, attempts + 1):
-            last = n == attempts
+        for n in range(first, first + attempts):
+            last = n == first + attempts - 1
             self.emit(
                 "step_started",
                 step,

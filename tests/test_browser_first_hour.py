@@ -300,3 +300,49 @@ def test_retrying_a_compensated_saga_from_the_page_reruns_the_undone_steps(
     backup = next(s for s in detail["steps"] if s["id"] == "backup")
     assert (backup["operator_retries"], backup["attempt"], backup["attempts_allowed"]) == (1, 1, 1)
     assert not page.errors
+
+
+LABEL_BOXES = """ls => ls.map(l => {
+    const text = [...l.childNodes].find(n => n.nodeType === 3 && n.textContent.trim());
+    const r = document.createRange();
+    r.selectNodeContents(text);
+    const t = r.getBoundingClientRect();
+    const i = l.querySelector('input, select').getBoundingClientRect();
+    return {label: text.textContent.trim(), text: [t.top, t.bottom, t.right],
+            input: [i.top, i.bottom, i.left]};
+})"""
+
+
+def assert_labels_beside_their_inputs(page: Any, where: str) -> None:
+    boxes = page.eval_on_selector_all("#task-filters label", LABEL_BOXES)
+    assert {b["label"] for b in boxes} >= {"received from", "to"}, boxes
+    for b in boxes:
+        (t_top, t_bottom, t_right), (i_top, i_bottom, i_left) = b["text"], b["input"]
+        # the same line: the label's text lies within its input's height, just left of it
+        assert i_top - 4 <= t_top and t_bottom <= i_bottom + 4, (where, b)
+        assert 0 <= i_left - t_right <= 24, (where, b)
+
+
+def test_the_tasks_filter_row_keeps_each_label_with_its_input_at_1440_px(chromium, server, shots):
+    # At 1440 px the row wrapped between "to" and its date input, leaving "to" alone on a line:
+    # it may wrap between filters, never inside one.
+    page = login(chromium, server, "/tasks")
+    page.wait_for_selector("#task-filters input[name=received_before]")
+    assert page.viewport_size == {"width": 1440, "height": 900}
+    shots(page, "tasks-filter-row-1440")
+    assert_labels_beside_their_inputs(page, "1440x900")
+    # and however the row wraps: a long worker name and a search typed, narrower windows
+    page.evaluate(
+        """() => {
+            const o = document.createElement('option');
+            o.textContent = 'celery@worker-with-a-rather-long-hostname.example.internal';
+            document.querySelector('#task-filters select[name=worker]').appendChild(o);
+            document.querySelector('#task-filters input[name=q]').value = 'step:load name:x';
+        }"""
+    )
+    for width in range(1000, 1441, 40):
+        page.set_viewport_size({"width": width, "height": 900})
+        assert_labels_beside_their_inputs(page, f"{width}x900")
+    page.set_viewport_size({"width": 1440, "height": 900})
+    shots(page, "tasks-filter-row-1440-long-worker")
+    assert not page.errors

@@ -184,7 +184,13 @@ def test_a_kept_running_demo_killed_or_hung_up_stops_every_process_and_frees_its
         assert port_open(web_port) and port_open(redis_port)
         assert demo_file(demo.env).exists()
 
-        demo.proc.send_signal(sig)  # `kill PID`, or the terminal closing
+        # The ready line says how to stop it: Ctrl-C, `kill PID` (its own pid) or closing the
+        # terminal; the user does what it says.
+        ready = next(ln for ln in demo.stdout.splitlines() if ln.startswith("fleet running"))
+        said = re.search(r"; Ctrl-C, kill (\d+) or closing this terminal stops it$", ready)
+        assert said, ready
+        assert int(said[1]) == demo.proc.pid
+        os.kill(int(said[1]), sig)  # `kill PID`, or the terminal closing
         assert demo.proc.wait(90) == 0, demo.stderr()
 
     assert f"stopping the fleet ({sig.name})" in demo.stderr()

@@ -119,6 +119,11 @@ steps = Table(
     Column("progress_at", Double),
     Column("stats", Text),
     Column("stats_seq", Integer, nullable=False, server_default="0"),
+    # The newest operator retry that reset the step (the seq of its run_status_changed event)
+    # and the step's attempts before it: the step's start and end are those of its attempts
+    # after that retry (orchestrator/audit/projection.py, docs/audit-store.md).
+    Column("reset_seq", Integer, nullable=False, server_default="0"),
+    Column("reset_attempts", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("run_id", "step_id"),
 )
 

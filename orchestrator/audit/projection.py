@@ -10,6 +10,13 @@ Order independence: several recorders share the stream, so the events of one run
 applied in any order across batches. Every projected field is written under a "newest wins"
 rule keyed by seq (``status_seq``, ``progress_seq``, ``stats_seq``) or is a min/max/first-set
 value, so the tables end up the same whatever order the events arrived in.
+
+An operator retry resets steps (their start and end are then their later attempts'): its
+``run_status_changed`` event names them with their attempts before it (``attempts_before``).
+The step row keeps that retry's seq and count (``reset_seq``, ``reset_attempts``, newest retry
+wins); a start counts only if its attempt number is above the count, an end only if its seq is
+above the retry's; and a retry recorded after later attempts were takes the step's start from
+their rows in ``cf_step_attempts``.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ FINAL_RUN = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 ERROR_RUN = frozenset({"FAILED", "COMPENSATION_FAILED", "CANCELLED"})
 ATTEMPT_EVENTS = frozenset({"step_retrying", "step_completed", "step_failed"})
 FINISHING = frozenset({"step_completed", "step_failed", "step_skipped", "step_cancelled"})
+SETTLED_STEP = frozenset({"COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATED"})
 CHUNK = 300  # rows per IN (...) list: well below every driver's parameter limit
 COPY_FROM = 20  # PostgreSQL: insert this many rows or more with COPY
 # One expanding parameter for every IN list: the statement is compiled once and cached.
@@ -118,6 +126,7 @@ def apply_batch(
     proj = _Projection(run_rows, lookups, now)
     # Only the step rows this batch touches: a run may have a thousand steps.
     wanted_steps = {(e.run, e.step) for e in new if e.step}
+    resets = [(e, r) for e in new if (r := step_resets(e))]
     for e in new:
         if e.type == "run_created":
             body = proj.parsed_definition(e.run)
@@ -126,6 +135,8 @@ def apply_batch(
                 for s in (body or {}).get("steps") or ()
                 if isinstance(s, dict) and s.get("id")
             )
+    for e, reset in resets:
+        wanted_steps.update((e.run, sid) for sid in reset)
     for row in keyed(conn, steps, (steps.c.run_id, steps.c.step_id), sorted(wanted_steps)):
         proj.steps[(row["run_id"], row["step_id"])] = dict(row)
     # An attempt row is written together with its step row, whose ``attempts`` is then at least
@@ -136,6 +147,15 @@ def apply_batch(
             for e in new
             if (n := _attempt_no(e)) is not None
             and n <= ((proj.steps.get((e.run, e.step)) or {}).get("attempts") or 0)
+        }
+        # a retry's reset steps: their attempts after it recorded so far (their start)
+        | {
+            (e.run, sid, n)
+            for e, reset in resets
+            for sid, before in reset.items()
+            for n in range(
+                before + 1, ((proj.steps.get((e.run, sid)) or {}).get("attempts") or 0) + 1
+            )
         }
     )
     a = step_attempts.c
@@ -313,6 +333,21 @@ def _attempt_no(e: Event) -> int | None:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
+def step_resets(e: Event) -> dict[str, int]:
+    """The steps an operator retry's event reset, with their attempts before it ({} for any
+    other event, and for a retry recorded by a version that did not say the attempts)."""
+    if e.type != "run_status_changed" or e.data.get("action") != "retry":
+        return {}
+    before = e.data.get("attempts_before")
+    if not isinstance(before, dict):
+        return {}
+    return {
+        str(sid): n
+        for sid, n in before.items()
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 0
+    }
+
+
 def _num(v: Any) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
@@ -379,6 +414,8 @@ class _Projection:
                 attempts=0,
                 progress_seq=0,
                 stats_seq=0,
+                reset_seq=0,
+                reset_attempts=0,
             )
             self.steps[key] = row
             self.new_steps.add(key)
@@ -415,6 +452,8 @@ class _Projection:
             self.run_created(run, e)
         elif e.type == "run_status_changed":
             self.run_status(run, e, e.status)
+            for sid, before in step_resets(e).items():
+                self.reset(self.step(e.run, sid), e, before)
         elif e.type == "operator_action":
             self.operator_action(e)
         elif e.type == "run_redispatched":
@@ -538,8 +577,50 @@ class _Projection:
             failed = data.get("failed_step", looked[1])
             run["error"] = _str(error) or run["error"]
             run["failed_step"] = _str(failed) or run["failed_step"]
-        elif status == "RUNNING":
+        else:
+            # Only an error status sets them: any newer status ends them (a retry's RUNNING,
+            # and its COMPLETED if that was recorded first, whatever the order of arrival).
             run["error"] = run["failed_step"] = None
+
+    def reset(self, step: dict[str, Any], e: Event, before: int) -> None:
+        """An operator retry reset the step (restart.lua): PENDING again, and its start and end
+        are its attempts' after ``before``. The newest retry wins; a retry recorded after some
+        of those attempts takes the step's start from their rows."""
+        if e.seq <= (step["reset_seq"] or 0):
+            return
+        step["reset_seq"], step["reset_attempts"] = e.seq, before
+        rid, sid = step["run_id"], step["step_id"]
+        step["started_at"] = min(
+            (
+                a["started_at"]
+                for (r, s, n), a in self.attempts.items()
+                if r == rid and s == sid and n > before and a["started_at"] is not None
+            ),
+            default=None,
+        )
+        if e.seq > step["status_seq"]:
+            step.update(
+                status="PENDING",
+                status_seq=e.seq,
+                finished_at=None,
+                error=None,
+                reason=None,
+                compensation_error=None,
+            )
+        elif step["status"] not in SETTLED_STEP or (
+            step["finished_at"] is not None
+            and step["started_at"] is not None
+            and step["finished_at"] < step["started_at"]
+        ):
+            # events after the retry came first, and not yet the end of its attempt: the end
+            # recorded so far is an earlier attempt's
+            step["finished_at"] = None
+
+    def current(self, step: dict[str, Any], e: Event, n: int | None) -> bool:
+        """Whether the event belongs to the step's attempts since its newest operator retry."""
+        if n is not None:
+            return n > (step["reset_attempts"] or 0)
+        return e.seq > (step["reset_seq"] or 0)
 
     def step_event(self, run: dict[str, Any], e: Event) -> None:
         step = self.step(e.run, e.step)
@@ -601,7 +682,7 @@ class _Projection:
             step["reason"] = _str(data.get("reason"))
         elif t == "step_compensation_failed":
             step["compensation_error"] = _str(data.get("error"))
-        if t in FINISHING:
+        if t in FINISHING and e.seq > (step["reset_seq"] or 0):
             step["finished_at"] = _hi(step["finished_at"], e.ts)
         if e.status and e.seq > step["status_seq"]:
             step["status"], step["status_seq"] = e.status, e.seq
@@ -611,8 +692,9 @@ class _Projection:
                 step["error"] = None
 
     def started(self, step: dict[str, Any], e: Event, data: dict[str, Any]) -> None:
-        step["started_at"] = _lo(step["started_at"], e.ts)
         n = _attempt_no(e)
+        if self.current(step, e, n):
+            step["started_at"] = _lo(step["started_at"], e.ts)
         if n is None:
             return
         latest = n >= (step["attempts"] or 0)
@@ -651,7 +733,8 @@ class _Projection:
         att = self.attempt(e.run, step, n)
         started = _num(data.get("started_at"))
         att["started_at"] = _lo(att["started_at"], started)
-        step["started_at"] = _lo(step["started_at"], started)
+        if self.current(step, e, n):
+            step["started_at"] = _lo(step["started_at"], started)
         att["finished_at"] = _num(data.get("finished_at")) or e.ts
         att["duration"] = _num(data.get("duration"))
         att["worker"] = _str(data.get("worker")) or att["worker"]

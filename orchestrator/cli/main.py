@@ -656,8 +656,9 @@ def watchdog(stall_seconds: int | None, interval: float | None, once: bool) -> N
 @click.option(
     "--keep-running/--exit",
     default=None,
-    help="After the examples, leave the fleet and the dashboard up until Ctrl-C, or exit "
-    "with their outcome. Default: keep running in a terminal, exit otherwise.",
+    help="After the examples, leave the fleet and the dashboard up until Ctrl-C, `kill PID` "
+    "(SIGTERM) or a closed terminal (SIGHUP), or exit with their outcome. Default: keep running "
+    "in a terminal, exit otherwise.",
 )
 @click.option("--workdir", type=click.Path(file_okay=False), default=None)
 @handle_errors
@@ -740,8 +741,10 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
         if keep_running:
             console.print(
                 f"fleet running: dashboard {url} (admin / {password}), Redis {settings.redis_url}, "
-                f"audit store {settings.database_url}; Ctrl-C stops it",
+                f"audit store {settings.database_url}; Ctrl-C, kill {os.getpid()} or closing "
+                "this terminal stops it",
                 highlight=False,
+                soft_wrap=True,  # one line, whatever the width: tests and users read it whole
             )
             console.print(
                 "commands in other shells find this fleet while it runs; to choose it "

@@ -61,7 +61,11 @@ local attempt = redis.call('HINCRBY', steps, step .. '|attempts', 1)
 move_step(steps, step, ss, 'RUNNING', step .. '|attempt_started_at', now,
           step .. '|worker', ARGV[10], step .. '|task_id', ARGV[9], step .. '|epoch', epoch,
           step .. '|owner', owner)
-if attempt == 1 then redis.call('HSET', steps, step .. '|started_at', now) end
+-- The step's start: its first attempt's, or, after an operator retry reset it (restart.lua),
+-- the first attempt of the retry's.
+if redis.call('HEXISTS', steps, step .. '|started_at') == 0 then
+  redis.call('HSET', steps, step .. '|started_at', now)
+end
 redis.call('SET', lease, owner, 'EX', ARGV[7])
 emit(run_key, stream, maxlen, run_id, 'step_started', step, 'RUNNING', now,
      cjson.encode({attempt = attempt, worker = ARGV[10], task_id = ARGV[9]}))

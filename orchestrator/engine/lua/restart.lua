@@ -1,6 +1,7 @@
 -- restart: a new dispatch of the run (resume, retry, retry of the compensation, re-dispatch):
 -- if the move may take the run to target, bump the epoch, set the status, reset the given
--- steps to PENDING, clear the given run fields, and keep the run's keys and live entry.
+-- steps to PENDING (their start and end times cleared), clear the given run fields, and keep
+-- the run's keys and live entry.
 -- KEYS: run, steps, stream, settled channel, completed, attempts, controlled, control channel,
 --   live set
 -- ARGV: run_id, now, maxlen, move, target, reset_json (step ids), clear_json (run fields),
@@ -13,17 +14,25 @@ if move == 'cancel' then return {'refused', redis.call('HGET', run_key, 'status'
 local st, epoch = new_epoch(run_key, move, target)
 if not st then return epoch end
 for _, f in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', run_key, f) end
+local before = {}
 for _, sid in ipairs(cjson.decode(ARGV[6])) do
   local ss = redis.call('HGET', steps, sid .. '|status')
+  before[sid] = tonumber(redis.call('HGET', steps, sid .. '|attempts') or '0')
   if is_settled(ss) then redis.call('HINCRBY', run_key, 'settled', -1) end
   move_step(steps, sid, ss, 'PENDING')
-  redis.call('HDEL', steps, sid .. '|output', sid .. '|error', sid .. '|traceback', sid .. '|finished_at',
+  -- A reset step starts afresh: its start and end are its next attempt's (the attempts list
+  -- keeps the history); the attempt count goes on.
+  redis.call('HDEL', steps, sid .. '|output', sid .. '|error', sid .. '|traceback',
+             sid .. '|started_at', sid .. '|finished_at',
              sid .. '|compensation_error', sid .. '|compensation_traceback', sid .. '|compensation_output')
   redis.call('LREM', KEYS[5], 0, sid)
 end
 for i = 1, 6 do if i ~= 3 and i ~= 4 then redis.call('PERSIST', KEYS[i]) end end
 local data = cjson.decode(ARGV[8])
 data['epoch'] = epoch
+-- Each reset step's attempts before this restart: the audit store takes a reset step's start
+-- from its later attempts only (orchestrator/audit/projection.py), whatever order events arrive in.
+if next(before) ~= nil then data['attempts_before'] = before end
 emit(run_key, stream, maxlen, run_id, 'run_status_changed', '', target, now, cjson.encode(data))
 controlled(KEYS[7], KEYS[8], run_id, 'restart', now)
 redis.call('ZADD', KEYS[9], now, run_id)  -- live again (a retry of a finished run): the watchdog

@@ -38,7 +38,11 @@ local attempt = redis.call('HINCRBY', steps, step .. '|attempts', 1)
 move_step(steps, step, ss, status, step .. '|attempt_started_at', started, step .. '|worker', ARGV[13],
           step .. '|task_id', ARGV[14], step .. '|epoch', epoch,
           step .. '|error', ARGV[9], step .. '|traceback', ARGV[10])
-if attempt == 1 then redis.call('HSET', steps, step .. '|started_at', started) end
+-- The step's start: its first attempt's, or, after an operator retry reset it (restart.lua),
+-- the first attempt of the retry's.
+if redis.call('HEXISTS', steps, step .. '|started_at') == 0 then
+  redis.call('HSET', steps, step .. '|started_at', started)
+end
 emit(run_key, stream, maxlen, run_id, 'step_started', step, 'RUNNING', started,
      cjson.encode({attempt = attempt, worker = ARGV[13], task_id = ARGV[14]}))
 emit_batch(run_key, stream, maxlen, run_id, ARGV[15], 15)
