@@ -24,24 +24,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
-    Column,
     Connection,
-    Integer,
-    String,
-    Table,
-    Text,
-    and_,
     bindparam,
-    func,
     select,
-    tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestrator.audit.events import Event, Lookups, clamp_fraction, clamp_level, clamp_message
 from orchestrator.audit.models import (
@@ -54,6 +45,13 @@ from orchestrator.audit.models import (
     steps,
     workflow_definitions,
 )
+from orchestrator.audit.sqlbatch import (
+    fit,
+    insert_ignore,
+    insert_rows,
+    keyed,
+    update_rows,
+)
 from orchestrator.logbatch import log_lines
 from orchestrator.records import RunRecord
 
@@ -62,21 +60,6 @@ ERROR_RUN = frozenset({"FAILED", "COMPENSATION_FAILED", "CANCELLED"})
 ATTEMPT_EVENTS = frozenset({"step_retrying", "step_completed", "step_failed"})
 FINISHING = frozenset({"step_completed", "step_failed", "step_skipped", "step_cancelled"})
 SETTLED_STEP = frozenset({"COMPLETED", "FAILED", "SKIPPED", "CANCELLED", "COMPENSATED"})
-CHUNK = 300  # rows per IN (...) list: well below every driver's parameter limit
-COPY_FROM = 20  # PostgreSQL: insert this many rows or more with COPY
-# One expanding parameter for every IN list: the statement is compiled once and cached.
-KEYS: Any = bindparam("keys", expanding=True)
-# The statements a batch runs, built once per process: building one (select/update/insert and
-# their clauses) and computing its cache key every batch was a good part of the fixed cost of
-# a batch (docs/performance.md, Recorder).
-_STATEMENTS: dict[tuple[Any, ...], Any] = {}
-
-
-def statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
-    stmt = _STATEMENTS.get(key)
-    if stmt is None:
-        stmt = _STATEMENTS[key] = build()
-    return stmt
 
 
 def apply_batch(
@@ -194,7 +177,7 @@ def unknown_run_actions(conn: Connection, batch: Sequence[Event]) -> list[Event]
             have.add(key)
             new.append(e)
             fresh.append(row)
-    _insert(conn, audit_log, fresh)
+    insert_rows(conn, audit_log, fresh)
     return new
 
 
@@ -228,102 +211,6 @@ def recorded(
             )
         )
     return known
-
-
-def keyed(
-    conn: Connection,
-    table: Table,
-    cols: tuple[Column[Any], ...],
-    keys: Sequence[tuple[Any, ...]],
-    *,
-    lock: bool = False,
-    only_keys: bool = False,
-) -> Iterable[Any]:
-    """The rows of ``table`` whose ``cols`` equal one of ``keys`` (row mappings; ``only_keys``:
-    just those columns; ``lock``: FOR UPDATE, in key order).
-
-    PostgreSQL joins the table with ``unnest`` of one array per column: one statement text for
-    any number of keys (psycopg converts it once), planned as index lookups. A row-value
-    ``IN ((..), (..), ...)`` list of a few hundred keys was a new statement for every length and
-    took PostgreSQL 15-30 ms a batch to plan and run (most of the recorder's SQL time). Other
-    dialects keep the IN list, in chunks.
-    """
-    if not keys:
-        return
-    pg = conn.dialect.name == "postgresql"
-
-    def build() -> Any:
-        q = select(*cols) if only_keys else select(table)
-        if pg:
-            k = _unnest(cols)
-            q = q.join(k, and_(*[c == k.c[f"k{i}"] for i, c in enumerate(cols)]))
-            return q.order_by(*cols).with_for_update(of=table) if lock else q
-        target = cols[0] if len(cols) == 1 else tuple_(*cols)
-        q = q.where(target.in_(KEYS))
-        return q.order_by(*cols).with_for_update() if lock else q
-
-    q = statement(("keyed", pg, table.name, tuple(c.name for c in cols), lock, only_keys), build)
-    if pg:
-        params = {f"a{i}": [key[i] for key in keys] for i in range(len(cols))}
-        yield from conn.execute(q, params).mappings()
-        return
-    for chunk in chunks(keys):
-        values = [key[0] for key in chunk] if len(cols) == 1 else list(chunk)
-        yield from conn.execute(q, {"keys": values}).mappings()
-
-
-def _unnest(cols: tuple[Column[Any], ...]) -> Any:
-    arrays = [
-        bindparam(f"a{i}", type_=postgresql.ARRAY(Integer if isinstance(c.type, Integer) else Text))
-        for i, c in enumerate(cols)
-    ]
-    return func.unnest(*arrays).table_valued(*[f"k{i}" for i in range(len(cols))]).render_derived()
-
-
-def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL."""
-    if not rows:
-        return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = statement(
-        ("insert_ignore", dialect.__name__, table.name),
-        lambda: dialect.insert(table).on_conflict_do_nothing(),
-    )
-    for chunk in chunks(rows):
-        conn.execute(stmt, [fit(table, r) for r in chunk])
-
-
-_LIMITS: dict[str, tuple[tuple[str, int], ...]] = {}
-
-
-def fit(table: Table, row: dict[str, Any]) -> dict[str, Any]:
-    """Cut strings to their column's length and drop NUL characters (PostgreSQL rejects both).
-
-    Returns ``row`` itself when nothing needs changing (the common case: no copy per row).
-    """
-    limits = _LIMITS.get(table.name)
-    if limits is None:
-        limits = _LIMITS[table.name] = tuple(
-            (c.name, c.type.length) for c in table.c if isinstance(c.type, String) and c.type.length
-        )
-    out = row
-    for k, v in row.items():
-        if v.__class__ is str and "\x00" in v:
-            if out is row:
-                out = dict(row)
-            out[k] = v.replace("\x00", "\ufffd")
-    for k, n in limits:
-        v = out.get(k)
-        if v.__class__ is str and len(v) > n:
-            if out is row:
-                out = dict(row)
-            out[k] = v[:n]
-    return out
 
 
 def _attempt_no(e: Event) -> int | None:
@@ -768,7 +655,7 @@ class _Projection:
 
     def write(self, conn: Connection, new: list[Event]) -> None:
         now = self.now
-        _insert(
+        insert_rows(
             conn,
             events,
             [
@@ -786,8 +673,8 @@ class _Projection:
                 for e in new
             ],
         )
-        _insert(conn, step_logs, self.logs)
-        _insert(conn, audit_log, self.audit)
+        insert_rows(conn, step_logs, self.logs)
+        insert_rows(conn, audit_log, self.audit)
         insert_ignore(conn, run_tags, self.tags)
         insert_ignore(conn, workflow_definitions, list(self.definitions.values()))
         for row in self.steps.values():
@@ -796,8 +683,8 @@ class _Projection:
                 if row["finished_at"] is not None and row["started_at"] is not None
                 else None
             )
-        _insert(conn, steps, [self.steps[k] for k in sorted(self.new_steps)])
-        _update(
+        insert_rows(conn, steps, [self.steps[k] for k in sorted(self.new_steps)])
+        update_rows(
             conn,
             steps,
             ("run_id", "step_id"),
@@ -807,8 +694,8 @@ class _Projection:
             row = self.attempts[key]
             if row["queue"] is None:
                 row["queue"] = self.steps[key[:2]]["queue"]
-        _insert(conn, step_attempts, [self.attempts[k] for k in sorted(self.new_attempts)])
-        _update(
+        insert_rows(conn, step_attempts, [self.attempts[k] for k in sorted(self.new_attempts)])
+        update_rows(
             conn,
             step_attempts,
             ("run_id", "step_id", "attempt"),
@@ -836,48 +723,4 @@ class _Projection:
             start, end = run["started_at"], run["finished_at"]
             run["duration"] = end - start if start is not None and end is not None else None
             rows.append(run)
-        _update(conn, runs, ("id",), rows)
-
-
-def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql" and len(rows) >= COPY_FROM:
-        # COPY inside the same transaction: several times faster than psycopg's executemany,
-        # which sends one INSERT per row.
-        cols = list(rows[0])
-        raw: Any = conn.connection.dbapi_connection  # a psycopg connection: COPY needs the driver
-        with (
-            raw.cursor() as cur,
-            cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy,
-        ):
-            for r in rows:
-                f = fit(table, r)
-                copy.write_row([f[c] for c in cols])
-        return
-    stmt = statement(("insert", table.name), table.insert)
-    for chunk in chunks(rows, 1000):
-        conn.execute(stmt, [fit(table, r) for r in chunk])
-
-
-def _update(
-    conn: Connection, table: Table, pk: tuple[str, ...], rows: list[dict[str, Any]]
-) -> None:
-    if not rows:
-        return
-    cols = [c.name for c in table.c if c.name not in pk]
-    stmt = statement(
-        ("update", table.name, pk),
-        lambda: (
-            update(table)
-            .where(*[table.c[k] == bindparam(f"k_{k}") for k in pk])
-            .values({c: bindparam(f"v_{c}") for c in cols})
-        ),
-    )
-    params = []
-    for r in rows:
-        p = {f"v_{c}": v for c, v in fit(table, {c: r[c] for c in cols}).items()}
-        p.update({f"k_{k}": r[k] for k in pk})
-        params.append(p)
-    for chunk in chunks(params, 1000):
-        conn.execute(stmt, chunk)
+        update_rows(conn, runs, ("id",), rows)
