@@ -461,3 +461,23 @@ def test_worker_killed_while_a_paused_run_resumes_does_not_strand_it(
     final = run.wait(60)
     assert final.status == "COMPLETED"
     assert final.step("s1").attempts == 2
+
+
+def test_a_run_paused_before_any_step_began_starts_when_it_is_resumed(
+    client: Client, fleet_settings: Settings, start_worker
+) -> None:
+    # Found by the scale-out tests: a run paused while PENDING went PAUSED -> RUNNING and never
+    # got a start, so it finished with started_at None and no duration. Its step waits on a
+    # queue no worker reads until the pause is in; the worker started then finds the run
+    # pausing and settles it PAUSED without beginning the step.
+    wf = Workflow("unstarted").step("a", "builtin", "echo", queue="later")
+    run = client.submit(wf)
+    client.control.pause(run.id, actor="alice")
+    start_worker(fleet_settings, "later", queues="later")
+    paused = wait_for(lambda: (s := client.snapshot(run.id)).status == "PAUSED" and s, timeout=60)
+    assert paused.started_at is None and paused.steps[0].attempts == 0
+    client.control.resume(run.id, actor="alice")
+    final = run.wait(60)
+    assert final.status == "COMPLETED"
+    assert final.started_at is not None and final.started_at >= paused.created_at
+    assert final.duration is not None

@@ -14,6 +14,11 @@ if move == 'cancel' then return {'refused', redis.call('HGET', run_key, 'status'
 local st, epoch = new_epoch(run_key, move, target)
 if not st then return epoch end
 for _, f in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', run_key, f) end
+-- A run paused before any step began has no start yet: it starts now, when it runs again (the
+-- audit store takes the same time, from the RUNNING event below).
+if target == 'RUNNING' and redis.call('HEXISTS', run_key, 'started_at') == 0 then
+  redis.call('HSET', run_key, 'started_at', now)
+end
 local before = {}
 for _, sid in ipairs(cjson.decode(ARGV[6])) do
   local ss = redis.call('HGET', steps, sid .. '|status')
