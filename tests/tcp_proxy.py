@@ -12,10 +12,14 @@ import threading
 class RoundRobinProxy:
     """Listens on a free 127.0.0.1 port; every accepted connection goes to the next backend
     (``route(i)`` sends the next one to backend ``i`` instead) and its bytes are copied both
-    ways until either side closes. ``routed`` lists the backend index of every connection."""
+    ways until either side closes. ``routed`` lists the backend index of every connection.
 
-    def __init__(self, backends: list[tuple[str, int]]) -> None:
+    ``sticky=True`` sends every connection to the first backend instead, as a balancer with
+    client-IP affinity (nginx ``ip_hash``) does for clients that all come from one address."""
+
+    def __init__(self, backends: list[tuple[str, int]], *, sticky: bool = False) -> None:
         self.backends = backends
+        self.sticky = sticky
         self.routed: list[int] = []
         self._next = 0
         self._forced: int | None = None
@@ -36,7 +40,9 @@ class RoundRobinProxy:
 
     def _pick(self) -> int:
         with self._lock:
-            if self._forced is not None:
+            if self.sticky:
+                i = 0
+            elif self._forced is not None:
                 i, self._forced = self._forced, None
             else:
                 i = self._next

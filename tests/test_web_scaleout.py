@@ -202,3 +202,33 @@ def test_a_login_through_one_web_process_is_a_session_on_the_other(balanced: Bal
     for backend in (A, B):
         with pytest.raises(socketio.exceptions.ConnectionError):
             balanced.listener(backend, None)
+
+
+def test_a_client_on_http_long_polling_needs_a_sticky_balancer(balanced: Balanced) -> None:
+    """A long-polling Socket.IO session is several HTTP requests (a poll held open while the
+    client posts its packets): every one must reach the process that holds the session. The
+    dashboard connects with WebSocket only (one connection), so it needs no stickiness; clients
+    that poll do (docs/operations.md, "Several web processes")."""
+    token = balanced.servers[A].token(OPERATOR)
+    seen: list[Exception] = []
+
+    def polls(url: str) -> bool:
+        sio = socketio.Client(reconnection=False)
+        try:
+            sio.connect(url, auth={"token": token}, transports=["polling"], wait_timeout=10)
+            return sio.call("subscribe", {"all": True}, timeout=10).get("all") is True
+        except socketio.exceptions.SocketIOError as exc:
+            seen.append(exc)
+            return False
+        finally:
+            sio.disconnect()
+
+    assert not polls(balanced.proxy.url), "long-polling worked through a round-robin balancer"
+    # The second connection of the session went to the other process, which does not know it.
+    assert isinstance(seen[-1], socketio.exceptions.ConnectionError), seen
+    assert "Invalid session" in balanced.servers[A].log() + balanced.servers[B].log()
+    sticky = RoundRobinProxy(balanced.proxy.backends, sticky=True)
+    try:
+        assert polls(sticky.url)
+    finally:
+        sticky.close()
