@@ -6,6 +6,7 @@ the other."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from orchestrator.audit import AuditStore
 from tests.audit_helpers import assert_store_matches_redis, sql_events
 from tests.tcp_proxy import RoundRobinProxy
 from tests.test_web_socketio import STEPPED, Listener
-from tests.web_fixtures import LiveServer, start_live_server, stop_live_server
+from tests.web_fixtures import LiveServer, browser_login, start_live_server, stop_live_server
 from tests.web_helpers import ADMIN, OPERATOR, wait_for, wait_recorded
 
 pytest_plugins = ("tests.web_fixtures",)
@@ -232,3 +233,44 @@ def test_a_client_on_http_long_polling_needs_a_sticky_balancer(balanced: Balance
         assert polls(sticky.url)
     finally:
         sticky.close()
+
+
+def test_the_dashboard_logged_in_through_the_balancer_shows_a_run_live_on_both_processes(
+    chromium: Any, balanced: Balanced, shots: Any
+) -> None:
+    # Chromium spreads the login page, the login POST and the assets over several connections,
+    # so over both processes. The session cookie (host 127.0.0.1, any port) then opens each
+    # process's own address too: one run page on A, one on B.
+    first = browser_login(chromium, SimpleNamespace(url=balanced.proxy.url), OPERATOR, "/runs")
+    assert set(balanced.proxy.routed) == {A, B}, balanced.proxy.routed
+    auth = {"Authorization": f"Bearer {balanced.servers[A].token(OPERATOR)}"}
+    r = balanced.via(B, "POST", "/api/v1/runs", json={"workflow": "web_stepped"}, headers=auth)
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    r = balanced.via(A, "POST", f"/api/v1/runs/{run_id}/pause", headers=auth)
+    assert r.status_code in (200, 202), r.text
+    wait_for(
+        lambda: (
+            balanced.via(A, "GET", f"/api/v1/runs/{run_id}", headers=auth).json()["status"]
+            == "PAUSED"
+        ),
+        60,
+        "the run to pause",
+    )
+    pages = []
+    for server in balanced.servers:
+        page = first.context.new_page()
+        page.goto(f"{server.url}/runs/{run_id}")
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_selector("#run-status [data-status='PAUSED']")
+        page.wait_for_selector("#conn.ok:not([hidden])")
+        pages.append((page, page.evaluate("window.__cfLive.batches")))
+
+    # Resumed through B: the run's remaining steps run; both pages follow it live.
+    r = balanced.via(B, "POST", f"/api/v1/runs/{run_id}/resume", headers=auth)
+    assert r.status_code in (200, 202), r.text
+    for i, (page, before) in enumerate(pages):
+        page.wait_for_selector("#run-status [data-status='COMPLETED']", timeout=60_000)
+        assert page.evaluate("window.__cfLive.batches") > before, "no live events on the page"
+        shots(page, f"run-completed-on-web-{'AB'[i]}")
+    assert not first.errors
