@@ -24,6 +24,8 @@ pytest_plugins = ("tests.web_fixtures",)
 pytestmark = pytest.mark.integration
 
 A, B = 0, 1
+# Long enough (20 x 0.25 s) that an operator action sent once it has started finds it unfinished.
+LONG = {**STEPPED, "steps": [{**STEPPED["steps"][0], "id": f"s{i}"} for i in range(20)]}
 
 
 class Balanced:
@@ -58,13 +60,14 @@ def balanced(web_fleet) -> Iterator[Balanced]:
     proxy = RoundRobinProxy([("127.0.0.1", int(s.url.rsplit(":", 1)[1])) for s in servers])
     try:
         admin = servers[A].token(ADMIN)
-        r = requests.put(
-            f"{servers[B].url}/api/v1/workflows/web_stepped",
-            json={"definition": STEPPED},
-            headers={"Authorization": f"Bearer {admin}"},
-            timeout=10,
-        )
-        assert r.status_code == 200, r.text
+        for name, definition in (("web_stepped", STEPPED), ("web_long", LONG)):
+            r = requests.put(
+                f"{servers[B].url}/api/v1/workflows/{name}",
+                json={"definition": definition},
+                headers={"Authorization": f"Bearer {admin}"},
+                timeout=10,
+            )
+            assert r.status_code == 200, r.text
         yield Balanced(servers, proxy)
     finally:
         proxy.close()
@@ -105,7 +108,7 @@ def test_clients_of_both_web_processes_get_every_event_whichever_process_the_act
         assert types[0] == "run_created" and types.count("step_completed") == 6
 
         # A run submitted through A and cancelled through B: both clients see the cancel.
-        r = balanced.via(A, "POST", "/api/v1/runs", json={"workflow": "web_stepped"}, headers=auth)
+        r = balanced.via(A, "POST", "/api/v1/runs", json={"workflow": "web_long"}, headers=auth)
         assert r.status_code == 201, r.text
         cancelled = r.json()["id"]
         wait_for(
@@ -244,7 +247,7 @@ def test_the_dashboard_logged_in_through_the_balancer_shows_a_run_live_on_both_p
     first = browser_login(chromium, SimpleNamespace(url=balanced.proxy.url), OPERATOR, "/runs")
     assert set(balanced.proxy.routed) == {A, B}, balanced.proxy.routed
     auth = {"Authorization": f"Bearer {balanced.servers[A].token(OPERATOR)}"}
-    r = balanced.via(B, "POST", "/api/v1/runs", json={"workflow": "web_stepped"}, headers=auth)
+    r = balanced.via(B, "POST", "/api/v1/runs", json={"workflow": "web_long"}, headers=auth)
     assert r.status_code == 201, r.text
     run_id = r.json()["id"]
     r = balanced.via(A, "POST", f"/api/v1/runs/{run_id}/pause", headers=auth)
