@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import uuid
@@ -329,6 +330,54 @@ def test_recorder_killed_with_sigkill_mid_batch_then_restarted_loses_and_duplica
     assert code == 0, second.log()
     assert "claimed" in second.log()
     assert_complete(sqlite_store, client, run_ids)
+
+
+@pytest.mark.integration
+def test_two_recorder_processes_on_one_group_write_every_event_and_attempt_exactly_once(
+    client: Client,
+    fleet_settings,
+    store_url: str,
+    store: AuditStore,
+    recorders: list[Recorder],
+    tmp_path: Path,
+) -> None:
+    """`canvasflow recorder` twice, as two hosts would run it (docs/operations.md, "Scaling
+    out"): the consumer group shares the stream out between them, and neither writes what the
+    other wrote — no event, run, step or attempt twice, and no duplicate even absorbed."""
+    start = stream_end(client.redis, client.keys)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    # In the group, never reading: it measures the lag and destroys the group afterwards.
+    watcher = new_recorder(recorders, store, client.redis, client.keys, group=group, start_id=start)
+    args = ["--group", group, "--start-id", start, "--batch-size", "20", "--no-trim"]
+    two = [
+        RecorderProcess(fleet_settings, store_url, *args, "--no-upgrade", log_dir=tmp_path)
+        for _ in range(2)
+    ]
+    try:
+        for p in two:
+            wait_for(
+                lambda p=p: f"group {group}" in p.log() or p.proc.poll() is not None,
+                60,
+                "a recorder process to start",
+            )
+            assert p.proc.poll() is None, p.log()
+        run_ids = submit_all(client, mixed_workflows(), times=4)
+        wait_for(lambda: watcher.lag().caught_up, 60, "the two recorders to catch up")
+    finally:
+        codes = [p.stop() for p in two]
+    assert codes == [0, 0], [p.log() for p in two]
+    assert_complete(store, client, run_ids)
+    done = []
+    for p in two:
+        m = re.search(r"stopped after (\d+) events \((\d+) duplicates", p.log())
+        assert m, p.log()
+        done.append((int(m[1]), int(m[2])))
+    assert all(n > 0 for n, _ in done), f"one recorder took no share of the stream: {done}"
+    assert [d for _, d in done] == [0, 0], f"an event was written twice: {done}"
+    # Between them they recorded every entry the group was given (nothing else writes to this
+    # test session's stream meanwhile), each once.
+    entries = client.redis.xrange(client.keys.events, f"({start}", "+")
+    assert sum(n for n, _ in done) == len(entries)
 
 
 @pytest.mark.integration

@@ -28,7 +28,7 @@ class Listener:
     """A python-socketio client that records every message it gets, and every event of the
     ``events`` batches (one message per room and relay window) as (type, event), in order."""
 
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str, token: str | None, **connect: Any) -> None:
         self.sio = socketio.Client(reconnection=False)
         self.events: list[tuple[str, dict]] = []
         self.messages: list[tuple[str, Any]] = []
@@ -44,7 +44,11 @@ class Listener:
                     self.events.append((name, data))
 
         self.sio.connect(
-            url, auth={"token": token} if token else None, transports=["websocket"], wait_timeout=10
+            url,
+            auth={"token": token} if token else None,
+            transports=["websocket"],
+            wait_timeout=10,
+            **connect,
         )
 
     def of(self, run_id: str) -> list[dict]:

@@ -607,7 +607,11 @@ def serve(
         thread.join(30)
         client.close()
         store.dispose()
-    echo(f"recorder {rec.consumer} stopped after {rec.stats.events} events")
+    st = rec.stats
+    echo(
+        f"recorder {rec.consumer} stopped after {st.events} events "
+        f"({st.duplicates} duplicates, {st.claimed} claimed)"
+    )
     return code
 
 
