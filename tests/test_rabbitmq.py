@@ -50,6 +50,35 @@ def test_amqp_schemes_are_recognised_and_redis_is_not() -> None:
     assert not Settings(broker_url="redis://127.0.0.1:6379/1").broker_is_amqp
 
 
+def test_steps_longer_than_the_brokers_consumer_timeout_are_named_at_submit() -> None:
+    from orchestrator.engine.client import consumer_timeout_warnings
+
+    wf = (
+        Workflow("long_steps")
+        .step("quick", "builtin", "echo", timeout=30)
+        .step("slow", "builtin", "sleep", params={"seconds": 1}, timeout=1795)
+        .step(
+            "patient",
+            "builtin",
+            "echo",
+            retries=3,
+            retry_delay=600,
+            retry_backoff="exponential",
+            retry_delay_max=3600,
+        )
+        .step("unbounded", "builtin", "echo")
+    ).build()
+    settings = Settings(broker_url=AMQP, amqp_consumer_timeout=1800)
+    lines = consumer_timeout_warnings(wf, settings)
+    assert len(lines) == 2
+    assert lines[0].startswith("step slow: a timeout (plus 10 s grace) longer than 1800 s")
+    assert "CANVASFLOW_AMQP_CONSUMER_TIMEOUT" in lines[0] and "rabbitmq.conf" in lines[0]
+    assert lines[1].startswith("step patient: a retry delay longer than 1800 s")
+    # Redis has no consumer timeout; 0 says the broker's is disabled
+    assert consumer_timeout_warnings(wf, Settings()) == []
+    assert consumer_timeout_warnings(wf, settings.with_(amqp_consumer_timeout=0)) == []
+
+
 class AmqpFleet:
     def __init__(self, settings: Settings, app: Any, worker: WorkerProcess, client: Client) -> None:
         self.settings, self.app, self.worker, self.client = settings, app, worker, client
@@ -124,6 +153,25 @@ def test_the_workers_page_shows_a_worker_on_rabbitmq_with_its_queues_and_inspect
     assert detail["broker"]["transport"] == "amqp"
     snap = amqp_fleet.client.submit(Workflow("mq_echo").step("s", "builtin", "echo")).wait(30)
     assert snap.status == "COMPLETED" and snap.step("s").worker == name
+
+
+@pytest.mark.integration
+def test_a_submit_on_rabbitmq_warns_of_a_step_longer_than_the_consumer_timeout(
+    amqp_fleet: AmqpFleet,
+) -> None:
+    client = Client(amqp_fleet.settings.with_(amqp_consumer_timeout=60))
+    try:
+        run = client.submit(Workflow("mq_long").step("s", "builtin", "echo", timeout=600))
+        assert [w for w in run.warnings if "consumer_timeout" in w] == [
+            "step s: a timeout (plus 10 s grace) longer than 60 s: the AMQP broker's "
+            "consumer_timeout (60 s, CANVASFLOW_AMQP_CONSUMER_TIMEOUT) closes the channel of a "
+            "worker holding a message longer and delivers the step again; raise "
+            "consumer_timeout in rabbitmq.conf and CANVASFLOW_AMQP_CONSUMER_TIMEOUT with it, or "
+            "lower the timeout"
+        ]
+        assert run.wait(30).status == "COMPLETED"  # a warning, not a refusal
+    finally:
+        client.close()
 
 
 @pytest.mark.integration
