@@ -107,6 +107,7 @@ class WorkerProcess:
         extra_env: dict[str, str] | None = None,
         log_dir: Path | None = None,
         include: str = "",
+        app: str = "workers.app",
     ) -> None:
         self.settings = settings
         self.name = name
@@ -122,7 +123,7 @@ class WorkerProcess:
                 "-m",
                 "celery",
                 "-A",
-                "workers.app",
+                app,
                 "worker",
                 "-n",
                 self.hostname,

@@ -207,3 +207,39 @@ def test_the_watchdog_leaves_a_run_whose_message_waits_in_rabbitmq_and_rescues_a
     with client.celery.connection_for_write() as conn:
         for q in (queue, other):
             conn.default_channel.queue_purge(q)
+
+
+@pytest.mark.integration
+def test_a_fleet_on_quorum_queues_declares_them_without_x_max_priority_and_runs(
+    redis_url: str, rabbit: RabbitVhosts, start_worker
+) -> None:
+    from tests.quorum_app import QUORUM
+
+    settings = make_settings(redis_url, broker_url=rabbit.new(), extra_celery=QUORUM)
+    worker = start_worker(settings, queues="default", concurrency=1, app="tests.quorum_app")
+    client = Client(settings)
+    try:
+        wf = (
+            Workflow("on_quorum")
+            .step("a", "builtin", "echo")
+            .step(
+                "b",
+                "builtin",
+                "fail",
+                params={"times": 1},
+                retries=1,
+                retry_delay=0.5,
+                depends_on=["a"],
+            )
+        )
+        snap = client.submit(wf, priority="high").wait(60)
+        assert snap.status == "COMPLETED", snap
+        assert snap.step("b").attempts == 2  # a retry's countdown works on a quorum queue
+        from orchestrator.fleet.inspect import Inspector
+
+        queues = Inspector(client.celery, timeout=5).call("active_queues", [worker.hostname])
+        (default,) = queues[worker.hostname]
+        assert default["name"] == "default"
+        assert default["queue_arguments"] == {"x-queue-type": "quorum"}  # no x-max-priority
+    finally:
+        client.close()
