@@ -1,6 +1,7 @@
 """Core engine vs raw Celery: the same shapes, the same Redis, the same worker, one run.
 
     python benchmarks/bench_core.py [--quick | --smoke] [--rounds N] [--redis-url URL] [--json PATH]
+        [--broker amqp://guest:guest@127.0.0.1:5672/cf-bench]
 
 Shapes (issue 2): a chain of 100 no-op steps, a 1000-wide fan-out/fan-in, 200 concurrent
 diamond workflows a -> {b, c, d} -> e. Each side runs the same shape. The fan-out is timed in
@@ -59,6 +60,7 @@ from raw_tasks import NOOP  # noqa: E402
 from orchestrator import Client  # noqa: E402
 from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
 from orchestrator.engine.celery_app import create_celery  # noqa: E402
+from orchestrator.fleet.inspect import amqp_queue_lengths  # noqa: E402
 from orchestrator.keys import Keys  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
@@ -256,11 +258,15 @@ class Bench:
         """Until no message is queued or unacknowledged (the worker is idle), then purge."""
         deadline = time.monotonic() + timeout
         while True:
-            pipe = self.admin.pipeline(transaction=False)
-            for q in self.queues:
-                pipe.llen(q)
-            pipe.hlen("unacked")
-            if not any(pipe.execute()):
+            if self.settings.broker_is_amqp:  # ready messages; unacknowledged ones are not seen
+                busy = amqp_queue_lengths(self.raw, [QUEUE])[QUEUE]["total"]
+            else:
+                pipe = self.admin.pipeline(transaction=False)
+                for q in self.queues:
+                    pipe.llen(q)
+                pipe.hlen("unacked")
+                busy = any(pipe.execute())
+            if not busy:
                 break
             if time.monotonic() > deadline:
                 print(
@@ -530,6 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, help="measured rounds per shape and side (default 5)")
     ap.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
     ap.add_argument(
+        "--broker",
+        help="Celery broker of both sides (e.g. amqp://guest:guest@127.0.0.1:5672/cf-bench, a "
+        "virtual host of its own); default: the Redis. Run state and results stay in Redis.",
+    )
+    ap.add_argument(
         "--shapes",
         default="chain,fanout,fanout_start,diamonds",
         help="comma-separated subset of chain, fanout, fanout_start, diamonds (and fanout_mixed)",
@@ -565,11 +576,17 @@ def main(argv: list[str] | None = None) -> int:
             embedded = EmbeddedRedis().start()
             url = embedded.url
         settings = Settings(
-            redis_url=url, key_prefix="cfbench", worker_concurrency=args.concurrency
+            redis_url=url,
+            broker_url=args.broker or "",
+            key_prefix="cfbench",
+            worker_concurrency=args.concurrency,
         )
         admin = redis.Redis.from_url(url)
         env = versions(admin)
         print(f"redis {url} ({'private redis-server' if embedded else 'given'}); starting worker…")
+        if settings.broker_is_amqp:
+            print(f"broker {settings.broker_url} (AMQP; the broker's own CPU is not counted)")
+            env["broker"] = settings.broker_url
         worker = Worker(settings, args.concurrency, args.worker_loglevel)
         worker.wait_ready(admin)
         print(

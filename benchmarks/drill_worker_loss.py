@@ -9,6 +9,9 @@ minutes; pass smaller values to see the mechanism quickly:
     python benchmarks/drill_worker_loss.py --visibility-timeout 8 --lease-ttl 15
     python benchmarks/drill_worker_loss.py --visibility-timeout 4 --step 12 --no-kill  # long step runs once
     python benchmarks/drill_worker_loss.py --smoke        # 3 s timeouts: does it still run?
+    python benchmarks/drill_worker_loss.py --broker amqp://guest:guest@127.0.0.1:5672/cf-drill
+        # RabbitMQ as broker: no visibility timeout, the message comes back when the
+        # connection closes, and the copy waits for the lease (docs/operations.md)
 
 It exits 1 when the run did not complete.
 """
@@ -32,6 +35,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--visibility-timeout", type=int, default=Settings().visibility_timeout)
     ap.add_argument("--lease-ttl", type=int, default=Settings().lease_ttl)
+    ap.add_argument("--broker", default="", help="Celery broker URL (default: the private Redis)")
     ap.add_argument("--step", type=float, default=3.0, help="seconds the step sleeps")
     ap.add_argument(
         "--no-kill", action="store_true", help="kill nothing: a long step must run once"
@@ -48,6 +52,7 @@ def main() -> int:
         settings = Settings(
             redis_url=server.url,
             key_prefix="drill",
+            broker_url=args.broker,
             visibility_timeout=args.visibility_timeout,
             lease_ttl=args.lease_ttl,
         )

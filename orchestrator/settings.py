@@ -17,6 +17,8 @@ from orchestrator.model.callallow import parse_allow
 from orchestrator.model.limits import Limits
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Broker URL schemes kombu serves over AMQP (RabbitMQ).
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 
 
 def parse_bool(name: str, raw: str) -> bool:
@@ -73,6 +75,11 @@ class Settings:
     # The watchdog (`canvasflow watchdog`) re-dispatches a live run that has had no lease, no
     # queued message and no event for this many seconds (docs/operations.md, "Watchdog").
     watchdog_stall_seconds: int = 120
+    # AMQP (RabbitMQ) brokers only: the broker's consumer_timeout (rabbitmq.conf; 30 min by
+    # default). With acks_late a step holds its message unacknowledged while it runs, and RabbitMQ
+    # closes the channel of a consumer that holds one longer than this, which hands the step to
+    # another worker. Workers warn at start; say here what your broker is set to (0: disabled).
+    amqp_consumer_timeout: int = 1800
     extra_celery: dict[str, Any] = field(default_factory=dict)
     # What a definition, run inputs or an event payload may be (CANVASFLOW_MAX_*; limits.py).
     limits: Limits = field(default_factory=Limits)
@@ -111,6 +118,12 @@ class Settings:
                 values[f.name] = raw
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """True when Celery's broker is AMQP (RabbitMQ) rather than Redis: message priorities,
+        queue arguments and queue lengths differ (docs/operations.md "RabbitMQ as broker")."""
+        return self.broker_url.split("://", 1)[0].lower() in AMQP_SCHEMES
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -35,6 +35,10 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # concurrent test runs on one machine cannot steal each other's queued steps; set
 # CANVASFLOW_TEST_REDIS_URL to use an existing server instead.
 REDIS_URL = os.environ.get("CANVASFLOW_TEST_REDIS_URL", "")
+# RabbitMQ for the `brokers` tests: each fleet gets a virtual host of its own, made (and deleted
+# at the end of the session, queues and all) with rabbitmqctl, which must run on the broker's host.
+AMQP_URL = os.environ.get("CANVASFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+BROKERS = ("redis", "amqp")
 POSTGRES_URL = os.environ.get(
     "CANVASFLOW_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/canvasflow_test"
 )
@@ -103,6 +107,7 @@ class WorkerProcess:
         extra_env: dict[str, str] | None = None,
         log_dir: Path | None = None,
         include: str = "",
+        app: str = "workers.app",
     ) -> None:
         self.settings = settings
         self.name = name
@@ -118,7 +123,7 @@ class WorkerProcess:
                 "-m",
                 "celery",
                 "-A",
-                "workers.app",
+                app,
                 "worker",
                 "-n",
                 self.hostname,
@@ -180,6 +185,82 @@ class WorkerProcess:
         self._log.close()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test marked `brokers` that reaches the `broker` fixture (through `client` or `broker_url`)
+    # runs once per broker; every other test keeps its single Redis-broker run and its name.
+    if "broker" in metafunc.fixturenames and metafunc.definition.get_closest_marker("brokers"):
+        metafunc.parametrize("broker", BROKERS, indirect=True)
+
+
+class RabbitVhosts:
+    """Virtual hosts on the test RabbitMQ: one per fleet, so that concurrent test runs (and the
+    fleets of one run) never consume each other's queues; all deleted at the end."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.made: list[str] = []
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+    def check(self) -> None:
+        import socket
+        from urllib.parse import urlsplit
+
+        where = urlsplit(self.base_url)
+        host, port = where.hostname or "127.0.0.1", where.port or 5672
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+        except OSError as exc:
+            need("RabbitMQ", f"{host}:{port}: {exc} (.ci/run starts it)")
+        if not shutil.which("rabbitmqctl"):
+            need(
+                "rabbitmqctl",
+                "the tests make a virtual host per fleet with it (apt rabbitmq-server)",
+            )
+
+    def new(self) -> str:
+        name = f"cf-test-{uuid.uuid4().hex[:10]}"
+        try:
+            self._ctl("add_vhost", name)
+            self.made.append(name)
+            self._ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            err = getattr(exc, "stderr", b"") or b""
+            need("rabbitmqctl", f"could not make virtual host {name}: {exc} {err.decode()[-500:]}")
+        return f"{self.base_url}/{name}"
+
+    def close(self) -> None:
+        for name in self.made:
+            try:
+                self._ctl("delete_vhost", name)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                pass
+
+
+@pytest.fixture(scope="session")
+def rabbit() -> Iterator[RabbitVhosts]:
+    vhosts = RabbitVhosts(AMQP_URL)
+    vhosts.check()
+    yield vhosts
+    vhosts.close()
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> str:
+    """The Celery broker of this test: "redis", or "amqp" for the second run of a `brokers` test."""
+    return str(getattr(request, "param", "redis"))
+
+
+@pytest.fixture
+def broker_url(broker: str, request: pytest.FixtureRequest) -> str:
+    """Settings.broker_url for a test that builds its own fleet: "" (the state Redis) on Redis,
+    a virtual host of the test's own on AMQP."""
+    if broker == "redis":
+        return ""
+    return request.getfixturevalue("rabbit").new()
+
+
 @pytest.fixture(scope="session")
 def fleet_settings(redis_url: str) -> Settings:
     """Settings shared by the session's worker and every test that uses it."""
@@ -193,11 +274,37 @@ def worker(fleet_settings: Settings) -> Iterator[WorkerProcess]:
     proc.stop()
 
 
+@pytest.fixture(scope="session")
+def amqp_fleet_settings(redis_url: str, rabbit: RabbitVhosts) -> Settings:
+    """The session fleet's settings with RabbitMQ as Celery's broker; Redis keeps the run state."""
+    return make_settings(
+        redis_url,
+        broker_url=rabbit.new(),
+        lease_ttl=3,
+        visibility_timeout=60,
+        call_allow=TEST_CALL_ALLOW,
+    )
+
+
+@pytest.fixture(scope="session")
+def amqp_worker(amqp_fleet_settings: Settings) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(amqp_fleet_settings, f"amqp-{uuid.uuid4().hex[:6]}").wait_ready()
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture
-def client(fleet_settings: Settings, worker: WorkerProcess) -> Iterator[object]:
+def client(broker: str, request: pytest.FixtureRequest) -> Iterator[object]:
+    """A client of the session fleet on this test's broker (its worker started once per session)."""
     from orchestrator import Client
 
-    c = Client(fleet_settings)
+    if broker == "amqp":
+        settings = request.getfixturevalue("amqp_fleet_settings")
+        request.getfixturevalue("amqp_worker")
+    else:
+        settings = request.getfixturevalue("fleet_settings")
+        request.getfixturevalue("worker")
+    c = Client(settings)
     yield c
     c.close()
 

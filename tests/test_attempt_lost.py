@@ -77,10 +77,11 @@ def recorders() -> Iterator[list[Recorder]]:
 
 
 @pytest.mark.integration
+@pytest.mark.brokers
 def test_the_attempt_of_a_sigkilled_worker_is_closed_lost_in_the_audit_store(
-    redis_url: str, store: AuditStore, start_worker, recorders: list[Recorder]
+    redis_url: str, broker_url: str, store: AuditStore, start_worker, recorders: list[Recorder]
 ) -> None:
-    settings = make_settings(redis_url, lease_ttl=2, visibility_timeout=4)
+    settings = make_settings(redis_url, lease_ttl=2, visibility_timeout=4, broker_url=broker_url)
     first = start_worker(settings, concurrency=1)
     client = Client(settings)
     try:

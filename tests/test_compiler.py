@@ -652,6 +652,16 @@ def test_priority_maps_to_a_redis_message_priority_on_every_task(name: str, numb
         )
 
 
+@pytest.mark.parametrize(("name", "number"), [("high", 8), ("normal", 4), ("low", 0)])
+def test_on_an_amqp_broker_priority_maps_the_other_way_round_so_high_still_runs_first(
+    name: str, number: int
+) -> None:
+    # A RabbitMQ queue with x-max-priority delivers higher numbers first.
+    d = dag({"a": [], "b": [], "c": ["a", "b"]})
+    w = walk(compile_run(d, RunContext("r", 1, priority=name, amqp=True), app=APP))
+    assert {routed(s, "priority") for s in w.sigs.values()} == {number}
+
+
 def test_a_steps_queue_goes_to_its_options_and_join_tasks_use_default() -> None:
     d = dag(DIAMOND, b={"queue": "io"}, e={"queue": "cpu"})
     w = walk(compile_run(d, CTX, app=APP))

@@ -48,6 +48,7 @@ def chain_of(n: int, seconds: float) -> Workflow:
     return wf
 
 
+@pytest.mark.brokers
 def test_pause_in_a_chain_lets_the_running_step_finish_and_resume_runs_each_step_once(
     client: Client,
 ) -> None:
@@ -69,6 +70,7 @@ def test_pause_in_a_chain_lets_the_running_step_finish_and_resume_runs_each_step
     assert len(starts[0]) == 10
 
 
+@pytest.mark.brokers
 def test_pause_during_a_fan_out_then_resume_runs_the_join_once_after_all_branches(
     client: Client,
 ) -> None:
@@ -92,6 +94,7 @@ def test_pause_during_a_fan_out_then_resume_runs_the_join_once_after_all_branche
     assert len(events_of(client, run.id, "step_started")) == 22
 
 
+@pytest.mark.brokers
 def test_cancel_terminates_a_long_step_and_compensates_newest_first(client: Client) -> None:
     wf = (
         Workflow("cancelme", mode="sequential")
@@ -160,6 +163,7 @@ def test_failing_compensation_waits_for_an_operator_and_its_retry_completes(
     assert final.statuses == {"make": "COMPENSATED", "boom": "FAILED"}
 
 
+@pytest.mark.brokers
 def test_retry_from_the_failed_step_reruns_only_it_and_its_descendants(client: Client) -> None:
     wf = (
         Workflow("retryfrom")
@@ -348,6 +352,7 @@ def test_concurrent_actions_leave_one_consistent_outcome(
         assert sum(isinstance(r, ControlError) for r in results) == 1
 
 
+@pytest.mark.brokers
 def test_two_resumes_at_once_dispatch_once(client: Client) -> None:
     run = client.submit(chain_of(5, 0.4))
     wait_for(lambda: client.snapshot(run.id).statuses["s1"] == "RUNNING")
@@ -422,14 +427,15 @@ def test_sla_warning_and_breach_are_emitted_once(client: Client) -> None:
 
 
 @pytest.fixture
-def solo(redis_url: str) -> Settings:
+def solo(redis_url: str, broker_url: str) -> Settings:
     url = redis_url.rsplit("/", 1)[0] + "/10"
     r = redis.Redis.from_url(url)
     r.flushdb()
     r.close()
-    return Settings(redis_url=url, key_prefix="prio")
+    return Settings(redis_url=url, key_prefix="prio", broker_url=broker_url)
 
 
+@pytest.mark.brokers
 def test_high_priority_runs_overtake_queued_low_priority_ones(solo: Settings, start_worker) -> None:
     start_worker(solo, "one-at-a-time", concurrency=1)
     client = Client(solo)
@@ -442,12 +448,15 @@ def test_high_priority_runs_overtake_queued_low_priority_ones(solo: Settings, st
     assert overtaken >= 3, [s.step("s").started_at - high_start for s in snaps[:-1]]
 
 
+@pytest.mark.brokers
 def test_worker_killed_while_a_paused_run_resumes_does_not_strand_it(
-    redis_url: str, start_worker
+    redis_url: str, broker_url: str, start_worker
 ) -> None:
     url = redis_url.rsplit("/", 1)[0] + "/9"
     redis.Redis.from_url(url).flushdb()
-    settings = Settings(redis_url=url, key_prefix="pk", visibility_timeout=4, lease_ttl=2)
+    settings = Settings(
+        redis_url=url, key_prefix="pk", visibility_timeout=4, lease_ttl=2, broker_url=broker_url
+    )
     first = start_worker(settings, "first")
     client = Client(settings)
     run = client.submit(chain_of(4, 1.0))

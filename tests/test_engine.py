@@ -24,6 +24,7 @@ def run(client: Client, wf: Workflow, timeout: float = 30, **kw):
 # -- the four examples --------------------------------------------------------------------------
 
 
+@pytest.mark.brokers
 def test_data_processing_example_completes_every_step_on_real_files(
     client: Client, tmp_path: Path
 ) -> None:
@@ -55,6 +56,7 @@ def test_data_processing_example_completes_every_step_on_real_files(
         assert after.started_at >= before.finished_at
 
 
+@pytest.mark.brokers
 def test_parallel_media_example_fans_out_then_joins(client: Client) -> None:
     snap = client.submit(EXAMPLES / "parallel_media.yaml").wait(60)
     assert snap.status == "COMPLETED"
@@ -68,6 +70,7 @@ def test_parallel_media_example_fans_out_then_joins(client: Client) -> None:
     assert starts[1] < ends[0]
 
 
+@pytest.mark.brokers
 def test_conditional_example_takes_one_branch_and_or_join_reports(client: Client) -> None:
     snap = client.submit(EXAMPLES / "conditional_analysis.yaml").wait(60)
     assert snap.status == "COMPLETED"
@@ -86,6 +89,7 @@ def test_conditional_example_takes_one_branch_and_or_join_reports(client: Client
     assert big.statuses["report"] == "COMPLETED"
 
 
+@pytest.mark.brokers
 def test_transactional_example_fails_and_compensates_newest_first(client: Client) -> None:
     snap = client.submit(EXAMPLES / "transactional_update.yaml").wait(60)
     assert snap.status == "FAILED"
@@ -107,6 +111,7 @@ def test_transactional_example_fails_and_compensates_newest_first(client: Client
 # -- retries, timeouts, criticality -----------------------------------------------------------------
 
 
+@pytest.mark.brokers
 def test_step_failing_twice_succeeds_on_third_attempt_and_records_three(client: Client) -> None:
     wf = Workflow("flaky").step(
         "f", "builtin", "fail", params={"times": 2, "message": "flaky"}, retries=2, retry_delay=0.1
@@ -136,6 +141,7 @@ def test_exponential_backoff_spaces_retries(client: Client) -> None:
     assert gap1 >= 0.2 and gap2 >= 0.4
 
 
+@pytest.mark.brokers
 def test_step_past_its_timeout_fails_with_a_timeout_error(client: Client) -> None:
     wf = Workflow("slow").step("s", "builtin", "sleep", params={"seconds": 5}, timeout=1)
     snap = run(client, wf)
@@ -160,6 +166,7 @@ def test_non_critical_failure_lets_the_run_complete(client: Client) -> None:
     assert snap.step("a").error == "optional enrichment down"
 
 
+@pytest.mark.brokers
 def test_critical_failure_stops_everything_downstream(client: Client) -> None:
     wf = (
         Workflow("failfast")
@@ -322,8 +329,9 @@ def test_when_that_fails_at_run_time_fails_the_step_with_the_expression(client: 
 
 
 @pytest.fixture
-def isolated(redis_url: str) -> Settings:
-    """Own Redis database (own broker queues) so the session worker cannot take the steps."""
+def isolated(redis_url: str, broker_url: str) -> Settings:
+    """Own Redis database (own broker queues; on AMQP its own virtual host) so the session worker
+    cannot take the steps."""
     url = redis_url.rsplit("/", 1)[0] + "/12"
     r = redis.Redis.from_url(url)
     r.flushdb()
@@ -331,12 +339,14 @@ def isolated(redis_url: str) -> Settings:
     return Settings(
         redis_url=url,
         key_prefix="iso",
+        broker_url=broker_url,
         visibility_timeout=4,
         lease_ttl=2,
         call_allow=TEST_CALL_ALLOW,
     )
 
 
+@pytest.mark.brokers
 def test_worker_killed_mid_step_reruns_the_step_on_a_second_worker(
     isolated: Settings, start_worker
 ) -> None:
@@ -373,6 +383,7 @@ def test_step_longer_than_the_visibility_timeout_runs_once(
     assert snap.step("s").attempts == 1
 
 
+@pytest.mark.brokers
 def test_plugin_that_hangs_past_the_soft_limit_is_killed_and_the_run_settles(
     isolated: Settings, start_worker
 ) -> None:

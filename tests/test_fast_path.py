@@ -115,6 +115,7 @@ def test_a_step_of_an_untouched_run_costs_one_script_call_and_asking_first_costs
         worker.stop()
 
 
+@pytest.mark.brokers
 def test_a_long_fast_path_step_is_shown_running_and_leased_while_it_runs(client: Client) -> None:
     wf = Workflow("long_fast").step("nap", "builtin", "sleep", params={"seconds": 1.5})
     run = client.submit(wf)
@@ -155,6 +156,7 @@ def blocked_then_fanout(
     return wf
 
 
+@pytest.mark.brokers
 def test_steps_queued_after_a_cancel_never_run_their_plugins(
     client: Client, redis_url: str
 ) -> None:
@@ -171,8 +173,9 @@ def test_steps_queued_after_a_cancel_never_run_their_plugins(
     assert client.redis.lrange(trace, 0, -1) == []
 
 
+@pytest.mark.brokers
 def test_a_worker_process_that_starts_after_a_cancel_still_knows_of_it(
-    client: Client, redis_url: str, fleet_settings, start_worker
+    client: Client, redis_url: str, start_worker
 ) -> None:
     release, trace = f"release:{uuid.uuid4().hex}", f"trace:{uuid.uuid4().hex}"
     run = client.submit(
@@ -183,7 +186,7 @@ def test_a_worker_process_that_starts_after_a_cancel_still_knows_of_it(
     # A worker for the fan-out's queue that never heard the cancel on the channel: its control
     # watch must learn it from the controlled set when it subscribes.
     subscribed = watchers(client.redis, client.keys)
-    start_worker(fleet_settings, queues="late", concurrency=1)
+    start_worker(client.settings, queues="late", concurrency=1)
     warm = client.submit(echo_chain("warm_late", 2, queue="late"))
     assert warm.wait(30).status == "COMPLETED"
     wait_for(

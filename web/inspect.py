@@ -29,9 +29,9 @@ from orchestrator.fleet.events import FleetMonitor, TaskQuery
 from orchestrator.fleet.inspect import (
     FleetError,
     Inspector,
+    broker_queue_lengths,
     fleet_workers,
     known_queues,
-    queue_lengths,
 )
 from web import audit as web_audit
 from web import auth
@@ -309,7 +309,7 @@ def queues() -> dict[str, Any]:
     e = current_app.extensions["canvasflow"]
     names = known_queues(e.client.fleet(), e.settings.default_queue)
     names.update(q for q in request.args.getlist("queue") if q)
-    return {"queues": queue_lengths(e.client.redis, e.settings.key_prefix, names)}
+    return {"queues": broker_queue_lengths(e.settings, e.client.redis, e.client.celery, names)}
 
 
 # ---------------------------------------------------------------------------------------------

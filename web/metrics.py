@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 
 from orchestrator.audit import queries
-from orchestrator.fleet.inspect import known_queues, queue_lengths
+from orchestrator.fleet.inspect import broker_queue_lengths, known_queues
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -168,8 +168,11 @@ class CanvasflowCollector:
             "Messages waiting, per priority step",
             labels=["queue", "priority"],
         )
-        for q, v in queue_lengths(
-            client.redis, e.settings.key_prefix, known_queues(catalog, e.settings.default_queue)
+        for q, v in broker_queue_lengths(
+            e.settings,
+            client.redis,
+            client.celery,
+            known_queues(catalog, e.settings.default_queue),
         ).items():
             qlen.add_metric([q], v["total"])
             for p, n in v["by_priority"].items():

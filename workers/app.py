@@ -52,6 +52,23 @@ def catalog_entry(registry: Registry, settings: Settings, queues: list[str]) -> 
     }
 
 
+def amqp_consumer_timeout_note(settings: Settings) -> str:
+    """What a worker on an AMQP broker says at start about RabbitMQ's consumer_timeout."""
+    limit = settings.amqp_consumer_timeout
+    if limit <= 0:
+        return (
+            "broker is AMQP and CANVASFLOW_AMQP_CONSUMER_TIMEOUT=0 says its consumer_timeout "
+            "is disabled: a step may hold its message for as long as it runs"
+        )
+    return (
+        f"broker is AMQP: RabbitMQ closes the channel of a worker that holds a step's message "
+        f"longer than its consumer_timeout (CANVASFLOW_AMQP_CONSUMER_TIMEOUT={limit} s) and "
+        f"hands the step to another worker; give longer steps a timeout below {limit} s, or raise "
+        f"consumer_timeout in rabbitmq.conf and CANVASFLOW_AMQP_CONSUMER_TIMEOUT with it "
+        f"(docs/operations.md, 'RabbitMQ as broker')"
+    )
+
+
 def create_worker_app(
     settings: Settings | None = None,
     registry: Registry | None = None,
@@ -211,6 +228,8 @@ def create_worker_app(
                 "need the prefork pool (-P prefork)",
                 pool_module.rsplit(".", 1)[-1],
             )
+        if settings.broker_is_amqp:
+            log.warning("canvasflow: %s", amqp_consumer_timeout_note(settings))
         log.info(
             "canvasflow: published %d plugins for %s; builtin.call: %s",
             len(entry["plugins"]),

@@ -6,6 +6,7 @@ from celery import Celery
 from celery.backends.redis import RedisBackend
 
 from orchestrator.keys import Keys
+from orchestrator.model.definition import AMQP_MAX_PRIORITY
 from orchestrator.settings import Settings
 
 
@@ -41,22 +42,8 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {
-            "visibility_timeout": settings.visibility_timeout,
-            # kombu >= 5.6 sweeps for abandoned (unacked, past the timeout) messages only every
-            # interval x throttle seconds (100 s by default): sweep often enough that a step
-            # of a killed worker comes back soon after its visibility timeout.
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
-            "unacked_restore_throttle": 1,
-            # On Redis, lower numbers run first: high=0, normal=4, low=8.
-            "queue_order_strategy": "priority",
-            "priority_steps": list(range(10)),
-            "sep": ":",
-            # Queues and bindings live under the key prefix, so two deployments (or test
-            # fleets) with different prefixes on one Redis database never take each other's
-            # messages.
-            "global_keyprefix": Keys(settings.key_prefix).broker,
-        },
+        # AMQP (RabbitMQ) redelivers on channel close and has no visibility timeout.
+        "broker_transport_options": {} if settings.broker_is_amqp else redis_transport(settings),
         "result_backend_transport_options": {
             "retry_policy": {"timeout": 5.0},
             "global_keyprefix": Keys(settings.key_prefix).broker,
@@ -66,8 +53,46 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        **amqp_options(settings),
         **settings.extra_celery,
     }
+
+
+def redis_transport(settings: Settings) -> dict:
+    """kombu's Redis transport options: visibility timeout, priorities, the key prefix."""
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        # kombu >= 5.6 sweeps for abandoned (unacked, past the timeout) messages only every
+        # interval x throttle seconds (100 s by default): sweep often enough that a step
+        # of a killed worker comes back soon after its visibility timeout.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
+        # On Redis, lower numbers run first: high=0, normal=4, low=8.
+        "queue_order_strategy": "priority",
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        # Queues and bindings live under the key prefix, so two deployments (or test
+        # fleets) with different prefixes on one Redis database never take each other's
+        # messages.
+        "global_keyprefix": Keys(settings.key_prefix).broker,
+    }
+
+
+def amqp_options(settings: Settings) -> dict:
+    """What an AMQP (RabbitMQ) broker needs on top (docs/operations.md "RabbitMQ as broker").
+
+    Every queue canvasflow declares gets ``x-max-priority``, so that message priorities are
+    honoured at all (a RabbitMQ queue without it ignores them); the numbers are the AMQP ones of
+    orchestrator.model.definition, where higher runs first. A quorum queue
+    (``task_default_queue_type="quorum"`` in ``extra_celery``) refuses ``x-max-priority``: it is
+    left off, and RabbitMQ 4 serves such a queue in two levels (priority >= 5 first), which keeps
+    "high" ahead of "normal" and "low".
+    """
+    if not settings.broker_is_amqp:
+        return {}
+    if settings.extra_celery.get("task_default_queue_type") == "quorum":
+        return {}
+    return {"task_queue_max_priority": AMQP_MAX_PRIORITY}
 
 
 def create_celery(settings: Settings, name: str = "canvasflow", *, sender: bool = False) -> Celery:

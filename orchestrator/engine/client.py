@@ -525,6 +525,9 @@ class Client:
             cloned_from=cloned_from,
         )
         warnings = self._unserved(defn, record.id)
+        for line in consumer_timeout_warnings(defn, self.settings):
+            log.warning("run %s of %s: %s", record.id, defn.id, line)
+            warnings.append(line)
         if warnings:
             record = replace(record, warnings_json=json.dumps(warnings))
         self.dispatcher.start(record, defn, run_inputs, prepared=prepared)
@@ -619,6 +622,47 @@ class Client:
 
     def close(self) -> None:
         self.redis.close()
+
+
+def _named(ids: list[str]) -> str:
+    return ", ".join(ids[:MAX_NAMED]) + (
+        f" and {len(ids) - MAX_NAMED} more" if len(ids) > MAX_NAMED else ""
+    )
+
+
+def consumer_timeout_warnings(defn: Definition, settings: Settings) -> list[str]:
+    """On an AMQP broker: the steps of ``defn`` that may hold their message (acks_late) longer
+    than RabbitMQ's consumer_timeout, which closes the worker's channel and delivers the step
+    again (docs/operations.md, "RabbitMQ as broker"). A step without a timeout is not known to
+    be long: the worker's start-up warning covers it."""
+    limit = settings.amqp_consumer_timeout
+    if not settings.broker_is_amqp or limit <= 0:
+        return []
+    grace = settings.hard_timeout_grace
+    running = [s.id for s in defn.steps if s.timeout and s.timeout + grace > limit]
+    waiting = [
+        s.id
+        for s in defn.steps
+        if s.retries and max(s.retry_countdown(a) for a in range(1, s.retries + 1)) > limit
+    ]
+    fix = (
+        f"the AMQP broker's consumer_timeout ({limit} s, CANVASFLOW_AMQP_CONSUMER_TIMEOUT) "
+        f"closes the channel of a worker holding a message longer and delivers the step again; "
+        f"raise consumer_timeout in rabbitmq.conf and CANVASFLOW_AMQP_CONSUMER_TIMEOUT with it"
+    )
+    out = []
+    if running:
+        out.append(
+            f"step{'s' if len(running) > 1 else ''} {_named(running)}: a timeout (plus "
+            f"{grace} s grace) longer than {limit} s: {fix}, or lower the timeout"
+        )
+    if waiting:
+        out.append(
+            f"step{'s' if len(waiting) > 1 else ''} {_named(waiting)}: a retry delay longer than "
+            f"{limit} s (a worker holds the retry's message while it waits): {fix}, or lower "
+            f"retry_delay_max"
+        )
+    return out
 
 
 def unserved_queues(defn: Definition, live: set[str], default_queue: str) -> list[str]:

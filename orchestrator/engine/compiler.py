@@ -20,7 +20,7 @@ from celery.canvas import Signature
 
 from orchestrator.engine import stepcore
 from orchestrator.model import expressions
-from orchestrator.model.definition import PRIORITIES, Definition, Step
+from orchestrator.model.definition import AMQP_PRIORITIES, PRIORITIES, Definition, Step
 
 STEP_TASK = "canvasflow.step"
 MERGE_TASK = "canvasflow.merge"
@@ -475,6 +475,7 @@ class RunContext:
     version: str = ""
     inputs: Mapping[str, Any] | None = None
     queue: str = "default"  # where canvasflow's own tasks (settle, merge, compensated) go
+    amqp: bool = False  # the broker is AMQP (RabbitMQ): higher message priorities run first
 
     def header(self) -> dict[str, Any]:
         hdr: dict[str, Any] = {"run": self.run_id, "epoch": self.epoch}
@@ -503,7 +504,7 @@ def routing(ctx: RunContext, queue: str | None) -> dict[str, Any]:
     if queue and queue != ctx.queue:
         options["queue"] = queue
     if ctx.priority != "normal":
-        options["priority"] = PRIORITIES[ctx.priority]
+        options["priority"] = (AMQP_PRIORITIES if ctx.amqp else PRIORITIES)[ctx.priority]
     return options
 
 

@@ -60,6 +60,7 @@ class Dispatcher:
             defn.version or "",
             inputs if uses_inputs else None,
             self.settings.default_queue,
+            self.settings.broker_is_amqp,
         )
 
     # -- the cases ----------------------------------------------------------------------------
@@ -116,7 +117,13 @@ class Dispatcher:
     def settle(self, run_id: str, epoch: int, priority: str) -> None:
         """A lone settle (cancel): it waits for running steps, closes what never started and
         compensates. It reads nothing but the run id and epoch from its header."""
-        ctx = compiler.RunContext(run_id, epoch, priority, queue=self.settings.default_queue)
+        ctx = compiler.RunContext(
+            run_id,
+            epoch,
+            priority,
+            queue=self.settings.default_queue,
+            amqp=self.settings.broker_is_amqp,
+        )
         compiler.compile_settle(ctx, app=self.app).apply_async()
 
     def compensations(

@@ -36,7 +36,7 @@ from orchestrator.engine.states import (
     StepStatus,
     sources,
 )
-from orchestrator.fleet.inspect import queue_keys
+from orchestrator.fleet.inspect import amqp_queue_lengths, queue_keys
 from orchestrator.model.definition import from_stored
 from orchestrator.records import text
 from orchestrator.settings import Settings
@@ -168,6 +168,8 @@ class Watchdog:
         """The runs of ``run_ids`` whose id appears in a message queued on one of ``queues`` or
         delivered and not acknowledged yet (kombu's ``unacked`` hash)."""
         wanted = {rid: rid.encode() for rid in run_ids}
+        if self.settings.broker_is_amqp:
+            return self._mentioned_amqp(set(wanted), queues)
         found: set[str] = set()
         scanned = 0
 
@@ -202,6 +204,23 @@ class Watchdog:
             )
             return set(wanted)
         return found
+
+    def _mentioned_amqp(self, run_ids: set[str], queues: Iterable[str]) -> set[str]:
+        """On AMQP a queued message cannot be read without taking it, and a delivered,
+        unacknowledged one (a retry waiting for its countdown is held by a worker) cannot be seen
+        at all: a candidate counts as alive while any queue its steps use holds a message, and
+        one whose queues are all empty is judged on its lease and events alone
+        (docs/operations.md, "RabbitMQ as broker")."""
+        lengths = amqp_queue_lengths(self.client.celery, queues)
+        waiting = {q for q, v in lengths.items() if v["total"]}
+        alive = {rid for rid in run_ids if self._queues([rid]) & waiting}
+        if alive:
+            log.info(
+                "watchdog: %d run(s) not judged: messages wait on the AMQP broker in %s",
+                len(alive),
+                ", ".join(sorted(waiting)),
+            )
+        return alive
 
     # -- re-dispatch --------------------------------------------------------------------------
 

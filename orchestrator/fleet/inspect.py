@@ -2,7 +2,8 @@
 
 Queue lengths are read straight from the broker: on Redis a queue with priorities is one list per
 priority step (``queue`` for priority 0, ``queue:1`` .. ``queue:9``), all under the broker's
-``global_keyprefix`` (``<key_prefix>:celery:``).
+``global_keyprefix`` (``<key_prefix>:celery:``); on AMQP (RabbitMQ) a passive ``queue.declare``
+answers a queue's ready messages in one number (RabbitMQ does not count them per priority).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from orchestrator.errors import CanvasflowError
 from orchestrator.fleet.events import worker_states
 from orchestrator.keys import Keys
+from orchestrator.settings import Settings
 
 PRIORITY_STEPS = range(10)
 INSPECT_TIMEOUT = 1.0
@@ -57,6 +59,36 @@ def queue_lengths(
         by = {str(p): int(next(values)) for p in PRIORITY_STEPS}
         out[q] = {"total": sum(by.values()), "by_priority": {p: n for p, n in by.items() if n}}
     return out
+
+
+def amqp_queue_lengths(celery_app: Any, queues: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """:func:`queue_lengths` on an AMQP broker: ready messages (delivered, unacknowledged ones
+    are not counted) of each queue, 0 for a queue not declared yet; no per-priority split."""
+    out: dict[str, dict[str, Any]] = {}
+    with celery_app.connection_for_read() as conn:
+        channel = conn.channel()
+        try:
+            for q in sorted(set(queues)):
+                try:
+                    ok = channel.queue_declare(q, passive=True)
+                except conn.channel_errors:
+                    # the broker closed the channel with the 404: the next queue needs a new one
+                    channel = conn.channel()
+                    out[q] = {"total": 0, "by_priority": {}}
+                    continue
+                out[q] = {"total": int(ok.message_count), "by_priority": {}}
+        finally:
+            conn.maybe_close_channel(channel)
+    return out
+
+
+def broker_queue_lengths(
+    settings: Settings, redis_client: Any, celery_app: Any, queues: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """Queue lengths from whichever broker ``settings`` names (Redis or AMQP)."""
+    if settings.broker_is_amqp:
+        return amqp_queue_lengths(celery_app, queues)
+    return queue_lengths(redis_client, settings.key_prefix, queues)
 
 
 def known_queues(fleet: Mapping[str, Mapping[str, Any]], default: str) -> set[str]:

@@ -25,7 +25,12 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*\Z"
 STEP_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z"
 QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*\Z"
 MODES = ("sequential", "parallel", "conditional")
+# A run's priority as a Celery message priority. The two transports order them oppositely: kombu's
+# Redis transport serves its lower-numbered sub-queues first, an AMQP queue with x-max-priority
+# delivers higher numbers first. "normal" is 4 on both (the app's task_default_priority).
 PRIORITIES = {"high": 0, "normal": 4, "low": 8}  # Redis transport: lower runs first
+AMQP_PRIORITIES = {"high": 8, "normal": 4, "low": 0}  # AMQP (RabbitMQ): higher runs first
+AMQP_MAX_PRIORITY = 9  # the x-max-priority of the queues canvasflow declares on AMQP
 MAX_RETRIES = 100
 
 # Step settings a workflow's `defaults` may set, with the built-in default of each.
