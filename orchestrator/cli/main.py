@@ -20,6 +20,7 @@ from rich.text import Text
 
 from orchestrator.audit import cli as audit_cli
 from orchestrator.audit.cli import CliConsole, Col, print_fitted
+from orchestrator.cli import recover as recover_cli
 from orchestrator.cli.demo import (
     DEMO_CALL_ALLOW,
     EXAMPLES,
@@ -779,6 +780,13 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
 
 
 audit_cli.register(main)  # db upgrade, recorder, runs, show, logs, prune
+recover_cli.register(
+    main,
+    handle_errors=handle_errors,
+    make_client=make_client,
+    actor=_actor,
+    existing_store=_existing_store,
+)
 
 if __name__ == "__main__":
     main()
