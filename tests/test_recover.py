@@ -1,0 +1,244 @@
+"""Runs survive the loss of Redis: ``canvasflow recover`` rebuilds them from the audit store.
+
+Real parts: a private redis-server restarted empty (its AOF deleted while it was down), a real
+Celery worker, the recorder as a subprocess, the audit store on SQLite and on PostgreSQL, and
+``canvasflow recover`` run as an operator runs it. Executions are counted in a file (a Redis
+loss cannot erase it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from orchestrator.audit import AuditStore
+from orchestrator.audit.models import audit_log, runs, step_attempts, steps, workflow_definitions
+from orchestrator.settings import Settings
+from tests.conftest import ROOT, TEST_CALL_ALLOW, WorkerProcess, make_settings
+from tests.restartable_redis import RestartableRedis
+
+pytest_plugins = ("tests.audit_fixtures",)
+pytestmark = pytest.mark.integration
+
+
+def call(fn: str, tag: str, **kw: Any) -> dict[str, Any]:
+    return {
+        "plugin": "builtin",
+        "method": "call",
+        "params": {
+            "function": f"tests.helpers:{fn}",
+            "kwargs": {"path": "{{ inputs.marks }}", "tag": "{{ run.id }}:" + tag, **kw},
+        },
+    }
+
+
+FLOW = {
+    "id": "recover_me",
+    "steps": [
+        {"id": "a", **call("mark", "a")},
+        {
+            "id": "b",
+            **call("mark_then_wait", "b", gate="{{ inputs.gate }}"),
+            "depends_on": ["a"],
+            "timeout": 600,
+        },
+        {"id": "c", **call("mark", "c"), "depends_on": ["b"]},
+    ],
+}
+# Its only step is on a queue no worker consumes: it stays PENDING until Redis loses it.
+BROKEN = {
+    "id": "recover_broken",
+    "steps": [{"id": "a", "plugin": "builtin", "method": "echo", "queue": "nowhere"}],
+}
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Fleet:
+    """A private Redis that can be lost, a worker, the recorder, a client, the audit store."""
+
+    def __init__(self, tmp: Path, store_url: str) -> None:
+        (tmp / "redis").mkdir()
+        self.tmp = tmp
+        self.redis = RestartableRedis(tmp / "redis").start()
+        self.settings: Settings = make_settings(
+            self.redis.url,
+            lease_ttl=3,
+            visibility_timeout=60,
+            call_allow=TEST_CALL_ALLOW,
+            database_url=store_url,
+        )
+        self.store = AuditStore(store_url)
+        self.store.upgrade()
+        self.env = {**os.environ, **self.settings.as_env(), "PYTHONPATH": str(ROOT)}
+        self.recorder_log = open(tmp / "recorder.log", "wb")  # noqa: SIM115 - closed in close()
+        self.recorder = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "recorder", "--batch-latency", "0.05"],
+            env=self.env,
+            cwd=str(ROOT),
+            stdout=self.recorder_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.worker = WorkerProcess(
+            self.settings, f"recover-{uuid.uuid4().hex[:6]}", concurrency=3, log_dir=tmp
+        ).wait_ready()
+        from orchestrator import Client
+
+        self.client = Client(self.settings)
+        self.marks = tmp / "marks.txt"
+        self.marks.touch()
+
+    def lose_redis(self) -> None:
+        """Redis restarted empty: stopped, its AOF gone, started again on the same port."""
+        self.redis.stop()
+        for p in self.redis.dir.iterdir():
+            if p.name.startswith(("appendonly", "dump")):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        self.redis.start()
+
+    def recover(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "recover", *args],
+            env={**self.env, "CANVASFLOW_ACTOR": "oncall"},
+            cwd=str(ROOT),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def status(self, run_id: str) -> str:
+        with self.store.connect() as conn:
+            return str(conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar())
+
+    def steps(self, run_id: str) -> dict[str, str]:
+        with self.store.connect() as conn:
+            rows = conn.execute(
+                select(steps.c.step_id, steps.c.status).where(steps.c.run_id == run_id)
+            )
+            return {r[0]: r[1] for r in rows}
+
+    def ran(self, run_id: str) -> dict[str, int]:
+        """How many times each step of the run began executing."""
+        out: dict[str, int] = {}
+        for line in self.marks.read_text().splitlines():
+            rid, _, step = line.partition(":")
+            if rid == run_id:
+                out[step] = out.get(step, 0) + 1
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+        self.worker.stop()
+        self.recorder.terminate()
+        try:
+            self.recorder.wait(15)
+        except subprocess.TimeoutExpired:
+            self.recorder.kill()
+        self.recorder_log.close()
+        self.store.dispose()
+        self.redis.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, store_url: str) -> Iterator[Fleet]:
+    f = Fleet(tmp_path, store_url)
+    yield f
+    f.close()
+
+
+def submit(fleet: Fleet, gate: Path) -> str:
+    run = fleet.client.submit(FLOW, inputs={"marks": str(fleet.marks), "gate": str(gate)})
+    wait_for(
+        f"run {run.id}: a COMPLETED and b RUNNING in the audit store",
+        lambda: fleet.steps(run.id) == {"a": "COMPLETED", "b": "RUNNING", "c": "PENDING"},
+    )
+    return str(run.id)
+
+
+def test_runs_in_flight_when_redis_restarts_empty_are_recovered_and_complete_without_rerunning_completed_steps(  # noqa: E501
+    fleet: Fleet,
+) -> None:
+    running_gate, paused_gate = fleet.tmp / "gate-running", fleet.tmp / "gate-paused"
+    running = submit(fleet, running_gate)
+    # a paused run with a completed step: paused while b ran, b finished, then it rested
+    paused = submit(fleet, paused_gate)
+    fleet.client.control.pause(paused, actor="t", reason="for the drill")
+    paused_gate.touch()
+    wait_for("the paused run PAUSED in SQL", lambda: fleet.status(paused) == "PAUSED")
+    broken = str(fleet.client.submit(BROKEN).id)
+    wait_for("the broken run PENDING in SQL", lambda: fleet.status(broken) == "PENDING")
+    with fleet.store.begin() as conn:  # its stored definition becomes unreadable
+        conn.execute(
+            update(workflow_definitions)
+            .where(workflow_definitions.c.workflow_id == "recover_broken")
+            .values(body='{"steps": 7')
+        )
+    assert fleet.ran(running) == {"a": 1, "b": 1} and fleet.ran(paused) == {"a": 1, "b": 1}
+
+    fleet.lose_redis()
+    assert fleet.client.state.status(running) is None  # Redis forgot every run
+
+    done = fleet.recover()
+    assert done.returncode == 1, done.stdout + done.stderr  # one run could not be recovered
+    assert f"recovered {running} (RUNNING" in done.stdout and "re-running b" in done.stdout
+    assert f"recovered {paused} (PAUSED" in done.stdout
+    assert f"not recovered {broken} (PENDING): its stored definition cannot be read" in (
+        done.stderr
+    )
+    assert "2 run(s) recovered, 1 not recovered" in done.stdout
+
+    # the running run's b runs again as a new attempt; its old attempt is closed LOST
+    running_gate.touch()
+    wait_for("the running run COMPLETED", lambda: fleet.status(running) == "COMPLETED")
+    assert fleet.ran(running) == {"a": 1, "b": 2, "c": 1}
+    with fleet.store.connect() as conn:
+        attempts = {
+            r[0]: r[1]
+            for r in conn.execute(
+                select(step_attempts.c.attempt, step_attempts.c.status).where(
+                    step_attempts.c.run_id == running, step_attempts.c.step_id == "b"
+                )
+            )
+        }
+    assert attempts == {1: "LOST", 2: "COMPLETED"}
+
+    # the paused run stays paused (in Redis and in SQL) until an operator resumes it
+    assert fleet.client.state.status(paused) == "PAUSED" and fleet.status(paused) == "PAUSED"
+
+    # recover again: nothing to do (the broken run is reported again)
+    again = fleet.recover()
+    assert "0 run(s) recovered, 1 not recovered" in again.stdout, again.stdout + again.stderr
+    assert f"recovered {running}" not in again.stdout and f"recovered {paused}" not in again.stdout
+
+    fleet.client.control.resume(paused, actor="t", reason="after the drill")
+    wait_for("the paused run COMPLETED", lambda: fleet.status(paused) == "COMPLETED")
+    assert fleet.ran(paused) == {"a": 1, "b": 1, "c": 1}
+
+    # the audit log says who recovered what, once per run
+    with fleet.store.connect() as conn:
+        rows = conn.execute(
+            select(audit_log.c.target_id, audit_log.c.actor).where(
+                audit_log.c.action == "recovered"
+            )
+        ).all()
+    assert sorted(rows) == sorted([(running, "oncall"), (paused, "oncall")])
+    assert fleet.status(broken) == "PENDING"  # reported, left for an operator to resolve
