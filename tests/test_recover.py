@@ -242,3 +242,47 @@ def test_runs_in_flight_when_redis_restarts_empty_are_recovered_and_complete_wit
         ).all()
     assert sorted(rows) == sorted([(running, "oncall"), (paused, "oncall")])
     assert fleet.status(broken) == "PENDING"  # reported, left for an operator to resolve
+
+
+COMPENSATED = {
+    "id": "recover_cancelling",
+    "steps": [
+        {**FLOW["steps"][0], "compensate": call("mark", "undo-a")},  # type: ignore[dict-item]
+        *FLOW["steps"][1:],  # type: ignore[misc]
+    ],
+}
+
+
+def test_a_cancelling_run_finishes_cancelling_after_recovery_and_a_run_redis_still_knows_is_left_alone(  # noqa: E501
+    fleet: Fleet,
+) -> None:
+    gate = fleet.tmp / "gate"
+    run = fleet.client.submit(COMPENSATED, inputs={"marks": str(fleet.marks), "gate": str(gate)})
+    rid = str(run.id)
+    wait_for(
+        "a COMPLETED, b RUNNING",
+        lambda: fleet.steps(rid) == {"a": "COMPLETED", "b": "RUNNING", "c": "PENDING"},
+    )
+    # a cancel that lets b finish: the run waits CANCELLING while b holds its lease
+    fleet.client.control.cancel(rid, actor="t", reason="drill", terminate=False)
+    wait_for("CANCELLING in SQL", lambda: fleet.status(rid) == "CANCELLING")
+    fleet.lose_redis()
+
+    done = fleet.recover()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"recovered {rid} (CANCELLING" in done.stdout and "sent its settle" in done.stdout
+    wait_for("the run CANCELLED", lambda: fleet.status(rid) == "CANCELLED")
+    assert fleet.ran(rid) == {"a": 1, "b": 1, "undo-a": 1}  # a compensated once, c never ran
+    assert fleet.steps(rid) == {"a": "COMPENSATED", "b": "CANCELLED", "c": "CANCELLED"}
+    gate.touch()  # the lost attempt of b ends now: refused, nothing changes
+
+    # a live run Redis knows is left alone, by name too; --force needs run ids
+    live = submit(fleet, gate.with_name("gate-live"))
+    named = fleet.recover(live)
+    assert named.returncode == 0 and f"left alone {live}: Redis knows it" in named.stdout
+    assert "0 run(s) recovered" in named.stdout
+    assert fleet.recover("--force").returncode == 2
+    gate.with_name("gate-live").touch()
+    wait_for("the live run COMPLETED", lambda: fleet.status(live) == "COMPLETED")
+    assert fleet.ran(live) == {"a": 1, "b": 1, "c": 1}
+    assert fleet.status(rid) == "CANCELLED"
