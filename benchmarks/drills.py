@@ -565,13 +565,13 @@ def drill_redis_lost(args: argparse.Namespace, database: str) -> Row:
         rig.recorder()
         rig.worker("first")
         rig.worker("second")
-        wf = workflow("drill_redis_lost", 4, 0.5)
+        wf = workflow("drill_redis_lost", 4, args.lost_step_seconds)
         ids = [rig.client.submit(wf).id for _ in range(args.lost_runs)]
-        # Lose Redis once some steps completed and some run: wait until the audit store shows it
-        # (the recorder caught up: what it had not written yet would be lost with Redis).
+        # Lose Redis once the audit store shows some steps completed and the recorder has written
+        # everything (what it had not written yet would be lost with Redis): steps of a few
+        # seconds leave it many moments with nothing pending.
         deadline = time.monotonic() + 120
-        done = 0
-        while time.monotonic() < deadline and done < min(len(ids), 4):
+        while time.monotonic() < deadline:
             with rig.store.connect() as conn:
                 done = int(
                     conn.execute(
@@ -581,8 +581,9 @@ def drill_redis_lost(args: argparse.Namespace, database: str) -> Row:
                     ).scalar()
                     or 0
                 )
-            time.sleep(0.2)
-        rig.recorder_caught_up(60)
+            if done >= 2 and rig.recorder_caught_up(0.5):
+                break
+            time.sleep(0.1)
         with rig.store.connect() as conn:
             before = {
                 (r, s)
@@ -893,6 +894,7 @@ def main() -> int:
     ap.add_argument("--redis-runs", type=int, default=20)
     ap.add_argument("--redis-down", type=float, default=3.0, help="seconds Redis stays down")
     ap.add_argument("--lost-runs", type=int, default=50, help="redis_lost: runs in flight")
+    ap.add_argument("--lost-step-seconds", type=float, default=2.0, help="redis_lost: step length")
     ap.add_argument("--recorder-runs", type=int, default=200)
     ap.add_argument("--recorder-interval", type=float, default=0.05, help="seconds between submits")
     ap.add_argument("--recorder-down", type=float, default=3.0)
