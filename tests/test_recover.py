@@ -282,7 +282,12 @@ def test_a_cancelling_run_finishes_cancelling_after_recovery_and_a_run_redis_sti
     assert named.returncode == 0 and f"left alone {live}: Redis knows it" in named.stdout
     assert "0 run(s) recovered" in named.stdout
     assert fleet.recover("--force").returncode == 2
+    # --force RUN rebuilds it from the audit store anyway: b runs again as a new attempt, and
+    # the attempt that was running is refused when it ends (stale), so c runs once
+    forced = fleet.recover("--force", live)
+    assert forced.returncode == 0 and f"recovered {live} (RUNNING" in forced.stdout
+    wait_for("b begun again", lambda: fleet.ran(live).get("b") == 2)
     gate.with_name("gate-live").touch()
     wait_for("the live run COMPLETED", lambda: fleet.status(live) == "COMPLETED")
-    assert fleet.ran(live) == {"a": 1, "b": 1, "c": 1}
+    assert fleet.ran(live) == {"a": 1, "b": 2, "c": 1}
     assert fleet.status(rid) == "CANCELLED"
