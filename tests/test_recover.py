@@ -291,3 +291,45 @@ def test_a_cancelling_run_finishes_cancelling_after_recovery_and_a_run_redis_sti
     wait_for("the live run COMPLETED", lambda: fleet.status(live) == "COMPLETED")
     assert fleet.ran(live) == {"a": 1, "b": 2, "c": 1}
     assert fleet.status(rid) == "CANCELLED"
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_the_watchdog_with_recover_rebuilds_runs_when_redis_comes_back_empty(
+    fleet: Fleet,
+) -> None:
+    log = open(fleet.tmp / "watchdog.log", "wb")  # noqa: SIM115 - closed below
+    dog = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "watchdog", "--recover", "--interval", "0.5"],
+        env=fleet.env,
+        cwd=str(ROOT),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        gate = fleet.tmp / "gate"
+        rid = submit(fleet, gate)
+        wait_for(
+            "the watchdog's instance token",
+            lambda: fleet.client.redis.exists(fleet.client.keys.instance),
+        )
+        # the watchdog wrote the token on its first look and remembers it
+        fleet.lose_redis()
+        wait_for("the run back in Redis", lambda: fleet.client.state.status(rid) == "RUNNING")
+        gate.touch()
+        wait_for("the run COMPLETED", lambda: fleet.status(rid) == "COMPLETED")
+        assert fleet.ran(rid) == {"a": 1, "b": 2, "c": 1}
+        with fleet.store.connect() as conn:
+            actors = [
+                a
+                for (a,) in conn.execute(
+                    select(audit_log.c.actor).where(
+                        audit_log.c.action == "recovered", audit_log.c.target_id == rid
+                    )
+                )
+            ]
+        assert len(actors) == 1 and actors[0].startswith("watchdog "), actors
+    finally:
+        dog.terminate()
+        dog.wait(15)
+        log.close()
