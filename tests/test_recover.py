@@ -333,3 +333,37 @@ def test_the_watchdog_with_recover_rebuilds_runs_when_redis_comes_back_empty(
         dog.terminate()
         dog.wait(15)
         log.close()
+
+
+SAGA = {
+    "id": "recover_compensating",
+    "steps": [
+        {
+            "id": "a",
+            **call("mark", "a"),
+            "compensate": call("mark_then_wait", "undo-a", gate="{{ inputs.gate }}"),
+        },
+        {"id": "f", "plugin": "builtin", "method": "fail", "depends_on": ["a"]},
+    ],
+}
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_compensating_run_continues_its_compensations_after_recovery(fleet: Fleet) -> None:
+    gate = fleet.tmp / "gate"
+    rid = str(fleet.client.submit(SAGA, inputs={"marks": str(fleet.marks), "gate": str(gate)}).id)
+    wait_for(
+        "COMPENSATING with a's compensation running",
+        lambda: fleet.status(rid) == "COMPENSATING" and fleet.ran(rid).get("undo-a") == 1,
+    )
+    fleet.lose_redis()
+    done = fleet.recover()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"recovered {rid} (COMPENSATING" in done.stdout
+    assert "sent its compensations" in done.stdout
+    wait_for("the compensation begun again", lambda: fleet.ran(rid).get("undo-a") == 2)
+    gate.touch()
+    wait_for("the run FAILED", lambda: fleet.status(rid) == "FAILED")
+    # the compensation that was running when Redis went away ran again (at-least-once)
+    assert fleet.ran(rid) == {"a": 1, "undo-a": 2}
+    assert fleet.steps(rid) == {"a": "COMPENSATED", "f": "FAILED"}
