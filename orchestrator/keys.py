@@ -71,6 +71,12 @@ class Keys:
         return f"{self.prefix}:watchdog"
 
     @property
+    def instance(self) -> str:
+        """String: a random token the first watchdog writes (``SET NX``); when a watchdog that
+        saw it finds it gone or changed, Redis lost canvasflow's state (``--recover``)."""
+        return f"{self.prefix}:instance"
+
+    @property
     def sla_watch(self) -> str:
         """Set: runs with an SLA that are not final yet (the SLA monitor's work list)."""
         return f"{self.prefix}:sla"

@@ -87,3 +87,24 @@ def record_then_sleep(redis_url: str, key: str, tag: str, seconds: float) -> dic
     time.sleep(seconds)
     record_call(redis_url, key, f"{tag}:end")
     return {"slept": seconds}
+
+
+def mark(path: str, tag: str) -> dict:
+    """Append ``tag`` to a file: counts executions in a way a Redis loss cannot erase."""
+    with open(path, "a") as f:
+        f.write(tag + "\n")
+    return {"tag": tag}
+
+
+def mark_then_wait(path: str, tag: str, gate: str, timeout: float = 300) -> dict:
+    """``mark``, then wait until the file ``gate`` exists (a step a test holds RUNNING)."""
+    import os
+    import time
+
+    mark(path, tag)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} never opened")
+        time.sleep(0.05)
+    return {"tag": tag}

@@ -78,6 +78,7 @@ SCRIPTS: dict[str, Script] = {
     "drills_worker_kill": drill("worker_kill"),
     "drills_recorder": drill("recorder"),
     "drills_redis_restart": drill("redis_restart"),
+    "drills_redis_lost": drill("redis_lost"),
     "bench_flower": Script(
         ("bench_flower.py", "--smoke", "--flower", FLOWER, "--json", "{json}"), flower=True
     ),
@@ -430,7 +431,14 @@ def test_drill_worker_loss_runs_the_step_of_a_killed_worker_again(runs: Runs, sc
 
 
 @pytest.mark.parametrize(
-    "script", ["drills_worker_kill", "drills_redis_restart", "drills_recorder", "drills_soak"]
+    "script",
+    [
+        "drills_worker_kill",
+        "drills_redis_restart",
+        "drills_redis_lost",
+        "drills_recorder",
+        "drills_soak",
+    ],
 )
 def test_drills_lose_and_duplicate_nothing(runs: Runs, script: str) -> None:
     ran = runs.get(script)

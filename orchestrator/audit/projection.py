@@ -118,6 +118,8 @@ def apply_batch(
                 for s in (body or {}).get("steps") or ()
                 if isinstance(s, dict) and s.get("id")
             )
+        elif e.type == "run_recovered":
+            wanted_steps.update((e.run, str(sid)) for sid in e.data.get("steps_reset") or ())
     for e, reset in resets:
         wanted_steps.update((e.run, sid) for sid in reset)
     for row in keyed(conn, steps, (steps.c.run_id, steps.c.step_id), sorted(wanted_steps)):
@@ -345,6 +347,8 @@ class _Projection:
             self.operator_action(e)
         elif e.type == "run_redispatched":
             self.redispatched(e)
+        elif e.type == "run_recovered":
+            self.recovered(run, e)
         elif e.step:
             self.step_event(run, e)
 
@@ -382,6 +386,31 @@ class _Projection:
                 "outcome": "ok",
                 "detail": _json(
                     {k: data.get(k) for k in ("epoch", "status", "stalled_for", "steps")}
+                ),
+            }
+        )
+
+    def recovered(self, run: dict[str, Any], e: Event) -> None:
+        """``canvasflow recover`` rebuilt the run from this store after Redis lost it
+        (orchestrator/engine/recover.py): its status (PAUSING comes back PAUSED), the steps that
+        were running PENDING again, and an audit-log row, action ``recovered``."""
+        data = e.data
+        self.run_status(run, e, e.status)
+        for sid in data.get("steps_reset") or ():
+            step = self.step(e.run, str(sid))
+            if e.seq > step["status_seq"]:
+                step.update(status="PENDING", status_seq=e.seq, finished_at=None, error=None)
+        self.audit.append(
+            {
+                "ts": e.ts,
+                "actor": str(data.get("actor") or "recover"),
+                "action": "recovered",
+                "target_type": "run",
+                "target_id": e.run,
+                "reason": _str(data.get("reason")),
+                "outcome": "ok",
+                "detail": _json(
+                    {k: data.get(k) for k in ("epoch", "status_before", "steps_reset", "host")}
                 ),
             }
         )

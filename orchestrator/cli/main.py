@@ -20,6 +20,7 @@ from rich.text import Text
 
 from orchestrator.audit import cli as audit_cli
 from orchestrator.audit.cli import CliConsole, Col, print_fitted
+from orchestrator.cli import recover as recover_cli
 from orchestrator.cli.demo import (
     DEMO_CALL_ALLOW,
     EXAMPLES,
@@ -620,8 +621,11 @@ def export(run_id: str, database_url: str | None) -> None:
     help="Seconds between checks [default: a quarter of the stall time, at most 10].",
 )
 @click.option("--once", is_flag=True, help="Check once, print what was done, and exit.")
+@click.option(
+    "--recover", "recover_", is_flag=True, help="Recover runs when Redis comes back empty."
+)
 @handle_errors
-def watchdog(stall_seconds: int | None, interval: float | None, once: bool) -> None:
+def watchdog(stall_seconds: int | None, interval: float | None, once: bool, recover_: bool) -> None:
     """Re-dispatch stalled runs until SIGTERM/SIGINT (one per fleet is enough; several are safe)."""
     import logging
     import signal
@@ -632,7 +636,11 @@ def watchdog(stall_seconds: int | None, interval: float | None, once: bool) -> N
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    dog = Watchdog(make_client(), stall_seconds=stall_seconds)
+    client = make_client()
+    store = _existing_store(client.settings.database_url) if recover_ else None
+    if recover_ and store is None:
+        raise CanvasflowError(f"--recover: no audit store at {client.settings.database_url}")
+    dog = Watchdog(client, stall_seconds=stall_seconds, recover_store=store)
     if once:
         rep = dog.check_once()
         console.print(
@@ -779,6 +787,13 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
 
 
 audit_cli.register(main)  # db upgrade, recorder, runs, show, logs, prune
+recover_cli.register(
+    main,
+    handle_errors=handle_errors,
+    make_client=make_client,
+    actor=_actor,
+    existing_store=_existing_store,
+)
 
 if __name__ == "__main__":
     main()

@@ -101,6 +101,7 @@ class RunState:
         self._leased = load("leased")
         self._read = load("read_run")
         self._list_live = load("list_live")
+        self._recover = load("recover")
 
     def _attempt_keys(self, run_id: str, step: str) -> list[str]:
         """The KEYS of the scripts that end an attempt (finish_step, run_once, fail_killed)."""
@@ -471,6 +472,60 @@ class RunState:
             args=[run_id, now(), self.maxlen, seq, status, dumps(dict(data))],
         )
         return text(res[0]), int(text(res[2]))
+
+    def recover(
+        self,
+        run: RunRecord,
+        steps: Mapping[str, Mapping[str, Any]],
+        *,
+        attempts: Iterable[str],
+        completed: Iterable[str],
+        lost: Iterable[tuple[str, str]],
+        data: Mapping[str, Any],
+        force: bool = False,
+    ) -> tuple[str, str, int]:
+        """Write back a run that Redis lost, rebuilt from the audit store (recover.py): the run
+        hash (``run``, with its epoch and seq), its steps' StepRecord fields, attempt records
+        (JSON texts), completion order, and the events attempt_lost (``lost``: step, data JSON)
+        and run_recovered, in one script. Refused when Redis knows the run, unless ``force``.
+
+        Returns (verdict 'ok'|'present', status before, epoch)."""
+        k = self.keys
+        flat = {
+            step_field(sid, name): value
+            for sid, fields in steps.items()
+            for name, value in encode_step_fields(fields).items()
+        }
+        res = self._recover(
+            keys=[
+                k.run(run.id),
+                k.steps(run.id),
+                k.attempts(run.id),
+                k.completed(run.id),
+                k.events,
+                k.runs,
+                k.live,
+                k.runs_of(run.workflow),
+                k.sla_watch,
+                k.controlled,
+                k.control_channel,
+            ],
+            args=[
+                run.id,
+                now(),
+                self.maxlen,
+                "1" if force else "0",
+                dumps(run.to_hash()),
+                dumps(flat),
+                dumps(list(attempts)),
+                dumps(list(completed)),
+                dumps([list(x) for x in lost]),
+                dumps(dict(data)),
+                f"{run.created_at or time.time():.6f}",
+                "1" if run.sla_seconds else "0",
+            ],
+        )
+        return text(res[0]), text(res[1]), int(text(res[2]))
 
     def audit(self, run_id: str, data: Mapping[str, Any]) -> int:
         return int(

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.audit.store import AuditStore
 from orchestrator.engine.states import (
     FINAL_RUN_STATUSES,
     SETTLED_STEP_STATUSES,
@@ -61,13 +62,19 @@ class TickReport:
     redispatched: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # no longer in Redis, or already final
     failed: list[str] = field(default_factory=list)  # re-dispatch raised (logged)
+    recovered: list[str] = field(default_factory=list)  # rebuilt from the audit store
 
 
 class Watchdog:
     """Finds stalled live runs and re-dispatches them; safe to run several at once."""
 
     def __init__(
-        self, client: Any, *, stall_seconds: float | None = None, name: str | None = None
+        self,
+        client: Any,
+        *,
+        stall_seconds: float | None = None,
+        name: str | None = None,
+        recover_store: AuditStore | None = None,
     ) -> None:
         self.client = client
         self.settings: Settings = client.settings
@@ -79,12 +86,17 @@ class Watchdog:
             stall_seconds if stall_seconds is not None else self.settings.watchdog_stall_seconds
         )
         self.name = name or f"watchdog@{socket.gethostname()}:{os.getpid()}"
+        # The audit store to rebuild lost runs from (--recover), and the instance token seen.
+        self.recover_store = recover_store
+        self._token: str | None = None
 
     # -- one pass -----------------------------------------------------------------------------
 
     def check_once(self, at: float | None = None) -> TickReport:
         t = time.time() if at is None else at
         report = TickReport()
+        if self.recover_store is not None:
+            report.recovered = self.recover_if_lost()
         ids = [text(i) for i in self.r.zrange(self.keys.live, 0, -1)]
         report.live = len(ids)
         if not ids:
@@ -291,6 +303,34 @@ class Watchdog:
             if missing:
                 added += int(self.r.zadd(self.keys.live, missing, nx=True))
 
+    def recover_if_lost(self) -> list[str]:
+        """With an audit store (``canvasflow watchdog --recover``): when the instance token this
+        watchdog saw in Redis is gone or changed, Redis came back without canvasflow's state;
+        rebuild the lost runs from the store (orchestrator/engine/recover.py). Returns them."""
+        from orchestrator.engine.recover import recover
+
+        token = self.r.get(self.keys.instance)
+        if token is not None and text(token) == self._token:
+            return []
+        if token is None:
+            self.r.set(self.keys.instance, os.urandom(8).hex(), nx=True)
+            token = self.r.get(self.keys.instance)
+        seen, self._token = self._token, text(token)
+        if seen is None:
+            return []  # the first look: nothing to compare with (`canvasflow recover` by hand)
+        log.warning("watchdog %s: Redis lost canvasflow's state; recovering runs", self.name)
+        assert self.recover_store is not None
+        report = recover(
+            self.recover_store,
+            self.state,
+            self.dispatcher,
+            actor=f"watchdog {self.name}",
+            reason="Redis came back without canvasflow's state (seen by the watchdog)",
+        )
+        for one in report.refused:
+            log.error("watchdog: run %s not recovered: %s", one.run_id, one.detail)
+        return [one.run_id for one in report.recovered]
+
     def run_forever(self, stop: threading.Event, interval: float | None = None) -> None:
         every = interval if interval is not None else max(0.5, min(10.0, self.stall / 4))
         try:
@@ -309,6 +349,8 @@ class Watchdog:
                 rep = self.check_once()
                 if rep.redispatched:
                     log.info("watchdog: re-dispatched %s", ", ".join(rep.redispatched))
+                if rep.recovered:
+                    log.info("watchdog: recovered %s", ", ".join(rep.recovered))
             except Exception:  # a Redis hiccup must not end the process: log it, try again
                 log.exception("watchdog: check failed")
             stop.wait(every)

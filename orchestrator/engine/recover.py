@@ -1,0 +1,347 @@
+"""Recovery of live runs from the audit store after Redis lost their hot state.
+
+A Redis restarted empty (no persistence, a lost AOF, a FLUSHALL, a failover to an empty
+replica) forgets every run in flight; the audit store still has each one's row, steps,
+attempts with their outputs and definition. :func:`recover` rebuilds the hot state of every
+run that is not final in SQL and unknown to Redis, and sends what is left through the
+:class:`~orchestrator.engine.dispatch.Dispatcher`:
+
+- RUNNING / PENDING: the steps that settled keep their outcome (never run again); a step that
+  was RUNNING (or RETRYING) is PENDING again and runs as a new attempt, its old attempt closed
+  LOST (``attempt_lost``); the rest of the run is sent as for a resume.
+- PAUSING comes back PAUSED (nothing of it runs any more); PAUSED stays PAUSED until resumed.
+- CANCELLING finishes cancelling (its lone settle); COMPENSATING continues its compensations
+  newest first; COMPENSATION_FAILED is written back and waits for the operator.
+
+The new epoch is greater than any the run had: an epoch only moves with an event, so every
+earlier one is at most the run's event count, and recovery takes the clock in seconds. A
+message or a finishing attempt of the lost dispatch is refused as stale (docs/design.md).
+The seq continues from the audit store's last recorded event. Each recovery appends
+``run_recovered`` (the recorder writes an audit-log row, action ``recovered``).
+
+Known limit: events the recorder had not yet written when Redis lost them are lost with it;
+a step that COMPLETED in Redis but not yet in SQL runs again (at-least-once, as for a lost
+worker). Run ``canvasflow recover`` after the recorder caught up (``canvasflow recorder``
+prints its lag).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from orchestrator.audit.models import runs, step_attempts, steps, workflow_definitions
+from orchestrator.audit.store import AuditStore
+from orchestrator.engine.dispatch import Dispatcher
+from orchestrator.engine.runstate import RunState
+from orchestrator.engine.states import SETTLED_STEP_STATUSES, RunStatus, StepStatus
+from orchestrator.model.definition import Definition, from_stored
+from orchestrator.records import RunRecord, StepRecord
+
+FINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+# Steps whose attempt was under way: they run again as a new attempt.
+INTERRUPTED = frozenset({StepStatus.RUNNING, StepStatus.RETRYING})
+LOST_REASON = "Redis lost the run's state while this attempt ran; recovered from the audit store"
+
+
+class RecoveryRefused(Exception):
+    """Raised (inside recover, reported per run) when a run cannot be rebuilt from SQL."""
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What recover did with one run: ``verdict`` recovered | present | refused."""
+
+    run_id: str
+    status: str  # as the audit store had it
+    verdict: str
+    detail: str = ""
+    epoch: int = 0
+    rerun: tuple[str, ...] = ()  # steps that were running, now a new attempt
+
+
+@dataclass
+class Report:
+    runs: list[Recovered] = field(default_factory=list)
+
+    def of(self, verdict: str) -> list[Recovered]:
+        return [r for r in self.runs if r.verdict == verdict]
+
+    @property
+    def recovered(self) -> list[Recovered]:
+        return self.of("recovered")
+
+    @property
+    def refused(self) -> list[Recovered]:
+        return self.of("refused")
+
+
+def candidates(
+    store: AuditStore, state: RunState, run_ids: Iterable[str] = (), *, force: bool = False
+) -> list[tuple[str, str]]:
+    """(run id, SQL status) of the runs to recover: not final in the audit store and unknown to
+    Redis; with ``run_ids`` only those (and with ``force`` even when Redis knows them)."""
+    wanted = list(run_ids)
+    q = select(runs.c.id, runs.c.status).where(runs.c.status.not_in([s.value for s in FINAL]))
+    if wanted:
+        q = q.where(runs.c.id.in_(wanted))
+    with store.connect() as conn:
+        rows = [(r[0], r[1]) for r in conn.execute(q.order_by(runs.c.created_at, runs.c.id))]
+    if force and wanted:
+        return rows
+    out: list[tuple[str, str]] = []
+    for i in range(0, len(rows), 500):
+        chunk = rows[i : i + 500]
+        known = state.runs([rid for rid, _ in chunk], "status")
+        out.extend(row for row, hot in zip(chunk, known, strict=True) if hot is None)
+    return out
+
+
+def recover(
+    store: AuditStore,
+    state: RunState,
+    dispatcher: Dispatcher,
+    *,
+    run_ids: Iterable[str] = (),
+    force: bool = False,
+    actor: str = "recover",
+    reason: str = "",
+    progress: Callable[[Recovered], None] | None = None,
+) -> Report:
+    """Rebuild and re-dispatch every lost run (see the module). A run that cannot be rebuilt
+    (its definition unreadable, say) is reported ``refused`` with why; the others go on."""
+    ids = list(run_ids)
+    report = Report()
+    todo = candidates(store, state, ids, force=force)
+    found = {rid for rid, _ in todo}
+    for rid in ids:
+        if rid not in found:
+            status = state.status(rid)
+            report.runs.append(
+                Recovered(
+                    rid,
+                    status or "",
+                    "present" if status is not None else "refused",
+                    "Redis knows it (use --force to rebuild it from the audit store anyway)"
+                    if status is not None
+                    else "not a live run in the audit store (unknown, or already final)",
+                )
+            )
+    for rid, status in todo:
+        try:
+            one = _recover_one(store, state, dispatcher, rid, force, actor, reason)
+        except RecoveryRefused as exc:
+            one = Recovered(rid, status, "refused", str(exc))
+        report.runs.append(one)
+        if progress is not None:
+            progress(one)
+    return report
+
+
+@dataclass(frozen=True)
+class _Rebuilt:
+    run: RunRecord
+    defn: Definition
+    steps: dict[str, dict[str, Any]]
+    attempts: list[str]
+    completed: list[str]
+    lost: list[tuple[str, str]]
+    rerun: tuple[str, ...]
+    before: str
+
+
+def _recover_one(
+    store: AuditStore,
+    state: RunState,
+    dispatcher: Dispatcher,
+    run_id: str,
+    force: bool,
+    actor: str,
+    reason: str,
+) -> Recovered:
+    b = rebuild(store, run_id)
+    data = {
+        "action": "recovered",
+        "actor": actor,
+        "reason": reason or "Redis lost the run's state; rebuilt from the audit store",
+        "status_before": b.before,
+        "steps_reset": list(b.rerun),
+        "host": socket.gethostname(),
+    }
+    verdict, _, epoch = state.recover(
+        b.run,
+        b.steps,
+        attempts=b.attempts,
+        completed=b.completed,
+        lost=b.lost,
+        data=data,
+        force=force,
+    )
+    if verdict != "ok":
+        return Recovered(run_id, b.before, "present", "Redis knows it")
+    status = b.run.status
+    records = {sid: StepRecord.from_hash(sid, f) for sid, f in b.steps.items()}
+    if status in (RunStatus.RUNNING, RunStatus.PENDING):
+        dispatcher.remaining(run_id, epoch, b.run, b.defn, records)
+        sent = "the remaining steps"
+    elif status in (RunStatus.CANCELLING, RunStatus.COMPENSATING):
+        dispatcher.resend(run_id, epoch, status, b.run, b.defn, records)
+        sent = "its settle" if status == RunStatus.CANCELLING else "its compensations"
+    else:
+        sent = f"nothing ({status}: waits for an operator)"
+    return Recovered(run_id, b.before, "recovered", f"sent {sent}", epoch, b.rerun)
+
+
+def rebuild(store: AuditStore, run_id: str) -> _Rebuilt:
+    """The hot state of a run as the audit store has it (nothing is written)."""
+    with store.connect() as conn:
+        row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise RecoveryRefused("not in the audit store")
+        body = conn.execute(
+            select(workflow_definitions.c.body).where(
+                workflow_definitions.c.workflow_id == row["workflow_id"],
+                workflow_definitions.c.digest == (row["definition_digest"] or ""),
+            )
+        ).scalar()
+        step_rows = {
+            r["step_id"]: dict(r)
+            for r in conn.execute(select(steps).where(steps.c.run_id == run_id)).mappings()
+        }
+        attempt_rows = [
+            dict(r)
+            for r in conn.execute(
+                select(step_attempts)
+                .where(step_attempts.c.run_id == run_id)
+                .order_by(step_attempts.c.finished_at, step_attempts.c.attempt)
+            ).mappings()
+        ]
+    before = str(row["status"])
+    if body is None:
+        raise RecoveryRefused(
+            f"its definition ({row['workflow_id']}, digest {row['definition_digest']}) is not "
+            "in the audit store; resolve it by hand (canvasflow resolve --as failed)"
+        )
+    try:
+        definition = json.loads(body)
+        defn = from_stored(definition)
+    except Exception as exc:  # a schema or JSON error: the run is reported, the others go on
+        raise RecoveryRefused(
+            f"its stored definition cannot be read ({type(exc).__name__}: {exc}); "
+            "resolve it by hand (canvasflow resolve --as failed)"
+        ) from None
+    status = RunStatus.PAUSED if before == RunStatus.PAUSING else RunStatus(before)
+    outputs: dict[str, str] = {}
+    attempts: list[str] = []
+    for a in attempt_rows:
+        if a["status"] == StepStatus.COMPLETED and a["output"] is not None:
+            outputs[a["step_id"]] = a["output"]
+        if a["finished_at"] is not None and a["status"] != "LOST":
+            attempts.append(json.dumps(_attempt(a), separators=(",", ":")))
+    hot: dict[str, dict[str, Any]] = {}
+    lost: list[tuple[str, str]] = []
+    rerun: list[str] = []
+    halt = None
+    for sid in defn.step_ids:
+        r = step_rows.get(sid)
+        st = str(r["status"]) if r else StepStatus.PENDING
+        n = int(r["attempts"] or 0) if r else 0
+        fields: dict[str, Any] = {"status": st, "attempts": n}
+        if r is not None:
+            for name in ("started_at", "finished_at", "worker", "error"):
+                if r[name] is not None:
+                    fields[name] = r[name]
+        if st == StepStatus.COMPLETED or st == StepStatus.COMPENSATING:
+            if sid not in outputs:
+                raise RecoveryRefused(f"step {sid} is {st} but its output is not in the store")
+            fields["output_json"] = outputs[sid]
+        elif st in SETTLED_STEP_STATUSES:
+            fields["output_json"] = "null"
+        if st in INTERRUPTED:
+            fields.update(status=StepStatus.PENDING, lost=n)
+            fields.pop("finished_at", None)
+            rerun.append(sid)
+            if st == StepStatus.RUNNING and n:
+                att = next(
+                    (a for a in attempt_rows if a["step_id"] == sid and a["attempt"] == n), {}
+                )
+                lost.append((sid, _lost_data(n, att, r)))
+        if st == StepStatus.FAILED and defn.step(sid).critical:
+            halt = "failed"
+        hot[sid] = fields
+    completed = sorted(
+        (sid for sid, f in hot.items() if f["status"] in (StepStatus.COMPLETED, "COMPENSATING")),
+        key=lambda sid: (step_rows[sid]["finished_at"] or 0.0, sid),
+    )
+    failed = row["failed_step"] or next(
+        (sid for sid, f in hot.items() if f["status"] == StepStatus.FAILED), None
+    )
+    run = RunRecord(
+        id=run_id,
+        status=status,
+        # An epoch only moves with an event, so every earlier one is at most the run's event
+        # count: the clock in seconds is past all of them, and a later forced recovery is past it.
+        epoch=max(int(time.time()), int(row["last_seq"] or 0) + 1),
+        seq=int(row["last_seq"] or 0),
+        halt=halt,
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        workflow=row["workflow_id"],
+        version=row["version"] or "",
+        name=row["name"],
+        definition_json=body,
+        inputs_json=row["inputs"] or "{}",
+        priority=row["priority"] or "normal",
+        tags_json=row["tags"] or "[]",
+        triggered_by=row["triggered_by"],
+        trigger_type=row["trigger_type"],
+        sla_seconds=row["sla_seconds"],
+        total=len(hot),
+        settled=sum(1 for f in hot.values() if f["status"] in SETTLED_STEP_STATUSES),
+        error=row["error"],
+        failed_step=failed if halt else None,
+        compensate_target=_compensate_target(status, halt),
+    )
+    return _Rebuilt(run, defn, hot, attempts, completed, lost, tuple(rerun), before)
+
+
+def _compensate_target(status: str, halt: str | None) -> str | None:
+    if status in (RunStatus.COMPENSATING, RunStatus.COMPENSATION_FAILED):
+        return RunStatus.FAILED if halt else RunStatus.CANCELLED
+    return None
+
+
+def _attempt(a: Mapping[str, Any]) -> dict[str, Any]:
+    """An attempt record as finish_step keeps it (the dashboard's attempt list)."""
+    rec: dict[str, Any] = {
+        "step": a["step_id"],
+        "attempt": a["attempt"],
+        "status": a["status"],
+        "started_at": a["started_at"],
+        "finished_at": a["finished_at"],
+        "duration": a["duration"],
+        "worker": a["worker"],
+        "task_id": a["task_id"],
+    }
+    if a["error"] is not None:
+        rec["error"] = a["error"]
+    return rec
+
+
+def _lost_data(n: int, att: Mapping[str, Any], step: Mapping[str, Any] | None) -> str:
+    return json.dumps(
+        {
+            "attempt": n,
+            "worker": att.get("worker") or (step or {}).get("worker") or "",
+            "task_id": att.get("task_id") or "",
+            "started_at": att.get("started_at"),
+            "reason": LOST_REASON,
+        },
+        separators=(",", ":"),
+    )
