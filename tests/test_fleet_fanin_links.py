@@ -274,7 +274,6 @@ def test_migration_0006_turns_none_text_into_null_and_fills_recoverable_links(
 
 def test_migration_0006_reads_a_big_task_table_a_page_at_a_time(store_url: str) -> None:
     from sqlalchemy import event
-    from sqlalchemy.engine import Engine
 
     n = 1_250  # more than two of the migration's pages (500 rows)
     s = AuditStore(store_url)
@@ -295,11 +294,13 @@ def test_migration_0006_reads_a_big_task_table_a_page_at_a_time(store_url: str) 
                     for i in range(n)
                 ],
             )
-        event.listen(Engine, "before_cursor_execute", seen)
+        # This store's engine only: in the full suite other stores in the process (a dashboard
+        # fixture's task writer) read cf_celery_tasks of their own databases meanwhile.
+        event.listen(s.engine, "before_cursor_execute", seen)
         try:
             assert s.upgrade() == HEAD
         finally:
-            event.remove(Engine, "before_cursor_execute", seen)
+            event.remove(s.engine, "before_cursor_execute", seen)
         with s.connect() as conn:
             got = conn.execute(
                 select(celery_tasks.c.run_id, celery_tasks.c.step_id).distinct()

@@ -109,6 +109,21 @@ def run_events(
         cursor = text(batch[-1][0])
         if latest is not None and max(tail, default=0) >= latest:
             break
+    first = min(tail) if tail else (latest + 1 if latest is not None else known + 1)
+    if store is not None and first > known + 1:
+        # The recorder wrote events between the store's read and the stream's and trimmed them
+        # from the stream: they are in the store now. Read it again for the gap.
+        try:
+            gap = queries.recorded_events(store, run_id, known, limit=limit).events
+        except StoreError:
+            if strict:
+                raise
+            gap = []
+        for e in gap:
+            if e["seq"] < first:
+                e["step"] = e["step"] or None
+                e["status"] = e["status"] or None
+                recorded.append(e)
     return (recorded + [tail[k] for k in sorted(tail)])[:limit]
 
 
