@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -49,13 +50,15 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # runnable as a script from anywhere
 
 import redis  # noqa: E402
 from bench_core import Worker, cpu_seconds  # noqa: E402
-from bench_recorder import DEFAULT_PG, make_store  # noqa: E402
+from bench_recorder import DEFAULT_PG, _postgres_cpu, make_store  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from orchestrator import Client  # noqa: E402
 from orchestrator.audit.recorder import Recorder  # noqa: E402
 from orchestrator.audit.store import AuditStore  # noqa: E402
 from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
+from orchestrator.engine.celery_app import create_celery  # noqa: E402
+from orchestrator.fleet.inspect import amqp_queue_lengths  # noqa: E402
 from orchestrator.keys import Keys  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
@@ -174,9 +177,16 @@ def overhead(admin: redis.Redis, keys: Keys) -> Delta:
     return Delta.between(a, b)
 
 
-def wait_idle(admin: redis.Redis, keys: Keys, timeout: float = 60.0) -> None:
-    """Until no message is queued or unacknowledged in the broker (the worker is idle)."""
+def wait_idle(admin: redis.Redis, keys: Keys, timeout: float = 60.0, amqp: Any = None) -> None:
+    """Until no message is queued or unacknowledged in the broker (the worker is idle). On
+    RabbitMQ (``amqp``: a Celery app on it) only ready messages are seen."""
     deadline = time.monotonic() + timeout
+    if amqp is not None:
+        while amqp_queue_lengths(amqp, ["default"])["default"]["total"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the broker still held messages after {timeout:g} s")
+            time.sleep(0.05)
+        return
     queues = [f"{keys.broker}default"] + [f"{keys.broker}default\x06\x16{p}" for p in range(1, 10)]
     while time.monotonic() < deadline:
         pipe = admin.pipeline(transaction=False)
@@ -227,7 +237,10 @@ class Row:
     steps: int
     seconds: float
     redis: Delta
+    idle_cpu_per_s: float = 0.0  # Redis main thread with the worker connected and idle
     recorder_cpu: float = 0.0
+    recorder_wall: float = 0.0
+    postgres_cpu: float = 0.0  # every postgres process on the machine during the drain
     recorder_redis: Delta | None = None
     sql_rows: dict[str, int] = field(default_factory=dict)
     sql_bytes: int = 0
@@ -241,6 +254,7 @@ class Capacity:
         self.admin = redis.Redis.from_url(url)
         self.keys = Keys(PREFIX)
         self.worker: Worker | None = None
+        self.amqp = create_celery(self.settings(True)) if args.broker else None
         self.store, self.drop_store = make_store(
             "postgresql", args.postgres_url, Path(tempfile.mkdtemp())
         )
@@ -248,6 +262,7 @@ class Capacity:
     def settings(self, fast: bool) -> Settings:
         return Settings(
             redis_url=self.url,
+            broker_url=self.args.broker or "",
             key_prefix=PREFIX,
             worker_concurrency=self.args.concurrency,
             fast_steps=fast,
@@ -277,12 +292,15 @@ class Capacity:
         if not self.args.smoke:  # warm-up, not counted: the worker's and client's caches
             self.submit_wait(client, definition, 3, steps)
             self.recorder_drain()
-        wait_idle(self.admin, self.keys)
+        wait_idle(self.admin, self.keys, amqp=self.amqp)
+        idle = self.idle_cpu()
         extra = overhead(self.admin, self.keys)
         before = Counters.read(self.admin, self.keys)
         t0 = time.perf_counter()
         self.submit_wait(client, definition, self.args.runs, steps)
-        wait_idle(self.admin, self.keys)  # the acks a run leaves behind belong to it
+        wait_idle(
+            self.admin, self.keys, amqp=self.amqp
+        )  # the acks a run leaves behind belong to it
         seconds = time.perf_counter() - t0
         after = Counters.read(self.admin, self.keys)
         row = Row(
@@ -292,9 +310,19 @@ class Capacity:
             self.args.runs * steps,
             seconds,
             Delta.between(before, after, extra),
+            idle,
         )
         self.recorder(row)
         return row
+
+    def idle_cpu(self) -> float:
+        """Redis main-thread CPU seconds per second with nothing to do but the fleet's own
+        polling (the worker's BRPOP timeouts, heartbeats, serverCron): paid whatever the load."""
+        a = Counters.read(self.admin, self.keys)
+        t0 = time.perf_counter()
+        time.sleep(self.args.idle_seconds)
+        b = Counters.read(self.admin, self.keys)
+        return (b.cpu - a.cpu) / (time.perf_counter() - t0)
 
     def recorder_drain(self) -> int:
         rec = Recorder(self.store, self.admin, self.keys, batch_size=500, block=0.0, trim=True)
@@ -305,9 +333,11 @@ class Capacity:
         sql0 = tables(self.store)
         extra = overhead(self.admin, self.keys)
         before = Counters.read(self.admin, self.keys)
-        cpu0 = time.process_time()
+        cpu0, wall0, pg0 = time.process_time(), time.perf_counter(), _postgres_cpu()
         done = self.recorder_drain()
         row.recorder_cpu = time.process_time() - cpu0
+        row.recorder_wall = time.perf_counter() - wall0
+        row.postgres_cpu = _postgres_cpu() - pg0
         after = Counters.read(self.admin, self.keys)
         assert done == row.redis.events, f"drained {done} events, the runs made {row.redis.events}"
         row.recorder_redis = Delta.between(before, after, extra)
@@ -322,20 +352,23 @@ class Capacity:
         client = Client(self.settings(True))
         self.stop_worker()
         before = Counters.read(self.admin, self.keys)
+        kinds0 = self.key_memory()
         runs = [client.submit(DIAMOND) for _ in range(n)]
         live = Counters.read(self.admin, self.keys)
+        kinds_live = self.key_memory()
         live_keys = sum(self.run_bytes(r.id) for r in runs) / n
         queue_bytes = sum(
-            self.admin.memory_usage(k) or 0
+            self.admin.memory_usage(k, samples=0) or 0
             for k in self.admin.scan_iter(f"{self.keys.broker}*", count=1000)
         )
         self.start_worker(True)
         for run in runs:
             assert run.wait(timeout=WAIT_TIMEOUT).status == "COMPLETED"
-        wait_idle(self.admin, self.keys)
+        wait_idle(self.admin, self.keys, amqp=self.amqp)
         done = Counters.read(self.admin, self.keys)
+        kinds_done = self.key_memory()
         finished_keys = sum(self.run_bytes(r.id) for r in runs) / n
-        stream = self.admin.memory_usage(self.keys.events) or 0
+        stream = self.admin.memory_usage(self.keys.events, samples=0) or 0
         entries = self.admin.xlen(self.keys.events) or 1
         events_per_run = (done.events_added - before.events_added) / n
         self.recorder_drain()  # the stream is trimmed: what is left after the recorder
@@ -350,12 +383,34 @@ class Capacity:
             "stream_bytes_per_event": stream / entries,
             "events_per_run": events_per_run,
             "after_recorder_used_memory": (drained.used_memory - before.used_memory) / n,
+            "live_by_kind": {k: (kinds_live[k] - kinds0[k]) / n for k in kinds0},
+            "finished_by_kind": {k: (kinds_done[k] - kinds0[k]) / n for k in kinds0},
         }
+
+    def key_memory(self) -> dict[str, int]:
+        """MEMORY USAGE of every key, summed by kind: the runs' own keys, the event stream,
+        Celery's (broker queues, unacked messages, task results and chord counters) and the
+        rest (indexes of runs, catalogs)."""
+        kinds = {"run": 0, "stream": 0, "celery": 0, "other": 0}
+        run_prefix, events, celery = f"{PREFIX}:run:", self.keys.events, self.keys.broker
+        for raw in self.admin.scan_iter("*", count=1000):
+            key = raw.decode(errors="replace")
+            kind = (
+                "stream"
+                if key == events
+                else "run"
+                if key.startswith(run_prefix)
+                else "celery"
+                if key.startswith(celery) or "celery" in key or key in ("unacked", "unacked_index")
+                else "other"
+            )
+            kinds[kind] += self.admin.memory_usage(raw, samples=0) or 0
+        return kinds
 
     def run_bytes(self, run_id: str) -> int:
         k = self.keys
         names = [k.run(run_id), k.steps(run_id), k.attempts(run_id), k.completed(run_id)]
-        return sum(self.admin.memory_usage(name) or 0 for name in names)
+        return sum(self.admin.memory_usage(name, samples=0) or 0 for name in names)
 
     def load(self, model: dict[str, float]) -> dict[str, Any]:
         """--load diamonds at once on the fast path, a recorder process alongside."""
@@ -381,7 +436,7 @@ class Capacity:
                 start_new_session=True,
             )
             try:
-                wait_idle(self.admin, self.keys)
+                wait_idle(self.admin, self.keys, amqp=self.amqp)
                 self.wait_recorder_ready(rec, log_path)
                 load0 = load_average()
                 before = Counters.read(self.admin, self.keys)
@@ -391,7 +446,7 @@ class Capacity:
                 rcpu0 = cpu_seconds(rec.pid)
                 t0 = time.perf_counter()
                 self.submit_wait(client, DIAMOND, n, 5)
-                wait_idle(self.admin, self.keys)
+                wait_idle(self.admin, self.keys, amqp=self.amqp)
                 seconds = time.perf_counter() - t0
                 after = Counters.read(self.admin, self.keys)
                 wcpu = sum(cpu_seconds(p) for p in worker.pids()) - wcpu0
@@ -420,7 +475,8 @@ class Capacity:
             "steps_per_s": rate,
             "events": d.events,
             "redis_cpu_utilisation": d.cpu / seconds,
-            "projected_redis_cpu_utilisation": rate * model["redis_cpu_per_step"],
+            "projected_redis_cpu_utilisation": model["redis_idle_cpu_per_s"]
+            + rate * model["redis_marginal_cpu_per_step"],
             "redis_cpu_per_step": d.cpu / steps,
             "redis_cmds_per_step": d.commands / steps,
             "worker_cpu_per_step": wcpu / steps,
@@ -481,10 +537,15 @@ def figures(row: Row) -> dict[str, float]:
         "bytes_per_run": (r.net_in + r.net_out) / runs,
         "bytes_per_event": (r.net_in + r.net_out) / events,
         "redis_cpu_per_step": r.cpu / steps,
+        "redis_idle_cpu_per_s": row.idle_cpu_per_s,
+        # what a step adds above the idle fleet's own polling
+        "redis_marginal_cpu_per_step": max(r.cpu - row.idle_cpu_per_s * row.seconds, 0.0) / steps,
         "redis_usec_per_step": r.usec / steps,
         "events_per_step": r.events / steps,
         "events_per_run": r.events / runs,
         "recorder_cpu_per_event": row.recorder_cpu / events,
+        "recorder_wall_per_event": row.recorder_wall / events,
+        "postgres_cpu_per_event": row.postgres_cpu / events,
         "recorder_redis_cmds_per_event": rr.commands / events,
         "recorder_redis_cpu_per_event": rr.cpu / events,
         "sql_rows_per_run": sum(row.sql_rows.values()) / runs,
@@ -494,9 +555,14 @@ def figures(row: Row) -> dict[str, float]:
 
 def project(f: dict[str, float]) -> dict[str, float]:
     """Ceilings of one Redis core and one recorder process, from the per-unit costs."""
-    redis_cpu = f["redis_cpu_per_step"] + f["events_per_step"] * f["recorder_redis_cpu_per_event"]
-    redis_steps = 1 / redis_cpu if redis_cpu > 0 else float("inf")
-    rec_events = 1 / f["recorder_cpu_per_event"] if f["recorder_cpu_per_event"] else float("inf")
+    redis_cpu = (
+        f["redis_marginal_cpu_per_step"] + f["events_per_step"] * f["recorder_redis_cpu_per_event"]
+    )
+    spare = max(1.0 - f["redis_idle_cpu_per_s"], 0.0)
+    redis_steps = spare / redis_cpu if redis_cpu > 0 else float("inf")
+    # One recorder writes one batch at a time: its drain rate (its CPU and PostgreSQL's time
+    # together) is what one recorder and one PostgreSQL sustain.
+    rec_events = 1 / f["recorder_wall_per_event"]
     rec_steps = rec_events / f["events_per_step"]
     steps_per_run = f["cmds_per_run"] / f["cmds_per_step"]
     return {
@@ -515,17 +581,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, help="runs per engine batch (default 100)")
     ap.add_argument("--load", type=int, help="diamonds of the load check (default 400)")
     ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument(
+        "--broker",
+        help="Celery's broker (e.g. amqp://guest:guest@127.0.0.1:5672/cf-capacity, a virtual "
+        "host of its own); default: the same Redis. Run state and events stay in Redis.",
+    )
+    ap.add_argument(
+        "--idle-seconds",
+        type=float,
+        help="how long Redis's idle CPU is sampled before each batch (default 3)",
+    )
     ap.add_argument("--postgres-url", default=DEFAULT_PG)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
     args.runs = args.runs or (3 if args.smoke else 100)
     args.load = args.load or (6 if args.smoke else 400)
+    args.idle_seconds = args.idle_seconds or (0.5 if args.smoke else 3.0)
+    # The memory phase submits with no worker on purpose: the client's warning that nobody
+    # consumes the queue is expected there.
+    logging.getLogger("orchestrator.engine.client").setLevel(logging.ERROR)
 
     embedded = EmbeddedRedis().start()
     cap: Capacity | None = None
     try:
         cap = Capacity(args, embedded.url, embedded.pid)
         print(f"redis {embedded.url} (private redis-server); load average {load_average()}")
+        if args.broker:
+            print(f"broker {args.broker}: Celery's messages are not in Redis's figures")
         rows: list[Row] = []
         for fast in (True, False):
             cap.start_worker(fast)
@@ -538,6 +620,12 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         per = {f"{r.path}/{r.shape}": figures(r) for r in rows}
+        by_command = {
+            f"{r.path}/{r.shape}": {
+                c: n / r.steps for c, n in sorted(r.redis.by_command.items(), key=lambda kv: -kv[1])
+            }
+            for r in rows
+        }
         print("\nPer step, per run and per event (Redis: engine, broker and waiting client):")
         table(
             [
@@ -549,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bytes/run",
                 "bytes/event",
                 "Redis CPU us/step",
+                "of it above idle",
                 "events/step",
                 "events/run",
             ],
@@ -562,17 +651,29 @@ def main(argv: list[str] | None = None) -> int:
                     f"{f['bytes_per_run']:,.0f}",
                     f"{f['bytes_per_event']:,.0f}",
                     f"{f['redis_cpu_per_step'] * 1e6:.0f}",
+                    f"{f['redis_marginal_cpu_per_step'] * 1e6:.0f}",
                     f"{f['events_per_step']:.2f}",
                     f"{f['events_per_run']:.1f}",
                 ]
                 for k, f in per.items()
             ],
         )
+        print(
+            "Redis idle (worker connected, nothing to do): "
+            + ", ".join(f"{r.path}/{r.shape} {r.idle_cpu_per_s * 100:.1f} %" for r in rows)
+            + " of a core"
+        )
+        for k, by in by_command.items():
+            print(
+                f"  {k} cmds/step: " + ", ".join(f"{c} {n:.1f}" for c, n in list(by.items())[:10])
+            )
         print("\nThe recorder (one process, PostgreSQL) per event, and SQL per run:")
         table(
             [
                 "path/shape",
                 "recorder CPU s/1000 events",
+                "drain s/1000 events",
+                "PostgreSQL CPU s/1000 events",
                 "recorder Redis cmds/event",
                 "SQL rows/run",
                 "SQL bytes/run",
@@ -581,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     k,
                     f"{f['recorder_cpu_per_event'] * 1000:.3f}",
+                    f"{f['recorder_wall_per_event'] * 1000:.3f}",
+                    f"{f['postgres_cpu_per_event'] * 1000:.3f}",
                     f"{f['recorder_redis_cmds_per_event']:.2f}",
                     f"{f['sql_rows_per_run']:.1f}",
                     f"{f['sql_bytes_per_run']:,.0f}",
@@ -604,6 +707,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{mem['stream_bytes_per_event']:,.0f} B/event x {mem['events_per_run']:.1f} events), "
             f"{mem['after_recorder_used_memory']:,.0f} B after it trimmed the stream"
         )
+
+        for when in ("live", "finished"):
+            print(
+                f"  {when}, MEMORY USAGE of keys by kind, per run: "
+                + ", ".join(f"{k} {v:,.0f} B" for k, v in mem[f"{when}_by_kind"].items())
+            )
 
         projections = {k: project(f) for k, f in per.items()}
         print(
@@ -646,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  Redis main thread busy {check['redis_cpu_utilisation'] * 100:.1f} % "
             f"(model: {check['projected_redis_cpu_utilisation'] * 100:.1f} %); "
             f"Redis CPU {check['redis_cpu_per_step'] * 1e6:.0f} us/step "
-            f"(model {model['redis_cpu_per_step'] * 1e6:.0f}), "
+            f"(model {model['redis_cpu_per_step'] * 1e6:.0f} at the batch's rate), "
             f"{check['redis_cmds_per_step']:.1f} cmds/step (model {model['cmds_per_step']:.1f})"
         )
         print(
@@ -661,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps(
                     {
                         "per": per,
+                        "redis_commands_per_step": by_command,
                         "sql_rows_by_table": rows_by_table,
                         "memory": mem,
                         "projections": projections,
