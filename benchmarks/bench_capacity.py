@@ -247,10 +247,9 @@ class Row:
 
 
 class Capacity:
-    def __init__(self, args: argparse.Namespace, url: str, redis_pid: int) -> None:
+    def __init__(self, args: argparse.Namespace, url: str) -> None:
         self.args = args
         self.url = url
-        self.redis_pid = redis_pid
         self.admin = redis.Redis.from_url(url)
         self.keys = Keys(PREFIX)
         self.worker: Worker | None = None
@@ -346,7 +345,7 @@ class Capacity:
         row.sql_rows = {t: n for t, n in row.sql_rows.items() if n}
         row.sql_bytes = sum(v[1] for v in sql1.values()) - sum(v[1] for v in sql0.values())
 
-    def memory(self) -> dict[str, float]:
+    def memory(self) -> dict[str, Any]:
         """Bytes per live (submitted, queued) and per finished diamond run."""
         n = self.args.runs
         client = Client(self.settings(True))
@@ -604,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     embedded = EmbeddedRedis().start()
     cap: Capacity | None = None
     try:
-        cap = Capacity(args, embedded.url, embedded.pid)
+        cap = Capacity(args, embedded.url)
         print(f"redis {embedded.url} (private redis-server); load average {load_average()}")
         if args.broker:
             print(f"broker {args.broker}: Celery's messages are not in Redis's figures")
