@@ -114,6 +114,10 @@ SCRIPTS: dict[str, Script] = {
     "bench_recorder_sql_sqlite": Script(
         ("bench_recorder_sql.py", "--smoke", "--backend", "sqlite", "--redis-url", "{redis}")
     ),
+    "bench_capacity": Script(
+        ("bench_capacity.py", "--smoke", "--postgres-url", "{pg}", "--json", "{json}"),
+        postgres=True,
+    ),
     "bench_watchdog": Script(("bench_watchdog.py", "--smoke")),
     "bench_logging": Script(("bench_logging.py", "--smoke")),
     "bench_planning": Script(("bench_planning.py", "--smoke")),
@@ -449,3 +453,44 @@ def test_drills_lose_and_duplicate_nothing(runs: Runs, script: str) -> None:
     if script == "drills_soak":
         active = row["figures"]["run_list_ms"]["now_active"]
         assert active["n"] > 0 and positive(active["p50"], active["p95"])
+
+
+@pytest.mark.parametrize("script", ["bench_capacity"])
+def test_bench_capacity_measures_each_cost_and_checks_the_projection_under_load(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    figures = ran.json
+    assert set(figures["per"]) == {
+        f"{path}/{shape}" for path in ("fast", "careful") for shape in ("chain10", "diamond")
+    }
+    for key, f in figures["per"].items():
+        steps = 10 if key.endswith("chain10") else 5
+        # PostgreSQL grows by whole pages, and CPU clocks may not tick for a few events:
+        # at smoke sizes those two may be 0
+        coarse = {
+            "sql_bytes_per_run",
+            "recorder_redis_cpu_per_event",
+            "postgres_cpu_per_event",
+            "redis_idle_cpu_per_s",
+        }
+        assert positive(*(v for k, v in f.items() if k not in coarse)), (key, f)
+        assert all(f[k] >= 0 for k in coarse), (key, f)
+        # every step of every run went through Redis and the recorder wrote all of it
+        assert f["cmds_per_run"] == pytest.approx(f["cmds_per_step"] * steps), key
+        rows = figures["sql_rows_by_table"][key]
+        assert rows["cf_runs"] == 1 and rows["cf_steps"] == rows["cf_step_attempts"] == steps
+        assert rows["cf_events"] == f["events_per_run"], key
+    # the careful path asks Redis before each step: more commands than the fast path
+    per = figures["per"]
+    assert per["careful/chain10"]["cmds_per_step"] > per["fast/chain10"]["cmds_per_step"]
+    mem = figures["memory"]
+    assert positive(mem["live_run_keys"], mem["finished_run_keys"], mem["stream_bytes_per_event"])
+    assert mem["finished_run_keys"] > mem["live_run_keys"]
+    for p in figures["projections"].values():
+        assert positive(*(v for k, v in p.items() if k != "sql_gb_per_million_runs")), p
+    load = figures["load"]
+    assert load["steps"] == 5 * load["runs"] and load["events"] > 0
+    assert positive(load["steps_per_s"], load["redis_cpu_per_step"], load["recorder_cpu_per_event"])
+    assert "Projected ceilings" in ran.out and "Load check:" in ran.out
+    assert "load average" in ran.out
