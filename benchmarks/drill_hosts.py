@@ -43,6 +43,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -289,13 +290,16 @@ class HostsRig:
             time.sleep(0.5)
         return None
 
-    def running_on(self, ids: list[str]) -> dict[str, int]:
-        """Steps RUNNING now per worker hostname, over the runs that are RUNNING."""
+    def running_on(self, ids: list[str], want: list[str]) -> dict[str, int]:
+        """Steps RUNNING now per worker hostname, over the runs that are RUNNING; stops looking
+        once every host of ``want`` was seen running one."""
         status = wait_all(self, ids, 0)  # type: ignore[arg-type]
         held: dict[str, int] = {}
         for rid, st in status.items():
             if st != "RUNNING":
                 continue
+            if all(held.get(h) for h in want):
+                break
             for s in self.client.snapshot(rid).steps:
                 # A step's worker is "<hostname>" plus, on some paths, the pool process.
                 host = next((h for h in self.hostnames if (s.worker or "").startswith(h)), None)
@@ -354,6 +358,16 @@ def workflow(seconds: float) -> dict[str, Any]:
     }
 
 
+def submit(settings: Settings, wf: dict[str, Any], n: int, ids: list[str]) -> None:
+    """Submit ``n`` runs of ``wf``, appending each id to ``ids`` as it goes."""
+    client = Client(settings)
+    try:
+        for _ in range(n):
+            ids.append(client.submit(wf).id)
+    finally:
+        client.close()
+
+
 def drill(args: argparse.Namespace, hosts: Hosts) -> Row:
     row = Row(
         f"{len(hosts.names)} hosts, {args.runs:,} runs: host 0 killed, host 1 cut ({args.database})"
@@ -368,24 +382,33 @@ def drill(args: argparse.Namespace, hosts: Hosts) -> Row:
             f"{', '.join(hosts.root_addr)}"
         )
         wf = workflow(args.step_sleep)
-        ids = [rig.client.submit(wf).id for _ in range(args.runs)]
+        # Submitted from a thread of its own: at --smoke size the first runs end before the
+        # last is submitted, and the strike must come while the hosts still hold steps.
+        ids: list[str] = []
+        submitter = threading.Thread(
+            target=submit, args=(rig.settings, wf, args.runs, ids), daemon=True
+        )
+        submitter.start()
         # Strike while the two hosts hold steps, with most runs still to go.
         deadline = time.monotonic() + 120
         held: dict[str, int] = {}
         while time.monotonic() < deadline:
-            status = wait_all(rig, ids, 0)  # type: ignore[arg-type]
+            seen = list(ids)
+            status = wait_all(rig, seen, 0)  # type: ignore[arg-type]
             done = sum(1 for s in status.values() if s == "COMPLETED")
-            if done >= args.runs // 20:
-                held = rig.running_on(ids)
+            if seen and done >= args.runs // 20:
+                held = rig.running_on(seen, want=names[:2])
                 if held.get(names[0]) and held.get(names[1]):
                     break
             time.sleep(0.1)
-        done = sum(1 for s in wait_all(rig, ids, 0).values() if s == "COMPLETED")  # type: ignore[arg-type]
+        else:
+            say("the hosts were never seen running steps at once: striking anyway")
+        done = sum(1 for s in wait_all(rig, list(ids), 0).values() if s == "COMPLETED")  # type: ignore[arg-type]
         killed = hosts.kill(0)
         hosts.link(1, up=False)
         cut_at = time.monotonic()
         say(
-            f"{done} of {len(ids)} runs completed; killed host 0 ({killed} processes, "
+            f"{done} of {len(ids)} runs submitted so far completed; killed host 0 ({killed} processes, "
             f"{held.get(names[0], 0)} steps running) and cut host 1's link "
             f"({held.get(names[1], 0)} steps running) for {args.cut:g} s"
         )
@@ -400,6 +423,7 @@ def drill(args: argparse.Namespace, hosts: Hosts) -> Row:
         hosts.link(1, up=True)
         cut_for = time.monotonic() - cut_at
         say(f"host 1's link back after {cut_for:.1f} s")
+        submitter.join()
         rig.fleet.procs.pop("worker0").wait(30)  # reaped: the namespace's processes are gone
         status = wait_all(rig, ids, args.visibility_timeout + 3 * args.lease_ttl + 240)  # type: ignore[arg-type]
         back_online = rig.wait_status(names[1], "online", 60)
@@ -424,7 +448,7 @@ def drill(args: argparse.Namespace, hosts: Hosts) -> Row:
             0,
             f"host 0 killed ({killed} processes, {held.get(names[0], 0)} steps running) and host 1 "
             f"cut for {cut_for:.0f} s ({held.get(names[1], 0)} steps running) with {done} runs "
-            f"completed",
+            "completed",
         )
         row.notes.insert(
             1,

@@ -96,6 +96,10 @@ SCRIPTS: dict[str, Script] = {
     ),
     "bench_core": Script(("bench_core.py", "--smoke", "--json", "{json}")),
     "drill_worker_loss": Script(("drill_worker_loss.py", "--smoke")),
+    # Needs root for `ip netns`; prints "skipped: <why>" and exits 0 where that is refused.
+    "drill_hosts": Script(
+        ("drill_hosts.py", "--smoke", "--postgres-url", "{pg}", "--json", "{json}"), postgres=True
+    ),
     "bench_recorder": Script(
         ("bench_recorder.py", "--smoke", "--redis-url", "{redis}", "--postgres-url", "{pg}"),
         postgres=True,
@@ -427,6 +431,27 @@ def test_drill_worker_loss_runs_the_step_of_a_killed_worker_again(runs: Runs, sc
         r"attempt 2: COMPLETED on second@\S+, started ([\d.]+) s after the first", out
     )
     assert again and positive(float(again[1]))
+
+
+@pytest.mark.parametrize("script", ["drill_hosts"])
+def test_drill_hosts_completes_every_run_when_one_host_dies_and_another_is_cut_off(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    if ran.out.startswith("skipped:"):
+        pytest.skip(f"drill_hosts.py: {ran.out.strip()}")
+    [row] = ran.json
+    assert row["tried"] == row["survived"] == 50, row
+    assert row["lost"] == row["duplicated"] == 0, row
+    f = row["figures"]
+    assert f["sql_steps_completed_twice"] == f["steps_completed_twice"] == 0, f
+    # The hosts were struck while they ran steps, and those ran again elsewhere.
+    assert f["steps_held"]["killed"] >= 1 and f["reruns"] >= f["steps_held"]["killed"], f
+    assert f["cut_seconds"] > 3, f  # longer than --smoke's lease TTL and visibility timeout
+    # The Workers page lists the killed host's worker offline, and the cut one online again.
+    assert f["killed_offline_after_s"] is not None and f["killed_offline_at_end"], f
+    assert f["cut_online_again_after_s"] is not None, f
+    assert f"| {row['drill']} | {row['tried']} |" in ran.out
 
 
 @pytest.mark.parametrize(
