@@ -432,6 +432,9 @@ def drill(args: argparse.Namespace, hosts: Hosts) -> Row:
         v = verdict(rig, ids, status, audit=True)  # type: ignore[arg-type]
         fill(row, v, ids, status)
         sql_twice = rig.completed_twice_in_sql(ids)
+        # Messages the cut host handled after the link came back whose step had been run
+        # elsewhere meanwhile: the step task logs "ignored" and changes nothing.
+        refused = rig.fleet.logs["worker1"].read_text(errors="replace").count("] ignored")
         row.duplicated += sql_twice
         row.figures.update(
             killed_processes=killed,
@@ -442,6 +445,7 @@ def drill(args: argparse.Namespace, hosts: Hosts) -> Row:
             cut_offline_after_s=None if cut_offline is None else round(cut_offline, 1),
             cut_online_again_after_s=None if back_online is None else round(back_online, 1),
             sql_steps_completed_twice=sql_twice,
+            cut_host_results_refused=refused,
             recorder_caught_up=caught,
         )
         row.notes.insert(
@@ -461,6 +465,11 @@ def drill(args: argparse.Namespace, hosts: Hosts) -> Row:
                 if back_online is not None
                 else " and NOT online again"
             ),
+        )
+        row.notes.insert(
+            2,
+            f"back online, the cut host ignored {refused} step messages (steps it held or had "
+            "reserved, run meanwhile elsewhere)",
         )
         if not caught:
             row.notes.append("recorder NOT caught up")
