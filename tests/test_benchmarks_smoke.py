@@ -466,3 +466,20 @@ def test_drills_lose_and_duplicate_nothing(runs: Runs, script: str) -> None:
     if script == "drills_soak":
         active = row["figures"]["run_list_ms"]["now_active"]
         assert active["n"] > 0 and positive(active["p50"], active["p95"])
+
+
+def test_drill_hosts_skips_with_its_reason_where_network_namespaces_are_refused() -> None:
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to take the capabilities away")
+    drop = ["--bounding-set=-sys_admin,-net_admin", "--inh-caps=-sys_admin,-net_admin"]
+    argv = [setpriv, *drop, sys.executable, "benchmarks/drill_hosts.py", "--smoke"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ran = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.startswith("skipped: `ip netns add` is not permitted here"), ran.stdout
+    assert "the drill needs root" in ran.stdout
+    required = subprocess.run(
+        [*argv, "--require"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert required.returncode == 2, required.stdout + required.stderr
