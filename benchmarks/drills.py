@@ -117,12 +117,17 @@ class AofRedis:
     """redis-server with appendonly on a fixed port: stop() and start() again keep the data
     (orchestrator.cli.embedded.EmbeddedRedis runs without persistence on a fresh port each time)."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(
+        self, work: Path, bind: tuple[str, ...] = ("127.0.0.1",), password: str = ""
+    ) -> None:
         self.port = free_port()
+        self.bind = bind
+        # Off loopback, Redis's protected mode refuses clients that do not authenticate.
+        self.password = password
         self.dir = work / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://{':' + password + '@' if password else ''}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -131,13 +136,14 @@ class AofRedis:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                *self.bind,
                 "--save",
                 "",
                 "--appendonly",
                 "yes",
                 "--appendfsync",
                 "everysec",
+                *(("--requirepass", self.password) if self.password else ()),
                 "--dir",
                 str(self.dir),
                 "--logfile",

@@ -97,6 +97,10 @@ SCRIPTS: dict[str, Script] = {
     ),
     "bench_core": Script(("bench_core.py", "--smoke", "--json", "{json}")),
     "drill_worker_loss": Script(("drill_worker_loss.py", "--smoke")),
+    # Needs root for `ip netns`; prints "skipped: <why>" and exits 0 where that is refused.
+    "drill_hosts": Script(
+        ("drill_hosts.py", "--smoke", "--postgres-url", "{pg}", "--json", "{json}"), postgres=True
+    ),
     "bench_recorder": Script(
         ("bench_recorder.py", "--smoke", "--redis-url", "{redis}", "--postgres-url", "{pg}"),
         postgres=True,
@@ -434,6 +438,27 @@ def test_drill_worker_loss_runs_the_step_of_a_killed_worker_again(runs: Runs, sc
     assert again and positive(float(again[1]))
 
 
+@pytest.mark.parametrize("script", ["drill_hosts"])
+def test_drill_hosts_completes_every_run_when_one_host_dies_and_another_is_cut_off(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    if ran.out.startswith("skipped:"):
+        pytest.skip(f"drill_hosts.py: {ran.out.strip()}")
+    [row] = ran.json
+    assert row["tried"] == row["survived"] == 50, row
+    assert row["lost"] == row["duplicated"] == 0, row
+    f = row["figures"]
+    assert f["sql_steps_completed_twice"] == f["steps_completed_twice"] == 0, f
+    # The hosts were struck while they ran steps, and those ran again elsewhere.
+    assert f["steps_held"]["killed"] >= 1 and f["reruns"] >= f["steps_held"]["killed"], f
+    assert f["cut_seconds"] > 3, f  # longer than --smoke's lease TTL and visibility timeout
+    # The Workers page lists the killed host's worker offline, and the cut one online again.
+    assert f["killed_offline_after_s"] is not None and f["killed_offline_at_end"], f
+    assert f["cut_online_again_after_s"] is not None, f
+    assert f"| {row['drill']} | {row['tried']} |" in ran.out
+
+
 @pytest.mark.parametrize(
     "script",
     [
@@ -494,3 +519,18 @@ def test_bench_capacity_measures_each_cost_and_checks_the_projection_under_load(
     assert positive(load["steps_per_s"], load["redis_cpu_per_step"], load["recorder_cpu_per_event"])
     assert "Projected ceilings" in ran.out and "Load check:" in ran.out
     assert "load average" in ran.out
+def test_drill_hosts_skips_with_its_reason_where_network_namespaces_are_refused() -> None:
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to take the capabilities away")
+    drop = ["--bounding-set=-sys_admin,-net_admin", "--inh-caps=-sys_admin,-net_admin"]
+    argv = [setpriv, *drop, sys.executable, "benchmarks/drill_hosts.py", "--smoke"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ran = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.startswith("skipped: `ip netns add` is not permitted here"), ran.stdout
+    assert "the drill needs root" in ran.stdout
+    required = subprocess.run(
+        [*argv, "--require"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert required.returncode == 2, required.stdout + required.stderr
