@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from orchestrator.engine.states import NEW_EPOCH_MOVES, Move, RunStatus, lua_constants
 from orchestrator.keys import Keys, step_field
@@ -496,6 +497,12 @@ class RunState:
     def leased(self, run_ids: Iterable[str]) -> set[str]:
         """The runs of ``run_ids`` with a RUNNING or COMPENSATING step that holds a live lease."""
         ids = list(run_ids)
+        if isinstance(self.r, RedisCluster):  # a cluster pipeline refuses scripts: one by one
+            return {
+                rid
+                for rid in ids
+                if int(self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")]))
+            }
         pipe = self.r.pipeline(transaction=False)
         for rid in ids:
             self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")], client=pipe)
@@ -566,11 +573,15 @@ class RunState:
         the runs of ``index`` (default: every run) scored between ``low`` and ``high`` that are
         not among ``run_ids``, newest first, at most ``window``): one round trip."""
         names = run_field_names(["status", *(a for a in attrs if a != "status")])
+        # The key templates around a probe id: "<head><id><tail>" (keys.py tags the id).
         probe = "\x00"
+        head, run_tail = self.keys.run(probe).split(probe)
+        steps_tail = self.keys.steps(probe).split(probe)[1]
         page, extra = self._list_live(
             args=[
-                self.keys.run(""),
-                self.keys.steps(probe)[len(self.keys.run(probe)) :],
+                head,
+                run_tail,
+                steps_tail,
                 index or self.keys.runs,
                 low,
                 high,

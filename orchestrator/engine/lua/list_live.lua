@@ -3,7 +3,8 @@
 -- its turn on the web process's loop). Keys are built from the templates RunState passes,
 -- which orchestrator/keys.py made; like every multi-key script here it assumes one Redis.
 -- KEYS: none
--- ARGV: run key prefix, steps key suffix, the runs index, low and high score of the window
+-- ARGV: the run key's head and tail around the id, the steps key's tail, the runs index, low
+--   and high score of the window
 --   ("(<newest>" or "-inf", "<cursor score>" or "+inf"), window size (0: none), number of
 --   fields, the fields (status first), then the ids of the page.
 -- Returns {page, extra}: page = {{values}, {current steps}} per id given, in order (values all
@@ -11,13 +12,13 @@
 --   window that is not on the page, newest first. Current steps: the steps RUNNING, RETRYING
 --   or COMPENSATING of a run that is neither PENDING nor final.
 -- include: constants
-local run_prefix, steps_suffix, index = ARGV[1], ARGV[2], ARGV[3]
-local low, high, window, nf = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local head, run_tail, steps_tail, index = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local low, high, window, nf = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local fields = {}
-for i = 1, nf do fields[i] = ARGV[7 + i] end
+for i = 1, nf do fields[i] = ARGV[8 + i] end
 local function current(id)
   local out = {}
-  local flat = redis.call('HGETALL', run_prefix .. id .. steps_suffix)
+  local flat = redis.call('HGETALL', head .. id .. steps_tail)
   for i = 1, #flat, 2 do
     local f, v = flat[i], flat[i + 1]
     if string.sub(f, -7) == '|status' and is_active(v) then
@@ -27,13 +28,13 @@ local function current(id)
   return out
 end
 local function read(id)
-  local v = redis.call('HMGET', run_prefix .. id, unpack(fields))
+  local v = redis.call('HMGET', head .. id .. run_tail, unpack(fields))
   local st = v[1]
   if st and st ~= 'PENDING' and not is_final(st) then return {v, current(id)} end
   return {v, {}}
 end
 local page, seen = {}, {}
-for i = 8 + nf, #ARGV do
+for i = 9 + nf, #ARGV do
   seen[ARGV[i]] = true
   table.insert(page, read(ARGV[i]))
 end
