@@ -38,6 +38,17 @@ class Keys:
         derive it as run(run_id) .. ':completed', next to ':steps' and ':attempts'."""
         return f"{self.run(run_id)}:completed"
 
+    def legacy_run_keys(self, run_id: str) -> list[tuple[str, str]]:
+        """(name before 2026-12, name now) of each key of the run that had no hash tag then.
+        Leases are left out: they expire within seconds of their process."""
+        old = f"{self.prefix}:run:{run_id}"
+        return [
+            (old, self.run(run_id)),
+            (f"{old}:steps", self.steps(run_id)),
+            (f"{old}:attempts", self.attempts(run_id)),
+            (f"{old}:completed", self.completed(run_id)),
+        ]
+
     def lease(self, run_id: str, step_id: str) -> str:
         """String with TTL: which process is running the step right now."""
         return f"{self.prefix}:lease:{self.run_tag(run_id)}:{step_id}"

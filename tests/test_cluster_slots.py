@@ -267,3 +267,52 @@ def test_on_a_redis_cluster_exactly_the_audited_cross_slot_calls_are_refused(
             call()
         # Refused before anything was written: the run is as seeded.
         assert state.head(run_id) == ("RUNNING", "1", ""), name
+
+
+# -- upgrading from the names without a hash tag ------------------------------------------
+
+
+def test_upgrade_keys_renames_a_run_in_flight_from_the_old_names_and_it_goes_on(
+    redis_url: str,
+) -> None:
+    from tests.conftest import make_settings
+    from tests.test_cli import cli
+
+    settings = make_settings(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    state = RunState(client, Keys(settings.key_prefix), state_ttl=600)
+    old_run, new_run = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    try:
+        for rid in (old_run, new_run):
+            state.create(RunRecord(rid, workflow="up", definition_json="{}"), ["a", "b"])
+            state.transition(rid, Move.BEGIN, RunStatus.RUNNING)
+            state.begin_step(
+                rid, "a", 1, intent="run", owner="o1", lease_ttl=30, task_id="t1", worker="w"
+            )
+            state.finish_step(
+                rid, "a", 1, status="COMPLETED", owner="o1", output='{"rows": 3}',
+                attempt={"worker": "w"},
+            )  # fmt: skip
+        before = state.read(old_run)
+        # The run as a version before 2026-12 left it: its keys without the hash tag.
+        for old, new in state.keys.legacy_run_keys(old_run):
+            client.rename(new, old)
+        assert state.read(old_run) is None
+
+        done = cli("upgrade-keys", settings=settings)
+        assert done.returncode == 0, done.stderr
+        assert "renamed the keys of 1 run(s)" in done.stdout and old_run in done.stdout
+        assert new_run not in done.stdout
+
+        assert state.read(old_run) == before
+        assert state.completed_order(old_run) == ["a"]
+        verdict = state.begin_step(
+            old_run, "b", 1, intent="run", owner="o2", lease_ttl=30, task_id="t2", worker="w"
+        )
+        assert verdict == ("go", "1")
+        again = cli("upgrade-keys", settings=settings)
+        assert "renamed the keys of 0 run(s)" in again.stdout
+    finally:
+        for key in client.scan_iter(f"{settings.key_prefix}:*", count=1000):
+            client.delete(key)
+        client.close()

@@ -508,6 +508,33 @@ class RunState:
             self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")], client=pipe)
         return {rid for rid, hit in zip(ids, pipe.execute(), strict=True) if int(hit)}
 
+    def adopt_legacy_keys(self, batch: int = 500) -> list[str]:
+        """Rename the keys of every run (of the ``runs`` index) still under its pre-2026-12 name,
+        without the hash tag, to its name now; a key already there is kept. Returns the ids of
+        the runs renamed. Run with the fleet stopped: a process of the old version would go on
+        writing the old names."""
+        moved: list[str] = []
+        ids = [text(rid) for rid, _ in self.r.zscan_iter(self.keys.runs, count=batch)]
+        for i in range(0, len(ids), batch):
+            chunk = ids[i : i + batch]
+            pipe = self.r.pipeline(transaction=False)
+            for rid in chunk:
+                pipe.exists(*(old for old, _ in self.keys.legacy_run_keys(rid)))
+            found = [rid for rid, n in zip(chunk, pipe.execute(), strict=True) if n]
+            for rid in found:
+                pipe = self.r.pipeline(transaction=True)
+                pairs = self.keys.legacy_run_keys(rid)
+                for old, _ in pairs:
+                    pipe.exists(old)
+                present = pipe.execute()
+                pipe = self.r.pipeline(transaction=True)
+                for (old, new), there in zip(pairs, present, strict=True):
+                    if there:
+                        pipe.renamenx(old, new)
+                pipe.execute()
+                moved.append(rid)
+        return moved
+
     # -- reads --------------------------------------------------------------------------------
 
     def read(self, run_id: str) -> HotRun | None:
