@@ -5,7 +5,6 @@ the run-only scripts and refuses exactly the calls the audit lists."""
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +15,13 @@ import redis
 from redis.cluster import RedisCluster, key_slot
 from redis.exceptions import RedisClusterException
 
+from orchestrator.connect import state_redis
 from orchestrator.engine.runstate import RunState, lua_source
 from orchestrator.engine.states import Move, RunStatus
+from orchestrator.errors import ConfigurationError
 from orchestrator.keys import Keys, step_field
 from orchestrator.records import RunRecord
-from tests.conftest import need
+from orchestrator.settings import Settings
 from tests.redis_cluster import LocalCluster
 
 # The fleet-wide keys each script is passed besides the keys of its run (Keys attribute names).
@@ -42,9 +43,9 @@ CROSS_SLOT: dict[str, set[str]] = {
     "refresh_lease": set(),
     "leased": set(),
     "read_run": set(),
+    # Also builds the keys of many runs from templates: one slot only with a hash-tag prefix.
+    "list_live": {"runs"},
 }
-# Scripts that take no KEYS and build the keys of many runs from templates: never one slot.
-KEYLESS = {"list_live"}
 FLEET = ("events", "controlled", "control_channel", "live", "watchdog", "runs", "sla_watch")
 
 
@@ -158,33 +159,17 @@ def test_each_script_call_passes_one_runs_keys_and_only_the_fleet_keys_the_audit
         run_keys = [k for k, o in zip(keys, owners, strict=True) if o == "run"]
         assert {key_slot(k.encode()) for k in run_keys} <= {run_slot}, (name, run_keys)
         seen.setdefault(name, set()).update(o for o in owners if o != "run")
-    assert registered == set(CROSS_SLOT) | KEYLESS, "a script without an audit entry"
+    assert registered == set(CROSS_SLOT), "a script without an audit entry"
     assert set(seen) == registered, f"not exercised: {registered - set(seen)}"
     assert {n: seen[n] for n in CROSS_SLOT} == CROSS_SLOT
-    assert seen["list_live"] == set()
 
 
 # -- on a real three-master Redis Cluster --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    local = LocalCluster(Path(tempfile.mkdtemp(prefix="cf-cluster-")))
-    try:
-        local.start()
-    except (FileNotFoundError, TimeoutError, OSError) as exc:
-        local.stop()
-        need("a local Redis Cluster", str(exc))
-    except Exception:
-        local.stop()
-        raise
-    yield local
-    local.stop()
-
-
 @pytest.fixture
-def cluster_state(cluster: LocalCluster) -> Iterator[RunState]:
-    client = RedisCluster.from_url(cluster.url)
+def cluster_state(redis_cluster: LocalCluster) -> Iterator[RunState]:
+    client = RedisCluster.from_url(redis_cluster.url)
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     yield RunState(client, keys, state_ttl=600)
     client.close()
@@ -261,12 +246,61 @@ def test_on_a_redis_cluster_exactly_the_audited_cross_slot_calls_are_refused(
         "audit": lambda: state.audit(run_id, {}),
         "sla_mark": lambda: state.sla_mark(run_id, "warning", {}),
     }
+    # list_live reads runs on every master (Redis refuses a key of another node in a script).
+    others = [uuid.uuid4().hex[:16] for _ in range(12)]
+    refused["list_live"] = lambda: state.live_page([run_id, *others], ["status"])
     assert set(refused) - {"create"} == {n for n, fleet in CROSS_SLOT.items() if fleet}
     for name, call in refused.items():
-        with pytest.raises((RedisClusterException, redis.ResponseError), match="slot"):
+        with pytest.raises(
+            (RedisClusterException, redis.ResponseError), match="slot|non local key"
+        ):
             call()
         # Refused before anything was written: the run is as seeded.
         assert state.head(run_id) == ("RUNNING", "1", ""), name
+
+
+def test_with_a_hash_tag_prefix_every_script_runs_on_a_redis_cluster(
+    redis_cluster: LocalCluster,
+) -> None:
+    settings = Settings(
+        redis_url=redis_cluster.url,
+        redis_cluster=True,
+        key_prefix=f"{{t{uuid.uuid4().hex[:8]}}}",
+        broker_url="redis://127.0.0.1:6379/13",
+        result_backend="redis://127.0.0.1:6379/13",
+    )
+    client = state_redis(settings)
+    assert isinstance(client, RedisCluster)
+    state = RunState(client, Keys(settings.key_prefix), state_ttl=600)
+    registered = set(script_names(state).values())
+    calls = record_calls(state)
+    run_id = uuid.uuid4().hex[:16]
+    exercise(state, run_id)  # raises on any call the cluster refuses
+    assert {name for name, _ in calls} == registered
+    hot = state.read(run_id)
+    assert hot is not None and hot.run.status == "CANCELLING"
+    types = [f[b"type"] for _, f in client.xrange(state.keys.events)]
+    assert types[:2] == [b"run_created", b"run_status_changed"] and b"step_completed" in types
+    client.close()
+
+
+def test_settings_for_a_redis_cluster_demand_a_hash_tag_prefix_and_celery_elsewhere() -> None:
+    url = "redis://127.0.0.1:7000"
+    with pytest.raises(ConfigurationError, match=r"CANVASFLOW_KEY_PREFIX=\{cf\}"):
+        Settings(redis_url=url, redis_cluster=True, broker_url="redis://b", result_backend="x")
+    with pytest.raises(ConfigurationError, match="CANVASFLOW_BROKER_URL is the Redis Cluster"):
+        Settings(redis_url=url, redis_cluster=True, key_prefix="{cf}")
+    with pytest.raises(ConfigurationError, match="CANVASFLOW_RESULT_BACKEND is the Redis Clus"):
+        Settings(redis_url=url, redis_cluster=True, key_prefix="{cf}", broker_url="amqp://h//")
+    env = {
+        "CANVASFLOW_REDIS_URL": url,
+        "CANVASFLOW_REDIS_CLUSTER": "true",
+        "CANVASFLOW_KEY_PREFIX": "{cf}",
+        "CANVASFLOW_BROKER_URL": "amqp://h//",
+        "CANVASFLOW_RESULT_BACKEND": "redis://plain:6379/0",
+    }
+    assert Settings.from_env(env).redis_cluster is True
+    assert Settings.from_env(Settings.from_env(env).as_env()).redis_cluster is True
 
 
 # -- upgrading from the names without a hash tag ------------------------------------------

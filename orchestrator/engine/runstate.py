@@ -605,18 +605,18 @@ class RunState:
         head, run_tail = self.keys.run(probe).split(probe)
         steps_tail = self.keys.steps(probe).split(probe)[1]
         page, extra = self._list_live(
+            keys=[index or self.keys.runs],
             args=[
                 head,
                 run_tail,
                 steps_tail,
-                index or self.keys.runs,
                 low,
                 high,
                 window,
                 len(names),
                 *names,
                 *run_ids,
-            ]
+            ],
         )
 
         def record(rid: str, values: list[Any], current: list[Any]) -> tuple[RunRecord, list[str]]:
