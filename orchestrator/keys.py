@@ -13,9 +13,10 @@ class Keys:
     prefix: str = "cf"
 
     # Every key of one run carries the hash tag "{<run id>}" (Redis Cluster hashes only the part
-    # between the first "{" and "}"), so all of them lie in one slot and a script may touch any
-    # of them on a Redis Cluster. Fleet-wide keys (the events stream, the live and controlled
-    # sets, the control channel) carry no tag yet: docs/design.md, "Redis Cluster".
+    # between the first "{" and "}"), so all of them lie in one slot. Fleet-wide keys (the events
+    # stream, the live and controlled sets, the control channel) carry no tag of their own, and
+    # most scripts touch both; so on a cluster the prefix itself is a tag ("{cf}": the first tag
+    # wins, every key lies in one slot). docs/design.md, "Redis Cluster".
 
     def run_tag(self, run_id: str) -> str:
         """The hash tag every key of the run shares."""
