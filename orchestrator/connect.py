@@ -17,3 +17,14 @@ def state_redis(settings: Settings, **options: Any) -> Any:
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, **options)
     return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def broker_redis(settings: Settings, state_client: Any = None, **options: Any) -> Any:
+    """A client of Celery's Redis broker (its queue lists and kombu's ``unacked`` hash): the
+    state client when the broker is the state Redis, else a new client of ``broker_url``; None
+    when the broker is AMQP."""
+    if settings.broker_is_amqp:
+        return None
+    if settings.broker_url == settings.redis_url and state_client is not None:
+        return state_client
+    return redis.Redis.from_url(settings.broker_url, **options)
