@@ -12,30 +12,51 @@ STEP_FIELD_SEP = "|"
 class Keys:
     prefix: str = "cf"
 
+    # Every key of one run carries the hash tag "{<run id>}" (Redis Cluster hashes only the part
+    # between the first "{" and "}"), so all of them lie in one slot. Fleet-wide keys (the events
+    # stream, the live and controlled sets, the control channel) carry no tag of their own, and
+    # most scripts touch both; so on a cluster the prefix itself is a tag ("{cf}": the first tag
+    # wins, every key lies in one slot). docs/design.md, "Redis Cluster".
+
+    def run_tag(self, run_id: str) -> str:
+        """The hash tag every key of the run shares."""
+        return "{" + run_id + "}"
+
     def run(self, run_id: str) -> str:
         """Hash: the run's own fields (status, epoch, seq, inputs, definition, times...)."""
-        return f"{self.prefix}:run:{run_id}"
+        return f"{self.prefix}:run:{self.run_tag(run_id)}"
 
     def steps(self, run_id: str) -> str:
         """Hash: '<step>|status', '<step>|attempts', '<step>|output'... for every step."""
-        return f"{self.prefix}:run:{run_id}:steps"
+        return f"{self.run(run_id)}:steps"
 
     def attempts(self, run_id: str) -> str:
         """List: one JSON record per finished step attempt, in finishing order."""
-        return f"{self.prefix}:run:{run_id}:attempts"
+        return f"{self.run(run_id)}:attempts"
 
     def completed(self, run_id: str) -> str:
         """List: steps in completion order (compensations run newest first). The Lua scripts
         derive it as run(run_id) .. ':completed', next to ':steps' and ':attempts'."""
-        return f"{self.prefix}:run:{run_id}:completed"
+        return f"{self.run(run_id)}:completed"
+
+    def legacy_run_keys(self, run_id: str) -> list[tuple[str, str]]:
+        """(name before 2026-12, name now) of each key of the run that had no hash tag then.
+        Leases are left out: they expire within seconds of their process."""
+        old = f"{self.prefix}:run:{run_id}"
+        return [
+            (old, self.run(run_id)),
+            (f"{old}:steps", self.steps(run_id)),
+            (f"{old}:attempts", self.attempts(run_id)),
+            (f"{old}:completed", self.completed(run_id)),
+        ]
 
     def lease(self, run_id: str, step_id: str) -> str:
         """String with TTL: which process is running the step right now."""
-        return f"{self.prefix}:lease:{run_id}:{step_id}"
+        return f"{self.prefix}:lease:{self.run_tag(run_id)}:{step_id}"
 
     def settled_channel(self, run_id: str) -> str:
         """Pub/sub channel: a message when the run reaches a final or waiting status."""
-        return f"{self.prefix}:settled:{run_id}"
+        return f"{self.prefix}:settled:{self.run_tag(run_id)}"
 
     @property
     def control_channel(self) -> str:

@@ -65,7 +65,7 @@ def _encode(kind: str, value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """The run hash ``<prefix>:run:<id>``. Attribute names are the field names, except that
+    """The run hash ``<prefix>:run:{<id>}``. Attribute names are the field names, except that
     JSON fields carry ``_json`` (the text as stored)."""
 
     id: str

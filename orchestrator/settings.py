@@ -39,6 +39,10 @@ class Settings:
     result_backend: str = ""  # defaults to redis_url
     database_url: str = "sqlite:///canvasflow.db"
     key_prefix: str = "cf"
+    # The state Redis (redis_url) is a Redis Cluster: every process connects with RedisCluster.
+    # Needs a key prefix that is a hash tag ("{cf}") and Celery's broker and result backend
+    # elsewhere (docs/operations.md "Redis topologies").
+    redis_cluster: bool = False
     default_queue: str = "default"
     # Redis transport: an unacknowledged message is redelivered after this many seconds.
     # Step leases (below) make an early redelivery harmless, so it can be far shorter than
@@ -89,10 +93,29 @@ class Settings:
             object.__setattr__(self, "broker_url", self.redis_url)
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.redis_url)
+        if self.redis_cluster:
+            self._check_cluster()
         object.__setattr__(self, "call_allow", parse_allow(self.call_allow))
         for name in ("visibility_timeout", "lease_ttl", "state_ttl", "watchdog_stall_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"CANVASFLOW_{name.upper()} must be a positive number")
+
+    def _check_cluster(self) -> None:
+        where = 'see docs/operations.md, "Redis topologies"'
+        prefix = self.key_prefix
+        if not (prefix.startswith("{") and "}" in prefix[2:]):
+            raise ConfigurationError(
+                f"CANVASFLOW_REDIS_CLUSTER=true needs a key prefix that is a hash tag, such as "
+                f"CANVASFLOW_KEY_PREFIX={{cf}} (got {prefix!r}): every canvasflow key must lie "
+                f"in one slot of the cluster; {where}"
+            )
+        for name in ("broker_url", "result_backend"):
+            if getattr(self, name) == self.redis_url:
+                raise ConfigurationError(
+                    f"CANVASFLOW_{name.upper()} is the Redis Cluster of CANVASFLOW_REDIS_URL "
+                    f"({self.redis_url}), which Celery cannot use: point it at a plain Redis "
+                    f"(or RabbitMQ, for the broker); {where}"
+                )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:

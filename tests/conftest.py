@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -147,9 +148,10 @@ class WorkerProcess:
         )
 
     def wait_ready(self, timeout: float = 30) -> WorkerProcess:
+        from orchestrator.connect import state_redis
         from orchestrator.keys import Keys
 
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = state_redis(self.settings)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
@@ -188,8 +190,11 @@ class WorkerProcess:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # A test marked `brokers` that reaches the `broker` fixture (through `client` or `broker_url`)
     # runs once per broker; every other test keeps its single Redis-broker run and its name.
+    # One that takes the session fleet (`client`) also runs with the run state on a real Redis
+    # Cluster ("cluster": Celery's broker and results on the plain test Redis).
     if "broker" in metafunc.fixturenames and metafunc.definition.get_closest_marker("brokers"):
-        metafunc.parametrize("broker", BROKERS, indirect=True)
+        fleets = BROKERS + (("cluster",) if "client" in metafunc.fixturenames else ())
+        metafunc.parametrize("broker", fleets, indirect=True)
 
 
 class RabbitVhosts:
@@ -248,7 +253,8 @@ def rabbit() -> Iterator[RabbitVhosts]:
 
 @pytest.fixture
 def broker(request: pytest.FixtureRequest) -> str:
-    """The Celery broker of this test: "redis", or "amqp" for the second run of a `brokers` test."""
+    """The Celery broker of this test: "redis", or "amqp" for the second run of a `brokers` test
+    ("cluster": the Redis broker, with the run state on a Redis Cluster)."""
     return str(getattr(request, "param", "redis"))
 
 
@@ -293,6 +299,44 @@ def amqp_worker(amqp_fleet_settings: Settings) -> Iterator[WorkerProcess]:
     proc.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[object]:
+    """A real three-master Redis Cluster of the session's own (tests/redis_cluster.py)."""
+    from tests.redis_cluster import LocalCluster
+
+    local = LocalCluster(Path(tempfile.mkdtemp(prefix="cf-cluster-")))
+    try:
+        local.start()
+    except (FileNotFoundError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+        local.stop()
+        need("a local Redis Cluster", str(exc))
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_fleet_settings(redis_url: str, redis_cluster: Any) -> Settings:
+    """The session fleet's settings with the run state on the Redis Cluster (a key prefix that is
+    a hash tag) and Celery's broker and results on the plain test Redis."""
+    return make_settings(
+        redis_cluster.url,
+        key_prefix=f"{{t{uuid.uuid4().hex[:8]}}}",
+        redis_cluster=True,
+        broker_url=redis_url,
+        result_backend=redis_url,
+        lease_ttl=3,
+        visibility_timeout=60,
+        call_allow=TEST_CALL_ALLOW,
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster_worker(cluster_fleet_settings: Settings) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(cluster_fleet_settings, f"cluster-{uuid.uuid4().hex[:6]}").wait_ready()
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture
 def client(broker: str, request: pytest.FixtureRequest) -> Iterator[object]:
     """A client of the session fleet on this test's broker (its worker started once per session)."""
@@ -301,6 +345,9 @@ def client(broker: str, request: pytest.FixtureRequest) -> Iterator[object]:
     if broker == "amqp":
         settings = request.getfixturevalue("amqp_fleet_settings")
         request.getfixturevalue("amqp_worker")
+    elif broker == "cluster":
+        settings = request.getfixturevalue("cluster_fleet_settings")
+        request.getfixturevalue("cluster_worker")
     else:
         settings = request.getfixturevalue("fleet_settings")
         request.getfixturevalue("worker")

@@ -52,10 +52,17 @@ LAYERS: dict[str, tuple[set[str], set[str]]] = {
         {"celery", "kombu", "redis", "sqlalchemy", "alembic", "click", "rich"},
     ),
     "settings": ({"errors", "model"}, {"celery", "kombu", "redis", "sqlalchemy"}),
-    "audit": (BASE | {"settings", "audit"}, {"celery", "kombu"}),
-    "fleet": (BASE | {"settings", "audit", "fleet"}, {"click", "rich"}),
-    "engine": (BASE | {"model", "settings", "audit", "fleet", "engine"}, {"click", "rich"}),
-    "cli": (BASE | {"model", "settings", "audit", "fleet", "engine", "cli", "__init__"}, set()),
+    "connect": ({"settings"}, {"celery", "kombu", "sqlalchemy"}),
+    "audit": (BASE | {"settings", "connect", "audit"}, {"celery", "kombu"}),
+    "fleet": (BASE | {"settings", "connect", "audit", "fleet"}, {"click", "rich"}),
+    "engine": (
+        BASE | {"model", "settings", "connect", "audit", "fleet", "engine"},
+        {"click", "rich"},
+    ),
+    "cli": (
+        BASE | {"model", "settings", "connect", "audit", "fleet", "engine", "cli", "__init__"},
+        set(),
+    ),
 }
 
 

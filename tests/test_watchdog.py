@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -223,3 +225,33 @@ def test_watchdog_setting_must_be_positive() -> None:
 
     with pytest.raises(ConfigurationError, match="CANVASFLOW_WATCHDOG_STALL_SECONDS"):
         Settings.from_env({"CANVASFLOW_WATCHDOG_STALL_SECONDS": "0"})
+
+
+def test_on_a_redis_cluster_the_watchdog_sees_a_message_queued_in_the_separate_broker(
+    redis_url: str, redis_cluster: Any
+) -> None:
+    # The state on a Redis Cluster, Celery's broker on the plain test Redis: the queue the
+    # watchdog must read is not in the state Redis.
+    settings = make_settings(
+        redis_cluster.url,
+        key_prefix=f"{{t{uuid.uuid4().hex[:8]}}}",
+        redis_cluster=True,
+        broker_url=redis_url,
+        result_backend=redis_url,
+        lease_ttl=2,
+        visibility_timeout=300,
+    )
+    client = Client(settings)
+    try:
+        run = client.submit(two_steps("stall_queued_cluster"))  # no worker: it stays queued
+        dog = Watchdog(client, stall_seconds=5)
+        t = time.time()
+        assert dog.check_once(at=t).redispatched == []
+        later = dog.check_once(at=t + 60)
+        assert later.candidates == [run.id]  # no event for a minute ...
+        assert later.redispatched == []  # ... but its message is still queued, in the broker
+    finally:
+        client.close()
+        plain = redis.Redis.from_url(redis_url)
+        for key in plain.scan_iter(f"{broker_prefix(settings.key_prefix)}*", count=1000):
+            plain.delete(key)

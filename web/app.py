@@ -17,6 +17,7 @@ from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from orchestrator.audit.store import AuditStore
+from orchestrator.connect import state_redis
 from orchestrator.engine.client import Client
 from orchestrator.errors import StoreError
 from orchestrator.keys import Keys
@@ -75,9 +76,7 @@ class Services:
             return
         self.started = True
         if self.web.relay and self.live is not None:
-            import redis
-
-            r = redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+            r = state_redis(self.settings, health_check_interval=30)
             self.relay = StreamTail(
                 r, self.client.keys, self.live.deliver, window=self.web.relay_window
             )
@@ -86,13 +85,9 @@ class Services:
             self.sla = SlaMonitor(self.client.state, self.web.sla_interval)
             self.sla.start()
         if self.web.recorder and self.store is not None:
-            import redis
-
             from orchestrator.audit.recorder import Recorder
 
-            r = redis.Redis.from_url(
-                self.settings.redis_url, socket_timeout=30, health_check_interval=30
-            )
+            r = state_redis(self.settings, socket_timeout=30, health_check_interval=30)
             self.recorder = Recorder(self.store, r, self.client.keys)
             self.recorder.start_thread(self.stop_event)
 

@@ -24,6 +24,7 @@ from flask_smorest import abort
 from marshmallow import Schema, fields, validate
 from werkzeug.routing import BaseConverter
 
+from orchestrator.connect import state_redis
 from orchestrator.fleet import events as fleet_events
 from orchestrator.fleet.events import FleetMonitor, TaskQuery
 from orchestrator.fleet.inspect import (
@@ -75,9 +76,7 @@ class Fleet:
         self._totals: tuple[float, dict[str, dict[str, int]]] = (-1e9, {})
         self.monitor: FleetMonitor | None = None
         if web.fleet_events:
-            import redis
-
-            r = redis.Redis.from_url(services.settings.redis_url, health_check_interval=30)
+            r = state_redis(services.settings, health_check_interval=30)
             # the table comes with the audit store's migrations (create_app runs them)
             self.monitor = FleetMonitor(
                 services.client.celery,

@@ -17,6 +17,7 @@ from celery import Celery, Task, signals
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
+from orchestrator.connect import state_redis
 from orchestrator.engine import stepcore
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.compiler import (
@@ -89,12 +90,8 @@ def create_worker_app(
     keys = Keys(settings.key_prefix)
     # The catalog and liveness writes run in the worker's main process: they must not wait
     # through an outage. The step path's own client does (broker.Patient).
-    client = redis_client or redis.Redis.from_url(
-        settings.redis_url, socket_timeout=30, health_check_interval=30
-    )
-    step_client = redis_client or redis.Redis.from_url(
-        settings.redis_url, socket_timeout=30, health_check_interval=30
-    )
+    client = redis_client or state_redis(settings, socket_timeout=30, health_check_interval=30)
+    step_client = redis_client or state_redis(settings, socket_timeout=30, health_check_interval=30)
     state = RunState(
         step_client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen
     )

@@ -32,6 +32,7 @@ import redis
 
 from orchestrator.audit.events import BadEvent, Event, Lookups
 from orchestrator.audit.store import AuditStore, StoreNotReady, StoreUnavailable
+from orchestrator.connect import state_redis
 from orchestrator.errors import StoreError
 from orchestrator.keys import Keys
 from orchestrator.records import Reads, RunRecord, StepRecord
@@ -548,7 +549,7 @@ def embed(
         store.upgrade()
     else:
         store.check()
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
+    client = state_redis(settings, socket_timeout=30, health_check_interval=30)
     rec = Recorder(store, client, Keys(settings.key_prefix), hooks=hooks, **options)
     rec.setup()
     stop = threading.Event()
@@ -572,7 +573,7 @@ def serve(
         store.upgrade()
     else:
         store.check()
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
+    client = state_redis(settings, socket_timeout=30, health_check_interval=30)
     rec = Recorder(store, client, Keys(settings.key_prefix), **options)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,8 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
-
+from orchestrator.connect import state_redis
 from orchestrator.errors import ConfigurationError
 from orchestrator.keys import Keys
 from orchestrator.settings import Settings
@@ -76,7 +75,7 @@ class Fleet:
                 "--without-gossip",
             ],
         )
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = state_redis(self.settings)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:

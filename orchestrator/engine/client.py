@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from orchestrator.connect import state_redis
 from orchestrator.engine import compiler
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.control import Control
@@ -258,9 +259,7 @@ class Client:
         # them off its gevent loop under a deadline (web/serving.py); elsewhere: right here.
         self.cpu = cpu or inline
         self.keys = Keys(self.settings.key_prefix)
-        self.redis = redis_client or redis.Redis.from_url(
-            self.settings.redis_url, decode_responses=False
-        )
+        self.redis = redis_client or state_redis(self.settings, decode_responses=False)
         self.state = RunState(
             self.redis,
             self.keys,

@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from orchestrator.engine.states import NEW_EPOCH_MOVES, Move, RunStatus, lua_constants
 from orchestrator.keys import Keys, step_field
@@ -551,10 +552,43 @@ class RunState:
     def leased(self, run_ids: Iterable[str]) -> set[str]:
         """The runs of ``run_ids`` with a RUNNING or COMPENSATING step that holds a live lease."""
         ids = list(run_ids)
+        if isinstance(self.r, RedisCluster):  # a cluster pipeline refuses scripts: one by one
+            return {
+                rid
+                for rid in ids
+                if int(self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")]))
+            }
         pipe = self.r.pipeline(transaction=False)
         for rid in ids:
             self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")], client=pipe)
         return {rid for rid, hit in zip(ids, pipe.execute(), strict=True) if int(hit)}
+
+    def adopt_legacy_keys(self, batch: int = 500) -> list[str]:
+        """Rename the keys of every run (of the ``runs`` index) still under its pre-2026-12 name,
+        without the hash tag, to its name now; a key already there is kept. Returns the ids of
+        the runs renamed. Run with the fleet stopped: a process of the old version would go on
+        writing the old names."""
+        moved: list[str] = []
+        ids = [text(rid) for rid, _ in self.r.zscan_iter(self.keys.runs, count=batch)]
+        for i in range(0, len(ids), batch):
+            chunk = ids[i : i + batch]
+            pipe = self.r.pipeline(transaction=False)
+            for rid in chunk:
+                pipe.exists(*(old for old, _ in self.keys.legacy_run_keys(rid)))
+            found = [rid for rid, n in zip(chunk, pipe.execute(), strict=True) if n]
+            for rid in found:
+                pipe = self.r.pipeline(transaction=True)
+                pairs = self.keys.legacy_run_keys(rid)
+                for old, _ in pairs:
+                    pipe.exists(old)
+                present = pipe.execute()
+                pipe = self.r.pipeline(transaction=True)
+                for (old, new), there in zip(pairs, present, strict=True):
+                    if there:
+                        pipe.renamenx(old, new)
+                pipe.execute()
+                moved.append(rid)
+        return moved
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -621,19 +655,23 @@ class RunState:
         the runs of ``index`` (default: every run) scored between ``low`` and ``high`` that are
         not among ``run_ids``, newest first, at most ``window``): one round trip."""
         names = run_field_names(["status", *(a for a in attrs if a != "status")])
+        # The key templates around a probe id: "<head><id><tail>" (keys.py tags the id).
         probe = "\x00"
+        head, run_tail = self.keys.run(probe).split(probe)
+        steps_tail = self.keys.steps(probe).split(probe)[1]
         page, extra = self._list_live(
+            keys=[index or self.keys.runs],
             args=[
-                self.keys.run(""),
-                self.keys.steps(probe)[len(self.keys.run(probe)) :],
-                index or self.keys.runs,
+                head,
+                run_tail,
+                steps_tail,
                 low,
                 high,
                 window,
                 len(names),
                 *names,
                 *run_ids,
-            ]
+            ],
         )
 
         def record(rid: str, values: list[Any], current: list[Any]) -> tuple[RunRecord, list[str]]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.audit.store import AuditStore
+from orchestrator.connect import broker_redis
 from orchestrator.engine.states import (
     FINAL_RUN_STATUSES,
     SETTLED_STEP_STATUSES,
@@ -79,6 +80,9 @@ class Watchdog:
         self.client = client
         self.settings: Settings = client.settings
         self.r = client.redis
+        # The queues and kombu's unacked hash live in the broker's Redis, which need not be the
+        # state Redis (a Redis Cluster for the state always has its broker elsewhere).
+        self.broker = broker_redis(self.settings, self.r)
         self.keys = client.keys
         self.state = client.state
         self.dispatcher = client.dispatcher
@@ -197,13 +201,13 @@ class Watchdog:
             for _, key in queue_keys(self.settings.key_prefix, q):
                 start = 0
                 while scanned < SCAN_LIMIT and len(found) < len(wanted):
-                    chunk = self.r.lrange(key, start, start + 999)
+                    chunk = self.broker.lrange(key, start, start + 999)
                     if not chunk:
                         break
                     start += len(chunk)
                     for raw in chunk:
                         look(raw)
-        for _, raw in self.r.hscan_iter(self.keys.broker_unacked, count=500):
+        for _, raw in self.broker.hscan_iter(self.keys.broker_unacked, count=500):
             if len(found) == len(wanted) or scanned >= SCAN_LIMIT:
                 break
             look(raw)
