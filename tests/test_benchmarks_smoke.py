@@ -519,6 +519,8 @@ def test_bench_capacity_measures_each_cost_and_checks_the_projection_under_load(
     assert positive(load["steps_per_s"], load["redis_cpu_per_step"], load["recorder_cpu_per_event"])
     assert "Projected ceilings" in ran.out and "Load check:" in ran.out
     assert "load average" in ran.out
+
+
 def test_drill_hosts_skips_with_its_reason_where_network_namespaces_are_refused() -> None:
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
