@@ -548,18 +548,6 @@ def resolve(run_id: str, as_: str | None, reason: str | None, database_url: str 
         store.dispose()
 
 
-@main.command("upgrade-keys")
-@handle_errors
-def upgrade_keys() -> None:
-    """Rename the Redis keys of runs written before 2026-12 (no hash tag) to their names now.
-    Stop every canvasflow process first; start the new version after."""
-    state = make_client().state
-    moved = state.adopt_legacy_keys()
-    console.print(f"upgrade-keys: renamed the keys of {len(moved)} run(s)")
-    for rid in moved:
-        console.print(f"  {rid}")
-
-
 @main.command()
 @click.argument("run_id")
 @click.option("-i", "--input", "inputs", multiple=True, help="Override an input key=value.")

@@ -1,5 +1,6 @@
 """``canvasflow recover``: rebuild the runs Redis lost from the audit store, with progress
-(the work is orchestrator/engine/recover.py). main.py registers it with its helpers, so this
+(the work is orchestrator/engine/recover.py); ``canvasflow upgrade-keys``: rename the keys of
+runs written before the hash tag. main.py registers it with its helpers, so this
 module does not import main."""
 
 from __future__ import annotations
@@ -23,6 +24,22 @@ def register(group: click.Group, **helpers: Callable[..., Any]) -> None:
     existing_store of main.py."""
     deps.update(helpers)
     group.add_command(recover)
+    group.add_command(upgrade_keys)
+
+
+@click.command("upgrade-keys")
+def upgrade_keys() -> None:
+    """Rename the Redis keys of runs written before 2026-12 (no hash tag) to their names now.
+    Stop every canvasflow process first; start the new version after."""
+    deps["handle_errors"](_upgrade_keys)()
+
+
+def _upgrade_keys() -> None:
+    state = deps["make_client"]().state
+    moved = state.adopt_legacy_keys()
+    console.print(f"upgrade-keys: renamed the keys of {len(moved)} run(s)")
+    for rid in moved:
+        console.print(f"  {rid}")
 
 
 @click.command("recover")
