@@ -42,7 +42,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,13 +52,12 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 import requests  # noqa: E402
-from bench_web import free_port, fresh_postgres  # noqa: E402
-from drills import PASSWORD, AofRedis, Row, fill, say, verdict, wait_all  # noqa: E402
+from bench_web import free_port  # noqa: E402
+from drills import PASSWORD, Rig, Row, fill, say, verdict, wait_all  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from orchestrator import Client  # noqa: E402
 from orchestrator.audit.models import step_attempts  # noqa: E402
-from orchestrator.audit.store import AuditStore  # noqa: E402
 from orchestrator.cli.launcher import Fleet  # noqa: E402
 from orchestrator.keys import Keys  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
@@ -161,46 +159,24 @@ class Hosts:
             self.made_links.remove(link)
 
 
-class HostsRig:
+class HostsRig(Rig):
     """The services host (root namespace) and the worker hosts (namespaces)."""
 
     def __init__(self, args: argparse.Namespace, hosts: Hosts) -> None:
-        self.args = args
-        self.hosts = hosts
-        self.work = Path(tempfile.mkdtemp(prefix="cf-drill-hosts-"))
-        self.redis = AofRedis(
-            self.work, bind=("127.0.0.1", *hosts.root_addr), password=REDIS_PASSWORD
-        )
-        self.redis.start()
-        if args.database == "postgresql":
-            self.database_url = args.postgres_url
-            fresh_postgres(self.database_url)
-        else:
-            self.database_url = f"sqlite:///{self.work / 'audit.db'}"
-        self.settings = Settings(
-            redis_url=self.redis.url,
-            database_url=self.database_url,
+        super().__init__(
+            args,
+            "hosts",
+            args.database,
+            bind=("127.0.0.1", *hosts.root_addr),
+            password=REDIS_PASSWORD,
             key_prefix="dh",
-            visibility_timeout=args.visibility_timeout,
-            lease_ttl=args.lease_ttl,
         )
-        self.store = AuditStore(self.database_url)
-        self.store.upgrade()
-        os.environ.update(
-            {
-                "CANVASFLOW_WEB_ADMIN_PASSWORD": PASSWORD,
-                "CANVASFLOW_WEB_SECRET_KEY": "drill-hosts",
-                "CANVASFLOW_LOG_LEVEL": "WARNING",
-            }
-        )
-        self.fleet = Fleet(self.settings, self.work / "logs")
-        self.client = Client(self.settings)
-        self.r = self.client.redis
+        self.hosts = hosts
         self.hostnames: list[str] = []
         self.web_url = ""
         self.http = requests.Session()
 
-    def worker(self, i: int) -> str:
+    def host_worker(self, i: int) -> str:
         """A worker on host ``i``, reaching Redis over its link only."""
         url = f"redis://:{REDIS_PASSWORD}@{self.hosts.root_addr[i]}:{self.redis.port}/0"
         host_settings = self.settings.with_(redis_url=url, broker_url=url, result_backend=url)
@@ -248,7 +224,7 @@ class HostsRig:
     def recorder(self) -> None:
         self.fleet.spawn("recorder", [sys.executable, "-m", "orchestrator.cli", "recorder"])
 
-    def web(self) -> None:
+    def host_web(self) -> None:
         port = free_port()
         self.fleet.spawn("web", [sys.executable, "-m", "web", "--port", str(port)])
         self.web_url = f"http://127.0.0.1:{port}"
@@ -339,11 +315,8 @@ class HostsRig:
         return False
 
     def close(self) -> None:
-        self.fleet.stop()
         self.http.close()
-        self.client.close()
-        self.store.dispose()
-        self.redis.stop()
+        super().close()
 
 
 def workflow(seconds: float) -> dict[str, Any]:
@@ -375,8 +348,8 @@ def drill(args: argparse.Namespace, hosts: Hosts) -> Row:
     rig = HostsRig(args, hosts)
     try:
         rig.recorder()
-        rig.web()
-        names = [rig.worker(i) for i in range(len(hosts.names))]
+        rig.host_web()
+        names = [rig.host_worker(i) for i in range(len(hosts.names))]
         say(
             f"workers up: {', '.join(names)}; Redis {rig.redis.port} on 127.0.0.1, "
             f"{', '.join(hosts.root_addr)}"

@@ -189,10 +189,21 @@ class Row:
 class Rig:
     """One drill's fleet: Redis (AOF), a fresh audit store, workers, a recorder, a web process."""
 
-    def __init__(self, args: argparse.Namespace, name: str, database: str) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        name: str,
+        database: str,
+        *,
+        bind: tuple[str, ...] = ("127.0.0.1",),
+        password: str = "",
+        key_prefix: str = "dr",
+    ) -> None:
+        """``bind``/``password``: Redis listening beyond loopback (drill_hosts.py's worker hosts
+        reach it over their links)."""
         self.args = args
         self.work = Path(tempfile.mkdtemp(prefix=f"cf-drill-{name}-"))
-        self.redis = AofRedis(self.work)
+        self.redis = AofRedis(self.work, bind=bind, password=password)
         self.redis.start()
         if database == "postgresql":
             self.database_url = args.postgres_url
@@ -202,7 +213,7 @@ class Rig:
         self.settings = Settings(
             redis_url=self.redis.url,
             database_url=self.database_url,
-            key_prefix="dr",
+            key_prefix=key_prefix,
             visibility_timeout=args.visibility_timeout,
             lease_ttl=args.lease_ttl,
         )
@@ -211,7 +222,7 @@ class Rig:
         os.environ.update(
             {
                 "CANVASFLOW_WEB_ADMIN_PASSWORD": PASSWORD,
-                "CANVASFLOW_WEB_SECRET_KEY": "drills",
+                "CANVASFLOW_WEB_SECRET_KEY": f"drill-{name}",
                 "CANVASFLOW_LOG_LEVEL": "WARNING",
             }
         )
