@@ -27,7 +27,12 @@ def register(group: click.Group, **helpers: Callable[..., Any]) -> None:
 
 
 def _store(client: Any, database_url: str | None) -> Any:
-    return deps["existing_store"](database_url or client.settings.database_url)
+    """The audit store (paused flags, the audit log), or None: CANVASFLOW_DATABASE_URL=none, or
+    a SQLite file that does not exist (pauses then live in Redis only)."""
+    url = database_url or client.settings.database_url
+    if not url or url.lower() == "none":
+        return None
+    return deps["existing_store"](url)
 
 
 DATABASE_OPTION = click.option(
