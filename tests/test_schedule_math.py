@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator.model.schedule import due, fire_times, next_fire, prev_fires
+from orchestrator.model.schedule import due, fire_times, next_fire, prev_fires, scan_next
 from orchestrator.model.triggers import Trigger
 
 
@@ -200,3 +200,14 @@ def test_due_is_bounded_after_a_long_outage() -> None:
 def test_naive_instants_are_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         next_fire(every(2), datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize("expr", ["30 2 * * *", "*/7 1-3 * * *", "0 * * * *", "@daily"])
+@pytest.mark.parametrize("tz", ["Europe/Berlin", "America/New_York", "UTC"])
+def test_the_quick_path_agrees_with_the_scan_around_both_transitions(expr: str, tz: str) -> None:
+    trigger = cron(expr, tz)
+    for day in ("2026-03-28 12:00", "2026-10-24 12:00", "2026-03-07 12:00", "2026-10-31 12:00"):
+        t = z(day)
+        for _ in range(36 * 60 // 29):  # a day and a half, every 29 minutes
+            assert next_fire(trigger, t) == scan_next(trigger, t), (expr, tz, t)
+            t += timedelta(minutes=29)

@@ -5,10 +5,15 @@ surviving a Redis that forgot it), cursors recovered from SQL. The clock is inje
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +25,7 @@ from orchestrator.engine import schedules as ops
 from orchestrator.engine.runstate import FenceLost
 from orchestrator.engine.scheduler import LEASE_MS, Scheduler, fire_run_id, schedule_field
 from orchestrator.model.definition import Workflow
+from tests.conftest import ROOT
 
 pytest_plugins = ("tests.audit_fixtures",)
 
@@ -253,3 +259,66 @@ def test_the_loop_runs_in_a_thread_on_the_real_clock(client: Client, wf_id: str)
     finally:
         stop.set()
     assert s.fired >= 2
+
+
+def test_a_scheduler_gone_for_a_day_is_forgotten(client: Client) -> None:
+    client.redis.hset(client.keys.schedulers, "dead:1:abc", f"{T0 - 90000:.3f}")
+    s = Scheduler(client, clock=Clock(), owner="live")
+    s.tick()
+    alive = {k.decode() for k in client.redis.hkeys(client.keys.schedulers)}
+    assert "dead:1:abc" not in alive and "live" in alive
+
+
+def cli(settings: Any, *args: str, db: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.as_env(), "CANVASFLOW_DATABASE_URL": db}
+    env["PYTHONPATH"] = str(ROOT)
+    env["CANVASFLOW_ACTOR"] = "carl"
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_cli_lists_pauses_resumes_and_runs_a_schedule_now(
+    client: Client, wf_id: str, tmp_path: Path
+) -> None:
+    from orchestrator.audit.store import AuditStore
+
+    db = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = AuditStore(db)
+    store.upgrade()
+    register(client, wf_id)
+    out = cli(client.settings, "schedules", "list", "--json", db=db)
+    assert out.returncode == 0, out.stderr
+    listed = [s for s in json.loads(out.stdout)["schedules"] if s["workflow"] == wf_id]
+    assert [(s["name"], s["schedule"], s["paused"]) for s in listed] == [
+        ("schedule-0", "every 2 s", False)
+    ]
+    assert listed[0]["next_fire"].endswith("Z")
+    out = cli(client.settings, "schedules", "pause", wf_id, "schedule-0", "--reason", "x", db=db)
+    assert out.returncode == 0 and f"pause: {wf_id}/schedule-0 paused" in out.stdout, out
+    out = cli(client.settings, "schedules", "run-now", wf_id, "schedule-0", db=db)
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.strip()
+    assert client.get_run(run_id).wait(timeout=30).status == "COMPLETED"
+    out = cli(client.settings, "schedules", "resume", wf_id, "schedule-0", db=db)
+    assert out.returncode == 0 and "active, next fire 20" in out.stdout, out
+    out = cli(client.settings, "schedules", "pause", wf_id, "nope", db=db)
+    assert out.returncode != 0
+    assert f"no schedule 'nope' in the latest registered version of '{wf_id}'" in out.stderr
+    with store.connect() as conn:
+        rows = conn.execute(
+            select(audit_log.c.actor, audit_log.c.action).where(
+                audit_log.c.target_id == f"{wf_id}/schedule-0"
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("carl", "schedule.pause"),
+        ("carl", "schedule.run_now"),
+        ("carl", "schedule.resume"),
+    ]
+    store.dispose()

@@ -218,7 +218,10 @@ class Scheduler:
                 if cursor is None or t.timestamp() > cursor:
                     self._move(s, max(cursor or 0.0, t.timestamp() - 1e-3))
                 return
-        self._move(s, d.cursor.timestamp())
+        if d.fire or d.skipped or cursor is None or d.cursor.timestamp() - cursor > self.grace / 2:
+            # Nothing due: the cursor may stay behind a little (nothing lies between), which
+            # saves a write per schedule per tick.
+            self._move(s, d.cursor.timestamp())
 
     def _move(self, s: Schedule, ts: float) -> None:
         """The shared cursor only moves forward (ZADD GT: added if absent, raised if greater)."""
@@ -280,7 +283,11 @@ class Scheduler:
     def _sync_paused(self, now_ts: float) -> None:
         """Copy the audit store's paused flags into Redis (at start, then every PAUSED_SYNC s),
         so a Redis that restarted empty still knows which schedules are paused."""
-        if self.store is None or now_ts - self._paused_synced < PAUSED_SYNC:
+        if now_ts - self._paused_synced < PAUSED_SYNC:
+            return
+        if self.store is None:
+            self._paused_synced = now_ts
+            self._forget_gone(now_ts)
             return
         try:
             rows = sql.rows(self.store)
@@ -288,6 +295,7 @@ class Scheduler:
             log.warning("cannot read paused schedules from the audit store: %s", exc)
             return
         self._paused_synced = now_ts
+        self._forget_gone(now_ts)
         paused = [schedule_field(w, n) for (w, n), row in rows.items() if row.paused]
         resumed = [schedule_field(w, n) for (w, n), row in rows.items() if not row.paused]
         pipe = self.r.pipeline(transaction=False)
@@ -296,6 +304,14 @@ class Scheduler:
         if resumed:
             pipe.srem(self.keys.schedule_paused, *resumed)
         pipe.execute()
+
+    def _forget_gone(self, now_ts: float) -> None:
+        """Drop schedulers that have not ticked for a day from the alive hash (a SIGKILLed one
+        never removes itself)."""
+        alive = self.r.hgetall(self.keys.schedulers)
+        gone = [k for k, v in alive.items() if now_ts - float(text(v) or 0) > 86400]
+        if gone:
+            self.r.hdel(self.keys.schedulers, *gone)
 
     # -- the loop -----------------------------------------------------------------------------
 
