@@ -263,10 +263,12 @@ def test_the_loop_runs_in_a_thread_on_the_real_clock(client: Client, wf_id: str)
 
 def test_a_scheduler_gone_for_a_day_is_forgotten(client: Client) -> None:
     client.redis.hset(client.keys.schedulers, "dead:1:abc", f"{T0 - 90000:.3f}")
+    client.redis.hset(client.keys.schedulers, "junk", "not a time")  # whatever Redis holds
     s = Scheduler(client, clock=Clock(), owner="live")
     s.tick()
     alive = {k.decode() for k in client.redis.hkeys(client.keys.schedulers)}
-    assert "dead:1:abc" not in alive and "live" in alive
+    assert alive & {"dead:1:abc", "junk"} == set() and "live" in alive
+    assert "live" in ops.schedulers(client, now=T0)
 
 
 def cli(settings: Any, *args: str, db: str) -> subprocess.CompletedProcess[str]:

@@ -77,6 +77,14 @@ def fire_run_id(workflow: str, trigger: str, fire: datetime) -> str:
     return hashlib.sha256(seed).hexdigest()[:16]
 
 
+def seconds(v: Any) -> float:
+    """A time read from Redis; 0.0 for anything that is not a number (never an exception)."""
+    try:
+        return float(text(v) or 0)
+    except ValueError:
+        return 0.0
+
+
 def iso(t: datetime | float | None) -> str | None:
     if t is None:
         return None
@@ -309,7 +317,7 @@ class Scheduler:
         """Drop schedulers that have not ticked for a day from the alive hash (a SIGKILLed one
         never removes itself)."""
         alive = self.r.hgetall(self.keys.schedulers)
-        gone = [k for k, v in alive.items() if now_ts - float(text(v) or 0) > 86400]
+        gone = [k for k, v in alive.items() if now_ts - seconds(v) > 86400]
         if gone:
             self.r.hdel(self.keys.schedulers, *gone)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from orchestrator.audit import schedules as sql
 from orchestrator.audit.store import AuditStore, StoreError
-from orchestrator.engine.scheduler import Catalogue, Schedule, iso, schedule_field
+from orchestrator.engine.scheduler import Catalogue, Schedule, iso, schedule_field, seconds
 from orchestrator.errors import CanvasflowError
 from orchestrator.model.schedule import next_fire
 from orchestrator.records import text
@@ -98,7 +98,7 @@ def schedulers(client: Any, *, now: float | None = None) -> list[str]:
     """The schedulers that ticked in the last SCHEDULER_FRESH seconds."""
     now = time.time() if now is None else now
     alive = client.redis.hgetall(client.keys.schedulers)
-    return sorted(text(k) for k, v in alive.items() if now - float(text(v) or 0) < SCHEDULER_FRESH)
+    return sorted(text(k) for k, v in alive.items() if now - seconds(v) < SCHEDULER_FRESH)
 
 
 def find(client: Any, workflow: str, name: str) -> Schedule:
