@@ -324,3 +324,38 @@ def test_the_cli_lists_pauses_resumes_and_runs_a_schedule_now(
         ("carl", "schedule.resume"),
     ]
     store.dispose()
+
+
+@pytest.mark.parametrize(
+    ("start", "days"),
+    [
+        # Spring forward (2026-03-29: 02:30 does not exist) and fall back (2026-10-25: it happens
+        # twice): one run each day, at the instants of tests/test_schedule_math.py.
+        ("2026-03-27T12:00:00", ["03-28 01:30", "03-29 01:30", "03-30 00:30", "03-31 00:30"]),
+        ("2026-10-23T12:00:00", ["10-24 00:30", "10-25 00:30", "10-26 01:30", "10-27 01:30"]),
+    ],
+)
+def test_a_daily_berlin_schedule_fires_once_a_day_across_a_dst_change(
+    client: Client, wf_id: str, start: str, days: list[str]
+) -> None:
+    client.register(
+        Workflow(wf_id)
+        .schedule(cron="30 2 * * *", timezone="Europe/Berlin", name="nightly")
+        .step("a", "builtin", "echo")
+    )
+    clock = Clock(datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp())
+    s = Scheduler(client, clock=clock, grace=900)
+    end = clock.t + 4 * 86400
+    while clock.t <= end:  # a scheduler that looks every ten minutes, on an injected clock
+        s.tick()
+        clock.t += 600
+    expected = {
+        fire_run_id(
+            wf_id, "nightly", datetime.strptime(f"2026-{d}", "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+        )
+        for d in days
+    }
+    runs = {m.decode() for m in client.redis.zrange(client.keys.runs_of(wf_id), 0, -1)}
+    assert runs == expected
+    counts = created_events(client)
+    assert [counts.get(r) for r in expected] == [1] * 4
