@@ -103,10 +103,10 @@ def _list(as_json: bool, database_url: str | None) -> None:
         console.print("no schedules (no registered workflow has a schedule trigger)")
         return
     table = Table(box=None)
-    for col in ("workflow", "schedule", "when", "next fire (UTC)", "last fire", "state"):
+    for col in ("workflow", "trigger", "schedule", "next fire (UTC)", "last fire", "state"):
         table.add_column(col)
     for v in views:
-        state = f"paused by {v.paused_by}" if v.paused else "active"
+        state = ("paused" + (f" by {v.paused_by}" if v.paused_by else "")) if v.paused else "active"
         table.add_row(
             v.workflow,
             v.name,
