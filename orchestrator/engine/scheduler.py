@@ -247,6 +247,7 @@ class Scheduler:
             self._done(s, t, run_id, claim)
             return True
         try:
+            # At the merge with the event triggers' submit: trigger_name=s.name, trigger_ref=iso(t).
             self.client.submit(
                 s.workflow,
                 version=s.version,
