@@ -162,6 +162,31 @@ class Keys:
         """Hash: worker hostname -> JSON {plugins, queues, started_at, pid}."""
         return f"{self.prefix}:catalog"
 
+    # -- schedules (orchestrator/engine/scheduler.py) -------------------------------------------
+
+    def schedule_fire(self, run_id: str) -> str:
+        """String with TTL: the claim of one fire time, whose run has the deterministic id
+        ``run_id``: a scheduler's lease token while it submits, then "done:<run id>". In the run's
+        slot (its hash tag), so the run is created under a WATCH of its claim."""
+        return f"{self.prefix}:sched:fire:{self.run_tag(run_id)}"
+
+    @property
+    def schedule_cursors(self) -> str:
+        """Sorted set: "<workflow> <trigger>" scored by the latest fire time (unix s) the schedulers
+        have dealt with; it only moves forward (ZADD GT)."""
+        return f"{self.prefix}:sched:cursor"
+
+    @property
+    def schedule_paused(self) -> str:
+        """Set: "<workflow> <trigger>" of paused schedules (the audit store's cf_schedules is the
+        record; schedulers copy it here at start and read this set on every tick)."""
+        return f"{self.prefix}:sched:paused"
+
+    @property
+    def schedulers(self) -> str:
+        """Hash: scheduler id -> time of its last tick (unix s); `canvasflow schedules` shows it."""
+        return f"{self.prefix}:sched:alive"
+
 
 def step_field(step_id: str, name: str) -> str:
     return f"{step_id}{STEP_FIELD_SEP}{name}"

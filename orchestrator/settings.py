@@ -84,6 +84,12 @@ class Settings:
     # closes the channel of a consumer that holds one longer than this, which hands the step to
     # another worker. Workers warn at start; say here what your broker is set to (0: disabled).
     amqp_consumer_timeout: int = 1800
+    # Schedules (`canvasflow scheduler`, docs/operations.md "Schedules"): a fire time at most this
+    # many seconds old is still started (a scheduler that was busy, restarting or without Redis
+    # for a moment); older ones were missed while no scheduler ran, and `catchup` decides.
+    schedule_grace: int = 60
+    # With `catchup: true`, at most this many missed fire times run (the latest, oldest first).
+    schedule_catchup_max: int = 10
     extra_celery: dict[str, Any] = field(default_factory=dict)
     # What a definition, run inputs or an event payload may be (CANVASFLOW_MAX_*; limits.py).
     limits: Limits = field(default_factory=Limits)
@@ -96,6 +102,10 @@ class Settings:
         if self.redis_cluster:
             self._check_cluster()
         object.__setattr__(self, "call_allow", parse_allow(self.call_allow))
+        if self.schedule_grace < 0 or self.schedule_catchup_max < 0:
+            raise ConfigurationError(
+                "CANVASFLOW_SCHEDULE_GRACE and CANVASFLOW_SCHEDULE_CATCHUP_MAX must not be negative"
+            )
         for name in ("visibility_timeout", "lease_ttl", "state_ttl", "watchdog_stall_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"CANVASFLOW_{name.upper()} must be a positive number")

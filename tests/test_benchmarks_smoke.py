@@ -126,6 +126,7 @@ SCRIPTS: dict[str, Script] = {
     "bench_logging": Script(("bench_logging.py", "--smoke")),
     "bench_planning": Script(("bench_planning.py", "--smoke")),
     "bench_guard": Script(("bench_guard.py", "--smoke")),
+    "bench_schedule": Script(("bench_schedule.py", "--smoke", "--json", "{json}")),
 }
 
 
@@ -539,3 +540,15 @@ def test_drill_hosts_skips_with_its_reason_where_network_namespaces_are_refused(
         [*argv, "--require"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert required.returncode == 2, required.stdout + required.stderr
+
+
+@pytest.mark.parametrize("script", ["bench_schedule"])
+def test_bench_schedule_measures_fire_lag_idle_and_busy(runs: Runs, script: str) -> None:
+    ran = runs.get(script)
+    idle, busy = ran.json["results"]
+    assert (idle["phase"], busy["phase"]) == ("idle", "busy")
+    for r in (idle, busy):
+        assert r["fires"] == 5 and r["missing"] == 0 and r["doubled"] == 0, r
+        assert positive(r["p50_ms"], r["p99_ms"]) and r["p99_ms"] >= r["p50_ms"]
+    assert busy["backlog_queued_at_start"] > 0  # the busy phase had a backlog to work through
+    assert "busy/idle ratio: p50" in ran.out

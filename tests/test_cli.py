@@ -477,6 +477,14 @@ def test_procfile_fleet_started_with_honcho_runs_a_workflow(tmp_path: Path) -> N
         # Redis persists (a restart keeps runs in flight) and the watchdog runs with the fleet.
         assert redis.Redis.from_url(url).config_get("appendonly") == {"appendonly": "yes"}
         assert any("watchdog" in _cmdline(p) for p in Path("/proc").iterdir() if p.name.isdigit())
+        # The scheduler runs with the fleet: a schedule registered now fires.
+        client = Client(settings)
+        client.register(Workflow("pf_tick").schedule(every=1).step("a", "builtin", "echo"))
+        runs_key = Keys("procfile").runs_of("pf_tick")
+        wait_deadline = time.monotonic() + 30
+        while not client.redis.zcard(runs_key):
+            assert time.monotonic() < wait_deadline, (tmp_path / "honcho.log").read_text()
+            time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)

@@ -179,6 +179,8 @@ def test_docker_compose_runs_the_same_fleet_as_the_procfile() -> None:
     assert "-A workers.app worker" in procfile["worker"] and "-Q default,io" in procfile["worker"]
     assert "python -m web" in compose["web"]["command"] and "python -m web" in procfile["web"]
     assert "canvasflow recorder" in compose["recorder"]["command"]
+    assert "canvasflow scheduler" in compose["scheduler"]["command"]
+    assert "cli scheduler" in procfile["scheduler"]
     assert (
         "canvasflow watchdog" in compose["watchdog"]["command"]
         and "cli watchdog" in procfile["watchdog"]

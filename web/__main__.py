@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
             "--recorder", action="store_true", help="run the audit recorder in this process"
         )
         target.add_argument(
+            "--scheduler", action="store_true", help="fire schedule triggers in this process"
+        )
+        target.add_argument(
             "--anonymous-role",
             choices=["viewer", "operator", "admin"],
             default=None,
@@ -149,6 +152,8 @@ def serve(args: argparse.Namespace) -> int:
         overrides["read_only"] = True
     if args.recorder:
         overrides["recorder"] = True
+    if args.scheduler:
+        overrides["scheduler"] = True
     if args.anonymous_role:
         overrides["anonymous_role"] = args.anonymous_role
     web = WebSettings.from_env(**overrides)

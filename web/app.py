@@ -28,6 +28,7 @@ from web import (
     limits,
     pages,
     rest,
+    schedules,  # noqa: F401 - adds the schedule routes to api.blp
     workflows,  # noqa: F401 - adds the workflow and analytics routes to api.blp
 )
 from web import api as api_module
@@ -67,6 +68,7 @@ class Services:
     relay: StreamTail | None = None
     sla: SlaMonitor | None = None
     recorder: Any = None
+    scheduler: Any = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     started: bool = False
 
@@ -90,6 +92,11 @@ class Services:
             r = state_redis(self.settings, socket_timeout=30, health_check_interval=30)
             self.recorder = Recorder(self.store, r, self.client.keys)
             self.recorder.start_thread(self.stop_event)
+        if self.web.scheduler:  # fires schedule triggers (orchestrator/engine/scheduler.py)
+            from orchestrator.engine.scheduler import Scheduler
+
+            self.scheduler = Scheduler(self.client, self.store)
+            self.scheduler.start_thread(self.stop_event)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -68,6 +68,11 @@ def workflows(workflow_id: str | None = None) -> Any:
     return _page("workflows.html", "workflows", workflowId=workflow_id)
 
 
+@bp.route("/schedules")
+def schedules() -> Any:
+    return _page("schedules.html", "schedules")
+
+
 @bp.route("/admin/users")
 def users() -> Any:
     """User and API token management (admins). Others get a 403 page that says what to do."""

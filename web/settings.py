@@ -69,6 +69,9 @@ class WebSettings:
     admin_password: str = ""
     # Run the audit recorder inside the web process (the demo does; a fleet runs its own).
     recorder: bool = False
+    # Run the scheduler (schedule triggers) inside the web process; several may: each fire time
+    # still starts one run (docs/operations.md, "Schedules").
+    scheduler: bool = False
     # Emit sla_warning / sla_breached events (at most once per run, so every process may).
     sla_monitor: bool = True
     sla_interval: float = 1.0

@@ -204,6 +204,24 @@ audit_log = Table(
     Index("ix_cf_audit_log_ts", "ts"),
 )
 
+# One row per schedule trigger an operator touched or a scheduler fired (issue 16): whether it
+# is paused (state that must survive a Redis restart), and its last fire time, the cursor a
+# scheduler falls back to when Redis lost its own (orchestrator/engine/scheduler.py).
+schedules = Table(
+    "cf_schedules",
+    metadata,
+    Column("workflow_id", NAME, nullable=False),
+    Column("trigger_name", NAME, nullable=False),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("paused_by", NAME),
+    Column("paused_at", Double),
+    Column("reason", Text),
+    Column("last_fire", Double),
+    Column("last_run_id", ID),
+    Column("updated_at", Double, nullable=False),
+    PrimaryKeyConstraint("workflow_id", "trigger_name"),
+)
+
 # Child tables of a run, in the order prune deletes them.
 RUN_CHILDREN = (events, step_logs, step_attempts, steps, run_tags)
 

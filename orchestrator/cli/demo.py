@@ -53,7 +53,8 @@ def write_sample_csv(path: Path, rows: int = 200) -> None:
 
 
 def start_dashboard(fleet: Any) -> tuple[str, str]:
-    """Start the web process (with the recorder inside) for the demo; returns (url, password)."""
+    """Start the web process (with the recorder and a scheduler inside) for the demo; returns
+    (url, password)."""
     import secrets
     import socket
     import urllib.request
@@ -75,7 +76,18 @@ def start_dashboard(fleet: Any) -> tuple[str, str]:
                 port = free.getsockname()[1]
     fleet.spawn(
         "web",
-        [sys.executable, "-m", "web", "--host", "127.0.0.1", "--port", str(port), "--recorder"],
+        # The recorder and a scheduler inside it: the demo's schedules fire (operations.md).
+        [
+            sys.executable,
+            "-m",
+            "web",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--recorder",
+            "--scheduler",
+        ],
     )
     url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 30
     while True:

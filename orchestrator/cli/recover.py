@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from orchestrator.audit.cli import CliConsole
+from orchestrator.cli import schedules as schedules_cli
 from orchestrator.errors import CanvasflowError
 
 console = CliConsole()
@@ -25,6 +26,7 @@ def register(group: click.Group, **helpers: Callable[..., Any]) -> None:
     deps.update(helpers)
     group.add_command(recover)
     group.add_command(upgrade_keys)
+    schedules_cli.register(group, **helpers)  # canvasflow scheduler, canvasflow schedules
 
 
 @click.command("upgrade-keys")

@@ -492,8 +492,13 @@ class Client:
         trigger_type: str = "manual",
         version: str | None = None,
         cloned_from: str | None = None,
+        run_id: str | None = None,
+        fence: tuple[str, str] | None = None,
     ) -> Run:
-        """Validate, record and dispatch a run; returns at once with a handle on it."""
+        """Validate, record and dispatch a run; returns at once with a handle on it.
+
+        ``run_id`` and ``fence`` are the scheduler's (engine/scheduler.py): a deterministic id of
+        the fire time, created only while the fence key holds the token (else FenceLost)."""
         if isinstance(definition, str) and version is not None:
             defn = self.get_definition(definition, version)
             body, prepared = dumps(dump_definition(defn)), compiler.blueprint(defn)
@@ -510,7 +515,7 @@ class Client:
         except (TypeError, ValueError) as exc:
             raise DefinitionError([("inputs", f"must be JSON: {exc}")]) from None
         record = RunRecord(
-            id=secrets.token_hex(8),
+            id=run_id or secrets.token_hex(8),
             workflow=defn.id,
             version=defn.version or "",
             name=defn.name or defn.id,
@@ -529,7 +534,7 @@ class Client:
             warnings.append(line)
         if warnings:
             record = replace(record, warnings_json=json.dumps(warnings))
-        self.dispatcher.start(record, defn, run_inputs, prepared=prepared)
+        self.dispatcher.start(record, defn, run_inputs, prepared=prepared, fence=fence)
         return Run(self, record.id, warnings)
 
     def _unserved(self, defn: Definition, run_id: str) -> list[str]:

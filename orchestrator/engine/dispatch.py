@@ -72,6 +72,7 @@ class Dispatcher:
         inputs: Mapping[str, Any],
         *,
         prepared: compiler.Blueprint | None = None,
+        fence: tuple[str, str] | None = None,
     ) -> None:
         """A new run: compile it (before anything is written: a definition that cannot compile
         leaves no run behind), record it PENDING, send it. A send that fails ends the run FAILED
@@ -80,7 +81,7 @@ class Dispatcher:
         run_id = run.id
         ctx = self._context(run_id, 1, run.priority, defn, inputs, bp.uses_inputs)
         canvas = compiler.compile_run(defn, ctx, app=self.app, prepared=bp)
-        self.state.create(run, defn.step_ids)
+        self.state.create(run, defn.step_ids, fence=fence)
         try:
             canvas.apply_async()
         except Exception as exc:

@@ -51,6 +51,10 @@ def lua_source(name: str) -> str:
     return _INCLUDE.sub(lambda m: lua_source(m.group(1)).rstrip("\n"), body)
 
 
+class FenceLost(Exception):
+    """A fenced create found its claim taken or its run already there: it wrote nothing."""
+
+
 def now() -> str:
     return f"{time.time():.6f}"
 
@@ -119,10 +123,41 @@ class RunState:
 
     # -- creation -----------------------------------------------------------------------------
 
-    def create(self, run: RunRecord, step_ids: Iterable[str]) -> None:
-        """Write a PENDING run with PENDING steps and its run_created event, in one round trip."""
+    def create(
+        self, run: RunRecord, step_ids: Iterable[str], *, fence: tuple[str, str] | None = None
+    ) -> None:
+        """Write a PENDING run with PENDING steps and its run_created event, in one round trip.
+
+        ``fence`` (key, token): write only if the key still holds the token and no run with this
+        id exists, atomically (WATCH/MULTI); else raise :class:`FenceLost` and write nothing.
+        The scheduler creates the run of a fire time under its claim this way (scheduler.py)."""
+        if fence is None:
+            pipe = self.r.pipeline(transaction=True)
+            self._queue_create(pipe, run, list(step_ids))
+            pipe.execute()
+            return
+        key, token = fence
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key, self.keys.run(run.id))
+                held = pipe.get(key)
+                if text(held) != token:
+                    raise FenceLost(f"the claim {key} is no longer {token!r} (it is {held!r})")
+                if pipe.exists(self.keys.run(run.id)):
+                    raise FenceLost(f"run {run.id} exists already")
+                pipe.multi()
+                self._queue_create(pipe, run, list(step_ids))
+                pipe.execute()
+            except redis.WatchError:
+                raise FenceLost(f"the claim {key} or run {run.id} changed meanwhile") from None
+
+    def exists(self, run_id: str) -> bool:
+        """Whether Redis holds the run."""
+        return bool(self.r.exists(self.keys.run(run_id)))
+
+    def _queue_create(self, pipe: Any, run: RunRecord, step_ids: list[str]) -> None:
         ts = now()
-        run_id, step_ids = run.id, list(step_ids)
+        run_id = run.id
         fields: dict[Any, Any] = run.to_hash()
         fields.update(
             status=RunStatus.PENDING,
@@ -132,7 +167,6 @@ class RunState:
             total=str(len(step_ids)),
             settled="0",
         )
-        pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.keys.run(run_id), mapping=fields)
         pipe.hset(
             self.keys.steps(run_id), mapping={step_field(s, "status"): "PENDING" for s in step_ids}
@@ -159,7 +193,6 @@ class RunState:
             },
             **xargs,
         )
-        pipe.execute()
 
     # -- the step runtime's calls -------------------------------------------------------------
 

@@ -8,6 +8,7 @@ const PAGES = {
   run: () => import("./run.js"),
   analytics: () => import("./analytics.js"),
   workflows: () => import("./workflows.js"),
+  schedules: () => import("./schedules.js"),
   users: () => import("./users.js"),
   workers: () => import("./workers.js"),
   worker: () => import("./worker.js"),
@@ -16,7 +17,7 @@ const PAGES = {
 };
 
 // The pages that poll the API to stay current (runs and run follow Socket.IO: live.js).
-const POLLED = new Set(["analytics", "workers", "worker", "tasks", "task"]);
+const POLLED = new Set(["analytics", "schedules", "workers", "worker", "tasks", "task"]);
 
 async function start() {
   const load = PAGES[boot.page];
