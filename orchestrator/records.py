@@ -85,6 +85,10 @@ class RunRecord:
     tags_json: str = ""
     triggered_by: str | None = None
     trigger_type: str | None = None
+    # The trigger that started it: a schedule's or event's name, and the fire time (ISO-8601 UTC)
+    # or event key.
+    trigger_name: str | None = None
+    trigger_ref: str | None = None
     cloned_from: str | None = None
     sla_seconds: float | None = None
     total: int = 0

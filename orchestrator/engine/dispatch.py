@@ -72,15 +72,19 @@ class Dispatcher:
         inputs: Mapping[str, Any],
         *,
         prepared: compiler.Blueprint | None = None,
-    ) -> None:
+        claim: tuple[str, int] | None = None,
+    ) -> str | None:
         """A new run: compile it (before anything is written: a definition that cannot compile
         leaves no run behind), record it PENDING, send it. A send that fails ends the run FAILED
-        with why, and raises."""
+        with why, and raises. With ``claim`` (key, ttl) the run is recorded only if no run holds
+        the key yet: returns the id of the one that does (nothing sent), else None."""
         bp = prepared or compiler.blueprint(defn)
         run_id = run.id
         ctx = self._context(run_id, 1, run.priority, defn, inputs, bp.uses_inputs)
         canvas = compiler.compile_run(defn, ctx, app=self.app, prepared=bp)
-        self.state.create(run, defn.step_ids)
+        held = self.state.create(run, defn.step_ids, claim)
+        if held is not None:
+            return held
         try:
             canvas.apply_async()
         except Exception as exc:
@@ -92,6 +96,7 @@ class Dispatcher:
                 fields={"error": f"could not dispatch the run: {exc}"},
             )
             raise
+        return None
 
     def remaining(
         self,

@@ -119,8 +119,32 @@ class RunState:
 
     # -- creation -----------------------------------------------------------------------------
 
-    def create(self, run: RunRecord, step_ids: Iterable[str]) -> None:
-        """Write a PENDING run with PENDING steps and its run_created event, in one round trip."""
+    def create(
+        self, run: RunRecord, step_ids: Iterable[str], claim: tuple[str, int] | None = None
+    ) -> str | None:
+        """Write a PENDING run with PENDING steps and its run_created event, in one round trip.
+        With ``claim`` (key, ttl): only if that key is free, and the key is set to the run id
+        (for ttl seconds) in the same transaction; returns the run id already holding it
+        instead of writing anything (an idempotent submit). Returns None when it wrote."""
+        if claim is None:
+            self._create(self.r.pipeline(transaction=True), run, step_ids)
+            return None
+        key, ttl = claim
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                held = pipe.get(key)
+                if held is not None:
+                    return text(held)
+                pipe.multi()
+                pipe.set(key, run.id, ex=ttl)
+                self._create(pipe, run, step_ids)
+                return None
+            except redis.WatchError:
+                # Another submit claimed the key between our read and our write: it won.
+                return text(self.r.get(key)) or run.id
+
+    def _create(self, pipe: Any, run: RunRecord, step_ids: Iterable[str]) -> None:
         ts = now()
         run_id, step_ids = run.id, list(step_ids)
         fields: dict[Any, Any] = run.to_hash()
@@ -132,7 +156,6 @@ class RunState:
             total=str(len(step_ids)),
             settled="0",
         )
-        pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.keys.run(run_id), mapping=fields)
         pipe.hset(
             self.keys.steps(run_id), mapping={step_field(s, "status"): "PENDING" for s in step_ids}
