@@ -18,7 +18,9 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from orchestrator.errors import DefinitionError
 from orchestrator.model import limits as limits_
+from orchestrator.model import triggers as triggers_
 from orchestrator.model.limits import Limits
+from orchestrator.model.triggers import Trigger
 
 # \Z, not $: "$" also matches before a trailing newline, so "etl\n" passed as an id.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*\Z"
@@ -108,6 +110,7 @@ class Definition:
     tags: tuple[str, ...] = ()
     inputs: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    triggers: tuple[Trigger, ...] = ()
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:
@@ -242,6 +245,7 @@ class WorkflowSchema(_StrictSchema):
         required=True,
         validate=validate.Length(min=1, error="a workflow needs at least one step"),
     )
+    triggers = fields.List(fields.Nested(triggers_.TriggerSchema), load_default=list)
 
 
 _SCHEMA = WorkflowSchema()
@@ -436,6 +440,7 @@ def _build(d: dict[str, Any]) -> Definition:
         tags=tuple(d["tags"]),
         inputs=d["inputs"],
         defaults=d.get("defaults", {}),
+        triggers=triggers_.build(d.get("triggers", [])),
     )
 
 
@@ -484,6 +489,8 @@ def dump_definition(wf: Definition) -> dict[str, Any]:
                 cd["queue"] = c.queue
             d["compensate"] = cd
         out["steps"].append(d)
+    if wf.triggers:
+        out["triggers"] = triggers_.dump(wf.triggers)
     return out
 
 
@@ -568,6 +575,17 @@ class Workflow:
         if isinstance(entry.get("depends_on"), str):
             entry["depends_on"] = [entry["depends_on"]]
         self._data["steps"].append(entry)
+        return self
+
+    def schedule(self, **schedule: Any) -> Workflow:
+        """Add a schedule trigger: ``cron=`` or ``every=``, ``timezone=``, ``inputs=``,
+        ``catchup=``, ``name=`` (see orchestrator/model/triggers.py)."""
+        self._data.setdefault("triggers", []).append(triggers_.schedule_entry(**schedule))
+        return self
+
+    def on_event(self, event: str, **trigger: Any) -> Workflow:
+        """Add an event trigger: ``filter=``, ``inputs=``, ``name=``."""
+        self._data.setdefault("triggers", []).append(triggers_.event_entry(event, **trigger))
         return self
 
     def to_dict(self) -> dict[str, Any]:
