@@ -663,7 +663,17 @@ class Client:
 
 
 # How a run started (RunRecord.trigger_type): docs/user-guide.md "How a run started".
-TRIGGER_TYPES = ("manual", "api", "cli", "dashboard", "demo", "clone", "schedule", "event", "parent")
+TRIGGER_TYPES = (
+    "manual",
+    "api",
+    "cli",
+    "dashboard",
+    "demo",
+    "clone",
+    "schedule",
+    "event",
+    "parent",
+)
 MAX_TRIGGER_TEXT = 200
 
 

@@ -23,21 +23,22 @@ registration, ``Client.register``) changes; an event costs one GET of that count
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator.errors import CanvasflowError, EventError
 from orchestrator.model import expressions, limits
 from orchestrator.model.definition import Definition, from_stored
+from orchestrator.model.triggers import EVENT_NAME_PATTERN
 from orchestrator.records import text
 
-if TYPE_CHECKING:
-    from orchestrator.engine.client import Client
-
 MAX_NAME = 200  # characters of an event name (and of a key)
-EVENT_NAME_CHARS = "letters, digits and . _ - : /"
+# The names an event trigger may listen to (the model's pattern): nothing else can match one.
+EVENT_NAME = re.compile(EVENT_NAME_PATTERN)
+EVENT_NAME_TEXT = "[A-Za-z0-9][A-Za-z0-9_.:-]*"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class EventTrigger:
     workflow: str
     version: str
     index: int  # its position in the definition's ``triggers``
+    name: str  # unique in the workflow (default: the event name)
     event: str
     filter: str | None
     inputs: Mapping[str, Any]
@@ -57,7 +59,7 @@ class EventTrigger:
         return f"triggers[{self.index}]"
 
     def describe(self) -> dict[str, Any]:
-        return {"workflow": self.workflow, "version": self.version, "trigger": self.path}
+        return {"workflow": self.workflow, "version": self.version, "trigger": self.name}
 
 
 @dataclass
@@ -99,9 +101,8 @@ def check_event(
         problems.append(("name", "must not be empty"))
     elif len(name) > MAX_NAME:
         problems.append(("name", f"at most {MAX_NAME} characters, not {len(name)}"))
-    elif any(not (c.isalnum() or c in "._-:/") for c in name):
-        bad = next(c for c in name if not (c.isalnum() or c in "._-:/"))
-        problems.append(("name", f"may hold only {EVENT_NAME_CHARS}, not {bad!r}"))
+    elif not EVENT_NAME.match(name):
+        problems.append(("name", f"must match {EVENT_NAME_TEXT}, not {name!r}"))
     if not isinstance(payload, Mapping):
         problems.append(("payload", f"must be an object, not {_kind(payload)}"))
     else:
@@ -133,30 +134,26 @@ def _kind(value: Any) -> str:
 
 def event_triggers(defn: Definition) -> list[EventTrigger]:
     """The event triggers of a definition (its ``triggers`` entries of kind "event")."""
-    out = []
-    for index, trig in enumerate(getattr(defn, "triggers", None) or ()):
-        if getattr(trig, "kind", None) != "event":
-            continue
-        flt = getattr(trig, "filter", None)
-        source = getattr(flt, "source", flt)
-        out.append(
-            EventTrigger(
-                workflow=defn.id,
-                version=defn.version or "",
-                index=index,
-                event=str(getattr(trig, "event", None) or getattr(trig, "name", "")),
-                filter=str(source) if source else None,
-                inputs=dict(getattr(trig, "inputs", None) or {}),
-                definition=defn,
-            )
+    return [
+        EventTrigger(
+            workflow=defn.id,
+            version=defn.version or "",
+            index=index,
+            name=trig.name,
+            event=trig.event or "",
+            filter=trig.filter,
+            inputs=dict(trig.inputs),
+            definition=defn,
         )
-    return out
+        for index, trig in enumerate(defn.triggers)
+        if trig.kind == "event"
+    ]
 
 
 class Publisher:
     """Publishes events for one client; keeps the event-name index of the registry."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Any) -> None:  # a Client (client.py imports this module)
         self.client = client
         self._lock = threading.Lock()
         self._generation: bytes | None = None
@@ -183,7 +180,7 @@ class Publisher:
         for wf, version in zip(ids, latest, strict=True):
             pipe.hget(keys.workflow(wf), version)
         index: dict[str, list[EventTrigger]] = {}
-        for wf, raw in zip(ids, pipe.execute(), strict=True):
+        for raw in pipe.execute():
             if raw is None:
                 continue
             try:
@@ -236,14 +233,14 @@ class Publisher:
             return
         claim = None
         if key is not None:
-            claim = "\0".join(("event", trig.workflow, str(trig.index), trig.event, key))
+            claim = "\0".join(("event", trig.workflow, trig.name, key))
         try:
             run = self.client.submit(
                 trig.definition,
                 inputs=inputs,
                 triggered_by=triggered_by,
                 trigger_type="event",
-                trigger_name=trig.event,
+                trigger_name=trig.name,
                 trigger_ref=key,
                 idempotency_key=claim,
             )
