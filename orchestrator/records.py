@@ -63,6 +63,20 @@ def _encode(kind: str, value: Any) -> str | None:
     return str(value)
 
 
+# How a run started (RunRecord.trigger_type); docs/user-guide.md "How a run started".
+TRIGGER_TYPES = (
+    "manual",
+    "api",
+    "cli",
+    "dashboard",
+    "demo",
+    "clone",
+    "schedule",
+    "event",
+    "parent",
+)
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """The run hash ``<prefix>:run:{<id>}``. Attribute names are the field names, except that

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from orchestrator.audit.cli import CliConsole
+from orchestrator.cli import publish as publish_cli
 from orchestrator.errors import CanvasflowError
 
 console = CliConsole()
@@ -25,6 +26,7 @@ def register(group: click.Group, **helpers: Callable[..., Any]) -> None:
     deps.update(helpers)
     group.add_command(recover)
     group.add_command(upgrade_keys)
+    publish_cli.register(group, **helpers)  # canvasflow publish
 
 
 @click.command("upgrade-keys")

@@ -42,7 +42,7 @@ from orchestrator.model.definition import (
     load_definition,
     load_file,
 )
-from orchestrator.records import HotRun, RunRecord, StepRecord, text
+from orchestrator.records import TRIGGER_TYPES, HotRun, RunRecord, StepRecord, text
 from orchestrator.settings import Settings
 
 PREPARED_CACHE = 128  # definitions a client keeps validated and planned
@@ -111,6 +111,12 @@ class RunSnapshot:
     settled: int
     current_steps: tuple[str, ...]
     steps: tuple[StepSnapshot, ...]
+    # How it started: who, and the trigger (trigger_type: TRIGGER_TYPES), its name and its fire
+    # time or event key.
+    triggered_by: str | None = None
+    trigger_type: str | None = None
+    trigger_name: str | None = None
+    trigger_ref: str | None = None
 
     @property
     def progress(self) -> float:
@@ -186,6 +192,10 @@ def _snapshot(hot: HotRun) -> RunSnapshot:
         settled=run.settled,
         current_steps=tuple(s.id for s in snaps if s.status in ACTIVE_STEP_STATUSES),
         steps=tuple(snaps),
+        triggered_by=run.triggered_by,
+        trigger_type=run.trigger_type,
+        trigger_name=run.trigger_name,
+        trigger_ref=run.trigger_ref,
     )
 
 
@@ -662,18 +672,6 @@ class Client:
         self.redis.close()
 
 
-# How a run started (RunRecord.trigger_type): docs/user-guide.md "How a run started".
-TRIGGER_TYPES = (
-    "manual",
-    "api",
-    "cli",
-    "dashboard",
-    "demo",
-    "clone",
-    "schedule",
-    "event",
-    "parent",
-)
 MAX_TRIGGER_TEXT = 200
 
 
