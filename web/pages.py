@@ -10,6 +10,7 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, r
 
 from orchestrator.engine.control import ALLOWED
 from orchestrator.fleet import events as fleet_events
+from orchestrator.records import TRIGGER_TYPES
 from web import auth
 from web import inspect as fleet_api
 
@@ -49,7 +50,7 @@ def index() -> Any:
 @bp.route("/runs")
 def runs() -> Any:
     # No view asked for: the page lands on Active, or on All when nothing is active (runs.js).
-    return _page("runs.html", "runs", view=request.args.get("view"))
+    return _page("runs.html", "runs", view=request.args.get("view"), trigger_types=TRIGGER_TYPES)
 
 
 @bp.route("/runs/<run_id>")
