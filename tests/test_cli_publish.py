@@ -88,6 +88,8 @@ def test_publish_starts_the_run_once_per_key_and_runs_and_status_say_how_it_star
     assert run_id not in other
     status = cli("status", run_id, settings=settings, check=True).stdout
     assert f"via event {event} (key k9)" in status
+    shown = cli("show", run_id, settings=settings, check=True).stdout
+    assert f"via event {event} (key k9)" in shown
 
 
 def test_a_run_the_cli_submits_says_cli(web_fleet: Any, tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from orchestrator.engine.client import TRIGGER_TYPES
 from orchestrator.engine.publish import EVENT_NAME_TEXT, MAX_NAME
+from orchestrator.records import TRIGGER_TYPES
 
 # The event name pattern as OpenAPI states it (ECMA: "$" is the very end); the publisher checks
 # the model's own pattern, which ends in \Z, again.

@@ -521,6 +521,9 @@ def show(database_url: str | None, run_id: str, lines: int) -> None:
                 f"SLA {r.sla_seconds:g}s {'met' if r.sla_met else 'breached'}"
                 if r.sla_met is not None
                 else "",
+                f"via {trigger_text(r.trigger_type, r.trigger_name, r.trigger_ref)}"
+                if r.trigger_type
+                else "",
             ],
             console.width,
         ),
