@@ -193,6 +193,9 @@ def test_only_the_latest_version_triggers_and_a_new_registration_is_seen_at_once
         ({"payload": {"big": "x" * 2_000_000}}, "payload", "CANVASFLOW_MAX_INPUTS_BYTES"),
         ({"key": 17}, "key", "must be a string or null"),
         ({"key": ""}, "key", "1 to 200"),
+        ({"key": "k" * 201}, "key", "1 to 200"),
+        ({"key": "bad\ud800"}, "key", "lone surrogates"),
+        ({"payload": {"when": {1, 2}}}, "payload", "must be JSON"),
     ],
 )
 def test_a_malformed_event_is_refused_with_the_field_at_fault(

@@ -208,6 +208,16 @@ def test_a_malformed_event_gets_400_naming_the_field(
     assert message in " ".join(errors[field])
 
 
+def test_a_key_with_a_lone_surrogate_gets_400(web_app: Any, publisher_token: str) -> None:
+    r = web_app.test_client().post(
+        "/api/v1/events",
+        data='{"name": "ok", "key": "k\\ud800"}',
+        content_type="application/json",
+        headers=_bearer(publisher_token),
+    )
+    assert r.status_code == 400 and "lone surrogates" in r.json["errors"]["json"]["key"][0]
+
+
 def test_a_body_that_is_not_an_object_gets_400(web_app: Any, publisher_token: str) -> None:
     r = _publish(web_app, publisher_token, ["name", "x"])
     assert r.status_code == 400

@@ -117,7 +117,17 @@ def check_event(
             problems.append(("key", f"must be a string or null, not {_kind(key)}"))
         elif not key or len(key) > MAX_NAME:
             problems.append(("key", f"must be 1 to {MAX_NAME} characters, not {len(key)}"))
+        elif not _utf8(key):
+            problems.append(("key", "must be text without lone surrogates (UTF-8)"))
     return problems
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind(value: Any) -> str:
