@@ -82,7 +82,7 @@ class Dispatcher:
         run_id = run.id
         ctx = self._context(run_id, 1, run.priority, defn, inputs, bp.uses_inputs)
         canvas = compiler.compile_run(defn, ctx, app=self.app, prepared=bp)
-        held = self.state.create(run, defn.step_ids, claim)
+        held = self.state.create(run, defn.step_ids, claim=claim)
         if held is not None:
             return held
         try:

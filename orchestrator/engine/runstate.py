@@ -120,14 +120,16 @@ class RunState:
     # -- creation -----------------------------------------------------------------------------
 
     def create(
-        self, run: RunRecord, step_ids: Iterable[str], claim: tuple[str, int] | None = None
+        self, run: RunRecord, step_ids: Iterable[str], *, claim: tuple[str, int] | None = None
     ) -> str | None:
         """Write a PENDING run with PENDING steps and its run_created event, in one round trip.
         With ``claim`` (key, ttl): only if that key is free, and the key is set to the run id
         (for ttl seconds) in the same transaction; returns the run id already holding it
         instead of writing anything (an idempotent submit). Returns None when it wrote."""
         if claim is None:
-            self._create(self.r.pipeline(transaction=True), run, step_ids)
+            pipe = self.r.pipeline(transaction=True)
+            self._queue_create(pipe, run, list(step_ids))
+            pipe.execute()
             return None
         key, ttl = claim
         with self.r.pipeline(transaction=True) as pipe:
@@ -138,15 +140,16 @@ class RunState:
                     return text(held)
                 pipe.multi()
                 pipe.set(key, run.id, ex=ttl)
-                self._create(pipe, run, step_ids)
+                self._queue_create(pipe, run, list(step_ids))
+                pipe.execute()
                 return None
             except redis.WatchError:
                 # Another submit claimed the key between our read and our write: it won.
                 return text(self.r.get(key)) or run.id
 
-    def _create(self, pipe: Any, run: RunRecord, step_ids: Iterable[str]) -> None:
+    def _queue_create(self, pipe: Any, run: RunRecord, step_ids: list[str]) -> None:
         ts = now()
-        run_id, step_ids = run.id, list(step_ids)
+        run_id = run.id
         fields: dict[Any, Any] = run.to_hash()
         fields.update(
             status=RunStatus.PENDING,
@@ -182,7 +185,6 @@ class RunState:
             },
             **xargs,
         )
-        pipe.execute()
 
     # -- the step runtime's calls -------------------------------------------------------------
 
