@@ -245,3 +245,62 @@ def test_submit_with_an_idempotency_key_returns_the_first_run(client: Client) ->
     second = client.submit(wf, trigger_type="schedule", idempotency_key=key)
     assert not first.duplicate and second.duplicate and second.id == first.id
     assert first.wait(30).status == "COMPLETED"
+
+
+def test_a_run_whose_dispatch_fails_frees_its_key_so_the_event_can_be_sent_again(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.engine import dispatch
+
+    event = _name("sendfails")
+    wid = _wid("sendfails")
+    client.register(_workflow(wid, {"event": event}))
+    real = dispatch.compiler.compile_run
+
+    class Unsendable:
+        def apply_async(self) -> None:
+            raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(dispatch.compiler, "compile_run", lambda *a, **kw: Unsendable())
+    with pytest.raises(ConnectionError):
+        client.publish(event, {}, key="retry-me")
+    (failed,) = client.list_runs(workflow=wid)
+    assert failed.status == "FAILED" and "could not dispatch" in (failed.error or "")
+    monkeypatch.setattr(dispatch.compiler, "compile_run", real)
+    again = client.publish(event, {}, key="retry-me")
+    assert again.deduplicated == [] and again.run_ids and again.run_ids != [failed.id]
+    assert client.get_run(again.run_ids[0]).wait(30).status == "COMPLETED"
+
+
+def test_the_trigger_index_is_built_once_and_again_only_after_a_registration(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.engine.publish import Publisher
+
+    builds: list[int] = []
+    real = Publisher._build
+
+    def counted(self: Publisher) -> Any:
+        builds.append(1)
+        return real(self)
+
+    monkeypatch.setattr(Publisher, "_build", counted)
+    c = Client(client.settings)
+    event = _name("index")
+    for _ in range(5):
+        c.publish(event)
+    assert len(builds) == 1
+    c.register(_workflow(_wid("index"), {"event": event}))
+    assert len(c.publish(event).started) == 1 and len(builds) == 2
+    c.publish(event)
+    assert len(builds) == 2
+    c.close()
+
+
+def test_a_clone_of_an_event_run_says_clone(client: Client) -> None:
+    event = _name("clone")
+    client.register(_workflow(_wid("clone"), {"event": event}))
+    (rid,) = client.publish(event, {}, key="c").run_ids
+    client.get_run(rid).wait(30)
+    copy = client.clone(rid)
+    assert _record(client, copy.id).trigger_type == "clone"

@@ -95,6 +95,10 @@ class Dispatcher:
                 RunStatus.FAILED,
                 fields={"error": f"could not dispatch the run: {exc}"},
             )
+            if claim is not None:
+                # The caller sees the error and may send again with the same key: that must
+                # start a run, not find this failed one (docs/design.md "Event triggers").
+                self.state.release_claim(claim[0], run_id)
             raise
         return None
 

@@ -147,6 +147,20 @@ class RunState:
                 # Another submit claimed the key between our read and our write: it won.
                 return text(self.r.get(key)) or run.id
 
+    def release_claim(self, key: str, run_id: str) -> bool:
+        """Delete an idempotency claim if it still names ``run_id`` (whose dispatch failed)."""
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                if text(pipe.get(key)) != run_id:
+                    return False
+                pipe.multi()
+                pipe.delete(key)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
     def _queue_create(self, pipe: Any, run: RunRecord, step_ids: list[str]) -> None:
         ts = now()
         run_id = run.id
