@@ -98,6 +98,7 @@ def test_a_repeated_key_starts_no_second_run_of_a_trigger(client: Client) -> Non
     assert len(client.list_runs(workflow=wid)) == 4
 
 
+@pytest.mark.brokers  # on a Redis Cluster too: the claim's WATCH/MULTI lies in the fleet's slot
 def test_the_same_key_published_at_once_from_eight_threads_starts_one_run(client: Client) -> None:
     event = _name("race")
     wid = _wid("race")
