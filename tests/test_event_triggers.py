@@ -305,3 +305,48 @@ def test_a_clone_of_an_event_run_says_clone(client: Client) -> None:
     client.get_run(rid).wait(30)
     copy = client.clone(rid)
     assert _record(client, copy.id).trigger_type == "clone"
+
+
+CRASH_AFTER_CREATE = """
+import os, signal, sys
+from orchestrator import Client
+from orchestrator.engine import dispatch
+
+class DiesBeforeSending:
+    def apply_async(self):
+        os.kill(os.getpid(), signal.SIGKILL)  # the run's transaction is done, nothing is sent
+
+dispatch.compiler.compile_run = lambda *a, **kw: DiesBeforeSending()
+Client().publish(sys.argv[1], {}, key="crash-key")
+"""
+
+
+def test_a_publisher_killed_between_recording_the_run_and_sending_it_loses_nothing(
+    client: Client,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from orchestrator.engine.watchdog import Watchdog
+    from tests.conftest import ROOT
+
+    event = _name("crash")
+    wid = _wid("crash")
+    client.register(_workflow(wid, {"event": event}))
+    env = {**os.environ, **client.settings.as_env(), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH_AFTER_CREATE, event], env=env, timeout=60, cwd=ROOT
+    )
+    assert proc.returncode == -9
+    (stranded,) = client.list_runs(workflow=wid)
+    assert stranded.status == "PENDING"  # recorded with its key, never sent
+    # The key is taken by that run: publishing again starts nothing new ...
+    again = client.publish(event, {}, key="crash-key")
+    assert again.started == [] and again.deduplicated[0]["run_id"] == stranded.id
+    # ... and the watchdog sends the stranded run (judged stalled: this test's run only, not
+    # the session's others), which completes: once.
+    (head,) = client.state.runs([stranded.id], "status", "seq")
+    assert Watchdog(client, stall_seconds=1).redispatch(stranded.id, head.status, str(head.seq), 60)
+    assert client.get_run(stranded.id).wait(30).status == "COMPLETED"
+    assert [r.id for r in client.list_runs(workflow=wid)] == [stranded.id]
