@@ -129,3 +129,11 @@ class WaitTimeout(CanvasflowError, TimeoutError):
         self.timeout = timeout
         self.status = status
         super().__init__(f"run {run_id} still {status} after {timeout:g}s")
+
+
+class EventError(CanvasflowError, ValueError):
+    """Raised when an event to publish is malformed; `problems` holds every (field, message)."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]):
+        self.problems = list(problems)
+        super().__init__("invalid event: " + "; ".join(f"{p}: {m}" for p, m in self.problems))

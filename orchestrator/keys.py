@@ -112,6 +112,17 @@ class Keys:
         """Set: registered workflow ids."""
         return f"{self.prefix}:workflows"
 
+    @property
+    def workflows_generation(self) -> str:
+        """Counter: moved on by every registration (the event-trigger index of each process is
+        rebuilt when it changes)."""
+        return f"{self.prefix}:workflows:generation"
+
+    def trigger_claim(self, digest: str) -> str:
+        """String with TTL: the run a trigger started for one event key or fire time (written in
+        the transaction that creates the run; orchestrator/engine/publish.py)."""
+        return f"{self.prefix}:trigger:claim:{digest}"
+
     def workflow(self, workflow_id: str) -> str:
         """Hash: version -> definition JSON."""
         return f"{self.prefix}:wf:{workflow_id}"

@@ -63,6 +63,20 @@ def _encode(kind: str, value: Any) -> str | None:
     return str(value)
 
 
+# How a run started (RunRecord.trigger_type); docs/user-guide.md "How a run started".
+TRIGGER_TYPES = (
+    "manual",
+    "api",
+    "cli",
+    "dashboard",
+    "demo",
+    "clone",
+    "schedule",
+    "event",
+    "parent",
+)
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """The run hash ``<prefix>:run:{<id>}``. Attribute names are the field names, except that
@@ -85,6 +99,10 @@ class RunRecord:
     tags_json: str = ""
     triggered_by: str | None = None
     trigger_type: str | None = None
+    # The trigger that started it: a schedule's or event's name, and the fire time (ISO-8601 UTC)
+    # or event key.
+    trigger_name: str | None = None
+    trigger_ref: str | None = None
     cloned_from: str | None = None
     sla_seconds: float | None = None
     total: int = 0

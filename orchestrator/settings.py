@@ -90,6 +90,9 @@ class Settings:
     schedule_grace: int = 60
     # With `catchup: true`, at most this many missed fire times run (the latest, oldest first).
     schedule_catchup_max: int = 10
+    # An event's key starts at most one run per trigger for this long (at least 24 h, the
+    # promise of docs/definition-reference.md "Event triggers").
+    event_key_ttl: int = 7 * 24 * 3600
     extra_celery: dict[str, Any] = field(default_factory=dict)
     # What a definition, run inputs or an event payload may be (CANVASFLOW_MAX_*; limits.py).
     limits: Limits = field(default_factory=Limits)
@@ -109,6 +112,11 @@ class Settings:
         for name in ("visibility_timeout", "lease_ttl", "state_ttl", "watchdog_stall_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"CANVASFLOW_{name.upper()} must be a positive number")
+        if self.event_key_ttl < 24 * 3600:
+            raise ConfigurationError(
+                f"CANVASFLOW_EVENT_KEY_TTL={self.event_key_ttl}: an event key must dedupe for at "
+                f"least 24 h (86400 s)"
+            )
 
     def _check_cluster(self) -> None:
         where = 'see docs/operations.md, "Redis topologies"'

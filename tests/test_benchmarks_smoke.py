@@ -127,6 +127,7 @@ SCRIPTS: dict[str, Script] = {
     "bench_planning": Script(("bench_planning.py", "--smoke")),
     "bench_guard": Script(("bench_guard.py", "--smoke")),
     "bench_schedule": Script(("bench_schedule.py", "--smoke", "--json", "{json}")),
+    "bench_events": Script(("bench_events.py", "--smoke", "--json", "{json}")),
 }
 
 
@@ -402,6 +403,19 @@ def test_bench_guard_times_the_message_guard_on_three_messages(runs: Runs, scrip
     assert [r[3] for r in rows] == ["False", "False", "True"], out
     for size, micros, _ratio, _ in rows:
         assert positive(int(size), float(micros))
+
+
+@pytest.mark.parametrize("script", ["bench_events"])
+def test_bench_events_times_submits_keyless_keyed_and_repeated_events(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    phases = ran.json["phases"]
+    assert [p["runs"] for p in phases] == [20, 20, 20, 0]  # repeated keys start nothing
+    assert positive(*(p["requests_per_s"] for p in phases))
+    assert positive(*(p["runs_started_per_s"] for p in phases[:3]))
+    assert positive(ran.json["events_vs_submit"], ran.json["key_overhead"])
+    assert "idempotent-key overhead" in ran.out
 
 
 @pytest.mark.parametrize("script", ["bench_flower"])

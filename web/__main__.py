@@ -1,7 +1,7 @@
 """``python -m web``: serve the dashboard, or manage its users and tokens.
 
     python -m web [serve] [--host 127.0.0.1] [--port 8080] [--read-only] [--recorder]
-    python -m web users add NAME --role {viewer,operator,admin} [--password-stdin]
+    python -m web users add NAME --role {viewer,operator,admin,publisher} [--password-stdin]
     python -m web users list | delete NAME
     python -m web users grant|revoke NAME submit_inline   # a permission beyond the role
     python -m web users unlock NAME [--address]     # lift a login lockout
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     usub = users.add_subparsers(dest="users_command", required=True)
     add = usub.add_parser("add", help="create a user, or change its role / password")
     add.add_argument("name")
-    add.add_argument("--role", choices=["viewer", "operator", "admin"], default=None)
+    add.add_argument("--role", choices=["viewer", "operator", "admin", "publisher"], default=None)
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )

@@ -78,6 +78,7 @@ class Runs(MethodView):
             workflow=args["workflow"],
             tags=tuple(args["tag"]),
             triggered_by=args["triggered_by"],
+            trigger_type=args["trigger_type"],
             since=args["since"],
             until=args["until"],
             search=args["search"],

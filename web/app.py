@@ -27,6 +27,7 @@ from web import (
     auth,
     limits,
     pages,
+    publish,  # noqa: F401 - adds POST /events to api.blp
     rest,
     schedules,  # noqa: F401 - adds the schedule routes to api.blp
     workflows,  # noqa: F401 - adds the workflow and analytics routes to api.blp

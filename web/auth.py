@@ -39,7 +39,7 @@ from orchestrator.audit.store import AuditStore, append_action
 from web import audit as web_audit
 from web import throttle
 from web.serving import off_the_loop
-from web.settings import PERMISSIONS, ROLES
+from web.settings import ALL_ROLES, PERMISSIONS, PUBLISHER, ROLES
 
 
 @cache
@@ -49,6 +49,10 @@ def _dummy_hash() -> str:
 
 
 TOKEN_PREFIX = "cft_"
+PUBLISHER_ONLY = (
+    "'{name}' is a publisher: it may publish events (POST /api/v1/events) and nothing else; "
+    "ask an admin for the viewer role to see runs"
+)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -60,6 +64,12 @@ class User:
     generation: int = 0
 
     def can(self, role: str) -> bool:
+        """The user's role is ``role`` or above it; a publisher is below every other role and
+        only the publisher role (operators and admins) is at or above it."""
+        if role == PUBLISHER:
+            return self.role in (PUBLISHER, "operator", "admin")
+        if self.role not in ROLES:
+            return False
         return ROLES.index(self.role) >= ROLES.index(role)
 
     def may(self, permission: str) -> bool:
@@ -99,8 +109,8 @@ def _digest(token: str) -> str:
 
 
 def _check_role(role: str) -> str:
-    if role not in ROLES:
-        raise AuthError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if role not in ALL_ROLES:
+        raise AuthError(f"role must be one of {', '.join(ALL_ROLES)}, not {role!r}")
     return role
 
 
@@ -501,8 +511,8 @@ def require(
     a session request without the CSRF token. ``errors``: the other error statuses the view
     answers (documented in the OpenAPI). ``audit``: write a refusal of a known user to the audit
     log as this action, on the path's first parameter (or the body field ``target``)."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if role not in ALL_ROLES:
+        raise ValueError(f"role must be one of {', '.join(ALL_ROLES)}, not {role!r}")
     return _declare(Access(role, mutating, tuple(errors), audit, target_type, target))
 
 
@@ -581,6 +591,8 @@ def check(role: str, *, mutating: bool = False) -> User:
     if mutating and current_app.extensions["canvasflow"].web.read_only:
         _refuse(403, "this dashboard is read-only")
     if not user.can(role):
+        if user.role == PUBLISHER:
+            _refuse(403, PUBLISHER_ONLY.format(name=user.name))
         _refuse(403, f"'{user.name}' is a {user.role}; this needs the {role} role")
     if mutating and g.get("auth_via") == "session" and request.method not in SAFE_METHODS:
         if not csrf_matches(request.headers.get("X-CSRF-Token")):

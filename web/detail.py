@@ -332,6 +332,8 @@ class RunDetails:
             "tags": list(r.tags),
             "triggered_by": r.triggered_by,
             "trigger_type": r.trigger_type,
+            "trigger_name": r.trigger_name,
+            "trigger_ref": r.trigger_ref,
             "sla_seconds": r.sla_seconds,
             "error": r.error,
             "failed_step": r.failed_step,

@@ -124,6 +124,8 @@ class Live:
         user, via = auth.identify(header, session.get("user"), session.get("gen"))
         if user is None:
             raise ConnectionRefusedError("unauthorized: log in, or pass auth={'token': ...}")
+        if not user.can("viewer"):  # a publisher publishes events and sees nothing
+            raise ConnectionRefusedError(auth.PUBLISHER_ONLY.format(name=user.name))
         self.clients[request.sid] = {
             "user": user,
             "runs": set(),

@@ -71,7 +71,9 @@ class CanvasflowCollector:
             "canvasflow_runs_submitted", "Runs recorded in the audit store", labels=["workflow"]
         )
         started = CounterMetricFamily(
-            "canvasflow_runs_started", "Runs that started", labels=["workflow"]
+            "canvasflow_runs_started",
+            "Runs that started, by how they were triggered (manual, api, schedule, event...)",
+            labels=["workflow", "trigger"],
         )
         finished = CounterMetricFamily(
             "canvasflow_runs_finished",
@@ -108,15 +110,21 @@ class CanvasflowCollector:
         )
         totals = queries.metric_totals(e.store, run_bounds=RUN_BUCKETS, step_bounds=STEP_BUCKETS)
         per_wf: dict[str, list[int]] = {}
+        per_status: dict[tuple[str, str], int] = {}
+        per_trigger: dict[tuple[str, str], int] = {}
         for t in totals.runs:
-            acc = per_wf.setdefault(t.workflow, [0, 0, 0])
+            acc = per_wf.setdefault(t.workflow, [0, 0])
             acc[0] += t.runs
-            acc[1] += t.started
-            acc[2] += t.sla_breached
-            (finished if t.status in FINAL else active).add_metric([t.workflow, t.status], t.runs)
-        for wf, (n, n_started, n_breached) in sorted(per_wf.items()):
+            acc[1] += t.sla_breached
+            per_status[(t.workflow, t.status)] = per_status.get((t.workflow, t.status), 0) + t.runs
+            key = (t.workflow, t.trigger)
+            per_trigger[key] = per_trigger.get(key, 0) + t.started
+        for (wf, status), n in sorted(per_status.items()):
+            (finished if status in FINAL else active).add_metric([wf, status], n)
+        for (wf, trigger), n in sorted(per_trigger.items()):
+            started.add_metric([wf, trigger], n)
+        for wf, (n, n_breached) in sorted(per_wf.items()):
             submitted.add_metric([wf], n)
-            started.add_metric([wf], n_started)
             sla.add_metric([wf], n_breached)
         for h in totals.run_durations:
             run_h.add_metric(list(h.labels), _points(h, RUN_BUCKETS), h.total)

@@ -10,6 +10,7 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, r
 
 from orchestrator.engine.control import ALLOWED
 from orchestrator.fleet import events as fleet_events
+from orchestrator.records import TRIGGER_TYPES
 from web import auth
 from web import inspect as fleet_api
 
@@ -20,6 +21,8 @@ def _page(template: str, page: str, **boot: Any) -> Any:
     user = auth.current_user()
     if user is None:
         return redirect(url_for("login.login", next=request.full_path.rstrip("?")))
+    if not user.can("viewer"):  # a publisher publishes events and sees nothing
+        abort(403, description=auth.PUBLISHER_ONLY.format(name=user.name))
     ext = current_app.extensions["canvasflow"]
     data = {
         "page": page,
@@ -33,6 +36,12 @@ def _page(template: str, page: str, **boot: Any) -> Any:
     return render_template(template, page=page, user=user, boot=json.dumps(data), **boot)
 
 
+def _sees() -> bool:
+    """A user who may look at runs and the fleet (not anonymous, not a publisher)."""
+    user = auth.current_user()
+    return user is not None and user.can("viewer")
+
+
 @bp.route("/")
 def index() -> Any:
     return redirect(url_for("pages.runs"))
@@ -41,15 +50,13 @@ def index() -> Any:
 @bp.route("/runs")
 def runs() -> Any:
     # No view asked for: the page lands on Active, or on All when nothing is active (runs.js).
-    return _page("runs.html", "runs", view=request.args.get("view"))
+    return _page("runs.html", "runs", view=request.args.get("view"), trigger_types=TRIGGER_TYPES)
 
 
 @bp.route("/runs/<run_id>")
 @bp.route("/runs/<run_id>/<any(gantt, dag):view>")
 def run(run_id: str, view: str = "timeline") -> Any:
-    if auth.current_user() is not None and not current_app.extensions["canvasflow"].details.exists(
-        run_id
-    ):
+    if _sees() and not current_app.extensions["canvasflow"].details.exists(run_id):
         abort(
             404,
             description=f"There is no run '{run_id}' (it may have been pruned from the history).",
@@ -97,9 +104,7 @@ def workers() -> Any:
 
 @bp.route("/workers/<name>")
 def worker(name: str) -> Any:
-    if auth.current_user() is not None and name not in {
-        w["name"] for w in fleet_api.fleet().workers(live=False)
-    }:
+    if _sees() and name not in {w["name"] for w in fleet_api.fleet().workers(live=False)}:
         abort(
             404,
             description=f"There is no worker '{name}': it never sent a heartbeat to this fleet, or it "
@@ -117,11 +122,7 @@ def tasks() -> Any:
 @bp.route("/tasks/<task_id>")
 def task(task_id: str) -> Any:
     engine = fleet_api.fleet().engine
-    if (
-        auth.current_user() is not None
-        and engine is not None
-        and fleet_events.get_task(engine, task_id) is None
-    ):
+    if _sees() and engine is not None and fleet_events.get_task(engine, task_id) is None:
         abort(
             404,
             description=f"There is no task '{task_id}' in the history: it may be older than the "

@@ -59,6 +59,8 @@ LIVE_FIELDS = (
     "tags_json",
     "triggered_by",
     "trigger_type",
+    "trigger_name",
+    "trigger_ref",
     "sla_seconds",
     "error",
     "failed_step",
@@ -90,6 +92,7 @@ class RunFilter:
     until: float | None = None
     search: str | None = None
     ids: tuple[str, ...] = ()
+    trigger_type: str | None = None
 
     def wanted_statuses(self) -> tuple[str, ...]:
         view = VIEWS.get(self.view) or ()
@@ -105,6 +108,7 @@ class RunFilter:
             workflow=self.workflow,
             tags=self.tags,
             triggered_by=self.triggered_by,
+            trigger_type=self.trigger_type,
             since=self.since,
             until=self.until,
             search=self.search,
@@ -123,6 +127,8 @@ class RunFilter:
         if self.tags and not set(self.tags) <= set(run["tags"]):
             return False
         if self.triggered_by and run["triggered_by"] != self.triggered_by:
+            return False
+        if self.trigger_type and run.get("trigger_type") != self.trigger_type:
             return False
         if self.since is not None and run["created_at"] < self.since:
             return False
@@ -246,6 +252,8 @@ def _summary(
         },
         "triggered_by": base.get("triggered_by"),
         "trigger_type": base.get("trigger_type"),
+        "trigger_name": base.get("trigger_name"),
+        "trigger_ref": base.get("trigger_ref"),
         "priority": base.get("priority") or "normal",
         "tags": list(base.get("tags") or ()),
         "error": base.get("error"),
@@ -279,6 +287,8 @@ def hot_base(run: RunRecord) -> dict[str, Any]:
         "tags": run.tags,
         "triggered_by": run.triggered_by,
         "trigger_type": run.trigger_type,
+        "trigger_name": run.trigger_name,
+        "trigger_ref": run.trigger_ref,
         "sla_seconds": run.sla_seconds,
         "error": run.error,
         "failed_step": run.failed_step,

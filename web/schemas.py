@@ -9,8 +9,9 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
+from web.eventschemas import RunTriggerFields, TriggerFilterArgs
 from web.runs import VIEWS
-from web.settings import ROLES
+from web.settings import ALL_ROLES
 
 RUN_STATUSES = (
     "PENDING",
@@ -24,7 +25,6 @@ RUN_STATUSES = (
     "FAILED",
     "COMPENSATION_FAILED",
 )
-
 
 MAX_SEQ = 2**63 - 1  # sequence numbers are SQL BIGINTs: a larger "after" is a 400, not an overflow
 SEQ_RANGE = validate.Range(0, MAX_SEQ, error=f"a sequence number: 0 to {MAX_SEQ}")
@@ -136,7 +136,7 @@ class ErrorSchema(Schema):
 # ---------------------------------------------------------------------------------------------
 
 
-class RunListArgs(Schema):
+class RunListArgs(TriggerFilterArgs):
     view = fields.String(
         load_default="all",
         validate=validate.OneOf(list(VIEWS)),
@@ -215,7 +215,7 @@ class RunSlaSchema(SlaSchema):
     )
 
 
-class RunSummarySchema(Schema):
+class RunSummarySchema(RunTriggerFields):
     id = fields.String()
     workflow = fields.Nested(WorkflowRefSchema)
     status = fields.String()
@@ -663,14 +663,14 @@ class UserBody(Schema):
             "PATCH /users/{name} changes only the role"
         },
     )
-    role = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(list(ROLES)))
+    role = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(ALL_ROLES))
 
 
 class UserPatch(Schema):
     password = fields.String(
         load_default=None, allow_none=False, validate=validate.Length(min=8, error=PASSWORD_RULE)
     )
-    role = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(list(ROLES)))
+    role = fields.String(load_default=None, allow_none=False, validate=validate.OneOf(ALL_ROLES))
     disabled = StrictBoolean(
         load_default=None,
         allow_none=False,

@@ -11,6 +11,10 @@ from orchestrator.errors import ConfigurationError
 from orchestrator.settings import parse_bool
 
 ROLES = ("viewer", "operator", "admin")
+# Outside the hierarchy: publishes events (POST /api/v1/events) and nothing else; operators and
+# admins may publish too (docs/security.md "The publisher role").
+PUBLISHER = "publisher"
+ALL_ROLES = (*ROLES, PUBLISHER)
 # Permissions an admin grants to a user beyond its role (admins have them all).
 PERMISSIONS = ("submit_inline",)
 TASK_ALLOW_SETTING = "CANVASFLOW_WEB_INSPECT_TASK_ALLOW"

@@ -21,6 +21,8 @@ from rich.console import Console, ConsoleDimensions, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.records import TRIGGER_TYPES
+
 # Piped output (a file, `grep`, CI logs) is never cut or wrapped: a run id or worker name cut to
 # fit 80 columns, or an error broken mid-sentence, is what a pipe must not get.
 PIPED_WIDTH = 10_000
@@ -406,6 +408,13 @@ def recorder(
     "--tag", "tags", multiple=True, help="Only runs with this tag (repeatable: all of them)."
 )
 @click.option("--triggered-by", default=None)
+@click.option(
+    "--trigger",
+    "trigger_type",
+    type=click.Choice(TRIGGER_TYPES),
+    default=None,
+    help="Only runs that started this way.",
+)
 @click.option("--since", default=None, help="Created within this long, like 24h or 7d.")
 @click.option("--search", default=None, help="Text in the run id, workflow id or name.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
@@ -417,6 +426,7 @@ def runs_cmd(
     workflow: str | None,
     tags: tuple[str, ...],
     triggered_by: str | None,
+    trigger_type: str | None,
     since: str | None,
     search: str | None,
     limit: int,
@@ -432,6 +442,7 @@ def runs_cmd(
         workflow=workflow,
         tags=tags,
         triggered_by=triggered_by,
+        trigger_type=trigger_type,
         since=_since(since),
         search=search,
         limit=limit,
@@ -446,6 +457,7 @@ def runs_cmd(
         Col("sla", drop=3),
         Col("by", drop=2, no_wrap=False, overflow="ellipsis", min_width=6),
         Col("tags", drop=1, no_wrap=False, overflow="ellipsis", min_width=6),
+        Col("trigger", drop=1, no_wrap=False, overflow="ellipsis", min_width=6),
     ]
     rows: list[list[RenderableType]] = [
         [
@@ -457,6 +469,7 @@ def runs_cmd(
             "-" if r.sla_met is None else ("met" if r.sla_met else Text("breached", style="red")),
             Text(r.triggered_by or "-"),
             Text(", ".join(r.tags)),
+            Text(trigger_text(r.trigger_type, r.trigger_name, r.trigger_ref)),
         ]
         for r in page.items
     ]
@@ -465,6 +478,12 @@ def runs_cmd(
         console.print("no runs recorded match (is a recorder running? `canvasflow recorder`)")
     if page.next_cursor:
         console.print(f"more: --cursor {page.next_cursor}", highlight=False)
+
+
+def trigger_text(kind: str | None, name: str | None, ref: str | None) -> str:
+    """``event files.uploaded (key k1)``, ``schedule nightly (2026-12-04T02:00:00Z)``, ``cli``."""
+    out = " ".join(p for p in (kind or "-", name) if p)
+    return f"{out} ({'key ' if kind == 'event' else ''}{ref})" if ref else out
 
 
 def _bar(
@@ -501,6 +520,9 @@ def show(database_url: str | None, run_id: str, lines: int) -> None:
                 f"duration {_secs(r.duration)}",
                 f"SLA {r.sla_seconds:g}s {'met' if r.sla_met else 'breached'}"
                 if r.sla_met is not None
+                else "",
+                f"via {trigger_text(r.trigger_type, r.trigger_name, r.trigger_ref)}"
+                if r.trigger_type
                 else "",
             ],
             console.width,

@@ -78,10 +78,14 @@ runs = Table(
     Column("last_seq", Integer, nullable=False, server_default="0"),
     Column("event_count", Integer, nullable=False, server_default="0"),
     Column("updated_at", Double, nullable=False),
+    # Which schedule or event trigger started the run, and its fire time or event key (0010).
+    Column("trigger_name", NAME),
+    Column("trigger_ref", NAME),
     Index("ix_cf_runs_created", "created_at", "id"),
     Index("ix_cf_runs_status_created", "status", "created_at", "id"),
     Index("ix_cf_runs_workflow_created", "workflow_id", "created_at", "id"),
     Index("ix_cf_runs_triggered_by_created", "triggered_by", "created_at"),
+    Index("ix_cf_runs_trigger_type_created", "trigger_type", "created_at", "id"),
     Index("ix_cf_runs_finished", "finished_at"),
 )
 

@@ -426,6 +426,7 @@ class _Projection:
             run.update(
                 tags=hot.tags_json, triggered_by=hot.triggered_by, trigger_type=hot.trigger_type
             )
+            run.update(trigger_name=hot.trigger_name, trigger_ref=hot.trigger_ref)
         run["sla_seconds"] = _num(meta.sla_seconds) or run.get("sla_seconds")
         tags = meta.tags
         self.tags.extend({"run_id": e.run, "tag": str(t)} for t in tags if isinstance(t, str | int))

@@ -57,6 +57,8 @@ RUN_META = (
     "tags_json",
     "triggered_by",
     "trigger_type",
+    "trigger_name",
+    "trigger_ref",
     "sla_seconds",
 )
 

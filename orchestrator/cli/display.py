@@ -10,7 +10,14 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from orchestrator.audit.cli import PIPED_WIDTH, CliConsole, Col, fields_line, fitted_table
+from orchestrator.audit.cli import (
+    PIPED_WIDTH,
+    CliConsole,
+    Col,
+    fields_line,
+    fitted_table,
+    trigger_text,
+)
 from orchestrator.engine.client import RESTING, Client, RunSnapshot
 
 STYLE = {
@@ -60,6 +67,11 @@ def run_table(snap: RunSnapshot, *, paused_hint: bool = False, width: int = PIPE
             Text(snap.status, style=STYLE.get(snap.status, "")),
             f"{snap.settled}/{snap.total} steps ({pct}%)",
             fmt_duration(snap.duration),
+            *(
+                [f"via {trigger_text(snap.trigger_type, snap.trigger_name, snap.trigger_ref)}"]
+                if snap.trigger_type
+                else []
+            ),
         ],
         width,
     )

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from orchestrator.audit.cli import CliConsole
+from orchestrator.cli import publish as publish_cli
 from orchestrator.cli import schedules as schedules_cli
 from orchestrator.errors import CanvasflowError
 
@@ -27,6 +28,7 @@ def register(group: click.Group, **helpers: Callable[..., Any]) -> None:
     group.add_command(recover)
     group.add_command(upgrade_keys)
     schedules_cli.register(group, **helpers)  # canvasflow scheduler, canvasflow schedules
+    publish_cli.register(group, **helpers)  # canvasflow publish
 
 
 @click.command("upgrade-keys")

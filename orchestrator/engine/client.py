@@ -28,6 +28,7 @@ from orchestrator.engine import compiler
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.control import Control
 from orchestrator.engine.dispatch import Dispatcher
+from orchestrator.engine.publish import Published, Publisher
 from orchestrator.engine.runstate import RunState, dumps
 from orchestrator.engine.states import ACTIVE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
@@ -41,7 +42,7 @@ from orchestrator.model.definition import (
     load_definition,
     load_file,
 )
-from orchestrator.records import HotRun, RunRecord, StepRecord, text
+from orchestrator.records import TRIGGER_TYPES, HotRun, RunRecord, StepRecord, text
 from orchestrator.settings import Settings
 
 PREPARED_CACHE = 128  # definitions a client keeps validated and planned
@@ -110,6 +111,12 @@ class RunSnapshot:
     settled: int
     current_steps: tuple[str, ...]
     steps: tuple[StepSnapshot, ...]
+    # How it started: who, and the trigger (trigger_type: TRIGGER_TYPES), its name and its fire
+    # time or event key.
+    triggered_by: str | None = None
+    trigger_type: str | None = None
+    trigger_name: str | None = None
+    trigger_ref: str | None = None
 
     @property
     def progress(self) -> float:
@@ -185,6 +192,10 @@ def _snapshot(hot: HotRun) -> RunSnapshot:
         settled=run.settled,
         current_steps=tuple(s.id for s in snaps if s.status in ACTIVE_STEP_STATUSES),
         steps=tuple(snaps),
+        triggered_by=run.triggered_by,
+        trigger_type=run.trigger_type,
+        trigger_name=run.trigger_name,
+        trigger_ref=run.trigger_ref,
     )
 
 
@@ -197,10 +208,14 @@ class Run:
     """A handle on one run; every call reads the live state. ``warnings``: what its submit
     warned about (no live worker on a queue it needs), empty for a handle from get_run."""
 
-    def __init__(self, client: Client, run_id: str, warnings: Iterable[str] = ()) -> None:
+    def __init__(
+        self, client: Client, run_id: str, warnings: Iterable[str] = (), *, duplicate: bool = False
+    ) -> None:
         self.client = client
         self.id = run_id
         self.warnings = tuple(warnings)
+        # True when a submit with an idempotency key found the run that key already started.
+        self.duplicate = duplicate
 
     def __repr__(self) -> str:
         return f"<Run {self.id}>"
@@ -275,6 +290,7 @@ class Client:
             OrderedDict()
         )
         self._seen_online: tuple[float, dict[str, dict[str, Any]]] = (-FLEET_FRESH_SECONDS, {})
+        self._publisher: Publisher | None = None
 
     # -- plugins ------------------------------------------------------------------------------
 
@@ -458,6 +474,7 @@ class Client:
         pipe.hset(key, version, json.dumps(body))
         pipe.rpush(vkey, version)
         pipe.sadd(self.keys.workflows, defn.id)
+        pipe.incr(self.keys.workflows_generation)  # event-trigger indexes rebuild (publish.py)
         pipe.execute()
         return from_stored(body)
 
@@ -492,13 +509,21 @@ class Client:
         trigger_type: str = "manual",
         version: str | None = None,
         cloned_from: str | None = None,
+        trigger_name: str | None = None,
+        trigger_ref: str | None = None,
+        idempotency_key: str | None = None,
         run_id: str | None = None,
         fence: tuple[str, str] | None = None,
     ) -> Run:
         """Validate, record and dispatch a run; returns at once with a handle on it.
-
-        ``run_id`` and ``fence`` are the scheduler's (engine/scheduler.py): a deterministic id of
-        the fire time, created only while the fence key holds the token (else FenceLost)."""
+        ``trigger_type`` says how it started (TRIGGER_TYPES), ``trigger_name`` and
+        ``trigger_ref`` which schedule or event trigger and which fire time or event key.
+        With ``idempotency_key``, a second submit with the same key (within
+        ``Settings.event_key_ttl``) starts nothing and returns the first run
+        (``run.duplicate``). ``run_id`` and ``fence`` are the scheduler's (engine/scheduler.py):
+        a deterministic id of the fire time, created only while the fence key holds the token
+        (else FenceLost)."""
+        check_trigger(trigger_type, trigger_name, trigger_ref)
         if isinstance(definition, str) and version is not None:
             defn = self.get_definition(definition, version)
             body, prepared = dumps(dump_definition(defn)), compiler.blueprint(defn)
@@ -525,16 +550,26 @@ class Client:
             tags_json=dumps(sorted({*defn.tags, *tags})),
             triggered_by=triggered_by,
             trigger_type=trigger_type,
+            trigger_name=trigger_name,
+            trigger_ref=trigger_ref,
             sla_seconds=defn.sla_seconds or None,
             cloned_from=cloned_from,
         )
+        claim = None
+        if idempotency_key is not None:
+            digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
+            claim = (self.keys.trigger_claim(digest), self.settings.event_key_ttl)
         warnings = self._unserved(defn, record.id)
         for line in consumer_timeout_warnings(defn, self.settings):
             log.warning("run %s of %s: %s", record.id, defn.id, line)
             warnings.append(line)
         if warnings:
             record = replace(record, warnings_json=json.dumps(warnings))
-        self.dispatcher.start(record, defn, run_inputs, prepared=prepared, fence=fence)
+        held = self.dispatcher.start(
+            record, defn, run_inputs, prepared=prepared, claim=claim, fence=fence
+        )
+        if held is not None:
+            return Run(self, held, duplicate=True)
         return Run(self, record.id, warnings)
 
     def _unserved(self, defn: Definition, run_id: str) -> list[str]:
@@ -619,6 +654,21 @@ class Client:
         self.control.audit(run_id, "clone", actor, reason, "ok", {"new_run": new.id})
         return new
 
+    def publish(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None = None,
+        key: str | None = None,
+        *,
+        triggered_by: str = "api",
+    ) -> Published:
+        """Publish an event: start a run of every registered workflow whose event trigger
+        matches it (filter true); a repeated ``key`` starts no second run of a trigger.
+        Returns what started, was deduplicated, filtered out or failed (publish.py)."""
+        if self._publisher is None:
+            self._publisher = Publisher(self)
+        return self._publisher.publish(name, payload, key, triggered_by=triggered_by)
+
     @property
     def control(self) -> Control:
         """Operator actions: pause, resume, cancel, retry, retry_compensation, resolve."""
@@ -626,6 +676,23 @@ class Client:
 
     def close(self) -> None:
         self.redis.close()
+
+
+MAX_TRIGGER_TEXT = 200
+
+
+def check_trigger(trigger_type: str, name: str | None, ref: str | None) -> None:
+    """Refuse a trigger_type outside TRIGGER_TYPES, or a name or ref that is not short text."""
+    problems = []
+    if trigger_type not in TRIGGER_TYPES:
+        problems.append(
+            ("trigger_type", f"must be one of {', '.join(TRIGGER_TYPES)}, not {trigger_type!r}")
+        )
+    for field, value in (("trigger_name", name), ("trigger_ref", ref)):
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_TRIGGER_TEXT):
+            problems.append((field, f"must be text of at most {MAX_TRIGGER_TEXT} characters"))
+    if problems:
+        raise DefinitionError(problems)
 
 
 def _named(ids: list[str]) -> str:

@@ -72,16 +72,20 @@ class Dispatcher:
         inputs: Mapping[str, Any],
         *,
         prepared: compiler.Blueprint | None = None,
+        claim: tuple[str, int] | None = None,
         fence: tuple[str, str] | None = None,
-    ) -> None:
+    ) -> str | None:
         """A new run: compile it (before anything is written: a definition that cannot compile
         leaves no run behind), record it PENDING, send it. A send that fails ends the run FAILED
-        with why, and raises."""
+        with why, and raises. With ``claim`` (key, ttl) the run is recorded only if no run holds
+        the key yet: returns the id of the one that does (nothing sent), else None."""
         bp = prepared or compiler.blueprint(defn)
         run_id = run.id
         ctx = self._context(run_id, 1, run.priority, defn, inputs, bp.uses_inputs)
         canvas = compiler.compile_run(defn, ctx, app=self.app, prepared=bp)
-        self.state.create(run, defn.step_ids, fence=fence)
+        held = self.state.create(run, defn.step_ids, claim=claim, fence=fence)
+        if held is not None:
+            return held
         try:
             canvas.apply_async()
         except Exception as exc:
@@ -92,7 +96,12 @@ class Dispatcher:
                 RunStatus.FAILED,
                 fields={"error": f"could not dispatch the run: {exc}"},
             )
+            if claim is not None:
+                # The caller sees the error and may send again with the same key: that must
+                # start a run, not find this failed one (docs/design.md "Event triggers").
+                self.state.release_claim(claim[0], run_id)
             raise
+        return None
 
     def remaining(
         self,

@@ -34,6 +34,8 @@ RUN_FIELDS = (
     "priority",
     "triggered_by",
     "trigger_type",
+    "trigger_name",
+    "trigger_ref",
     "sla_seconds",
     "created_at",
     "started_at",

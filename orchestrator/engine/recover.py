@@ -301,6 +301,8 @@ def rebuild(store: AuditStore, run_id: str) -> _Rebuilt:
         tags_json=row["tags"] or "[]",
         triggered_by=row["triggered_by"],
         trigger_type=row["trigger_type"],
+        trigger_name=row.get("trigger_name"),
+        trigger_ref=row.get("trigger_ref"),
         sla_seconds=row["sla_seconds"],
         total=len(hot),
         settled=sum(1 for f in hot.values() if f["status"] in SETTLED_STEP_STATUSES),

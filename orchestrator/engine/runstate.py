@@ -124,18 +124,49 @@ class RunState:
     # -- creation -----------------------------------------------------------------------------
 
     def create(
-        self, run: RunRecord, step_ids: Iterable[str], *, fence: tuple[str, str] | None = None
-    ) -> None:
+        self,
+        run: RunRecord,
+        step_ids: Iterable[str],
+        *,
+        claim: tuple[str, int] | None = None,
+        fence: tuple[str, str] | None = None,
+    ) -> str | None:
         """Write a PENDING run with PENDING steps and its run_created event, in one round trip.
+        Returns None when it wrote.
 
+        ``claim`` (key, ttl): only if that key is free, and the key is set to the run id (for ttl
+        seconds) in the same transaction; returns the run id already holding it instead of
+        writing anything (an idempotent submit).
         ``fence`` (key, token): write only if the key still holds the token and no run with this
         id exists, atomically (WATCH/MULTI); else raise :class:`FenceLost` and write nothing.
         The scheduler creates the run of a fire time under its claim this way (scheduler.py)."""
-        if fence is None:
+        if claim is not None and fence is not None:
+            raise ValueError("create takes a claim or a fence, not both")
+        if fence is not None:
+            self._create_fenced(run, list(step_ids), fence)
+            return None
+        if claim is None:
             pipe = self.r.pipeline(transaction=True)
             self._queue_create(pipe, run, list(step_ids))
             pipe.execute()
-            return
+            return None
+        key, ttl = claim
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                held = pipe.get(key)
+                if held is not None:
+                    return text(held)
+                pipe.multi()
+                pipe.set(key, run.id, ex=ttl)
+                self._queue_create(pipe, run, list(step_ids))
+                pipe.execute()
+                return None
+            except redis.WatchError:
+                # Another submit claimed the key between our read and our write: it won.
+                return text(self.r.get(key)) or run.id
+
+    def _create_fenced(self, run: RunRecord, step_ids: list[str], fence: tuple[str, str]) -> None:
         key, token = fence
         with self.r.pipeline(transaction=True) as pipe:
             try:
@@ -146,7 +177,7 @@ class RunState:
                 if pipe.exists(self.keys.run(run.id)):
                     raise FenceLost(f"run {run.id} exists already")
                 pipe.multi()
-                self._queue_create(pipe, run, list(step_ids))
+                self._queue_create(pipe, run, step_ids)
                 pipe.execute()
             except redis.WatchError:
                 raise FenceLost(f"the claim {key} or run {run.id} changed meanwhile") from None
@@ -154,6 +185,20 @@ class RunState:
     def exists(self, run_id: str) -> bool:
         """Whether Redis holds the run."""
         return bool(self.r.exists(self.keys.run(run_id)))
+
+    def release_claim(self, key: str, run_id: str) -> bool:
+        """Delete an idempotency claim if it still names ``run_id`` (whose dispatch failed)."""
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                if text(pipe.get(key)) != run_id:
+                    return False
+                pipe.multi()
+                pipe.delete(key)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
 
     def _queue_create(self, pipe: Any, run: RunRecord, step_ids: list[str]) -> None:
         ts = now()

@@ -247,13 +247,14 @@ class Scheduler:
             self._done(s, t, run_id, claim)
             return True
         try:
-            # At the merge with the event triggers' submit: trigger_name=s.name, trigger_ref=iso(t).
             self.client.submit(
                 s.workflow,
                 version=s.version,
                 inputs=dict(s.trigger.inputs),
                 triggered_by="scheduler",
                 trigger_type="schedule",
+                trigger_name=s.name,
+                trigger_ref=iso(t),
                 run_id=run_id,
                 fence=(claim, token),
             )

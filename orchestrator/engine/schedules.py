@@ -162,6 +162,8 @@ def run_now(
         inputs=dict(s.trigger.inputs),
         triggered_by=actor,
         trigger_type="schedule",
+        trigger_name=s.name,
+        trigger_ref="run now",
     )
     if store is not None:
         try:

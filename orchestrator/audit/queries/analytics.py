@@ -215,6 +215,7 @@ class RunTally:
     runs: int
     started: int
     sla_breached: int  # finished, with an SLA, and not COMPLETED within it (cancelled runs aside)
+    trigger: str = ""  # how they started (cf_runs.trigger_type)
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ class Histogram:
 class MetricTotals:
     """Totals over the whole retained history; labels that are NULL in SQL are ""."""
 
-    runs: tuple[RunTally, ...]  # per workflow and status
+    runs: tuple[RunTally, ...]  # per workflow, status and trigger type
     run_durations: tuple[Histogram, ...]  # finished runs, per workflow
     step_durations: tuple[Histogram, ...]  # step attempts, per (plugin, method)
     attempts: dict[tuple[str, str], tuple[int, int]]  # (plugin, method): (retries, failures)
@@ -281,15 +282,16 @@ def metric_totals(
     )
     with store.connect() as conn:
         tallies = tuple(
-            RunTally(wf or "", status, int(n), int(n_started), int(n_breached or 0))
-            for wf, status, n, n_started, n_breached in conn.execute(
+            RunTally(wf or "", status, int(n), int(n_started), int(n_breached or 0), trig or "")
+            for wf, status, trig, n, n_started, n_breached in conn.execute(
                 select(
                     runs.c.workflow_id,
                     runs.c.status,
+                    runs.c.trigger_type,
                     func.count(),
                     func.count(runs.c.started_at),
                     func.sum(case((breached, 1), else_=0)),
-                ).group_by(runs.c.workflow_id, runs.c.status)
+                ).group_by(runs.c.workflow_id, runs.c.status, runs.c.trigger_type)
             )
         )
         run_h = _histograms(

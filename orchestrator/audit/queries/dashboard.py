@@ -36,6 +36,8 @@ _ROW_COLUMNS = (
     "tags",
     "triggered_by",
     "trigger_type",
+    "trigger_name",
+    "trigger_ref",
     "sla_seconds",
     "error",
     "failed_step",
@@ -61,6 +63,7 @@ class RunSelection:
     workflow: str | None = None
     tags: tuple[str, ...] = ()  # runs having every tag
     triggered_by: str | None = None
+    trigger_type: str | None = None  # how the runs started (manual, api, schedule, event...)
     since: float | None = None  # created at or after
     until: float | None = None  # created before
     search: str | None = None  # run id prefix, or part of the workflow id or name
@@ -149,6 +152,8 @@ def _selected(sel: RunSelection, now: float) -> Select[Any]:
         q = q.where(runs.c.id.in_(select(run_tags.c.run_id).where(run_tags.c.tag == tag)))
     if sel.triggered_by:
         q = q.where(runs.c.triggered_by == sel.triggered_by)
+    if sel.trigger_type:
+        q = q.where(runs.c.trigger_type == sel.trigger_type)
     if sel.since is not None:
         q = q.where(runs.c.created_at >= sel.since)
     if sel.until is not None:
@@ -190,6 +195,8 @@ def _row(r: Any) -> dict[str, Any]:
         "tags": tags,
         "triggered_by": r["triggered_by"],
         "trigger_type": r["trigger_type"],
+        "trigger_name": r["trigger_name"],
+        "trigger_ref": r["trigger_ref"],
         "sla_seconds": r["sla_seconds"],
         "error": r["error"],
         "failed_step": r["failed_step"],

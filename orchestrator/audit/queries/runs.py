@@ -51,6 +51,8 @@ class RunSummary:
     failed_step: str | None
     last_seq: int
     event_count: int
+    trigger_name: str | None = None  # the schedule or event trigger that started it
+    trigger_ref: str | None = None  # its fire time (ISO-8601 UTC) or event key
 
     @property
     def complete(self) -> bool:
@@ -169,6 +171,8 @@ def _summary(row: Any) -> RunSummary:
         failed_step=row.failed_step,
         last_seq=row.last_seq,
         event_count=row.event_count,
+        trigger_name=row.trigger_name,
+        trigger_ref=row.trigger_ref,
     )
 
 
@@ -184,6 +188,7 @@ def list_runs(
     search: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    trigger_type: str | None = None,
 ) -> Page:
     """Runs newest first; every filter is optional and they combine with AND."""
     limit = max(1, min(int(limit), 1000))
@@ -202,6 +207,8 @@ def list_runs(
         )
     if triggered_by:
         q = q.where(runs.c.triggered_by == triggered_by)
+    if trigger_type:
+        q = q.where(runs.c.trigger_type == trigger_type)
     if since is not None:
         q = q.where(runs.c.created_at >= since)
     if until is not None:

@@ -4,7 +4,7 @@ import { api, ApiError } from "./api.js";
 import { getLive, logLines } from "./live.js";
 import {
   $, $$, boot, canOperate, confirmDialog, duration, esc, FINAL, json, LOST_EXPLANATION, lostBadge, now, progressBar, slaBadge,
-  statusBadge, throttle, time, toast,
+  statusBadge, throttle, time, toast, triggerText,
 } from "./util.js";
 
 const runId = boot.runId;
@@ -65,7 +65,7 @@ function renderHead(r) {
     `duration <span id="run-duration" data-started="${r.started_at ?? ""}" data-final="${FINAL.has(r.status) ? 1 : ""}">${duration(r.duration)}</span>`,
     `SLA ${r.sla.target ? duration(r.sla.target) : "none"} ${slaBadge(r.sla)}`,
     ...slaRetry(r.sla),
-    `triggered by ${esc(r.triggered_by || "–")} (${esc(r.trigger_type || "–")})`,
+    `triggered by ${esc(r.triggered_by || "–")} (<span id="run-trigger">${esc(triggerText(r))}</span>)`,
     `priority ${esc(r.priority)}`,
   ];
   if (r.cloned_from) meta.push(`clone of <a href="/runs/${esc(r.cloned_from)}">${esc(r.cloned_from)}</a>`);

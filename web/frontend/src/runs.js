@@ -3,7 +3,7 @@ import { api, ApiError } from "./api.js";
 import { getLive } from "./live.js";
 import {
   $, $$, boot, canOperate, duration, esc, FINAL, lostBadge, now, progressBar, slaBadge, statusBadge, throttle, time,
-  toast,
+  toast, triggerText,
 } from "./util.js";
 
 // Without ?view= the page lands on Active, or on All when nothing is active: after the demo (or
@@ -30,7 +30,7 @@ function row(r) {
     <td class="d" data-started="${r.started_at ?? ""}" data-finished="${r.finished_at ?? ""}">${duration(r.duration)}</td>
     <td class="sla-cell">${slaBadge(r.sla)}</td>
     <td class="st">${statusBadge(r.status)}${lostBadge(r)}</td>
-    <td>${esc(r.triggered_by || "–")}<br><small class="muted">${time(r.created_at)}</small></td>
+    <td>${esc(r.triggered_by || "–")} <small class="muted trigger">${esc(triggerText(r))}</small><br><small class="muted">${time(r.created_at)}</small></td>
     <td><span class="prio prio-${esc(r.priority)}">${esc(r.priority)}</span></td>
     <td class="quick">${actions.join(" ")}</td></tr>`;
 }
@@ -55,7 +55,7 @@ function query(cursor) {
   const f = state.filters;
   const toTs = (v) => (v ? new Date(v).getTime() / 1000 : undefined);
   return { view: state.view, limit: 50, cursor, search: f.search, workflow: f.workflow, tag: f.tag,
-    triggered_by: f.triggered_by, since: toTs(f.since), until: toTs(f.until) };
+    triggered_by: f.triggered_by, trigger_type: f.trigger_type || undefined, since: toTs(f.since), until: toTs(f.until) };
 }
 
 async function load(append = false) {

@@ -4,7 +4,7 @@
 import { api, ApiError } from "./api.js";
 import { $, boot, esc, isAdmin, time, toast } from "./util.js";
 
-const ROLES = ["viewer", "operator", "admin"];
+const ROLES = ["viewer", "operator", "admin", "publisher"];
 
 function problem(err) {
   const lines = err instanceof ApiError ? err.details : [];

@@ -132,3 +132,9 @@ export const LOST_EXPLANATION = "Redis no longer knows this run (it restarted wi
   "An operator resolves it as failed or cancelled, with a reason.";
 export const lostBadge = (r) => (r.state_lost
   ? ` <span class="status state-lost" data-state-lost="1" title="${esc(LOST_EXPLANATION)}">state lost</span>` : "");
+
+// How a run started: "event files.uploaded (key k1)", "schedule nightly (2026-12-04T02:00:00Z)", "api".
+export function triggerText(r) {
+  const head = [r.trigger_type || "–", r.trigger_name].filter(Boolean).join(" ");
+  return r.trigger_ref ? `${head} (${r.trigger_type === "event" ? "key " : ""}${r.trigger_ref})` : head;
+}
