@@ -3,7 +3,7 @@ resumed or a scheduler fired: its paused flag (which must survive a Redis restar
 fire time (the cursor a scheduler falls back to when Redis lost its own).
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0010
 Create Date: 2026-12-04
 """
 
