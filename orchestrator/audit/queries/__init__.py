@@ -38,6 +38,15 @@ from orchestrator.audit.queries.dashboard import (
     run_list_page,
     tab_counts,
 )
+from orchestrator.audit.queries.items import (
+    ItemCounts,
+    ItemPage,
+    ItemRecord,
+    UnknownStep,
+    item_counts,
+    item_logs,
+    items,
+)
 from orchestrator.audit.queries.runs import (
     AttemptRecord,
     LogLine,
@@ -57,6 +66,7 @@ from orchestrator.audit.queries.runs import (
     recorded_events,
     run_detail,
     step_progress,
+    step_record,
 )
 
 __all__ = [
@@ -71,6 +81,9 @@ __all__ = [
     "Analytics",
     "AttemptRecord",
     "Histogram",
+    "ItemCounts",
+    "ItemPage",
+    "ItemRecord",
     "LogLine",
     "MetricTotals",
     "Page",
@@ -83,6 +96,7 @@ __all__ = [
     "RunTally",
     "StepRecord",
     "StepStats",
+    "UnknownStep",
     "WorkflowStats",
     "analytics",
     "audit_entries",
@@ -90,6 +104,9 @@ __all__ = [
     "encode_cursor",
     "events_after",
     "get_run",
+    "item_counts",
+    "item_logs",
+    "items",
     "list_runs",
     "logs",
     "metric_totals",
@@ -101,5 +118,6 @@ __all__ = [
     "run_detail",
     "run_list_page",
     "step_progress",
+    "step_record",
     "tab_counts",
 ]

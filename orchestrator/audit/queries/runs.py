@@ -27,6 +27,7 @@ from orchestrator.audit.models import (
     workflow_definitions,
 )
 from orchestrator.audit.queries.common import FINAL, decode_cursor, encode_cursor, loads
+from orchestrator.audit.queries.items import ItemCounts, UnknownStep, counts_in
 from orchestrator.audit.store import AuditStore
 from orchestrator.errors import UnknownRun
 
@@ -109,6 +110,9 @@ class StepRecord:
     stats: dict[str, Any] | None
     output: Any
     history: tuple[AttemptRecord, ...]
+    items: ItemCounts | None = None  # a mapped step's items by status (None: not mapped)
+    item_of: str | None = None  # an item: its mapped step and index
+    item_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -275,64 +279,29 @@ def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDe
                     workflow_definitions.c.digest == row.definition_digest,
                 )
             ).scalar()
+        # real steps only: the items of a mapped step are read paged (queries/items.py)
         step_rows = conn.execute(
             select(steps)
-            .where(steps.c.run_id == run_id)
+            .where(steps.c.run_id == run_id, steps.c.item_of.is_(None))
             .order_by(steps.c.position, steps.c.started_at, steps.c.step_id)
         ).all()
         att_rows = conn.execute(
             select(step_attempts)
-            .where(step_attempts.c.run_id == run_id)
+            .where(
+                step_attempts.c.run_id == run_id,
+                step_attempts.c.step_id.in_([s.step_id for s in step_rows]),
+            )
             .order_by(step_attempts.c.step_id, step_attempts.c.attempt)
         ).all()
+        mapped = counts_in(conn, run_id)
         newest_logs, total = _recent_logs(conn, run_id, log_limit)
     history: dict[str, list[AttemptRecord]] = {}
     for a in att_rows:
-        history.setdefault(a.step_id, []).append(
-            AttemptRecord(
-                number=a.attempt,
-                status=a.status,
-                worker=a.worker,
-                queue=a.queue,
-                task_id=a.task_id,
-                started_at=a.started_at,
-                finished_at=a.finished_at,
-                duration=a.duration,
-                input=loads(a.input),
-                output=loads(a.output),
-                output_size=a.output_size,
-                error=a.error,
-                traceback=a.traceback,
-                stats=loads(a.stats),
-            )
-        )
+        history.setdefault(a.step_id, []).append(_attempt(a))
     step_records = []
     for s in step_rows:
         hist = tuple(history.get(s.step_id, ()))
-        done = [a for a in hist if a.status == "COMPLETED"]
-        step_records.append(
-            StepRecord(
-                id=s.step_id,
-                position=s.position,
-                plugin=s.plugin,
-                method=s.method,
-                queue=s.queue,
-                status=s.status,
-                attempts=s.attempts,
-                started_at=s.started_at,
-                finished_at=s.finished_at,
-                duration=s.duration,
-                worker=s.worker,
-                error=s.error,
-                reason=s.reason,
-                compensation_error=s.compensation_error,
-                progress=s.progress,
-                progress_message=s.progress_message,
-                stats=loads(s.stats),
-                output=done[-1].output if done else None,
-                history=hist,
-            )
-        )
+        step_records.append(_step_record(s, hist, mapped.get(s.step_id)))
     return RunDetail(
         run=_summary(row),
         inputs=loads(row.inputs, {}),
@@ -340,6 +309,76 @@ def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDe
         steps=tuple(step_records),
         logs=newest_logs,
         logs_total=total,
+    )
+
+
+def _attempt(a: Any) -> AttemptRecord:
+    return AttemptRecord(
+        number=a.attempt,
+        status=a.status,
+        worker=a.worker,
+        queue=a.queue,
+        task_id=a.task_id,
+        started_at=a.started_at,
+        finished_at=a.finished_at,
+        duration=a.duration,
+        input=loads(a.input),
+        output=loads(a.output),
+        output_size=a.output_size,
+        error=a.error,
+        traceback=a.traceback,
+        stats=loads(a.stats),
+    )
+
+
+def step_record(store: AuditStore, run_id: str, step_id: str) -> StepRecord:
+    """One step, or one item of a mapped step (``resize[3]``), with every attempt. Raises
+    UnknownRun, or UnknownStep when the run has no such step or item in the store."""
+    with store.connect() as conn:
+        if conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first() is None:
+            raise UnknownRun(run_id)
+        row = conn.execute(
+            select(steps).where(steps.c.run_id == run_id, steps.c.step_id == step_id)
+        ).first()
+        if row is None:
+            raise UnknownStep(run_id, step_id)
+        hist = tuple(
+            _attempt(a)
+            for a in conn.execute(
+                select(step_attempts)
+                .where(step_attempts.c.run_id == run_id, step_attempts.c.step_id == step_id)
+                .order_by(step_attempts.c.attempt)
+            )
+        )
+        mapped = counts_in(conn, run_id, [step_id]) if row.item_of is None else {}
+    return _step_record(row, hist, mapped.get(step_id))
+
+
+def _step_record(s: Any, hist: tuple[AttemptRecord, ...], items: ItemCounts | None) -> StepRecord:
+    done = [a for a in hist if a.status == "COMPLETED"]
+    return StepRecord(
+        id=s.step_id,
+        position=s.position,
+        plugin=s.plugin,
+        method=s.method,
+        queue=s.queue,
+        status=s.status,
+        attempts=s.attempts,
+        started_at=s.started_at,
+        finished_at=s.finished_at,
+        duration=s.duration,
+        worker=s.worker,
+        error=s.error,
+        reason=s.reason,
+        compensation_error=s.compensation_error,
+        progress=s.progress,
+        progress_message=s.progress_message,
+        stats=loads(s.stats),
+        output=done[-1].output if done else None,
+        history=hist,
+        items=items,
+        item_of=s.item_of,
+        item_index=s.item_index,
     )
 
 
@@ -380,7 +419,7 @@ def recent_logs(store: AuditStore, run_id: str, limit: int) -> tuple[tuple[LogLi
 def step_progress(store: AuditStore, run_id: str) -> dict[str, tuple[float, str | None]]:
     """{step: (fraction, message)} for the steps of a run that reported progress."""
     q = select(steps.c.step_id, steps.c.progress, steps.c.progress_message).where(
-        steps.c.run_id == run_id, steps.c.progress.is_not(None)
+        steps.c.run_id == run_id, steps.c.progress.is_not(None), steps.c.item_of.is_(None)
     )
     with store.connect() as conn:
         return {sid: (fraction, message) for sid, fraction, message in conn.execute(q)}
