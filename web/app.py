@@ -25,6 +25,7 @@ from orchestrator.settings import Settings
 from web import (
     accounts,  # noqa: F401 - adds the account routes to api.blp
     auth,
+    items,  # noqa: F401 - adds the routes on items of mapped steps to api.blp
     limits,
     pages,
     rest,

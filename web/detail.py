@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from marshmallow import ValidationError
+
 from orchestrator.audit import queries
 from orchestrator.audit.store import AuditStore
 from orchestrator.engine import compiler
@@ -20,6 +22,7 @@ from orchestrator.engine.runevents import run_events
 from orchestrator.engine.states import FINAL_RUN_STATUSES
 from orchestrator.errors import CanvasflowError, StoreError, UnknownRun
 from orchestrator.model.definition import Definition, from_stored
+from web.mapped import group_item_bars, map_counts
 from web.runs import (
     REDIS_DOWN,
     REDIS_UNREACHABLE,
@@ -48,7 +51,7 @@ def _definition(body: Mapping[str, Any] | None) -> Definition | None:
         return None
     try:
         return from_stored(body)
-    except CanvasflowError:
+    except (CanvasflowError, ValidationError):  # stored by a version with fields this one lacks
         return None
 
 
@@ -400,7 +403,9 @@ class RunDetails:
         body = src["definition"] or {}
         text = src.get("definition_text") or json.dumps(body, sort_keys=True)
         specs = {s["id"]: s for s in body.get("steps", [])}
-        order = list(specs) or list(src["steps"])
+        # real steps only: a mapped step's items are counted (``map``) and read paged (web/items.py)
+        order = list(specs) or [sid for sid in src["steps"] if not sid.endswith("]")]
+        maps = map_counts(self.store, run_id, specs, src["steps"])
         statuses = {sid: src["steps"].get(sid, {}).get("status", "PENDING") for sid in order}
         counts: dict[str, int] = {}
         for st in statuses.values():
@@ -431,6 +436,7 @@ class RunDetails:
                     retries,
                 )
             )
+            step_list[-1]["map"] = maps.get(sid)
         cooperate()
         summary["sla"] = {**summary["sla"], **retry_sla(summary, retries, now)}
         return {
@@ -562,8 +568,9 @@ class RunDetails:
         except (UnknownRun, StoreError):
             return False
 
-    def timeline(self, run_id: str) -> dict[str, Any]:
-        """Bars for the Gantt chart: one per step attempt and per compensation, from the events."""
+    def timeline(self, run_id: str, expand: Sequence[str] = ()) -> dict[str, Any]:
+        """Bars for the Gantt chart: one per step attempt and per compensation, from the events;
+        a mapped step's items grouped under it, their own bars for the steps in ``expand``."""
         src = self._load(run_id)
         summary = summarize(src["base"], time.time())
         order = [s["id"] for s in (src["definition"] or {}).get("steps", [])] or list(src["steps"])
@@ -634,11 +641,14 @@ class RunDetails:
                     bar["end"] = e["ts"]
                     bar["status"] = "COMPENSATED" if t == "step_compensated" else "FAILED"
                     bar["error"] = data.get("error")
+        bars = group_item_bars(bars, number, expand)
         for b in bars:
             b["duration"] = (b["end"] - b["start"]) if b["end"] is not None else None
+        specs = {s["id"]: s for s in (src["definition"] or {}).get("steps", [])}
+        maps = map_counts(self.store, run_id, specs, src["steps"])
         return {
             "run": summary,
-            "steps": [{"id": s, "number": number[s]} for s in order],
+            "steps": [{"id": s, "number": number[s], "map": maps.get(s)} for s in order],
             "bars": bars,
             "now": time.time(),
         }
@@ -646,10 +656,12 @@ class RunDetails:
     def graph(self, run_id: str) -> dict[str, Any]:
         src = self._load(run_id)
         statuses = {sid: s.get("status", "PENDING") for sid, s in src["steps"].items()}
-        return {
-            "run": summarize(src["base"], time.time()),
-            **dag(src["definition"] or {}, statuses),
-        }
+        graph = dag(src["definition"] or {}, statuses)
+        specs = {s["id"]: s for s in (src["definition"] or {}).get("steps", [])}
+        maps = map_counts(self.store, run_id, specs, src["steps"])
+        for node in graph["nodes"]:
+            node["map"] = maps.get(node["id"])  # a mapped step is one node with its counts
+        return {"run": summarize(src["base"], time.time()), **graph}
 
     def export(self, run_id: str) -> dict[str, Any]:
         """The trace: the same document as ``canvasflow export`` (orchestrator/engine/export.py)."""

@@ -1,0 +1,127 @@
+"""What the run pages show of a mapped step without listing its items: its counts by status
+(``map: {total, counts}`` in the run detail and on the DAG's node), and the Gantt's grouping of
+its items' bars under it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+from orchestrator.audit import queries
+from orchestrator.audit.items import parse_item
+from orchestrator.errors import StoreError
+from web.schemas import BarSchema, TimelineSchema
+
+
+class TimelineArgs(Schema):
+    # one step: several long names would make a URL longer than the server reads (414)
+    expand = fields.String(
+        load_default=None,
+        validate=validate.Length(1, 200),
+        metadata={"description": "a mapped step whose items get their own bars"},
+    )
+
+
+class ItemBarSchema(BarSchema):
+    item_of = fields.String(allow_none=True, metadata={"description": "an item's mapped step"})
+    item_count = fields.Integer(metadata={"description": "kind items: the item bars it groups"})
+
+
+class ItemTimelineSchema(TimelineSchema):
+    bars = fields.List(fields.Nested(ItemBarSchema))
+
+
+def map_counts(
+    store: Any, run_id: str, specs: Mapping[str, Mapping[str, Any]], steps: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """{mapped step: {total, counts}} for the run pages: the steps the audit store has items or
+    a total for (one GROUP BY), and the steps the definition maps that have none yet (total 0);
+    without a store (or with it unreachable), from the items the hot state lists."""
+    mapped = [sid for sid, spec in specs.items() if spec.get("map")]
+    out: dict[str, dict[str, Any]] = {sid: {"total": 0, "counts": {}} for sid in mapped}
+    if store is not None:
+        try:
+            counts = queries.item_counts(store, run_id)
+            out.update((sid, c.as_dict()) for sid, c in counts.items())
+            return out
+        except StoreError:
+            pass  # the detail's warnings already say the store is unavailable
+    out.update(hot_counts(steps.items()))
+    return out
+
+
+def hot_counts(
+    mapped: Iterable[str], steps: Iterable[tuple[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    wanted = set(mapped)
+    out: dict[str, dict[str, Any]] = {}
+    for sid, st in steps:
+        item = parse_item(sid)
+        if item is None or item[0] not in wanted:
+            continue
+        m = out.setdefault(item[0], {"total": 0, "counts": {}})
+        status = (st or {}).get("status", "PENDING")
+        m["total"] += 1
+        m["counts"][status] = m["counts"].get(status, 0) + 1
+    return out
+
+
+EXPANDED_BARS = 2000  # item bars an expanded mapped step shows at most (its first items)
+
+
+def group_item_bars(
+    bars: list[dict[str, Any]], number: Mapping[str, int], expand: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """The Gantt's bars with items grouped under their mapped step: each mapped step gets one
+    ``kind: "items"`` bar spanning its items (``item_count``: how many bars it stands for); the
+    items' own bars (``item_of`` set, numbered like their step) only for the steps in
+    ``expand``, at most EXPANDED_BARS each. Collapsed by default: a 10,000-item step is one row."""
+    wanted = set(expand)
+    out: list[dict[str, Any]] = []
+    groups: dict[str, dict[str, Any]] = {}
+    shown: dict[str, int] = {}
+    for bar in bars:
+        item = parse_item(bar["step"])
+        if item is None:
+            out.append(bar)
+            continue
+        of = item[0]
+        g = groups.get(of)
+        if g is None:
+            g = groups[of] = {
+                "step": of,
+                "number": number.get(of, 0),
+                "kind": "items",
+                "attempt": None,
+                "status": "RUNNING",
+                "start": bar["start"],
+                "end": bar["end"],
+                "worker": None,
+                "error": None,
+                "item_count": 0,
+                "item_of": None,
+                "_open": 0,
+                "_statuses": {},
+            }
+            out.append(g)
+        g["item_count"] += 1
+        g["start"] = min(g["start"], bar["start"])
+        if bar["end"] is None:
+            g["_open"] += 1
+        elif g["end"] is None or bar["end"] > g["end"]:
+            g["end"] = bar["end"]
+        g["_statuses"][bar["status"]] = g["_statuses"].get(bar["status"], 0) + 1
+        if of in wanted and shown.get(of, 0) < EXPANDED_BARS:
+            shown[of] = shown.get(of, 0) + 1
+            out.append({**bar, "number": number.get(of, 0), "item_of": of})
+    for g in groups.values():
+        statuses = g.pop("_statuses")
+        if g.pop("_open"):
+            g["end"] = None  # an item still runs: the group is open
+        elif "FAILED" in statuses:
+            g["status"] = "FAILED"
+        else:
+            g["status"] = max(statuses, key=lambda s: statuses[s])
+    return out
