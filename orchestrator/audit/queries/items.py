@@ -112,7 +112,7 @@ def counts_in(
         t = t.where(steps.c.step_id.in_(wanted))
     totals = {sid: int(n) for sid, n in conn.execute(t)}
     out = {}
-    for sid in sorted(set(by_step) | set(totals) | set(wanted or ())):
+    for sid in sorted(set(by_step) | set(totals)):
         counts = by_step.get(sid, {})
         recorded = sum(counts.values())
         total = max(totals.get(sid, recorded), recorded)
