@@ -220,7 +220,7 @@ class Run:
 
     def step(self, step_id: str) -> StepHandle:
         """One step: ``run.step("resize").items(status="FAILED")`` (orchestrator/engine/items.py)."""
-        return StepHandle(self.client, self.id, step_id)
+        return StepHandle(self.client.settings.database_url, self.id, step_id)
 
     def wait(self, timeout: float | None = None, *, until: Iterable[str] = RESTING) -> RunSnapshot:
         """Block until the run is final (or paused / waiting on a failed compensation)."""

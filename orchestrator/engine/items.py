@@ -7,22 +7,17 @@ logs) are the audit store's, where the recorder writes them a few milliseconds a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from orchestrator.audit import queries
 from orchestrator.audit.items import item_id
 from orchestrator.audit.store import AuditStore
-
-if TYPE_CHECKING:
-    from orchestrator.engine.client import Client
 
 
 class StepHandle:
     """One step of one run: ``items()`` pages a mapped step's items, ``item(i)`` reads one in
     full, ``counts()`` gives its items by status."""
 
-    def __init__(self, client: Client, run_id: str, step_id: str) -> None:
-        self.client = client
+    def __init__(self, database_url: str, run_id: str, step_id: str) -> None:
+        self.database_url = database_url  # the audit store's
         self.run_id = run_id
         self.id = step_id
 
@@ -30,7 +25,7 @@ class StepHandle:
         return f"<Step {self.run_id}/{self.id}>"
 
     def _store(self) -> AuditStore:
-        return AuditStore(self.client.settings.database_url)
+        return AuditStore(self.database_url)
 
     def items(
         self, status: str | None = None, offset: int = 0, limit: int = 100
