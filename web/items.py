@@ -19,8 +19,6 @@ from flask_smorest import abort
 from marshmallow import Schema, fields, pre_load, validate
 
 from orchestrator.audit import queries
-from orchestrator.audit.queries.items import MAX_PAGE as MAX_ITEMS_PAGE
-from orchestrator.audit.queries.items import STEP_STATUSES
 from orchestrator.errors import UnknownRun
 from web import auth
 from web.api import blp, ext, known_run
@@ -32,11 +30,11 @@ NO_STORE = "no audit store is configured: items of mapped steps are read from it
 class ItemsArgs(Schema):
     status = fields.String(
         load_default=None,
-        validate=validate.OneOf(STEP_STATUSES),
+        validate=validate.OneOf(queries.STEP_STATUSES),
         metadata={"description": "only items at this status (case-insensitive)"},
     )
     offset = fields.Integer(load_default=0, validate=validate.Range(0, 2**31 - 1))
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, MAX_ITEMS_PAGE))
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, queries.MAX_ITEMS_PAGE))
 
     @pre_load
     def _upper(self, data: Any, **_: Any) -> Any:

@@ -10,7 +10,6 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from orchestrator.audit import queries
-from orchestrator.audit.items import parse_item
 from orchestrator.errors import StoreError
 from web.schemas import BarSchema, TimelineSchema
 
@@ -58,7 +57,7 @@ def hot_counts(
     wanted = set(mapped)
     out: dict[str, dict[str, Any]] = {}
     for sid, st in steps:
-        item = parse_item(sid)
+        item = queries.parse_item(sid)
         if item is None or item[0] not in wanted:
             continue
         m = out.setdefault(item[0], {"total": 0, "counts": {}})
@@ -83,7 +82,7 @@ def group_item_bars(
     groups: dict[str, dict[str, Any]] = {}
     shown: dict[str, int] = {}
     for bar in bars:
-        item = parse_item(bar["step"])
+        item = queries.parse_item(bar["step"])
         if item is None:
             out.append(bar)
             continue

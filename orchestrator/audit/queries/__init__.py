@@ -8,6 +8,7 @@ and tab counts, ``analytics`` the aggregates; ``common`` holds what they share.
 
 from __future__ import annotations
 
+from orchestrator.audit.items import parse_item
 from orchestrator.audit.queries.analytics import (
     Analytics,
     Histogram,
@@ -39,6 +40,10 @@ from orchestrator.audit.queries.dashboard import (
     tab_counts,
 )
 from orchestrator.audit.queries.items import (
+    MAX_PAGE as MAX_ITEMS_PAGE,
+)
+from orchestrator.audit.queries.items import (
+    STEP_STATUSES,
     ItemCounts,
     ItemPage,
     ItemRecord,
@@ -75,8 +80,10 @@ __all__ = [
     "ENDED",
     "FAILED",
     "FINAL",
+    "MAX_ITEMS_PAGE",
     "PENDING",
     "SETTLED_STEPS",
+    "STEP_STATUSES",
     "UNSUCCESSFUL",
     "Analytics",
     "AttemptRecord",
@@ -110,6 +117,7 @@ __all__ = [
     "list_runs",
     "logs",
     "metric_totals",
+    "parse_item",
     "parse_duration",
     "percentile",
     "prune",
