@@ -79,7 +79,11 @@ class Services:
         if self.web.relay and self.live is not None:
             r = state_redis(self.settings, health_check_interval=30)
             self.relay = StreamTail(
-                r, self.client.keys, self.live.deliver, window=self.web.relay_window
+                r,
+                self.client.keys,
+                self.live.deliver,
+                window=self.web.relay_window,
+                idle=self.live.flush_items,
             )
             self.relay.start()
         if self.web.sla_monitor:
