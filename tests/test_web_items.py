@@ -119,3 +119,21 @@ def test_the_dag_shows_a_mapped_step_as_one_node_with_its_count(api, mapped):
     assert [n["id"] for n in g["nodes"]] == ["list_files", "resize", "publish"]
     node = g["nodes"][1]
     assert node["map"] == {"total": 120, "counts": {"COMPLETED": 103, "FAILED": 17}}
+
+
+def test_the_export_includes_each_mapped_steps_items_with_attempts_and_logs(api, mapped):
+    r = api.get(f"/runs/{mapped}/export")
+    assert r.status_code == 200
+    trace = r.get_json() if r.is_json else __import__("json").loads(r.data)
+    steps = {s["id"]: s for s in trace["steps"]}
+    assert list(steps) == ["list_files", "resize", "publish"]  # items are not steps
+    resize = steps["resize"]
+    assert resize["map"] == {"total": 120, "counts": {"COMPLETED": 103, "FAILED": 17}}
+    assert [i["index"] for i in resize["items"]] == list(range(120))
+    three = resize["items"][3]
+    assert three["id"] == "resize[3]" and three["status"] == "FAILED"
+    assert [a["status"] for a in three["attempts"]] == ["RETRYING", "RETRYING", "FAILED"]
+    twenty = resize["items"][20]
+    assert twenty["output"] == {"path": "f20.png", "index": 20}
+    assert [x["message"] for x in twenty["logs"]] == ["resize[20] line 0", "resize[20] line 1"]
+    assert "items" not in steps["publish"]

@@ -331,6 +331,22 @@ def _attempt(a: Any) -> AttemptRecord:
     )
 
 
+def attempts_of(store: AuditStore, run_id: str, ids: list[str]) -> dict[str, list[AttemptRecord]]:
+    """{step or item id: its attempts, oldest first} for ``ids`` of one run (one query)."""
+    out: dict[str, list[AttemptRecord]] = {}
+    if not ids:
+        return out
+    a = step_attempts.c
+    with store.connect() as conn:
+        for row in conn.execute(
+            select(step_attempts)
+            .where(a.run_id == run_id, a.step_id.in_(ids))
+            .order_by(a.step_id, a.attempt)
+        ):
+            out.setdefault(row.step_id, []).append(_attempt(row))
+    return out
+
+
 def step_record(store: AuditStore, run_id: str, step_id: str) -> StepRecord:
     """One step, or one item of a mapped step (``resize[3]``), with every attempt. Raises
     UnknownRun, or UnknownStep when the run has no such step or item in the store."""
