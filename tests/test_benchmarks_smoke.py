@@ -126,6 +126,7 @@ SCRIPTS: dict[str, Script] = {
     "bench_logging": Script(("bench_logging.py", "--smoke")),
     "bench_planning": Script(("bench_planning.py", "--smoke")),
     "bench_guard": Script(("bench_guard.py", "--smoke")),
+    "bench_items_api": Script(("bench_items_api.py", "--smoke", "--json", "{json}")),
 }
 
 
@@ -539,3 +540,15 @@ def test_drill_hosts_skips_with_its_reason_where_network_namespaces_are_refused(
         [*argv, "--require"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert required.returncode == 2, required.stdout + required.stderr
+
+
+@pytest.mark.parametrize("script", ["bench_items_api"])
+def test_bench_items_api_times_the_run_detail_and_item_pages_of_a_mapped_step(
+    runs: Runs, script: str
+) -> None:
+    figures = runs.get(script).json
+    assert figures["items"] == 300 and figures["record"]["events"] > 300
+    names = [r["name"] for r in figures["rows"]]
+    assert "items: first page (limit 100)" in names and len(names) == 8, names
+    for row in figures["rows"]:
+        assert positive(row["p50_ms"], row["p95_ms"]) and row["p95_ms"] >= row["p50_ms"], row
