@@ -137,3 +137,45 @@ def test_the_export_includes_each_mapped_steps_items_with_attempts_and_logs(api,
     assert twenty["output"] == {"path": "f20.png", "index": 20}
     assert [x["message"] for x in twenty["logs"]] == ["resize[20] line 0", "resize[20] line 1"]
     assert "items" not in steps["publish"]
+
+
+def test_without_a_store_a_mapped_steps_counts_come_from_the_items_the_hot_state_lists():
+    from web.mapped import map_counts
+
+    specs = {
+        "a": {"id": "a"},
+        "resize": {"id": "resize", "map": {"over": "x"}},
+        "m2": {"map": {"over": "y"}},
+    }
+    steps = {
+        "a": {"status": "COMPLETED"},
+        "resize": {"status": "RUNNING"},
+        "resize[0]": {"status": "COMPLETED"},
+        "resize[1]": {"status": "RUNNING"},
+        "resize[2]": {"status": "COMPLETED"},
+    }
+    assert map_counts(None, "r", specs, steps) == {
+        "resize": {"total": 3, "counts": {"COMPLETED": 2, "RUNNING": 1}},
+        "m2": {"total": 0, "counts": {}},  # mapped, not expanded yet
+    }
+
+
+def test_gantt_groups_are_open_while_an_item_runs_and_failed_when_one_failed():
+    from web.mapped import group_item_bars
+
+    def bar(step, status, start, end):
+        return {"step": step, "number": 0, "kind": "step", "attempt": 1, "status": status,
+                "start": start, "end": end, "worker": None, "error": None}  # fmt: skip
+
+    bars = [
+        bar("a", "COMPLETED", 0, 1),
+        bar("m[0]", "COMPLETED", 1, 2),
+        bar("m[1]", "RUNNING", 1.5, None),
+    ]
+    (a, group) = group_item_bars(bars, {"a": 1, "m": 2})
+    assert group["kind"] == "items" and group["number"] == 2 and group["end"] is None
+    assert group["item_count"] == 2 and group["start"] == 1
+    bars[2] = bar("m[1]", "FAILED", 1.5, 3)
+    out = group_item_bars(bars, {"a": 1, "m": 2}, ["m"])
+    assert out[1]["status"] == "FAILED" and out[1]["end"] == 3
+    assert [b["step"] for b in out if b.get("item_of")] == ["m[0]", "m[1]"]

@@ -301,6 +301,7 @@ class RunDetails:
                 "progress": None
                 if s.progress is None
                 else {"fraction": s.progress, "message": s.progress_message},
+                "map": s.items.as_dict() if s.items else None,  # counted with the steps
                 "history": [
                     {
                         "attempt": a.number,
@@ -405,7 +406,9 @@ class RunDetails:
         specs = {s["id"]: s for s in body.get("steps", [])}
         # real steps only: a mapped step's items are counted (``map``) and read paged (web/items.py)
         order = list(specs) or [sid for sid in src["steps"] if not sid.endswith("]")]
-        maps = map_counts(self.store, run_id, specs, src["steps"])
+        maps = map_counts(
+            self.store if src["source"] == "hot" else None, run_id, specs, src["steps"]
+        )
         statuses = {sid: src["steps"].get(sid, {}).get("status", "PENDING") for sid in order}
         counts: dict[str, int] = {}
         for st in statuses.values():

@@ -37,7 +37,8 @@ def map_counts(
 ) -> dict[str, dict[str, Any]]:
     """{mapped step: {total, counts}} for the run pages: the steps the audit store has items or
     a total for (one GROUP BY), and the steps the definition maps that have none yet (total 0);
-    without a store (or with it unreachable), from the items the hot state lists."""
+    without a store (or with it unreachable), from the items the hot state lists, or the counts
+    the steps read from the store came with (``steps[sid]["map"]``)."""
     mapped = [sid for sid, spec in specs.items() if spec.get("map")]
     out: dict[str, dict[str, Any]] = {sid: {"total": 0, "counts": {}} for sid in mapped}
     if store is not None:
@@ -48,17 +49,19 @@ def map_counts(
         except StoreError:
             pass  # the detail's warnings already say the store is unavailable
     out.update(hot_counts(steps.items()))
+    # a run read from the audit store: its steps came with their counts
+    out.update(
+        (sid, st["map"]) for sid, st in steps.items() if isinstance(st, dict) and st.get("map")
+    )
     return out
 
 
-def hot_counts(
-    mapped: Iterable[str], steps: Iterable[tuple[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    wanted = set(mapped)
+def hot_counts(steps: Iterable[tuple[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Counts of the items among ``steps`` (id, fields) by their mapped step."""
     out: dict[str, dict[str, Any]] = {}
     for sid, st in steps:
         item = queries.parse_item(sid)
-        if item is None or item[0] not in wanted:
+        if item is None:
             continue
         m = out.setdefault(item[0], {"total": 0, "counts": {}})
         status = (st or {}).get("status", "PENDING")
