@@ -163,3 +163,26 @@ def test_a_step_id_that_only_looks_like_an_item_is_not_counted_as_a_real_step(st
     assert rows["odd[name]"].item_of is None
     # an index beyond a 32-bit column is no item: the row stays a step
     assert rows["x[12345678901234567890]"].item_of is None
+
+
+def test_migration_0008_fills_item_rows_an_older_recorder_wrote(store_url):
+    from sqlalchemy import text
+
+    from orchestrator.audit import AuditStore
+
+    s = AuditStore(store_url)
+    s.upgrade("0007")
+    with s.begin() as conn:
+        for sid in ("resize", "resize[4]", "odd[name]"):
+            conn.execute(
+                text(
+                    "INSERT INTO cf_steps (run_id, step_id, status) VALUES ('old', :s, 'COMPLETED')"
+                ),
+                {"s": sid},
+            )
+    s.upgrade()
+    with s.connect() as conn:
+        rows = {r.step_id: r for r in conn.execute(select(steps).where(steps.c.run_id == "old"))}
+    assert (rows["resize[4]"].item_of, rows["resize[4]"].item_index) == ("resize", 4)
+    assert rows["resize"].item_of is None and rows["odd[name]"].item_of is None
+    s.dispose()
