@@ -112,10 +112,11 @@ def main() -> None:
         store = AuditStore(url)
         if store.dialect == "postgresql":
             from orchestrator.audit.models import metadata
+            from orchestrator.audit.store import VERSION_TABLE
 
             with store.begin() as conn:
                 metadata.drop_all(conn)
-                conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version_canvasflow")
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {VERSION_TABLE}")
         store.upgrade()
         results["store"] = store.dialect
         settings = Settings(
