@@ -186,3 +186,14 @@ def test_migration_0008_fills_item_rows_an_older_recorder_wrote(store_url):
     assert (rows["resize[4]"].item_of, rows["resize[4]"].item_index) == ("resize", 4)
     assert rows["resize"].item_of is None and rows["odd[name]"].item_of is None
     s.dispose()
+
+
+def test_the_run_list_counts_real_steps_and_retry_rates_count_items_as_their_step(store):
+    evs, lk = mapped_run("r1", 40)
+    store.apply(evs, lk)
+    page = q.run_list_page(store, q.RunSelection(), limit=10, now=3_000_000.0)
+    (run,) = [r for r in page.rows if r["id"] == "r1"]
+    assert (run["total"], run["settled"]) == (3, 3)
+    a = q.analytics(store, 0, 3_000_000.0)
+    steps_seen = {s.step for s in a.retries_by_step}
+    assert "resize" in steps_seen and not [s for s in steps_seen if "[" in s]
