@@ -197,3 +197,36 @@ def test_the_run_list_counts_real_steps_and_retry_rates_count_items_as_their_ste
     a = q.analytics(store, 0, 3_000_000.0)
     steps_seen = {s.step for s in a.retries_by_step}
     assert "resize" in steps_seen and not [s for s in steps_seen if "[" in s]
+
+
+@pytest.mark.integration
+def test_the_recorder_records_a_2000_item_run_from_the_stream_in_batches(store, redis_url):
+    import uuid
+
+    import redis as redis_lib
+
+    from orchestrator.audit.recorder import Recorder
+    from orchestrator.engine.runstate import RunState
+    from orchestrator.keys import Keys
+    from tests.items_helpers import run_meta
+
+    keys = Keys(f"it{uuid.uuid4().hex[:8]}")
+    r = redis_lib.Redis.from_url(redis_url)
+    rid = f"big{uuid.uuid4().hex[:6]}"
+    evs, _ = mapped_run(rid, 2000, logs_every=50)
+    RunState(r, keys, state_ttl=60).create(run_meta(rid), ["list_files", "resize", "publish"])
+    pipe = r.pipeline(transaction=False)
+    for e in evs[1:]:
+        pipe.xadd(keys.events, {"run": rid, "seq": e.seq, "type": e.type, "step": e.step,
+                                "status": e.status, "ts": e.ts, "data": e.data_json})  # fmt: skip
+    pipe.execute()
+    recorder = Recorder(store, r, keys)
+    recorder.drain(timeout=300)
+    assert recorder.stats.batches > 1  # the run went through several batches
+    d = q.run_detail(store, rid)
+    assert [s.id for s in d.steps] == ["list_files", "resize", "publish"]
+    assert d.run.complete and d.run.last_seq == len(evs)
+    assert d.step("resize").items == q.ItemCounts(2000, expected_counts(2000))
+    page = q.items(store, rid, "resize", offset=1990, limit=100)
+    assert [i.index for i in page.items] == list(range(1990, 2000))
+    r.close()
