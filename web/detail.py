@@ -22,7 +22,7 @@ from orchestrator.engine.runevents import run_events
 from orchestrator.engine.states import FINAL_RUN_STATUSES
 from orchestrator.errors import CanvasflowError, StoreError, UnknownRun
 from orchestrator.model.definition import Definition, from_stored
-from web.mapped import group_item_bars, map_counts
+from web.mapped import group_item_bars, map_counts, stored_item_bars
 from web.runs import (
     REDIS_DOWN,
     REDIS_UNREACHABLE,
@@ -645,6 +645,8 @@ class RunDetails:
                     bar["status"] = "COMPENSATED" if t == "step_compensated" else "FAILED"
                     bar["error"] = data.get("error")
         bars = group_item_bars(bars, number, expand)
+        if self.store is not None:  # exact, and bounded: the store's rows, not the events
+            bars = stored_item_bars(self.store, run_id, bars, number, expand)
         for b in bars:
             b["duration"] = (b["end"] - b["start"]) if b["end"] is not None else None
         specs = {s["id"]: s for s in (src["definition"] or {}).get("steps", [])}

@@ -127,3 +127,72 @@ def group_item_bars(
         else:
             g["status"] = max(statuses, key=lambda s: statuses[s])
     return out
+
+
+def stored_item_bars(
+    store: Any,
+    run_id: str,
+    bars: list[dict[str, Any]],
+    number: Mapping[str, int],
+    expand: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """The Gantt's item bars from the audit store instead of the events: each mapped step's
+    group bar from its items' rows (first start, last end, attempts, counts: exact however many
+    events the run has), an expanded step's item bars from its first items' attempt rows.
+    ``bars`` are the event bars (items already grouped by ``group_item_bars``); with the store
+    unreachable they are returned as they are."""
+    try:
+        spans = queries.item_spans(store, run_id)
+        wanted = [s for s in dict.fromkeys(expand) if s in spans]
+        attempts = {s: queries.item_attempts(store, run_id, s, limit=EXPANDED_BARS) for s in wanted}
+    except StoreError:
+        return bars
+    if not spans:
+        return bars
+    out = [b for b in bars if b["kind"] != "items" and not b.get("item_of")]
+    for sid, span in spans.items():
+        if span.start is None:
+            continue  # no item has started
+        c = span.counts.counts
+        status = (
+            "FAILED"
+            if c.get("FAILED")
+            else "RUNNING"
+            if span.open
+            else max(c, key=lambda s: c[s])
+            if c
+            else "PENDING"
+        )
+        out.append(
+            {
+                "step": sid,
+                "number": number.get(sid, 0),
+                "kind": "items",
+                "attempt": None,
+                "status": status,
+                "start": span.start,
+                "end": None if span.open else span.end,
+                "worker": None,
+                "error": None,
+                "item_count": span.attempts,
+                "item_of": None,
+            }
+        )
+        for a in attempts.get(sid, ()):
+            if a["started_at"] is None:
+                continue
+            out.append(
+                {
+                    "step": a["step"],
+                    "number": number.get(sid, 0),
+                    "kind": "step",
+                    "attempt": a["attempt"],
+                    "status": a["status"],
+                    "start": a["started_at"],
+                    "end": a["finished_at"],
+                    "worker": a["worker"],
+                    "error": a["error"],
+                    "item_of": sid,
+                }
+            )
+    return out

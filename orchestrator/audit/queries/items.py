@@ -255,3 +255,81 @@ def item_logs(store: AuditStore, run_id: str, item: str, limit: int = 500) -> li
 
 def is_item(step_id: str) -> bool:
     return parse_item(step_id) is not None
+
+
+@dataclass(frozen=True)
+class ItemSpan:
+    """A mapped step's items on a time axis: the first start, the last end, how many attempts
+    they made, and their counts (``open``: an item still runs or retries)."""
+
+    start: float | None
+    end: float | None
+    attempts: int
+    counts: ItemCounts
+
+    @property
+    def open(self) -> bool:
+        return bool(self.counts.counts.get("RUNNING") or self.counts.counts.get("RETRYING"))
+
+
+def item_spans(store: AuditStore, run_id: str) -> dict[str, ItemSpan]:
+    """{mapped step: its items' span} of a run (two grouped reads over the item rows)."""
+    q = (
+        select(
+            steps.c.item_of,
+            func.min(steps.c.started_at),
+            func.max(steps.c.finished_at),
+            func.sum(steps.c.attempts),
+        )
+        .where(steps.c.run_id == run_id, steps.c.item_of.is_not(None))
+        .group_by(steps.c.item_of)
+    )
+    with store.connect() as conn:
+        counts = counts_in(conn, run_id)
+        rows = {of: (lo, hi, int(n or 0)) for of, lo, hi, n in conn.execute(q)}
+    return {sid: ItemSpan(*rows.get(sid, (None, None, 0)), counts=c) for sid, c in counts.items()}
+
+
+def item_attempts(
+    store: AuditStore, run_id: str, step_id: str, *, limit: int = 2000
+) -> list[dict[str, Any]]:
+    """The attempts of a mapped step's first items (at most ``limit`` attempts), in item order:
+    {step, index, attempt, status, started_at, finished_at, duration, worker, error}."""
+    a = step_attempts.c
+    q = (
+        select(
+            a.step_id,
+            steps.c.item_index,
+            a.attempt,
+            a.status,
+            a.started_at,
+            a.finished_at,
+            a.duration,
+            a.worker,
+            a.error,
+        )
+        .select_from(
+            steps.join(
+                step_attempts,
+                (a.run_id == steps.c.run_id) & (a.step_id == steps.c.step_id),
+            )
+        )
+        .where(steps.c.run_id == run_id, steps.c.item_of == step_id)
+        .order_by(steps.c.item_index, a.attempt)
+        .limit(max(1, limit))
+    )
+    with store.connect() as conn:
+        return [
+            {
+                "step": sid,
+                "index": index,
+                "attempt": n,
+                "status": status,
+                "started_at": start,
+                "finished_at": end,
+                "duration": dur,
+                "worker": worker,
+                "error": error,
+            }
+            for sid, index, n, status, start, end, dur, worker, error in conn.execute(q)
+        ]
