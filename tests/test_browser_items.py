@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.audit import AuditStore
+from orchestrator.audit import AuditStore, queries
 from tests.items_helpers import default_outcome, mapped_run
 from tests.web_fixtures import browser_login
 from tests.web_helpers import VIEWER
@@ -108,3 +108,60 @@ def test_the_dag_node_and_the_gantt_group_of_a_mapped_step(
     assert collapsed["expand"] is None and collapsed["bars"] < 10  # items are one grouped bar
     assert page.errors == []
     page.context.close()
+
+
+def test_a_mapped_steps_counts_follow_its_items_live(
+    chromium: Any, live_server: Any, shots: Any
+) -> None:
+    """Item events written to the real stream while the page is open: the live server's
+    recorder records them, its relay sends them folded, and the row's counts follow."""
+    import redis
+
+    from orchestrator.engine.runstate import RunState
+    from orchestrator.keys import Keys
+    from tests.items_helpers import run_meta
+    from tests.web_helpers import wait_for
+
+    settings = live_server.settings
+    r = redis.Redis.from_url(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    rid = f"bitems{uuid.uuid4().hex[:8]}"
+    evs, _ = mapped_run(rid, N)
+    RunState(r, keys, state_ttl=600).create(run_meta(rid), ["list_files", "resize", "publish"])
+    cut = next(i for i, e in enumerate(evs) if e.step == "resize[60]")
+
+    def publish(part: list[Any]) -> None:
+        pipe = r.pipeline(transaction=True)
+        for e in part:
+            pipe.xadd(keys.events, {"run": rid, "seq": e.seq, "type": e.type, "step": e.step,
+                                    "status": e.status, "ts": e.ts, "data": e.data_json})  # fmt: skip
+        pipe.hset(keys.run(rid), mapping={"seq": str(part[-1].seq)})
+        pipe.execute()
+
+    publish(evs[1:cut])
+    store = AuditStore(settings.database_url)
+    first = sum(1 for i in range(60) if default_outcome(i)[0] == "COMPLETED")
+    wait_for(
+        lambda: (
+            (c := queries.item_counts(store, rid).get("resize"))
+            and c.counts.get("COMPLETED") == first
+        ),
+        30,
+        "the first 60 items to be recorded",
+    )
+    page = browser_login(chromium, live_server, VIEWER, f"/runs/{rid}")
+    page.wait_for_selector("#step-resize .map-badge")
+    assert page.inner_text("#step-resize .map-badge") == f"map {first}/{N}"
+    publish(evs[cut:])
+    page.wait_for_function(
+        f"document.querySelector('#step-resize .map-badge')?.textContent === 'map {N - len(FAILED)}/{N}'",
+        timeout=30_000,
+    )
+    live = page.evaluate("window.__cfLive.received")
+    # the rest of the run's events (hundreds) reached the page as a few folded summaries
+    assert live < 40, live
+    shots(page, "live")
+    assert page.errors == []
+    page.context.close()
+    store.dispose()
+    r.close()
