@@ -179,3 +179,20 @@ def test_gantt_groups_are_open_while_an_item_runs_and_failed_when_one_failed():
     out = group_item_bars(bars, {"a": 1, "m": 2}, ["m"])
     assert out[1]["status"] == "FAILED" and out[1]["end"] == 3
     assert [b["step"] for b in out if b.get("item_of")] == ["m[0]", "m[1]"]
+
+
+def test_the_gantt_of_a_run_past_10000_events_keeps_the_bars_of_its_later_steps(api, web_app):
+    # The events of a run are read 10,000 at most from the store: the items' would crowd out
+    # the steps that ran after them. The Gantt reads the steps' events only, the items' rows.
+    rid = f"items-{uuid.uuid4().hex[:8]}"
+    evs, lk = mapped_run(rid, 2500, outcome=lambda i: ("COMPLETED", 1))
+    assert len(evs) > 10_000
+    web_app.extensions["canvasflow"].store.apply(evs, lk)
+    t = api.get(f"/runs/{rid}/timeline").json
+    assert [b["step"] for b in t["bars"] if b["kind"] == "step"] == [
+        "list_files",
+        "resize",
+        "publish",
+    ]
+    (group,) = [b for b in t["bars"] if b["kind"] == "items"]
+    assert group["item_count"] == 2500 and group["status"] == "COMPLETED"

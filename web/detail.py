@@ -580,7 +580,13 @@ class RunDetails:
         number = {sid: i + 1 for i, sid in enumerate(order)}
         bars: list[dict[str, Any]] = []
         open_: dict[tuple[str, str], dict[str, Any]] = {}
-        for e in self.events(run_id, 0, limit=200_000):
+        # with a store the items' bars are its rows (stored_item_bars): their events are not read
+        events = (
+            run_events(self.client.state, self.store, run_id, 0, 200_000, skip_items=True)
+            if self.store is not None
+            else self.events(run_id, 0, limit=200_000)
+        )
+        for e in events:
             t, step, data = e["type"], e["step"], e["data"] or {}
             if not step:
                 continue

@@ -468,13 +468,13 @@ def logs(
         return [_log(r) for r in conn.execute(q)]
 
 
-def _events_after(conn: Any, run_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
-    q = (
-        select(events)
-        .where(events.c.run_id == run_id, events.c.seq > after_seq)
-        .order_by(events.c.seq)
-        .limit(max(1, min(limit, 10_000)))
-    )
+def _events_after(
+    conn: Any, run_id: str, after_seq: int, limit: int, skip_items: bool = False
+) -> list[dict[str, Any]]:
+    q = select(events).where(events.c.run_id == run_id, events.c.seq > after_seq)
+    if skip_items:  # not the events of items of mapped steps (ids like resize[3])
+        q = q.where(events.c.step_id.not_like("%]"))
+    q = q.order_by(events.c.seq).limit(max(1, min(limit, 10_000)))
     return [
         {
             "run": r.run_id,
@@ -506,11 +506,17 @@ class RecordedEvents:
 
 
 def recorded_events(
-    store: AuditStore, run_id: str, after_seq: int = 0, *, limit: int = 1000
+    store: AuditStore,
+    run_id: str,
+    after_seq: int = 0,
+    *,
+    limit: int = 1000,
+    skip_items: bool = False,
 ) -> RecordedEvents:
-    """The recorded events after ``after_seq`` and where in the stream the unrecorded rest begins."""
+    """The recorded events after ``after_seq`` and where in the stream the unrecorded rest begins
+    (``skip_items``: without the events of items of mapped steps)."""
     with store.connect() as conn:
-        found = _events_after(conn, run_id, after_seq, limit)
+        found = _events_after(conn, run_id, after_seq, limit, skip_items)
         known = found[-1]["seq"] if found else after_seq
         stream_id = conn.execute(
             select(events.c.stream_id)
