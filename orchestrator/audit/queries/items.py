@@ -17,7 +17,7 @@ from orchestrator.audit.items import parse_item
 from orchestrator.audit.models import runs, step_attempts, step_logs, steps
 from orchestrator.audit.queries.common import loads
 from orchestrator.audit.store import AuditStore
-from orchestrator.errors import StoreError, UnknownRun
+from orchestrator.errors import UnknownRun, UnknownStep
 
 MAX_PAGE = 1000  # items per page at most
 STEP_STATUSES = (
@@ -31,15 +31,6 @@ STEP_STATUSES = (
     "COMPENSATING",
     "COMPENSATED",
 )
-
-
-class UnknownStep(StoreError, LookupError):
-    """Raised when a run has no such step, or the step has no such item, in the audit store."""
-
-    def __init__(self, run_id: str, step_id: str, detail: str = "") -> None:
-        self.run_id = run_id
-        self.step_id = step_id
-        super().__init__(detail or f"run {run_id} has no step {step_id!r} in the audit store")
 
 
 @dataclass(frozen=True)
