@@ -67,6 +67,15 @@ class UnknownRun(CanvasflowError, LookupError):
         super().__init__(f"unknown run '{run_id}'")
 
 
+class UnknownStep(CanvasflowError, LookupError):
+    """Raised when a run has no such step, or a mapped step no such item, in the audit store."""
+
+    def __init__(self, run_id: str, step_id: str):
+        self.run_id = run_id
+        self.step_id = step_id
+        super().__init__(f"run {run_id} has no step {step_id!r} in the audit store")
+
+
 class UnknownPlugin(CanvasflowError, LookupError):
     """Raised when a step names a plugin or method that is not registered."""
 

@@ -128,6 +128,7 @@ SCRIPTS: dict[str, Script] = {
     "bench_guard": Script(("bench_guard.py", "--smoke")),
     "bench_schedule": Script(("bench_schedule.py", "--smoke", "--json", "{json}")),
     "bench_events": Script(("bench_events.py", "--smoke", "--json", "{json}")),
+    "bench_items_api": Script(("bench_items_api.py", "--smoke", "--json", "{json}")),
 }
 
 
@@ -566,3 +567,15 @@ def test_bench_schedule_measures_fire_lag_idle_and_busy(runs: Runs, script: str)
         assert positive(r["p50_ms"], r["p99_ms"]) and r["p99_ms"] >= r["p50_ms"]
     assert busy["backlog_queued_at_start"] > 0  # the busy phase had a backlog to work through
     assert "busy/idle ratio: p50" in ran.out
+
+
+@pytest.mark.parametrize("script", ["bench_items_api"])
+def test_bench_items_api_times_the_run_detail_and_item_pages_of_a_mapped_step(
+    runs: Runs, script: str
+) -> None:
+    figures = runs.get(script).json
+    assert figures["items"] == 300 and figures["record"]["events"] > 300
+    names = [r["name"] for r in figures["rows"]]
+    assert "items: first page (limit 100)" in names and len(names) == 10, names
+    for row in figures["rows"]:
+        assert positive(row["p50_ms"], row["p95_ms"]) and row["p95_ms"] >= row["p50_ms"], row

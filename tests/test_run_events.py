@@ -64,3 +64,45 @@ def test_events_recorded_and_trimmed_between_the_store_read_and_the_stream_read_
         assert len(calls) == 2
     finally:
         client.close()
+
+
+def test_a_forgotten_run_whose_last_recorded_event_ends_the_stream_is_read_in_one_scan(
+    redis_url: str, tmp_path: Any
+) -> None:
+    # Seen in bench_items_api.py: the Gantt of a run Redis had forgotten took minutes. Its last
+    # recorded event was the stream's last entry, and the scan read that one entry 500,000 times.
+    import redis as redis_lib
+
+    from orchestrator.audit import AuditStore
+    from orchestrator.audit.recorder import Recorder
+    from orchestrator.engine.runstate import RunState
+    from orchestrator.keys import Keys
+    from tests.items_helpers import mapped_run, run_meta
+
+    keys = Keys(f"ev{uuid.uuid4().hex[:8]}")
+    r = redis_lib.Redis.from_url(redis_url)
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}")
+    store.upgrade()
+    rid = "forgotten"
+    evs, _ = mapped_run(rid, 5)
+    state = RunState(r, keys, state_ttl=60)
+    state.create(run_meta(rid), ["list_files", "resize", "publish"])
+    for e in evs[1:]:
+        r.xadd(keys.events, {"run": rid, "seq": e.seq, "type": e.type, "step": e.step,
+                             "status": e.status, "ts": e.ts, "data": e.data_json})  # fmt: skip
+    Recorder(store, r, keys).drain(timeout=30)
+    r.delete(keys.run(rid), keys.steps(rid))  # Redis forgot the run
+    calls = 0
+    xrange = r.xrange
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return xrange(*a, **kw)
+
+    r.xrange = counted  # type: ignore[method-assign]
+    got = runevents.run_events(state, store, rid, 0, limit=100_000)
+    assert [e["seq"] for e in got] == [e.seq for e in evs]
+    assert calls <= 2
+    store.dispose()
+    r.close()

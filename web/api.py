@@ -31,7 +31,7 @@ from orchestrator.errors import (
 )
 from orchestrator.model.definition import parse_text
 from web import audit as web_audit
-from web import auth, schemas
+from web import auth, mapped, schemas
 from web.detail import log_dict
 from web.events import client_event
 from web.rest import Blueprint
@@ -487,11 +487,12 @@ def run_logs(args: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 @blp.route("/runs/<run_id>/timeline")
 @auth.require("viewer")
-@blp.response(200, schemas.TimelineSchema)
-def run_timeline(run_id: str) -> dict[str, Any]:
-    """Gantt bars: one per step attempt and per compensation."""
+@blp.arguments(mapped.TimelineArgs, location="query")
+@blp.response(200, mapped.ItemTimelineSchema)
+def run_timeline(args: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Gantt bars: one per step attempt and per compensation; a mapped step's items grouped."""
     try:
-        return ext().details.timeline(run_id)
+        return ext().details.timeline(run_id, [args["expand"]] if args["expand"] else [])
     except UnknownRun:
         abort(404, message=f"unknown run '{run_id}'")
         raise

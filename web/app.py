@@ -25,6 +25,7 @@ from orchestrator.settings import Settings
 from web import (
     accounts,  # noqa: F401 - adds the account routes to api.blp
     auth,
+    items,  # noqa: F401 - adds the routes on items of mapped steps to api.blp
     limits,
     pages,
     publish,  # noqa: F401 - adds POST /events to api.blp
@@ -81,7 +82,11 @@ class Services:
         if self.web.relay and self.live is not None:
             r = state_redis(self.settings, health_check_interval=30)
             self.relay = StreamTail(
-                r, self.client.keys, self.live.deliver, window=self.web.relay_window
+                r,
+                self.client.keys,
+                self.live.deliver,
+                window=self.web.relay_window,
+                idle=self.live.flush_items,
             )
             self.relay.start()
         if self.web.sla_monitor:

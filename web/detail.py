@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from marshmallow import ValidationError
+
 from orchestrator.audit import queries
 from orchestrator.audit.store import AuditStore
 from orchestrator.engine import compiler
@@ -20,6 +22,7 @@ from orchestrator.engine.runevents import run_events
 from orchestrator.engine.states import FINAL_RUN_STATUSES
 from orchestrator.errors import CanvasflowError, StoreError, UnknownRun
 from orchestrator.model.definition import Definition, from_stored
+from web.mapped import group_item_bars, map_counts, stored_item_bars
 from web.runs import (
     REDIS_DOWN,
     REDIS_UNREACHABLE,
@@ -48,7 +51,7 @@ def _definition(body: Mapping[str, Any] | None) -> Definition | None:
         return None
     try:
         return from_stored(body)
-    except CanvasflowError:
+    except (CanvasflowError, ValidationError):  # stored by a version with fields this one lacks
         return None
 
 
@@ -298,6 +301,7 @@ class RunDetails:
                 "progress": None
                 if s.progress is None
                 else {"fraction": s.progress, "message": s.progress_message},
+                "map": s.items.as_dict() if s.items else None,  # counted with the steps
                 "history": [
                     {
                         "attempt": a.number,
@@ -402,7 +406,11 @@ class RunDetails:
         body = src["definition"] or {}
         text = src.get("definition_text") or json.dumps(body, sort_keys=True)
         specs = {s["id"]: s for s in body.get("steps", [])}
-        order = list(specs) or list(src["steps"])
+        # real steps only: a mapped step's items are counted (``map``) and read paged (web/items.py)
+        order = list(specs) or [sid for sid in src["steps"] if not sid.endswith("]")]
+        maps = map_counts(
+            self.store if src["source"] == "hot" else None, run_id, specs, src["steps"]
+        )
         statuses = {sid: src["steps"].get(sid, {}).get("status", "PENDING") for sid in order}
         counts: dict[str, int] = {}
         for st in statuses.values():
@@ -433,6 +441,7 @@ class RunDetails:
                     retries,
                 )
             )
+            step_list[-1]["map"] = maps.get(sid)
         cooperate()
         summary["sla"] = {**summary["sla"], **retry_sla(summary, retries, now)}
         return {
@@ -564,15 +573,22 @@ class RunDetails:
         except (UnknownRun, StoreError):
             return False
 
-    def timeline(self, run_id: str) -> dict[str, Any]:
-        """Bars for the Gantt chart: one per step attempt and per compensation, from the events."""
+    def timeline(self, run_id: str, expand: Sequence[str] = ()) -> dict[str, Any]:
+        """Bars for the Gantt chart: one per step attempt and per compensation, from the events;
+        a mapped step's items grouped under it, their own bars for the steps in ``expand``."""
         src = self._load(run_id)
         summary = summarize(src["base"], time.time())
         order = [s["id"] for s in (src["definition"] or {}).get("steps", [])] or list(src["steps"])
         number = {sid: i + 1 for i, sid in enumerate(order)}
         bars: list[dict[str, Any]] = []
         open_: dict[tuple[str, str], dict[str, Any]] = {}
-        for e in self.events(run_id, 0, limit=200_000):
+        # with a store the items' bars are its rows (stored_item_bars): their events are not read
+        events = (
+            run_events(self.client.state, self.store, run_id, 0, 200_000, skip_items=True)
+            if self.store is not None
+            else self.events(run_id, 0, limit=200_000)
+        )
+        for e in events:
             t, step, data = e["type"], e["step"], e["data"] or {}
             if not step:
                 continue
@@ -636,11 +652,16 @@ class RunDetails:
                     bar["end"] = e["ts"]
                     bar["status"] = "COMPENSATED" if t == "step_compensated" else "FAILED"
                     bar["error"] = data.get("error")
+        bars = group_item_bars(bars, number, expand)
+        if self.store is not None:  # exact, and bounded: the store's rows, not the events
+            bars = stored_item_bars(self.store, run_id, bars, number, expand)
         for b in bars:
             b["duration"] = (b["end"] - b["start"]) if b["end"] is not None else None
+        specs = {s["id"]: s for s in (src["definition"] or {}).get("steps", [])}
+        maps = map_counts(self.store, run_id, specs, src["steps"])
         return {
             "run": summary,
-            "steps": [{"id": s, "number": number[s]} for s in order],
+            "steps": [{"id": s, "number": number[s], "map": maps.get(s)} for s in order],
             "bars": bars,
             "now": time.time(),
         }
@@ -648,10 +669,12 @@ class RunDetails:
     def graph(self, run_id: str) -> dict[str, Any]:
         src = self._load(run_id)
         statuses = {sid: s.get("status", "PENDING") for sid, s in src["steps"].items()}
-        return {
-            "run": summarize(src["base"], time.time()),
-            **dag(src["definition"] or {}, statuses),
-        }
+        graph = dag(src["definition"] or {}, statuses)
+        specs = {s["id"]: s for s in (src["definition"] or {}).get("steps", [])}
+        maps = map_counts(self.store, run_id, specs, src["steps"])
+        for node in graph["nodes"]:
+            node["map"] = maps.get(node["id"])  # a mapped step is one node with its counts
+        return {"run": summarize(src["base"], time.time()), **graph}
 
     def export(self, run_id: str) -> dict[str, Any]:
         """The trace: the same document as ``canvasflow export`` (orchestrator/engine/export.py)."""

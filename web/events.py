@@ -23,10 +23,11 @@ from flask import request, session
 from flask_socketio import SocketIO, join_room, leave_room
 
 from web import auth
+from web.itemlive import ITEMS_EVENT, ItemCoalescer, coalesce
 
 log = logging.getLogger(__name__)
 
-NOT_FOR_ALL = frozenset({"log", "progress", "stats"})
+NOT_FOR_ALL = frozenset({"log", "progress", "stats", ITEMS_EVENT})
 MAX_RUNS_PER_SUBSCRIBE = 200
 LINE_FIELDS = ("ts", "level", "message", "entity_tag", "entity_route", "entity_id", "entity_type")
 _ENTITIES = LINE_FIELDS[3:]
@@ -111,6 +112,8 @@ class Live:
         self.clients: dict[str, dict[str, Any]] = {}
         self.emitted = 0  # events sent (each counted once, however many rooms it went to)
         self.messages = 0  # Socket.IO messages emitted to rooms
+        # Item events of mapped steps go out folded, a summary per run and interval (itemlive.py).
+        self.items = ItemCoalescer()
         socketio.on_event("connect", self.on_connect)
         socketio.on_event("disconnect", self.on_disconnect)
         socketio.on_event("subscribe", self.on_subscribe)
@@ -169,7 +172,7 @@ class Live:
             except (TypeError, ValueError):
                 seq = -1
             if seq >= 0:
-                events = details.events(rid, seq)
+                events = coalesce(details.events(rid, seq))  # thousands of item events: a few
                 missed.extend(client_event(e) for e in events)
             (hot,) = self.services.client.state.runs([rid], "seq")
             latest[rid] = (
@@ -197,6 +200,11 @@ class Live:
 
     # -- relay --------------------------------------------------------------------------------
 
+    def flush_items(self) -> None:
+        """Send the item summaries that are due (the relay calls it when the stream is quiet)."""
+        if self.items.since:
+            self.deliver([])
+
     def deliver(self, batch: list[dict[str, Any]]) -> None:
         """Emit a batch read from the stream to this process's subscribers: ONE ``events`` message
         per room (the run's room, and ``all``) carrying that room's events in stream order, each
@@ -204,7 +212,7 @@ class Live:
         is encoded once per room and only for rooms somebody in this process joined."""
         rooms = self.socketio.server.manager.rooms.get("/", {})
         out: dict[str, list[dict[str, Any]]] = {}
-        for e in batch:
+        for e in self.items.split(batch):
             room = run_room(e["run"])
             if rooms.get(room):
                 out.setdefault(room, []).append(e)

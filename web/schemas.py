@@ -1,5 +1,4 @@
-"""Marshmallow schemas of the REST API: request arguments (validated, 400 with per-field
-messages) and response shapes (they drive the OpenAPI document at /api/v1/openapi.json)."""
+"""REST API schemas: arguments (validated: 400, per field), responses (/api/v1/openapi.json)."""
 
 from __future__ import annotations
 
@@ -356,6 +355,7 @@ class StepSchema(Schema):
     progress = fields.Dict(allow_none=True)
     logs = fields.List(fields.Nested(LogSchema))
     compensation = fields.Nested(CompensationSchema, allow_none=True)
+    map = fields.Dict(allow_none=True, metadata={"description": "mapped: {total, counts}"})
 
 
 class BranchSchema(Schema):

@@ -42,6 +42,7 @@ class StreamTail:
         block_ms: int = 1000,
         count: int = 500,
         window: float = 0.0,
+        idle: Callable[[], None] | None = None,
     ) -> None:
         self.r = r
         self.stream = keys.events
@@ -49,6 +50,7 @@ class StreamTail:
         self.block_ms = block_ms
         self.count = count
         self.window = window
+        self.idle = idle  # called after a read that found nothing (the relay's timed flushes)
         self.last_id: str | None = None
         self.delivered = 0
         self.batches = 0
@@ -87,6 +89,8 @@ class StreamTail:
             self._last_delivery = time.monotonic()
             self.delivered += len(out)
             self.batches += 1
+        elif self.idle is not None:
+            self.idle()
         return len(out)
 
     def run(self) -> None:

@@ -128,7 +128,15 @@ steps = Table(
     # after that retry (orchestrator/audit/projection.py, docs/audit-store.md).
     Column("reset_seq", Integer, nullable=False, server_default="0"),
     Column("reset_attempts", Integer, nullable=False, server_default="0"),
+    # Items of a mapped step are rows here too, ``step_id`` = ``resize[3]``: ``item_of`` is the
+    # mapped step and ``item_index`` the item's (both NULL on a real step); the mapped step's row
+    # has ``items_total`` once it expanded (migration 0008, docs/audit-store.md "Mapped steps").
+    Column("item_of", NAME),
+    Column("item_index", Integer),
+    Column("items_total", Integer),
     PrimaryKeyConstraint("run_id", "step_id"),
+    # a run's real steps (item_of IS NULL), a mapped step's counts and its items by status
+    Index("ix_cf_steps_run_id_item_of_status", "run_id", "item_of", "status"),
 )
 
 step_attempts = Table(

@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 
 from orchestrator.audit.events import Event, Lookups, clamp_fraction, clamp_level, clamp_message
+from orchestrator.audit.items import MAPPED_EVENTS, mapped_total, parse_item
 from orchestrator.audit.models import (
     audit_log,
     events,
@@ -306,6 +307,9 @@ class _Projection:
                 reset_seq=0,
                 reset_attempts=0,
             )
+            item = parse_item(step_id)
+            if item is not None:  # an item of a mapped step (orchestrator/audit/items.py)
+                row["item_of"], row["item_index"] = item
             self.steps[key] = row
             self.new_steps.add(key)
         self.dirty_steps.add(key)
@@ -599,6 +603,8 @@ class _Projection:
             step["reason"] = _str(data.get("reason"))
         elif t == "step_compensation_failed":
             step["compensation_error"] = _str(data.get("error"))
+        elif t in MAPPED_EVENTS and (total := mapped_total(data)) is not None:
+            step["items_total"] = total
         if t in FINISHING and e.seq > (step["reset_seq"] or 0):
             step["finished_at"] = _hi(step["finished_at"], e.ts)
         if e.status and e.seq > step["status_seq"]:

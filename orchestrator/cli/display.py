@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -52,11 +52,18 @@ def fmt_duration(seconds: float | None) -> str:
 PAUSED_HINT = "paused: still following until `canvasflow resume {run}` (Ctrl-C stops following)"
 
 
-def run_table(snap: RunSnapshot, *, paused_hint: bool = False, width: int = PIPED_WIDTH) -> Group:
+def run_table(
+    snap: RunSnapshot,
+    *,
+    paused_hint: bool = False,
+    width: int = PIPED_WIDTH,
+    maps: Mapping[str, str] | None = None,
+) -> Group:
     """The run as a header line, its steps as a table and the run's error (or the paused hint)
     under it, ``width`` columns wide at most: the header breaks between its fields only, step
     ids and statuses stay whole on one line, the detail (an error) folds; at a narrow width the
-    attempts, then the duration, leave the table."""
+    attempts, then the duration, leave the table. ``maps``: a mapped step's item summary, shown
+    as its detail (orchestrator/cli/items.py)."""
     pct = int(snap.progress * 100)
     # Not the table's title: a title wraps at the table's width, which cut "5/5 steps (100%)"
     # and "577 ms" in two on an 80-column terminal.
@@ -89,6 +96,8 @@ def run_table(snap: RunSnapshot, *, paused_hint: bool = False, width: int = PIPE
             s.duration if s.duration is not None else (now - s.started_at if s.started_at else None)
         )
         detail = s.compensation_error or s.error or ""
+        if maps and s.id in maps:
+            detail = f"{maps[s.id]}{f' - {detail}' if detail else ''}"
         rows.append(
             [
                 s.id,
@@ -164,6 +173,8 @@ def follow(
         time.sleep(interval)
 
 
-def print_summary(snap: RunSnapshot, console: Console | None = None) -> None:
+def print_summary(
+    snap: RunSnapshot, console: Console | None = None, maps: Mapping[str, str] | None = None
+) -> None:
     console = console or CliConsole()
-    console.print(run_table(snap, width=console.width))
+    console.print(run_table(snap, width=console.width, maps=maps))

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from orchestrator.audit import cli as audit_cli
 from orchestrator.audit.cli import CliConsole, Col, print_fitted
+from orchestrator.cli import items as items_cli
 from orchestrator.cli import recover as recover_cli
 from orchestrator.cli.demo import (
     DEMO_CALL_ALLOW,
@@ -290,9 +291,7 @@ def _stopped_following(client: Any, run_id: str, what: str) -> None:
 @handle_errors
 def status(run_id: str, as_json: bool, follow: bool, timeout: float | None) -> None:
     """Show a run's status and its steps; --follow follows it to its end."""
-    from dataclasses import asdict
-
-    from orchestrator.cli.display import print_summary
+    from orchestrator.cli.items import print_status, status_json
 
     client = make_client()
     try:
@@ -305,9 +304,9 @@ def status(run_id: str, as_json: bool, follow: bool, timeout: float | None) -> N
             raise click.UsageError("--follow and --json do not go together")
         follow_to_end(client, run_id, timeout)
     if as_json:
-        click.echo(json.dumps(asdict(snap), default=str, indent=2))
+        click.echo(json.dumps(status_json(client, snap), default=str, indent=2))
     else:
-        print_summary(snap, console)
+        print_status(client, snap, console)
 
 
 def _explain_lost(client: Any, run_id: str) -> None:
@@ -794,6 +793,7 @@ recover_cli.register(
     actor=_actor,
     existing_store=_existing_store,
 )
+items_cli.register(main, **recover_cli.deps)  # items (after recover: its helpers)
 
 if __name__ == "__main__":
     main()

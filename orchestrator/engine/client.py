@@ -28,6 +28,7 @@ from orchestrator.engine import compiler
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.control import Control
 from orchestrator.engine.dispatch import Dispatcher
+from orchestrator.engine.items import StepHandle
 from orchestrator.engine.publish import Published, Publisher
 from orchestrator.engine.runstate import RunState, dumps
 from orchestrator.engine.states import ACTIVE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus
@@ -231,6 +232,10 @@ class Run:
 
     def steps(self) -> tuple[StepSnapshot, ...]:
         return self.snapshot().steps
+
+    def step(self, step_id: str) -> StepHandle:
+        """One step: ``run.step("resize").items(status="FAILED")`` (orchestrator/engine/items.py)."""
+        return StepHandle(self.client.settings.database_url, self.id, step_id)
 
     def wait(self, timeout: float | None = None, *, until: Iterable[str] = RESTING) -> RunSnapshot:
         """Block until the run is final (or paused / waiting on a failed compensation)."""

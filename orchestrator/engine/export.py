@@ -61,6 +61,7 @@ ATTEMPT_FIELDS = (
     "stats",
 )
 EVENT_FIELDS = ("seq", "type", "step", "status", "ts", "data")
+ITEMS_PAGE = 1000  # items of a mapped step read per query
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 REDIS_UNREACHABLE = (
     "Redis is unreachable: the trace is rebuilt from the audit store alone, without the events "
@@ -181,6 +182,50 @@ def _from_store(store: AuditStore, run_id: str) -> dict[str, Any]:
     }
 
 
+def export_items(
+    store: AuditStore, run_id: str, by_step: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each mapped step's ``items`` (in item order, like steps: status, attempts, timings,
+    output, error; logs folded in from the events after) from the audit store, read a page of
+    ITEMS_PAGE at a time; returns {item id: its entry}. The trace is one JSON document, so it
+    holds every item: memory grows with the item count, not with the page."""
+    out: dict[str, dict[str, Any]] = {}
+    for sid, counts in queries.item_counts(store, run_id).items():
+        entry = by_step.get(sid)
+        if entry is None:
+            continue
+        entry["map"] = counts.as_dict()
+        entry["items"] = []
+        offset = 0
+        while True:
+            page = queries.items(store, run_id, sid, offset=offset, limit=ITEMS_PAGE)
+            attempts = queries.attempts_of(store, run_id, [i.id for i in page.items])
+            for i in page.items:
+                item = _step(
+                    i.id,
+                    status=i.status,
+                    started_at=i.started_at,
+                    finished_at=i.finished_at,
+                    output=i.output,
+                    error=i.error,
+                    attempts=[
+                        {
+                            "step": i.id,
+                            "attempt": a.number,
+                            **{k: getattr(a, k) for k in ATTEMPT_FIELDS[2:]},
+                        }
+                        for a in attempts.get(i.id, ())
+                    ],
+                )
+                item["index"] = i.index
+                entry["items"].append(item)
+                out[i.id] = item
+            offset += len(page.items)
+            if len(page.items) < ITEMS_PAGE:
+                break
+    return out
+
+
 def export_run(client: Client, run_id: str, store: AuditStore | None = None) -> dict[str, Any]:
     """Definition, inputs, every step attempt, logs, progress, events and operator actions.
 
@@ -202,8 +247,10 @@ def export_run(client: Client, run_id: str, store: AuditStore | None = None) -> 
             raise UnknownRun(run_id)
         src = _from_store(store, run_id)
     by_step = src["steps"]
+    by_item = export_items(store, run_id, by_step) if store is not None else {}
     for e in events:
-        entry = by_step.get(e.get("step") or "")
+        sid = e.get("step") or ""
+        entry = by_step.get(sid) or by_item.get(sid)
         if entry is None or not isinstance(e["data"], dict):
             continue  # an event of another shape stays in "events" as it is, folded nowhere
         if e["type"] == "log":

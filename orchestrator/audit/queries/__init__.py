@@ -8,6 +8,7 @@ and tab counts, ``analytics`` the aggregates; ``common`` holds what they share.
 
 from __future__ import annotations
 
+from orchestrator.audit.items import parse_item
 from orchestrator.audit.queries.analytics import (
     Analytics,
     Histogram,
@@ -38,6 +39,22 @@ from orchestrator.audit.queries.dashboard import (
     run_list_page,
     tab_counts,
 )
+from orchestrator.audit.queries.items import (
+    MAX_PAGE as MAX_ITEMS_PAGE,
+)
+from orchestrator.audit.queries.items import (
+    STEP_STATUSES,
+    ItemCounts,
+    ItemPage,
+    ItemRecord,
+    ItemSpan,
+    UnknownStep,
+    item_attempts,
+    item_counts,
+    item_logs,
+    item_spans,
+    items,
+)
 from orchestrator.audit.queries.runs import (
     AttemptRecord,
     LogLine,
@@ -47,6 +64,7 @@ from orchestrator.audit.queries.runs import (
     RunDetail,
     RunSummary,
     StepRecord,
+    attempts_of,
     audit_entries,
     events_after,
     get_run,
@@ -57,6 +75,7 @@ from orchestrator.audit.queries.runs import (
     recorded_events,
     run_detail,
     step_progress,
+    step_record,
 )
 
 __all__ = [
@@ -65,12 +84,18 @@ __all__ = [
     "ENDED",
     "FAILED",
     "FINAL",
+    "MAX_ITEMS_PAGE",
     "PENDING",
     "SETTLED_STEPS",
+    "STEP_STATUSES",
     "UNSUCCESSFUL",
     "Analytics",
     "AttemptRecord",
     "Histogram",
+    "ItemCounts",
+    "ItemPage",
+    "ItemRecord",
+    "ItemSpan",
     "LogLine",
     "MetricTotals",
     "Page",
@@ -83,16 +108,24 @@ __all__ = [
     "RunTally",
     "StepRecord",
     "StepStats",
+    "UnknownStep",
     "WorkflowStats",
     "analytics",
+    "attempts_of",
     "audit_entries",
     "decode_cursor",
     "encode_cursor",
     "events_after",
     "get_run",
+    "item_attempts",
+    "item_counts",
+    "item_logs",
+    "item_spans",
+    "items",
     "list_runs",
     "logs",
     "metric_totals",
+    "parse_item",
     "parse_duration",
     "percentile",
     "prune",
@@ -101,5 +134,6 @@ __all__ = [
     "run_detail",
     "run_list_page",
     "step_progress",
+    "step_record",
     "tab_counts",
 ]

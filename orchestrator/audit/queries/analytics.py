@@ -125,11 +125,12 @@ def analytics(
     )
     started = func.sum(case((steps.c.attempts >= 1, 1), else_=0))
     retried = func.sum(case((steps.c.attempts > 1, 1), else_=0))
+    step_key = func.coalesce(steps.c.item_of, steps.c.step_id)  # items count as their step
     retry_q = (
-        select(runs.c.workflow_id, steps.c.step_id, started, retried)
+        select(runs.c.workflow_id, step_key, started, retried)
         .select_from(steps.join(runs, runs.c.id == steps.c.run_id))
         .where(*period, steps.c.attempts >= 1)
-        .group_by(runs.c.workflow_id, steps.c.step_id)
+        .group_by(runs.c.workflow_id, step_key)
     )
     hour = func.floor(runs.c.created_at / 3600) if pg else cast(runs.c.created_at / 3600, Integer)
     hour_q = select(hour.label("h"), func.count()).where(*period).group_by("h").order_by("h")

@@ -94,10 +94,12 @@ def run_list_page(
     """The runs before ``after`` (a decoded cursor: created_at, id), newest first, at most
     ``limit``; with ``counts_slow`` (the fraction of its SLA that makes a live run slow) also the
     tab counts. One statement; a second one when the page is empty."""
-    total = select(func.count()).where(steps.c.run_id == runs.c.id).scalar_subquery()
+    # real steps only: the items of a mapped step are not steps of the run's progress
+    real = steps.c.item_of.is_(None)
+    total = select(func.count()).where(steps.c.run_id == runs.c.id, real).scalar_subquery()
     settled = (
         select(func.count())
-        .where(steps.c.run_id == runs.c.id, steps.c.status.in_(SETTLED_STEPS))
+        .where(steps.c.run_id == runs.c.id, real, steps.c.status.in_(SETTLED_STEPS))
         .scalar_subquery()
     )
     newest_runs = runs.alias("newest_runs")

@@ -27,6 +27,7 @@ from orchestrator.audit.models import (
     workflow_definitions,
 )
 from orchestrator.audit.queries.common import FINAL, decode_cursor, encode_cursor, loads
+from orchestrator.audit.queries.items import ItemCounts, UnknownStep, counts_in
 from orchestrator.audit.store import AuditStore
 from orchestrator.errors import UnknownRun
 
@@ -111,6 +112,9 @@ class StepRecord:
     stats: dict[str, Any] | None
     output: Any
     history: tuple[AttemptRecord, ...]
+    items: ItemCounts | None = None  # a mapped step's items by status (None: not mapped)
+    item_of: str | None = None  # an item: its mapped step and index
+    item_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -282,64 +286,29 @@ def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDe
                     workflow_definitions.c.digest == row.definition_digest,
                 )
             ).scalar()
+        # real steps only: the items of a mapped step are read paged (queries/items.py)
         step_rows = conn.execute(
             select(steps)
-            .where(steps.c.run_id == run_id)
+            .where(steps.c.run_id == run_id, steps.c.item_of.is_(None))
             .order_by(steps.c.position, steps.c.started_at, steps.c.step_id)
         ).all()
         att_rows = conn.execute(
             select(step_attempts)
-            .where(step_attempts.c.run_id == run_id)
+            .where(
+                step_attempts.c.run_id == run_id,
+                step_attempts.c.step_id.in_([s.step_id for s in step_rows]),
+            )
             .order_by(step_attempts.c.step_id, step_attempts.c.attempt)
         ).all()
+        mapped = counts_in(conn, run_id)
         newest_logs, total = _recent_logs(conn, run_id, log_limit)
     history: dict[str, list[AttemptRecord]] = {}
     for a in att_rows:
-        history.setdefault(a.step_id, []).append(
-            AttemptRecord(
-                number=a.attempt,
-                status=a.status,
-                worker=a.worker,
-                queue=a.queue,
-                task_id=a.task_id,
-                started_at=a.started_at,
-                finished_at=a.finished_at,
-                duration=a.duration,
-                input=loads(a.input),
-                output=loads(a.output),
-                output_size=a.output_size,
-                error=a.error,
-                traceback=a.traceback,
-                stats=loads(a.stats),
-            )
-        )
+        history.setdefault(a.step_id, []).append(_attempt(a))
     step_records = []
     for s in step_rows:
         hist = tuple(history.get(s.step_id, ()))
-        done = [a for a in hist if a.status == "COMPLETED"]
-        step_records.append(
-            StepRecord(
-                id=s.step_id,
-                position=s.position,
-                plugin=s.plugin,
-                method=s.method,
-                queue=s.queue,
-                status=s.status,
-                attempts=s.attempts,
-                started_at=s.started_at,
-                finished_at=s.finished_at,
-                duration=s.duration,
-                worker=s.worker,
-                error=s.error,
-                reason=s.reason,
-                compensation_error=s.compensation_error,
-                progress=s.progress,
-                progress_message=s.progress_message,
-                stats=loads(s.stats),
-                output=done[-1].output if done else None,
-                history=hist,
-            )
-        )
+        step_records.append(_step_record(s, hist, mapped.get(s.step_id)))
     return RunDetail(
         run=_summary(row),
         inputs=loads(row.inputs, {}),
@@ -347,6 +316,92 @@ def run_detail(store: AuditStore, run_id: str, *, log_limit: int = 100) -> RunDe
         steps=tuple(step_records),
         logs=newest_logs,
         logs_total=total,
+    )
+
+
+def _attempt(a: Any) -> AttemptRecord:
+    return AttemptRecord(
+        number=a.attempt,
+        status=a.status,
+        worker=a.worker,
+        queue=a.queue,
+        task_id=a.task_id,
+        started_at=a.started_at,
+        finished_at=a.finished_at,
+        duration=a.duration,
+        input=loads(a.input),
+        output=loads(a.output),
+        output_size=a.output_size,
+        error=a.error,
+        traceback=a.traceback,
+        stats=loads(a.stats),
+    )
+
+
+def attempts_of(store: AuditStore, run_id: str, ids: list[str]) -> dict[str, list[AttemptRecord]]:
+    """{step or item id: its attempts, oldest first} for ``ids`` of one run (one query)."""
+    out: dict[str, list[AttemptRecord]] = {}
+    if not ids:
+        return out
+    a = step_attempts.c
+    with store.connect() as conn:
+        for row in conn.execute(
+            select(step_attempts)
+            .where(a.run_id == run_id, a.step_id.in_(ids))
+            .order_by(a.step_id, a.attempt)
+        ):
+            out.setdefault(row.step_id, []).append(_attempt(row))
+    return out
+
+
+def step_record(store: AuditStore, run_id: str, step_id: str) -> StepRecord:
+    """One step, or one item of a mapped step (``resize[3]``), with every attempt. Raises
+    UnknownRun, or UnknownStep when the run has no such step or item in the store."""
+    with store.connect() as conn:
+        if conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first() is None:
+            raise UnknownRun(run_id)
+        row = conn.execute(
+            select(steps).where(steps.c.run_id == run_id, steps.c.step_id == step_id)
+        ).first()
+        if row is None:
+            raise UnknownStep(run_id, step_id)
+        hist = tuple(
+            _attempt(a)
+            for a in conn.execute(
+                select(step_attempts)
+                .where(step_attempts.c.run_id == run_id, step_attempts.c.step_id == step_id)
+                .order_by(step_attempts.c.attempt)
+            )
+        )
+        mapped = counts_in(conn, run_id, [step_id]) if row.item_of is None else {}
+    return _step_record(row, hist, mapped.get(step_id))
+
+
+def _step_record(s: Any, hist: tuple[AttemptRecord, ...], items: ItemCounts | None) -> StepRecord:
+    done = [a for a in hist if a.status == "COMPLETED"]
+    return StepRecord(
+        id=s.step_id,
+        position=s.position,
+        plugin=s.plugin,
+        method=s.method,
+        queue=s.queue,
+        status=s.status,
+        attempts=s.attempts,
+        started_at=s.started_at,
+        finished_at=s.finished_at,
+        duration=s.duration,
+        worker=s.worker,
+        error=s.error,
+        reason=s.reason,
+        compensation_error=s.compensation_error,
+        progress=s.progress,
+        progress_message=s.progress_message,
+        stats=loads(s.stats),
+        output=done[-1].output if done else None,
+        history=hist,
+        items=items,
+        item_of=s.item_of,
+        item_index=s.item_index,
     )
 
 
@@ -387,7 +442,7 @@ def recent_logs(store: AuditStore, run_id: str, limit: int) -> tuple[tuple[LogLi
 def step_progress(store: AuditStore, run_id: str) -> dict[str, tuple[float, str | None]]:
     """{step: (fraction, message)} for the steps of a run that reported progress."""
     q = select(steps.c.step_id, steps.c.progress, steps.c.progress_message).where(
-        steps.c.run_id == run_id, steps.c.progress.is_not(None)
+        steps.c.run_id == run_id, steps.c.progress.is_not(None), steps.c.item_of.is_(None)
     )
     with store.connect() as conn:
         return {sid: (fraction, message) for sid, fraction, message in conn.execute(q)}
@@ -420,13 +475,13 @@ def logs(
         return [_log(r) for r in conn.execute(q)]
 
 
-def _events_after(conn: Any, run_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
-    q = (
-        select(events)
-        .where(events.c.run_id == run_id, events.c.seq > after_seq)
-        .order_by(events.c.seq)
-        .limit(max(1, min(limit, 10_000)))
-    )
+def _events_after(
+    conn: Any, run_id: str, after_seq: int, limit: int, skip_items: bool = False
+) -> list[dict[str, Any]]:
+    q = select(events).where(events.c.run_id == run_id, events.c.seq > after_seq)
+    if skip_items:  # not the events of items of mapped steps (ids like resize[3])
+        q = q.where(events.c.step_id.not_like("%]"))
+    q = q.order_by(events.c.seq).limit(max(1, min(limit, 10_000)))
     return [
         {
             "run": r.run_id,
@@ -458,11 +513,17 @@ class RecordedEvents:
 
 
 def recorded_events(
-    store: AuditStore, run_id: str, after_seq: int = 0, *, limit: int = 1000
+    store: AuditStore,
+    run_id: str,
+    after_seq: int = 0,
+    *,
+    limit: int = 1000,
+    skip_items: bool = False,
 ) -> RecordedEvents:
-    """The recorded events after ``after_seq`` and where in the stream the unrecorded rest begins."""
+    """The recorded events after ``after_seq`` and where in the stream the unrecorded rest begins
+    (``skip_items``: without the events of items of mapped steps)."""
     with store.connect() as conn:
-        found = _events_after(conn, run_id, after_seq, limit)
+        found = _events_after(conn, run_id, after_seq, limit, skip_items)
         known = found[-1]["seq"] if found else after_seq
         stream_id = conn.execute(
             select(events.c.stream_id)

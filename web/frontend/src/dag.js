@@ -40,7 +40,8 @@ function edgePath(a, b) {
 
 function tip(n) {
   return [`${n.name}`, `${n.plugin}.${n.method}`, n.status, n.when ? `when ${n.when}` : "", n.join === "any" ? "join: any" : "",
-    n.compensate ? "has a compensation" : "", n.critical ? "" : "non-critical"].filter(Boolean).join("\n");
+    n.compensate ? "has a compensation" : "", n.critical ? "" : "non-critical",
+    n.map ? `mapped: ${Object.entries(n.map.counts || {}).map(([k, v]) => `${v} ${k}`).join(", ") || "not expanded"} of ${n.map.total}` : ""].filter(Boolean).join("\n");
 }
 
 export function dagSvg(g) {
@@ -53,12 +54,12 @@ export function dagSvg(g) {
   const nodes = [...pos.values()].map(({ x, y, number, node: n }) => {
     const fill = STATUS_COLORS[n.status] || STATUS_COLORS.PENDING;
     const ink = LIGHT.has(n.status) ? "#1d2330" : "#fff";
-    return `<g class="dag-node" data-step="${esc(n.id)}" data-number="${number}" data-status="${esc(n.status)}" tabindex="0" role="button">
+    return `<g class="dag-node${n.map ? " mapped" : ""}" data-step="${esc(n.id)}" data-items="${n.map ? n.map.total : ""}" data-number="${number}" data-status="${esc(n.status)}" tabindex="0" role="button">
       <title>${esc(tip(n))}</title>
       <rect x="${x}" y="${y}" width="${W}" height="${H}" rx="7" fill="${fill}" stroke="${n.compensate ? "#a88a00" : "#4b5563"}"
         stroke-width="${n.compensate ? 3 : 1.2}" ${n.critical ? "" : `stroke-dasharray="5 3"`}/>
       <text x="${x + W / 2}" y="${y + 18}" text-anchor="middle" font-size="${FONT}" font-weight="600" fill="${ink}">${esc(short(n.name))}</text>
-      <text x="${x + W / 2}" y="${y + 34}" text-anchor="middle" font-size="${FONT - 1}" fill="${ink}">${esc(n.status.toLowerCase())}${n.join === "any" ? " · any" : ""}</text>
+      <text x="${x + W / 2}" y="${y + 34}" text-anchor="middle" font-size="${FONT - 1}" fill="${ink}">${esc(n.status.toLowerCase())}${n.join === "any" ? " · any" : ""}${n.map ? ` · ${(n.map.counts?.COMPLETED || 0).toLocaleString()}/${n.map.total.toLocaleString()}` : ""}</text>
     </g>`;
   }).join("");
   return `<svg class="dag-svg" xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">

@@ -4,15 +4,31 @@ import { api } from "./api.js";
 import { chartOn, dispose, STATUS_COLORS } from "./charts.js";
 import { duration, esc } from "./util.js";
 
+/** The rows: one per step; a mapped step's items (bars with `item_of`) under it when expanded. */
+function rowsOf(t) {
+  const items = new Map(); // mapped step -> its item ids in index order
+  for (const b of t.bars) if (b.item_of) (items.get(b.item_of) || items.set(b.item_of, new Set()).get(b.item_of)).add(b.step);
+  const rows = [];
+  for (const s of t.steps) {
+    const open = items.get(s.id);
+    const label = s.map ? `${s.number}. ${s.id} ${open ? "▾" : "▸"} ${s.map.total} items` : `${s.number}. ${s.id}`;
+    rows.push({ id: s.id, label });
+    const idx = (id) => Number(id.slice(id.lastIndexOf("[") + 1, -1));
+    for (const id of [...(open || [])].sort((a, b) => idx(a) - idx(b))) rows.push({ id, label: `   ${id.slice(id.lastIndexOf("["))}` });
+  }
+  return rows;
+}
+
 function option(t) {
   const origin = t.run.created_at;
-  const steps = t.steps;
+  const steps = rowsOf(t);
   const rowOf = new Map(steps.map((s, i) => [s.id, i]));
   const end = (b) => (b.end ?? t.now) - origin;
   const data = t.bars.map((b) => ({
     value: [rowOf.get(b.step) ?? 0, b.start - origin, end(b), b.kind === "compensation" ? 1 : 0],
     bar: b,
-    itemStyle: { color: b.kind === "compensation" ? STATUS_COLORS.COMPENSATING : (STATUS_COLORS[b.status] || "#888") },
+    itemStyle: { color: b.kind === "compensation" ? STATUS_COLORS.COMPENSATING : (STATUS_COLORS[b.status] || "#888"),
+      opacity: b.kind === "items" ? 0.75 : 1 },
   }));
   const target = t.run.sla.target || 0;
   const dataEnd = Math.max(1, ...data.map((d) => d.value[2]));
@@ -22,13 +38,17 @@ function option(t) {
   const view = target > dataEnd * 2 ? Math.min(axisMax, dataEnd * 1.15) : axisMax;
   const sla = target ? [{ xAxis: target, name: "SLA" }] : [];
   const zoom = { xAxisIndex: 0, filterMode: "none", startValue: 0, endValue: view };
-  const labels = steps.map((s) => `${s.number}. ${s.id}`);
+  const labels = steps.map((s) => s.label);
   const opt = {
     animation: false,
     grid: { left: 190, right: 40, top: 30, bottom: 50 },
     tooltip: {
       formatter: (p) => {
         const b = p.data.bar;
+        if (b.kind === "items") {
+          return `<b>${esc(b.step)}</b>: ${b.item_count} item attempts, ${esc(b.status)}<br>${duration(b.duration ?? (t.now - b.start))}` +
+            `${b.end == null ? " (items still running)" : ""}<br><small>click: show or hide its items</small>`;
+        }
         return `<b>${esc(b.step)}</b> ${b.kind === "compensation" ? "(compensation)" : `attempt ${b.attempt ?? "?"}`}<br>` +
           `${esc(b.status)} · ${duration(b.duration ?? (t.now - b.start))}${b.end == null ? " (still running)" : ""}<br>` +
           `${b.worker ? `worker ${esc(b.worker)}<br>` : ""}${b.error ? `<span style="color:#d64545">${esc(b.error)}</span>` : ""}`;
@@ -60,6 +80,7 @@ function option(t) {
         formatter: (p) => {
           const bar = p.data.bar;
           if (bar.kind === "compensation") return "rollback";
+          if (bar.kind === "items") return `${bar.item_count} items`;
           if (bar.status === "RETRYING") return `retry ${bar.attempt}`;
           if (bar.end == null) return "running";
           return "";
@@ -80,10 +101,11 @@ export async function mount(el, runId, openStep) {
     const z = chart.getOption().dataZoom?.[0];
     if (z && z.startValue != null && z.endValue != null) zoomed = { startValue: z.startValue, endValue: z.endValue };
   });
+  let expand = null; // the mapped step whose items have their own rows (one at a time)
   async function refresh() {
     const started = performance.now();
-    timeline = await api(`/runs/${runId}/timeline`);
-    const rows = Math.max(8, timeline.steps.length);
+    timeline = await api(`/runs/${runId}/timeline`, { query: { expand } });
+    const rows = Math.max(8, rowsOf(timeline).length);
     el.style.height = `${Math.min(20000, 80 + rows * 26)}px`;
     chart.resize();
     const fetched = performance.now();
@@ -93,11 +115,13 @@ export async function mount(el, runId, openStep) {
     // Painted: two animation frames after the synchronous update.
     await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
     window.__cfGantt = { fetchMs: fetched - started, renderMs: performance.now() - fetched, bars: timeline.bars.length,
-      ...view, zoomed: Boolean(zoomed) };
+      ...view, zoomed: Boolean(zoomed), expand };
     el.dataset.rendered = String(timeline.bars.length);
   }
   chart.on("click", (p) => {
     const bar = p.data?.bar;
+    if (bar?.kind === "items") { expand = expand === bar.step ? null : bar.step; refresh(); return; }
+    if (bar?.item_of) { openStep(bar.item_of, bar.number); return; }
     if (bar) openStep(bar.step, bar.number);
   });
   await refresh();

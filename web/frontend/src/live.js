@@ -7,7 +7,7 @@ import { io } from "socket.io-client";
 import { connState, updatesBy } from "./conn.js";
 import { setServerTime } from "./util.js";
 
-const CHATTY = new Set(["log", "progress", "stats"]); // not sent to the "all" room
+const CHATTY = new Set(["log", "progress", "stats", "step.items"]); // not sent to the "all" room
 
 class Live {
   constructor() {
@@ -80,7 +80,9 @@ class Live {
       if (sub.resyncing) { sub.pending.push(e); return; }
       if (e.seq <= sub.lastSeq) return; // already applied
       // (Right after a resync the server has sent all it has: a gap left then is not asked again.)
-      if (sub.lastSeq > 0 && e.seq > sub.lastSeq + 1 && !resynced) { this._resync(e.run, sub, e); return; }
+      // A `step.items` summary stands for the item events first_seq..seq (web/itemlive.py).
+      const first = e.first_seq ?? e.seq;
+      if (sub.lastSeq > 0 && first > sub.lastSeq + 1 && !resynced) { this._resync(e.run, sub, e); return; }
       if (replayed) this.replayed += 1;
       sub.lastSeq = e.seq;
       for (const fn of sub.handlers) fn(e);

@@ -1,6 +1,7 @@
 // The run page: header with live progress and actions, the step timeline (expandable input,
 // output, logs, errors, attempts, compensation), parallel branches, and the Gantt / DAG views.
 import { api, ApiError } from "./api.js";
+import { loadItems, mapBody, mapHead, onItemsClick, onItemsFilter } from "./items.js";
 import { getLive, logLines } from "./live.js";
 import {
   $, $$, boot, canOperate, confirmDialog, duration, esc, FINAL, json, LOST_EXPLANATION, lostBadge, now, progressBar, slaBadge,
@@ -145,7 +146,8 @@ function stepRow(s) {
       `<span>${Math.round(100 * s.progress.fraction)}%</span></div> <small>${esc(s.progress.message || "")}</small></div>` : "";
   const lastLog = running && logLines.length ? `<div class="last-log">└ ${esc(logLines[logLines.length - 1].message)}</div>` : "";
   let body = "";
-  if (open) {
+  if (open && s.map) body = mapBody(s); // a mapped step lists its items, paged
+  else if (open) {
     const attempts = s.history.map((a) => `<li class="attempt s-${esc(a.status)}">attempt ${a.attempt ?? "?"}: ${statusBadge(a.status)}
       ${a.started_at ? time(a.started_at) : ""} ${a.duration != null ? `(${duration(a.duration)})` : ""}
       ${a.worker ? `<small class="muted">on ${esc(a.worker)}</small>` : ""}
@@ -177,7 +179,7 @@ function stepRow(s) {
   return `<li class="step s-${esc(s.status)} ${comp?.status ? "compensated" : ""} ${open ? "open" : ""}" id="step-${esc(s.id)}" data-step="${esc(s.id)}" data-status="${esc(s.status)}">
     <div class="step-head" role="button" tabindex="0">
       <span class="num">${s.number}.</span> ${statusBadge(s.status)}
-      <span class="name">${esc(s.name)}</span> ${retries} ${compBadge}
+      <span class="name">${esc(s.name)}</span> ${retries} ${compBadge}${s.map ? mapHead(s.map) : ""}
       <span class="when">${s.started_at ? time(s.started_at) : ""}${s.finished_at ? ` → ${time(s.finished_at)}` : ""}</span>
       <span class="dur" data-started="${running ? s.started_at ?? "" : ""}">${running ? `RUNNING – ${duration(s.duration)}` : dur}</span>
     </div>${prog}${lastLog}${body}</li>`;
@@ -230,6 +232,7 @@ async function load() {
     renderTimeline(r);
     renderBranches(r);
     document.body.dataset.seq = String(r.seq);
+    for (const s of r.steps) if (s.map && state.expanded.has(s.id)) loadItems(runId, s, (m) => itemsLoaded(s, m));
     return r;
   } catch (err) {
     toast(err.message, "error");
@@ -379,6 +382,17 @@ function onEvent(e) {
   if (changed.fetch || (chart && e.step)) refresh();
 }
 
+/** A mapped step's page of items arrived (with its counts): redraw its row. */
+function itemsLoaded(s, map) {
+  const cur = state.run?.steps.find((x) => x.id === s.id);
+  if (!cur) return;
+  if (map) cur.map = map;
+  dirty.rows.add(cur.id);
+  redraw();
+}
+
+const stepOf = (id) => state.run.steps.find((x) => x.id === id);
+
 async function act(name, extra = {}) {
   const a = ACTIONS[name];
   let body = { ...(a.body || {}), ...extra };
@@ -440,13 +454,17 @@ export async function init() {
   $("#timeline").addEventListener("click", (ev) => {
     const retryFrom = ev.target.closest("button[data-retry-from]");
     if (retryFrom) { act("retry", { from_step: retryFrom.dataset.retryFrom }); return; }
+    if (onItemsClick(ev, runId, stepOf, itemsLoaded)) return;
     const head = ev.target.closest(".step-head");
     if (!head) return;
     const id = head.parentElement.dataset.step;
     if (state.expanded.has(id)) state.expanded.delete(id); else state.expanded.add(id);
     renderTimeline(state.run);
+    const mapped = stepOf(id);
+    if (mapped?.map && state.expanded.has(id)) { loadItems(runId, mapped, (m) => itemsLoaded(mapped, m)); return; }
     if (state.expanded.has(id) && state.stale.has(id)) refresh(); // its output came after the last fetch
   });
+  $("#timeline").addEventListener("change", (ev) => { onItemsFilter(ev, runId, stepOf, itemsLoaded); });
   $("#branches").addEventListener("click", (ev) => {
     const b = ev.target.closest("button[data-group]");
     if (!b) return;
