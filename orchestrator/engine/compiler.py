@@ -329,10 +329,15 @@ def _all_paths(defn: Definition) -> list[tuple]:
     for s in defn.steps:
         if s.when:
             paths.extend(expressions.parse(s.when).paths())
-        for _, tpl in expressions.iter_templates(s.params):
+        for _, tpl in expressions.iter_templates(body_params(s)):
             for e in tpl.expressions:
                 paths.extend(e.paths())
     return paths
+
+
+def body_params(step: Step) -> Mapping[str, Any]:
+    """What a step's body renders: a plugin step's params, a sub-workflow step's child inputs."""
+    return (step.inputs or {}) if step.workflow else step.params
 
 
 def uses_inputs(defn: Definition) -> bool:
@@ -347,7 +352,7 @@ def referenced_outputs(defn: Definition) -> set[str]:
         exprs: list[expressions.Expression] = []
         if s.when:
             exprs.append(expressions.parse(s.when))
-        for _, tpl in expressions.iter_templates(s.params):
+        for _, tpl in expressions.iter_templates(body_params(s)):
             exprs.extend(tpl.expressions)
         for e in exprs:
             for chain_ in e.paths():
@@ -375,7 +380,15 @@ def step_spec(step: Step, keep_output: bool, forward: bool = True) -> dict[str, 
     spec: dict[str, Any] = {"id": step.id, "plugin": step.plugin, "method": step.method}
     if not forward:
         spec["drop"] = 1  # no later step looks at this outcome: do not pass it on
-    if step.params:
+    if step.workflow:
+        # A sub-workflow step (workers/subrun.py): its body starts a child run; the child's
+        # inputs are rendered like params. Never on the fast path (stepcore.may_run_first).
+        spec.update(plugin="", method="", wf=step.workflow)
+        if step.version:
+            spec["ver"] = step.version
+        if step.inputs:
+            spec["params"] = dict(step.inputs)
+    elif step.params:
         spec["params"] = dict(step.params)
     if step.depends_on:
         spec["deps"] = list(step.depends_on) if len(step.depends_on) <= MAX_INLINE_DEPS else "@"

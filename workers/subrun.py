@@ -1,0 +1,313 @@
+"""Sub-workflow steps on the workers: start (or find) the child run, wait without a worker slot,
+join when the child ends; and a run's outputs, evaluated when it completes.
+
+A sub-workflow step is an ordinary step task whose body (``start_child``, in place of the plugin
+call) claims the step's child run id (SET NX, so a redelivered or re-dispatched copy finds the
+same child), creates and dispatches the child if it does not exist yet, and raises ``Waiting``.
+The step task then stores its own continuation (``continuation``: the join task, with the
+chain and chord of the step task's request, as ``Task.replace`` would build it) under the child,
+holds the step's lease for as long as the child may run, and ends: no worker slot waits. When
+the child settles (COMPLETED, FAILED, CANCELLED, COMPENSATION_FAILED; PAUSED while the parent
+pauses), ``notify`` takes the continuation (GETDEL: sent exactly once) and sends it; the join
+task records the step's outcome (the child's result, or why it failed) and continues the
+parent's canvas. If the child ended before the continuation was stored, the step task takes it
+back itself. docs/design.md "Sub-workflows" has the reasoning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from celery import Task
+from celery.canvas import Signature, signature
+from celery.exceptions import Ignore
+
+from orchestrator.engine import compiler
+from orchestrator.engine import stepcore as core
+from orchestrator.engine.states import RunStatus, StepStatus
+from orchestrator.errors import EvaluationError, StepError
+from orchestrator.model import subflows
+from orchestrator.model.definition import Definition, dump_definition, from_stored
+from orchestrator.records import RunRecord
+
+log = logging.getLogger(__name__)
+
+JOIN_TASK = "canvasflow.child_joined"
+# A child ending in one of these ends the parent step (COMPENSATION_FAILED: the child waits
+# for an operator, but its work is not done: the step fails).
+ENDED = (
+    RunStatus.COMPLETED,
+    RunStatus.FAILED,
+    RunStatus.CANCELLED,
+    RunStatus.COMPENSATION_FAILED,
+)
+# The parent in one of these takes its paused child's step back (the step waits PENDING for
+# the parent's resume, which attaches it to the same child again).
+PARENT_PAUSED = (RunStatus.PAUSING, RunStatus.PAUSED)
+
+
+class Parked(Ignore):
+    """The step task ends leaving its step RUNNING on its child: not a duplicate, nothing to
+    settle (workers/step.py)."""
+
+
+class Waiting(Exception):
+    """Raised by the body of a sub-workflow step: its child run ``child_id`` is running."""
+
+    def __init__(self, child_id: str) -> None:
+        super().__init__(child_id)
+        self.child_id = child_id
+
+
+def is_sub_step(spec: Mapping[str, Any]) -> bool:
+    return bool(spec.get("wf"))
+
+
+# -- the body ---------------------------------------------------------------------------------
+
+
+def child_definition(rt: Any, workflow: str, version: str | None) -> Definition:
+    """The registered definition the step names (its version was pinned at submit)."""
+    r, keys = rt.state.r, rt.state.keys
+    versions = [
+        v.decode() if isinstance(v, bytes) else v
+        for v in r.lrange(keys.workflow_versions(workflow), 0, -1)
+    ]
+    if not versions:
+        raise StepError(f"sub-workflow: workflow '{workflow}' is not registered", retryable=False)
+    chosen = version or versions[-1]
+    raw = r.hget(keys.workflow(workflow), chosen)
+    if raw is None:
+        raise StepError(
+            f"sub-workflow: workflow '{workflow}' has no version {chosen} "
+            f"(registered: {', '.join(versions)})",
+            retryable=False,
+        )
+    return from_stored(json.loads(raw))
+
+
+def start_child(rt: Any, spec: Mapping[str, Any], inputs: Any, run_id: str, sid: str) -> NoReturn:
+    """The body of a sub-workflow step (step ``sid`` of run ``run_id``): its child run exists
+    and runs when this raises ``Waiting``. Raises StepError when it cannot (depth limit, unknown
+    workflow, inputs that are not a mapping)."""
+    workflow, version = spec["wf"], spec.get("ver")
+    (parent,) = rt.state.runs([run_id], "depth", "priority", "tags_json")
+    depth = (parent.depth if parent else 0) + 1
+    limit = rt.settings.max_workflow_depth
+    if depth > limit:
+        raise StepError(
+            f"sub-workflow '{workflow}' would be nested {depth} runs deep: the limit is {limit} "
+            "(CANVASFLOW_MAX_WORKFLOW_DEPTH)",
+            retryable=False,
+        )
+    if inputs is None:
+        inputs = {}
+    if not isinstance(inputs, Mapping):
+        raise StepError(
+            f"inputs of sub-workflow '{workflow}' must be a mapping, not {type(inputs).__name__}",
+            retryable=False,
+        )
+    child_id, _ = rt.state.claim_child(run_id, sid, secrets.token_hex(8))
+    if rt.state.status(child_id) is None:
+        # Not created yet (or the copy that claimed it died before it did): this copy holds the
+        # step's lease, so no other copy is here at the same time.
+        defn = child_definition(rt, workflow, version)
+        run_inputs = {**defn.inputs, **inputs}
+        record = RunRecord(
+            id=child_id,
+            workflow=defn.id,
+            version=defn.version or "",
+            name=defn.name or defn.id,
+            definition_json=json.dumps(dump_definition(defn), separators=(",", ":")),
+            inputs_json=json.dumps(run_inputs),
+            priority=parent.priority if parent else defn.priority,
+            tags_json=parent.tags_json if parent and parent.tags_json else "[]",
+            triggered_by=f"run {run_id}",
+            trigger_type="parent",
+            sla_seconds=defn.sla_seconds or None,
+            parent_run=run_id,
+            parent_step=sid,
+            depth=depth,
+        )
+        rt.state.add_child(run_id, child_id)  # before it runs: a cancel of the parent reaches it
+        rt.dispatcher.start(record, defn, run_inputs)
+    raise Waiting(child_id)
+
+
+# -- waiting and joining ----------------------------------------------------------------------
+
+
+def continuation(task: Task, args: tuple) -> Signature:
+    """The join task in the place of ``task`` in its canvas: its chain, its chord and group
+    position, its links (what ``Task.replace`` builds, but kept to be sent later). A new task
+    id: a cancel revokes the step task's id, and the join must still run."""
+    req = task.request
+    sig = signature(JOIN_TASK, args=args, app=task.app)
+    routing_key = (req.delivery_info or {}).get("routing_key")
+    if routing_key:
+        sig.set(queue=routing_key)
+    priority = (req.delivery_info or {}).get("priority")
+    if priority is not None:
+        sig.set(priority=priority)
+    for callback in req.callbacks or []:
+        sig.link(callback)
+    for errback in req.errbacks or []:
+        sig.link_error(errback)
+    sig.freeze(uuid.uuid4().hex)
+    sig.set(chord=req.chord, group_id=req.group, group_index=req.group_index, root_id=req.root_id)
+    for t in reversed(req.chain or []):
+        sig |= signature(t, app=task.app)
+    return sig
+
+
+def wait_for_child(
+    task: Task,
+    rt: Any,
+    spec: Mapping[str, Any],
+    known: core.Outcomes,
+    child_id: str,
+    owner: str,
+    attempt: int,
+    started: float,
+) -> NoReturn:
+    """Leave the step RUNNING on its child: store the continuation, and send it at once if the
+    child ended meanwhile (whoever takes it sends it). Always ends the task (Ignore)."""
+    hdr = compiler.read_header(known[core.HEADER])
+    run_id, sid = hdr["run"], spec["id"]
+    wire = compiler.wire_spec(spec)
+    sig = continuation(task, (dict(known), wire, child_id, owner, attempt, started))
+    ttl = max(rt.settings.state_ttl, rt.lease_ttl)
+    rt.state.await_child(child_id, json.dumps(sig), run_id, sid, owner, ttl)
+    status = rt.state.status(child_id)
+    parent = rt.state.status(run_id)
+    if (
+        status is None
+        or status in ENDED
+        or (status == RunStatus.PAUSED and parent in PARENT_PAUSED)
+    ):
+        send_join(rt, task.app, child_id)
+    raise Parked()
+
+
+def send_join(rt: Any, app: Any, child_id: str) -> bool:
+    raw = rt.state.take_join(child_id)
+    if raw is None:
+        return False
+    app.signature(json.loads(raw)).apply_async()
+    return True
+
+
+def notify(rt: Any, app: Any, run_id: str, status: str) -> None:
+    """After run ``run_id`` settled in ``status``: continue its parent if it waits on it."""
+    if status not in ENDED and status != RunStatus.PAUSED:
+        return
+    if status == RunStatus.PAUSED:
+        raw = rt.state.peek_join(run_id)
+        if raw is None:
+            return
+        (run,) = rt.state.runs([run_id], "parent_run")
+        if run is None or rt.state.status(run.parent_run or "") not in PARENT_PAUSED:
+            return  # only the child was paused: the parent step goes on waiting
+    try:
+        send_join(rt, app, run_id)
+    except Exception:
+        log.exception("canvasflow: run %s ended but its parent could not be continued", run_id)
+        raise
+
+
+def joined(
+    task: Task,
+    rt: Any,
+    known: Any,
+    wire: Any,
+    child_id: str,
+    owner: str,
+    attempt: int,
+    started: float,
+) -> Any:
+    """The join task: record the sub-workflow step's outcome from its child, continue the canvas."""
+    known = core.merge(known)
+    spec = compiler.read_spec(wire)
+    hdr = compiler.read_header(known[core.HEADER])
+    run_id, sid, epoch = hdr["run"], spec["id"], hdr["epoch"]
+    (child,) = rt.state.runs([child_id], "status", "result_json", "error", "workflow")
+    critical = spec.get("critical", True)
+    output, error = "null", ""
+    if child is None:
+        status, error = StepStatus.FAILED, f"child run {child_id} is gone from Redis"
+    elif child.status == RunStatus.COMPLETED:
+        status, output = StepStatus.COMPLETED, child.result_json or "null"
+    elif child.status == RunStatus.PAUSED:
+        status = StepStatus.RETRYING  # back to waiting: the parent's resume attaches it again
+        error = f"child run {child_id} paused with its parent"
+    else:
+        status = StepStatus.FAILED
+        error = f"child run {child_id} ({child.workflow}) ended {child.status}" + (
+            f": {child.error}" if child.error else ""
+        )
+    finished = time.time()
+    record = {
+        "attempt": attempt,
+        "step": sid,
+        "status": str(status),
+        "started_at": started,
+        "finished_at": finished,
+        "duration": round(finished - started, 6),
+        "worker": task.request.hostname or "",
+        "task_id": task.request.id or "",
+        "error": error or None,
+        "stats": {},
+        "child_run": child_id,
+    }
+    result = rt.state.finish_step(
+        run_id,
+        sid,
+        epoch,
+        owner=owner,
+        attempt=record,
+        status=str(status),
+        output=output,
+        error=error,
+        traceback="",
+        critical=critical,
+        batch=[],
+    )
+    if result != "ok":
+        raise Ignore()  # the step was taken over (its lease lapsed) or the run is gone
+    flows = StepStatus.PENDING if status == StepStatus.RETRYING else status
+    if status == StepStatus.FAILED and critical:
+        rt.watch.touch(run_id)
+        known[core.HALTING] = 1
+    return core.flow_on(known, spec, str(flows), core.kept_output(spec, str(status), output))
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+def result_fields(rt: Any, run_id: str) -> tuple[dict[str, Any], str]:
+    """({"result_json": ...}, "") for a run about to complete, its outputs evaluated over its
+    hot state; ({}, error) when an entry cannot be evaluated (the run then fails with it)."""
+    data = rt.state.read(run_id)
+    if data is None:
+        return {}, ""
+    run, steps, _ = data
+    outputs = run.definition.get("outputs") or {}
+    scope = {
+        "inputs": run.inputs,
+        "steps": {s: {"status": st.status, "output": st.output} for s, st in steps.items()},
+        "run": {"id": run_id, "workflow": run.workflow, "version": run.version},
+    }
+    try:
+        result = subflows.evaluate_outputs(outputs, scope)
+        text = json.dumps(result, separators=(",", ":"), allow_nan=False)
+    except EvaluationError as exc:
+        return {}, str(exc)
+    except (TypeError, ValueError) as exc:
+        return {}, f"outputs: not JSON: {exc}"
+    return {"result_json": text}, ""
