@@ -622,6 +622,10 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     # After a cancel (a lone settle with a new epoch) steps of the old dispatch may still be
     # running: the plan waits for them; a RUNNING step without a lease has lost its worker.
     alive = [sid for sid in core.running(statuses) if rt.state.lease_holder(run_id, sid)]
+    if not alive and core.unwind_target(status, halt) and subrun.children_active(rt, run_id):
+        # Children wind down first (a cancel reached them): their compensations run before the
+        # parent's own.
+        raise task.retry(countdown=core.Wait().countdown, max_retries=None)
     defn = load_run_definition(run) if not alive and core.unwind_target(status, halt) else None
     plan = core.settle_plan(
         status,

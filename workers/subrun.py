@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.canvas import Signature, signature
 from celery.exceptions import Ignore
 
 from orchestrator.engine import compiler
@@ -143,27 +142,26 @@ def start_child(rt: Any, spec: Mapping[str, Any], inputs: Any, run_id: str, sid:
 # -- waiting and joining ----------------------------------------------------------------------
 
 
-def continuation(task: Task, args: tuple) -> Signature:
-    """The join task in the place of ``task`` in its canvas: its chain, its chord and group
-    position, its links (what ``Task.replace`` builds, but kept to be sent later). A new task
-    id: a cancel revokes the step task's id, and the join must still run."""
+def continuation(task: Task, args: tuple) -> Any:
+    """The join task in the place of ``task`` in its canvas (compiler.compile_continuation). A
+    new task id: a cancel revokes the step task's id, and the join must still run."""
     req = task.request
-    sig = signature(JOIN_TASK, args=args, app=task.app)
-    routing_key = (req.delivery_info or {}).get("routing_key")
-    if routing_key:
-        sig.set(queue=routing_key)
-    priority = (req.delivery_info or {}).get("priority")
-    if priority is not None:
-        sig.set(priority=priority)
-    for callback in req.callbacks or []:
-        sig.link(callback)
-    for errback in req.errbacks or []:
-        sig.link_error(errback)
-    sig.freeze(uuid.uuid4().hex)
-    sig.set(chord=req.chord, group_id=req.group, group_index=req.group_index, root_id=req.root_id)
-    for t in reversed(req.chain or []):
-        sig |= signature(t, app=task.app)
-    return sig
+    info = req.delivery_info or {}
+    return compiler.compile_continuation(
+        JOIN_TASK,
+        args,
+        task_id=uuid.uuid4().hex,
+        chain=req.chain,
+        chord=req.chord,
+        group=req.group,
+        group_index=req.group_index,
+        root_id=req.root_id,
+        queue=info.get("routing_key"),
+        priority=info.get("priority"),
+        links=req.callbacks,
+        error_links=req.errbacks,
+        app=task.app,
+    )
 
 
 def wait_for_child(
@@ -193,6 +191,17 @@ def wait_for_child(
     ):
         send_join(rt, task.app, child_id)
     raise Parked()
+
+
+def children_active(rt: Any, run_id: str) -> bool:
+    """Whether a child run of ``run_id`` is still winding down (or running)."""
+    kids = rt.state.children(run_id)
+    if not kids:
+        return False
+    return any(
+        run is not None and run.status not in ENDED and run.status != RunStatus.PAUSED
+        for run in rt.state.runs(kids, "status")
+    )
 
 
 def send_join(rt: Any, app: Any, child_id: str) -> bool:

@@ -12,16 +12,15 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator.engine.states import RunStatus
 from orchestrator.errors import CanvasflowError, DefinitionError
 from orchestrator.model import subflows
 from orchestrator.model.definition import Definition
 
-if TYPE_CHECKING:
-    from orchestrator.engine.control import Control
-
+# ``control`` below is an orchestrator.engine.control.Control (which imports this module).
+Control = Any
 log = logging.getLogger(__name__)
 
 # Children a pause or cancel of their parent reaches (a final child has nothing to stop).

@@ -671,6 +671,42 @@ def compile_compensation(
     return links[0] if len(links) == 1 else chain(*links, app=app)
 
 
+def compile_continuation(
+    name: str,
+    args: tuple,
+    *,
+    task_id: str,
+    chain: list[Any] | None = None,
+    chord: Any = None,
+    group: str | None = None,
+    group_index: int | None = None,
+    root_id: str | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    links: list[Any] | None = None,
+    error_links: list[Any] | None = None,
+    app: Any = None,
+) -> Signature:
+    """Task ``name`` in the place of a running task in its canvas, from that task's request: its
+    chain (what follows it), its chord and group position, its links. What ``Task.replace``
+    builds, but kept to be sent later: a sub-workflow step's join (workers/subrun.py)."""
+    sig = Signature(name, args=args, app=app)
+    if queue:
+        sig.set(queue=queue)
+    if priority is not None:
+        sig.set(priority=priority)
+    for callback in links or []:
+        sig.link(callback)
+    for errback in error_links or []:
+        sig.link_error(errback)
+    sig.freeze(task_id)
+    sig.set(chord=chord, group_id=group, group_index=group_index, root_id=root_id)
+    out: Signature = sig
+    for t in reversed(chain or []):
+        out |= Signature.from_dict(t, app=app)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # explain
 # ---------------------------------------------------------------------------------------------
