@@ -78,7 +78,12 @@ runs = Table(
     Column("last_seq", Integer, nullable=False, server_default="0"),
     Column("event_count", Integer, nullable=False, server_default="0"),
     Column("updated_at", Double, nullable=False),
+    # A child run of a sub-workflow step: its parent run and step (0009); the run's result.
+    Column("parent_run", ID),
+    Column("parent_step", NAME),
+    Column("result", Text),  # JSON: the definition's outputs, evaluated when the run completed
     Index("ix_cf_runs_created", "created_at", "id"),
+    Index("ix_cf_runs_parent", "parent_run", "created_at"),
     Index("ix_cf_runs_status_created", "status", "created_at", "id"),
     Index("ix_cf_runs_workflow_created", "workflow_id", "created_at", "id"),
     Index("ix_cf_runs_triggered_by_created", "triggered_by", "created_at"),

@@ -58,6 +58,8 @@ RUN_META = (
     "triggered_by",
     "trigger_type",
     "sla_seconds",
+    "parent_run",
+    "parent_step",
 )
 
 

@@ -155,6 +155,11 @@ class RunState:
                 "data": dumps(
                     {"workflow": run.workflow, "version": run.version}
                     | ({"warnings": run.warnings} if run.warnings_json else {})
+                    | (
+                        {"parent_run": run.parent_run, "parent_step": run.parent_step}
+                        if run.parent_run
+                        else {}
+                    )
                 ),
             },
             **xargs,

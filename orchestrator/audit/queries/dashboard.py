@@ -16,6 +16,7 @@ from sqlalchemy import Select, and_, case, func, or_, select, true, tuple_
 
 from orchestrator.audit.models import run_tags, runs, steps
 from orchestrator.audit.store import AuditStore
+from orchestrator.audit.queries.runs import children_filter
 
 ACTIVE = ("RUNNING", "PAUSING", "PAUSED", "CANCELLING", "COMPENSATING")
 PENDING = ("PENDING",)
@@ -40,6 +41,8 @@ _ROW_COLUMNS = (
     "error",
     "failed_step",
     "last_seq",
+    "parent_run",
+    "parent_step",
 )
 _COUNTS = (
     "tab_active",
@@ -66,6 +69,10 @@ class RunSelection:
     search: str | None = None  # run id prefix, or part of the workflow id or name
     # Only runs whose elapsed time (to their end, or to now) reached this fraction of their SLA.
     slow: float | None = None
+    # Child runs (sub-workflow steps'): hidden unless "include" or "only"; ``parent``: only the
+    # children of that run. Runs asked for by id are listed whatever they are.
+    children: str = "hide"
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,8 @@ def _selected(sel: RunSelection, now: float) -> Select[Any]:
         q = q.where(runs.c.status.in_(sel.statuses or ("-",)))
     if sel.ids:
         q = q.where(runs.c.id.in_(sel.ids))
+    else:
+        q = children_filter(q, sel.children, sel.parent)
     if sel.workflow:
         q = q.where(runs.c.workflow_id == sel.workflow)
     for tag in sel.tags:
@@ -193,6 +202,8 @@ def _row(r: Any) -> dict[str, Any]:
         "sla_seconds": r["sla_seconds"],
         "error": r["error"],
         "failed_step": r["failed_step"],
+        "parent_run": r["parent_run"],
+        "parent_step": r["parent_step"],
         "seq": r["last_seq"],
         "total": int(r["n_steps"] or 0),
         "settled": int(r["n_settled"] or 0),
