@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Select, and_, case, func, or_, select, true, tuple_
 
 from orchestrator.audit.models import run_tags, runs, steps
-from orchestrator.audit.store import AuditStore
 from orchestrator.audit.queries.runs import children_filter
+from orchestrator.audit.store import AuditStore
 
 ACTIVE = ("RUNNING", "PAUSING", "PAUSED", "CANCELLING", "COMPENSATING")
 PENDING = ("PENDING",)
