@@ -43,6 +43,7 @@ _ROW_COLUMNS = (
     "last_seq",
     "parent_run",
     "parent_step",
+    "result",
 )
 _COUNTS = (
     "tab_active",
@@ -204,6 +205,7 @@ def _row(r: Any) -> dict[str, Any]:
         "failed_step": r["failed_step"],
         "parent_run": r["parent_run"],
         "parent_step": r["parent_step"],
+        "result": json.loads(r["result"]) if r["result"] else None,
         "seq": r["last_seq"],
         "total": int(r["n_steps"] or 0),
         "settled": int(r["n_settled"] or 0),
