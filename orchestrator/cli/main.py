@@ -165,7 +165,7 @@ def explain(file: str) -> None:
     d = load_file(file)
     p = compiler.plan(d)
     console.print(f"workflow [bold]{d.id}[/] ({d.mode}, {len(d.steps)} steps) compiles to:")
-    for line in compiler.describe_plan(p):
+    for line in compiler.describe_plan(p, compiler.step_labels(d)):
         console.print("  " + line, highlight=False)
     if isinstance(compiler.final_leaf(p.tree), str):
         console.print("  the last step settles the run (compensations if it failed)")
@@ -307,7 +307,7 @@ def status(run_id: str, as_json: bool, follow: bool, timeout: float | None) -> N
     if as_json:
         click.echo(json.dumps(asdict(snap), default=str, indent=2))
     else:
-        print_summary(snap, console)
+        print_summary(snap, console, client)
 
 
 def _explain_lost(client: Any, run_id: str) -> None:

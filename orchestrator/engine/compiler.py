@@ -712,14 +712,27 @@ def compile_continuation(
 # ---------------------------------------------------------------------------------------------
 
 
-def describe_plan(p: Plan) -> list[str]:
-    """The plan as indented lines of canvas, for ``canvasflow explain``."""
+def step_labels(defn: Definition) -> dict[str, str]:
+    """What ``canvasflow explain`` says after a step's id: a sub-workflow step's child run."""
+    return {
+        s.id: f"(sub-workflow: a child run of '{s.workflow}'"
+        + (f" version {s.version})" if s.version else ", its latest version at submit)")
+        for s in defn.steps
+        if s.workflow
+    }
+
+
+def describe_plan(p: Plan, labels: Mapping[str, str] | None = None) -> list[str]:
+    """The plan as indented lines of canvas, for ``canvasflow explain``; ``labels`` are added
+    after step ids (step_labels)."""
     lines: list[str] = []
+    labels = labels or {}
 
     def walk(node: Node, depth: int, joined: bool = False) -> None:
         pad = "  " * depth
         if isinstance(node, Leaf):
-            lines.append(f"{pad}{node.step}")
+            label = labels.get(node.step)
+            lines.append(f"{pad}{node.step} {label}" if label else f"{pad}{node.step}")
         elif isinstance(node, Parallel):
             lines.append(f"{pad}group ({len(node.parts)} in parallel)")
             for part in node.parts:
