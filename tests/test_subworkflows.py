@@ -281,3 +281,22 @@ def test_worker_killed_while_starting_the_child_starts_exactly_one_child(
         assert all(s.attempts == 1 for s in kid.snapshot().steps)
     finally:
         client.close()
+
+
+def test_the_export_carries_the_result_and_the_parent(client: Client) -> None:
+    from orchestrator.engine.export import export_run
+
+    child = child_wf(client, uid("expchild"))
+    run = client.submit(
+        Workflow(uid("exp"))
+        .subworkflow("sub", child, inputs={"n": 4})
+        .outputs(got="{{ steps.sub.output.doubled }}")
+    )
+    assert run.wait(30).status == "COMPLETED"
+    trace = export_run(client, run.id)
+    assert trace["run"]["result"] == {"got": 8} and trace["run"]["parent_run"] is None
+    (kid,) = run.children()
+    child_trace = export_run(client, kid.id)
+    assert child_trace["run"]["parent_run"] == run.id
+    assert child_trace["run"]["parent_step"] == "sub"
+    assert child_trace["run"]["result"] == {"doubled": 8, "n": 4}
