@@ -22,7 +22,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -114,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(rounds):
             order = ("independent", "parent") if r % 2 == 0 else ("parent", "independent")
             for side in order:
-                t = independent(client, child, n) if side == "independent" else parent(
-                    client, defn, n
+                t = (
+                    independent(client, child, n)
+                    if side == "independent"
+                    else parent(client, defn, n)
                 )
                 times[side].append(t)
                 print(f"  round {r + 1}/{rounds} {side:<12} {t:8.3f} s")
@@ -128,8 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.json:
             args.json.write_text(
-                json.dumps({"children": n, "rounds": rounds, "times": times, "median": med,
-                            "ratio": ratio}, indent=2)
+                json.dumps(
+                    {
+                        "children": n,
+                        "rounds": rounds,
+                        "times": times,
+                        "median": med,
+                        "ratio": ratio,
+                    },
+                    indent=2,
+                )
             )
         client.close()
         return 0 if args.smoke or ratio <= TARGET else 1
