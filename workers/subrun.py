@@ -21,6 +21,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -71,6 +72,31 @@ def is_sub_step(spec: Mapping[str, Any]) -> bool:
 # -- the body ---------------------------------------------------------------------------------
 
 
+# (workflow, version) -> (definition, its stored JSON, its blueprint). A registered version never
+# changes (Client.register refuses a new body under an old version), so a worker loads, validates
+# and compiles a child workflow once, not once per child run.
+_PREPARED: OrderedDict[tuple[str, str], tuple[Definition, str, Any]] = OrderedDict()
+PREPARED_CACHE = 64
+
+
+def prepared_child(rt: Any, workflow: str, version: str | None) -> tuple[Definition, str, Any]:
+    """The child workflow the step names, with its stored JSON and blueprint (cached)."""
+    if version is not None and (workflow, version) in _PREPARED:
+        _PREPARED.move_to_end((workflow, version))
+        return _PREPARED[(workflow, version)]
+    defn = child_definition(rt, workflow, version)
+    entry = (
+        defn,
+        json.dumps(dump_definition(defn), separators=(",", ":")),
+        compiler.blueprint(defn),
+    )
+    if defn.version:
+        _PREPARED[(workflow, defn.version)] = entry
+        while len(_PREPARED) > PREPARED_CACHE:
+            _PREPARED.popitem(last=False)
+    return entry
+
+
 def child_definition(rt: Any, workflow: str, version: str | None) -> Definition:
     """The registered definition the step names (its version was pinned at submit)."""
     r, keys = rt.state.r, rt.state.keys
@@ -96,7 +122,7 @@ def start_child(rt: Any, spec: Mapping[str, Any], inputs: Any, run_id: str, sid:
     and runs when this raises ``Waiting``. Raises StepError when it cannot (depth limit, unknown
     workflow, inputs that are not a mapping)."""
     workflow, version = spec["wf"], spec.get("ver")
-    (parent,) = rt.state.runs([run_id], "depth", "priority", "tags_json")
+    parent, child_id, exists = rt.state.claim_child(run_id, sid, secrets.token_hex(8))
     depth = (parent.depth if parent else 0) + 1
     limit = rt.settings.max_workflow_depth
     if depth > limit:
@@ -112,18 +138,17 @@ def start_child(rt: Any, spec: Mapping[str, Any], inputs: Any, run_id: str, sid:
             f"inputs of sub-workflow '{workflow}' must be a mapping, not {type(inputs).__name__}",
             retryable=False,
         )
-    child_id, _ = rt.state.claim_child(run_id, sid, secrets.token_hex(8))
-    if rt.state.status(child_id) is None:
+    if not exists:
         # Not created yet (or the copy that claimed it died before it did): this copy holds the
         # step's lease, so no other copy is here at the same time.
-        defn = child_definition(rt, workflow, version)
+        defn, body, blueprint = prepared_child(rt, workflow, version)
         run_inputs = {**defn.inputs, **inputs}
         record = RunRecord(
             id=child_id,
             workflow=defn.id,
             version=defn.version or "",
             name=defn.name or defn.id,
-            definition_json=json.dumps(dump_definition(defn), separators=(",", ":")),
+            definition_json=body,
             inputs_json=json.dumps(run_inputs),
             priority=parent.priority if parent else defn.priority,
             tags_json=parent.tags_json if parent and parent.tags_json else "[]",
@@ -135,7 +160,7 @@ def start_child(rt: Any, spec: Mapping[str, Any], inputs: Any, run_id: str, sid:
             depth=depth,
         )
         rt.state.add_child(run_id, child_id)  # before it runs: a cancel of the parent reaches it
-        rt.dispatcher.start(record, defn, run_inputs)
+        rt.dispatcher.start(record, defn, run_inputs, prepared=blueprint)
     raise Waiting(child_id)
 
 
@@ -181,9 +206,7 @@ def wait_for_child(
     wire = compiler.wire_spec(spec)
     sig = continuation(task, (dict(known), wire, child_id, owner, attempt, started))
     ttl = max(rt.settings.state_ttl, rt.lease_ttl)
-    rt.state.await_child(child_id, json.dumps(sig), run_id, sid, owner, ttl)
-    status = rt.state.status(child_id)
-    parent = rt.state.status(run_id)
+    status, parent = rt.state.await_child(child_id, json.dumps(sig), run_id, sid, owner, ttl)
     if (
         status is None
         or status in ENDED

@@ -597,16 +597,26 @@ class RunState:
 
     # -- child runs (sub-workflow steps: workers/subrun.py) -------------------------------------
 
-    def claim_child(self, run_id: str, step: str, new_id: str) -> tuple[str, bool]:
-        """The child run of a sub-workflow step: (``new_id``, True) if this call claimed it (SET
-        NX: a redelivered or retried copy of the step finds the same child), else (the id
-        claimed before, False)."""
+    def claim_child(
+        self, run_id: str, step: str, new_id: str
+    ) -> tuple[RunRecord | None, str, bool]:
+        """For a sub-workflow step, in one round trip: the parent run's depth, priority and tags;
+        the step's child run id (SET NX of ``new_id``: a redelivered or retried copy of the step
+        finds the same child); and whether that child run exists already."""
         key = self.keys.child_of(run_id, step)
+        names = run_field_names(("depth", "priority", "tags_json"))
         pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(self.keys.run(run_id), names)
         pipe.set(key, new_id, nx=True, ex=self.state_ttl)
         pipe.get(key)
-        claimed, current = pipe.execute()
-        return (new_id, True) if claimed else (text(current or new_id), False)
+        values, _, current = pipe.execute()
+        child = text(current) or new_id
+        parent = (
+            RunRecord.from_hash(run_id, dict(zip(names, values, strict=True)))
+            if values[0] is not None or values[1] is not None
+            else None
+        )
+        return parent, child, bool(self.r.exists(self.keys.run(child)))
 
     def forget_children(self, run_id: str, steps: Iterable[str]) -> None:
         """An operator retry resets these steps: a reset sub-workflow step starts a fresh child."""
@@ -627,14 +637,19 @@ class RunState:
 
     def await_child(
         self, child_id: str, join: str, run_id: str, step: str, owner: str, ttl: int
-    ) -> None:
+    ) -> tuple[str | None, str | None]:
         """Store what continues the parent when the child ends, and hold the parent step's lease
         for as long as the child may run (the step is alive: no watchdog or settle takes it for
-        a lost worker)."""
+        a lost worker). Returns the statuses of the child and of the parent, read after."""
         pipe = self.r.pipeline(transaction=False)
         pipe.set(self.keys.child_join(child_id), join, ex=self.state_ttl)
         pipe.set(self.keys.lease(run_id, step), owner, ex=ttl)
-        pipe.execute()
+        pipe.hget(self.keys.run(child_id), "status")
+        pipe.hget(self.keys.run(run_id), "status")
+        _, _, child, parent = pipe.execute()
+        return (text(child) if child is not None else None), (
+            text(parent) if parent is not None else None
+        )
 
     def peek_join(self, child_id: str) -> str | None:
         raw = self.r.get(self.keys.child_join(child_id))
