@@ -85,7 +85,7 @@ def kept_running_demo(tmp_path: Path) -> Iterator[Demo]:
             out = _lines_until(proc, "fleet running", timeout=240)
             out += _lines_until(proc, "  export ", timeout=30)
             text = "".join(out)
-            assert "fleet running" in text and text.count("as expected") == 4, (
+            assert "fleet running" in text and text.count("as expected") == 6, (
                 text + err_log.read_text()
             )
             yield Demo(proc, text, err_log, env)

@@ -671,7 +671,7 @@ def watchdog(stall_seconds: int | None, interval: float | None, once: bool, reco
 @click.option("--workdir", type=click.Path(file_okay=False), default=None)
 @handle_errors
 def demo(keep_running: bool | None, workdir: str | None) -> None:
-    """Start a private fleet (Redis, a worker, the dashboard) and run the four example workflows."""
+    """Start a private fleet (Redis, a worker, the dashboard) and run the example workflows."""
     if keep_running is None:
         keep_running = sys.stdin.isatty() and sys.stdout.isatty()
     from orchestrator.cli.demo import StopSignal, export_line, shield_cleanup, stop_on_signals
