@@ -300,3 +300,37 @@ def test_the_export_carries_the_result_and_the_parent(client: Client) -> None:
     assert child_trace["run"]["parent_run"] == run.id
     assert child_trace["run"]["parent_step"] == "sub"
     assert child_trace["run"]["result"] == {"doubled": 8, "n": 4}
+
+
+def test_child_inputs_over_the_size_limit_fail_the_step_not_the_worker(
+    redis_url: str, start_worker
+) -> None:
+    from orchestrator.model.limits import Limits
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url, limits=Limits(max_inputs_bytes=200))
+    start_worker(settings, concurrency=1)
+    client = Client(settings)
+    try:
+        child = child_wf(client, uid("bigin"))
+        run = client.submit(
+            Workflow(uid("p"))
+            .step("big", "builtin", "echo", params={"blob": "x" * 150})
+            .subworkflow(
+                "sub",
+                child,
+                inputs={
+                    "n": 1,
+                    "blob": "{{ steps.big.output.blob }}",
+                    "again": "{{ steps.big.output.blob }}",
+                },
+                depends_on="big",
+            )
+        )
+        snap = run.wait(60)
+        assert snap.status == "FAILED"
+        error = snap.step("sub").error
+        assert error.startswith(f"inputs of sub-workflow '{child}': inputs: ") and "bytes" in error
+        assert snap.step("sub").attempts == 1 and run.children() == []
+    finally:
+        client.close()

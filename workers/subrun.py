@@ -32,7 +32,7 @@ from orchestrator.engine import compiler
 from orchestrator.engine import stepcore as core
 from orchestrator.engine.states import RunStatus, StepStatus
 from orchestrator.errors import EvaluationError, StepError
-from orchestrator.model import subflows
+from orchestrator.model import limits, subflows
 from orchestrator.model.definition import Definition, dump_definition, from_stored
 from orchestrator.records import RunRecord
 
@@ -143,6 +143,15 @@ def start_child(rt: Any, spec: Mapping[str, Any], inputs: Any, run_id: str, sid:
         # step's lease, so no other copy is here at the same time.
         defn, body, blueprint = prepared_child(rt, workflow, version)
         run_inputs = {**defn.inputs, **inputs}
+        # The child's inputs were rendered from the parent's outputs: as big as a run may
+        # receive at most, as from a submit.
+        problems = limits.check_inputs(run_inputs, rt.settings.limits, "inputs")
+        if problems:
+            raise StepError(
+                f"inputs of sub-workflow '{workflow}': "
+                + "; ".join(f"{p}: {m}" for p, m in problems),
+                retryable=False,
+            )
         record = RunRecord(
             id=child_id,
             workflow=defn.id,
