@@ -30,6 +30,16 @@ def uid(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:6]}"
 
 
+def first_child(client: Client, run):
+    """The run's first child run, once it exists (it joins the children set just before)."""
+
+    def ready():
+        kids = run.children()
+        return kids[0] if kids and client.state.status(kids[0].id) else None
+
+    return wait_for(ready)
+
+
 def child_wf(client: Client, wid: str, seconds: float = 0.0, fail: bool = False) -> str:
     """Register a 3-step child: echo -> sleep -> echo, with outputs."""
     wf = Workflow(wid, mode="sequential", inputs={"n": 0})
@@ -111,7 +121,7 @@ def test_cancel_of_the_parent_compensates_inside_the_child_first_then_the_parent
         )
         .subworkflow("sub", child)
     )
-    kid = wait_for(lambda: run.children())[0]
+    kid = first_child(client, run)
     wait_for(lambda: kid.snapshot().statuses["c2"] == "RUNNING")
     client.control.cancel(run.id, actor="test")
     snap = run.wait(60)
@@ -149,7 +159,7 @@ def test_pause_and_resume_of_the_parent_reach_the_child_and_it_runs_each_step_on
         .subworkflow("sub", child)
         .step("after", "builtin", "echo", params={"v": "{{ steps.sub.output.ok }}"})
     )
-    kid = wait_for(lambda: run.children())[0]
+    kid = first_child(client, run)
     wait_for(lambda: kid.snapshot().statuses["c1"] == "RUNNING")
     client.control.pause(run.id, actor="test")
     assert run.wait(30).status == "PAUSED"
@@ -334,3 +344,52 @@ def test_child_inputs_over_the_size_limit_fail_the_step_not_the_worker(
         assert snap.step("sub").attempts == 1 and run.children() == []
     finally:
         client.close()
+
+
+def test_a_child_paused_alone_keeps_its_parent_waiting_until_the_parent_pauses_too(
+    client: Client,
+) -> None:
+    child = uid("alonechild")
+    client.register(
+        Workflow(child, mode="sequential")
+        .step("c1", "builtin", "sleep", params={"seconds": 0.5})
+        .step("c2", "builtin", "echo", params={"done": True})
+        .outputs(done="{{ steps.c2.output.done }}")
+    )
+    run = client.submit(Workflow(uid("parent")).subworkflow("sub", child))
+    kid = first_child(client, run)
+    wait_for(lambda: kid.snapshot().statuses["c1"] == "RUNNING")
+    client.control.pause(kid.id, actor="test")
+    assert kid.wait(30).status == "PAUSED"
+    snap = run.snapshot()
+    assert snap.status == "RUNNING" and snap.statuses["sub"] == "RUNNING"  # still waiting on it
+    client.control.pause(run.id, actor="test")
+    paused = run.wait(30)
+    assert paused.status == "PAUSED"
+    client.control.resume(run.id, actor="test")  # resumes the child too, and attaches to it
+    done = run.wait(60)
+    assert done.status == "COMPLETED" and done.step("sub").output == {"done": True}
+    assert [k.id for k in run.children()] == [kid.id]
+
+
+def test_cancel_without_terminating_lets_the_child_wind_down_and_fails_the_step(
+    client: Client,
+) -> None:
+    child = uid("softchild")
+    client.register(
+        Workflow(child, mode="sequential")
+        .step("c1", "builtin", "sleep", params={"seconds": 0.5})
+        .step("c2", "builtin", "sleep", params={"seconds": 30})
+    )
+    run = client.submit(Workflow(uid("parent")).subworkflow("sub", child))
+    kid = first_child(client, run)
+    wait_for(lambda: kid.snapshot().statuses["c1"] == "RUNNING")
+    client.control.cancel(run.id, actor="test", terminate=False)
+    snap = run.wait(60)
+    assert snap.status == "CANCELLED"
+    ksnap = kid.wait(30)
+    assert ksnap.status == "CANCELLED"
+    # builtin.sleep stops at a cancel on its own (cooperatively); c2 never started
+    assert ksnap.statuses["c1"] in ("COMPLETED", "FAILED") and ksnap.statuses["c2"] == "CANCELLED"
+    assert snap.statuses["sub"] == "FAILED"
+    assert f"child run {kid.id}" in snap.step("sub").error and "CANCELLED" in snap.step("sub").error
