@@ -219,6 +219,8 @@ def test_cli_commands_without_settings_use_the_running_demo_and_say_so(tmp_path:
             "parallel_media",
             "conditional_analysis",
             "transactional_update",
+            "media_group",
+            "media_groups",
         }, demo.stderr()
         redis_url = re.search(r"Redis (redis://\S+),", demo.stdout).group(1)
         note = f"using the running demo's fleet (pid {demo.proc.pid}): {redis_url}"
