@@ -126,6 +126,7 @@ SCRIPTS: dict[str, Script] = {
     "bench_logging": Script(("bench_logging.py", "--smoke")),
     "bench_planning": Script(("bench_planning.py", "--smoke")),
     "bench_guard": Script(("bench_guard.py", "--smoke")),
+    "bench_children": Script(("bench_children.py", "--smoke", "--json", "{json}")),
 }
 
 
@@ -401,6 +402,16 @@ def test_bench_guard_times_the_message_guard_on_three_messages(runs: Runs, scrip
     assert [r[3] for r in rows] == ["False", "False", "True"], out
     for size, micros, _ratio, _ in rows:
         assert positive(int(size), float(micros))
+
+
+@pytest.mark.parametrize("script", ["bench_children"])
+def test_bench_children_times_a_parent_with_children_and_independent_submits(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    assert ran.json["children"] == 3 and ran.json["rounds"] == 1
+    assert positive(*ran.json["median"].values(), ran.json["ratio"])
+    assert "3 children of a 3-step child: independent" in ran.out
 
 
 @pytest.mark.parametrize("script", ["bench_flower"])
