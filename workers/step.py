@@ -245,9 +245,10 @@ def fail_step(
 
 def safe_settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     """``settle``, and if it breaks on anything but an outage, the run still ends: FAILED with why.
-    A child run that ended (or paused with its parent) then continues its parent."""
+    A child run that ended (or paused with its parent) then continues its parent (``settle``
+    does that itself, knowing whether the run has a parent: a top-level run pays nothing)."""
     try:
-        status = settle(task, rt, hdr)
+        return settle(task, rt, hdr)
     except BaseException as exc:
         if not unexpected(exc):
             raise
@@ -610,6 +611,8 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     if at_once == "complete":
         done, ended = complete(rt, run_id, head[3] if head else None)
         if done:
+            if head and head[4]:  # a child run: its parent's step waits for it
+                subrun.notify(rt, task.app, run_id, ended)
             return ended
     data = rt.state.read(run_id)
     if data is None:
@@ -637,7 +640,10 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     )
     if isinstance(plan, core.Wait):
         raise task.retry(countdown=plan.countdown, max_retries=None)
-    return _carry_out(rt, run_id, int(epoch), run, defn, plan)
+    ended = _carry_out(rt, run_id, int(epoch), run, defn, plan)
+    if run.parent_run:
+        subrun.notify(rt, task.app, run_id, ended)
+    return ended
 
 
 def _carry_out(
