@@ -54,6 +54,20 @@ class Keys:
         """String with TTL: which process is running the step right now."""
         return f"{self.prefix}:lease:{self.run_tag(run_id)}:{step_id}"
 
+    def children(self, run_id: str) -> str:
+        """Set: the child runs that sub-workflow steps of the run started (control reaches them)."""
+        return f"{self.run(run_id)}:children"
+
+    def child_of(self, run_id: str, step_id: str) -> str:
+        """String: the child run a sub-workflow step started (SET NX: one child per step; a retry
+        of the step deletes it, so the retry starts a fresh child)."""
+        return f"{self.run(run_id)}:child:{step_id}"
+
+    def child_join(self, child_id: str) -> str:
+        """String: the signature that continues the parent's canvas when the child run ends (the
+        parent's sub-workflow step stored it; whoever GETDELs it sends it, exactly once)."""
+        return f"{self.run(child_id)}:join"
+
     def settled_channel(self, run_id: str) -> str:
         """Pub/sub channel: a message when the run reaches a final or waiting status."""
         return f"{self.prefix}:settled:{self.run_tag(run_id)}"

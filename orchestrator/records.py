@@ -116,6 +116,13 @@ class RunRecord:
     # What the submit warned about (a JSON list of lines, e.g. no live worker on a step's
     # queue); absent when it warned about nothing.
     warnings_json: str | None = None
+    # A child run (a sub-workflow step's): its parent run and step, and how deep it nests.
+    parent_run: str | None = None
+    parent_step: str | None = None
+    depth: int = 0
+    # "1" when the definition has outputs (the settle then evaluates them); the run's result.
+    has_outputs: str | None = None
+    result_json: str | None = None
 
     @classmethod
     def from_hash(cls, run_id: str, values: Mapping[Any, Any]) -> RunRecord:
@@ -134,6 +141,11 @@ class RunRecord:
     @property
     def inputs(self) -> dict[str, Any]:
         return json.loads(self.inputs_json) if self.inputs_json else {}
+
+    @property
+    def result(self) -> Any:
+        """The run's result (its definition's outputs, evaluated when it completed), or None."""
+        return json.loads(self.result_json) if self.result_json else None
 
     @property
     def warnings(self) -> list[str]:

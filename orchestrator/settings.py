@@ -56,6 +56,9 @@ class Settings:
     result_expires: int = 24 * 3600
     # Extra seconds between a step's soft time limit (timeout) and the hard kill.
     hard_timeout_grace: int = 10
+    # How deep sub-workflow steps may nest child runs (a top-level run is depth 0): a step that
+    # would start a child deeper than this fails (docs/user-guide.md "Sub-workflows").
+    max_workflow_depth: int = 10
     event_stream_maxlen: int = 0  # 0: never trimmed by producers (the recorder trims)
     worker_concurrency: int = 0  # 0: Celery's default (number of CPUs)
     # Short steps of untouched runs start before telling Redis and record start and end in one

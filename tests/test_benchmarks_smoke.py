@@ -129,6 +129,7 @@ SCRIPTS: dict[str, Script] = {
     "bench_schedule": Script(("bench_schedule.py", "--smoke", "--json", "{json}")),
     "bench_events": Script(("bench_events.py", "--smoke", "--json", "{json}")),
     "bench_items_api": Script(("bench_items_api.py", "--smoke", "--json", "{json}")),
+    "bench_children": Script(("bench_children.py", "--smoke", "--json", "{json}")),
 }
 
 
@@ -417,6 +418,16 @@ def test_bench_events_times_submits_keyless_keyed_and_repeated_events(
     assert positive(*(p["runs_started_per_s"] for p in phases[:3]))
     assert positive(ran.json["events_vs_submit"], ran.json["key_overhead"])
     assert "idempotent-key overhead" in ran.out
+
+
+@pytest.mark.parametrize("script", ["bench_children"])
+def test_bench_children_times_a_parent_with_children_and_independent_submits(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    assert ran.json["children"] == 3 and ran.json["rounds"] == 1
+    assert positive(*ran.json["median"].values(), ran.json["ratio"])
+    assert "3 children of a 3-step child: independent" in ran.out
 
 
 @pytest.mark.parametrize("script", ["bench_flower"])

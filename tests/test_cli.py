@@ -94,7 +94,7 @@ def test_validate_accepts_the_examples(tmp_path: Path) -> None:
     files = sorted(str(p) for p in (ROOT / "docs" / "examples").glob("*.yaml"))
     proc = cli("validate", "--offline", *files)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("ok ") == 4
+    assert proc.stdout.count("ok ") == 6
 
 
 def test_validate_of_a_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
@@ -328,7 +328,7 @@ def test_demo_runs_the_four_examples_on_a_private_redis_and_exits_0(tmp_path: Pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "started a private Redis at redis://127.0.0.1:" in proc.stderr
     assert "dashboard: http://127.0.0.1:" in proc.stderr and "log in as admin / " in proc.stderr
-    assert proc.stdout.count("as expected") == 4
+    assert proc.stdout.count("as expected") == 6
     assert (tmp_path / "output" / "processed_data.csv").exists()
 
 
@@ -358,7 +358,7 @@ def kept_running_demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str, s
                 if line.startswith("fleet running"):
                     break
             text = "".join(out)
-            assert text.count("as expected") == 4, text + err_log.read_text()
+            assert text.count("as expected") == 6, text + err_log.read_text()
             m = re.search(r"dashboard (http://127\.0\.0\.1:\d+/) \(admin / (\S+)\)", text)
             assert m, text
             yield proc, m.group(1), m.group(2), err_log

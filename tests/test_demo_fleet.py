@@ -85,7 +85,7 @@ def kept_running_demo(tmp_path: Path) -> Iterator[Demo]:
             out = _lines_until(proc, "fleet running", timeout=240)
             out += _lines_until(proc, "  export ", timeout=30)
             text = "".join(out)
-            assert "fleet running" in text and text.count("as expected") == 4, (
+            assert "fleet running" in text and text.count("as expected") == 6, (
                 text + err_log.read_text()
             )
             yield Demo(proc, text, err_log, env)
@@ -219,6 +219,8 @@ def test_cli_commands_without_settings_use_the_running_demo_and_say_so(tmp_path:
             "parallel_media",
             "conditional_analysis",
             "transactional_update",
+            "media_group",
+            "media_groups",
         }, demo.stderr()
         redis_url = re.search(r"Redis (redis://\S+),", demo.stdout).group(1)
         note = f"using the running demo's fleet (pid {demo.proc.pid}): {redis_url}"

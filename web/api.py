@@ -31,7 +31,7 @@ from orchestrator.errors import (
 )
 from orchestrator.model.definition import parse_text
 from web import audit as web_audit
-from web import auth, mapped, schemas
+from web import auth, mapped, runlist, schemas
 from web.detail import log_dict
 from web.events import client_event
 from web.rest import Blueprint
@@ -68,7 +68,7 @@ blp = Blueprint("api", __name__, url_prefix="/api/v1", description="canvasflow R
 @blp.route("/runs")
 class Runs(MethodView):
     @auth.require("viewer")
-    @blp.arguments(schemas.RunListArgs, location="query")
+    @blp.arguments(runlist.RunListArgs, location="query")
     @blp.response(200, schemas.RunListSchema)
     def get(self, args: dict[str, Any]) -> Response:
         """Runs newest first, filtered, one keyset page at a time, with the tab counts."""
@@ -83,6 +83,8 @@ class Runs(MethodView):
             until=args["until"],
             search=args["search"],
             ids=tuple(args["ids"]),
+            children=args["children"],
+            parent=args["parent"],
         )
         try:
             page = ext().views.list(

@@ -25,6 +25,7 @@ from orchestrator.settings import Settings
 from web import (
     accounts,  # noqa: F401 - adds the account routes to api.blp
     auth,
+    children,  # noqa: F401 - adds the child-run route to api.blp
     items,  # noqa: F401 - adds the routes on items of mapped steps to api.blp
     limits,
     pages,

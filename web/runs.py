@@ -66,6 +66,9 @@ LIVE_FIELDS = (
     "failed_step",
     "seq",
     "cloned_from",
+    "parent_run",
+    "parent_step",
+    "result_json",
 )
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 REDIS_UNREACHABLE = (
@@ -93,6 +96,8 @@ class RunFilter:
     search: str | None = None
     ids: tuple[str, ...] = ()
     trigger_type: str | None = None
+    children: str = "hide"  # child runs: hide | include | only (queries.runs.CHILDREN)
+    parent: str | None = None  # only the children of this run
 
     def wanted_statuses(self) -> tuple[str, ...]:
         view = VIEWS.get(self.view) or ()
@@ -113,6 +118,8 @@ class RunFilter:
             until=self.until,
             search=self.search,
             slow=WARNING_FRACTION if self.view == "slow" else None,
+            children=self.children,
+            parent=self.parent,
         )
 
     def matches(self, run: Mapping[str, Any], now: float) -> bool:
@@ -121,6 +128,8 @@ class RunFilter:
         if (self.statuses or VIEWS.get(self.view)) and run["status"] not in wanted:
             return False
         if self.ids and run["id"] not in self.ids:
+            return False
+        if not self.ids and not child_wanted(self.children, self.parent, run.get("parent_run")):
             return False
         if self.workflow and run["workflow"]["id"] != self.workflow:
             return False
@@ -169,6 +178,15 @@ def run_sla_status(status: str, elapsed: float, target: float | None) -> str | N
     if status == "COMPLETED":
         return "met" if elapsed <= target else "breached"
     return sla_status(elapsed, target)
+
+
+def child_wanted(children: str, parent: str | None, parent_run: str | None) -> bool:
+    """Whether a run list shows a run whose parent is ``parent_run`` (None: a top-level run)."""
+    if parent:
+        return parent_run == parent
+    if children == "hide":
+        return not parent_run
+    return children != "only" or bool(parent_run)
 
 
 def summarize(base: Mapping[str, Any], now: float) -> dict[str, Any]:
@@ -260,6 +278,9 @@ def _summary(
         "failed_step": base.get("failed_step"),
         "seq": int(base.get("seq") or 0),
         "cloned_from": base.get("cloned_from"),
+        "parent_run": base.get("parent_run"),
+        "parent_step": base.get("parent_step"),
+        "result": base.get("result"),
         "can_pause": status in ALLOWED["pause"],
         "can_resume": status in ALLOWED["resume"],
         "can_cancel": status in ALLOWED["cancel"],
@@ -294,6 +315,9 @@ def hot_base(run: RunRecord) -> dict[str, Any]:
         "failed_step": run.failed_step,
         "seq": run.seq,
         "cloned_from": run.cloned_from,
+        "parent_run": run.parent_run,
+        "parent_step": run.parent_step,
+        "result": run.result,
     }
 
 

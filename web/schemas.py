@@ -6,10 +6,9 @@ import datetime as dt
 import re
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from web.eventschemas import RunTriggerFields, TriggerFilterArgs
-from web.runs import VIEWS
+from web.eventschemas import RunTriggerFields
 from web.settings import ALL_ROLES
 
 RUN_STATUSES = (
@@ -135,34 +134,7 @@ class ErrorSchema(Schema):
 # ---------------------------------------------------------------------------------------------
 
 
-class RunListArgs(TriggerFilterArgs):
-    view = fields.String(
-        load_default="all",
-        validate=validate.OneOf(list(VIEWS)),
-        metadata={"description": "tab: all, active, pending, completed, failed, slow"},
-    )
-    status = fields.List(fields.String(validate=validate.OneOf(RUN_STATUSES)), load_default=list)
-    workflow = fields.String(load_default=None)
-    tag = fields.List(
-        fields.String(), load_default=list, metadata={"description": "runs having every tag"}
-    )
-    triggered_by = fields.String(load_default=None)
-    since = Timestamp(load_default=None, metadata={"description": "created at or after"})
-    until = Timestamp(load_default=None, metadata={"description": "created before"})
-    search = fields.String(
-        load_default=None,
-        validate=validate.Length(max=200),
-        metadata={"description": "run id prefix, or part of the workflow id or name"},
-    )
-    ids = fields.List(fields.String(), load_default=list)
-    limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
-    cursor = fields.String(
-        load_default=None, metadata={"description": "next_cursor of the previous page"}
-    )
-
-    @pre_load
-    def lists(self, data: Any, **_: Any) -> Any:
-        return _split_lists(data, ("status", "tag", "ids"))
+# RunListArgs (the run list's query) is in web/runlist.py, with its child-run filters.
 
 
 class WorkflowRefSchema(Schema):
@@ -232,6 +204,9 @@ class RunSummarySchema(RunTriggerFields):
     failed_step = fields.String(allow_none=True)
     seq = fields.Integer(metadata={"description": "sequence number of the run's latest event"})
     cloned_from = fields.String(allow_none=True)
+    parent_run = fields.String(allow_none=True, metadata={"description": "a child run's parent"})
+    parent_step = fields.String(allow_none=True, metadata={"description": "its sub-workflow step"})
+    result = fields.Raw(allow_none=True, metadata={"description": "the outputs, once COMPLETED"})
     can_pause = fields.Boolean()
     can_resume = fields.Boolean()
     can_cancel = fields.Boolean()

@@ -32,7 +32,7 @@ from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
 from orchestrator.model import callallow
 from orchestrator.settings import Settings
-from workers import broker, guard
+from workers import broker, guard, subrun
 from workers import step as steps
 from workers.builtin import Builtin
 from workers.plugins import Registry
@@ -196,13 +196,29 @@ def create_worker_app(
     )
     def compensated(self: Task, prev: Any, hdr: dict, target: str) -> str:
         with broker.hand_back_on_outage(self):
-            return str(steps.compensated(rt, prev, hdr, target))
+            return str(steps.compensated(rt, prev, hdr, target, app))
+
+    @app.task(
+        shared=False,
+        name=subrun.JOIN_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        max_retries=None,
+        Request=StepRequest,
+    )
+    def child_joined(
+        self: Task, known: Any, wire: Any, child_id: str, owner: str, attempt: int, started: float
+    ) -> Any:
+        with broker.hand_back_on_outage(self):
+            return steps.join_child(self, rt, known, wire, child_id, owner, attempt, started)
 
     # Every message of these tasks is checked before Celery handles it (workers/guard.py). The
     # guard writes from the main process, with the state as it is (not patient: it must not
     # stall the consumer; it hands the message back if Redis does not answer).
     message_guard = guard.Guard(state, Dispatcher(app, settings, state), settings)
-    for task in (step, merge, settle, compensate, compensated):
+    for task in (step, merge, settle, compensate, compensated, child_joined):
         task.Strategy = message_guard.strategy
 
     def publish_catalog(sender: Any = None, **_: Any) -> None:

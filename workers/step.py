@@ -44,6 +44,7 @@ from orchestrator.model import expressions
 from orchestrator.model.definition import Definition, from_stored
 from orchestrator.records import RunRecord
 from orchestrator.settings import Settings
+from workers import subrun
 from workers.broker import is_transient
 from workers.context import BEGUN, FRESH, Heartbeat, StepContext
 from workers.plugins import Registry
@@ -115,6 +116,16 @@ def call_plugin(
         ) from None
 
 
+def run_body(
+    rt: Runtime, spec: Mapping[str, Any], params: Mapping[str, Any], ctx: StepContext
+) -> str:
+    """The body of a step (or of an item of one): call its plugin, or, for a sub-workflow
+    step, start or find its child run (which raises ``subrun.Waiting``). Returns the output JSON."""
+    if subrun.is_sub_step(spec):
+        subrun.start_child(rt, spec, params, ctx.run_id, ctx.step_id)
+    return call_plugin(rt, spec, params, ctx)
+
+
 def run_step(
     task: Task, rt: Runtime, incoming: Any, wire: Any, hdr: Mapping[str, Any] | None = None
 ) -> Any:
@@ -131,8 +142,8 @@ def run_step(
         hdr = dict(hdr)
     try:
         known = _run_step(task, rt, incoming, spec, hdr)
-    except Ignore:
-        if spec.get("settle"):
+    except Ignore as exc:
+        if spec.get("settle") and not isinstance(exc, subrun.Parked):
             safe_settle(
                 task, rt, hdr
             )  # a redelivered copy: its first may have died before settling
@@ -146,6 +157,31 @@ def run_step(
     if spec.get("settle"):
         safe_settle(task, rt, hdr)
     return known
+
+
+def join_child(
+    task: Task,
+    rt: Runtime,
+    known: Any,
+    wire: Any,
+    child_id: str,
+    owner: str,
+    attempt: int,
+    started: float,
+) -> Any:
+    """The join task of a sub-workflow step (workers/subrun.py): record the step's outcome from
+    its child and continue the canvas; the step that ends the canvas settles the run too."""
+    spec = compiler.read_spec(wire)
+    hdr = compiler.read_header(core.merge(known)[core.HEADER])
+    try:
+        flows = subrun.joined(task, rt, known, wire, child_id, owner, attempt, started)
+    except Ignore:
+        if spec.get("settle"):
+            safe_settle(task, rt, hdr)
+        raise
+    if spec.get("settle"):
+        safe_settle(task, rt, hdr)
+    return flows
 
 
 def unexpected(exc: BaseException) -> bool:
@@ -208,7 +244,9 @@ def fail_step(
 
 
 def safe_settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
-    """``settle``, and if it breaks on anything but an outage, the run still ends: FAILED with why."""
+    """``settle``, and if it breaks on anything but an outage, the run still ends: FAILED with why.
+    A child run that ended (or paused with its parent) then continues its parent (``settle``
+    does that itself, knowing whether the run has a parent: a top-level run pays nothing)."""
     try:
         return settle(task, rt, hdr)
     except BaseException as exc:
@@ -219,7 +257,25 @@ def safe_settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
         done, before = rt.state.transition(
             hdr["run"], Move.ABANDON, RunStatus.FAILED, fields={"error": error}
         )
-        return RunStatus.FAILED if done else before
+        status = RunStatus.FAILED if done else before
+    subrun.notify(rt, task.app, hdr["run"], status)
+    return status
+
+
+def complete(rt: Runtime, run_id: str, has_outputs: str | None) -> tuple[bool, str]:
+    """Move the run to COMPLETED with its result (its outputs evaluated), or FAILED when an
+    entry of its outputs cannot be evaluated: (done, the status)."""
+    fields, error = subrun.result_fields(rt, run_id) if has_outputs else ({}, "")
+    if error:
+        done, _ = rt.state.transition(
+            run_id, Move.SETTLE, RunStatus.FAILED, fields={"error": error}
+        )
+        return done, RunStatus.FAILED
+    data = {"result": json.loads(fields["result_json"])} if fields else None
+    done, _ = rt.state.transition(
+        run_id, Move.SETTLE, RunStatus.COMPLETED, fields=fields, data=data
+    )
+    return done, RunStatus.COMPLETED
 
 
 def _may_run_first(
@@ -263,7 +319,13 @@ def _run_step(
     go = entry if isinstance(entry, core.Go) else core.Go()  # begin_step never says go to a skip
 
     started = ctx.started
-    rendered, output, failure, phase = _attempt(rt, spec, hdr, known, go, ctx)
+    try:
+        rendered, output, failure, phase = _attempt(rt, spec, hdr, known, go, ctx)
+    except subrun.Waiting as waiting:
+        known.setdefault(core.HEADER, compiler.wire_header(hdr))
+        subrun.wait_for_child(
+            task, rt, spec, known, waiting.child_id, who.owner, ctx.attempt, started
+        )
     end = core.conclude(failure, spec, ctx.attempt)
     finished = time.time()
     record = core.attempt_record(
@@ -430,8 +492,8 @@ def _attempt(
         if params:
             params = expressions.render_value(params, go.scope or core.scope_for(hdr, known))
             rendered = params
-        output, failure = call_plugin(rt, spec, params, ctx), None
-    except Retry:
+        output, failure = run_body(rt, spec, params, ctx), None
+    except (Retry, subrun.Waiting):
         raise
     except BaseException as exc:  # a plugin may raise anything; SystemExit included
         if isinstance(exc, KeyboardInterrupt):
@@ -542,13 +604,16 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     run_id, epoch = hdr["run"], hdr["epoch"]
     # The common end, a running run with nothing to wind down, needs three fields, not the
     # whole state (a 1000-step run's steps and attempts are ~1 MB).
-    at_once = core.settle_head(rt.state.head(run_id), epoch)
+    head = rt.state.settle_head(run_id)
+    at_once = core.settle_head(head[:3] if head else None, epoch)
     if at_once in ("gone", "stale"):
         return at_once
     if at_once == "complete":
-        done, _ = rt.state.transition(run_id, Move.SETTLE, RunStatus.COMPLETED)
+        done, ended = complete(rt, run_id, head[3] if head else None)
         if done:
-            return RunStatus.COMPLETED
+            if head and head[4]:  # a child run: its parent's step waits for it
+                subrun.notify(rt, task.app, run_id, ended)
+            return ended
     data = rt.state.read(run_id)
     if data is None:
         return "gone"
@@ -560,6 +625,10 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     # After a cancel (a lone settle with a new epoch) steps of the old dispatch may still be
     # running: the plan waits for them; a RUNNING step without a lease has lost its worker.
     alive = [sid for sid in core.running(statuses) if rt.state.lease_holder(run_id, sid)]
+    if not alive and core.unwind_target(status, halt) and subrun.children_active(rt, run_id):
+        # Children wind down first (a cancel reached them): their compensations run before the
+        # parent's own.
+        raise task.retry(countdown=core.Wait().countdown, max_retries=None)
     defn = load_run_definition(run) if not alive and core.unwind_target(status, halt) else None
     plan = core.settle_plan(
         status,
@@ -571,7 +640,10 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     )
     if isinstance(plan, core.Wait):
         raise task.retry(countdown=plan.countdown, max_retries=None)
-    return _carry_out(rt, run_id, int(epoch), run, defn, plan)
+    ended = _carry_out(rt, run_id, int(epoch), run, defn, plan)
+    if run.parent_run:
+        subrun.notify(rt, task.app, run_id, ended)
+    return ended
 
 
 def _carry_out(
@@ -597,8 +669,7 @@ def _carry_out(
         rt.state.transition(run_id, Move.SETTLE, RunStatus.PAUSED)
         return RunStatus.PAUSED
     if plan.final is RunStatus.COMPLETED:
-        rt.state.transition(run_id, Move.SETTLE, RunStatus.COMPLETED)
-        return RunStatus.COMPLETED
+        return complete(rt, run_id, run.has_outputs)[1]
     for sid, before in plan.cancel:
         rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=before)
     if plan.compensate and defn is not None:
@@ -688,8 +759,14 @@ def compensate(
     return {"ok": True}
 
 
-def compensated(rt: Runtime, prev: Any, hdr: Mapping[str, Any], target: str) -> str:
+def compensated(
+    rt: Runtime, prev: Any, hdr: Mapping[str, Any], target: str, app: Any = None
+) -> str:
     if isinstance(prev, Mapping) and prev.get("failed"):
-        return RunStatus.COMPENSATION_FAILED
-    rt.state.transition(hdr["run"], Move.COMPENSATED, RunStatus(target))
-    return target
+        status = str(RunStatus.COMPENSATION_FAILED)
+    else:
+        rt.state.transition(hdr["run"], Move.COMPENSATED, RunStatus(target))
+        status = target
+    if app is not None:
+        subrun.notify(rt, app, hdr["run"], status)
+    return status

@@ -81,7 +81,12 @@ runs = Table(
     # Which schedule or event trigger started the run, and its fire time or event key (0010).
     Column("trigger_name", NAME),
     Column("trigger_ref", NAME),
+    # A child run of a sub-workflow step: its parent run and step (0009); the run's result.
+    Column("parent_run", ID),
+    Column("parent_step", NAME),
+    Column("result", Text),  # JSON: the definition's outputs, evaluated when the run completed
     Index("ix_cf_runs_created", "created_at", "id"),
+    Index("ix_cf_runs_parent", "parent_run", "created_at"),
     Index("ix_cf_runs_status_created", "status", "created_at", "id"),
     Index("ix_cf_runs_workflow_created", "workflow_id", "created_at", "id"),
     Index("ix_cf_runs_triggered_by_created", "triggered_by", "created_at"),

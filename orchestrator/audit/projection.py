@@ -432,6 +432,9 @@ class _Projection:
             )
             run.update(trigger_name=hot.trigger_name, trigger_ref=hot.trigger_ref)
         run["sla_seconds"] = _num(meta.sla_seconds) or run.get("sla_seconds")
+        # A child run: its parent (the event says it; the hot state if an older event did not).
+        run["parent_run"] = _str(data.get("parent_run")) or meta.parent_run or run["parent_run"]
+        run["parent_step"] = _str(data.get("parent_step")) or meta.parent_step or run["parent_step"]
         tags = meta.tags
         self.tags.extend({"run_id": e.run, "tag": str(t)} for t in tags if isinstance(t, str | int))
         body = self.parsed_definition(e.run)
@@ -491,6 +494,9 @@ class _Projection:
             return
         run["status"], run["status_seq"] = status, e.seq
         run["finished_at"] = e.ts if status in FINAL_RUN else None
+        # The run's result comes with its COMPLETED event; any newer status (a retry) clears it.
+        result = e.data.get("result") if status == "COMPLETED" else None
+        run["result"] = None if result is None else _json(result)
         if status in ERROR_RUN:
             data = e.data
             looked = self.lookups.run_errors.get(e.run, (None, None))

@@ -60,6 +60,8 @@ RUN_META = (
     "trigger_name",
     "trigger_ref",
     "sla_seconds",
+    "parent_run",
+    "parent_step",
 )
 
 

@@ -22,6 +22,10 @@ EXAMPLES = [
     ("parallel_media.yaml", "COMPLETED"),
     ("conditional_analysis.yaml", "COMPLETED"),
     ("transactional_update.yaml", "FAILED"),
+    # A child workflow, run on its own too; registered before media_groups, which runs it as
+    # a sub-workflow step per group (one child run each).
+    ("media_group.yaml", "COMPLETED"),
+    ("media_groups.yaml", "COMPLETED"),
 ]
 # The modules whose functions the examples run through builtin.call: none, they use plugins.
 # The demo's worker gets exactly this list, whatever CANVASFLOW_CALL_ALLOW says outside.

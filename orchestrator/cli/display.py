@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -108,7 +110,12 @@ def run_table(
             ]
         )
     table = fitted_table(width, cols, rows, box=box.HEAVY_HEAD, expand=False).table
-    parts: list[RenderableType] = [header, table]
+    parts: list[RenderableType] = [header]
+    if snap.parent_run:
+        parts.append(Text(f"child run of run {snap.parent_run} (step {snap.parent_step})"))
+    parts.append(table)
+    if snap.result is not None:
+        parts.append(Text.assemble(("result", "green"), f": {result_text(snap.result)}"))
     # Under the table, not its caption: a caption wraps at the table's width, not the terminal's.
     if snap.error:
         parts.append(Text.assemble(("error", "red"), f": {snap.error}"))
@@ -158,6 +165,8 @@ def follow(
                     f"({snap.settled}/{snap.total} steps)",
                     flush=True,
                 )
+                if snap.status == "COMPLETED" and snap.result is not None:
+                    print(f"[{snap.workflow}]   result: {result_text(snap.result)}", flush=True)
                 if snap.status == "PAUSED" and "PAUSED" not in until:
                     print(f"[{snap.workflow}]   {PAUSED_HINT.format(run=snap.id)}", flush=True)
             for s in snap.steps:
@@ -173,8 +182,32 @@ def follow(
         time.sleep(interval)
 
 
+RESULT_CAP = 2000  # characters of a run's result printed (the API and the export have it all)
+
+
+def result_text(result: Any) -> str:
+    text = json.dumps(result, separators=(", ", ": "), default=str)
+    return text if len(text) <= RESULT_CAP else text[:RESULT_CAP] + "…"
+
+
 def print_summary(
-    snap: RunSnapshot, console: Console | None = None, maps: Mapping[str, str] | None = None
+    snap: RunSnapshot,
+    console: Console | None = None,
+    maps: Mapping[str, str] | None = None,
+    client: Client | None = None,
 ) -> None:
+    """The run as ``run_table`` shows it (``maps``: a mapped step's item summary); with
+    ``client``, the child runs its sub-workflow steps started, one line each."""
     console = console or CliConsole()
     console.print(run_table(snap, width=console.width, maps=maps))
+    kids = client.state.children(snap.id) if client is not None else []
+    if kids:
+        console.print(f"{len(kids)} child run(s):")
+        for kid in client.state.runs(kids, "status", "workflow", "parent_step") if client else ():
+            if kid is not None:
+                console.print(
+                    Text.assemble(
+                        f"  {kid.id}  step {kid.parent_step}  {kid.workflow}  ",
+                        (kid.status, STYLE.get(kid.status, "")),
+                    )
+                )

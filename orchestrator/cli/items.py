@@ -74,7 +74,7 @@ def print_status(client: Any, snap: Any, target: Console | None = None) -> None:
 
     counts, note = mapped_counts(client, snap.id)
     target = target or console
-    print_summary(snap, target, {sid: map_summary(c) for sid, c in counts.items()})
+    print_summary(snap, target, {sid: map_summary(c) for sid, c in counts.items()}, client)
     if counts:
         step = next(iter(counts))
         target.print(Text(f"items: canvasflow items {snap.id} {step} [--status FAILED]", "dim"))

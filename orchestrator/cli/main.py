@@ -166,7 +166,7 @@ def explain(file: str) -> None:
     d = load_file(file)
     p = compiler.plan(d)
     console.print(f"workflow [bold]{d.id}[/] ({d.mode}, {len(d.steps)} steps) compiles to:")
-    for line in compiler.describe_plan(p):
+    for line in compiler.describe_plan(p, compiler.step_labels(d)):
         console.print("  " + line, highlight=False)
     if isinstance(compiler.final_leaf(p.tree), str):
         console.print("  the last step settles the run (compensations if it failed)")
@@ -670,7 +670,7 @@ def watchdog(stall_seconds: int | None, interval: float | None, once: bool, reco
 @click.option("--workdir", type=click.Path(file_okay=False), default=None)
 @handle_errors
 def demo(keep_running: bool | None, workdir: str | None) -> None:
-    """Start a private fleet (Redis, a worker, the dashboard) and run the four example workflows."""
+    """Start a private fleet (Redis, a worker, the dashboard) and run the example workflows."""
     if keep_running is None:
         keep_running = sys.stdin.isatty() and sys.stdout.isatty()
     from orchestrator.cli.demo import StopSignal, export_line, shield_cleanup, stop_on_signals

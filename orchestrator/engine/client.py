@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from orchestrator.connect import state_redis
-from orchestrator.engine import compiler
+from orchestrator.engine import children, compiler
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.control import Control
 from orchestrator.engine.dispatch import Dispatcher
@@ -118,6 +118,10 @@ class RunSnapshot:
     trigger_type: str | None = None
     trigger_name: str | None = None
     trigger_ref: str | None = None
+    # The run's result (its outputs, evaluated when it completed); its parent, for a child run.
+    result: Any = None
+    parent_run: str | None = None
+    parent_step: str | None = None
 
     @property
     def progress(self) -> float:
@@ -197,6 +201,9 @@ def _snapshot(hot: HotRun) -> RunSnapshot:
         trigger_type=run.trigger_type,
         trigger_name=run.trigger_name,
         trigger_ref=run.trigger_ref,
+        result=run.result,
+        parent_run=run.parent_run,
+        parent_step=run.parent_step,
     )
 
 
@@ -236,6 +243,18 @@ class Run:
     def step(self, step_id: str) -> StepHandle:
         """One step: ``run.step("resize").items(status="FAILED")`` (orchestrator/engine/items.py)."""
         return StepHandle(self.client.settings.database_url, self.id, step_id)
+
+    @property
+    def result(self) -> Any:
+        """The run's result: its definition's outputs, evaluated when it completed (else None)."""
+        (run,) = self.client.state.runs([self.id], "result_json")
+        if run is None:
+            raise UnknownRun(self.id)
+        return run.result
+
+    def children(self) -> list[Run]:
+        """Handles on the child runs its sub-workflow steps started (retried ones too)."""
+        return [Run(self.client, c) for c in self.client.state.children(self.id)]
 
     def wait(self, timeout: float | None = None, *, until: Iterable[str] = RESTING) -> RunSnapshot:
         """Block until the run is final (or paused / waiting on a failed compensation)."""
@@ -448,6 +467,7 @@ class Client:
         """Store a definition version; returns it with its version set (kept: every version)."""
         defn = self.load(definition)
         body = dump_definition(defn)
+        children.refuse_cycle(defn, body, self._registered_body)
         key, vkey = self.keys.workflow(defn.id), self.keys.workflow_versions(defn.id)
         versions = [text(v) for v in self.redis.lrange(vkey, 0, -1)]
         if defn.version is None:
@@ -482,6 +502,13 @@ class Client:
         pipe.incr(self.keys.workflows_generation)  # event-trigger indexes rebuild (publish.py)
         pipe.execute()
         return from_stored(body)
+
+    def _registered_body(self, workflow_id: str, version: str | None) -> dict[str, Any] | None:
+        versions = self.versions(workflow_id)
+        if not versions or (version is not None and version not in versions):
+            return None
+        raw = self.redis.hget(self.keys.workflow(workflow_id), version or versions[-1])
+        return json.loads(raw) if raw else None
 
     def workflows(self) -> list[str]:
         return sorted(text(m) for m in self.redis.smembers(self.keys.workflows))
@@ -534,6 +561,10 @@ class Client:
             body, prepared = dumps(dump_definition(defn)), compiler.blueprint(defn)
         else:
             defn, body, prepared = self._prepare(definition)
+        if any(s.workflow for s in defn.steps):
+            # Every child workflow must exist now; its version is pinned for the whole run.
+            defn = children.pin_versions(defn, self.versions, self.workflows)
+            body, prepared = dumps(dump_definition(defn)), compiler.blueprint(defn)
         if priority is not None and priority not in ("high", "normal", "low"):
             raise DefinitionError(
                 [("priority", f"must be one of high, normal, low, not {priority!r}")]

@@ -329,10 +329,15 @@ def _all_paths(defn: Definition) -> list[tuple]:
     for s in defn.steps:
         if s.when:
             paths.extend(expressions.parse(s.when).paths())
-        for _, tpl in expressions.iter_templates(s.params):
+        for _, tpl in expressions.iter_templates(body_params(s)):
             for e in tpl.expressions:
                 paths.extend(e.paths())
     return paths
+
+
+def body_params(step: Step) -> Mapping[str, Any]:
+    """What a step's body renders: a plugin step's params, a sub-workflow step's child inputs."""
+    return (step.inputs or {}) if step.workflow else step.params
 
 
 def uses_inputs(defn: Definition) -> bool:
@@ -347,7 +352,7 @@ def referenced_outputs(defn: Definition) -> set[str]:
         exprs: list[expressions.Expression] = []
         if s.when:
             exprs.append(expressions.parse(s.when))
-        for _, tpl in expressions.iter_templates(s.params):
+        for _, tpl in expressions.iter_templates(body_params(s)):
             exprs.extend(tpl.expressions)
         for e in exprs:
             for chain_ in e.paths():
@@ -375,7 +380,15 @@ def step_spec(step: Step, keep_output: bool, forward: bool = True) -> dict[str, 
     spec: dict[str, Any] = {"id": step.id, "plugin": step.plugin, "method": step.method}
     if not forward:
         spec["drop"] = 1  # no later step looks at this outcome: do not pass it on
-    if step.params:
+    if step.workflow:
+        # A sub-workflow step (workers/subrun.py): its body starts a child run; the child's
+        # inputs are rendered like params. Never on the fast path (stepcore.may_run_first).
+        spec.update(plugin="", method="", wf=step.workflow)
+        if step.version:
+            spec["ver"] = step.version
+        if step.inputs:
+            spec["params"] = dict(step.inputs)
+    elif step.params:
         spec["params"] = dict(step.params)
     if step.depends_on:
         spec["deps"] = list(step.depends_on) if len(step.depends_on) <= MAX_INLINE_DEPS else "@"
@@ -658,19 +671,68 @@ def compile_compensation(
     return links[0] if len(links) == 1 else chain(*links, app=app)
 
 
+def compile_continuation(
+    name: str,
+    args: tuple,
+    *,
+    task_id: str,
+    chain: list[Any] | None = None,
+    chord: Any = None,
+    group: str | None = None,
+    group_index: int | None = None,
+    root_id: str | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    links: list[Any] | None = None,
+    error_links: list[Any] | None = None,
+    app: Any = None,
+) -> Signature:
+    """Task ``name`` in the place of a running task in its canvas, from that task's request: its
+    chain (what follows it), its chord and group position, its links. What ``Task.replace``
+    builds, but kept to be sent later: a sub-workflow step's join (workers/subrun.py)."""
+    sig = Signature(name, args=args, app=app)
+    if queue:
+        sig.set(queue=queue)
+    if priority is not None:
+        sig.set(priority=priority)
+    for callback in links or []:
+        sig.link(callback)
+    for errback in error_links or []:
+        sig.link_error(errback)
+    sig.freeze(task_id)
+    sig.set(chord=chord, group_id=group, group_index=group_index, root_id=root_id)
+    out: Signature = sig
+    for t in reversed(chain or []):
+        out |= Signature.from_dict(t, app=app)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # explain
 # ---------------------------------------------------------------------------------------------
 
 
-def describe_plan(p: Plan) -> list[str]:
-    """The plan as indented lines of canvas, for ``canvasflow explain``."""
+def step_labels(defn: Definition) -> dict[str, str]:
+    """What ``canvasflow explain`` says after a step's id: a sub-workflow step's child run."""
+    return {
+        s.id: f"(sub-workflow: a child run of '{s.workflow}'"
+        + (f" version {s.version})" if s.version else ", its latest version at submit)")
+        for s in defn.steps
+        if s.workflow
+    }
+
+
+def describe_plan(p: Plan, labels: Mapping[str, str] | None = None) -> list[str]:
+    """The plan as indented lines of canvas, for ``canvasflow explain``; ``labels`` are added
+    after step ids (step_labels)."""
     lines: list[str] = []
+    labels = labels or {}
 
     def walk(node: Node, depth: int, joined: bool = False) -> None:
         pad = "  " * depth
         if isinstance(node, Leaf):
-            lines.append(f"{pad}{node.step}")
+            label = labels.get(node.step)
+            lines.append(f"{pad}{node.step} {label}" if label else f"{pad}{node.step}")
         elif isinstance(node, Parallel):
             lines.append(f"{pad}group ({len(node.parts)} in parallel)")
             for part in node.parts:

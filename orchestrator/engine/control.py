@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.engine import children
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState
 from orchestrator.engine.states import Move, RunStatus, StepStatus, sources
@@ -110,6 +111,7 @@ class Control:
         if not ok:
             raise self._refuse("pause", run_id, before, actor, reason)
         self.audit(run_id, "pause", actor, reason, "ok")
+        children.pause(self, run_id, actor)
         return ActionResult("pause", run_id, before, RunStatus.PAUSING, {})
 
     def resume(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
@@ -120,6 +122,7 @@ class Control:
         )
         if verdict != "ok":
             raise self._refuse("resume", run_id, before, actor, reason)
+        children.resume(self, run_id, actor)
         self.dispatcher.remaining(run_id, epoch, run, defn, steps)
         self.audit(run_id, "resume", actor, reason, "ok", {"epoch": epoch})
         return ActionResult("resume", run_id, before, RunStatus.RUNNING, {"epoch": epoch})
@@ -138,6 +141,9 @@ class Control:
             raise self._refuse("cancel", run_id, before, actor, reason)
         if task_ids:
             self.dispatcher.revoke(task_ids)
+        # Children first: each compensates inside itself, and its end lets the parent's
+        # sub-workflow step end, before the parent's settle compensates the parent's steps.
+        children.cancel(self, run_id, actor, terminate)
         (run,) = self.state.runs([run_id], "priority")
         self.dispatcher.settle(run_id, epoch, run.priority if run else "normal")
         self.audit(run_id, "cancel", actor, reason, "ok", {"terminated": task_ids})
@@ -220,6 +226,8 @@ class Control:
         )
         if verdict != "ok":
             raise self._refuse("retry", run_id, before, actor, reason)
+        # A reset sub-workflow step starts a fresh child (the old one stays a child of the run).
+        self.state.forget_children(run_id, [s for s in reset if defn.step(s).workflow])
         self.dispatcher.remaining(run_id, epoch, run, defn, steps, reset=reset)
         self.audit(
             run_id,

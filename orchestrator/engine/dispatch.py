@@ -13,6 +13,7 @@ first send that failed, and the claim of a broken run it re-sends.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from orchestrator.engine import compiler
@@ -80,6 +81,8 @@ class Dispatcher:
         with why, and raises. With ``claim`` (key, ttl) the run is recorded only if no run holds
         the key yet: returns the id of the one that does (nothing sent), else None."""
         bp = prepared or compiler.blueprint(defn)
+        if defn.outputs and not run.has_outputs:
+            run = replace(run, has_outputs="1")  # its settle evaluates them (workers/subrun.py)
         run_id = run.id
         ctx = self._context(run_id, 1, run.priority, defn, inputs, bp.uses_inputs)
         canvas = compiler.compile_run(defn, ctx, app=self.app, prepared=bp)

@@ -45,6 +45,9 @@ RUN_FIELDS = (
     "cloned_from",
     "resolved_by",
     "epoch",
+    "parent_run",  # a child run's parent (a sub-workflow step's), and its step
+    "parent_step",
+    "result",  # the definition's outputs, evaluated when the run completed
 )
 ATTEMPT_FIELDS = (
     "step",

@@ -153,7 +153,13 @@ def may_run_first(
     is the first delivery, the step has no compensation (whether a compensable step ran must
     be known before it runs) and no upstream step saw the run halting. The shell adds what
     only its process knows: that the run is untouched (its control watch)."""
-    return enabled and first_delivery and not spec.get("comp") and HALTING not in known
+    return (
+        enabled
+        and first_delivery
+        and not spec.get("comp")
+        and not spec.get("wf")  # a sub-workflow step's child must be known before it starts
+        and HALTING not in known
+    )
 
 
 # -- how an attempt ends ----------------------------------------------------------------------

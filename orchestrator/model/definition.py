@@ -74,7 +74,7 @@ class Compensation:
 @dataclass(frozen=True)
 class Step:
     id: str
-    plugin: str
+    plugin: str  # "" for a sub-workflow step (``workflow`` set instead)
     method: str = "run"
     params: Mapping[str, Any] = field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
@@ -89,6 +89,11 @@ class Step:
     critical: bool = True
     queue: str = "default"
     compensate: Compensation | None = None
+    # A sub-workflow step (model/subflows.py): the child workflow, its version (pinned at
+    # submit), and the child's inputs (templates).
+    workflow: str | None = None
+    version: str | None = None
+    inputs: Mapping[str, Any] | None = None
 
     def retry_countdown(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1`` after attempt ``attempt`` failed."""
@@ -111,6 +116,8 @@ class Definition:
     inputs: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     triggers: tuple[Trigger, ...] = ()
+    # The run's result: templates evaluated when the run completes (model/subflows.py).
+    outputs: Mapping[str, Any] = field(default_factory=dict)
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:
@@ -196,9 +203,13 @@ class StepSchema(_StrictSchema):
         required=True, validate=Name(STEP_ID_PATTERN, "must match [A-Za-z0-9][A-Za-z0-9_.-]*")
     )
     name = fields.String(allow_none=True, validate=Name())
-    plugin = fields.String(required=True, validate=Name(non_empty=True))
+    # required unless ``workflow`` is given: model/subflows.py says which of the two is missing
+    plugin = fields.String(validate=Name(non_empty=True))
     method = fields.String(load_default="run", validate=Name(non_empty=True))
     params = fields.Dict(keys=fields.String(), load_default=dict)
+    workflow = fields.String(validate=Name(ID_PATTERN, "must match [a-z0-9][a-z0-9_.-]*"))
+    version = fields.String(allow_none=True, validate=Name(non_empty=True))
+    inputs = fields.Dict(keys=fields.String(), allow_none=True)
     depends_on = fields.List(fields.String(validate=Name()), load_default=list)
     join = fields.String(load_default="all", validate=validate.OneOf(["all", "any"]))
     when = fields.String(allow_none=True, validate=validate.Regexp(r"\S", error="may not be empty"))
@@ -240,6 +251,7 @@ class WorkflowSchema(_StrictSchema):
     tags = fields.List(fields.String(validate=Name()), load_default=list)
     inputs = fields.Dict(keys=fields.String(), load_default=dict)
     defaults = fields.Nested(DefaultsSchema, load_default=dict)
+    outputs = fields.Dict(keys=fields.String(), load_default=dict)
     steps = fields.List(
         fields.Nested(StepSchema),
         required=True,
@@ -354,7 +366,7 @@ def load_definition(
     not checked. ``limits`` (default: the CANVASFLOW_MAX_* settings) are checked first: a
     definition over one is refused (LimitExceeded) before anything else walks it.
     """
-    from orchestrator.model import validation  # the semantic checks live next door
+    from orchestrator.model import subflows, validation  # the semantic checks live next door
 
     if not isinstance(data, Mapping):
         raise DefinitionError(
@@ -369,6 +381,7 @@ def load_definition(
         problems.extend(_flatten(exc.messages, schema=_SCHEMA))
         loaded = None
     problems.extend(validation.check(data, catalog))
+    problems.extend(subflows.check(data))
     if problems:
         raise DefinitionError(_dedupe(problems), source)
     assert loaded is not None
@@ -417,7 +430,7 @@ def _build(d: dict[str, Any]) -> Definition:
         steps.append(
             Step(
                 id=s["id"],
-                plugin=s["plugin"],
+                plugin=s.get("plugin", ""),
                 method=s["method"],
                 params=s["params"],
                 depends_on=tuple(s["depends_on"]),
@@ -425,6 +438,9 @@ def _build(d: dict[str, Any]) -> Definition:
                 when=s.get("when"),
                 name=s.get("name"),
                 compensate=Compensation(**comp) if comp else None,
+                workflow=s.get("workflow"),
+                version=s.get("version"),
+                inputs=s.get("inputs"),
                 **settings,
             )
         )
@@ -441,6 +457,7 @@ def _build(d: dict[str, Any]) -> Definition:
         inputs=d["inputs"],
         defaults=d.get("defaults", {}),
         triggers=triggers_.build(d.get("triggers", [])),
+        outputs=d.get("outputs", {}),
     )
 
 
@@ -459,10 +476,20 @@ def dump_definition(wf: Definition) -> dict[str, Any]:
         out["inputs"] = dict(wf.inputs)
     if wf.defaults:
         out["defaults"] = dict(wf.defaults)
+    if wf.outputs:
+        out["outputs"] = dict(wf.outputs)
     defaults = {**STEP_DEFAULTS, **wf.defaults}
     out["steps"] = []
     for s in wf.steps:
-        d: dict[str, Any] = {"id": s.id, "plugin": s.plugin, "method": s.method}
+        d: dict[str, Any] = {"id": s.id}
+        if s.workflow:
+            d["workflow"] = s.workflow
+            if s.version is not None:
+                d["version"] = s.version
+            if s.inputs is not None:
+                d["inputs"] = dict(s.inputs)
+        else:
+            d.update(plugin=s.plugin, method=s.method)
         if s.name is not None:
             d["name"] = s.name
         if s.params:
@@ -586,6 +613,31 @@ class Workflow:
     def on_event(self, event: str, **trigger: Any) -> Workflow:
         """Add an event trigger: ``filter=``, ``inputs=``, ``name=``."""
         self._data.setdefault("triggers", []).append(triggers_.event_entry(event, **trigger))
+        return self
+
+    def subworkflow(
+        self,
+        id: str,
+        workflow: str,
+        version: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        **step_fields: Any,
+    ) -> Workflow:
+        """A sub-workflow step: a child run of registered ``workflow`` (``version``: default
+        the latest registered at submit) with ``inputs`` (templates)."""
+        entry: dict[str, Any] = {"id": id, "workflow": workflow, **step_fields}
+        if version is not None:
+            entry["version"] = version
+        if inputs is not None:
+            entry["inputs"] = dict(inputs)
+        if isinstance(entry.get("depends_on"), str):
+            entry["depends_on"] = [entry["depends_on"]]
+        self._data["steps"].append(entry)
+        return self
+
+    def outputs(self, **templates: Any) -> Workflow:
+        """The run's result: templates evaluated when the run completes."""
+        self._data.setdefault("outputs", {}).update(templates)
         return self
 
     def to_dict(self) -> dict[str, Any]:

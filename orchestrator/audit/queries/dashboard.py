@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Select, and_, case, func, or_, select, true, tuple_
 
 from orchestrator.audit.models import run_tags, runs, steps
+from orchestrator.audit.queries.runs import children_filter
 from orchestrator.audit.store import AuditStore
 
 ACTIVE = ("RUNNING", "PAUSING", "PAUSED", "CANCELLING", "COMPENSATING")
@@ -42,6 +43,9 @@ _ROW_COLUMNS = (
     "error",
     "failed_step",
     "last_seq",
+    "parent_run",
+    "parent_step",
+    "result",
 )
 _COUNTS = (
     "tab_active",
@@ -69,6 +73,10 @@ class RunSelection:
     search: str | None = None  # run id prefix, or part of the workflow id or name
     # Only runs whose elapsed time (to their end, or to now) reached this fraction of their SLA.
     slow: float | None = None
+    # Child runs (sub-workflow steps'): hidden unless "include" or "only"; ``parent``: only the
+    # children of that run. Runs asked for by id are listed whatever they are.
+    children: str = "hide"
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,8 @@ def _selected(sel: RunSelection, now: float) -> Select[Any]:
         q = q.where(runs.c.status.in_(sel.statuses or ("-",)))
     if sel.ids:
         q = q.where(runs.c.id.in_(sel.ids))
+    else:
+        q = children_filter(q, sel.children, sel.parent)
     if sel.workflow:
         q = q.where(runs.c.workflow_id == sel.workflow)
     for tag in sel.tags:
@@ -202,6 +212,9 @@ def _row(r: Any) -> dict[str, Any]:
         "sla_seconds": r["sla_seconds"],
         "error": r["error"],
         "failed_step": r["failed_step"],
+        "parent_run": r["parent_run"],
+        "parent_step": r["parent_step"],
+        "result": json.loads(r["result"]) if r["result"] else None,
         "seq": r["last_seq"],
         "total": int(r["n_steps"] or 0),
         "settled": int(r["n_settled"] or 0),

@@ -54,6 +54,10 @@ class RunSummary:
     event_count: int
     trigger_name: str | None = None  # the schedule or event trigger that started it
     trigger_ref: str | None = None  # its fire time (ISO-8601 UTC) or event key
+    # A child run's parent (a sub-workflow step's), and the run's result (its outputs).
+    parent_run: str | None = None
+    parent_step: str | None = None
+    result: Any = None
 
     @property
     def complete(self) -> bool:
@@ -177,7 +181,35 @@ def _summary(row: Any) -> RunSummary:
         event_count=row.event_count,
         trigger_name=row.trigger_name,
         trigger_ref=row.trigger_ref,
+        parent_run=row.parent_run,
+        parent_step=row.parent_step,
+        result=loads(row.result, None),
     )
+
+
+# Which runs a run list shows: top-level runs only (the default), child runs too, or only them.
+CHILDREN = ("hide", "include", "only")
+
+
+def children_filter(q: Any, children: str = "hide", parent: str | None = None) -> Any:
+    """``q`` restricted to the runs the list shows: the children of ``parent`` when given, else
+    by ``children`` (hide | include | only)."""
+    if parent:
+        return q.where(runs.c.parent_run == parent)
+    if children not in CHILDREN:
+        raise ValueError(f"children: must be one of {', '.join(CHILDREN)}, not {children!r}")
+    if children == "hide":
+        return q.where(runs.c.parent_run.is_(None))
+    if children == "only":
+        return q.where(runs.c.parent_run.is_not(None))
+    return q
+
+
+def children_of(store: AuditStore, run_id: str) -> tuple[RunSummary, ...]:
+    """The child runs of ``run_id`` (its sub-workflow steps'), oldest first."""
+    q = select(runs).where(runs.c.parent_run == run_id).order_by(runs.c.created_at, runs.c.id)
+    with store.connect() as conn:
+        return tuple(_summary(r) for r in conn.execute(q.limit(10_000)).all())
 
 
 def list_runs(
@@ -193,10 +225,13 @@ def list_runs(
     limit: int = 50,
     cursor: str | None = None,
     trigger_type: str | None = None,
+    children: str = "hide",
+    parent: str | None = None,
 ) -> Page:
-    """Runs newest first; every filter is optional and they combine with AND."""
+    """Runs newest first; every filter is optional and they combine with AND. Child runs are
+    left out unless ``children`` is include or only, or ``parent`` asks for a run's children."""
     limit = max(1, min(int(limit), 1000))
-    q = select(runs)
+    q = children_filter(select(runs), children, parent)
     statuses = [status] if isinstance(status, str) else list(status or ())
     if statuses:
         q = q.where(runs.c.status.in_([s.upper() for s in statuses]))

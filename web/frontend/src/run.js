@@ -19,6 +19,7 @@ const state = {
   stale: new Set(), // steps changed by events since the last fetch: their output is not known yet
   statuses: new Map(), // step id -> status: the page's steps from each fetch, any step from events
   branchesOf: new Map(), // step id -> the parallel branches it belongs to
+  children: [], // the child runs of its sub-workflow steps (GET /runs/{id}/children)
 };
 const LIVE_LOG_MAX = 500; // lines kept per step between fetches
 const APPLIED_MAX = 5000;
@@ -70,6 +71,13 @@ function renderHead(r) {
     `priority ${esc(r.priority)}`,
   ];
   if (r.cloned_from) meta.push(`clone of <a href="/runs/${esc(r.cloned_from)}">${esc(r.cloned_from)}</a>`);
+  if (r.parent_run) {
+    // A child run of a sub-workflow step: breadcrumbs up to its parent's step.
+    meta.unshift(`<nav class="breadcrumbs" aria-label="parent run"><a class="crumb-parent" href="/runs/${esc(r.parent_run)}">run ${esc(r.parent_run)}</a>` +
+      ` › <a class="crumb-step" href="/runs/${esc(r.parent_run)}#step-${esc(r.parent_step || "")}">step ${esc(r.parent_step || "")}</a> › this run</nav>`);
+  }
+  if (state.children.length) meta.push(`<a class="children-link" href="/runs?parent=${esc(runId)}">${state.children.length} child run(s)</a>`);
+  if (r.result != null) meta.push(`result <code class="run-result">${esc(JSON.stringify(r.result)).slice(0, 300)}</code>`);
   if (r.tags.length) meta.push(r.tags.map((t) => `<span class="tag">${esc(t)}</span>`).join(" "));
   $("#run-meta").innerHTML = meta.map((m) => `<span>${m}</span>`).join("");
   const p = r.progress;
@@ -179,10 +187,24 @@ function stepRow(s) {
   return `<li class="step s-${esc(s.status)} ${comp?.status ? "compensated" : ""} ${open ? "open" : ""}" id="step-${esc(s.id)}" data-step="${esc(s.id)}" data-status="${esc(s.status)}">
     <div class="step-head" role="button" tabindex="0">
       <span class="num">${s.number}.</span> ${statusBadge(s.status)}
-      <span class="name">${esc(s.name)}</span> ${retries} ${compBadge}${s.map ? mapHead(s.map) : ""}
+      <span class="name">${esc(s.name)}</span> ${retries} ${compBadge}${s.map ? mapHead(s.map) : ""} ${childLinks(s)}
       <span class="when">${s.started_at ? time(s.started_at) : ""}${s.finished_at ? ` → ${time(s.finished_at)}` : ""}</span>
       <span class="dur" data-started="${running ? s.started_at ?? "" : ""}">${running ? `RUNNING – ${duration(s.duration)}` : dur}</span>
     </div>${prog}${lastLog}${body}</li>`;
+}
+
+/** Links from a sub-workflow step to the child runs it started (the newest last). */
+function childLinks(s) {
+  const kids = state.children.filter((c) => c.parent_step === s.id);
+  return kids.map((c) => `<a class="child-run" data-child="${esc(c.id)}" href="/runs/${esc(c.id)}">child run ${esc(c.id)}</a> ${statusBadge(c.status)}`).join(" ");
+}
+
+async function loadChildren() {
+  try {
+    state.children = (await api(`/runs/${runId}/children`)).children;
+  } catch (err) {
+    state.children = [];
+  }
 }
 
 function renderBranches(r) {
@@ -215,7 +237,10 @@ function renderTimeline(r) {
 
 async function load() {
   try {
-    const r = await api(`/runs/${runId}`, { query: { steps_offset: state.offset, steps_limit: boot.stepsPage } });
+    const [r] = await Promise.all([
+      api(`/runs/${runId}`, { query: { steps_offset: state.offset, steps_limit: boot.stepsPage } }),
+      loadChildren(),
+    ]);
     r.steps_failed = (r.step_counts.FAILED || 0) > 0;
     for (const s of r.steps) s.attempt_base = Math.max(0, s.attempts - (s.attempt ?? s.attempts));
     state.statuses = new Map(r.steps.map((s) => [s.id, s.status]));

@@ -21,7 +21,8 @@ function row(r) {
     if (r.can_resume) actions.push(`<button data-act="resume" data-run="${esc(r.id)}">Resume</button>`);
   }
   return `<tr data-run="${esc(r.id)}" data-status="${esc(r.status)}">
-    <td><a href="/runs/${esc(r.id)}"><code>${esc(r.id)}</code></a></td>
+    <td><a href="/runs/${esc(r.id)}"><code>${esc(r.id)}</code></a>${r.parent_run
+      ? `<br><small class="muted child-of">child of <a href="/runs/${esc(r.parent_run)}">${esc(r.parent_run)}</a> · ${esc(r.parent_step || "")}</small>` : ""}</td>
     <td><a href="/workflows/${esc(r.workflow.id)}">${esc(r.workflow.name || r.workflow.id)}</a>
         <small class="muted">${esc(r.workflow.version)}</small>
         ${r.tags.map((t) => `<span class="tag">${esc(t)}</span>`).join("")}</td>
@@ -55,7 +56,8 @@ function query(cursor) {
   const f = state.filters;
   const toTs = (v) => (v ? new Date(v).getTime() / 1000 : undefined);
   return { view: state.view, limit: 50, cursor, search: f.search, workflow: f.workflow, tag: f.tag,
-    triggered_by: f.triggered_by, trigger_type: f.trigger_type || undefined, since: toTs(f.since), until: toTs(f.until) };
+    triggered_by: f.triggered_by, trigger_type: f.trigger_type || undefined, since: toTs(f.since), until: toTs(f.until),
+    children: f.children && f.children !== "hide" ? f.children : undefined, parent: f.parent || undefined };
 }
 
 async function load(append = false) {
@@ -142,6 +144,13 @@ export async function init() {
     });
   }
   const form = $("#filters");
+  // /runs?parent=<id>: the children of a run (the run page links here).
+  const parent = new URLSearchParams(location.search).get("parent");
+  if (parent) {
+    form.querySelector("input[name=parent]").value = parent;
+    state.filters = { parent };
+    if (!boot.view) { state.view = "all"; state.landing = false; markTab(); }
+  }
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     state.filters = Object.fromEntries(new FormData(form).entries());

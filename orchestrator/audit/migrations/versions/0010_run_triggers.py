@@ -6,7 +6,7 @@ event trigger's name) and ``trigger_ref`` (the fire time, ISO-8601 UTC, or the e
 index for the run list filtered by trigger type. Rows written before it get NULL in both.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-04
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
