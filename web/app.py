@@ -86,9 +86,11 @@ class Services:
             self.sla.start()
         if self.web.recorder and self.store is not None:
             from orchestrator.audit.recorder import Recorder
+            from orchestrator.engine.notify import recorder_hook
 
             r = state_redis(self.settings, socket_timeout=30, health_check_interval=30)
-            self.recorder = Recorder(self.store, r, self.client.keys)
+            hooks = [recorder_hook(self.settings, self.store)]  # notifications: one message each
+            self.recorder = Recorder(self.store, r, self.client.keys, hooks=hooks)
             self.recorder.start_thread(self.stop_event)
 
     def stop(self) -> None:
