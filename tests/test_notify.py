@@ -72,7 +72,7 @@ def make_fleet(
     stops: list[tuple[threading.Event, threading.Thread]] = []
     clients: list[Client] = []
 
-    def make(**overrides: Any) -> Fleet:
+    def make(recorder: bool = True, **overrides: Any) -> Fleet:
         values: dict[str, Any] = {
             "database_url": store_url,
             "notify_backoff": 1,
@@ -96,9 +96,10 @@ def make_fleet(
             block=0.1,
             hooks=[hook],
         )
-        rec.setup()
-        stop = threading.Event()
-        stops.append((stop, rec.start_thread(stop)))
+        if recorder:
+            rec.setup()
+            stop = threading.Event()
+            stops.append((stop, rec.start_thread(stop)))
         return Fleet(settings, client, store, Notifications(store), hook, rec)
 
     yield make
@@ -310,3 +311,51 @@ def _events(fleet: Fleet, run_id: str) -> list[Any]:
         if e.run == run_id:
             out.append(e)
     return out
+
+
+def test_the_canvasflow_recorder_process_queues_notifications_and_an_sla_breach_notifies(
+    make_fleet: Any, receivers: list[Receiver], store_url: str, tmp_path: Any
+) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from orchestrator.engine import sla
+    from tests.conftest import ROOT
+
+    rcv = receiver(receivers)
+    fleet = make_fleet(recorder=False)
+    fleet.notes.add_endpoint(rcv.url, events=["sla_breached", "completed"])
+    env = {**os.environ, **fleet.settings.as_env()}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    log_path = tmp_path / "recorder.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "recorder", "--lag-interval", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+        )
+    try:
+        slow = Workflow("nt_slow", sla_seconds=0.5).step(
+            "s", "builtin", "sleep", params={"seconds": 1.5}
+        )
+        h = fleet.client.submit(slow)
+        deadline = time.monotonic() + 30
+        # What the web process's SLA monitor does every few seconds.
+        while (h.id, "sla_breached") not in sla.check_once(fleet.client.state):
+            assert time.monotonic() < deadline, "no sla_breached event"
+            time.sleep(0.1)
+        assert h.wait(60).status == "COMPLETED"
+        settled(fleet, 2)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert "notifications: not queued" not in log_path.read_text()
+    wait_for(lambda: len(rcv.requests) >= 2, 30, "two requests")
+    by_event = {r.headers["X-Canvasflow-Event"]: r.json for r in rcv.requests}
+    assert set(by_event) == {"sla_breached", "completed"}
+    assert by_event["sla_breached"]["sla"]["sla_seconds"] == 0.5
+    assert by_event["sla_breached"]["run"]["id"] == h.id
