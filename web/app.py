@@ -26,6 +26,7 @@ from web import (
     accounts,  # noqa: F401 - adds the account routes to api.blp
     auth,
     limits,
+    notify,  # noqa: F401 - adds the notification routes to api.blp
     pages,
     rest,
     workflows,  # noqa: F401 - adds the workflow and analytics routes to api.blp

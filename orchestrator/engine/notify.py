@@ -76,11 +76,12 @@ class NotifyHook(RecorderHook):
     """The recorder's side: one Celery message on ``notify`` per batch with notifying events.
 
     ``send`` publishes the message (a Celery app's ``send_task``); ``has_endpoints`` says
-    whether any endpoint exists, asked at most every ``ttl`` seconds so that a fleet without
-    endpoints queues nothing (an endpoint added takes effect within ``ttl`` seconds).
+    whether any endpoint exists, so that a fleet without endpoints queues nothing. It is asked
+    only for batches with a notifying event (one small SELECT; ``ttl`` > 0 caches the answer,
+    at the price of an endpoint taking effect only that much later).
     """
 
-    def __init__(self, send: Any, has_endpoints: Any, ttl: float = 2.0) -> None:
+    def __init__(self, send: Any, has_endpoints: Any, ttl: float = 0.0) -> None:
         self.send = send
         self.has_endpoints = has_endpoints
         self.ttl = ttl
@@ -90,7 +91,7 @@ class NotifyHook(RecorderHook):
     def _any(self) -> bool:
         at, value = self._known
         now = time.monotonic()
-        if now - at >= self.ttl:
+        if now - at >= self.ttl or not at:
             value = bool(self.has_endpoints())
             self._known = (now, value)
         return value
