@@ -9,6 +9,7 @@ const PAGES = {
   analytics: () => import("./analytics.js"),
   workflows: () => import("./workflows.js"),
   users: () => import("./users.js"),
+  notifications: () => import("./notifications.js"),
   workers: () => import("./workers.js"),
   worker: () => import("./worker.js"),
   tasks: () => import("./tasks.js"),
@@ -16,7 +17,7 @@ const PAGES = {
 };
 
 // The pages that poll the API to stay current (runs and run follow Socket.IO: live.js).
-const POLLED = new Set(["analytics", "workers", "worker", "tasks", "task"]);
+const POLLED = new Set(["analytics", "workers", "worker", "tasks", "task", "notifications"]);
 
 async function start() {
   const load = PAGES[boot.page];
