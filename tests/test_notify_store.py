@@ -249,3 +249,22 @@ def test_notify_add_refuses_a_url_that_is_not_http(store: AuditStore, store_url:
     assert "url: 'ftp://files.example/x' is not an http(s) URL" in out
     assert "secret: must be a string of 16 to 128 characters" in out
     assert json.loads(invoke(store_url, "list", "--json")) == []
+
+
+def test_the_receiver_in_the_docs_verifies_what_canvasflow_sends() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    section = doc[doc.index("### Verifying a notification") :]
+    code = section[section.index("```python\n") + 10 :]
+    code = code[: code.index("```")]
+    scope: dict[str, Any] = {}
+    exec(code, scope)  # noqa: S102 - our own docs
+    ep = check_endpoint("http://x/y", secret="s" * 24)
+    body = b'{"event":"failed"}'
+    sent = notify.headers(ep, "dl-1", "failed", body)
+    assert scope["verify"]("s" * 24, sent, body)
+    assert not scope["verify"]("t" * 24, sent, body)
+    old = {**sent, "X-Canvasflow-Timestamp": str(int(sent["X-Canvasflow-Timestamp"]) - 3600)}
+    old["X-Canvasflow-Signature"] = notify.signature("s" * 24, old["X-Canvasflow-Timestamp"], body)
+    assert not scope["verify"]("s" * 24, old, body)  # a replayed old request
