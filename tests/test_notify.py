@@ -33,6 +33,7 @@ class Fleet:
     notes: Notifications
     hook: notify.NotifyHook
     recorder: Recorder
+    worker: Any
 
     def deliveries(self, **kw: Any) -> list[dict[str, Any]]:
         return self.notes.deliveries(**kw)
@@ -84,7 +85,7 @@ def make_fleet(
         }
         values.update(overrides)
         settings = make_settings(redis_url, **values)
-        start_worker(settings, queues="default,io,notify")
+        worker = start_worker(settings, queues="default,io,notify")
         client = Client(settings)
         clients.append(client)
         hook = notify.recorder_hook(settings, store)
@@ -100,7 +101,7 @@ def make_fleet(
             rec.setup()
             stop = threading.Event()
             stops.append((stop, rec.start_thread(stop)))
-        return Fleet(settings, client, store, Notifications(store), hook, rec)
+        return Fleet(settings, client, store, Notifications(store), hook, rec, worker)
 
     yield make
     for stop, thread in stops:
@@ -252,6 +253,29 @@ def test_a_receiver_that_hangs_blocks_neither_the_recorder_nor_for_ever_the_work
     assert rcv.hanging == 1
     rcv.release()
     settled(fleet, 4)
+
+
+def test_a_sender_killed_in_the_middle_of_a_post_strands_no_delivery(
+    make_fleet: Any, receivers: list[Receiver]
+) -> None:
+    import psutil
+
+    rcv = receiver(receivers, plan=lambda n: "hang" if n == 1 else 200)
+    fleet = make_fleet(notify_timeout=5)
+    fleet.notes.add_endpoint(rcv.url, events=["failed"])
+    fleet.client.submit(failing_wf()).wait(60)
+    wait_for(lambda: rcv.hanging == 1, 60, "the first attempt to be under way")
+    (d,) = fleet.deliveries()
+    assert d["status"] == "sending"
+    # The pool process sending it dies: Celery requeues the message at once; the copy finds the
+    # delivery claimed, waits for the claim to lapse, then sends it.
+    for child in psutil.Process(fleet.worker.proc.pid).children(recursive=True):
+        child.kill()
+    rcv.release()
+    (d,) = settled(fleet, 1)
+    assert d["attempts"] == 1 and d["last_status_code"] == 200
+    assert len(rcv.requests) == 2
+    assert len({r.headers["X-Canvasflow-Delivery"] for r in rcv.requests}) == 1
 
 
 def test_an_attempt_against_a_hanging_receiver_ends_at_its_timeout(

@@ -268,3 +268,27 @@ def test_the_receiver_in_the_docs_verifies_what_canvasflow_sends() -> None:
     old = {**sent, "X-Canvasflow-Timestamp": str(int(sent["X-Canvasflow-Timestamp"]) - 3600)}
     old["X-Canvasflow-Signature"] = notify.signature("s" * 24, old["X-Canvasflow-Timestamp"], body)
     assert not scope["verify"]("s" * 24, old, body)  # a replayed old request
+
+
+def test_deliveries_whose_message_was_lost_are_found_once_by_the_sweep(store: AuditStore) -> None:
+    import time
+
+    from sqlalchemy import update
+
+    from orchestrator.audit.models import notify_deliveries
+
+    notes = Notifications(store)
+    ep = notes.add_endpoint("http://x/y", events=["failed"])
+    stale = _delivery(notes, ep)
+    fresh, _ = notes.create_delivery(
+        ep, run_id="r9", event="failed", seq=1, workflow="wf", payload="{}", attempt_limit=2
+    )
+    with store.begin() as conn:
+        conn.execute(
+            update(notify_deliveries)
+            .where(notify_deliveries.c.id == stale)
+            .values(next_attempt_at=time.time() - 3600)
+        )
+    assert notes.overdue(late=600) == [stale]
+    assert notes.overdue(late=600) == []  # given a fresh due time: swept once
+    assert sorted(notes.overdue(late=-10)) == sorted([stale, fresh])  # everything is late now

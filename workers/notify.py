@@ -22,6 +22,7 @@ from orchestrator.settings import Settings
 log = logging.getLogger(__name__)
 STORE_RETRY = 5  # seconds between tries while the audit store is unreachable
 STORE_RETRIES = 60
+OVERDUE = 600.0  # seconds past its due time after which a delivery's message counts as lost
 
 
 def register(app: Celery, settings: Settings) -> tuple[Any, Any]:
@@ -55,6 +56,9 @@ def register(app: Celery, settings: Settings) -> tuple[Any, Any]:
             if self.request.retries >= STORE_RETRIES:
                 raise
             raise self.retry(exc=exc, countdown=STORE_RETRY) from None
+        # Each dispatch also sweeps deliveries whose task message was lost: a delivery never
+        # waits on a message that no longer exists for longer than OVERDUE after its due time.
+        ids += [d for d in notes().overdue(late=OVERDUE) if d not in ids]
         for did in ids:
             deliver.apply_async(args=[did], queue=notify.QUEUE)
         return len(ids)
@@ -80,7 +84,7 @@ def register(app: Celery, settings: Settings) -> tuple[Any, Any]:
             if self.request.retries >= STORE_RETRIES:
                 raise
             raise self.retry(exc=exc, countdown=STORE_RETRY) from None
-        if outcome.status == "pending":
+        if outcome.status in ("pending", "busy"):
             raise self.retry(countdown=outcome.retry_in, max_retries=None)
         return outcome.status
 

@@ -245,6 +245,7 @@ def _delivery(r: Any) -> dict[str, Any]:
         "created_at": r.created_at,
         "updated_at": r.updated_at,
         "next_attempt_at": r.next_attempt_at,
+        "claimed_until": r.claimed_until,
         "delivered_at": r.delivered_at,
         "last_status_code": r.last_status_code,
         "last_error": r.last_error,
@@ -489,6 +490,40 @@ class Notifications:
             )
             row = conn.execute(select(notify_deliveries).where(d.id == delivery_id)).first()
         return _delivery(row)
+
+    def overdue(self, *, late: float, limit: int = 100) -> list[str]:
+        """Deliveries ``late`` seconds past their next attempt, or whose sender's claim lapsed
+        that long ago: their task message was lost (a broker that restarted empty). Each is
+        given a fresh due time, so one sweep re-queues it once."""
+        now = time.time()
+        d = notify_deliveries.c
+        with self.store.begin() as conn:
+            ids = [
+                r.id
+                for r in conn.execute(
+                    select(d.id)
+                    .where(
+                        ((d.status == "pending") & (d.next_attempt_at < now - late))
+                        | ((d.status == "sending") & (d.claimed_until < now - late))
+                    )
+                    .order_by(d.updated_at)
+                    .limit(limit)
+                )
+            ]
+            if ids:
+                conn.execute(
+                    update(notify_deliveries)
+                    .where(d.id.in_(ids))
+                    .where(d.status == "pending")
+                    .values(next_attempt_at=now)
+                )
+                conn.execute(
+                    update(notify_deliveries)
+                    .where(d.id.in_(ids))
+                    .where(d.status == "sending")
+                    .values(claimed_until=now)
+                )
+        return ids
 
     def deliveries(
         self,

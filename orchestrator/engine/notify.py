@@ -29,7 +29,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.audit.events import Event
-from orchestrator.audit.notifications import EVENTS, Endpoint, Notifications, delivery_id
+from orchestrator.audit.notifications import (
+    EVENTS,
+    Endpoint,
+    Notifications,
+    UnknownDelivery,
+    delivery_id,
+)
 from orchestrator.audit.recorder import RecorderHook
 from orchestrator.settings import Settings
 
@@ -49,6 +55,8 @@ STATUS_EVENTS = {
 SLA_EVENTS = {"sla_warning": "sla_warning", "sla_breached": "sla_breached"}
 MAX_RESPONSE = 1024  # bytes of a receiver's answer kept in the attempt log
 MAX_ITEMS = 500  # notifying events in one dispatch message (a recorder batch is at most 500)
+# A sender's claim on a delivery lasts its timeout plus this: room to record the attempt.
+LEASE_GRACE = 10.0
 
 
 def notifying(events: Iterable[Event]) -> list[dict[str, Any]]:
@@ -255,6 +263,11 @@ def dispatch(notes: Notifications, settings: Settings, items: Any) -> list[str]:
         ):
             log.error("notify dispatch: not a notifying event: %.200r", item)
             continue
+        ts = item.get("ts")
+        if not isinstance(ts, (int, float)) or not 0 < ts < 1e11:
+            item = {**item, "ts": None}
+        if not isinstance(item.get("sla", {}), dict):
+            item = {k: v for k, v in item.items() if k != "sla"}
         run = notes.run_summary(item["run"])
         if run is None:  # the recorder commits before it hands events on: a run it never had
             log.warning("notify dispatch: run %s is not in the audit store", item["run"])
@@ -279,7 +292,9 @@ def dispatch(notes: Notifications, settings: Settings, items: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # delivered | pending (retry after ``retry_in``) | dead | skipped
+    # delivered | pending (retry after ``retry_in``) | dead | skipped (nothing to do) |
+    # busy (another sender holds it: look again after ``retry_in``)
+    status: str
     retry_in: float = 0.0
     status_code: int | None = None
     error: str | None = None
@@ -326,9 +341,18 @@ def post(
 def attempt(notes: Notifications, settings: Settings, did: str) -> Outcome:
     """Claim the delivery, POST it, log the attempt; what the task does next is the Outcome."""
     timeout = float(settings.notify_timeout)
-    claimed = notes.claim(did, lease=timeout + 30)
+    claimed = notes.claim(did, lease=timeout + LEASE_GRACE)
     if claimed is None:
-        return Outcome("skipped")
+        try:
+            held = notes.delivery(did)
+        except UnknownDelivery:
+            return Outcome("skipped")  # its endpoint was removed
+        if held["status"] == "sending":
+            # Another copy holds it — or held it and died (a prefork child killed mid-POST is
+            # requeued at once): come back when its lease has lapsed, never drop it.
+            wait = max(1.0, (held["claimed_until"] or 0.0) - time.time() + 1.0)
+            return Outcome("busy", retry_in=wait)
+        return Outcome("skipped")  # delivered or dead
     endpoint, delivery, payload = claimed
     body = payload.encode()
     started = time.monotonic()
