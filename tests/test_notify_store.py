@@ -292,3 +292,22 @@ def test_deliveries_whose_message_was_lost_are_found_once_by_the_sweep(store: Au
     assert notes.overdue(late=600) == [stale]
     assert notes.overdue(late=600) == []  # given a fresh due time: swept once
     assert sorted(notes.overdue(late=-10)) == sorted([stale, fresh])  # everything is late now
+
+
+def test_the_hook_keeps_a_yes_for_a_while_and_never_a_no() -> None:
+    asked: list[bool] = []
+    have = {"any": False}
+
+    def has() -> bool:
+        asked.append(have["any"])
+        return have["any"]
+
+    sent: list[Any] = []
+    hook = notify.NotifyHook(lambda name, args, queue: sent.append(args), has, ttl=60)
+    batch = [Event(run="a", seq=9, type="run_status_changed", status="FAILED")]
+    hook.before_ack(batch)
+    have["any"] = True
+    hook.before_ack(batch)  # the no was not kept: asked again, and sent
+    have["any"] = False
+    hook.before_ack(batch)  # the yes is kept: sent without asking
+    assert asked == [False, True] and len(sent) == 2

@@ -85,24 +85,26 @@ class NotifyHook(RecorderHook):
 
     ``send`` publishes the message (a Celery app's ``send_task``); ``has_endpoints`` says
     whether any endpoint exists, so that a fleet without endpoints queues nothing. It is asked
-    only for batches with a notifying event (one small SELECT; ``ttl`` > 0 caches the answer,
-    at the price of an endpoint taking effect only that much later).
+    only for batches with a notifying event, and a yes is kept for ``ttl`` seconds (a no never
+    is: an endpoint just added must not miss the next run's end; a message queued after the last
+    endpoint went finds nothing to send).
     """
 
-    def __init__(self, send: Any, has_endpoints: Any, ttl: float = 0.0) -> None:
+    def __init__(self, send: Any, has_endpoints: Any, ttl: float = 5.0) -> None:
         self.send = send
         self.has_endpoints = has_endpoints
         self.ttl = ttl
-        self._known: tuple[float, bool] = (0.0, False)
+        self._yes_until = 0.0
         self.sent = 0
 
     def _any(self) -> bool:
-        at, value = self._known
         now = time.monotonic()
-        if now - at >= self.ttl or not at:
-            value = bool(self.has_endpoints())
-            self._known = (now, value)
-        return value
+        if now < self._yes_until:
+            return True
+        if self.has_endpoints():
+            self._yes_until = now + self.ttl
+            return True
+        return False
 
     def before_ack(self, events: Sequence[Event]) -> None:
         items = notifying(events)
@@ -118,6 +120,10 @@ def recorder_hook(settings: Settings, store: Any) -> NotifyHook:
     from orchestrator.engine.celery_app import create_celery
 
     app = create_celery(settings, sender=True)
+    # No task-sent event per message: it is a second publish on the recorder's path, and the
+    # workers' received/started/succeeded events still show each task (measured: about half of
+    # the cost of a send; docs/performance.md "Notifications").
+    app.conf.task_send_sent_event = False
     notes = Notifications(store)
 
     def send(name: str, *, args: list[Any], queue: str) -> None:
