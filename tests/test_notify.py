@@ -209,6 +209,37 @@ def test_a_delivery_whose_attempts_all_fail_is_dead_lettered_and_a_replay_delive
     assert fleet.deliveries(status="dead") == []
 
 
+def test_a_cancelled_run_and_a_failed_compensation_notify_as_such(
+    make_fleet: Any, receivers: list[Receiver]
+) -> None:
+    rcv = receiver(receivers)
+    fleet = make_fleet()
+    fleet.notes.add_endpoint(rcv.url, events=["cancelled", "compensation_failed"])
+    slow = fleet.client.submit(
+        Workflow("nt_slow_cancel").step("s", "builtin", "sleep", params={"seconds": 30})
+    )
+    wait_for(lambda: fleet.client.state.status(slow.id) == "RUNNING", 60, "the run to start")
+    fleet.client.control.cancel(slow.id, actor="tester", reason="test")
+    saga = fleet.client.submit(
+        Workflow("nt_saga")
+        .step(
+            "a",
+            "builtin",
+            "echo",
+            compensate={"plugin": "builtin", "method": "fail", "params": {"message": "undo broke"}},
+        )
+        .step("bad", "builtin", "fail", depends_on=["a"])
+    )
+    assert saga.wait(60).status == "COMPENSATION_FAILED"
+    slow.wait(60)
+    settled(fleet, 2)
+    wait_for(lambda: len(rcv.requests) >= 2, 30, "two requests")
+    got = {r.headers["X-Canvasflow-Event"]: r.json["run"] for r in rcv.requests}
+    assert got["cancelled"]["id"] == slow.id and got["cancelled"]["status"] == "CANCELLED"
+    assert got["compensation_failed"]["id"] == saga.id
+    assert got["compensation_failed"]["status"] == "COMPENSATION_FAILED"
+
+
 def test_endpoints_filter_by_workflow_and_by_tag(
     make_fleet: Any, receivers: list[Receiver]
 ) -> None:
