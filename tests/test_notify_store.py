@@ -311,3 +311,45 @@ def test_the_hook_keeps_a_yes_for_a_while_and_never_a_no() -> None:
     have["any"] = False
     hook.before_ack(batch)  # the yes is kept: sent without asking
     assert asked == [False, True] and len(sent) == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"", "RemoteDisconnected"),
+        (b"HELLO THERE\r\n\r\n", "BadStatusLine"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc", "IncompleteRead"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", None),
+    ],
+)
+def test_a_receiver_that_answers_garbage_is_a_failed_attempt_not_a_crash(
+    answer: bytes, expected: str | None
+) -> None:
+    # http.client raises IncompleteRead (not an OSError) on a broken chunked body: before, it
+    # crashed the task and left the delivery claimed.
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(answer)
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        code, error = notify.post(
+            f"http://127.0.0.1:{srv.getsockname()[1]}/x", b"{}", {}, timeout=5
+        )
+    finally:
+        t.join(5)
+        srv.close()
+    if expected is None:  # a body cut short: the receiver said 200, and that counts
+        assert (code, error) == (200, None)
+    else:
+        assert code is None and expected in (error or ""), error

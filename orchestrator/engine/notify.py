@@ -336,7 +336,10 @@ def post(
         except Exception:
             text = ""
         return exc.code, f"HTTP {exc.code} {exc.reason}" + (f": {text[:300]}" if text else "")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever ends an attempt is that attempt's error
+        # URLError, OSError, http.client's IncompleteRead and BadStatusLine, the task's soft
+        # time limit: each is a failed attempt, logged and retried, never a task crash that
+        # would leave the delivery claimed.
         reason = getattr(exc, "reason", exc)
         return None, f"{type(reason).__name__}: {reason}"[:MAX_RESPONSE]
     if 200 <= code < 300:
