@@ -152,6 +152,7 @@ def test_failed_and_completed_runs_notify_once_with_a_signature_the_receiver_ver
     done = by_event["completed"].json["run"]
     assert done["id"] == ok.id and done["workflow"] == "nt_ok" and done["status"] == "COMPLETED"
     assert done["tags"] == ["nightly"] and done["triggered_by"] == "tester"
+    assert done["trigger"]["by"] == "tester" and done["trigger"]["type"] == done["trigger_type"]
     assert done["url"] == f"http://dash.example:8080/runs/{ok.id}"
     assert done["finished_at"].endswith("+00:00")
     failed = by_event["failed"].json["run"]

@@ -359,6 +359,10 @@ class Notifications:
             "tags": [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
             "trigger_type": r.trigger_type,
             "triggered_by": r.triggered_by,
+            # The trigger's name and fire time or event key (columns of issue 16 item 5, read
+            # when the store has them).
+            "trigger_name": r._mapping.get("trigger_name"),
+            "trigger_ref": r._mapping.get("trigger_ref"),
             "sla_seconds": r.sla_seconds,
         }
 

@@ -176,6 +176,12 @@ def json_payload(
             "tags": run["tags"],
             "trigger_type": run["trigger_type"],
             "triggered_by": run["triggered_by"],
+            "trigger": {
+                "type": run["trigger_type"],
+                "name": run.get("trigger_name"),
+                "ref": run.get("trigger_ref"),
+                "by": run["triggered_by"],
+            },
             "url": run_link(settings, run["id"]),
         },
     }
