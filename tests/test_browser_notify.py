@@ -50,6 +50,10 @@ def test_an_admin_adds_an_endpoint_and_replays_a_dead_letter_from_the_page(
         assert "failed, compensation_failed" in row.inner_text()
         assert secret not in page.inner_text("#endpoints-table")
         shots(page, "notifications-endpoint")
+        page.click(f"#endpoints-table button.toggle-endpoint[data-endpoint='{ep_id}']")
+        page.wait_for_selector(f"#endpoints-table tr[data-endpoint='{ep_id}'][data-enabled='']")
+        page.click(f"#endpoints-table button.toggle-endpoint[data-endpoint='{ep_id}']")
+        page.wait_for_selector(f"#endpoints-table tr[data-endpoint='{ep_id}'][data-enabled='1']")
 
         wf = Workflow("page_nt_fail").step("bad", "builtin", "fail", params={"message": "no"})
         run = orchestrator_client.submit(wf)

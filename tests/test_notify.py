@@ -244,10 +244,12 @@ def test_a_cancelled_run_and_a_failed_compensation_notify_as_such(
 def test_endpoints_filter_by_workflow_and_by_tag(
     make_fleet: Any, receivers: list[Receiver]
 ) -> None:
-    by_wf, by_tag = receiver(receivers), receiver(receivers)
+    by_wf, by_tag, off = receiver(receivers), receiver(receivers), receiver(receivers)
     fleet = make_fleet()
     fleet.notes.add_endpoint(by_wf.url, events=["completed"], workflows=["nt_x"])
     fleet.notes.add_endpoint(by_tag.url, events=["completed"], tags=["blue", "green"])
+    disabled = fleet.notes.add_endpoint(off.url, events=["completed"])
+    fleet.notes.set_enabled(disabled.id, False)
     runs = {
         wid: fleet.client.submit(ok_wf(wid, tags)).id
         for wid, tags in (("nt_x", ()), ("nt_y", ("blue",)), ("nt_z", ("red",)))
@@ -260,6 +262,7 @@ def test_endpoints_filter_by_workflow_and_by_tag(
     assert [r.json["run"]["id"] for r in by_wf.requests] == [runs["nt_x"]]
     assert [r.json["run"]["id"] for r in by_tag.requests] == [runs["nt_y"]]
     assert len(fleet.deliveries()) == 2
+    assert off.requests == [] and fleet.deliveries(endpoint_id=disabled.id) == []
 
 
 def test_a_receiver_that_hangs_blocks_neither_the_recorder_nor_for_ever_the_worker(

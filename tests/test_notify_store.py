@@ -88,6 +88,13 @@ def test_endpoints_are_stored_without_showing_their_secret(store: AuditStore) ->
     assert not listed.matches("completed", "etl", ["a"])
     other = notes.add_endpoint("http://x/y", secret="s" * 20, events=["completed"])
     assert other.secret == "s" * 20 and other.matches("completed", "any", [])
+    assert not notes.set_enabled(other.id, False, actor="alice").matches("completed", "any", [])
+    assert notes.set_enabled(other.id, True).matches("completed", "any", [])
+    notes.set_enabled(ep.id, False)
+    notes.set_enabled(other.id, False)
+    assert not notes.any_enabled()
+    notes.set_enabled(ep.id, True)
+    assert notes.any_enabled()
     notes.remove_endpoint(other.id, actor="alice")
     assert [e.id for e in notes.endpoints()] == [ep.id]
     with pytest.raises(UnknownEndpoint):
@@ -236,6 +243,11 @@ def test_the_notify_commands_add_list_test_and_remove_endpoints(
         )
         assert "HTTP 500" in invoke(store_url, "test", ep_id, code=1)
         assert "no deliveries" in invoke(store_url, "deliveries", ep_id)
+        assert f"disabled endpoint {ep_id}" in invoke(store_url, "disable", ep_id)
+        assert "(disabled)" in invoke(store_url, "list")
+        assert json.loads(invoke(store_url, "list", "--json"))[0]["enabled"] is False
+        assert f"enabled endpoint {ep_id}" in invoke(store_url, "enable", ep_id)
+        assert json.loads(invoke(store_url, "list", "--json"))[0]["enabled"] is True
         assert "no dead letters" in invoke(store_url, "dead")
         invoke(store_url, "remove", ep_id)
         assert json.loads(invoke(store_url, "list", "--json")) == []

@@ -80,7 +80,13 @@ def test_endpoints_test_deliveries_and_a_replayed_dead_letter_through_the_api(
     ep = r.json
     assert len(ep["secret"]) >= 32 and ep["events"] == ["failed"]
     (listed,) = admin.get("/notifications/endpoints").json["endpoints"]
-    assert listed["id"] == ep["id"] and "secret" not in listed
+    assert listed["id"] == ep["id"] and "secret" not in listed and listed["enabled"] is True
+    path = f"/api/v1/notifications/endpoints/{ep['id']}"
+    hdrs = {"X-CSRF-Token": admin.csrf}
+    off = admin.http.patch(path, json={"enabled": False}, headers=hdrs)
+    assert off.status_code == 200 and off.json["enabled"] is False
+    assert admin.http.patch(path, json={"enabled": "maybe"}, headers=hdrs).status_code == 400
+    assert admin.http.patch(path, json={"enabled": True}, headers=hdrs).json["enabled"] is True
 
     rcv.answers["status"] = 200  # type: ignore[attr-defined]
     t = admin.post(f"/notifications/endpoints/{ep['id']}/test")

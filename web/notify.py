@@ -82,6 +82,12 @@ class NotifyEndpointBody(Schema):
     description = fields.String(load_default=None, validate=validate.Length(max=500))
 
 
+class NotifyEndpointPatch(Schema):
+    enabled = fields.Boolean(
+        required=True, metadata={"description": "false: nothing is sent to it until true again"}
+    )
+
+
 class NotifyTestResultSchema(Schema):
     status_code = fields.Integer(allow_none=True)
     error = fields.String(allow_none=True)
@@ -180,6 +186,17 @@ def remove_endpoint(endpoint_id: str) -> None:
     notes = _notes()
     _endpoint_or_404(notes, endpoint_id)
     notes.remove_endpoint(endpoint_id, actor=user_name())
+
+
+@blp.route("/notifications/endpoints/<endpoint_id>", methods=["PATCH"])
+@auth.require("admin", mutating=True)
+@blp.arguments(NotifyEndpointPatch)
+@blp.response(200, NotifyEndpointSchema)
+def patch_endpoint(body: dict[str, Any], endpoint_id: str) -> dict[str, Any]:
+    """Disable (nothing is sent to it) or enable an endpoint."""
+    notes = _notes()
+    _endpoint_or_404(notes, endpoint_id)
+    return notes.set_enabled(endpoint_id, body["enabled"], actor=user_name()).as_dict()
 
 
 @blp.route("/notifications/endpoints/<endpoint_id>/test", methods=["POST"])

@@ -304,6 +304,23 @@ class Notifications:
             raise UnknownEndpoint(endpoint_id)
         return _row_endpoint(r)
 
+    def set_enabled(self, endpoint_id: str, enabled: bool, *, actor: str = "cli") -> Endpoint:
+        """Pause (nothing is sent to it, nothing is recorded for it) or resume an endpoint."""
+        self.endpoint(endpoint_id)
+        with self.store.begin() as conn:
+            conn.execute(
+                update(notify_endpoints)
+                .where(notify_endpoints.c.id == endpoint_id)
+                .values(enabled=bool(enabled))
+            )
+        self.store.record_action(
+            actor=actor,
+            action="notify_enable" if enabled else "notify_disable",
+            target_type="notify_endpoint",
+            target_id=endpoint_id,
+        )
+        return self.endpoint(endpoint_id)
+
     def remove_endpoint(self, endpoint_id: str, *, actor: str = "cli") -> None:
         """Delete an endpoint with its deliveries and their attempts."""
         self.endpoint(endpoint_id)

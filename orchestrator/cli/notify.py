@@ -130,7 +130,7 @@ def list_cmd(as_json: bool, database_url: str | None) -> None:
     table = Table("id", "url", "events", "workflows", "tags", "format", "created")
     for e in eps:
         table.add_row(
-            e.id,
+            e.id if e.enabled else f"{e.id} (disabled)",
             e.url,
             ", ".join(e.events),
             ", ".join(e.workflows) or "all",
@@ -149,6 +149,26 @@ def remove(endpoint_id: str, database_url: str | None) -> None:
     """Remove an endpoint with its delivery log."""
     _notes(database_url).remove_endpoint(endpoint_id, actor=_actor())
     console.print(f"removed endpoint {endpoint_id}", highlight=False, markup=False)
+
+
+@notify.command("disable")
+@click.argument("endpoint_id")
+@audit_cli.db_option
+@audit_cli._errors
+def disable(endpoint_id: str, database_url: str | None) -> None:
+    """Pause an endpoint: nothing is sent to it until it is enabled again."""
+    _notes(database_url).set_enabled(endpoint_id, False, actor=_actor())
+    console.print(f"disabled endpoint {endpoint_id}", highlight=False, markup=False)
+
+
+@notify.command("enable")
+@click.argument("endpoint_id")
+@audit_cli.db_option
+@audit_cli._errors
+def enable(endpoint_id: str, database_url: str | None) -> None:
+    """Resume a disabled endpoint (events that happened meanwhile are not sent)."""
+    _notes(database_url).set_enabled(endpoint_id, True, actor=_actor())
+    console.print(f"enabled endpoint {endpoint_id}", highlight=False, markup=False)
 
 
 @notify.command("test")

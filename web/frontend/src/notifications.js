@@ -19,11 +19,12 @@ const names = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 
 async function drawEndpoints() {
   const { endpoints } = await api("/notifications/endpoints");
-  $("#endpoints-table tbody").innerHTML = endpoints.map((e) => `<tr data-endpoint="${esc(e.id)}">
-    <td><code>${esc(e.id)}</code></td><td class="url">${esc(e.url)}</td><td>${esc(e.events.join(", "))}</td>
+  $("#endpoints-table tbody").innerHTML = endpoints.map((e) => `<tr data-endpoint="${esc(e.id)}" data-enabled="${e.enabled ? "1" : ""}">
+    <td><code>${esc(e.id)}</code>${e.enabled ? "" : ' <small class="muted">(disabled)</small>'}</td><td class="url">${esc(e.url)}</td><td>${esc(e.events.join(", "))}</td>
     <td>${esc(e.workflows.join(", ") || "all")}</td><td>${esc(e.tags.join(", ") || "any")}</td>
     <td>${esc(e.format)}</td><td>${time(e.created_at)}</td>
     <td>${isAdmin() ? `<button class="test-endpoint" data-endpoint="${esc(e.id)}">Send test</button>
+      <button class="toggle-endpoint" data-endpoint="${esc(e.id)}" data-enabled="${e.enabled ? "1" : ""}">${e.enabled ? "Disable" : "Enable"}</button>
       <button class="danger remove-endpoint" data-endpoint="${esc(e.id)}">Remove</button>` : ""}</td>
   </tr>`).join("") || `<tr><td colspan="8" class="muted">No endpoints: nothing is sent.</td></tr>`;
 }
@@ -111,6 +112,16 @@ export async function init() {
         res = await api(`/notifications/endpoints/${encodeURIComponent(id)}/test`, { method: "POST" });
       });
       if (res) toast(res.error ? `${id}: ${res.error}` : `${id} answered HTTP ${res.status_code}`, res.error ? "error" : "info");
+      return;
+    }
+    const toggle = ev.target.closest("button.toggle-endpoint");
+    if (toggle) {
+      const id = toggle.dataset.endpoint;
+      const enabled = !toggle.dataset.enabled;
+      const path = `/notifications/endpoints/${encodeURIComponent(id)}`;
+      if (await attempt(() => api(path, { method: "PATCH", body: { enabled } }))) {
+        toast(`endpoint ${id} ${enabled ? "enabled" : "disabled"}`);
+      }
       return;
     }
     const rm = ev.target.closest("button.remove-endpoint");
