@@ -23,6 +23,7 @@ from orchestrator.audit.notifications import (
 from orchestrator.errors import StoreError
 from web import auth
 from web.api import blp, ext, user_name
+from web.schemas import StrictBoolean
 
 # What the document promises of a URL (the store checks it again, orchestrator/audit/notifications.py):
 # http or https, a host, an optional port, printable characters without spaces.
@@ -83,7 +84,7 @@ class NotifyEndpointBody(Schema):
 
 
 class NotifyEndpointPatch(Schema):
-    enabled = fields.Boolean(
+    enabled = StrictBoolean(
         required=True, metadata={"description": "false: nothing is sent to it until true again"}
     )
 
