@@ -96,6 +96,16 @@ class Settings:
     # An event's key starts at most one run per trigger for this long (at least 24 h, the
     # promise of docs/definition-reference.md "Event triggers").
     event_key_ttl: int = 7 * 24 * 3600
+    # The dashboard's address as users reach it (https://canvasflow.example.com): notifications
+    # link to the run page under it; empty: they carry no link (docs/operations.md).
+    public_url: str = ""
+    # Outgoing notifications (docs/operations.md, "Notifications"): attempts per delivery before
+    # it goes to the dead letters, the first retry's delay in seconds (doubling each time, capped
+    # at notify_backoff_max), and how long one attempt may wait for the receiver.
+    notify_max_attempts: int = 5
+    notify_backoff: int = 10
+    notify_backoff_max: int = 3600
+    notify_timeout: int = 10
     extra_celery: dict[str, Any] = field(default_factory=dict)
     # What a definition, run inputs or an event payload may be (CANVASFLOW_MAX_*; limits.py).
     limits: Limits = field(default_factory=Limits)
@@ -120,6 +130,11 @@ class Settings:
                 f"CANVASFLOW_EVENT_KEY_TTL={self.event_key_ttl}: an event key must dedupe for at "
                 f"least 24 h (86400 s)"
             )
+        for name in ("notify_max_attempts", "notify_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"CANVASFLOW_{name.upper()} must be a positive number")
+        if self.notify_backoff < 0 or self.notify_backoff_max < 0:
+            raise ConfigurationError("CANVASFLOW_NOTIFY_BACKOFF(_MAX) must not be negative")
 
     def _check_cluster(self) -> None:
         where = 'see docs/operations.md, "Redis topologies"'

@@ -130,6 +130,7 @@ SCRIPTS: dict[str, Script] = {
     "bench_events": Script(("bench_events.py", "--smoke", "--json", "{json}")),
     "bench_items_api": Script(("bench_items_api.py", "--smoke", "--json", "{json}")),
     "bench_children": Script(("bench_children.py", "--smoke", "--json", "{json}")),
+    "bench_notify": Script(("bench_notify.py", "--smoke", "--redis-url", "{redis}")),
 }
 
 
@@ -322,6 +323,17 @@ def test_bench_recorder_drains_a_backlog_and_keeps_up_live_on_both_stores(
     for store, backlog, *figures in rows:
         assert backlog == str(3 * (3 + 2 * (3 + 2))), store  # 3 runs of 2 steps with 2 logs
         assert positive(*(numbers(" ".join(figures)))), (store, figures)
+
+
+@pytest.mark.parametrize("script", ["bench_notify"])
+def test_bench_notify_drains_with_and_without_the_notify_hook(runs: Runs, script: str) -> None:
+    rows = runs.get(script).table()
+    assert [r[0] for r in rows] == ["chatty", "ends"]
+    for mix, events, base, hook, ratio, batches, queued, per_batch, share in rows:
+        assert events == str(30 * (55 if mix == "chatty" else 6)), mix  # 30 runs each
+        assert positive(*numbers(" ".join((base, hook, ratio, batches, per_batch, share))))
+        sent, in_queue = numbers(queued)
+        assert sent == in_queue == float(batches), (mix, queued)  # one message per batch
 
 
 @pytest.mark.parametrize("script", ["bench_recorder_sql_postgresql", "bench_recorder_sql_sqlite"])

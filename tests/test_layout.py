@@ -328,6 +328,8 @@ WEB_AUDIT_IMPORTS = {
     "orchestrator.audit.queries",  # the package: its modules are its own business
     "orchestrator.audit.store",  # AuditStore, its errors, append_action
     "orchestrator.audit.recorder",  # the recorder embedded in the web process
+    # Notification endpoints and deliveries: like queries, every statement on its tables is in it.
+    "orchestrator.audit.notifications",
 }
 SQL_CALLS = {"connect", "begin", "exec_driver_sql"}
 

@@ -28,6 +28,7 @@ from web import (
     children,  # noqa: F401 - adds the child-run route to api.blp
     items,  # noqa: F401 - adds the routes on items of mapped steps to api.blp
     limits,
+    notify,  # noqa: F401 - adds the notification routes to api.blp
     pages,
     publish,  # noqa: F401 - adds POST /events to api.blp
     rest,
@@ -95,9 +96,11 @@ class Services:
             self.sla.start()
         if self.web.recorder and self.store is not None:
             from orchestrator.audit.recorder import Recorder
+            from orchestrator.engine.notify import recorder_hook
 
             r = state_redis(self.settings, socket_timeout=30, health_check_interval=30)
-            self.recorder = Recorder(self.store, r, self.client.keys)
+            hooks = [recorder_hook(self.settings, self.store)]  # notifications: one message each
+            self.recorder = Recorder(self.store, r, self.client.keys, hooks=hooks)
             self.recorder.start_thread(self.stop_event)
         if self.web.scheduler:  # fires schedule triggers (orchestrator/engine/scheduler.py)
             from orchestrator.engine.scheduler import Scheduler

@@ -94,6 +94,19 @@ def users() -> Any:
     return _page("users.html", "users")
 
 
+@bp.route("/admin/notifications")
+def notifications() -> Any:
+    """Webhook endpoints, the delivery log and the dead letters (admins)."""
+    user = auth.current_user()
+    if user is not None and not user.can("admin"):
+        abort(
+            403,
+            description=f"Notification settings need the admin role, and you are logged in as "
+            f"'{user.name}' ({user.role}). Ask an admin, or log in as an admin.",
+        )
+    return _page("notifications.html", "notifications")
+
+
 # Fleet inspection (Flower's pages), drawn from /api/v1/inspect.
 
 

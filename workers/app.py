@@ -1,4 +1,4 @@
-"""The Celery app that workers run: ``celery -A workers.app worker -Q default,io``.
+"""The Celery app that workers run: ``celery -A workers.app worker -Q default,io,notify``.
 
 Nothing is built at import time: the module attribute ``app`` is created on first access
 (PEP 562), from :class:`orchestrator.settings.Settings` read from the environment.
@@ -33,6 +33,7 @@ from orchestrator.keys import Keys
 from orchestrator.model import callallow
 from orchestrator.settings import Settings
 from workers import broker, guard, subrun
+from workers import notify as notify_tasks
 from workers import step as steps
 from workers.builtin import Builtin
 from workers.plugins import Registry
@@ -220,6 +221,7 @@ def create_worker_app(
     message_guard = guard.Guard(state, Dispatcher(app, settings, state), settings)
     for task in (step, merge, settle, compensate, compensated, child_joined):
         task.Strategy = message_guard.strategy
+    notify_tasks.register(app, settings)  # outgoing notifications, on the "notify" queue
 
     def publish_catalog(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is not app:

@@ -330,3 +330,60 @@ web_login_throttle = Table(
     PrimaryKeyConstraint("scope", "subject", name="pk_cf_web_login_throttle"),
 )
 WEB_TABLES = (web_users, web_tokens, web_login_throttle)
+
+# Outgoing notifications (orchestrator/audit/notifications.py): fleet-level webhook endpoints,
+# one delivery per (endpoint, run, event, status seq) — its id is derived from those, which is
+# what makes a re-read event deliver nothing twice — and every attempt of each. A delivery whose
+# attempts ran out has status "dead" (the dead-letter list) until an admin replays it.
+notify_endpoints = Table(
+    "cf_notify_endpoints",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("events", Text, nullable=False),  # JSON list of event names
+    Column("workflows", Text, nullable=False),  # JSON list; empty: every workflow
+    Column("tags", Text, nullable=False),  # JSON list; empty: any tags, else any of these
+    Column("format", String(16), nullable=False),
+    Column("description", Text),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", Double, nullable=False),
+    Column("created_by", NAME),
+)
+notify_deliveries = Table(
+    "cf_notify_deliveries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("endpoint_id", String(32), nullable=False),
+    Column("run_id", ID, nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("workflow_id", NAME),
+    Column("status", STATUS, nullable=False),  # pending | sending | delivered | dead
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("attempt_limit", Integer, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("claimed_until", Double),
+    Column("next_attempt_at", Double),
+    Column("delivered_at", Double),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("replays", Integer, nullable=False, server_default="0"),
+    Index("ix_cf_notify_deliveries_endpoint_created", "endpoint_id", "created_at"),
+    Index("ix_cf_notify_deliveries_status_updated", "status", "updated_at"),
+)
+notify_attempts = Table(
+    "cf_notify_attempts",
+    metadata,
+    Column("id", AUTO_ID, primary_key=True, autoincrement=True),
+    Column("delivery_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("duration", Double, nullable=False),
+    Index("ix_cf_notify_attempts_delivery", "delivery_id", "attempt"),
+)
+NOTIFY_TABLES = (notify_endpoints, notify_deliveries, notify_attempts)

@@ -71,6 +71,11 @@ class RecorderHook:
     The web process relays ``after_commit`` batches to Socket.IO rooms.
     """
 
+    def before_ack(self, events: Sequence[Event]) -> None:
+        """Called with every event of a committed batch (duplicates included), before XACK: a
+        recorder killed in between hands the batch on again, so what this starts must be
+        idempotent (the notification sender's is: orchestrator/engine/notify.py)."""
+
     def after_commit(self, events: Sequence[Event]) -> None:
         """Called with the events a batch newly recorded (duplicates left out), after XACK."""
 
@@ -350,6 +355,8 @@ class Recorder:
                 bad.append((sid, fields, exc.reason))
         new = self._apply(batch, bad) if batch else []
         self._dead_letter(bad)
+        for h in self.hooks:
+            self._call(h.before_ack, batch)
         ids = [sid for sid, _ in entries]
         pipe = self.r.pipeline(transaction=False)
         for i in range(0, len(ids), 1000):
@@ -560,6 +567,12 @@ def embed(
     return rec, stop, rec.start_thread(stop)
 
 
+# Hooks every recorder process started by serve() adds: factories called with (settings, store).
+# orchestrator/engine/notify.py registers the notification sender here when the CLI loads it (this
+# package may not import the engine, which needs Celery).
+HOOK_FACTORIES: list[Callable[[Any, AuditStore], RecorderHook]] = []
+
+
 def serve(
     settings: Any = None,
     *,
@@ -578,7 +591,8 @@ def serve(
     else:
         store.check()
     client = state_redis(settings, socket_timeout=30, health_check_interval=30)
-    rec = Recorder(store, client, Keys(settings.key_prefix), **options)
+    hooks = [make(settings, store) for make in HOOK_FACTORIES]
+    rec = Recorder(store, client, Keys(settings.key_prefix), hooks=hooks, **options)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -587,6 +601,11 @@ def serve(
         f"recorder {rec.consumer}: {settings.redis_url} stream {rec.stream} group {rec.group} "
         f"-> {store.display_url}"
     )
+    if not hooks:
+        echo(
+            "notifications: not queued by this recorder (start it as `canvasflow recorder` to "
+            "send webhook notifications; docs/operations.md 'Notifications')"
+        )
     thread = rec.start_thread(stop)
     code = 0
     try:

@@ -49,7 +49,7 @@ class Fleet:
     def start_worker(
         self,
         name: str = "worker",
-        queues: str = "default,io",
+        queues: str = "default,io,notify",
         concurrency: int = 2,
         timeout: float = 60,
     ) -> str:

@@ -331,7 +331,7 @@ def _explain_lost(client: Any, run_id: str) -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("-Q", "--queues", default="default,io", show_default=True)
+@click.option("-Q", "--queues", default="default,io,notify", show_default=True)
 @click.option("-c", "--concurrency", type=int, default=None)
 @click.option(
     "-P",
@@ -702,7 +702,7 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
             call_allow=DEMO_CALL_ALLOW,
         )
         fleet.settings = settings
-        err.print("starting a worker (celery -A workers.app worker -c 2 -Q default,io)...")
+        err.print("starting a worker (celery -A workers.app worker -c 2 -Q default,io,notify)...")
         host = fleet.start_worker("demo-worker")
         err.print(f"worker {host} is ready; logs in {fleet.log_dir}")
         url, password = start_dashboard(fleet)

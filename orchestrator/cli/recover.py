@@ -22,13 +22,16 @@ deps: dict[str, Callable[..., Any]] = {}
 
 
 def register(group: click.Group, **helpers: Callable[..., Any]) -> None:
-    """Add the command to ``group``; ``helpers``: handle_errors, make_client, actor and
-    existing_store of main.py."""
+    """Add the commands to ``group`` (``notify`` too: orchestrator/cli/notify.py); ``helpers``:
+    handle_errors, make_client, actor and existing_store of main.py."""
+    from orchestrator.cli import notify  # main.py is at its 800-line limit: registered from here
+
     deps.update(helpers)
     group.add_command(recover)
     group.add_command(upgrade_keys)
     schedules_cli.register(group, **helpers)  # canvasflow scheduler, canvasflow schedules
     publish_cli.register(group, **helpers)  # canvasflow publish
+    notify.register(group, deps)  # canvasflow notify
 
 
 @click.command("upgrade-keys")

@@ -10,6 +10,7 @@ const PAGES = {
   workflows: () => import("./workflows.js"),
   schedules: () => import("./schedules.js"),
   users: () => import("./users.js"),
+  notifications: () => import("./notifications.js"),
   workers: () => import("./workers.js"),
   worker: () => import("./worker.js"),
   tasks: () => import("./tasks.js"),
@@ -17,7 +18,7 @@ const PAGES = {
 };
 
 // The pages that poll the API to stay current (runs and run follow Socket.IO: live.js).
-const POLLED = new Set(["analytics", "schedules", "workers", "worker", "tasks", "task"]);
+const POLLED = new Set(["analytics", "schedules", "workers", "worker", "tasks", "task", "notifications"]);
 
 async function start() {
   const load = PAGES[boot.page];
