@@ -98,6 +98,12 @@ class RunRecord:
     # What the submit warned about (a JSON list of lines, e.g. no live worker on a step's
     # queue); absent when it warned about nothing.
     warnings_json: str | None = None
+    # Concurrency limits (orchestrator/engine/lua/conc.lua): the name of the run's group hash
+    # (keys.py conc_group), its rendered key, and the run that had it cancelled to take its
+    # slot (cancel_in_progress).
+    conc_group: str | None = None
+    conc_key: str | None = None
+    conc_evicted: str | None = None
 
     @classmethod
     def from_hash(cls, run_id: str, values: Mapping[Any, Any]) -> RunRecord:

@@ -24,13 +24,19 @@ from typing import Any
 import redis
 
 from orchestrator.connect import state_redis
-from orchestrator.engine import compiler
+from orchestrator.engine import compiler, slots
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.control import Control
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState, dumps
 from orchestrator.engine.states import ACTIVE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus
-from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
+from orchestrator.errors import (
+    CanvasflowError,
+    DefinitionError,
+    UnknownRun,
+    UnknownWorkflow,
+    WaitTimeout,
+)
 from orchestrator.keys import Keys
 from orchestrator.model import callallow, limits
 from orchestrator.model.definition import (
@@ -110,6 +116,8 @@ class RunSnapshot:
     settled: int
     current_steps: tuple[str, ...]
     steps: tuple[StepSnapshot, ...]
+    # A run waiting for a concurrency slot: {"key", "ahead", "reason"}; None otherwise.
+    waiting: Mapping[str, Any] | None = None
 
     @property
     def progress(self) -> float:
@@ -523,14 +531,31 @@ class Client:
             sla_seconds=defn.sla_seconds or None,
             cloned_from=cloned_from,
         )
+        slot = slots.group_of(self.state, defn, run_inputs)
+        if slot is not None:
+            record = replace(record, conc_group=slot.name, conc_key=slot.key)
         warnings = self._unserved(defn, record.id)
         for line in consumer_timeout_warnings(defn, self.settings):
             log.warning("run %s of %s: %s", record.id, defn.id, line)
             warnings.append(line)
         if warnings:
             record = replace(record, warnings_json=json.dumps(warnings))
-        self.dispatcher.start(record, defn, run_inputs, prepared=prepared)
+        adm = self.dispatcher.start(record, defn, run_inputs, prepared=prepared, slot=slot)
+        if adm is not None and adm.victim:
+            self._evict(adm.victim, record.id, defn)
         return Run(self, record.id, warnings)
+
+    def _evict(self, victim: str, run_id: str, defn: Definition) -> None:
+        """cancel_in_progress: cancel (with compensation) the oldest run holding a slot, so that
+        ``run_id`` gets it when that run has ended. One that ends first frees it anyway."""
+        try:
+            self.control.cancel(
+                victim,
+                actor="concurrency",
+                reason=f"cancel_in_progress: run {run_id} of {defn.id} takes its slot",
+            )
+        except CanvasflowError as exc:
+            log.info("run %s was not cancelled for %s: %s", victim, run_id, exc)
 
     def _unserved(self, defn: Definition, run_id: str) -> list[str]:
         """Warnings for the queues of ``defn`` that no live worker consumes (logged; the submit
@@ -554,7 +579,28 @@ class Client:
         data = self.state.read(run_id)
         if data is None:
             raise UnknownRun(run_id)
-        return _snapshot(data)
+        snap = _snapshot(data)
+        if data.run.conc_group and data.run.status in (RunStatus.PENDING, RunStatus.PAUSING):
+            snap = replace(snap, waiting=self.waiting(run_id))
+        return snap
+
+    def waiting(self, run_id: str) -> dict[str, Any] | None:
+        """{key, ahead, reason} of a run waiting for a concurrency slot, None otherwise."""
+        found = self.state.waiting(run_id)
+        if found is None:
+            return None
+        _, key, ahead = found
+        (run,) = self.state.runs([run_id], "workflow")
+        workflow = run.workflow if run else ""
+        return {
+            "key": slots.display(workflow, key),
+            "ahead": ahead,
+            "reason": slots.waiting_reason(workflow, key, ahead),
+        }
+
+    def concurrency(self, workflow_id: str) -> list[dict[str, Any]]:
+        """The workflow's concurrency groups in use: key, limit, in_use, active, waiting."""
+        return slots.in_use(self.state, workflow_id)
 
     def list_runs(
         self,

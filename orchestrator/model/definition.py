@@ -17,6 +17,7 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from orchestrator.errors import DefinitionError
+from orchestrator.model import concurrency as concurrency_
 from orchestrator.model import limits as limits_
 from orchestrator.model.limits import Limits
 
@@ -108,6 +109,9 @@ class Definition:
     tags: tuple[str, ...] = ()
     inputs: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    concurrency: concurrency_.Concurrency | None = (
+        None  # runs active at once (model/concurrency.py)
+    )
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:
@@ -237,6 +241,7 @@ class WorkflowSchema(_StrictSchema):
     tags = fields.List(fields.String(validate=Name()), load_default=list)
     inputs = fields.Dict(keys=fields.String(), load_default=dict)
     defaults = fields.Nested(DefaultsSchema, load_default=dict)
+    concurrency = fields.Nested(concurrency_.ConcurrencySchema, allow_none=True)
     steps = fields.List(
         fields.Nested(StepSchema),
         required=True,
@@ -436,6 +441,7 @@ def _build(d: dict[str, Any]) -> Definition:
         tags=tuple(d["tags"]),
         inputs=d["inputs"],
         defaults=d.get("defaults", {}),
+        concurrency=concurrency_.build(d.get("concurrency")),
     )
 
 
@@ -454,6 +460,8 @@ def dump_definition(wf: Definition) -> dict[str, Any]:
         out["inputs"] = dict(wf.inputs)
     if wf.defaults:
         out["defaults"] = dict(wf.defaults)
+    if wf.concurrency is not None:
+        out["concurrency"] = wf.concurrency.to_dict()
     defaults = {**STEP_DEFAULTS, **wf.defaults}
     out["steps"] = []
     for s in wf.steps:
@@ -568,6 +576,16 @@ class Workflow:
         if isinstance(entry.get("depends_on"), str):
             entry["depends_on"] = [entry["depends_on"]]
         self._data["steps"].append(entry)
+        return self
+
+    def concurrency(
+        self, limit: int, *, key: str | None = None, strategy: str = "queue"
+    ) -> Workflow:
+        """At most ``limit`` runs per ``key`` (a template over inputs) active at once."""
+        conc: dict[str, Any] = {"limit": limit, "strategy": strategy}
+        if key is not None:
+            conc["key"] = key
+        self._data["concurrency"] = conc
         return self
 
     def to_dict(self) -> dict[str, Any]:

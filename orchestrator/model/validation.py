@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from orchestrator.errors import ExpressionError
-from orchestrator.model import callallow, expressions
+from orchestrator.model import callallow, concurrency, expressions
 
 ROOT_NAMES = {"inputs", "steps", "run"}
 RUN_FIELDS = {"id", "workflow", "version"}
@@ -70,6 +70,7 @@ def _check(data: Mapping[str, Any], catalog: Mapping[str, Any] | None) -> list[t
     if catalog is not None:
         problems.extend(_check_plugins(steps, catalog))
     problems.extend(callallow.check_steps(data, catalog))  # who may run what (builtin.call)
+    problems.extend(concurrency.check(data))
     return problems
 
 
