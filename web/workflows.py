@@ -113,6 +113,27 @@ class Workflow(MethodView):
         return workflow_detail(defn, client.versions(workflow_id))
 
 
+@blp.route("/workflows/<workflow_id>/concurrency")
+@auth.require("viewer")
+@blp.response(200, schemas.WorkflowConcurrencySchema)
+def workflow_concurrency(workflow_id: str) -> dict[str, Any]:
+    """The workflow's concurrency limit (latest version) and the slots in use per key."""
+    client = ext().client
+    groups = client.concurrency(workflow_id)
+    try:
+        defn = client.get_definition(workflow_id)
+    except UnknownWorkflow as exc:
+        if not groups:  # neither registered nor submitted inline with a limit
+            abort(404, message=str(exc))
+        defn = None
+    conc = defn.concurrency if defn is not None else None
+    return {
+        "workflow": workflow_id,
+        "concurrency": conc.to_dict() if conc is not None else None,
+        "groups": groups,
+    }
+
+
 PERIODS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
 

@@ -47,7 +47,7 @@ from orchestrator.model.definition import (
     load_definition,
     load_file,
 )
-from orchestrator.records import HotRun, RunRecord, StepRecord, text
+from orchestrator.records import HotRun, RunRecord, StepRecord, text, waiting_of
 from orchestrator.settings import Settings
 
 PREPARED_CACHE = 128  # definitions a client keeps validated and planned
@@ -586,17 +586,7 @@ class Client:
 
     def waiting(self, run_id: str) -> dict[str, Any] | None:
         """{key, ahead, reason} of a run waiting for a concurrency slot, None otherwise."""
-        found = self.state.waiting(run_id)
-        if found is None:
-            return None
-        _, key, ahead = found
-        (run,) = self.state.runs([run_id], "workflow")
-        workflow = run.workflow if run else ""
-        return {
-            "key": slots.display(workflow, key),
-            "ahead": ahead,
-            "reason": slots.waiting_reason(workflow, key, ahead),
-        }
+        return waiting_of(self.redis, self.keys, [run_id]).get(run_id)
 
     def concurrency(self, workflow_id: str) -> list[dict[str, Any]]:
         """The workflow's concurrency groups in use: key, limit, in_use, active, waiting."""

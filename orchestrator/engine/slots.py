@@ -44,10 +44,6 @@ def display(workflow: str, key: str) -> str:
     return key or workflow
 
 
-def waiting_reason(workflow: str, key: str, ahead: int) -> str:
-    return f"waiting for a slot in {display(workflow, key)}: {ahead} ahead"
-
-
 def fill(state: RunState, group: str) -> list[str]:
     """Reclaim the stale slots of ``group`` (a group hash name) and admit waiting runs to the
     free ones; returns them (to dispatch)."""
