@@ -85,6 +85,11 @@ function renderHead(r) {
     // Redis unreachable, audit store missing. Live events carry none: the last fetch's stay.
     $("#run-warnings").innerHTML = r.warnings.map((w) => `<p class="banner">${esc(w)}</p>`).join("");
   }
+  // Held back by its workflow's concurrency limit (the detail's "waiting"; live events carry
+  // none, and a status past PENDING means it got its slot).
+  const wait = $("#waiting-banner");
+  wait.hidden = !(r.waiting && (r.status === "PENDING" || r.status === "PAUSING"));
+  wait.textContent = wait.hidden ? "" : r.waiting.reason;
   const sla = $("#sla-banner");
   sla.hidden = !(r.sla.status === "at_risk" || r.sla.status === "breached");
   if (!sla.hidden) {
@@ -230,6 +235,8 @@ async function load() {
     renderTimeline(r);
     renderBranches(r);
     document.body.dataset.seq = String(r.seq);
+    // Its place in the queue moves with other runs' events, not its own: look again.
+    if (r.waiting) setTimeout(() => refresh(), 3000);
     return r;
   } catch (err) {
     toast(err.message, "error");
