@@ -126,6 +126,7 @@ SCRIPTS: dict[str, Script] = {
     "bench_logging": Script(("bench_logging.py", "--smoke")),
     "bench_planning": Script(("bench_planning.py", "--smoke")),
     "bench_guard": Script(("bench_guard.py", "--smoke")),
+    "bench_concurrency": Script(("bench_concurrency.py", "--smoke", "--json", "{json}")),
 }
 
 
@@ -539,3 +540,19 @@ def test_drill_hosts_skips_with_its_reason_where_network_namespaces_are_refused(
         [*argv, "--require"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert required.returncode == 2, required.stdout + required.stderr
+
+
+@pytest.mark.parametrize("script", ["bench_concurrency"])
+def test_bench_concurrency_compares_a_limited_workflow_with_the_same_unlimited(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    rows = {r[0]: r[1:] for r in ran.table()}
+    assert set(rows) == {"unlimited", "limited"}, ran.out
+    data = ran.json
+    assert data["runs"] == 20 and data["limit"] == 3
+    for side in ("unlimited", "limited"):
+        assert positive(data[side]["wall"], data[side]["submits"])
+        assert data[side]["submits"] <= data[side]["wall"]
+    assert 1 <= data["limited"]["most"] <= 3  # never more than the limit active
+    assert data["ratio"] == pytest.approx(data["limited"]["wall"] / data["unlimited"]["wall"])
