@@ -5,6 +5,7 @@ Celery worker processes."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -316,8 +317,66 @@ def test_a_submit_that_died_before_asking_for_a_slot_is_admitted_by_the_watchdog
     (run,) = client.list_runs(workflow=wid)
     assert run.status == "PENDING" and run.waiting is None
     dog = Watchdog(client, stall_seconds=0)
-    dog.check_once()  # first sight
-    report = dog.check_once()
+    now = time.time()
+    dog.check_once(at=now)  # first sight
+    report = dog.check_once(at=now + 1)
     assert report.redispatched == [run.id]
     start_worker(settings, concurrency=1)
     assert client.get_run(run.id).wait(60).status == "COMPLETED"
+
+
+def test_a_waiting_run_that_is_cancelled_leaves_the_queue_and_the_next_moves_up(
+    client: Client,
+) -> None:
+    wid = wf_id("conc-cancel-waiting")
+    holder = client.submit(sleeper(wid, 60))
+    first, second = client.submit(sleeper(wid, 0.1)), client.submit(sleeper(wid, 0.1))
+    assert waiting(client, second.id)["ahead"] == 1
+    client.control.cancel(first.id)
+    assert first.wait(30).status == "CANCELLED"
+    assert client.snapshot(first.id).statuses == {"nap": "CANCELLED"}
+    assert waiting(client, second.id)["ahead"] == 0
+    (group,) = client.concurrency(wid)
+    assert group["active"] == [holder.id] and group["waiting"] == 1
+    client.control.cancel(holder.id)
+    assert second.wait(30).status == "COMPLETED"
+    assert holder.wait(30).status == "CANCELLED"
+
+
+def test_compensation_failed_frees_the_slot_and_its_retry_waits_for_one(client: Client) -> None:
+    wid = wf_id("conc-compfail")
+    broken = (
+        Workflow(wid, mode="sequential")
+        .step(
+            "book",
+            "builtin",
+            "echo",
+            params={"x": 1},
+            compensate={"plugin": "builtin", "method": "fail", "params": {"message": "no undo"}},
+        )  # fmt: skip
+        .step("boom", "builtin", "fail", params={"message": "{{ inputs.why }}"})
+        .concurrency(1)
+    )
+    failed = client.submit(broken, inputs={"why": "boom"})
+    assert failed.wait(30).status == "COMPENSATION_FAILED"
+    # It waits for an operator, not for a worker: its slot went to the next run.
+    holder = client.submit(sleeper(wid, 60))
+    wait_for(lambda: status(client, holder.id) == "RUNNING", 30, "the next run running")
+    with pytest.raises(CanvasflowError, match="every concurrency slot"):
+        client.control.retry_compensation(failed.id)
+    client.control.cancel(holder.id)
+    assert holder.wait(30).status == "CANCELLED"
+    client.control.resolve(failed.id, as_="failed")
+    assert client.snapshot(failed.id).status == "FAILED"
+    assert client.concurrency(wid) == []
+
+
+def test_a_limited_workflow_runs_inline() -> None:
+    from workers.testing import InlineRunner
+
+    wf = Workflow("inline-limited").step("a", "builtin", "echo", params={"x": 1})
+    with InlineRunner() as runner:
+        for strategy in ("queue", "cancel_newest", "cancel_in_progress"):
+            snap = runner.run(wf.concurrency(1, strategy=strategy))
+            assert snap.status == "COMPLETED", strategy
+        assert runner.client.concurrency("inline-limited") == []

@@ -276,6 +276,9 @@ class Client:
         )
         self.celery = celery or create_celery(self.settings, sender=True)
         self.dispatcher = Dispatcher(self.celery, self.settings, self.state)
+        # A run that frees a concurrency slot (its end, an operator's resolve...) admits the next
+        # waiting ones in the same script: this process sends them.
+        self.state.on_admit = self.dispatcher.admitted
         self._control = Control(self.state, self.dispatcher)
         # Submitting one definition again and again (the common case) validates and plans it
         # once per fleet catalog: (definition text, catalog) -> (definition, stored text, blueprint).

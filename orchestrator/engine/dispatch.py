@@ -36,9 +36,6 @@ class Dispatcher:
         self.app = app
         self.settings = settings
         self.state = state
-        # A run that frees a concurrency slot (its settle, a cancel, an abandon...) admits the
-        # next waiting ones in the same script: this process sends them.
-        state.on_admit = self.admitted
 
     def context(
         self, run_id: str, epoch: int, run: RunRecord, defn: Definition
