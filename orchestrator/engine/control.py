@@ -36,7 +36,15 @@ ALLOWED: dict[str, list[str]] = {
     )
 }
 # Run fields that a retry clears.
-RETRY_CLEARS = ["halt", "failed_step", "error", "finished_at", "compensate_target", "resolved_by"]
+RETRY_CLEARS = [
+    "halt",
+    "failed_step",
+    "error",
+    "finished_at",
+    "compensate_target",
+    "resolved_by",
+    "conc_evicted",  # cancel_in_progress may pick it again
+]
 
 
 @dataclass(frozen=True)
