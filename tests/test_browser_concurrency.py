@@ -65,6 +65,9 @@ def test_a_waiting_runs_page_says_why_and_the_workflow_page_shows_the_slots(
     page.wait_for_selector("#waiting-banner:not([hidden])", timeout=20000)
     assert page.inner_text("#waiting-banner") == "waiting for a slot in acme: 0 ahead"
     assert page.get_attribute("#run-status [data-status]", "data-status") == "PENDING"
+    # Nothing of it runs: it may be cancelled, not paused.
+    assert page.is_hidden("#actions button[data-action=pause]")
+    assert page.is_visible("#actions button[data-action=cancel]")
     shots(page, "waiting-run")
 
     page.goto(f"{live_server.url}/workflows/conc_browser")

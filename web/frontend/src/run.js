@@ -49,6 +49,8 @@ function syncAllowed(r) {
     ["retry", "can_retry"], ["retry_compensation", "can_retry_compensation"], ["resolve", "can_resolve"]]) {
     if (allowed[action]) r[key] = allowed[action].includes(r.status);
   }
+  // Waiting for a concurrency slot, nothing of it runs: it can be cancelled, not paused.
+  if (r.waiting && r.status === "PENDING") r.can_pause = false;
 }
 
 function renderHead(r) {

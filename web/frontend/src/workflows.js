@@ -63,7 +63,7 @@ async function concurrency(id) {
     ? `limit ${c.concurrency.limit} per ${c.concurrency.key ? `key <code>${esc(c.concurrency.key)}</code>` : "workflow"} · ${esc(c.concurrency.strategy || "queue")}`
     : "";
   el.innerHTML = `<div class="card" id="concurrency-slots"><h3>Concurrency</h3><p class="muted">${limit}</p>
-    ${c.groups.length ? `<table class="slots"><thead><tr><th>key</th><th>slots in use</th><th>waiting</th><th>runs holding a slot</th></tr></thead><tbody>
+    ${c.groups.length ? `<table class="grid slots"><thead><tr><th>Key</th><th>Slots in use</th><th>Waiting</th><th>Runs holding a slot</th></tr></thead><tbody>
     ${c.groups.map((g) => `<tr data-key="${esc(g.key)}"><td>${esc(g.key || c.workflow)}</td><td>${g.in_use} / ${g.limit}</td><td>${g.waiting}</td>
       <td>${g.active.map((r) => `<a href="/runs/${esc(r)}">${esc(r)}</a>`).join(" ")}</td></tr>`).join("")}</tbody></table>`
     : `<p class="muted">no slot in use</p>`}</div>`;
