@@ -370,14 +370,6 @@ class BranchGroupSchema(Schema):
     branches = fields.List(fields.Nested(BranchSchema))
 
 
-class WaitingSchema(Schema):
-    key = fields.String(
-        metadata={"description": "the concurrency group (its key, or the workflow)"}
-    )
-    ahead = fields.Integer(metadata={"description": "runs before it in the group's queue"})
-    reason = fields.String(metadata={"description": "waiting for a slot in <key>: N ahead"})
-
-
 class RunDetailSchema(RunSummarySchema):
     sla = fields.Nested(RunSlaSchema)
     definition = fields.Dict()
@@ -393,27 +385,6 @@ class RunDetailSchema(RunSummarySchema):
     operator_actions = fields.List(fields.Dict())
     source = fields.String()
     warnings = fields.List(fields.String())
-    waiting = fields.Nested(
-        WaitingSchema,
-        allow_none=True,
-        metadata={"description": "set while the run waits for a concurrency slot"},
-    )
-
-
-class ConcurrencyGroupSchema(Schema):
-    key = fields.String(metadata={"description": "the rendered key ('' for the one group)"})
-    limit = fields.Integer()
-    in_use = fields.Integer(metadata={"description": "slots held"})
-    active = fields.List(fields.String(), metadata={"description": "run ids holding a slot"})
-    waiting = fields.Integer(metadata={"description": "runs waiting for a slot"})
-
-
-class WorkflowConcurrencySchema(Schema):
-    workflow = fields.String()
-    concurrency = fields.Dict(
-        allow_none=True, metadata={"description": "the latest version's limit, key, strategy"}
-    )
-    groups = fields.List(fields.Nested(ConcurrencyGroupSchema))
 
 
 class ActionBody(Schema):

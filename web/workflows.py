@@ -15,7 +15,7 @@ from orchestrator.audit import queries
 from orchestrator.errors import DefinitionError, StoreError, UnknownWorkflow
 from orchestrator.model.definition import dump_definition
 from web import audit as web_audit
-from web import auth, schemas
+from web import auth, schemas, slots
 from web.api import blp, definition_error, ext, parse_definition
 from web.detail import dag
 
@@ -115,7 +115,7 @@ class Workflow(MethodView):
 
 @blp.route("/workflows/<workflow_id>/concurrency")
 @auth.require("viewer")
-@blp.response(200, schemas.WorkflowConcurrencySchema)
+@blp.response(200, slots.WorkflowConcurrencySchema)
 def workflow_concurrency(workflow_id: str) -> dict[str, Any]:
     """The workflow's concurrency limit (latest version) and the slots in use per key."""
     client = ext().client
