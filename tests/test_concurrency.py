@@ -96,6 +96,7 @@ def test_a_key_that_cannot_render_refuses_the_submit_before_anything_is_written(
 # -- strategies -----------------------------------------------------------------------------
 
 
+@pytest.mark.brokers
 def test_queue_runs_one_at_a_time_in_submit_order_and_says_how_many_are_ahead(
     client: Client,
 ) -> None:
@@ -138,6 +139,7 @@ def test_a_key_makes_one_group_per_value(client: Client) -> None:
     assert a2.wait(60).status == "COMPLETED"
 
 
+@pytest.mark.brokers
 def test_cancel_newest_cancels_the_new_run_at_once_with_the_reason(client: Client) -> None:
     wid = wf_id("conc-newest")
     wf = sleeper(wid, 1.0, strategy="cancel_newest")
@@ -154,6 +156,7 @@ def test_cancel_newest_cancels_the_new_run_at_once_with_the_reason(client: Clien
     assert third.wait(60).status == "COMPLETED"
 
 
+@pytest.mark.brokers
 def test_cancel_in_progress_cancels_and_compensates_the_oldest_then_starts_the_new_one(
     client: Client,
 ) -> None:
