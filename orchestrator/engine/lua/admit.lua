@@ -10,8 +10,9 @@
 -- ARGV: run_id, limit, strategy, rank (priority: 1 high, 2 normal, 3 low), now, maxlen,
 --   state_ttl, run key head, run key tail, workflow, key, reason (of a cancel_newest cancel)
 -- Returns {verdict, ahead, victim, admitted ids...}: verdict 'admitted' | 'waiting' |
---   'cancelled' | 'filled' (run_id '') | 'gone' | 'refused' (the run is past PENDING and
---   neither holds nor waits for a slot); ahead: runs before it in the queue; victim: the run
+--   'cancelled' | 'filled' (run_id '') | 'gone' | 'refused' (the run is in a status that
+--   holds no slot: final, COMPENSATION_FAILED; a run past PENDING in one that holds a slot is
+--   admitted, even over the limit: it is one canvasflow recover rebuilt); ahead: runs before it in the queue; victim: the run
 --   the caller must cancel (cancel_in_progress) or ''; admitted: every run given a slot by
 --   this call (the caller dispatches each).
 -- include: common.lua
@@ -33,7 +34,16 @@ redis.call('SADD', index, group)
 if redis.call('ZSCORE', active, run_id) then return {'admitted', '0', ''} end
 local new = false
 if not redis.call('ZSCORE', waiting, run_id) then
-  if st ~= 'PENDING' then conc_tidy(group); return {'refused', '0', ''} end
+  if st ~= 'PENDING' then
+    -- Past PENDING without a slot: a run rebuilt by canvasflow recover after Redis lost every
+    -- slot. It is running already: it holds one again, even over the limit, until it ends.
+    if holds_slot(st) then
+      redis.call('ZADD', active, now, run_id)
+      return {'admitted', '0', ''}
+    end
+    conc_tidy(group)
+    return {'refused', '0', ''}
+  end
   conc_reclaim(group, head, tail)
   local full = redis.call('ZCARD', active) >= tonumber(limit)
   if full and strategy == 'cancel_newest' then
