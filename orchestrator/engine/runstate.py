@@ -129,8 +129,8 @@ class RunState:
         self._list_live = load("list_live")
         self._recover = load("recover")
         self._admit = load("admit")
-        # Called with the runs a transition admitted to the slot it freed (the Dispatcher sets
-        # it: they are sent from the process that freed the slot).
+        # Called with the runs a transition admitted to the slot it freed, so that the process
+        # that freed it sends them (Client and the worker app set it to Dispatcher.admitted).
         self.on_admit: Callable[[list[str]], None] | None = None
         probe = "\x00"
         self._run_head, self._run_tail = self.keys.run(probe).split(probe)
