@@ -81,6 +81,47 @@ def test_the_concurrency_field_round_trips_and_the_builder_sets_it() -> None:
     assert built.build().concurrency.to_dict() == {"limit": 3, "strategy": "cancel_newest"}  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({}, "cannot render {{ inputs.customer }}"),
+        ({"customer": ""}, "rendered to an empty key for these inputs"),
+        ({"customer": "x" * 201}, "rendered to 201 characters (at most 200)"),
+    ],
+)
+def test_a_key_that_renders_to_nothing_usable_is_refused_at_concurrency_key(
+    inputs: dict[str, Any], message: str
+) -> None:
+    defn = load_definition({**BASE, "concurrency": {"limit": 1, "key": "{{ inputs.customer }}"}})
+    assert defn.concurrency is not None
+    with pytest.raises(DefinitionError) as exc:
+        defn.concurrency.render_key(inputs)
+    ((path, text),) = exc.value.problems
+    assert path == "concurrency.key" and message in text, text
+
+
+def test_no_key_can_name_another_groups_sets() -> None:
+    from orchestrator.keys import Keys
+
+    k = Keys("cf")
+    plain = k.conc_group("w", "x")
+    names = {k.conc_group("w", key) for key in ("x:active", "x:waiting", "1:x", "", ":", "x")} | {
+        k.conc_active(plain),
+        k.conc_waiting(plain),
+        k.conc_index("w"),
+        k.conc_seq,
+    }
+    assert len(names) == 10
+
+
+def test_a_key_renders_any_input_value_to_text() -> None:
+    defn = load_definition({**BASE, "concurrency": {"limit": 1, "key": "{{ inputs.c }}"}})
+    assert defn.concurrency is not None
+    assert defn.concurrency.render_key({"c": 7}) == "7"
+    assert defn.concurrency.render_key({"c": {"a": [1]}}) == '{"a":[1]}'
+    assert defn.concurrency.render_key({"c": "a:b{c}"}) == "a:b{c}"  # any text names a group
+
+
 def test_a_key_that_cannot_render_refuses_the_submit_before_anything_is_written(
     client: Client,
 ) -> None:
