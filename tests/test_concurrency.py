@@ -424,3 +424,25 @@ def test_a_limited_workflow_runs_inline() -> None:
             snap = runner.run(wf.concurrency(1, strategy=strategy))
             assert snap.status == "COMPLETED", strategy
         assert runner.client.concurrency("inline-limited") == []
+
+
+def test_the_watchdog_never_takes_a_waiting_run_for_stalled(
+    own: tuple[Settings, Client], start_worker: Any
+) -> None:
+    settings, client = own
+    wid = wf_id("conc-dog")
+    wf = sleeper(wid, 0.2)
+    holder = client.submit(wf)  # no worker yet: its message waits in the queue
+    waiter = client.submit(wf)
+    dog = Watchdog(client, stall_seconds=0)
+    now = time.time()
+    for i in range(3):
+        report = dog.check_once(at=now + i)
+        assert waiter.id not in report.candidates and waiter.id not in report.redispatched
+    assert waiting(client, waiter.id)["ahead"] == 0  # still waiting: nothing of it was sent
+    (group,) = client.concurrency(wid)
+    assert group["active"] == [holder.id]
+    start_worker(settings, concurrency=2)
+    assert holder.wait(60).status == "COMPLETED"
+    after = waiter.wait(60)
+    assert after.status == "COMPLETED" and after.step("nap").attempts == 1
