@@ -66,6 +66,11 @@ def test_a_waiting_run_shows_its_reason_in_the_api_and_the_cli_and_the_slots_per
     )
     assert {first.status_code, second.status_code, other.status_code} == {201}, second.json
     a, b, c = first.json["id"], second.json["id"], other.json["id"]
+    # A key its inputs cannot render: a 400 that names the field, nothing recorded.
+    bad = operator.post("/runs", {"workflow": "conc_web", "inputs": {}})
+    assert bad.status_code == 400, bad.json
+    assert [p["path"] for p in bad.json["problems"]] == ["concurrency.key"]
+    assert "customer" in bad.json["problems"][0]["message"]
 
     d = viewer.get(f"/runs/{b}").json
     assert d["status"] == "PENDING"
