@@ -145,6 +145,30 @@ class Keys:
         """List: versions in registration order (the last is the latest)."""
         return f"{self.prefix}:wf:{workflow_id}:versions"
 
+    # -- concurrency slots (orchestrator/engine/lua/conc.lua) ---------------------------------
+
+    def conc_group(self, workflow_id: str, key: str) -> str:
+        """Hash: limit, workflow, key, index of one concurrency group; the Lua scripts add
+        ':active' (sorted set: run id -> admission time, the runs holding a slot) and ':waiting'
+        (sorted set: run id -> priority rank * 1e12 + submit sequence, the queue). The key's
+        length comes first, so no key can name another group's sets (workflow ids have no ':')."""
+        return f"{self.prefix}:conc:{workflow_id}:{len(key)}:{key}"
+
+    def conc_active(self, group: str) -> str:
+        return f"{group}:active"
+
+    def conc_waiting(self, group: str) -> str:
+        return f"{group}:waiting"
+
+    def conc_index(self, workflow_id: str) -> str:
+        """Set: the groups of the workflow that hold or wait for a slot."""
+        return f"{self.prefix}:concidx:{workflow_id}"
+
+    @property
+    def conc_seq(self) -> str:
+        """String: the submit sequence of waiting runs (their order in a queue)."""
+        return f"{self.prefix}:concseq"
+
     def worker_alive(self, hostname: str) -> str:
         """String with TTL, refreshed on each Celery heartbeat: the worker is online."""
         return f"{self.prefix}:alive:{hostname}"

@@ -123,6 +123,12 @@ class RunRecord:
     # "1" when the definition has outputs (the settle then evaluates them); the run's result.
     has_outputs: str | None = None
     result_json: str | None = None
+    # Concurrency limits (orchestrator/engine/lua/conc.lua): the name of the run's group hash
+    # (keys.py conc_group), its rendered key, and the run that had it cancelled to take its
+    # slot (cancel_in_progress).
+    conc_group: str | None = None
+    conc_key: str | None = None
+    conc_evicted: str | None = None
 
     @classmethod
     def from_hash(cls, run_id: str, values: Mapping[Any, Any]) -> RunRecord:
@@ -289,6 +295,37 @@ def split_steps(flat: Mapping[Any, Any]) -> dict[str, StepRecord]:
         sid, _, name = text(k).rpartition(STEP_FIELD_SEP)
         by_step.setdefault(sid, {})[name] = v
     return {sid: StepRecord.from_hash(sid, f) for sid, f in by_step.items()}
+
+
+def waiting_reason(workflow: str, key: str, ahead: int) -> str:
+    """What a run waiting for a concurrency slot shows (its group named by its key, or by the
+    workflow for the one group of a workflow without a key)."""
+    return f"waiting for a slot in {key or workflow}: {ahead} ahead"
+
+
+def waiting_of(client: Any, keys: Keys, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """{run id: {key, ahead, reason}} for those of ``run_ids`` waiting for a concurrency slot
+    (two round trips)."""
+    ids = list(run_ids)
+    reads = Reads(client, keys)
+    for rid in ids:
+        reads.run(rid, "workflow", "conc_group", "conc_key")
+    runs = [r for r in reads.execute() if isinstance(r, RunRecord) and r.conc_group]
+    if not runs:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for r in runs:
+        pipe.zrank(keys.conc_waiting(r.conc_group or ""), r.id)
+    out = {}
+    for r, rank in zip(runs, pipe.execute(), strict=True):
+        if rank is not None:
+            key = r.conc_key or ""
+            out[r.id] = {
+                "key": key or r.workflow,
+                "ahead": int(rank),
+                "reason": waiting_reason(r.workflow, key, int(rank)),
+            }
+    return out
 
 
 class HotRun(NamedTuple):

@@ -131,6 +131,7 @@ SCRIPTS: dict[str, Script] = {
     "bench_items_api": Script(("bench_items_api.py", "--smoke", "--json", "{json}")),
     "bench_children": Script(("bench_children.py", "--smoke", "--json", "{json}")),
     "bench_notify": Script(("bench_notify.py", "--smoke", "--redis-url", "{redis}")),
+    "bench_concurrency": Script(("bench_concurrency.py", "--smoke", "--json", "{json}")),
 }
 
 
@@ -602,3 +603,19 @@ def test_bench_items_api_times_the_run_detail_and_item_pages_of_a_mapped_step(
     assert "items: first page (limit 100)" in names and len(names) == 10, names
     for row in figures["rows"]:
         assert positive(row["p50_ms"], row["p95_ms"]) and row["p95_ms"] >= row["p50_ms"], row
+
+
+@pytest.mark.parametrize("script", ["bench_concurrency"])
+def test_bench_concurrency_compares_a_limited_workflow_with_the_same_unlimited(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    rows = {r[0]: r[1:] for r in ran.table()}
+    assert set(rows) == {"unlimited", "limited"}, ran.out
+    data = ran.json
+    assert data["runs"] == 20 and data["limit"] == 3
+    for side in ("unlimited", "limited"):
+        assert positive(data[side]["wall"], data[side]["submits"])
+        assert data[side]["submits"] <= data[side]["wall"]
+    assert 1 <= data["limited"]["most"] <= 3  # never more than the limit active
+    assert data["ratio"] == pytest.approx(data["limited"]["wall"] / data["unlimited"]["wall"])

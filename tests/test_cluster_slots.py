@@ -47,6 +47,18 @@ CROSS_SLOT: dict[str, set[str]] = {
     "list_live": {"runs"},
     # canvasflow recover writes a lost run back with its indexes (its workflow's run index too).
     "recover": {"events", "runs", "live", "runs_of", "sla_watch", "controlled", "control_channel"},
+    # A run asks for a concurrency slot: its group's keys (transition and restart reach the
+    # group through the name the run hash keeps, and the runs of the group through templates:
+    # one slot only with a hash-tag prefix, like list_live).
+    "admit": {
+        "conc_group",
+        "conc_active",
+        "conc_waiting",
+        "conc_index",
+        "conc_seq",
+        "events",
+        "live",
+    },
 }
 FLEET = ("events", "controlled", "control_channel", "live", "watchdog", "runs", "sla_watch")
 
@@ -110,12 +122,23 @@ def exercise(state: RunState, run_id: str) -> None:
     state.cancel(run_id, terminate=True)
     state.read(run_id)
     state.live_page([run_id], ["status"])
+    state.admit(run_id, state.slot_group("slots", "k", 1), strategy="queue", priority="normal")
 
 
 def slot_of_key_owner(keys: Keys, key: str, run_id: str) -> str:
     """'run' for a key of the run, else the name of the fleet-wide Keys attribute it is."""
     if keys.run_tag(run_id) in key:
         return "run"
+    group = keys.conc_group("slots", "k")
+    conc = {
+        group: "conc_group",
+        keys.conc_active(group): "conc_active",
+        keys.conc_waiting(group): "conc_waiting",
+        keys.conc_index("slots"): "conc_index",
+        keys.conc_seq: "conc_seq",
+    }
+    if key in conc:
+        return conc[key]
     for name in FLEET:
         if getattr(keys, name) == key:
             return name
@@ -270,6 +293,9 @@ def test_on_a_redis_cluster_exactly_the_audited_cross_slot_calls_are_refused(
         lost=[],
         data={},
         force=True,
+    )
+    refused["admit"] = lambda: state.admit(
+        run_id, state.slot_group("w", "k", 1), strategy="queue", priority="normal"
     )
     assert set(refused) - {"create"} == {n for n, fleet in CROSS_SLOT.items() if fleet}
     for name, call in refused.items():

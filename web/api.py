@@ -31,7 +31,7 @@ from orchestrator.errors import (
 )
 from orchestrator.model.definition import parse_text
 from web import audit as web_audit
-from web import auth, mapped, runlist, schemas
+from web import auth, mapped, runlist, schemas, slots
 from web.detail import log_dict
 from web.events import client_event
 from web.rest import Blueprint
@@ -194,7 +194,7 @@ def known_run(run_id: str) -> None:
 class RunDetail(MethodView):
     @auth.require("viewer")
     @blp.arguments(schemas.DetailArgs, location="query")
-    @blp.response(200, schemas.RunDetailSchema)
+    @blp.response(200, slots.RunDetailSchema)
     def get(self, args: dict[str, Any], run_id: str) -> dict[str, Any]:
         """A run with its steps (paged), attempts, logs, compensations and parallel branches."""
         try:
@@ -212,7 +212,7 @@ class RunDetail(MethodView):
         return json_response(payload)
 
 
-_DETAIL_SCHEMA = schemas.RunDetailSchema()
+_DETAIL_SCHEMA = slots.RunDetailSchema()
 _LIST_SCHEMA = schemas.RunListSchema()
 
 

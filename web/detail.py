@@ -468,6 +468,10 @@ class RunDetails:
             "operator_actions": actions,
             "source": src["source"],
             "warnings": warnings,
+            # A run held back by its workflow's concurrency limit: {key, ahead, reason}.
+            "waiting": self.client.waiting(run_id)
+            if src["source"] == "hot" and summary["status"] in ("PENDING", "PAUSING")
+            else None,
         }
 
     @staticmethod

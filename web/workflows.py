@@ -15,7 +15,7 @@ from orchestrator.audit import queries
 from orchestrator.errors import DefinitionError, StoreError, UnknownWorkflow
 from orchestrator.model.definition import dump_definition
 from web import audit as web_audit
-from web import auth, schemas
+from web import auth, schemas, slots
 from web.api import blp, definition_error, ext, parse_definition
 from web.detail import dag
 
@@ -111,6 +111,27 @@ class Workflow(MethodView):
             what=f"workflow '{workflow_id}' version {defn.version} was registered",
         )
         return workflow_detail(defn, client.versions(workflow_id))
+
+
+@blp.route("/workflows/<workflow_id>/concurrency")
+@auth.require("viewer")
+@blp.response(200, slots.WorkflowConcurrencySchema)
+def workflow_concurrency(workflow_id: str) -> dict[str, Any]:
+    """The workflow's concurrency limit (latest version) and the slots in use per key."""
+    client = ext().client
+    groups = client.concurrency(workflow_id)
+    try:
+        defn = client.get_definition(workflow_id)
+    except UnknownWorkflow as exc:
+        if not groups:  # neither registered nor submitted inline with a limit
+            abort(404, message=str(exc))
+        defn = None
+    conc = defn.concurrency if defn is not None else None
+    return {
+        "workflow": workflow_id,
+        "concurrency": conc.to_dict() if conc is not None else None,
+        "groups": groups,
+    }
 
 
 PERIODS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}

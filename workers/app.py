@@ -97,7 +97,10 @@ def create_worker_app(
         step_client, keys, state_ttl=settings.state_ttl, maxlen=settings.event_stream_maxlen
     )
     patient = broker.Patient(state, settings.redis_retry_seconds)
-    rt = steps.Runtime(patient, registry, settings, Dispatcher(app, settings, patient))  # type: ignore[arg-type]
+    dispatcher = Dispatcher(app, settings, patient)  # type: ignore[arg-type]
+    rt = steps.Runtime(patient, registry, settings, dispatcher)  # type: ignore[arg-type]
+    # The runs a settle here admits to the concurrency slot it freed are sent from here.
+    state.on_admit = dispatcher.admitted
 
     class StepRequest(Request):
         """Celery's request, plus canvasflow's recovery when a step is killed at its hard limit,

@@ -23,12 +23,13 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore
 
-from orchestrator.engine import compiler
+from orchestrator.engine import compiler, slots
 from orchestrator.engine import stepcore as core
 from orchestrator.engine.states import RunStatus, StepStatus
 from orchestrator.errors import EvaluationError, StepError
@@ -168,8 +169,13 @@ def start_child(rt: Any, spec: Mapping[str, Any], inputs: Any, run_id: str, sid:
             parent_step=sid,
             depth=depth,
         )
+        # The child's workflow limits its runs like any submit's (a cancel_in_progress victim is
+        # not cancelled from here: the child waits for its slot as under `queue`).
+        slot = slots.group_of(rt.state, defn, run_inputs)
+        if slot is not None:
+            record = replace(record, conc_group=slot.name, conc_key=slot.key)
         rt.state.add_child(run_id, child_id)  # before it runs: a cancel of the parent reaches it
-        rt.dispatcher.start(record, defn, run_inputs, prepared=blueprint)
+        rt.dispatcher.start(record, defn, run_inputs, prepared=blueprint, slot=slot)
     raise Waiting(child_id)
 
 

@@ -289,6 +289,27 @@ def _status(s: str) -> Text:
     return Text(s, style=STATUS_STYLE.get(s, ""))
 
 
+def _waiting(database_url: str | None, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The concurrency wait of those PENDING runs that wait for a slot, from Redis (the store
+    does not know it); nothing when Redis cannot be asked: the list stands without it."""
+    if not run_ids:
+        return {}
+    import redis
+
+    from orchestrator.keys import Keys
+    from orchestrator.records import waiting_of
+
+    settings = _settings(database_url)
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        try:
+            return waiting_of(client, Keys(settings.key_prefix), run_ids)
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        return {}
+
+
 def _since(text: str | None) -> float | None:
     if not text:
         return None
@@ -448,10 +469,11 @@ def runs_cmd(
         limit=limit,
         cursor=cursor,
     )
+    waits = _waiting(database_url, [r.id for r in page.items if r.status == "PENDING"])
     cols = [
         Col("run"),
         Col("workflow", no_wrap=False, min_width=20),
-        Col("status"),
+        Col("status", no_wrap=False),
         Col("created"),
         Col("duration", drop=4),
         Col("sla", drop=3),
@@ -463,7 +485,9 @@ def runs_cmd(
         [
             r.id,
             f"{r.workflow} {r.version}".strip(),
-            _status(r.status),
+            Text.assemble(_status(r.status), ("\n" + waits[r.id]["reason"], "yellow"))
+            if r.id in waits
+            else _status(r.status),
             _when(r.created_at, "%m-%d %H:%M:%S"),
             _secs(r.duration),
             "-" if r.sla_met is None else ("met" if r.sla_met else Text("breached", style="red")),

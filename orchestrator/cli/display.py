@@ -121,6 +121,8 @@ def run_table(
         parts.append(Text.assemble(("error", "red"), f": {snap.error}"))
     elif paused_hint and snap.status == "PAUSED":
         parts.append(Text(PAUSED_HINT.format(run=snap.id), style="yellow"))
+    if snap.waiting:  # a concurrency limit holds it back
+        parts.append(Text(str(snap.waiting["reason"]), style="yellow"))
     return Group(*parts)
 
 

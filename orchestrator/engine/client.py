@@ -24,20 +24,26 @@ from typing import Any
 import redis
 
 from orchestrator.connect import state_redis
-from orchestrator.engine import children, compiler
+from orchestrator.engine import children, compiler, slots
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.control import Control
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.items import StepHandle
 from orchestrator.engine.publish import Published, Publisher
-from orchestrator.engine.runstate import RunState, dumps
+from orchestrator.engine.runstate import DUPLICATE, RunState, dumps
 from orchestrator.engine.states import ACTIVE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from orchestrator.engine.submitchecks import (
     check_trigger,
     consumer_timeout_warnings,
     unserved_queues,
 )
-from orchestrator.errors import DefinitionError, UnknownRun, UnknownWorkflow, WaitTimeout
+from orchestrator.errors import (
+    CanvasflowError,
+    DefinitionError,
+    UnknownRun,
+    UnknownWorkflow,
+    WaitTimeout,
+)
 from orchestrator.keys import Keys
 from orchestrator.model import callallow, limits
 from orchestrator.model.definition import (
@@ -48,7 +54,7 @@ from orchestrator.model.definition import (
     load_definition,
     load_file,
 )
-from orchestrator.records import HotRun, RunRecord, StepRecord, text
+from orchestrator.records import HotRun, RunRecord, StepRecord, text, waiting_of
 from orchestrator.settings import Settings
 
 PREPARED_CACHE = 128  # definitions a client keeps validated and planned
@@ -126,6 +132,8 @@ class RunSnapshot:
     result: Any = None
     parent_run: str | None = None
     parent_step: str | None = None
+    # A run waiting for a concurrency slot: {"key", "ahead", "reason"}; None otherwise.
+    waiting: Mapping[str, Any] | None = None
 
     @property
     def progress(self) -> float:
@@ -311,6 +319,9 @@ class Client:
         )
         self.celery = celery or create_celery(self.settings, sender=True)
         self.dispatcher = Dispatcher(self.celery, self.settings, self.state)
+        # A run that frees a concurrency slot (its end, an operator's resolve...) admits the next
+        # waiting ones in the same script: this process sends them.
+        self.state.on_admit = self.dispatcher.admitted
         self._control = Control(self.state, self.dispatcher)
         # Submitting one definition again and again (the common case) validates and plans it
         # once per fleet catalog: (definition text, catalog) -> (definition, stored text, blueprint).
@@ -599,18 +610,35 @@ class Client:
         if idempotency_key is not None:
             digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
             claim = (self.keys.trigger_claim(digest), self.settings.event_key_ttl)
+        slot = slots.group_of(self.state, defn, run_inputs)
+        if slot is not None:
+            record = replace(record, conc_group=slot.name, conc_key=slot.key)
         warnings = self._unserved(defn, record.id)
         for line in consumer_timeout_warnings(defn, self.settings):
             log.warning("run %s of %s: %s", record.id, defn.id, line)
             warnings.append(line)
         if warnings:
             record = replace(record, warnings_json=json.dumps(warnings))
-        held = self.dispatcher.start(
-            record, defn, run_inputs, prepared=prepared, claim=claim, fence=fence
+        adm = self.dispatcher.start(
+            record, defn, run_inputs, prepared=prepared, claim=claim, fence=fence, slot=slot
         )
-        if held is not None:
-            return Run(self, held, duplicate=True)
+        if adm is not None and adm.verdict == DUPLICATE:
+            return Run(self, adm.admitted[0], duplicate=True)
+        if adm is not None and adm.victim:
+            self._evict(adm.victim, record.id, defn)
         return Run(self, record.id, warnings)
+
+    def _evict(self, victim: str, run_id: str, defn: Definition) -> None:
+        """cancel_in_progress: cancel (with compensation) the oldest run holding a slot, so that
+        ``run_id`` gets it when that run has ended. One that ends first frees it anyway."""
+        try:
+            self.control.cancel(
+                victim,
+                actor="concurrency",
+                reason=f"cancel_in_progress: run {run_id} of {defn.id} takes its slot",
+            )
+        except CanvasflowError as exc:
+            log.info("run %s was not cancelled for %s: %s", victim, run_id, exc)
 
     def _unserved(self, defn: Definition, run_id: str) -> list[str]:
         """Warnings for the queues of ``defn`` that no live worker consumes (logged; the submit
@@ -634,7 +662,18 @@ class Client:
         data = self.state.read(run_id)
         if data is None:
             raise UnknownRun(run_id)
-        return _snapshot(data)
+        snap = _snapshot(data)
+        if data.run.conc_group and data.run.status in (RunStatus.PENDING, RunStatus.PAUSING):
+            snap = replace(snap, waiting=self.waiting(run_id))
+        return snap
+
+    def waiting(self, run_id: str) -> dict[str, Any] | None:
+        """{key, ahead, reason} of a run waiting for a concurrency slot, None otherwise."""
+        return waiting_of(self.redis, self.keys, [run_id]).get(run_id)
+
+    def concurrency(self, workflow_id: str) -> list[dict[str, Any]]:
+        """The workflow's concurrency groups in use: key, limit, in_use, active, waiting."""
+        return slots.in_use(self.state, workflow_id)
 
     def list_runs(
         self,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.engine import children
+from orchestrator.engine import children, slots
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState
 from orchestrator.engine.states import Move, RunStatus, StepStatus, sources
@@ -36,7 +36,15 @@ ALLOWED: dict[str, list[str]] = {
     )
 }
 # Run fields that a retry clears.
-RETRY_CLEARS = ["halt", "failed_step", "error", "finished_at", "compensate_target", "resolved_by"]
+RETRY_CLEARS = [
+    "halt",
+    "failed_step",
+    "error",
+    "finished_at",
+    "compensate_target",
+    "resolved_by",
+    "conc_evicted",  # cancel_in_progress may pick it again
+]
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,17 @@ class Control:
         self.audit(run_id, action, actor, reason, f"refused: {exc}")
         return exc
 
+    def _full(
+        self, action: str, run_id: str, run: RunRecord, actor: str, reason: str | None
+    ) -> CanvasflowError:
+        name = slots.display(run.workflow, run.conc_key or "")
+        exc = CanvasflowError(
+            f"cannot {action.replace('_', ' ')} run {run_id}: every concurrency slot in {name} "
+            "is taken; try again when one of its runs has ended"
+        )
+        self.audit(run_id, action, actor, reason, f"refused: {exc}")
+        return exc
+
     def _load(
         self, run_id: str, action: str, actor: str, reason: str | None
     ) -> tuple[RunRecord, dict[str, StepRecord], Definition]:
@@ -104,7 +123,16 @@ class Control:
     # -- verbs --------------------------------------------------------------------------------
 
     def pause(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> ActionResult:
-        """No new step starts; running steps finish; the run goes PAUSING, then PAUSED."""
+        """No new step starts; running steps finish; the run goes PAUSING, then PAUSED. A run
+        waiting for a concurrency slot is not paused (it has nothing running: cancel it)."""
+        waiting = self.state.waiting(run_id)
+        if waiting is not None:
+            exc = CanvasflowError(
+                f"run {run_id} is waiting for a concurrency slot ({waiting[2]} ahead): nothing "
+                "of it runs yet; cancel it instead"
+            )
+            self.audit(run_id, "pause", actor, reason, f"refused: {exc}")
+            raise exc
         ok, before = self.state.transition(
             run_id, Move.PAUSE, RunStatus.PAUSING, data={"action": "pause", "actor": actor}
         )
@@ -223,7 +251,10 @@ class Control:
             reset=reset,
             clear=RETRY_CLEARS,
             data={"action": "retry", "actor": actor, "from_step": from_step or "", "reset": reset},
+            slot=slots.group_of_run(self.state, run, defn),
         )
+        if verdict == "full":
+            raise self._full("retry", run_id, run, actor, reason)
         if verdict != "ok":
             raise self._refuse("retry", run_id, before, actor, reason)
         # A reset sub-workflow step starts a fresh child (the old one stays a child of the run).
@@ -260,7 +291,10 @@ class Control:
             RunStatus.COMPENSATING,
             clear=["error"],
             data={"action": "retry_compensation", "actor": actor},
+            slot=slots.group_of_run(self.state, run, defn),
         )
+        if verdict == "full":
+            raise self._full("retry_compensation", run_id, run, actor, reason)
         if verdict != "ok":
             raise self._refuse("retry_compensation", run_id, before, actor, reason)
         order = [

@@ -12,12 +12,13 @@ first send that failed, and the claim of a broken run it re-sends.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from orchestrator.engine import compiler
-from orchestrator.engine.runstate import RunState
+from orchestrator.engine import compiler, slots
+from orchestrator.engine.runstate import DUPLICATE, Admission, RunState, SlotGroup
 from orchestrator.engine.states import SETTLED_STEP_STATUSES, Move, RunStatus, StepStatus
 from orchestrator.model.definition import Definition, from_stored
 from orchestrator.records import RunRecord, StepRecord
@@ -25,6 +26,8 @@ from orchestrator.settings import Settings
 
 # A run in these statuses is running its steps: when its canvas breaks, they are sent again.
 RUNNING_STATUSES = (RunStatus.RUNNING, RunStatus.PAUSING, RunStatus.PENDING)
+
+log = logging.getLogger(__name__)
 
 
 class Dispatcher:
@@ -75,11 +78,17 @@ class Dispatcher:
         prepared: compiler.Blueprint | None = None,
         claim: tuple[str, int] | None = None,
         fence: tuple[str, str] | None = None,
-    ) -> str | None:
+        slot: SlotGroup | None = None,
+    ) -> Admission | None:
         """A new run: compile it (before anything is written: a definition that cannot compile
         leaves no run behind), record it PENDING, send it. A send that fails ends the run FAILED
-        with why, and raises. With ``claim`` (key, ttl) the run is recorded only if no run holds
-        the key yet: returns the id of the one that does (nothing sent), else None."""
+        with why, and raises.
+
+        With ``claim`` (key, ttl) the run is recorded only if no run holds the key yet: when one
+        does, nothing is written or sent and the admission's verdict is DUPLICATE with that run's
+        id as its one ``admitted``. ``fence``: the scheduler's (RunState.create). With a
+        concurrency ``slot`` group the run is sent only once it holds a slot: the admission says
+        whether it does, waits, or was cancelled."""
         bp = prepared or compiler.blueprint(defn)
         if defn.outputs and not run.has_outputs:
             run = replace(run, has_outputs="1")  # its settle evaluates them (workers/subrun.py)
@@ -88,7 +97,21 @@ class Dispatcher:
         canvas = compiler.compile_run(defn, ctx, app=self.app, prepared=bp)
         held = self.state.create(run, defn.step_ids, claim=claim, fence=fence)
         if held is not None:
-            return held
+            return Admission(DUPLICATE, 0, "", [held])
+        adm = None
+        if slot is not None and defn.concurrency is not None:
+            conc = defn.concurrency
+            adm = self.state.admit(
+                run_id,
+                slot,
+                strategy=conc.strategy,
+                priority=run.priority,
+                reason=f"cancelled: every slot in {slots.display(defn.id, slot.key)} is taken "
+                f"({conc.limit} active; strategy cancel_newest)",
+            )
+            self.admitted([r for r in adm.admitted if r != run_id])
+            if adm.verdict != "admitted":
+                return adm
         try:
             canvas.apply_async()
         except Exception as exc:
@@ -104,7 +127,44 @@ class Dispatcher:
                 # start a run, not find this failed one (docs/design.md "Event triggers").
                 self.state.release_claim(claim[0], run_id)
             raise
-        return None
+        return adm
+
+    def readmit(self, run_id: str) -> Admission | None:
+        """Ask again for the slot of a PENDING run that neither holds nor waits for one (its
+        submit died between recording it and asking: the watchdog's repair); sends what it
+        admits. None for a run without a group."""
+        data = self.state.read(run_id)
+        if data is None:
+            return None
+        run = data.run
+        defn = from_stored(run.definition)
+        group = slots.group_of_run(self.state, run, defn)
+        if group is None or defn.concurrency is None:
+            return None
+        adm = self.state.admit(
+            run_id,
+            group,
+            strategy=defn.concurrency.strategy,
+            priority=run.priority,
+            reason=f"cancelled: every slot in {slots.display(defn.id, group.key)} is taken "
+            f"({group.limit} active; strategy cancel_newest)",
+        )
+        self.admitted(adm.admitted)
+        return adm
+
+    def admitted(self, run_ids: Iterable[str]) -> None:
+        """Send runs just given a concurrency slot (they waited PENDING, nothing of them sent).
+        One that cannot be sent keeps its slot and stays PENDING: the watchdog finds it stalled
+        and sends it."""
+        for rid in run_ids:
+            try:
+                data = self.state.read(rid)
+                if data is None or data.run.status not in (RunStatus.PENDING, RunStatus.PAUSING):
+                    continue
+                run, steps, _ = data
+                self.remaining(rid, run.epoch, run, from_stored(run.definition), steps)
+            except Exception:
+                log.exception("run %s got a concurrency slot but could not be sent", rid)
 
     def remaining(
         self,

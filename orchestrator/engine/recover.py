@@ -31,16 +31,23 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
 
 from orchestrator.audit.models import runs, step_attempts, steps, workflow_definitions
 from orchestrator.audit.store import AuditStore
+from orchestrator.engine import slots
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState
-from orchestrator.engine.states import SETTLED_STEP_STATUSES, RunStatus, StepStatus
+from orchestrator.engine.states import (
+    SETTLED_STEP_STATUSES,
+    SLOT_HOLDING_STATUSES,
+    RunStatus,
+    StepStatus,
+)
+from orchestrator.errors import DefinitionError
 from orchestrator.model.definition import Definition, from_stored
 from orchestrator.records import RunRecord, StepRecord
 
@@ -174,8 +181,14 @@ def _recover_one(
         "steps_reset": list(b.rerun),
         "host": socket.gethostname(),
     }
+    # Its concurrency group (the key rendered again from its inputs): Redis lost the slots too.
+    try:
+        group = slots.group_of(state, b.defn, b.run.inputs)
+    except DefinitionError:
+        group = None  # a key its inputs no longer render: it runs without a slot
+    run = b.run if group is None else replace(b.run, conc_group=group.name, conc_key=group.key)
     verdict, _, epoch = state.recover(
-        b.run,
+        run,
         b.steps,
         attempts=b.attempts,
         completed=b.completed,
@@ -187,6 +200,21 @@ def _recover_one(
         return Recovered(run_id, b.before, "present", "Redis knows it")
     status = b.run.status
     records = {sid: StepRecord.from_hash(sid, f) for sid, f in b.steps.items()}
+    if group is not None and b.defn.concurrency is not None and status in SLOT_HOLDING_STATUSES:
+        # A run past PENDING holds its slot again; a PENDING one asks for one like a new run.
+        adm = state.admit(
+            run_id,
+            group,
+            strategy=b.defn.concurrency.strategy,
+            priority=b.run.priority,
+            reason=f"cancelled at recovery: every slot in {slots.display(b.defn.id, group.key)} "
+            f"is taken (strategy cancel_newest)",
+        )
+        dispatcher.admitted([r for r in adm.admitted if r != run_id])
+        if adm.verdict != "admitted":
+            return Recovered(
+                run_id, b.before, "recovered", f"sent nothing ({adm.verdict} for a slot)", epoch
+            )
     if status in (RunStatus.RUNNING, RunStatus.PENDING):
         dispatcher.remaining(run_id, epoch, b.run, b.defn, records)
         sent = "the remaining steps"

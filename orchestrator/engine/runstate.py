@@ -13,9 +13,9 @@ import functools
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.cluster import RedisCluster
@@ -78,6 +78,35 @@ def pack_batch(batch: list[list[Any]] | None) -> list[str]:
     return [dumps(heads), *texts]
 
 
+class SlotGroup(NamedTuple):
+    """One concurrency group: its hash (keys.py conc_group) and what the scripts record in it."""
+
+    name: str
+    index_key: str
+    workflow: str
+    key: str
+    limit: int
+
+
+class Admission(NamedTuple):
+    """What admit.lua decided: verdict (admitted, waiting, cancelled, filled, gone, refused),
+    the runs ahead in the queue, the run to cancel for this one (cancel_in_progress) or '', and
+    every run given a slot (to dispatch)."""
+
+    verdict: str
+    ahead: int
+    victim: str
+    admitted: list[str]
+
+
+# Admission.verdict of an idempotent submit (claim) that found a run holding its key: nothing was
+# written, and ``admitted`` is that run's id alone (Dispatcher.start).
+DUPLICATE = "duplicate"
+
+# A waiting run's place in its queue: priority first (docs/design.md, "Concurrency slots").
+SLOT_RANK = {"high": 1, "normal": 2, "low": 3}
+
+
 class RunState:
     """All reads and writes of a run's hot state; one instance per process is enough."""
 
@@ -107,6 +136,12 @@ class RunState:
         self._read = load("read_run")
         self._list_live = load("list_live")
         self._recover = load("recover")
+        self._admit = load("admit")
+        # Called with the runs a transition admitted to the slot it freed, so that the process
+        # that freed it sends them (Client and the worker app set it to Dispatcher.admitted).
+        self.on_admit: Callable[[list[str]], None] | None = None
+        probe = "\x00"
+        self._run_head, self._run_tail = self.keys.run(probe).split(probe)
 
     def _attempt_keys(self, run_id: str, step: str) -> list[str]:
         """The KEYS of the scripts that end an attempt (finish_step, run_once, fail_killed)."""
@@ -471,8 +506,13 @@ class RunState:
                 self.state_ttl,
                 dumps(encode_run_fields(fields or {})),
                 dumps(dict(data or {})),
+                self._run_head,
+                self._run_tail,
             ],
         )
+        admitted = [text(x) for x in res[2:]]
+        if admitted and self.on_admit is not None:
+            self.on_admit(admitted)
         return text(res[0]) == "ok", text(res[1])
 
     def restart(
@@ -484,11 +524,13 @@ class RunState:
         reset: Iterable[str] = (),
         clear: Iterable[str] = (),
         data: Mapping[str, Any] | None = None,
+        slot: SlotGroup | None = None,
     ) -> tuple[str, str, int]:
         """Atomically: check that ``move`` may take the run to ``target``, bump the epoch, reset
-        steps to PENDING, clear run fields (RunRecord attributes).
+        steps to PENDING, clear run fields (RunRecord attributes); a retry of a run with a
+        concurrency ``slot`` group takes a slot again.
 
-        Returns (verdict 'ok'|'refused'|'gone', status before, new epoch).
+        Returns (verdict 'ok'|'refused'|'gone'|'full' (no free slot), status before, new epoch).
         """
         if move not in NEW_EPOCH_MOVES or move is Move.CANCEL:
             raise ValueError(f"{move} is not a restart")
@@ -514,9 +556,66 @@ class RunState:
                 dumps(list(reset)),
                 dumps(run_field_names(clear)),
                 dumps(dict(data or {})),
+                self._run_head,
+                self._run_tail,
+                *(
+                    (str(slot.limit), slot.workflow, slot.key, slot.index_key)
+                    if slot
+                    else ("0", "", "", "")
+                ),
             ],
         )
         return text(res[0]), text(res[1]), int(text(res[2]))
+
+    # -- concurrency slots (lua/conc.lua) -----------------------------------------------------
+
+    def slot_group(self, workflow: str, key: str, limit: int) -> SlotGroup:
+        k = self.keys
+        return SlotGroup(k.conc_group(workflow, key), k.conc_index(workflow), workflow, key, limit)
+
+    def admit(
+        self, run_id: str, group: SlotGroup, *, strategy: str, priority: str, reason: str = ""
+    ) -> Admission:
+        """Ask for a slot in ``group`` for a PENDING run (run_id '': only reclaim and admit)."""
+        k = self.keys
+        res = self._admit(
+            keys=[
+                group.name,
+                k.conc_active(group.name),
+                k.conc_waiting(group.name),
+                group.index_key,
+                k.conc_seq,
+                k.run(run_id),
+                k.steps(run_id),
+                k.events,
+                k.live,
+                k.settled_channel(run_id),
+            ],
+            args=[
+                run_id,
+                group.limit,
+                strategy,
+                SLOT_RANK.get(priority, 2),
+                now(),
+                self.maxlen,
+                self.state_ttl,
+                self._run_head,
+                self._run_tail,
+                group.workflow,
+                group.key,
+                reason,
+            ],
+        )
+        out = [text(x) for x in res]
+        return Admission(out[0], int(out[1] or 0), out[2], out[3:])
+
+    def waiting(self, run_id: str) -> tuple[str, str, int] | None:
+        """(group, key, runs ahead) of a run waiting for a slot, or None."""
+        group, key = self.r.hmget(self.keys.run(run_id), "conc_group", "conc_key")
+        if group is None:
+            return None
+        rank = self.r.zrank(self.keys.conc_waiting(text(group)), run_id)
+        return None if rank is None else (text(group), text(key), int(rank))  # type: ignore[arg-type]
 
     def cancel(
         self, run_id: str, *, terminate: bool, data: Mapping[str, Any] | None = None

@@ -78,6 +78,18 @@ class Move(StrEnum):
     ABANDON = "abandon"
 
 
+# Concurrency limits (orchestrator/engine/slots.py): the statuses in which a run admitted to its
+# group holds a slot (DESIGN's active statuses, and PENDING between its admission and its first
+# step); any other status (final, COMPENSATION_FAILED), or no status at all, frees it.
+SLOT_HOLDING_STATUSES = (
+    RunStatus.PENDING,
+    RunStatus.RUNNING,
+    RunStatus.PAUSING,
+    RunStatus.PAUSED,
+    RunStatus.CANCELLING,
+    RunStatus.COMPENSATING,
+)
+
 # Steps a run is busy with: its "current steps" (the client's snapshot, the dashboard's list).
 ACTIVE_STEP_STATUSES = (StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.COMPENSATING)
 
@@ -264,6 +276,7 @@ local NEW_EPOCH = ' {words(NEW_EPOCH_MOVES)} '
 local SETTLED = ' {words(SETTLED_STEP_STATUSES)} '
 local FINAL = ' {words(FINAL_RUN_STATUSES)} '
 local ACTIVE = ' {words(ACTIVE_STEP_STATUSES)} '
+local HOLDS_SLOT = ' {words(SLOT_HOLDING_STATUSES)} '
 local function is_in(set, word)
   return word ~= nil and word ~= false and string.find(set, ' ' .. word .. ' ', 1, true) ~= nil
 end
@@ -271,6 +284,7 @@ local function is_new_epoch(move) return is_in(NEW_EPOCH, move) end
 local function is_settled(status) return is_in(SETTLED, status) end
 local function is_final(status) return is_in(FINAL, status) end
 local function is_active(status) return is_in(ACTIVE, status) end
+local function holds_slot(status) return is_in(HOLDS_SLOT, status) end
 local function run_may(move, src, dst)
   return string.find(RUN_MOVES, ' ' .. move .. ':' .. src .. '>' .. dst .. ' ', 1, true) ~= nil
 end

@@ -30,6 +30,7 @@ from typing import Any
 
 from orchestrator.audit.store import AuditStore
 from orchestrator.connect import broker_redis
+from orchestrator.engine import slots
 from orchestrator.engine.states import (
     FINAL_RUN_STATUSES,
     SETTLED_STEP_STATUSES,
@@ -50,6 +51,8 @@ WAITING = frozenset({RunStatus.PAUSED, RunStatus.COMPENSATION_FAILED})
 FINAL = FINAL_RUN_STATUSES
 # Statuses the watchdog may re-dispatch: the redispatch move of the transition table.
 REDISPATCHABLE = frozenset(sources(Move.REDISPATCH))
+# A run of a group in these statuses may be waiting for a concurrency slot.
+SLOT_WAITING = frozenset({RunStatus.PENDING, RunStatus.PAUSING})
 # At most this many broker messages are decoded per tick looking for stalled runs' ids.
 SCAN_LIMIT = 200_000
 
@@ -105,8 +108,9 @@ class Watchdog:
         report.live = len(ids)
         if not ids:
             return report
-        heads = self.state.runs(ids, "status", "seq")
+        heads = self.state.runs(ids, "status", "seq", "conc_group")
         seen_raw = self.r.hmget(self.keys.watchdog, ids)
+        waiting = self.slot_pass(ids, heads)
         stale, remember, forget = [], {}, []
         candidates: dict[str, tuple[str, str, float]] = {}
         for rid, head, seen in zip(ids, heads, seen_raw, strict=True):
@@ -114,7 +118,7 @@ class Watchdog:
             if not st or st in FINAL:
                 stale.append(rid)  # expired, lost with Redis, or ended before the live set existed
                 continue
-            if st in WAITING or st not in REDISPATCHABLE:
+            if st in WAITING or st not in REDISPATCHABLE or rid in waiting:
                 forget.append(rid)  # the clock starts again when an operator moves it
                 continue
             mark = f"{st}:{sq}"
@@ -155,6 +159,26 @@ class Watchdog:
                 log.exception("watchdog: re-dispatching run %s failed", rid)
                 report.failed.append(rid)
         return report
+
+    def slot_pass(self, ids: list[str], heads: list[Any]) -> set[str]:
+        """Concurrency slots: the live runs waiting for a slot (not stalled: they wait), after
+        reclaiming the stale slots of their groups and sending the runs that get one (a slot
+        held by a run whose state expired, or that Redis lost, frees here)."""
+        slotted = {
+            rid: head.conc_group
+            for rid, head in zip(ids, heads, strict=True)
+            if head is not None and head.conc_group and head.status in SLOT_WAITING
+        }
+        if not slotted:
+            return set()
+        place = slots.places(self.state, slotted)
+        groups = {slotted[rid] for rid, p in place.items() if p == "waiting"}
+        for group in sorted(groups):
+            try:
+                self.dispatcher.admitted(slots.fill(self.state, group))
+            except Exception:
+                log.exception("watchdog: filling the slots of %s failed", group)
+        return {rid for rid, p in place.items() if p == "waiting"}
 
     def _alive(self, candidates: Mapping[str, tuple[str, str, float]]) -> set[str]:
         """The candidates that hold a step lease or have a message in the broker."""
@@ -247,6 +271,15 @@ class Watchdog:
             return False
         run, steps, _ = data
         defn = from_stored(run.definition)
+        if run.conc_group and status == RunStatus.PENDING:
+            place = slots.places(self.state, {run_id: run.conc_group})[run_id]
+            if place == "":
+                # Its submit died between recording it and asking for a slot: ask now.
+                adm = self.dispatcher.readmit(run_id)
+                if adm is not None and adm.victim:
+                    self.client._evict(adm.victim, run_id, defn)
+                log.warning("watchdog %s: run %s asked for its slot again", self.name, run_id)
+                return adm is not None
         # COMPENSATING counts as left: its compensation is what is sent again.
         left = [
             s

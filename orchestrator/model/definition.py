@@ -17,6 +17,7 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from orchestrator.errors import DefinitionError
+from orchestrator.model import concurrency as concurrency_
 from orchestrator.model import limits as limits_
 from orchestrator.model import triggers as triggers_
 from orchestrator.model.limits import Limits
@@ -118,6 +119,9 @@ class Definition:
     triggers: tuple[Trigger, ...] = ()
     # The run's result: templates evaluated when the run completes (model/subflows.py).
     outputs: Mapping[str, Any] = field(default_factory=dict)
+    concurrency: concurrency_.Concurrency | None = (
+        None  # runs active at once (model/concurrency.py)
+    )
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:
@@ -252,6 +256,7 @@ class WorkflowSchema(_StrictSchema):
     inputs = fields.Dict(keys=fields.String(), load_default=dict)
     defaults = fields.Nested(DefaultsSchema, load_default=dict)
     outputs = fields.Dict(keys=fields.String(), load_default=dict)
+    concurrency = fields.Nested(concurrency_.ConcurrencySchema, allow_none=True)
     steps = fields.List(
         fields.Nested(StepSchema),
         required=True,
@@ -458,6 +463,7 @@ def _build(d: dict[str, Any]) -> Definition:
         defaults=d.get("defaults", {}),
         triggers=triggers_.build(d.get("triggers", [])),
         outputs=d.get("outputs", {}),
+        concurrency=concurrency_.build(d.get("concurrency")),
     )
 
 
@@ -478,6 +484,8 @@ def dump_definition(wf: Definition) -> dict[str, Any]:
         out["defaults"] = dict(wf.defaults)
     if wf.outputs:
         out["outputs"] = dict(wf.outputs)
+    if wf.concurrency is not None:
+        out["concurrency"] = wf.concurrency.to_dict()
     defaults = {**STEP_DEFAULTS, **wf.defaults}
     out["steps"] = []
     for s in wf.steps:
@@ -638,6 +646,16 @@ class Workflow:
     def outputs(self, **templates: Any) -> Workflow:
         """The run's result: templates evaluated when the run completes."""
         self._data.setdefault("outputs", {}).update(templates)
+        return self
+
+    def concurrency(
+        self, limit: int, *, key: str | None = None, strategy: str = "queue"
+    ) -> Workflow:
+        """At most ``limit`` runs per ``key`` (a template over inputs) active at once."""
+        conc: dict[str, Any] = {"limit": limit, "strategy": strategy}
+        if key is not None:
+            conc["key"] = key
+        self._data["concurrency"] = conc
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from orchestrator.errors import ExpressionError
-from orchestrator.model import callallow, expressions, triggers
+from orchestrator.model import callallow, concurrency, expressions, triggers
 
 ROOT_NAMES = {"inputs", "steps", "run"}
 RUN_FIELDS = {"id", "workflow", "version"}
@@ -71,6 +71,7 @@ def _check(data: Mapping[str, Any], catalog: Mapping[str, Any] | None) -> list[t
         problems.extend(_check_plugins(steps, catalog))
     problems.extend(callallow.check_steps(data, catalog))  # who may run what (builtin.call)
     problems.extend(triggers.check(data))
+    problems.extend(concurrency.check(data))
     return problems
 
 

@@ -4,13 +4,28 @@
 -- the run's keys and live entry.
 -- KEYS: run, steps, stream, settled channel, completed, attempts, controlled, control channel,
 --   live set
+-- A retry (or retry of the compensation) of a run of a workflow with a concurrency limit takes
+-- a slot in its group again, or is refused ('full') when every slot is held.
 -- ARGV: run_id, now, maxlen, move, target, reset_json (step ids), clear_json (run fields),
---   data_json (of the run_status_changed event; the new epoch is added)
--- Returns {'ok' | 'refused' | 'gone', status before, new epoch ('0' unless ok)}.
+--   data_json (of the run_status_changed event; the new epoch is added), run key head and
+--   tail, the group's limit, workflow, key and index ('' when the run has no group)
+-- Returns {'ok' | 'refused' | 'gone' | 'full', status before, new epoch ('0' unless ok)}.
 -- include: common.lua
+-- include: conc.lua
 local run_key, steps, stream = KEYS[1], KEYS[2], KEYS[3]
 local run_id, now, maxlen, move, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if move == 'cancel' then return {'refused', redis.call('HGET', run_key, 'status') or '', '0'} end
+local group = redis.call('HGET', run_key, 'conc_group')
+if group and ARGV[14] ~= '' and (move == 'retry' or move == 'retry_compensation') then
+  local st0 = redis.call('HGET', run_key, 'status')
+  if st0 and run_may(move, st0, target) and not redis.call('ZSCORE', group .. ':active', run_id) then
+    conc_reclaim(group, ARGV[9], ARGV[10])
+    if redis.call('ZCARD', group .. ':active') >= tonumber(ARGV[11]) then return {'full', st0, '0'} end
+    redis.call('ZADD', group .. ':active', now, run_id)
+    redis.call('HSET', group, 'limit', ARGV[11], 'workflow', ARGV[12], 'key', ARGV[13], 'index', ARGV[14])
+    redis.call('SADD', ARGV[14], group)
+  end
+end
 local st, epoch = new_epoch(run_key, move, target)
 if not st then return epoch end
 for _, f in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', run_key, f) end

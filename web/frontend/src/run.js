@@ -51,6 +51,8 @@ function syncAllowed(r) {
     ["retry", "can_retry"], ["retry_compensation", "can_retry_compensation"], ["resolve", "can_resolve"]]) {
     if (allowed[action]) r[key] = allowed[action].includes(r.status);
   }
+  // Waiting for a concurrency slot, nothing of it runs: it can be cancelled, not paused.
+  if (r.waiting && r.status === "PENDING") r.can_pause = false;
 }
 
 function renderHead(r) {
@@ -94,6 +96,11 @@ function renderHead(r) {
     // Redis unreachable, audit store missing. Live events carry none: the last fetch's stay.
     $("#run-warnings").innerHTML = r.warnings.map((w) => `<p class="banner">${esc(w)}</p>`).join("");
   }
+  // Held back by its workflow's concurrency limit (the detail's "waiting"; live events carry
+  // none, and a status past PENDING means it got its slot).
+  const wait = $("#waiting-banner");
+  wait.hidden = !(r.waiting && (r.status === "PENDING" || r.status === "PAUSING"));
+  wait.textContent = wait.hidden ? "" : r.waiting.reason;
   const sla = $("#sla-banner");
   sla.hidden = !(r.sla.status === "at_risk" || r.sla.status === "breached");
   if (!sla.hidden) {
@@ -258,6 +265,8 @@ async function load() {
     renderBranches(r);
     document.body.dataset.seq = String(r.seq);
     for (const s of r.steps) if (s.map && state.expanded.has(s.id)) loadItems(runId, s, (m) => itemsLoaded(s, m));
+    // Its place in the queue moves with other runs' events, not its own: look again.
+    if (r.waiting) setTimeout(() => refresh(), 3000);
     return r;
   } catch (err) {
     toast(err.message, "error");

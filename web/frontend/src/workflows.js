@@ -38,6 +38,7 @@ async function show(id, version) {
       <button type="submit" class="primary" ${canOperate() ? "" : "disabled title='needs the operator role'"}>Run</button>
       <div id="run-errors"></div>
     </form>
+    <div id="wf-concurrency"></div>
     <div id="wf-dag"></div>
     <details open><summary>YAML</summary><pre id="wf-yaml">${esc(w.yaml)}</pre></details>
     ${isAdmin() ? `<form id="register-form" class="card"><h3>Register a new version</h3>
@@ -48,7 +49,24 @@ async function show(id, version) {
   $("#register-form")?.addEventListener("submit", (ev) => register(ev, id));
   const { drawDag } = await import("./dag.js");
   drawDag($("#wf-dag"), w.graph, null);
+  await concurrency(id);
   await list();
+}
+
+// Its concurrency limit and, per key, the slots in use and the runs waiting for one.
+async function concurrency(id) {
+  const c = await api(`/workflows/${encodeURIComponent(id)}/concurrency`);
+  const el = $("#wf-concurrency");
+  if (!el) return;
+  if (!c.concurrency && !c.groups.length) { el.innerHTML = ""; return; }
+  const limit = c.concurrency
+    ? `limit ${c.concurrency.limit} per ${c.concurrency.key ? `key <code>${esc(c.concurrency.key)}</code>` : "workflow"} · ${esc(c.concurrency.strategy || "queue")}`
+    : "";
+  el.innerHTML = `<div class="card" id="concurrency-slots"><h3>Concurrency</h3><p class="muted">${limit}</p>
+    ${c.groups.length ? `<table class="grid slots"><thead><tr><th>Key</th><th>Slots in use</th><th>Waiting</th><th>Runs holding a slot</th></tr></thead><tbody>
+    ${c.groups.map((g) => `<tr data-key="${esc(g.key)}"><td>${esc(g.key || c.workflow)}</td><td>${g.in_use} / ${g.limit}</td><td>${g.waiting}</td>
+      <td>${g.active.map((r) => `<a href="/runs/${esc(r)}">${esc(r)}</a>`).join(" ")}</td></tr>`).join("")}</tbody></table>`
+    : `<p class="muted">no slot in use</p>`}</div>`;
 }
 
 async function submit(ev, w) {
