@@ -396,7 +396,12 @@ def test_the_web_read_boundary_catches_each_way_around_it() -> None:
 # --- run state (issue 14 item 1) ------------------------------------------------------------
 # RunState owns the Redis layout of a run: keys.py declares the keys, records.py the fields and
 # their codec (and the batched reads the recorder uses), runstate.py every read and write.
-RUN_STATE_OWNERS = {"orchestrator/engine/runstate.py", "orchestrator/records.py"}
+RUN_STATE_OWNERS = {
+    "orchestrator/engine/runstate.py",
+    "orchestrator/engine/slotstate.py",  # RunState's concurrency slots (a mixin)
+    "orchestrator/engine/childstate.py",  # RunState's child runs (a mixin)
+    "orchestrator/records.py",
+}
 KEY_BUILDER = "orchestrator/keys.py"
 # Keys.<method>(run_id...): the keys of one run, which only the owners may address.
 RUN_KEY_METHODS = {"run", "steps", "attempts", "completed", "lease"}

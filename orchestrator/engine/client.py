@@ -30,7 +30,8 @@ from orchestrator.engine.control import Control
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.items import StepHandle
 from orchestrator.engine.publish import Published, Publisher
-from orchestrator.engine.runstate import DUPLICATE, RunState, dumps
+from orchestrator.engine.runstate import RunState, dumps
+from orchestrator.engine.slotstate import DUPLICATE
 from orchestrator.engine.states import ACTIVE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus
 from orchestrator.engine.submitchecks import (
     check_trigger,

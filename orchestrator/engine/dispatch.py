@@ -18,7 +18,8 @@ from dataclasses import replace
 from typing import Any
 
 from orchestrator.engine import compiler, slots
-from orchestrator.engine.runstate import DUPLICATE, Admission, RunState, SlotGroup
+from orchestrator.engine.runstate import RunState
+from orchestrator.engine.slotstate import DUPLICATE, Admission, SlotGroup
 from orchestrator.engine.states import SETTLED_STEP_STATUSES, Move, RunStatus, StepStatus
 from orchestrator.model.definition import Definition, from_stored
 from orchestrator.records import RunRecord, StepRecord

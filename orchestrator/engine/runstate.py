@@ -15,11 +15,13 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
+from orchestrator.engine.childstate import ChildState
+from orchestrator.engine.slotstate import SlotGroup, SlotState
 from orchestrator.engine.states import NEW_EPOCH_MOVES, Move, RunStatus, lua_constants
 from orchestrator.keys import Keys, step_field
 from orchestrator.records import (
@@ -78,37 +80,9 @@ def pack_batch(batch: list[list[Any]] | None) -> list[str]:
     return [dumps(heads), *texts]
 
 
-class SlotGroup(NamedTuple):
-    """One concurrency group: its hash (keys.py conc_group) and what the scripts record in it."""
-
-    name: str
-    index_key: str
-    workflow: str
-    key: str
-    limit: int
-
-
-class Admission(NamedTuple):
-    """What admit.lua decided: verdict (admitted, waiting, cancelled, filled, gone, refused),
-    the runs ahead in the queue, the run to cancel for this one (cancel_in_progress) or '', and
-    every run given a slot (to dispatch)."""
-
-    verdict: str
-    ahead: int
-    victim: str
-    admitted: list[str]
-
-
-# Admission.verdict of an idempotent submit (claim) that found a run holding its key: nothing was
-# written, and ``admitted`` is that run's id alone (Dispatcher.start).
-DUPLICATE = "duplicate"
-
-# A waiting run's place in its queue: priority first (docs/design.md, "Concurrency slots").
-SLOT_RANK = {"high": 1, "normal": 2, "low": 3}
-
-
-class RunState:
-    """All reads and writes of a run's hot state; one instance per process is enough."""
+class RunState(SlotState, ChildState):
+    """All reads and writes of a run's hot state; one instance per process is enough (its
+    concurrency slots: engine/slotstate.py; its child runs: engine/childstate.py)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, *, state_ttl: int, maxlen: int = 0):
         self.r = client
@@ -567,56 +541,6 @@ class RunState:
         )
         return text(res[0]), text(res[1]), int(text(res[2]))
 
-    # -- concurrency slots (lua/conc.lua) -----------------------------------------------------
-
-    def slot_group(self, workflow: str, key: str, limit: int) -> SlotGroup:
-        k = self.keys
-        return SlotGroup(k.conc_group(workflow, key), k.conc_index(workflow), workflow, key, limit)
-
-    def admit(
-        self, run_id: str, group: SlotGroup, *, strategy: str, priority: str, reason: str = ""
-    ) -> Admission:
-        """Ask for a slot in ``group`` for a PENDING run (run_id '': only reclaim and admit)."""
-        k = self.keys
-        res = self._admit(
-            keys=[
-                group.name,
-                k.conc_active(group.name),
-                k.conc_waiting(group.name),
-                group.index_key,
-                k.conc_seq,
-                k.run(run_id),
-                k.steps(run_id),
-                k.events,
-                k.live,
-                k.settled_channel(run_id),
-            ],
-            args=[
-                run_id,
-                group.limit,
-                strategy,
-                SLOT_RANK.get(priority, 2),
-                now(),
-                self.maxlen,
-                self.state_ttl,
-                self._run_head,
-                self._run_tail,
-                group.workflow,
-                group.key,
-                reason,
-            ],
-        )
-        out = [text(x) for x in res]
-        return Admission(out[0], int(out[1] or 0), out[2], out[3:])
-
-    def waiting(self, run_id: str) -> tuple[str, str, int] | None:
-        """(group, key, runs ahead) of a run waiting for a slot, or None."""
-        group, key = self.r.hmget(self.keys.run(run_id), "conc_group", "conc_key")
-        if group is None:
-            return None
-        rank = self.r.zrank(self.keys.conc_waiting(text(group)), run_id)
-        return None if rank is None else (text(group), text(key), int(rank))  # type: ignore[arg-type]
-
     def cancel(
         self, run_id: str, *, terminate: bool, data: Mapping[str, Any] | None = None
     ) -> tuple[str, str, int, list[str]]:
@@ -771,81 +695,6 @@ class RunState:
                 pipe.execute()
                 moved.append(rid)
         return moved
-
-    # -- child runs (sub-workflow steps: workers/subrun.py) -------------------------------------
-
-    def claim_child(
-        self, run_id: str, step: str, new_id: str
-    ) -> tuple[RunRecord | None, str, bool]:
-        """For a sub-workflow step, in one round trip: the parent run's depth, priority and tags;
-        the step's child run id (SET NX of ``new_id``: a redelivered or retried copy of the step
-        finds the same child); and whether that child run exists already."""
-        key = self.keys.child_of(run_id, step)
-        names = run_field_names(("depth", "priority", "tags_json"))
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(self.keys.run(run_id), names)
-        pipe.set(key, new_id, nx=True, ex=self.state_ttl)
-        pipe.get(key)
-        values, _, current = pipe.execute()
-        child = text(current) or new_id
-        parent = (
-            RunRecord.from_hash(run_id, dict(zip(names, values, strict=True)))
-            if values[0] is not None or values[1] is not None
-            else None
-        )
-        return parent, child, bool(self.r.exists(self.keys.run(child)))
-
-    def forget_children(self, run_id: str, steps: Iterable[str]) -> None:
-        """An operator retry resets these steps: a reset sub-workflow step starts a fresh child."""
-        names = [self.keys.child_of(run_id, s) for s in steps]
-        if names:
-            self.r.delete(*names)
-
-    def add_child(self, run_id: str, child_id: str) -> None:
-        key = self.keys.children(run_id)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.sadd(key, child_id)
-        pipe.expire(key, self.state_ttl)
-        pipe.execute()
-
-    def children(self, run_id: str) -> list[str]:
-        """The child runs the run's sub-workflow steps started (every one, retried ones too)."""
-        return sorted(text(c) for c in self.r.smembers(self.keys.children(run_id)))
-
-    def await_child(
-        self, child_id: str, join: str, run_id: str, step: str, owner: str, ttl: int
-    ) -> tuple[str | None, str | None]:
-        """Store what continues the parent when the child ends, and hold the parent step's lease
-        for as long as the child may run (the step is alive: no watchdog or settle takes it for
-        a lost worker). Returns the statuses of the child and of the parent, read after."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.set(self.keys.child_join(child_id), join, ex=self.state_ttl)
-        pipe.set(self.keys.lease(run_id, step), owner, ex=ttl)
-        pipe.hget(self.keys.run(child_id), "status")
-        pipe.hget(self.keys.run(run_id), "status")
-        _, _, child, parent = pipe.execute()
-        return (text(child) if child is not None else None), (
-            text(parent) if parent is not None else None
-        )
-
-    def peek_join(self, child_id: str) -> str | None:
-        raw = self.r.get(self.keys.child_join(child_id))
-        return text(raw) if raw is not None else None
-
-    def take_join(self, child_id: str) -> str | None:
-        """The parent's continuation, taken (GETDEL): whoever takes it sends it, once."""
-        raw = self.r.execute_command("GETDEL", self.keys.child_join(child_id))
-        return text(raw) if raw is not None else None
-
-    def settle_head(self, run_id: str) -> tuple[str, str, str, str, str] | None:
-        """(status, epoch, halt, has_outputs, parent_run) in one HMGET, or None if unknown."""
-        values = self.r.hmget(
-            self.keys.run(run_id), "status", "epoch", "halt", "has_outputs", "parent_run"
-        )
-        if values[0] is None:
-            return None
-        status, epoch, halt, outputs, parent = (text(v) for v in values)
-        return status, epoch, halt, outputs, parent
 
     # -- reads --------------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.engine.runstate import RunState, SlotGroup
+from orchestrator.engine.runstate import RunState
+from orchestrator.engine.slotstate import SlotGroup
 from orchestrator.model.definition import Definition
 from orchestrator.records import RunRecord, text
 
