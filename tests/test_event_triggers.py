@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from orchestrator import Client
-from orchestrator.engine.client import TRIGGER_TYPES
 from orchestrator.errors import DefinitionError, EventError
+from orchestrator.records import TRIGGER_TYPES
 
 pytestmark = pytest.mark.integration
 

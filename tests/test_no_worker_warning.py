@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from orchestrator.engine.client import unserved_queues
+from orchestrator.engine.submitchecks import unserved_queues
 from orchestrator.model.definition import load_definition
 from orchestrator.settings import Settings
 from tests.conftest import ROOT, make_settings

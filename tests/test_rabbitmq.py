@@ -51,7 +51,7 @@ def test_amqp_schemes_are_recognised_and_redis_is_not() -> None:
 
 
 def test_steps_longer_than_the_brokers_consumer_timeout_are_named_at_submit() -> None:
-    from orchestrator.engine.client import consumer_timeout_warnings
+    from orchestrator.engine.submitchecks import consumer_timeout_warnings
 
     wf = (
         Workflow("long_steps")
