@@ -392,10 +392,25 @@ def test_the_web_read_boundary_catches_each_way_around_it() -> None:
 # --- run state (issue 14 item 1) ------------------------------------------------------------
 # RunState owns the Redis layout of a run: keys.py declares the keys, records.py the fields and
 # their codec (and the batched reads the recorder uses), runstate.py every read and write.
-RUN_STATE_OWNERS = {"orchestrator/engine/runstate.py", "orchestrator/records.py"}
+RUN_STATE_OWNERS = {
+    "orchestrator/engine/runstate.py",
+    "orchestrator/engine/itemstate.py",  # RunState's items of mapped steps (a mixin)
+    "orchestrator/records.py",
+}
 KEY_BUILDER = "orchestrator/keys.py"
 # Keys.<method>(run_id...): the keys of one run, which only the owners may address.
-RUN_KEY_METHODS = {"run", "steps", "attempts", "completed", "lease"}
+RUN_KEY_METHODS = {
+    "run",
+    "steps",
+    "attempts",
+    "completed",
+    "lease",
+    "items",
+    "item_attempts",
+    "map_data",
+    "step_hash",
+    "step_attempts",
+}
 KEY_PATTERNS = (":run:", ":lease:", ":steps", ":attempts", ":completed")
 
 

@@ -165,7 +165,7 @@ def explain(file: str) -> None:
     d = load_file(file)
     p = compiler.plan(d)
     console.print(f"workflow [bold]{d.id}[/] ({d.mode}, {len(d.steps)} steps) compiles to:")
-    for line in compiler.describe_plan(p):
+    for line in compiler.describe_plan(p, d):
         console.print("  " + line, highlight=False)
     if isinstance(compiler.final_leaf(p.tree), str):
         console.print("  the last step settles the run (compensations if it failed)")

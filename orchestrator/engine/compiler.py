@@ -19,6 +19,7 @@ from celery import chain, chord, group
 from celery.canvas import Signature
 
 from orchestrator.engine import stepcore
+from orchestrator.keys import item_of
 from orchestrator.model import expressions
 from orchestrator.model.definition import AMQP_PRIORITIES, PRIORITIES, Definition, Step
 
@@ -27,6 +28,8 @@ MERGE_TASK = "canvasflow.merge"
 SETTLE_TASK = "canvasflow.settle"
 COMPENSATE_TASK = "canvasflow.compensate"
 COMPENSATED_TASK = "canvasflow.compensated"
+ITEM_TASK = "canvasflow.item"  # one item of a mapped step (workers/mapstep.py)
+COLLECT_TASK = "canvasflow.collect"  # a mapped step's end: its items' outcomes into its own
 # Longer depends_on lists are read from the run's stored definition at run time: a fan-in's
 # spec rides in every header message of its chord (Celery puts the chord body in each part).
 MAX_INLINE_DEPS = 16
@@ -332,6 +335,9 @@ def _all_paths(defn: Definition) -> list[tuple]:
         for _, tpl in expressions.iter_templates(s.params):
             for e in tpl.expressions:
                 paths.extend(e.paths())
+        if s.map:
+            for e in expressions.Template.parse(s.map.over).expressions:
+                paths.extend(e.paths())
     return paths
 
 
@@ -349,6 +355,8 @@ def referenced_outputs(defn: Definition) -> set[str]:
             exprs.append(expressions.parse(s.when))
         for _, tpl in expressions.iter_templates(s.params):
             exprs.extend(tpl.expressions)
+        if s.map:
+            exprs.extend(expressions.Template.parse(s.map.over).expressions)
         for e in exprs:
             for chain_ in e.paths():
                 if (
@@ -394,6 +402,9 @@ def step_spec(step: Step, keep_output: bool, forward: bool = True) -> dict[str, 
         spec["keep"] = True
     if step.compensate:
         spec["comp"] = 1  # never on the fast path (workers/step.py): whether it ran must be known
+    if step.map:
+        # [over, as, max_parallel or 0]: the step expands into items at run time (engine/mapping.py)
+        spec["map"] = [step.map.over, step.map.as_, step.map.max_parallel or 0]
     return spec
 
 
@@ -526,6 +537,8 @@ def blueprint(defn: Definition, settled: Iterable[str] = ()) -> Blueprint:
     keep = frozenset(referenced_outputs(defn))
     forward = frozenset(forwarded_outcomes(defn))
     final = final_leaf(the_plan.tree)
+    if final is not None and defn.step(final).map:
+        final = None  # a mapped step ends in its collector: a settle task follows it
     specs = {}
     for step in defn.steps:
         spec = step_spec(step, step.id in keep, step.id in forward)
@@ -613,6 +626,52 @@ def compile_run(
     )
 
 
+def compile_items(
+    wire: list[Any],
+    hdr: list[Any],
+    todo: list[int],
+    lanes: int,
+    upstream: Any,
+    *,
+    options: Mapping[str, Any],
+    app: Any = None,
+) -> Signature:
+    """What a mapped step replaces itself with: a chord of its items and its collector.
+
+    Without ``lanes`` each item of ``todo`` is one header task; with ``lanes`` (max_parallel)
+    the header is that many lanes, each running one item at a time and replacing itself with
+    the next it claims. An item message carries its index, never the element or the list."""
+    item_opts = dict(options)
+    if lanes:
+        header = [
+            Signature(ITEM_TASK, args=(wire, hdr, -1, lane, upstream), options=item_opts, app=app)
+            for lane in range(lanes)
+        ]
+    else:
+        header = [
+            Signature(ITEM_TASK, args=(wire, hdr, i, -1, upstream), options=item_opts, app=app)
+            for i in todo
+        ]
+    body_opts = {k: v for k, v in options.items() if k in ("queue", "priority")}
+    body = Signature(COLLECT_TASK, args=(wire, hdr), options=body_opts, app=app)
+    return chord(group(header, app=app), body, app=app)
+
+
+def item_signature(
+    wire: list[Any],
+    hdr: list[Any],
+    index: int,
+    lane: int,
+    upstream: Any,
+    options: Mapping[str, Any],
+    app: Any = None,
+) -> Signature:
+    """The next item of a lane (the lane replaces itself with it)."""
+    return Signature(
+        ITEM_TASK, args=(wire, hdr, index, lane, upstream), options=dict(options), app=app
+    )
+
+
 def compile_settle(ctx: RunContext, *, app: Any = None) -> Signature:
     """A lone settle task for a new dispatch (cancel): it waits for running steps, then settles."""
     return Signature(
@@ -634,14 +693,18 @@ def compile_compensation(
     time, then moves the run to ``target`` (FAILED or CANCELLED)."""
     links: list[Signature] = []
     for i, sid in enumerate(order):
-        comp = defn.step(sid).compensate
+        base = item_of(sid)  # an item of a mapped step: its step's compensation, per item
+        step = defn.step(base[0] if base else sid)
+        comp = step.compensate
         assert comp is not None
         spec: dict[str, Any] = {"id": sid, "plugin": comp.plugin, "method": comp.method}
+        if base and step.map:
+            spec["as"] = step.map.as_
         if comp.params:
             spec["params"] = dict(comp.params)
         if comp.retries:
             spec["retries"] = comp.retries
-        opts: dict[str, Any] = routing(ctx, comp.queue or defn.step(sid).queue)
+        opts: dict[str, Any] = routing(ctx, comp.queue or step.queue)
         if comp.timeout:
             opts["soft_time_limit"] = comp.timeout
             opts["time_limit"] = comp.timeout + ctx.hard_timeout_grace
@@ -663,14 +726,25 @@ def compile_compensation(
 # ---------------------------------------------------------------------------------------------
 
 
-def describe_plan(p: Plan) -> list[str]:
-    """The plan as indented lines of canvas, for ``canvasflow explain``."""
+def describe_plan(p: Plan, defn: Definition | None = None) -> list[str]:
+    """The plan as indented lines of canvas, for ``canvasflow explain`` (with ``defn``, a mapped
+    step says what it maps over: ``resize [map over steps.list.output, max 50]``)."""
     lines: list[str] = []
+    mapped = {s.id: s.map for s in defn.steps if s.map} if defn else {}
+
+    def label(sid: str) -> str:
+        m = mapped.get(sid)
+        if m is None:
+            return sid
+        over = m.over.strip().removeprefix("{{").removesuffix("}}").strip()
+        cap = f", max {m.max_parallel}" if m.max_parallel else ""
+        name = f", as {m.as_}" if m.as_ != "item" else ""
+        return f"{sid} [map over {over}{name}{cap}]"
 
     def walk(node: Node, depth: int, joined: bool = False) -> None:
         pad = "  " * depth
         if isinstance(node, Leaf):
-            lines.append(f"{pad}{node.step}")
+            lines.append(f"{pad}{label(node.step)}")
         elif isinstance(node, Parallel):
             lines.append(f"{pad}group ({len(node.parts)} in parallel)")
             for part in node.parts:

@@ -210,6 +210,13 @@ class Control:
         # What the run page needs to tell an operator's retries from a step's own (Celery)
         # retries, and to show the first dispatch's SLA figure next to the retry's.
         before_attempts = {s: steps[s].attempts for s in reset if s in steps}
+        # Mapped steps that run again: the one retried from re-runs its items that did not
+        # complete; one downstream of it (or a retry from the start) runs every item again.
+        items = {
+            s: "unfinished" if s == from_step else "all"
+            for s in reset
+            if defn.step(s).map is not None
+        }
         verdict, before, epoch = self.state.restart(
             run_id,
             Move.RETRY,
@@ -217,6 +224,7 @@ class Control:
             reset=reset,
             clear=RETRY_CLEARS,
             data={"action": "retry", "actor": actor, "from_step": from_step or "", "reset": reset},
+            items=items,
         )
         if verdict != "ok":
             raise self._refuse("retry", run_id, before, actor, reason)

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from orchestrator.engine.itemstate import ItemState
 from orchestrator.engine.states import NEW_EPOCH_MOVES, Move, RunStatus, lua_constants
 from orchestrator.keys import Keys, step_field
 from orchestrator.records import (
@@ -74,8 +75,9 @@ def pack_batch(batch: list[list[Any]] | None) -> list[str]:
     return [dumps(heads), *texts]
 
 
-class RunState:
-    """All reads and writes of a run's hot state; one instance per process is enough."""
+class RunState(ItemState):
+    """All reads and writes of a run's hot state; one instance per process is enough (the
+    items of mapped steps: engine/itemstate.py)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, *, state_ttl: int, maxlen: int = 0):
         self.r = client
@@ -103,16 +105,17 @@ class RunState:
         self._read = load("read_run")
         self._list_live = load("list_live")
         self._recover = load("recover")
+        self._load_item_scripts(load)
 
     def _attempt_keys(self, run_id: str, step: str) -> list[str]:
         """The KEYS of the scripts that end an attempt (finish_step, run_once, fail_killed)."""
         k = self.keys
         return [
             k.run(run_id),
-            k.steps(run_id),
+            k.step_hash(run_id, step),
             k.lease(run_id, step),
             k.events,
-            k.attempts(run_id),
+            k.step_attempts(run_id, step),
             k.controlled,
             k.control_channel,
         ]
@@ -184,7 +187,7 @@ class RunState:
         res = self._begin(
             keys=[
                 self.keys.run(run_id),
-                self.keys.steps(run_id),
+                self.keys.step_hash(run_id, step),
                 self.keys.lease(run_id, step),
                 self.keys.events,
             ],
@@ -339,7 +342,7 @@ class RunState:
         """Set a step's status (and StepRecord fields) with its event, if the step table allows
         it (and, with ``expect``, only if the step still has that status); False otherwise."""
         res = self._step_set(
-            keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.events],
+            keys=[self.keys.run(run_id), self.keys.step_hash(run_id, step), self.keys.events],
             args=[
                 run_id,
                 step,
@@ -401,9 +404,11 @@ class RunState:
         reset: Iterable[str] = (),
         clear: Iterable[str] = (),
         data: Mapping[str, Any] | None = None,
+        items: Mapping[str, str] | None = None,
     ) -> tuple[str, str, int]:
         """Atomically: check that ``move`` may take the run to ``target``, bump the epoch, reset
-        steps to PENDING, clear run fields (RunRecord attributes).
+        steps to PENDING, clear run fields (RunRecord attributes), reset the items of mapped
+        steps (``items``: {step: 'all' | 'unfinished'}).
 
         Returns (verdict 'ok'|'refused'|'gone', status before, new epoch).
         """
@@ -431,6 +436,7 @@ class RunState:
                 dumps(list(reset)),
                 dumps(run_field_names(clear)),
                 dumps(dict(data or {})),
+                dumps(dict(items)) if items else "",
             ],
         )
         return text(res[0]), text(res[1]), int(text(res[2]))
@@ -450,6 +456,7 @@ class RunState:
                 k.settled_channel(run_id),
                 k.controlled,
                 k.control_channel,
+                k.items(run_id),
             ],
             args=[
                 run_id,
@@ -556,11 +563,20 @@ class RunState:
             return {
                 rid
                 for rid in ids
-                if int(self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")]))
+                if int(
+                    self._leased(
+                        keys=[self.keys.steps(rid), self.keys.items(rid)],
+                        args=[self.keys.lease(rid, "")],
+                    )
+                )
             }
         pipe = self.r.pipeline(transaction=False)
         for rid in ids:
-            self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")], client=pipe)
+            self._leased(
+                keys=[self.keys.steps(rid), self.keys.items(rid)],
+                args=[self.keys.lease(rid, "")],
+                client=pipe,
+            )
         return {rid for rid, hit in zip(ids, pipe.execute(), strict=True) if int(hit)}
 
     def adopt_legacy_keys(self, batch: int = 500) -> list[str]:

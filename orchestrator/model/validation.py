@@ -431,7 +431,10 @@ def _check_map(
     name = mapping.get("as", "item")
     if isinstance(name, str):
         if not MAP_AS.match(name):
-            yield f"{prefix}.as", f"'{name}' is not a valid name (letters, digits, _; not first a digit)"
+            yield (
+                f"{prefix}.as",
+                f"'{name}' is not a valid name (letters, digits, _; not first a digit)",
+            )
         elif name in MAP_RESERVED:
             yield (
                 f"{prefix}.as",
@@ -443,7 +446,7 @@ def _check_map(
     if "{{" not in over:
         yield (
             f"{prefix}.over",
-            "must be a template that gives a list, e.g. \"{{ steps.list_files.output.files }}\"",
+            'must be a template that gives a list, e.g. "{{ steps.list_files.output.files }}"',
         )
         return
     try:

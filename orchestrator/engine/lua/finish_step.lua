@@ -28,7 +28,7 @@ if status == 'RETRYING' then
   return 'ok'
 end
 redis.call('HSET', steps, step .. '|finished_at', now, step .. '|output', ARGV[8])
-redis.call('HINCRBY', run_key, 'settled', 1)
+count_settled(run_key, step, 1)
 if status == 'COMPLETED' then
   redis.call('RPUSH', run_key .. ':completed', step)
   emit(run_key, stream, maxlen, run_id, 'step_completed', step, status, now, ARGV[12])

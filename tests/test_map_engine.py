@@ -1,0 +1,143 @@
+"""Mapped steps (``map``) on real Redis and real Celery worker processes: expansion, item
+outputs in element order, empty and non-list ``over``, item retries, non-critical items, fail
+fast, ``max_parallel`` (measured from the items' recorded start and end times)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator import Client, Workflow
+from orchestrator.keys import Keys
+
+pytestmark = pytest.mark.integration
+
+
+def mapped(
+    over: object,
+    params: dict | None = None,
+    *,
+    method: str = "echo",
+    after: bool = True,
+    **fields: object,
+) -> Workflow:
+    mapping = fields.pop("map", {})
+    wf = (
+        Workflow("mapwf")
+        .step("list", "builtin", "echo", params={"files": over})
+        .step(
+            "each",
+            "builtin",
+            method,
+            depends_on=["list"],
+            map={"over": "{{ steps.list.output.files }}", **mapping},
+            params=params if params is not None else {"name": "{{ item }}", "i": "{{ map.index }}"},
+            **fields,
+        )
+    )
+    if after:
+        wf.step(
+            "after",
+            "builtin",
+            "echo",
+            depends_on=["each"],
+            params={"third": "{{ steps.each.output[2] }}"},
+        )
+    return wf
+
+
+def items(client: Client, run_id: str, step: str) -> dict[str, dict[str, str]]:
+    """The items' fields in the hot state: {item id: {field: value}}."""
+    flat = client.state.r.hgetall(Keys(client.settings.key_prefix).items(run_id))
+    out: dict[str, dict[str, str]] = {}
+    for k, v in flat.items():
+        sid, _, name = k.decode().rpartition("|")
+        if sid.startswith(step + "["):
+            out.setdefault(sid, {})[name] = v.decode()
+    return out
+
+
+def events(client: Client, run_id: str) -> list[dict[str, str]]:
+    key = Keys(client.settings.key_prefix).events
+    return [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in client.state.r.xrange(key)
+        if fields.get(b"run", b"").decode() == run_id
+    ]
+
+
+@pytest.mark.brokers
+def test_outputs_come_in_element_order_and_downstream_reads_one(client: Client) -> None:
+    files = [f"f{i}.png" for i in range(12)]
+    snap = client.submit(mapped(files)).wait(60)
+    assert snap.status == "COMPLETED", snap
+    out = snap.step("each").output
+    assert out == [{"name": f, "i": i} for i, f in enumerate(files)]
+    assert snap.step("after").output == {"third": {"name": "f2.png", "i": 2}}
+    got = items(client, snap.id, "each")
+    assert set(got) == {f"each[{i}]" for i in range(12)}
+    assert {v["status"] for v in got.values()} == {"COMPLETED"}
+    evs = events(client, snap.id)
+    mapped_ev = [e for e in evs if e["type"] == "step_mapped"]
+    assert len(mapped_ev) == 1 and json.loads(mapped_ev[0]["data"]) == {"step": "each", "total": 12}
+    done = {e["step"] for e in evs if e["type"] == "step_completed"}
+    assert {f"each[{i}]" for i in range(12)} <= done
+    assert snap.settled == snap.total == 3  # items do not count as steps
+
+
+def test_empty_list_completes_with_an_empty_list(client: Client) -> None:
+    snap = client.submit(
+        mapped([], after=False).step(
+            "last", "builtin", "echo", depends_on=["each"], params={"n": "{{ steps.each.output }}"}
+        )
+    ).wait(30)
+    assert snap.status == "COMPLETED", snap
+    assert snap.step("each").status == "COMPLETED"
+    assert snap.step("each").output == []
+    assert snap.step("last").output == {"n": []}
+
+
+def test_over_that_is_not_a_list_fails_the_step_with_what_it_got(client: Client) -> None:
+    snap = client.submit(mapped({"a": 1})).wait(30)
+    assert snap.status == "FAILED"
+    each = snap.step("each")
+    assert each.status == "FAILED"
+    assert "map.over of step 'each' must give a list, but gave object" in each.error
+    assert snap.step("after").status == "CANCELLED"
+    assert items(client, snap.id, "each") == {}
+
+
+def test_an_item_retries_with_its_own_attempts(client: Client) -> None:
+    wf = mapped(
+        [1, 2, 3],
+        {"message": "boom", "times": "{{ item - 1 }}"},
+        method="fail",
+        retries=3,
+        retry_delay=0.1,
+    )
+    snap = client.submit(wf).wait(60)
+    assert snap.status == "COMPLETED", snap
+    assert snap.step("each").output == [{"attempt": 1}, {"attempt": 2}, {"attempt": 3}]
+    got = items(client, snap.id, "each")
+    assert [got[f"each[{i}]"]["attempts"] for i in range(3)] == ["1", "2", "3"]
+
+
+def test_non_critical_items_leave_null_in_their_places(client: Client) -> None:
+    wf = mapped(
+        [0, 1, 0, 1],
+        {"message": "odd", "times": "{{ item * 5 }}"},
+        method="fail",
+        critical=False,
+    )
+    snap = client.submit(wf).wait(60)
+    assert snap.status == "COMPLETED", snap
+    assert snap.step("each").status == "COMPLETED"
+    assert snap.step("each").output == [{"attempt": 1}, None, {"attempt": 1}, None]
+    got = items(client, snap.id, "each")
+    assert [got[f"each[{i}]"]["status"] for i in range(4)] == [
+        "COMPLETED",
+        "FAILED",
+        "COMPLETED",
+        "FAILED",
+    ]
