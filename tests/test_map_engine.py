@@ -141,3 +141,66 @@ def test_non_critical_items_leave_null_in_their_places(client: Client) -> None:
         "COMPLETED",
         "FAILED",
     ]
+
+
+def test_a_failed_critical_item_fails_the_step_and_items_not_started_are_cancelled(
+    client: Client,
+) -> None:
+    wf = mapped(
+        [0, 0, 1, 0, 0, 0],
+        {"message": "item broke", "times": "{{ item }}"},
+        method="fail",
+        map={"max_parallel": 1},
+    )
+    snap = client.submit(wf).wait(60)
+    assert snap.status == "FAILED"
+    each = snap.step("each")
+    assert each.status == "FAILED"
+    assert each.error == "item each[2] failed: item broke"
+    assert snap.step("after").status == "CANCELLED"
+    got = items(client, snap.id, "each")
+    assert [got[f"each[{i}]"]["status"] for i in range(6)] == (
+        ["COMPLETED", "COMPLETED", "FAILED"] + ["CANCELLED"] * 3
+    )
+    started = {e["step"] for e in events(client, snap.id) if e["type"] == "step_started"}
+    assert not started & {"each[3]", "each[4]", "each[5]"}  # fail fast: never began
+
+
+def most_at_once(got: dict[str, dict[str, str]]) -> int:
+    """The largest number of items whose recorded [start, end] intervals overlap."""
+    edges = []
+    for v in got.values():
+        edges.append((float(v["attempt_started_at"]), 1))
+        edges.append((float(v["finished_at"]), -1))
+    running = peak = 0
+    for _, d in sorted(edges, key=lambda e: (e[0], e[1])):
+        running += d
+        peak = max(peak, running)
+    return peak
+
+
+def test_max_parallel_caps_the_items_running_at_once(fleet_settings, start_worker) -> None:
+    # A worker with room for 4 items at once, on its own queue: the cap, not the pool, limits.
+    start_worker(fleet_settings, queues="mapwide", concurrency=4)
+    client = Client(fleet_settings)
+    try:
+
+        def run(cap: int | None) -> dict[str, dict[str, str]]:
+            wf = mapped(
+                list(range(12)),
+                {"seconds": 0.3},
+                method="sleep",
+                after=False,
+                queue="mapwide",
+                map={"max_parallel": cap} if cap else {},
+            )
+            snap = client.submit(wf).wait(90)
+            assert snap.status == "COMPLETED", snap
+            assert snap.step("each").output == [{"slept": 0.3}] * 12
+            return items(client, snap.id, "each")
+
+        assert most_at_once(run(2)) == 2
+        # the same items without a cap do run more at once: the measure sees a cap, not the pool
+        assert most_at_once(run(None)) >= 3
+    finally:
+        client.close()

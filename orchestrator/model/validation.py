@@ -333,7 +333,12 @@ def _check_expressions(
         if isinstance(comp, Mapping) and isinstance(comp.get("params"), Mapping):
             # A compensation runs after its step completed, so it may read the step's own output.
             yield from _check_templates(
-                comp["params"], f"steps[{i}].compensate.params", sid, _Plus(visible, sid), index
+                comp["params"],
+                f"steps[{i}].compensate.params",
+                sid,
+                _Plus(visible, sid),
+                index,
+                roots,  # an item's compensation reads its item and map.index too
             )
 
 
