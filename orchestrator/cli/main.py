@@ -166,8 +166,8 @@ def explain(file: str) -> None:
     p = compiler.plan(d)
     console.print(f"workflow [bold]{d.id}[/] ({d.mode}, {len(d.steps)} steps) compiles to:")
     for line in compiler.describe_plan(p, d):
-        console.print("  " + line, highlight=False)
-    if isinstance(compiler.final_leaf(p.tree), str):
+        console.print("  " + line, highlight=False, markup=False)
+    if compiler.blueprint(d).final is not None:
         console.print("  the last step settles the run (compensations if it failed)")
     else:
         console.print("  then canvasflow.settle (settles the run; compensations if it failed)")
