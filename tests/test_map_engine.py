@@ -204,3 +204,26 @@ def test_max_parallel_caps_the_items_running_at_once(fleet_settings, start_worke
         assert most_at_once(run(None)) >= 3
     finally:
         client.close()
+
+
+def test_items_of_a_big_list_read_inputs_and_upstream_from_the_stored_context(
+    client: Client,
+) -> None:
+    # The list (from the inputs) is far over what an item message may carry: each item reads the
+    # inputs and upstream outcomes stored once at expansion, and its message stays small.
+    names = [f"file-{i:012d}.png" for i in range(300)]
+    wf = (
+        Workflow("mapbig", inputs={"names": names, "prefix": "thumb-"})
+        .step("cfg", "builtin", "echo", params={"size": 64, "pad": "x" * 5000})
+        .step(
+            "each",
+            "builtin",
+            "echo",
+            depends_on=["cfg"],
+            map={"over": "{{ inputs.names }}", "as": "name"},
+            params={"out": "{{ inputs.prefix }}{{ name }}", "size": "{{ steps.cfg.output.size }}"},
+        )
+    )
+    snap = client.submit(wf, inputs={"names": names, "prefix": "thumb-"}).wait(90)
+    assert snap.status == "COMPLETED", snap
+    assert snap.step("each").output == [{"out": f"thumb-{n}", "size": 64} for n in names]

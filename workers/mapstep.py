@@ -68,23 +68,38 @@ def per_item_when(spec: Mapping[str, Any]) -> bool:
     return isinstance(when, str) and bool(_roots(when) & {spec["map"][1], "map"})
 
 
-def _upstream(spec: Mapping[str, Any], known: core.Outcomes) -> Any:
-    """The outcomes an item's params and ``when`` read, if they are small enough to ride in each
-    item message; else None (each item reads the outcomes stored at expansion)."""
-    refs: set[str] = set()
+def _item_context(
+    spec: Mapping[str, Any], hdr: Mapping[str, Any], known: core.Outcomes
+) -> tuple[list[Any], Any]:
+    """(the run header an item message carries, the upstream outcomes it carries). Only what the
+    item's params and ``when`` read, and only if small: else the header goes without the inputs
+    and the outcomes are None, and each item reads both from what expansion stored. So an item
+    message does not grow with the list (``over`` often reads the inputs or an upstream list)."""
+    paths: list[tuple] = []
     texts = [t.text for _, t in expressions.iter_templates(spec.get("params") or {})]
     if spec.get("when"):
         texts.append("{{ " + spec["when"] + " }}")
     for text in texts:
         try:
             for e in expressions.Template.parse(text).expressions:
-                refs.update(str(p[1]) for p in e.paths() if p[0] == "steps" and len(p) > 1)
+                paths.extend(e.paths())
         except ExpressionError:
             continue
-    picked = {sid: known[sid] for sid in refs if sid in known}
+    refs = {str(p[1]) for p in paths if p[0] == "steps" and len(p) > 1}
+    picked: core.Outcomes = {sid: known[sid] for sid in refs if sid in known}
     if core.HALTING in known:
         picked[core.HALTING] = 1
-    return picked if len(json.dumps(picked, separators=(",", ":"))) <= INLINE_UPSTREAM else None
+    small = dict(hdr)
+    if not any(p[0] == "inputs" for p in paths):
+        small.pop("inputs", None)
+    else:
+        picked["@inputs"] = 1  # the inputs are read: they ride in the header, or in the stash
+    size = len(json.dumps([small.get("inputs"), picked], separators=(",", ":")))
+    if size > INLINE_UPSTREAM:
+        small.pop("inputs", None)
+        return compiler.wire_header(small), None
+    picked.pop("@inputs", None)
+    return compiler.wire_header(small), picked
 
 
 def _options(task: Task, rt: shell.Runtime, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,12 +164,13 @@ def expand(
         return collect_now(task, rt, spec, hdr, wait=True)
     cap = int(spec["map"][2] or 0)
     lanes = cap if cap and cap < len(todo) else 0
+    item_hdr, upstream = _item_context(spec, hdr, known)
     canvas = compiler.compile_items(
         compiler.wire_spec(spec),
-        compiler.wire_header(hdr),
+        item_hdr,
         todo,
         lanes,
-        _upstream(spec, known),
+        upstream,
         options=_options(task, rt, spec),
         app=task.app,
     )
@@ -276,9 +292,13 @@ def _one_item(
     text = rt.state.element(run_id, sid, index)
     if text is None:
         raise Ignore()
-    known: core.Outcomes = (
-        dict(upstream) if isinstance(upstream, dict) else rt.state.stashed_known(run_id, sid, epoch)
-    )
+    if isinstance(upstream, dict):
+        known: core.Outcomes = dict(upstream)
+    else:  # too big to ride in each message: what the mapped step received, stored once
+        known = rt.state.stashed_known(run_id, sid, epoch)
+        if core.HEADER in known:
+            hdr = {**compiler.read_header(known[core.HEADER]), **hdr, "epoch": hdr["epoch"]}
+            hdr.setdefault("inputs", compiler.read_header(known[core.HEADER]).get("inputs", {}))
     scope = core.scope_for(hdr, known)
     scope[spec["map"][1]] = json.loads(text)
     scope["map"] = {"index": index}
