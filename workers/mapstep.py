@@ -156,13 +156,15 @@ def expand(
         return _end(
             task, rt, spec, hdr, known, StepStatus.FAILED, "null", message, who.owner, started
         )
-    verdict, n, todo = rt.state.expand(run_id, sid, epoch, owner=who.owner, elements=elements)
+    cap = int(spec["map"][2] or 0)
+    verdict, n, todo = rt.state.expand(
+        run_id, sid, epoch, owner=who.owner, elements=elements, max_parallel=cap
+    )
     if verdict not in ("ok", "again"):
         raise Ignore()
     rt.state.stash_known(run_id, sid, epoch, json.dumps(known, separators=(",", ":")))
     if not todo:
         return collect_now(task, rt, spec, hdr, wait=True)
-    cap = int(spec["map"][2] or 0)
     lanes = cap if cap and cap < len(todo) else 0
     item_hdr, upstream = _item_context(spec, hdr, known)
     canvas = compiler.compile_items(

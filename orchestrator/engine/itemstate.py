@@ -48,7 +48,14 @@ class ItemState:
         self._items_live = load("items_live")
 
     def expand(
-        self, run_id: str, step: str, epoch: int, *, owner: str, elements: Sequence[str]
+        self,
+        run_id: str,
+        step: str,
+        epoch: int,
+        *,
+        owner: str,
+        elements: Sequence[str],
+        max_parallel: int = 0,
     ) -> tuple[str, int, list[int]]:
         """Store ``elements`` (JSON texts) of RUNNING mapped ``step`` once and get this
         dispatch's items to run: (verdict 'ok'|'again'|'stale'|'lost'|'gone', n, indices)."""
@@ -72,6 +79,7 @@ class ItemState:
                 owner,
                 digest(elements),
                 k.lease(run_id, ""),
+                max_parallel,
                 *elements,
             ],
         )

@@ -59,6 +59,14 @@ local function count_settled(run_key, step, by)
   if not string.find(step, '[', 1, true) then redis.call('HINCRBY', run_key, 'settled', by) end
 end
 
+-- An item keeps no empty error or traceback field: 10,000 items, 20,000 fields fewer.
+local function drop_empty(steps, step, err, tb)
+  if string.find(step, '[', 1, true) then
+    if err == '' then redis.call('HDEL', steps, step .. '|error') end
+    if tb == '' then redis.call('HDEL', steps, step .. '|traceback') end
+  end
+end
+
 -- The only writes of a status. A pair the table does not hold is a bug in a script (each
 -- checks what it may do before it writes anything): the error reaches the caller.
 local function move_run(run_key, move, st, target, ...)

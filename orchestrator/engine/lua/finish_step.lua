@@ -23,6 +23,7 @@ emit_batch(run_key, stream, maxlen, run_id, ARGV[13], 14)
 redis.call('DEL', lease)
 redis.call('RPUSH', attempts, ARGV[12])
 move_step(steps, step, ss, status, step .. '|error', ARGV[9], step .. '|traceback', ARGV[10])
+drop_empty(steps, step, ARGV[9], ARGV[10])
 if status == 'RETRYING' then
   emit(run_key, stream, maxlen, run_id, 'step_retrying', step, status, now, ARGV[12])
   return 'ok'

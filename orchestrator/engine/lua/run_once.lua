@@ -38,6 +38,7 @@ local attempt = redis.call('HINCRBY', steps, step .. '|attempts', 1)
 move_step(steps, step, ss, status, step .. '|attempt_started_at', started, step .. '|worker', ARGV[13],
           step .. '|task_id', ARGV[14], step .. '|epoch', epoch,
           step .. '|error', ARGV[9], step .. '|traceback', ARGV[10])
+drop_empty(steps, step, ARGV[9], ARGV[10])
 -- The step's start: its first attempt's, or, after an operator retry reset it (restart.lua),
 -- the first attempt of the retry's.
 if redis.call('HEXISTS', steps, step .. '|started_at') == 0 then
