@@ -227,3 +227,15 @@ def test_items_of_a_big_list_read_inputs_and_upstream_from_the_stored_context(
     snap = client.submit(wf, inputs={"names": names, "prefix": "thumb-"}).wait(90)
     assert snap.status == "COMPLETED", snap
     assert snap.step("each").output == [{"out": f"thumb-{n}", "size": 64} for n in names]
+
+
+def test_timeout_applies_per_item(client: Client) -> None:
+    wf = mapped(
+        [0.05, 5, 0.05], {"seconds": "{{ item }}"}, method="sleep", after=False, timeout=1, critical=False
+    )
+    snap = client.submit(wf).wait(60)
+    assert snap.status == "COMPLETED", snap
+    assert snap.step("each").output == [{"slept": 0.05}, None, {"slept": 0.05}]
+    got = items(client, snap.id, "each")
+    assert got["each[1]"]["status"] == "FAILED"
+    assert "timeout: step 'each[1]' ran past its timeout of 1.0s" in got["each[1]"]["error"]

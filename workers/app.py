@@ -125,6 +125,9 @@ def create_worker_app(
             super().on_timeout(soft, timeout)
             if not soft:
                 try:
+                    if self.task.name == ITEM_TASK:
+                        mapstep.on_item_hard_timeout(rt, self.args, timeout)
+                        return
                     steps.on_hard_timeout(rt, self.args, timeout)
                 except Exception:
                     log.exception("canvasflow: could not recover from a hard time limit")

@@ -450,3 +450,35 @@ def collect_now(
         rec.attempt_started_at,
         rec.attempts,
     )
+
+
+def on_item_hard_timeout(rt: shell.Runtime, args: Any, limit: float) -> None:
+    """In the worker's main process, after Celery killed an item's pool process at its hard time
+    limit: the item fails (as a step would), and what is left of the run is sent again (the
+    chord of this dispatch will not complete: a part of it failed under Celery)."""
+    try:
+        wire, hdr_wire, index, *_ = args
+        spec = compiler.read_spec(wire)
+        hdr = compiler.read_header(hdr_wire)
+        run_id, epoch = hdr["run"], int(hdr["epoch"])
+        iid = item_id(spec["id"], int(index))
+    except (TypeError, ValueError, KeyError, IndexError):
+        return
+    if int(index) < 0:
+        return  # a lane killed before it claimed an item
+    ispec = _item_spec(spec, int(index))
+    error = core.hard_timeout_error(ispec, limit)
+    current = rt.state.step(run_id, iid, "attempts", "attempt_started_at", "worker", "task_id")
+    record = core.killed_record(
+        iid,
+        current.attempts,
+        current.attempt_started_at,
+        current.worker,
+        current.task_id,
+        now=time.time(),
+        error=error,
+    )
+    if rt.state.fail_killed_step(
+        run_id, iid, epoch, error=error, critical=spec.get("critical", True), attempt=record
+    ):
+        rt.dispatcher.redispatch(run_id, reason=f"item '{iid}' killed at its hard time limit")

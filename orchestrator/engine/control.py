@@ -263,11 +263,7 @@ class Control:
         )
         if verdict != "ok":
             raise self._refuse("retry_compensation", run_id, before, actor, reason)
-        order = [
-            s
-            for s in reversed(self.state.completed_order(run_id))
-            if s in steps and steps[s].status == StepStatus.COMPLETED and defn.step(s).compensate
-        ]
+        order = self.dispatcher.compensation_order(run_id, defn, steps)
         self.dispatcher.compensations(run_id, epoch, run, defn, order, str(target))
         self.audit(run_id, "retry_compensation", actor, reason, "ok", {"steps": order})
         return ActionResult(
