@@ -146,3 +146,46 @@ def test_a_clone_of_a_run_with_a_mapped_step_runs_it_again(client: Client) -> No
     assert again.status == "COMPLETED" and again.id != first.id
     assert again.step("each").output == [{"slept": 0.01}] * 3
     assert len(items(client, again.id, "each")) == 3
+
+
+def test_retry_from_upstream_of_the_mapped_step_runs_every_item_again(client: Client) -> None:
+    wf = (
+        Workflow("mapup")
+        .step("list", "builtin", "echo", params={"xs": [0, 0, 1]})
+        .step(
+            "each",
+            "builtin",
+            "fail",
+            depends_on=["list"],
+            map={"over": "{{ steps.list.output.xs }}"},
+            params={"message": "bad", "times": "{{ item }}"},
+        )
+    )
+    run = client.submit(wf)
+    assert run.wait(60).status == "FAILED"
+    client.control.retry(run.id, from_step="list")
+    snap = run.wait(60)
+    assert snap.status == "COMPLETED", snap
+    got = items(client, run.id, "each")
+    assert [got[f"each[{i}]"]["attempts"] for i in range(3)] == ["2", "2", "2"]
+
+
+def test_a_when_that_reads_the_item_skips_single_items(client: Client) -> None:
+    wf = (
+        Workflow("mapwhen")
+        .step("list", "builtin", "echo", params={"xs": [1, 2, 3, 4]})
+        .step(
+            "each",
+            "builtin",
+            "echo",
+            depends_on=["list"],
+            map={"over": "{{ steps.list.output.xs }}", "as": "x"},
+            when="x % 2 == 0",
+            params={"x": "{{ x }}"},
+        )
+    )
+    snap = client.submit(wf).wait(60)
+    assert snap.status == "COMPLETED", snap
+    assert snap.step("each").output == [None, {"x": 2}, None, {"x": 4}]
+    got = items(client, snap.id, "each")
+    assert [got[f"each[{i}]"]["status"] for i in range(4)] == ["SKIPPED", "COMPLETED"] * 2

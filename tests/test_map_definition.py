@@ -187,3 +187,24 @@ def test_a_mapped_step_runs_inline() -> None:
     assert snap.status == "COMPLETED", snap
     assert snap.step("each").output == [{"v": 30, "i": 0}, {"v": 10, "i": 1}, {"v": 20, "i": 2}]
     assert snap.step("sum").output == {"second": 10}
+
+
+def test_an_item_message_carries_its_index_not_the_list() -> None:
+    from workers.mapstep import _item_context
+
+    big = list(range(50_000))
+    spec = {"id": "r", "map": ["{{ inputs.xs }}", "item", 0], "params": {"v": "{{ item }}"}}
+    hdr = {"run": "r1", "epoch": 1, "wf": "w", "inputs": {"xs": big}}
+    known = {"@": ["r1", 1, "w", "", {"xs": big}], "list": ["COMPLETED", {"files": big}]}
+    item_hdr, upstream = _item_context(spec, hdr, known)
+    canvas = compiler.compile_items(
+        ["r", "builtin", "echo", 0], item_hdr, list(range(3)), 0, upstream, options={}
+    )
+    sizes = {len(repr(sig.args)) for sig in canvas.tasks}
+    assert max(sizes) < 200, sizes  # neither the inputs nor the upstream list ride along
+    # params that read the inputs: a small inputs rides in the header, a big one is read once
+    spec["params"] = {"v": "{{ inputs.scale }}"}
+    item_hdr, upstream = _item_context(spec, {**hdr, "inputs": {"scale": 2}}, {})
+    assert compiler.read_header(item_hdr)["inputs"] == {"scale": 2} and upstream == {}
+    item_hdr, upstream = _item_context(spec, hdr, known)
+    assert "inputs" not in compiler.read_header(item_hdr) and upstream is None

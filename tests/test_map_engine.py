@@ -231,7 +231,12 @@ def test_items_of_a_big_list_read_inputs_and_upstream_from_the_stored_context(
 
 def test_timeout_applies_per_item(client: Client) -> None:
     wf = mapped(
-        [0.05, 5, 0.05], {"seconds": "{{ item }}"}, method="sleep", after=False, timeout=1, critical=False
+        [0.05, 5, 0.05],
+        {"seconds": "{{ item }}"},
+        method="sleep",
+        after=False,
+        timeout=1,
+        critical=False,
     )
     snap = client.submit(wf).wait(60)
     assert snap.status == "COMPLETED", snap
