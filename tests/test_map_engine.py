@@ -244,3 +244,48 @@ def test_timeout_applies_per_item(client: Client) -> None:
     got = items(client, snap.id, "each")
     assert got["each[1]"]["status"] == "FAILED"
     assert "timeout: step 'each[1]' ran past its timeout of 1.0s" in got["each[1]"]["error"]
+
+
+def test_a_mapped_step_beside_another_branch_joins_like_a_step(client: Client) -> None:
+    # start -> {each (mapped), side} -> join: the mapped step replaces itself inside a chord
+    # header, and the join sees both branches.
+    wf = (
+        Workflow("mapfan")
+        .step("list", "builtin", "echo", params={"xs": [1, 2, 3]})
+        .step(
+            "each",
+            "builtin",
+            "echo",
+            depends_on=["list"],
+            map={"over": "{{ steps.list.output.xs }}", "max_parallel": 2},
+            params={"x": "{{ item }}"},
+        )
+        .step("side", "builtin", "sleep", depends_on=["list"], params={"seconds": 0.2})
+        .step(
+            "join",
+            "builtin",
+            "echo",
+            depends_on=["each", "side"],
+            params={"xs": "{{ steps.each.output }}", "side": "{{ steps.side.output }}"},
+        )
+    )
+    snap = client.submit(wf).wait(60)
+    assert snap.status == "COMPLETED", snap
+    assert snap.step("join").output == {
+        "xs": [{"x": 1}, {"x": 2}, {"x": 3}],
+        "side": {"slept": 0.2},
+    }
+
+
+def test_expansion_does_not_subscribe_to_the_results_of_its_items(client: Client) -> None:
+    # Celery's Redis backend subscribes to the result of each task of a frozen group; a worker
+    # that expanded 10,000 items would hold 10,000 subscriptions it never reads.
+    r = client.state.r
+
+    def channels() -> int:
+        return len(r.pubsub_channels("*celery-task-meta-*"))
+
+    before = channels()
+    snap = client.submit(mapped(list(range(300)), after=False)).wait(60)
+    assert snap.status == "COMPLETED", snap
+    assert channels() - before < 300

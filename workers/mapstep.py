@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Task
@@ -176,7 +177,28 @@ def expand(
         options=_options(task, rt, spec),
         app=task.app,
     )
-    return task.replace(canvas)
+    with _results_unwatched(task.app):
+        return task.replace(canvas)
+
+
+@contextmanager
+def _results_unwatched(app: Any) -> Iterator[None]:
+    """``Task.replace`` freezes the chord, and freezing a group makes Celery's Redis result
+    backend SUBSCRIBE to the result channel of every header task (one command each), holding
+    each pending result until it arrives — with ``ignore_result`` never: 10,000 round trips and
+    10,000 results kept per expansion. Nothing here waits on them (the chord counts its parts in
+    the backend, not through these subscriptions), so none is made."""
+    backend = app.backend
+    had = "add_pending_result" in vars(backend)
+    saved = vars(backend).get("add_pending_result")
+    backend.add_pending_result = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        if had:
+            backend.add_pending_result = saved
+        else:
+            del backend.add_pending_result
 
 
 def _end(
