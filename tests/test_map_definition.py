@@ -208,3 +208,18 @@ def test_an_item_message_carries_its_index_not_the_list() -> None:
     assert compiler.read_header(item_hdr)["inputs"] == {"scale": 2} and upstream == {}
     item_hdr, upstream = _item_context(spec, hdr, known)
     assert "inputs" not in compiler.read_header(item_hdr) and upstream is None
+
+
+def test_the_settle_after_a_mapped_step_does_not_carry_the_inputs() -> None:
+    # Task.replace puts the rest of the chain into the chord body, and the body rides in every
+    # item message: a settle carrying a 10,000-element input made each message O(n).
+    d = (
+        Workflow("m", inputs={"xs": []})
+        .step("r", "builtin", "echo", map={"over": "{{ inputs.xs }}"}, params={"v": "{{ item }}"})
+        .build()
+    )
+    ctx = compiler.RunContext("r1", 1, inputs={"xs": list(range(10_000))})
+    canvas = compiler.compile_run(d, ctx)
+    settle = canvas.tasks[-1]
+    assert settle.task == compiler.SETTLE_TASK
+    assert settle.args == ({"run": "r1", "epoch": 1},)

@@ -36,6 +36,7 @@ from orchestrator.engine.states import StepStatus
 from orchestrator.errors import EvaluationError, ExpressionError
 from orchestrator.keys import item_id, item_of
 from orchestrator.model import expressions
+from orchestrator.model.definition import AMQP_PRIORITIES, PRIORITIES
 from workers import step as shell
 from workers.context import StepContext
 
@@ -103,14 +104,29 @@ def _item_context(
     return compiler.wire_header(small), picked
 
 
-def _options(task: Task, rt: shell.Runtime, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The item tasks' queue, priority and time limits: the mapped step's own."""
+_PRIORITY: dict[str, str] = {}  # run id -> its priority, as this process last read it
+
+
+def _run_priority(rt: shell.Runtime, run_id: str) -> str:
+    if run_id not in _PRIORITY:
+        if len(_PRIORITY) > 1024:
+            _PRIORITY.clear()
+        (run,) = rt.state.runs([run_id], "priority")
+        _PRIORITY[run_id] = (run.priority if run else "") or "normal"
+    return _PRIORITY[run_id]
+
+
+def _options(task: Task, rt: shell.Runtime, spec: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """The item tasks' queue, priority and time limits: the mapped step's own (its queue is
+    where its message came from; its priority the run's, as the compiler gives every task)."""
     info = task.request.delivery_info or {}
     opts: dict[str, Any] = {}
     if info.get("routing_key"):
         opts["queue"] = info["routing_key"]
-    if info.get("priority") is not None:
-        opts["priority"] = info["priority"]
+    priority = _run_priority(rt, run_id)
+    if priority != "normal":
+        table = AMQP_PRIORITIES if rt.settings.broker_is_amqp else PRIORITIES
+        opts["priority"] = table[priority]
     if spec.get("timeout"):
         opts["soft_time_limit"] = spec["timeout"]
         opts["time_limit"] = spec["timeout"] + rt.hard_timeout_grace
@@ -174,7 +190,7 @@ def expand(
         todo,
         lanes,
         upstream,
-        options=_options(task, rt, spec),
+        options=_options(task, rt, spec, run_id),
         app=task.app,
     )
     with _results_unwatched(task.app):
@@ -291,7 +307,7 @@ def run_item(
     nxt = rt.state.claim_item(run_id, sid, epoch, str(index))
     if nxt < 0:
         return None
-    options = _options(task, rt, spec)
+    options = _options(task, rt, spec, run_id)
     return task.replace(
         compiler.item_signature(wire, hdr_wire, nxt, lane, upstream, options, app=task.app)
     )

@@ -613,7 +613,9 @@ def compile_run(
             i += 1
         return out[0] if len(out) == 1 else chain(*out, app=app)
 
-    settle = sig(SETTLE_TASK, (ctx.header(),))
+    # The settle reads the run id and epoch only: without the inputs, which a mapped step's
+    # items would otherwise carry in every message (the rest of the chain rides in each).
+    settle = sig(SETTLE_TASK, ({"run": ctx.run_id, "epoch": ctx.epoch},))
     if the_plan.tree is None:
         return Signature(
             SETTLE_TASK, args=(seed, ctx.header()), options=routing(ctx, ctx.queue), app=app
