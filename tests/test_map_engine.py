@@ -289,3 +289,44 @@ def test_expansion_does_not_subscribe_to_the_results_of_its_items(client: Client
     snap = client.submit(mapped(list(range(300)), after=False)).wait(60)
     assert snap.status == "COMPLETED", snap
     assert channels() - before < 300
+
+
+def test_items_report_progress_and_logs_under_their_own_id(client: Client) -> None:
+    wf = mapped([0.3, 0.3], {"seconds": "{{ item }}"}, method="sleep", after=False)
+    snap = client.submit(wf).wait(60)
+    assert snap.status == "COMPLETED", snap
+    evs = events(client, snap.id)
+    progress = {e["step"] for e in evs if e["type"] == "progress"}
+    assert progress == {"each[0]", "each[1]"}
+    started = [e for e in evs if e["type"] == "step_started" and e["step"] == "each[1]"]
+    assert json.loads(started[0]["data"])["attempt"] == 1
+
+
+def test_lane_claims_are_atomic_and_repeatable(redis_client) -> None:
+    import uuid
+
+    from orchestrator.engine.runstate import RunState
+    from orchestrator.records import RunRecord
+
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    state = RunState(redis_client, keys, state_ttl=60)
+    state.create(RunRecord.from_hash("r1", {"workflow": "w"}), ["m"])
+    assert state.begin_step("r1", "m", 1, intent="run", owner="o", lease_ttl=30, task_id="t",
+                            worker="w")[0] == "go"  # fmt: skip
+    verdict, n, todo = state.expand("r1", "m", 1, owner="o", elements=["1"] * 5, max_parallel=2)
+    assert (verdict, n, todo) == ("ok", 5, [0, 1, 2, 3, 4])
+    # the same expansion again (its message delivered twice) records nothing new
+    again = state.expand("r1", "m", 1, owner="o", elements=["1"] * 5, max_parallel=2)
+    assert again == ("again", 5, [0, 1, 2, 3, 4])
+    mapped = [e for _, e in redis_client.xrange(keys.events) if e[b"type"] == b"step_mapped"]
+    assert len(mapped) == 1
+    first = [state.claim_item("r1", "m", 1, "L0"), state.claim_item("r1", "m", 1, "L1")]
+    assert sorted(first) == [0, 1]
+    # a lane's message delivered again repeats its claim, it does not take one more
+    assert state.claim_item("r1", "m", 1, "L0") == first[0]
+    nxt = state.claim_item("r1", "m", 1, str(first[0]))
+    assert nxt == 2 and state.claim_item("r1", "m", 1, str(first[0])) == 2
+    assert [state.claim_item("r1", "m", 1, x) for x in ("2", "3")] == [3, 4]
+    assert state.claim_item("r1", "m", 1, "4") == -1  # none left
+    assert state.claim_item("r1", "m", 2, "L0") == -2  # another dispatch's lane
+    redis_client.delete(*redis_client.keys(f"{keys.prefix}:*"))
