@@ -330,3 +330,25 @@ def test_lane_claims_are_atomic_and_repeatable(redis_client) -> None:
     assert state.claim_item("r1", "m", 1, "4") == -1  # none left
     assert state.claim_item("r1", "m", 2, "L0") == -2  # another dispatch's lane
     redis_client.delete(*redis_client.keys(f"{keys.prefix}:*"))
+
+
+def test_over_that_cannot_be_evaluated_fails_the_step_naming_map_over(client: Client) -> None:
+    snap = client.submit(
+        mapped(None, after=False).step("x", "builtin", "echo", depends_on=["each"])
+    ).wait(30)
+    # files is null: over gives null, not a list
+    assert snap.step("each").error == "map.over of step 'each' must give a list, but gave null"
+    wf = (
+        Workflow("mapbad")
+        .step("list", "builtin", "echo", params={"files": 3})
+        .step(
+            "each",
+            "builtin",
+            "echo",
+            depends_on=["list"],
+            map={"over": "{{ steps.list.output.files.names }}"},
+        )
+    )
+    snap = client.submit(wf).wait(30)
+    assert snap.status == "FAILED"
+    assert snap.step("each").error.startswith("map.over of step 'each': cannot render")

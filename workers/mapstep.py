@@ -168,7 +168,9 @@ def expand(
         message = (
             str(exc) if isinstance(exc, EvaluationError) else f"map.over of step '{sid}': {exc}"
         )
-        if not message.startswith("map.over"):
+        if go.error:
+            message = go.error  # the step's `when` could not be evaluated
+        elif not message.startswith("map.over"):
             message = f"map.over of step '{sid}': {message}"
         return _end(
             task, rt, spec, hdr, known, StepStatus.FAILED, "null", message, who.owner, started
