@@ -11,6 +11,7 @@ import time
 import pytest
 
 from orchestrator import Client, Workflow
+from orchestrator.keys import Keys
 from tests.test_map_engine import events, items
 
 pytestmark = pytest.mark.integration
@@ -102,6 +103,11 @@ def test_cancel_stops_items_and_compensates_completed_ones_newest_first(client: 
     ]
     comp = [e for e in evs if e["type"] == "step_compensated"]
     assert [e["step"] for e in comp] == list(reversed(done_order))  # newest first, one each
+    # the items' compensations ran as one self-replacing link (their ids stored once), not as
+    # one chain link each
+    stored = [k for k in client.state.r.hkeys(Keys(client.settings.key_prefix).map_data(run.id))
+              if k.startswith(b"@c")]  # fmt: skip
+    assert len(stored) == len(compensated)
     for i in compensated:
         out = json.loads(got[f"each[{i}]"]["compensation_output"])
         assert out == {"undo": i, "i": i, "out": {"slept": 0.3}}

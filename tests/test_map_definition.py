@@ -223,3 +223,10 @@ def test_the_settle_after_a_mapped_step_does_not_carry_the_inputs() -> None:
     settle = canvas.tasks[-1]
     assert settle.task == compiler.SETTLE_TASK
     assert settle.args == ({"run": "r1", "epoch": 1},)
+
+
+def test_consecutive_item_compensations_form_one_run() -> None:
+    from orchestrator.engine.itemstate import item_runs
+
+    order = ["r[3]", "r[2]", "r[1]", "a", "q[0]", "r[0]", "s[1]", "s[0]"]
+    assert item_runs(order) == [(0, 3), (6, 2)]

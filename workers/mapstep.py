@@ -522,3 +522,32 @@ def on_item_hard_timeout(rt: shell.Runtime, args: Any, limit: float) -> None:
         run_id, iid, epoch, error=error, critical=spec.get("critical", True), attempt=record
     ):
         rt.dispatcher.redispatch(run_id, reason=f"item '{iid}' killed at its hard time limit")
+
+
+def next_compensation(task: Task, rt: shell.Runtime, spec: Mapping[str, Any], hdr: Any) -> None:
+    """After an item's compensation, the link of its run replaces itself with the next item's
+    (the rest of the compensation chain follows the last); nothing when it was the last."""
+    name, k, n = spec["seq"]
+    if k + 1 >= n:
+        return
+    run_id = hdr["run"]
+    nxt = rt.state.sequence_item(run_id, name, k + 1)
+    if nxt is None:
+        return
+    info = task.request.delivery_info or {}
+    opts: dict[str, Any] = {}
+    if info.get("routing_key"):
+        opts["queue"] = info["routing_key"]
+    priority = _run_priority(rt, run_id)
+    if priority != "normal":
+        opts["priority"] = (AMQP_PRIORITIES if rt.settings.broker_is_amqp else PRIORITIES)[priority]
+    hard, soft = task.request.timelimit or (None, None)
+    if soft:
+        opts["soft_time_limit"] = soft
+    if hard:
+        opts["time_limit"] = hard
+    sig = compiler.compensation_signature(
+        {"ok": True}, {**spec, "id": nxt, "seq": [name, k + 1, n]}, hdr, opts, app=task.app
+    )
+    with _results_unwatched(task.app):
+        task.replace(sig)

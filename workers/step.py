@@ -727,6 +727,8 @@ def compensate(
         "step_compensated",
         fields={"compensation_output_json": output},
     )
+    if spec.get("seq"):
+        rt.mapped.next_compensation(task, rt, spec, hdr)  # the next item of its run, if any
     return {"ok": True}
 
 

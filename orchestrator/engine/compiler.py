@@ -638,11 +638,8 @@ def compile_items(
     options: Mapping[str, Any],
     app: Any = None,
 ) -> Signature:
-    """What a mapped step replaces itself with: a chord of its items and its collector.
-
-    Without ``lanes`` each item of ``todo`` is one header task; with ``lanes`` (max_parallel)
-    the header is that many lanes, each running one item at a time and replacing itself with
-    the next it claims. An item message carries its index, never the element or the list."""
+    """chord(items of ``todo``, or ``lanes`` lanes (max_parallel), collector): what a mapped step
+    replaces itself with. An item message carries its index, never the element or the list."""
     item_opts = dict(options)
     if lanes:
         header = [
@@ -657,6 +654,13 @@ def compile_items(
     body_opts = {k: v for k, v in options.items() if k in ("queue", "priority")}
     body = Signature(COLLECT_TASK, args=(wire, hdr), options=body_opts, app=app)
     return chord(group(header, app=app), body, app=app)
+
+
+def compensation_signature(
+    prev: Any, spec: Mapping[str, Any], hdr: Any, options: Mapping[str, Any], app: Any = None
+) -> Signature:
+    """The next compensation of an item run (the link replaces itself with it)."""
+    return Signature(COMPENSATE_TASK, args=(prev, dict(spec), hdr), options=dict(options), app=app)
 
 
 def item_signature(
@@ -689,12 +693,23 @@ def final_leaf(node: Node | None) -> str | None:
 
 
 def compile_compensation(
-    defn: Definition, ctx: RunContext, order: list[str], target: str, *, app: Any = None
+    defn: Definition,
+    ctx: RunContext,
+    order: list[str],
+    target: str,
+    *,
+    app: Any = None,
+    sequences: Mapping[int, tuple[str, int]] | None = None,
 ) -> Signature:
     """A chain that runs the compensations of ``order`` (newest completion first), one at a
-    time, then moves the run to ``target`` (FAILED or CANCELLED)."""
+    time, then moves the run to ``target`` (FAILED or CANCELLED). ``sequences``: {start: (name,
+    length)} of the item runs stored in the hot state; each is one self-replacing link."""
     links: list[Signature] = []
+    sequences = sequences or {}
+    skip_to = 0
     for i, sid in enumerate(order):
+        if i < skip_to:
+            continue
         base = item_of(sid)  # an item of a mapped step: its step's compensation, per item
         step = defn.step(base[0] if base else sid)
         comp = step.compensate
@@ -710,8 +725,12 @@ def compile_compensation(
         if comp.timeout:
             opts["soft_time_limit"] = comp.timeout
             opts["time_limit"] = comp.timeout + ctx.hard_timeout_grace
+        if i in sequences:
+            name, length = sequences[i]
+            spec["seq"] = [name, 0, length]
+            skip_to = i + length
         args: tuple = (spec, ctx.header())
-        if i == 0:
+        if not links:
             args = (None,) + args
         links.append(Signature(COMPENSATE_TASK, args=args, options=opts, app=app))
     final_args: tuple = (ctx.header(), target)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from orchestrator.engine import compiler
+from orchestrator.engine.itemstate import item_runs
 from orchestrator.engine.runstate import RunState
 from orchestrator.engine.states import SETTLED_STEP_STATUSES, Move, RunStatus, StepStatus
 from orchestrator.keys import item_of
@@ -139,7 +140,14 @@ class Dispatcher:
         """The compensations of ``order`` (newest completion first), one at a time, then the
         run moves to ``target``."""
         ctx = self.context(run_id, epoch, run, defn)
-        compiler.compile_compensation(defn, ctx, order, target, app=self.app).apply_async()
+        sequences = {}
+        for start, length in item_runs(order):
+            name = f"c{epoch}.{start}"
+            self.state.store_sequence(run_id, name, order[start : start + length])
+            sequences[start] = (name, length)
+        compiler.compile_compensation(
+            defn, ctx, order, target, app=self.app, sequences=sequences
+        ).apply_async()
 
     def redispatch(self, run_id: str, reason: str) -> bool:
         """Re-send what is left of a live run whose canvas broke (a step's process was killed at

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from orchestrator.keys import Keys, item_id, map_field, step_field
+from orchestrator.keys import Keys, item_id, item_of, map_field, step_field
 from orchestrator.records import text
 
 READ_CHUNK = 2000  # fields per HMGET when reading a mapped step's items
@@ -32,6 +32,21 @@ def digest(elements: Sequence[str]) -> str:
         h.update(e.encode())
         h.update(b"\x00")
     return h.hexdigest()
+
+
+def item_runs(order: list[str]) -> list[tuple[int, int]]:
+    """(start, length) of each run of two or more consecutive items of one mapped step in a
+    compensation order: one chain link each, the link replacing itself item by item (a chain
+    of 10,000 links would carry the rest of the chain in each of its messages)."""
+    runs, i = [], 0
+    while i < len(order):
+        base, j = item_of(order[i]), i + 1
+        while base and j < len(order) and (item_of(order[j]) or ("",))[0] == base[0]:
+            j += 1
+        if j - i > 1:
+            runs.append((i, j - i))
+        i = j
+    return runs
 
 
 class ItemState:
@@ -110,6 +125,17 @@ class ItemState:
     def stashed_known(self, run_id: str, step: str, epoch: int) -> dict[str, Any]:
         v = self.r.hget(self.keys.map_data(run_id), map_field(step, "known", epoch))
         return json.loads(text(v)) if v is not None else {}
+
+    def store_sequence(self, run_id: str, name: str, ids: Sequence[str]) -> None:
+        """A list of item ids (a run of compensations), read one by one by position."""
+        mapping = {map_field("@" + name, k): sid for k, sid in enumerate(ids)}
+        for lo in range(0, len(ids), 5000):
+            chunk = dict(list(mapping.items())[lo : lo + 5000])
+            self.r.hset(self.keys.map_data(run_id), mapping=chunk)
+
+    def sequence_item(self, run_id: str, name: str, position: int) -> str | None:
+        v = self.r.hget(self.keys.map_data(run_id), map_field("@" + name, position))
+        return None if v is None else text(v)
 
     def item_fields(self, run_id: str, step: str, n: int, names: Sequence[str]) -> list[list[str]]:
         """For each of ``names`` (item field names: status, output, error...), its value for
