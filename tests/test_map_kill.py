@@ -64,3 +64,36 @@ def test_sigkill_during_items_loses_none_and_completes_none_twice(
         assert all(float(got[k]["finished_at"]) > killed_at for k in retaken)
     finally:
         client.close()
+
+
+def test_an_item_killed_at_its_hard_limit_fails_and_the_run_settles(
+    redis_url: str, start_worker
+) -> None:
+    from tests.conftest import TEST_CALL_ALLOW
+
+    settings = make_settings(redis_url, hard_timeout_grace=1, call_allow=TEST_CALL_ALLOW)
+    start_worker(settings, concurrency=2)
+    client = Client(settings)
+    try:
+        wf = (
+            Workflow("mapreap")
+            .step("list", "builtin", "echo", params={"xs": [0, 30, 0]})
+            .step(
+                "each",
+                "builtin",
+                "call",
+                depends_on=["list"],
+                timeout=1,
+                map={"over": "{{ steps.list.output.xs }}", "max_parallel": 1},
+                params={"function": "tests.helpers:ignores_soft_timeout", "args": ["{{ item }}"]},
+            )
+        )
+        snap = client.submit(wf).wait(60)
+        assert snap.status == "FAILED", snap
+        got = items(client, snap.id, "each")
+        assert got["each[0]"]["status"] == "COMPLETED"
+        assert got["each[1]"]["status"] == "FAILED"
+        assert "killed at the hard limit" in got["each[1]"]["error"]
+        assert got["each[2]"]["status"] == "CANCELLED"  # fail fast: never started
+    finally:
+        client.close()
