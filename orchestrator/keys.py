@@ -39,6 +39,29 @@ class Keys:
         derive it as run(run_id) .. ':completed', next to ':steps' and ':attempts'."""
         return f"{self.run(run_id)}:completed"
 
+    def items(self, run_id: str) -> str:
+        """Hash: '<step>[<i>]|status', '|attempts', '|output'... for every item of every mapped
+        step of the run (the same fields as a step's, apart from the steps so that reading a
+        run's steps never reads its 10,000 items)."""
+        return f"{self.run(run_id)}:items"
+
+    def item_attempts(self, run_id: str) -> str:
+        """List: one JSON record per finished item attempt (the steps' list stays small)."""
+        return f"{self.run(run_id)}:items:attempts"
+
+    def map_data(self, run_id: str) -> str:
+        """Hash: each mapped step's element list, stored once when it expands ('<step>|<i>':
+        element JSON, '<step>|n', '<step>|epoch'), and the claims of its lanes
+        ('<step>|todo|<k>', '<step>|cursor', '<step>|after|<i>': max_parallel)."""
+        return f"{self.run(run_id)}:map"
+
+    def step_hash(self, run_id: str, step_id: str) -> str:
+        """The hash that holds ``step_id``'s fields: an item's lie in ``items``."""
+        return self.items(run_id) if is_item(step_id) else self.steps(run_id)
+
+    def step_attempts(self, run_id: str, step_id: str) -> str:
+        return self.item_attempts(run_id) if is_item(step_id) else self.attempts(run_id)
+
     def legacy_run_keys(self, run_id: str) -> list[tuple[str, str]]:
         """(name before 2026-12, name now) of each key of the run that had no hash tag then.
         Leases are left out: they expire within seconds of their process."""
@@ -235,6 +258,29 @@ class Keys:
     def schedulers(self) -> str:
         """Hash: scheduler id -> time of its last tick (unix s); `canvasflow schedules` shows it."""
         return f"{self.prefix}:sched:alive"
+
+
+def item_id(step_id: str, index: int) -> str:
+    """Item ``index`` (0-based, element order) of mapped step ``step_id``: 'resize[3]'."""
+    return f"{step_id}[{index}]"
+
+
+def is_item(step_id: str) -> bool:
+    """Step ids match [A-Za-z0-9][A-Za-z0-9_.-]*: only an item id holds '['."""
+    return "[" in step_id
+
+
+def item_of(step_id: str) -> tuple[str, int] | None:
+    """(mapped step, index) of an item id, None for a step id."""
+    if not step_id.endswith("]") or "[" not in step_id:
+        return None
+    base, _, rest = step_id.rpartition("[")
+    return (base, int(rest[:-1])) if rest[:-1].isdigit() else None
+
+
+def map_field(step_id: str, *parts: object) -> str:
+    """A field of the ``map_data`` hash: '<step>|<i>' (an element), '<step>|known|<epoch>'..."""
+    return STEP_FIELD_SEP.join([step_id, *(str(p) for p in parts)])
 
 
 def step_field(step_id: str, name: str) -> str:

@@ -196,6 +196,7 @@ class StepRecord:
     compensation_output_json: str | None = None
     compensation_error: str | None = None
     compensation_traceback: str | None = None
+    items: int = 0  # a mapped step's item count, once it expanded
 
     @classmethod
     def from_hash(cls, step_id: str, values: Mapping[Any, Any]) -> StepRecord:
@@ -365,7 +366,9 @@ class Reads:
     def step(self, run_id: str, step_id: str, *attrs: str) -> None:
         """StepRecord attributes of one step (all of them when none are named)."""
         names = step_field_names(attrs) if attrs else list(STEP_FIELDS)
-        self._pipe.hmget(self.keys.steps(run_id), [step_field(step_id, n) for n in names])
+        self._pipe.hmget(
+            self.keys.step_hash(run_id, step_id), [step_field(step_id, n) for n in names]
+        )
         self._decoders.append(
             lambda v: StepRecord.from_hash(step_id, dict(zip(names, v, strict=True)))
         )

@@ -96,6 +96,7 @@ SCRIPTS: dict[str, Script] = {
         postgres=True,
     ),
     "bench_core": Script(("bench_core.py", "--smoke", "--json", "{json}")),
+    "bench_map": Script(("bench_map.py", "--smoke", "--json", "{json}")),
     "drill_worker_loss": Script(("drill_worker_loss.py", "--smoke")),
     # Needs root for `ip netns`; prints "skipped: <why>" and exits 0 where that is refused.
     "drill_hosts": Script(
@@ -300,6 +301,21 @@ def test_bench_core_times_every_shape_on_raw_celery_and_on_canvasflow(
     ran = runs.get(script)
     core_figures(ran.json)
     assert "ratio cf/raw" in ran.out and "per chain link: raw" in ran.out
+
+
+@pytest.mark.parametrize("script", ["bench_map"])
+def test_bench_map_times_a_mapped_step_against_a_raw_chord_with_peak_memory(
+    runs: Runs, script: str
+) -> None:
+    ran = runs.get(script)
+    figures = ran.json
+    (sides,) = figures["results"].values()
+    for side in ("raw", "cf"):
+        assert sides[side]["items"] == 5 and positive(sides[side]["median"]), side
+    (memory,) = figures["peak_rss_kb"].values()
+    for side in ("raw", "cf"):
+        assert positive(*memory[side].values()), side
+    assert "ratio" in ran.out and "peak RSS (MB)" in ran.out
 
 
 @pytest.mark.parametrize("script", ["bench_recorder_core"])

@@ -59,6 +59,11 @@ CROSS_SLOT: dict[str, set[str]] = {
         "events",
         "live",
     },
+    # mapped steps (engine/itemstate.py)
+    "expand": {"events"},
+    "claim_item": set(),
+    "close_items": {"events"},
+    "items_live": set(),
 }
 FLEET = ("events", "controlled", "control_channel", "live", "watchdog", "runs", "sla_watch")
 
@@ -119,6 +124,14 @@ def exercise(state: RunState, run_id: str) -> None:
         data={"actor": "audit"},
         force=True,
     )
+    # a mapped step 'm' and its items
+    state.r.hset(state.keys.steps(run_id), mapping={"m|status": "PENDING"})
+    state.begin_step(run_id, "m", head.epoch + 1, intent="run", owner="o3", lease_ttl=30,
+                     task_id="t3", worker="w")  # fmt: skip
+    state.expand(run_id, "m", head.epoch + 1, owner="o3", elements=["1", "2"])
+    state.claim_item(run_id, "m", head.epoch + 1, "L0")
+    state.items_live(run_id)
+    state.close_items(run_id, ["m[1]"], reason="audit")
     state.cancel(run_id, terminate=True)
     state.read(run_id)
     state.live_page([run_id], ["status"])
@@ -297,6 +310,8 @@ def test_on_a_redis_cluster_exactly_the_audited_cross_slot_calls_are_refused(
     refused["admit"] = lambda: state.admit(
         run_id, state.slot_group("w", "k", 1), strategy="queue", priority="normal"
     )
+    refused["expand"] = lambda: state.expand(run_id, "a", 1, owner="o1", elements=["1"])
+    refused["close_items"] = lambda: state.close_items(run_id, ["a[0]"], reason="x")
     assert set(refused) - {"create"} == {n for n, fleet in CROSS_SLOT.items() if fleet}
     for name, call in refused.items():
         with pytest.raises(

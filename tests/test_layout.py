@@ -400,11 +400,23 @@ RUN_STATE_OWNERS = {
     "orchestrator/engine/runstate.py",
     "orchestrator/engine/slotstate.py",  # RunState's concurrency slots (a mixin)
     "orchestrator/engine/childstate.py",  # RunState's child runs (a mixin)
+    "orchestrator/engine/itemstate.py",  # RunState's items of mapped steps (a mixin)
     "orchestrator/records.py",
 }
 KEY_BUILDER = "orchestrator/keys.py"
 # Keys.<method>(run_id...): the keys of one run, which only the owners may address.
-RUN_KEY_METHODS = {"run", "steps", "attempts", "completed", "lease"}
+RUN_KEY_METHODS = {
+    "run",
+    "steps",
+    "attempts",
+    "completed",
+    "lease",
+    "items",
+    "item_attempts",
+    "map_data",
+    "step_hash",
+    "step_attempts",
+}
 KEY_PATTERNS = (":run:", ":lease:", ":steps", ":attempts", ":completed")
 
 

@@ -21,8 +21,10 @@ from orchestrator.connect import state_redis
 from orchestrator.engine import stepcore
 from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.compiler import (
+    COLLECT_TASK,
     COMPENSATE_TASK,
     COMPENSATED_TASK,
+    ITEM_TASK,
     MERGE_TASK,
     SETTLE_TASK,
     STEP_TASK,
@@ -32,7 +34,7 @@ from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
 from orchestrator.model import callallow
 from orchestrator.settings import Settings
-from workers import broker, guard, subrun
+from workers import broker, guard, mapstep, subrun
 from workers import notify as notify_tasks
 from workers import step as steps
 from workers.builtin import Builtin
@@ -127,10 +129,14 @@ def create_worker_app(
             super().on_timeout(soft, timeout)
             if not soft:
                 try:
+                    if self.task.name == ITEM_TASK:
+                        mapstep.on_item_hard_timeout(rt, self.args, timeout)
+                        return
                     steps.on_hard_timeout(rt, self.args, timeout)
                 except Exception:
                     log.exception("canvasflow: could not recover from a hard time limit")
 
+    rt.mapped = mapstep
     rt.revoke = lambda task_id: app.control.revoke(task_id, terminate=True, signal="SIGTERM")
     app.canvasflow_runtime = rt  # type: ignore[attr-defined]
     app.canvasflow_settings = settings  # type: ignore[attr-defined]
@@ -157,6 +163,34 @@ def create_worker_app(
     def step(self: Task, incoming: Any, spec: Any, hdr: dict | None = None) -> Any:
         with broker.hand_back_on_outage(self):
             return steps.run_step(self, rt, incoming, spec, hdr)
+
+    @app.task(
+        shared=False,
+        name=ITEM_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        Request=StepRequest,
+        ignore_result=True,
+        max_retries=None,
+    )
+    def item(self: Task, spec: Any, hdr: Any, index: int, lane: int, upstream: Any) -> Any:
+        with broker.hand_back_on_outage(self):
+            return mapstep.run_item(self, rt, spec, hdr, index, lane, upstream)
+
+    @app.task(
+        shared=False,
+        name=COLLECT_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        Request=StepRequest,
+        ignore_result=True,
+        max_retries=None,
+    )
+    def collect(self: Task, results: Any, spec: Any, hdr: Any) -> Any:
+        with broker.hand_back_on_outage(self):
+            return mapstep.collect(self, rt, spec, hdr)
 
     @app.task(shared=False, name=MERGE_TASK, ignore_result=True)
     def merge(incoming: Any, hdr: dict) -> Any:

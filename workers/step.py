@@ -40,6 +40,7 @@ from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState, dumps
 from orchestrator.engine.states import Move, RunStatus, StepStatus
 from orchestrator.errors import StepError
+from orchestrator.keys import is_item, item_of
 from orchestrator.model import expressions
 from orchestrator.model.definition import Definition, from_stored
 from orchestrator.records import RunRecord
@@ -74,8 +75,10 @@ class Runtime:
         self.fast_steps = settings.fast_steps
         self.watch = ControlWatch(state.r, state.keys)
         self.watch.listen(self.heartbeat.on_control)
-        # Set by workers.app: revoke(task_id) terminates a task of this app.
+        # Set by workers.app: revoke(task_id) terminates a task of this app; ``mapped`` is
+        # workers/mapstep.py (mapped steps: it builds on this module, so it is handed in).
         self.revoke: Any = None
+        self.mapped: Any = None
         self._method_info = {name: methods for name, methods in registry.catalog().items()}
 
 
@@ -307,12 +310,29 @@ def _who(task: Task) -> _Who:
 def _run_step(
     task: Task, rt: Runtime, incoming: Any, spec: dict[str, Any], hdr: dict[str, Any]
 ) -> Any:
-    run_id, epoch, sid = hdr["run"], hdr["epoch"], spec["id"]
+    run_id, sid = hdr["run"], spec["id"]
     known = core.merge(incoming)
     who = _who(task)
     if spec.get("deps") == "@":
         spec = {**spec, "deps": rt.state.step_deps(run_id, sid)}
-    entry = core.admit(spec, hdr, known)
+    if spec.get("map"):
+        return rt.mapped.expand(task, rt, spec, hdr, known, who)  # into items: workers/mapstep.py
+    return execute(task, rt, spec, hdr, known, core.admit(spec, hdr, known), who)
+
+
+def execute(
+    task: Task,
+    rt: Runtime,
+    spec: dict[str, Any],
+    hdr: dict[str, Any],
+    known: core.Outcomes,
+    entry: core.Go | core.Skip,
+    who: _Who,
+) -> Any:
+    """The body of a step: begin, render, call the plugin, record the end, retry or flow on.
+    A plain step and each item of a mapped step (workers/mapstep.py: the item's id, its scope
+    in ``entry``) go through this one function."""
+    run_id, epoch, sid = hdr["run"], hdr["epoch"], spec["id"]
     ctx = _begin(task, rt, spec, hdr, known, entry, who)
     if not isinstance(ctx, StepContext):
         return ctx  # Redis said the step may not (or need not) run: what flows on instead
@@ -599,6 +619,12 @@ def load_run_definition(run: RunRecord) -> Definition:
     return from_stored(run.definition)
 
 
+def compensable(defn: Definition, items: Mapping[str, Any] = {}) -> set[str]:  # noqa: B006
+    """Steps that declare a ``compensate``, and the items of such steps when they are mapped."""
+    steps = {s.id for s in defn.steps if s.compensate}
+    return steps | {iid for iid in items if (item_of(iid) or ("",))[0] in steps}
+
+
 def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     """The last task of every dispatch: decide how the run ends (or pauses)."""
     run_id, epoch = hdr["run"], hdr["epoch"]
@@ -625,6 +651,11 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
     # After a cancel (a lone settle with a new epoch) steps of the old dispatch may still be
     # running: the plan waits for them; a RUNNING step without a lease has lost its worker.
     alive = [sid for sid in core.running(statuses) if rt.state.lease_holder(run_id, sid)]
+    # The items of mapped steps count as steps here: a running one is waited for, one that never
+    # started is cancelled, a completed one is compensated (workers/mapstep.py).
+    items = rt.state.items_live(run_id)
+    alive += [iid for iid, (_, live) in items.items() if live]
+    statuses.update((iid, st) for iid, (st, _) in items.items())
     if not alive and core.unwind_target(status, halt) and subrun.children_active(rt, run_id):
         # Children wind down first (a cancel reached them): their compensations run before the
         # parent's own.
@@ -636,7 +667,7 @@ def settle(task: Task, rt: Runtime, hdr: Mapping[str, Any]) -> str:
         statuses,
         alive=alive,
         completed=rt.state.completed_order(run_id) if defn else (),
-        compensable=[s.id for s in defn.steps if s.compensate] if defn else (),
+        compensable=compensable(defn, items) if defn else (),
     )
     if isinstance(plan, core.Wait):
         raise task.retry(countdown=plan.countdown, max_retries=None)
@@ -655,7 +686,15 @@ def _carry_out(
     plan: core.SettlePlan,
 ) -> str:
     """Write what the settle plan says, in its order."""
+    lost_items = [sid for sid in plan.lost if is_item(sid)]
+    if plan.final is not RunStatus.PAUSED:
+        # Items that never started (or lost their worker) end CANCELLED, in bulk; after a pause
+        # they stay as they are and the resume runs them.
+        never = [sid for sid, _ in plan.cancel if is_item(sid)] + lost_items
+        rt.state.close_items(run_id, never, reason="its run was cancelled or failed", lost=True)
     for sid in plan.lost:
+        if is_item(sid):
+            continue
         # only if still RUNNING: the step may have finished since the read above
         rt.state.set_step(
             run_id,
@@ -671,7 +710,8 @@ def _carry_out(
     if plan.final is RunStatus.COMPLETED:
         return complete(rt, run_id, run.has_outputs)[1]
     for sid, before in plan.cancel:
-        rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=before)
+        if not is_item(sid):
+            rt.state.set_step(run_id, sid, StepStatus.CANCELLED, "step_cancelled", expect=before)
     if plan.compensate and defn is not None:
         done, _ = rt.state.transition(
             run_id,
@@ -722,6 +762,8 @@ def compensate(
         "steps": {s: {"status": step.status, "output": step.output} for s, step in steps.items()},
         "run": {"id": run_id, "workflow": run.workflow, "version": run.version},
     }
+    if is_item(sid):
+        rt.mapped.item_compensation_scope(rt, run_id, sid, spec.get("as", "item"), scope)
     attempt = task.request.retries + 1
     ctx = StepContext(run_id, sid, attempt, run.workflow)
     try:
@@ -756,6 +798,8 @@ def compensate(
         "step_compensated",
         fields={"compensation_output_json": output},
     )
+    if spec.get("seq"):
+        rt.mapped.next_compensation(task, rt, spec, hdr)  # the next item of its run, if any
     return {"ok": True}
 
 

@@ -166,9 +166,9 @@ def explain(file: str) -> None:
     d = load_file(file)
     p = compiler.plan(d)
     console.print(f"workflow [bold]{d.id}[/] ({d.mode}, {len(d.steps)} steps) compiles to:")
-    for line in compiler.describe_plan(p, compiler.step_labels(d)):
-        console.print("  " + line, highlight=False)
-    if isinstance(compiler.final_leaf(p.tree), str):
+    for line in compiler.describe_plan(p, d):
+        console.print("  " + line, highlight=False, markup=False)
+    if compiler.blueprint(d).final is not None:
         console.print("  the last step settles the run (compensations if it failed)")
     else:
         console.print("  then canvasflow.settle (settles the run; compensations if it failed)")

@@ -19,6 +19,7 @@ from celery import chain, chord, group
 from celery.canvas import Signature
 
 from orchestrator.engine import stepcore
+from orchestrator.keys import item_of
 from orchestrator.model import expressions
 from orchestrator.model.definition import AMQP_PRIORITIES, PRIORITIES, Definition, Step
 
@@ -27,6 +28,8 @@ MERGE_TASK = "canvasflow.merge"
 SETTLE_TASK = "canvasflow.settle"
 COMPENSATE_TASK = "canvasflow.compensate"
 COMPENSATED_TASK = "canvasflow.compensated"
+ITEM_TASK = "canvasflow.item"  # one item of a mapped step (workers/mapstep.py)
+COLLECT_TASK = "canvasflow.collect"  # a mapped step's end: its items' outcomes into its own
 # Longer depends_on lists are read from the run's stored definition at run time: a fan-in's
 # spec rides in every header message of its chord (Celery puts the chord body in each part).
 MAX_INLINE_DEPS = 16
@@ -332,6 +335,9 @@ def _all_paths(defn: Definition) -> list[tuple]:
         for _, tpl in expressions.iter_templates(body_params(s)):
             for e in tpl.expressions:
                 paths.extend(e.paths())
+        if s.map:
+            for e in expressions.Template.parse(s.map.over).expressions:
+                paths.extend(e.paths())
     return paths
 
 
@@ -354,6 +360,8 @@ def referenced_outputs(defn: Definition) -> set[str]:
             exprs.append(expressions.parse(s.when))
         for _, tpl in expressions.iter_templates(body_params(s)):
             exprs.extend(tpl.expressions)
+        if s.map:
+            exprs.extend(expressions.Template.parse(s.map.over).expressions)
         for e in exprs:
             for chain_ in e.paths():
                 if (
@@ -407,6 +415,9 @@ def step_spec(step: Step, keep_output: bool, forward: bool = True) -> dict[str, 
         spec["keep"] = True
     if step.compensate:
         spec["comp"] = 1  # never on the fast path (workers/step.py): whether it ran must be known
+    if step.map:
+        # [over, as, max_parallel or 0]: the step expands into items at run time (engine/mapping.py)
+        spec["map"] = [step.map.over, step.map.as_, step.map.max_parallel or 0]
     return spec
 
 
@@ -539,6 +550,8 @@ def blueprint(defn: Definition, settled: Iterable[str] = ()) -> Blueprint:
     keep = frozenset(referenced_outputs(defn))
     forward = frozenset(forwarded_outcomes(defn))
     final = final_leaf(the_plan.tree)
+    if final is not None and defn.step(final).map:
+        final = None  # a mapped step ends in its collector: a settle task follows it
     specs = {}
     for step in defn.steps:
         spec = step_spec(step, step.id in keep, step.id in forward)
@@ -613,7 +626,9 @@ def compile_run(
             i += 1
         return out[0] if len(out) == 1 else chain(*out, app=app)
 
-    settle = sig(SETTLE_TASK, (ctx.header(),))
+    # The settle reads the run id and epoch only: without the inputs, which a mapped step's
+    # items would otherwise carry in every message (the rest of the chain rides in each).
+    settle = sig(SETTLE_TASK, ({"run": ctx.run_id, "epoch": ctx.epoch},))
     if the_plan.tree is None:
         return Signature(
             SETTLE_TASK, args=(seed, ctx.header()), options=routing(ctx, ctx.queue), app=app
@@ -623,6 +638,56 @@ def compile_run(
         return body
     return (
         _series([body, settle]) if not isinstance(body, chain) else _series([*body.tasks, settle])
+    )
+
+
+def compile_items(
+    wire: list[Any],
+    hdr: list[Any],
+    todo: list[int],
+    lanes: int,
+    upstream: Any,
+    *,
+    options: Mapping[str, Any],
+    app: Any = None,
+) -> Signature:
+    """chord(items of ``todo``, or ``lanes`` lanes (max_parallel), collector): what a mapped step
+    replaces itself with. An item message carries its index, never the element or the list."""
+    item_opts = dict(options)
+    if lanes:
+        header = [
+            Signature(ITEM_TASK, args=(wire, hdr, -1, lane, upstream), options=item_opts, app=app)
+            for lane in range(lanes)
+        ]
+    else:
+        header = [
+            Signature(ITEM_TASK, args=(wire, hdr, i, -1, upstream), options=item_opts, app=app)
+            for i in todo
+        ]
+    body_opts = {k: v for k, v in options.items() if k in ("queue", "priority")}
+    body = Signature(COLLECT_TASK, args=(wire, hdr), options=body_opts, app=app)
+    return chord(group(header, app=app), body, app=app)
+
+
+def compensation_signature(
+    prev: Any, spec: Mapping[str, Any], hdr: Any, options: Mapping[str, Any], app: Any = None
+) -> Signature:
+    """The next compensation of an item run (the link replaces itself with it)."""
+    return Signature(COMPENSATE_TASK, args=(prev, dict(spec), hdr), options=dict(options), app=app)
+
+
+def item_signature(
+    wire: list[Any],
+    hdr: list[Any],
+    index: int,
+    lane: int,
+    upstream: Any,
+    options: Mapping[str, Any],
+    app: Any = None,
+) -> Signature:
+    """The next item of a lane (the lane replaces itself with it)."""
+    return Signature(
+        ITEM_TASK, args=(wire, hdr, index, lane, upstream), options=dict(options), app=app
     )
 
 
@@ -641,25 +706,44 @@ def final_leaf(node: Node | None) -> str | None:
 
 
 def compile_compensation(
-    defn: Definition, ctx: RunContext, order: list[str], target: str, *, app: Any = None
+    defn: Definition,
+    ctx: RunContext,
+    order: list[str],
+    target: str,
+    *,
+    app: Any = None,
+    sequences: Mapping[int, tuple[str, int]] | None = None,
 ) -> Signature:
     """A chain that runs the compensations of ``order`` (newest completion first), one at a
-    time, then moves the run to ``target`` (FAILED or CANCELLED)."""
+    time, then moves the run to ``target`` (FAILED or CANCELLED). ``sequences``: {start: (name,
+    length)} of the item runs stored in the hot state; each is one self-replacing link."""
     links: list[Signature] = []
+    sequences = sequences or {}
+    skip_to = 0
     for i, sid in enumerate(order):
-        comp = defn.step(sid).compensate
+        if i < skip_to:
+            continue
+        base = item_of(sid)  # an item of a mapped step: its step's compensation, per item
+        step = defn.step(base[0] if base else sid)
+        comp = step.compensate
         assert comp is not None
         spec: dict[str, Any] = {"id": sid, "plugin": comp.plugin, "method": comp.method}
+        if base and step.map:
+            spec["as"] = step.map.as_
         if comp.params:
             spec["params"] = dict(comp.params)
         if comp.retries:
             spec["retries"] = comp.retries
-        opts: dict[str, Any] = routing(ctx, comp.queue or defn.step(sid).queue)
+        opts: dict[str, Any] = routing(ctx, comp.queue or step.queue)
         if comp.timeout:
             opts["soft_time_limit"] = comp.timeout
             opts["time_limit"] = comp.timeout + ctx.hard_timeout_grace
+        if i in sequences:
+            name, length = sequences[i]
+            spec["seq"] = [name, 0, length]
+            skip_to = i + length
         args: tuple = (spec, ctx.header())
-        if i == 0:
+        if not links:
             args = (None,) + args
         links.append(Signature(COMPENSATE_TASK, args=args, options=opts, app=app))
     final_args: tuple = (ctx.header(), target)
@@ -722,17 +806,28 @@ def step_labels(defn: Definition) -> dict[str, str]:
     }
 
 
-def describe_plan(p: Plan, labels: Mapping[str, str] | None = None) -> list[str]:
-    """The plan as indented lines of canvas, for ``canvasflow explain``; ``labels`` are added
-    after step ids (step_labels)."""
+def describe_plan(p: Plan, defn: Definition | None = None) -> list[str]:
+    """The plan as indented lines of canvas, for ``canvasflow explain`` (with ``defn``, a mapped
+    step says what it maps over: ``resize [map over steps.list.output, max 50]``, and a
+    sub-workflow step which workflow its child runs: step_labels)."""
     lines: list[str] = []
-    labels = labels or {}
+    mapped = {s.id: s.map for s in defn.steps if s.map} if defn else {}
+    labels = step_labels(defn) if defn else {}
+
+    def label(sid: str) -> str:
+        m = mapped.get(sid)
+        text = sid
+        if m is not None:
+            over = m.over.strip().removeprefix("{{").removesuffix("}}").strip()
+            cap = f", max {m.max_parallel}" if m.max_parallel else ""
+            name = f", as {m.as_}" if m.as_ != "item" else ""
+            text = f"{sid} [map over {over}{name}{cap}]"
+        return f"{text} {labels[sid]}" if sid in labels else text
 
     def walk(node: Node, depth: int, joined: bool = False) -> None:
         pad = "  " * depth
         if isinstance(node, Leaf):
-            label = labels.get(node.step)
-            lines.append(f"{pad}{node.step} {label}" if label else f"{pad}{node.step}")
+            lines.append(f"{pad}{label(node.step)}")
         elif isinstance(node, Parallel):
             lines.append(f"{pad}group ({len(node.parts)} in parallel)")
             for part in node.parts:

@@ -244,6 +244,13 @@ class Control:
         # What the run page needs to tell an operator's retries from a step's own (Celery)
         # retries, and to show the first dispatch's SLA figure next to the retry's.
         before_attempts = {s: steps[s].attempts for s in reset if s in steps}
+        # Mapped steps that run again: the one retried from re-runs its items that did not
+        # complete; one downstream of it (or a retry from the start) runs every item again.
+        items = {
+            s: "unfinished" if s == from_step else "all"
+            for s in reset
+            if defn.step(s).map is not None
+        }
         verdict, before, epoch = self.state.restart(
             run_id,
             Move.RETRY,
@@ -252,6 +259,7 @@ class Control:
             clear=RETRY_CLEARS,
             data={"action": "retry", "actor": actor, "from_step": from_step or "", "reset": reset},
             slot=slots.group_of_run(self.state, run, defn),
+            items=items,
         )
         if verdict == "full":
             raise self._full("retry", run_id, run, actor, reason)
@@ -297,11 +305,7 @@ class Control:
             raise self._full("retry_compensation", run_id, run, actor, reason)
         if verdict != "ok":
             raise self._refuse("retry_compensation", run_id, before, actor, reason)
-        order = [
-            s
-            for s in reversed(self.state.completed_order(run_id))
-            if s in steps and steps[s].status == StepStatus.COMPLETED and defn.step(s).compensate
-        ]
+        order = self.dispatcher.compensation_order(run_id, defn, steps)
         self.dispatcher.compensations(run_id, epoch, run, defn, order, str(target))
         self.audit(run_id, "retry_compensation", actor, reason, "ok", {"steps": order})
         return ActionResult(

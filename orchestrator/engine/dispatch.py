@@ -18,9 +18,11 @@ from dataclasses import replace
 from typing import Any
 
 from orchestrator.engine import compiler, slots
+from orchestrator.engine.itemstate import item_runs
 from orchestrator.engine.runstate import RunState
 from orchestrator.engine.slotstate import DUPLICATE, Admission, SlotGroup
 from orchestrator.engine.states import SETTLED_STEP_STATUSES, Move, RunStatus, StepStatus
+from orchestrator.keys import item_of
 from orchestrator.model.definition import Definition, from_stored
 from orchestrator.records import RunRecord, StepRecord
 from orchestrator.settings import Settings
@@ -212,7 +214,14 @@ class Dispatcher:
         """The compensations of ``order`` (newest completion first), one at a time, then the
         run moves to ``target``."""
         ctx = self.context(run_id, epoch, run, defn)
-        compiler.compile_compensation(defn, ctx, order, target, app=self.app).apply_async()
+        sequences = {}
+        for start, length in item_runs(order):
+            name = f"c{epoch}.{start}"
+            self.state.store_sequence(run_id, name, order[start : start + length])
+            sequences[start] = (name, length)
+        compiler.compile_compensation(
+            defn, ctx, order, target, app=self.app, sequences=sequences
+        ).apply_async()
 
     def redispatch(self, run_id: str, reason: str) -> bool:
         """Re-send what is left of a live run whose canvas broke (a step's process was killed at
@@ -250,17 +259,37 @@ class Dispatcher:
             self.settle(run_id, epoch, run.priority)
         elif status == RunStatus.COMPENSATING:
             # A compensation that was running when the canvas was lost is run again.
-            order = [
-                s
-                for s in reversed(self.state.completed_order(run_id))
-                if s in steps
-                and steps[s].status in (StepStatus.COMPLETED, StepStatus.COMPENSATING)
-                and defn.step(s).compensate
-            ]
+            order = self.compensation_order(
+                run_id, defn, steps, (StepStatus.COMPLETED, StepStatus.COMPENSATING)
+            )
             target = run.compensate_target or RunStatus.FAILED
             self.compensations(run_id, epoch, run, defn, order, str(target))
         else:
             self.remaining(run_id, epoch, run, defn, steps)
+
+    def compensation_order(
+        self,
+        run_id: str,
+        defn: Definition,
+        steps: Mapping[str, StepRecord],
+        statuses: tuple[str, ...] = (StepStatus.COMPLETED,),
+    ) -> list[str]:
+        """Steps, and items of mapped steps, in one of ``statuses`` whose step declares a
+        ``compensate``: newest completion first."""
+        items = self.state.items_live(run_id) if any(s.map for s in defn.steps) else {}
+        ids = set(defn.step_ids)
+        order = []
+        for sid in reversed(self.state.completed_order(run_id)):
+            base = item_of(sid)
+            step_id = base[0] if base else sid
+            if step_id not in ids or not defn.step(step_id).compensate:
+                continue
+            status = (
+                items.get(sid, ("",))[0] if base else (steps[sid].status if sid in steps else "")
+            )
+            if status in statuses:
+                order.append(sid)
+        return order
 
     def revoke(self, task_ids: list[str]) -> None:
         """Terminate running step tasks (SIGTERM to their pool processes): a cancel's first act."""

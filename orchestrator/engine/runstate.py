@@ -21,6 +21,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from orchestrator.engine.childstate import ChildState
+from orchestrator.engine.itemstate import ItemState
 from orchestrator.engine.slotstate import SlotGroup, SlotState
 from orchestrator.engine.states import NEW_EPOCH_MOVES, Move, RunStatus, lua_constants
 from orchestrator.keys import Keys, step_field
@@ -80,9 +81,10 @@ def pack_batch(batch: list[list[Any]] | None) -> list[str]:
     return [dumps(heads), *texts]
 
 
-class RunState(SlotState, ChildState):
+class RunState(SlotState, ChildState, ItemState):
     """All reads and writes of a run's hot state; one instance per process is enough (its
-    concurrency slots: engine/slotstate.py; its child runs: engine/childstate.py)."""
+    concurrency slots: engine/slotstate.py; its child runs: engine/childstate.py; the items of
+    mapped steps: engine/itemstate.py)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, *, state_ttl: int, maxlen: int = 0):
         self.r = client
@@ -116,16 +118,17 @@ class RunState(SlotState, ChildState):
         self.on_admit: Callable[[list[str]], None] | None = None
         probe = "\x00"
         self._run_head, self._run_tail = self.keys.run(probe).split(probe)
+        self._load_item_scripts(load)
 
     def _attempt_keys(self, run_id: str, step: str) -> list[str]:
         """The KEYS of the scripts that end an attempt (finish_step, run_once, fail_killed)."""
         k = self.keys
         return [
             k.run(run_id),
-            k.steps(run_id),
+            k.step_hash(run_id, step),
             k.lease(run_id, step),
             k.events,
-            k.attempts(run_id),
+            k.step_attempts(run_id, step),
             k.controlled,
             k.control_channel,
         ]
@@ -276,7 +279,7 @@ class RunState(SlotState, ChildState):
         res = self._begin(
             keys=[
                 self.keys.run(run_id),
-                self.keys.steps(run_id),
+                self.keys.step_hash(run_id, step),
                 self.keys.lease(run_id, step),
                 self.keys.events,
             ],
@@ -431,7 +434,7 @@ class RunState(SlotState, ChildState):
         """Set a step's status (and StepRecord fields) with its event, if the step table allows
         it (and, with ``expect``, only if the step still has that status); False otherwise."""
         res = self._step_set(
-            keys=[self.keys.run(run_id), self.keys.steps(run_id), self.keys.events],
+            keys=[self.keys.run(run_id), self.keys.step_hash(run_id, step), self.keys.events],
             args=[
                 run_id,
                 step,
@@ -499,10 +502,12 @@ class RunState(SlotState, ChildState):
         clear: Iterable[str] = (),
         data: Mapping[str, Any] | None = None,
         slot: SlotGroup | None = None,
+        items: Mapping[str, str] | None = None,
     ) -> tuple[str, str, int]:
         """Atomically: check that ``move`` may take the run to ``target``, bump the epoch, reset
-        steps to PENDING, clear run fields (RunRecord attributes); a retry of a run with a
-        concurrency ``slot`` group takes a slot again.
+        steps to PENDING, clear run fields (RunRecord attributes), reset the items of mapped
+        steps (``items``: {step: 'all' | 'unfinished'}); a retry of a run with a concurrency
+        ``slot`` group takes a slot again.
 
         Returns (verdict 'ok'|'refused'|'gone'|'full' (no free slot), status before, new epoch).
         """
@@ -537,6 +542,7 @@ class RunState(SlotState, ChildState):
                     if slot
                     else ("0", "", "", "")
                 ),
+                dumps(dict(items)) if items else "",
             ],
         )
         return text(res[0]), text(res[1]), int(text(res[2]))
@@ -556,6 +562,7 @@ class RunState(SlotState, ChildState):
                 k.settled_channel(run_id),
                 k.controlled,
                 k.control_channel,
+                k.items(run_id),
             ],
             args=[
                 run_id,
@@ -662,11 +669,20 @@ class RunState(SlotState, ChildState):
             return {
                 rid
                 for rid in ids
-                if int(self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")]))
+                if int(
+                    self._leased(
+                        keys=[self.keys.steps(rid), self.keys.items(rid)],
+                        args=[self.keys.lease(rid, "")],
+                    )
+                )
             }
         pipe = self.r.pipeline(transaction=False)
         for rid in ids:
-            self._leased(keys=[self.keys.steps(rid)], args=[self.keys.lease(rid, "")], client=pipe)
+            self._leased(
+                keys=[self.keys.steps(rid), self.keys.items(rid)],
+                args=[self.keys.lease(rid, "")],
+                client=pipe,
+            )
         return {rid for rid, hit in zip(ids, pipe.execute(), strict=True) if int(hit)}
 
     def adopt_legacy_keys(self, batch: int = 500) -> list[str]:

@@ -73,6 +73,15 @@ class Compensation:
 
 
 @dataclass(frozen=True)
+class MapSpec:
+    """``map`` of a mapped step: one item per element of the list ``over`` gives at run time."""
+
+    over: str
+    as_: str = "item"
+    max_parallel: int | None = None
+
+
+@dataclass(frozen=True)
 class Step:
     id: str
     plugin: str  # "" for a sub-workflow step (``workflow`` set instead)
@@ -95,6 +104,7 @@ class Step:
     workflow: str | None = None
     version: str | None = None
     inputs: Mapping[str, Any] | None = None
+    map: MapSpec | None = None
 
     def retry_countdown(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1`` after attempt ``attempt`` failed."""
@@ -202,6 +212,14 @@ class CompensationSchema(_StrictSchema):
     queue = fields.String(validate=Name(QUEUE_PATTERN, "invalid queue name"))
 
 
+class MapSchema(_StrictSchema):
+    over = fields.String(required=True, validate=validate.Regexp(r"\S", error="may not be empty"))
+    as_ = fields.String(data_key="as", load_default="item")
+    max_parallel = fields.Integer(
+        strict=True, allow_none=True, validate=validate.Range(min=1, error="must be at least 1")
+    )
+
+
 class StepSchema(_StrictSchema):
     id = fields.String(
         required=True, validate=Name(STEP_ID_PATTERN, "must match [A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -227,6 +245,7 @@ class StepSchema(_StrictSchema):
     critical = fields.Boolean()
     queue = fields.String(validate=Name(QUEUE_PATTERN, "invalid queue name"))
     compensate = fields.Nested(CompensationSchema, allow_none=True)
+    map = fields.Nested(MapSchema, allow_none=True)
 
 
 class DefaultsSchema(_StrictSchema):
@@ -319,9 +338,10 @@ def _unknown_field(key: str, schema: Schema) -> str:
 
     if isinstance(schema, WorkflowSchema) and key in STEP_DEFAULTS:
         return f"unknown field ('{key}' is a step setting: under defaults it applies to every step)"
-    hint = validation.did_you_mean(validation.suggest(key, schema.fields, 1))
-    if not hint and len(schema.fields) <= validation.MAX_LISTED:
-        hint = f" (fields: {', '.join(schema.fields)})"
+    names = [f.data_key or name for name, f in schema.fields.items()]
+    hint = validation.did_you_mean(validation.suggest(key, names, 1))
+    if not hint and len(names) <= validation.MAX_LISTED:
+        hint = f" (fields: {', '.join(names)})"
     return "unknown field" + hint
 
 
@@ -446,6 +466,7 @@ def _build(d: dict[str, Any]) -> Definition:
                 workflow=s.get("workflow"),
                 version=s.get("version"),
                 inputs=s.get("inputs"),
+                map=MapSpec(**s["map"]) if s.get("map") else None,
                 **settings,
             )
         )
@@ -523,6 +544,11 @@ def dump_definition(wf: Definition) -> dict[str, Any]:
             if c.queue:
                 cd["queue"] = c.queue
             d["compensate"] = cd
+        if s.map:
+            md: dict[str, Any] = {"over": s.map.over, "as": s.map.as_}
+            if s.map.max_parallel is not None:
+                md["max_parallel"] = s.map.max_parallel
+            d["map"] = md
         out["steps"].append(d)
     if wf.triggers:
         out["triggers"] = triggers_.dump(wf.triggers)

@@ -312,6 +312,14 @@ def _check_expressions(
         if not isinstance(sid, str):
             continue
         visible = _Visible(sid, i, upstream, index, sequential)
+        # A mapped step's params and when may read its item (``as``) and ``map.index``.
+        roots: frozenset[str] = frozenset()
+        mapping = s.get("map")
+        if isinstance(mapping, Mapping):
+            yield from _check_map(mapping, f"steps[{i}].map", sid, visible, index)
+            name = mapping.get("as", "item")
+            if isinstance(name, str) and MAP_AS.match(name) and name not in MAP_RESERVED:
+                roots = frozenset({name, "map"})
         when = s.get("when")
         if isinstance(when, str) and when.strip():  # a blank one is the schema's to report
             try:
@@ -319,20 +327,30 @@ def _check_expressions(
             except ExpressionError as exc:
                 yield f"steps[{i}].when", exc.message
             else:
-                yield from _check_paths(expr, f"steps[{i}].when", sid, visible, index)
+                yield from _check_paths(expr, f"steps[{i}].when", sid, visible, index, roots)
         params = s.get("params")
         if isinstance(params, Mapping):
-            yield from _check_templates(params, f"steps[{i}].params", sid, visible, index)
+            yield from _check_templates(params, f"steps[{i}].params", sid, visible, index, roots)
         comp = s.get("compensate")
         if isinstance(comp, Mapping) and isinstance(comp.get("params"), Mapping):
             # A compensation runs after its step completed, so it may read the step's own output.
             yield from _check_templates(
-                comp["params"], f"steps[{i}].compensate.params", sid, _Plus(visible, sid), index
+                comp["params"],
+                f"steps[{i}].compensate.params",
+                sid,
+                _Plus(visible, sid),
+                index,
+                roots,  # an item's compensation reads its item and map.index too
             )
 
 
 def _check_templates(
-    params: Mapping[str, Any], prefix: str, sid: str, visible: Container[str], index: dict[str, int]
+    params: Mapping[str, Any],
+    prefix: str,
+    sid: str,
+    visible: Container[str],
+    index: dict[str, int],
+    roots: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, str]]:
     for path, text in _strings(params, prefix):
         if "{{" not in text:
@@ -343,7 +361,7 @@ def _check_templates(
             yield path, exc.message
             continue
         for expr in template.expressions:
-            yield from _check_paths(expr, path, sid, visible, index)
+            yield from _check_paths(expr, path, sid, visible, index, roots)
 
 
 def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
@@ -364,13 +382,22 @@ def _check_paths(
     sid: str,
     visible: Container[str],
     index: dict[str, int],
+    roots: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, str]]:
     for chain in expr.paths():
         root = chain[0]
+        if root in roots:
+            if root == "map" and (len(chain) < 2 or chain[1] != "index"):
+                yield path, "map has one field: map.index (the item's position, from 0)"
+            continue
         if root not in ROOT_NAMES:
+            extra = "".join(f", {r}" for r in sorted(roots - {"map"})) + (
+                ", map.index" if roots else ""
+            )
             yield (
                 path,
-                f"unknown name '{root}' (names: inputs, steps.<id>.output, steps.<id>.status, run.id)",
+                f"unknown name '{root}' (names: inputs, steps.<id>.output, steps.<id>.status, "
+                f"run.id{extra})",
             )
             continue
         if root == "run" and len(chain) > 1 and chain[1] not in RUN_FIELDS:
@@ -393,6 +420,49 @@ def _check_paths(
                 path,
                 f"step '{ref}' is not upstream of '{sid}': add it to depends_on to read its {chain[2] if len(chain) > 2 else 'output'}",
             )
+
+
+MAP_AS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+MAP_RESERVED = ROOT_NAMES | {"map"}
+
+
+def _check_map(
+    mapping: Mapping[str, Any],
+    prefix: str,
+    sid: str,
+    visible: Container[str],
+    index: dict[str, int],
+) -> Iterator[tuple[str, str]]:
+    """``map``: ``over`` is one template read like any expression of the step (upstream steps,
+    inputs, run); ``as`` a name that does not shadow another; the schema checks the types."""
+    name = mapping.get("as", "item")
+    if isinstance(name, str):
+        if not MAP_AS.match(name):
+            yield (
+                f"{prefix}.as",
+                f"'{name}' is not a valid name (letters, digits, _; not first a digit)",
+            )
+        elif name in MAP_RESERVED:
+            yield (
+                f"{prefix}.as",
+                f"'{name}' would shadow the name {name} (reserved: {', '.join(sorted(MAP_RESERVED))})",
+            )
+    over = mapping.get("over")
+    if not isinstance(over, str) or not over.strip():
+        return  # the schema reports it
+    if "{{" not in over:
+        yield (
+            f"{prefix}.over",
+            'must be a template that gives a list, e.g. "{{ steps.list_files.output.files }}"',
+        )
+        return
+    try:
+        template = expressions.Template.parse(over)
+    except ExpressionError as exc:
+        yield f"{prefix}.over", exc.message
+        return
+    for expr in template.expressions:
+        yield from _check_paths(expr, f"{prefix}.over", sid, visible, index)
 
 
 def _check_plugins(

@@ -42,7 +42,7 @@ if intent == 'late' then
 elseif st == 'PAUSING' or st == 'PAUSED' then return {'paused', st}
 elseif st == 'CANCELLING' or (halt and halt ~= '') or (st ~= 'RUNNING' and st ~= 'PENDING') then
   move_step(steps, step, ss, 'CANCELLED', step .. '|finished_at', now)
-  redis.call('HINCRBY', run_key, 'settled', 1)
+  count_settled(run_key, step, 1)
   emit(run_key, stream, maxlen, run_id, 'step_cancelled', step, 'CANCELLED', now, '{}')
   return {'cancelled', st}
 end
@@ -52,7 +52,7 @@ if st == 'PENDING' then
 end
 if intent == 'skip' then
   move_step(steps, step, ss, 'SKIPPED', step .. '|finished_at', now, step .. '|error', ARGV[11])
-  redis.call('HINCRBY', run_key, 'settled', 1)
+  count_settled(run_key, step, 1)
   emit(run_key, stream, maxlen, run_id, 'step_skipped', step, 'SKIPPED', now,
        cjson.encode({reason = ARGV[11]}))
   return {'skipped', st}

@@ -53,6 +53,20 @@ local function emit_batch(run_key, stream, maxlen, run_id, batch, base)
   end
 end
 
+-- An item of a mapped step (its id holds '[': step ids never do) is not one of the run's
+-- steps: only steps count in the run's 'settled' (its progress, settled / total).
+local function count_settled(run_key, step, by)
+  if not string.find(step, '[', 1, true) then redis.call('HINCRBY', run_key, 'settled', by) end
+end
+
+-- An item keeps no empty error or traceback field: 10,000 items, 20,000 fields fewer.
+local function drop_empty(steps, step, err, tb)
+  if string.find(step, '[', 1, true) then
+    if err == '' then redis.call('HDEL', steps, step .. '|error') end
+    if tb == '' then redis.call('HDEL', steps, step .. '|traceback') end
+  end
+end
+
 -- The only writes of a status. A pair the table does not hold is a bug in a script (each
 -- checks what it may do before it writes anything): the error reaches the caller.
 local function move_run(run_key, move, st, target, ...)

@@ -22,7 +22,7 @@ end
 redis.call('DEL', lease)
 redis.call('RPUSH', attempts, ARGV[8])
 move_step(steps, step, ss, 'FAILED', step .. '|error', ARGV[6], step .. '|finished_at', now)
-redis.call('HINCRBY', run_key, 'settled', 1)
+count_settled(run_key, step, 1)
 if ARGV[7] == '1' and not redis.call('HGET', run_key, 'halt') then
   redis.call('HSET', run_key, 'halt', 'failed', 'failed_step', step, 'error', ARGV[6])
   controlled(KEYS[6], KEYS[7], run_id, 'halt', now)

@@ -23,12 +23,13 @@ emit_batch(run_key, stream, maxlen, run_id, ARGV[13], 14)
 redis.call('DEL', lease)
 redis.call('RPUSH', attempts, ARGV[12])
 move_step(steps, step, ss, status, step .. '|error', ARGV[9], step .. '|traceback', ARGV[10])
+drop_empty(steps, step, ARGV[9], ARGV[10])
 if status == 'RETRYING' then
   emit(run_key, stream, maxlen, run_id, 'step_retrying', step, status, now, ARGV[12])
   return 'ok'
 end
 redis.call('HSET', steps, step .. '|finished_at', now, step .. '|output', ARGV[8])
-redis.call('HINCRBY', run_key, 'settled', 1)
+count_settled(run_key, step, 1)
 if status == 'COMPLETED' then
   redis.call('RPUSH', run_key .. ':completed', step)
   emit(run_key, stream, maxlen, run_id, 'step_completed', step, status, now, ARGV[12])

@@ -8,7 +8,9 @@
 -- a slot in its group again, or is refused ('full') when every slot is held.
 -- ARGV: run_id, now, maxlen, move, target, reset_json (step ids), clear_json (run fields),
 --   data_json (of the run_status_changed event; the new epoch is added), run key head and
---   tail, the group's limit, workflow, key and index ('' when the run has no group)
+--   tail, the group's limit, workflow, key and index ('' when the run has no group),
+--   items_json (optional: {mapped step: 'all' | 'unfinished'}: its items reset to PENDING,
+--   every one, or those not COMPLETED)
 -- Returns {'ok' | 'refused' | 'gone' | 'full', status before, new epoch ('0' unless ok)}.
 -- include: common.lua
 -- include: conc.lua
@@ -47,7 +49,25 @@ for _, sid in ipairs(cjson.decode(ARGV[6])) do
              sid .. '|compensation_error', sid .. '|compensation_traceback', sid .. '|compensation_output')
   redis.call('LREM', KEYS[5], 0, sid)
 end
+if ARGV[15] and ARGV[15] ~= '' then
+  local items, map = run_key .. ':items', run_key .. ':map'
+  for sid, which in pairs(cjson.decode(ARGV[15])) do
+    local n = tonumber(redis.call('HGET', map, sid .. '|n') or '0')
+    for i = 0, n - 1 do
+      local id = sid .. '[' .. i .. ']'
+      local ss = redis.call('HGET', items, id .. '|status')
+      if ss and ss ~= 'PENDING' and (which == 'all' or ss ~= 'COMPLETED') then
+        move_step(items, id, ss, 'PENDING')
+        redis.call('HDEL', items, id .. '|output', id .. '|error', id .. '|traceback',
+                   id .. '|started_at', id .. '|finished_at', id .. '|compensation_error',
+                   id .. '|compensation_traceback', id .. '|compensation_output')
+        redis.call('LREM', KEYS[5], 0, id)
+      end
+    end
+  end
+end
 for i = 1, 6 do if i ~= 3 and i ~= 4 then redis.call('PERSIST', KEYS[i]) end end
+for _, k in ipairs({':items', ':items:attempts', ':map'}) do redis.call('PERSIST', run_key .. k) end
 local data = cjson.decode(ARGV[8])
 data['epoch'] = epoch
 -- Each reset step's attempts before this restart: the audit store takes a reset step's start

@@ -38,6 +38,7 @@ local attempt = redis.call('HINCRBY', steps, step .. '|attempts', 1)
 move_step(steps, step, ss, status, step .. '|attempt_started_at', started, step .. '|worker', ARGV[13],
           step .. '|task_id', ARGV[14], step .. '|epoch', epoch,
           step .. '|error', ARGV[9], step .. '|traceback', ARGV[10])
+drop_empty(steps, step, ARGV[9], ARGV[10])
 -- The step's start: its first attempt's, or, after an operator retry reset it (restart.lua),
 -- the first attempt of the retry's.
 if redis.call('HEXISTS', steps, step .. '|started_at') == 0 then
@@ -52,7 +53,7 @@ if status == 'RETRYING' then
   emit(run_key, stream, maxlen, run_id, 'step_retrying', step, status, now, record)
 else
   redis.call('HSET', steps, step .. '|finished_at', now, step .. '|output', ARGV[8])
-  redis.call('HINCRBY', run_key, 'settled', 1)
+  count_settled(run_key, step, 1)
   if status == 'COMPLETED' then
     redis.call('RPUSH', run_key .. ':completed', step)
     emit(run_key, stream, maxlen, run_id, 'step_completed', step, status, now, record)

@@ -29,6 +29,7 @@ if target == 'COMPLETED' or target == 'FAILED' or target == 'CANCELLED' then
   redis.call('EXPIRE', run_key .. ':steps', ttl)
   redis.call('EXPIRE', run_key .. ':attempts', ttl)
   redis.call('EXPIRE', run_key .. ':completed', ttl)
+  for _, k in ipairs({':items', ':items:attempts', ':map'}) do redis.call('EXPIRE', run_key .. k, ttl) end
 end
 redis.call('PUBLISH', KEYS[3], target)
 if not holds_slot(target) then
