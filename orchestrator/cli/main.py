@@ -29,7 +29,7 @@ from orchestrator.cli.demo import (
     start_dashboard,
     write_sample_csv,
 )
-from orchestrator.engine import compiler
+from orchestrator.engine import compiler, describe
 from orchestrator.engine.states import FINAL_RUN_STATUSES, RunStatus
 from orchestrator.errors import CanvasflowError, DefinitionError, UnknownRun
 from orchestrator.model import callallow
@@ -166,7 +166,7 @@ def explain(file: str) -> None:
     d = load_file(file)
     p = compiler.plan(d)
     console.print(f"workflow [bold]{d.id}[/] ({d.mode}, {len(d.steps)} steps) compiles to:")
-    for line in compiler.describe_plan(p, d):
+    for line in describe.describe_plan(p, d):
         console.print("  " + line, highlight=False, markup=False)
     if compiler.blueprint(d).final is not None:
         console.print("  the last step settles the run (compensations if it failed)")
