@@ -175,6 +175,8 @@ def join_child(
     """The join task of a sub-workflow step (workers/subrun.py): record the step's outcome from
     its child and continue the canvas; the step that ends the canvas settles the run too."""
     spec = compiler.read_spec(wire)
+    if is_item(spec["id"]):  # an item of a mapped sub-workflow step: its lane goes on
+        return rt.mapped.item_joined(task, rt, known, wire, child_id, owner, attempt, started)
     hdr = compiler.read_header(core.merge(known)[core.HEADER])
     try:
         flows = subrun.joined(task, rt, known, wire, child_id, owner, attempt, started)
