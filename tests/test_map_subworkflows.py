@@ -240,3 +240,23 @@ def test_worker_killed_while_starting_an_items_child_starts_exactly_one_child_pe
         assert attempts == [1, 1, 2]  # the killed item's attempt, then the one that attached
     finally:
         client.close()
+
+
+def test_retry_from_a_mapped_sub_workflow_step_starts_fresh_children_for_items_not_completed(
+    client: Client,
+) -> None:
+    child = doubler(client, uid("picky"), fail_on=2)
+    run = client.submit(mapped_parent(child, [1, 2, 3], max_parallel=1))
+    assert run.wait(90).status == "FAILED"
+    first = kids_by_step(run)
+    assert sorted(first) == ["per[0]", "per[1]"]
+    client.control.retry(run.id, from_step="per", actor="test")
+    wait_for(lambda: len(run.children()) == 3, timeout=60)
+    snap = run.wait(90)
+    assert snap.status == "FAILED", snap
+    kids = [k.snapshot() for k in run.children()]
+    again = [k for k in kids if k.parent_step == "per[1]"]
+    assert len(again) == 2 and all(k.status == "FAILED" for k in again)
+    # the completed item kept its child and its output; no item after the failed one started
+    assert [k.id for k in kids if k.parent_step == "per[0]"] == [first["per[0]"].id]
+    assert not [k for k in kids if k.parent_step == "per[2]"]
