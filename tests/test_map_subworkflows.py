@@ -260,3 +260,36 @@ def test_retry_from_a_mapped_sub_workflow_step_starts_fresh_children_for_items_n
     # the completed item kept its child and its output; no item after the failed one started
     assert [k.id for k in kids if k.parent_step == "per[0]"] == [first["per[0]"].id]
     assert not [k for k in kids if k.parent_step == "per[2]"]
+
+
+def test_the_media_groups_example_maps_over_the_files_it_finds_one_child_per_group(
+    client: Client, tmp_path
+) -> None:
+    from orchestrator.cli.demo import demo_inputs, examples_dir
+
+    inputs = demo_inputs(tmp_path)["media_groups"]
+    (tmp_path / "input" / "media" / "extra.webm").write_bytes(b"x")  # found at run time
+    client.register(examples_dir() / "media_group.yaml")
+    defn = client.register(examples_dir() / "media_groups.yaml")
+    run = client.submit(defn.id, version=defn.version, inputs=inputs)
+    snap = run.wait(120)
+    assert snap.status == "COMPLETED", snap
+    groups = [o["group"] for o in snap.step("per_group").output]
+    assert groups == ["jpg", "png", "wav", "webm"]  # sorted by find_files
+    assert snap.result == {"found": 10, "groups": groups, "processed": 10}
+    kids = kids_by_step(run)
+    assert sorted(kids) == [f"per_group[{i}]" for i in range(4)]
+    assert kids["per_group[3]"].inputs["group"] == "webm"
+
+
+def test_the_media_groups_example_fails_clearly_on_a_missing_folder(
+    client: Client, tmp_path
+) -> None:
+    from orchestrator.cli.demo import examples_dir
+
+    client.register(examples_dir() / "media_group.yaml")
+    defn = client.register(examples_dir() / "media_groups.yaml")
+    missing = str(tmp_path / "nowhere")
+    snap = client.submit(defn.id, version=defn.version, inputs={"directory": missing}).wait(60)
+    assert snap.status == "FAILED"
+    assert f"directory: '{missing}' is not a directory" in snap.step("find_files").error
