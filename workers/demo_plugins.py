@@ -514,7 +514,9 @@ class MediaFinder:
         ctx.log(f"found {total} files in {len(groups)} groups in {directory}", entity_tag="media")
         return {
             "directory": directory,
-            "groups": [{"group": g, "files": f, "count": len(f)} for g, f in sorted(groups.items())],
+            "groups": [
+                {"group": g, "files": f, "count": len(f)} for g, f in sorted(groups.items())
+            ],
             "total": total,
         }
 
