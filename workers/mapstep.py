@@ -17,6 +17,10 @@ step's. The collector reads the items' statuses and outputs and ends the step: C
 outputs in element order, FAILED when a critical item failed (items not started: CANCELLED),
 back to PENDING when the run paused (the resume expands again and runs the items not done),
 CANCELLED when the run was cancelled. docs/design.md, "Mapped steps".
+
+An item of a mapped sub-workflow step parks on its child run like a sub-workflow step
+(workers/subrun.py): its task ends without counting its chord part, and its join
+(``item_joined``) records the item, counts the part and goes on with the item's lane.
 """
 
 from __future__ import annotations
