@@ -455,7 +455,8 @@ def test_bench_children_times_a_parent_with_children_and_independent_submits(
 ) -> None:
     ran = runs.get(script)
     assert ran.json["children"] == 3 and ran.json["rounds"] == 1
-    assert positive(*ran.json["median"].values(), ran.json["ratio"])
+    assert positive(*ran.json["median"].values(), ran.json["ratio"], ran.json["mapped_ratio"])
+    assert set(ran.json["median"]) == {"independent", "parent", "mapped"}
     assert "3 children of a 3-step child: independent" in ran.out
 
 

@@ -33,7 +33,6 @@ from orchestrator.engine.compiler import (
     Series,
     compile_compensation,
     compile_run,
-    describe_plan,
     plan,
     read_header,
     read_spec,
@@ -43,6 +42,7 @@ from orchestrator.engine.compiler import (
     wire_header,
     wire_spec,
 )
+from orchestrator.engine.describe import describe_plan
 from orchestrator.model.definition import Definition, Workflow, load_definition
 from orchestrator.settings import Settings
 

@@ -401,6 +401,7 @@ RUN_STATE_OWNERS = {
     "orchestrator/engine/slotstate.py",  # RunState's concurrency slots (a mixin)
     "orchestrator/engine/childstate.py",  # RunState's child runs (a mixin)
     "orchestrator/engine/itemstate.py",  # RunState's items of mapped steps (a mixin)
+    "orchestrator/engine/livestate.py",  # RunState's reads across live runs (a mixin)
     "orchestrator/records.py",
 }
 KEY_BUILDER = "orchestrator/keys.py"

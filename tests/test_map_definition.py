@@ -230,3 +230,36 @@ def test_consecutive_item_compensations_form_one_run() -> None:
 
     order = ["r[3]", "r[2]", "r[1]", "a", "q[0]", "r[0]", "s[1]", "s[0]"]
     assert item_runs(order) == [(0, 3), (6, 2)]
+
+
+def test_the_inputs_of_a_mapped_sub_workflow_step_read_its_item_and_map_index() -> None:
+    d = (
+        base()
+        .subworkflow(
+            "per",
+            "child",
+            inputs={"n": "{{ f.n }}", "i": "{{ map.index }}"},
+            depends_on="list",
+            map={"over": "{{ steps.list.output.files }}", "as": "f"},
+        )
+        .build()
+    )
+    assert d.step("per").map is not None and d.step("per").workflow == "child"
+    # Without map, or past what map gives, the names are refused with the path of the entry.
+    assert problems(base().subworkflow("per", "child", inputs={"n": "{{ f }}"})) == [
+        "steps[2].inputs.n: unknown name 'f' (names: inputs, steps.<id>.output, "
+        "steps.<id>.status, run.id)"
+    ]
+    assert problems(
+        base().subworkflow(
+            "per",
+            "child",
+            inputs={"n": "{{ item }}", "k": "{{ map.key }}"},
+            depends_on="list",
+            map={"over": "{{ steps.list.output.files }}", "as": "f"},
+        )
+    ) == [
+        "steps[2].inputs.n: unknown name 'item' (names: inputs, steps.<id>.output, "
+        "steps.<id>.status, run.id, f, map.index)",
+        "steps[2].inputs.k: map has one field: map.index (the item's position, from 0)",
+    ]

@@ -34,7 +34,7 @@ from orchestrator.engine.runstate import RunState
 from orchestrator.keys import Keys
 from orchestrator.model import callallow
 from orchestrator.settings import Settings
-from workers import broker, guard, mapstep, subrun
+from workers import broker, compensation, guard, mapstep, subrun
 from workers import notify as notify_tasks
 from workers import step as steps
 from workers.builtin import Builtin
@@ -222,7 +222,7 @@ def create_worker_app(
     )
     def compensate(self: Task, prev: Any, spec: dict, hdr: dict) -> Any:
         with broker.hand_back_on_outage(self):
-            return steps.safe_compensate(self, rt, prev, spec, hdr)
+            return compensation.safe_compensate(self, rt, prev, spec, hdr)
 
     @app.task(
         shared=False,
@@ -234,7 +234,7 @@ def create_worker_app(
     )
     def compensated(self: Task, prev: Any, hdr: dict, target: str) -> str:
         with broker.hand_back_on_outage(self):
-            return str(steps.compensated(rt, prev, hdr, target, app))
+            return str(compensation.compensated(rt, prev, hdr, target, app))
 
     @app.task(
         shared=False,

@@ -494,6 +494,42 @@ class Manifest:
         }
 
 
+MAX_FOUND = 10_000  # files media_finder.find lists at most
+
+
+@plugin("media_finder")
+class MediaFinder:
+    """Find media files at run time, grouped by extension; total what the groups processed."""
+
+    def find(self, ctx: Any, directory: str) -> dict[str, Any]:
+        """The files directly in `directory`, one group per extension (groups and files sorted)."""
+        if not isinstance(directory, str) or not os.path.isdir(directory):
+            raise StepError(f"directory: {directory!r} is not a directory", retryable=False)
+        groups: dict[str, list[str]] = {}
+        for name in sorted(os.listdir(directory))[:MAX_FOUND]:
+            if os.path.isfile(os.path.join(directory, name)) and not name.startswith("."):
+                ext = os.path.splitext(name)[1].lstrip(".").lower() or "other"
+                groups.setdefault(ext, []).append(name)
+        total = sum(len(v) for v in groups.values())
+        ctx.log(f"found {total} files in {len(groups)} groups in {directory}", entity_tag="media")
+        return {
+            "directory": directory,
+            "groups": [
+                {"group": g, "files": f, "count": len(f)} for g, f in sorted(groups.items())
+            ],
+            "total": total,
+        }
+
+    def summarise(self, ctx: Any, groups: Any) -> dict[str, Any]:
+        """`groups`: the outputs of the per-group child runs (null for a group that failed)."""
+        done = [g for g in groups if isinstance(g, dict)] if isinstance(groups, list) else []
+        return {
+            "groups": [str(g.get("group")) for g in done],
+            "processed": sum(int(g.get("processed") or 0) for g in done),
+            "failed": (len(groups) if isinstance(groups, list) else 0) - len(done),
+        }
+
+
 @plugin("archiver")
 class Archiver:
     """Simulated packaging."""

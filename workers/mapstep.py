@@ -17,6 +17,10 @@ step's. The collector reads the items' statuses and outputs and ends the step: C
 outputs in element order, FAILED when a critical item failed (items not started: CANCELLED),
 back to PENDING when the run paused (the resume expands again and runs the items not done),
 CANCELLED when the run was cancelled. docs/design.md, "Mapped steps".
+
+An item of a mapped sub-workflow step parks on its child run like a sub-workflow step
+(workers/subrun.py): its task ends without counting its chord part, and its join
+(``item_joined``) records the item, counts the part and goes on with the item's lane.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from orchestrator.keys import item_id, item_of
 from orchestrator.model import expressions
 from orchestrator.model.definition import AMQP_PRIORITIES, PRIORITIES
 from workers import step as shell
+from workers import subrun
 from workers.context import StepContext
 
 INLINE_UPSTREAM = 4096  # characters of upstream outcomes an item message may carry itself
@@ -294,7 +299,10 @@ def run_item(
         if index < 0:
             return None
     try:
-        _one_item(task, rt, spec, hdr, index, upstream)
+        lane_info = [lane, wire, hdr_wire, upstream] if lane >= 0 else None
+        _one_item(task, rt, spec, hdr, index, upstream, lane_info)
+    except subrun.Parked:
+        raise  # the item waits on its child run; its join takes its place (item_joined)
     except Ignore:
         head = rt.state.head(run_id)
         if head is None or head[1] != str(epoch):
@@ -306,13 +314,64 @@ def run_item(
         shell.fail_step(task, rt, _item_spec(spec, index), hdr, dict(known), exc)
     if lane < 0:
         return None
-    nxt = rt.state.claim_item(run_id, sid, epoch, str(index))
+    return _next_in_lane(task, rt, spec, wire, hdr_wire, run_id, epoch, index, lane, upstream)
+
+
+def _next_in_lane(
+    task: Task,
+    rt: shell.Runtime,
+    spec: Mapping[str, Any],
+    wire: Any,
+    hdr_wire: Any,
+    run_id: str,
+    epoch: int,
+    index: int,
+    lane: int,
+    upstream: Any,
+) -> None:
+    """A lane's item ``index`` is done: the task replaces itself with the lane's next item."""
+    nxt = rt.state.claim_item(run_id, spec["id"], epoch, str(index))
     if nxt < 0:
         return None
     options = _options(task, rt, spec, run_id)
     return task.replace(
         compiler.item_signature(wire, hdr_wire, nxt, lane, upstream, options, app=task.app)
     )
+
+
+def item_joined(
+    task: Task,
+    rt: shell.Runtime,
+    known: Any,
+    wire: Any,
+    child_id: str,
+    owner: str,
+    attempt: int,
+    started: float,
+) -> None:
+    """The join of an item of a mapped sub-workflow step (workers/subrun.py): record the item's
+    outcome from its child run, then, in a lane (``max_parallel``), go on with the lane's next
+    item, as the item task would have. Flows nothing on: the collector reads the items."""
+    spec = compiler.read_spec(wire)
+    hdr = compiler.read_header(core.merge(known)[core.HEADER])
+    run_id, epoch = hdr["run"], int(hdr["epoch"])
+    try:
+        subrun.joined(task, rt, known, wire, child_id, owner, attempt, started)
+    except Ignore:
+        head = rt.state.head(run_id)
+        if head is None or head[1] != str(epoch):
+            raise
+    except BaseException as exc:
+        if not shell.unexpected(exc):
+            raise
+        shell.fail_step(task, rt, spec, hdr, {}, exc)
+    lane_info = spec.get("lane")
+    base = item_of(spec["id"])
+    if not lane_info or base is None:
+        return None
+    lane, mwire, hdr_wire, upstream = lane_info
+    mapped = compiler.read_spec(mwire)
+    return _next_in_lane(task, rt, mapped, mwire, hdr_wire, run_id, epoch, base[1], lane, upstream)
 
 
 def _item_spec(spec: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -329,6 +388,7 @@ def _one_item(
     hdr: dict[str, Any],
     index: int,
     upstream: Any,
+    lane_info: list[Any] | None = None,
 ) -> None:
     run_id, epoch, sid = hdr["run"], int(hdr["epoch"]), spec["id"]
     text = rt.state.element(run_id, sid, index)
@@ -351,7 +411,11 @@ def _one_item(
                 entry = core.Skip(f"when is false: {spec['when']}")
         except EvaluationError as exc:
             entry = core.Go(scope, f"when: {exc}")
-    shell.execute(task, rt, _item_spec(spec, index), hdr, known, entry, shell._who(task))
+    ispec = _item_spec(spec, index)
+    if lane_info is not None and subrun.is_sub_step(spec):
+        # A sub-workflow item parks on its child run; its join goes on with the lane.
+        ispec["lane"] = lane_info
+    shell.execute(task, rt, ispec, hdr, known, entry, shell._who(task))
 
 
 def item_compensation_scope(

@@ -175,6 +175,8 @@ def join_child(
     """The join task of a sub-workflow step (workers/subrun.py): record the step's outcome from
     its child and continue the canvas; the step that ends the canvas settles the run too."""
     spec = compiler.read_spec(wire)
+    if is_item(spec["id"]):  # an item of a mapped sub-workflow step: its lane goes on
+        return rt.mapped.item_joined(task, rt, known, wire, child_id, owner, attempt, started)
     hdr = compiler.read_header(core.merge(known)[core.HEADER])
     try:
         flows = subrun.joined(task, rt, known, wire, child_id, owner, attempt, started)
@@ -726,91 +728,3 @@ def _carry_out(
         return RunStatus.COMPENSATING
     rt.state.transition(run_id, Move.SETTLE, plan.final)
     return plan.final
-
-
-def safe_compensate(
-    task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: dict[str, Any]
-) -> Any:
-    """``compensate``; if it breaks outside the plugin (an outage aside), the run waits for an
-    operator in COMPENSATION_FAILED with why, as when the compensation itself fails."""
-    try:
-        return compensate(task, rt, prev, spec, hdr)
-    except Exception as exc:
-        if not unexpected(exc):
-            raise
-        message = f"compensation of '{spec['id']}' broke on worker {HOST} outside its plugin: {_text(exc)}"
-        log.exception("canvasflow: run %s: %s", hdr["run"], message)
-        rt.state.transition(
-            hdr["run"], Move.COMPENSATED, RunStatus.COMPENSATION_FAILED, fields={"error": message}
-        )
-        return {"failed": True, "step": spec["id"], "error": message}
-
-
-def compensate(
-    task: Task, rt: Runtime, prev: Any, spec: dict[str, Any], hdr: dict[str, Any]
-) -> Any:
-    if isinstance(prev, Mapping) and prev.get("failed"):
-        return prev  # an earlier compensation failed: the rest wait for an operator
-    run_id, sid = hdr["run"], spec["id"]
-    data = rt.state.read(run_id)
-    if data is None or data.run.epoch != int(hdr["epoch"]):
-        raise Ignore()
-    run, steps, _ = data
-    rt.state.set_step(run_id, sid, StepStatus.COMPENSATING, "step_compensating")
-    scope = {
-        "inputs": run.inputs,
-        "steps": {s: {"status": step.status, "output": step.output} for s, step in steps.items()},
-        "run": {"id": run_id, "workflow": run.workflow, "version": run.version},
-    }
-    if is_item(sid):
-        rt.mapped.item_compensation_scope(rt, run_id, sid, spec.get("as", "item"), scope)
-    attempt = task.request.retries + 1
-    ctx = StepContext(run_id, sid, attempt, run.workflow)
-    try:
-        params = expressions.render_value(spec.get("params") or {}, scope)
-        output = call_plugin(rt, spec, params, ctx)
-    except Retry:
-        raise
-    except Exception as exc:
-        failure = _failure(exc, spec)
-        rt.state.emit(run_id, ctx.drain())
-        end = core.conclude_compensation(failure, spec, attempt)
-        if isinstance(end, core.Retry):
-            raise task.retry(countdown=end.countdown, max_retries=None) from None
-        message, tb = end.error, failure.traceback
-        rt.state.set_step(
-            run_id,
-            sid,
-            StepStatus.COMPLETED,
-            "step_compensation_failed",
-            fields={"compensation_error": message, "compensation_traceback": tb},
-            data={"error": message},
-        )
-        rt.state.transition(
-            run_id, Move.COMPENSATED, RunStatus.COMPENSATION_FAILED, fields={"error": message}
-        )
-        return {"failed": True, "step": sid, "error": message}
-    rt.state.emit(run_id, ctx.drain())
-    rt.state.set_step(
-        run_id,
-        sid,
-        StepStatus.COMPENSATED,
-        "step_compensated",
-        fields={"compensation_output_json": output},
-    )
-    if spec.get("seq"):
-        rt.mapped.next_compensation(task, rt, spec, hdr)  # the next item of its run, if any
-    return {"ok": True}
-
-
-def compensated(
-    rt: Runtime, prev: Any, hdr: Mapping[str, Any], target: str, app: Any = None
-) -> str:
-    if isinstance(prev, Mapping) and prev.get("failed"):
-        status = str(RunStatus.COMPENSATION_FAILED)
-    else:
-        rt.state.transition(hdr["run"], Move.COMPENSATED, RunStatus(target))
-        status = target
-    if app is not None:
-        subrun.notify(rt, app, hdr["run"], status)
-    return status

@@ -33,6 +33,7 @@ from orchestrator.engine import compiler, slots
 from orchestrator.engine import stepcore as core
 from orchestrator.engine.states import RunStatus, StepStatus
 from orchestrator.errors import EvaluationError, StepError
+from orchestrator.keys import is_item
 from orchestrator.model import limits, subflows
 from orchestrator.model.definition import Definition, dump_definition, from_stored
 from orchestrator.records import RunRecord
@@ -219,7 +220,10 @@ def wait_for_child(
     hdr = compiler.read_header(known[core.HEADER])
     run_id, sid = hdr["run"], spec["id"]
     wire = compiler.wire_spec(spec)
-    sig = continuation(task, (dict(known), wire, child_id, owner, attempt, started))
+    # An item's join flows nothing on (its chord's collector reads the items from Redis): it
+    # carries the run header, not the upstream outcomes, whatever their size.
+    carried = {core.HEADER: known[core.HEADER]} if is_item(sid) else dict(known)
+    sig = continuation(task, (carried, wire, child_id, owner, attempt, started))
     ttl = max(rt.settings.state_ttl, rt.lease_ttl)
     status, parent = rt.state.await_child(child_id, json.dumps(sig), run_id, sid, owner, ttl)
     if (

@@ -1,7 +1,8 @@
 """The demo's parts: its examples, sample data, dashboard, the stop signals and the fleet file.
 
 ``canvasflow demo`` (orchestrator/cli/main.py) starts a private fleet with these; tests import
-``write_sample_csv`` for the data_processing example's input.
+``write_sample_csv`` for the data_processing example's input. ``demo_inputs`` writes the sample
+data (that CSV, a folder of media files for media_groups to find) and gives each example's inputs.
 """
 
 from __future__ import annotations
@@ -54,6 +55,33 @@ def write_sample_csv(path: Path, rows: int = 200) -> None:
         for i in range(rows):
             v2 = "" if i % 17 == 0 else f"{rnd.uniform(0, 100):.2f}"
             w.writerow([i if i % 29 else i - 1, rnd.choice("abc"), f"{rnd.uniform(0, 10):.3f}", v2])
+
+
+# media_groups finds these at run time and processes each extension as one child run.
+SAMPLE_MEDIA = {"jpg": 4, "png": 2, "wav": 3}
+
+
+def write_sample_media(folder: Path) -> None:
+    """A folder of small placeholder media files, some of each kind of SAMPLE_MEDIA."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for ext, n in SAMPLE_MEDIA.items():
+        for i in range(1, n + 1):
+            (folder / f"sample_{i:02d}.{ext}").write_bytes(b"canvasflow demo media\n")
+
+
+def demo_inputs(work: Path) -> dict[str, dict[str, Any]]:
+    """Write the examples' sample data under ``work``; the inputs of each example by id."""
+    sample = work / "input" / "data.csv"
+    write_sample_csv(sample)
+    write_sample_media(work / "input" / "media")
+    return {
+        "data_processing": {
+            "input_path": str(sample),
+            "work_dir": str(work / "work"),
+            "output_path": str(work / "output" / "processed_data.csv"),
+        },
+        "media_groups": {"directory": str(work / "input" / "media")},
+    }
 
 
 def start_dashboard(fleet: Any) -> tuple[str, str]:

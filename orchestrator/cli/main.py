@@ -25,11 +25,11 @@ from orchestrator.cli import recover as recover_cli
 from orchestrator.cli.demo import (
     DEMO_CALL_ALLOW,
     EXAMPLES,
+    demo_inputs,
     examples_dir,
     start_dashboard,
-    write_sample_csv,
 )
-from orchestrator.engine import compiler
+from orchestrator.engine import compiler, describe
 from orchestrator.engine.states import FINAL_RUN_STATUSES, RunStatus
 from orchestrator.errors import CanvasflowError, DefinitionError, UnknownRun
 from orchestrator.model import callallow
@@ -166,7 +166,7 @@ def explain(file: str) -> None:
     d = load_file(file)
     p = compiler.plan(d)
     console.print(f"workflow [bold]{d.id}[/] ({d.mode}, {len(d.steps)} steps) compiles to:")
-    for line in compiler.describe_plan(p, d):
+    for line in describe.describe_plan(p, d):
         console.print("  " + line, highlight=False, markup=False)
     if compiler.blueprint(d).final is not None:
         console.print("  the last step settles the run (compensations if it failed)")
@@ -710,15 +710,7 @@ def demo(keep_running: bool | None, workdir: str | None) -> None:
         # From here until it stops, CLI commands without settings use this fleet.
         write_demo_file(settings, url)
         client = Client(settings)
-        sample = work / "input" / "data.csv"
-        write_sample_csv(sample)
-        inputs = {
-            "data_processing": {
-                "input_path": str(sample),
-                "work_dir": str(work / "work"),
-                "output_path": str(work / "output" / "processed_data.csv"),
-            },
-        }
+        inputs = demo_inputs(work)  # the sample data written under work
         runs = []
         for filename, expected in EXAMPLES:
             defn = client.register(examples_dir() / filename)

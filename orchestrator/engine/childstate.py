@@ -23,7 +23,8 @@ class ChildState:
     ) -> tuple[RunRecord | None, str, bool]:
         """For a sub-workflow step, in one round trip: the parent run's depth, priority and tags;
         the step's child run id (SET NX of ``new_id``: a redelivered or retried copy of the step
-        finds the same child); and whether that child run exists already."""
+        finds the same child); and whether that child run exists already (asked only of a child id
+        claimed before: one round trip less for the common first claim)."""
         key = self.keys.child_of(run_id, step)
         names = run_field_names(("depth", "priority", "tags_json"))
         pipe = self.r.pipeline(transaction=False)
@@ -37,6 +38,8 @@ class ChildState:
             if values[0] is not None or values[1] is not None
             else None
         )
+        if child == new_id:  # claimed now: a fresh random id names no run yet
+            return parent, child, False
         return parent, child, bool(self.r.exists(self.keys.run(child)))
 
     def forget_children(self, run_id: str, steps: Iterable[str]) -> None:

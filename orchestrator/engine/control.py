@@ -20,6 +20,7 @@ from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.runstate import RunState
 from orchestrator.engine.states import Move, RunStatus, StepStatus, sources
 from orchestrator.errors import CanvasflowError, ControlError, UnknownRun
+from orchestrator.keys import item_of
 from orchestrator.model.definition import Definition, from_stored
 from orchestrator.records import RunRecord, StepRecord
 
@@ -251,6 +252,15 @@ class Control:
             for s in reset
             if defn.step(s).map is not None
         }
+        # The items of a mapped sub-workflow step that run again start fresh children too.
+        subs = {s: how for s, how in items.items() if defn.step(s).workflow}
+        item_children = [
+            iid
+            for iid, (status, _) in (self.state.items_live(run_id) if subs else {}).items()
+            if (base := item_of(iid)) is not None
+            and base[0] in subs
+            and (subs[base[0]] == "all" or status != StepStatus.COMPLETED)
+        ]
         verdict, before, epoch = self.state.restart(
             run_id,
             Move.RETRY,
@@ -266,7 +276,9 @@ class Control:
         if verdict != "ok":
             raise self._refuse("retry", run_id, before, actor, reason)
         # A reset sub-workflow step starts a fresh child (the old one stays a child of the run).
-        self.state.forget_children(run_id, [s for s in reset if defn.step(s).workflow])
+        self.state.forget_children(
+            run_id, [s for s in reset if defn.step(s).workflow] + item_children
+        )
         self.dispatcher.remaining(run_id, epoch, run, defn, steps, reset=reset)
         self.audit(
             run_id,

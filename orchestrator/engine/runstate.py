@@ -18,10 +18,10 @@ from importlib import resources
 from typing import Any
 
 import redis
-from redis.cluster import RedisCluster
 
 from orchestrator.engine.childstate import ChildState
 from orchestrator.engine.itemstate import ItemState
+from orchestrator.engine.livestate import LiveState
 from orchestrator.engine.slotstate import SlotGroup, SlotState
 from orchestrator.engine.states import NEW_EPOCH_MOVES, Move, RunStatus, lua_constants
 from orchestrator.keys import Keys, step_field
@@ -81,7 +81,7 @@ def pack_batch(batch: list[list[Any]] | None) -> list[str]:
     return [dumps(heads), *texts]
 
 
-class RunState(SlotState, ChildState, ItemState):
+class RunState(SlotState, ChildState, ItemState, LiveState):
     """All reads and writes of a run's hot state; one instance per process is enough (its
     concurrency slots: engine/slotstate.py; its child runs: engine/childstate.py; the items of
     mapped steps: engine/itemstate.py)."""
@@ -662,29 +662,6 @@ class RunState(SlotState, ChildState, ItemState):
         v = self.r.get(self.keys.lease(run_id, step))
         return text(v) if v is not None else None
 
-    def leased(self, run_ids: Iterable[str]) -> set[str]:
-        """The runs of ``run_ids`` with a RUNNING or COMPENSATING step that holds a live lease."""
-        ids = list(run_ids)
-        if isinstance(self.r, RedisCluster):  # a cluster pipeline refuses scripts: one by one
-            return {
-                rid
-                for rid in ids
-                if int(
-                    self._leased(
-                        keys=[self.keys.steps(rid), self.keys.items(rid)],
-                        args=[self.keys.lease(rid, "")],
-                    )
-                )
-            }
-        pipe = self.r.pipeline(transaction=False)
-        for rid in ids:
-            self._leased(
-                keys=[self.keys.steps(rid), self.keys.items(rid)],
-                args=[self.keys.lease(rid, "")],
-                client=pipe,
-            )
-        return {rid for rid, hit in zip(ids, pipe.execute(), strict=True) if int(hit)}
-
     def adopt_legacy_keys(self, batch: int = 500) -> list[str]:
         """Rename the keys of every run (of the ``runs`` index) still under its pre-2026-12 name,
         without the hash tag, to its name now; a key already there is kept. Returns the ids of
@@ -762,47 +739,3 @@ class RunState(SlotState, ChildState, ItemState):
 
     def completed_order(self, run_id: str) -> list[str]:
         return [text(x) for x in self.r.lrange(self.keys.completed(run_id), 0, -1)]
-
-    def live_page(
-        self,
-        run_ids: list[str],
-        attrs: Iterable[str],
-        *,
-        index: str | None = None,
-        low: str = "-inf",
-        high: str = "+inf",
-        window: int = 0,
-    ) -> tuple[dict[str, tuple[RunRecord, list[str]]], list[tuple[RunRecord, list[str]]]]:
-        """(each of ``run_ids`` still in Redis: its record with ``attrs`` and its current steps;
-        the runs of ``index`` (default: every run) scored between ``low`` and ``high`` that are
-        not among ``run_ids``, newest first, at most ``window``): one round trip."""
-        names = run_field_names(["status", *(a for a in attrs if a != "status")])
-        # The key templates around a probe id: "<head><id><tail>" (keys.py tags the id).
-        probe = "\x00"
-        head, run_tail = self.keys.run(probe).split(probe)
-        steps_tail = self.keys.steps(probe).split(probe)[1]
-        page, extra = self._list_live(
-            keys=[index or self.keys.runs],
-            args=[
-                head,
-                run_tail,
-                steps_tail,
-                low,
-                high,
-                window,
-                len(names),
-                *names,
-                *run_ids,
-            ],
-        )
-
-        def record(rid: str, values: list[Any], current: list[Any]) -> tuple[RunRecord, list[str]]:
-            run = RunRecord.from_hash(rid, dict(zip(names, values, strict=True)))
-            return run, sorted(text(c) for c in current)
-
-        out = {
-            rid: record(rid, values, current)
-            for rid, (values, current) in zip(run_ids, page, strict=True)
-            if values[0] is not None
-        }
-        return out, [record(text(rid), values, current) for rid, values, current in extra]

@@ -42,13 +42,31 @@ def check(data: Mapping[str, Any]) -> list[tuple[str, str]]:
             if isinstance(sid, str) and isinstance(inputs, Mapping):
                 visible = validation._Visible(sid, i, upstream, index, sequential)
                 problems.extend(
-                    validation._check_templates(inputs, f"steps[{i}].inputs", sid, visible, index)
+                    validation._check_templates(
+                        inputs, f"steps[{i}].inputs", sid, visible, index, _item_names(s)
+                    )
                 )
     outputs = data.get("outputs")
     if isinstance(outputs, Mapping):
         # Outputs are evaluated once the run completed: every step of the workflow is visible.
         problems.extend(validation._check_templates(outputs, "outputs", "", set(index), index))
     return problems
+
+
+def _item_names(step: Mapping[str, Any]) -> frozenset[str]:
+    """The names a mapped sub-workflow step's inputs may read besides the usual ones: its item
+    (``map.as``) and ``map`` (``map.index``), as its params would."""
+    mapping = step.get("map")
+    if not isinstance(mapping, Mapping):
+        return frozenset()
+    name = mapping.get("as", "item")
+    if (
+        isinstance(name, str)
+        and validation.MAP_AS.match(name)
+        and name not in validation.MAP_RESERVED
+    ):
+        return frozenset({name, "map"})
+    return frozenset()
 
 
 def _check_kinds(steps: list[tuple[int, Mapping[str, Any]]]) -> Iterator[tuple[str, str]]:
