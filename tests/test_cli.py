@@ -440,6 +440,9 @@ def test_procfile_fleet_started_with_honcho_runs_a_workflow(tmp_path: Path) -> N
         "CANVASFLOW_REDIS_PORT": str(port),
         "CANVASFLOW_KEY_PREFIX": "procfile",
         "CANVASFLOW_REDIS_DIR": str(tmp_path),  # where Redis writes its append-only file
+        # Not the default 8080: a dashboard already running on this machine would hold it, the
+        # web process would exit, and honcho would stop the whole fleet with it.
+        "CANVASFLOW_WEB_PORT": str(free_port()),
         "CANVASFLOW_WEB_SECRET_KEY": "procfile-test-signing-key",  # the web refuses to start without one
         "PYTHONPATH": str(ROOT),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

@@ -269,7 +269,9 @@ def test_a_receiver_that_hangs_blocks_neither_the_recorder_nor_for_ever_the_work
     make_fleet: Any, receivers: list[Receiver]
 ) -> None:
     rcv = receiver(receivers, plan=lambda n: "hang")
-    fleet = make_fleet(notify_timeout=30, notify_max_attempts=1)
+    # The first attempt must still be held when the later runs are recorded, however slow the
+    # machine: a timeout far past the test's waits.
+    fleet = make_fleet(notify_timeout=300, notify_max_attempts=1)
     fleet.notes.add_endpoint(rcv.url, events=["failed", "completed"])
     first = fleet.client.submit(failing_wf())
     first.wait(60)
@@ -285,7 +287,9 @@ def test_a_receiver_that_hangs_blocks_neither_the_recorder_nor_for_ever_the_work
         60,
         "the later runs to be recorded",
     )
-    assert rcv.hanging == 1
+    # Still held (not cut off): the worker's other pool process may hold a later run's delivery
+    # to the same receiver as well.
+    assert rcv.hanging in (1, 2)
     rcv.release()
     settled(fleet, 4)
 
