@@ -18,13 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -32,13 +27,13 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT)]  # runnable as a script from anywhere
+sys.path[:0] = [str(HERE), str(ROOT)]  # runnable as a script from anywhere
 
 import redis  # noqa: E402
+from bench_core import Worker  # noqa: E402
 
 from orchestrator import Client  # noqa: E402
 from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
-from orchestrator.keys import Keys  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 WAIT_TIMEOUT = 600.0
@@ -52,69 +47,6 @@ def definition(wid: str, limit: int | None) -> dict[str, Any]:
     if limit:
         body["concurrency"] = {"limit": limit}
     return body
-
-
-class Worker:
-    """``celery -A workers.app worker`` in its own process group."""
-
-    def __init__(self, settings: Settings, concurrency: int) -> None:
-        self.settings = settings
-        self.hostname = f"bench-conc-{uuid.uuid4().hex[:6]}@{platform.node()}"
-        env = {**os.environ, **settings.as_env()}
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-        self.log_path = Path(tempfile.gettempdir()) / f"bench-conc-{uuid.uuid4().hex[:6]}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-n",
-                self.hostname,
-                "-Q",
-                "default",
-                "-c",
-                str(concurrency),
-                "-P",
-                "prefork",
-                "-l",
-                "WARNING",
-                "--without-mingle",
-                "--without-gossip",
-            ],  # fmt: skip
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
-            start_new_session=True,
-        )
-
-    def wait_ready(self, admin: redis.Redis, timeout: float = 60) -> None:
-        catalog = Keys(self.settings.key_prefix).catalog
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if admin.hexists(catalog, self.hostname):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        tail = self.log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"worker did not become ready; log {self.log_path}:\n{tail}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-            except ProcessLookupError:
-                pass
-        self._log.close()
 
 
 def measure(client: Client, body: dict[str, Any], runs: int) -> tuple[float, float, int]:
@@ -165,7 +97,9 @@ def main() -> None:
             url = embedded.url
         settings = Settings(redis_url=url, key_prefix=f"cfbc{uuid.uuid4().hex[:6]}")
         admin = redis.Redis.from_url(url)
-        worker = Worker(settings, args.concurrency)
+        worker = Worker(
+            settings, args.concurrency, "WARNING"
+        )  # bench_core's, as the other benchmarks
         worker.wait_ready(admin)
         client = Client(settings)
         sides = {
