@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,9 +32,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(HERE), str(ROOT)]
 
 import requests  # noqa: E402
+from bench_web import Proc, free_port  # noqa: E402
 
 from orchestrator import Client  # noqa: E402
 from orchestrator.cli.embedded import EmbeddedRedis  # noqa: E402
@@ -52,34 +51,6 @@ WORKFLOW = {
         {"id": "echo", "plugin": "builtin", "method": "echo", "params": {"n": "{{ inputs.n }}"}}
     ],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.fh = open(log, "wb")  # noqa: SIM115
-        self.p = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=self.fh,
-            stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
-            start_new_session=True,
-        )
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-        self.fh.close()
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> Any:
