@@ -518,3 +518,16 @@ def iter_templates(value: Any, path: str = "") -> Iterator[tuple[str, Template]]
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             yield from iter_templates(item, f"{path}[{index}]")
+
+
+def strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string inside a JSON value with its path (the templates a validation checks):
+    params.a, params.items[2], params.cfg.name."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from strings(v, f"{path}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from strings(v, f"{path}[{i}]")

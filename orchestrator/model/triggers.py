@@ -172,7 +172,7 @@ class TriggerSchema(_Strict):
         if has_schedule:
             if "filter" in data:
                 raise ValidationError("filter applies to event triggers only", "filter")
-            for path, text in _strings(data.get("inputs") or {}, "inputs"):
+            for path, text in expressions.strings(data.get("inputs") or {}, "inputs"):
                 if "{{" in text:
                     raise ValidationError(
                         {
@@ -185,17 +185,6 @@ class TriggerSchema(_Strict):
                     )
         if has_event and "catchup" in data:
             raise ValidationError("catchup applies to schedule triggers only", "catchup")
-
-
-def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _strings(v, f"{path}.{k}")
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            yield from _strings(v, f"{path}[{i}]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +244,7 @@ def _check_event(entry: Mapping[str, Any], path: str) -> Iterator[tuple[str, str
             yield from _event_only(expr, f"{path}.filter")
     inputs = entry.get("inputs")
     if isinstance(inputs, Mapping):
-        for p, text in _strings(inputs, f"{path}.inputs"):
+        for p, text in expressions.strings(inputs, f"{path}.inputs"):
             if "{{" not in text:
                 continue
             try:

@@ -352,7 +352,7 @@ def _check_templates(
     index: dict[str, int],
     roots: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, str]]:
-    for path, text in _strings(params, prefix):
+    for path, text in expressions.strings(params, prefix):
         if "{{" not in text:
             continue
         try:
@@ -362,18 +362,6 @@ def _check_templates(
             continue
         for expr in template.expressions:
             yield from _check_paths(expr, path, sid, visible, index, roots)
-
-
-def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    """Every string inside params with its path: params.a, params.items[2], params.cfg.name."""
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _strings(v, f"{path}.{k}")
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            yield from _strings(v, f"{path}[{i}]")
 
 
 def _check_paths(
