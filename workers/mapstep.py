@@ -570,22 +570,7 @@ def on_item_hard_timeout(rt: shell.Runtime, args: Any, limit: float) -> None:
         return
     if int(index) < 0:
         return  # a lane killed before it claimed an item
-    ispec = _item_spec(spec, int(index))
-    error = core.hard_timeout_error(ispec, limit)
-    current = rt.state.step(run_id, iid, "attempts", "attempt_started_at", "worker", "task_id")
-    record = core.killed_record(
-        iid,
-        current.attempts,
-        current.attempt_started_at,
-        current.worker,
-        current.task_id,
-        now=time.time(),
-        error=error,
-    )
-    if rt.state.fail_killed_step(
-        run_id, iid, epoch, error=error, critical=spec.get("critical", True), attempt=record
-    ):
-        rt.dispatcher.redispatch(run_id, reason=f"item '{iid}' killed at its hard time limit")
+    shell.fail_at_hard_limit(rt, run_id, iid, epoch, _item_spec(spec, int(index)), limit, "item")
 
 
 def next_compensation(task: Task, rt: shell.Runtime, spec: Mapping[str, Any], hdr: Any) -> None:

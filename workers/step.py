@@ -600,6 +600,15 @@ def on_hard_timeout(rt: Runtime, args: Any, limit: float) -> None:
         run_id, sid, epoch = hdr["run"], spec["id"], hdr["epoch"]
     except (TypeError, ValueError, KeyError, IndexError):
         return  # not a step task's arguments
+    fail_at_hard_limit(rt, run_id, sid, int(epoch), spec, limit, "step")
+
+
+def fail_at_hard_limit(
+    rt: Runtime, run_id: str, sid: str, epoch: int, spec: Mapping[str, Any], limit: float, what: str
+) -> None:
+    """Record the killed attempt of step (or item) ``sid`` FAILED with the time limit's error
+    and, if that failed it, re-send what is left of the run. ``spec``: the step's (an item's has
+    its own timeout); ``what``: "step" or "item", for the reason."""
     error = core.hard_timeout_error(spec, limit)
     current = rt.state.step(run_id, sid, "attempts", "attempt_started_at", "worker", "task_id")
     record = core.killed_record(
@@ -612,9 +621,9 @@ def on_hard_timeout(rt: Runtime, args: Any, limit: float) -> None:
         error=error,
     )
     if rt.state.fail_killed_step(
-        run_id, sid, int(epoch), error=error, critical=spec.get("critical", True), attempt=record
+        run_id, sid, epoch, error=error, critical=spec.get("critical", True), attempt=record
     ):
-        rt.dispatcher.redispatch(run_id, reason=f"step '{sid}' killed at its hard time limit")
+        rt.dispatcher.redispatch(run_id, reason=f"{what} '{sid}' killed at its hard time limit")
 
 
 def load_run_definition(run: RunRecord) -> Definition:
