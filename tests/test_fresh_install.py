@@ -196,6 +196,9 @@ def test_a_fresh_venv_without_node_installs_and_runs_the_demo_with_a_styled_live
             page.fill("input[name=username]", "admin")
             page.fill("input[name=password]", password)
             page.click("button[type=submit]")
+            # The page after the login (its scripts ran): the login page may still be the one
+            # in the window right after the click.
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
             # Styled: main.css is applied.
             style = page.eval_on_selector(
                 ".topbar",
