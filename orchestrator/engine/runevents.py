@@ -97,13 +97,16 @@ def run_events(
     seen = 0  # the highest seq of the run met in the stream, skipped item events included
     scanned = 0
     cursor = start_id
+    first_read = True
     while scanned < SCAN_MAX:
         batch = r.xrange(keys.events, min=cursor, count=SCAN_CHUNK)
-        # The entry at the cursor was read already (or, at the start, is the newest recorded
-        # event): skipped, or a run Redis forgot whose last event ends the stream re-read that
-        # one entry until SCAN_MAX (500,000 round trips).
-        if batch and text(batch[0][0]) == cursor:
+        # After the first read the entry at the cursor was read already: skipped, or a run Redis
+        # forgot whose last event ends the stream re-read that one entry until SCAN_MAX (500,000
+        # round trips). The first read keeps it: the store's stream id may name an event its rows
+        # do not hold yet (recorded in the same batch), and seq > known dedupes it otherwise.
+        if batch and not first_read and text(batch[0][0]) == cursor:
             batch = batch[1:]
+        first_read = False
         if not batch:
             break
         scanned += len(batch)
