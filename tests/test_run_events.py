@@ -48,7 +48,9 @@ def test_events_recorded_and_trimmed_between_the_store_read_and_the_stream_read_
         seen_before, trimmed = 3, {4, 5, 6}
         calls: list[int] = []
 
-        def recorded_events(_store: Any, _run: str, after: int, *, limit: int) -> RecordedEvents:
+        def recorded_events(
+            _store: Any, _run: str, after: int, *, limit: int, **_: Any
+        ) -> RecordedEvents:
             calls.append(after)
             # The first read sees what was recorded then; later ones see the recorder's writes.
             upto = seen_before if len(calls) == 1 else max(trimmed)
@@ -104,5 +106,50 @@ def test_a_forgotten_run_whose_last_recorded_event_ends_the_stream_is_read_in_on
     got = runevents.run_events(state, store, rid, 0, limit=100_000)
     assert [e["seq"] for e in got] == [e.seq for e in evs]
     assert calls <= 2
+    store.dispose()
+    r.close()
+
+
+def test_events_a_second_recorder_has_not_committed_yet_are_read_from_the_stream(
+    redis_url: str, tmp_path: Any
+) -> None:
+    # Seen in CI: a reconnecting Socket.IO client missed events 25 and 26 of 27. Two recorders
+    # shared the group; one had committed 27 while 25 and 26 were still pending in the other, and
+    # the read took the store's rows, gap included, as the whole truth up to 27.
+    import redis as redis_lib
+    from sqlalchemy import delete
+
+    from orchestrator.audit import AuditStore
+    from orchestrator.audit.models import events as events_table
+    from orchestrator.audit.recorder import Recorder
+    from orchestrator.engine.runstate import RunState
+    from orchestrator.keys import Keys
+    from tests.items_helpers import mapped_run, run_meta
+
+    keys = Keys(f"ev{uuid.uuid4().hex[:8]}")
+    r = redis_lib.Redis.from_url(redis_url)
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}")
+    store.upgrade()
+    rid = "pending"
+    evs, _ = mapped_run(rid, 3)
+    state = RunState(r, keys, state_ttl=60)
+    state.create(run_meta(rid), ["list_files", "resize", "publish"])
+    for e in evs[1:]:
+        r.xadd(keys.events, {"run": rid, "seq": e.seq, "type": e.type, "step": e.step,
+                             "status": e.status, "ts": e.ts, "data": e.data_json})  # fmt: skip
+    Recorder(store, r, keys, trim=False).drain(timeout=30)
+    last = evs[-1].seq
+    r.hset(keys.run(rid), "seq", last)  # as the Lua that appended them would have
+    pending = {last - 2, last - 1}  # recorded by nobody yet: still in the stream
+    with store.begin() as conn:
+        conn.execute(
+            delete(events_table).where(
+                events_table.c.run_id == rid, events_table.c.seq.in_(pending)
+            )
+        )
+    got = runevents.run_events(state, store, rid, 0, limit=100_000)
+    assert [e["seq"] for e in got] == [e.seq for e in evs]
+    after = runevents.run_events(state, store, rid, last - 4, limit=100_000)
+    assert [e["seq"] for e in after] == list(range(last - 3, last + 1))
     store.dispose()
     r.close()

@@ -128,7 +128,9 @@ def run_events(
         # The recorder wrote events between the store's read and the stream's and trimmed them
         # from the stream: they are in the store now. Read it again for the gap.
         try:
-            gap = queries.recorded_events(store, run_id, known, limit=limit, **only_steps).events
+            gap = queries.recorded_events(
+                store, run_id, known, limit=limit, gapless=False, **only_steps
+            ).events
         except StoreError:
             if strict:
                 raise

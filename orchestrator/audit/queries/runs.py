@@ -554,11 +554,20 @@ def recorded_events(
     *,
     limit: int = 1000,
     skip_items: bool = False,
+    gapless: bool = True,
 ) -> RecordedEvents:
     """The recorded events after ``after_seq`` and where in the stream the unrecorded rest begins
     (``skip_items``: without the events of items of mapped steps)."""
     with store.connect() as conn:
         found = _events_after(conn, run_id, after_seq, limit, skip_items)
+        if gapless and not skip_items:
+            # Only the gapless head: with several recorders a later batch can commit before an
+            # earlier one (events 25 and 26 still pending in one, 27 recorded by another); the
+            # caller reads the rest from the stream, where pending entries are never trimmed.
+            for i, e in enumerate(found):
+                if e["seq"] != after_seq + i + 1:
+                    found = found[:i]
+                    break
         known = found[-1]["seq"] if found else after_seq
         stream_id = conn.execute(
             select(events.c.stream_id)
