@@ -190,3 +190,74 @@ def test_a_non_critical_step_refused_by_the_guard_lets_the_run_go_on(
         assert snap.statuses == {"deep": "FAILED", "after": "COMPLETED"}
     finally:
         client.close()
+
+
+def spec_and_header(canvas: object, step_id: str) -> tuple[object, object]:
+    """The wire spec of ``step_id`` and the run's wire header, from a compiled canvas (chains,
+    groups and chords walked): what an item task of that mapped step carries."""
+    spec, header, todo = None, None, [canvas]
+    while todo:
+        sig = todo.pop()
+        for arg in getattr(sig, "args", ()) or ():
+            if isinstance(arg, dict) and compiler.HEADER in arg:
+                header = arg[compiler.HEADER]
+            if getattr(sig, "task", None) == compiler.STEP_TASK and isinstance(arg, list):
+                try:
+                    if compiler.read_spec(arg)["id"] == step_id:
+                        spec = arg
+                except (KeyError, IndexError, TypeError, ValueError):
+                    pass
+        for part in (getattr(sig, "tasks", None), getattr(sig, "body", None)):
+            if isinstance(part, list | tuple):
+                todo.extend(part)
+            elif part is not None:
+                todo.append(part)
+    assert spec is not None and header is not None, canvas
+    return spec, header
+
+
+def test_an_item_message_nested_too_deep_fails_its_mapped_step_and_the_worker_lives(
+    guard_settings: Settings, start_worker
+) -> None:
+    # The guard once covered the step, settle and compensation tasks only: an item of a mapped
+    # step (canvasflow.item) nested 500 deep reached the prefork pool's pickler and killed the
+    # worker's main process, and the next worker after it.
+    worker = start_worker(guard_settings, concurrency=1)
+    client = Client(guard_settings)
+    try:
+        wf = (
+            Workflow(f"deep_item_{uuid.uuid4().hex[:4]}", mode="sequential")
+            .step("list", "builtin", "echo", params={"files": ["a", "b", "c"]})
+            .step(
+                "each",
+                "builtin",
+                "sleep",
+                map={"over": "{{ steps.list.output.files }}", "max_parallel": 1},
+                params={"seconds": 1},
+            )
+        )
+        run = client.submit(wf)
+        defn = wf.build()
+        wait = time.monotonic() + 30
+        while client.state.step(run.id, "each", "status").status != "RUNNING":
+            assert time.monotonic() < wait, "the mapped step never started"
+            time.sleep(0.05)
+        ctx = compiler.RunContext(run.id, 1, "normal", 10, defn.id, "", None, "default")
+        wire, hdr = spec_and_header(compiler.compile_run(defn, ctx, app=client.celery), "each")
+        client.celery.signature(
+            compiler.ITEM_TASK, args=(wire, hdr, 1, -1, {"deep": nested(500)})
+        ).apply_async(queue="default")
+        snap = run.wait(60)
+        assert worker.proc.poll() is None, worker.log()[-3000:]
+        assert snap.status == "FAILED", snap
+        assert snap.step("each").status == "FAILED"
+        error = snap.step("each").error
+        assert "refused the message of item 1" in error and "CANVASFLOW_MESSAGE_MAX_DEPTH" in error
+        dead = [json.loads(x) for x in client.redis.lrange(client.keys.dead_messages, 0, -1)]
+        assert [(d["run"], d["step"], d["item"], d["task"]) for d in dead] == [
+            (run.id, "each", 1, "canvasflow.item")
+        ]
+        assert client.submit(chain_of_two("after_deep_item")).wait(60).status == "COMPLETED"
+        assert worker.proc.poll() is None
+    finally:
+        client.close()

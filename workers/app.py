@@ -256,9 +256,22 @@ def create_worker_app(
     # guard writes from the main process, with the state as it is (not patient: it must not
     # stall the consumer; it hands the message back if Redis does not answer).
     message_guard = guard.Guard(state, Dispatcher(app, settings, state), settings)
-    for task in (step, merge, settle, compensate, compensated, child_joined):
+    # Outgoing notifications, on the "notify" queue; their messages are guarded too (a refused
+    # one names no run: it is dead-lettered and acknowledged).
+    notify_dispatch, notify_deliver = notify_tasks.register(app, settings)
+    for task in (
+        step,
+        item,
+        collect,
+        merge,
+        settle,
+        compensate,
+        compensated,
+        child_joined,
+        notify_dispatch,
+        notify_deliver,
+    ):
         task.Strategy = message_guard.strategy
-    notify_tasks.register(app, settings)  # outgoing notifications, on the "notify" queue
 
     def publish_catalog(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is not app:

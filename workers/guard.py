@@ -77,16 +77,23 @@ def check(body: bytes | str, max_depth: int, max_bytes: int) -> tuple[str, Any]:
     return (too_deep if nesting(raw) > max_depth else ""), None
 
 
+# Where a task's arguments hold its step's spec and its run header: the step task
+# (incoming, spec, hdr), an item of a mapped step (spec, hdr, index, lane, upstream), a mapped
+# step's collector (results, spec, hdr). A refused item or collector fails its mapped step.
+_SPEC_AT = {compiler.STEP_TASK: (1, 2), compiler.ITEM_TASK: (0, 1), compiler.COLLECT_TASK: (1, 2)}
+
+
 def _identify(task_name: str, body: bytes | str, decoded: Any) -> tuple[str, int, str, bool]:
     """(run id, epoch, step id, critical) of a canvasflow message, as far as it can be read."""
     run_id, epoch, step, critical = "", 0, "", True
     if isinstance(decoded, list) and decoded and isinstance(decoded[0], list):
         args = decoded[0]
         try:
-            if task_name == compiler.STEP_TASK and len(args) >= 2:
-                spec = compiler.read_spec(args[1])
+            at = _SPEC_AT.get(task_name)
+            if at is not None and len(args) > at[0]:
+                spec = compiler.read_spec(args[at[0]])
                 step, critical = str(spec["id"]), spec.get("critical", True) is not False
-                hdr = args[2] if len(args) > 2 and args[2] else _header_of(args[0])
+                hdr = args[at[1]] if len(args) > at[1] and args[at[1]] else _header_of(args[0])
             else:
                 hdr = next(
                     (a for a in reversed(args) if isinstance(a, dict) and "run" in a), None
@@ -150,6 +157,11 @@ class Guard:
             except (ValueError, RecursionError):
                 pass
         run_id, epoch, step, critical = _identify(task_name, raw, decoded)
+        item = None
+        if task_name == compiler.ITEM_TASK and isinstance(decoded, list) and decoded:
+            args = decoded[0]
+            if isinstance(args, list) and len(args) > 2 and isinstance(args[2], int):
+                item = args[2] if args[2] >= 0 else None  # < 0: a lane's first, not claimed yet
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         record = {
             "task": task_name,
@@ -158,6 +170,7 @@ class Guard:
             "run": run_id or None,
             "epoch": epoch or None,
             "step": step or None,
+            "item": item,
             "worker": self.hostname,
             "at": time.time(),
             "size": len(raw),
@@ -204,9 +217,12 @@ class Guard:
     ) -> None:
         if not run_id:
             return
-        error = (
-            f"the worker refused the step's message: {why}; kept in {self.state.keys.dead_messages}"
-        )
+        whose = {
+            compiler.ITEM_TASK: "the message of "
+            + (f"item {record['item']}" if record.get("item") is not None else "an item"),
+            compiler.COLLECT_TASK: "the message collecting its items",
+        }.get(record["task"], "the step's message")
+        error = f"the worker refused {whose}: {why}; kept in {self.state.keys.dead_messages}"
         if step:
             attempt = {
                 "step": step,
