@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from orchestrator.audit.store import AuditStore
 from orchestrator.connect import broker_redis
 from orchestrator.engine import slots
@@ -388,7 +390,9 @@ class Watchdog:
                     log.info("watchdog: re-dispatched %s", ", ".join(rep.redispatched))
                 if rep.recovered:
                     log.info("watchdog: recovered %s", ", ".join(rep.recovered))
-            except Exception:  # a Redis hiccup must not end the process: log it, try again
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("watchdog: Redis unreachable (%s); checking again in %.1fs", exc, every)
+            except Exception:  # a bug must not end the process either: log it, try again
                 log.exception("watchdog: check failed")
             stop.wait(every)
 
