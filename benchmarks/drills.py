@@ -596,7 +596,9 @@ def drill_redis_restart(args: argparse.Namespace, database: str) -> Row:
         row.notes.insert(0, f"down {down:.1f} s, {running} runs RUNNING then")
         again = rig.redispatched(ids)
         row.figures["redispatched"] = again
-        row.notes.insert(1, f"{again} re-dispatched by the watchdog (stall {args.watchdog_stall} s)")
+        row.notes.insert(
+            1, f"{again} re-dispatched by the watchdog (stall {args.watchdog_stall} s)"
+        )
         for name, proc in rig.fleet.procs.items():
             if proc.poll() is not None:
                 why = [

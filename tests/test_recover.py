@@ -367,3 +367,76 @@ def test_a_compensating_run_continues_its_compensations_after_recovery(fleet: Fl
     # the compensation that was running when Redis went away ran again (at-least-once)
     assert fleet.ran(rid) == {"a": 1, "undo-a": 2}
     assert fleet.steps(rid) == {"a": "COMPENSATED", "f": "FAILED"}
+
+
+KID = {
+    "id": "recover_kid",
+    "version": "1.0.0",
+    "inputs": {"marks": "", "gate": ""},
+    "steps": [
+        {"id": "a", **call("mark", "a")},
+        {
+            "id": "b",
+            **call("mark_then_wait", "b", gate="{{ inputs.gate }}"),
+            "depends_on": ["a"],
+            "timeout": 600,
+        },
+    ],
+    "outputs": {"tag": "{{ steps.b.output.tag }}"},
+}
+PARENT = {
+    "id": "recover_parent",
+    "mode": "sequential",
+    "steps": [
+        {
+            "id": "kid",
+            "workflow": "recover_kid",
+            "inputs": {"marks": "{{ inputs.marks }}", "gate": "{{ inputs.gate }}"},
+        },
+        {"id": "after", **call("mark", "after")},
+    ],
+}
+
+
+def test_a_parent_waiting_on_its_child_is_linked_to_the_recovered_child_not_given_a_second_one(
+    fleet: Fleet,
+) -> None:
+    # Before: the recovered parent's sub-workflow step was sent again without its link to the
+    # child (Redis lost it, with the registry), so it started a second child, or failed with
+    # "not registered"; the first child ran on, orphaned.
+    gate = fleet.tmp / "gate-kid"
+    fleet.client.register(KID)
+    parent = str(
+        fleet.client.submit(PARENT, inputs={"marks": str(fleet.marks), "gate": str(gate)}).id
+    )
+
+    def child_waiting() -> str | None:
+        with fleet.store.connect() as conn:
+            kid = conn.execute(select(runs.c.id).where(runs.c.parent_run == parent)).scalar()
+        if kid and fleet.steps(kid) == {"a": "COMPLETED", "b": "RUNNING"}:
+            return str(kid)
+        return None
+
+    child = wait_for("the child's b RUNNING in the audit store", child_waiting)
+    assert fleet.steps(parent)["kid"] == "RUNNING"
+    fleet.lose_redis()
+    assert fleet.client.state.status(parent) is None and fleet.client.state.status(child) is None
+
+    done = fleet.recover()
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert f"recovered {child} (RUNNING" in out and f"recovered {parent} (RUNNING" in out, out
+    assert out.index(f"recovered {child}") < out.index(f"recovered {parent}"), out
+    assert "kid waiting on its child" in out, out
+    (hot,) = fleet.client.state.runs([child], "parent_run", "parent_step", "depth")
+    assert hot is not None and (hot.parent_run, hot.parent_step, hot.depth) == (parent, "kid", 1)
+
+    gate.touch()
+    wait_for("the parent COMPLETED", lambda: fleet.status(parent) == "COMPLETED")
+    with fleet.store.connect() as conn:
+        kids = conn.execute(select(runs.c.id).where(runs.c.parent_run == parent)).scalars().all()
+    assert kids == [child]  # no second child
+    assert fleet.status(child) == "COMPLETED"
+    assert fleet.ran(child) == {"a": 1, "b": 2} and fleet.ran(parent) == {"after": 1}
+    snap = fleet.client.get_run(parent).snapshot()
+    assert snap.step("kid").output == {"tag": f"{child}:b"}

@@ -55,6 +55,16 @@ class ChildState:
         pipe.expire(key, self.state_ttl)
         pipe.execute()
 
+    def relink_child(self, run_id: str, step: str, child_id: str) -> None:
+        """Recovery (recover.py): the child run ``step`` of a recovered parent started, which is
+        in Redis again, claimed for that step once more and listed among the parent's children;
+        the re-sent step then waits on it instead of starting another."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.keys.child_of(run_id, step), child_id, ex=self.state_ttl)
+        pipe.sadd(self.keys.children(run_id), child_id)
+        pipe.expire(self.keys.children(run_id), self.state_ttl)
+        pipe.execute()
+
     def children(self, run_id: str) -> list[str]:
         """The child runs the run's sub-workflow steps started (every one, retried ones too)."""
         return sorted(text(c) for c in self.r.smembers(self.keys.children(run_id)))

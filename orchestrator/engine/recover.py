@@ -19,6 +19,12 @@ message or a finishing attempt of the lost dispatch is refused as stale (docs/de
 The seq continues from the audit store's last recorded event. Each recovery appends
 ``run_recovered`` (the recorder writes an audit-log row, action ``recovered``).
 
+Sub-workflows: children are recovered before their parents, each child with its parent link
+(``parent_run``, ``parent_step``, depth), and a parent's sub-workflow step that still waits is
+linked to its recovered child again (``RunState.relink_child``): the re-sent step finds the
+child and waits on it instead of starting a second one. A child that had already ended, or was
+not recovered, is not linked: that step starts a new child (docs/design.md).
+
 Known limit: events the recorder had not yet written when Redis lost them are lost with it;
 a step that COMPLETED in Redis but not yet in SQL runs again (at-least-once, as for a lost
 worker). Run ``canvasflow recover`` after the recorder caught up (``canvasflow recorder``
@@ -48,6 +54,7 @@ from orchestrator.engine.states import (
     StepStatus,
 )
 from orchestrator.errors import DefinitionError
+from orchestrator.keys import item_of
 from orchestrator.model.definition import Definition, from_stored
 from orchestrator.records import RunRecord, StepRecord
 
@@ -140,6 +147,7 @@ def recover(
                     else "not a live run in the audit store (unknown, or already final)",
                 )
             )
+    todo = _children_first(store, todo)
     for rid, status in todo:
         try:
             one = _recover_one(store, state, dispatcher, rid, force, actor, reason)
@@ -149,6 +157,65 @@ def recover(
         if progress is not None:
             progress(one)
     return report
+
+
+def _parents(store: AuditStore, run_ids: list[str]) -> dict[str, str]:
+    """{run: its parent run} for the child runs among ``run_ids``."""
+    out: dict[str, str] = {}
+    with store.connect() as conn:
+        for i in range(0, len(run_ids), 500):
+            q = select(runs.c.id, runs.c.parent_run).where(
+                runs.c.id.in_(run_ids[i : i + 500]), runs.c.parent_run.is_not(None)
+            )
+            out.update({r[0]: r[1] for r in conn.execute(q) if r[1]})
+    return out
+
+
+def _children_first(store: AuditStore, todo: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``todo`` with every child before its parent (deepest first, otherwise in order): a
+    parent's waiting step is linked to its child only once the child is back in Redis."""
+    parent_of = _parents(store, [rid for rid, _ in todo])
+    if not parent_of:
+        return todo
+
+    def depth(rid: str) -> int:
+        n, seen = 0, {rid}
+        while rid in parent_of and parent_of[rid] not in seen and n < 100:
+            rid = parent_of[rid]
+            seen.add(rid)
+            n += 1
+        return n
+
+    order = {rid: i for i, (rid, _) in enumerate(todo)}
+    return sorted(todo, key=lambda t: (-depth(t[0]), order[t[0]]))
+
+
+def _relink_children(store: AuditStore, state: RunState, run_id: str, b: _Rebuilt) -> list[str]:
+    """Link the parent's sub-workflow steps (or items of them) that still wait to the children
+    they started, where the child is in Redis again; returns the steps linked."""
+    with store.connect() as conn:
+        rows = conn.execute(
+            select(runs.c.id, runs.c.parent_step)
+            .where(runs.c.parent_run == run_id)
+            .order_by(runs.c.created_at, runs.c.id)
+        ).all()
+    latest: dict[str, str] = {}
+    for child_id, step in rows:
+        if step:
+            latest[step] = child_id  # a retried step's newest child is the one it waits on
+    if not latest:
+        return []
+    waiting = {sid for sid, f in b.steps.items() if f["status"] not in SETTLED_STEP_STATUSES}
+    wanted = [
+        (step, child) for step, child in latest.items() if (item_of(step) or (step,))[0] in waiting
+    ]
+    known = state.runs([child for _, child in wanted], "status") if wanted else []
+    linked = []
+    for (step, child), hot in zip(wanted, known, strict=True):
+        if hot is not None and hot.status not in FINAL:
+            state.relink_child(run_id, step, child)
+            linked.append(step)
+    return linked
 
 
 @dataclass(frozen=True)
@@ -198,6 +265,7 @@ def _recover_one(
     )
     if verdict != "ok":
         return Recovered(run_id, b.before, "present", "Redis knows it")
+    linked = _relink_children(store, state, run_id, b)
     status = b.run.status
     records = {sid: StepRecord.from_hash(sid, f) for sid, f in b.steps.items()}
     if group is not None and b.defn.concurrency is not None and status in SLOT_HOLDING_STATUSES:
@@ -223,6 +291,8 @@ def _recover_one(
         sent = "its settle" if status == RunStatus.CANCELLING else "its compensations"
     else:
         sent = f"nothing ({status}: waits for an operator)"
+    if linked:
+        sent += f"; {', '.join(linked)} waiting on {'its child' if len(linked) == 1 else 'their children'}"
     return Recovered(run_id, b.before, "recovered", f"sent {sent}", epoch, b.rerun)
 
 
@@ -250,6 +320,10 @@ def rebuild(store: AuditStore, run_id: str) -> _Rebuilt:
                 .order_by(step_attempts.c.finished_at, step_attempts.c.attempt)
             ).mappings()
         ]
+        depth, parent = 0, row["parent_run"]
+        while parent and depth < 100:  # how deep it nests: its chain of parents in the store
+            depth += 1
+            parent = conn.execute(select(runs.c.parent_run).where(runs.c.id == parent)).scalar()
     before = str(row["status"])
     if body is None:
         raise RecoveryRefused(
@@ -337,6 +411,12 @@ def rebuild(store: AuditStore, run_id: str) -> _Rebuilt:
         error=row["error"],
         failed_step=failed if halt else None,
         compensate_target=_compensate_target(status, halt),
+        parent_run=row["parent_run"],
+        parent_step=row["parent_step"],
+        depth=depth,
+        # Its settle evaluates the definition's outputs (a recovered run once completed with no
+        # result: this flag is set at submit and was not rebuilt).
+        has_outputs="1" if defn.outputs else None,
     )
     return _Rebuilt(run, defn, hot, attempts, completed, lost, tuple(rerun), before)
 
