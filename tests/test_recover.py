@@ -440,3 +440,85 @@ def test_a_parent_waiting_on_its_child_is_linked_to_the_recovered_child_not_give
     assert fleet.ran(child) == {"a": 1, "b": 2} and fleet.ran(parent) == {"after": 1}
     snap = fleet.client.get_run(parent).snapshot()
     assert snap.step("kid").output == {"tag": f"{child}:b"}
+
+
+MAPPED = {
+    "id": "recover_mapped",
+    "mode": "sequential",
+    "steps": [
+        {
+            "id": "list",
+            "plugin": "builtin",
+            "method": "echo",
+            # the first two items pass their gate at once; the third waits on the test's
+            "params": {
+                "gates": [
+                    "{{ inputs.marks }}",
+                    "{{ inputs.marks }}",
+                    "{{ inputs.gate }}",
+                    "{{ inputs.marks }}",
+                ]
+            },  # fmt: skip
+        },
+        {
+            "id": "each",
+            "map": {"over": "{{ steps.list.output.gates }}", "as": "gate", "max_parallel": 1},
+            "plugin": "builtin",
+            "method": "call",
+            "params": {
+                "function": "tests.helpers:mark_then_wait",
+                "kwargs": {
+                    "path": "{{ inputs.marks }}",
+                    "tag": "{{ run.id }}:each{{ map.index }}",
+                    "gate": "{{ gate }}",
+                },
+            },
+            "timeout": 600,
+        },
+    ],
+}
+
+
+def test_a_mapped_step_recovered_mid_way_runs_only_the_items_that_had_not_completed(
+    fleet: Fleet,
+) -> None:
+    # Before: the items' hot state was not rebuilt, so the mapped step expanded afresh and ran
+    # every item again, the completed ones too.
+    gate = fleet.tmp / "gate-items"
+    run = str(fleet.client.submit(MAPPED, inputs={"marks": str(fleet.marks), "gate": str(gate)}).id)
+    wait_for(
+        "items 0 and 1 COMPLETED and item 2 RUNNING in the audit store",
+        lambda: (
+            {k: v for k, v in fleet.steps(run).items() if k.startswith("each[")}
+            == {"each[0]": "COMPLETED", "each[1]": "COMPLETED", "each[2]": "RUNNING"}
+        ),
+    )
+    fleet.lose_redis()
+    done = fleet.recover()
+    assert done.returncode == 0 and f"recovered {run} (RUNNING" in done.stdout, (
+        done.stdout + done.stderr
+    )
+    gate.touch()
+    wait_for("the run COMPLETED", lambda: fleet.status(run) == "COMPLETED")
+    assert fleet.ran(run) == {"each0": 1, "each1": 1, "each2": 2, "each3": 1}
+    snap = fleet.client.get_run(run).snapshot()
+    assert snap.step("each").output == [{"tag": f"{run}:each{i}"} for i in range(4)]
+    with fleet.store.connect() as conn:
+        attempts = {
+            (r[0], r[1]): r[2]
+            for r in conn.execute(
+                select(
+                    step_attempts.c.step_id, step_attempts.c.attempt, step_attempts.c.status
+                ).where(step_attempts.c.run_id == run, step_attempts.c.step_id.like("each[%"))
+            )
+        }
+    # the item attempts are in the items' own list in Redis, not among the steps'
+    hot_steps = {a["step"] for a in fleet.client.state.read(run)[2]}  # type: ignore[index]
+    assert hot_steps == {"list", "each"}, hot_steps
+    assert attempts == {
+        ("each[0]", 1): "COMPLETED",
+        ("each[1]", 1): "COMPLETED",
+        ("each[2]", 1): "LOST",
+        ("each[2]", 2): "COMPLETED",
+        ("each[3]", 1): "COMPLETED",
+    }

@@ -56,7 +56,7 @@ from orchestrator.engine.states import (
 from orchestrator.errors import DefinitionError
 from orchestrator.keys import item_of
 from orchestrator.model.definition import Definition, from_stored
-from orchestrator.records import RunRecord, StepRecord
+from orchestrator.records import RunRecord, StepRecord, encode_step_fields
 
 FINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 # Steps whose attempt was under way: they run again as a new attempt.
@@ -228,6 +228,7 @@ class _Rebuilt:
     lost: list[tuple[str, str]]
     rerun: tuple[str, ...]
     before: str
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _recover_one(
@@ -262,12 +263,15 @@ def _recover_one(
         lost=b.lost,
         data=data,
         force=force,
+        items=b.items,
     )
     if verdict != "ok":
         return Recovered(run_id, b.before, "present", "Redis knows it")
     linked = _relink_children(store, state, run_id, b)
     status = b.run.status
-    records = {sid: StepRecord.from_hash(sid, f) for sid, f in b.steps.items()}
+    # By their Redis names (``output``, not ``output_json``): decoded by attribute names, every
+    # settled step was seeded with no output, and a step after it read None for it.
+    records = {sid: StepRecord.from_hash(sid, encode_step_fields(f)) for sid, f in b.steps.items()}
     if group is not None and b.defn.concurrency is not None and status in SLOT_HOLDING_STATUSES:
         # A run past PENDING holds its slot again; a PENDING one asks for one like a new run.
         adm = state.admit(
@@ -377,8 +381,10 @@ def rebuild(store: AuditStore, run_id: str) -> _Rebuilt:
         if st == StepStatus.FAILED and defn.step(sid).critical:
             halt = "failed"
         hot[sid] = fields
+    items = _items(defn, step_rows, attempt_rows, outputs, lost)
+    done = {**hot, **items}
     completed = sorted(
-        (sid for sid, f in hot.items() if f["status"] in (StepStatus.COMPLETED, "COMPENSATING")),
+        (sid for sid, f in done.items() if f["status"] in (StepStatus.COMPLETED, "COMPENSATING")),
         key=lambda sid: (step_rows[sid]["finished_at"] or 0.0, sid),
     )
     failed = row["failed_step"] or next(
@@ -418,7 +424,48 @@ def rebuild(store: AuditStore, run_id: str) -> _Rebuilt:
         # result: this flag is set at submit and was not rebuilt).
         has_outputs="1" if defn.outputs else None,
     )
-    return _Rebuilt(run, defn, hot, attempts, completed, lost, tuple(rerun), before)
+    return _Rebuilt(run, defn, hot, attempts, completed, lost, tuple(rerun), before, items)
+
+
+def _items(
+    defn: Definition,
+    step_rows: Mapping[str, Mapping[str, Any]],
+    attempt_rows: list[dict[str, Any]],
+    outputs: Mapping[str, str],
+    lost: list[tuple[str, str]],
+) -> dict[str, dict[str, Any]]:
+    """The hot fields of the items of mapped steps, as the store has them: a settled item keeps
+    its outcome (the step's expansion runs only the others, as after a pause; its compensation
+    has its output); an item that was running is PENDING again, its attempt reported lost (added
+    to ``lost``); a COMPLETED item whose output the store lacks runs again."""
+    mapped = {s.id for s in defn.steps if s.map is not None}
+    out: dict[str, dict[str, Any]] = {}
+    for iid, r in step_rows.items():
+        base = item_of(iid)
+        if base is None or base[0] not in mapped:
+            continue
+        st, n = str(r["status"]), int(r["attempts"] or 0)
+        fields: dict[str, Any] = {"status": st, "attempts": n}
+        for name in ("started_at", "finished_at", "worker", "error"):
+            if r[name] is not None:
+                fields[name] = r[name]
+        if st in (StepStatus.COMPLETED, StepStatus.COMPENSATING):
+            if iid in outputs:
+                fields["output_json"] = outputs[iid]
+            else:
+                fields = {"status": StepStatus.PENDING, "attempts": n}
+        elif st in SETTLED_STEP_STATUSES:
+            fields["output_json"] = "null"
+        if st in INTERRUPTED:
+            fields.update(status=StepStatus.PENDING, lost=n)
+            fields.pop("finished_at", None)
+            if st == StepStatus.RUNNING and n:
+                att = next(
+                    (a for a in attempt_rows if a["step_id"] == iid and a["attempt"] == n), {}
+                )
+                lost.append((iid, _lost_data(n, att, r)))
+        out[iid] = fields
+    return out
 
 
 def _compensate_target(status: str, halt: str | None) -> str | None:
