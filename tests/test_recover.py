@@ -21,7 +21,14 @@ import pytest
 from sqlalchemy import select, update
 
 from orchestrator.audit import AuditStore
-from orchestrator.audit.models import audit_log, runs, step_attempts, steps, workflow_definitions
+from orchestrator.audit.models import (
+    audit_log,
+    registry,
+    runs,
+    step_attempts,
+    steps,
+    workflow_definitions,
+)
 from orchestrator.settings import Settings
 from tests.conftest import ROOT, TEST_CALL_ALLOW, WorkerProcess, make_settings
 from tests.restartable_redis import RestartableRedis
@@ -419,7 +426,13 @@ def test_a_parent_waiting_on_its_child_is_linked_to_the_recovered_child_not_give
 
     child = wait_for("the child's b RUNNING in the audit store", child_waiting)
     assert fleet.steps(parent)["kid"] == "RUNNING"
+    with fleet.store.connect() as conn:  # the recorder copied the registry into the store
+        wait_for(
+            "the registry in the store",
+            lambda: conn.execute(select(registry.c.version)).scalars().all() == ["1.0.0"],
+        )
     fleet.lose_redis()
+    assert fleet.client.versions("recover_kid") == []  # the registry went with Redis
     assert fleet.client.state.status(parent) is None and fleet.client.state.status(child) is None
 
     done = fleet.recover()
@@ -428,6 +441,8 @@ def test_a_parent_waiting_on_its_child_is_linked_to_the_recovered_child_not_give
     assert f"recovered {child} (RUNNING" in out and f"recovered {parent} (RUNNING" in out, out
     assert out.index(f"recovered {child}") < out.index(f"recovered {parent}"), out
     assert "kid waiting on its child" in out, out
+    assert "registered again from the audit store: 1 workflow version(s): recover_kid 1.0.0" in out
+    assert fleet.client.versions("recover_kid") == ["1.0.0"]
     (hot,) = fleet.client.state.runs([child], "parent_run", "parent_step", "depth")
     assert hot is not None and (hot.parent_run, hot.parent_step, hot.depth) == (parent, "kid", 1)
 

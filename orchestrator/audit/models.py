@@ -224,6 +224,17 @@ audit_log = Table(
 # One row per schedule trigger an operator touched or a scheduler fired (issue 16): whether it
 # is paused (state that must survive a Redis restart), and its last fire time, the cursor a
 # scheduler falls back to when Redis lost its own (orchestrator/engine/scheduler.py).
+# The workflow registry's versions, copied from Redis by the recorder (registry.py, 0013).
+registry = Table(
+    "cf_registry",
+    metadata,
+    Column("workflow_id", NAME, primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("position", Integer, nullable=False),  # in the workflow's version list
+    Column("body", Text, nullable=False),
+    Column("copied_at", Double, nullable=False),
+)
+
 schedules = Table(
     "cf_schedules",
     metadata,

@@ -31,6 +31,7 @@ from typing import Any
 import redis
 
 from orchestrator.audit.events import BadEvent, Event, Lookups
+from orchestrator.audit.registry import RegistryCopier
 from orchestrator.audit.store import AuditStore, StoreNotReady, StoreUnavailable
 from orchestrator.connect import state_redis
 from orchestrator.errors import StoreError
@@ -148,6 +149,7 @@ class Recorder:
         trim_interval: float = 5.0,
         start_id: str = "0",
         hooks: Iterable[RecorderHook | Callable[[Sequence[Event]], None]] = (),
+        copy_registry: bool = True,
     ) -> None:
         self.store = store
         self.r = client
@@ -163,6 +165,10 @@ class Recorder:
         self.claim_interval = claim_interval
         self.trim_enabled = trim
         self.trim_interval = trim_interval
+        # The workflow registry, copied into the store when it changes (registry.py).
+        self.registry: RegistryCopier | None = (
+            RegistryCopier(store, client, self.keys) if copy_registry else None
+        )
         self.start_id = start_id
         self.hooks = [h if isinstance(h, RecorderHook) else _CallableHook(h) for h in hooks]
         self.stats = BatchStats()
@@ -234,6 +240,8 @@ class Recorder:
             or self._claim()
             or self._read(self.block if block is None else block)
         )
+        if self.registry is not None:
+            self.registry.maybe_copy()
         if not entries:
             self._maybe_trim()
             return 0

@@ -38,7 +38,7 @@ from orchestrator.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-HEAD = "0012"  # the newest migration; a test checks it against migrations/versions
+HEAD = "0013"  # the newest migration; a test checks it against migrations/versions
 MIGRATIONS = "orchestrator.audit:migrations"
 VERSION_TABLE = "cf_alembic_version"
 # PostgreSQL: a pooled connection idle this long is pinged before use (_ping_when_idle).

@@ -112,6 +112,13 @@ def _recover(
             )
     finally:
         store.dispose()
+    if report.registered:
+        console.print(
+            f"registered again from the audit store: {len(report.registered)} workflow "
+            "version(s): " + ", ".join(f"{w} {v}" for w, v in report.registered),
+            highlight=False,
+            markup=False,
+        )
     for one in report.runs:
         if one.verdict == "recovered":
             rerun = f"; re-running {', '.join(one.rerun)}" if one.rerun else ""

@@ -42,6 +42,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from orchestrator.audit import registry
 from orchestrator.audit.models import runs, step_attempts, steps, workflow_definitions
 from orchestrator.audit.store import AuditStore
 from orchestrator.engine import slots
@@ -83,6 +84,8 @@ class Recovered:
 @dataclass
 class Report:
     runs: list[Recovered] = field(default_factory=list)
+    # Workflow versions written back to the registry from the store: (workflow, version).
+    registered: list[tuple[str, str]] = field(default_factory=list)
 
     def of(self, verdict: str) -> list[Recovered]:
         return [r for r in self.runs if r.verdict == verdict]
@@ -131,7 +134,9 @@ def recover(
     """Rebuild and re-dispatch every lost run (see the module). A run that cannot be rebuilt
     (its definition unreadable, say) is reported ``refused`` with why; the others go on."""
     ids = list(run_ids)
-    report = Report()
+    # The registry first: a recovered run's sub-workflow step, a schedule or an event trigger
+    # reads it (Redis lost it with the runs).
+    report = Report(registered=registry.restore(store, state.r, state.keys))
     todo = candidates(store, state, ids, force=force)
     found = {rid for rid, _ in todo}
     for rid in ids:

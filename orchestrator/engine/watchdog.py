@@ -366,6 +366,11 @@ class Watchdog:
             actor=f"watchdog {self.name}",
             reason="Redis came back without canvasflow's state (seen by the watchdog)",
         )
+        if report.registered:
+            log.warning(
+                "watchdog: registered %d workflow version(s) again from the audit store",
+                len(report.registered),
+            )
         for one in report.refused:
             log.error("watchdog: run %s not recovered: %s", one.run_id, one.detail)
         return [one.run_id for one in report.recovered]
