@@ -30,30 +30,37 @@ log = logging.getLogger(__name__)
 COPY_INTERVAL = 2.0  # seconds between two looks at the registry's generation counter
 
 
-def registered(r: Any, keys: Keys) -> list[tuple[str, str, int, str]]:
-    """Every registered version in Redis: (workflow, version, position, body)."""
-    out: list[tuple[str, str, int, str]] = []
-    for wid in sorted(text(w) for w in r.smembers(keys.workflows)):
-        pipe = r.pipeline(transaction=False)
-        pipe.lrange(keys.workflow_versions(wid), 0, -1)
-        pipe.hgetall(keys.workflow(wid))
-        versions, bodies = pipe.execute()
-        by_version = {text(k): text(v) for k, v in bodies.items()}
-        for pos, v in enumerate(text(x) for x in versions):
-            if v in by_version:
-                out.append((wid, v, pos, by_version[v]))
-    return out
-
-
 def copy(store: AuditStore, r: Any, keys: Keys) -> int:
-    """Copy the versions Redis has into the store (those already there are left as they are);
-    returns how many versions Redis has."""
-    rows = [
-        {"workflow_id": w, "version": v, "position": p, "body": b, "copied_at": time.time()}
-        for w, v, p, b in registered(r, keys)
-    ]
-    with store.begin() as conn:
-        insert_ignore(conn, registry, rows)
+    """Copy the versions Redis has and the store lacks into the store (a version's body never
+    changes, so those already there are not read again); returns how many were copied."""
+    with store.connect() as conn:
+        have = {(w, v) for w, v in conn.execute(select(registry.c.workflow_id, registry.c.version))}
+    wids = sorted(text(w) for w in r.smembers(keys.workflows))
+    pipe = r.pipeline(transaction=False)
+    for wid in wids:
+        pipe.lrange(keys.workflow_versions(wid), 0, -1)
+    rows: list[dict[str, Any]] = []
+    for wid, versions in zip(wids, pipe.execute(), strict=True):
+        missing = [
+            (pos, v) for pos, v in enumerate(text(x) for x in versions) if (wid, v) not in have
+        ]
+        if not missing:
+            continue
+        bodies = r.hmget(keys.workflow(wid), [v for _, v in missing])
+        rows.extend(
+            {
+                "workflow_id": wid,
+                "version": v,
+                "position": pos,
+                "body": text(body),
+                "copied_at": time.time(),
+            }
+            for (pos, v), body in zip(missing, bodies, strict=True)
+            if body is not None
+        )
+    if rows:
+        with store.begin() as conn:
+            insert_ignore(conn, registry, rows)
     return len(rows)
 
 
@@ -113,6 +120,7 @@ class RegistryCopier:
                 return
             n = copy(self.store, self.r, self.keys)
             self._seen, self._copied = gen, True
-            log.debug("registry: %d workflow version(s) in the audit store", n)
+            if n:
+                log.info("registry: %d workflow version(s) copied to the audit store", n)
         except Exception as exc:  # recording events matters more: try again next time
             log.warning("registry: could not copy the workflow registry to the store: %s", exc)
