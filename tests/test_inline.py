@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from orchestrator import Settings, StepError, Workflow
-from orchestrator.errors import ConfigurationError, DefinitionError, PluginError
+from orchestrator.errors import CanvasflowError, ConfigurationError, DefinitionError, PluginError
 from workers.testing import InlineRunner, run_inline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +112,23 @@ def test_an_invalid_definition_is_refused_before_anything_runs(runner: InlineRun
     assert "steps[0].plugin: no plugin 'ledgr' (did you mean 'ledger'?)" in text
     assert "steps[1].params: missing required parameter 'key'" in text
     assert CALLS == []
+
+
+def test_a_sub_workflow_step_is_refused_at_once_with_what_to_do(runner: InlineRunner) -> None:
+    # Before: the child ran, then the parent's step task parked (Ignore) and the runner failed
+    # with "task canvasflow.step ended IGNORED when run inline: Parked()".
+    runner.client.register(Workflow("kid").step("a", "builtin", "echo", params={"x": 1}))
+    wf = (
+        Workflow("parent_of_kid")
+        .subworkflow("one", "kid")
+        .step("after", "builtin", "echo", params={"x": 2}, depends_on=["one"])
+    )
+    before = runner.client.state.r.zcard(runner.client.keys.runs)
+    with pytest.raises(CanvasflowError) as exc:
+        runner(wf)
+    assert "sub-workflow step(s) one of 'parent_of_kid' cannot run inline" in str(exc.value)
+    assert "run the child workflow on its own with run_inline" in str(exc.value)
+    assert runner.client.state.r.zcard(runner.client.keys.runs) == before  # nothing started
 
 
 def test_plugins_passed_as_classes_need_a_registered_name() -> None:

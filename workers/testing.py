@@ -112,7 +112,17 @@ class InlineRunner:
         """Submit and run ``definition`` here; its snapshot once the run rests."""
         if isinstance(definition, str) and ("\n" in definition or definition.lstrip()[:1] == "{"):
             definition = parse_text(definition, limits=self.settings.limits)
-        snap = self.client.submit(definition, inputs=inputs, **submit).snapshot()
+        defn = self.client.load(definition)
+        nested = [s.id for s in defn.steps if s.workflow]
+        if nested:
+            # Its step task parks until the child run ends and a join task continues the canvas
+            # (workers/subrun.py): Celery's eager mode has no place to park a task in.
+            raise CanvasflowError(
+                f"sub-workflow step(s) {', '.join(nested)} of '{defn.id}' cannot run inline: "
+                "run the child workflow on its own with run_inline, and the parent on a fleet "
+                "(canvasflow demo, or workers and Redis as in docs/user-guide.md)"
+            )
+        snap = self.client.submit(defn, inputs=inputs, **submit).snapshot()
         if snap.status not in RESTING:
             raise CanvasflowError(
                 f"run {snap.id} is still {snap.status} after its canvas ran inline: "
