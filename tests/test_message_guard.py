@@ -233,7 +233,7 @@ def test_an_item_message_nested_too_deep_fails_its_mapped_step_and_the_worker_li
                 "builtin",
                 "sleep",
                 map={"over": "{{ steps.list.output.files }}", "max_parallel": 1},
-                params={"seconds": 1},
+                params={"seconds": 3},  # a wide window for the crafted message
             )
         )
         run = client.submit(wf)
