@@ -87,6 +87,19 @@ def test_a_waiting_run_shows_its_reason_in_the_api_and_the_cli_and_the_slots_per
     assert groups["acme"] == {"key": "acme", "limit": 1, "in_use": 1, "active": [a], "waiting": 1}
     assert groups["bolt"]["active"] == [c] and groups["bolt"]["waiting"] == 0
     assert viewer.get("/workflows/no_such_flow/concurrency").status_code == 404
+    # ... and in /metrics, per workflow and key
+    metrics = web_app.test_client().get("/metrics").get_data(as_text=True)
+    for name, key, value in (
+        ("canvasflow_concurrency_limit", "acme", 1),
+        ("canvasflow_concurrency_slots_in_use", "acme", 1),
+        ("canvasflow_concurrency_waiting", "acme", 1),
+        ("canvasflow_concurrency_slots_in_use", "bolt", 1),
+        ("canvasflow_concurrency_waiting", "bolt", 0),
+    ):
+        line = f'{name}{{key="{key}",workflow="conc_web"}} {float(value)}'
+        alt = f'{name}{{workflow="conc_web",key="{key}"}} {float(value)}'
+        assert line in metrics or alt in metrics, (name, key, metrics[-3000:])
+    assert 'canvasflow_scrape_error{source="slots"} 0.0' in metrics
 
     assert "waiting for a slot in acme: 0 ahead" in cli(web_fleet, "status", b)
     assert "waiting for a slot" not in cli(web_fleet, "status", a)
@@ -101,3 +114,5 @@ def test_a_waiting_run_shows_its_reason_in_the_api_and_the_cli_and_the_slots_per
     wait_status(orchestrator_client, b, {"COMPLETED"}, timeout=60)
     assert viewer.get(f"/runs/{b}").json["waiting"] is None
     assert viewer.get("/workflows/conc_web/concurrency").json["groups"] == []
+    after = web_app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'canvasflow_concurrency_slots_in_use{workflow="conc_web"' not in after

@@ -55,7 +55,13 @@ class CanvasflowCollector:
             "1 when a source could not be read this scrape",
             labels=["source"],
         )
-        for source, fn in (("store", self._store), ("redis", self._redis), ("tasks", self._tasks)):
+        sources = (
+            ("store", self._store),
+            ("redis", self._redis),
+            ("slots", self._slots),
+            ("tasks", self._tasks),
+        )
+        for source, fn in sources:
             try:
                 yield from fn(e, fleet)
                 errors.add_metric([source], 0)
@@ -215,6 +221,38 @@ class CanvasflowCollector:
             pending.add_metric([name], int(g["pending"]))
             uncommitted.add_metric([name], n_lag + int(g["pending"]))
         yield from (workers, per_worker, qlen, qpri, lag, pending, uncommitted, length)
+
+    def _slots(self, e: Any, fleet: Any) -> Iterator[Metric]:
+        """Concurrency limits: per workflow and key, the limit, the slots held and the runs
+        waiting (only workflows with a group in use: one pipelined EXISTS for the registry)."""
+        client = e.client
+        labels = ["workflow", "key"]
+        limit = GaugeMetricFamily(
+            "canvasflow_concurrency_limit", "The limit of a concurrency group", labels=labels
+        )
+        in_use = GaugeMetricFamily(
+            "canvasflow_concurrency_slots_in_use",
+            "Runs holding a slot of a concurrency group",
+            labels=labels,
+        )
+        waiting = GaugeMetricFamily(
+            "canvasflow_concurrency_waiting",
+            "Runs waiting for a slot of a concurrency group (PENDING, 'waiting for a slot')",
+            labels=labels,
+        )
+        wids = client.workflows()
+        pipe = client.redis.pipeline(transaction=False)
+        for wid in wids:
+            pipe.exists(client.keys.conc_index(wid))
+        for wid, used in zip(wids, pipe.execute() if wids else [], strict=True):
+            if not used:
+                continue
+            for g in client.concurrency(wid):
+                key = [wid, str(g["key"])]
+                limit.add_metric(key, int(g["limit"]))
+                in_use.add_metric(key, int(g["in_use"]))
+                waiting.add_metric(key, int(g["waiting"]))
+        yield from (limit, in_use, waiting)
 
     def _tasks(self, e: Any, fleet: Any) -> Iterator[Metric]:
         if fleet is None:
