@@ -115,6 +115,26 @@ def test_a_repeated_key_through_the_api_lists_the_first_run_as_deduplicated(
     )
 
 
+def test_a_repeated_key_after_redis_lost_its_claim_is_deduplicated_from_the_audit_store(
+    web_app: Any, orchestrator_client: Any, publisher_token: str
+) -> None:
+    # Before: the claim lived in Redis only; a Redis that lost it (restarted empty) let the same
+    # key start a second run within the key's dedupe window.
+    event = _event()
+    orchestrator_client.register(_workflow(event))
+    first = _publish(web_app, publisher_token, {"name": event, "key": "kept"}).json
+    run_id = first["started"][0]["run_id"]
+    wait_recorded(web_app.extensions["canvasflow"].store, run_id, {"COMPLETED"})
+    r = orchestrator_client.redis
+    claims = list(r.scan_iter(match=orchestrator_client.keys.trigger_claim("*")))
+    assert claims and r.delete(*claims) == len(claims)  # Redis forgot every claim
+    again = _publish(web_app, publisher_token, {"name": event, "key": "kept"}).json
+    assert again["started"] == [], again
+    assert [d["run_id"] for d in again["deduplicated"]] == [run_id]
+    other = _publish(web_app, publisher_token, {"name": event, "key": "fresh"}).json
+    assert len(other["started"]) == 1  # another key still starts its run
+
+
 def test_filtered_and_failing_triggers_are_listed_beside_the_runs_started(
     web_app: Any, orchestrator_client: Any, publisher_token: str
 ) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask_smorest import abort
 
+from orchestrator.audit.queries import event_lookup
 from orchestrator.errors import EventError
 from web import auth
 from web.api import blp, ext, user_name
@@ -22,9 +23,14 @@ from web.eventschemas import PublishBody, PublishedSchema
 def publish_event(body: dict[str, Any]) -> dict[str, Any]:
     """Publish an event: the runs it started, and the triggers it matched that started none
     (deduplicated by the key, filtered out, or failed with the error and its path)."""
+    e = ext()
     try:
-        out = ext().client.publish(
-            body["name"], body["payload"], body["key"], triggered_by=user_name()
+        out = e.client.publish(
+            body["name"],
+            body["payload"],
+            body["key"],
+            triggered_by=user_name(),
+            recorded=event_lookup(e.store, e.client.settings.event_key_ttl),
         )
     except EventError as exc:
         errors: dict[str, list[str]] = {}

@@ -91,6 +91,8 @@ runs = Table(
     Index("ix_cf_runs_workflow_created", "workflow_id", "created_at", "id"),
     Index("ix_cf_runs_triggered_by_created", "triggered_by", "created_at"),
     Index("ix_cf_runs_trigger_type_created", "trigger_type", "created_at", "id"),
+    # An event key's run (queries.event_run: its dedupe after a Redis loss; migration 0013).
+    Index("ix_cf_runs_trigger_ref", "trigger_ref", "trigger_name"),
     Index("ix_cf_runs_finished", "finished_at"),
 )
 

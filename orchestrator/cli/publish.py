@@ -13,13 +13,15 @@ from typing import Any
 
 import click
 
+from orchestrator.audit.queries import event_lookup
 from orchestrator.errors import EventError
 
 deps: dict[str, Callable[..., Any]] = {}
 
 
 def register(group: click.Group, **helpers: Callable[..., Any]) -> None:
-    """Add the command to ``group``; ``helpers``: handle_errors, make_client, actor of main.py."""
+    """Add the command to ``group``; ``helpers``: handle_errors, make_client, actor,
+    existing_store of main.py."""
     deps.update(helpers)
     group.add_command(publish)
 
@@ -58,12 +60,24 @@ def _payload(raw: str | None) -> Any:
 
 def _publish(name: str, payload: str | None, key: str | None, as_json: bool) -> None:
     client = deps["make_client"]()
+    # With a key, the audit store is asked too (when there is one): it still knows an earlier
+    # event's run after Redis lost the key's claim.
+    store = deps["existing_store"](client.settings.database_url) if key is not None else None
     try:
-        out = client.publish(name, _payload(payload), key, triggered_by=deps["actor"]())
+        out = client.publish(
+            name,
+            _payload(payload),
+            key,
+            triggered_by=deps["actor"](),
+            recorded=event_lookup(store, client.settings.event_key_ttl),
+        )
     except EventError as exc:
         for field, message in exc.problems:
             click.echo(f"{field}: {message}", err=True)
         sys.exit(2)
+    finally:
+        if store is not None:
+            store.dispose()
     if as_json:
         click.echo(json.dumps(out.as_dict(), indent=2))
         return

@@ -29,7 +29,7 @@ from orchestrator.engine.celery_app import create_celery
 from orchestrator.engine.control import Control
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.items import StepHandle
-from orchestrator.engine.publish import Published, Publisher
+from orchestrator.engine.publish import Published, Publisher, Recorded
 from orchestrator.engine.runstate import RunState, dumps
 from orchestrator.engine.slotstate import DUPLICATE
 from orchestrator.engine.states import ACTIVE_STEP_STATUSES, FINAL_RUN_STATUSES, RunStatus
@@ -741,13 +741,18 @@ class Client:
         key: str | None = None,
         *,
         triggered_by: str = "api",
+        recorded: Recorded | None = None,
     ) -> Published:
         """Publish an event: start a run of every registered workflow whose event trigger
         matches it (filter true); a repeated ``key`` starts no second run of a trigger.
+        ``recorded``: asks the audit store for a run of an earlier event with the key (the web
+        and the CLI pass it: it dedupes after a Redis loss too).
         Returns what started, was deduplicated, filtered out or failed (publish.py)."""
         if self._publisher is None:
             self._publisher = Publisher(self)
-        return self._publisher.publish(name, payload, key, triggered_by=triggered_by)
+        return self._publisher.publish(
+            name, payload, key, triggered_by=triggered_by, recorded=recorded
+        )
 
     @property
     def control(self) -> Control:

@@ -23,9 +23,10 @@ registration, ``Client.register``) changes; an event costs one GET of that count
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,11 @@ from orchestrator.model.definition import Definition, from_stored
 from orchestrator.model.triggers import EVENT_NAME_PATTERN
 from orchestrator.records import text
 
+log = logging.getLogger(__name__)
+
 MAX_NAME = 200  # characters of an event name (and of a key)
+# (workflow, trigger name, key) -> the id of a run the audit store holds for them, or None.
+Recorded = Callable[[str, str, str], "str | None"]
 # The names an event trigger may listen to (the model's pattern): nothing else can match one.
 EVENT_NAME = re.compile(EVENT_NAME_PATTERN)
 EVENT_NAME_TEXT = "[A-Za-z0-9][A-Za-z0-9_.:-]*"
@@ -142,6 +147,20 @@ def _kind(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+def _recorded_run(recorded: Recorded | None, trig: EventTrigger, key: str) -> str | None:
+    """The run the audit store holds for this trigger and key (a store that cannot answer is
+    logged and not asked: Redis's claim still dedupes unless Redis lost it too)."""
+    if recorded is None:
+        return None
+    try:
+        return recorded(trig.workflow, trig.name, key)
+    except Exception as exc:  # noqa: BLE001 - an event must not fail for the store's sake
+        log.warning(
+            "event %s: the audit store could not be asked for key %r: %s", trig.name, key, exc
+        )
+        return None
+
+
 def event_triggers(defn: Definition) -> list[EventTrigger]:
     """The event triggers of a definition (its ``triggers`` entries of kind "event")."""
     return [
@@ -208,8 +227,11 @@ class Publisher:
         key: Any = None,
         *,
         triggered_by: str = "api",
+        recorded: Recorded | None = None,
     ) -> Published:
-        """Start the runs an event triggers; raises EventError for a malformed event."""
+        """Start the runs an event triggers; raises EventError for a malformed event.
+        ``recorded(workflow, trigger name, key)``: a run the audit store holds for that key, if
+        any (the Redis claim is gone after a Redis loss; the store still knows)."""
         payload = {} if payload is None else payload
         problems = check_event(name, payload, key, self.client.settings.limits)
         if problems:
@@ -217,7 +239,7 @@ class Publisher:
         result = Published(name, key)
         scope = {"event": {"name": name, "payload": payload, "key": key}}
         for trig in self.triggers(name):
-            self._fire(trig, scope, key, triggered_by, result)
+            self._fire(trig, scope, key, triggered_by, result, recorded)
         return result
 
     def _fire(
@@ -227,6 +249,7 @@ class Publisher:
         key: str | None,
         triggered_by: str,
         result: Published,
+        recorded: Recorded | None = None,
     ) -> None:
         where = trig.describe()
         try:
@@ -244,6 +267,10 @@ class Publisher:
         claim = None
         if key is not None:
             claim = "\0".join(("event", trig.workflow, trig.name, key))
+            earlier = _recorded_run(recorded, trig, key)
+            if earlier is not None:
+                result.deduplicated.append({**where, "run_id": earlier})
+                return
         try:
             run = self.client.submit(
                 trig.definition,

@@ -547,6 +547,37 @@ class RecordedEvents:
     stream_id: str | None
 
 
+def event_run(store: AuditStore, workflow: str, trigger: str, key: str, since: float) -> str | None:
+    """The id of a run an event trigger of ``workflow`` started for event key ``key`` since
+    ``since`` (the oldest such run), or None: an event key's dedupe after a Redis loss."""
+    with store.connect() as conn:
+        found = conn.execute(
+            select(runs.c.id)
+            .where(
+                runs.c.trigger_ref == key,
+                runs.c.trigger_name == trigger,
+                runs.c.trigger_type == "event",
+                runs.c.workflow_id == workflow,
+                runs.c.created_at >= since,
+            )
+            .order_by(runs.c.created_at)
+            .limit(1)
+        ).scalar()
+    return str(found) if found is not None else None
+
+
+def event_lookup(store: AuditStore | None, ttl: float) -> Any:
+    """``recorded`` for ``Client.publish``: (workflow, trigger, key) -> the run an event with
+    that key started in the last ``ttl`` seconds, from the store (None without one)."""
+    if store is None:
+        return None
+
+    def recorded(workflow: str, trigger: str, key: str) -> str | None:
+        return event_run(store, workflow, trigger, key, time.time() - ttl)
+
+    return recorded
+
+
 def recorded_events(
     store: AuditStore,
     run_id: str,

@@ -1,4 +1,6 @@
-"""The workflow registry, kept in the audit store too: every registered version's body.
+"""The workflow registry, kept in the audit store too: every registered version's body; and an
+index on cf_runs (trigger_ref, trigger_name), by which an event key finds its earlier run after
+a Redis loss (orchestrator/engine/publish.py).
 
 The registry lives in Redis (``Client.register``); the recorder copies each version here, so a
 Redis that lost everything gets it back from ``canvasflow recover`` (schedules, event triggers
@@ -32,7 +34,11 @@ def upgrade() -> None:
             sa.Column("copied_at", sa.Double, nullable=False),
             sa.PrimaryKeyConstraint("workflow_id", "version", name="pk_cf_registry"),
         )
+    have_ix = {ix["name"] for ix in sa.inspect(op.get_bind()).get_indexes("cf_runs")}
+    if "ix_cf_runs_trigger_ref" not in have_ix:
+        op.create_index("ix_cf_runs_trigger_ref", "cf_runs", ["trigger_ref", "trigger_name"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_cf_runs_trigger_ref", table_name="cf_runs")
     op.drop_table("cf_registry")
