@@ -4,7 +4,8 @@ recorder writes and trims events between the two reads (orchestrator/engine/rune
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -68,11 +69,21 @@ def test_events_recorded_and_trimmed_between_the_store_read_and_the_stream_read_
         client.close()
 
 
-def test_a_forgotten_run_whose_last_recorded_event_ends_the_stream_is_read_in_one_scan(
-    redis_url: str, tmp_path: Any
-) -> None:
-    # Seen in bench_items_api.py: the Gantt of a run Redis had forgotten took minutes. Its last
-    # recorded event was the stream's last entry, and the scan read that one entry 500,000 times.
+class Recorded(NamedTuple):
+    """A mapped run's events in the stream, recorded in a SQLite store: what the tests read."""
+
+    r: Any
+    keys: Any
+    state: Any
+    store: Any
+    run_id: str
+    seqs: list[int]
+
+
+@pytest.fixture
+def recorded(redis_url: str, tmp_path: Any) -> Iterator[Callable[..., Recorded]]:
+    """``recorded(run_id, items, trim=...)``: a run of ``tests.items_helpers.mapped_run`` whose
+    events are in the stream and recorded by a real Recorder (trimming the stream or not)."""
     import redis as redis_lib
 
     from orchestrator.audit import AuditStore
@@ -81,19 +92,37 @@ def test_a_forgotten_run_whose_last_recorded_event_ends_the_stream_is_read_in_on
     from orchestrator.keys import Keys
     from tests.items_helpers import mapped_run, run_meta
 
-    keys = Keys(f"ev{uuid.uuid4().hex[:8]}")
-    r = redis_lib.Redis.from_url(redis_url)
-    store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}")
-    store.upgrade()
-    rid = "forgotten"
-    evs, _ = mapped_run(rid, 5)
-    state = RunState(r, keys, state_ttl=60)
-    state.create(run_meta(rid), ["list_files", "resize", "publish"])
-    for e in evs[1:]:
-        r.xadd(keys.events, {"run": rid, "seq": e.seq, "type": e.type, "step": e.step,
-                             "status": e.status, "ts": e.ts, "data": e.data_json})  # fmt: skip
-    Recorder(store, r, keys).drain(timeout=30)
-    r.delete(keys.run(rid), keys.steps(rid))  # Redis forgot the run
+    made: list[Recorded] = []
+
+    def make(run_id: str, n: int, *, trim: bool = True) -> Recorded:
+        keys = Keys(f"ev{uuid.uuid4().hex[:8]}")
+        r = redis_lib.Redis.from_url(redis_url)
+        store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}")
+        store.upgrade()
+        evs, _ = mapped_run(run_id, n)
+        state = RunState(r, keys, state_ttl=60)
+        state.create(run_meta(run_id), ["list_files", "resize", "publish"])
+        for e in evs[1:]:
+            r.xadd(keys.events, {"run": run_id, "seq": e.seq, "type": e.type, "step": e.step,
+                                 "status": e.status, "ts": e.ts, "data": e.data_json})  # fmt: skip
+        Recorder(store, r, keys, trim=trim).drain(timeout=30)
+        made.append(Recorded(r, keys, state, store, run_id, [e.seq for e in evs]))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.store.dispose()
+        one.r.close()
+
+
+def test_a_forgotten_run_whose_last_recorded_event_ends_the_stream_is_read_in_one_scan(
+    recorded: Callable[..., Recorded],
+) -> None:
+    # Seen in bench_items_api.py: the Gantt of a run Redis had forgotten took minutes. Its last
+    # recorded event was the stream's last entry, and the scan read that one entry 500,000 times.
+    run = recorded("forgotten", 5)
+    r = run.r
+    r.delete(run.keys.run(run.run_id), run.keys.steps(run.run_id))  # Redis forgot the run
     calls = 0
     xrange = r.xrange
 
@@ -102,54 +131,33 @@ def test_a_forgotten_run_whose_last_recorded_event_ends_the_stream_is_read_in_on
         calls += 1
         return xrange(*a, **kw)
 
-    r.xrange = counted  # type: ignore[method-assign]
-    got = runevents.run_events(state, store, rid, 0, limit=100_000)
-    assert [e["seq"] for e in got] == [e.seq for e in evs]
+    r.xrange = counted
+    got = runevents.run_events(run.state, run.store, run.run_id, 0, limit=100_000)
+    assert [e["seq"] for e in got] == run.seqs
     assert calls <= 2
-    store.dispose()
-    r.close()
 
 
 def test_events_a_second_recorder_has_not_committed_yet_are_read_from_the_stream(
-    redis_url: str, tmp_path: Any
+    recorded: Callable[..., Recorded],
 ) -> None:
     # Seen in CI: a reconnecting Socket.IO client missed events 25 and 26 of 27. Two recorders
     # shared the group; one had committed 27 while 25 and 26 were still pending in the other, and
     # the read took the store's rows, gap included, as the whole truth up to 27.
-    import redis as redis_lib
     from sqlalchemy import delete
 
-    from orchestrator.audit import AuditStore
     from orchestrator.audit.models import events as events_table
-    from orchestrator.audit.recorder import Recorder
-    from orchestrator.engine.runstate import RunState
-    from orchestrator.keys import Keys
-    from tests.items_helpers import mapped_run, run_meta
 
-    keys = Keys(f"ev{uuid.uuid4().hex[:8]}")
-    r = redis_lib.Redis.from_url(redis_url)
-    store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}")
-    store.upgrade()
-    rid = "pending"
-    evs, _ = mapped_run(rid, 3)
-    state = RunState(r, keys, state_ttl=60)
-    state.create(run_meta(rid), ["list_files", "resize", "publish"])
-    for e in evs[1:]:
-        r.xadd(keys.events, {"run": rid, "seq": e.seq, "type": e.type, "step": e.step,
-                             "status": e.status, "ts": e.ts, "data": e.data_json})  # fmt: skip
-    Recorder(store, r, keys, trim=False).drain(timeout=30)
-    last = evs[-1].seq
-    r.hset(keys.run(rid), "seq", last)  # as the Lua that appended them would have
+    run = recorded("pending", 3, trim=False)
+    last = run.seqs[-1]
+    run.r.hset(run.keys.run(run.run_id), "seq", last)  # as the Lua that appended them would have
     pending = {last - 2, last - 1}  # recorded by nobody yet: still in the stream
-    with store.begin() as conn:
+    with run.store.begin() as conn:
         conn.execute(
             delete(events_table).where(
-                events_table.c.run_id == rid, events_table.c.seq.in_(pending)
+                events_table.c.run_id == run.run_id, events_table.c.seq.in_(pending)
             )
         )
-    got = runevents.run_events(state, store, rid, 0, limit=100_000)
-    assert [e["seq"] for e in got] == [e.seq for e in evs]
-    after = runevents.run_events(state, store, rid, last - 4, limit=100_000)
+    got = runevents.run_events(run.state, run.store, run.run_id, 0, limit=100_000)
+    assert [e["seq"] for e in got] == run.seqs
+    after = runevents.run_events(run.state, run.store, run.run_id, last - 4, limit=100_000)
     assert [e["seq"] for e in after] == list(range(last - 3, last + 1))
-    store.dispose()
-    r.close()
