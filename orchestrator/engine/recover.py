@@ -444,6 +444,10 @@ def _items(
     has its output); an item that was running is PENDING again, its attempt reported lost (added
     to ``lost``); a COMPLETED item whose output the store lacks runs again."""
     mapped = {s.id for s in defn.steps if s.map is not None}
+    if not mapped:
+        return {}
+    # One pass: a lookup per item in the list would be items x attempts (10,000 squared).
+    by_attempt = {(a["step_id"], a["attempt"]): a for a in attempt_rows}
     out: dict[str, dict[str, Any]] = {}
     for iid, r in step_rows.items():
         base = item_of(iid)
@@ -465,10 +469,7 @@ def _items(
             fields.update(status=StepStatus.PENDING, lost=n)
             fields.pop("finished_at", None)
             if st == StepStatus.RUNNING and n:
-                att = next(
-                    (a for a in attempt_rows if a["step_id"] == iid and a["attempt"] == n), {}
-                )
-                lost.append((iid, _lost_data(n, att, r)))
+                lost.append((iid, _lost_data(n, by_attempt.get((iid, n), {}), r)))
         out[iid] = fields
     return out
 
