@@ -234,6 +234,7 @@ class _Rebuilt:
     rerun: tuple[str, ...]
     before: str
     items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    item_attempts: list[str] = field(default_factory=list)
 
 
 def _recover_one(
@@ -269,6 +270,7 @@ def _recover_one(
         data=data,
         force=force,
         items=b.items,
+        item_attempts=b.item_attempts,
     )
     if verdict != "ok":
         return Recovered(run_id, b.before, "present", "Redis knows it")
@@ -350,11 +352,14 @@ def rebuild(store: AuditStore, run_id: str) -> _Rebuilt:
     status = RunStatus.PAUSED if before == RunStatus.PAUSING else RunStatus(before)
     outputs: dict[str, str] = {}
     attempts: list[str] = []
+    item_attempts: list[str] = []
     for a in attempt_rows:
         if a["status"] == StepStatus.COMPLETED and a["output"] is not None:
             outputs[a["step_id"]] = a["output"]
         if a["finished_at"] is not None and a["status"] != "LOST":
-            attempts.append(json.dumps(_attempt(a), separators=(",", ":")))
+            record = json.dumps(_attempt(a), separators=(",", ":"))
+            # an item's attempts go to the items' own list (keys.item_attempts)
+            (item_attempts if item_of(a["step_id"]) else attempts).append(record)
     hot: dict[str, dict[str, Any]] = {}
     lost: list[tuple[str, str]] = []
     rerun: list[str] = []
@@ -429,7 +434,9 @@ def rebuild(store: AuditStore, run_id: str) -> _Rebuilt:
         # result: this flag is set at submit and was not rebuilt).
         has_outputs="1" if defn.outputs else None,
     )
-    return _Rebuilt(run, defn, hot, attempts, completed, lost, tuple(rerun), before, items)
+    return _Rebuilt(
+        run, defn, hot, attempts, completed, lost, tuple(rerun), before, items, item_attempts
+    )
 
 
 def _items(

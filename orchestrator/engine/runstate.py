@@ -24,7 +24,7 @@ from orchestrator.engine.itemstate import ItemState
 from orchestrator.engine.livestate import LiveState
 from orchestrator.engine.slotstate import SlotGroup, SlotState
 from orchestrator.engine.states import NEW_EPOCH_MOVES, Move, RunStatus, lua_constants
-from orchestrator.keys import Keys, is_item, step_field
+from orchestrator.keys import Keys, step_field
 from orchestrator.records import (
     HotRun,
     Reads,
@@ -598,10 +598,11 @@ class RunState(SlotState, ChildState, ItemState, LiveState):
         data: Mapping[str, Any],
         force: bool = False,
         items: Mapping[str, Mapping[str, Any]] | None = None,
+        item_attempts: Iterable[str] = (),
     ) -> tuple[str, str, int]:
         """Write back a run that Redis lost, rebuilt from the audit store (recover.py): the run
         hash (``run``, with its epoch and seq), its steps' StepRecord fields (and ``items``', of
-        mapped steps), attempt records (JSON texts), completion order, and the events
+        mapped steps), attempt records (JSON texts; ``item_attempts``: the items'), completion order, and the events
         attempt_lost (``lost``: step or item, data JSON) and run_recovered, in one script.
         Refused when Redis knows the run, unless ``force``.
 
@@ -612,7 +613,6 @@ class RunState(SlotState, ChildState, ItemState, LiveState):
             for sid, fields in steps.items()
             for name, value in encode_step_fields(fields).items()
         }
-        of_items = [(a, is_item(json.loads(a)["step"])) for a in attempts]
         item_flat = {
             step_field(iid, name): value
             for iid, fields in (items or {}).items()
@@ -642,14 +642,14 @@ class RunState(SlotState, ChildState, ItemState, LiveState):
                 "1" if force else "0",
                 dumps(run.to_hash()),
                 dumps(flat),
-                dumps([a for a, item in of_items if not item]),
+                dumps(list(attempts)),
                 dumps(list(completed)),
                 dumps([list(x) for x in lost]),
                 dumps(dict(data)),
                 f"{run.created_at or time.time():.6f}",
                 "1" if run.sla_seconds else "0",
                 dumps(item_flat),
-                dumps([a for a, item in of_items if item]),
+                dumps(list(item_attempts)),
             ],
         )
         return text(res[0]), text(res[1]), int(text(res[2]))
